@@ -1,0 +1,46 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "cryo",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "cryo", targets: ["cryo"]),
+        .library(name: "CryoInjector", targets: ["CryoInjector"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // What Swift cannot import: variadic ptrace/syscall, clone3, register structs.
+        .target(name: "CCryo"),
+        .systemLibrary(name: "CElf", pkgConfig: "libelf", providers: [.apt(["libelf-dev"])]),
+        .target(
+            name: "CryoSystem",
+            dependencies: ["CCryo", .product(name: "SystemPackage", package: "swift-system")]),
+        // Host tool that turns the linked parasite ELF into a Swift source file.
+        .executableTarget(name: "ParasiteEmbed"),
+        .plugin(name: "ParasiteBuilder", capability: .buildTool(), dependencies: ["ParasiteEmbed"]),
+        .target(
+            name: "CryoInjector",
+            dependencies: ["CryoSystem", "CCryo", "CElf"],
+            plugins: ["ParasiteBuilder"]),
+        .target(
+            name: "Cryo",
+            dependencies: [
+                "CryoInjector", "CryoSystem", "CCryo",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .executableTarget(
+            name: "cryo",
+            dependencies: [
+                "Cryo", "CryoSystem",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(name: "CryoTests", dependencies: ["cryo"]),
+    ]
+)

@@ -1,0 +1,335 @@
+/*
+ * The parasite: runs inside a stopped task, one command per call, raw
+ * syscalls only (no libc). The controller resumes it at the entry with rdi
+ * pointing at the argument area; it returns by trapping (entry.S).
+ */
+#include "parasite_protocol.h"
+
+typedef unsigned long size_t;
+typedef long ssize_t;
+
+/* x86_64 syscall numbers used here (stable ABI). */
+enum {
+    NR_read = 0, NR_close = 3, NR_mmap = 9, NR_mprotect = 10, NR_munmap = 11, NR_brk = 12,
+    NR_rt_sigaction = 13, NR_pread64 = 17, NR_mremap = 25, NR_madvise = 28,
+    NR_getitimer = 36, NR_setitimer = 38, NR_socket = 41, NR_connect = 42,
+    NR_recvmsg = 47, NR_fcntl = 72, NR_fchdir = 81, NR_umask = 95,
+    NR_setresuid = 117, NR_setresgid = 119, NR_setgroups = 116, NR_setfsuid = 122,
+    NR_setfsgid = 123, NR_capset = 126, NR_rt_tgsigqueueinfo = 297, NR_rt_sigqueueinfo = 129,
+    NR_sigaltstack = 131, NR_personality = 135, NR_prctl = 157, NR_chroot = 161,
+    NR_gettid = 186, NR_set_tid_address = 218, NR_getpid = 39,
+    NR_set_robust_list = 273, NR_get_robust_list = 274, NR_dup3 = 292, NR_rseq = 334,
+    NR_close_range = 436, NR_madvise_populate = 28,
+};
+
+#define PR_SET_PDEATHSIG 1
+#define PR_GET_PDEATHSIG 2
+#define PR_GET_DUMPABLE 3
+#define PR_SET_DUMPABLE 4
+#define PR_SET_KEEPCAPS 8
+#define PR_SET_NAME 15
+#define PR_CAPBSET_DROP 24
+#define PR_SET_SECUREBITS 28
+#define PR_SET_MM 35
+#define PR_SET_MM_MAP 14
+#define PR_GET_TID_ADDRESS 40
+#define PR_CAP_AMBIENT 47
+#define PR_CAP_AMBIENT_RAISE 2
+#define PR_CAP_AMBIENT_CLEAR_ALL 4
+#define MAP_FIXED 0x10
+#define MREMAP_MAYMOVE 1
+#define MREMAP_FIXED 2
+#define PROT_WRITE 2
+#define MADV_DONTFORK 10
+#define MADV_DONTDUMP 16
+#define MADV_HUGEPAGE 14
+#define MADV_NOHUGEPAGE 15
+#define MADV_WIPEONFORK 18
+#define MADV_POPULATE_WRITE 23
+#define F_DUPFD 0
+#define AF_UNIX 1
+#define SOCK_SEQPACKET 5
+#define SOL_SOCKET 1
+#define SCM_RIGHTS 1
+#define O_CLOEXEC 02000000
+#define RSEQ_FLAG_UNREGISTER 1
+#define EINTR 4
+#define EAGAIN 11
+
+static inline long sys6(long nr, long a, long b, long c, long d, long e, long f) {
+    long ret;
+    register long r10 __asm__("r10") = d;
+    register long r8 __asm__("r8") = e;
+    register long r9 __asm__("r9") = f;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+#define sys0(n) sys6(n, 0, 0, 0, 0, 0, 0)
+#define sys1(n, a) sys6(n, (long)(a), 0, 0, 0, 0, 0)
+#define sys2(n, a, b) sys6(n, (long)(a), (long)(b), 0, 0, 0, 0)
+#define sys3(n, a, b, c) sys6(n, (long)(a), (long)(b), (long)(c), 0, 0, 0)
+#define sys4(n, a, b, c, d) sys6(n, (long)(a), (long)(b), (long)(c), (long)(d), 0, 0)
+#define sys5(n, a, b, c, d, e) sys6(n, (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), 0)
+
+/* The compiler may emit calls to these even when freestanding. */
+void *memset(void *d, int c, size_t n) {
+    unsigned char *p = d;
+    while (n--) *p++ = (unsigned char)c;
+    return d;
+}
+void *memcpy(void *d, const void *s, size_t n) {
+    unsigned char *p = d;
+    const unsigned char *q = s;
+    while (n--) *p++ = *q++;
+    return d;
+}
+
+/* Records the failing step and returns its -errno, so the controller can say
+ * which item, which syscall and which errno. */
+static long fail(struct cryo_args_header *h, long result, unsigned long step, long nr, unsigned long addr) {
+    h->result = result;
+    h->fail_step = step;
+    h->fail_syscall = (unsigned long)nr;
+    h->fail_addr = addr;
+    return result;
+}
+#define CHECK(h, expr, step, nr, addr) do { long _r = (expr); if (_r < 0) return fail(h, _r, step, nr, addr); } while (0)
+
+static void *payload(struct cryo_args_header *h) { return (char *)h + sizeof(*h); }
+
+static long dump_state(struct cryo_args_header *h) {
+    struct cryo_task_state *st = payload(h);
+    memset(st, 0, sizeof(*st));
+    for (int sig = 1; sig <= 64; sig++) {
+        if (sig == 9 || sig == 19) continue;
+        CHECK(h, sys4(NR_rt_sigaction, sig, 0, &st->actions[sig - 1], 8), sig, NR_rt_sigaction, 0);
+    }
+    struct { unsigned long sp; int flags; int pad; unsigned long size; } ss;
+    CHECK(h, sys2(NR_sigaltstack, 0, &ss), 0, NR_sigaltstack, 0);
+    st->altstack_sp = ss.sp;
+    st->altstack_size = ss.size;
+    st->altstack_flags = ss.flags;
+    for (int which = 0; which < 3; which++)
+        CHECK(h, sys2(NR_getitimer, which, &st->itimers[which]), which, NR_getitimer, 0);
+    long mask = sys1(NR_umask, 0);
+    sys1(NR_umask, mask);
+    st->umask = (uint32_t)mask;
+    st->brk = (uint64_t)sys1(NR_brk, 0);
+    CHECK(h, sys2(NR_prctl, PR_GET_TID_ADDRESS, &st->clear_child_tid), 0, NR_prctl, PR_GET_TID_ADDRESS);
+    CHECK(h, sys3(NR_get_robust_list, 0, &st->robust_list, &st->robust_list_len), 0, NR_get_robust_list, 0);
+    int pdeath = 0;
+    CHECK(h, sys2(NR_prctl, PR_GET_PDEATHSIG, &pdeath), 0, NR_prctl, PR_GET_PDEATHSIG);
+    st->parent_death_signal = pdeath;
+    st->dumpable = (uint32_t)sys1(NR_prctl, PR_GET_DUMPABLE);
+    return 0;
+}
+
+static long connect_control(struct cryo_args_header *h) {
+    struct cryo_connect *c = payload(h);
+    long s = sys3(NR_socket, AF_UNIX, SOCK_SEQPACKET | O_CLOEXEC, 0);
+    CHECK(h, s, 0, NR_socket, 0);
+    struct { unsigned short family; char path[108]; } addr;
+    addr.family = AF_UNIX;
+    memcpy(addr.path, c->sun_path, sizeof(addr.path));
+    long r = sys3(NR_connect, s, &addr, 2 + c->address_length);
+    if (r < 0) { sys1(NR_close, s); return fail(h, r, 0, NR_connect, 0); }
+    if (s != c->target_fd) {
+        r = sys3(NR_dup3, s, c->target_fd, O_CLOEXEC);
+        sys1(NR_close, s);
+        CHECK(h, r, 0, NR_dup3, (unsigned long)c->target_fd);
+    }
+    return 0;
+}
+
+static long recv_fds(struct cryo_args_header *h) {
+    struct cryo_recv_fds *a = payload(h);
+    if (a->close_others) {
+        if (a->control_fd > 0) CHECK(h, sys3(NR_close_range, 0, a->control_fd - 1, 0), 0, NR_close_range, 0);
+        CHECK(h, sys3(NR_close_range, a->control_fd + 1, ~0u, 0), 0, NR_close_range, a->control_fd + 1);
+    }
+    for (uint32_t i = 0; i < a->count; i++) {
+        char byte;
+        struct { void *base; size_t len; } iov = { &byte, 1 };
+        union { struct { size_t len; int level, type; int fd; } c; char buf[32]; } ctl;
+        struct {
+            void *name; int namelen; int pad; void *iov; size_t iovlen;
+            void *control; size_t controllen; int flags;
+        } msg = { 0, 0, 0, &iov, 1, &ctl, sizeof(ctl), 0 };
+        memset(&ctl, 0, sizeof(ctl));
+        long r;
+        do { r = sys3(NR_recvmsg, a->control_fd, &msg, O_CLOEXEC /* MSG_CMSG_CLOEXEC */); } while (r == -EINTR);
+        CHECK(h, r, i, NR_recvmsg, (unsigned long)a->control_fd);
+        if (r == 0 || ctl.c.level != SOL_SOCKET || ctl.c.type != SCM_RIGHTS)
+            return fail(h, -71 /* EPROTO */, i, NR_recvmsg, (unsigned long)a->control_fd);
+        int target = a->first_slot_fd + (int)i;
+        if (ctl.c.fd != target) {
+            long d = sys3(NR_dup3, ctl.c.fd, target, O_CLOEXEC);
+            sys1(NR_close, ctl.c.fd);
+            CHECK(h, d, i, NR_dup3, (unsigned long)target);
+        }
+    }
+    return 0;
+}
+
+static long pread_full(int fd, char *dst, uint64_t length, uint64_t offset) {
+    while (length) {
+        long n = sys4(NR_pread64, fd, dst, length, offset);
+        if (n == -EINTR) continue;
+        if (n < 0) return n;
+        if (n == 0) return -5; /* EIO: the pages file is shorter than its index says */
+        dst += n; length -= (uint64_t)n; offset += (uint64_t)n;
+    }
+    return 0;
+}
+
+static long restore_memory(struct cryo_args_header *h) {
+    struct cryo_restore_memory *m = payload(h);
+    struct cryo_range *unmaps = (struct cryo_range *)(m + 1);
+    struct cryo_remap *remaps = (struct cryo_remap *)(unmaps + m->unmap_count);
+    struct cryo_vma *vmas = (struct cryo_vma *)(remaps + m->remap_count);
+    struct cryo_page_run *runs = (struct cryo_page_run *)(vmas + m->vma_count);
+
+    /* The controller's rseq area is about to vanish; the kernel must stop writing to it. */
+    if (m->old_rseq)
+        CHECK(h, sys4(NR_rseq, m->old_rseq, m->old_rseq_length, RSEQ_FLAG_UNREGISTER, m->old_rseq_signature),
+              0, NR_rseq, m->old_rseq);
+    for (uint64_t i = 0; i < m->unmap_count; i++)
+        CHECK(h, sys2(NR_munmap, unmaps[i].start, unmaps[i].end - unmaps[i].start), i, NR_munmap, unmaps[i].start);
+    for (uint64_t i = 0; i < m->remap_count; i++) {
+        long r = sys5(NR_mremap, remaps[i].from, remaps[i].length, remaps[i].length,
+                      MREMAP_MAYMOVE | MREMAP_FIXED, remaps[i].to);
+        CHECK(h, r, i, NR_mremap, remaps[i].from);
+    }
+    for (uint64_t i = 0; i < m->vma_count; i++) {
+        struct cryo_vma *v = &vmas[i];
+        uint64_t length = v->end - v->start;
+        uint32_t prot = v->prot;
+        if (v->run_count) prot |= PROT_WRITE;
+        long addr = sys6(NR_mmap, v->start, length, prot, v->flags | MAP_FIXED, v->fd, v->file_offset);
+        CHECK(h, addr, i, NR_mmap, v->start);
+        if ((uint64_t)addr != v->start) return fail(h, -14 /* EFAULT */, i, NR_mmap, v->start);
+        for (uint64_t k = v->first_run; k < v->first_run + v->run_count; k++) {
+            struct cryo_page_run *run = &runs[k];
+            /* Faulting the pages in one call is cheaper than one fault per page. */
+            sys3(NR_madvise, run->address, run->length, MADV_POPULATE_WRITE);
+            CHECK(h, pread_full(m->pages_fd, (char *)run->address, run->length, run->file_offset), k,
+                  NR_pread64, run->address);
+        }
+        if (prot != v->prot) CHECK(h, sys3(NR_mprotect, v->start, length, v->prot), i, NR_mprotect, v->start);
+        static const struct { uint32_t bit; int advice; } advices[] = {
+            { CRYO_MADV_DONTDUMP, MADV_DONTDUMP }, { CRYO_MADV_DONTFORK, MADV_DONTFORK },
+            { CRYO_MADV_HUGEPAGE, MADV_HUGEPAGE }, { CRYO_MADV_NOHUGEPAGE, MADV_NOHUGEPAGE },
+            { CRYO_MADV_WIPEONFORK, MADV_WIPEONFORK },
+        };
+        for (unsigned a = 0; a < sizeof(advices) / sizeof(advices[0]); a++)
+            if (v->madvise & advices[a].bit)
+                CHECK(h, sys3(NR_madvise, v->start, length, advices[a].advice), i, NR_madvise, v->start);
+    }
+    return 0;
+}
+
+static long restore_state(struct cryo_args_header *h) {
+    struct cryo_task_state *st = payload(h);
+    struct cryo_restore_extra *x = (struct cryo_restore_extra *)(st + 1);
+
+    if (x->root_fd >= 0) {
+        CHECK(h, sys1(NR_fchdir, x->root_fd), 0, NR_fchdir, x->root_fd);
+        CHECK(h, sys1(NR_chroot, "."), 0, NR_chroot, 0);
+    }
+    if (x->cwd_fd >= 0) CHECK(h, sys1(NR_fchdir, x->cwd_fd), 0, NR_fchdir, x->cwd_fd);
+    sys1(NR_umask, st->umask);
+    CHECK(h, sys1(NR_personality, x->personality), 0, NR_personality, 0);
+    CHECK(h, sys2(NR_prctl, PR_SET_NAME, x->comm), 0, NR_prctl, PR_SET_NAME);
+    if (x->set_mm) {
+        x->mm.auxv = (uint64_t)x->auxv;
+        CHECK(h, sys5(NR_prctl, PR_SET_MM, PR_SET_MM_MAP, &x->mm, sizeof(x->mm), 0), 0, NR_prctl, PR_SET_MM_MAP);
+    }
+    CHECK(h, sys1(NR_set_tid_address, st->clear_child_tid), 0, NR_set_tid_address, 0);
+    if (st->robust_list)
+        CHECK(h, sys2(NR_set_robust_list, st->robust_list, st->robust_list_len), 0, NR_set_robust_list, 0);
+    if (x->rseq)
+        CHECK(h, sys4(NR_rseq, x->rseq, x->rseq_length, 0, x->rseq_signature), 0, NR_rseq, x->rseq);
+    for (int sig = 1; sig <= 64; sig++) {
+        if (sig == 9 || sig == 19) continue;
+        CHECK(h, sys4(NR_rt_sigaction, sig, &st->actions[sig - 1], 0, 8), (unsigned long)sig, NR_rt_sigaction, 0);
+    }
+    struct { unsigned long sp; int flags; int pad; unsigned long size; } ss = {
+        st->altstack_sp, st->altstack_flags & 2 /* SS_DISABLE */, 0, st->altstack_size };
+    CHECK(h, sys2(NR_sigaltstack, &ss, 0), 0, NR_sigaltstack, st->altstack_sp);
+    CHECK(h, sys2(NR_prctl, PR_SET_PDEATHSIG, st->parent_death_signal), 0, NR_prctl, PR_SET_PDEATHSIG);
+    CHECK(h, sys2(NR_prctl, PR_SET_DUMPABLE, st->dumpable), 0, NR_prctl, PR_SET_DUMPABLE);
+    /* Signals are queued to ourselves (any si_code is allowed then); they stay
+     * blocked until the controller puts the task's own mask back. */
+    long pid = sys0(NR_getpid), tid = sys0(NR_gettid);
+    for (uint32_t i = 0; i < x->signal_count && i < CRYO_MAX_QUEUED_SIGNALS; i++) {
+        struct cryo_queued_signal *q = &x->signals[i];
+        int signo = *(int *)q->siginfo;
+        if (q->shared) CHECK(h, sys3(NR_rt_sigqueueinfo, pid, signo, q->siginfo), i, NR_rt_sigqueueinfo, signo);
+        else CHECK(h, sys4(NR_rt_tgsigqueueinfo, pid, tid, signo, q->siginfo), i, NR_rt_tgsigqueueinfo, signo);
+    }
+    /* Timers last, so they do not run while the rest is rebuilt. */
+    for (int which = 0; which < 3; which++)
+        CHECK(h, sys3(NR_setitimer, which, &st->itimers[which], 0), which, NR_setitimer, 0);
+    return 0;
+}
+
+static long install_fds(struct cryo_args_header *h) {
+    struct cryo_install_fds *a = payload(h);
+    struct cryo_fd_install *e = (struct cryo_fd_install *)(a + 1);
+    for (uint32_t i = 0; i < a->count; i++)
+        CHECK(h, sys3(NR_dup3, e[i].from, e[i].to, e[i].cloexec ? O_CLOEXEC : 0), i, NR_dup3, (unsigned long)e[i].to);
+    CHECK(h, sys3(NR_close_range, a->close_from, ~0u, 0), 0, NR_close_range, (unsigned long)a->close_from);
+    return 0;
+}
+
+static long restore_creds(struct cryo_args_header *h) {
+    struct cryo_creds *c = payload(h);
+    CHECK(h, sys2(NR_setgroups, c->group_count, c->groups), 0, NR_setgroups, 0);
+    CHECK(h, sys3(NR_setresgid, c->gid, c->egid, c->sgid), 0, NR_setresgid, c->gid);
+    sys1(NR_setfsgid, c->fsgid);
+    /* Keep the permitted set across the uid change; capset below sets it exactly. */
+    CHECK(h, sys2(NR_prctl, PR_SET_KEEPCAPS, 1), 0, NR_prctl, PR_SET_KEEPCAPS);
+    CHECK(h, sys3(NR_setresuid, c->uid, c->euid, c->suid), 0, NR_setresuid, c->uid);
+    sys1(NR_setfsuid, c->fsuid);
+    for (uint32_t cap = 0; cap <= c->cap_last && cap < 64; cap++)
+        if (!(c->cap_bounding & (1ull << cap))) {
+            long r = sys2(NR_prctl, PR_CAPBSET_DROP, cap);
+            if (r < 0 && r != -1 /* EPERM: already gone without CAP_SETPCAP */)
+                return fail(h, r, cap, NR_prctl, PR_CAPBSET_DROP);
+        }
+    struct { uint32_t version; int pid; } hdr = { 0x20080522 /* _LINUX_CAPABILITY_VERSION_3 */, 0 };
+    struct { uint32_t effective, permitted, inheritable; } data[2];
+    for (int i = 0; i < 2; i++) {
+        data[i].effective = c->cap_effective[i];
+        data[i].permitted = c->cap_permitted[i];
+        data[i].inheritable = c->cap_inheritable[i];
+    }
+    CHECK(h, sys2(NR_capset, &hdr, data), 0, NR_capset, 0);
+    CHECK(h, sys5(NR_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), 0, NR_prctl, PR_CAP_AMBIENT);
+    for (uint32_t cap = 0; cap <= c->cap_last && cap < 64; cap++)
+        if (c->cap_ambient & (1ull << cap))
+            CHECK(h, sys5(NR_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), cap, NR_prctl, PR_CAP_AMBIENT);
+    CHECK(h, sys2(NR_prctl, PR_SET_SECUREBITS, c->securebits), 0, NR_prctl, PR_SET_SECUREBITS);
+    return 0;
+}
+
+long parasite_main(struct cryo_args_header *h) {
+    if (h->magic != CRYO_PARASITE_MAGIC) return -22;
+    h->result = 0;
+    h->fail_step = h->fail_syscall = h->fail_addr = 0;
+    switch (h->command) {
+    case CRYO_CMD_PING: h->result = CRYO_PARASITE_PROTOCOL_VERSION; return 0;
+    case CRYO_CMD_DUMP_STATE: return dump_state(h);
+    case CRYO_CMD_CONNECT: return connect_control(h);
+    case CRYO_CMD_RECV_FDS: return recv_fds(h);
+    case CRYO_CMD_RESTORE_MEMORY: return restore_memory(h);
+    case CRYO_CMD_RESTORE_STATE: return restore_state(h);
+    case CRYO_CMD_INSTALL_FDS: return install_fds(h);
+    case CRYO_CMD_RESTORE_CREDS: return restore_creds(h);
+    case CRYO_CMD_FAIL_TEST: return fail(h, -95 /* EOPNOTSUPP */, 0, 0, 0);
+    default: return fail(h, -38 /* ENOSYS */, h->command, 0, 0);
+    }
+}

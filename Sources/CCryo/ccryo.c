@@ -1,0 +1,168 @@
+#define _GNU_SOURCE
+#include "ccryo.h"
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+#include <fcntl.h>
+#include <sys/ptrace.h>
+#include <sys/wait.h>
+#include <sys/uio.h>
+#include <sys/syscall.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/resource.h>
+#include <sys/prctl.h>
+#include <elf.h>
+#include <linux/sched.h>
+#include <sys/sysmacros.h>
+
+#define RAW(expr) ({ long _r = (long)(expr); _r < 0 ? -(long)errno : _r; })
+
+long cryo_ptrace(long request, pid_t pid, uint64_t addr, uint64_t data) {
+    errno = 0;
+    long r = ptrace((enum __ptrace_request)request, pid, (void *)addr, (void *)data);
+    if (r == -1 && errno) return -errno;
+    return r;
+}
+long cryo_ptrace_seize(pid_t pid, unsigned long options) { return cryo_ptrace(PTRACE_SEIZE, pid, 0, options); }
+long cryo_ptrace_interrupt(pid_t pid) { return cryo_ptrace(PTRACE_INTERRUPT, pid, 0, 0); }
+long cryo_ptrace_cont(pid_t pid, int signal) { return cryo_ptrace(PTRACE_CONT, pid, 0, (uint64_t)signal); }
+long cryo_ptrace_detach(pid_t pid, int signal) { return cryo_ptrace(PTRACE_DETACH, pid, 0, (uint64_t)signal); }
+long cryo_ptrace_getregs(pid_t pid, cryo_regs *regs) { return cryo_ptrace(PTRACE_GETREGS, pid, 0, (uint64_t)regs); }
+long cryo_ptrace_setregs(pid_t pid, const cryo_regs *regs) { return cryo_ptrace(PTRACE_SETREGS, pid, 0, (uint64_t)regs); }
+
+long cryo_ptrace_getregset(pid_t pid, int note, void *buffer, size_t length) {
+    struct iovec iov = { buffer, length };
+    long r = cryo_ptrace(PTRACE_GETREGSET, pid, (uint64_t)note, (uint64_t)&iov);
+    return r < 0 ? r : (long)iov.iov_len;
+}
+long cryo_ptrace_setregset(pid_t pid, int note, const void *buffer, size_t length) {
+    struct iovec iov = { (void *)buffer, length };
+    return cryo_ptrace(PTRACE_SETREGSET, pid, (uint64_t)note, (uint64_t)&iov);
+}
+long cryo_ptrace_getsigmask(pid_t pid, uint64_t *mask) { return cryo_ptrace(PTRACE_GETSIGMASK, pid, 8, (uint64_t)mask); }
+long cryo_ptrace_setsigmask(pid_t pid, uint64_t mask) { return cryo_ptrace(PTRACE_SETSIGMASK, pid, 8, (uint64_t)&mask); }
+long cryo_ptrace_peeksiginfo(pid_t pid, int shared, uint64_t offset, void *buffer, int max) {
+    struct __ptrace_peeksiginfo_args args = { .off = offset, .flags = shared ? PTRACE_PEEKSIGINFO_SHARED : 0, .nr = max };
+    return cryo_ptrace(PTRACE_PEEKSIGINFO, pid, (uint64_t)&args, (uint64_t)buffer);
+}
+long cryo_ptrace_peekdata(pid_t pid, uint64_t address, uint64_t *word) {
+    errno = 0;
+    long r = ptrace(PTRACE_PEEKDATA, pid, (void *)address, 0);
+    if (r == -1 && errno) return -errno;
+    *word = (uint64_t)r;
+    return 0;
+}
+long cryo_ptrace_pokedata(pid_t pid, uint64_t address, uint64_t word) {
+    return cryo_ptrace(PTRACE_POKEDATA, pid, address, word);
+}
+#ifndef PTRACE_GET_RSEQ_CONFIGURATION
+#define PTRACE_GET_RSEQ_CONFIGURATION 0x420f
+#endif
+long cryo_ptrace_get_rseq(pid_t pid, cryo_rseq_config *config) {
+    memset(config, 0, sizeof(*config));
+    long r = cryo_ptrace(PTRACE_GET_RSEQ_CONFIGURATION, pid, sizeof(*config), (uint64_t)config);
+    return r < 0 ? r : 0;
+}
+
+int cryo_note_prstatus(void) { return NT_PRSTATUS; }
+int cryo_note_prfpreg(void) { return NT_PRFPREG; }
+int cryo_note_x86_xstate(void) { return NT_X86_XSTATE; }
+
+long cryo_waitpid(pid_t pid, int options, cryo_wait_status *s) {
+    int status = 0;
+    pid_t r;
+    do { r = waitpid(pid, &status, options); } while (r < 0 && errno == EINTR);
+    if (r < 0) return -errno;
+    memset(s, 0, sizeof(*s));
+    if (r == 0) return 0;
+    if (WIFEXITED(status)) { s->exited = 1; s->exit_code = WEXITSTATUS(status); }
+    if (WIFSIGNALED(status)) { s->signaled = 1; s->term_signal = WTERMSIG(status); }
+    if (WIFSTOPPED(status)) { s->stopped = 1; s->stop_signal = WSTOPSIG(status); s->event = (status >> 16) & 0xff; }
+    return r;
+}
+int cryo_wall(void) { return __WALL; }
+
+long cryo_process_vm_readv(pid_t pid, void *local, size_t length, uint64_t remote) {
+    struct iovec l = { local, length }, r = { (void *)remote, length };
+    return RAW(process_vm_readv(pid, &l, 1, &r, 1, 0));
+}
+long cryo_process_vm_writev(pid_t pid, const void *local, size_t length, uint64_t remote) {
+    struct iovec l = { (void *)local, length }, r = { (void *)remote, length };
+    return RAW(process_vm_writev(pid, &l, 1, &r, 1, 0));
+}
+long cryo_process_vm_readv_vec(pid_t pid, void *local, size_t length,
+                               const uint64_t *bases, const uint64_t *lengths, size_t count) {
+    struct iovec l = { local, length };
+    struct iovec r[1024];
+    if (count > 1024) return -EINVAL;
+    for (size_t i = 0; i < count; i++) { r[i].iov_base = (void *)bases[i]; r[i].iov_len = lengths[i]; }
+    return RAW(process_vm_readv(pid, &l, 1, r, count, 0));
+}
+
+long cryo_pidfd_open(pid_t pid) { return RAW(syscall(SYS_pidfd_open, pid, 0)); }
+long cryo_pidfd_getfd(int pidfd, int targetfd) { return RAW(syscall(SYS_pidfd_getfd, pidfd, targetfd, 0)); }
+long cryo_kcmp_file(pid_t p1, pid_t p2, int fd1, int fd2) { return RAW(syscall(SYS_kcmp, p1, p2, 0 /* KCMP_FILE */, fd1, fd2)); }
+long cryo_tee(int fd_in, int fd_out, size_t length, unsigned flags) { return RAW(tee(fd_in, fd_out, length, flags)); }
+long cryo_close_range(unsigned first, unsigned last) { return RAW(syscall(SYS_close_range, first, last, 0)); }
+
+long cryo_send_fd(int sock, int fd) {
+    char byte = 'F';
+    struct iovec iov = { &byte, 1 };
+    union { struct cmsghdr align; char buf[CMSG_SPACE(sizeof(int))]; } u;
+    memset(&u, 0, sizeof(u));
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf) };
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    long r;
+    do { r = sendmsg(sock, &msg, MSG_NOSIGNAL); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+
+static inline long raw_syscall3(long nr, long a, long b, long c) {
+    long r;
+    __asm__ volatile("syscall" : "=a"(r) : "a"(nr), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
+    return r;
+}
+
+long cryo_clone3_parked(pid_t tid, uint64_t flags, int park_fd, int exit_signal) {
+    pid_t set_tid[1] = { tid };
+    struct clone_args args;
+    memset(&args, 0, sizeof(args));
+    args.flags = flags;
+    args.exit_signal = (uint64_t)exit_signal;
+    if (tid > 0) { args.set_tid = (uint64_t)(uintptr_t)set_tid; args.set_tid_size = 1; }
+    long r = raw_syscall3(SYS_clone3, (long)&args, sizeof(args), 0);
+    if (r != 0) return r;
+    /* The child: a copy of the controller's address space, one thread. Raw
+     * syscalls only from here on; no libc, no Swift. It dies with the controller. */
+    raw_syscall3(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0);
+    char byte;
+    for (;;) {
+        long n = raw_syscall3(SYS_read, park_fd, (long)&byte, 1);
+        if (n != -EINTR) break;
+    }
+    raw_syscall3(SYS_exit_group, 1, 0, 0);
+    __builtin_unreachable();
+}
+
+long cryo_pagemap_scan(int fd, cryo_pm_scan_arg *arg) {
+    arg->size = sizeof(*arg);
+    return RAW(ioctl(fd, _IOWR('f', 16, cryo_pm_scan_arg), arg));
+}
+
+long cryo_prlimit(pid_t pid, int resource, const uint64_t *new_limit, uint64_t *old_limit) {
+    return RAW(syscall(SYS_prlimit64, pid, resource, new_limit, old_limit));
+}
+long cryo_capbset_read(int cap) { return RAW(prctl(PR_CAPBSET_READ, cap, 0, 0, 0)); }
+long cryo_getpid_raw(void) { return syscall(SYS_getpid); }
+long cryo_set_pdeathsig(int signal) { return RAW(prctl(PR_SET_PDEATHSIG, signal, 0, 0, 0)); }
+int cryo_errno(void) { return errno; }
+
+long cryo_pipe2(int fds[2], int flags) { return RAW(pipe2(fds, flags)); }
+uint64_t cryo_makedev(unsigned major, unsigned minor) { return makedev(major, minor); }
+long cryo_open_tmpfile(const char *folder, int flags, unsigned mode) { return RAW(open(folder, O_TMPFILE | flags, mode)); }
+long cryo_accept_cloexec(int socket) { return RAW(accept4(socket, NULL, NULL, SOCK_CLOEXEC)); }

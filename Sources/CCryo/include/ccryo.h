@@ -1,0 +1,110 @@
+/*
+ * The thin C layer: only what Swift cannot import from Glibc (variadic ptrace
+ * and syscall, clone3, register structures, wait-status macros, PAGEMAP_SCAN).
+ * Every function returns the raw kernel result: >= 0, or -errno.
+ */
+#ifndef CCRYO_H
+#define CCRYO_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/user.h>
+#include <signal.h>
+#include "parasite_protocol.h"
+
+typedef struct user_regs_struct cryo_regs;
+
+/* ptrace */
+long cryo_ptrace(long request, pid_t pid, uint64_t addr, uint64_t data);
+long cryo_ptrace_seize(pid_t pid, unsigned long options);
+long cryo_ptrace_interrupt(pid_t pid);
+long cryo_ptrace_cont(pid_t pid, int signal);
+long cryo_ptrace_detach(pid_t pid, int signal);
+long cryo_ptrace_getregs(pid_t pid, cryo_regs *regs);
+long cryo_ptrace_setregs(pid_t pid, const cryo_regs *regs);
+/* NT_X86_XSTATE or NT_PRFPREG; returns the length the kernel used. */
+long cryo_ptrace_getregset(pid_t pid, int note, void *buffer, size_t length);
+long cryo_ptrace_setregset(pid_t pid, int note, const void *buffer, size_t length);
+long cryo_ptrace_getsigmask(pid_t pid, uint64_t *mask);
+long cryo_ptrace_setsigmask(pid_t pid, uint64_t mask);
+/* Copies up to max siginfos (128 bytes each) from the private or shared queue. */
+long cryo_ptrace_peeksiginfo(pid_t pid, int shared, uint64_t offset, void *buffer, int max);
+long cryo_ptrace_peekdata(pid_t pid, uint64_t address, uint64_t *word);
+long cryo_ptrace_pokedata(pid_t pid, uint64_t address, uint64_t word);
+typedef struct {
+    uint64_t rseq_abi_pointer;
+    uint32_t rseq_abi_size;
+    uint32_t signature;
+    uint32_t flags;
+    uint32_t pad;
+} cryo_rseq_config;
+long cryo_ptrace_get_rseq(pid_t pid, cryo_rseq_config *config);
+
+int cryo_note_prstatus(void);
+int cryo_note_prfpreg(void);
+int cryo_note_x86_xstate(void);
+
+/* waitpid with the status decoded; returns the pid or -errno. */
+typedef struct {
+    int exited, exit_code;
+    int signaled, term_signal;
+    int stopped, stop_signal;
+    int event; /* PTRACE_EVENT_* from status >> 16 */
+} cryo_wait_status;
+long cryo_waitpid(pid_t pid, int options, cryo_wait_status *status);
+int cryo_wall(void);
+
+/* Memory of another process. */
+long cryo_process_vm_readv(pid_t pid, void *local, size_t length, uint64_t remote);
+long cryo_process_vm_writev(pid_t pid, const void *local, size_t length, uint64_t remote);
+long cryo_process_vm_readv_vec(pid_t pid, void *local, size_t length,
+                               const uint64_t *remote_bases, const uint64_t *remote_lengths, size_t count);
+
+/* Descriptors */
+long cryo_pidfd_open(pid_t pid);
+long cryo_pidfd_getfd(int pidfd, int targetfd);
+long cryo_kcmp_file(pid_t pid1, pid_t pid2, int fd1, int fd2);
+long cryo_tee(int fd_in, int fd_out, size_t length, unsigned flags);
+long cryo_send_fd(int socket, int fd);
+long cryo_close_range(unsigned first, unsigned last);
+
+/*
+ * clone3 with set_tid. The child never returns into Swift: it parks in a raw
+ * read() on park_fd (interrupted later by ptrace) and exits if that returns.
+ * Returns the child pid or -errno.
+ */
+long cryo_clone3_parked(pid_t tid, uint64_t flags, int park_fd, int exit_signal);
+
+/* PAGEMAP_SCAN (Linux 6.7): Debian 12's headers lack it. */
+#define CRYO_PAGE_IS_WPALLOWED (1ull << 0)
+#define CRYO_PAGE_IS_WRITTEN   (1ull << 1)
+#define CRYO_PAGE_IS_FILE      (1ull << 2)
+#define CRYO_PAGE_IS_PRESENT   (1ull << 3)
+#define CRYO_PAGE_IS_SWAPPED   (1ull << 4)
+#define CRYO_PAGE_IS_PFNZERO   (1ull << 5)
+#define CRYO_PAGE_IS_HUGE      (1ull << 6)
+typedef struct { uint64_t start, end, categories; } cryo_page_region;
+typedef struct {
+    uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+    uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+} cryo_pm_scan_arg;
+long cryo_pagemap_scan(int pagemap_fd, cryo_pm_scan_arg *arg);
+
+/* GNU-only pieces Glibc's Swift module hides. */
+#define CRYO_F_SETPIPE_SZ 1031
+#define CRYO_F_GETPIPE_SZ 1032
+#define CRYO_SPLICE_F_NONBLOCK 2
+long cryo_pipe2(int fds[2], int flags);
+long cryo_open_tmpfile(const char *folder, int flags, unsigned mode);
+long cryo_accept_cloexec(int socket);
+uint64_t cryo_makedev(unsigned major, unsigned minor);
+
+/* Misc syscalls */
+long cryo_prlimit(pid_t pid, int resource, const uint64_t *new_limit, uint64_t *old_limit);
+long cryo_capbset_read(int cap);
+long cryo_getpid_raw(void);
+long cryo_set_pdeathsig(int signal);
+int cryo_errno(void);
+
+#endif

@@ -1,0 +1,178 @@
+/*
+ * The one definition of the parasite's command protocol, included by the
+ * freestanding parasite (Parasite/) and imported by Swift through CCryo.
+ *
+ * The controller writes a command into the argument area inside the parasite
+ * mapping, points the task's rip at the blob entry with rdi = argument area,
+ * and resumes it; the parasite executes the command and stops on int3. Every
+ * structure has fixed-width fields only, so both sides agree on its layout.
+ */
+#ifndef CRYO_PARASITE_PROTOCOL_H
+#define CRYO_PARASITE_PROTOCOL_H
+
+#include <stdint.h>
+
+#define CRYO_PARASITE_MAGIC 0x43525950u /* "CRYP" */
+#define CRYO_PARASITE_PROTOCOL_VERSION 1u
+
+/* Symbols the injector looks up in the blob with libelf. */
+#define CRYO_PARASITE_ENTRY_SYMBOL "cryo_parasite_entry"
+#define CRYO_PARASITE_GADGET_SYMBOL "cryo_parasite_syscall_gadget"
+
+enum cryo_command {
+    CRYO_CMD_PING = 1,         /* answers with the protocol version */
+    CRYO_CMD_DUMP_STATE = 2,   /* out: struct cryo_task_state */
+    CRYO_CMD_CONNECT = 3,      /* in: struct cryo_connect */
+    CRYO_CMD_RECV_FDS = 4,     /* in: struct cryo_recv_fds */
+    CRYO_CMD_RESTORE_MEMORY = 5, /* in: struct cryo_restore_memory + arrays */
+    CRYO_CMD_RESTORE_STATE = 6,  /* in: struct cryo_task_state + struct cryo_restore_extra */
+    CRYO_CMD_INSTALL_FDS = 7,  /* in: struct cryo_install_fds + entries */
+    CRYO_CMD_RESTORE_CREDS = 8, /* in: struct cryo_creds */
+    CRYO_CMD_FAIL_TEST = 9,    /* fails on purpose (error-path tests) */
+};
+
+/* Where a failing command stopped: which step, which syscall, which errno. */
+struct cryo_args_header {
+    uint32_t magic;
+    uint32_t command;
+    int64_t result;        /* 0, or -errno of the failing syscall */
+    uint64_t fail_step;    /* index of the item being worked on */
+    uint64_t fail_syscall; /* syscall number that failed */
+    uint64_t fail_addr;    /* address or fd concerned */
+    uint64_t payload_size; /* bytes available after this header */
+};
+
+/* The kernel's struct sigaction for rt_sigaction (not libc's). */
+struct cryo_sigaction {
+    uint64_t handler;
+    uint64_t flags;
+    uint64_t restorer;
+    uint64_t mask;
+};
+
+struct cryo_timeval { int64_t sec; int64_t usec; };
+struct cryo_itimer { struct cryo_timeval interval; struct cryo_timeval value; };
+
+/* State only the task itself can read; written by DUMP_STATE, read by RESTORE_STATE. */
+struct cryo_task_state {
+    struct cryo_sigaction actions[64]; /* index = signal - 1 */
+    uint64_t altstack_sp;
+    uint64_t altstack_size;
+    int32_t altstack_flags;
+    uint32_t umask;
+    struct cryo_itimer itimers[3];     /* ITIMER_REAL, VIRTUAL, PROF */
+    uint64_t brk;
+    uint64_t clear_child_tid;
+    uint64_t robust_list;
+    uint64_t robust_list_len;
+    int32_t parent_death_signal;
+    uint32_t dumpable;
+};
+
+struct cryo_connect {
+    uint32_t address_length;   /* bytes of sun_path used (abstract: leading NUL) */
+    int32_t target_fd;         /* where the control socket must end up */
+    char sun_path[108];
+};
+
+struct cryo_recv_fds {
+    int32_t control_fd;
+    int32_t first_slot_fd;     /* the k-th received descriptor lands on first_slot_fd + k */
+    uint32_t count;
+    uint32_t close_others;     /* 1: close every other descriptor first */
+};
+
+struct cryo_remap { uint64_t from; uint64_t length; uint64_t to; };
+struct cryo_range { uint64_t start; uint64_t end; };
+
+#define CRYO_MADV_DONTDUMP   (1u << 0)
+#define CRYO_MADV_DONTFORK   (1u << 1)
+#define CRYO_MADV_HUGEPAGE   (1u << 2)
+#define CRYO_MADV_NOHUGEPAGE (1u << 3)
+#define CRYO_MADV_WIPEONFORK (1u << 4)
+
+struct cryo_vma {
+    uint64_t start;
+    uint64_t end;
+    uint64_t file_offset;
+    uint32_t prot;
+    uint32_t flags;            /* MAP_* without MAP_FIXED */
+    int32_t fd;                /* -1 for anonymous */
+    uint32_t madvise;          /* CRYO_MADV_* */
+    uint64_t first_run;        /* its page runs: runs[first_run ..< first_run + run_count] */
+    uint64_t run_count;
+};
+
+/* Bytes of the pages file that belong at [address, address + length). */
+struct cryo_page_run { uint64_t address; uint64_t length; uint64_t file_offset; };
+
+/* Followed in the argument area by unmaps[], remaps[], vmas[], runs[]. */
+struct cryo_restore_memory {
+    uint64_t unmap_count;
+    uint64_t remap_count;
+    uint64_t vma_count;
+    uint64_t run_count;
+    int32_t pages_fd;
+    uint32_t old_rseq_length;  /* the inherited rseq registration to drop first */
+    uint64_t old_rseq;
+    uint32_t old_rseq_signature;
+    uint32_t pad;
+};
+
+/* The kernel's struct prctl_mm_map. */
+struct cryo_mm_map {
+    uint64_t start_code, end_code, start_data, end_data;
+    uint64_t start_brk, brk, start_stack;
+    uint64_t arg_start, arg_end, env_start, env_end;
+    uint64_t auxv;             /* set by the parasite to point at auxv[] below */
+    uint32_t auxv_size;
+    uint32_t exe_fd;
+};
+
+#define CRYO_AUXV_WORDS 128
+#define CRYO_MAX_QUEUED_SIGNALS 256
+
+struct cryo_queued_signal {
+    uint32_t shared;           /* process-wide queue, or the thread's own */
+    uint32_t pad;
+    uint8_t siginfo[128];
+};
+
+struct cryo_restore_extra {
+    int32_t cwd_fd;            /* -1: leave as is */
+    int32_t root_fd;           /* -1: leave as is */
+    uint64_t personality;
+    char comm[16];
+    uint32_t set_mm;           /* 1: apply mm below */
+    uint32_t signal_count;
+    struct cryo_mm_map mm;
+    uint64_t auxv[CRYO_AUXV_WORDS];
+    uint64_t rseq;
+    uint32_t rseq_length;
+    uint32_t rseq_signature;
+    struct cryo_queued_signal signals[CRYO_MAX_QUEUED_SIGNALS];
+};
+
+struct cryo_fd_install { int32_t from; int32_t to; uint32_t cloexec; uint32_t pad; };
+
+/* Followed by entries[]. Afterwards every fd >= close_from is closed. */
+struct cryo_install_fds {
+    uint32_t count;
+    int32_t close_from;
+};
+
+#define CRYO_MAX_GROUPS 64
+struct cryo_creds {
+    uint32_t uid, euid, suid, fsuid;
+    uint32_t gid, egid, sgid, fsgid;
+    uint32_t group_count;
+    uint32_t securebits;
+    uint32_t groups[CRYO_MAX_GROUPS];
+    uint32_t cap_effective[2], cap_permitted[2], cap_inheritable[2];
+    uint64_t cap_bounding;
+    uint64_t cap_ambient;
+    uint32_t cap_last;         /* highest capability number this kernel knows */
+    uint32_t pad;
+};
+
+#endif

@@ -1,0 +1,179 @@
+import CCryo
+import CryoSystem
+import Foundation
+import Glibc
+import SystemPackage
+
+/// The descriptor table: which fd number refers to which open file
+/// description. Descriptions shared by several fds (dup) are stored once, so
+/// they share offset and flags again after restore.
+public struct FilesRecord: Codable, Sendable {
+    public struct Descriptor: Codable, Sendable {
+        public var fd: Int32
+        public var closeOnExec: Bool
+        public var file: Int  // index into files
+    }
+    public struct OpenFile: Codable, Sendable {
+        public var id: Int
+        public var kind: FileKind
+        /// O_* status flags and access mode of the description (no O_CLOEXEC).
+        public var flags: UInt32
+        public var position: Int64
+        public var path: String?
+        public var regular: RegularFileState?
+        public var pipe: PipeEndState?
+    }
+    public enum FileKind: String, Codable, Sendable { case regular, directory, characterDevice, pipe }
+
+    public var descriptors: [Descriptor]
+    public var files: [OpenFile]
+}
+
+/// What dump knows of one descriptor before asking its kind.
+struct DescriptorProbe {
+    let pid: pid_t
+    let fd: Int32
+    let link: String
+    let flags: UInt32
+    let position: Int64
+    let stat: Glibc.stat
+    let handle: FileDescriptor  // our duplicate (pidfd_getfd): same open file description
+    var object: String { "pid \(pid) fd \(fd)" }
+}
+
+/// Context for dumping kinds that write side files (file contents, pipe data).
+final class FileDumpContext {
+    let paths: ImagePaths
+    /// Side files written so far, removed again if the dump fails.
+    var created: [String] = []
+    init(paths: ImagePaths) { self.paths = paths }
+}
+
+extension FilesRecord {
+    static func dump(pid: pid_t, context: FileDumpContext) throws -> FilesRecord {
+        let pidfd = try Pidfd.open(pid)
+        defer { try? pidfd.close() }
+        var descriptors: [Descriptor] = []
+        var files: [OpenFile] = []
+        var probes: [(fd: Int32, file: Int)] = []
+        var pipesSeen = Set<UInt64>()
+        let numbers = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").compactMap { Int32($0) }.sorted()
+        for fd in numbers {
+            let link = try Files.readLink("/proc/\(pid)/fd/\(fd)")
+            let info = try parseFDInfo(try Files.readString("/proc/\(pid)/fdinfo/\(fd)"))
+            // A dup of a description already seen shares it.
+            var shared: Int? = nil
+            for probe in probes where try Pidfd.sameFile(pid, probe.fd, pid, fd) { shared = probe.file; break }
+            let closeOnExec = info.flags & UInt32(O_CLOEXEC) != 0
+            if let shared {
+                descriptors.append(Descriptor(fd: fd, closeOnExec: closeOnExec, file: shared))
+                continue
+            }
+            let handle = try Pidfd.getfd(pidfd, pid: pid, fd: fd)
+            defer { try? handle.close() }
+            let probe = DescriptorProbe(pid: pid, fd: fd, link: link, flags: info.flags & ~UInt32(O_CLOEXEC), position: info.position,
+                                        stat: try Files.stat(handle, object: "pid \(pid) fd \(fd)"), handle: handle)
+            var file = try dumpOpenFile(probe, id: files.count, context: context)
+            if let pipe = file.pipe, !pipesSeen.insert(pipe.inode).inserted {
+                file.pipe!.buffered = nil // already kept with the pipe's other end
+            }
+            files.append(file)
+            probes.append((fd, file.id))
+            descriptors.append(Descriptor(fd: fd, closeOnExec: closeOnExec, file: file.id))
+        }
+        return FilesRecord(descriptors: descriptors, files: files)
+    }
+
+    /// Dispatches on the kind of object; anything unknown is refused by name.
+    static func dumpOpenFile(_ p: DescriptorProbe, id: Int, context: FileDumpContext) throws -> OpenFile {
+        let type = p.stat.st_mode & S_IFMT
+        var file = OpenFile(id: id, kind: .regular, flags: p.flags, position: p.position, path: nil, regular: nil, pipe: nil)
+        switch type {
+        case S_IFREG:
+            file.regular = try RegularFileState.dump(p, context: context, id: id)
+            file.path = file.regular!.path
+        case S_IFDIR:
+            file.kind = .directory
+            file.path = try RegularFileState.livePath(p)
+        case S_IFCHR:
+            file.kind = .characterDevice
+            file.path = try CharacterDevice.dump(p)
+        case S_IFIFO where p.link.hasPrefix("pipe:"):
+            file.kind = .pipe
+            file.pipe = try PipeEndState.dump(p)
+        case S_IFIFO:
+            throw CryoError("\(p.object): a named FIFO (\(p.link)) is not supported yet")
+        case S_IFSOCK:
+            throw CryoError("\(p.object): a socket (\(p.link)) is not supported yet")
+        default:
+            let what = p.link.hasPrefix("anon_inode:") ? "an \(p.link) descriptor" : "\(p.link)"
+            throw CryoError("\(p.object): \(what) is not supported yet")
+        }
+        return file
+    }
+
+    func validate(file: String) throws {
+        var seen = Set<Int32>()
+        for d in descriptors {
+            guard d.fd >= 0, d.fd < 1 << 20, seen.insert(d.fd).inserted, files.indices.contains(d.file) else {
+                throw ImageError(file: file, record: "files", "descriptor \(d.fd) is duplicated, out of range or names no file")
+            }
+        }
+        for (i, f) in files.enumerated() where f.id != i {
+            throw ImageError(file: file, record: "files", "file #\(i) carries id \(f.id)")
+        }
+    }
+
+    /// Opens every description in the controller, ready to be passed to the task.
+    /// Pipes are created once per pipe and their buffered bytes put back.
+    func open(pid: pid_t, paths: ImagePaths) throws -> [FileDescriptor] {
+        var opened: [FileDescriptor] = []
+        var pipes = PipeRebuilder()
+        do {
+            for f in files {
+                let object = "pid \(pid) fd \(descriptors.first { $0.file == f.id }?.fd ?? -1) (\(f.path ?? f.kind.rawValue))"
+                let handle: FileDescriptor
+                switch f.kind {
+                case .regular: handle = try f.regular!.open(flags: f.flags, position: f.position, object: object, paths: paths, id: f.id)
+                case .directory, .characterDevice: handle = try reopen(path: f.path ?? "", flags: f.flags, position: f.position, object: object)
+                case .pipe: handle = try pipes.end(f.pipe!, flags: f.flags, object: object)
+                }
+                opened.append(handle)
+            }
+        } catch {
+            for h in opened { try? h.close() }
+            pipes.closeAll()
+            throw error
+        }
+        pipes.closeAll()
+        return opened
+    }
+}
+
+struct FDInfo { var position: Int64; var flags: UInt32 }
+
+func parseFDInfo(_ text: String) throws -> FDInfo {
+    var info = FDInfo(position: 0, flags: 0)
+    for line in text.split(separator: "\n") {
+        let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+        guard parts.count == 2 else { continue }
+        if parts[0] == "pos" { info.position = Int64(parts[1]) ?? 0 }
+        if parts[0] == "flags" { info.flags = UInt32(parts[1], radix: 8) ?? 0 }
+    }
+    return info
+}
+
+/// Opens `path` as the description was opened (never creating or truncating) and seeks.
+func reopen(path: String, flags: UInt32, position: Int64, object: String) throws -> FileDescriptor {
+    let openFlags = Int32(bitPattern: flags) & ~(O_CREAT | O_TRUNC | O_EXCL | O_NOCTTY) | O_CLOEXEC | O_NOCTTY
+    let raw = Glibc.open(path, openFlags)
+    if raw < 0 { throw SyscallError("open", errno: Errno(rawValue: cryo_errno()), object: "\(object) \(path)") }
+    let fd = FileDescriptor(rawValue: raw)
+    if position != 0 {
+        do { _ = try fd.seek(offset: position, from: .start) } catch {
+            try? fd.close()
+            throw SyscallError("lseek", errno: error as? Errno ?? .ioError, object: object)
+        }
+    }
+    return fd
+}

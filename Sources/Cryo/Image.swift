@@ -1,0 +1,183 @@
+import CryoSystem
+import Foundation
+import Glibc
+import SystemPackage
+
+/// The on-disk image: one folder of record files and raw page files.
+/// Docs/IMAGE-FORMAT.md describes the layout; this is its only reader and writer.
+public enum ImageFormat {
+    public static let magic: [UInt8] = Array("CRYOIMG\0".utf8)
+    public static let version: UInt32 = 1
+    public static let fileHeaderSize = 16
+    public static let recordHeaderSize = 24
+    /// No record is larger than this; a length beyond it is corruption, not a reason to allocate.
+    public static let maxRecordLength: UInt64 = 256 << 20
+}
+
+/// The kinds of record. Numbers are part of the format: never reuse one.
+public enum RecordKind: UInt32, Sendable, CaseIterable {
+    case inventory = 1
+    case task = 2
+    case registers = 3
+    case memory = 4
+    case pageIndex = 5
+    case signals = 6
+    case files = 7
+}
+
+public struct ImageError: Error, CustomStringConvertible {
+    public let file: String
+    public let record: String?
+    public let problem: String
+    public init(file: String, record: String? = nil, _ problem: String) {
+        self.file = file
+        self.record = record
+        self.problem = problem
+    }
+    public var description: String {
+        "image \(file)\(record.map { " record \($0)" } ?? ""): \(problem)"
+    }
+}
+
+/// Writes one record file: header, then [kind, length, crc32, payload] per record.
+/// Files are created 0600 with O_EXCL|O_NOFOLLOW: images hold secrets.
+public struct RecordWriter {
+    private var body: [UInt8] = []
+    private var count: UInt32 = 0
+    public init() {}
+
+    public mutating func append<T: Encodable>(_ kind: RecordKind, _ value: T) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let payload = [UInt8](try encoder.encode(value))
+        body += le(kind.rawValue) + le(UInt32(0)) + le(UInt64(payload.count)) + le(crc32(payload)) + le(UInt32(0))
+        body += payload
+        count += 1
+    }
+
+    public func write(to path: String) throws {
+        let fd = try Files.open(path, .writeOnly, options: [.create, .exclusiveCreate, .noFollow],
+                                permissions: [.ownerReadWrite])
+        defer { try? fd.close() }
+        try write(to: fd, path: path)
+    }
+
+    public func write(to fd: FileDescriptor, path: String) throws {
+        try Files.write(fd, ImageFormat.magic + le(ImageFormat.version) + le(count) + body, path: path)
+    }
+}
+
+/// Reads a record file, checking everything before it is believed.
+public struct RecordReader {
+    public let path: String
+    public private(set) var records: [(kind: RecordKind, payload: [UInt8])] = []
+
+    public init(path: String) throws {
+        self.path = path
+        let name = (path as NSString).lastPathComponent
+        let bytes: [UInt8]
+        do { bytes = try Files.read(path) } catch let error as SyscallError {
+            throw ImageError(file: name, "cannot be read: \(error.errno.name) (\(error.errno.description))")
+        }
+        guard bytes.count >= ImageFormat.fileHeaderSize else {
+            throw ImageError(file: name, "truncated: \(bytes.count) bytes, shorter than the file header")
+        }
+        guard Array(bytes[0..<8]) == ImageFormat.magic else { throw ImageError(file: name, "not a cryo image file (bad magic)") }
+        let version = readLE(bytes, 8, UInt32.self)
+        guard version <= ImageFormat.version else {
+            throw ImageError(file: name, "written in format version \(version) by a newer cryo; this cryo reads up to \(ImageFormat.version)")
+        }
+        let count = readLE(bytes, 12, UInt32.self)
+        var offset = ImageFormat.fileHeaderSize
+        for index in 0..<Int(count) {
+            guard offset + ImageFormat.recordHeaderSize <= bytes.count else {
+                throw ImageError(file: name, record: "#\(index)", "truncated: header ends past the end of the file")
+            }
+            let rawKind = readLE(bytes, offset, UInt32.self)
+            let length = readLE(bytes, offset + 8, UInt64.self)
+            let checksum = readLE(bytes, offset + 16, UInt32.self)
+            guard let kind = RecordKind(rawValue: rawKind) else {
+                throw ImageError(file: name, record: "#\(index)", "unknown record kind \(rawKind)")
+            }
+            let label = "#\(index) (\(kind))"
+            guard length <= ImageFormat.maxRecordLength,
+                  offset + ImageFormat.recordHeaderSize + Int(length) <= bytes.count else {
+                throw ImageError(file: name, record: label, "truncated: \(length) bytes of payload claimed, \(bytes.count - offset - ImageFormat.recordHeaderSize) present")
+            }
+            let start = offset + ImageFormat.recordHeaderSize
+            let payload = Array(bytes[start..<(start + Int(length))])
+            guard crc32(payload) == checksum else { throw ImageError(file: name, record: label, "checksum mismatch (corrupt)") }
+            records.append((kind, payload))
+            offset = start + Int(length)
+        }
+        guard offset == bytes.count else {
+            throw ImageError(file: name, "\(bytes.count - offset) unexpected bytes after the last record")
+        }
+    }
+
+    /// The single record of `kind`, decoded.
+    public func one<T: Decodable>(_ kind: RecordKind, as type: T.Type) throws -> T {
+        let name = (path as NSString).lastPathComponent
+        let matches = records.filter { $0.kind == kind }
+        guard matches.count == 1 else {
+            throw ImageError(file: name, record: "\(kind)", "expected one such record, found \(matches.count)")
+        }
+        do { return try JSONDecoder().decode(T.self, from: Data(matches[0].payload)) } catch {
+            throw ImageError(file: name, record: "\(kind)", "malformed: \(decodingProblem(error))")
+        }
+    }
+}
+
+func decodingProblem(_ error: Error) -> String {
+    switch error {
+    case DecodingError.keyNotFound(let key, _): return "missing field \(key.stringValue)"
+    case DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context),
+         DecodingError.dataCorrupted(let context):
+        return "bad value at \(context.codingPath.map(\.stringValue).joined(separator: ".")): \(context.debugDescription)"
+    default: return "\(error)"
+    }
+}
+
+func le<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.littleEndian) { [UInt8]($0) } }
+func readLE<T: FixedWidthInteger>(_ bytes: [UInt8], _ offset: Int, _: T.Type) -> T {
+    bytes.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: T.self)) }
+}
+
+private let crcTable: [UInt32] = (0..<256).map { n -> UInt32 in
+    var c = UInt32(n)
+    for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+    return c
+}
+
+/// CRC-32 (IEEE), as zlib computes it.
+public func crc32(_ bytes: [UInt8]) -> UInt32 {
+    var crc: UInt32 = 0xFFFF_FFFF
+    for byte in bytes { crc = crcTable[Int((crc ^ UInt32(byte)) & 0xff)] ^ (crc >> 8) }
+    return crc ^ 0xFFFF_FFFF
+}
+
+/// Names of the files inside an image folder.
+public struct ImagePaths: Sendable {
+    public let directory: String
+    public init(_ directory: String) { self.directory = directory }
+    public var inventory: String { "\(directory)/inventory.img" }
+    public func task(_ pid: Int32) -> String { "\(directory)/task-\(pid).img" }
+    public func pages(_ pid: Int32) -> String { "\(directory)/pages-\(pid).img" }
+    public func fileData(_ id: Int) -> String { "\(directory)/filedata-\(id).img" }
+}
+
+/// What the folder holds: the format, who wrote it, which tasks.
+public struct Inventory: Codable, Sendable {
+    public var tool: String = "cryo"
+    public var formatVersion: UInt32 = ImageFormat.version
+    public var rootPid: Int32
+    public var pids: [Int32]
+    public var kernel: String
+    public var shellJob: Bool
+    public var pageSize: Int = 4096
+}
+
+extension Data {
+    /// Byte arrays travel as base64 in records.
+    var bytes: [UInt8] { [UInt8](self) }
+}

@@ -1,0 +1,340 @@
+import CCryo
+import CryoInjector
+import CryoSystem
+import Foundation
+import Glibc
+import SystemPackage
+
+/// The address space: every mapping with its origin, and the pages that only
+/// the image can give back (present, private or anonymous, not the zero page).
+public struct MemoryRecord: Codable, Sendable {
+    public enum Kind: String, Codable, Sendable {
+        case anonymous, sharedAnonymous, file, heap, stack, vdso, vvar, vvarClock, vsyscall
+    }
+    public struct Mapping: Codable, Sendable {
+        public var start: UInt64
+        public var end: UInt64
+        public var protection: String  // "rwx" subset, as /proc shows it
+        public var shared: Bool
+        public var kind: Kind
+        public var path: String?
+        public var fileOffset: UInt64
+        public var device: UInt64?
+        public var inode: UInt64?
+        public var growsDown: Bool
+        public var noReserve: Bool
+        public var advice: UInt32  // CRYO_MADV_*
+        var length: UInt64 { end - start }
+        var isSpecial: Bool { [.vdso, .vvar, .vvarClock, .vsyscall].contains(kind) }
+        var prot: Int32 {
+            (protection.contains("r") ? PROT_READ : 0) | (protection.contains("w") ? PROT_WRITE : 0)
+                | (protection.contains("x") ? PROT_EXEC : 0)
+        }
+    }
+    public var mappings: [Mapping]
+}
+
+/// Where each saved page range lives in pages-PID.img: [address, length, file offset].
+public struct PageIndex: Codable, Sendable {
+    public var runs: [[UInt64]]
+    public var pagesFileSize: UInt64
+}
+
+/// One line of /proc/PID/smaps with its VmFlags.
+struct ProcMapping {
+    var start: UInt64, end: UInt64
+    var permissions: String
+    var offset: UInt64
+    var device: String
+    var inode: UInt64
+    var path: String
+    var vmFlags: Set<String> = []
+}
+
+func readMappings(pid: pid_t, withFlags: Bool) throws -> [ProcMapping] {
+    let text = try Files.readString("/proc/\(pid)/\(withFlags ? "smaps" : "maps")")
+    var result: [ProcMapping] = []
+    for line in text.split(separator: "\n", omittingEmptySubsequences: true) {
+        if line.hasPrefix("VmFlags:") {
+            result[result.count - 1].vmFlags = Set(line.dropFirst(8).split(separator: " ").map(String.init))
+            continue
+        }
+        guard let first = line.first, first.isHexDigit, let dash = line.firstIndex(of: "-") else { continue }
+        let fields = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
+        guard fields.count >= 5,
+              let start = UInt64(line[..<dash], radix: 16),
+              let end = UInt64(fields[0][fields[0].index(after: fields[0].firstIndex(of: "-")!)...], radix: 16) else { continue }
+        // Some lines have the address range as one token; the path may hold spaces.
+        let path = fields.count == 6 ? fields[5].trimmingCharacters(in: .whitespaces) : ""
+        result.append(ProcMapping(start: start, end: end, permissions: String(fields[1]),
+                                  offset: UInt64(fields[2], radix: 16) ?? 0, device: String(fields[3]),
+                                  inode: UInt64(fields[4]) ?? 0, path: path))
+    }
+    return result
+}
+
+extension MemoryRecord {
+    /// Classifies every mapping; refuses what cannot be brought back faithfully.
+    static func dump(pid: pid_t) throws -> MemoryRecord {
+        var mappings: [Mapping] = []
+        for m in try readMappings(pid: pid, withFlags: true) {
+            let shared = m.permissions.dropFirst(3).first == "s"
+            let address = "0x\(String(m.start, radix: 16))-0x\(String(m.end, radix: 16))"
+            func refuse(_ what: String) -> CryoError {
+                CryoError("pid \(pid): mapping \(address) \(m.path.isEmpty ? "" : "(\(m.path)) ")is \(what), not supported yet")
+            }
+            var kind: Kind
+            var path: String? = nil
+            switch m.path {
+            case "[vdso]": kind = .vdso
+            case "[vvar]": kind = .vvar
+            case "[vvar_vclock]": kind = .vvarClock
+            case "[vsyscall]": kind = .vsyscall
+            case "[heap]": kind = .heap
+            case "[stack]": kind = .stack
+            case "":
+                kind = shared ? .sharedAnonymous : .anonymous
+            case let p where p.hasPrefix("[anon:") || p.hasPrefix("[anon_shmem:"):
+                kind = shared ? .sharedAnonymous : .anonymous
+            case let p where p.hasPrefix("/dev/zero") && shared, let p where p.hasPrefix("/SYSV") && false:
+                _ = p
+                kind = .sharedAnonymous
+            case let p where p.hasPrefix("/memfd:"): throw refuse("a memfd mapping")
+            case let p where p.hasPrefix("/SYSV"): throw refuse("a System V shared memory segment")
+            case let p where p.hasSuffix(" (deleted)"): throw refuse("a mapping of a deleted file")
+            case let p where p.hasPrefix("/"):
+                kind = .file
+                path = p
+            default:
+                throw refuse("an unknown kind of mapping")
+            }
+            if !m.path.hasPrefix("[v") && (m.vmFlags.contains("io") || m.vmFlags.contains("pf")) {
+                throw refuse("a device (VM_IO/VM_PFNMAP) mapping")
+            }
+            var advice: UInt32 = 0
+            let adviceFlags: [(String, UInt32)] = [("dd", CRYO_MADV_DONTDUMP), ("dc", CRYO_MADV_DONTFORK), ("hg", CRYO_MADV_HUGEPAGE),
+                                                   ("nh", CRYO_MADV_NOHUGEPAGE), ("wf", CRYO_MADV_WIPEONFORK)]
+            for (flag, bit) in adviceFlags where m.vmFlags.contains(flag) { advice |= UInt32(bit) }
+            let (major, minor) = parseDevice(m.device)
+            mappings.append(Mapping(start: m.start, end: m.end, protection: String(m.permissions.prefix(3)).replacingOccurrences(of: "-", with: ""),
+                                    shared: shared, kind: kind, path: path, fileOffset: m.offset,
+                                    device: kind == .file ? cryo_makedev(major, minor) : nil,
+                                    inode: kind == .file ? m.inode : nil,
+                                    growsDown: m.vmFlags.contains("gd"), noReserve: m.vmFlags.contains("nr"), advice: advice))
+        }
+        return MemoryRecord(mappings: mappings)
+    }
+
+    /// Which pages of a mapping hold state the image must keep.
+    func pageCategories(_ m: Mapping) -> (inverted: UInt64, mask: UInt64, anyOf: UInt64)? {
+        switch m.kind {
+        case .vdso, .vvar, .vvarClock, .vsyscall: return nil
+        case .file where m.shared: return nil  // the file itself holds them
+        case .sharedAnonymous:
+            return (UInt64(CRYO_PAGE_IS_PFNZERO), UInt64(CRYO_PAGE_IS_PFNZERO), UInt64(CRYO_PAGE_IS_PRESENT | CRYO_PAGE_IS_SWAPPED))
+        default:
+            // Private: written (anonymous) pages only; file pages still come from the file.
+            let notFileNotZero = UInt64(CRYO_PAGE_IS_FILE | CRYO_PAGE_IS_PFNZERO)
+            return (notFileNotZero, notFileNotZero, UInt64(CRYO_PAGE_IS_PRESENT | CRYO_PAGE_IS_SWAPPED))
+        }
+    }
+
+    /// Copies the pages that matter into `pagesPath` and returns their index.
+    func dumpPages(pid: pid_t, to pagesPath: String, statistics: inout DumpStatistics) throws -> PageIndex {
+        let pagemap = try Files.open("/proc/\(pid)/pagemap", .readOnly)
+        defer { try? pagemap.close() }
+        let out = try Files.open(pagesPath, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
+        defer { try? out.close() }
+        var runs: [[UInt64]] = []
+        var fileOffset: UInt64 = 0
+        let bufferSize = 8 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 4096)
+        defer { buffer.deallocate() }
+        var regions = [cryo_page_region](repeating: cryo_page_region(), count: 512)
+        for m in mappings {
+            guard let categories = pageCategories(m) else { continue }
+            statistics.pagesScanned += m.length / 4096
+            var cursor = m.start
+            while cursor < m.end {
+                var arg = cryo_pm_scan_arg()
+                arg.start = cursor
+                arg.end = m.end
+                arg.category_inverted = categories.inverted
+                arg.category_mask = categories.mask
+                arg.category_anyof_mask = categories.anyOf
+                arg.return_mask = categories.anyOf
+                let found = try regions.withUnsafeMutableBufferPointer { (vec) throws -> Int in
+                    arg.vec = UInt64(UInt(bitPattern: vec.baseAddress))
+                    arg.vec_len = UInt64(vec.count)
+                    return try check(cryo_pagemap_scan(pagemap.rawValue, &arg), "ioctl(PAGEMAP_SCAN)", pid: pid,
+                                     object: "address 0x\(String(cursor, radix: 16))")
+                }
+                for region in regions.prefix(found) {
+                    var address = region.start
+                    runs.append([region.start, region.end - region.start, fileOffset])
+                    while address < region.end {
+                        let chunk = Int(min(UInt64(bufferSize), region.end - address))
+                        let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<chunk])
+                        try RemoteMemory.read(pid, at: address, into: view)
+                        try Files.write(out, UnsafeRawBufferPointer(view), at: Int64(fileOffset), path: pagesPath)
+                        fileOffset += UInt64(chunk)
+                        address += UInt64(chunk)
+                    }
+                    statistics.pagesWritten += (region.end - region.start) / 4096
+                }
+                cursor = arg.walk_end > cursor ? arg.walk_end : m.end
+            }
+        }
+        return PageIndex(runs: runs, pagesFileSize: fileOffset)
+    }
+
+    /// Everything is checked before any task is created: order, overlap, sizes, page runs.
+    func validate(file: String, index: PageIndex, pagesFileSize: UInt64, pagesFile: String) throws {
+        var previousEnd: UInt64 = 0
+        for m in mappings {
+            let label = "mapping 0x\(String(m.start, radix: 16))"
+            guard m.start < m.end, m.start % 4096 == 0, m.end % 4096 == 0, m.start >= previousEnd else {
+                throw ImageError(file: file, record: "memory", "\(label): misaligned, empty or overlapping")
+            }
+            guard m.kind == .vsyscall || m.end <= 0x7fff_ffff_f000 else {
+                throw ImageError(file: file, record: "memory", "\(label): beyond the user address space")
+            }
+            if m.kind == .file && (m.path ?? "").isEmpty { throw ImageError(file: file, record: "memory", "\(label): file mapping without a path") }
+            previousEnd = m.end
+        }
+        guard index.pagesFileSize == pagesFileSize else {
+            throw ImageError(file: pagesFile, "is \(pagesFileSize) bytes, the page index expects \(index.pagesFileSize) (truncated or replaced)")
+        }
+        var expectedOffset: UInt64 = 0
+        for run in index.runs {
+            guard run.count == 3, run[1] > 0, run[0] % 4096 == 0, run[1] % 4096 == 0, run[2] == expectedOffset,
+                  run[2] + run[1] <= pagesFileSize,
+                  mappings.contains(where: { $0.start <= run[0] && run[0] + run[1] <= $0.end && !$0.isSpecial }) else {
+                throw ImageError(file: file, record: "pageIndex", "page run \(run) is malformed or outside every mapping")
+            }
+            expectedOffset += run[1]
+        }
+    }
+}
+
+func parseDevice(_ text: String) -> (UInt32, UInt32) {
+    let parts = text.split(separator: ":")
+    guard parts.count == 2 else { return (0, 0) }
+    return (UInt32(parts[0], radix: 16) ?? 0, UInt32(parts[1], radix: 16) ?? 0)
+}
+
+/// Figures like CRIU's stats-dump, kept in the image folder.
+public struct DumpStatistics: Codable, Sendable {
+    public var frozenSeconds: Double = 0
+    public var memoryDumpSeconds: Double = 0
+    public var pagesScanned: UInt64 = 0
+    public var pagesWritten: UInt64 = 0
+}
+
+// MARK: - Restore
+
+/// Builds the RESTORE_MEMORY command for a new task whose current layout is
+/// `current`, with the parasite at `parasite`.
+struct MemoryRestorePlan {
+    var payload: [UInt8]
+
+    init(record: MemoryRecord, index: PageIndex, current: [ProcMapping], parasite: Range<UInt64>,
+         temporary: UInt64, pagesFD: Int32, fileFD: (MemoryRecord.Mapping) throws -> Int32,
+         oldRseq: cryo_rseq_config) throws {
+        let specialNames: [String: MemoryRecord.Kind] = ["[vdso]": .vdso, "[vvar]": .vvar, "[vvar_vclock]": .vvarClock]
+        var unmaps: [cryo_range] = []
+        var currentSpecials: [(kind: MemoryRecord.Kind, range: Range<UInt64>)] = []
+        for m in current {
+            if m.start >= parasite.lowerBound && m.end <= parasite.upperBound { continue }
+            if m.path == "[vsyscall]" { continue }
+            if let kind = specialNames[m.path] {
+                currentSpecials.append((kind, m.start..<m.end))
+                continue
+            }
+            if let last = unmaps.last, last.end == m.start { unmaps[unmaps.count - 1].end = m.end } else {
+                unmaps.append(cryo_range(start: m.start, end: m.end))
+            }
+        }
+        // The kernel's vDSO pages move to where the image had them: first aside,
+        // then into place, so no move lands on another special mapping.
+        var remaps: [cryo_remap] = []
+        var aside = temporary
+        var parked: [(MemoryRecord.Kind, UInt64, UInt64)] = []
+        for special in currentSpecials {
+            let length = UInt64(special.range.count)
+            guard let wanted = record.mappings.first(where: { $0.kind == special.kind }) else {
+                unmaps.append(cryo_range(start: special.range.lowerBound, end: special.range.upperBound))
+                continue
+            }
+            guard wanted.length == length else {
+                throw CryoError("the image's \(special.kind) is \(wanted.length) bytes, this kernel's is \(length): "
+                    + "restore on the kernel the image was made on")
+            }
+            remaps.append(cryo_remap(from: special.range.lowerBound, length: length, to: aside))
+            parked.append((special.kind, aside, length))
+            aside += length
+        }
+        for (kind, from, length) in parked {
+            let wanted = record.mappings.first(where: { $0.kind == kind })!
+            remaps.append(cryo_remap(from: from, length: length, to: wanted.start))
+        }
+        for wanted in record.mappings where [.vdso, .vvar, .vvarClock].contains(wanted.kind) {
+            if !currentSpecials.contains(where: { $0.kind == wanted.kind }) {
+                throw CryoError("the image has \(wanted.kind) at 0x\(String(wanted.start, radix: 16)) but this kernel gave the new task none")
+            }
+        }
+
+        var vmas: [cryo_vma] = []
+        var runs: [cryo_page_run] = []
+        var runCursor = 0
+        let sortedRuns = index.runs
+        for m in record.mappings where !m.isSpecial {
+            var vma = cryo_vma()
+            vma.start = m.start
+            vma.end = m.end
+            vma.prot = UInt32(m.prot)
+            var flags = m.shared ? MAP_SHARED : MAP_PRIVATE
+            if m.kind != .file { flags |= MAP_ANONYMOUS }
+            if m.growsDown { flags |= MAP_GROWSDOWN }
+            if m.noReserve { flags |= MAP_NORESERVE }
+            vma.flags = UInt32(flags)
+            vma.fd = m.kind == .file ? try fileFD(m) : -1
+            vma.file_offset = m.kind == .file ? m.fileOffset : 0
+            vma.madvise = m.advice
+            vma.first_run = UInt64(runs.count)
+            while runCursor < sortedRuns.count && sortedRuns[runCursor][0] < m.end {
+                let run = sortedRuns[runCursor]
+                runs.append(cryo_page_run(address: run[0], length: run[1], file_offset: run[2]))
+                runCursor += 1
+            }
+            vma.run_count = UInt64(runs.count) - vma.first_run
+            vmas.append(vma)
+        }
+        var header = cryo_restore_memory()
+        header.unmap_count = UInt64(unmaps.count)
+        header.remap_count = UInt64(remaps.count)
+        header.vma_count = UInt64(vmas.count)
+        header.run_count = UInt64(runs.count)
+        header.pages_fd = pagesFD
+        header.old_rseq = oldRseq.rseq_abi_pointer
+        header.old_rseq_length = oldRseq.rseq_abi_size
+        header.old_rseq_signature = oldRseq.signature
+        payload = bytes(of: header) + bytes(of: unmaps) + bytes(of: remaps) + bytes(of: vmas) + bytes(of: runs)
+    }
+}
+
+func bytes<T>(of value: T) -> [UInt8] { withUnsafeBytes(of: value) { [UInt8]($0) } }
+func bytes<T>(of values: [T]) -> [UInt8] { values.withUnsafeBytes { [UInt8]($0) } }
+
+/// A free range of `size` bytes outside every range in `occupied`, as high as possible below the usual mmap area top.
+func findFreeRange(size: UInt64, occupied: [Range<UInt64>]) -> UInt64? {
+    let margin: UInt64 = 0x10_0000
+    var ceiling: UInt64 = 0x7fff_0000_0000
+    for range in occupied.sorted(by: { $0.lowerBound > $1.lowerBound }) {
+        if range.upperBound <= ceiling && ceiling - range.upperBound >= size + 2 * margin {
+            return (ceiling - margin - size) & ~0xfff
+        }
+        ceiling = min(ceiling, range.lowerBound)
+    }
+    return ceiling >= size + 0x100_0000 ? (ceiling - margin - size) & ~0xfff : nil
+}

@@ -1,0 +1,80 @@
+import CCryo
+import CryoSystem
+import Foundation
+import Glibc
+import SystemPackage
+
+/// One end of an anonymous pipe. The pipe's buffered bytes and size are kept
+/// with the first end seen; both ends of one pipe are rebuilt from one pipe().
+public struct PipeEndState: Codable, Sendable {
+    public var inode: UInt64
+    public var isReadEnd: Bool
+    public var capacity: Int32
+    /// Bytes buffered in the pipe at dump, read without draining it.
+    public var buffered: Data?
+}
+
+extension PipeEndState {
+    static func dump(_ p: DescriptorProbe) throws -> PipeEndState {
+        let accessMode = Int32(bitPattern: p.flags) & O_ACCMODE
+        let capacity = try Files.fcntl(p.handle.rawValue, CRYO_F_GETPIPE_SZ, object: p.object)
+        return PipeEndState(inode: UInt64(p.stat.st_ino), isReadEnd: accessMode == O_RDONLY, capacity: capacity,
+                            buffered: Data(try peek(p, capacity: capacity)))
+    }
+
+    /// tee() copies the buffered bytes into a scratch pipe without consuming them.
+    static func peek(_ p: DescriptorProbe, capacity: Int32) throws -> [UInt8] {
+        // A read end on the same pipe: a write end's description cannot be read from.
+        let reader = Glibc.open("/proc/\(p.pid)/fd/\(p.fd)", O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        if reader < 0 { throw SyscallError("open", errno: Errno(rawValue: cryo_errno()), object: "\(p.object) (pipe, to peek)") }
+        defer { close(reader) }
+        var scratch: [Int32] = [0, 0]
+        _ = try check(cryo_pipe2(&scratch, O_CLOEXEC | O_NONBLOCK), "pipe2", object: p.object)
+        defer { close(scratch[0]); close(scratch[1]) }
+        _ = try Files.fcntl(scratch[1], CRYO_F_SETPIPE_SZ, capacity, object: "scratch pipe for \(p.object)")
+        let copied = cryo_tee(reader, scratch[1], Int(capacity), UInt32(CRYO_SPLICE_F_NONBLOCK))
+        if copied == -Int(EAGAIN) { return [] }
+        let count = try check(copied, "tee", pid: p.pid, object: "fd \(p.fd)")
+        var data = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let n = data.withUnsafeMutableBytes { read(scratch[0], $0.baseAddress! + got, count - got) }
+            if n <= 0 { throw SyscallError("read", errno: Errno(rawValue: cryo_errno()), object: "scratch pipe for \(p.object)") }
+            got += n
+        }
+        return data
+    }
+}
+
+/// Creates each pipe once and hands out its ends with their own flags.
+struct PipeRebuilder {
+    private var pipes: [UInt64: (read: Int32, write: Int32)] = [:]
+
+    mutating func end(_ state: PipeEndState, flags: UInt32, object: String) throws -> FileDescriptor {
+        let ends: (read: Int32, write: Int32)
+        if let existing = pipes[state.inode] {
+            ends = existing
+        } else {
+            var fds: [Int32] = [0, 0]
+            _ = try check(cryo_pipe2(&fds, O_CLOEXEC), "pipe2", object: object)
+            ends = (fds[0], fds[1])
+            pipes[state.inode] = ends
+            _ = try Files.fcntl(ends.write, CRYO_F_SETPIPE_SZ, state.capacity, object: object)
+        }
+        if let buffered = state.buffered, !buffered.isEmpty {
+            // The bytes travel with whichever end was dumped first; write them once.
+            let written = buffered.withUnsafeBytes { write(ends.write, $0.baseAddress!, $0.count) }
+            guard written == buffered.count else {
+                throw SyscallError("write", errno: Errno(rawValue: cryo_errno()), object: "\(object): refilling the pipe")
+            }
+        }
+        // Each end gets a description of its own, with the old status flags.
+        let mine = state.isReadEnd ? ends.read : ends.write
+        let copy = try reopen(path: "/proc/self/fd/\(mine)", flags: flags, position: 0, object: object)
+        return copy
+    }
+
+    func closeAll() {
+        for ends in pipes.values { close(ends.read); close(ends.write) }
+    }
+}

@@ -1,0 +1,82 @@
+import CCryo
+import CryoSystem
+import Foundation
+import Glibc
+import SystemPackage
+
+/// A regular file: reopened by path, or, when it was unlinked while open,
+/// recreated unlinked from the contents saved in the image.
+public struct RegularFileState: Codable, Sendable {
+    public var path: String
+    public var size: Int64
+    public var mode: UInt32
+    public var device: UInt64
+    public var inode: UInt64
+    /// Contents were saved to filedata-ID.img because no name reaches the file any more.
+    public var unlinked: Bool
+}
+
+extension RegularFileState {
+    static let deletedSuffix = " (deleted)"
+
+    static func livePath(_ p: DescriptorProbe) throws -> String {
+        guard p.link.hasPrefix("/"), !p.link.hasSuffix(deletedSuffix) else {
+            throw CryoError("\(p.object): \(p.link) has no path that can be reopened")
+        }
+        return p.link
+    }
+
+    static func dump(_ p: DescriptorProbe, context: FileDumpContext, id: Int) throws -> RegularFileState {
+        let unlinked = p.stat.st_nlink == 0
+        var path = p.link
+        if unlinked && path.hasSuffix(deletedSuffix) { path.removeLast(deletedSuffix.count) }
+        guard path.hasPrefix("/") else { throw CryoError("\(p.object): regular file \(p.link) has no usable path") }
+        if unlinked {
+            // The file lives only through this descriptor: keep its bytes.
+            context.created.append(context.paths.fileData(id))
+            let out = try Files.open(context.paths.fileData(id), .writeOnly, options: [.create, .exclusiveCreate, .noFollow],
+                                     permissions: [.ownerReadWrite])
+            defer { try? out.close() }
+            var offset: Int64 = 0
+            var chunk = [UInt8](repeating: 0, count: 1 << 20)
+            while true {
+                let n: Int
+                do { n = try chunk.withUnsafeMutableBytes { try p.handle.read(fromAbsoluteOffset: offset, into: $0) } } catch {
+                    throw SyscallError("pread", errno: error as? Errno ?? .ioError, object: p.object)
+                }
+                if n == 0 { break }
+                try chunk.withUnsafeBytes { (raw) throws in
+                    try Files.write(out, UnsafeRawBufferPointer(rebasing: raw[0..<n]), at: offset, path: context.paths.fileData(id))
+                }
+                offset += Int64(n)
+            }
+        }
+        return RegularFileState(path: path, size: Int64(p.stat.st_size), mode: p.stat.st_mode & 0o7777,
+                                device: UInt64(p.stat.st_dev), inode: UInt64(p.stat.st_ino), unlinked: unlinked)
+    }
+
+    func open(flags: UInt32, position: Int64, object: String, paths: ImagePaths, id: Int) throws -> FileDescriptor {
+        if !unlinked {
+            let st = try Files.stat(path)
+            guard Int64(st.st_size) == size else {
+                throw CryoError("\(object): \(path) is \(st.st_size) bytes, it was \(size) at dump; the file changed since")
+            }
+            return try reopen(path: path, flags: flags, position: position, object: object)
+        }
+        // Recreate it unlinked in its old folder (or the image's), then open it with the old flags.
+        let folder = (path as NSString).deletingLastPathComponent
+        var result = cryo_open_tmpfile(Files.exists(folder) ? folder : paths.directory, O_RDWR | O_CLOEXEC, mode)
+        if result < 0 { result = cryo_open_tmpfile(paths.directory, O_RDWR | O_CLOEXEC, mode) }
+        let raw = Int32(try check(result, "open(O_TMPFILE)", object: "\(object) for \(path)"))
+        let scratch = FileDescriptor(rawValue: raw)
+        defer { try? scratch.close() }
+        let data = try Files.read(paths.fileData(id))
+        guard data.count == size else {
+            throw ImageError(file: (paths.fileData(id) as NSString).lastPathComponent, "holds \(data.count) bytes, the file had \(size)")
+        }
+        try data.withUnsafeBytes { (raw) throws in try Files.write(scratch, raw, at: 0, path: path) }
+        _ = fchmod(raw, mode_t(mode))
+        // Reopening through /proc gives a description with exactly the old access mode and flags.
+        return try reopen(path: "/proc/self/fd/\(raw)", flags: flags, position: position, object: object)
+    }
+}

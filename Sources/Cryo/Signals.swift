@@ -1,0 +1,106 @@
+import CCryo
+import CryoInjector
+import CryoSystem
+import Foundation
+import Glibc
+
+/// Signal dispositions, the alternate stack, interval timers and queued signals.
+public struct SignalsRecord: Codable, Sendable {
+    public struct Action: Codable, Sendable {
+        public var signal: Int32
+        public var handler: UInt64
+        public var flags: UInt64
+        public var restorer: UInt64
+        public var mask: UInt64
+    }
+    public struct Pending: Codable, Sendable {
+        public var shared: Bool
+        public var signal: Int32
+        public var siginfo: Data
+    }
+    public struct IntervalTimer: Codable, Sendable {
+        public var which: Int32
+        public var intervalMicroseconds: Int64
+        public var valueMicroseconds: Int64
+    }
+    public var actions: [Action]
+    public var altstackAddress: UInt64
+    public var altstackSize: UInt64
+    public var altstackFlags: Int32
+    public var timers: [IntervalTimer]
+    public var pending: [Pending]
+}
+
+extension SignalsRecord {
+    static func dump(pid: pid_t, state: cryo_task_state) throws -> SignalsRecord {
+        var actions: [Action] = []
+        withUnsafeBytes(of: state.actions) { raw in
+            for i in 0..<64 {
+                let a = raw.loadUnaligned(fromByteOffset: i * MemoryLayout<cryo_sigaction>.stride, as: cryo_sigaction.self)
+                // Default disposition with nothing else set need not be recorded.
+                if a.handler == 0 && a.flags == 0 && a.mask == 0 { continue }
+                actions.append(Action(signal: Int32(i + 1), handler: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask))
+            }
+        }
+        let timers = withUnsafeBytes(of: state.itimers) { raw in
+            (0..<3).map { i -> IntervalTimer in
+                let t = raw.loadUnaligned(fromByteOffset: i * MemoryLayout<cryo_itimer>.stride, as: cryo_itimer.self)
+                return IntervalTimer(which: Int32(i), intervalMicroseconds: t.interval.sec * 1_000_000 + t.interval.usec,
+                                     valueMicroseconds: t.value.sec * 1_000_000 + t.value.usec)
+            }
+        }
+        var pending: [Pending] = []
+        for shared in [false, true] {
+            for info in try Ptrace.pendingSignals(pid, shared: shared) {
+                let signo = info.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }
+                pending.append(Pending(shared: shared, signal: signo, siginfo: Data(info)))
+            }
+        }
+        return SignalsRecord(actions: actions, altstackAddress: state.altstack_sp, altstackSize: state.altstack_size,
+                             altstackFlags: state.altstack_flags, timers: timers, pending: pending)
+    }
+
+    func validate(file: String) throws {
+        for a in actions where a.signal < 1 || a.signal > 64 {
+            throw ImageError(file: file, record: "signals", "signal number \(a.signal) out of range")
+        }
+        for p in pending where p.siginfo.count != 128 || p.signal < 1 || p.signal > 64 {
+            throw ImageError(file: file, record: "signals", "pending signal \(p.signal) with \(p.siginfo.count)-byte siginfo")
+        }
+        guard pending.count <= Int(CRYO_MAX_QUEUED_SIGNALS) else {
+            throw ImageError(file: file, record: "signals", "\(pending.count) queued signals, at most \(CRYO_MAX_QUEUED_SIGNALS) supported")
+        }
+        guard timers.count <= 3 else { throw ImageError(file: file, record: "signals", "\(timers.count) interval timers") }
+    }
+
+    /// Fills the parasite's view: every disposition (default where not recorded), altstack, timers, queue.
+    func fill(_ state: inout cryo_task_state, _ extra: inout cryo_restore_extra) {
+        withUnsafeMutableBytes(of: &state.actions) { raw in
+            for a in actions {
+                let action = cryo_sigaction(handler: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask)
+                raw.storeBytes(of: action, toByteOffset: Int(a.signal - 1) * MemoryLayout<cryo_sigaction>.stride, as: cryo_sigaction.self)
+            }
+        }
+        state.altstack_sp = altstackAddress
+        state.altstack_size = altstackSize
+        state.altstack_flags = altstackFlags
+        withUnsafeMutableBytes(of: &state.itimers) { raw in
+            for t in timers {
+                let timer = cryo_itimer(
+                    interval: cryo_timeval(sec: t.intervalMicroseconds / 1_000_000, usec: t.intervalMicroseconds % 1_000_000),
+                    value: cryo_timeval(sec: t.valueMicroseconds / 1_000_000, usec: t.valueMicroseconds % 1_000_000))
+                raw.storeBytes(of: timer, toByteOffset: Int(t.which) * MemoryLayout<cryo_itimer>.stride, as: cryo_itimer.self)
+            }
+        }
+        extra.signal_count = UInt32(pending.count)
+        withUnsafeMutableBytes(of: &extra.signals) { raw in
+            for (i, p) in pending.enumerated() {
+                let base = i * MemoryLayout<cryo_queued_signal>.stride
+                raw.storeBytes(of: UInt32(p.shared ? 1 : 0), toByteOffset: base, as: UInt32.self)
+                p.siginfo.withUnsafeBytes { info in
+                    raw.baseAddress!.advanced(by: base + 8).copyMemory(from: info.baseAddress!, byteCount: 128)
+                }
+            }
+        }
+    }
+}

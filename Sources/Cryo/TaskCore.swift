@@ -1,0 +1,178 @@
+import CCryo
+import CryoInjector
+import CryoSystem
+import Foundation
+import Glibc
+
+/// Identity and per-process attributes: ids, name, credentials, limits, the
+/// mm fields, cwd/root/exe. Read from /proc and the parasite at dump; set by
+/// the parasite (and prlimit) at restore, credentials last.
+public struct TaskCore: Codable, Sendable {
+    public var pid: Int32
+    public var ppid: Int32
+    public var pgid: Int32
+    public var sid: Int32
+    public var comm: String
+    public var personality: UInt64
+    public var exe: String
+    public var cwd: String
+    public var root: String
+    public var umask: UInt32
+    public var credentials: Credentials
+    /// [soft, hard] per RLIMIT_* number.
+    public var resourceLimits: [[UInt64]]
+    public var mm: MMFields
+    public var auxv: [UInt64]
+    public var rseq: RseqRegistration?
+    public var clearChildTid: UInt64
+    public var robustList: UInt64
+    public var robustListLength: UInt64
+    public var parentDeathSignal: Int32
+    public var dumpable: UInt32
+
+    public struct Credentials: Codable, Sendable {
+        public var uids: [UInt32]   // real, effective, saved, fs
+        public var gids: [UInt32]
+        public var groups: [UInt32]
+        public var capEffective: UInt64
+        public var capPermitted: UInt64
+        public var capInheritable: UInt64
+        public var capBounding: UInt64
+        public var capAmbient: UInt64
+        public var securebits: UInt32
+    }
+
+    public struct MMFields: Codable, Sendable {
+        public var startCode, endCode, startData, endData, startBrk, brk, startStack: UInt64
+        public var argStart, argEnd, envStart, envEnd: UInt64
+    }
+
+    public struct RseqRegistration: Codable, Sendable {
+        public var address: UInt64
+        public var length: UInt32
+        public var signature: UInt32
+    }
+}
+
+extension TaskCore {
+    static let resourceCount: Int32 = 16 // RLIM_NLIMITS
+
+    /// Everything readable from outside; `state` is what the parasite reported.
+    static func dump(pid: pid_t, state: cryo_task_state) throws -> TaskCore {
+        let stat = try ProcStat(pid: pid)
+        let status = try ProcStatus(pid: pid)
+        let auxvBytes = try Files.read("/proc/\(pid)/auxv")
+        let auxv = auxvBytes.withUnsafeBytes { Array($0.bindMemory(to: UInt64.self)) }
+        var limits: [[UInt64]] = []
+        for resource in 0..<resourceCount {
+            let limit = try Processes.resourceLimit(pid, resource)
+            limits.append([limit.soft, limit.hard])
+        }
+        let rseqConfig = try Ptrace.rseqConfiguration(pid)
+        let personality = UInt64(try Files.readString("/proc/\(pid)/personality")
+            .trimmingCharacters(in: .whitespacesAndNewlines), radix: 16) ?? 0
+        return TaskCore(
+            pid: pid, ppid: stat.ppid, pgid: stat.pgid, sid: stat.sid, comm: stat.comm, personality: personality,
+            exe: try Files.readLink("/proc/\(pid)/exe"), cwd: try Files.readLink("/proc/\(pid)/cwd"),
+            root: try Files.readLink("/proc/\(pid)/root"), umask: state.umask,
+            credentials: status.credentials, resourceLimits: limits,
+            mm: MMFields(startCode: stat.field(26), endCode: stat.field(27), startData: stat.field(45),
+                         endData: stat.field(46), startBrk: stat.field(47), brk: state.brk,
+                         startStack: stat.field(28), argStart: stat.field(48), argEnd: stat.field(49),
+                         envStart: stat.field(50), envEnd: stat.field(51)),
+            auxv: auxv,
+            rseq: rseqConfig.rseq_abi_pointer == 0 ? nil
+                : RseqRegistration(address: rseqConfig.rseq_abi_pointer, length: rseqConfig.rseq_abi_size,
+                                   signature: rseqConfig.signature),
+            clearChildTid: state.clear_child_tid, robustList: state.robust_list,
+            robustListLength: state.robust_list_len, parentDeathSignal: state.parent_death_signal,
+            dumpable: state.dumpable)
+    }
+
+    /// Resource limits are set from outside with prlimit. A hard limit above
+    /// ours cannot be raised without CAP_SYS_RESOURCE, which is said plainly.
+    func restoreResourceLimits(pid: pid_t) throws {
+        for (resource, limit) in resourceLimits.enumerated() where limit.count == 2 {
+            let current = try Processes.resourceLimit(pid, Int32(resource))
+            if current.soft == limit[0] && current.hard == limit[1] { continue }
+            do {
+                try Processes.setResourceLimit(pid, Int32(resource), soft: limit[0], hard: limit[1])
+            } catch let error as SyscallError where error.errno == .notPermitted && limit[1] > current.hard {
+                throw CryoError("pid \(pid): resource limit \(resource) had hard limit \(limit[1]) at dump; "
+                    + "raising it from \(current.hard) needs CAP_SYS_RESOURCE, which cryo does not hold (prlimit64: EPERM)")
+            }
+        }
+    }
+
+    var parasiteCredentials: cryo_creds {
+        var creds = cryo_creds()
+        let c = credentials
+        (creds.uid, creds.euid, creds.suid, creds.fsuid) = (c.uids[0], c.uids[1], c.uids[2], c.uids[3])
+        (creds.gid, creds.egid, creds.sgid, creds.fsgid) = (c.gids[0], c.gids[1], c.gids[2], c.gids[3])
+        creds.group_count = UInt32(min(c.groups.count, Int(CRYO_MAX_GROUPS)))
+        withUnsafeMutableBytes(of: &creds.groups) { raw in
+            for (i, g) in c.groups.prefix(Int(CRYO_MAX_GROUPS)).enumerated() { raw.storeBytes(of: g, toByteOffset: i * 4, as: UInt32.self) }
+        }
+        creds.cap_effective = (UInt32(truncatingIfNeeded: c.capEffective), UInt32(truncatingIfNeeded: c.capEffective >> 32))
+        creds.cap_permitted = (UInt32(truncatingIfNeeded: c.capPermitted), UInt32(truncatingIfNeeded: c.capPermitted >> 32))
+        creds.cap_inheritable = (UInt32(truncatingIfNeeded: c.capInheritable), UInt32(truncatingIfNeeded: c.capInheritable >> 32))
+        creds.cap_bounding = c.capBounding
+        creds.cap_ambient = c.capAmbient
+        creds.securebits = c.securebits
+        creds.cap_last = UInt32(lastCapability)
+        return creds
+    }
+}
+
+var lastCapability: Int {
+    Int((try? Files.readString("/proc/sys/kernel/cap_last_cap").trimmingCharacters(in: .whitespacesAndNewlines)).flatMap { Int($0) } ?? 40)
+}
+
+/// /proc/PID/stat, split after the parenthesised name (which may hold spaces).
+struct ProcStat {
+    let comm: String
+    let fields: [String] // fields[0] is field 3 (state)
+    init(pid: pid_t) throws {
+        let text = try Files.readString("/proc/\(pid)/stat")
+        guard let open = text.firstIndex(of: "("), let close = text.lastIndex(of: ")") else {
+            throw CryoError("pid \(pid): cannot parse /proc/\(pid)/stat")
+        }
+        comm = String(text[text.index(after: open)..<close])
+        fields = text[text.index(close, offsetBy: 2)...].split(separator: " ").map(String.init)
+    }
+    /// Field number n as man proc(5) counts them (1-based).
+    func field(_ n: Int) -> UInt64 { n - 3 < fields.count ? UInt64(fields[n - 3].trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 : 0 }
+    var state: Character { fields.first?.first ?? "?" }
+    var ppid: Int32 { Int32(field(4)) }
+    var pgid: Int32 { Int32(field(5)) }
+    var sid: Int32 { Int32(field(6)) }
+    var flags: UInt64 { field(9) }
+    var threads: Int { Int(field(20)) }
+}
+
+/// /proc/PID/status as key/value lines.
+struct ProcStatus {
+    let values: [String: String]
+    init(pid: pid_t) throws {
+        var values: [String: String] = [:]
+        for line in try Files.readString("/proc/\(pid)/status").split(separator: "\n") {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            values[String(line[..<colon])] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+        }
+        self.values = values
+    }
+    func numbers(_ key: String) -> [UInt32] { (values[key] ?? "").split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { UInt32($0) } }
+    func hex(_ key: String) -> UInt64 { UInt64(values[key] ?? "", radix: 16) ?? 0 }
+    var tracerPid: Int32 { Int32(values["TracerPid"] ?? "0") ?? 0 }
+    var credentials: TaskCore.Credentials {
+        TaskCore.Credentials(uids: numbers("Uid"), gids: numbers("Gid"), groups: numbers("Groups"),
+                             capEffective: hex("CapEff"), capPermitted: hex("CapPrm"), capInheritable: hex("CapInh"),
+                             capBounding: hex("CapBnd"), capAmbient: hex("CapAmb"), securebits: 0)
+    }
+}
+
+/// A failure with a one-line message for users.
+public struct CryoError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ message: String) { description = message }
+}

@@ -1,0 +1,158 @@
+import CCryo
+import CryoSystem
+import Glibc
+
+/// The parasite mapped inside a seized task: [blob][argument area][stack].
+/// Commands are written into the argument area, run until the blob traps,
+/// and their results read back. `cure` removes every trace of it.
+public final class Parasite {
+    public let tracee: Tracee
+    public let base: UInt64
+    public let size: UInt64
+    public let argumentArea: UInt64
+    public let argumentAreaSize: Int
+    let blob: ParasiteBlob
+    let stackTop: UInt64
+    static let headerSize = MemoryLayout<cryo_args_header>.size
+    static let stackSize: UInt64 = 64 * 1024
+
+    /// Maps the blob into the task (at `address` exactly, when given) with room
+    /// for `argumentBytes` of command arguments.
+    public static func inject(into tracee: Tracee, argumentBytes: Int, at address: UInt64? = nil,
+                              blob: ParasiteBlob? = nil) throws -> Parasite {
+        let blob = try blob ?? {
+            () throws -> ParasiteBlob in
+            switch ParasiteBlob.builtIn {
+            case .success(let b): return b
+            case .failure(let e): throw InjectionError.protocolMismatch(pid: tracee.pid, detail: e.description)
+            }
+        }()
+        let page: UInt64 = 4096
+        let codeSize = (UInt64(blob.bytes.count) + page - 1) & ~(page - 1)
+        let argumentSize = (UInt64(argumentBytes + headerSize) + page - 1) & ~(page - 1)
+        let total = codeSize + argumentSize + stackSize
+        let flags = UInt64(MAP_PRIVATE | MAP_ANONYMOUS) | (address != nil ? 0x10_0000 /* MAP_FIXED_NOREPLACE */ : 0)
+        let mapped = try tracee.syscall(9 /* mmap */, address ?? 0, total,
+                                        UInt64(PROT_READ | PROT_WRITE | PROT_EXEC), flags, UInt64.max, 0)
+        if mapped < 0 || (address != nil && UInt64(mapped) != address!) {
+            throw (SyscallError("injected mmap of the parasite (\(total) bytes)",
+                                       errno: .init(rawValue: mapped < 0 ? Int32(-mapped) : EEXIST), pid: tracee.pid,
+                                       object: address.map { "address 0x\(String($0, radix: 16))" }))
+        }
+        let base = UInt64(mapped)
+        let parasite = Parasite(tracee: tracee, blob: blob, base: base, size: total, codeSize: codeSize,
+                                argumentSize: Int(argumentSize))
+        do {
+            let image = blob.relocated(at: base)
+            try image.withUnsafeBytes { (raw) throws in try RemoteMemory.write(tracee.pid, at: base, raw) }
+        } catch {
+            try? parasite.unmap()
+            throw error
+        }
+        tracee.gadget = base + blob.gadgetOffset
+        do {
+            let reply = try parasite.run(CRYO_CMD_PING, payload: [], replyBytes: 0)
+            if reply.result != Int64(CRYO_PARASITE_PROTOCOL_VERSION) {
+                throw InjectionError.protocolMismatch(pid: tracee.pid, detail: "PING answered \(reply.result)")
+            }
+        } catch {
+            try? parasite.cure()
+            throw error
+        }
+        return parasite
+    }
+
+    private init(tracee: Tracee, blob: ParasiteBlob, base: UInt64, size: UInt64, codeSize: UInt64, argumentSize: Int) {
+        self.tracee = tracee
+        self.blob = blob
+        self.base = base
+        self.size = size
+        self.argumentArea = base + codeSize
+        self.argumentAreaSize = argumentSize
+        self.stackTop = base + size - 64
+    }
+
+    public struct Reply {
+        public let result: Int64
+        public let payload: [UInt8]
+    }
+
+    /// Runs one command with `payload` as its input and returns `replyBytes` of the argument area afterwards.
+    @discardableResult
+    public func run(_ command: cryo_command, payload: [UInt8], replyBytes: Int) throws -> Reply {
+        let name = Parasite.commandName(command)
+        guard Parasite.headerSize + max(payload.count, replyBytes) <= argumentAreaSize else {
+            throw InjectionError.protocolMismatch(pid: tracee.pid, detail: "\(name) needs \(payload.count) bytes, area holds \(argumentAreaSize)")
+        }
+        var header = cryo_args_header()
+        header.magic = CRYO_PARASITE_MAGIC
+        header.command = command.rawValue
+        header.payload_size = UInt64(argumentAreaSize - Parasite.headerSize)
+        var message = withUnsafeBytes(of: header) { [UInt8]($0) }
+        message += payload
+        do {
+            try message.withUnsafeBytes { (raw) throws in try RemoteMemory.write(tracee.pid, at: argumentArea, raw) }
+        } catch { throw error }
+        var regs = tracee.originalRegisters
+        regs.rip = base + blob.entryOffset
+        regs.rdi = argumentArea
+        regs.rsp = stackTop
+        regs.eflags &= ~UInt64(0x400) // DF clear, as the ABI expects
+        do { try Ptrace.setSignalMask(tracee.pid, ~UInt64(0)) } catch { throw error }
+        _ = try tracee.run(regs, during: "parasite command \(name)")
+        let reply: [UInt8]
+        do {
+            reply = try RemoteMemory.read(tracee.pid, at: argumentArea, count: Parasite.headerSize + replyBytes)
+        } catch { throw error }
+        let answer = reply.withUnsafeBytes { $0.loadUnaligned(as: cryo_args_header.self) }
+        if answer.result < 0 {
+            throw InjectionError.parasite(pid: tracee.pid, command: name, result: answer.result, step: answer.fail_step,
+                            syscall: answer.fail_syscall, address: answer.fail_addr)
+        }
+        return Reply(result: answer.result, payload: Array(reply.dropFirst(Parasite.headerSize)))
+    }
+
+    /// Typed convenience: a fixed-layout structure in, another out.
+    public func run<Input, Output>(_ command: cryo_command, input: Input, extra: [UInt8] = [], output: Output.Type) throws -> Output {
+        let bytes = withUnsafeBytes(of: input) { [UInt8]($0) } + extra
+        let reply = try run(command, payload: bytes, replyBytes: MemoryLayout<Output>.size)
+        return reply.payload.withUnsafeBytes { $0.loadUnaligned(as: Output.self) }
+    }
+
+    static func commandName(_ command: cryo_command) -> String {
+        switch command {
+        case CRYO_CMD_PING: "PING"
+        case CRYO_CMD_DUMP_STATE: "DUMP_STATE"
+        case CRYO_CMD_CONNECT: "CONNECT"
+        case CRYO_CMD_RECV_FDS: "RECV_FDS"
+        case CRYO_CMD_RESTORE_MEMORY: "RESTORE_MEMORY"
+        case CRYO_CMD_RESTORE_STATE: "RESTORE_STATE"
+        case CRYO_CMD_INSTALL_FDS: "INSTALL_FDS"
+        case CRYO_CMD_RESTORE_CREDS: "RESTORE_CREDS"
+        case CRYO_CMD_FAIL_TEST: "FAIL_TEST"
+        default: "command \(command.rawValue)"
+        }
+    }
+
+    /// Unmaps the blob with a syscall placed at the task's own rip (the blob's
+    /// gadget would vanish under its own feet).
+    func unmap() throws {
+        tracee.gadget = nil
+        let result = try tracee.syscall(11 /* munmap */, base, size)
+        if result < 0 {
+            throw (SyscallError("injected munmap of the parasite", errno: .init(rawValue: Int32(-result)), pid: tracee.pid,
+                                       object: "address 0x\(String(base, radix: 16))"))
+        }
+    }
+
+    /// Removes the parasite, leaving the registers to the caller (restore sets its own).
+    public func remove() throws {
+        try unmap()
+    }
+
+    /// Removes the parasite and puts back the registers and signal mask.
+    public func cure() throws {
+        try unmap()
+        try tracee.restoreOriginalState()
+    }
+}

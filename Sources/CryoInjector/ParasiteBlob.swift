@@ -1,0 +1,96 @@
+import CCryo
+import CElf
+import Foundation
+
+/// The parasite as built by the package from Parasite/: its loadable bytes and
+/// the offsets of its entry points, read with libelf from the linked ELF.
+public struct ParasiteBlob: Sendable {
+    public let bytes: [UInt8]
+    public let entryOffset: UInt64
+    public let gadgetOffset: UInt64
+    /// Offsets of 64-bit words that must have the load address added.
+    public let relativeRelocations: [(offset: UInt64, addend: UInt64)]
+
+    public enum LoadError: Error, CustomStringConvertible {
+        case invalid(String)
+        public var description: String {
+            switch self { case .invalid(let why): "parasite blob: \(why)" }
+        }
+    }
+
+    /// The blob compiled into this binary.
+    public static let builtIn: Result<ParasiteBlob, LoadError> = {
+        guard let elf = Data(base64Encoded: parasiteELFBase64.description) else {
+            return .failure(.invalid("embedded ELF is not valid base64"))
+        }
+        do { return .success(try ParasiteBlob(elf: [UInt8](elf))) } catch { return .failure(error as! LoadError) }
+    }()
+
+    public init(elf image: [UInt8]) throws {
+        guard elf_version(UInt32(EV_CURRENT)) != UInt32(EV_NONE) else { throw LoadError.invalid("libelf: version mismatch") }
+        var copy = image
+        let parsed: (bytes: [UInt8], symbols: [String: UInt64], relocations: [(UInt64, UInt64)])? = copy.withUnsafeMutableBytes { raw in
+            guard let elf = elf_memory(raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count) else { return nil }
+            defer { elf_end(elf) }
+            var shstrndx = 0
+            guard elf_kind(elf) == ELF_K_ELF, elf_getshdrstrndx(elf, &shstrndx) == 0 else { return nil }
+            var blob: [UInt8]?
+            var symbols: [String: UInt64] = [:]
+            var relocations: [(UInt64, UInt64)] = []
+            var section = elf_nextscn(elf, nil)
+            while let scn = section {
+                var header = GElf_Shdr()
+                guard gelf_getshdr(scn, &header) != nil else { return nil }
+                let name = elf_strptr(elf, shstrndx, Int(header.sh_name)).map { String(cString: $0) } ?? ""
+                let data = elf_getdata(scn, nil)
+                if name == ".blob", let data, let buffer = data.pointee.d_buf {
+                    blob = [UInt8](UnsafeRawBufferPointer(start: buffer, count: Int(data.pointee.d_size)))
+                } else if header.sh_type == UInt32(SHT_SYMTAB), let data {
+                    let count = Int(header.sh_size / max(header.sh_entsize, 1))
+                    for i in 0..<count {
+                        var symbol = GElf_Sym()
+                        guard gelf_getsym(data, Int32(i), &symbol) != nil,
+                              let symbolName = elf_strptr(elf, Int(header.sh_link), Int(symbol.st_name)) else { continue }
+                        symbols[String(cString: symbolName)] = symbol.st_value
+                    }
+                } else if header.sh_type == UInt32(SHT_RELA), let data {
+                    let count = Int(header.sh_size / max(header.sh_entsize, 1))
+                    for i in 0..<count {
+                        var rela = GElf_Rela()
+                        guard gelf_getrela(data, Int32(i), &rela) != nil else { return nil }
+                        // Only R_X86_64_RELATIVE can occur in a self-contained static-pie.
+                        guard rela.r_info & 0xffff_ffff == 8 else { return nil }
+                        relocations.append((rela.r_offset, UInt64(bitPattern: rela.r_addend)))
+                    }
+                }
+                section = elf_nextscn(elf, scn)
+            }
+            guard let blob else { return nil }
+            return (blob, symbols, relocations)
+        }
+        guard let parsed else { throw LoadError.invalid("not a parasite ELF (no .blob section, or unexpected relocations)") }
+        guard let entry = parsed.symbols[CRYO_PARASITE_ENTRY_SYMBOL],
+              let gadget = parsed.symbols[CRYO_PARASITE_GADGET_SYMBOL] else {
+            throw LoadError.invalid("entry symbols missing")
+        }
+        for (offset, _) in parsed.relocations where offset + 8 > UInt64(parsed.bytes.count) {
+            throw LoadError.invalid("relocation at 0x\(String(offset, radix: 16)) outside the blob")
+        }
+        bytes = parsed.bytes
+        entryOffset = entry
+        gadgetOffset = gadget
+        relativeRelocations = parsed.relocations
+    }
+
+    /// The bytes as they must appear when loaded at `base`.
+    public func relocated(at base: UInt64) -> [UInt8] {
+        var image = bytes
+        for (offset, addend) in relativeRelocations {
+            withUnsafeBytes(of: (base &+ addend).littleEndian) { word in
+                image.replaceSubrange(Int(offset)..<Int(offset) + 8, with: word)
+            }
+        }
+        return image
+    }
+}
+

@@ -1,0 +1,196 @@
+import CCryo
+import CryoSystem
+import Glibc
+
+/// Why a traced task could not be driven.
+public enum InjectionError: Error, CustomStringConvertible {
+    case wrongThread(pid: pid_t)
+    case vanished(pid: pid_t, status: WaitStatus)
+    case fault(pid: pid_t, signal: Int32, registers: Registers, during: String)
+    case parasite(pid: pid_t, command: String, result: Int64, step: UInt64, syscall: UInt64, address: UInt64)
+    case protocolMismatch(pid: pid_t, detail: String)
+    case system(SyscallError)
+
+    public var description: String {
+        switch self {
+        case .wrongThread(let pid):
+            return "pid \(pid): ptrace request from a thread other than the one that seized the task"
+        case .vanished(let pid, let status):
+            return "pid \(pid) vanished while traced (\(status))"
+        case .fault(let pid, let signal, let regs, let during):
+            return "pid \(pid): signal \(signal) (\(signalName(signal))) at rip 0x\(String(regs.rip, radix: 16)) during \(during); "
+                + "rsp 0x\(String(regs.rsp, radix: 16)) rax 0x\(String(regs.rax, radix: 16)) rdi 0x\(String(regs.rdi, radix: 16))"
+        case .parasite(let pid, let command, let result, let step, let syscall, let address):
+            let errno = SyscallError("", errno: .init(rawValue: Int32(-result)))
+            return "pid \(pid): parasite command \(command) failed at item \(step): syscall \(syscallName(syscall)) "
+                + "(0x\(String(address, radix: 16))): \(errno.errno.name) (\(errno.errno.description))"
+        case .protocolMismatch(let pid, let detail):
+            return "pid \(pid): parasite protocol mismatch: \(detail)"
+        case .system(let error):
+            return error.description
+        }
+    }
+}
+
+func signalName(_ signal: Int32) -> String {
+    let names: [Int32: String] = [SIGSEGV: "SIGSEGV", SIGBUS: "SIGBUS", SIGILL: "SIGILL", SIGTRAP: "SIGTRAP",
+                                  SIGFPE: "SIGFPE", SIGKILL: "SIGKILL", SIGSTOP: "SIGSTOP", SIGABRT: "SIGABRT"]
+    return names[signal] ?? "signal \(signal)"
+}
+
+func syscallName(_ number: UInt64) -> String {
+    let names: [UInt64: String] = [
+        0: "read", 3: "close", 9: "mmap", 10: "mprotect", 11: "munmap", 12: "brk", 13: "rt_sigaction",
+        17: "pread64", 25: "mremap", 28: "madvise", 36: "getitimer", 38: "setitimer", 41: "socket", 42: "connect",
+        47: "recvmsg", 72: "fcntl", 81: "fchdir", 95: "umask", 116: "setgroups", 117: "setresuid", 119: "setresgid",
+        126: "capset", 129: "rt_sigqueueinfo", 131: "sigaltstack", 135: "personality", 157: "prctl", 161: "chroot",
+        218: "set_tid_address", 273: "set_robust_list", 274: "get_robust_list", 292: "dup3", 297: "rt_tgsigqueueinfo",
+        334: "rseq", 436: "close_range",
+    ]
+    return names[number] ?? "#\(number)"
+}
+
+/// A seized task. All requests must come from the thread that seized it:
+/// the kernel ties ptrace to that thread, so misuse is reported, not retried.
+public final class Tracee {
+    public let pid: pid_t
+    /// Registers and signal mask as they were when seized; cure puts them back.
+    public let originalRegisters: Registers
+    public let originalSignalMask: UInt64
+    private let owner: pthread_t
+    /// Address of a `syscall; int3` pair inside the task, once a parasite is mapped.
+    var gadget: UInt64?
+    /// Executable address where a syscall may be placed when no parasite is
+    /// mapped; the task's own rip unless its code was replaced meanwhile (restore).
+    public var syscallSite: UInt64?
+    public private(set) var attached = true
+
+    /// Seize and stop the task: PTRACE_SEIZE, PTRACE_INTERRUPT, wait for the stop.
+    public static func seize(_ pid: pid_t) throws -> Tracee {
+        do { try Ptrace.seize(pid) } catch { throw error }
+        do {
+            try Ptrace.interrupt(pid)
+            try waitForInterruptStop(pid)
+            let regs = try Ptrace.registers(pid)
+            let mask = try Ptrace.signalMask(pid)
+            return Tracee(pid: pid, registers: regs, mask: mask)
+        } catch let error as InjectionError {
+            _ = cryo_ptrace_detach(pid, 0)
+            throw error
+        } catch {
+            _ = cryo_ptrace_detach(pid, 0)
+            throw error
+        }
+    }
+
+    /// A task created by us and already seized (restore).
+    public static func adopt(_ pid: pid_t) throws -> Tracee {
+        do {
+            return Tracee(pid: pid, registers: try Ptrace.registers(pid), mask: try Ptrace.signalMask(pid))
+        } catch { throw error }
+    }
+
+    private init(pid: pid_t, registers: Registers, mask: UInt64) {
+        self.pid = pid
+        self.originalRegisters = registers
+        self.originalSignalMask = mask
+        self.owner = pthread_self()
+    }
+
+    static func waitForInterruptStop(_ pid: pid_t) throws {
+        while true {
+            let status: WaitStatus
+            do { status = try waitFor(pid) } catch { throw error }
+            switch status {
+            case .stopped(_, let event) where event == 128 /* PTRACE_EVENT_STOP */:
+                return
+            case .stopped(let signal, _):
+                // A signal arrived first: let it be delivered as it would have been.
+                do { try Ptrace.cont(pid, signal: signal) } catch { throw error }
+            case .exited, .signaled:
+                throw InjectionError.vanished(pid: pid, status: status)
+            }
+        }
+    }
+
+    func checkThread() throws {
+        if pthread_equal(owner, pthread_self()) == 0 { throw InjectionError.wrongThread(pid: pid) }
+    }
+
+    /// Runs the task from `registers` until it traps; returns the registers at the trap.
+    func run(_ registers: Registers, during: String) throws -> Registers {
+        try checkThread()
+        var regs = registers
+        regs.orig_rax = UInt64(bitPattern: -1) // never restart the interrupted syscall
+        do {
+            try Ptrace.setRegisters(pid, regs)
+            try Ptrace.cont(pid)
+            while true {
+                let status = try waitFor(pid)
+                switch status {
+                case .stopped(SIGTRAP, 0):
+                    return try Ptrace.registers(pid)
+                case .stopped(_, let event) where event != 0:
+                    try Ptrace.cont(pid) // a late interrupt or group stop: go on
+                case .stopped(let signal, _):
+                    throw InjectionError.fault(pid: pid, signal: signal, registers: try Ptrace.registers(pid), during: during)
+                case .exited, .signaled:
+                    attached = false
+                    throw InjectionError.vanished(pid: pid, status: status)
+                }
+            }
+        } catch let error as InjectionError {
+            throw error
+        } catch {
+            throw error
+        }
+    }
+
+    /// Executes one system call inside the task. Before a parasite is mapped,
+    /// a `syscall; int3` pair is written over the code at rip and put back after.
+    @discardableResult
+    public func syscall(_ number: Int, _ args: UInt64...) throws -> Int64 {
+        var regs = originalRegisters
+        regs.rax = UInt64(number)
+        let argumentRegisters: [WritableKeyPath<Registers, UInt64>] = [\.rdi, \.rsi, \.rdx, \.r10, \.r8, \.r9]
+        for (i, value) in args.enumerated() { regs[keyPath: argumentRegisters[i]] = value }
+        let name = "injected syscall \(syscallName(UInt64(number)))"
+        if let gadget {
+            regs.rip = gadget
+            return Int64(bitPattern: try run(regs, during: name).rax)
+        }
+        return try withSyscallAtRip { (site) throws -> Int64 in
+            regs.rip = site
+            return Int64(bitPattern: try run(regs, during: name).rax)
+        }
+    }
+
+    /// Temporarily places `syscall; int3` at the original rip.
+    func withSyscallAtRip<T>(_ body: (UInt64) throws -> T) throws -> T {
+        try checkThread()
+        let site = syscallSite ?? originalRegisters.rip
+        let saved: UInt64
+        do {
+            saved = try Ptrace.peek(pid, site)
+            try Ptrace.poke(pid, site, (saved & ~0xff_ffff) | 0xcc_050f)
+        } catch { throw error }
+        defer { _ = cryo_ptrace_pokedata(pid, site, saved) }
+        return try body(site)
+    }
+
+    /// Puts back the registers and mask it was seized with.
+    public func restoreOriginalState() throws {
+        do {
+            try Ptrace.setRegisters(pid, originalRegisters)
+            try Ptrace.setSignalMask(pid, originalSignalMask)
+        } catch { throw error }
+    }
+
+    /// Lets the task go.
+    public func detach() throws {
+        guard attached else { return }
+        try checkThread()
+        do { try Ptrace.detach(pid) } catch { throw error }
+        attached = false
+    }
+}

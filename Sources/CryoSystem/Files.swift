@@ -1,0 +1,120 @@
+import CCryo
+import Glibc
+import SystemPackage
+
+/// Small typed helpers over SystemPackage for the files cryo reads and writes.
+public enum Files {
+    /// The whole content of a file; /proc files report size 0, so read until EOF.
+    public static func read(_ path: String) throws -> [UInt8] {
+        let fd = try open(path, .readOnly)
+        defer { try? fd.close() }
+        return try readAll(fd, path: path)
+    }
+
+    public static func readString(_ path: String) throws -> String {
+        String(decoding: try read(path), as: UTF8.self)
+    }
+
+    public static func readAll(_ fd: FileDescriptor, path: String) throws -> [UInt8] {
+        var result: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n: Int
+            do {
+                n = try chunk.withUnsafeMutableBytes { try fd.read(into: $0, retryOnInterrupt: true) }
+            } catch { throw SyscallError("read", errno: error as? Errno ?? .ioError, object: path) }
+            if n == 0 { return result }
+            result.append(contentsOf: chunk[0..<n])
+        }
+    }
+
+    public static func open(_ path: String, _ mode: FileDescriptor.AccessMode,
+                            options: FileDescriptor.OpenOptions = [],
+                            permissions: FilePermissions? = nil) throws -> FileDescriptor {
+        do {
+            return try FileDescriptor.open(FilePath(path), mode, options: options.union(.closeOnExec),
+                                           permissions: permissions, retryOnInterrupt: true)
+        } catch {
+            throw SyscallError("open", errno: error as? Errno ?? .ioError, object: path)
+        }
+    }
+
+    public static func readLink(_ path: String) throws -> String {
+        var buffer = [CChar](repeating: 0, count: 4097)
+        let n = try checkLibc(Glibc.readlink(path, &buffer, 4096), "readlink", object: path)
+        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    public static func stat(_ path: String, follow: Bool = true) throws -> Glibc.stat {
+        var st = Glibc.stat()
+        _ = try checkLibc(Int(fstatat(AT_FDCWD, path, &st, follow ? 0 : AT_SYMLINK_NOFOLLOW)), "stat", object: path)
+        return st
+    }
+
+    public static func stat(_ fd: FileDescriptor, object: String) throws -> Glibc.stat {
+        var st = Glibc.stat()
+        _ = try checkLibc(Int(Glibc.fstat(fd.rawValue, &st)), "fstat", object: object)
+        return st
+    }
+
+    public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+    public static func write(_ fd: FileDescriptor, _ bytes: UnsafeRawBufferPointer, at offset: Int64, path: String) throws {
+        do {
+            _ = try fd.writeAll(toAbsoluteOffset: offset, bytes)
+        } catch { throw SyscallError("pwrite", errno: error as? Errno ?? .ioError, object: path) }
+    }
+
+    public static func write(_ fd: FileDescriptor, _ bytes: [UInt8], path: String) throws {
+        do {
+            _ = try fd.writeAll(bytes)
+        } catch { throw SyscallError("write", errno: error as? Errno ?? .ioError, object: path) }
+    }
+
+    public static func seek(_ fd: FileDescriptor, to offset: Int64, object: String) throws {
+        do { _ = try fd.seek(offset: offset, from: .start) } catch {
+            throw SyscallError("lseek", errno: error as? Errno ?? .ioError, object: object)
+        }
+    }
+
+    public static func fcntl(_ fd: Int32, _ command: Int32, _ argument: Int32 = 0, object: String) throws -> Int32 {
+        Int32(try checkLibc(Int(Glibc.fcntl(fd, command, argument)), "fcntl", object: object))
+    }
+}
+
+/// Descriptors of other processes and process handles.
+public enum Pidfd {
+    public static func open(_ pid: pid_t) throws -> FileDescriptor {
+        FileDescriptor(rawValue: Int32(try check(cryo_pidfd_open(pid), "pidfd_open", pid: pid)))
+    }
+    /// A duplicate of another process's descriptor: same open file description.
+    public static func getfd(_ pidfd: FileDescriptor, pid: pid_t, fd: Int32) throws -> FileDescriptor {
+        FileDescriptor(rawValue: Int32(try check(cryo_pidfd_getfd(pidfd.rawValue, fd), "pidfd_getfd", pid: pid, object: "fd \(fd)")))
+    }
+    /// Whether two descriptors of two processes are the same open file description.
+    public static func sameFile(_ pid1: pid_t, _ fd1: Int32, _ pid2: pid_t, _ fd2: Int32) throws -> Bool {
+        try check(cryo_kcmp_file(pid1, pid2, fd1, fd2), "kcmp(KCMP_FILE)", pid: pid1, object: "fd \(fd1)") == 0
+    }
+}
+
+public enum Processes {
+    public static func kill(_ pid: pid_t, _ signal: Int32) throws {
+        _ = try checkLibc(Int(Glibc.kill(pid, signal)), "kill", pid: pid)
+    }
+    public static func isAlive(_ pid: pid_t) -> Bool {
+        Glibc.kill(pid, 0) == 0 || cryo_errno() == EPERM
+    }
+    /// clone3 with an exact pid; the child parks in a raw read() on parkFD.
+    public static func cloneParked(pid: pid_t, flags: UInt64 = 0, parkFD: Int32) throws -> pid_t {
+        pid_t(try check(cryo_clone3_parked(pid, flags, parkFD, SIGCHLD), "clone3(set_tid=\(pid))", pid: pid))
+    }
+    public static func resourceLimit(_ pid: pid_t, _ resource: Int32) throws -> (soft: UInt64, hard: UInt64) {
+        var old: [UInt64] = [0, 0]
+        _ = try check(cryo_prlimit(pid, resource, nil, &old), "prlimit64(\(resource))", pid: pid)
+        return (old[0], old[1])
+    }
+    public static func setResourceLimit(_ pid: pid_t, _ resource: Int32, soft: UInt64, hard: UInt64) throws {
+        let new: [UInt64] = [soft, hard]
+        _ = try check(cryo_prlimit(pid, resource, new, nil), "prlimit64(\(resource))", pid: pid)
+    }
+}

@@ -1,0 +1,87 @@
+import ArgumentParser
+import Cryo
+import CryoSystem
+import Foundation
+import Glibc
+import Logging
+
+@main
+struct CryoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cryo",
+        abstract: "Checkpoint and restore Linux processes.",
+        subcommands: [DumpCommand.self, RestoreCommand.self, CheckCommand.self, ShowCommand.self])
+}
+
+struct CommonOptions: ParsableArguments {
+    @Flag(name: .shortAndLong, help: "More output; repeat for more (-vv).")
+    var verbose: Int
+
+    func logger() -> Logger {
+        var logger = Logger(label: "cryo") { label in StreamLogHandler.standardError(label: label) }
+        logger.logLevel = verbose >= 2 ? .trace : verbose == 1 ? .debug : .warning
+        return logger
+    }
+}
+
+/// Prints one line for a failure and exits non-zero; never a stack trace.
+func failing<T>(_ body: () throws -> T) throws -> T {
+    do { return try body() } catch let error as ExitCode { throw error } catch let error as CleanExit { throw error } catch {
+        FileHandle.standardError.write("cryo: \(error)\n".data(using: .utf8)!)
+        throw ExitCode(1)
+    }
+}
+
+struct DumpCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "dump", abstract: "Checkpoint a process into an image folder.")
+    @Option(name: [.customShort("t"), .customLong("tree")], help: "The pid to dump.")
+    var pid: Int32
+    @Option(name: [.customShort("D"), .customLong("images-dir")], help: "Folder for the image (created if missing).")
+    var directory: String
+    @Flag(name: .customLong("leave-running"), help: "Let the process carry on after the dump instead of killing it.")
+    var leaveRunning = false
+    @Flag(name: .customLong("shell-job"), help: "Allow a process in cryo's session (a shell job).")
+    var shellJob = false
+    @OptionGroup var common: CommonOptions
+
+    func run() throws {
+        let statistics = try failing {
+            try Dumper(options: DumpOptions(pid: pid, directory: directory, leaveRunning: leaveRunning, shellJob: shellJob),
+                       logger: common.logger()).run()
+        }
+        if common.verbose > 0 {
+            print(String(format: "dumped pid %d: frozen %.3f s, memory %.3f s, %llu pages written of %llu scanned",
+                         pid, statistics.frozenSeconds, statistics.memoryDumpSeconds, statistics.pagesWritten, statistics.pagesScanned))
+        }
+    }
+}
+
+struct RestoreCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "restore", abstract: "Bring a process back from an image folder.")
+    @Option(name: [.customShort("D"), .customLong("images-dir")], help: "The image folder.")
+    var directory: String
+    @Flag(name: [.customShort("d"), .customLong("restore-detached")], help: "Return once the process runs instead of waiting for it.")
+    var detached = false
+    @Flag(name: .customLong("shell-job"), help: "Accepted for CRIU compatibility; the image records whether it was a shell job.")
+    var shellJob = false
+    @OptionGroup var common: CommonOptions
+
+    func run() throws {
+        let pid = try failing {
+            try Restorer(options: RestoreOptions(directory: directory, detached: detached), logger: common.logger()).run()
+        }
+        if detached {
+            if common.verbose > 0 { print("restored pid \(pid)") }
+            return
+        }
+        // In the foreground cryo is the restored process's parent: wait and pass its status on.
+        while true {
+            let status = try failing { try waitFor(pid) }
+            switch status {
+            case .exited(let code): throw ExitCode(code)
+            case .signaled(let signal): throw ExitCode(128 + signal)
+            case .stopped: continue
+            }
+        }
+    }
+}
