@@ -213,8 +213,6 @@ static long restore_memory(struct cryo_args_header *h) {
         if ((uint64_t)addr != v->start) return fail(h, -14 /* EFAULT */, i, NR_mmap, v->start);
         for (uint64_t k = v->first_run; k < v->first_run + v->run_count; k++) {
             struct cryo_page_run *run = &runs[k];
-            /* Faulting the pages in one call is cheaper than one fault per page. */
-            sys3(NR_madvise, run->address, run->length, MADV_POPULATE_WRITE);
             CHECK(h, pread_full(m->pages_fd, (char *)run->address, run->length, run->file_offset), k,
                   NR_pread64, run->address);
         }

@@ -15,6 +15,7 @@
 #include <elf.h>
 #include <linux/sched.h>
 #include <sys/sysmacros.h>
+#include <linux/userfaultfd.h>
 
 #define RAW(expr) ({ long _r = (long)(expr); _r < 0 ? -(long)errno : _r; })
 
@@ -166,3 +167,15 @@ long cryo_pipe2(int fds[2], int flags) { return RAW(pipe2(fds, flags)); }
 uint64_t cryo_makedev(unsigned major, unsigned minor) { return makedev(major, minor); }
 long cryo_open_tmpfile(const char *folder, int flags, unsigned mode) { return RAW(open(folder, O_TMPFILE | flags, mode)); }
 long cryo_accept_cloexec(int socket) { return RAW(accept4(socket, NULL, NULL, SOCK_CLOEXEC)); }
+
+long cryo_probe_uffd_wp_async(void) {
+    long fd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    if (fd < 0) return -errno;
+    /* Asking for API with no features reports every feature the kernel has. */
+    struct uffdio_api api = { .api = UFFD_API, .features = 0 };
+    long r = ioctl((int)fd, UFFDIO_API, &api);
+    close((int)fd);
+    if (r < 0) return -errno;
+    const uint64_t wp_async = 1ull << 15;
+    return (api.features & wp_async) && (api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP) ? 1 : 0;
+}

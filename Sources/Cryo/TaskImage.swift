@@ -3,7 +3,7 @@ import Foundation
 import Glibc
 
 /// Everything one task's image holds: task-PID.img plus pages-PID.img.
-public struct TaskImage: Sendable {
+public struct TaskImage: Codable, Sendable {
     public var core: TaskCore
     public var registers: RegistersRecord
     public var memory: MemoryRecord

@@ -100,6 +100,10 @@ long cryo_open_tmpfile(const char *folder, int flags, unsigned mode);
 long cryo_accept_cloexec(int socket);
 uint64_t cryo_makedev(unsigned major, unsigned minor);
 
+/* userfaultfd with write-protect in async mode (UFFD_FEATURE_WP_ASYNC, 6.7):
+ * 1 when offered, 0 when not, -errno when userfaultfd itself fails. */
+long cryo_probe_uffd_wp_async(void);
+
 /* Misc syscalls */
 long cryo_prlimit(pid_t pid, int resource, const uint64_t *new_limit, uint64_t *old_limit);
 long cryo_capbset_read(int cap);

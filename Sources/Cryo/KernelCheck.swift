@@ -1,0 +1,117 @@
+import CCryo
+import CryoInjector
+import CryoSystem
+import Foundation
+import Glibc
+
+/// One kernel feature cryo relies on and whether it works here.
+public struct FeatureCheck: Codable, Sendable {
+    public var name: String
+    public var ok: Bool
+    public var required: Bool
+    public var detail: String
+}
+
+/// Probes each feature for real (a parked child is created, seized, read and killed).
+public enum KernelCheck {
+    public static func run() -> [FeatureCheck] {
+        var results: [FeatureCheck] = []
+        func add(_ name: String, required: Bool = true, _ probe: () throws -> String) {
+            do { results.append(FeatureCheck(name: name, ok: true, required: required, detail: try probe())) } catch {
+                results.append(FeatureCheck(name: name, ok: false, required: required, detail: "\(error)"))
+            }
+        }
+        var park: [Int32] = [0, 0]
+        guard cryo_pipe2(&park, O_CLOEXEC) == 0 else { return [FeatureCheck(name: "pipe2", ok: false, required: true, detail: "failed")] }
+        defer { close(park[0]); close(park[1]) }
+
+        var child: pid_t = 0
+        add("clone3 with set_tid (exact pids)") {
+            let wanted = try freePid()
+            child = try Processes.cloneParked(pid: wanted, parkFD: park[0])
+            guard child == wanted else { throw CryoError("asked for pid \(wanted), got \(child)") }
+            return "new task got pid \(wanted) as asked"
+        }
+        if child == 0 { child = (try? Processes.cloneParked(pid: 0, parkFD: park[0])) ?? 0 }
+        defer {
+            if child > 0 {
+                kill(child, SIGKILL)
+                _ = try? waitFor(child)
+            }
+        }
+        add("ptrace seize and interrupt") {
+            guard child > 0 else { throw CryoError("no task to trace") }
+            let start = ContinuousClock.now
+            let tracee = try Tracee.seize(child)
+            try tracee.detach()
+            return String(format: "seize + interrupt + wait + detach took %.0f µs", seconds(since: start) * 1e6)
+        }
+        add("process_vm_readv") {
+            // A literal in read-only data sits at the same address in the child.
+            let probe: StaticString = "cryo process_vm_readv probe"
+            let copy = try RemoteMemory.read(child, at: UInt64(UInt(bitPattern: probe.utf8Start)), count: probe.utf8CodeUnitCount)
+            guard copy == Array(UnsafeBufferPointer(start: probe.utf8Start, count: probe.utf8CodeUnitCount)) else {
+                throw CryoError("read back different bytes")
+            }
+            return "read \(copy.count) bytes of the child's memory"
+        }
+        add("pidfd_open and pidfd_getfd") {
+            let pidfd = try Pidfd.open(child)
+            defer { try? pidfd.close() }
+            let fd = try Pidfd.getfd(pidfd, pid: child, fd: park[0])
+            try? fd.close()
+            return "duplicated descriptor \(park[0]) of pid \(child)"
+        }
+        add("PAGEMAP_SCAN (Linux 6.7+)") {
+            let pagemap = try Files.open("/proc/self/pagemap", .readOnly)
+            defer { try? pagemap.close() }
+            var regions = [cryo_page_region](repeating: cryo_page_region(), count: 8)
+            var arg = cryo_pm_scan_arg()
+            let page = UInt64(UInt(bitPattern: withUnsafePointer(to: &arg) { $0 })) & ~0xfff
+            arg.start = page
+            arg.end = page + 4096
+            arg.category_mask = UInt64(CRYO_PAGE_IS_PRESENT)
+            arg.return_mask = UInt64(CRYO_PAGE_IS_PRESENT)
+            let found = try regions.withUnsafeMutableBufferPointer { vec in
+                arg.vec = UInt64(UInt(bitPattern: vec.baseAddress))
+                arg.vec_len = UInt64(vec.count)
+                return try check(cryo_pagemap_scan(pagemap.rawValue, &arg), "ioctl(PAGEMAP_SCAN)")
+            }
+            return "scanned own stack page: \(found) present region"
+        }
+        add("userfaultfd write-protect, async mode", required: false) {
+            let r = cryo_probe_uffd_wp_async()
+            if r < 0 { throw SyscallError("userfaultfd", errno: .init(rawValue: Int32(-r))) }
+            guard r == 1 else { throw CryoError("UFFD_FEATURE_WP_ASYNC not offered") }
+            return "available (pre-copy write tracking without soft-dirty)"
+        }
+        add("vDSO layout") {
+            let names = try readMappings(pid: getpid(), withFlags: false).map(\.path).filter { $0.hasPrefix("[vvar") || $0 == "[vdso]" }
+            guard names.contains("[vdso]") else { throw CryoError("no [vdso] mapping") }
+            return names.joined(separator: " + ") + " (moved as one unit with mremap at restore)"
+        }
+        let capabilities: [(Int, String, Bool)] = [(19, "CAP_SYS_PTRACE", true), (40, "CAP_CHECKPOINT_RESTORE", true),
+                                                   (21, "CAP_SYS_ADMIN", false), (24, "CAP_SYS_RESOURCE", false)]
+        let effective = (try? ProcStatus(pid: getpid()).hex("CapEff")) ?? 0
+        for (bit, name, required) in capabilities {
+            let held = effective & (1 << UInt64(bit)) != 0
+            let why = switch name {
+            case "CAP_SYS_RESOURCE": "raising a hard rlimit above cryo's own"
+            case "CAP_SYS_ADMIN": "not needed for ordinary processes"
+            default: "tracing and restoring with exact pids"
+            }
+            results.append(FeatureCheck(name: "capability \(name)", ok: held, required: required,
+                                        detail: held ? "held" : "missing (\(why))"))
+        }
+        return results
+    }
+
+    /// A pid nobody uses, for the set_tid probe.
+    static func freePid() throws -> pid_t {
+        let max = Int32((try? Files.readString("/proc/sys/kernel/pid_max").trimmingCharacters(in: .whitespacesAndNewlines)).flatMap { Int32($0) } ?? 32768)
+        for candidate in stride(from: max - 1, to: max / 2, by: -1) where !Files.exists("/proc/\(candidate)") {
+            return candidate
+        }
+        throw CryoError("no free pid found")
+    }
+}

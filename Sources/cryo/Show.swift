@@ -1,0 +1,83 @@
+import ArgumentParser
+import Cryo
+import Foundation
+
+struct ShowCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show what an image holds.")
+    @Argument(help: "The image folder.") var directory: String
+    @Flag(help: "Print the image as JSON (stable field names, for tools).") var json = false
+
+    func run() throws {
+        let image = try failing { try Image(directory: directory) }
+        if json {
+            struct Whole: Encodable { let inventory: Inventory; let tasks: [TaskImage] }
+            print(try encodeJSON(Whole(inventory: image.inventory, tasks: image.tasks)))
+            return
+        }
+        let inventory = image.inventory
+        print("image \(directory): cryo format \(inventory.formatVersion), kernel \(inventory.kernel), "
+            + "\(inventory.pids.count) process(es)\(inventory.shellJob ? ", shell job" : "")")
+        for task in image.tasks { describe(task) }
+    }
+
+    func describe(_ task: TaskImage) {
+        let core = task.core
+        print("\npid \(core.pid) (\(core.comm))  ppid \(core.ppid)  pgid \(core.pgid)  sid \(core.sid)")
+        print("  exe \(core.exe)  cwd \(core.cwd)  root \(core.root)  umask \(String(core.umask, radix: 8))")
+        let c = core.credentials
+        print("  uids \(c.uids.map(String.init).joined(separator: "/"))  gids \(c.gids.map(String.init).joined(separator: "/"))"
+            + "  groups [\(c.groups.map(String.init).joined(separator: ","))]  caps eff 0x\(hex(c.capEffective))")
+        print("  registers:")
+        let names = ["r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx",
+                     "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs"]
+        let pairs = zip(names, task.registers.general).map { "\($0.0.padding(toLength: 8, withPad: " ", startingAt: 0))0x\(hex($0.1, width: 16))" }
+        for row in stride(from: 0, to: pairs.count, by: 4) { print("    " + pairs[row..<min(row + 4, pairs.count)].joined(separator: "  ")) }
+        print("    xstate \(task.registers.extendedState.count) bytes, blocked signals 0x\(hex(task.registers.blockedSignals))")
+
+        let saved = task.pageIndex.runs.reduce(UInt64(0)) { $0 + $1[1] }
+        print("  mappings (\(task.memory.mappings.count), \(saved / 4096) pages saved, \(String(format: "%.1f", Double(saved) / 1048576)) MiB):")
+        for m in task.memory.mappings {
+            let pages = task.pageIndex.runs.filter { $0[0] >= m.start && $0[0] < m.end }.reduce(UInt64(0)) { $0 + $1[1] } / 4096
+            let prot = (m.protection.contains("r") ? "r" : "-") + (m.protection.contains("w") ? "w" : "-")
+                + (m.protection.contains("x") ? "x" : "-") + (m.shared ? "s" : "p")
+            var line = "    \(hex(m.start, width: 12))-\(hex(m.end, width: 12)) \(prot) \(m.kind.rawValue.padding(toLength: 15, withPad: " ", startingAt: 0))"
+            if let path = m.path { line += " \(path) @0x\(hex(m.fileOffset))" }
+            if pages > 0 { line += "  [\(pages) pages saved]" }
+            print(line)
+        }
+        print("  descriptors (\(task.files.descriptors.count)):")
+        for d in task.files.descriptors {
+            let f = task.files.files[d.file]
+            var what = f.path ?? "pipe:[\(f.pipe?.inode ?? 0)] \(f.pipe?.isReadEnd == true ? "read" : "write") end"
+            if f.regular?.unlinked == true { what += " (unlinked, contents in image)" }
+            if let pipe = f.pipe, let data = pipe.buffered, !data.isEmpty { what += " (\(data.count) bytes buffered)" }
+            print("    fd \(d.fd) -> \(what)  [\(f.kind.rawValue), flags 0\(String(f.flags, radix: 8)), pos \(f.position)\(d.closeOnExec ? ", cloexec" : "")]"
+                + (task.files.descriptors.filter { $0.file == d.file }.count > 1 ? " shared description #\(d.file)" : ""))
+        }
+        let s = task.signals
+        print("  signals:")
+        for a in s.actions {
+            let handler = a.handler == 0 ? "default" : a.handler == 1 ? "ignored" : "handler 0x\(hex(a.handler))"
+            print("    \(signalName(a.signal).padding(toLength: 10, withPad: " ", startingAt: 0)) \(handler)  flags 0x\(hex(a.flags))  mask 0x\(hex(a.mask))")
+        }
+        if s.altstackFlags & 2 == 0 { print("    altstack 0x\(hex(s.altstackAddress)) size \(s.altstackSize)") }
+        for t in s.timers where t.intervalMicroseconds != 0 || t.valueMicroseconds != 0 {
+            print("    itimer \(["REAL", "VIRTUAL", "PROF"][Int(t.which)]) interval \(t.intervalMicroseconds) µs, next in \(t.valueMicroseconds) µs")
+        }
+        for p in s.pending { print("    pending \(signalName(p.signal)) (\(p.shared ? "process-wide" : "thread") queue)") }
+    }
+}
+
+func hex(_ value: UInt64, width: Int = 0) -> String {
+    let digits = String(value, radix: 16)
+    return digits.count < width ? String(repeating: "0", count: width - digits.count) + digits : digits
+}
+
+func signalName(_ signal: Int32) -> String {
+    let names = ["HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE", "ALRM",
+                 "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM", "PROF",
+                 "WINCH", "IO", "PWR", "SYS"]
+    if signal >= 1 && signal <= 31 { return "SIG" + names[Int(signal) - 1] }
+    if signal >= 34 && signal <= 64 { return "SIGRTMIN+\(signal - 34)" }
+    return "signal \(signal)"
+}
