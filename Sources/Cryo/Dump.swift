@@ -34,13 +34,18 @@ public struct Dumper {
         let pid = options.pid
         try checkRequest()
         let paths = ImagePaths(options.directory)
+        let madeDirectory = !Files.exists(options.directory)
         let inventoryFD = try prepareDirectory(paths)
         var created = [paths.inventory]
         let fileContext = FileDumpContext(paths: paths)
         var success = false
         defer {
             try? inventoryFD.close()
-            if !success { for file in created + fileContext.created { unlink(file) } }
+            if !success {
+                for file in created + fileContext.created { unlink(file) }
+                unlink("\(options.directory)/stats-dump")
+                if madeDirectory { rmdir(options.directory) }
+            }
         }
         var statistics = DumpStatistics()
         let frozenAt = ContinuousClock.now
