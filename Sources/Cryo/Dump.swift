@@ -82,7 +82,9 @@ public struct Dumper {
             try tracee.detach()
         } else {
             // Dead while still traced: it never runs another instruction.
+            // As its tracer we see it die, so dump returns only once it is gone.
             try Processes.kill(pid, SIGKILL)
+            _ = try? waitFor(pid)
         }
         try? writeStatistics(statistics, to: "\(options.directory)/stats-dump")
         return statistics

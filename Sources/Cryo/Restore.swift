@@ -174,7 +174,12 @@ public struct Restorer {
     }
 
     func pidInUse(_ pid: pid_t) -> CryoError {
-        let holder = (try? ProcStat(pid: pid).comm) ?? "another process"
+        let stat = try? ProcStat(pid: pid)
+        let holder = stat?.comm ?? "another process"
+        if stat?.state == "Z" {
+            return CryoError("pid \(pid) is in use by `\(holder)` (pid \(pid)), a zombie its parent pid \(stat!.ppid) has not reaped yet; "
+                + "reap it before restoring (clone3 set_tid: EEXIST)")
+        }
         return CryoError("pid \(pid) is in use by `\(holder)` (pid \(pid)); stop it before restoring (clone3 set_tid: EEXIST)")
     }
 
