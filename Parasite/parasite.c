@@ -29,6 +29,7 @@ enum {
 #define PR_SET_KEEPCAPS 8
 #define PR_SET_NAME 15
 #define PR_CAPBSET_DROP 24
+#define PR_GET_SECUREBITS 27
 #define PR_SET_SECUREBITS 28
 #define PR_SET_MM 35
 #define PR_SET_MM_MAP 14
@@ -124,6 +125,7 @@ static long dump_state(struct cryo_args_header *h) {
     CHECK(h, sys2(NR_prctl, PR_GET_PDEATHSIG, &pdeath), 0, NR_prctl, PR_GET_PDEATHSIG);
     st->parent_death_signal = pdeath;
     st->dumpable = (uint32_t)sys1(NR_prctl, PR_GET_DUMPABLE);
+    st->securebits = (uint32_t)sys1(NR_prctl, PR_GET_SECUREBITS);
     return 0;
 }
 
@@ -310,7 +312,9 @@ static long restore_creds(struct cryo_args_header *h) {
     for (uint32_t cap = 0; cap <= c->cap_last && cap < 64; cap++)
         if (c->cap_ambient & (1ull << cap))
             CHECK(h, sys5(NR_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), cap, NR_prctl, PR_CAP_AMBIENT);
-    CHECK(h, sys2(NR_prctl, PR_SET_SECUREBITS, c->securebits), 0, NR_prctl, PR_SET_SECUREBITS);
+    /* Changing securebits needs CAP_SETPCAP even to write the same value. */
+    if ((uint32_t)sys1(NR_prctl, PR_GET_SECUREBITS) != c->securebits)
+        CHECK(h, sys2(NR_prctl, PR_SET_SECUREBITS, c->securebits), 0, NR_prctl, PR_SET_SECUREBITS);
     return 0;
 }
 

@@ -75,7 +75,7 @@ extension TaskCore {
             pid: pid, ppid: stat.ppid, pgid: stat.pgid, sid: stat.sid, comm: stat.comm, personality: personality,
             exe: try Files.readLink("/proc/\(pid)/exe"), cwd: try Files.readLink("/proc/\(pid)/cwd"),
             root: try Files.readLink("/proc/\(pid)/root"), umask: state.umask,
-            credentials: status.credentials, resourceLimits: limits,
+            credentials: status.credentials(securebits: state.securebits), resourceLimits: limits,
             mm: MMFields(startCode: stat.field(26), endCode: stat.field(27), startData: stat.field(45),
                          endData: stat.field(46), startBrk: stat.field(47), brk: state.brk,
                          startStack: stat.field(28), argStart: stat.field(48), argEnd: stat.field(49),
@@ -164,10 +164,10 @@ struct ProcStatus {
     func numbers(_ key: String) -> [UInt32] { (values[key] ?? "").split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { UInt32($0) } }
     func hex(_ key: String) -> UInt64 { UInt64(values[key] ?? "", radix: 16) ?? 0 }
     var tracerPid: Int32 { Int32(values["TracerPid"] ?? "0") ?? 0 }
-    var credentials: TaskCore.Credentials {
+    func credentials(securebits: UInt32) -> TaskCore.Credentials {
         TaskCore.Credentials(uids: numbers("Uid"), gids: numbers("Gid"), groups: numbers("Groups"),
                              capEffective: hex("CapEff"), capPermitted: hex("CapPrm"), capInheritable: hex("CapInh"),
-                             capBounding: hex("CapBnd"), capAmbient: hex("CapAmb"), securebits: 0)
+                             capBounding: hex("CapBnd"), capAmbient: hex("CapAmb"), securebits: securebits)
     }
 }
 

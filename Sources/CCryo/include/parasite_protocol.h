@@ -67,6 +67,8 @@ struct cryo_task_state {
     uint64_t robust_list_len;
     int32_t parent_death_signal;
     uint32_t dumpable;
+    uint32_t securebits;
+    uint32_t pad;
 };
 
 struct cryo_connect {
