@@ -66,8 +66,9 @@ public final class Tracee {
     public private(set) var attached = true
 
     /// Seize and stop the task: PTRACE_SEIZE, PTRACE_INTERRUPT, wait for the stop.
+    /// No PTRACE_O_EXITKILL: if cryo dies, a task it was only reading survives.
     public static func seize(_ pid: pid_t) throws -> Tracee {
-        do { try Ptrace.seize(pid) } catch { throw error }
+        try Ptrace.seize(pid, options: 0)
         do {
             try Ptrace.interrupt(pid)
             try waitForInterruptStop(pid)
