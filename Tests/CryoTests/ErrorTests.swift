@@ -1,0 +1,132 @@
+// Failures must be clean: a non-zero exit with a one-line reason, and the
+// process (or its pid) left as it should be.
+
+import Foundation
+import Glibc
+import Testing
+
+extension EndToEnd {
+    @Suite("failures")
+    struct ErrorTests {
+        @Test("dump into a folder that cannot be created fails and leaves the process running")
+        func unwritableImageFolder() throws {
+            let scratch = try Scratch("unwritable")
+            defer { scratch.remove() }
+            let fixture = try Fixture("counter", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+
+            // Root ignores permission bits, but nothing can create a folder under a regular file.
+            let blocker = scratch.file("file")
+            try #require(FileManager.default.createFile(atPath: blocker, contents: Data("x".utf8)))
+            let images = blocker + "/img"
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
+            #expect(dump.failed, "dump into \(images) should fail with a non-zero exit\n\(dump)")
+            #expect(dump.stderrLines.count == 1, "want exactly one line on stderr\n\(dump)")
+
+            expectStillRunning(fixture)
+            fixture.signal(SIGTERM)
+            let exit = fixture.reapOriginal(timeout: 30)
+            #expect(exit == .exited(0), "\(fixture.report)")
+            expectPass(fixture, "\(dump)")
+        }
+
+        @Test("dump of a process holding a socket fails naming pid, fd and socket")
+        func socketRefused() throws {
+            let scratch = try Scratch("socket")
+            defer { scratch.remove() }
+            let fixture = try Fixture("socket", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let socketFds = fixture.tagged("SOCKETS") ?? []
+            try #require(!socketFds.isEmpty, "socket fixture printed no SOCKETS line\n\(fixture.report)")
+
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
+            #expect(dump.failed, "dumping a process with a socket should fail\n\(dump)")
+            let message = dump.stderr
+            #expect(dump.stderrLines.count == 1, "want exactly one line on stderr\n\(dump)")
+            #expect(containsToken(message, "\(fixture.pid)"), "the error should name pid \(fixture.pid)\n\(dump)")
+            #expect(socketFds.contains { containsToken(message, $0) }, "the error should name the socket's fd (\(socketFds))\n\(dump)")
+            #expect(message.lowercased().contains("socket"), "the error should say \"socket\"\n\(dump)")
+            #expect(!FileManager.default.fileExists(atPath: images), "a failed dump should remove the image folder it created")
+
+            expectStillRunning(fixture)
+            fixture.signal(SIGTERM)
+            let exit = fixture.reapOriginal(timeout: 30)
+            #expect(exit == .exited(0), "\(fixture.report)")
+            expectPass(fixture, "\(dump)")
+        }
+
+        @Test("restore while the original still runs fails naming the pid and its holder")
+        func pidInUse() throws {
+            let scratch = try Scratch("pid-in-use")
+            defer { scratch.remove() }
+            let fixture = try Fixture("counter", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let pid = fixture.pid
+
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "--leave-running", "-t", "\(pid)", "-D", images], in: scratch, reaping: fixture)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+
+            let restore = try cryo(["restore", "-D", images], in: scratch, timeout: 60)
+            #expect(restore.failed, "restoring over a live pid should fail\n\(restore)")
+            #expect(restore.stderrLines.count == 1, "want exactly one line on stderr\n\(restore)")
+            #expect(containsToken(restore.stderr, "\(pid)"), "the error should name pid \(pid)\n\(restore)")
+            #expect(restore.stderr.contains(fixture.name), "the error should name the holder's comm \"\(fixture.name)\"\n\(restore)")
+
+            expectStillRunning(fixture)
+            fixture.signal(SIGTERM)
+            let exit = fixture.reapOriginal(timeout: 30)
+            #expect(exit == .exited(0), "\(fixture.report)")
+            expectPass(fixture, "\(restore)")
+        }
+
+        @Test("a truncated pages file is refused, naming the file, and leaves no process")
+        func truncatedPages() throws {
+            let scratch = try Scratch("truncated")
+            defer { scratch.remove() }
+            let fixture = try Fixture("counter", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let pid = fixture.pid
+
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "-t", "\(pid)", "-D", images], in: scratch, reaping: fixture)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(pid) still runs after the dump")
+
+            let names = try FileManager.default.contentsOfDirectory(atPath: images).filter { $0.hasPrefix("pages") }
+            let sized = names.map { name -> (String, Int64) in
+                var st = stat()
+                return (name, stat(images + "/" + name, &st) == 0 ? Int64(st.st_size) : 0)
+            }
+            let largest = try #require(sized.max { $0.1 < $1.1 }, "no pages* file in the image: \(names)")
+            try #require(largest.1 > 0, "the pages file \(largest.0) is empty")
+            try #require(truncate(images + "/" + largest.0, off_t(largest.1 / 2)) == 0, "truncate: \(String(cString: strerror(errno)))")
+
+            let restore = try cryo(["restore", "-D", images], in: scratch, timeout: 60)
+            #expect(restore.failed, "restore from a truncated \(largest.0) should fail\n\(restore)")
+            #expect(restore.stderr.contains(largest.0), "the error should name \(largest.0)\n\(restore)")
+            // An orphan is reaped by init at once; allow it a moment, no more.
+            let gone = waitUntil(timeout: 2) { !pidExists(pid) }
+            #expect(gone, "a process with pid \(pid) is left after the failed restore: \(describeProcess(pid))")
+            #expect(!fixture.lines.contains("PASS") && !fixture.lines.contains(where: { $0.hasPrefix("FAIL") }),
+                    "the half-restored process ran on:\n\(fixture.report)")
+        }
+    }
+}
+
+/// After a failed or --leave-running dump the fixture must still be ours and
+/// running: not ended, stopped, traced or frozen.
+private func expectStillRunning(_ fixture: Fixture, sourceLocation: SourceLocation = #_sourceLocation) {
+    if let ended = fixture.pollOriginal() {
+        Issue.record("the fixture ended: \(ended)\n\(fixture.report)", sourceLocation: sourceLocation)
+        return
+    }
+    let status = ProcStatus(pid: fixture.pid)
+    #expect(status?.isRunning == true && status?.tracerPid == 0,
+            "the fixture should be left running untraced: \(describeProcess(fixture.pid))", sourceLocation: sourceLocation)
+}

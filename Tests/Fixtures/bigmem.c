@@ -1,0 +1,151 @@
+/*
+ * bigmem: large anonymous mapping, three quarters written, one quarter never
+ * touched.
+ *
+ * argv[1] is the mapping size in MiB (default 2048).  Every 8-byte word of
+ * the first three quarters gets a value derived from its page index and its
+ * position in the page.  The last quarter is never read or written before
+ * SIGTERM, so a dumper that walks only populated pages leaves it out of the
+ * image.  "MAP <hexaddr> <bytes>" is printed before READY.
+ *
+ * On SIGTERM: the untouched quarter must still be (almost entirely)
+ * non-resident, every written word must hold its value, and the untouched
+ * quarter must read as zeros.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t got_term;
+static void on_term(int sig) { (void)sig; got_term = 1; }
+
+static char failbuf[2048];
+static void fail(const char *fmt, ...)
+{
+	size_t len = strlen(failbuf);
+	if (len >= sizeof(failbuf) - 64)
+		return;
+	if (len)
+		len += (size_t)snprintf(failbuf + len, sizeof(failbuf) - len, "; ");
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(failbuf + len, sizeof(failbuf) - len, fmt, ap);
+	va_end(ap);
+	for (char *p = failbuf + len; *p; p++)   /* keep the report on one line */
+		if ((unsigned char)*p < 0x20) *p = '.';
+}
+
+static inline uint64_t page_seed(uint64_t page)
+{
+	uint64_t x = page + 0x9e3779b97f4a7c15ull;
+	x ^= x >> 30; x *= 0xbf58476d1ce4e5b9ull;
+	x ^= x >> 27; x *= 0x94d049bb133111ebull;
+	x ^= x >> 31;
+	return x;
+}
+
+static inline uint64_t word_value(uint64_t seed, uint64_t w)
+{
+	return seed + w * 0xd1342543de82ef95ull;
+}
+
+int main(int argc, char **argv)
+{
+	unsigned long mib = 2048;
+	if (argc > 1) {
+		char *end;
+		mib = strtoul(argv[1], &end, 10);
+		if (*end || mib < 4) { fprintf(stderr, "bad size %s\n", argv[1]); return 2; }
+	}
+
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_term;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGTERM, &sa, NULL) != 0) { perror("sigaction"); return 1; }
+
+	long psz = sysconf(_SC_PAGESIZE);
+	size_t size = (size_t)mib << 20;
+	size_t npages = size / (size_t)psz;
+	size_t touched_pages = npages / 4 * 3;
+	size_t words_per_page = (size_t)psz / 8;
+
+	uint64_t *map = mmap(NULL, size, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (map == MAP_FAILED) { perror("mmap"); return 1; }
+
+	for (size_t p = 0; p < touched_pages; p++) {
+		uint64_t seed = page_seed(p);
+		uint64_t *pg = map + p * words_per_page;
+		for (size_t w = 0; w < words_per_page; w++)
+			pg[w] = word_value(seed, w);
+	}
+
+	printf("MAP %lx %zu\n", (unsigned long)map, size);
+	printf("READY\n");
+	fflush(stdout);
+
+	sigset_t empty;
+	sigemptyset(&empty);
+	sigset_t block;
+	sigemptyset(&block);
+	sigaddset(&block, SIGTERM);
+	sigprocmask(SIG_BLOCK, &block, NULL);
+	while (!got_term)
+		sigsuspend(&empty);          /* returns -1/EINTR after each handler */
+	sigprocmask(SIG_UNBLOCK, &block, NULL);
+
+	/* 1. the untouched quarter must not have been populated by dump/restore.
+	 *    Allow some slack at its start: a transparent huge page faulted in
+	 *    for the end of the written part may reach into it. */
+	unsigned char *untouched = (unsigned char *)map + touched_pages * (size_t)psz;
+	size_t untouched_pages = npages - touched_pages;
+	unsigned char *vec = malloc(untouched_pages);
+	if (!vec) { perror("malloc"); return 1; }
+	if (mincore(untouched, untouched_pages * (size_t)psz, vec) != 0) {
+		fail("mincore: %s", strerror(errno));
+	} else {
+		size_t slack = (4u << 20) / (size_t)psz, resident = 0, first = 0;
+		for (size_t i = slack; i < untouched_pages; i++)
+			if (vec[i] & 1) { if (!resident) first = i; resident++; }
+		if (resident)
+			fail("%zu pages of the never-touched quarter are resident (first at page %zu of it)",
+			     resident, first);
+	}
+
+	/* 2. every written word */
+	size_t bad_pages = 0, first_bad = 0;
+	for (size_t p = 0; p < touched_pages; p++) {
+		uint64_t seed = page_seed(p);
+		const uint64_t *pg = map + p * words_per_page;
+		for (size_t w = 0; w < words_per_page; w++)
+			if (pg[w] != word_value(seed, w)) {
+				if (!bad_pages) first_bad = p;
+				bad_pages++;
+				break;
+			}
+	}
+	if (bad_pages)
+		fail("%zu of %zu written pages have wrong contents (first: page %zu)",
+		     bad_pages, touched_pages, first_bad);
+
+	/* 3. the untouched quarter reads as zeros */
+	size_t nonzero = 0;
+	const uint64_t *u = (const uint64_t *)untouched;
+	for (size_t i = 0; i < untouched_pages * words_per_page; i++)
+		if (u[i]) { nonzero++; i |= words_per_page - 1; }
+	if (nonzero)
+		fail("%zu pages of the never-touched quarter are not zero", nonzero);
+
+	if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
+	printf("PASS\n");
+	fflush(stdout);
+	return 0;
+}
