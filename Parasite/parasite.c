@@ -15,7 +15,7 @@ enum {
     NR_getitimer = 36, NR_setitimer = 38, NR_socket = 41, NR_connect = 42,
     NR_recvmsg = 47, NR_fcntl = 72, NR_fchdir = 81, NR_umask = 95,
     NR_setresuid = 117, NR_setresgid = 119, NR_setgroups = 116, NR_setfsuid = 122,
-    NR_setfsgid = 123, NR_capset = 126, NR_rt_tgsigqueueinfo = 297, NR_rt_sigqueueinfo = 129,
+    NR_setfsgid = 123, NR_capset = 126, NR_rt_tgsigqueueinfo = 297, NR_rt_sigqueueinfo = 129, NR_rt_sigtimedwait = 128,
     NR_sigaltstack = 131, NR_personality = 135, NR_prctl = 157, NR_chroot = 161,
     NR_gettid = 186, NR_set_tid_address = 218, NR_getpid = 39,
     NR_set_robust_list = 273, NR_get_robust_list = 274, NR_dup3 = 292, NR_rseq = 334,
@@ -101,32 +101,66 @@ static long fail(struct cryo_args_header *h, long result, unsigned long step, lo
 
 static void *payload(struct cryo_args_header *h) { return (char *)h + sizeof(*h); }
 
-static long dump_state(struct cryo_args_header *h) {
+static long dump_process(struct cryo_args_header *h) {
     struct cryo_task_state *st = payload(h);
     memset(st, 0, sizeof(*st));
     for (int sig = 1; sig <= 64; sig++) {
         if (sig == 9 || sig == 19) continue;
         CHECK(h, sys4(NR_rt_sigaction, sig, 0, &st->actions[sig - 1], 8), sig, NR_rt_sigaction, 0);
     }
-    struct { unsigned long sp; int flags; int pad; unsigned long size; } ss;
-    CHECK(h, sys2(NR_sigaltstack, 0, &ss), 0, NR_sigaltstack, 0);
-    st->altstack_sp = ss.sp;
-    st->altstack_size = ss.size;
-    st->altstack_flags = ss.flags;
     for (int which = 0; which < 3; which++)
         CHECK(h, sys2(NR_getitimer, which, &st->itimers[which]), which, NR_getitimer, 0);
     long mask = sys1(NR_umask, 0);
     sys1(NR_umask, mask);
     st->umask = (uint32_t)mask;
     st->brk = (uint64_t)sys1(NR_brk, 0);
-    CHECK(h, sys2(NR_prctl, PR_GET_TID_ADDRESS, &st->clear_child_tid), 0, NR_prctl, PR_GET_TID_ADDRESS);
-    CHECK(h, sys3(NR_get_robust_list, 0, &st->robust_list, &st->robust_list_len), 0, NR_get_robust_list, 0);
-    int pdeath = 0;
-    CHECK(h, sys2(NR_prctl, PR_GET_PDEATHSIG, &pdeath), 0, NR_prctl, PR_GET_PDEATHSIG);
-    st->parent_death_signal = pdeath;
     st->dumpable = (uint32_t)sys1(NR_prctl, PR_GET_DUMPABLE);
     st->securebits = (uint32_t)sys1(NR_prctl, PR_GET_SECUREBITS);
     return 0;
+}
+
+struct kernel_stack { unsigned long sp; int flags; int pad; unsigned long size; };
+
+static long dump_thread(struct cryo_args_header *h) {
+    struct cryo_thread_state *t = payload(h);
+    memset(t, 0, sizeof(*t) - sizeof(t->signals));
+    struct kernel_stack ss;
+    CHECK(h, sys2(NR_sigaltstack, 0, &ss), 0, NR_sigaltstack, 0);
+    t->altstack_sp = ss.sp;
+    t->altstack_size = ss.size;
+    t->altstack_flags = ss.flags;
+    CHECK(h, sys2(NR_prctl, PR_GET_TID_ADDRESS, &t->clear_child_tid), 0, NR_prctl, PR_GET_TID_ADDRESS);
+    CHECK(h, sys3(NR_get_robust_list, 0, &t->robust_list, &t->robust_list_len), 0, NR_get_robust_list, 0);
+    int pdeath = 0;
+    CHECK(h, sys2(NR_prctl, PR_GET_PDEATHSIG, &pdeath), 0, NR_prctl, PR_GET_PDEATHSIG);
+    t->parent_death_signal = pdeath;
+    return 0;
+}
+
+/* Queues siginfos to ourselves (any si_code is allowed then); they stay
+ * blocked until the controller puts the thread's own mask back. */
+static long queue_signals(struct cryo_args_header *h, struct cryo_queued_signal *signals, uint32_t count) {
+    long pid = sys0(NR_getpid), tid = sys0(NR_gettid);
+    for (uint32_t i = 0; i < count && i < CRYO_MAX_QUEUED_SIGNALS; i++) {
+        struct cryo_queued_signal *q = &signals[i];
+        int signo = *(int *)q->siginfo;
+        if (q->shared) CHECK(h, sys3(NR_rt_sigqueueinfo, pid, signo, q->siginfo), i, NR_rt_sigqueueinfo, signo);
+        else CHECK(h, sys4(NR_rt_tgsigqueueinfo, pid, tid, signo, q->siginfo), i, NR_rt_tgsigqueueinfo, signo);
+    }
+    return 0;
+}
+
+static long restore_thread(struct cryo_args_header *h) {
+    struct cryo_thread_state *t = payload(h);
+    struct kernel_stack ss = { t->altstack_sp, t->altstack_flags & 2 /* SS_DISABLE */, 0, t->altstack_size };
+    CHECK(h, sys2(NR_sigaltstack, &ss, 0), 0, NR_sigaltstack, t->altstack_sp);
+    CHECK(h, sys1(NR_set_tid_address, t->clear_child_tid), 0, NR_set_tid_address, 0);
+    if (t->robust_list)
+        CHECK(h, sys2(NR_set_robust_list, t->robust_list, t->robust_list_len), 0, NR_set_robust_list, 0);
+    if (t->rseq)
+        CHECK(h, sys4(NR_rseq, t->rseq, t->rseq_length, 0, t->rseq_signature), 0, NR_rseq, t->rseq);
+    CHECK(h, sys2(NR_prctl, PR_SET_PDEATHSIG, t->parent_death_signal), 0, NR_prctl, PR_SET_PDEATHSIG);
+    return queue_signals(h, t->signals, t->signal_count);
 }
 
 static long connect_control(struct cryo_args_header *h) {
@@ -247,29 +281,19 @@ static long restore_state(struct cryo_args_header *h) {
         x->mm.auxv = (uint64_t)x->auxv;
         CHECK(h, sys5(NR_prctl, PR_SET_MM, PR_SET_MM_MAP, &x->mm, sizeof(x->mm), 0), 0, NR_prctl, PR_SET_MM_MAP);
     }
-    CHECK(h, sys1(NR_set_tid_address, st->clear_child_tid), 0, NR_set_tid_address, 0);
-    if (st->robust_list)
-        CHECK(h, sys2(NR_set_robust_list, st->robust_list, st->robust_list_len), 0, NR_set_robust_list, 0);
-    if (x->rseq)
-        CHECK(h, sys4(NR_rseq, x->rseq, x->rseq_length, 0, x->rseq_signature), 0, NR_rseq, x->rseq);
     for (int sig = 1; sig <= 64; sig++) {
         if (sig == 9 || sig == 19) continue;
         CHECK(h, sys4(NR_rt_sigaction, sig, &st->actions[sig - 1], 0, 8), (unsigned long)sig, NR_rt_sigaction, 0);
     }
-    struct { unsigned long sp; int flags; int pad; unsigned long size; } ss = {
-        st->altstack_sp, st->altstack_flags & 2 /* SS_DISABLE */, 0, st->altstack_size };
-    CHECK(h, sys2(NR_sigaltstack, &ss, 0), 0, NR_sigaltstack, st->altstack_sp);
-    CHECK(h, sys2(NR_prctl, PR_SET_PDEATHSIG, st->parent_death_signal), 0, NR_prctl, PR_SET_PDEATHSIG);
     CHECK(h, sys2(NR_prctl, PR_SET_DUMPABLE, st->dumpable), 0, NR_prctl, PR_SET_DUMPABLE);
-    /* Signals are queued to ourselves (any si_code is allowed then); they stay
-     * blocked until the controller puts the task's own mask back. */
-    long pid = sys0(NR_getpid), tid = sys0(NR_gettid);
-    for (uint32_t i = 0; i < x->signal_count && i < CRYO_MAX_QUEUED_SIGNALS; i++) {
-        struct cryo_queued_signal *q = &x->signals[i];
-        int signo = *(int *)q->siginfo;
-        if (q->shared) CHECK(h, sys3(NR_rt_sigqueueinfo, pid, signo, q->siginfo), i, NR_rt_sigqueueinfo, signo);
-        else CHECK(h, sys4(NR_rt_tgsigqueueinfo, pid, tid, signo, q->siginfo), i, NR_rt_tgsigqueueinfo, signo);
+    if (x->discard_signals) {
+        /* Dequeue without waiting; EAGAIN once none is left. */
+        struct { long sec, nsec; } zero = { 0, 0 };
+        uint8_t info[128];
+        while (sys4(NR_rt_sigtimedwait, &x->discard_signals, info, &zero, 8) > 0) {}
     }
+    long r = queue_signals(h, x->signals, x->signal_count);
+    if (r < 0) return r;
     /* Timers last, so they do not run while the rest is rebuilt. */
     for (int which = 0; which < 3; which++)
         CHECK(h, sys3(NR_setitimer, which, &st->itimers[which], 0), which, NR_setitimer, 0);
@@ -324,7 +348,9 @@ long parasite_main(struct cryo_args_header *h) {
     h->fail_step = h->fail_syscall = h->fail_addr = 0;
     switch (h->command) {
     case CRYO_CMD_PING: h->result = CRYO_PARASITE_PROTOCOL_VERSION; return 0;
-    case CRYO_CMD_DUMP_STATE: return dump_state(h);
+    case CRYO_CMD_DUMP_PROCESS: return dump_process(h);
+    case CRYO_CMD_DUMP_THREAD: return dump_thread(h);
+    case CRYO_CMD_RESTORE_THREAD: return restore_thread(h);
     case CRYO_CMD_CONNECT: return connect_control(h);
     case CRYO_CMD_RECV_FDS: return recv_fds(h);
     case CRYO_CMD_RESTORE_MEMORY: return restore_memory(h);

@@ -37,69 +37,112 @@ public struct Dumper {
         let madeDirectory = !Files.exists(options.directory)
         let inventoryFD = try prepareDirectory(paths)
         var created = [paths.inventory]
-        let fileContext = FileDumpContext(paths: paths)
+        let fileTable = FileTableBuilder(paths: paths)
         var success = false
         defer {
             try? inventoryFD.close()
             if !success {
-                for file in created + fileContext.created { unlink(file) }
+                for file in created + fileTable.created { unlink(file) }
                 unlink("\(options.directory)/stats-dump")
                 if madeDirectory { rmdir(options.directory) }
             }
         }
         var statistics = DumpStatistics()
         let frozenAt = ContinuousClock.now
-        let tracee: Tracee
-        do { tracee = try Tracee.seize(pid) } catch { throw CryoError("cannot freeze pid \(pid): \(error)") }
-        logger.debug("pid \(pid) frozen at rip 0x\(String(tracee.originalRegisters.rip, radix: 16))")
+        let tree = try FrozenTree.freeze(root: pid)
+        logger.debug("froze \(tree.processes.count) processes, \(tree.live.reduce(0) { $0 + $1.threads.count }) threads")
         do {
-            let state = try readTaskState(tracee)
-            try checkThreadsAndChildren(pid)
-            let core = try TaskCore.dump(pid: pid, state: state)
-            let registers = try RegistersRecord.dump(tracee)
-            let signals = try SignalsRecord.dump(pid: pid, state: state)
-            let memory = try MemoryRecord.dump(pid: pid)
-            let files = try FilesRecord.dump(pid: pid, context: fileContext)
-            created.append(paths.pages(pid))
-            let memoryStart = ContinuousClock.now
-            let pageIndex = try memory.dumpPages(pid: pid, to: paths.pages(pid), statistics: &statistics)
-            statistics.memoryDumpSeconds = seconds(since: memoryStart)
-
-            created.append(paths.task(pid))
-            try TaskImage(core: core, registers: registers, memory: memory, pageIndex: pageIndex, signals: signals, files: files)
-                .write(to: paths.task(pid))
+            try checkTree(tree)
+            var sharedMemory: [UInt64: MemoryRecord.SharedOrigin] = [:]
+            for process in tree.live {
+                let (state, threadStates) = try readTaskState(process)
+                let core = try TaskCore.dump(pid: process.pid, state: state)
+                let threads = try zip(process.threads, threadStates).map { try ThreadRecord.dump($0.0, state: $0.1) }
+                let signals = try SignalsRecord.dump(pid: process.pid, state: state)
+                var memory = try MemoryRecord.dump(pid: process.pid)
+                for i in memory.mappings.indices {
+                    guard let inode = memory.mappings[i].shmemInode else { continue }
+                    let m = memory.mappings[i]
+                    if let origin = sharedMemory[inode] { memory.mappings[i].sharedFrom = origin } else {
+                        sharedMemory[inode] = .init(pid: process.pid, start: m.start, end: m.end, fileOffset: m.fileOffset)
+                    }
+                }
+                let descriptors = try fileTable.dump(pid: process.pid)
+                created.append(paths.pages(process.pid))
+                let memoryStart = ContinuousClock.now
+                let pageIndex = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), statistics: &statistics)
+                statistics.memoryDumpSeconds += seconds(since: memoryStart)
+                created.append(paths.task(process.pid))
+                try TaskImage(core: core, threads: threads, memory: memory, pageIndex: pageIndex, signals: signals,
+                              descriptors: descriptors).write(to: paths.task(process.pid))
+            }
+            var files = RecordWriter()
+            try files.append(.files, fileTable.table)
+            created.append(paths.files)
+            try files.write(to: paths.files)
             var inventory = RecordWriter()
-            try inventory.append(.inventory, Inventory(rootPid: pid, pids: [pid], kernel: kernelRelease(), shellJob: options.shellJob))
+            try inventory.append(.inventory, Inventory(rootPid: pid, processes: tree.processes.map(\.entry),
+                                                       kernel: kernelRelease(), shellJob: options.shellJob))
             try inventory.write(to: inventoryFD, path: paths.inventory)
         } catch {
-            _ = try? tracee.restoreOriginalState()
-            _ = try? tracee.detach()
+            tree.release()
             throw error
         }
         statistics.frozenSeconds = seconds(since: frozenAt)
+        statistics.processes = tree.processes.count
         success = true
         if options.leaveRunning {
-            try tracee.detach()
+            tree.release()
         } else {
-            // Dead while still traced: it never runs another instruction.
-            // As its tracer we see it die, so dump returns only once it is gone.
-            try Processes.kill(pid, SIGKILL)
-            _ = try? waitFor(pid)
+            // Dead while still traced: no process runs another instruction, and
+            // as their tracer cryo sees each one die before it returns.
+            tree.kill()
         }
         try? writeStatistics(statistics, to: "\(options.directory)/stats-dump")
         return statistics
     }
 
-    /// Runs the parasite once to read what only the task can see, then cures it.
-    func readTaskState(_ tracee: Tracee) throws -> cryo_task_state {
-        let parasite = try Parasite.inject(into: tracee, argumentBytes: MemoryLayout<cryo_task_state>.size)
+    /// Runs the parasite once per process (and once in each thread) to read
+    /// what only the task can see, then cures it.
+    func readTaskState(_ process: FrozenProcess) throws -> (cryo_task_state, [cryo_thread_state]) {
+        let parasite = try Parasite.inject(into: process.leader, argumentBytes: MemoryLayout<cryo_thread_state>.size)
         do {
-            let state = try parasite.run(CRYO_CMD_DUMP_STATE, input: UInt8(0), output: cryo_task_state.self)
+            let state = try parasite.run(CRYO_CMD_DUMP_PROCESS, input: UInt8(0), output: cryo_task_state.self)
+            var threads: [cryo_thread_state] = []
+            for thread in process.threads {
+                // Only the fixed part: the signal slots are filled at restore.
+                let reply = try parasite.run(CRYO_CMD_DUMP_THREAD, payload: [0], replyBytes: MemoryLayout<cryo_thread_state>.offset(of: \.signals)!, on: thread)
+                var t = cryo_thread_state()
+                withUnsafeMutableBytes(of: &t) { raw in raw.copyMemory(from: UnsafeRawBufferPointer(start: reply.payload, count: reply.payload.count)) }
+                threads.append(t)
+            }
             try parasite.cure()
-            return state
+            return (state, threads)
         } catch {
             _ = try? parasite.cure()
             throw error
+        }
+    }
+
+    /// What this version can rebuild: sessions and groups that restore can recreate.
+    func checkTree(_ tree: FrozenTree) throws {
+        let byPid = Dictionary(uniqueKeysWithValues: tree.processes.map { ($0.pid, $0) })
+        for p in tree.processes where p.pid != options.pid {
+            guard let parent = byPid[p.ppid] else { continue }
+            if p.sid != p.pid && p.sid != parent.sid {
+                throw CryoError("pid \(p.pid) (\(p.comm)) is in session \(p.sid) but its parent \(parent.pid) is in session \(parent.sid); "
+                    + "a session whose leader is gone or elsewhere cannot be rebuilt yet")
+            }
+            if p.pgid != p.pid, byPid[p.pgid] == nil, p.sid == p.pid {
+                throw CryoError("pid \(p.pid) (\(p.comm)) leads session \(p.sid) but not its group \(p.pgid)")
+            }
+        }
+        for p in tree.processes where p.pid != options.pid && p.pgid != p.pid && byPid[p.pgid] == nil {
+            // A group whose leader is gone comes back through a helper that needs the group's session.
+            if p.sid == byPid[options.pid]!.sid && options.shellJob && p.pgid == byPid[options.pid]!.pgid { continue }
+            if byPid[p.pgid] == nil && p.sid != byPid[p.ppid]?.sid {
+                throw CryoError("pid \(p.pid) (\(p.comm)): process group \(p.pgid) has no leader in the tree and no member's parent in its session")
+            }
         }
     }
 
@@ -120,21 +163,9 @@ public struct Dumper {
             let name = (try? ProcStat(pid: tracer).comm) ?? "?"
             throw CryoError("pid \(pid) (\(stat.comm)) is already traced by pid \(tracer) (\(name)); detach the debugger first")
         }
-        try checkThreadsAndChildren(pid)
         if stat.sid != pid && !options.shellJob {
             throw CryoError("pid \(pid) (\(stat.comm)) belongs to session \(stat.sid), whose leader is not dumped; "
                 + "start it with setsid, or dump with --shell-job to restore it into cryo's session")
-        }
-    }
-
-    func checkThreadsAndChildren(_ pid: pid_t) throws {
-        let stat = try ProcStat(pid: pid)
-        if stat.threads != 1 {
-            throw CryoError("pid \(pid) (\(stat.comm)) has \(stat.threads) threads; multi-threaded processes are not supported yet")
-        }
-        let children = (try? Files.readString("/proc/\(pid)/task/\(pid)/children"))?.split(separator: " ") ?? []
-        if !children.isEmpty {
-            throw CryoError("pid \(pid) (\(stat.comm)) has child processes (\(children.joined(separator: ", "))); process trees are not supported yet")
         }
     }
 

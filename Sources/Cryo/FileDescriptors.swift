@@ -4,15 +4,10 @@ import Foundation
 import Glibc
 import SystemPackage
 
-/// The descriptor table: which fd number refers to which open file
-/// description. Descriptions shared by several fds (dup) are stored once, so
-/// they share offset and flags again after restore.
-public struct FilesRecord: Codable, Sendable {
-    public struct Descriptor: Codable, Sendable {
-        public var fd: Int32
-        public var closeOnExec: Bool
-        public var file: Int  // index into files
-    }
+/// Open file descriptions of the whole tree (files.img), each stored once
+/// however many descriptors in however many processes refer to it, so they
+/// share offset and flags again after restore.
+public struct FileTable: Codable, Sendable {
     public struct OpenFile: Codable, Sendable {
         public var id: Int
         public var kind: FileKind
@@ -24,9 +19,17 @@ public struct FilesRecord: Codable, Sendable {
         public var pipe: PipeEndState?
     }
     public enum FileKind: String, Codable, Sendable { case regular, directory, characterDevice, pipe }
-
-    public var descriptors: [Descriptor]
     public var files: [OpenFile]
+}
+
+/// One process's descriptor table: which fd number names which description.
+public struct DescriptorsRecord: Codable, Sendable {
+    public struct Descriptor: Codable, Sendable {
+        public var fd: Int32
+        public var closeOnExec: Bool
+        public var file: Int  // id in FileTable
+    }
+    public var descriptors: [Descriptor]
 }
 
 /// What dump knows of one descriptor before asking its kind.
@@ -41,56 +44,61 @@ struct DescriptorProbe {
     var object: String { "pid \(pid) fd \(fd)" }
 }
 
-/// Context for dumping kinds that write side files (file contents, pipe data).
-final class FileDumpContext {
+/// Builds the file table while descriptor tables are dumped, one process after another.
+final class FileTableBuilder {
     let paths: ImagePaths
+    private(set) var table = FileTable(files: [])
     /// Side files written so far, removed again if the dump fails.
     var created: [String] = []
-    init(paths: ImagePaths) { self.paths = paths }
-}
+    /// Descriptions seen so far by (device, inode): only these can be the same description.
+    private var seen: [String: [(pid: pid_t, fd: Int32, id: Int)]] = [:]
+    private var pipesWithData = Set<UInt64>()
 
-extension FilesRecord {
-    static func dump(pid: pid_t, context: FileDumpContext) throws -> FilesRecord {
+    init(paths: ImagePaths) { self.paths = paths }
+
+    func dump(pid: pid_t) throws -> DescriptorsRecord {
         let pidfd = try Pidfd.open(pid)
         defer { try? pidfd.close() }
-        var descriptors: [Descriptor] = []
-        var files: [OpenFile] = []
-        var probes: [(fd: Int32, file: Int)] = []
-        var pipesSeen = Set<UInt64>()
+        var descriptors: [DescriptorsRecord.Descriptor] = []
         let numbers = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").compactMap { Int32($0) }.sorted()
         for fd in numbers {
             let link = try Files.readLink("/proc/\(pid)/fd/\(fd)")
             let info = try parseFDInfo(try Files.readString("/proc/\(pid)/fdinfo/\(fd)"))
-            // A dup of a description already seen shares it.
-            var shared: Int? = nil
-            for probe in probes where try Pidfd.sameFile(pid, probe.fd, pid, fd) { shared = probe.file; break }
-            let closeOnExec = info.flags & UInt32(O_CLOEXEC) != 0
-            if let shared {
-                descriptors.append(Descriptor(fd: fd, closeOnExec: closeOnExec, file: shared))
-                continue
-            }
             let handle = try Pidfd.getfd(pidfd, pid: pid, fd: fd)
             defer { try? handle.close() }
-            let probe = DescriptorProbe(pid: pid, fd: fd, link: link, flags: info.flags & ~UInt32(O_CLOEXEC), position: info.position,
-                                        stat: try Files.stat(handle, object: "pid \(pid) fd \(fd)"), handle: handle)
-            var file = try dumpOpenFile(probe, id: files.count, context: context)
-            if let pipe = file.pipe, !pipesSeen.insert(pipe.inode).inserted {
+            let stat = try Files.stat(handle, object: "pid \(pid) fd \(fd)")
+            let key = "\(stat.st_dev):\(stat.st_ino)"
+            let closeOnExec = info.flags & UInt32(O_CLOEXEC) != 0
+            // A dup, or a description inherited from a parent, is stored once.
+            var shared: Int? = nil
+            for candidate in seen[key] ?? [] where try Pidfd.sameFile(candidate.pid, candidate.fd, pid, fd) {
+                shared = candidate.id
+                break
+            }
+            if let shared {
+                descriptors.append(.init(fd: fd, closeOnExec: closeOnExec, file: shared))
+                continue
+            }
+            let probe = DescriptorProbe(pid: pid, fd: fd, link: link, flags: info.flags & ~UInt32(O_CLOEXEC),
+                                        position: info.position, stat: stat, handle: handle)
+            var file = try dumpOpenFile(probe, id: table.files.count)
+            if let pipe = file.pipe, !pipesWithData.insert(pipe.inode).inserted {
                 file.pipe!.buffered = nil // already kept with the pipe's other end
             }
-            files.append(file)
-            probes.append((fd, file.id))
-            descriptors.append(Descriptor(fd: fd, closeOnExec: closeOnExec, file: file.id))
+            table.files.append(file)
+            seen[key, default: []].append((pid, fd, file.id))
+            descriptors.append(.init(fd: fd, closeOnExec: closeOnExec, file: file.id))
         }
-        return FilesRecord(descriptors: descriptors, files: files)
+        return DescriptorsRecord(descriptors: descriptors)
     }
 
     /// Dispatches on the kind of object; anything unknown is refused by name.
-    static func dumpOpenFile(_ p: DescriptorProbe, id: Int, context: FileDumpContext) throws -> OpenFile {
+    func dumpOpenFile(_ p: DescriptorProbe, id: Int) throws -> FileTable.OpenFile {
         let type = p.stat.st_mode & S_IFMT
-        var file = OpenFile(id: id, kind: .regular, flags: p.flags, position: p.position, path: nil, regular: nil, pipe: nil)
+        var file = FileTable.OpenFile(id: id, kind: .regular, flags: p.flags, position: p.position, path: nil, regular: nil, pipe: nil)
         switch type {
         case S_IFREG:
-            file.regular = try RegularFileState.dump(p, context: context, id: id)
+            file.regular = try RegularFileState.dump(p, into: self, id: id)
             file.path = file.regular!.path
         case S_IFDIR:
             file.kind = .directory
@@ -111,27 +119,38 @@ extension FilesRecord {
         }
         return file
     }
+}
 
-    func validate(file: String) throws {
+extension DescriptorsRecord {
+    func validate(file: String, table: FileTable) throws {
         var seen = Set<Int32>()
         for d in descriptors {
-            guard d.fd >= 0, d.fd < 1 << 20, seen.insert(d.fd).inserted, files.indices.contains(d.file) else {
-                throw ImageError(file: file, record: "files", "descriptor \(d.fd) is duplicated, out of range or names no file")
+            guard d.fd >= 0, d.fd < 1 << 20, seen.insert(d.fd).inserted, table.files.indices.contains(d.file) else {
+                throw ImageError(file: file, record: "descriptors", "descriptor \(d.fd) is duplicated, out of range or names no file")
             }
         }
+    }
+}
+
+extension FileTable {
+    func validate(file: String) throws {
         for (i, f) in files.enumerated() where f.id != i {
             throw ImageError(file: file, record: "files", "file #\(i) carries id \(f.id)")
         }
+        for f in files where (f.kind == .pipe) != (f.pipe != nil) || (f.kind == .regular) != (f.regular != nil) {
+            throw ImageError(file: file, record: "files", "file #\(f.id) of kind \(f.kind) lacks its state")
+        }
     }
 
-    /// Opens every description in the controller, ready to be passed to the task.
+    /// Opens every description in the controller, ready to be passed to the tasks.
     /// Pipes are created once per pipe and their buffered bytes put back.
-    func open(pid: pid_t, paths: ImagePaths) throws -> [FileDescriptor] {
+    func open(paths: ImagePaths) throws -> [FileDescriptor] {
         var opened: [FileDescriptor] = []
         var pipes = PipeRebuilder()
+        defer { pipes.closeAll() }
         do {
             for f in files {
-                let object = "pid \(pid) fd \(descriptors.first { $0.file == f.id }?.fd ?? -1) (\(f.path ?? f.kind.rawValue))"
+                let object = "file #\(f.id) (\(f.path ?? f.kind.rawValue))"
                 let handle: FileDescriptor
                 switch f.kind {
                 case .regular: handle = try f.regular!.open(flags: f.flags, position: f.position, object: object, paths: paths, id: f.id)
@@ -142,10 +161,8 @@ extension FilesRecord {
             }
         } catch {
             for h in opened { try? h.close() }
-            pipes.closeAll()
             throw error
         }
-        pipes.closeAll()
         return opened
     }
 }

@@ -18,11 +18,12 @@ public enum ImageFormat {
 public enum RecordKind: UInt32, Sendable, CaseIterable {
     case inventory = 1
     case task = 2
-    case registers = 3
+    case threads = 3
     case memory = 4
     case pageIndex = 5
     case signals = 6
     case files = 7
+    case descriptors = 8
 }
 
 public struct ImageError: Error, CustomStringConvertible {
@@ -161,20 +162,35 @@ public struct ImagePaths: Sendable {
     public let directory: String
     public init(_ directory: String) { self.directory = directory }
     public var inventory: String { "\(directory)/inventory.img" }
+    public var files: String { "\(directory)/files.img" }
     public func task(_ pid: Int32) -> String { "\(directory)/task-\(pid).img" }
     public func pages(_ pid: Int32) -> String { "\(directory)/pages-\(pid).img" }
     public func fileData(_ id: Int) -> String { "\(directory)/filedata-\(id).img" }
 }
 
-/// What the folder holds: the format, who wrote it, which tasks.
+/// What the folder holds: the format, who wrote it, the process tree.
 public struct Inventory: Codable, Sendable {
     public var tool: String = "cryo"
     public var formatVersion: UInt32 = ImageFormat.version
     public var rootPid: Int32
-    public var pids: [Int32]
+    /// Every process of the tree, parents before their children.
+    public var processes: [ProcessEntry]
     public var kernel: String
     public var shellJob: Bool
     public var pageSize: Int = 4096
+
+    public struct ProcessEntry: Codable, Sendable {
+        public var pid: Int32
+        public var ppid: Int32
+        public var pgid: Int32
+        public var sid: Int32
+        public var comm: String
+        /// For a zombie: its wait status (as waitpid reports it); it has no task file.
+        public var zombieStatus: Int32?
+    }
+
+    /// Processes that run, and so have task and pages files.
+    public var livePids: [Int32] { processes.filter { $0.zombieStatus == nil }.map(\.pid) }
 }
 
 extension Data {

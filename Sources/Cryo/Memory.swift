@@ -24,6 +24,10 @@ public struct MemoryRecord: Codable, Sendable {
         public var growsDown: Bool
         public var noReserve: Bool
         public var advice: UInt32  // CRYO_MADV_*
+        /// The shmem object behind a shared anonymous mapping, to find it in other processes.
+        public var shmemInode: UInt64?
+        /// Set when an earlier process of the image holds (and saved) the same shared memory.
+        public var sharedFrom: SharedOrigin?
         var length: UInt64 { end - start }
         var isSpecial: Bool { [.vdso, .vvar, .vvarClock, .vsyscall].contains(kind) }
         var prot: Int32 {
@@ -32,6 +36,13 @@ public struct MemoryRecord: Codable, Sendable {
         }
     }
     public var mappings: [Mapping]
+
+    public struct SharedOrigin: Codable, Sendable {
+        public var pid: Int32
+        public var start: UInt64
+        public var end: UInt64
+        public var fileOffset: UInt64
+    }
 }
 
 /// Where each saved page range lives in pages-PID.img: [address, length, file offset].
@@ -120,7 +131,8 @@ extension MemoryRecord {
                                     shared: shared, kind: kind, path: path, fileOffset: m.offset,
                                     device: kind == .file ? cryo_makedev(major, minor) : nil,
                                     inode: kind == .file ? m.inode : nil,
-                                    growsDown: m.vmFlags.contains("gd"), noReserve: m.vmFlags.contains("nr"), advice: advice))
+                                    growsDown: m.vmFlags.contains("gd"), noReserve: m.vmFlags.contains("nr"), advice: advice,
+                                    shmemInode: kind == .sharedAnonymous ? m.inode : nil, sharedFrom: nil))
         }
         return MemoryRecord(mappings: mappings)
     }
@@ -130,6 +142,7 @@ extension MemoryRecord {
         switch m.kind {
         case .vdso, .vvar, .vvarClock, .vsyscall: return nil
         case .file where m.shared: return nil  // the file itself holds them
+        case _ where m.sharedFrom != nil: return nil  // saved with the process that holds it first
         case .sharedAnonymous:
             return (UInt64(CRYO_PAGE_IS_PFNZERO), UInt64(CRYO_PAGE_IS_PFNZERO), UInt64(CRYO_PAGE_IS_PRESENT | CRYO_PAGE_IS_SWAPPED))
         default:
@@ -225,6 +238,7 @@ func parseDevice(_ text: String) -> (UInt32, UInt32) {
 
 /// Figures like CRIU's stats-dump, kept in the image folder.
 public struct DumpStatistics: Codable, Sendable {
+    public var processes: Int = 0
     public var frozenSeconds: Double = 0
     public var memoryDumpSeconds: Double = 0
     public var pagesScanned: UInt64 = 0
@@ -294,12 +308,13 @@ struct MemoryRestorePlan {
             vma.end = m.end
             vma.prot = UInt32(m.prot)
             var flags = m.shared ? MAP_SHARED : MAP_PRIVATE
-            if m.kind != .file { flags |= MAP_ANONYMOUS }
+            let backedByFile = m.kind == .file || m.sharedFrom != nil
+            if !backedByFile { flags |= MAP_ANONYMOUS }
             if m.growsDown { flags |= MAP_GROWSDOWN }
             if m.noReserve { flags |= MAP_NORESERVE }
             vma.flags = UInt32(flags)
-            vma.fd = m.kind == .file ? try fileFD(m) : -1
-            vma.file_offset = m.kind == .file ? m.fileOffset : 0
+            vma.fd = backedByFile ? try fileFD(m) : -1
+            vma.file_offset = m.sharedFrom.map { m.fileOffset &- $0.fileOffset } ?? (m.kind == .file ? m.fileOffset : 0)
             vma.madvise = m.advice
             vma.first_run = UInt64(runs.count)
             while runCursor < sortedRuns.count && sortedRuns[runCursor][0] < m.end {

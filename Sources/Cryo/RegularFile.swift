@@ -26,7 +26,7 @@ extension RegularFileState {
         return p.link
     }
 
-    static func dump(_ p: DescriptorProbe, context: FileDumpContext, id: Int) throws -> RegularFileState {
+    static func dump(_ p: DescriptorProbe, into context: FileTableBuilder, id: Int) throws -> RegularFileState {
         let unlinked = p.stat.st_nlink == 0
         var path = p.link
         if unlinked && path.hasSuffix(deletedSuffix) { path.removeLast(deletedSuffix.count) }

@@ -15,9 +15,31 @@ public struct RestoreOptions: Sendable {
     }
 }
 
-/// Brings a process back: clone3 with its pid, then the parasite rebuilds its
-/// memory, descriptors and signal state from inside; the controller sets the
-/// registers last. A failure kills whatever was created.
+/// A process being rebuilt: traced, with the parasite inside.
+final class RestoringProcess {
+    let image: TaskImage
+    let tracee: Tracee
+    var threads: [Tracee]
+    let parasite: Parasite
+    var pid: pid_t { tracee.pid }
+    /// SIGCHLDs of children cryo made exit (zombies, helpers): not the process's own.
+    var discardChildSignals = false
+    init(image: TaskImage, tracee: Tracee, parasite: Parasite) {
+        self.image = image
+        self.tracee = tracee
+        self.threads = [tracee]
+        self.parasite = parasite
+    }
+}
+
+/// Brings a process tree back from user space: the controller clones the
+/// root with its pid, every other process is cloned by injecting clone3 into
+/// its restored parent, sessions and groups are rebuilt with setsid and
+/// setpgid (helpers stand in for group leaders that are gone), zombies are
+/// made to exit with their status. Then each process's parasite rebuilds its
+/// memory, threads, descriptors and signal state; the controller sets the
+/// registers last and lets every task go together. A failure kills
+/// everything created.
 public struct Restorer {
     let options: RestoreOptions
     let logger: Logger
@@ -26,103 +48,293 @@ public struct Restorer {
         self.logger = logger
     }
 
-    /// Restores the image; returns the pid, running and no longer traced.
+    static let traceOptions: UInt = Ptrace.exitKill | 0x2 | 0x8 // EXITKILL | TRACEFORK | TRACECLONE
+    static let syscallClone3 = 435, syscallSetsid = 112, syscallSetpgid = 109, syscallWait4 = 61, syscallExitGroup = 231
+
     public func run() throws -> pid_t {
         let image = try Image(directory: options.directory)
-        guard image.tasks.count == 1 else { throw CryoError("images of several processes are not supported yet") }
-        let task = image.tasks[0]
-        let pid = task.core.pid
-        try checkPidFree(pid)
+        let inventory = image.inventory
+        let helperPids = Set(inventory.processes.filter { p in
+            p.pid != inventory.rootPid && p.pgid != p.pid && !inventory.processes.contains { $0.pid == p.pgid }
+                && !(inventory.shellJob && p.pgid == inventory.processes[0].pgid)
+        }.map(\.pgid))
+        for pid in inventory.processes.map(\.pid) + image.tasks.flatMap({ $0.threads.dropFirst().map(\.tid) }) + helperPids {
+            if Files.exists("/proc/\(pid)") && !waitUntilReaped(pid) { throw pidInUse(pid) }
+        }
         raiseDescriptorLimit()
 
-        // Open everything in the controller before a task exists: a missing or
-        // changed file fails here, with nothing to clean up.
-        var toSend: [FileDescriptor] = []
-        defer { for fd in toSend { try? fd.close() } }
-        toSend.append(try Files.open(image.paths.pages(pid), .readOnly))
-        let pagesSlot = 0
-        let cwdSlot = toSend.count
-        toSend.append(try openDirectory(task.core.cwd, what: "working directory"))
-        var rootSlot: Int? = nil
-        if task.core.root != "/" {
-            rootSlot = toSend.count
-            toSend.append(try openDirectory(task.core.root, what: "root directory"))
-        }
-        var exeSlot: Int? = nil
-        if let exe = try? Files.open(task.core.exe, .readOnly) {
-            exeSlot = toSend.count
-            toSend.append(exe)
-        }
-        var mappingSlots: [String: Int] = [:]
-        for m in task.memory.mappings where m.kind == .file {
-            let key = "\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.path!)"
-            if mappingSlots[key] != nil { continue }
-            let fd = try Files.open(m.path!, m.shared && m.protection.contains("w") ? .readWrite : .readOnly)
-            let st = try Files.stat(fd, object: m.path!)
-            if let inode = m.inode, let device = m.device, UInt64(st.st_ino) != inode || UInt64(st.st_dev) != device {
-                try? fd.close()
-                throw CryoError("pid \(pid): mapped file \(m.path!) was replaced since the dump (inode \(inode) is now \(st.st_ino))")
+        // Every open file description is made once, in the controller, before any task exists.
+        let descriptions = try image.fileTable.open(paths: image.paths)
+        defer { for fd in descriptions { try? fd.close() } }
+
+        let session = RestoreSession()
+        do {
+            let root = try createRoot(image, session: session)
+            try createTree(image, root: root, session: session, helperPids: helperPids)
+            for pid in inventory.livePids {
+                try restoreProcess(session.processes[pid]!, image: image, descriptions: descriptions, session: session)
             }
-            mappingSlots[key] = toSend.count
-            toSend.append(fd)
+            // Last: registers, then every task goes at once.
+            for process in inventory.livePids.map({ session.processes[$0]! }) {
+                process.tracee.syscallSite = process.image.threads[0].registers.rip
+                try process.parasite.remove()
+                for (thread, record) in zip(process.threads, process.image.threads) { try record.restore(pid: thread.pid) }
+            }
+            for process in inventory.livePids.map({ session.processes[$0]! }) {
+                for thread in process.threads { try thread.detach() }
+            }
+            session.done = true
+            return root.pid
+        } catch {
+            session.killAll()
+            throw error
         }
-        let firstDescriptionSlot = toSend.count
-        toSend += try task.files.open(pid: pid, paths: image.paths)
+    }
 
-        let controlFD = Int32(max((task.files.descriptors.map(\.fd).max() ?? 2) + 1, 3))
-        let slotFD = { (slot: Int) -> Int32 in controlFD + 1 + Int32(slot) }
-        let listener = try ControlListener(name: "cryo-restore-\(getpid())-\(pid)")
-        defer { listener.close() }
+    // MARK: - The tree
 
-        // The new task: an exact pid, parked in read() until traced.
+    func createRoot(_ image: Image, session: RestoreSession) throws -> RestoringProcess {
+        let core = image.tasks[0].core
         var park: [Int32] = [0, 0]
         _ = try check(cryo_pipe2(&park, O_CLOEXEC), "pipe2")
         defer { close(park[0]); close(park[1]) }
         let child: pid_t
-        do { child = try Processes.cloneParked(pid: pid, parkFD: park[0]) } catch let error as SyscallError where error.errno == .fileExists {
-            throw pidInUse(pid)
+        do { child = try Processes.cloneParked(pid: core.pid, parkFD: park[0]) } catch let error as SyscallError where error.errno == .fileExists {
+            throw pidInUse(core.pid)
         }
-        var restored = false
-        defer {
-            if !restored {
-                kill(child, SIGKILL)
-                _ = try? waitFor(child)
-            }
-        }
-        let tracee: Tracee
+        session.created.append(child)
         do {
-            try Ptrace.seize(child)
+            try Ptrace.seize(child, options: Restorer.traceOptions)
             try Ptrace.interrupt(child)
             _ = try waitForStop(child)
-            tracee = try Tracee.adopt(child)
-        } catch { throw CryoError("pid \(pid): cannot trace the new task: \(error)") }
-
-        try rebuildSession(tracee, core: task.core, shellJob: image.inventory.shellJob)
-
-        // The parasite goes where neither the final layout nor the current one has anything.
-        let current = try readMappings(pid: child, withFlags: false)
-        let occupied = task.memory.mappings.map { $0.start..<$0.end } + current.map { $0.start..<$0.end }
-        let argumentBytes = MemoryLayout<cryo_restore_memory>.size + current.count * 16 + 6 * 24 * 2
-            + task.memory.mappings.count * MemoryLayout<cryo_vma>.stride + task.pageIndex.runs.count * 24
-            + MemoryLayout<cryo_task_state>.size + MemoryLayout<cryo_restore_extra>.size
-            + task.files.descriptors.count * MemoryLayout<cryo_fd_install>.stride + 4096
-        let parasiteSize = UInt64(argumentBytes) + (4 << 20)
-        guard let place = findFreeRange(size: parasiteSize * 2, occupied: occupied) else {
-            throw CryoError("pid \(pid): no free address range for the parasite in the restored layout")
+        } catch { throw CryoError("pid \(core.pid): cannot trace the new task: \(error)") }
+        let tracee = try Tracee.adopt(child)
+        if core.sid == core.pid {
+            try inject(tracee, Restorer.syscallSetsid, what: "setsid")
+        } else if !image.inventory.shellJob {
+            throw CryoError("pid \(core.pid) was in session \(core.sid), which is not in the image; it can only come back with --shell-job")
+        } else if core.pgid == core.pid {
+            try inject(tracee, Restorer.syscallSetpgid, 0, 0, what: "setpgid")
+        }
+        // One parasite address for the whole tree: children inherit the mapping.
+        let occupied = image.tasks.flatMap { $0.memory.mappings.map { $0.start..<$0.end } }
+            + (try readMappings(pid: child, withFlags: false)).map { $0.start..<$0.end }
+        let argumentBytes = image.tasks.map { argumentBytesNeeded($0) }.max() ?? 0
+        guard let place = findFreeRange(size: UInt64(argumentBytes) + (8 << 20), occupied: occupied) else {
+            throw CryoError("pid \(core.pid): no address range is free for the parasite in every restored process")
         }
         let parasite = try Parasite.inject(into: tracee, argumentBytes: argumentBytes, at: place)
-        let parasiteRange = parasite.base..<(parasite.base + parasite.size)
+        let root = RestoringProcess(image: image.tasks[0], tracee: tracee, parasite: parasite)
+        session.processes[core.pid] = root
+        return root
+    }
 
-        // Descriptors travel over the control socket in batches the socket buffer holds.
+    func argumentBytesNeeded(_ task: TaskImage) -> Int {
+        let ownMaps = (try? readMappings(pid: getpid(), withFlags: false).count) ?? 1000
+        return MemoryLayout<cryo_restore_memory>.size + (ownMaps + 64) * 16 + 6 * 24 * 2
+            + task.memory.mappings.count * MemoryLayout<cryo_vma>.stride + task.pageIndex.runs.count * 24
+            + MemoryLayout<cryo_task_state>.size + MemoryLayout<cryo_restore_extra>.size
+            + MemoryLayout<cryo_thread_state>.size
+            + task.descriptors.descriptors.count * MemoryLayout<cryo_fd_install>.stride + 4096
+    }
+
+    /// Children are cloned by their parents; then groups; then zombies; helpers leave last.
+    func createTree(_ image: Image, root: RestoringProcess, session: RestoreSession, helperPids: Set<Int32>) throws {
+        let inventory = image.inventory
+        for entry in inventory.processes.dropFirst() where entry.zombieStatus == nil {
+            guard let parent = session.processes[entry.ppid] else {
+                throw CryoError("pid \(entry.pid): its parent \(entry.ppid) is not a live process of the image")
+            }
+            let tracee = try clone(into: parent, pid: entry.pid, flags: 0)
+            session.created.append(tracee.pid)
+            if entry.sid == entry.pid { try inject(tracee, Restorer.syscallSetsid, what: "setsid") }
+            session.processes[entry.pid] = RestoringProcess(image: image.task(entry.pid)!, tracee: tracee,
+                                                            parasite: .inherited(by: tracee, from: parent.parasite))
+        }
+        // Group leaders first, so members can join them.
+        for entry in inventory.processes where entry.zombieStatus == nil && entry.pgid == entry.pid && entry.sid != entry.pid {
+            try inject(session.processes[entry.pid]!.tracee, Restorer.syscallSetpgid, 0, 0, what: "setpgid")
+        }
+        var helpers: [(tracee: Tracee, creator: RestoringProcess)] = []
+        for group in helperPids.sorted() {
+            let member = inventory.processes.first { $0.pgid == group }!
+            guard let creator = session.processes[member.ppid] ?? session.processes[member.pid] else {
+                throw CryoError("process group \(group): no process of its session can create its stand-in leader")
+            }
+            let helper = try clone(into: creator, pid: group, flags: 0)
+            session.created.append(helper.pid)
+            try inject(helper, Restorer.syscallSetpgid, 0, 0, what: "setpgid (stand-in leader of group \(group))")
+            creator.discardChildSignals = true
+            helpers.append((helper, creator))
+        }
+        let shellGroup = inventory.shellJob ? inventory.processes[0].pgid : -1
+        for entry in inventory.processes.dropFirst() where entry.zombieStatus == nil
+            && entry.pgid != entry.pid && entry.sid != entry.pid && entry.pgid != shellGroup {
+            try inject(session.processes[entry.pid]!.tracee, Restorer.syscallSetpgid, 0, UInt64(entry.pgid), what: "setpgid")
+        }
+        for entry in inventory.processes where entry.zombieStatus != nil {
+            try createZombie(entry, session: session, shellGroup: shellGroup)
+        }
+        for (helper, creator) in helpers {
+            try inject(helper, Restorer.syscallExitGroup, 0, what: "exit of stand-in leader", expectExit: true)
+            try inject(creator.tracee, Restorer.syscallWait4, UInt64(helper.pid), 0, 0x4000_0000 /* __WALL */, 0, what: "wait4 (reaping stand-in \(helper.pid))")
+        }
+    }
+
+    /// A zombie is a child that is cloned, placed in its session and group, and made to exit as it did.
+    func createZombie(_ entry: Inventory.ProcessEntry, session: RestoreSession, shellGroup: Int32) throws {
+        guard let parent = session.processes[entry.ppid] else {
+            throw CryoError("zombie pid \(entry.pid): its parent \(entry.ppid) is not a live process of the image")
+        }
+        let zombie = try clone(into: parent, pid: entry.pid, flags: 0)
+        session.created.append(zombie.pid)
+        parent.discardChildSignals = true
+        if entry.sid == entry.pid {
+            try inject(zombie, Restorer.syscallSetsid, what: "setsid")
+        } else if entry.pgid == entry.pid {
+            try inject(zombie, Restorer.syscallSetpgid, 0, 0, what: "setpgid")
+        } else if entry.pgid != shellGroup {
+            try inject(zombie, Restorer.syscallSetpgid, 0, UInt64(entry.pgid), what: "setpgid")
+        }
+        // A zombie keeps its name in /proc.
+        let name = try parent.parasite.place(Array(entry.comm.utf8.prefix(15)) + [0])
+        try inject(zombie, 157 /* prctl */, 15 /* PR_SET_NAME */, name, what: "prctl(PR_SET_NAME)")
+        let status = entry.zombieStatus!
+        let signal = status & 0x7f
+        if signal == 0 {
+            try inject(zombie, Restorer.syscallExitGroup, UInt64((status >> 8) & 0xff), what: "exit", expectExit: true)
+            return
+        }
+        // Killed by a signal: default disposition, no core file, then the signal itself.
+        try Processes.setResourceLimit(zombie.pid, Int32(RLIMIT_CORE.rawValue), soft: 0, hard: 0)
+        let defaultAction = try session.processes[entry.ppid]!.parasite.place([UInt8](repeating: 0, count: 32))
+        try inject(zombie, 13 /* rt_sigaction */, UInt64(signal), defaultAction, 0, 8, what: "rt_sigaction")
+        try Processes.kill(zombie.pid, signal)
+        try Ptrace.cont(zombie.pid)
+        while true {
+            switch try waitFor(zombie.pid) {
+            case .stopped(let s, 0) where s == signal: try Ptrace.cont(zombie.pid, signal: signal)
+            case .stopped: try Ptrace.cont(zombie.pid)
+            case .exited, .signaled: return
+            }
+        }
+    }
+
+    /// Injects clone3 with an exact pid into `parent`; the child is traced from birth.
+    func clone(into parent: RestoringProcess, pid: pid_t, flags: UInt64, childTid: UInt64 = 0) throws -> Tracee {
+        var args = [UInt64](repeating: 0, count: 11) // struct clone_args, then set_tid[1]
+        args[0] = flags
+        if flags & 0x10000 /* CLONE_THREAD */ == 0 { args[4] = UInt64(SIGCHLD) }
+        args[2] = childTid
+        args[5] = parent.parasite.scratchStack - 8192 // stack: the thread is stopped before it uses it
+        args[6] = 4096
+        let bytes = args.withUnsafeBytes { [UInt8]($0) } + withUnsafeBytes(of: UInt64(UInt32(bitPattern: pid))) { [UInt8]($0) }
+        let address = try parent.parasite.place(bytes)
+        var raw = args
+        raw[8] = address + 88 // set_tid
+        raw[9] = 1            // set_tid_size
+        let final = raw.withUnsafeBytes { [UInt8]($0) } + withUnsafeBytes(of: UInt64(UInt32(bitPattern: pid))) { [UInt8]($0) }
+        _ = try parent.parasite.place(final)
+        let result = try parent.tracee.syscall(Restorer.syscallClone3, address, 88)
+        if result < 0 {
+            if result == -Int64(EEXIST) { throw pidInUse(pid) }
+            throw SyscallError("injected clone3(set_tid=\(pid))", errno: .init(rawValue: Int32(-result)), pid: parent.pid)
+        }
+        guard result == pid else { throw CryoError("injected clone3 in pid \(parent.pid) made pid \(result), not \(pid)") }
+        _ = try waitForStop(pid_t(result))
+        let child = try Tracee.adopt(pid_t(result))
+        _ = Parasite.inherited(by: child, from: parent.parasite) // the mapping came along: use its gadget
+        return child
+    }
+
+    @discardableResult
+    func inject(_ tracee: Tracee, _ number: Int, _ args: UInt64..., what: String, expectExit: Bool = false) throws -> Int64 {
+        if expectExit {
+            var regs = tracee.originalRegisters
+            regs.rax = UInt64(number)
+            regs.rdi = args.first ?? 0
+            regs.orig_rax = UInt64(bitPattern: -1)
+            guard let gadget = tracee.gadgetAddress else { throw CryoError("pid \(tracee.pid): no parasite gadget for \(what)") }
+            regs.rip = gadget
+            try Ptrace.setRegisters(tracee.pid, regs)
+            try Ptrace.cont(tracee.pid)
+            while true {
+                switch try waitFor(tracee.pid) {
+                case .exited, .signaled: return 0
+                case .stopped: try Ptrace.cont(tracee.pid)
+                }
+            }
+        }
+        let result: Int64
+        switch args.count {
+        case 0: result = try tracee.syscall(number)
+        case 1: result = try tracee.syscall(number, args[0])
+        case 2: result = try tracee.syscall(number, args[0], args[1])
+        case 3: result = try tracee.syscall(number, args[0], args[1], args[2])
+        default: result = try tracee.syscall(number, args[0], args[1], args[2], args[3])
+        }
+        if result < 0 { throw SyscallError("injected \(what)", errno: .init(rawValue: Int32(-result)), pid: tracee.pid) }
+        return result
+    }
+
+    // MARK: - One process
+
+    func restoreProcess(_ process: RestoringProcess, image: Image, descriptions: [FileDescriptor], session: RestoreSession) throws {
+        let task = process.image
+        let pid = process.pid
+        let parasite = process.parasite
+
+        var toSend: [FileDescriptor] = []
+        var owned: [FileDescriptor] = []
+        defer { for fd in owned { try? fd.close() } }
+        func add(_ fd: FileDescriptor, owned isOwned: Bool = true) -> Int {
+            toSend.append(fd)
+            if isOwned { owned.append(fd) }
+            return toSend.count - 1
+        }
+        let pagesSlot = add(try Files.open(image.paths.pages(pid), .readOnly))
+        let cwdSlot = add(try openDirectory(task.core.cwd, what: "working directory of pid \(pid)"))
+        let rootSlot = task.core.root == "/" ? nil : add(try openDirectory(task.core.root, what: "root directory of pid \(pid)"))
+        let exeSlot = (try? Files.open(task.core.exe, .readOnly)).map { add($0) }
+        var mappingSlots: [String: Int] = [:]
+        for m in task.memory.mappings {
+            if let origin = m.sharedFrom {
+                let key = "shm:\(origin.pid):\(origin.start)"
+                if mappingSlots[key] != nil { continue }
+                let path = "/proc/\(origin.pid)/map_files/\(hex(origin.start))-\(hex(origin.end))"
+                mappingSlots[key] = add(try Files.open(path, .readWrite))
+            } else if m.kind == .file {
+                let writable = m.shared && m.protection.contains("w")
+                let key = "\(writable ? "rw" : "r"):\(m.path!)"
+                if mappingSlots[key] != nil { continue }
+                let fd = try Files.open(m.path!, writable ? .readWrite : .readOnly)
+                let slot = add(fd)
+                let st = try Files.stat(fd, object: m.path!)
+                if let inode = m.inode, let device = m.device, UInt64(st.st_ino) != inode || UInt64(st.st_dev) != device {
+                    throw CryoError("pid \(pid): mapped file \(m.path!) was replaced since the dump (inode \(inode) is now \(st.st_ino))")
+                }
+                mappingSlots[key] = slot
+            }
+        }
+        var descriptionSlots: [Int: Int] = [:]
+        for d in task.descriptors.descriptors where descriptionSlots[d.file] == nil {
+            descriptionSlots[d.file] = add(descriptions[d.file], owned: false)
+        }
+
+        let controlFD = Int32(max((task.descriptors.descriptors.map(\.fd).max() ?? 2) + 1, 3))
+        let slotFD = { (slot: Int) -> Int32 in controlFD + 1 + Int32(slot) }
+        let listener = try ControlListener(name: "cryo-restore-\(getpid())-\(pid)")
+        defer { listener.close() }
         var connect = cryo_connect()
         connect.target_fd = controlFD
         connect.address_length = UInt32(listener.address.count)
         withUnsafeMutableBytes(of: &connect.sun_path) { raw in
             for (i, b) in listener.address.enumerated() { raw[i] = b }
         }
-        try parasite.run(CRYO_CMD_CONNECT, input: connect, output: UInt8.self)
+        _ = try parasite.run(CRYO_CMD_CONNECT, input: connect, output: UInt8.self)
         let connection = try listener.accept()
         defer { close(connection) }
+        // Descriptors travel in batches the socket buffer holds.
         let batch = 64
         for start in stride(from: 0, to: toSend.count, by: batch) {
             let end = min(start + batch, toSend.count)
@@ -132,45 +344,61 @@ public struct Restorer {
             recv.first_slot_fd = slotFD(start)
             recv.count = UInt32(end - start)
             recv.close_others = start == 0 ? 1 : 0
-            try parasite.run(CRYO_CMD_RECV_FDS, input: recv, output: UInt8.self)
+            _ = try parasite.run(CRYO_CMD_RECV_FDS, input: recv, output: UInt8.self)
         }
 
-        let rseq = try Ptrace.rseqConfiguration(child)
+        let current = try readMappings(pid: pid, withFlags: false)
+        let parasiteRange = parasite.base..<(parasite.base + parasite.size)
         let plan = try MemoryRestorePlan(
             record: task.memory, index: task.pageIndex, current: current, parasite: parasiteRange,
             temporary: parasiteRange.upperBound + 0x10_0000, pagesFD: slotFD(pagesSlot),
-            fileFD: { m in slotFD(mappingSlots["\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.path!)"]!) },
-            oldRseq: rseq)
+            fileFD: { m in
+                if let origin = m.sharedFrom { return slotFD(mappingSlots["shm:\(origin.pid):\(origin.start)"]!) }
+                return slotFD(mappingSlots["\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.path!)"]!)
+            },
+            oldRseq: try Ptrace.rseqConfiguration(pid))
         try parasite.run(CRYO_CMD_RESTORE_MEMORY, payload: plan.payload, replyBytes: 0)
+
+        // Threads join the rebuilt address space with their own tids.
+        let threadFlags: UInt64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 | 0x200000 // VM FS FILES SIGHAND THREAD SYSVSEM CHILD_CLEARTID
+        for record in task.threads.dropFirst() {
+            let thread = try clone(into: process, pid: record.tid, flags: threadFlags, childTid: record.clearChildTid)
+            process.threads.append(thread)
+        }
 
         var state = cryo_task_state()
         var extra = cryo_restore_extra()
         task.signals.fill(&state, &extra)
         fillState(&state, &extra, core: task.core, cwd: slotFD(cwdSlot), root: rootSlot.map(slotFD), exe: exeSlot.map(slotFD))
+        if process.discardChildSignals && !task.signals.pending.contains(where: { $0.signal == SIGCHLD }) {
+            extra.discard_signals = 1 << UInt64(SIGCHLD - 1)
+        }
         try parasite.run(CRYO_CMD_RESTORE_STATE, payload: bytes(of: state) + bytes(of: extra), replyBytes: 0)
+        for (thread, record) in zip(process.threads, task.threads) {
+            try parasite.run(CRYO_CMD_RESTORE_THREAD, payload: bytes(of: record.parasiteState), replyBytes: 0, on: thread)
+        }
 
         var install = cryo_install_fds()
-        install.count = UInt32(task.files.descriptors.count)
+        install.count = UInt32(task.descriptors.descriptors.count)
         install.close_from = controlFD
-        let entries = task.files.descriptors.map {
-            cryo_fd_install(from: slotFD(firstDescriptionSlot + $0.file), to: $0.fd, cloexec: $0.closeOnExec ? 1 : 0, pad: 0)
+        let entries = task.descriptors.descriptors.map {
+            cryo_fd_install(from: slotFD(descriptionSlots[$0.file]!), to: $0.fd, cloexec: $0.closeOnExec ? 1 : 0, pad: 0)
         }
         try parasite.run(CRYO_CMD_INSTALL_FDS, payload: bytes(of: install) + bytes(of: entries), replyBytes: 0)
 
-        try task.core.restoreResourceLimits(pid: child)
-        try parasite.run(CRYO_CMD_RESTORE_CREDS, input: task.core.parasiteCredentials, output: UInt8.self)
-
-        // The parasite leaves through a syscall placed at the task's own rip.
-        tracee.syscallSite = task.registers.registers.rip
-        try parasite.remove()
-        try task.registers.restore(pid: child)
-        try tracee.detach()
-        restored = true
-        return child
+        try task.core.restoreResourceLimits(pid: pid)
+        _ = try parasite.run(CRYO_CMD_RESTORE_CREDS, input: task.core.parasiteCredentials, output: UInt8.self)
     }
 
-    func checkPidFree(_ pid: pid_t) throws {
-        if Files.exists("/proc/\(pid)") { throw pidInUse(pid) }
+    /// A just-dumped process may linger as a zombie until its parent (often
+    /// init, for the rest of a killed tree) reaps it: give that a moment.
+    func waitUntilReaped(_ pid: pid_t) -> Bool {
+        for _ in 0..<300 {
+            guard let stat = try? ProcStat(pid: pid) else { return true }
+            guard stat.state == "Z" || stat.state == "X" else { return false }
+            usleep(10_000)
+        }
+        return !Files.exists("/proc/\(pid)")
     }
 
     func pidInUse(_ pid: pid_t) -> CryoError {
@@ -198,26 +426,9 @@ public struct Restorer {
         }
     }
 
-    /// A session of its own, or cryo's when the image was a shell job.
-    func rebuildSession(_ tracee: Tracee, core: TaskCore, shellJob: Bool) throws {
-        if core.sid == core.pid {
-            let r = try tracee.syscall(112 /* setsid */)
-            if r < 0 { throw SyscallError("injected setsid", errno: Errno(rawValue: Int32(-r)), pid: core.pid) }
-        } else if !shellJob {
-            throw CryoError("pid \(core.pid) was in session \(core.sid), which is not in the image; it can only come back with --shell-job")
-        } else if core.pgid == core.pid {
-            let r = try tracee.syscall(109 /* setpgid */, 0, 0)
-            if r < 0 { throw SyscallError("injected setpgid", errno: Errno(rawValue: Int32(-r)), pid: core.pid) }
-        }
-    }
-
     func fillState(_ state: inout cryo_task_state, _ extra: inout cryo_restore_extra, core: TaskCore,
                    cwd: Int32, root: Int32?, exe: Int32?) {
         state.umask = core.umask
-        state.clear_child_tid = core.clearChildTid
-        state.robust_list = core.robustList
-        state.robust_list_len = core.robustListLength
-        state.parent_death_signal = core.parentDeathSignal
         state.dumpable = core.dumpable
         extra.cwd_fd = cwd
         extra.root_fd = root ?? -1
@@ -237,13 +448,23 @@ public struct Restorer {
                 raw.storeBytes(of: word, toByteOffset: i * 8, as: UInt64.self)
             }
         }
-        if let rseq = core.rseq {
-            extra.rseq = rseq.address
-            extra.rseq_length = rseq.length
-            extra.rseq_signature = rseq.signature
-        }
     }
 }
+
+/// What a restore has created so far, to be killed if it fails.
+final class RestoreSession {
+    var processes: [Int32: RestoringProcess] = [:]
+    var created: [pid_t] = []
+    var done = false
+
+    func killAll() {
+        guard !done else { return }
+        for pid in created.reversed() { kill(pid, SIGKILL) }
+        for pid in created.reversed() { _ = try? waitFor(pid) }
+    }
+}
+
+func hex(_ value: UInt64) -> String { String(value, radix: 16) }
 
 func waitForStop(_ pid: pid_t) throws -> WaitStatus {
     while true {

@@ -4,7 +4,7 @@ import CryoSystem
 import Foundation
 import Glibc
 
-/// Signal dispositions, the alternate stack, interval timers and queued signals.
+/// Signal dispositions, interval timers and the process-wide signal queue.
 public struct SignalsRecord: Codable, Sendable {
     public struct Action: Codable, Sendable {
         public var signal: Int32
@@ -24,10 +24,8 @@ public struct SignalsRecord: Codable, Sendable {
         public var valueMicroseconds: Int64
     }
     public var actions: [Action]
-    public var altstackAddress: UInt64
-    public var altstackSize: UInt64
-    public var altstackFlags: Int32
     public var timers: [IntervalTimer]
+    /// The process-wide queue; each thread's own queue is in its ThreadRecord.
     public var pending: [Pending]
 }
 
@@ -49,31 +47,47 @@ extension SignalsRecord {
                                      valueMicroseconds: t.value.sec * 1_000_000 + t.value.usec)
             }
         }
-        var pending: [Pending] = []
-        for shared in [false, true] {
-            for info in try Ptrace.pendingSignals(pid, shared: shared) {
-                let signo = info.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }
-                pending.append(Pending(shared: shared, signal: signo, siginfo: Data(info)))
+        return SignalsRecord(actions: actions, timers: timers, pending: try pending(pid, shared: true))
+    }
+
+    /// Every queued siginfo of one queue, read without dequeuing.
+    static func pending(_ tid: pid_t, shared: Bool) throws -> [Pending] {
+        try Ptrace.pendingSignals(tid, shared: shared).map { info in
+            Pending(shared: shared, signal: info.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }, siginfo: Data(info))
+        }
+    }
+
+    static func validate(_ pending: [Pending], file: String, record: String) throws {
+        for p in pending where p.siginfo.count != 128 || p.signal < 1 || p.signal > 64 {
+            throw ImageError(file: file, record: record, "pending signal \(p.signal) with \(p.siginfo.count)-byte siginfo")
+        }
+        guard pending.count <= Int(CRYO_MAX_QUEUED_SIGNALS) else {
+            throw ImageError(file: file, record: record, "\(pending.count) queued signals, at most \(CRYO_MAX_QUEUED_SIGNALS) supported")
+        }
+    }
+
+    /// Lays siginfos out as the parasite reads them.
+    static func fill<T>(_ slots: inout T, with pending: [Pending]) {
+        withUnsafeMutableBytes(of: &slots) { raw in
+            for (i, p) in pending.prefix(Int(CRYO_MAX_QUEUED_SIGNALS)).enumerated() {
+                let base = i * MemoryLayout<cryo_queued_signal>.stride
+                raw.storeBytes(of: UInt32(p.shared ? 1 : 0), toByteOffset: base, as: UInt32.self)
+                p.siginfo.withUnsafeBytes { info in
+                    raw.baseAddress!.advanced(by: base + 8).copyMemory(from: info.baseAddress!, byteCount: 128)
+                }
             }
         }
-        return SignalsRecord(actions: actions, altstackAddress: state.altstack_sp, altstackSize: state.altstack_size,
-                             altstackFlags: state.altstack_flags, timers: timers, pending: pending)
     }
 
     func validate(file: String) throws {
         for a in actions where a.signal < 1 || a.signal > 64 {
             throw ImageError(file: file, record: "signals", "signal number \(a.signal) out of range")
         }
-        for p in pending where p.siginfo.count != 128 || p.signal < 1 || p.signal > 64 {
-            throw ImageError(file: file, record: "signals", "pending signal \(p.signal) with \(p.siginfo.count)-byte siginfo")
-        }
-        guard pending.count <= Int(CRYO_MAX_QUEUED_SIGNALS) else {
-            throw ImageError(file: file, record: "signals", "\(pending.count) queued signals, at most \(CRYO_MAX_QUEUED_SIGNALS) supported")
-        }
+        try SignalsRecord.validate(pending, file: file, record: "signals")
         guard timers.count <= 3 else { throw ImageError(file: file, record: "signals", "\(timers.count) interval timers") }
     }
 
-    /// Fills the parasite's view: every disposition (default where not recorded), altstack, timers, queue.
+    /// Fills the parasite's view: every disposition (default where not recorded), timers, queue.
     func fill(_ state: inout cryo_task_state, _ extra: inout cryo_restore_extra) {
         withUnsafeMutableBytes(of: &state.actions) { raw in
             for a in actions {
@@ -81,9 +95,6 @@ extension SignalsRecord {
                 raw.storeBytes(of: action, toByteOffset: Int(a.signal - 1) * MemoryLayout<cryo_sigaction>.stride, as: cryo_sigaction.self)
             }
         }
-        state.altstack_sp = altstackAddress
-        state.altstack_size = altstackSize
-        state.altstack_flags = altstackFlags
         withUnsafeMutableBytes(of: &state.itimers) { raw in
             for t in timers {
                 let timer = cryo_itimer(
@@ -93,14 +104,6 @@ extension SignalsRecord {
             }
         }
         extra.signal_count = UInt32(pending.count)
-        withUnsafeMutableBytes(of: &extra.signals) { raw in
-            for (i, p) in pending.enumerated() {
-                let base = i * MemoryLayout<cryo_queued_signal>.stride
-                raw.storeBytes(of: UInt32(p.shared ? 1 : 0), toByteOffset: base, as: UInt32.self)
-                p.siginfo.withUnsafeBytes { info in
-                    raw.baseAddress!.advanced(by: base + 8).copyMemory(from: info.baseAddress!, byteCount: 128)
-                }
-            }
-        }
+        SignalsRecord.fill(&extra.signals, with: pending)
     }
 }

@@ -4,7 +4,7 @@ import CryoSystem
 import Foundation
 import Glibc
 
-/// Identity and per-process attributes: ids, name, credentials, limits, the
+/// Identity and process-wide attributes: ids, name, credentials, limits, the
 /// mm fields, cwd/root/exe. Read from /proc and the parasite at dump; set by
 /// the parasite (and prlimit) at restore, credentials last.
 public struct TaskCore: Codable, Sendable {
@@ -23,11 +23,6 @@ public struct TaskCore: Codable, Sendable {
     public var resourceLimits: [[UInt64]]
     public var mm: MMFields
     public var auxv: [UInt64]
-    public var rseq: RseqRegistration?
-    public var clearChildTid: UInt64
-    public var robustList: UInt64
-    public var robustListLength: UInt64
-    public var parentDeathSignal: Int32
     public var dumpable: UInt32
 
     public struct Credentials: Codable, Sendable {
@@ -46,12 +41,6 @@ public struct TaskCore: Codable, Sendable {
         public var startCode, endCode, startData, endData, startBrk, brk, startStack: UInt64
         public var argStart, argEnd, envStart, envEnd: UInt64
     }
-
-    public struct RseqRegistration: Codable, Sendable {
-        public var address: UInt64
-        public var length: UInt32
-        public var signature: UInt32
-    }
 }
 
 extension TaskCore {
@@ -68,7 +57,6 @@ extension TaskCore {
             let limit = try Processes.resourceLimit(pid, resource)
             limits.append([limit.soft, limit.hard])
         }
-        let rseqConfig = try Ptrace.rseqConfiguration(pid)
         let personality = UInt64(try Files.readString("/proc/\(pid)/personality")
             .trimmingCharacters(in: .whitespacesAndNewlines), radix: 16) ?? 0
         return TaskCore(
@@ -80,13 +68,7 @@ extension TaskCore {
                          endData: stat.field(46), startBrk: stat.field(47), brk: state.brk,
                          startStack: stat.field(28), argStart: stat.field(48), argEnd: stat.field(49),
                          envStart: stat.field(50), envEnd: stat.field(51)),
-            auxv: auxv,
-            rseq: rseqConfig.rseq_abi_pointer == 0 ? nil
-                : RseqRegistration(address: rseqConfig.rseq_abi_pointer, length: rseqConfig.rseq_abi_size,
-                                   signature: rseqConfig.signature),
-            clearChildTid: state.clear_child_tid, robustList: state.robust_list,
-            robustListLength: state.robust_list_len, parentDeathSignal: state.parent_death_signal,
-            dumpable: state.dumpable)
+            auxv: auxv, dumpable: state.dumpable)
     }
 
     /// Resource limits are set from outside with prlimit. A hard limit above

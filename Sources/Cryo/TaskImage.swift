@@ -2,41 +2,45 @@ import CryoSystem
 import Foundation
 import Glibc
 
-/// Everything one task's image holds: task-PID.img plus pages-PID.img.
+/// Everything one process's image holds: task-PID.img plus pages-PID.img.
 public struct TaskImage: Codable, Sendable {
     public var core: TaskCore
-    public var registers: RegistersRecord
+    /// The thread group leader first.
+    public var threads: [ThreadRecord]
     public var memory: MemoryRecord
     public var pageIndex: PageIndex
     public var signals: SignalsRecord
-    public var files: FilesRecord
+    public var descriptors: DescriptorsRecord
 
     func write(to path: String) throws {
         var writer = RecordWriter()
         try writer.append(.task, core)
-        try writer.append(.registers, registers)
+        try writer.append(.threads, threads)
         try writer.append(.memory, memory)
         try writer.append(.pageIndex, pageIndex)
         try writer.append(.signals, signals)
-        try writer.append(.files, files)
+        try writer.append(.descriptors, descriptors)
         try writer.write(to: path)
     }
 
     /// Reads and checks one task's records and its pages file's size.
-    static func load(_ paths: ImagePaths, pid: Int32) throws -> TaskImage {
+    static func load(_ paths: ImagePaths, pid: Int32, table: FileTable) throws -> TaskImage {
         let path = paths.task(pid)
         let name = (path as NSString).lastPathComponent
         let reader = try RecordReader(path: path)
         let image = TaskImage(core: try reader.one(.task, as: TaskCore.self),
-                              registers: try reader.one(.registers, as: RegistersRecord.self),
+                              threads: try reader.one(.threads, as: [ThreadRecord].self),
                               memory: try reader.one(.memory, as: MemoryRecord.self),
                               pageIndex: try reader.one(.pageIndex, as: PageIndex.self),
                               signals: try reader.one(.signals, as: SignalsRecord.self),
-                              files: try reader.one(.files, as: FilesRecord.self))
+                              descriptors: try reader.one(.descriptors, as: DescriptorsRecord.self))
         guard image.core.pid == pid else { throw ImageError(file: name, record: "task", "describes pid \(image.core.pid)") }
-        try image.registers.validate(file: name)
+        guard image.threads.first?.tid == pid, Set(image.threads.map(\.tid)).count == image.threads.count else {
+            throw ImageError(file: name, record: "threads", "the first thread must be the leader \(pid), and tids unique")
+        }
+        for thread in image.threads { try thread.validate(file: name) }
         try image.signals.validate(file: name)
-        try image.files.validate(file: name)
+        try image.descriptors.validate(file: name, table: table)
         let pagesName = (paths.pages(pid) as NSString).lastPathComponent
         var st = Glibc.stat()
         guard fstatat(AT_FDCWD, paths.pages(pid), &st, 0) == 0 else { throw ImageError(file: pagesName, "is missing") }
@@ -49,6 +53,7 @@ public struct TaskImage: Codable, Sendable {
 public struct Image: Sendable {
     public let paths: ImagePaths
     public let inventory: Inventory
+    public let fileTable: FileTable
     public let tasks: [TaskImage]
 
     public init(directory: String) throws {
@@ -59,10 +64,32 @@ public struct Image: Sendable {
         }
         inventory = try RecordReader(path: paths.inventory).one(.inventory, as: Inventory.self)
         guard inventory.tool == "cryo" else { throw ImageError(file: "inventory.img", record: "inventory", "written by \(inventory.tool)") }
-        guard !inventory.pids.isEmpty, inventory.pids.allSatisfy({ $0 > 0 }) else {
-            throw ImageError(file: "inventory.img", record: "inventory", "lists no valid pid")
+        try inventory.validate()
+        fileTable = try RecordReader(path: paths.files).one(.files, as: FileTable.self)
+        try fileTable.validate(file: "files.img")
+        let (paths, table) = (self.paths, fileTable)
+        tasks = try inventory.livePids.map { try TaskImage.load(paths, pid: $0, table: table) }
+    }
+
+    public func task(_ pid: Int32) -> TaskImage? { tasks.first { $0.core.pid == pid } }
+}
+
+extension Inventory {
+    /// A tree: unique positive pids, the root first, every other parent listed before its child.
+    func validate() throws {
+        var seen = Set<Int32>()
+        for (i, p) in processes.enumerated() {
+            guard p.pid > 0, seen.insert(p.pid).inserted else {
+                throw ImageError(file: "inventory.img", record: "inventory", "pid \(p.pid) is invalid or listed twice")
+            }
+            if i == 0 {
+                guard p.pid == rootPid, p.zombieStatus == nil else {
+                    throw ImageError(file: "inventory.img", record: "inventory", "the first process must be the live root \(rootPid)")
+                }
+            } else if !seen.contains(p.ppid) {
+                throw ImageError(file: "inventory.img", record: "inventory", "pid \(p.pid) is listed before its parent \(p.ppid)")
+            }
         }
-        let paths = self.paths
-        tasks = try inventory.pids.map { try TaskImage.load(paths, pid: $0) }
+        guard !processes.isEmpty else { throw ImageError(file: "inventory.img", record: "inventory", "lists no process") }
     }
 }

@@ -13,6 +13,8 @@ public final class Parasite {
     public let argumentAreaSize: Int
     let blob: ParasiteBlob
     let stackTop: UInt64
+    /// Other threads of the process that ran commands; cure puts them back too.
+    private var threadsRun: [Tracee] = []
     static let headerSize = MemoryLayout<cryo_args_header>.size
     static let stackSize: UInt64 = 64 * 1024
 
@@ -62,6 +64,13 @@ public final class Parasite {
         return parasite
     }
 
+    /// The same parasite in a process created by an injected clone or fork: the mapping came along.
+    public static func inherited(by tracee: Tracee, from parent: Parasite) -> Parasite {
+        tracee.gadget = parent.base + parent.blob.gadgetOffset
+        return Parasite(tracee: tracee, blob: parent.blob, base: parent.base, size: parent.size,
+                        codeSize: parent.argumentArea - parent.base, argumentSize: parent.argumentAreaSize)
+    }
+
     private init(tracee: Tracee, blob: ParasiteBlob, base: UInt64, size: UInt64, codeSize: UInt64, argumentSize: Int) {
         self.tracee = tracee
         self.blob = blob
@@ -79,7 +88,9 @@ public final class Parasite {
 
     /// Runs one command with `payload` as its input and returns `replyBytes` of the argument area afterwards.
     @discardableResult
-    public func run(_ command: cryo_command, payload: [UInt8], replyBytes: Int) throws -> Reply {
+    public func run(_ command: cryo_command, payload: [UInt8], replyBytes: Int, on thread: Tracee? = nil) throws -> Reply {
+        let thread = thread ?? tracee
+        if thread !== tracee && !threadsRun.contains(where: { $0 === thread }) { threadsRun.append(thread) }
         let name = Parasite.commandName(command)
         guard Parasite.headerSize + max(payload.count, replyBytes) <= argumentAreaSize else {
             throw InjectionError.protocolMismatch(pid: tracee.pid, detail: "\(name) needs \(payload.count) bytes, area holds \(argumentAreaSize)")
@@ -93,13 +104,14 @@ public final class Parasite {
         do {
             try message.withUnsafeBytes { (raw) throws in try RemoteMemory.write(tracee.pid, at: argumentArea, raw) }
         } catch { throw error }
-        var regs = tracee.originalRegisters
+        var regs = thread.originalRegisters
         regs.rip = base + blob.entryOffset
         regs.rdi = argumentArea
         regs.rsp = stackTop
         regs.eflags &= ~UInt64(0x400) // DF clear, as the ABI expects
-        do { try Ptrace.setSignalMask(tracee.pid, ~UInt64(0)) } catch { throw error }
-        _ = try tracee.run(regs, during: "parasite command \(name)")
+        try Ptrace.setSignalMask(thread.pid, ~UInt64(0))
+        thread.gadget = base + blob.gadgetOffset
+        _ = try thread.run(regs, during: "parasite command \(name) in thread \(thread.pid)")
         let reply: [UInt8]
         do {
             reply = try RemoteMemory.read(tracee.pid, at: argumentArea, count: Parasite.headerSize + replyBytes)
@@ -113,16 +125,19 @@ public final class Parasite {
     }
 
     /// Typed convenience: a fixed-layout structure in, another out.
-    public func run<Input, Output>(_ command: cryo_command, input: Input, extra: [UInt8] = [], output: Output.Type) throws -> Output {
+    public func run<Input, Output>(_ command: cryo_command, input: Input, extra: [UInt8] = [], output: Output.Type,
+                                   on thread: Tracee? = nil) throws -> Output {
         let bytes = withUnsafeBytes(of: input) { [UInt8]($0) } + extra
-        let reply = try run(command, payload: bytes, replyBytes: MemoryLayout<Output>.size)
+        let reply = try run(command, payload: bytes, replyBytes: MemoryLayout<Output>.size, on: thread)
         return reply.payload.withUnsafeBytes { $0.loadUnaligned(as: Output.self) }
     }
 
     static func commandName(_ command: cryo_command) -> String {
         switch command {
         case CRYO_CMD_PING: "PING"
-        case CRYO_CMD_DUMP_STATE: "DUMP_STATE"
+        case CRYO_CMD_DUMP_PROCESS: "DUMP_PROCESS"
+        case CRYO_CMD_DUMP_THREAD: "DUMP_THREAD"
+        case CRYO_CMD_RESTORE_THREAD: "RESTORE_THREAD"
         case CRYO_CMD_CONNECT: "CONNECT"
         case CRYO_CMD_RECV_FDS: "RECV_FDS"
         case CRYO_CMD_RESTORE_MEMORY: "RESTORE_MEMORY"
@@ -150,9 +165,23 @@ public final class Parasite {
         try unmap()
     }
 
-    /// Removes the parasite and puts back the registers and signal mask.
+    /// Removes the parasite and puts back the registers and signal mask of every thread it ran in.
     public func cure() throws {
         try unmap()
         try tracee.restoreOriginalState()
+        for thread in threadsRun { try thread.restoreOriginalState() }
     }
+
+    /// Copies `bytes` into the argument area (for syscalls that take a pointer) and returns their address.
+    public func place(_ bytes: [UInt8]) throws -> UInt64 {
+        let address = argumentArea + UInt64(Parasite.headerSize)
+        guard bytes.count <= argumentAreaSize - Parasite.headerSize else {
+            throw InjectionError.protocolMismatch(pid: tracee.pid, detail: "\(bytes.count) bytes do not fit the argument area")
+        }
+        try bytes.withUnsafeBytes { try RemoteMemory.write(tracee.pid, at: address, $0) }
+        return address
+    }
+
+    /// Where a thread created inside the process may start with a valid stack (it is stopped at once).
+    public var scratchStack: UInt64 { stackTop - 16 }
 }

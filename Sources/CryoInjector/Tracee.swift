@@ -60,6 +60,7 @@ public final class Tracee {
     private let owner: pthread_t
     /// Address of a `syscall; int3` pair inside the task, once a parasite is mapped.
     var gadget: UInt64?
+    public var gadgetAddress: UInt64? { gadget }
     /// Executable address where a syscall may be placed when no parasite is
     /// mapped; the task's own rip unless its code was replaced meanwhile (restore).
     public var syscallSite: UInt64?

@@ -10,29 +10,42 @@ struct ShowCommand: ParsableCommand {
     func run() throws {
         let image = try failing { try Image(directory: directory) }
         if json {
-            struct Whole: Encodable { let inventory: Inventory; let tasks: [TaskImage] }
-            print(try encodeJSON(Whole(inventory: image.inventory, tasks: image.tasks)))
+            struct Whole: Encodable { let inventory: Inventory; let files: FileTable; let tasks: [TaskImage] }
+            print(try encodeJSON(Whole(inventory: image.inventory, files: image.fileTable, tasks: image.tasks)))
             return
         }
         let inventory = image.inventory
         print("image \(directory): cryo format \(inventory.formatVersion), kernel \(inventory.kernel), "
-            + "\(inventory.pids.count) process(es)\(inventory.shellJob ? ", shell job" : "")")
-        for task in image.tasks { describe(task) }
+            + "\(inventory.processes.count) process(es)\(inventory.shellJob ? ", shell job" : "")")
+        print("tree:")
+        var depth: [Int32: Int] = [:]
+        for p in inventory.processes {
+            let level = (depth[p.ppid] ?? -1) + 1
+            depth[p.pid] = level
+            let threads = image.task(p.pid).map { $0.threads.count > 1 ? ", \($0.threads.count) threads" : "" } ?? ""
+            let state = p.zombieStatus.map { s in s & 0x7f == 0 ? "zombie, exited \((s >> 8) & 0xff)" : "zombie, killed by \(signalName(s & 0x7f))" }
+            print(String(repeating: "  ", count: level + 1) + "\(p.pid) \(p.comm)  pgid \(p.pgid) sid \(p.sid)\(threads)\(state.map { " (\($0))" } ?? "")")
+        }
+        for task in image.tasks { describe(task, files: image.fileTable) }
     }
 
-    func describe(_ task: TaskImage) {
+    func describe(_ task: TaskImage, files: FileTable) {
         let core = task.core
         print("\npid \(core.pid) (\(core.comm))  ppid \(core.ppid)  pgid \(core.pgid)  sid \(core.sid)")
         print("  exe \(core.exe)  cwd \(core.cwd)  root \(core.root)  umask \(String(core.umask, radix: 8))")
         let c = core.credentials
         print("  uids \(c.uids.map(String.init).joined(separator: "/"))  gids \(c.gids.map(String.init).joined(separator: "/"))"
             + "  groups [\(c.groups.map(String.init).joined(separator: ","))]  caps eff 0x\(hex(c.capEffective))")
-        print("  registers:")
-        let names = ["r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx",
-                     "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs"]
-        let pairs = zip(names, task.registers.general).map { "\($0.0.padding(toLength: 8, withPad: " ", startingAt: 0))0x\(hex($0.1, width: 16))" }
-        for row in stride(from: 0, to: pairs.count, by: 4) { print("    " + pairs[row..<min(row + 4, pairs.count)].joined(separator: "  ")) }
-        print("    xstate \(task.registers.extendedState.count) bytes, blocked signals 0x\(hex(task.registers.blockedSignals))")
+        for thread in task.threads {
+            print("  thread \(thread.tid) registers:")
+            let pairs = zip(ThreadRecord.registerNames, thread.general).map {
+                "\($0.0.padding(toLength: 8, withPad: " ", startingAt: 0))0x\(hex($0.1, width: 16))"
+            }
+            for row in stride(from: 0, to: pairs.count, by: 4) { print("    " + pairs[row..<min(row + 4, pairs.count)].joined(separator: "  ")) }
+            print("    xstate \(thread.extendedState.count) bytes, blocked signals 0x\(hex(thread.blockedSignals))"
+                + (thread.altstackFlags & 2 == 0 ? ", altstack 0x\(hex(thread.altstackAddress)) size \(thread.altstackSize)" : ""))
+            for p in thread.pending { print("    pending \(signalName(p.signal)) (thread queue)") }
+        }
 
         let saved = task.pageIndex.runs.reduce(UInt64(0)) { $0 + $1[1] }
         print("  mappings (\(task.memory.mappings.count), \(saved / 4096) pages saved, \(String(format: "%.1f", Double(saved) / 1048576)) MiB):")
@@ -45,14 +58,14 @@ struct ShowCommand: ParsableCommand {
             if pages > 0 { line += "  [\(pages) pages saved]" }
             print(line)
         }
-        print("  descriptors (\(task.files.descriptors.count)):")
-        for d in task.files.descriptors {
-            let f = task.files.files[d.file]
+        print("  descriptors (\(task.descriptors.descriptors.count)):")
+        for d in task.descriptors.descriptors {
+            let f = files.files[d.file]
             var what = f.path ?? "pipe:[\(f.pipe?.inode ?? 0)] \(f.pipe?.isReadEnd == true ? "read" : "write") end"
             if f.regular?.unlinked == true { what += " (unlinked, contents in image)" }
             if let pipe = f.pipe, let data = pipe.buffered, !data.isEmpty { what += " (\(data.count) bytes buffered)" }
             print("    fd \(d.fd) -> \(what)  [\(f.kind.rawValue), flags 0\(String(f.flags, radix: 8)), pos \(f.position)\(d.closeOnExec ? ", cloexec" : "")]"
-                + (task.files.descriptors.filter { $0.file == d.file }.count > 1 ? " shared description #\(d.file)" : ""))
+                + (task.descriptors.descriptors.filter { $0.file == d.file }.count > 1 ? " shared description #\(d.file)" : ""))
         }
         let s = task.signals
         print("  signals:")
@@ -60,11 +73,10 @@ struct ShowCommand: ParsableCommand {
             let handler = a.handler == 0 ? "default" : a.handler == 1 ? "ignored" : "handler 0x\(hex(a.handler))"
             print("    \(signalName(a.signal).padding(toLength: 10, withPad: " ", startingAt: 0)) \(handler)  flags 0x\(hex(a.flags))  mask 0x\(hex(a.mask))")
         }
-        if s.altstackFlags & 2 == 0 { print("    altstack 0x\(hex(s.altstackAddress)) size \(s.altstackSize)") }
         for t in s.timers where t.intervalMicroseconds != 0 || t.valueMicroseconds != 0 {
             print("    itimer \(["REAL", "VIRTUAL", "PROF"][Int(t.which)]) interval \(t.intervalMicroseconds) µs, next in \(t.valueMicroseconds) µs")
         }
-        for p in s.pending { print("    pending \(signalName(p.signal)) (\(p.shared ? "process-wide" : "thread") queue)") }
+        for p in s.pending { print("    pending \(signalName(p.signal)) (process-wide queue)") }
     }
 }
 

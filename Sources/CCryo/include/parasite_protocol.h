@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 #define CRYO_PARASITE_MAGIC 0x43525950u /* "CRYP" */
-#define CRYO_PARASITE_PROTOCOL_VERSION 1u
+#define CRYO_PARASITE_PROTOCOL_VERSION 2u
 
 /* Symbols the injector looks up in the blob with libelf. */
 #define CRYO_PARASITE_ENTRY_SYMBOL "cryo_parasite_entry"
@@ -21,7 +21,7 @@
 
 enum cryo_command {
     CRYO_CMD_PING = 1,         /* answers with the protocol version */
-    CRYO_CMD_DUMP_STATE = 2,   /* out: struct cryo_task_state */
+    CRYO_CMD_DUMP_PROCESS = 2, /* out: struct cryo_task_state */
     CRYO_CMD_CONNECT = 3,      /* in: struct cryo_connect */
     CRYO_CMD_RECV_FDS = 4,     /* in: struct cryo_recv_fds */
     CRYO_CMD_RESTORE_MEMORY = 5, /* in: struct cryo_restore_memory + arrays */
@@ -29,6 +29,8 @@ enum cryo_command {
     CRYO_CMD_INSTALL_FDS = 7,  /* in: struct cryo_install_fds + entries */
     CRYO_CMD_RESTORE_CREDS = 8, /* in: struct cryo_creds */
     CRYO_CMD_FAIL_TEST = 9,    /* fails on purpose (error-path tests) */
+    CRYO_CMD_DUMP_THREAD = 10, /* out: struct cryo_thread_state (no signals) */
+    CRYO_CMD_RESTORE_THREAD = 11, /* in: struct cryo_thread_state */
 };
 
 /* Where a failing command stopped: which step, which syscall, which errno. */
@@ -53,22 +55,42 @@ struct cryo_sigaction {
 struct cryo_timeval { int64_t sec; int64_t usec; };
 struct cryo_itimer { struct cryo_timeval interval; struct cryo_timeval value; };
 
-/* State only the task itself can read; written by DUMP_STATE, read by RESTORE_STATE. */
+/* Process-wide state only the task itself can read; written by
+ * DUMP_PROCESS, read by RESTORE_STATE. */
 struct cryo_task_state {
     struct cryo_sigaction actions[64]; /* index = signal - 1 */
-    uint64_t altstack_sp;
-    uint64_t altstack_size;
-    int32_t altstack_flags;
-    uint32_t umask;
     struct cryo_itimer itimers[3];     /* ITIMER_REAL, VIRTUAL, PROF */
     uint64_t brk;
-    uint64_t clear_child_tid;
-    uint64_t robust_list;
-    uint64_t robust_list_len;
-    int32_t parent_death_signal;
+    uint32_t umask;
     uint32_t dumpable;
     uint32_t securebits;
     uint32_t pad;
+};
+
+#define CRYO_MAX_QUEUED_SIGNALS 256
+
+struct cryo_queued_signal {
+    uint32_t shared;           /* process-wide queue, or the thread's own */
+    uint32_t pad;
+    uint8_t siginfo[128];
+};
+
+/* Per-thread state; written by DUMP_THREAD, read by RESTORE_THREAD (run in
+ * that thread), which also queues the thread's own pending signals. */
+struct cryo_thread_state {
+    uint64_t altstack_sp;
+    uint64_t altstack_size;
+    int32_t altstack_flags;
+    int32_t parent_death_signal;
+    uint64_t clear_child_tid;
+    uint64_t robust_list;
+    uint64_t robust_list_len;
+    uint64_t rseq;
+    uint32_t rseq_length;
+    uint32_t rseq_signature;
+    uint32_t signal_count;
+    uint32_t pad;
+    struct cryo_queued_signal signals[CRYO_MAX_QUEUED_SIGNALS];
 };
 
 struct cryo_connect {
@@ -132,13 +154,6 @@ struct cryo_mm_map {
 };
 
 #define CRYO_AUXV_WORDS 128
-#define CRYO_MAX_QUEUED_SIGNALS 256
-
-struct cryo_queued_signal {
-    uint32_t shared;           /* process-wide queue, or the thread's own */
-    uint32_t pad;
-    uint8_t siginfo[128];
-};
 
 struct cryo_restore_extra {
     int32_t cwd_fd;            /* -1: leave as is */
@@ -147,11 +162,9 @@ struct cryo_restore_extra {
     char comm[16];
     uint32_t set_mm;           /* 1: apply mm below */
     uint32_t signal_count;
+    uint64_t discard_signals;  /* drop these if pending (SIGCHLD of helpers cryo made) */
     struct cryo_mm_map mm;
     uint64_t auxv[CRYO_AUXV_WORDS];
-    uint64_t rseq;
-    uint32_t rseq_length;
-    uint32_t rseq_signature;
     struct cryo_queued_signal signals[CRYO_MAX_QUEUED_SIGNALS];
 };
 

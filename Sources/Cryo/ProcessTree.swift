@@ -1,0 +1,120 @@
+import CCryo
+import CryoInjector
+import CryoSystem
+import Foundation
+import Glibc
+
+/// One process of a frozen tree: every thread seized and stopped, the leader first.
+struct FrozenProcess {
+    let pid: pid_t
+    let ppid: pid_t
+    let pgid: pid_t
+    let sid: pid_t
+    let comm: String
+    var threads: [Tracee]
+    /// Set for a zombie: its wait status. Zombies are not seized.
+    var zombieStatus: Int32?
+    var leader: Tracee { threads[0] }
+    var entry: Inventory.ProcessEntry {
+        .init(pid: pid, ppid: ppid, pgid: pgid, sid: sid, comm: comm, zombieStatus: zombieStatus)
+    }
+}
+
+/// Freezes a process and all its descendants without races: every thread is
+/// seized, and a process's threads and children are listed again until no
+/// new one appears (a thread could clone or fork until it is stopped).
+final class FrozenTree {
+    private(set) var processes: [FrozenProcess] = []
+
+    static func freeze(root: pid_t) throws -> FrozenTree {
+        let tree = FrozenTree()
+        do {
+            var queue = [root]
+            var queued: Set<pid_t> = [root]
+            while !queue.isEmpty {
+                let pid = queue.removeFirst()
+                guard let process = try freezeProcess(pid, isRoot: pid == root) else { continue }
+                tree.processes.append(process)
+                for child in try children(of: process) where queued.insert(child).inserted { queue.append(child) }
+            }
+        } catch {
+            tree.release()
+            throw error
+        }
+        return tree
+    }
+
+    /// Seizes every thread of `pid`; nil when it vanished meanwhile (not the root).
+    private static func freezeProcess(_ pid: pid_t, isRoot: Bool) throws -> FrozenProcess? {
+        guard let stat = try? ProcStat(pid: pid) else {
+            if isRoot { throw CryoError("pid \(pid): no such process") }
+            return nil
+        }
+        var process = FrozenProcess(pid: pid, ppid: stat.ppid, pgid: stat.pgid, sid: stat.sid, comm: stat.comm, threads: [])
+        if stat.state == "Z" || stat.state == "X" {
+            if isRoot { throw CryoError("pid \(pid) (\(stat.comm)) is a zombie") }
+            process.zombieStatus = Int32(truncatingIfNeeded: stat.field(52))
+            return process
+        }
+        var seized: Set<pid_t> = []
+        do {
+            while true {
+                let tids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task"))?
+                    .compactMap { pid_t($0) }.sorted { a, b in a == pid ? true : b == pid ? false : a < b } ?? []
+                let fresh = tids.filter { !seized.contains($0) }
+                if fresh.isEmpty { break }
+                for tid in fresh {
+                    do {
+                        process.threads.append(try Tracee.seize(tid))
+                    } catch let error as SyscallError where error.errno == .noSuchProcess {
+                        if tid == pid && process.threads.isEmpty {
+                            // It died between listing and seizing: a zombie (or gone) now.
+                            return try freezeProcess(pid, isRoot: isRoot)
+                        }
+                    } catch let error as InjectionError {
+                        if case .vanished = error, tid != pid { seized.insert(tid); continue }
+                        throw error
+                    }
+                    seized.insert(tid)
+                }
+            }
+        } catch {
+            for t in process.threads { try? t.detach() }
+            throw CryoError("cannot freeze pid \(pid) (\(stat.comm)): \(error)")
+        }
+        guard process.threads.first?.pid == pid else {
+            for t in process.threads { try? t.detach() }
+            throw CryoError("pid \(pid) (\(stat.comm)): its main thread has exited; such processes are not supported")
+        }
+        return process
+    }
+
+    private static func children(of process: FrozenProcess) throws -> [pid_t] {
+        var result: [pid_t] = []
+        for t in process.threads {
+            let text = (try? Files.readString("/proc/\(process.pid)/task/\(t.pid)/children")) ?? ""
+            result += text.split(separator: " ").compactMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        }
+        return result
+    }
+
+    var live: [FrozenProcess] { processes.filter { $0.zombieStatus == nil } }
+
+    /// Puts every thread back as it was and lets it go.
+    func release() {
+        for process in processes {
+            for thread in process.threads {
+                try? thread.restoreOriginalState()
+                try? thread.detach()
+            }
+        }
+    }
+
+    /// Kills every process while it is still stopped, and waits until each is gone.
+    func kill() {
+        for process in live { Glibc.kill(process.pid, SIGKILL) }
+        for process in live {
+            for thread in process.threads { _ = try? waitFor(thread.pid) }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+import CCryo
+import CryoInjector
+import CryoSystem
+import Foundation
+import Glibc
+
+/// One thread: general registers (with fs/gs bases), the XSAVE area, the
+/// blocked mask, its own queued signals, alternate stack, clear_child_tid,
+/// robust list and rseq registration.
+public struct ThreadRecord: Codable, Sendable {
+    public var tid: Int32
+    /// struct user_regs_struct, word by word in kernel order.
+    public var general: [UInt64]
+    public var extendedState: Data
+    public var blockedSignals: UInt64
+    public var altstackAddress: UInt64
+    public var altstackSize: UInt64
+    public var altstackFlags: Int32
+    public var clearChildTid: UInt64
+    public var robustList: UInt64
+    public var robustListLength: UInt64
+    public var rseq: RseqRegistration?
+    public var parentDeathSignal: Int32
+    public var pending: [SignalsRecord.Pending]
+
+    public struct RseqRegistration: Codable, Sendable {
+        public var address: UInt64
+        public var length: UInt32
+        public var signature: UInt32
+    }
+
+    public static let registerNames = ["r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx",
+                                       "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base",
+                                       "ds", "es", "fs", "gs"]
+
+    var registers: Registers {
+        var regs = Registers()
+        withUnsafeMutableBytes(of: &regs) { raw in
+            for (i, word) in general.prefix(raw.count / 8).enumerated() { raw.storeBytes(of: word, toByteOffset: i * 8, as: UInt64.self) }
+        }
+        return regs
+    }
+}
+
+extension ThreadRecord {
+    static let restartNoHand: Int64 = -514, restartSys: Int64 = -512, restartNoIntr: Int64 = -513, restartBlock: Int64 = -516
+
+    /// A thread stopped inside a syscall is saved as it would be once that
+    /// syscall is restarted, because the restored thread will not be in it.
+    static func dump(_ tracee: Tracee, state: cryo_thread_state) throws -> ThreadRecord {
+        var regs = tracee.originalRegisters
+        if Int64(bitPattern: regs.orig_rax) >= 0 {
+            switch Int64(bitPattern: regs.rax) {
+            case restartNoHand, restartSys, restartNoIntr:
+                regs.rax = regs.orig_rax
+                regs.rip -= 2
+            case restartBlock:
+                // Its restart block stays behind in the old kernel task; the caller sees EINTR.
+                regs.rax = UInt64(bitPattern: -Int64(EINTR))
+            default: break
+            }
+        }
+        regs.orig_rax = UInt64(bitPattern: -1)
+        let rseq = try Ptrace.rseqConfiguration(tracee.pid)
+        return ThreadRecord(
+            tid: tracee.pid, general: withUnsafeBytes(of: regs) { Array($0.bindMemory(to: UInt64.self)) },
+            extendedState: Data(try Ptrace.extendedState(tracee.pid)), blockedSignals: tracee.originalSignalMask,
+            altstackAddress: state.altstack_sp, altstackSize: state.altstack_size, altstackFlags: state.altstack_flags,
+            clearChildTid: state.clear_child_tid, robustList: state.robust_list, robustListLength: state.robust_list_len,
+            rseq: rseq.rseq_abi_pointer == 0 ? nil
+                : RseqRegistration(address: rseq.rseq_abi_pointer, length: rseq.rseq_abi_size, signature: rseq.signature),
+            parentDeathSignal: state.parent_death_signal,
+            pending: try SignalsRecord.pending(tracee.pid, shared: false))
+    }
+
+    /// What RESTORE_THREAD needs, run inside this thread.
+    var parasiteState: cryo_thread_state {
+        var t = cryo_thread_state()
+        t.altstack_sp = altstackAddress
+        t.altstack_size = altstackSize
+        t.altstack_flags = altstackFlags
+        t.parent_death_signal = parentDeathSignal
+        t.clear_child_tid = clearChildTid
+        t.robust_list = robustList
+        t.robust_list_len = robustListLength
+        if let rseq {
+            t.rseq = rseq.address
+            t.rseq_length = rseq.length
+            t.rseq_signature = rseq.signature
+        }
+        t.signal_count = UInt32(pending.count)
+        SignalsRecord.fill(&t.signals, with: pending)
+        return t
+    }
+
+    /// The last step before the thread runs again.
+    func restore(pid: pid_t) throws {
+        try Ptrace.setExtendedState(pid, [UInt8](extendedState))
+        try Ptrace.setRegisters(pid, registers)
+        try Ptrace.setSignalMask(pid, blockedSignals)
+    }
+
+    func validate(file: String) throws {
+        guard general.count == MemoryLayout<Registers>.size / 8 else {
+            throw ImageError(file: file, record: "threads", "thread \(tid): \(general.count) general registers, expected \(MemoryLayout<Registers>.size / 8)")
+        }
+        guard extendedState.count >= 512, extendedState.count <= 16384 else {
+            throw ImageError(file: file, record: "threads", "thread \(tid): XSAVE area of \(extendedState.count) bytes")
+        }
+        try SignalsRecord.validate(pending, file: file, record: "threads")
+    }
+}
