@@ -311,13 +311,19 @@ static long install_fds(struct cryo_args_header *h) {
 
 static long restore_creds(struct cryo_args_header *h) {
     struct cryo_creds *c = payload(h);
+    const uint32_t keep_caps = 1u << 4; /* SECBIT_KEEP_CAPS, what PR_SET_KEEPCAPS sets */
     CHECK(h, sys2(NR_setgroups, c->group_count, c->groups), 0, NR_setgroups, 0);
     CHECK(h, sys3(NR_setresgid, c->gid, c->egid, c->sgid), 0, NR_setresgid, c->gid);
     sys1(NR_setfsgid, c->fsgid);
-    /* Keep the permitted set across the uid change; capset below sets it exactly. */
-    CHECK(h, sys2(NR_prctl, PR_SET_KEEPCAPS, 1), 0, NR_prctl, PR_SET_KEEPCAPS);
+    /* Securebits while still privileged (changing them needs CAP_SETPCAP),
+     * with KEEP_CAPS so the uid change below does not empty the permitted set;
+     * capset then sets the sets exactly. */
+    uint32_t bits = c->securebits | keep_caps;
+    if ((uint32_t)sys1(NR_prctl, PR_GET_SECUREBITS) != bits)
+        CHECK(h, sys2(NR_prctl, PR_SET_SECUREBITS, bits), 0, NR_prctl, PR_SET_SECUREBITS);
     CHECK(h, sys3(NR_setresuid, c->uid, c->euid, c->suid), 0, NR_setresuid, c->uid);
     sys1(NR_setfsuid, c->fsuid);
+    if (!(c->securebits & keep_caps)) CHECK(h, sys2(NR_prctl, PR_SET_KEEPCAPS, 0), 0, NR_prctl, PR_SET_KEEPCAPS);
     for (uint32_t cap = 0; cap <= c->cap_last && cap < 64; cap++)
         if (!(c->cap_bounding & (1ull << cap))) {
             long r = sys2(NR_prctl, PR_CAPBSET_DROP, cap);
@@ -336,9 +342,6 @@ static long restore_creds(struct cryo_args_header *h) {
     for (uint32_t cap = 0; cap <= c->cap_last && cap < 64; cap++)
         if (c->cap_ambient & (1ull << cap))
             CHECK(h, sys5(NR_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), cap, NR_prctl, PR_CAP_AMBIENT);
-    /* Changing securebits needs CAP_SETPCAP even to write the same value. */
-    if ((uint32_t)sys1(NR_prctl, PR_GET_SECUREBITS) != c->securebits)
-        CHECK(h, sys2(NR_prctl, PR_SET_SECUREBITS, c->securebits), 0, NR_prctl, PR_SET_SECUREBITS);
     return 0;
 }
 

@@ -179,3 +179,40 @@ long cryo_probe_uffd_wp_async(void) {
     const uint64_t wp_async = 1ull << 15;
     return (api.features & wp_async) && (api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP) ? 1 : 0;
 }
+long cryo_kcmp(pid_t p1, pid_t p2, int type) { return RAW(syscall(SYS_kcmp, p1, p2, type, 0, 0)); }
+
+static inline long raw_syscall4(long nr, long a, long b, long c, long d) {
+    long r;
+    register long r10 __asm__("r10") = d;
+    __asm__ volatile("syscall" : "=a"(r) : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10) : "rcx", "r11", "memory");
+    return r;
+}
+
+long cryo_clone3_namespace_init(int park_fd, pid_t root_pid) {
+    pid_t set_tid[1] = { 1 };
+    struct clone_args args;
+    memset(&args, 0, sizeof(args));
+    args.flags = CLONE_NEWPID;
+    args.exit_signal = SIGCHLD;
+    args.set_tid = (uint64_t)(uintptr_t)set_tid;
+    args.set_tid_size = 1;
+    long r = raw_syscall3(SYS_clone3, (long)&args, sizeof(args), 0);
+    if (r != 0) return r;
+    raw_syscall3(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0);
+    char byte;
+    for (;;) {
+        long n = raw_syscall3(SYS_read, park_fd, (long)&byte, 1);
+        if (n != -EINTR) break;
+    }
+    raw_syscall3(SYS_close, park_fd, 0, 0);
+    int status = 0, root_status = 0;
+    for (;;) {
+        long w = raw_syscall4(SYS_wait4, -1, (long)&status, __WALL, 0);
+        if (w == -EINTR) continue;
+        if (w < 0) break;
+        if (w == root_pid) root_status = status;
+    }
+    int code = (root_status & 0x7f) ? 128 + (root_status & 0x7f) : (root_status >> 8) & 0xff;
+    raw_syscall3(SYS_exit_group, code, 0, 0);
+    __builtin_unreachable();
+}

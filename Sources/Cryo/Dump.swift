@@ -129,6 +129,12 @@ public struct Dumper {
         let byPid = Dictionary(uniqueKeysWithValues: tree.processes.map { ($0.pid, $0) })
         for p in tree.processes where p.pid != options.pid {
             guard let parent = byPid[p.ppid] else { continue }
+            if p.zombieStatus == nil && parent.zombieStatus == nil {
+                for (type, what) in [(1, "address space (CLONE_VM)"), (2, "descriptor table (CLONE_FILES)"), (3, "cwd and root (CLONE_FS)")]
+                where cryo_kcmp(p.pid, parent.pid, Int32(type)) == 0 {
+                    throw CryoError("pid \(p.pid) (\(p.comm)) shares its \(what) with its parent \(parent.pid); not supported yet")
+                }
+            }
             if p.sid != p.pid && p.sid != parent.sid {
                 throw CryoError("pid \(p.pid) (\(p.comm)) is in session \(p.sid) but its parent \(parent.pid) is in session \(parent.sid); "
                     + "a session whose leader is gone or elsewhere cannot be rebuilt yet")

@@ -9,10 +9,21 @@ import SystemPackage
 public struct RestoreOptions: Sendable {
     public var directory: String
     public var detached: Bool
-    public init(directory: String, detached: Bool) {
+    /// Restore the tree inside a new pid namespace, where its pids are free.
+    public var newPidNamespace: Bool
+    public init(directory: String, detached: Bool, newPidNamespace: Bool = false) {
         self.directory = directory
         self.detached = detached
+        self.newPidNamespace = newPidNamespace
     }
+}
+
+/// Which processes cryo started: the one to wait for, and the restored root as this namespace sees it.
+public struct RestoredTree: Sendable {
+    /// cryo's own child: the root, or the new namespace's init, which exits with the root's status.
+    public var childPid: pid_t
+    public var rootPid: pid_t
+    public var rootPidInImage: pid_t
 }
 
 /// A process being rebuilt: traced, with the parasite inside.
@@ -51,14 +62,15 @@ public struct Restorer {
     static let traceOptions: UInt = Ptrace.exitKill | 0x2 | 0x8 // EXITKILL | TRACEFORK | TRACECLONE
     static let syscallClone3 = 435, syscallSetsid = 112, syscallSetpgid = 109, syscallWait4 = 61, syscallExitGroup = 231
 
-    public func run() throws -> pid_t {
+    public func run() throws -> RestoredTree {
         let image = try Image(directory: options.directory)
         let inventory = image.inventory
         let helperPids = Set(inventory.processes.filter { p in
             p.pid != inventory.rootPid && p.pgid != p.pid && !inventory.processes.contains { $0.pid == p.pgid }
                 && !(inventory.shellJob && p.pgid == inventory.processes[0].pgid)
         }.map(\.pgid))
-        for pid in inventory.processes.map(\.pid) + image.tasks.flatMap({ $0.threads.dropFirst().map(\.tid) }) + helperPids {
+        for pid in inventory.processes.map(\.pid) + image.tasks.flatMap({ $0.threads.dropFirst().map(\.tid) }) + helperPids
+        where !options.newPidNamespace {
             if Files.exists("/proc/\(pid)") && !waitUntilReaped(pid) { throw pidInUse(pid) }
         }
         raiseDescriptorLimit()
@@ -68,8 +80,23 @@ public struct Restorer {
         defer { for fd in descriptions { try? fd.close() } }
 
         let session = RestoreSession()
+        var park: [Int32] = [-1, -1]
+        defer { if park[0] >= 0 { close(park[0]); close(park[1]) } }
         do {
-            let root = try createRoot(image, session: session)
+            var namespaceInit: (tracee: Tracee, parasite: Parasite)? = nil
+            if options.newPidNamespace {
+                _ = try check(cryo_pipe2(&park, O_CLOEXEC), "pipe2")
+                let initPid = pid_t(try check(cryo_clone3_namespace_init(park[0], image.inventory.rootPid),
+                                              "clone3(CLONE_NEWPID)"))
+                session.created.append(initPid)
+                try Ptrace.seize(initPid, options: Restorer.traceOptions)
+                try Ptrace.interrupt(initPid)
+                _ = try waitForStop(initPid)
+                let tracee = try Tracee.adopt(initPid)
+                namespaceInit = (tracee, try Parasite.inject(into: tracee, argumentBytes: argumentBytes(image), at: try parasitePlace(image, near: initPid)))
+                session.namespaceInit = tracee
+            }
+            let root = try createRoot(image, session: session, parent: namespaceInit)
             try createTree(image, root: root, session: session, helperPids: helperPids)
             for pid in inventory.livePids {
                 try restoreProcess(session.processes[pid]!, image: image, descriptions: descriptions, session: session)
@@ -83,8 +110,18 @@ public struct Restorer {
             for process in inventory.livePids.map({ session.processes[$0]! }) {
                 for thread in process.threads { try thread.detach() }
             }
+            if let (tracee, parasite) = namespaceInit {
+                // The init outlives cryo, and goes back to its read(): EOF on the
+                // pipe (once its own copy of the write end is closed) sends it reaping.
+                try inject(tracee, 157 /* prctl */, 1 /* PR_SET_PDEATHSIG */, 0, what: "prctl(PR_SET_PDEATHSIG)")
+                try inject(tracee, 3 /* close */, UInt64(park[1]), what: "close")
+                try parasite.cure()
+                try tracee.detach()
+                close(park[1])
+                park[1] = -1
+            }
             session.done = true
-            return root.pid
+            return RestoredTree(childPid: session.created[0], rootPid: root.pid, rootPidInImage: image.inventory.rootPid)
         } catch {
             session.killAll()
             throw error
@@ -93,22 +130,29 @@ public struct Restorer {
 
     // MARK: - The tree
 
-    func createRoot(_ image: Image, session: RestoreSession) throws -> RestoringProcess {
+    /// The root comes from the controller itself, or from the new namespace's init.
+    func createRoot(_ image: Image, session: RestoreSession, parent: (tracee: Tracee, parasite: Parasite)?) throws -> RestoringProcess {
         let core = image.tasks[0].core
-        var park: [Int32] = [0, 0]
-        _ = try check(cryo_pipe2(&park, O_CLOEXEC), "pipe2")
-        defer { close(park[0]); close(park[1]) }
-        let child: pid_t
-        do { child = try Processes.cloneParked(pid: core.pid, parkFD: park[0]) } catch let error as SyscallError where error.errno == .fileExists {
-            throw pidInUse(core.pid)
+        let tracee: Tracee
+        if let parent {
+            tracee = try clone(into: parent.tracee, parasite: parent.parasite, pid: core.pid, flags: 0)
+            session.created.append(tracee.pid)
+        } else {
+            var park: [Int32] = [0, 0]
+            _ = try check(cryo_pipe2(&park, O_CLOEXEC), "pipe2")
+            defer { close(park[0]); close(park[1]) }
+            let child: pid_t
+            do { child = try Processes.cloneParked(pid: core.pid, parkFD: park[0]) } catch let error as SyscallError where error.errno == .fileExists {
+                throw pidInUse(core.pid)
+            }
+            session.created.append(child)
+            do {
+                try Ptrace.seize(child, options: Restorer.traceOptions)
+                try Ptrace.interrupt(child)
+                _ = try waitForStop(child)
+            } catch { throw CryoError("pid \(core.pid): cannot trace the new task: \(error)") }
+            tracee = try Tracee.adopt(child)
         }
-        session.created.append(child)
-        do {
-            try Ptrace.seize(child, options: Restorer.traceOptions)
-            try Ptrace.interrupt(child)
-            _ = try waitForStop(child)
-        } catch { throw CryoError("pid \(core.pid): cannot trace the new task: \(error)") }
-        let tracee = try Tracee.adopt(child)
         if core.sid == core.pid {
             try inject(tracee, Restorer.syscallSetsid, what: "setsid")
         } else if !image.inventory.shellJob {
@@ -116,18 +160,29 @@ public struct Restorer {
         } else if core.pgid == core.pid {
             try inject(tracee, Restorer.syscallSetpgid, 0, 0, what: "setpgid")
         }
-        // One parasite address for the whole tree: children inherit the mapping.
-        let occupied = image.tasks.flatMap { $0.memory.mappings.map { $0.start..<$0.end } }
-            + (try readMappings(pid: child, withFlags: false)).map { $0.start..<$0.end }
-        let argumentBytes = image.tasks.map { argumentBytesNeeded($0) }.max() ?? 0
-        guard let place = findFreeRange(size: UInt64(argumentBytes) + (8 << 20), occupied: occupied) else {
-            throw CryoError("pid \(core.pid): no address range is free for the parasite in every restored process")
+        let parasite: Parasite
+        if let parent {
+            parasite = Parasite.inherited(by: tracee, from: parent.parasite)
+        } else {
+            parasite = try Parasite.inject(into: tracee, argumentBytes: argumentBytes(image), at: try parasitePlace(image, near: tracee.pid))
         }
-        let parasite = try Parasite.inject(into: tracee, argumentBytes: argumentBytes, at: place)
         let root = RestoringProcess(image: image.tasks[0], tracee: tracee, parasite: parasite)
         session.processes[core.pid] = root
         return root
     }
+
+    /// One parasite address for the whole tree (children inherit the mapping):
+    /// free in every process's final layout and in the new task's current one.
+    func parasitePlace(_ image: Image, near pid: pid_t) throws -> UInt64 {
+        let occupied = image.tasks.flatMap { $0.memory.mappings.map { $0.start..<$0.end } }
+            + (try readMappings(pid: pid, withFlags: false)).map { $0.start..<$0.end }
+        guard let place = findFreeRange(size: UInt64(argumentBytes(image)) + (8 << 20), occupied: occupied) else {
+            throw CryoError("no address range is free for the parasite in every restored process")
+        }
+        return place
+    }
+
+    func argumentBytes(_ image: Image) -> Int { image.tasks.map { argumentBytesNeeded($0) }.max() ?? 0 }
 
     func argumentBytesNeeded(_ task: TaskImage) -> Int {
         let ownMaps = (try? readMappings(pid: getpid(), withFlags: false).count) ?? 1000
@@ -209,6 +264,7 @@ public struct Restorer {
         try Processes.setResourceLimit(zombie.pid, Int32(RLIMIT_CORE.rawValue), soft: 0, hard: 0)
         let defaultAction = try session.processes[entry.ppid]!.parasite.place([UInt8](repeating: 0, count: 32))
         try inject(zombie, 13 /* rt_sigaction */, UInt64(signal), defaultAction, 0, 8, what: "rt_sigaction")
+        try Ptrace.setSignalMask(zombie.pid, 0) // it inherited the all-blocked mask the parasite runs with
         try Processes.kill(zombie.pid, signal)
         try Ptrace.cont(zombie.pid)
         while true {
@@ -222,29 +278,46 @@ public struct Restorer {
 
     /// Injects clone3 with an exact pid into `parent`; the child is traced from birth.
     func clone(into parent: RestoringProcess, pid: pid_t, flags: UInt64, childTid: UInt64 = 0) throws -> Tracee {
+        try clone(into: parent.tracee, parasite: parent.parasite, pid: pid, flags: flags, childTid: childTid)
+    }
+
+    /// Injects clone3 with an exact pid (as the parent's namespace sees it) into
+    /// `parent`; the child is traced from birth. Returns it under its pid here.
+    func clone(into parentTracee: Tracee, parasite: Parasite, pid: pid_t, flags: UInt64, childTid: UInt64 = 0) throws -> Tracee {
+        let isThread = flags & 0x10000 != 0
+        let host = parentTracee.pid
+        func known() -> Set<pid_t> {
+            let list = isThread ? ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(host)/task")) ?? []).joined(separator: " ")
+                : (try? Files.readString("/proc/\(host)/task/\(host)/children")) ?? ""
+            return Set(list.split(separator: " ").compactMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
+        }
+        let before = known()
         var args = [UInt64](repeating: 0, count: 11) // struct clone_args, then set_tid[1]
         args[0] = flags
         if flags & 0x10000 /* CLONE_THREAD */ == 0 { args[4] = UInt64(SIGCHLD) }
         args[2] = childTid
-        args[5] = parent.parasite.scratchStack - 8192 // stack: the thread is stopped before it uses it
+        args[5] = parasite.scratchStack - 8192 // stack: the thread is stopped before it uses it
         args[6] = 4096
         let bytes = args.withUnsafeBytes { [UInt8]($0) } + withUnsafeBytes(of: UInt64(UInt32(bitPattern: pid))) { [UInt8]($0) }
-        let address = try parent.parasite.place(bytes)
+        let address = try parasite.place(bytes)
         var raw = args
         raw[8] = address + 88 // set_tid
         raw[9] = 1            // set_tid_size
         let final = raw.withUnsafeBytes { [UInt8]($0) } + withUnsafeBytes(of: UInt64(UInt32(bitPattern: pid))) { [UInt8]($0) }
-        _ = try parent.parasite.place(final)
-        let result = try parent.tracee.syscall(Restorer.syscallClone3, address, 88)
+        _ = try parasite.place(final)
+        let result = try parentTracee.syscall(Restorer.syscallClone3, address, 88)
         if result < 0 {
             if result == -Int64(EEXIST) { throw pidInUse(pid) }
-            throw SyscallError("injected clone3(set_tid=\(pid))", errno: .init(rawValue: Int32(-result)), pid: parent.pid)
+            throw SyscallError("injected clone3(set_tid=\(pid))", errno: .init(rawValue: Int32(-result)), pid: host)
         }
-        guard result == pid else { throw CryoError("injected clone3 in pid \(parent.pid) made pid \(result), not \(pid)") }
-        _ = try waitForStop(pid_t(result))
-        let child = try Tracee.adopt(pid_t(result))
-        _ = Parasite.inherited(by: child, from: parent.parasite) // the mapping came along: use its gadget
-        return child
+        guard result == pid else { throw CryoError("injected clone3 in pid \(host) made pid \(result), not \(pid)") }
+        guard let child = known().subtracting(before).first else {
+            throw CryoError("injected clone3 in pid \(host): the new task \(pid) is not among its \(isThread ? "threads" : "children")")
+        }
+        _ = try waitForStop(child)
+        let tracee = try Tracee.adopt(child)
+        _ = Parasite.inherited(by: tracee, from: parasite) // the mapping came along: use its gadget
+        return tracee
     }
 
     @discardableResult
@@ -281,7 +354,8 @@ public struct Restorer {
 
     func restoreProcess(_ process: RestoringProcess, image: Image, descriptions: [FileDescriptor], session: RestoreSession) throws {
         let task = process.image
-        let pid = process.pid
+        let pid = process.pid  // as this namespace sees it
+        let imagePid = task.core.pid
         let parasite = process.parasite
 
         var toSend: [FileDescriptor] = []
@@ -292,7 +366,7 @@ public struct Restorer {
             if isOwned { owned.append(fd) }
             return toSend.count - 1
         }
-        let pagesSlot = add(try Files.open(image.paths.pages(pid), .readOnly))
+        let pagesSlot = add(try Files.open(image.paths.pages(imagePid), .readOnly))
         let cwdSlot = add(try openDirectory(task.core.cwd, what: "working directory of pid \(pid)"))
         let rootSlot = task.core.root == "/" ? nil : add(try openDirectory(task.core.root, what: "root directory of pid \(pid)"))
         let exeSlot = (try? Files.open(task.core.exe, .readOnly)).map { add($0) }
@@ -301,7 +375,7 @@ public struct Restorer {
             if let origin = m.sharedFrom {
                 let key = "shm:\(origin.pid):\(origin.start)"
                 if mappingSlots[key] != nil { continue }
-                let path = "/proc/\(origin.pid)/map_files/\(hex(origin.start))-\(hex(origin.end))"
+                let path = "/proc/\(session.processes[origin.pid]!.pid)/map_files/\(hex(origin.start))-\(hex(origin.end))"
                 mappingSlots[key] = add(try Files.open(path, .readWrite))
             } else if m.kind == .file {
                 let writable = m.shared && m.protection.contains("w")
@@ -387,7 +461,10 @@ public struct Restorer {
         try parasite.run(CRYO_CMD_INSTALL_FDS, payload: bytes(of: install) + bytes(of: entries), replyBytes: 0)
 
         try task.core.restoreResourceLimits(pid: pid)
-        _ = try parasite.run(CRYO_CMD_RESTORE_CREDS, input: task.core.parasiteCredentials, output: UInt8.self)
+        // Credentials belong to each thread; the leader goes last.
+        for thread in process.threads.reversed() {
+            _ = try parasite.run(CRYO_CMD_RESTORE_CREDS, input: task.core.parasiteCredentials, output: UInt8.self, on: thread)
+        }
     }
 
     /// A just-dumped process may linger as a zombie until its parent (often
@@ -453,7 +530,9 @@ public struct Restorer {
 
 /// What a restore has created so far, to be killed if it fails.
 final class RestoreSession {
+    /// By pid in the image.
     var processes: [Int32: RestoringProcess] = [:]
+    var namespaceInit: Tracee?
     var created: [pid_t] = []
     var done = false
 

@@ -64,14 +64,21 @@ struct RestoreCommand: ParsableCommand {
     var detached = false
     @Flag(name: .customLong("shell-job"), help: "Accepted for CRIU compatibility; the image records whether it was a shell job.")
     var shellJob = false
+    @Flag(name: .customLong("pidns"), help: "Restore inside a new pid namespace, where the image's pids are free.")
+    var pidNamespace = false
     @OptionGroup var common: CommonOptions
 
     func run() throws {
-        let pid = try failing {
-            try Restorer(options: RestoreOptions(directory: directory, detached: detached), logger: common.logger()).run()
+        let tree = try failing {
+            try Restorer(options: RestoreOptions(directory: directory, detached: detached, newPidNamespace: pidNamespace),
+                         logger: common.logger()).run()
         }
+        let pid = tree.childPid
         if detached {
-            if common.verbose > 0 { print("restored pid \(pid)") }
+            if common.verbose > 0 {
+                print(tree.rootPid == tree.rootPidInImage ? "restored pid \(tree.rootPid)"
+                      : "restored pid \(tree.rootPidInImage) as pid \(tree.rootPid) in a new pid namespace")
+            }
             return
         }
         // In the foreground cryo is the restored process's parent: wait and pass its status on.

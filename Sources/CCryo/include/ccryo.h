@@ -65,6 +65,8 @@ long cryo_process_vm_readv_vec(pid_t pid, void *local, size_t length,
 long cryo_pidfd_open(pid_t pid);
 long cryo_pidfd_getfd(int pidfd, int targetfd);
 long cryo_kcmp_file(pid_t pid1, pid_t pid2, int fd1, int fd2);
+/* KCMP_VM = 1, KCMP_FILES = 2, KCMP_FS = 3 */
+long cryo_kcmp(pid_t pid1, pid_t pid2, int type);
 long cryo_tee(int fd_in, int fd_out, size_t length, unsigned flags);
 long cryo_send_fd(int socket, int fd);
 long cryo_close_range(unsigned first, unsigned last);
@@ -75,6 +77,14 @@ long cryo_close_range(unsigned first, unsigned last);
  * Returns the child pid or -errno.
  */
 long cryo_clone3_parked(pid_t tid, uint64_t flags, int park_fd, int exit_signal);
+
+/*
+ * The init of a new pid namespace (pid 1 there). It parks like the above
+ * until park_fd reaches EOF, then reaps every child until none is left and
+ * exits with the status of root_pid (as the namespace sees it), so waiting
+ * for it is waiting for the restored tree's root.
+ */
+long cryo_clone3_namespace_init(int park_fd, pid_t root_pid);
 
 /* PAGEMAP_SCAN (Linux 6.7): Debian 12's headers lack it. */
 #define CRYO_PAGE_IS_WPALLOWED (1ull << 0)
