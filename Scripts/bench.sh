@@ -1,0 +1,252 @@
+#!/bin/bash
+# cryo benchmark: dump and restore times against what the machine can do.
+#
+#     sudo Scripts/bench.sh            # sizes 64 and 2048 MiB, 3 runs each
+#     sudo Scripts/bench.sh 256 1024   # other sizes (MiB, multiples of 4)
+#     RUNS=5 sudo -E Scripts/bench.sh  # more runs per size
+#
+# For every size the Tests/Fixtures/bigmem fixture maps that many MiB and
+# writes three quarters of it.  Right before each dump Scripts/bench/baseline
+# measures, for the same number of touched bytes, memcpy bandwidth, the time
+# to fault in fresh anonymous memory ("fresh touch") and the time to write a
+# new file of that size (no fsync).  Then `cryo dump` and `cryo restore -d` are
+# timed by wall clock (restore -d returns once the process runs again), the
+# restored bigmem gets SIGTERM and must report PASS.  Every column of the
+# table is the median over the runs; the ratios are medians of the per-run
+# ratios.  A minimal process (Tests/Fixtures/counter) is timed the same way.
+#
+# The image folders (about 3/4 of the size each) live under $BENCH_DIR
+# (default /var/tmp) and are removed after every run.
+
+# The table's printf format is kept in one variable on purpose.
+# shellcheck disable=SC2059
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+say() { printf '==> %s\n' "$*"; }
+fail() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
+
+sizes=("$@")
+((${#sizes[@]})) || sizes=(64 2048)
+runs=${RUNS:-3}
+for size in "${sizes[@]}"; do
+    [[ $size =~ ^[0-9]+$ && $size -ge 4 && $((size % 4)) -eq 0 ]] || fail "sizes are MiB, multiples of 4 (got '$size')"
+done
+[[ $runs =~ ^[0-9]+$ && $runs -ge 1 ]] || fail "RUNS must be a positive number (got '$runs')"
+[[ $(id -u) -eq 0 ]] || fail "cryo needs root; run: sudo $0 $*"
+
+say "setting up and building cryo (Scripts/setup.sh)"
+if ! setup_output=$("$repo/Scripts/setup.sh" 2>&1); then
+    printf '%s\n' "$setup_output" | tail -n 40 >&2
+    fail "Scripts/setup.sh failed"
+fi
+cryo=$repo/.build/release/cryo
+[[ -x $cryo ]] || fail "$cryo was not built"
+
+work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/cryo-bench.XXXXXX")
+live_pid=     # the fixture currently running, killed on any failure
+live_name=
+
+# ours PID: the pid is a fixture this script started (its program lives in
+# $work), or still our own child (the subshell that is about to become one).
+ours() {
+    [[ "$(readlink "/proc/$1/exe" 2>/dev/null)" == "$work/"* ]] \
+        || [[ "$(awk '/^PPid:/ { print $2 }' "/proc/$1/status" 2>/dev/null)" == "$$" ]]
+}
+
+cleanup() {
+    if [[ -n $live_pid ]] && ours "$live_pid"; then
+        kill -KILL "$live_pid" 2>/dev/null || true
+        wait_gone "$live_pid" 10 || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say "compiling baseline and fixtures into $work"
+gcc -O2 -Wall -o "$work/baseline" "$repo/Scripts/bench/baseline.c"
+gcc -O1 -Wall -o "$work/bigmem" "$repo/Tests/Fixtures/bigmem.c"
+gcc -O1 -Wall -o "$work/counter" "$repo/Tests/Fixtures/counter.c"
+
+now() { date +%s.%N; }
+calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
+
+wait_gone() {  # pid seconds: wait until the pid no longer exists
+    local i
+    for ((i = 0; i < $2 * 20; i++)); do
+        [[ -e /proc/$1 ]] || return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+# start_fixture NAME ARGS...: start a fixture in its own session, output to
+# $work/NAME.log, and wait for READY.  Sets live_pid/live_name.
+start_fixture() {
+    local name=$1
+    shift
+    local log=$work/$name.log
+    rm -f "$log"  # so that the READY of a previous run does not count
+    (
+        for fd in /proc/self/fd/*; do  # inherited descriptors would end up in the image
+            fd=${fd##*/}
+            if ((fd > 2)); then eval "exec $fd>&-"; fi
+        done
+        exec setsid "$work/$name" "$@" </dev/null >"$log" 2>&1
+    ) &
+    live_pid=$!
+    live_name=$name
+    disown "$live_pid"  # bash reaps it quietly when cryo kills it
+    local i
+    for ((i = 0; i < 6000; i++)); do
+        grep -q '^READY' "$log" 2>/dev/null && break
+        [[ -e /proc/$live_pid ]] || fail "$name exited before READY: $(cat "$log")"
+        sleep 0.05
+    done
+    grep -q '^READY' "$log" 2>/dev/null || fail "$name did not print READY within 300 s"
+    [[ "$(cat "/proc/$live_pid/comm")" == "$name" ]] || fail "pid $live_pid is not $name"
+}
+
+# dump_and_restore IMAGES: time cryo dump and cryo restore -d of live_pid.
+# Sets dump_s, restore_s, image_mib, frozen_s.
+dump_and_restore() {
+    local images=$1 t0 t1
+    t0=$(now)
+    "$cryo" dump -t "$live_pid" -D "$images" || fail "cryo dump -t $live_pid -D $images failed (exit $?)"
+    t1=$(now)
+    dump_s=$(calc "$t1 - $t0")
+    wait_gone "$live_pid" 10 || fail "pid $live_pid still exists 10 s after cryo dump returned"
+    image_mib=$(calc "$(du -sb "$images" | cut -f1) / 1048576")
+    frozen_s=$(sed -n 's/.*"frozenSeconds" *: *\([0-9.eE+-]*\).*/\1/p' "$images/stats-dump" 2>/dev/null || true)
+    frozen_s=${frozen_s:--}
+    t0=$(now)
+    "$cryo" restore -D "$images" -d || fail "cryo restore -D $images -d failed (exit $?)"
+    t1=$(now)
+    restore_s=$(calc "$t1 - $t0")
+    [[ "$(cat "/proc/$live_pid/comm" 2>/dev/null)" == "$live_name" ]] \
+        || fail "after cryo restore there is no $live_name with pid $live_pid"
+}
+
+# finish_fixture: SIGTERM the restored fixture and require PASS in its log.
+finish_fixture() {
+    local log=$work/$live_name.log i
+    kill -TERM "$live_pid"
+    for ((i = 0; i < 6000; i++)); do
+        grep -qE '^(PASS|FAIL)' "$log" && break
+        [[ -e /proc/$live_pid ]] || break
+        sleep 0.05
+    done
+    wait_gone "$live_pid" 30 || fail "restored $live_name (pid $live_pid) did not exit after SIGTERM"
+    live_pid=
+    grep -q '^PASS' "$log" || fail "restored $live_name did not pass: $(grep -E '^(PASS|FAIL)' "$log" || echo 'no PASS/FAIL line')"
+}
+
+check_disk() {  # MiB needed in $work
+    local avail
+    avail=$(df --output=avail -BM "$work" | tail -n 1 | tr -dc 0-9)
+    ((avail >= $1)) || fail "only $avail MiB free in $work, need $1 MiB"
+}
+
+median() {  # the median of the arguments (numbers)
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "-"; exit }
+        if (NR % 2) printf "%.6f\n", v[(NR + 1) / 2]
+        else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+say "kernel $(uname -r), $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, THP $(sed 's/.*\[\(.*\)\].*/\1/' /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo '?'), images in $work"
+
+declare -A result  # "size,column" -> median
+for size in "${sizes[@]}"; do
+    touched=$((size * 3 / 4))  # bigmem writes 3/4 of its pages
+    declare -a d_s=() r_s=() img=() frz=() cp=() tch=() tch1=() fw=() q_fw=() q_dt=() q_rt=()
+    for ((run = 1; run <= runs; run++)); do
+        check_disk $((touched * 2 + 1024))
+        sync
+        start_fixture bigmem "$size"
+        base=$("$work/baseline" "$touched" "$work") || fail "baseline $touched $work failed"
+        memcpy_gbps=$(sed -n 's/^memcpy_gbps=//p' <<<"$base")
+        touch_s=$(sed -n 's/^fresh_touch_s=//p' <<<"$base")
+        write_s=$(sed -n 's/^file_write_s=//p' <<<"$base")
+        touch_first_s=$(sed -n 's/^fresh_touch_first_s=//p' <<<"$base")
+        write_first_s=$(sed -n 's/^file_write_first_s=//p' <<<"$base")
+        dump_and_restore "$work/images"
+        finish_fixture
+        rm -rf "$work/images"
+        d_s+=("$dump_s") r_s+=("$restore_s") img+=("$image_mib") cp+=("$memcpy_gbps")
+        tch+=("$touch_s") tch1+=("$touch_first_s") fw+=("$write_s")
+        [[ $frozen_s != - ]] && frz+=("$frozen_s")
+        q_fw+=("$(calc "$dump_s / $write_s")") q_dt+=("$(calc "$dump_s / $touch_s")") q_rt+=("$(calc "$restore_s / $touch_s")")
+        [[ $frozen_s != - ]] && frozen_s=$(printf '%.3f' "$frozen_s")
+        printf '    %5d MiB run %d: dump %.3f s (frozen %s s), restore %.3f s, image %.1f MiB | memcpy %.2f GB/s, fresh touch %.3f s (1st %.3f), file write %.3f s (1st %.3f)  PASS\n' \
+            "$size" "$run" "$dump_s" "$frozen_s" "$restore_s" "$image_mib" "$memcpy_gbps" "$touch_s" "$touch_first_s" "$write_s" "$write_first_s"
+    done
+    result[$size,dump]=$(median "${d_s[@]}")
+    result[$size,restore]=$(median "${r_s[@]}")
+    result[$size,image]=$(median "${img[@]}")
+    result[$size,frozen]=$( ((${#frz[@]})) && median "${frz[@]}" || echo -)
+    result[$size,memcpy]=$(median "${cp[@]}")
+    result[$size,touch]=$(median "${tch[@]}")
+    result[$size,touch1]=$(median "${tch1[@]}")
+    result[$size,write]=$(median "${fw[@]}")
+    result[$size,q_fw]=$(median "${q_fw[@]}")
+    result[$size,q_dt]=$(median "${q_dt[@]}")
+    result[$size,q_rt]=$(median "${q_rt[@]}")
+    result[$size,touched]=$touched
+done
+
+declare -a c_d=() c_r=() c_i=()
+for ((run = 1; run <= runs; run++)); do
+    start_fixture counter
+    sleep 0.2  # the counter must advance after READY
+    dump_and_restore "$work/images"
+    sleep 0.2
+    finish_fixture
+    rm -rf "$work/images"
+    c_d+=("$dump_s") c_r+=("$restore_s") c_i+=("$image_mib")
+    printf '    counter run %d: dump %.3f s, restore %.3f s, image %.1f MiB  PASS\n' "$run" "$dump_s" "$restore_s" "$image_mib"
+done
+
+echo
+echo "cryo benchmark: medians of $runs runs; MB and GB are 10^6 and 10^9 bytes; MB/s = touched bytes / time;"
+echo "baseline columns are for the same touched bytes, measured right before each dump; fresh touch and file write"
+echo "are the best of 3 and 2 rounds, '1st touch' the first round (slower in a VM when guest memory is cold);"
+echo "the restore reads the image back from the page cache."
+echo
+fmt='%-8s %7s | %7s %8s %7s %8s %8s %7s | %7s %8s %8s %8s | %10s %10s %10s\n'
+printf "$fmt" size touched "dump" "frozen" "dump" "restore" "restore" "image" memcpy "fresh" "1st" "file" "dump /" "dump /" "restore /"
+printf "$fmt" MiB MiB "s" "s" "MB/s" s "MB/s" MiB "GB/s" "touch s" "touch s" "write s" "file write" "fresh tch" "fresh tch"
+printf '%s\n' "$(printf '%.0s-' {1..139})"
+for size in "${sizes[@]}"; do
+    t=${result[$size,touched]}
+    bytes=$(calc "$t * 1048576")
+    frozen=${result[$size,frozen]}
+    [[ $frozen != - ]] && frozen=$(printf '%.3f' "$frozen")
+    printf "$fmt" "$size" "$t" \
+        "$(printf '%.3f' "${result[$size,dump]}")" "$frozen" \
+        "$(printf '%.0f' "$(calc "$bytes / 1e6 / ${result[$size,dump]}")")" \
+        "$(printf '%.3f' "${result[$size,restore]}")" \
+        "$(printf '%.0f' "$(calc "$bytes / 1e6 / ${result[$size,restore]}")")" \
+        "$(printf '%.1f' "${result[$size,image]}")" \
+        "$(printf '%.2f' "${result[$size,memcpy]}")" \
+        "$(printf '%.3f' "${result[$size,touch]}")" \
+        "$(printf '%.3f' "${result[$size,touch1]}")" \
+        "$(printf '%.3f' "${result[$size,write]}")" \
+        "$(printf '%.2fx' "${result[$size,q_fw]}")" \
+        "$(printf '%.2fx' "${result[$size,q_dt]}")" \
+        "$(printf '%.2fx' "${result[$size,q_rt]}")"
+done
+printf "$fmt" counter - "$(printf '%.3f' "$(median "${c_d[@]}")")" - - \
+    "$(printf '%.3f' "$(median "${c_r[@]}")")" - "$(printf '%.1f' "$(median "${c_i[@]}")")" - - - - - - -
+
+echo
+# The targets are stated for 2 GiB; with other sizes, judge the largest.
+target_size=$(printf '%s\n' "${sizes[@]}" | sort -n | tail -n 1)
+[[ " ${sizes[*]} " == *" 2048 "* ]] && target_size=2048
+for pair in "dump:q_dt" "restore:q_rt"; do
+    what=${pair%%:*}
+    ratio=${result[$target_size,${pair#*:}]}
+    verdict=$(awk "BEGIN { print ($ratio <= 1.5) ? \"met\" : \"NOT met\" }")
+    printf 'target: %s of %s MiB within 1.5x of fresh touch: %.2fx, %s\n' "$what" "$target_size" "$ratio" "$verdict"
+done

@@ -1,0 +1,62 @@
+#!/bin/bash
+# Set up a fresh Debian 12 machine (as root) to build cryo, then build it.
+#
+# Installs the Debian packages the build needs when they are missing and runs
+# `swift build -c release`.  Safe to run again: installed packages are left
+# alone and apt is not touched at all when nothing is missing.  Swift itself
+# is expected at /opt/swift (or anywhere on PATH).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+say() { printf '==> %s\n' "$*"; }
+
+packages=(libelf-dev libunwind-dev liblzma-dev pkg-config gcc)
+missing=()
+for package in "${packages[@]}"; do
+    if ! dpkg -s "$package" 2>/dev/null | grep -q '^Status: install ok installed'; then
+        missing+=("$package")
+    fi
+done
+
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "setup: missing packages: ${missing[*]}; run this script as root (sudo) to install them" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    say "installing missing packages: ${missing[*]}"
+    say "apt-get update"
+    apt-get update
+    say "apt-get install -y ${missing[*]}"
+    apt-get install -y "${missing[@]}" </dev/null
+else
+    say "packages already installed: ${packages[*]}"
+fi
+
+if ! command -v swift >/dev/null 2>&1; then
+    if [[ -x /opt/swift/usr/bin/swift ]]; then
+        say "adding /opt/swift/usr/bin to PATH"
+        export PATH="/opt/swift/usr/bin:$PATH"
+    else
+        echo "setup: swift not found on PATH or at /opt/swift/usr/bin; install a Swift 6 toolchain first" >&2
+        exit 1
+    fi
+fi
+say "using $(command -v swift) ($(swift --version 2>&1 | head -n 1))"
+
+# cryo needs Linux 6.7+ on x86_64; say so early rather than fail later.
+arch=$(uname -m)
+kernel=$(uname -r)
+if [[ $arch != x86_64 ]]; then
+    echo "setup: warning: cryo supports x86_64 only; this machine is $arch" >&2
+fi
+IFS=.- read -r major minor _ <<<"$kernel"
+if ((major < 6 || (major == 6 && minor < 7))); then
+    echo "setup: warning: kernel $kernel is older than 6.7 (PAGEMAP_SCAN); dumps will fail" >&2
+fi
+
+say "swift build -c release (in $repo)"
+swift build -c release
+say "built $repo/.build/release/cryo"
