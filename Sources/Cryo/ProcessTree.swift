@@ -44,6 +44,13 @@ final class FrozenTree {
         return tree
     }
 
+    /// Only one process, every thread of it, without its children.
+    static func freezeOne(_ pid: pid_t) throws -> FrozenTree {
+        let tree = FrozenTree()
+        if let process = try freezeProcess(pid, isRoot: true) { tree.processes.append(process) }
+        return tree
+    }
+
     /// Seizes every thread of `pid`; nil when it vanished meanwhile (not the root).
     private static func freezeProcess(_ pid: pid_t, isRoot: Bool) throws -> FrozenProcess? {
         guard let stat = try? ProcStat(pid: pid) else {

@@ -11,10 +11,13 @@ public struct RestoreOptions: Sendable {
     public var detached: Bool
     /// Restore the tree inside a new pid namespace, where its pids are free.
     public var newPidNamespace: Bool
-    public init(directory: String, detached: Bool, newPidNamespace: Bool = false) {
+    /// Leave every task stopped (SIGSTOP, not traced) right before it would resume, for a debugger.
+    public var leaveStopped: Bool
+    public init(directory: String, detached: Bool, newPidNamespace: Bool = false, leaveStopped: Bool = false) {
         self.directory = directory
         self.detached = detached
         self.newPidNamespace = newPidNamespace
+        self.leaveStopped = leaveStopped
     }
 }
 
@@ -63,7 +66,10 @@ public struct Restorer {
     static let syscallClone3 = 435, syscallSetsid = 112, syscallSetpgid = 109, syscallWait4 = 61, syscallExitGroup = 231
 
     public func run() throws -> RestoredTree {
+        let started = ContinuousClock.now
+        var statistics = RestoreStatistics()
         let image = try Image(directory: options.directory)
+        statistics.imageReadSeconds = seconds(since: started)
         let inventory = image.inventory
         let helperPids = Set(inventory.processes.filter { p in
             p.pid != inventory.rootPid && p.pgid != p.pid && !inventory.processes.contains { $0.pid == p.pgid }
@@ -96,16 +102,26 @@ public struct Restorer {
                 namespaceInit = (tracee, try Parasite.inject(into: tracee, argumentBytes: argumentBytes(image), at: try parasitePlace(image, near: initPid)))
                 session.namespaceInit = tracee
             }
+            let forking = ContinuousClock.now
             let root = try createRoot(image, session: session, parent: namespaceInit)
             try createTree(image, root: root, session: session, helperPids: helperPids)
+            statistics.forkingSeconds = seconds(since: forking)
+            let restoring = ContinuousClock.now
             for pid in inventory.livePids {
                 try restoreProcess(session.processes[pid]!, image: image, descriptions: descriptions, session: session)
             }
+            statistics.restoreSeconds = seconds(since: restoring)
+            statistics.processes = inventory.processes.count
+            statistics.pagesRestored = image.tasks.reduce(0) { $0 + $1.pageIndex.pagesFileSize / 4096 }
             // Last: registers, then every task goes at once.
             for process in inventory.livePids.map({ session.processes[$0]! }) {
                 process.tracee.syscallSite = process.image.threads[0].registers.rip
                 try process.parasite.remove()
                 for (thread, record) in zip(process.threads, process.image.threads) { try record.restore(pid: thread.pid) }
+            }
+            if options.leaveStopped {
+                // A pending SIGSTOP stops each one before its first instruction, untraced.
+                for process in inventory.livePids.map({ session.processes[$0]! }) { try Processes.kill(process.pid, SIGSTOP) }
             }
             for process in inventory.livePids.map({ session.processes[$0]! }) {
                 for thread in process.threads { try thread.detach() }
@@ -121,6 +137,8 @@ public struct Restorer {
                 park[1] = -1
             }
             session.done = true
+            statistics.totalSeconds = seconds(since: started)
+            try? writeStatistics(statistics, to: "\(options.directory)/stats-restore")
             return RestoredTree(childPid: session.created[0], rootPid: root.pid, rootPidInImage: image.inventory.rootPid)
         } catch {
             session.killAll()
@@ -526,6 +544,16 @@ public struct Restorer {
             }
         }
     }
+}
+
+/// Figures like CRIU's stats-restore, kept in the image folder.
+public struct RestoreStatistics: Codable, Sendable {
+    public var processes: Int = 0
+    public var imageReadSeconds: Double = 0
+    public var forkingSeconds: Double = 0
+    public var restoreSeconds: Double = 0
+    public var totalSeconds: Double = 0
+    public var pagesRestored: UInt64 = 0
 }
 
 /// What a restore has created so far, to be killed if it fails.

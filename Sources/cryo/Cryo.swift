@@ -10,7 +10,7 @@ struct CryoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cryo",
         abstract: "Checkpoint and restore Linux processes.",
-        subcommands: [DumpCommand.self, RestoreCommand.self, CheckCommand.self, ShowCommand.self])
+        subcommands: [DumpCommand.self, RestoreCommand.self, CheckCommand.self, ShowCommand.self, InspectCommand.self])
 }
 
 struct CommonOptions: ParsableArguments {
@@ -66,11 +66,14 @@ struct RestoreCommand: ParsableCommand {
     var shellJob = false
     @Flag(name: .customLong("pidns"), help: "Restore inside a new pid namespace, where the image's pids are free.")
     var pidNamespace = false
+    @Flag(name: .customLong("leave-stopped"), help: "Leave every task stopped (SIGSTOP, untraced) right before it resumes, so a debugger can attach.")
+    var leaveStopped = false
     @OptionGroup var common: CommonOptions
 
     func run() throws {
         let tree = try failing {
-            try Restorer(options: RestoreOptions(directory: directory, detached: detached, newPidNamespace: pidNamespace),
+            try Restorer(options: RestoreOptions(directory: directory, detached: detached, newPidNamespace: pidNamespace,
+                                                        leaveStopped: leaveStopped),
                          logger: common.logger()).run()
         }
         let pid = tree.childPid
@@ -87,7 +90,7 @@ struct RestoreCommand: ParsableCommand {
             switch status {
             case .exited(let code): throw ExitCode(code)
             case .signaled(let signal): throw ExitCode(128 + signal)
-            case .stopped: continue
+            case .stopped: continue  // not reported without WUNTRACED
             }
         }
     }
