@@ -345,10 +345,20 @@ static long restore_creds(struct cryo_args_header *h) {
     return 0;
 }
 
+/* A real fault on purpose, two calls deep, so tests can check that a
+ * crashing parasite is reported with its registers and a backtrace. */
+__attribute__((noinline)) static void fault_deeper(volatile int *where) { *where = 1; }
+__attribute__((noinline)) static long fault_on_purpose(struct cryo_args_header *h) {
+    fault_deeper((volatile int *)h->fail_addr);
+    __asm__ volatile("" ::: "memory");
+    return 0;
+}
+
 long parasite_main(struct cryo_args_header *h) {
     if (h->magic != CRYO_PARASITE_MAGIC) return -22;
     h->result = 0;
-    h->fail_step = h->fail_syscall = h->fail_addr = 0;
+    h->fail_step = h->fail_syscall = 0;
+    if (h->command != CRYO_CMD_FAIL_TEST) h->fail_addr = 0;
     switch (h->command) {
     case CRYO_CMD_PING: h->result = CRYO_PARASITE_PROTOCOL_VERSION; return 0;
     case CRYO_CMD_DUMP_PROCESS: return dump_process(h);
@@ -360,7 +370,7 @@ long parasite_main(struct cryo_args_header *h) {
     case CRYO_CMD_RESTORE_STATE: return restore_state(h);
     case CRYO_CMD_INSTALL_FDS: return install_fds(h);
     case CRYO_CMD_RESTORE_CREDS: return restore_creds(h);
-    case CRYO_CMD_FAIL_TEST: return fail(h, -95 /* EOPNOTSUPP */, 0, 0, 0);
+    case CRYO_CMD_FAIL_TEST: return fault_on_purpose(h);
     default: return fail(h, -38 /* ENOSYS */, h->command, 0, 0);
     }
 }

@@ -107,6 +107,10 @@ public struct Dumper {
     func readTaskState(_ process: FrozenProcess) throws -> (cryo_task_state, [cryo_thread_state]) {
         let parasite = try Parasite.inject(into: process.leader, argumentBytes: MemoryLayout<cryo_thread_state>.size)
         do {
+            if let address = ProcessInfo.processInfo.environment["CRYO_TEST_PARASITE_FAULT"].flatMap({ UInt64($0, radix: 16) }) {
+                // For tests of the crash report: the parasite writes to this address.
+                _ = try parasite.run(CRYO_CMD_FAIL_TEST, payload: [], replyBytes: 0, failAddress: address)
+            }
             let state = try parasite.run(CRYO_CMD_DUMP_PROCESS, input: UInt8(0), output: cryo_task_state.self)
             var threads: [cryo_thread_state] = []
             for thread in process.threads {

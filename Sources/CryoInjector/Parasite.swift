@@ -88,7 +88,8 @@ public final class Parasite {
 
     /// Runs one command with `payload` as its input and returns `replyBytes` of the argument area afterwards.
     @discardableResult
-    public func run(_ command: cryo_command, payload: [UInt8], replyBytes: Int, on thread: Tracee? = nil) throws -> Reply {
+    public func run(_ command: cryo_command, payload: [UInt8], replyBytes: Int, on thread: Tracee? = nil,
+                    failAddress: UInt64 = 0) throws -> Reply {
         let thread = thread ?? tracee
         if thread !== tracee && !threadsRun.contains(where: { $0 === thread }) { threadsRun.append(thread) }
         let name = Parasite.commandName(command)
@@ -99,6 +100,7 @@ public final class Parasite {
         header.magic = CRYO_PARASITE_MAGIC
         header.command = command.rawValue
         header.payload_size = UInt64(argumentAreaSize - Parasite.headerSize)
+        header.fail_addr = failAddress
         var message = withUnsafeBytes(of: header) { [UInt8]($0) }
         message += payload
         do {
@@ -111,7 +113,12 @@ public final class Parasite {
         regs.eflags &= ~UInt64(0x400) // DF clear, as the ABI expects
         try Ptrace.setSignalMask(thread.pid, ~UInt64(0))
         thread.gadget = base + blob.gadgetOffset
-        _ = try thread.run(regs, during: "parasite command \(name) in thread \(thread.pid)")
+        do {
+            _ = try thread.run(regs, during: "parasite command \(name) in thread \(thread.pid)")
+        } catch InjectionError.fault(let pid, let signal, let registers, _) {
+            throw InjectionError.parasiteFault(pid: pid, signal: signal, registers: registers, command: name,
+                                               backtrace: backtrace(thread: thread, registers: registers))
+        }
         let reply: [UInt8]
         do {
             reply = try RemoteMemory.read(tracee.pid, at: argumentArea, count: Parasite.headerSize + replyBytes)
@@ -122,6 +129,24 @@ public final class Parasite {
                             syscall: answer.fail_syscall, address: answer.fail_addr)
         }
         return Reply(result: answer.result, payload: Array(reply.dropFirst(Parasite.headerSize)))
+    }
+
+    /// The parasite's frames, by frame pointer (the blob keeps them), named from its symbols.
+    func backtrace(thread: Tracee, registers: Registers) -> [String] {
+        func name(_ address: UInt64) -> String {
+            (base..<(base + UInt64(blob.bytes.count))).contains(address) ? blob.symbolize(address - base) : "0x\(String(address, radix: 16))"
+        }
+        var frames = [name(registers.rip)]
+        var frame = registers.rbp
+        let stack = (stackTop - Parasite.stackSize)...stackTop
+        while frames.count < 32 && stack.contains(frame) {
+            guard let words = try? RemoteMemory.read(thread.pid, at: frame, count: 16) else { break }
+            let (next, returnAddress) = words.withUnsafeBytes { ($0.load(as: UInt64.self), $0.load(fromByteOffset: 8, as: UInt64.self)) }
+            frames.append(name(returnAddress))
+            if next <= frame { break }
+            frame = next
+        }
+        return frames
     }
 
     /// Typed convenience: a fixed-layout structure in, another out.

@@ -10,6 +10,8 @@ public struct ParasiteBlob: Sendable {
     public let gadgetOffset: UInt64
     /// Offsets of 64-bit words that must have the load address added.
     public let relativeRelocations: [(offset: UInt64, addend: UInt64)]
+    /// Function symbols by offset, to name the frames of a crashed parasite.
+    public let functions: [(offset: UInt64, name: String)]
 
     public enum LoadError: Error, CustomStringConvertible {
         case invalid(String)
@@ -77,9 +79,17 @@ public struct ParasiteBlob: Sendable {
             throw LoadError.invalid("relocation at 0x\(String(offset, radix: 16)) outside the blob")
         }
         bytes = parsed.bytes
+        functions = parsed.symbols.filter { !$0.key.isEmpty && !$0.key.hasPrefix("_") && !$0.key.contains(".") } // no file symbols
+            .map { ($0.value, $0.key) }.sorted { $0.0 < $1.0 }
         entryOffset = entry
         gadgetOffset = gadget
         relativeRelocations = parsed.relocations
+    }
+
+    /// "function+0x12" for an offset inside the blob.
+    public func symbolize(_ offset: UInt64) -> String {
+        guard let f = functions.last(where: { $0.offset <= offset }) else { return "0x\(String(offset, radix: 16))" }
+        return "\(f.name)+0x\(String(offset - f.offset, radix: 16))"
     }
 
     /// The bytes as they must appear when loaded at `base`.

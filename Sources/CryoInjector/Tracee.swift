@@ -7,6 +7,7 @@ public enum InjectionError: Error, CustomStringConvertible {
     case wrongThread(pid: pid_t)
     case vanished(pid: pid_t, status: WaitStatus)
     case fault(pid: pid_t, signal: Int32, registers: Registers, during: String)
+    case parasiteFault(pid: pid_t, signal: Int32, registers: Registers, command: String, backtrace: [String])
     case parasite(pid: pid_t, command: String, result: Int64, step: UInt64, syscall: UInt64, address: UInt64)
     case protocolMismatch(pid: pid_t, detail: String)
     case system(SyscallError)
@@ -20,6 +21,12 @@ public enum InjectionError: Error, CustomStringConvertible {
         case .fault(let pid, let signal, let regs, let during):
             return "pid \(pid): signal \(signal) (\(signalName(signal))) at rip 0x\(String(regs.rip, radix: 16)) during \(during); "
                 + "rsp 0x\(String(regs.rsp, radix: 16)) rax 0x\(String(regs.rax, radix: 16)) rdi 0x\(String(regs.rdi, radix: 16))"
+        case .parasiteFault(let pid, let signal, let r, let command, let backtrace):
+            return "pid \(pid): the parasite crashed with \(signalName(signal)) in command \(command) at \(backtrace.first ?? "?"); "
+                + "rip 0x\(hex(r.rip)) rsp 0x\(hex(r.rsp)) rbp 0x\(hex(r.rbp)) rax 0x\(hex(r.rax)) rbx 0x\(hex(r.rbx)) "
+                + "rcx 0x\(hex(r.rcx)) rdx 0x\(hex(r.rdx)) rsi 0x\(hex(r.rsi)) rdi 0x\(hex(r.rdi)) r8 0x\(hex(r.r8)) "
+                + "r9 0x\(hex(r.r9)) r10 0x\(hex(r.r10)) r11 0x\(hex(r.r11)) r12 0x\(hex(r.r12)) r13 0x\(hex(r.r13)) "
+                + "r14 0x\(hex(r.r14)) r15 0x\(hex(r.r15)) eflags 0x\(hex(r.eflags)); backtrace: \(backtrace.joined(separator: " <- "))"
         case .parasite(let pid, let command, let result, let step, let syscall, let address):
             let errno = SyscallError("", errno: .init(rawValue: Int32(-result)))
             return "pid \(pid): parasite command \(command) failed at item \(step): syscall \(syscallName(syscall)) "
@@ -31,6 +38,8 @@ public enum InjectionError: Error, CustomStringConvertible {
         }
     }
 }
+
+func hex(_ value: UInt64) -> String { String(value, radix: 16) }
 
 func signalName(_ signal: Int32) -> String {
     let names: [Int32: String] = [SIGSEGV: "SIGSEGV", SIGBUS: "SIGBUS", SIGILL: "SIGILL", SIGTRAP: "SIGTRAP",

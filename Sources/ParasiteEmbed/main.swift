@@ -29,7 +29,7 @@ func run(_ args: [String]) {
 let compileFlags = [
     "-ffreestanding", "-fno-builtin", "-nostdlib", "-fPIE", "-O2", "-g0", "-Wall", "-Werror",
     "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables", "-mno-red-zone",
-    "-fcf-protection=none", "-mgeneral-regs-only", "-I", includeDir, "-I", parasiteDir,
+    "-fcf-protection=none", "-mgeneral-regs-only", "-fno-omit-frame-pointer", "-I", includeDir, "-I", parasiteDir,
 ]
 let sources = try FileManager.default.contentsOfDirectory(atPath: parasiteDir)
     .filter { $0.hasSuffix(".c") || $0.hasSuffix(".S") }.sorted()

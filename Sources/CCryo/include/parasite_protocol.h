@@ -28,7 +28,7 @@ enum cryo_command {
     CRYO_CMD_RESTORE_STATE = 6,  /* in: struct cryo_task_state + struct cryo_restore_extra */
     CRYO_CMD_INSTALL_FDS = 7,  /* in: struct cryo_install_fds + entries */
     CRYO_CMD_RESTORE_CREDS = 8, /* in: struct cryo_creds */
-    CRYO_CMD_FAIL_TEST = 9,    /* fails on purpose (error-path tests) */
+    CRYO_CMD_FAIL_TEST = 9,    /* faults on purpose, writing to fail_addr (error-path tests) */
     CRYO_CMD_DUMP_THREAD = 10, /* out: struct cryo_thread_state (no signals) */
     CRYO_CMD_RESTORE_THREAD = 11, /* in: struct cryo_thread_state */
 };
