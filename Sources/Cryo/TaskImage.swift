@@ -93,3 +93,33 @@ extension Inventory {
         guard !processes.isEmpty else { throw ImageError(file: "inventory.img", record: "inventory", "lists no process") }
     }
 }
+
+extension Image {
+    /// Memory of a process as the image would restore it: saved pages, else the
+    /// mapped file's bytes, else zeros. Addresses outside every mapping are refused.
+    public func bytes(of task: TaskImage, at start: UInt64, count: Int) throws -> [UInt8] {
+        var result: [UInt8] = []
+        var address = start
+        let end = start + UInt64(count)
+        let pages = try Files.open(paths.pages(task.core.pid), .readOnly)
+        defer { try? pages.close() }
+        while address < end {
+            guard let m = task.memory.mappings.first(where: { $0.start <= address && address < $0.end }) else {
+                throw CryoError("pid \(task.core.pid): address 0x\(String(address, radix: 16)) is in no mapping of the image")
+            }
+            let pageEnd = min((address & ~0xfff) + 4096, end)
+            let want = Int(pageEnd - address)
+            var chunk = [UInt8](repeating: 0, count: want)
+            if let run = task.pageIndex.runs.first(where: { $0[0] <= address && address < $0[0] + $0[1] }) {
+                let offset = Int64(run[2] + (address - run[0]))
+                _ = try chunk.withUnsafeMutableBytes { try pages.read(fromAbsoluteOffset: offset, into: $0) }
+            } else if m.kind == .file, let path = m.path, let file = try? Files.open(path, .readOnly) {
+                _ = try? chunk.withUnsafeMutableBytes { try file.read(fromAbsoluteOffset: Int64(m.fileOffset + (address - m.start)), into: $0) }
+                try? file.close()
+            }
+            result += chunk
+            address = pageEnd
+        }
+        return result
+    }
+}

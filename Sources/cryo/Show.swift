@@ -6,9 +6,26 @@ struct ShowCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "show", abstract: "Show what an image holds.")
     @Argument(help: "The image folder.") var directory: String
     @Flag(help: "Print the image as JSON (stable field names, for tools).") var json = false
+    @Option(help: "Hexdump memory from the image: ADDR or ADDR:LEN (hex address, length in bytes, default 256).")
+    var pages: String?
+    @Option(name: [.customShort("t"), .customLong("pid")], help: "Which process --pages reads (default: the root).")
+    var pid: Int32?
+    @Flag(help: "Show the dump and restore statistics kept in the folder.") var stats = false
 
     func run() throws {
         let image = try failing { try Image(directory: directory) }
+        if let pages {
+            try failing { try hexdump(image, pages) }
+            return
+        }
+        if stats {
+            for name in ["stats-dump", "stats-restore"] {
+                let path = "\(directory)/\(name)"
+                print("\(name):")
+                print((try? String(contentsOfFile: path, encoding: .utf8)) ?? "  (none)")
+            }
+            return
+        }
         if json {
             struct Whole: Encodable { let inventory: Inventory; let files: FileTable; let tasks: [TaskImage] }
             print(try encodeJSON(Whole(inventory: image.inventory, files: image.fileTable, tasks: image.tasks)))
@@ -27,6 +44,23 @@ struct ShowCommand: ParsableCommand {
             print(String(repeating: "  ", count: level + 1) + "\(p.pid) \(p.comm)  pgid \(p.pgid) sid \(p.sid)\(threads)\(state.map { " (\($0))" } ?? "")")
         }
         for task in image.tasks { describe(task, files: image.fileTable) }
+    }
+
+    func hexdump(_ image: Image, _ spec: String) throws {
+        let parts = spec.split(separator: ":")
+        guard let start = UInt64(parts[0].replacingOccurrences(of: "0x", with: ""), radix: 16),
+              let length = parts.count > 1 ? Int(parts[1]) : 256, length > 0, length <= 1 << 24 else {
+            throw CryoError("--pages takes ADDR or ADDR:LEN (hex address, length in bytes up to 16 MiB), not \(spec)")
+        }
+        let pid = self.pid ?? image.inventory.rootPid
+        guard let task = image.task(pid) else { throw CryoError("the image has no live process \(pid)") }
+        let memory = try image.bytes(of: task, at: start, count: length)
+        for row in stride(from: 0, to: memory.count, by: 16) {
+            let line = memory[row..<min(row + 16, memory.count)]
+            let hexPart = line.map { String(format: "%02x", $0) }.joined(separator: " ")
+            let text = String(line.map { $0 >= 0x20 && $0 < 0x7f ? Character(UnicodeScalar($0)) : "." })
+            print("\(hex(start + UInt64(row), width: 12))  \(hexPart.padding(toLength: 47, withPad: " ", startingAt: 0))  \(text)")
+        }
     }
 
     func describe(_ task: TaskImage, files: FileTable) {
