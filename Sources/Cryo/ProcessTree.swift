@@ -120,8 +120,9 @@ final class FrozenTree {
     /// Kills every process while it is still stopped, and waits until each is gone.
     func kill() {
         for process in live { Glibc.kill(process.pid, SIGKILL) }
+        // A leader's exit is reported only once its other threads are gone: wait for it last.
         for process in live {
-            for thread in process.threads { _ = try? waitFor(thread.pid) }
+            for thread in process.threads.reversed() { _ = try? waitFor(thread.pid) }
         }
     }
 }
