@@ -19,7 +19,7 @@ enum {
     NR_sigaltstack = 131, NR_personality = 135, NR_prctl = 157, NR_chroot = 161,
     NR_gettid = 186, NR_set_tid_address = 218, NR_getpid = 39,
     NR_set_robust_list = 273, NR_get_robust_list = 274, NR_dup3 = 292, NR_rseq = 334,
-    NR_close_range = 436, NR_madvise_populate = 28,
+    NR_close_range = 436, NR_prlimit64 = 302, NR_madvise_populate = 28,
 };
 
 #define PR_SET_PDEATHSIG 1
@@ -28,6 +28,9 @@ enum {
 #define PR_SET_DUMPABLE 4
 #define PR_SET_KEEPCAPS 8
 #define PR_SET_NAME 15
+#define PR_GET_NAME 16
+#define PR_SET_CHILD_SUBREAPER 36
+#define PR_GET_CHILD_SUBREAPER 37
 #define PR_CAPBSET_DROP 24
 #define PR_GET_SECUREBITS 27
 #define PR_SET_SECUREBITS 28
@@ -116,6 +119,11 @@ static long dump_process(struct cryo_args_header *h) {
     st->brk = (uint64_t)sys1(NR_brk, 0);
     st->dumpable = (uint32_t)sys1(NR_prctl, PR_GET_DUMPABLE);
     st->securebits = (uint32_t)sys1(NR_prctl, PR_GET_SECUREBITS);
+    int subreaper = 0;
+    CHECK(h, sys2(NR_prctl, PR_GET_CHILD_SUBREAPER, &subreaper), 0, NR_prctl, PR_GET_CHILD_SUBREAPER);
+    st->child_subreaper = (uint32_t)subreaper;
+    for (int r = 0; r < 16; r++)
+        CHECK(h, sys4(NR_prlimit64, 0, r, 0, st->rlimits[r]), r, NR_prlimit64, 0);
     return 0;
 }
 
@@ -134,6 +142,7 @@ static long dump_thread(struct cryo_args_header *h) {
     int pdeath = 0;
     CHECK(h, sys2(NR_prctl, PR_GET_PDEATHSIG, &pdeath), 0, NR_prctl, PR_GET_PDEATHSIG);
     t->parent_death_signal = pdeath;
+    CHECK(h, sys2(NR_prctl, PR_GET_NAME, t->name), 0, NR_prctl, PR_GET_NAME);
     return 0;
 }
 
@@ -160,6 +169,7 @@ static long restore_thread(struct cryo_args_header *h) {
     if (t->rseq)
         CHECK(h, sys4(NR_rseq, t->rseq, t->rseq_length, 0, t->rseq_signature), 0, NR_rseq, t->rseq);
     CHECK(h, sys2(NR_prctl, PR_SET_PDEATHSIG, t->parent_death_signal), 0, NR_prctl, PR_SET_PDEATHSIG);
+    if (t->name[0]) CHECK(h, sys2(NR_prctl, PR_SET_NAME, t->name), 0, NR_prctl, PR_SET_NAME);
     return queue_signals(h, t->signals, t->signal_count);
 }
 
@@ -286,6 +296,7 @@ static long restore_state(struct cryo_args_header *h) {
         CHECK(h, sys4(NR_rt_sigaction, sig, &st->actions[sig - 1], 0, 8), (unsigned long)sig, NR_rt_sigaction, 0);
     }
     CHECK(h, sys2(NR_prctl, PR_SET_DUMPABLE, st->dumpable), 0, NR_prctl, PR_SET_DUMPABLE);
+    CHECK(h, sys2(NR_prctl, PR_SET_CHILD_SUBREAPER, st->child_subreaper), 0, NR_prctl, PR_SET_CHILD_SUBREAPER);
     if (x->discard_signals) {
         /* Dequeue without waiting; EAGAIN once none is left. */
         struct { long sec, nsec; } zero = { 0, 0 };

@@ -259,7 +259,7 @@ public struct Restorer {
         guard let parent = session.processes[entry.ppid] else {
             throw CryoError("zombie pid \(entry.pid): its parent \(entry.ppid) is not a live process of the image")
         }
-        let zombie = try clone(into: parent, pid: entry.pid, flags: 0)
+        let (zombie, zombieParasite) = try cloneWithParasite(into: parent, pid: entry.pid)
         session.created.append(zombie.pid)
         parent.discardChildSignals = true
         if entry.sid == entry.pid {
@@ -270,7 +270,7 @@ public struct Restorer {
             try inject(zombie, Restorer.syscallSetpgid, 0, UInt64(entry.pgid), what: "setpgid")
         }
         // A zombie keeps its name in /proc.
-        let name = try parent.parasite.place(Array(entry.comm.utf8.prefix(15)) + [0])
+        let name = try zombieParasite.place(Array(entry.comm.utf8.prefix(15)) + [0])
         try inject(zombie, 157 /* prctl */, 15 /* PR_SET_NAME */, name, what: "prctl(PR_SET_NAME)")
         let status = entry.zombieStatus!
         let signal = status & 0x7f
@@ -280,14 +280,14 @@ public struct Restorer {
         }
         // Killed by a signal: default disposition, no core file, then the signal itself.
         try Processes.setResourceLimit(zombie.pid, Int32(RLIMIT_CORE.rawValue), soft: 0, hard: 0)
-        let defaultAction = try session.processes[entry.ppid]!.parasite.place([UInt8](repeating: 0, count: 32))
+        let defaultAction = try zombieParasite.place([UInt8](repeating: 0, count: 32))
         try inject(zombie, 13 /* rt_sigaction */, UInt64(signal), defaultAction, 0, 8, what: "rt_sigaction")
         try Ptrace.setSignalMask(zombie.pid, 0) // it inherited the all-blocked mask the parasite runs with
         try Processes.kill(zombie.pid, signal)
         try Ptrace.cont(zombie.pid)
         while true {
             switch try waitFor(zombie.pid) {
-            case .stopped(let s, 0) where s == signal: try Ptrace.cont(zombie.pid, signal: signal)
+            case .stopped(let s, 0): try Ptrace.cont(zombie.pid, signal: s) // its own signal, or whatever it meets: deliver
             case .stopped: try Ptrace.cont(zombie.pid)
             case .exited, .signaled: return
             }
@@ -297,6 +297,12 @@ public struct Restorer {
     /// Injects clone3 with an exact pid into `parent`; the child is traced from birth.
     func clone(into parent: RestoringProcess, pid: pid_t, flags: UInt64, childTid: UInt64 = 0) throws -> Tracee {
         try clone(into: parent.tracee, parasite: parent.parasite, pid: pid, flags: flags, childTid: childTid)
+    }
+
+    /// The child and its own view of the parasite mapping (its memory is a copy now, not the parent's).
+    func cloneWithParasite(into parent: RestoringProcess, pid: pid_t) throws -> (Tracee, Parasite) {
+        let child = try clone(into: parent, pid: pid, flags: 0)
+        return (child, Parasite.inherited(by: child, from: parent.parasite))
     }
 
     /// Injects clone3 with an exact pid (as the parent's namespace sees it) into
@@ -525,6 +531,7 @@ public struct Restorer {
                    cwd: Int32, root: Int32?, exe: Int32?) {
         state.umask = core.umask
         state.dumpable = core.dumpable
+        state.child_subreaper = core.childSubreaper ? 1 : 0
         extra.cwd_fd = cwd
         extra.root_fd = root ?? -1
         extra.personality = core.personality

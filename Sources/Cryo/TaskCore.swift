@@ -24,6 +24,7 @@ public struct TaskCore: Codable, Sendable {
     public var mm: MMFields
     public var auxv: [UInt64]
     public var dumpable: UInt32
+    public var childSubreaper: Bool
 
     public struct Credentials: Codable, Sendable {
         public var uids: [UInt32]   // real, effective, saved, fs
@@ -52,10 +53,9 @@ extension TaskCore {
         let status = try ProcStatus(pid: pid)
         let auxvBytes = try Files.read("/proc/\(pid)/auxv")
         let auxv = auxvBytes.withUnsafeBytes { Array($0.bindMemory(to: UInt64.self)) }
-        var limits: [[UInt64]] = []
-        for resource in 0..<resourceCount {
-            let limit = try Processes.resourceLimit(pid, resource)
-            limits.append([limit.soft, limit.hard])
+        // Read by the parasite: prlimit64 on a process of another uid needs CAP_SYS_RESOURCE.
+        let limits = withUnsafeBytes(of: state.rlimits) { raw in
+            (0..<Int(resourceCount)).map { [raw.load(fromByteOffset: $0 * 16, as: UInt64.self), raw.load(fromByteOffset: $0 * 16 + 8, as: UInt64.self)] }
         }
         let personality = UInt64(try Files.readString("/proc/\(pid)/personality")
             .trimmingCharacters(in: .whitespacesAndNewlines), radix: 16) ?? 0
@@ -68,7 +68,7 @@ extension TaskCore {
                          endData: stat.field(46), startBrk: stat.field(47), brk: state.brk,
                          startStack: stat.field(28), argStart: stat.field(48), argEnd: stat.field(49),
                          envStart: stat.field(50), envEnd: stat.field(51)),
-            auxv: auxv, dumpable: state.dumpable)
+            auxv: auxv, dumpable: state.dumpable, childSubreaper: state.child_subreaper != 0)
     }
 
     /// Resource limits are set from outside with prlimit. A hard limit above

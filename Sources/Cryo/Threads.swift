@@ -9,6 +9,7 @@ import Glibc
 /// robust list and rseq registration.
 public struct ThreadRecord: Codable, Sendable {
     public var tid: Int32
+    public var name: String
     /// struct user_regs_struct, word by word in kernel order.
     public var general: [UInt64]
     public var extendedState: Data
@@ -62,8 +63,9 @@ extension ThreadRecord {
         }
         regs.orig_rax = UInt64(bitPattern: -1)
         let rseq = try Ptrace.rseqConfiguration(tracee.pid)
+        let name = withUnsafeBytes(of: state.name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
         return ThreadRecord(
-            tid: tracee.pid, general: withUnsafeBytes(of: regs) { Array($0.bindMemory(to: UInt64.self)) },
+            tid: tracee.pid, name: name, general: withUnsafeBytes(of: regs) { Array($0.bindMemory(to: UInt64.self)) },
             extendedState: Data(try Ptrace.extendedState(tracee.pid)), blockedSignals: tracee.originalSignalMask,
             altstackAddress: state.altstack_sp, altstackSize: state.altstack_size, altstackFlags: state.altstack_flags,
             clearChildTid: state.clear_child_tid, robustList: state.robust_list, robustListLength: state.robust_list_len,
@@ -87,6 +89,9 @@ extension ThreadRecord {
             t.rseq = rseq.address
             t.rseq_length = rseq.length
             t.rseq_signature = rseq.signature
+        }
+        withUnsafeMutableBytes(of: &t.name) { raw in
+            for (i, b) in name.utf8.prefix(15).enumerated() { raw[i] = b }
         }
         t.signal_count = UInt32(pending.count)
         SignalsRecord.fill(&t.signals, with: pending)

@@ -64,7 +64,8 @@ struct cryo_task_state {
     uint32_t umask;
     uint32_t dumpable;
     uint32_t securebits;
-    uint32_t pad;
+    uint32_t child_subreaper;
+    uint64_t rlimits[16][2];           /* soft, hard per RLIMIT_*; read from inside (no CAP_SYS_RESOURCE needed) */
 };
 
 #define CRYO_MAX_QUEUED_SIGNALS 256
@@ -90,6 +91,7 @@ struct cryo_thread_state {
     uint32_t rseq_signature;
     uint32_t signal_count;
     uint32_t pad;
+    char name[16];             /* the thread's comm */
     struct cryo_queued_signal signals[CRYO_MAX_QUEUED_SIGNALS];
 };
 
