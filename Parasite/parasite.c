@@ -91,9 +91,34 @@ void *memcpy(void *d, const void *s, size_t n) {
     return d;
 }
 
+/* The parasite's own log, read by the controller after each command and
+ * shown with -v: one line per notable step. */
+static void log_text(struct cryo_args_header *h, const char *text) {
+    char *log = (char *)h + h->log_offset;
+    while (*text && h->log_length + 1 < h->log_capacity) log[h->log_length++] = *text++;
+}
+static void log_hex(struct cryo_args_header *h, unsigned long value) {
+    char digits[19] = "0x";
+    int n = 0;
+    unsigned long v = value;
+    do { n++; v >>= 4; } while (v);
+    for (int i = 0; i < n; i++) digits[2 + n - 1 - i] = "0123456789abcdef"[(value >> (4 * i)) & 0xf];
+    digits[2 + n] = 0;
+    log_text(h, digits);
+}
+static void log_line(struct cryo_args_header *h, const char *what, unsigned long a, unsigned long b) {
+    log_text(h, what);
+    log_text(h, " ");
+    log_hex(h, a);
+    log_text(h, " ");
+    log_hex(h, b);
+    log_text(h, "\n");
+}
+
 /* Records the failing step and returns its -errno, so the controller can say
  * which item, which syscall and which errno. */
 static long fail(struct cryo_args_header *h, long result, unsigned long step, long nr, unsigned long addr) {
+    log_line(h, "failed: syscall, errno", (unsigned long)nr, (unsigned long)-result);
     h->result = result;
     h->fail_step = step;
     h->fail_syscall = (unsigned long)nr;
@@ -211,6 +236,7 @@ static long recv_fds(struct cryo_args_header *h) {
         if (r == 0 || ctl.c.level != SOL_SOCKET || ctl.c.type != SCM_RIGHTS)
             return fail(h, -71 /* EPROTO */, i, NR_recvmsg, (unsigned long)a->control_fd);
         int target = a->first_slot_fd + (int)i;
+        log_line(h, "received fd, slot", (unsigned long)ctl.c.fd, (unsigned long)target);
         if (ctl.c.fd != target) {
             long d = sys3(NR_dup3, ctl.c.fd, target, O_CLOEXEC);
             sys1(NR_close, ctl.c.fd);
@@ -242,6 +268,8 @@ static long restore_memory(struct cryo_args_header *h) {
     if (m->old_rseq)
         CHECK(h, sys4(NR_rseq, m->old_rseq, m->old_rseq_length, RSEQ_FLAG_UNREGISTER, m->old_rseq_signature),
               0, NR_rseq, m->old_rseq);
+    log_line(h, "unmap ranges, remaps", m->unmap_count, m->remap_count);
+    log_line(h, "mappings, page runs", m->vma_count, m->run_count);
     for (uint64_t i = 0; i < m->unmap_count; i++)
         CHECK(h, sys2(NR_munmap, unmaps[i].start, unmaps[i].end - unmaps[i].start), i, NR_munmap, unmaps[i].start);
     for (uint64_t i = 0; i < m->remap_count; i++) {
@@ -254,6 +282,7 @@ static long restore_memory(struct cryo_args_header *h) {
         uint64_t length = v->end - v->start;
         uint32_t prot = v->prot;
         if (v->run_count) prot |= PROT_WRITE;
+        log_line(h, "map", v->start, length);
         long addr = sys6(NR_mmap, v->start, length, prot, v->flags | MAP_FIXED, v->fd, v->file_offset);
         CHECK(h, addr, i, NR_mmap, v->start);
         if ((uint64_t)addr != v->start) return fail(h, -14 /* EFAULT */, i, NR_mmap, v->start);
@@ -314,6 +343,7 @@ static long restore_state(struct cryo_args_header *h) {
 static long install_fds(struct cryo_args_header *h) {
     struct cryo_install_fds *a = payload(h);
     struct cryo_fd_install *e = (struct cryo_fd_install *)(a + 1);
+    for (uint32_t i = 0; i < a->count; i++) log_line(h, "install fd, from slot", (unsigned long)e[i].to, (unsigned long)e[i].from);
     for (uint32_t i = 0; i < a->count; i++)
         CHECK(h, sys3(NR_dup3, e[i].from, e[i].to, e[i].cloexec ? O_CLOEXEC : 0), i, NR_dup3, (unsigned long)e[i].to);
     CHECK(h, sys3(NR_close_range, a->close_from, ~0u, 0), 0, NR_close_range, (unsigned long)a->close_from);
@@ -368,6 +398,7 @@ __attribute__((noinline)) static long fault_on_purpose(struct cryo_args_header *
 long parasite_main(struct cryo_args_header *h) {
     if (h->magic != CRYO_PARASITE_MAGIC) return -22;
     h->result = 0;
+    h->log_length = 0;
     h->fail_step = h->fail_syscall = 0;
     if (h->command != CRYO_CMD_FAIL_TEST) h->fail_addr = 0;
     switch (h->command) {

@@ -105,7 +105,7 @@ public struct Dumper {
     /// Runs the parasite once per process (and once in each thread) to read
     /// what only the task can see, then cures it.
     func readTaskState(_ process: FrozenProcess) throws -> (cryo_task_state, [cryo_thread_state]) {
-        let parasite = try Parasite.inject(into: process.leader, argumentBytes: MemoryLayout<cryo_thread_state>.size)
+        let parasite = try Parasite.inject(into: process.leader, argumentBytes: MemoryLayout<cryo_thread_state>.size, log: parasiteLog(logger))
         do {
             if let address = ProcessInfo.processInfo.environment["CRYO_TEST_PARASITE_FAULT"].flatMap({ UInt64($0, radix: 16) }) {
                 // For tests of the crash report: the parasite writes to this address.
@@ -196,6 +196,11 @@ public struct Dumper {
             throw CryoError("cannot write into image folder \(directory): \(error)")
         }
     }
+}
+
+/// The parasite's own log lines, shown at -v with task and command.
+func parasiteLog(_ logger: Logger) -> (pid_t, String, String) -> Void {
+    { pid, command, line in logger.debug("pid \(pid) parasite \(command): \(line)") }
 }
 
 func seconds(since start: ContinuousClock.Instant) -> Double {

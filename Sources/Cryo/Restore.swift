@@ -99,7 +99,7 @@ public struct Restorer {
                 try Ptrace.interrupt(initPid)
                 _ = try waitForStop(initPid)
                 let tracee = try Tracee.adopt(initPid)
-                namespaceInit = (tracee, try Parasite.inject(into: tracee, argumentBytes: argumentBytes(image), at: try parasitePlace(image, near: initPid)))
+                namespaceInit = (tracee, try Parasite.inject(into: tracee, argumentBytes: argumentBytes(image), at: try parasitePlace(image, near: initPid), log: parasiteLog(logger)))
                 session.namespaceInit = tracee
             }
             let forking = ContinuousClock.now
@@ -182,7 +182,7 @@ public struct Restorer {
         if let parent {
             parasite = Parasite.inherited(by: tracee, from: parent.parasite)
         } else {
-            parasite = try Parasite.inject(into: tracee, argumentBytes: argumentBytes(image), at: try parasitePlace(image, near: tracee.pid))
+            parasite = try Parasite.inject(into: tracee, argumentBytes: argumentBytes(image), at: try parasitePlace(image, near: tracee.pid), log: parasiteLog(logger))
         }
         let root = RestoringProcess(image: image.tasks[0], tracee: tracee, parasite: parasite)
         session.processes[core.pid] = root

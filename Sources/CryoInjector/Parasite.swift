@@ -17,11 +17,14 @@ public final class Parasite {
     private var threadsRun: [Tracee] = []
     static let headerSize = MemoryLayout<cryo_args_header>.size
     static let stackSize: UInt64 = 64 * 1024
+    static let logCapacity = 4096
+    /// Receives the parasite's own log lines: (pid, command, line).
+    public var log: ((pid_t, String, String) -> Void)?
 
     /// Maps the blob into the task (at `address` exactly, when given) with room
     /// for `argumentBytes` of command arguments.
     public static func inject(into tracee: Tracee, argumentBytes: Int, at address: UInt64? = nil,
-                              blob: ParasiteBlob? = nil) throws -> Parasite {
+                              blob: ParasiteBlob? = nil, log: ((pid_t, String, String) -> Void)? = nil) throws -> Parasite {
         let blob = try blob ?? {
             () throws -> ParasiteBlob in
             switch ParasiteBlob.builtIn {
@@ -31,7 +34,7 @@ public final class Parasite {
         }()
         let page: UInt64 = 4096
         let codeSize = (UInt64(blob.bytes.count) + page - 1) & ~(page - 1)
-        let argumentSize = (UInt64(argumentBytes + headerSize) + page - 1) & ~(page - 1)
+        let argumentSize = (UInt64(argumentBytes + headerSize + logCapacity) + page - 1) & ~(page - 1)
         let total = codeSize + argumentSize + stackSize
         let flags = UInt64(MAP_PRIVATE | MAP_ANONYMOUS) | (address != nil ? 0x10_0000 /* MAP_FIXED_NOREPLACE */ : 0)
         let mapped = try tracee.syscall(9 /* mmap */, address ?? 0, total,
@@ -52,6 +55,7 @@ public final class Parasite {
             throw error
         }
         tracee.gadget = base + blob.gadgetOffset
+        parasite.log = log
         do {
             let reply = try parasite.run(CRYO_CMD_PING, payload: [], replyBytes: 0)
             if reply.result != Int64(CRYO_PARASITE_PROTOCOL_VERSION) {
@@ -67,8 +71,10 @@ public final class Parasite {
     /// The same parasite in a process created by an injected clone or fork: the mapping came along.
     public static func inherited(by tracee: Tracee, from parent: Parasite) -> Parasite {
         tracee.gadget = parent.base + parent.blob.gadgetOffset
-        return Parasite(tracee: tracee, blob: parent.blob, base: parent.base, size: parent.size,
-                        codeSize: parent.argumentArea - parent.base, argumentSize: parent.argumentAreaSize)
+        let parasite = Parasite(tracee: tracee, blob: parent.blob, base: parent.base, size: parent.size,
+                                codeSize: parent.argumentArea - parent.base, argumentSize: parent.argumentAreaSize)
+        parasite.log = parent.log
+        return parasite
     }
 
     private init(tracee: Tracee, blob: ParasiteBlob, base: UInt64, size: UInt64, codeSize: UInt64, argumentSize: Int) {
@@ -93,13 +99,15 @@ public final class Parasite {
         let thread = thread ?? tracee
         if thread !== tracee && !threadsRun.contains(where: { $0 === thread }) { threadsRun.append(thread) }
         let name = Parasite.commandName(command)
-        guard Parasite.headerSize + max(payload.count, replyBytes) <= argumentAreaSize else {
+        guard Parasite.headerSize + max(payload.count, replyBytes) + Parasite.logCapacity <= argumentAreaSize else {
             throw InjectionError.protocolMismatch(pid: tracee.pid, detail: "\(name) needs \(payload.count) bytes, area holds \(argumentAreaSize)")
         }
         var header = cryo_args_header()
         header.magic = CRYO_PARASITE_MAGIC
         header.command = command.rawValue
-        header.payload_size = UInt64(argumentAreaSize - Parasite.headerSize)
+        header.payload_size = UInt64(argumentAreaSize - Parasite.headerSize - Parasite.logCapacity)
+        header.log_offset = UInt64(argumentAreaSize - Parasite.logCapacity)
+        header.log_capacity = UInt32(Parasite.logCapacity)
         header.fail_addr = failAddress
         var message = withUnsafeBytes(of: header) { [UInt8]($0) }
         message += payload
@@ -124,6 +132,10 @@ public final class Parasite {
             reply = try RemoteMemory.read(tracee.pid, at: argumentArea, count: Parasite.headerSize + replyBytes)
         } catch { throw error }
         let answer = reply.withUnsafeBytes { $0.loadUnaligned(as: cryo_args_header.self) }
+        if let log, answer.log_length > 0, answer.log_length <= UInt32(Parasite.logCapacity),
+           let text = try? RemoteMemory.read(tracee.pid, at: argumentArea + answer.log_offset, count: Int(answer.log_length)) {
+            for line in String(decoding: text, as: UTF8.self).split(separator: "\n") { log(thread.pid, name, String(line)) }
+        }
         if answer.result < 0 {
             throw InjectionError.parasite(pid: tracee.pid, command: name, result: answer.result, step: answer.fail_step,
                             syscall: answer.fail_syscall, address: answer.fail_addr)

@@ -14,13 +14,42 @@ struct CryoCommand: ParsableCommand {
 }
 
 struct CommonOptions: ParsableArguments {
-    @Flag(name: .shortAndLong, help: "More output; repeat for more (-vv).")
+    @Flag(name: .shortAndLong, help: "More output: -v shows each step and the parasite's own log lines; -vv traces.")
     var verbose: Int
+    @Option(name: .customLong("log-file"), help: "Write the log to this file instead of stderr.")
+    var logFile: String?
 
     func logger() -> Logger {
-        var logger = Logger(label: "cryo") { label in StreamLogHandler.standardError(label: label) }
+        var file: FileHandle? = nil
+        if let path = logFile {
+            if !FileManager.default.fileExists(atPath: path) {
+                FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600])
+            }
+            file = FileHandle(forWritingAtPath: path)
+            file?.seekToEndOfFile()
+        }
+        var logger = Logger(label: "cryo") { label in
+            if let file { return FileLogHandler(file: file) }
+            return StreamLogHandler.standardError(label: label)
+        }
         logger.logLevel = verbose >= 2 ? .trace : verbose == 1 ? .debug : .warning
         return logger
+    }
+}
+
+/// One line per message, with a timestamp, appended to --log-file.
+struct FileLogHandler: LogHandler {
+    let file: FileHandle
+    var logLevel: Logger.Level = .info
+    var metadata: Logger.Metadata = [:]
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
+             file sourceFile: String, function: String, line: UInt) {
+        let stamp = ISO8601DateFormatter().string(from: Date())
+        self.file.write("\(stamp) \(level) \(message)\n".data(using: .utf8)!)
     }
 }
 

@@ -42,6 +42,9 @@ struct cryo_args_header {
     uint64_t fail_syscall; /* syscall number that failed */
     uint64_t fail_addr;    /* address or fd concerned */
     uint64_t payload_size; /* bytes available after this header */
+    uint64_t log_offset;   /* the parasite's log: text lines at header + log_offset */
+    uint32_t log_capacity;
+    uint32_t log_length;   /* bytes written by this command */
 };
 
 /* The kernel's struct sigaction for rt_sigaction (not libc's). */
