@@ -19,7 +19,7 @@ enum {
     NR_sigaltstack = 131, NR_personality = 135, NR_prctl = 157, NR_chroot = 161,
     NR_gettid = 186, NR_set_tid_address = 218, NR_getpid = 39,
     NR_set_robust_list = 273, NR_get_robust_list = 274, NR_dup3 = 292, NR_rseq = 334,
-    NR_close_range = 436, NR_prlimit64 = 302, NR_madvise_populate = 28,
+    NR_close_range = 436, NR_prlimit64 = 302, NR_epoll_ctl = 233, NR_madvise_populate = 28,
 };
 
 #define PR_SET_PDEATHSIG 1
@@ -350,6 +350,18 @@ static long install_fds(struct cryo_args_header *h) {
     return 0;
 }
 
+static long epoll_add(struct cryo_args_header *h) {
+    struct cryo_epoll_add *a = payload(h);
+    struct cryo_epoll_target *t = (struct cryo_epoll_target *)(a + 1);
+    for (uint32_t i = 0; i < a->count; i++) {
+        struct __attribute__((packed)) { uint32_t events; uint64_t data; } ev = { t[i].events, t[i].data };
+        log_line(h, "epoll watch fd, events", (unsigned long)t[i].target_fd, t[i].events);
+        CHECK(h, sys4(NR_epoll_ctl, t[i].epoll_fd, 1 /* EPOLL_CTL_ADD */, t[i].target_fd, &ev), i, NR_epoll_ctl,
+              (unsigned long)t[i].target_fd);
+    }
+    return 0;
+}
+
 static long restore_creds(struct cryo_args_header *h) {
     struct cryo_creds *c = payload(h);
     const uint32_t keep_caps = 1u << 4; /* SECBIT_KEEP_CAPS, what PR_SET_KEEPCAPS sets */
@@ -413,6 +425,7 @@ long parasite_main(struct cryo_args_header *h) {
     case CRYO_CMD_INSTALL_FDS: return install_fds(h);
     case CRYO_CMD_RESTORE_CREDS: return restore_creds(h);
     case CRYO_CMD_FAIL_TEST: return fault_on_purpose(h);
+    case CRYO_CMD_EPOLL_ADD: return epoll_add(h);
     default: return fail(h, -38 /* ENOSYS */, h->command, 0, 0);
     }
 }

@@ -16,6 +16,11 @@
 #include <linux/sched.h>
 #include <sys/sysmacros.h>
 #include <linux/userfaultfd.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
 
 #define RAW(expr) ({ long _r = (long)(expr); _r < 0 ? -(long)errno : _r; })
 
@@ -216,3 +221,29 @@ long cryo_clone3_namespace_init(int park_fd, pid_t root_pid) {
     raw_syscall3(SYS_exit_group, code, 0, 0);
     __builtin_unreachable();
 }
+
+long cryo_eventfd(uint64_t count, int semaphore, int nonblock) {
+    int fd = eventfd(0, EFD_CLOEXEC | (semaphore ? EFD_SEMAPHORE : 0) | (nonblock ? EFD_NONBLOCK : 0));
+    if (fd < 0) return -errno;
+    /* A write adds to the counter, which may exceed the 32-bit initial value. */
+    if (count && write(fd, &count, sizeof(count)) != sizeof(count)) { int e = errno; close(fd); return -e; }
+    return fd;
+}
+long cryo_signalfd(uint64_t mask, int nonblock) {
+    return RAW(syscall(SYS_signalfd4, -1, &mask, sizeof(mask), SFD_CLOEXEC | (nonblock ? SFD_NONBLOCK : 0)));
+}
+long cryo_timerfd(int clock, int nonblock, int64_t vs, int64_t vns, int64_t is, int64_t ins, uint64_t ticks) {
+    int fd = timerfd_create(clock, TFD_CLOEXEC | (nonblock ? TFD_NONBLOCK : 0));
+    if (fd < 0) return -errno;
+    struct itimerspec spec = { { is, ins }, { vs, vns } };
+    if (timerfd_settime(fd, 0, &spec, NULL) < 0) { int e = errno; close(fd); return -e; }
+    /* Expirations not yet read (TFD_IOC_SET_TICKS, a checkpoint/restore ioctl). */
+    if (ticks && ioctl(fd, _IOW('T', 0, uint64_t), &ticks) < 0) { int e = errno; close(fd); return -e; }
+    return fd;
+}
+long cryo_epoll_create(void) { return RAW(epoll_create1(EPOLL_CLOEXEC)); }
+long cryo_memfd_create(const char *name, int allow_sealing) {
+    return RAW(syscall(SYS_memfd_create, name, MFD_CLOEXEC | (allow_sealing ? MFD_ALLOW_SEALING : 0)));
+}
+long cryo_get_seals(int fd) { return RAW(fcntl(fd, F_GET_SEALS)); }
+long cryo_add_seals(int fd, int seals) { return RAW(fcntl(fd, F_ADD_SEALS, seals)); }

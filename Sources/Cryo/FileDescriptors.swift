@@ -17,8 +17,15 @@ public struct FileTable: Codable, Sendable {
         public var path: String?
         public var regular: RegularFileState?
         public var pipe: PipeEndState?
+        public var memfd: MemfdState?
+        public var eventfd: EventFDState?
+        public var signalfd: SignalFDState?
+        public var timerfd: TimerFDState?
+        public var epoll: EpollState?
     }
-    public enum FileKind: String, Codable, Sendable { case regular, directory, characterDevice, pipe }
+    public enum FileKind: String, Codable, Sendable {
+        case regular, directory, characterDevice, pipe, fifo, memfd, eventfd, signalfd, timerfd, epoll
+    }
     public var files: [OpenFile]
 }
 
@@ -39,6 +46,7 @@ struct DescriptorProbe {
     let link: String
     let flags: UInt32
     let position: Int64
+    let info: FDInfo
     let stat: Glibc.stat
     let handle: FileDescriptor  // our duplicate (pidfd_getfd): same open file description
     var object: String { "pid \(pid) fd \(fd)" }
@@ -80,7 +88,7 @@ final class FileTableBuilder {
                 continue
             }
             let probe = DescriptorProbe(pid: pid, fd: fd, link: link, flags: info.flags & ~UInt32(O_CLOEXEC),
-                                        position: info.position, stat: stat, handle: handle)
+                                        position: info.position, info: info, stat: stat, handle: handle)
             var file = try dumpOpenFile(probe, id: table.files.count)
             if let pipe = file.pipe, !pipesWithData.insert(pipe.inode).inserted {
                 file.pipe!.buffered = nil // already kept with the pipe's other end
@@ -95,8 +103,11 @@ final class FileTableBuilder {
     /// Dispatches on the kind of object; anything unknown is refused by name.
     func dumpOpenFile(_ p: DescriptorProbe, id: Int) throws -> FileTable.OpenFile {
         let type = p.stat.st_mode & S_IFMT
-        var file = FileTable.OpenFile(id: id, kind: .regular, flags: p.flags, position: p.position, path: nil, regular: nil, pipe: nil)
+        var file = FileTable.OpenFile(id: id, kind: .regular, flags: p.flags, position: p.position)
         switch type {
+        case S_IFREG where p.link.hasPrefix(MemfdState.prefix):
+            file.kind = .memfd
+            file.memfd = try MemfdState.dump(p.handle, object: p.object, into: self, id: id)
         case S_IFREG:
             file.regular = try RegularFileState.dump(p, into: self, id: id)
             file.path = file.regular!.path
@@ -110,9 +121,23 @@ final class FileTableBuilder {
             file.kind = .pipe
             file.pipe = try PipeEndState.dump(p)
         case S_IFIFO:
-            throw CryoError("\(p.object): a named FIFO (\(p.link)) is not supported yet")
+            file.kind = .fifo
+            file.path = p.link
+            file.pipe = try PipeEndState.dump(p)
         case S_IFSOCK:
             throw CryoError("\(p.object): a socket (\(p.link)) is not supported yet")
+        case _ where p.link == "anon_inode:[eventfd]":
+            file.kind = .eventfd
+            file.eventfd = try EventFDState.dump(p)
+        case _ where p.link == "anon_inode:[signalfd]":
+            file.kind = .signalfd
+            file.signalfd = try SignalFDState.dump(p)
+        case _ where p.link == "anon_inode:[timerfd]":
+            file.kind = .timerfd
+            file.timerfd = try TimerFDState.dump(p)
+        case _ where p.link == "anon_inode:[eventpoll]":
+            file.kind = .epoll
+            file.epoll = try EpollState.dump(p)
         default:
             let what = p.link.hasPrefix("anon_inode:") ? "an \(p.link) descriptor" : "\(p.link)"
             throw CryoError("\(p.object): \(what) is not supported yet")
@@ -137,7 +162,10 @@ extension FileTable {
         for (i, f) in files.enumerated() where f.id != i {
             throw ImageError(file: file, record: "files", "file #\(i) carries id \(f.id)")
         }
-        for f in files where (f.kind == .pipe) != (f.pipe != nil) || (f.kind == .regular) != (f.regular != nil) {
+        for f in files where ([.pipe, .fifo].contains(f.kind)) != (f.pipe != nil) || (f.kind == .regular) != (f.regular != nil)
+            || (f.kind == .memfd) != (f.memfd != nil) || (f.kind == .eventfd) != (f.eventfd != nil)
+            || (f.kind == .signalfd) != (f.signalfd != nil) || (f.kind == .timerfd) != (f.timerfd != nil)
+            || (f.kind == .epoll) != (f.epoll != nil) {
             throw ImageError(file: file, record: "files", "file #\(f.id) of kind \(f.kind) lacks its state")
         }
     }
@@ -156,6 +184,12 @@ extension FileTable {
                 case .regular: handle = try f.regular!.open(flags: f.flags, position: f.position, object: object, paths: paths, id: f.id)
                 case .directory, .characterDevice: handle = try reopen(path: f.path ?? "", flags: f.flags, position: f.position, object: object)
                 case .pipe: handle = try pipes.end(f.pipe!, flags: f.flags, object: object)
+                case .fifo: handle = try pipes.fifoEnd(f.pipe!, path: f.path ?? "", flags: f.flags, object: object)
+                case .memfd: handle = try f.memfd!.open(flags: f.flags, position: f.position, object: object, paths: paths, id: f.id)
+                case .eventfd: handle = try f.eventfd!.open(flags: f.flags, object: object)
+                case .signalfd: handle = try f.signalfd!.open(flags: f.flags, object: object)
+                case .timerfd: handle = try f.timerfd!.open(flags: f.flags, object: object)
+                case .epoll: handle = try EpollState.open(flags: f.flags, object: object)
                 }
                 opened.append(handle)
             }
@@ -167,16 +201,27 @@ extension FileTable {
     }
 }
 
-struct FDInfo { var position: Int64; var flags: UInt32 }
+/// /proc/PID/fdinfo/FD: position and flags, plus every kind-specific line.
+struct FDInfo {
+    var position: Int64 = 0
+    var flags: UInt32 = 0
+    var text: String = ""
+    /// The value of the first "key: value" line with this key.
+    func value(_ key: String) -> String? {
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 1)
+            if parts.count == 2, parts[0].trimmingCharacters(in: .whitespaces) == key {
+                return parts[1].trimmingCharacters(in: .whitespaces)
+            }
+        }
+        return nil
+    }
+}
 
 func parseFDInfo(_ text: String) throws -> FDInfo {
-    var info = FDInfo(position: 0, flags: 0)
-    for line in text.split(separator: "\n") {
-        let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
-        guard parts.count == 2 else { continue }
-        if parts[0] == "pos" { info.position = Int64(parts[1]) ?? 0 }
-        if parts[0] == "flags" { info.flags = UInt32(parts[1], radix: 8) ?? 0 }
-    }
+    var info = FDInfo(text: text)
+    info.position = Int64(info.value("pos") ?? "0") ?? 0
+    info.flags = UInt32(info.value("flags") ?? "0", radix: 8) ?? 0
     return info
 }
 

@@ -49,6 +49,7 @@ extension PipeEndState {
 /// Creates each pipe once and hands out its ends with their own flags.
 struct PipeRebuilder {
     private var pipes: [UInt64: (read: Int32, write: Int32)] = [:]
+    private var holders: [UInt64: Int32] = [:]
 
     mutating func end(_ state: PipeEndState, flags: UInt32, object: String) throws -> FileDescriptor {
         let ends: (read: Int32, write: Int32)
@@ -74,7 +75,26 @@ struct PipeRebuilder {
         return copy
     }
 
+    /// A named FIFO: one holder opened read-write per FIFO keeps it alive
+    /// (so no open blocks) while its bytes are put back and its ends reopened.
+    mutating func fifoEnd(_ state: PipeEndState, path: String, flags: UInt32, object: String) throws -> FileDescriptor {
+        if holders[state.inode] == nil {
+            let holder = Glibc.open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC)
+            if holder < 0 { throw SyscallError("open", errno: Errno(rawValue: cryo_errno()), object: "\(object): FIFO \(path)") }
+            holders[state.inode] = holder
+            _ = try Files.fcntl(holder, CRYO_F_SETPIPE_SZ, state.capacity, object: object)
+        }
+        if let buffered = state.buffered, !buffered.isEmpty {
+            let written = buffered.withUnsafeBytes { write(holders[state.inode]!, $0.baseAddress!, $0.count) }
+            guard written == buffered.count else {
+                throw SyscallError("write", errno: Errno(rawValue: cryo_errno()), object: "\(object): refilling FIFO \(path)")
+            }
+        }
+        return try reopen(path: path, flags: flags, position: 0, object: object)
+    }
+
     func closeAll() {
         for ends in pipes.values { close(ends.read); close(ends.write) }
+        for holder in holders.values { close(holder) }
     }
 }

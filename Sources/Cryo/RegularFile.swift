@@ -33,23 +33,7 @@ extension RegularFileState {
         guard path.hasPrefix("/") else { throw CryoError("\(p.object): regular file \(p.link) has no usable path") }
         if unlinked {
             // The file lives only through this descriptor: keep its bytes.
-            context.created.append(context.paths.fileData(id))
-            let out = try Files.open(context.paths.fileData(id), .writeOnly, options: [.create, .exclusiveCreate, .noFollow],
-                                     permissions: [.ownerReadWrite])
-            defer { try? out.close() }
-            var offset: Int64 = 0
-            var chunk = [UInt8](repeating: 0, count: 1 << 20)
-            while true {
-                let n: Int
-                do { n = try chunk.withUnsafeMutableBytes { try p.handle.read(fromAbsoluteOffset: offset, into: $0) } } catch {
-                    throw SyscallError("pread", errno: error as? Errno ?? .ioError, object: p.object)
-                }
-                if n == 0 { break }
-                try chunk.withUnsafeBytes { (raw) throws in
-                    try Files.write(out, UnsafeRawBufferPointer(rebasing: raw[0..<n]), at: offset, path: context.paths.fileData(id))
-                }
-                offset += Int64(n)
-            }
+            try saveContents(of: p.handle, object: p.object, to: context.paths.fileData(id), context: context)
         }
         return RegularFileState(path: path, size: Int64(p.stat.st_size), mode: p.stat.st_mode & 0o7777,
                                 device: UInt64(p.stat.st_dev), inode: UInt64(p.stat.st_ino), unlinked: unlinked)

@@ -200,15 +200,17 @@ public struct Restorer {
         return place
     }
 
-    func argumentBytes(_ image: Image) -> Int { image.tasks.map { argumentBytesNeeded($0) }.max() ?? 0 }
+    func argumentBytes(_ image: Image) -> Int { image.tasks.map { argumentBytesNeeded($0, files: image.fileTable) }.max() ?? 0 }
 
-    func argumentBytesNeeded(_ task: TaskImage) -> Int {
+    func argumentBytesNeeded(_ task: TaskImage, files: FileTable) -> Int {
+        let epollTargets = task.descriptors.descriptors.reduce(0) { $0 + (files.files[$1.file].epoll?.targets.count ?? 0) }
         let ownMaps = (try? readMappings(pid: getpid(), withFlags: false).count) ?? 1000
         return MemoryLayout<cryo_restore_memory>.size + (ownMaps + 64) * 16 + 6 * 24 * 2
             + task.memory.mappings.count * MemoryLayout<cryo_vma>.stride + task.pageIndex.runs.count * 24
             + MemoryLayout<cryo_task_state>.size + MemoryLayout<cryo_restore_extra>.size
             + MemoryLayout<cryo_thread_state>.size
             + task.descriptors.descriptors.count * MemoryLayout<cryo_fd_install>.stride + 4096
+            + epollTargets * MemoryLayout<cryo_epoll_target>.stride
     }
 
     /// Children are cloned by their parents; then groups; then zombies; helpers leave last.
@@ -484,6 +486,18 @@ public struct Restorer {
         }
         try parasite.run(CRYO_CMD_INSTALL_FDS, payload: bytes(of: install) + bytes(of: entries), replyBytes: 0)
 
+        // epoll targets are added once per instance, by the first process holding it, now that its fds are in place.
+        var watches: [cryo_epoll_target] = []
+        for d in task.descriptors.descriptors {
+            guard let epoll = image.fileTable.files[d.file].epoll, session.epollsFilled.insert(d.file).inserted else { continue }
+            watches += epoll.entries(epollFD: d.fd)
+        }
+        if !watches.isEmpty {
+            var add = cryo_epoll_add()
+            add.count = UInt32(watches.count)
+            try parasite.run(CRYO_CMD_EPOLL_ADD, payload: bytes(of: add) + bytes(of: watches), replyBytes: 0)
+        }
+
         try task.core.restoreResourceLimits(pid: pid)
         // Credentials belong to each thread; the leader goes last.
         for thread in process.threads.reversed() {
@@ -568,6 +582,7 @@ final class RestoreSession {
     /// By pid in the image.
     var processes: [Int32: RestoringProcess] = [:]
     var namespaceInit: Tracee?
+    var epollsFilled = Set<Int>()
     var created: [pid_t] = []
     var done = false
 

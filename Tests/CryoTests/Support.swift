@@ -334,6 +334,7 @@ final class Fixture {
     static func defaultArguments(for name: String, in scratch: Scratch) throws -> [String] {
         switch name {
         case "files": return [try scratch.folder("files-work")]
+        case "events": return [try scratch.folder("events-work")]
         case "bigmem": return [String(bigmemMiB)]
         default: return []
         }

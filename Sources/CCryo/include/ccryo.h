@@ -114,6 +114,16 @@ uint64_t cryo_makedev(unsigned major, unsigned minor);
  * 1 when offered, 0 when not, -errno when userfaultfd itself fails. */
 long cryo_probe_uffd_wp_async(void);
 
+/* Event and timer descriptors, memfd. */
+long cryo_eventfd(uint64_t count, int semaphore, int nonblock);
+long cryo_signalfd(uint64_t mask, int nonblock);
+long cryo_timerfd(int clock, int nonblock, int64_t value_sec, int64_t value_nsec,
+                  int64_t interval_sec, int64_t interval_nsec, uint64_t ticks);
+long cryo_epoll_create(void);
+long cryo_memfd_create(const char *name, int allow_sealing);
+long cryo_get_seals(int fd);
+long cryo_add_seals(int fd, int seals);
+
 /* Misc syscalls */
 long cryo_prlimit(pid_t pid, int resource, const uint64_t *new_limit, uint64_t *old_limit);
 long cryo_capbset_read(int cap);

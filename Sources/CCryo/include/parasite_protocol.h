@@ -31,6 +31,7 @@ enum cryo_command {
     CRYO_CMD_FAIL_TEST = 9,    /* faults on purpose, writing to fail_addr (error-path tests) */
     CRYO_CMD_DUMP_THREAD = 10, /* out: struct cryo_thread_state (no signals) */
     CRYO_CMD_RESTORE_THREAD = 11, /* in: struct cryo_thread_state */
+    CRYO_CMD_EPOLL_ADD = 12,   /* in: struct cryo_epoll_add + targets */
 };
 
 /* Where a failing command stopped: which step, which syscall, which errno. */
@@ -180,6 +181,11 @@ struct cryo_install_fds {
     uint32_t count;
     int32_t close_from;
 };
+
+struct cryo_epoll_target { int32_t epoll_fd; int32_t target_fd; uint32_t events; uint32_t pad; uint64_t data; };
+
+/* Followed by targets[]: epoll_ctl(EPOLL_CTL_ADD) each, from inside the owner. */
+struct cryo_epoll_add { uint32_t count; uint32_t pad; };
 
 #define CRYO_MAX_GROUPS 64
 struct cryo_creds {

@@ -1,0 +1,39 @@
+import CCryo
+import CryoSystem
+import Foundation
+import Glibc
+import SystemPackage
+
+/// timerfd: clock, time left, interval and expirations not yet read. An
+/// absolute timer comes back as a relative one with the same time left.
+public struct TimerFDState: Codable, Sendable {
+    public var clock: Int32
+    public var ticks: UInt64
+    public var valueNanoseconds: Int64
+    public var intervalNanoseconds: Int64
+    public var absolute: Bool
+
+    static func dump(_ p: DescriptorProbe) throws -> TimerFDState {
+        func pair(_ key: String) -> Int64? {
+            // "(seconds, nanoseconds)"
+            guard let text = p.info.value(key) else { return nil }
+            let numbers = text.split(whereSeparator: { !$0.isNumber }).compactMap { Int64($0) }
+            return numbers.count == 2 ? numbers[0] * 1_000_000_000 + numbers[1] : nil
+        }
+        guard let clock = p.info.value("clockid").flatMap({ Int32($0) }), let value = pair("it_value"),
+              let interval = pair("it_interval") else {
+            throw CryoError("\(p.object): timerfd with unreadable fdinfo")
+        }
+        let settime = UInt32(p.info.value("settime flags") ?? "0", radix: 8) ?? 0
+        return TimerFDState(clock: clock, ticks: UInt64(p.info.value("ticks") ?? "0") ?? 0, valueNanoseconds: value,
+                            intervalNanoseconds: interval, absolute: settime & 1 != 0)
+    }
+
+    func open(flags: UInt32, object: String) throws -> FileDescriptor {
+        FileDescriptor(rawValue: Int32(try check(
+            cryo_timerfd(clock, Int32(bitPattern: flags) & O_NONBLOCK != 0 ? 1 : 0, valueNanoseconds / 1_000_000_000,
+                         valueNanoseconds % 1_000_000_000, intervalNanoseconds / 1_000_000_000,
+                         intervalNanoseconds % 1_000_000_000, ticks),
+            "timerfd_create/settime", object: object)))
+    }
+}
