@@ -19,7 +19,7 @@ enum {
     NR_sigaltstack = 131, NR_personality = 135, NR_prctl = 157, NR_chroot = 161,
     NR_gettid = 186, NR_set_tid_address = 218, NR_getpid = 39,
     NR_set_robust_list = 273, NR_get_robust_list = 274, NR_dup3 = 292, NR_rseq = 334,
-    NR_close_range = 436, NR_prlimit64 = 302, NR_epoll_ctl = 233, NR_madvise_populate = 28,
+    NR_close_range = 436, NR_prlimit64 = 302, NR_epoll_ctl = 233, NR_seccomp = 317, NR_madvise_populate = 28,
 };
 
 #define PR_SET_PDEATHSIG 1
@@ -362,6 +362,21 @@ static long epoll_add(struct cryo_args_header *h) {
     return 0;
 }
 
+static long restore_seccomp(struct cryo_args_header *h) {
+    struct cryo_seccomp *s = payload(h);
+    if (s->no_new_privs) CHECK(h, sys5(NR_prctl, 38 /* PR_SET_NO_NEW_PRIVS */, 1, 0, 0, 0), 0, NR_prctl, 38);
+    char *cursor = (char *)(s + 1);
+    for (uint32_t i = 0; i < s->filter_count; i++) {
+        uint32_t count = *(uint32_t *)cursor;
+        struct { unsigned short len; unsigned short pad[3]; void *filter; } prog = { (unsigned short)count, {0, 0, 0}, cursor + 8 };
+        log_line(h, "seccomp filter, instructions", i, count);
+        /* SECCOMP_SET_MODE_FILTER with TSYNC: every thread gets it. */
+        CHECK(h, sys3(NR_seccomp, 1, 1, &prog), i, NR_seccomp, count);
+        cursor += 8 + 8 * (unsigned long)count;
+    }
+    return 0;
+}
+
 static long restore_creds(struct cryo_args_header *h) {
     struct cryo_creds *c = payload(h);
     const uint32_t keep_caps = 1u << 4; /* SECBIT_KEEP_CAPS, what PR_SET_KEEPCAPS sets */
@@ -426,6 +441,7 @@ long parasite_main(struct cryo_args_header *h) {
     case CRYO_CMD_RESTORE_CREDS: return restore_creds(h);
     case CRYO_CMD_FAIL_TEST: return fault_on_purpose(h);
     case CRYO_CMD_EPOLL_ADD: return epoll_add(h);
+    case CRYO_CMD_RESTORE_SECCOMP: return restore_seccomp(h);
     default: return fail(h, -38 /* ENOSYS */, h->command, 0, 0);
     }
 }

@@ -62,7 +62,7 @@ public struct Restorer {
         self.logger = logger
     }
 
-    static let traceOptions: UInt = Ptrace.exitKill | 0x2 | 0x8 // EXITKILL | TRACEFORK | TRACECLONE
+    static let traceOptions: UInt = Ptrace.exitKill | Ptrace.suspendSeccomp | 0x2 | 0x8 // + TRACEFORK | TRACECLONE
     static let syscallClone3 = 435, syscallSetsid = 112, syscallSetpgid = 109, syscallWait4 = 61, syscallExitGroup = 231
 
     public func run() throws -> RestoredTree {
@@ -211,6 +211,7 @@ public struct Restorer {
             + MemoryLayout<cryo_thread_state>.size
             + task.descriptors.descriptors.count * MemoryLayout<cryo_fd_install>.stride + 4096
             + epollTargets * MemoryLayout<cryo_epoll_target>.stride
+            + (task.core.seccomp?.parasitePayload.count ?? 0)
     }
 
     /// Children are cloned by their parents; then groups; then zombies; helpers leave last.
@@ -502,6 +503,10 @@ public struct Restorer {
         // Credentials belong to each thread; the leader goes last.
         for thread in process.threads.reversed() {
             _ = try parasite.run(CRYO_CMD_RESTORE_CREDS, input: task.core.parasiteCredentials, output: UInt8.self, on: thread)
+        }
+        // Last: seccomp filters (suspended for us while traced), oldest first, synced to every thread.
+        if let seccomp = task.core.seccomp {
+            try parasite.run(CRYO_CMD_RESTORE_SECCOMP, payload: seccomp.parasitePayload, replyBytes: 0)
         }
     }
 

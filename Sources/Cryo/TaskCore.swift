@@ -25,6 +25,7 @@ public struct TaskCore: Codable, Sendable {
     public var auxv: [UInt64]
     public var dumpable: UInt32
     public var childSubreaper: Bool
+    public var seccomp: SeccompState?
 
     public struct Credentials: Codable, Sendable {
         public var uids: [UInt32]   // real, effective, saved, fs
@@ -68,7 +69,8 @@ extension TaskCore {
                          endData: stat.field(46), startBrk: stat.field(47), brk: state.brk,
                          startStack: stat.field(28), argStart: stat.field(48), argEnd: stat.field(49),
                          envStart: stat.field(50), envEnd: stat.field(51)),
-            auxv: auxv, dumpable: state.dumpable, childSubreaper: state.child_subreaper != 0)
+            auxv: auxv, dumpable: state.dumpable, childSubreaper: state.child_subreaper != 0,
+            seccomp: try SeccompState.dump(pid: pid, status: status))
     }
 
     /// Resource limits are set from outside with prlimit. A hard limit above

@@ -78,7 +78,10 @@ public final class Tracee {
     /// Seize and stop the task: PTRACE_SEIZE, PTRACE_INTERRUPT, wait for the stop.
     /// No PTRACE_O_EXITKILL: if cryo dies, a task it was only reading survives.
     public static func seize(_ pid: pid_t) throws -> Tracee {
-        try Ptrace.seize(pid, options: 0)
+        // Suspending its seccomp filters needs CAP_SYS_ADMIN; without it, seize plainly.
+        do { try Ptrace.seize(pid, options: Ptrace.suspendSeccomp) } catch let error as SyscallError where error.errno == .notPermitted {
+            try Ptrace.seize(pid, options: 0)
+        }
         do {
             try Ptrace.interrupt(pid)
             try waitForInterruptStop(pid)

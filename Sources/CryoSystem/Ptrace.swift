@@ -9,6 +9,8 @@ public typealias Registers = cryo_regs
 /// tracing on one thread.
 public enum Ptrace {
     public static let exitKill: UInt = 0x0010_0000 // PTRACE_O_EXITKILL
+    /// The tracee's seccomp filters do not apply while it is traced, so they never block injected syscalls.
+    public static let suspendSeccomp: UInt = 0x0020_0000 // PTRACE_O_SUSPEND_SECCOMP
     public static let traceSysGood: UInt = 1
 
     public static func seize(_ pid: pid_t, options: UInt = exitKill) throws {
@@ -78,6 +80,15 @@ public enum Ptrace {
         _ = try check(cryo_ptrace_pokedata(pid, address, word), "ptrace(PTRACE_POKEDATA)", pid: pid,
                       object: "address 0x\(String(address, radix: 16))")
     }
+    /// The seccomp filter `index` (0 = the most recent) as BPF instructions, or nil past the last one.
+    public static func seccompFilter(_ pid: pid_t, index: Int) throws -> [UInt64]? {
+        var program = [UInt64](repeating: 0, count: 4096)
+        let count = program.withUnsafeMutableBytes { cryo_ptrace(0x420c /* PTRACE_SECCOMP_GET_FILTER */, pid, UInt64(index), UInt64(UInt(bitPattern: $0.baseAddress))) }
+        if count == -Int(ENOENT) { return nil }
+        let n = try check(count, "ptrace(PTRACE_SECCOMP_GET_FILTER)", pid: pid, object: "filter \(index)")
+        return Array(program.prefix(n))
+    }
+
     public static func rseqConfiguration(_ pid: pid_t) throws -> cryo_rseq_config {
         var config = cryo_rseq_config()
         _ = try check(cryo_ptrace_get_rseq(pid, &config), "ptrace(PTRACE_GET_RSEQ_CONFIGURATION)", pid: pid)

@@ -32,6 +32,7 @@ enum cryo_command {
     CRYO_CMD_DUMP_THREAD = 10, /* out: struct cryo_thread_state (no signals) */
     CRYO_CMD_RESTORE_THREAD = 11, /* in: struct cryo_thread_state */
     CRYO_CMD_EPOLL_ADD = 12,   /* in: struct cryo_epoll_add + targets */
+    CRYO_CMD_RESTORE_SECCOMP = 13, /* in: struct cryo_seccomp + filters */
 };
 
 /* Where a failing command stopped: which step, which syscall, which errno. */
@@ -186,6 +187,10 @@ struct cryo_epoll_target { int32_t epoll_fd; int32_t target_fd; uint32_t events;
 
 /* Followed by targets[]: epoll_ctl(EPOLL_CTL_ADD) each, from inside the owner. */
 struct cryo_epoll_add { uint32_t count; uint32_t pad; };
+
+/* Followed by, per filter (oldest first), a uint32_t instruction count and
+ * that many 8-byte BPF instructions. */
+struct cryo_seccomp { uint32_t no_new_privs; uint32_t filter_count; };
 
 #define CRYO_MAX_GROUPS 64
 struct cryo_creds {
