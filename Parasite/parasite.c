@@ -19,7 +19,7 @@ enum {
     NR_sigaltstack = 131, NR_personality = 135, NR_prctl = 157, NR_chroot = 161,
     NR_gettid = 186, NR_set_tid_address = 218, NR_getpid = 39,
     NR_set_robust_list = 273, NR_get_robust_list = 274, NR_dup3 = 292, NR_rseq = 334,
-    NR_close_range = 436, NR_prlimit64 = 302, NR_epoll_ctl = 233, NR_seccomp = 317, NR_madvise_populate = 28,
+    NR_close_range = 436, NR_prlimit64 = 302, NR_epoll_ctl = 233, NR_seccomp = 317, NR_flock = 73, NR_madvise_populate = 28,
 };
 
 #define PR_SET_PDEATHSIG 1
@@ -377,6 +377,24 @@ static long restore_seccomp(struct cryo_args_header *h) {
     return 0;
 }
 
+static long take_locks(struct cryo_args_header *h) {
+    struct cryo_locks *a = payload(h);
+    struct cryo_lock *l = (struct cryo_lock *)(a + 1);
+    for (uint32_t i = 0; i < a->count; i++) {
+        log_line(h, "lock fd, kind", (unsigned long)l[i].fd, l[i].kind);
+        if (l[i].kind == 0) {
+            /* LOCK_EX or LOCK_SH, never waiting: a conflict is an error to report. */
+            CHECK(h, sys2(NR_flock, l[i].fd, (l[i].write ? 2 : 1) | 4), i, NR_flock, (unsigned long)l[i].fd);
+            continue;
+        }
+        struct { short type, whence; long start, len; int pid; int pad; } fl = {
+            (short)(l[i].write ? 1 /* F_WRLCK */ : 0 /* F_RDLCK */), 0, l[i].start, l[i].length, 0, 0 };
+        int cmd = l[i].kind == 1 ? 6 /* F_SETLK */ : 37 /* F_OFD_SETLK */;
+        CHECK(h, sys3(NR_fcntl, l[i].fd, cmd, &fl), i, NR_fcntl, (unsigned long)l[i].fd);
+    }
+    return 0;
+}
+
 static long restore_creds(struct cryo_args_header *h) {
     struct cryo_creds *c = payload(h);
     const uint32_t keep_caps = 1u << 4; /* SECBIT_KEEP_CAPS, what PR_SET_KEEPCAPS sets */
@@ -442,6 +460,7 @@ long parasite_main(struct cryo_args_header *h) {
     case CRYO_CMD_FAIL_TEST: return fault_on_purpose(h);
     case CRYO_CMD_EPOLL_ADD: return epoll_add(h);
     case CRYO_CMD_RESTORE_SECCOMP: return restore_seccomp(h);
+    case CRYO_CMD_LOCKS: return take_locks(h);
     default: return fail(h, -38 /* ENOSYS */, h->command, 0, 0);
     }
 }

@@ -35,6 +35,7 @@ public struct DescriptorsRecord: Codable, Sendable {
         public var fd: Int32
         public var closeOnExec: Bool
         public var file: Int  // id in FileTable
+        public var locks: [FileLock]?
     }
     public var descriptors: [Descriptor]
 }
@@ -77,6 +78,8 @@ final class FileTableBuilder {
             let stat = try Files.stat(handle, object: "pid \(pid) fd \(fd)")
             let key = "\(stat.st_dev):\(stat.st_ino)"
             let closeOnExec = info.flags & UInt32(O_CLOEXEC) != 0
+            let lockList = try FileLock.parse(info, object: "pid \(pid) fd \(fd)")
+            let locks = lockList.isEmpty ? nil : lockList
             // A dup, or a description inherited from a parent, is stored once.
             var shared: Int? = nil
             for candidate in seen[key] ?? [] where try Pidfd.sameFile(candidate.pid, candidate.fd, pid, fd) {
@@ -84,7 +87,7 @@ final class FileTableBuilder {
                 break
             }
             if let shared {
-                descriptors.append(.init(fd: fd, closeOnExec: closeOnExec, file: shared))
+                descriptors.append(.init(fd: fd, closeOnExec: closeOnExec, file: shared, locks: locks))
                 continue
             }
             let probe = DescriptorProbe(pid: pid, fd: fd, link: link, flags: info.flags & ~UInt32(O_CLOEXEC),
@@ -95,7 +98,7 @@ final class FileTableBuilder {
             }
             table.files.append(file)
             seen[key, default: []].append((pid, fd, file.id))
-            descriptors.append(.init(fd: fd, closeOnExec: closeOnExec, file: file.id))
+            descriptors.append(.init(fd: fd, closeOnExec: closeOnExec, file: file.id, locks: locks))
         }
         return DescriptorsRecord(descriptors: descriptors)
     }

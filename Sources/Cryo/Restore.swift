@@ -211,6 +211,7 @@ public struct Restorer {
             + MemoryLayout<cryo_thread_state>.size
             + task.descriptors.descriptors.count * MemoryLayout<cryo_fd_install>.stride + 4096
             + epollTargets * MemoryLayout<cryo_epoll_target>.stride
+            + task.descriptors.descriptors.reduce(0) { $0 + ($1.locks?.count ?? 0) } * MemoryLayout<cryo_lock>.stride
             + (task.core.seccomp?.parasitePayload.count ?? 0)
     }
 
@@ -497,6 +498,12 @@ public struct Restorer {
             var add = cryo_epoll_add()
             add.count = UInt32(watches.count)
             try parasite.run(CRYO_CMD_EPOLL_ADD, payload: bytes(of: add) + bytes(of: watches), replyBytes: 0)
+        }
+        let locks = task.descriptors.descriptors.flatMap { d in (d.locks ?? []).map { $0.entry(fd: d.fd) } }
+        if !locks.isEmpty {
+            var header = cryo_locks()
+            header.count = UInt32(locks.count)
+            try parasite.run(CRYO_CMD_LOCKS, payload: bytes(of: header) + bytes(of: locks), replyBytes: 0)
         }
 
         try task.core.restoreResourceLimits(pid: pid)

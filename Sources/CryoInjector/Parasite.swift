@@ -177,6 +177,7 @@ public final class Parasite {
         case CRYO_CMD_RESTORE_THREAD: "RESTORE_THREAD"
         case CRYO_CMD_EPOLL_ADD: "EPOLL_ADD"
         case CRYO_CMD_RESTORE_SECCOMP: "RESTORE_SECCOMP"
+        case CRYO_CMD_LOCKS: "LOCKS"
         case CRYO_CMD_CONNECT: "CONNECT"
         case CRYO_CMD_RECV_FDS: "RECV_FDS"
         case CRYO_CMD_RESTORE_MEMORY: "RESTORE_MEMORY"

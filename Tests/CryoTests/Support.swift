@@ -335,6 +335,7 @@ final class Fixture {
         switch name {
         case "files": return [try scratch.folder("files-work")]
         case "events": return [try scratch.folder("events-work")]
+        case "locks": return [try scratch.folder("locks-work")]
         case "bigmem": return [String(bigmemMiB)]
         default: return []
         }

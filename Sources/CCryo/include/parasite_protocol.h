@@ -33,6 +33,7 @@ enum cryo_command {
     CRYO_CMD_RESTORE_THREAD = 11, /* in: struct cryo_thread_state */
     CRYO_CMD_EPOLL_ADD = 12,   /* in: struct cryo_epoll_add + targets */
     CRYO_CMD_RESTORE_SECCOMP = 13, /* in: struct cryo_seccomp + filters */
+    CRYO_CMD_LOCKS = 14,       /* in: struct cryo_locks + entries */
 };
 
 /* Where a failing command stopped: which step, which syscall, which errno. */
@@ -191,6 +192,10 @@ struct cryo_epoll_add { uint32_t count; uint32_t pad; };
 /* Followed by, per filter (oldest first), a uint32_t instruction count and
  * that many 8-byte BPF instructions. */
 struct cryo_seccomp { uint32_t no_new_privs; uint32_t filter_count; };
+
+/* kind: 0 flock, 1 POSIX (F_SETLK), 2 open file description (F_OFD_SETLK); length 0 = to EOF. */
+struct cryo_lock { int32_t fd; uint16_t kind; uint8_t write; uint8_t pad; int64_t start; int64_t length; };
+struct cryo_locks { uint32_t count; uint32_t pad; };
 
 #define CRYO_MAX_GROUPS 64
 struct cryo_creds {

@@ -1,0 +1,41 @@
+import CCryo
+import CryoSystem
+import Foundation
+import Glibc
+
+/// A lock held through a descriptor: flock (per description), POSIX record
+/// lock (per process) or open-file-description lock. Read from the "lock:"
+/// lines of fdinfo; taken again from inside the owner once its fds are back.
+public struct FileLock: Codable, Sendable {
+    public enum Kind: String, Codable, Sendable { case flock, posix, ofd }
+    public var kind: Kind
+    public var write: Bool
+    public var start: Int64
+    /// Last byte locked; nil means to the end of the file, however long it grows.
+    public var end: Int64?
+
+    static func parse(_ info: FDInfo, object: String) throws -> [FileLock] {
+        var locks: [FileLock] = []
+        for line in info.text.split(separator: "\n") where line.hasPrefix("lock:") && !line.contains("->") {
+            // lock:	1: POSIX  ADVISORY  WRITE 23799 fe:00:16228933 10 29
+            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+            guard words.count >= 9 else { throw CryoError("\(object): unreadable lock line: \(line)") }
+            let kind: Kind
+            switch words[2] {
+            case "FLOCK": kind = .flock
+            case "POSIX": kind = .posix
+            case "OFDLCK": kind = .ofd
+            default: throw CryoError("\(object): a \(words[2]) lock (lease or delegation) is not supported yet")
+            }
+            guard words[3] == "ADVISORY" else { throw CryoError("\(object): mandatory locks are not supported") }
+            guard let start = Int64(words[7]) else { throw CryoError("\(object): unreadable lock line: \(line)") }
+            locks.append(FileLock(kind: kind, write: words[4] == "WRITE", start: start, end: words[8] == "EOF" ? nil : Int64(words[8])))
+        }
+        return locks
+    }
+
+    func entry(fd: Int32) -> cryo_lock {
+        cryo_lock(fd: fd, kind: kind == .flock ? 0 : kind == .posix ? 1 : 2, write: write ? 1 : 0, pad: 0,
+                  start: start, length: end.map { $0 - start + 1 } ?? 0)
+    }
+}
