@@ -17,6 +17,8 @@ let package = Package(
         // What Swift cannot import: variadic ptrace/syscall, clone3, register structs.
         .target(name: "CCryo"),
         .systemLibrary(name: "CElf", pkgConfig: "libelf", providers: [.apt(["libelf-dev"])]),
+        // libunwind's remote unwinder and its ptrace accessors, for `cryo bt`.
+        .systemLibrary(name: "CUnwind", pkgConfig: "libunwind-generic", providers: [.apt(["libunwind-dev", "liblzma-dev"])]),
         .target(
             name: "CryoSystem",
             dependencies: ["CCryo", .product(name: "SystemPackage", package: "swift-system")]),
@@ -30,7 +32,7 @@ let package = Package(
         .target(
             name: "Cryo",
             dependencies: [
-                "CryoInjector", "CryoSystem", "CCryo",
+                "CryoInjector", "CryoSystem", "CCryo", "CElf", "CUnwind",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),

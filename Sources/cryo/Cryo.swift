@@ -10,7 +10,8 @@ struct CryoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cryo",
         abstract: "Checkpoint and restore Linux processes.",
-        subcommands: [DumpCommand.self, RestoreCommand.self, CheckCommand.self, ShowCommand.self, InspectCommand.self])
+        subcommands: [DumpCommand.self, RestoreCommand.self, CheckCommand.self, ShowCommand.self, InspectCommand.self,
+                      BacktraceCommand.self])
 }
 
 struct CommonOptions: ParsableArguments {
