@@ -19,7 +19,7 @@ enum {
     NR_sigaltstack = 131, NR_personality = 135, NR_prctl = 157, NR_chroot = 161,
     NR_gettid = 186, NR_set_tid_address = 218, NR_getpid = 39,
     NR_set_robust_list = 273, NR_get_robust_list = 274, NR_dup3 = 292, NR_rseq = 334,
-    NR_close_range = 436, NR_prlimit64 = 302, NR_epoll_ctl = 233, NR_seccomp = 317, NR_flock = 73, NR_madvise_populate = 28,
+    NR_close_range = 436, NR_prlimit64 = 302, NR_epoll_ctl = 233, NR_seccomp = 317, NR_flock = 73, NR_timer_create = 222, NR_timer_settime = 223, NR_timer_gettime = 224, NR_timer_getoverrun = 225, NR_madvise_populate = 28,
 };
 
 #define PR_SET_PDEATHSIG 1
@@ -395,6 +395,51 @@ static long take_locks(struct cryo_args_header *h) {
     return 0;
 }
 
+struct kernel_itimerspec { long interval_sec, interval_nsec, value_sec, value_nsec; };
+
+static long dump_timers(struct cryo_args_header *h) {
+    struct cryo_timers *a = payload(h);
+    struct cryo_posix_timer *t = (struct cryo_posix_timer *)(a + 1);
+    for (uint32_t i = 0; i < a->count; i++) {
+        struct kernel_itimerspec spec;
+        CHECK(h, sys2(NR_timer_gettime, t[i].id, &spec), i, NR_timer_gettime, (unsigned long)t[i].id);
+        t[i].remaining_ns = spec.value_sec * 1000000000L + spec.value_nsec;
+        t[i].interval_ns = spec.interval_sec * 1000000000L + spec.interval_nsec;
+        long overrun = sys1(NR_timer_getoverrun, t[i].id);
+        t[i].overrun = overrun < 0 ? 0 : (int32_t)overrun;
+    }
+    return 0;
+}
+
+static long restore_timers(struct cryo_args_header *h) {
+    struct cryo_timers *a = payload(h);
+    struct cryo_posix_timer *t = (struct cryo_posix_timer *)(a + 1);
+    /* timer_create then takes the id it is given instead of the next free one. */
+    CHECK(h, sys2(NR_prctl, 77 /* PR_TIMER_CREATE_RESTORE_IDS */, 1), 0, NR_prctl, 77);
+    for (uint32_t i = 0; i < a->count; i++) {
+        struct { uint64_t value; int signo, notify; int tid; int pad[11]; } sev;
+        memset(&sev, 0, sizeof(sev));
+        sev.value = t[i].value;
+        sev.signo = t[i].signal;
+        sev.notify = t[i].notify;
+        sev.tid = t[i].thread;
+        int id = t[i].id;
+        log_line(h, "timer id, clock", (unsigned long)id, (unsigned long)t[i].clock);
+        CHECK(h, sys3(NR_timer_create, t[i].clock, &sev, &id), i, NR_timer_create, (unsigned long)t[i].id);
+        if (id != t[i].id) return fail(h, -17 /* EEXIST */, i, NR_timer_create, (unsigned long)t[i].id);
+    }
+    CHECK(h, sys2(NR_prctl, 77, 0), 0, NR_prctl, 77);
+    /* Armed last, so they do not run while the rest is rebuilt. */
+    for (uint32_t i = 0; i < a->count; i++) {
+        if (!t[i].remaining_ns && !t[i].interval_ns) continue;
+        struct kernel_itimerspec spec = { t[i].interval_ns / 1000000000L, t[i].interval_ns % 1000000000L,
+                                          t[i].remaining_ns / 1000000000L, t[i].remaining_ns % 1000000000L };
+        if (!spec.value_sec && !spec.value_nsec) spec.value_nsec = 1; /* expired but periodic: fire at once */
+        CHECK(h, sys4(NR_timer_settime, t[i].id, 0, &spec, 0), i, NR_timer_settime, (unsigned long)t[i].id);
+    }
+    return 0;
+}
+
 static long restore_creds(struct cryo_args_header *h) {
     struct cryo_creds *c = payload(h);
     const uint32_t keep_caps = 1u << 4; /* SECBIT_KEEP_CAPS, what PR_SET_KEEPCAPS sets */
@@ -461,6 +506,8 @@ long parasite_main(struct cryo_args_header *h) {
     case CRYO_CMD_EPOLL_ADD: return epoll_add(h);
     case CRYO_CMD_RESTORE_SECCOMP: return restore_seccomp(h);
     case CRYO_CMD_LOCKS: return take_locks(h);
+    case CRYO_CMD_DUMP_TIMERS: return dump_timers(h);
+    case CRYO_CMD_RESTORE_TIMERS: return restore_timers(h);
     default: return fail(h, -38 /* ENOSYS */, h->command, 0, 0);
     }
 }

@@ -55,10 +55,11 @@ public struct Dumper {
             try checkTree(tree)
             var sharedMemory: [UInt64: MemoryRecord.SharedOrigin] = [:]
             for process in tree.live {
-                let (state, threadStates) = try readTaskState(process)
+                let (state, threadStates, posixTimers) = try readTaskState(process)
                 let core = try TaskCore.dump(pid: process.pid, state: state)
                 let threads = try zip(process.threads, threadStates).map { try ThreadRecord.dump($0.0, state: $0.1) }
-                let signals = try SignalsRecord.dump(pid: process.pid, state: state)
+                var signals = try SignalsRecord.dump(pid: process.pid, state: state)
+                signals.posixTimers = posixTimers.isEmpty ? nil : posixTimers
                 var memory = try MemoryRecord.dump(pid: process.pid)
                 for i in memory.mappings.indices {
                     guard let inode = memory.mappings[i].shmemInode else { continue }
@@ -104,8 +105,8 @@ public struct Dumper {
 
     /// Runs the parasite once per process (and once in each thread) to read
     /// what only the task can see, then cures it.
-    func readTaskState(_ process: FrozenProcess) throws -> (cryo_task_state, [cryo_thread_state]) {
-        let parasite = try Parasite.inject(into: process.leader, argumentBytes: MemoryLayout<cryo_thread_state>.size, log: parasiteLog(logger))
+    func readTaskState(_ process: FrozenProcess) throws -> (cryo_task_state, [cryo_thread_state], [PosixTimer]) {
+        let parasite = try Parasite.inject(into: process.leader, argumentBytes: MemoryLayout<cryo_thread_state>.size + 64 * 1024, log: parasiteLog(logger))
         do {
             if let address = ProcessInfo.processInfo.environment["CRYO_TEST_PARASITE_FAULT"].flatMap({ UInt64($0, radix: 16) }) {
                 // For tests of the crash report: the parasite writes to this address.
@@ -120,8 +121,9 @@ public struct Dumper {
                 withUnsafeMutableBytes(of: &t) { raw in raw.copyMemory(from: UnsafeRawBufferPointer(start: reply.payload, count: reply.payload.count)) }
                 threads.append(t)
             }
+            let timers = try PosixTimer.dump(pid: process.pid, parasite: parasite)
             try parasite.cure()
-            return (state, threads)
+            return (state, threads, timers)
         } catch {
             _ = try? parasite.cure()
             throw error

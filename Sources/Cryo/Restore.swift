@@ -81,10 +81,6 @@ public struct Restorer {
         }
         raiseDescriptorLimit()
 
-        // Every open file description is made once, in the controller, before any task exists.
-        let descriptions = try image.fileTable.open(paths: image.paths)
-        defer { for fd in descriptions { try? fd.close() } }
-
         let session = RestoreSession()
         var park: [Int32] = [-1, -1]
         defer { if park[0] >= 0 { close(park[0]); close(park[1]) } }
@@ -103,6 +99,10 @@ public struct Restorer {
                 session.namespaceInit = tracee
             }
             let forking = ContinuousClock.now
+            // Every open file description is made once, in the controller, before any task of
+            // the tree exists (after the namespace's init, which must not inherit them).
+            let descriptions = try image.fileTable.open(paths: image.paths)
+            defer { for fd in descriptions { try? fd.close() } }
             let root = try createRoot(image, session: session, parent: namespaceInit)
             try createTree(image, root: root, session: session, helperPids: helperPids)
             statistics.forkingSeconds = seconds(since: forking)
@@ -130,7 +130,9 @@ public struct Restorer {
                 // The init outlives cryo, and goes back to its read(): EOF on the
                 // pipe (once its own copy of the write end is closed) sends it reaping.
                 try inject(tracee, 157 /* prctl */, 1 /* PR_SET_PDEATHSIG */, 0, what: "prctl(PR_SET_PDEATHSIG)")
-                try inject(tracee, 3 /* close */, UInt64(park[1]), what: "close")
+                // It keeps only its end of the pipe: not cryo's stdio nor anything else cryo had open.
+                if park[0] > 0 { try inject(tracee, 436 /* close_range */, 0, UInt64(park[0] - 1), 0, what: "close_range") }
+                try inject(tracee, 436 /* close_range */, UInt64(park[0] + 1), UInt64(UInt32.max), 0, what: "close_range")
                 try parasite.cure()
                 try tracee.detach()
                 close(park[1])
@@ -213,6 +215,7 @@ public struct Restorer {
             + epollTargets * MemoryLayout<cryo_epoll_target>.stride
             + task.descriptors.descriptors.reduce(0) { $0 + ($1.locks?.count ?? 0) } * MemoryLayout<cryo_lock>.stride
             + (task.core.seccomp?.parasitePayload.count ?? 0)
+            + (task.signals.posixTimers?.count ?? 0) * MemoryLayout<cryo_posix_timer>.stride
     }
 
     /// Children are cloned by their parents; then groups; then zombies; helpers leave last.
@@ -478,6 +481,9 @@ public struct Restorer {
         try parasite.run(CRYO_CMD_RESTORE_STATE, payload: bytes(of: state) + bytes(of: extra), replyBytes: 0)
         for (thread, record) in zip(process.threads, task.threads) {
             try parasite.run(CRYO_CMD_RESTORE_THREAD, payload: bytes(of: record.parasiteState), replyBytes: 0, on: thread)
+        }
+        if let timers = task.signals.posixTimers, !timers.isEmpty {
+            try parasite.run(CRYO_CMD_RESTORE_TIMERS, payload: PosixTimer.restorePayload(timers), replyBytes: 0)
         }
 
         var install = cryo_install_fds()

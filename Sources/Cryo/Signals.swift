@@ -25,6 +25,8 @@ public struct SignalsRecord: Codable, Sendable {
     }
     public var actions: [Action]
     public var timers: [IntervalTimer]
+    /// timer_create timers; nil when the process has none.
+    public var posixTimers: [PosixTimer]?
     /// The process-wide queue; each thread's own queue is in its ThreadRecord.
     public var pending: [Pending]
 }
@@ -47,7 +49,7 @@ extension SignalsRecord {
                                      valueMicroseconds: t.value.sec * 1_000_000 + t.value.usec)
             }
         }
-        return SignalsRecord(actions: actions, timers: timers, pending: try pending(pid, shared: true))
+        return SignalsRecord(actions: actions, timers: timers, posixTimers: nil, pending: try pending(pid, shared: true))
     }
 
     /// Every queued siginfo of one queue, read without dequeuing.

@@ -178,6 +178,8 @@ public final class Parasite {
         case CRYO_CMD_EPOLL_ADD: "EPOLL_ADD"
         case CRYO_CMD_RESTORE_SECCOMP: "RESTORE_SECCOMP"
         case CRYO_CMD_LOCKS: "LOCKS"
+        case CRYO_CMD_DUMP_TIMERS: "DUMP_TIMERS"
+        case CRYO_CMD_RESTORE_TIMERS: "RESTORE_TIMERS"
         case CRYO_CMD_CONNECT: "CONNECT"
         case CRYO_CMD_RECV_FDS: "RECV_FDS"
         case CRYO_CMD_RESTORE_MEMORY: "RESTORE_MEMORY"

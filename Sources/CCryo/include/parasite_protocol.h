@@ -34,6 +34,8 @@ enum cryo_command {
     CRYO_CMD_EPOLL_ADD = 12,   /* in: struct cryo_epoll_add + targets */
     CRYO_CMD_RESTORE_SECCOMP = 13, /* in: struct cryo_seccomp + filters */
     CRYO_CMD_LOCKS = 14,       /* in: struct cryo_locks + entries */
+    CRYO_CMD_DUMP_TIMERS = 15, /* in/out: struct cryo_timers + entries (ids in, times out) */
+    CRYO_CMD_RESTORE_TIMERS = 16, /* in: struct cryo_timers + entries */
 };
 
 /* Where a failing command stopped: which step, which syscall, which errno. */
@@ -196,6 +198,21 @@ struct cryo_seccomp { uint32_t no_new_privs; uint32_t filter_count; };
 /* kind: 0 flock, 1 POSIX (F_SETLK), 2 open file description (F_OFD_SETLK); length 0 = to EOF. */
 struct cryo_lock { int32_t fd; uint16_t kind; uint8_t write; uint8_t pad; int64_t start; int64_t length; };
 struct cryo_locks { uint32_t count; uint32_t pad; };
+
+/* A POSIX timer: its id (kept at restore through PR_TIMER_CREATE_RESTORE_IDS),
+ * clock, how it notifies, and its time left and interval in nanoseconds. */
+struct cryo_posix_timer {
+    int32_t id;
+    int32_t clock;
+    int32_t notify;            /* SIGEV_SIGNAL 0, SIGEV_NONE 1, SIGEV_THREAD_ID 4 */
+    int32_t signal;
+    int32_t thread;            /* for SIGEV_THREAD_ID */
+    int32_t overrun;
+    uint64_t value;            /* sigev_value */
+    int64_t remaining_ns;
+    int64_t interval_ns;
+};
+struct cryo_timers { uint32_t count; uint32_t pad; };
 
 #define CRYO_MAX_GROUPS 64
 struct cryo_creds {
