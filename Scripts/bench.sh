@@ -13,7 +13,10 @@
 # timed by wall clock (restore -d returns once the process runs again), the
 # restored bigmem gets SIGTERM and must report PASS.  Every column of the
 # table is the median over the runs; the ratios are medians of the per-run
-# ratios.  A minimal process (Tests/Fixtures/counter) is timed the same way.
+# ratios.  A minimal process (Tests/Fixtures/counter) is timed the same way,
+# and so is a tree of 127 processes (Tests/Fixtures/tree, TREE_PROCS to change
+# the count): its dump and restore seconds are shown next to CRIU 4.2's on
+# this machine (1.46 s and 1.05 s, from ../shared/FIELD-NOTES.md).
 #
 # The image folders (about 3/4 of the size each) live under $BENCH_DIR
 # (default /var/tmp) and are removed after every run.
@@ -29,10 +32,12 @@ fail() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
 sizes=("$@")
 ((${#sizes[@]})) || sizes=(64 2048)
 runs=${RUNS:-3}
+tree_procs=${TREE_PROCS:-127}
 for size in "${sizes[@]}"; do
     [[ $size =~ ^[0-9]+$ && $size -ge 4 && $((size % 4)) -eq 0 ]] || fail "sizes are MiB, multiples of 4 (got '$size')"
 done
 [[ $runs =~ ^[0-9]+$ && $runs -ge 1 ]] || fail "RUNS must be a positive number (got '$runs')"
+[[ $tree_procs =~ ^[0-9]+$ && $tree_procs -ge 1 && $tree_procs -le 2000 ]] || fail "TREE_PROCS must be 1..2000 (got '$tree_procs')"
 [[ $(id -u) -eq 0 ]] || fail "cryo needs root; run: sudo $0 $*"
 
 say "setting up and building cryo (Scripts/setup.sh)"
@@ -46,6 +51,7 @@ cryo=$repo/.build/release/cryo
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/cryo-bench.XXXXXX")
 live_pid=     # the fixture currently running, killed on any failure
 live_name=
+live_members=()  # all its processes (a tree fixture prints "PIDS root ..."), killed too
 
 # ours PID: the pid is a fixture this script started (its program lives in
 # $work), or still our own child (the subshell that is about to become one).
@@ -55,10 +61,17 @@ ours() {
 }
 
 cleanup() {
+    local pid
     if [[ -n $live_pid ]] && ours "$live_pid"; then
         kill -KILL "$live_pid" 2>/dev/null || true
         wait_gone "$live_pid" 10 || true
     fi
+    for pid in "${live_members[@]}"; do
+        if ours "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    done
+    for pid in "${live_members[@]}"; do
+        if ours "$pid"; then wait_gone "$pid" 10 || true; fi
+    done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -68,6 +81,7 @@ say "compiling baseline and fixtures into $work"
 gcc -O2 -Wall -o "$work/baseline" "$repo/Scripts/bench/baseline.c"
 gcc -O1 -Wall -o "$work/bigmem" "$repo/Tests/Fixtures/bigmem.c"
 gcc -O1 -Wall -o "$work/counter" "$repo/Tests/Fixtures/counter.c"
+gcc -O1 -Wall -o "$work/tree" "$repo/Tests/Fixtures/tree.c"
 
 now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
@@ -82,7 +96,8 @@ wait_gone() {  # pid seconds: wait until the pid no longer exists
 }
 
 # start_fixture NAME ARGS...: start a fixture in its own session, output to
-# $work/NAME.log, and wait for READY.  Sets live_pid/live_name.
+# $work/NAME.log, and wait for READY.  Sets live_pid/live_name, and
+# live_members to the pids of its "PIDS" line (just live_pid without one).
 start_fixture() {
     local name=$1
     shift
@@ -97,6 +112,7 @@ start_fixture() {
     ) &
     live_pid=$!
     live_name=$name
+    live_members=("$live_pid")
     disown "$live_pid"  # bash reaps it quietly when cryo kills it
     local i
     for ((i = 0; i < 6000; i++)); do
@@ -106,6 +122,18 @@ start_fixture() {
     done
     grep -q '^READY' "$log" 2>/dev/null || fail "$name did not print READY within 300 s"
     [[ "$(cat "/proc/$live_pid/comm")" == "$name" ]] || fail "pid $live_pid is not $name"
+    if grep -q '^PIDS ' "$log"; then
+        read -r -a live_members <<<"$(sed -n 's/^PIDS //p' "$log" | head -n 1)"
+        [[ ${live_members[0]} == "$live_pid" ]] || fail "$name's PIDS line does not start with its pid $live_pid"
+    fi
+}
+
+# all_members_are NAME: every pid of live_members runs NAME (after a restore).
+all_members_are() {
+    local pid
+    for pid in "${live_members[@]}"; do
+        [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$1" ]] || return 1
+    done
 }
 
 # dump_and_restore IMAGES: time cryo dump and cryo restore -d of live_pid.
@@ -117,6 +145,10 @@ dump_and_restore() {
     t1=$(now)
     dump_s=$(calc "$t1 - $t0")
     wait_gone "$live_pid" 10 || fail "pid $live_pid still exists 10 s after cryo dump returned"
+    local pid
+    for pid in "${live_members[@]}"; do
+        wait_gone "$pid" 10 || fail "pid $pid of $live_name's tree still exists 10 s after cryo dump returned"
+    done
     image_mib=$(calc "$(du -sb "$images" | cut -f1) / 1048576")
     frozen_s=$(sed -n 's/.*"frozenSeconds" *: *\([0-9.eE+-]*\).*/\1/p' "$images/stats-dump" 2>/dev/null || true)
     frozen_s=${frozen_s:--}
@@ -126,6 +158,7 @@ dump_and_restore() {
     restore_s=$(calc "$t1 - $t0")
     [[ "$(cat "/proc/$live_pid/comm" 2>/dev/null)" == "$live_name" ]] \
         || fail "after cryo restore there is no $live_name with pid $live_pid"
+    all_members_are "$live_name" || fail "after cryo restore not all ${#live_members[@]} pids of $live_name's tree run $live_name"
 }
 
 # finish_fixture: SIGTERM the restored fixture and require PASS in its log.
@@ -139,6 +172,7 @@ finish_fixture() {
     done
     wait_gone "$live_pid" 30 || fail "restored $live_name (pid $live_pid) did not exit after SIGTERM"
     live_pid=
+    live_members=()
     grep -q '^PASS' "$log" || fail "restored $live_name did not pass: $(grep -E '^(PASS|FAIL)' "$log" || echo 'no PASS/FAIL line')"
 }
 
@@ -208,11 +242,36 @@ for ((run = 1; run <= runs; run++)); do
     printf '    counter run %d: dump %.3f s, restore %.3f s, image %.1f MiB  PASS\n' "$run" "$dump_s" "$restore_s" "$image_mib"
 done
 
+# A tree of processes (every one has pipes to its parent and children, several
+# sessions and groups); the restore is done when every process runs again.
+declare -a t_d=() t_r=() t_i=() t_f=()
+for ((run = 1; run <= runs; run++)); do
+    start_fixture tree "$tree_procs"
+    ((${#live_members[@]} == tree_procs)) || fail "tree $tree_procs reported ${#live_members[@]} pids"
+    dump_and_restore "$work/images"
+    finish_fixture
+    rm -rf "$work/images"
+    t_d+=("$dump_s") t_r+=("$restore_s") t_i+=("$image_mib")
+    [[ $frozen_s != - ]] && t_f+=("$frozen_s") && frozen_s=$(printf '%.3f' "$frozen_s")
+    printf '    tree %d run %d: dump %.3f s (frozen %s s), restore %.3f s, image %.1f MiB  PASS\n' \
+        "$tree_procs" "$run" "$dump_s" "$frozen_s" "$restore_s" "$image_mib"
+done
+tree_dump=$(median "${t_d[@]}")
+tree_restore=$(median "${t_r[@]}")
+tree_frozen=$( ((${#t_f[@]})) && printf '%.3f' "$(median "${t_f[@]}")" || echo -)
+# CRIU 4.2 on this machine, same fixture (../shared/FIELD-NOTES.md, medians).
+criu_tree_dump=1.46 criu_tree_restore=1.05 criu_tree_image=23
+
 echo
 echo "cryo benchmark: medians of $runs runs; MB and GB are 10^6 and 10^9 bytes; MB/s = touched bytes / time;"
 echo "baseline columns are for the same touched bytes, measured right before each dump; fresh touch and file write"
 echo "are the best of 3 and 2 rounds, '1st touch' the first round (slower in a VM when guest memory is cold);"
-echo "the restore reads the image back from the page cache."
+echo "the restore reads the image back from the page cache.  \"tree $tree_procs\" is Tests/Fixtures/tree with $tree_procs processes"
+if ((tree_procs == 127)); then
+    echo "(restore -d returns when all of them run); the CRIU 4.2 row is quoted from ../shared/FIELD-NOTES.md (same machine)."
+else
+    echo "(restore -d returns when all of them run)."
+fi
 echo
 fmt='%-8s %7s | %7s %8s %7s %8s %8s %7s | %7s %8s %8s %8s | %10s %10s %10s\n'
 printf "$fmt" size touched "dump" "frozen" "dump" "restore" "restore" "image" memcpy "fresh" "1st" "file" "dump /" "dump /" "restore /"
@@ -239,6 +298,16 @@ for size in "${sizes[@]}"; do
 done
 printf "$fmt" counter - "$(printf '%.3f' "$(median "${c_d[@]}")")" - - \
     "$(printf '%.3f' "$(median "${c_r[@]}")")" - "$(printf '%.1f' "$(median "${c_i[@]}")")" - - - - - - -
+printf "$fmt" "tree $tree_procs" - "$(printf '%.3f' "$tree_dump")" "$tree_frozen" - \
+    "$(printf '%.3f' "$tree_restore")" - "$(printf '%.1f' "$(median "${t_i[@]}")")" - - - - - - -
+if ((tree_procs == 127)); then
+    printf "$fmt" "CRIU 4.2" - "$(printf '%.3f' "$criu_tree_dump")" - - "$(printf '%.3f' "$criu_tree_restore")" - \
+        "$(printf '%.1f' "$criu_tree_image")" - - - - - - -
+    echo
+    printf 'tree 127: cryo dump %.3f s = %.2fx, restore %.3f s = %.2fx of CRIU 4.2 on this machine (%.2f s, %.2f s; ../shared/FIELD-NOTES.md)\n' \
+        "$tree_dump" "$(calc "$tree_dump / $criu_tree_dump")" "$tree_restore" "$(calc "$tree_restore / $criu_tree_restore")" \
+        "$criu_tree_dump" "$criu_tree_restore"
+fi
 
 echo
 # The targets are stated for 2 GiB; with other sizes, judge the largest.

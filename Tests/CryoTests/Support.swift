@@ -165,8 +165,9 @@ enum ExitStatus: Equatable, CustomStringConvertible {
 /// `stdoutPath`, stderr to `stderrPath` (or the same description as stdout).
 /// Only fds 0-2 are passed on, every signal starts at its default action and
 /// unblocked. With `newSession` the child calls setsid (pid == sid == pgid).
+/// `environment` adds (or replaces) variables of our own environment.
 func spawnProcess(_ path: String, _ arguments: [String], stdoutPath: String, stderrPath: String? = nil,
-                  newSession: Bool = false) throws -> pid_t {
+                  newSession: Bool = false, environment: [String: String] = [:]) throws -> pid_t {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
@@ -198,8 +199,18 @@ func spawnProcess(_ path: String, _ arguments: [String], stdoutPath: String, std
     argv.append(nil)
     defer { for arg in argv { free(arg) } }
 
+    var envp: [UnsafeMutablePointer<CChar>?] = []
+    if !environment.isEmpty {
+        var merged = ProcessInfo.processInfo.environment
+        merged.merge(environment) { _, new in new }
+        envp = merged.map { strdup("\($0.key)=\($0.value)") }
+    }
+    envp.append(nil)
+    defer { for entry in envp { free(entry) } }
+
     var pid: pid_t = 0
-    let rc = posix_spawn(&pid, path, &actions, &attributes, argv, environ)
+    let rc = environment.isEmpty ? posix_spawn(&pid, path, &actions, &attributes, argv, environ)
+        : posix_spawn(&pid, path, &actions, &attributes, argv, envp)
     guard rc == 0 else { throw HarnessError("posix_spawn \(path): \(String(cString: strerror(rc)))") }
     return pid
 }
@@ -463,12 +474,13 @@ final class CryoProcess {
     private let stderrPath: String
     private(set) var status: ExitStatus?
 
-    init(_ arguments: [String], in scratch: Scratch) throws {
+    init(_ arguments: [String], in scratch: Scratch, environment: [String: String] = [:]) throws {
         self.arguments = arguments
         let stem = scratch.unique("cryo-\(arguments.first ?? "")")
         stdoutPath = stem + ".out"
         stderrPath = stem + ".err"
-        pid = try spawnProcess(try Locations.cryoBinary(), arguments, stdoutPath: stdoutPath, stderrPath: stderrPath)
+        pid = try spawnProcess(try Locations.cryoBinary(), arguments, stdoutPath: stdoutPath, stderrPath: stderrPath,
+                               environment: environment)
     }
 
     /// Still running?
@@ -502,8 +514,9 @@ final class CryoProcess {
 }
 
 /// Runs cryo to completion.
-func cryo(_ arguments: [String], in scratch: Scratch, timeout: Double = 120, reaping fixture: Fixture? = nil) throws -> CryoResult {
-    let process = try CryoProcess(arguments, in: scratch)
+func cryo(_ arguments: [String], in scratch: Scratch, timeout: Double = 120, reaping fixture: Fixture? = nil,
+          environment: [String: String] = [:]) throws -> CryoResult {
+    let process = try CryoProcess(arguments, in: scratch, environment: environment)
     return process.wait(timeout: timeout, reaping: fixture)
 }
 
