@@ -247,3 +247,223 @@ long cryo_memfd_create(const char *name, int allow_sealing) {
 }
 long cryo_get_seals(int fd) { return RAW(fcntl(fd, F_GET_SEALS)); }
 long cryo_add_seals(int fd, int seals) { return RAW(fcntl(fd, F_ADD_SEALS, seals)); }
+
+#include <stddef.h>
+#include <sys/un.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
+
+_Static_assert(CRYO_SOL_SOCKET == SOL_SOCKET && CRYO_SO_TYPE == SO_TYPE && CRYO_SO_SNDBUF == SO_SNDBUF
+               && CRYO_SO_RCVBUF == SO_RCVBUF && CRYO_SO_PASSCRED == SO_PASSCRED && CRYO_SO_ACCEPTCONN == SO_ACCEPTCONN
+               && CRYO_SO_SNDBUFFORCE == SO_SNDBUFFORCE && CRYO_SO_RCVBUFFORCE == SO_RCVBUFFORCE
+               && CRYO_SO_DOMAIN == SO_DOMAIN && CRYO_SO_PEEK_OFF == SO_PEEK_OFF, "socket option numbers");
+_Static_assert(CRYO_UNIX_NAME_MAX == sizeof(((struct sockaddr_un *)0)->sun_path), "sun_path size");
+
+long cryo_unix_diag(uint32_t inode, cryo_unix_diag_info *info) {
+    memset(info, 0, sizeof(*info));
+    int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (nl < 0) return -errno;
+    struct { struct nlmsghdr header; struct unix_diag_req request; } message;
+    memset(&message, 0, sizeof(message));
+    message.header.nlmsg_len = sizeof(message);
+    message.header.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    message.header.nlmsg_flags = NLM_F_REQUEST;
+    message.request.sdiag_family = AF_UNIX;
+    message.request.udiag_states = ~0u;
+    message.request.udiag_ino = inode;
+    message.request.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN;
+    message.request.udiag_cookie[0] = message.request.udiag_cookie[1] = ~0u; /* no cookie: look up by inode */
+    struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+    long r;
+    do { r = sendto(nl, &message, sizeof(message), 0, (struct sockaddr *)&kernel, sizeof(kernel)); } while (r < 0 && errno == EINTR);
+    if (r < 0) { int e = errno; close(nl); return -e; }
+    /* Room for the header, the name and one u32 per pending connection of a big backlog. */
+    static __thread uint32_t reply[16384];
+    do { r = recv(nl, reply, sizeof(reply), 0); } while (r < 0 && errno == EINTR);
+    int e = errno;
+    close(nl);
+    if (r < 0) return -e;
+    struct nlmsghdr *h = (struct nlmsghdr *)reply;
+    if (!NLMSG_OK(h, (unsigned)r)) return -EPROTO;
+    if (h->nlmsg_type == NLMSG_ERROR) {
+        struct nlmsgerr *err = NLMSG_DATA(h);
+        return err->error < 0 ? err->error : -EPROTO;
+    }
+    if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct unix_diag_msg))) return -EPROTO;
+    struct unix_diag_msg *m = NLMSG_DATA(h);
+    if (m->udiag_ino != inode) return -EPROTO;
+    info->inode = m->udiag_ino;
+    info->type = m->udiag_type;
+    info->state = m->udiag_state;
+    int remaining = (int)h->nlmsg_len - (int)NLMSG_LENGTH(sizeof(*m));
+    struct nlattr *a = (struct nlattr *)(m + 1);
+    while (remaining >= (int)sizeof(*a) && a->nla_len >= sizeof(*a) && a->nla_len <= remaining) {
+        const uint8_t *data = (const uint8_t *)a + NLA_HDRLEN;
+        size_t length = a->nla_len - NLA_HDRLEN;
+        switch (a->nla_type & NLA_TYPE_MASK) {
+        case UNIX_DIAG_NAME:
+            if (length > CRYO_UNIX_NAME_MAX) return -EPROTO;
+            memcpy(info->name, data, length);
+            info->name_length = (uint32_t)length;
+            break;
+        case UNIX_DIAG_VFS:
+            if (length >= sizeof(struct unix_diag_vfs)) {
+                struct unix_diag_vfs vfs;
+                memcpy(&vfs, data, sizeof(vfs));
+                info->has_vfs = 1;
+                info->vfs_inode = vfs.udiag_vfs_ino;
+                /* The kernel's own encoding: major << 20 | minor. */
+                info->vfs_device = makedev(vfs.udiag_vfs_dev >> 20, vfs.udiag_vfs_dev & 0xfffff);
+            }
+            break;
+        case UNIX_DIAG_PEER:
+            if (length >= 4) { info->has_peer = 1; memcpy(&info->peer, data, 4); }
+            break;
+        case UNIX_DIAG_ICONS:
+            info->pending = (uint32_t)(length / 4);
+            break;
+        case UNIX_DIAG_RQLEN:
+            if (length >= sizeof(struct unix_diag_rqlen)) {
+                struct unix_diag_rqlen q;
+                memcpy(&q, data, sizeof(q));
+                info->has_rqlen = 1;
+                info->rqueue = q.udiag_rqueue;
+                info->wqueue = q.udiag_wqueue;
+            }
+            break;
+        case UNIX_DIAG_SHUTDOWN:
+            if (length >= 1) { info->has_shutdown = 1; info->shutdown = data[0]; }
+            break;
+        }
+        remaining -= NLA_ALIGN(a->nla_len);
+        a = (struct nlattr *)((const uint8_t *)a + NLA_ALIGN(a->nla_len));
+    }
+    return 0;
+}
+
+long cryo_unix_peek(int fd, void *buffer, size_t length, int trunc, int *flags, int *rights) {
+    struct iovec iov = { buffer, length };
+    /* Room for the most descriptors one message can carry, plus credentials. */
+    union { struct cmsghdr align; char buf[CMSG_SPACE(sizeof(int) * 253) + CMSG_SPACE(64) + CMSG_SPACE(sizeof(int))]; } control;
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof(control.buf) };
+    long r;
+    do { r = recvmsg(fd, &msg, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC | (trunc ? MSG_TRUNC : 0)); } while (r < 0 && errno == EINTR);
+    if (r < 0) return -errno;
+    *flags = msg.msg_flags;
+    *rights = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        /* SCM_RIGHTS, or SCM_PIDFD (4) for a receiver with SO_PASSPIDFD: descriptors now ours. */
+        if (c->cmsg_level != SOL_SOCKET || (c->cmsg_type != SCM_RIGHTS && c->cmsg_type != 4)) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; i++) {
+            int passed;
+            memcpy(&passed, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+            close(passed);
+        }
+        if (c->cmsg_type == SCM_RIGHTS) *rights += (int)count;
+    }
+    return r;
+}
+
+static socklen_t unix_address(struct sockaddr_un *address, const uint8_t *name, uint32_t length) {
+    memset(address, 0, sizeof(*address));
+    address->sun_family = AF_UNIX;
+    if (length > sizeof(address->sun_path)) length = sizeof(address->sun_path);
+    memcpy(address->sun_path, name, length);
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + length);
+}
+
+long cryo_unix_file_in_use(uint32_t vfs_inode, uint64_t vfs_device) {
+    int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (nl < 0) return -errno;
+    struct { struct nlmsghdr header; struct unix_diag_req request; } message;
+    memset(&message, 0, sizeof(message));
+    message.header.nlmsg_len = sizeof(message);
+    message.header.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    message.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    message.request.sdiag_family = AF_UNIX;
+    message.request.udiag_states = ~0u;
+    message.request.udiag_show = UDIAG_SHOW_VFS;
+    struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+    long r;
+    do { r = sendto(nl, &message, sizeof(message), 0, (struct sockaddr *)&kernel, sizeof(kernel)); } while (r < 0 && errno == EINTR);
+    if (r < 0) { int e = errno; close(nl); return -e; }
+    static __thread uint32_t reply[8192];
+    long found = 0;
+    for (;;) {
+        do { r = recv(nl, reply, sizeof(reply), 0); } while (r < 0 && errno == EINTR);
+        if (r < 0) { int e = errno; close(nl); return -e; }
+        if (r == 0) break;
+        for (struct nlmsghdr *h = (struct nlmsghdr *)reply; NLMSG_OK(h, (unsigned)r); h = NLMSG_NEXT(h, r)) {
+            if (h->nlmsg_type == NLMSG_DONE) { close(nl); return found; }
+            if (h->nlmsg_type == NLMSG_ERROR) {
+                struct nlmsgerr *err = NLMSG_DATA(h);
+                close(nl);
+                return err->error < 0 ? err->error : -EPROTO;
+            }
+            if (h->nlmsg_len < NLMSG_LENGTH(sizeof(struct unix_diag_msg))) continue;
+            struct unix_diag_msg *m = NLMSG_DATA(h);
+            int remaining = (int)h->nlmsg_len - (int)NLMSG_LENGTH(sizeof(*m));
+            struct nlattr *a = (struct nlattr *)(m + 1);
+            while (remaining >= (int)sizeof(*a) && a->nla_len >= sizeof(*a) && a->nla_len <= remaining) {
+                if ((a->nla_type & NLA_TYPE_MASK) == UNIX_DIAG_VFS && a->nla_len - NLA_HDRLEN >= sizeof(struct unix_diag_vfs)) {
+                    struct unix_diag_vfs vfs;
+                    memcpy(&vfs, (const uint8_t *)a + NLA_HDRLEN, sizeof(vfs));
+                    if (vfs.udiag_vfs_ino == vfs_inode && makedev(vfs.udiag_vfs_dev >> 20, vfs.udiag_vfs_dev & 0xfffff) == vfs_device)
+                        found = 1;
+                }
+                remaining -= NLA_ALIGN(a->nla_len);
+                a = (struct nlattr *)((const uint8_t *)a + NLA_ALIGN(a->nla_len));
+            }
+        }
+    }
+    close(nl);
+    return found;
+}
+
+long cryo_unix_socket(int type) { return RAW(socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)); }
+long cryo_unix_socketpair(int type, int fds[2]) { return RAW(socketpair(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds)); }
+long cryo_unix_accept(int fd) { return RAW(accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)); }
+long cryo_unix_bind(int fd, const uint8_t *name, uint32_t length) {
+    if (length == 0 || length > CRYO_UNIX_NAME_MAX) return -EINVAL;
+    struct sockaddr_un address;
+    socklen_t size = unix_address(&address, name, length);
+    return RAW(bind(fd, (struct sockaddr *)&address, size));
+}
+long cryo_unix_connect(int fd, const uint8_t *name, uint32_t length) {
+    if (length == 0 || length > CRYO_UNIX_NAME_MAX) return -EINVAL;
+    struct sockaddr_un address;
+    socklen_t size = unix_address(&address, name, length);
+    long r;
+    do { r = connect(fd, (struct sockaddr *)&address, size); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+long cryo_unix_name(int fd, int peer, uint8_t name[CRYO_UNIX_NAME_MAX], uint32_t *length) {
+    struct sockaddr_un address;
+    memset(&address, 0, sizeof(address));
+    socklen_t size = sizeof(address);
+    long r = peer ? getpeername(fd, (struct sockaddr *)&address, &size) : getsockname(fd, (struct sockaddr *)&address, &size);
+    if (r < 0) return -errno;
+    size_t n = size > offsetof(struct sockaddr_un, sun_path) ? size - offsetof(struct sockaddr_un, sun_path) : 0;
+    if (n > CRYO_UNIX_NAME_MAX) n = CRYO_UNIX_NAME_MAX;
+    /* A path name may come back with its terminating NUL; an abstract one is all bytes. */
+    if (n > 0 && address.sun_path[0] != 0) n = strnlen(address.sun_path, n);
+    memcpy(name, address.sun_path, n);
+    *length = (uint32_t)n;
+    return 0;
+}
+long cryo_send_nowait(int fd, const void *buffer, size_t length) {
+    long r;
+    do { r = send(fd, buffer, length, MSG_DONTWAIT | MSG_NOSIGNAL); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+long cryo_getsockopt_int(int fd, int level, int option, int *value) {
+    socklen_t size = sizeof(*value);
+    return RAW(getsockopt(fd, level, option, value, &size));
+}
+long cryo_setsockopt_int(int fd, int level, int option, int value) {
+    return RAW(setsockopt(fd, level, option, &value, sizeof(value)));
+}
+long cryo_shutdown(int fd, int how) { return RAW(shutdown(fd, how)); }
+long cryo_listen(int fd, int backlog) { return RAW(listen(fd, backlog)); }

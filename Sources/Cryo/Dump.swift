@@ -77,6 +77,7 @@ public struct Dumper {
                 try TaskImage(core: core, threads: threads, memory: memory, pageIndex: pageIndex, signals: signals,
                               descriptors: descriptors).write(to: paths.task(process.pid))
             }
+            try fileTable.finish()
             var files = RecordWriter()
             try files.append(.files, fileTable.table)
             created.append(paths.files)

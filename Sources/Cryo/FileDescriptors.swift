@@ -22,9 +22,10 @@ public struct FileTable: Codable, Sendable {
         public var signalfd: SignalFDState?
         public var timerfd: TimerFDState?
         public var epoll: EpollState?
+        public var unixSocket: UnixSocketState?
     }
     public enum FileKind: String, Codable, Sendable {
-        case regular, directory, characterDevice, pipe, fifo, memfd, eventfd, signalfd, timerfd, epoll
+        case regular, directory, characterDevice, pipe, fifo, memfd, eventfd, signalfd, timerfd, epoll, unixSocket
     }
     public var files: [OpenFile]
 }
@@ -62,6 +63,8 @@ final class FileTableBuilder {
     /// Descriptions seen so far by (device, inode): only these can be the same description.
     private var seen: [String: [(pid: pid_t, fd: Int32, id: Int)]] = [:]
     private var pipesWithData = Set<UInt64>()
+    /// "pid P fd N" of the first descriptor of each socket, for refusals made once the whole tree is seen.
+    private var socketObjects: [Int: String] = [:]
 
     init(paths: ImagePaths) { self.paths = paths }
 
@@ -103,6 +106,11 @@ final class FileTableBuilder {
         return DescriptorsRecord(descriptors: descriptors)
     }
 
+    /// Checks that need every process's descriptors: how unix sockets connect.
+    func finish() throws {
+        try UnixSocketState.checkConnections(table.files, objects: socketObjects)
+    }
+
     /// Dispatches on the kind of object; anything unknown is refused by name.
     func dumpOpenFile(_ p: DescriptorProbe, id: Int) throws -> FileTable.OpenFile {
         let type = p.stat.st_mode & S_IFMT
@@ -128,7 +136,9 @@ final class FileTableBuilder {
             file.path = p.link
             file.pipe = try PipeEndState.dump(p)
         case S_IFSOCK:
-            throw CryoError("\(p.object): a socket (\(p.link)) is not supported yet")
+            file.kind = .unixSocket
+            file.unixSocket = try UnixSocketState.dump(p)
+            socketObjects[id] = p.object
         case _ where p.link == "anon_inode:[eventfd]":
             file.kind = .eventfd
             file.eventfd = try EventFDState.dump(p)
@@ -168,8 +178,16 @@ extension FileTable {
         for f in files where ([.pipe, .fifo].contains(f.kind)) != (f.pipe != nil) || (f.kind == .regular) != (f.regular != nil)
             || (f.kind == .memfd) != (f.memfd != nil) || (f.kind == .eventfd) != (f.eventfd != nil)
             || (f.kind == .signalfd) != (f.signalfd != nil) || (f.kind == .timerfd) != (f.timerfd != nil)
-            || (f.kind == .epoll) != (f.epoll != nil) {
+            || (f.kind == .epoll) != (f.epoll != nil) || (f.kind == .unixSocket) != (f.unixSocket != nil) {
             throw ImageError(file: file, record: "files", "file #\(f.id) of kind \(f.kind) lacks its state")
+        }
+        var socketInodes = Set<UInt64>()
+        for f in files {
+            guard let s = f.unixSocket else { continue }
+            if let problem = s.validate() { throw ImageError(file: file, record: "files", "file #\(f.id): \(problem)") }
+            guard socketInodes.insert(s.inode).inserted else {
+                throw ImageError(file: file, record: "files", "file #\(f.id): socket:[\(s.inode)] appears twice")
+            }
         }
     }
 
@@ -180,6 +198,9 @@ extension FileTable {
         var pipes = PipeRebuilder()
         defer { pipes.closeAll() }
         do {
+            // Unix sockets name and connect to each other: all are made first, together.
+            var sockets = try UnixSocketRebuilder(files: files)
+            defer { sockets.closeAll() }
             for f in files {
                 let object = "file #\(f.id) (\(f.path ?? f.kind.rawValue))"
                 let handle: FileDescriptor
@@ -193,6 +214,9 @@ extension FileTable {
                 case .signalfd: handle = try f.signalfd!.open(flags: f.flags, object: object)
                 case .timerfd: handle = try f.timerfd!.open(flags: f.flags, object: object)
                 case .epoll: handle = try EpollState.open(flags: f.flags, object: object)
+                case .unixSocket:
+                    guard let socket = sockets.take(f.id) else { throw CryoError("\(object): socket was not rebuilt") }
+                    handle = socket
                 }
                 opened.append(handle)
             }

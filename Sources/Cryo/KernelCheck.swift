@@ -90,6 +90,18 @@ public enum KernelCheck {
             guard names.contains("[vdso]") else { throw CryoError("no [vdso] mapping") }
             return names.joined(separator: " + ") + " (moved as one unit with mremap at restore)"
         }
+        add("unix sockets (sock_diag, SO_PEEK_OFF)", required: false) {
+            var fds: [Int32] = [-1, -1]
+            _ = try check(cryo_unix_socketpair(1, &fds), "socketpair(AF_UNIX)")
+            defer { close(fds[0]); close(fds[1]) }
+            var st = Glibc.stat(), peer = Glibc.stat()
+            guard fstat(fds[0], &st) == 0, fstat(fds[1], &peer) == 0 else { throw CryoError("fstat on a socket failed") }
+            var info = cryo_unix_diag_info()
+            _ = try check(cryo_unix_diag(UInt32(truncatingIfNeeded: st.st_ino), &info), "sock_diag(AF_UNIX)")
+            guard info.has_peer != 0, UInt64(info.peer) == UInt64(peer.st_ino) else { throw CryoError("no peer reported for a socketpair") }
+            _ = try check(cryo_setsockopt_int(fds[0], CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF, 0), "setsockopt(SO_PEEK_OFF)")
+            return "a socketpair's peer found by inode, peek offset settable (for processes with unix sockets)"
+        }
         let capabilities: [(Int, String, Bool)] = [(19, "CAP_SYS_PTRACE", true), (40, "CAP_CHECKPOINT_RESTORE", true),
                                                    (21, "CAP_SYS_ADMIN", false), (24, "CAP_SYS_RESOURCE", false)]
         let effective = (try? ProcStatus(pid: getpid()).hex("CapEff")) ?? 0

@@ -31,31 +31,14 @@ extension EndToEnd {
             expectPass(fixture, "\(dump)")
         }
 
-        @Test("dump of a process holding a socket fails naming pid, fd and socket")
-        func socketRefused() throws {
-            let scratch = try Scratch("socket")
-            defer { scratch.remove() }
-            let fixture = try Fixture("socket", in: scratch)
-            defer { fixture.cleanUp() }
-            try fixture.waitReady()
-            let socketFds = fixture.tagged("SOCKETS") ?? []
-            try #require(!socketFds.isEmpty, "socket fixture printed no SOCKETS line\n\(fixture.report)")
+        @Test("dump of a process holding an AF_INET socket fails naming pid, fd and the family")
+        func inetSocketRefused() throws {
+            try expectSocketRefused(arguments: [], naming: "AF_INET")
+        }
 
-            let images = scratch.file("img")
-            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
-            #expect(dump.failed, "dumping a process with a socket should fail\n\(dump)")
-            let message = dump.stderr
-            #expect(dump.stderrLines.count == 1, "want exactly one line on stderr\n\(dump)")
-            #expect(containsToken(message, "\(fixture.pid)"), "the error should name pid \(fixture.pid)\n\(dump)")
-            #expect(socketFds.contains { containsToken(message, $0) }, "the error should name the socket's fd (\(socketFds))\n\(dump)")
-            #expect(message.lowercased().contains("socket"), "the error should say \"socket\"\n\(dump)")
-            #expect(!FileManager.default.fileExists(atPath: images), "a failed dump should remove the image folder it created")
-
-            expectStillRunning(fixture)
-            fixture.signal(SIGTERM)
-            let exit = fixture.reapOriginal(timeout: 30)
-            #expect(exit == .exited(0), "\(fixture.report)")
-            expectPass(fixture, "\(dump)")
+        @Test("dump of a process with a descriptor in flight on a unix socket fails naming pid, fd and SCM_RIGHTS")
+        func descriptorInFlightRefused() throws {
+            try expectSocketRefused(arguments: ["scm"], naming: "SCM_RIGHTS")
         }
 
         @Test("restore while the original still runs fails naming the pid and its holder")
@@ -117,6 +100,39 @@ extension EndToEnd {
                     "the half-restored process ran on:\n\(fixture.report)")
         }
     }
+}
+
+/// The socket fixture holds a socket cryo must refuse (next to a unix
+/// socketpair it can dump): the dump fails with one line naming the pid, the
+/// refused fd, "socket" and `word`, removes its image folder and leaves the
+/// process running with its sockets untouched.
+private func expectSocketRefused(arguments: [String], naming word: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let scratch = try Scratch("socket")
+    defer { scratch.remove() }
+    let fixture = try Fixture("socket", arguments: arguments, in: scratch)
+    defer { fixture.cleanUp() }
+    try fixture.waitReady()
+    let socketFds = fixture.tagged("SOCKETS") ?? []
+    try #require(!socketFds.isEmpty, "socket fixture printed no SOCKETS line\n\(fixture.report)", sourceLocation: sourceLocation)
+
+    let images = scratch.file("img")
+    let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
+    #expect(dump.failed, "dumping a process with such a socket should fail\n\(dump)", sourceLocation: sourceLocation)
+    let message = dump.stderr
+    #expect(dump.stderrLines.count == 1, "want exactly one line on stderr\n\(dump)", sourceLocation: sourceLocation)
+    #expect(containsToken(message, "\(fixture.pid)"), "the error should name pid \(fixture.pid)\n\(dump)", sourceLocation: sourceLocation)
+    #expect(socketFds.contains { containsToken(message, $0) }, "the error should name the socket's fd (\(socketFds))\n\(dump)",
+            sourceLocation: sourceLocation)
+    #expect(message.lowercased().contains("socket"), "the error should say \"socket\"\n\(dump)", sourceLocation: sourceLocation)
+    #expect(message.contains(word), "the error should say \"\(word)\"\n\(dump)", sourceLocation: sourceLocation)
+    #expect(!FileManager.default.fileExists(atPath: images), "a failed dump should remove the image folder it created",
+            sourceLocation: sourceLocation)
+
+    expectStillRunning(fixture, sourceLocation: sourceLocation)
+    fixture.signal(SIGTERM)
+    let exit = fixture.reapOriginal(timeout: 30)
+    #expect(exit == .exited(0), "\(fixture.report)", sourceLocation: sourceLocation)
+    expectPass(fixture, "\(dump)", sourceLocation: sourceLocation)
 }
 
 /// After a failed or --leave-running dump the fixture must still be ours and

@@ -340,13 +340,14 @@ final class Fixture {
     /// Set once the original process (our child) has been reaped.
     private(set) var originalExit: ExitStatus?
 
-    /// Default arguments per fixture; `files` gets a fresh folder, `bigmem`
+    /// Default arguments per fixture; `files`, `events` and `unix` get a fresh folder, `bigmem`
     /// its size in MiB (CRYO_TEST_BIGMEM_MIB overrides 2048 for quick runs).
     static func defaultArguments(for name: String, in scratch: Scratch) throws -> [String] {
         switch name {
         case "files": return [try scratch.folder("files-work")]
         case "events": return [try scratch.folder("events-work")]
         case "locks": return [try scratch.folder("locks-work")]
+        case "unix": return [try scratch.folder("unix-work")]
         case "bigmem": return [String(bigmemMiB)]
         default: return []
         }

@@ -1,25 +1,34 @@
 /*
- * socket: holds a connected AF_UNIX socketpair at fds 42 and 43 (with some
- * unread bytes in it).  cryo does not support sockets, so dumping this
- * process must fail cleanly and leave it running; the harness checks the
- * error names the pid, a socket fd number and the word "socket".
- * "SOCKETS 42 43" is printed before READY.
+ * socket: holds sockets cryo must refuse, next to a connected AF_UNIX
+ * socketpair at fds 42 and 43 (with some unread bytes in it) that it can
+ * dump.  Dumping this process must fail cleanly and leave it running; the
+ * harness checks the error names the pid, the refused socket's fd number and
+ * the word "socket".  "SOCKETS N" names the refused socket, before READY.
  *
- * On SIGTERM the unread bytes must still be there and the pair must still
- * carry data both ways.
+ *   (no argument)  fd 44 is an AF_INET datagram socket
+ *   scm            fd 45 is a unix datagram socket with a descriptor in
+ *                  flight (SCM_RIGHTS) in its receive queue, sent from fd 46
+ *
+ * On SIGTERM the unread bytes must still be there, the pair must still carry
+ * data both ways, and the descriptor in flight must still arrive.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define FD_A 42
 #define FD_B 43
+#define FD_INET 44
+#define FD_SCM_RECEIVER 45
+#define FD_SCM_SENDER 46
 
 static volatile sig_atomic_t got_term;
 static void on_term(int sig) { (void)sig; got_term = 1; }
@@ -27,8 +36,47 @@ static void die(const char *what) { fprintf(stderr, "setup: %s: %s\n", what, str
 
 static const char hello[] = "unread bytes in a socket";
 
-int main(void)
+static void move_to(int fd, int target) {
+	if (dup2(fd, target) != target) die("dup2");
+	close(fd);
+}
+
+/* Sends one byte with `passed` attached as SCM_RIGHTS. */
+static void send_descriptor(int sock, int passed) {
+	char byte = 'F';
+	struct iovec iov = { &byte, 1 };
+	union { struct cmsghdr align; char buf[CMSG_SPACE(sizeof(int))]; } u;
+	memset(&u, 0, sizeof(u));
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf) };
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &passed, sizeof(int));
+	if (sendmsg(sock, &msg, 0) != 1) die("sendmsg(SCM_RIGHTS)");
+}
+
+/* The byte with its descriptor: it must be the same file as `expected`. */
+static const char *receive_descriptor(int sock, int expected) {
+	char byte = 0;
+	struct iovec iov = { &byte, 1 };
+	union { struct cmsghdr align; char buf[CMSG_SPACE(sizeof(int))]; } u;
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf) };
+	if (recvmsg(sock, &msg, MSG_DONTWAIT) != 1 || byte != 'F') return "the message carrying a descriptor is gone";
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	if (!c || c->cmsg_type != SCM_RIGHTS) return "the descriptor in flight is gone";
+	int got;
+	memcpy(&got, CMSG_DATA(c), sizeof(int));
+	struct stat a, b;
+	if (fstat(got, &a) != 0 || fstat(expected, &b) != 0 || a.st_ino != b.st_ino || a.st_dev != b.st_dev)
+		return "the descriptor in flight names another file";
+	close(got);
+	return NULL;
+}
+
+int main(int argc, char **argv)
 {
+	int scm = argc > 1 && strcmp(argv[1], "scm") == 0;
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_term;
@@ -38,12 +86,25 @@ int main(void)
 
 	int sv[2];
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) die("socketpair");
-	if (dup2(sv[0], FD_A) != FD_A || dup2(sv[1], FD_B) != FD_B) die("dup2");
-	close(sv[0]);
-	close(sv[1]);
+	move_to(sv[0], FD_A);
+	move_to(sv[1], FD_B);
 	if (write(FD_A, hello, sizeof(hello)) != (ssize_t)sizeof(hello)) die("write");
 
-	printf("SOCKETS %d %d\n", FD_A, FD_B);
+	int refused;
+	if (scm) {
+		if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) != 0) die("socketpair dgram");
+		move_to(sv[0], FD_SCM_RECEIVER);
+		move_to(sv[1], FD_SCM_SENDER);
+		send_descriptor(FD_SCM_SENDER, FD_A);
+		refused = FD_SCM_RECEIVER;
+	} else {
+		int inet = socket(AF_INET, SOCK_DGRAM, 0);
+		if (inet < 0) die("socket(AF_INET)");
+		move_to(inet, FD_INET);
+		refused = FD_INET;
+	}
+
+	printf("SOCKETS %d\n", refused);
 	printf("READY\n");
 	fflush(stdout);
 
@@ -63,6 +124,8 @@ int main(void)
 		why = "the unread bytes in the socketpair were lost or changed";
 	else if (write(FD_B, "pong", 4) != 4 || read(FD_A, buf, 4) != 4 || memcmp(buf, "pong", 4) != 0)
 		why = "the socketpair no longer carries data";
+	else if (scm)
+		why = receive_descriptor(FD_SCM_RECEIVER, FD_A);
 
 	if (why) { printf("FAIL: %s\n", why); fflush(stdout); return 1; }
 	printf("PASS\n");

@@ -124,6 +124,52 @@ long cryo_memfd_create(const char *name, int allow_sealing);
 long cryo_get_seals(int fd);
 long cryo_add_seals(int fd, int seals);
 
+/* AF_UNIX sockets. Names are the raw sun_path bytes (a leading NUL: abstract). */
+#define CRYO_SOL_SOCKET 1
+#define CRYO_SO_TYPE 3
+#define CRYO_SO_SNDBUF 7
+#define CRYO_SO_RCVBUF 8
+#define CRYO_SO_PASSCRED 16
+#define CRYO_SO_ACCEPTCONN 30
+#define CRYO_SO_SNDBUFFORCE 32
+#define CRYO_SO_RCVBUFFORCE 33
+#define CRYO_SO_DOMAIN 39
+#define CRYO_SO_PEEK_OFF 42
+#define CRYO_UNIX_NAME_MAX 108
+typedef struct {
+    uint32_t inode, type, state;    /* state: TCP_ESTABLISHED 1, TCP_CLOSE 7, TCP_LISTEN 10 */
+    uint32_t has_peer, peer;        /* peer inode; 0 when the peer is closed or not yet accepted */
+    uint32_t has_rqlen, rqueue, wqueue; /* listening: pending connections and backlog */
+    uint32_t has_vfs, vfs_inode;
+    uint64_t vfs_device;            /* as stat's st_dev */
+    uint32_t pending;               /* UNIX_DIAG_ICONS entries: connections not yet accepted */
+    uint32_t has_shutdown, shutdown; /* 1: receive shut down, 2: send shut down */
+    uint32_t name_length;           /* 0: unnamed */
+    uint8_t name[CRYO_UNIX_NAME_MAX];
+} cryo_unix_diag_info;
+/* One socket of cryo's network namespace by inode, through NETLINK_SOCK_DIAG. */
+long cryo_unix_diag(uint32_t inode, cryo_unix_diag_info *info);
+/* recvmsg(MSG_PEEK | MSG_DONTWAIT [| MSG_TRUNC]): the length (the whole message's
+ * with trunc), *flags gets msg_flags; descriptors passed along (SCM_RIGHTS) are
+ * closed at once and counted in *rights. */
+long cryo_unix_peek(int fd, void *buffer, size_t length, int trunc, int *flags, int *rights);
+/* Whether a live socket of cryo's network namespace is bound to the socket
+ * file with this inode and device (a full UNIX_DIAG dump): 1, 0 or -errno. */
+long cryo_unix_file_in_use(uint32_t vfs_inode, uint64_t vfs_device);
+/* New sockets are close-on-exec and non-blocking (the caller sets the final flags). */
+long cryo_unix_socket(int type);
+long cryo_unix_socketpair(int type, int fds[2]);
+long cryo_unix_accept(int fd);
+long cryo_unix_bind(int fd, const uint8_t *name, uint32_t length);
+long cryo_unix_connect(int fd, const uint8_t *name, uint32_t length);
+/* getsockname (peer 0) or getpeername (peer 1); *length 0 when unnamed. */
+long cryo_unix_name(int fd, int peer, uint8_t name[CRYO_UNIX_NAME_MAX], uint32_t *length);
+long cryo_send_nowait(int fd, const void *buffer, size_t length);
+long cryo_getsockopt_int(int fd, int level, int option, int *value);
+long cryo_setsockopt_int(int fd, int level, int option, int value);
+long cryo_shutdown(int fd, int how);
+long cryo_listen(int fd, int backlog);
+
 /* Misc syscalls */
 long cryo_prlimit(pid_t pid, int resource, const uint64_t *new_limit, uint64_t *old_limit);
 long cryo_capbset_read(int cap);

@@ -1,0 +1,528 @@
+import CCryo
+import CryoSystem
+import Foundation
+import Glibc
+import SystemPackage
+
+/// An AF_UNIX socket: its type, state, name, peer, options and the bytes
+/// waiting in its receive queue. What the socket itself cannot tell (inode,
+/// peer inode, state, name, queue lengths, shutdown) comes from NETLINK_SOCK_DIAG;
+/// options from getsockopt on cryo's duplicate of the descriptor.
+///
+/// Restore builds every socket of the image at once, in the controller:
+/// named ones are bound first (listeners listen), then connections are made
+/// (a pair with both ends in the image from socketpair, or by connecting to
+/// its listener and accepting when one end is the accepted side; a peer
+/// outside the image by connecting to its name again), then each queue is
+/// refilled from the peer end, and last the options and shutdown state.
+public struct UnixSocketState: Codable, Sendable {
+    public enum SocketType: String, Codable, Sendable {
+        case stream, dgram, seqpacket
+        var kernelValue: Int32 { switch self { case .stream: 1; case .dgram: 2; case .seqpacket: 5 } }
+        init?(kernelValue: UInt32) {
+            switch kernelValue {
+            case 1: self = .stream
+            case 2: self = .dgram
+            case 5: self = .seqpacket
+            default: return nil
+            }
+        }
+    }
+    public enum State: String, Codable, Sendable { case unconnected, listening, connected }
+    /// The socket file of a name in the filesystem, as it was at dump.
+    public struct SocketFile: Codable, Sendable {
+        /// The path still named this socket's own inode (it was neither removed nor replaced).
+        public var existed: Bool
+        public var mode: UInt32
+        public var uid: UInt32
+        public var gid: UInt32
+    }
+
+    public var inode: UInt64
+    public var type: SocketType
+    public var state: State
+    /// sun_path as bound, without a path's terminating NUL; a leading NUL is an abstract name.
+    public var name: Data?
+    /// For a path name only.
+    public var file: SocketFile?
+    /// Inode of the connected peer, when it is a live socket.
+    public var peer: UInt64?
+    /// Connected, but the peer has been closed since.
+    public var peerClosed: Bool
+    /// The peer's address (getpeername), to connect to again when the peer is not in the image.
+    public var peerName: Data?
+    /// listen() backlog of a listening socket.
+    public var backlog: Int32?
+    /// The receive queue, read without consuming it: a stream socket's bytes as one
+    /// element, one element per message for datagram and seqpacket sockets.
+    public var queued: [Data]
+    /// Bit 0: receiving shut down, bit 1: sending shut down.
+    public var shutdown: UInt8
+    public var passCredentials: Bool
+    /// SO_SNDBUF and SO_RCVBUF as getsockopt reports them (twice what was set).
+    public var sendBuffer: Int32
+    public var receiveBuffer: Int32
+    /// SO_PEEK_OFF; -1 when not enabled.
+    public var peekOffset: Int32
+}
+
+// MARK: - Dump
+
+extension UnixSocketState {
+    static func dump(_ p: DescriptorProbe) throws -> UnixSocketState {
+        let fd = p.handle.rawValue
+        let family = try option(fd, CRYO_SO_DOMAIN, p.object)
+        guard family == AF_UNIX else {
+            throw CryoError("\(p.object): \(familyName(family)) socket (\(p.link)) is not supported yet")
+        }
+        if let inFlight = p.info.value("scm_fds").flatMap({ Int($0) }), inFlight > 0 {
+            throw CryoError("\(p.object): a unix socket (\(p.link)) with \(inFlight) descriptor\(inFlight == 1 ? "" : "s") "
+                + "in flight (SCM_RIGHTS) in its receive queue is not supported yet")
+        }
+        var diag = cryo_unix_diag_info()
+        let found = cryo_unix_diag(UInt32(truncatingIfNeeded: p.stat.st_ino), &diag)
+        if found == -Int(ENOENT) {
+            throw CryoError("\(p.object): unix socket \(p.link) is not in cryo's network namespace; not supported")
+        }
+        _ = try check(found, "sock_diag(AF_UNIX)", object: "\(p.object) (\(p.link))")
+        guard let type = SocketType(kernelValue: diag.type) else {
+            throw CryoError("\(p.object): a unix socket (\(p.link)) of type \(diag.type) is not supported")
+        }
+        let what = "\(p.object): a unix \(type.rawValue) socket (\(p.link))"
+        let state: State
+        switch diag.state {
+        // A datagram socket that another connects to turns "established" too: only a peer makes it connected.
+        case 1 where type == .dgram, 7 where type == .dgram: state = diag.has_peer != 0 ? .connected : .unconnected
+        case 1: state = .connected
+        case 7: state = .unconnected
+        case 10: state = .listening
+        default: throw CryoError("\(what) in state \(diag.state) (connecting?) is not supported")
+        }
+        let name = diag.name_length == 0 ? nil : Self.trimmed(withUnsafeBytes(of: diag.name) { Data($0.prefix(Int(diag.name_length))) })
+        var file: SocketFile? = nil
+        if let name, name.first != 0 {
+            guard name.first == UInt8(ascii: "/") else {
+                throw CryoError("\(what) is bound to the relative path \(display(name)); not supported")
+            }
+            file = socketFile(name, diag: diag)
+        }
+
+        var s = UnixSocketState(
+            inode: UInt64(diag.inode), type: type, state: state, name: name, file: file, peer: nil, peerClosed: false,
+            peerName: nil, backlog: nil, queued: [], shutdown: UInt8(diag.shutdown & 3),
+            passCredentials: try option(fd, CRYO_SO_PASSCRED, p.object) != 0,
+            sendBuffer: try option(fd, CRYO_SO_SNDBUF, p.object), receiveBuffer: try option(fd, CRYO_SO_RCVBUF, p.object),
+            peekOffset: try option(fd, CRYO_SO_PEEK_OFF, p.object))
+        switch state {
+        case .listening:
+            let pending = max(diag.pending, diag.rqueue)
+            if pending > 0 {
+                throw CryoError("\(what) is listening with \(pending) connection\(pending == 1 ? "" : "s") not yet accepted; not supported yet")
+            }
+            s.backlog = Int32(clamping: diag.wqueue)
+            return s
+        case .connected:
+            if diag.has_peer != 0 && diag.peer != 0 {
+                s.peer = UInt64(diag.peer)
+            } else if type == .dgram || diag.shutdown & 3 == 3 {
+                // The peer is gone (a stream peer's close shuts this end down both ways).
+                s.peerClosed = true
+            }
+            // Otherwise the peer is a connection a listener has not accepted yet: no inode, but a name.
+            s.peerName = Self.name(fd, peer: true)
+        case .unconnected:
+            break
+        }
+        // Only a datagram socket receives without a connection; the others refuse to be read unconnected.
+        if type == .dgram || state == .connected {
+            s.queued = try peekQueue(fd, type: type, peekOffset: s.peekOffset, object: what)
+        }
+        if type == .stream, let total = s.queued.first?.count, diag.has_rqlen != 0, total < Int(diag.rqueue) {
+            throw CryoError("\(what): read \(total) of the \(diag.rqueue) bytes in its receive queue")
+        }
+        return s
+    }
+
+    /// Reads the receive queue through SO_PEEK_OFF, which is per socket and so
+    /// shared with the process: it is put back as it was afterwards.
+    static func peekQueue(_ fd: Int32, type: SocketType, peekOffset: Int32, object: String) throws -> [Data] {
+        defer { _ = cryo_setsockopt_int(fd, CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF, peekOffset) }
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        var offset = 0
+        var stream = Data()
+        var messages: [Data] = []
+        while true {
+            guard offset <= Int(Int32.max) else { throw CryoError("\(object): receive queue too large to read") }
+            _ = try check(cryo_setsockopt_int(fd, CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF, Int32(offset)), "setsockopt(SO_PEEK_OFF)", object: object)
+            var flags: Int32 = 0
+            var rights: Int32 = 0
+            let n = buffer.withUnsafeMutableBytes {
+                cryo_unix_peek(fd, $0.baseAddress, $0.count, type == .stream ? 0 : 1, &flags, &rights)
+            }
+            if rights > 0 {
+                throw CryoError("\(object) has descriptors in flight (SCM_RIGHTS) in its receive queue; not supported yet")
+            }
+            if n == -Int(EAGAIN) { break }
+            let count = try check(n, "recvmsg(MSG_PEEK)", object: object)
+            if type == .stream {
+                if count == 0 { break } // end of stream: nothing more, and the peer shut down
+                stream.append(contentsOf: buffer[0..<count])
+            } else {
+                if count > buffer.count {
+                    // MSG_TRUNC told the message's full length: peek it again, whole.
+                    buffer = [UInt8](repeating: 0, count: count)
+                    continue
+                }
+                messages.append(Data(buffer[0..<count]))
+                guard messages.count <= 1 << 20 else { throw CryoError("\(object): receive queue does not end") }
+            }
+            offset += count
+        }
+        if type == .stream { return stream.isEmpty ? [] : [stream] }
+        return messages
+    }
+
+    /// The path's file at dump: whether it is still this socket's own.
+    static func socketFile(_ name: Data, diag: cryo_unix_diag_info) -> SocketFile {
+        var st = Glibc.stat()
+        let found = withCString(name) { lstat($0, &st) } == 0
+        let ours = found && st.st_mode & S_IFMT == S_IFSOCK && diag.has_vfs != 0
+            && UInt64(st.st_ino) == UInt64(diag.vfs_inode) && UInt64(st.st_dev) == diag.vfs_device
+        return SocketFile(existed: ours, mode: ours ? st.st_mode & 0o7777 : 0, uid: ours ? st.st_uid : 0, gid: ours ? st.st_gid : 0)
+    }
+
+    static func option(_ fd: Int32, _ name: Int32, _ object: String) throws -> Int32 {
+        var value: Int32 = 0
+        _ = try check(cryo_getsockopt_int(fd, CRYO_SOL_SOCKET, name, &value), "getsockopt(\(name))", object: object)
+        return value
+    }
+
+    static func familyName(_ family: Int32) -> String {
+        let names: [Int32: String] = [2: "AF_INET", 10: "AF_INET6", 16: "AF_NETLINK", 17: "AF_PACKET", 40: "AF_VSOCK",
+                                      4: "AF_IPX", 5: "AF_APPLETALK", 9: "AF_X25", 15: "AF_KEY", 31: "AF_BLUETOOTH",
+                                      38: "AF_ALG", 44: "AF_XDP", 45: "AF_MCTP"]
+        if let name = names[family] { return "an \(name)" }
+        return "a family \(family)"
+    }
+
+    /// getsockname or getpeername; nil when unnamed or not connected.
+    static func name(_ fd: Int32, peer: Bool) -> Data? {
+        var bytes = [UInt8](repeating: 0, count: Int(CRYO_UNIX_NAME_MAX))
+        var length: UInt32 = 0
+        guard cryo_unix_name(fd, peer ? 1 : 0, &bytes, &length) == 0, length > 0 else { return nil }
+        return Data(bytes[0..<Int(length)])
+    }
+
+    /// A path name ends at its first NUL; an abstract name keeps every byte.
+    static func trimmed(_ name: Data) -> Data? {
+        if name.isEmpty { return nil }
+        if name.first == 0 { return name }
+        let path = name.prefix(while: { $0 != 0 })
+        return path.isEmpty ? nil : Data(path)
+    }
+
+    /// A path as it is, an abstract name as @name with unprintable bytes escaped.
+    static func display(_ name: Data?) -> String {
+        guard let name, !name.isEmpty else { return "unnamed" }
+        if name.first != 0 { return String(decoding: name, as: UTF8.self) }
+        return "@" + name.dropFirst().map { $0 >= 0x20 && $0 < 0x7f ? String(UnicodeScalar($0)) : String(format: "\\x%02x", $0) }.joined()
+    }
+
+    static func withCString<T>(_ name: Data, _ body: (UnsafePointer<CChar>) -> T) -> T {
+        (name + [0]).withUnsafeBytes { body($0.bindMemory(to: CChar.self).baseAddress!) }
+    }
+
+    public var summary: String {
+        var text = "unix \(type.rawValue) socket:[\(inode)] \(state.rawValue)"
+        if name != nil { text += " \(Self.display(name))" }
+        if state == .listening, let backlog { text += " backlog \(backlog)" }
+        if peerClosed { text += " peer closed" } else if state == .connected {
+            text += " peer " + (peer.map { "socket:[\($0)]" } ?? "not yet accepted")
+            if peerName != nil { text += " (\(Self.display(peerName)))" }
+        }
+        if !queued.isEmpty {
+            let bytes = queued.reduce(0) { $0 + $1.count }
+            text += type == .stream ? " (\(bytes) bytes queued)" : " (\(queued.count) messages, \(bytes) bytes queued)"
+        }
+        if shutdown != 0 { text += " shut down\(shutdown & 1 != 0 ? " rd" : "")\(shutdown & 2 != 0 ? " wr" : "")" }
+        return text
+    }
+
+    /// Checks across the whole table, once every process is dumped: what
+    /// restore could not rebuild is refused here, naming the descriptor.
+    static func checkConnections(_ files: [FileTable.OpenFile], objects: [Int: String]) throws {
+        let byInode = Dictionary(files.compactMap { f in f.unixSocket.map { ($0.inode, $0) } }, uniquingKeysWith: { a, _ in a })
+        for f in files {
+            guard let s = f.unixSocket else { continue }
+            let what = "\(objects[f.id] ?? "file #\(f.id)"): a unix \(s.type.rawValue) socket (socket:[\(s.inode)])"
+            let count = s.type == .stream ? s.queued.first?.count ?? 0 : s.queued.count
+            let messages = "\(count) unread \(s.type == .stream ? "byte" : "message")\(count == 1 ? "" : "s")"
+            switch s.state {
+            case .listening:
+                continue
+            case .unconnected:
+                if !s.queued.isEmpty && s.name == nil {
+                    throw CryoError("\(what) holds \(messages) but is neither connected nor named, so they cannot be sent to it again; not supported")
+                }
+            case .connected:
+                if s.peerClosed { continue }
+                if let peer = s.peer, let other = byInode[peer] {
+                    if other.peer == s.inode { continue } // both ends in the image
+                    guard s.type == .dgram, other.name != nil else {
+                        throw CryoError("\(what) is connected to socket:[\(peer)], which has no name to connect to again; not supported")
+                    }
+                    if !s.queued.isEmpty {
+                        throw CryoError("\(what) holds \(messages) from socket:[\(peer)], which is not connected back to it; not supported")
+                    }
+                    continue
+                }
+                let peer = s.peer.map { "socket:[\($0)]" } ?? "a connection not yet accepted"
+                guard s.peerName != nil else {
+                    throw CryoError("\(what) is connected to \(peer) outside the dumped tree, which has no name to connect to again; not supported")
+                }
+                if !s.queued.isEmpty {
+                    throw CryoError("\(what) holds \(messages) from \(peer) (\(display(s.peerName))) outside the dumped tree; they cannot be put back")
+                }
+            }
+        }
+    }
+
+    func validate() -> String? {
+        if let name, name.isEmpty || name.count > Int(CRYO_UNIX_NAME_MAX) { return "a unix socket name of \(name.count) bytes" }
+        if state == .listening && (backlog == nil || type == .dgram) { return "a listening unix \(type.rawValue) socket without backlog" }
+        if state != .connected && (peer != nil || peerClosed) { return "an unconnected unix socket with a peer" }
+        if type == .stream && queued.count > 1 { return "a unix stream socket with more than one queue" }
+        if shutdown > 3 { return "unix socket shutdown bits \(shutdown)" }
+        return nil
+    }
+}
+
+// MARK: - Restore
+
+/// Makes every unix socket of the image at once (they refer to each other
+/// by name and as peers), then hands each out as its open file description.
+struct UnixSocketRebuilder {
+    private var made: [Int: Int32] = [:]
+
+    init(files: [FileTable.OpenFile]) throws {
+        var builder = Builder(files: files)
+        do {
+            try builder.build()
+        } catch {
+            builder.closeAll()
+            throw error
+        }
+        made = builder.made
+        for fd in builder.temporary { close(fd) }
+    }
+
+    mutating func take(_ id: Int) -> FileDescriptor? {
+        made.removeValue(forKey: id).map { FileDescriptor(rawValue: $0) }
+    }
+
+    func closeAll() {
+        for fd in made.values { close(fd) }
+    }
+
+    private struct Builder {
+        let sockets: [(id: Int, state: UnixSocketState, flags: UInt32)]
+        let byInode: [UInt64: Int]
+        let states: [Int: UnixSocketState]
+        var made: [Int: Int32] = [:]
+        var temporary: [Int32] = []
+        /// Stand-ins for closed peers, closed once the survivor's queue is refilled.
+        var closedPeers: [Int: Int32] = [:]
+        /// Names bound only to be unlinked again: their file had gone at dump.
+        var removeAfter: [String] = []
+
+        init(files: [FileTable.OpenFile]) {
+            sockets = files.compactMap { f in f.unixSocket.map { (f.id, $0, f.flags) } }
+            byInode = Dictionary(sockets.map { ($0.state.inode, $0.id) }, uniquingKeysWith: { a, _ in a })
+            states = Dictionary(uniqueKeysWithValues: sockets.map { ($0.id, $0.state) })
+        }
+
+        func object(_ id: Int) -> String {
+            let s = states[id]!
+            return "file #\(id) (unix \(s.type.rawValue) socket \(UnixSocketState.display(s.name)))"
+        }
+
+        mutating func build() throws {
+            // 1. Sockets that stand alone: bound to their names; listeners listen.
+            for (id, s, _) in sockets where s.state != .connected {
+                let fd = try socket(s.type, id)
+                if s.name != nil { try bind(fd, s, id) }
+                if s.state == .listening {
+                    _ = try check(cryo_listen(fd, s.backlog ?? 128), "listen", object: object(id))
+                }
+            }
+            // 2. Pairs with both ends in the image, and sockets whose peer has closed.
+            var done = Set<Int>()
+            for (id, s, _) in sockets where s.state == .connected && !done.contains(id) {
+                if s.peerClosed {
+                    let (mine, other) = try pair(s.type, id)
+                    made[id] = mine
+                    closedPeers[id] = other
+                    if s.type == .dgram, s.name != nil { try bind(mine, s, id) }
+                    done.insert(id)
+                } else if let peer = s.peer, let peerID = byInode[peer], states[peerID]!.peer == s.inode {
+                    try connectPair(id, peerID)
+                    done.formUnion([id, peerID])
+                }
+            }
+            // 3. One-way connections: to a socket of the image by its name, or to a peer outside.
+            for (id, s, _) in sockets where s.state == .connected && !done.contains(id) {
+                let target = s.peer.flatMap { byInode[$0] }.flatMap { states[$0]!.name } ?? s.peerName
+                guard let target else { throw CryoError("\(object(id)): connected, but to nothing the image can name") }
+                let fd = try socket(s.type, id)
+                if s.type == .dgram, s.name != nil { try bind(fd, s, id) }
+                try connect(fd, to: target, id)
+            }
+            // 4. Queues, written from the peer end.
+            for (id, s, _) in sockets where !s.queued.isEmpty {
+                try refill(id, s)
+            }
+            for fd in closedPeers.values { close(fd) }
+            closedPeers = [:]
+            for path in removeAfter { unlink(path) }
+            // 5. Options, shutdown and status flags last: nothing above may be refused because of them.
+            for (id, s, flags) in sockets {
+                try setOptions(made[id]!, s, flags: flags, id)
+            }
+        }
+
+        mutating func socket(_ type: UnixSocketState.SocketType, _ id: Int) throws -> Int32 {
+            let fd = Int32(try check(cryo_unix_socket(type.kernelValue), "socket(AF_UNIX)", object: object(id)))
+            made[id] = fd
+            return fd
+        }
+
+        func pair(_ type: UnixSocketState.SocketType, _ id: Int) throws -> (Int32, Int32) {
+            var fds: [Int32] = [-1, -1]
+            _ = try check(cryo_unix_socketpair(type.kernelValue, &fds), "socketpair(AF_UNIX)", object: object(id))
+            return (fds[0], fds[1])
+        }
+
+        /// A stream or seqpacket pair whose one end was accepted from a listener of the
+        /// image (it carries the listener's name) is connected through that listener
+        /// again, so both ends see the same names; any other pair is a socketpair.
+        mutating func connectPair(_ a: Int, _ b: Int) throws {
+            let sa = states[a]!, sb = states[b]!
+            if sa.type != .dgram {
+                func listener(of s: UnixSocketState) -> Int? {
+                    guard let name = s.name else { return nil }
+                    return sockets.first { $0.state.state == .listening && $0.state.type == s.type && $0.state.name == name }?.id
+                }
+                for (server, client) in [(a, b), (b, a)] {
+                    guard let listenerID = listener(of: states[server]!) else { continue }
+                    let clientFD = try socket(states[client]!.type, client)
+                    if states[client]!.name != nil { try bind(clientFD, states[client]!, client) }
+                    try connect(clientFD, to: states[server]!.name!, client)
+                    made[server] = Int32(try check(cryo_unix_accept(made[listenerID]!), "accept4", object: object(listenerID)))
+                    return
+                }
+            }
+            let (fa, fb) = try pair(sa.type, a)
+            made[a] = fa
+            made[b] = fb
+            // Datagram sockets name themselves; a connected stream end's name is
+            // only ever its listener's, which the socketpair cannot share.
+            if sa.type == .dgram {
+                if sa.name != nil { try bind(fa, sa, a) }
+                if sb.name != nil { try bind(fb, sb, b) }
+            }
+        }
+
+        func connect(_ fd: Int32, to name: Data, _ id: Int) throws {
+            let result = name.withUnsafeBytes { cryo_unix_connect(fd, $0.bindMemory(to: UInt8.self).baseAddress, UInt32($0.count)) }
+            _ = try check(result, "connect", object: "\(object(id)) to \(UnixSocketState.display(name))")
+        }
+
+        /// Binds to the old name. A socket file left at the path is removed
+        /// first only if no live socket uses it; anything else there is refused.
+        mutating func bind(_ fd: Int32, _ s: UnixSocketState, _ id: Int) throws {
+            guard let name = s.name else { return }
+            let display = UnixSocketState.display(name)
+            let isPath = name.first != 0
+            if isPath {
+                var st = Glibc.stat()
+                if UnixSocketState.withCString(name, { lstat($0, &st) }) == 0 {
+                    guard st.st_mode & S_IFMT == S_IFSOCK else {
+                        throw CryoError("\(object(id)): \(display) exists and is not a socket; not replacing it")
+                    }
+                    let inUse = try check(cryo_unix_file_in_use(UInt32(truncatingIfNeeded: st.st_ino), UInt64(st.st_dev)),
+                                          "sock_diag(AF_UNIX)", object: "\(object(id)) \(display)")
+                    if inUse != 0 {
+                        throw CryoError("\(object(id)): \(display) is the address of a live socket; not replacing it")
+                    }
+                    _ = try checkLibc(Int(UnixSocketState.withCString(name) { unlink($0) }), "unlink", object: "stale socket \(display)")
+                }
+            }
+            let result = name.withUnsafeBytes { cryo_unix_bind(fd, $0.bindMemory(to: UInt8.self).baseAddress, UInt32($0.count)) }
+            _ = try check(result, "bind", object: "\(object(id)) to \(display)")
+            guard isPath else { return }
+            if let file = s.file, file.existed {
+                _ = try checkLibc(Int(UnixSocketState.withCString(name) { chmod($0, mode_t(file.mode)) }), "chmod", object: display)
+                _ = try checkLibc(Int(UnixSocketState.withCString(name) { lchown($0, file.uid, file.gid) }), "lchown", object: display)
+            } else {
+                removeAfter.append(String(decoding: name, as: UTF8.self))
+            }
+        }
+
+        /// Puts the receive queue back, written from the end that sent it: the
+        /// pair's other end, the stand-in of a closed peer, or for a named
+        /// datagram socket a throwaway socket connected to its name.
+        mutating func refill(_ id: Int, _ s: UnixSocketState) throws {
+            let writer: Int32
+            if let standIn = closedPeers[id] {
+                writer = standIn
+            } else if s.state == .connected, let peer = s.peer, let peerID = byInode[peer], let fd = made[peerID] {
+                writer = fd
+            } else if s.state == .unconnected, s.type == .dgram, let name = s.name {
+                writer = Int32(try check(cryo_unix_socket(s.type.kernelValue), "socket(AF_UNIX)", object: object(id)))
+                temporary.append(writer)
+                try connect(writer, to: name, id)
+            } else {
+                throw CryoError("\(object(id)): no end to write its \(s.queued.count) queued messages from")
+            }
+            // Room for all of it; the writer's own size is set with the other options afterwards.
+            _ = try check(cryo_setsockopt_int(writer, CRYO_SOL_SOCKET, CRYO_SO_SNDBUFFORCE, Int32.max / 2),
+                          "setsockopt(SO_SNDBUFFORCE)", object: object(id))
+            for message in s.queued {
+                var sent = 0
+                repeat {
+                    let n = message.withUnsafeBytes { cryo_send_nowait(writer, $0.baseAddress! + sent, $0.count - sent) }
+                    sent += try check(n, "send", object: "\(object(id)): refilling its receive queue")
+                    if s.type != .stream && sent != message.count {
+                        throw CryoError("\(object(id)): a \(message.count)-byte message went out as \(sent) bytes")
+                    }
+                } while sent < message.count
+            }
+        }
+
+        func setOptions(_ fd: Int32, _ s: UnixSocketState, flags: UInt32, _ id: Int) throws {
+            let what = object(id)
+            func set(_ option: Int32, _ value: Int32, _ name: String) throws {
+                _ = try check(cryo_setsockopt_int(fd, CRYO_SOL_SOCKET, option, value), "setsockopt(\(name))", object: what)
+            }
+            if s.passCredentials { try set(CRYO_SO_PASSCRED, 1, "SO_PASSCRED") }
+            // The kernel doubles what it is given: give it half of what it reported.
+            for (option, forced, wanted, name) in [(CRYO_SO_SNDBUF, CRYO_SO_SNDBUFFORCE, s.sendBuffer, "SO_SNDBUFFORCE"),
+                                                   (CRYO_SO_RCVBUF, CRYO_SO_RCVBUFFORCE, s.receiveBuffer, "SO_RCVBUFFORCE")] {
+                if try UnixSocketState.option(fd, option, what) != wanted { try set(forced, wanted / 2, name) }
+            }
+            if s.peekOffset != -1 { try set(CRYO_SO_PEEK_OFF, s.peekOffset, "SO_PEEK_OFF") }
+            // A closed peer's stand-in shut this end down when it went.
+            if s.shutdown != 0 && !s.peerClosed {
+                _ = try check(cryo_shutdown(fd, Int32(s.shutdown) - 1), "shutdown", object: what)
+            }
+            let status = Int32(bitPattern: flags) & O_NONBLOCK
+            _ = try checkLibc(Int(fcntl(fd, F_SETFL, status)), "fcntl(F_SETFL)", object: what)
+        }
+
+        func closeAll() {
+            for fd in made.values { close(fd) }
+            for fd in temporary { close(fd) }
+            for fd in closedPeers.values { close(fd) }
+        }
+    }
+}
