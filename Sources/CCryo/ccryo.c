@@ -134,7 +134,12 @@ static inline long raw_syscall3(long nr, long a, long b, long c) {
     return r;
 }
 
-long cryo_clone3_parked(pid_t tid, uint64_t flags, int park_fd, int exit_signal) {
+/* clone3 with one set_tid entry; in the child, arms the parent-death signal
+ * and parks in a raw read() on park_fd until it returns (EOF, or not EINTR).
+ * Returns the child's pid in the parent and 0 in the child, or -errno. The
+ * child is a copy of the controller with one thread: raw syscalls only, no
+ * libc, no Swift. */
+__attribute__((always_inline)) static inline long clone_and_park(pid_t tid, uint64_t flags, int park_fd, int exit_signal) {
     pid_t set_tid[1] = { tid };
     struct clone_args args;
     memset(&args, 0, sizeof(args));
@@ -143,14 +148,19 @@ long cryo_clone3_parked(pid_t tid, uint64_t flags, int park_fd, int exit_signal)
     if (tid > 0) { args.set_tid = (uint64_t)(uintptr_t)set_tid; args.set_tid_size = 1; }
     long r = raw_syscall3(SYS_clone3, (long)&args, sizeof(args), 0);
     if (r != 0) return r;
-    /* The child: a copy of the controller's address space, one thread. Raw
-     * syscalls only from here on; no libc, no Swift. It dies with the controller. */
     raw_syscall3(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0);
     char byte;
     for (;;) {
         long n = raw_syscall3(SYS_read, park_fd, (long)&byte, 1);
         if (n != -EINTR) break;
     }
+    return 0;
+}
+
+long cryo_clone3_parked(pid_t tid, uint64_t flags, int park_fd, int exit_signal) {
+    long r = clone_and_park(tid, flags, park_fd, exit_signal);
+    if (r != 0) return r;
+    /* Reached only if the park ends without cryo taking the task over: it dies with the controller. */
     raw_syscall3(SYS_exit_group, 1, 0, 0);
     __builtin_unreachable();
 }
@@ -194,21 +204,8 @@ static inline long raw_syscall4(long nr, long a, long b, long c, long d) {
 }
 
 long cryo_clone3_namespace_init(int park_fd, pid_t root_pid) {
-    pid_t set_tid[1] = { 1 };
-    struct clone_args args;
-    memset(&args, 0, sizeof(args));
-    args.flags = CLONE_NEWPID;
-    args.exit_signal = SIGCHLD;
-    args.set_tid = (uint64_t)(uintptr_t)set_tid;
-    args.set_tid_size = 1;
-    long r = raw_syscall3(SYS_clone3, (long)&args, sizeof(args), 0);
+    long r = clone_and_park(1, CLONE_NEWPID, park_fd, SIGCHLD);
     if (r != 0) return r;
-    raw_syscall3(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0);
-    char byte;
-    for (;;) {
-        long n = raw_syscall3(SYS_read, park_fd, (long)&byte, 1);
-        if (n != -EINTR) break;
-    }
     raw_syscall3(SYS_close, park_fd, 0, 0);
     int status = 0, root_status = 0;
     for (;;) {
