@@ -8,7 +8,7 @@ import Glibc
 import Testing
 
 /// The fixtures whose images `show --json` is checked against their sources.
-let showFixtures = ["counter", "files", "pipe", "signals", "tree", "threads"]
+let showFixtures = ["counter", "files", "pipe", "signals", "tree", "threads", "events", "seccomp", "locks", "ptimers", "unix"]
 
 extension EndToEnd {
     @Suite("debugging aids: leave-stopped, parasite crash, show, check")
@@ -56,6 +56,31 @@ extension EndToEnd {
             let exit = fixture.reapOriginal(timeout: 30)
             #expect(exit == .exited(0), "\(fixture.report)")
             expectPass(fixture, "\(dump)")
+        }
+
+        @Test("restore -v --log-file records the parasite's own log lines with task and command")
+        func parasiteLog() throws {
+            let scratch = try Scratch("parasite-log")
+            defer { scratch.remove() }
+            let fixture = try Fixture("counter", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let pid = fixture.pid
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "-t", "\(pid)", "-D", images], in: scratch, reaping: fixture)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            _ = fixture.reapOriginal(timeout: 30)
+            let log = scratch.file("cryo.log")
+            let restore = try cryo(["restore", "-D", images, "-d", "-v", "--log-file", log], in: scratch, timeout: 60)
+            try #require(restore.succeeded, "\(restore)\n\(fixture.report)")
+            try #require(fixture.waitRestored(timeout: 30), "pid \(pid) did not come back (\(describeProcess(pid)))")
+            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            #expect(text.contains("pid \(pid) parasite RESTORE_MEMORY: map 0x"), "no mapping lines from the parasite in:\n\(text.prefix(3000))")
+            #expect(text.contains("pid \(pid) parasite INSTALL_FDS: install fd"), "no descriptor lines from the parasite in:\n\(text.prefix(3000))")
+            #expect(!restore.stderr.contains("parasite"), "with --log-file the log goes to the file, not stderr:\n\(restore.stderr)")
+            kill(pid, SIGTERM)
+            #expect(waitUntil(timeout: 60) { !pidExists(pid) }, "restored pid \(pid) did not exit after SIGTERM")
+            expectPass(fixture, "\(restore)")
         }
 
         @Test("show --json matches what the fixture set up", arguments: showFixtures)
@@ -385,7 +410,7 @@ private func showMatchesFixture(_ name: String) throws {
     case "signals": try checkSignals(image, task, fixture, scratch: scratch)
     case "tree": try checkTree(image)
     case "threads": try checkThreads(task, members)
-    default: Issue.record("no checks for \(name)")
+    default: try checkKernelObjects(name, json: show.stdout, pid: pid)
     }
 
     fixture.signal(SIGTERM)
@@ -632,4 +657,60 @@ private func checkThreads(_ task: ShownImage.Task, _ members: TreeMembers) throw
         if index != 0 && t.blockedSignals != blocked { problems.append("thread \(index): blocked 0x\(String(t.blockedSignals, radix: 16))") }
     }
     #expect(problems.isEmpty, "\(problems.prefix(20).joined(separator: "\n"))")
+}
+
+/// The kernel objects of the issue-4 fixtures, from the raw JSON (field names as Docs/IMAGE-FORMAT.md gives them).
+private func checkKernelObjects(_ name: String, json: String, pid: pid_t) throws {
+    let root = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+    let files = ((root["files"] as? [String: Any])?["files"] as? [[String: Any]]) ?? []
+    let tasks = (root["tasks"] as? [[String: Any]]) ?? []
+    let task = try #require(tasks.first { (($0["core"] as? [String: Any])?["pid"] as? Int) == Int(pid) }, "no task \(pid)")
+    let descriptors = ((task["descriptors"] as? [String: Any])?["descriptors"] as? [[String: Any]]) ?? []
+    let usedIDs = Set(descriptors.compactMap { $0["file"] as? Int })
+    let used = files.filter { usedIDs.contains(($0["id"] as? Int) ?? -1) }
+    func kinds(_ kind: String) -> [[String: Any]] { used.filter { ($0["kind"] as? String) == kind } }
+    switch name {
+    case "events":
+        let counts = kinds("eventfd").compactMap { ($0["eventfd"] as? [String: Any])?["count"] as? UInt64 }.sorted()
+        #expect(counts == [3, 5_000_000_000], "eventfd counts \(counts), want 3 and 5000000000")
+        let semaphores = kinds("eventfd").filter { (($0["eventfd"] as? [String: Any])?["semaphore"] as? Bool) == true }
+        #expect(semaphores.count == 1, "one semaphore eventfd, found \(semaphores.count)")
+        let mask = (kinds("signalfd").first?["signalfd"] as? [String: Any])?["mask"] as? UInt64
+        #expect(mask == 1 << (UInt64(SIGUSR1) - 1), "signalfd mask \(String(describing: mask)), want SIGUSR1's bit")
+        let intervals = kinds("timerfd").compactMap { ($0["timerfd"] as? [String: Any])?["intervalNanoseconds"] as? Int }.sorted()
+        #expect(intervals == [0, 20_000_000], "timerfd intervals \(intervals)")
+        let targets = (kinds("epoll").first?["epoll"] as? [String: Any])?["targets"] as? [[String: Any]] ?? []
+        #expect(Set(targets.compactMap { $0["data"] as? Int }) == [0x1111, 0x2222, 0x3333], "epoll targets \(targets)")
+        let memfd = kinds("memfd").first?["memfd"] as? [String: Any]
+        #expect(memfd?["name"] as? String == "cryo-events" && memfd?["size"] as? Int == 10000 && memfd?["seals"] as? Int == 6,
+                "memfd \(String(describing: memfd))")
+        let fifoBytes = kinds("fifo").compactMap { ($0["pipe"] as? [String: Any])?["buffered"] as? String }
+            .compactMap { Data(base64Encoded: $0) }
+        #expect(fifoBytes.map { String(decoding: $0, as: UTF8.self) } == ["fifo-bytes-still-here"], "FIFO bytes \(fifoBytes)")
+    case "seccomp":
+        let seccomp = (task["core"] as? [String: Any])?["seccomp"] as? [String: Any]
+        #expect(seccomp?["noNewPrivileges"] as? Bool == true, "no_new_privs not recorded")
+        #expect((seccomp?["filters"] as? [[Int]])?.count == 2, "want two filters: \(String(describing: seccomp))")
+    case "locks":
+        let locks = descriptors.flatMap { ($0["locks"] as? [[String: Any]]) ?? [] }
+        let summary = Set(locks.map { lock in
+            "\(lock["kind"] as? String ?? "?") \((lock["write"] as? Bool).map { $0 ? "true" : "false" } ?? "?") \(lock["start"] as? Int ?? -1) \((lock["end"] as? Int).map(String.init) ?? "EOF")"
+        })
+        #expect(summary == ["flock true 0 EOF", "posix true 10 29", "ofd false 0 EOF"], "locks \(summary)")
+    case "ptimers":
+        let timers = ((task["signals"] as? [String: Any])?["posixTimers"] as? [[String: Any]]) ?? []
+        #expect(Set(timers.compactMap { $0["id"] as? Int }) == [0, 1, 2], "timer ids \(timers)")
+        let periodic = timers.first { ($0["id"] as? Int) == 0 }
+        #expect(periodic?["intervalNanoseconds"] as? Int == 30_000_000 && periodic?["value"] as? Int == 7
+                && periodic?["signal"] as? Int == Int(SIGUSR1), "timer 0 \(String(describing: periodic))")
+        #expect(timers.contains { ($0["notify"] as? String) == "thread" }, "no SIGEV_THREAD_ID timer in \(timers)")
+    case "unix":
+        let sockets = kinds("unixSocket")
+        #expect(sockets.count >= 8, "only \(sockets.count) unix sockets recorded")
+        let types = Set(sockets.compactMap { ($0["unixSocket"] as? [String: Any])?["type"] as? String })
+        #expect(types == ["stream", "dgram", "seqpacket"], "socket types \(types)")
+        #expect(sockets.contains { (($0["unixSocket"] as? [String: Any])?["state"] as? String) == "listening" }, "no listener")
+    default:
+        Issue.record("no checks for \(name)")
+    }
 }
