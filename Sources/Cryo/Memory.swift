@@ -160,9 +160,8 @@ extension MemoryRecord {
         defer { try? out.close() }
         var runs: [[UInt64]] = []
         var fileOffset: UInt64 = 0
-        let bufferSize = 8 << 20
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 4096)
-        defer { buffer.deallocate() }
+        let writer = PageWriter(file: out, path: pagesPath)
+        defer { writer.close() }
         var regions = [cryo_page_region](repeating: cryo_page_region(), count: 512)
         for m in mappings {
             guard let categories = pageCategories(m) else { continue }
@@ -186,10 +185,11 @@ extension MemoryRecord {
                     var address = region.start
                     runs.append([region.start, region.end - region.start, fileOffset])
                     while address < region.end {
-                        let chunk = Int(min(UInt64(bufferSize), region.end - address))
-                        let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<chunk])
-                        try RemoteMemory.read(pid, at: address, into: view)
-                        try Files.write(out, UnsafeRawBufferPointer(view), at: Int64(fileOffset), path: pagesPath)
+                        let chunk = Int(min(UInt64(PageWriter.bufferSize), region.end - address))
+                        let source = address
+                        try writer.write(count: chunk, at: Int64(fileOffset)) { view in
+                            try RemoteMemory.read(pid, at: source, into: view)
+                        }
                         fileOffset += UInt64(chunk)
                         address += UInt64(chunk)
                     }
@@ -198,6 +198,7 @@ extension MemoryRecord {
                 cursor = arg.walk_end > cursor ? arg.walk_end : m.end
             }
         }
+        try writer.finish()
         return PageIndex(runs: runs, pagesFileSize: fileOffset)
     }
 
@@ -227,6 +228,71 @@ extension MemoryRecord {
             }
             expectedOffset += run[1]
         }
+    }
+}
+
+/// Copies pages out of the frozen task into one buffer while the previous
+/// one is written to the image by a second thread, so reading the task and
+/// writing the page cache overlap instead of adding up. (No ptrace here:
+/// process_vm_readv works from any thread.)
+final class PageWriter: @unchecked Sendable {
+    static let bufferSize = 8 << 20
+    private let file: FileDescriptor
+    private let path: String
+    private let queue = DispatchQueue(label: "cryo.page-writer")
+    private let free = DispatchSemaphore(value: 3)
+    private let lock = NSLock()
+    private var idle: [UnsafeMutableRawBufferPointer] = []
+    private var all: [UnsafeMutableRawBufferPointer] = []
+    private var failure: Error?
+
+    init(file: FileDescriptor, path: String) {
+        self.file = file
+        self.path = path
+        for _ in 0..<3 {
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: PageWriter.bufferSize, alignment: 4096)
+            idle.append(buffer)
+            all.append(buffer)
+        }
+    }
+
+    /// Fills a free buffer on this thread with `fill`, then writes it at `offset` in the background.
+    func write(count: Int, at offset: Int64, fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
+        try raiseFailure()
+        free.wait()
+        let buffer = lock.withLock { idle.removeLast() }
+        let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
+        do { try fill(view) } catch {
+            lock.withLock { idle.append(buffer) }
+            free.signal()
+            throw error
+        }
+        let address = UInt(bitPattern: buffer.baseAddress)
+        queue.async { [self] in
+            let bytes = UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: address), count: count)
+            do { try Files.write(file, bytes, at: offset, path: path) } catch {
+                lock.withLock { if failure == nil { failure = error } }
+            }
+            let back = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: address), count: PageWriter.bufferSize)
+            lock.withLock { idle.append(back) }
+            free.signal()
+        }
+    }
+
+    /// Waits for every write and reports the first that failed.
+    func finish() throws {
+        queue.sync {}
+        try raiseFailure()
+    }
+
+    private func raiseFailure() throws {
+        if let error = lock.withLock({ failure }) { throw error }
+    }
+
+    func close() {
+        queue.sync {}
+        for buffer in all { buffer.deallocate() }
+        all = []
     }
 }
 
