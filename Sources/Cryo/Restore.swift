@@ -202,11 +202,15 @@ public struct Restorer {
         return place
     }
 
-    func argumentBytes(_ image: Image) -> Int { image.tasks.map { argumentBytesNeeded($0, files: image.fileTable) }.max() ?? 0 }
-
-    func argumentBytesNeeded(_ task: TaskImage, files: FileTable) -> Int {
-        let epollTargets = task.descriptors.descriptors.reduce(0) { $0 + (files.files[$1.file].epoll?.targets.count ?? 0) }
+    func argumentBytes(_ image: Image) -> Int {
         let ownMaps = (try? readMappings(pid: getpid(), withFlags: false).count) ?? 1000
+        return image.tasks.map { argumentBytesNeeded($0, files: image.fileTable, ownMaps: ownMaps) }.max() ?? 0
+    }
+
+    /// Room for the largest command: the memory plan (which unmaps what the
+    /// new task inherited from cryo, `ownMaps` mappings) or the state records.
+    func argumentBytesNeeded(_ task: TaskImage, files: FileTable, ownMaps: Int) -> Int {
+        let epollTargets = task.descriptors.descriptors.reduce(0) { $0 + (files.files[$1.file].epoll?.targets.count ?? 0) }
         return MemoryLayout<cryo_restore_memory>.size + (ownMaps + 64) * 16 + 6 * 24 * 2
             + task.memory.mappings.count * MemoryLayout<cryo_vma>.stride + task.pageIndex.runs.count * 24
             + MemoryLayout<cryo_task_state>.size + MemoryLayout<cryo_restore_extra>.size
@@ -428,8 +432,7 @@ public struct Restorer {
 
         let controlFD = Int32(max((task.descriptors.descriptors.map(\.fd).max() ?? 2) + 1, 3))
         let slotFD = { (slot: Int) -> Int32 in controlFD + 1 + Int32(slot) }
-        let listener = try ControlListener(name: "cryo-restore-\(getpid())-\(pid)")
-        defer { listener.close() }
+        let listener = try session.listener()
         var connect = cryo_connect()
         connect.target_fd = controlFD
         connect.address_length = UInt32(listener.address.count)
@@ -601,6 +604,17 @@ final class RestoreSession {
     var processes: [Int32: RestoringProcess] = [:]
     var namespaceInit: Tracee?
     var epollsFilled = Set<Int>()
+    private var control: ControlListener?
+
+    /// One listening socket for the whole restore; each parasite connects in turn.
+    func listener() throws -> ControlListener {
+        if let control { return control }
+        let made = try ControlListener(name: "cryo-restore-\(getpid())")
+        control = made
+        return made
+    }
+
+    deinit { control?.close() }
     var created: [pid_t] = []
     var done = false
 
