@@ -187,6 +187,8 @@ public struct Inventory: Codable, Sendable {
         public var comm: String
         /// For a zombie: its wait status (as waitpid reports it); it has no task file.
         public var zombieStatus: Int32?
+        /// Stopped by a signal at dump; restored stopped.
+        public var stopped: Bool?
     }
 
     /// Processes that run, and so have task and pages files.

@@ -14,9 +14,11 @@ struct FrozenProcess {
     var threads: [Tracee]
     /// Set for a zombie: its wait status. Zombies are not seized.
     var zombieStatus: Int32?
+    /// Stopped by a signal (state T) before cryo came: it comes back stopped.
+    var stopped = false
     var leader: Tracee { threads[0] }
     var entry: Inventory.ProcessEntry {
-        .init(pid: pid, ppid: ppid, pgid: pgid, sid: sid, comm: comm, zombieStatus: zombieStatus)
+        .init(pid: pid, ppid: ppid, pgid: pgid, sid: sid, comm: comm, zombieStatus: zombieStatus, stopped: stopped ? true : nil)
     }
 }
 
@@ -58,6 +60,7 @@ final class FrozenTree {
             return nil
         }
         var process = FrozenProcess(pid: pid, ppid: stat.ppid, pgid: stat.pgid, sid: stat.sid, comm: stat.comm, threads: [])
+        process.stopped = stat.state == Character("T")
         if stat.state == "Z" || stat.state == "X" {
             if isRoot { throw CryoError("pid \(pid) (\(stat.comm)) is a zombie") }
             process.zombieStatus = Int32(truncatingIfNeeded: stat.field(52))

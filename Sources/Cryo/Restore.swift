@@ -119,9 +119,10 @@ public struct Restorer {
                 try process.parasite.remove()
                 for (thread, record) in zip(process.threads, process.image.threads) { try record.restore(pid: thread.pid) }
             }
-            if options.leaveStopped {
-                // A pending SIGSTOP stops each one before its first instruction, untraced.
-                for process in inventory.livePids.map({ session.processes[$0]! }) { try Processes.kill(process.pid, SIGSTOP) }
+            // A pending SIGSTOP stops a task before its first instruction, untraced: for
+            // --leave-stopped, and for processes that were stopped when dumped.
+            for entry in inventory.processes where entry.zombieStatus == nil && (options.leaveStopped || entry.stopped == true) {
+                try Processes.kill(session.processes[entry.pid]!.pid, SIGSTOP)
             }
             for process in inventory.livePids.map({ session.processes[$0]! }) {
                 for thread in process.threads { try thread.detach() }

@@ -58,6 +58,31 @@ extension EndToEnd {
             expectPass(fixture, "\(dump)")
         }
 
+        @Test("a process stopped by SIGSTOP when dumped comes back stopped, untraced, and carries on after SIGCONT")
+        func stoppedStaysStopped() throws {
+            let scratch = try Scratch("stopped")
+            defer { scratch.remove() }
+            let fixture = try Fixture("counter", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let pid = fixture.pid
+            kill(pid, SIGSTOP)
+            #expect(waitUntil(timeout: 10) { procState(pid) == "T" }, "counter did not stop")
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "-t", "\(pid)", "-D", images], in: scratch, reaping: fixture)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            _ = fixture.reapOriginal(timeout: 30)
+            let restore = try cryo(["restore", "-D", images, "-d"], in: scratch, timeout: 60)
+            try #require(restore.succeeded, "\(restore)\n\(fixture.report)")
+            #expect(waitUntil(timeout: 10) { procState(pid) == "T" }, "restored pid \(pid) is in state \(procState(pid) ?? "?"), want T")
+            let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+            #expect(status.contains("TracerPid:\t0"), "restored pid \(pid) is still traced:\n\(status)")
+            kill(pid, SIGCONT)
+            kill(pid, SIGTERM)
+            #expect(waitUntil(timeout: 60) { !pidExists(pid) }, "restored pid \(pid) did not exit after SIGCONT and SIGTERM")
+            expectPass(fixture, "\(restore)")
+        }
+
         @Test("restore -v --log-file records the parasite's own log lines with task and command")
         func parasiteLog() throws {
             let scratch = try Scratch("parasite-log")
@@ -713,4 +738,13 @@ private func checkKernelObjects(_ name: String, json: String, pid: pid_t) throws
     default:
         Issue.record("no checks for \(name)")
     }
+}
+
+/// The one-letter state in /proc/PID/status, nil when the process is gone.
+private func procState(_ pid: pid_t) -> Character? {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+    for line in text.split(separator: "\n") where line.hasPrefix("State:") {
+        return line.dropFirst(6).trimmingCharacters(in: .whitespaces).first
+    }
+    return nil
 }
