@@ -276,12 +276,17 @@ extension InetSocketState {
 struct InetSocketRebuilder {
     private var made: [Int: Int32] = [:]
 
-    init(files: [FileTable.OpenFile], established: Bool) throws {
-        let sockets = files.compactMap { f in f.inetSocket.map { (id: f.id, state: $0, flags: f.flags) } }
-        if !established, let (id, s, _) = sockets.first(where: { $0.state.tcp != nil }) {
-            throw CryoError("file #\(id): the image holds an established TCP connection \(s.local?.description ?? "?") -> "
+    /// Established connections come back only when asked for, as with dump.
+    static func requireFlag(files: [FileTable.OpenFile]) throws {
+        if let f = files.first(where: { $0.inetSocket?.tcp != nil }), let s = f.inetSocket {
+            throw CryoError("file #\(f.id): the image holds an established TCP connection \(s.local?.description ?? "?") -> "
                 + "\(s.peer?.description ?? "?"); restore with --tcp-established")
         }
+    }
+
+    init(files: [FileTable.OpenFile], established: Bool) throws {
+        let sockets = files.compactMap { f in f.inetSocket.map { (id: f.id, state: $0, flags: f.flags) } }
+        if !established { try Self.requireFlag(files: files) }
         do {
             try build(sockets)
         } catch {

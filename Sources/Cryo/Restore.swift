@@ -75,6 +75,10 @@ public struct Restorer {
         let image = try Image(directory: options.directory)
         statistics.imageReadSeconds = seconds(since: started)
         let inventory = image.inventory
+        if !options.tcpEstablished {
+            // Before anything is touched: the image needs the flag.
+            try InetSocketRebuilder.requireFlag(files: image.fileTable.files)
+        }
         let helperPids = Set(inventory.processes.filter { p in
             p.pid != inventory.rootPid && p.pgid != p.pid && !inventory.processes.contains { $0.pid == p.pgid }
                 && !(inventory.shellJob && p.pgid == inventory.processes[0].pgid)
