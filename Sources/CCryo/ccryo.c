@@ -464,3 +464,130 @@ long cryo_setsockopt_int(int fd, int level, int option, int value) {
 }
 long cryo_shutdown(int fd, int how) { return RAW(shutdown(fd, how)); }
 long cryo_listen(int fd, int backlog) { return RAW(listen(fd, backlog)); }
+
+/* AF_INET and AF_INET6 sockets. */
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <linux/sockios.h>
+
+_Static_assert(CRYO_SO_REUSEADDR == SO_REUSEADDR && CRYO_SO_BROADCAST == SO_BROADCAST && CRYO_SO_KEEPALIVE == SO_KEEPALIVE
+               && CRYO_SO_REUSEPORT == SO_REUSEPORT && CRYO_SO_PROTOCOL == SO_PROTOCOL && CRYO_IP_TTL == IP_TTL
+               && CRYO_IPV6_UNICAST_HOPS == IPV6_UNICAST_HOPS && CRYO_IPV6_V6ONLY == IPV6_V6ONLY
+               && CRYO_TCP_NODELAY == TCP_NODELAY && CRYO_TCP_MAXSEG == TCP_MAXSEG && CRYO_TCP_REPAIR == TCP_REPAIR
+               && CRYO_TCP_REPAIR_QUEUE == TCP_REPAIR_QUEUE && CRYO_TCP_QUEUE_SEQ == TCP_QUEUE_SEQ
+               && CRYO_TCP_TIMESTAMP == TCP_TIMESTAMP && CRYO_TCP_RECV_QUEUE == TCP_RECV_QUEUE
+               && CRYO_TCP_SEND_QUEUE == TCP_SEND_QUEUE, "inet option numbers");
+
+static socklen_t to_sockaddr(const cryo_inet_address *a, struct sockaddr_storage *s) {
+    memset(s, 0, sizeof(*s));
+    if (a->family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)s;
+        in->sin_family = AF_INET;
+        in->sin_port = htons(a->port);
+        memcpy(&in->sin_addr, a->address, 4);
+        return sizeof(*in);
+    }
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)s;
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons(a->port);
+    memcpy(&in6->sin6_addr, a->address, 16);
+    in6->sin6_scope_id = a->scope;
+    return sizeof(*in6);
+}
+static void from_sockaddr(const struct sockaddr_storage *s, cryo_inet_address *a) {
+    memset(a, 0, sizeof(*a));
+    if (s->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)s;
+        a->family = AF_INET;
+        a->port = ntohs(in->sin_port);
+        memcpy(a->address, &in->sin_addr, 4);
+    } else if (s->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)s;
+        a->family = AF_INET6;
+        a->port = ntohs(in6->sin6_port);
+        memcpy(a->address, &in6->sin6_addr, 16);
+        a->scope = in6->sin6_scope_id;
+    }
+}
+long cryo_inet_socket(int family, int type) { return RAW(socket(family, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)); }
+long cryo_inet_name(int fd, int peer, cryo_inet_address *address) {
+    struct sockaddr_storage s;
+    memset(&s, 0, sizeof(s));
+    socklen_t size = sizeof(s);
+    long r = peer ? getpeername(fd, (struct sockaddr *)&s, &size) : getsockname(fd, (struct sockaddr *)&s, &size);
+    if (r < 0) return -errno;
+    from_sockaddr(&s, address);
+    return 0;
+}
+long cryo_inet_bind(int fd, const cryo_inet_address *address) {
+    struct sockaddr_storage s;
+    socklen_t size = to_sockaddr(address, &s);
+    return RAW(bind(fd, (struct sockaddr *)&s, size));
+}
+long cryo_inet_connect(int fd, const cryo_inet_address *address) {
+    struct sockaddr_storage s;
+    socklen_t size = to_sockaddr(address, &s);
+    return RAW(connect(fd, (struct sockaddr *)&s, size));
+}
+long cryo_inet_sendto(int fd, const void *buffer, size_t length, const cryo_inet_address *to) {
+    struct sockaddr_storage s;
+    socklen_t size = to_sockaddr(to, &s);
+    long r;
+    do { r = sendto(fd, buffer, length, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&s, size); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+long cryo_inet_peek(int fd, void *buffer, size_t length, cryo_inet_address *from) {
+    struct sockaddr_storage s;
+    memset(&s, 0, sizeof(s));
+    struct iovec iov = { buffer, length };
+    struct msghdr msg = { .msg_name = &s, .msg_namelen = sizeof(s), .msg_iov = &iov, .msg_iovlen = 1 };
+    long r;
+    do { r = recvmsg(fd, &msg, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC); } while (r < 0 && errno == EINTR);
+    if (r < 0) return -errno;
+    from_sockaddr(&s, from);
+    return r;
+}
+long cryo_tcp_peek(int fd, void *buffer, size_t length) {
+    long r;
+    do { r = recv(fd, buffer, length, MSG_PEEK | MSG_DONTWAIT); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+long cryo_tcp_info_get(int fd, cryo_tcp_info *info) {
+    struct tcp_info t;
+    memset(&t, 0, sizeof(t));
+    socklen_t size = sizeof(t);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &t, &size) < 0) return -errno;
+    info->state = t.tcpi_state;
+    info->options = t.tcpi_options;
+    info->snd_wscale = t.tcpi_snd_wscale;
+    info->rcv_wscale = t.tcpi_rcv_wscale;
+    info->unacked = t.tcpi_unacked;
+    info->sacked = t.tcpi_sacked;
+    return 0;
+}
+long cryo_tcp_window_get(int fd, cryo_tcp_window *window) {
+    struct tcp_repair_window w;
+    socklen_t size = sizeof(w);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &w, &size) < 0) return -errno;
+    window->snd_wl1 = w.snd_wl1; window->snd_wnd = w.snd_wnd; window->max_window = w.max_window;
+    window->rcv_wnd = w.rcv_wnd; window->rcv_wup = w.rcv_wup;
+    return 0;
+}
+long cryo_tcp_window_set(int fd, const cryo_tcp_window *window) {
+    struct tcp_repair_window w = { window->snd_wl1, window->snd_wnd, window->max_window, window->rcv_wnd, window->rcv_wup };
+    return RAW(setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &w, sizeof(w)));
+}
+long cryo_tcp_repair_options(int fd, uint32_t mss, int wscale, uint32_t snd_wscale, uint32_t rcv_wscale, int sack, int timestamps) {
+    struct tcp_repair_opt o[4];
+    int n = 0;
+    if (mss) o[n++] = (struct tcp_repair_opt){ TCPOPT_MAXSEG, mss };
+    if (wscale) o[n++] = (struct tcp_repair_opt){ TCPOPT_WINDOW, snd_wscale | (rcv_wscale << 16) };
+    if (sack) o[n++] = (struct tcp_repair_opt){ TCPOPT_SACK_PERMITTED, 0 };
+    if (timestamps) o[n++] = (struct tcp_repair_opt){ TCPOPT_TIMESTAMP, 0 };
+    if (n == 0) return 0;
+    return RAW(setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_OPTIONS, o, (socklen_t)(n * sizeof(o[0]))));
+}
+long cryo_socket_queue(int fd, int which, int *value) {
+    unsigned long request = which == 0 ? SIOCINQ : which == 1 ? SIOCOUTQ : SIOCOUTQNSD;
+    return RAW(ioctl(fd, request, value));
+}

@@ -11,8 +11,11 @@ public struct DumpOptions: Sendable {
     public var directory: String
     public var leaveRunning: Bool
     public var shellJob: Bool
-    public init(pid: pid_t, directory: String, leaveRunning: Bool, shellJob: Bool) {
+    /// Checkpoint established TCP connections (TCP_REPAIR) instead of refusing them.
+    public var tcpEstablished: Bool
+    public init(pid: pid_t, directory: String, leaveRunning: Bool, shellJob: Bool, tcpEstablished: Bool = false) {
         self.pid = pid
+        self.tcpEstablished = tcpEstablished
         self.directory = directory
         self.leaveRunning = leaveRunning
         self.shellJob = shellJob
@@ -37,7 +40,8 @@ public struct Dumper {
         let madeDirectory = !Files.exists(options.directory)
         let inventoryFD = try prepareDirectory(paths)
         var created = [paths.inventory]
-        let fileTable = FileTableBuilder(paths: paths)
+        let fileTable = FileTableBuilder(paths: paths, tcpEstablished: options.tcpEstablished)
+        defer { fileTable.releaseConnections() }
         var success = false
         defer {
             try? inventoryFD.close()
@@ -97,7 +101,10 @@ public struct Dumper {
             tree.release()
         } else {
             // Dead while still traced: no process runs another instruction, and
-            // as their tracer cryo sees each one die before it returns.
+            // as their tracer cryo sees each one die before it returns. Established
+            // connections go into repair mode first: cryo's duplicates are their last
+            // references, and closing those afterwards sends nothing to the peers.
+            fileTable.silenceConnections()
             tree.kill()
         }
         try? writeStatistics(statistics, to: "\(options.directory)/stats-dump")

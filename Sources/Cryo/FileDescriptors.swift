@@ -23,9 +23,10 @@ public struct FileTable: Codable, Sendable {
         public var timerfd: TimerFDState?
         public var epoll: EpollState?
         public var unixSocket: UnixSocketState?
+        public var inetSocket: InetSocketState?
     }
     public enum FileKind: String, Codable, Sendable {
-        case regular, directory, characterDevice, pipe, fifo, memfd, eventfd, signalfd, timerfd, epoll, unixSocket
+        case regular, directory, characterDevice, pipe, fifo, memfd, eventfd, signalfd, timerfd, epoll, unixSocket, inetSocket
     }
     public var files: [OpenFile]
 }
@@ -66,7 +67,28 @@ final class FileTableBuilder {
     /// "pid P fd N" of the first descriptor of each socket, for refusals made once the whole tree is seen.
     private var socketObjects: [Int: String] = [:]
 
-    init(paths: ImagePaths) { self.paths = paths }
+    /// --tcp-established: established TCP connections are dumped (otherwise refused).
+    let tcpEstablished: Bool
+    /// Duplicates of established TCP sockets, held until the tree is dead: with
+    /// --leave-running they are just closed; otherwise TCP_REPAIR goes on before
+    /// the kill, so that the last close sends neither FIN nor RST to the peer.
+    private var connections: [Int32] = []
+
+    init(paths: ImagePaths, tcpEstablished: Bool = false) {
+        self.paths = paths
+        self.tcpEstablished = tcpEstablished
+    }
+
+    /// Right before the dumped tree is killed: repair mode on every established connection.
+    func silenceConnections() {
+        for fd in connections { _ = cryo_setsockopt_int(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 1) }
+    }
+
+    /// After the kill (or instead of it): drops cryo's own references.
+    func releaseConnections() {
+        for fd in connections { close(fd) }
+        connections = []
+    }
 
     func dump(pid: pid_t) throws -> DescriptorsRecord {
         let pidfd = try Pidfd.open(pid)
@@ -136,9 +158,20 @@ final class FileTableBuilder {
             file.path = p.link
             file.pipe = try PipeEndState.dump(p)
         case S_IFSOCK:
-            file.kind = .unixSocket
-            file.unixSocket = try UnixSocketState.dump(p)
-            socketObjects[id] = p.object
+            let family = try UnixSocketState.option(p.handle.rawValue, CRYO_SO_DOMAIN, p.object)
+            if family == AF_INET || family == AF_INET6 {
+                file.kind = .inetSocket
+                let socket = try InetSocketState.dump(p, family: family, established: tcpEstablished)
+                file.inetSocket = socket
+                if socket.tcp != nil {
+                    let held = Int32(try checkLibc(Int(fcntl(p.handle.rawValue, F_DUPFD_CLOEXEC, 0)), "fcntl(F_DUPFD_CLOEXEC)", object: p.object))
+                    connections.append(held)
+                }
+            } else {
+                file.kind = .unixSocket
+                file.unixSocket = try UnixSocketState.dump(p)
+                socketObjects[id] = p.object
+            }
         case _ where p.link == "anon_inode:[eventfd]":
             file.kind = .eventfd
             file.eventfd = try EventFDState.dump(p)
@@ -178,7 +211,8 @@ extension FileTable {
         for f in files where ([.pipe, .fifo].contains(f.kind)) != (f.pipe != nil) || (f.kind == .regular) != (f.regular != nil)
             || (f.kind == .memfd) != (f.memfd != nil) || (f.kind == .eventfd) != (f.eventfd != nil)
             || (f.kind == .signalfd) != (f.signalfd != nil) || (f.kind == .timerfd) != (f.timerfd != nil)
-            || (f.kind == .epoll) != (f.epoll != nil) || (f.kind == .unixSocket) != (f.unixSocket != nil) {
+            || (f.kind == .epoll) != (f.epoll != nil) || (f.kind == .unixSocket) != (f.unixSocket != nil)
+            || (f.kind == .inetSocket) != (f.inetSocket != nil) {
             throw ImageError(file: file, record: "files", "file #\(f.id) of kind \(f.kind) lacks its state")
         }
         var socketInodes = Set<UInt64>()
@@ -189,11 +223,15 @@ extension FileTable {
                 throw ImageError(file: file, record: "files", "file #\(f.id): socket:[\(s.inode)] appears twice")
             }
         }
+        for f in files {
+            guard let s = f.inetSocket else { continue }
+            if let problem = s.validate() { throw ImageError(file: file, record: "files", "file #\(f.id): \(problem)") }
+        }
     }
 
     /// Opens every description in the controller, ready to be passed to the tasks.
     /// Pipes are created once per pipe and their buffered bytes put back.
-    func open(paths: ImagePaths) throws -> [FileDescriptor] {
+    func open(paths: ImagePaths, tcpEstablished: Bool = false) throws -> [FileDescriptor] {
         var opened: [FileDescriptor] = []
         var pipes = PipeRebuilder()
         defer { pipes.closeAll() }
@@ -201,6 +239,8 @@ extension FileTable {
             // Unix sockets name and connect to each other: all are made first, together.
             var sockets = try UnixSocketRebuilder(files: files)
             defer { sockets.closeAll() }
+            var inetSockets = try InetSocketRebuilder(files: files, established: tcpEstablished)
+            defer { inetSockets.closeAll() }
             for f in files {
                 let object = "file #\(f.id) (\(f.path ?? f.kind.rawValue))"
                 let handle: FileDescriptor
@@ -216,6 +256,9 @@ extension FileTable {
                 case .epoll: handle = try EpollState.open(flags: f.flags, object: object)
                 case .unixSocket:
                     guard let socket = sockets.take(f.id) else { throw CryoError("\(object): socket was not rebuilt") }
+                    handle = socket
+                case .inetSocket:
+                    guard let socket = inetSockets.take(f.id) else { throw CryoError("\(object): socket was not rebuilt") }
                     handle = socket
                 }
                 opened.append(handle)

@@ -13,7 +13,11 @@ public struct RestoreOptions: Sendable {
     public var newPidNamespace: Bool
     /// Leave every task stopped (SIGSTOP, not traced) right before it would resume, for a debugger.
     public var leaveStopped: Bool
-    public init(directory: String, detached: Bool, newPidNamespace: Bool = false, leaveStopped: Bool = false) {
+    /// Rebuild established TCP connections of the image (TCP_REPAIR); without it they are refused.
+    public var tcpEstablished: Bool
+    public init(directory: String, detached: Bool, newPidNamespace: Bool = false, leaveStopped: Bool = false,
+                tcpEstablished: Bool = false) {
+        self.tcpEstablished = tcpEstablished
         self.directory = directory
         self.detached = detached
         self.newPidNamespace = newPidNamespace
@@ -71,6 +75,10 @@ public struct Restorer {
         let image = try Image(directory: options.directory)
         statistics.imageReadSeconds = seconds(since: started)
         let inventory = image.inventory
+        if !options.tcpEstablished {
+            // Before anything is touched: the image needs the flag.
+            try InetSocketRebuilder.requireFlag(files: image.fileTable.files)
+        }
         let helperPids = Set(inventory.processes.filter { p in
             p.pid != inventory.rootPid && p.pgid != p.pid && !inventory.processes.contains { $0.pid == p.pgid }
                 && !(inventory.shellJob && p.pgid == inventory.processes[0].pgid)
@@ -101,7 +109,7 @@ public struct Restorer {
             let forking = ContinuousClock.now
             // Every open file description is made once, in the controller, before any task of
             // the tree exists (after the namespace's init, which must not inherit them).
-            let descriptions = try image.fileTable.open(paths: image.paths)
+            let descriptions = try image.fileTable.open(paths: image.paths, tcpEstablished: options.tcpEstablished)
             defer { for fd in descriptions { try? fd.close() } }
             let root = try createRoot(image, session: session, parent: namespaceInit)
             try createTree(image, root: root, session: session, helperPids: helperPids)

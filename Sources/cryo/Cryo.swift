@@ -72,11 +72,14 @@ struct DumpCommand: ParsableCommand {
     var leaveRunning = false
     @Flag(name: .customLong("shell-job"), help: "Allow a process in cryo's session (a shell job).")
     var shellJob = false
+    @Flag(name: .customLong("tcp-established"), help: "Checkpoint established TCP connections (TCP_REPAIR) instead of refusing them.")
+    var tcpEstablished = false
     @OptionGroup var common: CommonOptions
 
     func run() throws {
         let statistics = try failing {
-            try Dumper(options: DumpOptions(pid: pid, directory: directory, leaveRunning: leaveRunning, shellJob: shellJob),
+            try Dumper(options: DumpOptions(pid: pid, directory: directory, leaveRunning: leaveRunning, shellJob: shellJob,
+                                               tcpEstablished: tcpEstablished),
                        logger: common.logger()).run()
         }
         if common.verbose > 0 {
@@ -98,12 +101,14 @@ struct RestoreCommand: ParsableCommand {
     var pidNamespace = false
     @Flag(name: .customLong("leave-stopped"), help: "Leave every task stopped (SIGSTOP, untraced) right before it resumes, so a debugger can attach.")
     var leaveStopped = false
+    @Flag(name: .customLong("tcp-established"), help: "Rebuild the image's established TCP connections (TCP_REPAIR).")
+    var tcpEstablished = false
     @OptionGroup var common: CommonOptions
 
     func run() throws {
         let tree = try failing {
             try Restorer(options: RestoreOptions(directory: directory, detached: detached, newPidNamespace: pidNamespace,
-                                                        leaveStopped: leaveStopped),
+                                                        leaveStopped: leaveStopped, tcpEstablished: tcpEstablished),
                          logger: common.logger()).run()
         }
         let pid = tree.childPid

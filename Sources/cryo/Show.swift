@@ -95,7 +95,7 @@ struct ShowCommand: ParsableCommand {
         print("  descriptors (\(task.descriptors.descriptors.count)):")
         for d in task.descriptors.descriptors {
             let f = files.files[d.file]
-            var what = f.path ?? f.unixSocket?.summary ?? "pipe:[\(f.pipe?.inode ?? 0)] \(f.pipe?.isReadEnd == true ? "read" : "write") end"
+            var what = f.path ?? f.unixSocket?.summary ?? f.inetSocket?.summary ?? "pipe:[\(f.pipe?.inode ?? 0)] \(f.pipe?.isReadEnd == true ? "read" : "write") end"
             if f.regular?.unlinked == true { what += " (unlinked, contents in image)" }
             if let pipe = f.pipe, let data = pipe.buffered, !data.isEmpty { what += " (\(data.count) bytes buffered)" }
             print("    fd \(d.fd) -> \(what)  [\(f.kind.rawValue), flags 0\(String(f.flags, radix: 8)), pos \(f.position)\(d.closeOnExec ? ", cloexec" : "")]"

@@ -31,9 +31,9 @@ extension EndToEnd {
             expectPass(fixture, "\(dump)")
         }
 
-        @Test("dump of a process holding an AF_INET socket fails naming pid, fd and the family")
-        func inetSocketRefused() throws {
-            try expectSocketRefused(arguments: [], naming: "AF_INET")
+        @Test("dump of a process holding an AF_NETLINK socket fails naming pid, fd and the family")
+        func netlinkSocketRefused() throws {
+            try expectSocketRefused(arguments: [], naming: "AF_NETLINK")
         }
 
         @Test("dump of a process with a descriptor in flight on a unix socket fails naming pid, fd and SCM_RIGHTS")

@@ -349,6 +349,7 @@ final class Fixture {
         case "locks": return [try scratch.folder("locks-work")]
         case "unix": return [try scratch.folder("unix-work")]
         case "bigmem": return [String(bigmemMiB)]
+        case "tcp": return ["listen"] // the established connections need --tcp-established: InetTests
         default: return []
         }
     }

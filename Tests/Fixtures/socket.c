@@ -5,7 +5,7 @@
  * harness checks the error names the pid, the refused socket's fd number and
  * the word "socket".  "SOCKETS N" names the refused socket, before READY.
  *
- *   (no argument)  fd 44 is an AF_INET datagram socket
+ *   (no argument)  fd 44 is an AF_NETLINK (NETLINK_ROUTE) socket
  *   scm            fd 45 is a unix datagram socket with a descriptor in
  *                  flight (SCM_RIGHTS) in its receive queue, sent from fd 46
  *
@@ -26,7 +26,7 @@
 
 #define FD_A 42
 #define FD_B 43
-#define FD_INET 44
+#define FD_NETLINK 44
 #define FD_SCM_RECEIVER 45
 #define FD_SCM_SENDER 46
 
@@ -98,10 +98,10 @@ int main(int argc, char **argv)
 		send_descriptor(FD_SCM_SENDER, FD_A);
 		refused = FD_SCM_RECEIVER;
 	} else {
-		int inet = socket(AF_INET, SOCK_DGRAM, 0);
-		if (inet < 0) die("socket(AF_INET)");
-		move_to(inet, FD_INET);
-		refused = FD_INET;
+		int inet = socket(AF_NETLINK, SOCK_RAW, 0 /* NETLINK_ROUTE */);
+		if (inet < 0) die("socket(AF_NETLINK)");
+		move_to(inet, FD_NETLINK);
+		refused = FD_NETLINK;
 	}
 
 	printf("SOCKETS %d\n", refused);

@@ -170,6 +170,59 @@ long cryo_setsockopt_int(int fd, int level, int option, int value);
 long cryo_shutdown(int fd, int how);
 long cryo_listen(int fd, int backlog);
 
+/* AF_INET and AF_INET6 sockets. An address is its family, 4 or 16 raw bytes, port and scope. */
+#define CRYO_SO_REUSEADDR 2
+#define CRYO_SO_BROADCAST 6
+#define CRYO_SO_KEEPALIVE 9
+#define CRYO_SO_REUSEPORT 15
+#define CRYO_SO_PROTOCOL 38
+#define CRYO_IPPROTO_IP 0
+#define CRYO_IPPROTO_TCP 6
+#define CRYO_IPPROTO_UDP 17
+#define CRYO_IPPROTO_IPV6 41
+#define CRYO_IP_TTL 2
+#define CRYO_IPV6_UNICAST_HOPS 16
+#define CRYO_IPV6_V6ONLY 26
+#define CRYO_TCP_NODELAY 1
+#define CRYO_TCP_MAXSEG 2
+#define CRYO_TCP_REPAIR 19
+#define CRYO_TCP_REPAIR_QUEUE 20
+#define CRYO_TCP_QUEUE_SEQ 21
+#define CRYO_TCP_TIMESTAMP 24
+#define CRYO_TCP_RECV_QUEUE 1
+#define CRYO_TCP_SEND_QUEUE 2
+typedef struct {
+    int family;          /* 0: none (unbound, unconnected) */
+    uint8_t address[16];
+    uint16_t port;       /* host order */
+    uint32_t scope;
+} cryo_inet_address;
+typedef struct {
+    uint8_t state;       /* TCP_ESTABLISHED 1, TCP_CLOSE 7, TCP_LISTEN 10, ... */
+    uint8_t options;     /* TCPI_OPT_TIMESTAMPS 1, SACK 2, WSCALE 4 */
+    uint8_t snd_wscale, rcv_wscale;
+    uint32_t unacked, sacked; /* listening: connections waiting to be accepted, backlog */
+} cryo_tcp_info;
+typedef struct { uint32_t snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup; } cryo_tcp_window;
+/* New sockets are close-on-exec and non-blocking. */
+long cryo_inet_socket(int family, int type);
+/* getsockname (peer 0) or getpeername (peer 1). */
+long cryo_inet_name(int fd, int peer, cryo_inet_address *address);
+long cryo_inet_bind(int fd, const cryo_inet_address *address);
+long cryo_inet_connect(int fd, const cryo_inet_address *address);
+long cryo_inet_sendto(int fd, const void *buffer, size_t length, const cryo_inet_address *to);
+/* recvmsg(MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC): the datagram's whole length and its source. */
+long cryo_inet_peek(int fd, void *buffer, size_t length, cryo_inet_address *from);
+/* recv(MSG_PEEK | MSG_DONTWAIT) of up to length bytes, repeated until length or EAGAIN. */
+long cryo_tcp_peek(int fd, void *buffer, size_t length);
+long cryo_tcp_info_get(int fd, cryo_tcp_info *info);
+long cryo_tcp_window_get(int fd, cryo_tcp_window *window);
+long cryo_tcp_window_set(int fd, const cryo_tcp_window *window);
+/* TCP_REPAIR_OPTIONS: mss (0: leave), window scales (wscale 0: none), sack, timestamps. */
+long cryo_tcp_repair_options(int fd, uint32_t mss, int wscale, uint32_t snd_wscale, uint32_t rcv_wscale, int sack, int timestamps);
+/* SIOCINQ 0, SIOCOUTQ 1, SIOCOUTQNSD 2 */
+long cryo_socket_queue(int fd, int which, int *value);
+
 /* Misc syscalls */
 long cryo_prlimit(pid_t pid, int resource, const uint64_t *new_limit, uint64_t *old_limit);
 long cryo_capbset_read(int cap);

@@ -1,0 +1,459 @@
+import CCryo
+import CryoSystem
+import Foundation
+import Glibc
+import SystemPackage
+
+/// An IPv4 or IPv6 address with its port, as text (inet_ntop) so images stay readable.
+public struct InetAddress: Codable, Sendable, Equatable {
+    public var address: String
+    public var port: UInt16
+    /// IPv6 scope (interface index) of a link-local address.
+    public var scope: UInt32?
+
+    init?(_ raw: cryo_inet_address) {
+        guard raw.family == AF_INET || raw.family == AF_INET6 else { return nil }
+        var text = [CChar](repeating: 0, count: 64)
+        var bytes = raw.address
+        guard withUnsafeBytes(of: &bytes, { inet_ntop(raw.family, $0.baseAddress, &text, 64) }) != nil else { return nil }
+        address = String(cString: text)
+        port = raw.port
+        scope = raw.scope == 0 ? nil : raw.scope
+    }
+
+    var isIPv6: Bool { address.contains(":") }
+    var isWildcard: Bool { address == "0.0.0.0" || address == "::" }
+
+    /// The C form, or nil when the text is no address.
+    func raw() -> cryo_inet_address? {
+        var r = cryo_inet_address()
+        r.family = isIPv6 ? AF_INET6 : AF_INET
+        r.port = port
+        r.scope = scope ?? 0
+        let ok = withUnsafeMutableBytes(of: &r.address) { inet_pton(r.family, address, $0.baseAddress) }
+        return ok == 1 ? r : nil
+    }
+
+    public var description: String { isIPv6 ? "[\(address)]:\(port)" : "\(address):\(port)" }
+}
+
+/// An AF_INET or AF_INET6 socket: UDP (bound, connected, with its queued
+/// datagrams and their sources) or TCP (unconnected, listening, or with
+/// --tcp-established an established connection read through TCP_REPAIR).
+/// Everything comes from the socket itself, through cryo's duplicate of the
+/// descriptor: getsockname/getpeername, getsockopt, TCP_INFO, ioctls for
+/// queue lengths, MSG_PEEK for queued bytes.
+public struct InetSocketState: Codable, Sendable {
+    public enum Proto: String, Codable, Sendable { case udp, tcp }
+    public enum State: String, Codable, Sendable { case unconnected, listening, connected }
+    public struct Datagram: Codable, Sendable {
+        public var source: InetAddress?
+        public var data: Data
+    }
+    /// What TCP_REPAIR reads of an established connection.
+    public struct TCPConnection: Codable, Sendable {
+        /// Sequence number after the last byte of the send queue (write_seq), and the next expected (rcv_nxt).
+        public var sendSeq: UInt32
+        public var receiveSeq: UInt32
+        /// Bytes sent but not acknowledged, then bytes not sent yet (the last `unsent` of them).
+        public var sendQueue: Data
+        public var unsent: Int
+        /// Bytes received in order and not read yet.
+        public var receiveQueue: Data
+        public var mss: UInt32
+        public var windowScaling: Bool
+        public var sendWindowScale: UInt32
+        public var receiveWindowScale: UInt32
+        public var sack: Bool
+        public var timestamps: Bool
+        /// TCP_TIMESTAMP: the connection's timestamp clock at dump.
+        public var timestamp: UInt32
+        public var sndWl1: UInt32, sndWnd: UInt32, maxWindow: UInt32, rcvWnd: UInt32, rcvWup: UInt32
+    }
+
+    public var inode: UInt64
+    public var ipv6: Bool
+    public var proto: Proto
+    public var state: State
+    /// getsockname; nil when unbound.
+    public var local: InetAddress?
+    public var peer: InetAddress?
+    public var backlog: Int32?
+    /// Socket options by name, as getsockopt reported them.
+    public var options: [String: Int32]
+    /// A UDP socket's receive queue, in order.
+    public var datagrams: [Datagram]
+    public var tcp: TCPConnection?
+
+    var family: Int32 { ipv6 ? AF_INET6 : AF_INET }
+    var kernelType: Int32 { proto == .tcp ? 1 : 2 }
+}
+
+/// (name, level, option, set before bind) of the options that are kept.
+private func optionTable(ipv6: Bool, tcp: Bool) -> [(String, Int32, Int32, Bool)] {
+    var table: [(String, Int32, Int32, Bool)] = [
+        ("SO_REUSEADDR", CRYO_SOL_SOCKET, CRYO_SO_REUSEADDR, true), ("SO_REUSEPORT", CRYO_SOL_SOCKET, CRYO_SO_REUSEPORT, true),
+        ("SO_KEEPALIVE", CRYO_SOL_SOCKET, CRYO_SO_KEEPALIVE, false), ("SO_BROADCAST", CRYO_SOL_SOCKET, CRYO_SO_BROADCAST, false),
+        ("SO_SNDBUF", CRYO_SOL_SOCKET, CRYO_SO_SNDBUF, false), ("SO_RCVBUF", CRYO_SOL_SOCKET, CRYO_SO_RCVBUF, false),
+        ("SO_PEEK_OFF", CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF, false),
+    ]
+    if ipv6 {
+        table += [("IPV6_V6ONLY", CRYO_IPPROTO_IPV6, CRYO_IPV6_V6ONLY, true), ("IPV6_UNICAST_HOPS", CRYO_IPPROTO_IPV6, CRYO_IPV6_UNICAST_HOPS, false)]
+    } else {
+        table += [("IP_TTL", CRYO_IPPROTO_IP, CRYO_IP_TTL, false)]
+    }
+    if tcp { table += [("TCP_NODELAY", CRYO_IPPROTO_TCP, CRYO_TCP_NODELAY, false)] }
+    return table
+}
+
+private func getInt(_ fd: Int32, _ level: Int32, _ option: Int32, _ name: String, _ object: String) throws -> Int32 {
+    var value: Int32 = 0
+    _ = try check(cryo_getsockopt_int(fd, level, option, &value), "getsockopt(\(name))", object: object)
+    return value
+}
+
+private func setInt(_ fd: Int32, _ level: Int32, _ option: Int32, _ value: Int32, _ name: String, _ object: String) throws {
+    _ = try check(cryo_setsockopt_int(fd, level, option, value), "setsockopt(\(name))", object: object)
+}
+
+private let tcpStateNames: [UInt8: String] = [1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+                                              6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"]
+
+// MARK: - Dump
+
+extension InetSocketState {
+    /// `established` is what --tcp-established allows; an established connection
+    /// is refused without it.
+    static func dump(_ p: DescriptorProbe, family: Int32, established: Bool) throws -> InetSocketState {
+        let fd = p.handle.rawValue
+        let familyName = family == AF_INET6 ? "AF_INET6" : "AF_INET"
+        let type = try getInt(fd, CRYO_SOL_SOCKET, CRYO_SO_TYPE, "SO_TYPE", p.object)
+        let protocolNumber = try getInt(fd, CRYO_SOL_SOCKET, CRYO_SO_PROTOCOL, "SO_PROTOCOL", p.object)
+        let proto: Proto
+        switch (type, protocolNumber) {
+        case (1, CRYO_IPPROTO_TCP): proto = .tcp
+        case (2, CRYO_IPPROTO_UDP): proto = .udp
+        default:
+            throw CryoError("\(p.object): an \(familyName) socket of type \(type), protocol \(protocolNumber) (\(p.link)) is not supported yet")
+        }
+        let what = "\(p.object): an \(familyName) \(proto == .tcp ? "TCP" : "UDP") socket (\(p.link))"
+        var raw = cryo_inet_address()
+        _ = try check(cryo_inet_name(fd, 0, &raw), "getsockname", object: what)
+        var local = InetAddress(raw)
+        if local?.port == 0 { local = nil }
+        raw = cryo_inet_address()
+        let peer = cryo_inet_name(fd, 1, &raw) == 0 ? InetAddress(raw) : nil
+        var options: [String: Int32] = [:]
+        for (name, level, option, _) in optionTable(ipv6: family == AF_INET6, tcp: proto == .tcp) {
+            options[name] = try getInt(fd, level, option, name, what)
+        }
+        let inode = UInt64(p.stat.st_ino)
+        var s = InetSocketState(inode: inode, ipv6: family == AF_INET6, proto: proto, state: peer == nil ? .unconnected : .connected,
+                                local: local, peer: peer, backlog: nil, options: options, datagrams: [], tcp: nil)
+        if proto == .udp {
+            s.datagrams = try peekDatagrams(fd, peekOffset: options["SO_PEEK_OFF"] ?? -1, object: what)
+            return s
+        }
+        var info = cryo_tcp_info()
+        _ = try check(cryo_tcp_info_get(fd, &info), "getsockopt(TCP_INFO)", object: what)
+        switch info.state {
+        case 10:
+            if info.unacked > 0 {
+                throw CryoError("\(what) is listening on \(local?.description ?? "?") with \(info.unacked) connection\(info.unacked == 1 ? "" : "s") "
+                    + "not yet accepted; not supported yet")
+            }
+            s.state = .listening
+            s.backlog = Int32(clamping: info.sacked)
+        case 7:
+            s.state = .unconnected
+            s.peer = nil
+        case 1:
+            let connection = "\(local?.description ?? "?") -> \(peer?.description ?? "?")"
+            guard established else {
+                throw CryoError("\(what) is an established TCP connection \(connection); dump with --tcp-established to checkpoint it")
+            }
+            guard peer != nil, local != nil else { throw CryoError("\(what): established, but without both addresses") }
+            s.state = .connected
+            s.tcp = try dumpConnection(fd, info: info, object: "\(what) \(connection)")
+        default:
+            throw CryoError("\(what) in TCP state \(tcpStateNames[info.state] ?? "\(info.state)") "
+                + "(\(local?.description ?? "?") -> \(peer?.description ?? "?")) is not supported yet")
+        }
+        return s
+    }
+
+    /// Every datagram waiting, with its source, through SO_PEEK_OFF (put back afterwards).
+    static func peekDatagrams(_ fd: Int32, peekOffset: Int32, object: String) throws -> [Datagram] {
+        defer { _ = cryo_setsockopt_int(fd, CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF, peekOffset) }
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        var offset = 0
+        var datagrams: [Datagram] = []
+        while true {
+            guard offset <= Int(Int32.max) else { throw CryoError("\(object): receive queue too large to read") }
+            _ = try check(cryo_setsockopt_int(fd, CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF, Int32(offset)), "setsockopt(SO_PEEK_OFF)", object: object)
+            var from = cryo_inet_address()
+            let n = buffer.withUnsafeMutableBytes { cryo_inet_peek(fd, $0.baseAddress, $0.count, &from) }
+            if n == -Int(EAGAIN) { break }
+            let count = try check(n, "recvmsg(MSG_PEEK)", object: object)
+            if count > buffer.count {
+                buffer = [UInt8](repeating: 0, count: count)
+                continue
+            }
+            datagrams.append(Datagram(source: InetAddress(from), data: Data(buffer[0..<count])))
+            guard datagrams.count <= 1 << 20 else { throw CryoError("\(object): receive queue does not end") }
+            offset += count
+        }
+        return datagrams
+    }
+
+    /// Turns TCP_REPAIR on (the process is frozen: nothing else uses the socket),
+    /// reads sequence numbers, both queues, options and window, and turns it off again.
+    static func dumpConnection(_ fd: Int32, info: cryo_tcp_info, object: String) throws -> TCPConnection {
+        var outq: Int32 = 0, unsent: Int32 = 0, inq: Int32 = 0
+        _ = try check(cryo_socket_queue(fd, 1, &outq), "ioctl(SIOCOUTQ)", object: object)
+        _ = try check(cryo_socket_queue(fd, 2, &unsent), "ioctl(SIOCOUTQNSD)", object: object)
+        _ = try check(cryo_socket_queue(fd, 0, &inq), "ioctl(SIOCINQ)", object: object)
+        try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 1, "TCP_REPAIR", object)
+        defer {
+            _ = cryo_setsockopt_int(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, 0)
+            _ = cryo_setsockopt_int(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 0)
+        }
+        func queue(_ which: Int32, length: Int32) throws -> (UInt32, Data) {
+            try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, which, "TCP_REPAIR_QUEUE", object)
+            let seq = UInt32(bitPattern: try getInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ", object))
+            guard length > 0 else { return (seq, Data()) }
+            var buffer = [UInt8](repeating: 0, count: Int(length))
+            let n = try check(buffer.withUnsafeMutableBytes { cryo_tcp_peek(fd, $0.baseAddress, $0.count) },
+                              "recv(MSG_PEEK) of the \(which == CRYO_TCP_SEND_QUEUE ? "send" : "receive") queue", object: object)
+            guard n == Int(length) else {
+                throw CryoError("\(object): read \(n) of the \(length) bytes of its \(which == CRYO_TCP_SEND_QUEUE ? "send" : "receive") queue")
+            }
+            return (seq, Data(buffer))
+        }
+        let (sendSeq, sendQueue) = try queue(CRYO_TCP_SEND_QUEUE, length: outq)
+        let (receiveSeq, receiveQueue) = try queue(CRYO_TCP_RECV_QUEUE, length: inq)
+        _ = try check(cryo_setsockopt_int(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, 0), "setsockopt(TCP_REPAIR_QUEUE)", object: object)
+        let mss = UInt32(bitPattern: try getInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_MAXSEG, "TCP_MAXSEG", object))
+        let timestamp = UInt32(bitPattern: try getInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_TIMESTAMP, "TCP_TIMESTAMP", object))
+        var window = cryo_tcp_window()
+        _ = try check(cryo_tcp_window_get(fd, &window), "getsockopt(TCP_REPAIR_WINDOW)", object: object)
+        return TCPConnection(
+            sendSeq: sendSeq, receiveSeq: receiveSeq, sendQueue: sendQueue, unsent: Int(min(unsent, outq)), receiveQueue: receiveQueue,
+            mss: mss, windowScaling: info.options & 4 != 0, sendWindowScale: UInt32(info.snd_wscale), receiveWindowScale: UInt32(info.rcv_wscale),
+            sack: info.options & 2 != 0, timestamps: info.options & 1 != 0, timestamp: timestamp,
+            sndWl1: window.snd_wl1, sndWnd: window.snd_wnd, maxWindow: window.max_window, rcvWnd: window.rcv_wnd, rcvWup: window.rcv_wup)
+    }
+
+    public var summary: String {
+        var text = "\(proto == .tcp ? "tcp" : "udp")\(ipv6 ? "6" : "") socket:[\(inode)] \(state.rawValue)"
+        if let local { text += " \(local.description)" }
+        if let peer { text += " -> \(peer.description)" }
+        if let backlog { text += " backlog \(backlog)" }
+        if !datagrams.isEmpty { text += " (\(datagrams.count) datagrams queued)" }
+        if let tcp, !tcp.sendQueue.isEmpty || !tcp.receiveQueue.isEmpty {
+            text += " (\(tcp.sendQueue.count) bytes to send, \(tcp.receiveQueue.count) to read)"
+        }
+        return text
+    }
+
+    func validate() -> String? {
+        if let local, local.raw() == nil { return "an inet socket address \(local.address)" }
+        if let peer, peer.raw() == nil { return "an inet socket address \(peer.address)" }
+        if state == .listening && (proto != .tcp || backlog == nil || local == nil) { return "a listening inet socket without TCP, backlog or address" }
+        if proto == .tcp && state == .connected && (tcp == nil || peer == nil || local == nil) { return "an established TCP connection without its state" }
+        if proto == .udp && (tcp != nil || state == .listening) { return "a UDP socket with TCP state" }
+        if let tcp, tcp.unsent < 0 || tcp.unsent > tcp.sendQueue.count { return "a TCP send queue with \(tcp.unsent) unsent bytes" }
+        return nil
+    }
+}
+
+// MARK: - Restore
+
+/// Makes every AF_INET/AF_INET6 socket of the image in the controller:
+/// each established TCP connection first, in repair mode; then listeners and
+/// the other sockets (UDP ones connected again); then the UDP queues sent
+/// again; last repair mode off and the options.
+struct InetSocketRebuilder {
+    private var made: [Int: Int32] = [:]
+
+    /// Established connections come back only when asked for, as with dump.
+    static func requireFlag(files: [FileTable.OpenFile]) throws {
+        if let f = files.first(where: { $0.inetSocket?.tcp != nil }), let s = f.inetSocket {
+            throw CryoError("file #\(f.id): the image holds an established TCP connection \(s.local?.description ?? "?") -> "
+                + "\(s.peer?.description ?? "?"); restore with --tcp-established")
+        }
+    }
+
+    init(files: [FileTable.OpenFile], established: Bool) throws {
+        let sockets = files.compactMap { f in f.inetSocket.map { (id: f.id, state: $0, flags: f.flags) } }
+        if !established { try Self.requireFlag(files: files) }
+        do {
+            try build(sockets)
+        } catch {
+            closeAll()
+            throw error
+        }
+    }
+
+    mutating func take(_ id: Int) -> FileDescriptor? {
+        made.removeValue(forKey: id).map { FileDescriptor(rawValue: $0) }
+    }
+
+    func closeAll() {
+        for fd in made.values { close(fd) }
+    }
+
+    private static func object(_ id: Int, _ s: InetSocketState) -> String {
+        "file #\(id) (\(s.summary))"
+    }
+
+    private mutating func build(_ sockets: [(id: Int, state: InetSocketState, flags: UInt32)]) throws {
+        func socket(_ id: Int, _ s: InetSocketState) throws -> Int32 {
+            let fd = Int32(try check(cryo_inet_socket(s.family, s.kernelType), "socket", object: Self.object(id, s)))
+            made[id] = fd
+            return fd
+        }
+        func preBind(_ fd: Int32, _ s: InetSocketState, _ what: String) throws {
+            for (name, level, option, early) in optionTable(ipv6: s.ipv6, tcp: s.proto == .tcp) where early {
+                if let value = s.options[name], value != 0 { try setInt(fd, level, option, value, name, what) }
+            }
+        }
+        func address(_ a: InetAddress, _ what: String) throws -> cryo_inet_address {
+            guard let raw = a.raw() else { throw CryoError("\(what): \(a.address) is no address") }
+            return raw
+        }
+        // 1. Established connections, in repair mode (which lets them share a port): no packet
+        // leaves until every one is back.
+        for (id, s, _) in sockets {
+            guard let t = s.tcp, let local = s.local, let peer = s.peer else { continue }
+            let what = Self.object(id, s)
+            let fd = try socket(id, s)
+            try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 1, "TCP_REPAIR", what)
+            try preBind(fd, s, what)
+            let sent = t.sendQueue.count - t.unsent
+            for (queue, seq) in [(CRYO_TCP_SEND_QUEUE, t.sendSeq &- UInt32(t.unsent) &- UInt32(sent)),
+                                 (CRYO_TCP_RECV_QUEUE, t.receiveSeq &- UInt32(t.receiveQueue.count))] {
+                try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE", what)
+                try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_QUEUE_SEQ, Int32(bitPattern: seq), "TCP_QUEUE_SEQ", what)
+            }
+            var localRaw = try address(local, what), peerRaw = try address(peer, what)
+            _ = try check(cryo_inet_bind(fd, &localRaw), "bind", object: "\(what) to \(local.description)")
+            _ = try check(cryo_inet_connect(fd, &peerRaw), "connect (TCP_REPAIR)", object: "\(what) to \(peer.description)")
+            let total = t.sendQueue.count + t.receiveQueue.count
+            if total > 0 {
+                try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_SNDBUFFORCE, Int32(clamping: 4 * total + (1 << 16)), "SO_SNDBUFFORCE", what)
+                try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_RCVBUFFORCE, Int32(clamping: 4 * total + (1 << 16)), "SO_RCVBUFFORCE", what)
+            }
+            // Bytes already sent go back as sent (retransmitted if the peer lacks them); the unsent ones follow repair mode.
+            for (queue, data) in [(CRYO_TCP_SEND_QUEUE, t.sendQueue.prefix(sent)), (CRYO_TCP_RECV_QUEUE, t.receiveQueue)] where !data.isEmpty {
+                try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE", what)
+                try sendAll(fd, Data(data), what: "\(what): refilling its \(queue == CRYO_TCP_SEND_QUEUE ? "send" : "receive") queue")
+            }
+            try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE", what)
+            _ = try check(cryo_tcp_repair_options(fd, t.mss, t.windowScaling ? 1 : 0, t.sendWindowScale, t.receiveWindowScale,
+                                                  t.sack ? 1 : 0, t.timestamps ? 1 : 0), "setsockopt(TCP_REPAIR_OPTIONS)", object: what)
+            if t.timestamps {
+                try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_TIMESTAMP, Int32(bitPattern: t.timestamp), "TCP_TIMESTAMP", what)
+            }
+            var window = cryo_tcp_window(snd_wl1: t.sndWl1, snd_wnd: t.sndWnd, max_window: t.maxWindow, rcv_wnd: t.rcvWnd, rcv_wup: t.rcvWup)
+            _ = try check(cryo_tcp_window_set(fd, &window), "setsockopt(TCP_REPAIR_WINDOW)", object: what)
+        }
+        // 2. Sockets without a connection, listeners first. A listener shares its port with
+        // the connections it accepted: it binds after them, with SO_REUSEADDR meanwhile.
+        for (id, s, _) in sockets.sorted(by: { ($0.state.state == .listening ? 0 : 1) < ($1.state.state == .listening ? 0 : 1) })
+        where s.tcp == nil {
+            let what = Self.object(id, s)
+            let fd = try socket(id, s)
+            try preBind(fd, s, what)
+            // Refilling UDP queues binds a stand-in to a sender's address: both need SO_REUSEADDR meanwhile.
+            try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_REUSEADDR, 1, "SO_REUSEADDR", what)
+            if let local = s.local {
+                var raw = try address(local, what)
+                _ = try check(cryo_inet_bind(fd, &raw), "bind", object: "\(what) to \(local.description)")
+            }
+            if s.state == .listening {
+                _ = try check(cryo_listen(fd, s.backlog ?? 128), "listen", object: what)
+            } else if s.proto == .udp, let peer = s.peer {
+                var raw = try address(peer, what)
+                _ = try check(cryo_inet_connect(fd, &raw), "connect", object: "\(what) to \(peer.description)")
+            }
+        }
+        // 3. UDP queues, sent again from each datagram's source address when it can be bound.
+        for (id, s, _) in sockets where !s.datagrams.isEmpty {
+            try refill(made[id]!, s, what: Self.object(id, s))
+        }
+        // 4. Repair mode off: each connection sends a window probe and carries on; then its unsent bytes.
+        for (id, s, _) in sockets {
+            guard let t = s.tcp else { continue }
+            let what = Self.object(id, s)
+            try setInt(made[id]!, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 0, "TCP_REPAIR", what)
+            if t.unsent > 0 { try sendAll(made[id]!, Data(t.sendQueue.suffix(t.unsent)), what: "\(what): sending its unsent bytes") }
+        }
+        // 5. Options as they were (buffers through the FORCE options: the kernel doubles what it is given), status flags.
+        for (id, s, flags) in sockets {
+            let fd = made[id]!, what = Self.object(id, s)
+            for (name, level, option, _) in optionTable(ipv6: s.ipv6, tcp: s.proto == .tcp) {
+                guard let wanted = s.options[name], try getInt(fd, level, option, name, what) != wanted else { continue }
+                switch name {
+                case "SO_SNDBUF": try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_SNDBUFFORCE, wanted / 2, "SO_SNDBUFFORCE", what)
+                case "SO_RCVBUF": try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_RCVBUFFORCE, wanted / 2, "SO_RCVBUFFORCE", what)
+                case "IPV6_V6ONLY": continue // only before bind; set there
+                default: try setInt(fd, level, option, wanted, name, what)
+                }
+            }
+            let status = Int32(bitPattern: flags) & O_NONBLOCK
+            _ = try checkLibc(Int(fcntl(fd, F_SETFL, status)), "fcntl(F_SETFL)", object: what)
+        }
+    }
+
+    private func sendAll(_ fd: Int32, _ data: Data, what: String) throws {
+        var sent = 0
+        while sent < data.count {
+            let n = data.withUnsafeBytes { cryo_send_nowait(fd, $0.baseAddress! + sent, $0.count - sent) }
+            sent += try check(n, "send", object: what)
+        }
+    }
+
+    /// Each datagram goes again to the socket's own address, from a stand-in
+    /// bound to its source (SO_REUSEADDR), so a connected socket still takes it
+    /// and the receiver sees the same source. A source that cannot be bound (not
+    /// an address of this host) is replaced by an ephemeral loopback port, which
+    /// only an unconnected socket accepts.
+    private func refill(_ fd: Int32, _ s: InetSocketState, what: String) throws {
+        guard let local = s.local, var target = local.raw() else {
+            throw CryoError("\(what): holds datagrams but has no address to send them to")
+        }
+        if local.isWildcard { target = InetAddress.loopback(ipv6: s.ipv6, port: local.port).raw()! }
+        _ = try check(cryo_setsockopt_int(fd, CRYO_SOL_SOCKET, CRYO_SO_RCVBUFFORCE,
+                                          Int32(clamping: s.datagrams.reduce(0) { $0 + $1.data.count + 1024 } + (1 << 16))),
+                      "setsockopt(SO_RCVBUFFORCE)", object: what)
+        for datagram in s.datagrams {
+            let sender = Int32(try check(cryo_inet_socket(s.family, 2), "socket", object: what))
+            defer { close(sender) }
+            _ = cryo_setsockopt_int(sender, CRYO_SOL_SOCKET, CRYO_SO_REUSEADDR, 1)
+            var bound = false
+            if let source = datagram.source, var raw = source.raw() {
+                bound = cryo_inet_bind(sender, &raw) == 0
+            }
+            if !bound && s.peer != nil {
+                throw CryoError("\(what): a queued datagram from \(datagram.source?.description ?? "an unknown source") cannot be sent "
+                    + "again from that address, and the socket is connected to \(s.peer!.description)")
+            }
+            let n = datagram.data.withUnsafeBytes { cryo_inet_sendto(sender, $0.baseAddress, $0.count, &target) }
+            let count = try check(n, "sendto", object: "\(what): refilling its receive queue")
+            if count != datagram.data.count { throw CryoError("\(what): a \(datagram.data.count)-byte datagram went out as \(count) bytes") }
+        }
+    }
+}
+
+extension InetAddress {
+    static func loopback(ipv6: Bool, port: UInt16) -> InetAddress {
+        var raw = cryo_inet_address()
+        raw.family = ipv6 ? AF_INET6 : AF_INET
+        raw.port = port
+        withUnsafeMutableBytes(of: &raw.address) { bytes in
+            if ipv6 { bytes[15] = 1 } else { bytes[0] = 127; bytes[3] = 1 }
+        }
+        return InetAddress(raw)!
+    }
+}
