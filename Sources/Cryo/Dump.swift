@@ -37,7 +37,7 @@ public struct Dumper {
         let madeDirectory = !Files.exists(options.directory)
         let inventoryFD = try prepareDirectory(paths)
         var created = [paths.inventory]
-        let fileTable = FileTableBuilder(paths: paths)
+        let fileTable = FileTableBuilder(paths: paths, shellJob: options.shellJob, leaveRunning: options.leaveRunning)
         var success = false
         defer {
             try? inventoryFD.close()
@@ -69,6 +69,10 @@ public struct Dumper {
                     }
                 }
                 let descriptors = try fileTable.dump(pid: process.pid)
+                for i in memory.mappings.indices where memory.mappings[i].kind == .memfd {
+                    memory.mappings[i].file = try fileTable.memfdMapping(pid: process.pid, start: memory.mappings[i].start,
+                                                                         end: memory.mappings[i].end)
+                }
                 created.append(paths.pages(process.pid))
                 let memoryStart = ContinuousClock.now
                 let pageIndex = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), statistics: &statistics)
