@@ -96,7 +96,11 @@ public struct TerminalState: Codable, Sendable {
     /// of cryo's own, and the master description set non-blocking for a
     /// moment) and, when the process goes on running, written back.
     mutating func takeQueues(master: FileDescriptor, object: String, putBack: Bool) throws {
-        let slave = try check(cryo_open_peer(master.rawValue, O_RDWR | O_NONBLOCK), "ioctl(TIOCGPTPEER)", object: object)
+        // A locked pty gives no slave: unlocked for the moment it takes to open one.
+        if locked == true { _ = try check(cryo_set_ptlock(master.rawValue, 0), "ioctl(TIOCSPTLCK)", object: object) }
+        let opened = cryo_open_peer(master.rawValue, O_RDWR | O_NONBLOCK)
+        if locked == true { _ = try check(cryo_set_ptlock(master.rawValue, 1), "ioctl(TIOCSPTLCK)", object: object) }
+        let slave = try check(opened, "ioctl(TIOCGPTPEER)", object: object)
         let slaveFD = FileDescriptor(rawValue: Int32(slave))
         defer { try? slaveFD.close() }
         toSlave = try drain(slaveFD.rawValue, object: object)
@@ -233,9 +237,11 @@ struct TerminalRebuilder {
         _ = try check(cryo_set_ptlock(raw, 0), "ioctl(TIOCSPTLCK)", object: object)
         let slave = try check(cryo_open_peer(raw, O_RDWR | O_NONBLOCK), "ioctl(TIOCGPTPEER)", object: object)
         defer { Glibc.close(Int32(slave)) }
-        // termios and window size belong to the pair; the slave's are the ones that matter.
-        let slaveState = files.first(where: { $0.terminal?.role == .ptySlave && $0.terminal?.index == index })?.terminal ?? state
-        try slaveState.apply(to: Int32(slave), object: object)
+        // Each side has its own termios; the window size is the pair's.
+        try state.apply(to: raw, object: object)
+        if let slaveState = files.first(where: { $0.terminal?.role == .ptySlave && $0.terminal?.index == index })?.terminal {
+            try slaveState.apply(to: Int32(slave), object: object)
+        }
         try TerminalState.fill(master: raw, slave: Int32(slave), toSlave: state.toSlave, toMaster: state.toMaster, object: object)
         if state.locked == true { _ = try check(cryo_set_ptlock(raw, 1), "ioctl(TIOCSPTLCK)", object: object) }
         return master
