@@ -50,7 +50,7 @@ public struct TerminalState: Codable, Sendable {
     static func ownControllingTerminal() -> UInt64? {
         guard let text = try? Files.readString("/proc/self/stat"), let close = text.lastIndex(of: ")") else { return nil }
         let fields = text[text.index(after: close)...].split(separator: " ")
-        guard fields.count > 5, let tty = UInt64(fields[5]), tty != 0 else { return nil }
+        guard fields.count > 4, let tty = UInt64(fields[4]), tty != 0 else { return nil }  // state ppid pgrp session tty_nr
         return tty
     }
 
@@ -203,8 +203,20 @@ struct TerminalRebuilder {
         switch state.role {
         case .controllingTerminal, .currentTerminal:
             guard shellJob else { throw CryoError("\(object): the image holds the terminal of a shell job: restore it with --shell-job") }
-            // cryo's controlling terminal, whatever its name.
-            let fd = Glibc.open("/dev/tty", flags | O_CLOEXEC | O_NOCTTY)
+            // cryo's controlling terminal: by its own name when cryo's stdin, stdout or stderr
+            // is that terminal, else (and for a descriptor of /dev/tty) through /dev/tty.
+            var path = "/dev/tty"
+            if state.role == .controllingTerminal, let own = TerminalState.ownControllingTerminal() {
+                for n in 0...2 {
+                    var st = Glibc.stat()
+                    if isatty(Int32(n)) != 0, fstat(Int32(n), &st) == 0, UInt64(st.st_rdev) == own,
+                       let link = try? Files.readLink("/proc/self/fd/\(n)"), link.hasPrefix("/dev/") {
+                        path = link
+                        break
+                    }
+                }
+            }
+            let fd = Glibc.open(path, flags | O_CLOEXEC | O_NOCTTY)
             if fd < 0 {
                 throw SyscallError("open", errno: Errno(rawValue: cryo_errno()), object: "\(object): /dev/tty (restore --shell-job needs cryo to run in a terminal)")
             }
