@@ -40,7 +40,8 @@ public struct Dumper {
         let madeDirectory = !Files.exists(options.directory)
         let inventoryFD = try prepareDirectory(paths)
         var created = [paths.inventory]
-        let fileTable = FileTableBuilder(paths: paths, tcpEstablished: options.tcpEstablished)
+        let fileTable = FileTableBuilder(paths: paths, tcpEstablished: options.tcpEstablished,
+                                         shellJob: options.shellJob, leaveRunning: options.leaveRunning)
         defer { fileTable.releaseConnections() }
         var success = false
         defer {
@@ -73,6 +74,10 @@ public struct Dumper {
                     }
                 }
                 let descriptors = try fileTable.dump(pid: process.pid)
+                for i in memory.mappings.indices where memory.mappings[i].kind == .memfd {
+                    memory.mappings[i].file = try fileTable.memfdMapping(pid: process.pid, start: memory.mappings[i].start,
+                                                                         end: memory.mappings[i].end)
+                }
                 created.append(paths.pages(process.pid))
                 let memoryStart = ContinuousClock.now
                 let pageIndex = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), statistics: &statistics)

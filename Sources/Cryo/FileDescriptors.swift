@@ -24,9 +24,11 @@ public struct FileTable: Codable, Sendable {
         public var epoll: EpollState?
         public var unixSocket: UnixSocketState?
         public var inetSocket: InetSocketState?
+        public var inotify: InotifyState?
+        public var terminal: TerminalState?
     }
     public enum FileKind: String, Codable, Sendable {
-        case regular, directory, characterDevice, pipe, fifo, memfd, eventfd, signalfd, timerfd, epoll, unixSocket, inetSocket
+        case regular, directory, characterDevice, pipe, fifo, memfd, eventfd, signalfd, timerfd, epoll, unixSocket, inetSocket, inotify, terminal
     }
     public var files: [OpenFile]
 }
@@ -69,14 +71,18 @@ final class FileTableBuilder {
 
     /// --tcp-established: established TCP connections are dumped (otherwise refused).
     let tcpEstablished: Bool
+    let shellJob: Bool
+    let leaveRunning: Bool
     /// Duplicates of established TCP sockets, held until the tree is dead: with
     /// --leave-running they are just closed; otherwise TCP_REPAIR goes on before
     /// the kill, so that the last close sends neither FIN nor RST to the peer.
     private var connections: [Int32] = []
 
-    init(paths: ImagePaths, tcpEstablished: Bool = false) {
+    init(paths: ImagePaths, tcpEstablished: Bool = false, shellJob: Bool = false, leaveRunning: Bool = false) {
         self.paths = paths
         self.tcpEstablished = tcpEstablished
+        self.shellJob = shellJob
+        self.leaveRunning = leaveRunning
     }
 
     /// Right before the dumped tree is killed: repair mode on every established connection.
@@ -128,9 +134,34 @@ final class FileTableBuilder {
         return DescriptorsRecord(descriptors: descriptors)
     }
 
+    /// The file table entry of the memfd behind a mapping of `pid`: the entry of a
+    /// descriptor (or an earlier mapping) of the same memfd, else a new entry, read
+    /// through /proc/PID/map_files, that no descriptor names.
+    func memfdMapping(pid: pid_t, start: UInt64, end: UInt64) throws -> Int {
+        let object = "pid \(pid): mapping 0x\(String(start, radix: 16))-0x\(String(end, radix: 16))"
+        let path = "/proc/\(pid)/map_files/\(String(start, radix: 16))-\(String(end, radix: 16))"
+        let raw = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        if raw < 0 { throw SyscallError("open", errno: Errno(rawValue: cryo_errno()), object: "\(object) (\(path))") }
+        let handle = FileDescriptor(rawValue: raw)
+        defer { try? handle.close() }
+        let st = try Files.stat(handle, object: object)
+        if let known = table.files.first(where: { $0.kind == .memfd && $0.memfd?.inode == UInt64(st.st_ino) }) { return known.id }
+        let id = table.files.count
+        var file = FileTable.OpenFile(id: id, kind: .memfd, flags: UInt32(O_RDWR), position: 0)
+        file.memfd = try MemfdState.dump(handle, object: object, into: self, id: id)
+        table.files.append(file)
+        return id
+    }
+
     /// Checks that need every process's descriptors: how unix sockets connect.
     func finish() throws {
         try UnixSocketState.checkConnections(table.files, objects: socketObjects)
+        for f in table.files where f.terminal?.role == .ptySlave {
+            let index = f.terminal!.index
+            guard table.files.contains(where: { $0.terminal?.role == .ptyMaster && $0.terminal?.index == index }) else {
+                throw CryoError("file \(f.path ?? "") (pty \(index ?? -1)): the slave of a pseudo-terminal whose master is outside the dumped tree, not supported yet")
+            }
+        }
     }
 
     /// Dispatches on the kind of object; anything unknown is refused by name.
@@ -148,8 +179,14 @@ final class FileTableBuilder {
             file.kind = .directory
             file.path = try RegularFileState.livePath(p)
         case S_IFCHR:
-            file.kind = .characterDevice
-            file.path = try CharacterDevice.dump(p)
+            if let terminal = try TerminalState.dump(p, shellJob: shellJob, leaveRunning: leaveRunning) {
+                file.kind = .terminal
+                file.terminal = terminal
+                file.path = p.link
+            } else {
+                file.kind = .characterDevice
+                file.path = try CharacterDevice.dump(p)
+            }
         case S_IFIFO where p.link.hasPrefix("pipe:"):
             file.kind = .pipe
             file.pipe = try PipeEndState.dump(p)
@@ -181,6 +218,9 @@ final class FileTableBuilder {
         case _ where p.link == "anon_inode:[timerfd]":
             file.kind = .timerfd
             file.timerfd = try TimerFDState.dump(p)
+        case _ where p.link == "anon_inode:inotify":
+            file.kind = .inotify
+            file.inotify = try InotifyState.dump(p)
         case _ where p.link == "anon_inode:[eventpoll]":
             file.kind = .epoll
             file.epoll = try EpollState.dump(p)
@@ -212,7 +252,8 @@ extension FileTable {
             || (f.kind == .memfd) != (f.memfd != nil) || (f.kind == .eventfd) != (f.eventfd != nil)
             || (f.kind == .signalfd) != (f.signalfd != nil) || (f.kind == .timerfd) != (f.timerfd != nil)
             || (f.kind == .epoll) != (f.epoll != nil) || (f.kind == .unixSocket) != (f.unixSocket != nil)
-            || (f.kind == .inetSocket) != (f.inetSocket != nil) {
+            || (f.kind == .inetSocket) != (f.inetSocket != nil)
+            || (f.kind == .inotify) != (f.inotify != nil) || (f.kind == .terminal) != (f.terminal != nil) {
             throw ImageError(file: file, record: "files", "file #\(f.id) of kind \(f.kind) lacks its state")
         }
         var socketInodes = Set<UInt64>()
@@ -231,10 +272,12 @@ extension FileTable {
 
     /// Opens every description in the controller, ready to be passed to the tasks.
     /// Pipes are created once per pipe and their buffered bytes put back.
-    func open(paths: ImagePaths, tcpEstablished: Bool = false) throws -> [FileDescriptor] {
+    func open(paths: ImagePaths, tcpEstablished: Bool = false, shellJob: Bool = false) throws -> [FileDescriptor] {
         var opened: [FileDescriptor] = []
         var pipes = PipeRebuilder()
         defer { pipes.closeAll() }
+        var terminals = TerminalRebuilder(files: files, shellJob: shellJob)
+        defer { terminals.closeAll() }
         do {
             // Unix sockets name and connect to each other: all are made first, together.
             var sockets = try UnixSocketRebuilder(files: files)
@@ -249,11 +292,16 @@ extension FileTable {
                 case .directory, .characterDevice: handle = try reopen(path: f.path ?? "", flags: f.flags, position: f.position, object: object)
                 case .pipe: handle = try pipes.end(f.pipe!, flags: f.flags, object: object)
                 case .fifo: handle = try pipes.fifoEnd(f.pipe!, path: f.path ?? "", flags: f.flags, object: object)
-                case .memfd: handle = try f.memfd!.open(flags: f.flags, position: f.position, object: object, paths: paths, id: f.id)
+                case .memfd:
+                    let sibling = files.first { $0.kind == .memfd && $0.id < f.id && $0.memfd!.inode != nil && $0.memfd!.inode == f.memfd!.inode }
+                    handle = try f.memfd!.open(flags: f.flags, position: f.position, object: object, paths: paths, id: f.id,
+                                               sibling: sibling.map { opened[$0.id] })
                 case .eventfd: handle = try f.eventfd!.open(flags: f.flags, object: object)
                 case .signalfd: handle = try f.signalfd!.open(flags: f.flags, object: object)
                 case .timerfd: handle = try f.timerfd!.open(flags: f.flags, object: object)
                 case .epoll: handle = try EpollState.open(flags: f.flags, object: object)
+                case .inotify: handle = try f.inotify!.open(flags: f.flags, object: object)
+                case .terminal: handle = try terminals.open(f, object: object)
                 case .unixSocket:
                     guard let socket = sockets.take(f.id) else { throw CryoError("\(object): socket was not rebuilt") }
                     handle = socket

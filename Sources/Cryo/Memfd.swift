@@ -11,6 +11,8 @@ public struct MemfdState: Codable, Sendable {
     public var size: Int64
     public var mode: UInt32
     public var seals: Int32
+    /// The memfd's inode: descriptions and mappings of one memfd share it, and so one memfd again after restore.
+    public var inode: UInt64?
 
     static func dump(_ handle: FileDescriptor, object: String, into context: FileTableBuilder, id: Int) throws -> MemfdState {
         let link = try Files.readLink("/proc/self/fd/\(handle.rawValue)")
@@ -19,10 +21,13 @@ public struct MemfdState: Codable, Sendable {
         let st = try Files.stat(handle, object: object)
         try saveContents(of: handle, object: object, to: context.paths.fileData(id), context: context)
         return MemfdState(name: name, size: Int64(st.st_size), mode: st.st_mode & 0o7777,
-                          seals: Int32(try check(cryo_get_seals(handle.rawValue), "fcntl(F_GET_SEALS)", object: object)))
+                          seals: Int32(try check(cryo_get_seals(handle.rawValue), "fcntl(F_GET_SEALS)", object: object)),
+                          inode: UInt64(st.st_ino))
     }
 
-    func open(flags: UInt32, position: Int64, object: String, paths: ImagePaths, id: Int) throws -> FileDescriptor {
+    /// `sibling`: a description already restored for the same memfd (same inode at dump): reopened, not made anew.
+    func open(flags: UInt32, position: Int64, object: String, paths: ImagePaths, id: Int, sibling: FileDescriptor? = nil) throws -> FileDescriptor {
+        if let sibling { return try reopen(path: "/proc/self/fd/\(sibling.rawValue)", flags: flags, position: position, object: object) }
         let fd = Int32(try check(cryo_memfd_create(name, 1), "memfd_create", object: "\(object) (\(name))"))
         let memfd = FileDescriptor(rawValue: fd)
         defer { try? memfd.close() }

@@ -9,7 +9,7 @@ import SystemPackage
 /// the image can give back (present, private or anonymous, not the zero page).
 public struct MemoryRecord: Codable, Sendable {
     public enum Kind: String, Codable, Sendable {
-        case anonymous, sharedAnonymous, file, heap, stack, vdso, vvar, vvarClock, vsyscall
+        case anonymous, sharedAnonymous, file, memfd, heap, stack, vdso, vvar, vvarClock, vsyscall
     }
     public struct Mapping: Codable, Sendable {
         public var start: UInt64
@@ -28,6 +28,8 @@ public struct MemoryRecord: Codable, Sendable {
         public var shmemInode: UInt64?
         /// Set when an earlier process of the image holds (and saved) the same shared memory.
         public var sharedFrom: SharedOrigin?
+        /// For a memfd mapping: the id in the file table of the memfd it maps.
+        public var file: Int?
         var length: UInt64 { end - start }
         var isSpecial: Bool { [.vdso, .vvar, .vvarClock, .vsyscall].contains(kind) }
         var prot: Int32 {
@@ -110,7 +112,10 @@ extension MemoryRecord {
             case let p where p.hasPrefix("/dev/zero") && shared, let p where p.hasPrefix("/SYSV") && false:
                 _ = p
                 kind = .sharedAnonymous
-            case let p where p.hasPrefix("/memfd:"): throw refuse("a memfd mapping")
+            case let p where p.hasPrefix(MemfdState.prefix):
+                // Its memfd joins the file table once descriptors are dumped (FileTableBuilder.memfdMapping).
+                kind = .memfd
+                path = p
             case let p where p.hasPrefix("/SYSV"): throw refuse("a System V shared memory segment")
             case let p where p.hasSuffix(" (deleted)"): throw refuse("a mapping of a deleted file")
             case let p where p.hasPrefix("/"):
@@ -132,7 +137,7 @@ extension MemoryRecord {
                                     device: kind == .file ? cryo_makedev(major, minor) : nil,
                                     inode: kind == .file ? m.inode : nil,
                                     growsDown: m.vmFlags.contains("gd"), noReserve: m.vmFlags.contains("nr"), advice: advice,
-                                    shmemInode: kind == .sharedAnonymous ? m.inode : nil, sharedFrom: nil))
+                                    shmemInode: kind == .sharedAnonymous ? m.inode : nil, sharedFrom: nil, file: nil))
         }
         return MemoryRecord(mappings: mappings)
     }
@@ -141,7 +146,7 @@ extension MemoryRecord {
     func pageCategories(_ m: Mapping) -> (inverted: UInt64, mask: UInt64, anyOf: UInt64)? {
         switch m.kind {
         case .vdso, .vvar, .vvarClock, .vsyscall: return nil
-        case .file where m.shared: return nil  // the file itself holds them
+        case .file where m.shared, .memfd where m.shared: return nil  // the file itself holds them
         case _ where m.sharedFrom != nil: return nil  // saved with the process that holds it first
         case .sharedAnonymous:
             return (UInt64(CRYO_PAGE_IS_PFNZERO), UInt64(CRYO_PAGE_IS_PFNZERO), UInt64(CRYO_PAGE_IS_PRESENT | CRYO_PAGE_IS_SWAPPED))
@@ -214,6 +219,7 @@ extension MemoryRecord {
                 throw ImageError(file: file, record: "memory", "\(label): beyond the user address space")
             }
             if m.kind == .file && (m.path ?? "").isEmpty { throw ImageError(file: file, record: "memory", "\(label): file mapping without a path") }
+            if (m.kind == .memfd) != (m.file != nil) { throw ImageError(file: file, record: "memory", "\(label): memfd mapping without its file, or the reverse") }
             previousEnd = m.end
         }
         guard index.pagesFileSize == pagesFileSize else {
@@ -374,13 +380,13 @@ struct MemoryRestorePlan {
             vma.end = m.end
             vma.prot = UInt32(m.prot)
             var flags = m.shared ? MAP_SHARED : MAP_PRIVATE
-            let backedByFile = m.kind == .file || m.sharedFrom != nil
+            let backedByFile = m.kind == .file || m.kind == .memfd || m.sharedFrom != nil
             if !backedByFile { flags |= MAP_ANONYMOUS }
             if m.growsDown { flags |= MAP_GROWSDOWN }
             if m.noReserve { flags |= MAP_NORESERVE }
             vma.flags = UInt32(flags)
             vma.fd = backedByFile ? try fileFD(m) : -1
-            vma.file_offset = m.sharedFrom.map { m.fileOffset &- $0.fileOffset } ?? (m.kind == .file ? m.fileOffset : 0)
+            vma.file_offset = m.sharedFrom.map { m.fileOffset &- $0.fileOffset } ?? ([.file, .memfd].contains(m.kind) ? m.fileOffset : 0)
             vma.madvise = m.advice
             vma.first_run = UInt64(runs.count)
             while runCursor < sortedRuns.count && sortedRuns[runCursor][0] < m.end {

@@ -109,7 +109,8 @@ public struct Restorer {
             let forking = ContinuousClock.now
             // Every open file description is made once, in the controller, before any task of
             // the tree exists (after the namespace's init, which must not inherit them).
-            let descriptions = try image.fileTable.open(paths: image.paths, tcpEstablished: options.tcpEstablished)
+            let descriptions = try image.fileTable.open(paths: image.paths, tcpEstablished: options.tcpEstablished,
+                                                        shellJob: image.inventory.shellJob)
             defer { for fd in descriptions { try? fd.close() } }
             let root = try createRoot(image, session: session, parent: namespaceInit)
             try createTree(image, root: root, session: session, helperPids: helperPids)
@@ -421,6 +422,15 @@ public struct Restorer {
                 if mappingSlots[key] != nil { continue }
                 let path = "/proc/\(session.processes[origin.pid]!.pid)/map_files/\(hex(origin.start))-\(hex(origin.end))"
                 mappingSlots[key] = add(try Files.open(path, .readWrite))
+            } else if m.kind == .memfd, let file = m.file {
+                // A new description of the restored memfd, with the access the mapping needs.
+                let writable = m.shared && m.protection.contains("w")
+                let key = "memfd\(writable ? "rw" : "r"):\(file)"
+                if mappingSlots[key] != nil { continue }
+                guard descriptions.indices.contains(file), image.fileTable.files[file].kind == .memfd else {
+                    throw CryoError("pid \(pid): mapping 0x\(hex(m.start)) names file #\(file), which is not a memfd")
+                }
+                mappingSlots[key] = add(try Files.open("/proc/self/fd/\(descriptions[file].rawValue)", writable ? .readWrite : .readOnly))
             } else if m.kind == .file {
                 let writable = m.shared && m.protection.contains("w")
                 let key = "\(writable ? "rw" : "r"):\(m.path!)"
@@ -471,6 +481,7 @@ public struct Restorer {
             temporary: parasiteRange.upperBound + 0x10_0000, pagesFD: slotFD(pagesSlot),
             fileFD: { m in
                 if let origin = m.sharedFrom { return slotFD(mappingSlots["shm:\(origin.pid):\(origin.start)"]!) }
+                if m.kind == .memfd { return slotFD(mappingSlots["memfd\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.file!)"]!) }
                 return slotFD(mappingSlots["\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.path!)"]!)
             },
             oldRseq: try Ptrace.rseqConfiguration(pid))

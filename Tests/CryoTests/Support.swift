@@ -348,6 +348,7 @@ final class Fixture {
         case "events": return [try scratch.folder("events-work")]
         case "locks": return [try scratch.folder("locks-work")]
         case "unix": return [try scratch.folder("unix-work")]
+        case "inotify": return [try scratch.folder("inotify-work")]
         case "bigmem": return [String(bigmemMiB)]
         case "tcp": return ["listen"] // the established connections need --tcp-established: InetTests
         default: return []

@@ -124,6 +124,38 @@ long cryo_memfd_create(const char *name, int allow_sealing);
 long cryo_get_seals(int fd);
 long cryo_add_seals(int fd, int seals);
 
+/* inotify: a new instance, and one watch added with a chosen wd (INOTIFY_IOC_SETNEXTWD first). */
+long cryo_inotify_init(int nonblock);
+long cryo_inotify_add_watch_at(int fd, const char *path, uint32_t mask, int wd);
+/* Resolves a file handle (fdinfo's f_handle) on the file system of mount_fd to an O_PATH descriptor. */
+long cryo_open_by_handle(int mount_fd, int type, const uint8_t *bytes, uint32_t length);
+/* Bytes waiting to be read (FIONREAD). */
+long cryo_fionread(int fd);
+
+/* Terminals. */
+typedef struct {
+    uint32_t iflag, oflag, cflag, lflag;
+    uint8_t line;
+    uint8_t cc[32];
+    uint8_t pad[3];
+    uint32_t ispeed, ospeed;
+} cryo_termios;
+typedef struct { uint16_t rows, cols, xpixel, ypixel; } cryo_winsize;
+long cryo_tcgetattr(int fd, cryo_termios *t);
+long cryo_tcsetattr(int fd, const cryo_termios *t);
+long cryo_get_winsize(int fd, cryo_winsize *w);
+long cryo_set_winsize(int fd, const cryo_winsize *w);
+/* TIOCGPTLCK / TIOCSPTLCK on a master; TIOCGPTN. */
+long cryo_get_ptlock(int fd);
+long cryo_set_ptlock(int fd, int locked);
+long cryo_get_ptn(int fd);
+/* TIOCGPTPEER: the slave of a master, opened with flags. */
+long cryo_open_peer(int master, int flags);
+/* TIOCOUTQ: bytes queued for output (not yet taken by the other side). */
+long cryo_outq(int fd);
+/* TIOCSTI-free ways to check and change modes. */
+long cryo_tcflush_input(int fd);
+
 /* AF_UNIX sockets. Names are the raw sun_path bytes (a leading NUL: abstract). */
 #define CRYO_SOL_SOCKET 1
 #define CRYO_SO_TYPE 3

@@ -1,0 +1,132 @@
+import CCryo
+import CryoSystem
+import Foundation
+import Glibc
+import SystemPackage
+
+/// inotify: every watch with its watch descriptor, event mask and the path it
+/// watches. The path is found from the file handle fdinfo prints, resolved on
+/// a mount of the watched file system, so it is right even when the watched
+/// file was renamed after the watch was added.
+public struct InotifyState: Codable, Sendable {
+    public struct Watch: Codable, Sendable {
+        public var wd: Int32
+        public var mask: UInt32
+        public var path: String
+        /// Device and inode of the watched file at dump; restore refuses another file at the path.
+        public var device: UInt64
+        public var inode: UInt64
+    }
+    public var watches: [Watch]
+
+    static func dump(_ p: DescriptorProbe) throws -> InotifyState {
+        let queued = cryo_fionread(p.handle.rawValue)
+        if queued > 0 {
+            throw CryoError("\(p.object): inotify instance with \(queued) bytes of events not yet read; they cannot be queued again, not supported yet")
+        }
+        var watches: [Watch] = []
+        for line in p.info.text.split(separator: "\n") where line.hasPrefix("inotify ") {
+            var fields: [String: String] = [:]
+            for token in line.dropFirst(8).split(separator: " ") {
+                let parts = token.split(separator: ":", maxSplits: 1)
+                if parts.count == 2 { fields[String(parts[0])] = String(parts[1]) }
+            }
+            guard let wd = fields["wd"].flatMap({ Int32($0) }), let mask = fields["mask"].flatMap({ UInt32($0, radix: 16) }),
+                  let sdev = fields["sdev"].flatMap({ UInt64($0, radix: 16) }), let ino = fields["ino"].flatMap({ UInt64($0, radix: 16) }) else {
+                throw CryoError("\(p.object): unreadable inotify line in fdinfo: \(line)")
+            }
+            let path = try resolve(fields, kernelDevice: sdev, inode: ino, object: "\(p.object) (inotify wd \(wd))")
+            // The kernel prints dev_t as MAJOR << 20 | MINOR; stat gives the glibc encoding.
+            let device = cryo_makedev(UInt32(sdev >> 20), UInt32(sdev & 0xfffff))
+            watches.append(Watch(wd: wd, mask: mask, path: path, device: device, inode: ino))
+        }
+        return InotifyState(watches: watches.sorted { $0.wd < $1.wd })
+    }
+
+    /// The path of the watched inode: open_by_handle_at through a mount of its device.
+    static func resolve(_ fields: [String: String], kernelDevice: UInt64, inode: UInt64, object: String) throws -> String {
+        guard let length = fields["fhandle-bytes"].flatMap({ UInt32($0, radix: 16) }), length > 0,
+              let type = fields["fhandle-type"].flatMap({ Int32($0, radix: 16) }), let hexHandle = fields["f_handle"],
+              hexHandle.count == Int(length) * 2 else {
+            throw CryoError("\(object): the watched file system gives no file handle, so the watched path cannot be found; not supported")
+        }
+        var bytes: [UInt8] = []
+        var index = hexHandle.startIndex
+        while index < hexHandle.endIndex {
+            let next = hexHandle.index(index, offsetBy: 2)
+            guard let byte = UInt8(hexHandle[index..<next], radix: 16) else { throw CryoError("\(object): bad f_handle \(hexHandle)") }
+            bytes.append(byte)
+            index = next
+        }
+        let wanted = "\(kernelDevice >> 20):\(kernelDevice & 0xfffff)"
+        // Mounts of that device, those of its root first.
+        var mounts: [(root: String, point: String)] = []
+        for line in try Files.readString("/proc/self/mountinfo").split(separator: "\n") {
+            let f = line.split(separator: " ")
+            guard f.count > 4, f[2] == wanted else { continue }
+            mounts.append((String(f[3]), unescapeMountPath(String(f[4]))))
+        }
+        mounts.sort { ($0.root == "/" ? 0 : 1) < ($1.root == "/" ? 0 : 1) }
+        var lastError = "no mount of device \(wanted) in cryo's mount namespace"
+        for mount in mounts {
+            let mountFD = Glibc.open(mount.point, O_RDONLY | O_DIRECTORY | O_CLOEXEC)  // not O_PATH: open_by_handle_at refuses those
+            guard mountFD >= 0 else { continue }
+            defer { Glibc.close(mountFD) }
+            let fd = bytes.withUnsafeBufferPointer { cryo_open_by_handle(mountFD, type, $0.baseAddress, length) }
+            guard fd >= 0 else {
+                lastError = "open_by_handle_at through \(mount.point): \(String(cString: strerror(Int32(-fd))))"
+                continue
+            }
+            defer { Glibc.close(Int32(fd)) }
+            var st = Glibc.stat()
+            guard fstat(Int32(fd), &st) == 0, UInt64(st.st_ino) == inode else { continue }
+            let path = try Files.readLink("/proc/self/fd/\(fd)")
+            guard path.hasPrefix("/"), !path.hasSuffix(RegularFileState.deletedSuffix) || Files.exists(path) else {
+                lastError = "the watched file (inode \(inode)) has no path any more (\(path))"
+                continue
+            }
+            return path
+        }
+        throw CryoError("\(object): cannot find the watched path: \(lastError)")
+    }
+
+    func open(flags: UInt32, object: String) throws -> FileDescriptor {
+        let fd = FileDescriptor(rawValue: Int32(try check(cryo_inotify_init(Int32(bitPattern: flags) & O_NONBLOCK != 0 ? 1 : 0),
+                                                          "inotify_init1", object: object)))
+        do {
+            for w in watches {
+                var st = Glibc.stat()
+                if stat(w.path, &st) != 0 || UInt64(st.st_ino) != w.inode || UInt64(st.st_dev) != w.device {
+                    throw CryoError("\(object): watched path \(w.path) is gone or is another file since the dump")
+                }
+                let got = try check(cryo_inotify_add_watch_at(fd.rawValue, w.path, w.mask, w.wd),
+                                    "inotify_add_watch", object: "\(object) \(w.path)")
+                guard got == Int(w.wd) else {
+                    throw CryoError("\(object): \(w.path) was given watch descriptor \(got), not \(w.wd) (two watches of one file?)")
+                }
+            }
+        } catch {
+            try? fd.close()
+            throw error
+        }
+        return fd
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+func unescapeMountPath(_ text: String) -> String {
+    guard text.contains("\\") else { return text }
+    var out: [UInt8] = []
+    let b = Array(text.utf8)
+    var i = 0
+    while i < b.count {
+        if b[i] == UInt8(ascii: "\\"), i + 3 < b.count, let v = UInt8(String(decoding: b[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
+            out.append(v)
+            i += 4
+        } else {
+            out.append(b[i])
+            i += 1
+        }
+    }
+    return String(decoding: out, as: UTF8.self)
+}

@@ -1,0 +1,59 @@
+// A shell job on a real terminal: `script` runs a shell on a new pty (the
+// controlling terminal of its session); the shell starts the fixture as a job
+// with the terminal as stdin/stdout/stderr, dumps it with --shell-job (killing
+// it) and restores it with --shell-job into its own session, on its terminal.
+
+import Foundation
+import Glibc
+import Testing
+
+extension EndToEnd {
+    @Suite("terminals")
+    struct TerminalTests {
+        @Test("a shell job gets cryo's terminal back (--shell-job under a pty)")
+        func shellJob() throws {
+            guard Locations.isExecutableFile("/usr/bin/script") else {
+                Issue.record("util-linux `script` is needed to run cryo on a terminal")
+                return
+            }
+            let scratch = try Scratch("shelljob")
+            defer { scratch.remove() }
+            let fixture = try FixtureBuilder.binary(for: "shelljob")
+            let cryo = try Locations.cryoBinary()
+            let images = scratch.file("img")
+            // The fixture opens /dev/tty as fd 5 right before it prints READY.
+            let shell = """
+                #!/bin/sh
+                \(fixture) </dev/tty &
+                P=$!
+                for i in $(seq 200); do [ -e /proc/$P/fd/5 ] && break; sleep 0.05; done
+                sleep 0.1
+                \(cryo) dump --shell-job -t $P -D \(images); echo "dump status $?"
+                for i in $(seq 200); do [ -e /proc/$P ] || break; sleep 0.05; done
+                \(cryo) restore --shell-job -d -D \(images); echo "restore status $?"
+                sleep 0.3
+                kill -TERM $P
+                for i in $(seq 200); do [ -e /proc/$P ] || break; sleep 0.05; done
+
+                """
+            let script = scratch.file("job.sh")
+            try shell.write(toFile: script, atomically: true, encoding: .utf8)
+            chmod(script, 0o755)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/script")
+            process.arguments = ["-qfec", script, "/dev/null"]
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardError = output
+            process.standardInput = FileHandle.nullDevice
+            try process.run()
+            let done = waitUntil(timeout: 60) { !process.isRunning }
+            if !done { process.terminate() }
+            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(done, "the shell job did not finish within 60 s:\n\(text)")
+            #expect(text.contains("dump status 0"), "\(text)")
+            #expect(text.contains("restore status 0"), "\(text)")
+            #expect(text.contains("PASS"), "the restored job did not say PASS:\n\(text)")
+        }
+    }
+}
