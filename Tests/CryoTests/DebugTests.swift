@@ -634,10 +634,12 @@ private func checkSignals(_ image: ShownImage, _ task: ShownImage.Task, _ fixtur
         #expect(usr1.siginfo.count == 128 && int32(usr1.siginfo, 0) == SIGUSR1 && int32(usr1.siginfo, 8) == -6 && int32(usr1.siginfo, 16) == pid,
                 "SIGUSR1 siginfo: signo \(int32(usr1.siginfo, 0)) code \(int32(usr1.siginfo, 8)) pid \(int32(usr1.siginfo, 16)), want \(SIGUSR1), SI_TKILL, \(pid)")
     }
-    #expect(s.pending.map(\.signal) == [rt3, rt3] && s.pending.allSatisfy(\.shared), "process pending \(s.pending.map(\.signal)), want SIGRTMIN+3 twice")
-    let values = s.pending.map { int32($0.siginfo, 24) }
+    // The 50 ms interval timer may fire while the process is frozen: a SIGALRM waiting then is right, and not checked here.
+    let queued = s.pending.filter { $0.signal != SIGALRM }
+    #expect(queued.map(\.signal) == [rt3, rt3] && queued.allSatisfy(\.shared), "process pending \(s.pending.map(\.signal)), want SIGRTMIN+3 twice")
+    let values = queued.map { int32($0.siginfo, 24) }
     #expect(values == [0x5eed1234, 0x0badcafe], "sigqueue values \(values.map { String(UInt32(bitPattern: $0), radix: 16) }), want 5eed1234, badcafe in order")
-    #expect(s.pending.allSatisfy { int32($0.siginfo, 8) == -1 && int32($0.siginfo, 16) == pid }, "SIGRTMIN+3 siginfo should say SI_QUEUE from pid \(pid)")
+    #expect(queued.allSatisfy { int32($0.siginfo, 8) == -1 && int32($0.siginfo, 16) == pid }, "SIGRTMIN+3 siginfo should say SI_QUEUE from pid \(pid)")
 }
 
 private func checkTree(_ image: ShownImage) throws {
