@@ -19,7 +19,7 @@ enum {
     NR_sigaltstack = 131, NR_personality = 135, NR_prctl = 157, NR_chroot = 161,
     NR_gettid = 186, NR_set_tid_address = 218, NR_getpid = 39,
     NR_set_robust_list = 273, NR_get_robust_list = 274, NR_dup3 = 292, NR_rseq = 334,
-    NR_close_range = 436, NR_prlimit64 = 302, NR_epoll_ctl = 233, NR_seccomp = 317, NR_flock = 73, NR_timer_create = 222, NR_timer_settime = 223, NR_timer_gettime = 224, NR_timer_getoverrun = 225, NR_madvise_populate = 28,
+    NR_close_range = 436, NR_prlimit64 = 302, NR_epoll_ctl = 233, NR_seccomp = 317, NR_flock = 73, NR_getgroups = 115, NR_timer_create = 222, NR_timer_settime = 223, NR_timer_gettime = 224, NR_timer_getoverrun = 225, NR_madvise_populate = 28,
 };
 
 #define PR_SET_PDEATHSIG 1
@@ -443,7 +443,12 @@ static long restore_timers(struct cryo_args_header *h) {
 static long restore_creds(struct cryo_args_header *h) {
     struct cryo_creds *c = payload(h);
     const uint32_t keep_caps = 1u << 4; /* SECBIT_KEEP_CAPS, what PR_SET_KEEPCAPS sets */
-    CHECK(h, sys2(NR_setgroups, c->group_count, c->groups), 0, NR_setgroups, 0);
+    /* setgroups needs CAP_SETGID even for the same list: skip it when nothing changes. */
+    uint32_t current[CRYO_MAX_GROUPS];
+    long have = sys2(NR_getgroups, CRYO_MAX_GROUPS, current);
+    int same = have == (long)c->group_count;
+    for (long i = 0; same && i < have; i++) same = current[i] == c->groups[i];
+    if (!same) CHECK(h, sys2(NR_setgroups, c->group_count, c->groups), 0, NR_setgroups, 0);
     CHECK(h, sys3(NR_setresgid, c->gid, c->egid, c->sgid), 0, NR_setresgid, c->gid);
     sys1(NR_setfsgid, c->fsgid);
     /* Securebits while still privileged (changing them needs CAP_SETPCAP),
