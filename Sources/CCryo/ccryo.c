@@ -232,6 +232,8 @@ long cryo_signalfd(uint64_t mask, int nonblock) {
 long cryo_timerfd(int clock, int nonblock, int64_t vs, int64_t vns, int64_t is, int64_t ins, uint64_t ticks) {
     int fd = timerfd_create(clock, TFD_CLOEXEC | (nonblock ? TFD_NONBLOCK : 0));
     if (fd < 0) return -errno;
+    /* A periodic timer whose expiry already passed shows 0 time left; 0 would disarm it. */
+    if (!vs && !vns && (is || ins)) vns = 1;
     struct itimerspec spec = { { is, ins }, { vs, vns } };
     if (timerfd_settime(fd, 0, &spec, NULL) < 0) { int e = errno; close(fd); return -e; }
     /* Expirations not yet read (TFD_IOC_SET_TICKS, a checkpoint/restore ioctl). */

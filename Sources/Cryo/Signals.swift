@@ -99,9 +99,12 @@ extension SignalsRecord {
         }
         withUnsafeMutableBytes(of: &state.itimers) { raw in
             for t in timers {
+                // An interval timer that expired while the task was frozen shows no time left (it
+                // rearms when its signal is taken); setitimer would read 0 as "disarm".
+                let value = t.valueMicroseconds == 0 && t.intervalMicroseconds != 0 ? 1 : t.valueMicroseconds
                 let timer = cryo_itimer(
                     interval: cryo_timeval(sec: t.intervalMicroseconds / 1_000_000, usec: t.intervalMicroseconds % 1_000_000),
-                    value: cryo_timeval(sec: t.valueMicroseconds / 1_000_000, usec: t.valueMicroseconds % 1_000_000))
+                    value: cryo_timeval(sec: value / 1_000_000, usec: value % 1_000_000))
                 raw.storeBytes(of: timer, toByteOffset: Int(t.which) * MemoryLayout<cryo_itimer>.stride, as: cryo_itimer.self)
             }
         }

@@ -95,9 +95,12 @@ struct ShowCommand: ParsableCommand {
         print("  descriptors (\(task.descriptors.descriptors.count)):")
         for d in task.descriptors.descriptors {
             let f = files.files[d.file]
-            var what = f.path ?? f.unixSocket?.summary ?? f.inetSocket?.summary ?? "pipe:[\(f.pipe?.inode ?? 0)] \(f.pipe?.isReadEnd == true ? "read" : "write") end"
+            var what = describeFile(f)
             if f.regular?.unlinked == true { what += " (unlinked, contents in image)" }
             if let pipe = f.pipe, let data = pipe.buffered, !data.isEmpty { what += " (\(data.count) bytes buffered)" }
+            for lock in d.locks ?? [] {
+                what += " [\(lock.kind.rawValue) \(lock.write ? "write" : "read") lock \(lock.start)-\(lock.end.map(String.init) ?? "EOF")]"
+            }
             print("    fd \(d.fd) -> \(what)  [\(f.kind.rawValue), flags 0\(String(f.flags, radix: 8)), pos \(f.position)\(d.closeOnExec ? ", cloexec" : "")]"
                 + (task.descriptors.descriptors.filter { $0.file == d.file }.count > 1 ? " shared description #\(d.file)" : ""))
         }
@@ -111,6 +114,36 @@ struct ShowCommand: ParsableCommand {
             print("    itimer \(["REAL", "VIRTUAL", "PROF"][Int(t.which)]) interval \(t.intervalMicroseconds) µs, next in \(t.valueMicroseconds) µs")
         }
         for p in s.pending { print("    pending \(signalName(p.signal)) (process-wide queue)") }
+        for t in s.posixTimers ?? [] {
+            print("    POSIX timer \(t.id): clock \(t.clock), notify \(t.notify.rawValue) \(signalName(t.signal))"
+                + (t.notify == .thread ? " to thread \(t.thread)" : "")
+                + ", next in \(t.remainingNanoseconds) ns, interval \(t.intervalNanoseconds) ns")
+        }
+        if let seccomp = task.core.seccomp {
+            print("  seccomp: \(seccomp.filters.count) filter(s) (\(seccomp.filters.map { "\($0.count) instructions" }.joined(separator: ", ")))"
+                + (seccomp.noNewPrivileges ? ", no_new_privs" : ""))
+        }
+    }
+
+    /// One line for an open file description, whatever its kind.
+    func describeFile(_ f: FileTable.OpenFile) -> String {
+        switch f.kind {
+        case .pipe: return "pipe:[\(f.pipe?.inode ?? 0)] \(f.pipe?.isReadEnd == true ? "read" : "write") end"
+        case .unixSocket: return f.unixSocket?.summary ?? "unix socket"
+        case .inetSocket: return f.inetSocket?.summary ?? "inet socket"
+        case .eventfd: return "eventfd count \(f.eventfd?.count ?? 0)\(f.eventfd?.semaphore == true ? ", semaphore" : "")"
+        case .signalfd: return "signalfd mask 0x\(hex(f.signalfd?.mask ?? 0))"
+        case .timerfd:
+            let t = f.timerfd
+            return "timerfd clock \(t?.clock ?? 0), next in \(t?.valueNanoseconds ?? 0) ns, interval \(t?.intervalNanoseconds ?? 0) ns"
+        case .epoll:
+            let targets = f.epoll?.targets ?? []
+            return "epoll watching " + (targets.isEmpty ? "nothing" : targets.map { "fd \($0.fd) (events 0x\(hex(UInt64($0.events))), data 0x\(hex($0.data)))" }.joined(separator: ", "))
+        case .memfd: return "memfd \(f.memfd?.name ?? "?") (\(f.memfd?.size ?? 0) bytes, seals 0x\(hex(UInt64(f.memfd?.seals ?? 0))))"
+        case .inotify: return "inotify " + (f.inotify?.watches.map { "wd \($0.wd) \($0.path) mask 0x\(hex(UInt64($0.mask)))" }.joined(separator: ", ") ?? "")
+        case .terminal: return "terminal (\(f.terminal?.role.rawValue ?? "?")\(f.terminal?.index.map { " pts \($0)" } ?? ""))"
+        default: return f.path ?? f.kind.rawValue
+        }
     }
 }
 

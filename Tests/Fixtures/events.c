@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -114,6 +115,8 @@ int main(int argc, char **argv) {
 
     uint64_t ticks = 0;
     if (read(periodic, &ticks, 8) != 8 || ticks < 1) fail("periodic timerfd not firing");
+    struct pollfd next = { .fd = periodic, .events = POLLIN };
+    if (poll(&next, 1, 500) != 1) fail("periodic timerfd stopped after its first expiry");
     struct itimerspec cur;
     timerfd_gettime(periodic, &cur);
     if (cur.it_interval.tv_nsec != 20000000 || cur.it_interval.tv_sec != 0) fail("periodic timerfd interval changed");
