@@ -4,7 +4,8 @@
 // Most variants are checked in-process through `Image(directory:)` (the
 // reader and validators every command goes through); a few hundred go through
 // the real `cryo show`, and the variants whose checksums are still valid
-// through `cryo restore -d` as well.
+// through `cryo restore -d` as well. CRYO_FUZZ_SEED picks another seed
+// (the mutations are reproducible per seed).
 
 import Cryo
 import Foundation
