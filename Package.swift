@@ -43,6 +43,6 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
-        .testTarget(name: "CryoTests", dependencies: ["cryo"]),
+        .testTarget(name: "CryoTests", dependencies: ["cryo", "Cryo"]),
     ]
 )

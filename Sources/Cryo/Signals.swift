@@ -87,6 +87,9 @@ extension SignalsRecord {
         }
         try SignalsRecord.validate(pending, file: file, record: "signals")
         guard timers.count <= 3 else { throw ImageError(file: file, record: "signals", "\(timers.count) interval timers") }
+        for t in timers where !(0...2).contains(t.which) || t.intervalMicroseconds < 0 || t.valueMicroseconds < 0 {
+            throw ImageError(file: file, record: "signals", "interval timer \(t.which) is malformed")
+        }
     }
 
     /// Fills the parasite's view: every disposition (default where not recorded), timers, queue.

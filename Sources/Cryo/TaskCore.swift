@@ -88,6 +88,17 @@ extension TaskCore {
         }
     }
 
+    /// What restore indexes without further checks: four uids and gids, the groups the parasite can hold.
+    func validate(file: String) throws {
+        let c = credentials
+        guard c.uids.count == 4, c.gids.count == 4 else {
+            throw ImageError(file: file, record: "task", "credentials need 4 uids and 4 gids, found \(c.uids.count) and \(c.gids.count)")
+        }
+        guard c.groups.count <= Int(CRYO_MAX_GROUPS) else {
+            throw ImageError(file: file, record: "task", "\(c.groups.count) supplementary groups, at most \(CRYO_MAX_GROUPS) supported")
+        }
+    }
+
     var parasiteCredentials: cryo_creds {
         var creds = cryo_creds()
         let c = credentials

@@ -39,6 +39,7 @@ public struct TaskImage: Codable, Sendable {
             throw ImageError(file: name, record: "threads", "the first thread must be the leader \(pid), and tids unique")
         }
         for thread in image.threads { try thread.validate(file: name) }
+        try image.core.validate(file: name)
         try image.core.seccomp?.validate(file: name)
         try image.signals.validate(file: name)
         try image.descriptors.validate(file: name, table: table)
