@@ -22,25 +22,12 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include "fixture.h"
 
 static volatile sig_atomic_t got_term;
 static void on_term(int sig) { (void)sig; got_term = 1; }
 
-static char failbuf[2048];
-static void fail(const char *fmt, ...)
-{
-	size_t len = strlen(failbuf);
-	if (len >= sizeof(failbuf) - 64)
-		return;
-	if (len)
-		len += (size_t)snprintf(failbuf + len, sizeof(failbuf) - len, "; ");
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(failbuf + len, sizeof(failbuf) - len, fmt, ap);
-	va_end(ap);
-	for (char *p = failbuf + len; *p; p++)   /* keep the report on one line */
-		if ((unsigned char)*p < 0x20) *p = '.';
-}
+
 
 static inline uint64_t page_seed(uint64_t page)
 {

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include "fixture.h"
 
 #define HEAP_BYTES   (4u << 20)   /* large malloc: served by mmap */
 #define NODES        1000         /* small mallocs: served by brk */
@@ -35,21 +36,6 @@ static uint64_t bss_words[BSS_WORDS];
 
 struct node { struct node *next; uint32_t id; uint32_t check; char pad[40]; };
 
-static char failbuf[2048];
-static void fail(const char *fmt, ...)
-{
-	size_t len = strlen(failbuf);
-	if (len >= sizeof(failbuf) - 64)
-		return;
-	if (len)
-		len += (size_t)snprintf(failbuf + len, sizeof(failbuf) - len, "; ");
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(failbuf + len, sizeof(failbuf) - len, fmt, ap);
-	va_end(ap);
-	for (char *p = failbuf + len; *p; p++)   /* keep the report on one line */
-		if ((unsigned char)*p < 0x20) *p = '.';
-}
 
 static void on_term(int sig) { (void)sig; got_term = 1; }
 

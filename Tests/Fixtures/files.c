@@ -27,6 +27,10 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
+#include "fixture.h"
+
+static volatile sig_atomic_t got_term;
+static void on_term(int sig) { (void)sig; got_term = 1; }
 
 #define RW_SIZE     10000
 #define RW_OFF      4321
@@ -40,24 +44,7 @@
 #define HIGH_OFF    2222
 #define UMASK       027
 
-static volatile sig_atomic_t got_term;
-static void on_term(int sig) { (void)sig; got_term = 1; }
 
-static char failbuf[3072];
-static void fail(const char *fmt, ...)
-{
-	size_t len = strlen(failbuf);
-	if (len >= sizeof(failbuf) - 64)
-		return;
-	if (len)
-		len += (size_t)snprintf(failbuf + len, sizeof(failbuf) - len, "; ");
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(failbuf + len, sizeof(failbuf) - len, fmt, ap);
-	va_end(ap);
-	for (char *p = failbuf + len; *p; p++)   /* keep the report on one line */
-		if ((unsigned char)*p < 0x20) *p = '.';
-}
 
 static void die(const char *what) { fprintf(stderr, "setup: %s: %s\n", what, strerror(errno)); exit(2); }
 

@@ -21,30 +21,17 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "fixture.h"
+
+static volatile sig_atomic_t got_term;
+static void on_term(int sig) { (void)sig; got_term = 1; }
 
 #define A_BYTES 3000
 #define B_BYTES 1000
 #define C_BYTES 100000
 #define C_SIZE  (128 * 1024)
 
-static volatile sig_atomic_t got_term;
-static void on_term(int sig) { (void)sig; got_term = 1; }
 
-static char failbuf[2048];
-static void fail(const char *fmt, ...)
-{
-	size_t len = strlen(failbuf);
-	if (len >= sizeof(failbuf) - 64)
-		return;
-	if (len)
-		len += (size_t)snprintf(failbuf + len, sizeof(failbuf) - len, "; ");
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(failbuf + len, sizeof(failbuf) - len, fmt, ap);
-	va_end(ap);
-	for (char *p = failbuf + len; *p; p++)   /* keep the report on one line */
-		if ((unsigned char)*p < 0x20) *p = '.';
-}
 
 static void die(const char *what) { fprintf(stderr, "setup: %s: %s\n", what, strerror(errno)); exit(2); }
 

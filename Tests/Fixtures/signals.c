@@ -27,6 +27,7 @@
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
+#include "fixture.h"
 
 #ifndef SA_RESTORER
 #define SA_RESTORER 0x04000000   /* set by libc; not exported by glibc headers */
@@ -48,21 +49,6 @@ static volatile sig_atomic_t int_calls, int_on_altstack, int_flag_onstack;
 static volatile uintptr_t int_local_addr;
 static void *alt_base;
 
-static char failbuf[3072];
-static void fail(const char *fmt, ...)
-{
-	size_t len = strlen(failbuf);
-	if (len >= sizeof(failbuf) - 64)
-		return;
-	if (len)
-		len += (size_t)snprintf(failbuf + len, sizeof(failbuf) - len, "; ");
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(failbuf + len, sizeof(failbuf) - len, fmt, ap);
-	va_end(ap);
-	for (char *p = failbuf + len; *p; p++)   /* keep the report on one line */
-		if ((unsigned char)*p < 0x20) *p = '.';
-}
 
 static void die(const char *what) { fprintf(stderr, "setup: %s: %s\n", what, strerror(errno)); exit(2); }
 

@@ -35,6 +35,7 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include "fixture.h"
 
 #define MAXT 1000
 #define TLS_BLOCK 200
@@ -78,21 +79,6 @@ static void on_usr1(int sig)
 	tls_handler_on_alt = p >= (uintptr_t)tls_alt_lo && p < (uintptr_t)tls_alt_hi;
 }
 
-static char failbuf[4000];
-static void fail(const char *fmt, ...)
-{
-	size_t len = strlen(failbuf);
-	if (len >= sizeof(failbuf) - 64)
-		return;
-	if (len)
-		len += (size_t)snprintf(failbuf + len, sizeof(failbuf) - len, "; ");
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(failbuf + len, sizeof(failbuf) - len, fmt, ap);
-	va_end(ap);
-	for (char *p = failbuf + len; *p; p++)   /* keep the report on one line */
-		if ((unsigned char)*p < 0x20) *p = '.';
-}
 
 static void die(const char *what, int err) { fprintf(stderr, "setup: %s: %s\n", what, strerror(err)); exit(2); }
 
