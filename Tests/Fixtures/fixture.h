@@ -6,9 +6,13 @@
 #ifndef CRYO_FIXTURE_H
 #define CRYO_FIXTURE_H
 
+#include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 static char failbuf[4096];
 __attribute__((unused, format(printf, 1, 2))) static void fail(const char *fmt, ...)
@@ -24,6 +28,38 @@ __attribute__((unused, format(printf, 1, 2))) static void fail(const char *fmt, 
 	va_end(ap);
 	for (char *p = failbuf + len; *p; p++)   /* keep the report on one line */
 		if ((unsigned char)*p < 0x20) *p = '.';
+}
+
+/* Seconds on the monotonic clock. */
+__attribute__((unused)) static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* One line from `in` (without its newline), waiting at most `seconds`:
+ * its length, -3 on timeout, -1 on error. */
+__attribute__((unused)) static int read_line(int in, char *buf, size_t size, double seconds)
+{
+	double deadline = now() + seconds;
+	size_t len = 0;
+	while (len + 1 < size) {
+		double left = deadline - now();
+		if (left <= 0) { buf[len] = 0; return -3; }
+		struct pollfd pfd = { .fd = in, .events = POLLIN };
+		int r = poll(&pfd, 1, (int)(left * 1000) + 1);
+		if (r < 0 && errno == EINTR) continue;
+		if (r < 0) return -1;
+		if (r == 0) continue;
+		ssize_t got = read(in, buf + len, 1);
+		if (got < 0 && errno == EINTR) continue;
+		if (got < 0) return -1;
+		if (got == 0 || buf[len] == '\n') break;
+		len++;
+	}
+	buf[len] = 0;
+	return (int)len;
 }
 
 #endif

@@ -62,34 +62,7 @@ static struct stat file_st;
 static uint32_t shm_pat(size_t i) { return (uint32_t)(i * 2654435761u) ^ 0x51a7edu; }
 static uint32_t priv_pat(size_t i) { return (uint32_t)(i * 40503u) ^ 0x9e3779b9u; }
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
-static int read_line(int in, char *buf, size_t size, double seconds)
-{
-	double deadline = now() + seconds;
-	size_t len = 0;
-	while (len + 1 < size) {
-		double left = deadline - now();
-		if (left <= 0) { buf[len] = 0; return -3; }
-		struct pollfd pfd = { .fd = in, .events = POLLIN };
-		int r = poll(&pfd, 1, (int)(left * 1000) + 1);
-		if (r < 0 && errno == EINTR) continue;
-		if (r < 0) return -1;
-		if (r == 0) continue;
-		ssize_t got = read(in, buf + len, 1);
-		if (got < 0 && errno == EINTR) continue;
-		if (got < 0) return -1;
-		if (got == 0 || buf[len] == '\n') break;
-		len++;
-	}
-	buf[len] = 0;
-	return (int)len;
-}
 
 /* Checks the mappings and the file from this process's point of view.
  * Shared words 0 and 2 change during the check and are checked apart. */

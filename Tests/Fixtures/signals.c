@@ -172,13 +172,6 @@ static void check_set(const char *what, const sigset_t *got, const sigset_t *wan
 	}
 }
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 int main(void)
 {
 	int rtsig = SIGRTMIN + 3;

@@ -30,22 +30,11 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "fixture.h"
 
 static volatile sig_atomic_t term;
 static void on_term(int sig) { (void)sig; term = 1; }
 static void die(const char *what) { fprintf(stderr, "setup: %s: %s\n", what, strerror(errno)); exit(2); }
-static char failures[4096];
-static void failf(const char *format, ...) {
-    char text[512];
-    va_list ap;
-    va_start(ap, format);
-    vsnprintf(text, sizeof(text), format, ap);
-    va_end(ap);
-    if (strlen(failures) + strlen(text) + 3 < sizeof(failures)) {
-        if (failures[0]) strcat(failures, "; ");
-        strcat(failures, text);
-    }
-}
 static int sockopt(int fd, int level, int option) {
     int value = -12345;
     socklen_t size = sizeof(value);
@@ -65,11 +54,11 @@ static void expect_text(int fd, const char *text, const char *what) {
     size_t length = strlen(text), have = 0;
     while (have < length) {
         ssize_t n = recv(fd, buffer + have, length - have, 0);
-        if (n <= 0) { failf("%s: %zu of %zu bytes (%s)", what, have, length, n == 0 ? "end of stream" : strerror(errno)); break; }
+        if (n <= 0) { fail("%s: %zu of %zu bytes (%s)", what, have, length, n == 0 ? "end of stream" : strerror(errno)); break; }
         have += (size_t)n;
     }
     fcntl(fd, F_SETFL, flags);
-    if (have == length && memcmp(buffer, text, length) != 0) failf("%s: bytes changed", what);
+    if (have == length && memcmp(buffer, text, length) != 0) fail("%s: bytes changed", what);
 }
 static void both_ways(int a, int b, const char *what) {
     char label[128];
@@ -91,7 +80,7 @@ static void wait_for_term(void) {
     sigprocmask(SIG_SETMASK, &old, NULL);
 }
 static int finish(void) {
-    if (failures[0]) { printf("FAIL: %s\n", failures); fflush(stdout); return 1; }
+    if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
     printf("PASS\n");
     fflush(stdout);
     return 0;
@@ -130,15 +119,15 @@ int main(int argc, char **argv) {
         struct sockaddr_in again;
         size = sizeof(again);
         getsockname(listener, (struct sockaddr *)&again, &size);
-        if (again.sin_port != name.sin_port) failf("listener port changed");
-        if (sockopt(listener, SOL_SOCKET, SO_ACCEPTCONN) != 1) failf("no longer listening");
-        if (sockopt(listener, SOL_SOCKET, SO_REUSEADDR) != 1) failf("SO_REUSEADDR lost");
-        if (sockopt(unconnected, SOL_SOCKET, SO_TYPE) != SOCK_STREAM) failf("unconnected socket changed");
+        if (again.sin_port != name.sin_port) fail("listener port changed");
+        if (sockopt(listener, SOL_SOCKET, SO_ACCEPTCONN) != 1) fail("no longer listening");
+        if (sockopt(listener, SOL_SOCKET, SO_REUSEADDR) != 1) fail("SO_REUSEADDR lost");
+        if (sockopt(unconnected, SOL_SOCKET, SO_TYPE) != SOCK_STREAM) fail("unconnected socket changed");
         int c = socket(AF_INET, SOCK_STREAM, 0);
-        if (connect(c, (struct sockaddr *)&name, sizeof(name)) != 0) failf("a new connection is refused (%s)", strerror(errno));
+        if (connect(c, (struct sockaddr *)&name, sizeof(name)) != 0) fail("a new connection is refused (%s)", strerror(errno));
         else {
             int a = accept(listener, NULL, NULL);
-            if (a < 0) failf("accept: %s", strerror(errno)); else both_ways(c, a, "new connection");
+            if (a < 0) fail("accept: %s", strerror(errno)); else both_ways(c, a, "new connection");
         }
         return finish();
     }
@@ -160,7 +149,7 @@ int main(int argc, char **argv) {
         expect_text(fd, "to the child", "child: bytes queued by the root");
         send_text(fd, "ping");
         expect_text(fd, "pong", "child: the root's reply");
-        if (failures[0]) { printf("FAIL: %s\n", failures); fflush(stdout); _exit(1); }
+        if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); _exit(1); }
         _exit(0);
     }
     int accepted = accept(listener, NULL, NULL);
@@ -187,25 +176,25 @@ int main(int argc, char **argv) {
     printf("PORT %d\n", ntohs(name.sin_port));
     wait_for_term();
 
-    if (sockopt(listener, SOL_SOCKET, SO_ACCEPTCONN) != 1) failf("listener no longer listening");
+    if (sockopt(listener, SOL_SOCKET, SO_ACCEPTCONN) != 1) fail("listener no longer listening");
     kill(child, SIGUSR1);
     expect_text(accepted, "to the root", "root: bytes queued by the child");
     expect_text(accepted, "ping", "root: the child's ping");
     send_text(accepted, "pong");
     int status = -1;
     if (waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        failf("the child ended with status %#x", status);
+        fail("the child ended with status %#x", status);
     if (a6 >= 0) {
-        if (sockopt(a6, IPPROTO_TCP, TCP_NODELAY) != 1) failf("TCP_NODELAY lost");
+        if (sockopt(a6, IPPROTO_TCP, TCP_NODELAY) != 1) fail("TCP_NODELAY lost");
         expect_text(b6, "six to b", "IPv6 bytes queued to b");
         expect_text(a6, "six to a, longer", "IPv6 bytes queued to a");
         both_ways(a6, b6, "IPv6 connection");
     }
     int c = socket(AF_INET, SOCK_STREAM, 0);
-    if (connect(c, (struct sockaddr *)&name, sizeof(name)) != 0) failf("a new connection is refused (%s)", strerror(errno));
+    if (connect(c, (struct sockaddr *)&name, sizeof(name)) != 0) fail("a new connection is refused (%s)", strerror(errno));
     else {
         int a = accept(listener, NULL, NULL);
-        if (a < 0) failf("accept: %s", strerror(errno)); else both_ways(c, a, "new connection");
+        if (a < 0) fail("accept: %s", strerror(errno)); else both_ways(c, a, "new connection");
     }
     return finish();
 }

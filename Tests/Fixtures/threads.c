@@ -89,12 +89,6 @@ static void sleep_ms(long ms)
 		;
 }
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* Appends to this thread's report. */
 static void why(struct slot *s, const char *fmt, ...)

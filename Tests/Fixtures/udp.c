@@ -25,22 +25,11 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include "fixture.h"
 
 static volatile sig_atomic_t term;
 static void on_term(int sig) { (void)sig; term = 1; }
 static void die(const char *what) { fprintf(stderr, "setup: %s: %s\n", what, strerror(errno)); exit(2); }
-static char failures[4096];
-static void failf(const char *format, ...) {
-    char text[512];
-    va_list ap;
-    va_start(ap, format);
-    vsnprintf(text, sizeof(text), format, ap);
-    va_end(ap);
-    if (strlen(failures) + strlen(text) + 3 < sizeof(failures)) {
-        if (failures[0]) strcat(failures, "; ");
-        strcat(failures, text);
-    }
-}
 
 typedef struct sockaddr_storage addr_t;
 static socklen_t name_of(int fd, addr_t *a, int peer) {
@@ -70,22 +59,22 @@ static void expect_datagram(int fd, const char *text, const addr_t *from, const 
     socklen_t size = sizeof(source);
     memset(&source, 0, sizeof(source));
     ssize_t n = recvfrom(fd, buffer, sizeof(buffer), MSG_DONTWAIT, (struct sockaddr *)&source, &size);
-    if (n < 0) { failf("%s: nothing queued (%s)", what, strerror(errno)); return; }
-    if ((size_t)n != strlen(text) || memcmp(buffer, text, n) != 0) failf("%s: datagram changed", what);
-    if (from && !same(&source, from)) failf("%s: the source address changed", what);
+    if (n < 0) { fail("%s: nothing queued (%s)", what, strerror(errno)); return; }
+    if ((size_t)n != strlen(text) || memcmp(buffer, text, n) != 0) fail("%s: datagram changed", what);
+    if (from && !same(&source, from)) fail("%s: the source address changed", what);
 }
 static void expect_empty(int fd, const char *what) {
     char byte;
-    if (recv(fd, &byte, 1, MSG_DONTWAIT) >= 0 || errno != EAGAIN) failf("%s: more queued than expected", what);
+    if (recv(fd, &byte, 1, MSG_DONTWAIT) >= 0 || errno != EAGAIN) fail("%s: more queued than expected", what);
 }
 /* A new datagram each way between a connected client and its server. */
 static void both_ways(int server, int client, const char *what) {
     addr_t client_name;
     name_of(client, &client_name, 0);
-    if (send(client, "ping", 4, 0) != 4) { failf("%s: client cannot send (%s)", what, strerror(errno)); return; }
+    if (send(client, "ping", 4, 0) != 4) { fail("%s: client cannot send (%s)", what, strerror(errno)); return; }
     usleep(20000);
     expect_datagram(server, "ping", &client_name, what);
-    if (sendto(server, "pong", 4, 0, (struct sockaddr *)&client_name, sizeof(client_name)) != 4) { failf("%s: server cannot send (%s)", what, strerror(errno)); return; }
+    if (sendto(server, "pong", 4, 0, (struct sockaddr *)&client_name, sizeof(client_name)) != 4) { fail("%s: server cannot send (%s)", what, strerror(errno)); return; }
     usleep(20000);
     expect_datagram(client, "pong", NULL, what);
 }
@@ -144,18 +133,18 @@ int main(void) {
     sigprocmask(SIG_SETMASK, &old, NULL);
 
     addr_t a;
-    if (!name_of(server, &a, 0) || !same(&a, &server_name)) failf("server address changed");
-    if (!name_of(client, &a, 0) || !same(&a, &client_name)) failf("client address changed");
-    if (!name_of(client, &a, 1) || !same(&a, &server_name)) failf("client no longer connected to the server");
-    if (name_of(server, &a, 1)) failf("server became connected");
-    if (sockopt(server, SOL_SOCKET, SO_REUSEADDR) != 1) failf("SO_REUSEADDR lost");
-    if (sockopt(client, SOL_SOCKET, SO_REUSEADDR) != 0) failf("SO_REUSEADDR appeared on the client");
-    if (sockopt(server, SOL_SOCKET, SO_RCVBUF) != rcvbuf_seen) failf("SO_RCVBUF %d, was %d", sockopt(server, SOL_SOCKET, SO_RCVBUF), rcvbuf_seen);
-    if (sockopt(server, IPPROTO_IP, IP_TTL) != 33) failf("IP_TTL %d, was 33", sockopt(server, IPPROTO_IP, IP_TTL));
-    if (!(fcntl(client, F_GETFL) & O_NONBLOCK)) failf("O_NONBLOCK lost");
-    if (fcntl(server, F_GETFL) & O_NONBLOCK) failf("O_NONBLOCK appeared on the server");
-    if (sockopt(fresh, SOL_SOCKET, SO_TYPE) != SOCK_DGRAM || sockopt(fresh, SOL_SOCKET, SO_DOMAIN) != AF_INET) failf("fresh socket changed");
-    else if (name_of(fresh, &a, 0) && ((struct sockaddr_in *)&a)->sin_port != 0) failf("fresh socket became bound");
+    if (!name_of(server, &a, 0) || !same(&a, &server_name)) fail("server address changed");
+    if (!name_of(client, &a, 0) || !same(&a, &client_name)) fail("client address changed");
+    if (!name_of(client, &a, 1) || !same(&a, &server_name)) fail("client no longer connected to the server");
+    if (name_of(server, &a, 1)) fail("server became connected");
+    if (sockopt(server, SOL_SOCKET, SO_REUSEADDR) != 1) fail("SO_REUSEADDR lost");
+    if (sockopt(client, SOL_SOCKET, SO_REUSEADDR) != 0) fail("SO_REUSEADDR appeared on the client");
+    if (sockopt(server, SOL_SOCKET, SO_RCVBUF) != rcvbuf_seen) fail("SO_RCVBUF %d, was %d", sockopt(server, SOL_SOCKET, SO_RCVBUF), rcvbuf_seen);
+    if (sockopt(server, IPPROTO_IP, IP_TTL) != 33) fail("IP_TTL %d, was 33", sockopt(server, IPPROTO_IP, IP_TTL));
+    if (!(fcntl(client, F_GETFL) & O_NONBLOCK)) fail("O_NONBLOCK lost");
+    if (fcntl(server, F_GETFL) & O_NONBLOCK) fail("O_NONBLOCK appeared on the server");
+    if (sockopt(fresh, SOL_SOCKET, SO_TYPE) != SOCK_DGRAM || sockopt(fresh, SOL_SOCKET, SO_DOMAIN) != AF_INET) fail("fresh socket changed");
+    else if (name_of(fresh, &a, 0) && ((struct sockaddr_in *)&a)->sin_port != 0) fail("fresh socket became bound");
 
     expect_datagram(server, "from a stranger", &stranger_name, "stranger's datagram");
     expect_datagram(server, "first", &client_name, "client's first datagram");
@@ -166,15 +155,15 @@ int main(void) {
     both_ways(server, client, "IPv4 pair");
 
     if (server6 >= 0) {
-        if (!name_of(server6, &a, 0) || !same(&a, &server6_name)) failf("IPv6 server address changed");
-        if (sockopt(server6, IPPROTO_IPV6, IPV6_V6ONLY) != 1) failf("IPV6_V6ONLY lost");
-        if (!name_of(client6, &a, 1) || !same(&a, &server6_name)) failf("IPv6 client no longer connected");
+        if (!name_of(server6, &a, 0) || !same(&a, &server6_name)) fail("IPv6 server address changed");
+        if (sockopt(server6, IPPROTO_IPV6, IPV6_V6ONLY) != 1) fail("IPV6_V6ONLY lost");
+        if (!name_of(client6, &a, 1) || !same(&a, &server6_name)) fail("IPv6 client no longer connected");
         expect_datagram(server6, "six", &client6_name, "IPv6 client's datagram");
         expect_datagram(client6, "six back", &server6_name, "IPv6 server's datagram");
         expect_empty(server6, "IPv6 server");
         both_ways(server6, client6, "IPv6 pair");
     }
-    if (failures[0]) { printf("FAIL: %s\n", failures); fflush(stdout); return 1; }
+    if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
     printf("PASS\n");
     fflush(stdout);
     return 0;

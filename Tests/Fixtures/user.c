@@ -122,12 +122,6 @@ static void check(const char *who, const struct state *s)
 	if (sb != s->securebits) fail("%s: securebits %#x, was %#x", who, sb, s->securebits);
 }
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void wait_for_term(const sigset_t *mask)
 {

@@ -50,36 +50,9 @@ static void die(const char *fmt, ...)
 	exit(2);
 }
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* Reads up to a newline (or EOF) before the deadline; returns the length, or
  * -1 on error, -3 on timeout. */
-static int read_line(int fd, char *buf, size_t size, double seconds)
-{
-	double deadline = now() + seconds;
-	size_t len = 0;
-	while (len + 1 < size) {
-		double left = deadline - now();
-		if (left <= 0) { buf[len] = 0; return -3; }
-		struct pollfd pfd = { .fd = fd, .events = POLLIN };
-		int r = poll(&pfd, 1, (int)(left * 1000) + 1);
-		if (r < 0 && errno == EINTR) continue;
-		if (r < 0) return -1;
-		if (r == 0) continue;
-		ssize_t got = read(fd, buf + len, 1);
-		if (got < 0 && errno == EINTR) continue;
-		if (got < 0) return -1;
-		if (got == 0 || buf[len] == '\n') break;
-		len++;
-	}
-	buf[len] = 0;
-	return (int)len;
-}
 
 static int wait_timeout(pid_t pid, int *status, double seconds)
 {
