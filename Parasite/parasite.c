@@ -17,7 +17,7 @@ enum {
     NR_setresuid = 117, NR_setresgid = 119, NR_setgroups = 116, NR_setfsuid = 122,
     NR_setfsgid = 123, NR_capset = 126, NR_rt_tgsigqueueinfo = 297, NR_rt_sigqueueinfo = 129, NR_rt_sigtimedwait = 128,
     NR_sigaltstack = 131, NR_personality = 135, NR_prctl = 157, NR_chroot = 161,
-    NR_gettid = 186, NR_set_tid_address = 218, NR_getpid = 39,
+    NR_gettid = 186, NR_set_tid_address = 218, NR_getpid = 39, NR_tgkill = 234,
     NR_set_robust_list = 273, NR_get_robust_list = 274, NR_dup3 = 292, NR_rseq = 334,
     NR_close_range = 436, NR_prlimit64 = 302, NR_epoll_ctl = 233, NR_seccomp = 317, NR_flock = 73, NR_getgroups = 115, NR_timer_create = 222, NR_timer_settime = 223, NR_timer_gettime = 224, NR_timer_getoverrun = 225, NR_madvise_populate = 28,
 };
@@ -490,7 +490,32 @@ __attribute__((noinline)) static long fault_on_purpose(struct cryo_args_header *
     return 0;
 }
 
+/* Dump: stop for cryo by raising stop_signal at this thread. cryo always moves
+ * the thread elsewhere at that stop, so the code after the syscall runs only
+ * if cryo died: then unmap the parasite with the task's own `syscall; ret`,
+ * whose ret lands on the rt_sigreturn gadget, which restores the task's
+ * registers and signal mask from the frame cryo wrote below its stack. */
+__attribute__((noinline, noreturn)) static void hand_back(struct cryo_args_header *h) {
+    long tgid = h->tgid, tid = h->tid, signal = h->stop_signal;
+    unsigned long stack = h->return_stack, gadget = h->syscall_ret_gadget;
+    unsigned long base = h->parasite_base, size = h->parasite_size;
+    long ret;
+    __asm__ volatile("syscall\n\t.globl cryo_parasite_stopped\ncryo_parasite_stopped:"
+                     : "=a"(ret) : "a"((long)NR_tgkill), "D"(tgid), "S"(tid), "d"(signal) : "rcx", "r11", "memory");
+    __asm__ volatile("mov %0, %%rsp\n\tjmp *%1"
+                     : : "r"(stack), "r"(gadget), "a"((long)NR_munmap), "D"(base), "S"(size) : "memory");
+    __builtin_unreachable();
+}
+
+static long run_command(struct cryo_args_header *h);
+
 long parasite_main(struct cryo_args_header *h) {
+    long r = run_command(h);
+    if (h->magic == CRYO_PARASITE_MAGIC && h->stop_signal) hand_back(h);
+    return r;
+}
+
+static long run_command(struct cryo_args_header *h) {
     if (h->magic != CRYO_PARASITE_MAGIC) return -22;
     h->result = 0;
     h->log_length = 0;

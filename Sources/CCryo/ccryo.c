@@ -33,6 +33,7 @@ long cryo_ptrace(long request, pid_t pid, uint64_t addr, uint64_t data) {
 long cryo_ptrace_seize(pid_t pid, unsigned long options) { return cryo_ptrace(PTRACE_SEIZE, pid, 0, options); }
 long cryo_ptrace_interrupt(pid_t pid) { return cryo_ptrace(PTRACE_INTERRUPT, pid, 0, 0); }
 long cryo_ptrace_cont(pid_t pid, int signal) { return cryo_ptrace(PTRACE_CONT, pid, 0, (uint64_t)signal); }
+long cryo_ptrace_syscall(pid_t pid, int signal) { return cryo_ptrace(PTRACE_SYSCALL, pid, 0, (uint64_t)signal); }
 long cryo_ptrace_detach(pid_t pid, int signal) { return cryo_ptrace(PTRACE_DETACH, pid, 0, (uint64_t)signal); }
 long cryo_ptrace_getregs(pid_t pid, cryo_regs *regs) { return cryo_ptrace(PTRACE_GETREGS, pid, 0, (uint64_t)regs); }
 long cryo_ptrace_setregs(pid_t pid, const cryo_regs *regs) { return cryo_ptrace(PTRACE_SETREGS, pid, 0, (uint64_t)regs); }
@@ -652,4 +653,94 @@ long cryo_tcp_repair_options(int fd, uint32_t mss, int wscale, uint32_t snd_wsca
 long cryo_socket_queue(int fd, int which, int *value) {
     unsigned long request = which == 0 ? SIOCINQ : which == 1 ? SIOCOUTQ : SIOCOUTQNSD;
     return RAW(ioctl(fd, request, value));
+}
+
+/* The kernel's x86-64 signal frame (arch/x86/include/uapi/asm/sigcontext.h,
+ * ucontext.h); glibc's ucontext_t differs (its sigset is 128 bytes). */
+struct kernel_sigcontext {
+    uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
+    uint64_t rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip, eflags;
+    uint16_t cs, gs, fs, ss;
+    uint64_t err, trapno, oldmask, cr2, fpstate;
+    uint64_t reserved1[8];
+};
+struct kernel_ucontext {
+    uint64_t uc_flags;
+    uint64_t uc_link;
+    struct { uint64_t ss_sp; int32_t ss_flags; int32_t pad; uint64_t ss_size; } uc_stack;
+    struct kernel_sigcontext uc_mcontext;
+    uint64_t uc_sigmask;
+};
+struct kernel_rt_sigframe {
+    uint64_t pretcode;
+    struct kernel_ucontext uc;
+    uint8_t info[128];
+};
+_Static_assert(sizeof(struct kernel_sigcontext) == 256, "sigcontext layout");
+_Static_assert(sizeof(struct kernel_rt_sigframe) == 440, "rt_sigframe layout");
+
+long cryo_build_return_frame(const cryo_regs *regs, uint64_t mask, const void *xsave, size_t xsave_length,
+                             uint64_t pretcode, void *out, size_t out_capacity, uint64_t *frame_address) {
+    enum { XSTATE_MAGIC1 = 0x46505853, XSTATE_MAGIC2 = 0x46505845, RED_ZONE = 128 };
+    enum { UCF_FP_XSTATE = 1, UCF_SIGCONTEXT_SS = 2, UCF_STRICT_RESTORE_SS = 4 };
+    if (xsave_length < 512) return -EINVAL;
+    /* The sw_reserved words of the XSAVE regset say how much the kernel wants back. */
+    uint32_t magic1, xstate_size;
+    memcpy(&magic1, (const uint8_t *)xsave + 464, 4);
+    memcpy(&xstate_size, (const uint8_t *)xsave + 464 + 16, 4);
+    int extended = magic1 == XSTATE_MAGIC1 && xstate_size >= 576 && xstate_size <= xsave_length;
+    size_t fp_size = extended ? xstate_size + 4 : 512;
+
+    uint64_t top = regs->rsp - RED_ZONE;
+    uint64_t fp = (top - fp_size) & ~(uint64_t)63; /* XRSTOR needs 64-byte alignment */
+    uint64_t frame = (fp - sizeof(struct kernel_rt_sigframe)) & ~(uint64_t)15;
+    size_t length = (size_t)(fp + fp_size - frame);
+    if (length > out_capacity) return -ENOSPC;
+    memset(out, 0, length);
+
+    struct kernel_rt_sigframe f;
+    memset(&f, 0, sizeof(f));
+    f.pretcode = pretcode;
+    f.uc.uc_flags = UCF_FP_XSTATE | UCF_SIGCONTEXT_SS | UCF_STRICT_RESTORE_SS;
+    /* An invalid mode makes rt_sigreturn's sigaltstack step fail, which it
+     * ignores: the task keeps its alternate stack exactly as it is. */
+    f.uc.uc_stack.ss_flags = 4;
+    struct kernel_sigcontext *sc = &f.uc.uc_mcontext;
+    sc->r8 = regs->r8; sc->r9 = regs->r9; sc->r10 = regs->r10; sc->r11 = regs->r11;
+    sc->r12 = regs->r12; sc->r13 = regs->r13; sc->r14 = regs->r14; sc->r15 = regs->r15;
+    sc->rdi = regs->rdi; sc->rsi = regs->rsi; sc->rbp = regs->rbp; sc->rbx = regs->rbx;
+    sc->rdx = regs->rdx; sc->rax = regs->rax; sc->rcx = regs->rcx; sc->rsp = regs->rsp;
+    sc->rip = regs->rip; sc->eflags = regs->eflags;
+    sc->cs = (uint16_t)regs->cs; sc->ss = (uint16_t)regs->ss;
+    sc->fpstate = fp;
+    /* rt_sigreturn clears orig_rax, so the kernel would not restart an
+     * interrupted syscall: do what its return path would have done. */
+    if ((int64_t)regs->orig_rax >= 0) {
+        switch ((int64_t)regs->rax) {
+        case -512: /* ERESTARTSYS */
+        case -513: /* ERESTARTNOINTR */
+        case -514: /* ERESTARTNOHAND */
+            sc->rax = regs->orig_rax;
+            sc->rip -= 2;
+            break;
+        case -516: /* ERESTART_RESTARTBLOCK: its restart block does not survive rt_sigreturn */
+            sc->rax = (uint64_t)-EINTR;
+            break;
+        }
+    }
+    f.uc.uc_sigmask = mask;
+    memcpy(out, &f, sizeof(f));
+    uint8_t *fp_out = (uint8_t *)out + (fp - frame);
+    memcpy(fp_out, xsave, extended ? xstate_size : 512);
+    if (extended) {
+        uint32_t magic2 = XSTATE_MAGIC2;
+        memcpy(fp_out + xstate_size, &magic2, 4);
+    }
+    *frame_address = frame;
+    return (long)length;
+}
+
+long cryo_memmem(const void *haystack, size_t length, const void *needle, size_t needle_length) {
+    const void *hit = memmem(haystack, length, needle, needle_length);
+    return hit ? (long)((const char *)hit - (const char *)haystack) : -1;
 }

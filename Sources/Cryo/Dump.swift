@@ -55,6 +55,7 @@ public struct Dumper {
         var statistics = DumpStatistics()
         let frozenAt = ContinuousClock.now
         let tree = try FrozenTree.freeze(root: pid)
+        killPoint("seized")
         logger.debug("froze \(tree.processes.count) processes, \(tree.live.reduce(0) { $0 + $1.threads.count }) threads")
         do {
             try checkTree(tree)
@@ -101,6 +102,7 @@ public struct Dumper {
         }
         statistics.frozenSeconds = seconds(since: frozenAt)
         statistics.processes = tree.processes.count
+        killPoint("written")
         success = true
         if options.leaveRunning {
             tree.release()

@@ -197,6 +197,7 @@ extension MemoryRecord {
                         }
                         fileOffset += UInt64(chunk)
                         address += UInt64(chunk)
+                        killPoint("pages")
                     }
                     statistics.pagesWritten += (region.end - region.start) / 4096
                 }

@@ -4,8 +4,13 @@
  *
  * The controller writes a command into the argument area inside the parasite
  * mapping, points the task's rip at the blob entry with rdi = argument area,
- * and resumes it; the parasite executes the command and stops on int3. Every
- * structure has fixed-width fields only, so both sides agree on its layout.
+ * and resumes it; the parasite executes the command and stops. At restore it
+ * stops on int3. At dump, where cryo may be killed at any moment, it raises
+ * stop_signal at itself instead: a signal whose action is to be ignored, so it
+ * stops the task only while cryo traces it. When cryo is gone the parasite goes
+ * on, unmaps itself and returns to the task's own code through a signal frame
+ * cryo left on the task's stack. Every structure has fixed-width fields only,
+ * so both sides agree on its layout.
  */
 #ifndef CRYO_PARASITE_PROTOCOL_H
 #define CRYO_PARASITE_PROTOCOL_H
@@ -13,11 +18,13 @@
 #include <stdint.h>
 
 #define CRYO_PARASITE_MAGIC 0x43525950u /* "CRYP" */
-#define CRYO_PARASITE_PROTOCOL_VERSION 2u
+#define CRYO_PARASITE_PROTOCOL_VERSION 3u
 
 /* Symbols the injector looks up in the blob with libelf. */
 #define CRYO_PARASITE_ENTRY_SYMBOL "cryo_parasite_entry"
 #define CRYO_PARASITE_GADGET_SYMBOL "cryo_parasite_syscall_gadget"
+/* rip when the parasite stops on stop_signal after a command (dump). */
+#define CRYO_PARASITE_STOPPED_SYMBOL "cryo_parasite_stopped"
 
 enum cryo_command {
     CRYO_CMD_PING = 1,         /* answers with the protocol version */
@@ -50,6 +57,15 @@ struct cryo_args_header {
     uint64_t log_offset;   /* the parasite's log: text lines at header + log_offset */
     uint32_t log_capacity;
     uint32_t log_length;   /* bytes written by this command */
+    /* Dump only (stop_signal 0 at restore): how to hand back control. */
+    int32_t stop_signal;   /* raised at tgid/tid when a command is done */
+    int32_t tgid;
+    int32_t tid;
+    uint32_t reserved;
+    uint64_t return_stack;       /* rsp for the way home: [rsp] = rt_sigreturn gadget, then the signal frame */
+    uint64_t syscall_ret_gadget; /* `syscall; ret` in the task's own code, for the munmap of the parasite */
+    uint64_t parasite_base;
+    uint64_t parasite_size;
 };
 
 /* The kernel's struct sigaction for rt_sigaction (not libc's). */
