@@ -684,11 +684,11 @@ long cryo_build_return_frame(const cryo_regs *regs, uint64_t mask, const void *x
     enum { XSTATE_MAGIC1 = 0x46505853, XSTATE_MAGIC2 = 0x46505845, RED_ZONE = 128 };
     enum { UCF_FP_XSTATE = 1, UCF_SIGCONTEXT_SS = 2, UCF_STRICT_RESTORE_SS = 4 };
     if (xsave_length < 512) return -EINVAL;
-    /* The sw_reserved words of the XSAVE regset say how much the kernel wants back. */
-    uint32_t magic1, xstate_size;
-    memcpy(&magic1, (const uint8_t *)xsave + 464, 4);
-    memcpy(&xstate_size, (const uint8_t *)xsave + 464 + 16, 4);
-    int extended = magic1 == XSTATE_MAGIC1 && xstate_size >= 576 && xstate_size <= xsave_length;
+    /* A signal frame's XSAVE area says in its sw_reserved words what it holds;
+     * without them rt_sigreturn restores only the legacy FP/SSE part and
+     * resets AVX and the rest. The regset leaves them to us. */
+    uint32_t xstate_size = (uint32_t)xsave_length;
+    int extended = xsave_length >= 576;
     size_t fp_size = extended ? xstate_size + 4 : 512;
 
     uint64_t top = regs->rsp - RED_ZONE;
@@ -733,6 +733,11 @@ long cryo_build_return_frame(const cryo_regs *regs, uint64_t mask, const void *x
     uint8_t *fp_out = (uint8_t *)out + (fp - frame);
     memcpy(fp_out, xsave, extended ? xstate_size : 512);
     if (extended) {
+        uint32_t eax, edx;
+        __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0)); /* XCR0: the features in use */
+        struct { uint32_t magic1, extended_size; uint64_t xfeatures; uint32_t xstate_size, padding[7]; } sw = {
+            XSTATE_MAGIC1, xstate_size + 4, ((uint64_t)edx << 32) | eax, xstate_size, {0} };
+        memcpy(fp_out + 464, &sw, sizeof(sw));
         uint32_t magic2 = XSTATE_MAGIC2;
         memcpy(fp_out + xstate_size, &magic2, 4);
     }

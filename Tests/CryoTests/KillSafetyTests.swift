@@ -24,6 +24,7 @@ private let timerPhases = ["running DUMP_TIMERS", "stopped after DUMP_TIMERS"]
 let killSafetyCases: [(fixture: String, arguments: [String], phases: [String], mayMiss: [String])] = [
     ("counter", [], dumpKillPhases, threadPhases + timerPhases),
     ("threads", ["6"], dumpKillPhases, timerPhases),
+    ("vector", [], ["running DUMP_PROCESS", "stopped after DUMP_PROCESS", "entered munmap", "unmapped"], []),
     ("signals", [], ["running DUMP_PROCESS", "stopped after DUMP_PROCESS", "before cure", "entered munmap", "unmapped"], []),
     ("ptimers", [], timerPhases + ["before cure"], []),
     ("tree", ["13"], ["seized", "entered mmap", "running DUMP_PROCESS", "stopped after DUMP_PROCESS", "unmapped", "pages", "written"], []),
