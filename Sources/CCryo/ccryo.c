@@ -21,6 +21,7 @@
 #include <sys/timerfd.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <poll.h>
 
 #define RAW(expr) ({ long _r = (long)(expr); _r < 0 ? -(long)errno : _r; })
 
@@ -748,4 +749,16 @@ long cryo_build_return_frame(const cryo_regs *regs, uint64_t mask, const void *x
 long cryo_memmem(const void *haystack, size_t length, const void *needle, size_t needle_length) {
     const void *hit = memmem(haystack, length, needle, needle_length);
     return hit ? (long)((const char *)hit - (const char *)haystack) : -1;
+}
+
+long cryo_splice_to_file(int pipe_fd, int file_fd, int64_t *offset, size_t length) {
+    loff_t off = *offset;
+    long n = RAW(splice(pipe_fd, NULL, file_fd, &off, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK));
+    if (n > 0) *offset = off;
+    return n;
+}
+
+long cryo_poll_in(int fd, int timeout_ms) {
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    return RAW(poll(&p, 1, timeout_ms));
 }

@@ -81,7 +81,8 @@ public struct Dumper {
                 }
                 created.append(paths.pages(process.pid))
                 let memoryStart = ContinuousClock.now
-                let pageIndex = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), statistics: &statistics)
+                let pageIndex = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), statistics: &statistics,
+                                                     pipe: PagePipe(leader: process.leader, log: parasiteLog(logger)))
                 statistics.memoryDumpSeconds += seconds(since: memoryStart)
                 created.append(paths.task(process.pid))
                 try TaskImage(core: core, threads: threads, memory: memory, pageIndex: pageIndex, signals: signals,

@@ -158,15 +158,32 @@ extension MemoryRecord {
     }
 
     /// Copies the pages that matter into `pagesPath` and returns their index.
-    func dumpPages(pid: pid_t, to pagesPath: String, statistics: inout DumpStatistics) throws -> PageIndex {
-        let pagemap = try Files.open("/proc/\(pid)/pagemap", .readOnly)
-        defer { try? pagemap.close() }
+    /// `pipe`, when given, copies large amounts through the parasite (PagePipe).
+    func dumpPages(pid: pid_t, to pagesPath: String, statistics: inout DumpStatistics,
+                   pipe: PagePipe? = nil) throws -> PageIndex {
         let out = try Files.open(pagesPath, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
         defer { try? out.close() }
+        let regions = try presentPages(pid: pid, statistics: &statistics)
         var runs: [[UInt64]] = []
         var fileOffset: UInt64 = 0
-        let writer = PageWriter(file: out, path: pagesPath)
-        defer { writer.close() }
+        for region in regions {
+            runs.append([region.lowerBound, UInt64(region.count), fileOffset])
+            fileOffset += UInt64(region.count)
+        }
+        statistics.pagesWritten += fileOffset / 4096
+        if let pipe, fileOffset >= PagePipe.threshold {
+            try pipe.copy(regions, to: out, path: pagesPath)
+        } else {
+            try copyByReading(pid: pid, regions: regions, to: out, path: pagesPath)
+        }
+        return PageIndex(runs: runs, pagesFileSize: fileOffset)
+    }
+
+    /// The address ranges whose pages go into the image, in order (PAGEMAP_SCAN).
+    func presentPages(pid: pid_t, statistics: inout DumpStatistics) throws -> [Range<UInt64>] {
+        let pagemap = try Files.open("/proc/\(pid)/pagemap", .readOnly)
+        defer { try? pagemap.close() }
+        var result: [Range<UInt64>] = []
         var regions = [cryo_page_region](repeating: cryo_page_region(), count: 512)
         for m in mappings {
             guard let categories = pageCategories(m) else { continue }
@@ -186,26 +203,32 @@ extension MemoryRecord {
                     return try check(cryo_pagemap_scan(pagemap.rawValue, &arg), "ioctl(PAGEMAP_SCAN)", pid: pid,
                                      object: "address 0x\(String(cursor, radix: 16))")
                 }
-                for region in regions.prefix(found) {
-                    var address = region.start
-                    runs.append([region.start, region.end - region.start, fileOffset])
-                    while address < region.end {
-                        let chunk = Int(min(UInt64(PageWriter.bufferSize), region.end - address))
-                        let source = address
-                        try writer.write(count: chunk, at: Int64(fileOffset)) { view in
-                            try RemoteMemory.read(pid, at: source, into: view)
-                        }
-                        fileOffset += UInt64(chunk)
-                        address += UInt64(chunk)
-                        killPoint("pages")
-                    }
-                    statistics.pagesWritten += (region.end - region.start) / 4096
-                }
+                result += regions.prefix(found).map { $0.start..<$0.end }
                 cursor = arg.walk_end > cursor ? arg.walk_end : m.end
             }
         }
+        return result
+    }
+
+    /// process_vm_readv into buffers that a second thread writes out.
+    private func copyByReading(pid: pid_t, regions: [Range<UInt64>], to out: FileDescriptor, path: String) throws {
+        let writer = PageWriter(file: out, path: path)
+        defer { writer.close() }
+        var fileOffset: UInt64 = 0
+        for region in regions {
+            var address = region.lowerBound
+            while address < region.upperBound {
+                let chunk = Int(min(UInt64(PageWriter.bufferSize), region.upperBound - address))
+                let source = address
+                try writer.write(count: chunk, at: Int64(fileOffset)) { view in
+                    try RemoteMemory.read(pid, at: source, into: view)
+                }
+                fileOffset += UInt64(chunk)
+                address += UInt64(chunk)
+                killPoint("pages")
+            }
+        }
         try writer.finish()
-        return PageIndex(runs: runs, pagesFileSize: fileOffset)
     }
 
     /// Everything is checked before any task is created: order, overlap, sizes, page runs.

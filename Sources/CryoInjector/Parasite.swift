@@ -19,6 +19,9 @@ public final class Parasite {
     var stopSignal: Int32?
     /// The leader is stopped inside the parasite after a command.
     private var leaderInside = false
+    /// Descriptors the parasite opened in the task and still holds: it closes
+    /// them itself if cryo dies (at most two).
+    public var openDescriptors: [Int32] = []
     static let headerSize = MemoryLayout<cryo_args_header>.size
     static let stackSize: UInt64 = 64 * 1024
     static let logCapacity = 4096
@@ -136,6 +139,7 @@ public final class Parasite {
             header.syscall_ret_gadget = path.gadgets.syscallReturn
             header.parasite_base = base
             header.parasite_size = size
+            header.close_fds = (openDescriptors.first ?? -1, openDescriptors.dropFirst().first ?? -1)
         }
         header.command = command.rawValue
         header.payload_size = UInt64(argumentAreaSize - Parasite.headerSize - Parasite.logCapacity)
@@ -266,6 +270,8 @@ public final class Parasite {
         case CRYO_CMD_INSTALL_FDS: "INSTALL_FDS"
         case CRYO_CMD_RESTORE_CREDS: "RESTORE_CREDS"
         case CRYO_CMD_FAIL_TEST: "FAIL_TEST"
+        case CRYO_CMD_PAGE_PIPE: "PAGE_PIPE"
+        case CRYO_CMD_DUMP_PAGES: "DUMP_PAGES"
         default: "command \(command.rawValue)"
         }
     }
@@ -291,6 +297,8 @@ public final class Parasite {
     /// the parasite once it is gone.
     public func cure() throws {
         for thread in threadsRun { try thread.restoreOriginalState() }
+        for fd in openDescriptors { _ = try? tracee.syscall(3 /* close */, UInt64(fd)) } // a command that failed midway
+        openDescriptors = []
         killPoint("before cure")
         try unmap()
         killPoint("unmapped")

@@ -15,20 +15,23 @@ let dumpKillPhases = [
     "running PING", "stopped after PING", "running DUMP_PROCESS", "stopped after DUMP_PROCESS",
     "running DUMP_THREAD", "stopped after DUMP_THREAD", "running DUMP_TIMERS", "stopped after DUMP_TIMERS",
     "before cure", "entered munmap", "unmapped", "pages", "written",
+    "running PAGE_PIPE", "stopped after PAGE_PIPE", "running DUMP_PAGES", "stopped after DUMP_PAGES",
 ]
+/// Only processes with more than PagePipe.threshold of memory copy it through the parasite.
+private let pipePhases = ["running PAGE_PIPE", "stopped after PAGE_PIPE", "running DUMP_PAGES", "stopped after DUMP_PAGES"]
 private let threadPhases = ["running DUMP_THREAD", "stopped after DUMP_THREAD"]
 private let timerPhases = ["running DUMP_TIMERS", "stopped after DUMP_TIMERS"]
 
 /// Fixtures (with small arguments) and the phases each is killed at; each must
 /// reach all of them but `mayMiss`, so a renamed kill point cannot go untested.
 let killSafetyCases: [(fixture: String, arguments: [String], phases: [String], mayMiss: [String])] = [
-    ("counter", [], dumpKillPhases, threadPhases + timerPhases),
-    ("threads", ["6"], dumpKillPhases, timerPhases),
+    ("counter", [], dumpKillPhases, threadPhases + timerPhases + pipePhases),
+    ("threads", ["6"], dumpKillPhases, timerPhases + pipePhases),
     ("vector", [], ["running DUMP_PROCESS", "stopped after DUMP_PROCESS", "entered munmap", "unmapped"], []),
     ("signals", [], ["running DUMP_PROCESS", "stopped after DUMP_PROCESS", "before cure", "entered munmap", "unmapped"], []),
     ("ptimers", [], timerPhases + ["before cure"], []),
     ("tree", ["13"], ["seized", "entered mmap", "running DUMP_PROCESS", "stopped after DUMP_PROCESS", "unmapped", "pages", "written"], []),
-    ("bigmem", ["64"], ["pages", "written"], []),
+    ("bigmem", ["64"], ["pages", "written"] + pipePhases, []),
 ]
 
 extension EndToEnd {

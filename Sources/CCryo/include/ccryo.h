@@ -55,6 +55,11 @@ long cryo_ptrace_get_rseq(pid_t pid, cryo_rseq_config *config);
 long cryo_build_return_frame(const cryo_regs *regs, uint64_t mask, const void *xsave, size_t xsave_length,
                              uint64_t pretcode, void *out, size_t out_capacity, uint64_t *frame_address);
 
+/* splice(2) from a pipe into a file at *offset (advanced), without blocking. */
+long cryo_splice_to_file(int pipe_fd, int file_fd, int64_t *offset, size_t length);
+/* poll(2) one descriptor for input: 1 ready (or hung up), 0 timed out, -errno. */
+long cryo_poll_in(int fd, int timeout_ms);
+
 /* Offset of the first `needle` in `haystack`, or -1. */
 long cryo_memmem(const void *haystack, size_t length, const void *needle, size_t needle_length);
 

@@ -43,6 +43,8 @@ enum cryo_command {
     CRYO_CMD_LOCKS = 14,       /* in: struct cryo_locks + entries */
     CRYO_CMD_DUMP_TIMERS = 15, /* in/out: struct cryo_timers + entries (ids in, times out) */
     CRYO_CMD_RESTORE_TIMERS = 16, /* in: struct cryo_timers + entries */
+    CRYO_CMD_PAGE_PIPE = 17,   /* out: struct cryo_page_pipe */
+    CRYO_CMD_DUMP_PAGES = 18,  /* in: struct cryo_dump_pages + struct cryo_iovec[count] */
 };
 
 /* Where a failing command stopped: which step, which syscall, which errno. */
@@ -61,6 +63,7 @@ struct cryo_args_header {
     int32_t stop_signal;   /* raised at tgid/tid when a command is done */
     int32_t tgid;
     int32_t tid;
+    int32_t close_fds[2];  /* the parasite's own descriptors, closed on the way home (-1: none) */
     uint32_t reserved;
     uint64_t return_stack;       /* rsp for the way home: [rsp] = rt_sigreturn gadget, then the signal frame */
     uint64_t syscall_ret_gadget; /* `syscall; ret` in the task's own code, for the munmap of the parasite */
@@ -229,6 +232,13 @@ struct cryo_posix_timer {
     int64_t interval_ns;
 };
 struct cryo_timers { uint32_t count; uint32_t pad; };
+
+/* Dump of large memory: the parasite vmsplices its own pages into a pipe whose
+ * read end cryo took with pidfd_getfd, and cryo splices them into the pages
+ * file, so each page is copied once. */
+struct cryo_page_pipe { int32_t read_fd; int32_t write_fd; uint32_t size; uint32_t pad; };
+struct cryo_iovec { uint64_t base; uint64_t length; };
+struct cryo_dump_pages { int32_t read_fd; int32_t write_fd; uint32_t count; uint32_t pad; };
 
 #define CRYO_MAX_GROUPS 64
 struct cryo_creds {
