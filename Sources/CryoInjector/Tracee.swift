@@ -143,27 +143,32 @@ public final class Tracee {
         try checkThread()
         var regs = registers
         regs.orig_rax = UInt64(bitPattern: -1) // never restart the interrupted syscall
-        do {
-            try Ptrace.setRegisters(pid, regs)
-            try Ptrace.cont(pid)
-            while true {
-                let status = try waitFor(pid)
-                switch status {
-                case .stopped(SIGTRAP, 0):
-                    return try Ptrace.registers(pid)
-                case .stopped(_, let event) where event != 0:
-                    try Ptrace.cont(pid) // a late interrupt or group stop: go on
-                case .stopped(let signal, _):
-                    throw InjectionError.fault(pid: pid, signal: signal, registers: try Ptrace.registers(pid), during: during)
-                case .exited, .signaled:
-                    attached = false
-                    throw InjectionError.vanished(pid: pid, status: status)
+        try Ptrace.setRegisters(pid, regs)
+        try Ptrace.cont(pid)
+        return try waitForStop(during: during, resume: Ptrace.cont) { signal, _ in signal == SIGTRAP ? true : nil }
+    }
+
+    /// Waits for the stop `accept` takes (true), passing on signals it declines
+    /// (false) and going on past group stops and late interrupts with `resume`;
+    /// any other signal (nil) is a fault.
+    private func waitForStop(during: String, resume: (pid_t, Int32) throws -> Void,
+                             accept: (Int32, Registers) -> Bool?) throws -> Registers {
+        while true {
+            let status = try waitFor(pid)
+            switch status {
+            case .stopped(let signal, 0):
+                let regs = try Ptrace.registers(pid)
+                switch accept(signal, regs) {
+                case true?: return regs
+                case false?: try Ptrace.cont(pid, signal: signal)
+                case nil: throw InjectionError.fault(pid: pid, signal: signal, registers: regs, during: during)
                 }
+            case .stopped:
+                try resume(pid, 0)
+            case .exited, .signaled:
+                attached = false
+                throw InjectionError.vanished(pid: pid, status: status)
             }
-        } catch let error as InjectionError {
-            throw error
-        } catch {
-            throw error
         }
     }
 
@@ -247,19 +252,8 @@ public final class Tracee {
     }
 
     private func waitForSyscallStop(during: String) throws -> Registers {
-        while true {
-            let status = try waitFor(pid)
-            switch status {
-            case .stopped(let signal, 0) where signal == SIGTRAP | 0x80:
-                return try Ptrace.registers(pid)
-            case .stopped(_, let event) where event != 0:
-                try Ptrace.resumeToSyscall(pid) // a group stop or late interrupt: go on
-            case .stopped(let signal, _):
-                throw InjectionError.fault(pid: pid, signal: signal, registers: try Ptrace.registers(pid), during: during)
-            case .exited, .signaled:
-                attached = false
-                throw InjectionError.vanished(pid: pid, status: status)
-            }
+        try waitForStop(during: during, resume: { pid, _ in try Ptrace.resumeToSyscall(pid) }) { signal, _ in
+            signal == SIGTRAP | 0x80 ? true : nil
         }
     }
 
@@ -306,21 +300,9 @@ public final class Tracee {
         atSyscallStop = false
         try Ptrace.cont(pid)
         killPoint("running \(command)")
-        while true {
-            let status = try waitFor(pid)
-            switch status {
-            case .stopped(let signal, 0) where signal == stopSignal:
-                let now = try Ptrace.registers(pid)
-                if now.rip == stoppedAt { return now }
-                try Ptrace.cont(pid, signal: signal) // someone else sent it: its action is to be ignored
-            case .stopped(_, let event) where event != 0:
-                try Ptrace.cont(pid)
-            case .stopped(let signal, _):
-                throw InjectionError.fault(pid: pid, signal: signal, registers: try Ptrace.registers(pid), during: during)
-            case .exited, .signaled:
-                attached = false
-                throw InjectionError.vanished(pid: pid, status: status)
-            }
+        // The same signal sent by someone else stops elsewhere: its action is to be ignored, pass it on.
+        return try waitForStop(during: during, resume: Ptrace.cont) { signal, regs in
+            signal == stopSignal ? regs.rip == stoppedAt : nil
         }
     }
 
