@@ -46,7 +46,9 @@ public final class Parasite {
         let flags = UInt64(MAP_PRIVATE | MAP_ANONYMOUS) | (address != nil ? 0x10_0000 /* MAP_FIXED_NOREPLACE */ : 0)
         if tracee.live {
             // A task seized while running must survive cryo's death from here on.
-            if let gadgets = ReturnGadgets.find(pid: tracee.pid) {
+            if ReturnGadgets.usesShadowStack(pid: tracee.pid) {
+                log?(tracee.pid, "inject", "shadow stack enabled: rt_sigreturn would need its token; a kill of cryo now would hurt it")
+            } else if let gadgets = ReturnGadgets.find(pid: tracee.pid) {
                 do { try tracee.prepareReturnPath(gadgets) } catch { log?(tracee.pid, "inject", "no way home: \(error)") }
             } else {
                 log?(tracee.pid, "inject", "no rt_sigreturn and `syscall; ret` sequences in its code: a kill of cryo now would hurt it")

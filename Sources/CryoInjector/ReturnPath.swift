@@ -52,6 +52,12 @@ public struct ReturnGadgets: Sendable, Equatable {
         return ReturnGadgets(sigreturn: sigreturn, syscallReturn: syscallReturn)
     }
 
+    /// With a user shadow stack (CET), rt_sigreturn also checks a token cryo does not write.
+    public static func usesShadowStack(pid: pid_t) -> Bool {
+        guard let status = try? Files.readString("/proc/\(pid)/status") else { return false }
+        return status.split(separator: "\n").contains { $0.hasPrefix("x86_Thread_features:") && $0.contains("shstk") }
+    }
+
     private struct Offsets: Sendable { var sigreturn: UInt64?; var syscallReturn: UInt64? }
     private static let cache = Mutex<[String: Offsets]>([:])
     private static let sigreturnPatterns: [[UInt8]] = [
