@@ -64,26 +64,58 @@ struct ProcMapping {
     var vmFlags: Set<String> = []
 }
 
+/// Parses /proc/PID/maps (or smaps, for VmFlags) on bytes: a process has
+/// thousands of smaps lines, and character-wise String work on them was most
+/// of a small process's dump time.
 func readMappings(pid: pid_t, withFlags: Bool) throws -> [ProcMapping] {
-    let text = try Files.readString("/proc/\(pid)/\(withFlags ? "smaps" : "maps")")
+    let bytes = try Files.read("/proc/\(pid)/\(withFlags ? "smaps" : "maps")")
     var result: [ProcMapping] = []
-    for line in text.split(separator: "\n", omittingEmptySubsequences: true) {
-        if line.hasPrefix("VmFlags:") {
-            result[result.count - 1].vmFlags = Set(line.dropFirst(8).split(separator: " ").map(String.init))
-            continue
+    bytes.withUnsafeBufferPointer { all in
+        for line in all.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true) {
+            let vmFlags = Array("VmFlags:".utf8)
+            if line.starts(with: vmFlags), !result.isEmpty {
+                let flags = line.dropFirst(vmFlags.count).split(separator: UInt8(ascii: " "))
+                result[result.count - 1].vmFlags = Set(flags.map { String(decoding: $0, as: UTF8.self) })
+                continue
+            }
+            // A mapping's line starts with its range in hex; the others are "Name: value" counters.
+            guard let first = line.first, hexValue(first) != nil else { continue }
+            var fields: [Slice<UnsafeBufferPointer<UInt8>>] = []
+            var rest = line[...]
+            while fields.count < 5 {
+                rest = rest.drop { $0 == UInt8(ascii: " ") }
+                guard let space = rest.firstIndex(of: UInt8(ascii: " ")) else { fields.append(rest); rest = rest[rest.endIndex...]; break }
+                fields.append(rest[..<space])
+                rest = rest[space...]
+            }
+            guard fields.count == 5, let dash = fields[0].firstIndex(of: UInt8(ascii: "-")),
+                  let start = parseHex(fields[0][..<dash]), let end = parseHex(fields[0][(dash + 1)...]) else { continue }
+            // The path may hold spaces: it is the rest of the line.
+            let path = String(decoding: rest.drop { $0 == UInt8(ascii: " ") }, as: UTF8.self)
+            result.append(ProcMapping(start: start, end: end, permissions: String(decoding: fields[1], as: UTF8.self),
+                                      offset: parseHex(fields[2]) ?? 0, device: String(decoding: fields[3], as: UTF8.self),
+                                      inode: UInt64(String(decoding: fields[4], as: UTF8.self)) ?? 0, path: path))
         }
-        guard let first = line.first, first.isHexDigit, let dash = line.firstIndex(of: "-") else { continue }
-        let fields = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
-        guard fields.count >= 5,
-              let start = UInt64(line[..<dash], radix: 16),
-              let end = UInt64(fields[0][fields[0].index(after: fields[0].firstIndex(of: "-")!)...], radix: 16) else { continue }
-        // Some lines have the address range as one token; the path may hold spaces.
-        let path = fields.count == 6 ? fields[5].trimmingCharacters(in: .whitespaces) : ""
-        result.append(ProcMapping(start: start, end: end, permissions: String(fields[1]),
-                                  offset: UInt64(fields[2], radix: 16) ?? 0, device: String(fields[3]),
-                                  inode: UInt64(fields[4]) ?? 0, path: path))
     }
     return result
+}
+
+private func hexValue(_ byte: UInt8) -> UInt64? {
+    switch byte {
+    case UInt8(ascii: "0")...UInt8(ascii: "9"): UInt64(byte - UInt8(ascii: "0"))
+    case UInt8(ascii: "a")...UInt8(ascii: "f"): UInt64(byte - UInt8(ascii: "a") + 10)
+    default: nil
+    }
+}
+
+private func parseHex<C: Collection>(_ digits: C) -> UInt64? where C.Element == UInt8 {
+    guard !digits.isEmpty, digits.count <= 16 else { return nil }
+    var value: UInt64 = 0
+    for d in digits {
+        guard let v = hexValue(d) else { return nil }
+        value = value << 4 | v
+    }
+    return value
 }
 
 extension MemoryRecord {

@@ -23,11 +23,15 @@ public struct ReturnGadgets: Sendable, Equatable {
     /// Looks for both sequences in the task's executable file mappings, libc first.
     /// nil when the task has none (a static binary without signal handlers, say).
     public static func find(pid: pid_t) -> ReturnGadgets? {
-        guard let maps = try? Files.readString("/proc/\(pid)/maps") else { return nil }
+        guard let maps = try? Files.read("/proc/\(pid)/maps") else { return nil }
         var candidates: [(start: UInt64, end: UInt64, key: String, isLibc: Bool)] = []
-        for line in maps.split(separator: "\n") {
+        let executable = Array(" r-x".utf8)
+        for bytes in maps.split(separator: UInt8(ascii: "\n")) {
+            // Only executable file mappings matter; most lines are not.
+            guard let space = bytes.firstIndex(of: UInt8(ascii: " ")), bytes[space...].starts(with: executable) else { continue }
+            let line = String(decoding: bytes, as: UTF8.self)
             let fields = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
-            guard fields.count == 6, fields[1].hasPrefix("r-x") else { continue }
+            guard fields.count == 6 else { continue }
             let path = fields[5].trimmingCharacters(in: .whitespaces)
             guard path.hasPrefix("/") else { continue }
             let range = fields[0].split(separator: "-")
