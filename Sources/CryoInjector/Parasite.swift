@@ -44,9 +44,10 @@ public final class Parasite {
         let argumentSize = (UInt64(argumentBytes + headerSize + logCapacity) + page - 1) & ~(page - 1)
         let total = codeSize + argumentSize + stackSize
         let flags = UInt64(MAP_PRIVATE | MAP_ANONYMOUS) | (address != nil ? 0x10_0000 /* MAP_FIXED_NOREPLACE */ : 0)
+        let status = tracee.live ? TaskStatusLines(pid: tracee.pid, keys: ["SigCgt", "SigIgn", "x86_Thread_features"]) : nil
         if tracee.live {
             // A task seized while running must survive cryo's death from here on.
-            if ReturnGadgets.usesShadowStack(pid: tracee.pid) {
+            if let status, ReturnGadgets.usesShadowStack(status) {
                 log?(tracee.pid, "inject", "shadow stack enabled: rt_sigreturn would need its token; a kill of cryo now would hurt it")
             } else if let gadgets = ReturnGadgets.find(pid: tracee.pid) {
                 do { try tracee.prepareReturnPath(gadgets) } catch { log?(tracee.pid, "inject", "no way home: \(error)") }
@@ -79,7 +80,7 @@ public final class Parasite {
             throw error
         }
         killPoint("loaded")
-        if tracee.returnPath != nil { parasite.stopSignal = Parasite.chooseStopSignal(for: tracee.pid) }
+        if tracee.returnPath != nil, let status { parasite.stopSignal = Parasite.chooseStopSignal(status) }
         if tracee.returnPath == nil || parasite.stopSignal == nil {
             log?(tracee.pid, "inject", "commands end on int3: a kill of cryo while one runs would hurt the task")
         }
@@ -213,13 +214,8 @@ public final class Parasite {
     /// A signal whose action in this process is to be ignored (SIGURG, SIGWINCH,
     /// or one it ignores itself): raised while traced it stops the thread for
     /// cryo; raised after cryo died it is dropped.
-    static func chooseStopSignal(for pid: pid_t) -> Int32? {
-        guard let status = try? Files.readString("/proc/\(pid)/status") else { return nil }
-        func mask(_ field: String) -> UInt64? {
-            status.split(separator: "\n").first { $0.hasPrefix(field + ":") }
-                .flatMap { UInt64($0.dropFirst(field.count + 1).trimmingCharacters(in: .whitespaces), radix: 16) }
-        }
-        guard let caught = mask("SigCgt"), let ignored = mask("SigIgn") else { return nil }
+    static func chooseStopSignal(_ status: TaskStatusLines) -> Int32? {
+        guard let caught = status.mask("SigCgt"), let ignored = status.mask("SigIgn") else { return nil }
         func bit(_ signal: Int32) -> UInt64 { UInt64(1) << UInt64(signal - 1) }
         for signal in [SIGURG, SIGWINCH] where caught & bit(signal) == 0 { return signal }
         for signal in Int32(1)...Int32(64) where ignored & bit(signal) != 0 && signal != SIGKILL && signal != SIGSTOP && signal != SIGCONT {

@@ -57,9 +57,8 @@ public struct ReturnGadgets: Sendable, Equatable {
     }
 
     /// With a user shadow stack (CET), rt_sigreturn also checks a token cryo does not write.
-    public static func usesShadowStack(pid: pid_t) -> Bool {
-        guard let status = try? Files.readString("/proc/\(pid)/status") else { return false }
-        return status.split(separator: "\n").contains { $0.hasPrefix("x86_Thread_features:") && $0.contains("shstk") }
+    static func usesShadowStack(_ status: TaskStatusLines) -> Bool {
+        status["x86_Thread_features"]?.contains("shstk") ?? false
     }
 
     private struct Offsets: Sendable { var sigreturn: UInt64?; var syscallReturn: UInt64? }
@@ -140,3 +139,20 @@ public func killPoint(_ phase: @autoclosure () -> String) {
 }
 
 private let killPhase: String? = ProcessInfo.processInfo.environment["CRYO_KILL_AT"]
+
+/// The lines of /proc/PID/status the injector needs, split on bytes.
+struct TaskStatusLines {
+    private var values: [String: String] = [:]
+    init?(pid: pid_t, keys: Set<String>) {
+        guard let bytes = try? Files.read("/proc/\(pid)/status") else { return nil }
+        for line in bytes.split(separator: UInt8(ascii: "\n")) {
+            guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { continue }
+            let key = String(decoding: line[..<colon], as: UTF8.self)
+            if keys.contains(key) {
+                values[key] = String(decoding: line[(colon + 1)...], as: UTF8.self).trimmingCharacters(in: .whitespaces)
+            }
+        }
+    }
+    subscript(key: String) -> String? { values[key] }
+    func mask(_ key: String) -> UInt64? { values[key].flatMap { UInt64($0, radix: 16) } }
+}
