@@ -70,7 +70,16 @@ public struct Image: Sendable {
         fileTable = try RecordReader(path: paths.files).one(.files, as: FileTable.self)
         try fileTable.validate(file: "files.img")
         let (paths, table) = (self.paths, fileTable)
-        tasks = try inventory.livePids.map { try TaskImage.load(paths, pid: $0, table: table) }
+        // Decoding JSON is most of the work for a big tree: both cores do it.
+        let pids = inventory.livePids
+        var loaded = [Result<TaskImage, Error>?](repeating: nil, count: pids.count)
+        loaded.withUnsafeMutableBufferPointer { slots in
+            nonisolated(unsafe) let slots = slots
+            DispatchQueue.concurrentPerform(iterations: pids.count) { i in
+                slots[i] = Result { try TaskImage.load(paths, pid: pids[i], table: table) }
+            }
+        }
+        tasks = try loaded.map { try $0!.get() }
     }
 
     public func task(_ pid: Int32) -> TaskImage? { tasks.first { $0.core.pid == pid } }
