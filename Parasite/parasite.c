@@ -456,10 +456,13 @@ static long restore_creds(struct cryo_args_header *h) {
     sys1(NR_setfsgid, c->fsgid);
     /* Securebits while still privileged (changing them needs CAP_SETPCAP),
      * with KEEP_CAPS so the uid change below does not empty the permitted set;
-     * capset then sets the sets exactly. */
-    uint32_t bits = c->securebits | keep_caps;
-    if ((uint32_t)sys1(NR_prctl, PR_GET_SECUREBITS) != bits)
-        CHECK(h, sys2(NR_prctl, PR_SET_SECUREBITS, bits), 0, NR_prctl, PR_SET_SECUREBITS);
+     * capset then sets the sets exactly. KEEP_CAPS alone needs no privilege
+     * (PR_SET_KEEPCAPS): an unprivileged cryo, whose bits already match, gets by. */
+    uint32_t now_bits = (uint32_t)sys1(NR_prctl, PR_GET_SECUREBITS);
+    if ((now_bits & ~keep_caps) != (c->securebits & ~keep_caps))
+        CHECK(h, sys2(NR_prctl, PR_SET_SECUREBITS, c->securebits | keep_caps), 0, NR_prctl, PR_SET_SECUREBITS);
+    else if (!(now_bits & keep_caps))
+        CHECK(h, sys2(NR_prctl, PR_SET_KEEPCAPS, 1), 0, NR_prctl, PR_SET_KEEPCAPS);
     CHECK(h, sys3(NR_setresuid, c->uid, c->euid, c->suid), 0, NR_setresuid, c->uid);
     sys1(NR_setfsuid, c->fsuid);
     if (!(c->securebits & keep_caps)) CHECK(h, sys2(NR_prctl, PR_SET_KEEPCAPS, 0), 0, NR_prctl, PR_SET_KEEPCAPS);
@@ -481,6 +484,9 @@ static long restore_creds(struct cryo_args_header *h) {
     for (uint32_t cap = 0; cap <= c->cap_last && cap < 64; cap++)
         if (c->cap_ambient & (1ull << cap))
             CHECK(h, sys5(NR_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), cap, NR_prctl, PR_CAP_AMBIENT);
+    /* The mm's dumpable flag came from cryo (not dumpable when it runs with file
+     * capabilities) and a uid change resets it: put the image's back last. */
+    CHECK(h, sys2(NR_prctl, PR_SET_DUMPABLE, c->dumpable), 0, NR_prctl, PR_SET_DUMPABLE);
     return 0;
 }
 

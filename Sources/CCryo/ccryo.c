@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/resource.h>
 #include <sys/prctl.h>
+#include <sys/auxv.h>
 #include <elf.h>
 #include <linux/sched.h>
 #include <sys/sysmacros.h>
@@ -148,9 +149,12 @@ __attribute__((always_inline)) static inline long clone_and_park(pid_t tid, uint
     args.flags = flags;
     args.exit_signal = (uint64_t)exit_signal;
     if (tid > 0) { args.set_tid = (uint64_t)(uintptr_t)set_tid; args.set_tid_size = 1; }
+    long parent = raw_syscall3(SYS_getpid, 0, 0, 0);
     long r = raw_syscall3(SYS_clone3, (long)&args, sizeof(args), 0);
     if (r != 0) return r;
     raw_syscall3(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0);
+    /* cryo may have died before the death signal was armed: then nobody takes this task over. */
+    if (!(flags & CLONE_NEWPID) && raw_syscall3(SYS_getppid, 0, 0, 0) != parent) raw_syscall3(SYS_exit_group, 1, 0, 0);
     char byte;
     for (;;) {
         long n = raw_syscall3(SYS_read, park_fd, (long)&byte, 1);
@@ -176,6 +180,8 @@ long cryo_prlimit(pid_t pid, int resource, const uint64_t *new_limit, uint64_t *
     return RAW(syscall(SYS_prlimit64, pid, resource, new_limit, old_limit));
 }
 long cryo_capbset_read(int cap) { return RAW(prctl(PR_CAPBSET_READ, cap, 0, 0, 0)); }
+int cryo_secure_exec(void) { return getauxval(AT_SECURE) != 0; }
+long cryo_get_securebits(void) { return RAW(prctl(PR_GET_SECUREBITS, 0, 0, 0, 0)); }
 long cryo_getpid_raw(void) { return syscall(SYS_getpid); }
 long cryo_set_pdeathsig(int signal) { return RAW(prctl(PR_SET_PDEATHSIG, signal, 0, 0, 0)); }
 int cryo_errno(void) { return errno; }

@@ -149,6 +149,8 @@ public struct Dumper {
     /// What this version can rebuild: sessions and groups that restore can recreate.
     func checkTree(_ tree: FrozenTree) throws {
         let byPid = Dictionary(uniqueKeysWithValues: tree.processes.map { ($0.pid, $0) })
+        // An ordinary user's cryo reads only processes with the user's own credentials (before any parasite goes in).
+        for p in tree.live { try Caller.current.checkOwn(pid: p.pid, doing: "dumps") }
         for p in tree.processes where p.pid != options.pid {
             guard let parent = byPid[p.ppid] else { continue }
             if p.zombieStatus == nil && parent.zombieStatus == nil {
@@ -186,6 +188,7 @@ public struct Dumper {
             ancestor = (try? ProcStat(pid: ancestor).ppid) ?? 0
         }
         if stat.state == "Z" { throw CryoError("pid \(pid) (\(stat.comm)) is a zombie") }
+        try Caller.current.checkOwn(pid: pid, doing: "dumps")
         let tracer = try ProcStatus(pid: pid).tracerPid
         if tracer != 0 {
             let name = (try? ProcStat(pid: tracer).comm) ?? "?"

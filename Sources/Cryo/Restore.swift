@@ -66,7 +66,15 @@ public struct Restorer {
         self.logger = logger
     }
 
-    static let traceOptions: UInt = Ptrace.exitKill | Ptrace.suspendSeccomp | 0x2 | 0x8 // + TRACEFORK | TRACECLONE
+    static let traceOptions: UInt = Ptrace.exitKill | 0x2 | 0x8 // + TRACEFORK | TRACECLONE
+    /// PTRACE_O_SUSPEND_SECCOMP needs CAP_SYS_ADMIN; without it (an ordinary user's cryo)
+    /// images with seccomp filters are refused up front.
+    static let canSuspendSeccomp = Caller.current.effectiveCapabilities & (1 << 21) != 0
+
+    /// Seizes a task cryo just created, for good: it dies if cryo does (EXITKILL).
+    static func seizeNew(_ pid: pid_t) throws {
+        try Ptrace.seize(pid, options: traceOptions | (canSuspendSeccomp ? Ptrace.suspendSeccomp : 0))
+    }
     static let syscallClone3 = 435, syscallSetsid = 112, syscallSetpgid = 109, syscallWait4 = 61, syscallExitGroup = 231
 
     public func run() throws -> RestoredTree {
@@ -78,6 +86,12 @@ public struct Restorer {
         if !options.tcpEstablished {
             // Before anything is touched: the image needs the flag.
             try InetSocketRebuilder.requireFlag(files: image.fileTable.files)
+        }
+        // An ordinary user gets back only processes with their own credentials and capabilities.
+        for task in image.tasks { try Caller.current.checkOwn(task.core.credentials, pid: task.core.pid, doing: "restores") }
+        if !Restorer.canSuspendSeccomp, let task = image.tasks.first(where: { $0.core.seccomp != nil }) {
+            throw CryoError("pid \(task.core.pid) has seccomp filters; restoring them needs CAP_SYS_ADMIN "
+                + "(PTRACE_O_SUSPEND_SECCOMP), which cryo does not hold")
         }
         let helperPids = Set(inventory.processes.filter { p in
             p.pid != inventory.rootPid && p.pgid != p.pid && !inventory.processes.contains { $0.pid == p.pgid }
@@ -99,7 +113,7 @@ public struct Restorer {
                 let initPid = pid_t(try check(cryo_clone3_namespace_init(park[0], image.inventory.rootPid),
                                               "clone3(CLONE_NEWPID)"))
                 session.created.append(initPid)
-                try Ptrace.seize(initPid, options: Restorer.traceOptions)
+                try Restorer.seizeNew(initPid)
                 try Ptrace.interrupt(initPid)
                 _ = try waitForStop(initPid)
                 let tracee = try Tracee.adopt(initPid)
@@ -113,7 +127,9 @@ public struct Restorer {
                                                         shellJob: image.inventory.shellJob)
             defer { for fd in descriptions { try? fd.close() } }
             let root = try createRoot(image, session: session, parent: namespaceInit)
+            faultHook("root-created")
             try createTree(image, root: root, session: session, helperPids: helperPids)
+            faultHook("tree-created")
             statistics.forkingSeconds = seconds(since: forking)
             let restoring = ContinuousClock.now
             for pid in inventory.livePids {
@@ -133,6 +149,7 @@ public struct Restorer {
             for entry in inventory.processes where entry.zombieStatus == nil && (options.leaveStopped || entry.stopped == true) {
                 try Processes.kill(session.processes[entry.pid]!.pid, SIGSTOP)
             }
+            faultHook("before-release")
             for process in inventory.livePids.map({ session.processes[$0]! }) {
                 for thread in process.threads { try thread.detach() }
             }
@@ -177,7 +194,7 @@ public struct Restorer {
             }
             session.created.append(child)
             do {
-                try Ptrace.seize(child, options: Restorer.traceOptions)
+                try Restorer.seizeNew(child)
                 try Ptrace.interrupt(child)
                 _ = try waitForStop(child)
             } catch { throw CryoError("pid \(core.pid): cannot trace the new task: \(error)") }
@@ -272,6 +289,7 @@ public struct Restorer {
         for (helper, creator) in helpers {
             try inject(helper, Restorer.syscallExitGroup, 0, what: "exit of stand-in leader", expectExit: true)
             try inject(creator.tracee, Restorer.syscallWait4, UInt64(helper.pid), 0, 0x4000_0000 /* __WALL */, 0, what: "wait4 (reaping stand-in \(helper.pid))")
+            session.created.removeAll { $0 == helper.pid } // reaped: its pid is free for anyone now
         }
     }
 
@@ -355,14 +373,25 @@ public struct Restorer {
             if result == -Int64(EEXIST) { throw pidInUse(pid) }
             throw SyscallError("injected clone3(set_tid=\(pid))", errno: .init(rawValue: Int32(-result)), pid: host)
         }
-        guard result == pid else { throw CryoError("injected clone3 in pid \(host) made pid \(result), not \(pid)") }
-        guard let child = known().subtracting(before).first else {
-            throw CryoError("injected clone3 in pid \(host): the new task \(pid) is not among its \(isThread ? "threads" : "children")")
+        // From here on the new task exists: a failure must not leave it behind (it is traced
+        // and would die with cryo, but a failed restore cleans up before it returns).
+        let made = known().subtracting(before).first
+        do {
+            guard result == pid else { throw CryoError("injected clone3 in pid \(host) made pid \(result), not \(pid)") }
+            guard let child = made else {
+                throw CryoError("injected clone3 in pid \(host): the new task \(pid) is not among its \(isThread ? "threads" : "children")")
+            }
+            _ = try waitForStop(child)
+            let tracee = try Tracee.adopt(child)
+            _ = Parasite.inherited(by: tracee, from: parasite) // the mapping came along: use its gadget
+            return tracee
+        } catch {
+            if let made {
+                kill(made, SIGKILL)
+                _ = try? waitFor(made)
+            }
+            throw error
         }
-        _ = try waitForStop(child)
-        let tracee = try Tracee.adopt(child)
-        _ = Parasite.inherited(by: tracee, from: parasite) // the mapping came along: use its gadget
-        return tracee
     }
 
     @discardableResult
@@ -486,6 +515,7 @@ public struct Restorer {
             },
             oldRseq: try Ptrace.rseqConfiguration(pid))
         try parasite.run(CRYO_CMD_RESTORE_MEMORY, payload: plan.payload, replyBytes: 0)
+        faultHook("memory-restored")
 
         // Threads join the rebuilt address space with their own tids.
         let threadFlags: UInt64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 | 0x200000 // VM FS FILES SIGHAND THREAD SYSVSEM CHILD_CLEARTID

@@ -115,6 +115,7 @@ extension TaskCore {
         creds.cap_ambient = c.capAmbient
         creds.securebits = c.securebits
         creds.cap_last = UInt32(lastCapability)
+        creds.dumpable = dumpable
         return creds
     }
 }

@@ -57,7 +57,7 @@ struct FileLogHandler: LogHandler {
 /// Prints one line for a failure and exits non-zero; never a stack trace.
 func failing<T>(_ body: () throws -> T) throws -> T {
     do { return try body() } catch let error as ExitCode { throw error } catch let error as CleanExit { throw error } catch {
-        FileHandle.standardError.write("cryo: \(error)\n".data(using: .utf8)!)
+        FileHandle.standardError.write("cryo: \(Caller.current.explain(error))\n".data(using: .utf8)!)
         throw ExitCode(1)
     }
 }

@@ -280,6 +280,10 @@ long cryo_socket_queue(int fd, int which, int *value);
 /* Misc syscalls */
 long cryo_prlimit(pid_t pid, int resource, const uint64_t *new_limit, uint64_t *old_limit);
 long cryo_capbset_read(int cap);
+/* prctl(PR_GET_SECUREBITS): prctl is variadic. */
+long cryo_get_securebits(void);
+/* getauxval(AT_SECURE): 1 when cryo was exec'd set-uid or with file capabilities. */
+int cryo_secure_exec(void);
 long cryo_getpid_raw(void);
 long cryo_set_pdeathsig(int signal);
 int cryo_errno(void);

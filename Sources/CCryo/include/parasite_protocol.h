@@ -251,7 +251,7 @@ struct cryo_creds {
     uint64_t cap_bounding;
     uint64_t cap_ambient;
     uint32_t cap_last;         /* highest capability number this kernel knows */
-    uint32_t pad;
+    uint32_t dumpable;         /* set again last: a uid or gid change resets it */
 };
 
 #endif
