@@ -464,7 +464,10 @@ public struct Restorer {
                 let writable = m.shared && m.protection.contains("w")
                 let key = "\(writable ? "rw" : "r"):\(m.path!)"
                 if mappingSlots[key] != nil { continue }
-                let fd = try Files.open(m.path!, writable ? .readWrite : .readOnly)
+                let fd: FileDescriptor
+                do { fd = try Files.open(m.path!, writable ? .readWrite : .readOnly) } catch {
+                    throw CryoError("pid \(imagePid): mapping 0x\(hex(m.start)) of a file: \(error)")
+                }
                 let slot = add(fd)
                 let st = try Files.stat(fd, object: m.path!)
                 if let inode = m.inode, let device = m.device, UInt64(st.st_ino) != inode || UInt64(st.st_dev) != device {

@@ -359,12 +359,16 @@ final class Fixture {
         Int(ProcessInfo.processInfo.environment["CRYO_TEST_BIGMEM_MIB"] ?? "") ?? 2048
     }
 
-    init(_ name: String, arguments: [String]? = nil, in scratch: Scratch) throws {
+    /// `binary` runs another copy of the fixture; `launcher` goes before it (e.g. setpriv
+    /// to run as another user: it must exec, keeping the pid); `logPath` moves the log.
+    init(_ name: String, arguments: [String]? = nil, in scratch: Scratch, binary: String? = nil,
+         launcher: [String] = [], logPath: String? = nil) throws {
         self.name = name
-        let binary = try FixtureBuilder.binary(for: name)
-        logPath = scratch.file("\(name).log")
+        let binary = try binary ?? FixtureBuilder.binary(for: name)
+        self.logPath = logPath ?? scratch.file("\(name).log")
         let args = try arguments ?? Fixture.defaultArguments(for: name, in: scratch)
-        pid = try spawnProcess(binary, args, stdoutPath: logPath, newSession: true)
+        pid = try spawnProcess(launcher.first ?? binary, Array(launcher.dropFirst()) + (launcher.isEmpty ? [] : [binary]) + args,
+                               stdoutPath: self.logPath, newSession: true)
     }
 
     var log: String { readText(logPath) }
@@ -477,13 +481,16 @@ final class CryoProcess {
     private let stderrPath: String
     private(set) var status: ExitStatus?
 
-    init(_ arguments: [String], in scratch: Scratch, environment: [String: String] = [:]) throws {
+    /// `executable` runs another cryo binary; `launcher` goes before it (e.g. setpriv).
+    init(_ arguments: [String], in scratch: Scratch, environment: [String: String] = [:], executable: String? = nil,
+         launcher: [String] = []) throws {
         self.arguments = arguments
         let stem = scratch.unique("cryo-\(arguments.first ?? "")")
         stdoutPath = stem + ".out"
         stderrPath = stem + ".err"
-        pid = try spawnProcess(try Locations.cryoBinary(), arguments, stdoutPath: stdoutPath, stderrPath: stderrPath,
-                               environment: environment)
+        let binary = try executable ?? Locations.cryoBinary()
+        pid = try spawnProcess(launcher.first ?? binary, Array(launcher.dropFirst()) + (launcher.isEmpty ? [] : [binary]) + arguments,
+                               stdoutPath: stdoutPath, stderrPath: stderrPath, environment: environment)
     }
 
     /// Still running?
@@ -518,8 +525,8 @@ final class CryoProcess {
 
 /// Runs cryo to completion.
 func cryo(_ arguments: [String], in scratch: Scratch, timeout: Double = 120, reaping fixture: Fixture? = nil,
-          environment: [String: String] = [:]) throws -> CryoResult {
-    let process = try CryoProcess(arguments, in: scratch, environment: environment)
+          environment: [String: String] = [:], executable: String? = nil, launcher: [String] = []) throws -> CryoResult {
+    let process = try CryoProcess(arguments, in: scratch, environment: environment, executable: executable, launcher: launcher)
     return process.wait(timeout: timeout, reaping: fixture)
 }
 

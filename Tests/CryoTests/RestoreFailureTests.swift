@@ -1,0 +1,261 @@
+// Issue #7, "nothing lost": a restore that fails, at whatever point and for
+// whatever reason (even SIGKILL of cryo itself), leaves no process with any of
+// the image's pids and no helper behind, says what failed in one line, and
+// leaves the image as good as before: a last restore of it passes.
+//
+// The tree fixture (30 processes) is used throughout: it has sessions, groups
+// and a group whose leader is gone, so restore also makes a stand-in leader.
+// CRYO_STOP_AT / CRYO_KILL_AT are cryo's hidden fault hooks (FaultHook.swift).
+
+import Cryo
+import CryoSystem
+import Foundation
+import Glibc
+import Testing
+
+extension EndToEnd {
+    @Suite("a failed restore leaves nothing behind")
+    struct RestoreFailureTests {
+        @Test("files gone at restore: a pages file of the image, then a file the tree has mapped")
+        func missingFiles() throws {
+            let tree = try TreeImage("missing")
+            defer { tree.cleanUp() }
+
+            // A pages file of a non-root process: refused before anything is made.
+            let child = tree.pids[1]
+            let pages = tree.images + "/pages-\(child).img"
+            try #require(rename(pages, pages + ".away") == 0, "rename \(pages): \(String(cString: strerror(errno)))")
+            let first = try tree.failingRestore()
+            expectOneLine(first, naming: ["pages-\(child).img"])
+            try #require(rename(pages + ".away", pages) == 0)
+
+            // The program every process maps: found missing once the whole tree exists.
+            let moved = tree.binary + ".away"
+            try #require(rename(tree.binary, moved) == 0, "rename \(tree.binary): \(String(cString: strerror(errno)))")
+            let second = try tree.failingRestore()
+            expectOneLine(second, naming: ["\(tree.pids[0])", tree.binary, "ENOENT"])
+            try #require(rename(moved, tree.binary) == 0)
+
+            try tree.restoreAndPass()
+        }
+
+        @Test("a pid taken by another process while restore runs")
+        func pidTakenMidway() throws {
+            let tree = try TreeImage("pid-taken")
+            defer { tree.cleanUp() }
+            let taken = tree.pids[tree.pids.count / 2]
+
+            // cryo stops itself once the root exists; the pid is taken; cryo carries on.
+            let restore = try CryoProcess(["restore", "-D", tree.images], in: tree.scratch,
+                                          environment: ["CRYO_STOP_AT": "root-created"])
+            defer { restore.stop() }
+            let stopped = waitUntil(timeout: 60) { !restore.isRunning || ProcStatus(pid: restore.pid)?.state == "T" }
+            try #require(stopped && restore.isRunning, "cryo did not stop at root-created: \(describeProcess(restore.pid))")
+            try #require(pidExists(tree.pids[0]), "the root is not there while cryo is stopped")
+            var park: [Int32] = [-1, -1]
+            try #require(pipe(&park) == 0)
+            defer { close(park[0]); close(park[1]) }
+            let holder = try Processes.cloneParked(pid: taken, parkFD: park[0])
+            var holderGone = false
+            defer {
+                if !holderGone {
+                    kill(holder, SIGKILL)
+                    _ = reap(holder, timeout: 10)
+                }
+            }
+            try #require(holder == taken)
+            kill(restore.pid, SIGCONT)
+            let result = restore.wait(timeout: 120)
+
+            expectOneLine(result, naming: ["\(taken)", "in use"])
+            // Everything but our placeholder is gone, and the placeholder is untouched.
+            tree.expectNothingLeft(result, except: [taken])
+            #expect(ProcStatus(pid: taken).map { $0.state != "Z" } == true, "the process holding pid \(taken) was harmed: \(describeProcess(taken))")
+            kill(holder, SIGKILL)
+            holderGone = reap(holder, timeout: 10) != nil
+            try tree.restoreAndPass()
+        }
+
+        @Test("a mapping that cannot be placed: overlapping another, or above the 47-bit user limit")
+        func mappingCannotBePlaced() throws {
+            let tree = try TreeImage("mapping")
+            defer { tree.cleanUp() }
+            let child = tree.pids.last!
+            let file = tree.images + "/task-\(child).img"
+            let saved = try readBytes(file)
+
+            var memory = try readRecord(file, .memory, as: MemoryRecord.self)
+            let i = try #require(memory.mappings.indices.dropFirst().first { memory.mappings[$0].kind == .anonymous },
+                                 "no anonymous mapping after the first in \(file)")
+            let overlapping = memory.mappings[i - 1].end - 4096
+            memory.mappings[i].start = overlapping
+            try rewriteRecord(file, .memory, memory)
+            expectOneLine(try tree.failingRestore(), naming: ["task-\(child).img", "0x" + String(overlapping, radix: 16)])
+
+            try writeBytes(file, saved)
+            memory = try readRecord(file, .memory, as: MemoryRecord.self)
+            let last = try #require(memory.mappings.lastIndex { $0.kind != .vsyscall })
+            let high: UInt64 = 0x8000_0000_0000   // 128 TiB: the first address above the 47-bit user space
+            let size = memory.mappings[last].end - memory.mappings[last].start
+            memory.mappings[last].start = high
+            memory.mappings[last].end = high + size
+            try rewriteRecord(file, .memory, memory)
+            expectOneLine(try tree.failingRestore(), naming: ["task-\(child).img", "0x" + String(high, radix: 16)])
+
+            try writeBytes(file, saved)
+            try tree.restoreAndPass()
+        }
+
+        @Test("cryo killed (SIGKILL) during restore: after the root, after the tree, mid memory, before release")
+        func cryoKilled() throws {
+            let tree = try TreeImage("killed")
+            defer { tree.cleanUp() }
+            for phase in ["root-created", "tree-created", "memory-restored", "before-release"] {
+                let result = try cryo(["restore", "-D", tree.images], in: tree.scratch, timeout: 120,
+                                      environment: ["CRYO_KILL_AT": phase])
+                #expect(result.status == .signaled(SIGKILL), "cryo should have killed itself at \(phase)\n\(result)")
+                tree.expectNothingLeft(result, phase: phase)
+            }
+            try tree.restoreAndPass()
+        }
+    }
+}
+
+/// A dumped tree fixture (run from its own copy of the binary, so that its
+/// file can be moved away) and what is needed to check a failed restore.
+private final class TreeImage {
+    let scratch: Scratch
+    let fixture: Fixture
+    let binary: String
+    let images: String
+    /// Every pid of the image: the tree's and the gone group leader's (the stand-in's).
+    let pids: [pid_t]
+    let standIn: pid_t?
+    private let wasSubreaper: Bool
+    private let cryoBinary: String
+
+    init(_ label: String) throws {
+        scratch = try Scratch("nothing-lost-\(label)")
+        // Orphans of a failed restore come to us: we reap them and know they are dead.
+        wasSubreaper = isChildSubreaper()
+        setChildSubreaper(true)
+        binary = try scratch.folder("bin") + "/tree"
+        try FileManager.default.copyItem(atPath: try FixtureBuilder.binary(for: "tree"), toPath: binary)
+        cryoBinary = URL(fileURLWithPath: try Locations.cryoBinary()).resolvingSymlinksInPath().path
+        fixture = try Fixture("tree", arguments: ["30"], in: scratch, binary: binary)
+        try fixture.waitReady(timeout: 60)
+        let tree = try #require(fixture.tagged("PIDS")?.compactMap { pid_t($0) }, "no PIDS line\n\(fixture.report)")
+        standIn = fixture.tagged("DEADPGID")?.first.flatMap { pid_t($0) }
+        try #require(standIn != nil, "the tree of 30 should have a group whose leader is gone\n\(fixture.report)")
+        pids = tree
+        images = scratch.file("img")
+        let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
+        try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+        try #require(fixture.reapOriginal(timeout: 20) != nil, "the tree's root still runs after the dump")
+        // The killed tree's orphans come to us too.
+        try #require(waitUntil(timeout: 20) { (pids + [standIn!]).allSatisfy { _ = tryReap($0); return !pidExists($0) } },
+                     "the dumped tree is still there: \(pids.filter(pidExists).prefix(5).map(describeProcess))")
+    }
+
+    /// A restore that must fail (exit 1), without hooks.
+    func failingRestore(sourceLocation: SourceLocation = #_sourceLocation) throws -> CryoResult {
+        let result = try cryo(["restore", "-D", images], in: scratch, timeout: 120)
+        #expect(result.failed, "the restore should have failed\n\(result)", sourceLocation: sourceLocation)
+        expectNothingLeft(result, sourceLocation: sourceLocation)
+        return result
+    }
+
+    /// No pid of the image (but `except`) is in use any more, and nothing runs the fixture's or
+    /// cryo's program: orphans are ours (child subreaper) and reaped here; one still alive is a leak.
+    func expectNothingLeft(_ result: CryoResult, except: Set<pid_t> = [], phase: String = "",
+                           sourceLocation: SourceLocation = #_sourceLocation) {
+        let watched = (pids + [standIn!]).filter { !except.contains($0) }
+        func leftovers() -> [pid_t] {
+            for pid in watched { _ = tryReap(pid) }
+            for pid in processes(running: binary) + processes(running: cryoBinary) { _ = tryReap(pid) }
+            return Array(Set(watched.filter(pidExists) + processes(running: binary) + processes(running: cryoBinary))).sorted()
+        }
+        let clean = waitUntil(timeout: 20) { leftovers().isEmpty }
+        let left = leftovers()
+        let where_ = phase.isEmpty ? "" : "at \(phase): "
+        let described = left.prefix(8).map(describeProcess).joined(separator: "; ")
+        #expect(clean, "\(where_)\(left.count) processes left after the failed restore: \(described)\n\(result)",
+                sourceLocation: sourceLocation)
+        if !clean {
+            for pid in left { kill(pid, SIGKILL) }
+            waitUntil(timeout: 10) { leftovers().isEmpty }
+        }
+        #expect(!fixture.lines.contains("PASS") && !fixture.lines.contains(where: { $0.hasPrefix("FAIL") }),
+                "a half-restored process ran on:\n\(fixture.report)", sourceLocation: sourceLocation)
+    }
+
+    /// The image is intact and every pid free: a plain restore brings the tree back and it passes.
+    func restoreAndPass(sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+        defer { restore.stop() }
+        let up = fixture.waitRestored(timeout: 120) { restore.isRunning }
+        try #require(up, "the tree did not come back (\(describeProcess(fixture.pid)))\n\(restore.wait(timeout: 5))",
+                     sourceLocation: sourceLocation)
+        kill(fixture.pid, SIGTERM)
+        let result = restore.wait(timeout: 120)
+        #expect(result.status == .exited(0), "\(result)\n\(fixture.report)", sourceLocation: sourceLocation)
+        expectPass(fixture, "\(result)", sourceLocation: sourceLocation)
+    }
+
+    func cleanUp() {
+        for pid in pids + [standIn].compactMap({ $0 }) where ProcStatus(pid: pid)?.name == "tree" { kill(pid, SIGKILL) }
+        waitUntil(timeout: 10) {
+            for pid in pids { _ = tryReap(pid) }
+            return pids.allSatisfy { !pidExists($0) }
+        }
+        fixture.cleanUp()
+        if !wasSubreaper { setChildSubreaper(false) }
+        scratch.remove()
+    }
+}
+
+/// Failed with exactly one "cryo:" line on stderr that names every one of `words`.
+func expectOneLine(_ result: CryoResult, naming words: [String], sourceLocation: SourceLocation = #_sourceLocation) {
+    #expect(result.failed, "should fail with a non-zero exit\n\(result)", sourceLocation: sourceLocation)
+    #expect(result.stderrLines.count == 1 && result.stderrLines.first?.hasPrefix("cryo:") == true,
+            "want exactly one \"cryo:\" line on stderr\n\(result)", sourceLocation: sourceLocation)
+    for word in words {
+        let found = word.allSatisfy(\.isNumber) ? containsToken(result.stderr, word) : result.stderr.contains(word)
+        #expect(found, "the error should say \"\(word)\"\n\(result)", sourceLocation: sourceLocation)
+    }
+}
+
+// MARK: - Editing records (checksums kept valid)
+
+/// The record of `kind` in a record file, decoded.
+func readRecord<T: Decodable>(_ path: String, _ kind: RecordKind, as type: T.Type) throws -> T {
+    try RecordReader(path: path).one(kind, as: type)
+}
+
+/// Replaces the payload of the record of `kind` with `value` (JSON, sorted keys), fixing length and CRC.
+func rewriteRecord<T: Encodable>(_ path: String, _ kind: RecordKind, _ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    let payload = [UInt8](try encoder.encode(value))
+    var bytes = try readBytes(path)
+    var offset = ImageFormat.fileHeaderSize
+    func word<W: FixedWidthInteger>(_ at: Int, _: W.Type) -> W {
+        var v: W = 0
+        for i in 0..<MemoryLayout<W>.size { v |= W(bytes[at + i]) << (8 * i) }
+        return v
+    }
+    func le<W: FixedWidthInteger>(_ v: W) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+    while offset + ImageFormat.recordHeaderSize <= bytes.count {
+        let length = Int(word(offset + 8, UInt64.self))
+        let start = offset + ImageFormat.recordHeaderSize
+        if word(offset, UInt32.self) == kind.rawValue {
+            bytes.replaceSubrange(start..<(start + length), with: payload)
+            bytes.replaceSubrange((offset + 8)..<(offset + 16), with: le(UInt64(payload.count)))
+            bytes.replaceSubrange((offset + 16)..<(offset + 20), with: le(Cryo.crc32(payload)))
+            try writeBytes(path, bytes)
+            return
+        }
+        offset = start + length
+    }
+    throw HarnessError("\(path) holds no \(kind) record")
+}

@@ -1,0 +1,195 @@
+// Issue #7, unprivileged use: an ordinary user dumps and restores their own
+// processes with a copy of cryo that holds only the file capabilities
+// cap_checkpoint_restore,cap_sys_ptrace+ep. The restored processes must have
+// exactly the credentials, capabilities and dumpable flag they had (not
+// cryo's), and such a cryo must never make a process with credentials or
+// capabilities the user does not hold, nor read another user's process.
+//
+// Set up as root: a system user `cryotest` (useradd, once), a fresh 0755
+// folder under /tmp with the copied cryo (setcap, from libcap2-bin, which
+// Scripts/setup.sh installs) and fixture, and a work folder the user owns.
+// Everything the user runs goes through setpriv, which execs in place.
+
+import Cryo
+import Foundation
+import Glibc
+import Testing
+
+extension EndToEnd {
+    @Suite("unprivileged use")
+    struct UnprivilegedTests {
+        @Test("an ordinary user dumps and restores their own tree with a file-capability cryo; images with others' credentials are refused")
+        func ownTreeRoundTrip() throws {
+            let setup = try UnprivilegedSetup("own")
+            defer { setup.remove() }
+            let fixture = try setup.fixture("ownuser")
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let pids = try #require(fixture.tagged("PIDS")?.compactMap { pid_t($0) }, "no PIDS line\n\(fixture.report)")
+            try #require(pids.count == 2)
+            let before = pids.map { credentialLines($0) }
+            try #require(before.allSatisfy { $0["Uid"]?.hasPrefix("\(setup.uid)\t") == true }, "not run as \(setup.uid): \(before)")
+
+            let images = setup.work + "/img"
+            let dump = try setup.cryo(["dump", "-t", "\(fixture.pid)", "-D", images], reaping: fixture)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump")
+            try #require(waitUntil(timeout: 20) { pids.allSatisfy { !pidExists($0) } })
+
+            // Images saying what the user does not hold: refused before anything is made.
+            let taskFile = images + "/task-\(pids[1]).img"
+            let saved = try readBytes(taskFile)
+            let core = try readRecord(taskFile, .task, as: TaskCore.self)
+            let edits: [(String, [String], (inout TaskCore) -> Void)] = [
+                ("uid 0", ["uid", "0"], { $0.credentials.uids = [0, 0, 0, 0] }),
+                ("saved gid 0", ["gid", "0"], { $0.credentials.gids[2] = 0 }),
+                ("group 0", ["supplementary groups"], { $0.credentials.groups.append(0) }),
+                ("CAP_SYS_ADMIN permitted", ["permitted capabilities"], { $0.credentials.capPermitted |= 1 << 21 }),
+                ("CAP_CHECKPOINT_RESTORE effective", ["effective capabilities"], { $0.credentials.capEffective |= 1 << 40 }),
+                ("CAP_NET_ADMIN ambient", ["ambient capabilities"], { $0.credentials.capAmbient |= 1 << 12 }),
+                // cryo's own file capability: the kernel would let cryo's clones keep it, only cryo's check stops it.
+                ("CAP_SYS_PTRACE permitted and effective", ["permitted capabilities"],
+                 { $0.credentials.capPermitted |= 1 << 19; $0.credentials.capEffective |= 1 << 19 }),
+            ]
+            for (what, words, edit) in edits {
+                var edited = core
+                edit(&edited)
+                try rewriteRecord(taskFile, .task, edited)
+                let refused = try setup.cryo(["restore", "-D", images])
+                expectOneLine(refused, naming: ["pid \(pids[1])"] + words)
+                #expect(!refused.stderr.contains("EPERM"), "\(what): refused by the kernel, not by cryo's own check first\n\(refused)")
+                #expect(pids.allSatisfy { !pidExists($0) }, "\(what): a process was made: \(pids.map(describeProcess))")
+                try writeBytes(taskFile, saved)
+            }
+
+            let restore = try setup.cryoProcess(["restore", "-D", images])
+            defer { restore.stop() }
+            let up = fixture.waitRestored(timeout: 120) { restore.isRunning }
+            try #require(up, "pid \(fixture.pid) did not come back (\(describeProcess(fixture.pid)))\n\(restore.wait(timeout: 5))")
+            // Credentials, capability sets and dumpable as before: not cryo's file capabilities, not root-owned /proc.
+            for (pid, was) in zip(pids, before) {
+                #expect(credentialLines(pid) == was, "pid \(pid): \(credentialLines(pid)) after restore, \(was) before")
+                var st = stat()
+                #expect(stat("/proc/\(pid)", &st) == 0 && st.st_uid == setup.uid,
+                        "pid \(pid): /proc/\(pid) belongs to uid \(st.st_uid), not \(setup.uid): it is not dumpable")
+            }
+            kill(fixture.pid, SIGTERM)
+            let result = restore.wait(timeout: 60)
+            #expect(result.status == .exited(0), "\(result)\n\(fixture.report)")
+            expectPass(fixture, "\(result)")
+        }
+
+        @Test("an ordinary user's file-capability cryo refuses to dump a process of root")
+        func othersProcessRefused() throws {
+            let setup = try UnprivilegedSetup("other")
+            defer { setup.remove() }
+            let scratch = try Scratch("unpriv-root-counter")
+            defer { scratch.remove() }
+            let fixture = try Fixture("counter", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let images = setup.work + "/img"
+            let dump = try setup.cryo(["dump", "-t", "\(fixture.pid)", "-D", images], reaping: fixture)
+            expectOneLine(dump, naming: ["pid \(fixture.pid)", "uid 0"])
+            #expect(!FileManager.default.fileExists(atPath: images), "a refused dump should leave no image folder")
+            expectRunsAndPasses(fixture, "\(dump)")
+        }
+    }
+}
+
+/// The credential and capability lines of /proc/PID/status.
+private func credentialLines(_ pid: pid_t) -> [String: String] {
+    var result: [String: String] = [:]
+    for line in readText("/proc/\(pid)/status").split(separator: "\n") {
+        guard let colon = line.firstIndex(of: ":") else { continue }
+        let key = String(line[..<colon])
+        if ["Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs"].contains(key) {
+            result[key] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+        }
+    }
+    return result
+}
+
+/// A user, a folder with a capability-holding copy of cryo, and how to run things as that user.
+private final class UnprivilegedSetup {
+    static let user = "cryotest"
+    let scratch: Scratch
+    let folder: String
+    let work: String
+    let cryoCopy: String
+    let uid: uid_t
+    let gid: gid_t
+
+    init(_ label: String) throws {
+        scratch = try Scratch("unpriv-\(label)-out")
+        (uid, gid) = try UnprivilegedSetup.ensureUser()
+        var template = Array("/tmp/cryo-unpriv-XXXXXX".utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw HarnessError("mkdtemp: \(String(cString: strerror(errno)))")
+        }
+        folder = String(cString: made)
+        chmod(folder, 0o755)
+        cryoCopy = folder + "/cryo"
+        try FileManager.default.copyItem(atPath: try Locations.cryoBinary(), toPath: cryoCopy)
+        chmod(cryoCopy, 0o755)
+        work = folder + "/work"
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: false)
+        chown(work, uid, gid)
+        chmod(work, 0o700)
+
+        let setcap = try #require(["/usr/sbin/setcap", "/sbin/setcap"].first { Locations.isExecutableFile($0) },
+                                  "setcap is missing: install libcap2-bin (Scripts/setup.sh does)")
+        let log = scratch.file("setcap.log")
+        let rc = reap(try spawnProcess(setcap, ["cap_checkpoint_restore,cap_sys_ptrace+ep", cryoCopy], stdoutPath: log), timeout: 30)
+        try #require(rc == .exited(0), "setcap on \(cryoCopy): \(rc.map(\.description) ?? "timed out")\n\(readText(log))")
+
+        // A file-capability binary runs with AT_SECURE: $ORIGIN and LD_LIBRARY_PATH are ignored,
+        // so the Swift runtime must come from an absolute RUNPATH the user can read.
+        let help = try cryo(["--help"])
+        try #require(help.succeeded, "the copied cryo does not start as \(UnprivilegedSetup.user) with file capabilities (is the Swift runtime in a world-readable absolute RUNPATH?)\n\(help)")
+    }
+
+    /// Runs as the user, in the work folder; setpriv and env exec in place, so the pid is the program's.
+    var launcher: [String] {
+        ["/usr/bin/setpriv", "--reuid=\(uid)", "--regid=\(gid)", "--init-groups", "--", "/usr/bin/env", "-C", work]
+    }
+
+    /// A fixture run as the user from a copy in the folder, its log owned by the user (restore reopens it).
+    func fixture(_ name: String) throws -> Fixture {
+        let copy = folder + "/" + name
+        if !FileManager.default.fileExists(atPath: copy) {
+            try FileManager.default.copyItem(atPath: try FixtureBuilder.binary(for: name), toPath: copy)
+            chmod(copy, 0o755)
+        }
+        let log = work + "/\(name).log"
+        FileManager.default.createFile(atPath: log, contents: nil)
+        chown(log, uid, gid)
+        return try Fixture(name, arguments: [], in: scratch, binary: copy, launcher: launcher, logPath: log)
+    }
+
+    func cryo(_ arguments: [String], reaping fixture: Fixture? = nil) throws -> CryoResult {
+        try CryoTests.cryo(arguments, in: scratch, timeout: 120, reaping: fixture, executable: cryoCopy, launcher: launcher)
+    }
+
+    func cryoProcess(_ arguments: [String]) throws -> CryoProcess {
+        try CryoProcess(arguments, in: scratch, executable: cryoCopy, launcher: launcher)
+    }
+
+    func remove() {
+        scratch.remove()
+        if ProcessInfo.processInfo.environment["CRYO_KEEP_TMP"] == nil { try? FileManager.default.removeItem(atPath: folder) }
+    }
+
+    /// The test user, made once (useradd --system); a concurrent creation is fine.
+    static func ensureUser() throws -> (uid_t, gid_t) {
+        if let entry = getpwnam(user) { return (entry.pointee.pw_uid, entry.pointee.pw_gid) }
+        let log = "/tmp/cryo-useradd-\(getpid()).log"
+        defer { unlink(log) }
+        let status = reap(try spawnProcess("/usr/sbin/useradd", ["--system", "--user-group", "--no-create-home",
+                                                                "--shell", "/usr/sbin/nologin", user], stdoutPath: log), timeout: 60)
+        guard let entry = getpwnam(user) else {
+            throw HarnessError("useradd \(user): \(status.map(\.description) ?? "timed out")\n\(readText(log))")
+        }
+        return (entry.pointee.pw_uid, entry.pointee.pw_gid)
+    }
+}
