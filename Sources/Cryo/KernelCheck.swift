@@ -3,6 +3,7 @@ import CryoInjector
 import CryoSystem
 import Foundation
 import Glibc
+import SystemPackage
 
 /// One kernel feature cryo relies on and whether it works here.
 public struct FeatureCheck: Codable, Sendable {
@@ -63,7 +64,13 @@ public enum KernelCheck {
             return "duplicated descriptor \(park[0]) of pid \(child)"
         }
         add("PAGEMAP_SCAN (Linux 6.7+)") {
-            let pagemap = try Files.open("/proc/self/pagemap", .readOnly)
+            let pagemap: FileDescriptor
+            do { pagemap = try Files.open("/proc/self/pagemap", .readOnly) } catch let error as SyscallError
+                where error.errno == .permissionDenied && !Caller.current.fullyPrivileged {
+                // With file capabilities cryo is not dumpable, so its own /proc files are root's;
+                // a dump opens its target's pagemap instead, which the user owns.
+                return "not probed: cryo's own pagemap is root's (not dumpable, file capabilities); a dump reads its target's"
+            }
             defer { try? pagemap.close() }
             var regions = [cryo_page_region](repeating: cryo_page_region(), count: 8)
             var arg = cryo_pm_scan_arg()

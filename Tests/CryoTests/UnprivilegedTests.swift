@@ -70,13 +70,60 @@ extension EndToEnd {
             for (pid, was) in zip(pids, before) {
                 #expect(credentialLines(pid) == was, "pid \(pid): \(credentialLines(pid)) after restore, \(was) before")
                 var st = stat()
-                #expect(stat("/proc/\(pid)", &st) == 0 && st.st_uid == setup.uid,
-                        "pid \(pid): /proc/\(pid) belongs to uid \(st.st_uid), not \(setup.uid): it is not dumpable")
+                #expect(stat("/proc/\(pid)/fd", &st) == 0 && st.st_uid == setup.uid,
+                        "pid \(pid): /proc/\(pid)/fd belongs to uid \(st.st_uid), not \(setup.uid): it is not dumpable")
             }
             kill(fixture.pid, SIGTERM)
             let result = restore.wait(timeout: 60)
             #expect(result.status == .exited(0), "\(result)\n\(fixture.report)")
             expectPass(fixture, "\(result)")
+        }
+
+        @Test("root dumps and restores an ordinary user's tree: credentials, capabilities and dumpable as before")
+        func userTreeByRoot() throws {
+            let setup = try UnprivilegedSetup("by-root")
+            defer { setup.remove() }
+            let fixture = try setup.fixture("ownuser")
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let pids = try #require(fixture.tagged("PIDS")?.compactMap { pid_t($0) }, "no PIDS line\n\(fixture.report)")
+            let before = pids.map { credentialLines($0) }
+
+            let images = setup.scratch.file("img")
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: setup.scratch, reaping: fixture)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump")
+            try #require(waitUntil(timeout: 20) { pids.allSatisfy { !pidExists($0) } })
+
+            let restore = try CryoProcess(["restore", "-D", images], in: setup.scratch)
+            defer { restore.stop() }
+            let up = fixture.waitRestored(timeout: 120) { restore.isRunning }
+            try #require(up, "pid \(fixture.pid) did not come back (\(describeProcess(fixture.pid)))\n\(restore.wait(timeout: 5))")
+            for (pid, was) in zip(pids, before) {
+                #expect(credentialLines(pid) == was, "pid \(pid): \(credentialLines(pid)) after restore, \(was) before")
+                // Changing the uid from root's resets the dumpable flag: restore must set it again afterwards.
+                var st = stat()
+                #expect(stat("/proc/\(pid)/fd", &st) == 0 && st.st_uid == setup.uid,
+                        "pid \(pid): /proc/\(pid)/fd belongs to uid \(st.st_uid), not \(setup.uid): it is not dumpable")
+            }
+            kill(fixture.pid, SIGTERM)
+            let result = restore.wait(timeout: 60)
+            #expect(result.status == .exited(0), "\(result)\n\(fixture.report)")
+            expectPass(fixture, "\(result)")
+        }
+
+        @Test("an ordinary user's --tcp-established fails saying it needs CAP_NET_ADMIN, and the tree runs on")
+        func tcpRepairNeedsPrivilege() throws {
+            let setup = try UnprivilegedSetup("tcp")
+            defer { setup.remove() }
+            let fixture = try setup.fixture("tcp")
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let images = setup.work + "/img"
+            let dump = try setup.cryo(["dump", "--tcp-established", "-t", "\(fixture.pid)", "-D", images], reaping: fixture)
+            expectOneLine(dump, naming: ["TCP_REPAIR", "EPERM", "--tcp-established needs CAP_NET_ADMIN"])
+            #expect(!FileManager.default.fileExists(atPath: images), "a failed dump should remove the image folder it created")
+            expectRunsAndPasses(fixture, "\(dump)")
         }
 
         @Test("an ordinary user's file-capability cryo refuses to dump a process of root")
