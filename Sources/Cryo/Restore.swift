@@ -266,7 +266,7 @@ public struct Restorer {
         for entry in inventory.processes where entry.zombieStatus == nil && entry.pgid == entry.pid && entry.sid != entry.pid {
             try inject(session.processes[entry.pid]!.tracee, Restorer.syscallSetpgid, 0, 0, what: "setpgid")
         }
-        var helpers: [(tracee: Tracee, creator: RestoringProcess)] = []
+        var helpers: [(tracee: Tracee, creator: RestoringProcess, group: Int32)] = []
         for group in helperPids.sorted() {
             let member = inventory.processes.first { $0.pgid == group }!
             guard let creator = session.processes[member.ppid] ?? session.processes[member.pid] else {
@@ -276,8 +276,9 @@ public struct Restorer {
             session.created.append(helper.pid)
             try inject(helper, Restorer.syscallSetpgid, 0, 0, what: "setpgid (stand-in leader of group \(group))")
             creator.discardChildSignals = true
-            helpers.append((helper, creator))
+            helpers.append((helper, creator, group))
         }
+        faultHook("stand-ins-created")
         let shellGroup = inventory.shellJob ? inventory.processes[0].pgid : -1
         for entry in inventory.processes.dropFirst() where entry.zombieStatus == nil
             && entry.pgid != entry.pid && entry.sid != entry.pid && entry.pgid != shellGroup {
@@ -286,9 +287,11 @@ public struct Restorer {
         for entry in inventory.processes where entry.zombieStatus != nil {
             try createZombie(entry, session: session, shellGroup: shellGroup)
         }
-        for (helper, creator) in helpers {
+        for (helper, creator, group) in helpers {
             try inject(helper, Restorer.syscallExitGroup, 0, what: "exit of stand-in leader", expectExit: true)
-            try inject(creator.tracee, Restorer.syscallWait4, UInt64(helper.pid), 0, 0x4000_0000 /* __WALL */, 0, what: "wait4 (reaping stand-in \(helper.pid))")
+            // The creator knows its child by the pid of its own namespace: the group's, also under --pidns.
+            try inject(creator.tracee, Restorer.syscallWait4, UInt64(UInt32(bitPattern: group)), 0, 0x4000_0000 /* __WALL */, 0,
+                       what: "wait4 (reaping stand-in \(group))")
             session.created.removeAll { $0 == helper.pid } // reaped: its pid is free for anyone now
         }
     }

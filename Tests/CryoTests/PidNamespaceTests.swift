@@ -14,7 +14,7 @@ extension EndToEnd {
     struct PidNamespaceTests {
         @Test("restore --pidns next to the still running original", arguments: ["counter", "tree"])
         func restoreBesideOriginal(_ name: String) throws {
-            try pidNamespaceRoundTrip(name, arguments: name == "tree" ? ["9"] : [])
+            try pidNamespaceRoundTrip(name, arguments: name == "tree" ? ["30"] : [])
         }
     }
 }

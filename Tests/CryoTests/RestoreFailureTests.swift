@@ -106,47 +106,54 @@ extension EndToEnd {
             try tree.restoreAndPass()
         }
 
-        @Test("cryo killed (SIGKILL) during restore: after the root, after the tree, mid memory, before release")
-        func cryoKilled() throws {
-            let tree = try TreeImage("killed")
+        @Test("cryo killed (SIGKILL) during restore: after the root, with stand-in leaders, after the tree, mid memory, before release",
+              arguments: ["tree", "zombie"])
+        func cryoKilled(_ name: String) throws {
+            let tree = try TreeImage("killed", fixture: name)
             defer { tree.cleanUp() }
-            for phase in ["root-created", "tree-created", "memory-restored", "before-release"] {
-                let result = try cryo(["restore", "-D", tree.images], in: tree.scratch, timeout: 120,
+            let phases = ["root-created", "stand-ins-created", "tree-created", "memory-restored", "before-release"]
+            // In a new pid namespace too, where killing its init must take everything with it.
+            for (phase, flags) in phases.map({ ($0, [String]()) }) + [("tree-created", ["--pidns"]), ("before-release", ["--pidns"])] {
+                let result = try cryo(["restore", "-D", tree.images] + flags, in: tree.scratch, timeout: 120,
                                       environment: ["CRYO_KILL_AT": phase])
-                #expect(result.status == .signaled(SIGKILL), "cryo should have killed itself at \(phase)\n\(result)")
-                tree.expectNothingLeft(result, phase: phase)
+                let label = ([phase] + flags).joined(separator: " ")
+                #expect(result.status == .signaled(SIGKILL), "cryo should have killed itself at \(label)\n\(result)")
+                tree.expectNothingLeft(result, phase: label)
             }
             try tree.restoreAndPass()
         }
     }
 }
 
-/// A dumped tree fixture (run from its own copy of the binary, so that its
-/// file can be moved away) and what is needed to check a failed restore.
+/// A dumped tree fixture, `tree` (30 processes) or `zombie`, run from its own copy of the
+/// binary so that its file can be moved away, and what is needed to check a failed restore.
 private final class TreeImage {
     let scratch: Scratch
     let fixture: Fixture
     let binary: String
     let images: String
-    /// Every pid of the image: the tree's and the gone group leader's (the stand-in's).
+    /// Every pid of the image (zombies too).
     let pids: [pid_t]
+    /// The gone group leader's pid: the stand-in's.
     let standIn: pid_t?
+    let name: String
     private let wasSubreaper: Bool
     private let cryoBinary: String
 
-    init(_ label: String) throws {
+    init(_ label: String, fixture name: String = "tree") throws {
+        self.name = name
         scratch = try Scratch("nothing-lost-\(label)")
         // Orphans of a failed restore come to us: we reap them and know they are dead.
         wasSubreaper = isChildSubreaper()
         setChildSubreaper(true)
-        binary = try scratch.folder("bin") + "/tree"
-        try FileManager.default.copyItem(atPath: try FixtureBuilder.binary(for: "tree"), toPath: binary)
+        binary = try scratch.folder("bin") + "/" + name
+        try FileManager.default.copyItem(atPath: try FixtureBuilder.binary(for: name), toPath: binary)
         cryoBinary = URL(fileURLWithPath: try Locations.cryoBinary()).resolvingSymlinksInPath().path
-        fixture = try Fixture("tree", arguments: ["30"], in: scratch, binary: binary)
+        fixture = try Fixture(name, arguments: name == "tree" ? ["30"] : [], in: scratch, binary: binary)
         try fixture.waitReady(timeout: 60)
         let tree = try #require(fixture.tagged("PIDS")?.compactMap { pid_t($0) }, "no PIDS line\n\(fixture.report)")
         standIn = fixture.tagged("DEADPGID")?.first.flatMap { pid_t($0) }
-        try #require(standIn != nil, "the tree of 30 should have a group whose leader is gone\n\(fixture.report)")
+        try #require(standIn != nil, "\(name) should have a group whose leader is gone\n\(fixture.report)")
         pids = tree
         images = scratch.file("img")
         let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
@@ -203,7 +210,7 @@ private final class TreeImage {
     }
 
     func cleanUp() {
-        for pid in pids + [standIn].compactMap({ $0 }) where ProcStatus(pid: pid)?.name == "tree" { kill(pid, SIGKILL) }
+        for pid in pids + [standIn].compactMap({ $0 }) where ProcStatus(pid: pid)?.name == name { kill(pid, SIGKILL) }
         waitUntil(timeout: 10) {
             for pid in pids { _ = tryReap(pid) }
             return pids.allSatisfy { !pidExists($0) }
