@@ -272,7 +272,9 @@ extension FileTable {
 
     /// Opens every description in the controller, ready to be passed to the tasks.
     /// Pipes are created once per pipe and their buffered bytes put back.
-    func open(paths: ImagePaths, tcpEstablished: Bool = false, shellJob: Bool = false) throws -> [FileDescriptor] {
+    /// `holders` names, per file id, a descriptor that holds it ("pid 42 fd 3"), for error messages.
+    func open(paths: ImagePaths, tcpEstablished: Bool = false, shellJob: Bool = false,
+              holders: [Int: String] = [:]) throws -> [FileDescriptor] {
         var opened: [FileDescriptor] = []
         var pipes = PipeRebuilder()
         defer { pipes.closeAll() }
@@ -285,7 +287,7 @@ extension FileTable {
             var inetSockets = try InetSocketRebuilder(files: files, established: tcpEstablished)
             defer { inetSockets.closeAll() }
             for f in files {
-                let object = "file #\(f.id) (\(f.path ?? f.kind.rawValue))"
+                let object = "\(holders[f.id].map { "\($0): " } ?? "")file #\(f.id) (\(f.path ?? f.kind.rawValue))"
                 let handle: FileDescriptor
                 switch f.kind {
                 case .regular: handle = try f.regular!.open(flags: f.flags, position: f.position, object: object, paths: paths, id: f.id)

@@ -41,7 +41,8 @@ extension RegularFileState {
 
     func open(flags: UInt32, position: Int64, object: String, paths: ImagePaths, id: Int) throws -> FileDescriptor {
         if !unlinked {
-            let st = try Files.stat(path)
+            let st: Glibc.stat
+            do { st = try Files.stat(path) } catch { throw CryoError("\(object): \(error)") }
             guard Int64(st.st_size) == size else {
                 throw CryoError("\(object): \(path) is \(st.st_size) bytes, it was \(size) at dump; the file changed since")
             }

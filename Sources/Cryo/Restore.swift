@@ -123,8 +123,12 @@ public struct Restorer {
             let forking = ContinuousClock.now
             // Every open file description is made once, in the controller, before any task of
             // the tree exists (after the namespace's init, which must not inherit them).
+            var holders: [Int: String] = [:]
+            for task in image.tasks {
+                for d in task.descriptors.descriptors where holders[d.file] == nil { holders[d.file] = "pid \(task.core.pid) fd \(d.fd)" }
+            }
             let descriptions = try image.fileTable.open(paths: image.paths, tcpEstablished: options.tcpEstablished,
-                                                        shellJob: image.inventory.shellJob)
+                                                        shellJob: image.inventory.shellJob, holders: holders)
             defer { for fd in descriptions { try? fd.close() } }
             let root = try createRoot(image, session: session, parent: namespaceInit)
             faultHook("root-created")

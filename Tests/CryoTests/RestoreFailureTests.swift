@@ -39,11 +39,43 @@ extension EndToEnd {
             try tree.restoreAndPass()
         }
 
-        @Test("a pid taken by another process while restore runs")
-        func pidTakenMidway() throws {
-            let tree = try TreeImage("pid-taken")
+        @Test("an open regular file deleted between dump and restore")
+        func openFileDeleted() throws {
+            let scratch = try Scratch("nothing-lost-open-file")
+            defer { scratch.remove() }
+            let work = try scratch.folder("files-work")
+            let fixture = try Fixture("files", arguments: [work], in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump")
+
+            let file = work + "/rw.dat"
+            try #require(rename(file, file + ".away") == 0, "rename \(file): \(String(cString: strerror(errno)))")
+            let restore = try cryo(["restore", "-D", images], in: scratch, timeout: 60)
+            expectOneLine(restore, naming: ["pid \(fixture.pid) fd", file, "ENOENT"])
+            let gone = waitUntil(timeout: 10) { !pidExists(fixture.pid) }
+            #expect(gone, "a process with pid \(fixture.pid) is left after the failed restore: \(describeProcess(fixture.pid))")
+            #expect(processes(running: try FixtureBuilder.binary(for: "files")).isEmpty, "a files process is left")
+
+            // Back in place, the same image restores and passes.
+            try #require(rename(file + ".away", file) == 0)
+            let again = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { again.stop() }
+            try #require(fixture.waitRestored(timeout: 60) { again.isRunning }, "\(again.wait(timeout: 5))")
+            kill(fixture.pid, SIGTERM)
+            let result = again.wait(timeout: 60)
+            #expect(result.status == .exited(0), "\(result)\n\(fixture.report)")
+            expectPass(fixture, "\(result)")
+        }
+
+        @Test("a pid taken by another process while restore runs (a process's, or a zombie's)", arguments: ["tree", "zombie"])
+        func pidTakenMidway(_ name: String) throws {
+            let tree = try TreeImage("pid-taken", fixture: name)
             defer { tree.cleanUp() }
-            let taken = tree.pids[tree.pids.count / 2]
+            let taken = try #require(name == "zombie" ? tree.zombies.last : tree.pids[tree.pids.count / 2])
 
             // cryo stops itself once the root exists; the pid is taken; cryo carries on.
             let restore = try CryoProcess(["restore", "-D", tree.images], in: tree.scratch,
@@ -134,6 +166,7 @@ private final class TreeImage {
     let images: String
     /// Every pid of the image (zombies too).
     let pids: [pid_t]
+    let zombies: [pid_t]
     /// The gone group leader's pid: the stand-in's.
     let standIn: pid_t?
     let name: String
@@ -153,6 +186,7 @@ private final class TreeImage {
         try fixture.waitReady(timeout: 60)
         let tree = try #require(fixture.tagged("PIDS")?.compactMap { pid_t($0) }, "no PIDS line\n\(fixture.report)")
         standIn = fixture.tagged("DEADPGID")?.first.flatMap { pid_t($0) }
+        zombies = fixture.tagged("ZOMBIES")?.compactMap { pid_t($0) } ?? []
         try #require(standIn != nil, "\(name) should have a group whose leader is gone\n\(fixture.report)")
         pids = tree
         images = scratch.file("img")
