@@ -170,7 +170,12 @@ private final class UnprivilegedSetup {
     init(_ label: String) throws {
         scratch = try Scratch("unpriv-\(label)-out")
         (uid, gid) = try UnprivilegedSetup.ensureUser()
-        var template = Array("/tmp/cryo-unpriv-XXXXXX".utf8CString)
+        // File capabilities are ignored on a nosuid mount: pick a folder where they count.
+        let base = try #require(["/tmp", "/var/tmp", "/dev/shm"].first { path in
+            var vfs = statvfs()
+            return statvfs(path, &vfs) == 0 && vfs.f_flag & UInt(ST_NOSUID) == 0
+        }, "/tmp, /var/tmp and /dev/shm are all mounted nosuid: file capabilities cannot be tested")
+        var template = Array("\(base)/cryo-unpriv-XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             throw HarnessError("mkdtemp: \(String(cString: strerror(errno)))")
         }
