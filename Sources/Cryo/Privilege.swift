@@ -83,7 +83,9 @@ public struct Caller: Sendable {
         let need: String
         if text.contains("TCP_REPAIR") { need = "--tcp-established needs CAP_NET_ADMIN" }
         else if text.contains("prlimit") || text.contains("resource limit") { need = "raising a hard resource limit needs CAP_SYS_RESOURCE" }
+        else if text.contains("CLONE_NEWPID") { need = "--pidns needs CAP_SYS_ADMIN" }
         else if text.contains("set_tid") || text.contains("clone3") { need = "choosing pids needs CAP_CHECKPOINT_RESTORE" }
+        else if text.contains("chroot") { need = "restoring a root directory other than / needs CAP_SYS_CHROOT" }
         else if text.contains("ptrace") || text.contains("seize") { need = "tracing another user's process needs CAP_SYS_PTRACE" }
         else { need = "this needs more privilege" }
         return CryoError("\(text) (\(need); cryo runs as uid \(uid) without full privilege)")

@@ -62,6 +62,12 @@ extension EndToEnd {
                 try writeBytes(taskFile, saved)
             }
 
+            // A new pid namespace needs CAP_SYS_ADMIN: said so, and nothing is left.
+            let pidns = try setup.cryo(["restore", "--pidns", "-D", images])
+            expectOneLine(pidns, naming: ["EPERM", "--pidns needs CAP_SYS_ADMIN"])
+            #expect(processes(running: setup.folder + "/ownuser").isEmpty && pids.allSatisfy { !pidExists($0) },
+                    "restore --pidns left processes: \(processes(running: setup.folder + "/ownuser"))")
+
             let restore = try setup.cryoProcess(["restore", "-D", images])
             defer { restore.stop() }
             let up = fixture.waitRestored(timeout: 120) { restore.isRunning }
@@ -124,6 +130,15 @@ extension EndToEnd {
             expectOneLine(dump, naming: ["TCP_REPAIR", "EPERM", "--tcp-established needs CAP_NET_ADMIN"])
             #expect(!FileManager.default.fileExists(atPath: images), "a failed dump should remove the image folder it created")
             expectRunsAndPasses(fixture, "\(dump)")
+        }
+
+        @Test("cryo check passes for an ordinary user's file-capability cryo")
+        func checkPasses() throws {
+            let setup = try UnprivilegedSetup("check")
+            defer { setup.remove() }
+            let check = try setup.cryo(["check"])
+            #expect(check.succeeded, "\(check)")
+            #expect(check.stdout.contains("CAP_CHECKPOINT_RESTORE") && check.stdout.contains("CAP_SYS_PTRACE"), "\(check)")
         }
 
         @Test("an ordinary user's file-capability cryo refuses to dump a process of root")
