@@ -85,6 +85,37 @@ extension EndToEnd {
             expectPass(fixture, "\(result)")
         }
 
+        @Test("an ordinary user's tree of 30 processes (sessions, groups, a stand-in leader) round-trips with a file-capability cryo")
+        func ownBigTree() throws {
+            let setup = try UnprivilegedSetup("tree")
+            defer { setup.remove() }
+            let fixture = try setup.fixture("tree", arguments: ["30"])
+            defer { fixture.cleanUp() }
+            try fixture.waitReady(timeout: 60)
+            let pids = try #require(fixture.tagged("PIDS")?.compactMap { pid_t($0) }, "no PIDS line\n\(fixture.report)")
+            try #require(fixture.tagged("DEADPGID") != nil, "no group without its leader\n\(fixture.report)")
+            let images = setup.work + "/img"
+            let dump = try setup.cryo(["dump", "-t", "\(fixture.pid)", "-D", images], reaping: fixture)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump")
+            try #require(waitUntil(timeout: 20) { pids.allSatisfy { !pidExists($0) } })
+
+            let restore = try setup.cryoProcess(["restore", "-D", images])
+            defer { restore.stop() }
+            let up = fixture.waitRestored(timeout: 120) { restore.isRunning }
+            try #require(up, "pid \(fixture.pid) did not come back (\(describeProcess(fixture.pid)))\n\(restore.wait(timeout: 5))")
+            let zero = "0000000000000000"
+            for pid in pids {
+                let lines = credentialLines(pid)
+                #expect(lines["Uid"]?.hasPrefix("\(setup.uid)\t") == true && lines["CapPrm"] == zero && lines["CapEff"] == zero,
+                        "pid \(pid): \(lines): not the user's, or holds cryo's capabilities")
+            }
+            kill(fixture.pid, SIGTERM)
+            let result = restore.wait(timeout: 60)
+            #expect(result.status == .exited(0), "\(result)\n\(fixture.report)")
+            expectPass(fixture, "\(result)")
+        }
+
         @Test("root dumps and restores an ordinary user's tree: credentials, capabilities and dumpable as before")
         func userTreeByRoot() throws {
             let setup = try UnprivilegedSetup("by-root")
@@ -222,7 +253,7 @@ private final class UnprivilegedSetup {
     }
 
     /// A fixture run as the user from a copy in the folder, its log owned by the user (restore reopens it).
-    func fixture(_ name: String) throws -> Fixture {
+    func fixture(_ name: String, arguments: [String] = []) throws -> Fixture {
         let copy = folder + "/" + name
         if !FileManager.default.fileExists(atPath: copy) {
             try FileManager.default.copyItem(atPath: try FixtureBuilder.binary(for: name), toPath: copy)
@@ -231,7 +262,7 @@ private final class UnprivilegedSetup {
         let log = work + "/\(name).log"
         FileManager.default.createFile(atPath: log, contents: nil)
         chown(log, uid, gid)
-        return try Fixture(name, arguments: [], in: scratch, binary: copy, launcher: launcher, logPath: log)
+        return try Fixture(name, arguments: arguments, in: scratch, binary: copy, launcher: launcher, logPath: log)
     }
 
     func cryo(_ arguments: [String], reaping fixture: Fixture? = nil) throws -> CryoResult {
