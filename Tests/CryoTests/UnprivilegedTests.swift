@@ -85,15 +85,19 @@ extension EndToEnd {
             expectPass(fixture, "\(result)")
         }
 
-        @Test("an ordinary user's tree of 30 processes (sessions, groups, a stand-in leader) round-trips with a file-capability cryo")
-        func ownBigTree() throws {
-            let setup = try UnprivilegedSetup("tree")
+        @Test("an ordinary user's tree of 30 processes (sessions, groups, a stand-in leader), or threads, round-trips with a file-capability cryo",
+              arguments: ["tree", "threads"])
+        func ownBigTree(_ name: String) throws {
+            let setup = try UnprivilegedSetup(name)
             defer { setup.remove() }
-            let fixture = try setup.fixture("tree", arguments: ["30"])
+            let fixture = try setup.fixture(name, arguments: name == "tree" ? ["30"] : [])
             defer { fixture.cleanUp() }
             try fixture.waitReady(timeout: 60)
-            let pids = try #require(fixture.tagged("PIDS")?.compactMap { pid_t($0) }, "no PIDS line\n\(fixture.report)")
-            try #require(fixture.tagged("DEADPGID") != nil, "no group without its leader\n\(fixture.report)")
+            // Processes (tree) or threads (threads): each has its own credentials.
+            let ids = try #require(fixture.tagged(name == "tree" ? "PIDS" : "TIDS")?.compactMap { pid_t($0) }, "no ids\n\(fixture.report)")
+            let pids = name == "tree" ? ids : [fixture.pid]
+            let tasks = ids.map { name == "tree" ? "/proc/\($0)" : "/proc/\(fixture.pid)/task/\($0)" }
+            if name == "tree" { try #require(fixture.tagged("DEADPGID") != nil, "no group without its leader\n\(fixture.report)") }
             let images = setup.work + "/img"
             let dump = try setup.cryo(["dump", "-t", "\(fixture.pid)", "-D", images], reaping: fixture)
             try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
@@ -105,10 +109,10 @@ extension EndToEnd {
             let up = fixture.waitRestored(timeout: 120) { restore.isRunning }
             try #require(up, "pid \(fixture.pid) did not come back (\(describeProcess(fixture.pid)))\n\(restore.wait(timeout: 5))")
             let zero = "0000000000000000"
-            for pid in pids {
-                let lines = credentialLines(pid)
+            for task in tasks {
+                let lines = credentialLines(path: task + "/status")
                 #expect(lines["Uid"]?.hasPrefix("\(setup.uid)\t") == true && lines["CapPrm"] == zero && lines["CapEff"] == zero,
-                        "pid \(pid): \(lines): not the user's, or holds cryo's capabilities")
+                        "\(task): \(lines): not the user's, or holds cryo's capabilities")
             }
             kill(fixture.pid, SIGTERM)
             let result = restore.wait(timeout: 60)
@@ -191,9 +195,11 @@ extension EndToEnd {
 }
 
 /// The credential and capability lines of /proc/PID/status.
-private func credentialLines(_ pid: pid_t) -> [String: String] {
+private func credentialLines(_ pid: pid_t) -> [String: String] { credentialLines(path: "/proc/\(pid)/status") }
+
+private func credentialLines(path: String) -> [String: String] {
     var result: [String: String] = [:]
-    for line in readText("/proc/\(pid)/status").split(separator: "\n") {
+    for line in readText(path).split(separator: "\n") {
         guard let colon = line.firstIndex(of: ":") else { continue }
         let key = String(line[..<colon])
         if ["Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs"].contains(key) {
