@@ -18,7 +18,7 @@ extension EndToEnd {
     struct RestoreFailureTests {
         @Test("files gone at restore: a pages file of the image, then a file the tree has mapped")
         func missingFiles() throws {
-            let tree = try TreeImage("missing")
+            let tree = try TreeImage.make("missing")
             defer { tree.cleanUp() }
 
             // A pages file of a non-root process: refused before anything is made.
@@ -73,7 +73,7 @@ extension EndToEnd {
 
         @Test("a pid taken by another process while restore runs (a process's, or a zombie's)", arguments: ["tree", "zombie"])
         func pidTakenMidway(_ name: String) throws {
-            let tree = try TreeImage("pid-taken", fixture: name)
+            let tree = try TreeImage.make("pid-taken", fixture: name)
             defer { tree.cleanUp() }
             let taken = try #require(name == "zombie" ? tree.zombies.last : tree.pids[tree.pids.count / 2])
 
@@ -110,7 +110,7 @@ extension EndToEnd {
 
         @Test("a mapping that cannot be placed: overlapping another, or above the 47-bit user limit")
         func mappingCannotBePlaced() throws {
-            let tree = try TreeImage("mapping")
+            let tree = try TreeImage.make("mapping")
             defer { tree.cleanUp() }
             let child = tree.pids.last!
             let file = tree.images + "/task-\(child).img"
@@ -141,7 +141,7 @@ extension EndToEnd {
         @Test("cryo killed (SIGKILL) during restore: after the root, with stand-in leaders, after the tree, mid memory, before release",
               arguments: ["tree", "zombie"])
         func cryoKilled(_ name: String) throws {
-            let tree = try TreeImage("killed", fixture: name)
+            let tree = try TreeImage.make("killed", fixture: name)
             defer { tree.cleanUp() }
             let phases = ["root-created", "stand-ins-created", "tree-created", "memory-restored", "before-release"]
             // In a new pid namespace too, where killing its init must take everything with it.
@@ -165,31 +165,51 @@ private final class TreeImage {
     let binary: String
     let images: String
     /// Every pid of the image (zombies too).
-    let pids: [pid_t]
-    let zombies: [pid_t]
+    private(set) var pids: [pid_t] = []
+    private(set) var zombies: [pid_t] = []
     /// The gone group leader's pid: the stand-in's.
-    let standIn: pid_t?
+    private(set) var standIn: pid_t?
     let name: String
     private let wasSubreaper: Bool
     private let cryoBinary: String
 
-    init(_ label: String, fixture name: String = "tree") throws {
+    /// Starts the fixture and dumps it; on failure nothing of it is left.
+    static func make(_ label: String, fixture name: String = "tree") throws -> TreeImage {
+        let tree = try TreeImage(label, fixture: name)
+        do { try tree.dump() } catch {
+            tree.cleanUp()
+            throw error
+        }
+        return tree
+    }
+
+    private init(_ label: String, fixture name: String) throws {
         self.name = name
-        scratch = try Scratch("nothing-lost-\(label)")
+        let scratch = try Scratch("nothing-lost-\(label)")
+        self.scratch = scratch
         // Orphans of a failed restore come to us: we reap them and know they are dead.
         wasSubreaper = isChildSubreaper()
         setChildSubreaper(true)
-        binary = try scratch.folder("bin") + "/" + name
-        try FileManager.default.copyItem(atPath: try FixtureBuilder.binary(for: name), toPath: binary)
-        cryoBinary = URL(fileURLWithPath: try Locations.cryoBinary()).resolvingSymlinksInPath().path
-        fixture = try Fixture(name, arguments: name == "tree" ? ["30"] : [], in: scratch, binary: binary)
+        do {
+            binary = try scratch.folder("bin") + "/" + name
+            try FileManager.default.copyItem(atPath: try FixtureBuilder.binary(for: name), toPath: binary)
+            cryoBinary = URL(fileURLWithPath: try Locations.cryoBinary()).resolvingSymlinksInPath().path
+            fixture = try Fixture(name, arguments: name == "tree" ? ["30"] : [], in: scratch, binary: binary)
+        } catch {
+            if !wasSubreaper { setChildSubreaper(false) }
+            scratch.remove()
+            throw error
+        }
+        images = scratch.file("img")
+    }
+
+    private func dump() throws {
         try fixture.waitReady(timeout: 60)
         let tree = try #require(fixture.tagged("PIDS")?.compactMap { pid_t($0) }, "no PIDS line\n\(fixture.report)")
         standIn = fixture.tagged("DEADPGID")?.first.flatMap { pid_t($0) }
         zombies = fixture.tagged("ZOMBIES")?.compactMap { pid_t($0) } ?? []
         try #require(standIn != nil, "\(name) should have a group whose leader is gone\n\(fixture.report)")
         pids = tree
-        images = scratch.file("img")
         let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
         try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
         try #require(fixture.reapOriginal(timeout: 20) != nil, "the tree's root still runs after the dump")

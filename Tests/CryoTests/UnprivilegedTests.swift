@@ -213,20 +213,25 @@ private func credentialLines(path: String) -> [String: String] {
 private final class UnprivilegedSetup {
     static let user = "cryotest"
     let scratch: Scratch
-    let folder: String
-    let work: String
-    let cryoCopy: String
+    private(set) var folder = ""
+    private(set) var work = ""
+    private(set) var cryoCopy = ""
     let uid: uid_t
     let gid: gid_t
 
     init(_ label: String) throws {
-        scratch = try Scratch("unpriv-\(label)-out")
-        (uid, gid) = try UnprivilegedSetup.ensureUser()
+        let scratch = try Scratch("unpriv-\(label)-out")
+        self.scratch = scratch
+        do { (uid, gid) = try UnprivilegedSetup.ensureUser() } catch {
+            scratch.remove()
+            throw error
+        }
         // File capabilities are ignored on a nosuid mount: pick a folder where they count.
         let base = try #require(["/tmp", "/var/tmp", "/dev/shm"].first { path in
             var vfs = statvfs()
             return statvfs(path, &vfs) == 0 && vfs.f_flag & UInt(ST_NOSUID) == 0
         }, "/tmp, /var/tmp and /dev/shm are all mounted nosuid: file capabilities cannot be tested")
+        defer { if !ready { remove() } }   // a setup that fails leaves no folder behind
         var template = Array("\(base)/cryo-unpriv-XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             throw HarnessError("mkdtemp: \(String(cString: strerror(errno)))")
@@ -251,7 +256,9 @@ private final class UnprivilegedSetup {
         // so the Swift runtime must come from an absolute RUNPATH the user can read.
         let help = try cryo(["--help"])
         try #require(help.succeeded, "the copied cryo does not start as \(UnprivilegedSetup.user) with file capabilities (is the Swift runtime in a world-readable absolute RUNPATH?)\n\(help)")
+        ready = true
     }
+    private var ready = false
 
     /// Runs as the user, in the work folder; setpriv and env exec in place, so the pid is the program's.
     var launcher: [String] {
@@ -281,7 +288,7 @@ private final class UnprivilegedSetup {
 
     func remove() {
         scratch.remove()
-        if ProcessInfo.processInfo.environment["CRYO_KEEP_TMP"] == nil { try? FileManager.default.removeItem(atPath: folder) }
+        if ProcessInfo.processInfo.environment["CRYO_KEEP_TMP"] == nil, !folder.isEmpty { try? FileManager.default.removeItem(atPath: folder) }
     }
 
     /// The test user, made once (useradd --system); a concurrent creation is fine.
