@@ -12,7 +12,7 @@ cd "$repo"
 
 say() { printf '==> %s\n' "$*"; }
 
-packages=(libelf-dev libunwind-dev liblzma-dev pkg-config gcc)
+packages=(libelf-dev libunwind-dev liblzma-dev libzstd-dev pkg-config gcc)
 missing=()
 for package in "${packages[@]}"; do
     if ! dpkg -s "$package" 2>/dev/null | grep -q '^Status: install ok installed'; then

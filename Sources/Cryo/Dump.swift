@@ -13,8 +13,12 @@ public struct DumpOptions: Sendable {
     public var shellJob: Bool
     /// Checkpoint established TCP connections (TCP_REPAIR) instead of refusing them.
     public var tcpEstablished: Bool
-    public init(pid: pid_t, directory: String, leaveRunning: Bool, shellJob: Bool, tcpEstablished: Bool = false) {
+    /// Write page images as zstd frames.
+    public var compress: Bool
+    public init(pid: pid_t, directory: String, leaveRunning: Bool, shellJob: Bool, tcpEstablished: Bool = false,
+                compress: Bool = false) {
         self.pid = pid
+        self.compress = compress
         self.tcpEstablished = tcpEstablished
         self.directory = directory
         self.leaveRunning = leaveRunning
@@ -80,7 +84,8 @@ public struct Dumper {
                 }
                 created.append(paths.pages(process.pid))
                 let memoryStart = ContinuousClock.now
-                let pageIndex = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), statistics: &statistics)
+                let pageIndex = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), compress: options.compress,
+                                                     statistics: &statistics)
                 statistics.memoryDumpSeconds += seconds(since: memoryStart)
                 created.append(paths.task(process.pid))
                 try TaskImage(core: core, threads: threads, memory: memory, pageIndex: pageIndex, signals: signals,

@@ -74,12 +74,14 @@ struct DumpCommand: ParsableCommand {
     var shellJob = false
     @Flag(name: .customLong("tcp-established"), help: "Checkpoint established TCP connections (TCP_REPAIR) instead of refusing them.")
     var tcpEstablished = false
+    @Flag(name: .customLong("compress"), help: "Compress the page images (zstd, in independent frames).")
+    var compress = false
     @OptionGroup var common: CommonOptions
 
     func run() throws {
         let statistics = try failing {
             try Dumper(options: DumpOptions(pid: pid, directory: directory, leaveRunning: leaveRunning, shellJob: shellJob,
-                                               tcpEstablished: tcpEstablished),
+                                               tcpEstablished: tcpEstablished, compress: compress),
                        logger: common.logger()).run()
         }
         if common.verbose > 0 {
