@@ -15,10 +15,13 @@ public struct DumpOptions: Sendable {
     public var tcpEstablished: Bool
     /// Write page images as zstd frames.
     public var compress: Bool
+    /// A `pre-dump` folder (relative to `directory`, or absolute): only pages written since are read while frozen.
+    public var previousImages: String?
     public init(pid: pid_t, directory: String, leaveRunning: Bool, shellJob: Bool, tcpEstablished: Bool = false,
-                compress: Bool = false) {
+                compress: Bool = false, previousImages: String? = nil) {
         self.pid = pid
         self.compress = compress
+        self.previousImages = previousImages
         self.tcpEstablished = tcpEstablished
         self.directory = directory
         self.leaveRunning = leaveRunning
@@ -40,6 +43,9 @@ public struct Dumper {
     public func run() throws -> DumpStatistics {
         let pid = options.pid
         try checkRequest()
+        if options.compress && options.previousImages != nil {
+            throw CryoError("--compress and --prev-images-dir cannot be combined yet")
+        }
         let paths = ImagePaths(options.directory)
         let madeDirectory = !Files.exists(options.directory)
         let inventoryFD = try prepareDirectory(paths)
@@ -56,6 +62,11 @@ public struct Dumper {
                 if madeDirectory { rmdir(options.directory) }
             }
         }
+        let previous = try options.previousImages.map {
+            try PreCopyBase(path: $0, imageDirectory: options.directory, rootPid: pid, logger: logger)
+        }
+        defer { previous?.close() }
+        var fills: [PendingFill] = []
         var statistics = DumpStatistics()
         let frozenAt = ContinuousClock.now
         let tree = try FrozenTree.freeze(root: pid)
@@ -84,8 +95,16 @@ public struct Dumper {
                 }
                 created.append(paths.pages(process.pid))
                 let memoryStart = ContinuousClock.now
-                let pageIndex = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), compress: options.compress,
+                let pageIndex: PageIndex
+                if let base = previous?.pages(of: process.pid) {
+                    let (index, fill) = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), previous: base,
+                                                             statistics: &statistics)
+                    pageIndex = index
+                    fills.append(fill)
+                } else {
+                    pageIndex = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), compress: options.compress,
                                                      statistics: &statistics)
+                }
                 statistics.memoryDumpSeconds += seconds(since: memoryStart)
                 created.append(paths.task(process.pid))
                 try TaskImage(core: core, threads: threads, memory: memory, pageIndex: pageIndex, signals: signals,
@@ -117,6 +136,14 @@ public struct Dumper {
             fileTable.silenceConnections()
             tree.kill()
         }
+        // Unchanged pages come from the pre-dump now that nothing waits on us (the file was allocated while frozen).
+        do {
+            for fill in fills { try fill.run() }
+        } catch {
+            for fill in fills { unlink(fill.target) }
+            throw CryoError("\(error); the image in \(options.directory) is incomplete and its pages files were removed")
+        }
+        previous?.finish()
         try? writeStatistics(statistics, to: "\(options.directory)/stats-dump")
         return statistics
     }

@@ -30,6 +30,8 @@ public enum RecordKind: UInt32, Sendable, CaseIterable {
     case signals = 6
     case files = 7
     case descriptors = 8
+    /// Only in a pre-dump folder's predump.img.
+    case preDump = 9
 }
 
 public struct ImageError: Error, CustomStringConvertible {

@@ -525,6 +525,8 @@ public struct DumpStatistics: Codable, Sendable {
     public var memoryDumpSeconds: Double = 0
     public var pagesScanned: UInt64 = 0
     public var pagesWritten: UInt64 = 0
+    /// After a pre-dump: pages taken from its image instead of the frozen task.
+    public var pagesFromPreDump: UInt64? = nil
 }
 
 // MARK: - Restore
