@@ -43,9 +43,6 @@ public struct Dumper {
     public func run() throws -> DumpStatistics {
         let pid = options.pid
         try checkRequest()
-        if options.compress && options.previousImages != nil {
-            throw CryoError("--compress and --prev-images-dir cannot be combined yet")
-        }
         let paths = ImagePaths(options.directory)
         let madeDirectory = !Files.exists(options.directory)
         let inventoryFD = try prepareDirectory(paths)
@@ -67,6 +64,8 @@ public struct Dumper {
         }
         defer { previous?.close() }
         var fills: [PendingFill] = []
+        // With --compress after a pre-dump: task files written once their pages are compressed, after the release.
+        var compressLater: [TaskImage] = []
         var statistics = DumpStatistics()
         let frozenAt = ContinuousClock.now
         let tree = try FrozenTree.freeze(root: pid)
@@ -96,9 +95,12 @@ public struct Dumper {
                 created.append(paths.pages(process.pid))
                 let memoryStart = ContinuousClock.now
                 let pageIndex: PageIndex
+                var compressAfterRelease = false
                 if let base = previous?.pages(of: process.pid) {
-                    let (index, fill) = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), previous: base,
-                                                             statistics: &statistics)
+                    compressAfterRelease = options.compress
+                    let target = options.compress ? paths.pages(process.pid) + ".raw" : paths.pages(process.pid)
+                    if options.compress { created.append(target) }
+                    let (index, fill) = try memory.dumpPages(pid: process.pid, to: target, previous: base, statistics: &statistics)
                     pageIndex = index
                     fills.append(fill)
                 } else {
@@ -107,8 +109,13 @@ public struct Dumper {
                 }
                 statistics.memoryDumpSeconds += seconds(since: memoryStart)
                 created.append(paths.task(process.pid))
-                try TaskImage(core: core, threads: threads, memory: memory, pageIndex: pageIndex, signals: signals,
-                              descriptors: descriptors).write(to: paths.task(process.pid))
+                let task = TaskImage(core: core, threads: threads, memory: memory, pageIndex: pageIndex, signals: signals,
+                                     descriptors: descriptors)
+                if compressAfterRelease {
+                    compressLater.append(task)
+                } else {
+                    try task.write(to: paths.task(process.pid))
+                }
             }
             try fileTable.finish()
             var files = RecordWriter()
@@ -139,8 +146,16 @@ public struct Dumper {
         // Unchanged pages come from the pre-dump now that nothing waits on us (the file was allocated while frozen).
         do {
             for fill in fills { try fill.run() }
+            for var task in compressLater {
+                let pid = task.core.pid
+                let raw = paths.pages(pid) + ".raw"
+                task.pageIndex = try compressPagesFile(raw, to: paths.pages(pid), index: task.pageIndex)
+                unlink(raw)
+                try task.write(to: paths.task(pid))
+            }
         } catch {
             for fill in fills { unlink(fill.target) }
+            for task in compressLater { unlink(paths.pages(task.core.pid)) }
             throw CryoError("\(error); the image in \(options.directory) is incomplete and its pages files were removed")
         }
         previous?.finish()

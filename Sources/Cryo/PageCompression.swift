@@ -77,3 +77,27 @@ extension PageFrames {
         }
     }
 }
+
+/// Compresses a finished raw pages file into `target` frame by frame (the
+/// frames as `dump --compress` writes them) and returns the index for it.
+func compressPagesFile(_ source: String, to target: String, index: PageIndex) throws -> PageIndex {
+    let input = try Files.open(source, .readOnly)
+    defer { try? input.close() }
+    let out = try Files.open(target, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
+    defer { try? out.close() }
+    let writer = PageWriter(file: out, path: target, compress: true)
+    defer { writer.close() }
+    let total = index.pageBytes, frameSize = PageFrames.defaultFrameSize
+    for frameStart in stride(from: UInt64(0), to: total, by: Int(frameSize)) {
+        let count = Int(min(frameSize, total - frameStart))
+        try writer.writeFrame(count: count) { view in
+            let n = try input.read(fromAbsoluteOffset: Int64(frameStart), into: view)
+            if n != count { throw CryoError("\(source): short read at offset \(frameStart)") }
+        }
+    }
+    let (frames, fileSize) = try writer.finishFrames()
+    var result = index
+    result.pagesFileSize = fileSize
+    result.compression = PageFrames(frameSize: frameSize, frames: frames)
+    return result
+}

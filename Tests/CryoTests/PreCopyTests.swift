@@ -9,8 +9,9 @@ import Testing
 extension EndToEnd {
     @Suite("pre-dump and dump --prev-images-dir")
     struct PreCopyTests {
-        @Test("pre-dump, writes, dump --prev-images-dir, kill, restore: every page is right and the holder is gone")
-        func roundTrip() throws {
+        @Test("pre-dump, writes, dump --prev-images-dir, kill, restore: every page is right and the holder is gone",
+              arguments: [false, true])
+        func roundTrip(compress: Bool) throws {
             let scratch = try Scratch("precopy")
             defer { scratch.remove() }
             let fixture = try Fixture("dirty", arguments: ["64"], in: scratch)
@@ -26,9 +27,16 @@ extension EndToEnd {
             try change(fixture)
 
             let images = scratch.file("img")
-            let dump = try cryo(["dump", "-t", "\(pid)", "-D", images, "--prev-images-dir", "../pre"], in: scratch, reaping: fixture)
+            let dump = try cryo(["dump", "-t", "\(pid)", "-D", images, "--prev-images-dir", "../pre"] + (compress ? ["--compress"] : []),
+                                in: scratch, reaping: fixture)
             try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
             try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(pid) still runs after the dump")
+            if compress {
+                let files = ((try? FileManager.default.contentsOfDirectory(atPath: images)) ?? []).sorted()
+                #expect(!files.contains { $0.hasSuffix(".raw") }, "a raw pages file was left in the image: \(files)")
+                let show = try cryo(["show", images], in: scratch, timeout: 60)
+                #expect(show.stdout.contains("zstd"), "the pages should be compressed\n\(show)")
+            }
             let stats = dumpStatistics(images)
             let fromPreDump = stats["pagesFromPreDump"] ?? 0, copied = stats["pagesWritten"] ?? 0
             // 64 MiB cold memory, an eighth of it rewritten: most must come from the pre-dump.
