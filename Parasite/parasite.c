@@ -17,7 +17,7 @@ enum {
     NR_setresuid = 117, NR_setresgid = 119, NR_setgroups = 116, NR_setfsuid = 122,
     NR_setfsgid = 123, NR_capset = 126, NR_rt_tgsigqueueinfo = 297, NR_rt_sigqueueinfo = 129, NR_rt_sigtimedwait = 128,
     NR_sigaltstack = 131, NR_personality = 135, NR_prctl = 157, NR_chroot = 161,
-    NR_gettid = 186, NR_set_tid_address = 218, NR_getpid = 39,
+    NR_gettid = 186, NR_set_tid_address = 218, NR_getpid = 39, NR_tgkill = 234, NR_pipe2 = 293, NR_vmsplice = 278,
     NR_set_robust_list = 273, NR_get_robust_list = 274, NR_dup3 = 292, NR_rseq = 334,
     NR_close_range = 436, NR_prlimit64 = 302, NR_epoll_ctl = 233, NR_seccomp = 317, NR_flock = 73, NR_getgroups = 115, NR_timer_create = 222, NR_timer_settime = 223, NR_timer_gettime = 224, NR_timer_getoverrun = 225, NR_madvise_populate = 28,
 };
@@ -58,6 +58,9 @@ enum {
 #define O_CLOEXEC 02000000
 #define RSEQ_FLAG_UNREGISTER 1
 #define EINTR 4
+#define EPIPE 32
+#define F_SETPIPE_SZ 1031
+#define SIGPIPE 13
 #define EAGAIN 11
 
 static inline long sys6(long nr, long a, long b, long c, long d, long e, long f) {
@@ -490,7 +493,84 @@ __attribute__((noinline)) static long fault_on_purpose(struct cryo_args_header *
     return 0;
 }
 
+static long page_pipe(struct cryo_args_header *h) {
+    struct cryo_page_pipe *a = payload(h);
+    int fds[2];
+    CHECK(h, sys2(NR_pipe2, fds, O_CLOEXEC), 0, NR_pipe2, 0);
+    /* Until cryo has them, they are the parasite's to close on the way home. */
+    h->close_fds[0] = fds[0];
+    h->close_fds[1] = fds[1];
+    long size = sys3(NR_fcntl, fds[1], F_SETPIPE_SZ, a->size);
+    a->read_fd = fds[0];
+    a->write_fd = fds[1];
+    a->size = size > 0 ? (uint32_t)size : 65536;
+    return 0;
+}
+
+/* vmsplice hands the pages to the pipe without copying them; cryo's end of
+ * the pipe copies them once, into the pages file. */
+static long dump_pages(struct cryo_args_header *h) {
+    struct cryo_dump_pages *a = payload(h);
+    struct cryo_iovec *v = (struct cryo_iovec *)(a + 1);
+    sys1(NR_close, a->read_fd); /* cryo has its own: if cryo dies, vmsplice fails instead of blocking */
+    h->close_fds[0] = -1;
+    uint32_t i = 0;
+    long result = 0;
+    while (i < a->count) {
+        uint32_t batch = a->count - i < 512 ? a->count - i : 512;
+        long n = sys4(NR_vmsplice, a->write_fd, &v[i], batch, 0);
+        if (n == -EINTR || n == -EAGAIN) continue;
+        if (n <= 0) {
+            if (n == -EPIPE) {
+                /* Blocked here, the SIGPIPE it raised would reach the task after us: take it. */
+                uint64_t set = 1ul << (SIGPIPE - 1);
+                struct { long sec, nsec; } zero = { 0, 0 };
+                sys4(NR_rt_sigtimedwait, &set, 0, &zero, 8);
+            }
+            result = fail(h, n ? n : -EPIPE, i, NR_vmsplice, v[i].base);
+            break;
+        }
+        while (n > 0 && i < a->count) {
+            uint64_t take = (uint64_t)n < v[i].length ? (uint64_t)n : v[i].length;
+            v[i].base += take;
+            v[i].length -= take;
+            n -= (long)take;
+            if (v[i].length == 0) i++;
+        }
+    }
+    sys1(NR_close, a->write_fd); /* cryo sees the end of the stream */
+    h->close_fds[1] = -1;
+    return result;
+}
+
+/* Dump: stop for cryo by raising stop_signal at this thread. cryo always moves
+ * the thread elsewhere at that stop, so the code after the syscall runs only
+ * if cryo died: then unmap the parasite with the task's own `syscall; ret`,
+ * whose ret lands on the rt_sigreturn gadget, which restores the task's
+ * registers and signal mask from the frame cryo wrote below its stack. */
+__attribute__((noinline, noreturn)) static void hand_back(struct cryo_args_header *h) {
+    long tgid = h->tgid, tid = h->tid, signal = h->stop_signal;
+    unsigned long stack = h->return_stack, gadget = h->syscall_ret_gadget;
+    unsigned long base = h->parasite_base, size = h->parasite_size;
+    long ret;
+    __asm__ volatile("syscall\n\t.globl cryo_parasite_stopped\ncryo_parasite_stopped:"
+                     : "=a"(ret) : "a"((long)NR_tgkill), "D"(tgid), "S"(tid), "d"(signal) : "rcx", "r11", "memory");
+    for (int i = 0; i < 2; i++)
+        if (h->close_fds[i] >= 0) sys1(NR_close, h->close_fds[i]);
+    __asm__ volatile("mov %0, %%rsp\n\tjmp *%1"
+                     : : "r"(stack), "r"(gadget), "a"((long)NR_munmap), "D"(base), "S"(size) : "memory");
+    __builtin_unreachable();
+}
+
+static long run_command(struct cryo_args_header *h);
+
 long parasite_main(struct cryo_args_header *h) {
+    long r = run_command(h);
+    if (h->magic == CRYO_PARASITE_MAGIC && h->stop_signal) hand_back(h);
+    return r;
+}
+
+static long run_command(struct cryo_args_header *h) {
     if (h->magic != CRYO_PARASITE_MAGIC) return -22;
     h->result = 0;
     h->log_length = 0;
@@ -513,6 +593,8 @@ long parasite_main(struct cryo_args_header *h) {
     case CRYO_CMD_LOCKS: return take_locks(h);
     case CRYO_CMD_DUMP_TIMERS: return dump_timers(h);
     case CRYO_CMD_RESTORE_TIMERS: return restore_timers(h);
+    case CRYO_CMD_PAGE_PIPE: return page_pipe(h);
+    case CRYO_CMD_DUMP_PAGES: return dump_pages(h);
     default: return fail(h, -38 /* ENOSYS */, h->command, 0, 0);
     }
 }

@@ -21,6 +21,7 @@
 #include <sys/timerfd.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <poll.h>
 
 #define RAW(expr) ({ long _r = (long)(expr); _r < 0 ? -(long)errno : _r; })
 
@@ -33,6 +34,7 @@ long cryo_ptrace(long request, pid_t pid, uint64_t addr, uint64_t data) {
 long cryo_ptrace_seize(pid_t pid, unsigned long options) { return cryo_ptrace(PTRACE_SEIZE, pid, 0, options); }
 long cryo_ptrace_interrupt(pid_t pid) { return cryo_ptrace(PTRACE_INTERRUPT, pid, 0, 0); }
 long cryo_ptrace_cont(pid_t pid, int signal) { return cryo_ptrace(PTRACE_CONT, pid, 0, (uint64_t)signal); }
+long cryo_ptrace_syscall(pid_t pid, int signal) { return cryo_ptrace(PTRACE_SYSCALL, pid, 0, (uint64_t)signal); }
 long cryo_ptrace_detach(pid_t pid, int signal) { return cryo_ptrace(PTRACE_DETACH, pid, 0, (uint64_t)signal); }
 long cryo_ptrace_getregs(pid_t pid, cryo_regs *regs) { return cryo_ptrace(PTRACE_GETREGS, pid, 0, (uint64_t)regs); }
 long cryo_ptrace_setregs(pid_t pid, const cryo_regs *regs) { return cryo_ptrace(PTRACE_SETREGS, pid, 0, (uint64_t)regs); }
@@ -211,7 +213,6 @@ long cryo_copy_file_range(int in_fd, int64_t in_offset, int out_fd, int64_t out_
     loff_t in = in_offset, out = out_offset;
     return RAW(copy_file_range(in_fd, &in, out_fd, &out, length, 0));
 }
-long cryo_fallocate(int fd, int64_t offset, int64_t length) { return RAW(fallocate(fd, 0, offset, length)); }
 long cryo_peer_uid(int sock) {
     struct ucred c;
     socklen_t n = sizeof(c);
@@ -676,4 +677,111 @@ long cryo_tcp_repair_options(int fd, uint32_t mss, int wscale, uint32_t snd_wsca
 long cryo_socket_queue(int fd, int which, int *value) {
     unsigned long request = which == 0 ? SIOCINQ : which == 1 ? SIOCOUTQ : SIOCOUTQNSD;
     return RAW(ioctl(fd, request, value));
+}
+
+/* The kernel's x86-64 signal frame (arch/x86/include/uapi/asm/sigcontext.h,
+ * ucontext.h); glibc's ucontext_t differs (its sigset is 128 bytes). */
+struct kernel_sigcontext {
+    uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
+    uint64_t rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip, eflags;
+    uint16_t cs, gs, fs, ss;
+    uint64_t err, trapno, oldmask, cr2, fpstate;
+    uint64_t reserved1[8];
+};
+struct kernel_ucontext {
+    uint64_t uc_flags;
+    uint64_t uc_link;
+    struct { uint64_t ss_sp; int32_t ss_flags; int32_t pad; uint64_t ss_size; } uc_stack;
+    struct kernel_sigcontext uc_mcontext;
+    uint64_t uc_sigmask;
+};
+struct kernel_rt_sigframe {
+    uint64_t pretcode;
+    struct kernel_ucontext uc;
+    uint8_t info[128];
+};
+_Static_assert(sizeof(struct kernel_sigcontext) == 256, "sigcontext layout");
+_Static_assert(sizeof(struct kernel_rt_sigframe) == 440, "rt_sigframe layout");
+
+long cryo_build_return_frame(const cryo_regs *regs, uint64_t mask, const void *xsave, size_t xsave_length,
+                             uint64_t pretcode, void *out, size_t out_capacity, uint64_t *frame_address) {
+    enum { XSTATE_MAGIC1 = 0x46505853, XSTATE_MAGIC2 = 0x46505845, RED_ZONE = 128 };
+    enum { UCF_FP_XSTATE = 1, UCF_SIGCONTEXT_SS = 2, UCF_STRICT_RESTORE_SS = 4 };
+    if (xsave_length < 512) return -EINVAL;
+    /* A signal frame's XSAVE area says in its sw_reserved words what it holds;
+     * without them rt_sigreturn restores only the legacy FP/SSE part and
+     * resets AVX and the rest. The regset leaves them to us. */
+    uint32_t xstate_size = (uint32_t)xsave_length;
+    int extended = xsave_length >= 576;
+    size_t fp_size = extended ? xstate_size + 4 : 512;
+
+    uint64_t top = regs->rsp - RED_ZONE;
+    uint64_t fp = (top - fp_size) & ~(uint64_t)63; /* XRSTOR needs 64-byte alignment */
+    uint64_t frame = (fp - sizeof(struct kernel_rt_sigframe)) & ~(uint64_t)15;
+    size_t length = (size_t)(fp + fp_size - frame);
+    if (length > out_capacity) return -ENOSPC;
+    memset(out, 0, length);
+
+    struct kernel_rt_sigframe f;
+    memset(&f, 0, sizeof(f));
+    f.pretcode = pretcode;
+    f.uc.uc_flags = UCF_FP_XSTATE | UCF_SIGCONTEXT_SS | UCF_STRICT_RESTORE_SS;
+    /* An invalid mode makes rt_sigreturn's sigaltstack step fail, which it
+     * ignores: the task keeps its alternate stack exactly as it is. */
+    f.uc.uc_stack.ss_flags = 4;
+    struct kernel_sigcontext *sc = &f.uc.uc_mcontext;
+    sc->r8 = regs->r8; sc->r9 = regs->r9; sc->r10 = regs->r10; sc->r11 = regs->r11;
+    sc->r12 = regs->r12; sc->r13 = regs->r13; sc->r14 = regs->r14; sc->r15 = regs->r15;
+    sc->rdi = regs->rdi; sc->rsi = regs->rsi; sc->rbp = regs->rbp; sc->rbx = regs->rbx;
+    sc->rdx = regs->rdx; sc->rax = regs->rax; sc->rcx = regs->rcx; sc->rsp = regs->rsp;
+    sc->rip = regs->rip; sc->eflags = regs->eflags;
+    sc->cs = (uint16_t)regs->cs; sc->ss = (uint16_t)regs->ss;
+    sc->fpstate = fp;
+    /* rt_sigreturn clears orig_rax, so the kernel would not restart an
+     * interrupted syscall: do what its return path would have done. */
+    if ((int64_t)regs->orig_rax >= 0) {
+        switch ((int64_t)regs->rax) {
+        case -512: /* ERESTARTSYS */
+        case -513: /* ERESTARTNOINTR */
+        case -514: /* ERESTARTNOHAND */
+            sc->rax = regs->orig_rax;
+            sc->rip -= 2;
+            break;
+        case -516: /* ERESTART_RESTARTBLOCK: its restart block does not survive rt_sigreturn */
+            sc->rax = (uint64_t)-EINTR;
+            break;
+        }
+    }
+    f.uc.uc_sigmask = mask;
+    memcpy(out, &f, sizeof(f));
+    uint8_t *fp_out = (uint8_t *)out + (fp - frame);
+    memcpy(fp_out, xsave, extended ? xstate_size : 512);
+    if (extended) {
+        uint32_t eax, edx;
+        __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0)); /* XCR0: the features in use */
+        struct { uint32_t magic1, extended_size; uint64_t xfeatures; uint32_t xstate_size, padding[7]; } sw = {
+            XSTATE_MAGIC1, xstate_size + 4, ((uint64_t)edx << 32) | eax, xstate_size, {0} };
+        memcpy(fp_out + 464, &sw, sizeof(sw));
+        uint32_t magic2 = XSTATE_MAGIC2;
+        memcpy(fp_out + xstate_size, &magic2, 4);
+    }
+    *frame_address = frame;
+    return (long)length;
+}
+
+long cryo_memmem(const void *haystack, size_t length, const void *needle, size_t needle_length) {
+    const void *hit = memmem(haystack, length, needle, needle_length);
+    return hit ? (long)((const char *)hit - (const char *)haystack) : -1;
+}
+
+long cryo_splice_to_file(int pipe_fd, int file_fd, int64_t *offset, size_t length) {
+    loff_t off = *offset;
+    long n = RAW(splice(pipe_fd, NULL, file_fd, &off, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK));
+    if (n > 0) *offset = off;
+    return n;
+}
+
+long cryo_poll_in(int fd, int timeout_ms) {
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    return RAW(poll(&p, 1, timeout_ms));
 }

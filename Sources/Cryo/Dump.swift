@@ -69,6 +69,7 @@ public struct Dumper {
         var statistics = DumpStatistics()
         let frozenAt = ContinuousClock.now
         let tree = try FrozenTree.freeze(root: pid)
+        killPoint("seized")
         logger.debug("froze \(tree.processes.count) processes, \(tree.live.reduce(0) { $0 + $1.threads.count }) threads")
         do {
             try checkTree(tree)
@@ -105,7 +106,8 @@ public struct Dumper {
                     fills.append(fill)
                 } else {
                     pageIndex = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), compress: options.compress,
-                                                     statistics: &statistics)
+                                                     statistics: &statistics,
+                                                     pipe: PagePipe(leader: process.leader, log: parasiteLog(logger)))
                 }
                 statistics.memoryDumpSeconds += seconds(since: memoryStart)
                 created.append(paths.task(process.pid))
@@ -132,6 +134,7 @@ public struct Dumper {
         }
         statistics.frozenSeconds = seconds(since: frozenAt)
         statistics.processes = tree.processes.count
+        killPoint("written")
         success = true
         if options.leaveRunning {
             tree.release()

@@ -193,38 +193,67 @@ extension MemoryRecord {
         return result
     }
 
-    /// Copies the pages that matter into `pagesPath` and returns their index;
-    /// `compress` writes them as zstd frames (PageFrames).
-    func dumpPages(pid: pid_t, to pagesPath: String, compress: Bool = false, statistics: inout DumpStatistics) throws -> PageIndex {
+    /// The address ranges whose pages go into the image, in order (PAGEMAP_SCAN).
+    func presentPages(pid: pid_t, statistics: inout DumpStatistics) throws -> [Range<UInt64>] {
         let pagemap = try Files.open("/proc/\(pid)/pagemap", .readOnly)
         defer { try? pagemap.close() }
-        var runs: [[UInt64]] = []
-        var total: UInt64 = 0
-        for region in try scanPages(pid: pid, pagemap: pagemap, statistics: &statistics) {
-            runs.append([region.start, region.end - region.start, total])
-            total += region.end - region.start
-        }
-        statistics.pagesWritten += total / 4096
+        return try scanPages(pid: pid, pagemap: pagemap, statistics: &statistics).map { $0.start..<$0.end }
+    }
+
+    /// Copies the pages that matter into `pagesPath` and returns their index.
+    /// `pipe`, when given, copies large amounts through the parasite (PagePipe);
+    /// `compress` writes them as zstd frames (PageFrames), read with process_vm_readv.
+    func dumpPages(pid: pid_t, to pagesPath: String, compress: Bool = false, statistics: inout DumpStatistics,
+                   pipe: PagePipe? = nil) throws -> PageIndex {
         let out = try Files.open(pagesPath, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
         defer { try? out.close() }
-        let writer = PageWriter(file: out, path: pagesPath, compress: compress)
-        defer { writer.close() }
-        if !compress {
-            for run in runs {
-                var done: UInt64 = 0
-                while done < run[1] {
-                    let chunk = Int(min(UInt64(writer.bufferSize), run[1] - done))
-                    let source = run[0] + done
-                    try writer.write(count: chunk, at: Int64(run[2] + done)) { view in
-                        try RemoteMemory.read(pid, at: source, into: view)
-                    }
-                    done += UInt64(chunk)
-                }
-            }
-            try writer.finish()
-            return PageIndex(runs: runs, pagesFileSize: total)
+        let regions = try presentPages(pid: pid, statistics: &statistics)
+        var runs: [[UInt64]] = []
+        var total: UInt64 = 0
+        for region in regions {
+            runs.append([region.lowerBound, UInt64(region.count), total])
+            total += UInt64(region.count)
         }
-        // Frames cut the page stream at fixed offsets, across runs.
+        statistics.pagesWritten += total / 4096
+        if compress {
+            let frames = try copyCompressed(pid: pid, runs: runs, total: total, to: out, path: pagesPath)
+            return PageIndex(runs: runs, pagesFileSize: frames.fileSize, compression: frames.frames)
+        }
+        if let pipe, total >= PagePipe.threshold {
+            try pipe.copy(regions, to: out, path: pagesPath)
+        } else {
+            try copyByReading(pid: pid, regions: regions, to: out, path: pagesPath)
+        }
+        return PageIndex(runs: runs, pagesFileSize: total)
+    }
+
+    /// process_vm_readv into buffers that a second thread writes out.
+    private func copyByReading(pid: pid_t, regions: [Range<UInt64>], to out: FileDescriptor, path: String) throws {
+        let writer = PageWriter(file: out, path: path)
+        defer { writer.close() }
+        var fileOffset: UInt64 = 0
+        for region in regions {
+            var address = region.lowerBound
+            while address < region.upperBound {
+                let chunk = Int(min(UInt64(PageWriter.bufferSize), region.upperBound - address))
+                let source = address
+                try writer.write(count: chunk, at: Int64(fileOffset)) { view in
+                    try RemoteMemory.read(pid, at: source, into: view)
+                }
+                fileOffset += UInt64(chunk)
+                address += UInt64(chunk)
+                killPoint("pages")
+            }
+        }
+        try writer.finish()
+    }
+
+    /// The same, cut into frames at fixed offsets of the page stream (across
+    /// runs), each compressed by the writer thread.
+    private func copyCompressed(pid: pid_t, runs: [[UInt64]], total: UInt64, to out: FileDescriptor,
+                                path: String) throws -> (frames: PageFrames, fileSize: UInt64) {
+        let writer = PageWriter(file: out, path: path, compress: true)
+        defer { writer.close() }
         let frameSize = PageFrames.defaultFrameSize
         var runIndex = 0
         var runOffset: UInt64 = 0
@@ -242,10 +271,10 @@ extension MemoryRecord {
                     if runOffset == run[1] { runIndex += 1; runOffset = 0 }
                 }
             }
+            killPoint("pages")
         }
         let (frames, fileSize) = try writer.finishFrames()
-        return PageIndex(runs: runs, pagesFileSize: fileSize,
-                         compression: PageFrames(frameSize: frameSize, frames: frames))
+        return (PageFrames(frameSize: frameSize, frames: frames), fileSize)
     }
 
     /// Everything is checked before any task is created: order, overlap, sizes, page runs.

@@ -465,8 +465,8 @@ extension MemoryRecord {
     /// dumpPages after a pre-dump: every page the scan lists keeps its place in
     /// the stream, but only pages written since the pre-dump (or not in it, or
     /// in mappings no longer tracked) are read from the frozen task now; the
-    /// others are left to `PendingFill`, after the task is released. The file is
-    /// allocated in full first, so that fill cannot run out of space.
+    /// others are left to `PendingFill`, after the task is released. The file
+    /// system must have room for that fill before anything is written.
     func dumpPages(pid: pid_t, to pagesPath: String, previous: PreDumpPages,
                    statistics: inout DumpStatistics) throws -> (PageIndex, PendingFill) {
         let pagemap = try Files.open("/proc/\(pid)/pagemap", .readOnly)
@@ -509,8 +509,9 @@ extension MemoryRecord {
         }
         let out = try Files.open(pagesPath, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
         defer { try? out.close() }
-        _ = ftruncate(out.rawValue, off_t(total))
-        try FileRanges.allocate(out, offset: 0, length: Int64(total), object: pagesPath)
+        // Room for the fill, checked now (statvfs: fallocate of the whole file costs frozen time).
+        _ = try checkLibc(Int(ftruncate(out.rawValue, off_t(total))), "ftruncate", pid: pid, object: pagesPath)
+        try FileRanges.requireSpace(out, bytes: fill.bytes, object: pagesPath)
         let writer = PageWriter(file: out, path: pagesPath)
         defer { writer.close() }
         var copied: UInt64 = 0

@@ -15,6 +15,13 @@ public final class Parasite {
     let stackTop: UInt64
     /// Other threads of the process that ran commands; cure puts them back too.
     private var threadsRun: [Tracee] = []
+    /// Dump: the signal each command ends with (see parasite_protocol.h); nil: int3.
+    var stopSignal: Int32?
+    /// The leader is stopped inside the parasite after a command.
+    private var leaderInside = false
+    /// Descriptors the parasite opened in the task and still holds: it closes
+    /// them itself if cryo dies (at most two).
+    public var openDescriptors: [Int32] = []
     static let headerSize = MemoryLayout<cryo_args_header>.size
     static let stackSize: UInt64 = 64 * 1024
     static let logCapacity = 4096
@@ -37,8 +44,20 @@ public final class Parasite {
         let argumentSize = (UInt64(argumentBytes + headerSize + logCapacity) + page - 1) & ~(page - 1)
         let total = codeSize + argumentSize + stackSize
         let flags = UInt64(MAP_PRIVATE | MAP_ANONYMOUS) | (address != nil ? 0x10_0000 /* MAP_FIXED_NOREPLACE */ : 0)
-        let mapped = try tracee.syscall(9 /* mmap */, address ?? 0, total,
-                                        UInt64(PROT_READ | PROT_WRITE | PROT_EXEC), flags, UInt64.max, 0)
+        if tracee.live {
+            // A task seized while running must survive cryo's death from here on.
+            if let gadgets = ReturnGadgets.find(pid: tracee.pid) {
+                do { try tracee.prepareReturnPath(gadgets) } catch { log?(tracee.pid, "inject", "no way home: \(error)") }
+            } else {
+                log?(tracee.pid, "inject", "no rt_sigreturn and `syscall; ret` sequences in its code: a kill of cryo now would hurt it")
+            }
+        }
+        // MAP_NORESERVE in a live task keeps the parasite from merging with a
+        // neighbouring mapping, so that a kill of cryo during this very mmap
+        // leaves one empty mapping of its own (nothing points into it).
+        let noMerge = tracee.returnPath != nil ? UInt64(MAP_NORESERVE) : 0
+        let mapped = try tracee.syscall(9 /* mmap */, address ?? 0, total, UInt64(PROT_READ | PROT_WRITE | PROT_EXEC),
+                                        flags | noMerge, UInt64.max, 0)
         if mapped < 0 || (address != nil && UInt64(mapped) != address!) {
             throw (SyscallError("injected mmap of the parasite (\(total) bytes)",
                                        errno: .init(rawValue: mapped < 0 ? Int32(-mapped) : EEXIST), pid: tracee.pid,
@@ -47,15 +66,22 @@ public final class Parasite {
         let base = UInt64(mapped)
         let parasite = Parasite(tracee: tracee, blob: blob, base: base, size: total, codeSize: codeSize,
                                 argumentSize: Int(argumentSize))
+        parasite.log = log
         do {
+            try tracee.parkUnmapping(base: base, size: total)
+            killPoint("mapped")
             let image = blob.relocated(at: base)
             try image.withUnsafeBytes { (raw) throws in try RemoteMemory.write(tracee.pid, at: base, raw) }
         } catch {
-            try? parasite.unmap()
+            if tracee.live { try? parasite.cure() } else { try? parasite.unmap() }
             throw error
         }
+        killPoint("loaded")
+        if tracee.returnPath != nil { parasite.stopSignal = Parasite.chooseStopSignal(for: tracee.pid) }
+        if tracee.returnPath == nil || parasite.stopSignal == nil {
+            log?(tracee.pid, "inject", "commands end on int3: a kill of cryo while one runs would hurt the task")
+        }
         tracee.gadget = base + blob.gadgetOffset
-        parasite.log = log
         do {
             let reply = try parasite.run(CRYO_CMD_PING, payload: [], replyBytes: 0)
             if reply.result != Int64(CRYO_PARASITE_PROTOCOL_VERSION) {
@@ -102,8 +128,19 @@ public final class Parasite {
         guard Parasite.headerSize + max(payload.count, replyBytes) + Parasite.logCapacity <= argumentAreaSize else {
             throw InjectionError.protocolMismatch(pid: tracee.pid, detail: "\(name) needs \(payload.count) bytes, area holds \(argumentAreaSize)")
         }
+        let goingHome = try stopSignal != nil && prepareWayHome(for: thread)
         var header = cryo_args_header()
         header.magic = CRYO_PARASITE_MAGIC
+        if goingHome, let stopSignal, let path = thread.returnPath {
+            header.stop_signal = stopSignal
+            header.tgid = tracee.pid
+            header.tid = thread.pid
+            header.return_stack = path.stack
+            header.syscall_ret_gadget = path.gadgets.syscallReturn
+            header.parasite_base = base
+            header.parasite_size = size
+            header.close_fds = (openDescriptors.first ?? -1, openDescriptors.dropFirst().first ?? -1)
+        }
         header.command = command.rawValue
         header.payload_size = UInt64(argumentAreaSize - Parasite.headerSize - Parasite.logCapacity)
         header.log_offset = UInt64(argumentAreaSize - Parasite.logCapacity)
@@ -119,11 +156,27 @@ public final class Parasite {
         regs.rdi = argumentArea
         regs.rsp = stackTop
         regs.eflags &= ~UInt64(0x400) // DF clear, as the ABI expects
-        try Ptrace.setSignalMask(thread.pid, ~UInt64(0))
         thread.gadget = base + blob.gadgetOffset
         do {
-            _ = try thread.run(regs, during: "parasite command \(name) in thread \(thread.pid)")
+            if goingHome, let stopSignal {
+                // Only one thread may be inside the parasite: if cryo died, each
+                // one inside would unmap it under the others' feet.
+                if thread !== tracee && leaderInside { try tracee.parkHome(); leaderInside = false }
+                _ = try thread.runUntilStopSignal(regs, stopSignal: stopSignal, stoppedAt: base + blob.stoppedOffset,
+                                                  command: name, during: "parasite command \(name) in thread \(thread.pid)")
+                if thread === tracee {
+                    leaderInside = true
+                } else {
+                    try thread.restoreOriginalState()
+                    try tracee.parkUnmapping(base: base, size: size) // nobody inside: the leader cleans up if need be
+                }
+                killPoint("stopped after \(name)")
+            } else {
+                try Ptrace.setSignalMask(thread.pid, ~UInt64(0))
+                _ = try thread.run(regs, during: "parasite command \(name) in thread \(thread.pid)")
+            }
         } catch InjectionError.fault(let pid, let signal, let registers, _) {
+            if goingHome && thread !== tracee { try? thread.restoreOriginalState() }
             throw InjectionError.parasiteFault(pid: pid, signal: signal, registers: registers, command: name,
                                                backtrace: backtrace(thread: thread, registers: registers))
         }
@@ -141,6 +194,36 @@ public final class Parasite {
                             syscall: answer.fail_syscall, address: answer.fail_addr)
         }
         return Reply(result: answer.result, payload: Array(reply.dropFirst(Parasite.headerSize)))
+    }
+
+    /// A thread of a live task gets its own way home before its first command.
+    private func prepareWayHome(for thread: Tracee) throws -> Bool {
+        guard let gadgets = tracee.returnPath?.gadgets else { return false }
+        if thread.returnPath == nil {
+            do { try thread.prepareReturnPath(gadgets) } catch {
+                log?(thread.pid, "inject", "no way home: \(error)")
+                return false
+            }
+        }
+        return true
+    }
+
+    /// A signal whose action in this process is to be ignored (SIGURG, SIGWINCH,
+    /// or one it ignores itself): raised while traced it stops the thread for
+    /// cryo; raised after cryo died it is dropped.
+    static func chooseStopSignal(for pid: pid_t) -> Int32? {
+        guard let status = try? Files.readString("/proc/\(pid)/status") else { return nil }
+        func mask(_ field: String) -> UInt64? {
+            status.split(separator: "\n").first { $0.hasPrefix(field + ":") }
+                .flatMap { UInt64($0.dropFirst(field.count + 1).trimmingCharacters(in: .whitespaces), radix: 16) }
+        }
+        guard let caught = mask("SigCgt"), let ignored = mask("SigIgn") else { return nil }
+        func bit(_ signal: Int32) -> UInt64 { UInt64(1) << UInt64(signal - 1) }
+        for signal in [SIGURG, SIGWINCH] where caught & bit(signal) == 0 { return signal }
+        for signal in Int32(1)...Int32(64) where ignored & bit(signal) != 0 && signal != SIGKILL && signal != SIGSTOP && signal != SIGCONT {
+            return signal
+        }
+        return nil
     }
 
     /// The parasite's frames, by frame pointer (the blob keeps them), named from its symbols.
@@ -187,6 +270,8 @@ public final class Parasite {
         case CRYO_CMD_INSTALL_FDS: "INSTALL_FDS"
         case CRYO_CMD_RESTORE_CREDS: "RESTORE_CREDS"
         case CRYO_CMD_FAIL_TEST: "FAIL_TEST"
+        case CRYO_CMD_PAGE_PIPE: "PAGE_PIPE"
+        case CRYO_CMD_DUMP_PAGES: "DUMP_PAGES"
         default: "command \(command.rawValue)"
         }
     }
@@ -207,11 +292,18 @@ public final class Parasite {
         try unmap()
     }
 
-    /// Removes the parasite and puts back the registers and signal mask of every thread it ran in.
+    /// Removes the parasite and puts back the registers and signal mask of every
+    /// thread it ran in: the other threads first, so that none is left inside
+    /// the parasite once it is gone.
     public func cure() throws {
-        try unmap()
-        try tracee.restoreOriginalState()
         for thread in threadsRun { try thread.restoreOriginalState() }
+        for fd in openDescriptors { _ = try? tracee.syscall(3 /* close */, UInt64(fd)) } // a command that failed midway
+        openDescriptors = []
+        killPoint("before cure")
+        try unmap()
+        killPoint("unmapped")
+        leaderInside = false
+        try tracee.restoreOriginalState()
     }
 
     /// Copies `bytes` into the argument area (for syscalls that take a pointer) and returns their address.

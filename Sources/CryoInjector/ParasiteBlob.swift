@@ -8,6 +8,8 @@ public struct ParasiteBlob: Sendable {
     public let bytes: [UInt8]
     public let entryOffset: UInt64
     public let gadgetOffset: UInt64
+    /// Where the parasite stops after a command at dump (see hand_back in parasite.c).
+    public let stoppedOffset: UInt64
     /// Offsets of 64-bit words that must have the load address added.
     public let relativeRelocations: [(offset: UInt64, addend: UInt64)]
     /// Function symbols by offset, to name the frames of a crashed parasite.
@@ -72,7 +74,8 @@ public struct ParasiteBlob: Sendable {
         }
         guard let parsed else { throw LoadError.invalid("not a parasite ELF (no .blob section, or unexpected relocations)") }
         guard let entry = parsed.symbols[CRYO_PARASITE_ENTRY_SYMBOL],
-              let gadget = parsed.symbols[CRYO_PARASITE_GADGET_SYMBOL] else {
+              let gadget = parsed.symbols[CRYO_PARASITE_GADGET_SYMBOL],
+              let stopped = parsed.symbols[CRYO_PARASITE_STOPPED_SYMBOL] else {
             throw LoadError.invalid("entry symbols missing")
         }
         for (offset, _) in parsed.relocations where offset + 8 > UInt64(parsed.bytes.count) {
@@ -83,6 +86,7 @@ public struct ParasiteBlob: Sendable {
             .map { ($0.value, $0.key) }.sorted { $0.0 < $1.0 }
         entryOffset = entry
         gadgetOffset = gadget
+        stoppedOffset = stopped
         relativeRelocations = parsed.relocations
     }
 

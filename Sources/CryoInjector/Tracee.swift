@@ -74,20 +74,26 @@ public final class Tracee {
     /// mapped; the task's own rip unless its code was replaced meanwhile (restore).
     public var syscallSite: UInt64?
     public private(set) var attached = true
+    /// Seized while running (dump, inspect), not created by cryo: it must survive cryo's death.
+    public let live: Bool
+    /// Set once cryo has left the way home on this thread's stack (see ReturnPath).
+    public private(set) var returnPath: ReturnPath?
+    /// Stopped at a syscall exit: registers set here would skip the kernel's restart of an interrupted syscall.
+    private var atSyscallStop = false
 
     /// Seize and stop the task: PTRACE_SEIZE, PTRACE_INTERRUPT, wait for the stop.
     /// No PTRACE_O_EXITKILL: if cryo dies, a task it was only reading survives.
     public static func seize(_ pid: pid_t) throws -> Tracee {
         // Suspending its seccomp filters needs CAP_SYS_ADMIN; without it, seize plainly.
-        do { try Ptrace.seize(pid, options: Ptrace.suspendSeccomp) } catch let error as SyscallError where error.errno == .notPermitted {
-            try Ptrace.seize(pid, options: 0)
+        do { try Ptrace.seize(pid, options: Ptrace.suspendSeccomp | Ptrace.traceSysGood) } catch let error as SyscallError where error.errno == .notPermitted {
+            try Ptrace.seize(pid, options: Ptrace.traceSysGood)
         }
         do {
             try Ptrace.interrupt(pid)
             try waitForInterruptStop(pid)
             let regs = try Ptrace.registers(pid)
             let mask = try Ptrace.signalMask(pid)
-            return Tracee(pid: pid, registers: regs, mask: mask)
+            return Tracee(pid: pid, registers: regs, mask: mask, live: true)
         } catch let error as InjectionError {
             _ = cryo_ptrace_detach(pid, 0)
             throw error
@@ -100,12 +106,13 @@ public final class Tracee {
     /// A task created by us and already seized (restore).
     public static func adopt(_ pid: pid_t) throws -> Tracee {
         do {
-            return Tracee(pid: pid, registers: try Ptrace.registers(pid), mask: try Ptrace.signalMask(pid))
+            return Tracee(pid: pid, registers: try Ptrace.registers(pid), mask: try Ptrace.signalMask(pid), live: false)
         } catch { throw error }
     }
 
-    private init(pid: pid_t, registers: Registers, mask: UInt64) {
+    private init(pid: pid_t, registers: Registers, mask: UInt64, live: Bool) {
         self.pid = pid
+        self.live = live
         self.originalRegisters = registers
         self.originalSignalMask = mask
         self.owner = pthread_self()
@@ -160,10 +167,12 @@ public final class Tracee {
         }
     }
 
-    /// Executes one system call inside the task. Before a parasite is mapped,
-    /// a `syscall; int3` pair is written over the code at rip and put back after.
+    /// Executes one system call inside the task: through the way home when there
+    /// is one; else, before a parasite is mapped, with a `syscall; int3` pair
+    /// written over the code at rip and put back after.
     @discardableResult
     public func syscall(_ number: Int, _ args: UInt64...) throws -> Int64 {
+        if let returnPath { return try syscallGoingHome(number, args, path: returnPath) }
         var regs = originalRegisters
         regs.rax = UInt64(number)
         let argumentRegisters: [WritableKeyPath<Registers, UInt64>] = [\.rdi, \.rsi, \.rdx, \.r10, \.r8, \.r9]
@@ -192,12 +201,127 @@ public final class Tracee {
         return try body(site)
     }
 
-    /// Puts back the registers and mask it was seized with.
+    /// Puts back the registers and mask it was seized with. The mask goes first:
+    /// until the registers are back, they still lead home, and the way home
+    /// restores the mask too.
     public func restoreOriginalState() throws {
         do {
-            try Ptrace.setRegisters(pid, originalRegisters)
+            if atSyscallStop { try returnToSignalStop() }
             try Ptrace.setSignalMask(pid, originalSignalMask)
+            try Ptrace.setRegisters(pid, originalRegisters)
         } catch { throw error }
+    }
+
+    // MARK: The way home (live tasks)
+
+    /// Writes the frame for the way home below this thread's stack (once).
+    func prepareReturnPath(_ gadgets: ReturnGadgets) throws {
+        if returnPath == nil { returnPath = try ReturnPath.install(for: self, gadgets: gadgets) }
+    }
+
+    /// One syscall through the task's own `syscall; ret`, which returns to the
+    /// rt_sigreturn gadget: if cryo dies at any point, the task finishes this
+    /// syscall and goes home. Two stops: entry, then exit with the result.
+    func syscallGoingHome(_ number: Int, _ args: [UInt64], path: ReturnPath) throws -> Int64 {
+        try checkThread()
+        var regs = originalRegisters
+        regs.rip = path.gadgets.syscallReturn
+        regs.rsp = path.stack
+        regs.rax = UInt64(number)
+        regs.orig_rax = UInt64.max
+        let argumentRegisters: [WritableKeyPath<Registers, UInt64>] = [\.rdi, \.rsi, \.rdx, \.r10, \.r8, \.r9]
+        for (i, value) in args.enumerated() { regs[keyPath: argumentRegisters[i]] = value }
+        let name = "injected syscall \(syscallName(UInt64(number)))"
+        try Ptrace.setRegisters(pid, regs)
+        try Ptrace.setSignalMask(pid, ~0)
+        try Ptrace.resumeToSyscall(pid)
+        let entry = try waitForSyscallStop(during: name)
+        guard entry.orig_rax == UInt64(number) else {
+            throw InjectionError.fault(pid: pid, signal: SIGTRAP, registers: entry, during: "\(name): stopped in syscall \(syscallName(entry.orig_rax))")
+        }
+        killPoint("entered \(syscallName(UInt64(number)))")
+        try Ptrace.resumeToSyscall(pid)
+        let exit = try waitForSyscallStop(during: name)
+        atSyscallStop = true
+        return Int64(bitPattern: exit.rax)
+    }
+
+    private func waitForSyscallStop(during: String) throws -> Registers {
+        while true {
+            let status = try waitFor(pid)
+            switch status {
+            case .stopped(let signal, 0) where signal == SIGTRAP | 0x80:
+                return try Ptrace.registers(pid)
+            case .stopped(_, let event) where event != 0:
+                try Ptrace.resumeToSyscall(pid) // a group stop or late interrupt: go on
+            case .stopped(let signal, _):
+                throw InjectionError.fault(pid: pid, signal: signal, registers: try Ptrace.registers(pid), during: during)
+            case .exited, .signaled:
+                attached = false
+                throw InjectionError.vanished(pid: pid, status: status)
+            }
+        }
+    }
+
+    /// From a syscall-exit stop to a stop in the signal path, where registers set
+    /// by cryo get the kernel's restart handling on the way out.
+    private func returnToSignalStop() throws {
+        try Ptrace.interrupt(pid)
+        try Ptrace.cont(pid)
+        try Tracee.waitForInterruptStop(pid)
+        atSyscallStop = false
+    }
+
+    /// Registers that, if cryo died now, take the task straight home.
+    func parkHome() throws {
+        guard let returnPath else { return }
+        var regs = originalRegisters
+        regs.rip = returnPath.gadgets.sigreturn
+        regs.rsp = returnPath.stack + 8
+        regs.orig_rax = UInt64.max
+        try Ptrace.setRegisters(pid, regs)
+    }
+
+    /// Registers that, if cryo died now, unmap [base, base + size) and then go home.
+    func parkUnmapping(base: UInt64, size: UInt64) throws {
+        guard let returnPath else { return }
+        var regs = originalRegisters
+        regs.rip = returnPath.gadgets.syscallReturn
+        regs.rsp = returnPath.stack
+        regs.rax = 11 // munmap
+        regs.rdi = base
+        regs.rsi = size
+        regs.orig_rax = UInt64.max
+        try Ptrace.setRegisters(pid, regs)
+    }
+
+    /// Runs parasite code that ends by raising `stopSignal` at this thread at
+    /// `stoppedAt`; the signal is never delivered. Only that signal is unblocked.
+    func runUntilStopSignal(_ registers: Registers, stopSignal: Int32, stoppedAt: UInt64, command: String, during: String) throws -> Registers {
+        try checkThread()
+        var regs = registers
+        regs.orig_rax = UInt64.max
+        try Ptrace.setRegisters(pid, regs)
+        try Ptrace.setSignalMask(pid, ~(UInt64(1) << UInt64(stopSignal - 1)))
+        atSyscallStop = false
+        try Ptrace.cont(pid)
+        killPoint("running \(command)")
+        while true {
+            let status = try waitFor(pid)
+            switch status {
+            case .stopped(let signal, 0) where signal == stopSignal:
+                let now = try Ptrace.registers(pid)
+                if now.rip == stoppedAt { return now }
+                try Ptrace.cont(pid, signal: signal) // someone else sent it: its action is to be ignored
+            case .stopped(_, let event) where event != 0:
+                try Ptrace.cont(pid)
+            case .stopped(let signal, _):
+                throw InjectionError.fault(pid: pid, signal: signal, registers: try Ptrace.registers(pid), during: during)
+            case .exited, .signaled:
+                attached = false
+                throw InjectionError.vanished(pid: pid, status: status)
+            }
+        }
     }
 
     /// Lets the task go.

@@ -77,6 +77,20 @@ public enum Files {
         }
     }
 
+    /// Moves up to `length` bytes from a pipe into `file` at `offset` (advanced):
+    /// nil when none are there yet, 0 at the end of the stream.
+    public static func spliceToFile(from pipe: FileDescriptor, to file: FileDescriptor, offset: inout Int64, length: Int,
+                                    object: String) throws -> Int? {
+        let n = cryo_splice_to_file(pipe.rawValue, file.rawValue, &offset, length)
+        if n == -Int(EAGAIN) || n == -Int(EINTR) { return nil }
+        return try check(n, "splice", object: object)
+    }
+    /// Waits up to `milliseconds` for input (or a hang-up) on `fd`.
+    public static func waitReadable(_ fd: FileDescriptor, milliseconds: Int32, object: String) throws -> Bool {
+        let n = cryo_poll_in(fd.rawValue, milliseconds)
+        if n == -Int(EINTR) { return false }
+        return try check(n, "poll", object: object) > 0
+    }
     public static func fcntl(_ fd: Int32, _ command: Int32, _ argument: Int32 = 0, object: String) throws -> Int32 {
         Int32(try checkLibc(Int(Glibc.fcntl(fd, command, argument)), "fcntl", object: object))
     }

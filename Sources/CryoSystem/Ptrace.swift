@@ -11,6 +11,8 @@ public enum Ptrace {
     public static let exitKill: UInt = 0x0010_0000 // PTRACE_O_EXITKILL
     /// The tracee's seccomp filters do not apply while it is traced, so they never block injected syscalls.
     public static let suspendSeccomp: UInt = 0x0020_0000 // PTRACE_O_SUSPEND_SECCOMP
+    /// Syscall stops report SIGTRAP|0x80, never a plain SIGTRAP: a task let go by a
+    /// dying tracer at a syscall stop then gets no stray SIGTRAP.
     public static let traceSysGood: UInt = 1
 
     public static func seize(_ pid: pid_t, options: UInt = exitKill) throws {
@@ -21,6 +23,10 @@ public enum Ptrace {
     }
     public static func cont(_ pid: pid_t, signal: Int32 = 0) throws {
         _ = try check(cryo_ptrace_cont(pid, signal), "ptrace(PTRACE_CONT)", pid: pid)
+    }
+    /// Resumes until the next syscall entry or exit (reported as SIGTRAP|0x80 with traceSysGood).
+    public static func resumeToSyscall(_ pid: pid_t) throws {
+        _ = try check(cryo_ptrace_syscall(pid, 0), "ptrace(PTRACE_SYSCALL)", pid: pid)
     }
     public static func detach(_ pid: pid_t, signal: Int32 = 0) throws {
         _ = try check(cryo_ptrace_detach(pid, signal), "ptrace(PTRACE_DETACH)", pid: pid)

@@ -54,13 +54,14 @@ public enum FileRanges {
         }
     }
 
-    /// Reserves the blocks of [offset, offset + length) now, so a later write cannot fail for space.
-    /// File systems without fallocate are left alone.
-    public static func allocate(_ fd: FileDescriptor, offset: Int64, length: Int64, object: String) throws {
-        guard length > 0 else { return }
-        let r = cryo_fallocate(fd.rawValue, offset, length)
-        if r < 0 && r != -Int(EOPNOTSUPP) {
-            throw SyscallError("fallocate", errno: Errno(rawValue: Int32(-r)), object: object)
+    /// Refuses (ENOSPC) when the file system of `fd` has less than `bytes` free
+    /// (plus 1% slack) for an unprivileged writer.
+    public static func requireSpace(_ fd: FileDescriptor, bytes: UInt64, object: String) throws {
+        var st = statvfs()
+        _ = try checkLibc(Int(fstatvfs(fd.rawValue, &st)), "fstatvfs", object: object)
+        let free = UInt64(st.f_bavail) * UInt64(st.f_frsize)
+        if free < bytes + bytes / 100 {
+            throw SyscallError("fstatvfs", errno: .noSpace, object: "\(object): \(bytes) bytes needed, \(free) free")
         }
     }
 }

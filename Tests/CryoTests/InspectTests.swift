@@ -56,7 +56,9 @@ extension EndToEnd {
                     "SIGRTMIN+3 should show on_rt: \(line("SIGRTMIN+3 ") ?? "no SIGRTMIN+3 line")")
             #expect(line("SIGQUIT ") == nil, "SIGQUIT is at its default and should not be listed\n\(text)")
             #expect(line("itimer REAL interval 50000 µs") != nil, "no \"itimer REAL interval 50000 µs\" line\n\(text)")
-            #expect(line("pending (process):") == "pending (process): SIGRTMIN+3 SIGRTMIN+3",
+            // A tick of the 50 ms itimer may fall into the time inspect holds the process.
+            let pending = line("pending (process):")?.replacingOccurrences(of: " SIGALRM", with: "")
+            #expect(pending == "pending (process): SIGRTMIN+3 SIGRTMIN+3",
                     "the two queued SIGRTMIN+3 should be pending for the process: \(line("pending (process):") ?? "no line")")
             let thread = line("thread \(pid):")
             #expect(thread?.contains("+65536") == true && thread?.contains("altstack 0x") == true,

@@ -20,6 +20,8 @@ long cryo_ptrace(long request, pid_t pid, uint64_t addr, uint64_t data);
 long cryo_ptrace_seize(pid_t pid, unsigned long options);
 long cryo_ptrace_interrupt(pid_t pid);
 long cryo_ptrace_cont(pid_t pid, int signal);
+/* PTRACE_SYSCALL: resume until the next syscall entry or exit. */
+long cryo_ptrace_syscall(pid_t pid, int signal);
 long cryo_ptrace_detach(pid_t pid, int signal);
 long cryo_ptrace_getregs(pid_t pid, cryo_regs *regs);
 long cryo_ptrace_setregs(pid_t pid, const cryo_regs *regs);
@@ -40,6 +42,26 @@ typedef struct {
     uint32_t pad;
 } cryo_rseq_config;
 long cryo_ptrace_get_rseq(pid_t pid, cryo_rseq_config *config);
+
+/*
+ * The way home for a task cryo changed while it may die (dump): an x86-64
+ * rt_sigreturn frame holding `regs` (an interrupted syscall turned into its
+ * restart, as the kernel would on return), `mask` and the XSAVE area, laid out
+ * below `stack_pointer`'s red zone. The first word is `pretcode`, where a
+ * `ret` lands; rt_sigreturn then expects rsp at the frame + 8. Writes the bytes
+ * for [*frame_address, *frame_address + result) into `out`; returns their
+ * count, or -ENOSPC/-EINVAL.
+ */
+long cryo_build_return_frame(const cryo_regs *regs, uint64_t mask, const void *xsave, size_t xsave_length,
+                             uint64_t pretcode, void *out, size_t out_capacity, uint64_t *frame_address);
+
+/* splice(2) from a pipe into a file at *offset (advanced), without blocking. */
+long cryo_splice_to_file(int pipe_fd, int file_fd, int64_t *offset, size_t length);
+/* poll(2) one descriptor for input: 1 ready (or hung up), 0 timed out, -errno. */
+long cryo_poll_in(int fd, int timeout_ms);
+
+/* Offset of the first `needle` in `haystack`, or -1. */
+long cryo_memmem(const void *haystack, size_t length, const void *needle, size_t needle_length);
 
 int cryo_note_prstatus(void);
 int cryo_note_prfpreg(void);
@@ -124,7 +146,6 @@ long cryo_uffd_api(int fd, uint64_t features);
 long cryo_uffd_register_wp(int fd, uint64_t start, uint64_t length);
 long cryo_uffd_writeprotect(int fd, uint64_t start, uint64_t length);
 long cryo_copy_file_range(int in_fd, int64_t in_offset, int out_fd, int64_t out_offset, uint64_t length);
-long cryo_fallocate(int fd, int64_t offset, int64_t length);
 /* The uid of a connected unix socket's peer (SO_PEERCRED). */
 long cryo_peer_uid(int socket);
 

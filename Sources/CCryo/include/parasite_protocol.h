@@ -4,8 +4,13 @@
  *
  * The controller writes a command into the argument area inside the parasite
  * mapping, points the task's rip at the blob entry with rdi = argument area,
- * and resumes it; the parasite executes the command and stops on int3. Every
- * structure has fixed-width fields only, so both sides agree on its layout.
+ * and resumes it; the parasite executes the command and stops. At restore it
+ * stops on int3. At dump, where cryo may be killed at any moment, it raises
+ * stop_signal at itself instead: a signal whose action is to be ignored, so it
+ * stops the task only while cryo traces it. When cryo is gone the parasite goes
+ * on, unmaps itself and returns to the task's own code through a signal frame
+ * cryo left on the task's stack. Every structure has fixed-width fields only,
+ * so both sides agree on its layout.
  */
 #ifndef CRYO_PARASITE_PROTOCOL_H
 #define CRYO_PARASITE_PROTOCOL_H
@@ -13,11 +18,13 @@
 #include <stdint.h>
 
 #define CRYO_PARASITE_MAGIC 0x43525950u /* "CRYP" */
-#define CRYO_PARASITE_PROTOCOL_VERSION 2u
+#define CRYO_PARASITE_PROTOCOL_VERSION 3u
 
 /* Symbols the injector looks up in the blob with libelf. */
 #define CRYO_PARASITE_ENTRY_SYMBOL "cryo_parasite_entry"
 #define CRYO_PARASITE_GADGET_SYMBOL "cryo_parasite_syscall_gadget"
+/* rip when the parasite stops on stop_signal after a command (dump). */
+#define CRYO_PARASITE_STOPPED_SYMBOL "cryo_parasite_stopped"
 
 enum cryo_command {
     CRYO_CMD_PING = 1,         /* answers with the protocol version */
@@ -36,6 +43,8 @@ enum cryo_command {
     CRYO_CMD_LOCKS = 14,       /* in: struct cryo_locks + entries */
     CRYO_CMD_DUMP_TIMERS = 15, /* in/out: struct cryo_timers + entries (ids in, times out) */
     CRYO_CMD_RESTORE_TIMERS = 16, /* in: struct cryo_timers + entries */
+    CRYO_CMD_PAGE_PIPE = 17,   /* out: struct cryo_page_pipe */
+    CRYO_CMD_DUMP_PAGES = 18,  /* in: struct cryo_dump_pages + struct cryo_iovec[count] */
 };
 
 /* Where a failing command stopped: which step, which syscall, which errno. */
@@ -50,6 +59,16 @@ struct cryo_args_header {
     uint64_t log_offset;   /* the parasite's log: text lines at header + log_offset */
     uint32_t log_capacity;
     uint32_t log_length;   /* bytes written by this command */
+    /* Dump only (stop_signal 0 at restore): how to hand back control. */
+    int32_t stop_signal;   /* raised at tgid/tid when a command is done */
+    int32_t tgid;
+    int32_t tid;
+    int32_t close_fds[2];  /* the parasite's own descriptors, closed on the way home (-1: none) */
+    uint32_t reserved;
+    uint64_t return_stack;       /* rsp for the way home: [rsp] = rt_sigreturn gadget, then the signal frame */
+    uint64_t syscall_ret_gadget; /* `syscall; ret` in the task's own code, for the munmap of the parasite */
+    uint64_t parasite_base;
+    uint64_t parasite_size;
 };
 
 /* The kernel's struct sigaction for rt_sigaction (not libc's). */
@@ -213,6 +232,13 @@ struct cryo_posix_timer {
     int64_t interval_ns;
 };
 struct cryo_timers { uint32_t count; uint32_t pad; };
+
+/* Dump of large memory: the parasite vmsplices its own pages into a pipe whose
+ * read end cryo took with pidfd_getfd, and cryo splices them into the pages
+ * file, so each page is copied once. */
+struct cryo_page_pipe { int32_t read_fd; int32_t write_fd; uint32_t size; uint32_t pad; };
+struct cryo_iovec { uint64_t base; uint64_t length; };
+struct cryo_dump_pages { int32_t read_fd; int32_t write_fd; uint32_t count; uint32_t pad; };
 
 #define CRYO_MAX_GROUPS 64
 struct cryo_creds {

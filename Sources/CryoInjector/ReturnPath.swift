@@ -1,0 +1,132 @@
+import CCryo
+import CryoSystem
+import Foundation
+import Glibc
+import Synchronization
+
+/// How a live task gets home by itself if cryo dies while it has changed the
+/// task (dump, inspect). ptrace lets a task go when its tracer dies, from
+/// whatever registers it has then, so every register state cryo sets must lead
+/// back to the task's own: a signal frame holding the original registers, mask
+/// and XSAVE area is written below the thread's stack, and two short sequences
+/// from the task's own code (normally libc) finish the job:
+///   - `mov $15, %eax; syscall`: rt_sigreturn through that frame;
+///   - `syscall; ret`: one more syscall (an injected one, or the munmap of the
+///     parasite) whose `ret` pops the first gadget from the frame's first word.
+/// No instruction is ever written into the task's code.
+public struct ReturnGadgets: Sendable, Equatable {
+    /// `mov $15,%eax|%rax; syscall`
+    public let sigreturn: UInt64
+    /// `syscall; ret`
+    public let syscallReturn: UInt64
+
+    /// Looks for both sequences in the task's executable file mappings, libc first.
+    /// nil when the task has none (a static binary without signal handlers, say).
+    public static func find(pid: pid_t) -> ReturnGadgets? {
+        guard let maps = try? Files.readString("/proc/\(pid)/maps") else { return nil }
+        var candidates: [(start: UInt64, end: UInt64, key: String, isLibc: Bool)] = []
+        for line in maps.split(separator: "\n") {
+            let fields = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
+            guard fields.count == 6, fields[1].hasPrefix("r-x") else { continue }
+            let path = fields[5].trimmingCharacters(in: .whitespaces)
+            guard path.hasPrefix("/") else { continue }
+            let range = fields[0].split(separator: "-")
+            guard range.count == 2, let start = UInt64(range[0], radix: 16), let end = UInt64(range[1], radix: 16) else { continue }
+            // The same file at the same offset has the same bytes: one search per library per run.
+            let key = "\(fields[3]) \(fields[4]) \(fields[2])"
+            candidates.append((start, end, key, path.contains("/libc.so") || path.contains("/libc-")))
+        }
+        candidates.sort { $0.isLibc && !$1.isLibc }
+        var sigreturn: UInt64?
+        var syscallReturn: UInt64?
+        for mapping in candidates where sigreturn == nil || syscallReturn == nil {
+            let offsets = cache.withLock { $0[mapping.key] } ?? {
+                let found = search(pid: pid, start: mapping.start, end: mapping.end)
+                cache.withLock { $0[mapping.key] = found }
+                return found
+            }()
+            if sigreturn == nil, let o = offsets.sigreturn { sigreturn = mapping.start + o }
+            if syscallReturn == nil, let o = offsets.syscallReturn { syscallReturn = mapping.start + o }
+        }
+        guard let sigreturn, let syscallReturn else { return nil }
+        return ReturnGadgets(sigreturn: sigreturn, syscallReturn: syscallReturn)
+    }
+
+    private struct Offsets: Sendable { var sigreturn: UInt64?; var syscallReturn: UInt64? }
+    private static let cache = Mutex<[String: Offsets]>([:])
+    private static let sigreturnPatterns: [[UInt8]] = [
+        [0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05], // mov $15,%rax; syscall (glibc's __restore_rt)
+        [0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05],             // mov $15,%eax; syscall
+    ]
+    private static let syscallReturnPattern: [UInt8] = [0x0f, 0x05, 0xc3]
+
+    private static func search(pid: pid_t, start: UInt64, end: UInt64) -> Offsets {
+        var result = Offsets()
+        let chunk: UInt64 = 1 << 20
+        var buffer = [UInt8](repeating: 0, count: Int(chunk))
+        var at = start
+        while at < end && (result.sigreturn == nil || result.syscallReturn == nil) {
+            // Chunks overlap by a pattern's length so no match is split.
+            let count = Int(min(chunk, end - at))
+            let read = buffer.withUnsafeMutableBytes { raw in
+                (try? RemoteMemory.read(pid, at: at, into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<count]))) != nil
+            }
+            if !read { break }
+            buffer.withUnsafeBytes { raw in
+                if result.sigreturn == nil {
+                    for pattern in sigreturnPatterns {
+                        if let o = find(pattern, in: raw, count: count) { result.sigreturn = at - start + UInt64(o); break }
+                    }
+                }
+                if result.syscallReturn == nil, let o = find(syscallReturnPattern, in: raw, count: count) {
+                    result.syscallReturn = at - start + UInt64(o)
+                }
+            }
+            if at + UInt64(count) >= end { break }
+            at += UInt64(count) - 16
+        }
+        return result
+    }
+
+    private static func find(_ pattern: [UInt8], in raw: UnsafeRawBufferPointer, count: Int) -> Int? {
+        pattern.withUnsafeBytes { p in
+            let at = cryo_memmem(raw.baseAddress, count, p.baseAddress, p.count)
+            return at < 0 ? nil : at
+        }
+    }
+}
+
+/// One thread's way home: the gadgets and where its frame was written.
+public struct ReturnPath: Sendable {
+    public let gadgets: ReturnGadgets
+    /// rsp for the way home: the frame's first word (the sigreturn gadget, for a `ret`).
+    public let stack: UInt64
+
+    /// Writes the frame for `tracee`'s original state below its stack.
+    static func install(for tracee: Tracee, gadgets: ReturnGadgets) throws -> ReturnPath {
+        let xsave = try Ptrace.extendedState(tracee.pid)
+        var out = [UInt8](repeating: 0, count: xsave.count + 1024)
+        var frame: UInt64 = 0
+        var regs = tracee.originalRegisters
+        let length = xsave.withUnsafeBytes { x in
+            out.withUnsafeMutableBytes { o in
+                cryo_build_return_frame(&regs, tracee.originalSignalMask, x.baseAddress, x.count, gadgets.sigreturn,
+                                        o.baseAddress, o.count, &frame)
+            }
+        }
+        guard length > 0 else {
+            throw SyscallError("building the return frame", errno: .init(rawValue: Int32(-length)), pid: tracee.pid)
+        }
+        try out.withUnsafeBytes { try RemoteMemory.write(tracee.pid, at: frame, UnsafeRawBufferPointer(rebasing: $0[0..<length])) }
+        return ReturnPath(gadgets: gadgets, stack: frame)
+    }
+}
+
+/// Test hook: `CRYO_KILL_AT=<phase>` makes cryo kill itself with SIGKILL when it
+/// reaches that phase, so tests can check that nothing it touched is harmed.
+public func killPoint(_ phase: @autoclosure () -> String) {
+    guard let wanted = killPhase else { return }
+    if wanted == phase() { kill(getpid(), SIGKILL) }
+}
+
+private let killPhase: String? = ProcessInfo.processInfo.environment["CRYO_KILL_AT"]

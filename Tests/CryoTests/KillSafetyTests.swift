@@ -1,0 +1,116 @@
+// Killing cryo in the middle of a dump must not harm the process being dumped.
+// ptrace lets a task go when its tracer dies, from whatever registers it has
+// then; cryo's way home (Sources/CryoInjector/ReturnPath.swift) must bring it
+// back untouched from every phase. CRYO_KILL_AT=<phase> makes cryo SIGKILL
+// itself at that phase; afterwards every process and thread must run free,
+// with the same memory map as before, and pass its own check.
+
+import Foundation
+import Glibc
+import Testing
+
+/// Every phase cryo has a kill point for during a dump, in order.
+let dumpKillPhases = [
+    "seized", "entered mmap", "mapped", "loaded",
+    "running PING", "stopped after PING", "running DUMP_PROCESS", "stopped after DUMP_PROCESS",
+    "running DUMP_THREAD", "stopped after DUMP_THREAD", "running DUMP_TIMERS", "stopped after DUMP_TIMERS",
+    "before cure", "entered munmap", "unmapped", "pages", "written",
+    "running PAGE_PIPE", "stopped after PAGE_PIPE", "running DUMP_PAGES", "stopped after DUMP_PAGES",
+]
+/// Only processes with more than PagePipe.threshold of memory copy it through the parasite.
+private let pipePhases = ["running PAGE_PIPE", "stopped after PAGE_PIPE", "running DUMP_PAGES", "stopped after DUMP_PAGES"]
+private let threadPhases = ["running DUMP_THREAD", "stopped after DUMP_THREAD"]
+private let timerPhases = ["running DUMP_TIMERS", "stopped after DUMP_TIMERS"]
+
+/// Fixtures (with small arguments) and the phases each is killed at; each must
+/// reach all of them but `mayMiss`, so a renamed kill point cannot go untested.
+let killSafetyCases: [(fixture: String, arguments: [String], phases: [String], mayMiss: [String])] = [
+    ("counter", [], dumpKillPhases, threadPhases + timerPhases + pipePhases),
+    ("threads", ["6"], dumpKillPhases, timerPhases + pipePhases),
+    ("vector", [], ["running DUMP_PROCESS", "stopped after DUMP_PROCESS", "entered munmap", "unmapped"], []),
+    ("signals", [], ["running DUMP_PROCESS", "stopped after DUMP_PROCESS", "before cure", "entered munmap", "unmapped"], []),
+    ("ptimers", [], timerPhases + ["before cure"], []),
+    ("tree", ["13"], ["seized", "entered mmap", "running DUMP_PROCESS", "stopped after DUMP_PROCESS", "unmapped", "pages", "written"], []),
+    ("bigmem", ["64"], ["pages", "written"] + pipePhases, []),
+]
+
+extension EndToEnd {
+    @Suite("cryo killed during a dump")
+    struct KillSafetyTests {
+        @Test("the process survives a SIGKILL of cryo at every phase", arguments: killSafetyCases.map(\.fixture))
+        func killedAtEveryPhase(_ name: String) throws {
+            let entry = try #require(killSafetyCases.first { $0.fixture == name })
+            var survived = 0, reached = 0
+            var missed: [String] = []
+            for phase in entry.phases {
+                switch try killDuring(name, arguments: entry.arguments, at: phase) {
+                case .notReached: missed.append(phase)
+                case .survived: survived += 1; reached += 1
+                case .harmed: reached += 1
+                }
+            }
+            print("kill safety: \(name): \(survived) of \(reached) kills survived")
+            #expect(Set(missed).isSubset(of: entry.mayMiss), "\(name): cryo never reached \(missed.filter { !entry.mayMiss.contains($0) })")
+        }
+    }
+}
+
+private enum KillOutcome { case notReached, survived, harmed }
+
+/// One fixture, one phase: dump with CRYO_KILL_AT, then check the whole tree.
+private func killDuring(_ name: String, arguments: [String], at phase: String) throws -> KillOutcome {
+    let scratch = try Scratch("\(name)-kill")
+    defer { scratch.remove() }
+    let args = arguments.isEmpty ? try Fixture.defaultArguments(for: name, in: scratch) : arguments
+    let fixture = try Fixture(name, arguments: args, in: scratch)
+    let members = TreeMembers(fixture)
+    defer { members.cleanUp() }
+    try fixture.waitReady(timeout: 60)
+    try members.load()
+    let before = try members.snapshot()
+    let mapsBefore = Dictionary(uniqueKeysWithValues: members.pids.map { ($0, memoryMap($0)) })
+
+    let dump = try cryo(["dump", "--leave-running", "-t", "\(fixture.pid)", "-D", scratch.file("img")], in: scratch,
+                        timeout: cryoTimeout(for: name), reaping: fixture, environment: ["CRYO_KILL_AT": phase])
+    if dump.succeeded { return .notReached }
+    guard dump.status == .signaled(SIGKILL) else {
+        Issue.record("\(name), kill at \"\(phase)\": cryo did not die by SIGKILL\n\(dump)")
+        return .harmed
+    }
+    var problems: [String] = []
+    // The way home takes a few instructions after cryo is gone.
+    let settled = waitUntil(timeout: 5, interval: 0.05) {
+        problems = members.compare(with: before, rootParentMayDiffer: false)
+        for pid in members.pids where !(before[pid]?.isZombie ?? true) {
+            let now = memoryMap(pid)
+            let was = mapsBefore[pid] ?? []
+            if now != was && !(phase == "entered mmap" && onlyAnEmptyMappingMore(now, than: was)) {
+                let added = now.filter { !was.contains($0) }, lost = was.filter { !now.contains($0) }
+                problems.append("pid \(pid): memory map changed: added \(added), lost \(lost)")
+            }
+        }
+        return problems.isEmpty
+    }
+    if !settled {
+        Issue.record("\(name), kill at \"\(phase)\": \(problems.prefix(20).joined(separator: "\n"))\n\(fixture.report)")
+    }
+    fixture.signal(SIGTERM)
+    let exit = fixture.reapOriginal(timeout: 60)
+    let passed = exit == .exited(0) && fixture.lastLine == "PASS"
+    #expect(passed, "\(name), kill at \"\(phase)\": ended with \(exit.map(\.description) ?? "nothing") and last line \(fixture.lastLine ?? "none")\n\(fixture.report)")
+    return settled && passed ? .survived : .harmed
+}
+
+private func memoryMap(_ pid: pid_t) -> [String] {
+    readText("/proc/\(pid)/maps").split(separator: "\n").map(String.init)
+}
+
+/// A kill while the injected mmap itself runs leaves that one mapping: empty
+/// and anonymous, and nothing in the task points into it.
+private func onlyAnEmptyMappingMore(_ now: [String], than was: [String]) -> Bool {
+    let added = now.filter { !was.contains($0) }
+    guard added.count == 1, was.allSatisfy({ now.contains($0) }) else { return false }
+    let fields = added[0].split(separator: " ", omittingEmptySubsequences: true)
+    let range = fields.first?.split(separator: "-").compactMap { UInt64($0, radix: 16) } ?? []
+    return fields.count == 5 && fields[4] == "0" && range.count == 2 && range[1] - range[0] <= 1 << 20
+}
