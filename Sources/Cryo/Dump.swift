@@ -66,6 +66,10 @@ public struct Dumper {
         var fills: [PendingFill] = []
         // With --compress after a pre-dump: task files written once their pages are compressed, after the release.
         var compressLater: [TaskImage] = []
+        // Sized from what the tracked processes wrote so far, touched now, before the freeze.
+        let held = previous.map { base in
+            HeldPages(bytes: base.record.processes.reduce(0) { $0 + HeldPages.estimate(pid: $1.pid) } * 5 / 4 + (1 << 20))
+        }
         var statistics = DumpStatistics()
         let frozenAt = ContinuousClock.now
         let tree = try FrozenTree.freeze(root: pid)
@@ -101,7 +105,8 @@ public struct Dumper {
                     compressAfterRelease = options.compress
                     let target = options.compress ? paths.pages(process.pid) + ".raw" : paths.pages(process.pid)
                     if options.compress { created.append(target) }
-                    let (index, fill) = try memory.dumpPages(pid: process.pid, to: target, previous: base, statistics: &statistics)
+                    let (index, fill) = try memory.dumpPages(pid: process.pid, to: target, previous: base, held: held,
+                                                             statistics: &statistics)
                     pageIndex = index
                     fills.append(fill)
                 } else {
