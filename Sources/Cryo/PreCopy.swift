@@ -458,6 +458,7 @@ final class HeldPages {
         var total = 0
         var regions = [cryo_page_region](repeating: cryo_page_region(), count: 512)
         var cursor: UInt64 = 0
+        // PAGE_IS_FILE is slow to ask for (see pageCategories), but this runs before the freeze.
         let notFileNotZero = UInt64(CRYO_PAGE_IS_FILE | CRYO_PAGE_IS_PFNZERO)
         while cursor < 0x7fff_ffff_f000 {
             var arg = cryo_pm_scan_arg()
