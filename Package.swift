@@ -19,6 +19,8 @@ let package = Package(
         .systemLibrary(name: "CElf", pkgConfig: "libelf", providers: [.apt(["libelf-dev"])]),
         // libunwind's remote unwinder and its ptrace accessors, for `cryo bt`.
         .systemLibrary(name: "CUnwind", pkgConfig: "libunwind-generic", providers: [.apt(["libunwind-dev", "liblzma-dev"])]),
+        // zstd for compressed page images (`dump --compress`).
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .target(
             name: "CryoSystem",
             dependencies: ["CCryo", .product(name: "SystemPackage", package: "swift-system")]),
@@ -32,7 +34,7 @@ let package = Package(
         .target(
             name: "Cryo",
             dependencies: [
-                "CryoInjector", "CryoSystem", "CCryo", "CElf", "CUnwind",
+                "CryoInjector", "CryoSystem", "CCryo", "CElf", "CUnwind", "CZstd",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),

@@ -4,6 +4,8 @@
 #     sudo Scripts/bench.sh            # sizes 64 and 2048 MiB, 3 runs each
 #     sudo Scripts/bench.sh 256 1024   # other sizes (MiB, multiples of 4)
 #     RUNS=5 sudo -E Scripts/bench.sh  # more runs per size
+#     SECTIONS="compress precopy" sudo -E Scripts/bench.sh  # only some sections
+#     SCRATCH_PATH=.build-x sudo -E Scripts/bench.sh      # build and use .build-x
 #
 # For every size the Tests/Fixtures/bigmem fixture maps that many MiB and
 # writes three quarters of it.  Right before each dump Scripts/bench/baseline
@@ -18,6 +20,19 @@
 # the count): its dump and restore seconds are shown next to CRIU 4.2's on
 # this machine (1.46 s and 1.05 s, from ../shared/FIELD-NOTES.md).
 #
+# Compression (section "compress"): bigmem of $COMPRESS_MIB MiB (default 512)
+# filled with compressible ("text") and incompressible ("random") words is
+# dumped and restored without and with `dump --compress`, both in every run:
+# the table gives each pair and the ratios of image size and time.
+#
+# Pre-copy (section "precopy"): bigmem of $PRECOPY_MIB MiB (default 2048),
+# 3/4 touched, is dumped in full once per run (the baseline); a second one
+# gets `cryo pre-dump`, rewrites 1% of its memory (SIGUSR1) and is dumped with
+# --prev-images-dir.  Frozen times come from each image's stats-dump; the
+# target is the final dump frozen for under 10% of the full dump's time.
+# Scripts/bench/baseline runs right before both dumps, as for the memory rows
+# (so neither dump pays for touching cold guest memory first).
+#
 # The image folders (about 3/4 of the size each) live under $BENCH_DIR
 # (default /var/tmp) and are removed after every run.
 
@@ -31,6 +46,10 @@ fail() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
 
 sizes=("$@")
 ((${#sizes[@]})) || sizes=(64 2048)
+sections=" ${SECTIONS:-memory counter tree compress precopy} "
+compress_mib=${COMPRESS_MIB:-512}
+precopy_mib=${PRECOPY_MIB:-2048}
+want() { [[ $sections == *" $1 "* ]]; }
 runs=${RUNS:-3}
 tree_procs=${TREE_PROCS:-127}
 for size in "${sizes[@]}"; do
@@ -45,7 +64,9 @@ if ! setup_output=$("$repo/Scripts/setup.sh" 2>&1); then
     printf '%s\n' "$setup_output" | tail -n 40 >&2
     fail "Scripts/setup.sh failed"
 fi
-cryo=$repo/.build/release/cryo
+scratch=${SCRATCH_PATH:-.build}
+[[ $scratch == /* ]] || scratch=$repo/$scratch
+cryo=$scratch/release/cryo
 [[ -x $cryo ]] || fail "$cryo was not built"
 
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/cryo-bench.XXXXXX")
@@ -136,12 +157,13 @@ all_members_are() {
     done
 }
 
-# dump_and_restore IMAGES: time cryo dump and cryo restore -d of live_pid.
-# Sets dump_s, restore_s, image_mib, frozen_s.
+# dump_and_restore IMAGES [DUMP OPTIONS...]: time cryo dump and cryo restore -d
+# of live_pid.  Sets dump_s, restore_s, image_mib, frozen_s.
 dump_and_restore() {
     local images=$1 t0 t1
+    shift
     t0=$(now)
-    "$cryo" dump -t "$live_pid" -D "$images" || fail "cryo dump -t $live_pid -D $images failed (exit $?)"
+    "$cryo" dump -t "$live_pid" -D "$images" "$@" || fail "cryo dump -t $live_pid -D $images $* failed (exit $?)"
     t1=$(now)
     dump_s=$(calc "$t1 - $t0")
     wait_gone "$live_pid" 10 || fail "pid $live_pid still exists 10 s after cryo dump returned"
@@ -192,6 +214,7 @@ median() {  # the median of the arguments (numbers)
 say "kernel $(uname -r), $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, THP $(sed 's/.*\[\(.*\)\].*/\1/' /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo '?'), images in $work"
 
 declare -A result  # "size,column" -> median
+want memory || sizes=()
 for size in "${sizes[@]}"; do
     touched=$((size * 3 / 4))  # bigmem writes 3/4 of its pages
     declare -a d_s=() r_s=() img=() frz=() cp=() tch=() tch1=() fw=() q_fw=() q_dt=() q_rt=()
@@ -232,6 +255,7 @@ done
 
 declare -a c_d=() c_r=() c_i=()
 for ((run = 1; run <= runs; run++)); do
+    want counter || break
     start_fixture counter
     sleep 0.2  # the counter must advance after READY
     dump_and_restore "$work/images"
@@ -246,6 +270,7 @@ done
 # sessions and groups); the restore is done when every process runs again.
 declare -a t_d=() t_r=() t_i=() t_f=()
 for ((run = 1; run <= runs; run++)); do
+    want tree || break
     start_fixture tree "$tree_procs"
     ((${#live_members[@]} == tree_procs)) || fail "tree $tree_procs reported ${#live_members[@]} pids"
     dump_and_restore "$work/images"
@@ -262,6 +287,7 @@ tree_frozen=$( ((${#t_f[@]})) && printf '%.3f' "$(median "${t_f[@]}")" || echo -
 # CRIU 4.2 on this machine, same fixture (../shared/FIELD-NOTES.md, medians).
 criu_tree_dump=1.46 criu_tree_restore=1.05 criu_tree_image=23
 
+if want memory && want counter && want tree; then
 echo
 echo "cryo benchmark: medians of $runs runs; MB and GB are 10^6 and 10^9 bytes; MB/s = touched bytes / time;"
 echo "baseline columns are for the same touched bytes, measured right before each dump; fresh touch and file write"
@@ -319,3 +345,104 @@ for pair in "dump:q_dt" "restore:q_rt"; do
     verdict=$(awk "BEGIN { print ($ratio <= 1.5) ? \"met\" : \"NOT met\" }")
     printf 'target: %s of %s MiB within 1.5x of fresh touch: %.2fx, %s\n' "$what" "$target_size" "$ratio" "$verdict"
 done
+fi
+
+# --- compression: the same fixture dumped and restored plain and --compress, in every run ---
+declare -A comp
+for pattern in text random; do
+    want compress || break
+    declare -a p_d=() p_r=() p_i=() z_d=() z_r=() z_i=() q_i=() q_d=() q_r=()
+    for ((run = 1; run <= runs; run++)); do
+        check_disk $((compress_mib * 2 + 1024))
+        sync
+        start_fixture bigmem "$compress_mib" "$pattern"
+        dump_and_restore "$work/images"
+        finish_fixture
+        rm -rf "$work/images"
+        local_plain=("$dump_s" "$restore_s" "$image_mib")
+        sync
+        start_fixture bigmem "$compress_mib" "$pattern"
+        dump_and_restore "$work/images" --compress
+        finish_fixture
+        rm -rf "$work/images"
+        p_d+=("${local_plain[0]}") p_r+=("${local_plain[1]}") p_i+=("${local_plain[2]}")
+        z_d+=("$dump_s") z_r+=("$restore_s") z_i+=("$image_mib")
+        q_i+=("$(calc "${local_plain[2]} / $image_mib")") q_d+=("$(calc "$dump_s / ${local_plain[0]}")")
+        q_r+=("$(calc "$restore_s / ${local_plain[1]}")")
+        printf '    compress %s %d MiB run %d: plain dump %.3f s restore %.3f s image %.1f MiB | --compress dump %.3f s restore %.3f s image %.1f MiB  PASS\n' \
+            "$pattern" "$compress_mib" "$run" "${local_plain[@]}" "$dump_s" "$restore_s" "$image_mib"
+    done
+    for k in p_d p_r p_i z_d z_r z_i q_i q_d q_r; do
+        declare -n arr=$k
+        comp[$pattern,$k]=$(median "${arr[@]}")
+        unset -n arr
+    done
+done
+if want compress; then
+    touched_mb=$(calc "$compress_mib * 3 / 4 * 1048576 / 1e6")
+    echo
+    echo "compression: bigmem $compress_mib MiB (3/4 touched), each run dumps and restores it plain and with --compress;"
+    echo "medians of $runs runs; MB/s = touched bytes / time; ratio = plain image / compressed image; x = compressed / plain time"
+    echo
+    cfmt='%-8s | %8s %8s %9s | %8s %8s %9s | %6s %8s %8s | %7s %7s\n'
+    printf "$cfmt" pattern "dump s" "rest. s" "image MiB" "dump s" "rest. s" "image MiB" ratio "dump MB/s" "rest MB/s" "dump x" "rest. x"
+    printf "$cfmt" "" plain plain plain zstd zstd zstd "" zstd zstd "" ""
+    printf '%s\n' "$(printf '%.0s-' {1..118})"
+    for pattern in text random; do
+        printf "$cfmt" "$pattern" \
+            "$(printf '%.3f' "${comp[$pattern,p_d]}")" "$(printf '%.3f' "${comp[$pattern,p_r]}")" "$(printf '%.1f' "${comp[$pattern,p_i]}")" \
+            "$(printf '%.3f' "${comp[$pattern,z_d]}")" "$(printf '%.3f' "${comp[$pattern,z_r]}")" "$(printf '%.1f' "${comp[$pattern,z_i]}")" \
+            "$(printf '%.2f' "${comp[$pattern,q_i]}")" \
+            "$(printf '%.0f' "$(calc "$touched_mb / ${comp[$pattern,z_d]}")")" "$(printf '%.0f' "$(calc "$touched_mb / ${comp[$pattern,z_r]}")")" \
+            "$(printf '%.2fx' "${comp[$pattern,q_d]}")" "$(printf '%.2fx' "${comp[$pattern,q_r]}")"
+    done
+fi
+
+# --- pre-copy: full dump (baseline) and pre-dump + dump --prev-images-dir of the same size, in every run ---
+if want precopy; then
+    declare -a f_f=() f_d=() c_f=() c_d=() c_p=() c_pf=() c_q=()
+    for ((run = 1; run <= runs; run++)); do
+        check_disk $((precopy_mib * 2 + 1024))
+        sync
+        start_fixture bigmem "$precopy_mib"
+        # The same warm-up as the memory rows: guest memory first touched by the baseline, not by the dump.
+        "$work/baseline" "$((precopy_mib * 3 / 4))" "$work" >/dev/null || fail "baseline failed"
+        dump_and_restore "$work/images"
+        finish_fixture
+        rm -rf "$work/images"
+        full_frozen=$frozen_s full_dump=$dump_s
+        sync
+        start_fixture bigmem "$precopy_mib"
+        t0=$(now)
+        "$cryo" pre-dump -t "$live_pid" -D "$work/pre" || fail "cryo pre-dump -t $live_pid -D $work/pre failed (exit $?)"
+        t1=$(now)
+        pre_s=$(calc "$t1 - $t0")
+        pre_frozen=$(sed -n 's/.*"frozenSeconds" *: *\([0-9.eE+-]*\).*/\1/p' "$work/pre/stats-dump")
+        kill -USR1 "$live_pid"
+        for ((i = 0; i < 600; i++)); do grep -q '^REWROTE 1' "$work/bigmem.log" && break; sleep 0.05; done
+        grep -q '^REWROTE 1' "$work/bigmem.log" || fail "bigmem did not rewrite its 1% after SIGUSR1"
+        "$work/baseline" "$((precopy_mib * 3 / 4))" "$work" >/dev/null || fail "baseline failed"
+        dump_and_restore "$work/images" --prev-images-dir ../pre
+        finish_fixture
+        rm -rf "$work/images" "$work/pre"
+        f_f+=("$full_frozen") f_d+=("$full_dump") c_f+=("$frozen_s") c_d+=("$dump_s") c_p+=("$pre_s") c_pf+=("$pre_frozen")
+        c_q+=("$(calc "$frozen_s / $full_frozen")")
+        printf '    pre-copy %d MiB run %d: full dump %.3f s (frozen %.3f s) | pre-dump %.3f s (frozen %.3f s), 1%% rewritten, dump %.3f s (frozen %.3f s) = %.1f%% of full frozen  PASS\n' \
+            "$precopy_mib" "$run" "$full_dump" "$full_frozen" "$pre_s" "$pre_frozen" "$dump_s" "$frozen_s" "$(calc "100 * $frozen_s / $full_frozen")"
+    done
+    echo
+    echo "pre-copy: bigmem $precopy_mib MiB (3/4 touched); baseline = a full dump of a fresh bigmem in the same run;"
+    echo "then pre-dump, 1% of the memory rewritten, dump --prev-images-dir (restored and checked); medians of $runs runs"
+    echo
+    pfmt='%-22s | %9s %9s | %9s %9s | %9s %9s | %10s\n'
+    printf "$pfmt" "" "full" "full" "pre-dump" "pre-dump" "final" "final" "final /"
+    printf "$pfmt" "" "dump s" "frozen s" "s" "frozen s" "dump s" "frozen s" "full frozen"
+    printf '%s\n' "$(printf '%.0s-' {1..106})"
+    ratio=$(median "${c_q[@]}")
+    printf "$pfmt" "bigmem $precopy_mib MiB" "$(printf '%.3f' "$(median "${f_d[@]}")")" "$(printf '%.3f' "$(median "${f_f[@]}")")" \
+        "$(printf '%.3f' "$(median "${c_p[@]}")")" "$(printf '%.3f' "$(median "${c_pf[@]}")")" \
+        "$(printf '%.3f' "$(median "${c_d[@]}")")" "$(printf '%.3f' "$(median "${c_f[@]}")")" "$(printf '%.1f%%' "$(calc "100 * $ratio")")"
+    echo
+    verdict=$(awk "BEGIN { print ($ratio < 0.10) ? \"met\" : \"NOT met\" }")
+    printf 'target: pre-copy final dump frozen under 10%% of a full dump'"'"'s: %.1f%%, %s\n' "$(calc "100 * $ratio")" "$verdict"
+fi

@@ -12,7 +12,7 @@ cd "$repo"
 
 say() { printf '==> %s\n' "$*"; }
 
-packages=(libelf-dev libunwind-dev liblzma-dev pkg-config gcc libcap2-bin)
+packages=(libelf-dev libunwind-dev liblzma-dev libzstd-dev pkg-config gcc libcap2-bin)
 missing=()
 for package in "${packages[@]}"; do
     if ! dpkg -s "$package" 2>/dev/null | grep -q '^Status: install ok installed'; then
@@ -57,6 +57,8 @@ if ((major < 6 || (major == 6 && minor < 7))); then
     echo "setup: warning: kernel $kernel is older than 6.7 (PAGEMAP_SCAN); dumps will fail" >&2
 fi
 
-say "swift build -c release (in $repo)"
-swift build -c release
-say "built $repo/.build/release/cryo"
+# SCRATCH_PATH builds elsewhere than .build (e.g. one per git worktree).
+scratch=${SCRATCH_PATH:-.build}
+say "swift build -c release --scratch-path $scratch (in $repo)"
+swift build -c release --scratch-path "$scratch"
+say "built $(cd "$scratch" && pwd)/release/cryo"

@@ -202,6 +202,29 @@ long cryo_probe_uffd_wp_async(void) {
     const uint64_t wp_async = 1ull << 15;
     return (api.features & wp_async) && (api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP) ? 1 : 0;
 }
+long cryo_uffd_api(int fd, uint64_t features) {
+    struct uffdio_api api = { .api = UFFD_API, .features = features };
+    if (ioctl(fd, UFFDIO_API, &api) < 0) return -errno;
+    return (api.features & features) == features ? 0 : -EOPNOTSUPP;
+}
+long cryo_uffd_register_wp(int fd, uint64_t start, uint64_t length) {
+    struct uffdio_register r = { .range = { start, length }, .mode = UFFDIO_REGISTER_MODE_WP };
+    return RAW(ioctl(fd, UFFDIO_REGISTER, &r));
+}
+long cryo_uffd_writeprotect(int fd, uint64_t start, uint64_t length) {
+    struct uffdio_writeprotect w = { .range = { start, length }, .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+    return RAW(ioctl(fd, UFFDIO_WRITEPROTECT, &w));
+}
+long cryo_copy_file_range(int in_fd, int64_t in_offset, int out_fd, int64_t out_offset, uint64_t length) {
+    loff_t in = in_offset, out = out_offset;
+    return RAW(copy_file_range(in_fd, &in, out_fd, &out, length, 0));
+}
+long cryo_peer_uid(int sock) {
+    struct ucred c;
+    socklen_t n = sizeof(c);
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &c, &n) < 0) return -errno;
+    return c.uid;
+}
 long cryo_kcmp(pid_t p1, pid_t p2, int type) { return RAW(syscall(SYS_kcmp, p1, p2, type, 0, 0)); }
 
 static inline long raw_syscall4(long nr, long a, long b, long c, long d) {

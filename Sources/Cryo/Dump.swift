@@ -13,8 +13,15 @@ public struct DumpOptions: Sendable {
     public var shellJob: Bool
     /// Checkpoint established TCP connections (TCP_REPAIR) instead of refusing them.
     public var tcpEstablished: Bool
-    public init(pid: pid_t, directory: String, leaveRunning: Bool, shellJob: Bool, tcpEstablished: Bool = false) {
+    /// Write page images as zstd frames.
+    public var compress: Bool
+    /// A `pre-dump` folder (relative to `directory`, or absolute): only pages written since are read while frozen.
+    public var previousImages: String?
+    public init(pid: pid_t, directory: String, leaveRunning: Bool, shellJob: Bool, tcpEstablished: Bool = false,
+                compress: Bool = false, previousImages: String? = nil) {
         self.pid = pid
+        self.compress = compress
+        self.previousImages = previousImages
         self.tcpEstablished = tcpEstablished
         self.directory = directory
         self.leaveRunning = leaveRunning
@@ -52,6 +59,17 @@ public struct Dumper {
                 if madeDirectory { rmdir(options.directory) }
             }
         }
+        let previous = try options.previousImages.map {
+            try PreCopyBase(path: $0, imageDirectory: options.directory, rootPid: pid, logger: logger)
+        }
+        defer { previous?.close() }
+        var fills: [PendingFill] = []
+        // With --compress after a pre-dump: task files written once their pages are compressed, after the release.
+        var compressLater: [TaskImage] = []
+        // Sized from what the tracked processes wrote so far, touched now, before the freeze.
+        let held = previous.map { base in
+            HeldPages(bytes: base.record.processes.reduce(0) { $0 + HeldPages.estimate(pid: $1.pid) } * 5 / 4 + (1 << 20))
+        }
         var statistics = DumpStatistics()
         let frozenAt = ContinuousClock.now
         let tree = try FrozenTree.freeze(root: pid)
@@ -81,12 +99,30 @@ public struct Dumper {
                 }
                 created.append(paths.pages(process.pid))
                 let memoryStart = ContinuousClock.now
-                let pageIndex = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), statistics: &statistics,
+                let pageIndex: PageIndex
+                var compressAfterRelease = false
+                if let base = previous?.pages(of: process.pid) {
+                    compressAfterRelease = options.compress
+                    let target = options.compress ? paths.pages(process.pid) + ".raw" : paths.pages(process.pid)
+                    if options.compress { created.append(target) }
+                    let (index, fill) = try memory.dumpPages(pid: process.pid, to: target, previous: base, held: held,
+                                                             statistics: &statistics)
+                    pageIndex = index
+                    fills.append(fill)
+                } else {
+                    pageIndex = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), compress: options.compress,
+                                                     statistics: &statistics,
                                                      pipe: PagePipe(leader: process.leader, log: parasiteLog(logger)))
+                }
                 statistics.memoryDumpSeconds += seconds(since: memoryStart)
                 created.append(paths.task(process.pid))
-                try TaskImage(core: core, threads: threads, memory: memory, pageIndex: pageIndex, signals: signals,
-                              descriptors: descriptors).write(to: paths.task(process.pid))
+                let task = TaskImage(core: core, threads: threads, memory: memory, pageIndex: pageIndex, signals: signals,
+                                     descriptors: descriptors)
+                if compressAfterRelease {
+                    compressLater.append(task)
+                } else {
+                    try task.write(to: paths.task(process.pid))
+                }
             }
             try fileTable.finish()
             var files = RecordWriter()
@@ -115,6 +151,22 @@ public struct Dumper {
             fileTable.silenceConnections()
             tree.kill()
         }
+        // Unchanged pages come from the pre-dump now that nothing waits on us (the file was allocated while frozen).
+        do {
+            for fill in fills { try fill.run() }
+            for var task in compressLater {
+                let pid = task.core.pid
+                let raw = paths.pages(pid) + ".raw"
+                task.pageIndex = try compressPagesFile(raw, to: paths.pages(pid), index: task.pageIndex)
+                unlink(raw)
+                try task.write(to: paths.task(pid))
+            }
+        } catch {
+            for fill in fills { unlink(fill.target) }
+            for task in compressLater { unlink(paths.pages(task.core.pid)) }
+            throw CryoError("\(error); the image in \(options.directory) is incomplete and its pages files were removed")
+        }
+        previous?.finish()
         try? writeStatistics(statistics, to: "\(options.directory)/stats-dump")
         return statistics
     }

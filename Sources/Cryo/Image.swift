@@ -7,7 +7,13 @@ import SystemPackage
 /// Docs/IMAGE-FORMAT.md describes the layout; this is its only reader and writer.
 public enum ImageFormat {
     public static let magic: [UInt8] = Array("CRYOIMG\0".utf8)
-    public static let version: UInt32 = 1
+    /// The highest version this cryo reads.
+    public static let version: UInt32 = 2
+    /// What files are written as unless they need more: version 2 marks a task
+    /// file whose pages are compressed, so an older cryo refuses it instead of
+    /// restoring zstd frames as memory.
+    public static let baseVersion: UInt32 = 1
+    public static let compressedPagesVersion: UInt32 = 2
     public static let fileHeaderSize = 16
     public static let recordHeaderSize = 24
     /// No record is larger than this; a length beyond it is corruption, not a reason to allocate.
@@ -24,6 +30,8 @@ public enum RecordKind: UInt32, Sendable, CaseIterable {
     case signals = 6
     case files = 7
     case descriptors = 8
+    /// Only in a pre-dump folder's predump.img.
+    case preDump = 9
 }
 
 public struct ImageError: Error, CustomStringConvertible {
@@ -45,7 +53,8 @@ public struct ImageError: Error, CustomStringConvertible {
 public struct RecordWriter {
     private var body: [UInt8] = []
     private var count: UInt32 = 0
-    public init() {}
+    private let version: UInt32
+    public init(version: UInt32 = ImageFormat.baseVersion) { self.version = version }
 
     public mutating func append<T: Encodable>(_ kind: RecordKind, _ value: T) throws {
         let encoder = JSONEncoder()
@@ -64,7 +73,7 @@ public struct RecordWriter {
     }
 
     public func write(to fd: FileDescriptor, path: String) throws {
-        try Files.write(fd, ImageFormat.magic + le(ImageFormat.version) + le(count) + body, path: path)
+        try Files.write(fd, ImageFormat.magic + le(version) + le(count) + body, path: path)
     }
 }
 
@@ -171,7 +180,7 @@ public struct ImagePaths: Sendable {
 /// What the folder holds: the format, who wrote it, the process tree.
 public struct Inventory: Codable, Sendable {
     public var tool: String = "cryo"
-    public var formatVersion: UInt32 = ImageFormat.version
+    public var formatVersion: UInt32 = ImageFormat.baseVersion
     public var rootPid: Int32
     /// Every process of the tree, parents before their children.
     public var processes: [ProcessEntry]

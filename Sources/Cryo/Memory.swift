@@ -48,9 +48,14 @@ public struct MemoryRecord: Codable, Sendable {
 }
 
 /// Where each saved page range lives in pages-PID.img: [address, length, file offset].
+/// With `compression`, offsets are in the uncompressed page stream and
+/// `pagesFileSize` is the size of the compressed file.
 public struct PageIndex: Codable, Sendable {
     public var runs: [[UInt64]]
     public var pagesFileSize: UInt64
+    public var compression: PageFrames? = nil
+    /// Bytes of saved pages (the uncompressed stream).
+    public var pageBytes: UInt64 { runs.last.map { $0[2] + $0[1] } ?? 0 }
 }
 
 /// One line of /proc/PID/smaps with its VmFlags.
@@ -182,6 +187,11 @@ extension MemoryRecord {
         case _ where m.sharedFrom != nil: return nil  // saved with the process that holds it first
         case .sharedAnonymous:
             return (UInt64(CRYO_PAGE_IS_PFNZERO), UInt64(CRYO_PAGE_IS_PFNZERO), UInt64(CRYO_PAGE_IS_PRESENT | CRYO_PAGE_IS_SWAPPED))
+        case .anonymous, .heap, .stack:
+            // Nothing but anonymous pages here, so no PAGE_IS_FILE test: asking for it
+            // makes the kernel look up every page's struct page (5x the scan time).
+            let notZero = UInt64(CRYO_PAGE_IS_PFNZERO)
+            return (notZero, notZero, UInt64(CRYO_PAGE_IS_PRESENT | CRYO_PAGE_IS_SWAPPED))
         default:
             // Private: written (anonymous) pages only; file pages still come from the file.
             let notFileNotZero = UInt64(CRYO_PAGE_IS_FILE | CRYO_PAGE_IS_PFNZERO)
@@ -189,33 +199,11 @@ extension MemoryRecord {
         }
     }
 
-    /// Copies the pages that matter into `pagesPath` and returns their index.
-    /// `pipe`, when given, copies large amounts through the parasite (PagePipe).
-    func dumpPages(pid: pid_t, to pagesPath: String, statistics: inout DumpStatistics,
-                   pipe: PagePipe? = nil) throws -> PageIndex {
-        let out = try Files.open(pagesPath, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
-        defer { try? out.close() }
-        let regions = try presentPages(pid: pid, statistics: &statistics)
-        var runs: [[UInt64]] = []
-        var fileOffset: UInt64 = 0
-        for region in regions {
-            runs.append([region.lowerBound, UInt64(region.count), fileOffset])
-            fileOffset += UInt64(region.count)
-        }
-        statistics.pagesWritten += fileOffset / 4096
-        if let pipe, fileOffset >= PagePipe.threshold {
-            try pipe.copy(regions, to: out, path: pagesPath)
-        } else {
-            try copyByReading(pid: pid, regions: regions, to: out, path: pagesPath)
-        }
-        return PageIndex(runs: runs, pagesFileSize: fileOffset)
-    }
-
-    /// The address ranges whose pages go into the image, in order (PAGEMAP_SCAN).
-    func presentPages(pid: pid_t, statistics: inout DumpStatistics) throws -> [Range<UInt64>] {
-        let pagemap = try Files.open("/proc/\(pid)/pagemap", .readOnly)
-        defer { try? pagemap.close() }
-        var result: [Range<UInt64>] = []
+    /// The page ranges to save, in address order, as PAGEMAP_SCAN reports them
+    /// (`extraCategories` are returned too, splitting regions where they differ).
+    func scanPages(pid: pid_t, pagemap: FileDescriptor, extraCategories: UInt64 = 0,
+                   statistics: inout DumpStatistics) throws -> [cryo_page_region] {
+        var result: [cryo_page_region] = []
         var regions = [cryo_page_region](repeating: cryo_page_region(), count: 512)
         for m in mappings {
             guard let categories = pageCategories(m) else { continue }
@@ -228,18 +216,52 @@ extension MemoryRecord {
                 arg.category_inverted = categories.inverted
                 arg.category_mask = categories.mask
                 arg.category_anyof_mask = categories.anyOf
-                arg.return_mask = categories.anyOf
+                arg.return_mask = categories.anyOf | extraCategories
                 let found = try regions.withUnsafeMutableBufferPointer { (vec) throws -> Int in
                     arg.vec = UInt64(UInt(bitPattern: vec.baseAddress))
                     arg.vec_len = UInt64(vec.count)
                     return try check(cryo_pagemap_scan(pagemap.rawValue, &arg), "ioctl(PAGEMAP_SCAN)", pid: pid,
                                      object: "address 0x\(String(cursor, radix: 16))")
                 }
-                result += regions.prefix(found).map { $0.start..<$0.end }
+                result += regions.prefix(found)
                 cursor = arg.walk_end > cursor ? arg.walk_end : m.end
             }
         }
         return result
+    }
+
+    /// The address ranges whose pages go into the image, in order (PAGEMAP_SCAN).
+    func presentPages(pid: pid_t, statistics: inout DumpStatistics) throws -> [Range<UInt64>] {
+        let pagemap = try Files.open("/proc/\(pid)/pagemap", .readOnly)
+        defer { try? pagemap.close() }
+        return try scanPages(pid: pid, pagemap: pagemap, statistics: &statistics).map { $0.start..<$0.end }
+    }
+
+    /// Copies the pages that matter into `pagesPath` and returns their index.
+    /// `pipe`, when given, copies large amounts through the parasite (PagePipe);
+    /// `compress` writes them as zstd frames (PageFrames), read with process_vm_readv.
+    func dumpPages(pid: pid_t, to pagesPath: String, compress: Bool = false, statistics: inout DumpStatistics,
+                   pipe: PagePipe? = nil) throws -> PageIndex {
+        let out = try Files.open(pagesPath, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
+        defer { try? out.close() }
+        let regions = try presentPages(pid: pid, statistics: &statistics)
+        var runs: [[UInt64]] = []
+        var total: UInt64 = 0
+        for region in regions {
+            runs.append([region.lowerBound, UInt64(region.count), total])
+            total += UInt64(region.count)
+        }
+        statistics.pagesWritten += total / 4096
+        if compress {
+            let frames = try copyCompressed(pid: pid, runs: runs, total: total, to: out, path: pagesPath)
+            return PageIndex(runs: runs, pagesFileSize: frames.fileSize, compression: frames.frames)
+        }
+        if let pipe, total >= PagePipe.threshold {
+            try pipe.copy(regions, to: out, path: pagesPath)
+        } else {
+            try copyByReading(pid: pid, regions: regions, to: out, path: pagesPath)
+        }
+        return PageIndex(runs: runs, pagesFileSize: total)
     }
 
     /// process_vm_readv into buffers that a second thread writes out.
@@ -263,6 +285,35 @@ extension MemoryRecord {
         try writer.finish()
     }
 
+    /// The same, cut into frames at fixed offsets of the page stream (across
+    /// runs), each compressed by the writer thread.
+    private func copyCompressed(pid: pid_t, runs: [[UInt64]], total: UInt64, to out: FileDescriptor,
+                                path: String) throws -> (frames: PageFrames, fileSize: UInt64) {
+        let writer = PageWriter(file: out, path: path, compress: true)
+        defer { writer.close() }
+        let frameSize = PageFrames.defaultFrameSize
+        var runIndex = 0
+        var runOffset: UInt64 = 0
+        for frameStart in stride(from: UInt64(0), to: total, by: Int(frameSize)) {
+            let count = Int(min(frameSize, total - frameStart))
+            try writer.writeFrame(count: count) { view in
+                var filled = 0
+                while filled < count {
+                    let run = runs[runIndex]
+                    let take = Int(min(run[1] - runOffset, UInt64(count - filled)))
+                    try RemoteMemory.read(pid, at: run[0] + runOffset,
+                                          into: UnsafeMutableRawBufferPointer(rebasing: view[filled..<(filled + take)]))
+                    filled += take
+                    runOffset += UInt64(take)
+                    if runOffset == run[1] { runIndex += 1; runOffset = 0 }
+                }
+            }
+            killPoint("pages")
+        }
+        let (frames, fileSize) = try writer.finishFrames()
+        return (PageFrames(frameSize: frameSize, frames: frames), fileSize)
+    }
+
     /// Everything is checked before any task is created: order, overlap, sizes, page runs.
     func validate(file: String, index: PageIndex, pagesFileSize: UInt64, pagesFile: String) throws {
         var previousEnd: UInt64 = 0
@@ -281,24 +332,31 @@ extension MemoryRecord {
         guard index.pagesFileSize == pagesFileSize else {
             throw ImageError(file: pagesFile, "is \(pagesFileSize) bytes, the page index expects \(index.pagesFileSize) (truncated or replaced)")
         }
+        // Run offsets are in the page stream: the file itself, or its uncompressed frames.
+        let streamSize = index.compression == nil ? pagesFileSize : UInt64.max
         var expectedOffset: UInt64 = 0
         for run in index.runs {
             guard run.count == 3, run[1] > 0, run[0] % 4096 == 0, run[1] % 4096 == 0, run[2] == expectedOffset,
-                  run[2] + run[1] <= pagesFileSize,
+                  run[2] <= streamSize, run[1] <= streamSize - run[2],
                   mappings.contains(where: { $0.start <= run[0] && run[0] + run[1] <= $0.end && !$0.isSpecial }) else {
                 throw ImageError(file: file, record: "pageIndex", "page run \(run) is malformed or outside every mapping")
             }
             expectedOffset += run[1]
+        }
+        if let frames = index.compression {
+            try frames.validate(file: file, pageBytes: expectedOffset, pagesFileSize: pagesFileSize)
         }
     }
 }
 
 /// Copies pages out of the frozen task into one buffer while the previous
 /// one is written to the image by a second thread, so reading the task and
-/// writing the page cache overlap instead of adding up. (No ptrace here:
+/// writing the page cache overlap instead of adding up. When compressing,
+/// that thread also compresses each buffer as one frame. (No ptrace here:
 /// process_vm_readv works from any thread.)
 final class PageWriter: @unchecked Sendable {
     static let bufferSize = 8 << 20
+    let bufferSize: Int
     private let file: FileDescriptor
     private let path: String
     private let queue = DispatchQueue(label: "cryo.page-writer")
@@ -307,12 +365,22 @@ final class PageWriter: @unchecked Sendable {
     private var idle: [UnsafeMutableRawBufferPointer] = []
     private var all: [UnsafeMutableRawBufferPointer] = []
     private var failure: Error?
+    // Used on `queue` only.
+    private var compressor: OpaquePointer?
+    private var scratch: UnsafeMutableRawBufferPointer?
+    private var fileEnd: UInt64 = 0
+    private var frames: [[UInt64]] = []
 
-    init(file: FileDescriptor, path: String) {
+    init(file: FileDescriptor, path: String, compress: Bool = false) {
         self.file = file
         self.path = path
+        bufferSize = compress ? Int(PageFrames.defaultFrameSize) : PageWriter.bufferSize
+        if compress {
+            compressor = PageCompression.makeCompressor()
+            scratch = .allocate(byteCount: PageCompression.bound(bufferSize), alignment: 4096)
+        }
         for _ in 0..<3 {
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: PageWriter.bufferSize, alignment: 4096)
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 4096)
             idle.append(buffer)
             all.append(buffer)
         }
@@ -320,6 +388,23 @@ final class PageWriter: @unchecked Sendable {
 
     /// Fills a free buffer on this thread with `fill`, then writes it at `offset` in the background.
     func write(count: Int, at offset: Int64, fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
+        try submit(count: count, fill: fill) { [self] bytes in try Files.write(file, bytes, at: offset, path: path) }
+    }
+
+    /// Fills a buffer with one frame's worth of pages, then compresses it and
+    /// appends it to the file in the background (frames stay in order: one queue).
+    func writeFrame(count: Int, fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
+        try submit(count: count, fill: fill) { [self] bytes in
+            let size = try PageCompression.compress(compressor!, bytes, into: scratch!)
+            let stored = UnsafeRawBufferPointer(rebasing: scratch![0..<size])
+            try Files.write(file, stored, at: Int64(fileEnd), path: path)
+            frames.append([fileEnd, UInt64(stored.count)])
+            fileEnd += UInt64(stored.count)
+        }
+    }
+
+    private func submit(count: Int, fill: (UnsafeMutableRawBufferPointer) throws -> Void,
+                        job: @escaping @Sendable (UnsafeRawBufferPointer) throws -> Void) throws {
         try raiseFailure()
         free.wait()
         let buffer = lock.withLock { idle.removeLast() }
@@ -330,12 +415,15 @@ final class PageWriter: @unchecked Sendable {
             throw error
         }
         let address = UInt(bitPattern: buffer.baseAddress)
+        let size = bufferSize
         queue.async { [self] in
             let bytes = UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: address), count: count)
-            do { try Files.write(file, bytes, at: offset, path: path) } catch {
-                lock.withLock { if failure == nil { failure = error } }
+            if lock.withLock({ failure == nil }) {
+                do { try job(bytes) } catch {
+                    lock.withLock { if failure == nil { failure = error } }
+                }
             }
-            let back = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: address), count: PageWriter.bufferSize)
+            let back = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: address), count: size)
             lock.withLock { idle.append(back) }
             free.signal()
         }
@@ -347,6 +435,12 @@ final class PageWriter: @unchecked Sendable {
         try raiseFailure()
     }
 
+    /// The frames written, [file offset, stored bytes] each, and the file's size.
+    func finishFrames() throws -> ([[UInt64]], UInt64) {
+        try finish()
+        return queue.sync { (frames, fileEnd) }
+    }
+
     private func raiseFailure() throws {
         if let error = lock.withLock({ failure }) { throw error }
     }
@@ -355,6 +449,132 @@ final class PageWriter: @unchecked Sendable {
         queue.sync {}
         for buffer in all { buffer.deallocate() }
         all = []
+        scratch?.deallocate()
+        scratch = nil
+        if let compressor { PageCompression.freeCompressor(compressor) }
+        compressor = nil
+    }
+}
+
+/// The saved pages of one process, read back through its page index: the one
+/// way restore, `show --pages` and lazy restore get page bytes, whether the
+/// file is raw or compressed (only the frames that hold the bytes are read).
+final class PageReader {
+    let index: PageIndex
+    let path: String
+    private let file: FileDescriptor
+    private var decompressor: OpaquePointer?
+    private var frameBuffer: UnsafeMutableRawBufferPointer?
+    private var compressedBuffer: UnsafeMutableRawBufferPointer?
+    private var cachedFrame = -1
+
+    init(path: String, index: PageIndex) throws {
+        self.path = path
+        self.index = index
+        file = try Files.open(path, .readOnly)
+        if let frames = index.compression {
+            decompressor = PageCompression.makeDecompressor()
+            frameBuffer = .allocate(byteCount: Int(frames.frameSize), alignment: 4096)
+            compressedBuffer = .allocate(byteCount: PageCompression.bound(Int(frames.frameSize)), alignment: 4096)
+        }
+    }
+
+    deinit {
+        try? file.close()
+        frameBuffer?.deallocate()
+        compressedBuffer?.deallocate()
+        if let decompressor { PageCompression.freeDecompressor(decompressor) }
+    }
+
+    private var name: String { (path as NSString).lastPathComponent }
+
+    /// The saved run holding `address`, if any.
+    func run(containing address: UInt64) -> [UInt64]? {
+        let runs = index.runs
+        var low = 0, high = runs.count
+        while low < high {
+            let mid = (low + high) / 2
+            if runs[mid][0] + runs[mid][1] <= address { low = mid + 1 } else { high = mid }
+        }
+        return low < runs.count && runs[low][0] <= address ? runs[low] : nil
+    }
+
+    /// The saved bytes of [address, address + buffer.count); every byte must be in a saved run.
+    func read(address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        var done = 0
+        while done < buffer.count {
+            let at = address + UInt64(done)
+            guard let run = run(containing: at) else {
+                throw CryoError("\(name): address 0x\(String(at, radix: 16)) is not among the saved pages")
+            }
+            let take = Int(min(UInt64(buffer.count - done), run[0] + run[1] - at))
+            try readStream(offset: run[2] + (at - run[0]), into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + take)]))
+            done += take
+        }
+    }
+
+    /// Every saved byte in address order, in pieces that do not cross a run
+    /// or a frame: `body(address, bytes)`.
+    func forEachPiece(_ body: (UInt64, UnsafeRawBufferPointer) throws -> Void) throws {
+        let piece: UInt64 = index.compression?.frameSize ?? UInt64(PageWriter.bufferSize)
+        let scratch = index.compression == nil ? UnsafeMutableRawBufferPointer.allocate(byteCount: Int(piece), alignment: 4096) : nil
+        defer { scratch?.deallocate() }
+        for run in index.runs {
+            var done: UInt64 = 0
+            while done < run[1] {
+                let offset = run[2] + done
+                let take = min(run[1] - done, piece - offset % piece)
+                if let scratch {
+                    let view = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<Int(take)])
+                    try readStream(offset: offset, into: view)
+                    try body(run[0] + done, UnsafeRawBufferPointer(view))
+                } else {
+                    let frame = try decodedFrame(Int(offset / piece))
+                    let start = Int(offset % piece)
+                    try body(run[0] + done, UnsafeRawBufferPointer(rebasing: frame[start..<(start + Int(take))]))
+                }
+                done += take
+            }
+        }
+    }
+
+    /// Bytes of the page stream at `offset`.
+    private func readStream(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        guard let frames = index.compression else {
+            let n = try file.read(fromAbsoluteOffset: Int64(offset), into: buffer)
+            if n != buffer.count { throw CryoError("\(name): short read at offset \(offset) (truncated)") }
+            return
+        }
+        var done = 0
+        while done < buffer.count {
+            let at = offset + UInt64(done)
+            let frame = try decodedFrame(Int(at / frames.frameSize))
+            let start = Int(at % frames.frameSize)
+            let take = min(buffer.count - done, frame.count - start)
+            UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + take)])
+                .copyMemory(from: UnsafeRawBufferPointer(rebasing: frame[start..<(start + take)]))
+            done += take
+        }
+    }
+
+    /// One frame, uncompressed (the last one decoded is kept).
+    private func decodedFrame(_ i: Int) throws -> UnsafeMutableRawBufferPointer {
+        let frames = index.compression!
+        let length = Int(min(frames.frameSize, index.pageBytes - UInt64(i) * frames.frameSize))
+        let out = UnsafeMutableRawBufferPointer(rebasing: frameBuffer![0..<length])
+        if cachedFrame == i { return out }
+        cachedFrame = -1
+        let (offset, stored) = (frames.frames[i][0], Int(frames.frames[i][1]))
+        let target = UnsafeMutableRawBufferPointer(rebasing: compressedBuffer![0..<stored])
+        let n = try file.read(fromAbsoluteOffset: Int64(offset), into: target)
+        guard n == stored else {
+            throw ImageError(file: name, "compressed frame #\(i) at offset \(offset): \(n) of \(stored) bytes present (truncated)")
+        }
+        if let problem = PageCompression.decompress(decompressor!, UnsafeRawBufferPointer(target), into: out) {
+            throw ImageError(file: name, "compressed frame #\(i) at offset \(offset): \(problem) (corrupt)")
+        }
+        cachedFrame = i
+        return out
     }
 }
 
@@ -371,6 +591,8 @@ public struct DumpStatistics: Codable, Sendable {
     public var memoryDumpSeconds: Double = 0
     public var pagesScanned: UInt64 = 0
     public var pagesWritten: UInt64 = 0
+    /// After a pre-dump: pages taken from its image instead of the frozen task.
+    public var pagesFromPreDump: UInt64? = nil
 }
 
 // MARK: - Restore
@@ -445,7 +667,8 @@ struct MemoryRestorePlan {
             vma.file_offset = m.sharedFrom.map { m.fileOffset &- $0.fileOffset } ?? ([.file, .memfd].contains(m.kind) ? m.fileOffset : 0)
             vma.madvise = m.advice
             vma.first_run = UInt64(runs.count)
-            while runCursor < sortedRuns.count && sortedRuns[runCursor][0] < m.end {
+            // Compressed pages are not the parasite's to read: fillPages writes them afterwards.
+            while index.compression == nil && runCursor < sortedRuns.count && sortedRuns[runCursor][0] < m.end {
                 let run = sortedRuns[runCursor]
                 runs.append(cryo_page_run(address: run[0], length: run[1], file_offset: run[2]))
                 runCursor += 1
@@ -463,6 +686,40 @@ struct MemoryRestorePlan {
         header.old_rseq_length = oldRseq.rseq_abi_size
         header.old_rseq_signature = oldRseq.signature
         payload = bytes(of: header) + bytes(of: unmaps) + bytes(of: remaps) + bytes(of: vmas) + bytes(of: runs)
+    }
+}
+
+extension MemoryRecord {
+    /// Writes the saved pages into a restored task whose mappings are already in
+    /// place, piece by piece from `reader` (for images the parasite cannot read
+    /// itself: compressed ones). Private mappings are written through the task's
+    /// memory (/proc/PID/mem where protection forbids process_vm_writev), shared
+    /// ones through their shmem file, so no mapping needs its protection changed.
+    func fillPages(pid: pid_t, from reader: PageReader) throws {
+        var memory: FileDescriptor? = nil
+        var shared: [UInt64: FileDescriptor] = [:]
+        defer {
+            try? memory?.close()
+            for fd in shared.values { try? fd.close() }
+        }
+        var cursor = 0
+        try reader.forEachPiece { address, bytes in
+            while cursor < mappings.count && mappings[cursor].end <= address { cursor += 1 }
+            guard cursor < mappings.count, mappings[cursor].start <= address else {
+                throw CryoError("pid \(pid): saved pages at 0x\(hex(address)) are in no mapping")
+            }
+            let m = mappings[cursor]
+            if m.shared {
+                if shared[m.start] == nil {
+                    shared[m.start] = try Files.open("/proc/\(pid)/map_files/\(hex(m.start))-\(hex(m.end))", .readWrite)
+                }
+                try Files.write(shared[m.start]!, bytes, at: Int64(m.fileOffset + (address - m.start)), path: "shared memory 0x\(hex(m.start)) of pid \(pid)")
+                return
+            }
+            if m.protection.contains("w"), (try? RemoteMemory.write(pid, at: address, bytes)) != nil { return }
+            if memory == nil { memory = try Files.open("/proc/\(pid)/mem", .readWrite) }
+            try Files.write(memory!, bytes, at: Int64(bitPattern: address), path: "/proc/\(pid)/mem at 0x\(hex(address))")
+        }
     }
 }
 

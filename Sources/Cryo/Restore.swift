@@ -141,7 +141,7 @@ public struct Restorer {
             }
             statistics.restoreSeconds = seconds(since: restoring)
             statistics.processes = inventory.processes.count
-            statistics.pagesRestored = image.tasks.reduce(0) { $0 + $1.pageIndex.pagesFileSize / 4096 }
+            statistics.pagesRestored = image.tasks.reduce(0) { $0 + $1.pageIndex.pageBytes / 4096 }
             // Last: registers, then every task goes at once.
             for process in inventory.livePids.map({ session.processes[$0]! }) {
                 process.tracee.syscallSite = process.image.threads[0].registers.rip
@@ -529,6 +529,9 @@ public struct Restorer {
             },
             oldRseq: try Ptrace.rseqConfiguration(pid))
         try parasite.run(CRYO_CMD_RESTORE_MEMORY, payload: plan.payload, replyBytes: 0)
+        if task.pageIndex.compression != nil {
+            try task.memory.fillPages(pid: pid, from: PageReader(path: image.paths.pages(imagePid), index: task.pageIndex))
+        }
         faultHook("memory-restored")
 
         // Threads join the rebuilt address space with their own tids.

@@ -13,7 +13,7 @@ public struct TaskImage: Codable, Sendable {
     public var descriptors: DescriptorsRecord
 
     func write(to path: String) throws {
-        var writer = RecordWriter()
+        var writer = RecordWriter(version: pageIndex.compression == nil ? ImageFormat.baseVersion : ImageFormat.compressedPagesVersion)
         try writer.append(.task, core)
         try writer.append(.threads, threads)
         try writer.append(.memory, memory)
@@ -112,8 +112,7 @@ extension Image {
         var result: [UInt8] = []
         var address = start
         let end = start + UInt64(count)
-        let pages = try Files.open(paths.pages(task.core.pid), .readOnly)
-        defer { try? pages.close() }
+        let pages = try PageReader(path: paths.pages(task.core.pid), index: task.pageIndex)
         while address < end {
             guard let m = task.memory.mappings.first(where: { $0.start <= address && address < $0.end }) else {
                 throw CryoError("pid \(task.core.pid): address 0x\(String(address, radix: 16)) is in no mapping of the image")
@@ -121,9 +120,8 @@ extension Image {
             let pageEnd = min((address & ~0xfff) + 4096, end)
             let want = Int(pageEnd - address)
             var chunk = [UInt8](repeating: 0, count: want)
-            if let run = task.pageIndex.runs.first(where: { $0[0] <= address && address < $0[0] + $0[1] }) {
-                let offset = Int64(run[2] + (address - run[0]))
-                _ = try chunk.withUnsafeMutableBytes { try pages.read(fromAbsoluteOffset: offset, into: $0) }
+            if pages.run(containing: address) != nil {
+                try chunk.withUnsafeMutableBytes { try pages.read(address: address, into: $0) }
             } else if m.kind == .file, let path = m.path, let file = try? Files.open(path, .readOnly) {
                 _ = try? chunk.withUnsafeMutableBytes { try file.read(fromAbsoluteOffset: Int64(m.fileOffset + (address - m.start)), into: $0) }
                 try? file.close()

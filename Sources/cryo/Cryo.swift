@@ -10,7 +10,7 @@ struct CryoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cryo",
         abstract: "Checkpoint and restore Linux processes.",
-        subcommands: [DumpCommand.self, RestoreCommand.self, CheckCommand.self, ShowCommand.self, InspectCommand.self,
+        subcommands: [DumpCommand.self, PreDumpCommand.self, PreDumpHolderCommand.self, RestoreCommand.self, CheckCommand.self, ShowCommand.self, InspectCommand.self,
                       BacktraceCommand.self])
 }
 
@@ -74,12 +74,18 @@ struct DumpCommand: ParsableCommand {
     var shellJob = false
     @Flag(name: .customLong("tcp-established"), help: "Checkpoint established TCP connections (TCP_REPAIR) instead of refusing them.")
     var tcpEstablished = false
+    @Flag(name: .customLong("compress"), help: "Compress the page images (zstd, in independent frames).")
+    var compress = false
+    @Option(name: .customLong("prev-images-dir"),
+            help: "A `cryo pre-dump` folder (relative to the images dir, or absolute): copy only pages written since.")
+    var previousImages: String?
     @OptionGroup var common: CommonOptions
 
     func run() throws {
         let statistics = try failing {
             try Dumper(options: DumpOptions(pid: pid, directory: directory, leaveRunning: leaveRunning, shellJob: shellJob,
-                                               tcpEstablished: tcpEstablished),
+                                               tcpEstablished: tcpEstablished, compress: compress,
+                                               previousImages: previousImages),
                        logger: common.logger()).run()
         }
         if common.verbose > 0 {
@@ -128,5 +134,42 @@ struct RestoreCommand: ParsableCommand {
             case .stopped: continue  // not reported without WUNTRACED
             }
         }
+    }
+}
+
+struct PreDumpCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pre-dump",
+        abstract: "Copy a process's memory while it keeps running, and track what it writes until `dump --prev-images-dir`.")
+    @Option(name: [.customShort("t"), .customLong("tree")], help: "The pid to pre-dump.")
+    var pid: Int32
+    @Option(name: [.customShort("D"), .customLong("images-dir")], help: "Folder for the pre-dump (created if missing).")
+    var directory: String
+    @OptionGroup var common: CommonOptions
+
+    func run() throws {
+        let statistics = try failing {
+            try PreDumper(options: PreDumpOptions(pid: pid, directory: directory), logger: common.logger()).run()
+        }
+        if common.verbose > 0 {
+            print(String(format: "pre-dumped pid %d: frozen %.3f s, copied %.3f s, %llu pages of %llu scanned",
+                         pid, statistics.frozenSeconds, statistics.memoryDumpSeconds, statistics.pagesWritten, statistics.pagesScanned))
+        }
+    }
+}
+
+/// Started by pre-dump, not by hand: holds the write tracking (see PreCopy.swift).
+struct PreDumpHolderCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "pre-dump-holder", shouldDisplay: false)
+    @Option var directory: String
+    @Option(help: "pid:starttime:uffd-fd:pidfd") var track: [String] = []
+
+    func run() throws {
+        let tracked = track.compactMap { item -> PreCopyHolder.Tracked? in
+            let f = item.split(separator: ":").compactMap { Int64($0) }
+            guard f.count == 4 else { return nil }
+            return PreCopyHolder.Tracked(pid: Int32(f[0]), startTime: UInt64(f[1]), uffd: Int32(f[2]), pidfd: Int32(f[3]))
+        }
+        PreCopyHolder.run(listenFD: 3, directory: directory, tracked: tracked)
     }
 }

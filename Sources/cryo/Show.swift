@@ -82,7 +82,10 @@ struct ShowCommand: ParsableCommand {
         }
 
         let saved = task.pageIndex.runs.reduce(UInt64(0)) { $0 + $1[1] }
-        print("  mappings (\(task.memory.mappings.count), \(saved / 4096) pages saved, \(String(format: "%.1f", Double(saved) / 1048576)) MiB):")
+        let compressed = task.pageIndex.compression.map {
+            String(format: ", %@ %.1f MiB in %d frames", $0.method, Double(task.pageIndex.pagesFileSize) / 1048576, $0.frames.count)
+        } ?? ""
+        print("  mappings (\(task.memory.mappings.count), \(saved / 4096) pages saved, \(String(format: "%.1f", Double(saved) / 1048576)) MiB\(compressed)):")
         for m in task.memory.mappings {
             let pages = task.pageIndex.runs.filter { $0[0] >= m.start && $0[0] < m.end }.reduce(UInt64(0)) { $0 + $1[1] } / 4096
             let prot = (m.protection.contains("r") ? "r" : "-") + (m.protection.contains("w") ? "w" : "-")

@@ -8,6 +8,15 @@
  * SIGTERM, so a dumper that walks only populated pages leaves it out of the
  * image.  "MAP <hexaddr> <bytes>" is printed before READY.
  *
+ * argv[2] picks what the words hold: "words" (default: seed + word * odd
+ * constant, barely compressible), "text" (7/8 of each page a repeated
+ * pattern: compresses several times) or "random" (splitmix64 output:
+ * incompressible).
+ *
+ * SIGUSR1 rewrites the first 1% of the pages with a new generation of values
+ * (for pre-copy: memory written between pre-dump and dump) and prints
+ * "REWROTE <generation>".
+ *
  * On SIGTERM: the untouched quarter must still be (almost entirely)
  * non-resident, every written word must hold its value, and the untouched
  * quarter must read as zeros.
@@ -24,8 +33,13 @@
 #include <unistd.h>
 #include "fixture.h"
 
-static volatile sig_atomic_t got_term;
+static volatile sig_atomic_t got_term, got_usr1;
 static void on_term(int sig) { (void)sig; got_term = 1; }
+static void on_usr1(int sig) { (void)sig; got_usr1 = 1; }
+enum pattern { WORDS, TEXT, RANDOM };
+static enum pattern pattern = WORDS;
+static uint64_t generation;   /* of the first rewrite_pages pages */
+static size_t rewrite_pages;
 
 
 
@@ -43,6 +57,27 @@ static inline uint64_t word_value(uint64_t seed, uint64_t w)
 	return seed + w * 0xd1342543de82ef95ull;
 }
 
+static inline uint64_t splitmix(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+/* What word w of page p holds. */
+static inline uint64_t expected(size_t p, uint64_t seed, uint64_t w)
+{
+	uint64_t v;
+	switch (pattern) {
+	case TEXT: v = (w % 64) < 8 ? word_value(seed, w) : 0x2074786574206f79ull + (w & 3); break;
+	case RANDOM: v = splitmix(seed ^ (w << 40)); break;
+	default: v = word_value(seed, w);
+	}
+	if (p < rewrite_pages && generation) v ^= generation * 0x9e3779b97f4a7c15ull;
+	return v;
+}
+
 int main(int argc, char **argv)
 {
 	unsigned long mib = 2048;
@@ -51,18 +86,26 @@ int main(int argc, char **argv)
 		mib = strtoul(argv[1], &end, 10);
 		if (*end || mib < 4) { fprintf(stderr, "bad size %s\n", argv[1]); return 2; }
 	}
+	if (argc > 2) {
+		if (!strcmp(argv[2], "text")) pattern = TEXT;
+		else if (!strcmp(argv[2], "random")) pattern = RANDOM;
+		else if (strcmp(argv[2], "words")) { fprintf(stderr, "bad pattern %s\n", argv[2]); return 2; }
+	}
 
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_term;
 	sigemptyset(&sa.sa_mask);
 	if (sigaction(SIGTERM, &sa, NULL) != 0) { perror("sigaction"); return 1; }
+	sa.sa_handler = on_usr1;
+	if (sigaction(SIGUSR1, &sa, NULL) != 0) { perror("sigaction"); return 1; }
 
 	long psz = sysconf(_SC_PAGESIZE);
 	size_t size = (size_t)mib << 20;
 	size_t npages = size / (size_t)psz;
 	size_t touched_pages = npages / 4 * 3;
 	size_t words_per_page = (size_t)psz / 8;
+	rewrite_pages = npages / 100;
 
 	uint64_t *map = mmap(NULL, size, PROT_READ | PROT_WRITE,
 			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -72,7 +115,7 @@ int main(int argc, char **argv)
 		uint64_t seed = page_seed(p);
 		uint64_t *pg = map + p * words_per_page;
 		for (size_t w = 0; w < words_per_page; w++)
-			pg[w] = word_value(seed, w);
+			pg[w] = expected(p, seed, w);
 	}
 
 	printf("MAP %lx %zu\n", (unsigned long)map, size);
@@ -84,9 +127,23 @@ int main(int argc, char **argv)
 	sigset_t block;
 	sigemptyset(&block);
 	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGUSR1);
 	sigprocmask(SIG_BLOCK, &block, NULL);
-	while (!got_term)
+	while (!got_term) {
 		sigsuspend(&empty);          /* returns -1/EINTR after each handler */
+		if (got_usr1) {
+			got_usr1 = 0;
+			generation++;
+			for (size_t p = 0; p < rewrite_pages && p < touched_pages; p++) {
+				uint64_t seed = page_seed(p);
+				uint64_t *pg = map + p * words_per_page;
+				for (size_t w = 0; w < words_per_page; w++)
+					pg[w] = expected(p, seed, w);
+			}
+			printf("REWROTE %llu\n", (unsigned long long)generation);
+			fflush(stdout);
+		}
+	}
 	sigprocmask(SIG_UNBLOCK, &block, NULL);
 
 	/* 1. the untouched quarter must not have been populated by dump/restore.
@@ -113,7 +170,7 @@ int main(int argc, char **argv)
 		uint64_t seed = page_seed(p);
 		const uint64_t *pg = map + p * words_per_page;
 		for (size_t w = 0; w < words_per_page; w++)
-			if (pg[w] != word_value(seed, w)) {
+			if (pg[w] != expected(p, seed, w)) {
 				if (!bad_pages) first_bad = p;
 				bad_pages++;
 				break;

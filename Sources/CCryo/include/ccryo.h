@@ -136,6 +136,19 @@ uint64_t cryo_makedev(unsigned major, unsigned minor);
  * 1 when offered, 0 when not, -errno when userfaultfd itself fails. */
 long cryo_probe_uffd_wp_async(void);
 
+/* Write tracking for pre-copy: a userfaultfd in write-protect async mode
+ * (written pages lose their protection without any fault reaching a reader). */
+#define CRYO_UFFD_FEATURE_WP_UNPOPULATED (1ull << 13)
+#define CRYO_UFFD_FEATURE_WP_ASYNC       (1ull << 15)
+#define CRYO_UFFD_USER_MODE_ONLY 1
+#define CRYO_NR_USERFAULTFD 323
+long cryo_uffd_api(int fd, uint64_t features);
+long cryo_uffd_register_wp(int fd, uint64_t start, uint64_t length);
+long cryo_uffd_writeprotect(int fd, uint64_t start, uint64_t length);
+long cryo_copy_file_range(int in_fd, int64_t in_offset, int out_fd, int64_t out_offset, uint64_t length);
+/* The uid of a connected unix socket's peer (SO_PEERCRED). */
+long cryo_peer_uid(int socket);
+
 /* Event and timer descriptors, memfd. */
 long cryo_eventfd(uint64_t count, int semaphore, int nonblock);
 long cryo_signalfd(uint64_t mask, int nonblock);

@@ -1,0 +1,636 @@
+import CCryo
+import CryoInjector
+import CryoSystem
+import Foundation
+import Glibc
+import Logging
+import SystemPackage
+
+// Pre-copy: `cryo pre-dump` copies memory while the process keeps running and
+// starts tracking writes; `cryo dump --prev-images-dir` then copies, while the
+// process is frozen, only what was written since, and fills in the rest from
+// the pre-dump's pages after the process is released (or killed). The final
+// image is self-contained: restore never reads the pre-dump folder.
+//
+// Writes are tracked without soft-dirty bits (this kernel has none): a
+// userfaultfd created inside the target (an injected syscall), taken out with
+// pidfd_getfd and closed there, write-protects its private mappings in async
+// mode; the kernel lifts a page's protection at its first write, and
+// PAGEMAP_SCAN reports such pages as PAGE_IS_WRITTEN. Closing the last
+// reference of that userfaultfd unregisters the mappings and drops every
+// protection, so a small holder process (`cryo pre-dump-holder`, spawned by
+// pre-dump) keeps it open until the dump tells it to go, or the target exits.
+// Nothing of cryo stays in the target. The check is self-validating: pages
+// are taken from the pre-dump only where PAGEMAP_SCAN reports the mapping as
+// still write-protect tracked (PAGE_IS_WPALLOWED) and the page as not written,
+// so a lost holder, an exec or a remapped range just means copying more.
+
+/// What `pre-dump` leaves in its folder (`predump.img`, plus pages-PID.img per process).
+public struct PreDumpRecord: Codable, Sendable {
+    public var tool = "cryo"
+    public var rootPid: Int32
+    /// The abstract unix socket of the holder keeping the tracking alive.
+    public var holderSocket: String
+    public struct Process: Codable, Sendable {
+        public var pid: Int32
+        /// Field 22 of /proc/PID/stat: a pid reused by another process does not match.
+        public var startTime: UInt64
+        /// Runs of pages-PID.img (offsets in the file; never compressed).
+        public var pageIndex: PageIndex
+    }
+    public var processes: [Process]
+}
+
+public struct PreDumpOptions: Sendable {
+    public var pid: pid_t
+    public var directory: String
+    public init(pid: pid_t, directory: String) {
+        self.pid = pid
+        self.directory = directory
+    }
+}
+
+enum PreCopy {
+    static let recordFile = "predump.img"
+
+    /// One holder per (root pid, pre-dump folder): the folder by its real path.
+    static func holderSocketName(pid: pid_t, directory: String) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
+        for byte in directory.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        return "cryo-predump-\(pid)-\(String(hash, radix: 16))"
+    }
+
+    static func realPath(_ path: String) throws -> String {
+        guard let resolved = realpath(path, nil) else {
+            throw SyscallError("realpath", errno: Errno(rawValue: cryo_errno()), object: path)
+        }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+
+    static func startTime(_ pid: pid_t) throws -> UInt64 { try ProcStat(pid: pid).field(22) }
+}
+
+/// The write protection of one process: a userfaultfd made inside it, now held by cryo only.
+struct WriteTracker {
+    let uffd: Userfaultfd
+    let pid: pid_t
+
+    /// Runs userfaultfd() in the frozen task, takes the descriptor out and closes
+    /// it there, registers every private mapping and write-protects the pages
+    /// in `regions` (the saved ones). Only those: protecting a never-touched
+    /// page leaves a marker that PAGEMAP_SCAN reports as swapped. A mapping that
+    /// cannot be registered is left alone: its pages will count as written.
+    static func start(_ tracee: Tracee, memory: MemoryRecord, protect regions: [cryo_page_region], logger: Logger) throws -> WriteTracker {
+        let pid = tracee.pid
+        let flags = UInt64(O_CLOEXEC | O_NONBLOCK) | UInt64(CRYO_UFFD_USER_MODE_ONLY)
+        let remote = try tracee.syscall(Int(CRYO_NR_USERFAULTFD), flags)
+        if remote < 0 { throw SyscallError("injected userfaultfd", errno: Errno(rawValue: Int32(-remote)), pid: pid) }
+        let taken: Result<FileDescriptor, Error> = Result {
+            let pidfd = try Pidfd.open(pid)
+            defer { try? pidfd.close() }
+            return try Pidfd.getfd(pidfd, pid: pid, fd: Int32(remote))
+        }
+        // The task's own table gets its slot back before anything else can fail.
+        let closed = try tracee.syscall(3 /* close */, UInt64(remote))
+        let fd = try taken.get()
+        if closed < 0 {
+            try? fd.close()
+            throw SyscallError("injected close", errno: Errno(rawValue: Int32(-closed)), pid: pid, object: "fd \(remote)")
+        }
+        let uffd = Userfaultfd(fd: fd, pid: pid)
+        do {
+            try uffd.enableAsyncWriteProtect()
+            var ranges: [Range<UInt64>] = []
+            for region in regions {
+                if let last = ranges.last, last.upperBound == region.start {
+                    ranges[ranges.count - 1] = last.lowerBound..<region.end
+                } else {
+                    ranges.append(region.start..<region.end)
+                }
+            }
+            var r = 0
+            for m in memory.mappings where !m.shared && memory.pageCategories(m) != nil {
+                do {
+                    try uffd.registerWriteProtect(start: m.start, length: m.length)
+                    while r < ranges.count && ranges[r].lowerBound < m.end {
+                        let a = max(ranges[r].lowerBound, m.start), b = min(ranges[r].upperBound, m.end)
+                        if a < b { try uffd.writeProtect(start: a, length: b - a) }
+                        if ranges[r].upperBound > m.end { break }
+                        r += 1
+                    }
+                } catch {
+                    logger.debug("pid \(pid): mapping 0x\(hex(m.start)) is not write-tracked: \(error)")
+                }
+            }
+        } catch {
+            try? fd.close()
+            throw error
+        }
+        return WriteTracker(uffd: uffd, pid: pid)
+    }
+
+    func close() { try? uffd.fd.close() }
+}
+
+/// `cryo pre-dump`: freeze briefly to start tracking, copy while running, leave a holder.
+public struct PreDumper {
+    let options: PreDumpOptions
+    let logger: Logger
+    public init(options: PreDumpOptions, logger: Logger) {
+        self.options = options
+        self.logger = logger
+    }
+
+    public func run() throws -> DumpStatistics {
+        let pid = options.pid
+        // The same refusals as dump (a pre-dump of what cannot be dumped is of no use).
+        try Dumper(options: DumpOptions(pid: pid, directory: options.directory, leaveRunning: true, shellJob: true),
+                   logger: logger).checkRequest()
+        let directory = options.directory
+        let madeDirectory = !Files.exists(directory)
+        if madeDirectory && mkdir(directory, 0o700) != 0 {
+            throw SyscallError("mkdir", errno: Errno(rawValue: cryo_errno()), object: "image folder \(directory)")
+        }
+        let recordPath = "\(directory)/\(PreCopy.recordFile)"
+        let claim: FileDescriptor
+        do {
+            claim = try Files.open(recordPath, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
+        } catch let error as SyscallError where error.errno == .fileExists {
+            if madeDirectory { rmdir(directory) }
+            throw CryoError("image folder \(directory) already holds a pre-dump (\(PreCopy.recordFile) exists); use an empty folder")
+        }
+        var created = [recordPath]
+        var trackers: [WriteTracker] = []
+        var success = false
+        defer {
+            try? claim.close()
+            if !success {
+                for tracker in trackers { tracker.close() }
+                for file in created { unlink(file) }
+                unlink("\(directory)/stats-dump")
+                if madeDirectory { rmdir(directory) }
+            }
+        }
+        let socketName = PreCopy.holderSocketName(pid: pid, directory: try PreCopy.realPath(directory))
+        let listener: ControlListener
+        do { listener = try ControlListener(name: socketName) } catch let error as SyscallError where error.errno == .addressInUse {
+            throw CryoError("pid \(pid) is already tracked for a pre-dump into \(directory) (holder socket @\(socketName) is taken)")
+        }
+        defer { listener.close() }
+
+        var statistics = DumpStatistics()
+        let frozenAt = ContinuousClock.now
+        let tree = try FrozenTree.freeze(root: pid)
+        var plans: [(pid: pid_t, startTime: UInt64, regions: [cryo_page_region])] = []
+        do {
+            for process in tree.live {
+                let memory = try MemoryRecord.dump(pid: process.pid)
+                // Listed, then protected, all while frozen: whatever is written from now on is seen as written.
+                let pagemap = try Files.open("/proc/\(process.pid)/pagemap", .readOnly)
+                defer { try? pagemap.close() }
+                let regions = try memory.scanPages(pid: process.pid, pagemap: pagemap, statistics: &statistics)
+                trackers.append(try WriteTracker.start(process.leader, memory: memory, protect: regions, logger: logger))
+                plans.append((process.pid, try PreCopy.startTime(process.pid), regions))
+            }
+        } catch {
+            for tracker in trackers { tracker.close() }
+            trackers = []
+            tree.release()
+            throw error
+        }
+        tree.release()
+        statistics.frozenSeconds = seconds(since: frozenAt)
+        statistics.processes = tree.processes.count
+
+        // The tree runs again: copy what was listed. A range unmapped meanwhile is left out.
+        let copying = ContinuousClock.now
+        var record = PreDumpRecord(rootPid: pid, holderSocket: socketName, processes: [])
+        for plan in plans {
+            let path = "\(directory)/pages-\(plan.pid).img"
+            created.append(path)
+            let index = try copyRunning(pid: plan.pid, regions: plan.regions, to: path)
+            statistics.pagesWritten += index.pagesFileSize / 4096
+            record.processes.append(.init(pid: plan.pid, startTime: plan.startTime, pageIndex: index))
+        }
+        statistics.memoryDumpSeconds = seconds(since: copying)
+        var writer = RecordWriter()
+        try writer.append(.preDump, record)
+        try writer.write(to: claim, path: recordPath)
+
+        let exe = try Files.readLink("/proc/self/exe")
+        var arguments = ["pre-dump-holder", "--directory", try PreCopy.realPath(directory)]
+        var passing = [FileDescriptor(rawValue: listener.socket)]
+        var pidfds: [FileDescriptor] = []
+        defer { for fd in pidfds { try? fd.close() } }
+        for (i, tracker) in trackers.enumerated() {
+            let pidfd = try Pidfd.open(tracker.pid)
+            pidfds.append(pidfd)
+            passing += [tracker.uffd.fd, pidfd]
+            arguments += ["--track", "\(tracker.pid):\(plans[i].startTime):\(4 + 2 * i):\(5 + 2 * i)"]
+        }
+        let holder = try Processes.spawnDetached(exe, arguments, passing: passing)
+        logger.debug("pre-dump holder is pid \(holder) on @\(socketName)")
+        success = true
+        for tracker in trackers { tracker.close() }  // the holder has its own references now
+        try? writeStatistics(statistics, to: "\(directory)/stats-dump")
+        return statistics
+    }
+
+    /// Copies the listed regions out of the running task into `path`.
+    func copyRunning(pid: pid_t, regions: [cryo_page_region], to path: String) throws -> PageIndex {
+        let out = try Files.open(path, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
+        defer { try? out.close() }
+        let writer = PageWriter(file: out, path: path)
+        defer { writer.close() }
+        var runs: [[UInt64]] = []
+        var offset: UInt64 = 0
+        for region in regions {
+            var address = region.start
+            while address < region.end {
+                let chunk = Int(min(UInt64(writer.bufferSize), region.end - address))
+                let source = address
+                do {
+                    try writer.write(count: chunk, at: Int64(offset)) { view in try RemoteMemory.read(pid, at: source, into: view) }
+                    if let last = runs.last, last[0] + last[1] == source, last[2] + last[1] == offset {
+                        runs[runs.count - 1][1] += UInt64(chunk)
+                    } else {
+                        runs.append([source, UInt64(chunk), offset])
+                    }
+                    offset += UInt64(chunk)
+                } catch let error as SyscallError where error.errno == .badAddress {
+                    logger.debug("pid \(pid): 0x\(hex(source)) went away during the pre-dump: \(error)")
+                } catch let error as SyscallError where error.errno == .noSuchProcess {
+                    throw CryoError("pid \(pid) exited during the pre-dump")
+                }
+                address += UInt64(chunk)
+            }
+        }
+        try writer.finish()
+        return PageIndex(runs: runs, pagesFileSize: offset)
+    }
+}
+
+// MARK: - The holder
+
+/// `cryo pre-dump-holder`: keeps the userfaultfds (so the protection stays)
+/// until a dump says "done" or every tracked process has exited.
+public enum PreCopyHolder {
+    public struct Tracked {
+        public var pid: pid_t, startTime: UInt64, uffd: Int32, pidfd: Int32
+        public init(pid: pid_t, startTime: UInt64, uffd: Int32, pidfd: Int32) {
+            self.pid = pid
+            self.startTime = startTime
+            self.uffd = uffd
+            self.pidfd = pidfd
+        }
+    }
+
+    struct Hello: Codable {
+        var directory: String
+        var processes: [[UInt64]]  // [pid, startTime] of those still tracked
+    }
+
+    public static func run(listenFD: Int32, directory: String, tracked: [Tracked]) -> Never {
+        var tracked = tracked
+        // Nothing else of the pre-dump's stays open here.
+        let highest = ([listenFD] + tracked.flatMap { [$0.uffd, $0.pidfd] }).max()!
+        _ = cryo_close_range(UInt32(highest + 1), UInt32.max)
+        while true {
+            var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)]
+                + tracked.map { pollfd(fd: $0.pidfd, events: Int16(POLLIN), revents: 0) }
+            let n = poll(&fds, nfds_t(fds.count), -1)
+            if n < 0 { if errno == EINTR { continue } else { exit(1) } }
+            for (i, entry) in tracked.enumerated().reversed() where fds[i + 1].revents != 0 {
+                Glibc.close(entry.uffd)
+                Glibc.close(entry.pidfd)
+                tracked.remove(at: i)
+            }
+            if tracked.isEmpty { exit(0) }
+            if fds[0].revents & Int16(POLLIN) != 0 {
+                let connection = cryo_accept_cloexec(listenFD)
+                if connection < 0 { continue }
+                if serve(Int32(connection), directory: directory, tracked: tracked) { exit(0) }
+                Glibc.close(Int32(connection))
+            }
+        }
+    }
+
+    /// Tells a dump what is tracked, then waits for its verdict: true when it says "done".
+    static func serve(_ connection: Int32, directory: String, tracked: [Tracked]) -> Bool {
+        guard cryo_peer_uid(connection) == Int(geteuid()) else { return false }
+        var timeout = timeval(tv_sec: 3600, tv_usec: 0)
+        setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let hello = Hello(directory: directory, processes: tracked.map { [UInt64($0.pid), $0.startTime] })
+        guard let data = try? JSONEncoder().encode(hello) else { return false }
+        let sent = data.withUnsafeBytes { send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        guard sent == data.count else { return false }
+        var buffer = [UInt8](repeating: 0, count: 16)
+        let got = buffer.withUnsafeMutableBytes { recv(connection, $0.baseAddress, $0.count, 0) }
+        return got == 4 && Array(buffer[0..<4]) == Array("done".utf8)
+    }
+}
+
+/// The dump's side: the pre-dump image and the holder it talks to.
+final class PreCopyBase {
+    let directory: String
+    let record: PreDumpRecord
+    private var connection: Int32 = -1
+    private var trackedPids: [Int32: UInt64] = [:]
+
+    /// `path` is relative to the new image folder, as CRIU has it, or absolute.
+    init(path: String, imageDirectory: String, rootPid: pid_t, logger: Logger) throws {
+        let joined = path.hasPrefix("/") ? path : "\(imageDirectory)/\(path)"
+        guard Files.exists(joined) else { throw CryoError("--prev-images-dir \(path): \(joined) does not exist") }
+        directory = try PreCopy.realPath(joined)
+        let recordPath = "\(directory)/\(PreCopy.recordFile)"
+        guard Files.exists(recordPath) else { throw CryoError("--prev-images-dir \(joined) holds no pre-dump (no \(PreCopy.recordFile))") }
+        record = try RecordReader(path: recordPath).one(.preDump, as: PreDumpRecord.self)
+        guard record.rootPid == rootPid else {
+            throw ImageError(file: PreCopy.recordFile, record: "preDump", "is a pre-dump of pid \(record.rootPid), not \(rootPid)")
+        }
+        for p in record.processes {
+            let name = "pages-\(p.pid).img"
+            var st = Glibc.stat()
+            guard stat("\(directory)/\(name)", &st) == 0, UInt64(st.st_size) == p.pageIndex.pagesFileSize else {
+                throw ImageError(file: name, "of the pre-dump is missing or not \(p.pageIndex.pagesFileSize) bytes (truncated or replaced)")
+            }
+            var expected: UInt64 = 0
+            for run in p.pageIndex.runs {
+                guard run.count == 3, run[0] % 4096 == 0, run[1] % 4096 == 0, run[1] > 0, run[2] == expected,
+                      run[1] <= p.pageIndex.pagesFileSize - expected else {
+                    throw ImageError(file: PreCopy.recordFile, record: "preDump", "pid \(p.pid): page run \(run) is malformed")
+                }
+                expected += run[1]
+            }
+        }
+        let socketName = PreCopy.holderSocketName(pid: rootPid, directory: directory)
+        connection = connectHolder(socketName)
+        if connection < 0 {
+            logger.warning("no pre-dump holder on @\(socketName) (the pre-dump's process tree changed, or its holder was killed): every page is copied")
+            return
+        }
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        let got = buffer.withUnsafeMutableBytes { recv(connection, $0.baseAddress, $0.count, 0) }
+        guard got > 0, let hello = try? JSONDecoder().decode(PreCopyHolder.Hello.self, from: Data(buffer[0..<got])),
+              hello.directory == directory else {
+            logger.warning("the pre-dump holder on @\(socketName) answered something else: every page is copied")
+            return
+        }
+        for p in hello.processes where p.count == 2 { trackedPids[Int32(truncatingIfNeeded: p[0])] = p[1] }
+    }
+
+    private func connectHolder(_ name: String) -> Int32 {
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return -1 }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let path = [UInt8(0)] + Array(name.utf8)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.enumerated() { raw[i] = b } }
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + path.count)
+        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, length) } }
+        // Only a holder running as cryo's own user is believed.
+        guard r == 0, cryo_peer_uid(fd) == Int(geteuid()) else {
+            Glibc.close(fd)
+            return -1
+        }
+        return fd
+    }
+
+    /// The pre-dump's pages of `pid`, when that very process is still tracked.
+    func pages(of pid: pid_t) -> PreDumpPages? {
+        guard let p = record.processes.first(where: { $0.pid == pid }), trackedPids[pid] == p.startTime,
+              (try? PreCopy.startTime(pid)) == p.startTime else { return nil }
+        return PreDumpPages(path: "\(directory)/pages-\(pid).img", index: p.pageIndex)
+    }
+
+    /// The dump succeeded: the holder may let go.
+    func finish() {
+        if connection >= 0 { _ = "done".withCString { send(connection, $0, 4, Int32(MSG_NOSIGNAL)) } }
+        close()
+    }
+
+    /// Without "done" the holder keeps tracking, for another try.
+    func close() {
+        if connection >= 0 { Glibc.close(connection) }
+        connection = -1
+    }
+
+    deinit { close() }
+}
+
+/// One process's pages in the pre-dump folder.
+struct PreDumpPages {
+    let path: String
+    let index: PageIndex
+}
+
+/// A buffer, touched before the tree is frozen, that takes the pages read
+/// from the frozen task so they reach the pages file only after it is
+/// released: writing fresh page-cache pages costs about 4 µs a page here,
+/// reading into already-touched memory a fraction of that.
+final class HeldPages {
+    let buffer: UnsafeMutableRawBufferPointer
+    private(set) var used = 0
+    /// The most it will hold, whatever the estimate.
+    static let limit = 256 << 20
+
+    init(bytes: Int) {
+        buffer = .allocate(byteCount: max(4096, min(bytes, HeldPages.limit)), alignment: 4096)
+        for page in stride(from: 0, to: buffer.count, by: 4096) { buffer[page] = 0 }
+    }
+
+    deinit { buffer.deallocate() }
+
+    /// Room for `count` more bytes, or nil.
+    func take(_ count: Int) -> UnsafeMutableRawBufferPointer? {
+        guard buffer.count - used >= count else { return nil }
+        defer { used += count }
+        return UnsafeMutableRawBufferPointer(rebasing: buffer[used..<(used + count)])
+    }
+
+    /// Bytes written since tracking began in `pid`'s private memory (and all of
+    /// its untracked memory): what the frozen dump will read, give or take what
+    /// is written meanwhile.
+    static func estimate(pid: pid_t) -> Int {
+        guard let pagemap = try? Files.open("/proc/\(pid)/pagemap", .readOnly) else { return 0 }
+        defer { try? pagemap.close() }
+        var total = 0
+        var regions = [cryo_page_region](repeating: cryo_page_region(), count: 512)
+        var cursor: UInt64 = 0
+        // PAGE_IS_FILE is slow to ask for (see pageCategories), but this runs before the freeze.
+        let notFileNotZero = UInt64(CRYO_PAGE_IS_FILE | CRYO_PAGE_IS_PFNZERO)
+        while cursor < 0x7fff_ffff_f000 {
+            var arg = cryo_pm_scan_arg()
+            arg.start = cursor
+            arg.end = 0x7fff_ffff_f000
+            arg.category_inverted = notFileNotZero
+            arg.category_mask = notFileNotZero | UInt64(CRYO_PAGE_IS_WRITTEN)
+            arg.category_anyof_mask = UInt64(CRYO_PAGE_IS_PRESENT | CRYO_PAGE_IS_SWAPPED)
+            arg.return_mask = UInt64(CRYO_PAGE_IS_WRITTEN)
+            let found = regions.withUnsafeMutableBufferPointer { vec -> Int in
+                arg.vec = UInt64(UInt(bitPattern: vec.baseAddress))
+                arg.vec_len = UInt64(vec.count)
+                return cryo_pagemap_scan(pagemap.rawValue, &arg)
+            }
+            guard found >= 0 else { return total }
+            for region in regions.prefix(found) { total += Int(region.end - region.start) }
+            guard arg.walk_end > cursor else { break }
+            cursor = arg.walk_end
+        }
+        return total
+    }
+}
+
+/// Pages the final dump takes from the pre-dump, copied once the tree is released.
+final class PendingFill {
+    let source: String
+    let target: String
+    let pid: pid_t
+    /// [source offset, target offset, length]
+    var pieces: [[UInt64]] = []
+    /// Pages read from the frozen task into a HeldPages buffer: (bytes, target offset).
+    var held: [(UnsafeMutableRawBufferPointer, UInt64)] = []
+    var heldBuffer: HeldPages?
+    init(source: String, target: String, pid: pid_t) {
+        self.source = source
+        self.target = target
+        self.pid = pid
+    }
+
+    var bytes: UInt64 { pieces.reduce(0) { $0 + $1[2] } }
+
+    func add(from: UInt64, to: UInt64, length: UInt64) {
+        if let last = pieces.last, last[0] + last[2] == from, last[1] + last[2] == to {
+            pieces[pieces.count - 1][2] += length
+        } else {
+            pieces.append([from, to, length])
+        }
+    }
+
+    func run() throws {
+        guard !pieces.isEmpty || !held.isEmpty else { return }
+        let output = try Files.open(target, .writeOnly, options: [.noFollow])
+        defer { try? output.close() }
+        for (bytes, offset) in held {
+            try Files.write(output, UnsafeRawBufferPointer(bytes), at: Int64(offset), path: target)
+        }
+        guard !pieces.isEmpty else { return }
+        let input = try Files.open(source, .readOnly)
+        defer { try? input.close() }
+        for piece in pieces {
+            try FileRanges.copy(from: input, at: Int64(piece[0]), to: output, at: Int64(piece[1]), length: Int64(piece[2]),
+                                object: "pid \(pid): pages from \(source)")
+        }
+    }
+}
+
+extension MemoryRecord {
+    /// dumpPages after a pre-dump: every page the scan lists keeps its place in
+    /// the stream, but only pages written since the pre-dump (or not in it, or
+    /// in mappings no longer tracked) are read from the frozen task now; the
+    /// others are left to `PendingFill`, after the task is released. The file
+    /// system must have room for that fill before anything is written.
+    func dumpPages(pid: pid_t, to pagesPath: String, previous: PreDumpPages, held: HeldPages?,
+                   statistics: inout DumpStatistics) throws -> (PageIndex, PendingFill) {
+        let pagemap = try Files.open("/proc/\(pid)/pagemap", .readOnly)
+        defer { try? pagemap.close() }
+        let fill = PendingFill(source: previous.path, target: pagesPath, pid: pid)
+        var runs: [[UInt64]] = []
+        var fresh: [[UInt64]] = []  // [address, length, offset]: read from the task now
+        var total: UInt64 = 0
+        let old = previous.index.runs
+        var j = 0
+        let unchanged = UInt64(CRYO_PAGE_IS_WPALLOWED)
+        let scanned = try scanPages(pid: pid, pagemap: pagemap, extraCategories: UInt64(CRYO_PAGE_IS_WPALLOWED | CRYO_PAGE_IS_WRITTEN),
+                                    statistics: &statistics)
+        for region in try Self.withoutMarkers(scanned, pagemap: pagemap, pid: pid) {
+            let (start, end) = (region.start, region.end)
+            runs.append([start, end - start, total])  // never merged: a run stays inside one mapping
+            let offset = { (address: UInt64) in total + (address - start) }
+            func takeFresh(_ a: UInt64, _ b: UInt64) {
+                guard a < b else { return }
+                if let last = fresh.last, last[0] + last[1] == a { fresh[fresh.count - 1][1] += b - a } else { fresh.append([a, b - a, offset(a)]) }
+            }
+            if region.categories & (unchanged | UInt64(CRYO_PAGE_IS_WRITTEN)) == unchanged {
+                while j < old.count && old[j][0] + old[j][1] <= start { j += 1 }
+                var cursor = start
+                var k = j
+                while k < old.count && old[k][0] < end {
+                    let a = max(cursor, old[k][0]), b = min(end, old[k][0] + old[k][1])
+                    if a < b {
+                        takeFresh(cursor, a)
+                        fill.add(from: old[k][2] + (a - old[k][0]), to: offset(a), length: b - a)
+                        cursor = b
+                    }
+                    k += 1
+                }
+                takeFresh(cursor, end)
+            } else {
+                takeFresh(start, end)
+            }
+            total += end - start
+        }
+        let out = try Files.open(pagesPath, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
+        defer { try? out.close() }
+        // Room for the fill, checked now (statvfs: fallocate of the whole file costs frozen time).
+        _ = try checkLibc(Int(ftruncate(out.rawValue, off_t(total))), "ftruncate", pid: pid, object: pagesPath)
+        try FileRanges.requireSpace(out, bytes: total, object: pagesPath)
+        let writer = PageWriter(file: out, path: pagesPath)
+        defer { writer.close() }
+        var copied: UInt64 = 0
+        fill.heldBuffer = held
+        for piece in fresh {
+            if let room = held?.take(Int(piece[1])) {
+                try RemoteMemory.read(pid, at: piece[0], into: room)
+                fill.held.append((room, piece[2]))
+                copied += piece[1]
+                continue
+            }
+            var done: UInt64 = 0
+            while done < piece[1] {
+                let chunk = Int(min(UInt64(writer.bufferSize), piece[1] - done))
+                let source = piece[0] + done
+                try writer.write(count: chunk, at: Int64(piece[2] + done)) { view in try RemoteMemory.read(pid, at: source, into: view) }
+                done += UInt64(chunk)
+            }
+            copied += piece[1]
+        }
+        try writer.finish()
+        statistics.pagesWritten += copied / 4096
+        statistics.pagesFromPreDump = (statistics.pagesFromPreDump ?? 0) + fill.bytes / 4096
+        return (PageIndex(runs: runs, pagesFileSize: total), fill)
+    }
+
+    /// PAGEMAP_SCAN counts a write-protect marker (left where a protected page of
+    /// a file mapping was dropped) as a swapped page; it holds nothing. The
+    /// pagemap entry tells them apart: swap type 31 is the marker type.
+    static func withoutMarkers(_ regions: [cryo_page_region], pagemap: FileDescriptor, pid: pid_t) throws -> [cryo_page_region] {
+        let swappedOnly = UInt64(CRYO_PAGE_IS_SWAPPED | CRYO_PAGE_IS_PRESENT)
+        var result: [cryo_page_region] = []
+        for region in regions {
+            guard region.categories & swappedOnly == UInt64(CRYO_PAGE_IS_SWAPPED),
+                  region.categories & UInt64(CRYO_PAGE_IS_WRITTEN) == 0 else {
+                result.append(region)
+                continue
+            }
+            let pages = Int((region.end - region.start) / 4096)
+            var entries = [UInt64](repeating: 0, count: pages)
+            let n = try entries.withUnsafeMutableBytes { try pagemap.read(fromAbsoluteOffset: Int64(region.start / 4096 * 8), into: $0) }
+            guard n == pages * 8 else { throw SyscallError("pread", errno: .ioError, pid: pid, object: "pagemap at 0x\(hex(region.start))") }
+            var runStart: UInt64? = nil
+            for (i, entry) in entries.enumerated() {
+                let address = region.start + UInt64(i) * 4096
+                let marker = entry & (1 << 62) != 0 && entry & 0x1f == 0x1f
+                if marker, let s = runStart {
+                    result.append(cryo_page_region(start: s, end: address, categories: region.categories))
+                    runStart = nil
+                } else if !marker && runStart == nil {
+                    runStart = address
+                }
+            }
+            if let s = runStart { result.append(cryo_page_region(start: s, end: region.end, categories: region.categories)) }
+        }
+        return result
+    }
+}
