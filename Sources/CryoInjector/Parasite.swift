@@ -45,15 +45,8 @@ public final class Parasite {
         let total = codeSize + argumentSize + stackSize
         let flags = UInt64(MAP_PRIVATE | MAP_ANONYMOUS) | (address != nil ? 0x10_0000 /* MAP_FIXED_NOREPLACE */ : 0)
         let status = tracee.live ? TaskStatusLines(pid: tracee.pid, keys: ["SigCgt", "SigIgn", "x86_Thread_features"]) : nil
-        if tracee.live {
-            // A task seized while running must survive cryo's death from here on.
-            if let status, ReturnGadgets.usesShadowStack(status) {
-                log?(tracee.pid, "inject", "shadow stack enabled: rt_sigreturn would need its token; a kill of cryo now would hurt it")
-            } else if let gadgets = ReturnGadgets.find(pid: tracee.pid) {
-                do { try tracee.prepareReturnPath(gadgets) } catch { log?(tracee.pid, "inject", "no way home: \(error)") }
-            } else {
-                log?(tracee.pid, "inject", "no rt_sigreturn and `syscall; ret` sequences in its code: a kill of cryo now would hurt it")
-            }
+        if let missing = tracee.prepareWayHome(status: status) {
+            log?(tracee.pid, "inject", "\(missing): a kill of cryo now would hurt it")
         }
         // MAP_NORESERVE in a live task keeps the parasite from merging with a
         // neighbouring mapping, so that a kill of cryo during this very mmap

@@ -177,6 +177,7 @@ public final class Tracee {
     /// written over the code at rip and put back after.
     @discardableResult
     public func syscall(_ number: Int, _ args: UInt64...) throws -> Int64 {
+        if gadget == nil { _ = prepareWayHome() } // a syscall without a parasite (pre-dump's userfaultfd)
         if let returnPath { return try syscallGoingHome(number, args, path: returnPath) }
         var regs = originalRegisters
         regs.rax = UInt64(number)
@@ -218,6 +219,21 @@ public final class Tracee {
     }
 
     // MARK: The way home (live tasks)
+
+    /// A task seized while running must survive cryo's death from its first
+    /// injected syscall on: finds the gadgets and writes the frame. Returns why
+    /// there is no way home, if there is none (nil as well for tasks cryo made).
+    func prepareWayHome(status: TaskStatusLines? = nil) -> String? {
+        guard live, returnPath == nil else { return nil }
+        if let status = status ?? TaskStatusLines(pid: pid, keys: ["x86_Thread_features"]), ReturnGadgets.usesShadowStack(status) {
+            return "shadow stack enabled: rt_sigreturn would need its token"
+        }
+        guard let gadgets = ReturnGadgets.find(pid: pid) else {
+            return "no rt_sigreturn and `syscall; ret` sequences in its code"
+        }
+        do { try prepareReturnPath(gadgets) } catch { return "no way home: \(error)" }
+        return nil
+    }
 
     /// Writes the frame for the way home below this thread's stack (once).
     func prepareReturnPath(_ gadgets: ReturnGadgets) throws {
