@@ -75,6 +75,7 @@ public struct Dumper {
         let tree = try FrozenTree.freeze(root: pid)
         killPoint("seized")
         logger.debug("froze \(tree.processes.count) processes, \(tree.live.reduce(0) { $0 + $1.threads.count }) threads")
+        let taskWriter = BackgroundWriter()
         do {
             try checkTree(tree)
             var sharedMemory: [UInt64: MemoryRecord.SharedOrigin] = [:]
@@ -121,9 +122,11 @@ public struct Dumper {
                 if compressAfterRelease {
                     compressLater.append(task)
                 } else {
-                    try task.write(to: paths.task(process.pid))
+                    let taskPath = paths.task(process.pid)
+                    taskWriter.submit { try task.write(to: taskPath) }
                 }
             }
+            try taskWriter.finish()
             try fileTable.finish()
             var files = RecordWriter()
             try files.append(.files, fileTable.table)
@@ -134,6 +137,7 @@ public struct Dumper {
                                                        kernel: kernelRelease(), shellJob: options.shellJob))
             try inventory.write(to: inventoryFD, path: paths.inventory)
         } catch {
+            try? taskWriter.finish() // before the partial image is removed
             tree.release()
             throw error
         }
@@ -272,6 +276,27 @@ public struct Dumper {
 }
 
 /// The parasite's own log lines, shown at -v with task and command.
+/// Task images are encoded (JSON) and written on the other core while the
+/// next process is dumped; the first failure is kept and later work skipped.
+final class BackgroundWriter: @unchecked Sendable {
+    private let queue = DispatchQueue(label: "cryo.task-writer")
+    private let lock = NSLock()
+    private var failure: Error?
+
+    func submit(_ work: @escaping @Sendable () throws -> Void) {
+        queue.async { [self] in
+            guard lock.withLock({ failure == nil }) else { return }
+            do { try work() } catch { lock.withLock { if failure == nil { failure = error } } }
+        }
+    }
+
+    /// Waits for everything submitted; throws the first failure.
+    func finish() throws {
+        queue.sync {}
+        try lock.withLock { if let failure { throw failure } }
+    }
+}
+
 func parasiteLog(_ logger: Logger) -> (pid_t, String, String) -> Void {
     { pid, command, line in logger.debug("pid \(pid) parasite \(command): \(line)") }
 }
