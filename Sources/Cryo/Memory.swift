@@ -602,23 +602,44 @@ public struct DumpStatistics: Codable, Sendable {
 struct MemoryRestorePlan {
     var payload: [UInt8]
 
-    init(record: MemoryRecord, index: PageIndex, current: [ProcMapping], parasite: Range<UInt64>,
-         temporary: UInt64, pagesFD: Int32, fileFD: (MemoryRecord.Mapping) throws -> Int32,
-         oldRseq: cryo_rseq_config) throws {
+    /// What a new task has that goes: all but the parasite and the kernel's
+    /// special mappings (those are moved, not dropped).
+    static func dropped(_ current: [ProcMapping], parasite: Range<UInt64>)
+        -> (unmaps: [cryo_range], specials: [(kind: MemoryRecord.Kind, range: Range<UInt64>)]) {
         let specialNames: [String: MemoryRecord.Kind] = ["[vdso]": .vdso, "[vvar]": .vvar, "[vvar_vclock]": .vvarClock]
         var unmaps: [cryo_range] = []
-        var currentSpecials: [(kind: MemoryRecord.Kind, range: Range<UInt64>)] = []
+        var specials: [(kind: MemoryRecord.Kind, range: Range<UInt64>)] = []
         for m in current {
             if m.start >= parasite.lowerBound && m.end <= parasite.upperBound { continue }
             if m.path == "[vsyscall]" { continue }
             if let kind = specialNames[m.path] {
-                currentSpecials.append((kind, m.start..<m.end))
+                specials.append((kind, m.start..<m.end))
                 continue
             }
             if let last = unmaps.last, last.end == m.start { unmaps[unmaps.count - 1].end = m.end } else {
                 unmaps.append(cryo_range(start: m.start, end: m.end))
             }
         }
+        return (unmaps, specials)
+    }
+
+    /// RESTORE_MEMORY that only drops the controller's address space a task
+    /// cloned from cryo starts with, so that its children do not copy it again.
+    static func shedding(current: [ProcMapping], parasite: Range<UInt64>, oldRseq: cryo_rseq_config) -> [UInt8] {
+        let unmaps = dropped(current, parasite: parasite).unmaps
+        var header = cryo_restore_memory()
+        header.unmap_count = UInt64(unmaps.count)
+        header.pages_fd = -1
+        header.old_rseq = oldRseq.rseq_abi_pointer
+        header.old_rseq_length = oldRseq.rseq_abi_size
+        header.old_rseq_signature = oldRseq.signature
+        return bytes(of: header) + bytes(of: unmaps)
+    }
+
+    init(record: MemoryRecord, index: PageIndex, current: [ProcMapping], parasite: Range<UInt64>,
+         temporary: UInt64, pagesFD: Int32, fileFD: (MemoryRecord.Mapping) throws -> Int32,
+         oldRseq: cryo_rseq_config) throws {
+        var (unmaps, currentSpecials) = MemoryRestorePlan.dropped(current, parasite: parasite)
         // The kernel's vDSO pages move to where the image had them: first aside,
         // then into place, so no move lands on another special mapping.
         var remaps: [cryo_remap] = []

@@ -221,6 +221,12 @@ public struct Restorer {
         } else {
             parasite = try Parasite.inject(into: tracee, argumentBytes: argumentBytes(image), at: try parasitePlace(image, near: tracee.pid), log: parasiteLog(logger))
         }
+        // It starts as a copy of cryo (or of the namespace's init, itself one):
+        // every process of the tree would copy all of that again and drop it.
+        let shed = MemoryRestorePlan.shedding(current: try readMappings(pid: tracee.pid, withFlags: false),
+                                              parasite: parasite.base..<(parasite.base + parasite.size),
+                                              oldRseq: try Ptrace.rseqConfiguration(tracee.pid))
+        try parasite.run(CRYO_CMD_RESTORE_MEMORY, payload: shed, replyBytes: 0)
         let root = RestoringProcess(image: image.tasks[0], tracee: tracee, parasite: parasite)
         session.processes[core.pid] = root
         return root
