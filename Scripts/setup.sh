@@ -2,7 +2,7 @@
 # Set up a fresh Debian 12 machine (as root) to build cryo, then build it.
 #
 # Installs the Debian packages the build needs when they are missing and runs
-# `swift build -c release`.  Safe to run again: installed packages are left
+# `swift build -c release --static-swift-stdlib`.  Safe to run again: installed packages are left
 # alone and apt is not touched at all when nothing is missing.  Swift itself
 # is expected at /opt/swift (or anywhere on PATH).
 set -euo pipefail
@@ -59,6 +59,8 @@ fi
 
 # SCRATCH_PATH builds elsewhere than .build (e.g. one per git worktree).
 scratch=${SCRATCH_PATH:-.build}
-say "swift build -c release --scratch-path $scratch (in $repo)"
-swift build -c release --scratch-path "$scratch"
+# The Swift runtime linked in: cryo starts in about 6 ms instead of 10, and a
+# small dump or restore is mostly start-up.
+say "swift build -c release --static-swift-stdlib --scratch-path $scratch (in $repo)"
+swift build -c release --static-swift-stdlib --scratch-path "$scratch"
 say "built $(cd "$scratch" && pwd)/release/cryo"
