@@ -490,6 +490,33 @@ static long restore_creds(struct cryo_args_header *h) {
     return 0;
 }
 
+/* Lazy restore: the userfaultfd must belong to this task's mm, so it is made
+ * here; the ranges are the private anonymous mappings left unfilled. */
+static long lazy_uffd(struct cryo_args_header *h) {
+    struct cryo_lazy_uffd *a = payload(h);
+    struct cryo_range *ranges = (struct cryo_range *)(a + 1);
+    const long NR_userfaultfd = 323, NR_ioctl = 16;
+    const unsigned long UFFDIO_API = 0xc018aa3ful, UFFDIO_REGISTER = 0xc020aa00ul;
+    long fd = sys1(NR_userfaultfd, O_CLOEXEC | 04000 /* O_NONBLOCK */);
+    CHECK(h, fd, 0, NR_userfaultfd, 0);
+    struct { uint64_t api, features, ioctls; } api = { 0xAA, a->features, 0 };
+    long r = sys3(NR_ioctl, fd, UFFDIO_API, &api);
+    if (r < 0) { sys1(NR_close, fd); return fail(h, r, 0, NR_ioctl, UFFDIO_API); }
+    for (uint32_t i = 0; i < a->range_count; i++) {
+        struct { uint64_t start, len, mode, ioctls; } reg = { ranges[i].start, ranges[i].end - ranges[i].start,
+                                                             1 /* UFFDIO_REGISTER_MODE_MISSING */, 0 };
+        log_line(h, "lazy range", ranges[i].start, ranges[i].end);
+        r = sys3(NR_ioctl, fd, UFFDIO_REGISTER, &reg);
+        if (r < 0) { sys1(NR_close, fd); return fail(h, r, i, NR_ioctl, ranges[i].start); }
+    }
+    if (fd != a->target_fd) {
+        r = sys3(NR_dup3, fd, a->target_fd, O_CLOEXEC);
+        sys1(NR_close, fd);
+        CHECK(h, r, 0, NR_dup3, (unsigned long)a->target_fd);
+    }
+    return 0;
+}
+
 /* A real fault on purpose, two calls deep, so tests can check that a
  * crashing parasite is reported with its registers and a backtrace. */
 __attribute__((noinline)) static void fault_deeper(volatile int *where) { *where = 1; }
@@ -601,6 +628,7 @@ static long run_command(struct cryo_args_header *h) {
     case CRYO_CMD_RESTORE_TIMERS: return restore_timers(h);
     case CRYO_CMD_PAGE_PIPE: return page_pipe(h);
     case CRYO_CMD_DUMP_PAGES: return dump_pages(h);
+    case CRYO_CMD_LAZY_UFFD: return lazy_uffd(h);
     default: return fail(h, -38 /* ENOSYS */, h->command, 0, 0);
     }
 }

@@ -225,6 +225,63 @@ long cryo_peer_uid(int sock) {
     if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &c, &n) < 0) return -errno;
     return c.uid;
 }
+
+uint64_t cryo_uffd_lazy_features(void) {
+    return UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP;
+}
+
+long cryo_uffd_probe(uint64_t features, int *failed_call) {
+    *failed_call = 0;
+    long fd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return -errno;
+    *failed_call = 1;
+    struct uffdio_api api = { .api = UFFD_API, .features = features };
+    long r = ioctl((int)fd, UFFDIO_API, &api);
+    int saved = errno;
+    close((int)fd);
+    return r < 0 ? -saved : 0;
+}
+
+long cryo_uffd_read(int fd, cryo_uffd_event *events, int max) {
+    struct uffd_msg msgs[64];
+    if (max > 64) max = 64;
+    ssize_t n = read(fd, msgs, sizeof(msgs[0]) * (size_t)max);
+    if (n < 0) return errno == EAGAIN ? 0 : -errno;
+    long count = n / (ssize_t)sizeof(msgs[0]);
+    for (long i = 0; i < count; i++) {
+        struct uffd_msg *m = &msgs[i];
+        cryo_uffd_event *e = &events[i];
+        memset(e, 0, sizeof(*e));
+        e->event = m->event;
+        switch (m->event) {
+        case UFFD_EVENT_PAGEFAULT: e->address = m->arg.pagefault.address; e->flags = m->arg.pagefault.flags; break;
+        case UFFD_EVENT_FORK: e->ufd = m->arg.fork.ufd; break;
+        case UFFD_EVENT_REMAP: e->address = m->arg.remap.from; e->to = m->arg.remap.to; e->length = m->arg.remap.len; break;
+        case UFFD_EVENT_REMOVE:
+        case UFFD_EVENT_UNMAP: e->address = m->arg.remove.start; e->length = m->arg.remove.end - m->arg.remove.start; break;
+        }
+    }
+    return count;
+}
+
+long cryo_uffd_copy(int fd, uint64_t address, const void *source, uint64_t length, int64_t *done) {
+    struct uffdio_copy c = { .dst = address, .src = (uint64_t)(uintptr_t)source, .len = length, .mode = 0, .copy = 0 };
+    long r = ioctl(fd, UFFDIO_COPY, &c);
+    *done = c.copy > 0 ? c.copy : 0;
+    return r < 0 ? -errno : 0;
+}
+
+long cryo_uffd_zeropage(int fd, uint64_t address, uint64_t length, int64_t *done) {
+    struct uffdio_zeropage z = { .range = { .start = address, .len = length }, .mode = 0, .zeropage = 0 };
+    long r = ioctl(fd, UFFDIO_ZEROPAGE, &z);
+    *done = z.zeropage > 0 ? z.zeropage : 0;
+    return r < 0 ? -errno : 0;
+}
+
+long cryo_uffd_wake(int fd, uint64_t address, uint64_t length) {
+    struct uffdio_range range = { .start = address, .len = length };
+    return ioctl(fd, UFFDIO_WAKE, &range) < 0 ? -errno : 0;
+}
 long cryo_kcmp(pid_t p1, pid_t p2, int type) { return RAW(syscall(SYS_kcmp, p1, p2, type, 0, 0)); }
 
 static inline long raw_syscall4(long nr, long a, long b, long c, long d) {

@@ -468,9 +468,14 @@ final class PageReader {
     private var compressedBuffer: UnsafeMutableRawBufferPointer?
     private var cachedFrame = -1
 
-    init(path: String, index: PageIndex) throws {
+    /// Bytes of the whole page stream: `index.pageBytes`, unless `index` holds only some of the runs
+    /// (lazy restore fills the others later) and `streamBytes` gives the whole.
+    let streamBytes: UInt64
+
+    init(path: String, index: PageIndex, streamBytes: UInt64? = nil) throws {
         self.path = path
         self.index = index
+        self.streamBytes = streamBytes ?? index.pageBytes
         file = try Files.open(path, .readOnly)
         if let frames = index.compression {
             decompressor = PageCompression.makeDecompressor()
@@ -538,8 +543,8 @@ final class PageReader {
         }
     }
 
-    /// Bytes of the page stream at `offset`.
-    private func readStream(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+    /// Bytes of the page stream at `offset` (lazy restore reads by offset: pages keep theirs when moved).
+    func readStream(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
         guard let frames = index.compression else {
             let n = try file.read(fromAbsoluteOffset: Int64(offset), into: buffer)
             if n != buffer.count { throw CryoError("\(name): short read at offset \(offset) (truncated)") }
@@ -560,7 +565,7 @@ final class PageReader {
     /// One frame, uncompressed (the last one decoded is kept).
     private func decodedFrame(_ i: Int) throws -> UnsafeMutableRawBufferPointer {
         let frames = index.compression!
-        let length = Int(min(frames.frameSize, index.pageBytes - UInt64(i) * frames.frameSize))
+        let length = Int(min(frames.frameSize, streamBytes - UInt64(i) * frames.frameSize))
         let out = UnsafeMutableRawBufferPointer(rebasing: frameBuffer![0..<length])
         if cachedFrame == i { return out }
         cachedFrame = -1

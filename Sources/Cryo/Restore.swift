@@ -15,9 +15,12 @@ public struct RestoreOptions: Sendable {
     public var leaveStopped: Bool
     /// Rebuild established TCP connections of the image (TCP_REPAIR); without it they are refused.
     public var tcpEstablished: Bool
+    /// Start the tree before its private anonymous memory is in; cryo fills it on demand and in the background (LazyPages.swift).
+    public var lazyPages: Bool
     public init(directory: String, detached: Bool, newPidNamespace: Bool = false, leaveStopped: Bool = false,
-                tcpEstablished: Bool = false) {
+                tcpEstablished: Bool = false, lazyPages: Bool = false) {
         self.tcpEstablished = tcpEstablished
+        self.lazyPages = lazyPages
         self.directory = directory
         self.detached = detached
         self.newPidNamespace = newPidNamespace
@@ -31,6 +34,8 @@ public struct RestoredTree: Sendable {
     public var childPid: pid_t
     public var rootPid: pid_t
     public var rootPidInImage: pid_t
+    /// With --lazy-pages: the server still loading memory; wait for it before exiting.
+    public var lazy: LazyServer?
 }
 
 /// A process being rebuilt: traced, with the parasite inside.
@@ -82,6 +87,7 @@ public struct Restorer {
         var statistics = RestoreStatistics()
         let image = try Image(directory: options.directory)
         statistics.imageReadSeconds = seconds(since: started)
+        if options.lazyPages { try LazyServer.check() }
         let inventory = image.inventory
         if !options.tcpEstablished {
             // Before anything is touched: the image needs the flag.
@@ -104,6 +110,7 @@ public struct Restorer {
         raiseDescriptorLimit()
 
         let session = RestoreSession()
+        session.lazy = options.lazyPages ? LazyServer(logger: logger, started: started) : nil
         var park: [Int32] = [-1, -1]
         defer { if park[0] >= 0 { close(park[0]); close(park[1]) } }
         do {
@@ -176,9 +183,18 @@ public struct Restorer {
             session.done = true
             statistics.totalSeconds = seconds(since: started)
             try? writeStatistics(statistics, to: "\(options.directory)/stats-restore")
-            return RestoredTree(childPid: session.created[0], rootPid: root.pid, rootPidInImage: image.inventory.rootPid)
+            var lazy: LazyServer? = nil
+            if let server = session.lazy, server.hasWork {
+                server.finishAdding()
+                server.statisticsFile = (statistics, "\(options.directory)/stats-restore")
+                lazy = server
+            }
+            return RestoredTree(childPid: session.created[0], rootPid: root.pid, rootPidInImage: image.inventory.rootPid, lazy: lazy)
         } catch {
+            session.lazy?.stop()
             session.killAll()
+            // A task killed because its pages could not be loaded fails the restore for that reason.
+            if let failure = session.lazy?.failed { throw failure }
             throw error
         }
     }
@@ -525,8 +541,9 @@ public struct Restorer {
 
         let current = try readMappings(pid: pid, withFlags: false)
         let parasiteRange = parasite.base..<(parasite.base + parasite.size)
+        let lazy = session.lazy.map { _ in LazySplit(task: task) }
         let plan = try MemoryRestorePlan(
-            record: task.memory, index: task.pageIndex, current: current, parasite: parasiteRange,
+            record: task.memory, index: lazy?.eagerIndex ?? task.pageIndex, current: current, parasite: parasiteRange,
             temporary: parasiteRange.upperBound + 0x10_0000, pagesFD: slotFD(pagesSlot),
             fileFD: { m in
                 if let origin = m.sharedFrom { return slotFD(mappingSlots["shm:\(origin.pid):\(origin.start)"]!) }
@@ -536,7 +553,24 @@ public struct Restorer {
             oldRseq: try Ptrace.rseqConfiguration(pid))
         try parasite.run(CRYO_CMD_RESTORE_MEMORY, payload: plan.payload, replyBytes: 0)
         if task.pageIndex.compression != nil {
-            try task.memory.fillPages(pid: pid, from: PageReader(path: image.paths.pages(imagePid), index: task.pageIndex))
+            try task.memory.fillPages(pid: pid, from: PageReader(path: image.paths.pages(imagePid), index: lazy?.eagerIndex ?? task.pageIndex,
+                                                                     streamBytes: task.pageIndex.pageBytes))
+        }
+        // Registered after the eager pages are in place, so filling them meets no fault.
+        if let lazy, let server = session.lazy, !lazy.ranges.isEmpty {
+            // A slot above every received descriptor: INSTALL_FDS closes the task's copy.
+            var request = cryo_lazy_uffd()
+            request.target_fd = slotFD(toSend.count)
+            request.range_count = UInt32(lazy.ranges.count)
+            request.features = cryo_uffd_lazy_features()
+            try parasite.run(CRYO_CMD_LAZY_UFFD, payload: bytes(of: request) + bytes(of: lazy.ranges), replyBytes: 0)
+            let pidfd = try Pidfd.open(pid)
+            defer { try? pidfd.close() }
+            let uffd = try Pidfd.getfd(pidfd, pid: pid, fd: request.target_fd)
+            let source = PageSource(reader: try PageReader(path: image.paths.pages(imagePid), index: task.pageIndex))
+            let pending = PendingPages(lazy.pending)
+            logger.debug("pid \(pid): \(lazy.ranges.count) lazy mappings, \(pending.bytes / 4096) pages to load lazily")
+            server.add(LazyProcess(uffd: Userfaultfd(fd: uffd, pid: pid), source: source, pending: pending, pid: pid, label: "pid \(pid)"))
         }
         faultHook("memory-restored")
 
@@ -669,6 +703,8 @@ public struct RestoreStatistics: Codable, Sendable {
     public var restoreSeconds: Double = 0
     public var totalSeconds: Double = 0
     public var pagesRestored: UInt64 = 0
+    /// --lazy-pages only, written once loading ends.
+    public var lazy: LazyStatistics?
 }
 
 /// What a restore has created so far, to be killed if it fails.
@@ -677,6 +713,7 @@ final class RestoreSession {
     var processes: [Int32: RestoringProcess] = [:]
     var namespaceInit: Tracee?
     var epollsFilled = Set<Int>()
+    var lazy: LazyServer?
     private var control: ControlListener?
 
     /// One listening socket for the whole restore; each parasite connects in turn.

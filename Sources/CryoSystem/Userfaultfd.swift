@@ -65,3 +65,50 @@ public enum FileRanges {
         }
     }
 }
+
+// MARK: - Lazy restore (missing-page faults)
+
+extension Userfaultfd {
+    /// The result of an ioctl that fills pages: how many bytes went in, and the errno that stopped it.
+    public struct Fill: Sendable {
+        public let bytes: UInt64
+        public let errno: Errno?
+    }
+
+    /// Whether this process may create a userfaultfd with `features`; the error names the refusing call.
+    public static func probe(features: UInt64) throws {
+        var failed: Int32 = 0
+        let r = cryo_uffd_probe(features, &failed)
+        if r < 0 {
+            throw SyscallError(failed == 0 ? "userfaultfd" : "ioctl(UFFDIO_API)", errno: Errno(rawValue: Int32(-r)))
+        }
+    }
+
+    /// Messages waiting now (none: empty).
+    public func read(into events: inout [cryo_uffd_event]) throws -> Int {
+        let count = events.count
+        let r = events.withUnsafeMutableBufferPointer { cryo_uffd_read(fd.rawValue, $0.baseAddress, Int32(count)) }
+        return try check(r, "read(userfaultfd)", object: "fd \(fd.rawValue)")
+    }
+
+    /// UFFDIO_COPY: installs `source` at `address` and wakes whoever waits there.
+    public func copy(to address: UInt64, from source: UnsafeRawPointer, length: UInt64) -> Fill {
+        var done: Int64 = 0
+        let r = cryo_uffd_copy(fd.rawValue, address, source, length, &done)
+        return Fill(bytes: UInt64(done), errno: r < 0 ? Errno(rawValue: Int32(-r)) : nil)
+    }
+
+    /// UFFDIO_ZEROPAGE: maps the zero page at `address`.
+    public func zeroPage(at address: UInt64, length: UInt64) -> Fill {
+        var done: Int64 = 0
+        let r = cryo_uffd_zeropage(fd.rawValue, address, length, &done)
+        return Fill(bytes: UInt64(done), errno: r < 0 ? Errno(rawValue: Int32(-r)) : nil)
+    }
+
+    /// UFFDIO_WAKE: wakes threads waiting on a range someone else filled.
+    public func wake(_ address: UInt64, length: UInt64) {
+        _ = cryo_uffd_wake(fd.rawValue, address, length)
+    }
+
+    public func close() { try? fd.close() }
+}

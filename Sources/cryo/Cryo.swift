@@ -4,6 +4,7 @@ import CryoSystem
 import Foundation
 import Glibc
 import Logging
+import CCryo
 
 @main
 struct CryoCommand: ParsableCommand {
@@ -109,31 +110,101 @@ struct RestoreCommand: ParsableCommand {
     var leaveStopped = false
     @Flag(name: .customLong("tcp-established"), help: "Rebuild the image's established TCP connections (TCP_REPAIR).")
     var tcpEstablished = false
+    @Flag(name: .customLong("lazy-pages"), help: "Start the tree before its private anonymous memory is loaded; cryo fills it on first touch and in the background, then exits (with -d, in a background process).")
+    var lazyPages = false
     @OptionGroup var common: CommonOptions
 
-    func run() throws {
-        let tree = try failing {
+    func restore() throws -> RestoredTree {
+        try failing {
             try Restorer(options: RestoreOptions(directory: directory, detached: detached, newPidNamespace: pidNamespace,
-                                                        leaveStopped: leaveStopped, tcpEstablished: tcpEstablished),
+                                                 leaveStopped: leaveStopped, tcpEstablished: tcpEstablished,
+                                                 lazyPages: lazyPages),
                          logger: common.logger()).run()
         }
+    }
+
+    func sayRestored(_ tree: RestoredTree) {
+        if common.verbose > 0 {
+            print(tree.rootPid == tree.rootPidInImage ? "restored pid \(tree.rootPid)"
+                  : "restored pid \(tree.rootPidInImage) as pid \(tree.rootPid) in a new pid namespace")
+            fflush(nil)
+        }
+    }
+
+    func run() throws {
+        if detached && lazyPages { try runDetachedLazy() }
+        let tree = try restore()
         let pid = tree.childPid
         if detached {
-            if common.verbose > 0 {
-                print(tree.rootPid == tree.rootPidInImage ? "restored pid \(tree.rootPid)"
-                      : "restored pid \(tree.rootPidInImage) as pid \(tree.rootPid) in a new pid namespace")
-            }
+            sayRestored(tree)
             return
         }
-        // In the foreground cryo is the restored process's parent: wait and pass its status on.
-        while true {
+        // In the foreground cryo is the restored process's parent: wait and pass its status on,
+        // once every lazy page is in (other processes of the tree may still need them).
+        var exit: Int32 = 0
+        waiting: while true {
             let status = try failing { try waitFor(pid) }
             switch status {
-            case .exited(let code): throw ExitCode(code)
-            case .signaled(let signal): throw ExitCode(128 + signal)
+            case .exited(let code): exit = code; break waiting
+            case .signaled(let signal): exit = 128 + signal; break waiting
             case .stopped: continue  // not reported without WUNTRACED
             }
         }
+        if let lazy = tree.lazy, let error = lazy.waitUntilLoaded() {
+            FileHandle.standardError.write("cryo: \(error)\n".data(using: .utf8)!)
+            throw ExitCode(1)
+        }
+        throw ExitCode(exit)
+    }
+
+    /// -d with --lazy-pages: a child process restores and keeps serving pages
+    /// until all are in; this process returns as soon as the tree runs (a byte
+    /// on a pipe), or with the child's status when the restore fails. The
+    /// fork happens before anything else, while cryo has one thread.
+    func runDetachedLazy() throws -> Never {
+        var ready: [Int32] = [-1, -1]
+        guard cryo_pipe2(&ready, O_CLOEXEC) == 0 else {
+            FileHandle.standardError.write("cryo: pipe2: \(String(cString: strerror(cryo_errno())))\n".data(using: .utf8)!)
+            Glibc.exit(1)
+        }
+        let child = fork()
+        if child < 0 {
+            FileHandle.standardError.write("cryo: fork: \(String(cString: strerror(cryo_errno())))\n".data(using: .utf8)!)
+            Glibc.exit(1)
+        }
+        if child > 0 {
+            close(ready[1])
+            var byte: UInt8 = 0
+            var n: Int
+            repeat { n = Glibc.read(ready[0], &byte, 1) } while n < 0 && cryo_errno() == EINTR
+            if n == 1 { Glibc.exit(0) }
+            var status: Int32 = 0
+            while waitpid(child, &status, 0) < 0 && cryo_errno() == EINTR {}
+            Glibc.exit((status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
+        }
+        close(ready[0])
+        let tree: RestoredTree
+        do { tree = try restore() } catch { Glibc.exit(1) }  // `failing` printed the line
+        sayRestored(tree)
+        // The caller is gone from here on: no stdout to hold open, no hangup to die of.
+        let null = open("/dev/null", O_WRONLY)
+        if null >= 0 { dup2(null, 1); close(null) }
+        signal(SIGHUP, SIG_IGN)
+        var byte: UInt8 = 1
+        _ = Glibc.write(ready[1], &byte, 1)
+        close(ready[1])
+        guard let lazy = tree.lazy else { Glibc.exit(0) }
+        // The root is this process's child until it exits: reap it if it ends first.
+        var rootReaped = false
+        while !lazy.isLoaded {
+            if !rootReaped { var status: Int32 = 0; rootReaped = waitpid(tree.childPid, &status, WNOHANG) == tree.childPid }
+            usleep(20_000)
+        }
+        if let error = lazy.failed {
+            FileHandle.standardError.write("cryo: \(error)\n".data(using: .utf8)!)
+            Glibc.exit(1)
+        }
+        Glibc.exit(0)
     }
 }
 

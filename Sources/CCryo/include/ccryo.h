@@ -290,6 +290,36 @@ long cryo_tcp_repair_options(int fd, uint32_t mss, int wscale, uint32_t snd_wsca
 /* SIOCINQ 0, SIOCOUTQ 1, SIOCOUTQNSD 2 */
 long cryo_socket_queue(int fd, int which, int *value);
 
+
+/* userfaultfd for lazy restore (--lazy-pages). The features cryo needs:
+ * fork, mremap, madvise(DONTNEED) and munmap events, so no change the
+ * restored process makes to its lazy memory goes unseen. */
+uint64_t cryo_uffd_lazy_features(void);
+/* Creates a userfaultfd as this process and asks for `features`; 0, or
+ * -errno of the first call that failed (*failed_call: 0 userfaultfd, 1 UFFDIO_API). */
+long cryo_uffd_probe(uint64_t features, int *failed_call);
+/* One message read from a userfaultfd, decoded. */
+typedef struct {
+    uint32_t event;            /* CRYO_UFFD_EVENT_* */
+    uint32_t ufd;              /* fork: the child's new userfaultfd */
+    uint64_t address;          /* pagefault: the address; remap: from; remove/unmap: start */
+    uint64_t flags;            /* pagefault: UFFD_PAGEFAULT_FLAG_* */
+    uint64_t to;               /* remap: new address */
+    uint64_t length;           /* remap: length; remove/unmap: end - start */
+} cryo_uffd_event;
+#define CRYO_UFFD_EVENT_PAGEFAULT 0x12
+#define CRYO_UFFD_EVENT_FORK 0x13
+#define CRYO_UFFD_EVENT_REMAP 0x14
+#define CRYO_UFFD_EVENT_REMOVE 0x15
+#define CRYO_UFFD_EVENT_UNMAP 0x16
+/* Reads up to max messages without blocking: the count (0 when none), or -errno. */
+long cryo_uffd_read(int fd, cryo_uffd_event *events, int max);
+/* UFFDIO_COPY / UFFDIO_ZEROPAGE / UFFDIO_WAKE: 0 or -errno; *done is the
+ * byte count the kernel installed before an error (copy and zeropage). */
+long cryo_uffd_copy(int fd, uint64_t address, const void *source, uint64_t length, int64_t *done);
+long cryo_uffd_zeropage(int fd, uint64_t address, uint64_t length, int64_t *done);
+long cryo_uffd_wake(int fd, uint64_t address, uint64_t length);
+
 /* Misc syscalls */
 long cryo_prlimit(pid_t pid, int resource, const uint64_t *new_limit, uint64_t *old_limit);
 long cryo_capbset_read(int cap);

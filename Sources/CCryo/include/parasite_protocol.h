@@ -45,6 +45,8 @@ enum cryo_command {
     CRYO_CMD_RESTORE_TIMERS = 16, /* in: struct cryo_timers + entries */
     CRYO_CMD_PAGE_PIPE = 17,   /* out: struct cryo_page_pipe */
     CRYO_CMD_DUMP_PAGES = 18,  /* in: struct cryo_dump_pages + struct cryo_iovec[count] */
+
+    CRYO_CMD_LAZY_UFFD = 19,   /* in: struct cryo_lazy_uffd + ranges (--lazy-pages) */
 };
 
 /* Where a failing command stopped: which step, which syscall, which errno. */
@@ -239,6 +241,16 @@ struct cryo_timers { uint32_t count; uint32_t pad; };
 struct cryo_page_pipe { int32_t read_fd; int32_t write_fd; uint32_t size; uint32_t pad; };
 struct cryo_iovec { uint64_t base; uint64_t length; };
 struct cryo_dump_pages { int32_t read_fd; int32_t write_fd; uint32_t count; uint32_t pad; };
+
+/* Followed by ranges[range_count] (struct cryo_range): the task creates a
+ * userfaultfd (O_CLOEXEC | O_NONBLOCK) with `features`, registers every range
+ * for missing-page faults and leaves it at target_fd, a slot descriptor that
+ * INSTALL_FDS closes later; cryo takes its own copy with pidfd_getfd first. */
+struct cryo_lazy_uffd {
+    int32_t target_fd;
+    uint32_t range_count;
+    uint64_t features;
+};
 
 #define CRYO_MAX_GROUPS 64
 struct cryo_creds {

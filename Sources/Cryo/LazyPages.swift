@@ -1,0 +1,419 @@
+import CCryo
+import CryoSystem
+import Foundation
+import Glibc
+import Logging
+import SystemPackage
+
+// Lazy restore (`restore --lazy-pages`): private anonymous memory is mapped
+// but left empty; a userfaultfd made inside each restored task (MISSING mode
+// over those mappings) lets cryo fill a page when it is first touched, while
+// a background loop pushes the rest. Once every page of the image is in, the
+// userfaultfds are closed and cryo exits.
+
+/// Which pages of one task load lazily, and the runs the parasite still reads eagerly.
+struct LazySplit {
+    /// The page index without the lazy parts: what RESTORE_MEMORY reads at once.
+    var eagerIndex: PageIndex
+    /// Mappings to register with the userfaultfd.
+    var ranges: [cryo_range]
+    /// [address, length, offset in the pages file] still to load.
+    var pending: [PendingRun]
+
+    /// Only private anonymous memory (anonymous, heap, stack) can take
+    /// missing-page faults; file, memfd and shared memory stay eager. Pages
+    /// the kernel itself writes while cryo still drives the task (each
+    /// thread's rseq area) and the page of the leader's rip (where cryo
+    /// places its last injected syscall) stay eager too, so nothing during
+    /// the restore waits on a fault.
+    init(task: TaskImage) {
+        var eagerPages = Set<UInt64>()
+        for thread in task.threads {
+            if let rseq = thread.rseq, rseq.address != 0 {
+                var page = rseq.address & ~0xfff
+                while page < rseq.address + UInt64(max(rseq.length, 32)) { eagerPages.insert(page); page += 4096 }
+            }
+        }
+        let rip = task.threads[0].registers.rip
+        eagerPages.insert(rip & ~0xfff)
+        eagerPages.insert((rip + 16) & ~0xfff)
+
+        let lazyMappings = task.memory.mappings.filter {
+            !$0.shared && $0.sharedFrom == nil && [.anonymous, .heap, .stack].contains($0.kind)
+        }
+        ranges = lazyMappings.map { cryo_range(start: $0.start, end: $0.end) }
+        var eagerRuns: [[UInt64]] = []
+        pending = []
+        for run in task.pageIndex.runs {
+            let (address, length, offset) = (run[0], run[1], run[2])
+            guard lazyMappings.contains(where: { $0.start <= address && address + length <= $0.end }) else {
+                eagerRuns.append(run)
+                continue
+            }
+            // Cut the run at its eager pages.
+            var page = address
+            while page < address + length {
+                let eager = eagerPages.contains(page)
+                var end = page + 4096
+                while end < address + length && eagerPages.contains(end) == eager { end += 4096 }
+                let piece = [page, end - page, offset + (page - address)]
+                if eager { eagerRuns.append(piece) } else { pending.append(PendingRun(start: page, end: end, offset: piece[2])) }
+                page = end
+            }
+        }
+        eagerIndex = task.pageIndex
+        eagerIndex.runs = eagerRuns
+    }
+}
+
+struct PendingRun {
+    var start: UInt64
+    var end: UInt64
+    var offset: UInt64  // of `start` in the pages file
+}
+
+/// Pages of one address space not loaded yet, in address order.
+struct PendingPages {
+    private(set) var runs: [PendingRun]
+    var isEmpty: Bool { runs.isEmpty }
+    var bytes: UInt64 { runs.reduce(0) { $0 + $1.end - $1.start } }
+
+    init(_ runs: [PendingRun]) { self.runs = runs.sorted { $0.start < $1.start } }
+
+    /// The run holding `address`, if that page is still to load.
+    func find(_ address: UInt64) -> PendingRun? {
+        var low = 0, high = runs.count
+        while low < high {
+            let mid = (low + high) / 2
+            if runs[mid].end <= address { low = mid + 1 } else { high = mid }
+        }
+        return low < runs.count && runs[low].start <= address ? runs[low] : nil
+    }
+
+    /// Forgets [start, end): loaded, or discarded by the process (munmap, MADV_DONTNEED).
+    mutating func remove(_ start: UInt64, _ end: UInt64) {
+        guard start < end else { return }
+        var kept: [PendingRun] = []
+        var changed = false
+        // Only runs that overlap are touched; find the first.
+        var low = 0, high = runs.count
+        while low < high {
+            let mid = (low + high) / 2
+            if runs[mid].end <= start { low = mid + 1 } else { high = mid }
+        }
+        var i = low
+        while i < runs.count && runs[i].start < end {
+            let run = runs[i]
+            changed = true
+            if run.start < start { kept.append(PendingRun(start: run.start, end: start, offset: run.offset)) }
+            if run.end > end { kept.append(PendingRun(start: end, end: run.end, offset: run.offset + (end - run.start))) }
+            i += 1
+        }
+        if changed { runs.replaceSubrange(low..<i, with: kept) }
+    }
+
+    /// mremap moved [from, from + length) to `to`: what was pending moves along.
+    mutating func move(from: UInt64, to: UInt64, length: UInt64) {
+        var moved: [PendingRun] = []
+        for run in runs where run.end > from && run.start < from + length {
+            let start = max(run.start, from), end = min(run.end, from + length)
+            moved.append(PendingRun(start: start - from + to, end: end - from + to, offset: run.offset + (start - run.start)))
+        }
+        remove(from, from + length)
+        remove(to, to + length)
+        runs = (runs + moved).sorted { $0.start < $1.start }
+    }
+}
+
+/// Where lazy restore gets page bytes: the image's PageReader (raw or
+/// compressed pages), by offset in the page stream, since pending pages keep
+/// their offset when the process moves them (mremap).
+final class PageSource {
+    let reader: PageReader
+    init(reader: PageReader) { self.reader = reader }
+
+    /// `buffer.count` bytes of the page stream at `offset`; a short or damaged file is an error.
+    func bytes(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        try reader.readStream(offset: offset, into: buffer)
+    }
+}
+
+/// One address space being filled: a restored process, or a child it forked meanwhile.
+final class LazyProcess {
+    let uffd: Userfaultfd
+    let source: PageSource
+    var pending: PendingPages
+    /// The pid it was restored as; nil for a child forked after the restore.
+    let pid: pid_t?
+    let label: String
+    /// Faults that met an mm change (EAGAIN): retried once the events are read.
+    var deferred: [UInt64] = []
+    var gone = false
+
+    init(uffd: Userfaultfd, source: PageSource, pending: PendingPages, pid: pid_t?, label: String) {
+        self.uffd = uffd
+        self.source = source
+        self.pending = pending
+        self.pid = pid
+        self.label = label
+    }
+}
+
+/// What lazy loading did, for stats-restore.
+public struct LazyStatistics: Codable, Sendable {
+    public var pagesOnDemand: UInt64 = 0
+    public var pagesPushed: UInt64 = 0
+    public var zeroPages: UInt64 = 0
+    public var forks: Int = 0
+    public var loadedSeconds: Double = 0
+}
+
+/// Serves faults and pushes pages on its own thread (no ptrace here, so any
+/// thread will do), from the first registered process until every page is
+/// in. A page that cannot be read (the pages file shrank) kills the restored
+/// tree: its memory would otherwise silently read as zeros.
+public final class LazyServer: @unchecked Sendable {
+    static let faultChunk: UInt64 = 64 << 10
+    static let pushChunk: UInt64 = 1 << 20
+
+    private let lock = NSLock()
+    private var incoming: [LazyProcess] = []
+    private var addingDone = false
+    private var stopRequested = false
+    private let wakeup: Int32
+    private var thread: Thread?
+    private let finished = DispatchSemaphore(value: 0)
+    private var failure: Error?
+    private let logger: Logger
+    private let started: ContinuousClock.Instant
+    /// Background pushing off: only faults load pages (CRYO_LAZY_NO_PUSH=1, for tests that must catch loading half-way).
+    private let push: Bool
+    public private(set) var statistics = LazyStatistics()
+    /// Rewritten with the lazy figures once loading ends.
+    public var statisticsFile: (RestoreStatistics, String)?
+    /// The pids as restored (this namespace), to kill with their descendants on failure.
+    private var treePids: [pid_t] = []
+
+    init(logger: Logger, started: ContinuousClock.Instant) {
+        self.logger = logger
+        self.started = started
+        wakeup = Int32(truncatingIfNeeded: cryo_eventfd(0, 0, 1))
+        push = ProcessInfo.processInfo.environment["CRYO_LAZY_NO_PUSH"] != "1"
+    }
+
+    /// cryo must be able to create a userfaultfd with the events it needs; checked before anything is created.
+    static func check() throws {
+        do { try Userfaultfd.probe(features: cryo_uffd_lazy_features()) } catch let error as SyscallError {
+            let hint = error.errno == .permissionDenied || error.errno == .notPermitted
+                ? " (needs root or CAP_SYS_PTRACE; see vm.unprivileged_userfaultfd)" : ""
+            throw CryoError("--lazy-pages: the kernel refuses userfaultfd with fork/remap/remove/unmap events: \(error)\(hint)")
+        }
+    }
+
+    func add(_ process: LazyProcess) {
+        lock.withLock {
+            incoming.append(process)
+            if let pid = process.pid { treePids.append(pid) }
+        }
+        var one: UInt64 = 1
+        _ = Glibc.write(wakeup, &one, 8)
+        if thread == nil {
+            let thread = Thread { [self] in serve() }
+            thread.name = "cryo-lazy-pages"
+            self.thread = thread
+            thread.start()
+        }
+    }
+
+    var hasWork: Bool { thread != nil }
+
+    /// No more processes will come: the server ends once everything is in.
+    public func finishAdding() {
+        lock.withLock { addingDone = true }
+        var one: UInt64 = 1
+        _ = Glibc.write(wakeup, &one, 8)
+    }
+
+    /// Ends serving now (the restore failed and its tasks are being killed).
+    func stop() {
+        lock.withLock { stopRequested = true; addingDone = true }
+        var one: UInt64 = 1
+        _ = Glibc.write(wakeup, &one, 8)
+        if thread != nil { finished.wait(); finished.signal() }
+    }
+
+    /// Waits until every page is in (or loading failed); the error says why loading failed.
+    public func waitUntilLoaded() -> Error? {
+        finishAdding()
+        if thread != nil { finished.wait(); finished.signal() }
+        return lock.withLock { failure }
+    }
+
+    /// Without blocking: has loading ended?
+    public var isLoaded: Bool {
+        if thread == nil { return true }
+        if finished.wait(timeout: .now()) == .success { finished.signal(); return true }
+        return false
+    }
+
+    public var failed: Error? { lock.withLock { failure } }
+
+    // MARK: - The serving loop
+
+    private func serve() {
+        var processes: [LazyProcess] = []
+        var events = [cryo_uffd_event](repeating: cryo_uffd_event(), count: 64)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(LazyServer.pushChunk), alignment: 4096)
+        defer { buffer.deallocate() }
+        var cursor = 0
+        do {
+            while true {
+                let (more, done, stopping) = lock.withLock { () -> ([LazyProcess], Bool, Bool) in
+                    defer { incoming = [] }
+                    return (incoming, addingDone, stopRequested)
+                }
+                processes += more
+                if stopping { break }
+                for p in processes where p.pending.isEmpty || p.gone { p.uffd.close() }
+                processes.removeAll { $0.pending.isEmpty || $0.gone }
+                if processes.isEmpty && done { break }
+
+                // Wait only when there is nothing to push.
+                var fds = [pollfd(fd: wakeup, events: Int16(POLLIN), revents: 0)]
+                    + processes.map { pollfd(fd: $0.uffd.fd.rawValue, events: Int16(POLLIN), revents: 0) }
+                let idle = !push || processes.isEmpty
+                let ready = poll(&fds, nfds_t(fds.count), idle ? 1000 : 0)
+                if ready < 0 && cryo_errno() != EINTR {
+                    throw SyscallError("poll", errno: Errno(rawValue: cryo_errno()), object: "userfaultfds")
+                }
+                if fds[0].revents != 0 { var count: UInt64 = 0; _ = Glibc.read(wakeup, &count, 8) }
+                if ready == 0 && idle {
+                    // Without pushing, an exited process is noticed only here: its mm is gone once it is a zombie or reaped.
+                    for p in processes { if let pid = p.pid, (try? ProcStat(pid: pid)).map({ $0.state == "Z" || $0.state == "X" }) ?? true { p.gone = true } }
+                }
+                var forked: [LazyProcess] = []
+                for (i, p) in processes.enumerated() where fds[i + 1].revents != 0 || !p.deferred.isEmpty {
+                    forked += try drain(p, &events, buffer)
+                }
+                processes += forked
+                if push && ready <= 0 && !processes.isEmpty {
+                    cursor = (cursor + 1) % processes.count
+                    try pushChunk(processes[cursor], buffer)
+                }
+            }
+        } catch {
+            lock.withLock { failure = error }
+            killTree(processes)
+        }
+        for p in processes { p.uffd.close() }
+        lock.withLock { for p in incoming { p.uffd.close() }; incoming = [] }
+        statistics.loadedSeconds = seconds(since: started)
+        if let (stored, path) = statisticsFile {
+            var figures = stored
+            figures.lazy = statistics
+            try? writeStatistics(figures, to: path)
+        }
+        finished.signal()
+    }
+
+    /// Reads every message of one userfaultfd and answers faults; returns children it forked.
+    private func drain(_ p: LazyProcess, _ events: inout [cryo_uffd_event], _ buffer: UnsafeMutableRawBufferPointer) throws -> [LazyProcess] {
+        var forked: [LazyProcess] = []
+        var faults = p.deferred
+        p.deferred = []
+        while true {
+            let count: Int
+            do { count = try p.uffd.read(into: &events) } catch {
+                p.gone = true  // the mm is gone
+                return forked
+            }
+            if count == 0 { break }
+            for e in events.prefix(count) {
+                switch Int32(e.event) {
+                case CRYO_UFFD_EVENT_PAGEFAULT: faults.append(e.address & ~0xfff)
+                case CRYO_UFFD_EVENT_FORK:
+                    // The child got a copy of everything present; what is pending for the parent is pending for it.
+                    statistics.forks += 1
+                    let child = LazyProcess(uffd: Userfaultfd(fd: FileDescriptor(rawValue: Int32(bitPattern: e.ufd)), pid: 0), source: p.source,
+                                            pending: p.pending, pid: nil, label: "a child forked by \(p.label)")
+                    logger.debug("lazy pages: \(child.label), \(child.pending.bytes / 4096) pages to load")
+                    forked.append(child)
+                case CRYO_UFFD_EVENT_REMAP: p.pending.move(from: e.address, to: e.to, length: e.length)
+                case CRYO_UFFD_EVENT_REMOVE, CRYO_UFFD_EVENT_UNMAP: p.pending.remove(e.address, e.address + e.length)
+                default: break
+                }
+            }
+        }
+        for address in faults where !p.gone { try serveFault(p, at: address, buffer) }
+        return forked
+    }
+
+    private func serveFault(_ p: LazyProcess, at address: UInt64, _ buffer: UnsafeMutableRawBufferPointer) throws {
+        if let run = p.pending.find(address) {
+            let length = min(LazyServer.faultChunk, run.end - address)
+            let fill = try copy(p, run: run, at: address, length: length, buffer)
+            if fill.errno == nil || fill.bytes > 0 { statistics.pagesOnDemand += max(fill.bytes, 4096) / 4096 }
+            if let errno = fill.errno, fill.bytes == 0 { try settle(p, errno, at: address) }
+            return
+        }
+        let fill = p.uffd.zeroPage(at: address, length: 4096)
+        if let errno = fill.errno { try settle(p, errno, at: address) } else { statistics.zeroPages += 1 }
+    }
+
+    /// A fault that could not be filled: someone else did (wake the waiter), the mm is
+    /// changing (retry after its event), or the mapping or the process is gone.
+    private func settle(_ p: LazyProcess, _ errno: Errno, at address: UInt64) throws {
+        switch errno {
+        case .fileExists: p.uffd.wake(address, length: 4096)
+        case .resourceTemporarilyUnavailable: p.deferred.append(address)
+        case .noSuchProcess: p.gone = true
+        case .noSuchFileOrDirectory: p.uffd.wake(address, length: 4096)  // no longer registered; the unmap event follows
+        default:
+            throw SyscallError("ioctl(UFFDIO_COPY/ZEROPAGE)", errno: errno, pid: p.pid, object: "\(p.label) address 0x\(String(address, radix: 16))")
+        }
+    }
+
+    /// Copies [address, address + length) of `run` in; what went in, or was already there, leaves `pending`.
+    private func copy(_ p: LazyProcess, run: PendingRun, at address: UInt64, length: UInt64,
+                      _ buffer: UnsafeMutableRawBufferPointer) throws -> Userfaultfd.Fill {
+        let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(length)])
+        do { try p.source.bytes(at: run.offset + (address - run.start), into: view) } catch {
+            throw CryoError("\(p.label): page 0x\(String(address, radix: 16)): \(error)")
+        }
+        let fill = p.uffd.copy(to: address, from: view.baseAddress!, length: length)
+        switch fill.errno {
+        case nil: p.pending.remove(address, address + length)
+        case .fileExists?: p.pending.remove(address, address + fill.bytes + 4096)  // that page was present already
+        case .noSuchProcess?: p.gone = true
+        case .noSuchFileOrDirectory?: p.pending.remove(address, address + fill.bytes + 4096)  // not registered any more
+        default:
+            p.pending.remove(address, address + fill.bytes)  // EAGAIN: the mm changes; try again after its event
+        }
+        return fill
+    }
+
+    private func pushChunk(_ p: LazyProcess, _ buffer: UnsafeMutableRawBufferPointer) throws {
+        guard let run = p.pending.runs.first else { return }
+        let length = min(LazyServer.pushChunk, run.end - run.start)
+        let fill = try copy(p, run: run, at: run.start, length: length, buffer)
+        statistics.pagesPushed += fill.bytes / 4096
+        if let errno = fill.errno, errno != .fileExists, errno != .resourceTemporarilyUnavailable, errno != .noSuchProcess,
+           errno != .noSuchFileOrDirectory {
+            throw SyscallError("ioctl(UFFDIO_COPY)", errno: errno, pid: p.pid, object: "address 0x\(String(run.start, radix: 16))")
+        }
+    }
+
+    /// Loading failed: the restored processes and everything they forked are killed.
+    private func killTree(_ processes: [LazyProcess]) {
+        var pids = lock.withLock { treePids }
+        var i = 0
+        while i < pids.count {
+            let children = (try? Files.readString("/proc/\(pids[i])/task/\(pids[i])/children")) ?? ""
+            pids += children.split(separator: " ").compactMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            i += 1
+        }
+        for pid in pids { kill(pid, SIGKILL) }
+    }
+
+    deinit { Glibc.close(wakeup) }
+}
