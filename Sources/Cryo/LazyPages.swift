@@ -186,7 +186,8 @@ public final class LazyServer: @unchecked Sendable {
     private var failure: Error?
     private let logger: Logger
     private let started: ContinuousClock.Instant
-    /// Background pushing off: only faults load pages (CRYO_LAZY_NO_PUSH=1, for tests that must catch loading half-way).
+    /// Background pushing off: only faults load pages, apart from one page a second of each
+    /// forked process to notice its exit (CRYO_LAZY_NO_PUSH=1, for tests that must catch loading half-way).
     private let push: Bool
     public private(set) var statistics = LazyStatistics()
     /// Rewritten with the lazy figures once loading ends.
@@ -288,8 +289,15 @@ public final class LazyServer: @unchecked Sendable {
                 }
                 if fds[0].revents != 0 { var count: UInt64 = 0; _ = Glibc.read(wakeup, &count, 8) }
                 if ready == 0 && idle {
-                    // Without pushing, an exited process is noticed only here: its mm is gone once it is a zombie or reaped.
-                    for p in processes { if let pid = p.pid, (try? ProcStat(pid: pid)).map({ $0.state == "Z" || $0.state == "X" }) ?? true { p.gone = true } }
+                    // Without pushing, an exited process is noticed only here: a restored one by its
+                    // state, a forked one (pid unknown) by copying one page (ESRCH once its mm is gone).
+                    for p in processes {
+                        if let pid = p.pid {
+                            if (try? ProcStat(pid: pid)).map({ $0.state == "Z" || $0.state == "X" }) ?? true { p.gone = true }
+                        } else {
+                            try pushChunk(p, buffer, limit: 4096)
+                        }
+                    }
                 }
                 var forked: [LazyProcess] = []
                 for (i, p) in processes.enumerated() where fds[i + 1].revents != 0 || !p.deferred.isEmpty {
@@ -302,7 +310,7 @@ public final class LazyServer: @unchecked Sendable {
                 }
             }
         } catch {
-            lock.withLock { failure = error }
+            lock.withLock { failure = CryoError("lazy pages: \(error); killed the restored tree") }
             killTree(processes)
         }
         for p in processes { p.uffd.close() }
@@ -392,9 +400,9 @@ public final class LazyServer: @unchecked Sendable {
         return fill
     }
 
-    private func pushChunk(_ p: LazyProcess, _ buffer: UnsafeMutableRawBufferPointer) throws {
+    private func pushChunk(_ p: LazyProcess, _ buffer: UnsafeMutableRawBufferPointer, limit: UInt64 = LazyServer.pushChunk) throws {
         guard let run = p.pending.runs.first else { return }
-        let length = min(LazyServer.pushChunk, run.end - run.start)
+        let length = min(limit, run.end - run.start)
         let fill = try copy(p, run: run, at: run.start, length: length, buffer)
         statistics.pagesPushed += fill.bytes / 4096
         if let errno = fill.errno, errno != .fileExists, errno != .resourceTemporarilyUnavailable, errno != .noSuchProcess,

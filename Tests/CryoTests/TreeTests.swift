@@ -40,8 +40,8 @@ extension EndToEnd {
 // MARK: - The two flows
 
 /// start → READY → dump (kills the tree) → every pid gone → restore in the
-/// foreground → every pid back with the same ids → SIGTERM → cryo exits 0, PASS.
-private func treeRoundTrip(_ name: String) throws {
+/// foreground (with `restoreArguments`) → every pid back with the same ids → SIGTERM → cryo exits 0, PASS.
+func treeRoundTrip(_ name: String, restoreArguments: [String] = []) throws {
     let scratch = try Scratch("\(name)-tree")
     defer { scratch.remove() }
     let fixture = try Fixture(name, arguments: try treeArguments(name, scratch), in: scratch)
@@ -68,7 +68,7 @@ private func treeRoundTrip(_ name: String) throws {
     #expect(!fixture.lines.contains("PASS") && !fixture.lines.contains(where: { $0.hasPrefix("FAIL") }),
             "the fixture ran its checks before restore:\n\(fixture.report)")
 
-    let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+    let restore = try CryoProcess(["restore", "-D", images] + restoreArguments, in: scratch)
     members.restore = restore   // cleanUp stops it, after killing what it restored
     let up = fixture.waitRestored(timeout: timeout) { restore.isRunning }
     if !up {

@@ -1,0 +1,187 @@
+// restore --lazy-pages: the restored process runs before its private
+// anonymous memory is in; cryo fills pages on first touch and pushes the
+// rest, then exits. The fixtures check their own memory (PASS); the tests
+// also check that loading really was lazy (stats-restore), that the task
+// keeps no userfaultfd, and what happens when pages cannot be loaded.
+
+import Foundation
+import Glibc
+import Testing
+
+extension EndToEnd {
+    @Suite("restore --lazy-pages")
+    struct LazyPagesTests {
+        @Test("lazy restore in the foreground", arguments: ["bigmem", "counter", "lazytouch"])
+        func foreground(_ name: String) throws {
+            try lazyRoundTrip(name, detached: false)
+        }
+
+        @Test("lazy restore detached (-d): the loader keeps running on its own until all is in", arguments: ["bigmem", "lazytouch"])
+        func detached(_ name: String) throws {
+            try lazyRoundTrip(name, detached: true)
+        }
+
+        /// With background pushing off (CRYO_LAZY_NO_PUSH=1) every page comes in by a fault, so the
+        /// fixture's forks, MADV_DONTNEED, munmap and mremap all meet pages that are still missing.
+        @Test("every page loaded on demand while the process forks, drops, unmaps and moves memory")
+        func onDemandOnly() throws {
+            try lazyRoundTrip("lazytouch", detached: false, environment: ["CRYO_LAZY_NO_PUSH": "1"], expectPushed: false)
+        }
+
+        @Test("lazy restore of a process tree and of threads", arguments: ["tree", "threads"])
+        func tree(_ name: String) throws {
+            try treeRoundTrip(name, restoreArguments: ["--lazy-pages"])
+        }
+
+        /// Pages that cannot be read once the tree runs cannot be made up: cryo kills the
+        /// restored tree (its memory would read as zeros otherwise), says why in one line and
+        /// exits 1, instead of leaving the process waiting on its fault forever.
+        @Test("a pages file truncated after the process started: the tree is killed, one line, exit 1")
+        func truncatedPages() throws {
+            let scratch = try Scratch("lazy-truncated")
+            defer { scratch.remove() }
+            let fixture = try Fixture("bigmem", arguments: ["64"], in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let pid = fixture.pid
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "-t", "\(pid)", "-D", images], in: scratch, reaping: fixture)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(pid) still runs after the dump")
+
+            // No background push: the pages stay unread until bigmem touches them on SIGTERM.
+            let restore = try CryoProcess(["restore", "-D", images, "--lazy-pages"], in: scratch,
+                                          environment: ["CRYO_LAZY_NO_PUSH": "1"])
+            defer { restore.stop() }
+            try #require(fixture.waitRestored(timeout: 60) { restore.isRunning },
+                         "pid \(pid) did not come back (\(describeProcess(pid)))\n\(restore.wait(timeout: 1))")
+            let pages = images + "/pages-\(pid).img"
+            var st = stat()
+            try #require(stat(pages, &st) == 0 && st.st_size > 8192, "no pages file \(pages)")
+            try #require(truncate(pages, off_t(st.st_size / 2)) == 0, "truncate \(pages): \(String(cString: strerror(errno)))")
+            kill(pid, SIGTERM)
+
+            let result = restore.wait(timeout: 60)
+            #expect(result.status == .exited(1), "cryo restore should fail with status 1\n\(result)")
+            #expect(result.stderrLines.count == 1, "expected one line on stderr\n\(result)")
+            let line = result.stderrLines.first ?? ""
+            #expect(line.hasPrefix("cryo: ") && line.contains("pages-\(pid).img") && line.contains("killed the restored tree"),
+                    "the line should name the pages file and say the tree was killed: \(line)")
+            #expect(waitUntil(timeout: 10) { !pidExists(pid) }, "pid \(pid) is left: \(describeProcess(pid))")
+            #expect(!fixture.lines.contains("PASS"), "bigmem passed on memory that could not be loaded:\n\(fixture.report)")
+        }
+
+        /// A kernel that refuses userfaultfd (here: a seccomp filter returning EPERM, as
+        /// vm.unprivileged_userfaultfd=0 does for unprivileged callers) fails the restore with
+        /// one line before any task is created.
+        @Test("userfaultfd refused: one line, nothing created")
+        func refused() throws {
+            let scratch = try Scratch("lazy-refused")
+            defer { scratch.remove() }
+            let fixture = try Fixture("counter", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let pid = fixture.pid
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "-t", "\(pid)", "-D", images], in: scratch, reaping: fixture)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(pid) still runs after the dump")
+
+            let wrapper = try FixtureBuilder.binary(for: "nouffd")
+            for detached in [false, true] {
+                let process = try CryoProcess(["restore", "-D", images, "--lazy-pages"] + (detached ? ["-d"] : []), in: scratch,
+                                              launcher: [wrapper])
+                let result = process.wait(timeout: 60)
+                #expect(result.status == .exited(1), "cryo restore --lazy-pages should fail\n\(result)")
+                #expect(result.stderrLines.count == 1 && (result.stderrLines.first ?? "").contains("userfaultfd")
+                        && (result.stderrLines.first ?? "").contains("EPERM"),
+                        "expected one line naming userfaultfd and EPERM\n\(result)")
+                #expect(!pidExists(pid), "pid \(pid) exists after the refused restore: \(describeProcess(pid))")
+            }
+            // The image is untouched: a normal restore still works.
+            let restore = try cryo(["restore", "-D", images, "-d"], in: scratch)
+            try #require(restore.succeeded, "\(restore)")
+            try #require(fixture.waitRestored(timeout: 30), "pid \(pid) did not come back: \(describeProcess(pid))")
+            kill(pid, SIGTERM)
+            #expect(waitUntil(timeout: 30) { !pidExists(pid) })
+            expectPass(fixture)
+        }
+    }
+}
+
+/// Descriptor numbers of a process and what they point at.
+private func descriptors(_ pid: pid_t) -> [Int32: String] {
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+    var result: [Int32: String] = [:]
+    for name in names {
+        guard let fd = Int32(name) else { continue }
+        result[fd] = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(name)")) ?? "?"
+    }
+    return result
+}
+
+/// The figures lazy loading wrote into stats-restore, once it has ended.
+private func lazyStatistics(_ images: String, timeout: Double) -> [String: Any]? {
+    var found: [String: Any]?
+    waitUntil(timeout: timeout, interval: 0.05) {
+        guard let data = FileManager.default.contents(atPath: images + "/stats-restore"),
+              let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let lazy = json["lazy"] as? [String: Any] else { return false }
+        found = lazy
+        return true
+    }
+    return found
+}
+
+/// start → READY → dump (kills) → restore --lazy-pages → same pid back, with
+/// the same descriptors (no userfaultfd left in it) → SIGTERM → PASS; cryo
+/// (or with -d its loader) ends once everything is in, and stats-restore says
+/// pages were loaded lazily.
+private func lazyRoundTrip(_ name: String, detached: Bool, environment: [String: String] = [:], expectPushed: Bool = true) throws {
+    let scratch = try Scratch("\(name)-lazy")
+    defer { scratch.remove() }
+    let fixture = try Fixture(name, in: scratch)
+    defer { fixture.cleanUp() }
+    try fixture.waitReady()
+    let pid = fixture.pid
+    let timeout = cryoTimeout(for: name)
+    let before = descriptors(pid)
+
+    let images = scratch.file("img")
+    let dump = try cryo(["dump", "-t", "\(pid)", "-D", images], in: scratch, timeout: timeout, reaping: fixture)
+    try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+    let original = fixture.reapOriginal(timeout: 20)
+    try #require(original != nil, "pid \(pid) still runs after `cryo dump` (\(describeProcess(pid)))")
+    try #require(!pidExists(pid), "pid \(pid) still exists after the dump: \(describeProcess(pid))")
+
+    var foreground: CryoProcess?
+    defer { foreground?.stop() }
+    if detached {
+        let restore = try cryo(["restore", "-D", images, "-d", "--lazy-pages"], in: scratch, timeout: timeout, environment: environment)
+        try #require(restore.succeeded, "\(restore)\n\(fixture.report)")
+        try #require(fixture.waitRestored(timeout: 30), "pid \(pid) is not running after `cryo restore -d --lazy-pages` (\(describeProcess(pid)))\n\(restore)")
+    } else {
+        let restore = try CryoProcess(["restore", "-D", images, "--lazy-pages"], in: scratch, environment: environment)
+        foreground = restore
+        try #require(fixture.waitRestored(timeout: timeout) { restore.isRunning },
+                     "pid \(pid) did not come back running \(name) (\(describeProcess(pid)))\n\(restore.wait(timeout: 1))\n\(fixture.report)")
+    }
+    let after = descriptors(pid)
+    #expect(after.keys.sorted() == before.keys.sorted(), "descriptors before the dump \(before), after the lazy restore \(after)")
+    #expect(!after.values.contains { $0.contains("userfaultfd") }, "the restored process holds a userfaultfd: \(after)")
+
+    kill(pid, SIGTERM)
+    if let restore = foreground {
+        let result = restore.wait(timeout: 120)
+        #expect(result.status == .exited(0), "cryo restore --lazy-pages should exit with the fixture's status 0\n\(result)\n\(fixture.report)")
+    } else {
+        #expect(waitUntil(timeout: 60) { !pidExists(pid) }, "restored pid \(pid) did not exit after SIGTERM (\(describeProcess(pid)))")
+    }
+    expectPass(fixture)
+
+    let lazy = lazyStatistics(images, timeout: 120)
+    try #require(lazy != nil, "stats-restore has no lazy figures: loading never ended\n\(readText(images + "/stats-restore"))")
+    let onDemand = lazy!["pagesOnDemand"] as? Int ?? 0, pushed = lazy!["pagesPushed"] as? Int ?? 0
+    #expect(onDemand + pushed > 0, "no page was loaded lazily: \(lazy!)")
+    if !expectPushed { #expect(onDemand > 0, "nothing was loaded on demand: \(lazy!)") }
+}
