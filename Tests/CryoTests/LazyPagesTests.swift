@@ -25,7 +25,7 @@ extension EndToEnd {
         /// fixture's forks, MADV_DONTNEED, munmap and mremap all meet pages that are still missing.
         @Test("every page loaded on demand while the process forks, drops, unmaps and moves memory")
         func onDemandOnly() throws {
-            try lazyRoundTrip("lazytouch", detached: false, environment: ["CRYO_LAZY_NO_PUSH": "1"], expectPushed: false)
+            try lazyRoundTrip("lazytouch", detached: false, environment: ["CRYO_LAZY_NO_PUSH": "1"], expectPushed: false, runFor: 1)
         }
 
         @Test("lazy restore of a process tree and of threads", arguments: ["tree", "threads"])
@@ -137,7 +137,9 @@ private func lazyStatistics(_ images: String, timeout: Double) -> [String: Any]?
 /// the same descriptors (no userfaultfd left in it) → SIGTERM → PASS; cryo
 /// (or with -d its loader) ends once everything is in, and stats-restore says
 /// pages were loaded lazily.
-private func lazyRoundTrip(_ name: String, detached: Bool, environment: [String: String] = [:], expectPushed: Bool = true) throws {
+/// `runFor` seconds the restored process runs before SIGTERM (so it does more while pages are missing).
+private func lazyRoundTrip(_ name: String, detached: Bool, environment: [String: String] = [:], expectPushed: Bool = true,
+                           runFor: Double = 0) throws {
     let scratch = try Scratch("\(name)-lazy")
     defer { scratch.remove() }
     let fixture = try Fixture(name, in: scratch)
@@ -170,6 +172,7 @@ private func lazyRoundTrip(_ name: String, detached: Bool, environment: [String:
     #expect(after.keys.sorted() == before.keys.sorted(), "descriptors before the dump \(before), after the lazy restore \(after)")
     #expect(!after.values.contains { $0.contains("userfaultfd") }, "the restored process holds a userfaultfd: \(after)")
 
+    sleepSeconds(runFor)
     kill(pid, SIGTERM)
     if let restore = foreground {
         let result = restore.wait(timeout: 120)
