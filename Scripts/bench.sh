@@ -33,6 +33,12 @@
 # Scripts/bench/baseline runs right before both dumps, as for the memory rows
 # (so neither dump pays for touching cold guest memory first).
 #
+# Lazy restore (section "lazy"): bigmem of $LAZY_MIB MiB (default 2048), 3/4
+# touched, restored with `restore -d` and `restore -d --lazy-pages` in every
+# run, each timed by Scripts/bench/lazyprobe from the start of the command:
+# when the restored process first answers (SIGUSR2 -> "PONG"), when cryo
+# returns, and when all its memory is in (the background loader has exited).
+#
 # The image folders (about 3/4 of the size each) live under $BENCH_DIR
 # (default /var/tmp) and are removed after every run.
 
@@ -46,9 +52,10 @@ fail() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
 
 sizes=("$@")
 ((${#sizes[@]})) || sizes=(64 2048)
-sections=" ${SECTIONS:-memory counter tree compress precopy} "
+sections=" ${SECTIONS:-memory counter tree compress precopy lazy} "
 compress_mib=${COMPRESS_MIB:-512}
 precopy_mib=${PRECOPY_MIB:-2048}
+lazy_mib=${LAZY_MIB:-2048}
 want() { [[ $sections == *" $1 "* ]]; }
 runs=${RUNS:-3}
 tree_procs=${TREE_PROCS:-127}
@@ -103,6 +110,7 @@ gcc -O2 -Wall -o "$work/baseline" "$repo/Scripts/bench/baseline.c"
 gcc -O1 -Wall -o "$work/bigmem" "$repo/Tests/Fixtures/bigmem.c"
 gcc -O1 -Wall -o "$work/counter" "$repo/Tests/Fixtures/counter.c"
 gcc -O1 -Wall -o "$work/tree" "$repo/Tests/Fixtures/tree.c"
+gcc -O2 -Wall -o "$work/lazyprobe" "$repo/Scripts/bench/lazyprobe.c"
 
 now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
@@ -445,4 +453,57 @@ if want precopy; then
     echo
     verdict=$(awk "BEGIN { print ($ratio < 0.10) ? \"met\" : \"NOT met\" }")
     printf 'target: pre-copy final dump frozen under 10%% of a full dump'"'"'s: %.1f%%, %s\n' "$(calc "100 * $ratio")" "$verdict"
+fi
+
+# lazy_restore_rows SIZE: bigmem of SIZE MiB restored with `restore -d` and
+# with `restore -d --lazy-pages`, alternating within each run, each timed by
+# lazyprobe from the start of the command.
+lazy_restore_rows() {
+    local size=$1 run mode out
+    local -a e_run=() e_done=() l_run=() l_cryo=() l_done=() ratio=()
+    for ((run = 1; run <= runs; run++)); do
+        local eager_done=
+        for mode in eager lazy; do
+            check_disk $((size + 1024))
+            start_fixture bigmem "$size"
+            "$cryo" dump -t "$live_pid" -D "$work/images" || fail "cryo dump -t $live_pid -D $work/images failed"
+            wait_gone "$live_pid" 10 || fail "pid $live_pid still exists 10 s after cryo dump returned"
+            local args=(restore -D "$work/images" -d)
+            [[ $mode == lazy ]] && args+=(--lazy-pages)
+            out=$("$work/lazyprobe" "$live_pid" "$work/bigmem.log" "$cryo" "${args[@]}") \
+                || fail "lazyprobe: cryo ${args[*]} failed"
+            local r c d
+            r=$(sed -n 's/^running_s=//p' <<<"$out")
+            c=$(sed -n 's/^cryo_s=//p' <<<"$out")
+            d=$(sed -n 's/^loaded_s=//p' <<<"$out")
+            finish_fixture
+            rm -rf "$work/images"
+            if [[ $mode == eager ]]; then
+                e_run+=("$r") e_done+=("$c") eager_done=$c
+            else
+                l_run+=("$r") l_cryo+=("$c") l_done+=("$d") ratio+=("$(calc "$d / $eager_done")")
+            fi
+            printf '    %5d MiB run %d %-5s: running after %.3f s, cryo returned after %.3f s, all memory in after %.3f s  PASS\n' \
+                "$size" "$run" "$mode" "$r" "$c" "$d"
+        done
+    done
+    local lazy_running lazy_ratio
+    lazy_running=$(median "${l_run[@]}")
+    lazy_ratio=$(median "${ratio[@]}")
+    echo
+    echo "restore --lazy-pages of bigmem $size MiB ($((size * 3 / 4)) MiB touched): seconds from the start of \`cryo restore -d\`,"
+    echo "medians of $runs runs, eager and lazy alternating in each run; running = the restored process answered SIGUSR2"
+    printf '%-14s %10s %12s %14s\n' restore "running s" "cryo done s" "memory in s"
+    printf '%-14s %10.3f %12.3f %14.3f\n' eager "$(median "${e_run[@]}")" "$(median "${e_done[@]}")" "$(median "${e_done[@]}")"
+    printf '%-14s %10.3f %12.3f %14.3f\n' "--lazy-pages" "$lazy_running" "$(median "${l_cryo[@]}")" "$(median "${l_done[@]}")"
+    printf 'target: lazy restore of %s MiB running within 0.050 s: %.3f s, %s\n' "$size" "$lazy_running" \
+        "$(awk "BEGIN { print ($lazy_running <= 0.050) ? \"met\" : \"NOT met\" }")"
+    printf 'target: lazy restore of %s MiB fully loaded within 1.2x of the eager restore: %.2fx, %s\n' "$size" "$lazy_ratio" \
+        "$(awk "BEGIN { print ($lazy_ratio <= 1.2) ? \"met\" : \"NOT met\" }")"
+}
+
+# --- lazy restore: bigmem restored eagerly and with --lazy-pages, in every run ---
+if want lazy; then
+    echo
+    lazy_restore_rows "$lazy_mib"
 fi

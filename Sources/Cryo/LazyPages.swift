@@ -250,10 +250,10 @@ public final class LazyServer: @unchecked Sendable {
         return lock.withLock { failure }
     }
 
-    /// Without blocking: has loading ended?
-    public var isLoaded: Bool {
+    /// Has loading ended, waiting at most `seconds` for it?
+    public func waitLoaded(for seconds: Double) -> Bool {
         if thread == nil { return true }
-        if finished.wait(timeout: .now()) == .success { finished.signal(); return true }
+        if finished.wait(timeout: .now() + seconds) == .success { finished.signal(); return true }
         return false
     }
 

@@ -196,9 +196,8 @@ struct RestoreCommand: ParsableCommand {
         guard let lazy = tree.lazy else { Glibc.exit(0) }
         // The root is this process's child until it exits: reap it if it ends first.
         var rootReaped = false
-        while !lazy.isLoaded {
+        while !lazy.waitLoaded(for: 0.05) {
             if !rootReaped { var status: Int32 = 0; rootReaped = waitpid(tree.childPid, &status, WNOHANG) == tree.childPid }
-            usleep(20_000)
         }
         if let error = lazy.failed {
             FileHandle.standardError.write("cryo: \(error)\n".data(using: .utf8)!)

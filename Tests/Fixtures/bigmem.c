@@ -17,6 +17,8 @@
  * (for pre-copy: memory written between pre-dump and dump) and prints
  * "REWROTE <generation>".
  *
+ * SIGUSR2 is answered with a "PONG" line (Scripts/bench.sh: is it running?).
+ *
  * On SIGTERM: the untouched quarter must still be (almost entirely)
  * non-resident, every written word must hold its value, and the untouched
  * quarter must read as zeros.
@@ -36,6 +38,8 @@
 static volatile sig_atomic_t got_term, got_usr1;
 static void on_term(int sig) { (void)sig; got_term = 1; }
 static void on_usr1(int sig) { (void)sig; got_usr1 = 1; }
+/* Scripts/bench.sh asks whether the (restored) process runs: it answers on stdout. */
+static void on_usr2(int sig) { (void)sig; (void)!write(1, "PONG\n", 5); }
 enum pattern { WORDS, TEXT, RANDOM };
 static enum pattern pattern = WORDS;
 static uint64_t generation;   /* of the first rewrite_pages pages */
@@ -99,6 +103,8 @@ int main(int argc, char **argv)
 	if (sigaction(SIGTERM, &sa, NULL) != 0) { perror("sigaction"); return 1; }
 	sa.sa_handler = on_usr1;
 	if (sigaction(SIGUSR1, &sa, NULL) != 0) { perror("sigaction"); return 1; }
+	sa.sa_handler = on_usr2;
+	if (sigaction(SIGUSR2, &sa, NULL) != 0) { perror("sigaction"); return 1; }
 
 	long psz = sysconf(_SC_PAGESIZE);
 	size_t size = (size_t)mib << 20;
