@@ -21,7 +21,7 @@ struct LazySplit {
     var pending: [PendingRun]
 
     /// Only private anonymous memory (anonymous, heap, stack) can take
-    /// missing-page faults; file, memfd and shared memory stay eager. Pages
+    /// missing-page faults (a private file mapping cannot be registered); file, memfd and shared memory stay eager. Pages
     /// the kernel itself writes while cryo still drives the task (each
     /// thread's rseq area) and the page of the leader's rip (where cryo
     /// places its last injected syscall) stay eager too, so nothing during
@@ -38,8 +38,10 @@ struct LazySplit {
         eagerPages.insert(rip & ~0xfff)
         eagerPages.insert((rip + 16) & ~0xfff)
 
+        // MADV_WIPEONFORK memory stays eager: a child forked later must see it zeroed, not filled from the image.
         let lazyMappings = task.memory.mappings.filter {
             !$0.shared && $0.sharedFrom == nil && [.anonymous, .heap, .stack].contains($0.kind)
+                && $0.advice & UInt32(CRYO_MADV_WIPEONFORK) == 0
         }
         ranges = lazyMappings.map { cryo_range(start: $0.start, end: $0.end) }
         var eagerRuns: [[UInt64]] = []

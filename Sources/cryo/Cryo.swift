@@ -142,7 +142,20 @@ struct RestoreCommand: ParsableCommand {
         // In the foreground cryo is the restored process's parent: wait and pass its status on,
         // once every lazy page is in (other processes of the tree may still need them).
         var exit: Int32 = 0
-        waiting: while true {
+        var rootEnded = false
+        if let lazy = tree.lazy {
+            // Until every page is in, cryo must not die of a terminal's signal: the
+            // tree's missing memory would then read as zeros.
+            let interruptions = [SIGINT, SIGTERM, SIGHUP, SIGQUIT]
+            for signalNumber in interruptions { signal(signalNumber, SIG_IGN) }
+            while !lazy.waitLoaded(for: 0.05) {
+                guard !rootEnded else { continue }
+                var status: Int32 = 0
+                if waitpid(pid, &status, WNOHANG) == pid, let code = exitCode(status) { (exit, rootEnded) = (code, true) }
+            }
+            for signalNumber in interruptions { signal(signalNumber, SIG_DFL) }
+        }
+        waiting: while !rootEnded {
             let status = try failing { try waitFor(pid) }
             switch status {
             case .exited(let code): exit = code; break waiting
@@ -155,6 +168,12 @@ struct RestoreCommand: ParsableCommand {
             throw ExitCode(1)
         }
         throw ExitCode(exit)
+    }
+
+    /// A wait status as cryo's exit status (128+signal when killed); nil when only stopped.
+    func exitCode(_ status: Int32) -> Int32? {
+        if status & 0x7f == 0 { return (status >> 8) & 0xff }
+        return status & 0xff == 0x7f ? nil : 128 + (status & 0x7f)
     }
 
     /// -d with --lazy-pages: a child process restores and keeps serving pages
@@ -180,7 +199,7 @@ struct RestoreCommand: ParsableCommand {
             if n == 1 { Glibc.exit(0) }
             var status: Int32 = 0
             while waitpid(child, &status, 0) < 0 && cryo_errno() == EINTR {}
-            Glibc.exit((status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
+            Glibc.exit(exitCode(status) ?? 1)
         }
         close(ready[0])
         let tree: RestoredTree
