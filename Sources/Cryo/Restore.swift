@@ -120,6 +120,9 @@ public struct Restorer {
                 let initPid = pid_t(try check(cryo_clone3_namespace_init(park[0], image.inventory.rootPid),
                                               "clone3(CLONE_NEWPID)"))
                 session.created.append(initPid)
+                // It arms PR_SET_PDEATHSIG itself right after clone3; caught before that, it would arm it
+                // again after cryo clears it below and die when cryo exits. Wait until it parks in read().
+                waitUntil(parkedIn: initPid)
                 try Restorer.seizeNew(initPid)
                 try Ptrace.interrupt(initPid)
                 _ = try waitForStop(initPid)
@@ -630,6 +633,14 @@ public struct Restorer {
         // Last: seccomp filters (suspended for us while traced), oldest first, synced to every thread.
         if let seccomp = task.core.seccomp {
             try parasite.run(CRYO_CMD_RESTORE_SECCOMP, payload: seccomp.parasitePayload, replyBytes: 0)
+        }
+    }
+
+    /// Waits (at most 2 s) until a new task blocks in read() (syscall 0), where it parks.
+    func waitUntil(parkedIn pid: pid_t) {
+        for _ in 0..<20_000 {
+            if let text = try? Files.readString("/proc/\(pid)/syscall"), text.hasPrefix("0 ") { return }
+            usleep(100)
         }
     }
 
