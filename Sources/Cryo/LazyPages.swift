@@ -25,7 +25,8 @@ struct LazySplit {
     /// the kernel itself writes while cryo still drives the task (each
     /// thread's rseq area) and the page of the leader's rip (where cryo
     /// places its last injected syscall) stay eager too, so nothing during
-    /// the restore waits on a fault.
+    /// the restore waits on a fault. The pages around each thread's stack pointer are eager as well: the
+    /// process needs them first thing.
     init(task: TaskImage) {
         var eagerPages = Set<UInt64>()
         for thread in task.threads {
@@ -37,6 +38,11 @@ struct LazySplit {
         let rip = task.threads[0].registers.rip
         eagerPages.insert(rip & ~0xfff)
         eagerPages.insert((rip + 16) & ~0xfff)
+        // The top of each stack is touched at once (and a signal frame is pushed below it): not worth a fault each.
+        for thread in task.threads {
+            let sp = thread.registers.rsp & ~0xfff
+            for page in [sp &+ 4096, sp, sp &- 4096, sp &- 8192] { eagerPages.insert(page) }
+        }
 
         // MADV_WIPEONFORK memory stays eager: a child forked later must see it zeroed, not filled from the image.
         let lazyMappings = task.memory.mappings.filter {
@@ -52,15 +58,15 @@ struct LazySplit {
                 eagerRuns.append(run)
                 continue
             }
-            // Cut the run at its eager pages.
+            // Cut the run at its eager pages (a handful: walking a gigabyte run page by page would cost milliseconds).
             var page = address
-            while page < address + length {
-                let eager = eagerPages.contains(page)
-                var end = page + 4096
-                while end < address + length && eagerPages.contains(end) == eager { end += 4096 }
-                let piece = [page, end - page, offset + (page - address)]
-                if eager { eagerRuns.append(piece) } else { pending.append(PendingRun(start: page, end: end, offset: piece[2])) }
-                page = end
+            for eager in eagerPages.filter({ $0 >= address && $0 < address + length }).sorted() {
+                if eager > page { pending.append(PendingRun(start: page, end: eager, offset: offset + (page - address))) }
+                eagerRuns.append([eager, 4096, offset + (eager - address)])
+                page = eager + 4096
+            }
+            if page < address + length {
+                pending.append(PendingRun(start: page, end: address + length, offset: offset + (page - address)))
             }
         }
         eagerIndex = task.pageIndex
@@ -176,7 +182,7 @@ public struct LazyStatistics: Codable, Sendable {
 /// tree: its memory would otherwise silently read as zeros.
 public final class LazyServer: @unchecked Sendable {
     static let faultChunk: UInt64 = 64 << 10
-    static let pushChunk: UInt64 = 1 << 20
+    static let pushChunk: UInt64 = 256 << 10
 
     private let lock = NSLock()
     private var incoming: [LazyProcess] = []

@@ -33,6 +33,40 @@ extension EndToEnd {
             try treeRoundTrip(name, restoreArguments: ["--lazy-pages"])
         }
 
+        /// With -d the loader exits when all is in; the restored tree (here in a new pid
+        /// namespace, whose init is the loader's child) must live on after it.
+        @Test("lazy restore -d --pidns: the tree outlives the loader")
+        func detachedPidNamespace() throws {
+            let scratch = try Scratch("lazy-pidns")
+            defer { scratch.remove() }
+            let fixture = try Fixture("counter", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let pid = fixture.pid
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "-t", "\(pid)", "-D", images], in: scratch, reaping: fixture)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(pid) still runs after the dump")
+
+            let restore = try cryo(["restore", "-D", images, "--pidns", "-d", "--lazy-pages"], in: scratch)
+            try #require(restore.succeeded, "\(restore)")
+            var host: pid_t?
+            defer { if let host { kill(host, SIGKILL) } }
+            let found = waitUntil(timeout: 30) {
+                host = hostPid(ofInner: pid, named: "counter")
+                return host != nil
+            }
+            try #require(found, "no counter with pid \(pid) inside a new pid namespace after `restore --pidns -d --lazy-pages`\n\(restore)")
+            try #require(lazyStatistics(images, timeout: 60) != nil, "the loader never finished: \(readText(images + "/stats-restore"))")
+            sleepSeconds(0.3)  // the loader has exited by now; the tree must not go with it
+            let status = ProcStatus(pid: host!)
+            #expect(status?.name == "counter" && status?.isRunning == true,
+                    "the restored counter (host pid \(host!)) did not outlive the loader: \(describeProcess(host!))")
+            kill(host!, SIGTERM)
+            #expect(waitUntil(timeout: 30) { fixture.lines.contains("PASS") || fixture.lines.contains { $0.hasPrefix("FAIL") } })
+            expectPass(fixture)
+        }
+
         /// Pages that cannot be read once the tree runs cannot be made up: cryo kills the
         /// restored tree (its memory would read as zeros otherwise), says why in one line and
         /// exits 1, instead of leaving the process waiting on its fault forever.
@@ -107,6 +141,19 @@ extension EndToEnd {
             expectPass(fixture)
         }
     }
+}
+
+/// The host pid of the process called `name` whose pid in its own (inner) namespace is `inner`.
+private func hostPid(ofInner inner: pid_t, named name: String) -> pid_t? {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    for entry in entries {
+        guard let candidate = pid_t(entry), candidate != inner,
+              let text = FileManager.default.contents(atPath: "/proc/\(entry)/status").map({ String(decoding: $0, as: UTF8.self) }),
+              text.contains("Name:\t\(name)\n") else { continue }
+        let nspid = text.split(separator: "\n").first { $0.hasPrefix("NSpid:") }?.split(separator: "\t").dropFirst().compactMap { pid_t($0) }
+        if let nspid, nspid.count == 2, nspid[0] == candidate, nspid[1] == inner { return candidate }
+    }
+    return nil
 }
 
 /// Descriptor numbers of a process and what they point at.
