@@ -198,8 +198,8 @@ public final class LazyServer: @unchecked Sendable {
     /// forked process to notice its exit (CRYO_LAZY_NO_PUSH=1, for tests that must catch loading half-way).
     private let push: Bool
     public private(set) var statistics = LazyStatistics()
-    /// Rewritten with the lazy figures once loading ends.
-    public var statisticsFile: (RestoreStatistics, String)?
+    /// stats-restore and its figures so far, rewritten with the lazy figures once loading ends.
+    private var statisticsFile: (RestoreStatistics, String)?
     /// The pids as restored (this namespace), to kill with their descendants on failure.
     private var treePids: [pid_t] = []
 
@@ -236,7 +236,13 @@ public final class LazyServer: @unchecked Sendable {
 
     var hasWork: Bool { thread != nil }
 
-    /// No more processes will come: the server ends once everything is in.
+    /// No more processes will come: the server ends once everything is in, and then
+    /// adds its figures to `statistics` and writes them to `path`.
+    func finishAdding(statistics: RestoreStatistics, path: String) {
+        lock.withLock { statisticsFile = (statistics, path) }
+        finishAdding()
+    }
+
     public func finishAdding() {
         lock.withLock { addingDone = true }
         var one: UInt64 = 1
@@ -324,7 +330,7 @@ public final class LazyServer: @unchecked Sendable {
         for p in processes { p.uffd.close() }
         lock.withLock { for p in incoming { p.uffd.close() }; incoming = [] }
         statistics.loadedSeconds = seconds(since: started)
-        if let (stored, path) = statisticsFile {
+        if let (stored, path) = lock.withLock({ statisticsFile }) {
             var figures = stored
             figures.lazy = statistics
             try? writeStatistics(figures, to: path)

@@ -188,8 +188,7 @@ public struct Restorer {
             try? writeStatistics(statistics, to: "\(options.directory)/stats-restore")
             var lazy: LazyServer? = nil
             if let server = session.lazy, server.hasWork {
-                server.finishAdding()
-                server.statisticsFile = (statistics, "\(options.directory)/stats-restore")
+                server.finishAdding(statistics: statistics, path: "\(options.directory)/stats-restore")
                 lazy = server
             }
             return RestoredTree(childPid: session.created[0], rootPid: root.pid, rootPidInImage: image.inventory.rootPid, lazy: lazy)
