@@ -21,6 +21,11 @@ extension EndToEnd {
             try lazyRoundTrip(name, detached: true)
         }
 
+        @Test("lazy restore of a compressed image (dump --compress)")
+        func compressed() throws {
+            try lazyRoundTrip("bigmem", detached: false, dumpArguments: ["--compress"])
+        }
+
         /// With background pushing off (CRYO_LAZY_NO_PUSH=1) every page comes in by a fault, so the
         /// fixture's forks, MADV_DONTNEED, munmap and mremap all meet pages that are still missing.
         @Test("every page loaded on demand while the process forks, drops, unmaps and moves memory")
@@ -186,7 +191,7 @@ private func lazyStatistics(_ images: String, timeout: Double) -> [String: Any]?
 /// pages were loaded lazily.
 /// `runFor` seconds the restored process runs before SIGTERM (so it does more while pages are missing).
 private func lazyRoundTrip(_ name: String, detached: Bool, environment: [String: String] = [:], expectPushed: Bool = true,
-                           runFor: Double = 0) throws {
+                           runFor: Double = 0, dumpArguments: [String] = []) throws {
     let scratch = try Scratch("\(name)-lazy")
     defer { scratch.remove() }
     let fixture = try Fixture(name, in: scratch)
@@ -197,7 +202,7 @@ private func lazyRoundTrip(_ name: String, detached: Bool, environment: [String:
     let before = descriptors(pid)
 
     let images = scratch.file("img")
-    let dump = try cryo(["dump", "-t", "\(pid)", "-D", images], in: scratch, timeout: timeout, reaping: fixture)
+    let dump = try cryo(["dump", "-t", "\(pid)", "-D", images] + dumpArguments, in: scratch, timeout: timeout, reaping: fixture)
     try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
     let original = fixture.reapOriginal(timeout: 20)
     try #require(original != nil, "pid \(pid) still runs after `cryo dump` (\(describeProcess(pid)))")
