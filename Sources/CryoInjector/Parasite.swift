@@ -263,6 +263,7 @@ public final class Parasite {
         case CRYO_CMD_FAIL_TEST: "FAIL_TEST"
         case CRYO_CMD_PAGE_PIPE: "PAGE_PIPE"
         case CRYO_CMD_DUMP_PAGES: "DUMP_PAGES"
+        case CRYO_CMD_LAZY_UFFD: "LAZY_UFFD"
         default: "command \(command.rawValue)"
         }
     }
