@@ -110,7 +110,11 @@ public struct Restorer {
         raiseDescriptorLimit()
 
         let session = RestoreSession()
-        session.lazy = options.lazyPages ? LazyServer(logger: logger, started: started) : nil
+        // Eager restores load private anonymous memory the lazy way too, but wait for it before the
+        // tasks run: UFFDIO_COPY fills a new page without zeroing it first, and the copying runs on
+        // the other core while the next process is restored. Without userfaultfd, the parasite reads.
+        let eagerThroughUffd = !options.lazyPages && (try? LazyServer.check()) != nil
+        session.lazy = options.lazyPages || eagerThroughUffd ? LazyServer(logger: logger, started: started) : nil
         var park: [Int32] = [-1, -1]
         defer { if park[0] >= 0 { close(park[0]); close(park[1]) } }
         do {
@@ -152,6 +156,10 @@ public struct Restorer {
             statistics.restoreSeconds = seconds(since: restoring)
             statistics.processes = inventory.processes.count
             statistics.pagesRestored = image.tasks.reduce(0) { $0 + $1.pageIndex.pageBytes / 4096 }
+            if eagerThroughUffd, let server = session.lazy {
+                if let failure = server.waitUntilLoaded() { throw failure }
+                session.lazy = nil
+            }
             // Last: registers, then every task goes at once.
             for process in inventory.livePids.map({ session.processes[$0]! }) {
                 process.tracee.syscallSite = process.image.threads[0].registers.rip
