@@ -69,10 +69,7 @@ extension EndToEnd {
             defer { fixture.cleanUp() }
             try fixture.waitReady()
             let pid = fixture.pid
-            let images = scratch.file("img")
-            let dump = try cryo(["dump", "--compress", "-t", "\(pid)", "-D", images], in: scratch, reaping: fixture)
-            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
-            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(pid) still runs after the dump")
+            let images = try dumpAndReap(fixture, in: scratch, options: ["--compress"]).images
             let (name, size) = try #require(pagesFiles(images).max { $0.1 < $1.1 })
             let path = images + "/" + name
             let original = try #require(FileManager.default.contents(atPath: path))

@@ -68,10 +68,7 @@ extension EndToEnd {
             let pid = fixture.pid
             kill(pid, SIGSTOP)
             #expect(waitUntil(timeout: 10) { procState(pid) == "T" }, "counter did not stop")
-            let images = scratch.file("img")
-            let dump = try cryo(["dump", "-t", "\(pid)", "-D", images], in: scratch, reaping: fixture)
-            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
-            _ = fixture.reapOriginal(timeout: 30)
+            let images = try dumpAndReap(fixture, in: scratch).images
             let restore = try cryo(["restore", "-D", images, "-d"], in: scratch, timeout: 60)
             try #require(restore.succeeded, "\(restore)\n\(fixture.report)")
             #expect(waitUntil(timeout: 10) { procState(pid) == "T" }, "restored pid \(pid) is in state \(procState(pid) ?? "?"), want T")
@@ -91,10 +88,7 @@ extension EndToEnd {
             defer { fixture.cleanUp() }
             try fixture.waitReady()
             let pid = fixture.pid
-            let images = scratch.file("img")
-            let dump = try cryo(["dump", "-t", "\(pid)", "-D", images], in: scratch, reaping: fixture)
-            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
-            _ = fixture.reapOriginal(timeout: 30)
+            let images = try dumpAndReap(fixture, in: scratch).images
             let log = scratch.file("cryo.log")
             let restore = try cryo(["restore", "-D", images, "-d", "-v", "--log-file", log], in: scratch, timeout: 60)
             try #require(restore.succeeded, "\(restore)\n\(fixture.report)")

@@ -76,10 +76,7 @@ extension EndToEnd {
             try fixture.waitReady()
             let pid = fixture.pid
 
-            let images = scratch.file("img")
-            let dump = try cryo(["dump", "-t", "\(pid)", "-D", images], in: scratch, reaping: fixture)
-            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
-            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(pid) still runs after the dump")
+            let images = try dumpAndReap(fixture, in: scratch).images
 
             let names = try FileManager.default.contentsOfDirectory(atPath: images).filter { $0.hasPrefix("pages") }
             let sized = names.map { name -> (String, Int64) in

@@ -48,10 +48,7 @@ extension EndToEnd {
             defer { fixture.cleanUp() }
             try fixture.waitReady()
             let pid = fixture.pid
-            let images = scratch.file("img")
-            let dump = try cryo(["dump", "-t", "\(pid)", "-D", images], in: scratch, reaping: fixture)
-            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
-            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(pid) still runs after the dump")
+            let images = try dumpAndReap(fixture, in: scratch).images
 
             let restore = try cryo(["restore", "-D", images, "--pidns", "-d", "--lazy-pages"], in: scratch)
             try #require(restore.succeeded, "\(restore)")
@@ -83,10 +80,7 @@ extension EndToEnd {
             defer { fixture.cleanUp() }
             try fixture.waitReady()
             let pid = fixture.pid
-            let images = scratch.file("img")
-            let dump = try cryo(["dump", "-t", "\(pid)", "-D", images], in: scratch, reaping: fixture)
-            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
-            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(pid) still runs after the dump")
+            let images = try dumpAndReap(fixture, in: scratch).images
 
             // No background push: the pages stay unread until bigmem touches them on SIGTERM.
             let restore = try CryoProcess(["restore", "-D", images, "--lazy-pages"], in: scratch,
@@ -121,10 +115,7 @@ extension EndToEnd {
             defer { fixture.cleanUp() }
             try fixture.waitReady()
             let pid = fixture.pid
-            let images = scratch.file("img")
-            let dump = try cryo(["dump", "-t", "\(pid)", "-D", images], in: scratch, reaping: fixture)
-            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
-            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(pid) still runs after the dump")
+            let images = try dumpAndReap(fixture, in: scratch).images
 
             let wrapper = try FixtureBuilder.binary(for: "nouffd")
             for detached in [false, true] {

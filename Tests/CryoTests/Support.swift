@@ -550,6 +550,16 @@ func checkBigmemImageSize(_ images: String, fixture: Fixture) {
     #expect(size <= upper, "image is \(size) bytes, more than 0.80 of the \(mapped)-byte mapping: the never-touched quarter was saved")
 }
 
+/// Dumps a ready fixture (which kills it) into scratch/img and waits until the original is gone.
+func dumpAndReap(_ fixture: Fixture, in scratch: Scratch, options: [String] = [],
+                 sourceLocation: SourceLocation = #_sourceLocation) throws -> (images: String, dump: CryoResult) {
+    let images = scratch.file("img")
+    let dump = try cryo(["dump"] + options + ["-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
+    try #require(dump.succeeded, "\(dump)\n\(fixture.report)", sourceLocation: sourceLocation)
+    try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump", sourceLocation: sourceLocation)
+    return (images, dump)
+}
+
 /// SIGTERM must make the fixture check itself and say PASS as its last line.
 func expectPass(_ fixture: Fixture, _ context: @autoclosure () -> String = "",
                 sourceLocation: SourceLocation = #_sourceLocation) {
