@@ -179,10 +179,7 @@ public final class Tracee {
     public func syscall(_ number: Int, _ args: UInt64...) throws -> Int64 {
         if gadget == nil { _ = prepareWayHome() } // a syscall without a parasite (pre-dump's userfaultfd)
         if let returnPath { return try syscallGoingHome(number, args, path: returnPath) }
-        var regs = originalRegisters
-        regs.rax = UInt64(number)
-        let argumentRegisters: [WritableKeyPath<Registers, UInt64>] = [\.rdi, \.rsi, \.rdx, \.r10, \.r8, \.r9]
-        for (i, value) in args.enumerated() { regs[keyPath: argumentRegisters[i]] = value }
+        var regs = syscallRegisters(number, args)
         let name = "injected syscall \(syscallName(UInt64(number)))"
         if let gadget {
             regs.rip = gadget
@@ -192,6 +189,16 @@ public final class Tracee {
             regs.rip = site
             return Int64(bitPattern: try run(regs, during: name).rax)
         }
+    }
+
+    /// The original registers with a syscall's number and arguments in place.
+    private func syscallRegisters(_ number: Int, _ args: [UInt64]) -> Registers {
+        var regs = originalRegisters
+        regs.rax = UInt64(number)
+        regs.orig_rax = UInt64.max
+        let argumentRegisters: [WritableKeyPath<Registers, UInt64>] = [\.rdi, \.rsi, \.rdx, \.r10, \.r8, \.r9]
+        for (i, value) in args.enumerated() { regs[keyPath: argumentRegisters[i]] = value }
+        return regs
     }
 
     /// Temporarily places `syscall; int3` at the original rip.
@@ -211,11 +218,9 @@ public final class Tracee {
     /// until the registers are back, they still lead home, and the way home
     /// restores the mask too.
     public func restoreOriginalState() throws {
-        do {
-            if atSyscallStop { try returnToSignalStop() }
-            try Ptrace.setSignalMask(pid, originalSignalMask)
-            try Ptrace.setRegisters(pid, originalRegisters)
-        } catch { throw error }
+        if atSyscallStop { try returnToSignalStop() }
+        try Ptrace.setSignalMask(pid, originalSignalMask)
+        try Ptrace.setRegisters(pid, originalRegisters)
     }
 
     // MARK: The way home (live tasks)
@@ -245,15 +250,8 @@ public final class Tracee {
     /// syscall and goes home. Two stops: entry, then exit with the result.
     func syscallGoingHome(_ number: Int, _ args: [UInt64], path: ReturnPath) throws -> Int64 {
         try checkThread()
-        var regs = originalRegisters
-        regs.rip = path.gadgets.syscallReturn
-        regs.rsp = path.stack
-        regs.rax = UInt64(number)
-        regs.orig_rax = UInt64.max
-        let argumentRegisters: [WritableKeyPath<Registers, UInt64>] = [\.rdi, \.rsi, \.rdx, \.r10, \.r8, \.r9]
-        for (i, value) in args.enumerated() { regs[keyPath: argumentRegisters[i]] = value }
         let name = "injected syscall \(syscallName(UInt64(number)))"
-        try Ptrace.setRegisters(pid, regs)
+        try Ptrace.setRegisters(pid, syscallGoingHomeRegisters(number, args, path: path))
         try Ptrace.setSignalMask(pid, ~0)
         try Ptrace.resumeToSyscall(pid)
         let entry = try waitForSyscallStop(during: name)
@@ -295,14 +293,15 @@ public final class Tracee {
     /// Registers that, if cryo died now, unmap [base, base + size) and then go home.
     func parkUnmapping(base: UInt64, size: UInt64) throws {
         guard let returnPath else { return }
-        var regs = originalRegisters
-        regs.rip = returnPath.gadgets.syscallReturn
-        regs.rsp = returnPath.stack
-        regs.rax = 11 // munmap
-        regs.rdi = base
-        regs.rsi = size
-        regs.orig_rax = UInt64.max
-        try Ptrace.setRegisters(pid, regs)
+        try Ptrace.setRegisters(pid, syscallGoingHomeRegisters(11 /* munmap */, [base, size], path: returnPath))
+    }
+
+    /// A syscall at the task's own `syscall; ret`, whose `ret` pops the sigreturn gadget off the frame.
+    private func syscallGoingHomeRegisters(_ number: Int, _ args: [UInt64], path: ReturnPath) -> Registers {
+        var regs = syscallRegisters(number, args)
+        regs.rip = path.gadgets.syscallReturn
+        regs.rsp = path.stack
+        return regs
     }
 
     /// Runs parasite code that ends by raising `stopSignal` at this thread at
