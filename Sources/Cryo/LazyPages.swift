@@ -37,7 +37,7 @@ struct LazySplit {
         }
         let rip = task.threads[0].registers.rip
         eagerPages.insert(rip & ~0xfff)
-        eagerPages.insert((rip + 16) & ~0xfff)
+        eagerPages.insert((rip &+ 16) & ~0xfff)
         // The top of each stack is touched at once (and a signal frame is pushed below it): not worth a fault each.
         for thread in task.threads {
             let sp = thread.registers.rsp & ~0xfff
@@ -289,14 +289,18 @@ public final class LazyServer: @unchecked Sendable {
                 }
                 processes += more
                 if stopping { break }
-                for p in processes where p.pending.isEmpty || p.gone { p.uffd.close() }
-                processes.removeAll { $0.pending.isEmpty || $0.gone }
+                // A process with nothing left to load is still served until every task has closed its own
+                // copy of the userfaultfd (INSTALL_FDS, before adding is done): until then the kernel or the
+                // parasite may touch a page that was never in the image, and only a zero page releases it.
+                let finished = { (p: LazyProcess) in p.gone || (done && p.pending.isEmpty) }
+                for p in processes where finished(p) { p.uffd.close() }
+                processes.removeAll(where: finished)
                 if processes.isEmpty && done { break }
 
                 // Wait only when there is nothing to push.
                 var fds = [pollfd(fd: wakeup, events: Int16(POLLIN), revents: 0)]
                     + processes.map { pollfd(fd: $0.uffd.fd.rawValue, events: Int16(POLLIN), revents: 0) }
-                let idle = !push || processes.isEmpty
+                let idle = !push || processes.allSatisfy { $0.pending.isEmpty }
                 let ready = poll(&fds, nfds_t(fds.count), idle ? 1000 : 0)
                 if ready < 0 && cryo_errno() != EINTR {
                     throw SyscallError("poll", errno: Errno(rawValue: cryo_errno()), object: "userfaultfds")

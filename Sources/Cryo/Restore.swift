@@ -567,7 +567,7 @@ public struct Restorer {
                                                                      streamBytes: task.pageIndex.pageBytes))
         }
         // Registered after the eager pages are in place, so filling them meets no fault.
-        if let lazy, let server = session.lazy, !lazy.ranges.isEmpty {
+        if let lazy, let server = session.lazy, !lazy.ranges.isEmpty, !lazy.pending.isEmpty {
             // A slot above every received descriptor: INSTALL_FDS closes the task's copy.
             var request = cryo_lazy_uffd()
             request.target_fd = slotFD(toSend.count)

@@ -110,15 +110,16 @@ extension EndToEnd {
             var restored = 0, restoreRefused = 0
             // Its own time: under load the in-process phase alone may take most of a minute.
             let restoreStarted = monotonicNow()
-            for n in 0..<300 {
-                guard monotonicNow() - restoreStarted < 45 else { break }
+            let restoreSeconds = Double(ProcessInfo.processInfo.environment["CRYO_FUZZ_RESTORE_SECONDS"] ?? "") ?? 45
+            for n in 0..<(restoreSeconds > 45 ? Int.max : 300) {
+                guard monotonicNow() - restoreStarted < restoreSeconds else { break }
                 let file = killedFiles[rng.below(killedFiles.count)]
                 let path = killed + "/" + file
                 let saved = try readBytes(path)
                 guard let variant = editJSON(saved, &rng) else { continue }
                 try writeBytes(path, variant)
                 let restore = try cryo(["restore", "-D", killed, "-d"], in: scratch, timeout: 20)
-                expectCleanOutcome(restore, "restore input \(n) (\(file))")
+                if !expectCleanOutcome(restore, "restore input \(n) (\(file))") { keepVariant(variant, named: "restore-\(n)-\(file)", image: killed) }
                 if restore.succeeded { restored += 1 } else { restoreRefused += 1 }
                 // Whatever a restore left (a success, or a bug) is killed and waited for.
                 let left = processes(running: counterBinary).filter { !before.contains($0) }
@@ -141,16 +142,30 @@ extension EndToEnd {
 }
 
 /// Exit 0, or exit 1 with exactly one non-empty stderr line starting with "cryo:".
-private func expectCleanOutcome(_ result: CryoResult, _ what: String, sourceLocation: SourceLocation = #_sourceLocation) {
+@discardableResult
+private func expectCleanOutcome(_ result: CryoResult, _ what: String, sourceLocation: SourceLocation = #_sourceLocation) -> Bool {
     switch result.status {
-    case .exited(0): return
+    case .exited(0): return true
     case .exited(1):
         let lines = result.stderr.split(separator: "\n", omittingEmptySubsequences: false).filter { !$0.isEmpty }
-        #expect(lines.count == 1 && lines[0].hasPrefix("cryo:") && lines[0].count > 6,
-                "\(what): want one \"cryo:\" line on stderr\n\(result)", sourceLocation: sourceLocation)
+        let clean = lines.count == 1 && lines[0].hasPrefix("cryo:") && lines[0].count > 6
+        #expect(clean, "\(what): want one \"cryo:\" line on stderr\n\(result)", sourceLocation: sourceLocation)
+        return clean
     default:
         Issue.record("\(what): crashed, hung or exited oddly\n\(result)", sourceLocation: sourceLocation)
+        return false
     }
+}
+
+/// A copy of the image with the offending variant in place, kept where CRYO_FUZZ_KEEP says
+/// (the scratch folder is removed), so that the failure can be replayed by hand.
+private func keepVariant(_ variant: [UInt8], named name: String, image: String) {
+    guard let keep = ProcessInfo.processInfo.environment["CRYO_FUZZ_KEEP"] else { return }
+    let target = keep + "/" + name
+    try? FileManager.default.createDirectory(atPath: keep, withIntermediateDirectories: true)
+    try? FileManager.default.copyItem(atPath: image, toPath: target)
+    let file = String(name.split(separator: "-", maxSplits: 2).last ?? "")
+    try? writeBytes(target + "/" + file, variant)
 }
 
 // MARK: - Mutations
