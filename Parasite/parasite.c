@@ -13,7 +13,7 @@ enum {
     NR_read = 0, NR_close = 3, NR_mmap = 9, NR_mprotect = 10, NR_munmap = 11, NR_brk = 12,
     NR_rt_sigaction = 13, NR_pread64 = 17, NR_mremap = 25, NR_madvise = 28,
     NR_getitimer = 36, NR_setitimer = 38, NR_socket = 41, NR_connect = 42,
-    NR_recvmsg = 47, NR_fcntl = 72, NR_fchdir = 81, NR_umask = 95,
+    NR_recvmsg = 47, NR_socketpair = 53, NR_pwritev = 296, NR_fcntl = 72, NR_fchdir = 81, NR_umask = 95,
     NR_setresuid = 117, NR_setresgid = 119, NR_setgroups = 116, NR_setfsuid = 122,
     NR_setfsgid = 123, NR_capset = 126, NR_rt_tgsigqueueinfo = 297, NR_rt_sigqueueinfo = 129, NR_rt_sigtimedwait = 128,
     NR_sigaltstack = 131, NR_personality = 135, NR_prctl = 157, NR_chroot = 161,
@@ -53,6 +53,13 @@ enum {
 #define F_DUPFD 0
 #define AF_UNIX 1
 #define SOCK_SEQPACKET 5
+#define SOCK_DGRAM 2
+#define MSG_DONTWAIT 0x40
+#define MSG_CMSG_CLOEXEC 0x40000000
+#define RLIMIT_FSIZE 1
+#define EFBIG 27
+#define EIO 5
+#define SIGXFSZ 25
 #define SOL_SOCKET 1
 #define SCM_RIGHTS 1
 #define O_CLOEXEC 02000000
@@ -576,6 +583,72 @@ static long dump_pages(struct cryo_args_header *h) {
     return result;
 }
 
+static long page_socket(struct cryo_args_header *h) {
+    struct cryo_page_socket *a = payload(h);
+    int fds[2];
+    CHECK(h, sys4(NR_socketpair, AF_UNIX, SOCK_DGRAM | O_CLOEXEC, 0, fds), 0, NR_socketpair, 0);
+    h->close_fds[0] = fds[0];
+    h->close_fds[1] = fds[1];
+    a->task_fd = fds[0];
+    a->cryo_fd = fds[1];
+    return 0;
+}
+
+/* The task's own pwritev: exactly the copy a plain write() of its memory makes. */
+static long write_pages(struct cryo_args_header *h) {
+    struct cryo_write_pages *a = payload(h);
+    struct cryo_iovec *v = (struct cryo_iovec *)(a + 1);
+    a->written = 0;
+    sys1(NR_close, a->cryo_fd); /* cryo has its own copy */
+    h->close_fds[1] = -1;
+    char byte;
+    struct { void *base; size_t len; } iov = { &byte, 1 };
+    union { struct { size_t len; int level, type; int fd; } c; char buf[32]; } ctl;
+    struct {
+        void *name; int namelen; int pad; void *iov; size_t iovlen;
+        void *control; size_t controllen; int flags;
+    } msg = { 0, 0, 0, &iov, 1, &ctl, sizeof(ctl), 0 };
+    memset(&ctl, 0, sizeof(ctl));
+    long r = sys3(NR_recvmsg, a->task_fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    sys1(NR_close, a->task_fd);
+    h->close_fds[0] = -1;
+    CHECK(h, r, 0, NR_recvmsg, (unsigned long)a->task_fd);
+    if (ctl.c.level != SOL_SOCKET || ctl.c.type != SCM_RIGHTS) return fail(h, -71 /* EPROTO */, 0, NR_recvmsg, 0);
+    int out = ctl.c.fd;
+    h->close_fds[0] = out;
+    /* Past its file size limit the task would get SIGXFSZ (a core dump by default): refuse before writing. */
+    uint64_t limit[2];
+    long result = sys4(NR_prlimit64, 0, RLIMIT_FSIZE, 0, limit);
+    if (result < 0) result = fail(h, result, 0, NR_prlimit64, RLIMIT_FSIZE);
+    else if (limit[0] < a->total) result = fail(h, -EFBIG, 0, NR_prlimit64, limit[0]);
+    uint32_t i = 0;
+    while (result == 0 && i < a->count) {
+        uint32_t batch = a->count - i < 1024 ? a->count - i : 1024;
+        long n = sys4(NR_pwritev, out, &v[i], batch, a->written);
+        if (n == -EINTR) continue;
+        if (n <= 0) {
+            if (n == -EFBIG) {
+                uint64_t set = 1ul << (SIGXFSZ - 1);
+                struct { long sec, nsec; } zero = { 0, 0 };
+                sys4(NR_rt_sigtimedwait, &set, 0, &zero, 8);
+            }
+            result = fail(h, n ? n : -EIO, i, NR_pwritev, v[i].base);
+            break;
+        }
+        a->written += (uint64_t)n;
+        while (n > 0 && i < a->count) {
+            uint64_t take = (uint64_t)n < v[i].length ? (uint64_t)n : v[i].length;
+            v[i].base += take;
+            v[i].length -= take;
+            n -= (long)take;
+            if (v[i].length == 0) i++;
+        }
+    }
+    sys1(NR_close, out);
+    h->close_fds[0] = -1;
+    return result;
+}
+
 /* Dump: stop for cryo by raising stop_signal at this thread. cryo always moves
  * the thread elsewhere at that stop, so the code after the syscall runs only
  * if cryo died: then unmap the parasite with the task's own `syscall; ret`,
@@ -629,6 +702,8 @@ static long run_command(struct cryo_args_header *h) {
     case CRYO_CMD_PAGE_PIPE: return page_pipe(h);
     case CRYO_CMD_DUMP_PAGES: return dump_pages(h);
     case CRYO_CMD_LAZY_UFFD: return lazy_uffd(h);
+    case CRYO_CMD_PAGE_SOCKET: return page_socket(h);
+    case CRYO_CMD_WRITE_PAGES: return write_pages(h);
     default: return fail(h, -38 /* ENOSYS */, h->command, 0, 0);
     }
 }

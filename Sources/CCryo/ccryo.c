@@ -110,6 +110,7 @@ long cryo_process_vm_readv_vec(pid_t pid, void *local, size_t length,
 }
 
 long cryo_pidfd_open(pid_t pid) { return RAW(syscall(SYS_pidfd_open, pid, 0)); }
+long cryo_process_mrelease(int pidfd) { return RAW(syscall(448 /* SYS_process_mrelease */, pidfd, 0)); }
 long cryo_pidfd_getfd(int pidfd, int targetfd) { return RAW(syscall(SYS_pidfd_getfd, pidfd, targetfd, 0)); }
 long cryo_kcmp_file(pid_t p1, pid_t p2, int fd1, int fd2) { return RAW(syscall(SYS_kcmp, p1, p2, 0 /* KCMP_FILE */, fd1, fd2)); }
 long cryo_tee(int fd_in, int fd_out, size_t length, unsigned flags) { return RAW(tee(fd_in, fd_out, length, flags)); }

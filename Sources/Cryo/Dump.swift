@@ -113,7 +113,7 @@ public struct Dumper {
                 } else {
                     pageIndex = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), compress: options.compress,
                                                      statistics: &statistics,
-                                                     pipe: PagePipe(leader: process.leader, log: parasiteLog(logger)))
+                                                     inTask: InTaskPageCopy(leader: process.leader, log: parasiteLog(logger)))
                 }
                 statistics.memoryDumpSeconds += seconds(since: memoryStart)
                 created.append(paths.task(process.pid))
@@ -190,7 +190,7 @@ public struct Dumper {
                 // Only the fixed part: the signal slots are filled at restore.
                 let reply = try parasite.run(CRYO_CMD_DUMP_THREAD, payload: [0], replyBytes: MemoryLayout<cryo_thread_state>.offset(of: \.signals)!, on: thread)
                 var t = cryo_thread_state()
-                withUnsafeMutableBytes(of: &t) { raw in raw.copyMemory(from: UnsafeRawBufferPointer(start: reply.payload, count: reply.payload.count)) }
+                reply.payload.withUnsafeBytes { payload in withUnsafeMutableBytes(of: &t) { $0.copyMemory(from: payload) } }
                 threads.append(t)
             }
             let timers = try PosixTimer.dump(pid: process.pid, parasite: parasite)

@@ -16,7 +16,7 @@ public struct InetAddress: Codable, Sendable, Equatable {
         var text = [CChar](repeating: 0, count: 64)
         var bytes = raw.address
         guard withUnsafeBytes(of: &bytes, { inet_ntop(raw.family, $0.baseAddress, &text, 64) }) != nil else { return nil }
-        address = String(cString: text)
+        address = String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         port = raw.port
         scope = raw.scope == 0 ? nil : raw.scope
     }

@@ -238,10 +238,10 @@ extension MemoryRecord {
     }
 
     /// Copies the pages that matter into `pagesPath` and returns their index.
-    /// `pipe`, when given, copies large amounts through the parasite (PagePipe);
+    /// `inTask`, when given, copies large amounts through the parasite (InTaskPageCopy);
     /// `compress` writes them as zstd frames (PageFrames), read with process_vm_readv.
     func dumpPages(pid: pid_t, to pagesPath: String, compress: Bool = false, statistics: inout DumpStatistics,
-                   pipe: PagePipe? = nil) throws -> PageIndex {
+                   inTask: InTaskPageCopy? = nil) throws -> PageIndex {
         let out = try Files.open(pagesPath, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
         defer { try? out.close() }
         let regions = try presentPages(pid: pid, statistics: &statistics)
@@ -256,8 +256,8 @@ extension MemoryRecord {
             let frames = try copyCompressed(pid: pid, runs: runs, total: total, to: out, path: pagesPath)
             return PageIndex(runs: runs, pagesFileSize: frames.fileSize, compression: frames.frames)
         }
-        if let pipe, total >= PagePipe.threshold {
-            try pipe.copy(regions, to: out, path: pagesPath)
+        if let inTask, total >= InTaskPageCopy.threshold {
+            try inTask.copy(regions, to: out, path: pagesPath)
         } else {
             try copyByReading(pid: pid, regions: regions, to: out, path: pagesPath)
         }

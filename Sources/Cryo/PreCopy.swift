@@ -574,7 +574,7 @@ extension MemoryRecord {
         let out = try Files.open(pagesPath, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
         defer { try? out.close() }
         // Room for the fill, checked now (statvfs: fallocate of the whole file costs frozen time).
-        _ = try checkLibc(Int(ftruncate(out.rawValue, off_t(total))), "ftruncate", pid: pid, object: pagesPath)
+        try Files.truncate(out, to: total, path: pagesPath)
         try FileRanges.requireSpace(out, bytes: total, object: pagesPath)
         let writer = PageWriter(file: out, path: pagesPath)
         defer { writer.close() }

@@ -122,7 +122,15 @@ final class FrozenTree {
 
     /// Kills every process while it is still stopped, and waits until each is gone.
     func kill() {
+        let pidfds = live.map { (pid: $0.pid, fd: try? Pidfd.open($0.pid)) }
         for process in live { Glibc.kill(process.pid, SIGKILL) }
+        // On two cores freeing a large address space takes half the time this way (0.05 s instead
+        // of 0.09 s for 1.5 GiB). Where the kernel refuses, the process frees it alone, as ever.
+        for (pid, fd) in pidfds {
+            guard let fd else { continue }
+            try? Pidfd.releaseMemory(fd, pid: pid)
+            try? fd.close()
+        }
         // A leader's exit is reported only once its other threads are gone: wait for it last.
         for process in live {
             for thread in process.threads.reversed() { _ = try? waitFor(thread.pid) }

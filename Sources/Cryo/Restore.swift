@@ -540,7 +540,7 @@ public struct Restorer {
         let batch = 64
         for start in stride(from: 0, to: toSend.count, by: batch) {
             let end = min(start + batch, toSend.count)
-            for fd in toSend[start..<end] { _ = try check(cryo_send_fd(connection, fd.rawValue), "sendmsg(SCM_RIGHTS)", pid: pid) }
+            for fd in toSend[start..<end] { try Pidfd.send(fd, over: connection, to: pid) }
             var recv = cryo_recv_fds()
             recv.control_fd = controlFD
             recv.first_slot_fd = slotFD(start)

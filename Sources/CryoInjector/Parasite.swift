@@ -264,6 +264,8 @@ public final class Parasite {
         case CRYO_CMD_PAGE_PIPE: "PAGE_PIPE"
         case CRYO_CMD_DUMP_PAGES: "DUMP_PAGES"
         case CRYO_CMD_LAZY_UFFD: "LAZY_UFFD"
+        case CRYO_CMD_PAGE_SOCKET: "PAGE_SOCKET"
+        case CRYO_CMD_WRITE_PAGES: "WRITE_PAGES"
         default: "command \(command.rawValue)"
         }
     }

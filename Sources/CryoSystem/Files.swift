@@ -77,6 +77,10 @@ public enum Files {
         }
     }
 
+    /// Sets the file's size (ftruncate).
+    public static func truncate(_ file: FileDescriptor, to size: UInt64, path: String) throws {
+        _ = try checkLibc(Int(ftruncate(file.rawValue, off_t(size))), "ftruncate", object: path)
+    }
     /// Moves up to `length` bytes from a pipe into `file` at `offset` (advanced):
     /// nil when none are there yet, 0 at the end of the stream.
     public static func spliceToFile(from pipe: FileDescriptor, to file: FileDescriptor, offset: inout Int64, length: Int,
@@ -104,6 +108,15 @@ public enum Pidfd {
     /// A duplicate of another process's descriptor: same open file description.
     public static func getfd(_ pidfd: FileDescriptor, pid: pid_t, fd: Int32) throws -> FileDescriptor {
         FileDescriptor(rawValue: Int32(try check(cryo_pidfd_getfd(pidfd.rawValue, fd), "pidfd_getfd", pid: pid, object: "fd \(fd)")))
+    }
+    /// Frees the memory of a process that is being killed in the caller's time (process_mrelease),
+    /// alongside the process's own exit.
+    public static func releaseMemory(_ pidfd: FileDescriptor, pid: pid_t) throws {
+        _ = try check(cryo_process_mrelease(pidfd.rawValue), "process_mrelease", pid: pid)
+    }
+    /// Sends `fd` (SCM_RIGHTS, one byte of data) over a unix socket to the process `pid` at its other end.
+    public static func send(_ fd: FileDescriptor, over socket: Int32, to pid: pid_t) throws {
+        _ = try check(cryo_send_fd(socket, fd.rawValue), "sendmsg(SCM_RIGHTS)", pid: pid, object: "fd \(fd.rawValue)")
     }
     /// Whether two descriptors of two processes are the same open file description.
     public static func sameFile(_ pid1: pid_t, _ fd1: Int32, _ pid2: pid_t, _ fd2: Int32) throws -> Bool {

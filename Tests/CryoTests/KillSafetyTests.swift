@@ -15,35 +15,40 @@ let dumpKillPhases = [
     "running PING", "stopped after PING", "running DUMP_PROCESS", "stopped after DUMP_PROCESS",
     "running DUMP_THREAD", "stopped after DUMP_THREAD", "running DUMP_TIMERS", "stopped after DUMP_TIMERS",
     "before cure", "entered munmap", "unmapped", "pages", "written",
+    "running PAGE_SOCKET", "stopped after PAGE_SOCKET", "running WRITE_PAGES", "stopped after WRITE_PAGES",
     "running PAGE_PIPE", "stopped after PAGE_PIPE", "running DUMP_PAGES", "stopped after DUMP_PAGES",
 ]
-/// Only processes with more than PagePipe.threshold of memory copy it through the parasite.
+/// Only processes with more than InTaskPageCopy.threshold of memory copy it through the parasite:
+/// written by the task itself, or (CRYO_PAGE_COPY=pipe, or where the task cannot write) through a pipe.
+private let writePhases = ["running PAGE_SOCKET", "stopped after PAGE_SOCKET", "running WRITE_PAGES", "stopped after WRITE_PAGES"]
 private let pipePhases = ["running PAGE_PIPE", "stopped after PAGE_PIPE", "running DUMP_PAGES", "stopped after DUMP_PAGES"]
 private let threadPhases = ["running DUMP_THREAD", "stopped after DUMP_THREAD"]
 private let timerPhases = ["running DUMP_TIMERS", "stopped after DUMP_TIMERS"]
 
 /// Fixtures (with small arguments) and the phases each is killed at; each must
 /// reach all of them but `mayMiss`, so a renamed kill point cannot go untested.
-let killSafetyCases: [(fixture: String, arguments: [String], phases: [String], mayMiss: [String])] = [
-    ("counter", [], dumpKillPhases, threadPhases + timerPhases + pipePhases),
-    ("threads", ["6"], dumpKillPhases, timerPhases + pipePhases),
-    ("vector", [], ["running DUMP_PROCESS", "stopped after DUMP_PROCESS", "entered munmap", "unmapped"], []),
-    ("signals", [], ["running DUMP_PROCESS", "stopped after DUMP_PROCESS", "before cure", "entered munmap", "unmapped"], []),
-    ("ptimers", [], timerPhases + ["before cure"], []),
-    ("tree", ["13"], ["seized", "entered mmap", "running DUMP_PROCESS", "stopped after DUMP_PROCESS", "unmapped", "pages", "written"], []),
-    ("bigmem", ["64"], ["pages", "written"] + pipePhases, []),
+let killSafetyCases: [(fixture: String, arguments: [String], phases: [String], mayMiss: [String], environment: [String: String])] = [
+    ("counter", [], dumpKillPhases, threadPhases + timerPhases + writePhases + pipePhases, [:]),
+    ("threads", ["6"], dumpKillPhases, timerPhases + writePhases + pipePhases, [:]),
+    ("vector", [], ["running DUMP_PROCESS", "stopped after DUMP_PROCESS", "entered munmap", "unmapped"], [], [:]),
+    ("signals", [], ["running DUMP_PROCESS", "stopped after DUMP_PROCESS", "before cure", "entered munmap", "unmapped"], [], [:]),
+    ("ptimers", [], timerPhases + ["before cure"], [], [:]),
+    ("tree", ["13"], ["seized", "entered mmap", "running DUMP_PROCESS", "stopped after DUMP_PROCESS", "unmapped", "pages", "written"], [], [:]),
+    ("bigmem", ["64"], ["pages", "written"] + writePhases, [], [:]),
+    ("bigmem", ["64"], ["pages"] + pipePhases, [], ["CRYO_PAGE_COPY": "pipe"]),
 ]
 
 extension EndToEnd {
     @Suite("cryo killed during a dump")
     struct KillSafetyTests {
-        @Test("the process survives a SIGKILL of cryo at every phase", arguments: killSafetyCases.map(\.fixture))
-        func killedAtEveryPhase(_ name: String) throws {
-            let entry = try #require(killSafetyCases.first { $0.fixture == name })
+        @Test("the process survives a SIGKILL of cryo at every phase", arguments: killSafetyCases.indices)
+        func killedAtEveryPhase(_ index: Int) throws {
+            let entry = killSafetyCases[index]
+            let name = entry.fixture + entry.environment.map { " \($0.key)=\($0.value)" }.sorted().joined()
             var survived = 0, reached = 0
             var missed: [String] = []
             for phase in entry.phases {
-                switch try killDuring(name, arguments: entry.arguments, at: phase) {
+                switch try killDuring(entry.fixture, arguments: entry.arguments, at: phase, environment: entry.environment) {
                 case .notReached: missed.append(phase)
                 case .survived: survived += 1; reached += 1
                 case .harmed: reached += 1
@@ -58,7 +63,7 @@ extension EndToEnd {
 private enum KillOutcome { case notReached, survived, harmed }
 
 /// One fixture, one phase: dump with CRYO_KILL_AT, then check the whole tree.
-private func killDuring(_ name: String, arguments: [String], at phase: String) throws -> KillOutcome {
+private func killDuring(_ name: String, arguments: [String], at phase: String, environment: [String: String]) throws -> KillOutcome {
     let scratch = try Scratch("\(name)-kill")
     defer { scratch.remove() }
     let args = arguments.isEmpty ? try Fixture.defaultArguments(for: name, in: scratch) : arguments
@@ -69,9 +74,11 @@ private func killDuring(_ name: String, arguments: [String], at phase: String) t
     try members.load()
     let before = try members.snapshot()
     let mapsBefore = Dictionary(uniqueKeysWithValues: members.pids.map { ($0, memoryMap($0)) })
+    let descriptorsBefore = Dictionary(uniqueKeysWithValues: members.pids.map { ($0, descriptorTable($0)) })
 
     let dump = try cryo(["dump", "--leave-running", "-t", "\(fixture.pid)", "-D", scratch.file("img")], in: scratch,
-                        timeout: cryoTimeout(for: name), reaping: fixture, environment: ["CRYO_KILL_AT": phase])
+                        timeout: cryoTimeout(for: name), reaping: fixture,
+                        environment: environment.merging(["CRYO_KILL_AT": phase]) { $1 })
     if dump.succeeded { return .notReached }
     guard dump.status == .signaled(SIGKILL) else {
         Issue.record("\(name), kill at \"\(phase)\": cryo did not die by SIGKILL\n\(dump)")
@@ -88,6 +95,10 @@ private func killDuring(_ name: String, arguments: [String], at phase: String) t
                 let added = now.filter { !was.contains($0) }, lost = was.filter { !now.contains($0) }
                 problems.append("pid \(pid): memory map changed: added \(added), lost \(lost)")
             }
+            let descriptors = descriptorTable(pid)
+            if descriptors != descriptorsBefore[pid] ?? [] {
+                problems.append("pid \(pid): descriptors changed: now \(descriptors), was \(descriptorsBefore[pid] ?? [])")
+            }
         }
         return problems.isEmpty
     }
@@ -99,6 +110,14 @@ private func killDuring(_ name: String, arguments: [String], at phase: String) t
     let passed = exit == .exited(0) && fixture.lastLine == "PASS"
     #expect(passed, "\(name), kill at \"\(phase)\": ended with \(exit.map(\.description) ?? "nothing") and last line \(fixture.lastLine ?? "none")\n\(fixture.report)")
     return settled && passed ? .survived : .harmed
+}
+
+/// "fd -> what it is" for every descriptor of the process.
+private func descriptorTable(_ pid: pid_t) -> [String] {
+    let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+    return fds.compactMap(Int.init).sorted().map { fd in
+        "\(fd) -> \((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)")) ?? "?")"
+    }
 }
 
 private func memoryMap(_ pid: pid_t) -> [String] {

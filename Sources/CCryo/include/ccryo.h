@@ -85,6 +85,7 @@ long cryo_process_vm_readv_vec(pid_t pid, void *local, size_t length,
 
 /* Descriptors */
 long cryo_pidfd_open(pid_t pid);
+long cryo_process_mrelease(int pidfd);
 long cryo_pidfd_getfd(int pidfd, int targetfd);
 long cryo_kcmp_file(pid_t pid1, pid_t pid2, int fd1, int fd2);
 /* KCMP_VM = 1, KCMP_FILES = 2, KCMP_FS = 3 */

@@ -18,7 +18,7 @@
 #include <stdint.h>
 
 #define CRYO_PARASITE_MAGIC 0x43525950u /* "CRYP" */
-#define CRYO_PARASITE_PROTOCOL_VERSION 3u
+#define CRYO_PARASITE_PROTOCOL_VERSION 4u
 
 /* Symbols the injector looks up in the blob with libelf. */
 #define CRYO_PARASITE_ENTRY_SYMBOL "cryo_parasite_entry"
@@ -47,6 +47,8 @@ enum cryo_command {
     CRYO_CMD_DUMP_PAGES = 18,  /* in: struct cryo_dump_pages + struct cryo_iovec[count] */
 
     CRYO_CMD_LAZY_UFFD = 19,   /* in: struct cryo_lazy_uffd + ranges (--lazy-pages) */
+    CRYO_CMD_PAGE_SOCKET = 20, /* out: struct cryo_page_socket */
+    CRYO_CMD_WRITE_PAGES = 21, /* in: struct cryo_write_pages + struct cryo_iovec[count]; out: struct cryo_write_pages */
 };
 
 /* Where a failing command stopped: which step, which syscall, which errno. */
@@ -241,6 +243,22 @@ struct cryo_timers { uint32_t count; uint32_t pad; };
 struct cryo_page_pipe { int32_t read_fd; int32_t write_fd; uint32_t size; uint32_t pad; };
 struct cryo_iovec { uint64_t base; uint64_t length; };
 struct cryo_dump_pages { int32_t read_fd; int32_t write_fd; uint32_t count; uint32_t pad; };
+
+/* Dump of large memory, preferred: the task itself writes its pages into the
+ * pages file, the one copy a plain write() makes. The file reaches the task as
+ * SCM_RIGHTS over a socketpair the parasite makes (PAGE_SOCKET); cryo takes
+ * cryo_fd with pidfd_getfd and sends the file through it. WRITE_PAGES closes
+ * cryo_fd, receives the file, pwritev()s every iovec in order from offset 0,
+ * closes what it holds and reports how many bytes went out in `written`. */
+struct cryo_page_socket { int32_t task_fd; int32_t cryo_fd; };
+struct cryo_write_pages {
+    int32_t task_fd;
+    int32_t cryo_fd;
+    uint32_t count;
+    uint32_t pad;
+    uint64_t total;    /* bytes to write: refused up front if RLIMIT_FSIZE is lower */
+    uint64_t written;  /* out */
+};
 
 /* Followed by ranges[range_count] (struct cryo_range): the task creates a
  * userfaultfd (O_CLOEXEC | O_NONBLOCK) with `features`, registers every range
