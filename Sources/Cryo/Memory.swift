@@ -242,7 +242,8 @@ extension MemoryRecord {
     /// `compress` writes them as zstd frames (PageFrames), read with process_vm_readv.
     func dumpPages(pid: pid_t, to pagesPath: String, compress: Bool = false, statistics: inout DumpStatistics,
                    inTask: InTaskPageCopy? = nil) throws -> PageIndex {
-        let out = try Files.open(pagesPath, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
+        // Read-write: part of a large copy goes through a shared mapping of the file (InTaskPageCopy).
+        let out = try Files.open(pagesPath, .readWrite, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
         defer { try? out.close() }
         let regions = try presentPages(pid: pid, statistics: &statistics)
         var runs: [[UInt64]] = []
