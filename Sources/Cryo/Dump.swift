@@ -78,14 +78,17 @@ public struct Dumper {
         let taskWriter = BackgroundWriter()
         do {
             try checkTree(tree)
+            let prefetch = MappingsPrefetch(pids: tree.live.map(\.pid))
+            defer { prefetch.cancel() }
             var sharedMemory: [UInt64: MemoryRecord.SharedOrigin] = [:]
             for process in tree.live {
-                let (state, threadStates, posixTimers) = try readTaskState(process)
+                let (state, threadStates, posixTimers, parasiteRange) = try readTaskState(process)
                 let core = try TaskCore.dump(pid: process.pid, state: state)
                 let threads = try zip(process.threads, threadStates).map { try ThreadRecord.dump($0.0, state: $0.1) }
                 var signals = try SignalsRecord.dump(pid: process.pid, state: state)
                 signals.posixTimers = posixTimers.isEmpty ? nil : posixTimers
-                var memory = try MemoryRecord.dump(pid: process.pid)
+                var memory = try MemoryRecord.dump(pid: process.pid,
+                                                   mappings: try prefetch.mappings(of: process.pid, excluding: parasiteRange))
                 for i in memory.mappings.indices {
                     guard let inode = memory.mappings[i].shmemInode else { continue }
                     let m = memory.mappings[i]
@@ -177,7 +180,8 @@ public struct Dumper {
 
     /// Runs the parasite once per process (and once in each thread) to read
     /// what only the task can see, then cures it.
-    func readTaskState(_ process: FrozenProcess) throws -> (cryo_task_state, [cryo_thread_state], [PosixTimer]) {
+    /// Also returns where the parasite was, for MappingsPrefetch.
+    func readTaskState(_ process: FrozenProcess) throws -> (cryo_task_state, [cryo_thread_state], [PosixTimer], Range<UInt64>) {
         let parasite = try Parasite.inject(into: process.leader, argumentBytes: MemoryLayout<cryo_thread_state>.size + 64 * 1024, log: parasiteLog(logger))
         do {
             if let address = ProcessInfo.processInfo.environment["CRYO_TEST_PARASITE_FAULT"].flatMap({ UInt64($0, radix: 16) }) {
@@ -195,7 +199,7 @@ public struct Dumper {
             }
             let timers = try PosixTimer.dump(pid: process.pid, parasite: parasite)
             try parasite.cure()
-            return (state, threads, timers)
+            return (state, threads, timers, parasite.base..<(parasite.base + parasite.size))
         } catch {
             _ = try? parasite.cure()
             throw error

@@ -123,11 +123,63 @@ private func parseHex<C: Collection>(_ digits: C) -> UInt64? where C.Element == 
     return value
 }
 
+extension [ProcMapping] {
+    /// The mappings without `range` (the parasite's, seen while it was in: it may have merged with a neighbour).
+    func subtracting(_ range: Range<UInt64>) -> [ProcMapping] {
+        flatMap { m -> [ProcMapping] in
+            guard m.start < range.upperBound && range.lowerBound < m.end else { return [m] }
+            var pieces: [ProcMapping] = []
+            if m.start < range.lowerBound { var low = m; low.end = range.lowerBound; pieces.append(low) }
+            if range.upperBound < m.end {
+                var high = m
+                high.offset += range.upperBound - m.start
+                high.start = range.upperBound
+                pieces.append(high)
+            }
+            return pieces
+        }
+    }
+}
+
+/// /proc/PID/smaps walks every page table to count pages (15 ms for 2 GiB), and
+/// the dump needs only its VmFlags: a thread reads it for every frozen process
+/// while the controller works with the parasites, which the caller then subtracts.
+final class MappingsPrefetch: @unchecked Sendable {
+    private let lock = NSLock()
+    private var results: [pid_t: Result<[ProcMapping], Error>] = [:]
+    private let ready: [pid_t: DispatchSemaphore]
+    private var cancelled = false
+
+    init(pids: [pid_t]) {
+        ready = Dictionary(uniqueKeysWithValues: pids.map { ($0, DispatchSemaphore(value: 0)) })
+        Thread.detachNewThread { [self] in
+            for pid in pids {
+                let result = lock.withLock({ cancelled }) ? .failure(CryoError("pid \(pid): dump abandoned"))
+                    : Result { try readMappings(pid: pid, withFlags: true) }
+                lock.withLock { results[pid] = result }
+                ready[pid]!.signal()
+            }
+        }
+    }
+
+    /// `pid`'s mappings, without the parasite that was in it while they were read.
+    func mappings(of pid: pid_t, excluding parasite: Range<UInt64>) throws -> [ProcMapping] {
+        guard let semaphore = ready[pid] else { return try readMappings(pid: pid, withFlags: true) }
+        semaphore.wait()
+        semaphore.signal()
+        return try lock.withLock { results[pid]! }.get().subtracting(parasite)
+    }
+
+    /// The dump failed: the rest need not be read.
+    func cancel() { lock.withLock { cancelled = true } }
+}
+
 extension MemoryRecord {
     /// Classifies every mapping; refuses what cannot be brought back faithfully.
-    static func dump(pid: pid_t) throws -> MemoryRecord {
+    /// `mappings`: /proc/PID/smaps already read (MappingsPrefetch).
+    static func dump(pid: pid_t, mappings procMappings: [ProcMapping]? = nil) throws -> MemoryRecord {
         var mappings: [Mapping] = []
-        for m in try readMappings(pid: pid, withFlags: true) {
+        for m in try procMappings ?? readMappings(pid: pid, withFlags: true) {
             let shared = m.permissions.dropFirst(3).first == "s"
             let address = "0x\(String(m.start, radix: 16))-0x\(String(m.end, radix: 16))"
             func refuse(_ what: String) -> CryoError {
