@@ -347,11 +347,12 @@ echo
 # The targets are stated for 2 GiB; with other sizes, judge the largest.
 target_size=$(printf '%s\n' "${sizes[@]}" | sort -n | tail -n 1)
 [[ " ${sizes[*]} " == *" 2048 "* ]] && target_size=2048
-for pair in "dump:q_dt" "restore:q_rt"; do
-    what=${pair%%:*}
-    ratio=${result[$target_size,${pair#*:}]}
-    verdict=$(awk "BEGIN { print ($ratio <= 1.5) ? \"met\" : \"NOT met\" }")
-    printf 'target: %s of %s MiB within 1.5x of fresh touch: %.2fx, %s\n' "$what" "$target_size" "$ratio" "$verdict"
+# Issue #6: dump within 1.2x of writing the touched pages to a new file, restore within 1.2x of touching them fresh.
+for target in "dump:q_fw:writing them to a file" "restore:q_rt:touching them fresh"; do
+    IFS=: read -r what column baseline <<<"$target"
+    ratio=${result[$target_size,$column]}
+    verdict=$(awk "BEGIN { print ($ratio <= 1.2) ? \"met\" : \"NOT met\" }")
+    printf 'target: %s of %s MiB within 1.2x of %s: %.2fx, %s\n' "$what" "$target_size" "$baseline" "$ratio" "$verdict"
 done
 fi
 

@@ -82,13 +82,13 @@ public struct Dumper {
             defer { prefetch.cancel() }
             var sharedMemory: [UInt64: MemoryRecord.SharedOrigin] = [:]
             for process in tree.live {
-                let (state, threadStates, posixTimers, parasiteRange) = try readTaskState(process)
+                let (state, threadStates, posixTimers) = try readTaskState(process)
                 let core = try TaskCore.dump(pid: process.pid, state: state)
                 let threads = try zip(process.threads, threadStates).map { try ThreadRecord.dump($0.0, state: $0.1) }
                 var signals = try SignalsRecord.dump(pid: process.pid, state: state)
                 signals.posixTimers = posixTimers.isEmpty ? nil : posixTimers
-                var memory = try MemoryRecord.dump(pid: process.pid,
-                                                   mappings: try prefetch.mappings(of: process.pid, excluding: parasiteRange))
+                // The layout is enough to copy the pages; smaps' flags are added once they are out.
+                var memory = try MemoryRecord.dump(pid: process.pid, flags: false)
                 for i in memory.mappings.indices {
                     guard let inode = memory.mappings[i].shmemInode else { continue }
                     let m = memory.mappings[i]
@@ -105,19 +105,26 @@ public struct Dumper {
                 let memoryStart = ContinuousClock.now
                 let pageIndex: PageIndex
                 var compressAfterRelease = false
-                if let base = previous?.pages(of: process.pid) {
-                    compressAfterRelease = options.compress
-                    let target = options.compress ? paths.pages(process.pid) + ".raw" : paths.pages(process.pid)
-                    if options.compress { created.append(target) }
-                    let (index, fill) = try memory.dumpPages(pid: process.pid, to: target, previous: base, held: held,
-                                                             statistics: &statistics)
-                    pageIndex = index
-                    fills.append(fill)
-                } else {
-                    pageIndex = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), compress: options.compress,
-                                                     statistics: &statistics,
-                                                     inTask: InTaskPageCopy(leader: process.leader, log: parasiteLog(logger)))
+                do {
+                    if let base = previous?.pages(of: process.pid) {
+                        compressAfterRelease = options.compress
+                        let target = options.compress ? paths.pages(process.pid) + ".raw" : paths.pages(process.pid)
+                        if options.compress { created.append(target) }
+                        let (index, fill) = try memory.dumpPages(pid: process.pid, to: target, previous: base, held: held,
+                                                                 statistics: &statistics)
+                        pageIndex = index
+                        fills.append(fill)
+                    } else {
+                        pageIndex = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), compress: options.compress,
+                                                         statistics: &statistics,
+                                                         inTask: InTaskPageCopy(leader: process.leader, log: parasiteLog(logger)))
+                    }
+                } catch {
+                    // A device mapping fails the copy its own way: its refusal says more.
+                    try memory.applyFlags(prefetch.mappings(of: process.pid), pid: process.pid)
+                    throw error
                 }
+                try memory.applyFlags(prefetch.mappings(of: process.pid), pid: process.pid)
                 statistics.memoryDumpSeconds += seconds(since: memoryStart)
                 created.append(paths.task(process.pid))
                 let task = TaskImage(core: core, threads: threads, memory: memory, pageIndex: pageIndex, signals: signals,
@@ -180,8 +187,7 @@ public struct Dumper {
 
     /// Runs the parasite once per process (and once in each thread) to read
     /// what only the task can see, then cures it.
-    /// Also returns where the parasite was, for MappingsPrefetch.
-    func readTaskState(_ process: FrozenProcess) throws -> (cryo_task_state, [cryo_thread_state], [PosixTimer], Range<UInt64>) {
+    func readTaskState(_ process: FrozenProcess) throws -> (cryo_task_state, [cryo_thread_state], [PosixTimer]) {
         let parasite = try Parasite.inject(into: process.leader, argumentBytes: MemoryLayout<cryo_thread_state>.size + 64 * 1024, log: parasiteLog(logger))
         do {
             if let address = ProcessInfo.processInfo.environment["CRYO_TEST_PARASITE_FAULT"].flatMap({ UInt64($0, radix: 16) }) {
@@ -199,7 +205,7 @@ public struct Dumper {
             }
             let timers = try PosixTimer.dump(pid: process.pid, parasite: parasite)
             try parasite.cure()
-            return (state, threads, timers, parasite.base..<(parasite.base + parasite.size))
+            return (state, threads, timers)
         } catch {
             _ = try? parasite.cure()
             throw error

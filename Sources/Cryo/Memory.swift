@@ -123,27 +123,11 @@ private func parseHex<C: Collection>(_ digits: C) -> UInt64? where C.Element == 
     return value
 }
 
-extension [ProcMapping] {
-    /// The mappings without `range` (the parasite's, seen while it was in: it may have merged with a neighbour).
-    func subtracting(_ range: Range<UInt64>) -> [ProcMapping] {
-        flatMap { m -> [ProcMapping] in
-            guard m.start < range.upperBound && range.lowerBound < m.end else { return [m] }
-            var pieces: [ProcMapping] = []
-            if m.start < range.lowerBound { var low = m; low.end = range.lowerBound; pieces.append(low) }
-            if range.upperBound < m.end {
-                var high = m
-                high.offset += range.upperBound - m.start
-                high.start = range.upperBound
-                pieces.append(high)
-            }
-            return pieces
-        }
-    }
-}
-
 /// /proc/PID/smaps walks every page table to count pages (15 ms for 2 GiB), and
 /// the dump needs only its VmFlags: a thread reads it for every frozen process
-/// while the controller works with the parasites, which the caller then subtracts.
+/// while the controller works with the parasites and copies the pages, which
+/// need only the layout (/proc/PID/maps). A parasite seen in smaps is harmless:
+/// flags are looked up by the address of each mapping of the layout.
 final class MappingsPrefetch: @unchecked Sendable {
     private let lock = NSLock()
     private var results: [pid_t: Result<[ProcMapping], Error>] = [:]
@@ -162,12 +146,12 @@ final class MappingsPrefetch: @unchecked Sendable {
         }
     }
 
-    /// `pid`'s mappings, without the parasite that was in it while they were read.
-    func mappings(of pid: pid_t, excluding parasite: Range<UInt64>) throws -> [ProcMapping] {
+    /// `pid`'s smaps entries.
+    func mappings(of pid: pid_t) throws -> [ProcMapping] {
         guard let semaphore = ready[pid] else { return try readMappings(pid: pid, withFlags: true) }
         semaphore.wait()
         semaphore.signal()
-        return try lock.withLock { results[pid]! }.get().subtracting(parasite)
+        return try lock.withLock { results[pid]! }.get()
     }
 
     /// The dump failed: the rest need not be read.
@@ -176,10 +160,10 @@ final class MappingsPrefetch: @unchecked Sendable {
 
 extension MemoryRecord {
     /// Classifies every mapping; refuses what cannot be brought back faithfully.
-    /// `mappings`: /proc/PID/smaps already read (MappingsPrefetch).
-    static func dump(pid: pid_t, mappings procMappings: [ProcMapping]? = nil) throws -> MemoryRecord {
+    /// `flags: false` reads only the layout (/proc/PID/maps): `applyFlags` adds the VmFlags later.
+    static func dump(pid: pid_t, flags: Bool = true) throws -> MemoryRecord {
         var mappings: [Mapping] = []
-        for m in try procMappings ?? readMappings(pid: pid, withFlags: true) {
+        for m in try readMappings(pid: pid, withFlags: flags) {
             let shared = m.permissions.dropFirst(3).first == "s"
             let address = "0x\(String(m.start, radix: 16))-0x\(String(m.end, radix: 16))"
             func refuse(_ what: String) -> CryoError {
@@ -213,22 +197,34 @@ extension MemoryRecord {
             default:
                 throw refuse("an unknown kind of mapping")
             }
-            if !m.path.hasPrefix("[v") && (m.vmFlags.contains("io") || m.vmFlags.contains("pf")) {
-                throw refuse("a device (VM_IO/VM_PFNMAP) mapping")
-            }
-            var advice: UInt32 = 0
-            let adviceFlags: [(String, UInt32)] = [("dd", CRYO_MADV_DONTDUMP), ("dc", CRYO_MADV_DONTFORK), ("hg", CRYO_MADV_HUGEPAGE),
-                                                   ("nh", CRYO_MADV_NOHUGEPAGE), ("wf", CRYO_MADV_WIPEONFORK)]
-            for (flag, bit) in adviceFlags where m.vmFlags.contains(flag) { advice |= UInt32(bit) }
             let (major, minor) = parseDevice(m.device)
-            mappings.append(Mapping(start: m.start, end: m.end, protection: String(m.permissions.prefix(3)).replacingOccurrences(of: "-", with: ""),
-                                    shared: shared, kind: kind, path: path, fileOffset: m.offset,
-                                    device: kind == .file ? cryo_makedev(major, minor) : nil,
-                                    inode: kind == .file ? m.inode : nil,
-                                    growsDown: m.vmFlags.contains("gd"), noReserve: m.vmFlags.contains("nr"), advice: advice,
-                                    shmemInode: kind == .sharedAnonymous ? m.inode : nil, sharedFrom: nil, file: nil))
+            var mapping = Mapping(start: m.start, end: m.end, protection: String(m.permissions.prefix(3)).replacingOccurrences(of: "-", with: ""),
+                                  shared: shared, kind: kind, path: path, fileOffset: m.offset,
+                                  device: kind == .file ? cryo_makedev(major, minor) : nil,
+                                  inode: kind == .file ? m.inode : nil,
+                                  growsDown: false, noReserve: false, advice: 0,
+                                  shmemInode: kind == .sharedAnonymous ? m.inode : nil, sharedFrom: nil, file: nil)
+            if flags { try mapping.take(m.vmFlags, pid: pid) }
+            mappings.append(mapping)
         }
         return MemoryRecord(mappings: mappings)
+    }
+
+    /// Adds the VmFlags of /proc/PID/smaps to a layout read without them (`dump(pid:flags: false)`).
+    mutating func applyFlags(_ smaps: [ProcMapping], pid: pid_t) throws {
+        for i in mappings.indices {
+            let start = mappings[i].start
+            // smaps is in address order: the last entry starting at or below `start`.
+            var low = 0, high = smaps.count
+            while low < high {
+                let mid = (low + high) / 2
+                if smaps[mid].start <= start { low = mid + 1 } else { high = mid }
+            }
+            guard low > 0, case let entry = smaps[low - 1], start < entry.end else {
+                throw CryoError("pid \(pid): mapping 0x\(String(start, radix: 16)) is missing from /proc/\(pid)/smaps")
+            }
+            try mappings[i].take(entry.vmFlags, pid: pid)
+        }
     }
 
     /// Which pages of a mapping hold state the image must keep.
@@ -816,4 +812,19 @@ func findFreeRange(size: UInt64, occupied: [Range<UInt64>]) -> UInt64? {
         ceiling = min(ceiling, range.lowerBound)
     }
     return ceiling >= size + 0x100_0000 ? (ceiling - margin - size) & ~0xfff : nil
+}
+
+extension MemoryRecord.Mapping {
+    /// What the VmFlags of /proc/PID/smaps say: growth, reservation, madvise advice; device mappings are refused.
+    mutating func take(_ vmFlags: Set<String>, pid: pid_t) throws {
+        if !isSpecial && (vmFlags.contains("io") || vmFlags.contains("pf")) {
+            let address = "0x\(String(start, radix: 16))-0x\(String(end, radix: 16))"
+            throw CryoError("pid \(pid): mapping \(address) \(path.map { "(\($0)) " } ?? "")is a device (VM_IO/VM_PFNMAP) mapping, not supported yet")
+        }
+        let adviceFlags: [(String, UInt32)] = [("dd", CRYO_MADV_DONTDUMP), ("dc", CRYO_MADV_DONTFORK), ("hg", CRYO_MADV_HUGEPAGE),
+                                               ("nh", CRYO_MADV_NOHUGEPAGE), ("wf", CRYO_MADV_WIPEONFORK)]
+        advice = adviceFlags.reduce(UInt32(0)) { vmFlags.contains($1.0) ? $0 | $1.1 : $0 }
+        growsDown = vmFlags.contains("gd")
+        noReserve = vmFlags.contains("nr")
+    }
 }
