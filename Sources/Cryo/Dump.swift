@@ -78,16 +78,13 @@ public struct Dumper {
         let taskWriter = BackgroundWriter()
         do {
             try checkTree(tree)
-            let prefetch = MappingsPrefetch(pids: tree.live.map(\.pid))
-            defer { prefetch.cancel() }
+            let prefetch = MappingsPrefetch()
             var sharedMemory: [UInt64: MemoryRecord.SharedOrigin] = [:]
             for process in tree.live {
-                let (state, threadStates, posixTimers) = try readTaskState(process)
-                let core = try TaskCore.dump(pid: process.pid, state: state)
-                let threads = try zip(process.threads, threadStates).map { try ThreadRecord.dump($0.0, state: $0.1) }
-                var signals = try SignalsRecord.dump(pid: process.pid, state: state)
-                signals.posixTimers = posixTimers.isEmpty ? nil : posixTimers
-                // The layout is enough to copy the pages; smaps' flags are added once they are out.
+                // Memory first, from the layout alone: smaps (VmFlags) is read alongside and joined after the
+                // task state, and no parasite of ours is in the task while the pages are taken.
+                // After a pre-dump no parasite comes in before the task state: smaps can start at once.
+                if previous != nil { prefetch.start(process.pid) }
                 var memory = try MemoryRecord.dump(pid: process.pid, flags: false)
                 for i in memory.mappings.indices {
                     guard let inode = memory.mappings[i].shmemInode else { continue }
@@ -117,15 +114,21 @@ public struct Dumper {
                     } else {
                         pageIndex = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), compress: options.compress,
                                                          statistics: &statistics,
-                                                         inTask: InTaskPageCopy(leader: process.leader, log: parasiteLog(logger)))
+                                                         inTask: InTaskPageCopy(leader: process.leader, log: parasiteLog(logger)),
+                                                         settled: { prefetch.start(process.pid) })
                     }
                 } catch {
                     // A device mapping fails the copy its own way: its refusal says more.
                     try memory.applyFlags(prefetch.mappings(of: process.pid), pid: process.pid)
                     throw error
                 }
-                try memory.applyFlags(prefetch.mappings(of: process.pid), pid: process.pid)
                 statistics.memoryDumpSeconds += seconds(since: memoryStart)
+                let (state, threadStates, posixTimers) = try readTaskState(process)
+                let core = try TaskCore.dump(pid: process.pid, state: state)
+                let threads = try zip(process.threads, threadStates).map { try ThreadRecord.dump($0.0, state: $0.1) }
+                var signals = try SignalsRecord.dump(pid: process.pid, state: state)
+                signals.posixTimers = posixTimers.isEmpty ? nil : posixTimers
+                try memory.applyFlags(prefetch.mappings(of: process.pid), pid: process.pid)
                 created.append(paths.task(process.pid))
                 let task = TaskImage(core: core, threads: threads, memory: memory, pageIndex: pageIndex, signals: signals,
                                      descriptors: descriptors)

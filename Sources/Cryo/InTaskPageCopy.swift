@@ -27,21 +27,29 @@ struct InTaskPageCopy {
     /// Test switches: CRYO_PAGE_COPY=pipe takes the pipe at once, =task leaves all of it to the task.
     private let mode = ProcessInfo.processInfo.environment["CRYO_PAGE_COPY"]
 
-    func copy(_ regions: [Range<UInt64>], to out: FileDescriptor, path: String) throws {
+    /// `injected` is called once the parasite is in, before the copy starts.
+    func copy(_ regions: [Range<UInt64>], to out: FileDescriptor, path: String, injected: () -> Void) throws {
         let total = regions.reduce(0) { $0 + UInt64($1.count) }
         let alongside = mode == nil && ProcessInfo.processInfo.activeProcessorCount >= 2
-        let split = alongside ? UInt64(Double(total) * InTaskPageCopy.taskShare) & ~0xfff : total
-        let (taskPart, cryoPart) = InTaskPageCopy.cut(regions, at: split)
-        let iovecs = taskPart.map { cryo_iovec(base: $0.lowerBound, length: UInt64($0.count)) }
+        var split = alongside ? UInt64(Double(total) * InTaskPageCopy.taskShare) & ~0xfff : total
         var helper: MappedPageCopy? = nil
-        if !cryoPart.isEmpty {
-            try Files.truncate(out, to: total, path: path)   // the mapping must lie inside the file
-            helper = try MappedPageCopy(pid: leader.pid, regions: cryoPart, file: out, offset: split, path: path)
-            helper?.start()
+        if split < total {
+            do {
+                try Files.truncate(out, to: total, path: path)   // the mapping must lie inside the file
+                helper = try MappedPageCopy(pid: leader.pid, regions: InTaskPageCopy.cut(regions, at: split).tail, file: out,
+                                            offset: split, path: path)
+            } catch {
+                // A file system without shared writable mappings: the task writes it all.
+                log(leader.pid, "WRITE_PAGES", "cryo cannot copy alongside the task: \(error)")
+                split = total
+            }
         }
+        helper?.start()
+        let iovecs = InTaskPageCopy.cut(regions, at: split).head.map { cryo_iovec(base: $0.lowerBound, length: UInt64($0.count)) }
         do {
             let request = max(MemoryLayout<cryo_dump_pages>.size, MemoryLayout<cryo_write_pages>.size)
             let parasite = try Parasite.inject(into: leader, argumentBytes: request + iovecs.count * 16, log: log)
+            injected()
             do {
                 let written = mode == "pipe" ? false : try writeInTask(parasite, iovecs, to: out, path: path)
                 if !written { try throughPipe(parasite, iovecs, to: out, path: path) }

@@ -124,38 +124,41 @@ private func parseHex<C: Collection>(_ digits: C) -> UInt64? where C.Element == 
 }
 
 /// /proc/PID/smaps walks every page table to count pages (15 ms for 2 GiB), and
-/// the dump needs only its VmFlags: a thread reads it for every frozen process
-/// while the controller works with the parasites and copies the pages, which
-/// need only the layout (/proc/PID/maps). A parasite seen in smaps is harmless:
-/// flags are looked up by the address of each mapping of the layout.
+/// the dump needs only its VmFlags: it is read on another thread while the pages
+/// are copied, which need only the layout (/proc/PID/maps). Started only once no
+/// parasite is about to come or go (`start`): smaps holds the address space's
+/// lock while it walks a mapping, which would stall an injected mmap or munmap.
+/// A parasite seen in smaps is harmless: flags are looked up by the address of
+/// each mapping of the layout.
 final class MappingsPrefetch: @unchecked Sendable {
+    private let queue = DispatchQueue(label: "cryo-smaps")
     private let lock = NSLock()
     private var results: [pid_t: Result<[ProcMapping], Error>] = [:]
-    private let ready: [pid_t: DispatchSemaphore]
-    private var cancelled = false
+    private var ready: [pid_t: DispatchSemaphore] = [:]
 
-    init(pids: [pid_t]) {
-        ready = Dictionary(uniqueKeysWithValues: pids.map { ($0, DispatchSemaphore(value: 0)) })
-        Thread.detachNewThread { [self] in
-            for pid in pids {
-                let result = lock.withLock({ cancelled }) ? .failure(CryoError("pid \(pid): dump abandoned"))
-                    : Result { try readMappings(pid: pid, withFlags: true) }
-                lock.withLock { results[pid] = result }
-                ready[pid]!.signal()
-            }
+    func start(_ pid: pid_t) {
+        let semaphore = DispatchSemaphore(value: 0)
+        let first = lock.withLock { () -> Bool in
+            guard ready[pid] == nil else { return false }
+            ready[pid] = semaphore
+            return true
+        }
+        guard first else { return }
+        queue.async { [self] in
+            let result = Result { try readMappings(pid: pid, withFlags: true) }
+            lock.withLock { results[pid] = result }
+            semaphore.signal()
         }
     }
 
-    /// `pid`'s smaps entries.
+    /// `pid`'s smaps entries (read now if nobody started it).
     func mappings(of pid: pid_t) throws -> [ProcMapping] {
-        guard let semaphore = ready[pid] else { return try readMappings(pid: pid, withFlags: true) }
+        start(pid)
+        let semaphore = lock.withLock { ready[pid]! }
         semaphore.wait()
         semaphore.signal()
         return try lock.withLock { results[pid]! }.get()
     }
-
-    /// The dump failed: the rest need not be read.
-    func cancel() { lock.withLock { cancelled = true } }
 }
 
 extension MemoryRecord {
@@ -288,8 +291,9 @@ extension MemoryRecord {
     /// Copies the pages that matter into `pagesPath` and returns their index.
     /// `inTask`, when given, copies large amounts through the parasite (InTaskPageCopy);
     /// `compress` writes them as zstd frames (PageFrames), read with process_vm_readv.
+    /// `settled` is called once the address space will change no more (for MappingsPrefetch).
     func dumpPages(pid: pid_t, to pagesPath: String, compress: Bool = false, statistics: inout DumpStatistics,
-                   inTask: InTaskPageCopy? = nil) throws -> PageIndex {
+                   inTask: InTaskPageCopy? = nil, settled: () -> Void = {}) throws -> PageIndex {
         // Read-write: part of a large copy goes through a shared mapping of the file (InTaskPageCopy).
         let out = try Files.open(pagesPath, .readWrite, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
         defer { try? out.close() }
@@ -302,12 +306,14 @@ extension MemoryRecord {
         }
         statistics.pagesWritten += total / 4096
         if compress {
+            settled()
             let frames = try copyCompressed(pid: pid, runs: runs, total: total, to: out, path: pagesPath)
             return PageIndex(runs: runs, pagesFileSize: frames.fileSize, compression: frames.frames)
         }
         if let inTask, total >= InTaskPageCopy.threshold {
-            try inTask.copy(regions, to: out, path: pagesPath)
+            try inTask.copy(regions, to: out, path: pagesPath, injected: settled)
         } else {
+            settled()
             try copyByReading(pid: pid, regions: regions, to: out, path: pagesPath)
         }
         return PageIndex(runs: runs, pagesFileSize: total)
