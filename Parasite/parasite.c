@@ -225,6 +225,41 @@ static long connect_control(struct cryo_args_header *h) {
     return 0;
 }
 
+/* One descriptor passed over a unix socket (SCM_RIGHTS), or -errno (-EPROTO when the message has none). */
+static long recv_one_fd(int sock, int flags) {
+    char byte;
+    struct { void *base; size_t len; } iov = { &byte, 1 };
+    union { struct { size_t len; int level, type; int fd; } c; char buf[32]; } ctl;
+    struct {
+        void *name; int namelen; int pad; void *iov; size_t iovlen;
+        void *control; size_t controllen; int flags;
+    } msg = { 0, 0, 0, &iov, 1, &ctl, sizeof(ctl), 0 };
+    memset(&ctl, 0, sizeof(ctl));
+    long r;
+    do { r = sys3(NR_recvmsg, sock, &msg, flags); } while (r == -EINTR);
+    if (r < 0) return r;
+    if (r == 0 || ctl.c.level != SOL_SOCKET || ctl.c.type != SCM_RIGHTS) return -71 /* EPROTO */;
+    return ctl.c.fd;
+}
+
+/* Moves past `done` bytes of v[*i..count). */
+static void consume_iovecs(struct cryo_iovec *v, uint32_t count, uint32_t *i, long done) {
+    while (done > 0 && *i < count) {
+        uint64_t take = (uint64_t)done < v[*i].length ? (uint64_t)done : v[*i].length;
+        v[*i].base += take;
+        v[*i].length -= take;
+        done -= (long)take;
+        if (v[*i].length == 0) (*i)++;
+    }
+}
+
+/* A failed syscall raised `signal` at the task (SIGPIPE, SIGXFSZ): take it, or it would reach the task after us. */
+static void drop_pending(int signal) {
+    uint64_t set = 1ul << (signal - 1);
+    struct { long sec, nsec; } zero = { 0, 0 };
+    sys4(NR_rt_sigtimedwait, &set, 0, &zero, 8);
+}
+
 static long recv_fds(struct cryo_args_header *h) {
     struct cryo_recv_fds *a = payload(h);
     if (a->close_others) {
@@ -232,24 +267,13 @@ static long recv_fds(struct cryo_args_header *h) {
         CHECK(h, sys3(NR_close_range, a->control_fd + 1, ~0u, 0), 0, NR_close_range, a->control_fd + 1);
     }
     for (uint32_t i = 0; i < a->count; i++) {
-        char byte;
-        struct { void *base; size_t len; } iov = { &byte, 1 };
-        union { struct { size_t len; int level, type; int fd; } c; char buf[32]; } ctl;
-        struct {
-            void *name; int namelen; int pad; void *iov; size_t iovlen;
-            void *control; size_t controllen; int flags;
-        } msg = { 0, 0, 0, &iov, 1, &ctl, sizeof(ctl), 0 };
-        memset(&ctl, 0, sizeof(ctl));
-        long r;
-        do { r = sys3(NR_recvmsg, a->control_fd, &msg, O_CLOEXEC /* MSG_CMSG_CLOEXEC */); } while (r == -EINTR);
-        CHECK(h, r, i, NR_recvmsg, (unsigned long)a->control_fd);
-        if (r == 0 || ctl.c.level != SOL_SOCKET || ctl.c.type != SCM_RIGHTS)
-            return fail(h, -71 /* EPROTO */, i, NR_recvmsg, (unsigned long)a->control_fd);
+        long fd = recv_one_fd(a->control_fd, MSG_CMSG_CLOEXEC);
+        CHECK(h, fd, i, NR_recvmsg, (unsigned long)a->control_fd);
         int target = a->first_slot_fd + (int)i;
-        log_line(h, "received fd, slot", (unsigned long)ctl.c.fd, (unsigned long)target);
-        if (ctl.c.fd != target) {
-            long d = sys3(NR_dup3, ctl.c.fd, target, O_CLOEXEC);
-            sys1(NR_close, ctl.c.fd);
+        log_line(h, "received fd, slot", (unsigned long)fd, (unsigned long)target);
+        if (fd != target) {
+            long d = sys3(NR_dup3, fd, target, O_CLOEXEC);
+            sys1(NR_close, fd);
             CHECK(h, d, i, NR_dup3, (unsigned long)target);
         }
     }
@@ -561,22 +585,11 @@ static long dump_pages(struct cryo_args_header *h) {
         long n = sys4(NR_vmsplice, a->write_fd, &v[i], batch, 0);
         if (n == -EINTR || n == -EAGAIN) continue;
         if (n <= 0) {
-            if (n == -EPIPE) {
-                /* Blocked here, the SIGPIPE it raised would reach the task after us: take it. */
-                uint64_t set = 1ul << (SIGPIPE - 1);
-                struct { long sec, nsec; } zero = { 0, 0 };
-                sys4(NR_rt_sigtimedwait, &set, 0, &zero, 8);
-            }
+            if (n == -EPIPE) drop_pending(SIGPIPE);
             result = fail(h, n ? n : -EPIPE, i, NR_vmsplice, v[i].base);
             break;
         }
-        while (n > 0 && i < a->count) {
-            uint64_t take = (uint64_t)n < v[i].length ? (uint64_t)n : v[i].length;
-            v[i].base += take;
-            v[i].length -= take;
-            n -= (long)take;
-            if (v[i].length == 0) i++;
-        }
+        consume_iovecs(v, a->count, &i, n);
     }
     sys1(NR_close, a->write_fd); /* cryo sees the end of the stream */
     h->close_fds[1] = -1;
@@ -601,21 +614,11 @@ static long write_pages(struct cryo_args_header *h) {
     a->written = 0;
     sys1(NR_close, a->cryo_fd); /* cryo has its own copy */
     h->close_fds[1] = -1;
-    char byte;
-    struct { void *base; size_t len; } iov = { &byte, 1 };
-    union { struct { size_t len; int level, type; int fd; } c; char buf[32]; } ctl;
-    struct {
-        void *name; int namelen; int pad; void *iov; size_t iovlen;
-        void *control; size_t controllen; int flags;
-    } msg = { 0, 0, 0, &iov, 1, &ctl, sizeof(ctl), 0 };
-    memset(&ctl, 0, sizeof(ctl));
-    long r = sys3(NR_recvmsg, a->task_fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    long out = recv_one_fd(a->task_fd, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     sys1(NR_close, a->task_fd);
     h->close_fds[0] = -1;
-    CHECK(h, r, 0, NR_recvmsg, (unsigned long)a->task_fd);
-    if (ctl.c.level != SOL_SOCKET || ctl.c.type != SCM_RIGHTS) return fail(h, -71 /* EPROTO */, 0, NR_recvmsg, 0);
-    int out = ctl.c.fd;
-    h->close_fds[0] = out;
+    CHECK(h, out, 0, NR_recvmsg, (unsigned long)a->task_fd);
+    h->close_fds[0] = (int32_t)out;
     /* Past its file size limit the task would get SIGXFSZ (a core dump by default): refuse before writing. */
     uint64_t limit[2];
     long result = sys4(NR_prlimit64, 0, RLIMIT_FSIZE, 0, limit);
@@ -627,22 +630,12 @@ static long write_pages(struct cryo_args_header *h) {
         long n = sys4(NR_pwritev, out, &v[i], batch, a->written);
         if (n == -EINTR) continue;
         if (n <= 0) {
-            if (n == -EFBIG) {
-                uint64_t set = 1ul << (SIGXFSZ - 1);
-                struct { long sec, nsec; } zero = { 0, 0 };
-                sys4(NR_rt_sigtimedwait, &set, 0, &zero, 8);
-            }
+            if (n == -EFBIG) drop_pending(SIGXFSZ);
             result = fail(h, n ? n : -EIO, i, NR_pwritev, v[i].base);
             break;
         }
         a->written += (uint64_t)n;
-        while (n > 0 && i < a->count) {
-            uint64_t take = (uint64_t)n < v[i].length ? (uint64_t)n : v[i].length;
-            v[i].base += take;
-            v[i].length -= take;
-            n -= (long)take;
-            if (v[i].length == 0) i++;
-        }
+        consume_iovecs(v, a->count, &i, n);
     }
     sys1(NR_close, out);
     h->close_fds[0] = -1;
