@@ -85,16 +85,18 @@ extension EndToEnd {
             expectPass(fixture, "\(result)")
         }
 
-        @Test("an ordinary user's tree of 30 processes (sessions, groups, a stand-in leader), or threads, round-trips with a file-capability cryo",
-              arguments: ["tree", "threads"])
+        /// bigmem: 48 MiB touched, so the task writes its own pages into the user's image (InTaskPageCopy).
+        @Test("an ordinary user's tree of 30 processes (sessions, groups, a stand-in leader), threads, or large memory round-trips with a file-capability cryo",
+              arguments: ["tree", "threads", "bigmem"])
         func ownBigTree(_ name: String) throws {
             let setup = try UnprivilegedSetup(name)
             defer { setup.remove() }
-            let fixture = try setup.fixture(name, arguments: name == "tree" ? ["30"] : [])
+            let fixture = try setup.fixture(name, arguments: ["tree": ["30"], "bigmem": ["64"]][name] ?? [])
             defer { fixture.cleanUp() }
             try fixture.waitReady(timeout: 60)
             // Processes (tree) or threads (threads): each has its own credentials.
-            let ids = try #require(fixture.tagged(name == "tree" ? "PIDS" : "TIDS")?.compactMap { pid_t($0) }, "no ids\n\(fixture.report)")
+            let ids = name == "bigmem" ? [fixture.pid]
+                : try #require(fixture.tagged(name == "tree" ? "PIDS" : "TIDS")?.compactMap { pid_t($0) }, "no ids\n\(fixture.report)")
             let pids = name == "tree" ? ids : [fixture.pid]
             let tasks = ids.map { name == "tree" ? "/proc/\($0)" : "/proc/\(fixture.pid)/task/\($0)" }
             if name == "tree" { try #require(fixture.tagged("DEADPGID") != nil, "no group without its leader\n\(fixture.report)") }
