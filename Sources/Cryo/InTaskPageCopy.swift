@@ -92,9 +92,7 @@ struct InTaskPageCopy {
         let sockets = try parasite.run(CRYO_CMD_PAGE_SOCKET, input: cryo_page_socket(), output: cryo_page_socket.self)
         parasite.openDescriptors = [sockets.task_fd, sockets.cryo_fd]
         do {
-            let pidfd = try Pidfd.open(pid)
-            defer { try? pidfd.close() }
-            let ours = try Pidfd.getfd(pidfd, pid: pid, fd: sockets.cryo_fd)
+            let ours = try Pidfd.copy(of: sockets.cryo_fd, from: pid)
             defer { try? ours.close() }
             try Pidfd.send(out, over: ours.rawValue, to: pid)
         }
@@ -127,9 +125,7 @@ struct InTaskPageCopy {
         request.size = 1 << 20
         let pipe = try parasite.run(CRYO_CMD_PAGE_PIPE, input: request, output: cryo_page_pipe.self)
         parasite.openDescriptors = [pipe.read_fd, pipe.write_fd]
-        let pidfd = try Pidfd.open(pid)
-        defer { try? pidfd.close() }
-        let readEnd = try Pidfd.getfd(pidfd, pid: pid, fd: pipe.read_fd)
+        let readEnd = try Pidfd.copy(of: pipe.read_fd, from: pid)
         let total = iovecs.reduce(0) { $0 + $1.length }
         let drain = SpliceDrain(from: readEnd, to: out, total: total, path: path, chunk: Int(pipe.size))
         drain.start()

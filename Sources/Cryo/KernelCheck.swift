@@ -57,9 +57,7 @@ public enum KernelCheck {
             return "read \(copy.count) bytes of the child's memory"
         }
         add("pidfd_open and pidfd_getfd") {
-            let pidfd = try Pidfd.open(child)
-            defer { try? pidfd.close() }
-            let fd = try Pidfd.getfd(pidfd, pid: child, fd: park[0])
+            let fd = try Pidfd.copy(of: park[0], from: child)
             try? fd.close()
             return "duplicated descriptor \(park[0]) of pid \(child)"
         }

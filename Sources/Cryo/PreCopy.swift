@@ -86,11 +86,7 @@ struct WriteTracker {
         let flags = UInt64(O_CLOEXEC | O_NONBLOCK) | UInt64(CRYO_UFFD_USER_MODE_ONLY)
         let remote = try tracee.syscall(Int(CRYO_NR_USERFAULTFD), flags)
         if remote < 0 { throw SyscallError("injected userfaultfd", errno: Errno(rawValue: Int32(-remote)), pid: pid) }
-        let taken: Result<FileDescriptor, Error> = Result {
-            let pidfd = try Pidfd.open(pid)
-            defer { try? pidfd.close() }
-            return try Pidfd.getfd(pidfd, pid: pid, fd: Int32(remote))
-        }
+        let taken = Result { try Pidfd.copy(of: Int32(remote), from: pid) }
         // The task's own table gets its slot back before anything else can fail.
         let closed = try tracee.syscall(3 /* close */, UInt64(remote))
         let fd = try taken.get()

@@ -574,9 +574,7 @@ public struct Restorer {
             request.range_count = UInt32(lazy.ranges.count)
             request.features = cryo_uffd_lazy_features()
             try parasite.run(CRYO_CMD_LAZY_UFFD, payload: bytes(of: request) + bytes(of: lazy.ranges), replyBytes: 0)
-            let pidfd = try Pidfd.open(pid)
-            defer { try? pidfd.close() }
-            let uffd = try Pidfd.getfd(pidfd, pid: pid, fd: request.target_fd)
+            let uffd = try Pidfd.copy(of: request.target_fd, from: pid)
             let source = PageSource(reader: try PageReader(path: image.paths.pages(imagePid), index: task.pageIndex))
             let pending = PendingPages(lazy.pending)
             logger.debug("pid \(pid): \(lazy.ranges.count) lazy mappings, \(pending.bytes / 4096) pages to load lazily")

@@ -109,6 +109,12 @@ public enum Pidfd {
     public static func getfd(_ pidfd: FileDescriptor, pid: pid_t, fd: Int32) throws -> FileDescriptor {
         FileDescriptor(rawValue: Int32(try check(cryo_pidfd_getfd(pidfd.rawValue, fd), "pidfd_getfd", pid: pid, object: "fd \(fd)")))
     }
+    /// A duplicate of descriptor `fd` of process `pid`, through a pidfd opened for the purpose.
+    public static func copy(of fd: Int32, from pid: pid_t) throws -> FileDescriptor {
+        let pidfd = try open(pid)
+        defer { try? pidfd.close() }
+        return try getfd(pidfd, pid: pid, fd: fd)
+    }
     /// Frees the memory of a process that is being killed in the caller's time (process_mrelease),
     /// alongside the process's own exit.
     public static func releaseMemory(_ pidfd: FileDescriptor, pid: pid_t) throws {
