@@ -31,21 +31,21 @@ struct InTaskPageCopy {
     func copy(_ regions: [Range<UInt64>], to out: FileDescriptor, path: String, injected: () -> Void) throws {
         let total = regions.reduce(0) { $0 + UInt64($1.count) }
         let alongside = mode == nil && ProcessInfo.processInfo.activeProcessorCount >= 2
-        var split = alongside ? UInt64(Double(total) * InTaskPageCopy.taskShare) & ~0xfff : total
-        var helper: MappedPageCopy? = nil
-        if split < total {
+        let split = alongside ? UInt64(Double(total) * InTaskPageCopy.taskShare) & ~0xfff : total
+        let (head, cryoPart) = InTaskPageCopy.cut(regions, at: split)
+        var taskPart = head
+        var helper: CopyThread? = nil
+        if !cryoPart.isEmpty {
             do {
                 try Files.truncate(out, to: total, path: path)   // the mapping must lie inside the file
-                helper = try MappedPageCopy(pid: leader.pid, regions: InTaskPageCopy.cut(regions, at: split).tail, file: out,
-                                            offset: split, path: path)
+                helper = try mappedCopy(cryoPart, into: SharedFileMapping(out, offset: split, length: Int(total - split), path: path))
             } catch {
                 // A file system without shared writable mappings: the task writes it all.
                 log(leader.pid, "WRITE_PAGES", "cryo cannot copy alongside the task: \(error)")
-                split = total
+                taskPart = regions
             }
         }
-        helper?.start()
-        let iovecs = InTaskPageCopy.cut(regions, at: split).head.map { cryo_iovec(base: $0.lowerBound, length: UInt64($0.count)) }
+        let iovecs = taskPart.map { cryo_iovec(base: $0.lowerBound, length: UInt64($0.count)) }
         do {
             let request = max(MemoryLayout<cryo_dump_pages>.size, MemoryLayout<cryo_write_pages>.size)
             let parasite = try Parasite.inject(into: leader, argumentBytes: request + iovecs.count * 16, log: log)
@@ -127,8 +127,7 @@ struct InTaskPageCopy {
         parasite.openDescriptors = [pipe.read_fd, pipe.write_fd]
         let readEnd = try Pidfd.copy(of: pipe.read_fd, from: pid)
         let total = iovecs.reduce(0) { $0 + $1.length }
-        let drain = SpliceDrain(from: readEnd, to: out, total: total, path: path, chunk: Int(pipe.size))
-        drain.start()
+        let drain = spliceDrain(from: readEnd, to: out, total: total, path: path, chunk: Int(pipe.size))
         var arguments = cryo_dump_pages()
         arguments.read_fd = pipe.read_fd
         arguments.write_fd = pipe.write_fd
@@ -142,110 +141,64 @@ struct InTaskPageCopy {
         parasite.openDescriptors = []
         try drain.finish()
     }
-}
 
-/// The cryo side of the pipe: a thread moving everything from the pipe into
-/// the file, in order from offset 0.
-private final class SpliceDrain: @unchecked Sendable {
-    private let pipe: FileDescriptor
-    private let file: FileDescriptor
-    private let total: UInt64
-    private let path: String
-    private let chunk: Int
-    private let done = DispatchSemaphore(value: 0)
-    private let lock = NSLock()
-    private var stopRequested = false
-    private var failure: Error?
-    private var copied: UInt64 = 0
-
-    init(from pipe: FileDescriptor, to file: FileDescriptor, total: UInt64, path: String, chunk: Int) {
-        self.pipe = pipe
-        self.file = file
-        self.total = total
-        self.path = path
-        self.chunk = chunk
-    }
-
-    func start() {
-        Thread.detachNewThread { [self] in
-            var offset: Int64 = 0
-            do {
-                while UInt64(offset) < total && !lock.withLock({ stopRequested }) {
-                    guard try Files.waitReadable(pipe, milliseconds: 100, object: path),
-                          let n = try Files.spliceToFile(from: pipe, to: file, offset: &offset, length: chunk, object: path)
-                    else { continue }
-                    if n == 0 { break }
+    /// cryo's share of the copy: process_vm_readv from the frozen task straight into
+    /// a shared mapping of the pages file, chunk by chunk.
+    private func mappedCopy(_ regions: [Range<UInt64>], into mapping: SharedFileMapping) -> CopyThread {
+        let pid = leader.pid
+        return CopyThread { stopped in
+            var at = 0
+            for region in regions {
+                var address = region.lowerBound
+                while address < region.upperBound && !stopped() {
+                    let count = Int(min(4 << 20, region.upperBound - address))
+                    try mapping.populate(at..<(at + count))
+                    try RemoteMemory.read(pid, at: address, into: UnsafeMutableRawBufferPointer(rebasing: mapping.buffer[at..<(at + count)]))
+                    at += count
+                    address += UInt64(count)
                     killPoint("pages")
                 }
-            } catch {
-                lock.withLock { failure = error }
             }
-            lock.withLock { copied = UInt64(offset) }
-            // Closing our end makes the parasite's vmsplice fail rather than wait forever.
-            try? pipe.close()
-            done.signal()
         }
     }
 
-    /// The parasite failed: stop waiting for bytes that will not come.
-    func abandon() {
-        lock.withLock { stopRequested = true }
-        done.wait()
-    }
-
-    func finish() throws {
-        done.wait()
-        try lock.withLock {
-            if let failure { throw failure }
-            if copied != total {
-                throw CryoError("\(path): the parasite's pipe ended after \(copied) of \(total) bytes")
+    /// The cryo side of the pipe: everything from the pipe into the file, in order from offset 0.
+    private func spliceDrain(from pipe: FileDescriptor, to file: FileDescriptor, total: UInt64, path: String,
+                             chunk: Int) -> CopyThread {
+        CopyThread { stopped in
+            var offset: Int64 = 0
+            // Closing our end makes the parasite's vmsplice fail rather than wait forever.
+            defer { try? pipe.close() }
+            while UInt64(offset) < total && !stopped() {
+                guard try Files.waitReadable(pipe, milliseconds: 100, object: path),
+                      let n = try Files.spliceToFile(from: pipe, to: file, offset: &offset, length: chunk, object: path)
+                else { continue }
+                if n == 0 { break }
+                killPoint("pages")
+            }
+            if UInt64(offset) != total && !stopped() {
+                throw CryoError("\(path): the parasite's pipe ended after \(offset) of \(total) bytes")
             }
         }
     }
 }
 
-/// cryo's share of the copy: process_vm_readv from the frozen task straight into
-/// a shared mapping of the pages file, chunk by chunk, on its own thread.
-private final class MappedPageCopy: @unchecked Sendable {
-    static let chunk = 4 << 20
-    private let pid: pid_t
-    private let regions: [Range<UInt64>]
-    private let mapping: SharedFileMapping
+/// A copy running on a thread of its own from creation: `abandon` asks it to stop
+/// and waits, `finish` waits and rethrows what it failed with.
+private final class CopyThread: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
     private let lock = NSLock()
     private var stopRequested = false
     private var failure: Error?
 
-    init(pid: pid_t, regions: [Range<UInt64>], file: FileDescriptor, offset: UInt64, path: String) throws {
-        self.pid = pid
-        self.regions = regions
-        mapping = try SharedFileMapping(file, offset: offset, length: Int(regions.reduce(0) { $0 + UInt64($1.count) }), path: path)
-    }
-
-    func start() {
+    init(_ body: @escaping @Sendable (_ stopped: () -> Bool) throws -> Void) {
         Thread.detachNewThread { [self] in
-            do {
-                var at = 0
-                for region in regions {
-                    var address = region.lowerBound
-                    while address < region.upperBound {
-                        if lock.withLock({ stopRequested }) { break }
-                        let count = Int(min(UInt64(MappedPageCopy.chunk), region.upperBound - address))
-                        try mapping.populate(at..<(at + count))
-                        try RemoteMemory.read(pid, at: address, into: UnsafeMutableRawBufferPointer(rebasing: mapping.buffer[at..<(at + count)]))
-                        at += count
-                        address += UInt64(count)
-                        killPoint("pages")
-                    }
-                }
-            } catch {
-                lock.withLock { failure = error }
-            }
+            do { try body { lock.withLock { stopRequested } } } catch { lock.withLock { failure = error } }
             done.signal()
         }
     }
 
-    /// The task's part failed: stop early.
+    /// The other part failed: stop early.
     func abandon() {
         lock.withLock { stopRequested = true }
         done.wait()

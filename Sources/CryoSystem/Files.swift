@@ -153,7 +153,8 @@ public enum Processes {
 }
 
 /// A writable shared mapping of part of a file: bytes stored into it land in the file's page cache.
-public final class SharedFileMapping {
+/// Unchecked: the mapping is fixed for its life; who writes where is the caller's business.
+public final class SharedFileMapping: @unchecked Sendable {
     public let buffer: UnsafeMutableRawBufferPointer
     private let path: String
 
