@@ -50,15 +50,7 @@ extension EndToEnd {
 
             let restore = try CryoProcess(["restore", "-D", images], in: scratch)
             defer { restore.stop() }
-            let up = fixture.waitRestored(timeout: timeout) { restore.isRunning }
-            guard up else {
-                Issue.record("pid \(pid) did not come back running \(name) (\(describeProcess(pid)))\n\(restore.wait(timeout: 1))\n\(fixture.report)")
-                return
-            }
-            kill(pid, SIGTERM)
-            let result = restore.wait(timeout: 60)
-            #expect(result.status == .exited(0), "cryo restore should exit with the fixture's status 0\n\(result)\n\(fixture.report)")
-            expectPass(fixture, "\(result)")
+            try expectRestoredAndPassing(fixture, by: restore, timeout: timeout)
         }
 
         @Test("a corrupt or truncated compressed pages file is refused, naming the file and offset, and leaves no process")

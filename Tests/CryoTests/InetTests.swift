@@ -98,16 +98,7 @@ private func established(arguments: [String], leaveRunning: Bool, extra: ((Fixtu
     try #require(original != nil, "pid \(pid) still runs after the dump")
     let restore = try CryoProcess(["restore", "-D", images, "--tcp-established"], in: scratch)
     defer { restore.stop() }
-    let up = fixture.waitRestored(timeout: 60) { restore.isRunning }
-    if !up {
-        Issue.record("pid \(pid) did not come back\n\(restore.wait(timeout: 1))\n\(fixture.report)")
-        return
-    }
-    kill(pid, SIGTERM)
-    try extra?(fixture)
-    let result = restore.wait(timeout: 60)
-    #expect(result.status == .exited(0), "\(result)\n\(fixture.report)")
-    expectPass(fixture, "\(result)")
+    try expectRestoredAndPassing(fixture, by: restore, timeout: 60, afterSignal: { try extra?(fixture) })
 }
 
 /// This process is the peer: it listens, the fixture connects; bytes are queued

@@ -109,19 +109,9 @@ private func change(_ fixture: Fixture) throws {
 }
 
 private func restoreAndCheck(_ fixture: Fixture, images: String, in scratch: Scratch) throws {
-    let pid = fixture.pid
     let restore = try CryoProcess(["restore", "-D", images], in: scratch)
     defer { restore.stop() }
-    let up = fixture.waitRestored(timeout: 60) { restore.isRunning }
-    guard up else {
-        Issue.record("pid \(pid) did not come back (\(describeProcess(pid)))\n\(restore.wait(timeout: 1))\n\(fixture.report)")
-        return
-    }
-    sleepSeconds(0.3)  // it writes on after the restore too
-    kill(pid, SIGTERM)
-    let result = restore.wait(timeout: 60)
-    #expect(result.status == .exited(0), "cryo restore should exit with the fixture's status 0\n\(result)\n\(fixture.report)")
-    expectPass(fixture, "\(result)")
+    try expectRestoredAndPassing(fixture, by: restore, timeout: 60, whileRunning: { sleepSeconds(0.3) })  // it writes on after the restore too
 }
 
 /// Is a pre-dump holder's socket for `pid` bound (abstract, in /proc/net/unix)?

@@ -254,13 +254,7 @@ private final class TreeImage {
     func restoreAndPass(sourceLocation: SourceLocation = #_sourceLocation) throws {
         let restore = try CryoProcess(["restore", "-D", images], in: scratch)
         defer { restore.stop() }
-        let up = fixture.waitRestored(timeout: 120) { restore.isRunning }
-        try #require(up, "the tree did not come back (\(describeProcess(fixture.pid)))\n\(restore.wait(timeout: 5))",
-                     sourceLocation: sourceLocation)
-        kill(fixture.pid, SIGTERM)
-        let result = restore.wait(timeout: 120)
-        #expect(result.status == .exited(0), "\(result)\n\(fixture.report)", sourceLocation: sourceLocation)
-        expectPass(fixture, "\(result)", sourceLocation: sourceLocation)
+        try expectRestoredAndPassing(fixture, by: restore, sourceLocation: sourceLocation)
     }
 
     func cleanUp() {

@@ -89,15 +89,6 @@ private func roundTrip(_ name: String, detached: Bool) throws {
     // Foreground: cryo stays, waits for the restored process and passes its status on.
     let restore = try CryoProcess(["restore", "-D", images], in: scratch)
     defer { restore.stop() }
-    let up = fixture.waitRestored(timeout: timeout) { restore.isRunning }
-    if !up {
-        let result = restore.wait(timeout: 1)
-        Issue.record("pid \(pid) did not come back running \(name) (\(describeProcess(pid)))\n\(result)\n\(fixture.report)")
-        return
-    }
-    kill(pid, SIGTERM)
-    let result = restore.wait(timeout: 60)
-    #expect(result.status == .exited(0), "cryo restore should exit with the fixture's status 0\n\(result)\n\(fixture.report)")
+    try expectRestoredAndPassing(fixture, by: restore, timeout: timeout)
     #expect(!pidExists(pid), "pid \(pid) still exists after cryo restore returned (\(describeProcess(pid)))")
-    expectPass(fixture, "\(result)")
 }

@@ -560,6 +560,24 @@ func dumpAndReap(_ fixture: Fixture, in scratch: Scratch, options: [String] = []
     return (images, dump)
 }
 
+/// A foreground `cryo restore` (already started) must bring the fixture back running;
+/// `whileRunning` checks it then, SIGTERM (followed by `afterSignal`) must make it
+/// check itself and pass, and cryo must exit with its status 0.
+func expectRestoredAndPassing(_ fixture: Fixture, by restore: CryoProcess, timeout: Double = 120,
+                              whileRunning: () throws -> Void = {}, afterSignal: () throws -> Void = {},
+                              sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let up = fixture.waitRestored(timeout: timeout) { restore.isRunning }
+    try #require(up, "pid \(fixture.pid) did not come back running \(fixture.name) (\(describeProcess(fixture.pid)))\n\(restore.wait(timeout: 5))\n\(fixture.report)",
+                 sourceLocation: sourceLocation)
+    try whileRunning()
+    kill(fixture.pid, SIGTERM)
+    try afterSignal()
+    let result = restore.wait(timeout: 120)
+    #expect(result.status == .exited(0), "cryo restore should exit with the fixture's status 0\n\(result)\n\(fixture.report)",
+            sourceLocation: sourceLocation)
+    expectPass(fixture, "\(result)", sourceLocation: sourceLocation)
+}
+
 /// SIGTERM must make the fixture check itself and say PASS as its last line.
 func expectPass(_ fixture: Fixture, _ context: @autoclosure () -> String = "",
                 sourceLocation: SourceLocation = #_sourceLocation) {

@@ -70,19 +70,8 @@ extension EndToEnd {
 
             let restore = try setup.cryoProcess(["restore", "-D", images])
             defer { restore.stop() }
-            let up = fixture.waitRestored(timeout: 120) { restore.isRunning }
-            try #require(up, "pid \(fixture.pid) did not come back (\(describeProcess(fixture.pid)))\n\(restore.wait(timeout: 5))")
             // Credentials, capability sets and dumpable as before: not cryo's file capabilities, not root-owned /proc.
-            for (pid, was) in zip(pids, before) {
-                #expect(credentialLines(pid) == was, "pid \(pid): \(credentialLines(pid)) after restore, \(was) before")
-                var st = stat()
-                #expect(stat("/proc/\(pid)/fd", &st) == 0 && st.st_uid == setup.uid,
-                        "pid \(pid): /proc/\(pid)/fd belongs to uid \(st.st_uid), not \(setup.uid): it is not dumpable")
-            }
-            kill(fixture.pid, SIGTERM)
-            let result = restore.wait(timeout: 60)
-            #expect(result.status == .exited(0), "\(result)\n\(fixture.report)")
-            expectPass(fixture, "\(result)")
+            try expectRestoredAndPassing(fixture, by: restore, whileRunning: { expectCredentials(pids, as: before, owner: setup.uid) })
         }
 
         /// bigmem: 48 MiB touched, so the task writes its own pages into the user's image (InTaskPageCopy).
@@ -108,18 +97,14 @@ extension EndToEnd {
 
             let restore = try setup.cryoProcess(["restore", "-D", images])
             defer { restore.stop() }
-            let up = fixture.waitRestored(timeout: 120) { restore.isRunning }
-            try #require(up, "pid \(fixture.pid) did not come back (\(describeProcess(fixture.pid)))\n\(restore.wait(timeout: 5))")
-            let zero = "0000000000000000"
-            for task in tasks {
-                let lines = credentialLines(path: task + "/status")
-                #expect(lines["Uid"]?.hasPrefix("\(setup.uid)\t") == true && lines["CapPrm"] == zero && lines["CapEff"] == zero,
-                        "\(task): \(lines): not the user's, or holds cryo's capabilities")
-            }
-            kill(fixture.pid, SIGTERM)
-            let result = restore.wait(timeout: 60)
-            #expect(result.status == .exited(0), "\(result)\n\(fixture.report)")
-            expectPass(fixture, "\(result)")
+            try expectRestoredAndPassing(fixture, by: restore, whileRunning: {
+                let zero = "0000000000000000"
+                for task in tasks {
+                    let lines = credentialLines(path: task + "/status")
+                    #expect(lines["Uid"]?.hasPrefix("\(setup.uid)\t") == true && lines["CapPrm"] == zero && lines["CapEff"] == zero,
+                            "\(task): \(lines): not the user's, or holds cryo's capabilities")
+                }
+            })
         }
 
         @Test("root dumps and restores an ordinary user's tree: credentials, capabilities and dumpable as before")
@@ -140,19 +125,8 @@ extension EndToEnd {
 
             let restore = try CryoProcess(["restore", "-D", images], in: setup.scratch)
             defer { restore.stop() }
-            let up = fixture.waitRestored(timeout: 120) { restore.isRunning }
-            try #require(up, "pid \(fixture.pid) did not come back (\(describeProcess(fixture.pid)))\n\(restore.wait(timeout: 5))")
-            for (pid, was) in zip(pids, before) {
-                #expect(credentialLines(pid) == was, "pid \(pid): \(credentialLines(pid)) after restore, \(was) before")
-                // Changing the uid from root's resets the dumpable flag: restore must set it again afterwards.
-                var st = stat()
-                #expect(stat("/proc/\(pid)/fd", &st) == 0 && st.st_uid == setup.uid,
-                        "pid \(pid): /proc/\(pid)/fd belongs to uid \(st.st_uid), not \(setup.uid): it is not dumpable")
-            }
-            kill(fixture.pid, SIGTERM)
-            let result = restore.wait(timeout: 60)
-            #expect(result.status == .exited(0), "\(result)\n\(fixture.report)")
-            expectPass(fixture, "\(result)")
+            // Changing the uid from root's resets the dumpable flag: restore must set it again afterwards.
+            try expectRestoredAndPassing(fixture, by: restore, whileRunning: { expectCredentials(pids, as: before, owner: setup.uid) })
         }
 
         @Test("an ordinary user's --tcp-established fails saying it needs CAP_NET_ADMIN, and the tree runs on")
@@ -193,6 +167,17 @@ extension EndToEnd {
             #expect(!FileManager.default.fileExists(atPath: images), "a refused dump should leave no image folder")
             expectRunsAndPasses(fixture, "\(dump)")
         }
+    }
+}
+
+/// Each process has the credential lines it had before, and is dumpable (its /proc/PID/fd belongs to `owner`).
+private func expectCredentials(_ pids: [pid_t], as before: [[String: String]], owner: uid_t,
+                               sourceLocation: SourceLocation = #_sourceLocation) {
+    for (pid, was) in zip(pids, before) {
+        #expect(credentialLines(pid) == was, "pid \(pid): \(credentialLines(pid)) after restore, \(was) before", sourceLocation: sourceLocation)
+        var st = stat()
+        #expect(stat("/proc/\(pid)/fd", &st) == 0 && st.st_uid == owner,
+                "pid \(pid): /proc/\(pid)/fd belongs to uid \(st.st_uid), not \(owner): it is not dumpable", sourceLocation: sourceLocation)
     }
 }
 
