@@ -45,7 +45,7 @@ public struct Dumper {
         try checkRequest()
         let paths = ImagePaths(options.directory)
         let madeDirectory = !Files.exists(options.directory)
-        let inventoryFD = try prepareDirectory(paths)
+        let inventoryFD = try paths.claim("inventory.img", holding: "an image")
         var created = [paths.inventory]
         let fileTable = FileTableBuilder(paths: paths, tcpEstablished: options.tcpEstablished,
                                          shellJob: options.shellJob, leaveRunning: options.leaveRunning)
@@ -266,24 +266,6 @@ public struct Dumper {
         if stat.sid != pid && !options.shellJob {
             throw CryoError("pid \(pid) (\(stat.comm)) belongs to session \(stat.sid), whose leader is not dumped; "
                 + "start it with setsid, or dump with --shell-job to restore it into cryo's session")
-        }
-    }
-
-    /// Creates the folder (0700) if needed and claims it by creating the inventory first.
-    func prepareDirectory(_ paths: ImagePaths) throws -> FileDescriptor {
-        let directory = options.directory
-        if !Files.exists(directory) {
-            if mkdir(directory, 0o700) != 0 {
-                throw SyscallError("mkdir", errno: Errno(rawValue: cryo_errno()), object: "image folder \(directory)")
-            }
-        }
-        do {
-            return try Files.open(paths.inventory, .writeOnly, options: [.create, .exclusiveCreate, .noFollow],
-                                  permissions: [.ownerReadWrite])
-        } catch let error as SyscallError where error.errno == .fileExists {
-            throw CryoError("image folder \(directory) already holds an image (inventory.img exists); use an empty folder")
-        } catch {
-            throw CryoError("cannot write into image folder \(directory): \(error)")
         }
     }
 }

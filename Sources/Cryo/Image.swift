@@ -1,3 +1,4 @@
+import CCryo
 import CryoSystem
 import Foundation
 import Glibc
@@ -175,6 +176,22 @@ public struct ImagePaths: Sendable {
     public func task(_ pid: Int32) -> String { "\(directory)/task-\(pid).img" }
     public func pages(_ pid: Int32) -> String { "\(directory)/pages-\(pid).img" }
     public func fileData(_ id: Int) -> String { "\(directory)/filedata-\(id).img" }
+
+    /// Makes the folder (0700) if need be and creates `name` in it, exclusively: the claim
+    /// that the folder is this command's. A folder where `name` exists already "holds `what`".
+    func claim(_ name: String, holding what: String) throws -> FileDescriptor {
+        if !Files.exists(directory) && mkdir(directory, 0o700) != 0 {
+            throw SyscallError("mkdir", errno: Errno(rawValue: cryo_errno()), object: "image folder \(directory)")
+        }
+        do {
+            return try Files.open("\(directory)/\(name)", .writeOnly, options: [.create, .exclusiveCreate, .noFollow],
+                                  permissions: [.ownerReadWrite])
+        } catch let error as SyscallError where error.errno == .fileExists {
+            throw CryoError("image folder \(directory) already holds \(what) (\(name) exists); use an empty folder")
+        } catch {
+            throw CryoError("cannot write into image folder \(directory): \(error)")
+        }
+    }
 }
 
 /// What the folder holds: the format, who wrote it, the process tree.

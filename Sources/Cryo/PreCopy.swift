@@ -145,16 +145,11 @@ public struct PreDumper {
                    logger: logger).checkRequest()
         let directory = options.directory
         let madeDirectory = !Files.exists(directory)
-        if madeDirectory && mkdir(directory, 0o700) != 0 {
-            throw SyscallError("mkdir", errno: Errno(rawValue: cryo_errno()), object: "image folder \(directory)")
-        }
         let recordPath = "\(directory)/\(PreCopy.recordFile)"
         let claim: FileDescriptor
-        do {
-            claim = try Files.open(recordPath, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
-        } catch let error as SyscallError where error.errno == .fileExists {
+        do { claim = try ImagePaths(directory).claim(PreCopy.recordFile, holding: "a pre-dump") } catch {
             if madeDirectory { rmdir(directory) }
-            throw CryoError("image folder \(directory) already holds a pre-dump (\(PreCopy.recordFile) exists); use an empty folder")
+            throw error
         }
         var created = [recordPath]
         var trackers: [WriteTracker] = []
