@@ -38,6 +38,25 @@ __attribute__((unused)) static double now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* A "Name:\tvalue" line of /proc/self/status, or "" */
+__attribute__((unused)) static void status_field(const char *name, char *out, size_t size)
+{
+	out[0] = 0;
+	FILE *f = fopen("/proc/self/status", "r");
+	if (!f) return;
+	char line[512];
+	size_t n = strlen(name);
+	while (fgets(line, sizeof(line), f))
+		if (strncmp(line, name, n) == 0 && line[n] == ':') {
+			char *v = line + n + 1;
+			while (*v == ' ' || *v == '\t') v++;
+			v[strcspn(v, "\n")] = 0;
+			snprintf(out, size, "%s", v);
+			break;
+		}
+	fclose(f);
+}
+
 /* One line from `in` (without its newline), waiting at most `seconds`:
  * its length, -3 on timeout, -1 on error. */
 __attribute__((unused)) static int read_line(int in, char *buf, size_t size, double seconds)

@@ -37,25 +37,6 @@ struct state {
 	int dumpable, securebits, no_new_privs;
 };
 
-/* A "Name:\tvalue" line of /proc/self/status, or "" */
-static void status_field(const char *name, char *out, size_t size)
-{
-	out[0] = 0;
-	FILE *f = fopen("/proc/self/status", "r");
-	if (!f) return;
-	char line[512];
-	size_t n = strlen(name);
-	while (fgets(line, sizeof(line), f))
-		if (strncmp(line, name, n) == 0 && line[n] == ':') {
-			char *v = line + n + 1;
-			while (*v == ' ' || *v == '\t') v++;
-			v[strcspn(v, "\n")] = 0;
-			snprintf(out, size, "%s", v);
-			break;
-		}
-	fclose(f);
-}
-
 static void record(struct state *s)
 {
 	status_field("Uid", s->uid, sizeof(s->uid));
