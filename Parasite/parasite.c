@@ -13,7 +13,7 @@ enum {
     NR_read = 0, NR_close = 3, NR_mmap = 9, NR_mprotect = 10, NR_munmap = 11, NR_brk = 12,
     NR_rt_sigaction = 13, NR_pread64 = 17, NR_mremap = 25, NR_madvise = 28,
     NR_getitimer = 36, NR_setitimer = 38, NR_socket = 41, NR_connect = 42,
-    NR_recvmsg = 47, NR_socketpair = 53, NR_pwritev = 296, NR_fcntl = 72, NR_fchdir = 81, NR_umask = 95,
+    NR_recvmsg = 47, NR_socketpair = 53, NR_pwritev = 296, NR_clone = 56, NR_rt_sigprocmask = 14, NR_futex = 202, NR_fcntl = 72, NR_fchdir = 81, NR_umask = 95,
     NR_setresuid = 117, NR_setresgid = 119, NR_setgroups = 116, NR_setfsuid = 122,
     NR_setfsgid = 123, NR_capset = 126, NR_rt_tgsigqueueinfo = 297, NR_rt_sigqueueinfo = 129, NR_rt_sigtimedwait = 128,
     NR_sigaltstack = 131, NR_personality = 135, NR_prctl = 157, NR_chroot = 161,
@@ -23,6 +23,16 @@ enum {
 };
 
 #define PR_SET_PDEATHSIG 1
+#define CLONE_VM 0x100
+#define CLONE_FS 0x200
+#define CLONE_FILES 0x400
+#define CLONE_SIGHAND 0x800
+#define CLONE_UNTRACED 0x800000
+#define CLONE_THREAD 0x10000
+#define CLONE_SYSVSEM 0x40000
+#define CLONE_CHILD_CLEARTID 0x200000
+#define FUTEX_WAIT 0
+#define SIG_SETMASK 2
 #define PR_GET_PDEATHSIG 2
 #define PR_GET_DUMPABLE 3
 #define PR_SET_DUMPABLE 4
@@ -322,7 +332,7 @@ static long restore_memory(struct cryo_args_header *h) {
         if ((uint64_t)addr != v->start) return fail(h, -14 /* EFAULT */, i, NR_mmap, v->start);
         for (uint64_t k = v->first_run; k < v->first_run + v->run_count; k++) {
             struct cryo_page_run *run = &runs[k];
-            CHECK(h, pread_full(m->pages_fd, (char *)run->address, run->length, run->file_offset), k,
+            CHECK(h, pread_full(run->fd, (char *)run->address, run->length, run->file_offset), k,
                   NR_pread64, run->address);
         }
         if (prot != v->prot) CHECK(h, sys3(NR_mprotect, v->start, length, v->prot), i, NR_mprotect, v->start);
@@ -607,37 +617,120 @@ static long page_socket(struct cryo_args_header *h) {
     return 0;
 }
 
-/* The task's own pwritev: exactly the copy a plain write() of its memory makes. */
+/* One file's share of write_pages: pwritev from offset 0 until done or failed. */
+struct page_writer {
+    int fd;
+    uint32_t count;
+    struct cryo_iovec *v;
+    uint64_t written;
+    long result;          /* 0 or -errno of pwritev */
+    uint32_t fail_step;   /* the iovec it failed at */
+    volatile int32_t running;  /* the thread's CLONE_CHILD_CLEARTID word: 0 once it has exited */
+};
+
+static void write_iovecs(struct page_writer *w) {
+    uint32_t i = 0;
+    while (i < w->count) {
+        uint32_t batch = w->count - i < 1024 ? w->count - i : 1024;
+        long n = sys4(NR_pwritev, w->fd, &w->v[i], batch, w->written);
+        if (n == -EINTR) continue;
+        if (n <= 0) {
+            if (n == -EFBIG) drop_pending(SIGXFSZ);
+            w->result = n ? n : -EIO;
+            w->fail_step = i;
+            return;
+        }
+        w->written += (uint64_t)n;
+        consume_iovecs(w->v, w->count, &i, n);
+    }
+}
+
+/* Starts write_iovecs(w) on a new thread of the task, on `stack_top` (16-byte
+ * aligned), and returns its tid or -errno. The thread shares everything but its
+ * stack, runs nothing but this, and exits on its own; the kernel clears
+ * w->running then. */
+static long start_writer_thread(struct page_writer *w, char *stack_top) {
+    const unsigned long flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM
+                                | CLONE_CHILD_CLEARTID | CLONE_UNTRACED;
+    register long child_tid __asm__("r10") = (long)&w->running;
+    register long tls __asm__("r8") = 0;
+    register void (*entry)(struct page_writer *) __asm__("r12") = write_iovecs;
+    register struct page_writer *arg __asm__("r13") = w;
+    long ret;
+    /* Every signal blocked across the clone, so the thread starts with all of them blocked:
+     * a signal for the process must not be taken on a thread that is not traced. */
+    uint64_t all = ~0ul, mask;
+    long blocked = sys4(NR_rt_sigprocmask, SIG_SETMASK, &all, &mask, 8);
+    if (blocked < 0) return blocked;
+    w->running = 1;
+    /* In the child only rax and rsp differ: call entry(arg) on the new stack, then exit(0). */
+    __asm__ volatile("syscall\n\t"
+                     "test %%rax, %%rax\n\t"
+                     "jnz 1f\n\t"
+                     "mov %%r13, %%rdi\n\t"
+                     "call *%%r12\n\t"
+                     "mov $60, %%eax\n\t"
+                     "xor %%edi, %%edi\n\t"
+                     "syscall\n\t"
+                     "ud2\n"
+                     "1:"
+                     : "=a"(ret)
+                     : "a"((long)NR_clone), "D"(flags), "S"(stack_top), "d"(0), "r"(child_tid), "r"(tls),
+                       "r"(entry), "r"(arg)
+                     : "rcx", "r11", "memory");
+    sys4(NR_rt_sigprocmask, SIG_SETMASK, &mask, 0, 8);
+    if (ret < 0) w->running = 0;
+    return ret;
+}
+
+static void wait_writer_thread(struct page_writer *w) {
+    int32_t value;
+    while ((value = w->running) != 0) sys4(NR_futex, &w->running, FUTEX_WAIT, value, 0);
+}
+
+/* The task's own pwritev: exactly the copy a plain write() of its memory makes,
+ * into the pages file and its part file at once when a thread may help. */
 static long write_pages(struct cryo_args_header *h) {
     struct cryo_write_pages *a = payload(h);
     struct cryo_iovec *v = (struct cryo_iovec *)(a + 1);
-    a->written = 0;
+    a->written = a->part_written = 0;
+    a->threaded = 0;
     sys1(NR_close, a->cryo_fd); /* cryo has its own copy */
     h->close_fds[1] = -1;
     long out = recv_one_fd(a->task_fd, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (out >= 0) h->close_fds[1] = (int32_t)out;
+    long part = a->part_count && out >= 0 ? recv_one_fd(a->task_fd, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) : -1;
     sys1(NR_close, a->task_fd);
-    h->close_fds[0] = -1;
+    h->close_fds[0] = (int32_t)part;
     CHECK(h, out, 0, NR_recvmsg, (unsigned long)a->task_fd);
-    h->close_fds[0] = (int32_t)out;
+    if (a->part_count) CHECK(h, part, 1, NR_recvmsg, (unsigned long)a->task_fd);
+    struct page_writer first = { .fd = (int)out, .count = a->count, .v = v };
+    struct page_writer second = { .fd = (int)part, .count = a->part_count, .v = v + a->count };
     /* Past its file size limit the task would get SIGXFSZ (a core dump by default): refuse before writing. */
     uint64_t limit[2];
     long result = sys4(NR_prlimit64, 0, RLIMIT_FSIZE, 0, limit);
     if (result < 0) result = fail(h, result, 0, NR_prlimit64, RLIMIT_FSIZE);
-    else if (limit[0] < a->total) result = fail(h, -EFBIG, 0, NR_prlimit64, limit[0]);
-    uint32_t i = 0;
-    while (result == 0 && i < a->count) {
-        uint32_t batch = a->count - i < 1024 ? a->count - i : 1024;
-        long n = sys4(NR_pwritev, out, &v[i], batch, a->written);
-        if (n == -EINTR) continue;
-        if (n <= 0) {
-            if (n == -EFBIG) drop_pending(SIGXFSZ);
-            result = fail(h, n ? n : -EIO, i, NR_pwritev, v[i].base);
-            break;
-        }
-        a->written += (uint64_t)n;
-        consume_iovecs(v, a->count, &i, n);
+    else if (limit[0] < a->total || limit[0] < a->part_total) result = fail(h, -EFBIG, 0, NR_prlimit64, limit[0]);
+    if (result == 0) {
+        char *area_end = (char *)h + sizeof(*h) + h->payload_size;
+        char *iovecs_end = (char *)(v + a->count + a->part_count);
+        char *stack_top = (char *)((unsigned long)area_end & ~15ul);
+        int threaded = a->part_count && (a->flags & CRYO_WRITE_PAGES_THREAD)
+                       && stack_top - CRYO_WRITE_PAGES_STACK >= iovecs_end
+                       && start_writer_thread(&second, stack_top) > 0;
+        write_iovecs(&first);
+        if (threaded) wait_writer_thread(&second);
+        else if (a->part_count && first.result == 0) write_iovecs(&second);
+        a->threaded = (uint32_t)threaded;
+        a->written = first.written;
+        a->part_written = second.written;
+        if (first.result) result = fail(h, first.result, first.fail_step, NR_pwritev, v[first.fail_step].base);
+        else if (second.result) result = fail(h, second.result, a->count + second.fail_step, NR_pwritev,
+                                              v[a->count + second.fail_step].base);
     }
     sys1(NR_close, out);
+    h->close_fds[1] = -1;
+    if (part >= 0) sys1(NR_close, part);
     h->close_fds[0] = -1;
     return result;
 }

@@ -122,6 +122,7 @@ public struct Dumper {
                     try memory.applyFlags(prefetch.mappings(of: process.pid), pid: process.pid)
                     throw error
                 }
+                created += (pageIndex.parts ?? []).indices.map { paths.pages(process.pid, part: $0 + 1) }
                 statistics.memoryDumpSeconds += seconds(since: memoryStart)
                 let (state, threadStates, posixTimers) = try readTaskState(process)
                 let core = try TaskCore.dump(pid: process.pid, state: state)

@@ -9,12 +9,14 @@ import SystemPackage
 public enum ImageFormat {
     public static let magic: [UInt8] = Array("CRYOIMG\0".utf8)
     /// The highest version this cryo reads.
-    public static let version: UInt32 = 2
+    public static let version: UInt32 = 3
     /// What files are written as unless they need more: version 2 marks a task
-    /// file whose pages are compressed, so an older cryo refuses it instead of
-    /// restoring zstd frames as memory.
+    /// file whose pages are compressed, version 3 one whose pages continue in
+    /// part files, so an older cryo refuses them instead of restoring zstd
+    /// frames or missing pages as memory.
     public static let baseVersion: UInt32 = 1
     public static let compressedPagesVersion: UInt32 = 2
+    public static let pagePartsVersion: UInt32 = 3
     public static let fileHeaderSize = 16
     public static let recordHeaderSize = 24
     /// No record is larger than this; a length beyond it is corruption, not a reason to allocate.
@@ -174,7 +176,10 @@ public struct ImagePaths: Sendable {
     public var inventory: String { "\(directory)/inventory.img" }
     public var files: String { "\(directory)/files.img" }
     public func task(_ pid: Int32) -> String { "\(directory)/task-\(pid).img" }
-    public func pages(_ pid: Int32) -> String { "\(directory)/pages-\(pid).img" }
+    /// Part 0 is pages-PID.img; a large dump continues the page stream in pages-PID.1.img, ...
+    public func pages(_ pid: Int32, part: Int = 0) -> String { ImagePaths.part(part, of: "\(directory)/pages-\(pid).img") }
+    /// The path of part `n` of the pages file `main`.
+    static func part(_ n: Int, of main: String) -> String { n == 0 ? main : "\(main.dropLast(4)).\(n).img" }
     public func fileData(_ id: Int) -> String { "\(directory)/filedata-\(id).img" }
 
     /// Makes the folder (0700) if need be and creates `name` in it, exclusively: the claim

@@ -47,15 +47,37 @@ public struct MemoryRecord: Codable, Sendable {
     }
 }
 
-/// Where each saved page range lives in pages-PID.img: [address, length, file offset].
+/// Where each saved page range lives in the page stream: [address, length, offset].
+/// The stream is pages-PID.img, followed by the part files of `parts` if any.
 /// With `compression`, offsets are in the uncompressed page stream and
 /// `pagesFileSize` is the size of the compressed file.
 public struct PageIndex: Codable, Sendable {
     public var runs: [[UInt64]]
     public var pagesFileSize: UInt64
     public var compression: PageFrames? = nil
+    /// Sizes of pages-PID.1.img, pages-PID.2.img, ...: a large dump writes them in
+    /// parallel with pages-PID.img (one file is written by one CPU at a time). Never compressed.
+    public var parts: [UInt64]? = nil
     /// Bytes of saved pages (the uncompressed stream).
     public var pageBytes: UInt64 { runs.last.map { $0[2] + $0[1] } ?? 0 }
+    /// The size of every file of the stream, pages-PID.img first.
+    var fileSizes: [UInt64] { [pagesFileSize] + (parts ?? []) }
+
+    /// The stream's bytes [offset, offset + length) as pieces of its files, in order.
+    func pieces(offset: UInt64, length: UInt64) -> [(part: Int, offset: UInt64, length: UInt64)] {
+        var result: [(part: Int, offset: UInt64, length: UInt64)] = []
+        var start: UInt64 = 0
+        var (at, end) = (offset, offset + length)
+        for (part, size) in fileSizes.enumerated() where at < end {
+            if at < start + size {
+                let take = min(end, start + size) - at
+                result.append((part, at - start, take))
+                at += take
+            }
+            start += size
+        }
+        return result
+    }
 }
 
 /// One line of /proc/PID/smaps with its VmFlags.
@@ -288,7 +310,7 @@ extension MemoryRecord {
         return try scanPages(pid: pid, pagemap: pagemap, statistics: &statistics).map { $0.start..<$0.end }
     }
 
-    /// Copies the pages that matter into `pagesPath` and returns their index.
+    /// Copies the pages that matter into `pagesPath` (and, for a large copy, its part files) and returns their index.
     /// `inTask`, when given, copies large amounts through the parasite (InTaskPageCopy);
     /// `compress` writes them as zstd frames (PageFrames), read with process_vm_readv.
     /// `settled` is called once the address space will change no more (for MappingsPrefetch).
@@ -311,11 +333,11 @@ extension MemoryRecord {
             return PageIndex(runs: runs, pagesFileSize: frames.fileSize, compression: frames.frames)
         }
         if let inTask, total >= InTaskPageCopy.threshold {
-            try inTask.copy(regions, to: out, path: pagesPath, injected: settled)
-        } else {
-            settled()
-            try copyByReading(pid: pid, regions: regions, to: out, path: pagesPath)
+            let tail = try inTask.copy(regions, to: out, path: pagesPath, partPath: ImagePaths.part(1, of: pagesPath), injected: settled)
+            return PageIndex(runs: runs, pagesFileSize: total - tail, parts: tail > 0 ? [tail] : nil)
         }
+        settled()
+        try copyByReading(pid: pid, regions: regions, to: out, path: pagesPath)
         return PageIndex(runs: runs, pagesFileSize: total)
     }
 
@@ -370,7 +392,8 @@ extension MemoryRecord {
     }
 
     /// Everything is checked before any task is created: order, overlap, sizes, page runs.
-    func validate(file: String, index: PageIndex, pagesFileSize: UInt64, pagesFile: String) throws {
+    /// `pagesFiles`: the name and size of every file of the page stream, pages-PID.img first.
+    func validate(file: String, index: PageIndex, pagesFiles: [(name: String, size: UInt64)]) throws {
         var previousEnd: UInt64 = 0
         for m in mappings {
             let label = "mapping 0x\(String(m.start, radix: 16))"
@@ -384,11 +407,14 @@ extension MemoryRecord {
             if (m.kind == .memfd) != (m.file != nil) { throw ImageError(file: file, record: "memory", "\(label): memfd mapping without its file, or the reverse") }
             previousEnd = m.end
         }
-        guard index.pagesFileSize == pagesFileSize else {
-            throw ImageError(file: pagesFile, "is \(pagesFileSize) bytes, the page index expects \(index.pagesFileSize) (truncated or replaced)")
+        guard index.parts == nil || (index.compression == nil && index.parts!.allSatisfy { $0 > 0 && $0 % 4096 == 0 }) else {
+            throw ImageError(file: file, record: "pageIndex", "parts \(index.parts!) are empty, unaligned or compressed")
         }
-        // Run offsets are in the page stream: the file itself, or its uncompressed frames.
-        let streamSize = index.compression == nil ? pagesFileSize : UInt64.max
+        for (expected, found) in zip(index.fileSizes, pagesFiles) where expected != found.size {
+            throw ImageError(file: found.name, "is \(found.size) bytes, the page index expects \(expected) (truncated or replaced)")
+        }
+        // Run offsets are in the page stream: the files one after another, or the uncompressed frames.
+        let streamSize = index.compression == nil ? index.fileSizes.reduce(0, +) : UInt64.max
         var expectedOffset: UInt64 = 0
         for run in index.runs {
             guard run.count == 3, run[1] > 0, run[0] % 4096 == 0, run[1] % 4096 == 0, run[2] == expectedOffset,
@@ -399,7 +425,7 @@ extension MemoryRecord {
             expectedOffset += run[1]
         }
         if let frames = index.compression {
-            try frames.validate(file: file, pageBytes: expectedOffset, pagesFileSize: pagesFileSize)
+            try frames.validate(file: file, pageBytes: expectedOffset, pagesFileSize: index.pagesFileSize)
         }
     }
 }
@@ -518,6 +544,8 @@ final class PageReader {
     let index: PageIndex
     let path: String
     private let file: FileDescriptor
+    /// The stream's files after pages-PID.img (PageIndex.parts).
+    private var partFiles: [FileDescriptor] = []
     private var decompressor: OpaquePointer?
     private var frameBuffer: UnsafeMutableRawBufferPointer?
     private var compressedBuffer: UnsafeMutableRawBufferPointer?
@@ -532,6 +560,12 @@ final class PageReader {
         self.index = index
         self.streamBytes = streamBytes ?? index.pageBytes
         file = try Files.open(path, .readOnly)
+        do {
+            for part in (index.parts ?? []).indices { partFiles.append(try Files.open(ImagePaths.part(part + 1, of: path), .readOnly)) }
+        } catch {
+            for fd in [file] + partFiles { try? fd.close() }
+            throw error
+        }
         if let frames = index.compression {
             decompressor = PageCompression.makeDecompressor()
             frameBuffer = .allocate(byteCount: Int(frames.frameSize), alignment: 4096)
@@ -540,7 +574,7 @@ final class PageReader {
     }
 
     deinit {
-        try? file.close()
+        for fd in [file] + partFiles { try? fd.close() }
         frameBuffer?.deallocate()
         compressedBuffer?.deallocate()
         if let decompressor { PageCompression.freeDecompressor(decompressor) }
@@ -601,8 +635,17 @@ final class PageReader {
     /// Bytes of the page stream at `offset` (lazy restore reads by offset: pages keep theirs when moved).
     func readStream(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
         guard let frames = index.compression else {
-            let n = try file.read(fromAbsoluteOffset: Int64(offset), into: buffer)
-            if n != buffer.count { throw CryoError("\(name): short read at offset \(offset) (truncated)") }
+            var done = 0
+            for piece in index.pieces(offset: offset, length: UInt64(buffer.count)) {
+                let fd = piece.part == 0 ? file : partFiles[piece.part - 1]
+                let view = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + Int(piece.length))])
+                let n = try fd.read(fromAbsoluteOffset: Int64(piece.offset), into: view)
+                if n != view.count {
+                    throw CryoError("\((ImagePaths.part(piece.part, of: path) as NSString).lastPathComponent): short read at offset \(piece.offset) (truncated)")
+                }
+                done += view.count
+            }
+            if done != buffer.count { throw CryoError("\(name): offset \(offset) is beyond the saved pages") }
             return
         }
         var done = 0
@@ -689,7 +732,6 @@ struct MemoryRestorePlan {
         let unmaps = dropped(current, parasite: parasite).unmaps
         var header = cryo_restore_memory()
         header.unmap_count = UInt64(unmaps.count)
-        header.pages_fd = -1
         header.old_rseq = oldRseq.rseq_abi_pointer
         header.old_rseq_length = oldRseq.rseq_abi_size
         header.old_rseq_signature = oldRseq.signature
@@ -697,7 +739,7 @@ struct MemoryRestorePlan {
     }
 
     init(record: MemoryRecord, index: PageIndex, current: [ProcMapping], parasite: Range<UInt64>,
-         temporary: UInt64, pagesFD: Int32, fileFD: (MemoryRecord.Mapping) throws -> Int32,
+         temporary: UInt64, pagesFDs: [Int32], fileFD: (MemoryRecord.Mapping) throws -> Int32,
          oldRseq: cryo_rseq_config) throws {
         var (unmaps, currentSpecials) = MemoryRestorePlan.dropped(current, parasite: parasite)
         // The kernel's vDSO pages move to where the image had them: first aside,
@@ -751,7 +793,12 @@ struct MemoryRestorePlan {
             // Compressed pages are not the parasite's to read: fillPages writes them afterwards.
             while index.compression == nil && runCursor < sortedRuns.count && sortedRuns[runCursor][0] < m.end {
                 let run = sortedRuns[runCursor]
-                runs.append(cryo_page_run(address: run[0], length: run[1], file_offset: run[2]))
+                var address = run[0]
+                for piece in index.pieces(offset: run[2], length: run[1]) {
+                    runs.append(cryo_page_run(address: address, length: piece.length, file_offset: piece.offset,
+                                              fd: pagesFDs[piece.part], pad: 0))
+                    address += piece.length
+                }
                 runCursor += 1
             }
             vma.run_count = UInt64(runs.count) - vma.first_run
@@ -762,7 +809,6 @@ struct MemoryRestorePlan {
         header.remap_count = UInt64(remaps.count)
         header.vma_count = UInt64(vmas.count)
         header.run_count = UInt64(runs.count)
-        header.pages_fd = pagesFD
         header.old_rseq = oldRseq.rseq_abi_pointer
         header.old_rseq_length = oldRseq.rseq_abi_size
         header.old_rseq_signature = oldRseq.signature

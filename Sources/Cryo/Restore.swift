@@ -483,7 +483,7 @@ public struct Restorer {
             if isOwned { owned.append(fd) }
             return toSend.count - 1
         }
-        let pagesSlot = add(try Files.open(image.paths.pages(imagePid), .readOnly))
+        let pagesSlots = try (0...(task.pageIndex.parts?.count ?? 0)).map { add(try Files.open(image.paths.pages(imagePid, part: $0), .readOnly)) }
         let cwdSlot = add(try openDirectory(task.core.cwd, what: "working directory of pid \(pid)"))
         let rootSlot = task.core.root == "/" ? nil : add(try openDirectory(task.core.root, what: "root directory of pid \(pid)"))
         let exeSlot = (try? Files.open(task.core.exe, .readOnly)).map { add($0) }
@@ -554,7 +554,7 @@ public struct Restorer {
         let lazy = session.lazy.map { _ in LazySplit(task: task) }
         let plan = try MemoryRestorePlan(
             record: task.memory, index: lazy?.eagerIndex ?? task.pageIndex, current: current, parasite: parasiteRange,
-            temporary: parasiteRange.upperBound + 0x10_0000, pagesFD: slotFD(pagesSlot),
+            temporary: parasiteRange.upperBound + 0x10_0000, pagesFDs: pagesSlots.map(slotFD),
             fileFD: { m in
                 if let origin = m.sharedFrom { return slotFD(mappingSlots["shm:\(origin.pid):\(origin.start)"]!) }
                 if m.kind == .memfd { return slotFD(mappingSlots["memfd\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.file!)"]!) }

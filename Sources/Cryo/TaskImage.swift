@@ -13,7 +13,9 @@ public struct TaskImage: Codable, Sendable {
     public var descriptors: DescriptorsRecord
 
     func write(to path: String) throws {
-        var writer = RecordWriter(version: pageIndex.compression == nil ? ImageFormat.baseVersion : ImageFormat.compressedPagesVersion)
+        let version = pageIndex.compression != nil ? ImageFormat.compressedPagesVersion
+            : pageIndex.parts != nil ? ImageFormat.pagePartsVersion : ImageFormat.baseVersion
+        var writer = RecordWriter(version: version)
         try writer.append(.task, core)
         try writer.append(.threads, threads)
         try writer.append(.memory, memory)
@@ -43,10 +45,13 @@ public struct TaskImage: Codable, Sendable {
         try image.core.seccomp?.validate(file: name)
         try image.signals.validate(file: name)
         try image.descriptors.validate(file: name, table: table)
-        let pagesName = (paths.pages(pid) as NSString).lastPathComponent
-        var st = Glibc.stat()
-        guard fstatat(AT_FDCWD, paths.pages(pid), &st, 0) == 0 else { throw ImageError(file: pagesName, "is missing") }
-        try image.memory.validate(file: name, index: image.pageIndex, pagesFileSize: UInt64(st.st_size), pagesFile: pagesName)
+        let sizes = try (0...(image.pageIndex.parts?.count ?? 0)).map { part -> (name: String, size: UInt64) in
+            let pagesName = (paths.pages(pid, part: part) as NSString).lastPathComponent
+            var st = Glibc.stat()
+            guard fstatat(AT_FDCWD, paths.pages(pid, part: part), &st, 0) == 0 else { throw ImageError(file: pagesName, "is missing") }
+            return (pagesName, UInt64(st.st_size))
+        }
+        try image.memory.validate(file: name, index: image.pageIndex, pagesFiles: sizes)
         return image
     }
 }

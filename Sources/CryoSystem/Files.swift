@@ -151,29 +151,3 @@ public enum Processes {
         _ = try check(cryo_prlimit(pid, resource, new, nil), "prlimit64(\(resource))", pid: pid)
     }
 }
-
-/// A writable shared mapping of part of a file: bytes stored into it land in the file's page cache.
-/// Unchecked: the mapping is fixed for its life; who writes where is the caller's business.
-public final class SharedFileMapping: @unchecked Sendable {
-    public let buffer: UnsafeMutableRawBufferPointer
-    private let path: String
-
-    public init(_ file: FileDescriptor, offset: UInt64, length: Int, path: String) throws {
-        self.path = path
-        let address = Glibc.mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, file.rawValue, off_t(offset))
-        guard let address, address != MAP_FAILED else {
-            throw SyscallError("mmap(MAP_SHARED)", errno: Errno(rawValue: cryo_errno()), object: "\(path) at \(offset)")
-        }
-        buffer = UnsafeMutableRawBufferPointer(start: address, count: length)
-    }
-
-    /// Gets the file's pages of [start, end) in place and writable (MADV_POPULATE_WRITE), so that a
-    /// later copy into them cannot fault: a failure (no space left) comes back as an error here
-    /// rather than as SIGBUS.
-    public func populate(_ range: Range<Int>) throws {
-        _ = try checkLibc(Int(Glibc.madvise(buffer.baseAddress! + range.lowerBound, range.count, 23 /* MADV_POPULATE_WRITE */)),
-                          "madvise(MADV_POPULATE_WRITE)", object: "\(path) mapped bytes \(range.lowerBound)..<\(range.upperBound)")
-    }
-
-    deinit { Glibc.munmap(buffer.baseAddress, buffer.count) }
-}

@@ -227,7 +227,7 @@ private func leaveStoppedRoundTrip(_ name: String) throws {
     func notStopped() -> [String] {
         var problems: [String] = []
         for pid in members.pids {
-            let tids = threadIDsOf(pid)
+            let tids = threadIDs(pid).sorted()
             if tids.isEmpty { problems.append("pid \(pid) is missing"); continue }
             for tid in tids {
                 let fields = statusFields("/proc/\(pid)/task/\(tid)/status") ?? [:]
@@ -242,7 +242,7 @@ private func leaveStoppedRoundTrip(_ name: String) throws {
     let stopped = notStopped()
     #expect(stopped.isEmpty, "after `restore --leave-stopped -d` returned, tasks are not stopped untraced:\n\(stopped.prefix(20).joined(separator: "\n"))")
     if !members.rootThreads.isEmpty {
-        #expect(Set(threadIDsOf(root)) == members.rootThreads, "the root's threads \(threadIDsOf(root)) differ from its TIDS line")
+        #expect(threadIDs(root) == members.rootThreads, "the root's threads \(threadIDs(root).sorted()) differ from its TIDS line")
     }
     sleepSeconds(0.5)
     let stillStopped = notStopped()

@@ -170,7 +170,7 @@ extension EndToEnd {
             }
             #expect(problems.isEmpty, "\(problems.prefix(20).joined(separator: "\n"))")
 
-            #expect(threadIDsOf(pid) == tids.sorted(), "the threads changed: \(threadIDsOf(pid).count) now")
+            #expect(threadIDs(pid).sorted() == tids.sorted(), "the threads changed: \(threadIDs(pid).sorted().count) now")
             fixture.signal(SIGTERM)
             let exit = fixture.reapOriginal(timeout: 60)
             #expect(exit == .exited(0), "\(fixture.report)")

@@ -235,10 +235,6 @@ func descendantsOf(_ pid: pid_t) -> [pid_t] {
     return result
 }
 
-func threadIDsOf(_ pid: pid_t) -> [pid_t] {
-    (((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).compactMap { pid_t($0) }).sorted()
-}
-
 /// Where `path` is mapped at file offset 0 in a live process (its load base).
 func loadBase(of pid: pid_t, path: String) -> UInt64? {
     for line in readProcFile("/proc/\(pid)/maps").split(separator: "\n") {

@@ -75,6 +75,7 @@ private func killDuring(_ name: String, arguments: [String], at phase: String, e
     let before = try members.snapshot()
     let mapsBefore = Dictionary(uniqueKeysWithValues: members.pids.map { ($0, memoryMap($0)) })
     let descriptorsBefore = Dictionary(uniqueKeysWithValues: members.pids.map { ($0, descriptorTable($0)) })
+    let threadsBefore = Dictionary(uniqueKeysWithValues: members.pids.map { ($0, threadIDs($0)) })
 
     let dump = try cryo(["dump", "--leave-running", "-t", "\(fixture.pid)", "-D", scratch.file("img")], in: scratch,
                         timeout: cryoTimeout(for: name), reaping: fixture,
@@ -94,6 +95,10 @@ private func killDuring(_ name: String, arguments: [String], at phase: String, e
             if now != was && !(phase == "entered mmap" && onlyAnEmptyMappingMore(now, than: was)) {
                 let added = now.filter { !was.contains($0) }, lost = was.filter { !now.contains($0) }
                 problems.append("pid \(pid): memory map changed: added \(added), lost \(lost)")
+            }
+            // A thread the parasite started to write pages must be gone too.
+            if threadIDs(pid) != threadsBefore[pid] ?? [] {
+                problems.append("pid \(pid): threads now \(threadIDs(pid).sorted()), were \((threadsBefore[pid] ?? []).sorted())")
             }
             let descriptors = descriptorTable(pid)
             if descriptors != descriptorsBefore[pid] ?? [] {

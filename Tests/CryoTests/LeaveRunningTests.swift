@@ -34,11 +34,36 @@ extension EndToEnd {
 
             if name == "bigmem" {
                 checkBigmemImageSize(images, fixture: fixture)
+                checkPageParts(images, pid: pid, parts: ProcessInfo.processInfo.activeProcessorCount >= 2 ? 2 : 1)
+                // The second writer was a thread of the task's own, gone before the task ran again.
+                #expect(threadIDs(pid) == [pid], "bigmem has threads \(threadIDs(pid).sorted()) after the dump, want only \(pid)")
             }
 
             fixture.signal(SIGTERM)
             let exit = fixture.reapOriginal(timeout: 60)
             #expect(exit == .exited(0), "\(name) ended with \(exit.map(\.description) ?? "nothing: still running after 60 s") (\(describeProcess(pid)))\n\(fixture.report)")
+            expectPass(fixture, "\(dump)")
+        }
+
+        /// The second writer of a large dump is an untraced thread of the task, which the task's
+        /// seccomp filters would apply to: here one that kills the process on pwritev.
+        @Test("a process with seccomp filters: its pages are written without a thread of its own, and it carries on")
+        func seccompFilter() throws {
+            let scratch = try Scratch("bigmem-seccomp")
+            defer { scratch.remove() }
+            let fixture = try Fixture("bigmem", arguments: [String(Fixture.bigmemMiB), "words", "seccomp"], in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let pid = fixture.pid
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "--leave-running", "-t", "\(pid)", "-D", images], in: scratch,
+                                timeout: cryoTimeout(for: "bigmem"), reaping: fixture)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            checkPageParts(images, pid: pid, parts: ProcessInfo.processInfo.activeProcessorCount >= 2 ? 2 : 1)
+
+            fixture.signal(SIGTERM)
+            let exit = fixture.reapOriginal(timeout: 60)
+            #expect(exit == .exited(0), "bigmem ended with \(exit.map(\.description) ?? "nothing") (\(describeProcess(pid)))\n\(fixture.report)")
             expectPass(fixture, "\(dump)")
         }
 
@@ -62,6 +87,7 @@ extension EndToEnd {
             #expect(dump.stderr.contains("WRITE_PAGES") && dump.stderr.contains("through a pipe"),
                     "the task's own write should have been refused (EFBIG) and the pipe taken\n\(dump)")
             checkBigmemImageSize(images, fixture: fixture)
+            checkPageParts(images, pid: pid, parts: 1)
 
             fixture.signal(SIGTERM)
             let exit = fixture.reapOriginal(timeout: 60)
@@ -69,4 +95,16 @@ extension EndToEnd {
             expectPass(fixture, "\(dump)")
         }
     }
+}
+
+/// The page stream of `pid` is in `parts` files, pages-PID.img first, of equal
+/// size give or take a page per region when there are two.
+func checkPageParts(_ images: String, pid: pid_t, parts: Int, sourceLocation: SourceLocation = #_sourceLocation) {
+    let names = pagesFiles(images).filter { $0.0.hasPrefix("pages-\(pid).") }.sorted { $0.0 < $1.0 }
+    let want = ["pages-\(pid).img"] + (parts > 1 ? (1..<parts).map { "pages-\(pid).\($0).img" } : [])
+    #expect(names.map(\.0).sorted() == want.sorted(), "pages files \(names), want \(want)", sourceLocation: sourceLocation)
+    guard parts == 2, names.count == 2 else { return }
+    let (first, second) = (Double(names.first { $0.0 == want[0] }!.1), Double(names.first { $0.0 == want[1] }!.1))
+    #expect(abs(first - second) <= 0.01 * (first + second), "pages files of \(first) and \(second) bytes, want halves",
+            sourceLocation: sourceLocation)
 }

@@ -39,6 +39,44 @@ extension EndToEnd {
             try tree.restoreAndPass()
         }
 
+        /// With two CPUs a large dump continues the page stream in pages-PID.1.img (written alongside pages-PID.img).
+        @Test("a large image's second pages file: read by show, refused grown or missing, restored once put back",
+              .enabled(if: ProcessInfo.processInfo.activeProcessorCount >= 2))
+        func pagesPart() throws {
+            let scratch = try Scratch("nothing-lost-pages-part")
+            defer { scratch.remove() }
+            let fixture = try Fixture("bigmem", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let (images, _) = try dumpAndReap(fixture, in: scratch)
+            let name = "pages-\(fixture.pid).1.img"
+            let part = images + "/" + name
+            let size = fileSize(part)
+            try #require(size > 0, "no \(name) in \(pagesFiles(images))")
+
+            // The last written page of bigmem lies in the second file: its first word is page_seed(page).
+            let map = try #require(fixture.tagged("MAP"), "no MAP line\n\(fixture.report)")
+            let (start, length) = (try #require(UInt64(map[0], radix: 16)), try #require(UInt64(map[1])))
+            let lastPage = length / 4096 / 4 * 3 - 1
+            let show = try cryo(["show", images, "--pages", "0x\(String(start + lastPage * 4096, radix: 16)):8"], in: scratch, timeout: 60)
+            let want = (0..<8).map { String(format: "%02x", (bigmemPageSeed(lastPage) >> (8 * UInt64($0))) & 0xff) }.joined(separator: " ")
+            #expect(show.succeeded && show.stdout.contains(want), "show --pages of page \(lastPage) should show \(want)\n\(show)")
+
+            // Grown by a page (and shrunk back after, so no byte is lost), then moved away.
+            try #require(truncate(part, off_t(size + 4096)) == 0, "truncate \(part): \(String(cString: strerror(errno)))")
+            expectOneLine(try cryo(["restore", "-D", images], in: scratch, timeout: 60),
+                          naming: [name, "\(size + 4096) bytes", "expects \(size)", "truncated or replaced"])
+            try #require(truncate(part, off_t(size)) == 0)
+            try #require(rename(part, part + ".away") == 0)
+            expectOneLine(try cryo(["restore", "-D", images], in: scratch, timeout: 60), naming: [name, "missing"])
+            try #require(rename(part + ".away", part) == 0)
+            #expect(!pidExists(fixture.pid), "a process with pid \(fixture.pid) is left after the refused restores")
+
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore)
+        }
+
         @Test("an open regular file deleted between dump and restore")
         func openFileDeleted() throws {
             let scratch = try Scratch("nothing-lost-open-file")

@@ -184,7 +184,8 @@ private func taskStatus(_ pid: pid_t, _ tid: pid_t) -> (state: Character, tracer
     return state.map { ($0, tracer) }
 }
 
-private func threadIDs(_ pid: pid_t) -> Set<pid_t> {
+/// The thread ids of a process (empty when it is gone).
+func threadIDs(_ pid: pid_t) -> Set<pid_t> {
     Set(((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).compactMap { pid_t($0) })
 }
 

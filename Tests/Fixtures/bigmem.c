@@ -19,6 +19,10 @@
  *
  * SIGUSR2 is answered with a "PONG" line (Scripts/bench.sh: is it running?).
  *
+ * argv[3] "seccomp" installs a seccomp filter that kills the process on
+ * pwritev(), which bigmem never calls: a dumper must not run code of its own
+ * in the process outside ptrace's suspension of the filter.
+ *
  * On SIGTERM: the untouched quarter must still be (almost entirely)
  * non-resident, every written word must hold its value, and the untouched
  * quarter must read as zeros.
@@ -32,6 +36,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include "fixture.h"
 
@@ -122,6 +131,21 @@ int main(int argc, char **argv)
 		uint64_t *pg = map + p * words_per_page;
 		for (size_t w = 0; w < words_per_page; w++)
 			pg[w] = expected(p, seed, w);
+	}
+
+	if (argc > 3) {
+		if (strcmp(argv[3], "seccomp")) { fprintf(stderr, "bad option %s\n", argv[3]); return 2; }
+		struct sock_filter code[] = {
+			BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+			BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_pwritev, 0, 1),
+			BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+			BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		};
+		struct sock_fprog prog = { sizeof(code) / sizeof(code[0]), code };
+		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog)) {
+			perror("seccomp");
+			return 1;
+		}
 	}
 
 	printf("MAP %lx %zu\n", (unsigned long)map, size);

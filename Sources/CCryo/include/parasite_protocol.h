@@ -18,7 +18,7 @@
 #include <stdint.h>
 
 #define CRYO_PARASITE_MAGIC 0x43525950u /* "CRYP" */
-#define CRYO_PARASITE_PROTOCOL_VERSION 4u
+#define CRYO_PARASITE_PROTOCOL_VERSION 5u
 
 /* Symbols the injector looks up in the blob with libelf. */
 #define CRYO_PARASITE_ENTRY_SYMBOL "cryo_parasite_entry"
@@ -160,8 +160,8 @@ struct cryo_vma {
     uint64_t run_count;
 };
 
-/* Bytes of the pages file that belong at [address, address + length). */
-struct cryo_page_run { uint64_t address; uint64_t length; uint64_t file_offset; };
+/* Bytes of the pages file `fd` (the page stream may span several) that belong at [address, address + length). */
+struct cryo_page_run { uint64_t address; uint64_t length; uint64_t file_offset; int32_t fd; uint32_t pad; };
 
 /* Followed in the argument area by unmaps[], remaps[], vmas[], runs[]. */
 struct cryo_restore_memory {
@@ -169,11 +169,9 @@ struct cryo_restore_memory {
     uint64_t remap_count;
     uint64_t vma_count;
     uint64_t run_count;
-    int32_t pages_fd;
-    uint32_t old_rseq_length;  /* the inherited rseq registration to drop first */
-    uint64_t old_rseq;
+    uint64_t old_rseq;         /* the inherited rseq registration to drop first */
+    uint32_t old_rseq_length;
     uint32_t old_rseq_signature;
-    uint32_t pad;
 };
 
 /* The kernel's struct prctl_mm_map. */
@@ -251,13 +249,25 @@ struct cryo_dump_pages { int32_t read_fd; int32_t write_fd; uint32_t count; uint
  * cryo_fd, receives the file, pwritev()s every iovec in order from offset 0,
  * closes what it holds and reports how many bytes went out in `written`. */
 struct cryo_page_socket { int32_t task_fd; int32_t cryo_fd; };
+/* Followed by struct cryo_iovec[count + part_count]: the first `count` go to the
+ * pages file, the rest to its part file, each from offset 0. cryo sends the pages
+ * file, then (part_count > 0) the part file, over cryo_fd. With
+ * CRYO_WRITE_PAGES_THREAD the part is written at the same time by a thread the
+ * parasite starts in the task (its stack: the top CRYO_WRITE_PAGES_STACK bytes of
+ * the argument area), else after the first. */
+#define CRYO_WRITE_PAGES_THREAD 1u
+#define CRYO_WRITE_PAGES_STACK  (16u << 10)
 struct cryo_write_pages {
     int32_t task_fd;
     int32_t cryo_fd;
     uint32_t count;
-    uint32_t pad;
-    uint64_t total;    /* bytes to write: refused up front if RLIMIT_FSIZE is lower */
-    uint64_t written;  /* out */
+    uint32_t part_count;
+    uint64_t total;         /* bytes for the pages file: refused up front if RLIMIT_FSIZE is lower */
+    uint64_t part_total;    /* bytes for the part file, likewise */
+    uint32_t flags;         /* CRYO_WRITE_PAGES_* */
+    uint32_t threaded;      /* out: 1 when a thread wrote the part */
+    uint64_t written;       /* out: bytes written into the pages file */
+    uint64_t part_written;  /* out: into the part file */
 };
 
 /* Followed by ranges[range_count] (struct cryo_range): the task creates a
