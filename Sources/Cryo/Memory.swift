@@ -274,30 +274,53 @@ extension MemoryRecord {
 
     /// The page ranges to save, in address order, as PAGEMAP_SCAN reports them
     /// (`extraCategories` are returned too, splitting regions where they differ).
+    /// The kernel walks every page table entry (about 4 ms for 2 GiB here): the
+    /// address space is cut into pieces that both CPUs take turns at.
     func scanPages(pid: pid_t, pagemap: FileDescriptor, extraCategories: UInt64 = 0,
                    statistics: inout DumpStatistics) throws -> [cryo_page_region] {
-        var result: [cryo_page_region] = []
-        var regions = [cryo_page_region](repeating: cryo_page_region(), count: 512)
+        let piece: UInt64 = 64 << 20
+        var work: [(range: Range<UInt64>, categories: (inverted: UInt64, mask: UInt64, anyOf: UInt64))] = []
+        var cuts: Set<UInt64> = []  // piece boundaries inside a mapping
         for m in mappings {
             guard let categories = pageCategories(m) else { continue }
             statistics.pagesScanned += m.length / 4096
-            var cursor = m.start
-            while cursor < m.end {
+            for start in stride(from: m.start, to: m.end, by: Int(piece)) {
+                work.append((start..<min(start + piece, m.end), categories))
+                if start != m.start { cuts.insert(start) }
+            }
+        }
+        let found = UnsafeMutableBufferPointer<[cryo_page_region]>.allocate(capacity: work.count)
+        found.initialize(repeating: [])
+        defer { found.deinitialize(); found.deallocate() }
+        try shareWork(count: work.count) { i in
+            var regions = [cryo_page_region](repeating: cryo_page_region(), count: 512)
+            let (range, categories) = work[i]
+            var cursor = range.lowerBound
+            while cursor < range.upperBound {
                 var arg = cryo_pm_scan_arg()
                 arg.start = cursor
-                arg.end = m.end
+                arg.end = range.upperBound
                 arg.category_inverted = categories.inverted
                 arg.category_mask = categories.mask
                 arg.category_anyof_mask = categories.anyOf
                 arg.return_mask = categories.anyOf | extraCategories
-                let found = try regions.withUnsafeMutableBufferPointer { (vec) throws -> Int in
+                let count = try regions.withUnsafeMutableBufferPointer { (vec) throws -> Int in
                     arg.vec = UInt64(UInt(bitPattern: vec.baseAddress))
                     arg.vec_len = UInt64(vec.count)
                     return try check(cryo_pagemap_scan(pagemap.rawValue, &arg), "ioctl(PAGEMAP_SCAN)", pid: pid,
                                      object: "address 0x\(String(cursor, radix: 16))")
                 }
-                result += regions.prefix(found)
-                cursor = arg.walk_end > cursor ? arg.walk_end : m.end
+                found[i] += regions.prefix(count)
+                cursor = arg.walk_end > cursor ? arg.walk_end : range.upperBound
+            }
+        }
+        // A region cut by a piece boundary is put back together.
+        var result: [cryo_page_region] = []
+        for region in found.joined() {
+            if let last = result.last, last.end == region.start, last.categories == region.categories, cuts.contains(region.start) {
+                result[result.count - 1].end = region.end
+            } else {
+                result.append(region)
             }
         }
         return result
@@ -316,8 +339,7 @@ extension MemoryRecord {
     /// `settled` is called once the address space will change no more (for MappingsPrefetch).
     func dumpPages(pid: pid_t, to pagesPath: String, compress: Bool = false, statistics: inout DumpStatistics,
                    inTask: InTaskPageCopy? = nil, settled: () -> Void = {}) throws -> PageIndex {
-        // Read-write: part of a large copy goes through a shared mapping of the file (InTaskPageCopy).
-        let out = try Files.open(pagesPath, .readWrite, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
+        let out = try Files.open(pagesPath, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
         defer { try? out.close() }
         let regions = try presentPages(pid: pid, statistics: &statistics)
         var runs: [[UInt64]] = []
@@ -878,5 +900,57 @@ extension MemoryRecord.Mapping {
         advice = adviceFlags.reduce(UInt32(0)) { vmFlags.contains($1.0) ? $0 | $1.1 : $0 }
         growsDown = vmFlags.contains("gd")
         noReserve = vmFlags.contains("nr")
+    }
+}
+
+/// Runs `body(i)` for every i in 0..<count on this thread and one more, each
+/// taking the next index until none is left: work the frozen tree waits for,
+/// shared by both CPUs. After the first error no new index is taken; it is thrown.
+func shareWork(count: Int, _ body: (Int) throws -> Void) throws {
+    guard count > 1, ProcessInfo.processInfo.activeProcessorCount >= 2 else {
+        for i in 0..<count { try body(i) }
+        return
+    }
+    let queue = SharedWork(count: count)
+    try withoutActuallyEscaping(body) { body in
+        // The helper drops its use of `body` before it signals, and the box lets go of it
+        // after that, so `body` does not outlive this call (which the runtime checks).
+        let box = BodyBox(body)
+        let helperDone = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            if let body = box.body { queue.run(body) }
+            helperDone.signal()
+        }
+        queue.run(body)
+        helperDone.wait()
+        box.body = nil
+    }
+    if let failure = queue.failure { throw failure }
+}
+
+private final class BodyBox: @unchecked Sendable {
+    var body: ((Int) throws -> Void)?
+    init(_ body: @escaping (Int) throws -> Void) { self.body = body }
+}
+
+private final class SharedWork: @unchecked Sendable {
+    private let lock = NSLock()
+    private var next = 0
+    private let count: Int
+    private(set) var failure: Error?
+    init(count: Int) { self.count = count }
+
+    func run(_ body: (Int) throws -> Void) {
+        while let i = take() {
+            do { try body(i) } catch { lock.withLock { if failure == nil { failure = error } } }
+        }
+    }
+
+    private func take() -> Int? {
+        lock.withLock {
+            guard failure == nil, next < count else { return nil }
+            defer { next += 1 }
+            return next
+        }
     }
 }

@@ -571,13 +571,23 @@ extension MemoryRecord {
         defer { writer.close() }
         var copied: UInt64 = 0
         fill.heldBuffer = held
+        // What fits in the held buffer is read by both CPUs, in pieces of up to 4 MiB; the rest goes to the file.
+        var heldReads: [(source: UInt64, room: UnsafeMutableRawBufferPointer)] = []
+        var toFile: [[UInt64]] = []
         for piece in fresh {
-            if let room = held?.take(Int(piece[1])) {
-                try RemoteMemory.read(pid, at: piece[0], into: room)
-                fill.held.append((room, piece[2]))
-                copied += piece[1]
+            guard let room = held?.take(Int(piece[1])) else {
+                toFile.append(piece)
                 continue
             }
+            fill.held.append((room, piece[2]))
+            for start in stride(from: 0, to: room.count, by: 4 << 20) {
+                let end = min(start + (4 << 20), room.count)
+                heldReads.append((piece[0] + UInt64(start), UnsafeMutableRawBufferPointer(rebasing: room[start..<end])))
+            }
+            copied += piece[1]
+        }
+        try shareWork(count: heldReads.count) { i in try RemoteMemory.read(pid, at: heldReads[i].source, into: heldReads[i].room) }
+        for piece in toFile {
             var done: UInt64 = 0
             while done < piece[1] {
                 let chunk = Int(min(UInt64(writer.bufferSize), piece[1] - done))
