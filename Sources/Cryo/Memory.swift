@@ -292,7 +292,9 @@ extension MemoryRecord {
         let found = UnsafeMutableBufferPointer<[cryo_page_region]>.allocate(capacity: work.count)
         found.initialize(repeating: [])
         defer { found.deinitialize(); found.deallocate() }
-        try shareWork(count: work.count) { i in
+        // A second thread costs more than scanning a small process (a tree has many).
+        let scanned = work.reduce(0) { $0 + UInt64($1.range.count) }
+        try shareWork(count: work.count, share: scanned >= 4 * piece) { i in
             var regions = [cryo_page_region](repeating: cryo_page_region(), count: 512)
             let (range, categories) = work[i]
             var cursor = range.lowerBound
@@ -906,8 +908,8 @@ extension MemoryRecord.Mapping {
 /// Runs `body(i)` for every i in 0..<count on this thread and one more, each
 /// taking the next index until none is left: work the frozen tree waits for,
 /// shared by both CPUs. After the first error no new index is taken; it is thrown.
-func shareWork(count: Int, _ body: (Int) throws -> Void) throws {
-    guard count > 1, ProcessInfo.processInfo.activeProcessorCount >= 2 else {
+func shareWork(count: Int, share: Bool = true, _ body: (Int) throws -> Void) throws {
+    guard share, count > 1, ProcessInfo.processInfo.activeProcessorCount >= 2 else {
         for i in 0..<count { try body(i) }
         return
     }

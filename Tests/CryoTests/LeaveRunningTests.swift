@@ -39,10 +39,7 @@ extension EndToEnd {
                 #expect(threadIDs(pid) == [pid], "bigmem has threads \(threadIDs(pid).sorted()) after the dump, want only \(pid)")
             }
 
-            fixture.signal(SIGTERM)
-            let exit = fixture.reapOriginal(timeout: 60)
-            #expect(exit == .exited(0), "\(name) ended with \(exit.map(\.description) ?? "nothing: still running after 60 s") (\(describeProcess(pid)))\n\(fixture.report)")
-            expectPass(fixture, "\(dump)")
+            expectPassesOnTerm(fixture, dump)
         }
 
         /// The second writer of a large dump is an untraced thread of the task, which the task's
@@ -61,10 +58,7 @@ extension EndToEnd {
             try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
             checkPageParts(images, pid: pid, parts: ProcessInfo.processInfo.activeProcessorCount >= 2 ? 2 : 1)
 
-            fixture.signal(SIGTERM)
-            let exit = fixture.reapOriginal(timeout: 60)
-            #expect(exit == .exited(0), "bigmem ended with \(exit.map(\.description) ?? "nothing") (\(describeProcess(pid)))\n\(fixture.report)")
-            expectPass(fixture, "\(dump)")
+            expectPassesOnTerm(fixture, dump)
         }
 
         /// The task writes its own pages into the image; past its RLIMIT_FSIZE that write would
@@ -89,12 +83,19 @@ extension EndToEnd {
             checkBigmemImageSize(images, fixture: fixture)
             checkPageParts(images, pid: pid, parts: 1)
 
-            fixture.signal(SIGTERM)
-            let exit = fixture.reapOriginal(timeout: 60)
-            #expect(exit == .exited(0), "bigmem ended with \(exit.map(\.description) ?? "nothing") (\(describeProcess(pid)))\n\(fixture.report)")
-            expectPass(fixture, "\(dump)")
+            expectPassesOnTerm(fixture, dump)
         }
     }
+}
+
+/// SIGTERM to a process that `dump --leave-running` left running: it checks itself and passes.
+private func expectPassesOnTerm(_ fixture: Fixture, _ dump: CryoResult, sourceLocation: SourceLocation = #_sourceLocation) {
+    fixture.signal(SIGTERM)
+    let exit = fixture.reapOriginal(timeout: 60)
+    let ended = exit.map(\.description) ?? "nothing: still running after 60 s"
+    #expect(exit == .exited(0), "\(fixture.name) ended with \(ended) (\(describeProcess(fixture.pid)))\n\(fixture.report)",
+            sourceLocation: sourceLocation)
+    expectPass(fixture, "\(dump)", sourceLocation: sourceLocation)
 }
 
 /// The page stream of `pid` is in `parts` files, pages-PID.img first, of equal
