@@ -60,7 +60,7 @@ public struct PageIndex: Codable, Sendable {
     public var parts: [UInt64]? = nil
     /// Bytes of saved pages (the uncompressed stream).
     public var pageBytes: UInt64 { runs.last.map { $0[2] + $0[1] } ?? 0 }
-    /// The size of every file of the stream, pages-PID.img first.
+    /// The size of every file of the stream, pages-PID.img first (its indices are the parts).
     var fileSizes: [UInt64] { [pagesFileSize] + (parts ?? []) }
 
     /// The stream's bytes [offset, offset + length) as pieces of its files, in order.
@@ -567,9 +567,9 @@ final class PageWriter: @unchecked Sendable {
 final class PageReader {
     let index: PageIndex
     let path: String
-    private let file: FileDescriptor
-    /// The stream's files after pages-PID.img (PageIndex.parts).
-    private var partFiles: [FileDescriptor] = []
+    /// Every file of the stream, pages-PID.img first (then PageIndex.parts).
+    private var files: [FileDescriptor] = []
+    private var file: FileDescriptor { files[0] }
     private var decompressor: OpaquePointer?
     private var frameBuffer: UnsafeMutableRawBufferPointer?
     private var compressedBuffer: UnsafeMutableRawBufferPointer?
@@ -583,11 +583,10 @@ final class PageReader {
         self.path = path
         self.index = index
         self.streamBytes = streamBytes ?? index.pageBytes
-        file = try Files.open(path, .readOnly)
         do {
-            for part in (index.parts ?? []).indices { partFiles.append(try Files.open(ImagePaths.part(part + 1, of: path), .readOnly)) }
+            for part in index.fileSizes.indices { files.append(try Files.open(ImagePaths.part(part, of: path), .readOnly)) }
         } catch {
-            for fd in [file] + partFiles { try? fd.close() }
+            for fd in files { try? fd.close() }
             throw error
         }
         if let frames = index.compression {
@@ -598,7 +597,7 @@ final class PageReader {
     }
 
     deinit {
-        for fd in [file] + partFiles { try? fd.close() }
+        for fd in files { try? fd.close() }
         frameBuffer?.deallocate()
         compressedBuffer?.deallocate()
         if let decompressor { PageCompression.freeDecompressor(decompressor) }
@@ -661,7 +660,7 @@ final class PageReader {
         guard let frames = index.compression else {
             var done = 0
             for piece in index.pieces(offset: offset, length: UInt64(buffer.count)) {
-                let fd = piece.part == 0 ? file : partFiles[piece.part - 1]
+                let fd = files[piece.part]
                 let view = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + Int(piece.length))])
                 let n = try fd.read(fromAbsoluteOffset: Int64(piece.offset), into: view)
                 if n != view.count {

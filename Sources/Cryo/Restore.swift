@@ -483,7 +483,7 @@ public struct Restorer {
             if isOwned { owned.append(fd) }
             return toSend.count - 1
         }
-        let pagesSlots = try (0...(task.pageIndex.parts?.count ?? 0)).map { add(try Files.open(image.paths.pages(imagePid, part: $0), .readOnly)) }
+        let pagesSlots = try task.pageIndex.fileSizes.indices.map { add(try Files.open(image.paths.pages(imagePid, part: $0), .readOnly)) }
         let cwdSlot = add(try openDirectory(task.core.cwd, what: "working directory of pid \(pid)"))
         let rootSlot = task.core.root == "/" ? nil : add(try openDirectory(task.core.root, what: "root directory of pid \(pid)"))
         let exeSlot = (try? Files.open(task.core.exe, .readOnly)).map { add($0) }

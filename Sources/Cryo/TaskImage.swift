@@ -45,7 +45,7 @@ public struct TaskImage: Codable, Sendable {
         try image.core.seccomp?.validate(file: name)
         try image.signals.validate(file: name)
         try image.descriptors.validate(file: name, table: table)
-        let sizes = try (0...(image.pageIndex.parts?.count ?? 0)).map { part -> (name: String, size: UInt64) in
+        let sizes = try image.pageIndex.fileSizes.indices.map { part -> (name: String, size: UInt64) in
             let pagesName = (paths.pages(pid, part: part) as NSString).lastPathComponent
             var st = Glibc.stat()
             guard fstatat(AT_FDCWD, paths.pages(pid, part: part), &st, 0) == 0 else { throw ImageError(file: pagesName, "is missing") }
