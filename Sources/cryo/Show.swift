@@ -98,13 +98,11 @@ struct ShowCommand: ParsableCommand {
         print("  descriptors (\(task.descriptors.descriptors.count)):")
         for d in task.descriptors.descriptors {
             let f = files.files[d.file]
-            var what = describeFile(f)
-            if f.regular?.unlinked == true { what += " (unlinked, contents in image)" }
-            if let pipe = f.pipe, let data = pipe.buffered, !data.isEmpty { what += " (\(data.count) bytes buffered)" }
+            var what = f.summary
             for lock in d.locks ?? [] {
                 what += " [\(lock.kind.rawValue) \(lock.write ? "write" : "read") lock \(lock.start)-\(lock.end.map(String.init) ?? "EOF")]"
             }
-            print("    fd \(d.fd) -> \(what)  [\(f.kind.rawValue), flags 0\(String(f.flags, radix: 8)), pos \(f.position)\(d.closeOnExec ? ", cloexec" : "")]"
+            print("    fd \(d.fd) -> \(what)  [\(f.kind), flags 0\(String(f.flags, radix: 8)), pos \(f.position)\(d.closeOnExec ? ", cloexec" : "")]"
                 + (task.descriptors.descriptors.filter { $0.file == d.file }.count > 1 ? " shared description #\(d.file)" : ""))
         }
         let s = task.signals
@@ -125,27 +123,6 @@ struct ShowCommand: ParsableCommand {
         if let seccomp = task.core.seccomp {
             print("  seccomp: \(seccomp.filters.count) filter(s) (\(seccomp.filters.map { "\($0.count) instructions" }.joined(separator: ", ")))"
                 + (seccomp.noNewPrivileges ? ", no_new_privs" : ""))
-        }
-    }
-
-    /// One line for an open file description, whatever its kind.
-    func describeFile(_ f: FileTable.OpenFile) -> String {
-        switch f.kind {
-        case .pipe: return "pipe:[\(f.pipe?.inode ?? 0)] \(f.pipe?.isReadEnd == true ? "read" : "write") end"
-        case .unixSocket: return f.unixSocket?.summary ?? "unix socket"
-        case .inetSocket: return f.inetSocket?.summary ?? "inet socket"
-        case .eventfd: return "eventfd count \(f.eventfd?.count ?? 0)\(f.eventfd?.semaphore == true ? ", semaphore" : "")"
-        case .signalfd: return "signalfd mask 0x\(hex(f.signalfd?.mask ?? 0))"
-        case .timerfd:
-            let t = f.timerfd
-            return "timerfd clock \(t?.clock ?? 0), next in \(t?.valueNanoseconds ?? 0) ns, interval \(t?.intervalNanoseconds ?? 0) ns"
-        case .epoll:
-            let targets = f.epoll?.targets ?? []
-            return "epoll watching " + (targets.isEmpty ? "nothing" : targets.map { "fd \($0.fd) (events 0x\(hex(UInt64($0.events))), data 0x\(hex($0.data)))" }.joined(separator: ", "))
-        case .memfd: return "memfd \(f.memfd?.name ?? "?") (\(f.memfd?.size ?? 0) bytes, seals 0x\(hex(UInt64(f.memfd?.seals ?? 0))))"
-        case .inotify: return "inotify " + (f.inotify?.watches.map { "wd \($0.wd) \($0.path) mask 0x\(hex(UInt64($0.mask)))" }.joined(separator: ", ") ?? "")
-        case .terminal: return "terminal (\(f.terminal?.role.rawValue ?? "?")\(f.terminal?.index.map { " pts \($0)" } ?? ""))"
-        default: return f.path ?? f.kind.rawValue
         }
     }
 }

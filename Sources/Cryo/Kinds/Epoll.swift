@@ -1,4 +1,5 @@
 import CCryo
+import CryoInjector
 import CryoSystem
 import Foundation
 import Glibc
@@ -8,7 +9,8 @@ import SystemPackage
 /// included) and data. The instance is created by the controller; its
 /// targets are added from inside the owning process once its descriptors
 /// are in place, because epoll knows a target by (file, fd number).
-public struct EpollState: Codable, Sendable {
+public struct EpollState: DescriptorKind {
+    static let name = "epoll"
     public struct Target: Codable, Sendable {
         public var fd: Int32
         public var events: UInt32
@@ -16,7 +18,8 @@ public struct EpollState: Codable, Sendable {
     }
     public var targets: [Target]
 
-    static func dump(_ p: DescriptorProbe) throws -> EpollState {
+    static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> EpollState? {
+        guard p.link == "anon_inode:[eventpoll]" else { return nil }
         var targets: [Target] = []
         for line in p.info.text.split(separator: "\n") where line.hasPrefix("tfd:") {
             // tfd: N events: HEX data: HEX pos:... ino:... sdev:...
@@ -34,12 +37,29 @@ public struct EpollState: Codable, Sendable {
         return EpollState(targets: targets)
     }
 
-    static func open(flags: UInt32, object: String) throws -> FileDescriptor {
+    func summary(_ file: FileTable.OpenFile) -> String {
+        "epoll watching " + (targets.isEmpty ? "nothing"
+            : targets.map { "fd \($0.fd) (events 0x\(hex(UInt64($0.events))), data 0x\(hex($0.data)))" }.joined(separator: ", "))
+    }
+
+    func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
         FileDescriptor(rawValue: Int32(try check(cryo_epoll_create(), "epoll_create1", object: object)))
     }
 
-    /// The EPOLL_ADD entries for the parasite, for the epoll at `fd`.
-    func entries(epollFD fd: Int32) -> [cryo_epoll_target] {
-        targets.map { cryo_epoll_target(epoll_fd: fd, target_fd: $0.fd, events: $0.events, pad: 0, data: $0.data) }
+    static func afterInstallBytes(_ installed: InstalledDescriptors) -> Int {
+        MemoryLayout<cryo_epoll_add>.size
+            + installed.of(EpollState.self).reduce(0) { $0 + $1.state.targets.count } * MemoryLayout<cryo_epoll_target>.stride
+    }
+
+    /// Targets are added once per instance, by the first process holding it, now that its fds are in place.
+    static func afterInstall(_ installed: InstalledDescriptors, parasite: Parasite) throws {
+        var watches: [cryo_epoll_target] = []
+        for (fd, file, epoll) in installed.of(EpollState.self) where installed.finishedOnce(file.id) {
+            watches += epoll.targets.map { cryo_epoll_target(epoll_fd: fd, target_fd: $0.fd, events: $0.events, pad: 0, data: $0.data) }
+        }
+        guard !watches.isEmpty else { return }
+        var add = cryo_epoll_add()
+        add.count = UInt32(watches.count)
+        try parasite.run(CRYO_CMD_EPOLL_ADD, payload: bytes(of: add) + bytes(of: watches), replyBytes: 0)
     }
 }

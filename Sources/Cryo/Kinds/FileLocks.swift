@@ -1,4 +1,5 @@
 import CCryo
+import CryoInjector
 import CryoSystem
 import Foundation
 import Glibc
@@ -37,5 +38,18 @@ public struct FileLock: Codable, Sendable {
     func entry(fd: Int32) -> cryo_lock {
         cryo_lock(fd: fd, kind: kind == .flock ? 0 : kind == .posix ? 1 : 2, write: write ? 1 : 0, pad: 0,
                   start: start, length: end.map { $0 - start + 1 } ?? 0)
+    }
+
+    static func afterInstallBytes(_ installed: InstalledDescriptors) -> Int {
+        MemoryLayout<cryo_locks>.size + installed.descriptors.reduce(0) { $0 + ($1.locks?.count ?? 0) } * MemoryLayout<cryo_lock>.stride
+    }
+
+    /// Taken again from inside the owner, once all its descriptors are in place.
+    static func afterInstall(_ installed: InstalledDescriptors, parasite: Parasite) throws {
+        let locks = installed.descriptors.flatMap { d in (d.locks ?? []).map { $0.entry(fd: d.fd) } }
+        guard !locks.isEmpty else { return }
+        var header = cryo_locks()
+        header.count = UInt32(locks.count)
+        try parasite.run(CRYO_CMD_LOCKS, payload: bytes(of: header) + bytes(of: locks), replyBytes: 0)
     }
 }

@@ -43,7 +43,8 @@ public struct InetAddress: Codable, Sendable, Equatable {
 /// Everything comes from the socket itself, through cryo's duplicate of the
 /// descriptor: getsockname/getpeername, getsockopt, TCP_INFO, ioctls for
 /// queue lengths, MSG_PEEK for queued bytes.
-public struct InetSocketState: Codable, Sendable {
+public struct InetSocketState: DescriptorKind {
+    static let name = "inetSocket"
     public enum Proto: String, Codable, Sendable { case udp, tcp }
     public enum State: String, Codable, Sendable { case unconnected, listening, connected }
     public struct Datagram: Codable, Sendable {
@@ -124,6 +125,19 @@ private let tcpStateNames: [UInt8: String] = [1: "ESTABLISHED", 2: "SYN_SENT", 3
 extension InetSocketState {
     /// `established` is what --tcp-established allows; an established connection
     /// is refused without it.
+    static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> InetSocketState? {
+        guard p.stat.st_mode & S_IFMT == S_IFSOCK else { return nil }
+        let family = try UnixSocketState.option(p.handle.rawValue, CRYO_SO_DOMAIN, p.object)
+        guard family == AF_INET || family == AF_INET6 else { return nil }
+        let socket = try dump(p, family: family, established: table.options.tcpEstablished)
+        if socket.tcp != nil {
+            // Held until the tree is dead: with --leave-running just closed; otherwise TCP_REPAIR goes on
+            // before the kill, so that the last close sends neither FIN nor RST to the peer.
+            try table.hold(p.handle, object: p.object) { _ = cryo_setsockopt_int($0.rawValue, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 1) }
+        }
+        return socket
+    }
+
     static func dump(_ p: DescriptorProbe, family: Int32, established: Bool) throws -> InetSocketState {
         let fd = p.handle.rawValue
         let familyName = family == AF_INET6 ? "AF_INET6" : "AF_INET"
@@ -256,6 +270,22 @@ extension InetSocketState {
         return text
     }
 
+    func summary(_ file: FileTable.OpenFile) -> String { summary }
+
+    /// Established connections come back only when asked for, as with dump.
+    static func checkBeforeRestore(_ files: [FileTable.OpenFile], options: KindOptions) throws {
+        guard !options.tcpEstablished, let (f, s) = entries(files).first(where: { $0.state.tcp != nil }) else { return }
+        throw CryoError("file #\(f.id): the image holds an established TCP connection \(s.local?.description ?? "?") -> "
+            + "\(s.peer?.description ?? "?"); restore with --tcp-established")
+    }
+
+    func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
+        guard let socket = try context.rebuilder(InetSocketRebuilder.self).take(file.id) else {
+            throw CryoError("\(object): socket was not rebuilt")
+        }
+        return socket
+    }
+
     func validate() -> String? {
         if let local, local.raw() == nil { return "an inet socket address \(local.address)" }
         if let peer, peer.raw() == nil { return "an inet socket address \(peer.address)" }
@@ -273,20 +303,12 @@ extension InetSocketState {
 /// each established TCP connection first, in repair mode; then listeners and
 /// the other sockets (UDP ones connected again); then the UDP queues sent
 /// again; last repair mode off and the options.
-struct InetSocketRebuilder {
+final class InetSocketRebuilder: KindRebuilder {
     private var made: [Int: Int32] = [:]
 
-    /// Established connections come back only when asked for, as with dump.
-    static func requireFlag(files: [FileTable.OpenFile]) throws {
-        if let f = files.first(where: { $0.inetSocket?.tcp != nil }), let s = f.inetSocket {
-            throw CryoError("file #\(f.id): the image holds an established TCP connection \(s.local?.description ?? "?") -> "
-                + "\(s.peer?.description ?? "?"); restore with --tcp-established")
-        }
-    }
-
-    init(files: [FileTable.OpenFile], established: Bool) throws {
-        let sockets = files.compactMap { f in f.inetSocket.map { (id: f.id, state: $0, flags: f.flags) } }
-        if !established { try Self.requireFlag(files: files) }
+    init(_ context: OpenContext) throws {
+        let sockets = InetSocketState.entries(context.files).map { (id: $0.file.id, state: $0.state, flags: $0.file.flags) }
+        try InetSocketState.checkBeforeRestore(context.files, options: context.options)
         do {
             try build(sockets)
         } catch {
@@ -295,7 +317,7 @@ struct InetSocketRebuilder {
         }
     }
 
-    mutating func take(_ id: Int) -> FileDescriptor? {
+    func take(_ id: Int) -> FileDescriptor? {
         made.removeValue(forKey: id).map { FileDescriptor(rawValue: $0) }
     }
 
@@ -307,7 +329,7 @@ struct InetSocketRebuilder {
         "file #\(id) (\(s.summary))"
     }
 
-    private mutating func build(_ sockets: [(id: Int, state: InetSocketState, flags: UInt32)]) throws {
+    private func build(_ sockets: [(id: Int, state: InetSocketState, flags: UInt32)]) throws {
         func socket(_ id: Int, _ s: InetSocketState) throws -> Int32 {
             let fd = Int32(try check(cryo_inet_socket(s.family, s.kernelType), "socket", object: Self.object(id, s)))
             made[id] = fd

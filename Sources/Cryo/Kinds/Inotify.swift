@@ -8,7 +8,8 @@ import SystemPackage
 /// watches. The path is found from the file handle fdinfo prints, resolved on
 /// a mount of the watched file system, so it is right even when the watched
 /// file was renamed after the watch was added.
-public struct InotifyState: Codable, Sendable {
+public struct InotifyState: DescriptorKind {
+    static let name = "inotify"
     public struct Watch: Codable, Sendable {
         public var wd: Int32
         public var mask: UInt32
@@ -19,7 +20,8 @@ public struct InotifyState: Codable, Sendable {
     }
     public var watches: [Watch]
 
-    static func dump(_ p: DescriptorProbe) throws -> InotifyState {
+    static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> InotifyState? {
+        guard p.link == "anon_inode:inotify" else { return nil }
         let queued = cryo_fionread(p.handle.rawValue)
         if queued > 0 {
             throw CryoError("\(p.object): inotify instance with \(queued) bytes of events not yet read; they cannot be queued again, not supported yet")
@@ -90,7 +92,12 @@ public struct InotifyState: Codable, Sendable {
         throw CryoError("\(object): cannot find the watched path: \(lastError)")
     }
 
-    func open(flags: UInt32, object: String) throws -> FileDescriptor {
+    func summary(_ file: FileTable.OpenFile) -> String {
+        "inotify " + watches.map { "wd \($0.wd) \($0.path) mask 0x\(hex(UInt64($0.mask)))" }.joined(separator: ", ")
+    }
+
+    func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
+        let flags = file.flags
         let fd = FileDescriptor(rawValue: Int32(try check(cryo_inotify_init(Int32(bitPattern: flags) & O_NONBLOCK != 0 ? 1 : 0),
                                                           "inotify_init1", object: object)))
         do {

@@ -5,7 +5,8 @@ import Glibc
 import SystemPackage
 
 /// memfd: name, size, mode, seals; the contents go to filedata-ID.img.
-public struct MemfdState: Codable, Sendable {
+public struct MemfdState: DescriptorKind {
+    static let name = "memfd"
     static let prefix = "/memfd:"
     public var name: String
     public var size: Int64
@@ -13,6 +14,11 @@ public struct MemfdState: Codable, Sendable {
     public var seals: Int32
     /// The memfd's inode: descriptions and mappings of one memfd share it, and so one memfd again after restore.
     public var inode: UInt64?
+
+    static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> MemfdState? {
+        guard p.stat.st_mode & S_IFMT == S_IFREG, p.link.hasPrefix(prefix) else { return nil }
+        return try dump(p.handle, object: p.object, into: table, id: id)
+    }
 
     static func dump(_ handle: FileDescriptor, object: String, into context: FileTableBuilder, id: Int) throws -> MemfdState {
         let link = try Files.readLink("/proc/self/fd/\(handle.rawValue)")
@@ -25,8 +31,18 @@ public struct MemfdState: Codable, Sendable {
                           inode: UInt64(st.st_ino))
     }
 
-    /// `sibling`: a description already restored for the same memfd (same inode at dump): reopened, not made anew.
-    func open(flags: UInt32, position: Int64, object: String, paths: ImagePaths, id: Int, sibling: FileDescriptor? = nil) throws -> FileDescriptor {
+    func summary(_ file: FileTable.OpenFile) -> String {
+        "memfd \(name) (\(size) bytes, seals 0x\(hex(UInt64(seals))))"
+    }
+
+    /// A description of a memfd already restored (same inode at dump) is a new description of that memfd.
+    func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
+        let sibling = inode == nil ? nil : Self.entries(context.files).first { $0.file.id < file.id && $0.state.inode == inode }
+        return try open(flags: file.flags, position: file.position, object: object, paths: context.paths, id: file.id,
+                        sibling: sibling.map { context.opened[$0.file.id] })
+    }
+
+    func open(flags: UInt32, position: Int64, object: String, paths: ImagePaths, id: Int, sibling: FileDescriptor?) throws -> FileDescriptor {
         if let sibling { return try reopen(path: "/proc/self/fd/\(sibling.rawValue)", flags: flags, position: position, object: object) }
         let fd = Int32(try check(cryo_memfd_create(name, 1), "memfd_create", object: "\(object) (\(name))"))
         let memfd = FileDescriptor(rawValue: fd)
@@ -39,6 +55,25 @@ public struct MemfdState: Codable, Sendable {
         _ = fchmod(fd, mode_t(mode))
         if seals != 0 { _ = try check(cryo_add_seals(fd, seals), "fcntl(F_ADD_SEALS)", object: object) }
         return try reopen(path: "/proc/self/fd/\(fd)", flags: flags, position: position, object: object)
+    }
+}
+
+extension FileTableBuilder {
+    /// The file table entry of the memfd behind a mapping of `pid`: the entry of a
+    /// descriptor (or an earlier mapping) of the same memfd, else a new entry, read
+    /// through /proc/PID/map_files, that no descriptor names.
+    func memfdMapping(pid: pid_t, start: UInt64, end: UInt64) throws -> Int {
+        let object = "pid \(pid): mapping 0x\(String(start, radix: 16))-0x\(String(end, radix: 16))"
+        let path = "/proc/\(pid)/map_files/\(String(start, radix: 16))-\(String(end, radix: 16))"
+        let handle: FileDescriptor
+        do { handle = try Files.open(path, .readOnly) } catch { throw CryoError("\(object): \(error)") }
+        defer { try? handle.close() }
+        let st = try Files.stat(handle, object: object)
+        if let known = MemfdState.entries(table.files).first(where: { $0.state.inode == UInt64(st.st_ino) }) { return known.file.id }
+        let id = table.files.count
+        let state = try MemfdState.dump(handle, object: object, into: self, id: id)
+        add(FileTable.OpenFile(id: id, flags: UInt32(O_RDWR), position: 0, state: state), object: object)
+        return id
     }
 }
 

@@ -6,7 +6,8 @@ import SystemPackage
 
 /// One end of an anonymous pipe. The pipe's buffered bytes and size are kept
 /// with the first end seen; both ends of one pipe are rebuilt from one pipe().
-public struct PipeEndState: Codable, Sendable {
+public struct PipeEndState: DescriptorKind {
+    static let name = "pipe"
     public var inode: UInt64
     public var isReadEnd: Bool
     public var capacity: Int32
@@ -15,11 +16,34 @@ public struct PipeEndState: Codable, Sendable {
 }
 
 extension PipeEndState {
-    static func dump(_ p: DescriptorProbe) throws -> PipeEndState {
+    static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> PipeEndState? {
+        guard p.stat.st_mode & S_IFMT == S_IFIFO, p.link.hasPrefix("pipe:") else { return nil }
+        return try dumpEnd(p, into: table)
+    }
+
+    /// An end of a pipe or FIFO; its buffered bytes stay with the first end dumped.
+    static func dumpEnd(_ p: DescriptorProbe, into table: FileTableBuilder) throws -> PipeEndState {
         let accessMode = Int32(bitPattern: p.flags) & O_ACCMODE
         let capacity = try Files.fcntl(p.handle.rawValue, CRYO_F_GETPIPE_SZ, object: p.object)
-        return PipeEndState(inode: UInt64(p.stat.st_ino), isReadEnd: accessMode == O_RDONLY, capacity: capacity,
-                            buffered: Data(try peek(p, capacity: capacity)))
+        let inode = UInt64(p.stat.st_ino)
+        let kept = table.table.files.contains { f in
+            (f.state as? PipeEndState)?.inode == inode || (f.state as? FifoState)?.end.inode == inode
+        }
+        return PipeEndState(inode: inode, isReadEnd: accessMode == O_RDONLY, capacity: capacity,
+                            buffered: kept ? nil : Data(try peek(p, capacity: capacity)))
+    }
+
+    func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
+        try context.rebuilder(PipeRebuilder.self).end(self, flags: file.flags, object: object)
+    }
+
+    func summary(_ file: FileTable.OpenFile) -> String {
+        "pipe:[\(inode)] \(isReadEnd ? "read" : "write") end" + bufferedSummary
+    }
+
+    var bufferedSummary: String {
+        guard let buffered, !buffered.isEmpty else { return "" }
+        return " (\(buffered.count) bytes buffered)"
     }
 
     /// tee() copies the buffered bytes into a scratch pipe without consuming them.
@@ -46,12 +70,38 @@ extension PipeEndState {
     }
 }
 
+/// A named FIFO: its path, and the state of a pipe end (`pipe` in files.img).
+struct FifoState: DescriptorKind {
+    static let name = "fifo"
+    static let key: String? = "pipe"
+    var end: PipeEndState
+
+    init(end: PipeEndState) { self.end = end }
+    init(from decoder: Decoder) throws { end = try PipeEndState(from: decoder) }
+    func encode(to encoder: Encoder) throws { try end.encode(to: encoder) }
+
+    static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> FifoState? {
+        guard p.stat.st_mode & S_IFMT == S_IFIFO, !p.link.hasPrefix("pipe:") else { return nil }
+        return FifoState(end: try PipeEndState.dumpEnd(p, into: table))
+    }
+
+    func recordedPath(_ p: DescriptorProbe) -> String? { p.link }
+
+    func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
+        try context.rebuilder(PipeRebuilder.self).fifoEnd(end, path: file.path ?? "", flags: file.flags, object: object)
+    }
+
+    func summary(_ file: FileTable.OpenFile) -> String { (file.path ?? Self.name) + end.bufferedSummary }
+}
+
 /// Creates each pipe once and hands out its ends with their own flags.
-struct PipeRebuilder {
+final class PipeRebuilder: KindRebuilder {
+    init(_ context: OpenContext) {}
+
     private var pipes: [UInt64: (read: Int32, write: Int32)] = [:]
     private var holders: [UInt64: Int32] = [:]
 
-    mutating func end(_ state: PipeEndState, flags: UInt32, object: String) throws -> FileDescriptor {
+    func end(_ state: PipeEndState, flags: UInt32, object: String) throws -> FileDescriptor {
         let ends: (read: Int32, write: Int32)
         if let existing = pipes[state.inode] {
             ends = existing
@@ -77,7 +127,7 @@ struct PipeRebuilder {
 
     /// A named FIFO: one holder opened read-write per FIFO keeps it alive
     /// (so no open blocks) while its bytes are put back and its ends reopened.
-    mutating func fifoEnd(_ state: PipeEndState, path: String, flags: UInt32, object: String) throws -> FileDescriptor {
+    func fifoEnd(_ state: PipeEndState, path: String, flags: UInt32, object: String) throws -> FileDescriptor {
         if holders[state.inode] == nil {
             let holder = Glibc.open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC)
             if holder < 0 { throw SyscallError("open", errno: Errno(rawValue: cryo_errno()), object: "\(object): FIFO \(path)") }

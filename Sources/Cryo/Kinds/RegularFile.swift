@@ -6,7 +6,8 @@ import SystemPackage
 
 /// A regular file: reopened by path, or, when it was unlinked while open,
 /// recreated unlinked from the contents saved in the image.
-public struct RegularFileState: Codable, Sendable {
+public struct RegularFileState: DescriptorKind {
+    static let name = "regular"
     public var path: String
     public var size: Int64
     public var mode: UInt32
@@ -19,14 +20,9 @@ public struct RegularFileState: Codable, Sendable {
 extension RegularFileState {
     static let deletedSuffix = " (deleted)"
 
-    static func livePath(_ p: DescriptorProbe) throws -> String {
-        guard p.link.hasPrefix("/"), !p.link.hasSuffix(deletedSuffix) else {
-            throw CryoError("\(p.object): \(p.link) has no path that can be reopened")
-        }
-        return p.link
-    }
-
-    static func dump(_ p: DescriptorProbe, into context: FileTableBuilder, id: Int) throws -> RegularFileState {
+    /// A memfd is a regular file too: MemfdState comes first in the registry.
+    static func dump(_ p: DescriptorProbe, into context: FileTableBuilder, id: Int) throws -> RegularFileState? {
+        guard p.stat.st_mode & S_IFMT == S_IFREG else { return nil }
         let unlinked = p.stat.st_nlink == 0
         var path = p.link
         if unlinked && path.hasSuffix(deletedSuffix) { path.removeLast(deletedSuffix.count) }
@@ -39,7 +35,14 @@ extension RegularFileState {
                                 device: UInt64(p.stat.st_dev), inode: UInt64(p.stat.st_ino), unlinked: unlinked)
     }
 
-    func open(flags: UInt32, position: Int64, object: String, paths: ImagePaths, id: Int) throws -> FileDescriptor {
+    func recordedPath(_ p: DescriptorProbe) -> String? { path }
+
+    func summary(_ file: FileTable.OpenFile) -> String {
+        (file.path ?? path) + (unlinked ? " (unlinked, contents in image)" : "")
+    }
+
+    func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
+        let (flags, position, paths, id) = (file.flags, file.position, context.paths, file.id)
         if !unlinked {
             let st: Glibc.stat
             do { st = try Files.stat(path) } catch { throw CryoError("\(object): \(error)") }

@@ -11,7 +11,8 @@ import SystemPackage
 ///   tree; restore makes a new pair (its index may differ) and puts back
 ///   termios, window size, lock and the bytes waiting on either side.
 /// - `currentTerminal`: `/dev/tty` opened by a shell job: reopened by cryo at restore.
-public struct TerminalState: Codable, Sendable {
+public struct TerminalState: DescriptorKind {
+    static let name = "terminal"
     public enum Role: String, Codable, Sendable { case controllingTerminal, currentTerminal, ptyMaster, ptySlave }
     public var role: Role
     /// The pty's index at dump (/dev/pts/N): pairs master and slaves; not kept at restore.
@@ -54,7 +55,10 @@ public struct TerminalState: Codable, Sendable {
         return tty
     }
 
-    static func dump(_ p: DescriptorProbe, shellJob: Bool, leaveRunning: Bool) throws -> TerminalState? {
+    /// nil for a character device that is no terminal cryo knows (CharacterDevice comes next).
+    static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> TerminalState? {
+        guard p.stat.st_mode & S_IFMT == S_IFCHR else { return nil }
+        let (shellJob, leaveRunning) = (table.options.shellJob, table.options.leaveRunning)
         let rdev = UInt64(p.stat.st_rdev)
         let major = UInt32((rdev >> 8) & 0xfff), minor = UInt32((rdev & 0xff) | ((rdev >> 12) & ~0xff))
         if p.link == "/dev/tty" {
@@ -81,6 +85,24 @@ public struct TerminalState: Codable, Sendable {
             return try withTermios(handle, role: .ptySlave, index: Int32((major - 136) * 256 + minor), object: p.object)
         }
         return nil  // not a terminal cryo knows
+    }
+
+    func recordedPath(_ p: DescriptorProbe) -> String? { p.link }
+
+    /// A pty slave needs its master: a new pair is made from the master's state.
+    static func finishDump(_ table: FileTableBuilder) throws {
+        let terminals = entries(table.table.files)
+        for (f, slave) in terminals where slave.role == .ptySlave {
+            guard terminals.contains(where: { $0.state.role == .ptyMaster && $0.state.index == slave.index }) else {
+                throw CryoError("file \(f.path ?? "") (pty \(slave.index ?? -1)): the slave of a pseudo-terminal whose master is outside the dumped tree, not supported yet")
+            }
+        }
+    }
+
+    func summary(_ file: FileTable.OpenFile) -> String { "terminal (\(role.rawValue)\(index.map { " pts \($0)" } ?? ""))" }
+
+    func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
+        try context.rebuilder(TerminalRebuilder.self).open(file, self, object: object)
     }
 
     static func withTermios(_ fd: Int32, role: Role, index: Int32, object: String) throws -> TerminalState {
@@ -186,19 +208,17 @@ public struct TerminalState: Codable, Sendable {
 
 /// Rebuilds the terminals of the file table in the controller: one new pty
 /// pair per pty index of the image.
-struct TerminalRebuilder {
-    let files: [FileTable.OpenFile]
+final class TerminalRebuilder: KindRebuilder {
+    let terminals: [(file: FileTable.OpenFile, state: TerminalState)]
     let shellJob: Bool
     private var masters: [Int32: FileDescriptor] = [:]
-    private var keep: [FileDescriptor] = []
 
-    init(files: [FileTable.OpenFile], shellJob: Bool) {
-        self.files = files
-        self.shellJob = shellJob
+    init(_ context: OpenContext) {
+        terminals = TerminalState.entries(context.files)
+        shellJob = context.options.shellJob
     }
 
-    mutating func open(_ f: FileTable.OpenFile, object: String) throws -> FileDescriptor {
-        let state = f.terminal!
+    func open(_ f: FileTable.OpenFile, _ state: TerminalState, object: String) throws -> FileDescriptor {
         let flags = Int32(bitPattern: f.flags) & (O_ACCMODE | O_NONBLOCK | O_APPEND | O_ASYNC)
         switch state.role {
         case .controllingTerminal, .currentTerminal:
@@ -235,10 +255,9 @@ struct TerminalRebuilder {
 
     /// The new master for the image's pty `index`, made on first use with
     /// termios, window size, queued bytes and lock of the image.
-    private mutating func pair(index: Int32, object: String) throws -> FileDescriptor {
+    private func pair(index: Int32, object: String) throws -> FileDescriptor {
         if let master = masters[index] { return master }
-        guard let masterFile = files.first(where: { $0.terminal?.role == .ptyMaster && $0.terminal?.index == index }),
-              let state = masterFile.terminal else {
+        guard let (masterFile, state) = terminals.first(where: { $0.state.role == .ptyMaster && $0.state.index == index }) else {
             throw CryoError("\(object): pty \(index) has no master in the image")
         }
         let access = Int32(bitPattern: masterFile.flags) & O_ACCMODE
@@ -251,7 +270,7 @@ struct TerminalRebuilder {
         defer { Glibc.close(Int32(slave)) }
         // Each side has its own termios; the window size is the pair's.
         try state.apply(to: raw, object: object)
-        if let slaveState = files.first(where: { $0.terminal?.role == .ptySlave && $0.terminal?.index == index })?.terminal {
+        if let slaveState = terminals.first(where: { $0.state.role == .ptySlave && $0.state.index == index })?.state {
             try slaveState.apply(to: Int32(slave), object: object)
         }
         try TerminalState.fill(master: raw, slave: Int32(slave), toSlave: state.toSlave, toMaster: state.toMaster, object: object)
@@ -265,7 +284,7 @@ struct TerminalRebuilder {
         return FileDescriptor(rawValue: copy)
     }
 
-    mutating func closeAll() {
+    func closeAll() {
         for fd in masters.values { try? fd.close() }
         masters = [:]
     }

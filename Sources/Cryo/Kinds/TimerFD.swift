@@ -6,14 +6,16 @@ import SystemPackage
 
 /// timerfd: clock, time left, interval and expirations not yet read. An
 /// absolute timer comes back as a relative one with the same time left.
-public struct TimerFDState: Codable, Sendable {
+public struct TimerFDState: DescriptorKind {
+    static let name = "timerfd"
     public var clock: Int32
     public var ticks: UInt64
     public var valueNanoseconds: Int64
     public var intervalNanoseconds: Int64
     public var absolute: Bool
 
-    static func dump(_ p: DescriptorProbe) throws -> TimerFDState {
+    static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> TimerFDState? {
+        guard p.link == "anon_inode:[timerfd]" else { return nil }
         func pair(_ key: String) -> Int64? {
             // "(seconds, nanoseconds)"
             guard let text = p.info.value(key) else { return nil }
@@ -29,8 +31,13 @@ public struct TimerFDState: Codable, Sendable {
                             intervalNanoseconds: interval, absolute: settime & 1 != 0)
     }
 
-    func open(flags: UInt32, object: String) throws -> FileDescriptor {
-        FileDescriptor(rawValue: Int32(try check(
+    func summary(_ file: FileTable.OpenFile) -> String {
+        "timerfd clock \(clock), next in \(valueNanoseconds) ns, interval \(intervalNanoseconds) ns"
+    }
+
+    func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
+        let flags = file.flags
+        return FileDescriptor(rawValue: Int32(try check(
             cryo_timerfd(clock, Int32(bitPattern: flags) & O_NONBLOCK != 0 ? 1 : 0, valueNanoseconds / 1_000_000_000,
                          valueNanoseconds % 1_000_000_000, intervalNanoseconds / 1_000_000_000,
                          intervalNanoseconds % 1_000_000_000, ticks),

@@ -15,7 +15,8 @@ import SystemPackage
 /// its listener and accepting when one end is the accepted side; a peer
 /// outside the image by connecting to its name again), then each queue is
 /// refilled from the peer end, and last the options and shutdown state.
-public struct UnixSocketState: Codable, Sendable {
+public struct UnixSocketState: DescriptorKind {
+    static let name = "unixSocket"
     public enum SocketType: String, Codable, Sendable {
         case stream, dgram, seqpacket
         var kernelValue: Int32 { switch self { case .stream: 1; case .dgram: 2; case .seqpacket: 5 } }
@@ -69,7 +70,9 @@ public struct UnixSocketState: Codable, Sendable {
 // MARK: - Dump
 
 extension UnixSocketState {
-    static func dump(_ p: DescriptorProbe) throws -> UnixSocketState {
+    /// Every socket that is not an inet one (InetSocketState comes first): others are refused here by family.
+    static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> UnixSocketState? {
+        guard p.stat.st_mode & S_IFMT == S_IFSOCK else { return nil }
         let fd = p.handle.rawValue
         let family = try option(fd, CRYO_SO_DOMAIN, p.object)
         guard family == AF_UNIX else {
@@ -251,9 +254,9 @@ extension UnixSocketState {
     /// Checks across the whole table, once every process is dumped: what
     /// restore could not rebuild is refused here, naming the descriptor.
     static func checkConnections(_ files: [FileTable.OpenFile], objects: [Int: String]) throws {
-        let byInode = Dictionary(files.compactMap { f in f.unixSocket.map { ($0.inode, $0) } }, uniquingKeysWith: { a, _ in a })
-        for f in files {
-            guard let s = f.unixSocket else { continue }
+        let sockets = entries(files)
+        let byInode = Dictionary(sockets.map { ($0.state.inode, $0.state) }, uniquingKeysWith: { a, _ in a })
+        for (f, s) in sockets {
             let what = "\(objects[f.id] ?? "file #\(f.id)"): a unix \(s.type.rawValue) socket (socket:[\(s.inode)])"
             let count = s.type == .stream ? s.queued.first?.count ?? 0 : s.queued.count
             let messages = "\(count) unread \(s.type == .stream ? "byte" : "message")\(count == 1 ? "" : "s")"
@@ -287,6 +290,27 @@ extension UnixSocketState {
         }
     }
 
+    static func finishDump(_ table: FileTableBuilder) throws {
+        try checkConnections(table.table.files, objects: table.objects)
+    }
+
+    static func validate(_ files: [FileTable.OpenFile]) -> String? {
+        var inodes = Set<UInt64>()
+        for (f, s) in entries(files) where !inodes.insert(s.inode).inserted {
+            return "file #\(f.id): socket:[\(s.inode)] appears twice"
+        }
+        return nil
+    }
+
+    func summary(_ file: FileTable.OpenFile) -> String { summary }
+
+    func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
+        guard let socket = try context.rebuilder(UnixSocketRebuilder.self).take(file.id) else {
+            throw CryoError("\(object): socket was not rebuilt")
+        }
+        return socket
+    }
+
     func validate() -> String? {
         if let name, name.isEmpty || name.count > Int(CRYO_UNIX_NAME_MAX) { return "a unix socket name of \(name.count) bytes" }
         if state == .listening && (backlog == nil || type == .dgram) { return "a listening unix \(type.rawValue) socket without backlog" }
@@ -301,11 +325,11 @@ extension UnixSocketState {
 
 /// Makes every unix socket of the image at once (they refer to each other
 /// by name and as peers), then hands each out as its open file description.
-struct UnixSocketRebuilder {
+final class UnixSocketRebuilder: KindRebuilder {
     private var made: [Int: Int32] = [:]
 
-    init(files: [FileTable.OpenFile]) throws {
-        var builder = Builder(files: files)
+    init(_ context: OpenContext) throws {
+        var builder = Builder(files: context.files)
         do {
             try builder.build()
         } catch {
@@ -316,7 +340,7 @@ struct UnixSocketRebuilder {
         for fd in builder.temporary { close(fd) }
     }
 
-    mutating func take(_ id: Int) -> FileDescriptor? {
+    func take(_ id: Int) -> FileDescriptor? {
         made.removeValue(forKey: id).map { FileDescriptor(rawValue: $0) }
     }
 
@@ -336,7 +360,7 @@ struct UnixSocketRebuilder {
         var removeAfter: [String] = []
 
         init(files: [FileTable.OpenFile]) {
-            sockets = files.compactMap { f in f.unixSocket.map { (f.id, $0, f.flags) } }
+            sockets = UnixSocketState.entries(files).map { ($0.file.id, $0.state, $0.file.flags) }
             byInode = Dictionary(sockets.map { ($0.state.inode, $0.id) }, uniquingKeysWith: { a, _ in a })
             states = Dictionary(uniqueKeysWithValues: sockets.map { ($0.id, $0.state) })
         }

@@ -47,9 +47,9 @@ public struct Dumper {
         let madeDirectory = !Files.exists(options.directory)
         let inventoryFD = try paths.claim("inventory.img", holding: "an image")
         var created = [paths.inventory]
-        let fileTable = FileTableBuilder(paths: paths, tcpEstablished: options.tcpEstablished,
-                                         shellJob: options.shellJob, leaveRunning: options.leaveRunning)
-        defer { fileTable.releaseConnections() }
+        let fileTable = FileTableBuilder(paths: paths, options: KindOptions(tcpEstablished: options.tcpEstablished,
+                                                                            shellJob: options.shellJob, leaveRunning: options.leaveRunning))
+        defer { fileTable.release() }
         var success = false
         defer {
             try? inventoryFD.close()
@@ -163,10 +163,10 @@ public struct Dumper {
             tree.release()
         } else {
             // Dead while still traced: no process runs another instruction, and
-            // as their tracer cryo sees each one die before it returns. Established
-            // connections go into repair mode first: cryo's duplicates are their last
-            // references, and closing those afterwards sends nothing to the peers.
-            fileTable.silenceConnections()
+            // as their tracer cryo sees each one die before it returns. Kinds prepare
+            // first what cryo still holds (established connections go into repair mode:
+            // cryo's duplicates are their last references, and closing those sends nothing).
+            fileTable.prepareForKill()
             tree.kill()
         }
         // Unchanged pages come from the pre-dump now that nothing waits on us (the file was allocated while frozen).

@@ -89,10 +89,9 @@ public struct Restorer {
         statistics.imageReadSeconds = seconds(since: started)
         if options.lazyPages { try LazyServer.check() }
         let inventory = image.inventory
-        if !options.tcpEstablished {
-            // Before anything is touched: the image needs the flag.
-            try InetSocketRebuilder.requireFlag(files: image.fileTable.files)
-        }
+        // Before anything is touched: what the image needs of the options.
+        let kindOptions = KindOptions(tcpEstablished: options.tcpEstablished, shellJob: image.inventory.shellJob)
+        try DescriptorKinds.checkBeforeRestore(image.fileTable.files, options: kindOptions)
         // An ordinary user gets back only processes with their own credentials and capabilities.
         for task in image.tasks { try Caller.current.checkOwn(task.core.credentials, pid: task.core.pid, doing: "restores") }
         if !Restorer.canSuspendSeccomp, let task = image.tasks.first(where: { $0.core.seccomp != nil }) {
@@ -141,8 +140,7 @@ public struct Restorer {
             for task in image.tasks {
                 for d in task.descriptors.descriptors where holders[d.file] == nil { holders[d.file] = "pid \(task.core.pid) fd \(d.fd)" }
             }
-            let descriptions = try image.fileTable.open(paths: image.paths, tcpEstablished: options.tcpEstablished,
-                                                        shellJob: image.inventory.shellJob, holders: holders)
+            let descriptions = try image.fileTable.open(paths: image.paths, options: kindOptions, holders: holders)
             defer { for fd in descriptions { try? fd.close() } }
             let root = try createRoot(image, session: session, parent: namespaceInit)
             faultHook("root-created")
@@ -277,14 +275,13 @@ public struct Restorer {
     /// Room for the largest command: the memory plan (which unmaps what the
     /// new task inherited from cryo, `ownMaps` mappings) or the state records.
     func argumentBytesNeeded(_ task: TaskImage, files: FileTable, ownMaps: Int) -> Int {
-        let epollTargets = task.descriptors.descriptors.reduce(0) { $0 + (files.files[$1.file].epoll?.targets.count ?? 0) }
         return MemoryLayout<cryo_restore_memory>.size + (ownMaps + 64) * 16 + 6 * 24 * 2
             + task.memory.mappings.count * MemoryLayout<cryo_vma>.stride + task.pageIndex.runs.count * 24
             + MemoryLayout<cryo_task_state>.size + MemoryLayout<cryo_restore_extra>.size
             + MemoryLayout<cryo_thread_state>.size
             + task.descriptors.descriptors.count * MemoryLayout<cryo_fd_install>.stride + 4096
-            + epollTargets * MemoryLayout<cryo_epoll_target>.stride
-            + task.descriptors.descriptors.reduce(0) { $0 + ($1.locks?.count ?? 0) } * MemoryLayout<cryo_lock>.stride
+            + DescriptorKinds.afterInstallBytes(InstalledDescriptors(descriptors: task.descriptors.descriptors, files: files.files,
+                                                                     finishedOnce: { _ in true }))
             + (task.core.seccomp?.parasitePayload.count ?? 0)
             + (task.signals.posixTimers?.count ?? 0) * MemoryLayout<cryo_posix_timer>.stride
     }
@@ -499,7 +496,7 @@ public struct Restorer {
                 let writable = m.shared && m.protection.contains("w")
                 let key = "memfd\(writable ? "rw" : "r"):\(file)"
                 if mappingSlots[key] != nil { continue }
-                guard descriptions.indices.contains(file), image.fileTable.files[file].kind == .memfd else {
+                guard descriptions.indices.contains(file), image.fileTable.files[file].kind == MemfdState.name else {
                     throw CryoError("pid \(pid): mapping 0x\(hex(m.start)) names file #\(file), which is not a memfd")
                 }
                 mappingSlots[key] = add(try Files.open("/proc/self/fd/\(descriptions[file].rawValue)", writable ? .readWrite : .readOnly))
@@ -612,23 +609,9 @@ public struct Restorer {
         }
         try parasite.run(CRYO_CMD_INSTALL_FDS, payload: bytes(of: install) + bytes(of: entries), replyBytes: 0)
 
-        // epoll targets are added once per instance, by the first process holding it, now that its fds are in place.
-        var watches: [cryo_epoll_target] = []
-        for d in task.descriptors.descriptors {
-            guard let epoll = image.fileTable.files[d.file].epoll, session.epollsFilled.insert(d.file).inserted else { continue }
-            watches += epoll.entries(epollFD: d.fd)
-        }
-        if !watches.isEmpty {
-            var add = cryo_epoll_add()
-            add.count = UInt32(watches.count)
-            try parasite.run(CRYO_CMD_EPOLL_ADD, payload: bytes(of: add) + bytes(of: watches), replyBytes: 0)
-        }
-        let locks = task.descriptors.descriptors.flatMap { d in (d.locks ?? []).map { $0.entry(fd: d.fd) } }
-        if !locks.isEmpty {
-            var header = cryo_locks()
-            header.count = UInt32(locks.count)
-            try parasite.run(CRYO_CMD_LOCKS, payload: bytes(of: header) + bytes(of: locks), replyBytes: 0)
-        }
+        try DescriptorKinds.afterInstall(InstalledDescriptors(descriptors: task.descriptors.descriptors, files: image.fileTable.files,
+                                                              finishedOnce: { session.descriptionsFinished.insert($0).inserted }),
+                                         parasite: parasite)
 
         try task.core.restoreResourceLimits(pid: pid)
         // Credentials belong to each thread; the leader goes last.
@@ -728,7 +711,8 @@ final class RestoreSession {
     /// By pid in the image.
     var processes: [Int32: RestoringProcess] = [:]
     var namespaceInit: Tracee?
-    var epollsFilled = Set<Int>()
+    /// Descriptions whose in-task work (epoll targets) one process has done for all.
+    var descriptionsFinished = Set<Int>()
     var lazy: LazyServer?
     private var control: ControlListener?
 

@@ -1,0 +1,216 @@
+import CryoInjector
+import CryoSystem
+import Foundation
+import SystemPackage
+
+/// One kind of open file description: the state it keeps in files.img and
+/// everything cryo does with it, in one file under Kinds/. Adding a kind is
+/// that file plus its line in `DescriptorKinds.all` (and, for in-task work,
+/// the parasite's side). The state is the kind: a file table entry cannot
+/// name a kind without carrying its state.
+protocol DescriptorKind: Codable, Sendable {
+    /// `kind` in files.img.
+    static var name: String { get }
+    /// The key of the kind's own object in files.img; nil for a kind that keeps nothing but its path.
+    static var key: String? { get }
+
+    // Dump
+    /// This descriptor's state, or nil when it is of another kind. Kinds are
+    /// asked in registry order; the first that answers takes the descriptor.
+    static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> Self?
+    /// The entry's `path`, shown and used in messages.
+    func recordedPath(_ p: DescriptorProbe) -> String?
+    /// Checks that need every process's descriptors (how sockets connect...), once the tree is dumped.
+    static func finishDump(_ table: FileTableBuilder) throws
+
+    // Image
+    /// What is wrong with this entry's state, if anything.
+    func validate() -> String?
+    /// What is wrong across the entries of this kind (duplicates...), if anything.
+    static func validate(_ files: [FileTable.OpenFile]) -> String?
+
+    // Restore
+    /// Refusals due before anything is created (a missing restore option...).
+    static func checkBeforeRestore(_ files: [FileTable.OpenFile], options: KindOptions) throws
+    /// A new description in the controller, ready to be passed to the tasks.
+    func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor
+    /// Parasite argument bytes `afterInstall` needs for this process at most.
+    static func afterInstallBytes(_ installed: InstalledDescriptors) -> Int
+    /// Work inside a restored process once all its descriptors are in place.
+    static func afterInstall(_ installed: InstalledDescriptors, parasite: Parasite) throws
+
+    // Show
+    /// One line for `cryo show`.
+    func summary(_ file: FileTable.OpenFile) -> String
+}
+
+extension DescriptorKind {
+    static var key: String? { name }
+    func recordedPath(_ p: DescriptorProbe) -> String? { nil }
+    static func finishDump(_ table: FileTableBuilder) throws {}
+    func validate() -> String? { nil }
+    static func validate(_ files: [FileTable.OpenFile]) -> String? { nil }
+    static func checkBeforeRestore(_ files: [FileTable.OpenFile], options: KindOptions) throws {}
+    static func afterInstallBytes(_ installed: InstalledDescriptors) -> Int { 0 }
+    static func afterInstall(_ installed: InstalledDescriptors, parasite: Parasite) throws {}
+    func summary(_ file: FileTable.OpenFile) -> String { file.path ?? Self.name }
+
+    /// The states of this kind in a file table, with their entries.
+    static func entries(_ files: [FileTable.OpenFile]) -> [(file: FileTable.OpenFile, state: Self)] {
+        files.compactMap { f in (f.state as? Self).map { (f, $0) } }
+    }
+}
+
+/// The registry of descriptor kinds.
+enum DescriptorKinds {
+    /// In the order dump asks them: memfd before regular files, terminals before other character devices.
+    static let all: [any DescriptorKind.Type] = [
+        MemfdState.self,
+        RegularFileState.self,
+        DirectoryState.self,
+        TerminalState.self,
+        CharacterDevice.self,
+        PipeEndState.self,
+        FifoState.self,
+        InetSocketState.self,
+        UnixSocketState.self,
+        EventFDState.self,
+        SignalFDState.self,
+        TimerFDState.self,
+        InotifyState.self,
+        EpollState.self,
+    ]
+
+    static func named(_ name: String) -> (any DescriptorKind.Type)? {
+        all.first { $0.name == name }
+    }
+
+    static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> (any DescriptorKind)? {
+        for kind in all {
+            if let state = try kind.dump(p, into: table, id: id) { return state }
+        }
+        return nil
+    }
+
+    static func checkBeforeRestore(_ files: [FileTable.OpenFile], options: KindOptions) throws {
+        for kind in all { try kind.checkBeforeRestore(files, options: options) }
+    }
+
+    static func afterInstallBytes(_ installed: InstalledDescriptors) -> Int {
+        all.reduce(FileLock.afterInstallBytes(installed)) { $0 + $1.afterInstallBytes(installed) }
+    }
+
+    /// What each kind does once a process's descriptors are installed, then its locks, which any kind may hold.
+    static func afterInstall(_ installed: InstalledDescriptors, parasite: Parasite) throws {
+        for kind in all { try kind.afterInstall(installed, parasite: parasite) }
+        try FileLock.afterInstall(installed, parasite: parasite)
+    }
+}
+
+/// Options of dump and restore that some kinds depend on.
+struct KindOptions: Sendable {
+    /// --tcp-established: established TCP connections are dumped and restored (otherwise refused).
+    var tcpEstablished = false
+    /// --shell-job: cryo's own terminal may be among the descriptors.
+    var shellJob = false
+    /// --leave-running: what dump takes out of a kernel object goes back.
+    var leaveRunning = false
+}
+
+/// One restored process's descriptor table, installed, with the file table it names.
+struct InstalledDescriptors {
+    let descriptors: [DescriptorsRecord.Descriptor]
+    let files: [FileTable.OpenFile]
+    /// Shared by the whole restore: ids of descriptions some process already finished
+    /// (an epoll's targets are added once, by the first process holding it).
+    let finishedOnce: (Int) -> Bool
+
+    /// (fd, entry, state) for every descriptor of kind K.
+    func of<K: DescriptorKind>(_ kind: K.Type) -> [(fd: Int32, file: FileTable.OpenFile, state: K)] {
+        descriptors.compactMap { d in (files[d.file].state as? K).map { (d.fd, files[d.file], $0) } }
+    }
+}
+
+/// What the kinds share while the file table is opened at restore: the
+/// descriptions opened so far, and one rebuilder per kind that builds all its
+/// objects together (pipes, sockets, pty pairs).
+final class OpenContext {
+    let files: [FileTable.OpenFile]
+    let paths: ImagePaths
+    let options: KindOptions
+    /// By file id, those opened so far.
+    var opened: [FileDescriptor] = []
+    private var rebuilders: [ObjectIdentifier: any KindRebuilder] = [:]
+
+    init(files: [FileTable.OpenFile], paths: ImagePaths, options: KindOptions) {
+        self.files = files
+        self.paths = paths
+        self.options = options
+    }
+
+    /// The kind's rebuilder, made on first use.
+    func rebuilder<R: KindRebuilder>(_ type: R.Type) throws -> R {
+        if let made = rebuilders[ObjectIdentifier(type)] as? R { return made }
+        let made = try R(self)
+        rebuilders[ObjectIdentifier(type)] = made
+        return made
+    }
+
+    /// cryo's own copies go once every description is open (or the opening failed).
+    func closeRebuilders() {
+        for r in rebuilders.values { r.closeAll() }
+        rebuilders = [:]
+    }
+}
+
+/// Builds every object of one kind of the image at once, then hands out descriptions.
+protocol KindRebuilder: AnyObject {
+    init(_ context: OpenContext) throws
+    /// Closes cryo's own copies of whatever was made.
+    func closeAll()
+}
+
+extension FileTable.OpenFile {
+    private enum CodingKeys: String, CodingKey { case id, kind, flags, position, path }
+    private struct KindKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    /// `kind` names the kind; the kind's object sits beside it under its key.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        id = try c.decode(Int.self, forKey: .id)
+        flags = try c.decode(UInt32.self, forKey: .flags)
+        position = try c.decode(Int64.self, forKey: .position)
+        path = try c.decodeIfPresent(String.self, forKey: .path)
+        let name = try c.decode(String.self, forKey: .kind)
+        guard let kind = DescriptorKinds.named(name) else {
+            throw DecodingError.dataCorruptedError(forKey: .kind, in: c, debugDescription: "unknown kind \(name)")
+        }
+        state = try Self.decodeState(kind, from: decoder)
+    }
+
+    private static func decodeState<K: DescriptorKind>(_ kind: K.Type, from decoder: Decoder) throws -> K {
+        guard let key = K.key else { return try K(from: decoder) }
+        return try decoder.container(keyedBy: KindKey.self).decode(K.self, forKey: KindKey(stringValue: key))
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(kind, forKey: .kind)
+        try c.encode(flags, forKey: .flags)
+        try c.encode(position, forKey: .position)
+        try c.encodeIfPresent(path, forKey: .path)
+        try encodeState(state, to: encoder)
+    }
+
+    private func encodeState<K: DescriptorKind>(_ state: K, to encoder: Encoder) throws {
+        guard let key = K.key else { return }
+        var c = encoder.container(keyedBy: KindKey.self)
+        try c.encode(state, forKey: KindKey(stringValue: key))
+    }
+}
