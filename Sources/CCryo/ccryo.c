@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "ccryo.h"
+#include "ccryo_kinds.h"
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
@@ -308,56 +309,12 @@ long cryo_clone3_namespace_init(int park_fd, pid_t root_pid) {
     __builtin_unreachable();
 }
 
-long cryo_eventfd(uint64_t count, int semaphore, int nonblock) {
-    int fd = eventfd(0, EFD_CLOEXEC | (semaphore ? EFD_SEMAPHORE : 0) | (nonblock ? EFD_NONBLOCK : 0));
-    if (fd < 0) return -errno;
-    /* A write adds to the counter, which may exceed the 32-bit initial value. */
-    if (count && write(fd, &count, sizeof(count)) != sizeof(count)) { int e = errno; close(fd); return -e; }
-    return fd;
-}
-long cryo_signalfd(uint64_t mask, int nonblock) {
-    return RAW(syscall(SYS_signalfd4, -1, &mask, sizeof(mask), SFD_CLOEXEC | (nonblock ? SFD_NONBLOCK : 0)));
-}
-long cryo_timerfd(int clock, int nonblock, int64_t vs, int64_t vns, int64_t is, int64_t ins, uint64_t ticks) {
-    int fd = timerfd_create(clock, TFD_CLOEXEC | (nonblock ? TFD_NONBLOCK : 0));
-    if (fd < 0) return -errno;
-    /* A periodic timer whose expiry already passed shows 0 time left; 0 would disarm it. */
-    if (!vs && !vns && (is || ins)) vns = 1;
-    struct itimerspec spec = { { is, ins }, { vs, vns } };
-    if (timerfd_settime(fd, 0, &spec, NULL) < 0) { int e = errno; close(fd); return -e; }
-    /* Expirations not yet read (TFD_IOC_SET_TICKS, a checkpoint/restore ioctl). */
-    if (ticks && ioctl(fd, _IOW('T', 0, uint64_t), &ticks) < 0) { int e = errno; close(fd); return -e; }
-    return fd;
-}
-long cryo_epoll_create(void) { return RAW(epoll_create1(EPOLL_CLOEXEC)); }
-long cryo_memfd_create(const char *name, int allow_sealing) {
-    return RAW(syscall(SYS_memfd_create, name, MFD_CLOEXEC | (allow_sealing ? MFD_ALLOW_SEALING : 0)));
-}
-long cryo_get_seals(int fd) { return RAW(fcntl(fd, F_GET_SEALS)); }
-long cryo_add_seals(int fd, int seals) { return RAW(fcntl(fd, F_ADD_SEALS, seals)); }
+/* Constants ccryo_kinds.h spells out because Swift sees no GNU declarations. */
+_Static_assert(CRYO_MFD_CLOEXEC == MFD_CLOEXEC && CRYO_MFD_ALLOW_SEALING == MFD_ALLOW_SEALING && CRYO_O_PATH == O_PATH
+               && CRYO_F_ADD_SEALS == F_ADD_SEALS && CRYO_F_GET_SEALS == F_GET_SEALS, "GNU constants");
 
-#include <sys/inotify.h>
-#include <stdlib.h>
 #include <sys/ioctl.h>
 #include <termios.h>
-#ifndef INOTIFY_IOC_SETNEXTWD
-#define INOTIFY_IOC_SETNEXTWD _IOW('I', 0, int32_t)
-#endif
-long cryo_inotify_init(int nonblock) { return RAW(inotify_init1(IN_CLOEXEC | (nonblock ? IN_NONBLOCK : 0))); }
-long cryo_inotify_add_watch_at(int fd, const char *path, uint32_t mask, int wd) {
-    if (ioctl(fd, INOTIFY_IOC_SETNEXTWD, (long)wd) < 0) return -errno;
-    return RAW(inotify_add_watch(fd, path, mask));
-}
-long cryo_open_by_handle(int mount_fd, int type, const uint8_t *bytes, uint32_t length) {
-    struct file_handle *h = malloc(sizeof(*h) + length);
-    if (!h) return -ENOMEM;
-    h->handle_bytes = length;
-    h->handle_type = type;
-    memcpy(h->f_handle, bytes, length);
-    long r = RAW(open_by_handle_at(mount_fd, h, O_PATH | O_CLOEXEC));
-    free(h);
-    return r;
-}
 long cryo_fionread(int fd) { int n = 0; if (ioctl(fd, FIONREAD, &n) < 0) return -errno; return n; }
 
 long cryo_tcgetattr(int fd, cryo_termios *t) {

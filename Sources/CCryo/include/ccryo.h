@@ -150,21 +150,6 @@ long cryo_copy_file_range(int in_fd, int64_t in_offset, int out_fd, int64_t out_
 /* The uid of a connected unix socket's peer (SO_PEERCRED). */
 long cryo_peer_uid(int socket);
 
-/* Event and timer descriptors, memfd. */
-long cryo_eventfd(uint64_t count, int semaphore, int nonblock);
-long cryo_signalfd(uint64_t mask, int nonblock);
-long cryo_timerfd(int clock, int nonblock, int64_t value_sec, int64_t value_nsec,
-                  int64_t interval_sec, int64_t interval_nsec, uint64_t ticks);
-long cryo_epoll_create(void);
-long cryo_memfd_create(const char *name, int allow_sealing);
-long cryo_get_seals(int fd);
-long cryo_add_seals(int fd, int seals);
-
-/* inotify: a new instance, and one watch added with a chosen wd (INOTIFY_IOC_SETNEXTWD first). */
-long cryo_inotify_init(int nonblock);
-long cryo_inotify_add_watch_at(int fd, const char *path, uint32_t mask, int wd);
-/* Resolves a file handle (fdinfo's f_handle) on the file system of mount_fd to an O_PATH descriptor. */
-long cryo_open_by_handle(int mount_fd, int type, const uint8_t *bytes, uint32_t length);
 /* Bytes waiting to be read (FIONREAD). */
 long cryo_fionread(int fd);
 

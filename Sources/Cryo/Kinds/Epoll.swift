@@ -43,7 +43,7 @@ public struct EpollState: DescriptorKind {
     }
 
     func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
-        FileDescriptor(rawValue: Int32(try check(cryo_epoll_create(), "epoll_create1", object: object)))
+        try FileObjects.epoll(object: object)
     }
 
     static func afterInstallBytes(_ installed: InstalledDescriptors) -> Int {

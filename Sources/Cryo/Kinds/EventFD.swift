@@ -21,8 +21,6 @@ public struct EventFDState: DescriptorKind {
     func summary(_ file: FileTable.OpenFile) -> String { "eventfd count \(count)\(semaphore ? ", semaphore" : "")" }
 
     func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
-        let flags = file.flags
-        return FileDescriptor(rawValue: Int32(try check(cryo_eventfd(count, semaphore ? 1 : 0, Int32(bitPattern: flags) & O_NONBLOCK != 0 ? 1 : 0),
-                                                 "eventfd", object: object)))
+        try FileObjects.eventfd(count: count, semaphore: semaphore, nonBlocking: Int32(bitPattern: file.flags) & O_NONBLOCK != 0, object: object)
     }
 }

@@ -213,9 +213,7 @@ func parseFDInfo(_ text: String) throws -> FDInfo {
 /// Opens `path` as the description was opened (never creating or truncating) and seeks.
 func reopen(path: String, flags: UInt32, position: Int64, object: String) throws -> FileDescriptor {
     let openFlags = Int32(bitPattern: flags) & ~(O_CREAT | O_TRUNC | O_EXCL | O_NOCTTY) | O_CLOEXEC | O_NOCTTY
-    let raw = Glibc.open(path, openFlags)
-    if raw < 0 { throw SyscallError("open", errno: Errno(rawValue: cryo_errno()), object: "\(object) \(path)") }
-    let fd = FileDescriptor(rawValue: raw)
+    let fd = try FileObjects.open(path, flags: openFlags, object: object)
     if position != 0 {
         do { _ = try fd.seek(offset: position, from: .start) } catch {
             try? fd.close()

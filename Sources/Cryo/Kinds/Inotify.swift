@@ -22,7 +22,7 @@ public struct InotifyState: DescriptorKind {
 
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> InotifyState? {
         guard p.link == "anon_inode:inotify" else { return nil }
-        let queued = cryo_fionread(p.handle.rawValue)
+        let queued = try FileObjects.bytesReadable(p.handle, object: p.object)
         if queued > 0 {
             throw CryoError("\(p.object): inotify instance with \(queued) bytes of events not yet read; they cannot be queued again, not supported yet")
         }
@@ -39,7 +39,7 @@ public struct InotifyState: DescriptorKind {
             }
             let path = try resolve(fields, kernelDevice: sdev, inode: ino, object: "\(p.object) (inotify wd \(wd))")
             // The kernel prints dev_t as MAJOR << 20 | MINOR; stat gives the glibc encoding.
-            let device = cryo_makedev(UInt32(sdev >> 20), UInt32(sdev & 0xfffff))
+            let device = FileObjects.deviceNumber(kernelEncoded: sdev)
             watches.append(Watch(wd: wd, mask: mask, path: path, device: device, inode: ino))
         }
         return InotifyState(watches: watches.sorted { $0.wd < $1.wd })
@@ -71,18 +71,17 @@ public struct InotifyState: DescriptorKind {
         mounts.sort { ($0.root == "/" ? 0 : 1) < ($1.root == "/" ? 0 : 1) }
         var lastError = "no mount of device \(wanted) in cryo's mount namespace"
         for mount in mounts {
-            let mountFD = Glibc.open(mount.point, O_RDONLY | O_DIRECTORY | O_CLOEXEC)  // not O_PATH: open_by_handle_at refuses those
-            guard mountFD >= 0 else { continue }
-            defer { Glibc.close(mountFD) }
-            let fd = bytes.withUnsafeBufferPointer { cryo_open_by_handle(mountFD, type, $0.baseAddress, length) }
-            guard fd >= 0 else {
-                lastError = "open_by_handle_at through \(mount.point): \(String(cString: strerror(Int32(-fd))))"
+            // Not O_PATH: open_by_handle_at refuses those.
+            guard let mountFD = try? Files.open(mount.point, .readOnly, options: [.directory]) else { continue }
+            defer { try? mountFD.close() }
+            let fd: FileDescriptor
+            do { fd = try FileObjects.open(handle: bytes, type: type, on: mountFD, object: "through \(mount.point)") } catch {
+                lastError = "\(error)"
                 continue
             }
-            defer { Glibc.close(Int32(fd)) }
-            var st = Glibc.stat()
-            guard fstat(Int32(fd), &st) == 0, UInt64(st.st_ino) == inode else { continue }
-            let path = try Files.readLink("/proc/self/fd/\(fd)")
+            defer { try? fd.close() }
+            guard let st = try? Files.stat(fd, object: object), UInt64(st.st_ino) == inode else { continue }
+            let path = try Files.readLink("/proc/self/fd/\(fd.rawValue)")
             guard path.hasPrefix("/"), !path.hasSuffix(RegularFileState.deletedSuffix) || Files.exists(path) else {
                 lastError = "the watched file (inode \(inode)) has no path any more (\(path))"
                 continue
@@ -97,17 +96,13 @@ public struct InotifyState: DescriptorKind {
     }
 
     func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
-        let flags = file.flags
-        let fd = FileDescriptor(rawValue: Int32(try check(cryo_inotify_init(Int32(bitPattern: flags) & O_NONBLOCK != 0 ? 1 : 0),
-                                                          "inotify_init1", object: object)))
+        let fd = try FileObjects.inotify(nonBlocking: Int32(bitPattern: file.flags) & O_NONBLOCK != 0, object: object)
         do {
             for w in watches {
-                var st = Glibc.stat()
-                if stat(w.path, &st) != 0 || UInt64(st.st_ino) != w.inode || UInt64(st.st_dev) != w.device {
+                guard let st = try? Files.stat(w.path), UInt64(st.st_ino) == w.inode, UInt64(st.st_dev) == w.device else {
                     throw CryoError("\(object): watched path \(w.path) is gone or is another file since the dump")
                 }
-                let got = try check(cryo_inotify_add_watch_at(fd.rawValue, w.path, w.mask, w.wd),
-                                    "inotify_add_watch", object: "\(object) \(w.path)")
+                let got = try FileObjects.addInotifyWatch(fd, path: w.path, mask: w.mask, wd: w.wd, object: object)
                 guard got == Int(w.wd) else {
                     throw CryoError("\(object): \(w.path) was given watch descriptor \(got), not \(w.wd) (two watches of one file?)")
                 }

@@ -27,7 +27,7 @@ public struct MemfdState: DescriptorKind {
         let st = try Files.stat(handle, object: object)
         try saveContents(of: handle, object: object, to: context.paths.fileData(id), context: context)
         return MemfdState(name: name, size: Int64(st.st_size), mode: st.st_mode & 0o7777,
-                          seals: Int32(try check(cryo_get_seals(handle.rawValue), "fcntl(F_GET_SEALS)", object: object)),
+                          seals: try FileObjects.seals(handle, object: object),
                           inode: UInt64(st.st_ino))
     }
 
@@ -44,17 +44,16 @@ public struct MemfdState: DescriptorKind {
 
     func open(flags: UInt32, position: Int64, object: String, paths: ImagePaths, id: Int, sibling: FileDescriptor?) throws -> FileDescriptor {
         if let sibling { return try reopen(path: "/proc/self/fd/\(sibling.rawValue)", flags: flags, position: position, object: object) }
-        let fd = Int32(try check(cryo_memfd_create(name, 1), "memfd_create", object: "\(object) (\(name))"))
-        let memfd = FileDescriptor(rawValue: fd)
+        let memfd = try FileObjects.memfd(name: name, allowSealing: true, object: "\(object) (\(name))")
         defer { try? memfd.close() }
         let data = try Files.read(paths.fileData(id))
         guard data.count == size else {
             throw ImageError(file: (paths.fileData(id) as NSString).lastPathComponent, "holds \(data.count) bytes, the memfd had \(size)")
         }
         try data.withUnsafeBytes { try Files.write(memfd, $0, at: 0, path: "memfd \(name)") }
-        _ = fchmod(fd, mode_t(mode))
-        if seals != 0 { _ = try check(cryo_add_seals(fd, seals), "fcntl(F_ADD_SEALS)", object: object) }
-        return try reopen(path: "/proc/self/fd/\(fd)", flags: flags, position: position, object: object)
+        try FileObjects.setMode(memfd, mode, object: object)
+        if seals != 0 { try FileObjects.addSeals(memfd, seals, object: object) }
+        return try reopen(path: "/proc/self/fd/\(memfd.rawValue)", flags: flags, position: position, object: object)
     }
 }
 

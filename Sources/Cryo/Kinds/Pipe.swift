@@ -24,7 +24,7 @@ extension PipeEndState {
     /// An end of a pipe or FIFO; its buffered bytes stay with the first end dumped.
     static func dumpEnd(_ p: DescriptorProbe, into table: FileTableBuilder) throws -> PipeEndState {
         let accessMode = Int32(bitPattern: p.flags) & O_ACCMODE
-        let capacity = try Files.fcntl(p.handle.rawValue, CRYO_F_GETPIPE_SZ, object: p.object)
+        let capacity = try FileObjects.pipeCapacity(p.handle, object: p.object)
         let inode = UInt64(p.stat.st_ino)
         let kept = table.table.files.contains { f in
             (f.state as? PipeEndState)?.inode == inode || (f.state as? FifoState)?.end.inode == inode
@@ -49,22 +49,20 @@ extension PipeEndState {
     /// tee() copies the buffered bytes into a scratch pipe without consuming them.
     static func peek(_ p: DescriptorProbe, capacity: Int32) throws -> [UInt8] {
         // A read end on the same pipe: a write end's description cannot be read from.
-        let reader = Glibc.open("/proc/\(p.pid)/fd/\(p.fd)", O_RDONLY | O_NONBLOCK | O_CLOEXEC)
-        if reader < 0 { throw SyscallError("open", errno: Errno(rawValue: cryo_errno()), object: "\(p.object) (pipe, to peek)") }
-        defer { close(reader) }
-        var scratch: [Int32] = [0, 0]
-        _ = try check(cryo_pipe2(&scratch, O_CLOEXEC | O_NONBLOCK), "pipe2", object: p.object)
-        defer { close(scratch[0]); close(scratch[1]) }
-        _ = try Files.fcntl(scratch[1], CRYO_F_SETPIPE_SZ, capacity, object: "scratch pipe for \(p.object)")
-        let copied = cryo_tee(reader, scratch[1], Int(capacity), UInt32(CRYO_SPLICE_F_NONBLOCK))
-        if copied == -Int(EAGAIN) { return [] }
-        let count = try check(copied, "tee", pid: p.pid, object: "fd \(p.fd)")
-        var data = [UInt8](repeating: 0, count: count)
-        var got = 0
-        while got < count {
-            let n = data.withUnsafeMutableBytes { read(scratch[0], $0.baseAddress! + got, count - got) }
-            if n <= 0 { throw SyscallError("read", errno: Errno(rawValue: cryo_errno()), object: "scratch pipe for \(p.object)") }
-            got += n
+        let reader: FileDescriptor
+        do { reader = try Files.open("/proc/\(p.pid)/fd/\(p.fd)", .readOnly, options: [.nonBlocking]) } catch {
+            throw CryoError("\(p.object) (pipe, to peek): \(error)")
+        }
+        defer { try? reader.close() }
+        let scratch = try FileObjects.pipe(nonBlocking: true, object: p.object)
+        defer { try? scratch.read.close(); try? scratch.write.close() }
+        try FileObjects.setPipeCapacity(scratch.write, capacity, object: "scratch pipe for \(p.object)")
+        let count = try FileObjects.tee(from: reader, to: scratch.write, length: Int(capacity), object: p.object)
+        var data: [UInt8] = []
+        while data.count < count {
+            let got = try FileObjects.read(scratch.read, upTo: count - data.count, object: "scratch pipe for \(p.object)")
+            if got.isEmpty { throw CryoError("scratch pipe for \(p.object): \(data.count) of \(count) bytes came back") }
+            data += got
         }
         return data
     }
@@ -98,53 +96,48 @@ struct FifoState: DescriptorKind {
 final class PipeRebuilder: KindRebuilder {
     init(_ context: OpenContext) {}
 
-    private var pipes: [UInt64: (read: Int32, write: Int32)] = [:]
-    private var holders: [UInt64: Int32] = [:]
+    private var pipes: [UInt64: (read: FileDescriptor, write: FileDescriptor)] = [:]
+    private var holders: [UInt64: FileDescriptor] = [:]
 
     func end(_ state: PipeEndState, flags: UInt32, object: String) throws -> FileDescriptor {
-        let ends: (read: Int32, write: Int32)
+        let ends: (read: FileDescriptor, write: FileDescriptor)
         if let existing = pipes[state.inode] {
             ends = existing
         } else {
-            var fds: [Int32] = [0, 0]
-            _ = try check(cryo_pipe2(&fds, O_CLOEXEC), "pipe2", object: object)
-            ends = (fds[0], fds[1])
+            ends = try FileObjects.pipe(object: object)
             pipes[state.inode] = ends
-            _ = try Files.fcntl(ends.write, CRYO_F_SETPIPE_SZ, state.capacity, object: object)
+            try FileObjects.setPipeCapacity(ends.write, state.capacity, object: object)
         }
         if let buffered = state.buffered, !buffered.isEmpty {
             // The bytes travel with whichever end was dumped first; write them once.
-            let written = buffered.withUnsafeBytes { write(ends.write, $0.baseAddress!, $0.count) }
-            guard written == buffered.count else {
-                throw SyscallError("write", errno: Errno(rawValue: cryo_errno()), object: "\(object): refilling the pipe")
-            }
+            try FileObjects.writeAll(ends.write, buffered, object: "\(object): refilling the pipe")
         }
         // Each end gets a description of its own, with the old status flags.
         let mine = state.isReadEnd ? ends.read : ends.write
-        let copy = try reopen(path: "/proc/self/fd/\(mine)", flags: flags, position: 0, object: object)
-        return copy
+        return try reopen(path: "/proc/self/fd/\(mine.rawValue)", flags: flags, position: 0, object: object)
     }
 
     /// A named FIFO: one holder opened read-write per FIFO keeps it alive
     /// (so no open blocks) while its bytes are put back and its ends reopened.
     func fifoEnd(_ state: PipeEndState, path: String, flags: UInt32, object: String) throws -> FileDescriptor {
-        if holders[state.inode] == nil {
-            let holder = Glibc.open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC)
-            if holder < 0 { throw SyscallError("open", errno: Errno(rawValue: cryo_errno()), object: "\(object): FIFO \(path)") }
+        let holder: FileDescriptor
+        if let existing = holders[state.inode] {
+            holder = existing
+        } else {
+            do { holder = try Files.open(path, .readWrite, options: [.nonBlocking]) } catch {
+                throw CryoError("\(object): FIFO \(path): \(error)")
+            }
             holders[state.inode] = holder
-            _ = try Files.fcntl(holder, CRYO_F_SETPIPE_SZ, state.capacity, object: object)
+            try FileObjects.setPipeCapacity(holder, state.capacity, object: object)
         }
         if let buffered = state.buffered, !buffered.isEmpty {
-            let written = buffered.withUnsafeBytes { write(holders[state.inode]!, $0.baseAddress!, $0.count) }
-            guard written == buffered.count else {
-                throw SyscallError("write", errno: Errno(rawValue: cryo_errno()), object: "\(object): refilling FIFO \(path)")
-            }
+            try FileObjects.writeAll(holder, buffered, object: "\(object): refilling FIFO \(path)")
         }
         return try reopen(path: path, flags: flags, position: 0, object: object)
     }
 
     func closeAll() {
-        for ends in pipes.values { close(ends.read); close(ends.write) }
-        for holder in holders.values { close(holder) }
+        for ends in pipes.values { try? ends.read.close(); try? ends.write.close() }
+        for holder in holders.values { try? holder.close() }
     }
 }

@@ -63,7 +63,7 @@ extension RegularFileState {
             throw ImageError(file: (paths.fileData(id) as NSString).lastPathComponent, "holds \(data.count) bytes, the file had \(size)")
         }
         try data.withUnsafeBytes { (raw) throws in try Files.write(scratch, raw, at: 0, path: path) }
-        _ = fchmod(raw, mode_t(mode))
+        try FileObjects.setMode(scratch, mode, object: "\(object) for \(path)")
         // Reopening through /proc gives a description with exactly the old access mode and flags.
         return try reopen(path: "/proc/self/fd/\(raw)", flags: flags, position: position, object: object)
     }

@@ -20,8 +20,6 @@ public struct SignalFDState: DescriptorKind {
     func summary(_ file: FileTable.OpenFile) -> String { "signalfd mask 0x\(hex(mask))" }
 
     func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
-        let flags = file.flags
-        return FileDescriptor(rawValue: Int32(try check(cryo_signalfd(mask, Int32(bitPattern: flags) & O_NONBLOCK != 0 ? 1 : 0),
-                                                 "signalfd", object: object)))
+        try FileObjects.signalfd(mask: mask, nonBlocking: Int32(bitPattern: file.flags) & O_NONBLOCK != 0, object: object)
     }
 }

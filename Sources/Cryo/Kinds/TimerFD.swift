@@ -36,11 +36,7 @@ public struct TimerFDState: DescriptorKind {
     }
 
     func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
-        let flags = file.flags
-        return FileDescriptor(rawValue: Int32(try check(
-            cryo_timerfd(clock, Int32(bitPattern: flags) & O_NONBLOCK != 0 ? 1 : 0, valueNanoseconds / 1_000_000_000,
-                         valueNanoseconds % 1_000_000_000, intervalNanoseconds / 1_000_000_000,
-                         intervalNanoseconds % 1_000_000_000, ticks),
-            "timerfd_create/settime", object: object)))
+        try FileObjects.timerfd(clock: clock, nonBlocking: Int32(bitPattern: file.flags) & O_NONBLOCK != 0, valueNanoseconds: valueNanoseconds,
+                                intervalNanoseconds: intervalNanoseconds, ticks: ticks, object: object)
     }
 }

@@ -206,7 +206,7 @@ public final class LazyServer: @unchecked Sendable {
     init(logger: Logger, started: ContinuousClock.Instant) {
         self.logger = logger
         self.started = started
-        wakeup = Int32(truncatingIfNeeded: cryo_eventfd(0, 0, 1))
+        wakeup = (try? FileObjects.eventfd(count: 0, semaphore: false, nonBlocking: true, object: "lazy wakeup"))?.rawValue ?? -1
         push = ProcessInfo.processInfo.environment["CRYO_LAZY_NO_PUSH"] != "1"
     }
 
