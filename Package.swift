@@ -27,6 +27,8 @@ let package = Package(
         // Host tool that turns the linked parasite ELF into a Swift source file.
         .executableTarget(name: "ParasiteEmbed"),
         .plugin(name: "ParasiteBuilder", capability: .buildTool(), dependencies: ["ParasiteEmbed"]),
+        // The commit for `cryo --version`.
+        .plugin(name: "VersionStamp", capability: .buildTool()),
         .target(
             name: "CryoInjector",
             dependencies: ["CryoSystem", "CCryo", "CElf"],
@@ -44,7 +46,8 @@ let package = Package(
                 "Cryo", "CryoSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-            ]),
+            ],
+            plugins: ["VersionStamp"]),
         .testTarget(name: "CryoTests", dependencies: ["cryo", "Cryo"]),
     ]
 )

@@ -64,3 +64,22 @@ scratch=${SCRATCH_PATH:-.build}
 say "swift build -c release --static-swift-stdlib --scratch-path $scratch (in $repo)"
 swift build -c release --static-swift-stdlib --scratch-path "$scratch"
 say "built $(cd "$scratch" && pwd)/release/cryo"
+
+# The manual page (from the command definitions, swift-argument-parser's
+# generate-manual) and shell completions, installed where man and the shells look.
+say "generating the manual page and shell completions"
+swift build -c release --static-swift-stdlib --scratch-path "$scratch" --product generate-manual
+mkdir -p "$scratch/man"
+"$scratch/release/generate-manual" "$scratch/release/cryo" --section 1 --output-directory "$scratch/man" >/dev/null
+for shell in bash zsh fish; do
+    "$scratch/release/cryo" --generate-completion-script "$shell" >"$scratch/man/cryo.$shell"
+done
+if [[ $(id -u) -eq 0 ]]; then
+    install -D -m 0644 "$scratch/man/cryo.1" /usr/local/share/man/man1/cryo.1
+    install -D -m 0644 "$scratch/man/cryo.bash" /usr/local/share/bash-completion/completions/cryo
+    install -D -m 0644 "$scratch/man/cryo.zsh" /usr/local/share/zsh/site-functions/_cryo
+    install -D -m 0644 "$scratch/man/cryo.fish" /usr/local/share/fish/vendor_completions.d/cryo.fish
+    say "installed man cryo (/usr/local/share/man/man1/cryo.1) and bash, zsh and fish completions"
+else
+    say "not root: the manual page and completions are in $scratch/man, not installed"
+fi

@@ -1,13 +1,21 @@
 import ArgumentParser
 import Cryo
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "check", abstract: "Check the kernel features cryo relies on.")
     @Flag(help: "Print the results as JSON.") var json = false
+    @Option(name: .customLong("feature"),
+            help: "Check one feature by CRIU's name (`list` names them); exit status 0 when cryo can use it here.")
+    var feature: String?
 
     func run() throws {
         let results = KernelCheck.run()
+        if let feature { try answer(feature, from: results) }
         if json {
             print(try encodeJSON(results))
         } else {
@@ -17,6 +25,48 @@ struct CheckCommand: ParsableCommand {
             }
         }
         if results.contains(where: { !$0.ok && $0.required }) { throw ExitCode(1) }
+    }
+
+    /// CRIU's feature names, each answered by one of cryo's own checks, or
+    /// by what cryo itself does not do whatever the kernel offers.
+    static let features: [(name: String, answer: Answer)] = [
+        ("mem_dirty_track", .check("userfaultfd write-protect, async mode")),
+        ("uffd", .check("userfaultfd with fork/remap/remove/unmap events (--lazy-pages)")),
+        ("uffd-noncoop", .check("userfaultfd with fork/remap/remove/unmap events (--lazy-pages)")),
+        ("clone3_set_tid", .check("clone3 with set_tid (exact pids)")),
+        ("pidfd_store", .check("pidfd_open and pidfd_getfd")),
+        ("can_map_vdso", .check("vDSO layout")),
+        ("sk_unix_file", .check("unix sockets (sock_diag, SO_PEEK_OFF)")),
+        ("timens", .cryoLacks("cryo does not restore time namespaces yet")),
+        ("tcp_half_closed", .cryoLacks("cryo does not restore half-closed TCP connections yet")),
+        ("network_lock_nftables", .cryoLacks("cryo places no network lock (--network-lock skip only)")),
+        ("cgroupns", .cryoLacks("cryo does not restore cgroups yet (--manage-cgroups ignore only)")),
+    ]
+
+    enum Answer {
+        case check(String)
+        case cryoLacks(String)
+    }
+
+    func answer(_ name: String, from results: [FeatureCheck]) throws -> Never {
+        if name == "list" {
+            print(Self.features.map(\.name).joined(separator: " "))
+            throw ExitCode.success
+        }
+        guard let answer = Self.features.first(where: { $0.name == name })?.answer else {
+            throw CriuCommandLine.Refusal(description: "unknown feature \(name) (cryo check --feature list names them)")
+        }
+        switch answer {
+        case .cryoLacks(let why):
+            print("\(name) is not supported: \(why)")
+            throw ExitCode(1)
+        case .check(let checkName):
+            guard let result = results.first(where: { $0.name == checkName }) else {
+                throw CriuCommandLine.Refusal(description: "feature \(name): no check named \(checkName)")
+            }
+            print("\(name) is \(result.ok ? "supported" : "not supported"): \(result.detail)")
+            throw result.ok ? ExitCode.success : ExitCode(1)
+        }
     }
 }
 

@@ -11,19 +11,47 @@ struct CryoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cryo",
         abstract: "Checkpoint and restore Linux processes.",
+        version: "Version: \(cryoVersion)\nGitCommitID: \(cryoCommit)",
         subcommands: [DumpCommand.self, PreDumpCommand.self, PreDumpHolderCommand.self, RestoreCommand.self, CheckCommand.self, ShowCommand.self, InspectCommand.self,
                       BacktraceCommand.self])
+
+    /// Parses CRIU's spellings too; a bad or unsupported option is one line
+    /// on stderr and exit status 1, as CRIU does, never a usage dump.
+    static func main() {
+        let arguments = CriuCommandLine.normalize(Array(CommandLine.arguments.dropFirst()))
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+        } catch let refusal as CriuCommandLine.Refusal {
+            refuse(refusal.description)
+        } catch let code as ExitCode {
+            exit(withError: code)  // a command's own status, e.g. the restored root's
+        } catch {
+            // Help and --version go out as argument-parser has them.
+            guard !exitCode(for: error).isSuccess else { exit(withError: error) }
+            let message = self.message(for: error)
+            refuse(CriuCommandLine.unknownOption(in: message).map { "\($0) is not supported" } ?? message)
+        }
+    }
+
+    static func refuse(_ line: String) -> Never {
+        FileHandle.standardError.write("cryo: \(line)\n".data(using: .utf8)!)
+        Glibc.exit(1)
+    }
 }
 
 struct CommonOptions: ParsableArguments {
-    @Flag(name: .shortAndLong, help: "More output: -v shows each step and the parasite's own log lines; -vv traces.")
+    @Flag(name: .shortAndLong, help: "More output: -v shows each step and the parasite's own log lines; -vv traces (CRIU's -v3 and -v4 too).")
     var verbose: Int
-    @Option(name: .customLong("log-file"), help: "Write the log to this file instead of stderr.")
+    @Option(name: [.customShort("o"), .customLong("log-file")],
+            help: "Write the log to this file instead of stderr (relative to --work-dir where the command has one).")
     var logFile: String?
 
-    func logger() -> Logger {
+    /// `relativeTo`: where a relative --log-file goes (CRIU's work dir), if anywhere but the current folder.
+    func logger(relativeTo folder: String? = nil) -> Logger {
         var file: FileHandle? = nil
-        if let path = logFile {
+        if var path = logFile {
+            if let folder, !path.hasPrefix("/") { path = "\(folder)/\(path)" }
             if !FileManager.default.fileExists(atPath: path) {
                 FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600])
             }
@@ -69,9 +97,9 @@ struct DumpCommand: ParsableCommand {
     var pid: Int32
     @Option(name: [.customShort("D"), .customLong("images-dir")], help: "Folder for the image (created if missing).")
     var directory: String
-    @Flag(name: .customLong("leave-running"), help: "Let the process carry on after the dump instead of killing it.")
+    @Flag(name: [.customShort("R"), .customLong("leave-running")], help: "Let the process carry on after the dump instead of killing it.")
     var leaveRunning = false
-    @Flag(name: .customLong("shell-job"), help: "Allow a process in cryo's session (a shell job).")
+    @Flag(name: [.customShort("j"), .customLong("shell-job")], help: "Allow a process in cryo's session (a shell job).")
     var shellJob = false
     @Flag(name: .customLong("tcp-established"), help: "Checkpoint established TCP connections (TCP_REPAIR) instead of refusing them.")
     var tcpEstablished = false
@@ -80,19 +108,40 @@ struct DumpCommand: ParsableCommand {
     @Option(name: .customLong("prev-images-dir"),
             help: "A `cryo pre-dump` folder (relative to the images dir, or absolute): copy only pages written since.")
     var previousImages: String?
+    @Flag(name: .customLong("track-mem"), help: "Accepted for CRIU: pre-dump always tracks the pages written after it.")
+    var trackMemory = false
+    @Option(name: .customLong("ghost-limit"),
+            help: "Largest file unlinked while open whose contents go into the image (K, M, G suffixes; default 1M).",
+            transform: CriuCommandLine.size)
+    var ghostLimit: UInt64 = DumpOptions.defaultGhostLimit
+    @Flag(name: .customLong("lazy-pages"), help: .hidden)
+    var lazyPages = false
+    @Option(name: .customLong("pidfile"), help: .hidden)
+    var pidFile: String?
+    @OptionGroup var criu: CriuOptions
     @OptionGroup var common: CommonOptions
 
+    func validate() throws {
+        // CRIU's dump --lazy-pages leaves memory behind for a page server to hand out; cryo's
+        // lazy restore reads an ordinary image, so a plain dump is what `restore --lazy-pages` takes.
+        if lazyPages { throw CriuCommandLine.Refusal.unsupported("dump --lazy-pages (dump without it; restore --lazy-pages takes any image)") }
+    }
+
     func run() throws {
+        if common.logFile.map({ !$0.hasPrefix("/") }) == true && criu.workDirectory == nil {
+            _ = mkdir(directory, 0o700)  // the log goes into the images dir, which dump makes anyway
+        }
         let statistics = try failing {
             try Dumper(options: DumpOptions(pid: pid, directory: directory, leaveRunning: leaveRunning, shellJob: shellJob,
                                                tcpEstablished: tcpEstablished, compress: compress,
-                                               previousImages: previousImages),
-                       logger: common.logger()).run()
+                                               previousImages: previousImages, ghostLimit: ghostLimit),
+                       logger: common.logger(relativeTo: criu.workDirectory ?? directory)).run()
         }
         if common.verbose > 0 {
             print(String(format: "dumped pid %d: frozen %.3f s, memory %.3f s, %llu pages written of %llu scanned",
                          pid, statistics.frozenSeconds, statistics.memoryDumpSeconds, statistics.pagesWritten, statistics.pagesScanned))
         }
+        if criu.displayStatistics { StatisticsDisplay.dump(statistics) }
     }
 }
 
@@ -102,31 +151,48 @@ struct RestoreCommand: ParsableCommand {
     var directory: String
     @Flag(name: [.customShort("d"), .customLong("restore-detached")], help: "Return once the process runs instead of waiting for it.")
     var detached = false
-    @Flag(name: .customLong("shell-job"), help: "Accepted for CRIU compatibility; the image records whether it was a shell job.")
+    @Flag(name: [.customShort("j"), .customLong("shell-job")], help: "Accepted for CRIU compatibility; the image records whether it was a shell job.")
     var shellJob = false
     @Flag(name: .customLong("pidns"), help: "Restore inside a new pid namespace, where the image's pids are free.")
     var pidNamespace = false
-    @Flag(name: .customLong("leave-stopped"), help: "Leave every task stopped (SIGSTOP, untraced) right before it resumes, so a debugger can attach.")
+    @Flag(name: [.customShort("s"), .customLong("leave-stopped")], help: "Leave every task stopped (SIGSTOP, untraced) right before it resumes, so a debugger can attach.")
     var leaveStopped = false
+    @Option(name: .customLong("pidfile"), help: "Write the restored root's pid (as cryo's pid namespace sees it) into this file, relative to --work-dir.")
+    var pidFile: String?
     @Flag(name: .customLong("tcp-established"), help: "Rebuild the image's established TCP connections (TCP_REPAIR).")
     var tcpEstablished = false
     @Flag(name: .customLong("lazy-pages"), help: "Start the tree before its private anonymous memory is loaded; cryo fills it on first touch and in the background, then exits (with -d, in a background process).")
     var lazyPages = false
+    @OptionGroup var criu: CriuOptions
     @OptionGroup var common: CommonOptions
 
     func restore() throws -> RestoredTree {
-        try failing {
+        let tree = try failing {
             try Restorer(options: RestoreOptions(directory: directory, detached: detached, newPidNamespace: pidNamespace,
                                                  leaveStopped: leaveStopped, tcpEstablished: tcpEstablished,
                                                  lazyPages: lazyPages),
-                         logger: common.logger()).run()
+                         logger: common.logger(relativeTo: criu.workDirectory ?? directory)).run()
         }
+        if let pidFile {
+            // CRIU writes it once the tree is restored; a script reads it to find the root.
+            let path = criu.resolve(pidFile, imagesDirectory: directory)
+            try failing {
+                let fd = try Files.open(path, .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+                defer { try? fd.close() }
+                try Files.write(fd, Array("\(tree.childPid)\n".utf8), path: path)
+            }
+        }
+        return tree
     }
 
     func sayRestored(_ tree: RestoredTree) {
         if common.verbose > 0 {
             print(tree.rootPid == tree.rootPidInImage ? "restored pid \(tree.rootPid)"
                   : "restored pid \(tree.rootPidInImage) as pid \(tree.rootPid) in a new pid namespace")
+            fflush(nil)
+        }
+        if criu.displayStatistics {
+            StatisticsDisplay.restore(directory: directory)
             fflush(nil)
         }
     }
@@ -234,16 +300,31 @@ struct PreDumpCommand: ParsableCommand {
     var pid: Int32
     @Option(name: [.customShort("D"), .customLong("images-dir")], help: "Folder for the pre-dump (created if missing).")
     var directory: String
+    @Flag(name: .customLong("track-mem"), help: "Accepted for CRIU: pre-dump always tracks the pages written after it.")
+    var trackMemory = false
+    @Option(name: .customLong("prev-images-dir"), help: .hidden)
+    var previousImages: String?
+    @Flag(name: [.customShort("R"), .customLong("leave-running")], help: "Accepted for CRIU: a pre-dump always leaves the tree running.")
+    var leaveRunning = false
+    @OptionGroup var criu: CriuOptions
     @OptionGroup var common: CommonOptions
 
+    func validate() throws {
+        // Each cryo pre-dump tracks from its own copy; chaining them is not implemented.
+        if previousImages != nil { throw CriuCommandLine.Refusal.unsupported("pre-dump --prev-images-dir") }
+    }
+
     func run() throws {
+        if common.logFile.map({ !$0.hasPrefix("/") }) == true && criu.workDirectory == nil { _ = mkdir(directory, 0o700) }
         let statistics = try failing {
-            try PreDumper(options: PreDumpOptions(pid: pid, directory: directory), logger: common.logger()).run()
+            try PreDumper(options: PreDumpOptions(pid: pid, directory: directory),
+                          logger: common.logger(relativeTo: criu.workDirectory ?? directory)).run()
         }
         if common.verbose > 0 {
             print(String(format: "pre-dumped pid %d: frozen %.3f s, copied %.3f s, %llu pages of %llu scanned",
                          pid, statistics.frozenSeconds, statistics.memoryDumpSeconds, statistics.pagesWritten, statistics.pagesScanned))
         }
+        if criu.displayStatistics { StatisticsDisplay.dump(statistics, verb: "pre-dump") }
     }
 }
 

@@ -115,6 +115,8 @@ struct KindOptions: Sendable {
     var shellJob = false
     /// --leave-running: what dump takes out of a kernel object goes back.
     var leaveRunning = false
+    /// --ghost-limit: the largest unlinked file whose contents go into the image.
+    var ghostLimit = DumpOptions.defaultGhostLimit
 }
 
 /// One restored process's descriptor table, installed, with the file table it names.

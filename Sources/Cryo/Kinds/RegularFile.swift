@@ -28,6 +28,10 @@ extension RegularFileState {
         if unlinked && path.hasSuffix(deletedSuffix) { path.removeLast(deletedSuffix.count) }
         guard path.hasPrefix("/") else { throw CryoError("\(p.object): regular file \(p.link) has no usable path") }
         if unlinked {
+            guard UInt64(p.stat.st_size) <= context.options.ghostLimit else {
+                throw CryoError("\(p.object): \(path) was unlinked while open and holds \(p.stat.st_size) bytes, "
+                    + "over the ghost limit of \(context.options.ghostLimit) (raise it with --ghost-limit)")
+            }
             // The file lives only through this descriptor: keep its bytes.
             try saveContents(of: p.handle, object: p.object, to: context.paths.fileData(id), context: context)
         }

@@ -17,9 +17,13 @@ public struct DumpOptions: Sendable {
     public var compress: Bool
     /// A `pre-dump` folder (relative to `directory`, or absolute): only pages written since are read while frozen.
     public var previousImages: String?
+    /// Largest file unlinked while open whose contents are saved (CRIU's --ghost-limit); a larger one is refused.
+    public var ghostLimit: UInt64
+    public static let defaultGhostLimit: UInt64 = 1 << 20
     public init(pid: pid_t, directory: String, leaveRunning: Bool, shellJob: Bool, tcpEstablished: Bool = false,
-                compress: Bool = false, previousImages: String? = nil) {
+                compress: Bool = false, previousImages: String? = nil, ghostLimit: UInt64 = defaultGhostLimit) {
         self.pid = pid
+        self.ghostLimit = ghostLimit
         self.compress = compress
         self.previousImages = previousImages
         self.tcpEstablished = tcpEstablished
@@ -48,7 +52,8 @@ public struct Dumper {
         let inventoryFD = try paths.claim("inventory.img", holding: "an image")
         var created = [paths.inventory]
         let fileTable = FileTableBuilder(paths: paths, options: KindOptions(tcpEstablished: options.tcpEstablished,
-                                                                            shellJob: options.shellJob, leaveRunning: options.leaveRunning))
+                                                                            shellJob: options.shellJob, leaveRunning: options.leaveRunning,
+                                                                            ghostLimit: options.ghostLimit))
         defer { fileTable.release() }
         var success = false
         defer {

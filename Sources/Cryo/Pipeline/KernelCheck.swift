@@ -90,6 +90,10 @@ public enum KernelCheck {
             guard r == 1 else { throw CryoError("UFFD_FEATURE_WP_ASYNC not offered") }
             return "available (pre-copy write tracking without soft-dirty)"
         }
+        add("userfaultfd with fork/remap/remove/unmap events (--lazy-pages)", required: false) {
+            try LazyServer.check()
+            return "available (lazy restore and eager restore's page filling)"
+        }
         add("vDSO layout") {
             let names = try readMappings(pid: getpid(), withFlags: false).map(\.path).filter { $0.hasPrefix("[vvar") || $0 == "[vdso]" }
             guard names.contains("[vdso]") else { throw CryoError("no [vdso] mapping") }

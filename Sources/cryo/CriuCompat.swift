@@ -1,0 +1,151 @@
+import ArgumentParser
+import Cryo
+import CryoSystem
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Glibc
+
+/// CRIU's command line as cryo reads it. A script written for CRIU runs
+/// against cryo unchanged where the two mean the same; a CRIU option cryo
+/// does not implement is refused by name in one line, never with a usage dump.
+enum CriuCommandLine {
+    struct Refusal: Error, CustomStringConvertible {
+        let description: String
+        static func unsupported(_ flag: String) -> Refusal { Refusal(description: "\(flag) is not supported") }
+    }
+
+    /// Rewrites the spellings argument-parser cannot read as they stand.
+    /// CRIU's `-vN` sets a level (2, warnings, is its default): 3 and 4 are
+    /// cryo's `-v` and `-vv`, 0 to 2 its default. `-vvv...` stays as it is.
+    static func normalize(_ arguments: [String]) -> [String] {
+        var result: [String] = []
+        var passedEnd = false
+        for argument in arguments {
+            if argument == "--" { passedEnd = true }
+            guard !passedEnd, argument.count == 3, argument.hasPrefix("-v"), let level = Int(argument.dropFirst(2)) else {
+                result.append(argument)
+                continue
+            }
+            result += Array(repeating: "-v", count: max(0, min(level, 4) - 2))
+        }
+        return result
+    }
+
+    /// The option named in argument-parser's "Unknown option '--x'" (or a
+    /// short one), so it can be refused as CRIU's users expect.
+    static func unknownOption(in message: String) -> String? {
+        for prefix in ["Unknown option '", "Unexpected argument '"] {
+            guard message.hasPrefix(prefix) else { continue }
+            let rest = message.dropFirst(prefix.count)
+            guard let end = rest.firstIndex(of: "'") else { return nil }
+            let option = String(rest[..<end])
+            return option.hasPrefix("-") ? option : nil
+        }
+        return nil
+    }
+
+    /// "1M", "64K", "2G" or plain bytes, as CRIU's --ghost-limit takes them.
+    static func size(_ text: String) throws -> UInt64 {
+        let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
+        var digits = Substring(text)
+        var scale: UInt64 = 1
+        if let last = digits.last?.uppercased().first, let unit = units[last] {
+            scale = unit
+            digits = digits.dropLast()
+        }
+        guard let value = UInt64(digits), value <= UInt64.max / scale else {
+            throw ValidationError("a size is bytes, or a number with K, M or G: not \(text)")
+        }
+        return value * scale
+    }
+}
+
+/// How cgroups are handled (CRIU's --manage-cgroups). cryo neither records
+/// nor restores cgroup membership yet, which is CRIU's `ignore`; the other
+/// modes promise something cryo does not do, so they are refused.
+enum CgroupMode: String, ExpressibleByArgument, CaseIterable {
+    case none, props, soft, full, strict, ignore
+}
+
+/// The firewall lock over dumped TCP connections (CRIU's --network-lock).
+/// cryo places none (`skip`); asking for one is refused, not ignored.
+enum NetworkLock: String, ExpressibleByArgument, CaseIterable {
+    case iptables, nftables, skip
+}
+
+/// CRIU's options that dump, pre-dump and restore share, with CRIU's
+/// meaning where cryo has it, and a one-line refusal where it has not.
+struct CriuOptions: ParsableArguments {
+    @Option(name: [.customShort("W"), .customLong("work-dir")],
+            help: "Folder for the log file and the pid file when their paths are relative (default: the images dir).")
+    var workDirectory: String?
+    @Flag(name: [.customShort("l"), .customLong("file-locks")],
+          help: "Accepted for CRIU: cryo always saves flock, POSIX and OFD locks.")
+    var fileLocks = false
+    @Flag(name: [.customShort("x"), .customLong("ext-unix-sk")],
+          help: "Accepted for CRIU: a unix socket connected to a named socket outside the tree is always connected to it again.")
+    var externalUnixSockets = false
+    @Flag(name: .customLong("link-remap"),
+          help: "Accepted for CRIU: files unlinked while open are always kept (their contents go into the image, up to --ghost-limit).")
+    var linkRemap = false
+    @Option(name: .customLong("manage-cgroups"),
+            help: "CRIU's cgroup handling; cryo supports only `ignore` (tasks stay in the cgroups they are restored into).")
+    var manageCgroups: CgroupMode?
+    @Option(name: .customLong("cgroup-root"), help: .hidden)
+    var cgroupRoot: String?
+    @Option(name: .customLong("network-lock"),
+            help: "CRIU's firewall lock of dumped TCP connections; cryo supports only `skip` (no lock).")
+    var networkLock: NetworkLock?
+    @Flag(name: .customLong("display-stats"), help: "Print the dump or restore statistics when done.")
+    var displayStatistics = false
+
+    func validate() throws {
+        if let manageCgroups, manageCgroups != .ignore {
+            throw CriuCommandLine.Refusal.unsupported("--manage-cgroups \(manageCgroups.rawValue)")
+        }
+        if cgroupRoot != nil { throw CriuCommandLine.Refusal.unsupported("--cgroup-root") }
+        if let networkLock, networkLock != .skip {
+            throw CriuCommandLine.Refusal.unsupported("--network-lock \(networkLock.rawValue)")
+        }
+    }
+
+    /// A path as CRIU resolves it: relative ones against --work-dir, which defaults to the images dir.
+    func resolve(_ path: String, imagesDirectory: String) -> String {
+        if path.hasPrefix("/") { return path }
+        return "\(workDirectory ?? imagesDirectory)/\(path)"
+    }
+}
+
+/// What --display-stats prints: CRIU's figures, in cryo's words.
+enum StatisticsDisplay {
+    static func microseconds(_ seconds: Double) -> String { "\(Int((seconds * 1e6).rounded())) us" }
+
+    static func dump(_ s: DumpStatistics, verb: String = "dump") {
+        print("Displaying \(verb) stats:")
+        print("Frozen time: \(microseconds(s.frozenSeconds))")
+        print("Memory dump time: \(microseconds(s.memoryDumpSeconds))")
+        print("Pages scanned: \(s.pagesScanned)")
+        print("Pages written: \(s.pagesWritten)")
+        if let fromPreDump = s.pagesFromPreDump { print("Pages from the pre-dump: \(fromPreDump)") }
+    }
+
+    static func restore(directory: String) {
+        guard let text = try? Files.readString("\(directory)/stats-restore"),
+              let s = try? JSONDecoder().decode(RestoreStatistics.self, from: Data(text.utf8)) else {
+            print("Displaying restore stats: none were written")
+            return
+        }
+        print("Displaying restore stats:")
+        print("Processes: \(s.processes)")
+        print("Image read time: \(microseconds(s.imageReadSeconds))")
+        print("Forking time: \(microseconds(s.forkingSeconds))")
+        print("Restore time: \(microseconds(s.restoreSeconds))")
+        print("Pages restored: \(s.pagesRestored)")
+    }
+}
+
+/// cryo's release; the commit comes from the build (Plugins/VersionStamp).
+let cryoVersion = "0.11"

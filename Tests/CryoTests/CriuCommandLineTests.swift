@@ -1,0 +1,85 @@
+// CRIU's command line: a script written for CRIU runs against cryo unchanged,
+// and a CRIU option cryo does not implement is refused in one line (exit 1),
+// never with a usage dump.
+
+import Foundation
+import Glibc
+import Testing
+
+@Suite("CRIU's command line")
+struct CriuCommandLineTests {
+    /// Options CRIU users pass that cryo does not implement, each refused by name.
+    @Test("unsupported CRIU options are refused in one line, exit 1", arguments: [
+        (["dump", "-t", "1", "-D", "/nonexistent", "--ext-mount-map", "a:b"], "--ext-mount-map is not supported"),
+        (["dump", "-t", "1", "-D", "/nonexistent", "--lazy-pages"], "dump --lazy-pages"),
+        (["dump", "-t", "1", "-D", "/nonexistent", "--network-lock", "iptables"], "--network-lock iptables is not supported"),
+        (["restore", "-D", "/nonexistent", "--manage-cgroups", "soft"], "--manage-cgroups soft is not supported"),
+        (["restore", "-D", "/nonexistent", "--cgroup-root", "/x"], "--cgroup-root is not supported"),
+        (["restore", "-D", "/nonexistent", "--restore-sibling"], "--restore-sibling is not supported"),
+        (["pre-dump", "-t", "1", "-D", "/nonexistent", "--prev-images-dir", "x"], "pre-dump --prev-images-dir is not supported"),
+        (["check", "--feature", "no_such_feature"], "unknown feature no_such_feature"),
+    ])
+    func refused(arguments: [String], expected: String) throws {
+        let scratch = try Scratch("criu-flags")
+        defer { scratch.remove() }
+        let result = try cryo(arguments, in: scratch, timeout: 30)
+        #expect(result.status == .exited(1), "\(result)")
+        #expect(result.stderrLines.count == 1, "one line expected\n\(result)")
+        #expect(result.stderrLines.first?.hasPrefix("cryo: ") == true && result.stderr.contains(expected), "\(result)")
+        #expect(!Files.exists("/nonexistent"), "nothing may be created")
+    }
+
+    @Test("--version prints the version and the commit, as criu --version does")
+    func version() throws {
+        let scratch = try Scratch("criu-version")
+        defer { scratch.remove() }
+        let result = try cryo(["--version"], in: scratch, timeout: 30)
+        #expect(result.succeeded, "\(result)")
+        let lines = result.stdout.split(separator: "\n")
+        #expect(lines.first?.hasPrefix("Version: ") == true, "\(result)")
+        let commit = lines.dropFirst().first.map { $0.replacingOccurrences(of: "GitCommitID: ", with: "") } ?? ""
+        #expect(commit == "unknown" || commit.prefix(40).allSatisfy(\.isHexDigit) && commit.count >= 40, "\(result)")
+    }
+
+    @Test("check --feature list, and a feature cryo lacks whatever the kernel offers")
+    func features() throws {
+        let scratch = try Scratch("criu-feature")
+        defer { scratch.remove() }
+        let list = try cryo(["check", "--feature", "list"], in: scratch, timeout: 30)
+        #expect(list.succeeded && list.stdout.contains("mem_dirty_track") && list.stdout.contains("uffd-noncoop"), "\(list)")
+        let timens = try cryo(["check", "--feature", "timens"], in: scratch, timeout: 30)
+        #expect(timens.status == .exited(1) && timens.stdout.contains("timens is not supported"), "\(timens)")
+    }
+}
+
+private enum Files {
+    static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+}
+
+extension EndToEnd {
+    @Suite("CRIU-style script")
+    struct CriuScriptTests {
+        @Test("a CRIU user's script (pre-dump, dump, restore -d --pidfile) runs against cryo unchanged")
+        func criuScript() throws {
+            let scratch = try Scratch("criu-script")
+            defer { scratch.remove() }
+            let fixture = try Fixture("files", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let work = try scratch.folder("work")
+            let script = Locations.packageRoot + "/Tests/Scripts/criu-style.sh"
+            let run = try CryoProcess(["-eu", script, "\(fixture.pid)", work], in: scratch,
+                                      environment: ["CRIU": try Locations.cryoBinary()], executable: "/bin/sh")
+            let result = run.wait(timeout: 180, reaping: fixture)
+            try #require(result.succeeded, "\(result)\n\(fixture.report)")
+            #expect(result.stdout.contains("Displaying dump stats:") && result.stdout.contains("Displaying restore stats:"), "\(result)")
+            #expect(result.stdout.contains("GitCommitID:"), "\(result)")
+            #expect(result.stdout.hasSuffix("restored \(fixture.pid)\n"), "the pid file should name the restored root\n\(result)")
+            #expect(!readText(work + "/logs/restore.log").isEmpty, "restore -o with -W should write the work dir's log")
+            try #require(fixture.waitRestored(timeout: 30), "\(describeProcess(fixture.pid))\n\(fixture.report)")
+            kill(fixture.pid, SIGTERM)
+            #expect(waitUntil(timeout: 20) { fixture.lastLine == "PASS" || fixture.lastLine?.hasPrefix("FAIL") == true })
+            expectPass(fixture, "\(result)")
+        }
+    }
+}
