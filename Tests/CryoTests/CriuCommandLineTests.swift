@@ -59,6 +59,23 @@ private enum Files {
 extension EndToEnd {
     @Suite("CRIU-style script")
     struct CriuScriptTests {
+        @Test("--ghost-limit below an unlinked file's size refuses the dump in one line; the tree runs on")
+        func ghostLimit() throws {
+            let scratch = try Scratch("criu-ghost")
+            defer { scratch.remove() }
+            let fixture = try Fixture("files", in: scratch)  // ghost.dat: 8192 bytes, unlinked while open
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("img"), "--ghost-limit", "4K"],
+                                in: scratch, reaping: fixture)
+            #expect(dump.status == .exited(1) && dump.stderrLines.count == 1, "\(dump)")
+            #expect(dump.stderr.contains("8192 bytes") && dump.stderr.contains("--ghost-limit")
+                    && dump.stderr.contains("pid \(fixture.pid)"), "\(dump)")
+            kill(fixture.pid, SIGTERM)
+            #expect(fixture.reapOriginal(timeout: 20) != nil)
+            expectPass(fixture, "\(dump)")
+        }
+
         @Test("a CRIU user's script (pre-dump, dump, restore -d --pidfile) runs against cryo unchanged")
         func criuScript() throws {
             let scratch = try Scratch("criu-script")
