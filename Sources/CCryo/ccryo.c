@@ -313,46 +313,6 @@ long cryo_clone3_namespace_init(int park_fd, pid_t root_pid) {
 _Static_assert(CRYO_MFD_CLOEXEC == MFD_CLOEXEC && CRYO_MFD_ALLOW_SEALING == MFD_ALLOW_SEALING && CRYO_O_PATH == O_PATH
                && CRYO_F_ADD_SEALS == F_ADD_SEALS && CRYO_F_GET_SEALS == F_GET_SEALS, "GNU constants");
 
-#include <sys/ioctl.h>
-#include <termios.h>
-long cryo_fionread(int fd) { int n = 0; if (ioctl(fd, FIONREAD, &n) < 0) return -errno; return n; }
-
-long cryo_tcgetattr(int fd, cryo_termios *t) {
-    struct termios k;
-    if (tcgetattr(fd, &k) < 0) return -errno;
-    memset(t, 0, sizeof(*t));
-    t->iflag = k.c_iflag; t->oflag = k.c_oflag; t->cflag = k.c_cflag; t->lflag = k.c_lflag;
-    t->line = k.c_line;
-    memcpy(t->cc, k.c_cc, sizeof(k.c_cc) < sizeof(t->cc) ? sizeof(k.c_cc) : sizeof(t->cc));
-    t->ispeed = cfgetispeed(&k); t->ospeed = cfgetospeed(&k);
-    return 0;
-}
-long cryo_tcsetattr(int fd, const cryo_termios *t) {
-    struct termios k;
-    memset(&k, 0, sizeof(k));
-    k.c_iflag = t->iflag; k.c_oflag = t->oflag; k.c_cflag = t->cflag; k.c_lflag = t->lflag;
-    k.c_line = t->line;
-    memcpy(k.c_cc, t->cc, sizeof(k.c_cc) < sizeof(t->cc) ? sizeof(k.c_cc) : sizeof(t->cc));
-    cfsetispeed(&k, t->ispeed); cfsetospeed(&k, t->ospeed);
-    return tcsetattr(fd, TCSANOW, &k) < 0 ? -errno : 0;
-}
-long cryo_get_winsize(int fd, cryo_winsize *w) {
-    struct winsize k;
-    if (ioctl(fd, TIOCGWINSZ, &k) < 0) return -errno;
-    w->rows = k.ws_row; w->cols = k.ws_col; w->xpixel = k.ws_xpixel; w->ypixel = k.ws_ypixel;
-    return 0;
-}
-long cryo_set_winsize(int fd, const cryo_winsize *w) {
-    struct winsize k = { w->rows, w->cols, w->xpixel, w->ypixel };
-    return ioctl(fd, TIOCSWINSZ, &k) < 0 ? -errno : 0;
-}
-long cryo_get_ptlock(int fd) { int l = 0; if (ioctl(fd, TIOCGPTLCK, &l) < 0) return -errno; return l; }
-long cryo_set_ptlock(int fd, int locked) { return ioctl(fd, TIOCSPTLCK, &locked) < 0 ? -errno : 0; }
-long cryo_get_ptn(int fd) { unsigned n = 0; if (ioctl(fd, TIOCGPTN, &n) < 0) return -errno; return n; }
-long cryo_open_peer(int master, int flags) { return RAW(ioctl(master, TIOCGPTPEER, flags | O_CLOEXEC | O_NOCTTY)); }
-long cryo_outq(int fd) { int n = 0; if (ioctl(fd, TIOCOUTQ, &n) < 0) return -errno; return n; }
-long cryo_tcflush_input(int fd) { return ioctl(fd, TCFLSH, TCIFLUSH) < 0 ? -errno : 0; }
-
 #include <stddef.h>
 #include <sys/un.h>
 #include <linux/netlink.h>

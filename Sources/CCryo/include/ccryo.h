@@ -150,33 +150,6 @@ long cryo_copy_file_range(int in_fd, int64_t in_offset, int out_fd, int64_t out_
 /* The uid of a connected unix socket's peer (SO_PEERCRED). */
 long cryo_peer_uid(int socket);
 
-/* Bytes waiting to be read (FIONREAD). */
-long cryo_fionread(int fd);
-
-/* Terminals. */
-typedef struct {
-    uint32_t iflag, oflag, cflag, lflag;
-    uint8_t line;
-    uint8_t cc[32];
-    uint8_t pad[3];
-    uint32_t ispeed, ospeed;
-} cryo_termios;
-typedef struct { uint16_t rows, cols, xpixel, ypixel; } cryo_winsize;
-long cryo_tcgetattr(int fd, cryo_termios *t);
-long cryo_tcsetattr(int fd, const cryo_termios *t);
-long cryo_get_winsize(int fd, cryo_winsize *w);
-long cryo_set_winsize(int fd, const cryo_winsize *w);
-/* TIOCGPTLCK / TIOCSPTLCK on a master; TIOCGPTN. */
-long cryo_get_ptlock(int fd);
-long cryo_set_ptlock(int fd, int locked);
-long cryo_get_ptn(int fd);
-/* TIOCGPTPEER: the slave of a master, opened with flags. */
-long cryo_open_peer(int master, int flags);
-/* TIOCOUTQ: bytes queued for output (not yet taken by the other side). */
-long cryo_outq(int fd);
-/* TIOCSTI-free ways to check and change modes. */
-long cryo_tcflush_input(int fd);
-
 /* AF_UNIX sockets. Names are the raw sun_path bytes (a leading NUL: abstract). */
 #define CRYO_SOL_SOCKET 1
 #define CRYO_SO_TYPE 3

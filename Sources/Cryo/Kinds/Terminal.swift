@@ -30,22 +30,23 @@ public struct TerminalState: DescriptorKind {
         public var cc: [UInt8]
         public var ispeed, ospeed: UInt32
 
-        init(_ t: cryo_termios) {
-            iflag = t.iflag; oflag = t.oflag; cflag = t.cflag; lflag = t.lflag; line = t.line
-            cc = withUnsafeBytes(of: t.cc) { Array($0) }
-            ispeed = t.ispeed; ospeed = t.ospeed
+        init(_ t: Glibc.termios) {
+            var t = t
+            iflag = t.c_iflag; oflag = t.c_oflag; cflag = t.c_cflag; lflag = t.c_lflag; line = t.c_line
+            cc = withUnsafeBytes(of: t.c_cc) { Array($0) }
+            ispeed = cfgetispeed(&t); ospeed = cfgetospeed(&t)
         }
-        var raw: cryo_termios {
-            var t = cryo_termios()
-            t.iflag = iflag; t.oflag = oflag; t.cflag = cflag; t.lflag = lflag; t.line = line
-            withUnsafeMutableBytes(of: &t.cc) { dst in for (i, b) in cc.prefix(dst.count).enumerated() { dst[i] = b } }
-            t.ispeed = ispeed; t.ospeed = ospeed
+        var raw: Glibc.termios {
+            var t = Glibc.termios()
+            t.c_iflag = iflag; t.c_oflag = oflag; t.c_cflag = cflag; t.c_lflag = lflag; t.c_line = line
+            withUnsafeMutableBytes(of: &t.c_cc) { dst in for (i, b) in cc.prefix(dst.count).enumerated() { dst[i] = b } }
+            cfsetispeed(&t, ispeed); cfsetospeed(&t, ospeed)
             return t
         }
     }
 
     static let slaveMajors: ClosedRange<UInt32> = 136...143
-    static let ptmxDevice = cryo_makedev(5, 2)
+    static let ptmxDevice = FileObjects.deviceNumber(major: 5, minor: 2)
 
     /// The terminal device cryo's own session has (tty_nr of /proc/self/stat), or nil.
     static func ownControllingTerminal() -> UInt64? {
@@ -73,16 +74,14 @@ public struct TerminalState: DescriptorKind {
             }
             return TerminalState(role: .controllingTerminal)
         }
-        let handle = p.handle.rawValue
-        let ptn = cryo_get_ptn(handle)
-        if ptn >= 0 && (rdev == ptmxDevice || p.link.hasSuffix("/ptmx")) {
-            var state = try withTermios(handle, role: .ptyMaster, index: Int32(ptn), object: p.object)
-            state.locked = try check(cryo_get_ptlock(handle), "ioctl(TIOCGPTLCK)", object: p.object) != 0
+        if let ptn = Terminals.ptyIndex(p.handle), rdev == ptmxDevice || p.link.hasSuffix("/ptmx") {
+            var state = try withTermios(p.handle, role: .ptyMaster, index: ptn, object: p.object)
+            state.locked = try Terminals.isLocked(p.handle, object: p.object)
             try state.takeQueues(master: p.handle, object: p.object, putBack: leaveRunning)
             return state
         }
         if slaveMajors.contains(major) && p.link.hasPrefix("/dev/pts/") {
-            return try withTermios(handle, role: .ptySlave, index: Int32((major - 136) * 256 + minor), object: p.object)
+            return try withTermios(p.handle, role: .ptySlave, index: Int32((major - 136) * 256 + minor), object: p.object)
         }
         return nil  // not a terminal cryo knows
     }
@@ -105,12 +104,10 @@ public struct TerminalState: DescriptorKind {
         try context.rebuilder(TerminalRebuilder.self).open(file, self, object: object)
     }
 
-    static func withTermios(_ fd: Int32, role: Role, index: Int32, object: String) throws -> TerminalState {
-        var t = cryo_termios()
-        _ = try check(cryo_tcgetattr(fd, &t), "tcgetattr", object: object)
-        var w = cryo_winsize()
-        _ = try check(cryo_get_winsize(fd, &w), "ioctl(TIOCGWINSZ)", object: object)
-        return TerminalState(role: role, index: index, termios: Termios(t), rows: w.rows, columns: w.cols, xPixels: w.xpixel, yPixels: w.ypixel)
+    static func withTermios(_ fd: FileDescriptor, role: Role, index: Int32, object: String) throws -> TerminalState {
+        let t = try Terminals.attributes(fd, object: object)
+        let w = try Terminals.windowSize(fd, object: object)
+        return TerminalState(role: role, index: index, termios: Termios(t), rows: w.ws_row, columns: w.ws_col, xPixels: w.ws_xpixel, yPixels: w.ws_ypixel)
     }
 
     /// Reads what waits on each side of the pair. A terminal cannot be read
@@ -119,73 +116,46 @@ public struct TerminalState: DescriptorKind {
     /// moment) and, when the process goes on running, written back.
     mutating func takeQueues(master: FileDescriptor, object: String, putBack: Bool) throws {
         // A locked pty gives no slave: unlocked for the moment it takes to open one.
-        if locked == true { _ = try check(cryo_set_ptlock(master.rawValue, 0), "ioctl(TIOCSPTLCK)", object: object) }
-        let opened = cryo_open_peer(master.rawValue, O_RDWR | O_NONBLOCK)
-        if locked == true { _ = try check(cryo_set_ptlock(master.rawValue, 1), "ioctl(TIOCSPTLCK)", object: object) }
-        let slave = try check(opened, "ioctl(TIOCGPTPEER)", object: object)
-        let slaveFD = FileDescriptor(rawValue: Int32(slave))
-        defer { try? slaveFD.close() }
-        toSlave = try drain(slaveFD.rawValue, object: object)
-        let flags = fcntl(master.rawValue, F_GETFL)
-        _ = fcntl(master.rawValue, F_SETFL, flags | O_NONBLOCK)
-        let fromSlave: Data
-        do { fromSlave = try drain(master.rawValue, object: object) } catch {
-            _ = fcntl(master.rawValue, F_SETFL, flags)
-            throw error
-        }
-        _ = fcntl(master.rawValue, F_SETFL, flags)
-        toMaster = fromSlave
-        if putBack { try TerminalState.fill(master: master.rawValue, slave: slaveFD.rawValue, toSlave: toSlave, toMaster: toMaster, object: object) }
+        if locked == true { try Terminals.setLocked(master, false, object: object) }
+        let opened = Result { try Terminals.openPeer(master, flags: O_RDWR | O_NONBLOCK, object: object) }
+        if locked == true { try Terminals.setLocked(master, true, object: object) }
+        let slave = try opened.get()
+        defer { try? slave.close() }
+        let what = "\(object) (pending terminal bytes)"
+        toSlave = Data(try Terminals.drain(slave, object: what))
+        let flags = try FileObjects.statusFlags(master, object: object)
+        try FileObjects.setStatusFlags(master, flags | O_NONBLOCK, object: object)
+        let fromSlave = Result { try Terminals.drain(master, object: what) }
+        try FileObjects.setStatusFlags(master, flags, object: object)
+        toMaster = Data(try fromSlave.get())
+        if putBack { try TerminalState.fill(master: master, slave: slave, toSlave: toSlave, toMaster: toMaster, object: object) }
         if toSlave?.isEmpty == true { toSlave = nil }
         if toMaster?.isEmpty == true { toMaster = nil }
-    }
-
-    private func drain(_ fd: Int32, object: String) throws -> Data {
-        var data = Data()
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = read(fd, &buffer, buffer.count)
-            if n > 0 { data.append(contentsOf: buffer[0..<n]); continue }
-            if n < 0 && (errno == EAGAIN || errno == EIO) || n == 0 { return data }
-            if n < 0 && errno == EINTR { continue }
-            throw SyscallError("read", errno: Errno(rawValue: errno), object: "\(object) (pending terminal bytes)")
-        }
     }
 
     /// Writes bytes into both queues of a pair without the line discipline
     /// acting on them (no echo, no input or output processing) and waits
     /// until they are queued, then puts the slave's termios back.
-    static func fill(master: Int32, slave: Int32, toSlave: Data?, toMaster: Data?, object: String) throws {
+    static func fill(master: FileDescriptor, slave: FileDescriptor, toSlave: Data?, toMaster: Data?, object: String) throws {
         guard (toSlave?.count ?? 0) > 0 || (toMaster?.count ?? 0) > 0 else { return }
-        var saved = cryo_termios()
-        _ = try check(cryo_tcgetattr(slave, &saved), "tcgetattr", object: object)
+        let saved = try Terminals.attributes(slave, object: object)
         var plain = saved
-        plain.iflag = 0
-        plain.oflag &= ~UInt32(OPOST)
-        plain.lflag &= ~UInt32(ECHO | ECHONL | ICANON | ISIG | IEXTEN)
-        _ = try check(cryo_tcsetattr(slave, &plain), "tcsetattr", object: object)
-        defer { var s = saved; _ = cryo_tcsetattr(slave, &s) }
+        plain.c_iflag = 0
+        plain.c_oflag &= ~UInt32(OPOST)
+        plain.c_lflag &= ~UInt32(ECHO | ECHONL | ICANON | ISIG | IEXTEN)
+        try Terminals.setAttributes(slave, plain, object: object)
+        defer { try? Terminals.setAttributes(slave, saved, object: object) }
+        func queued(_ fd: FileDescriptor) -> Int { (try? FileObjects.bytesReadable(fd, object: object)) ?? 0 }
+        let what = "\(object) (terminal bytes)"
         if let bytes = toSlave, !bytes.isEmpty {
-            let before = max(0, cryo_fionread(slave))
-            try writeAll(master, bytes, object: object)
+            let before = queued(slave)
+            try FileObjects.writeAll(master, bytes, object: what)
             // The pty passes input on through a work queue: wait until the line discipline has it all.
-            _ = waitFor { cryo_fionread(slave) >= before + bytes.count }
+            _ = waitFor { queued(slave) >= before + bytes.count }
         }
         if let bytes = toMaster, !bytes.isEmpty {
-            try writeAll(slave, bytes, object: object)
-            _ = waitFor { cryo_fionread(master) >= bytes.count }
-        }
-    }
-
-    private static func writeAll(_ fd: Int32, _ data: Data, object: String) throws {
-        var offset = 0
-        let bytes = [UInt8](data)
-        while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 && errno == EAGAIN { usleep(1000); continue }
-            if n <= 0 { throw SyscallError("write", errno: Errno(rawValue: errno), object: "\(object) (terminal bytes)") }
-            offset += n
+            try FileObjects.writeAll(slave, bytes, object: what)
+            _ = waitFor { queued(master) >= bytes.count }
         }
     }
 
@@ -197,11 +167,10 @@ public struct TerminalState: DescriptorKind {
         return false
     }
 
-    func apply(to fd: Int32, object: String) throws {
-        if var t = termios?.raw { _ = try check(cryo_tcsetattr(fd, &t), "tcsetattr", object: object) }
+    func apply(to fd: FileDescriptor, object: String) throws {
+        if let t = termios?.raw { try Terminals.setAttributes(fd, t, object: object) }
         if let rows, let columns {
-            var w = cryo_winsize(rows: rows, cols: columns, xpixel: xPixels ?? 0, ypixel: yPixels ?? 0)
-            _ = try check(cryo_set_winsize(fd, &w), "ioctl(TIOCSWINSZ)", object: object)
+            try Terminals.setWindowSize(fd, winsize(ws_row: rows, ws_col: columns, ws_xpixel: xPixels ?? 0, ws_ypixel: yPixels ?? 0), object: object)
         }
     }
 }
@@ -227,29 +196,25 @@ final class TerminalRebuilder: KindRebuilder {
             // is that terminal, else (and for a descriptor of /dev/tty) through /dev/tty.
             var path = "/dev/tty"
             if state.role == .controllingTerminal, let own = TerminalState.ownControllingTerminal() {
-                for n in 0...2 {
-                    var st = Glibc.stat()
-                    if isatty(Int32(n)) != 0, fstat(Int32(n), &st) == 0, UInt64(st.st_rdev) == own,
-                       let link = try? Files.readLink("/proc/self/fd/\(n)"), link.hasPrefix("/dev/") {
+                for n in [FileDescriptor.standardInput, .standardOutput, .standardError] {
+                    if isatty(n.rawValue) != 0, let st = try? Files.stat(n, object: "cryo's fd \(n.rawValue)"), UInt64(st.st_rdev) == own,
+                       let link = try? Files.readLink("/proc/self/fd/\(n.rawValue)"), link.hasPrefix("/dev/") {
                         path = link
                         break
                     }
                 }
             }
-            let fd = Glibc.open(path, flags | O_CLOEXEC | O_NOCTTY)
-            if fd < 0 {
-                throw SyscallError("open", errno: Errno(rawValue: cryo_errno()), object: "\(object): /dev/tty (restore --shell-job needs cryo to run in a terminal)")
+            do { return try FileObjects.open(path, flags: flags | O_NOCTTY, object: object) } catch {
+                throw CryoError("\(error) (restore --shell-job needs cryo to run in a terminal)")
             }
-            return FileDescriptor(rawValue: fd)
         case .ptyMaster:
             let master = try pair(index: state.index ?? -1, object: object)
             // The master's own description: the one made with the pair, with its flags.
-            _ = fcntl(master.rawValue, F_SETFL, flags & ~O_ACCMODE)
-            return try dupDescriptor(master, object: object)
+            try FileObjects.setStatusFlags(master, flags & ~O_ACCMODE, object: object)
+            return try FileObjects.duplicate(master, object: object)
         case .ptySlave:
             let master = try pair(index: state.index ?? -1, object: object)
-            let fd = try check(cryo_open_peer(master.rawValue, flags), "ioctl(TIOCGPTPEER)", object: object)
-            return FileDescriptor(rawValue: Int32(fd))
+            return try Terminals.openPeer(master, flags: flags, object: object)
         }
     }
 
@@ -261,27 +226,19 @@ final class TerminalRebuilder: KindRebuilder {
             throw CryoError("\(object): pty \(index) has no master in the image")
         }
         let access = Int32(bitPattern: masterFile.flags) & O_ACCMODE
-        let raw = Glibc.open("/dev/ptmx", access | O_CLOEXEC | O_NOCTTY)
-        if raw < 0 { throw SyscallError("open", errno: Errno(rawValue: cryo_errno()), object: "\(object) /dev/ptmx") }
-        let master = FileDescriptor(rawValue: raw)
+        let master = try FileObjects.open("/dev/ptmx", flags: access | O_NOCTTY, object: object)
         masters[index] = master
-        _ = try check(cryo_set_ptlock(raw, 0), "ioctl(TIOCSPTLCK)", object: object)
-        let slave = try check(cryo_open_peer(raw, O_RDWR | O_NONBLOCK), "ioctl(TIOCGPTPEER)", object: object)
-        defer { Glibc.close(Int32(slave)) }
+        try Terminals.setLocked(master, false, object: object)
+        let slave = try Terminals.openPeer(master, flags: O_RDWR | O_NONBLOCK, object: object)
+        defer { try? slave.close() }
         // Each side has its own termios; the window size is the pair's.
-        try state.apply(to: raw, object: object)
+        try state.apply(to: master, object: object)
         if let slaveState = terminals.first(where: { $0.state.role == .ptySlave && $0.state.index == index })?.state {
-            try slaveState.apply(to: Int32(slave), object: object)
+            try slaveState.apply(to: slave, object: object)
         }
-        try TerminalState.fill(master: raw, slave: Int32(slave), toSlave: state.toSlave, toMaster: state.toMaster, object: object)
-        if state.locked == true { _ = try check(cryo_set_ptlock(raw, 1), "ioctl(TIOCSPTLCK)", object: object) }
+        try TerminalState.fill(master: master, slave: slave, toSlave: state.toSlave, toMaster: state.toMaster, object: object)
+        if state.locked == true { try Terminals.setLocked(master, true, object: object) }
         return master
-    }
-
-    private func dupDescriptor(_ fd: FileDescriptor, object: String) throws -> FileDescriptor {
-        let copy = fcntl(fd.rawValue, F_DUPFD_CLOEXEC, 0)
-        if copy < 0 { throw SyscallError("dup", errno: Errno(rawValue: errno), object: object) }
-        return FileDescriptor(rawValue: copy)
     }
 
     func closeAll() {

@@ -1,0 +1,68 @@
+import CCryo
+import Glibc
+import SystemPackage
+
+/// Terminal and pseudo-terminal calls on descriptors.
+public enum Terminals {
+    public static func attributes(_ fd: FileDescriptor, object: String) throws -> termios {
+        var t = termios()
+        _ = try returnOrThrow(tcgetattr(fd.rawValue, &t), "tcgetattr", object: object)
+        return t
+    }
+
+    public static func setAttributes(_ fd: FileDescriptor, _ attributes: termios, object: String) throws {
+        var t = attributes
+        _ = try returnOrThrow(tcsetattr(fd.rawValue, TCSANOW, &t), "tcsetattr", object: object)
+    }
+
+    public static func windowSize(_ fd: FileDescriptor, object: String) throws -> winsize {
+        var w = winsize()
+        _ = try returnOrThrow(ioctl(fd.rawValue, UInt(TIOCGWINSZ), &w), "ioctl(TIOCGWINSZ)", object: object)
+        return w
+    }
+
+    public static func setWindowSize(_ fd: FileDescriptor, _ size: winsize, object: String) throws {
+        var w = size
+        _ = try returnOrThrow(ioctl(fd.rawValue, UInt(TIOCSWINSZ), &w), "ioctl(TIOCSWINSZ)", object: object)
+    }
+
+    /// Whether a pty master's slave is locked (TIOCGPTLCK).
+    public static func isLocked(_ master: FileDescriptor, object: String) throws -> Bool {
+        var locked: Int32 = 0
+        _ = try returnOrThrow(ioctl(master.rawValue, CRYO_TIOCGPTLCK, &locked), "ioctl(TIOCGPTLCK)", object: object)
+        return locked != 0
+    }
+
+    public static func setLocked(_ master: FileDescriptor, _ locked: Bool, object: String) throws {
+        var value: Int32 = locked ? 1 : 0
+        _ = try returnOrThrow(ioctl(master.rawValue, CRYO_TIOCSPTLCK, &value), "ioctl(TIOCSPTLCK)", object: object)
+    }
+
+    /// The pty index of a master (TIOCGPTN), or nil when `fd` is none.
+    public static func ptyIndex(_ fd: FileDescriptor) -> Int32? {
+        var index: UInt32 = 0
+        return ioctl(fd.rawValue, CRYO_TIOCGPTN, &index) < 0 ? nil : Int32(bitPattern: index)
+    }
+
+    /// The slave of a master (TIOCGPTPEER), opened with `flags`, close-on-exec and not as controlling terminal.
+    public static func openPeer(_ master: FileDescriptor, flags: Int32, object: String) throws -> FileDescriptor {
+        FileDescriptor(rawValue: try returnOrThrow(ioctl(master.rawValue, CRYO_TIOCGPTPEER, flags | O_CLOEXEC | O_NOCTTY),
+                                                   "ioctl(TIOCGPTPEER)", object: object))
+    }
+}
+
+extension Terminals {
+    /// Reads everything waiting, until the terminal has no more (EAGAIN on a
+    /// non-blocking descriptor, EIO once the other side is gone, or end of file).
+    public static func drain(_ fd: FileDescriptor, object: String) throws -> [UInt8] {
+        var data: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd.rawValue, $0.baseAddress, $0.count) }
+            if n > 0 { data += buffer[0..<n]; continue }
+            if n == 0 || Glibc.errno == EAGAIN || Glibc.errno == EIO { return data }
+            if Glibc.errno == EINTR { continue }
+            throw SyscallError("read", errno: Errno(rawValue: Glibc.errno), object: object)
+        }
+    }
+}
