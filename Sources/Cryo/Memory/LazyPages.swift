@@ -52,18 +52,27 @@ struct LazySplit {
         ranges = lazyMappings.map { cryo_range(start: $0.start, end: $0.end) }
         var eagerRuns: [[UInt64]] = []
         pending = []
+        // Runs, mappings and eager pages are all in address order: one walk over each, so that a
+        // million runs in ten thousand mappings cost no more than their sum.
+        let eagerSorted = eagerPages.sorted()
+        var mappingCursor = 0, eagerCursor = 0
         for run in task.pageIndex.runs {
             let (address, length, offset) = (run[0], run[1], run[2])
-            guard lazyMappings.contains(where: { $0.start <= address && address + length <= $0.end }) else {
+            while mappingCursor < lazyMappings.count && lazyMappings[mappingCursor].end <= address { mappingCursor += 1 }
+            while eagerCursor < eagerSorted.count && eagerSorted[eagerCursor] < address { eagerCursor += 1 }
+            guard mappingCursor < lazyMappings.count, lazyMappings[mappingCursor].start <= address,
+                  address + length <= lazyMappings[mappingCursor].end else {
                 eagerRuns.append(run)
                 continue
             }
             // Cut the run at its eager pages (a handful: walking a gigabyte run page by page would cost milliseconds).
             var page = address
-            for eager in eagerPages.filter({ $0 >= address && $0 < address + length }).sorted() {
+            while eagerCursor < eagerSorted.count && eagerSorted[eagerCursor] < address + length {
+                let eager = eagerSorted[eagerCursor]
                 if eager > page { pending.append(PendingRun(start: page, end: eager, offset: offset + (page - address))) }
                 eagerRuns.append([eager, 4096, offset + (eager - address)])
                 page = eager + 4096
+                eagerCursor += 1
             }
             if page < address + length {
                 pending.append(PendingRun(start: page, end: address + length, offset: offset + (page - address)))
@@ -71,65 +80,6 @@ struct LazySplit {
         }
         eagerIndex = task.pageIndex
         eagerIndex.runs = eagerRuns
-    }
-}
-
-struct PendingRun {
-    var start: UInt64
-    var end: UInt64
-    var offset: UInt64  // of `start` in the pages file
-}
-
-/// Pages of one address space not loaded yet, in address order.
-struct PendingPages {
-    private(set) var runs: [PendingRun]
-    var isEmpty: Bool { runs.isEmpty }
-    var bytes: UInt64 { runs.reduce(0) { $0 + $1.end - $1.start } }
-
-    init(_ runs: [PendingRun]) { self.runs = runs.sorted { $0.start < $1.start } }
-
-    /// The run holding `address`, if that page is still to load.
-    func find(_ address: UInt64) -> PendingRun? {
-        var low = 0, high = runs.count
-        while low < high {
-            let mid = (low + high) / 2
-            if runs[mid].end <= address { low = mid + 1 } else { high = mid }
-        }
-        return low < runs.count && runs[low].start <= address ? runs[low] : nil
-    }
-
-    /// Forgets [start, end): loaded, or discarded by the process (munmap, MADV_DONTNEED).
-    mutating func remove(_ start: UInt64, _ end: UInt64) {
-        guard start < end else { return }
-        var kept: [PendingRun] = []
-        var changed = false
-        // Only runs that overlap are touched; find the first.
-        var low = 0, high = runs.count
-        while low < high {
-            let mid = (low + high) / 2
-            if runs[mid].end <= start { low = mid + 1 } else { high = mid }
-        }
-        var i = low
-        while i < runs.count && runs[i].start < end {
-            let run = runs[i]
-            changed = true
-            if run.start < start { kept.append(PendingRun(start: run.start, end: start, offset: run.offset)) }
-            if run.end > end { kept.append(PendingRun(start: end, end: run.end, offset: run.offset + (end - run.start))) }
-            i += 1
-        }
-        if changed { runs.replaceSubrange(low..<i, with: kept) }
-    }
-
-    /// mremap moved [from, from + length) to `to`: what was pending moves along.
-    mutating func move(from: UInt64, to: UInt64, length: UInt64) {
-        var moved: [PendingRun] = []
-        for run in runs where run.end > from && run.start < from + length {
-            let start = max(run.start, from), end = min(run.end, from + length)
-            moved.append(PendingRun(start: start - from + to, end: end - from + to, offset: run.offset + (start - run.start)))
-        }
-        remove(from, from + length)
-        remove(to, to + length)
-        runs = (runs + moved).sorted { $0.start < $1.start }
     }
 }
 
@@ -419,7 +369,7 @@ public final class LazyServer: @unchecked Sendable {
     }
 
     private func pushChunk(_ p: LazyProcess, _ buffer: UnsafeMutableRawBufferPointer, limit: UInt64 = LazyServer.pushChunk) throws {
-        guard let run = p.pending.runs.first else { return }
+        guard let run = p.pending.first else { return }
         let length = min(limit, run.end - run.start)
         let fill = try copy(p, run: run, at: run.start, length: length, buffer)
         statistics.pagesPushed += fill.bytes / 4096
