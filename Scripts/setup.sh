@@ -12,6 +12,38 @@ cd "$repo"
 
 say() { printf '==> %s\n' "$*"; }
 
+# `setup.sh --test-package NAME`: installs only NAME, a program that one
+# end-to-end test runs (it asks for it and skips when this fails), and builds
+# nothing. Services that come with it are not started (policy-rc.d).
+if [[ ${1:-} == --test-package ]]; then
+    package=${2:-}
+    case $package in
+        nginx) ;;
+        *) echo "setup: --test-package: unknown test package '$package' (known: nginx)" >&2; exit 2 ;;
+    esac
+    if dpkg -s "$package" 2>/dev/null | grep -q '^Status: install ok installed'; then
+        say "$package already installed"
+        exit 0
+    fi
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "setup: $package is missing; run this script as root (sudo) to install it" >&2
+        exit 1
+    fi
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    say "apt-get install -y $package"
+    if ! apt-get install -y --no-install-recommends "$package" </dev/null; then
+        say "apt-get update"
+        apt-get update
+        apt-get install -y --no-install-recommends "$package" </dev/null
+    fi
+    exit 0
+fi
+
 packages=(libelf-dev libunwind-dev liblzma-dev libzstd-dev pkg-config gcc libcap2-bin)
 missing=()
 for package in "${packages[@]}"; do

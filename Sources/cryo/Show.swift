@@ -92,6 +92,7 @@ struct ShowCommand: ParsableCommand {
                 + (m.protection.contains("x") ? "x" : "-") + (m.shared ? "s" : "p")
             var line = "    \(hex(m.start, width: 12))-\(hex(m.end, width: 12)) \(prot) \(m.kind.rawValue.padding(toLength: 15, withPad: " ", startingAt: 0))"
             if let path = m.path { line += " \(path) @0x\(hex(m.fileOffset))" }
+            if let id = m.shmem { line += " object #\(id) @0x\(hex(m.fileOffset))" }
             if pages > 0 { line += "  [\(pages) pages saved]" }
             print(line)
         }

@@ -13,7 +13,7 @@ import Testing
 
 /// The tree fixtures, each a root in its own session with descendants or
 /// threads; CRYO_TREE_FIXTURES=a,b runs only those (they are slow to fail).
-let treeFixtures = selectedTreeFixtures(["tree", "zombie", "threads", "shared", "user"])
+let treeFixtures = selectedTreeFixtures(["tree", "zombie", "threads", "shared", "shmem", "user"])
 let treeLeaveRunningFixtures = selectedTreeFixtures(["tree", "threads"])
 
 private func selectedTreeFixtures(_ all: [String]) -> [String] {

@@ -35,6 +35,8 @@ public enum RecordKind: UInt32, Sendable, CaseIterable {
     case descriptors = 8
     /// Only in a pre-dump folder's predump.img.
     case preDump = 9
+    /// shmem.img: the tree's shared memory objects (SharedMemoryTable).
+    case sharedMemory = 10
 }
 
 public struct ImageError: Error, CustomStringConvertible {
@@ -181,6 +183,9 @@ public struct ImagePaths: Sendable {
     /// The path of part `n` of the pages file `main`.
     static func part(_ n: Int, of main: String) -> String { n == 0 ? main : "\(main.dropLast(4)).\(n).img" }
     public func fileData(_ id: Int) -> String { "\(directory)/filedata-\(id).img" }
+    public var sharedMemoryTable: String { "\(directory)/shmem.img" }
+    /// The saved pages of shared memory object `id`.
+    public func sharedMemory(_ id: Int) -> String { "\(directory)/shmem-\(id).img" }
 
     /// Makes the folder (0700) if need be and creates `name` in it, exclusively: the claim
     /// that the folder is this command's. A folder where `name` exists already "holds `what`".

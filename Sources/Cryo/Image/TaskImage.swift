@@ -61,6 +61,7 @@ public struct Image: Sendable {
     public let paths: ImagePaths
     public let inventory: Inventory
     public let fileTable: FileTable
+    public let sharedMemory: SharedMemoryTable
     public let tasks: [TaskImage]
 
     public init(directory: String) throws {
@@ -74,6 +75,7 @@ public struct Image: Sendable {
         try inventory.validate()
         fileTable = try RecordReader(path: paths.files).one(.files, as: FileTable.self)
         try fileTable.validate(file: "files.img")
+        sharedMemory = try Image.loadSharedMemory(paths)
         let (paths, table) = (self.paths, fileTable)
         // Decoding JSON is most of the work for a big tree: both cores do it.
         let pids = inventory.livePids
@@ -85,6 +87,25 @@ public struct Image: Sendable {
             }
         }
         tasks = try loaded.map { try $0!.get() }
+        for task in tasks {
+            for m in task.memory.mappings where (m.kind == .sharedAnonymous) != (m.shmem.map { sharedMemory.objects.indices.contains($0) } ?? false) {
+                throw ImageError(file: (paths.task(task.core.pid) as NSString).lastPathComponent, record: "memory",
+                                 "mapping 0x\(hex(m.start)): shared anonymous memory without its object in shmem.img, or the reverse")
+            }
+        }
+    }
+
+    /// shmem.img and the size of each object's pages file; no file, no shared memory.
+    static func loadSharedMemory(_ paths: ImagePaths) throws -> SharedMemoryTable {
+        guard Files.exists(paths.sharedMemoryTable) else { return SharedMemoryTable(objects: []) }
+        let table = try RecordReader(path: paths.sharedMemoryTable).one(.sharedMemory, as: SharedMemoryTable.self)
+        let sizes = try table.objects.indices.map { id -> UInt64 in
+            var st = Glibc.stat()
+            guard fstatat(AT_FDCWD, paths.sharedMemory(id), &st, 0) == 0 else { throw ImageError(file: "shmem-\(id).img", "is missing") }
+            return UInt64(st.st_size)
+        }
+        try table.validate(file: "shmem.img", dataSizes: sizes)
+        return table
     }
 
     public func task(_ pid: Int32) -> TaskImage? { tasks.first { $0.core.pid == pid } }
@@ -125,7 +146,9 @@ extension Image {
             let pageEnd = min((address & ~0xfff) + 4096, end)
             let want = Int(pageEnd - address)
             var chunk = [UInt8](repeating: 0, count: want)
-            if pages.run(containing: address) != nil {
+            if let id = m.shmem {
+                try chunk.withUnsafeMutableBytes { try sharedMemory.read(id, offset: m.fileOffset + (address - m.start), into: $0, paths: paths) }
+            } else if pages.run(containing: address) != nil {
                 try chunk.withUnsafeMutableBytes { try pages.read(address: address, into: $0) }
             } else if m.kind == .file, let path = m.path, let file = try? Files.open(path, .readOnly) {
                 _ = try? chunk.withUnsafeMutableBytes { try file.read(fromAbsoluteOffset: Int64(m.fileOffset + (address - m.start)), into: $0) }

@@ -46,7 +46,7 @@ struct LazySplit {
 
         // MADV_WIPEONFORK memory stays eager: a child forked later must see it zeroed, not filled from the image.
         let lazyMappings = task.memory.mappings.filter {
-            !$0.shared && $0.sharedFrom == nil && [.anonymous, .heap, .stack].contains($0.kind)
+            !$0.shared && [.anonymous, .heap, .stack].contains($0.kind)
                 && $0.advice & UInt32(CRYO_MADV_WIPEONFORK) == 0
         }
         ranges = lazyMappings.map { cryo_range(start: $0.start, end: $0.end) }

@@ -24,10 +24,8 @@ public struct MemoryRecord: Codable, Sendable {
         public var growsDown: Bool
         public var noReserve: Bool
         public var advice: UInt32  // CRYO_MADV_*
-        /// The shmem object behind a shared anonymous mapping, to find it in other processes.
-        public var shmemInode: UInt64?
-        /// Set when an earlier process of the image holds (and saved) the same shared memory.
-        public var sharedFrom: SharedOrigin?
+        /// For shared anonymous memory: the id of its object in shmem.img (SharedMemoryTable).
+        public var shmem: Int?
         /// For a memfd mapping: the id in the file table of the memfd it maps.
         public var file: Int?
         var length: UInt64 { end - start }
@@ -38,13 +36,6 @@ public struct MemoryRecord: Codable, Sendable {
         }
     }
     public var mappings: [Mapping]
-
-    public struct SharedOrigin: Codable, Sendable {
-        public var pid: Int32
-        public var start: UInt64
-        public var end: UInt64
-        public var fileOffset: UInt64
-    }
 }
 
 /// Where each saved page range lives in the page stream: [address, length, offset].
@@ -207,14 +198,15 @@ extension MemoryRecord {
                 kind = shared ? .sharedAnonymous : .anonymous
             case let p where p.hasPrefix("[anon:") || p.hasPrefix("[anon_shmem:"):
                 kind = shared ? .sharedAnonymous : .anonymous
-            case let p where p.hasPrefix("/dev/zero") && shared, let p where p.hasPrefix("/SYSV") && false:
-                _ = p
+            case let p where p.hasPrefix("/dev/zero") && shared:
+                // MAP_SHARED|MAP_ANONYMOUS shows as "/dev/zero (deleted)" too: one shmem object each.
                 kind = .sharedAnonymous
             case let p where p.hasPrefix(MemfdState.prefix):
                 // Its memfd joins the file table once descriptors are dumped (FileTableBuilder.memfdMapping).
                 kind = .memfd
                 path = p
             case let p where p.hasPrefix("/SYSV"): throw refuse("a System V shared memory segment")
+            case let p where p.hasPrefix("/anon_hugepage"): throw refuse("hugetlb memory")
             case let p where p.hasSuffix(" (deleted)"): throw refuse("a mapping of a deleted file")
             case let p where p.hasPrefix("/"):
                 kind = .file
@@ -228,7 +220,7 @@ extension MemoryRecord {
                                   device: kind == .file ? cryo_makedev(major, minor) : nil,
                                   inode: kind == .file ? m.inode : nil,
                                   growsDown: false, noReserve: false, advice: 0,
-                                  shmemInode: kind == .sharedAnonymous ? m.inode : nil, sharedFrom: nil, file: nil)
+                                  shmem: nil, file: nil)
             if flags { try mapping.take(m.vmFlags, pid: pid) }
             mappings.append(mapping)
         }
@@ -257,9 +249,7 @@ extension MemoryRecord {
         switch m.kind {
         case .vdso, .vvar, .vvarClock, .vsyscall: return nil
         case .file where m.shared, .memfd where m.shared: return nil  // the file itself holds them
-        case _ where m.sharedFrom != nil: return nil  // saved with the process that holds it first
-        case .sharedAnonymous:
-            return (UInt64(CRYO_PAGE_IS_PFNZERO), UInt64(CRYO_PAGE_IS_PFNZERO), UInt64(CRYO_PAGE_IS_PRESENT | CRYO_PAGE_IS_SWAPPED))
+        case .sharedAnonymous: return nil  // saved once from the object itself (SharedMemoryDump)
         case .anonymous, .heap, .stack:
             // Nothing but anonymous pages here, so no PAGE_IS_FILE test: asking for it
             // makes the kernel look up every page's struct page (5x the scan time).
@@ -804,13 +794,13 @@ struct MemoryRestorePlan {
             vma.end = m.end
             vma.prot = UInt32(m.prot)
             var flags = m.shared ? MAP_SHARED : MAP_PRIVATE
-            let backedByFile = m.kind == .file || m.kind == .memfd || m.sharedFrom != nil
+            let backedByFile = m.kind == .file || m.kind == .memfd || m.kind == .sharedAnonymous
             if !backedByFile { flags |= MAP_ANONYMOUS }
             if m.growsDown { flags |= MAP_GROWSDOWN }
             if m.noReserve { flags |= MAP_NORESERVE }
             vma.flags = UInt32(flags)
             vma.fd = backedByFile ? try fileFD(m) : -1
-            vma.file_offset = m.sharedFrom.map { m.fileOffset &- $0.fileOffset } ?? ([.file, .memfd].contains(m.kind) ? m.fileOffset : 0)
+            vma.file_offset = backedByFile ? m.fileOffset : 0
             vma.madvise = m.advice
             vma.first_run = UInt64(runs.count)
             // Compressed pages are not the parasite's to read: fillPages writes them afterwards.
@@ -895,6 +885,11 @@ extension MemoryRecord.Mapping {
         if !isSpecial && (vmFlags.contains("io") || vmFlags.contains("pf")) {
             let address = "0x\(String(start, radix: 16))-0x\(String(end, radix: 16))"
             throw CryoError("pid \(pid): mapping \(address) \(path.map { "(\($0)) " } ?? "")is a device (VM_IO/VM_PFNMAP) mapping, not supported yet")
+        }
+        if vmFlags.contains("ht") {
+            // hugetlb pages (MAP_HUGETLB, MFD_HUGETLB) would come back as small pages, or not at all.
+            let address = "0x\(String(start, radix: 16))-0x\(String(end, radix: 16))"
+            throw CryoError("pid \(pid): mapping \(address) \(path.map { "(\($0)) " } ?? "")is hugetlb memory, not supported yet")
         }
         let adviceFlags: [(String, UInt32)] = [("dd", CRYO_MADV_DONTDUMP), ("dc", CRYO_MADV_DONTFORK), ("hg", CRYO_MADV_HUGEPAGE),
                                                ("nh", CRYO_MADV_NOHUGEPAGE), ("wf", CRYO_MADV_WIPEONFORK)]

@@ -55,11 +55,12 @@ public struct Dumper {
                                                                             shellJob: options.shellJob, leaveRunning: options.leaveRunning,
                                                                             ghostLimit: options.ghostLimit))
         defer { fileTable.release() }
+        let sharedMemory = SharedMemoryDump(paths: paths)
         var success = false
         defer {
             try? inventoryFD.close()
             if !success {
-                for file in created + fileTable.created { unlink(file) }
+                for file in created + fileTable.created + sharedMemory.created { unlink(file) }
                 unlink("\(options.directory)/stats-dump")
                 if madeDirectory { rmdir(options.directory) }
             }
@@ -84,19 +85,14 @@ public struct Dumper {
         do {
             try checkTree(tree)
             let prefetch = MappingsPrefetch()
-            var sharedMemory: [UInt64: MemoryRecord.SharedOrigin] = [:]
             for process in tree.live {
                 // Memory first, from the layout alone: smaps (VmFlags) is read alongside and joined after the
                 // task state, and no parasite of ours is in the task while the pages are taken.
                 // After a pre-dump no parasite comes in before the task state: smaps can start at once.
                 if previous != nil { prefetch.start(process.pid) }
                 var memory = try MemoryRecord.dump(pid: process.pid, flags: false)
-                for i in memory.mappings.indices {
-                    guard let inode = memory.mappings[i].shmemInode else { continue }
-                    let m = memory.mappings[i]
-                    if let origin = sharedMemory[inode] { memory.mappings[i].sharedFrom = origin } else {
-                        sharedMemory[inode] = .init(pid: process.pid, start: m.start, end: m.end, fileOffset: m.fileOffset)
-                    }
+                for i in memory.mappings.indices where memory.mappings[i].kind == .sharedAnonymous {
+                    memory.mappings[i].shmem = try sharedMemory.object(pid: process.pid, mapping: memory.mappings[i], statistics: &statistics)
                 }
                 let descriptors = try fileTable.dump(pid: process.pid)
                 for i in memory.mappings.indices where memory.mappings[i].kind == .memfd {
@@ -146,6 +142,7 @@ public struct Dumper {
                 }
             }
             try taskWriter.finish()
+            try sharedMemory.write()
             try fileTable.finish()
             var files = RecordWriter()
             try files.append(.files, fileTable.table)

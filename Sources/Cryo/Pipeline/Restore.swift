@@ -142,6 +142,8 @@ public struct Restorer {
             }
             let descriptions = try image.fileTable.open(paths: image.paths, options: kindOptions, holders: holders)
             defer { for fd in descriptions { try? fd.close() } }
+            let sharedMemory = try image.sharedMemory.create(paths: image.paths)
+            defer { for fd in sharedMemory { try? fd.close() } }
             let root = try createRoot(image, session: session, parent: namespaceInit)
             faultHook("root-created")
             try createTree(image, root: root, session: session, helperPids: helperPids)
@@ -149,7 +151,8 @@ public struct Restorer {
             statistics.forkingSeconds = seconds(since: forking)
             let restoring = ContinuousClock.now
             for pid in inventory.livePids {
-                try restoreProcess(session.processes[pid]!, image: image, descriptions: descriptions, session: session)
+                try restoreProcess(session.processes[pid]!, image: image, descriptions: descriptions, sharedMemory: sharedMemory,
+                                   session: session)
             }
             statistics.restoreSeconds = seconds(since: restoring)
             statistics.processes = inventory.processes.count
@@ -466,7 +469,8 @@ public struct Restorer {
 
     // MARK: - One process
 
-    func restoreProcess(_ process: RestoringProcess, image: Image, descriptions: [FileDescriptor], session: RestoreSession) throws {
+    func restoreProcess(_ process: RestoringProcess, image: Image, descriptions: [FileDescriptor], sharedMemory: [FileDescriptor],
+                        session: RestoreSession) throws {
         let task = process.image
         let pid = process.pid  // as this namespace sees it
         let imagePid = task.core.pid
@@ -486,11 +490,10 @@ public struct Restorer {
         let exeSlot = (try? Files.open(task.core.exe, .readOnly)).map { add($0) }
         var mappingSlots: [String: Int] = [:]
         for m in task.memory.mappings {
-            if let origin = m.sharedFrom {
-                let key = "shm:\(origin.pid):\(origin.start)"
-                if mappingSlots[key] != nil { continue }
-                let path = "/proc/\(session.processes[origin.pid]!.pid)/map_files/\(hex(origin.start))-\(hex(origin.end))"
-                mappingSlots[key] = add(try Files.open(path, .readWrite))
+            if let id = m.shmem {
+                // The object cryo made; read-write, as MAP_SHARED|MAP_ANONYMOUS opens it (mprotect may add PROT_WRITE).
+                let key = "shmem:\(id)"
+                if mappingSlots[key] == nil { mappingSlots[key] = add(sharedMemory[id], owned: false) }
             } else if m.kind == .memfd, let file = m.file {
                 // A new description of the restored memfd, with the access the mapping needs.
                 let writable = m.shared && m.protection.contains("w")
@@ -553,7 +556,7 @@ public struct Restorer {
             record: task.memory, index: lazy?.eagerIndex ?? task.pageIndex, current: current, parasite: parasiteRange,
             temporary: parasiteRange.upperBound + 0x10_0000, pagesFDs: pagesSlots.map(slotFD),
             fileFD: { m in
-                if let origin = m.sharedFrom { return slotFD(mappingSlots["shm:\(origin.pid):\(origin.start)"]!) }
+                if let id = m.shmem { return slotFD(mappingSlots["shmem:\(id)"]!) }
                 if m.kind == .memfd { return slotFD(mappingSlots["memfd\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.file!)"]!) }
                 return slotFD(mappingSlots["\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.path!)"]!)
             },

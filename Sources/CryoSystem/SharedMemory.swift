@@ -1,0 +1,42 @@
+import CCryo
+import Glibc
+import SystemPackage
+
+/// Shared memory as the kernel's object (a shmem file): where its data is, and a new one.
+public enum SharedMemory {
+    // <unistd.h> defines these only under _GNU_SOURCE, which Swift's Glibc lacks.
+    static let seekData: Int32 = 3
+    static let seekHole: Int32 = 4
+
+    /// The ranges of [0, size) of `file` that hold data (SEEK_DATA/SEEK_HOLE): pages
+    /// that were written or read in some mapping, or swapped out; holes read as zeros.
+    public static func dataRanges(_ file: FileDescriptor, size: UInt64, object: String) throws -> [Range<UInt64>] {
+        var ranges: [Range<UInt64>] = []
+        var at: off_t = 0
+        while UInt64(at) < size {
+            let data = lseek(file.rawValue, at, seekData)
+            if data < 0 {
+                if cryo_errno() == ENXIO { break }  // no data after `at`
+                throw SyscallError("lseek(SEEK_DATA)", errno: Errno(rawValue: cryo_errno()), object: object)
+            }
+            let hole = try checkLibc(Int(lseek(file.rawValue, data, seekHole)), "lseek(SEEK_HOLE)", object: object)
+            let end = min(UInt64(hole), size)
+            if UInt64(data) < end { ranges.append(UInt64(data)..<end) }
+            at = off_t(hole)
+        }
+        return ranges
+    }
+
+    /// A new anonymous shared memory object of `size` bytes, the kind
+    /// MAP_SHARED|MAP_ANONYMOUS makes ("/dev/zero (deleted)" in maps), opened
+    /// read-write: mapped here for a moment and reopened through /proc/self/map_files.
+    public static func makeAnonymous(size: UInt64) throws -> FileDescriptor {
+        guard let mapped = mmap(nil, Int(size), PROT_NONE, MAP_SHARED | MAP_ANONYMOUS, -1, 0), mapped != MAP_FAILED else {
+            throw SyscallError("mmap(MAP_SHARED|MAP_ANONYMOUS)", errno: Errno(rawValue: cryo_errno()), object: "\(size) bytes of shared memory")
+        }
+        defer { munmap(mapped, Int(size)) }
+        let start = UInt64(UInt(bitPattern: mapped))
+        let path = "/proc/self/map_files/\(String(start, radix: 16))-\(String(start + size, radix: 16))"
+        return try Files.open(path, .readWrite)
+    }
+}
