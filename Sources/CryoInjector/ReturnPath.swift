@@ -114,20 +114,15 @@ public struct ReturnPath: Sendable {
     /// Writes the frame for `tracee`'s original state below its stack.
     static func install(for tracee: Tracee, gadgets: ReturnGadgets) throws -> ReturnPath {
         let xsave = try Ptrace.extendedState(tracee.pid)
-        var out = [UInt8](repeating: 0, count: xsave.count + 1024)
-        var frame: UInt64 = 0
-        var regs = tracee.originalRegisters
-        let length = xsave.withUnsafeBytes { x in
-            out.withUnsafeMutableBytes { o in
-                cryo_build_return_frame(&regs, tracee.originalSignalMask, x.baseAddress, x.count, gadgets.sigreturn,
-                                        o.baseAddress, o.count, &frame)
-            }
+        let frame: ReturnFrame
+        do {
+            frame = try ReturnFrame(registers: tracee.originalRegisters, signalMask: tracee.originalSignalMask, xsave: xsave,
+                                    layout: XSaveLayout.host, pretcode: gadgets.sigreturn)
+        } catch {
+            throw SyscallError("building the return frame from \(error)", errno: .invalidArgument, pid: tracee.pid)
         }
-        guard length > 0 else {
-            throw SyscallError("building the return frame", errno: .init(rawValue: Int32(-length)), pid: tracee.pid)
-        }
-        try out.withUnsafeBytes { try RemoteMemory.write(tracee.pid, at: frame, UnsafeRawBufferPointer(rebasing: $0[0..<length])) }
-        return ReturnPath(gadgets: gadgets, stack: frame)
+        try frame.bytes.withUnsafeBytes { try RemoteMemory.write(tracee.pid, at: frame.address, $0) }
+        return ReturnPath(gadgets: gadgets, stack: frame.address)
     }
 }
 

@@ -43,18 +43,6 @@ typedef struct {
 } cryo_rseq_config;
 long cryo_ptrace_get_rseq(pid_t pid, cryo_rseq_config *config);
 
-/*
- * The way home for a task cryo changed while it may die (dump): an x86-64
- * rt_sigreturn frame holding `regs` (an interrupted syscall turned into its
- * restart, as the kernel would on return), `mask` and the XSAVE area, laid out
- * below `stack_pointer`'s red zone. The first word is `pretcode`, where a
- * `ret` lands; rt_sigreturn then expects rsp at the frame + 8. Writes the bytes
- * for [*frame_address, *frame_address + result) into `out`; returns their
- * count, or -ENOSPC/-EINVAL.
- */
-long cryo_build_return_frame(const cryo_regs *regs, uint64_t mask, const void *xsave, size_t xsave_length,
-                             uint64_t pretcode, void *out, size_t out_capacity, uint64_t *frame_address);
-
 /* splice(2) from a pipe into a file at *offset (advanced), without blocking. */
 long cryo_splice_to_file(int pipe_fd, int file_fd, int64_t *offset, size_t length);
 /* poll(2) one descriptor for input: 1 ready (or hung up), 0 timed out, -errno. */
