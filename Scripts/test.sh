@@ -22,6 +22,13 @@ cd "$repo"
 say "swift build (debug)"
 swift build
 
+# Which kind of machine this was, for readers of CI logs: vector state the
+# tests check (AVX-512, AMX tiles) and the size of the XSAVE area differ.
+cpu_flags=$(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2)
+has() { [[ " $cpu_flags " == *" $1 "* ]] && echo yes || echo no; }
+say "CPU: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); kernel $(uname -r)"
+say "CPU flags: avx2 $(has avx2), avx512f $(has avx512f), avx512bw $(has avx512bw), amx_tile $(has amx_tile), xsave $(has xsave)"
+
 say "swift test $*"
 status=0
 swift test "$@" || status=$?

@@ -7,6 +7,7 @@
 
 @testable import CryoInjector
 import CryoSystem
+import Foundation
 import Glibc
 import Testing
 
@@ -28,6 +29,16 @@ private let tileData: UInt64 = 1 << 18
 
 @Suite("way-home signal frame layout")
 struct SignalFrameTests {
+    @Test("the CPU's vector state, for readers of the log")
+    func logCPU() throws {
+        let flags = HostCPU.flags
+        let layout = XSaveLayout.host
+        print("CPU: avx512f \(flags.contains("avx512f")), avx512bw \(flags.contains("avx512bw")), amx_tile \(flags.contains("amx_tile")), "
+              + "XCR0 0x\(String(layout?.enabled ?? 0, radix: 16)), XSAVE area \(layout.map { $0.size(of: $0.enabled) } ?? 512) bytes")
+        // The flags and CPUID must agree, or the skips keyed on either would mislead.
+        #expect(flags.contains("avx512f") == ((layout?.enabled ?? 0) & 0xe0 == 0xe0))
+    }
+
     @Test("AVX only: the whole area, one magic word")
     func avxOnlyLayout() {
         let state = SignalFrameXState(layout: avxOnly, xstateBV: 0x7)
@@ -131,6 +142,16 @@ struct SignalFrameTests {
         #expect(ours.size == kernel.size)
         #expect(ours.magicOffsets.first == kernel.size && kernel.magic2 == 0x4650_5845)
     }
+}
+
+/// The host's CPU flags as /proc/cpuinfo lists them.
+enum HostCPU {
+    static let flags: Set<String> = {
+        let text = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("flags") }),
+              let colon = line.firstIndex(of: ":") else { return [] }
+        return Set(line[line.index(after: colon)...].split(separator: " ").map(String.init))
+    }()
 }
 
 private func load<T: FixedWidthInteger>(_: T.Type, _ bytes: [UInt8], _ offset: Int) -> T {
