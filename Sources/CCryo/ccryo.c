@@ -285,6 +285,7 @@ long cryo_uffd_wake(int fd, uint64_t address, uint64_t length) {
     return ioctl(fd, UFFDIO_WAKE, &range) < 0 ? -errno : 0;
 }
 long cryo_kcmp(pid_t p1, pid_t p2, int type) { return RAW(syscall(SYS_kcmp, p1, p2, type, 0, 0)); }
+long cryo_setns(int fd, int nstype) { return RAW(syscall(SYS_setns, fd, nstype)); }
 
 static inline long raw_syscall4(long nr, long a, long b, long c, long d) {
     long r;

@@ -78,6 +78,8 @@ long cryo_pidfd_getfd(int pidfd, int targetfd);
 long cryo_kcmp_file(pid_t pid1, pid_t pid2, int fd1, int fd2);
 /* KCMP_VM = 1, KCMP_FILES = 2, KCMP_FS = 3 */
 long cryo_kcmp(pid_t pid1, pid_t pid2, int type);
+/// Joins the namespace open at `fd` (this thread only, for most kinds); -errno on failure.
+long cryo_setns(int fd, int nstype);
 long cryo_tee(int fd_in, int fd_out, size_t length, unsigned flags);
 long cryo_send_fd(int socket, int fd);
 long cryo_close_range(unsigned first, unsigned last);

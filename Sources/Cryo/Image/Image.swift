@@ -214,6 +214,8 @@ public struct Inventory: Codable, Sendable {
     public var kernel: String
     public var shellJob: Bool
     public var pageSize: Int = 4096
+    /// Namespaces of its own the tree is restored into (absent: cryo's).
+    public var namespaces: NamespaceRecord?
 
     public struct ProcessEntry: Codable, Sendable {
         public var pid: Int32

@@ -84,6 +84,7 @@ public struct Dumper {
         let taskWriter = BackgroundWriter()
         do {
             try checkTree(tree)
+            let namespaces = try NamespaceRecord.dump(root: pid, live: tree.live.map { ($0.pid, $0.comm) })
             let prefetch = MappingsPrefetch()
             for process in tree.live {
                 // Memory first, from the layout alone: smaps (VmFlags) is read alongside and joined after the
@@ -150,7 +151,8 @@ public struct Dumper {
             try files.write(to: paths.files)
             var inventory = RecordWriter()
             try inventory.append(.inventory, Inventory(rootPid: pid, processes: tree.processes.map(\.entry),
-                                                       kernel: kernelRelease(), shellJob: options.shellJob))
+                                                       kernel: kernelRelease(), shellJob: options.shellJob,
+                                                       namespaces: namespaces.uts == nil ? nil : namespaces))
             try inventory.write(to: inventoryFD, path: paths.inventory)
         } catch {
             try? taskWriter.finish() // before the partial image is removed

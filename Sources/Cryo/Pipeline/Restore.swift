@@ -215,16 +215,17 @@ public struct Restorer {
     /// The root comes from the controller itself, or from the new namespace's init.
     func createRoot(_ image: Image, session: RestoreSession, parent: (tracee: Tracee, parasite: Parasite)?) throws -> RestoringProcess {
         let core = image.tasks[0].core
+        let namespaces = image.inventory.namespaces ?? NamespaceRecord()
         let tracee: Tracee
         if let parent {
-            tracee = try clone(into: parent.tracee, parasite: parent.parasite, pid: core.pid, flags: 0)
+            tracee = try clone(into: parent.tracee, parasite: parent.parasite, pid: core.pid, flags: namespaces.cloneFlags)
             session.created.append(tracee.pid)
         } else {
             var park: [Int32] = [0, 0]
             _ = try check(cryo_pipe2(&park, O_CLOEXEC), "pipe2")
             defer { close(park[0]); close(park[1]) }
             let child: pid_t
-            do { child = try Processes.cloneParked(pid: core.pid, parkFD: park[0]) } catch let error as SyscallError where error.errno == .fileExists {
+            do { child = try Processes.cloneParked(pid: core.pid, flags: namespaces.cloneFlags, parkFD: park[0]) } catch let error as SyscallError where error.errno == .fileExists {
                 throw pidInUse(core.pid)
             }
             session.created.append(child)
@@ -247,6 +248,12 @@ public struct Restorer {
             parasite = Parasite.inherited(by: tracee, from: parent.parasite)
         } else {
             parasite = try Parasite.inject(into: tracee, argumentBytes: argumentBytes(image), at: try parasitePlace(image, near: tracee.pid), log: parasiteLog(logger))
+        }
+        try namespaces.restore(root: tracee.pid, place: { try parasite.place($0) }) { number, arguments, what in
+            switch arguments.count {
+            case 2: _ = try inject(tracee, number, arguments[0], arguments[1], what: what)
+            default: throw CryoError("pid \(core.pid): \(what) takes \(arguments.count) arguments")
+            }
         }
         // It starts as a copy of cryo (or of the namespace's init, itself one):
         // every process of the tree would copy all of that again and drop it.
