@@ -59,6 +59,15 @@ public enum Files {
 
     public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
+    /// A new folder only the caller may use (mode 0700), named `prefix` and six random characters.
+    public static func makeTemporaryDirectory(prefix: String) throws -> String {
+        var template = Array((prefix + "XXXXXX").utf8CString)
+        guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
+            throw SyscallError("mkdtemp", errno: Errno(rawValue: cryo_errno()), object: prefix + "XXXXXX")
+        }
+        return String(cString: template)
+    }
+
     public static func write(_ fd: FileDescriptor, _ bytes: UnsafeRawBufferPointer, at offset: Int64, path: String) throws {
         do {
             _ = try fd.writeAll(toAbsoluteOffset: offset, bytes)

@@ -98,6 +98,7 @@ public struct Restorer {
             throw CryoError("pid \(task.core.pid) has seccomp filters; restoring them needs CAP_SYS_ADMIN "
                 + "(PTRACE_O_SUSPEND_SECCOMP), which cryo does not hold")
         }
+        try ZombieDeath.checkBeforeRestore(inventory)
         let helperPids = Set(inventory.processes.filter { p in
             p.pid != inventory.rootPid && p.pgid != p.pid && !inventory.processes.contains { $0.pid == p.pgid }
                 && !(inventory.shellJob && p.pgid == inventory.processes[0].pgid)
@@ -340,46 +341,6 @@ public struct Restorer {
             try inject(creator.tracee, Restorer.syscallWait4, UInt64(UInt32(bitPattern: group)), 0, 0x4000_0000 /* __WALL */, 0,
                        what: "wait4 (reaping stand-in \(group))")
             session.created.removeAll { $0 == helper.pid } // reaped: its pid is free for anyone now
-        }
-    }
-
-    /// A zombie is a child that is cloned, placed in its session and group, and made to exit as it did.
-    func createZombie(_ entry: Inventory.ProcessEntry, session: RestoreSession, shellGroup: Int32) throws {
-        guard let parent = session.processes[entry.ppid] else {
-            throw CryoError("zombie pid \(entry.pid): its parent \(entry.ppid) is not a live process of the image")
-        }
-        let (zombie, zombieParasite) = try cloneWithParasite(into: parent, pid: entry.pid)
-        session.created.append(zombie.pid)
-        parent.discardChildSignals = true
-        if entry.sid == entry.pid {
-            try inject(zombie, Restorer.syscallSetsid, what: "setsid")
-        } else if entry.pgid == entry.pid {
-            try inject(zombie, Restorer.syscallSetpgid, 0, 0, what: "setpgid")
-        } else if entry.pgid != shellGroup {
-            try inject(zombie, Restorer.syscallSetpgid, 0, UInt64(entry.pgid), what: "setpgid")
-        }
-        // A zombie keeps its name in /proc.
-        let name = try zombieParasite.place(Array(entry.comm.utf8.prefix(15)) + [0])
-        try inject(zombie, 157 /* prctl */, 15 /* PR_SET_NAME */, name, what: "prctl(PR_SET_NAME)")
-        let status = entry.zombieStatus!
-        let signal = status & 0x7f
-        if signal == 0 {
-            try inject(zombie, Restorer.syscallExitGroup, UInt64((status >> 8) & 0xff), what: "exit", expectExit: true)
-            return
-        }
-        // Killed by a signal: default disposition, no core file, then the signal itself.
-        try Processes.setResourceLimit(zombie.pid, Int32(RLIMIT_CORE.rawValue), soft: 0, hard: 0)
-        let defaultAction = try zombieParasite.place([UInt8](repeating: 0, count: 32))
-        try inject(zombie, 13 /* rt_sigaction */, UInt64(signal), defaultAction, 0, 8, what: "rt_sigaction")
-        try Ptrace.setSignalMask(zombie.pid, 0) // it inherited the all-blocked mask the parasite runs with
-        try Processes.kill(zombie.pid, signal)
-        try Ptrace.cont(zombie.pid)
-        while true {
-            switch try waitFor(zombie.pid) {
-            case .stopped(let s, 0): try Ptrace.cont(zombie.pid, signal: s) // its own signal, or whatever it meets: deliver
-            case .stopped: try Ptrace.cont(zombie.pid)
-            case .exited, .signaled: return
-            }
         }
     }
 
