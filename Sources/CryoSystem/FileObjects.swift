@@ -202,3 +202,16 @@ extension FileObjects {
         FileDescriptor(rawValue: try retryingEINTR("open", object: "\(object) \(path)") { Glibc.open(path, flags | O_CLOEXEC) })
     }
 }
+
+extension FileObjects {
+    /// unlink(2).
+    public static func remove(_ path: String, object: String) throws {
+        _ = try returnOrThrow(unlink(path), "unlink", object: object)
+    }
+
+    /// chmod, then lchown (a socket file left as it was found).
+    public static func setModeAndOwner(_ path: String, mode: UInt32, uid: UInt32, gid: UInt32, object: String) throws {
+        _ = try returnOrThrow(chmod(path, mode_t(mode)), "chmod", object: object)
+        _ = try returnOrThrow(lchown(path, uid, gid), "lchown", object: object)
+    }
+}

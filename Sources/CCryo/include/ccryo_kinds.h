@@ -23,10 +23,13 @@
 #include <linux/unix_diag.h>
 #include <linux/sockios.h>
 
-/* GNU-only (the module is not built with _GNU_SOURCE). */
+/* GNU-only (the module is not built with _GNU_SOURCE; ccryo.c is). */
+#ifndef __USE_GNU
 struct file_handle;
 int memfd_create(const char *name, unsigned int flags);
 int open_by_handle_at(int mount_fd, struct file_handle *handle, int flags);
+int accept4(int fd, struct sockaddr *address, socklen_t *length, int flags);
+#endif
 static const int CRYO_MFD_CLOEXEC = 1, CRYO_MFD_ALLOW_SEALING = 2;
 static const int CRYO_F_ADD_SEALS = 1033, CRYO_F_GET_SEALS = 1034;
 static const int CRYO_O_PATH = 010000000;
@@ -37,6 +40,36 @@ static const unsigned long CRYO_INOTIFY_IOC_SETNEXTWD = _IOW('I', 0, int32_t);
 static const unsigned long CRYO_TIOCGPTLCK = TIOCGPTLCK, CRYO_TIOCSPTLCK = TIOCSPTLCK;
 static const unsigned long CRYO_TIOCGPTN = TIOCGPTN, CRYO_TIOCGPTPEER = TIOCGPTPEER;
 static const unsigned long CRYO_SIOCINQ = SIOCINQ, CRYO_SIOCOUTQ = SIOCOUTQ, CRYO_SIOCOUTQNSD = SIOCOUTQNSD;
+
+/* Socket options by the numbers of the kernel's uapi (ccryo.c checks them against libc's). */
+#define CRYO_SOL_SOCKET 1
+#define CRYO_SO_TYPE 3
+#define CRYO_SO_SNDBUF 7
+#define CRYO_SO_RCVBUF 8
+#define CRYO_SO_PASSCRED 16
+#define CRYO_SO_SNDBUFFORCE 32
+#define CRYO_SO_RCVBUFFORCE 33
+#define CRYO_SO_PEEK_OFF 42
+#define CRYO_SO_REUSEADDR 2
+#define CRYO_SO_BROADCAST 6
+#define CRYO_SO_KEEPALIVE 9
+#define CRYO_SO_REUSEPORT 15
+#define CRYO_SO_PROTOCOL 38
+#define CRYO_IPPROTO_IP 0
+#define CRYO_IPPROTO_TCP 6
+#define CRYO_IPPROTO_UDP 17
+#define CRYO_IPPROTO_IPV6 41
+#define CRYO_IP_TTL 2
+#define CRYO_IPV6_UNICAST_HOPS 16
+#define CRYO_IPV6_V6ONLY 26
+#define CRYO_TCP_NODELAY 1
+#define CRYO_TCP_MAXSEG 2
+#define CRYO_TCP_REPAIR 19
+#define CRYO_TCP_REPAIR_QUEUE 20
+#define CRYO_TCP_QUEUE_SEQ 21
+#define CRYO_TCP_TIMESTAMP 24
+#define CRYO_TCP_RECV_QUEUE 1
+#define CRYO_TCP_SEND_QUEUE 2
 
 /* netlink attribute types carry flag bits above these. */
 static const uint16_t CRYO_NLA_TYPE_MASK = NLA_TYPE_MASK;

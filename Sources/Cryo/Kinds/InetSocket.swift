@@ -11,27 +11,23 @@ public struct InetAddress: Codable, Sendable, Equatable {
     /// IPv6 scope (interface index) of a link-local address.
     public var scope: UInt32?
 
-    init?(_ raw: cryo_inet_address) {
-        guard raw.family == AF_INET || raw.family == AF_INET6 else { return nil }
+    init?(_ socketAddress: SocketAddress) {
+        guard let (bytes, port, scope) = socketAddress.inet else { return nil }
         var text = [CChar](repeating: 0, count: 64)
-        var bytes = raw.address
-        guard withUnsafeBytes(of: &bytes, { inet_ntop(raw.family, $0.baseAddress, &text, 64) }) != nil else { return nil }
+        guard bytes.withUnsafeBytes({ inet_ntop(socketAddress.family, $0.baseAddress, &text, 64) }) != nil else { return nil }
         address = String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        port = raw.port
-        scope = raw.scope == 0 ? nil : raw.scope
+        self.port = port
+        self.scope = scope == 0 ? nil : scope
     }
 
     var isIPv6: Bool { address.contains(":") }
     var isWildcard: Bool { address == "0.0.0.0" || address == "::" }
 
-    /// The C form, or nil when the text is no address.
-    func raw() -> cryo_inet_address? {
-        var r = cryo_inet_address()
-        r.family = isIPv6 ? AF_INET6 : AF_INET
-        r.port = port
-        r.scope = scope ?? 0
-        let ok = withUnsafeMutableBytes(of: &r.address) { inet_pton(r.family, address, $0.baseAddress) }
-        return ok == 1 ? r : nil
+    /// The socket address, or nil when the text is no address.
+    func raw() -> SocketAddress? {
+        var bytes = [UInt8](repeating: 0, count: isIPv6 ? 16 : 4)
+        let ok = bytes.withUnsafeMutableBytes { inet_pton(isIPv6 ? AF_INET6 : AF_INET, address, $0.baseAddress) }
+        return ok == 1 ? .inet(address: bytes, port: port, scope: scope ?? 0) : nil
     }
 
     public var description: String { isIPv6 ? "[\(address)]:\(port)" : "\(address):\(port)" }
@@ -87,7 +83,7 @@ public struct InetSocketState: DescriptorKind {
     public var tcp: TCPConnection?
 
     var family: Int32 { ipv6 ? AF_INET6 : AF_INET }
-    var kernelType: Int32 { proto == .tcp ? 1 : 2 }
+    var kernelType: Int32 { proto == .tcp ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue) }
 }
 
 /// (name, level, option, set before bind) of the options that are kept.
@@ -107,14 +103,12 @@ private func optionTable(ipv6: Bool, tcp: Bool) -> [(String, Int32, Int32, Bool)
     return table
 }
 
-private func getInt(_ fd: Int32, _ level: Int32, _ option: Int32, _ name: String, _ object: String) throws -> Int32 {
-    var value: Int32 = 0
-    _ = try check(cryo_getsockopt_int(fd, level, option, &value), "getsockopt(\(name))", object: object)
-    return value
+private func getInt(_ fd: FileDescriptor, _ level: Int32, _ option: Int32, _ name: String, _ object: String) throws -> Int32 {
+    try Sockets.option(fd, level, option, name: name, object: object)
 }
 
-private func setInt(_ fd: Int32, _ level: Int32, _ option: Int32, _ value: Int32, _ name: String, _ object: String) throws {
-    _ = try check(cryo_setsockopt_int(fd, level, option, value), "setsockopt(\(name))", object: object)
+private func setInt(_ fd: FileDescriptor, _ level: Int32, _ option: Int32, _ value: Int32, _ name: String, _ object: String) throws {
+    try Sockets.setOption(fd, level, option, value, name: name, object: object)
 }
 
 private let tcpStateNames: [UInt8: String] = [1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
@@ -127,19 +121,19 @@ extension InetSocketState {
     /// is refused without it.
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> InetSocketState? {
         guard p.stat.st_mode & S_IFMT == S_IFSOCK else { return nil }
-        let family = try UnixSocketState.option(p.handle.rawValue, CRYO_SO_DOMAIN, p.object)
+        let family = try UnixSocketState.option(p.handle, SO_DOMAIN, p.object)
         guard family == AF_INET || family == AF_INET6 else { return nil }
         let socket = try dump(p, family: family, established: table.options.tcpEstablished)
         if socket.tcp != nil {
             // Held until the tree is dead: with --leave-running just closed; otherwise TCP_REPAIR goes on
             // before the kill, so that the last close sends neither FIN nor RST to the peer.
-            try table.hold(p.handle, object: p.object) { _ = cryo_setsockopt_int($0.rawValue, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 1) }
+            try table.hold(p.handle, object: p.object) { try? setInt($0, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 1, "TCP_REPAIR", p.object) }
         }
         return socket
     }
 
     static func dump(_ p: DescriptorProbe, family: Int32, established: Bool) throws -> InetSocketState {
-        let fd = p.handle.rawValue
+        let fd = p.handle
         let familyName = family == AF_INET6 ? "AF_INET6" : "AF_INET"
         let type = try getInt(fd, CRYO_SOL_SOCKET, CRYO_SO_TYPE, "SO_TYPE", p.object)
         let protocolNumber = try getInt(fd, CRYO_SOL_SOCKET, CRYO_SO_PROTOCOL, "SO_PROTOCOL", p.object)
@@ -151,12 +145,9 @@ extension InetSocketState {
             throw CryoError("\(p.object): an \(familyName) socket of type \(type), protocol \(protocolNumber) (\(p.link)) is not supported yet")
         }
         let what = "\(p.object): an \(familyName) \(proto == .tcp ? "TCP" : "UDP") socket (\(p.link))"
-        var raw = cryo_inet_address()
-        _ = try check(cryo_inet_name(fd, 0, &raw), "getsockname", object: what)
-        var local = InetAddress(raw)
+        var local = InetAddress(try Sockets.name(fd, peer: false, object: what))
         if local?.port == 0 { local = nil }
-        raw = cryo_inet_address()
-        let peer = cryo_inet_name(fd, 1, &raw) == 0 ? InetAddress(raw) : nil
+        let peer = (try? Sockets.name(fd, peer: true, object: what)).flatMap { InetAddress($0) }
         var options: [String: Int32] = [:]
         for (name, level, option, _) in optionTable(ipv6: family == AF_INET6, tcp: proto == .tcp) {
             options[name] = try getInt(fd, level, option, name, what)
@@ -168,16 +159,15 @@ extension InetSocketState {
             s.datagrams = try peekDatagrams(fd, peekOffset: options["SO_PEEK_OFF"] ?? -1, object: what)
             return s
         }
-        var info = cryo_tcp_info()
-        _ = try check(cryo_tcp_info_get(fd, &info), "getsockopt(TCP_INFO)", object: what)
-        switch info.state {
+        let info = try Sockets.option(fd, CRYO_IPPROTO_TCP, TCP_INFO, as: tcp_info.self, name: "TCP_INFO", object: what, initial: tcp_info())
+        switch info.tcpi_state {
         case 10:
-            if info.unacked > 0 {
-                throw CryoError("\(what) is listening on \(local?.description ?? "?") with \(info.unacked) connection\(info.unacked == 1 ? "" : "s") "
+            if info.tcpi_unacked > 0 {
+                throw CryoError("\(what) is listening on \(local?.description ?? "?") with \(info.tcpi_unacked) connection\(info.tcpi_unacked == 1 ? "" : "s") "
                     + "not yet accepted; not supported yet")
             }
             s.state = .listening
-            s.backlog = Int32(clamping: info.sacked)
+            s.backlog = Int32(clamping: info.tcpi_sacked)
         case 7:
             s.state = .unconnected
             s.peer = nil
@@ -190,30 +180,28 @@ extension InetSocketState {
             s.state = .connected
             s.tcp = try dumpConnection(fd, info: info, object: "\(what) \(connection)")
         default:
-            throw CryoError("\(what) in TCP state \(tcpStateNames[info.state] ?? "\(info.state)") "
+            throw CryoError("\(what) in TCP state \(tcpStateNames[info.tcpi_state] ?? "\(info.tcpi_state)") "
                 + "(\(local?.description ?? "?") -> \(peer?.description ?? "?")) is not supported yet")
         }
         return s
     }
 
     /// Every datagram waiting, with its source, through SO_PEEK_OFF (put back afterwards).
-    static func peekDatagrams(_ fd: Int32, peekOffset: Int32, object: String) throws -> [Datagram] {
-        defer { _ = cryo_setsockopt_int(fd, CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF, peekOffset) }
+    static func peekDatagrams(_ fd: FileDescriptor, peekOffset: Int32, object: String) throws -> [Datagram] {
+        defer { try? setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF, peekOffset, "SO_PEEK_OFF", object) }
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
         var offset = 0
         var datagrams: [Datagram] = []
         while true {
             guard offset <= Int(Int32.max) else { throw CryoError("\(object): receive queue too large to read") }
-            _ = try check(cryo_setsockopt_int(fd, CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF, Int32(offset)), "setsockopt(SO_PEEK_OFF)", object: object)
-            var from = cryo_inet_address()
-            let n = buffer.withUnsafeMutableBytes { cryo_inet_peek(fd, $0.baseAddress, $0.count, &from) }
-            if n == -Int(EAGAIN) { break }
-            let count = try check(n, "recvmsg(MSG_PEEK)", object: object)
+            try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF, Int32(offset), "SO_PEEK_OFF", object)
+            guard let peeked = try buffer.withUnsafeMutableBytes({ try Sockets.peek(fd, into: $0, truncate: true, object: object) }) else { break }
+            let count = peeked.length
             if count > buffer.count {
                 buffer = [UInt8](repeating: 0, count: count)
                 continue
             }
-            datagrams.append(Datagram(source: InetAddress(from), data: Data(buffer[0..<count])))
+            datagrams.append(Datagram(source: peeked.source.flatMap { InetAddress($0) }, data: Data(buffer[0..<count])))
             guard datagrams.count <= 1 << 20 else { throw CryoError("\(object): receive queue does not end") }
             offset += count
         }
@@ -222,23 +210,24 @@ extension InetSocketState {
 
     /// Turns TCP_REPAIR on (the process is frozen: nothing else uses the socket),
     /// reads sequence numbers, both queues, options and window, and turns it off again.
-    static func dumpConnection(_ fd: Int32, info: cryo_tcp_info, object: String) throws -> TCPConnection {
-        var outq: Int32 = 0, unsent: Int32 = 0, inq: Int32 = 0
-        _ = try check(cryo_socket_queue(fd, 1, &outq), "ioctl(SIOCOUTQ)", object: object)
-        _ = try check(cryo_socket_queue(fd, 2, &unsent), "ioctl(SIOCOUTQNSD)", object: object)
-        _ = try check(cryo_socket_queue(fd, 0, &inq), "ioctl(SIOCINQ)", object: object)
+    static func dumpConnection(_ fd: FileDescriptor, info: tcp_info, object: String) throws -> TCPConnection {
+        let outq = try Sockets.queueLength(fd, request: CRYO_SIOCOUTQ, name: "SIOCOUTQ", object: object)
+        let unsent = try Sockets.queueLength(fd, request: CRYO_SIOCOUTQNSD, name: "SIOCOUTQNSD", object: object)
+        let inq = try Sockets.queueLength(fd, request: CRYO_SIOCINQ, name: "SIOCINQ", object: object)
         try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 1, "TCP_REPAIR", object)
         defer {
-            _ = cryo_setsockopt_int(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, 0)
-            _ = cryo_setsockopt_int(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 0)
+            try? setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE", object)
+            try? setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 0, "TCP_REPAIR", object)
         }
         func queue(_ which: Int32, length: Int32) throws -> (UInt32, Data) {
             try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, which, "TCP_REPAIR_QUEUE", object)
             let seq = UInt32(bitPattern: try getInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ", object))
             guard length > 0 else { return (seq, Data()) }
             var buffer = [UInt8](repeating: 0, count: Int(length))
-            let n = try check(buffer.withUnsafeMutableBytes { cryo_tcp_peek(fd, $0.baseAddress, $0.count) },
-                              "recv(MSG_PEEK) of the \(which == CRYO_TCP_SEND_QUEUE ? "send" : "receive") queue", object: object)
+            let peeked = try buffer.withUnsafeMutableBytes {
+                try Sockets.peek(fd, into: $0, truncate: false, object: "\(object) (\(which == CRYO_TCP_SEND_QUEUE ? "send" : "receive") queue)")
+            }
+            let n = peeked?.length ?? 0
             guard n == Int(length) else {
                 throw CryoError("\(object): read \(n) of the \(length) bytes of its \(which == CRYO_TCP_SEND_QUEUE ? "send" : "receive") queue")
             }
@@ -246,15 +235,16 @@ extension InetSocketState {
         }
         let (sendSeq, sendQueue) = try queue(CRYO_TCP_SEND_QUEUE, length: outq)
         let (receiveSeq, receiveQueue) = try queue(CRYO_TCP_RECV_QUEUE, length: inq)
-        _ = try check(cryo_setsockopt_int(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, 0), "setsockopt(TCP_REPAIR_QUEUE)", object: object)
+        try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE", object)
         let mss = UInt32(bitPattern: try getInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_MAXSEG, "TCP_MAXSEG", object))
         let timestamp = UInt32(bitPattern: try getInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_TIMESTAMP, "TCP_TIMESTAMP", object))
-        var window = cryo_tcp_window()
-        _ = try check(cryo_tcp_window_get(fd, &window), "getsockopt(TCP_REPAIR_WINDOW)", object: object)
+        let window = try Sockets.option(fd, CRYO_IPPROTO_TCP, TCP_REPAIR_WINDOW, as: tcp_repair_window.self, name: "TCP_REPAIR_WINDOW",
+                                        object: object, initial: tcp_repair_window())
         return TCPConnection(
             sendSeq: sendSeq, receiveSeq: receiveSeq, sendQueue: sendQueue, unsent: Int(min(unsent, outq)), receiveQueue: receiveQueue,
-            mss: mss, windowScaling: info.options & 4 != 0, sendWindowScale: UInt32(info.snd_wscale), receiveWindowScale: UInt32(info.rcv_wscale),
-            sack: info.options & 2 != 0, timestamps: info.options & 1 != 0, timestamp: timestamp,
+            mss: mss, windowScaling: info.tcpi_options & UInt8(TCPI_OPT_WSCALE) != 0, sendWindowScale: UInt32(info.tcpi_snd_wscale),
+            receiveWindowScale: UInt32(info.tcpi_rcv_wscale), sack: info.tcpi_options & UInt8(TCPI_OPT_SACK) != 0,
+            timestamps: info.tcpi_options & UInt8(TCPI_OPT_TIMESTAMPS) != 0, timestamp: timestamp,
             sndWl1: window.snd_wl1, sndWnd: window.snd_wnd, maxWindow: window.max_window, rcvWnd: window.rcv_wnd, rcvWup: window.rcv_wup)
     }
 
@@ -304,7 +294,7 @@ extension InetSocketState {
 /// the other sockets (UDP ones connected again); then the UDP queues sent
 /// again; last repair mode off and the options.
 final class InetSocketRebuilder: KindRebuilder {
-    private var made: [Int: Int32] = [:]
+    private var made: [Int: FileDescriptor] = [:]
 
     init(_ context: OpenContext) throws {
         let sockets = InetSocketState.entries(context.files).map { (id: $0.file.id, state: $0.state, flags: $0.file.flags) }
@@ -318,11 +308,11 @@ final class InetSocketRebuilder: KindRebuilder {
     }
 
     func take(_ id: Int) -> FileDescriptor? {
-        made.removeValue(forKey: id).map { FileDescriptor(rawValue: $0) }
+        made.removeValue(forKey: id)
     }
 
     func closeAll() {
-        for fd in made.values { close(fd) }
+        for fd in made.values { try? fd.close() }
     }
 
     private static func object(_ id: Int, _ s: InetSocketState) -> String {
@@ -330,17 +320,17 @@ final class InetSocketRebuilder: KindRebuilder {
     }
 
     private func build(_ sockets: [(id: Int, state: InetSocketState, flags: UInt32)]) throws {
-        func socket(_ id: Int, _ s: InetSocketState) throws -> Int32 {
-            let fd = Int32(try check(cryo_inet_socket(s.family, s.kernelType), "socket", object: Self.object(id, s)))
+        func socket(_ id: Int, _ s: InetSocketState) throws -> FileDescriptor {
+            let fd = try Sockets.make(family: s.family, type: s.kernelType, object: Self.object(id, s))
             made[id] = fd
             return fd
         }
-        func preBind(_ fd: Int32, _ s: InetSocketState, _ what: String) throws {
+        func preBind(_ fd: FileDescriptor, _ s: InetSocketState, _ what: String) throws {
             for (name, level, option, early) in optionTable(ipv6: s.ipv6, tcp: s.proto == .tcp) where early {
                 if let value = s.options[name], value != 0 { try setInt(fd, level, option, value, name, what) }
             }
         }
-        func address(_ a: InetAddress, _ what: String) throws -> cryo_inet_address {
+        func address(_ a: InetAddress, _ what: String) throws -> SocketAddress {
             guard let raw = a.raw() else { throw CryoError("\(what): \(a.address) is no address") }
             return raw
         }
@@ -358,9 +348,8 @@ final class InetSocketRebuilder: KindRebuilder {
                 try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE", what)
                 try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_QUEUE_SEQ, Int32(bitPattern: seq), "TCP_QUEUE_SEQ", what)
             }
-            var localRaw = try address(local, what), peerRaw = try address(peer, what)
-            _ = try check(cryo_inet_bind(fd, &localRaw), "bind", object: "\(what) to \(local.description)")
-            _ = try check(cryo_inet_connect(fd, &peerRaw), "connect (TCP_REPAIR)", object: "\(what) to \(peer.description)")
+            try Sockets.bind(fd, to: try address(local, what), object: "\(what) to \(local.description)")
+            try Sockets.connect(fd, to: try address(peer, what), object: "\(what) to \(peer.description) (TCP_REPAIR)")
             let total = t.sendQueue.count + t.receiveQueue.count
             if total > 0 {
                 try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_SNDBUFFORCE, Int32(clamping: 4 * total + (1 << 16)), "SO_SNDBUFFORCE", what)
@@ -372,13 +361,12 @@ final class InetSocketRebuilder: KindRebuilder {
                 try sendAll(fd, Data(data), what: "\(what): refilling its \(queue == CRYO_TCP_SEND_QUEUE ? "send" : "receive") queue")
             }
             try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE", what)
-            _ = try check(cryo_tcp_repair_options(fd, t.mss, t.windowScaling ? 1 : 0, t.sendWindowScale, t.receiveWindowScale,
-                                                  t.sack ? 1 : 0, t.timestamps ? 1 : 0), "setsockopt(TCP_REPAIR_OPTIONS)", object: what)
+            try Sockets.setOption(fd, CRYO_IPPROTO_TCP, TCP_REPAIR_OPTIONS, bytes: Self.repairOptions(t), name: "TCP_REPAIR_OPTIONS", object: what)
             if t.timestamps {
                 try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_TIMESTAMP, Int32(bitPattern: t.timestamp), "TCP_TIMESTAMP", what)
             }
-            var window = cryo_tcp_window(snd_wl1: t.sndWl1, snd_wnd: t.sndWnd, max_window: t.maxWindow, rcv_wnd: t.rcvWnd, rcv_wup: t.rcvWup)
-            _ = try check(cryo_tcp_window_set(fd, &window), "setsockopt(TCP_REPAIR_WINDOW)", object: what)
+            let window = tcp_repair_window(snd_wl1: t.sndWl1, snd_wnd: t.sndWnd, max_window: t.maxWindow, rcv_wnd: t.rcvWnd, rcv_wup: t.rcvWup)
+            try Sockets.setOption(fd, CRYO_IPPROTO_TCP, TCP_REPAIR_WINDOW, window, name: "TCP_REPAIR_WINDOW", object: what)
         }
         // 2. Sockets without a connection, listeners first. A listener shares its port with
         // the connections it accepted: it binds after them, with SO_REUSEADDR meanwhile.
@@ -390,14 +378,12 @@ final class InetSocketRebuilder: KindRebuilder {
             // Refilling UDP queues binds a stand-in to a sender's address: both need SO_REUSEADDR meanwhile.
             try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_REUSEADDR, 1, "SO_REUSEADDR", what)
             if let local = s.local {
-                var raw = try address(local, what)
-                _ = try check(cryo_inet_bind(fd, &raw), "bind", object: "\(what) to \(local.description)")
+                try Sockets.bind(fd, to: try address(local, what), object: "\(what) to \(local.description)")
             }
             if s.state == .listening {
-                _ = try check(cryo_listen(fd, s.backlog ?? 128), "listen", object: what)
+                try Sockets.listen(fd, backlog: s.backlog ?? 128, object: what)
             } else if s.proto == .udp, let peer = s.peer {
-                var raw = try address(peer, what)
-                _ = try check(cryo_inet_connect(fd, &raw), "connect", object: "\(what) to \(peer.description)")
+                try Sockets.connect(fd, to: try address(peer, what), object: "\(what) to \(peer.description)")
             }
         }
         // 3. UDP queues, sent again from each datagram's source address when it can be bound.
@@ -423,16 +409,24 @@ final class InetSocketRebuilder: KindRebuilder {
                 default: try setInt(fd, level, option, wanted, name, what)
                 }
             }
-            let status = Int32(bitPattern: flags) & O_NONBLOCK
-            _ = try checkLibc(Int(fcntl(fd, F_SETFL, status)), "fcntl(F_SETFL)", object: what)
+            try FileObjects.setStatusFlags(fd, Int32(bitPattern: flags) & O_NONBLOCK, object: what)
         }
     }
 
-    private func sendAll(_ fd: Int32, _ data: Data, what: String) throws {
+    /// TCP_REPAIR_OPTIONS: mss, window scales, SACK and timestamps as the connection had them.
+    private static func repairOptions(_ t: InetSocketState.TCPConnection) -> [UInt8] {
+        var options: [tcp_repair_opt] = []
+        if t.mss != 0 { options.append(tcp_repair_opt(opt_code: UInt32(TCPOPT_MAXSEG), opt_val: t.mss)) }
+        if t.windowScaling { options.append(tcp_repair_opt(opt_code: UInt32(TCPOPT_WINDOW), opt_val: t.sendWindowScale | t.receiveWindowScale << 16)) }
+        if t.sack { options.append(tcp_repair_opt(opt_code: UInt32(TCPOPT_SACK_PERMITTED), opt_val: 0)) }
+        if t.timestamps { options.append(tcp_repair_opt(opt_code: UInt32(TCPOPT_TIMESTAMP), opt_val: 0)) }
+        return options.withUnsafeBytes { Array($0) }
+    }
+
+    private func sendAll(_ fd: FileDescriptor, _ data: Data, what: String) throws {
         var sent = 0
         while sent < data.count {
-            let n = data.withUnsafeBytes { cryo_send_nowait(fd, $0.baseAddress! + sent, $0.count - sent) }
-            sent += try check(n, "send", object: what)
+            sent += try data.withUnsafeBytes { try Sockets.send(fd, UnsafeRawBufferPointer(rebasing: $0[sent...]), object: what) }
         }
     }
 
@@ -441,28 +435,26 @@ final class InetSocketRebuilder: KindRebuilder {
     /// and the receiver sees the same source. A source that cannot be bound (not
     /// an address of this host) is replaced by an ephemeral loopback port, which
     /// only an unconnected socket accepts.
-    private func refill(_ fd: Int32, _ s: InetSocketState, what: String) throws {
+    private func refill(_ fd: FileDescriptor, _ s: InetSocketState, what: String) throws {
         guard let local = s.local, var target = local.raw() else {
             throw CryoError("\(what): holds datagrams but has no address to send them to")
         }
         if local.isWildcard { target = InetAddress.loopback(ipv6: s.ipv6, port: local.port).raw()! }
-        _ = try check(cryo_setsockopt_int(fd, CRYO_SOL_SOCKET, CRYO_SO_RCVBUFFORCE,
-                                          Int32(clamping: s.datagrams.reduce(0) { $0 + $1.data.count + 1024 } + (1 << 16))),
-                      "setsockopt(SO_RCVBUFFORCE)", object: what)
+        try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_RCVBUFFORCE, Int32(clamping: s.datagrams.reduce(0) { $0 + $1.data.count + 1024 } + (1 << 16)),
+                   "SO_RCVBUFFORCE", what)
         for datagram in s.datagrams {
-            let sender = Int32(try check(cryo_inet_socket(s.family, 2), "socket", object: what))
-            defer { close(sender) }
-            _ = cryo_setsockopt_int(sender, CRYO_SOL_SOCKET, CRYO_SO_REUSEADDR, 1)
+            let sender = try Sockets.make(family: s.family, type: Int32(SOCK_DGRAM.rawValue), object: what)
+            defer { try? sender.close() }
+            try? setInt(sender, CRYO_SOL_SOCKET, CRYO_SO_REUSEADDR, 1, "SO_REUSEADDR", what)
             var bound = false
-            if let source = datagram.source, var raw = source.raw() {
-                bound = cryo_inet_bind(sender, &raw) == 0
+            if let source = datagram.source, let raw = source.raw() {
+                bound = (try? Sockets.bind(sender, to: raw, object: what)) != nil
             }
             if !bound && s.peer != nil {
                 throw CryoError("\(what): a queued datagram from \(datagram.source?.description ?? "an unknown source") cannot be sent "
                     + "again from that address, and the socket is connected to \(s.peer!.description)")
             }
-            let n = datagram.data.withUnsafeBytes { cryo_inet_sendto(sender, $0.baseAddress, $0.count, &target) }
-            let count = try check(n, "sendto", object: "\(what): refilling its receive queue")
+            let count = try datagram.data.withUnsafeBytes { try Sockets.send(sender, $0, to: target, object: "\(what): refilling its receive queue") }
             if count != datagram.data.count { throw CryoError("\(what): a \(datagram.data.count)-byte datagram went out as \(count) bytes") }
         }
     }
@@ -470,12 +462,6 @@ final class InetSocketRebuilder: KindRebuilder {
 
 extension InetAddress {
     static func loopback(ipv6: Bool, port: UInt16) -> InetAddress {
-        var raw = cryo_inet_address()
-        raw.family = ipv6 ? AF_INET6 : AF_INET
-        raw.port = port
-        withUnsafeMutableBytes(of: &raw.address) { bytes in
-            if ipv6 { bytes[15] = 1 } else { bytes[0] = 127; bytes[3] = 1 }
-        }
-        return InetAddress(raw)!
+        InetAddress(.inet(address: ipv6 ? [UInt8](repeating: 0, count: 15) + [1] : [127, 0, 0, 1], port: port))!
     }
 }

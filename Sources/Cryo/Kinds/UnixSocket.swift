@@ -73,8 +73,8 @@ extension UnixSocketState {
     /// Every socket that is not an inet one (InetSocketState comes first): others are refused here by family.
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> UnixSocketState? {
         guard p.stat.st_mode & S_IFMT == S_IFSOCK else { return nil }
-        let fd = p.handle.rawValue
-        let family = try option(fd, CRYO_SO_DOMAIN, p.object)
+        let fd = p.handle
+        let family = try option(fd, SO_DOMAIN, p.object)
         guard family == AF_UNIX else {
             throw CryoError("\(p.object): \(familyName(family)) socket (\(p.link)) is not supported yet")
         }
@@ -82,12 +82,9 @@ extension UnixSocketState {
             throw CryoError("\(p.object): a unix socket (\(p.link)) with \(inFlight) descriptor\(inFlight == 1 ? "" : "s") "
                 + "in flight (SCM_RIGHTS) in its receive queue is not supported yet")
         }
-        var diag = cryo_unix_diag_info()
-        let found = cryo_unix_diag(UInt32(truncatingIfNeeded: p.stat.st_ino), &diag)
-        if found == -Int(ENOENT) {
+        guard let diag = try SockDiag.unixSocket(inode: UInt32(truncatingIfNeeded: p.stat.st_ino), object: "\(p.object) (\(p.link))") else {
             throw CryoError("\(p.object): unix socket \(p.link) is not in cryo's network namespace; not supported")
         }
-        _ = try check(found, "sock_diag(AF_UNIX)", object: "\(p.object) (\(p.link))")
         guard let type = SocketType(kernelValue: diag.type) else {
             throw CryoError("\(p.object): a unix socket (\(p.link)) of type \(diag.type) is not supported")
         }
@@ -95,13 +92,13 @@ extension UnixSocketState {
         let state: State
         switch diag.state {
         // A datagram socket that another connects to turns "established" too: only a peer makes it connected.
-        case 1 where type == .dgram, 7 where type == .dgram: state = diag.has_peer != 0 ? .connected : .unconnected
+        case 1 where type == .dgram, 7 where type == .dgram: state = diag.peer != nil ? .connected : .unconnected
         case 1: state = .connected
         case 7: state = .unconnected
         case 10: state = .listening
         default: throw CryoError("\(what) in state \(diag.state) (connecting?) is not supported")
         }
-        let name = diag.name_length == 0 ? nil : Self.trimmed(withUnsafeBytes(of: diag.name) { Data($0.prefix(Int(diag.name_length))) })
+        let name = Self.trimmed(Data(diag.name))
         var file: SocketFile? = nil
         if let name, name.first != 0 {
             guard name.first == UInt8(ascii: "/") else {
@@ -113,26 +110,26 @@ extension UnixSocketState {
         var s = UnixSocketState(
             inode: UInt64(diag.inode), type: type, state: state, name: name, file: file, peer: nil, peerClosed: false,
             peerName: nil, backlog: nil, queued: [], shutdown: UInt8(diag.shutdown & 3),
-            passCredentials: try option(fd, CRYO_SO_PASSCRED, p.object) != 0,
-            sendBuffer: try option(fd, CRYO_SO_SNDBUF, p.object), receiveBuffer: try option(fd, CRYO_SO_RCVBUF, p.object),
-            peekOffset: try option(fd, CRYO_SO_PEEK_OFF, p.object))
+            passCredentials: try option(fd, SO_PASSCRED, p.object) != 0,
+            sendBuffer: try option(fd, SO_SNDBUF, p.object), receiveBuffer: try option(fd, SO_RCVBUF, p.object),
+            peekOffset: try option(fd, SO_PEEK_OFF, p.object))
         switch state {
         case .listening:
-            let pending = max(diag.pending, diag.rqueue)
+            let pending = max(diag.pending, diag.queues?.receive ?? 0)
             if pending > 0 {
                 throw CryoError("\(what) is listening with \(pending) connection\(pending == 1 ? "" : "s") not yet accepted; not supported yet")
             }
-            s.backlog = Int32(clamping: diag.wqueue)
+            s.backlog = Int32(clamping: diag.queues?.send ?? 0)
             return s
         case .connected:
-            if diag.has_peer != 0 && diag.peer != 0 {
-                s.peer = UInt64(diag.peer)
+            if let peer = diag.peer, peer != 0 {
+                s.peer = UInt64(peer)
             } else if type == .dgram || diag.shutdown & 3 == 3 {
                 // The peer is gone (a stream peer's close shuts this end down both ways).
                 s.peerClosed = true
             }
             // Otherwise the peer is a connection a listener has not accepted yet: no inode, but a name.
-            s.peerName = Self.name(fd, peer: true)
+            s.peerName = (try? Sockets.name(fd, peer: true, object: what).unixName).flatMap { $0.map { Data($0) } }
         case .unconnected:
             break
         }
@@ -140,33 +137,28 @@ extension UnixSocketState {
         if type == .dgram || state == .connected {
             s.queued = try peekQueue(fd, type: type, peekOffset: s.peekOffset, object: what)
         }
-        if type == .stream, let total = s.queued.first?.count, diag.has_rqlen != 0, total < Int(diag.rqueue) {
-            throw CryoError("\(what): read \(total) of the \(diag.rqueue) bytes in its receive queue")
+        if type == .stream, let total = s.queued.first?.count, let queued = diag.queues?.receive, total < Int(queued) {
+            throw CryoError("\(what): read \(total) of the \(queued) bytes in its receive queue")
         }
         return s
     }
 
     /// Reads the receive queue through SO_PEEK_OFF, which is per socket and so
     /// shared with the process: it is put back as it was afterwards.
-    static func peekQueue(_ fd: Int32, type: SocketType, peekOffset: Int32, object: String) throws -> [Data] {
-        defer { _ = cryo_setsockopt_int(fd, CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF, peekOffset) }
+    static func peekQueue(_ fd: FileDescriptor, type: SocketType, peekOffset: Int32, object: String) throws -> [Data] {
+        defer { try? Sockets.setOption(fd, SOL_SOCKET, SO_PEEK_OFF, peekOffset, name: "SO_PEEK_OFF", object: object) }
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
         var offset = 0
         var stream = Data()
         var messages: [Data] = []
         while true {
             guard offset <= Int(Int32.max) else { throw CryoError("\(object): receive queue too large to read") }
-            _ = try check(cryo_setsockopt_int(fd, CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF, Int32(offset)), "setsockopt(SO_PEEK_OFF)", object: object)
-            var flags: Int32 = 0
-            var rights: Int32 = 0
-            let n = buffer.withUnsafeMutableBytes {
-                cryo_unix_peek(fd, $0.baseAddress, $0.count, type == .stream ? 0 : 1, &flags, &rights)
-            }
-            if rights > 0 {
+            try Sockets.setOption(fd, SOL_SOCKET, SO_PEEK_OFF, Int32(offset), name: "SO_PEEK_OFF", object: object)
+            let peeked = try buffer.withUnsafeMutableBytes { try Sockets.peek(fd, into: $0, truncate: type != .stream, object: object) }
+            if let peeked, peeked.descriptors > 0 {
                 throw CryoError("\(object) has descriptors in flight (SCM_RIGHTS) in its receive queue; not supported yet")
             }
-            if n == -Int(EAGAIN) { break }
-            let count = try check(n, "recvmsg(MSG_PEEK)", object: object)
+            guard let count = peeked?.length else { break }
             if type == .stream {
                 if count == 0 { break } // end of stream: nothing more, and the peer shut down
                 stream.append(contentsOf: buffer[0..<count])
@@ -186,18 +178,17 @@ extension UnixSocketState {
     }
 
     /// The path's file at dump: whether it is still this socket's own.
-    static func socketFile(_ name: Data, diag: cryo_unix_diag_info) -> SocketFile {
-        var st = Glibc.stat()
-        let found = withCString(name) { lstat($0, &st) } == 0
-        let ours = found && st.st_mode & S_IFMT == S_IFSOCK && diag.has_vfs != 0
-            && UInt64(st.st_ino) == UInt64(diag.vfs_inode) && UInt64(st.st_dev) == diag.vfs_device
-        return SocketFile(existed: ours, mode: ours ? st.st_mode & 0o7777 : 0, uid: ours ? st.st_uid : 0, gid: ours ? st.st_gid : 0)
+    static func socketFile(_ name: Data, diag: UnixSocketDiag) -> SocketFile {
+        let st = try? Files.stat(String(decoding: name, as: UTF8.self), follow: false)
+        guard let st, st.st_mode & S_IFMT == S_IFSOCK, let file = diag.file,
+              UInt64(st.st_ino) == UInt64(file.inode), UInt64(st.st_dev) == file.device else {
+            return SocketFile(existed: false, mode: 0, uid: 0, gid: 0)
+        }
+        return SocketFile(existed: true, mode: st.st_mode & 0o7777, uid: st.st_uid, gid: st.st_gid)
     }
 
-    static func option(_ fd: Int32, _ name: Int32, _ object: String) throws -> Int32 {
-        var value: Int32 = 0
-        _ = try check(cryo_getsockopt_int(fd, CRYO_SOL_SOCKET, name, &value), "getsockopt(\(name))", object: object)
-        return value
+    static func option(_ fd: FileDescriptor, _ name: Int32, _ object: String) throws -> Int32 {
+        try Sockets.option(fd, SOL_SOCKET, name, name: "\(name)", object: object)
     }
 
     static func familyName(_ family: Int32) -> String {
@@ -206,14 +197,6 @@ extension UnixSocketState {
                                       38: "AF_ALG", 44: "AF_XDP", 45: "AF_MCTP"]
         if let name = names[family] { return "an \(name)" }
         return "a family \(family)"
-    }
-
-    /// getsockname or getpeername; nil when unnamed or not connected.
-    static func name(_ fd: Int32, peer: Bool) -> Data? {
-        var bytes = [UInt8](repeating: 0, count: Int(CRYO_UNIX_NAME_MAX))
-        var length: UInt32 = 0
-        guard cryo_unix_name(fd, peer ? 1 : 0, &bytes, &length) == 0, length > 0 else { return nil }
-        return Data(bytes[0..<Int(length)])
     }
 
     /// A path name ends at its first NUL; an abstract name keeps every byte.
@@ -229,10 +212,6 @@ extension UnixSocketState {
         guard let name, !name.isEmpty else { return "unnamed" }
         if name.first != 0 { return String(decoding: name, as: UTF8.self) }
         return "@" + name.dropFirst().map { $0 >= 0x20 && $0 < 0x7f ? String(UnicodeScalar($0)) : String(format: "\\x%02x", $0) }.joined()
-    }
-
-    static func withCString<T>(_ name: Data, _ body: (UnsafePointer<CChar>) -> T) -> T {
-        (name + [0]).withUnsafeBytes { body($0.bindMemory(to: CChar.self).baseAddress!) }
     }
 
     public var summary: String {
@@ -312,7 +291,7 @@ extension UnixSocketState {
     }
 
     func validate() -> String? {
-        if let name, name.isEmpty || name.count > Int(CRYO_UNIX_NAME_MAX) { return "a unix socket name of \(name.count) bytes" }
+        if let name, name.isEmpty || name.count > 108 /* sun_path */ { return "a unix socket name of \(name.count) bytes" }
         if state == .listening && (backlog == nil || type == .dgram) { return "a listening unix \(type.rawValue) socket without backlog" }
         if state != .connected && (peer != nil || peerClosed) { return "an unconnected unix socket with a peer" }
         if type == .stream && queued.count > 1 { return "a unix stream socket with more than one queue" }
@@ -326,7 +305,7 @@ extension UnixSocketState {
 /// Makes every unix socket of the image at once (they refer to each other
 /// by name and as peers), then hands each out as its open file description.
 final class UnixSocketRebuilder: KindRebuilder {
-    private var made: [Int: Int32] = [:]
+    private var made: [Int: FileDescriptor] = [:]
 
     init(_ context: OpenContext) throws {
         var builder = Builder(files: context.files)
@@ -337,25 +316,25 @@ final class UnixSocketRebuilder: KindRebuilder {
             throw error
         }
         made = builder.made
-        for fd in builder.temporary { close(fd) }
+        for fd in builder.temporary { try? fd.close() }
     }
 
     func take(_ id: Int) -> FileDescriptor? {
-        made.removeValue(forKey: id).map { FileDescriptor(rawValue: $0) }
+        made.removeValue(forKey: id)
     }
 
     func closeAll() {
-        for fd in made.values { close(fd) }
+        for fd in made.values { try? fd.close() }
     }
 
     private struct Builder {
         let sockets: [(id: Int, state: UnixSocketState, flags: UInt32)]
         let byInode: [UInt64: Int]
         let states: [Int: UnixSocketState]
-        var made: [Int: Int32] = [:]
-        var temporary: [Int32] = []
+        var made: [Int: FileDescriptor] = [:]
+        var temporary: [FileDescriptor] = []
         /// Stand-ins for closed peers, closed once the survivor's queue is refilled.
-        var closedPeers: [Int: Int32] = [:]
+        var closedPeers: [Int: FileDescriptor] = [:]
         /// Names bound only to be unlinked again: their file had gone at dump.
         var removeAfter: [String] = []
 
@@ -375,15 +354,13 @@ final class UnixSocketRebuilder: KindRebuilder {
             for (id, s, _) in sockets where s.state != .connected {
                 let fd = try socket(s.type, id)
                 if s.name != nil { try bind(fd, s, id) }
-                if s.state == .listening {
-                    _ = try check(cryo_listen(fd, s.backlog ?? 128), "listen", object: object(id))
-                }
+                if s.state == .listening { try Sockets.listen(fd, backlog: s.backlog ?? 128, object: object(id)) }
             }
             // 2. Pairs with both ends in the image, and sockets whose peer has closed.
             var done = Set<Int>()
             for (id, s, _) in sockets where s.state == .connected && !done.contains(id) {
                 if s.peerClosed {
-                    let (mine, other) = try pair(s.type, id)
+                    let (mine, other) = try Sockets.unixPair(type: s.type.kernelValue, object: object(id))
                     made[id] = mine
                     closedPeers[id] = other
                     if s.type == .dgram, s.name != nil { try bind(mine, s, id) }
@@ -405,25 +382,19 @@ final class UnixSocketRebuilder: KindRebuilder {
             for (id, s, _) in sockets where !s.queued.isEmpty {
                 try refill(id, s)
             }
-            for fd in closedPeers.values { close(fd) }
+            for fd in closedPeers.values { try? fd.close() }
             closedPeers = [:]
-            for path in removeAfter { unlink(path) }
+            for path in removeAfter { try? FileObjects.remove(path, object: path) }
             // 5. Options, shutdown and status flags last: nothing above may be refused because of them.
             for (id, s, flags) in sockets {
                 try setOptions(made[id]!, s, flags: flags, id)
             }
         }
 
-        mutating func socket(_ type: UnixSocketState.SocketType, _ id: Int) throws -> Int32 {
-            let fd = Int32(try check(cryo_unix_socket(type.kernelValue), "socket(AF_UNIX)", object: object(id)))
+        mutating func socket(_ type: UnixSocketState.SocketType, _ id: Int) throws -> FileDescriptor {
+            let fd = try Sockets.make(family: AF_UNIX, type: type.kernelValue, object: "\(object(id)) (AF_UNIX)")
             made[id] = fd
             return fd
-        }
-
-        func pair(_ type: UnixSocketState.SocketType, _ id: Int) throws -> (Int32, Int32) {
-            var fds: [Int32] = [-1, -1]
-            _ = try check(cryo_unix_socketpair(type.kernelValue, &fds), "socketpair(AF_UNIX)", object: object(id))
-            return (fds[0], fds[1])
         }
 
         /// A stream or seqpacket pair whose one end was accepted from a listener of the
@@ -441,11 +412,11 @@ final class UnixSocketRebuilder: KindRebuilder {
                     let clientFD = try socket(states[client]!.type, client)
                     if states[client]!.name != nil { try bind(clientFD, states[client]!, client) }
                     try connect(clientFD, to: states[server]!.name!, client)
-                    made[server] = Int32(try check(cryo_unix_accept(made[listenerID]!), "accept4", object: object(listenerID)))
+                    made[server] = try Sockets.accept(made[listenerID]!, object: object(listenerID))
                     return
                 }
             }
-            let (fa, fb) = try pair(sa.type, a)
+            let (fa, fb) = try Sockets.unixPair(type: sa.type.kernelValue, object: object(a))
             made[a] = fa
             made[b] = fb
             // Datagram sockets name themselves; a connected stream end's name is
@@ -456,39 +427,33 @@ final class UnixSocketRebuilder: KindRebuilder {
             }
         }
 
-        func connect(_ fd: Int32, to name: Data, _ id: Int) throws {
-            let result = name.withUnsafeBytes { cryo_unix_connect(fd, $0.bindMemory(to: UInt8.self).baseAddress, UInt32($0.count)) }
-            _ = try check(result, "connect", object: "\(object(id)) to \(UnixSocketState.display(name))")
+        func connect(_ fd: FileDescriptor, to name: Data, _ id: Int) throws {
+            try Sockets.connect(fd, to: .unix([UInt8](name)), object: "\(object(id)) to \(UnixSocketState.display(name))")
         }
 
         /// Binds to the old name. A socket file left at the path is removed
         /// first only if no live socket uses it; anything else there is refused.
-        mutating func bind(_ fd: Int32, _ s: UnixSocketState, _ id: Int) throws {
+        mutating func bind(_ fd: FileDescriptor, _ s: UnixSocketState, _ id: Int) throws {
             guard let name = s.name else { return }
             let display = UnixSocketState.display(name)
             let isPath = name.first != 0
-            if isPath {
-                var st = Glibc.stat()
-                if UnixSocketState.withCString(name, { lstat($0, &st) }) == 0 {
-                    guard st.st_mode & S_IFMT == S_IFSOCK else {
-                        throw CryoError("\(object(id)): \(display) exists and is not a socket; not replacing it")
-                    }
-                    let inUse = try check(cryo_unix_file_in_use(UInt32(truncatingIfNeeded: st.st_ino), UInt64(st.st_dev)),
-                                          "sock_diag(AF_UNIX)", object: "\(object(id)) \(display)")
-                    if inUse != 0 {
-                        throw CryoError("\(object(id)): \(display) is the address of a live socket; not replacing it")
-                    }
-                    _ = try checkLibc(Int(UnixSocketState.withCString(name) { unlink($0) }), "unlink", object: "stale socket \(display)")
+            let path = String(decoding: name, as: UTF8.self)
+            if isPath, let st = try? Files.stat(path, follow: false) {
+                guard st.st_mode & S_IFMT == S_IFSOCK else {
+                    throw CryoError("\(object(id)): \(display) exists and is not a socket; not replacing it")
                 }
+                if try SockDiag.unixSocketFileInUse(inode: UInt32(truncatingIfNeeded: st.st_ino), device: UInt64(st.st_dev),
+                                                    object: "\(object(id)) \(display)") {
+                    throw CryoError("\(object(id)): \(display) is the address of a live socket; not replacing it")
+                }
+                try FileObjects.remove(path, object: "stale socket \(display)")
             }
-            let result = name.withUnsafeBytes { cryo_unix_bind(fd, $0.bindMemory(to: UInt8.self).baseAddress, UInt32($0.count)) }
-            _ = try check(result, "bind", object: "\(object(id)) to \(display)")
+            try Sockets.bind(fd, to: .unix([UInt8](name)), object: "\(object(id)) to \(display)")
             guard isPath else { return }
             if let file = s.file, file.existed {
-                _ = try checkLibc(Int(UnixSocketState.withCString(name) { chmod($0, mode_t(file.mode)) }), "chmod", object: display)
-                _ = try checkLibc(Int(UnixSocketState.withCString(name) { lchown($0, file.uid, file.gid) }), "lchown", object: display)
+                try FileObjects.setModeAndOwner(path, mode: file.mode, uid: file.uid, gid: file.gid, object: display)
             } else {
-                removeAfter.append(String(decoding: name, as: UTF8.self))
+                removeAfter.append(path)
             }
         }
 
@@ -496,26 +461,26 @@ final class UnixSocketRebuilder: KindRebuilder {
         /// pair's other end, the stand-in of a closed peer, or for a named
         /// datagram socket a throwaway socket connected to its name.
         mutating func refill(_ id: Int, _ s: UnixSocketState) throws {
-            let writer: Int32
+            let writer: FileDescriptor
             if let standIn = closedPeers[id] {
                 writer = standIn
             } else if s.state == .connected, let peer = s.peer, let peerID = byInode[peer], let fd = made[peerID] {
                 writer = fd
             } else if s.state == .unconnected, s.type == .dgram, let name = s.name {
-                writer = Int32(try check(cryo_unix_socket(s.type.kernelValue), "socket(AF_UNIX)", object: object(id)))
+                writer = try Sockets.make(family: AF_UNIX, type: s.type.kernelValue, object: "\(object(id)) (AF_UNIX)")
                 temporary.append(writer)
                 try connect(writer, to: name, id)
             } else {
                 throw CryoError("\(object(id)): no end to write its \(s.queued.count) queued messages from")
             }
             // Room for all of it; the writer's own size is set with the other options afterwards.
-            _ = try check(cryo_setsockopt_int(writer, CRYO_SOL_SOCKET, CRYO_SO_SNDBUFFORCE, Int32.max / 2),
-                          "setsockopt(SO_SNDBUFFORCE)", object: object(id))
+            try Sockets.setOption(writer, SOL_SOCKET, SO_SNDBUFFORCE, Int32.max / 2, name: "SO_SNDBUFFORCE", object: object(id))
             for message in s.queued {
                 var sent = 0
                 repeat {
-                    let n = message.withUnsafeBytes { cryo_send_nowait(writer, $0.baseAddress! + sent, $0.count - sent) }
-                    sent += try check(n, "send", object: "\(object(id)): refilling its receive queue")
+                    sent += try message.withUnsafeBytes {
+                        try Sockets.send(writer, UnsafeRawBufferPointer(rebasing: $0[sent...]), object: "\(object(id)): refilling its receive queue")
+                    }
                     if s.type != .stream && sent != message.count {
                         throw CryoError("\(object(id)): a \(message.count)-byte message went out as \(sent) bytes")
                     }
@@ -523,30 +488,29 @@ final class UnixSocketRebuilder: KindRebuilder {
             }
         }
 
-        func setOptions(_ fd: Int32, _ s: UnixSocketState, flags: UInt32, _ id: Int) throws {
+        func setOptions(_ fd: FileDescriptor, _ s: UnixSocketState, flags: UInt32, _ id: Int) throws {
             let what = object(id)
             func set(_ option: Int32, _ value: Int32, _ name: String) throws {
-                _ = try check(cryo_setsockopt_int(fd, CRYO_SOL_SOCKET, option, value), "setsockopt(\(name))", object: what)
+                try Sockets.setOption(fd, SOL_SOCKET, option, value, name: name, object: what)
             }
-            if s.passCredentials { try set(CRYO_SO_PASSCRED, 1, "SO_PASSCRED") }
+            if s.passCredentials { try set(SO_PASSCRED, 1, "SO_PASSCRED") }
             // The kernel doubles what it is given: give it half of what it reported.
-            for (option, forced, wanted, name) in [(CRYO_SO_SNDBUF, CRYO_SO_SNDBUFFORCE, s.sendBuffer, "SO_SNDBUFFORCE"),
-                                                   (CRYO_SO_RCVBUF, CRYO_SO_RCVBUFFORCE, s.receiveBuffer, "SO_RCVBUFFORCE")] {
+            for (option, forced, wanted, name) in [(SO_SNDBUF, SO_SNDBUFFORCE, s.sendBuffer, "SO_SNDBUFFORCE"),
+                                                   (SO_RCVBUF, SO_RCVBUFFORCE, s.receiveBuffer, "SO_RCVBUFFORCE")] {
                 if try UnixSocketState.option(fd, option, what) != wanted { try set(forced, wanted / 2, name) }
             }
-            if s.peekOffset != -1 { try set(CRYO_SO_PEEK_OFF, s.peekOffset, "SO_PEEK_OFF") }
+            if s.peekOffset != -1 { try set(SO_PEEK_OFF, s.peekOffset, "SO_PEEK_OFF") }
             // A closed peer's stand-in shut this end down when it went.
             if s.shutdown != 0 && !s.peerClosed {
-                _ = try check(cryo_shutdown(fd, Int32(s.shutdown) - 1), "shutdown", object: what)
+                try Sockets.shutdown(fd, how: Int32(s.shutdown) - 1, object: what)
             }
-            let status = Int32(bitPattern: flags) & O_NONBLOCK
-            _ = try checkLibc(Int(fcntl(fd, F_SETFL, status)), "fcntl(F_SETFL)", object: what)
+            try FileObjects.setStatusFlags(fd, Int32(bitPattern: flags) & O_NONBLOCK, object: what)
         }
 
         func closeAll() {
-            for fd in made.values { close(fd) }
-            for fd in temporary { close(fd) }
-            for fd in closedPeers.values { close(fd) }
+            for fd in made.values { try? fd.close() }
+            for fd in temporary { try? fd.close() }
+            for fd in closedPeers.values { try? fd.close() }
         }
     }
 }

@@ -100,15 +100,12 @@ public enum KernelCheck {
             return names.joined(separator: " + ") + " (moved as one unit with mremap at restore)"
         }
         add("unix sockets (sock_diag, SO_PEEK_OFF)", required: false) {
-            var fds: [Int32] = [-1, -1]
-            _ = try check(cryo_unix_socketpair(1, &fds), "socketpair(AF_UNIX)")
-            defer { close(fds[0]); close(fds[1]) }
-            var st = Glibc.stat(), peer = Glibc.stat()
-            guard fstat(fds[0], &st) == 0, fstat(fds[1], &peer) == 0 else { throw CryoError("fstat on a socket failed") }
-            var info = cryo_unix_diag_info()
-            _ = try check(cryo_unix_diag(UInt32(truncatingIfNeeded: st.st_ino), &info), "sock_diag(AF_UNIX)")
-            guard info.has_peer != 0, UInt64(info.peer) == UInt64(peer.st_ino) else { throw CryoError("no peer reported for a socketpair") }
-            _ = try check(cryo_setsockopt_int(fds[0], CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF, 0), "setsockopt(SO_PEEK_OFF)")
+            let (a, b) = try Sockets.unixPair(type: Int32(SOCK_STREAM.rawValue), object: "a socketpair")
+            defer { try? a.close(); try? b.close() }
+            let st = try Files.stat(a, object: "a socketpair"), peer = try Files.stat(b, object: "a socketpair")
+            let info = try SockDiag.unixSocket(inode: UInt32(truncatingIfNeeded: st.st_ino), object: "a socketpair")
+            guard let found = info?.peer, UInt64(found) == UInt64(peer.st_ino) else { throw CryoError("no peer reported for a socketpair") }
+            try Sockets.setOption(a, SOL_SOCKET, SO_PEEK_OFF, Int32(0), name: "SO_PEEK_OFF", object: "a socketpair")
             return "a socketpair's peer found by inode, peek offset settable (for processes with unix sockets)"
         }
         let capabilities: [(Int, String, Bool)] = [(19, "CAP_SYS_PTRACE", true), (40, "CAP_CHECKPOINT_RESTORE", true),

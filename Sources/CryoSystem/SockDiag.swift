@@ -1,0 +1,152 @@
+import CCryo
+import Glibc
+import SystemPackage
+
+/// What NETLINK_SOCK_DIAG tells of one AF_UNIX socket that the socket itself cannot.
+public struct UnixSocketDiag: Sendable {
+    public var inode: UInt32
+    public var type: UInt32
+    /// TCP_ESTABLISHED 1, TCP_CLOSE 7, TCP_LISTEN 10
+    public var state: UInt32
+    /// The peer's inode; 0 when it is closed or not accepted yet; nil when none was reported.
+    public var peer: UInt32?
+    /// Receive and send queue lengths (for a listener: pending connections and backlog), when reported.
+    public var queues: (receive: UInt32, send: UInt32)?
+    /// The socket file of a path name: its inode and device (as stat's st_dev).
+    public var file: (inode: UInt32, device: UInt64)?
+    /// Connections not yet accepted, as UNIX_DIAG_ICONS lists them.
+    public var pending: UInt32 = 0
+    /// Bit 0: receive shut down, bit 1: send shut down.
+    public var shutdown: UInt32 = 0
+    /// sun_path bytes as bound; empty when unnamed.
+    public var name: [UInt8] = []
+}
+
+/// Unix sockets of cryo's network namespace through NETLINK_SOCK_DIAG.
+public enum SockDiag {
+    /// The socket with this inode, or nil when cryo's network namespace has none.
+    public static func unixSocket(inode: UInt32, object: String) throws -> UnixSocketDiag? {
+        let show = UInt32(UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN)
+        var found: UnixSocketDiag? = nil
+        do {
+            try query(inode: inode, show: show, dump: false, object: object) { diag in
+                if diag.inode == inode { found = diag }
+                return found == nil
+            }
+        } catch let error as SyscallError where error.errno == .noSuchFileOrDirectory {
+            return nil
+        }
+        guard let found else { throw SyscallError("sock_diag(AF_UNIX)", errno: .protocolError, object: object) }
+        return found
+    }
+
+    /// Whether a live socket is bound to the socket file with this inode and device (a full dump).
+    public static func unixSocketFileInUse(inode: UInt32, device: UInt64, object: String) throws -> Bool {
+        var inUse = false
+        try query(inode: 0, show: UInt32(UDIAG_SHOW_VFS), dump: true, object: object) { diag in
+            if let file = diag.file, file.inode == inode, file.device == device { inUse = true }
+            return true
+        }
+        return inUse
+    }
+
+    /// Sends one request and hands each socket of the reply to `body` until it returns false.
+    private static func query(inode: UInt32, show: UInt32, dump: Bool, object: String, _ body: (UnixSocketDiag) -> Bool) throws {
+        let call = "sock_diag(AF_UNIX)"
+        let netlink = FileDescriptor(rawValue: try returnOrThrow(
+            socket(AF_NETLINK, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), NETLINK_SOCK_DIAG), "socket(AF_NETLINK)", object: object))
+        defer { try? netlink.close() }
+        var header = nlmsghdr()
+        header.nlmsg_len = UInt32(MemoryLayout<nlmsghdr>.size + MemoryLayout<unix_diag_req>.size)
+        header.nlmsg_type = UInt16(SOCK_DIAG_BY_FAMILY)
+        header.nlmsg_flags = UInt16(NLM_F_REQUEST) | (dump ? CRYO_NLM_F_DUMP : 0)
+        var request = unix_diag_req()
+        request.sdiag_family = UInt8(AF_UNIX)
+        request.udiag_states = ~0
+        request.udiag_ino = inode
+        request.udiag_show = show
+        // No cookie: looked up by inode.
+        if !dump { request.udiag_cookie = (~0, ~0) }
+        let message = withUnsafeBytes(of: header) { Array($0) } + withUnsafeBytes(of: request) { Array($0) }
+        var kernel = sockaddr_nl()
+        kernel.nl_family = sa_family_t(AF_NETLINK)
+        _ = try retryingEINTR(call, object: object) {
+            message.withUnsafeBytes { bytes in
+                withUnsafePointer(to: &kernel) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        sendto(netlink.rawValue, bytes.baseAddress, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_nl>.size))
+                    }
+                }
+            }
+        }
+        // Room for a reply with a name and one u32 per pending connection of a big backlog.
+        var reply = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let length = try retryingEINTR(call, object: object) {
+                reply.withUnsafeMutableBytes { recv(netlink.rawValue, $0.baseAddress, $0.count, 0) }
+            }
+            if length == 0 { return }
+            var offset = 0
+            let headerSize = MemoryLayout<nlmsghdr>.size
+            while offset + headerSize <= length {
+                let h = reply.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: nlmsghdr.self) }
+                guard Int(h.nlmsg_len) >= headerSize, offset + Int(h.nlmsg_len) <= length else {
+                    throw SyscallError(call, errno: .protocolError, object: object)
+                }
+                switch Int32(h.nlmsg_type) {
+                case NLMSG_DONE:
+                    return
+                case NLMSG_ERROR:
+                    let error = reply.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + headerSize, as: Int32.self) }
+                    throw SyscallError(call, errno: error < 0 ? Errno(rawValue: -error) : .protocolError, object: object)
+                case Int32(SOCK_DIAG_BY_FAMILY):
+                    let payload = Array(reply[(offset + headerSize)..<(offset + Int(h.nlmsg_len))])
+                    guard let diag = parse(payload) else {
+                        if !dump { throw SyscallError(call, errno: .protocolError, object: object) }
+                        break
+                    }
+                    if !body(diag) || !dump { return }
+                default:
+                    if !dump { throw SyscallError(call, errno: .protocolError, object: object) }
+                }
+                offset += (Int(h.nlmsg_len) + 3) & ~3
+            }
+            if !dump { return }
+        }
+    }
+
+    /// A unix_diag_msg and its attributes.
+    private static func parse(_ payload: [UInt8]) -> UnixSocketDiag? {
+        let messageSize = MemoryLayout<unix_diag_msg>.size
+        guard payload.count >= messageSize else { return nil }
+        let m = payload.withUnsafeBytes { $0.loadUnaligned(as: unix_diag_msg.self) }
+        var diag = UnixSocketDiag(inode: m.udiag_ino, type: UInt32(m.udiag_type), state: UInt32(m.udiag_state))
+        var offset = messageSize
+        while offset + 4 <= payload.count {
+            let attributeLength = Int(payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt16.self) })
+            let type = payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 2, as: UInt16.self) } & CRYO_NLA_TYPE_MASK
+            guard attributeLength >= 4, offset + attributeLength <= payload.count else { break }
+            let data = Array(payload[(offset + 4)..<(offset + attributeLength)])
+            func u32(_ at: Int) -> UInt32 { data.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at, as: UInt32.self) } }
+            switch Int(type) {
+            case Int(UNIX_DIAG_NAME):
+                guard data.count <= 108 else { return nil }
+                diag.name = data
+            case Int(UNIX_DIAG_VFS) where data.count >= 8:
+                diag.file = (u32(0), FileObjects.deviceNumber(kernelEncoded: UInt64(u32(4))))
+            case Int(UNIX_DIAG_PEER) where data.count >= 4:
+                diag.peer = u32(0)
+            case Int(UNIX_DIAG_ICONS):
+                diag.pending = UInt32(data.count / 4)
+            case Int(UNIX_DIAG_RQLEN) where data.count >= 8:
+                diag.queues = (u32(0), u32(4))
+            case Int(UNIX_DIAG_SHUTDOWN) where data.count >= 1:
+                diag.shutdown = UInt32(data[0])
+            default:
+                break
+            }
+            offset += (attributeLength + 3) & ~3
+        }
+        return diag
+    }
+}

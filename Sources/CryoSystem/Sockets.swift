@@ -1,0 +1,222 @@
+import CCryo
+import Glibc
+import SystemPackage
+
+/// A socket address as the kernel takes it: the bytes of a sockaddr of the right length.
+public struct SocketAddress: Sendable, Equatable {
+    public var bytes: [UInt8]
+
+    public init(bytes: [UInt8]) { self.bytes = bytes }
+
+    public var family: Int32 { bytes.count >= 2 ? Int32(UInt16(bytes[0]) | UInt16(bytes[1]) << 8) : Int32(AF_UNSPEC) }
+
+    /// sun_path bytes as given (a leading NUL: abstract; a path without its terminating NUL).
+    public static func unix(_ name: [UInt8]) -> SocketAddress {
+        var bytes = [UInt8](repeating: 0, count: 2)
+        bytes.withUnsafeMutableBytes { $0.storeBytes(of: sa_family_t(AF_UNIX), as: sa_family_t.self) }
+        return SocketAddress(bytes: bytes + name)
+    }
+
+    /// The name of an AF_UNIX address: a path up to its first NUL, an abstract name whole; nil when unnamed.
+    public var unixName: [UInt8]? {
+        guard family == AF_UNIX, bytes.count > 2 else { return nil }
+        var name = Array(bytes[2...].prefix(108))
+        if name.first != 0, let end = name.firstIndex(of: 0) { name = Array(name[..<end]) }
+        return name.isEmpty ? nil : name
+    }
+
+    /// An AF_INET (4 address bytes) or AF_INET6 (16) address; port in host order.
+    public static func inet(address: [UInt8], port: UInt16, scope: UInt32 = 0) -> SocketAddress {
+        if address.count == 4 {
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            a.sin_port = port.bigEndian
+            withUnsafeMutableBytes(of: &a.sin_addr) { for (i, b) in address.enumerated() { $0[i] = b } }
+            return SocketAddress(bytes: withUnsafeBytes(of: a) { Array($0) })
+        }
+        var a = sockaddr_in6()
+        a.sin6_family = sa_family_t(AF_INET6)
+        a.sin6_port = port.bigEndian
+        a.sin6_scope_id = scope
+        withUnsafeMutableBytes(of: &a.sin6_addr) { for (i, b) in address.prefix(16).enumerated() { $0[i] = b } }
+        return SocketAddress(bytes: withUnsafeBytes(of: a) { Array($0) })
+    }
+
+    /// Address bytes (4 or 16), port and scope of an inet address; nil for another family.
+    public var inet: (address: [UInt8], port: UInt16, scope: UInt32)? {
+        if family == AF_INET, bytes.count >= MemoryLayout<sockaddr_in>.size {
+            let a = bytes.withUnsafeBytes { $0.loadUnaligned(as: sockaddr_in.self) }
+            return (withUnsafeBytes(of: a.sin_addr) { Array($0) }, UInt16(bigEndian: a.sin_port), 0)
+        }
+        if family == AF_INET6, bytes.count >= MemoryLayout<sockaddr_in6>.size {
+            let a = bytes.withUnsafeBytes { $0.loadUnaligned(as: sockaddr_in6.self) }
+            return (withUnsafeBytes(of: a.sin6_addr) { Array($0) }, UInt16(bigEndian: a.sin6_port), a.sin6_scope_id)
+        }
+        return nil
+    }
+
+    func withSockaddr<T>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
+        var storage = sockaddr_storage()
+        return withUnsafeMutableBytes(of: &storage) { raw in
+            for (i, b) in bytes.prefix(raw.count).enumerated() { raw[i] = b }
+            return body(raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(min(bytes.count, raw.count)))
+        }
+    }
+}
+
+/// One message peeked from a socket's receive queue.
+public struct PeekedMessage {
+    /// Bytes in the message (its whole length when asked to truncate), or in the stream part read.
+    public var length: Int
+    public var flags: Int32
+    /// Descriptors that came along (SCM_RIGHTS); already closed.
+    public var descriptors: Int
+    public var source: SocketAddress?
+}
+
+/// Socket calls on descriptors. New sockets are close-on-exec and non-blocking
+/// (the caller sets the final status flags).
+public enum Sockets {
+    public static func make(family: Int32, type: Int32, object: String) throws -> FileDescriptor {
+        let flags = Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
+        return FileDescriptor(rawValue: try returnOrThrow(socket(family, type | flags, 0), "socket", object: object))
+    }
+
+    public static func unixPair(type: Int32, object: String) throws -> (FileDescriptor, FileDescriptor) {
+        var fds: [Int32] = [-1, -1]
+        let flags = Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
+        _ = try returnOrThrow(socketpair(AF_UNIX, type | flags, 0, &fds), "socketpair(AF_UNIX)", object: object)
+        return (FileDescriptor(rawValue: fds[0]), FileDescriptor(rawValue: fds[1]))
+    }
+
+    public static func accept(_ fd: FileDescriptor, object: String) throws -> FileDescriptor {
+        let flags = Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
+        return FileDescriptor(rawValue: try retryingEINTR("accept4", object: object) { accept4(fd.rawValue, nil, nil, flags) })
+    }
+
+    public static func listen(_ fd: FileDescriptor, backlog: Int32, object: String) throws {
+        _ = try returnOrThrow(Glibc.listen(fd.rawValue, backlog), "listen", object: object)
+    }
+
+    /// SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2.
+    public static func shutdown(_ fd: FileDescriptor, how: Int32, object: String) throws {
+        _ = try returnOrThrow(Glibc.shutdown(fd.rawValue, how), "shutdown", object: object)
+    }
+
+    public static func bind(_ fd: FileDescriptor, to address: SocketAddress, object: String) throws {
+        _ = try returnOrThrow(address.withSockaddr { Glibc.bind(fd.rawValue, $0, $1) }, "bind", object: object)
+    }
+
+    public static func connect(_ fd: FileDescriptor, to address: SocketAddress, object: String) throws {
+        _ = try retryingEINTR("connect", object: object) { address.withSockaddr { Glibc.connect(fd.rawValue, $0, $1) } }
+    }
+
+    /// getsockname, or getpeername for `peer`.
+    public static func name(_ fd: FileDescriptor, peer: Bool, object: String) throws -> SocketAddress {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = withUnsafeMutableBytes(of: &storage) { raw in
+            let address = raw.baseAddress!.assumingMemoryBound(to: sockaddr.self)
+            return peer ? getpeername(fd.rawValue, address, &length) : getsockname(fd.rawValue, address, &length)
+        }
+        _ = try returnOrThrow(result, peer ? "getpeername" : "getsockname", object: object)
+        return SocketAddress(bytes: withUnsafeBytes(of: storage) { Array($0.prefix(Int(length))) })
+    }
+
+    /// An option of any C type (`getsockopt`).
+    public static func option<T>(_ fd: FileDescriptor, _ level: Int32, _ option: Int32, as type: T.Type, name: String,
+                                 object: String, initial: T) throws -> T {
+        var value = initial
+        var length = socklen_t(MemoryLayout<T>.size)
+        _ = try returnOrThrow(getsockopt(fd.rawValue, level, option, &value, &length), "getsockopt(\(name))", object: object)
+        return value
+    }
+
+    public static func option(_ fd: FileDescriptor, _ level: Int32, _ option: Int32, name: String, object: String) throws -> Int32 {
+        try Self.option(fd, level, option, as: Int32.self, name: name, object: object, initial: 0)
+    }
+
+    public static func setOption<T>(_ fd: FileDescriptor, _ level: Int32, _ option: Int32, _ value: T, name: String, object: String) throws {
+        var value = value
+        _ = try returnOrThrow(setsockopt(fd.rawValue, level, option, &value, socklen_t(MemoryLayout<T>.size)),
+                              "setsockopt(\(name))", object: object)
+    }
+
+    /// Option bytes of a variable length (TCP_REPAIR_OPTIONS).
+    public static func setOption(_ fd: FileDescriptor, _ level: Int32, _ option: Int32, bytes: [UInt8], name: String, object: String) throws {
+        _ = try returnOrThrow(bytes.withUnsafeBytes { setsockopt(fd.rawValue, level, option, $0.baseAddress, socklen_t($0.count)) },
+                              "setsockopt(\(name))", object: object)
+    }
+
+    /// send (or sendto `target`) without blocking or SIGPIPE: the bytes taken.
+    public static func send(_ fd: FileDescriptor, _ bytes: UnsafeRawBufferPointer, to target: SocketAddress? = nil, object: String) throws -> Int {
+        let flags = Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL)
+        return try retryingEINTR(target == nil ? "send" : "sendto", object: object) {
+            if let target { return target.withSockaddr { sendto(fd.rawValue, bytes.baseAddress, bytes.count, flags, $0, $1) } }
+            return Glibc.send(fd.rawValue, bytes.baseAddress, bytes.count, flags)
+        }
+    }
+
+    /// recvmsg(MSG_PEEK | MSG_DONTWAIT [| MSG_TRUNC]) into `buffer`, with the source address;
+    /// nil when nothing waits. Descriptors passed along are closed at once and counted.
+    public static func peek(_ fd: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer, truncate: Bool,
+                            object: String) throws -> PeekedMessage? {
+        var storage = sockaddr_storage()
+        // Room for the most descriptors one message carries (253), credentials and a pidfd.
+        var control = [UInt8](repeating: 0, count: 2048)
+        var flags = Int32(MSG_PEEK) | Int32(MSG_DONTWAIT) | Int32(MSG_CMSG_CLOEXEC)
+        if truncate { flags |= Int32(MSG_TRUNC) }
+        var message = msghdr()
+        var vector = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+        let result: Int = withUnsafeMutableBytes(of: &storage) { name in
+            control.withUnsafeMutableBytes { control in
+                withUnsafeMutablePointer(to: &vector) { vector in
+                    message.msg_name = name.baseAddress
+                    message.msg_namelen = socklen_t(name.count)
+                    message.msg_iov = vector
+                    message.msg_iovlen = 1
+                    message.msg_control = control.baseAddress
+                    message.msg_controllen = control.count
+                    while true {
+                        let n = recvmsg(fd.rawValue, &message, flags)
+                        if n < 0 && Glibc.errno == EINTR { continue }
+                        return n
+                    }
+                }
+            }
+        }
+        if result < 0 && Glibc.errno == EAGAIN { return nil }
+        let length = try returnOrThrow(result, "recvmsg(MSG_PEEK)", object: object)
+        let descriptors = closePassedDescriptors(control, length: Int(message.msg_controllen))
+        let source = message.msg_namelen > 0
+            ? SocketAddress(bytes: withUnsafeBytes(of: storage) { Array($0.prefix(Int(message.msg_namelen))) }) : nil
+        return PeekedMessage(length: length, flags: message.msg_flags, descriptors: descriptors, source: source)
+    }
+
+    /// Closes every descriptor in SCM_RIGHTS or SCM_PIDFD (4) control messages; the count of SCM_RIGHTS ones.
+    private static func closePassedDescriptors(_ control: [UInt8], length: Int) -> Int {
+        let header = MemoryLayout<cmsghdr>.size
+        var offset = 0, rights = 0
+        while offset + header <= length {
+            let c = control.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: cmsghdr.self) }
+            guard c.cmsg_len >= header, offset + Int(c.cmsg_len) <= length else { break }
+            if c.cmsg_level == SOL_SOCKET && (c.cmsg_type == Int32(SCM_RIGHTS) || c.cmsg_type == 4) {
+                let count = (Int(c.cmsg_len) - header) / 4
+                for i in 0..<count {
+                    let passed = control.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + header + 4 * i, as: Int32.self) }
+                    Glibc.close(passed)
+                }
+                if c.cmsg_type == Int32(SCM_RIGHTS) { rights += count }
+            }
+            offset += (Int(c.cmsg_len) + 7) & ~7
+        }
+        return rights
+    }
+
+    /// A socket queue length by ioctl (SIOCINQ, SIOCOUTQ, SIOCOUTQNSD).
+    public static func queueLength(_ fd: FileDescriptor, request: UInt, name: String, object: String) throws -> Int32 {
+        var value: Int32 = 0
+        _ = try returnOrThrow(ioctl(fd.rawValue, request, &value), "ioctl(\(name))", object: object)
+        return value
+    }
+}
