@@ -122,9 +122,33 @@ public enum RemoteMemory {
     public static func read(_ pid: pid_t, at address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
         var done = 0
         while done < buffer.count {
-            let n = try check(cryo_process_vm_readv(pid, buffer.baseAddress! + done, buffer.count - done, address + UInt64(done)),
-                              "process_vm_readv", pid: pid, object: "address 0x\(String(address + UInt64(done), radix: 16))")
+            let result = cryo_process_vm_readv(pid, buffer.baseAddress! + done, buffer.count - done, address + UInt64(done))
+            if result == -Int(EFAULT) {
+                // A page the task cannot read itself (PROT_NONE, write- or exec-only) may still hold data:
+                // /proc/PID/mem reads it as a debugger would (FOLL_FORCE).
+                try readForced(pid, at: address + UInt64(done), into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
+                return
+            }
+            let n = try check(result, "process_vm_readv", pid: pid, object: "address 0x\(String(address + UInt64(done), radix: 16))")
             if n == 0 { throw SyscallError("process_vm_readv", errno: .ioError, pid: pid) }
+            done += n
+        }
+    }
+
+    /// Reads through /proc/PID/mem, which reaches pages whose protection forbids reading.
+    public static func readForced(_ pid: pid_t, at address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        let memory = try Files.open("/proc/\(pid)/mem", .readOnly)
+        defer { try? memory.close() }
+        var done = 0
+        while done < buffer.count {
+            let at = address + UInt64(done)
+            let n: Int
+            do {
+                n = try memory.read(fromAbsoluteOffset: Int64(bitPattern: at), into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
+            } catch {
+                throw SyscallError("pread", errno: error as? Errno ?? .ioError, pid: pid, object: "/proc/\(pid)/mem at 0x\(String(at, radix: 16))")
+            }
+            if n == 0 { throw SyscallError("pread", errno: .ioError, pid: pid, object: "/proc/\(pid)/mem at 0x\(String(at, radix: 16))") }
             done += n
         }
     }

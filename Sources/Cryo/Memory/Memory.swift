@@ -36,6 +36,8 @@ public struct MemoryRecord: Codable, Sendable {
         }
     }
     public var mappings: [Mapping]
+    /// PR_GET_THP_DISABLE when not 0 (an mm flag: 1, or 3 with PR_THP_DISABLE_EXCEPT_ADVISED).
+    public var thpDisable: Int32? = nil
 }
 
 /// Where each saved page range lives in the page stream: [address, length, offset].

@@ -126,7 +126,8 @@ public struct Dumper {
                 }
                 created += (pageIndex.parts ?? []).indices.map { paths.pages(process.pid, part: $0 + 1) }
                 statistics.memoryDumpSeconds += seconds(since: memoryStart)
-                let (state, threadStates, posixTimers) = try readTaskState(process)
+                let (state, threadStates, posixTimers, thpDisable) = try readTaskState(process)
+                memory.thpDisable = thpDisable == 0 ? nil : thpDisable
                 let core = try TaskCore.dump(pid: process.pid, state: state)
                 let threads = try zip(process.threads, threadStates).map { try ThreadRecord.dump($0.0, state: $0.1) }
                 var signals = try SignalsRecord.dump(pid: process.pid, state: state)
@@ -195,7 +196,11 @@ public struct Dumper {
 
     /// Runs the parasite once per process (and once in each thread) to read
     /// what only the task can see, then cures it.
-    func readTaskState(_ process: FrozenProcess) throws -> (cryo_task_state, [cryo_thread_state], [PosixTimer]) {
+    func readTaskState(_ process: FrozenProcess) throws -> (cryo_task_state, [cryo_thread_state], [PosixTimer], Int32) {
+        // PR_GET_THP_DISABLE: /proc/PID/status shows only the complete disable, not "except advised".
+        // Injected like the parasite's own mmap, before it, on the way home that survives a kill of cryo.
+        let thp = try process.leader.syscall(157 /* prctl */, 42 /* PR_GET_THP_DISABLE */, 0, 0, 0, 0)
+        guard thp >= 0 else { throw SyscallError("injected prctl(PR_GET_THP_DISABLE)", errno: Errno(rawValue: Int32(-thp)), pid: process.pid) }
         let parasite = try Parasite.inject(into: process.leader, argumentBytes: MemoryLayout<cryo_thread_state>.size + 64 * 1024, log: parasiteLog(logger))
         do {
             if let address = ProcessInfo.processInfo.environment["CRYO_TEST_PARASITE_FAULT"].flatMap({ UInt64($0, radix: 16) }) {
@@ -213,7 +218,7 @@ public struct Dumper {
             }
             let timers = try PosixTimer.dump(pid: process.pid, parasite: parasite)
             try parasite.cure()
-            return (state, threads, timers)
+            return (state, threads, timers, Int32(thp))
         } catch {
             _ = try? parasite.cure()
             throw error

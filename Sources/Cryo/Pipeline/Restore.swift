@@ -530,6 +530,11 @@ public struct Restorer {
             },
             oldRseq: try Ptrace.rseqConfiguration(pid))
         try parasite.run(CRYO_CMD_RESTORE_MEMORY, payload: plan.payload, replyBytes: 0)
+        if let thp = task.memory.thpDisable {
+            // PR_SET_THP_DISABLE, with PR_THP_DISABLE_EXCEPT_ADVISED (bit 1) if it was set.
+            let result = try process.tracee.syscall(157 /* prctl */, 41, 1, UInt64(thp & ~1), 0, 0)
+            if result < 0 { throw SyscallError("injected prctl(PR_SET_THP_DISABLE)", errno: .init(rawValue: Int32(-result)), pid: pid) }
+        }
         if task.pageIndex.compression != nil {
             try task.memory.fillPages(pid: pid, from: PageReader(path: image.paths.pages(imagePid), index: lazy?.eagerIndex ?? task.pageIndex,
                                                                      streamBytes: task.pageIndex.pageBytes))
