@@ -135,9 +135,21 @@ func folderSize(_ path: String) -> UInt64 {
     return total
 }
 
+/// The whole file, read until EOF: FileManager reads a /proc file of size 0 in one
+/// read (4057 of /proc/net/unix's 6726 bytes here), so later lines went missing.
 func readText(_ path: String) -> String {
-    guard let data = FileManager.default.contents(atPath: path) else { return "" }
-    return String(decoding: data, as: UTF8.self)
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return "" }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { break }
+        bytes += chunk[0..<n]
+    }
+    return String(decoding: bytes, as: UTF8.self)
 }
 
 // MARK: - Processes
