@@ -80,6 +80,11 @@ public final class Tracee {
     public private(set) var returnPath: ReturnPath?
     /// Stopped at a syscall exit: registers set here would skip the kernel's restart of an interrupted syscall.
     private var atSyscallStop = false
+    /// The signal of the group stop the process was in when seized (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU).
+    public private(set) var groupStopSignal: Int32?
+    /// A stop signal the task dequeued while cryo drove it: held back, and sent again before detaching.
+    public private(set) var heldStopSignal: Int32?
+    static let stopSignals: Set<Int32> = [SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU]
 
     /// Seize and stop the task: PTRACE_SEIZE, PTRACE_INTERRUPT, wait for the stop.
     /// No PTRACE_O_EXITKILL: if cryo dies, a task it was only reading survives.
@@ -90,10 +95,13 @@ public final class Tracee {
         }
         do {
             try Ptrace.interrupt(pid)
-            try waitForInterruptStop(pid)
+            // A seized task reports a group stop it is in with that stop's signal, else SIGTRAP.
+            let stopSignal = try waitForInterruptStop(pid)
             let regs = try Ptrace.registers(pid)
             let mask = try Ptrace.signalMask(pid)
-            return Tracee(pid: pid, registers: regs, mask: mask, live: true)
+            let tracee = Tracee(pid: pid, registers: regs, mask: mask, live: true)
+            if stopSignals.contains(stopSignal) { tracee.groupStopSignal = stopSignal }
+            return tracee
         } catch let error as InjectionError {
             _ = cryo_ptrace_detach(pid, 0)
             throw error
@@ -118,13 +126,14 @@ public final class Tracee {
         self.owner = pthread_self()
     }
 
-    static func waitForInterruptStop(_ pid: pid_t) throws {
+    @discardableResult
+    static func waitForInterruptStop(_ pid: pid_t) throws -> Int32 {
         while true {
             let status: WaitStatus
             do { status = try waitFor(pid) } catch { throw error }
             switch status {
-            case .stopped(_, let event) where event == 128 /* PTRACE_EVENT_STOP */:
-                return
+            case .stopped(let signal, let event) where event == 128 /* PTRACE_EVENT_STOP */:
+                return signal
             case .stopped(let signal, _):
                 // A signal arrived first: let it be delivered as it would have been.
                 do { try Ptrace.cont(pid, signal: signal) } catch { throw error }
@@ -161,6 +170,10 @@ public final class Tracee {
                 switch accept(signal, regs) {
                 case true?: return regs
                 case false?: try Ptrace.cont(pid, signal: signal)
+                case nil where Tracee.stopSignals.contains(signal):
+                    // Sent to the task before or while cryo drives it: it must not stop now, but it must stop.
+                    heldStopSignal = signal
+                    try resume(pid, 0)
                 case nil: throw InjectionError.fault(pid: pid, signal: signal, registers: regs, during: during)
                 }
             case .stopped:
@@ -325,6 +338,8 @@ public final class Tracee {
     public func detach() throws {
         guard attached else { return }
         try checkThread()
+        // Queued while still stopped: dequeued (and acted on) before the task runs another instruction.
+        if let signal = heldStopSignal { try Processes.kill(pid, signal) }
         do { try Ptrace.detach(pid) } catch { throw error }
         attached = false
     }

@@ -13,6 +13,70 @@ extension EndToEnd {
         func zombies() throws {
             try dumpRestoreAndPass("deaths")
         }
+
+        @Test("children stopped by SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU (one with two threads) come back stopped by the same signal")
+        func stoppedBySignal() throws {
+            try dumpRestoreAndPass("stopped")
+        }
+
+        @Test("a SIGSTOP that arrives while cryo drives the process is held and still stops it", arguments: [false, true])
+        func stopWhileInjecting(leaveRunning: Bool) throws {
+            let scratch = try Scratch("stop-while-dumping")
+            defer { scratch.remove() }
+            let fixture = try Fixture("counter", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let pid = fixture.pid
+            let images = scratch.file("img")
+            // cryo stops itself once the process is seized: the SIGSTOP is queued while it is cryo's.
+            let dump = try CryoProcess(["dump"] + (leaveRunning ? ["--leave-running"] : []) + ["-t", "\(pid)", "-D", images],
+                                       in: scratch, environment: ["CRYO_STOP_AT": "seized"])
+            defer { dump.stop() }
+            let paused = waitUntil(timeout: 60) { !dump.isRunning || ProcStatus(pid: dump.pid)?.state == "T" }
+            try #require(paused && dump.isRunning, "cryo did not stop once it had seized pid \(pid): \(describeProcess(dump.pid))")
+            try #require(ProcStatus(pid: pid)?.tracerPid == Int(dump.pid), "\(describeProcess(pid))")
+            kill(pid, SIGSTOP)
+            kill(dump.pid, SIGCONT)
+            let result = dump.wait(timeout: 120, reaping: fixture)
+            try #require(result.succeeded, "\(result)\n\(fixture.report)")
+            if !leaveRunning {
+                try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(pid) still runs after the dump")
+                let restore = try cryo(["restore", "-D", images, "-d"], in: scratch, timeout: 60)
+                try #require(restore.succeeded, "\(restore)\n\(fixture.report)")
+            }
+            let stopped = waitUntil(timeout: 10) { ProcStatus(pid: pid).map { $0.state == "T" && $0.tracerPid == 0 } ?? false }
+            #expect(stopped, "pid \(pid) is not stopped and untraced after the \(leaveRunning ? "dump" : "restore"): \(describeProcess(pid))")
+            kill(pid, SIGCONT)
+            kill(pid, SIGTERM)
+            if leaveRunning {
+                #expect(fixture.reapOriginal(timeout: 60) == .exited(0), "\(fixture.report)")
+            } else {
+                #expect(waitUntil(timeout: 60) { !pidExists(pid) }, "restored pid \(pid) did not exit after SIGCONT and SIGTERM")
+            }
+            expectPass(fixture, "\(result)")
+        }
+
+        @Test("a thread of the tree traced by another tracer: dump refused in one line, still traced, carries on")
+        func tracedThread() throws {
+            let scratch = try Scratch("traced-thread")
+            defer { scratch.remove() }
+            let fixture = try Fixture("threads", arguments: ["6"], in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let worker = try #require(fixture.tagged("TIDS")?.dropFirst().first.flatMap { pid_t($0) }, "no TIDS line\n\(fixture.report)")
+            let tracer = try Fixture("tracer", arguments: ["\(worker)"], in: scratch)
+            defer { tracer.cleanUp() }
+            try tracer.waitReady()
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("img")], in: scratch, reaping: fixture)
+            #expect(dump.failed && dump.stderrLines.count == 1, "\(dump)")
+            let line = dump.stderrLines.first ?? ""
+            #expect(containsToken(line, "\(worker)") && containsToken(line, "\(tracer.pid)") && line.contains("traced"),
+                    "the refusal should name the thread \(worker) and its tracer \(tracer.pid): \(line)")
+            #expect(ProcStatus(pid: worker)?.tracerPid == Int(tracer.pid), "\(describeProcess(worker))")
+            tracer.signal(SIGKILL)
+            _ = tracer.reapOriginal(timeout: 10)
+            expectRunsAndPasses(fixture, "\(dump)")
+        }
     }
 }
 

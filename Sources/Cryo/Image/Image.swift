@@ -227,6 +227,8 @@ public struct Inventory: Codable, Sendable {
         public var zombieStatus: Int32?
         /// Stopped by a signal at dump; restored stopped.
         public var stopped: Bool?
+        /// The signal it was stopped by (absent in older images: SIGSTOP).
+        public var stopSignal: Int32? = nil
     }
 
     /// Processes that run, and so have task and pages files.

@@ -79,7 +79,7 @@ public struct Dumper {
         var statistics = DumpStatistics()
         let frozenAt = ContinuousClock.now
         let tree = try FrozenTree.freeze(root: pid)
-        killPoint("seized")
+        faultHook("seized")
         logger.debug("froze \(tree.processes.count) processes, \(tree.live.reduce(0) { $0 + $1.threads.count }) threads")
         let taskWriter = BackgroundWriter()
         do {
@@ -230,6 +230,7 @@ public struct Dumper {
         let byPid = Dictionary(uniqueKeysWithValues: tree.processes.map { ($0.pid, $0) })
         // An ordinary user's cryo reads only processes with the user's own credentials (before any parasite goes in).
         for p in tree.live { try Caller.current.checkOwn(pid: p.pid, doing: "dumps") }
+        try StoppedTasks.check(tree, root: options.pid, shellJob: options.shellJob)
         for p in tree.processes where p.pid != options.pid {
             guard let parent = byPid[p.ppid] else { continue }
             if p.zombieStatus == nil && parent.zombieStatus == nil {

@@ -171,7 +171,7 @@ public struct Restorer {
             // A pending SIGSTOP stops a task before its first instruction, untraced: for
             // --leave-stopped, and for processes that were stopped when dumped.
             for entry in inventory.processes where entry.zombieStatus == nil && (options.leaveStopped || entry.stopped == true) {
-                try Processes.kill(session.processes[entry.pid]!.pid, SIGSTOP)
+                try Processes.kill(session.processes[entry.pid]!.pid, options.leaveStopped ? SIGSTOP : entry.stopSignal ?? SIGSTOP)
             }
             faultHook("before-release")
             // Not atomic: should cryo die in this loop, the tasks already let go run on while the

@@ -149,9 +149,11 @@ struct ProcStat {
 /// /proc/PID/status as key/value lines.
 struct ProcStatus {
     let values: [String: String]
-    init(pid: pid_t) throws {
+    /// One thread's own lines with `thread` set to its process (TracerPid, State, SigBlk differ per thread).
+    init(pid: pid_t, thread process: pid_t? = nil) throws {
         var values: [String: String] = [:]
-        for line in try Files.readString("/proc/\(pid)/status").split(separator: "\n") {
+        let path = process.map { "/proc/\($0)/task/\(pid)/status" } ?? "/proc/\(pid)/status"
+        for line in try Files.readString(path).split(separator: "\n") {
             guard let colon = line.firstIndex(of: ":") else { continue }
             values[String(line[..<colon])] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
         }

@@ -23,6 +23,10 @@ public struct ThreadRecord: Codable, Sendable {
     public var rseq: RseqRegistration?
     public var parentDeathSignal: Int32
     public var pending: [SignalsRecord.Pending]
+    /// Set when the thread was inside a restartable syscall (-ERESTARTSYS, -ERESTARTNOHAND,
+    /// -ERESTARTNOINTR): the registers say "restart it", and restore puts it back inside the
+    /// syscall so the kernel decides, as it would have, whether a signal handler makes it EINTR.
+    public var restartCode: Int64? = nil
 
     public struct RseqRegistration: Codable, Sendable {
         public var address: UInt64
@@ -50,9 +54,11 @@ extension ThreadRecord {
     /// syscall is restarted, because the restored thread will not be in it.
     static func dump(_ tracee: Tracee, state: cryo_thread_state) throws -> ThreadRecord {
         var regs = tracee.originalRegisters
+        var restartCode: Int64? = nil
         if Int64(bitPattern: regs.orig_rax) >= 0 {
             switch Int64(bitPattern: regs.rax) {
             case restartNoHand, restartSys, restartNoIntr:
+                restartCode = Int64(bitPattern: regs.rax)
                 regs.rax = regs.orig_rax
                 regs.rip -= 2
             case restartBlock:
@@ -72,7 +78,7 @@ extension ThreadRecord {
             rseq: rseq.rseq_abi_pointer == 0 ? nil
                 : RseqRegistration(address: rseq.rseq_abi_pointer, length: rseq.rseq_abi_size, signature: rseq.signature),
             parentDeathSignal: state.parent_death_signal,
-            pending: try SignalsRecord.pending(tracee.pid, shared: false))
+            pending: try SignalsRecord.pending(tracee.pid, shared: false), restartCode: restartCode)
     }
 
     /// What RESTORE_THREAD needs, run inside this thread.
@@ -101,7 +107,15 @@ extension ThreadRecord {
     /// The last step before the thread runs again.
     func restore(pid: pid_t) throws {
         try Ptrace.setExtendedState(pid, [UInt8](extendedState))
-        try Ptrace.setRegisters(pid, registers)
+        var regs = registers
+        if let code = restartCode {
+            // Set in a stop inside the signal path: on the way out the kernel restarts the
+            // syscall, or makes it EINTR when a handler runs first (SIGCONT's, say).
+            regs.orig_rax = regs.rax
+            regs.rax = UInt64(bitPattern: code)
+            regs.rip += 2
+        }
+        try Ptrace.setRegisters(pid, regs)
         try Ptrace.setSignalMask(pid, blockedSignals)
     }
 

@@ -17,8 +17,11 @@ struct FrozenProcess {
     /// Stopped by a signal (state T) before cryo came: it comes back stopped.
     var stopped = false
     var leader: Tracee { threads[0] }
+    /// The signal it is stopped by, or a stop signal one of its threads met while cryo drove it (sent again at restore).
+    var stopSignal: Int32? { threads.first?.groupStopSignal ?? threads.lazy.compactMap(\.heldStopSignal).first }
     var entry: Inventory.ProcessEntry {
-        .init(pid: pid, ppid: ppid, pgid: pgid, sid: sid, comm: comm, zombieStatus: zombieStatus, stopped: stopped ? true : nil)
+        .init(pid: pid, ppid: ppid, pgid: pgid, sid: sid, comm: comm, zombieStatus: zombieStatus,
+              stopped: stopped || stopSignal != nil ? true : nil, stopSignal: stopSignal)
     }
 }
 
@@ -74,6 +77,11 @@ final class FrozenTree {
                 let fresh = tids.filter { !seized.contains($0) }
                 if fresh.isEmpty { break }
                 for tid in fresh {
+                    // Another tracer's task cannot be seized (EPERM): say whose it is.
+                    if let tracer = try? ProcStatus(pid: tid, thread: pid).tracerPid, tracer != 0 {
+                        let name = (try? ProcStat(pid: tracer).comm) ?? "?"
+                        throw CryoError("pid \(pid) (\(stat.comm))\(tid == pid ? "" : " thread \(tid)") is already traced by pid \(tracer) (\(name)); detach the debugger first")
+                    }
                     do {
                         process.threads.append(try Tracee.seize(tid))
                     } catch let error as SyscallError where error.errno == .noSuchProcess {
@@ -88,6 +96,9 @@ final class FrozenTree {
                     seized.insert(tid)
                 }
             }
+        } catch let error as CryoError {
+            for t in process.threads { try? t.detach() }
+            throw error
         } catch {
             for t in process.threads { try? t.detach() }
             throw CryoError("cannot freeze pid \(pid) (\(stat.comm)): \(error)")
