@@ -27,6 +27,19 @@ public enum SharedMemory {
         return ranges
     }
 
+    /// Copies `length` bytes of `source` at `sourceOffset` into `target` at `targetOffset` with sendfile.
+    public static func copy(from source: FileDescriptor, at sourceOffset: UInt64, to target: FileDescriptor, at targetOffset: UInt64,
+                            length: UInt64, object: String) throws {
+        var offset = off_t(sourceOffset)
+        var done: UInt64 = 0
+        _ = try checkLibc(Int(lseek(target.rawValue, off_t(targetOffset), SEEK_SET)), "lseek", object: object)
+        while done < length {
+            let n = try checkLibc(sendfile(target.rawValue, source.rawValue, &offset, Int(min(length - done, 1 << 30))), "sendfile", object: object)
+            if n == 0 { throw SyscallError("sendfile", errno: .ioError, object: "\(object): ends before \(sourceOffset + length) (truncated)") }
+            done += UInt64(n)
+        }
+    }
+
     /// A new anonymous shared memory object of `size` bytes, the kind
     /// MAP_SHARED|MAP_ANONYMOUS makes ("/dev/zero (deleted)" in maps), opened
     /// read-write: mapped here for a moment and reopened through /proc/self/map_files.

@@ -31,13 +31,33 @@ extension EndToEnd {
             let objects = (try FileManager.default.contentsOfDirectory(atPath: images)).filter { $0.hasPrefix("shmem-") }.sorted()
             #expect(objects == ["shmem-0.img", "shmem-1.img", "shmem-2.img", "shmem-3.img"], "objects saved: \(objects)")
             // Pages holding data: A 0, 5, 9, 15 (12 was only read: zeros), B 3, 7, C 0, 7, D 2.
-            let saved = objects.reduce(UInt64(0)) { $0 + fileSize(images + "/" + $1) }
+            let saved = objects.reduce(0) { $0 + fileSize(images + "/" + $1) }
             #expect(saved == 9 * 4096, "the objects' page files hold \(saved) bytes, want 9 pages (36864): each written page once, no zeros")
 
             fixture.signal(SIGTERM)
             let exit = fixture.reapOriginal(timeout: 60)
             #expect(exit == .exited(0), "\(fixture.report)")
             expectPass(fixture, "\(dump)")
+        }
+
+        @Test("a truncated shared memory pages file is refused before anything is created, naming the file")
+        func truncatedObject() throws {
+            let scratch = try Scratch("shmem-truncated")
+            defer { scratch.remove() }
+            let fixture = try Fixture("shmem", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let pids = (fixture.tagged("PIDS") ?? []).compactMap { pid_t($0) }
+            let images = try dumpAndReap(fixture, in: scratch).images
+            try #require(waitUntil(timeout: 20) { !pids.contains(where: pidExists) }, "the tree still runs after the dump")
+            let object = images + "/shmem-0.img"
+            try #require(fileSize(object) >= 8192, "shmem-0.img holds \(fileSize(object)) bytes")
+            try #require(truncate(object, off_t(fileSize(object) - 4096)) == 0, "truncate: \(String(cString: strerror(errno)))")
+
+            let restore = try cryo(["restore", "-D", images], in: scratch, timeout: 60)
+            #expect(restore.failed, "restore from a truncated shmem-0.img should fail\n\(restore)")
+            #expect(restore.stderrLines.count == 1 && restore.stderr.contains("shmem-0.img"), "one line naming shmem-0.img\n\(restore)")
+            #expect(!pids.contains(where: pidExists), "processes of the tree exist after the refused restore")
         }
 
         @Test("System V and hugetlb shared memory are refused in one line naming pid, address and kind; the tree runs on",
@@ -128,10 +148,6 @@ extension EndToEnd {
     }
 }
 
-private func fileSize(_ path: String) -> UInt64 {
-    var st = stat()
-    return stat(path, &st) == 0 ? UInt64(st.st_size) : 0
-}
 
 /// A program one test runs: installed through Scripts/setup.sh --test-package when missing; the test is cancelled (skipped) with
 /// the reason when that fails.

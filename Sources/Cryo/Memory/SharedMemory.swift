@@ -57,18 +57,10 @@ public struct SharedMemoryTable: Codable, Sendable {
                 let path = paths.sharedMemory(object.id)
                 let data = try Files.open(path, .readOnly)
                 defer { try? data.close() }
-                let chunk = 4 << 20
-                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
-                defer { buffer.deallocate() }
                 for run in object.runs {
-                    var done: UInt64 = 0
-                    while done < run[1] {
-                        let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(min(UInt64(chunk), run[1] - done))])
-                        let n = try data.read(fromAbsoluteOffset: Int64(run[2] + done), into: view)
-                        guard n == view.count else { throw ImageError(file: (path as NSString).lastPathComponent, "short read at \(run[2] + done) (truncated)") }
-                        try Files.write(fd, UnsafeRawBufferPointer(view), at: Int64(run[0] + done), path: "shared memory #\(object.id)")
-                        done += UInt64(n)
-                    }
+                    // In the kernel (sendfile), without a copy through cryo.
+                    try SharedMemory.copy(from: data, at: run[2], to: fd, at: run[0], length: run[1],
+                                          object: "shared memory #\(object.id) from \((path as NSString).lastPathComponent)")
                 }
             }
         } catch {
@@ -172,6 +164,9 @@ final class SharedMemoryDump {
     }
 }
 
-private func isZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
-    bytes.withMemoryRebound(to: UInt64.self) { words in words.allSatisfy { $0 == 0 } }
+/// One page of zeros to compare with: memcmp is vectorised, a Swift loop over words is not in a debug build.
+nonisolated(unsafe) private let zeroPage = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096).initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
+
+private func isZero(_ page: UnsafeRawBufferPointer) -> Bool {
+    memcmp(page.baseAddress!, zeroPage, 4096) == 0
 }

@@ -92,9 +92,11 @@ public struct Dumper {
                 // After a pre-dump no parasite comes in before the task state: smaps can start at once.
                 if previous != nil { prefetch.start(process.pid) }
                 var memory = try MemoryRecord.dump(pid: process.pid, flags: false)
+                let sharedStart = ContinuousClock.now
                 for i in memory.mappings.indices where memory.mappings[i].kind == .sharedAnonymous {
                     memory.mappings[i].shmem = try sharedMemory.object(pid: process.pid, mapping: memory.mappings[i], statistics: &statistics)
                 }
+                statistics.memoryDumpSeconds += seconds(since: sharedStart)
                 let descriptors = try fileTable.dump(pid: process.pid)
                 for i in memory.mappings.indices where memory.mappings[i].kind == .memfd {
                     memory.mappings[i].file = try fileTable.memfdMapping(pid: process.pid, start: memory.mappings[i].start,
