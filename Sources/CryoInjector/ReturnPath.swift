@@ -99,8 +99,7 @@ public struct ReturnGadgets: Sendable, Equatable {
 
     private static func find(_ pattern: [UInt8], in raw: UnsafeRawBufferPointer, count: Int) -> Int? {
         pattern.withUnsafeBytes { p in
-            let at = cryo_memmem(raw.baseAddress, count, p.baseAddress, p.count)
-            return at < 0 ? nil : at
+            Bytes.firstRange(of: p, in: UnsafeRawBufferPointer(rebasing: raw[0..<count]))
         }
     }
 }

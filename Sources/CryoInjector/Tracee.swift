@@ -103,10 +103,10 @@ public final class Tracee {
             if stopSignals.contains(stopSignal) { tracee.groupStopSignal = stopSignal }
             return tracee
         } catch let error as InjectionError {
-            _ = cryo_ptrace_detach(pid, 0)
+            try? Ptrace.detach(pid)
             throw error
         } catch {
-            _ = cryo_ptrace_detach(pid, 0)
+            try? Ptrace.detach(pid)
             throw error
         }
     }
@@ -223,7 +223,7 @@ public final class Tracee {
             saved = try Ptrace.peek(pid, site)
             try Ptrace.poke(pid, site, (saved & ~0xff_ffff) | 0xcc_050f)
         } catch { throw error }
-        defer { _ = cryo_ptrace_pokedata(pid, site, saved) }
+        defer { try? Ptrace.poke(pid, site, saved) }
         return try body(site)
     }
 

@@ -149,7 +149,9 @@ extension FileObjects {
     /// A new pipe, both ends close-on-exec.
     public static func pipe(nonBlocking: Bool = false, object: String) throws -> (read: FileDescriptor, write: FileDescriptor) {
         var fds: [Int32] = [-1, -1]
-        _ = try check(cryo_pipe2(&fds, O_CLOEXEC | (nonBlocking ? O_NONBLOCK : 0)), "pipe2", object: object)
+        try fds.withUnsafeMutableBufferPointer {
+            try Kernel.syscall(SYS_pipe2, $0.baseAddress, O_CLOEXEC | (nonBlocking ? O_NONBLOCK : 0), name: "pipe2", object: object)
+        }
         return (FileDescriptor(rawValue: fds[0]), FileDescriptor(rawValue: fds[1]))
     }
 
@@ -163,7 +165,7 @@ extension FileObjects {
 
     /// tee() without blocking: the bytes copied, 0 when the source pipe is empty.
     public static func tee(from source: FileDescriptor, to target: FileDescriptor, length: Int, object: String) throws -> Int {
-        let copied = cryo_tee(source.rawValue, target.rawValue, length, UInt32(CRYO_SPLICE_F_NONBLOCK))
+        let copied = Kernel.rawSyscall(SYS_tee, [source, target, length, CRYO_SPLICE_F_NONBLOCK])
         if copied == -Int(EAGAIN) { return 0 }
         return try check(copied, "tee", object: object)
     }

@@ -39,6 +39,40 @@ public enum Files {
         }
     }
 
+    /// open(2) with raw flags (O_CLOEXEC added); `object` names it in the error (the path by default).
+    public static func open(_ path: String, flags: Int32, mode: mode_t = 0, object: @autoclosure () -> String? = nil) throws -> FileDescriptor {
+        var fd: Int32
+        repeat { fd = Glibc.open(path, flags | O_CLOEXEC, mode) } while fd < 0 && errno == EINTR
+        return FileDescriptor(rawValue: Int32(try checkLibc(Int(fd), "open", object: object() ?? path)))
+    }
+
+    /// Reads what is there (at most the buffer), retrying EINTR: 0 at the end.
+    public static func readSome(_ fd: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer, object: @autoclosure () -> String) throws -> Int {
+        do { return try fd.read(into: buffer, retryOnInterrupt: true) } catch {
+            throw SyscallError("read", errno: error as? Errno ?? .ioError, object: object())
+        }
+    }
+
+    public static func makeDirectory(_ path: String, mode: mode_t, object: @autoclosure () -> String) throws {
+        _ = try checkLibc(Int(mkdir(path, mode)), "mkdir", object: object())
+    }
+
+    /// The canonical absolute path (realpath(3)).
+    public static func realPath(_ path: String) throws -> String {
+        guard let resolved = realpath(path, nil) else {
+            throw SyscallError("realpath", errno: Errno(rawValue: errno), object: path)
+        }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+
+    /// poll(2): how many entries have events, or nil when a signal interrupted the wait.
+    public static func poll(_ entries: inout [pollfd], milliseconds: Int32, object: @autoclosure () -> String) throws -> Int? {
+        let n = Glibc.poll(&entries, nfds_t(entries.count), milliseconds)
+        if n < 0 && errno == EINTR { return nil }
+        return try checkLibc(Int(n), "poll", object: object())
+    }
+
     public static func readLink(_ path: String) throws -> String {
         var buffer = [CChar](repeating: 0, count: 4097)
         let n = try checkLibc(Glibc.readlink(path, &buffer, 4096), "readlink", object: path)
@@ -63,7 +97,7 @@ public enum Files {
     public static func makeTemporaryDirectory(prefix: String) throws -> String {
         var template = Array((prefix + "XXXXXX").utf8CString)
         guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
-            throw SyscallError("mkdtemp", errno: Errno(rawValue: cryo_errno()), object: prefix + "XXXXXX")
+            throw SyscallError("mkdtemp", errno: Errno(rawValue: Glibc.errno), object: prefix + "XXXXXX")
         }
         return String(cString: template)
     }
@@ -94,15 +128,20 @@ public enum Files {
     /// nil when none are there yet, 0 at the end of the stream.
     public static func spliceToFile(from pipe: FileDescriptor, to file: FileDescriptor, offset: inout Int64, length: Int,
                                     object: String) throws -> Int? {
-        let n = cryo_splice_to_file(pipe.rawValue, file.rawValue, &offset, length)
+        var at = offset
+        let n = withUnsafeMutablePointer(to: &at) {
+            Kernel.rawSyscall(SYS_splice, [pipe, 0, file, $0, length, CRYO_SPLICE_F_MOVE | CRYO_SPLICE_F_NONBLOCK])
+        }
         if n == -Int(EAGAIN) || n == -Int(EINTR) { return nil }
+        if n > 0 { offset = at }
         return try check(n, "splice", object: object)
     }
     /// Waits up to `milliseconds` for input (or a hang-up) on `fd`.
     public static func waitReadable(_ fd: FileDescriptor, milliseconds: Int32, object: String) throws -> Bool {
-        let n = cryo_poll_in(fd.rawValue, milliseconds)
-        if n == -Int(EINTR) { return false }
-        return try check(n, "poll", object: object) > 0
+        var entry = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
+        let n = Glibc.poll(&entry, 1, milliseconds)
+        if n < 0 && errno == EINTR { return false }
+        return try checkLibc(Int(n), "poll", object: object) > 0
     }
     public static func fcntl(_ fd: Int32, _ command: Int32, _ argument: Int32 = 0, object: String) throws -> Int32 {
         Int32(try checkLibc(Int(Glibc.fcntl(fd, command, argument)), "fcntl", object: object))
@@ -112,11 +151,11 @@ public enum Files {
 /// Descriptors of other processes and process handles.
 public enum Pidfd {
     public static func open(_ pid: pid_t) throws -> FileDescriptor {
-        FileDescriptor(rawValue: Int32(try check(cryo_pidfd_open(pid), "pidfd_open", pid: pid)))
+        FileDescriptor(rawValue: Int32(try Kernel.syscall(SYS_pidfd_open, pid, 0, name: "pidfd_open", pid: pid)))
     }
     /// A duplicate of another process's descriptor: same open file description.
     public static func getfd(_ pidfd: FileDescriptor, pid: pid_t, fd: Int32) throws -> FileDescriptor {
-        FileDescriptor(rawValue: Int32(try check(cryo_pidfd_getfd(pidfd.rawValue, fd), "pidfd_getfd", pid: pid, object: "fd \(fd)")))
+        FileDescriptor(rawValue: Int32(try Kernel.syscall(SYS_pidfd_getfd, pidfd, fd, 0, name: "pidfd_getfd", pid: pid, object: "fd \(fd)")))
     }
     /// A duplicate of descriptor `fd` of process `pid`, through a pidfd opened for the purpose.
     public static func copy(of fd: Int32, from pid: pid_t) throws -> FileDescriptor {
@@ -127,24 +166,54 @@ public enum Pidfd {
     /// Frees the memory of a process that is being killed in the caller's time (process_mrelease),
     /// alongside the process's own exit.
     public static func releaseMemory(_ pidfd: FileDescriptor, pid: pid_t) throws {
-        _ = try check(cryo_process_mrelease(pidfd.rawValue), "process_mrelease", pid: pid)
+        try Kernel.syscall(SYS_process_mrelease, pidfd, 0, name: "process_mrelease", pid: pid)
     }
     /// Sends `fd` (SCM_RIGHTS, one byte of data) over a unix socket to the process `pid` at its other end.
-    public static func send(_ fd: FileDescriptor, over socket: Int32, to pid: pid_t) throws {
-        _ = try check(cryo_send_fd(socket, fd.rawValue), "sendmsg(SCM_RIGHTS)", pid: pid, object: "fd \(fd.rawValue)")
+    public static func send(_ fd: FileDescriptor, over socket: FileDescriptor, to pid: pid_t) throws {
+        // One cmsghdr (len, level, type) and one int: CMSG_SPACE(4) is 24 bytes on x86-64.
+        var control = [UInt64](repeating: 0, count: 3)
+        control[0] = UInt64(MemoryLayout<cmsghdr>.size + 4) // CMSG_LEN(sizeof(int))
+        control[1] = UInt64(UInt32(SOL_SOCKET)) | UInt64(UInt32(SCM_RIGHTS)) << 32
+        control[2] = UInt64(UInt32(bitPattern: fd.rawValue))
+        var byte = UInt8(ascii: "F")
+        try withUnsafeMutablePointer(to: &byte) { byte in
+            try control.withUnsafeMutableBytes { control in
+                var vector = iovec(iov_base: byte, iov_len: 1)
+                try withUnsafeMutablePointer(to: &vector) { vector in
+                    var message = msghdr(msg_name: nil, msg_namelen: 0, msg_iov: vector, msg_iovlen: 1,
+                                         msg_control: control.baseAddress, msg_controllen: control.count, msg_flags: 0)
+                    try withUnsafePointer(to: &message) {
+                        try Kernel.syscall(SYS_sendmsg, socket, $0, MSG_NOSIGNAL, name: "sendmsg(SCM_RIGHTS)", pid: pid,
+                                           object: "fd \(fd.rawValue)", retryingInterrupts: true)
+                    }
+                }
+            }
+        }
     }
     /// Whether two descriptors of two processes are the same open file description.
     public static func sameFile(_ pid1: pid_t, _ fd1: Int32, _ pid2: pid_t, _ fd2: Int32) throws -> Bool {
-        try check(cryo_kcmp_file(pid1, pid2, fd1, fd2), "kcmp(KCMP_FILE)", pid: pid1, object: "fd \(fd1)") == 0
+        try Kernel.syscall(SYS_kcmp, pid1, pid2, 0 /* KCMP_FILE */, fd1, fd2, name: "kcmp(KCMP_FILE)", pid: pid1, object: "fd \(fd1)") == 0
+    }
+    /// Whether two processes share one resource: KCMP_VM 1, KCMP_FILES 2, KCMP_FS 3.
+    public static func share(_ pid1: pid_t, _ pid2: pid_t, resource: Int32) throws -> Bool {
+        try Kernel.syscall(SYS_kcmp, pid1, pid2, resource, 0, 0, name: "kcmp(\(resource))", pid: pid1) == 0
     }
 }
 
 public enum Processes {
+    /// setns(2): joins the namespace open at `fd` (this thread only, for most kinds).
+    public static func joinNamespace(_ fd: FileDescriptor, type: Int32, name: String, object: String) throws {
+        try Kernel.syscall(SYS_setns, fd, type, name: name, object: object)
+    }
+    /// fork(2); the child gets 0.
+    public static func fork() throws -> pid_t {
+        pid_t(try checkLibc(Int(Glibc.fork()), "fork"))
+    }
     public static func kill(_ pid: pid_t, _ signal: Int32) throws {
         _ = try checkLibc(Int(Glibc.kill(pid, signal)), "kill", pid: pid)
     }
     public static func isAlive(_ pid: pid_t) -> Bool {
-        Glibc.kill(pid, 0) == 0 || cryo_errno() == EPERM
+        Glibc.kill(pid, 0) == 0 || errno == EPERM
     }
     /// clone3 with an exact pid; the child parks in a raw read() on parkFD.
     public static func cloneParked(pid: pid_t, flags: UInt64 = 0, parkFD: Int32) throws -> pid_t {
@@ -152,11 +221,15 @@ public enum Processes {
     }
     public static func resourceLimit(_ pid: pid_t, _ resource: Int32) throws -> (soft: UInt64, hard: UInt64) {
         var old: [UInt64] = [0, 0]
-        _ = try check(cryo_prlimit(pid, resource, nil, &old), "prlimit64(\(resource))", pid: pid)
+        try old.withUnsafeMutableBufferPointer {
+            try Kernel.syscall(SYS_prlimit64, pid, resource, 0, $0.baseAddress, name: "prlimit64(\(resource))", pid: pid)
+        }
         return (old[0], old[1])
     }
     public static func setResourceLimit(_ pid: pid_t, _ resource: Int32, soft: UInt64, hard: UInt64) throws {
         let new: [UInt64] = [soft, hard]
-        _ = try check(cryo_prlimit(pid, resource, new, nil), "prlimit64(\(resource))", pid: pid)
+        try new.withUnsafeBufferPointer {
+            try Kernel.syscall(SYS_prlimit64, pid, resource, $0.baseAddress, 0, name: "prlimit64(\(resource))", pid: pid)
+        }
     }
 }

@@ -15,81 +15,106 @@ public enum Ptrace {
     /// dying tracer at a syscall stop then gets no stray SIGTRAP.
     public static let traceSysGood: UInt = 1
 
+    /// Request numbers (linux/ptrace.h).
+    enum Request: Int {
+        case peekData = 2, pokeData = 5, cont = 7, getRegisters = 12, setRegisters = 13, detach = 17, syscall = 24
+        case getRegset = 0x4204, setRegset = 0x4205, seize = 0x4206, interrupt = 0x4207, peekSiginfo = 0x4209
+        case getSigmask = 0x420a, setSigmask = 0x420b, seccompGetFilter = 0x420c, getRseqConfiguration = 0x420f
+    }
+    static let noteX86XState: Int = 0x202 // NT_X86_XSTATE
+
+    /// One request: the raw ptrace(2) result, or a SyscallError naming it.
+    @discardableResult
+    static func request(_ request: Request, _ pid: pid_t, _ address: any SyscallArgument = 0, _ data: any SyscallArgument = 0,
+                        name: @autoclosure () -> String, object: @autoclosure () -> String? = nil) throws -> Int {
+        try Kernel.syscall(SYS_ptrace, request.rawValue, pid, address, data, name: "ptrace(\(name()))", pid: pid, object: object())
+    }
+
     public static func seize(_ pid: pid_t, options: UInt = exitKill) throws {
-        _ = try check(cryo_ptrace_seize(pid, options), "ptrace(PTRACE_SEIZE)", pid: pid)
+        try request(.seize, pid, 0, options, name: "PTRACE_SEIZE")
     }
     public static func interrupt(_ pid: pid_t) throws {
-        _ = try check(cryo_ptrace_interrupt(pid), "ptrace(PTRACE_INTERRUPT)", pid: pid)
+        try request(.interrupt, pid, name: "PTRACE_INTERRUPT")
     }
     public static func cont(_ pid: pid_t, signal: Int32 = 0) throws {
-        _ = try check(cryo_ptrace_cont(pid, signal), "ptrace(PTRACE_CONT)", pid: pid)
+        try request(.cont, pid, 0, signal, name: "PTRACE_CONT")
     }
     /// Resumes until the next syscall entry or exit (reported as SIGTRAP|0x80 with traceSysGood).
     public static func resumeToSyscall(_ pid: pid_t) throws {
-        _ = try check(cryo_ptrace_syscall(pid, 0), "ptrace(PTRACE_SYSCALL)", pid: pid)
+        try request(.syscall, pid, name: "PTRACE_SYSCALL")
     }
     public static func detach(_ pid: pid_t, signal: Int32 = 0) throws {
-        _ = try check(cryo_ptrace_detach(pid, signal), "ptrace(PTRACE_DETACH)", pid: pid)
+        try request(.detach, pid, 0, signal, name: "PTRACE_DETACH")
     }
     public static func registers(_ pid: pid_t) throws -> Registers {
         var regs = Registers()
-        _ = try check(cryo_ptrace_getregs(pid, &regs), "ptrace(PTRACE_GETREGS)", pid: pid)
+        try withUnsafeMutablePointer(to: &regs) { try request(.getRegisters, pid, 0, $0, name: "PTRACE_GETREGS") }
         return regs
     }
     public static func setRegisters(_ pid: pid_t, _ regs: Registers) throws {
         var copy = regs
-        _ = try check(cryo_ptrace_setregs(pid, &copy), "ptrace(PTRACE_SETREGS)", pid: pid)
+        try withUnsafePointer(to: &copy) { try request(.setRegisters, pid, 0, $0, name: "PTRACE_SETREGS") }
     }
     /// The XSAVE area (FPU, SSE, AVX...), as many bytes as the kernel fills.
     public static func extendedState(_ pid: pid_t) throws -> [UInt8] {
         var buffer = [UInt8](repeating: 0, count: 16384)
         let used = try buffer.withUnsafeMutableBytes { (raw) throws -> Int in
-            try check(cryo_ptrace_getregset(pid, cryo_note_x86_xstate(), raw.baseAddress, raw.count),
-                      "ptrace(PTRACE_GETREGSET, NT_X86_XSTATE)", pid: pid)
+            var vector = iovec(iov_base: raw.baseAddress, iov_len: raw.count)
+            try withUnsafeMutablePointer(to: &vector) {
+                try request(.getRegset, pid, noteX86XState, $0, name: "PTRACE_GETREGSET, NT_X86_XSTATE")
+            }
+            return vector.iov_len
         }
         return Array(buffer.prefix(used))
     }
     public static func setExtendedState(_ pid: pid_t, _ state: [UInt8]) throws {
-        _ = try state.withUnsafeBytes { (raw) throws -> Int in
-            try check(cryo_ptrace_setregset(pid, cryo_note_x86_xstate(), raw.baseAddress, raw.count),
-                      "ptrace(PTRACE_SETREGSET, NT_X86_XSTATE)", pid: pid)
+        var copy = state
+        try copy.withUnsafeMutableBytes { (raw) throws in
+            var vector = iovec(iov_base: raw.baseAddress, iov_len: raw.count)
+            try withUnsafeMutablePointer(to: &vector) {
+                try request(.setRegset, pid, noteX86XState, $0, name: "PTRACE_SETREGSET, NT_X86_XSTATE")
+            }
         }
     }
     public static func signalMask(_ pid: pid_t) throws -> UInt64 {
         var mask: UInt64 = 0
-        _ = try check(cryo_ptrace_getsigmask(pid, &mask), "ptrace(PTRACE_GETSIGMASK)", pid: pid)
+        try withUnsafeMutablePointer(to: &mask) { try request(.getSigmask, pid, 8, $0, name: "PTRACE_GETSIGMASK") }
         return mask
     }
     public static func setSignalMask(_ pid: pid_t, _ mask: UInt64) throws {
-        _ = try check(cryo_ptrace_setsigmask(pid, mask), "ptrace(PTRACE_SETSIGMASK)", pid: pid)
+        var copy = mask
+        try withUnsafePointer(to: &copy) { try request(.setSigmask, pid, 8, $0, name: "PTRACE_SETSIGMASK") }
     }
     /// Every queued siginfo (128 bytes each) of the thread's own or the shared queue, without dequeuing.
     public static func pendingSignals(_ pid: pid_t, shared: Bool) throws -> [[UInt8]] {
         var result: [[UInt8]] = []
         var buffer = [UInt8](repeating: 0, count: 128 * 32)
         while true {
+            var arguments = cryo_peeksiginfo_args(offset: UInt64(result.count), flags: shared ? 1 : 0, count: 32)
             let n = try buffer.withUnsafeMutableBytes { (raw) throws -> Int in
-                try check(cryo_ptrace_peeksiginfo(pid, shared ? 1 : 0, UInt64(result.count), raw.baseAddress, 32),
-                          "ptrace(PTRACE_PEEKSIGINFO)", pid: pid)
+                try withUnsafePointer(to: &arguments) { try request(.peekSiginfo, pid, $0, raw.baseAddress, name: "PTRACE_PEEKSIGINFO") }
             }
             if n == 0 { return result }
             for i in 0..<n { result.append(Array(buffer[(i * 128)..<(i * 128 + 128)])) }
         }
     }
     public static func peek(_ pid: pid_t, _ address: UInt64) throws -> UInt64 {
+        // The raw call stores the word at `data`; only libc's wrapper returns it.
         var word: UInt64 = 0
-        _ = try check(cryo_ptrace_peekdata(pid, address, &word), "ptrace(PTRACE_PEEKDATA)", pid: pid,
-                      object: "address 0x\(String(address, radix: 16))")
+        try withUnsafeMutablePointer(to: &word) {
+            try request(.peekData, pid, address, $0, name: "PTRACE_PEEKDATA", object: "address 0x\(String(address, radix: 16))")
+        }
         return word
     }
     public static func poke(_ pid: pid_t, _ address: UInt64, _ word: UInt64) throws {
-        _ = try check(cryo_ptrace_pokedata(pid, address, word), "ptrace(PTRACE_POKEDATA)", pid: pid,
-                      object: "address 0x\(String(address, radix: 16))")
+        try request(.pokeData, pid, address, word, name: "PTRACE_POKEDATA", object: "address 0x\(String(address, radix: 16))")
     }
     /// The seccomp filter `index` (0 = the most recent) as BPF instructions, or nil past the last one.
     public static func seccompFilter(_ pid: pid_t, index: Int) throws -> [UInt64]? {
         var program = [UInt64](repeating: 0, count: 4096)
-        let count = program.withUnsafeMutableBytes { cryo_ptrace(0x420c /* PTRACE_SECCOMP_GET_FILTER */, pid, UInt64(index), UInt64(UInt(bitPattern: $0.baseAddress))) }
+        let count = program.withUnsafeMutableBytes {
+            Kernel.rawSyscall(SYS_ptrace, [Request.seccompGetFilter.rawValue, pid, index, $0.baseAddress])
+        }
         if count == -Int(ENOENT) { return nil }
         let n = try check(count, "ptrace(PTRACE_SECCOMP_GET_FILTER)", pid: pid, object: "filter \(index)")
         return Array(program.prefix(n))
@@ -97,7 +122,9 @@ public enum Ptrace {
 
     public static func rseqConfiguration(_ pid: pid_t) throws -> cryo_rseq_config {
         var config = cryo_rseq_config()
-        _ = try check(cryo_ptrace_get_rseq(pid, &config), "ptrace(PTRACE_GET_RSEQ_CONFIGURATION)", pid: pid)
+        try withUnsafeMutablePointer(to: &config) {
+            try request(.getRseqConfiguration, pid, MemoryLayout<cryo_rseq_config>.size, $0, name: "PTRACE_GET_RSEQ_CONFIGURATION")
+        }
         return config
     }
 }
@@ -109,12 +136,29 @@ public enum WaitStatus: Equatable, Sendable {
     case stopped(signal: Int32, event: Int32)
 }
 
+/// Waits for a child or tracee (__WALL: threads too). With WNOHANG and nothing
+/// to report it answers `.stopped(signal: 0, event: 0)`.
 public func waitFor(_ pid: pid_t, options: Int32 = 0) throws -> WaitStatus {
-    var status = cryo_wait_status()
-    _ = try check(cryo_waitpid(pid, options | cryo_wall(), &status), "waitpid", pid: pid)
-    if status.exited != 0 { return .exited(status.exit_code) }
-    if status.signaled != 0 { return .signaled(status.term_signal) }
-    return .stopped(signal: status.stop_signal, event: status.event)
+    var status: Int32 = 0
+    let waited = try withUnsafeMutablePointer(to: &status) {
+        try Kernel.syscall(SYS_wait4, pid, $0, options | 0x4000_0000 /* __WALL */, 0, name: "waitpid", pid: pid,
+                           retryingInterrupts: true)
+    }
+    return waited == 0 ? .stopped(signal: 0, event: 0) : WaitStatus(raw: status)
+}
+
+extension WaitStatus {
+    /// Decodes a wait status word (the W* macros of <sys/wait.h>).
+    public init(raw status: Int32) {
+        let low = status & 0x7f
+        if low == 0 {
+            self = .exited((status >> 8) & 0xff)
+        } else if (status & 0xff) == 0x7f {
+            self = .stopped(signal: (status >> 8) & 0xff, event: (status >> 16) & 0xff)
+        } else {
+            self = .signaled(low)
+        }
+    }
 }
 
 /// Memory of another process.
@@ -122,7 +166,7 @@ public enum RemoteMemory {
     public static func read(_ pid: pid_t, at address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
         var done = 0
         while done < buffer.count {
-            let result = cryo_process_vm_readv(pid, buffer.baseAddress! + done, buffer.count - done, address + UInt64(done))
+            let result = transfer(SYS_process_vm_readv, pid, buffer.baseAddress! + done, buffer.count - done, address + UInt64(done))
             if result == -Int(EFAULT) {
                 // A page the task cannot read itself (PROT_NONE, write- or exec-only) may still hold data:
                 // /proc/PID/mem reads it as a debugger would (FOLL_FORCE).
@@ -160,10 +204,21 @@ public enum RemoteMemory {
     public static func write(_ pid: pid_t, at address: UInt64, _ bytes: UnsafeRawBufferPointer) throws {
         var done = 0
         while done < bytes.count {
-            let n = try check(cryo_process_vm_writev(pid, bytes.baseAddress! + done, bytes.count - done, address + UInt64(done)),
+            let n = try check(transfer(SYS_process_vm_writev, pid, UnsafeMutableRawPointer(mutating: bytes.baseAddress! + done),
+                                       bytes.count - done, address + UInt64(done)),
                               "process_vm_writev", pid: pid, object: "address 0x\(String(address + UInt64(done), radix: 16))")
             if n == 0 { throw SyscallError("process_vm_writev", errno: .ioError, pid: pid) }
             done += n
+        }
+    }
+
+    /// One process_vm_readv/writev of a single local and remote range: the raw result.
+    private static func transfer(_ number: Int32, _ pid: pid_t, _ local: UnsafeMutableRawPointer, _ length: Int,
+                                 _ remote: UInt64) -> Int {
+        var ranges = [iovec(iov_base: local, iov_len: length),
+                      iovec(iov_base: UnsafeMutableRawPointer(bitPattern: UInt(remote)), iov_len: length)]
+        return ranges.withUnsafeMutableBufferPointer { ranges in
+            Kernel.rawSyscall(number, [pid, ranges.baseAddress, 1, ranges.baseAddress! + 1, 1, 0])
         }
     }
 }

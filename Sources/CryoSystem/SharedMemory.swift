@@ -16,8 +16,8 @@ public enum SharedMemory {
         while UInt64(at) < size {
             let data = lseek(file.rawValue, at, seekData)
             if data < 0 {
-                if cryo_errno() == ENXIO { break }  // no data after `at`
-                throw SyscallError("lseek(SEEK_DATA)", errno: Errno(rawValue: cryo_errno()), object: object)
+                if Glibc.errno == ENXIO { break }  // no data after `at`
+                throw SyscallError("lseek(SEEK_DATA)", errno: Errno(rawValue: Glibc.errno), object: object)
             }
             let hole = try checkLibc(Int(lseek(file.rawValue, data, seekHole)), "lseek(SEEK_HOLE)", object: object)
             let end = min(UInt64(hole), size)
@@ -45,7 +45,7 @@ public enum SharedMemory {
     /// read-write: mapped here for a moment and reopened through /proc/self/map_files.
     public static func makeAnonymous(size: UInt64) throws -> FileDescriptor {
         guard let mapped = mmap(nil, Int(size), PROT_NONE, MAP_SHARED | MAP_ANONYMOUS, -1, 0), mapped != MAP_FAILED else {
-            throw SyscallError("mmap(MAP_SHARED|MAP_ANONYMOUS)", errno: Errno(rawValue: cryo_errno()), object: "\(size) bytes of shared memory")
+            throw SyscallError("mmap(MAP_SHARED|MAP_ANONYMOUS)", errno: Errno(rawValue: Glibc.errno), object: "\(size) bytes of shared memory")
         }
         defer { munmap(mapped, Int(size)) }
         let start = UInt64(UInt(bitPattern: mapped))

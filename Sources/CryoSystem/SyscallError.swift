@@ -57,7 +57,7 @@ public func check(_ result: Int, _ call: @autoclosure () -> String, pid: pid_t? 
 public func checkLibc(_ result: Int, _ call: @autoclosure () -> String, pid: pid_t? = nil,
                       object: @autoclosure () -> String? = nil) throws -> Int {
     if result == -1 {
-        throw SyscallError(call(), errno: Errno(rawValue: cryo_errno()), pid: pid, object: object())
+        throw SyscallError(call(), errno: Errno(rawValue: Glibc.errno), pid: pid, object: object())
     }
     return result
 }

@@ -17,17 +17,49 @@ public struct Userfaultfd: Sendable {
     /// pages make PAGEMAP_SCAN report them as swapped, so they would look like
     /// memory to save (and reading them would populate them).
     public func enableAsyncWriteProtect() throws {
-        _ = try check(cryo_uffd_api(fd.rawValue, CRYO_UFFD_FEATURE_WP_ASYNC), "ioctl(UFFDIO_API, WP_ASYNC)", pid: pid, object: "userfaultfd")
+        let offered = try Userfaultfd.handshake(fd, features: CRYO_UFFD_FEATURE_WP_ASYNC, name: "ioctl(UFFDIO_API, WP_ASYNC)", pid: pid)
+        if offered & CRYO_UFFD_FEATURE_WP_ASYNC == 0 {
+            throw SyscallError("ioctl(UFFDIO_API, WP_ASYNC)", errno: .notSupported, pid: pid, object: "userfaultfd")
+        }
     }
 
     public func registerWriteProtect(start: UInt64, length: UInt64) throws {
-        _ = try check(cryo_uffd_register_wp(fd.rawValue, start, length), "ioctl(UFFDIO_REGISTER, MODE_WP)", pid: pid,
-                      object: "address 0x\(String(start, radix: 16))")
+        var request = uffdio_register(range: uffdio_range(start: start, len: length), mode: UInt64(UFFDIO_REGISTER_MODE_WP), ioctls: 0)
+        try ioctl(CRYO_UFFDIO_REGISTER, &request, name: "ioctl(UFFDIO_REGISTER, MODE_WP)", address: start)
     }
 
     public func writeProtect(start: UInt64, length: UInt64) throws {
-        _ = try check(cryo_uffd_writeprotect(fd.rawValue, start, length), "ioctl(UFFDIO_WRITEPROTECT)", pid: pid,
-                      object: "address 0x\(String(start, radix: 16))")
+        var request = uffdio_writeprotect(range: uffdio_range(start: start, len: length), mode: UInt64(UFFDIO_WRITEPROTECT_MODE_WP))
+        try ioctl(CRYO_UFFDIO_WRITEPROTECT, &request, name: "ioctl(UFFDIO_WRITEPROTECT)", address: start)
+    }
+
+    private func ioctl<T>(_ request: UInt, _ argument: inout T, name: String, address: UInt64) throws {
+        try withUnsafeMutablePointer(to: &argument) {
+            try Kernel.syscall(SYS_ioctl, fd, request, $0, name: name, pid: pid, object: "address 0x\(String(address, radix: 16))")
+        }
+    }
+
+    /// UFFDIO_API asking for `features`: the features the kernel offers.
+    static func handshake(_ fd: FileDescriptor, features: UInt64, name: String, pid: pid_t? = nil) throws -> UInt64 {
+        var api = uffdio_api(api: UInt64(UFFD_API), features: features, ioctls: 0)
+        try withUnsafeMutablePointer(to: &api) {
+            try Kernel.syscall(SYS_ioctl, fd, CRYO_UFFDIO_API, $0, name: name, pid: pid, object: "userfaultfd")
+        }
+        return api.features
+    }
+
+    /// A userfaultfd of this process (close-on-exec, non-blocking), with `extraFlags` such as UFFD_USER_MODE_ONLY.
+    static func create(extraFlags: Int32 = 0) throws -> FileDescriptor {
+        FileDescriptor(rawValue: Int32(try Kernel.syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | extraFlags, name: "userfaultfd")))
+    }
+
+    /// Whether userfaultfd offers write-protect in async mode (UFFD_FEATURE_WP_ASYNC, 6.7); throws when userfaultfd itself fails.
+    public static func offersAsyncWriteProtect() throws -> Bool {
+        let fd = try create(extraFlags: CRYO_UFFD_USER_MODE_ONLY)
+        defer { try? fd.close() }
+        // Asking for no features reports every feature the kernel has.
+        let offered = try handshake(fd, features: 0, name: "ioctl(UFFDIO_API)")
+        return offered & CRYO_UFFD_FEATURE_WP_ASYNC != 0 && offered & UInt64(UFFD_FEATURE_PAGEFAULT_FLAG_WP) != 0
     }
 }
 
@@ -39,7 +71,10 @@ public enum FileRanges {
         var buffer: UnsafeMutableRawBufferPointer? = nil
         defer { buffer?.deallocate() }
         while done < length {
-            let n = cryo_copy_file_range(source.rawValue, sourceOffset + done, target.rawValue, targetOffset + done, UInt64(length - done))
+            var offsets = [sourceOffset + done, targetOffset + done]
+            let n = offsets.withUnsafeMutableBufferPointer {
+                Kernel.rawSyscall(SYS_copy_file_range, [source, $0.baseAddress, target, $0.baseAddress! + 1, length - done, 0])
+            }
             if n > 0 { done += Int64(n); continue }
             if n == 0 { throw SyscallError("copy_file_range", errno: .ioError, object: "\(object) (source ends early)") }
             guard n == -Int(EXDEV) || n == -Int(EINVAL) || n == -Int(EOPNOTSUPP) else {
@@ -77,38 +112,59 @@ extension Userfaultfd {
 
     /// Whether this process may create a userfaultfd with `features`; the error names the refusing call.
     public static func probe(features: UInt64) throws {
-        var failed: Int32 = 0
-        let r = cryo_uffd_probe(features, &failed)
-        if r < 0 {
-            throw SyscallError(failed == 0 ? "userfaultfd" : "ioctl(UFFDIO_API)", errno: Errno(rawValue: Int32(-r)))
-        }
+        let fd = try create()
+        defer { try? fd.close() }
+        _ = try handshake(fd, features: features, name: "ioctl(UFFDIO_API)")
     }
 
     /// Messages waiting now (none: empty).
     public func read(into events: inout [cryo_uffd_event]) throws -> Int {
-        let count = events.count
-        let r = events.withUnsafeMutableBufferPointer { cryo_uffd_read(fd.rawValue, $0.baseAddress, Int32(count)) }
-        return try check(r, "read(userfaultfd)", object: "fd \(fd.rawValue)")
+        let size = MemoryLayout<uffd_msg>.size
+        var messages = [uffd_msg](repeating: uffd_msg(), count: min(events.count, 64))
+        let n = messages.withUnsafeMutableBytes { Kernel.rawSyscall(SYS_read, [fd, $0.baseAddress, $0.count]) }
+        if n == -Int(EAGAIN) { return 0 }
+        let count = try check(n, "read(userfaultfd)", object: "fd \(fd.rawValue)") / size
+        for i in 0..<count {
+            let m = messages[i]
+            var e = cryo_uffd_event()
+            e.event = UInt32(m.event)
+            switch Int32(m.event) {
+            case CRYO_UFFD_EVENT_PAGEFAULT: e.address = m.arg.pagefault.address; e.flags = m.arg.pagefault.flags
+            case CRYO_UFFD_EVENT_FORK: e.ufd = m.arg.fork.ufd
+            case CRYO_UFFD_EVENT_REMAP: e.address = m.arg.remap.from; e.to = m.arg.remap.to; e.length = m.arg.remap.len
+            case CRYO_UFFD_EVENT_REMOVE, CRYO_UFFD_EVENT_UNMAP:
+                e.address = m.arg.remove.start; e.length = m.arg.remove.end - m.arg.remove.start
+            default: break
+            }
+            events[i] = e
+        }
+        return count
     }
 
     /// UFFDIO_COPY: installs `source` at `address` and wakes whoever waits there.
     public func copy(to address: UInt64, from source: UnsafeRawPointer, length: UInt64) -> Fill {
-        var done: Int64 = 0
-        let r = cryo_uffd_copy(fd.rawValue, address, source, length, &done)
-        return Fill(bytes: UInt64(done), errno: r < 0 ? Errno(rawValue: Int32(-r)) : nil)
+        var request = uffdio_copy(dst: address, src: UInt64(UInt(bitPattern: source)), len: length, mode: 0, copy: 0)
+        let r = withUnsafeMutablePointer(to: &request) { Kernel.rawSyscall(SYS_ioctl, [fd, CRYO_UFFDIO_COPY, $0]) }
+        return Fill(bytes: UInt64(max(request.copy, 0)), errno: Kernel.errno(of: r))
     }
 
     /// UFFDIO_ZEROPAGE: maps the zero page at `address`.
     public func zeroPage(at address: UInt64, length: UInt64) -> Fill {
-        var done: Int64 = 0
-        let r = cryo_uffd_zeropage(fd.rawValue, address, length, &done)
-        return Fill(bytes: UInt64(done), errno: r < 0 ? Errno(rawValue: Int32(-r)) : nil)
+        var request = uffdio_zeropage(range: uffdio_range(start: address, len: length), mode: 0, zeropage: 0)
+        let r = withUnsafeMutablePointer(to: &request) { Kernel.rawSyscall(SYS_ioctl, [fd, CRYO_UFFDIO_ZEROPAGE, $0]) }
+        return Fill(bytes: UInt64(max(request.zeropage, 0)), errno: Kernel.errno(of: r))
     }
 
     /// UFFDIO_WAKE: wakes threads waiting on a range someone else filled.
     public func wake(_ address: UInt64, length: UInt64) {
-        _ = cryo_uffd_wake(fd.rawValue, address, length)
+        var range = uffdio_range(start: address, len: length)
+        _ = withUnsafeMutablePointer(to: &range) { Kernel.rawSyscall(SYS_ioctl, [fd, CRYO_UFFDIO_WAKE, $0]) }
     }
 
     public func close() { try? fd.close() }
+
+    /// The features lazy restore needs: fork, mremap, madvise(DONTNEED) and munmap
+    /// events, so no change the restored process makes to its lazy memory goes unseen.
+    public static let lazyFeatures = UInt64(UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE
+                                            | UFFD_FEATURE_EVENT_UNMAP)
 }

@@ -247,27 +247,20 @@ struct RestoreCommand: ParsableCommand {
     /// on a pipe), or with the child's status when the restore fails. The
     /// fork happens before anything else, while cryo has one thread.
     func runDetachedLazy() throws -> Never {
-        var ready: [Int32] = [-1, -1]
-        guard cryo_pipe2(&ready, O_CLOEXEC) == 0 else {
-            FileHandle.standardError.write("cryo: pipe2: \(String(cString: strerror(cryo_errno())))\n".data(using: .utf8)!)
-            Glibc.exit(1)
-        }
-        let child = fork()
-        if child < 0 {
-            FileHandle.standardError.write("cryo: fork: \(String(cString: strerror(cryo_errno())))\n".data(using: .utf8)!)
-            Glibc.exit(1)
-        }
+        let ready = try FileObjects.pipe(object: "ready pipe")
+        let child = try Processes.fork()
         if child > 0 {
-            close(ready[1])
+            try? ready.write.close()
             var byte: UInt8 = 0
-            var n: Int
-            repeat { n = Glibc.read(ready[0], &byte, 1) } while n < 0 && cryo_errno() == EINTR
+            let n = (try? withUnsafeMutableBytes(of: &byte) { try Files.readSome(ready.read, into: $0, object: "ready pipe") }) ?? 0
             if n == 1 { Glibc.exit(0) }
-            var status: Int32 = 0
-            while waitpid(child, &status, 0) < 0 && cryo_errno() == EINTR {}
-            Glibc.exit(exitCode(status) ?? 1)
+            switch try? waitFor(child) {
+            case .exited(let code)?: Glibc.exit(code)
+            case .signaled(let signal)?: Glibc.exit(128 + signal)
+            default: Glibc.exit(1)
+            }
         }
-        close(ready[0])
+        try? ready.read.close()
         let tree: RestoredTree
         do { tree = try restore() } catch { Glibc.exit(1) }  // `failing` printed the line
         sayRestored(tree)
@@ -276,8 +269,8 @@ struct RestoreCommand: ParsableCommand {
         if null >= 0 { dup2(null, 1); close(null) }
         signal(SIGHUP, SIG_IGN)
         var byte: UInt8 = 1
-        _ = Glibc.write(ready[1], &byte, 1)
-        close(ready[1])
+        _ = try? withUnsafeBytes(of: &byte) { try ready.write.write($0) }
+        try? ready.write.close()
         guard let lazy = tree.lazy else { Glibc.exit(0) }
         // The root is this process's child until it exits: reap it if it ends first.
         var rootReaped = false

@@ -119,7 +119,7 @@ public enum Backtrace {
                 let isFile = m.path.hasPrefix("/") && m.inode != 0
                 let (major, minor) = parseDevice(m.device)
                 return MappedRegion(start: m.start, end: m.end, fileOffset: m.offset, path: isFile ? m.path : nil,
-                                    label: m.path.isEmpty ? nil : m.path, device: isFile ? cryo_makedev(major, minor) : nil,
+                                    label: m.path.isEmpty ? nil : m.path, device: isFile ? FileObjects.deviceNumber(major: major, minor: minor) : nil,
                                     inode: isFile ? m.inode : nil, executable: m.permissions.contains("x"))
             }
             for thread in process.threads {

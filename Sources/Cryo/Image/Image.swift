@@ -190,9 +190,7 @@ public struct ImagePaths: Sendable {
     /// Makes the folder (0700) if need be and creates `name` in it, exclusively: the claim
     /// that the folder is this command's. A folder where `name` exists already "holds `what`".
     func claim(_ name: String, holding what: String) throws -> FileDescriptor {
-        if !Files.exists(directory) && mkdir(directory, 0o700) != 0 {
-            throw SyscallError("mkdir", errno: Errno(rawValue: cryo_errno()), object: "image folder \(directory)")
-        }
+        if !Files.exists(directory) { try Files.makeDirectory(directory, mode: 0o700, object: "image folder \(directory)") }
         do {
             return try Files.open("\(directory)/\(name)", .writeOnly, options: [.create, .exclusiveCreate, .noFollow],
                                   permissions: [.ownerReadWrite])

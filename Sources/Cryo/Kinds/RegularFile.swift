@@ -57,10 +57,10 @@ extension RegularFileState {
         }
         // Recreate it unlinked in its old folder (or the image's), then open it with the old flags.
         let folder = (path as NSString).deletingLastPathComponent
-        var result = cryo_open_tmpfile(Files.exists(folder) ? folder : paths.directory, O_RDWR | O_CLOEXEC, mode)
-        if result < 0 { result = cryo_open_tmpfile(paths.directory, O_RDWR | O_CLOEXEC, mode) }
-        let raw = Int32(try check(result, "open(O_TMPFILE)", object: "\(object) for \(path)"))
-        let scratch = FileDescriptor(rawValue: raw)
+        let scratch: FileDescriptor
+        do { scratch = try Descriptors.openTemporaryFile(in: Files.exists(folder) ? folder : paths.directory, flags: O_RDWR, mode: mode) } catch {
+            scratch = try Descriptors.openTemporaryFile(in: paths.directory, flags: O_RDWR, mode: mode, object: "\(object) for \(path)")
+        }
         defer { try? scratch.close() }
         let data = try Files.read(paths.fileData(id))
         guard data.count == size else {
@@ -69,6 +69,6 @@ extension RegularFileState {
         try data.withUnsafeBytes { (raw) throws in try Files.write(scratch, raw, at: 0, path: path) }
         try FileObjects.setMode(scratch, mode, object: "\(object) for \(path)")
         // Reopening through /proc gives a description with exactly the old access mode and flags.
-        return try reopen(path: "/proc/self/fd/\(raw)", flags: flags, position: position, object: object)
+        return try reopen(path: "/proc/self/fd/\(scratch.rawValue)", flags: flags, position: position, object: object)
     }
 }

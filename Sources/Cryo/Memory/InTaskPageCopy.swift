@@ -107,8 +107,8 @@ struct InTaskPageCopy {
         do {
             let ours = try Pidfd.copy(of: sockets.cryo_fd, from: pid)
             defer { try? ours.close() }
-            try Pidfd.send(out, over: ours.rawValue, to: pid)
-            if let part { try Pidfd.send(part.file, over: ours.rawValue, to: pid) }
+            try Pidfd.send(out, over: ours, to: pid)
+            if let part { try Pidfd.send(part.file, over: ours, to: pid) }
         }
         var arguments = cryo_write_pages()
         arguments.task_fd = sockets.task_fd

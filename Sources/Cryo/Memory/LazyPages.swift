@@ -162,7 +162,7 @@ public final class LazyServer: @unchecked Sendable {
 
     /// cryo must be able to create a userfaultfd with the events it needs; checked before anything is created.
     static func check() throws {
-        do { try Userfaultfd.probe(features: cryo_uffd_lazy_features()) } catch let error as SyscallError {
+        do { try Userfaultfd.probe(features: Userfaultfd.lazyFeatures) } catch let error as SyscallError {
             let hint = error.errno == .permissionDenied || error.errno == .notPermitted
                 ? " (needs root or CAP_SYS_PTRACE; see vm.unprivileged_userfaultfd)" : ""
             throw CryoError("--lazy-pages: the kernel refuses userfaultfd with fork/remap/remove/unmap events: \(error)\(hint)")
@@ -251,10 +251,7 @@ public final class LazyServer: @unchecked Sendable {
                 var fds = [pollfd(fd: wakeup, events: Int16(POLLIN), revents: 0)]
                     + processes.map { pollfd(fd: $0.uffd.fd.rawValue, events: Int16(POLLIN), revents: 0) }
                 let idle = !push || processes.allSatisfy { $0.pending.isEmpty }
-                let ready = poll(&fds, nfds_t(fds.count), idle ? 1000 : 0)
-                if ready < 0 && cryo_errno() != EINTR {
-                    throw SyscallError("poll", errno: Errno(rawValue: cryo_errno()), object: "userfaultfds")
-                }
+                let ready = try Files.poll(&fds, milliseconds: idle ? 1000 : 0, object: "userfaultfds") ?? -1
                 if fds[0].revents != 0 { var count: UInt64 = 0; _ = Glibc.read(wakeup, &count, 8) }
                 if ready == 0 && idle {
                     // Without pushing, an exited process is noticed only here: a restored one by its

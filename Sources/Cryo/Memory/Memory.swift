@@ -219,7 +219,7 @@ extension MemoryRecord {
             let (major, minor) = parseDevice(m.device)
             var mapping = Mapping(start: m.start, end: m.end, protection: String(m.permissions.prefix(3)).replacingOccurrences(of: "-", with: ""),
                                   shared: shared, kind: kind, path: path, fileOffset: m.offset,
-                                  device: kind == .file ? cryo_makedev(major, minor) : nil,
+                                  device: kind == .file ? FileObjects.deviceNumber(major: major, minor: minor) : nil,
                                   inode: kind == .file ? m.inode : nil,
                                   growsDown: false, noReserve: false, advice: 0,
                                   shmem: nil, file: nil)
@@ -299,10 +299,7 @@ extension MemoryRecord {
                 arg.category_anyof_mask = categories.anyOf
                 arg.return_mask = categories.anyOf | extraCategories
                 let count = try regions.withUnsafeMutableBufferPointer { (vec) throws -> Int in
-                    arg.vec = UInt64(UInt(bitPattern: vec.baseAddress))
-                    arg.vec_len = UInt64(vec.count)
-                    return try check(cryo_pagemap_scan(pagemap.rawValue, &arg), "ioctl(PAGEMAP_SCAN)", pid: pid,
-                                     object: "address 0x\(String(cursor, radix: 16))")
+                    try Pagemap.scan(pagemap, &arg, into: vec, pid: pid, object: "address 0x\(String(cursor, radix: 16))")
                 }
                 found[i] += regions.prefix(count)
                 cursor = arg.walk_end > cursor ? arg.walk_end : range.upperBound

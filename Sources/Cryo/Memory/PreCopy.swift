@@ -61,11 +61,7 @@ enum PreCopy {
     }
 
     static func realPath(_ path: String) throws -> String {
-        guard let resolved = realpath(path, nil) else {
-            throw SyscallError("realpath", errno: Errno(rawValue: cryo_errno()), object: path)
-        }
-        defer { free(resolved) }
-        return String(cString: resolved)
+        try Files.realPath(path)
     }
 
     static func startTime(_ pid: pid_t) throws -> UInt64 { try ProcStat(pid: pid).field(22) }
@@ -286,7 +282,7 @@ public enum PreCopyHolder {
         var tracked = tracked
         // Nothing else of the pre-dump's stays open here.
         let highest = ([listenFD] + tracked.flatMap { [$0.uffd, $0.pidfd] }).max()!
-        _ = cryo_close_range(UInt32(highest + 1), UInt32.max)
+        try? Descriptors.closeAll(from: highest + 1)
         while true {
             var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)]
                 + tracked.map { pollfd(fd: $0.pidfd, events: Int16(POLLIN), revents: 0) }
@@ -299,17 +295,16 @@ public enum PreCopyHolder {
             }
             if tracked.isEmpty { exit(0) }
             if fds[0].revents & Int16(POLLIN) != 0 {
-                let connection = cryo_accept_cloexec(listenFD)
-                if connection < 0 { continue }
-                if serve(Int32(connection), directory: directory, tracked: tracked) { exit(0) }
-                Glibc.close(Int32(connection))
+                guard let connection = try? Sockets.acceptBlocking(FileDescriptor(rawValue: listenFD), object: "pre-dump holder") else { continue }
+                if serve(connection.rawValue, directory: directory, tracked: tracked) { exit(0) }
+                try? connection.close()
             }
         }
     }
 
     /// Tells a dump what is tracked, then waits for its verdict: true when it says "done".
     static func serve(_ connection: Int32, directory: String, tracked: [Tracked]) -> Bool {
-        guard cryo_peer_uid(connection) == Int(geteuid()) else { return false }
+        guard (try? Sockets.peerUid(FileDescriptor(rawValue: connection))) == geteuid() else { return false }
         var timeout = timeval(tv_sec: 3600, tv_usec: 0)
         setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let hello = Hello(directory: directory, processes: tracked.map { [UInt64($0.pid), $0.startTime] })
@@ -381,7 +376,7 @@ final class PreCopyBase {
         let length = socklen_t(MemoryLayout<sa_family_t>.size + path.count)
         let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, length) } }
         // Only a holder running as cryo's own user is believed.
-        guard r == 0, cryo_peer_uid(fd) == Int(geteuid()) else {
+        guard r == 0, (try? Sockets.peerUid(FileDescriptor(rawValue: fd))) == geteuid() else {
             Glibc.close(fd)
             return -1
         }
@@ -459,11 +454,7 @@ final class HeldPages {
             arg.category_mask = notFileNotZero | UInt64(CRYO_PAGE_IS_WRITTEN)
             arg.category_anyof_mask = UInt64(CRYO_PAGE_IS_PRESENT | CRYO_PAGE_IS_SWAPPED)
             arg.return_mask = UInt64(CRYO_PAGE_IS_WRITTEN)
-            let found = regions.withUnsafeMutableBufferPointer { vec -> Int in
-                arg.vec = UInt64(UInt(bitPattern: vec.baseAddress))
-                arg.vec_len = UInt64(vec.count)
-                return cryo_pagemap_scan(pagemap.rawValue, &arg)
-            }
+            let found = regions.withUnsafeMutableBufferPointer { Pagemap.scanRaw(pagemap, &arg, into: $0) }
             guard found >= 0 else { return total }
             for region in regions.prefix(found) { total += Int(region.end - region.start) }
             guard arg.walk_end > cursor else { break }

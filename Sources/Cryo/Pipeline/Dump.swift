@@ -237,7 +237,7 @@ public struct Dumper {
             guard let parent = byPid[p.ppid] else { continue }
             if p.zombieStatus == nil && parent.zombieStatus == nil {
                 for (type, what) in [(1, "address space (CLONE_VM)"), (2, "descriptor table (CLONE_FILES)"), (3, "cwd and root (CLONE_FS)")]
-                where cryo_kcmp(p.pid, parent.pid, Int32(type)) == 0 {
+                where try Pidfd.share(p.pid, parent.pid, resource: Int32(type)) {
                     throw CryoError("pid \(p.pid) (\(p.comm)) shares its \(what) with its parent \(parent.pid); not supported yet")
                 }
             }

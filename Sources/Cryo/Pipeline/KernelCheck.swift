@@ -22,9 +22,10 @@ public enum KernelCheck {
                 results.append(FeatureCheck(name: name, ok: false, required: required, detail: "\(error)"))
             }
         }
-        var park: [Int32] = [0, 0]
-        guard cryo_pipe2(&park, O_CLOEXEC) == 0 else { return [FeatureCheck(name: "pipe2", ok: false, required: true, detail: "failed")] }
-        defer { close(park[0]); close(park[1]) }
+        let ends: (read: FileDescriptor, write: FileDescriptor)
+        do { ends = try FileObjects.pipe(object: "park") } catch { return [FeatureCheck(name: "pipe2", ok: false, required: true, detail: "\(error)")] }
+        defer { try? ends.read.close(); try? ends.write.close() }
+        let park = [ends.read.rawValue, ends.write.rawValue]
 
         var child: pid_t = 0
         add("clone3 with set_tid (exact pids)") {
@@ -77,17 +78,11 @@ public enum KernelCheck {
             arg.end = page + 4096
             arg.category_mask = UInt64(CRYO_PAGE_IS_PRESENT)
             arg.return_mask = UInt64(CRYO_PAGE_IS_PRESENT)
-            let found = try regions.withUnsafeMutableBufferPointer { vec in
-                arg.vec = UInt64(UInt(bitPattern: vec.baseAddress))
-                arg.vec_len = UInt64(vec.count)
-                return try check(cryo_pagemap_scan(pagemap.rawValue, &arg), "ioctl(PAGEMAP_SCAN)")
-            }
+            let found = try regions.withUnsafeMutableBufferPointer { try Pagemap.scan(pagemap, &arg, into: $0) }
             return "scanned own stack page: \(found) present region"
         }
         add("userfaultfd write-protect, async mode", required: false) {
-            let r = cryo_probe_uffd_wp_async()
-            if r < 0 { throw SyscallError("userfaultfd", errno: .init(rawValue: Int32(-r))) }
-            guard r == 1 else { throw CryoError("UFFD_FEATURE_WP_ASYNC not offered") }
+            guard try Userfaultfd.offersAsyncWriteProtect() else { throw CryoError("UFFD_FEATURE_WP_ASYNC not offered") }
             return "available (pre-copy write tracking without soft-dirty)"
         }
         add("userfaultfd with fork/remap/remove/unmap events (--lazy-pages)", required: false) {

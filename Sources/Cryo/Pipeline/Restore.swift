@@ -120,7 +120,8 @@ public struct Restorer {
         do {
             var namespaceInit: (tracee: Tracee, parasite: Parasite)? = nil
             if options.newPidNamespace {
-                _ = try check(cryo_pipe2(&park, O_CLOEXEC), "pipe2")
+                let made = try FileObjects.pipe(object: "pid namespace init")
+                park = [made.read.rawValue, made.write.rawValue]
                 let initPid = pid_t(try check(cryo_clone3_namespace_init(park[0], image.inventory.rootPid),
                                               "clone3(CLONE_NEWPID)"))
                 session.created.append(initPid)
@@ -222,11 +223,10 @@ public struct Restorer {
             tracee = try clone(into: parent.tracee, parasite: parent.parasite, pid: core.pid, flags: namespaces.cloneFlags)
             session.created.append(tracee.pid)
         } else {
-            var park: [Int32] = [0, 0]
-            _ = try check(cryo_pipe2(&park, O_CLOEXEC), "pipe2")
-            defer { close(park[0]); close(park[1]) }
+            let park = try FileObjects.pipe(object: "pid \(core.pid)")
+            defer { try? park.read.close(); try? park.write.close() }
             let child: pid_t
-            do { child = try Processes.cloneParked(pid: core.pid, flags: namespaces.cloneFlags, parkFD: park[0]) } catch let error as SyscallError where error.errno == .fileExists {
+            do { child = try Processes.cloneParked(pid: core.pid, flags: namespaces.cloneFlags, parkFD: park.read.rawValue) } catch let error as SyscallError where error.errno == .fileExists {
                 throw pidInUse(core.pid)
             }
             session.created.append(child)
@@ -508,7 +508,7 @@ public struct Restorer {
         let batch = 64
         for start in stride(from: 0, to: toSend.count, by: batch) {
             let end = min(start + batch, toSend.count)
-            for fd in toSend[start..<end] { try Pidfd.send(fd, over: connection, to: pid) }
+            for fd in toSend[start..<end] { try Pidfd.send(fd, over: FileDescriptor(rawValue: connection), to: pid) }
             var recv = cryo_recv_fds()
             recv.control_fd = controlFD
             recv.first_slot_fd = slotFD(start)
@@ -545,7 +545,7 @@ public struct Restorer {
             var request = cryo_lazy_uffd()
             request.target_fd = slotFD(toSend.count)
             request.range_count = UInt32(lazy.ranges.count)
-            request.features = cryo_uffd_lazy_features()
+            request.features = Userfaultfd.lazyFeatures
             try parasite.run(CRYO_CMD_LAZY_UFFD, payload: bytes(of: request) + bytes(of: lazy.ranges), replyBytes: 0)
             let uffd = try Pidfd.copy(of: request.target_fd, from: pid)
             let source = PageSource(reader: try PageReader(path: image.paths.pages(imagePid), index: task.pageIndex))
@@ -630,9 +630,7 @@ public struct Restorer {
     }
 
     func openDirectory(_ path: String, what: String) throws -> FileDescriptor {
-        let raw = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if raw < 0 { throw SyscallError("open", errno: Errno(rawValue: cryo_errno()), object: "\(what) \(path)") }
-        return FileDescriptor(rawValue: raw)
+        try FileObjects.open(path, flags: O_RDONLY | O_DIRECTORY, object: what)
     }
 
     /// Descriptor slots live above the task's highest fd; make room for them.
@@ -737,15 +735,15 @@ struct ControlListener {
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in address.enumerated() { raw[i] = b } }
         let length = socklen_t(MemoryLayout<sa_family_t>.size + address.count)
         let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) } }
-        if bound != 0 {
+        do { _ = try checkLibc(Int(bound), "bind", object: "control socket @\(name)") } catch {
             Glibc.close(socket)
-            throw SyscallError("bind", errno: Errno(rawValue: cryo_errno()), object: "control socket @\(name)")
+            throw error
         }
         _ = try checkLibc(Int(listen(socket, 1)), "listen", object: "control socket @\(name)")
     }
 
     func accept() throws -> Int32 {
-        Int32(try check(cryo_accept_cloexec(socket), "accept4", object: "control socket"))
+        try Sockets.acceptBlocking(FileDescriptor(rawValue: socket), object: "control socket").rawValue
     }
 
     func close() { Glibc.close(socket) }

@@ -25,7 +25,7 @@ public struct Caller: Sendable {
     public static let current = Caller()
 
     init() {
-        let secure = cryo_secure_exec() != 0
+        let secure = Kernel.secureExecution
         uid = getuid()
         gid = getgid()
         fullyPrivileged = uid == 0 && !secure
@@ -36,7 +36,7 @@ public struct Caller: Sendable {
         let status = try? ProcStatus(pid: getpid())
         capabilities = secure ? (status?.hex("CapInh") ?? 0) : (status?.hex("CapPrm") ?? 0)
         effectiveCapabilities = status?.hex("CapEff") ?? 0
-        securebits = UInt32(truncatingIfNeeded: max(cryo_get_securebits(), 0))
+        securebits = (try? ProcessControl.securebits()) ?? 0
     }
 
     /// Refuses, in one line naming the pid and the field, credentials that are

@@ -96,9 +96,8 @@ func inNamespace<T>(of pid: pid_t, _ kind: String, _ type: Int32, _ body: @escap
     defer { try? namespace.close() }
     var result: Result<T, Error> = .failure(CryoError("pid \(pid): no thread ran in its \(kind) namespace"))
     let job = ThreadJob {
-        let joined = cryo_setns(namespace.rawValue, type)
-        guard joined == 0 else {
-            result = .failure(SyscallError("setns(\(kind))", errno: Errno(rawValue: Int32(-joined)), object: "pid \(pid)"))
+        do { try Processes.joinNamespace(namespace, type: type, name: "setns(\(kind))", object: "pid \(pid)") } catch {
+            result = .failure(error)
             return
         }
         result = Result { try body() }

@@ -1,0 +1,22 @@
+import CCryo
+import Glibc
+import SystemPackage
+
+/// The PAGEMAP_SCAN ioctl on /proc/PID/pagemap (Linux 6.7).
+public enum Pagemap {
+    /// Fills `regions` from `argument` (its vec is set here): the number of regions, or -errno.
+    public static func scanRaw(_ pagemap: FileDescriptor, _ argument: inout cryo_pm_scan_arg,
+                               into regions: UnsafeMutableBufferPointer<cryo_page_region>) -> Int {
+        argument.size = UInt64(MemoryLayout<cryo_pm_scan_arg>.size)
+        argument.vec = UInt64(UInt(bitPattern: regions.baseAddress))
+        argument.vec_len = UInt64(regions.count)
+        return withUnsafeMutablePointer(to: &argument) { Kernel.rawSyscall(SYS_ioctl, [pagemap, CRYO_PAGEMAP_SCAN, $0]) }
+    }
+
+    /// The same, throwing a SyscallError for pid and object.
+    public static func scan(_ pagemap: FileDescriptor, _ argument: inout cryo_pm_scan_arg,
+                            into regions: UnsafeMutableBufferPointer<cryo_page_region>, pid: pid_t? = nil,
+                            object: @autoclosure () -> String? = nil) throws -> Int {
+        try check(scanRaw(pagemap, &argument, into: regions), "ioctl(PAGEMAP_SCAN)", pid: pid, object: object())
+    }
+}
