@@ -39,13 +39,6 @@ public enum Files {
         }
     }
 
-    /// open(2) with raw flags (O_CLOEXEC added); `object` names it in the error (the path by default).
-    public static func open(_ path: String, flags: Int32, mode: mode_t = 0, object: @autoclosure () -> String? = nil) throws -> FileDescriptor {
-        var fd: Int32
-        repeat { fd = Glibc.open(path, flags | O_CLOEXEC, mode) } while fd < 0 && errno == EINTR
-        return FileDescriptor(rawValue: Int32(try checkLibc(Int(fd), "open", object: object() ?? path)))
-    }
-
     /// Reads what is there (at most the buffer), retrying EINTR: 0 at the end.
     public static func readSome(_ fd: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer, object: @autoclosure () -> String) throws -> Int {
         do { return try fd.read(into: buffer, retryOnInterrupt: true) } catch {

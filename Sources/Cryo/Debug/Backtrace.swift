@@ -107,8 +107,7 @@ public enum Backtrace {
         let started = ContinuousClock.now
         let tree = try FrozenTree.freezeOne(pid)
         guard let process = tree.live.first else {
-            tree.release()
-            throw CryoError("pid \(pid) is a zombie")
+            throw tree.release(after: CryoError("pid \(pid) is a zombie"))
         }
         // Only the walk happens while the process is stopped; naming frames
         // (reading symbol tables) waits until it runs again.
@@ -127,10 +126,9 @@ public enum Backtrace {
                 walks.append((thread.pid, frames, error))
             }
         } catch {
-            tree.release()
-            throw error
+            throw tree.release(after: error)
         }
-        tree.release()
+        try tree.release()
         let stopped = seconds(since: started)
         let files = MappedFiles(regions: regions)
         let threads = walks.map {

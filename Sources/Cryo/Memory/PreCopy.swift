@@ -183,10 +183,9 @@ public struct PreDumper {
         } catch {
             for tracker in trackers { tracker.close() }
             trackers = []
-            tree.release()
-            throw error
+            throw tree.release(after: error)
         }
-        tree.release()
+        try tree.release()
         statistics.frozenSeconds = seconds(since: frozenAt)
         statistics.processes = tree.processes.count
 

@@ -159,15 +159,14 @@ public struct Dumper {
             try inventory.write(to: inventoryFD, path: paths.inventory)
         } catch {
             try? taskWriter.finish() // before the partial image is removed
-            tree.release()
-            throw error
+            throw tree.release(after: error)
         }
         statistics.frozenSeconds = seconds(since: frozenAt)
         statistics.processes = tree.processes.count
         killPoint("written")
         success = true
         if options.leaveRunning {
-            tree.release()
+            try tree.release()
         } else {
             // Dead while still traced: no process runs another instruction, and
             // as their tracer cryo sees each one die before it returns. Kinds prepare

@@ -30,6 +30,7 @@ struct FrozenProcess {
 /// new one appears (a thread could clone or fork until it is stopped).
 final class FrozenTree {
     private(set) var processes: [FrozenProcess] = []
+    private var released = false
 
     static func freeze(root: pid_t) throws -> FrozenTree {
         let tree = FrozenTree()
@@ -43,8 +44,7 @@ final class FrozenTree {
                 for child in try children(of: process) where queued.insert(child).inserted { queue.append(child) }
             }
         } catch {
-            tree.release()
-            throw error
+            throw tree.release(after: error)
         }
         return tree
     }
@@ -113,7 +113,11 @@ final class FrozenTree {
     private static func children(of process: FrozenProcess) throws -> [pid_t] {
         var result: [pid_t] = []
         for t in process.threads {
-            let text = (try? Files.readString("/proc/\(process.pid)/task/\(t.pid)/children")) ?? ""
+            // Unreadable, it would silently leave this thread's children out of the image.
+            let text: String
+            do { text = try Files.readString("/proc/\(process.pid)/task/\(t.pid)/children") } catch {
+                throw CryoError("pid \(process.pid) (\(process.comm)) thread \(t.pid): cannot list its children: \(error)")
+            }
             result += text.split(separator: " ").compactMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
         }
         return result
@@ -121,14 +125,32 @@ final class FrozenTree {
 
     var live: [FrozenProcess] { processes.filter { $0.zombieStatus == nil } }
 
-    /// Puts every thread back as it was and lets it go.
-    func release() {
+    /// Puts every thread back as it was and lets it go (once). Every thread is
+    /// let go even when one could not be put back; those are reported after.
+    func release() throws {
+        guard !released else { return }
+        released = true
+        var failures: [String] = []
         for process in processes {
             for thread in process.threads {
-                try? thread.restoreOriginalState()
-                try? thread.detach()
+                do {
+                    try thread.restoreOriginalState()
+                    try thread.detach()
+                } catch {
+                    failures.append("thread \(thread.pid) of pid \(process.pid): \(error)")
+                    try? thread.detach()
+                }
             }
         }
+        if !failures.isEmpty {
+            throw CryoError("could not put back \(failures.count) thread(s) as they were: \(failures.joined(separator: "; "))")
+        }
+    }
+
+    /// Releases the tree after `error`, which it returns, naming a failed release too.
+    func release(after error: Error) -> Error {
+        do { try release() } catch let releaseError { return CryoError("\(error); then \(releaseError)") }
+        return error
     }
 
     /// Kills every process while it is still stopped, and waits until each is gone.
