@@ -1,11 +1,21 @@
 import Foundation
 import Glibc
+import Synchronization
 
 /// Test hook: `CRYO_KILL_AT=<phase>` makes cryo kill itself with SIGKILL when it
 /// reaches that phase, so tests can check that nothing it touched is harmed.
+/// `<phase>#<n>` waits for the n-th time (a restore passes most phases once
+/// per process).
 public func killPoint(_ phase: @autoclosure () -> String) {
     guard let wanted = killPhase else { return }
-    if wanted == phase() { kill(getpid(), SIGKILL) }
+    if wanted.name == phase() && killPhaseSeen.add(1, ordering: .relaxed).newValue >= wanted.count { kill(getpid(), SIGKILL) }
 }
 
-private let killPhase: String? = ProcessInfo.processInfo.environment["CRYO_KILL_AT"]
+private let killPhase: (name: String, count: Int)? = {
+    guard let value = ProcessInfo.processInfo.environment["CRYO_KILL_AT"] else { return nil }
+    if let hash = value.lastIndex(of: "#"), let count = Int(value[value.index(after: hash)...]), count > 0 {
+        return (String(value[..<hash]), count)
+    }
+    return (value, 1)
+}()
+private let killPhaseSeen = Atomic<Int>(0)

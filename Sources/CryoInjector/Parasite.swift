@@ -169,7 +169,9 @@ public final class Parasite {
                 killPoint("stopped after \(name)")
             } else {
                 try Ptrace.setSignalMask(thread.pid, ~UInt64(0))
+                killPoint("before \(name)")
                 _ = try thread.run(regs, during: "parasite command \(name) in thread \(thread.pid)")
+                killPoint("after \(name)")
             }
         } catch InjectionError.fault(let pid, let signal, let registers, _) {
             if goingHome && thread !== tracee { try? thread.restoreOriginalState() }

@@ -51,10 +51,10 @@ func syscallName(_ number: UInt64) -> String {
     let names: [UInt64: String] = [
         0: "read", 3: "close", 9: "mmap", 10: "mprotect", 11: "munmap", 12: "brk", 13: "rt_sigaction",
         17: "pread64", 25: "mremap", 28: "madvise", 36: "getitimer", 38: "setitimer", 41: "socket", 42: "connect",
-        47: "recvmsg", 72: "fcntl", 81: "fchdir", 95: "umask", 116: "setgroups", 117: "setresuid", 119: "setresgid",
+        47: "recvmsg", 72: "fcntl", 81: "fchdir", 95: "umask", 109: "setpgid", 112: "setsid", 116: "setgroups", 117: "setresuid", 119: "setresgid",
         126: "capset", 129: "rt_sigqueueinfo", 131: "sigaltstack", 135: "personality", 157: "prctl", 161: "chroot",
         218: "set_tid_address", 273: "set_robust_list", 274: "get_robust_list", 292: "dup3", 297: "rt_tgsigqueueinfo",
-        334: "rseq", 436: "close_range",
+        334: "rseq", 435: "clone3", 436: "close_range",
     ]
     return names[number] ?? "#\(number)"
 }
@@ -192,6 +192,8 @@ public final class Tracee {
     public func syscall(_ number: Int, _ args: UInt64...) throws -> Int64 {
         if gadget == nil { _ = prepareWayHome() } // a syscall without a parasite (pre-dump's userfaultfd)
         if let returnPath { return try syscallGoingHome(number, args, path: returnPath) }
+        // Restore's kill points (a live task takes the way home and has its own).
+        killPoint("injecting \(syscallName(UInt64(number)))")
         var regs = syscallRegisters(number, args)
         let name = "injected syscall \(syscallName(UInt64(number)))"
         if let gadget {

@@ -138,3 +138,134 @@ private func onlyAnEmptyMappingMore(_ now: [String], than was: [String]) -> Bool
     let range = fields.first?.split(separator: "-").compactMap { UInt64($0, radix: 16) } ?? []
     return fields.count == 5 && fields[4] == "0" && range.count == 2 && range[1] - range[0] <= 1 << 20
 }
+
+// MARK: - Kills during a restore
+
+/// Every phase cryo has a kill point for during a restore, in order. Most are
+/// passed once per process; `#n` is the n-th time (in a later process).
+let restoreKillPhases = [
+    "injecting mmap", "mapped", "loaded", "before PING", "after PING", "before RESTORE_MEMORY", "after RESTORE_MEMORY",
+    "root-created", "injecting setsid", "injecting setpgid", "injecting clone3", "stand-ins-created", "tree-created",
+    "before CONNECT", "after CONNECT", "before RECV_FDS", "after RECV_FDS", "before RESTORE_MEMORY#2", "after RESTORE_MEMORY#2",
+    "before LAZY_UFFD", "after LAZY_UFFD", "memory-restored",
+    "before RESTORE_STATE", "after RESTORE_STATE", "before RESTORE_THREAD", "after RESTORE_THREAD",
+    "before RESTORE_TIMERS", "after RESTORE_TIMERS", "before INSTALL_FDS", "after INSTALL_FDS",
+    "before RESTORE_CREDS", "after RESTORE_CREDS", "before RESTORE_SECCOMP", "after RESTORE_SECCOMP",
+    "injecting munmap", "before-release",
+]
+/// Phases only some images pass: children and groups, threads, private anonymous memory
+/// (loaded through a userfaultfd), POSIX timers, seccomp filters.
+private let treePhases = ["injecting setsid", "injecting setpgid"]
+private let clonePhases = ["injecting clone3"]
+private let lazyUffdPhases = ["before LAZY_UFFD", "after LAZY_UFFD"]
+private let restoreTimerPhases = ["before RESTORE_TIMERS", "after RESTORE_TIMERS"]
+private let seccompPhases = ["before RESTORE_SECCOMP", "after RESTORE_SECCOMP"]
+
+let restoreKillCases: [(fixture: String, arguments: [String], phases: [String], mayMiss: [String])] = [
+    ("counter", [], restoreKillPhases, treePhases + clonePhases + restoreTimerPhases + seccompPhases),
+    ("threads", ["6"], restoreKillPhases, treePhases + restoreTimerPhases + seccompPhases),
+    ("vector", [], ["after RESTORE_MEMORY#2", "memory-restored", "after RESTORE_STATE", "after INSTALL_FDS", "injecting munmap", "before-release"], []),
+    ("ptimers", [], restoreTimerPhases + ["before-release"], []),
+    ("seccomp", [], seccompPhases + ["before-release"], []),
+    ("tree", ["13"], restoreKillPhases + ["injecting clone3#3", "after RECV_FDS#4", "memory-restored#5", "after INSTALL_FDS#6",
+                                          "injecting munmap#7"],
+     restoreTimerPhases + seccompPhases),
+    ("bigmem", ["64"], ["before RESTORE_MEMORY#2", "after RESTORE_MEMORY#2", "after LAZY_UFFD", "memory-restored", "before-release"], []),
+]
+
+extension EndToEnd {
+    @Suite("cryo killed during a restore")
+    struct RestoreKillSafetyTests {
+        @Test("nothing of the half-built tree is left and the image is unchanged after a SIGKILL of cryo at every phase",
+              arguments: restoreKillCases.indices)
+        func killedAtEveryPhase(_ index: Int) throws {
+            let entry = restoreKillCases[index]
+            let scratch = try Scratch("\(entry.fixture)-restore-kill")
+            defer { scratch.remove() }
+            // Orphans of a killed restore come to us: reaped here, so a pid that stays is a leak.
+            let wasSubreaper = isChildSubreaper()
+            setChildSubreaper(true)
+            defer { if !wasSubreaper { setChildSubreaper(false) } }
+            let arguments = entry.arguments.isEmpty ? try Fixture.defaultArguments(for: entry.fixture, in: scratch) : entry.arguments
+            let fixture = try Fixture(entry.fixture, arguments: arguments, in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady(timeout: 60)
+            let ids = taskIDs(ofTreeAt: fixture.pid)
+            let (images, _) = try dumpAndReap(fixture, in: scratch)
+            try #require(waitUntil(timeout: 20) { ids.allSatisfy { _ = tryReap($0); return !pidExists($0) } },
+                         "the dumped tree is still there: \(ids.filter(pidExists).prefix(5).map(describeProcess))")
+            var digest = try imageDigest(images)
+            let linesBefore = fixture.lines.count
+
+            var survived = 0, reached = 0
+            var missed: [String] = []
+            for phase in entry.phases {
+                let result = try cryo(["restore", "-d", "-D", images], in: scratch, timeout: cryoTimeout(for: entry.fixture),
+                                      environment: ["CRYO_KILL_AT": phase])
+                var problems: [String] = []
+                if result.succeeded {
+                    missed.append(phase)
+                } else {
+                    reached += 1
+                    if result.status != .signaled(SIGKILL) { problems.append("cryo did not die by SIGKILL: \(result)") }
+                }
+                // With the tree restored (phase not reached) its pids are taken: free them for the next run.
+                if result.succeeded { for pid in ids where pidExists(pid) { kill(pid, SIGKILL) } }
+                let gone = waitUntil(timeout: 20) { ids.allSatisfy { _ = tryReap($0); return !pidExists($0) } }
+                if !gone && !result.succeeded {
+                    problems.append("left running: \(ids.filter(pidExists).prefix(8).map(describeProcess).joined(separator: "; "))")
+                    for pid in ids where pidExists(pid) { kill(pid, SIGKILL) }
+                    waitUntil(timeout: 10) { ids.allSatisfy { _ = tryReap($0); return !pidExists($0) } }
+                }
+                if result.succeeded {
+                    digest = try imageDigest(images) // a finished restore adds its statistics (stats-restore)
+                } else if try imageDigest(images) != digest {
+                    problems.append("the image changed")
+                }
+                if !result.succeeded && fixture.lines.count != linesBefore {
+                    problems.append("a half-restored process ran on: \(fixture.lines.dropFirst(linesBefore))")
+                }
+                if result.succeeded { continue }
+                if problems.isEmpty { survived += 1 } else {
+                    Issue.record("\(entry.fixture), restore killed at \"\(phase)\": \(problems.joined(separator: "\n"))")
+                }
+            }
+            print("restore kill safety: \(entry.fixture): \(survived) of \(reached) kills left nothing behind")
+            #expect(Set(missed).isSubset(of: entry.mayMiss), "\(entry.fixture): restore never reached \(missed.filter { !entry.mayMiss.contains($0) })")
+
+            // The image is as good as before: a last restore brings the tree back and it passes.
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore, timeout: cryoTimeout(for: entry.fixture))
+        }
+    }
+}
+
+/// Every thread id of every process in the tree under `root`.
+private func taskIDs(ofTreeAt root: pid_t) -> [pid_t] {
+    var result: [pid_t] = []
+    var queue = [root]
+    while let pid = queue.popLast() {
+        let tids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).compactMap { pid_t($0) }
+        result += tids
+        for tid in tids {
+            queue += readText("/proc/\(pid)/task/\(tid)/children").split(separator: " ").compactMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        }
+    }
+    return result
+}
+
+/// Name, size and SHA-256 of every file in the image folder.
+private func imageDigest(_ folder: String) throws -> [String] {
+    let names = try FileManager.default.contentsOfDirectory(atPath: folder).sorted()
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/sha256sum")
+    process.arguments = names.map { folder + "/" + $0 }
+    process.currentDirectoryURL = URL(fileURLWithPath: folder)
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    try process.run()
+    let output = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return String(decoding: output, as: UTF8.self).split(separator: "\n").map(String.init)
+}
