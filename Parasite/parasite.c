@@ -11,7 +11,7 @@ typedef long ssize_t;
 /* x86_64 syscall numbers used here (stable ABI). */
 enum {
     NR_read = 0, NR_close = 3, NR_mmap = 9, NR_mprotect = 10, NR_munmap = 11, NR_brk = 12,
-    NR_rt_sigaction = 13, NR_pread64 = 17, NR_mremap = 25, NR_madvise = 28,
+    NR_rt_sigaction = 13, NR_pread64 = 17, NR_mremap = 25, NR_madvise = 28, NR_shmat = 30,
     NR_getitimer = 36, NR_setitimer = 38, NR_socket = 41, NR_connect = 42,
     NR_recvmsg = 47, NR_socketpair = 53, NR_pwritev = 296, NR_clone = 56, NR_rt_sigprocmask = 14, NR_futex = 202, NR_fcntl = 72, NR_fchdir = 81, NR_umask = 95,
     NR_setresuid = 117, NR_setresgid = 119, NR_setgroups = 116, NR_setfsuid = 122,
@@ -327,8 +327,17 @@ static long restore_memory(struct cryo_args_header *h) {
         uint32_t prot = v->prot;
         if (v->run_count) prot |= PROT_WRITE;
         log_line(h, "map", v->start, length);
-        long addr = sys6(NR_mmap, v->start, length, prot, v->flags | MAP_FIXED, v->fd, v->file_offset);
-        CHECK(h, addr, i, NR_mmap, v->start);
+        long addr;
+        if (v->sysv_shm) {
+            /* A real attach, so shmdt and the segment's attach count work as before. */
+            enum { SHM_RDONLY = 010000, SHM_REMAP = 040000, SHM_EXEC = 0100000 };
+            long shmflg = SHM_REMAP | (prot & PROT_WRITE ? 0 : SHM_RDONLY) | (prot & 4 /* PROT_EXEC */ ? SHM_EXEC : 0);
+            addr = sys3(NR_shmat, v->sysv_shm - 1, v->start, shmflg);
+            CHECK(h, addr, i, NR_shmat, v->start);
+        } else {
+            addr = sys6(NR_mmap, v->start, length, prot, v->flags | MAP_FIXED, v->fd, v->file_offset);
+            CHECK(h, addr, i, NR_mmap, v->start);
+        }
         if ((uint64_t)addr != v->start) return fail(h, -14 /* EFAULT */, i, NR_mmap, v->start);
         for (uint64_t k = v->first_run; k < v->first_run + v->run_count; k++) {
             struct cryo_page_run *run = &runs[k];

@@ -18,7 +18,7 @@
 #include <stdint.h>
 
 #define CRYO_PARASITE_MAGIC 0x43525950u /* "CRYP" */
-#define CRYO_PARASITE_PROTOCOL_VERSION 5u
+#define CRYO_PARASITE_PROTOCOL_VERSION 6u
 
 /* Symbols the injector looks up in the blob with libelf. */
 #define CRYO_PARASITE_ENTRY_SYMBOL "cryo_parasite_entry"
@@ -158,6 +158,8 @@ struct cryo_vma {
     uint32_t madvise;          /* CRYO_MADV_* */
     uint64_t first_run;        /* its page runs: runs[first_run ..< first_run + run_count] */
     uint64_t run_count;
+    uint32_t sysv_shm;         /* 1 + the id of the System V segment to shmat here; 0: mmap as above */
+    uint32_t pad;
 };
 
 /* Bytes of the pages file `fd` (the page stream may span several) that belong at [address, address + length). */

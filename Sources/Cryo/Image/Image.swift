@@ -214,6 +214,8 @@ public struct Inventory: Codable, Sendable {
     public var pageSize: Int = 4096
     /// Namespaces of its own the tree is restored into (absent: cryo's).
     public var namespaces: NamespaceRecord?
+    /// System V shared memory segments the tree has attached (their contents in sysvshm-ID.img).
+    public var sysvSharedMemory: [SysVSegment]?
 
     public struct ProcessEntry: Codable, Sendable {
         public var pid: Int32

@@ -76,6 +76,15 @@ public struct Image: Sendable {
         fileTable = try RecordReader(path: paths.files).one(.files, as: FileTable.self)
         try fileTable.validate(file: "files.img")
         sharedMemory = try Image.loadSharedMemory(paths)
+        for segment in inventory.sysvSharedMemory ?? [] {
+            try segment.validate()
+            let data = SysVSegment.dataPath(paths, id: segment.id)
+            let bytes = segment.runs.last.map { $0[2] + $0[1] } ?? 0
+            let size = bytes == 0 ? 0 : (try? Files.stat(data).st_size).map(UInt64.init) ?? UInt64.max
+            guard size == bytes else {
+                throw ImageError(file: "sysvshm-\(segment.id).img", "is missing or not the \(bytes) bytes its runs need (truncated or replaced)")
+            }
+        }
         let (paths, table) = (self.paths, fileTable)
         // Decoding JSON is most of the work for a big tree: both cores do it.
         let pids = inventory.livePids

@@ -10,6 +10,8 @@ import SystemPackage
 public struct MemoryRecord: Codable, Sendable {
     public enum Kind: String, Codable, Sendable {
         case anonymous, sharedAnonymous, file, memfd, heap, stack, vdso, vvar, vvarClock, vsyscall
+        /// An attached System V shared memory segment (its id is `inode`; SysVSharedMemory.swift).
+        case sysvShm
     }
     public struct Mapping: Codable, Sendable {
         public var start: UInt64
@@ -207,7 +209,9 @@ extension MemoryRecord {
                 // Its memfd joins the file table once descriptors are dumped (FileTableBuilder.memfdMapping).
                 kind = .memfd
                 path = p
-            case let p where p.hasPrefix("/SYSV"): throw refuse("a System V shared memory segment")
+            case let p where p.hasPrefix("/SYSV"):
+                kind = .sysvShm
+                path = p
             case let p where p.hasPrefix("/anon_hugepage"): throw refuse("hugetlb memory")
             case let p where p.hasSuffix(" (deleted)"): throw refuse("a mapping of a deleted file")
             case let p where p.hasPrefix("/"):
@@ -220,7 +224,7 @@ extension MemoryRecord {
             var mapping = Mapping(start: m.start, end: m.end, protection: String(m.permissions.prefix(3)).replacingOccurrences(of: "-", with: ""),
                                   shared: shared, kind: kind, path: path, fileOffset: m.offset,
                                   device: kind == .file ? FileObjects.deviceNumber(major: major, minor: minor) : nil,
-                                  inode: kind == .file ? m.inode : nil,
+                                  inode: kind == .file || kind == .sysvShm ? m.inode : nil,
                                   growsDown: false, noReserve: false, advice: 0,
                                   shmem: nil, file: nil)
             if flags { try mapping.take(m.vmFlags, pid: pid) }
@@ -251,7 +255,7 @@ extension MemoryRecord {
         switch m.kind {
         case .vdso, .vvar, .vvarClock, .vsyscall: return nil
         case .file where m.shared, .memfd where m.shared: return nil  // the file itself holds them
-        case .sharedAnonymous: return nil  // saved once from the object itself (SharedMemoryDump)
+        case .sharedAnonymous, .sysvShm: return nil  // saved once from the object itself
         case .anonymous, .heap, .stack:
             // Nothing but anonymous pages here, so no PAGE_IS_FILE test: asking for it
             // makes the kernel look up every page's struct page (5x the scan time).
@@ -801,6 +805,7 @@ struct MemoryRestorePlan {
             vma.fd = backedByFile ? try fileFD(m) : -1
             vma.file_offset = backedByFile ? m.fileOffset : 0
             vma.madvise = m.advice
+            if m.kind == .sysvShm, let id = m.inode { vma.sysv_shm = UInt32(id) + 1 }
             vma.first_run = UInt64(runs.count)
             // Compressed pages are not the parasite's to read: fillPages writes them afterwards.
             while index.compression == nil && runCursor < sortedRuns.count && sortedRuns[runCursor][0] < m.end {

@@ -86,6 +86,7 @@ public struct Dumper {
             try checkTree(tree)
             let namespaces = try NamespaceRecord.dump(root: pid, live: tree.live.map { ($0.pid, $0.comm) })
             let prefetch = MappingsPrefetch()
+            var sysvSegments: [Int32: SysVSegment] = [:]
             for process in tree.live {
                 // Memory first, from the layout alone: smaps (VmFlags) is read alongside and joined after the
                 // task state, and no parasite of ours is in the task while the pages are taken.
@@ -93,6 +94,9 @@ public struct Dumper {
                 if previous != nil { prefetch.start(process.pid) }
                 var memory = try MemoryRecord.dump(pid: process.pid, flags: false)
                 let sharedStart = ContinuousClock.now
+                for m in memory.mappings where m.kind == .sysvShm {
+                    try SysVSegment.dump(pid: process.pid, mapping: m, paths: paths, into: &sysvSegments, created: &created)
+                }
                 for i in memory.mappings.indices where memory.mappings[i].kind == .sharedAnonymous {
                     memory.mappings[i].shmem = try sharedMemory.object(pid: process.pid, mapping: memory.mappings[i], statistics: &statistics)
                 }
@@ -155,7 +159,9 @@ public struct Dumper {
             var inventory = RecordWriter()
             try inventory.append(.inventory, Inventory(rootPid: pid, processes: tree.processes.map(\.entry),
                                                        kernel: kernelRelease(), shellJob: options.shellJob,
-                                                       namespaces: namespaces.uts == nil ? nil : namespaces))
+                                                       namespaces: namespaces.uts == nil ? nil : namespaces,
+                                                       sysvSharedMemory: sysvSegments.isEmpty ? nil
+                                                           : sysvSegments.values.sorted { $0.id < $1.id }))
             try inventory.write(to: inventoryFD, path: paths.inventory)
         } catch {
             try? taskWriter.finish() // before the partial image is removed

@@ -146,6 +146,8 @@ public struct Restorer {
             defer { for fd in descriptions { try? fd.close() } }
             let sharedMemory = try image.sharedMemory.create(paths: image.paths)
             defer { for fd in sharedMemory { try? fd.close() } }
+            let sysvSegments = try SysVSegmentsRestore(inventory.sysvSharedMemory ?? [], paths: image.paths)
+            defer { sysvSegments.removeMade() }  // none left once finish() ran
             let root = try createRoot(image, session: session, parent: namespaceInit)
             faultHook("root-created")
             try createTree(image, root: root, session: session, helperPids: helperPids)
@@ -156,6 +158,7 @@ public struct Restorer {
                 try restoreProcess(session.processes[pid]!, image: image, descriptions: descriptions, sharedMemory: sharedMemory,
                                    session: session)
             }
+            try sysvSegments.finish()
             statistics.restoreSeconds = seconds(since: restoring)
             statistics.processes = inventory.processes.count
             statistics.pagesRestored = image.tasks.reduce(0) { $0 + $1.pageIndex.pageBytes / 4096 }

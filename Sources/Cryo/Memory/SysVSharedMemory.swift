@@ -1,0 +1,175 @@
+import CCryo
+import CryoSystem
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Glibc
+import SystemPackage
+
+/// A System V shared memory segment that processes of the tree have attached.
+/// Segments belong to the IPC namespace, not to a process, and outlive the
+/// tree: at restore a segment that still exists with the same id, key and
+/// size is attached again as it is (others may have written it since, as
+/// they may write a file); one that is gone is made again with its old id
+/// (kernel.shm_next_id), key, owner and mode, and filled from the image.
+/// Every attach is a real `shmat` by the task, so `shmdt` and the attach
+/// count behave as before.
+public struct SysVSegment: Codable, Sendable {
+    public var id: Int32
+    public var key: Int32
+    public var size: UInt64
+    public var mode: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    /// Marked for removal (IPC_RMID) while attached: made again, it is marked again once attached.
+    public var destroyed: Bool
+    /// [offset, length, offset in sysvshm-ID.img] of its non-zero pages; the rest reads as zeros.
+    public var runs: [[UInt64]]
+
+    static func dataPath(_ paths: ImagePaths, id: Int32) -> String { "\(paths.directory)/sysvshm-\(id).img" }
+    var pagedSize: UInt64 { (size + 4095) & ~4095 }
+
+    static func stat(_ id: Int32) -> shmid_ds? {
+        var ds = shmid_ds()
+        return shmctl(id, IPC_STAT, &ds) == 0 ? ds : nil
+    }
+
+    /// Checks an attach of `m` by `pid` and saves its segment the first time it is met.
+    static func dump(pid: pid_t, mapping m: MemoryRecord.Mapping, paths: ImagePaths, into segments: inout [Int32: SysVSegment],
+                     created: inout [String]) throws {
+        let what = "pid \(pid): System V shared memory at 0x\(hex(m.start))"
+        guard let raw = m.inode, let id = Int32(exactly: raw), let ds = stat(id) else {
+            throw CryoError("\(what): segment \(m.inode.map(String.init) ?? "?") cannot be read (shmctl IPC_STAT: \(String(cString: strerror(errno))))")
+        }
+        var segment = SysVSegment(id: id, key: ds.shm_perm.__key, size: UInt64(ds.shm_segsz), mode: UInt32(ds.shm_perm.mode & 0o777),
+                                  uid: ds.shm_perm.uid, gid: ds.shm_perm.gid,
+                                  destroyed: Int32(ds.shm_perm.mode) & SHM_DEST != 0, runs: [])
+        // shmat maps a whole segment: a part of one (munmap after shmat) cannot be rebuilt by it.
+        guard m.fileOffset == 0 && m.length == segment.pagedSize else {
+            throw CryoError("\(what) maps \(m.length) bytes at offset \(m.fileOffset) of segment \(id) (\(segment.size) bytes); "
+                + "a partly unmapped segment is not supported yet")
+        }
+        if segments[id] != nil { return }
+        guard let base = shmat(id, nil, SHM_RDONLY), base != UnsafeMutableRawPointer(bitPattern: -1) else {
+            throw SyscallError("shmat", errno: Errno(rawValue: errno), object: "\(what) (segment \(id))")
+        }
+        defer { shmdt(base) }
+        let path = dataPath(paths, id: id)
+        created.append(path)
+        let out = try Files.open(path, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
+        defer { try? out.close() }
+        let bytes = UnsafeRawBufferPointer(start: base, count: Int(segment.size))
+        var written: UInt64 = 0
+        var page = 0
+        while page < bytes.count {
+            let end = min(page + 4096, bytes.count)
+            if UnsafeRawBufferPointer(rebasing: bytes[page..<end]).allSatisfy({ $0 == 0 }) { page = end; continue }
+            if let last = segment.runs.last, last[0] + last[1] == UInt64(page) {
+                segment.runs[segment.runs.count - 1][1] += UInt64(end - page)
+            } else {
+                segment.runs.append([UInt64(page), UInt64(end - page), written])
+            }
+            try Files.write(out, UnsafeRawBufferPointer(rebasing: bytes[page..<end]), at: Int64(written), path: path)
+            written += UInt64(end - page)
+            page = end
+        }
+        segments[id] = segment
+    }
+
+    /// Checks what restore would meet; the image's own figures are checked by `Image`.
+    func validate() throws {
+        var end: UInt64 = 0, offset: UInt64 = 0
+        for run in runs {
+            guard run.count == 3, run[0] >= end, run[1] > 0, run[1] <= size, run[0] <= size - run[1], run[2] == offset else {
+                throw ImageError(file: "inventory.img", record: "inventory", "System V segment \(id): run \(run) is malformed")
+            }
+            end = run[0] + run[1]
+            offset += run[1]
+        }
+    }
+}
+
+/// The segments a restore attaches: found again, or made again before any task exists.
+final class SysVSegmentsRestore {
+    private(set) var made: [Int32] = []
+    private let segments: [SysVSegment]
+
+    init(_ segments: [SysVSegment], paths: ImagePaths) throws {
+        self.segments = segments
+        do {
+            for segment in segments { try ensure(segment, paths: paths) }
+        } catch {
+            removeMade()
+            throw error
+        }
+    }
+
+    private func ensure(_ segment: SysVSegment, paths: ImagePaths) throws {
+        let what = "System V segment \(segment.id) (key 0x\(String(UInt32(bitPattern: segment.key), radix: 16)), \(segment.size) bytes)"
+        if let ds = SysVSegment.stat(segment.id) {
+            guard UInt64(ds.shm_segsz) == segment.size && (segment.key == IPC_PRIVATE || ds.shm_perm.__key == segment.key) else {
+                throw CryoError("\(what): id \(segment.id) is now another segment (key 0x\(String(UInt32(bitPattern: ds.shm_perm.__key), radix: 16)), "
+                    + "\(ds.shm_segsz) bytes); remove it (ipcrm -m \(segment.id)) to restore")
+            }
+            return  // still there: attached as it is now
+        }
+        try setNextID(segment.id, what: what)
+        let got = shmget(segment.key, Int(segment.size), IPC_CREAT | IPC_EXCL | Int32(segment.mode & 0o777))
+        guard got >= 0 else {
+            let error = errno
+            try? setNextID(-1, what: what)
+            throw SyscallError("shmget", errno: Errno(rawValue: error), object: what)
+        }
+        made.append(got)
+        guard got == segment.id else {
+            throw CryoError("\(what): the kernel gave id \(got) instead (kernel.shm_next_id was not honoured)")
+        }
+        guard let base = shmat(got, nil, 0), base != UnsafeMutableRawPointer(bitPattern: -1) else {
+            throw SyscallError("shmat", errno: Errno(rawValue: errno), object: what)
+        }
+        defer { shmdt(base) }
+        if !segment.runs.isEmpty {
+            let path = SysVSegment.dataPath(paths, id: segment.id)
+            let data = try Files.open(path, .readOnly)
+            defer { try? data.close() }
+            for run in segment.runs {
+                let view = UnsafeMutableRawBufferPointer(start: base + Int(run[0]), count: Int(run[1]))
+                let n = try data.read(fromAbsoluteOffset: Int64(run[2]), into: view)
+                guard n == view.count else { throw ImageError(file: "sysvshm-\(segment.id).img", "short read at \(run[2]) (truncated)") }
+            }
+        }
+        var ds = shmid_ds()
+        guard shmctl(got, IPC_STAT, &ds) == 0 else { throw SyscallError("shmctl(IPC_STAT)", errno: Errno(rawValue: errno), object: what) }
+        ds.shm_perm.uid = segment.uid
+        ds.shm_perm.gid = segment.gid
+        ds.shm_perm.mode = segment.mode
+        guard shmctl(got, IPC_SET, &ds) == 0 else { throw SyscallError("shmctl(IPC_SET)", errno: Errno(rawValue: errno), object: what) }
+    }
+
+    /// The id the next shmget gets (-1: the kernel's choice again), for this IPC namespace.
+    private func setNextID(_ id: Int32, what: String) throws {
+        let path = "/proc/sys/kernel/shm_next_id"
+        let fd: FileDescriptor
+        do { fd = try Files.open(path, .writeOnly) } catch { throw CryoError("\(what): \(error)") }
+        defer { try? fd.close() }
+        try Files.write(fd, Array("\(id)\n".utf8), path: path)
+    }
+
+    /// Once every task has attached: segments that were marked for removal are marked again.
+    func finish() throws {
+        for segment in segments where segment.destroyed && made.contains(segment.id) {
+            guard shmctl(segment.id, IPC_RMID, nil) == 0 else {
+                throw SyscallError("shmctl(IPC_RMID)", errno: Errno(rawValue: errno), object: "System V segment \(segment.id)")
+            }
+        }
+        made = []
+    }
+
+    /// A failed restore leaves no segment it made.
+    func removeMade() {
+        for id in made { shmctl(id, IPC_RMID, nil) }
+        made = []
+    }
+}
