@@ -60,8 +60,8 @@ extension EndToEnd {
             #expect(!pids.contains(where: pidExists), "processes of the tree exist after the refused restore")
         }
 
-        @Test("System V and hugetlb shared memory are refused in one line naming pid, address and kind; the tree runs on",
-              arguments: ["sysv", "hugetlb"])
+        @Test("hugetlb shared memory is refused in one line naming pid, address and kind; the tree runs on",
+              arguments: ["hugetlb"])
         func refused(_ kind: String) throws {
             let scratch = try Scratch("shm-refused")
             defer { scratch.remove() }

@@ -2,6 +2,7 @@
  * shmrefused: shared memory cryo must refuse rather than restore wrong, held by
  * a child while the root (a session leader) waits:
  *   sysv     a System V segment (shmget/shmat): the child wrote its page 1
+ *            (once refused; SysVTests now round-trips it)
  *   hugetlb  MAP_SHARED|MAP_ANONYMOUS|MAP_HUGETLB|MAP_NORESERVE, never touched
  *            (prints NOHUGETLB instead of READY when the kernel refuses it)
  * Prints "PIDS root child", "MAPPING start-end" (hex, the child's mapping)
