@@ -31,8 +31,8 @@ struct CheckCommand: ParsableCommand {
     /// by what cryo itself does not do whatever the kernel offers.
     static let features: [(name: String, answer: Answer)] = [
         ("mem_dirty_track", .check("userfaultfd write-protect, async mode")),
-        ("uffd", .check("userfaultfd with fork/remap/remove/unmap events (--lazy-pages)")),
-        ("uffd-noncoop", .check("userfaultfd with fork/remap/remove/unmap events (--lazy-pages)")),
+        ("uffd", .check("userfaultfd events (--lazy-pages)")),
+        ("uffd-noncoop", .check("userfaultfd events (--lazy-pages)")),
         ("clone3_set_tid", .check("clone3 with set_tid (exact pids)")),
         ("pidfd_store", .check("pidfd_open and pidfd_getfd")),
         ("can_map_vdso", .check("vDSO layout")),

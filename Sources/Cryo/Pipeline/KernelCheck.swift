@@ -85,7 +85,7 @@ public enum KernelCheck {
             guard try Userfaultfd.offersAsyncWriteProtect() else { throw CryoError("UFFD_FEATURE_WP_ASYNC not offered") }
             return "available (pre-copy write tracking without soft-dirty)"
         }
-        add("userfaultfd with fork/remap/remove/unmap events (--lazy-pages)", required: false) {
+        add("userfaultfd events (--lazy-pages)", required: false) {
             try LazyServer.check()
             return "available (lazy restore and eager restore's page filling)"
         }
