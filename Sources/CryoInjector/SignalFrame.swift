@@ -157,17 +157,9 @@ public struct ReturnFrame: Sendable {
         // which it ignores: the thread keeps its alternate stack as it is.
         put(Int32(4), at: 32)
 
-        var rax = registers.rax, rip = registers.rip
-        if Int64(bitPattern: registers.orig_rax) >= 0 {
-            switch Int64(bitPattern: registers.rax) {
-            case -512, -513, -514: // ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND
-                rax = registers.orig_rax
-                rip &-= 2
-            case -516: // ERESTART_RESTARTBLOCK: its restart block does not survive rt_sigreturn
-                rax = UInt64(bitPattern: -4) // -EINTR
-            default: break
-            }
-        }
+        // rt_sigreturn clears orig_rax, so the kernel would not restart the interrupted syscall itself.
+        let restarted = registers.restartingInterruptedSyscall
+        let rax = restarted.rax, rip = restarted.rip
         let words: [UInt64] = [
             registers.r8, registers.r9, registers.r10, registers.r11, registers.r12, registers.r13, registers.r14, registers.r15,
             registers.rdi, registers.rsi, registers.rbp, registers.rbx, registers.rdx, rax, registers.rcx, registers.rsp,

@@ -129,6 +129,28 @@ public enum Ptrace {
     }
 }
 
+extension Registers {
+    /// The registers as the kernel leaves them when it restarts the syscall the
+    /// thread was interrupted in (its return path does this; rt_sigreturn and a
+    /// restore do not): ERESTART* re-executes the syscall, a restart block
+    /// (which stays with the old kernel task) becomes EINTR. orig_rax is -1.
+    public var restartingInterruptedSyscall: Registers {
+        var regs = self
+        if Int64(bitPattern: orig_rax) >= 0 {
+            switch Int64(bitPattern: rax) {
+            case -512, -513, -514: // ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND
+                regs.rax = orig_rax
+                regs.rip &-= 2
+            case -516: // ERESTART_RESTARTBLOCK
+                regs.rax = UInt64(bitPattern: -Int64(EINTR))
+            default: break
+            }
+        }
+        regs.orig_rax = UInt64.max
+        return regs
+    }
+}
+
 /// What waitpid reported.
 public enum WaitStatus: Equatable, Sendable {
     case exited(Int32)

@@ -48,26 +48,13 @@ public struct ThreadRecord: Codable, Sendable {
 }
 
 extension ThreadRecord {
-    static let restartNoHand: Int64 = -514, restartSys: Int64 = -512, restartNoIntr: Int64 = -513, restartBlock: Int64 = -516
-
     /// A thread stopped inside a syscall is saved as it would be once that
     /// syscall is restarted, because the restored thread will not be in it.
     static func dump(_ tracee: Tracee, state: cryo_thread_state) throws -> ThreadRecord {
-        var regs = tracee.originalRegisters
-        var restartCode: Int64? = nil
-        if Int64(bitPattern: regs.orig_rax) >= 0 {
-            switch Int64(bitPattern: regs.rax) {
-            case restartNoHand, restartSys, restartNoIntr:
-                restartCode = Int64(bitPattern: regs.rax)
-                regs.rax = regs.orig_rax
-                regs.rip -= 2
-            case restartBlock:
-                // Its restart block stays behind in the old kernel task; the caller sees EINTR.
-                regs.rax = UInt64(bitPattern: -Int64(EINTR))
-            default: break
-            }
-        }
-        regs.orig_rax = UInt64(bitPattern: -1)
+        let original = tracee.originalRegisters
+        let regs = original.restartingInterruptedSyscall
+        // Only a syscall to be re-executed moves rip back (a restart block becomes EINTR in place).
+        let restartCode: Int64? = regs.rip != original.rip ? Int64(bitPattern: original.rax) : nil
         let rseq = try Ptrace.rseqConfiguration(tracee.pid)
         let name = withUnsafeBytes(of: state.name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
         return ThreadRecord(
