@@ -31,15 +31,16 @@ let package = Package(
         .plugin(name: "VersionStamp", capability: .buildTool()),
         .target(
             name: "CryoInjector",
-            dependencies: ["CryoSystem", "CCryo", "CElf"],
-            plugins: ["ParasiteBuilder"]),
+            dependencies: ["CryoSystem", "CCryo", "CElf"]),
         .target(
             name: "Cryo",
             dependencies: [
                 "CryoInjector", "CryoSystem", "CCryo", "CElf", "CUnwind", "CZstd",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
-            ]),
+            ],
+            // cryo's own parasite blob, built from Parasite/ and embedded here (not in the injector library).
+            plugins: ["ParasiteBuilder"]),
         .executableTarget(
             name: "cryo",
             dependencies: [
@@ -48,6 +49,6 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             plugins: ["VersionStamp"]),
-        .testTarget(name: "CryoTests", dependencies: ["cryo", "Cryo"]),
+        .testTarget(name: "CryoTests", dependencies: ["cryo", "Cryo", "CryoInjector", "CryoSystem"]),
     ]
 )

@@ -22,7 +22,7 @@ struct ParasiteBuilder: BuildToolPlugin {
                     clang.path, parasiteDirectory.path, protocolHeaders.path,
                     context.pluginWorkDirectoryURL.path, output.path,
                 ],
-                inputFiles: sources + [protocolHeaders.appending(path: "parasite_protocol.h")],
+                inputFiles: sources + ["parasite_protocol.h", "injector_protocol.h"].map { protocolHeaders.appending(path: $0) },
                 outputFiles: [output])
         ]
     }

@@ -2,8 +2,9 @@ import CCryo
 import CryoSystem
 import Glibc
 
-/// The parasite mapped inside a seized task: [blob][argument area][stack].
-/// Commands are written into the argument area, run until the blob traps,
+/// A blob mapped inside a seized task: [blob][argument area][stack].
+/// Commands (numbers of the blob's own protocol; injector_protocol.h says how
+/// they travel) are written into the argument area, run until the blob stops,
 /// and their results read back. `cure` removes every trace of it.
 public final class Parasite {
     public let tracee: Tracee
@@ -27,18 +28,15 @@ public final class Parasite {
     static let logCapacity = 4096
     /// Receives the parasite's own log lines: (pid, command, line).
     public var log: ((pid_t, String, String) -> Void)?
+    /// Names a command in errors and log lines.
+    public var commandName: @Sendable (UInt32) -> String = { "command \($0)" }
 
-    /// Maps the blob into the task (at `address` exactly, when given) with room
-    /// for `argumentBytes` of command arguments.
-    public static func inject(into tracee: Tracee, argumentBytes: Int, at address: UInt64? = nil,
-                              blob: ParasiteBlob? = nil, log: ((pid_t, String, String) -> Void)? = nil) throws -> Parasite {
-        let blob = try blob ?? {
-            () throws -> ParasiteBlob in
-            switch ParasiteBlob.builtIn {
-            case .success(let b): return b
-            case .failure(let e): throw InjectionError.protocolMismatch(pid: tracee.pid, detail: e.description)
-            }
-        }()
+    /// Maps `blob` into the task (at `address` exactly, when given) with room
+    /// for `argumentBytes` of command arguments, and checks that it answers PING
+    /// with `protocolVersion`.
+    public static func inject(into tracee: Tracee, argumentBytes: Int, at address: UInt64? = nil, blob: ParasiteBlob,
+                              protocolVersion: Int64, commandName: (@Sendable (UInt32) -> String)? = nil,
+                              log: ((pid_t, String, String) -> Void)? = nil) throws -> Parasite {
         let page: UInt64 = 4096
         let codeSize = (UInt64(blob.bytes.count) + page - 1) & ~(page - 1)
         let argumentSize = (UInt64(argumentBytes + headerSize + logCapacity) + page - 1) & ~(page - 1)
@@ -63,6 +61,7 @@ public final class Parasite {
         let parasite = Parasite(tracee: tracee, blob: blob, base: base, size: total, codeSize: codeSize,
                                 argumentSize: Int(argumentSize))
         parasite.log = log
+        if let commandName { parasite.commandName = commandName }
         do {
             try tracee.parkUnmapping(base: base, size: total)
             killPoint("mapped")
@@ -73,14 +72,14 @@ public final class Parasite {
             throw error
         }
         killPoint("loaded")
-        if tracee.returnPath != nil, let status { parasite.stopSignal = Parasite.chooseStopSignal(status) }
+        if tracee.returnPath != nil, blob.stoppedOffset != nil, let status { parasite.stopSignal = Parasite.chooseStopSignal(status) }
         if tracee.returnPath == nil || parasite.stopSignal == nil {
             log?(tracee.pid, "inject", "commands end on int3: a kill of cryo while one runs would hurt the task")
         }
         tracee.gadget = base + blob.gadgetOffset
         do {
-            let reply = try parasite.run(CRYO_CMD_PING, payload: [], replyBytes: 0)
-            if reply.result != Int64(CRYO_PARASITE_PROTOCOL_VERSION) {
+            let reply = try parasite.run(CRYO_INJECTOR_CMD_PING, payload: [], replyBytes: 0)
+            if reply.result != protocolVersion {
                 throw InjectionError.protocolMismatch(pid: tracee.pid, detail: "PING answered \(reply.result)")
             }
         } catch {
@@ -96,6 +95,7 @@ public final class Parasite {
         let parasite = Parasite(tracee: tracee, blob: parent.blob, base: parent.base, size: parent.size,
                                 codeSize: parent.argumentArea - parent.base, argumentSize: parent.argumentAreaSize)
         parasite.log = parent.log
+        parasite.commandName = parent.commandName
         return parasite
     }
 
@@ -116,11 +116,11 @@ public final class Parasite {
 
     /// Runs one command with `payload` as its input and returns `replyBytes` of the argument area afterwards.
     @discardableResult
-    public func run(_ command: cryo_command, payload: [UInt8], replyBytes: Int, on thread: Tracee? = nil,
+    public func run(_ command: UInt32, payload: [UInt8], replyBytes: Int, on thread: Tracee? = nil,
                     failAddress: UInt64 = 0) throws -> Reply {
         let thread = thread ?? tracee
         if thread !== tracee && !threadsRun.contains(where: { $0 === thread }) { threadsRun.append(thread) }
-        let name = Parasite.commandName(command)
+        let name = commandName(command)
         guard Parasite.headerSize + max(payload.count, replyBytes) + Parasite.logCapacity <= argumentAreaSize else {
             throw InjectionError.protocolMismatch(pid: tracee.pid, detail: "\(name) needs \(payload.count) bytes, area holds \(argumentAreaSize)")
         }
@@ -137,7 +137,7 @@ public final class Parasite {
             header.parasite_size = size
             header.close_fds = (openDescriptors.first ?? -1, openDescriptors.dropFirst().first ?? -1)
         }
-        header.command = command.rawValue
+        header.command = command
         header.payload_size = UInt64(argumentAreaSize - Parasite.headerSize - Parasite.logCapacity)
         header.log_offset = UInt64(argumentAreaSize - Parasite.logCapacity)
         header.log_capacity = UInt32(Parasite.logCapacity)
@@ -158,7 +158,7 @@ public final class Parasite {
                 // Only one thread may be inside the parasite: if cryo died, each
                 // one inside would unmap it under the others' feet.
                 if thread !== tracee && leaderInside { try tracee.parkHome(); leaderInside = false }
-                _ = try thread.runUntilStopSignal(regs, stopSignal: stopSignal, stoppedAt: base + blob.stoppedOffset,
+                _ = try thread.runUntilStopSignal(regs, stopSignal: stopSignal, stoppedAt: base + (blob.stoppedOffset ?? 0),
                                                   command: name, during: "parasite command \(name) in thread \(thread.pid)")
                 if thread === tracee {
                     leaderInside = true
@@ -238,38 +238,11 @@ public final class Parasite {
     }
 
     /// Typed convenience: a fixed-layout structure in, another out.
-    public func run<Input, Output>(_ command: cryo_command, input: Input, extra: [UInt8] = [], output: Output.Type,
+    public func run<Input, Output>(_ command: UInt32, input: Input, extra: [UInt8] = [], output: Output.Type,
                                    on thread: Tracee? = nil) throws -> Output {
         let bytes = withUnsafeBytes(of: input) { [UInt8]($0) } + extra
         let reply = try run(command, payload: bytes, replyBytes: MemoryLayout<Output>.size, on: thread)
         return reply.payload.withUnsafeBytes { $0.loadUnaligned(as: Output.self) }
-    }
-
-    static func commandName(_ command: cryo_command) -> String {
-        switch command {
-        case CRYO_CMD_PING: "PING"
-        case CRYO_CMD_DUMP_PROCESS: "DUMP_PROCESS"
-        case CRYO_CMD_DUMP_THREAD: "DUMP_THREAD"
-        case CRYO_CMD_RESTORE_THREAD: "RESTORE_THREAD"
-        case CRYO_CMD_EPOLL_ADD: "EPOLL_ADD"
-        case CRYO_CMD_RESTORE_SECCOMP: "RESTORE_SECCOMP"
-        case CRYO_CMD_LOCKS: "LOCKS"
-        case CRYO_CMD_DUMP_TIMERS: "DUMP_TIMERS"
-        case CRYO_CMD_RESTORE_TIMERS: "RESTORE_TIMERS"
-        case CRYO_CMD_CONNECT: "CONNECT"
-        case CRYO_CMD_RECV_FDS: "RECV_FDS"
-        case CRYO_CMD_RESTORE_MEMORY: "RESTORE_MEMORY"
-        case CRYO_CMD_RESTORE_STATE: "RESTORE_STATE"
-        case CRYO_CMD_INSTALL_FDS: "INSTALL_FDS"
-        case CRYO_CMD_RESTORE_CREDS: "RESTORE_CREDS"
-        case CRYO_CMD_FAIL_TEST: "FAIL_TEST"
-        case CRYO_CMD_PAGE_PIPE: "PAGE_PIPE"
-        case CRYO_CMD_DUMP_PAGES: "DUMP_PAGES"
-        case CRYO_CMD_LAZY_UFFD: "LAZY_UFFD"
-        case CRYO_CMD_PAGE_SOCKET: "PAGE_SOCKET"
-        case CRYO_CMD_WRITE_PAGES: "WRITE_PAGES"
-        default: "command \(command.rawValue)"
-        }
     }
 
     /// Unmaps the blob with a syscall placed at the task's own rip (the blob's

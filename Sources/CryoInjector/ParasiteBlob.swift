@@ -2,14 +2,16 @@ import CCryo
 import CElf
 import Foundation
 
-/// The parasite as built by the package from Parasite/: its loadable bytes and
-/// the offsets of its entry points, read with libelf from the linked ELF.
+/// A blob to inject: the loadable bytes of a self-contained static-pie ELF
+/// (one `.blob` section) and the offsets of its entry points (the symbols of
+/// injector_protocol.h), read with libelf.
 public struct ParasiteBlob: Sendable {
     public let bytes: [UInt8]
     public let entryOffset: UInt64
     public let gadgetOffset: UInt64
-    /// Where the parasite stops after a command at dump (see hand_back in parasite.c).
-    public let stoppedOffset: UInt64
+    /// Where the blob stops on the stop signal after a command, if it can (optional:
+    /// without it commands end on int3).
+    public let stoppedOffset: UInt64?
     /// Offsets of 64-bit words that must have the load address added.
     public let relativeRelocations: [(offset: UInt64, addend: UInt64)]
     /// Function symbols by offset, to name the frames of a crashed parasite.
@@ -21,14 +23,6 @@ public struct ParasiteBlob: Sendable {
             switch self { case .invalid(let why): "parasite blob: \(why)" }
         }
     }
-
-    /// The blob compiled into this binary.
-    public static let builtIn: Result<ParasiteBlob, LoadError> = {
-        guard let elf = Data(base64Encoded: parasiteELFBase64.description) else {
-            return .failure(.invalid("embedded ELF is not valid base64"))
-        }
-        do { return .success(try ParasiteBlob(elf: [UInt8](elf))) } catch { return .failure(error as! LoadError) }
-    }()
 
     public init(elf image: [UInt8]) throws {
         guard elf_version(UInt32(EV_CURRENT)) != UInt32(EV_NONE) else { throw LoadError.invalid("libelf: version mismatch") }
@@ -74,8 +68,7 @@ public struct ParasiteBlob: Sendable {
         }
         guard let parsed else { throw LoadError.invalid("not a parasite ELF (no .blob section, or unexpected relocations)") }
         guard let entry = parsed.symbols[CRYO_PARASITE_ENTRY_SYMBOL],
-              let gadget = parsed.symbols[CRYO_PARASITE_GADGET_SYMBOL],
-              let stopped = parsed.symbols[CRYO_PARASITE_STOPPED_SYMBOL] else {
+              let gadget = parsed.symbols[CRYO_PARASITE_GADGET_SYMBOL] else {
             throw LoadError.invalid("entry symbols missing")
         }
         for (offset, _) in parsed.relocations where offset + 8 > UInt64(parsed.bytes.count) {
@@ -86,7 +79,7 @@ public struct ParasiteBlob: Sendable {
             .map { ($0.value, $0.key) }.sorted { $0.0 < $1.0 }
         entryOffset = entry
         gadgetOffset = gadget
-        stoppedOffset = stopped
+        stoppedOffset = parsed.symbols[CRYO_PARASITE_STOPPED_SYMBOL]
         relativeRelocations = parsed.relocations
     }
 

@@ -1,10 +1,9 @@
 /*
- * The one definition of the parasite's command protocol, included by the
- * freestanding parasite (Parasite/) and imported by Swift through CCryo.
+ * The one definition of cryo's own parasite commands and payloads, included by
+ * the freestanding parasite (Parasite/) and imported by Swift through CCryo.
+ * How a command travels (header, entry, stop) is injector_protocol.h's.
  *
- * The controller writes a command into the argument area inside the parasite
- * mapping, points the task's rip at the blob entry with rdi = argument area,
- * and resumes it; the parasite executes the command and stops. At restore it
+ * The parasite executes a command and stops. At restore it
  * stops on int3. At dump, where cryo may be killed at any moment, it raises
  * stop_signal at itself instead: a signal whose action is to be ignored, so it
  * stops the task only while cryo traces it. When cryo is gone the parasite goes
@@ -17,17 +16,13 @@
 
 #include <stdint.h>
 
-#define CRYO_PARASITE_MAGIC 0x43525950u /* "CRYP" */
+#include "injector_protocol.h"
+
+/* cryo's own blob (Parasite/): its protocol version, answered to PING. */
 #define CRYO_PARASITE_PROTOCOL_VERSION 6u
 
-/* Symbols the injector looks up in the blob with libelf. */
-#define CRYO_PARASITE_ENTRY_SYMBOL "cryo_parasite_entry"
-#define CRYO_PARASITE_GADGET_SYMBOL "cryo_parasite_syscall_gadget"
-/* rip when the parasite stops on stop_signal after a command (dump). */
-#define CRYO_PARASITE_STOPPED_SYMBOL "cryo_parasite_stopped"
-
 enum cryo_command {
-    CRYO_CMD_PING = 1,         /* answers with the protocol version */
+    CRYO_CMD_PING = CRYO_INJECTOR_CMD_PING, /* answers with the protocol version */
     CRYO_CMD_DUMP_PROCESS = 2, /* out: struct cryo_task_state */
     CRYO_CMD_CONNECT = 3,      /* in: struct cryo_connect */
     CRYO_CMD_RECV_FDS = 4,     /* in: struct cryo_recv_fds */
@@ -51,29 +46,6 @@ enum cryo_command {
     CRYO_CMD_WRITE_PAGES = 21, /* in: struct cryo_write_pages + struct cryo_iovec[count]; out: struct cryo_write_pages */
 };
 
-/* Where a failing command stopped: which step, which syscall, which errno. */
-struct cryo_args_header {
-    uint32_t magic;
-    uint32_t command;
-    int64_t result;        /* 0, or -errno of the failing syscall */
-    uint64_t fail_step;    /* index of the item being worked on */
-    uint64_t fail_syscall; /* syscall number that failed */
-    uint64_t fail_addr;    /* address or fd concerned */
-    uint64_t payload_size; /* bytes available after this header */
-    uint64_t log_offset;   /* the parasite's log: text lines at header + log_offset */
-    uint32_t log_capacity;
-    uint32_t log_length;   /* bytes written by this command */
-    /* Dump only (stop_signal 0 at restore): how to hand back control. */
-    int32_t stop_signal;   /* raised at tgid/tid when a command is done */
-    int32_t tgid;
-    int32_t tid;
-    int32_t close_fds[2];  /* the parasite's own descriptors, closed on the way home (-1: none) */
-    uint32_t reserved;
-    uint64_t return_stack;       /* rsp for the way home: [rsp] = rt_sigreturn gadget, then the signal frame */
-    uint64_t syscall_ret_gadget; /* `syscall; ret` in the task's own code, for the munmap of the parasite */
-    uint64_t parasite_base;
-    uint64_t parasite_size;
-};
 
 /* The kernel's struct sigaction for rt_sigaction (not libc's). */
 struct cryo_sigaction {

@@ -1,0 +1,69 @@
+import CCryo
+import CryoInjector
+import Foundation
+import Glibc
+
+/// cryo's own parasite (built from Parasite/ and embedded in this module) and
+/// its commands (parasite_protocol.h), on top of the generic injector.
+extension ParasiteBlob {
+    /// The blob compiled into this binary.
+    static let cryo: Result<ParasiteBlob, LoadError> = {
+        guard let elf = Data(base64Encoded: parasiteELFBase64.description) else {
+            return .failure(.invalid("embedded ELF is not valid base64"))
+        }
+        do { return .success(try ParasiteBlob(elf: [UInt8](elf))) } catch { return .failure(error as! LoadError) }
+    }()
+}
+
+extension Parasite {
+    /// Maps cryo's parasite into the task (at `address` exactly, when given).
+    static func inject(into tracee: Tracee, argumentBytes: Int, at address: UInt64? = nil,
+                       log: ((pid_t, String, String) -> Void)? = nil) throws -> Parasite {
+        let blob: ParasiteBlob
+        switch ParasiteBlob.cryo {
+        case .success(let b): blob = b
+        case .failure(let e): throw InjectionError.protocolMismatch(pid: tracee.pid, detail: e.description)
+        }
+        return try inject(into: tracee, argumentBytes: argumentBytes, at: address, blob: blob,
+                          protocolVersion: Int64(CRYO_PARASITE_PROTOCOL_VERSION),
+                          commandName: { cryoCommandName(cryo_command(rawValue: $0)) }, log: log)
+    }
+
+    @discardableResult
+    func run(_ command: cryo_command, payload: [UInt8], replyBytes: Int, on thread: Tracee? = nil,
+             failAddress: UInt64 = 0) throws -> Reply {
+        try run(command.rawValue, payload: payload, replyBytes: replyBytes, on: thread, failAddress: failAddress)
+    }
+
+    func run<Input, Output>(_ command: cryo_command, input: Input, extra: [UInt8] = [], output: Output.Type,
+                            on thread: Tracee? = nil) throws -> Output {
+        try run(command.rawValue, input: input, extra: extra, output: output, on: thread)
+    }
+}
+
+func cryoCommandName(_ command: cryo_command) -> String {
+    switch command {
+    case CRYO_CMD_PING: "PING"
+    case CRYO_CMD_DUMP_PROCESS: "DUMP_PROCESS"
+    case CRYO_CMD_DUMP_THREAD: "DUMP_THREAD"
+    case CRYO_CMD_RESTORE_THREAD: "RESTORE_THREAD"
+    case CRYO_CMD_EPOLL_ADD: "EPOLL_ADD"
+    case CRYO_CMD_RESTORE_SECCOMP: "RESTORE_SECCOMP"
+    case CRYO_CMD_LOCKS: "LOCKS"
+    case CRYO_CMD_DUMP_TIMERS: "DUMP_TIMERS"
+    case CRYO_CMD_RESTORE_TIMERS: "RESTORE_TIMERS"
+    case CRYO_CMD_CONNECT: "CONNECT"
+    case CRYO_CMD_RECV_FDS: "RECV_FDS"
+    case CRYO_CMD_RESTORE_MEMORY: "RESTORE_MEMORY"
+    case CRYO_CMD_RESTORE_STATE: "RESTORE_STATE"
+    case CRYO_CMD_INSTALL_FDS: "INSTALL_FDS"
+    case CRYO_CMD_RESTORE_CREDS: "RESTORE_CREDS"
+    case CRYO_CMD_FAIL_TEST: "FAIL_TEST"
+    case CRYO_CMD_PAGE_PIPE: "PAGE_PIPE"
+    case CRYO_CMD_DUMP_PAGES: "DUMP_PAGES"
+    case CRYO_CMD_LAZY_UFFD: "LAZY_UFFD"
+    case CRYO_CMD_PAGE_SOCKET: "PAGE_SOCKET"
+    case CRYO_CMD_WRITE_PAGES: "WRITE_PAGES"
+    default: "command \(command.rawValue)"
+    }
+}
