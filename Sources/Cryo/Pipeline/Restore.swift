@@ -440,66 +440,79 @@ public struct Restorer {
 
     // MARK: - One process
 
+    /// One process, in order: what it is sent, its memory, its threads, its task
+    /// state, its descriptors and what their kinds do once installed, and last
+    /// its limits, credentials and seccomp filters.
     func restoreProcess(_ process: RestoringProcess, image: Image, descriptions: [FileDescriptor], sharedMemory: [FileDescriptor],
                         session: RestoreSession) throws {
+        let slots = try openSlots(process, image: image, descriptions: descriptions, sharedMemory: sharedMemory)
+        defer { slots.closeOwned() }
+        try send(slots, to: process, session: session)
+        try restoreMemory(process, image: image, slots: slots, session: session)
+        try cloneThreads(process)
+        try restoreTaskState(process, slots: slots)
+        try installDescriptors(process, image: image, slots: slots, session: session)
+        try restoreCredentials(process)
+    }
+
+    /// Everything the task receives over its control socket: page files, cwd, root, exe,
+    /// the files behind its mappings and its open file descriptions.
+    func openSlots(_ process: RestoringProcess, image: Image, descriptions: [FileDescriptor], sharedMemory: [FileDescriptor]) throws -> TaskSlots {
         let task = process.image
         let pid = process.pid  // as this namespace sees it
         let imagePid = task.core.pid
-        let parasite = process.parasite
-
-        var toSend: [FileDescriptor] = []
-        var owned: [FileDescriptor] = []
-        defer { for fd in owned { try? fd.close() } }
-        func add(_ fd: FileDescriptor, owned isOwned: Bool = true) -> Int {
-            toSend.append(fd)
-            if isOwned { owned.append(fd) }
-            return toSend.count - 1
-        }
-        let pagesSlots = try task.pageIndex.fileSizes.indices.map { add(try Files.open(image.paths.pages(imagePid, part: $0), .readOnly)) }
-        let cwdSlot = add(try openDirectory(task.core.cwd, what: "working directory of pid \(pid)"))
-        let rootSlot = task.core.root == "/" ? nil : add(try openDirectory(task.core.root, what: "root directory of pid \(pid)"))
-        let exeSlot = (try? Files.open(task.core.exe, .readOnly)).map { add($0) }
-        var mappingSlots: [String: Int] = [:]
-        for m in task.memory.mappings {
-            if let id = m.shmem {
-                // The object cryo made; read-write, as MAP_SHARED|MAP_ANONYMOUS opens it (mprotect may add PROT_WRITE).
-                let key = "shmem:\(id)"
-                if mappingSlots[key] == nil { mappingSlots[key] = add(sharedMemory[id], owned: false) }
-            } else if m.kind == .memfd, let file = m.file {
-                // A new description of the restored memfd, with the access the mapping needs.
-                let writable = m.shared && m.protection.contains("w")
-                let key = "memfd\(writable ? "rw" : "r"):\(file)"
-                if mappingSlots[key] != nil { continue }
-                guard descriptions.indices.contains(file), image.fileTable.files[file].kind == MemfdState.name else {
-                    throw CryoError("pid \(pid): mapping 0x\(hex(m.start)) names file #\(file), which is not a memfd")
+        let slots = TaskSlots(controlFD: Int32(max((task.descriptors.descriptors.map(\.fd).max() ?? 2) + 1, 3)))
+        do {
+            slots.pages = try task.pageIndex.fileSizes.indices.map { slots.add(try Files.open(image.paths.pages(imagePid, part: $0), .readOnly)) }
+            slots.cwd = slots.add(try openDirectory(task.core.cwd, what: "working directory of pid \(pid)"))
+            slots.root = task.core.root == "/" ? nil : slots.add(try openDirectory(task.core.root, what: "root directory of pid \(pid)"))
+            slots.exe = (try? Files.open(task.core.exe, .readOnly)).map { slots.add($0) }
+            for m in task.memory.mappings {
+                if let id = m.shmem {
+                    // The object cryo made; read-write, as MAP_SHARED|MAP_ANONYMOUS opens it (mprotect may add PROT_WRITE).
+                    let key = "shmem:\(id)"
+                    if slots.mappings[key] == nil { slots.mappings[key] = slots.add(sharedMemory[id], owned: false) }
+                } else if m.kind == .memfd, let file = m.file {
+                    // A new description of the restored memfd, with the access the mapping needs.
+                    let writable = m.shared && m.protection.contains("w")
+                    let key = "memfd\(writable ? "rw" : "r"):\(file)"
+                    if slots.mappings[key] != nil { continue }
+                    guard descriptions.indices.contains(file), image.fileTable.files[file].kind == MemfdState.name else {
+                        throw CryoError("pid \(pid): mapping 0x\(hex(m.start)) names file #\(file), which is not a memfd")
+                    }
+                    slots.mappings[key] = slots.add(try Files.open("/proc/self/fd/\(descriptions[file].rawValue)", writable ? .readWrite : .readOnly))
+                } else if m.kind == .file {
+                    let writable = m.shared && m.protection.contains("w")
+                    let key = "\(writable ? "rw" : "r"):\(m.path!)"
+                    if slots.mappings[key] != nil { continue }
+                    let fd: FileDescriptor
+                    do { fd = try Files.open(m.path!, writable ? .readWrite : .readOnly) } catch {
+                        throw CryoError("pid \(imagePid): mapping 0x\(hex(m.start)) of a file: \(error)")
+                    }
+                    let slot = slots.add(fd)
+                    let st = try Files.stat(fd, object: m.path!)
+                    if let inode = m.inode, let device = m.device, UInt64(st.st_ino) != inode || UInt64(st.st_dev) != device {
+                        throw CryoError("pid \(pid): mapped file \(m.path!) was replaced since the dump (inode \(inode) is now \(st.st_ino))")
+                    }
+                    slots.mappings[key] = slot
                 }
-                mappingSlots[key] = add(try Files.open("/proc/self/fd/\(descriptions[file].rawValue)", writable ? .readWrite : .readOnly))
-            } else if m.kind == .file {
-                let writable = m.shared && m.protection.contains("w")
-                let key = "\(writable ? "rw" : "r"):\(m.path!)"
-                if mappingSlots[key] != nil { continue }
-                let fd: FileDescriptor
-                do { fd = try Files.open(m.path!, writable ? .readWrite : .readOnly) } catch {
-                    throw CryoError("pid \(imagePid): mapping 0x\(hex(m.start)) of a file: \(error)")
-                }
-                let slot = add(fd)
-                let st = try Files.stat(fd, object: m.path!)
-                if let inode = m.inode, let device = m.device, UInt64(st.st_ino) != inode || UInt64(st.st_dev) != device {
-                    throw CryoError("pid \(pid): mapped file \(m.path!) was replaced since the dump (inode \(inode) is now \(st.st_ino))")
-                }
-                mappingSlots[key] = slot
             }
+            for d in task.descriptors.descriptors where slots.descriptions[d.file] == nil {
+                slots.descriptions[d.file] = slots.add(descriptions[d.file], owned: false)
+            }
+        } catch {
+            slots.closeOwned()
+            throw error
         }
-        var descriptionSlots: [Int: Int] = [:]
-        for d in task.descriptors.descriptors where descriptionSlots[d.file] == nil {
-            descriptionSlots[d.file] = add(descriptions[d.file], owned: false)
-        }
+        return slots
+    }
 
-        let controlFD = Int32(max((task.descriptors.descriptors.map(\.fd).max() ?? 2) + 1, 3))
-        let slotFD = { (slot: Int) -> Int32 in controlFD + 1 + Int32(slot) }
+    /// The parasite connects to cryo and receives the slots' descriptors.
+    func send(_ slots: TaskSlots, to process: RestoringProcess, session: RestoreSession) throws {
+        let (pid, parasite) = (process.pid, process.parasite)
         let listener = try session.listener()
         var connect = cryo_connect()
-        connect.target_fd = controlFD
+        connect.target_fd = slots.controlFD
         connect.address_length = UInt32(listener.address.count)
         withUnsafeMutableBytes(of: &connect.sun_path) { raw in
             for (i, b) in listener.address.enumerated() { raw[i] = b }
@@ -509,27 +522,30 @@ public struct Restorer {
         defer { close(connection) }
         // Descriptors travel in batches the socket buffer holds.
         let batch = 64
-        for start in stride(from: 0, to: toSend.count, by: batch) {
-            let end = min(start + batch, toSend.count)
-            for fd in toSend[start..<end] { try Pidfd.send(fd, over: FileDescriptor(rawValue: connection), to: pid) }
+        for start in stride(from: 0, to: slots.toSend.count, by: batch) {
+            let end = min(start + batch, slots.toSend.count)
+            for fd in slots.toSend[start..<end] { try Pidfd.send(fd, over: FileDescriptor(rawValue: connection), to: pid) }
             var recv = cryo_recv_fds()
-            recv.control_fd = controlFD
-            recv.first_slot_fd = slotFD(start)
+            recv.control_fd = slots.controlFD
+            recv.first_slot_fd = slots.fd(start)
             recv.count = UInt32(end - start)
             recv.close_others = start == 0 ? 1 : 0
             _ = try parasite.run(CRYO_CMD_RECV_FDS, input: recv, output: UInt8.self)
         }
+    }
 
+    func restoreMemory(_ process: RestoringProcess, image: Image, slots: TaskSlots, session: RestoreSession) throws {
+        let (task, pid, imagePid, parasite) = (process.image, process.pid, process.image.core.pid, process.parasite)
         let current = try readMappings(pid: pid, withFlags: false)
         let parasiteRange = parasite.base..<(parasite.base + parasite.size)
         let lazy = session.lazy.map { _ in LazySplit(task: task) }
         let plan = try MemoryRestorePlan(
             record: task.memory, index: lazy?.eagerIndex ?? task.pageIndex, current: current, parasite: parasiteRange,
-            temporary: parasiteRange.upperBound + 0x10_0000, pagesFDs: pagesSlots.map(slotFD),
+            temporary: parasiteRange.upperBound + 0x10_0000, pagesFDs: slots.pages.map(slots.fd),
             fileFD: { m in
-                if let id = m.shmem { return slotFD(mappingSlots["shmem:\(id)"]!) }
-                if m.kind == .memfd { return slotFD(mappingSlots["memfd\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.file!)"]!) }
-                return slotFD(mappingSlots["\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.path!)"]!)
+                if let id = m.shmem { return slots.fd(slots.mappings["shmem:\(id)"]!) }
+                if m.kind == .memfd { return slots.fd(slots.mappings["memfd\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.file!)"]!) }
+                return slots.fd(slots.mappings["\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.path!)"]!)
             },
             oldRseq: try Ptrace.rseqConfiguration(pid))
         try parasite.run(CRYO_CMD_RESTORE_MEMORY, payload: plan.payload, replyBytes: 0)
@@ -546,7 +562,7 @@ public struct Restorer {
         if let lazy, let server = session.lazy, !lazy.ranges.isEmpty, !lazy.pending.isEmpty {
             // A slot above every received descriptor: INSTALL_FDS closes the task's copy.
             var request = cryo_lazy_uffd()
-            request.target_fd = slotFD(toSend.count)
+            request.target_fd = slots.fd(slots.toSend.count)
             request.range_count = UInt32(lazy.ranges.count)
             request.features = Userfaultfd.lazyFeatures
             try parasite.run(CRYO_CMD_LAZY_UFFD, payload: bytes(of: request) + bytes(of: lazy.ranges), replyBytes: 0)
@@ -557,18 +573,24 @@ public struct Restorer {
             server.add(LazyProcess(uffd: Userfaultfd(fd: uffd, pid: pid), source: source, pending: pending, pid: pid, label: "pid \(pid)"))
         }
         faultHook("memory-restored")
+    }
 
-        // Threads join the rebuilt address space with their own tids.
+    /// Threads join the rebuilt address space with their own tids.
+    func cloneThreads(_ process: RestoringProcess) throws {
         let threadFlags: UInt64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 | 0x200000 // VM FS FILES SIGHAND THREAD SYSVSEM CHILD_CLEARTID
-        for record in task.threads.dropFirst() {
+        for record in process.image.threads.dropFirst() {
             let thread = try clone(into: process, pid: record.tid, flags: threadFlags, childTid: record.clearChildTid)
             process.threads.append(thread)
         }
+    }
 
+    /// Signals, mm fields, cwd, root, exe, every thread's own state and the POSIX timers.
+    func restoreTaskState(_ process: RestoringProcess, slots: TaskSlots) throws {
+        let (task, parasite) = (process.image, process.parasite)
         var state = cryo_task_state()
         var extra = cryo_restore_extra()
         task.signals.fill(&state, &extra)
-        fillState(&state, &extra, core: task.core, cwd: slotFD(cwdSlot), root: rootSlot.map(slotFD), exe: exeSlot.map(slotFD))
+        fillState(&state, &extra, core: task.core, cwd: slots.fd(slots.cwd), root: slots.root.map(slots.fd), exe: slots.exe.map(slots.fd))
         if process.discardChildSignals && !task.signals.pending.contains(where: { $0.signal == SIGCHLD }) {
             extra.discard_signals = 1 << UInt64(SIGCHLD - 1)
         }
@@ -579,19 +601,27 @@ public struct Restorer {
         if let timers = task.signals.posixTimers, !timers.isEmpty {
             try parasite.run(CRYO_CMD_RESTORE_TIMERS, payload: PosixTimer.restorePayload(timers), replyBytes: 0)
         }
+    }
 
+    /// Each descriptor to its number, then what its kind does in the task (epoll targets, locks).
+    func installDescriptors(_ process: RestoringProcess, image: Image, slots: TaskSlots, session: RestoreSession) throws {
+        let (task, parasite) = (process.image, process.parasite)
         var install = cryo_install_fds()
         install.count = UInt32(task.descriptors.descriptors.count)
-        install.close_from = controlFD
+        install.close_from = slots.controlFD
         let entries = task.descriptors.descriptors.map {
-            cryo_fd_install(from: slotFD(descriptionSlots[$0.file]!), to: $0.fd, cloexec: $0.closeOnExec ? 1 : 0, pad: 0)
+            cryo_fd_install(from: slots.fd(slots.descriptions[$0.file]!), to: $0.fd, cloexec: $0.closeOnExec ? 1 : 0, pad: 0)
         }
         try parasite.run(CRYO_CMD_INSTALL_FDS, payload: bytes(of: install) + bytes(of: entries), replyBytes: 0)
 
         try DescriptorKinds.afterInstall(InstalledDescriptors(descriptors: task.descriptors.descriptors, files: image.fileTable.files,
                                                               finishedOnce: { session.descriptionsFinished.insert($0).inserted }),
                                          parasite: parasite)
+    }
 
+    /// Resource limits, then credentials, then seccomp filters, last of all.
+    func restoreCredentials(_ process: RestoringProcess) throws {
+        let (task, pid, parasite) = (process.image, process.pid, process.parasite)
         try task.core.restoreResourceLimits(pid: pid)
         // Credentials belong to each thread; the leader goes last.
         for thread in process.threads.reversed() {
@@ -681,6 +711,37 @@ public struct RestoreStatistics: Codable, Sendable {
     public var pagesRestored: UInt64 = 0
     /// --lazy-pages only, written once loading ends.
     public var lazy: LazyStatistics?
+}
+
+/// The descriptors a restored task receives, each at a slot above its own descriptors
+/// (slot N arrives as controlFD + 1 + N); cryo closes those it opened for the task.
+final class TaskSlots {
+    let controlFD: Int32
+    private(set) var toSend: [FileDescriptor] = []
+    private var owned: [FileDescriptor] = []
+    var pages: [Int] = []
+    var cwd = 0
+    var root: Int?
+    var exe: Int?
+    /// By mapping key: shmem:ID, memfd(r|rw):FILE, (r|rw):PATH.
+    var mappings: [String: Int] = [:]
+    /// By file id.
+    var descriptions: [Int: Int] = [:]
+
+    init(controlFD: Int32) { self.controlFD = controlFD }
+
+    func add(_ fd: FileDescriptor, owned isOwned: Bool = true) -> Int {
+        toSend.append(fd)
+        if isOwned { owned.append(fd) }
+        return toSend.count - 1
+    }
+
+    func fd(_ slot: Int) -> Int32 { controlFD + 1 + Int32(slot) }
+
+    func closeOwned() {
+        for fd in owned { try? fd.close() }
+        owned = []
+    }
 }
 
 /// What a restore has created so far, to be killed if it fails.
