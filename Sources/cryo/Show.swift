@@ -99,10 +99,7 @@ struct ShowCommand: ParsableCommand {
         print("  descriptors (\(task.descriptors.descriptors.count)):")
         for d in task.descriptors.descriptors {
             let f = files.files[d.file]
-            var what = f.summary
-            for lock in d.locks ?? [] {
-                what += " [\(lock.kind.rawValue) \(lock.write ? "write" : "read") lock \(lock.start)-\(lock.end.map(String.init) ?? "EOF")]"
-            }
+            let what = f.summary + (d.locks ?? []).map { " [\($0.summary)]" }.joined()
             print("    fd \(d.fd) -> \(what)  [\(f.kind), flags 0\(String(f.flags, radix: 8)), pos \(f.position)\(d.closeOnExec ? ", cloexec" : "")]"
                 + (task.descriptors.descriptors.filter { $0.file == d.file }.count > 1 ? " shared description #\(d.file)" : ""))
         }

@@ -35,6 +35,9 @@ public struct FileLock: Codable, Sendable {
         return locks
     }
 
+    /// For `cryo show`: "posix write lock 10-29".
+    public var summary: String { "\(kind.rawValue) \(write ? "write" : "read") lock \(start)-\(end.map(String.init) ?? "EOF")" }
+
     func entry(fd: Int32) -> cryo_lock {
         cryo_lock(fd: fd, kind: kind == .flock ? 0 : kind == .posix ? 1 : 2, write: write ? 1 : 0, pad: 0,
                   start: start, length: end.map { $0 - start + 1 } ?? 0)
