@@ -81,13 +81,18 @@ struct ShowCommand: ParsableCommand {
             for p in thread.pending { print("    pending \(signalName(p.signal)) (thread queue)") }
         }
 
-        let saved = task.pageIndex.runs.reduce(UInt64(0)) { $0 + $1[1] }
+        let saved = task.pageIndex.runs.reduce(UInt64(0)) { $0 + $1.length }
         let compressed = task.pageIndex.compression.map {
             String(format: ", %@ %.1f MiB in %d frames", $0.method, Double(task.pageIndex.pagesFileSize) / 1048576, $0.frames.count)
         } ?? ""
         print("  mappings (\(task.memory.mappings.count), \(saved / 4096) pages saved, \(String(format: "%.1f", Double(saved) / 1048576)) MiB\(compressed)):")
+        // Runs and mappings are both in address order: one walk over the two.
+        var runCursor = 0
         for m in task.memory.mappings {
-            let pages = task.pageIndex.runs.filter { $0[0] >= m.start && $0[0] < m.end }.reduce(UInt64(0)) { $0 + $1[1] } / 4096
+            let runs = task.pageIndex.runs
+            while runCursor < runs.count && runs[runCursor].address < m.start { runCursor += 1 }
+            var pages: UInt64 = 0
+            while runCursor < runs.count && runs[runCursor].address < m.end { pages += runs[runCursor].length / 4096; runCursor += 1 }
             let prot = (m.protection.contains("r") ? "r" : "-") + (m.protection.contains("w") ? "w" : "-")
                 + (m.protection.contains("x") ? "x" : "-") + (m.shared ? "s" : "p")
             var line = "    \(hex(m.start, width: 12))-\(hex(m.end, width: 12)) \(prot) \(m.kind.rawValue.padding(toLength: 15, withPad: " ", startingAt: 0))"

@@ -9,14 +9,16 @@ import SystemPackage
 public enum ImageFormat {
     public static let magic: [UInt8] = Array("CRYOIMG\0".utf8)
     /// The highest version this cryo reads.
-    public static let version: UInt32 = 3
+    public static let version: UInt32 = 4
     /// What files are written as unless they need more: version 2 marks a task
     /// file whose pages are compressed, version 3 one whose pages continue in
     /// part files, so an older cryo refuses them instead of restoring zstd
-    /// frames or missing pages as memory.
+    /// frames or missing pages as memory. Version 4 task files keep the page
+    /// index's runs in a binary `pageRuns` record (and may be compressed or in parts).
     public static let baseVersion: UInt32 = 1
     public static let compressedPagesVersion: UInt32 = 2
     public static let pagePartsVersion: UInt32 = 3
+    public static let pageRunsVersion: UInt32 = 4
     public static let fileHeaderSize = 16
     public static let recordHeaderSize = 24
     /// No record is larger than this; a length beyond it is corruption, not a reason to allocate.
@@ -37,6 +39,8 @@ public enum RecordKind: UInt32, Sendable, CaseIterable {
     case preDump = 9
     /// shmem.img: the tree's shared memory objects (SharedMemoryTable).
     case sharedMemory = 10
+    /// Binary, not JSON: the page index's runs (PageRunTable), task files of version 4 on.
+    case pageRuns = 11
 }
 
 public struct ImageError: Error, CustomStringConvertible {
@@ -70,6 +74,13 @@ public struct RecordWriter {
         count += 1
     }
 
+    /// A record whose payload is not JSON (`pageRuns`).
+    public mutating func append(_ kind: RecordKind, bytes payload: [UInt8]) {
+        body += le(kind.rawValue) + le(UInt32(0)) + le(UInt64(payload.count)) + le(crc32(payload)) + le(UInt32(0))
+        body += payload
+        count += 1
+    }
+
     public func write(to path: String) throws {
         let fd = try Files.open(path, .writeOnly, options: [.create, .exclusiveCreate, .noFollow],
                                 permissions: [.ownerReadWrite])
@@ -86,6 +97,8 @@ public struct RecordWriter {
 public struct RecordReader {
     public let path: String
     public private(set) var records: [(kind: RecordKind, payload: [UInt8])] = []
+    /// The file's format version (at most ImageFormat.version).
+    public private(set) var version: UInt32 = 0
 
     public init(path: String) throws {
         self.path = path
@@ -98,7 +111,7 @@ public struct RecordReader {
             throw ImageError(file: name, "truncated: \(bytes.count) bytes, shorter than the file header")
         }
         guard Array(bytes[0..<8]) == ImageFormat.magic else { throw ImageError(file: name, "not a cryo image file (bad magic)") }
-        let version = readLE(bytes, 8, UInt32.self)
+        version = readLE(bytes, 8, UInt32.self)
         guard version <= ImageFormat.version else {
             throw ImageError(file: name, "written in format version \(version) by a newer cryo; this cryo reads up to \(ImageFormat.version)")
         }
@@ -130,14 +143,20 @@ public struct RecordReader {
         }
     }
 
+    /// The payload of the single record of `kind`.
+    public func payload(_ kind: RecordKind) throws -> [UInt8] {
+        let matches = records.filter { $0.kind == kind }
+        guard matches.count == 1 else {
+            throw ImageError(file: (path as NSString).lastPathComponent, record: "\(kind)", "expected one such record, found \(matches.count)")
+        }
+        return matches[0].payload
+    }
+
     /// The single record of `kind`, decoded.
     public func one<T: Decodable>(_ kind: RecordKind, as type: T.Type) throws -> T {
         let name = (path as NSString).lastPathComponent
-        let matches = records.filter { $0.kind == kind }
-        guard matches.count == 1 else {
-            throw ImageError(file: name, record: "\(kind)", "expected one such record, found \(matches.count)")
-        }
-        do { return try JSONDecoder().decode(T.self, from: Data(matches[0].payload)) } catch {
+        let payload = try payload(kind)
+        do { return try JSONDecoder().decode(T.self, from: Data(payload)) } catch {
             throw ImageError(file: name, record: "\(kind)", "malformed: \(decodingProblem(error))")
         }
     }
@@ -158,17 +177,43 @@ func readLE<T: FixedWidthInteger>(_ bytes: [UInt8], _ offset: Int, _: T.Type) ->
     bytes.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: T.self)) }
 }
 
-private let crcTable: [UInt32] = (0..<256).map { n -> UInt32 in
-    var c = UInt32(n)
-    for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
-    return c
-}
+/// Eight tables of 256 for CRC-32 eight bytes at a time ("slicing-by-8"): table k
+/// gives the CRC of a byte followed by k zero bytes. A task file of a million page
+/// runs is 24 MB: byte at a time that cost about 0.1 s, this about a tenth of it.
+private let crcTables: [UInt32] = {
+    var tables = [UInt32](repeating: 0, count: 8 * 256)
+    for n in 0..<256 {
+        var c = UInt32(n)
+        for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+        tables[n] = c
+    }
+    for k in 1..<8 {
+        for n in 0..<256 { tables[k * 256 + n] = (tables[(k - 1) * 256 + n] >> 8) ^ tables[Int(tables[(k - 1) * 256 + n] & 0xff)] }
+    }
+    return tables
+}()
 
 /// CRC-32 (IEEE), as zlib computes it.
 public func crc32(_ bytes: [UInt8]) -> UInt32 {
-    var crc: UInt32 = 0xFFFF_FFFF
-    for byte in bytes { crc = crcTable[Int((crc ^ UInt32(byte)) & 0xff)] ^ (crc >> 8) }
-    return crc ^ 0xFFFF_FFFF
+    bytes.withUnsafeBytes { raw in
+        crcTables.withUnsafeBufferPointer { t in
+            var crc: UInt32 = 0xFFFF_FFFF
+            var i = 0
+            while i + 8 <= raw.count {
+                let word = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)) ^ UInt64(crc)
+                crc = t[7 * 256 + Int(word & 0xff)] ^ t[6 * 256 + Int((word >> 8) & 0xff)]
+                    ^ t[5 * 256 + Int((word >> 16) & 0xff)] ^ t[4 * 256 + Int((word >> 24) & 0xff)]
+                    ^ t[3 * 256 + Int((word >> 32) & 0xff)] ^ t[2 * 256 + Int((word >> 40) & 0xff)]
+                    ^ t[1 * 256 + Int((word >> 48) & 0xff)] ^ t[Int(word >> 56)]
+                i += 8
+            }
+            while i < raw.count {
+                crc = t[Int((crc ^ UInt32(raw[i])) & 0xff)] ^ (crc >> 8)
+                i += 1
+            }
+            return crc ^ 0xFFFF_FFFF
+        }
+    }
 }
 
 /// Names of the files inside an image folder.

@@ -13,16 +13,23 @@ public struct TaskImage: Codable, Sendable {
     public var descriptors: DescriptorsRecord
 
     func write(to path: String) throws {
-        let version = pageIndex.compression != nil ? ImageFormat.compressedPagesVersion
-            : pageIndex.parts != nil ? ImageFormat.pagePartsVersion : ImageFormat.baseVersion
-        var writer = RecordWriter(version: version)
+        // Version 4: the runs are binary (a million of them as JSON took half a second to read back).
+        var writer = RecordWriter(version: ImageFormat.pageRunsVersion)
         try writer.append(.task, core)
         try writer.append(.threads, threads)
         try writer.append(.memory, memory)
-        try writer.append(.pageIndex, pageIndex)
+        try writer.append(.pageIndex, pageIndex.header)
+        writer.append(.pageRuns, bytes: PageRunTable.encode(pageIndex.runs))
         try writer.append(.signals, signals)
         try writer.append(.descriptors, descriptors)
         try writer.write(to: path)
+    }
+
+    /// Up to version 3 the runs are JSON inside `pageIndex`; from version 4 on they are the binary `pageRuns` record.
+    static func pageIndex(_ reader: RecordReader, file: String) throws -> PageIndex {
+        guard reader.version >= ImageFormat.pageRunsVersion else { return try reader.one(.pageIndex, as: PageIndex.self) }
+        return PageIndex(header: try reader.one(.pageIndex, as: PageIndex.Header.self),
+                         runs: try PageRunTable.decode(try reader.payload(.pageRuns), file: file))
     }
 
     /// Reads and checks one task's records and its pages file's size.
@@ -33,7 +40,7 @@ public struct TaskImage: Codable, Sendable {
         let image = TaskImage(core: try reader.one(.task, as: TaskCore.self),
                               threads: try reader.one(.threads, as: [ThreadRecord].self),
                               memory: try reader.one(.memory, as: MemoryRecord.self),
-                              pageIndex: try reader.one(.pageIndex, as: PageIndex.self),
+                              pageIndex: try pageIndex(reader, file: name),
                               signals: try reader.one(.signals, as: SignalsRecord.self),
                               descriptors: try reader.one(.descriptors, as: DescriptorsRecord.self))
         guard image.core.pid == pid else { throw ImageError(file: name, record: "task", "describes pid \(image.core.pid)") }

@@ -50,14 +50,14 @@ struct LazySplit {
                 && $0.advice & UInt32(CRYO_MADV_WIPEONFORK) == 0
         }
         ranges = lazyMappings.map { cryo_range(start: $0.start, end: $0.end) }
-        var eagerRuns: [[UInt64]] = []
+        var eagerRuns: [PageRun] = []
         pending = []
         // Runs, mappings and eager pages are all in address order: one walk over each, so that a
         // million runs in ten thousand mappings cost no more than their sum.
         let eagerSorted = eagerPages.sorted()
         var mappingCursor = 0, eagerCursor = 0
         for run in task.pageIndex.runs {
-            let (address, length, offset) = (run[0], run[1], run[2])
+            let (address, length, offset) = (run.address, run.length, run.offset)
             while mappingCursor < lazyMappings.count && lazyMappings[mappingCursor].end <= address { mappingCursor += 1 }
             while eagerCursor < eagerSorted.count && eagerSorted[eagerCursor] < address { eagerCursor += 1 }
             guard mappingCursor < lazyMappings.count, lazyMappings[mappingCursor].start <= address,
@@ -70,7 +70,7 @@ struct LazySplit {
             while eagerCursor < eagerSorted.count && eagerSorted[eagerCursor] < address + length {
                 let eager = eagerSorted[eagerCursor]
                 if eager > page { pending.append(PendingRun(start: page, end: eager, offset: offset + (page - address))) }
-                eagerRuns.append([eager, 4096, offset + (eager - address)])
+                eagerRuns.append(PageRun(address: eager, length: 4096, offset: offset + (eager - address)))
                 page = eager + 4096
                 eagerCursor += 1
             }

@@ -47,14 +47,32 @@ public struct MemoryRecord: Codable, Sendable {
 /// With `compression`, offsets are in the uncompressed page stream and
 /// `pagesFileSize` is the size of the compressed file.
 public struct PageIndex: Codable, Sendable {
-    public var runs: [[UInt64]]
+    public var runs: [PageRun]
     public var pagesFileSize: UInt64
     public var compression: PageFrames? = nil
     /// Sizes of pages-PID.1.img, pages-PID.2.img, ...: a large dump writes them in
     /// parallel with pages-PID.img (one file is written by one CPU at a time). Never compressed.
     public var parts: [UInt64]? = nil
     /// Bytes of saved pages (the uncompressed stream).
-    public var pageBytes: UInt64 { runs.last.map { $0[2] + $0[1] } ?? 0 }
+    public var pageBytes: UInt64 { runs.last.map { $0.offset + $0.length } ?? 0 }
+
+    /// Everything but the runs: the `pageIndex` record of a task file from format
+    /// version 4 on, whose runs are the binary `pageRuns` record.
+    public struct Header: Codable, Sendable {
+        public var pagesFileSize: UInt64
+        public var compression: PageFrames?
+        public var parts: [UInt64]?
+    }
+    public var header: Header { Header(pagesFileSize: pagesFileSize, compression: compression, parts: parts) }
+    public init(header: Header, runs: [PageRun]) {
+        self.init(runs: runs, pagesFileSize: header.pagesFileSize, compression: header.compression, parts: header.parts)
+    }
+    public init(runs: [PageRun], pagesFileSize: UInt64, compression: PageFrames? = nil, parts: [UInt64]? = nil) {
+        self.runs = runs
+        self.pagesFileSize = pagesFileSize
+        self.compression = compression
+        self.parts = parts
+    }
     /// The size of every file of the stream, pages-PID.img first (its indices are the parts).
     var fileSizes: [UInt64] { [pagesFileSize] + (parts ?? []) }
 
@@ -337,10 +355,11 @@ extension MemoryRecord {
         let out = try Files.open(pagesPath, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
         defer { try? out.close() }
         let regions = try presentPages(pid: pid, statistics: &statistics)
-        var runs: [[UInt64]] = []
+        var runs: [PageRun] = []
+        runs.reserveCapacity(regions.count)
         var total: UInt64 = 0
         for region in regions {
-            runs.append([region.lowerBound, UInt64(region.count), total])
+            runs.append(PageRun(address: region.lowerBound, length: UInt64(region.count), offset: total))
             total += UInt64(region.count)
         }
         statistics.pagesWritten += total / 4096
@@ -381,7 +400,7 @@ extension MemoryRecord {
 
     /// The same, cut into frames at fixed offsets of the page stream (across
     /// runs), each compressed by the writer thread.
-    private func copyCompressed(pid: pid_t, runs: [[UInt64]], total: UInt64, to out: FileDescriptor,
+    private func copyCompressed(pid: pid_t, runs: [PageRun], total: UInt64, to out: FileDescriptor,
                                 path: String) throws -> (frames: PageFrames, fileSize: UInt64) {
         let writer = PageWriter(file: out, path: path, compress: true)
         defer { writer.close() }
@@ -394,12 +413,12 @@ extension MemoryRecord {
                 var filled = 0
                 while filled < count {
                     let run = runs[runIndex]
-                    let take = Int(min(run[1] - runOffset, UInt64(count - filled)))
-                    try RemoteMemory.read(pid, at: run[0] + runOffset,
+                    let take = Int(min(run.length - runOffset, UInt64(count - filled)))
+                    try RemoteMemory.read(pid, at: run.address + runOffset,
                                           into: UnsafeMutableRawBufferPointer(rebasing: view[filled..<(filled + take)]))
                     filled += take
                     runOffset += UInt64(take)
-                    if runOffset == run[1] { runIndex += 1; runOffset = 0 }
+                    if runOffset == run.length { runIndex += 1; runOffset = 0 }
                 }
             }
             killPoint("pages")
@@ -432,14 +451,19 @@ extension MemoryRecord {
         }
         // Run offsets are in the page stream: the files one after another, or the uncompressed frames.
         let streamSize = index.compression == nil ? index.fileSizes.reduce(0, +) : UInt64.max
-        var expectedOffset: UInt64 = 0
+        // Runs in address order, each inside one mapping: one walk over runs and mappings together.
+        var expectedOffset: UInt64 = 0, previousRunEnd: UInt64 = 0
+        var cursor = 0
         for run in index.runs {
-            guard run.count == 3, run[1] > 0, run[0] % 4096 == 0, run[1] % 4096 == 0, run[2] == expectedOffset,
-                  run[2] <= streamSize, run[1] <= streamSize - run[2],
-                  mappings.contains(where: { $0.start <= run[0] && run[0] + run[1] <= $0.end && !$0.isSpecial }) else {
-                throw ImageError(file: file, record: "pageIndex", "page run \(run) is malformed or outside every mapping")
+            while cursor < mappings.count && mappings[cursor].end <= run.address { cursor += 1 }
+            guard run.length > 0, run.address % 4096 == 0, run.length % 4096 == 0, run.offset == expectedOffset,
+                  run.offset <= streamSize, run.length <= streamSize - run.offset, run.address >= previousRunEnd,
+                  run.length <= UInt64.max - run.address, cursor < mappings.count, mappings[cursor].start <= run.address,
+                  run.end <= mappings[cursor].end, !mappings[cursor].isSpecial else {
+                throw ImageError(file: file, record: "pageIndex", "page run \(run) is malformed, out of order or outside every mapping")
             }
-            expectedOffset += run[1]
+            expectedOffset += run.length
+            previousRunEnd = run.end
         }
         if let frames = index.compression {
             try frames.validate(file: file, pageBytes: expectedOffset, pagesFileSize: index.pagesFileSize)
@@ -599,14 +623,14 @@ final class PageReader {
     private var name: String { (path as NSString).lastPathComponent }
 
     /// The saved run holding `address`, if any.
-    func run(containing address: UInt64) -> [UInt64]? {
+    func run(containing address: UInt64) -> PageRun? {
         let runs = index.runs
         var low = 0, high = runs.count
         while low < high {
             let mid = (low + high) / 2
-            if runs[mid][0] + runs[mid][1] <= address { low = mid + 1 } else { high = mid }
+            if runs[mid].end <= address { low = mid + 1 } else { high = mid }
         }
-        return low < runs.count && runs[low][0] <= address ? runs[low] : nil
+        return low < runs.count && runs[low].address <= address ? runs[low] : nil
     }
 
     /// The saved bytes of [address, address + buffer.count); every byte must be in a saved run.
@@ -617,8 +641,8 @@ final class PageReader {
             guard let run = run(containing: at) else {
                 throw CryoError("\(name): address 0x\(String(at, radix: 16)) is not among the saved pages")
             }
-            let take = Int(min(UInt64(buffer.count - done), run[0] + run[1] - at))
-            try readStream(offset: run[2] + (at - run[0]), into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + take)]))
+            let take = Int(min(UInt64(buffer.count - done), run.end - at))
+            try readStream(offset: run.offset + (at - run.address), into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + take)]))
             done += take
         }
     }
@@ -631,17 +655,17 @@ final class PageReader {
         defer { scratch?.deallocate() }
         for run in index.runs {
             var done: UInt64 = 0
-            while done < run[1] {
-                let offset = run[2] + done
-                let take = min(run[1] - done, piece - offset % piece)
+            while done < run.length {
+                let offset = run.offset + done
+                let take = min(run.length - done, piece - offset % piece)
                 if let scratch {
                     let view = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<Int(take)])
                     try readStream(offset: offset, into: view)
-                    try body(run[0] + done, UnsafeRawBufferPointer(view))
+                    try body(run.address + done, UnsafeRawBufferPointer(view))
                 } else {
                     let frame = try decodedFrame(Int(offset / piece))
                     let start = Int(offset % piece)
-                    try body(run[0] + done, UnsafeRawBufferPointer(rebasing: frame[start..<(start + Int(take))]))
+                    try body(run.address + done, UnsafeRawBufferPointer(rebasing: frame[start..<(start + Int(take))]))
                 }
                 done += take
             }
@@ -808,10 +832,10 @@ struct MemoryRestorePlan {
             if m.kind == .sysvShm, let id = m.inode { vma.sysv_shm = UInt32(id) + 1 }
             vma.first_run = UInt64(runs.count)
             // Compressed pages are not the parasite's to read: fillPages writes them afterwards.
-            while index.compression == nil && runCursor < sortedRuns.count && sortedRuns[runCursor][0] < m.end {
+            while index.compression == nil && runCursor < sortedRuns.count && sortedRuns[runCursor].address < m.end {
                 let run = sortedRuns[runCursor]
-                var address = run[0]
-                for piece in index.pieces(offset: run[2], length: run[1]) {
+                var address = run.address
+                for piece in index.pieces(offset: run.offset, length: run.length) {
                     runs.append(cryo_page_run(address: address, length: piece.length, file_offset: piece.offset,
                                               fd: pagesFDs[piece.part], pad: 0))
                     address += piece.length

@@ -229,7 +229,7 @@ public struct PreDumper {
         defer { try? out.close() }
         let writer = PageWriter(file: out, path: path)
         defer { writer.close() }
-        var runs: [[UInt64]] = []
+        var runs: [PageRun] = []
         var offset: UInt64 = 0
         for region in regions {
             var address = region.start
@@ -238,10 +238,10 @@ public struct PreDumper {
                 let source = address
                 do {
                     try writer.write(count: chunk, at: Int64(offset)) { view in try RemoteMemory.read(pid, at: source, into: view) }
-                    if let last = runs.last, last[0] + last[1] == source, last[2] + last[1] == offset {
-                        runs[runs.count - 1][1] += UInt64(chunk)
+                    if let last = runs.last, last.end == source, last.offset + last.length == offset {
+                        runs[runs.count - 1].length += UInt64(chunk)
                     } else {
-                        runs.append([source, UInt64(chunk), offset])
+                        runs.append(PageRun(address: source, length: UInt64(chunk), offset: offset))
                     }
                     offset += UInt64(chunk)
                 } catch let error as SyscallError where error.errno == .badAddress {
@@ -341,12 +341,15 @@ final class PreCopyBase {
                 throw ImageError(file: name, "of the pre-dump is missing or not \(p.pageIndex.pagesFileSize) bytes (truncated or replaced)")
             }
             var expected: UInt64 = 0
+            var previousEnd: UInt64 = 0
             for run in p.pageIndex.runs {
-                guard run.count == 3, run[0] % 4096 == 0, run[1] % 4096 == 0, run[1] > 0, run[2] == expected,
-                      run[1] <= p.pageIndex.pagesFileSize - expected else {
-                    throw ImageError(file: PreCopy.recordFile, record: "preDump", "pid \(p.pid): page run \(run) is malformed")
+                guard run.address % 4096 == 0, run.length % 4096 == 0, run.length > 0, run.offset == expected,
+                      run.length <= p.pageIndex.pagesFileSize - expected, run.address >= previousEnd,
+                      run.length <= UInt64.max - run.address else {
+                    throw ImageError(file: PreCopy.recordFile, record: "preDump", "pid \(p.pid): page run \(run) is malformed or out of order")
                 }
-                expected += run[1]
+                expected += run.length
+                previousEnd = run.end
             }
         }
         let socketName = PreCopy.holderSocketName(pid: rootPid, directory: directory)
@@ -517,7 +520,7 @@ extension MemoryRecord {
         let pagemap = try Files.open("/proc/\(pid)/pagemap", .readOnly)
         defer { try? pagemap.close() }
         let fill = PendingFill(source: previous.path, target: pagesPath, pid: pid)
-        var runs: [[UInt64]] = []
+        var runs: [PageRun] = []
         var fresh: [[UInt64]] = []  // [address, length, offset]: read from the task now
         var total: UInt64 = 0
         let old = previous.index.runs
@@ -527,21 +530,21 @@ extension MemoryRecord {
                                     statistics: &statistics)
         for region in try Self.withoutMarkers(scanned, pagemap: pagemap, pid: pid) {
             let (start, end) = (region.start, region.end)
-            runs.append([start, end - start, total])  // never merged: a run stays inside one mapping
+            runs.append(PageRun(address: start, length: end - start, offset: total))  // never merged: a run stays inside one mapping
             let offset = { (address: UInt64) in total + (address - start) }
             func takeFresh(_ a: UInt64, _ b: UInt64) {
                 guard a < b else { return }
                 if let last = fresh.last, last[0] + last[1] == a { fresh[fresh.count - 1][1] += b - a } else { fresh.append([a, b - a, offset(a)]) }
             }
             if region.categories & (unchanged | UInt64(CRYO_PAGE_IS_WRITTEN)) == unchanged {
-                while j < old.count && old[j][0] + old[j][1] <= start { j += 1 }
+                while j < old.count && old[j].end <= start { j += 1 }
                 var cursor = start
                 var k = j
-                while k < old.count && old[k][0] < end {
-                    let a = max(cursor, old[k][0]), b = min(end, old[k][0] + old[k][1])
+                while k < old.count && old[k].address < end {
+                    let a = max(cursor, old[k].address), b = min(end, old[k].end)
                     if a < b {
                         takeFresh(cursor, a)
-                        fill.add(from: old[k][2] + (a - old[k][0]), to: offset(a), length: b - a)
+                        fill.add(from: old[k].offset + (a - old[k].address), to: offset(a), length: b - a)
                         cursor = b
                     }
                     k += 1
