@@ -3,18 +3,12 @@
 #include "ccryo_kinds.h"
 #include <errno.h>
 #include <string.h>
-#include <unistd.h>
 #include <fcntl.h>
 #include <sys/syscall.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/prctl.h>
 #include <linux/sched.h>
-#include <sys/sysmacros.h>
-#include <sys/eventfd.h>
-#include <sys/signalfd.h>
-#include <sys/timerfd.h>
-#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 
@@ -40,15 +34,6 @@ long cryo_syscall(long number, long a1, long a2, long a3, long a4, long a5, long
                      : "rcx", "r11", "memory");
     return r;
 }
-
-#define RAW(expr) ({ long _r = (long)(expr); _r < 0 ? -(long)errno : _r; })
-
-
-
-
-
-
-
 
 static inline long raw_syscall3(long nr, long a, long b, long c) {
     long r;
@@ -89,16 +74,6 @@ long cryo_clone3_parked(pid_t tid, uint64_t flags, int park_fd, int exit_signal)
     raw_syscall3(SYS_exit_group, 1, 0, 0);
     __builtin_unreachable();
 }
-
-
-
-
-
-
-
-
-
-
 
 static inline long raw_syscall4(long nr, long a, long b, long c, long d) {
     long r;

@@ -136,9 +136,6 @@ public enum Files {
         if n < 0 && errno == EINTR { return false }
         return try checkLibc(Int(n), "poll", object: object) > 0
     }
-    public static func fcntl(_ fd: Int32, _ command: Int32, _ argument: Int32 = 0, object: String) throws -> Int32 {
-        Int32(try checkLibc(Int(Glibc.fcntl(fd, command, argument)), "fcntl", object: object))
-    }
 }
 
 /// Descriptors of other processes and process handles.
@@ -208,9 +205,14 @@ public enum Processes {
     public static func isAlive(_ pid: pid_t) -> Bool {
         Glibc.kill(pid, 0) == 0 || errno == EPERM
     }
-    /// clone3 with an exact pid; the child parks in a raw read() on parkFD.
-    public static func cloneParked(pid: pid_t, flags: UInt64 = 0, parkFD: Int32) throws -> pid_t {
-        pid_t(try check(cryo_clone3_parked(pid, flags, parkFD, SIGCHLD), "clone3(set_tid=\(pid))", pid: pid))
+    /// clone3 with an exact pid; the child parks in a raw read() on `park`.
+    public static func cloneParked(pid: pid_t, flags: UInt64 = 0, park: FileDescriptor) throws -> pid_t {
+        pid_t(try check(cryo_clone3_parked(pid, flags, park.rawValue, SIGCHLD), "clone3(set_tid=\(pid))", pid: pid))
+    }
+    /// The init (pid 1) of a new pid namespace, parked like the above until `park`
+    /// reaches EOF; it then reaps every child and exits with `rootPid`'s status.
+    public static func cloneNamespaceInit(park: FileDescriptor, rootPid: pid_t) throws -> pid_t {
+        pid_t(try check(cryo_clone3_namespace_init(park.rawValue, rootPid), "clone3(CLONE_NEWPID)"))
     }
     public static func resourceLimit(_ pid: pid_t, _ resource: Int32) throws -> (soft: UInt64, hard: UInt64) {
         var old: [UInt64] = [0, 0]

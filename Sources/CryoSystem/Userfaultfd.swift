@@ -118,7 +118,18 @@ extension Userfaultfd {
     }
 
     /// Messages waiting now (none: empty).
-    public func read(into events: inout [cryo_uffd_event]) throws -> Int {
+    /// One message read from a userfaultfd, decoded.
+    public struct Event: Sendable {
+        public var event: UInt32 = 0   // CRYO_UFFD_EVENT_*
+        public var ufd: UInt32 = 0     // fork: the child's new userfaultfd
+        public var address: UInt64 = 0 // pagefault: the address; remap: from; remove/unmap: start
+        public var flags: UInt64 = 0   // pagefault: UFFD_PAGEFAULT_FLAG_*
+        public var to: UInt64 = 0      // remap: new address
+        public var length: UInt64 = 0  // remap: length; remove/unmap: end - start
+        public init() {}
+    }
+
+    public func read(into events: inout [Event]) throws -> Int {
         let size = MemoryLayout<uffd_msg>.size
         var messages = [uffd_msg](repeating: uffd_msg(), count: min(events.count, 64))
         let n = messages.withUnsafeMutableBytes { Kernel.rawSyscall(SYS_read, [fd, $0.baseAddress, $0.count]) }
@@ -126,7 +137,7 @@ extension Userfaultfd {
         let count = try check(n, "read(userfaultfd)", object: "fd \(fd.rawValue)") / size
         for i in 0..<count {
             let m = messages[i]
-            var e = cryo_uffd_event()
+            var e = Event()
             e.event = UInt32(m.event)
             switch Int32(m.event) {
             case CRYO_UFFD_EVENT_PAGEFAULT: e.address = m.arg.pagefault.address; e.flags = m.arg.pagefault.flags

@@ -88,15 +88,7 @@ typedef struct {
 #define CRYO_UFFDIO_COPY 0xc028aa03ul
 #define CRYO_UFFDIO_ZEROPAGE 0xc020aa04ul
 #define CRYO_UFFDIO_WRITEPROTECT 0xc018aa06ul
-/* One message read from a userfaultfd, decoded. */
-typedef struct {
-    uint32_t event;            /* CRYO_UFFD_EVENT_* */
-    uint32_t ufd;              /* fork: the child's new userfaultfd */
-    uint64_t address;          /* pagefault: the address; remap: from; remove/unmap: start */
-    uint64_t flags;            /* pagefault: UFFD_PAGEFAULT_FLAG_* */
-    uint64_t to;               /* remap: new address */
-    uint64_t length;           /* remap: length; remove/unmap: end - start */
-} cryo_uffd_event;
+/* userfaultfd message kinds (uffd_msg.event). */
 #define CRYO_UFFD_EVENT_PAGEFAULT 0x12
 #define CRYO_UFFD_EVENT_FORK 0x13
 #define CRYO_UFFD_EVENT_REMAP 0x14

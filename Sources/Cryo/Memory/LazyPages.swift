@@ -227,7 +227,7 @@ public final class LazyServer: @unchecked Sendable {
 
     private func serve() {
         var processes: [LazyProcess] = []
-        var events = [cryo_uffd_event](repeating: cryo_uffd_event(), count: 64)
+        var events = [Userfaultfd.Event](repeating: Userfaultfd.Event(), count: 64)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(LazyServer.pushChunk), alignment: 4096)
         defer { buffer.deallocate() }
         var cursor = 0
@@ -290,7 +290,7 @@ public final class LazyServer: @unchecked Sendable {
     }
 
     /// Reads every message of one userfaultfd and answers faults; returns children it forked.
-    private func drain(_ p: LazyProcess, _ events: inout [cryo_uffd_event], _ buffer: UnsafeMutableRawBufferPointer) throws -> [LazyProcess] {
+    private func drain(_ p: LazyProcess, _ events: inout [Userfaultfd.Event], _ buffer: UnsafeMutableRawBufferPointer) throws -> [LazyProcess] {
         var forked: [LazyProcess] = []
         var faults = p.deferred
         p.deferred = []

@@ -25,16 +25,15 @@ public enum KernelCheck {
         let ends: (read: FileDescriptor, write: FileDescriptor)
         do { ends = try FileObjects.pipe(object: "park") } catch { return [FeatureCheck(name: "pipe2", ok: false, required: true, detail: "\(error)")] }
         defer { try? ends.read.close(); try? ends.write.close() }
-        let park = [ends.read.rawValue, ends.write.rawValue]
 
         var child: pid_t = 0
         add("clone3 with set_tid (exact pids)") {
             let wanted = try freePid()
-            child = try Processes.cloneParked(pid: wanted, parkFD: park[0])
+            child = try Processes.cloneParked(pid: wanted, park: ends.read)
             guard child == wanted else { throw CryoError("asked for pid \(wanted), got \(child)") }
             return "new task got pid \(wanted) as asked"
         }
-        if child == 0 { child = (try? Processes.cloneParked(pid: 0, parkFD: park[0])) ?? 0 }
+        if child == 0 { child = (try? Processes.cloneParked(pid: 0, park: ends.read)) ?? 0 }
         defer {
             if child > 0 {
                 kill(child, SIGKILL)
@@ -58,9 +57,9 @@ public enum KernelCheck {
             return "read \(copy.count) bytes of the child's memory"
         }
         add("pidfd_open and pidfd_getfd") {
-            let fd = try Pidfd.copy(of: park[0], from: child)
+            let fd = try Pidfd.copy(of: ends.read.rawValue, from: child)
             try? fd.close()
-            return "duplicated descriptor \(park[0]) of pid \(child)"
+            return "duplicated descriptor \(ends.read.rawValue) of pid \(child)"
         }
         add("PAGEMAP_SCAN (Linux 6.7+)") {
             let pagemap: FileDescriptor

@@ -115,15 +115,15 @@ public struct Restorer {
         // the other core while the next process is restored. Without userfaultfd, the parasite reads.
         let eagerThroughUffd = !options.lazyPages && (try? LazyServer.check()) != nil
         session.lazy = options.lazyPages || eagerThroughUffd ? LazyServer(logger: logger, started: started) : nil
-        var park: [Int32] = [-1, -1]
-        defer { if park[0] >= 0 { close(park[0]); close(park[1]) } }
+        // The new pid namespace's init parks in a read() on this pipe until cryo closes its write end.
+        var park: (read: FileDescriptor, write: FileDescriptor?)? = nil
+        defer { try? park?.read.close(); try? park?.write?.close() }
         do {
             var namespaceInit: (tracee: Tracee, parasite: Parasite)? = nil
             if options.newPidNamespace {
                 let made = try FileObjects.pipe(object: "pid namespace init")
-                park = [made.read.rawValue, made.write.rawValue]
-                let initPid = pid_t(try check(cryo_clone3_namespace_init(park[0], image.inventory.rootPid),
-                                              "clone3(CLONE_NEWPID)"))
+                park = (made.read, made.write)
+                let initPid = try Processes.cloneNamespaceInit(park: made.read, rootPid: image.inventory.rootPid)
                 session.created.append(initPid)
                 // It arms PR_SET_PDEATHSIG itself right after clone3; caught before that, it would arm it
                 // again after cryo clears it below and die when cryo exits. Wait until it parks in read().
@@ -190,12 +190,13 @@ public struct Restorer {
                 // pipe (once its own copy of the write end is closed) sends it reaping.
                 try inject(tracee, 157 /* prctl */, 1 /* PR_SET_PDEATHSIG */, 0, what: "prctl(PR_SET_PDEATHSIG)")
                 // It keeps only its end of the pipe: not cryo's stdio nor anything else cryo had open.
-                if park[0] > 0 { try inject(tracee, 436 /* close_range */, 0, UInt64(park[0] - 1), 0, what: "close_range") }
-                try inject(tracee, 436 /* close_range */, UInt64(park[0] + 1), UInt64(UInt32.max), 0, what: "close_range")
+                let kept = UInt64(park!.read.rawValue)
+                if kept > 0 { try inject(tracee, 436 /* close_range */, 0, kept - 1, 0, what: "close_range") }
+                try inject(tracee, 436 /* close_range */, kept + 1, UInt64(UInt32.max), 0, what: "close_range")
                 try parasite.cure()
                 try tracee.detach()
-                close(park[1])
-                park[1] = -1
+                try? park?.write?.close()
+                park?.write = nil
             }
             session.done = true
             statistics.totalSeconds = seconds(since: started)
@@ -229,7 +230,7 @@ public struct Restorer {
             let park = try FileObjects.pipe(object: "pid \(core.pid)")
             defer { try? park.read.close(); try? park.write.close() }
             let child: pid_t
-            do { child = try Processes.cloneParked(pid: core.pid, flags: namespaces.cloneFlags, parkFD: park.read.rawValue) } catch let error as SyscallError where error.errno == .fileExists {
+            do { child = try Processes.cloneParked(pid: core.pid, flags: namespaces.cloneFlags, park: park.read) } catch let error as SyscallError where error.errno == .fileExists {
                 throw pidInUse(core.pid)
             }
             session.created.append(child)
