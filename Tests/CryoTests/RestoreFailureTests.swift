@@ -122,10 +122,9 @@ extension EndToEnd {
             let stopped = waitUntil(timeout: 60) { !restore.isRunning || ProcStatus(pid: restore.pid)?.state == "T" }
             try #require(stopped && restore.isRunning, "cryo did not stop at root-created: \(describeProcess(restore.pid))")
             try #require(pidExists(tree.pids[0]), "the root is not there while cryo is stopped")
-            var park: [Int32] = [-1, -1]
-            try #require(pipe(&park) == 0)
-            defer { close(park[0]); close(park[1]) }
-            let holder = try Processes.cloneParked(pid: taken, parkFD: park[0])
+            let park = try FileObjects.pipe(object: "park")
+            defer { try? park.read.close(); try? park.write.close() }
+            let holder = try Processes.cloneParked(pid: taken, park: park.read)
             var holderGone = false
             defer {
                 if !holderGone {
