@@ -2,6 +2,7 @@ import CCryo
 import CElf
 import CUnwind
 import Foundation
+import CryoSystem
 import Glibc
 
 /// One mapping of an address space being unwound, as the image or
@@ -132,12 +133,14 @@ final class ElfFile {
     init(path: String, device: UInt64?, inode: UInt64?) throws(Problem) {
         self.path = path
         guard elf_version(UInt32(EV_CURRENT)) != UInt32(EV_NONE) else { throw .unreadable(path: path, reason: "libelf version mismatch") }
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .unreadable(path: path, reason: String(cString: strerror(errno))) }
-        var st = Glibc.stat()
-        guard fstat(fd, &st) == 0 else {
-            Glibc.close(fd)
-            throw .unreadable(path: path, reason: String(cString: strerror(errno)))
+        let fd: Int32
+        let st: Glibc.stat
+        do {
+            let file = try Files.open(path, .readOnly)
+            fd = file.rawValue
+            do { st = try Files.stat(file, object: path) } catch { try? file.close(); throw error }
+        } catch {
+            throw .unreadable(path: path, reason: (error as? SyscallError)?.errno.description ?? "\(error)")
         }
         if let device, let inode, UInt64(st.st_dev) != device || UInt64(st.st_ino) != inode {
             Glibc.close(fd)
