@@ -1,6 +1,6 @@
 import CCryo
 import CElf
-import Foundation
+import FoundationEssentials
 
 /// A blob to inject: the loadable bytes of a self-contained static-pie ELF
 /// (one `.blob` section) and the offsets of its entry points (the symbols of

@@ -1,6 +1,6 @@
 import CCryo
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 import Synchronization
 
@@ -32,7 +32,7 @@ public struct ReturnGadgets: Sendable, Equatable {
             let line = String(decoding: bytes, as: UTF8.self)
             let fields = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
             guard fields.count == 6 else { continue }
-            let path = fields[5].trimmingCharacters(in: .whitespaces)
+            let path = fields[5].trimmed()
             guard path.hasPrefix("/") else { continue }
             let range = fields[0].split(separator: "-")
             guard range.count == 2, let start = UInt64(range[0], radix: 16), let end = UInt64(range[1], radix: 16) else { continue }
@@ -135,7 +135,7 @@ struct TaskStatusLines {
             guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { continue }
             let key = String(decoding: line[..<colon], as: UTF8.self)
             if keys.contains(key) {
-                values[key] = String(decoding: line[(colon + 1)...], as: UTF8.self).trimmingCharacters(in: .whitespaces)
+                values[key] = String(decoding: line[(colon + 1)...], as: UTF8.self).trimmed()
             }
         }
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Cryo
-import Foundation
+import CryoSystem
+import FoundationEssentials
 
 struct BacktraceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -36,7 +37,7 @@ struct BacktraceCommand: ParsableCommand {
             if i > 0 { print("") }
             print("pid \(thread.pid) (\(thread.comm)) thread \(thread.tid):")
             for (n, frame) in thread.frames.enumerated() {
-                var line = "#\(n)".padding(toLength: 4, withPad: " ", startingAt: 0) + "0x\(hex(frame.ip, width: 16))  "
+                var line = "#\(n)".padded(to: 4) + "0x\(hex(frame.ip, width: 16))  "
                 line += frame.function.map { name in frame.offset.map { "\(name)+0x\(hex($0))" } ?? name } ?? "??"
                 if let file = frame.file { line += "  (\(file))" }
                 if let note = frame.note { line += "  [\(note)]" }
@@ -45,7 +46,7 @@ struct BacktraceCommand: ParsableCommand {
             if let error = thread.error { print("    (\(error))") }
         }
         if let stopped, let first = threads.first {
-            print("\npid \(first.pid) was stopped for \(String(format: "%.3f", stopped * 1000)) ms")
+            print("\npid \(first.pid) was stopped for \(String(printf: "%.3f", stopped * 1000)) ms")
         }
     }
 }

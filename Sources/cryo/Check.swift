@@ -1,10 +1,7 @@
 import ArgumentParser
 import Cryo
-#if canImport(FoundationEssentials)
+import CryoSystem
 import FoundationEssentials
-#else
-import Foundation
-#endif
 
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "check", abstract: "Check the kernel features cryo relies on.")
@@ -21,7 +18,7 @@ struct CheckCommand: ParsableCommand {
         } else {
             for r in results {
                 let mark = r.ok ? "ok  " : (r.required ? "FAIL" : "no  ")
-                print("\(mark) \(r.name.padding(toLength: 40, withPad: " ", startingAt: 0)) \(r.detail)")
+                print("\(mark) \(r.name.padded(to: 40)) \(r.detail)")
             }
         }
         if results.contains(where: { !$0.ok && $0.required }) { throw ExitCode(1) }

@@ -1,11 +1,7 @@
 import ArgumentParser
 import Cryo
 import CryoSystem
-#if canImport(FoundationEssentials)
 import FoundationEssentials
-#else
-import Foundation
-#endif
 import Glibc
 
 /// CRIU's command line as cryo reads it. A script written for CRIU runs

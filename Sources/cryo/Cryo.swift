@@ -1,9 +1,10 @@
 import ArgumentParser
 import Cryo
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 import Logging
+import SystemPackage
 import CCryo
 
 @main
@@ -35,7 +36,7 @@ struct CryoCommand: ParsableCommand {
     }
 
     static func refuse(_ line: String) -> Never {
-        FileHandle.standardError.write("cryo: \(line)\n".data(using: .utf8)!)
+        printError("cryo: \(line)\n")
         Glibc.exit(1)
     }
 }
@@ -49,14 +50,12 @@ struct CommonOptions: ParsableArguments {
 
     /// `relativeTo`: where a relative --log-file goes (CRIU's work dir), if anywhere but the current folder.
     func logger(relativeTo folder: String? = nil) -> Logger {
-        var file: FileHandle? = nil
-        if var path = logFile {
+        // Created 0600 when missing; messages are appended.
+        let file = logFile.flatMap { logFile -> FileDescriptor? in
+            var path = logFile
             if let folder, !path.hasPrefix("/") { path = "\(folder)/\(path)" }
-            if !FileManager.default.fileExists(atPath: path) {
-                FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600])
-            }
-            file = FileHandle(forWritingAtPath: path)
-            file?.seekToEndOfFile()
+            return try? FileDescriptor.open(path, .writeOnly, options: [.create, .append, .closeOnExec],
+                                            permissions: [.ownerReadWrite])
         }
         var logger = Logger(label: "cryo") { label in
             if let file { return FileLogHandler(file: file) }
@@ -69,7 +68,7 @@ struct CommonOptions: ParsableArguments {
 
 /// One line per message, with a timestamp, appended to --log-file.
 struct FileLogHandler: LogHandler {
-    let file: FileHandle
+    let file: FileDescriptor
     var logLevel: Logger.Level = .info
     var metadata: Logger.Metadata = [:]
     subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -78,15 +77,20 @@ struct FileLogHandler: LogHandler {
     }
     func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
              file sourceFile: String, function: String, line: UInt) {
-        let stamp = ISO8601DateFormatter().string(from: Date())
-        self.file.write("\(stamp) \(level) \(message)\n".data(using: .utf8)!)
+        let stamp = Date().formatted(.iso8601)
+        _ = try? self.file.writeAll("\(stamp) \(level) \(message)\n".utf8)
     }
+}
+
+/// Writes a message to stderr as it is, unbuffered.
+func printError(_ message: String) {
+    _ = try? FileDescriptor.standardError.writeAll(message.utf8)
 }
 
 /// Prints one line for a failure and exits non-zero; never a stack trace.
 func failing<T>(_ body: () throws -> T) throws -> T {
     do { return try body() } catch let error as ExitCode { throw error } catch let error as CleanExit { throw error } catch {
-        FileHandle.standardError.write("cryo: \(Caller.current.explain(error))\n".data(using: .utf8)!)
+        printError("cryo: \(Caller.current.explain(error))\n")
         throw ExitCode(1)
     }
 }
@@ -138,7 +142,7 @@ struct DumpCommand: ParsableCommand {
                        logger: common.logger(relativeTo: criu.workDirectory ?? directory)).run()
         }
         if common.verbose > 0 {
-            print(String(format: "dumped pid %d: frozen %.3f s, memory %.3f s, %llu pages written of %llu scanned",
+            print(String(printf: "dumped pid %d: frozen %.3f s, memory %.3f s, %llu pages written of %llu scanned",
                          pid, statistics.frozenSeconds, statistics.memoryDumpSeconds, statistics.pagesWritten, statistics.pagesScanned))
         }
         if criu.displayStatistics { StatisticsDisplay.dump(statistics) }
@@ -230,7 +234,7 @@ struct RestoreCommand: ParsableCommand {
             }
         }
         if let lazy = tree.lazy, let error = lazy.waitUntilLoaded() {
-            FileHandle.standardError.write("cryo: \(error)\n".data(using: .utf8)!)
+            printError("cryo: \(error)\n")
             throw ExitCode(1)
         }
         throw ExitCode(exit)
@@ -278,7 +282,7 @@ struct RestoreCommand: ParsableCommand {
             if !rootReaped { var status: Int32 = 0; rootReaped = waitpid(tree.childPid, &status, WNOHANG) == tree.childPid }
         }
         if let error = lazy.failed {
-            FileHandle.standardError.write("cryo: \(error)\n".data(using: .utf8)!)
+            printError("cryo: \(error)\n")
             Glibc.exit(1)
         }
         Glibc.exit(0)
@@ -314,7 +318,7 @@ struct PreDumpCommand: ParsableCommand {
                           logger: common.logger(relativeTo: criu.workDirectory ?? directory)).run()
         }
         if common.verbose > 0 {
-            print(String(format: "pre-dumped pid %d: frozen %.3f s, copied %.3f s, %llu pages of %llu scanned",
+            print(String(printf: "pre-dumped pid %d: frozen %.3f s, copied %.3f s, %llu pages of %llu scanned",
                          pid, statistics.frozenSeconds, statistics.memoryDumpSeconds, statistics.pagesWritten, statistics.pagesScanned))
         }
         if criu.displayStatistics { StatisticsDisplay.dump(statistics, verb: "pre-dump") }

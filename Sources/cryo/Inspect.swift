@@ -1,6 +1,7 @@
 import ArgumentParser
 import Cryo
-import Foundation
+import CryoSystem
+import FoundationEssentials
 
 struct InspectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -15,12 +16,12 @@ struct InspectCommand: ParsableCommand {
             print(try encodeJSON(report))
             return
         }
-        print("pid \(report.pid) (\(report.comm)): stopped for \(String(format: "%.3f", report.stoppedSeconds * 1000)) ms")
+        print("pid \(report.pid) (\(report.comm)): stopped for \(String(printf: "%.3f", report.stoppedSeconds * 1000)) ms")
         print("  umask \(String(report.umask, radix: 8))  brk 0x\(hex(report.brk))  dumpable \(report.dumpable)"
             + "  securebits 0x\(hex(UInt64(report.securebits)))  seccomp \(report.seccompMode)")
         for a in report.actions where a.handler != 0 || a.flags & ~0x0400_0000 != 0 || a.mask != 0 {
             let handler = a.handler == 1 ? "ignored" : a.handler == 0 ? "default" : "handler 0x\(hex(a.handler))"
-            print("  \(signalName(a.signal).padding(toLength: 10, withPad: " ", startingAt: 0)) \(handler)  flags 0x\(hex(a.flags))  mask 0x\(hex(a.mask))")
+            print("  \(signalName(a.signal).padded(to: 10)) \(handler)  flags 0x\(hex(a.flags))  mask 0x\(hex(a.mask))")
         }
         for t in report.timers where t.intervalMicroseconds != 0 || t.valueMicroseconds != 0 {
             print("  itimer \(["REAL", "VIRTUAL", "PROF"][Int(t.which)]) interval \(t.intervalMicroseconds) µs, next in \(t.valueMicroseconds) µs")

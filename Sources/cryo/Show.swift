@@ -1,6 +1,7 @@
 import ArgumentParser
 import Cryo
-import Foundation
+import CryoSystem
+import FoundationEssentials
 
 struct ShowCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "show", abstract: "Show what an image holds.")
@@ -48,7 +49,7 @@ struct ShowCommand: ParsableCommand {
 
     func hexdump(_ image: Image, _ spec: String) throws {
         let parts = spec.split(separator: ":")
-        guard let start = UInt64(parts[0].replacingOccurrences(of: "0x", with: ""), radix: 16),
+        guard let start = UInt64(parts[0].replacing("0x", with: ""), radix: 16),
               let length = parts.count > 1 ? Int(parts[1]) : 256, length > 0, length <= 1 << 24 else {
             throw CryoError("--pages takes ADDR or ADDR:LEN (hex address, length in bytes up to 16 MiB), not \(spec)")
         }
@@ -57,9 +58,9 @@ struct ShowCommand: ParsableCommand {
         let memory = try image.bytes(of: task, at: start, count: length)
         for row in stride(from: 0, to: memory.count, by: 16) {
             let line = memory[row..<min(row + 16, memory.count)]
-            let hexPart = line.map { String(format: "%02x", $0) }.joined(separator: " ")
+            let hexPart = line.map { String(printf: "%02x", $0) }.joined(separator: " ")
             let text = String(line.map { $0 >= 0x20 && $0 < 0x7f ? Character(UnicodeScalar($0)) : "." })
-            print("\(hex(start + UInt64(row), width: 12))  \(hexPart.padding(toLength: 47, withPad: " ", startingAt: 0))  \(text)")
+            print("\(hex(start + UInt64(row), width: 12))  \(hexPart.padded(to: 47))  \(text)")
         }
     }
 
@@ -73,7 +74,7 @@ struct ShowCommand: ParsableCommand {
         for thread in task.threads {
             print("  thread \(thread.tid) registers:")
             let pairs = zip(ThreadRecord.registerNames, thread.general).map {
-                "\($0.0.padding(toLength: 8, withPad: " ", startingAt: 0))0x\(hex($0.1, width: 16))"
+                "\($0.0.padded(to: 8))0x\(hex($0.1, width: 16))"
             }
             for row in stride(from: 0, to: pairs.count, by: 4) { print("    " + pairs[row..<min(row + 4, pairs.count)].joined(separator: "  ")) }
             print("    xstate \(thread.extendedState.count) bytes, blocked signals 0x\(hex(thread.blockedSignals))"
@@ -83,9 +84,9 @@ struct ShowCommand: ParsableCommand {
 
         let saved = task.pageIndex.runs.reduce(UInt64(0)) { $0 + $1.length }
         let compressed = task.pageIndex.compression.map {
-            String(format: ", %@ %.1f MiB in %d frames", $0.method, Double(task.pageIndex.pagesFileSize) / 1048576, $0.frames.count)
+            ", \($0.method) " + String(printf: "%.1f", Double(task.pageIndex.pagesFileSize) / 1048576) + " MiB in \($0.frames.count) frames"
         } ?? ""
-        print("  mappings (\(task.memory.mappings.count), \(saved / 4096) pages saved, \(String(format: "%.1f", Double(saved) / 1048576)) MiB\(compressed)):")
+        print("  mappings (\(task.memory.mappings.count), \(saved / 4096) pages saved, \(String(printf: "%.1f", Double(saved) / 1048576)) MiB\(compressed)):")
         // Runs and mappings are both in address order: one walk over the two.
         var runCursor = 0
         for m in task.memory.mappings {
@@ -95,7 +96,7 @@ struct ShowCommand: ParsableCommand {
             while runCursor < runs.count && runs[runCursor].address < m.end { pages += runs[runCursor].length / 4096; runCursor += 1 }
             let prot = (m.protection.contains("r") ? "r" : "-") + (m.protection.contains("w") ? "w" : "-")
                 + (m.protection.contains("x") ? "x" : "-") + (m.shared ? "s" : "p")
-            var line = "    \(hex(m.start, width: 12))-\(hex(m.end, width: 12)) \(prot) \(m.kind.rawValue.padding(toLength: 15, withPad: " ", startingAt: 0))"
+            var line = "    \(hex(m.start, width: 12))-\(hex(m.end, width: 12)) \(prot) \(m.kind.rawValue.padded(to: 15))"
             if let path = m.path { line += " \(path) @0x\(hex(m.fileOffset))" }
             if let id = m.shmem { line += " object #\(id) @0x\(hex(m.fileOffset))" }
             if pages > 0 { line += "  [\(pages) pages saved]" }
@@ -112,7 +113,7 @@ struct ShowCommand: ParsableCommand {
         print("  signals:")
         for a in s.actions {
             let handler = a.handler == 0 ? "default" : a.handler == 1 ? "ignored" : "handler 0x\(hex(a.handler))"
-            print("    \(signalName(a.signal).padding(toLength: 10, withPad: " ", startingAt: 0)) \(handler)  flags 0x\(hex(a.flags))  mask 0x\(hex(a.mask))")
+            print("    \(signalName(a.signal).padded(to: 10)) \(handler)  flags 0x\(hex(a.flags))  mask 0x\(hex(a.mask))")
         }
         for t in s.timers where t.intervalMicroseconds != 0 || t.valueMicroseconds != 0 {
             print("    itimer \(["REAL", "VIRTUAL", "PROF"][Int(t.which)]) interval \(t.intervalMicroseconds) µs, next in \(t.valueMicroseconds) µs")

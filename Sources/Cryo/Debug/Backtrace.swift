@@ -2,7 +2,7 @@ import CCryo
 import CUnwind
 import CryoInjector
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// The call stack of one thread, innermost frame first, found by libunwind's

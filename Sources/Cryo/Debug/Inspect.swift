@@ -1,7 +1,7 @@
 import CCryo
 import CryoInjector
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// What only a task itself can tell, read live by the parasite; the process

@@ -1,8 +1,8 @@
 import CCryo
 import CElf
 import CUnwind
-import Foundation
 import CryoSystem
+import FoundationEssentials
 import Glibc
 
 /// One mapping of an address space being unwound, as the image or
@@ -251,7 +251,7 @@ final class ElfFile {
     /// /usr/lib/debug/.build-id/xx/yyyy.debug for this file's GNU build id, when installed.
     private func separateDebugFile() -> ElfFile? {
         guard let id = buildID(), id.count >= 2 else { return nil }
-        let digits = id.map { String(format: "%02x", $0) }
+        let digits = id.map { String(printf: "%02x", $0) }
         let path = "/usr/lib/debug/.build-id/\(digits[0])/\(digits.dropFirst().joined()).debug"
         guard let debug = try? ElfFile(path: path, device: nil, inode: nil), debug.buildID() == id else { return nil }
         return debug

@@ -1,6 +1,6 @@
 import CCryo
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 import SystemPackage
 
@@ -102,7 +102,7 @@ public struct RecordReader {
 
     public init(path: String) throws {
         self.path = path
-        let name = (path as NSString).lastPathComponent
+        let name = fileName(of: path)
         let bytes: [UInt8]
         do { bytes = try Files.read(path) } catch let error as SyscallError {
             throw ImageError(file: name, "cannot be read: \(error.errno.name) (\(error.errno.description))")
@@ -147,14 +147,14 @@ public struct RecordReader {
     public func payload(_ kind: RecordKind) throws -> [UInt8] {
         let matches = records.filter { $0.kind == kind }
         guard matches.count == 1 else {
-            throw ImageError(file: (path as NSString).lastPathComponent, record: "\(kind)", "expected one such record, found \(matches.count)")
+            throw ImageError(file: fileName(of: path), record: "\(kind)", "expected one such record, found \(matches.count)")
         }
         return matches[0].payload
     }
 
     /// The single record of `kind`, decoded.
     public func one<T: Decodable>(_ kind: RecordKind, as type: T.Type) throws -> T {
-        let name = (path as NSString).lastPathComponent
+        let name = fileName(of: path)
         let payload = try payload(kind)
         do { return try JSONDecoder().decode(T.self, from: Data(payload)) } catch {
             throw ImageError(file: name, record: "\(kind)", "malformed: \(decodingProblem(error))")

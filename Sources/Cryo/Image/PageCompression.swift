@@ -1,6 +1,6 @@
 import CZstd
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// zstd frames of a compressed pages file (`dump --compress`).

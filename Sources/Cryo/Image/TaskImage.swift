@@ -1,5 +1,6 @@
 import CryoSystem
-import Foundation
+import Dispatch
+import FoundationEssentials
 import Glibc
 
 /// Everything one process's image holds: task-PID.img plus pages-PID.img.
@@ -35,7 +36,7 @@ public struct TaskImage: Codable, Sendable {
     /// Reads and checks one task's records and its pages file's size.
     static func load(_ paths: ImagePaths, pid: Int32, table: FileTable) throws -> TaskImage {
         let path = paths.task(pid)
-        let name = (path as NSString).lastPathComponent
+        let name = fileName(of: path)
         let reader = try RecordReader(path: path)
         let image = TaskImage(core: try reader.one(.task, as: TaskCore.self),
                               threads: try reader.one(.threads, as: [ThreadRecord].self),
@@ -53,7 +54,7 @@ public struct TaskImage: Codable, Sendable {
         try image.signals.validate(file: name)
         try image.descriptors.validate(file: name, table: table)
         let sizes = try image.pageIndex.fileSizes.indices.map { part -> (name: String, size: UInt64) in
-            let pagesName = (paths.pages(pid, part: part) as NSString).lastPathComponent
+            let pagesName = fileName(of: paths.pages(pid, part: part))
             var st = Glibc.stat()
             guard fstatat(AT_FDCWD, paths.pages(pid, part: part), &st, 0) == 0 else { throw ImageError(file: pagesName, "is missing") }
             return (pagesName, UInt64(st.st_size))
@@ -105,7 +106,7 @@ public struct Image: Sendable {
         tasks = try loaded.map { try $0!.get() }
         for task in tasks {
             for m in task.memory.mappings where (m.kind == .sharedAnonymous) != (m.shmem.map { sharedMemory.objects.indices.contains($0) } ?? false) {
-                throw ImageError(file: (paths.task(task.core.pid) as NSString).lastPathComponent, record: "memory",
+                throw ImageError(file: fileName(of: paths.task(task.core.pid)), record: "memory",
                                  "mapping 0x\(hex(m.start)): shared anonymous memory without its object in shmem.img, or the reverse")
             }
         }

@@ -1,6 +1,6 @@
 import CryoInjector
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import SystemPackage
 
 /// One kind of open file description: the state it keeps in files.img and

@@ -1,6 +1,6 @@
 import CCryo
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 import SystemPackage
 

@@ -1,6 +1,6 @@
 import CCryo
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 import SystemPackage
 
@@ -48,7 +48,7 @@ public struct MemfdState: DescriptorKind {
         defer { try? memfd.close() }
         let data = try Files.read(paths.fileData(id))
         guard data.count == size else {
-            throw ImageError(file: (paths.fileData(id) as NSString).lastPathComponent, "holds \(data.count) bytes, the memfd had \(size)")
+            throw ImageError(file: fileName(of: paths.fileData(id)), "holds \(data.count) bytes, the memfd had \(size)")
         }
         try data.withUnsafeBytes { try Files.write(memfd, $0, at: 0, path: "memfd \(name)") }
         try FileObjects.setMode(memfd, mode, object: object)

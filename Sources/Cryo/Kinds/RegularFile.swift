@@ -1,6 +1,6 @@
 import CCryo
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 import SystemPackage
 
@@ -56,15 +56,15 @@ extension RegularFileState {
             return try reopen(path: path, flags: flags, position: position, object: object)
         }
         // Recreate it unlinked in its old folder (or the image's), then open it with the old flags.
-        let folder = (path as NSString).deletingLastPathComponent
+        let oldFolder = folder(of: path)
         let scratch: FileDescriptor
-        do { scratch = try Descriptors.openTemporaryFile(in: Files.exists(folder) ? folder : paths.directory, flags: O_RDWR, mode: mode) } catch {
+        do { scratch = try Descriptors.openTemporaryFile(in: Files.exists(oldFolder) ? oldFolder : paths.directory, flags: O_RDWR, mode: mode) } catch {
             scratch = try Descriptors.openTemporaryFile(in: paths.directory, flags: O_RDWR, mode: mode, object: "\(object) for \(path)")
         }
         defer { try? scratch.close() }
         let data = try Files.read(paths.fileData(id))
         guard data.count == size else {
-            throw ImageError(file: (paths.fileData(id) as NSString).lastPathComponent, "holds \(data.count) bytes, the file had \(size)")
+            throw ImageError(file: fileName(of: paths.fileData(id)), "holds \(data.count) bytes, the file had \(size)")
         }
         try data.withUnsafeBytes { (raw) throws in try Files.write(scratch, raw, at: 0, path: path) }
         try FileObjects.setMode(scratch, mode, object: "\(object) for \(path)")

@@ -1,6 +1,6 @@
 import CCryo
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 import SystemPackage
 
@@ -211,7 +211,7 @@ extension UnixSocketState {
     static func display(_ name: Data?) -> String {
         guard let name, !name.isEmpty else { return "unnamed" }
         if name.first != 0 { return String(decoding: name, as: UTF8.self) }
-        return "@" + name.dropFirst().map { $0 >= 0x20 && $0 < 0x7f ? String(UnicodeScalar($0)) : String(format: "\\x%02x", $0) }.joined()
+        return "@" + name.dropFirst().map { $0 >= 0x20 && $0 < 0x7f ? String(UnicodeScalar($0)) : String(printf: "\\x%02x", $0) }.joined()
     }
 
     public var summary: String {

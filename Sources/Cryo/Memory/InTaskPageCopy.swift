@@ -1,7 +1,8 @@
 import CCryo
 import CryoInjector
 import CryoSystem
-import Foundation
+import Dispatch
+import FoundationEssentials
 import Glibc
 import SystemPackage
 
@@ -127,7 +128,7 @@ struct InTaskPageCopy {
             let result = reply.payload.withUnsafeBytes { $0.loadUnaligned(as: cryo_write_pages.self) }
             guard result.written == total, result.part_written == partTotal else {
                 throw CryoError("pid \(pid): \(path): the task wrote \(result.written) of \(total) bytes of its pages"
-                    + (part.map { " and \(result.part_written) of \(partTotal) into \(($0.path as NSString).lastPathComponent)" } ?? ""))
+                    + (part.map { " and \(result.part_written) of \(partTotal) into \(fileName(of: $0.path))" } ?? ""))
             }
             if part != nil && result.threaded == 0 { log(pid, "WRITE_PAGES", "the task wrote its pages without a second thread") }
             return true
@@ -187,12 +188,12 @@ struct InTaskPageCopy {
 /// and waits, `finish` waits and rethrows what it failed with.
 private final class CopyThread: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
-    private let lock = NSLock()
+    private let lock = Lock()
     private var stopRequested = false
     private var failure: Error?
 
     init(_ body: @escaping @Sendable (_ stopped: () -> Bool) throws -> Void) {
-        Thread.detachNewThread { [self] in
+        startThread { [self] in
             do { try body { lock.withLock { stopRequested } } } catch { lock.withLock { failure = error } }
             done.signal()
         }

@@ -1,6 +1,7 @@
 import CCryo
 import CryoSystem
-import Foundation
+import Dispatch
+import FoundationEssentials
 import Glibc
 import Logging
 import SystemPackage
@@ -134,12 +135,12 @@ public final class LazyServer: @unchecked Sendable {
     static let faultChunk: UInt64 = 64 << 10
     static let pushChunk: UInt64 = 256 << 10
 
-    private let lock = NSLock()
+    private let lock = Lock()
     private var incoming: [LazyProcess] = []
     private var addingDone = false
     private var stopRequested = false
     private let wakeup: Int32
-    private var thread: Thread?
+    private var serving = false
     private let finished = DispatchSemaphore(value: 0)
     private var failure: Error?
     private let logger: Logger
@@ -176,15 +177,13 @@ public final class LazyServer: @unchecked Sendable {
         }
         var one: UInt64 = 1
         _ = Glibc.write(wakeup, &one, 8)
-        if thread == nil {
-            let thread = Thread { [self] in serve() }
-            thread.name = "cryo-lazy-pages"
-            self.thread = thread
-            thread.start()
+        if !serving {
+            serving = true
+            startThread(name: "cryo-lazy-pages") { [self] in serve() }
         }
     }
 
-    var hasWork: Bool { thread != nil }
+    var hasWork: Bool { serving }
 
     /// No more processes will come: the server ends once everything is in, and then
     /// adds its figures to `statistics` and writes them to `path`.
@@ -204,19 +203,19 @@ public final class LazyServer: @unchecked Sendable {
         lock.withLock { stopRequested = true; addingDone = true }
         var one: UInt64 = 1
         _ = Glibc.write(wakeup, &one, 8)
-        if thread != nil { finished.wait(); finished.signal() }
+        if serving { finished.wait(); finished.signal() }
     }
 
     /// Waits until every page is in (or loading failed); the error says why loading failed.
     public func waitUntilLoaded() -> Error? {
         finishAdding()
-        if thread != nil { finished.wait(); finished.signal() }
+        if serving { finished.wait(); finished.signal() }
         return lock.withLock { failure }
     }
 
     /// Has loading ended, waiting at most `seconds` for it?
     public func waitLoaded(for seconds: Double) -> Bool {
-        if thread == nil { return true }
+        if !serving { return true }
         if finished.wait(timeout: .now() + seconds) == .success { finished.signal(); return true }
         return false
     }
@@ -382,7 +381,7 @@ public final class LazyServer: @unchecked Sendable {
         var i = 0
         while i < pids.count {
             let children = (try? Files.readString("/proc/\(pids[i])/task/\(pids[i])/children")) ?? ""
-            pids += children.split(separator: " ").compactMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            pids += children.split(separator: " ").compactMap { pid_t($0.trimmed()) }
             i += 1
         }
         for pid in pids { kill(pid, SIGKILL) }

@@ -1,7 +1,8 @@
 import CCryo
 import CryoInjector
 import CryoSystem
-import Foundation
+import Dispatch
+import FoundationEssentials
 import Glibc
 import SystemPackage
 
@@ -167,7 +168,7 @@ private func parseHex<C: Collection>(_ digits: C) -> UInt64? where C.Element == 
 /// each mapping of the layout.
 final class MappingsPrefetch: @unchecked Sendable {
     private let queue = DispatchQueue(label: "cryo-smaps")
-    private let lock = NSLock()
+    private let lock = Lock()
     private var results: [pid_t: Result<[ProcMapping], Error>] = [:]
     private var ready: [pid_t: DispatchSemaphore] = [:]
 
@@ -239,7 +240,7 @@ extension MemoryRecord {
                 throw refuse("an unknown kind of mapping")
             }
             let (major, minor) = parseDevice(m.device)
-            var mapping = Mapping(start: m.start, end: m.end, protection: String(m.permissions.prefix(3)).replacingOccurrences(of: "-", with: ""),
+            var mapping = Mapping(start: m.start, end: m.end, protection: String(m.permissions.prefix(3)).replacing("-", with: ""),
                                   shared: shared, kind: kind, path: path, fileOffset: m.offset,
                                   device: kind == .file ? FileObjects.deviceNumber(major: major, minor: minor) : nil,
                                   inode: kind == .file || kind == .sysvShm ? m.inode : nil,
@@ -483,7 +484,7 @@ final class PageWriter: @unchecked Sendable {
     private let path: String
     private let queue = DispatchQueue(label: "cryo.page-writer")
     private let free = DispatchSemaphore(value: 3)
-    private let lock = NSLock()
+    private let lock = Lock()
     private var idle: [UnsafeMutableRawBufferPointer] = []
     private var all: [UnsafeMutableRawBufferPointer] = []
     private var failure: Error?
@@ -620,7 +621,7 @@ final class PageReader {
         if let decompressor { PageCompression.freeDecompressor(decompressor) }
     }
 
-    private var name: String { (path as NSString).lastPathComponent }
+    private var name: String { fileName(of: path) }
 
     /// The saved run holding `address`, if any.
     func run(containing address: UInt64) -> PageRun? {
@@ -681,7 +682,7 @@ final class PageReader {
                 let view = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + Int(piece.length))])
                 let n = try fd.read(fromAbsoluteOffset: Int64(piece.offset), into: view)
                 if n != view.count {
-                    throw CryoError("\((ImagePaths.part(piece.part, of: path) as NSString).lastPathComponent): short read at offset \(piece.offset) (truncated)")
+                    throw CryoError("\(fileName(of: ImagePaths.part(piece.part, of: path))): short read at offset \(piece.offset) (truncated)")
                 }
                 done += view.count
             }
@@ -941,7 +942,7 @@ func shareWork(count: Int, share: Bool = true, _ body: (Int) throws -> Void) thr
         // after that, so `body` does not outlive this call (which the runtime checks).
         let box = BodyBox(body)
         let helperDone = DispatchSemaphore(value: 0)
-        Thread.detachNewThread {
+        startThread {
             if let body = box.body { queue.run(body) }
             helperDone.signal()
         }
@@ -958,7 +959,7 @@ private final class BodyBox: @unchecked Sendable {
 }
 
 private final class SharedWork: @unchecked Sendable {
-    private let lock = NSLock()
+    private let lock = Lock()
     private var next = 0
     private let count: Int
     private(set) var failure: Error?

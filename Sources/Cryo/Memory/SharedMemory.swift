@@ -1,6 +1,6 @@
 import CCryo
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 import SystemPackage
 
@@ -60,7 +60,7 @@ public struct SharedMemoryTable: Codable, Sendable {
                 for run in object.runs {
                     // In the kernel (sendfile), without a copy through cryo.
                     try SharedMemory.copy(from: data, at: run[2], to: fd, at: run[0], length: run[1],
-                                          object: "shared memory #\(object.id) from \((path as NSString).lastPathComponent)")
+                                          object: "shared memory #\(object.id) from \(fileName(of: path))")
                 }
             }
         } catch {

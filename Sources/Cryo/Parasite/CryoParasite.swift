@@ -1,6 +1,6 @@
 import CCryo
 import CryoInjector
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// cryo's own parasite (built from Parasite/ and embedded in this module) and

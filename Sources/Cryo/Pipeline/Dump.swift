@@ -1,7 +1,8 @@
 import CCryo
 import CryoInjector
 import CryoSystem
-import Foundation
+import Dispatch
+import FoundationEssentials
 import Glibc
 import Logging
 import SystemPackage
@@ -293,7 +294,7 @@ public struct Dumper {
 /// next process is dumped; the first failure is kept and later work skipped.
 final class BackgroundWriter: @unchecked Sendable {
     private let queue = DispatchQueue(label: "cryo.task-writer")
-    private let lock = NSLock()
+    private let lock = Lock()
     private var failure: Error?
 
     func submit(_ work: @escaping @Sendable () throws -> Void) {

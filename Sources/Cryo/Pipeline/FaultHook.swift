@@ -1,5 +1,5 @@
 import CryoInjector
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// Restore's test hooks, hidden from users. `CRYO_KILL_AT=<phase>` (read by

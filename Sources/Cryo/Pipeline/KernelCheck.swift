@@ -1,7 +1,7 @@
 import CCryo
 import CryoInjector
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 import SystemPackage
 
@@ -45,7 +45,7 @@ public enum KernelCheck {
             let start = ContinuousClock.now
             let tracee = try Tracee.seize(child)
             try tracee.detach()
-            return String(format: "seize + interrupt + wait + detach took %.0f µs", seconds(since: start) * 1e6)
+            return String(printf: "seize + interrupt + wait + detach took %.0f µs", seconds(since: start) * 1e6)
         }
         add("process_vm_readv") {
             // A literal in read-only data sits at the same address in the child.
@@ -120,7 +120,7 @@ public enum KernelCheck {
 
     /// A pid nobody uses, for the set_tid probe.
     static func freePid() throws -> pid_t {
-        let max = Int32((try? Files.readString("/proc/sys/kernel/pid_max").trimmingCharacters(in: .whitespacesAndNewlines)).flatMap { Int32($0) } ?? 32768)
+        let max = Int32((try? Files.readString("/proc/sys/kernel/pid_max").trimmed()).flatMap { Int32($0) } ?? 32768)
         for candidate in stride(from: max - 1, to: max / 2, by: -1) where !Files.exists("/proc/\(candidate)") {
             return candidate
         }

@@ -1,7 +1,7 @@
 import CCryo
 import CryoInjector
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 import Logging
 import SystemPackage
@@ -367,7 +367,7 @@ public struct Restorer {
         func known() -> Set<pid_t> {
             let list = isThread ? ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(host)/task")) ?? []).joined(separator: " ")
                 : (try? Files.readString("/proc/\(host)/task/\(host)/children")) ?? ""
-            return Set(list.split(separator: " ").compactMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
+            return Set(list.split(separator: " ").compactMap { pid_t($0.trimmed()) })
         }
         let before = known()
         var args = [UInt64](repeating: 0, count: 11) // struct clone_args, then set_tid[1]

@@ -1,7 +1,7 @@
 import CCryo
 import CryoInjector
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// POSIX timers (timer_create): ids, clocks and notification from
@@ -24,7 +24,7 @@ public struct PosixTimer: Codable, Sendable {
         let text = (try? Files.readString("/proc/\(pid)/timers")) ?? ""
         var timers: [cryo_posix_timer] = []
         for line in text.split(separator: "\n") {
-            let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmed() }
             guard parts.count == 2 else { continue }
             if parts[0] == "ID" {
                 var t = cryo_posix_timer()

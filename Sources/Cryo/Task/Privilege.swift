@@ -1,6 +1,6 @@
 import CCryo
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// Who runs cryo. A cryo run by an ordinary user (typically a binary with

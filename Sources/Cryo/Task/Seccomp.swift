@@ -1,6 +1,6 @@
 import CCryo
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// seccomp filters (BPF programs, oldest first) and no_new_privs. Read with

@@ -1,7 +1,7 @@
 import CCryo
 import CryoInjector
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// Identity and process-wide attributes: ids, name, credentials, limits, the
@@ -59,7 +59,7 @@ extension TaskCore {
             (0..<Int(resourceCount)).map { [raw.load(fromByteOffset: $0 * 16, as: UInt64.self), raw.load(fromByteOffset: $0 * 16 + 8, as: UInt64.self)] }
         }
         let personality = UInt64(try Files.readString("/proc/\(pid)/personality")
-            .trimmingCharacters(in: .whitespacesAndNewlines), radix: 16) ?? 0
+            .trimmed(), radix: 16) ?? 0
         return TaskCore(
             pid: pid, ppid: stat.ppid, pgid: stat.pgid, sid: stat.sid, comm: stat.comm, personality: personality,
             exe: try Files.readLink("/proc/\(pid)/exe"), cwd: try Files.readLink("/proc/\(pid)/cwd"),
@@ -121,7 +121,7 @@ extension TaskCore {
 }
 
 var lastCapability: Int {
-    Int((try? Files.readString("/proc/sys/kernel/cap_last_cap").trimmingCharacters(in: .whitespacesAndNewlines)).flatMap { Int($0) } ?? 40)
+    Int((try? Files.readString("/proc/sys/kernel/cap_last_cap").trimmed()).flatMap { Int($0) } ?? 40)
 }
 
 /// /proc/PID/stat, split after the parenthesised name (which may hold spaces).
@@ -137,7 +137,7 @@ struct ProcStat {
         fields = text[text.index(close, offsetBy: 2)...].split(separator: " ").map(String.init)
     }
     /// Field number n as man proc(5) counts them (1-based).
-    func field(_ n: Int) -> UInt64 { n - 3 < fields.count ? UInt64(fields[n - 3].trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 : 0 }
+    func field(_ n: Int) -> UInt64 { n - 3 < fields.count ? UInt64(fields[n - 3].trimmed()) ?? 0 : 0 }
     var state: Character { fields.first?.first ?? "?" }
     var ppid: Int32 { Int32(field(4)) }
     var pgid: Int32 { Int32(field(5)) }
@@ -155,7 +155,7 @@ struct ProcStatus {
         let path = process.map { "/proc/\($0)/task/\(pid)/status" } ?? "/proc/\(pid)/status"
         for line in try Files.readString(path).split(separator: "\n") {
             guard let colon = line.firstIndex(of: ":") else { continue }
-            values[String(line[..<colon])] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            values[String(line[..<colon])] = line[line.index(after: colon)...].trimmed()
         }
         self.values = values
     }

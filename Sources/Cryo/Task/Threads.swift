@@ -1,7 +1,7 @@
 import CCryo
 import CryoInjector
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// One thread: general registers (with fs/gs bases), the XSAVE area, the

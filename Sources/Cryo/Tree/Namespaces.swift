@@ -1,10 +1,6 @@
 import CCryo
 import CryoSystem
-#if canImport(FoundationEssentials)
 import FoundationEssentials
-#else
-import Foundation
-#endif
 import Glibc
 import SystemPackage
 

@@ -1,7 +1,7 @@
 import CCryo
 import CryoInjector
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// One process of a frozen tree: every thread seized and stopped, the leader first.
@@ -118,7 +118,7 @@ final class FrozenTree {
             do { text = try Files.readString("/proc/\(process.pid)/task/\(t.pid)/children") } catch {
                 throw CryoError("pid \(process.pid) (\(process.comm)) thread \(t.pid): cannot list its children: \(error)")
             }
-            result += text.split(separator: " ").compactMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            result += text.split(separator: " ").compactMap { pid_t($0.trimmed()) }
         }
         return result
     }

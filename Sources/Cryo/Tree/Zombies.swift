@@ -1,7 +1,7 @@
 import CCryo
 import CryoInjector
 import CryoSystem
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// How a zombie ended, from its wait status (/proc/PID/stat field 52), and
@@ -42,7 +42,7 @@ struct ZombieDeath {
     /// A core file is written relative to the stand-in's cwd, which must be where cryo can remove it again.
     static func checkCoreDump(pid: Int32, signal: Int32) throws {
         let pattern = (try? Files.readString("/proc/sys/kernel/core_pattern"))?
-            .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+            .trimmed() ?? ""
         if pattern.hasPrefix("|") || pattern.contains("/") || pattern.isEmpty {
             throw CryoError("zombie pid \(pid) was killed by signal \(signal) with a core dump; this machine's core_pattern "
                 + "'\(pattern)' puts cores where cryo cannot make and remove one, so its wait status would come back without "
