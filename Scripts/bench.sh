@@ -18,7 +18,7 @@
 # ratios.  A minimal process (Tests/Fixtures/counter) is timed the same way,
 # and so is a tree of 127 processes (Tests/Fixtures/tree, TREE_PROCS to change
 # the count): its dump and restore seconds are shown next to CRIU 4.2's on
-# this machine (1.46 s and 1.05 s, from ../shared/FIELD-NOTES.md).
+# this machine (0.560 s and 0.260 s, from ../shared/FIELD-NOTES.md).
 #
 # Compression (section "compress"): bigmem of $COMPRESS_MIB MiB (default 512)
 # filled with compressible ("text") and incompressible ("random") words is
@@ -39,6 +39,17 @@
 # when the restored process first answers (SIGUSR2 -> "PONG"), when cryo
 # returns, and when all its memory is in (the background loader has exited).
 #
+# Memory shapes (section "shapes"): Tests/Fixtures/shapes and the tree and
+# threads fixtures laid out as real programs are: 2 GiB with every 4th page
+# untouched ($HOLES_MIB), 512 MiB with a random half touched, 10,000 small
+# mappings of mixed protections, 10,000 descriptors, 127 processes, 64
+# threads.  Each is dumped and restored (-d) once per run; the memory shapes
+# beside the same-run baselines for their touched bytes (file write, fresh
+# touch, UFFDIO_COPY in 256 KiB pieces into fresh memory), with the ratios,
+# and every shape beside CRIU 4.2's recorded figures on this machine kind
+# (../shared/FIELD-NOTES.md and issue 16; "-" where none was recorded; the
+# CRIU rows for 1000 files and 4000 mappings stand for 10,000 here).
+#
 # The image folders (about 3/4 of the size each) live under $BENCH_DIR
 # (default /var/tmp) and are removed after every run.
 
@@ -52,7 +63,8 @@ fail() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
 
 sizes=("$@")
 ((${#sizes[@]})) || sizes=(64 2048)
-sections=" ${SECTIONS:-memory counter tree compress precopy lazy} "
+sections=" ${SECTIONS:-memory counter tree compress precopy lazy shapes} "
+holes_mib=${HOLES_MIB:-2048}
 compress_mib=${COMPRESS_MIB:-512}
 precopy_mib=${PRECOPY_MIB:-2048}
 lazy_mib=${LAZY_MIB:-2048}
@@ -111,6 +123,8 @@ gcc -O1 -Wall -o "$work/bigmem" "$repo/Tests/Fixtures/bigmem.c"
 gcc -O1 -Wall -o "$work/counter" "$repo/Tests/Fixtures/counter.c"
 gcc -O1 -Wall -o "$work/tree" "$repo/Tests/Fixtures/tree.c"
 gcc -O2 -Wall -o "$work/lazyprobe" "$repo/Scripts/bench/lazyprobe.c"
+gcc -O1 -Wall -o "$work/shapes" "$repo/Tests/Fixtures/shapes.c"
+gcc -O1 -Wall -pthread -o "$work/threads" "$repo/Tests/Fixtures/threads.c"
 
 now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
@@ -293,7 +307,7 @@ tree_dump=$(median "${t_d[@]}")
 tree_restore=$(median "${t_r[@]}")
 tree_frozen=$( ((${#t_f[@]})) && printf '%.3f' "$(median "${t_f[@]}")" || echo -)
 # CRIU 4.2 on this machine, same fixture (../shared/FIELD-NOTES.md, medians).
-criu_tree_dump=1.46 criu_tree_restore=1.05 criu_tree_image=23
+criu_tree_dump=0.560 criu_tree_restore=0.260 criu_tree_image=23
 
 if want memory && want counter && want tree; then
 echo
@@ -507,4 +521,66 @@ lazy_restore_rows() {
 if want lazy; then
     echo
     lazy_restore_rows "$lazy_mib"
+fi
+
+# --- memory shapes: each beside its same-run baselines and CRIU 4.2's recorded figures ---
+if want shapes; then
+    # name | fixture and arguments | touched MiB (0: no memory baseline) | CRIU dump s | CRIU restore s
+    shape_specs=(
+        "holes $holes_mib MiB|shapes holes $holes_mib|$((holes_mib * 3 / 4))|1.268|1.045"
+        "half 512 MiB|shapes half 512|256|-|-"
+        "10000 mappings|shapes maps 10000|78|0.119|0.052"
+        "10000 fds|shapes fds 10000|0|0.076|0.046"
+        "tree 127|tree 127|0|0.560|0.260"
+        "64 threads|threads 64|0|0.106|0.051"
+    )
+    declare -A shp
+    for spec in "${shape_specs[@]}"; do
+        IFS='|' read -r label command touched criu_d criu_r <<<"$spec"
+        read -r -a argv <<<"$command"
+        declare -a s_d=() s_r=() s_f=() s_w=() s_t=() s_u=()
+        for ((run = 1; run <= runs; run++)); do
+            check_disk $((touched * 2 + 1024))
+            start_fixture "${argv[@]}"
+            w=- t=- u=-
+            if ((touched > 0)); then
+                base=$("$work/baseline" "$touched" "$work") || fail "baseline $touched $work failed"
+                w=$(sed -n 's/^file_write_s=//p' <<<"$base") t=$(sed -n 's/^fresh_touch_s=//p' <<<"$base")
+                u=$(sed -n 's/^uffd_copy_s=//p' <<<"$base")
+                s_w+=("$w") s_t+=("$t") s_u+=("$u")
+            fi
+            dump_and_restore "$work/images"
+            finish_fixture
+            rm -rf "$work/images"
+            s_d+=("$dump_s") s_r+=("$restore_s")
+            [[ $frozen_s != - ]] && s_f+=("$frozen_s")
+            printf '    %s run %d: dump %.3f s (frozen %s s), restore %.3f s | file write %s s, fresh touch %s s, UFFDIO_COPY %s s  PASS\n' \
+                "$label" "$run" "$dump_s" "$frozen_s" "$restore_s" "$w" "$t" "$u"
+        done
+        shp[$label,d]=$(median "${s_d[@]}") shp[$label,r]=$(median "${s_r[@]}")
+        shp[$label,f]=$( ((${#s_f[@]})) && median "${s_f[@]}" || echo -)
+        for k in w t u; do
+            declare -n arr=s_$k
+            shp[$label,$k]=$( ((${#arr[@]})) && median "${arr[@]}" || echo -)
+            unset -n arr
+        done
+        shp[$label,cd]=$criu_d shp[$label,cr]=$criu_r
+    done
+    ratio() { [[ $1 == - || $2 == - ]] && echo - || printf '%.2fx' "$(calc "$1 / $2")"; }
+    num() { [[ $1 == - ]] && echo - || printf '%.3f' "$1"; }
+    echo
+    echo "memory shapes: medians of $runs runs (noisy when the machine is shared); baselines for the touched bytes in the same run;"
+    echo "CRIU 4.2 = recorded figures on this machine kind (../shared/FIELD-NOTES.md, issue 16), not measured here"
+    echo
+    sfmt='%-16s | %7s %7s %7s | %8s %8s %8s | %8s %8s | %8s %8s %8s %8s\n'
+    printf "$sfmt" shape "dump s" frozen "rest. s" "write s" "touch s" "uffd s" "CRIU d" "CRIU r" "d/write" "r/uffd" "d/CRIU" "r/CRIU"
+    printf '%s\n' "$(printf '%.0s-' {1..128})"
+    for spec in "${shape_specs[@]}"; do
+        IFS='|' read -r label _ <<<"$spec"
+        printf "$sfmt" "$label" "$(num "${shp[$label,d]}")" "$(num "${shp[$label,f]}")" "$(num "${shp[$label,r]}")" \
+            "$(num "${shp[$label,w]}")" "$(num "${shp[$label,t]}")" "$(num "${shp[$label,u]}")" \
+            "$(num "${shp[$label,cd]}")" "$(num "${shp[$label,cr]}")" \
+            "$(ratio "${shp[$label,d]}" "${shp[$label,w]}")" "$(ratio "${shp[$label,r]}" "${shp[$label,u]}")" \
+            "$(ratio "${shp[$label,d]}" "${shp[$label,cd]}")" "$(ratio "${shp[$label,r]}" "${shp[$label,cr]}")"
+    done
 fi
