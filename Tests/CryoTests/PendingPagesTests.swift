@@ -95,6 +95,18 @@ struct PendingPagesTests {
         #expect(set.isEmpty && set.bytes == 0 && set.count == 0)
     }
 
+    @Test("the leading runs stop where the page stream is no longer contiguous or the limit is reached")
+    func leadingRuns() {
+        var set = PendingPages(PendingPagesTests.fragmented(100))
+        #expect(set.leading(upTo: 256 << 10).count == 22)  // runs of 12 KiB starting below 256 KiB of stream
+        #expect(set.leading(upTo: 4096).count == 1)
+        let sixth = PendingPagesTests.fragmented(100)[5]
+        set.remove(sixth.start + 4096, sixth.start + 8192)  // a hole in the stream after the 6th run's first page
+        let leading = set.leading(upTo: 256 << 10)
+        #expect(leading.count == 6 && leading.last == PendingRun(start: sixth.start, end: sixth.start + 4096, offset: sixth.offset))
+        #expect(PendingPages([]).leading(upTo: 4096).isEmpty)
+    }
+
     /// What one restore of n runs does: faults cut runs anywhere, then pushes empty the set from the front.
     /// Returns the tree steps per operation.
     static func stepsPerOperation(runs n: Int, faults: Int, pushes: Int) -> Double {

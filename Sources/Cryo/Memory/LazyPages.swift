@@ -347,10 +347,12 @@ public final class LazyServer: @unchecked Sendable {
 
     /// Copies [address, address + length) of `run` in; what went in, or was already there, leaves `pending`.
     private func copy(_ p: LazyProcess, run: PendingRun, at address: UInt64, length: UInt64,
-                      _ buffer: UnsafeMutableRawBufferPointer) throws -> Userfaultfd.Fill {
+                      _ buffer: UnsafeMutableRawBufferPointer, alreadyRead: Bool = false) throws -> Userfaultfd.Fill {
         let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(length)])
-        do { try p.source.bytes(at: run.offset + (address - run.start), into: view) } catch {
-            throw CryoError("\(p.label): page 0x\(String(address, radix: 16)): \(error)")
+        if !alreadyRead {
+            do { try p.source.bytes(at: run.offset + (address - run.start), into: view) } catch {
+                throw CryoError("\(p.label): page 0x\(String(address, radix: 16)): \(error)")
+            }
         }
         let fill = p.uffd.copy(to: address, from: view.baseAddress!, length: length)
         switch fill.errno {
@@ -364,14 +366,30 @@ public final class LazyServer: @unchecked Sendable {
         return fill
     }
 
+    /// Pushes the lowest pending pages: up to `limit` bytes of runs that follow each other in the
+    /// page stream are read with one pread (a fragmented heap has runs of a few pages), then
+    /// copied in run by run.
     private func pushChunk(_ p: LazyProcess, _ buffer: UnsafeMutableRawBufferPointer, limit: UInt64 = LazyServer.pushChunk) throws {
-        guard let run = p.pending.first else { return }
-        let length = min(limit, run.end - run.start)
-        let fill = try copy(p, run: run, at: run.start, length: length, buffer)
-        statistics.pagesPushed += fill.bytes / 4096
-        if let errno = fill.errno, errno != .fileExists, errno != .resourceTemporarilyUnavailable, errno != .noSuchProcess,
-           errno != .noSuchFileOrDirectory {
-            throw SyscallError("ioctl(UFFDIO_COPY)", errno: errno, pid: p.pid, object: "address 0x\(String(run.start, radix: 16))")
+        let runs = p.pending.leading(upTo: limit)
+        guard let first = runs.first else { return }
+        let lengths = runs.map { min($0.end - $0.start, limit - ($0.offset - first.offset)) }
+        let total = runs.last!.offset - first.offset + lengths.last!
+        if runs.count > 1 {
+            do { try p.source.bytes(at: first.offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(total)])) } catch {
+                throw CryoError("\(p.label): page 0x\(String(first.start, radix: 16)): \(error)")
+            }
+        }
+        for (run, length) in zip(runs, lengths) {
+            let at = Int(run.offset - first.offset)
+            let fill = try copy(p, run: run, at: run.start, length: length,
+                                UnsafeMutableRawBufferPointer(rebasing: buffer[at..<(at + Int(length))]), alreadyRead: runs.count > 1)
+            statistics.pagesPushed += fill.bytes / 4096
+            if let errno = fill.errno, errno != .fileExists, errno != .resourceTemporarilyUnavailable, errno != .noSuchProcess,
+               errno != .noSuchFileOrDirectory {
+                throw SyscallError("ioctl(UFFDIO_COPY)", errno: errno, pid: p.pid, object: "address 0x\(String(run.start, radix: 16))")
+            }
+            // The rest waits for the next round: the mm changes, or the process is gone.
+            if fill.errno != nil && fill.errno != .fileExists { break }
         }
     }
 

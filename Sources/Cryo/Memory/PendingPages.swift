@@ -81,6 +81,26 @@ struct PendingPages {
         return nodes[Int(t)].run
     }
 
+    /// The lowest pending runs whose pages follow each other in the page stream, up to
+    /// `limit` bytes of it (the last run may reach past): what one read can fetch. O(log n + k).
+    func leading(upTo limit: UInt64) -> [PendingRun] {
+        var result: [PendingRun] = []
+        var stack: [Int32] = []
+        var t = root
+        while t >= 0 || !stack.isEmpty {
+            while t >= 0 { stack.append(t); t = nodes[Int(t)].left }
+            let i = stack.removeLast()
+            let run = nodes[Int(i)].run
+            if let first = result.first {
+                let last = result[result.count - 1]
+                guard run.offset == last.offset + (last.end - last.start), run.offset - first.offset < limit else { break }
+            }
+            result.append(run)
+            t = nodes[Int(i)].right
+        }
+        return result
+    }
+
     /// The run holding `address`, if that page is still to load.
     func find(_ address: UInt64) -> PendingRun? { index(containing: address).map { nodes[Int($0)].run } }
 
