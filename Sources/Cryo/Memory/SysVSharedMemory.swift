@@ -27,17 +27,12 @@ public struct SysVSegment: Codable, Sendable {
     static func dataPath(_ paths: ImagePaths, id: Int32) -> String { "\(paths.directory)/sysvshm-\(id).img" }
     var pagedSize: UInt64 { (size + 4095) & ~4095 }
 
-    static func stat(_ id: Int32) -> shmid_ds? {
-        var ds = shmid_ds()
-        return shmctl(id, IPC_STAT, &ds) == 0 ? ds : nil
-    }
-
     /// Checks an attach of `m` by `pid` and saves its segment the first time it is met.
     static func dump(pid: pid_t, mapping m: MemoryRecord.Mapping, paths: ImagePaths, into segments: inout [Int32: SysVSegment],
                      created: inout [String]) throws {
         let what = "pid \(pid): System V shared memory at 0x\(hex(m.start))"
-        guard let raw = m.inode, let id = Int32(exactly: raw), let ds = stat(id) else {
-            throw CryoError("\(what): segment \(m.inode.map(String.init) ?? "?") cannot be read (shmctl IPC_STAT: \(String(cString: strerror(errno))))")
+        guard let raw = m.inode, let id = Int32(exactly: raw), let ds = try SysVShm.status(id) else {
+            throw CryoError("\(what): segment \(m.inode.map(String.init) ?? "?") is gone")
         }
         var segment = SysVSegment(id: id, key: ds.shm_perm.__key, size: UInt64(ds.shm_segsz), mode: UInt32(ds.shm_perm.mode & 0o777),
                                   uid: ds.shm_perm.uid, gid: ds.shm_perm.gid,
@@ -48,28 +43,26 @@ public struct SysVSegment: Codable, Sendable {
                 + "a partly unmapped segment is not supported yet")
         }
         if segments[id] != nil { return }
-        guard let base = shmat(id, nil, SHM_RDONLY), base != UnsafeMutableRawPointer(bitPattern: -1) else {
-            throw SyscallError("shmat", errno: Errno(rawValue: errno), object: "\(what) (segment \(id))")
-        }
-        defer { shmdt(base) }
         let path = dataPath(paths, id: id)
         created.append(path)
         let out = try Files.open(path, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
         defer { try? out.close() }
-        let bytes = UnsafeRawBufferPointer(start: base, count: Int(segment.size))
-        var written: UInt64 = 0
-        var page = 0
-        while page < bytes.count {
-            let end = min(page + 4096, bytes.count)
-            if UnsafeRawBufferPointer(rebasing: bytes[page..<end]).allSatisfy({ $0 == 0 }) { page = end; continue }
-            if let last = segment.runs.last, last[0] + last[1] == UInt64(page) {
-                segment.runs[segment.runs.count - 1][1] += UInt64(end - page)
-            } else {
-                segment.runs.append([UInt64(page), UInt64(end - page), written])
+        try SysVShm.withAttached(id, readOnly: true) { base in
+            let bytes = UnsafeRawBufferPointer(start: base, count: Int(segment.size))
+            var written: UInt64 = 0
+            var page = 0
+            while page < bytes.count {
+                let end = min(page + 4096, bytes.count)
+                if UnsafeRawBufferPointer(rebasing: bytes[page..<end]).allSatisfy({ $0 == 0 }) { page = end; continue }
+                if let last = segment.runs.last, last[0] + last[1] == UInt64(page) {
+                    segment.runs[segment.runs.count - 1][1] += UInt64(end - page)
+                } else {
+                    segment.runs.append([UInt64(page), UInt64(end - page), written])
+                }
+                try Files.write(out, UnsafeRawBufferPointer(rebasing: bytes[page..<end]), at: Int64(written), path: path)
+                written += UInt64(end - page)
+                page = end
             }
-            try Files.write(out, UnsafeRawBufferPointer(rebasing: bytes[page..<end]), at: Int64(written), path: path)
-            written += UInt64(end - page)
-            page = end
         }
         segments[id] = segment
     }
@@ -104,7 +97,7 @@ final class SysVSegmentsRestore {
 
     private func ensure(_ segment: SysVSegment, paths: ImagePaths) throws {
         let what = "System V segment \(segment.id) (key 0x\(String(UInt32(bitPattern: segment.key), radix: 16)), \(segment.size) bytes)"
-        if let ds = SysVSegment.stat(segment.id) {
+        if let ds = try SysVShm.status(segment.id) {
             guard UInt64(ds.shm_segsz) == segment.size && (segment.key == IPC_PRIVATE || ds.shm_perm.__key == segment.key) else {
                 throw CryoError("\(what): id \(segment.id) is now another segment (key 0x\(String(UInt32(bitPattern: ds.shm_perm.__key), radix: 16)), "
                     + "\(ds.shm_segsz) bytes); remove it (ipcrm -m \(segment.id)) to restore")
@@ -112,36 +105,32 @@ final class SysVSegmentsRestore {
             return  // still there: attached as it is now
         }
         try setNextID(segment.id, what: what)
-        let got = shmget(segment.key, Int(segment.size), IPC_CREAT | IPC_EXCL | Int32(segment.mode & 0o777))
-        guard got >= 0 else {
-            let error = errno
+        let got: Int32
+        do { got = try SysVShm.create(key: segment.key, size: segment.size, mode: segment.mode) } catch {
             try? setNextID(-1, what: what)
-            throw SyscallError("shmget", errno: Errno(rawValue: error), object: what)
+            throw CryoError("\(what): \(error)")
         }
         made.append(got)
         guard got == segment.id else {
             throw CryoError("\(what): the kernel gave id \(got) instead (kernel.shm_next_id was not honoured)")
         }
-        guard let base = shmat(got, nil, 0), base != UnsafeMutableRawPointer(bitPattern: -1) else {
-            throw SyscallError("shmat", errno: Errno(rawValue: errno), object: what)
-        }
-        defer { shmdt(base) }
         if !segment.runs.isEmpty {
             let path = SysVSegment.dataPath(paths, id: segment.id)
             let data = try Files.open(path, .readOnly)
             defer { try? data.close() }
-            for run in segment.runs {
-                let view = UnsafeMutableRawBufferPointer(start: base + Int(run[0]), count: Int(run[1]))
-                let n = try data.read(fromAbsoluteOffset: Int64(run[2]), into: view)
-                guard n == view.count else { throw ImageError(file: "sysvshm-\(segment.id).img", "short read at \(run[2]) (truncated)") }
+            try SysVShm.withAttached(got, readOnly: false) { base in
+                for run in segment.runs {
+                    let view = UnsafeMutableRawBufferPointer(start: base + Int(run[0]), count: Int(run[1]))
+                    let n = try data.read(fromAbsoluteOffset: Int64(run[2]), into: view)
+                    guard n == view.count else { throw ImageError(file: "sysvshm-\(segment.id).img", "short read at \(run[2]) (truncated)") }
+                }
             }
         }
-        var ds = shmid_ds()
-        guard shmctl(got, IPC_STAT, &ds) == 0 else { throw SyscallError("shmctl(IPC_STAT)", errno: Errno(rawValue: errno), object: what) }
+        guard var ds = try SysVShm.status(got) else { throw CryoError("\(what): vanished right after it was made") }
         ds.shm_perm.uid = segment.uid
         ds.shm_perm.gid = segment.gid
         ds.shm_perm.mode = segment.mode
-        guard shmctl(got, IPC_SET, &ds) == 0 else { throw SyscallError("shmctl(IPC_SET)", errno: Errno(rawValue: errno), object: what) }
+        try SysVShm.set(got, ds)
     }
 
     /// The id the next shmget gets (-1: the kernel's choice again), for this IPC namespace.
@@ -156,16 +145,14 @@ final class SysVSegmentsRestore {
     /// Once every task has attached: segments that were marked for removal are marked again.
     func finish() throws {
         for segment in segments where segment.destroyed && made.contains(segment.id) {
-            guard shmctl(segment.id, IPC_RMID, nil) == 0 else {
-                throw SyscallError("shmctl(IPC_RMID)", errno: Errno(rawValue: errno), object: "System V segment \(segment.id)")
-            }
+            try SysVShm.remove(segment.id)
         }
         made = []
     }
 
     /// A failed restore leaves no segment it made.
     func removeMade() {
-        for id in made { shmctl(id, IPC_RMID, nil) }
+        for id in made { try? SysVShm.remove(id) }
         made = []
     }
 }
