@@ -56,6 +56,21 @@ extension EndToEnd {
             expectPass(fixture, "\(result)")
         }
 
+        @Test("a process with a time namespace for its children: dump refused in one line, it carries on")
+        func timeNamespaceRefused() throws {
+            let scratch = try Scratch("time-namespace")
+            defer { scratch.remove() }
+            // unshare without --fork: the counter itself runs with time_for_children set.
+            let fixture = try Fixture("counter", in: scratch, launcher: ["/usr/bin/unshare", "--time", "--monotonic", "1000"])
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("img")], in: scratch, reaping: fixture)
+            #expect(dump.failed && dump.stderrLines.count == 1, "\(dump)")
+            let line = dump.stderrLines.first ?? ""
+            #expect(containsToken(line, "\(fixture.pid)") && line.contains("time namespace"), "\(line)")
+            expectRunsAndPasses(fixture, "\(dump)")
+        }
+
         @Test("a thread of the tree traced by another tracer: dump refused in one line, still traced, carries on")
         func tracedThread() throws {
             let scratch = try Scratch("traced-thread")

@@ -239,6 +239,7 @@ public struct Dumper {
         // An ordinary user's cryo reads only processes with the user's own credentials (before any parasite goes in).
         for p in tree.live { try Caller.current.checkOwn(pid: p.pid, doing: "dumps") }
         try StoppedTasks.check(tree, root: options.pid, shellJob: options.shellJob)
+        try TimeNamespace.check(tree)
         for p in tree.processes where p.pid != options.pid {
             guard let parent = byPid[p.ppid] else { continue }
             if p.zombieStatus == nil && parent.zombieStatus == nil {
