@@ -56,6 +56,24 @@ extension EndToEnd {
             expectPass(fixture, "\(result)")
         }
 
+        @Test("oom_score_adj comes back")
+        func oomScoreAdjust() throws {
+            let scratch = try Scratch("oom-score-adj")
+            defer { scratch.remove() }
+            let fixture = try Fixture("counter", in: scratch, launcher: ["/usr/bin/choom", "-n", "567", "--"])
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let pid = fixture.pid
+            try #require(readText("/proc/\(pid)/oom_score_adj").trimmingCharacters(in: .whitespacesAndNewlines) == "567")
+            let images = try dumpAndReap(fixture, in: scratch).images
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore, whileRunning: {
+                let now = readText("/proc/\(pid)/oom_score_adj").trimmingCharacters(in: .whitespacesAndNewlines)
+                #expect(now == "567", "restored pid \(pid) has oom_score_adj \(now), want 567")
+            })
+        }
+
         @Test("a process with a time namespace for its children: dump refused in one line, it carries on")
         func timeNamespaceRefused() throws {
             let scratch = try Scratch("time-namespace")

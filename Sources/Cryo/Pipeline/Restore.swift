@@ -624,6 +624,7 @@ public struct Restorer {
     func restoreCredentials(_ process: RestoringProcess) throws {
         let (task, pid, parasite) = (process.image, process.pid, process.parasite)
         try task.core.restoreResourceLimits(pid: pid)
+        try task.core.restoreOOMScoreAdjust(pid: pid)
         // Credentials belong to each thread; the leader goes last.
         for thread in process.threads.reversed() {
             _ = try parasite.run(CRYO_CMD_RESTORE_CREDS, input: task.core.parasiteCredentials, output: UInt8.self, on: thread)

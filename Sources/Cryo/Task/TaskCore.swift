@@ -26,6 +26,8 @@ public struct TaskCore: Codable, Sendable {
     public var dumpable: UInt32
     public var childSubreaper: Bool
     public var seccomp: SeccompState?
+    /// /proc/PID/oom_score_adj (absent in older images).
+    public var oomScoreAdjust: Int32? = nil
 
     public struct Credentials: Codable, Sendable {
         public var uids: [UInt32]   // real, effective, saved, fs
@@ -70,7 +72,8 @@ extension TaskCore {
                          startStack: stat.field(28), argStart: stat.field(48), argEnd: stat.field(49),
                          envStart: stat.field(50), envEnd: stat.field(51)),
             auxv: auxv, dumpable: state.dumpable, childSubreaper: state.child_subreaper != 0,
-            seccomp: try SeccompState.dump(pid: pid, status: status))
+            seccomp: try SeccompState.dump(pid: pid, status: status),
+            oomScoreAdjust: Int32(try Files.readString("/proc/\(pid)/oom_score_adj").trimmed()))
     }
 
     /// Resource limits are set from outside with prlimit. A hard limit above
@@ -85,6 +88,20 @@ extension TaskCore {
                 throw CryoError("pid \(pid): resource limit \(resource) had hard limit \(limit[1]) at dump; "
                     + "raising it from \(current.hard) needs CAP_SYS_RESOURCE, which cryo does not hold (prlimit64: EPERM)")
             }
+        }
+    }
+
+    /// Written from outside. Below the value the new task inherited from cryo it needs
+    /// CAP_SYS_RESOURCE (EACCES otherwise), which is said plainly.
+    func restoreOOMScoreAdjust(pid: pid_t) throws {
+        guard let wanted = oomScoreAdjust else { return }
+        let path = "/proc/\(pid)/oom_score_adj"
+        if Int32(try Files.readString(path).trimmed()) == wanted { return }
+        let fd = try Files.open(path, .writeOnly)
+        defer { try? fd.close() }
+        do { try Files.write(fd, Array("\(wanted)".utf8), path: path) } catch let error as SyscallError where error.errno == .permissionDenied {
+            throw CryoError("pid \(pid): oom_score_adj was \(wanted) at dump; lowering it needs CAP_SYS_RESOURCE, "
+                + "which cryo does not hold (write \(path): EACCES)")
         }
     }
 
