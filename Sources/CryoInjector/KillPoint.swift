@@ -1,3 +1,4 @@
+import CryoSystem
 import FoundationEssentials
 import Glibc
 import Synchronization
@@ -12,7 +13,7 @@ public func killPoint(_ phase: @autoclosure () -> String) {
 }
 
 private let killPhase: (name: String, count: Int)? = {
-    guard let value = ProcessInfo.processInfo.environment["CRYO_KILL_AT"] else { return nil }
+    guard let value = TestHooks.current.killAt else { return nil }
     if let hash = value.lastIndex(of: "#"), let count = Int(value[value.index(after: hash)...]), count > 0 {
         return (String(value[..<hash]), count)
     }

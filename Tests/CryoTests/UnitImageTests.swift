@@ -270,3 +270,63 @@ struct TextHelperTests {
         #expect(offenders.isEmpty, "import FoundationEssentials instead in \(offenders)")
     }
 }
+
+@Suite("test hooks from the environment (no root)")
+struct TestHookTests {
+    static let environment = ["CRYO_KILL_AT": "restore-memory#2", "CRYO_STOP_AT": "before-clone",
+                              "CRYO_TEST_PARASITE_FAULT": "dead0", "CRYO_PAGE_COPY": "pipe", "CRYO_LAZY_NO_PUSH": "1"]
+
+    @Test("an ordinary start reads every hook")
+    func ordinary() {
+        let hooks = TestHooks(secure: false) { Self.environment[$0] }
+        #expect(hooks.killAt == "restore-memory#2")
+        #expect(hooks.stopAt == "before-clone")
+        #expect(hooks.parasiteFault == 0xdead0)
+        #expect(hooks.pageCopy == "pipe")
+        #expect(hooks.lazyNoPush)
+    }
+
+    @Test("with AT_SECURE (file capabilities, setuid) every hook is ignored and none is even read")
+    func secure() {
+        var asked: [String] = []
+        let hooks = TestHooks(secure: true) { asked.append($0); return Self.environment[$0] }
+        #expect(hooks.killAt == nil && hooks.stopAt == nil && hooks.parasiteFault == nil && hooks.pageCopy == nil)
+        #expect(!hooks.lazyNoPush)
+        #expect(asked.isEmpty, "read \(asked) though secure")
+    }
+
+    @Test("nothing set: no hook")
+    func unset() {
+        let hooks = TestHooks(secure: false) { _ in nil }
+        #expect(hooks.killAt == nil && hooks.stopAt == nil && hooks.parasiteFault == nil && hooks.pageCopy == nil)
+        #expect(!hooks.lazyNoPush)
+    }
+
+    static func auxv(_ pairs: [(UInt64, UInt64)]) -> [UInt8] {
+        pairs.flatMap { pair in [pair.0, pair.1].flatMap { word in withUnsafeBytes(of: word.littleEndian) { Array($0) } } }
+    }
+
+    @Test("AT_SECURE is read from the auxiliary vector: set, clear, absent, after AT_NULL")
+    func atSecure() throws {
+        #expect(TestHooks.isSecure(auxv: Self.auxv([(6, 4096), (23, 1), (0, 0)])))
+        #expect(!TestHooks.isSecure(auxv: Self.auxv([(6, 4096), (23, 0), (0, 0)])))
+        #expect(!TestHooks.isSecure(auxv: Self.auxv([(6, 4096), (0, 0)])))
+        #expect(!TestHooks.isSecure(auxv: Self.auxv([(0, 0), (23, 1)])))
+        // This runner starts without it, so the hooks it sets reach the cryo it runs.
+        let own = try #require(FileManager.default.contents(atPath: "/proc/self/auxv"))
+        #expect(!TestHooks.isSecure(auxv: [UInt8](own)))
+    }
+
+    @Test("no source file reads the environment but CryoSystem/TestHooks.swift")
+    func onePlace() {
+        let sources = Locations.packageRoot + "/Sources"
+        let enumerator = FileManager.default.enumerator(atPath: sources)
+        var readers: [String] = []
+        while let relative = enumerator?.nextObject() as? String {
+            guard relative.hasSuffix(".swift"), !relative.hasPrefix("ParasiteEmbed"), relative != "CryoSystem/TestHooks.swift" else { continue }
+            let text = readText("\(sources)/\(relative)")
+            if text.contains("getenv(") || text.contains("processInfo.environment") { readers.append(relative) }
+        }
+        #expect(readers.isEmpty, "read the environment through TestHooks instead: \(readers)")
+    }
+}

@@ -28,7 +28,7 @@ struct InTaskPageCopy {
     let leader: Tracee
     let log: (pid_t, String, String) -> Void
     /// Test switches: CRYO_PAGE_COPY=pipe takes the pipe at once, =task writes one file with no thread.
-    private let mode = ProcessInfo.processInfo.environment["CRYO_PAGE_COPY"]
+    private let mode = TestHooks.current.pageCopy
 
     /// Copies the page stream `regions` into `out` and, with two CPUs, its second half
     /// into a new file at `partPath`; returns the size of that part (0: none, and no

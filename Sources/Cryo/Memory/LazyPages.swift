@@ -158,7 +158,7 @@ public final class LazyServer: @unchecked Sendable {
         self.logger = logger
         self.started = started
         wakeup = (try? FileObjects.eventfd(count: 0, semaphore: false, nonBlocking: true, object: "lazy wakeup"))?.rawValue ?? -1
-        push = ProcessInfo.processInfo.environment["CRYO_LAZY_NO_PUSH"] != "1"
+        push = !TestHooks.current.lazyNoPush
     }
 
     /// cryo must be able to create a userfaultfd with the events it needs; checked before anything is created.

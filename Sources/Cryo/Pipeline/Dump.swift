@@ -211,7 +211,7 @@ public struct Dumper {
         guard thp >= 0 else { throw SyscallError("injected prctl(PR_GET_THP_DISABLE)", errno: Errno(rawValue: Int32(-thp)), pid: process.pid) }
         let parasite = try Parasite.inject(into: process.leader, argumentBytes: MemoryLayout<cryo_thread_state>.size + 64 * 1024, log: parasiteLog(logger))
         do {
-            if let address = ProcessInfo.processInfo.environment["CRYO_TEST_PARASITE_FAULT"].flatMap({ UInt64($0, radix: 16) }) {
+            if let address = TestHooks.current.parasiteFault {
                 // For tests of the crash report: the parasite writes to this address.
                 _ = try parasite.run(CRYO_CMD_FAIL_TEST, payload: [], replyBytes: 0, failAddress: address)
             }

@@ -1,4 +1,5 @@
 import CryoInjector
+import CryoSystem
 import FoundationEssentials
 import Glibc
 
@@ -12,4 +13,4 @@ func faultHook(_ phase: String) {
     if stopPhase == phase { raise(SIGSTOP) }
 }
 
-private let stopPhase: String? = ProcessInfo.processInfo.environment["CRYO_STOP_AT"]
+private let stopPhase: String? = TestHooks.current.stopAt
