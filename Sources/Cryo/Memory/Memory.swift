@@ -109,7 +109,11 @@ struct ProcMapping {
 /// thousands of smaps lines, and character-wise String work on them was most
 /// of a small process's dump time.
 func readMappings(pid: pid_t, withFlags: Bool) throws -> [ProcMapping] {
-    let bytes = try Files.read("/proc/\(pid)/\(withFlags ? "smaps" : "maps")")
+    parseMappings(try Files.read("/proc/\(pid)/\(withFlags ? "smaps" : "maps")"))
+}
+
+/// The content of /proc/PID/maps or smaps.
+func parseMappings(_ bytes: [UInt8]) -> [ProcMapping] {
     var result: [ProcMapping] = []
     bytes.withUnsafeBufferPointer { all in
         for line in all.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true) {

@@ -146,7 +146,10 @@ struct ProcStat {
     let comm: String
     let fields: [String] // fields[0] is field 3 (state)
     init(pid: pid_t) throws {
-        let text = try Files.readString("/proc/\(pid)/stat")
+        try self.init(text: try Files.readString("/proc/\(pid)/stat"), pid: pid)
+    }
+    /// The content of /proc/`pid`/stat.
+    init(text: String, pid: pid_t) throws {
         guard let open = text.firstIndex(of: "("), let close = text.lastIndex(of: ")") else {
             throw CryoError("pid \(pid): cannot parse /proc/\(pid)/stat")
         }
@@ -168,9 +171,13 @@ struct ProcStatus {
     let values: [String: String]
     /// One thread's own lines with `thread` set to its process (TracerPid, State, SigBlk differ per thread).
     init(pid: pid_t, thread process: pid_t? = nil) throws {
-        var values: [String: String] = [:]
         let path = process.map { "/proc/\($0)/task/\(pid)/status" } ?? "/proc/\(pid)/status"
-        for line in try Files.readString(path).split(separator: "\n") {
+        self.init(text: try Files.readString(path))
+    }
+    /// The content of a status file.
+    init(text: String) {
+        var values: [String: String] = [:]
+        for line in text.split(separator: "\n") {
             guard let colon = line.firstIndex(of: ":") else { continue }
             values[String(line[..<colon])] = line[line.index(after: colon)...].trimmed()
         }

@@ -1,0 +1,83 @@
+// The /proc parsers on recorded samples (Tests/Samples, taken from a
+// `sleep` on Linux 6.x) and on hand-made lines for the awkward cases. No root.
+
+@testable import Cryo
+import Foundation
+import Testing
+
+private func sample(_ name: String) throws -> [UInt8] {
+    let path = Locations.packageRoot + "/Tests/Samples/" + name
+    return try #require(FileManager.default.contents(atPath: path).map { [UInt8]($0) }, "missing sample \(path)")
+}
+
+@Suite("/proc parsers on recorded samples (no root)")
+struct ProcParserTests {
+    @Test("maps: every line, with range, permissions, offset, device, inode and path")
+    func maps() throws {
+        let maps = parseMappings(try sample("sleep.maps"))
+        #expect(maps.count == 37)
+        let first = try #require(maps.first)
+        #expect(first.start == 0x5624_1aa4_c000 && first.end == 0x5624_1aa4_e000)
+        #expect(first.permissions == "r--p" && first.offset == 0 && first.device == "fe:00" && first.inode == 254651)
+        #expect(first.path == "/usr/bin/sleep")
+        #expect(maps[1].offset == 0x2000 && maps[1].permissions == "r-xp")
+        #expect(maps.filter { $0.path.isEmpty }.count == 3, "anonymous mappings have no path")
+        #expect(maps.contains { $0.path == "[vvar_vclock]" } && maps.last?.path == "[vsyscall]")
+        #expect(maps.last?.end == 0xffff_ffff_ff60_1000)
+        #expect(maps.allSatisfy { $0.vmFlags.isEmpty }, "maps has no VmFlags")
+        #expect(zip(maps, maps.dropFirst()).allSatisfy { $0.end <= $1.start }, "in address order")
+    }
+
+    @Test("smaps: the same mappings as maps, each with its VmFlags")
+    func smaps() throws {
+        let maps = parseMappings(try sample("sleep.maps"))
+        let smaps = parseMappings(try sample("sleep.smaps"))
+        #expect(smaps.map(\.start) == maps.map(\.start) && smaps.map(\.path) == maps.map(\.path))
+        #expect(smaps.allSatisfy { !$0.vmFlags.isEmpty })
+        #expect(smaps.first { $0.path == "[stack]" }?.vmFlags.isSuperset(of: ["rd", "wr", "gd"]) == true)
+        #expect(smaps.first { $0.path == "[heap]" }?.vmFlags.contains("ac") == true)
+    }
+
+    @Test("maps: a path with spaces is the rest of the line; a broken line is skipped")
+    func awkwardMaps() {
+        let text = "7f00-8000 rw-s 00001000 00:05 1234    /dev/shm/a file (deleted)\n" +
+            "not a mapping line\n" + "zz-yy r--p 0 00:00 0\n" + "1000-2000 r--p\n"
+        let maps = parseMappings(Array(text.utf8))
+        #expect(maps.count == 1)
+        #expect(maps.first?.path == "/dev/shm/a file (deleted)" && maps.first?.offset == 0x1000 && maps.first?.inode == 1234)
+    }
+
+    @Test("stat: the name in parentheses and the fields after it")
+    func stat() throws {
+        let stat = try ProcStat(text: String(decoding: try sample("sleep.stat"), as: UTF8.self), pid: 29803)
+        #expect(stat.comm == "sleep" && stat.state == "S")
+        #expect(stat.ppid == 29800 && stat.pgid == 29803 && stat.sid == 29803)
+        #expect(stat.flags == 4_194_304 && stat.threads == 1)
+    }
+
+    @Test("stat: a name holding spaces and parentheses; no parentheses is refused")
+    func awkwardStat() throws {
+        let stat = try ProcStat(text: "7 (a (b) c) R 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 3 0\n", pid: 7)
+        #expect(stat.comm == "a (b) c" && stat.state == "R" && stat.ppid == 1 && stat.threads == 3)
+        #expect(throws: CryoError.self) { try ProcStat(text: "7 sleep R 1", pid: 7) }
+    }
+
+    @Test("status: credentials, tracer and capabilities")
+    func status() throws {
+        let status = Cryo.ProcStatus(text: String(decoding: try sample("sleep.status"), as: UTF8.self))
+        #expect(status.values["Name"] == "sleep" && status.values["State"] == "S (sleeping)")
+        #expect(status.tracerPid == 0)
+        #expect(status.numbers("Uid") == [0, 0, 0, 0] && status.numbers("Gid") == [0, 0, 0, 0])
+        #expect(status.numbers("Groups") == [])
+        #expect(status.hex("CapEff") == 0x1ff_feff_ffff)
+    }
+
+    @Test("fdinfo: position, octal flags and a kind's own lines")
+    func fdinfo() throws {
+        let text = "pos:\t4096\nflags:\t02004002\nmnt_id:\t25\nino:\t1057\ntfd:        5 events:       19 data:                5  pos:0 ino:1f mnt_id:15\n"
+        let info = try parseFDInfo(text)
+        #expect(info.position == 4096 && info.flags == 0o2004002)
+        #expect(info.value("mnt_id") == "25" && info.value("ino") == "1057" && info.value("missing") == nil)
+        #expect(info.value("tfd") == "5 events:       19 data:                5  pos:0 ino:1f mnt_id:15")
+    }
+}
