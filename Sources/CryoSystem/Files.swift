@@ -160,12 +160,16 @@ public enum Pidfd {
     }
     /// Sends `fd` (SCM_RIGHTS, one byte of data) over a unix socket to the process `pid` at its other end.
     public static func send(_ fd: FileDescriptor, over socket: FileDescriptor, to pid: pid_t) throws {
+        try send(fd, over: socket, byte: UInt8(ascii: "F"), pid: pid)
+    }
+    /// The same with `byte` as the data, which says what the descriptor is for.
+    public static func send(_ fd: FileDescriptor, over socket: FileDescriptor, byte: UInt8, pid: pid_t? = nil) throws {
         // One cmsghdr (len, level, type) and one int: CMSG_SPACE(4) is 24 bytes on x86-64.
         var control = [UInt64](repeating: 0, count: 3)
         control[0] = UInt64(MemoryLayout<cmsghdr>.size + 4) // CMSG_LEN(sizeof(int))
         control[1] = UInt64(UInt32(SOL_SOCKET)) | UInt64(UInt32(SCM_RIGHTS)) << 32
         control[2] = UInt64(UInt32(bitPattern: fd.rawValue))
-        var byte = UInt8(ascii: "F")
+        var byte = byte
         try withUnsafeMutablePointer(to: &byte) { byte in
             try control.withUnsafeMutableBytes { control in
                 var vector = iovec(iov_base: byte, iov_len: 1)
@@ -179,6 +183,33 @@ public enum Pidfd {
                 }
             }
         }
+    }
+    /// One message of up to `capacity` bytes and the descriptor that came with it (SCM_RIGHTS, close-on-exec);
+    /// no bytes at end of file.
+    public static func receive(over socket: FileDescriptor, capacity: Int) throws -> (bytes: [UInt8], fd: FileDescriptor?) {
+        var bytes = [UInt8](repeating: 0, count: capacity)
+        var control = [UInt64](repeating: 0, count: 4)
+        let count = try bytes.withUnsafeMutableBytes { data in
+            try control.withUnsafeMutableBytes { control in
+                var vector = iovec(iov_base: data.baseAddress, iov_len: data.count)
+                return try withUnsafeMutablePointer(to: &vector) { vector in
+                    var message = msghdr(msg_name: nil, msg_namelen: 0, msg_iov: vector, msg_iovlen: 1,
+                                         msg_control: control.baseAddress, msg_controllen: control.count, msg_flags: 0)
+                    return try withUnsafeMutablePointer(to: &message) {
+                        try Kernel.syscall(SYS_recvmsg, socket, $0, MSG_CMSG_CLOEXEC, name: "recvmsg(SCM_RIGHTS)",
+                                           object: "fd \(socket.rawValue)", retryingInterrupts: true)
+                    }
+                }
+            }
+        }
+        // One cmsghdr: length, then level and type, then the descriptor.
+        let received = control[0] >= UInt64(MemoryLayout<cmsghdr>.size + 4)
+            && control[1] == UInt64(UInt32(SOL_SOCKET)) | UInt64(UInt32(SCM_RIGHTS)) << 32
+        return (Array(bytes.prefix(Int(count))), received ? FileDescriptor(rawValue: Int32(truncatingIfNeeded: control[2])) : nil)
+    }
+    /// pidfd_send_signal(2).
+    public static func signal(_ pidfd: FileDescriptor, _ signal: Int32) throws {
+        try Kernel.syscall(SYS_pidfd_send_signal, pidfd, signal, 0, 0, name: "pidfd_send_signal")
     }
     /// Whether two descriptors of two processes are the same open file description.
     public static func sameFile(_ pid1: pid_t, _ fd1: Int32, _ pid2: pid_t, _ fd2: Int32) throws -> Bool {

@@ -13,7 +13,7 @@ struct CryoCommand: ParsableCommand {
         commandName: "cryo",
         abstract: "Checkpoint and restore Linux processes.",
         version: "Version: \(cryoVersion)\nGitCommitID: \(cryoCommit)",
-        subcommands: [DumpCommand.self, PreDumpCommand.self, PreDumpHolderCommand.self, RestoreCommand.self, CheckCommand.self, ShowCommand.self, InspectCommand.self,
+        subcommands: [DumpCommand.self, PreDumpCommand.self, PreDumpHolderCommand.self, LazyGuardCommand.self, RestoreCommand.self, CheckCommand.self, ShowCommand.self, InspectCommand.self,
                       BacktraceCommand.self])
 
     /// Parses CRIU's spellings too; a bad or unsupported option is one line
@@ -339,4 +339,10 @@ struct PreDumpHolderCommand: ParsableCommand {
         }
         PreCopyHolder.run(listenFD: 3, directory: directory, tracked: tracked)
     }
+}
+
+/// `cryo lazy-guard`: kills a lazily restored tree if its loader dies (Sources/Cryo/Memory/LazyGuard.swift).
+struct LazyGuardCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "lazy-guard", shouldDisplay: false)
+    func run() throws { LazyGuard.run(fd: 3) }
 }

@@ -269,3 +269,36 @@ private func imageDigest(_ folder: String) throws -> [String] {
     process.waitUntilExit()
     return String(decoding: output, as: UTF8.self).split(separator: "\n").map(String.init)
 }
+
+extension EndToEnd.RestoreKillSafetyTests {
+    /// A lazily restored tree runs before its memory is in: if cryo dies then, the tree must die
+    /// too (LazyGuard) rather than run on with zeros where its pages were.
+    @Test("lazy restore: a loader killed while pages are missing takes the tree with it", arguments: [[], ["-d"]])
+    func lazyLoaderKilled(_ flags: [String]) throws {
+        let scratch = try Scratch("lazy-loader-kill")
+        defer { scratch.remove() }
+        let wasSubreaper = isChildSubreaper()
+        setChildSubreaper(true)
+        defer { if !wasSubreaper { setChildSubreaper(false) } }
+        let fixture = try Fixture("counter", in: scratch)
+        defer { fixture.cleanUp() }
+        try fixture.waitReady(timeout: 60)
+        let (images, _) = try dumpAndReap(fixture, in: scratch)
+        // Without background pushing the counter's untouched pages stay missing until it faults them.
+        let result = try cryo(["restore", "--lazy-pages", "-D", images] + flags, in: scratch, timeout: 60,
+                              environment: ["CRYO_KILL_AT": "lazy-loading", "CRYO_LAZY_NO_PUSH": "1"])
+        let gone = waitUntil(timeout: 20) { _ = tryReap(fixture.pid); return !(ProcStatus(pid: fixture.pid).map { $0.state != "Z" } ?? false) }
+        #expect(gone, "pid \(fixture.pid) runs on after its loader died: \(describeProcess(fixture.pid))\n\(result)")
+        if !gone { kill(fixture.pid, SIGKILL) }
+        #expect(!fixture.lines.contains("PASS") && !fixture.lines.contains(where: { $0.hasPrefix("FAIL") }),
+                "the process ran on:\n\(fixture.report)")
+        let guards = processes(commandLineContaining: "lazy-guard")
+        #expect(waitUntil(timeout: 10) { processes(commandLineContaining: "lazy-guard").isEmpty }, "lazy guards left: \(guards)")
+    }
+}
+
+private func processes(commandLineContaining text: String) -> [pid_t] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { pid_t($0) }.filter {
+        readText("/proc/\($0)/cmdline").replacingOccurrences(of: "\0", with: " ").contains(text)
+    }
+}

@@ -1,4 +1,5 @@
 import CCryo
+import CryoInjector
 import CryoSystem
 import Dispatch
 import FoundationEssentials
@@ -108,6 +109,8 @@ final class LazyProcess {
     /// Faults that met an mm change (EAGAIN): retried once the events are read.
     var deferred: [UInt64] = []
     var gone = false
+    /// Its userfaultfd's copy in the lazy guard, if one watches.
+    var guardIndex: UInt32?
 
     init(uffd: Userfaultfd, source: PageSource, pending: PendingPages, pid: pid_t?, label: String) {
         self.uffd = uffd
@@ -153,6 +156,8 @@ public final class LazyServer: @unchecked Sendable {
     private var statisticsFile: (RestoreStatistics, String)?
     /// The pids as restored (this namespace), to kill with their descendants on failure.
     private var treePids: [pid_t] = []
+    /// Holds the userfaultfds and kills the tree should cryo die before loading ends (--lazy-pages).
+    var guardian: LazyGuard?
 
     init(logger: Logger, started: ContinuousClock.Instant) {
         self.logger = logger
@@ -170,7 +175,11 @@ public final class LazyServer: @unchecked Sendable {
         }
     }
 
-    func add(_ process: LazyProcess) {
+    func add(_ process: LazyProcess) throws {
+        if let guardian {
+            process.guardIndex = try guardian.hold(uffd: process.uffd.fd)
+            if let pid = process.pid { try guardian.hold(pid: pid) }
+        }
         lock.withLock {
             incoming.append(process)
             if let pid = process.pid { treePids.append(pid) }
@@ -230,6 +239,7 @@ public final class LazyServer: @unchecked Sendable {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(LazyServer.pushChunk), alignment: 4096)
         defer { buffer.deallocate() }
         var cursor = 0
+        var loadingAnnounced = false
         do {
             while true {
                 let (more, done, stopping) = lock.withLock { () -> ([LazyProcess], Bool, Bool) in
@@ -242,9 +252,13 @@ public final class LazyServer: @unchecked Sendable {
                 // copy of the userfaultfd (INSTALL_FDS, before adding is done): until then the kernel or the
                 // parasite may touch a page that was never in the image, and only a zero page releases it.
                 let finished = { (p: LazyProcess) in p.gone || (done && p.pending.isEmpty) }
-                for p in processes where finished(p) { p.uffd.close() }
+                for p in processes where finished(p) {
+                    if let index = p.guardIndex { guardian?.drop(index) }
+                    p.uffd.close()
+                }
                 processes.removeAll(where: finished)
                 if processes.isEmpty && done { break }
+                if done && !loadingAnnounced { loadingAnnounced = true; killPoint("lazy-loading") }
 
                 // Wait only when there is nothing to push.
                 var fds = [pollfd(fd: wakeup, events: Int16(POLLIN), revents: 0)]
@@ -277,6 +291,8 @@ public final class LazyServer: @unchecked Sendable {
             lock.withLock { failure = CryoError("lazy pages: \(error); killed the restored tree") }
             killTree(processes)
         }
+        // Everything is in, or the tree is dead: the guard lets go before the last copies close.
+        guardian?.release()
         for p in processes { p.uffd.close() }
         lock.withLock { for p in incoming { p.uffd.close() }; incoming = [] }
         statistics.loadedSeconds = seconds(since: started)
@@ -309,6 +325,7 @@ public final class LazyServer: @unchecked Sendable {
                     let child = LazyProcess(uffd: Userfaultfd(fd: FileDescriptor(rawValue: Int32(bitPattern: e.ufd)), pid: 0), source: p.source,
                                             pending: p.pending, pid: nil, label: "a child forked by \(p.label)")
                     logger.debug("lazy pages: \(child.label), \(child.pending.bytes / 4096) pages to load")
+                    child.guardIndex = try guardian?.hold(uffd: child.uffd.fd) // the guard kills it as a descendant
                     forked.append(child)
                 case CRYO_UFFD_EVENT_REMAP: p.pending.move(from: e.address, to: e.to, length: e.length)
                 case CRYO_UFFD_EVENT_REMOVE, CRYO_UFFD_EVENT_UNMAP: p.pending.remove(e.address, e.address + e.length)

@@ -115,6 +115,8 @@ public struct Restorer {
         // the other core while the next process is restored. Without userfaultfd, the parasite reads.
         let eagerThroughUffd = !options.lazyPages && (try? LazyServer.check()) != nil
         session.lazy = options.lazyPages || eagerThroughUffd ? LazyServer(logger: logger, started: started) : nil
+        // A lazily restored tree must not outlive its loader on zero-filled memory (LazyGuard.swift).
+        if options.lazyPages { session.lazy?.guardian = try LazyGuard() }
         // The new pid namespace's init parks in a read() on this pipe until cryo closes its write end.
         var park: (read: FileDescriptor, write: FileDescriptor?)? = nil
         defer { try? park?.read.close(); try? park?.write?.close() }
@@ -571,7 +573,7 @@ public struct Restorer {
             let source = PageSource(reader: try PageReader(path: image.paths.pages(imagePid), index: task.pageIndex))
             let pending = PendingPages(lazy.pending)
             logger.debug("pid \(pid): \(lazy.ranges.count) lazy mappings, \(pending.bytes / 4096) pages to load lazily")
-            server.add(LazyProcess(uffd: Userfaultfd(fd: uffd, pid: pid), source: source, pending: pending, pid: pid, label: "pid \(pid)"))
+            try server.add(LazyProcess(uffd: Userfaultfd(fd: uffd, pid: pid), source: source, pending: pending, pid: pid, label: "pid \(pid)"))
         }
         faultHook("memory-restored")
     }
