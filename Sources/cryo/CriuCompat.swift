@@ -145,3 +145,5 @@ enum StatisticsDisplay {
 
 /// cryo's release; the commit comes from the build (Plugins/VersionStamp).
 let cryoVersion = "0.11"
+
+extension SysVSelection: ExpressibleByArgument {}

@@ -122,6 +122,11 @@ struct DumpCommand: ParsableCommand {
     var lazyPages = false
     @Option(name: .customLong("pidfile"), help: .hidden)
     var pidFile: String?
+    @Option(name: .customLong("sysv-ipc"),
+            help: "Which System V objects of the IPC namespace to save: tree (attached, created or last used by the tree; the default), attached (attached segments only), all.")
+    var sysvSelection: SysVSelection = .tree
+    @Option(name: .customLong("sysv-ipc-object"), help: "Also save this System V object: shm:ID, sem:ID or msg:ID (repeatable).")
+    var sysvObjects: [String] = []
     @OptionGroup var criu: CriuOptions
     @OptionGroup var common: CommonOptions
 
@@ -136,9 +141,12 @@ struct DumpCommand: ParsableCommand {
             _ = mkdir(directory, 0o700)  // the log goes into the images dir, which dump makes anyway
         }
         let statistics = try failing {
-            try Dumper(options: DumpOptions(pid: pid, directory: directory, leaveRunning: leaveRunning, shellJob: shellJob,
-                                               tcpEstablished: tcpEstablished, compress: compress,
-                                               previousImages: previousImages, ghostLimit: ghostLimit),
+            var options = DumpOptions(pid: pid, directory: directory, leaveRunning: leaveRunning, shellJob: shellJob,
+                                      tcpEstablished: tcpEstablished, compress: compress,
+                                      previousImages: previousImages, ghostLimit: ghostLimit)
+            options.sysvSelection = sysvSelection
+            options.sysvExtra = sysvObjects
+            return try Dumper(options: options,
                        logger: common.logger(relativeTo: criu.workDirectory ?? directory)).run()
         }
         if common.verbose > 0 {

@@ -5,6 +5,7 @@
 
 import Foundation
 import Glibc
+import CryoSystem
 import Testing
 
 extension EndToEnd {
@@ -42,6 +43,55 @@ extension EndToEnd {
             let restore = try CryoProcess(["restore", "-D", images], in: scratch)
             defer { restore.stop() }
             try expectRestoredAndPassing(fixture, by: restore)
+        }
+
+        /// Removes the sysvipc fixture's objects (the fixture removes them itself when it passes).
+        static func removeObjects(_ ids: [Int32]) {
+            shmctl(ids[0], IPC_RMID, nil)
+            shmctl(ids[1], IPC_RMID, nil)
+            try? SysVSem.remove(ids[2])
+            msgctl(ids[3], IPC_RMID, nil)
+        }
+
+        @Test("unattached segments, semaphore sets and message queues the tree made round-trip: still there, or removed after the dump and made again",
+              arguments: [false, true])
+        func ownedObjects(removeAfterDump: Bool) throws {
+            let scratch = try Scratch("sysvipc")
+            defer { scratch.remove() }
+            let fixture = try Fixture("sysvipc", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let ids = try #require(fixture.tagged("IPC")?.compactMap { Int32($0) })
+            try #require(ids.count == 4)
+            defer { Self.removeObjects(ids) }
+            let (images, _) = try dumpAndReap(fixture, in: scratch)
+            if removeAfterDump {
+                Self.removeObjects(ids)
+                var ds = msqid_ds()
+                #expect(msgctl(ids[3], IPC_STAT, &ds) != 0, "the queue should be gone before the restore")
+            }
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore)
+        }
+
+        @Test("a process with semaphore undo entries (SEM_UNDO) is refused in one line and keeps running")
+        func undoRefused() throws {
+            let scratch = try Scratch("sysvipc-undo")
+            defer { scratch.remove() }
+            let fixture = try Fixture("sysvipc", arguments: ["undo"], in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let ids = try #require(fixture.tagged("IPC")?.compactMap { Int32($0) })
+            try #require(ids.count == 4)
+            defer { Self.removeObjects(ids) }
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("img")], in: scratch, reaping: fixture)
+            #expect(dump.failed, "\(dump)")
+            #expect(dump.stderrLines.count == 1 && dump.stderr.contains("pid \(fixture.pid)") && dump.stderr.contains("SEM_UNDO"), "\(dump)")
+            #expect(fixture.pollOriginal() == nil, "the fixture should still run")
+            fixture.signal(SIGTERM)
+            _ = fixture.reapOriginal(timeout: 20)
+            expectPass(fixture, "\(dump)")
         }
     }
 }

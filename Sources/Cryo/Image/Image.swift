@@ -259,8 +259,11 @@ public struct Inventory: Codable, Sendable {
     public var pageSize: Int = 4096
     /// Namespaces of its own the tree is restored into (absent: cryo's).
     public var namespaces: NamespaceRecord?
-    /// System V shared memory segments the tree has attached (their contents in sysvshm-ID.img).
+    /// System V shared memory segments the tree has attached or owns (their contents in sysvshm-ID.img).
     public var sysvSharedMemory: [SysVSegment]?
+    /// System V semaphore sets and message queues the dump took (SysVObjects.swift).
+    public var sysvSemaphores: [SysVSemaphoreSet]? = nil
+    public var sysvMessageQueues: [SysVMessageQueue]? = nil
 
     public struct ProcessEntry: Codable, Sendable {
         public var pid: Int32

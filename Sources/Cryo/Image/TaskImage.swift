@@ -93,6 +93,7 @@ public struct Image: Sendable {
                 throw ImageError(file: "sysvshm-\(segment.id).img", "is missing or not the \(bytes) bytes its runs need (truncated or replaced)")
             }
         }
+        try SysVObjects.validate(inventory.sysvSemaphores ?? [], inventory.sysvMessageQueues ?? [])
         let (paths, table) = (self.paths, fileTable)
         // Decoding JSON is most of the work for a big tree: both cores do it.
         let pids = inventory.livePids

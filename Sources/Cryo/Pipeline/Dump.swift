@@ -21,6 +21,9 @@ public struct DumpOptions: Sendable {
     /// Largest file unlinked while open whose contents are saved (CRIU's --ghost-limit); a larger one is refused.
     public var ghostLimit: UInt64
     public static let defaultGhostLimit: UInt64 = 1 << 20
+    /// Which System V objects of the IPC namespace are taken (SysVObjects.swift), and ones added by id ("sem:3").
+    public var sysvSelection: SysVSelection = .tree
+    public var sysvExtra: [String] = []
     public init(pid: pid_t, directory: String, leaveRunning: Bool, shellJob: Bool, tcpEstablished: Bool = false,
                 compress: Bool = false, previousImages: String? = nil, ghostLimit: UInt64 = defaultGhostLimit) {
         self.pid = pid
@@ -150,6 +153,9 @@ public struct Dumper {
                     taskWriter.submit { try task.write(to: taskPath) }
                 }
             }
+            let (semaphores, queues) = try SysVObjects.dump(pids: Set(tree.live.map(\.pid)), selection: options.sysvSelection,
+                                                            extra: options.sysvExtra, paths: paths, segments: &sysvSegments,
+                                                            created: &created)
             try taskWriter.finish()
             try sharedMemory.write()
             try fileTable.finish()
@@ -158,11 +164,13 @@ public struct Dumper {
             created.append(paths.files)
             try files.write(to: paths.files)
             var inventory = RecordWriter()
-            try inventory.append(.inventory, Inventory(rootPid: pid, processes: tree.processes.map(\.entry),
-                                                       kernel: kernelRelease(), shellJob: options.shellJob,
-                                                       namespaces: namespaces.uts == nil ? nil : namespaces,
-                                                       sysvSharedMemory: sysvSegments.isEmpty ? nil
-                                                           : sysvSegments.values.sorted { $0.id < $1.id }))
+            var record = Inventory(rootPid: pid, processes: tree.processes.map(\.entry),
+                                   kernel: kernelRelease(), shellJob: options.shellJob,
+                                   namespaces: namespaces.uts == nil ? nil : namespaces,
+                                   sysvSharedMemory: sysvSegments.isEmpty ? nil : sysvSegments.values.sorted { $0.id < $1.id })
+            record.sysvSemaphores = semaphores.isEmpty ? nil : semaphores
+            record.sysvMessageQueues = queues.isEmpty ? nil : queues
+            try inventory.append(.inventory, record)
             try inventory.write(to: inventoryFD, path: paths.inventory)
         } catch {
             try? taskWriter.finish() // before the partial image is removed
@@ -240,6 +248,7 @@ public struct Dumper {
         for p in tree.live { try Caller.current.checkOwn(pid: p.pid, doing: "dumps") }
         try StoppedTasks.check(tree, root: options.pid, shellJob: options.shellJob)
         try TimeNamespace.check(tree)
+        try SysVObjects.checkUndo(tree)
         for p in tree.processes where p.pid != options.pid {
             guard let parent = byPid[p.ppid] else { continue }
             if p.zombieStatus == nil && parent.zombieStatus == nil {

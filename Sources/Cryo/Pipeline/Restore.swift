@@ -150,6 +150,8 @@ public struct Restorer {
             defer { for fd in sharedMemory { try? fd.close() } }
             let sysvSegments = try SysVSegmentsRestore(inventory.sysvSharedMemory ?? [], paths: image.paths)
             defer { sysvSegments.removeMade() }  // none left once finish() ran
+            let sysvObjects = try SysVObjectsRestore(semaphores: inventory.sysvSemaphores ?? [], queues: inventory.sysvMessageQueues ?? [])
+            defer { sysvObjects.removeMade() }  // none left once keep() ran
             let root = try createRoot(image, session: session, parent: namespaceInit)
             faultHook("root-created")
             try createTree(image, root: root, session: session, helperPids: helperPids)
@@ -161,6 +163,7 @@ public struct Restorer {
                                    session: session)
             }
             try sysvSegments.finish()
+            sysvObjects.keep()
             statistics.restoreSeconds = seconds(since: restoring)
             statistics.processes = inventory.processes.count
             statistics.pagesRestored = image.tasks.reduce(0) { $0 + $1.pageIndex.pageBytes / 4096 }

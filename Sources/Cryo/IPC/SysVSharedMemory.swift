@@ -34,15 +34,21 @@ public struct SysVSegment: Codable, Sendable {
         guard let raw = m.inode, let id = Int32(exactly: raw), let ds = try SysVShm.status(id) else {
             throw CryoError("\(what): segment \(m.inode.map(String.init) ?? "?") is gone")
         }
-        var segment = SysVSegment(id: id, key: ds.shm_perm.__key, size: UInt64(ds.shm_segsz), mode: UInt32(ds.shm_perm.mode & 0o777),
-                                  uid: ds.shm_perm.uid, gid: ds.shm_perm.gid,
-                                  destroyed: Int32(ds.shm_perm.mode) & SHM_DEST != 0, runs: [])
+        let pagedSize = (UInt64(ds.shm_segsz) + 4095) & ~4095
         // shmat maps a whole segment: a part of one (munmap after shmat) cannot be rebuilt by it.
-        guard m.fileOffset == 0 && m.length == segment.pagedSize else {
-            throw CryoError("\(what) maps \(m.length) bytes at offset \(m.fileOffset) of segment \(id) (\(segment.size) bytes); "
+        guard m.fileOffset == 0 && m.length == pagedSize else {
+            throw CryoError("\(what) maps \(m.length) bytes at offset \(m.fileOffset) of segment \(id) (\(ds.shm_segsz) bytes); "
                 + "a partly unmapped segment is not supported yet")
         }
         if segments[id] != nil { return }
+        segments[id] = try save(id: id, ds: ds, paths: paths, created: &created)
+    }
+
+    /// Saves segment `id` (attached or not): its figures and its non-zero pages.
+    static func save(id: Int32, ds: shmid_ds, paths: ImagePaths, created: inout [String]) throws -> SysVSegment {
+        var segment = SysVSegment(id: id, key: ds.shm_perm.__key, size: UInt64(ds.shm_segsz), mode: UInt32(ds.shm_perm.mode & 0o777),
+                                  uid: ds.shm_perm.uid, gid: ds.shm_perm.gid,
+                                  destroyed: Int32(ds.shm_perm.mode) & SHM_DEST != 0, runs: [])
         let path = dataPath(paths, id: id)
         created.append(path)
         let out = try Files.open(path, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
@@ -64,7 +70,7 @@ public struct SysVSegment: Codable, Sendable {
                 page = end
             }
         }
-        segments[id] = segment
+        return segment
     }
 
     /// Checks what restore would meet; the image's own figures are checked by `Image`.
@@ -104,10 +110,10 @@ final class SysVSegmentsRestore {
             }
             return  // still there: attached as it is now
         }
-        try setNextID(segment.id, what: what)
+        try SysVNextID.set("shm", segment.id, what: what)
         let got: Int32
         do { got = try SysVShm.create(key: segment.key, size: segment.size, mode: segment.mode) } catch {
-            try? setNextID(-1, what: what)
+            try? SysVNextID.set("shm", -1, what: what)
             throw CryoError("\(what): \(error)")
         }
         made.append(got)
@@ -133,15 +139,6 @@ final class SysVSegmentsRestore {
         try SysVShm.set(got, ds)
     }
 
-    /// The id the next shmget gets (-1: the kernel's choice again), for this IPC namespace.
-    private func setNextID(_ id: Int32, what: String) throws {
-        let path = "/proc/sys/kernel/shm_next_id"
-        let fd: FileDescriptor
-        do { fd = try Files.open(path, .writeOnly) } catch { throw CryoError("\(what): \(error)") }
-        defer { try? fd.close() }
-        try Files.write(fd, Array("\(id)\n".utf8), path: path)
-    }
-
     /// Once every task has attached: segments that were marked for removal are marked again.
     func finish() throws {
         for segment in segments where segment.destroyed && made.contains(segment.id) {
@@ -154,5 +151,16 @@ final class SysVSegmentsRestore {
     func removeMade() {
         for id in made { try? SysVShm.remove(id) }
         made = []
+    }
+}
+
+/// kernel.{shm,sem,msg}_next_id: the id the next get call of that kind makes (-1: the kernel's choice again).
+enum SysVNextID {
+    static func set(_ kind: String, _ id: Int32, what: String) throws {
+        let path = "/proc/sys/kernel/\(kind)_next_id"
+        let fd: FileDescriptor
+        do { fd = try Files.open(path, .writeOnly) } catch { throw CryoError("\(what): \(error)") }
+        defer { try? fd.close() }
+        try Files.write(fd, Array("\(id)\n".utf8), path: path)
     }
 }
