@@ -14,6 +14,8 @@ public struct MemfdState: DescriptorKind {
     public var seals: Int32
     /// The memfd's inode: descriptions and mappings of one memfd share it, and so one memfd again after restore.
     public var inode: UInt64?
+    /// The runs of data in filedata-ID.img; the rest are holes (nil: all of it, images made before).
+    public var extents: [FileExtent]?
 
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> MemfdState? {
         guard p.stat.st_mode & S_IFMT == S_IFREG, p.link.hasPrefix(prefix) else { return nil }
@@ -25,10 +27,14 @@ public struct MemfdState: DescriptorKind {
         var name = String(link.dropFirst(prefix.count))
         if name.hasSuffix(RegularFileState.deletedSuffix) { name.removeLast(RegularFileState.deletedSuffix.count) }
         let st = try Files.stat(handle, object: object)
-        try saveContents(of: handle, object: object, to: context.paths.fileData(id), context: context)
+        // Read through a new description: the memfd's own may be write-only or O_PATH.
+        let readable = try FileObjects.open("/proc/self/fd/\(handle.rawValue)", flags: O_RDONLY, object: object)
+        defer { try? readable.close() }
+        let extents = try FileFacts.dataExtents(readable, size: Int64(st.st_size), object: object)
+        try saveContents(of: readable, extents: extents, size: Int64(st.st_size), object: object, to: context.paths.fileData(id), context: context)
         return MemfdState(name: name, size: Int64(st.st_size), mode: st.st_mode & 0o7777,
                           seals: try FileObjects.seals(handle, object: object),
-                          inode: UInt64(st.st_ino))
+                          inode: UInt64(st.st_ino), extents: extents)
     }
 
     func summary(_ file: FileTable.OpenFile) -> String {
@@ -46,11 +52,7 @@ public struct MemfdState: DescriptorKind {
         if let sibling { return try reopen(path: "/proc/self/fd/\(sibling.rawValue)", flags: flags, position: position, object: object) }
         let memfd = try FileObjects.memfd(name: name, allowSealing: true, object: "\(object) (\(name))")
         defer { try? memfd.close() }
-        let data = try Files.read(paths.fileData(id))
-        guard data.count == size else {
-            throw ImageError(file: fileName(of: paths.fileData(id)), "holds \(data.count) bytes, the memfd had \(size)")
-        }
-        try data.withUnsafeBytes { try Files.write(memfd, $0, at: 0, path: "memfd \(name)") }
+        try restoreContents(to: memfd, extents: extents, size: size, from: paths.fileData(id), object: "\(object) (memfd \(name))")
         try FileObjects.setMode(memfd, mode, object: object)
         if seals != 0 { try FileObjects.addSeals(memfd, seals, object: object) }
         return try reopen(path: "/proc/self/fd/\(memfd.rawValue)", flags: flags, position: position, object: object)
@@ -73,23 +75,5 @@ extension FileTableBuilder {
         let state = try MemfdState.dump(handle, object: object, into: self, id: id)
         add(FileTable.OpenFile(id: id, flags: UInt32(O_RDWR), position: 0, state: state), object: object)
         return id
-    }
-}
-
-/// Copies a file's whole contents (through our duplicate of its descriptor) into the image.
-func saveContents(of handle: FileDescriptor, object: String, to path: String, context: FileTableBuilder) throws {
-    context.created.append(path)
-    let out = try Files.open(path, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
-    defer { try? out.close() }
-    var offset: Int64 = 0
-    var chunk = [UInt8](repeating: 0, count: 1 << 20)
-    while true {
-        let n: Int
-        do { n = try chunk.withUnsafeMutableBytes { try handle.read(fromAbsoluteOffset: offset, into: $0) } } catch {
-            throw SyscallError("pread", errno: error as? Errno ?? .ioError, object: object)
-        }
-        if n == 0 { return }
-        try chunk.withUnsafeBytes { raw in try Files.write(out, UnsafeRawBufferPointer(rebasing: raw[0..<n]), at: offset, path: path) }
-        offset += Int64(n)
     }
 }

@@ -1,0 +1,50 @@
+// Files that have no path any more, or never had one, round-trip: each
+// fixture sets up its objects, is dumped (killed) and restored, then checks
+// its own state (sizes, holes, owners, times, contents, flags) and says PASS.
+
+import Foundation
+import Glibc
+import Testing
+
+extension EndToEnd {
+    @Suite("files without a path")
+    struct FileKindTests {
+        @Test("ghost files keep size, holes, owner, mode and times; write-only, O_PATH and hard-linked ones come back")
+        func ghosts() throws {
+            try fileRoundTrip("ghost") { fixture, images in
+                // 1 GiB + 123 bytes with 12 KiB of data: the image holds the data runs, not the holes.
+                let runs = fixture.tagged("SPARSE")?.first ?? ""
+                #expect(runs == "0+4096,268435456+8192,1073741824+123", "data runs of sparse.dat: \(runs)")
+                let data = try FileManager.default.contentsOfDirectory(atPath: images).filter { $0.hasPrefix("filedata-") }
+                let sizes = data.map { name -> (Int64, Int64) in
+                    var st = stat()
+                    _ = stat("\(images)/\(name)", &st)
+                    return (Int64(st.st_size), Int64(st.st_blocks) * 512)
+                }
+                let sparse = sizes.first { $0.0 == (1 << 30) + 123 }
+                try #require(sparse != nil, "no 1 GiB + 123 byte file data in the image: \(data) \(sizes)")
+                #expect(sparse!.1 < 1 << 20, "sparse.dat's image uses \(sparse!.1) bytes on disk: its holes were filled")
+                // other.dat still reaches linked.dat: nothing of it is copied.
+                #expect(!sizes.contains { $0.0 == 2000 }, "linked.dat's contents went into the image: \(sizes)")
+            }
+        }
+    }
+}
+
+/// start (with a fresh work folder) → READY → dump (kills) → `checkImage` →
+/// restore in the foreground → SIGTERM → PASS.
+func fileRoundTrip(_ name: String, dumpOptions: [String] = [], sourceLocation: SourceLocation = #_sourceLocation,
+                   checkImage: (Fixture, String) throws -> Void = { _, _ in }) throws {
+    let scratch = try Scratch("\(name)-files")
+    defer { scratch.remove() }
+    let fixture = try Fixture(name, arguments: [try scratch.folder("work")], in: scratch)
+    defer { fixture.cleanUp() }
+    try fixture.waitReady()
+    let (images, _) = try dumpAndReap(fixture, in: scratch, options: dumpOptions, sourceLocation: sourceLocation)
+    #expect(!fixture.lines.contains { $0 == "PASS" || $0.hasPrefix("FAIL") }, "the fixture checked itself before restore:\n\(fixture.report)",
+            sourceLocation: sourceLocation)
+    try checkImage(fixture, images)
+    let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+    defer { restore.stop() }
+    try expectRestoredAndPassing(fixture, by: restore, sourceLocation: sourceLocation)
+}
