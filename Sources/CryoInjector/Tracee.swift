@@ -84,14 +84,18 @@ public final class Tracee {
     public private(set) var groupStopSignal: Int32?
     /// A stop signal the task dequeued while cryo drove it: held back, and sent again before detaching.
     public private(set) var heldStopSignal: Int32?
+    /// Seized with PTRACE_O_SUSPEND_SECCOMP (needs CAP_SYS_ADMIN): its filters do not see injected syscalls.
+    public private(set) var seccompSuspended = false
     static let stopSignals: Set<Int32> = [SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU]
 
     /// Seize and stop the task: PTRACE_SEIZE, PTRACE_INTERRUPT, wait for the stop.
     /// No PTRACE_O_EXITKILL: if cryo dies, a task it was only reading survives.
     public static func seize(_ pid: pid_t) throws -> Tracee {
         // Suspending its seccomp filters needs CAP_SYS_ADMIN; without it, seize plainly.
+        var suspended = true
         do { try Ptrace.seize(pid, options: Ptrace.suspendSeccomp | Ptrace.traceSysGood) } catch let error as SyscallError where error.errno == .notPermitted {
             try Ptrace.seize(pid, options: Ptrace.traceSysGood)
+            suspended = false
         }
         do {
             try Ptrace.interrupt(pid)
@@ -100,6 +104,7 @@ public final class Tracee {
             let regs = try Ptrace.registers(pid)
             let mask = try Ptrace.signalMask(pid)
             let tracee = Tracee(pid: pid, registers: regs, mask: mask, live: true)
+            tracee.seccompSuspended = suspended
             if stopSignals.contains(stopSignal) { tracee.groupStopSignal = stopSignal }
             return tracee
         } catch let error as InjectionError {

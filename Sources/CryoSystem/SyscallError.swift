@@ -40,6 +40,7 @@ private let errnoNames: [Int32: String] = [
             ENOTTY: "ENOTTY", ENOSPC: "ENOSPC", ESPIPE: "ESPIPE", EROFS: "EROFS", EPIPE: "EPIPE",
             ERANGE: "ERANGE", ENOSYS: "ENOSYS", ENAMETOOLONG: "ENAMETOOLONG", ELOOP: "ELOOP",
             EOPNOTSUPP: "EOPNOTSUPP", ECONNREFUSED: "ECONNREFUSED", EPROTO: "EPROTO", EOVERFLOW: "EOVERFLOW",
+            EDQUOT: "EDQUOT", EFBIG: "EFBIG",
 ]
 
 /// Turns a raw C-layer result (>= 0 or -errno) into a value or a typed error.

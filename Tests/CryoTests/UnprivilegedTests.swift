@@ -152,6 +152,22 @@ extension EndToEnd {
             #expect(check.stdout.contains("CAP_CHECKPOINT_RESTORE") && check.stdout.contains("CAP_SYS_PTRACE"), "\(check)")
         }
 
+        @Test("an ordinary user's cryo, unable to suspend seccomp filters, refuses a filtered process up front; it runs on")
+        func seccompRefused() throws {
+            let setup = try UnprivilegedSetup("seccomp")
+            defer { setup.remove() }
+            let fixture = try setup.fixture("seccomp")
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let images = setup.work + "/img"
+            for command in ["dump", "pre-dump"] {
+                let dump = try setup.cryo([command, "-t", "\(fixture.pid)", "-D", images], reaping: fixture)
+                expectOneLine(dump, naming: ["pid \(fixture.pid)", "seccomp", "CAP_SYS_ADMIN", "PTRACE_O_SUSPEND_SECCOMP"])
+                #expect(!FileManager.default.fileExists(atPath: images), "a refused \(command) should leave no image folder")
+            }
+            expectRunsAndPasses(fixture, "")
+        }
+
         @Test("an ordinary user's file-capability cryo refuses to dump a process of root")
         func othersProcessRefused() throws {
             let setup = try UnprivilegedSetup("other")

@@ -75,6 +75,7 @@ public struct Image: Sendable {
     public init(directory: String) throws {
         paths = ImagePaths(directory)
         guard Files.exists(directory) else { throw CryoError("image folder \(directory) does not exist") }
+        if let refusal = IncompleteMark.refusal(paths) { throw refusal }
         guard Files.exists(paths.inventory) else {
             throw CryoError("\(directory) holds no cryo image (no inventory.img)")
         }

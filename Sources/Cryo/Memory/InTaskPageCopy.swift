@@ -133,8 +133,13 @@ struct InTaskPageCopy {
             if part != nil && result.threaded == 0 { log(pid, "WRITE_PAGES", "the task wrote its pages without a second thread") }
             return true
         } catch InjectionError.parasite(_, _, let result, _, _, _) {
-            // The command ended cleanly with the task's descriptors closed; its reason is only logged.
+            // The command ended cleanly with the task's descriptors closed.
             parasite.openDescriptors = []
+            // A full file system is no reason for the pipe: it would fill up the same way.
+            let errno = Errno(rawValue: Int32(truncatingIfNeeded: -result))
+            if errno == .noSpace || errno == .diskQuotaExceeded {
+                throw SyscallError("the task's pwritev of its pages", errno: errno, pid: pid, object: path)
+            }
             log(pid, "WRITE_PAGES", "the task cannot write its pages (errno \(-result)); through a pipe instead")
             return false
         }
@@ -156,8 +161,8 @@ struct InTaskPageCopy {
         do {
             try parasite.run(CRYO_CMD_DUMP_PAGES, payload: bytes(of: arguments) + bytes(of: iovecs), replyBytes: 0)
         } catch {
-            drain.abandon()
-            throw error
+            // The file side failing (ENOSPC...) is why the parasite's vmsplice met a closed pipe: say that.
+            throw drain.abandon() ?? error
         }
         parasite.openDescriptors = []
         try drain.finish()
@@ -199,10 +204,12 @@ private final class CopyThread: @unchecked Sendable {
         }
     }
 
-    /// The other part failed: stop early.
-    func abandon() {
+    /// The other part failed: stop early. Returns what the copy itself failed with, if it did.
+    @discardableResult
+    func abandon() -> Error? {
         lock.withLock { stopRequested = true }
         done.wait()
+        return lock.withLock { failure }
     }
 
     func finish() throws {

@@ -136,9 +136,12 @@ public struct PreDumper {
 
     public func run() throws -> DumpStatistics {
         let pid = options.pid
+        let lock = try DumpLock.acquire(pid: pid, doing: "this pre-dump is")
+        defer { lock.release() }
         // The same refusals as dump (a pre-dump of what cannot be dumped is of no use).
-        try Dumper(options: DumpOptions(pid: pid, directory: options.directory, leaveRunning: true, shellJob: true),
-                   logger: logger).checkRequest()
+        let dumper = Dumper(options: DumpOptions(pid: pid, directory: options.directory, leaveRunning: true, shellJob: true),
+                            logger: logger)
+        try dumper.checkRequest()
         let directory = options.directory
         let madeDirectory = !Files.exists(directory)
         let recordPath = "\(directory)/\(PreCopy.recordFile)"
@@ -171,6 +174,7 @@ public struct PreDumper {
         let tree = try FrozenTree.freeze(root: pid)
         var plans: [(pid: pid_t, startTime: UInt64, regions: [cryo_page_region])] = []
         do {
+            try dumper.checkSeccompSuspended(tree)
             for process in tree.live {
                 let memory = try MemoryRecord.dump(pid: process.pid)
                 // Listed, then protected, all while frozen: whatever is written from now on is seen as written.

@@ -50,11 +50,23 @@ public struct Dumper {
 
     public func run() throws -> DumpStatistics {
         let pid = options.pid
+        let lock = try DumpLock.acquire(pid: pid, doing: "this dump is")
+        defer { lock.release() }
+        faultHook("locked")
         try checkRequest()
         let paths = ImagePaths(options.directory)
         let madeDirectory = !Files.exists(options.directory)
         let inventoryFD = try paths.claim("inventory.img", holding: "an image")
         var created = [paths.inventory]
+        // Until the last step the folder says it is incomplete, so a cryo killed mid-dump leaves no image that looks whole.
+        do { try IncompleteMark.write(paths, "dump of pid \(pid) by cryo pid \(getpid()) did not finish") } catch {
+            try? inventoryFD.close()
+            unlink(paths.inventory)
+            if madeDirectory { rmdir(options.directory) }
+            throw error
+        }
+        // Set when the storage filled up: the folder keeps the mark, with the reason, and nothing else.
+        var storageFailure: Error?
         let fileTable = FileTableBuilder(paths: paths, options: KindOptions(tcpEstablished: options.tcpEstablished,
                                                                             shellJob: options.shellJob, leaveRunning: options.leaveRunning,
                                                                             ghostLimit: options.ghostLimit))
@@ -66,7 +78,12 @@ public struct Dumper {
             if !success {
                 for file in created + fileTable.created + sharedMemory.created { unlink(file) }
                 unlink("\(options.directory)/stats-dump")
-                if madeDirectory { rmdir(options.directory) }
+                if let storageFailure {
+                    try? IncompleteMark.write(paths, "dump of pid \(pid) failed: \(storageFailure)")
+                } else {
+                    IncompleteMark.remove(paths)
+                    if madeDirectory { rmdir(options.directory) }
+                }
             }
         }
         let previous = try options.previousImages.map {
@@ -174,7 +191,9 @@ public struct Dumper {
             try inventory.write(to: inventoryFD, path: paths.inventory)
         } catch {
             try? taskWriter.finish() // before the partial image is removed
-            throw tree.release(after: error)
+            let reported = tree.release(after: error)
+            if IncompleteMark.isStorageFull(error) { storageFailure = reported }
+            throw reported
         }
         statistics.frozenSeconds = seconds(since: frozenAt)
         statistics.processes = tree.processes.count
@@ -203,8 +222,11 @@ public struct Dumper {
         } catch {
             for fill in fills { unlink(fill.target) }
             for task in compressLater { unlink(paths.pages(task.core.pid)) }
-            throw CryoError("\(error); the image in \(options.directory) is incomplete and its pages files were removed")
+            let failure = CryoError("\(error); the image in \(options.directory) is incomplete and its pages files were removed")
+            try? IncompleteMark.write(paths, "dump of pid \(pid) failed: \(failure)")
+            throw failure
         }
+        IncompleteMark.remove(paths)
         previous?.finish()
         try? writeStatistics(statistics, to: "\(options.directory)/stats-dump")
         return statistics
@@ -246,6 +268,7 @@ public struct Dumper {
         let byPid = Dictionary(uniqueKeysWithValues: tree.processes.map { ($0.pid, $0) })
         // An ordinary user's cryo reads only processes with the user's own credentials (before any parasite goes in).
         for p in tree.live { try Caller.current.checkOwn(pid: p.pid, doing: "dumps") }
+        try checkSeccompSuspended(tree)
         try StoppedTasks.check(tree, root: options.pid, shellJob: options.shellJob)
         try TimeNamespace.check(tree)
         try SysVObjects.checkUndo(tree)
@@ -270,6 +293,19 @@ public struct Dumper {
             if p.sid == byPid[options.pid]!.sid && options.shellJob && p.pgid == byPid[options.pid]!.pgid { continue }
             if byPid[p.pgid] == nil && p.sid != byPid[p.ppid]?.sid {
                 throw CryoError("pid \(p.pid) (\(p.comm)): process group \(p.pgid) has no leader in the tree and no member's parent in its session")
+            }
+        }
+    }
+
+    /// A seccomp filter cryo could not suspend (PTRACE_O_SUSPEND_SECCOMP needs CAP_SYS_ADMIN) would
+    /// act on the parasite's syscalls, and might kill the task: refused before any is injected.
+    func checkSeccompSuspended(_ tree: FrozenTree) throws {
+        for p in tree.live {
+            for thread in p.threads where !thread.seccompSuspended {
+                guard let mode = try? ProcStatus(pid: thread.pid, thread: p.pid).values["Seccomp"], mode != "0" else { continue }
+                let which = thread.pid == p.pid ? "" : " thread \(thread.pid)"
+                throw CryoError("pid \(p.pid) (\(p.comm))\(which) runs under seccomp (mode \(mode)) and cryo cannot suspend its filters "
+                    + "without CAP_SYS_ADMIN (PTRACE_O_SUSPEND_SECCOMP: EPERM); dump it as root")
             }
         }
     }

@@ -148,9 +148,56 @@ final class FrozenTree {
     }
 
     /// Releases the tree after `error`, which it returns, naming a failed release too.
+    /// A process that died meanwhile is what happened: the error says so (with its
+    /// exit status or signal) instead of the failed read that noticed it.
     func release(after error: Error) -> Error {
+        var deaths = deadProcesses(noticedIn: error)
+        if !deaths.isEmpty {
+            processes.removeAll { p in deaths.contains { $0.pid == p.pid } }
+            let first = deaths.removeFirst()
+            let others = deaths.isEmpty ? "" : "; also " + deaths.map { "pid \($0.pid) (\($0.how))" }.joined(separator: ", ")
+            let what = CryoError("pid \(first.pid) (\(first.comm)) died during dump (\(first.how))\(others)")
+            do { try release() } catch let releaseError { return CryoError("\(what); then \(releaseError)") }
+            return what
+        }
         do { try release() } catch let releaseError { return CryoError("\(error); then \(releaseError)") }
         return error
+    }
+
+    /// Processes of the tree that exited while frozen, and how. As their tracer cryo
+    /// is told of each death (before the parent); a status an earlier wait took
+    /// comes with the error that wait raised.
+    private func deadProcesses(noticedIn error: Error) -> [(pid: pid_t, comm: String, how: String)] {
+        var known: [pid_t: WaitStatus] = [:]
+        if case InjectionError.vanished(let pid, let status)? = error as? InjectionError { known[pid] = status }
+        var result: [(pid: pid_t, comm: String, how: String)] = []
+        for process in live where !released {
+            let tids = Set(process.threads.map(\.pid))
+            var status = known.first { tids.contains($0.key) }?.value
+            let state = (try? ProcStat(pid: process.pid))?.state
+            // Alive and stopped by us: no wait needed. Dying: the leader is reported after its threads.
+            if status == nil && state != nil && state != "Z" && state != "X" { continue }
+            let deadline = ContinuousClock.now + .seconds(1)
+            while status == nil && ContinuousClock.now < deadline {
+                for thread in process.threads.reversed() {
+                    guard let waited = try? waitFor(thread.pid, options: WNOHANG) else { continue }
+                    if thread.pid == process.pid, case .exited = waited { status = waited }
+                    if thread.pid == process.pid, case .signaled = waited { status = waited }
+                }
+                if status == nil { usleep(1000) }
+            }
+            if status == nil, state == "Z", let raw = try? ProcStat(pid: process.pid).field(52) {
+                status = WaitStatus(raw: Int32(truncatingIfNeeded: raw))
+            }
+            let how: String
+            switch status {
+            case .exited(let code)?: how = "exit status \(code)"
+            case .signaled(let signal)?: how = "killed by \(deathSignalName(signal))"
+            default: how = "exit status unknown"
+            }
+            result.append((process.pid, process.comm, how))
+        }
+        return result
     }
 
     /// Kills every process while it is still stopped, and waits until each is gone.
@@ -169,4 +216,14 @@ final class FrozenTree {
             for thread in process.threads.reversed() { _ = try? waitFor(thread.pid) }
         }
     }
+}
+
+/// SIGKILL, SIGSEGV...: how people name the signal that ended a process.
+func deathSignalName(_ signal: Int32) -> String {
+    let names = ["HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE", "ALRM",
+                 "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM", "PROF",
+                 "WINCH", "IO", "PWR", "SYS"]
+    if signal >= 1 && signal <= 31 { return "SIG" + names[Int(signal) - 1] }
+    if signal >= 34 && signal <= 64 { return "SIGRTMIN+\(signal - 34)" }
+    return "signal \(signal)"
 }
