@@ -36,11 +36,6 @@ extension EndToEnd {
             try expectSocketRefused(arguments: [], naming: "AF_NETLINK")
         }
 
-        @Test("dump of a process with a descriptor in flight on a unix socket fails naming pid, fd and SCM_RIGHTS")
-        func descriptorInFlightRefused() throws {
-            try expectSocketRefused(arguments: ["scm"], naming: "SCM_RIGHTS")
-        }
-
         @Test("restore while the original still runs fails naming the pid and its holder")
         func pidInUse() throws {
             let scratch = try Scratch("pid-in-use")

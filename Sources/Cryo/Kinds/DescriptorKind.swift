@@ -158,6 +158,12 @@ final class OpenContext {
         return made
     }
 
+    /// Once every description is open and the tree's processes exist (`hostPid`: a pid of
+    /// the image as cryo sees it, nil for one not restored).
+    func finishRebuilders(hostPid: (Int32) -> Int32?) throws {
+        for r in rebuilders.values { try r.finish(self, hostPid: hostPid) }
+    }
+
     /// cryo's own copies go once every description is open (or the opening failed).
     func closeRebuilders() {
         for r in rebuilders.values { r.closeAll() }
@@ -168,8 +174,14 @@ final class OpenContext {
 /// Builds every object of one kind of the image at once, then hands out descriptions.
 protocol KindRebuilder: AnyObject {
     init(_ context: OpenContext) throws
+    /// Work that waits until every description is open and the processes exist (queued unix messages).
+    func finish(_ context: OpenContext, hostPid: (Int32) -> Int32?) throws
     /// Closes cryo's own copies of whatever was made.
     func closeAll()
+}
+
+extension KindRebuilder {
+    func finish(_ context: OpenContext, hostPid: (Int32) -> Int32?) throws {}
 }
 
 extension FileTable.OpenFile {

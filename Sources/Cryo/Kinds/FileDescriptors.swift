@@ -54,7 +54,9 @@ struct DescriptorProbe {
     let info: FDInfo
     let stat: Glibc.stat
     let handle: FileDescriptor  // our duplicate (pidfd_getfd): same open file description
-    var object: String { "pid \(pid) fd \(fd)" }
+    /// For a descriptor in flight in a socket queue (then `pid` and `fd` are cryo's own): where it was found.
+    var inFlight: String? = nil
+    var object: String { inFlight ?? "pid \(pid) fd \(fd)" }
 }
 
 /// Builds the file table while descriptor tables are dumped, one process after another.
@@ -70,6 +72,10 @@ final class FileTableBuilder {
     private var seen: [String: [(pid: pid_t, fd: Int32, id: Int)]] = [:]
     /// Duplicates a kind holds until the tree is dead, with what to do to each right before the kill.
     private var held: [(handle: FileDescriptor, beforeKill: (FileDescriptor) -> Void)] = []
+    /// Descriptors in flight (SCM_RIGHTS) found in socket queues, open in cryo until the dump ends,
+    /// with what to do with the file id each gets.
+    private var inFlight: [(handle: FileDescriptor, object: String, resolved: (FileTableBuilder, Int) -> Void)] = []
+    private var inFlightDone = 0
 
     init(paths: ImagePaths, options: KindOptions) {
         self.paths = paths
@@ -90,6 +96,39 @@ final class FileTableBuilder {
     func release() {
         for h in held { try? h.handle.close() }
         held = []
+        for f in inFlight { try? f.handle.close() }
+        inFlight = []
+    }
+
+    /// A descriptor received in cryo from a socket queue: it is dumped (or found to be one
+    /// already dumped) in `finish`, once every process's own descriptors are known.
+    func addInFlight(_ handle: FileDescriptor, object: String, resolved: @escaping (FileTableBuilder, Int) -> Void) {
+        inFlight.append((handle, object, resolved))
+    }
+
+    /// Kinds whose state names descriptors of the process holding them, or its session:
+    /// they mean nothing in flight.
+    private static func refusedInFlight(_ state: any DescriptorKind) -> String? {
+        if state is EpollState { return "an epoll instance (its watches name descriptors of whoever added them)" }
+        if state is TerminalState { return "a terminal" }
+        return nil
+    }
+
+    private func dumpInFlight() throws {
+        let me = Kernel.currentPid()
+        // Dumping one may find more: a socket in flight with descriptors in its own queue.
+        while inFlightDone < inFlight.count {
+            let (handle, object, resolved) = inFlight[inFlightDone]
+            inFlightDone += 1
+            let fd = handle.rawValue
+            let link = try Files.readLink("/proc/self/fd/\(fd)")
+            let info = try parseFDInfo(try Files.readString("/proc/self/fdinfo/\(fd)"))
+            let (id, new) = try describe(pid: me, fd: fd, link: link, info: info, handle: handle, inFlight: "\(object) (\(link))")
+            if new, let why = Self.refusedInFlight(table.files[id].state) {
+                throw CryoError("\(object): \(link) is \(why); in flight (SCM_RIGHTS) it cannot be dumped, not supported")
+            }
+            resolved(self, id)
+        }
     }
 
     func dump(pid: pid_t) throws -> DescriptorsRecord {
@@ -102,34 +141,35 @@ final class FileTableBuilder {
             let info = try parseFDInfo(try Files.readString("/proc/\(pid)/fdinfo/\(fd)"))
             let handle = try Pidfd.getfd(pidfd, pid: pid, fd: fd)
             defer { try? handle.close() }
-            let stat = try Files.stat(handle, object: "pid \(pid) fd \(fd)")
-            let key = "\(stat.st_dev):\(stat.st_ino)"
             let closeOnExec = info.flags & UInt32(O_CLOEXEC) != 0
             let lockList = try FileLock.parse(info, object: "pid \(pid) fd \(fd)")
             let locks = lockList.isEmpty ? nil : lockList
-            // A dup, or a description inherited from a parent, is stored once.
-            var shared: Int? = nil
-            for candidate in seen[key] ?? [] where try Pidfd.sameFile(candidate.pid, candidate.fd, pid, fd) {
-                shared = candidate.id
-                break
-            }
-            if let shared {
-                descriptors.append(.init(fd: fd, closeOnExec: closeOnExec, file: shared, locks: locks))
-                continue
-            }
-            let probe = DescriptorProbe(pid: pid, fd: fd, link: link, flags: info.flags & ~UInt32(O_CLOEXEC),
-                                        position: info.position, info: info, stat: stat, handle: handle)
-            let id = table.files.count
-            guard let state = try DescriptorKinds.dump(probe, into: self, id: id) else {
-                let what = link.hasPrefix("anon_inode:") ? "an \(link) descriptor" : "\(link)"
-                throw CryoError("\(probe.object): \(what) is not supported yet")
-            }
-            add(FileTable.OpenFile(id: id, flags: probe.flags, position: probe.position, path: state.recordedPath(probe), state: state),
-                object: probe.object)
-            seen[key, default: []].append((pid, fd, id))
+            let (id, _) = try describe(pid: pid, fd: fd, link: link, info: info, handle: handle, inFlight: nil)
             descriptors.append(.init(fd: fd, closeOnExec: closeOnExec, file: id, locks: locks))
         }
         return DescriptorsRecord(descriptors: descriptors)
+    }
+
+    /// The file id of a description: one already dumped (a dup, or a description inherited
+    /// from a parent, is stored once), or a new entry. `pid`'s `fd` must stay open until the dump ends.
+    private func describe(pid: pid_t, fd: Int32, link: String, info: FDInfo, handle: FileDescriptor,
+                          inFlight: String?) throws -> (id: Int, new: Bool) {
+        let stat = try Files.stat(handle, object: inFlight ?? "pid \(pid) fd \(fd)")
+        let key = "\(stat.st_dev):\(stat.st_ino)"
+        for candidate in seen[key] ?? [] where try Pidfd.sameFile(candidate.pid, candidate.fd, pid, fd) {
+            return (candidate.id, false)
+        }
+        let probe = DescriptorProbe(pid: pid, fd: fd, link: link, flags: info.flags & ~UInt32(O_CLOEXEC),
+                                    position: info.position, info: info, stat: stat, handle: handle, inFlight: inFlight)
+        let id = table.files.count
+        guard let state = try DescriptorKinds.dump(probe, into: self, id: id) else {
+            let what = link.hasPrefix("anon_inode:") ? "an \(link) descriptor" : "\(link)"
+            throw CryoError("\(probe.object): \(what) is not supported yet")
+        }
+        add(FileTable.OpenFile(id: id, flags: probe.flags, position: probe.position, path: state.recordedPath(probe), state: state),
+            object: probe.object)
+        seen[key, default: []].append((pid, fd, id))
+        return (id, true)
     }
 
     /// Adds an entry (a kind may add one that no descriptor names, such as a mapped memfd).
@@ -140,6 +180,7 @@ final class FileTableBuilder {
 
     /// Checks that need every process's descriptors: how unix sockets connect...
     func finish() throws {
+        try dumpInFlight()
         for kind in DescriptorKinds.all { try kind.finishDump(self) }
     }
 }
@@ -170,19 +211,41 @@ extension FileTable {
 
     /// Opens every description in the controller, ready to be passed to the tasks.
     /// `holders` names, per file id, a descriptor that holds it ("pid 42 fd 3"), for error messages.
-    func open(paths: ImagePaths, options: KindOptions, holders: [Int: String] = [:]) throws -> [FileDescriptor] {
+    func open(paths: ImagePaths, options: KindOptions, holders: [Int: String] = [:]) throws -> OpenedFiles {
         let context = OpenContext(files: files, paths: paths, options: options)
-        defer { context.closeRebuilders() }
         do {
             for f in files {
                 let object = "\(holders[f.id].map { "\($0): " } ?? "")file #\(f.id) (\(f.path ?? f.kind))"
                 context.opened.append(try f.state.open(f, object: object, context: context))
             }
         } catch {
+            context.closeRebuilders()
             for h in context.opened { try? h.close() }
             throw error
         }
-        return context.opened
+        return OpenedFiles(context)
+    }
+}
+
+/// A file table's descriptions, open in the controller, and what the kinds do once the
+/// tree's processes exist (queued unix messages go back with their senders' pids).
+final class OpenedFiles {
+    let descriptors: [FileDescriptor]
+    private let context: OpenContext
+
+    init(_ context: OpenContext) {
+        self.context = context
+        descriptors = context.opened
+    }
+
+    func finish(hostPid: (Int32) -> Int32?) throws {
+        defer { context.closeRebuilders() }
+        try context.finishRebuilders(hostPid: hostPid)
+    }
+
+    func close() {
+        context.closeRebuilders()
+        for fd in descriptors { try? fd.close() }
     }
 }
 

@@ -65,6 +65,19 @@ public struct UnixSocketState: DescriptorKind {
     public var receiveBuffer: Int32
     /// SO_PEEK_OFF; -1 when not enabled.
     public var peekOffset: Int32
+    /// Per element of `queued`: the file ids of the descriptors in flight with it
+    /// (SCM_RIGHTS; extra entries of the file table), empty for none. Nil: none anywhere.
+    public var rights: [[Int]]? = nil
+    /// Per element of `queued`: SCM_CREDENTIALS as the receiver saw them, nil where the
+    /// message carries none. Nil: no credentials anywhere.
+    public var senders: [Sender?]? = nil
+
+    /// Credentials of a queued message; pid as the dumped tree saw it.
+    public struct Sender: Codable, Sendable, Equatable {
+        public var pid: Int32
+        public var uid: UInt32
+        public var gid: UInt32
+    }
 }
 
 // MARK: - Dump
@@ -77,10 +90,6 @@ extension UnixSocketState {
         let family = try option(fd, SO_DOMAIN, p.object)
         guard family == AF_UNIX else {
             throw CryoError("\(p.object): \(familyName(family)) socket (\(p.link)) is not supported yet")
-        }
-        if let inFlight = p.info.value("scm_fds").flatMap({ Int($0) }), inFlight > 0 {
-            throw CryoError("\(p.object): a unix socket (\(p.link)) with \(inFlight) descriptor\(inFlight == 1 ? "" : "s") "
-                + "in flight (SCM_RIGHTS) in its receive queue is not supported yet")
         }
         guard let diag = try SockDiag.unixSocket(inode: UInt32(truncatingIfNeeded: p.stat.st_ino), object: "\(p.object) (\(p.link))") else {
             throw CryoError("\(p.object): unix socket \(p.link) is not in cryo's network namespace; not supported")
@@ -135,45 +144,96 @@ extension UnixSocketState {
         }
         // Only a datagram socket receives without a connection; the others refuse to be read unconnected.
         if type == .dgram || state == .connected {
-            s.queued = try peekQueue(fd, type: type, peekOffset: s.peekOffset, object: what)
+            try s.readQueue(fd, passCredentials: s.passCredentials, queueBytes: Int(diag.queues?.receive ?? 0),
+                            into: table, id: id, object: what)
         }
-        if type == .stream, let total = s.queued.first?.count, let queued = diag.queues?.receive, total < Int(queued) {
+        let total = s.queued.reduce(0) { $0 + $1.count }
+        if type == .stream, let queued = diag.queues?.receive, total < Int(queued) {
             throw CryoError("\(what): read \(total) of the \(queued) bytes in its receive queue")
         }
         return s
     }
 
+    /// Fills `queued`, `rights` and `senders` from the receive queue. Descriptors in
+    /// flight are handed to the file table, which dumps them once every process's own
+    /// are known and then sets their ids here.
+    mutating func readQueue(_ fd: FileDescriptor, passCredentials: Bool, queueBytes: Int, into table: FileTableBuilder,
+                            id: Int, object: String) throws {
+        let messages = try Self.peekQueue(fd, type: type, peekOffset: peekOffset, passCredentials: passCredentials,
+                                          queueBytes: queueBytes, object: object)
+        queued = messages.map(\.data)
+        if messages.contains(where: { !$0.descriptors.isEmpty }) {
+            rights = messages.map { [Int](repeating: -1, count: $0.descriptors.count) }
+        }
+        if messages.contains(where: { $0.credentials != nil }) {
+            senders = messages.map { $0.credentials.map { Sender(pid: $0.pid, uid: $0.uid, gid: $0.gid) } }
+        }
+        for (m, message) in messages.enumerated() {
+            for (k, passed) in message.descriptors.enumerated() {
+                table.addInFlight(passed, object: "\(object), message \(m + 1) of its queue, descriptor \(k + 1)") { table, fileID in
+                    guard var s = table.table.files[id].state as? UnixSocketState else { return }
+                    s.rights?[m][k] = fileID
+                    table.table.files[id].state = s
+                }
+            }
+        }
+    }
+
+    struct PeekedMessage {
+        var data: Data
+        var descriptors: [FileDescriptor]
+        var credentials: UnixCredentials?
+    }
+
     /// Reads the receive queue through SO_PEEK_OFF, which is per socket and so
-    /// shared with the process: it is put back as it was afterwards.
-    static func peekQueue(_ fd: FileDescriptor, type: SocketType, peekOffset: Int32, object: String) throws -> [Data] {
+    /// shared with the process: it is put back as it was afterwards, as is
+    /// SO_PASSCRED, turned on meanwhile so each message shows its sender (and a
+    /// stream is read in runs of one sender: the kernel does not join writers then).
+    /// A stream's bytes come in runs that end where descriptors came along.
+    static func peekQueue(_ fd: FileDescriptor, type: SocketType, peekOffset: Int32, passCredentials: Bool,
+                          queueBytes: Int, object: String) throws -> [PeekedMessage] {
         defer { try? Sockets.setOption(fd, SOL_SOCKET, SO_PEEK_OFF, peekOffset, name: "SO_PEEK_OFF", object: object) }
-        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        if !passCredentials { try Sockets.setOption(fd, SOL_SOCKET, SO_PASSCRED, Int32(1), name: "SO_PASSCRED", object: object) }
+        defer { if !passCredentials { try? Sockets.setOption(fd, SOL_SOCKET, SO_PASSCRED, Int32(0), name: "SO_PASSCRED", object: object) } }
+        // A stream peek that stops inside a run would bring its descriptors twice: room for the whole queue.
+        var buffer = [UInt8](repeating: 0, count: type == .stream ? max(1 << 16, queueBytes + 1) : 1 << 16)
         var offset = 0
-        var stream = Data()
-        var messages: [Data] = []
+        var messages: [PeekedMessage] = []
+        var done = false
+        defer { if !done { for m in messages { for d in m.descriptors { try? d.close() } } } }
         while true {
             guard offset <= Int(Int32.max) else { throw CryoError("\(object): receive queue too large to read") }
             try Sockets.setOption(fd, SOL_SOCKET, SO_PEEK_OFF, Int32(offset), name: "SO_PEEK_OFF", object: object)
-            let peeked = try buffer.withUnsafeMutableBytes { try Sockets.peek(fd, into: $0, truncate: type != .stream, object: object) }
-            if let peeked, peeked.descriptors > 0 {
-                throw CryoError("\(object) has descriptors in flight (SCM_RIGHTS) in its receive queue; not supported yet")
-            }
-            guard let count = peeked?.length else { break }
+            let peeked = try buffer.withUnsafeMutableBytes { try Sockets.peekUnix(fd, into: $0, truncate: type != .stream, object: object) }
+            guard let peeked else { break }
+            let count = peeked.length
+            // pid 0: sent while neither end passed credentials, so the message carries none.
+            let credentials = peeked.credentials.flatMap { $0.pid == 0 ? nil : $0 }
             if type == .stream {
                 if count == 0 { break } // end of stream: nothing more, and the peer shut down
-                stream.append(contentsOf: buffer[0..<count])
-            } else {
-                if count > buffer.count {
-                    // MSG_TRUNC told the message's full length: peek it again, whole.
-                    buffer = [UInt8](repeating: 0, count: count)
-                    continue
-                }
-                messages.append(Data(buffer[0..<count]))
-                guard messages.count <= 1 << 20 else { throw CryoError("\(object): receive queue does not end") }
+            } else if count > buffer.count {
+                // MSG_TRUNC told the message's full length: peek it again, whole.
+                for d in peeked.descriptors { try? d.close() }
+                buffer = [UInt8](repeating: 0, count: count)
+                continue
             }
+            messages.append(PeekedMessage(data: Data(buffer[0..<count]), descriptors: peeked.descriptors, credentials: credentials))
+            guard messages.count <= 1 << 20 else { throw CryoError("\(object): receive queue does not end") }
             offset += count
         }
-        if type == .stream { return stream.isEmpty ? [] : [stream] }
+        done = true
+        if type == .stream {
+            // Runs of one sender without descriptors are one run, as the kernel would read them.
+            var joined: [PeekedMessage] = []
+            for m in messages {
+                if let last = joined.last, last.descriptors.isEmpty, m.descriptors.isEmpty, last.credentials == m.credentials {
+                    joined[joined.count - 1].data.append(m.data)
+                } else {
+                    joined.append(m)
+                }
+            }
+            return joined
+        }
         return messages
     }
 
@@ -224,7 +284,12 @@ extension UnixSocketState {
         }
         if !queued.isEmpty {
             let bytes = queued.reduce(0) { $0 + $1.count }
-            text += type == .stream ? " (\(bytes) bytes queued)" : " (\(queued.count) messages, \(bytes) bytes queued)"
+            text += type == .stream ? " (\(bytes) bytes queued" : " (\(queued.count) messages, \(bytes) bytes queued"
+            let passed = rights?.reduce(0) { $0 + $1.count } ?? 0
+            if passed > 0 { text += ", \(passed) descriptor\(passed == 1 ? "" : "s") in flight" }
+            let pids = Set((senders ?? []).compactMap { $0?.pid }).sorted()
+            if !pids.isEmpty { text += ", from pid\(pids.count == 1 ? "" : "s") \(pids.map(String.init).joined(separator: ","))" }
+            text += ")"
         }
         if shutdown != 0 { text += " shut down\(shutdown & 1 != 0 ? " rd" : "")\(shutdown & 2 != 0 ? " wr" : "")" }
         return text
@@ -237,7 +302,7 @@ extension UnixSocketState {
         let byInode = Dictionary(sockets.map { ($0.state.inode, $0.state) }, uniquingKeysWith: { a, _ in a })
         for (f, s) in sockets {
             let what = "\(objects[f.id] ?? "file #\(f.id)"): a unix \(s.type.rawValue) socket (socket:[\(s.inode)])"
-            let count = s.type == .stream ? s.queued.first?.count ?? 0 : s.queued.count
+            let count = s.type == .stream ? s.queued.reduce(0) { $0 + $1.count } : s.queued.count
             let messages = "\(count) unread \(s.type == .stream ? "byte" : "message")\(count == 1 ? "" : "s")"
             switch s.state {
             case .listening:
@@ -275,8 +340,11 @@ extension UnixSocketState {
 
     static func validate(_ files: [FileTable.OpenFile]) -> String? {
         var inodes = Set<UInt64>()
-        for (f, s) in entries(files) where !inodes.insert(s.inode).inserted {
-            return "file #\(f.id): socket:[\(s.inode)] appears twice"
+        for (f, s) in entries(files) {
+            if !inodes.insert(s.inode).inserted { return "file #\(f.id): socket:[\(s.inode)] appears twice" }
+            for id in (s.rights ?? []).joined() where !files.indices.contains(id) {
+                return "file #\(f.id): a descriptor in flight names file #\(id)"
+            }
         }
         return nil
     }
@@ -294,7 +362,8 @@ extension UnixSocketState {
         if let name, name.isEmpty || name.count > 108 /* sun_path */ { return "a unix socket name of \(name.count) bytes" }
         if state == .listening && (backlog == nil || type == .dgram) { return "a listening unix \(type.rawValue) socket without backlog" }
         if state != .connected && (peer != nil || peerClosed) { return "an unconnected unix socket with a peer" }
-        if type == .stream && queued.count > 1 { return "a unix stream socket with more than one queue" }
+        if let rights, rights.count != queued.count { return "\(rights.count) lists of descriptors in flight for \(queued.count) queued messages" }
+        if let senders, senders.count != queued.count { return "\(senders.count) senders for \(queued.count) queued messages" }
         if shutdown > 3 { return "unix socket shutdown bits \(shutdown)" }
         return nil
     }
@@ -305,10 +374,12 @@ extension UnixSocketState {
 /// Makes every unix socket of the image at once (they refer to each other
 /// by name and as peers), then hands each out as its open file description.
 final class UnixSocketRebuilder: KindRebuilder {
+    /// Not yet handed out.
     private var made: [Int: FileDescriptor] = [:]
+    private var builder: Builder
 
     init(_ context: OpenContext) throws {
-        var builder = Builder(files: context.files)
+        builder = Builder(files: context.files)
         do {
             try builder.build()
         } catch {
@@ -316,15 +387,22 @@ final class UnixSocketRebuilder: KindRebuilder {
             throw error
         }
         made = builder.made
-        for fd in builder.temporary { try? fd.close() }
     }
 
     func take(_ id: Int) -> FileDescriptor? {
         made.removeValue(forKey: id)
     }
 
+    /// Queues go back once every description (those in flight too) is open and
+    /// the senders' pids exist; then options and shutdown.
+    func finish(_ context: OpenContext, hostPid: (Int32) -> Int32?) throws {
+        try builder.finish(opened: context.opened, hostPid: hostPid)
+    }
+
     func closeAll() {
         for fd in made.values { try? fd.close() }
+        made = [:]
+        builder.closeHelpers()
     }
 
     private struct Builder {
@@ -332,6 +410,8 @@ final class UnixSocketRebuilder: KindRebuilder {
         let byInode: [UInt64: Int]
         let states: [Int: UnixSocketState]
         var made: [Int: FileDescriptor] = [:]
+        /// Every socket made, by file id, also once handed out (they stay open until `finish`).
+        var all: [Int: FileDescriptor] = [:]
         var temporary: [FileDescriptor] = []
         /// Stand-ins for closed peers, closed once the survivor's queue is refilled.
         var closedPeers: [Int: FileDescriptor] = [:]
@@ -378,16 +458,23 @@ final class UnixSocketRebuilder: KindRebuilder {
                 if s.type == .dgram, s.name != nil { try bind(fd, s, id) }
                 try connect(fd, to: target, id)
             }
-            // 4. Queues, written from the peer end.
+            all = made
+        }
+
+        /// 4. Queues, written from the peer end; 5. options, shutdown and status flags last:
+        /// nothing before may be refused because of them. `opened`: every description by file id.
+        mutating func finish(opened: [FileDescriptor], hostPid: (Int32) -> Int32?) throws {
+            var senders = SenderPids()
+            defer { senders.release() }
             for (id, s, _) in sockets where !s.queued.isEmpty {
-                try refill(id, s)
+                try refill(id, s, opened: opened, senders: &senders, hostPid: hostPid)
             }
             for fd in closedPeers.values { try? fd.close() }
             closedPeers = [:]
             for path in removeAfter { try? FileObjects.remove(path, object: path) }
-            // 5. Options, shutdown and status flags last: nothing above may be refused because of them.
+            removeAfter = []
             for (id, s, flags) in sockets {
-                try setOptions(made[id]!, s, flags: flags, id)
+                try setOptions(all[id]!, s, flags: flags, id)
             }
         }
 
@@ -460,11 +547,12 @@ final class UnixSocketRebuilder: KindRebuilder {
         /// Puts the receive queue back, written from the end that sent it: the
         /// pair's other end, the stand-in of a closed peer, or for a named
         /// datagram socket a throwaway socket connected to its name.
-        mutating func refill(_ id: Int, _ s: UnixSocketState) throws {
+        mutating func refill(_ id: Int, _ s: UnixSocketState, opened: [FileDescriptor], senders: inout SenderPids,
+                            hostPid: (Int32) -> Int32?) throws {
             let writer: FileDescriptor
             if let standIn = closedPeers[id] {
                 writer = standIn
-            } else if s.state == .connected, let peer = s.peer, let peerID = byInode[peer], let fd = made[peerID] {
+            } else if s.state == .connected, let peer = s.peer, let peerID = byInode[peer], let fd = all[peerID] {
                 writer = fd
             } else if s.state == .unconnected, s.type == .dgram, let name = s.name {
                 writer = try Sockets.make(family: AF_UNIX, type: s.type.kernelValue, object: "\(object(id)) (AF_UNIX)")
@@ -475,16 +563,57 @@ final class UnixSocketRebuilder: KindRebuilder {
             }
             // Room for all of it; the writer's own size is set with the other options afterwards.
             try Sockets.setOption(writer, SOL_SOCKET, SO_SNDBUFFORCE, Int32.max / 2, name: "SO_SNDBUFFORCE", object: object(id))
-            for message in s.queued {
+            for (m, message) in s.queued.enumerated() {
                 var sent = 0
+                // Descriptors and credentials go with the message's first bytes.
+                var rights = try (s.rights?[m] ?? []).map { fileID -> Int32 in
+                    guard opened.indices.contains(fileID) else { throw CryoError("\(object(id)): descriptor in flight names file #\(fileID)") }
+                    return opened[fileID].rawValue
+                }
+                let credentials = try (s.senders?[m]).flatMap { $0 }.map { try senders.credentials($0, hostPid: hostPid, object: object(id)) }
                 repeat {
                     sent += try message.withUnsafeBytes {
-                        try Sockets.send(writer, UnsafeRawBufferPointer(rebasing: $0[sent...]), object: "\(object(id)): refilling its receive queue")
+                        try Sockets.sendUnix(writer, UnsafeRawBufferPointer(rebasing: $0[sent...]), rights: rights,
+                                             credentials: credentials, object: "\(object(id)): refilling its receive queue")
                     }
+                    rights = []
                     if s.type != .stream && sent != message.count {
                         throw CryoError("\(object(id)): a \(message.count)-byte message went out as \(sent) bytes")
                     }
                 } while sent < message.count
+            }
+        }
+
+        /// The pid a queued message's credentials name, as cryo sees it. A sender no longer
+        /// alive is stood in for by a short-lived process with its pid: the kernel takes
+        /// only existing pids, and the message keeps the number once it has exited.
+        struct SenderPids {
+            private var standIns: [Int32: (pid: pid_t, park: FileDescriptor)] = [:]
+
+            mutating func credentials(_ sender: UnixSocketState.Sender, hostPid: (Int32) -> Int32?,
+                                      object: String) throws -> UnixCredentials {
+                let pid = hostPid(sender.pid) ?? sender.pid
+                if standIns[pid] == nil && !Processes.isAlive(pid) {
+                    let park = try FileObjects.pipe(object: "\(object): stand-in for sender pid \(pid)")
+                    do {
+                        let child = try Processes.cloneParked(pid: pid, park: park.read)
+                        standIns[pid] = (child, park.write)
+                    } catch let error as SyscallError where error.errno == .fileExists {
+                        try? park.write.close() // taken meanwhile: it exists now
+                    }
+                    try? park.read.close()
+                }
+                return UnixCredentials(pid: pid, uid: sender.uid, gid: sender.gid)
+            }
+
+            /// The stand-ins (which hold copies of cryo's descriptors) go once the messages are sent.
+            mutating func release() {
+                for (pid, park) in standIns.values {
+                    try? park.close()
+                    try? Processes.kill(pid, SIGKILL)
+                    _ = try? Kernel.syscall(SYS_wait4, pid, Int(0), Int32(0), Int(0), name: "wait4", pid: pid, retryingInterrupts: true)
+                }
+                standIns = [:]
             }
         }
 
@@ -507,10 +636,17 @@ final class UnixSocketRebuilder: KindRebuilder {
             try FileObjects.setStatusFlags(fd, Int32(bitPattern: flags) & O_NONBLOCK, object: what)
         }
 
-        func closeAll() {
+        mutating func closeAll() {
             for fd in made.values { try? fd.close() }
+            closeHelpers()
+        }
+
+        /// What cryo made only to rebuild the others.
+        mutating func closeHelpers() {
             for fd in temporary { try? fd.close() }
             for fd in closedPeers.values { try? fd.close() }
+            temporary = []
+            closedPeers = [:]
         }
     }
 }

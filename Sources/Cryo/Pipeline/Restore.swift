@@ -144,8 +144,9 @@ public struct Restorer {
             for task in image.tasks {
                 for d in task.descriptors.descriptors where holders[d.file] == nil { holders[d.file] = "pid \(task.core.pid) fd \(d.fd)" }
             }
-            let descriptions = try image.fileTable.open(paths: image.paths, options: kindOptions, holders: holders)
-            defer { for fd in descriptions { try? fd.close() } }
+            let opened = try image.fileTable.open(paths: image.paths, options: kindOptions, holders: holders)
+            defer { opened.close() }
+            let descriptions = opened.descriptors
             let sharedMemory = try image.sharedMemory.create(paths: image.paths)
             defer { for fd in sharedMemory { try? fd.close() } }
             let sysvSegments = try SysVSegmentsRestore(inventory.sysvSharedMemory ?? [], paths: image.paths)
@@ -156,6 +157,8 @@ public struct Restorer {
             faultHook("root-created")
             try createTree(image, root: root, session: session, helperPids: helperPids)
             faultHook("tree-created")
+            // Queued unix messages go back with their senders' pids, which exist from here on.
+            try opened.finish(hostPid: { options.newPidNamespace ? session.processes[$0]?.pid : $0 })
             statistics.forkingSeconds = seconds(since: forking)
             let restoring = ContinuousClock.now
             for pid in inventory.livePids {
