@@ -63,9 +63,10 @@ extension DescriptorKind {
 
 /// The registry of descriptor kinds.
 enum DescriptorKinds {
-    /// In the order dump asks them: memfd before regular files, terminals before other character devices.
+    /// In the order dump asks them: memfd and mqueue before regular files, terminals before other character devices.
     static let all: [any DescriptorKind.Type] = [
         MemfdState.self,
+        MqueueState.self,
         RegularFileState.self,
         DirectoryState.self,
         TerminalState.self,
