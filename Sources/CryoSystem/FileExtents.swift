@@ -60,6 +60,28 @@ public enum FileFacts {
         try Files.truncate(target, to: UInt64(size), path: object)
     }
 
+    /// What the symbolic link behind an O_PATH|O_NOFOLLOW descriptor says (readlinkat with an empty path).
+    public static func linkTarget(_ fd: FileDescriptor, object: String) throws -> String {
+        var buffer = [UInt8](repeating: 0, count: 4097)
+        let n = try buffer.withUnsafeMutableBytes { raw in
+            try "".withCString { try Kernel.syscall(SYS_readlinkat, fd, $0, raw.baseAddress, 4096, name: "readlinkat", object: object) }
+        }
+        return String(decoding: buffer[0..<n], as: UTF8.self)
+    }
+
+    public static func makeSymlink(_ path: String, target: String, object: String) throws {
+        try target.withCString { t in
+            try path.withCString { try Kernel.syscall(SYS_symlinkat, t, AT_FDCWD, $0, name: "symlink", object: object) }
+        }
+    }
+
+    /// mkfifo(3), as mknodat.
+    public static func makeFifo(_ path: String, mode: UInt32, object: String) throws {
+        try path.withCString {
+            try Kernel.syscall(SYS_mknodat, AT_FDCWD, $0, UInt32(S_IFIFO) | (mode & 0o7777), 0, name: "mknod(S_IFIFO)", object: object)
+        }
+    }
+
     public static func setOwner(_ fd: FileDescriptor, uid: UInt32, gid: UInt32, object: String) throws {
         try Kernel.syscall(SYS_fchown, fd, uid, gid, name: "fchown", object: object)
     }

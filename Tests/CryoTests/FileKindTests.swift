@@ -28,6 +28,11 @@ extension EndToEnd {
                 #expect(!sizes.contains { $0.0 == 2000 }, "linked.dat's contents went into the image: \(sizes)")
             }
         }
+
+        @Test("a directory and a cwd removed while open, an unlinked FIFO with its bytes, symlinks opened O_PATH|O_NOFOLLOW")
+        func removed() throws {
+            try fileRoundTrip("removed")
+        }
     }
 }
 

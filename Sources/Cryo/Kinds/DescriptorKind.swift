@@ -69,6 +69,7 @@ enum DescriptorKinds {
         MqueueState.self,
         RegularFileState.self,
         DirectoryState.self,
+        SymlinkState.self,
         TerminalState.self,
         CharacterDevice.self,
         PipeEndState.self,
@@ -210,7 +211,10 @@ extension FileTable.OpenFile {
 
     private static func decodeState<K: DescriptorKind>(_ kind: K.Type, from decoder: Decoder) throws -> K {
         guard let key = K.key else { return try K(from: decoder) }
-        return try decoder.container(keyedBy: KindKey.self).decode(K.self, forKey: KindKey(stringValue: key))
+        let c = try decoder.container(keyedBy: KindKey.self)
+        // An image made before the kind kept state of its own (directories) has no object under its key.
+        if !c.contains(KindKey(stringValue: key)), let state = try? K(from: decoder) { return state }
+        return try c.decode(K.self, forKey: KindKey(stringValue: key))
     }
 
     public func encode(to encoder: Encoder) throws {

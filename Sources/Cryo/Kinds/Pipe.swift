@@ -73,23 +73,49 @@ struct FifoState: DescriptorKind {
     static let name = "fifo"
     static let key: String? = "pipe"
     var end: PipeEndState
+    /// Set when the FIFO's name was unlinked while it was open.
+    var removed: RemovedFifo?
 
-    init(end: PipeEndState) { self.end = end }
-    init(from decoder: Decoder) throws { end = try PipeEndState(from: decoder) }
-    func encode(to encoder: Encoder) throws { try end.encode(to: encoder) }
+    /// What a FIFO unlinked while open gets back when it is made again.
+    struct RemovedFifo: Codable {
+        var removedMode: UInt32
+        var removedUid: UInt32
+        var removedGid: UInt32
+    }
+
+    init(end: PipeEndState, removed: RemovedFifo? = nil) {
+        self.end = end
+        self.removed = removed
+    }
+    // Beside the pipe end's own fields, in the same object.
+    init(from decoder: Decoder) throws {
+        end = try PipeEndState(from: decoder)
+        removed = try? RemovedFifo(from: decoder)
+    }
+    func encode(to encoder: Encoder) throws {
+        try end.encode(to: encoder)
+        try removed?.encode(to: encoder)
+    }
 
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> FifoState? {
         guard p.stat.st_mode & S_IFMT == S_IFIFO, !p.link.hasPrefix("pipe:") else { return nil }
-        return FifoState(end: try PipeEndState.dumpEnd(p, into: table))
+        let removed = p.link.hasSuffix(RegularFileState.deletedSuffix) && p.stat.st_nlink == 0
+        return FifoState(end: try PipeEndState.dumpEnd(p, into: table),
+                         removed: removed ? RemovedFifo(removedMode: p.stat.st_mode & 0o7777, removedUid: p.stat.st_uid, removedGid: p.stat.st_gid) : nil)
     }
 
-    func recordedPath(_ p: DescriptorProbe) -> String? { p.link }
+    func recordedPath(_ p: DescriptorProbe) -> String? {
+        removed == nil ? p.link : String(p.link.dropLast(RegularFileState.deletedSuffix.count))
+    }
 
     func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
-        try context.rebuilder(PipeRebuilder.self).fifoEnd(end, path: file.path ?? "", flags: file.flags, object: object)
+        try context.rebuilder(PipeRebuilder.self).fifoEnd(end, path: file.path ?? "", removed: removed, flags: file.flags, object: object,
+                                                          fallback: context.paths.directory)
     }
 
-    func summary(_ file: FileTable.OpenFile) -> String { (file.path ?? Self.name) + end.bufferedSummary }
+    func summary(_ file: FileTable.OpenFile) -> String {
+        (file.path ?? Self.name) + (removed != nil ? " (unlinked while open)" : "") + end.bufferedSummary
+    }
 }
 
 /// Creates each pipe once and hands out its ends with their own flags.
@@ -119,13 +145,18 @@ final class PipeRebuilder: KindRebuilder {
 
     /// A named FIFO: one holder opened read-write per FIFO keeps it alive
     /// (so no open blocks) while its bytes are put back and its ends reopened.
-    func fifoEnd(_ state: PipeEndState, path: String, flags: UInt32, object: String) throws -> FileDescriptor {
+    func fifoEnd(_ state: PipeEndState, path: String, removed: FifoState.RemovedFifo?, flags: UInt32, object: String,
+                 fallback: String) throws -> FileDescriptor {
         let holder: FileDescriptor
         if let existing = holders[state.inode] {
             holder = existing
         } else {
-            do { holder = try Files.open(path, .readWrite, options: [.nonBlocking]) } catch {
-                throw CryoError("\(object): FIFO \(path): \(error)")
+            if let removed {
+                holder = try makeRemovedFifo(path: path, removed, inode: state.inode, object: object, fallback: fallback)
+            } else {
+                do { holder = try Files.open(path, .readWrite, options: [.nonBlocking]) } catch {
+                    throw CryoError("\(object): FIFO \(path): \(error)")
+                }
             }
             holders[state.inode] = holder
             try FileObjects.setPipeCapacity(holder, state.capacity, object: object)
@@ -133,7 +164,33 @@ final class PipeRebuilder: KindRebuilder {
         if let buffered = state.buffered, !buffered.isEmpty {
             try FileObjects.writeAll(holder, buffered, object: "\(object): refilling FIFO \(path)")
         }
-        return try reopen(path: path, flags: flags, position: 0, object: object)
+        // An unlinked FIFO is reached through its holder; the holder reads and writes, so no open blocks.
+        return try reopen(path: removed == nil ? path : "/proc/self/fd/\(holder.rawValue)", flags: flags, position: 0, object: object)
+    }
+
+    /// A FIFO unlinked while open: made under its old name (else a new one in its
+    /// old folder, else in `fallback`), opened read-write, unlinked again.
+    private func makeRemovedFifo(path: String, _ removed: FifoState.RemovedFifo, inode: UInt64, object: String,
+                                 fallback: String) throws -> FileDescriptor {
+        let base = path.split(separator: "/").last.map(String.init) ?? "fifo"
+        var lastError: Error = CryoError("\(object): nowhere to make FIFO \(path) again")
+        for name in [path] + [folder(of: path), fallback].map({ "\($0)/.cryo-\(base)-\(Kernel.currentPid())-\(inode)" }) {
+            do { try FileFacts.makeFifo(name, mode: 0o600, object: "\(object): FIFO \(path) made again as \(name)") } catch {
+                lastError = error
+                continue
+            }
+            defer { unlink(name) }
+            let holder = try FileObjects.open(name, flags: O_RDWR | O_NONBLOCK | O_NOFOLLOW, object: object)
+            do {
+                try FileFacts.setOwner(holder, uid: removed.removedUid, gid: removed.removedGid, object: "\(object): FIFO \(path)")
+                try FileObjects.setMode(holder, removed.removedMode, object: "\(object): FIFO \(path)")
+            } catch {
+                try? holder.close()
+                throw error
+            }
+            return holder
+        }
+        throw lastError
     }
 
     func closeAll() {

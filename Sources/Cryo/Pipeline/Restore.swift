@@ -454,7 +454,7 @@ public struct Restorer {
     /// its limits, credentials and seccomp filters.
     func restoreProcess(_ process: RestoringProcess, image: Image, descriptions: [FileDescriptor], sharedMemory: [FileDescriptor],
                         session: RestoreSession) throws {
-        let slots = try openSlots(process, image: image, descriptions: descriptions, sharedMemory: sharedMemory)
+        let slots = try openSlots(process, image: image, descriptions: descriptions, sharedMemory: sharedMemory, session: session)
         defer { slots.closeOwned() }
         try send(slots, to: process, session: session)
         try restoreMemory(process, image: image, slots: slots, session: session)
@@ -466,15 +466,18 @@ public struct Restorer {
 
     /// Everything the task receives over its control socket: page files, cwd, root, exe,
     /// the files behind its mappings and its open file descriptions.
-    func openSlots(_ process: RestoringProcess, image: Image, descriptions: [FileDescriptor], sharedMemory: [FileDescriptor]) throws -> TaskSlots {
+    func openSlots(_ process: RestoringProcess, image: Image, descriptions: [FileDescriptor], sharedMemory: [FileDescriptor],
+                   session: RestoreSession) throws -> TaskSlots {
         let task = process.image
         let pid = process.pid  // as this namespace sees it
         let imagePid = task.core.pid
         let slots = TaskSlots(controlFD: Int32(max((task.descriptors.descriptors.map(\.fd).max() ?? 2) + 1, 3)))
         do {
             slots.pages = try task.pageIndex.fileSizes.indices.map { slots.add(try Files.open(image.paths.pages(imagePid, part: $0), .readOnly)) }
-            slots.cwd = slots.add(try openDirectory(task.core.cwd, what: "working directory of pid \(pid)"))
-            slots.root = task.core.root == "/" ? nil : slots.add(try openDirectory(task.core.root, what: "root directory of pid \(pid)"))
+            slots.cwd = slots.add(try openDirectory(task.core.cwd, removed: task.core.cwdRemoved, what: "working directory of pid \(pid)",
+                                                    image: image, descriptions: descriptions, session: session))
+            slots.root = task.core.root == "/" ? nil : slots.add(try openDirectory(task.core.root, removed: task.core.rootRemoved,
+                what: "root directory of pid \(pid)", image: image, descriptions: descriptions, session: session))
             slots.exe = (try? Files.open(task.core.exe, .readOnly)).map { slots.add($0) }
             for m in task.memory.mappings {
                 if let id = m.shmem {
@@ -676,6 +679,20 @@ public struct Restorer {
         try FileObjects.open(path, flags: O_RDONLY | O_DIRECTORY, object: what)
     }
 
+    /// A cwd or root; one that was removed is the removed directory a description
+    /// or another process already made again, else made again here.
+    func openDirectory(_ path: String, removed: RemovedDirectory?, what: String, image: Image, descriptions: [FileDescriptor],
+                       session: RestoreSession) throws -> FileDescriptor {
+        guard let removed else { return try openDirectory(path, what: what) }
+        let key = "\(removed.device):\(removed.inode)"
+        if session.removedDirectories[key] == nil {
+            let described = DirectoryState.entries(image.fileTable.files).first { $0.state.removed?.sameDirectory(removed) == true }
+            session.removedDirectories[key] = try described.map { try FileObjects.duplicate(descriptions[$0.file.id], object: what) }
+                ?? removed.make(fallback: image.paths.directory, object: what)
+        }
+        return try openDirectory("/proc/self/fd/\(session.removedDirectories[key]!.rawValue)", what: what)
+    }
+
     /// Descriptor slots live above the task's highest fd; make room for them.
     func raiseDescriptorLimit() {
         var limit = rlimit()
@@ -772,7 +789,13 @@ final class RestoreSession {
         return made
     }
 
-    deinit { control?.close() }
+    /// Removed directories made again for cwds and roots, by "device:inode" at dump.
+    var removedDirectories: [String: FileDescriptor] = [:]
+
+    deinit {
+        control?.close()
+        for fd in removedDirectories.values { try? fd.close() }
+    }
     var created: [pid_t] = []
     var done = false
 

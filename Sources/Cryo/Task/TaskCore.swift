@@ -28,6 +28,9 @@ public struct TaskCore: Codable, Sendable {
     public var seccomp: SeccompState?
     /// /proc/PID/oom_score_adj (absent in older images).
     public var oomScoreAdjust: Int32? = nil
+    /// The cwd or root was removed while the process was in it (rmdir): made again at restore.
+    public var cwdRemoved: RemovedDirectory? = nil
+    public var rootRemoved: RemovedDirectory? = nil
 
     public struct Credentials: Codable, Sendable {
         public var uids: [UInt32]   // real, effective, saved, fs
@@ -60,12 +63,12 @@ extension TaskCore {
         let limits = withUnsafeBytes(of: state.rlimits) { raw in
             (0..<Int(resourceCount)).map { [raw.load(fromByteOffset: $0 * 16, as: UInt64.self), raw.load(fromByteOffset: $0 * 16 + 8, as: UInt64.self)] }
         }
+        let (cwd, root) = (try Files.readLink("/proc/\(pid)/cwd"), try Files.readLink("/proc/\(pid)/root"))
         let personality = UInt64(try Files.readString("/proc/\(pid)/personality")
             .trimmed(), radix: 16) ?? 0
         return TaskCore(
             pid: pid, ppid: stat.ppid, pgid: stat.pgid, sid: stat.sid, comm: stat.comm, personality: personality,
-            exe: try Files.readLink("/proc/\(pid)/exe"), cwd: try Files.readLink("/proc/\(pid)/cwd"),
-            root: try Files.readLink("/proc/\(pid)/root"), umask: state.umask,
+            exe: try Files.readLink("/proc/\(pid)/exe"), cwd: cwd, root: root, umask: state.umask,
             credentials: status.credentials(securebits: state.securebits), resourceLimits: limits,
             mm: MMFields(startCode: stat.field(26), endCode: stat.field(27), startData: stat.field(45),
                          endData: stat.field(46), startBrk: stat.field(47), brk: state.brk,
@@ -73,7 +76,9 @@ extension TaskCore {
                          envStart: stat.field(50), envEnd: stat.field(51)),
             auxv: auxv, dumpable: state.dumpable, childSubreaper: state.child_subreaper != 0,
             seccomp: try SeccompState.dump(pid: pid, status: status),
-            oomScoreAdjust: Int32(try Files.readString("/proc/\(pid)/oom_score_adj").trimmed()))
+            oomScoreAdjust: Int32(try Files.readString("/proc/\(pid)/oom_score_adj").trimmed()),
+            cwdRemoved: try RemovedDirectory.of(link: cwd, statPath: "/proc/\(pid)/cwd"),
+            rootRemoved: try RemovedDirectory.of(link: root, statPath: "/proc/\(pid)/root"))
     }
 
     /// Resource limits are set from outside with prlimit. A hard limit above
