@@ -12,6 +12,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        // TLS (PSK) for `cryo migrate`/`receive`; only the CryoNet target uses them.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // What Swift cannot import: variadic ptrace/syscall, clone3, register structs.
@@ -41,10 +44,20 @@ let package = Package(
             ],
             // cryo's own parasite blob, built from Parasite/ and embedded here (not in the injector library).
             plugins: ["ParasiteBuilder"]),
+        // The migration stream over TLS: kept apart so Cryo builds without BoringSSL.
+        .target(
+            name: "CryoNet",
+            dependencies: [
+                "Cryo", "CryoSystem",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]),
         .executableTarget(
             name: "cryo",
             dependencies: [
-                "Cryo", "CryoSystem",
+                "Cryo", "CryoSystem", "CryoNet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),

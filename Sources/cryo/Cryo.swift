@@ -13,7 +13,7 @@ struct CryoCommand: ParsableCommand {
         commandName: "cryo",
         abstract: "Checkpoint and restore Linux processes.",
         version: "Version: \(cryoVersion)\nGitCommitID: \(cryoCommit)",
-        subcommands: [DumpCommand.self, PreDumpCommand.self, PreDumpHolderCommand.self, LazyGuardCommand.self, RestoreCommand.self, CheckCommand.self, ShowCommand.self, InspectCommand.self,
+        subcommands: [DumpCommand.self, PreDumpCommand.self, MigrateCommand.self, ReceiveCommand.self, PreDumpHolderCommand.self, LazyGuardCommand.self, RestoreCommand.self, CheckCommand.self, ShowCommand.self, InspectCommand.self,
                       BacktraceCommand.self])
 
     /// Parses CRIU's spellings too; a bad or unsupported option is one line

@@ -24,9 +24,15 @@ public struct DumpOptions: Sendable {
     /// Which System V objects of the IPC namespace are taken (SysVObjects.swift), and ones added by id ("sem:3").
     public var sysvSelection: SysVSelection = .tree
     public var sysvExtra: [String] = []
+    /// For `cryo migrate`: called with the complete image while the tree is still frozen.
+    /// Returning kills the tree; throwing releases it. Pages left to the pre-dump are not
+    /// filled in (the destination holds them already).
+    public var handOver: (@Sendable (FrozenImage) throws -> Void)?
     public init(pid: pid_t, directory: String, leaveRunning: Bool, shellJob: Bool, tcpEstablished: Bool = false,
-                compress: Bool = false, previousImages: String? = nil, ghostLimit: UInt64 = defaultGhostLimit) {
+                compress: Bool = false, previousImages: String? = nil, ghostLimit: UInt64 = defaultGhostLimit,
+                handOver: (@Sendable (FrozenImage) throws -> Void)? = nil) {
         self.pid = pid
+        self.handOver = handOver
         self.ghostLimit = ghostLimit
         self.compress = compress
         self.previousImages = previousImages
@@ -35,6 +41,17 @@ public struct DumpOptions: Sendable {
         self.leaveRunning = leaveRunning
         self.shellJob = shellJob
     }
+}
+
+/// The image as `DumpOptions.handOver` sees it, the tree still frozen.
+public struct FrozenImage: Sendable {
+    public var directory: String
+    /// File names in `directory` that make up the image.
+    public var files: [String]
+    /// Per pid, the [offset, length] ranges of pages-PID.img left out: pages unchanged since the pre-dump.
+    public var unchangedPages: [Int32: [[UInt64]]]
+    /// Per pid, where pages-PID.img's runs go in memory.
+    public var pageRuns: [Int32: [PageRun]]
 }
 
 /// Freezes a process, writes its image, then kills it or lets it go on.
@@ -91,10 +108,11 @@ public struct Dumper {
         }
         defer { previous?.close() }
         var fills: [PendingFill] = []
+        var pageRuns: [Int32: [PageRun]] = [:]
         // With --compress after a pre-dump: task files written once their pages are compressed, after the release.
         var compressLater: [TaskImage] = []
         // Sized from what the tracked processes wrote so far, touched now, before the freeze.
-        let held = previous.map { base in
+        let held = options.handOver != nil ? nil : previous.map { base in
             HeldPages(bytes: base.record.processes.reduce(0) { $0 + HeldPages.estimate(pid: $1.pid) } * 5 / 4 + (1 << 20))
         }
         var statistics = DumpStatistics()
@@ -151,6 +169,7 @@ public struct Dumper {
                     try memory.applyFlags(prefetch.mappings(of: process.pid), pid: process.pid)
                     throw error
                 }
+                pageRuns[process.pid] = pageIndex.runs
                 created += (pageIndex.parts ?? []).indices.map { paths.pages(process.pid, part: $0 + 1) }
                 statistics.memoryDumpSeconds += seconds(since: memoryStart)
                 let (state, threadStates, posixTimers, thpDisable) = try readTaskState(process)
@@ -189,6 +208,14 @@ public struct Dumper {
             record.sysvMessageQueues = queues.isEmpty ? nil : queues
             try inventory.append(.inventory, record)
             try inventory.write(to: inventoryFD, path: paths.inventory)
+            if let handOver = options.handOver {
+                let all = created + fileTable.created + sharedMemory.created
+                var seen = Set<String>()
+                let names = all.filter { Files.exists($0) && seen.insert($0).inserted }.map { String($0.split(separator: "/").last!) }
+                var unchanged: [Int32: [[UInt64]]] = [:]
+                for fill in fills { unchanged[fill.pid] = fill.pieces.map { [$0[1], $0[2]] } }
+                try handOver(FrozenImage(directory: options.directory, files: names, unchangedPages: unchanged, pageRuns: pageRuns))
+            }
         } catch {
             try? taskWriter.finish() // before the partial image is removed
             let reported = tree.release(after: error)
@@ -199,7 +226,7 @@ public struct Dumper {
         statistics.processes = tree.processes.count
         killPoint("written")
         success = true
-        if options.leaveRunning {
+        if options.leaveRunning && options.handOver == nil {
             try tree.release()
         } else {
             // Dead while still traced: no process runs another instruction, and
@@ -211,7 +238,7 @@ public struct Dumper {
         }
         // Unchanged pages come from the pre-dump now that nothing waits on us (the file was allocated while frozen).
         do {
-            for fill in fills { try fill.run() }
+            for fill in fills where options.handOver == nil { try fill.run() }
             for var task in compressLater {
                 let pid = task.core.pid
                 let raw = paths.pages(pid) + ".raw"

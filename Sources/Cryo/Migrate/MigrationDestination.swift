@@ -1,0 +1,340 @@
+import CryoSystem
+import FoundationEssentials
+import Glibc
+import Logging
+import SystemPackage
+
+// `cryo receive`: takes one migration stream into a private folder (or -D),
+// keeps each pre-copy round's pages in a pool per process, builds the image
+// when the frozen dump arrives and restores it; then tells the source.
+
+public struct ReceiveOptions: Sendable {
+    /// Where the image goes; nil: a private temporary folder, removed afterwards.
+    public var directory: String?
+    public var newPidNamespace: Bool
+    public var tcpEstablished: Bool
+    public init(directory: String?, newPidNamespace: Bool = false, tcpEstablished: Bool = false) {
+        self.directory = directory
+        self.newPidNamespace = newPidNamespace
+        self.tcpEstablished = tcpEstablished
+    }
+}
+
+public struct ReceiveResult: Sendable {
+    public var tree: RestoredTree
+    public var rounds: Int
+    public var bytesReceived: UInt64
+}
+
+public struct Receiver {
+    let options: ReceiveOptions
+    let logger: Logger
+    public init(options: ReceiveOptions, logger: Logger) {
+        self.options = options
+        self.logger = logger
+    }
+
+    public func run(over link: MigrationLink) throws -> ReceiveResult {
+        let wire = MigrationWire(link)
+        let directory: String
+        let temporary = options.directory == nil
+        if let given = options.directory {
+            if !Files.exists(given) { try Files.makeDirectory(given, mode: 0o700, object: "image folder \(given)") }
+            guard !Files.exists("\(given)/inventory.img") else { throw CryoError("\(given) already holds an image") }
+            directory = given
+        } else {
+            directory = try Files.makeTemporaryDirectory(prefix: Migrator.scratchRoot() + "/cryo-receive-")
+        }
+        var pools: [Int32: PagePool] = [:]
+        defer {
+            for pool in pools.values { pool.discard() }
+            if temporary { Scratch.remove(directory) }
+        }
+        do {
+            return try receive(wire: wire, directory: directory, pools: &pools)
+        } catch let error as MigrationLinkClosed {
+            _ = error
+            throw CryoError("connection from \(link.peer) closed before the migration was complete")
+        } catch {
+            wire.fail("\(error)")
+            throw error
+        }
+    }
+
+    func receive(wire: MigrationWire, directory: String, pools: inout [Int32: PagePool]) throws -> ReceiveResult {
+        let peer = wire.link.peer
+        let (kind, hello, _) = try wire.receive()
+        guard kind == .hello, hello.version == MigrationWire.version else {
+            throw CryoError("\(peer) is not a cryo migrate of this version (first frame \(kind), version \(hello.version ?? 0))")
+        }
+        try wire.send(.ready)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: MigrationWire.maxData, alignment: 4096)
+        defer { buffer.deallocate() }
+        var rounds = 0
+        var file: IncomingFile?
+        while true {
+            let (kind, header, length) = try wire.receive()
+            let data = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
+            try wire.readData(into: data)
+            switch kind {
+            case .pages:
+                guard let pid = header.pid, pid > 0, let address = header.address, address % 4096 == 0, length % 4096 == 0,
+                      address <= UInt64.max - UInt64(length) else {
+                    throw CryoError("migration stream from \(peer): malformed pages frame")
+                }
+                if pools[pid] == nil { pools[pid] = try PagePool(path: "\(directory)/.pool-\(pid)", pid: pid) }
+                try pools[pid]!.write(address: address, UnsafeRawBufferPointer(data))
+            case .roundEnd:
+                rounds += 1
+            case .fileBegin:
+                guard file == nil, let name = header.name, Self.safeName(name), let size = header.size else {
+                    throw CryoError("migration stream from \(peer): malformed file frame")
+                }
+                if header.sparse == true {
+                    guard let pid = header.pid, name == "pages-\(pid).img", let runs = header.runs else {
+                        throw CryoError("migration stream from \(peer): malformed pages file frame for \(name)")
+                    }
+                    file = try IncomingFile(sparse: "\(directory)/\(name)", size: size, pid: pid, runs: runs, pool: pools[pid])
+                } else {
+                    file = try IncomingFile(plain: "\(directory)/\(name)", size: size)
+                }
+            case .fileData:
+                guard let current = file, let offset = header.offset else { throw CryoError("migration stream from \(peer): file data outside a file") }
+                try current.write(UnsafeRawBufferPointer(data), at: offset)
+            case .fileEnd:
+                guard let current = file else { throw CryoError("migration stream from \(peer): file end outside a file") }
+                try current.finish()
+                file = nil
+            case .commit:
+                guard file == nil else { throw CryoError("migration stream from \(peer): commit inside a file") }
+                for pool in pools.values { pool.discard() }
+                pools = [:]
+                let tree = try Restorer(options: RestoreOptions(directory: directory, detached: true, newPidNamespace: options.newPidNamespace,
+                                                                tcpEstablished: options.tcpEstablished), logger: logger).run()
+                var answer = FrameHeader()
+                answer.pid = tree.rootPid
+                do { try wire.send(.restored, answer) } catch {
+                    // The source cannot learn that the tree runs here, so it will release its own: this one must go.
+                    kill(tree.childPid, SIGKILL)
+                    throw CryoError("restored pid \(tree.rootPid) but could not tell the source (\(error)); killed it again")
+                }
+                return ReceiveResult(tree: tree, rounds: rounds, bytesReceived: wire.bytesReceived)
+            case .failed:
+                throw SourceGaveUp(message: header.message ?? "no reason given")
+            default:
+                throw CryoError("migration stream from \(peer): unexpected \(kind) frame")
+            }
+        }
+    }
+
+    struct SourceGaveUp: Error, CustomStringConvertible {
+        let message: String
+        var description: String { "the source ended the migration: \(message)" }
+    }
+
+    /// Image file names only: no folders, no hidden files (the pools are hidden).
+    static func safeName(_ name: String) -> Bool {
+        !name.isEmpty && name.count < 200 && !name.hasPrefix(".")
+            && name.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5a) || ($0 >= 0x61 && $0 <= 0x7a) || $0 == 0x2d || $0 == 0x2e || $0 == 0x5f }
+    }
+}
+
+/// One process's pages from the pre-copy rounds: a file, and where each address is in it.
+final class PagePool {
+    struct Run { var address: UInt64; var length: UInt64; var offset: UInt64; var end: UInt64 { address + length } }
+    let path: String
+    let pid: Int32
+    let fd: FileDescriptor
+    /// Sorted by address, not overlapping.
+    var runs: [Run] = []
+    var size: UInt64 = 0
+    private var handedOver = false
+
+    init(path: String, pid: Int32) throws {
+        self.path = path
+        self.pid = pid
+        fd = try Files.open(path, .readWrite, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
+    }
+
+    /// Index of the first run ending after `address`.
+    func firstRun(endingAfter address: UInt64) -> Int {
+        var low = 0, high = runs.count
+        while low < high {
+            let mid = (low + high) / 2
+            if runs[mid].end <= address { low = mid + 1 } else { high = mid }
+        }
+        return low
+    }
+
+    /// Newer contents of pages already held are written in place; new pages are appended.
+    func write(address: UInt64, _ data: UnsafeRawBufferPointer) throws {
+        let end = address + UInt64(data.count)
+        var cursor = address
+        var i = firstRun(endingAfter: address)
+        var inserts: [Run] = []
+        while cursor < end {
+            if i < runs.count && runs[i].address <= cursor {
+                let stop = min(end, runs[i].end)
+                let at = runs[i].offset + (cursor - runs[i].address)
+                try Files.write(fd, UnsafeRawBufferPointer(rebasing: data[Int(cursor - address)..<Int(stop - address)]), at: Int64(at), path: path)
+                cursor = stop
+                i += 1
+            } else {
+                let stop = min(end, i < runs.count ? runs[i].address : end)
+                try Files.write(fd, UnsafeRawBufferPointer(rebasing: data[Int(cursor - address)..<Int(stop - address)]), at: Int64(size), path: path)
+                inserts.append(Run(address: cursor, length: stop - cursor, offset: size))
+                size += stop - cursor
+                cursor = stop
+            }
+        }
+        for run in inserts {
+            let at = firstRun(endingAfter: run.address)
+            // Appending right after the run before it, in memory and in the file: one run.
+            if at > 0, runs[at - 1].end == run.address, runs[at - 1].offset + runs[at - 1].length == run.offset {
+                runs[at - 1].length += run.length
+            } else {
+                runs.insert(run, at: at)
+            }
+        }
+    }
+
+    /// Calls `body(poolOffset, length)` for [address, address+length), or throws naming the first page not held.
+    func locate(_ address: UInt64, _ length: UInt64, _ body: (UInt64, UInt64, UInt64) throws -> Void) throws {
+        var cursor = address
+        var i = firstRun(endingAfter: address)
+        let end = address + length
+        while cursor < end {
+            guard i < runs.count, runs[i].address <= cursor else {
+                throw CryoError("pid \(pid): page 0x\(String(cursor, radix: 16)) is in neither the frozen dump nor an earlier round")
+            }
+            let stop = min(end, runs[i].end)
+            try body(cursor, runs[i].offset + (cursor - runs[i].address), stop - cursor)
+            cursor = stop
+            i += 1
+        }
+    }
+
+    /// True when every page held that `final` also lists sits at the very offset `final` gives it:
+    /// then the pool file can become the pages file.
+    func matches(_ final: [PageRun]) -> Bool {
+        var i = 0
+        for r in final {
+            i = max(0, min(i, runs.count))
+            while i < runs.count && runs[i].end <= r.address { i += 1 }
+            var j = i
+            while j < runs.count && runs[j].address < r.address + r.length {
+                let a = max(runs[j].address, r.address)
+                if runs[j].offset + (a - runs[j].address) != r.offset + (a - r.address) { return false }
+                j += 1
+            }
+        }
+        return true
+    }
+
+    /// The pool file became the pages file.
+    func consumed() { handedOver = true }
+
+    func discard() {
+        try? fd.close()
+        if !handedOver { unlink(path) }
+    }
+}
+
+/// A file of the image as it arrives; a sparse pages file is completed from the pool at its end.
+final class IncomingFile {
+    let path: String
+    let size: UInt64
+    let fd: FileDescriptor
+    let pid: Int32?
+    let runs: [PageRun]
+    let pool: PagePool?
+    /// The pool file is being completed in place.
+    let inPlace: Bool
+    /// [offset, length] received, in order.
+    var received: [[UInt64]] = []
+
+    init(plain path: String, size: UInt64) throws {
+        self.path = path
+        self.size = size
+        pid = nil
+        runs = []
+        pool = nil
+        inPlace = false
+        fd = try Files.open(path, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
+    }
+
+    init(sparse path: String, size: UInt64, pid: Int32, runs: [PageRun], pool: PagePool?) throws {
+        self.path = path
+        self.size = size
+        self.pid = pid
+        self.runs = runs
+        self.pool = pool
+        var expected: UInt64 = 0
+        for run in runs {
+            guard run.offset == expected, run.length % 4096 == 0, run.address % 4096 == 0, run.length <= UInt64.max - run.address else {
+                throw CryoError("migration stream: pages-\(pid).img: malformed page runs")
+            }
+            expected += run.length
+        }
+        guard expected == size else { throw CryoError("migration stream: pages-\(pid).img: runs cover \(expected) bytes, not \(size)") }
+        if let pool, pool.matches(runs) {
+            // The usual case (no mapping changed since round 1): no copy at all.
+            inPlace = true
+            guard rename(pool.path, path) == 0 else {
+                throw SyscallError("rename", errno: Errno(rawValue: Glibc.errno), object: "\(pool.path) to \(path)")
+            }
+            fd = pool.fd
+        } else {
+            inPlace = false
+            fd = try Files.open(path, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
+        }
+        try Files.truncate(fd, to: size, path: path)
+        if inPlace { pool?.consumed() }
+    }
+
+    func write(_ data: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        guard offset <= size, UInt64(data.count) <= size - offset else {
+            throw CryoError("migration stream: \(path): data at \(offset)+\(data.count) is beyond its \(size) bytes")
+        }
+        try Files.write(fd, data, at: Int64(offset), path: path)
+        if let last = received.last, last[0] + last[1] == offset { received[received.count - 1][1] += UInt64(data.count) } else {
+            received.append([offset, UInt64(data.count)])
+        }
+    }
+
+    /// Gaps of a pages file come from the pool: checked (every page must be held), and copied unless in place.
+    func finish() throws {
+        defer { if !inPlace { try? fd.close() } }
+        guard let pid else {
+            guard received.reduce(0, { $0 + $1[1] }) == size else { throw CryoError("migration stream: \(path) arrived incomplete") }
+            return
+        }
+        var gaps: [[UInt64]] = []
+        var cursor: UInt64 = 0
+        for piece in received.sorted(by: { $0[0] < $1[0] }) {
+            if piece[0] > cursor { gaps.append([cursor, piece[0] - cursor]) }
+            cursor = max(cursor, piece[0] + piece[1])
+        }
+        if cursor < size { gaps.append([cursor, size - cursor]) }
+        guard !gaps.isEmpty else { return }
+        guard let pool else { throw CryoError("pid \(pid): pages-\(pid).img has gaps but no earlier round sent its pages") }
+        var r = 0
+        for gap in gaps {
+            var offset = gap[0]
+            let end = gap[0] + gap[1]
+            while offset < end {
+                while r < runs.count && runs[r].offset + runs[r].length <= offset { r += 1 }
+                guard r < runs.count else { throw CryoError("pid \(pid): pages-\(pid).img offset \(offset) is in no page run") }
+                let run = runs[r]
+                let stop = min(end, run.offset + run.length)
+                try pool.locate(run.address + (offset - run.offset), stop - offset) { _, poolOffset, length in
+                    if !inPlace {
+                        try FileRanges.copy(from: pool.fd, at: Int64(poolOffset), to: fd, at: Int64(offset), length: Int64(length),
+                                            object: "pid \(pid): pages from the pre-copy rounds")
+                    }
+                    offset += length
+                }
+            }
+        }
+    }
+}

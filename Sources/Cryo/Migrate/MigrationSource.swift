@@ -1,0 +1,335 @@
+import CCryo
+import CryoSystem
+import FoundationEssentials
+import Glibc
+import Logging
+import SystemPackage
+
+// `cryo migrate`: pre-copy rounds while the tree runs, then a frozen dump whose
+// image goes over the same connection; the tree is killed once the destination
+// says the restored tree runs, and released if anything fails before that.
+//
+// Round 1 is an ordinary pre-dump (which starts write tracking). Every later
+// round asks PAGEMAP_SCAN for the pages written since, write-protecting them
+// again in the same call (PM_SCAN_WP_MATCHING), and sends them while the tree
+// runs: a write after the scan marks the page for the next round. The final
+// dump takes from the tree only pages written since the last round; the rest
+// is already on the destination. The source keeps no image on disk: its
+// scratch folder is on tmpfs, and each round's pages file is emptied once sent.
+
+public struct MigrateOptions: Sendable {
+    public var pid: pid_t
+    public var destination: String
+    public var shellJob: Bool
+    public var tcpEstablished: Bool
+    /// Stop the rounds once one carries at most this many bytes.
+    public var smallEnough: UInt64
+    public var maxRounds: Int
+    public init(pid: pid_t, destination: String, shellJob: Bool = false, tcpEstablished: Bool = false,
+                smallEnough: UInt64 = 4 << 20, maxRounds: Int = 10) {
+        self.pid = pid
+        self.destination = destination
+        self.shellJob = shellJob
+        self.tcpEstablished = tcpEstablished
+        self.smallEnough = smallEnough
+        self.maxRounds = maxRounds
+    }
+}
+
+public struct MigrationStatistics: Codable, Sendable {
+    public struct Round: Codable, Sendable {
+        public var bytes: UInt64
+        public var seconds: Double
+    }
+    /// Pre-copy rounds while the tree ran (the first is the full copy).
+    public var rounds: [Round] = []
+    /// Pages sent while frozen (written since the last round), and all image bytes sent while frozen.
+    public var frozenPageBytes: UInt64 = 0
+    public var frozenBytes: UInt64 = 0
+    /// From the freeze until the destination said the tree runs (the tree ran nowhere meanwhile).
+    public var frozenSeconds: Double = 0
+    /// Of that, the destination's restore.
+    public var restoreSeconds: Double = 0
+    public var totalSeconds: Double = 0
+    public var bytesSent: UInt64 = 0
+}
+
+public struct Migrator {
+    let options: MigrateOptions
+    let logger: Logger
+    public init(options: MigrateOptions, logger: Logger) {
+        self.options = options
+        self.logger = logger
+    }
+
+    /// `link` is connected to a `cryo receive` (and authenticated, where the transport does that).
+    public func run(over link: MigrationLink) throws -> MigrationStatistics {
+        let wire = MigrationWire(link)
+        let pid = options.pid
+        let started = ContinuousClock.now
+        var statistics = MigrationStatistics()
+        // Refusals that need no freezing come before the destination hears anything.
+        try Dumper(options: DumpOptions(pid: pid, directory: "/", leaveRunning: true, shellJob: options.shellJob), logger: logger)
+            .checkRequest()
+        var hello = FrameHeader()
+        hello.version = MigrationWire.version
+        hello.rootPid = pid
+        try wire.send(.hello, hello)
+        let (kind, answer, _) = try wire.receive()
+        if kind == .failed { throw CryoError("destination \(link.peer) refused: \(answer.message ?? "no reason given")") }
+        guard kind == .ready else { throw CryoError("destination \(link.peer) answered \(kind) to hello") }
+
+        let scratch = try Files.makeTemporaryDirectory(prefix: Self.scratchRoot() + "/cryo-migrate-")
+        defer { Self.removeScratch(scratch) }
+        var tracking = false
+        do {
+            // Round 1: a pre-dump (copy everything, start tracking).
+            var roundStart = ContinuousClock.now
+            _ = try PreDumper(options: PreDumpOptions(pid: pid, directory: scratch), logger: logger).run()
+            tracking = true
+            let record = try RecordReader(path: "\(scratch)/\(PreCopy.recordFile)").one(.preDump, as: PreDumpRecord.self)
+            var bytes: UInt64 = 0
+            for process in record.processes {
+                bytes += try sendPreDumpPages(process, scratch: scratch, wire: wire)
+            }
+            try endRound(1, wire: wire)
+            statistics.rounds.append(.init(bytes: bytes, seconds: seconds(since: roundStart)))
+            logger.debug("round 1: \(bytes) bytes")
+            // Later rounds: pages written since the last one.
+            var previous = bytes
+            while statistics.rounds.count < options.maxRounds && previous > options.smallEnough {
+                roundStart = ContinuousClock.now
+                var sent: UInt64 = 0
+                for process in record.processes where Processes.isAlive(process.pid) {
+                    sent += try sendWritten(pid: process.pid, wire: wire)
+                }
+                let round = statistics.rounds.count + 1
+                try endRound(round, wire: wire)
+                statistics.rounds.append(.init(bytes: sent, seconds: seconds(since: roundStart)))
+                logger.debug("round \(round): \(sent) bytes")
+                // Not shrinking any more: the tree writes as fast as the link carries.
+                if sent > previous * 4 / 5 { break }
+                previous = sent
+            }
+        } catch {
+            if tracking { releaseHolder(scratch) }
+            wire.fail("the source gave up: \(error)")
+            throw error
+        }
+
+        // The final dump: frozen until the destination answers.
+        let sentBefore = wire.bytesSent
+        let frozenStart = ContinuousClock.now
+        let verdict = Verdict()
+        let handOver: @Sendable (FrozenImage) throws -> Void = { [wire, verdict] image in
+            try Self.sendImage(image, wire: wire, verdict: verdict)
+        }
+        do {
+            _ = try Dumper(options: DumpOptions(pid: pid, directory: "\(scratch)/final", leaveRunning: false, shellJob: options.shellJob,
+                                                tcpEstablished: options.tcpEstablished, previousImages: scratch,
+                                                handOver: handOver), logger: logger).run()
+        } catch {
+            releaseHolder(scratch)
+            if !verdict.heard { wire.fail("the source gave up: \(error)") }
+            throw error
+        }
+        statistics.frozenSeconds = seconds(since: frozenStart)
+        statistics.restoreSeconds = verdict.restoreSeconds
+        statistics.frozenPageBytes = verdict.pageBytes
+        statistics.frozenBytes = wire.bytesSent - sentBefore
+        statistics.bytesSent = wire.bytesSent
+        statistics.totalSeconds = seconds(since: started)
+        return statistics
+    }
+
+    /// What the destination said, for the dump's hand-over closure.
+    final class Verdict: @unchecked Sendable {
+        var heard = false
+        var restoreSeconds = 0.0
+        var pageBytes: UInt64 = 0
+    }
+
+    func endRound(_ round: Int, wire: MigrationWire) throws {
+        var header = FrameHeader()
+        header.round = round
+        try wire.send(.roundEnd, header)
+    }
+
+    static let chunk = 4 << 20
+
+    /// Round 1's pages, from the pre-dump's file, which is emptied afterwards (it keeps its size for the final dump's checks).
+    func sendPreDumpPages(_ process: PreDumpRecord.Process, scratch: String, wire: MigrationWire) throws -> UInt64 {
+        let path = "\(scratch)/pages-\(process.pid).img"
+        let fd = try Files.open(path, .readWrite)
+        defer { try? fd.close() }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.chunk, alignment: 4096)
+        defer { buffer.deallocate() }
+        var total: UInt64 = 0
+        for run in process.pageIndex.runs {
+            var done: UInt64 = 0
+            while done < run.length {
+                let n = Int(min(UInt64(Self.chunk), run.length - done))
+                let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n])
+                let got = try fd.read(fromAbsoluteOffset: Int64(run.offset + done), into: view)
+                guard got == n else { throw CryoError("\(path): short read at \(run.offset + done)") }
+                var header = FrameHeader()
+                header.pid = process.pid
+                header.address = run.address + done
+                try wire.send(.pages, header, data: UnsafeRawBufferPointer(view))
+                done += UInt64(n)
+            }
+            total += run.length
+        }
+        try Files.truncate(fd, to: 0, path: path)
+        try Files.truncate(fd, to: process.pageIndex.pagesFileSize, path: path)
+        return total
+    }
+
+    /// A later round: pages written since the last scan, protected again by the same scan, copied while the tree runs.
+    func sendWritten(pid: pid_t, wire: MigrationWire) throws -> UInt64 {
+        let memory = try MemoryRecord.dump(pid: pid)
+        let pagemap = try Files.open("/proc/\(pid)/pagemap", .readOnly)
+        defer { try? pagemap.close() }
+        var found: [cryo_page_region] = []
+        var regions = [cryo_page_region](repeating: cryo_page_region(), count: 512)
+        let tracked = UInt64(CRYO_PAGE_IS_WPALLOWED | CRYO_PAGE_IS_WRITTEN)
+        for m in memory.mappings where !m.shared && memory.pageCategories(m) != nil {
+            var cursor = m.start
+            while cursor < m.end {
+                var arg = cryo_pm_scan_arg()
+                arg.flags = 1  // PM_SCAN_WP_MATCHING
+                arg.start = cursor
+                arg.end = m.end
+                arg.category_mask = tracked
+                arg.category_anyof_mask = UInt64(CRYO_PAGE_IS_PRESENT | CRYO_PAGE_IS_SWAPPED)
+                arg.return_mask = UInt64(CRYO_PAGE_IS_WRITTEN)
+                let count = try regions.withUnsafeMutableBufferPointer {
+                    try Pagemap.scan(pagemap, &arg, into: $0, pid: pid, object: "address 0x\(String(cursor, radix: 16))")
+                }
+                found += regions.prefix(count)
+                cursor = arg.walk_end > cursor ? arg.walk_end : m.end
+            }
+        }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.chunk, alignment: 4096)
+        defer { buffer.deallocate() }
+        var total: UInt64 = 0
+        for region in found {
+            var address = region.start
+            while address < region.end {
+                let n = Int(min(UInt64(Self.chunk), region.end - address))
+                let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n])
+                do {
+                    try RemoteMemory.read(pid, at: address, into: view)
+                } catch let error as SyscallError where error.errno == .badAddress {
+                    // Unmapped meanwhile: the final dump sees what is there then.
+                    address += UInt64(n)
+                    continue
+                } catch let error as SyscallError where error.errno == .noSuchProcess {
+                    throw CryoError("pid \(pid) exited during the migration")
+                }
+                var header = FrameHeader()
+                header.pid = pid
+                header.address = address
+                try wire.send(.pages, header, data: UnsafeRawBufferPointer(view))
+                total += UInt64(n)
+                address += UInt64(n)
+            }
+        }
+        return total
+    }
+
+    /// Sends the image (pages files without what the destination has), then waits for the restore.
+    static func sendImage(_ image: FrozenImage, wire: MigrationWire, verdict: Verdict) throws {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { buffer.deallocate() }
+        for name in image.files.sorted() {
+            let path = "\(image.directory)/\(name)"
+            let fd = try Files.open(path, .readOnly)
+            defer { try? fd.close() }
+            let size = UInt64(try Files.stat(fd, object: path).st_size)
+            var begin = FrameHeader()
+            begin.name = name
+            begin.size = size
+            var ranges: [[UInt64]] = [[0, size]]
+            if let pid = pagesFilePid(name), let unchanged = image.unchangedPages[pid] {
+                begin.sparse = true
+                begin.pid = pid
+                begin.runs = image.pageRuns[pid]
+                ranges = []
+                var cursor: UInt64 = 0
+                for piece in unchanged.sorted(by: { $0[0] < $1[0] }) {
+                    if piece[0] > cursor { ranges.append([cursor, piece[0] - cursor]) }
+                    cursor = max(cursor, piece[0] + piece[1])
+                }
+                if cursor < size { ranges.append([cursor, size - cursor]) }
+                verdict.pageBytes += ranges.reduce(0) { $0 + $1[1] }
+            }
+            try wire.send(.fileBegin, begin)
+            for range in ranges {
+                var done: UInt64 = 0
+                while done < range[1] {
+                    let n = Int(min(UInt64(chunk), range[1] - done))
+                    let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n])
+                    let got = try fd.read(fromAbsoluteOffset: Int64(range[0] + done), into: view)
+                    guard got == n else { throw CryoError("\(path): short read at \(range[0] + done)") }
+                    var header = FrameHeader()
+                    header.offset = range[0] + done
+                    try wire.send(.fileData, header, data: UnsafeRawBufferPointer(view))
+                    done += UInt64(n)
+                }
+            }
+            try wire.send(.fileEnd)
+        }
+        try wire.send(.commit)
+        let asked = ContinuousClock.now
+        let (kind, header, _): (FrameKind, FrameHeader, Int)
+        do { (kind, header, _) = try wire.receive() } catch is MigrationLinkClosed {
+            throw CryoError("connection to \(wire.link.peer) closed before the destination reported the restored tree running")
+        }
+        verdict.heard = true
+        verdict.restoreSeconds = seconds(since: asked)
+        switch kind {
+        case .restored: return
+        case .failed: throw CryoError("destination \(wire.link.peer) failed: \(header.message ?? "no reason given")")
+        default: throw CryoError("destination \(wire.link.peer) answered \(kind) to the image")
+        }
+    }
+
+    static func pagesFilePid(_ name: String) -> Int32? {
+        guard name.hasPrefix("pages-"), name.hasSuffix(".img") else { return nil }
+        return Int32(name.dropFirst(6).dropLast(4))
+    }
+
+    /// The holder that keeps write tracking for the pre-dump is told to let go.
+    func releaseHolder(_ scratch: String) {
+        if let base = try? PreCopyBase(path: scratch, imageDirectory: scratch, rootPid: options.pid, logger: logger) { base.finish() }
+    }
+
+    /// tmpfs when there is one: the source writes nothing to disk.
+    static func scratchRoot() -> String {
+        let mounts = (try? Files.readString("/proc/self/mounts")) ?? ""
+        return mounts.split(separator: "\n").contains { $0.hasPrefix("tmpfs /dev/shm tmpfs ") } ? "/dev/shm" : "/tmp"
+    }
+
+    static func removeScratch(_ directory: String) {
+        Scratch.remove(directory)
+    }
+}
+
+enum Scratch {
+    /// Removes a folder of files, and folders of files, that cryo made.
+    static func remove(_ directory: String) {
+        guard let dir = opendir(directory) else { return }
+        var names: [(String, Bool)] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            if name == "." || name == ".." { continue }
+            names.append((name, entry.pointee.d_type == UInt8(DT_DIR)))
+        }
+        closedir(dir)
+        for (name, isDirectory) in names {
+            if isDirectory { remove("\(directory)/\(name)") } else { unlink("\(directory)/\(name)") }
+        }
+        rmdir(directory)
+    }
+}

@@ -1,0 +1,247 @@
+import Cryo
+import CryoSystem
+import Glibc
+import NIOCore
+import NIOPosix
+import NIOSSL
+import NIOTLS
+import SystemPackage
+
+// The migration stream over TLS 1.2 with a pre-shared key (RFC 4279/5489,
+// ECDHE-PSK: each connection gets fresh keys; the shared key only proves who
+// is at either end). Both ends hold the same key file: a peer without it fails
+// the handshake, and nothing of the stream is read before the handshake is
+// done. The cryptography is BoringSSL's, through swift-nio-ssl; cryo only
+// bridges NIO's event loop to the blocking MigrationLink the pipeline uses.
+
+/// A key file: a 256-bit random key, hex, made by `cryo receive --new-key`.
+public enum MigrationKey {
+    static let header = "cryo migration key v1"
+
+    /// Creates `path` (0600, must not exist) holding a fresh key.
+    public static func create(_ path: String) throws {
+        // The standard library's system generator: getrandom(2), the kernel's CSPRNG.
+        var generator = SystemRandomNumberGenerator()
+        let key = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let text = "\(header)\n" + key.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined() + "\n"
+        let fd = try Files.open(path, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
+        defer { try? fd.close() }
+        _ = fchmod(fd.rawValue, 0o600)  // whatever the umask
+        try Files.write(fd, Array(text.utf8), path: path)
+    }
+
+    /// Reads a key file; refuses one that others may read.
+    public static func load(_ path: String) throws -> [UInt8] {
+        let st = try Files.stat(path)
+        guard st.st_mode & 0o077 == 0 else {
+            throw CryoError("key file \(path) is readable or writable by others (mode \(String(st.st_mode & 0o777, radix: 8))); chmod 600 it")
+        }
+        let lines = try Files.readString(path).split(separator: "\n")
+        guard lines.count == 2, lines[0] == header, lines[1].count == 64 else { throw CryoError("\(path) is not a cryo migration key file") }
+        var key: [UInt8] = []
+        var i = lines[1].startIndex
+        while i < lines[1].endIndex {
+            let j = lines[1].index(i, offsetBy: 2)
+            guard let byte = UInt8(lines[1][i..<j], radix: 16) else { throw CryoError("\(path) is not a cryo migration key file") }
+            key.append(byte)
+            i = j
+        }
+        return key
+    }
+}
+
+/// A blocking facade over one NIO channel with TLS.
+public final class TLSLink: MigrationLink, @unchecked Sendable {
+    public let peer: String
+    private let group: MultiThreadedEventLoopGroup
+    private let channel: Channel
+    private let bridge: Bridge
+
+    /// Takes over a connected socket (the destination's accepted one, or the source's), does the
+    /// handshake and returns once it is done; throws one line if the peer does not hold the key.
+    public init(socket: SystemPackage.FileDescriptor, peer: String, key: [UInt8], server: Bool) throws {
+        self.peer = peer
+        var configuration = TLSConfiguration.makePreSharedKeyConfiguration()
+        configuration.minimumTLSVersion = .tlsv12
+        configuration.maximumTLSVersion = .tlsv12
+        // ECDHE for forward secrecy, an AEAD for the records.
+        configuration.cipherSuites = "ECDHE-PSK-CHACHA20-POLY1305"
+        let secret = NIOSSLSecureBytes(key)
+        if server {
+            configuration.pskServerProvider = { context in
+                guard context.clientIdentity == "cryo" else { throw MigrationKeyMismatch() }
+                return PSKServerIdentityResponse(key: secret)
+            }
+        } else {
+            configuration.pskClientProvider = { _ in PSKClientIdentityResponse(key: secret, identity: "cryo") }
+        }
+        let context = try NIOSSLContext(configuration: configuration)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let bridge = Bridge()
+        self.group = group
+        self.bridge = bridge
+        let bootstrap = ClientBootstrap(group: group).channelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                let tls: ChannelHandler = server ? NIOSSLServerHandler(context: context)
+                    : try NIOSSLClientHandler(context: context, serverHostname: nil)
+                try channel.pipeline.syncOperations.addHandler(tls)
+                try channel.pipeline.syncOperations.addHandler(bridge)
+            }
+        }
+        // NIO owns the descriptor from here on.
+        let raw = dup(socket.rawValue)
+        guard raw >= 0 else { throw SyscallError("dup", errno: Errno(rawValue: Glibc.errno), object: "connection to \(peer)") }
+        do {
+            channel = try bootstrap.withConnectedSocket(raw).wait()
+        } catch {
+            Glibc.close(raw)
+            try? group.syncShutdownGracefully()
+            throw CryoError("connection to \(peer): \(error)")
+        }
+        do {
+            try bridge.waitHandshake()
+        } catch {
+            channel.close(promise: nil)
+            try? group.syncShutdownGracefully()
+            throw CryoError("\(peer) did not authenticate with the migration key (TLS handshake: \(Self.reason(error)))")
+        }
+    }
+
+    /// BoringSSL's reason names (BAD_RECORD_MAC...) rather than its whole error stack.
+    static func reason(_ error: Error) -> String {
+        let text = "\(error)"
+        let reasons = text.components(separatedBy: "OPENSSL_internal:").dropFirst().map { $0.prefix { $0 != " " && $0 != "," && $0 != "]" } }
+        return reasons.isEmpty ? text : reasons.joined(separator: ", ")
+    }
+
+    public func send(_ bytes: UnsafeRawBufferPointer) throws {
+        guard bytes.count > 0 else { return }
+        var buffer = channel.allocator.buffer(capacity: bytes.count)
+        buffer.writeBytes(bytes)
+        do { try channel.writeAndFlush(buffer).wait() } catch {
+            throw bridge.failure ?? CryoError("sending to \(peer): \(error)")
+        }
+    }
+
+    public func receive(into buffer: UnsafeMutableRawBufferPointer) throws {
+        try bridge.read(into: buffer, channel: channel)
+    }
+
+    public func close() {
+        try? channel.close().wait()
+        try? group.syncShutdownGracefully()
+    }
+}
+
+struct MigrationKeyMismatch: Error, CustomStringConvertible {
+    var description: String { "the peer does not use cryo's identity" }
+}
+
+/// Collects what TLS delivers, for a blocking reader on another thread.
+final class Bridge: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    private let condition = Condition()
+    private var chunks: [ByteBuffer] = []
+    private var buffered = 0
+    private var handshaken = false
+    private var ended = false
+    private(set) var failure: Error?
+    private var paused = false
+    private static let high = 32 << 20, low = 8 << 20
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .handshakeCompleted = event as? TLSUserEvent { condition.locked { handshaken = true } }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let bytes = unwrapInboundIn(data)
+        let pause = condition.locked { () -> Bool in
+            chunks.append(bytes)
+            buffered += bytes.readableBytes
+            if buffered > Self.high && !paused { paused = true; return true }
+            return false
+        }
+        // The reader is slower than the network: stop reading the socket until it catches up.
+        if pause { _ = context.channel.setOption(ChannelOptions.autoRead, value: false) }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        condition.locked { if failure == nil { failure = error } }
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        condition.locked { ended = true }
+        context.fireChannelInactive()
+    }
+
+    func waitHandshake() throws {
+        try condition.wait {
+            if handshaken { return true }
+            if let failure { throw failure }
+            if ended { throw MigrationLinkClosed() }
+            return false
+        }
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer, channel: Channel) throws {
+        var done = 0
+        while done < buffer.count {
+            var resume = false
+            try condition.wait {
+                if !chunks.isEmpty {
+                    while done < buffer.count, !chunks.isEmpty {
+                        let n = min(buffer.count - done, chunks[0].readableBytes)
+                        chunks[0].withUnsafeReadableBytes { source in
+                            UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + n)]).copyMemory(from: UnsafeRawBufferPointer(rebasing: source[0..<n]))
+                        }
+                        chunks[0].moveReaderIndex(forwardBy: n)
+                        if chunks[0].readableBytes == 0 { chunks.removeFirst() }
+                        buffered -= n
+                        done += n
+                    }
+                    if paused && buffered < Self.low { paused = false; resume = true }
+                    return true
+                }
+                if let failure { throw failure }
+                if ended { throw MigrationLinkClosed() }
+                return false
+            }
+            if resume { _ = channel.setOption(ChannelOptions.autoRead, value: true) }
+        }
+    }
+}
+
+/// A mutex with a condition variable (pthread), for the bridge.
+final class Condition: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    init() {
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(cond, nil)
+    }
+    deinit {
+        pthread_cond_destroy(cond)
+        pthread_mutex_destroy(mutex)
+        cond.deallocate()
+        mutex.deallocate()
+    }
+
+    /// Runs `body` under the lock and wakes waiters.
+    func locked<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(mutex)
+        defer {
+            pthread_cond_broadcast(cond)
+            pthread_mutex_unlock(mutex)
+        }
+        return try body()
+    }
+
+    /// Waits under the lock until `ready` returns true (or throws).
+    func wait(_ ready: () throws -> Bool) throws {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        while try !ready() { pthread_cond_wait(cond, mutex) }
+    }
+}

@@ -1,0 +1,140 @@
+import ArgumentParser
+import Cryo
+import CryoNet
+import CryoSystem
+import FoundationEssentials
+import Glibc
+import SystemPackage
+
+/// `cryo migrate -t PID --to ADDR:PORT`: moves a running tree to a `cryo receive`.
+struct MigrateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "migrate",
+        abstract: "Move a running process tree to another host where `cryo receive` listens.")
+    @Option(name: [.customShort("t"), .customLong("tree")], help: "The pid to migrate.")
+    var pid: Int32
+    @Option(name: .customLong("to"), help: "The destination's ADDR:PORT.")
+    var destination: String
+    @Flag(name: [.customShort("j"), .customLong("shell-job")], help: "Allow a process in cryo's session (a shell job).")
+    var shellJob = false
+    @Flag(name: .customLong("tcp-established"), help: "Move established TCP connections too (TCP_REPAIR).")
+    var tcpEstablished = false
+    @Option(name: .customLong("max-rounds"), help: "Most pre-copy rounds while the tree runs (default 10).")
+    var maxRounds = 10
+    @OptionGroup var security: MigrationSecurity
+    @Flag(name: .customLong("display-stats"), help: "Print rounds, bytes and frozen time.")
+    var displayStatistics = false
+    @OptionGroup var common: CommonOptions
+
+    func validate() throws { try security.check() }
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)  // a vanished peer is an error from send, not a death
+        let logger = common.logger()
+        let statistics: MigrationStatistics = try failing {
+            let key = try security.key()
+            let fd = try MigrationEndpoint.connect(destination)
+            let link = try security.link(fd, peer: destination, key: key, server: false)
+            defer { link.close() }
+            return try Migrator(options: MigrateOptions(pid: pid, destination: destination, shellJob: shellJob,
+                                                        tcpEstablished: tcpEstablished, maxRounds: max(1, maxRounds)),
+                                logger: logger).run(over: link)
+        }
+        if common.verbose > 0 || displayStatistics {
+            MigrationDisplay.print(statistics, pid: pid, destination: destination)
+        }
+    }
+}
+
+/// `cryo receive --listen ADDR:PORT`: takes one migration and restores it here.
+struct ReceiveCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "receive",
+        abstract: "Take one process tree from `cryo migrate` and restore it here.")
+    @Option(name: .customLong("listen"), help: "ADDR:PORT to listen on.")
+    var listen: String?
+    @Option(name: .customLong("new-key"), help: "Create this key file (0600) first; copy it to the source and pass it to both with --key.")
+    var newKey: String?
+    @Option(name: [.customShort("D"), .customLong("images-dir")], help: "Keep the image in this folder (default: a private temporary one, removed).")
+    var directory: String?
+    @Flag(name: .customLong("pidns"), help: "Restore inside a new pid namespace, where the image's pids are free.")
+    var pidNamespace = false
+    @Flag(name: .customLong("tcp-established"), help: "Rebuild established TCP connections (TCP_REPAIR).")
+    var tcpEstablished = false
+    @OptionGroup var security: MigrationSecurity
+    @OptionGroup var common: CommonOptions
+
+    func validate() throws {
+        guard listen != nil else {
+            if newKey == nil { throw ValidationError("--listen ADDR:PORT is required") }
+            return  // only making a key
+        }
+        var security = self.security
+        if let newKey {
+            if security.keyFile != nil { throw ValidationError("--new-key makes the key to use: leave out --key") }
+            security.keyFile = newKey
+        }
+        try security.check()
+    }
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)
+        let logger = common.logger()
+        if let newKey { try failing { try MigrationKey.create(newKey) } }
+        guard let listen else { return }
+        let result: ReceiveResult = try failing {
+            var security = self.security
+            if security.keyFile == nil { security.keyFile = newKey }
+            let key = try security.key()
+            let listener = try MigrationEndpoint.listen(listen)
+            let (fd, peer) = try MigrationEndpoint.acceptOne(listener)
+            try? listener.close()
+            let link = try security.link(fd, peer: peer, key: key, server: true)
+            defer { link.close() }
+            return try Receiver(options: ReceiveOptions(directory: directory, newPidNamespace: pidNamespace, tcpEstablished: tcpEstablished),
+                                logger: logger).run(over: link)
+        }
+        if common.verbose > 0 {
+            let tree = result.tree
+            print(tree.rootPid == tree.rootPidInImage ? "restored pid \(tree.rootPid) after \(result.rounds) rounds, \(result.bytesReceived) bytes"
+                  : "restored pid \(tree.rootPidInImage) as pid \(tree.rootPid) in a new pid namespace after \(result.rounds) rounds, \(result.bytesReceived) bytes")
+            fflush(nil)
+        }
+    }
+}
+
+enum MigrationDisplay {
+    static func print(_ s: MigrationStatistics, pid: Int32, destination: String) {
+        var lines = ["migrated pid \(pid) to \(destination): \(s.rounds.count) pre-copy rounds"]
+        for (i, round) in s.rounds.enumerated() {
+            lines.append(String(printf: "  round %d: %llu bytes in %.3f s", i + 1, round.bytes, round.seconds))
+        }
+        lines.append(String(printf: "  frozen: %.3f s (%llu page bytes, %llu bytes in all; destination restore %.3f s)",
+                            s.frozenSeconds, s.frozenPageBytes, s.frozenBytes, s.restoreSeconds))
+        lines.append(String(printf: "  total: %.3f s, %llu bytes sent", s.totalSeconds, s.bytesSent))
+        Swift.print(lines.joined(separator: "\n"))
+        fflush(nil)
+    }
+}
+
+/// --key FILE (TLS with that pre-shared key) or --insecure (plain TCP, for a network trusted as a whole).
+struct MigrationSecurity: ParsableArguments {
+    @Option(name: .customLong("key"), help: "Key file shared by both ends (made by `cryo receive --new-key`): mutual authentication and encryption.")
+    var keyFile: String?
+    @Flag(name: .customLong("insecure"), help: "No authentication, no encryption: whoever reaches the port can restore anything. Test networks only.")
+    var insecure = false
+
+    func check() throws {
+        if keyFile == nil && !insecure { throw ValidationError("--key FILE is required (or --insecure on a network trusted as a whole)") }
+        if keyFile != nil && insecure { throw ValidationError("--key and --insecure exclude each other") }
+    }
+
+    func key() throws -> [UInt8]? { try keyFile.map { try MigrationKey.load($0) } }
+
+    /// The connection, authenticated and encrypted when there is a key; the plain socket is closed either way.
+    func link(_ fd: FileDescriptor, peer: String, key: [UInt8]?, server: Bool) throws -> MigrationLink {
+        guard let key else { return SocketLink(fd: fd, peer: peer) }
+        defer { try? fd.close() }
+        return try TLSLink(socket: fd, peer: peer, key: key, server: server)
+    }
+}

@@ -1,0 +1,209 @@
+// cryo migrate / cryo receive between two network namespaces the test makes
+// (a veth pair, an address each): the dirty fixture writes memory all the time
+// and checks every page itself once it runs on the destination. A destination
+// that dies, a connection that drops and a wrong key must each leave the
+// source running and passing.
+
+import Foundation
+import Glibc
+import Testing
+
+extension EndToEnd {
+    @Suite("cryo migrate and cryo receive")
+    struct MigrateTests {
+        @Test("a tree that keeps writing moves to the other namespace and passes its checks there", arguments: [false, true])
+        func migrates(encrypted: Bool) throws {
+            let scratch = try Scratch("migrate")
+            defer { scratch.remove() }
+            let net = try NetPair()
+            defer { net.remove() }
+            let security = encrypted ? try newKey(in: scratch) : ["--insecure"]
+            let fixture = try Fixture("dirty", arguments: ["128"], in: scratch, launcher: net.fixtureLauncher)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let receive = try net.receive(security + ["--pidns", "-v"], in: scratch)
+            defer { receive.stop() }
+            let migrate = try CryoProcess(net.launcherA + ["--to", "\(net.addressB):\(net.port)", "-t", "\(fixture.pid)", "-v"] + security,
+                                          in: scratch, launcher: net.cryoInA())
+            let result = migrate.wait(timeout: 120, reaping: fixture)
+            try #require(result.succeeded, "\(result)\n\(receive.wait(timeout: 10))\n\(fixture.report)")
+            #expect(result.stdout.contains("round 2"), "expected at least two pre-copy rounds\n\(result)")
+            // The source tree is gone (killed once the destination said it runs).
+            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs on the source after the migration")
+            let received = receive.wait(timeout: 60)
+            try #require(received.succeeded, "\(received)")
+            let restored = try #require(restoredPid(received.stdout), "no restored pid in\n\(received)")
+            defer { if ProcStatus(pid: restored)?.name == "dirty" { kill(restored, SIGKILL) } }
+            #expect(ProcStatus(pid: restored)?.name == "dirty", "pid \(restored) is not the restored fixture: \(describeProcess(restored))")
+            sleepSeconds(0.3)  // it writes on at the destination
+            kill(restored, SIGTERM)
+            #expect(waitUntil(timeout: 30) { fixture.lastLine == "PASS" || fixture.lastLine?.hasPrefix("FAIL") == true },
+                    "the migrated fixture did not check itself\n\(fixture.report)")
+            expectPass(fixture, "\(result)\n\(received)")
+        }
+
+        @Test("a wrong key is refused before any image byte; the source runs on")
+        func wrongKey() throws {
+            let scratch = try Scratch("migrate-key")
+            defer { scratch.remove() }
+            let net = try NetPair()
+            defer { net.remove() }
+            let ours = try newKey(in: scratch)
+            let theirs = try newKey(in: scratch)
+            let fixture = try Fixture("dirty", arguments: ["16"], in: scratch, launcher: net.fixtureLauncher)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let images = scratch.file("received")
+            let receive = try net.receive(theirs + ["-D", images], in: scratch)
+            defer { receive.stop() }
+            let result = try cryo(net.launcherA + ["--to", "\(net.addressB):\(net.port)", "-t", "\(fixture.pid)"] + ours,
+                                  in: scratch, reaping: fixture, launcher: net.cryoInA())
+            #expect(result.failed && result.stderrLines.count == 1 && result.stderr.contains("key"),
+                    "a wrong key should fail the migration in one line naming the key\n\(result)")
+            let received = receive.wait(timeout: 30)
+            #expect(received.failed && received.stderrLines.count == 1 && received.stderr.contains("key"),
+                    "the destination should refuse in one line naming the key\n\(received)")
+            let files = (try? FileManager.default.contentsOfDirectory(atPath: images)) ?? []
+            #expect(files.isEmpty, "the destination wrote image files for an unauthenticated peer: \(files)")
+            try expectRunningAndPassing(fixture)
+        }
+
+        @Test("a killed destination or a dropped connection leaves the source running and passing", arguments: ["kill", "drop"])
+        func destinationLost(how: String) throws {
+            let scratch = try Scratch("migrate-\(how)")
+            defer { scratch.remove() }
+            let net = try NetPair()
+            defer { net.remove() }
+            let security = try newKey(in: scratch)
+            let fixture = try Fixture("dirty", arguments: ["512"], in: scratch, launcher: net.fixtureLauncher)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let receive = try net.receive(security + ["--pidns"], in: scratch)
+            defer { receive.stop() }
+            let migrate = try CryoProcess(net.launcherA + ["--to", "\(net.addressB):\(net.port)", "-t", "\(fixture.pid)"] + security,
+                                          in: scratch, launcher: net.cryoInA())
+            defer { migrate.stop() }
+            // Lost while pages are on their way.
+            try #require(waitUntil(timeout: 30) { net.established(receive.pid) }, "the migration never connected")
+            sleepSeconds(0.2)
+            if how == "kill" { kill(receive.pid, SIGKILL) } else { net.cut() }
+            let result = migrate.wait(timeout: 60, reaping: fixture)
+            #expect(result.failed && result.stderrLines.count == 1, "the source should fail in one line\n\(result)")
+            if how == "drop" {
+                let received = receive.wait(timeout: 60)
+                #expect(received.failed && received.stderrLines.count == 1, "the destination should fail in one line\n\(received)")
+            }
+            try expectRunningAndPassing(fixture)
+        }
+    }
+}
+
+/// A fresh key file in `scratch`, as `--key FILE`.
+private func newKey(in scratch: Scratch) throws -> [String] {
+    let path = scratch.unique("key")
+    let made = try cryo(["receive", "--new-key", path], in: scratch)
+    try #require(made.succeeded, "\(made)")
+    var st = stat()
+    try #require(stat(path, &st) == 0 && st.st_mode & 0o777 == 0o600, "key file \(path) is not 0600")
+    return ["--key", path]
+}
+
+/// "restored pid X as pid Y in a new pid namespace ..." → Y; "restored pid X ..." → X.
+private func restoredPid(_ output: String) -> pid_t? {
+    for line in output.split(separator: "\n") where line.hasPrefix("restored pid ") {
+        let words = line.split(separator: " ")
+        if let at = words.firstIndex(of: "as"), at + 2 < words.count { return pid_t(words[at + 2]) }
+        return pid_t(words[2])
+    }
+    return nil
+}
+
+/// The original fixture still runs untraced, writes on, and passes its checks on SIGTERM.
+private func expectRunningAndPassing(_ fixture: Fixture, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let status = ProcStatus(pid: fixture.pid)
+    try #require(status != nil && fixture.pollOriginal() == nil, "pid \(fixture.pid) is gone\n\(fixture.report)", sourceLocation: sourceLocation)
+    #expect(waitUntil(timeout: 10) { ProcStatus(pid: fixture.pid).map { $0.isRunning && $0.tracerPid == 0 } ?? false },
+            "pid \(fixture.pid) is not running freely: \(describeProcess(fixture.pid))", sourceLocation: sourceLocation)
+    sleepSeconds(0.3)
+    fixture.signal(SIGTERM)
+    #expect(fixture.reapOriginal(timeout: 30) == .exited(0), "\(fixture.report)", sourceLocation: sourceLocation)
+    expectPass(fixture, sourceLocation: sourceLocation)
+}
+
+/// Two network namespaces joined by a veth pair: A (the source) and B (the destination).
+final class NetPair {
+    nonisolated(unsafe) static var counter = 0  // the suite runs serialized
+    let a: String, b: String, vethA: String, vethB: String
+    let addressA = "10.77.0.1", addressB = "10.77.0.2"
+    let port = 7460
+
+    init() throws {
+        NetPair.counter += 1
+        let tag = "\(getpid() % 100_000)x\(NetPair.counter)"
+        a = "cryo-mA-\(tag)"
+        b = "cryo-mB-\(tag)"
+        vethA = "cmA\(tag)"
+        vethB = "cmB\(tag)"
+        do {
+            try ip(["netns", "add", a])
+            try ip(["netns", "add", b])
+            try ip(["link", "add", vethA, "type", "veth", "peer", "name", vethB])
+            try ip(["link", "set", vethA, "netns", a])
+            try ip(["link", "set", vethB, "netns", b])
+            for (ns, dev, address) in [(a, vethA, addressA), (b, vethB, addressB)] {
+                try ip(["-n", ns, "addr", "add", "\(address)/24", "dev", dev])
+                try ip(["-n", ns, "link", "set", dev, "up"])
+                try ip(["-n", ns, "link", "set", "lo", "up"])
+            }
+        } catch {
+            remove()
+            throw error
+        }
+    }
+
+    /// `cryo migrate` run inside A. nsenter switches the network namespace only (ip netns exec would
+    /// give cryo a mount namespace of its own, and cryo dumps only trees in its own namespaces).
+    var launcherA: [String] { ["migrate"] }
+    func cryoInA() throws -> [String] { ["/usr/bin/nsenter", "--net=/run/netns/\(a)"] }
+    /// A fixture runs on host A.
+    var fixtureLauncher: [String] { ["/usr/bin/nsenter", "--net=/run/netns/\(a)"] }
+
+    /// `cryo receive --listen B:port ...` inside B, once it listens.
+    func receive(_ options: [String], in scratch: Scratch) throws -> CryoProcess {
+        let process = try CryoProcess(["receive", "--listen", "\(addressB):\(port)"] + options, in: scratch,
+                                      launcher: ["/usr/bin/nsenter", "--net=/run/netns/\(b)"])
+        let listening = waitUntil(timeout: 20) { !process.isRunning || self.tcpStates(process.pid).contains("0A") }
+        try #require(listening && process.isRunning, "cryo receive does not listen\n\(process.wait(timeout: 5))")
+        return process
+    }
+
+    /// States of TCP sockets on our port in `pid`'s network namespace (hex, as /proc/net/tcp has them).
+    func tcpStates(_ pid: pid_t) -> [String] {
+        let hexPort = String(format: "%04X", port)
+        return readText("/proc/\(pid)/net/tcp").split(separator: "\n").dropFirst().compactMap { line in
+            let fields = line.split(separator: " ")
+            guard fields.count > 3 else { return nil }
+            return fields[1].hasSuffix(":\(hexPort)") ? String(fields[3]) : nil
+        }
+    }
+
+    func established(_ pid: pid_t) -> Bool { tcpStates(pid).contains("01") }
+
+    /// Drops the link: nothing more gets through in either direction.
+    func cut() {
+        try? ip(["-n", a, "link", "set", vethA, "down"])
+    }
+
+    func remove() {
+        try? ip(["netns", "del", a])
+        try? ip(["netns", "del", b])
+    }
+
+    private func ip(_ arguments: [String]) throws {
+        let log = "/tmp/cryo-netpair-\(getpid()).log"
+        let pid = try spawnProcess("/usr/sbin/ip", arguments, stdoutPath: log)
+        let status = reap(pid, timeout: 20)
+        defer { unlink(log) }
+        guard status == .exited(0) else { throw HarnessError("ip \(arguments.joined(separator: " ")): \(status.map(\.description) ?? "timed out")\n\(readText(log))") }
+    }
+}
