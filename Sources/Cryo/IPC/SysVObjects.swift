@@ -60,10 +60,23 @@ enum SysVObjects {
     /// A process with a semaphore undo list (it used SEM_UNDO) is refused: the kernel shows the
     /// list to no other process, and the tree's death applies it to the values. KCMP_SYSVSEM
     /// compares undo lists; cryo has none, so "the same as cryo's" means none.
+    ///
+    /// The kernel allocates an (empty) undo list for every process that ever made a thread
+    /// (CLONE_SYSVSEM), cryo included once it has worker threads: so the reference is a fresh
+    /// forked child (no list), and with no semaphore set in the namespace there can be no
+    /// entries at all (removing a set frees its undo entries).
     static func checkUndo(_ tree: FrozenTree) throws {
-        let me = Kernel.currentPid()
+        let sets = ((try? Files.readString("/proc/sysvipc/sem")) ?? "").split(separator: "\n").count - 1
+        guard sets > 0 else { return }
+        let reference = try Processes.fork()
+        if reference == 0 { while true { pause() } }
+        defer {
+            try? Processes.kill(reference, SIGKILL)
+            var status: Int32 = 0
+            _ = waitpid(reference, &status, 0)
+        }
         for process in tree.live {
-            for thread in process.threads where !(try Pidfd.share(thread.pid, me, resource: 6 /* KCMP_SYSVSEM */)) {
+            for thread in process.threads where !(try Pidfd.share(thread.pid, reference, resource: 6 /* KCMP_SYSVSEM */)) {
                 throw CryoError("pid \(process.pid) (\(process.comm)) thread \(thread.pid) has System V semaphore undo entries (SEM_UNDO); "
                     + "not supported: the kernel shows them to no other process")
             }
