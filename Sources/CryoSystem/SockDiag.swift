@@ -16,6 +16,8 @@ public struct UnixSocketDiag: Sendable {
     public var file: (inode: UInt32, device: UInt64)?
     /// Connections not yet accepted, as UNIX_DIAG_ICONS lists them.
     public var pending: UInt32 = 0
+    /// The inodes of the sockets that made those connections (0: closed since), in accept order.
+    public var icons: [UInt32] = []
     /// Bit 0: receive shut down, bit 1: send shut down.
     public var shutdown: UInt32 = 0
     /// sun_path bytes as bound; empty when unnamed.
@@ -138,6 +140,7 @@ public enum SockDiag {
                 diag.peer = u32(0)
             case Int(UNIX_DIAG_ICONS):
                 diag.pending = UInt32(data.count / 4)
+                diag.icons = (0..<data.count / 4).map { u32($0 * 4) }
             case Int(UNIX_DIAG_RQLEN) where data.count >= 8:
                 diag.queues = (u32(0), u32(4))
             case Int(UNIX_DIAG_SHUTDOWN) where data.count >= 1:

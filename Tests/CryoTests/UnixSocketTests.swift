@@ -14,6 +14,29 @@ extension EndToEnd {
             try unixRoundTrip("unixpass") { scratch in [try scratch.folder("work")] }
         }
 
+        @Test("connections not yet accepted come back in order with their bytes, descriptors and ends")
+        func pendingConnections() throws {
+            try unixRoundTrip("unixpending") { scratch in [try scratch.folder("work")] }
+        }
+
+        @Test("with --leave-running a listener with connections not yet accepted is refused in one line")
+        func pendingLeaveRunningRefused() throws {
+            let scratch = try Scratch("unixpending-leave")
+            defer { scratch.remove() }
+            let fixture = try Fixture("unixpending", arguments: [try scratch.folder("work")], in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "--leave-running", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
+            #expect(dump.failed, "\(dump)")
+            #expect(dump.stderrLines.count == 1, "want one line\n\(dump)")
+            #expect(dump.stderr.contains("pid \(fixture.pid) fd ") && dump.stderr.contains("not yet accepted")
+                    && dump.stderr.contains("--leave-running"), "\(dump)")
+            fixture.signal(SIGTERM)
+            #expect(fixture.reapOriginal(timeout: 30) == .exited(0), "\(fixture.report)")
+            expectPass(fixture, "\(dump)")
+        }
+
         @Test("an epoll descriptor in flight is refused in one line, and nothing is taken from the queue")
         func epollInFlightRefused() throws {
             let scratch = try Scratch("unixpass-epoll")

@@ -76,6 +76,8 @@ final class FileTableBuilder {
     /// with what to do with the file id each gets.
     private var inFlight: [(handle: FileDescriptor, object: String, resolved: (FileTableBuilder, Int) -> Void)] = []
     private var inFlightDone = 0
+    /// Duplicates a kind keeps for its finishDump, by file id.
+    private var keptForFinish: [Int: FileDescriptor] = [:]
 
     init(paths: ImagePaths, options: KindOptions) {
         self.paths = paths
@@ -98,7 +100,16 @@ final class FileTableBuilder {
         held = []
         for f in inFlight { try? f.handle.close() }
         inFlight = []
+        for h in keptForFinish.values { try? h.close() }
+        keptForFinish = [:]
     }
+
+    /// Keeps a duplicate of `handle` for the kind's finishDump (`kept(id)`), until `release()`.
+    func keepForFinish(_ handle: FileDescriptor, id: Int, object: String) throws {
+        keptForFinish[id] = try FileObjects.duplicate(handle, object: object)
+    }
+
+    func kept(_ id: Int) -> FileDescriptor? { keptForFinish[id] }
 
     /// A descriptor received in cryo from a socket queue: it is dumped (or found to be one
     /// already dumped) in `finish`, once every process's own descriptors are known.
@@ -114,7 +125,7 @@ final class FileTableBuilder {
         return nil
     }
 
-    private func dumpInFlight() throws {
+    func dumpInFlight() throws {
         let me = Kernel.currentPid()
         // Dumping one may find more: a socket in flight with descriptors in its own queue.
         while inFlightDone < inFlight.count {
@@ -122,6 +133,10 @@ final class FileTableBuilder {
             inFlightDone += 1
             let fd = handle.rawValue
             let link = try Files.readLink("/proc/self/fd/\(fd)")
+            if link == "anon_inode:[eventpoll]" {
+                throw CryoError("\(object): \(link) is an epoll instance (its watches name descriptors of whoever added them); "
+                    + "in flight (SCM_RIGHTS) it cannot be dumped, not supported")
+            }
             let info = try parseFDInfo(try Files.readString("/proc/self/fdinfo/\(fd)"))
             let (id, new) = try describe(pid: me, fd: fd, link: link, info: info, handle: handle, inFlight: "\(object) (\(link))")
             if new, let why = Self.refusedInFlight(table.files[id].state) {

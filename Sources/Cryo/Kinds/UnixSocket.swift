@@ -72,6 +72,11 @@ public struct UnixSocketState: DescriptorKind {
     /// message carries none. Nil: no credentials anywhere.
     public var senders: [Sender?]? = nil
 
+    /// A listener's connections not yet accepted, in the order accept returns them: each
+    /// the state of the accepted end as cryo took it (its queue is what the client sent),
+    /// with `peer` the connecting socket's inode (nil: closed since).
+    public var pending: [UnixSocketState]? = nil
+
     /// Credentials of a queued message; pid as the dumped tree saw it.
     public struct Sender: Codable, Sendable, Equatable {
         public var pid: Int32
@@ -85,6 +90,11 @@ public struct UnixSocketState: DescriptorKind {
 extension UnixSocketState {
     /// Every socket that is not an inet one (InetSocketState comes first): others are refused here by family.
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> UnixSocketState? {
+        try dump(p, into: table, id: id, pendingIndex: nil)
+    }
+
+    /// `pendingIndex`: the socket is the listener `id`'s connection of that index, accepted by cryo.
+    static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int, pendingIndex: Int?) throws -> UnixSocketState? {
         guard p.stat.st_mode & S_IFMT == S_IFSOCK else { return nil }
         let fd = p.handle
         let family = try option(fd, SO_DOMAIN, p.object)
@@ -126,7 +136,14 @@ extension UnixSocketState {
         case .listening:
             let pending = max(diag.pending, diag.queues?.receive ?? 0)
             if pending > 0 {
-                throw CryoError("\(what) is listening with \(pending) connection\(pending == 1 ? "" : "s") not yet accepted; not supported yet")
+                // Their bytes can be read only once accepted, which cannot be undone: that waits
+                // until every process is dumped (finishDump), and only if the tree is then killed.
+                if table.options.leaveRunning {
+                    throw CryoError("\(what) is listening with \(pending) connection\(pending == 1 ? "" : "s") not yet accepted; "
+                        + "reading them means accepting them, so not with --leave-running")
+                }
+                try table.keepForFinish(fd, id: id, object: what)
+                s.pending = []
             }
             s.backlog = Int32(clamping: diag.queues?.send ?? 0)
             return s
@@ -145,7 +162,7 @@ extension UnixSocketState {
         // Only a datagram socket receives without a connection; the others refuse to be read unconnected.
         if type == .dgram || state == .connected {
             try s.readQueue(fd, passCredentials: s.passCredentials, queueBytes: Int(diag.queues?.receive ?? 0),
-                            into: table, id: id, object: what)
+                            into: table, id: id, pendingIndex: pendingIndex, object: what)
         }
         let total = s.queued.reduce(0) { $0 + $1.count }
         if type == .stream, let queued = diag.queues?.receive, total < Int(queued) {
@@ -158,7 +175,7 @@ extension UnixSocketState {
     /// flight are handed to the file table, which dumps them once every process's own
     /// are known and then sets their ids here.
     mutating func readQueue(_ fd: FileDescriptor, passCredentials: Bool, queueBytes: Int, into table: FileTableBuilder,
-                            id: Int, object: String) throws {
+                            id: Int, pendingIndex: Int?, object: String) throws {
         let messages = try Self.peekQueue(fd, type: type, peekOffset: peekOffset, passCredentials: passCredentials,
                                           queueBytes: queueBytes, object: object)
         queued = messages.map(\.data)
@@ -172,7 +189,7 @@ extension UnixSocketState {
             for (k, passed) in message.descriptors.enumerated() {
                 table.addInFlight(passed, object: "\(object), message \(m + 1) of its queue, descriptor \(k + 1)") { table, fileID in
                     guard var s = table.table.files[id].state as? UnixSocketState else { return }
-                    s.rights?[m][k] = fileID
+                    if let j = pendingIndex { s.pending?[j].rights?[m][k] = fileID } else { s.rights?[m][k] = fileID }
                     table.table.files[id].state = s
                 }
             }
@@ -278,6 +295,10 @@ extension UnixSocketState {
         var text = "unix \(type.rawValue) socket:[\(inode)] \(state.rawValue)"
         if name != nil { text += " \(Self.display(name))" }
         if state == .listening, let backlog { text += " backlog \(backlog)" }
+        if let pending, !pending.isEmpty {
+            let bytes = pending.reduce(0) { $0 + $1.queued.reduce(0) { $0 + $1.count } }
+            text += " (\(pending.count) connection\(pending.count == 1 ? "" : "s") not yet accepted, \(bytes) bytes sent on them)"
+        }
         if peerClosed { text += " peer closed" } else if state == .connected {
             text += " peer " + (peer.map { "socket:[\($0)]" } ?? "not yet accepted")
             if peerName != nil { text += " (\(Self.display(peerName)))" }
@@ -335,15 +356,59 @@ extension UnixSocketState {
     }
 
     static func finishDump(_ table: FileTableBuilder) throws {
+        try acceptPending(table)
         try checkConnections(table.table.files, objects: table.objects)
+    }
+
+    /// Takes every listener's connections not yet accepted (the tree is killed after this
+    /// dump): each is accepted in cryo and dumped as a socket of its own, so its queue,
+    /// with descriptors in flight and credentials, is what the client sent.
+    static func acceptPending(_ table: FileTableBuilder) throws {
+        let me = Kernel.currentPid()
+        for (f, s) in entries(table.table.files) where s.pending != nil {
+            guard let listener = table.kept(f.id) else { continue }
+            let what = "\(table.objects[f.id] ?? "file #\(f.id)"): a unix \(s.type.rawValue) socket (socket:[\(s.inode)])"
+            var pending: [UnixSocketState] = []
+            // As many as wait now: the listener may be a blocking one.
+            guard let diag = try SockDiag.unixSocket(inode: UInt32(truncatingIfNeeded: s.inode), object: what) else {
+                throw CryoError("\(what): gone from sock_diag")
+            }
+            for _ in 0..<max(diag.pending, diag.queues?.receive ?? 0) {
+                let accepted = try Sockets.accept(listener, object: what)
+                defer { try? accepted.close() }
+                let object = "\(what), connection \(pending.count + 1) not yet accepted"
+                let link = try Files.readLink("/proc/self/fd/\(accepted.rawValue)")
+                let info = try parseFDInfo(try Files.readString("/proc/self/fdinfo/\(accepted.rawValue)"))
+                let probe = DescriptorProbe(pid: me, fd: accepted.rawValue, link: link, flags: info.flags & ~UInt32(O_CLOEXEC),
+                                            position: 0, info: info, stat: try Files.stat(accepted, object: object),
+                                            handle: accepted, inFlight: object)
+                guard var connection = try dump(probe, into: table, id: f.id, pendingIndex: pending.count) else {
+                    throw CryoError("\(object): not a socket")
+                }
+                connection.name = nil
+                connection.file = nil
+                pending.append(connection)
+            }
+            var state = s
+            state.pending = pending
+            table.table.files[f.id].state = state
+        }
+        // Descriptors in flight to those connections: their ids go into `pending` now.
+        try table.dumpInFlight()
     }
 
     static func validate(_ files: [FileTable.OpenFile]) -> String? {
         var inodes = Set<UInt64>()
         for (f, s) in entries(files) {
             if !inodes.insert(s.inode).inserted { return "file #\(f.id): socket:[\(s.inode)] appears twice" }
-            for id in (s.rights ?? []).joined() where !files.indices.contains(id) {
+            for id in ((s.rights ?? []) + (s.pending ?? []).flatMap { $0.rights ?? [] }).joined() where !files.indices.contains(id) {
                 return "file #\(f.id): a descriptor in flight names file #\(id)"
+            }
+            if let pending = s.pending {
+                if s.state != .listening || s.name == nil { return "file #\(f.id): connections not yet accepted on a socket not listening on a name" }
+                if let problem = pending.lazy.compactMap({ $0.state != .connected ? "a connection not yet accepted that is not connected" : $0.validate() }).first {
+                    return "file #\(f.id): \(problem)"
+                }
             }
         }
         return nil
@@ -412,6 +477,10 @@ final class UnixSocketRebuilder: KindRebuilder {
         var made: [Int: FileDescriptor] = [:]
         /// Every socket made, by file id, also once handed out (they stay open until `finish`).
         var all: [Int: FileDescriptor] = [:]
+        /// Inodes of the clients of connections not yet accepted: connected through the listener's queue.
+        let pendingClients: Set<UInt64>
+        /// By listener, the socket each connection not yet accepted writes its bytes from.
+        var pendingWriters: [Int: [FileDescriptor]] = [:]
         var temporary: [FileDescriptor] = []
         /// Stand-ins for closed peers, closed once the survivor's queue is refilled.
         var closedPeers: [Int: FileDescriptor] = [:]
@@ -422,6 +491,7 @@ final class UnixSocketRebuilder: KindRebuilder {
             sockets = UnixSocketState.entries(files).map { ($0.file.id, $0.state, $0.file.flags) }
             byInode = Dictionary(sockets.map { ($0.state.inode, $0.id) }, uniquingKeysWith: { a, _ in a })
             states = Dictionary(uniqueKeysWithValues: sockets.map { ($0.id, $0.state) })
+            pendingClients = Set(sockets.flatMap { ($0.state.pending ?? []).compactMap(\.peer) })
         }
 
         func object(_ id: Int) -> String {
@@ -451,12 +521,29 @@ final class UnixSocketRebuilder: KindRebuilder {
                 }
             }
             // 3. One-way connections: to a socket of the image by its name, or to a peer outside.
-            for (id, s, _) in sockets where s.state == .connected && !done.contains(id) {
+            for (id, s, _) in sockets where s.state == .connected && !done.contains(id) && !pendingClients.contains(s.inode) {
                 let target = s.peer.flatMap { byInode[$0] }.flatMap { states[$0]!.name } ?? s.peerName
                 guard let target else { throw CryoError("\(object(id)): connected, but to nothing the image can name") }
                 let fd = try socket(s.type, id)
                 if s.type == .dgram, s.name != nil { try bind(fd, s, id) }
                 try connect(fd, to: target, id)
+            }
+            // 3b. Connections not yet accepted, in their listener's order: from the client of
+            // the image, or from a stand-in for one gone or outside (closed once its bytes are in).
+            for (id, s, _) in sockets {
+                for (j, c) in (s.pending ?? []).enumerated() {
+                    let what = "\(object(id)) connection \(j + 1) not yet accepted"
+                    let writer: FileDescriptor
+                    if let client = c.peer, let clientID = byInode[client], states[clientID]!.state == .connected, made[clientID] == nil {
+                        writer = try socket(states[clientID]!.type, clientID)
+                        if states[clientID]!.name != nil { try bind(writer, states[clientID]!, clientID) }
+                    } else {
+                        writer = try Sockets.make(family: AF_UNIX, type: s.type.kernelValue, object: "\(what) (AF_UNIX)")
+                        temporary.append(writer)
+                    }
+                    try connect(writer, to: s.name!, id)
+                    pendingWriters[id, default: []].append(writer)
+                }
             }
             all = made
         }
@@ -469,6 +556,15 @@ final class UnixSocketRebuilder: KindRebuilder {
             for (id, s, _) in sockets where !s.queued.isEmpty {
                 try refill(id, s, opened: opened, senders: &senders, hostPid: hostPid)
             }
+            for (id, s, _) in sockets {
+                for (j, c) in (s.pending ?? []).enumerated() where !c.queued.isEmpty {
+                    try send(c, from: pendingWriters[id]![j], object: "\(object(id)) connection \(j + 1) not yet accepted",
+                             opened: opened, senders: &senders, hostPid: hostPid)
+                }
+            }
+            // A connection whose client is not in the image reads its bytes, then the end of the stream.
+            for fd in temporary { try? fd.close() }
+            temporary = []
             for fd in closedPeers.values { try? fd.close() }
             closedPeers = [:]
             for path in removeAfter { try? FileObjects.remove(path, object: path) }
@@ -561,24 +657,30 @@ final class UnixSocketRebuilder: KindRebuilder {
             } else {
                 throw CryoError("\(object(id)): no end to write its \(s.queued.count) queued messages from")
             }
+            try send(s, from: writer, object: object(id), opened: opened, senders: &senders, hostPid: hostPid)
+        }
+
+        /// Writes the queue of `s` from `writer`, message by message, with their descriptors and credentials.
+        func send(_ s: UnixSocketState, from writer: FileDescriptor, object: String, opened: [FileDescriptor],
+                  senders: inout SenderPids, hostPid: (Int32) -> Int32?) throws {
             // Room for all of it; the writer's own size is set with the other options afterwards.
-            try Sockets.setOption(writer, SOL_SOCKET, SO_SNDBUFFORCE, Int32.max / 2, name: "SO_SNDBUFFORCE", object: object(id))
+            try Sockets.setOption(writer, SOL_SOCKET, SO_SNDBUFFORCE, Int32.max / 2, name: "SO_SNDBUFFORCE", object: object)
             for (m, message) in s.queued.enumerated() {
                 var sent = 0
                 // Descriptors and credentials go with the message's first bytes.
                 var rights = try (s.rights?[m] ?? []).map { fileID -> Int32 in
-                    guard opened.indices.contains(fileID) else { throw CryoError("\(object(id)): descriptor in flight names file #\(fileID)") }
+                    guard opened.indices.contains(fileID) else { throw CryoError("\(object): descriptor in flight names file #\(fileID)") }
                     return opened[fileID].rawValue
                 }
-                let credentials = try (s.senders?[m]).flatMap { $0 }.map { try senders.credentials($0, hostPid: hostPid, object: object(id)) }
+                let credentials = try (s.senders?[m]).flatMap { $0 }.map { try senders.credentials($0, hostPid: hostPid, object: object) }
                 repeat {
                     sent += try message.withUnsafeBytes {
                         try Sockets.sendUnix(writer, UnsafeRawBufferPointer(rebasing: $0[sent...]), rights: rights,
-                                             credentials: credentials, object: "\(object(id)): refilling its receive queue")
+                                             credentials: credentials, object: "\(object): refilling its receive queue")
                     }
                     rights = []
                     if s.type != .stream && sent != message.count {
-                        throw CryoError("\(object(id)): a \(message.count)-byte message went out as \(sent) bytes")
+                        throw CryoError("\(object): a \(message.count)-byte message went out as \(sent) bytes")
                     }
                 } while sent < message.count
             }
