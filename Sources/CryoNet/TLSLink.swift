@@ -118,12 +118,23 @@ public final class TLSLink: MigrationLink, @unchecked Sendable {
         guard bytes.count > 0 else { return }
         var buffer = channel.allocator.buffer(capacity: bytes.count)
         buffer.writeBytes(bytes)
-        do { try channel.writeAndFlush(buffer).wait() } catch {
+        // Two writes in flight: the next chunk is read from the tree while the event loop encrypts this one.
+        let write = channel.writeAndFlush(buffer)
+        inFlight.append(write)
+        if inFlight.count > 2 { try settle(inFlight.removeFirst()) }
+    }
+
+    private var inFlight: [EventLoopFuture<Void>] = []
+
+    private func settle(_ write: EventLoopFuture<Void>) throws {
+        do { try write.wait() } catch {
             throw bridge.failure ?? CryoError("sending to \(peer): \(error)")
         }
     }
 
     public func receive(into buffer: UnsafeMutableRawBufferPointer) throws {
+        // Whatever we sent must be out before we wait for an answer to it.
+        while !inFlight.isEmpty { try settle(inFlight.removeFirst()) }
         try bridge.read(into: buffer, channel: channel)
     }
 

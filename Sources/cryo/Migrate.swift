@@ -21,6 +21,8 @@ struct MigrateCommand: ParsableCommand {
     var tcpEstablished = false
     @Option(name: .customLong("max-rounds"), help: "Most pre-copy rounds while the tree runs (default 10).")
     var maxRounds = 10
+    @Flag(name: .customLong("lazy-pages"), help: "The destination starts the tree at once and fills its memory from the received image while it runs.")
+    var lazyPages = false
     @OptionGroup var security: MigrationSecurity
     @Flag(name: .customLong("display-stats"), help: "Print rounds, bytes and frozen time.")
     var displayStatistics = false
@@ -37,7 +39,8 @@ struct MigrateCommand: ParsableCommand {
             let link = try security.link(fd, peer: destination, key: key, server: false)
             defer { link.close() }
             return try Migrator(options: MigrateOptions(pid: pid, destination: destination, shellJob: shellJob,
-                                                        tcpEstablished: tcpEstablished, maxRounds: max(1, maxRounds)),
+                                                        tcpEstablished: tcpEstablished, maxRounds: max(1, maxRounds),
+                                                        lazyPages: lazyPages),
                                 logger: logger).run(over: link)
         }
         if common.verbose > 0 || displayStatistics {
@@ -61,6 +64,8 @@ struct ReceiveCommand: ParsableCommand {
     var pidNamespace = false
     @Flag(name: .customLong("tcp-established"), help: "Rebuild established TCP connections (TCP_REPAIR).")
     var tcpEstablished = false
+    @Flag(name: .customLong("lazy-pages"), help: "Start the tree at once and fill its memory from the received image while it runs (also when migrate asks).")
+    var lazyPages = false
     @OptionGroup var security: MigrationSecurity
     @OptionGroup var common: CommonOptions
 
@@ -91,7 +96,8 @@ struct ReceiveCommand: ParsableCommand {
             try? listener.close()
             let link = try security.link(fd, peer: peer, key: key, server: true)
             defer { link.close() }
-            return try Receiver(options: ReceiveOptions(directory: directory, newPidNamespace: pidNamespace, tcpEstablished: tcpEstablished),
+            return try Receiver(options: ReceiveOptions(directory: directory, newPidNamespace: pidNamespace, tcpEstablished: tcpEstablished,
+                                                       lazyPages: lazyPages),
                                 logger: logger).run(over: link)
         }
         if common.verbose > 0 {
@@ -99,6 +105,10 @@ struct ReceiveCommand: ParsableCommand {
             print(tree.rootPid == tree.rootPidInImage ? "restored pid \(tree.rootPid) after \(result.rounds) rounds, \(result.bytesReceived) bytes"
                   : "restored pid \(tree.rootPidInImage) as pid \(tree.rootPid) in a new pid namespace after \(result.rounds) rounds, \(result.bytesReceived) bytes")
             fflush(nil)
+        }
+        if let failure = result.loadingFailure {
+            printError("cryo: the migrated tree was killed: \(failure)\n")
+            throw ExitCode(1)
         }
     }
 }

@@ -11,19 +11,21 @@ import Testing
 extension EndToEnd {
     @Suite("cryo migrate and cryo receive")
     struct MigrateTests {
-        @Test("a tree that keeps writing moves to the other namespace and passes its checks there", arguments: [false, true])
-        func migrates(encrypted: Bool) throws {
+        @Test("a tree that keeps writing moves to the other namespace and passes its checks there",
+              arguments: ["insecure", "key", "lazy-pages"])
+        func migrates(mode: String) throws {
             let scratch = try Scratch("migrate")
             defer { scratch.remove() }
             let net = try NetPair()
             defer { net.remove() }
-            let security = encrypted ? try newKey(in: scratch) : ["--insecure"]
+            let security = mode == "insecure" ? ["--insecure"] : try newKey(in: scratch)
             let fixture = try Fixture("dirty", arguments: ["128"], in: scratch, launcher: net.fixtureLauncher)
             defer { fixture.cleanUp() }
             try fixture.waitReady()
             let receive = try net.receive(security + ["--pidns", "-v"], in: scratch)
             defer { receive.stop() }
-            let migrate = try CryoProcess(net.launcherA + ["--to", "\(net.addressB):\(net.port)", "-t", "\(fixture.pid)", "-v"] + security,
+            let migrate = try CryoProcess(net.launcherA + ["--to", "\(net.addressB):\(net.port)", "-t", "\(fixture.pid)", "-v"] + security
+                                            + (mode == "lazy-pages" ? ["--lazy-pages"] : []),
                                           in: scratch, launcher: net.cryoInA())
             let result = migrate.wait(timeout: 120, reaping: fixture)
             try #require(result.succeeded, "\(result)\n\(receive.wait(timeout: 10))\n\(fixture.report)")

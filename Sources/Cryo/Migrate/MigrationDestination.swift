@@ -13,7 +13,10 @@ public struct ReceiveOptions: Sendable {
     public var directory: String?
     public var newPidNamespace: Bool
     public var tcpEstablished: Bool
-    public init(directory: String?, newPidNamespace: Bool = false, tcpEstablished: Bool = false) {
+    /// Start the tree before its memory is loaded (also when the source asks for it).
+    public var lazyPages: Bool
+    public init(directory: String?, newPidNamespace: Bool = false, tcpEstablished: Bool = false, lazyPages: Bool = false) {
+        self.lazyPages = lazyPages
         self.directory = directory
         self.newPidNamespace = newPidNamespace
         self.tcpEstablished = tcpEstablished
@@ -24,6 +27,8 @@ public struct ReceiveResult: Sendable {
     public var tree: RestoredTree
     public var rounds: Int
     public var bytesReceived: UInt64
+    /// With lazy pages: the loading failed after the tree started (it was killed by the lazy guard).
+    public var loadingFailure: String?
 }
 
 public struct Receiver {
@@ -67,11 +72,13 @@ public struct Receiver {
         guard kind == .hello, hello.version == MigrationWire.version else {
             throw CryoError("\(peer) is not a cryo migrate of this version (first frame \(kind), version \(hello.version ?? 0))")
         }
+        let lazy = options.lazyPages || hello.lazyPages == true
         try wire.send(.ready)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: MigrationWire.maxData, alignment: 4096)
         defer { buffer.deallocate() }
         var rounds = 0
         var file: IncomingFile?
+        var frozenImageStart: ContinuousClock.Instant?
         while true {
             let (kind, header, length) = try wire.receive()
             let data = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
@@ -87,6 +94,7 @@ public struct Receiver {
             case .roundEnd:
                 rounds += 1
             case .fileBegin:
+                if frozenImageStart == nil { frozenImageStart = .now }
                 guard file == nil, let name = header.name, Self.safeName(name), let size = header.size else {
                     throw CryoError("migration stream from \(peer): malformed file frame")
                 }
@@ -107,10 +115,13 @@ public struct Receiver {
                 file = nil
             case .commit:
                 guard file == nil else { throw CryoError("migration stream from \(peer): commit inside a file") }
+                logger.debug("image complete \(String(printf: "%.3f", seconds(since: frozenImageStart ?? .now))) s after its first file")
+                let restoreStart = ContinuousClock.now
+                defer { logger.debug("restored in \(String(printf: "%.3f", seconds(since: restoreStart))) s") }
                 for pool in pools.values { pool.discard() }
                 pools = [:]
                 let tree = try Restorer(options: RestoreOptions(directory: directory, detached: true, newPidNamespace: options.newPidNamespace,
-                                                                tcpEstablished: options.tcpEstablished), logger: logger).run()
+                                                                tcpEstablished: options.tcpEstablished, lazyPages: lazy), logger: logger).run()
                 var answer = FrameHeader()
                 answer.pid = tree.rootPid
                 do { try wire.send(.restored, answer) } catch {
@@ -118,7 +129,17 @@ public struct Receiver {
                     kill(tree.childPid, SIGKILL)
                     throw CryoError("restored pid \(tree.rootPid) but could not tell the source (\(error)); killed it again")
                 }
-                return ReceiveResult(tree: tree, rounds: rounds, bytesReceived: wire.bytesReceived)
+                var result = ReceiveResult(tree: tree, rounds: rounds, bytesReceived: wire.bytesReceived)
+                if let loader = tree.lazy {
+                    // Every page is here already: the tree runs while they are filled in from the local image
+                    // (which stays until then). The root is our child until it exits: reap it if it ends first.
+                    var reaped = false
+                    while !loader.waitLoaded(for: 0.05) {
+                        if !reaped { var status: Int32 = 0; reaped = waitpid(tree.childPid, &status, WNOHANG) == tree.childPid }
+                    }
+                    result.loadingFailure = loader.failed.map { "\($0)" }
+                }
+                return result
             case .failed:
                 throw SourceGaveUp(message: header.message ?? "no reason given")
             default:

@@ -25,8 +25,11 @@ public struct MigrateOptions: Sendable {
     /// Stop the rounds once one carries at most this many bytes.
     public var smallEnough: UInt64
     public var maxRounds: Int
+    /// Ask the destination to start the tree before its memory is loaded.
+    public var lazyPages: Bool
     public init(pid: pid_t, destination: String, shellJob: Bool = false, tcpEstablished: Bool = false,
-                smallEnough: UInt64 = 4 << 20, maxRounds: Int = 10) {
+                smallEnough: UInt64 = 4 << 20, maxRounds: Int = 10, lazyPages: Bool = false) {
+        self.lazyPages = lazyPages
         self.pid = pid
         self.destination = destination
         self.shellJob = shellJob
@@ -74,6 +77,7 @@ public struct Migrator {
         var hello = FrameHeader()
         hello.version = MigrationWire.version
         hello.rootPid = pid
+        hello.lazyPages = options.lazyPages
         try wire.send(.hello, hello)
         let (kind, answer, _) = try wire.receive()
         if kind == .failed { throw CryoError("destination \(link.peer) refused: \(answer.message ?? "no reason given")") }

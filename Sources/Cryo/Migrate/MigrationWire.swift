@@ -183,6 +183,7 @@ struct FrameHeader: Codable {
     var runs: [PageRun]?
     var round: Int?
     var message: String?
+    var lazyPages: Bool?
     init() {}
 }
 
