@@ -82,7 +82,7 @@ struct CriuOptions: ParsableArguments {
           help: "Accepted for CRIU: cryo always saves flock, POSIX and OFD locks.")
     var fileLocks = false
     @Flag(name: [.customShort("x"), .customLong("ext-unix-sk")],
-          help: "Accepted for CRIU: a unix socket connected to a named socket outside the tree is always connected to it again.")
+          help: "Dump unix datagram sockets connected to a named socket outside the tree (connected to it again at restore).")
     var externalUnixSockets = false
     @Flag(name: .customLong("link-remap"),
           help: "Accepted for CRIU: files unlinked while open are always kept (their contents go into the image, up to --ghost-limit).")

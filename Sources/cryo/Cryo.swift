@@ -146,6 +146,7 @@ struct DumpCommand: ParsableCommand {
                                       previousImages: previousImages, ghostLimit: ghostLimit)
             options.sysvSelection = sysvSelection
             options.sysvExtra = sysvObjects
+            options.externalUnixSockets = criu.externalUnixSockets
             return try Dumper(options: options,
                        logger: common.logger(relativeTo: criu.workDirectory ?? directory)).run()
         }

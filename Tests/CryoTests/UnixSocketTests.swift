@@ -37,6 +37,38 @@ extension EndToEnd {
             expectPass(fixture, "\(dump)")
         }
 
+        @Test("relative, deleted, replaced and reused names, a FIFO at the path, 2000 seqpacket records")
+        func names() throws {
+            try unixRoundTrip("unixnames") { scratch in [try scratch.folder("work")] }
+        }
+
+        @Test("a datagram socket connected outside the tree needs --ext-unix-sk, then sends to its peer after restore")
+        func externalDatagramPeer() throws {
+            let scratch = try Scratch("unixnames-ext")
+            defer { scratch.remove() }
+            let peerPath = scratch.file("outside.sock")
+            let peer = try boundDatagramSocket(peerPath)
+            defer { close(peer) }
+            let fixture = try Fixture("unixnames", arguments: [try scratch.folder("work"), "ext", peerPath], in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            #expect(receiveDatagram(peer) == "before dump")
+
+            let refused = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("refused")], in: scratch, reaping: fixture)
+            #expect(refused.failed, "\(refused)")
+            #expect(refused.stderrLines.count == 1, "want one line\n\(refused)")
+            #expect(refused.stderr.contains("pid \(fixture.pid) fd ") && refused.stderr.contains(peerPath)
+                    && refused.stderr.contains("--ext-unix-sk"), "\(refused)")
+            #expect(fixture.pollOriginal() == nil, "the refused dump ended the fixture\n\(fixture.report)")
+
+            let (images, _) = try dumpAndReap(fixture, in: scratch, options: ["--ext-unix-sk"])
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore, afterSignal: {
+                #expect(receiveDatagram(peer, timeout: 10) == "after restore", "the restored socket did not reach its peer outside")
+            })
+        }
+
         @Test("an epoll descriptor in flight is refused in one line, and nothing is taken from the queue")
         func epollInFlightRefused() throws {
             let scratch = try Scratch("unixpass-epoll")
@@ -69,4 +101,31 @@ func unixRoundTrip(_ name: String, dumpOptions: [String] = [], arguments: (Scrat
     let restore = try CryoProcess(["restore", "-D", images], in: scratch)
     defer { restore.stop() }
     try expectRestoredAndPassing(fixture, by: restore, sourceLocation: sourceLocation)
+}
+
+/// An AF_UNIX datagram socket of this test process bound at `path`.
+private func boundDatagramSocket(_ path: String) throws -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { throw HarnessError("socket: \(String(cString: strerror(errno)))") }
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        for (i, b) in path.utf8.prefix(raw.count - 1).enumerated() { raw[i] = b }
+    }
+    let rc = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard rc == 0 else { close(fd); throw HarnessError("bind \(path): \(String(cString: strerror(errno)))") }
+    return fd
+}
+
+/// The next datagram on `fd` as text, waiting up to `timeout` seconds; nil if none came.
+private func receiveDatagram(_ fd: Int32, timeout: Double = 5) -> String? {
+    var buffer = [UInt8](repeating: 0, count: 512)
+    var got: Int = -1
+    waitUntil(timeout: timeout) {
+        got = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        return got >= 0
+    }
+    return got >= 0 ? String(decoding: buffer[0..<got], as: UTF8.self) : nil
 }

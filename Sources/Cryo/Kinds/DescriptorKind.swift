@@ -119,6 +119,8 @@ struct KindOptions: Sendable {
     var leaveRunning = false
     /// --ghost-limit: the largest unlinked file whose contents go into the image.
     var ghostLimit = DumpOptions.defaultGhostLimit
+    /// --ext-unix-sk: a unix datagram socket connected to a peer outside the tree is dumped (connected to its name again).
+    var externalUnixSockets = false
 }
 
 /// One restored process's descriptor table, installed, with the file table it names.

@@ -46,6 +46,10 @@ public struct UnixSocketState: DescriptorKind {
     public var name: Data?
     /// For a path name only.
     public var file: SocketFile?
+    /// For a relative path name whose file was found from the process's working directory: that directory.
+    public var directory: String? = nil
+    /// The inode of the socket file its name was bound with (an accepted socket shares its listener's).
+    public var fileInode: UInt64? = nil
     /// Inode of the connected peer, when it is a live socket.
     public var peer: UInt64?
     /// Connected, but the peer has been closed since.
@@ -119,11 +123,16 @@ extension UnixSocketState {
         }
         let name = Self.trimmed(Data(diag.name))
         var file: SocketFile? = nil
+        var directory: String? = nil
         if let name, name.first != 0 {
-            guard name.first == UInt8(ascii: "/") else {
-                throw CryoError("\(what) is bound to the relative path \(display(name)); not supported")
+            if name.first == UInt8(ascii: "/") {
+                file = socketFile(String(decoding: name, as: UTF8.self), diag: diag)
+            } else {
+                // Bound relative to the process's working directory then: looked for from its cwd now.
+                let cwd = try Files.readLink("/proc/\(p.pid)/cwd")
+                file = socketFile(cwd + "/" + String(decoding: name, as: UTF8.self), diag: diag)
+                if file?.existed == true { directory = cwd }
             }
-            file = socketFile(name, diag: diag)
         }
 
         var s = UnixSocketState(
@@ -132,6 +141,8 @@ extension UnixSocketState {
             passCredentials: try option(fd, SO_PASSCRED, p.object) != 0,
             sendBuffer: try option(fd, SO_SNDBUF, p.object), receiveBuffer: try option(fd, SO_RCVBUF, p.object),
             peekOffset: try option(fd, SO_PEEK_OFF, p.object))
+        s.directory = directory
+        s.fileInode = diag.file.map { UInt64($0.inode) }
         switch state {
         case .listening:
             let pending = max(diag.pending, diag.queues?.receive ?? 0)
@@ -255,8 +266,8 @@ extension UnixSocketState {
     }
 
     /// The path's file at dump: whether it is still this socket's own.
-    static func socketFile(_ name: Data, diag: UnixSocketDiag) -> SocketFile {
-        let st = try? Files.stat(String(decoding: name, as: UTF8.self), follow: false)
+    static func socketFile(_ path: String, diag: UnixSocketDiag) -> SocketFile {
+        let st = try? Files.stat(path, follow: false)
         guard let st, st.st_mode & S_IFMT == S_IFSOCK, let file = diag.file,
               UInt64(st.st_ino) == UInt64(file.inode), UInt64(st.st_dev) == file.device else {
             return SocketFile(existed: false, mode: 0, uid: 0, gid: 0)
@@ -318,10 +329,11 @@ extension UnixSocketState {
 
     /// Checks across the whole table, once every process is dumped: what
     /// restore could not rebuild is refused here, naming the descriptor.
-    static func checkConnections(_ files: [FileTable.OpenFile], objects: [Int: String]) throws {
+    static func checkConnections(_ files: [FileTable.OpenFile], objects: [Int: String], options: KindOptions) throws {
         let sockets = entries(files)
         let byInode = Dictionary(sockets.map { ($0.state.inode, $0.state) }, uniquingKeysWith: { a, _ in a })
-        for (f, s) in sockets {
+        let pendingClients = Set(sockets.flatMap { ($0.state.pending ?? []).compactMap(\.peer) })
+        for (f, s) in sockets where !pendingClients.contains(s.inode) {
             let what = "\(objects[f.id] ?? "file #\(f.id)"): a unix \(s.type.rawValue) socket (socket:[\(s.inode)])"
             let count = s.type == .stream ? s.queued.reduce(0) { $0 + $1.count } : s.queued.count
             let messages = "\(count) unread \(s.type == .stream ? "byte" : "message")\(count == 1 ? "" : "s")"
@@ -351,13 +363,21 @@ extension UnixSocketState {
                 if !s.queued.isEmpty {
                     throw CryoError("\(what) holds \(messages) from \(peer) (\(display(s.peerName))) outside the dumped tree; they cannot be put back")
                 }
+                if s.peerName?.first != 0 && s.peerName?.first != UInt8(ascii: "/") {
+                    throw CryoError("\(what) is connected to \(peer) at the relative name \(display(s.peerName)) outside the dumped tree; not supported")
+                }
+                // As CRIU: a datagram socket is connected to a peer outside again only when asked.
+                if s.type == .dgram && !options.externalUnixSockets {
+                    throw CryoError("\(what) is connected to \(peer) (\(display(s.peerName))) outside the dumped tree; "
+                        + "dump with --ext-unix-sk to connect it to that name again at restore")
+                }
             }
         }
     }
 
     static func finishDump(_ table: FileTableBuilder) throws {
         try acceptPending(table)
-        try checkConnections(table.table.files, objects: table.objects)
+        try checkConnections(table.table.files, objects: table.objects, options: table.options)
     }
 
     /// Takes every listener's connections not yet accepted (the tree is killed after this
@@ -484,8 +504,8 @@ final class UnixSocketRebuilder: KindRebuilder {
         var temporary: [FileDescriptor] = []
         /// Stand-ins for closed peers, closed once the survivor's queue is refilled.
         var closedPeers: [Int: FileDescriptor] = [:]
-        /// Names bound only to be unlinked again: their file had gone at dump.
-        var removeAfter: [String] = []
+        /// By file id, the private root of a socket whose file was gone or replaced at dump.
+        var roots: [Int: FileDescriptor] = [:]
 
         init(files: [FileTable.OpenFile]) {
             sockets = UnixSocketState.entries(files).map { ($0.file.id, $0.state, $0.file.flags) }
@@ -522,11 +542,15 @@ final class UnixSocketRebuilder: KindRebuilder {
             }
             // 3. One-way connections: to a socket of the image by its name, or to a peer outside.
             for (id, s, _) in sockets where s.state == .connected && !done.contains(id) && !pendingClients.contains(s.inode) {
-                let target = s.peer.flatMap { byInode[$0] }.flatMap { states[$0]!.name } ?? s.peerName
-                guard let target else { throw CryoError("\(object(id)): connected, but to nothing the image can name") }
                 let fd = try socket(s.type, id)
                 if s.type == .dgram, s.name != nil { try bind(fd, s, id) }
-                try connect(fd, to: target, id)
+                if let peerID = s.peer.flatMap({ byInode[$0] }), states[peerID]!.name != nil {
+                    try connect(fd, toSocket: peerID, id)
+                } else if let target = s.peerName {
+                    try connect(fd, to: target, id)
+                } else {
+                    throw CryoError("\(object(id)): connected, but to nothing the image can name")
+                }
             }
             // 3b. Connections not yet accepted, in their listener's order: from the client of
             // the image, or from a stand-in for one gone or outside (closed once its bytes are in).
@@ -541,7 +565,7 @@ final class UnixSocketRebuilder: KindRebuilder {
                         writer = try Sockets.make(family: AF_UNIX, type: s.type.kernelValue, object: "\(what) (AF_UNIX)")
                         temporary.append(writer)
                     }
-                    try connect(writer, to: s.name!, id)
+                    try connect(writer, toSocket: id, id)
                     pendingWriters[id, default: []].append(writer)
                 }
             }
@@ -567,8 +591,6 @@ final class UnixSocketRebuilder: KindRebuilder {
             temporary = []
             for fd in closedPeers.values { try? fd.close() }
             closedPeers = [:]
-            for path in removeAfter { try? FileObjects.remove(path, object: path) }
-            removeAfter = []
             for (id, s, flags) in sockets {
                 try setOptions(all[id]!, s, flags: flags, id)
             }
@@ -588,13 +610,15 @@ final class UnixSocketRebuilder: KindRebuilder {
             if sa.type != .dgram {
                 func listener(of s: UnixSocketState) -> Int? {
                     guard let name = s.name else { return nil }
-                    return sockets.first { $0.state.state == .listening && $0.state.type == s.type && $0.state.name == name }?.id
+                    // One name may have had several listeners (the file removed and bound again): the one of its file first.
+                    let candidates = sockets.filter { $0.state.state == .listening && $0.state.type == s.type && $0.state.name == name }
+                    return (candidates.first { s.fileInode != nil && $0.state.fileInode == s.fileInode } ?? candidates.first)?.id
                 }
                 for (server, client) in [(a, b), (b, a)] {
                     guard let listenerID = listener(of: states[server]!) else { continue }
                     let clientFD = try socket(states[client]!.type, client)
                     if states[client]!.name != nil { try bind(clientFD, states[client]!, client) }
-                    try connect(clientFD, to: states[server]!.name!, client)
+                    try connect(clientFD, toSocket: listenerID, client)
                     made[server] = try Sockets.accept(made[listenerID]!, object: object(listenerID))
                     return
                 }
@@ -614,30 +638,75 @@ final class UnixSocketRebuilder: KindRebuilder {
             try Sockets.connect(fd, to: .unix([UInt8](name)), object: "\(object(id)) to \(UnixSocketState.display(name))")
         }
 
-        /// Binds to the old name. A socket file left at the path is removed
-        /// first only if no live socket uses it; anything else there is refused.
+        /// Connects to the name of socket `target` of the image, where it was bound:
+        /// under its private root, from its directory (a relative name), or plainly.
+        func connect(_ fd: FileDescriptor, toSocket target: Int, _ id: Int) throws {
+            let t = states[target]!
+            guard let name = t.name else { throw CryoError("\(object(id)): connected to \(object(target)), which has no name") }
+            let what = "\(object(id)) to \(UnixSocketState.display(name))"
+            let relative = name.first != 0 && name.first != UInt8(ascii: "/")
+            if let root = roots[target] {
+                try FilesystemThread.run {
+                    try FilesystemThread.enter(root, object: what)
+                    try Sockets.connect(fd, to: .unix([UInt8](name)), object: what)
+                }
+            } else if relative, let directory = t.directory {
+                try FilesystemThread.run {
+                    try FilesystemThread.changeDirectory(directory, object: what)
+                    try Sockets.connect(fd, to: .unix([UInt8](name)), object: what)
+                }
+            } else {
+                try connect(fd, to: name, id)
+            }
+        }
+
+        /// Binds to the old name. A socket file left at the path is removed first
+        /// only if no live socket uses it; anything else there is refused. A name
+        /// whose file was gone or replaced at dump (removed, another file or socket
+        /// there since) is bound under a private root of its own: the socket has
+        /// its name and no path reaches it, as at dump.
         mutating func bind(_ fd: FileDescriptor, _ s: UnixSocketState, _ id: Int) throws {
             guard let name = s.name else { return }
             let display = UnixSocketState.display(name)
-            let isPath = name.first != 0
+            let what = "\(object(id)) to \(display)"
+            guard name.first != 0 else {
+                try Sockets.bind(fd, to: .unix([UInt8](name)), object: what)
+                return
+            }
             let path = String(decoding: name, as: UTF8.self)
-            if isPath, let st = try? Files.stat(path, follow: false) {
+            let relative = !path.hasPrefix("/")
+            guard let file = s.file, file.existed, !relative || s.directory != nil else {
+                let root = try FilesystemThread.privateRoot(object: what)
+                roots[id] = root
+                let directory = relative ? "/" : String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+                try FilesystemThread.run {
+                    try FilesystemThread.enter(root, object: what)
+                    try FilesystemThread.makeDirectories(directory, object: what)
+                    try Sockets.bind(fd, to: .unix([UInt8](name)), object: what)
+                }
+                return
+            }
+            let absolute = relative ? s.directory! + "/" + path : path
+            if let st = try? Files.stat(absolute, follow: false) {
                 guard st.st_mode & S_IFMT == S_IFSOCK else {
-                    throw CryoError("\(object(id)): \(display) exists and is not a socket; not replacing it")
+                    throw CryoError("\(object(id)): \(absolute) exists and is not a socket; not replacing it")
                 }
                 if try SockDiag.unixSocketFileInUse(inode: UInt32(truncatingIfNeeded: st.st_ino), device: UInt64(st.st_dev),
-                                                    object: "\(object(id)) \(display)") {
-                    throw CryoError("\(object(id)): \(display) is the address of a live socket; not replacing it")
+                                                    object: "\(object(id)) \(absolute)") {
+                    throw CryoError("\(object(id)): \(absolute) is the address of a live socket; not replacing it")
                 }
-                try FileObjects.remove(path, object: "stale socket \(display)")
+                try FileObjects.remove(absolute, object: "stale socket \(absolute)")
             }
-            try Sockets.bind(fd, to: .unix([UInt8](name)), object: "\(object(id)) to \(display)")
-            guard isPath else { return }
-            if let file = s.file, file.existed {
-                try FileObjects.setModeAndOwner(path, mode: file.mode, uid: file.uid, gid: file.gid, object: display)
+            if relative {
+                let directory = s.directory!
+                try FilesystemThread.run {
+                    try FilesystemThread.changeDirectory(directory, object: what)
+                    try Sockets.bind(fd, to: .unix([UInt8](name)), object: what)
+                }
             } else {
-                removeAfter.append(path)
+                try Sockets.bind(fd, to: .unix([UInt8](name)), object: what)
             }
+            try FileObjects.setModeAndOwner(absolute, mode: file.mode, uid: file.uid, gid: file.gid, object: absolute)
         }
 
         /// Puts the receive queue back, written from the end that sent it: the
@@ -651,9 +720,10 @@ final class UnixSocketRebuilder: KindRebuilder {
             } else if s.state == .connected, let peer = s.peer, let peerID = byInode[peer], let fd = all[peerID] {
                 writer = fd
             } else if s.state == .unconnected, s.type == .dgram, let name = s.name {
+                _ = name
                 writer = try Sockets.make(family: AF_UNIX, type: s.type.kernelValue, object: "\(object(id)) (AF_UNIX)")
                 temporary.append(writer)
-                try connect(writer, to: name, id)
+                try connect(writer, toSocket: id, id)
             } else {
                 throw CryoError("\(object(id)): no end to write its \(s.queued.count) queued messages from")
             }
@@ -749,6 +819,8 @@ final class UnixSocketRebuilder: KindRebuilder {
             for fd in closedPeers.values { try? fd.close() }
             temporary = []
             closedPeers = [:]
+            for fd in roots.values { try? fd.close() }
+            roots = [:]
         }
     }
 }

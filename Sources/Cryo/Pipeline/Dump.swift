@@ -24,6 +24,8 @@ public struct DumpOptions: Sendable {
     /// Which System V objects of the IPC namespace are taken (SysVObjects.swift), and ones added by id ("sem:3").
     public var sysvSelection: SysVSelection = .tree
     public var sysvExtra: [String] = []
+    /// --ext-unix-sk: unix datagram sockets connected to a peer outside the tree are dumped.
+    public var externalUnixSockets = false
     /// For `cryo migrate`: called with the complete image while the tree is still frozen.
     /// Returning kills the tree; throwing releases it. Pages left to the pre-dump are not
     /// filled in (the destination holds them already).
@@ -86,7 +88,8 @@ public struct Dumper {
         var storageFailure: Error?
         let fileTable = FileTableBuilder(paths: paths, options: KindOptions(tcpEstablished: options.tcpEstablished,
                                                                             shellJob: options.shellJob, leaveRunning: options.leaveRunning,
-                                                                            ghostLimit: options.ghostLimit))
+                                                                            ghostLimit: options.ghostLimit,
+                                                                            externalUnixSockets: options.externalUnixSockets))
         defer { fileTable.release() }
         let sharedMemory = SharedMemoryDump(paths: paths)
         var success = false
