@@ -33,6 +33,11 @@ extension EndToEnd {
         func removed() throws {
             try fileRoundTrip("removed")
         }
+
+        @Test("F_SETOWN/F_SETOWN_EX owners (itself, its group, a child), F_SETSIG and O_ASYNC still signal after restore")
+        func signalOwners() throws {
+            try fileRoundTrip("sigio")
+        }
     }
 }
 
@@ -43,7 +48,11 @@ func fileRoundTrip(_ name: String, dumpOptions: [String] = [], sourceLocation: S
     let scratch = try Scratch("\(name)-files")
     defer { scratch.remove() }
     let fixture = try Fixture(name, arguments: [try scratch.folder("work")], in: scratch)
-    defer { fixture.cleanUp() }
+    defer {
+        fixture.cleanUp()
+        // Children it lists on a PIDS line, should it fail before killing them itself.
+        for pid in (fixture.tagged("PIDS") ?? []).dropFirst().compactMap({ pid_t($0) }) { kill(pid, SIGKILL) }
+    }
     try fixture.waitReady()
     let (images, _) = try dumpAndReap(fixture, in: scratch, options: dumpOptions, sourceLocation: sourceLocation)
     #expect(!fixture.lines.contains { $0 == "PASS" || $0.hasPrefix("FAIL") }, "the fixture checked itself before restore:\n\(fixture.report)",

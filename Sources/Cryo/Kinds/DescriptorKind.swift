@@ -106,6 +106,7 @@ enum DescriptorKinds {
     static func afterInstall(_ installed: InstalledDescriptors, parasite: Parasite) throws {
         for kind in all { try kind.afterInstall(installed, parasite: parasite) }
         try FileLock.afterInstall(installed, parasite: parasite)
+        try FileOwner.afterInstall(installed, parasite: parasite)
     }
 }
 
@@ -189,7 +190,7 @@ extension KindRebuilder {
 }
 
 extension FileTable.OpenFile {
-    private enum CodingKeys: String, CodingKey { case id, kind, flags, position, path }
+    private enum CodingKeys: String, CodingKey { case id, kind, flags, position, path, owner }
     private struct KindKey: CodingKey {
         var stringValue: String
         var intValue: Int? { nil }
@@ -204,6 +205,7 @@ extension FileTable.OpenFile {
         flags = try c.decode(UInt32.self, forKey: .flags)
         position = try c.decode(Int64.self, forKey: .position)
         path = try c.decodeIfPresent(String.self, forKey: .path)
+        owner = try c.decodeIfPresent(FileOwner.self, forKey: .owner)
         let name = try c.decode(String.self, forKey: .kind)
         guard let kind = DescriptorKinds.named(name) else {
             throw DecodingError.dataCorruptedError(forKey: .kind, in: c, debugDescription: "unknown kind \(name)")
@@ -226,6 +228,7 @@ extension FileTable.OpenFile {
         try c.encode(flags, forKey: .flags)
         try c.encode(position, forKey: .position)
         try c.encodeIfPresent(path, forKey: .path)
+        try c.encodeIfPresent(owner, forKey: .owner)
         try encodeState(state, to: encoder)
     }
 

@@ -14,6 +14,8 @@ public struct FileTable: Codable, Sendable {
         public var flags: UInt32
         public var position: Int64
         public var path: String?
+        /// F_SETOWN_EX, F_SETSIG and O_ASYNC, when any is set.
+        public var owner: FileOwner?
         /// The kind and its state (DescriptorKind.swift: `kind` and the kind's object in JSON).
         var state: any DescriptorKind
 
@@ -28,7 +30,7 @@ public struct FileTable: Codable, Sendable {
         /// `kind` in files.img: regular, pipe, unixSocket...
         public var kind: String { type(of: state).name }
         /// One line for `cryo show`.
-        public var summary: String { state.summary(self) }
+        public var summary: String { state.summary(self) + (owner.map { " (\($0.summary))" } ?? "") }
     }
     public var files: [OpenFile]
 }
@@ -181,8 +183,9 @@ final class FileTableBuilder {
             let what = link.hasPrefix("anon_inode:") ? "an \(link) descriptor" : "\(link)"
             throw CryoError("\(probe.object): \(what) is not supported yet")
         }
-        add(FileTable.OpenFile(id: id, flags: probe.flags, position: probe.position, path: state.recordedPath(probe), state: state),
-            object: probe.object)
+        var file = FileTable.OpenFile(id: id, flags: probe.flags, position: probe.position, path: state.recordedPath(probe), state: state)
+        file.owner = try FileOwner.dump(handle, flags: probe.flags, object: probe.object)
+        add(file, object: probe.object)
         seen[key, default: []].append((pid, fd, id))
         return (id, true)
     }
@@ -217,7 +220,7 @@ extension FileTable {
             throw ImageError(file: file, record: "files", "file #\(i) carries id \(f.id)")
         }
         for f in files {
-            if let problem = f.state.validate() { throw ImageError(file: file, record: "files", "file #\(f.id): \(problem)") }
+            if let problem = f.state.validate() ?? f.owner?.validate() { throw ImageError(file: file, record: "files", "file #\(f.id): \(problem)") }
         }
         for kind in DescriptorKinds.all {
             if let problem = kind.validate(files) { throw ImageError(file: file, record: "files", problem) }
@@ -290,7 +293,8 @@ func parseFDInfo(_ text: String) throws -> FDInfo {
 
 /// Opens `path` as the description was opened (never creating or truncating) and seeks.
 func reopen(path: String, flags: UInt32, position: Int64, object: String) throws -> FileDescriptor {
-    let openFlags = Int32(bitPattern: flags) & ~(O_CREAT | O_TRUNC | O_EXCL | O_NOCTTY) | O_CLOEXEC | O_NOCTTY
+    // O_ASYNC is armed by F_SETFL once the owner is set (FileOwner), not by open().
+    let openFlags = Int32(bitPattern: flags & ~FileOwner.asyncFlag) & ~(O_CREAT | O_TRUNC | O_EXCL | O_NOCTTY) | O_CLOEXEC | O_NOCTTY
     let fd = try FileObjects.open(path, flags: openFlags, object: object)
     if position != 0 {
         do { _ = try fd.seek(offset: position, from: .start) } catch {
