@@ -68,6 +68,19 @@ public enum FilesystemThread {
         return made!
     }
 
+    /// clone3 with the exact `pid` inside the pid namespace open at `namespace` (joined by a
+    /// thread of its own, for its children only); the child parks like `Processes.cloneParked`.
+    /// Returns the child's pid as cryo sees it.
+    public static func cloneParked(pid: pid_t, park: FileDescriptor, inNamespace namespace: FileDescriptor,
+                                   object: String) throws -> pid_t {
+        var child: pid_t = 0
+        try run {
+            try Processes.joinNamespace(namespace, type: 0x20000000 /* CLONE_NEWPID */, name: "setns(CLONE_NEWPID)", object: object)
+            child = try Processes.cloneParked(pid: pid, park: park)
+        }
+        return child
+    }
+
     /// Inside `run`: makes `root` this thread's root and working directory.
     public static func enter(_ root: FileDescriptor, object: String) throws {
         try Kernel.syscall(SYS_fchdir, root, name: "fchdir(private root)", object: object)

@@ -14,6 +14,29 @@ extension EndToEnd {
             try unixRoundTrip("unixpass") { scratch in [try scratch.folder("work")] }
         }
 
+        @Test("restore --pidns: senders' pids are those inside the new namespace, an exited one's too")
+        func credentialsInPidNamespace() throws {
+            let scratch = try Scratch("unixpass-pidns")
+            defer { scratch.remove() }
+            let fixture = try Fixture("unixpass", arguments: [try scratch.folder("work")], in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let (images, _) = try dumpAndReap(fixture, in: scratch)
+            let restore = try CryoProcess(["restore", "--pidns", "-D", images], in: scratch)
+            defer { restore.stop() }
+            // The restored root: a unixpass whose pid inside its namespace is the old one.
+            var root: pid_t?
+            waitUntil(timeout: 60) {
+                root = hostPid(ofNamespaced: fixture.pid, named: "unixpass")
+                return root != nil && ProcStatus(pid: root!)?.catches(SIGTERM) == true && ProcStatus(pid: root!)?.tracerPid == 0
+            }
+            let restored = try #require(root, "no restored unixpass with pid \(fixture.pid) in a namespace\n\(restore.wait(timeout: 5))")
+            kill(restored, SIGTERM)
+            let result = restore.wait(timeout: 60)
+            #expect(result.status == .exited(0), "\(result)\n\(fixture.report)")
+            expectPass(fixture, "\(result)")
+        }
+
         @Test("connections not yet accepted come back in order with their bytes, descriptors and ends")
         func pendingConnections() throws {
             try unixRoundTrip("unixpending") { scratch in [try scratch.folder("work")] }
@@ -128,4 +151,18 @@ private func receiveDatagram(_ fd: Int32, timeout: Double = 5) -> String? {
         return got >= 0
     }
     return got >= 0 ? String(decoding: buffer[0..<got], as: UTF8.self) : nil
+}
+
+/// The pid, as we see it, of a process named `name` whose pid in its own (nested) namespace is `inner`.
+private func hostPid(ofNamespaced inner: pid_t, named name: String) -> pid_t? {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    for pid in entries.compactMap({ pid_t($0) }) {
+        let status = readText("/proc/\(pid)/status")
+        guard status.contains("Name:\t\(name)\n") else { continue }
+        for line in status.split(separator: "\n") where line.hasPrefix("NSpid:") {
+            let ids = line.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst().compactMap { pid_t($0) }
+            if ids.count == 2 && ids[1] == inner { return pid }
+        }
+    }
+    return nil
 }

@@ -163,10 +163,9 @@ final class OpenContext {
         return made
     }
 
-    /// Once every description is open and the tree's processes exist (`hostPid`: a pid of
-    /// the image as cryo sees it, nil for one not restored).
-    func finishRebuilders(hostPid: (Int32) -> Int32?) throws {
-        for r in rebuilders.values { try r.finish(self, hostPid: hostPid) }
+    /// Once every description is open and the tree's processes exist.
+    func finishRebuilders(pids: RestoredPids) throws {
+        for r in rebuilders.values { try r.finish(self, pids: pids) }
     }
 
     /// cryo's own copies go once every description is open (or the opening failed).
@@ -176,17 +175,25 @@ final class OpenContext {
     }
 }
 
+/// The pids of a restored tree, as cryo sees them.
+struct RestoredPids {
+    /// A pid of the image as cryo sees it; nil for one not restored.
+    let host: (Int32) -> Int32?
+    /// With --pidns: the new pid namespace (`/proc/PID/ns/pid`), where the image's pids are.
+    let namespace: String?
+}
+
 /// Builds every object of one kind of the image at once, then hands out descriptions.
 protocol KindRebuilder: AnyObject {
     init(_ context: OpenContext) throws
     /// Work that waits until every description is open and the processes exist (queued unix messages).
-    func finish(_ context: OpenContext, hostPid: (Int32) -> Int32?) throws
+    func finish(_ context: OpenContext, pids: RestoredPids) throws
     /// Closes cryo's own copies of whatever was made.
     func closeAll()
 }
 
 extension KindRebuilder {
-    func finish(_ context: OpenContext, hostPid: (Int32) -> Int32?) throws {}
+    func finish(_ context: OpenContext, pids: RestoredPids) throws {}
 }
 
 extension FileTable.OpenFile {

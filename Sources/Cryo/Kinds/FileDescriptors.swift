@@ -256,9 +256,9 @@ final class OpenedFiles {
         descriptors = context.opened
     }
 
-    func finish(hostPid: (Int32) -> Int32?) throws {
+    func finish(pids: RestoredPids) throws {
         defer { context.closeRebuilders() }
-        try context.finishRebuilders(hostPid: hostPid)
+        try context.finishRebuilders(pids: pids)
     }
 
     func close() {

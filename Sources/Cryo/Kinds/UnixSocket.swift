@@ -480,8 +480,8 @@ final class UnixSocketRebuilder: KindRebuilder {
 
     /// Queues go back once every description (those in flight too) is open and
     /// the senders' pids exist; then options and shutdown.
-    func finish(_ context: OpenContext, hostPid: (Int32) -> Int32?) throws {
-        try builder.finish(opened: context.opened, hostPid: hostPid)
+    func finish(_ context: OpenContext, pids: RestoredPids) throws {
+        try builder.finish(opened: context.opened, pids: pids)
     }
 
     func closeAll() {
@@ -574,16 +574,16 @@ final class UnixSocketRebuilder: KindRebuilder {
 
         /// 4. Queues, written from the peer end; 5. options, shutdown and status flags last:
         /// nothing before may be refused because of them. `opened`: every description by file id.
-        mutating func finish(opened: [FileDescriptor], hostPid: (Int32) -> Int32?) throws {
+        mutating func finish(opened: [FileDescriptor], pids: RestoredPids) throws {
             var senders = SenderPids()
             defer { senders.release() }
             for (id, s, _) in sockets where !s.queued.isEmpty {
-                try refill(id, s, opened: opened, senders: &senders, hostPid: hostPid)
+                try refill(id, s, opened: opened, senders: &senders, pids: pids)
             }
             for (id, s, _) in sockets {
                 for (j, c) in (s.pending ?? []).enumerated() where !c.queued.isEmpty {
                     try send(c, from: pendingWriters[id]![j], object: "\(object(id)) connection \(j + 1) not yet accepted",
-                             opened: opened, senders: &senders, hostPid: hostPid)
+                             opened: opened, senders: &senders, pids: pids)
                 }
             }
             // A connection whose client is not in the image reads its bytes, then the end of the stream.
@@ -713,7 +713,7 @@ final class UnixSocketRebuilder: KindRebuilder {
         /// pair's other end, the stand-in of a closed peer, or for a named
         /// datagram socket a throwaway socket connected to its name.
         mutating func refill(_ id: Int, _ s: UnixSocketState, opened: [FileDescriptor], senders: inout SenderPids,
-                            hostPid: (Int32) -> Int32?) throws {
+                            pids: RestoredPids) throws {
             let writer: FileDescriptor
             if let standIn = closedPeers[id] {
                 writer = standIn
@@ -727,12 +727,12 @@ final class UnixSocketRebuilder: KindRebuilder {
             } else {
                 throw CryoError("\(object(id)): no end to write its \(s.queued.count) queued messages from")
             }
-            try send(s, from: writer, object: object(id), opened: opened, senders: &senders, hostPid: hostPid)
+            try send(s, from: writer, object: object(id), opened: opened, senders: &senders, pids: pids)
         }
 
         /// Writes the queue of `s` from `writer`, message by message, with their descriptors and credentials.
         func send(_ s: UnixSocketState, from writer: FileDescriptor, object: String, opened: [FileDescriptor],
-                  senders: inout SenderPids, hostPid: (Int32) -> Int32?) throws {
+                  senders: inout SenderPids, pids: RestoredPids) throws {
             // Room for all of it; the writer's own size is set with the other options afterwards.
             try Sockets.setOption(writer, SOL_SOCKET, SO_SNDBUFFORCE, Int32.max / 2, name: "SO_SNDBUFFORCE", object: object)
             for (m, message) in s.queued.enumerated() {
@@ -742,7 +742,7 @@ final class UnixSocketRebuilder: KindRebuilder {
                     guard opened.indices.contains(fileID) else { throw CryoError("\(object): descriptor in flight names file #\(fileID)") }
                     return opened[fileID].rawValue
                 }
-                let credentials = try (s.senders?[m]).flatMap { $0 }.map { try senders.credentials($0, hostPid: hostPid, object: object) }
+                let credentials = try (s.senders?[m]).flatMap { $0 }.map { try senders.credentials($0, pids: pids, object: object) }
                 repeat {
                     sent += try message.withUnsafeBytes {
                         try Sockets.sendUnix(writer, UnsafeRawBufferPointer(rebasing: $0[sent...]), rights: rights,
@@ -761,10 +761,30 @@ final class UnixSocketRebuilder: KindRebuilder {
         /// only existing pids, and the message keeps the number once it has exited.
         struct SenderPids {
             private var standIns: [Int32: (pid: pid_t, park: FileDescriptor)] = [:]
+            /// With --pidns, by the sender's pid in the image: the stand-in's pid as cryo sees it.
+            private var namespaced: [Int32: pid_t] = [:]
 
-            mutating func credentials(_ sender: UnixSocketState.Sender, hostPid: (Int32) -> Int32?,
+            mutating func credentials(_ sender: UnixSocketState.Sender, pids: RestoredPids,
                                       object: String) throws -> UnixCredentials {
-                let pid = hostPid(sender.pid) ?? sender.pid
+                if pids.host(sender.pid) == nil, let namespace = pids.namespace {
+                    // Not restored, and the image's pids live in a new namespace: the stand-in goes there.
+                    if let pid = namespaced[sender.pid] { return UnixCredentials(pid: pid, uid: sender.uid, gid: sender.gid) }
+                    let ns = try Files.open(namespace, .readOnly)
+                    defer { try? ns.close() }
+                    let park = try FileObjects.pipe(object: "\(object): stand-in for sender pid \(sender.pid)")
+                    defer { try? park.read.close() }
+                    do {
+                        let child = try FilesystemThread.cloneParked(pid: sender.pid, park: park.read, inNamespace: ns,
+                                                                     object: "\(object): stand-in for sender pid \(sender.pid)")
+                        standIns[child] = (child, park.write)
+                        namespaced[sender.pid] = child
+                        return UnixCredentials(pid: child, uid: sender.uid, gid: sender.gid)
+                    } catch {
+                        try? park.write.close()
+                        throw error
+                    }
+                }
+                let pid = pids.host(sender.pid) ?? sender.pid
                 if standIns[pid] == nil && !Processes.isAlive(pid) {
                     let park = try FileObjects.pipe(object: "\(object): stand-in for sender pid \(pid)")
                     do {

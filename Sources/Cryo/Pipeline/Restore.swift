@@ -158,7 +158,8 @@ public struct Restorer {
             try createTree(image, root: root, session: session, helperPids: helperPids)
             faultHook("tree-created")
             // Queued unix messages go back with their senders' pids, which exist from here on.
-            try opened.finish(hostPid: { options.newPidNamespace ? session.processes[$0]?.pid : $0 })
+            try opened.finish(pids: RestoredPids(host: { options.newPidNamespace ? session.processes[$0]?.pid : $0 },
+                                                 namespace: session.namespaceInit.map { "/proc/\($0.pid)/ns/pid" }))
             statistics.forkingSeconds = seconds(since: forking)
             let restoring = ContinuousClock.now
             for pid in inventory.livePids {
