@@ -217,7 +217,10 @@ extension UnixSocketState {
     /// shared with the process: it is put back as it was afterwards, as is
     /// SO_PASSCRED, turned on meanwhile so each message shows its sender (and a
     /// stream is read in runs of one sender: the kernel does not join writers then).
-    /// A stream's bytes come in runs that end where descriptors came along.
+    /// A stream's bytes come in runs that end where descriptors came along. Where in its
+    /// run they began cannot be seen: a stream peek runs on into the next bytes of the same
+    /// writer even when no room is left, and takes their descriptors, so one-byte probes
+    /// cannot find the boundary. The run goes back as one message, descriptors with its first byte.
     static func peekQueue(_ fd: FileDescriptor, type: SocketType, peekOffset: Int32, passCredentials: Bool,
                           queueBytes: Int, object: String) throws -> [PeekedMessage] {
         defer { try? Sockets.setOption(fd, SOL_SOCKET, SO_PEEK_OFF, peekOffset, name: "SO_PEEK_OFF", object: object) }
