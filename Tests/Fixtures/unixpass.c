@@ -8,6 +8,7 @@
  *                reference is gone and which holds a message of its own,
  *                then "tail"
  *   self         a seqpacket socket's own descriptor in its own queue
+ *   epoll held   an epoll instance this process holds, also in flight
  *   credentials  with SO_PASSCRED on the receiver: datagrams from a child
  *                running as uid 4242 gid 4343 (alive, in the tree), from
  *                another such child that has exited since, and from this
@@ -164,6 +165,15 @@ int main(int argc, char **argv)
 	    || send_fds(sp[0], "tail", 4, NULL, 0) != 0) die("send stream");
 	close(op[0]);
 
+	/* An epoll held here and in flight too: it is dumped as the process's own. */
+	int held_ep = -1, ep_pair[2] = { -1, -1 }, evp[2] = { -1, -1 };
+	if (!epoll_mode) {
+		held_ep = epoll_create1(0);
+		struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 9 };
+		if (held_ep < 0 || pipe(evp) != 0 || epoll_ctl(held_ep, EPOLL_CTL_ADD, evp[0], &ev) != 0) die("held epoll");
+		if (socketpair(AF_UNIX, SOCK_DGRAM, 0, ep_pair) != 0 || send_fds(ep_pair[0], "ep", 2, &held_ep, 1) != 0) die("send held epoll");
+	}
+
 	/* A seqpacket socket receives its own descriptor. */
 	int qp[2];
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, qp) != 0) die("socketpair seqpacket");
@@ -229,6 +239,19 @@ int main(int argc, char **argv)
 		if (fstat(r.fds[0], &a) != 0 || fstat(qp[1], &b) != 0 || a.st_ino != b.st_ino) fail("self in flight: another socket came back");
 		if (send(qp[0], "again", 5, 0) != 5 || recv(r.fds[0], buf, sizeof(buf), MSG_DONTWAIT) != 5)
 			fail("self in flight: cannot read through the received descriptor");
+	}
+
+	expect_message(ep_pair[1], "ep", 1, "epoll held and in flight", &r);
+	if (r.nfds == 1) {
+		struct epoll_event ev;
+		if (write(evp[1], "x", 1) != 1 || epoll_wait(r.fds[0], &ev, 1, 0) != 1 || ev.data.u64 != 9)
+			fail("epoll in flight: its watch did not fire");
+		/* One instance: a watch added through the received descriptor shows in the one held. */
+		int np[2];
+		struct epoll_event add = { .events = EPOLLIN, .data.u64 = 10 }, got[2];
+		if (pipe(np) != 0 || epoll_ctl(r.fds[0], EPOLL_CTL_ADD, np[0], &add) != 0 || write(np[1], "y", 1) != 1)
+			fail("epoll in flight: cannot add a watch (%s)", strerror(errno));
+		else if (epoll_wait(held_ep, got, 2, 0) != 2) fail("epoll in flight: not the instance held here");
 	}
 
 	expect_message(cp[1], "from the living child", 0, "datagram from the living child", &r);

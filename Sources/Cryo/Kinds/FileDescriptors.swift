@@ -135,12 +135,13 @@ final class FileTableBuilder {
             inFlightDone += 1
             let fd = handle.rawValue
             let link = try Files.readLink("/proc/self/fd/\(fd)")
-            if link == "anon_inode:[eventpoll]" {
-                throw CryoError("\(object): \(link) is an epoll instance (its watches name descriptors of whoever added them); "
-                    + "in flight (SCM_RIGHTS) it cannot be dumped, not supported")
-            }
+            // An epoll only in flight: its own dump would misread its watches (they name descriptors of whoever added them).
+            let epoll = link == "anon_inode:[eventpoll]"
+                ? "\(object): \(link) is an epoll instance held by no process of the tree (its watches name descriptors "
+                    + "of whoever added them); in flight (SCM_RIGHTS) it cannot be dumped, not supported" : nil
             let info = try parseFDInfo(try Files.readString("/proc/self/fdinfo/\(fd)"))
-            let (id, new) = try describe(pid: me, fd: fd, link: link, info: info, handle: handle, inFlight: "\(object) (\(link))")
+            let (id, new) = try describe(pid: me, fd: fd, link: link, info: info, handle: handle, inFlight: "\(object) (\(link))",
+                                         refuseNew: epoll)
             if new, let why = Self.refusedInFlight(table.files[id].state) {
                 throw CryoError("\(object): \(link) is \(why); in flight (SCM_RIGHTS) it cannot be dumped, not supported")
             }
@@ -169,13 +170,15 @@ final class FileTableBuilder {
 
     /// The file id of a description: one already dumped (a dup, or a description inherited
     /// from a parent, is stored once), or a new entry. `pid`'s `fd` must stay open until the dump ends.
+    /// `refuseNew`: the refusal when the description is not one already dumped.
     private func describe(pid: pid_t, fd: Int32, link: String, info: FDInfo, handle: FileDescriptor,
-                          inFlight: String?) throws -> (id: Int, new: Bool) {
+                          inFlight: String?, refuseNew: String? = nil) throws -> (id: Int, new: Bool) {
         let stat = try Files.stat(handle, object: inFlight ?? "pid \(pid) fd \(fd)")
         let key = "\(stat.st_dev):\(stat.st_ino)"
         for candidate in seen[key] ?? [] where try Pidfd.sameFile(candidate.pid, candidate.fd, pid, fd) {
             return (candidate.id, false)
         }
+        if let refuseNew { throw CryoError(refuseNew) }
         let probe = DescriptorProbe(pid: pid, fd: fd, link: link, flags: info.flags & ~UInt32(O_CLOEXEC),
                                     position: info.position, info: info, stat: stat, handle: handle, inFlight: inFlight)
         let id = table.files.count
