@@ -23,6 +23,8 @@ public struct PeekedUnixMessage {
     public var descriptors: [FileDescriptor]
     /// SCM_CREDENTIALS, when the socket passes credentials.
     public var credentials: UnixCredentials?
+    /// The sender's name (sun_path bytes) when it had one.
+    public var source: [UInt8]?
 }
 
 /// SCM_CREDENTIALS (glibc declares it only under _GNU_SOURCE).
@@ -47,8 +49,12 @@ extension Sockets {
         var message = msghdr()
         var vector = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
         var result = 0
+        var storage = sockaddr_storage()
+        withUnsafeMutableBytes(of: &storage) { name in
         control.withUnsafeMutableBytes { control in
             withUnsafeMutablePointer(to: &vector) { vector in
+                message.msg_name = name.baseAddress
+                message.msg_namelen = socklen_t(name.count)
                 message.msg_iov = vector
                 message.msg_iovlen = 1
                 message.msg_control = control.baseAddress
@@ -58,9 +64,12 @@ extension Sockets {
                 } while result == -Int(EINTR)
             }
         }
+        }
         if result == -Int(EAGAIN) { return nil }
         if let e = Kernel.errno(of: result) { throw SyscallError("recvmsg(MSG_PEEK)", errno: e, object: object) }
-        var peeked = PeekedUnixMessage(length: result, flags: message.msg_flags, descriptors: [], credentials: nil)
+        let source = message.msg_namelen > 2
+            ? SocketAddress(bytes: withUnsafeBytes(of: storage) { Array($0.prefix(Int(message.msg_namelen))) }).unixName : nil
+        var peeked = PeekedUnixMessage(length: result, flags: message.msg_flags, descriptors: [], credentials: nil, source: source)
         let header = MemoryLayout<cmsghdr>.size
         let length = Int(message.msg_controllen)
         var offset = 0
@@ -91,7 +100,7 @@ extension Sockets {
 
     /// sendmsg without blocking or SIGPIPE, with SCM_RIGHTS and SCM_CREDENTIALS when given: the bytes taken.
     public static func sendUnix(_ fd: FileDescriptor, _ bytes: UnsafeRawBufferPointer, rights: [Int32],
-                                credentials: UnixCredentials?, object: String) throws -> Int {
+                                credentials: UnixCredentials?, to target: SocketAddress? = nil, object: String) throws -> Int {
         let header = MemoryLayout<cmsghdr>.size
         func space(_ n: Int) -> Int { (header + n + 7) & ~7 }
         var control = [UInt8](repeating: 0, count: (rights.isEmpty ? 0 : space(4 * rights.count))
@@ -114,8 +123,18 @@ extension Sockets {
         var message = msghdr()
         var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
         let flags = Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL)
-        let result: Int = control.withUnsafeMutableBytes { control in
+        var destination = sockaddr_storage()
+        let destinationLength = target.map { t in
+            withUnsafeMutableBytes(of: &destination) { raw in
+                for (i, b) in t.bytes.prefix(raw.count).enumerated() { raw[i] = b }
+                return min(t.bytes.count, raw.count)
+            }
+        } ?? 0
+        let result: Int = withUnsafeMutableBytes(of: &destination) { name in
+        control.withUnsafeMutableBytes { control in
             withUnsafeMutablePointer(to: &vector) { vector in
+                message.msg_name = destinationLength > 0 ? name.baseAddress : nil
+                message.msg_namelen = socklen_t(destinationLength)
                 message.msg_iov = vector
                 message.msg_iovlen = 1
                 message.msg_control = control.isEmpty ? nil : control.baseAddress
@@ -126,6 +145,7 @@ extension Sockets {
                 } while result == -Int(EINTR)
                 return result
             }
+        }
         }
         if let e = Kernel.errno(of: result) {
             let what = (rights.isEmpty ? "" : " SCM_RIGHTS") + (credentials.map { " SCM_CREDENTIALS pid \($0.pid) uid \($0.uid) gid \($0.gid)" } ?? "")

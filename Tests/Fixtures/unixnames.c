@@ -11,6 +11,10 @@
  *              and a second listener bound to the same path since
  *   fifo       a datagram socket whose path now holds a FIFO
  *   records    a seqpacket pair with 2000 records queued, of sizes 1..2000
+ *   senders    an abstract datagram socket holding datagrams from a named
+ *              socket still here, from an abstract and a path-named one
+ *              closed since, and from an unnamed one: recvfrom must tell
+ *              each sender's name again
  *
  * `argv[2] == "ext"`, argv[3] a path: only a datagram socket connected to a
  * socket outside the tree bound there; after SIGTERM it sends "after restore".
@@ -81,6 +85,43 @@ static void expect(int fd, const char *text, const char *what)
 	char buf[256];
 	ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
 	if (n != (ssize_t)strlen(text) || memcmp(buf, text, strlen(text)) != 0) fail("%s: read %zd bytes, not \"%s\"", what, n, text);
+}
+
+/* The next datagram on `fd` is `text`, from `from` ("" for unnamed; a leading '@' for abstract). */
+static void expect_from(int fd, const char *text, const char *from, const char *what)
+{
+	char buf[256];
+	struct sockaddr_un un;
+	socklen_t size = sizeof(un);
+	memset(&un, 0, sizeof(un));
+	ssize_t n = recvfrom(fd, buf, sizeof(buf), MSG_DONTWAIT, (struct sockaddr *)&un, &size);
+	if (n != (ssize_t)strlen(text) || memcmp(buf, text, strlen(text)) != 0) { fail("%s: read %zd bytes", what, n); return; }
+	char name[120] = "";
+	size_t len = size > offsetof(struct sockaddr_un, sun_path) ? size - offsetof(struct sockaddr_un, sun_path) : 0;
+	if (len > 0 && un.sun_path[0] == 0) { name[0] = '@'; memcpy(name + 1, un.sun_path + 1, len - 1); name[len] = 0; }
+	else if (len > 0) snprintf(name, sizeof(name), "%.*s", (int)strnlen(un.sun_path, len), un.sun_path);
+	if (strcmp(name, from) != 0) fail("%s: from \"%s\", not \"%s\"", what, name, from);
+}
+
+static int bound_abstract(const char *name)
+{
+	struct sockaddr_un un;
+	memset(&un, 0, sizeof(un));
+	un.sun_family = AF_UNIX;
+	memcpy(un.sun_path + 1, name, strlen(name));
+	int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&un, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name))) != 0) die(name);
+	return fd;
+}
+
+static void send_abstract(int from, const char *to, const char *text)
+{
+	struct sockaddr_un un;
+	memset(&un, 0, sizeof(un));
+	un.sun_family = AF_UNIX;
+	memcpy(un.sun_path + 1, to, strlen(to));
+	if (sendto(from, text, strlen(text), 0, (struct sockaddr *)&un, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(to)))
+	    != (ssize_t)strlen(text)) die(text);
 }
 
 static void expect_type(const char *path, mode_t type, const char *what)
@@ -181,7 +222,36 @@ int main(int argc, char **argv)
 		if (send(qp[0], record, (size_t)i, MSG_DONTWAIT) != i) die("send record");
 	}
 
+	/* Named senders. */
+	char server_name[64], live_name[64], gone_name[64], gone_path[512];
+	snprintf(server_name, sizeof(server_name), "cryo-names-server-%d", (int)getpid());
+	snprintf(live_name, sizeof(live_name), "cryo-names-live-%d", (int)getpid());
+	snprintf(gone_name, sizeof(gone_name), "cryo-names-gone-%d", (int)getpid());
+	snprintf(gone_path, sizeof(gone_path), "%s/gone-sender.sock", dir);
+	int server = bound_abstract(server_name);
+	int live = bound_abstract(live_name);
+	send_abstract(live, server_name, "from the live one");
+	int gone = bound_abstract(gone_name);
+	send_abstract(gone, server_name, "from one gone");
+	close(gone);
+	int gonep = bound(SOCK_DGRAM, gone_path);
+	send_abstract(gonep, server_name, "from a path gone");
+	close(gonep);
+	unlink(gone_path);
+	int unnamed = socket(AF_UNIX, SOCK_DGRAM, 0);
+	send_abstract(unnamed, server_name, "from nobody");
+	close(unnamed);
+
 	wait_term();
+
+	char at[80];
+	snprintf(at, sizeof(at), "@%s", live_name);
+	expect_from(server, "from the live one", at, "datagram from a named socket still here");
+	snprintf(at, sizeof(at), "@%s", gone_name);
+	expect_from(server, "from one gone", at, "datagram from an abstract name gone");
+	expect_from(server, "from a path gone", gone_path, "datagram from a path gone");
+	expect_from(server, "from nobody", "", "datagram from an unnamed socket");
+	expect_type(gone_path, 0, "the gone sender's path");
 
 	expect_name(rl, "rel.sock", "relative listener");
 	expect_name(rd, "reld.sock", "relative datagram socket");

@@ -81,6 +81,10 @@ public struct UnixSocketState: DescriptorKind {
     /// with `peer` the connecting socket's inode (nil: closed since).
     public var pending: [UnixSocketState]? = nil
 
+    /// Per element of `queued` of an unconnected datagram socket: the sender's name, nil
+    /// where it had none. Nil: no named sender anywhere.
+    public var sources: [Data?]? = nil
+
     /// Credentials of a queued message; pid as the dumped tree saw it.
     public struct Sender: Codable, Sendable, Equatable {
         public var pid: Int32
@@ -196,6 +200,10 @@ extension UnixSocketState {
         if messages.contains(where: { $0.credentials != nil }) {
             senders = messages.map { $0.credentials.map { Sender(pid: $0.pid, uid: $0.uid, gid: $0.gid) } }
         }
+        // Only an unconnected datagram socket hears from more than its peer.
+        if type == .dgram && state == .unconnected && messages.contains(where: { $0.source != nil }) {
+            sources = messages.map { $0.source.map { Data($0) } }
+        }
         for (m, message) in messages.enumerated() {
             for (k, passed) in message.descriptors.enumerated() {
                 table.addInFlight(passed, object: "\(object), message \(m + 1) of its queue, descriptor \(k + 1)") { table, fileID in
@@ -211,6 +219,7 @@ extension UnixSocketState {
         var data: Data
         var descriptors: [FileDescriptor]
         var credentials: UnixCredentials?
+        var source: [UInt8]?
     }
 
     /// Reads the receive queue through SO_PEEK_OFF, which is per socket and so
@@ -248,7 +257,8 @@ extension UnixSocketState {
                 buffer = [UInt8](repeating: 0, count: count)
                 continue
             }
-            messages.append(PeekedMessage(data: Data(buffer[0..<count]), descriptors: peeked.descriptors, credentials: credentials))
+            messages.append(PeekedMessage(data: Data(buffer[0..<count]), descriptors: peeked.descriptors, credentials: credentials,
+                                          source: peeked.source))
             guard messages.count <= 1 << 20 else { throw CryoError("\(object): receive queue does not end") }
             offset += count
         }
@@ -452,6 +462,9 @@ extension UnixSocketState {
         if state != .connected && (peer != nil || peerClosed) { return "an unconnected unix socket with a peer" }
         if let rights, rights.count != queued.count { return "\(rights.count) lists of descriptors in flight for \(queued.count) queued messages" }
         if let senders, senders.count != queued.count { return "\(senders.count) senders for \(queued.count) queued messages" }
+        if let sources, sources.count != queued.count || sources.contains(where: { ($0?.count ?? 1) == 0 || ($0?.count ?? 0) > 108 }) {
+            return "\(sources.count) sender names for \(queued.count) queued messages"
+        }
         if shutdown > 3 { return "unix socket shutdown bits \(shutdown)" }
         return nil
     }
@@ -641,6 +654,27 @@ final class UnixSocketRebuilder: KindRebuilder {
             try Sockets.connect(fd, to: .unix([UInt8](name)), object: "\(object(id)) to \(UnixSocketState.display(name))")
         }
 
+        /// Runs `body(address)` where the name of socket `target` of the image resolves (see `connect(_:toSocket:_:)`).
+        func sendTo(_ target: Int, from fd: FileDescriptor, what: String, _ body: @escaping (SocketAddress, String) throws -> Void) throws {
+            let t = states[target]!
+            guard let name = t.name else { throw CryoError("\(what): \(object(target)) has no name") }
+            let address = SocketAddress.unix([UInt8](name))
+            let relative = name.first != 0 && name.first != UInt8(ascii: "/")
+            if let root = roots[target] {
+                try FilesystemThread.run {
+                    try FilesystemThread.enter(root, object: what)
+                    try body(address, what)
+                }
+            } else if relative, let directory = t.directory {
+                try FilesystemThread.run {
+                    try FilesystemThread.changeDirectory(directory, object: what)
+                    try body(address, what)
+                }
+            } else {
+                try body(address, what)
+            }
+        }
+
         /// Connects to the name of socket `target` of the image, where it was bound:
         /// under its private root, from its directory (a relative name), or plainly.
         func connect(_ fd: FileDescriptor, toSocket target: Int, _ id: Int) throws {
@@ -722,20 +756,58 @@ final class UnixSocketRebuilder: KindRebuilder {
                 writer = standIn
             } else if s.state == .connected, let peer = s.peer, let peerID = byInode[peer], let fd = all[peerID] {
                 writer = fd
-            } else if s.state == .unconnected, s.type == .dgram, let name = s.name {
-                _ = name
+            } else if s.state == .unconnected, s.type == .dgram, s.name != nil {
                 writer = try Sockets.make(family: AF_UNIX, type: s.type.kernelValue, object: "\(object(id)) (AF_UNIX)")
                 temporary.append(writer)
                 try connect(writer, toSocket: id, id)
+                if s.sources != nil {
+                    // A message from a named sender comes from a socket of that name again, so recvfrom tells it.
+                    var named: [Data: FileDescriptor] = [:]
+                    for source in Set((s.sources ?? []).compactMap { $0 }) {
+                        named[source] = try namedWriter(source, for: id)
+                    }
+                    let writers = named
+                    try send(s, from: writer, object: object(id), opened: opened, senders: &senders, pids: pids) { m in
+                        s.sources?[m].flatMap { writers[$0] }.map { ($0, id) }
+                    }
+                    return
+                }
             } else {
                 throw CryoError("\(object(id)): no end to write its \(s.queued.count) queued messages from")
             }
             try send(s, from: writer, object: object(id), opened: opened, senders: &senders, pids: pids)
         }
 
+        /// A datagram socket named `source` to send from: the one of the image, or a new one
+        /// bound to it (an abstract name, if free; a path, under a private root). Nil: none.
+        mutating func namedWriter(_ source: Data, for id: Int) throws -> FileDescriptor? {
+            if let (other, _, _) = sockets.first(where: { $0.id != id && $0.state.type == .dgram && $0.state.name == source }) {
+                return all[other]
+            }
+            let what = "\(object(id)): stand-in for sender \(UnixSocketState.display(source))"
+            let fd = try Sockets.make(family: AF_UNIX, type: UnixSocketState.SocketType.dgram.kernelValue, object: what)
+            temporary.append(fd)
+            if source.first == 0 {
+                do { try Sockets.bind(fd, to: .unix([UInt8](source)), object: what) } catch { return nil } // taken since
+                return fd
+            }
+            let path = String(decoding: source, as: UTF8.self)
+            let root = try FilesystemThread.privateRoot(object: what)
+            roots[-1 - roots.count] = root
+            let directory = path.hasPrefix("/") ? String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)]) : "/"
+            try FilesystemThread.run {
+                try FilesystemThread.enter(root, object: what)
+                try FilesystemThread.makeDirectories(directory, object: what)
+                try Sockets.bind(fd, to: .unix([UInt8](source)), object: what)
+            }
+            return fd
+        }
+
         /// Writes the queue of `s` from `writer`, message by message, with their descriptors and credentials.
+        /// `named`: for message m, another writer that sends to socket `to` of the image by its name.
         func send(_ s: UnixSocketState, from writer: FileDescriptor, object: String, opened: [FileDescriptor],
-                  senders: inout SenderPids, pids: RestoredPids) throws {
+                  senders: inout SenderPids, pids: RestoredPids,
+                  named: ((Int) throws -> (writer: FileDescriptor, to: Int)?)? = nil) throws {
             // Room for all of it; the writer's own size is set with the other options afterwards.
             try Sockets.setOption(writer, SOL_SOCKET, SO_SNDBUFFORCE, Int32.max / 2, name: "SO_SNDBUFFORCE", object: object)
             for (m, message) in s.queued.enumerated() {
@@ -746,6 +818,16 @@ final class UnixSocketRebuilder: KindRebuilder {
                     return opened[fileID].rawValue
                 }
                 let credentials = try (s.senders?[m]).flatMap { $0 }.map { try senders.credentials($0, pids: pids, object: object) }
+                if let (from, target) = try named?(m) {
+                    let bytes = [UInt8](message), passing = rights
+                    try sendTo(target, from: from, what: "\(object): refilling its receive queue") { address, what in
+                        let n = try bytes.withUnsafeBytes {
+                            try Sockets.sendUnix(from, $0, rights: passing, credentials: credentials, to: address, object: what)
+                        }
+                        if n != bytes.count { throw CryoError("\(what): a \(bytes.count)-byte message went out as \(n) bytes") }
+                    }
+                    continue
+                }
                 repeat {
                     sent += try message.withUnsafeBytes {
                         try Sockets.sendUnix(writer, UnsafeRawBufferPointer(rebasing: $0[sent...]), rights: rights,
