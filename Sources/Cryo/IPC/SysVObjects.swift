@@ -57,17 +57,25 @@ public struct SysVMessageQueue: Codable, Sendable {
 }
 
 enum SysVObjects {
-    /// A process with a semaphore undo list (it used SEM_UNDO) is refused: the kernel shows the
-    /// list to no other process, and the tree's death applies it to the values. KCMP_SYSVSEM
-    /// compares undo lists; cryo has none, so "the same as cryo's" means none.
-    ///
-    /// The kernel allocates an (empty) undo list for every process that ever made a thread
-    /// (CLONE_SYSVSEM), cryo included once it has worker threads: so the reference is a fresh
-    /// forked child (no list), and with no semaphore set in the namespace there can be no
-    /// entries at all (removing a set frees its undo entries).
+    /// A process with semaphore undo entries (it used SEM_UNDO) is refused: the kernel shows
+    /// them to no other process, and the tree's death applies them to the values. KCMP_SYSVSEM
+    /// tells whether a task has an undo list at all, against a fresh forked child (no list).
+    /// But the kernel gives every process that ever made a thread an empty list (CLONE_SYSVSEM,
+    /// glibc's pthread_create), so a list is taken for entries only when some semaphore set of
+    /// the namespace was last moved by a tree process (GETPID): other tests' or programs' sets
+    /// do not refuse a threaded tree. An entry on a set someone outside the tree moved since
+    /// goes unseen.
     static func checkUndo(_ tree: FrozenTree) throws {
-        let sets = ((try? Files.readString("/proc/sysvipc/sem")) ?? "").split(separator: "\n").count - 1
-        guard sets > 0 else { return }
+        let pids = Set(tree.live.map(\.pid))
+        var moved: (id: Int32, by: pid_t)? = nil
+        for row in try SysVTable.rows("sem") where moved == nil {
+            guard let raw = row["semid"], let id = Int32(exactly: raw), let ds = try SysVSem.status(id) else { continue }
+            for index in 0..<Int(ds.sem_nsems) {
+                let last = try SysVSem.lastPid(id, index: index)
+                if pids.contains(last) { moved = (id, last); break }
+            }
+        }
+        guard let moved else { return }
         let reference = try Processes.fork()
         if reference == 0 { while true { pause() } }
         defer {
@@ -77,8 +85,8 @@ enum SysVObjects {
         }
         for process in tree.live {
             for thread in process.threads where !(try Pidfd.share(thread.pid, reference, resource: 6 /* KCMP_SYSVSEM */)) {
-                throw CryoError("pid \(process.pid) (\(process.comm)) thread \(thread.pid) has System V semaphore undo entries (SEM_UNDO); "
-                    + "not supported: the kernel shows them to no other process")
+                throw CryoError("pid \(process.pid) (\(process.comm)) thread \(thread.pid) has System V semaphore undo entries (SEM_UNDO; "
+                    + "set \(moved.id) was last moved by pid \(moved.by)); not supported: the kernel shows them to no other process")
             }
         }
     }
