@@ -51,6 +51,11 @@ public enum Files {
     }
 
     /// The canonical absolute path (realpath(3)).
+    /// rmdir(2).
+    public static func removeDirectory(_ path: String) throws {
+        _ = try checkLibc(Int(rmdir(path)), "rmdir", object: path)
+    }
+
     public static func realPath(_ path: String) throws -> String {
         guard let resolved = realpath(path, nil) else {
             throw SyscallError("realpath", errno: Errno(rawValue: errno), object: path)

@@ -37,7 +37,7 @@ struct CheckCommand: ParsableCommand {
         ("timens", .cryoLacks("cryo does not restore time namespaces yet")),
         ("tcp_half_closed", .cryoLacks("cryo does not restore half-closed TCP connections yet")),
         ("network_lock_nftables", .cryoLacks("cryo places no network lock (--network-lock skip only)")),
-        ("cgroupns", .cryoLacks("cryo does not restore cgroups yet (--manage-cgroups ignore only)")),
+        ("cgroupns", .cryoLacks("cryo does not restore cgroup namespaces yet")),
     ]
 
     enum Answer {

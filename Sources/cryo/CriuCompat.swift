@@ -59,12 +59,9 @@ enum CriuCommandLine {
     }
 }
 
-/// How cgroups are handled (CRIU's --manage-cgroups). cryo neither records
-/// nor restores cgroup membership yet, which is CRIU's `ignore`; the other
-/// modes promise something cryo does not do, so they are refused.
-enum CgroupMode: String, ExpressibleByArgument, CaseIterable {
-    case none, props, soft, full, strict, ignore
-}
+/// How cgroups are handled (CRIU's --manage-cgroups, with CRIU's meanings: Cgroups.swift).
+typealias CgroupMode = CgroupManagement
+extension CgroupManagement: ExpressibleByArgument {}
 
 /// The firewall lock over dumped TCP connections (CRIU's --network-lock).
 /// cryo places none (`skip`); asking for one is refused, not ignored.
@@ -88,10 +85,11 @@ struct CriuOptions: ParsableArguments {
           help: "Accepted for CRIU: files unlinked while open are always kept (their contents go into the image, up to --ghost-limit).")
     var linkRemap = false
     @Option(name: .customLong("manage-cgroups"),
-            help: "CRIU's cgroup handling; cryo supports only `ignore` (tasks stay in the cgroups they are restored into).")
+            help: "CRIU's cgroup handling: none, props, soft (the default), full, strict or ignore.")
     var manageCgroups: CgroupMode?
-    @Option(name: .customLong("cgroup-root"), help: .hidden)
-    var cgroupRoot: String?
+    @Option(name: .customLong("cgroup-root"),
+            help: "[CONTROLLERS:]/PATH: restore the root task's cgroup (and those below it) at PATH (repeatable).")
+    var cgroupRoot: [String] = []
     @Option(name: .customLong("network-lock"),
             help: "CRIU's firewall lock of dumped TCP connections; cryo supports only `skip` (no lock).")
     var networkLock: NetworkLock?
@@ -99,10 +97,6 @@ struct CriuOptions: ParsableArguments {
     var displayStatistics = false
 
     func validate() throws {
-        if let manageCgroups, manageCgroups != .ignore {
-            throw CriuCommandLine.Refusal.unsupported("--manage-cgroups \(manageCgroups.rawValue)")
-        }
-        if cgroupRoot != nil { throw CriuCommandLine.Refusal.unsupported("--cgroup-root") }
         if let networkLock, networkLock != .skip {
             throw CriuCommandLine.Refusal.unsupported("--network-lock \(networkLock.rawValue)")
         }

@@ -147,6 +147,7 @@ struct DumpCommand: ParsableCommand {
             options.sysvSelection = sysvSelection
             options.sysvExtra = sysvObjects
             options.externalUnixSockets = criu.externalUnixSockets
+            options.cgroupMode = criu.manageCgroups ?? .soft
             return try Dumper(options: options,
                        logger: common.logger(relativeTo: criu.workDirectory ?? directory)).run()
         }
@@ -181,9 +182,11 @@ struct RestoreCommand: ParsableCommand {
 
     func restore() throws -> RestoredTree {
         let tree = try failing {
-            try Restorer(options: RestoreOptions(directory: directory, detached: detached, newPidNamespace: pidNamespace,
-                                                 leaveStopped: leaveStopped, tcpEstablished: tcpEstablished,
-                                                 lazyPages: lazyPages),
+            var options = RestoreOptions(directory: directory, detached: detached, newPidNamespace: pidNamespace,
+                                         leaveStopped: leaveStopped, tcpEstablished: tcpEstablished, lazyPages: lazyPages)
+            options.cgroupMode = criu.manageCgroups ?? .soft
+            options.cgroupRoots = criu.cgroupRoot
+            return try Restorer(options: options,
                          logger: common.logger(relativeTo: criu.workDirectory ?? directory)).run()
         }
         if let pidFile {

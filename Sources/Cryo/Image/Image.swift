@@ -264,6 +264,8 @@ public struct Inventory: Codable, Sendable {
     /// System V semaphore sets and message queues the dump took (SysVObjects.swift).
     public var sysvSemaphores: [SysVSemaphoreSet]? = nil
     public var sysvMessageQueues: [SysVMessageQueue]? = nil
+    /// The tree's cgroups (Cgroups.swift); absent when dumped with --manage-cgroups ignore.
+    public var cgroups: CgroupRecord? = nil
 
     public struct ProcessEntry: Codable, Sendable {
         public var pid: Int32

@@ -82,6 +82,7 @@ public struct Image: Sendable {
         inventory = try RecordReader(path: paths.inventory).one(.inventory, as: Inventory.self)
         guard inventory.tool == "cryo" else { throw ImageError(file: "inventory.img", record: "inventory", "written by \(inventory.tool)") }
         try inventory.validate()
+        try inventory.cgroups?.validate()
         fileTable = try RecordReader(path: paths.files).one(.files, as: FileTable.self)
         try fileTable.validate(file: "files.img")
         sharedMemory = try Image.loadSharedMemory(paths)

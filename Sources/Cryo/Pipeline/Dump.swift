@@ -30,6 +30,8 @@ public struct DumpOptions: Sendable {
     /// Returning kills the tree; throwing releases it. Pages left to the pre-dump are not
     /// filled in (the destination holds them already).
     public var handOver: (@Sendable (FrozenImage) throws -> Void)?
+    /// --manage-cgroups: anything but `ignore` records the tree's cgroups.
+    public var cgroupMode: CgroupManagement = .soft
     public init(pid: pid_t, directory: String, leaveRunning: Bool, shellJob: Bool, tcpEstablished: Bool = false,
                 compress: Bool = false, previousImages: String? = nil, ghostLimit: UInt64 = defaultGhostLimit,
                 handOver: (@Sendable (FrozenImage) throws -> Void)? = nil) {
@@ -209,6 +211,7 @@ public struct Dumper {
                                    sysvSharedMemory: sysvSegments.isEmpty ? nil : sysvSegments.values.sorted { $0.id < $1.id })
             record.sysvSemaphores = semaphores.isEmpty ? nil : semaphores
             record.sysvMessageQueues = queues.isEmpty ? nil : queues
+            if options.cgroupMode != .ignore { record.cgroups = try CgroupRecord.dump(tree, root: pid) }
             try inventory.append(.inventory, record)
             try inventory.write(to: inventoryFD, path: paths.inventory)
             if let handOver = options.handOver {

@@ -17,6 +17,9 @@ public struct RestoreOptions: Sendable {
     public var tcpEstablished: Bool
     /// Start the tree before its private anonymous memory is in; cryo fills it on demand and in the background (LazyPages.swift).
     public var lazyPages: Bool
+    /// --manage-cgroups and --cgroup-root ("[controllers:]/path"), with CRIU's meanings (Cgroups.swift).
+    public var cgroupMode: CgroupManagement = .soft
+    public var cgroupRoots: [String] = []
     public init(directory: String, detached: Bool, newPidNamespace: Bool = false, leaveStopped: Bool = false,
                 tcpEstablished: Bool = false, lazyPages: Bool = false) {
         self.tcpEstablished = tcpEstablished
@@ -89,6 +92,9 @@ public struct Restorer {
         statistics.imageReadSeconds = seconds(since: started)
         if options.lazyPages { try LazyServer.check() }
         let inventory = image.inventory
+        let cgroups = try inventory.cgroups.map {
+            CgroupRestore($0, mode: options.cgroupMode, roots: try CgroupRestore.parseRoots(options.cgroupRoots))
+        }
         // Before anything is touched: what the image needs of the options.
         let kindOptions = KindOptions(tcpEstablished: options.tcpEstablished, shellJob: image.inventory.shellJob)
         try DescriptorKinds.checkBeforeRestore(image.fileTable.files, options: kindOptions)
@@ -168,6 +174,10 @@ public struct Restorer {
             }
             try sysvSegments.finish()
             sysvObjects.keep()
+            try cgroups?.apply(pids: Dictionary(uniqueKeysWithValues: inventory.livePids.map { pid in
+                let p = session.processes[pid]!
+                return (pid, (p.pid, p.threads.map(\.pid)))
+            }))
             statistics.restoreSeconds = seconds(since: restoring)
             statistics.processes = inventory.processes.count
             statistics.pagesRestored = image.tasks.reduce(0) { $0 + $1.pageIndex.pageBytes / 4096 }
@@ -219,6 +229,7 @@ public struct Restorer {
         } catch {
             session.lazy?.stop()
             session.killAll()
+            cgroups?.removeMade()
             // A task killed because its pages could not be loaded fails the restore for that reason.
             if let failure = session.lazy?.failed { throw failure }
             throw error
@@ -803,6 +814,8 @@ final class RestoreSession {
     func killAll() {
         guard !done else { return }
         for pid in created.reversed() { kill(pid, SIGKILL) }
+        // A traced leader is reported dead only once its tracer has reaped its other threads.
+        for process in processes.values { for thread in process.threads.dropFirst() { _ = try? waitFor(thread.pid) } }
         for pid in created.reversed() { _ = try? waitFor(pid) }
     }
 }
