@@ -151,7 +151,7 @@ extension EndToEnd {
 
 /// A program one test runs: installed through Scripts/setup.sh --test-package when missing; the test is cancelled (skipped) with
 /// the reason when that fails.
-private func requireTestProgram(_ path: String, package: String) throws -> String {
+func requireTestProgram(_ path: String, package: String) throws -> String {
     if Locations.isExecutableFile(path) { return path }
     let scratch = try Scratch("setup-\(package)")
     defer { scratch.remove() }
