@@ -173,5 +173,26 @@ extension EndToEnd {
             kill(fixture.pid, SIGKILL)
             _ = restore.wait(timeout: 30)
         }
+
+        @Test("--manage-cgroups ignore records nothing: the restored task stays in cryo's cgroups")
+        func ignored() throws {
+            let cgroups = TestCgroups()
+            guard cgroups.pids != nil else { print("skipped: no cgroup v1 pids hierarchy"); return }
+            defer { cgroups.remove() }
+            try cgroups.make()
+            let scratch = try Scratch("cgroups-ignore")
+            defer { scratch.remove() }
+            let fixture = try Self.start(cgroups, in: scratch)
+            defer { fixture.cleanUp() }
+            let (images, _) = try dumpAndReap(fixture, in: scratch, options: ["--manage-cgroups", "ignore"])
+            #expect(!readText(images + "/inventory.img").contains("\"cgroups\":{"), "an ignore dump should record no cgroups")
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try #require(fixture.waitRestored(timeout: 60) { restore.isRunning }, "\(restore.wait(timeout: 5))")
+            let membership = readText("/proc/\(fixture.pid)/cgroup")
+            #expect(!membership.contains(cgroups.name), "\(membership)")
+            kill(fixture.pid, SIGKILL)
+            _ = restore.wait(timeout: 30)
+        }
     }
 }

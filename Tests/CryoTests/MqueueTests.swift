@@ -25,5 +25,23 @@ extension EndToEnd {
             defer { restore.stop() }
             try expectRestoredAndPassing(fixture, by: restore)
         }
+
+        @Test("a queue with an mq_notify registration is refused in one line; the process keeps running")
+        func notifyRefused() throws {
+            let scratch = try Scratch("mqueue-notify")
+            defer { scratch.remove() }
+            let fixture = try Fixture("mqueue", arguments: ["notify"], in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let name = try #require(fixture.tagged("MQ")?.first)
+            defer { try? PosixMqueue.remove(name, object: "test") }
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("img")], in: scratch, reaping: fixture)
+            #expect(dump.failed && dump.stderrLines.count == 1 && dump.stderr.contains("pid \(fixture.pid) fd")
+                    && dump.stderr.contains("mq_notify"), "\(dump)")
+            #expect(fixture.pollOriginal() == nil, "the fixture should still run")
+            fixture.signal(SIGTERM)
+            _ = fixture.reapOriginal(timeout: 20)
+            expectPass(fixture, "\(dump)")
+        }
     }
 }

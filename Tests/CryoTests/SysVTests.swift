@@ -93,5 +93,27 @@ extension EndToEnd {
             _ = fixture.reapOriginal(timeout: 20)
             expectPass(fixture, "\(dump)")
         }
+
+        @Test("--sysv-ipc attached with --sysv-ipc-object sem:ID takes that set only")
+        func selection() throws {
+            let scratch = try Scratch("sysvipc-select")
+            defer { scratch.remove() }
+            let fixture = try Fixture("sysvipc", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let ids = try #require(fixture.tagged("IPC")?.compactMap { Int32($0) })
+            try #require(ids.count == 4)
+            defer { Self.removeObjects(ids) }
+            let (images, _) = try dumpAndReap(fixture, in: scratch, options: ["--sysv-ipc", "attached", "--sysv-ipc-object", "sem:\(ids[2])"])
+            Self.removeObjects(ids)
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try #require(fixture.waitRestored(timeout: 60) { restore.isRunning }, "\(restore.wait(timeout: 5))")
+            #expect(try SysVSem.status(ids[2]) != nil && SysVSem.values(ids[2], count: 3) == [5, 0, 7], "the named set should be made again")
+            #expect(try SysVMsg.status(ids[3]) == nil, "the queue was not selected and should not be made again")
+            #expect(try SysVShm.status(ids[0]) == nil, "the unattached segment was not selected and should not be made again")
+            kill(fixture.pid, SIGKILL)
+            _ = restore.wait(timeout: 30)
+        }
     }
 }

@@ -10,7 +10,8 @@
  * still names the queue and the unlinked one is not there, then receives
  * every message in priority order (oldest first within a priority), sends
  * one through the write-only descriptor and reads it back; unlinks NAME;
- * PASS or "FAIL: reasons".
+ * PASS or "FAIL: reasons". With the argument "notify" it also registers
+ * for a signal (mq_notify), which cryo refuses at dump; it goes on unchanged.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -23,8 +24,9 @@
 #include <unistd.h>
 #include "fixture.h"
 
-static volatile sig_atomic_t got_term;
+static volatile sig_atomic_t got_term, notified;
 static void on_term(int sig) { (void)sig; got_term = 1; }
+static void on_notify(int sig) { (void)sig; notified = 1; }
 
 static const struct { const char *text; unsigned priority; } sent[] = {
 	{"a: first of priority 1", 1}, {"b: first of 5", 5}, {"c: second of priority 1", 1},
@@ -43,8 +45,9 @@ static void check_attr(const char *what, mqd_t q, long maxmsg, long msgsize, lon
 		     a.mq_curmsgs, a.mq_flags, maxmsg, msgsize, cur, flags);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+	int notify = argc > 1 && strcmp(argv[1], "notify") == 0;
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	char name[64], gone[64];
 	snprintf(name, sizeof(name), "/cryo-mq-%d", getpid());
@@ -59,6 +62,18 @@ int main(void)
 	for (int i = 0; i < NSENT; i++)
 		if (mq_send(q, sent[i].text, strlen(sent[i].text), sent[i].priority) != 0) { printf("FAIL: mq_send: %s\n", strerror(errno)); return 1; }
 	if (mq_send(g, "ghost", 5, 2) != 0 || mq_unlink(gone) != 0) { printf("FAIL: unlinked queue: %s\n", strerror(errno)); return 1; }
+	if (notify) {
+		/* An empty queue (unlinked at once) with a registration that never fires. */
+		char third[80];
+		snprintf(third, sizeof(third), "%s-notify", name);
+		mqd_t n = mq_open(third, O_CREAT | O_EXCL | O_RDWR, 0600, &small);
+		signal(SIGUSR2, on_notify);
+		struct sigevent ev;
+		memset(&ev, 0, sizeof(ev));
+		ev.sigev_notify = SIGEV_SIGNAL;
+		ev.sigev_signo = SIGUSR2;
+		if (n < 0 || mq_notify(n, &ev) != 0 || mq_unlink(third) != 0) { printf("FAIL: mq_notify: %s\n", strerror(errno)); return 1; }
+	}
 	signal(SIGTERM, on_term);
 	printf("MQ %s\n", name);
 	printf("READY\n");
@@ -91,6 +106,7 @@ int main(void)
 	if (n != 5 || memcmp(buf, "ghost", 5) != 0 || priority != 2) fail("unlinked queue: message of %zd bytes, priority %u", n, priority);
 	if (mq_send(w, "after", 5, 7) != 0) fail("mq_send through the write-only descriptor: %s", strerror(errno));
 	else if (mq_receive(q, buf, sizeof(buf), &priority) != 5 || priority != 7) fail("the message sent after restore did not come back");
+	if (notified) fail("a notification came for the empty queue");
 	mq_unlink(name);
 	if (failbuf[0]) printf("FAIL: %s\n", failbuf);
 	else printf("PASS\n");

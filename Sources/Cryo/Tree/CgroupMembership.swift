@@ -154,9 +154,11 @@ private func parent(_ path: String) -> String {
 
 /// Where each cgroup hierarchy is mounted (its root), by /proc/PID/cgroup's controllers field.
 enum CgroupMounts {
-    static func current() throws -> [String: String] {
+    static func current() throws -> [String: String] { parse(try Files.readString("/proc/self/mountinfo")) }
+
+    static func parse(_ mountinfo: String) -> [String: String] {
         var result: [String: String] = [:]
-        for line in try Files.readString("/proc/self/mountinfo").split(separator: "\n") {
+        for line in mountinfo.split(separator: "\n") {
             let tokens = line.split(separator: " ")
             guard let dash = tokens.firstIndex(of: "-") else { continue }
             let fields = tokens[..<dash], tail = Array(tokens[(dash + 1)...])
@@ -213,7 +215,7 @@ final class CgroupRestore {
     }
 
     /// Where a dumped cgroup path goes at restore.
-    private func target(_ path: String, in h: CgroupRecord.Hierarchy, own: String) -> String {
+    func target(_ path: String, in h: CgroupRecord.Hierarchy, own: String) -> String {
         let newRoot = roots[h.controllers] ?? (h.controllers.isEmpty ? roots[""] : roots[""] ?? roots.first { key, _ in
             Set(key.split(separator: ",")) == Set(h.controllers.split(separator: ","))
         }?.value)
