@@ -38,6 +38,16 @@ extension EndToEnd {
         func signalOwners() throws {
             try fileRoundTrip("sigio")
         }
+
+        @Test("pidfds of a child, a grandchild, itself and a reaped child: pidfd_send_signal and waitid(P_PIDFD) work after restore")
+        func pidfds() throws {
+            try fileRoundTrip("pidfd")
+        }
+
+        @Test("a program in a memfd still runs by fexecve and execveat after restore (no writable descriptor left open)")
+        func memfdExec() throws {
+            try fileRoundTrip("memfdexec")
+        }
     }
 }
 

@@ -65,6 +65,7 @@ extension DescriptorKind {
 enum DescriptorKinds {
     /// In the order dump asks them: memfd and mqueue before regular files, terminals before other character devices.
     static let all: [any DescriptorKind.Type] = [
+        PidfdState.self,  // a pidfd is a regular file of pidfs
         MemfdState.self,
         MqueueState.self,
         RegularFileState.self,

@@ -70,6 +70,8 @@ final class FileTableBuilder {
     var created: [String] = []
     /// "pid P fd N" of the first descriptor of each description, for refusals made once the whole tree is seen.
     private(set) var objects: [Int: String] = [:]
+    /// Processes whose descriptor tables were dumped: the tree (pidfds may name only these).
+    private(set) var dumpedPids = Set<pid_t>()
     /// Descriptions seen so far by (device, inode): only these can be the same description.
     private var seen: [String: [(pid: pid_t, fd: Int32, id: Int)]] = [:]
     /// Duplicates a kind holds until the tree is dead, with what to do to each right before the kill.
@@ -150,6 +152,7 @@ final class FileTableBuilder {
     }
 
     func dump(pid: pid_t) throws -> DescriptorsRecord {
+        dumpedPids.insert(pid)
         let pidfd = try Pidfd.open(pid)
         defer { try? pidfd.close() }
         var descriptors: [DescriptorsRecord.Descriptor] = []
