@@ -48,6 +48,11 @@ extension EndToEnd {
         func memfdExec() throws {
             try fileRoundTrip("memfdexec")
         }
+
+        @Test("/proc/self and a child's /proc/PID files and directory name the restored processes again, offsets kept")
+        func procFiles() throws {
+            try fileRoundTrip("procfiles")
+        }
     }
 }
 

@@ -66,6 +66,7 @@ enum DescriptorKinds {
     /// In the order dump asks them: memfd and mqueue before regular files, terminals before other character devices.
     static let all: [any DescriptorKind.Type] = [
         PidfdState.self,  // a pidfd is a regular file of pidfs
+        ProcFileState.self,  // before regular files and directories: /proc/PID needs the restored process
         MemfdState.self,
         MqueueState.self,
         RegularFileState.self,
