@@ -53,6 +53,30 @@ extension EndToEnd {
         func procFiles() throws {
             try fileRoundTrip("procfiles")
         }
+
+        @Test("shared and private mappings of a file deleted while mapped come back mapping one file")
+        func deletedFileMappings() throws {
+            try fileRoundTrip("delmap")
+        }
+
+        @Test("an AIO ring (io_setup) is refused in one line naming pid, address and kind; the process runs on")
+        func aioRingRefused() throws {
+            let scratch = try Scratch("aioring")
+            defer { scratch.remove() }
+            let fixture = try Fixture("aioring", arguments: [], in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let ring = try #require(fixture.tagged("MAPPING")?.first, "\(fixture.report)")
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
+            #expect(dump.failed && dump.stderrLines.count == 1, "want a one-line refusal\n\(dump)")
+            #expect(containsToken(dump.stderr, "\(fixture.pid)") && dump.stderr.contains("0x\(ring)") && dump.stderr.contains("AIO"),
+                    "the refusal should name pid \(fixture.pid), address 0x\(ring) and AIO\n\(dump)")
+            #expect(fixture.pollOriginal() == nil, "the process ended during the refused dump\n\(fixture.report)")
+            fixture.signal(SIGTERM)
+            #expect(fixture.reapOriginal(timeout: 30) == .exited(0), "\(fixture.report)")
+            expectPass(fixture, "\(dump)")
+        }
     }
 }
 

@@ -183,6 +183,33 @@ extension RegularFileState {
     }
 }
 
+extension FileTableBuilder {
+    /// The file table entry of the deleted file behind a mapping of `pid`: the entry of a
+    /// descriptor (or an earlier mapping) of the same file, else a new entry, read through
+    /// /proc/PID/map_files, that no descriptor names (a ghost, or a file other links still reach).
+    func deletedFileMapping(pid: pid_t, start: UInt64, end: UInt64) throws -> Int {
+        let object = "pid \(pid): mapping 0x\(String(start, radix: 16))-0x\(String(end, radix: 16))"
+        let path = "/proc/\(pid)/map_files/\(String(start, radix: 16))-\(String(end, radix: 16))"
+        let handle: FileDescriptor
+        do { handle = try Files.open(path, .readOnly) } catch { throw CryoError("\(object): \(error)") }
+        defer { try? handle.close() }
+        let st = try Files.stat(handle, object: object)
+        guard st.st_mode & S_IFMT == S_IFREG else { throw CryoError("\(object): a mapping of a deleted file that is not a regular file; not supported") }
+        if let known = RegularFileState.entries(table.files).first(where: {
+            $0.state.inode == UInt64(st.st_ino) && $0.state.device == UInt64(st.st_dev) && ($0.state.unlinked || $0.state.handle != nil)
+        }) { return known.file.id }
+        let id = table.files.count
+        let link = try Files.readLink(path)
+        let probe = DescriptorProbe(pid: pid, fd: -1, link: link, flags: UInt32(O_RDWR), position: 0, info: FDInfo(), stat: st,
+                                    handle: handle, inFlight: object)
+        guard let state = try RegularFileState.dump(probe, into: self, id: id), state.unlinked || state.handle != nil else {
+            throw CryoError("\(object): \(link) was deleted but its file has a path again; not supported")
+        }
+        add(FileTable.OpenFile(id: id, flags: UInt32(O_RDWR), position: 0, path: state.path, state: state), object: object)
+        return id
+    }
+}
+
 /// Copies a file's data runs (read through `handle`) into an image file at
 /// their own offsets, the image file as long as the file: holes stay holes.
 func saveContents(of handle: FileDescriptor, extents: [FileExtent], size: Int64, object: String, to path: String,

@@ -31,6 +31,8 @@ public struct MemoryRecord: Codable, Sendable {
         public var shmem: Int?
         /// For a memfd mapping: the id in the file table of the memfd it maps.
         public var file: Int?
+        /// A mapping of a file whose name was removed: `file` names its ghost in the file table.
+        public var deleted: Bool? = nil
         var length: UInt64 { end - start }
         var isSpecial: Bool { [.vdso, .vvar, .vvarClock, .vsyscall].contains(kind) }
         var prot: Int32 {
@@ -236,7 +238,11 @@ extension MemoryRecord {
                 kind = .sysvShm
                 path = p
             case let p where p.hasPrefix("/anon_hugepage"): throw refuse("hugetlb memory")
-            case let p where p.hasSuffix(" (deleted)"): throw refuse("a mapping of a deleted file")
+            case let p where p.hasPrefix("/[aio]"): throw refuse("the ring of an AIO context (io_setup)")
+            case let p where p.hasSuffix(" (deleted)") && p.hasPrefix("/"):
+                // Its file joins the file table as a ghost once descriptors are dumped (FileTableBuilder.deletedFileMapping).
+                kind = .file
+                path = String(p.dropLast(" (deleted)".count))
             case let p where p.hasPrefix("/"):
                 kind = .file
                 path = p
@@ -250,6 +256,7 @@ extension MemoryRecord {
                                   inode: kind == .file || kind == .sysvShm ? m.inode : nil,
                                   growsDown: false, noReserve: false, advice: 0,
                                   shmem: nil, file: nil)
+            if kind == .file && m.path.hasSuffix(" (deleted)") { mapping.deleted = true }
             if flags { try mapping.take(m.vmFlags, pid: pid) }
             mappings.append(mapping)
         }
@@ -445,7 +452,7 @@ extension MemoryRecord {
                 throw ImageError(file: file, record: "memory", "\(label): beyond the user address space")
             }
             if m.kind == .file && (m.path ?? "").isEmpty { throw ImageError(file: file, record: "memory", "\(label): file mapping without a path") }
-            if (m.kind == .memfd) != (m.file != nil) { throw ImageError(file: file, record: "memory", "\(label): memfd mapping without its file, or the reverse") }
+            if m.kind == .memfd ? m.file == nil : (m.file != nil) != (m.kind == .file && m.deleted == true) { throw ImageError(file: file, record: "memory", "\(label): memfd mapping without its file, or the reverse") }
             previousEnd = m.end
         }
         guard index.parts == nil || (index.compression == nil && index.parts!.allSatisfy { $0 > 0 && $0 % 4096 == 0 }) else {

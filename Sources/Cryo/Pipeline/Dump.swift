@@ -146,6 +146,10 @@ public struct Dumper {
                 }
                 statistics.memoryDumpSeconds += seconds(since: sharedStart)
                 let descriptors = try fileTable.dump(pid: process.pid)
+                for i in memory.mappings.indices where memory.mappings[i].deleted == true {
+                    memory.mappings[i].file = try fileTable.deletedFileMapping(pid: process.pid, start: memory.mappings[i].start,
+                                                                               end: memory.mappings[i].end)
+                }
                 for i in memory.mappings.indices where memory.mappings[i].kind == .memfd {
                     memory.mappings[i].file = try fileTable.memfdMapping(pid: process.pid, start: memory.mappings[i].start,
                                                                          end: memory.mappings[i].end)

@@ -505,6 +505,15 @@ public struct Restorer {
                         throw CryoError("pid \(pid): mapping 0x\(hex(m.start)) names file #\(file), which is not a memfd")
                     }
                     slots.mappings[key] = slots.add(try Files.open("/proc/self/fd/\(descriptions[file].rawValue)", writable ? .readWrite : .readOnly))
+                } else if m.kind == .file, m.deleted == true, let file = m.file {
+                    // A new description of the restored ghost (or the file other links reach), with the access the mapping needs.
+                    let writable = m.shared && m.protection.contains("w")
+                    let key = "deleted\(writable ? "rw" : "r"):\(file)"
+                    if slots.mappings[key] != nil { continue }
+                    guard descriptions.indices.contains(file), image.fileTable.files[file].kind == RegularFileState.name else {
+                        throw CryoError("pid \(pid): mapping 0x\(hex(m.start)) names file #\(file), which is not a regular file")
+                    }
+                    slots.mappings[key] = slots.add(try Files.open("/proc/self/fd/\(descriptions[file].rawValue)", writable ? .readWrite : .readOnly))
                 } else if m.kind == .file {
                     let writable = m.shared && m.protection.contains("w")
                     let key = "\(writable ? "rw" : "r"):\(m.path!)"
@@ -568,6 +577,7 @@ public struct Restorer {
             temporary: parasiteRange.upperBound + 0x10_0000, pagesFDs: slots.pages.map(slots.fd),
             fileFD: { m in
                 if let id = m.shmem { return slots.fd(slots.mappings["shmem:\(id)"]!) }
+                if m.deleted == true { return slots.fd(slots.mappings["deleted\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.file!)"]!) }
                 if m.kind == .memfd { return slots.fd(slots.mappings["memfd\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.file!)"]!) }
                 return slots.fd(slots.mappings["\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.path!)"]!)
             },
