@@ -49,7 +49,7 @@ extension EndToEnd {
             try fileRoundTrip("memfdexec")
         }
 
-        @Test("/proc/self and a child's /proc/PID files and directory name the restored processes again, offsets kept")
+        @Test("/proc/self and a child's /proc/PID files and directory, and namespace files, name the restored processes again")
         func procFiles() throws {
             try fileRoundTrip("procfiles")
         }

@@ -1,7 +1,7 @@
 /*
  * procfiles: files under /proc held open: its own /proc/self/status,
  * /proc/self/maps read 10 bytes in, /proc/self as a directory, a child's
- * /proc/CHILD/stat, and /proc/meminfo.  On SIGTERM each must name the
+ * /proc/CHILD/stat, /proc/meminfo, and its net and uts namespace files.  On SIGTERM each must name the
  * restored processes again (Pid lines, the child's stat, comm through the
  * directory) and keep its offset.
  */
@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include "fixture.h"
@@ -20,6 +22,8 @@
 #define FD_DIR 12
 #define FD_MAPS 13
 #define FD_MEMINFO 14
+#define FD_NET 15
+#define FD_UTS 16
 
 static volatile sig_atomic_t got_term;
 static void on_term(int sig) { (void)sig; got_term = 1; }
@@ -47,6 +51,8 @@ int main(void)
 	char skip[10];
 	if (read(FD_MAPS, skip, sizeof skip) != sizeof skip) die("read maps");
 	place(open("/proc/meminfo", O_RDONLY), FD_MEMINFO);
+	place(open("/proc/self/ns/net", O_RDONLY), FD_NET);
+	place(open("/proc/self/ns/uts", O_RDONLY), FD_UTS);
 
 	printf("PIDS %d %d\n", getpid(), child);
 	printf("READY\n");
@@ -77,6 +83,11 @@ int main(void)
 	if (lseek(FD_MAPS, 0, SEEK_CUR) != 10) fail("maps offset %lld, want 10", (long long)lseek(FD_MAPS, 0, SEEK_CUR));
 	read_at(FD_MEMINFO, buf, sizeof buf);
 	if (strncmp(buf, "MemTotal:", 9) != 0) fail("meminfo fd reads \"%.20s\"", buf);
+
+	struct stat held, now;
+	if (fstat(FD_NET, &held) || stat("/proc/self/ns/net", &now) || held.st_ino != now.st_ino) fail("the net namespace fd is of another namespace");
+	if (fstat(FD_UTS, &held) || stat("/proc/self/ns/uts", &now) || held.st_ino != now.st_ino) fail("the uts namespace fd is of another namespace");
+	if (setns(FD_NET, CLONE_NEWNET) != 0) fail("setns(net fd): %s", strerror(errno));
 
 	kill(child, SIGKILL);
 	waitpid(child, NULL, 0);

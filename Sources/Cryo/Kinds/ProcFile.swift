@@ -12,11 +12,35 @@ struct ProcFileState: DescriptorKind {
     static let name = "procPid"
     /// The pid the path names.
     var pid: Int32
+    /// For a namespace file ("net:[4026531840]"): the namespace; the path is /proc/PID/ns/TYPE of a process of the tree in it.
+    var namespace: String? = nil
 
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> ProcFileState? {
+        if let type = namespaceType(p.link) { return try namespaceFile(p, type: type, table: table) }
         guard let pid = pidOf(p.link) else { return nil }
         guard let proc = try? Files.stat("/proc"), proc.st_dev == p.stat.st_dev else { return nil }
         return ProcFileState(pid: pid)
+    }
+
+    /// "net" of "net:[4026531840]", nil for other links.
+    static func namespaceType(_ link: String) -> String? {
+        guard let colon = link.firstIndex(of: ":"), link.hasSuffix("]"), link[colon...].hasPrefix(":["),
+              UInt64(link[link.index(colon, offsetBy: 2)..<link.index(before: link.endIndex)]) != nil else { return nil }
+        let type = String(link[..<colon])
+        return ["net", "uts", "ipc", "mnt", "pid", "time", "cgroup", "user"].contains(type) ? type : nil
+    }
+
+    /// A namespace file is reopened through a process of the tree that is in that namespace:
+    /// the holder itself first, else any other dumped so far.
+    static func namespaceFile(_ p: DescriptorProbe, type: String, table: FileTableBuilder) throws -> ProcFileState {
+        for pid in [p.pid] + table.dumpedPids.sorted() where pid > 0 {
+            for entry in type == "pid" || type == "time" ? [type, "\(type)_for_children"] : [type] {
+                if let link = try? Files.readLink("/proc/\(pid)/ns/\(entry)"), link == p.link {
+                    return ProcFileState(pid: pid, namespace: p.link)
+                }
+            }
+        }
+        throw CryoError("\(p.object): \(p.link) is a namespace no process of the tree is in; not supported")
     }
 
     /// The pid of a /proc/PID path (nil for other paths).
@@ -26,7 +50,12 @@ struct ProcFileState: DescriptorKind {
         return Int32(component).flatMap { $0 > 0 ? $0 : nil }
     }
 
-    func recordedPath(_ p: DescriptorProbe) -> String? { p.link }
+    func recordedPath(_ p: DescriptorProbe) -> String? {
+        guard let namespace, let type = Self.namespaceType(namespace) else { return p.link }
+        // The holder's own /proc/PID/ns/... or another's; pid_for_children when only that matched.
+        let entry = (try? Files.readLink("/proc/\(pid)/ns/\(type)")) == namespace ? type : "\(type)_for_children"
+        return "/proc/\(pid)/ns/\(entry)"
+    }
 
     static func finishDump(_ table: FileTableBuilder) throws {
         for (file, state) in entries(table.table.files) where !table.dumpedPids.contains(state.pid) {
@@ -37,7 +66,9 @@ struct ProcFileState: DescriptorKind {
 
     func validate() -> String? { pid > 0 ? nil : "/proc file of pid \(pid)" }
 
-    func summary(_ file: FileTable.OpenFile) -> String { (file.path ?? "") + " (reopened inside the restored process)" }
+    func summary(_ file: FileTable.OpenFile) -> String {
+        (namespace.map { "\($0) through " } ?? "") + (file.path ?? "") + " (reopened inside the restored process)"
+    }
 
     /// A stand-in until `afterInstall` opens the real one at its number: pid \(pid) may not exist yet.
     func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
