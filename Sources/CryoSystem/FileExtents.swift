@@ -75,6 +75,14 @@ public enum FileFacts {
         }
     }
 
+    /// Whether the file behind `fd` is on hugetlbfs (fstatfs: HUGETLBFS_MAGIC), as an MFD_HUGETLB memfd is.
+    public static func isHugetlb(_ fd: FileDescriptor, object: String) throws -> Bool {
+        // struct statfs (120 bytes on x86_64) starts with f_type; Glibc's module does not show it to Swift.
+        var buffer = [UInt64](repeating: 0, count: 16)
+        try buffer.withUnsafeMutableBytes { try Kernel.syscall(SYS_fstatfs, fd, $0.baseAddress, name: "fstatfs", object: object) }
+        return buffer[0] == 0x9584_58f6
+    }
+
     /// mkfifo(3), as mknodat.
     public static func makeFifo(_ path: String, mode: UInt32, object: String) throws {
         try path.withCString {

@@ -27,6 +27,10 @@ public struct MemfdState: DescriptorKind {
         var name = String(link.dropFirst(prefix.count))
         if name.hasSuffix(RegularFileState.deletedSuffix) { name.removeLast(RegularFileState.deletedSuffix.count) }
         let st = try Files.stat(handle, object: object)
+        if try FileFacts.isHugetlb(handle, object: object) {
+            // A new memfd would be of small pages; hugetlb pages are not restored yet.
+            throw CryoError("\(object): memfd \(name) is hugetlb memory (MFD_HUGETLB), not supported yet")
+        }
         // Read through a new description: the memfd's own may be write-only or O_PATH.
         let readable = try FileObjects.open("/proc/self/fd/\(handle.rawValue)", flags: O_RDONLY, object: object)
         defer { try? readable.close() }
