@@ -13,7 +13,7 @@ struct CryoCommand: ParsableCommand {
         commandName: "cryo",
         abstract: "Checkpoint and restore Linux processes.",
         version: "Version: \(cryoVersion)\nGitCommitID: \(cryoCommit)",
-        subcommands: [DumpCommand.self, PreDumpCommand.self, MigrateCommand.self, ReceiveCommand.self, PreDumpHolderCommand.self, LazyGuardCommand.self, RestoreCommand.self, CheckCommand.self, ShowCommand.self, InspectCommand.self,
+        subcommands: [DumpCommand.self, PreDumpCommand.self, MigrateCommand.self, ReceiveCommand.self, PageServerCommand.self, PreDumpHolderCommand.self, LazyGuardCommand.self, RestoreCommand.self, CheckCommand.self, ShowCommand.self, InspectCommand.self,
                       BacktraceCommand.self])
 
     /// Parses CRIU's spellings too; a bad or unsupported option is one line
@@ -127,6 +127,7 @@ struct DumpCommand: ParsableCommand {
     var sysvSelection: SysVSelection = .tree
     @Option(name: .customLong("sysv-ipc-object"), help: "Also save this System V object: shm:ID, sem:ID or msg:ID (repeatable).")
     var sysvObjects: [String] = []
+    @OptionGroup var pageServer: PageServerTarget
     @OptionGroup var criu: CriuOptions
     @OptionGroup var common: CommonOptions
 
@@ -134,6 +135,9 @@ struct DumpCommand: ParsableCommand {
         // CRIU's dump --lazy-pages leaves memory behind for a page server to hand out; cryo's
         // lazy restore reads an ordinary image, so a plain dump is what `restore --lazy-pages` takes.
         if lazyPages { throw CriuCommandLine.Refusal.unsupported("dump --lazy-pages (dump without it; restore --lazy-pages takes any image)") }
+        try pageServer.check()
+        if pageServer.enabled && previousImages != nil { throw ValidationError("--page-server with --prev-images-dir is not supported") }
+        if pageServer.enabled && compress { throw ValidationError("--page-server with --compress is not supported") }
     }
 
     func run() throws {
@@ -148,6 +152,9 @@ struct DumpCommand: ParsableCommand {
             options.sysvExtra = sysvObjects
             options.externalUnixSockets = criu.externalUnixSockets
             options.cgroupMode = criu.manageCgroups ?? .soft
+            let link = try pageServer.connect()
+            defer { link?.close() }
+            options.handOver = try link.map { try Migrator.pageServerHandOver(over: $0, rootPid: pid) }
             return try Dumper(options: options,
                        logger: common.logger(relativeTo: criu.workDirectory ?? directory)).run()
         }

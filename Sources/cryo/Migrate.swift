@@ -100,8 +100,7 @@ struct ReceiveCommand: ParsableCommand {
                                                        lazyPages: lazyPages),
                                 logger: logger).run(over: link)
         }
-        if common.verbose > 0 {
-            let tree = result.tree
+        if common.verbose > 0, let tree = result.tree {
             print(tree.rootPid == tree.rootPidInImage ? "restored pid \(tree.rootPid) after \(result.rounds) rounds, \(result.bytesReceived) bytes"
                   : "restored pid \(tree.rootPidInImage) as pid \(tree.rootPid) in a new pid namespace after \(result.rounds) rounds, \(result.bytesReceived) bytes")
             fflush(nil)
@@ -146,5 +145,71 @@ struct MigrationSecurity: ParsableArguments {
         guard let key else { return SocketLink(fd: fd, peer: peer) }
         defer { try? fd.close() }
         return try TLSLink(socket: fd, peer: peer, key: key, server: server)
+    }
+}
+
+/// CRIU's `page-server --address A --port P -D DIR`: takes the pages files of one
+/// `dump --page-server` into DIR. Plain TCP as CRIU's (cryo's --key makes it TLS).
+struct PageServerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "page-server",
+        abstract: "Take the pages files of one `cryo dump --page-server` into a folder (CRIU's page server).")
+    @Option(name: .customLong("address"), help: "Address to listen on (default 0.0.0.0).")
+    var address = "0.0.0.0"
+    @Option(name: .customLong("port"), help: "Port to listen on.")
+    var port: UInt16
+    @Option(name: [.customShort("D"), .customLong("images-dir")], help: "Folder for the pages files (created if missing).")
+    var directory: String
+    @Option(name: .customLong("key"), help: "Key file shared with the dump: TLS with mutual authentication instead of plain TCP.")
+    var keyFile: String?
+    @OptionGroup var common: CommonOptions
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)
+        let logger = common.logger()
+        let listen = address.contains(":") ? "[\(address)]:\(port)" : "\(address):\(port)"
+        let result: ReceiveResult = try failing {
+            let key = try keyFile.map { try MigrationKey.load($0) }
+            let listener = try MigrationEndpoint.listen(listen)
+            let (fd, peer) = try MigrationEndpoint.acceptOne(listener)
+            try? listener.close()
+            let link: MigrationLink
+            if let key {
+                defer { try? fd.close() }
+                link = try TLSLink(socket: fd, peer: peer, key: key, server: true)
+            } else {
+                link = SocketLink(fd: fd, peer: peer)
+            }
+            defer { link.close() }
+            return try Receiver(options: ReceiveOptions(directory: directory, storeOnly: true), logger: logger).run(over: link)
+        }
+        if common.verbose > 0 { print("page server: \(result.bytesReceived) bytes into \(directory)") }
+    }
+}
+
+/// `dump --page-server --address A --port P [--key FILE]`: CRIU's way of sending the pages elsewhere.
+struct PageServerTarget: ParsableArguments {
+    @Flag(name: .customLong("page-server"), help: "Send the pages files to a `cryo page-server` at --address/--port instead of keeping them.")
+    var enabled = false
+    @Option(name: .customLong("address"), help: "The page server's address (with --page-server).")
+    var address: String?
+    @Option(name: .customLong("port"), help: "The page server's port (with --page-server).")
+    var port: UInt16?
+    @Option(name: .customLong("key"), help: "Key file shared with the page server: TLS with mutual authentication.")
+    var keyFile: String?
+
+    func check() throws {
+        if enabled && (address == nil || port == nil) { throw ValidationError("--page-server needs --address and --port") }
+        if !enabled && (address != nil || port != nil || keyFile != nil) { throw ValidationError("--address, --port and --key go with --page-server") }
+    }
+
+    func connect() throws -> MigrationLink? {
+        guard enabled, let address, let port else { return nil }
+        signal(SIGPIPE, SIG_IGN)
+        let target = address.contains(":") ? "[\(address)]:\(port)" : "\(address):\(port)"
+        let fd = try MigrationEndpoint.connect(target)
+        guard let keyFile else { return SocketLink(fd: fd, peer: target) }
+        defer { try? fd.close() }
+        return try TLSLink(socket: fd, peer: target, key: try MigrationKey.load(keyFile), server: false)
     }
 }

@@ -44,6 +44,37 @@ extension EndToEnd {
             expectPass(fixture, "\(result)\n\(received)")
         }
 
+        @Test("CRIU's spelling: dump --page-server --address --port sends the pages to cryo page-server -D DIR")
+        func pageServer() throws {
+            let scratch = try Scratch("migrate-pageserver")
+            defer { scratch.remove() }
+            let net = try NetPair()
+            defer { net.remove() }
+            let fixture = try Fixture("dirty", arguments: ["32"], in: scratch, launcher: net.fixtureLauncher)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let served = scratch.file("served"), local = scratch.file("local")
+            let server = try CryoProcess(["page-server", "--address", net.addressB, "--port", "\(net.port)", "-D", served], in: scratch,
+                                         launcher: ["/usr/bin/nsenter", "--net=/run/netns/\(net.b)"])
+            defer { server.stop() }
+            try #require(waitUntil(timeout: 20) { !server.isRunning || net.tcpStates(server.pid).contains("0A") }, "page-server does not listen")
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", local, "--page-server", "--address", net.addressB, "--port", "\(net.port)"],
+                                in: scratch, reaping: fixture, launcher: net.cryoInA())
+            try #require(dump.succeeded, "\(dump)\n\(server.wait(timeout: 10))")
+            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump")
+            #expect(server.wait(timeout: 30).succeeded, "the page server should exit 0 once it has the pages")
+            let localFiles = (try? FileManager.default.contentsOfDirectory(atPath: local)) ?? []
+            let servedFiles = (try? FileManager.default.contentsOfDirectory(atPath: served)) ?? []
+            #expect(!localFiles.contains { $0.hasPrefix("pages-") }, "pages files stayed with the dump: \(localFiles)")
+            #expect(servedFiles.contains("pages-\(fixture.pid).img") && servedFiles.allSatisfy { $0.hasPrefix("pages-") },
+                    "the page server holds \(servedFiles)")
+            // As with CRIU, the rest of the image joins the pages for the restore.
+            for name in localFiles { try FileManager.default.copyItem(atPath: local + "/" + name, toPath: served + "/" + name) }
+            let restore = try CryoProcess(["restore", "-D", served], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore, timeout: 60, whileRunning: { sleepSeconds(0.3) })
+        }
+
         @Test("a wrong key is refused before any image byte; the source runs on")
         func wrongKey() throws {
             let scratch = try Scratch("migrate-key")

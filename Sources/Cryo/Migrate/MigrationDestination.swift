@@ -1,3 +1,4 @@
+import CCryo
 import CryoSystem
 import FoundationEssentials
 import Glibc
@@ -15,8 +16,12 @@ public struct ReceiveOptions: Sendable {
     public var tcpEstablished: Bool
     /// Start the tree before its memory is loaded (also when the source asks for it).
     public var lazyPages: Bool
-    public init(directory: String?, newPidNamespace: Bool = false, tcpEstablished: Bool = false, lazyPages: Bool = false) {
+    /// CRIU's page server: keep what arrives in `directory`, restore nothing.
+    public var storeOnly: Bool
+    public init(directory: String?, newPidNamespace: Bool = false, tcpEstablished: Bool = false, lazyPages: Bool = false,
+                storeOnly: Bool = false) {
         self.lazyPages = lazyPages
+        self.storeOnly = storeOnly
         self.directory = directory
         self.newPidNamespace = newPidNamespace
         self.tcpEstablished = tcpEstablished
@@ -24,7 +29,8 @@ public struct ReceiveOptions: Sendable {
 }
 
 public struct ReceiveResult: Sendable {
-    public var tree: RestoredTree
+    /// nil for a page server.
+    public var tree: RestoredTree?
     public var rounds: Int
     public var bytesReceived: UInt64
     /// With lazy pages: the loading failed after the tree started (it was killed by the lazy guard).
@@ -45,7 +51,7 @@ public struct Receiver {
         let temporary = options.directory == nil
         if let given = options.directory {
             if !Files.exists(given) { try Files.makeDirectory(given, mode: 0o700, object: "image folder \(given)") }
-            guard !Files.exists("\(given)/inventory.img") else { throw CryoError("\(given) already holds an image") }
+            guard options.storeOnly || !Files.exists("\(given)/inventory.img") else { throw CryoError("\(given) already holds an image") }
             directory = given
         } else {
             directory = try Files.makeTemporaryDirectory(prefix: Migrator.scratchRoot() + "/cryo-receive-")
@@ -104,6 +110,8 @@ public struct Receiver {
                     }
                     file = try IncomingFile(sparse: "\(directory)/\(name)", size: size, pid: pid, runs: runs, pool: pools[pid])
                 } else {
+                    // A page server takes the pages files of a dump whose other files stay on its host.
+                    if options.storeOnly { unlink("\(directory)/\(name)") }
                     file = try IncomingFile(plain: "\(directory)/\(name)", size: size)
                 }
             case .fileData:
@@ -116,12 +124,15 @@ public struct Receiver {
             case .commit:
                 guard file == nil else { throw CryoError("migration stream from \(peer): commit inside a file") }
                 logger.debug("image complete \(String(printf: "%.3f", seconds(since: frozenImageStart ?? .now))) s after its first file")
-                let restoreStart = ContinuousClock.now
-                defer { logger.debug("restored in \(String(printf: "%.3f", seconds(since: restoreStart))) s") }
                 for pool in pools.values { pool.discard() }
                 pools = [:]
+                if options.storeOnly {
+                    try wire.send(.restored)
+                    return ReceiveResult(tree: nil, rounds: rounds, bytesReceived: wire.bytesReceived)
+                }
                 let tree = try Restorer(options: RestoreOptions(directory: directory, detached: true, newPidNamespace: options.newPidNamespace,
                                                                 tcpEstablished: options.tcpEstablished, lazyPages: lazy), logger: logger).run()
+                logger.debug("restored pid \(tree.rootPid); answering the source")
                 var answer = FrameHeader()
                 answer.pid = tree.rootPid
                 do { try wire.send(.restored, answer) } catch {

@@ -243,10 +243,10 @@ public struct Migrator {
     }
 
     /// Sends the image (pages files without what the destination has), then waits for the restore.
-    static func sendImage(_ image: FrozenImage, wire: MigrationWire, verdict: Verdict) throws {
+    static func sendImage(_ image: FrozenImage, wire: MigrationWire, verdict: Verdict, only: (String) -> Bool = { _ in true }) throws {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
         defer { buffer.deallocate() }
-        for name in image.files.sorted() {
+        for name in image.files.sorted() where only(name) {
             let path = "\(image.directory)/\(name)"
             let fd = try Files.open(path, .readOnly)
             defer { try? fd.close() }
@@ -296,6 +296,29 @@ public struct Migrator {
         case .restored: return
         case .failed: throw CryoError("destination \(wire.link.peer) failed: \(header.message ?? "no reason given")")
         default: throw CryoError("destination \(wire.link.peer) answered \(kind) to the image")
+        }
+    }
+
+    /// `dump --page-server`: the pages files go to a `cryo page-server` while the tree is frozen
+    /// and are removed here once it has them; the other files stay in the image folder.
+    public static func pageServerHandOver(over link: MigrationLink, rootPid: pid_t) throws -> @Sendable (FrozenImage) throws -> Void {
+        let wire = MigrationWire(link)
+        var hello = FrameHeader()
+        hello.version = MigrationWire.version
+        hello.rootPid = rootPid
+        try wire.send(.hello, hello)
+        let (kind, answer, _) = try wire.receive()
+        if kind == .failed { throw CryoError("page server \(link.peer) refused: \(answer.message ?? "no reason given")") }
+        guard kind == .ready else { throw CryoError("page server \(link.peer) answered \(kind) to hello") }
+        return { [wire] image in
+            let isPages = { (name: String) in name.hasPrefix("pages-") && name.hasSuffix(".img") }
+            do {
+                try sendImage(image, wire: wire, verdict: Verdict(), only: isPages)
+            } catch {
+                wire.fail("the dump gave up: \(error)")
+                throw error
+            }
+            for name in image.files where isPages(name) { unlink("\(image.directory)/\(name)") }
         }
     }
 

@@ -26,9 +26,9 @@ public struct DumpOptions: Sendable {
     public var sysvExtra: [String] = []
     /// --ext-unix-sk: unix datagram sockets connected to a peer outside the tree are dumped.
     public var externalUnixSockets = false
-    /// For `cryo migrate`: called with the complete image while the tree is still frozen.
-    /// Returning kills the tree; throwing releases it. Pages left to the pre-dump are not
-    /// filled in (the destination holds them already).
+    /// For `cryo migrate` and `dump --page-server`: called with the complete image while the tree
+    /// is still frozen. Returning goes on as usual (kill, or release with leaveRunning); throwing
+    /// releases it. Pages left to the pre-dump are not filled in (the destination holds them).
     public var handOver: (@Sendable (FrozenImage) throws -> Void)?
     /// --manage-cgroups: anything but `ignore` records the tree's cgroups.
     public var cgroupMode: CgroupManagement = .soft
@@ -236,7 +236,7 @@ public struct Dumper {
         statistics.processes = tree.processes.count
         killPoint("written")
         success = true
-        if options.leaveRunning && options.handOver == nil {
+        if options.leaveRunning {
             try tree.release()
         } else {
             // Dead while still traced: no process runs another instruction, and

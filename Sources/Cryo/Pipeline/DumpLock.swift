@@ -1,3 +1,4 @@
+import CCryo
 import CryoSystem
 import FoundationEssentials
 import Glibc
