@@ -530,16 +530,10 @@ if want shapes; then
         "holes $holes_mib MiB|shapes holes $holes_mib|$((holes_mib * 3 / 4))|1.268|1.045"
         "half 512 MiB|shapes half 512|256|-|-"
         "10000 mappings|shapes maps 10000|78|0.119|0.052"
-        "5000 fds|shapes fds 5000|0|0.076|0.046"
+        "10000 fds|shapes fds 10000|0|0.076|0.046"
         "tree 127|tree 127|0|0.560|0.260"
         "64 threads|threads 64|0|0.106|0.051"
     )
-    # Known failures, left out unless SHAPES_ALL=1: dumping the mappings fails in the in-task page
-    # copy (vmsplice EFAULT on PROT_NONE pages); 10,000 fds fail at restore (descriptor slots
-    # beyond RLIMIT_NOFILE 20000, which cryo cannot raise here), hence 5000.
-    if [[ ${SHAPES_ALL:-0} != 1 ]]; then
-        shape_specs=("${shape_specs[@]:0:2}" "${shape_specs[@]:3}")
-    fi
     declare -A shp
     for spec in "${shape_specs[@]}"; do
         IFS='|' read -r label command touched criu_d criu_r <<<"$spec"

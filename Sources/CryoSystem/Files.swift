@@ -220,6 +220,10 @@ public enum Pidfd {
     public static func sameFile(_ pid1: pid_t, _ fd1: Int32, _ pid2: pid_t, _ fd2: Int32) throws -> Bool {
         try Kernel.syscall(SYS_kcmp, pid1, pid2, 0 /* KCMP_FILE */, fd1, fd2, name: "kcmp(KCMP_FILE)", pid: pid1, object: "fd \(fd1)") == 0
     }
+    /// kcmp(KCMP_FILE) as an order: 0 the same description, 1 the first comes before the second, 2 after.
+    public static func compareFiles(_ pid1: pid_t, _ fd1: Int32, _ pid2: pid_t, _ fd2: Int32) throws -> Int {
+        try Kernel.syscall(SYS_kcmp, pid1, pid2, 0 /* KCMP_FILE */, fd1, fd2, name: "kcmp(KCMP_FILE)", pid: pid1, object: "fd \(fd1)")
+    }
     /// Whether two processes share one resource: KCMP_VM 1, KCMP_FILES 2, KCMP_FS 3.
     public static func share(_ pid1: pid_t, _ pid2: pid_t, resource: Int32) throws -> Bool {
         try Kernel.syscall(SYS_kcmp, pid1, pid2, resource, 0, 0, name: "kcmp(\(resource))", pid: pid1) == 0

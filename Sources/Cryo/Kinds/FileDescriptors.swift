@@ -178,8 +178,18 @@ final class FileTableBuilder {
                           inFlight: String?, refuseNew: String? = nil) throws -> (id: Int, new: Bool) {
         let stat = try Files.stat(handle, object: inFlight ?? "pid \(pid) fd \(fd)")
         let key = "\(stat.st_dev):\(stat.st_ino)"
-        for candidate in seen[key] ?? [] where try Pidfd.sameFile(candidate.pid, candidate.fd, pid, fd) {
-            return (candidate.id, false)
+        // Each key's descriptions are kept in kcmp's order (a fixed order of the kernel's file
+        // pointers): a binary search asks O(log n) kcmp, not one per description of that file.
+        let candidates = seen[key] ?? []
+        var low = 0, high = candidates.count
+        while low < high {
+            let middle = (low + high) / 2
+            let c = candidates[middle]
+            switch try Pidfd.compareFiles(c.pid, c.fd, pid, fd) {
+            case 0: return (c.id, false)
+            case 1: low = middle + 1   // the candidate's file comes first
+            default: high = middle
+            }
         }
         if let refuseNew { throw CryoError(refuseNew) }
         let probe = DescriptorProbe(pid: pid, fd: fd, link: link, flags: info.flags & ~UInt32(O_CLOEXEC),
@@ -192,7 +202,7 @@ final class FileTableBuilder {
         var file = FileTable.OpenFile(id: id, flags: probe.flags, position: probe.position, path: state.recordedPath(probe), state: state)
         file.owner = try FileOwner.dump(handle, flags: probe.flags, object: probe.object)
         add(file, object: probe.object)
-        seen[key, default: []].append((pid, fd, id))
+        seen[key, default: []].insert((pid, fd, id), at: low)
         return (id, true)
     }
 

@@ -33,9 +33,26 @@ struct InTaskPageCopy {
     /// Copies the page stream `regions` into `out` and, with two CPUs, its second half
     /// into a new file at `partPath`; returns the size of that part (0: none, and no
     /// such file). `injected` is called once the parasite is in, before the copy starts.
-    func copy(_ regions: [Range<UInt64>], to out: FileDescriptor, path: String, partPath: String,
-              injected: () -> Void) throws -> UInt64 {
+    /// `unreadable`: mappings the task cannot read (no PROT_READ): their pages are
+    /// read by cryo through /proc/PID/mem between the parasite's pieces of the pipe.
+    func copy(_ regions: [Range<UInt64>], unreadable: [Range<UInt64>] = [], to out: FileDescriptor, path: String,
+              partPath: String, injected: () -> Void) throws -> UInt64 {
         let total = regions.reduce(0) { $0 + UInt64($1.count) }
+        let segments = InTaskPageCopy.segments(regions, unreadable: unreadable)
+        if segments.contains(where: \.forced) {
+            let readable = segments.filter { !$0.forced }.map(\.range)
+            let parasite = try Parasite.inject(into: leader, argumentBytes: MemoryLayout<cryo_dump_pages>.size + readable.count * 16 + 16,
+                                               log: log)
+            injected()
+            do {
+                try throughPipe(parasite, InTaskPageCopy.iovecs(readable), segments: segments, to: out, path: path)
+                try parasite.cure()
+                return 0
+            } catch {
+                _ = try? parasite.cure()
+                throw error
+            }
+        }
         let twoWriters = mode == nil && ProcessInfo.processInfo.activeProcessorCount >= 2
         let split = twoWriters ? (total / 2) & ~0xfff : total
         let (head, tail) = InTaskPageCopy.cut(regions, at: split)
@@ -57,7 +74,7 @@ struct InTaskPageCopy {
                     : try writeInTask(parasite, InTaskPageCopy.iovecs(head), to: out, path: path,
                                       part: part.map { ($0, InTaskPageCopy.iovecs(tail), partPath) })
                 if !written {
-                    try throughPipe(parasite, all, to: out, path: path)
+                    try throughPipe(parasite, all, segments: segments, to: out, path: path)
                     partBytes = 0
                 }
                 try parasite.cure()
@@ -71,6 +88,29 @@ struct InTaskPageCopy {
             if part != nil { unlink(partPath) }
             throw error
         }
+    }
+
+    /// The page stream in order, cut where it enters or leaves an unreadable mapping.
+    static func segments(_ regions: [Range<UInt64>], unreadable: [Range<UInt64>]) -> [(range: Range<UInt64>, forced: Bool)] {
+        guard !unreadable.isEmpty else { return regions.map { ($0, false) } }
+        var result: [(range: Range<UInt64>, forced: Bool)] = []
+        var u = 0
+        for region in regions {
+            var start = region.lowerBound
+            while start < region.upperBound {
+                while u < unreadable.count && unreadable[u].upperBound <= start { u += 1 }
+                if u < unreadable.count && unreadable[u].lowerBound <= start {
+                    let end = min(region.upperBound, unreadable[u].upperBound)
+                    result.append((start..<end, true))
+                    start = end
+                } else {
+                    let end = min(region.upperBound, u < unreadable.count ? unreadable[u].lowerBound : region.upperBound)
+                    result.append((start..<end, false))
+                    start = end
+                }
+            }
+        }
+        return result
     }
 
     static func iovecs(_ regions: [Range<UInt64>]) -> [cryo_iovec] {
@@ -145,15 +185,16 @@ struct InTaskPageCopy {
         }
     }
 
-    private func throughPipe(_ parasite: Parasite, _ iovecs: [cryo_iovec], to out: FileDescriptor, path: String) throws {
+    /// `iovecs`: the readable segments, which the parasite vmsplices; the drain puts them and the forced ones in order.
+    private func throughPipe(_ parasite: Parasite, _ iovecs: [cryo_iovec], segments: [(range: Range<UInt64>, forced: Bool)],
+                             to out: FileDescriptor, path: String) throws {
         let pid = leader.pid
         var request = cryo_page_pipe()
         request.size = 1 << 20
         let pipe = try parasite.run(CRYO_CMD_PAGE_PIPE, input: request, output: cryo_page_pipe.self)
         parasite.openDescriptors = [pipe.read_fd, pipe.write_fd]
         let readEnd = try Pidfd.copy(of: pipe.read_fd, from: pid)
-        let total = iovecs.reduce(0) { $0 + $1.length }
-        let drain = spliceDrain(from: readEnd, to: out, total: total, path: path, chunk: Int(pipe.size))
+        let drain = spliceDrain(from: readEnd, to: out, segments: segments, pid: pid, path: path, chunk: Int(pipe.size))
         var arguments = cryo_dump_pages()
         arguments.read_fd = pipe.read_fd
         arguments.write_fd = pipe.write_fd
@@ -169,21 +210,41 @@ struct InTaskPageCopy {
     }
 
     /// The cryo side of the pipe: everything from the pipe into the file, in order from offset 0.
-    private func spliceDrain(from pipe: FileDescriptor, to file: FileDescriptor, total: UInt64, path: String,
-                             chunk: Int) -> CopyThread {
+    private func spliceDrain(from pipe: FileDescriptor, to file: FileDescriptor, segments: [(range: Range<UInt64>, forced: Bool)],
+                             pid: pid_t, path: String, chunk: Int) -> CopyThread {
         CopyThread { stopped in
             var offset: Int64 = 0
             // Closing our end makes the parasite's vmsplice fail rather than wait forever.
             defer { try? pipe.close() }
-            while UInt64(offset) < total && !stopped() {
-                guard try Files.waitReadable(pipe, milliseconds: 100, object: path),
-                      let n = try Files.spliceToFile(from: pipe, to: file, offset: &offset, length: chunk, object: path)
-                else { continue }
-                if n == 0 { break }
-                killPoint("pages")
-            }
-            if UInt64(offset) != total && !stopped() {
-                throw CryoError("\(path): the parasite's pipe ended after \(offset) of \(total) bytes")
+            var buffer: UnsafeMutableRawBufferPointer?
+            defer { buffer?.deallocate() }
+            for segment in segments where !stopped() {
+                let end = offset + Int64(segment.range.count)
+                if segment.forced {
+                    // Not in the pipe: the task cannot read it (vmsplice would fail with EFAULT).
+                    let scratch = buffer ?? UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+                    buffer = scratch
+                    var address = segment.range.lowerBound
+                    while offset < end {
+                        let n = Int(min(Int64(scratch.count), end - offset))
+                        let view = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<n])
+                        try RemoteMemory.readForced(pid, at: address, into: view)
+                        try Files.write(file, UnsafeRawBufferPointer(view), at: offset, path: path)
+                        offset += Int64(n)
+                        address += UInt64(n)
+                    }
+                    continue
+                }
+                while offset < end && !stopped() {
+                    guard try Files.waitReadable(pipe, milliseconds: 100, object: path),
+                          let n = try Files.spliceToFile(from: pipe, to: file, offset: &offset, length: Int(min(Int64(chunk), end - offset)),
+                                                         object: path)
+                    else { continue }
+                    if n == 0 {
+                        throw CryoError("\(path): the parasite's pipe ended after \(offset) bytes of the page stream")
+                    }
+                    killPoint("pages")
+                }
             }
         }
     }

@@ -381,7 +381,9 @@ extension MemoryRecord {
             return PageIndex(runs: runs, pagesFileSize: frames.fileSize, compression: frames.frames)
         }
         if let inTask, total >= InTaskPageCopy.threshold {
-            let tail = try inTask.copy(regions, to: out, path: pagesPath, partPath: ImagePaths.part(1, of: pagesPath), injected: settled)
+            let unreadable = mappings.filter { !$0.protection.contains("r") }.map { $0.start..<$0.end }
+            let tail = try inTask.copy(regions, unreadable: unreadable, to: out, path: pagesPath,
+                                       partPath: ImagePaths.part(1, of: pagesPath), injected: settled)
             return PageIndex(runs: runs, pagesFileSize: total - tail, parts: tail > 0 ? [tail] : nil)
         }
         settled()

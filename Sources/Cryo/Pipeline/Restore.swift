@@ -530,6 +530,7 @@ public struct Restorer {
                     slots.mappings[key] = slot
                 }
             }
+            slots.firstDescription = slots.toSend.count
             for d in task.descriptors.descriptors where slots.descriptions[d.file] == nil {
                 slots.descriptions[d.file] = slots.add(descriptions[d.file], owned: false)
             }
@@ -540,12 +541,29 @@ public struct Restorer {
         return slots
     }
 
-    /// The parasite connects to cryo and receives the slots' descriptors.
+    /// The parasite connects to cryo and receives the slots' descriptors: all of them, or
+    /// (when they would not fit under RLIMIT_NOFILE above the task's own descriptors) as many
+    /// as fit; installDescriptors sends the other descriptions in rounds.
     func send(_ slots: TaskSlots, to process: RestoringProcess, session: RestoreSession) throws {
+        var limit = rlimit()
+        let soft = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 ? Int(min(limit.rlim_cur, 1 << 30)) : Int.max
+        // One number above the slots stays free for the lazy userfaultfd.
+        slots.capacity = soft == Int.max ? slots.toSend.count : max(0, soft - Int(slots.controlFD) - 2)
+        if slots.capacity < slots.toSend.count && slots.capacity <= slots.firstDescription {
+            throw CryoError("pid \(process.pid): its descriptors reach \(slots.controlFD - 1) and cryo's RLIMIT_NOFILE is \(soft): "
+                + "no room above them for the \(slots.toSend.count) descriptors it must receive")
+        }
+        slots.sent = min(slots.toSend.count, slots.capacity)
+        try send(slots.toSend[0..<slots.sent], firstSlotFD: slots.fd(0), controlFD: slots.controlFD, closeOthers: true,
+                 to: process, session: session)
+    }
+
+    func send(_ fds: ArraySlice<FileDescriptor>, firstSlotFD: Int32, controlFD: Int32, closeOthers: Bool,
+              to process: RestoringProcess, session: RestoreSession) throws {
         let (pid, parasite) = (process.pid, process.parasite)
         let listener = try session.listener()
         var connect = cryo_connect()
-        connect.target_fd = slots.controlFD
+        connect.target_fd = controlFD
         connect.address_length = UInt32(listener.address.count)
         withUnsafeMutableBytes(of: &connect.sun_path) { raw in
             for (i, b) in listener.address.enumerated() { raw[i] = b }
@@ -555,14 +573,14 @@ public struct Restorer {
         defer { close(connection) }
         // Descriptors travel in batches the socket buffer holds.
         let batch = 64
-        for start in stride(from: 0, to: slots.toSend.count, by: batch) {
-            let end = min(start + batch, slots.toSend.count)
-            for fd in slots.toSend[start..<end] { try Pidfd.send(fd, over: FileDescriptor(rawValue: connection), to: pid) }
+        for start in stride(from: fds.startIndex, to: fds.endIndex, by: batch) {
+            let end = min(start + batch, fds.endIndex)
+            for fd in fds[start..<end] { try Pidfd.send(fd, over: FileDescriptor(rawValue: connection), to: pid) }
             var recv = cryo_recv_fds()
-            recv.control_fd = slots.controlFD
-            recv.first_slot_fd = slots.fd(start)
+            recv.control_fd = controlFD
+            recv.first_slot_fd = firstSlotFD + Int32(start - fds.startIndex)
             recv.count = UInt32(end - start)
-            recv.close_others = start == 0 ? 1 : 0
+            recv.close_others = start == fds.startIndex && closeOthers ? 1 : 0
             _ = try parasite.run(CRYO_CMD_RECV_FDS, input: recv, output: UInt8.self)
         }
     }
@@ -596,7 +614,7 @@ public struct Restorer {
         if let lazy, let server = session.lazy, !lazy.ranges.isEmpty, !lazy.pending.isEmpty {
             // A slot above every received descriptor: INSTALL_FDS closes the task's copy.
             var request = cryo_lazy_uffd()
-            request.target_fd = slots.fd(slots.toSend.count)
+            request.target_fd = slots.fd(slots.sent)
             request.range_count = UInt32(lazy.ranges.count)
             request.features = Userfaultfd.lazyFeatures
             try parasite.run(CRYO_CMD_LAZY_UFFD, payload: bytes(of: request) + bytes(of: lazy.ranges), replyBytes: 0)
@@ -640,13 +658,28 @@ public struct Restorer {
     /// Each descriptor to its number, then what its kind does in the task (epoll targets, locks).
     func installDescriptors(_ process: RestoringProcess, image: Image, slots: TaskSlots, session: RestoreSession) throws {
         let (task, parasite) = (process.image, process.parasite)
-        var install = cryo_install_fds()
-        install.count = UInt32(task.descriptors.descriptors.count)
-        install.close_from = slots.controlFD
-        let entries = task.descriptors.descriptors.map {
-            cryo_fd_install(from: slots.fd(slots.descriptions[$0.file]!), to: $0.fd, cloexec: $0.closeOnExec ? 1 : 0, pad: 0)
+        // Rounds of description slots: those sent already, then (more than RLIMIT_NOFILE allows at once)
+        // the rest in turn, each received where the round before was, installed, and closed.
+        var rounds = [slots.firstDescription..<slots.sent]
+        let room = max(1, slots.capacity - slots.firstDescription)
+        for start in stride(from: slots.sent, to: slots.toSend.count, by: room) { rounds.append(start..<min(start + room, slots.toSend.count)) }
+        let bySlot = Dictionary(grouping: task.descriptors.descriptors) { slots.descriptions[$0.file]! }
+        for (n, round) in rounds.enumerated() {
+            if n > 0 {
+                try send(slots.toSend[round], firstSlotFD: slots.fd(slots.firstDescription), controlFD: slots.controlFD,
+                         closeOthers: false, to: process, session: session)
+            }
+            let entries = round.flatMap { slot in
+                (bySlot[slot] ?? []).map {
+                    cryo_fd_install(from: slots.fd(slots.firstDescription + slot - round.lowerBound), to: $0.fd,
+                                    cloexec: $0.closeOnExec ? 1 : 0, pad: 0)
+                }
+            }
+            var install = cryo_install_fds()
+            install.count = UInt32(entries.count)
+            install.close_from = n == rounds.count - 1 ? slots.controlFD : slots.fd(slots.firstDescription)
+            try parasite.run(CRYO_CMD_INSTALL_FDS, payload: bytes(of: install) + bytes(of: entries), replyBytes: 0)
         }
-        try parasite.run(CRYO_CMD_INSTALL_FDS, payload: bytes(of: install) + bytes(of: entries), replyBytes: 0)
 
         try DescriptorKinds.afterInstall(InstalledDescriptors(descriptors: task.descriptors.descriptors, files: image.fileTable.files,
                                                               finishedOnce: { session.descriptionsFinished.insert($0).inserted }),
@@ -776,6 +809,11 @@ final class TaskSlots {
     var mappings: [String: Int] = [:]
     /// By file id.
     var descriptions: [Int: Int] = [:]
+    /// The slot of the first description (the others follow it).
+    var firstDescription = 0
+    /// Slots the task can hold at once under RLIMIT_NOFILE, and how many the first send took.
+    var capacity = 0
+    var sent = 0
 
     init(controlFD: Int32) { self.controlFD = controlFD }
 
