@@ -423,8 +423,8 @@ static long restore_seccomp(struct cryo_args_header *h) {
         uint32_t count = *(uint32_t *)cursor;
         struct { unsigned short len; unsigned short pad[3]; void *filter; } prog = { (unsigned short)count, {0, 0, 0}, cursor + 8 };
         log_line(h, "seccomp filter, instructions", i, count);
-        /* SECCOMP_SET_MODE_FILTER with TSYNC: every thread gets it. */
-        CHECK(h, sys3(NR_seccomp, 1, 1, &prog), i, NR_seccomp, count);
+        /* SECCOMP_SET_MODE_FILTER, with TSYNC for the filters every thread shares. */
+        CHECK(h, sys3(NR_seccomp, 1, (s->flags & CRYO_SECCOMP_TSYNC) ? 1 : 0, &prog), i, NR_seccomp, count);
         cursor += 8 + 8 * (unsigned long)count;
     }
     return 0;

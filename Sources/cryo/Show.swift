@@ -80,6 +80,15 @@ struct ShowCommand: ParsableCommand {
             print("    xstate \(thread.extendedState.count) bytes, blocked signals 0x\(hex(thread.blockedSignals))"
                 + (thread.altstackFlags & 2 == 0 ? ", altstack 0x\(hex(thread.altstackAddress)) size \(thread.altstackSize)" : ""))
             for p in thread.pending { print("    pending \(signalName(p.signal)) (thread queue)") }
+            var attributes = thread.scheduling.map { ["\($0.name) priority \($0.priority) nice \($0.nice)" + ($0.flags & 1 != 0 ? " reset-on-fork" : "")] } ?? []
+            if let slack = thread.timerSlack { attributes.append("timer slack \(slack) ns") }
+            if thread.parentDeathSignal != 0 { attributes.append("parent-death signal \(signalName(thread.parentDeathSignal))") }
+            if let own = thread.seccomp { attributes.append("own seccomp: \(own.filters.count) filter(s)" + (own.noNewPrivileges ? ", no_new_privs" : "")) }
+            if !attributes.isEmpty { print("    " + attributes.joined(separator: ", ")) }
+        }
+        if core.loginuid != nil || core.membarrierRegistrations != nil {
+            print("  loginuid \(core.loginuid.map { $0 == UInt32.max ? "unset" : String($0) } ?? "?")"
+                + "  membarrier registrations 0x\(hex(UInt64(core.membarrierRegistrations ?? 0)))")
         }
 
         let saved = task.pageIndex.runs.reduce(UInt64(0)) { $0 + $1.length }

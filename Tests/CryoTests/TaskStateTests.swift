@@ -56,6 +56,16 @@ extension EndToEnd {
             expectPass(fixture, "\(result)")
         }
 
+        @Test("per thread: scheduling policy, priority, nice, timer slack, parent-death signal; loginuid and membarrier registrations")
+        func attributes() throws {
+            try dumpRestoreAndPass("attrs")
+        }
+
+        @Test("threads with different seccomp filters keep their own (one more filter would hang a thread at exit)")
+        func seccompPerThread() throws {
+            try dumpRestoreAndPass("seccompthreads")
+        }
+
         @Test("oom_score_adj comes back")
         func oomScoreAdjust() throws {
             let scratch = try Scratch("oom-score-adj")

@@ -19,7 +19,7 @@
 #include "injector_protocol.h"
 
 /* cryo's own blob (Parasite/): its protocol version, answered to PING. */
-#define CRYO_PARASITE_PROTOCOL_VERSION 6u
+#define CRYO_PARASITE_PROTOCOL_VERSION 7u
 
 enum cryo_command {
     CRYO_CMD_PING = CRYO_INJECTOR_CMD_PING, /* answers with the protocol version */
@@ -186,9 +186,12 @@ struct cryo_epoll_target { int32_t epoll_fd; int32_t target_fd; uint32_t events;
 /* Followed by targets[]: epoll_ctl(EPOLL_CTL_ADD) each, from inside the owner. */
 struct cryo_epoll_add { uint32_t count; uint32_t pad; };
 
-/* Followed by, per filter (oldest first), a uint32_t instruction count and
- * that many 8-byte BPF instructions. */
-struct cryo_seccomp { uint32_t no_new_privs; uint32_t filter_count; };
+/* Followed by, per filter (oldest first), a uint32_t instruction count, 4
+ * bytes of padding and that many 8-byte BPF instructions. Installed in the
+ * thread that runs the command; with CRYO_SECCOMP_TSYNC (version 7) synced to
+ * every thread of the process. */
+#define CRYO_SECCOMP_TSYNC 1u
+struct cryo_seccomp { uint32_t no_new_privs; uint32_t filter_count; uint32_t flags; uint32_t pad; };
 
 /* kind: 0 flock, 1 POSIX (F_SETLK), 2 open file description (F_OFD_SETLK); length 0 = to EOF. */
 struct cryo_lock { int32_t fd; uint16_t kind; uint8_t write; uint8_t pad; int64_t start; int64_t length; };

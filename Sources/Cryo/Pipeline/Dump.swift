@@ -181,10 +181,15 @@ public struct Dumper {
                 pageRuns[process.pid] = pageIndex.runs
                 created += (pageIndex.parts ?? []).indices.map { paths.pages(process.pid, part: $0 + 1) }
                 statistics.memoryDumpSeconds += seconds(since: memoryStart)
-                let (state, threadStates, posixTimers, thpDisable) = try readTaskState(process)
+                let (state, threadStates, posixTimers, thpDisable, injected) = try readTaskState(process)
                 memory.thpDisable = thpDisable == 0 ? nil : thpDisable
-                let core = try TaskCore.dump(pid: process.pid, state: state)
-                let threads = try zip(process.threads, threadStates).map { try ThreadRecord.dump($0.0, state: $0.1) }
+                let core = try TaskCore.dump(pid: process.pid, state: state, membarrier: injected.membarrier)
+                var threads = try zip(process.threads.indices, threadStates).map {
+                    try ThreadRecord.dump(process.threads[$0.0], state: $0.1, timerSlack: injected.timerSlacks[$0.0])
+                }
+                for i in threads.indices.dropFirst() {
+                    threads[i].seccomp = try SeccompState.dumpThread(tid: threads[i].tid, process: process.pid, leader: core.seccomp)
+                }
                 var signals = try SignalsRecord.dump(pid: process.pid, state: state)
                 signals.posixTimers = posixTimers.isEmpty ? nil : posixTimers
                 try memory.applyFlags(prefetch.mappings(of: process.pid), pid: process.pid)
@@ -271,11 +276,15 @@ public struct Dumper {
 
     /// Runs the parasite once per process (and once in each thread) to read
     /// what only the task can see, then cures it.
-    func readTaskState(_ process: FrozenProcess) throws -> (cryo_task_state, [cryo_thread_state], [PosixTimer], Int32) {
+    func readTaskState(_ process: FrozenProcess) throws -> (cryo_task_state, [cryo_thread_state], [PosixTimer], Int32,
+                                                             (membarrier: UInt32?, timerSlacks: [UInt64])) {
         // PR_GET_THP_DISABLE: /proc/PID/status shows only the complete disable, not "except advised".
         // Injected like the parasite's own mmap, before it, on the way home that survives a kill of cryo.
         let thp = try process.leader.syscall(157 /* prctl */, 42 /* PR_GET_THP_DISABLE */, 0, 0, 0, 0)
         guard thp >= 0 else { throw SyscallError("injected prctl(PR_GET_THP_DISABLE)", errno: Errno(rawValue: Int32(-thp)), pid: process.pid) }
+        // Likewise what only the task can ask: its membarrier registrations, each thread's timer slack.
+        let injected = (membarrier: try ProcessAttributes.membarrierRegistrations(process.leader),
+                        timerSlacks: try process.threads.map { try ProcessAttributes.timerSlack($0) })
         let parasite = try Parasite.inject(into: process.leader, argumentBytes: MemoryLayout<cryo_thread_state>.size + 64 * 1024, log: parasiteLog(logger))
         do {
             if let address = TestHooks.current.parasiteFault {
@@ -293,7 +302,7 @@ public struct Dumper {
             }
             let timers = try PosixTimer.dump(pid: process.pid, parasite: parasite)
             try parasite.cure()
-            return (state, threads, timers, Int32(thp))
+            return (state, threads, timers, Int32(thp), injected)
         } catch {
             _ = try? parasite.cure()
             throw error

@@ -100,7 +100,7 @@ public struct Restorer {
         try DescriptorKinds.checkBeforeRestore(image.fileTable.files, options: kindOptions)
         // An ordinary user gets back only processes with their own credentials and capabilities.
         for task in image.tasks { try Caller.current.checkOwn(task.core.credentials, pid: task.core.pid, doing: "restores") }
-        if !Restorer.canSuspendSeccomp, let task = image.tasks.first(where: { $0.core.seccomp != nil }) {
+        if !Restorer.canSuspendSeccomp, let task = image.tasks.first(where: { $0.core.seccomp != nil || $0.threads.contains { $0.seccomp != nil } }) {
             throw CryoError("pid \(task.core.pid) has seccomp filters; restoring them needs CAP_SYS_ADMIN "
                 + "(PTRACE_O_SUSPEND_SECCOMP), which cryo does not hold")
         }
@@ -190,6 +190,12 @@ public struct Restorer {
                 process.tracee.syscallSite = process.image.threads[0].registers.rip
                 try process.parasite.remove()
                 for (thread, record) in zip(process.threads, process.image.threads) { try record.restore(pid: thread.pid) }
+            }
+            // Scheduling last, from outside: a SCHED_IDLE or real-time policy would slow or starve the restore.
+            for process in inventory.livePids.map({ session.processes[$0]! }) {
+                for (thread, record) in zip(process.threads, process.image.threads) {
+                    try record.scheduling?.restore(tid: thread.pid, imageTid: record.tid)
+                }
             }
             // A pending SIGSTOP stops a task before its first instruction, untraced: for
             // --leave-stopped, and for processes that were stopped when dumped.
@@ -317,7 +323,7 @@ public struct Restorer {
             + task.descriptors.descriptors.count * MemoryLayout<cryo_fd_install>.stride + 4096
             + DescriptorKinds.afterInstallBytes(InstalledDescriptors(descriptors: task.descriptors.descriptors, files: files.files,
                                                                      finishedOnce: { _ in true }))
-            + (task.core.seccomp?.parasitePayload.count ?? 0)
+            + (task.seccompPlan.map { $0.state.parasitePayload(synced: $0.synced).count }.max() ?? 0)
             + (task.signals.posixTimers?.count ?? 0) * MemoryLayout<cryo_posix_timer>.stride
     }
 
@@ -470,6 +476,7 @@ public struct Restorer {
         defer { slots.closeOwned() }
         try send(slots, to: process, session: session)
         try restoreMemory(process, image: image, slots: slots, session: session)
+        try restoreProcessAttributes(process)
         try cloneThreads(process)
         try restoreTaskState(process, slots: slots)
         try installDescriptors(process, image: image, slots: slots, session: session)
@@ -650,6 +657,7 @@ public struct Restorer {
         for (thread, record) in zip(process.threads, task.threads) {
             try parasite.run(CRYO_CMD_RESTORE_THREAD, payload: bytes(of: record.parasiteState), replyBytes: 0, on: thread)
         }
+        try restoreTimerSlack(process)
         if let timers = task.signals.posixTimers, !timers.isEmpty {
             try parasite.run(CRYO_CMD_RESTORE_TIMERS, payload: PosixTimer.restorePayload(timers), replyBytes: 0)
         }
@@ -695,9 +703,11 @@ public struct Restorer {
         for thread in process.threads.reversed() {
             _ = try parasite.run(CRYO_CMD_RESTORE_CREDS, input: task.core.parasiteCredentials, output: UInt8.self, on: thread)
         }
-        // Last: seccomp filters (suspended for us while traced), oldest first, synced to every thread.
-        if let seccomp = task.core.seccomp {
-            try parasite.run(CRYO_CMD_RESTORE_SECCOMP, payload: seccomp.parasitePayload, replyBytes: 0)
+        try restoreParentDeathSignals(process)
+        // Last: seccomp filters (suspended for us while traced), oldest first: those all threads share
+        // synced to every thread, then each thread's own.
+        for (thread, state, synced) in task.seccompPlan {
+            try parasite.run(CRYO_CMD_RESTORE_SECCOMP, payload: state.parasitePayload(synced: synced), replyBytes: 0, on: process.threads[thread])
         }
     }
 

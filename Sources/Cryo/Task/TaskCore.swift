@@ -31,6 +31,10 @@ public struct TaskCore: Codable, Sendable {
     /// The cwd or root was removed while the process was in it (rmdir): made again at restore.
     public var cwdRemoved: RemovedDirectory? = nil
     public var rootRemoved: RemovedDirectory? = nil
+    /// /proc/PID/loginuid (absent in older images, or without audit support).
+    public var loginuid: UInt32? = nil
+    /// MEMBARRIER_CMD_GET_REGISTRATIONS: the registered commands (absent in older images, or before Linux 6.3).
+    public var membarrierRegistrations: UInt32? = nil
 
     public struct Credentials: Codable, Sendable {
         public var uids: [UInt32]   // real, effective, saved, fs
@@ -54,7 +58,7 @@ extension TaskCore {
     static let resourceCount: Int32 = 16 // RLIM_NLIMITS
 
     /// Everything readable from outside; `state` is what the parasite reported.
-    static func dump(pid: pid_t, state: cryo_task_state) throws -> TaskCore {
+    static func dump(pid: pid_t, state: cryo_task_state, membarrier: UInt32?) throws -> TaskCore {
         let stat = try ProcStat(pid: pid)
         let status = try ProcStatus(pid: pid)
         let auxvBytes = try Files.read("/proc/\(pid)/auxv")
@@ -78,7 +82,8 @@ extension TaskCore {
             seccomp: try SeccompState.dump(pid: pid, status: status),
             oomScoreAdjust: Int32(try Files.readString("/proc/\(pid)/oom_score_adj").trimmed()),
             cwdRemoved: try RemovedDirectory.of(link: cwd, statPath: "/proc/\(pid)/cwd"),
-            rootRemoved: try RemovedDirectory.of(link: root, statPath: "/proc/\(pid)/root"))
+            rootRemoved: try RemovedDirectory.of(link: root, statPath: "/proc/\(pid)/root"),
+            loginuid: ProcessAttributes.loginuid(pid), membarrierRegistrations: membarrier)
     }
 
     /// Resource limits are set from outside with prlimit. A hard limit above

@@ -27,6 +27,12 @@ public struct ThreadRecord: Codable, Sendable {
     /// -ERESTARTNOINTR): the registers say "restart it", and restore puts it back inside the
     /// syscall so the kernel decides, as it would have, whether a signal handler makes it EINTR.
     public var restartCode: Int64? = nil
+    /// sched_getattr of the thread (absent in older images).
+    public var scheduling: ThreadScheduling? = nil
+    /// PR_GET_TIMERSLACK in the thread, nanoseconds (absent in older images).
+    public var timerSlack: UInt64? = nil
+    /// Set for a thread other than the leader whose seccomp filters or no_new_privs differ from the leader's.
+    public var seccomp: SeccompState? = nil
 
     public struct RseqRegistration: Codable, Sendable {
         public var address: UInt64
@@ -50,7 +56,7 @@ public struct ThreadRecord: Codable, Sendable {
 extension ThreadRecord {
     /// A thread stopped inside a syscall is saved as it would be once that
     /// syscall is restarted, because the restored thread will not be in it.
-    static func dump(_ tracee: Tracee, state: cryo_thread_state) throws -> ThreadRecord {
+    static func dump(_ tracee: Tracee, state: cryo_thread_state, timerSlack: UInt64) throws -> ThreadRecord {
         let original = tracee.originalRegisters
         let regs = original.restartingInterruptedSyscall
         // Only a syscall to be re-executed moves rip back (a restart block becomes EINTR in place).
@@ -65,7 +71,8 @@ extension ThreadRecord {
             rseq: rseq.rseq_abi_pointer == 0 ? nil
                 : RseqRegistration(address: rseq.rseq_abi_pointer, length: rseq.rseq_abi_size, signature: rseq.signature),
             parentDeathSignal: state.parent_death_signal,
-            pending: try SignalsRecord.pending(tracee.pid, shared: false), restartCode: restartCode)
+            pending: try SignalsRecord.pending(tracee.pid, shared: false), restartCode: restartCode,
+            scheduling: try ThreadScheduling.dump(tid: tracee.pid), timerSlack: timerSlack)
     }
 
     /// What RESTORE_THREAD needs, run inside this thread.
@@ -114,5 +121,7 @@ extension ThreadRecord {
             throw ImageError(file: file, record: "threads", "thread \(tid): XSAVE area of \(extendedState.count) bytes")
         }
         try SignalsRecord.validate(pending, file: file, record: "threads")
+        try scheduling?.validate(file: file, tid: tid)
+        try seccomp?.validate(file: file)
     }
 }

@@ -1,0 +1,181 @@
+import CCryo
+import CryoInjector
+import CryoSystem
+import FoundationEssentials
+import Glibc
+import SystemPackage
+
+/// A thread's scheduling (sched_getattr of its tid): policy, flags, nice,
+/// real-time priority, deadline parameters and utilization clamps. Set from
+/// outside with sched_setattr, as the last thing before the thread runs.
+public struct ThreadScheduling: Codable, Sendable, Equatable {
+    public var policy: UInt32
+    public var flags: UInt64
+    public var nice: Int32
+    public var priority: UInt32
+    public var runtime: UInt64 = 0, deadline: UInt64 = 0, period: UInt64 = 0
+    public var utilMin: UInt32 = 0, utilMax: UInt32 = 1024
+
+    static let names = [0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BATCH", 5: "SCHED_IDLE", 6: "SCHED_DEADLINE"]
+    /// RESET_ON_FORK, RECLAIM, DL_OVERRUN: what sched_getattr reports and sched_setattr takes back.
+    static let keptFlags: UInt64 = 0x1 | 0x2 | 0x4
+    static let utilClampFlags: UInt64 = 0x20 | 0x40
+
+    static func dump(tid: pid_t) throws -> ThreadScheduling {
+        let a = try Scheduling.attributes(tid)
+        let realTime = a.policy == 1 || a.policy == 2 || a.policy == 6
+        return ThreadScheduling(policy: a.policy, flags: a.flags & keptFlags, nice: realTime ? try Scheduling.nice(tid) : a.nice, priority: a.priority,
+                                runtime: a.runtime, deadline: a.deadline, period: a.period, utilMin: a.utilMin, utilMax: a.utilMax)
+    }
+
+    public var name: String { ThreadScheduling.names[Int(policy)] ?? "policy \(policy)" }
+    var isFair: Bool { policy == 0 || policy == 3 }
+    /// Clamps only when set (0 and 1024 are "none"; both read 0 without CONFIG_UCLAMP_TASK).
+    var hasClamps: Bool { utilMin != 0 || (utilMax != 1024 && utilMax != 0) }
+
+    var attributes: SchedulingAttributes {
+        var a = SchedulingAttributes()
+        a.policy = policy
+        a.flags = (flags & ThreadScheduling.keptFlags) | (hasClamps ? ThreadScheduling.utilClampFlags : 0)
+        a.nice = nice
+        a.priority = priority
+        (a.runtime, a.deadline, a.period) = (runtime, deadline, period)
+        (a.utilMin, a.utilMax) = (utilMin, utilMax)
+        return a
+    }
+
+    /// A real-time, deadline or idle thread keeps a nice value of its own too (it shows again
+    /// under a fair policy): that goes in first, under SCHED_OTHER.
+    func restore(tid: pid_t, imageTid: pid_t) throws {
+        let current = try ThreadScheduling.dump(tid: tid)
+        if current.sameSetting(as: self) { return }
+        var wanted = attributes
+        // Under a fair policy the runtime is the time slice (6.12+); the new thread's is the default one
+        // the dumped thread had too, unless it asked for its own: passing it on would make it a custom slice.
+        if isFair && current.isFair && runtime == current.runtime { wanted.runtime = 0 }
+        do {
+            if !isFair && nice != 0 {
+                var fair = SchedulingAttributes()
+                fair.nice = nice
+                try Scheduling.setAttributes(tid, fair)
+            }
+            try Scheduling.setAttributes(tid, wanted)
+        } catch let error as SyscallError {
+            throw CryoError("thread \(imageTid): cannot set \(name) priority \(priority) nice \(nice) flags 0x\(hex(flags)) "
+                + "(sched_setattr: \(error.errno))")
+        }
+    }
+
+    func validate(file: String, tid: pid_t) throws {
+        guard ThreadScheduling.names[Int(policy)] != nil, (-20...19).contains(nice), priority <= 99, utilMin <= 1024, utilMax <= 1024 else {
+            throw ImageError(file: file, record: "threads", "thread \(tid): scheduling policy \(policy) priority \(priority) nice \(nice) is not valid")
+        }
+    }
+}
+
+extension ThreadScheduling {
+    /// What sched_setattr would change (clamps of 0 and 1024 alike: none).
+    func sameSetting(as other: ThreadScheduling) -> Bool {
+        policy == other.policy && flags == other.flags && nice == other.nice && priority == other.priority
+            && runtime == other.runtime && deadline == other.deadline && period == other.period
+            && hasClamps == other.hasClamps && (!hasClamps || (utilMin == other.utilMin && utilMax == other.utilMax))
+    }
+}
+
+/// Process-wide attributes read with injected syscalls or from /proc: the audit
+/// loginuid and the membarrier registrations of the address space.
+enum ProcessAttributes {
+    static let membarrier = 324, prctl = 157
+    static let getRegistrations: UInt64 = 1 << 9  // MEMBARRIER_CMD_GET_REGISTRATIONS (6.3+)
+    static let prGetTimerSlack: UInt64 = 30, prSetTimerSlack: UInt64 = 29, prSetParentDeathSignal: UInt64 = 1
+
+    /// /proc/PID/loginuid, nil without audit support.
+    static func loginuid(_ pid: pid_t) -> UInt32? {
+        (try? Files.readString("/proc/\(pid)/loginuid")).flatMap { UInt32($0.trimmed()) }
+    }
+
+    /// The registered membarrier commands (a mask of MEMBARRIER_CMD_REGISTER_*), nil where the kernel cannot say.
+    static func membarrierRegistrations(_ tracee: Tracee) throws -> UInt32? {
+        let result = try tracee.syscall(membarrier, getRegistrations, 0, 0)
+        if result == -Int64(EINVAL) || result == -Int64(ENOSYS) { return nil }
+        guard result >= 0 else {
+            throw SyscallError("injected membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)", errno: Errno(rawValue: Int32(-result)), pid: tracee.pid)
+        }
+        return UInt32(result)
+    }
+
+    /// PR_GET_TIMERSLACK in one thread.
+    static func timerSlack(_ thread: Tracee) throws -> UInt64 {
+        let result = try thread.syscall(prctl, prGetTimerSlack, 0, 0, 0, 0)
+        guard result >= 0 else {
+            throw SyscallError("injected prctl(PR_GET_TIMERSLACK)", errno: Errno(rawValue: Int32(-result)), pid: thread.pid)
+        }
+        return UInt64(result)
+    }
+}
+
+extension Restorer {
+    /// Before the threads are cloned (they inherit the leader's loginuid): the loginuid,
+    /// written by the task itself (the kernel takes it from no one else), and the
+    /// membarrier registrations of the new address space.
+    func restoreProcessAttributes(_ process: RestoringProcess) throws {
+        let (core, pid, tracee) = (process.image.core, process.pid, process.tracee)
+        let imagePid = core.pid
+        if let wanted = core.loginuid {
+            guard let current = ProcessAttributes.loginuid(pid) else {
+                throw CryoError("pid \(imagePid): loginuid was \(wanted) at dump; this kernel has no /proc/\(pid)/loginuid (no audit support)")
+            }
+            if current != wanted {
+                let path = Array("/proc/self/loginuid".utf8) + [0]
+                let address = try process.parasite.place(path + Array("\(wanted)".utf8))
+                let fd = try tracee.syscall(257 /* openat */, UInt64(bitPattern: -100) /* AT_FDCWD */, address, UInt64(O_WRONLY), 0)
+                guard fd >= 0 else { throw SyscallError("injected openat(/proc/self/loginuid)", errno: Errno(rawValue: Int32(-fd)), pid: pid) }
+                let written = try tracee.syscall(1 /* write */, UInt64(fd), address + UInt64(path.count), UInt64("\(wanted)".utf8.count))
+                _ = try tracee.syscall(3 /* close */, UInt64(fd))
+                if written < 0 {
+                    throw CryoError("pid \(imagePid): loginuid was \(wanted) at dump, the new task has \(current), and the kernel refuses "
+                        + "to change it (needs CAP_AUDIT_CONTROL, and loginuid_immutable off; "
+                        + "write /proc/\(pid)/loginuid: \(Errno(rawValue: Int32(-written))))")
+                }
+            }
+        }
+        if let wanted = core.membarrierRegistrations {
+            for bit in 0..<32 where wanted & (1 << bit) != 0 {
+                let result = try tracee.syscall(ProcessAttributes.membarrier, UInt64(1) << UInt64(bit), 0, 0)
+                if result < 0 {
+                    throw CryoError("pid \(imagePid): cannot register membarrier command 0x\(hex(UInt64(1) << UInt64(bit))) "
+                        + "(injected membarrier: \(Errno(rawValue: Int32(-result))))")
+                }
+            }
+            let now = try ProcessAttributes.membarrierRegistrations(tracee)
+            if let now, now != wanted {
+                throw CryoError("pid \(imagePid): membarrier registrations are 0x\(hex(UInt64(now))) after restore, "
+                    + "0x\(hex(UInt64(wanted))) at dump (the new task inherited registrations it cannot drop)")
+            }
+        }
+    }
+
+    /// Per thread, after its own state: the timer slack (0 is what a real-time thread reads,
+    /// and the kernel gives it that once its policy is set).
+    func restoreTimerSlack(_ process: RestoringProcess) throws {
+        for (thread, record) in zip(process.threads, process.image.threads) {
+            guard let slack = record.timerSlack, slack != 0 else { continue }
+            let result = try thread.syscall(ProcessAttributes.prctl, ProcessAttributes.prSetTimerSlack, slack, 0, 0, 0)
+            if result < 0 {
+                throw SyscallError("injected prctl(PR_SET_TIMERSLACK, \(slack)) in thread \(record.tid)", errno: Errno(rawValue: Int32(-result)), pid: thread.pid)
+            }
+        }
+    }
+
+    /// A change of credentials clears the parent-death signal: set again after them.
+    func restoreParentDeathSignals(_ process: RestoringProcess) throws {
+        for (thread, record) in zip(process.threads, process.image.threads) where record.parentDeathSignal != 0 {
+            let result = try thread.syscall(ProcessAttributes.prctl, ProcessAttributes.prSetParentDeathSignal,
+                                            UInt64(record.parentDeathSignal), 0, 0, 0)
+            if result < 0 {
+                throw SyscallError("injected prctl(PR_SET_PDEATHSIG, \(record.parentDeathSignal)) in thread \(record.tid)",
+                                   errno: Errno(rawValue: Int32(-result)), pid: thread.pid)
+            }
+        }
+    }
+}
