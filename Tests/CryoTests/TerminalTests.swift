@@ -10,6 +10,25 @@ import Testing
 extension EndToEnd {
     @Suite("terminals")
     struct TerminalTests {
+        @Test("a console or a virtual terminal: dump refused in one line naming pid, fd and kind; it carries on",
+              arguments: [("/dev/console", "console"), ("/dev/tty1", "virtual terminal")])
+        func consoleRefused(device: String, kind: String) throws {
+            guard FileManager.default.fileExists(atPath: device) else {
+                Issue.record("\(device) does not exist here; the refusal cannot be tested")
+                return
+            }
+            let scratch = try Scratch("console-refused")
+            defer { scratch.remove() }
+            let fixture = try Fixture("counter", in: scratch, launcher: ["/bin/sh", "-c", "exec 7<\(device); exec \"$0\" \"$@\""])
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("img")], in: scratch, reaping: fixture)
+            #expect(dump.failed && dump.stderrLines.count == 1, "\(dump)")
+            let line = dump.stderrLines.first ?? ""
+            #expect(containsToken(line, "\(fixture.pid)") && line.contains("fd 7") && line.contains(device) && line.contains(kind), "\(line)")
+            expectRunsAndPasses(fixture, "\(dump)")
+        }
+
         @Test("a shell job gets cryo's terminal back (--shell-job under a pty)")
         func shellJob() throws {
             guard Locations.isExecutableFile("/usr/bin/script") else {

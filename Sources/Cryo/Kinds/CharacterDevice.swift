@@ -12,8 +12,14 @@ struct CharacterDevice: DescriptorKind {
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> CharacterDevice? {
         guard p.stat.st_mode & S_IFMT == S_IFCHR else { return nil }
         guard reopenable.contains(p.link) else {
-            let kind = p.link.hasPrefix("/dev/pts/") || p.link.hasPrefix("/dev/tty") || p.link == "/dev/console"
-                ? "a terminal (\(p.link)); terminals are not supported yet" : "the character device \(p.link), not supported yet"
+            let rdev = UInt64(p.stat.st_rdev)
+            let (major, minor) = ((rdev >> 8) & 0xfff, (rdev & 0xff) | ((rdev >> 12) & ~0xff))
+            // 5:1 the console, 4:0-63 virtual terminals, 4:64+ serial lines: not this tree's to recreate.
+            let kind = major == 5 && minor == 1 ? "\(p.link), the system console; consoles are not supported"
+                : major == 4 && minor < 64 ? "\(p.link), a virtual terminal (tty\(minor)); virtual terminals are not supported"
+                : major == 4 ? "\(p.link), a serial line; serial terminals are not supported"
+                : p.link.hasPrefix("/dev/pts/") || p.link.hasPrefix("/dev/tty")
+                ? "a terminal (\(p.link)) that is not a pty of the tree nor cryo's own; not supported" : "the character device \(p.link), not supported yet"
             throw CryoError("\(p.object): \(kind)")
         }
         return CharacterDevice()
