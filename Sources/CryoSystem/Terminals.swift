@@ -38,6 +38,18 @@ public enum Terminals {
         _ = try returnOrThrow(ioctl(master.rawValue, CRYO_TIOCSPTLCK, &value), "ioctl(TIOCSPTLCK)", object: object)
     }
 
+    /// Whether a pty master is in packet mode (TIOCGPKT).
+    public static func packetMode(_ master: FileDescriptor, object: String) throws -> Bool {
+        var on: Int32 = 0
+        _ = try returnOrThrow(ioctl(master.rawValue, 0x8004_5438 /* TIOCGPKT */, &on), "ioctl(TIOCGPKT)", object: object)
+        return on != 0
+    }
+
+    public static func setPacketMode(_ master: FileDescriptor, _ on: Bool, object: String) throws {
+        var value: Int32 = on ? 1 : 0
+        _ = try returnOrThrow(ioctl(master.rawValue, UInt(TIOCPKT), &value), "ioctl(TIOCPKT)", object: object)
+    }
+
     /// The pty index of a master (TIOCGPTN), or nil when `fd` is none.
     public static func ptyIndex(_ fd: FileDescriptor) -> Int32? {
         var index: UInt32 = 0

@@ -3,8 +3,8 @@
  * O_NOCTTY: it is not the controlling terminal), its slave in raw mode with
  * a custom VMIN/VTIME and c_lflag, a window size, bytes written into the
  * master and not yet read from the slave and the reverse, and a second
- * master that stays locked. After SIGTERM: termios, window size, the queued
- * bytes, the lock and the pairing (ptsname of the master names the slave
+ * master that stays locked and is in packet mode (TIOCPKT). After SIGTERM: termios, window size, the queued
+ * bytes, the lock, packet mode and the pairing (ptsname of the master names the slave
  * open; its number may differ from before) are checked, and the pair still
  * carries bytes both ways.
  */
@@ -61,6 +61,8 @@ int main(void) {
     write(master, "to the slave", 12);
     write(slave, "to the master", 13);
     int locked = posix_openpt(O_RDWR | O_NOCTTY);  /* never unlocked */
+    int on = 1;
+    if (locked < 0 || ioctl(locked, TIOCPKT, &on)) { printf("FAIL: TIOCPKT\n"); return 1; }
     /* Wait until the bytes are queued on both sides. */
     for (int i = 0; i < 200; i++) {
         int a = 0, b = 0;
@@ -101,6 +103,9 @@ int main(void) {
     int lock = 0;
     if (ioctl(locked, TIOCGPTLCK, &lock) != 0 || lock != 1) fail("second pty is no longer locked");
     if (ioctl(master, TIOCGPTLCK, &lock) != 0 || lock != 0) fail("first pty became locked");
+    int packet = -1;
+    if (ioctl(locked, TIOCGPKT, &packet) != 0 || packet != 1) fail("second pty left packet mode");
+    if (ioctl(master, TIOCGPKT, &packet) != 0 || packet != 0) fail("first pty entered packet mode");
     if (!(fcntl(slave, F_GETFL) & O_NONBLOCK)) fail("slave lost O_NONBLOCK");
 
     write(master, "again", 5);

@@ -20,6 +20,8 @@ public struct TerminalState: DescriptorKind {
     public var termios: Termios?
     public var rows: UInt16?, columns: UInt16?, xPixels: UInt16?, yPixels: UInt16?
     public var locked: Bool?
+    /// Master only: packet mode (TIOCPKT).
+    public var packetMode: Bool? = nil
     /// Master only: bytes written into the master not yet read from the slave, and the reverse.
     public var toSlave: Data?
     public var toMaster: Data?
@@ -77,7 +79,13 @@ public struct TerminalState: DescriptorKind {
         if let ptn = Terminals.ptyIndex(p.handle), rdev == ptmxDevice || p.link.hasSuffix("/ptmx") {
             var state = try withTermios(p.handle, role: .ptyMaster, index: ptn, object: p.object)
             state.locked = try Terminals.isLocked(p.handle, object: p.object)
-            try state.takeQueues(master: p.handle, object: p.object, putBack: leaveRunning)
+            // Off while the queues are read: in packet mode each read starts with a status byte.
+            let packet = try Terminals.packetMode(p.handle, object: p.object)
+            if packet { try Terminals.setPacketMode(p.handle, false, object: p.object) }
+            let taken = Result { try state.takeQueues(master: p.handle, object: p.object, putBack: leaveRunning) }
+            if packet { try Terminals.setPacketMode(p.handle, true, object: p.object) }
+            try taken.get()
+            state.packetMode = packet ? true : nil
             return state
         }
         if slaveMajors.contains(major) && p.link.hasPrefix("/dev/pts/") {
@@ -238,6 +246,7 @@ final class TerminalRebuilder: KindRebuilder {
         }
         try TerminalState.fill(master: master, slave: slave, toSlave: state.toSlave, toMaster: state.toMaster, object: object)
         if state.locked == true { try Terminals.setLocked(master, true, object: object) }
+        if state.packetMode == true { try Terminals.setPacketMode(master, true, object: object) }
         return master
     }
 
