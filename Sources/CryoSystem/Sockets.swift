@@ -77,9 +77,9 @@ public struct PeekedMessage {
 /// Socket calls on descriptors. New sockets are close-on-exec and non-blocking
 /// (the caller sets the final status flags).
 public enum Sockets {
-    public static func make(family: Int32, type: Int32, object: String) throws -> FileDescriptor {
+    public static func make(family: Int32, type: Int32, protocol: Int32 = 0, object: String) throws -> FileDescriptor {
         let flags = Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
-        return FileDescriptor(rawValue: try returnOrThrow(socket(family, type | flags, 0), "socket", object: object))
+        return FileDescriptor(rawValue: try returnOrThrow(socket(family, type | flags, `protocol`), "socket", object: object))
     }
 
     public static func unixPair(type: Int32, object: String) throws -> (FileDescriptor, FileDescriptor) {
@@ -109,6 +109,13 @@ public enum Sockets {
 
     public static func connect(_ fd: FileDescriptor, to address: SocketAddress, object: String) throws {
         _ = try retryingEINTR("connect", object: object) { address.withSockaddr { Glibc.connect(fd.rawValue, $0, $1) } }
+    }
+
+    /// connect on a non-blocking socket that may not finish at once (EINPROGRESS is no error).
+    public static func startConnect(_ fd: FileDescriptor, to address: SocketAddress, object: String) throws {
+        let result = address.withSockaddr { Glibc.connect(fd.rawValue, $0, $1) }
+        if result < 0 && (Glibc.errno == EINPROGRESS || Glibc.errno == EINTR) { return }
+        _ = try returnOrThrow(result, "connect", object: object)
     }
 
     /// getsockname, or getpeername for `peer`.

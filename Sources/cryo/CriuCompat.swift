@@ -93,6 +93,11 @@ struct CriuOptions: ParsableArguments {
     @Option(name: .customLong("network-lock"),
             help: "CRIU's firewall lock of dumped TCP connections; cryo supports only `skip` (no lock).")
     var networkLock: NetworkLock?
+    @Flag(name: .customLong("tcp-close"),
+          help: "Dump connected TCP sockets without their connection (the dump ends it); restore them closed (end of stream, EPIPE).")
+    var tcpClose = false
+    @Flag(name: .customLong("skip-in-flight"), help: "Dump listeners without their connections not yet accepted (those are dropped).")
+    var skipInFlight = false
     @Flag(name: .customLong("display-stats"), help: "Print the dump or restore statistics when done.")
     var displayStatistics = false
 

@@ -155,6 +155,8 @@ struct DumpCommand: ParsableCommand {
             let link = try pageServer.connect()
             defer { link?.close() }
             options.handOver = try link.map { try Migrator.pageServerHandOver(over: $0, rootPid: pid) }
+            options.tcpClose = criu.tcpClose
+            options.skipInFlight = criu.skipInFlight
             return try Dumper(options: options,
                        logger: common.logger(relativeTo: criu.workDirectory ?? directory)).run()
         }
@@ -193,6 +195,7 @@ struct RestoreCommand: ParsableCommand {
                                          leaveStopped: leaveStopped, tcpEstablished: tcpEstablished, lazyPages: lazyPages)
             options.cgroupMode = criu.manageCgroups ?? .soft
             options.cgroupRoots = criu.cgroupRoot
+            options.tcpClose = criu.tcpClose
             return try Restorer(options: options,
                          logger: common.logger(relativeTo: criu.workDirectory ?? directory)).run()
         }

@@ -14,6 +14,11 @@ extension EndToEnd {
             try established(arguments: [], leaveRunning: false)
         }
 
+        @Test("TCP in every state a program leaves it in (megabyte queues, half-closed, FIN_WAIT1/2, CLOSING, LAST_ACK) runs to its end")
+        func everyState() throws {
+            try established(arguments: [], leaveRunning: false, name: "tcpstates")
+        }
+
         @Test("dump --leave-running --tcp-established: the connections carry on")
         func establishedLeaveRunning() throws {
             try established(arguments: [], leaveRunning: true)

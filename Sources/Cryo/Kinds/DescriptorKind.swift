@@ -116,6 +116,10 @@ enum DescriptorKinds {
 struct KindOptions: Sendable {
     /// --tcp-established: established TCP connections are dumped and restored (otherwise refused).
     var tcpEstablished = false
+    /// --tcp-close: connections are dumped without their state and restored closed.
+    var tcpClose = false
+    /// --skip-in-flight: connections not yet accepted are dropped from their listeners.
+    var skipInFlight = false
     /// --shell-job: cryo's own terminal may be among the descriptors.
     var shellJob = false
     /// --leave-running: what dump takes out of a kernel object goes back.

@@ -42,7 +42,9 @@ public struct InetAddress: Codable, Sendable, Equatable {
 public struct InetSocketState: DescriptorKind {
     static let name = "inetSocket"
     public enum Proto: String, Codable, Sendable { case udp, tcp }
-    public enum State: String, Codable, Sendable { case unconnected, listening, connected }
+    /// `connecting`: SYN_SENT, connected again at restore; `closed`: a connection
+    /// dumped or restored with --tcp-close, which comes back shut down both ways.
+    public enum State: String, Codable, Sendable { case unconnected, listening, connected, connecting, closed }
     public struct Datagram: Codable, Sendable {
         public var source: InetAddress?
         public var data: Data
@@ -66,6 +68,15 @@ public struct InetSocketState: DescriptorKind {
         /// TCP_TIMESTAMP: the connection's timestamp clock at dump.
         public var timestamp: UInt32
         public var sndWl1: UInt32, sndWnd: UInt32, maxWindow: UInt32, rcvWnd: UInt32, rcvWup: UInt32
+        /// Our FIN is in the sequence space (shut down for writing: FIN_WAIT1/2, LAST_ACK, CLOSING);
+        /// the peer's FIN was received (CLOSE_WAIT, LAST_ACK, CLOSING). Each takes one sequence number.
+        public var finSent: Bool?
+        public var finReceived: Bool?
+        /// The kernel's name of the state, for messages.
+        public var stateName: String?
+        var sentFIN: Bool { finSent ?? false }
+        var receivedFIN: Bool { finReceived ?? false }
+        var lastAck: Bool { sentFIN && receivedFIN && stateName == "LAST_ACK" }
     }
 
     public var inode: UInt64
@@ -123,7 +134,7 @@ extension InetSocketState {
         guard p.stat.st_mode & S_IFMT == S_IFSOCK else { return nil }
         let family = try UnixSocketState.option(p.handle, SO_DOMAIN, p.object)
         guard family == AF_INET || family == AF_INET6 else { return nil }
-        let socket = try dump(p, family: family, established: table.options.tcpEstablished)
+        let socket = try dump(p, family: family, options: table.options)
         if socket.tcp != nil {
             // Held until the tree is dead: with --leave-running just closed; otherwise TCP_REPAIR goes on
             // before the kill, so that the last close sends neither FIN nor RST to the peer.
@@ -132,7 +143,8 @@ extension InetSocketState {
         return socket
     }
 
-    static func dump(_ p: DescriptorProbe, family: Int32, established: Bool) throws -> InetSocketState {
+    static func dump(_ p: DescriptorProbe, family: Int32, options kindOptions: KindOptions) throws -> InetSocketState {
+        let established = kindOptions.tcpEstablished
         let fd = p.handle
         let familyName = family == AF_INET6 ? "AF_INET6" : "AF_INET"
         let type = try getInt(fd, CRYO_SOL_SOCKET, CRYO_SO_TYPE, "SO_TYPE", p.object)
@@ -160,28 +172,40 @@ extension InetSocketState {
             return s
         }
         let info = try Sockets.option(fd, CRYO_IPPROTO_TCP, TCP_INFO, as: tcp_info.self, name: "TCP_INFO", object: what, initial: tcp_info())
+        let stateName = tcpStateNames[info.tcpi_state] ?? "\(info.tcpi_state)"
+        let connection = "\(local?.description ?? "?") -> \(peer?.description ?? "?")"
         switch info.tcpi_state {
         case 10:
-            if info.tcpi_unacked > 0 {
+            if info.tcpi_unacked > 0 && !kindOptions.skipInFlight {
                 throw CryoError("\(what) is listening on \(local?.description ?? "?") with \(info.tcpi_unacked) connection\(info.tcpi_unacked == 1 ? "" : "s") "
-                    + "not yet accepted; not supported yet")
+                    + "not yet accepted; dump with --skip-in-flight to drop them")
             }
             s.state = .listening
             s.backlog = Int32(clamping: info.tcpi_sacked)
         case 7:
             s.state = .unconnected
             s.peer = nil
-        case 1:
-            let connection = "\(local?.description ?? "?") -> \(peer?.description ?? "?")"
-            guard established else {
-                throw CryoError("\(what) is an established TCP connection \(connection); dump with --tcp-established to checkpoint it")
+        case 2:
+            // getpeername fails before the handshake: the destination comes from the task's /proc/net table.
+            guard let target = connectingPeer(pid: p.pid, inode: UInt64(p.stat.st_ino), ipv6: family == AF_INET6) else {
+                throw CryoError("\(what) in TCP state SYN_SENT from \(local?.description ?? "?"): its destination is not in /proc/\(p.pid)/net/tcp")
             }
-            guard peer != nil, local != nil else { throw CryoError("\(what): established, but without both addresses") }
+            s.state = .connecting
+            s.peer = target
+        case 1, 4, 5, 8, 9, 11:
+            guard peer != nil, local != nil else { throw CryoError("\(what): \(stateName), but without both addresses") }
+            if kindOptions.tcpClose && !established {
+                s.state = .closed
+                return s
+            }
+            guard established else {
+                let named = info.tcpi_state == 1 ? "an established TCP connection" : "a TCP connection in state \(stateName)"
+                throw CryoError("\(what) is \(named) \(connection); dump with --tcp-established to checkpoint it (or --tcp-close to drop it)")
+            }
             s.state = .connected
             s.tcp = try dumpConnection(fd, info: info, object: "\(what) \(connection)")
         default:
-            throw CryoError("\(what) in TCP state \(tcpStateNames[info.tcpi_state] ?? "\(info.tcpi_state)") "
-                + "(\(local?.description ?? "?") -> \(peer?.description ?? "?")) is not supported yet")
+            throw CryoError("\(what) in TCP state \(stateName) (\(connection)) is not supported")
         }
         return s
     }
@@ -211,8 +235,14 @@ extension InetSocketState {
     /// Turns TCP_REPAIR on (the process is frozen: nothing else uses the socket),
     /// reads sequence numbers, both queues, options and window, and turns it off again.
     static func dumpConnection(_ fd: FileDescriptor, info: tcp_info, object: String) throws -> TCPConnection {
-        let outq = try Sockets.queueLength(fd, request: CRYO_SIOCOUTQ, name: "SIOCOUTQ", object: object)
+        let state = info.tcpi_state
+        let finSent = [4, 5, 9, 11].contains(state), finReceived = [8, 9, 11].contains(state)
+        // SIOCOUTQ counts our FIN while it is not acknowledged (every state after it but FIN_WAIT2).
+        let finQueued: Int32 = finSent && state != 5 ? 1 : 0
+        let outq = try Sockets.queueLength(fd, request: CRYO_SIOCOUTQ, name: "SIOCOUTQ", object: object) - finQueued
         let unsent = try Sockets.queueLength(fd, request: CRYO_SIOCOUTQNSD, name: "SIOCOUTQNSD", object: object)
+        // SIOCOUTQNSD counts a FIN not sent yet (it follows every unsent byte).
+        let unsentData = finSent && unsent > 0 ? unsent - 1 : unsent
         let inq = try Sockets.queueLength(fd, request: CRYO_SIOCINQ, name: "SIOCINQ", object: object)
         try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 1, "TCP_REPAIR", object)
         defer {
@@ -241,11 +271,37 @@ extension InetSocketState {
         let window = try Sockets.option(fd, CRYO_IPPROTO_TCP, TCP_REPAIR_WINDOW, as: tcp_repair_window.self, name: "TCP_REPAIR_WINDOW",
                                         object: object, initial: tcp_repair_window())
         return TCPConnection(
-            sendSeq: sendSeq, receiveSeq: receiveSeq, sendQueue: sendQueue, unsent: Int(min(unsent, outq)), receiveQueue: receiveQueue,
+            sendSeq: sendSeq, receiveSeq: receiveSeq, sendQueue: sendQueue, unsent: Int(max(0, min(unsentData, outq))), receiveQueue: receiveQueue,
             mss: mss, windowScaling: info.tcpi_options & UInt8(TCPI_OPT_WSCALE) != 0, sendWindowScale: UInt32(info.tcpi_snd_wscale),
             receiveWindowScale: UInt32(info.tcpi_rcv_wscale), sack: info.tcpi_options & UInt8(TCPI_OPT_SACK) != 0,
             timestamps: info.tcpi_options & UInt8(TCPI_OPT_TIMESTAMPS) != 0, timestamp: timestamp,
-            sndWl1: window.snd_wl1, sndWnd: window.snd_wnd, maxWindow: window.max_window, rcvWnd: window.rcv_wnd, rcvWup: window.rcv_wup)
+            sndWl1: window.snd_wl1, sndWnd: window.snd_wnd, maxWindow: window.max_window, rcvWnd: window.rcv_wnd, rcvWup: window.rcv_wup,
+            finSent: finSent, finReceived: finReceived, stateName: tcpStateNames[state])
+    }
+
+    /// The remote address of a connecting socket, from /proc/PID/net/tcp or tcp6 (the task's network namespace).
+    static func connectingPeer(pid: pid_t, inode: UInt64, ipv6: Bool) -> InetAddress? {
+        guard let text = try? Files.readString("/proc/\(pid)/net/\(ipv6 ? "tcp6" : "tcp")") else { return nil }
+        for line in text.split(separator: "\n").dropFirst() {
+            let fields = line.split(separator: " ")
+            guard fields.count > 9, UInt64(fields[9]) == inode else { continue }
+            return procNetAddress(String(fields[2]))
+        }
+        return nil
+    }
+
+    /// "0100007F:1F90" (IPv4) or 32 hex digits of IPv6: each 32-bit word in the kernel's byte order, as printed.
+    static func procNetAddress(_ text: String) -> InetAddress? {
+        let parts = text.split(separator: ":")
+        guard parts.count == 2, let port = UInt16(parts[1], radix: 16), parts[0].count == 8 || parts[0].count == 32 else { return nil }
+        var bytes: [UInt8] = []
+        var hex = Substring(parts[0])
+        while !hex.isEmpty {
+            guard let word = UInt32(hex.prefix(8), radix: 16) else { return nil }
+            bytes += withUnsafeBytes(of: word) { Array($0) } // printed as a host-order word of the network-order bytes
+            hex = hex.dropFirst(8)
+        }
+        return InetAddress(.inet(address: bytes, port: port))
     }
 
     public var summary: String {
@@ -253,6 +309,7 @@ extension InetSocketState {
         if let local { text += " \(local.description)" }
         if let peer { text += " -> \(peer.description)" }
         if let backlog { text += " backlog \(backlog)" }
+        if let name = tcp?.stateName, name != "ESTABLISHED" { text += " \(name)" }
         if !datagrams.isEmpty { text += " (\(datagrams.count) datagrams queued)" }
         if let tcp, !tcp.sendQueue.isEmpty || !tcp.receiveQueue.isEmpty {
             text += " (\(tcp.sendQueue.count) bytes to send, \(tcp.receiveQueue.count) to read)"
@@ -264,9 +321,9 @@ extension InetSocketState {
 
     /// Established connections come back only when asked for, as with dump.
     static func checkBeforeRestore(_ files: [FileTable.OpenFile], options: KindOptions) throws {
-        guard !options.tcpEstablished, let (f, s) = entries(files).first(where: { $0.state.tcp != nil }) else { return }
+        guard !options.tcpEstablished, !options.tcpClose, let (f, s) = entries(files).first(where: { $0.state.tcp != nil }) else { return }
         throw CryoError("file #\(f.id): the image holds an established TCP connection \(s.local?.description ?? "?") -> "
-            + "\(s.peer?.description ?? "?"); restore with --tcp-established")
+            + "\(s.peer?.description ?? "?"); restore with --tcp-established (or --tcp-close to restore it closed)")
     }
 
     func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
@@ -281,6 +338,7 @@ extension InetSocketState {
         if let peer, peer.raw() == nil { return "an inet socket address \(peer.address)" }
         if state == .listening && (proto != .tcp || backlog == nil || local == nil) { return "a listening inet socket without TCP, backlog or address" }
         if proto == .tcp && state == .connected && (tcp == nil || peer == nil || local == nil) { return "an established TCP connection without its state" }
+        if state == .connecting && (proto != .tcp || peer == nil) { return "a connecting socket without TCP or destination" }
         if proto == .udp && (tcp != nil || state == .listening) { return "a UDP socket with TCP state" }
         if let tcp, tcp.unsent < 0 || tcp.unsent > tcp.sendQueue.count { return "a TCP send queue with \(tcp.unsent) unsent bytes" }
         return nil
@@ -296,7 +354,10 @@ extension InetSocketState {
 final class InetSocketRebuilder: KindRebuilder {
     private var made: [Int: FileDescriptor] = [:]
 
+    private let options: KindOptions
+
     init(_ context: OpenContext) throws {
+        options = context.options
         let sockets = InetSocketState.entries(context.files).map { (id: $0.file.id, state: $0.state, flags: $0.file.flags) }
         try InetSocketState.checkBeforeRestore(context.files, options: context.options)
         do {
@@ -319,7 +380,25 @@ final class InetSocketRebuilder: KindRebuilder {
         "file #\(id) (\(s.summary))"
     }
 
+    /// shutdown(SHUT_WR) in repair mode with the send queue selected: the FIN joins the queue as sent, nothing leaves.
+    private func finInRepair(_ fd: FileDescriptor, _ what: String) throws {
+        try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, CRYO_TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE", what)
+        try Sockets.shutdown(fd, how: 1, object: "\(what) (our FIN, in repair mode)")
+        try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE", what)
+    }
+
+    /// Loopback delivers at once, yet softirq may run a moment later: waits up to a second.
+    private func waitForState(_ fd: FileDescriptor, _ states: [UInt8], what: String, expecting: String) throws {
+        for _ in 0..<200 {
+            let info = try Sockets.option(fd, CRYO_IPPROTO_TCP, TCP_INFO, as: tcp_info.self, name: "TCP_INFO", object: what, initial: tcp_info())
+            if states.contains(info.tcpi_state) { return }
+            usleep(5000)
+        }
+        throw CryoError("\(what): \(expecting) was sent again but the connection did not take it")
+    }
+
     private func build(_ sockets: [(id: Int, state: InetSocketState, flags: UInt32)]) throws {
+        let closeConnections = options.tcpClose
         func socket(_ id: Int, _ s: InetSocketState) throws -> FileDescriptor {
             let fd = try Sockets.make(family: s.family, type: s.kernelType, object: Self.object(id, s))
             made[id] = fd
@@ -334,17 +413,20 @@ final class InetSocketRebuilder: KindRebuilder {
             guard let raw = a.raw() else { throw CryoError("\(what): \(a.address) is no address") }
             return raw
         }
-        // 1. Established connections, in repair mode (which lets them share a port): no packet
-        // leaves until every one is back.
-        for (id, s, _) in sockets {
+        // 1. Connections, in repair mode (which lets them share a port): no packet leaves until
+        // every one is back. A FIN either way took a sequence number: the queues start before it.
+        // With --tcp-close they come back closed instead (step 2).
+        for (id, s, _) in sockets where !closeConnections {
             guard let t = s.tcp, let local = s.local, let peer = s.peer else { continue }
             let what = Self.object(id, s)
             let fd = try socket(id, s)
             try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 1, "TCP_REPAIR", what)
             try preBind(fd, s, what)
-            let sent = t.sendQueue.count - t.unsent
-            for (queue, seq) in [(CRYO_TCP_SEND_QUEUE, t.sendSeq &- UInt32(t.unsent) &- UInt32(sent)),
-                                 (CRYO_TCP_RECV_QUEUE, t.receiveSeq &- UInt32(t.receiveQueue.count))] {
+            let unsent = t.unsent
+            let sent = t.sendQueue.count - unsent
+            let sendStart = t.sendSeq &- (t.sentFIN ? 1 : 0) &- UInt32(t.sendQueue.count)
+            let receiveNext = t.receiveSeq &- (t.receivedFIN ? 1 : 0)
+            for (queue, seq) in [(CRYO_TCP_SEND_QUEUE, sendStart), (CRYO_TCP_RECV_QUEUE, receiveNext &- UInt32(t.receiveQueue.count))] {
                 try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE", what)
                 try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_QUEUE_SEQ, Int32(bitPattern: seq), "TCP_QUEUE_SEQ", what)
             }
@@ -352,8 +434,10 @@ final class InetSocketRebuilder: KindRebuilder {
             try Sockets.connect(fd, to: try address(peer, what), object: "\(what) to \(peer.description) (TCP_REPAIR)")
             let total = t.sendQueue.count + t.receiveQueue.count
             if total > 0 {
-                try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_SNDBUFFORCE, Int32(clamping: 4 * total + (1 << 16)), "SO_SNDBUFFORCE", what)
-                try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_RCVBUFFORCE, Int32(clamping: 4 * total + (1 << 16)), "SO_RCVBUFFORCE", what)
+                // Room for both queues as the kernel counts them (each byte's share of its buffer's truesize).
+                let room = Int32(clamping: 4 * total + (1 << 20))
+                try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_SNDBUFFORCE, room, "SO_SNDBUFFORCE", what)
+                try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_RCVBUFFORCE, room, "SO_RCVBUFFORCE", what)
             }
             // Bytes already sent go back as sent (retransmitted if the peer lacks them); the unsent ones follow repair mode.
             for (queue, data) in [(CRYO_TCP_SEND_QUEUE, t.sendQueue.prefix(sent)), (CRYO_TCP_RECV_QUEUE, t.receiveQueue)] where !data.isEmpty {
@@ -361,20 +445,38 @@ final class InetSocketRebuilder: KindRebuilder {
                 try sendAll(fd, Data(data), what: "\(what): refilling its \(queue == CRYO_TCP_SEND_QUEUE ? "send" : "receive") queue")
             }
             try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE", what)
+            // The receive buffer as it was before repair mode ends: the window offered then must be the
+            // one the peer saw (a larger buffer would take bytes the peer could not send before).
+            if let wanted = s.options["SO_RCVBUF"] {
+                try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_RCVBUFFORCE, wanted / 2, "SO_RCVBUFFORCE", what)
+            }
             try Sockets.setOption(fd, CRYO_IPPROTO_TCP, TCP_REPAIR_OPTIONS, bytes: Self.repairOptions(t), name: "TCP_REPAIR_OPTIONS", object: what)
             if t.timestamps {
                 try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_TIMESTAMP, Int32(bitPattern: t.timestamp), "TCP_TIMESTAMP", what)
             }
-            let window = tcp_repair_window(snd_wl1: t.sndWl1, snd_wnd: t.sndWnd, max_window: t.maxWindow, rcv_wnd: t.rcvWnd, rcv_wup: t.rcvWup)
+            // The kernel wants snd_wl1 within the receive window and rcv_wup not beyond rcv_nxt,
+            // measured from the rcv_nxt just rebuilt (the peer's FIN, if any, comes later).
+            var window = tcp_repair_window(snd_wl1: t.sndWl1, snd_wnd: t.sndWnd, max_window: max(t.maxWindow, t.sndWnd),
+                                           rcv_wnd: t.rcvWnd, rcv_wup: t.rcvWup)
+            if Int32(bitPattern: window.rcv_wup &- receiveNext) > 0 { window.rcv_wup = receiveNext }
+            if Int32(bitPattern: window.snd_wl1 &- (receiveNext &+ window.rcv_wnd)) > 0 { window.snd_wl1 = receiveNext }
             try Sockets.setOption(fd, CRYO_IPPROTO_TCP, TCP_REPAIR_WINDOW, window, name: "TCP_REPAIR_WINDOW", object: what)
+            // Our FIN, once sent, goes in now, marked sent (FIN_WAIT1/2, CLOSING); one still behind unsent
+            // bytes, or one after the peer's (LAST_ACK), in step 4.
+            if t.sentFIN && unsent == 0 && !t.lastAck { try finInRepair(fd, what) }
         }
         // 2. Sockets without a connection, listeners first. A listener shares its port with
         // the connections it accepted: it binds after them, with SO_REUSEADDR meanwhile.
         for (id, s, _) in sockets.sorted(by: { ($0.state.state == .listening ? 0 : 1) < ($1.state.state == .listening ? 0 : 1) })
-        where s.tcp == nil {
+        where s.tcp == nil || closeConnections {
             let what = Self.object(id, s)
             let fd = try socket(id, s)
             try preBind(fd, s, what)
+            if s.tcp != nil || s.state == .closed {
+                // --tcp-close: a connection that ended; reads see end of stream, writes EPIPE.
+                try? Sockets.shutdown(fd, how: 2, object: what) // ENOTCONN, yet the shutdown flags are set
+                continue
+            }
             // Refilling UDP queues binds a stand-in to a sender's address: both need SO_REUSEADDR meanwhile.
             try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_REUSEADDR, 1, "SO_REUSEADDR", what)
             if let local = s.local {
@@ -382,6 +484,9 @@ final class InetSocketRebuilder: KindRebuilder {
             }
             if s.state == .listening {
                 try Sockets.listen(fd, backlog: s.backlog ?? 128, object: what)
+            } else if s.state == .connecting, let peer = s.peer {
+                // SYN_SENT: the handshake starts again; a blocking connect() the task was in waits for it.
+                try Sockets.startConnect(fd, to: try address(peer, what), object: "\(what) to \(peer.description)")
             } else if s.proto == .udp, let peer = s.peer {
                 try Sockets.connect(fd, to: try address(peer, what), object: "\(what) to \(peer.description)")
             }
@@ -391,11 +496,25 @@ final class InetSocketRebuilder: KindRebuilder {
             try refill(made[id]!, s, what: Self.object(id, s))
         }
         // 4. Repair mode off: each connection sends a window probe and carries on; then its unsent bytes.
-        for (id, s, _) in sockets {
+        // A FIN the peer had sent is delivered again from outside (a raw packet), then our
+        // FIN after it (LAST_ACK) goes in, in repair mode once more.
+        for (id, s, _) in sockets where !closeConnections {
             guard let t = s.tcp else { continue }
-            let what = Self.object(id, s)
-            try setInt(made[id]!, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 0, "TCP_REPAIR", what)
-            if t.unsent > 0 { try sendAll(made[id]!, Data(t.sendQueue.suffix(t.unsent)), what: "\(what): sending its unsent bytes") }
+            let what = Self.object(id, s), fd = made[id]!
+            try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 0, "TCP_REPAIR", what)
+            if t.unsent > 0 { try sendAll(fd, Data(t.sendQueue.suffix(t.unsent)), what: "\(what): sending its unsent bytes") }
+            // A FIN not sent yet queues behind the unsent bytes, as it was.
+            if t.sentFIN && t.unsent > 0 && !t.lastAck { try Sockets.shutdown(fd, how: 1, object: "\(what) (our FIN)") }
+            guard t.receivedFIN else { continue }
+            try TCPFinInjector.deliverFIN(to: s, connection: t, object: what)
+            try waitForState(fd, [8, 9, 11], what: what, expecting: "the peer's FIN")
+            if t.lastAck && t.unsent > 0 {
+                try Sockets.shutdown(fd, how: 1, object: "\(what) (our FIN)")
+            } else if t.lastAck {
+                try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 1, "TCP_REPAIR", what)
+                try finInRepair(fd, what)
+                try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 0, "TCP_REPAIR", what)
+            }
         }
         // 5. Options as they were (buffers through the FORCE options: the kernel doubles what it is given), status flags.
         for (id, s, flags) in sockets {
@@ -463,5 +582,74 @@ final class InetSocketRebuilder: KindRebuilder {
 extension InetAddress {
     static func loopback(ipv6: Bool, port: UInt16) -> InetAddress {
         InetAddress(.inet(address: ipv6 ? [UInt8](repeating: 0, count: 15) + [1] : [127, 0, 0, 1], port: port))!
+    }
+}
+
+/// Sends a restored connection the FIN its peer had sent before the dump, as a raw
+/// packet from the peer's address (the kernel has no repair call for it): FIN|ACK at
+/// the sequence number just before the dumped rcv_nxt, acknowledging what the
+/// connection has outstanding, with the peer's last window. Marked so that
+/// --network-lock's rules let it through.
+enum TCPFinInjector {
+    static let mark: Int32 = 0x4372_796F // "Cryo"
+
+    static func deliverFIN(to s: InetSocketState, connection t: InetSocketState.TCPConnection, object: String) throws {
+        guard let local = s.local, let peer = s.peer, let from = local.rawBytes, let to = peer.rawBytes else {
+            throw CryoError("\(object): the peer's FIN cannot be sent again without both addresses")
+        }
+        let (source, destination) = (to, from) // from the peer to us
+        let seq = t.receiveSeq &- 1
+        let ack = t.sendSeq &- (t.sentFIN ? 1 : 0) &- UInt32(t.sendQueue.count)
+        let window = UInt16(clamping: t.sndWnd >> (t.windowScaling ? t.sendWindowScale : 0))
+        var tcp = [UInt8](repeating: 0, count: 20)
+        func put16(_ v: UInt16, _ at: Int, in b: inout [UInt8]) { b[at] = UInt8(v >> 8); b[at + 1] = UInt8(v & 0xff) }
+        func put32(_ v: UInt32, _ at: Int, in b: inout [UInt8]) { put16(UInt16(v >> 16), at, in: &b); put16(UInt16(v & 0xffff), at + 2, in: &b) }
+        put16(peer.port, 0, in: &tcp)
+        put16(local.port, 2, in: &tcp)
+        put32(seq, 4, in: &tcp)
+        put32(ack, 8, in: &tcp)
+        tcp[12] = 5 << 4
+        tcp[13] = 0x11 // FIN | ACK
+        put16(window, 14, in: &tcp)
+        let v4 = source.count == 4
+        var pseudo = source + destination
+        pseudo += v4 ? [0, 6, 0, 20] : [0, 0, 0, 20, 0, 0, 0, 6]
+        put16(checksum(pseudo + tcp), 16, in: &tcp)
+        var packet: [UInt8]
+        if v4 {
+            packet = [0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0] + source + destination
+        } else {
+            packet = [0x60, 0, 0, 0, 0, 20, 6, 64] + source + destination
+        }
+        packet += tcp
+        let raw = try Sockets.make(family: v4 ? AF_INET : AF_INET6, type: Int32(SOCK_RAW.rawValue), protocol: Int32(IPPROTO_RAW),
+                                   object: "\(object): a raw socket for the peer's FIN")
+        defer { try? raw.close() }
+        try Sockets.setOption(raw, CRYO_SOL_SOCKET, CRYO_SO_MARK, mark, name: "SO_MARK", object: object)
+        let target = SocketAddress.inet(address: destination, port: 0, scope: v4 ? 0 : (local.scope ?? 0))
+        let sent = try packet.withUnsafeBytes { try Sockets.send(raw, $0, to: target, object: "\(object): the peer's FIN") }
+        if sent != packet.count { throw CryoError("\(object): the peer's FIN went out as \(sent) of \(packet.count) bytes") }
+    }
+
+    /// The Internet checksum (RFC 1071).
+    static func checksum(_ bytes: [UInt8]) -> UInt16 {
+        var sum: UInt32 = 0
+        var i = 0
+        while i + 1 < bytes.count {
+            sum += UInt32(bytes[i]) << 8 | UInt32(bytes[i + 1])
+            i += 2
+        }
+        if i < bytes.count { sum += UInt32(bytes[i]) << 8 }
+        while sum >> 16 != 0 { sum = (sum & 0xffff) + (sum >> 16) }
+        return ~UInt16(sum)
+    }
+}
+
+extension InetAddress {
+    /// The address bytes on the wire: 4 for IPv4 and for IPv4-mapped IPv6 (those packets are IPv4), else 16.
+    var rawBytes: [UInt8]? {
+        guard let (bytes, _, _) = raw()?.inet else { return nil }
+        if bytes.count == 16 && bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xff && bytes[11] == 0xff { return Array(bytes[12...]) }
+        return bytes
     }
 }

@@ -14,6 +14,10 @@ public struct DumpOptions: Sendable {
     public var shellJob: Bool
     /// Checkpoint established TCP connections (TCP_REPAIR) instead of refusing them.
     public var tcpEstablished: Bool
+    /// --tcp-close: connections are dumped without their state (the kill ends them), to come back closed.
+    public var tcpClose = false
+    /// --skip-in-flight: connections not yet accepted are left out of their listeners.
+    public var skipInFlight = false
     /// Write page images as zstd frames.
     public var compress: Bool
     /// A `pre-dump` folder (relative to `directory`, or absolute): only pages written since are read while frozen.
@@ -89,6 +93,7 @@ public struct Dumper {
         // Set when the storage filled up: the folder keeps the mark, with the reason, and nothing else.
         var storageFailure: Error?
         let fileTable = FileTableBuilder(paths: paths, options: KindOptions(tcpEstablished: options.tcpEstablished,
+                                                                            tcpClose: options.tcpClose, skipInFlight: options.skipInFlight,
                                                                             shellJob: options.shellJob, leaveRunning: options.leaveRunning,
                                                                             ghostLimit: options.ghostLimit,
                                                                             externalUnixSockets: options.externalUnixSockets))

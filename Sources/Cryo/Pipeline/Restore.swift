@@ -15,6 +15,8 @@ public struct RestoreOptions: Sendable {
     public var leaveStopped: Bool
     /// Rebuild established TCP connections of the image (TCP_REPAIR); without it they are refused.
     public var tcpEstablished: Bool
+    /// --tcp-close: the image's connections come back closed (end of stream, EPIPE).
+    public var tcpClose = false
     /// Start the tree before its private anonymous memory is in; cryo fills it on demand and in the background (LazyPages.swift).
     public var lazyPages: Bool
     /// --manage-cgroups and --cgroup-root ("[controllers:]/path"), with CRIU's meanings (Cgroups.swift).
@@ -96,7 +98,7 @@ public struct Restorer {
             CgroupRestore($0, mode: options.cgroupMode, roots: try CgroupRestore.parseRoots(options.cgroupRoots))
         }
         // Before anything is touched: what the image needs of the options.
-        let kindOptions = KindOptions(tcpEstablished: options.tcpEstablished, shellJob: image.inventory.shellJob)
+        let kindOptions = KindOptions(tcpEstablished: options.tcpEstablished, tcpClose: options.tcpClose, shellJob: image.inventory.shellJob)
         try DescriptorKinds.checkBeforeRestore(image.fileTable.files, options: kindOptions)
         // An ordinary user gets back only processes with their own credentials and capabilities.
         for task in image.tasks { try Caller.current.checkOwn(task.core.credentials, pid: task.core.pid, doing: "restores") }

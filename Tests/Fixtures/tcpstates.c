@@ -1,0 +1,246 @@
+/*
+ * tcpstates: TCP connections over loopback caught in every state a live
+ * program leaves them in, both ends in this process (dumped with
+ * --tcp-established).
+ *
+ *   (no argument)  five pairs (a connects, b is accepted):
+ *     big      ESTABLISHED, megabytes queued both ways (send and receive
+ *              queues of several MB on each end)
+ *     half     a wrote "half" and shut down writing: a FIN_WAIT2, b
+ *              CLOSE_WAIT with "half" unread
+ *     lastack  a shut down writing (FIN_WAIT2, small receive buffer), b
+ *              filled a's window and shut down: b LAST_ACK, its FIN queued
+ *     closing  a filled b's window and shut down (its FIN queued), b wrote
+ *              "y" and shut down: a CLOSING, b FIN_WAIT2
+ *     finwait1 a filled b's window and shut down: a FIN_WAIT1, b ESTABLISHED
+ *
+ * "STATES ..." lists them before READY. After SIGTERM each end must be in
+ * the state it was in, then every pair runs to its normal end: every queued
+ * byte arrives intact and in order, each side sees end of stream, and the
+ * big pair still carries new bytes both ways.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include "fixture.h"
+
+static volatile sig_atomic_t term;
+static void on_term(int sig) { (void)sig; term = 1; }
+static void die(const char *what) { fprintf(stderr, "setup: %s: %s\n", what, strerror(errno)); exit(2); }
+
+static const char *names[] = { "?", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
+                               "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING" };
+static int state(int fd) {
+    struct tcp_info info;
+    socklen_t size = sizeof(info);
+    memset(&info, 0, sizeof(info));
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &size) != 0) return 0;
+    return info.tcpi_state;
+}
+static const char *state_name(int s) { return s > 0 && s <= 11 ? names[s] : "?"; }
+
+static unsigned char pattern(size_t i, int seed) { return (unsigned char)((i * 7 + i / 251 + (size_t)seed) & 0xff); }
+
+static void buffers(int fd, int snd, int rcv) {
+    if (snd && setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &snd, sizeof(snd)) != 0) die("SO_SNDBUFFORCE");
+    if (rcv && setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcv, sizeof(rcv)) != 0) die("SO_RCVBUFFORCE");
+}
+
+/* A connected pair over 127.0.0.1; buffer sizes set before the handshake (window scaling). */
+static void pair(int *a, int *b, int asnd, int arcv, int bsnd, int brcv) {
+    struct sockaddr_in lo = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t size = sizeof(lo);
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    if (l < 0) die("socket");
+    buffers(l, bsnd, brcv);
+    if (bind(l, (struct sockaddr *)&lo, sizeof(lo)) != 0 || listen(l, 1) != 0 || getsockname(l, (struct sockaddr *)&lo, &size) != 0)
+        die("listener");
+    *a = socket(AF_INET, SOCK_STREAM, 0);
+    if (*a < 0) die("socket");
+    buffers(*a, asnd, arcv);
+    if (connect(*a, (struct sockaddr *)&lo, sizeof(lo)) != 0) die("connect");
+    *b = accept(l, NULL, NULL);
+    if (*b < 0) die("accept");
+    close(l);
+}
+
+/* Writes the pattern without blocking until the kernel takes no more. */
+static size_t fill(int fd, int seed) {
+    static unsigned char chunk[65536];
+    size_t sent = 0;
+    int idle = 0;
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    while (idle < 5) {
+        for (size_t i = 0; i < sizeof(chunk); i++) chunk[i] = pattern(sent + i, seed);
+        ssize_t n = send(fd, chunk, sizeof(chunk), MSG_NOSIGNAL);
+        if (n > 0) { sent += (size_t)n; idle = 0; continue; }
+        if (n < 0 && errno != EAGAIN) die("send");
+        idle++;
+        usleep(20000);
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    return sent;
+}
+
+static void send_text(int fd, const char *text) {
+    if (send(fd, text, strlen(text), MSG_NOSIGNAL) != (ssize_t)strlen(text)) die("send");
+}
+
+/* Reads until end of stream (10 s at most), checking `count` pattern bytes
+ * (seed >= 0) or exactly `text`. */
+static void drain(int fd, size_t count, int seed, const char *text, const char *what) {
+    unsigned char buffer[65536];
+    size_t have = 0;
+    int eof = 0;
+    double deadline = now() + 20;
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    if (text) count = strlen(text);
+    while (!eof && now() < deadline) {
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        if (poll(&p, 1, 100) <= 0) continue;
+        ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
+        if (n == 0) { eof = 1; break; }
+        if (n < 0) { if (errno == EAGAIN || errno == EINTR) continue; fail("%s: recv: %s", what, strerror(errno)); return; }
+        for (ssize_t i = 0; i < n; i++) {
+            unsigned char want = text ? (unsigned char)(have + (size_t)i < count ? text[have + (size_t)i] : 0) : pattern(have + (size_t)i, seed);
+            if (have + (size_t)i >= count || buffer[i] != want) {
+                fail("%s: byte %zu differs or is extra", what, have + (size_t)i);
+                return;
+            }
+        }
+        have += (size_t)n;
+    }
+    if (have != count) fail("%s: %zu of %zu bytes arrived", what, have, count);
+    if (!eof) fail("%s: no end of stream", what);
+}
+
+/* Both ends of the big pair read everything the other queued, at once (each
+ * side's send queue drains only as the other reads). */
+static void drain_both(int a, int b, size_t atob, size_t btoa) {
+    unsigned char buffer[65536];
+    size_t got[2] = { 0, 0 }, want[2] = { btoa, atob };
+    int fds[2] = { a, b }, seeds[2] = { 2, 1 };
+    double deadline = now() + 30;
+    for (int i = 0; i < 2; i++) fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+    while ((got[0] < want[0] || got[1] < want[1]) && now() < deadline) {
+        struct pollfd p[2] = { { .fd = a, .events = POLLIN }, { .fd = b, .events = POLLIN } };
+        if (poll(p, 2, 100) <= 0) continue;
+        for (int i = 0; i < 2; i++) {
+            if (!(p[i].revents & POLLIN)) continue;
+            ssize_t n = recv(fds[i], buffer, sizeof(buffer), 0);
+            if (n <= 0) { if (n < 0 && errno == EAGAIN) continue; fail("big %c: recv ended after %zu bytes", "ab"[i], got[i]); return; }
+            for (ssize_t k = 0; k < n; k++)
+                if (buffer[k] != pattern(got[i] + (size_t)k, seeds[i])) { fail("big %c: byte %zu differs", "ab"[i], got[i] + (size_t)k); return; }
+            got[i] += (size_t)n;
+        }
+    }
+    if (got[0] != want[0] || got[1] != want[1]) fail("big: a read %zu of %zu, b read %zu of %zu", got[0], want[0], got[1], want[1]);
+}
+
+static int queued(int fd, unsigned long request) {
+    int n = -1;
+    ioctl(fd, request, &n);
+    return n;
+}
+
+int main(void) {
+    signal(SIGTERM, on_term);
+    signal(SIGPIPE, SIG_IGN);
+    enum { BIG, HALF, LASTACK, CLOSING, FINWAIT1, PAIRS };
+    static const char *pair_names[] = { "big", "half", "lastack", "closing", "finwait1" };
+    int a[PAIRS], b[PAIRS], sa[PAIRS], sb[PAIRS];
+    size_t atob = 0, btoa = 0, lastack = 0, closing = 0, finwait1 = 0;
+
+    pair(&a[BIG], &b[BIG], 8 << 20, 4 << 20, 8 << 20, 4 << 20);
+    atob = fill(a[BIG], 1);
+    btoa = fill(b[BIG], 2);
+
+    pair(&a[HALF], &b[HALF], 0, 0, 0, 0);
+    send_text(a[HALF], "half");
+    shutdown(a[HALF], SHUT_WR);
+
+    pair(&a[LASTACK], &b[LASTACK], 0, 65536, 65536, 0);
+    shutdown(a[LASTACK], SHUT_WR);
+    usleep(20000);
+    lastack = fill(b[LASTACK], 3);
+    shutdown(b[LASTACK], SHUT_WR);
+
+    pair(&a[CLOSING], &b[CLOSING], 65536, 0, 0, 65536);
+    closing = fill(a[CLOSING], 4);
+    shutdown(a[CLOSING], SHUT_WR);
+    send_text(b[CLOSING], "y");
+    shutdown(b[CLOSING], SHUT_WR);
+
+    pair(&a[FINWAIT1], &b[FINWAIT1], 65536, 0, 0, 65536);
+    finwait1 = fill(a[FINWAIT1], 5);
+    shutdown(a[FINWAIT1], SHUT_WR);
+    usleep(100000);
+
+    static const int want_a[] = { 1, 5, 5, 11, 4 }, want_b[] = { 1, 8, 9, 5, 1 };
+    printf("STATES");
+    for (int i = 0; i < PAIRS; i++) {
+        sa[i] = state(a[i]);
+        sb[i] = state(b[i]);
+        printf(" %s=%s/%s", pair_names[i], state_name(sa[i]), state_name(sb[i]));
+        if (sa[i] != want_a[i] || sb[i] != want_b[i]) die("a pair is not in the state it should be in");
+    }
+    printf("\nQUEUES big a: %d to send, %d to read; b: %d to send, %d to read\n",
+           queued(a[BIG], SIOCOUTQ), queued(a[BIG], SIOCINQ), queued(b[BIG], SIOCOUTQ), queued(b[BIG], SIOCINQ));
+    fflush(stdout);
+    if (queued(a[BIG], SIOCOUTQ) < (2 << 20) || queued(b[BIG], SIOCINQ) < (1 << 20)) die("the big queues are not big");
+
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    printf("READY\n");
+    fflush(stdout);
+    while (!term) sigsuspend(&old);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+
+    for (int i = 0; i < PAIRS; i++) {
+        int na = state(a[i]), nb = state(b[i]);
+        if (na != sa[i] || nb != sb[i])
+            fail("%s: states %s/%s, were %s/%s", pair_names[i], state_name(na), state_name(nb), state_name(sa[i]), state_name(sb[i]));
+    }
+
+    drain_both(a[BIG], b[BIG], atob, btoa);
+    fcntl(a[BIG], F_SETFL, 0);
+    fcntl(b[BIG], F_SETFL, 0);
+    send_text(a[BIG], "ping");
+    shutdown(a[BIG], SHUT_WR);
+    drain(b[BIG], 0, -1, "ping", "big b: after restore");
+    shutdown(b[BIG], SHUT_WR);
+    drain(a[BIG], 0, -1, "", "big a: end");
+
+    drain(b[HALF], 0, -1, "half", "half b");
+    send_text(b[HALF], "reply");
+    shutdown(b[HALF], SHUT_WR);
+    drain(a[HALF], 0, -1, "reply", "half a");
+
+    drain(a[LASTACK], lastack, 3, NULL, "lastack a");
+
+    drain(b[CLOSING], closing, 4, NULL, "closing b");
+    drain(a[CLOSING], 0, -1, "y", "closing a");
+
+    drain(b[FINWAIT1], finwait1, 5, NULL, "finwait1 b");
+    shutdown(b[FINWAIT1], SHUT_WR);
+    drain(a[FINWAIT1], 0, -1, "", "finwait1 a");
+
+    if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
+    printf("PASS\n");
+    fflush(stdout);
+    return 0;
+}
