@@ -18,8 +18,8 @@ say() { printf '==> %s\n' "$*"; }
 if [[ ${1:-} == --test-package ]]; then
     package=${2:-}
     case $package in
-        nginx | postgresql) ;;
-        *) echo "setup: --test-package: unknown test package '$package' (known: nginx, postgresql)" >&2; exit 2 ;;
+        nginx | postgresql | iptables | nftables) ;;
+        *) echo "setup: --test-package: unknown test package '$package' (known: nginx, postgresql, iptables, nftables)" >&2; exit 2 ;;
     esac
     if dpkg -s "$package" 2>/dev/null | grep -q '^Status: install ok installed'; then
         say "$package already installed"

@@ -34,3 +34,46 @@ extension Processes {
         return pid
     }
 }
+
+extension Processes {
+    /// Runs a program (found on PATH) to its end with stdin on /dev/null: its exit
+    /// status (or -1 when killed) and what it wrote to stdout and stderr together.
+    public static func run(_ program: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+        let (readEnd, writeEnd) = try FileObjects.pipe(object: program)
+        let fds = [readEnd.rawValue, writeEnd.rawValue]
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK))
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        let argv = ([program] + arguments).map { strdup($0) } + [nil]
+        defer { for p in argv { free(p) } }
+        var pid: pid_t = 0
+        let r = posix_spawnp(&pid, program, &actions, &attributes, argv, environ)
+        Glibc.close(fds[1])
+        defer { Glibc.close(fds[0]) }
+        if r != 0 { throw SyscallError("posix_spawnp", errno: Errno(rawValue: r), object: program) }
+        var output: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(fds[0], $0.baseAddress, $0.count) }
+            if n < 0 && Glibc.errno == EINTR { continue }
+            if n <= 0 { break }
+            output += buffer[0..<n]
+        }
+        var status: Int32 = 0
+        while Glibc.waitpid(pid, &status, 0) < 0 {
+            if Glibc.errno != EINTR { throw SyscallError("waitpid", errno: Errno(rawValue: Glibc.errno), object: program) }
+        }
+        let exited = status & 0x7f == 0
+        return (exited ? (status >> 8) & 0xff : -1, String(decoding: output, as: UTF8.self))
+    }
+}

@@ -64,7 +64,7 @@ typealias CgroupMode = CgroupManagement
 extension CgroupManagement: ExpressibleByArgument {}
 
 /// The firewall lock over dumped TCP connections (CRIU's --network-lock).
-/// cryo places none (`skip`); asking for one is refused, not ignored.
+/// Without the option cryo places none (`skip`), unlike CRIU, whose default is iptables.
 enum NetworkLock: String, ExpressibleByArgument, CaseIterable {
     case iptables, nftables, skip
 }
@@ -91,7 +91,7 @@ struct CriuOptions: ParsableArguments {
             help: "[CONTROLLERS:]/PATH: restore the root task's cgroup (and those below it) at PATH (repeatable).")
     var cgroupRoot: [String] = []
     @Option(name: .customLong("network-lock"),
-            help: "CRIU's firewall lock of dumped TCP connections; cryo supports only `skip` (no lock).")
+            help: "dump: drop the dumped TCP connections' packets with iptables or nftables rules until restore removes them (default `skip`: no lock).")
     var networkLock: NetworkLock?
     @Flag(name: .customLong("tcp-close"),
           help: "Dump connected TCP sockets without their connection (the dump ends it); restore them closed (end of stream, EPIPE).")
@@ -102,9 +102,6 @@ struct CriuOptions: ParsableArguments {
     var displayStatistics = false
 
     func validate() throws {
-        if let networkLock, networkLock != .skip {
-            throw CriuCommandLine.Refusal.unsupported("--network-lock \(networkLock.rawValue)")
-        }
     }
 
     /// A path as CRIU resolves it: relative ones against --work-dir, which defaults to the images dir.

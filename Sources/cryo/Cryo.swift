@@ -157,6 +157,7 @@ struct DumpCommand: ParsableCommand {
             options.handOver = try link.map { try Migrator.pageServerHandOver(over: $0, rootPid: pid) }
             options.tcpClose = criu.tcpClose
             options.skipInFlight = criu.skipInFlight
+            options.networkLock = criu.networkLock.flatMap { NetworkLockMode(rawValue: $0.rawValue) }
             return try Dumper(options: options,
                        logger: common.logger(relativeTo: criu.workDirectory ?? directory)).run()
         }

@@ -12,7 +12,6 @@ struct CriuCommandLineTests {
     @Test("unsupported CRIU options are refused in one line, exit 1", arguments: [
         (["dump", "-t", "1", "-D", "/nonexistent", "--ext-mount-map", "a:b"], "--ext-mount-map is not supported"),
         (["dump", "-t", "1", "-D", "/nonexistent", "--lazy-pages"], "dump --lazy-pages"),
-        (["dump", "-t", "1", "-D", "/nonexistent", "--network-lock", "iptables"], "--network-lock iptables is not supported"),
         (["restore", "-D", "/nonexistent", "--restore-sibling"], "--restore-sibling is not supported"),
         (["pre-dump", "-t", "1", "-D", "/nonexistent", "--prev-images-dir", "x"], "pre-dump --prev-images-dir is not supported"),
         (["check", "--feature", "no_such_feature"], "unknown feature no_such_feature"),

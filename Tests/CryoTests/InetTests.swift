@@ -153,3 +153,168 @@ private func peerRead(_ fd: Int32, count: Int) -> String {
     }
     return String(decoding: buffer[0..<have], as: UTF8.self)
 }
+
+/// A listening socket of this process on 127.0.0.1 (port chosen by the kernel).
+private func testListener(backlog: Int32) throws -> (fd: Int32, port: UInt16) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    try #require(fd >= 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var size = socklen_t(MemoryLayout<sockaddr_in>.size)
+    try withUnsafeMutablePointer(to: &address) { pointer in
+        try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            try #require(bind(fd, $0, size) == 0 && listen(fd, backlog) == 0 && getsockname(fd, $0, &size) == 0)
+        }
+    }
+    return (fd, UInt16(bigEndian: address.sin_port))
+}
+
+/// A connection of this process to 127.0.0.1:port (blocking connect).
+private func testConnect(_ port: UInt16) -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = port.bigEndian
+    let ok = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    if ok != 0 { close(fd); return -1 }
+    return fd
+}
+
+/// dump (killing) and restore with the given options; `prepare` runs once the fixture is ready,
+/// `afterSignal` once the restored fixture got SIGTERM.
+private func roundTrip(_ arguments: [String], dump dumpOptions: [String], restore restoreOptions: [String],
+                       prepare: () throws -> Void = {}, afterSignal: () throws -> Void = {}) throws {
+    let scratch = try Scratch("tcp-states")
+    defer { scratch.remove() }
+    let fixture = try Fixture("tcpstates", arguments: arguments, in: scratch)
+    defer { fixture.cleanUp() }
+    try fixture.waitReady()
+    try prepare()
+    let (images, _) = try dumpAndReap(fixture, in: scratch, options: dumpOptions)
+    let restore = try CryoProcess(["restore", "-D", images] + restoreOptions, in: scratch)
+    defer { restore.stop() }
+    try expectRestoredAndPassing(fixture, by: restore, timeout: 60, afterSignal: afterSignal)
+}
+
+extension EndToEnd.InetTests {
+    @Test("a socket caught in SYN_SENT connects again after restore and its connection carries bytes")
+    func synSent() throws {
+        // Accept queue full (backlog 0, one connection waiting): the fixture's SYN is dropped.
+        let (listener, port) = try testListener(backlog: 0)
+        defer { close(listener) }
+        let filler = testConnect(port)
+        try #require(filler >= 0, "filler connect: \(String(cString: strerror(errno)))")
+        defer { close(filler) }
+        try roundTrip(["synsent", "\(port)"], dump: [], restore: [], afterSignal: {
+            var timeout = timeval(tv_sec: 20, tv_usec: 0)
+            setsockopt(listener, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            let first = accept(listener, nil, nil)  // the filler; the queue has room again
+            #expect(first >= 0, "accept: \(String(cString: strerror(errno)))")
+            if first >= 0 { close(first) }
+            let peer = accept(listener, nil, nil)
+            #expect(peer >= 0, "the restored fixture never connected: \(String(cString: strerror(errno)))")
+            guard peer >= 0 else { return }
+            defer { close(peer) }
+            #expect(peerRead(peer, count: 5) == "hello")
+            #expect(send(peer, "bye", 3, Int32(MSG_NOSIGNAL)) == 3)
+            shutdown(peer, Int32(SHUT_WR))
+        })
+    }
+
+    @Test("a listener with a connection not yet accepted: refused in one line, dropped with --skip-in-flight")
+    func pendingConnections() throws {
+        var client: Int32 = -1
+        defer { if client >= 0 { close(client) } }
+        let scratch = try Scratch("tcp-pending")
+        defer { scratch.remove() }
+        let fixture = try Fixture("tcpstates", arguments: ["pending"], in: scratch)
+        defer { fixture.cleanUp() }
+        try fixture.waitReady()
+        let port = try #require(fixture.tagged("PORT").flatMap { UInt16($0.first ?? "") })
+        client = testConnect(port)
+        try #require(client >= 0)
+        let refused = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("refused")], in: scratch, reaping: fixture)
+        #expect(refused.failed && refused.stderrLines.count == 1 && refused.stderr.contains("not yet accepted")
+                && refused.stderr.contains("--skip-in-flight") && refused.stderr.contains("pid \(fixture.pid) fd "), "\(refused)")
+        #expect(fixture.pollOriginal() == nil, "a refused dump must leave the fixture running")
+        let (images, _) = try dumpAndReap(fixture, in: scratch, options: ["--skip-in-flight"])
+        let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+        defer { restore.stop() }
+        try expectRestoredAndPassing(fixture, by: restore, timeout: 60)
+    }
+
+    @Test("--tcp-close: connections come back closed (end of stream, EPIPE)")
+    func tcpClose() throws {
+        try roundTrip(["closed"], dump: ["--tcp-close"], restore: ["--tcp-close"])
+    }
+
+    @Test("restore --tcp-close takes an image dumped with --tcp-established")
+    func tcpCloseAtRestore() throws {
+        try roundTrip(["closed"], dump: ["--tcp-established"], restore: ["--tcp-close"])
+    }
+}
+
+/// Runs a shell command: its exit status and output (stdout and stderr).
+private func shell(_ command: String) -> (status: Int32, output: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/sh")
+    process.arguments = ["-c", command]
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    do { try process.run() } catch { return (-1, "\(error)") }
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+extension EndToEnd.InetTests {
+    @Test("--network-lock: a peer that sends between dump and restore loses nothing and sees no reset; the rules go",
+          arguments: ["iptables", "nftables"])
+    func networkLock(mode: String) throws {
+        let tool = mode == "iptables" ? "/usr/sbin/iptables" : "/usr/sbin/nft"
+        guard FileManager.default.fileExists(atPath: tool) else {
+            print("skipped: \(tool) is not installed (Scripts/setup.sh --test-package \(mode) installs it)")
+            return
+        }
+        // A network namespace of our own: firewall rules are global to one.
+        let namespace = "cryo-lock-\(getpid())-\(mode)"
+        let made = shell("ip netns add \(namespace) && ip -n \(namespace) link set lo up")
+        try #require(made.status == 0, "ip netns add: \(made.output)")
+        defer { _ = shell("ip netns del \(namespace)") }
+        let enter = ["/usr/bin/nsenter", "--net=/run/netns/\(namespace)"]
+        let listRules = mode == "iptables" ? "iptables -S" : "nft list ruleset"
+        let scratch = try Scratch("tcp-lock")
+        defer { scratch.remove() }
+        let peer = try Fixture("tcpstates", arguments: ["lockpeer"], in: scratch, launcher: enter, logPath: scratch.file("peer.log"))
+        defer { peer.cleanUp() }
+        try peer.waitReady()
+        let port = try #require(peer.tagged("PORT")?.first)
+        let fixture = try Fixture("tcp", arguments: ["peer", port], in: scratch, launcher: enter)
+        defer { fixture.cleanUp() }
+        try fixture.waitReady()
+        let images = scratch.file("img")
+        let dump = try cryo(["dump", "--tcp-established", "--network-lock", mode, "-t", "\(fixture.pid)", "-D", images], in: scratch,
+                            reaping: fixture, launcher: enter)
+        try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+        try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump")
+        let during = shell("ip netns exec \(namespace) \(listRules)")
+        #expect(during.output.contains("cryo-lock-") && during.output.lowercased().contains("drop"), "no lock rules after the dump:\n\(during.output)")
+        // The peer sends into the gap: the rules drop it; TCP sends it again after restore.
+        peer.signal(SIGUSR1)
+        #expect(waitUntil(timeout: 10) { peer.lines.contains("SENT") }, "\(peer.report)")
+        usleep(500_000)
+        let restore = try CryoProcess(["restore", "-D", images, "--tcp-established"], in: scratch, launcher: enter)
+        defer { restore.stop() }
+        try expectRestoredAndPassing(fixture, by: restore, timeout: 60)
+        let peerExit = peer.reapOriginal(timeout: 60)
+        #expect(peerExit == .exited(0), "\(peer.report)")
+        expectPass(peer)
+        let after = shell("ip netns exec \(namespace) \(listRules)")
+        #expect(!after.output.contains("cryo-lock-"), "lock rules left after restore:\n\(after.output)")
+    }
+}

@@ -14,6 +14,20 @@
  *              "y" and shut down: a CLOSING, b FIN_WAIT2
  *     finwait1 a filled b's window and shut down: a FIN_WAIT1, b ESTABLISHED
  *
+ *   synsent PORT   a connect to 127.0.0.1:PORT (the test's listener, its accept
+ *              queue full) left in SYN_SENT; after SIGTERM the connection
+ *              must complete, carry "hello" out and "bye" back, then end
+ *   pending    a listener (PORT printed) the test connects to without it
+ *              being accepted, dumped with --skip-in-flight: after SIGTERM
+ *              accept finds nothing, and a new connection works
+ *   closed     a connected pair, dumped and restored with --tcp-close: after
+ *              SIGTERM both ends read end of stream and writing fails EPIPE
+ *   lockpeer       not dumped: the peer outside the tree of `tcp peer PORT`.
+ *              Listens (PORT printed), accepts one connection; on SIGUSR1
+ *              (sent while the tree is dumped and not yet restored) sends
+ *              "from the test"; then expects "from the fixture" and "ping",
+ *              answers "pong" and passes if the connection was never reset
+ *
  * "STATES ..." lists them before READY. After SIGTERM each end must be in
  * the state it was in, then every pair runs to its normal end: every queued
  * byte arrives intact and in order, each side sees end of stream, and the
@@ -155,9 +169,133 @@ static int queued(int fd, unsigned long request) {
     return n;
 }
 
-int main(void) {
+static void wait_term(void) {
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    printf("READY\n");
+    fflush(stdout);
+    while (!term) sigsuspend(&old);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+}
+
+static int finish(void) {
+    if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
+    printf("PASS\n");
+    fflush(stdout);
+    return 0;
+}
+
+static int synsent(int port) {
+    struct sockaddr_in to = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK), .sin_port = htons((uint16_t)port) };
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fd < 0) die("socket");
+    if (connect(fd, (struct sockaddr *)&to, sizeof(to)) == 0 || errno != EINPROGRESS) die("connect should be in progress");
+    usleep(100000);
+    printf("STATES synsent=%s\n", state_name(state(fd)));
+    if (state(fd) != 2) die("not in SYN_SENT");
+    wait_term();
+    struct pollfd p = { .fd = fd, .events = POLLOUT };
+    if (poll(&p, 1, 20000) != 1) fail("the connection did not complete in 20 s (state %s)", state_name(state(fd)));
+    int error = -1;
+    socklen_t size = sizeof(error);
+    getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &size);
+    if (error) fail("connect: %s", strerror(error));
+    else {
+        fcntl(fd, F_SETFL, 0);
+        send_text(fd, "hello");
+        drain(fd, 0, -1, "bye", "synsent: the reply");
+    }
+    return finish();
+}
+
+static int pending(void) {
+    struct sockaddr_in lo = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t size = sizeof(lo);
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    if (l < 0 || bind(l, (struct sockaddr *)&lo, sizeof(lo)) != 0 || listen(l, 4) != 0 || getsockname(l, (struct sockaddr *)&lo, &size) != 0)
+        die("listener");
+    printf("PORT %d\n", ntohs(lo.sin_port));
+    wait_term();
+    fcntl(l, F_SETFL, O_NONBLOCK);
+    int a = accept(l, NULL, NULL);
+    if (a >= 0) fail("a connection not yet accepted at dump came back");
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(c, (struct sockaddr *)&lo, sizeof(lo)) != 0) fail("new connection: %s", strerror(errno));
+    struct pollfd p = { .fd = l, .events = POLLIN };
+    poll(&p, 1, 5000);
+    a = accept(l, NULL, NULL);
+    if (a < 0) fail("accept: %s", strerror(errno));
+    else {
+        fcntl(a, F_SETFL, 0);
+        send_text(c, "new");
+        shutdown(c, SHUT_WR);
+        drain(a, 0, -1, "new", "pending: a new connection");
+    }
+    return finish();
+}
+
+static int closed(void) {
+    int a, b;
+    pair(&a, &b, 0, 0, 0, 0);
+    send_text(a, "lost");
+    wait_term();
+    char byte;
+    for (int i = 0; i < 2; i++) {
+        int fd = i ? b : a;
+        ssize_t n = recv(fd, &byte, 1, MSG_DONTWAIT);
+        if (n != 0) fail("%c: read gave %zd (%s), not end of stream", "ab"[i], n, n < 0 ? strerror(errno) : "bytes");
+        if (send(fd, "x", 1, MSG_NOSIGNAL) != -1 || errno != EPIPE) fail("%c: writing did not fail with EPIPE", "ab"[i]);
+    }
+    return finish();
+}
+
+static volatile sig_atomic_t usr1;
+static void on_usr1(int sig) { (void)sig; usr1 = 1; }
+
+static int lockpeer(void) {
+    struct sockaddr_in lo = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t size = sizeof(lo);
+    signal(SIGUSR1, on_usr1);
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    if (l < 0 || bind(l, (struct sockaddr *)&lo, sizeof(lo)) != 0 || listen(l, 1) != 0 || getsockname(l, (struct sockaddr *)&lo, &size) != 0)
+        die("listener");
+    printf("PORT %d\nREADY\n", ntohs(lo.sin_port));
+    fflush(stdout);
+    int fd = accept(l, NULL, NULL);
+    if (fd < 0) die("accept");
+    while (!usr1) usleep(10000);
+    send_text(fd, "from the test");
+    printf("SENT\n");
+    fflush(stdout);
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    const char *want = "from the fixtureping";
+    char buffer[64];
+    size_t have = 0, length = strlen(want);
+    double deadline = now() + 60;
+    while (have < length && now() < deadline) {
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        if (poll(&p, 1, 100) <= 0) continue;
+        ssize_t n = recv(fd, buffer + have, length - have, 0);
+        if (n == 0) { fail("end of stream after %zu bytes", have); break; }
+        if (n < 0) { if (errno == EAGAIN || errno == EINTR) continue; fail("recv: %s (after %zu bytes)", strerror(errno), have); break; }
+        have += (size_t)n;
+    }
+    if (have == length && memcmp(buffer, want, length) != 0) fail("bytes changed");
+    else if (have < length && !failbuf[0]) fail("%zu of %zu bytes in 60 s", have, length);
+    if (!failbuf[0] && send(fd, "pong", 4, MSG_NOSIGNAL) != 4) fail("send pong: %s", strerror(errno));
+    usleep(200000);
+    return finish();
+}
+
+int main(int argc, char **argv) {
     signal(SIGTERM, on_term);
     signal(SIGPIPE, SIG_IGN);
+    if (argc > 2 && strcmp(argv[1], "synsent") == 0) return synsent(atoi(argv[2]));
+    if (argc > 1 && strcmp(argv[1], "pending") == 0) return pending();
+    if (argc > 1 && strcmp(argv[1], "closed") == 0) return closed();
+    if (argc > 1 && strcmp(argv[1], "lockpeer") == 0) return lockpeer();
     enum { BIG, HALF, LASTACK, CLOSING, FINWAIT1, PAIRS };
     static const char *pair_names[] = { "big", "half", "lastack", "closing", "finwait1" };
     int a[PAIRS], b[PAIRS], sa[PAIRS], sb[PAIRS];

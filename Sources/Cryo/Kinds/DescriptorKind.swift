@@ -128,6 +128,8 @@ struct KindOptions: Sendable {
     var ghostLimit = DumpOptions.defaultGhostLimit
     /// --ext-unix-sk: a unix datagram socket connected to a peer outside the tree is dumped (connected to its name again).
     var externalUnixSockets = false
+    /// --network-lock: rules dropping each dumped connection's packets, added as connections are found.
+    var networkLock: NetworkLock?
 }
 
 /// One restored process's descriptor table, installed, with the file table it names.

@@ -203,6 +203,8 @@ extension InetSocketState {
                 throw CryoError("\(what) is \(named) \(connection); dump with --tcp-established to checkpoint it (or --tcp-close to drop it)")
             }
             s.state = .connected
+            // Before the queues are read: no byte may arrive after that.
+            try kindOptions.networkLock?.add(local: local!, peer: peer!, pid: p.pid, object: what)
             s.tcp = try dumpConnection(fd, info: info, object: "\(what) \(connection)")
         default:
             throw CryoError("\(what) in TCP state \(stateName) (\(connection)) is not supported")

@@ -18,6 +18,8 @@ public struct DumpOptions: Sendable {
     public var tcpClose = false
     /// --skip-in-flight: connections not yet accepted are left out of their listeners.
     public var skipInFlight = false
+    /// --network-lock: firewall rules keep the dumped connections quiet until restore (nil: none, CRIU's `skip`).
+    public var networkLock: NetworkLockMode?
     /// Write page images as zstd frames.
     public var compress: Bool
     /// A `pre-dump` folder (relative to `directory`, or absolute): only pages written since are read while frozen.
@@ -96,13 +98,15 @@ public struct Dumper {
                                                                             tcpClose: options.tcpClose, skipInFlight: options.skipInFlight,
                                                                             shellJob: options.shellJob, leaveRunning: options.leaveRunning,
                                                                             ghostLimit: options.ghostLimit,
-                                                                            externalUnixSockets: options.externalUnixSockets))
+                                                                            externalUnixSockets: options.externalUnixSockets,
+                                                                            networkLock: options.networkLock.map { NetworkLock(mode: $0, rootPid: pid) }))
         defer { fileTable.release() }
         let sharedMemory = SharedMemoryDump(paths: paths)
         var success = false
         defer {
             try? inventoryFD.close()
             if !success {
+                fileTable.options.networkLock?.removeAll()
                 for file in created + fileTable.created + sharedMemory.created { unlink(file) }
                 unlink("\(options.directory)/stats-dump")
                 if let storageFailure {
@@ -245,6 +249,12 @@ public struct Dumper {
         statistics.frozenSeconds = seconds(since: frozenAt)
         statistics.processes = tree.processes.count
         killPoint("written")
+        // The lock goes once the tree runs on; after a kill it stays for restore to remove.
+        let unlockAtEnd = options.leaveRunning || options.handOver != nil
+        defer { if unlockAtEnd { fileTable.options.networkLock?.removeAll() } }
+        if !unlockAtEnd, let lock = fileTable.options.networkLock, let path = try lock.save(into: options.directory) {
+            created.append(path)
+        }
         success = true
         if options.leaveRunning {
             try tree.release()

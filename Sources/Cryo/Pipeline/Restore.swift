@@ -91,6 +91,9 @@ public struct Restorer {
         let started = ContinuousClock.now
         var statistics = RestoreStatistics()
         let image = try Image(directory: options.directory)
+        // A dump's --network-lock rules go once the tree runs, or the restore failed.
+        let networkLock = try NetworkLock.saved(in: options.directory)
+        defer { networkLock?.removeAll() }
         statistics.imageReadSeconds = seconds(since: started)
         if options.lazyPages { try LazyServer.check() }
         let inventory = image.inventory

@@ -1,0 +1,166 @@
+import CryoSystem
+import FoundationEssentials
+import Glibc
+import SystemPackage
+
+/// CRIU's --network-lock: the firewall backend that keeps dumped TCP connections quiet.
+public enum NetworkLockMode: String, Codable, Sendable {
+    case iptables, nftables
+}
+
+/// Firewall rules that drop every packet of the dumped TCP connections (each by
+/// its 4-tuple, both ways) from the moment dump finds a connection, before it
+/// reads the connection's queues, until the restored tree runs. Without them a
+/// peer that sends during the gap would get an RST from the host (no socket
+/// holds the connection any more), or its bytes would be acknowledged by the
+/// frozen socket after dump read the queue, and lost. Dropped packets are sent
+/// again by TCP once the rules go. cryo's own raw packets (a peer's FIN
+/// delivered again at restore) carry `TCPFinInjector.mark` and pass.
+///
+/// The rules live in the dumped tree's network namespace; restore removes them
+/// in its own (where it rebuilds the sockets), reading them from `netlock.json`
+/// in the image.
+final class NetworkLock: @unchecked Sendable {
+    struct Connection: Codable, Equatable {
+        var local: InetAddress
+        var peer: InetAddress
+    }
+    struct Saved: Codable {
+        var mode: NetworkLockMode
+        /// iptables comment / nftables table name: unique to one dump.
+        var name: String
+        var connections: [Connection]
+    }
+
+    static let fileName = "netlock.json"
+    private var saved: Saved
+    /// Commands run in this task's network namespace (the dumped tree's), else in cryo's.
+    private let namespacePid: pid_t?
+    private let mutex = Lock()
+    private var tableMade = false
+
+    init(mode: NetworkLockMode, rootPid: pid_t) {
+        saved = Saved(mode: mode, name: "cryo-lock-\(rootPid)-\(getpid())-\(Int(Date().timeIntervalSince1970))", connections: [])
+        namespacePid = rootPid
+    }
+
+    private init(saved: Saved) {
+        self.saved = saved
+        namespacePid = nil
+        tableMade = true
+    }
+
+    var isEmpty: Bool { mutex.withLock { saved.connections.isEmpty } }
+
+    /// Drops the connection's packets from now on.
+    func add(local: InetAddress, peer: InetAddress, pid: pid_t, object: String) throws {
+        try mutex.withLock {
+            let connection = Connection(local: local, peer: peer)
+            guard !saved.connections.contains(connection) else { return }
+            if saved.mode == .nftables && !tableMade {
+                for command in nftTable() { try run(command, object: object) }
+                tableMade = true
+            }
+            for command in rules(connection, adding: true) { try run(command, object: object) }
+            saved.connections.append(connection)
+        }
+    }
+
+    /// Every rule goes (errors are only logged: each rule is tried).
+    func removeAll() {
+        mutex.withLock {
+            switch saved.mode {
+            case .iptables:
+                for connection in saved.connections {
+                    for command in rules(connection, adding: false) { _ = try? run(command, object: "network lock") }
+                }
+            case .nftables:
+                if tableMade { _ = try? run(["nft", "delete", "table", "inet", saved.name], object: "network lock") }
+                tableMade = false
+            }
+            saved.connections = []
+        }
+    }
+
+    /// Into the image, so restore removes the rules once the tree runs again.
+    func save(into directory: String) throws -> String? {
+        let data = try mutex.withLock { () -> Data? in
+            guard !saved.connections.isEmpty else { return nil }
+            return try JSONEncoder().encode(saved)
+        }
+        guard let data else { return nil }
+        let path = "\(directory)/\(Self.fileName)"
+        let fd = try Files.open(path, .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite])
+        defer { try? fd.close() }
+        try Files.write(fd, [UInt8](data), path: path)
+        return path
+    }
+
+    /// The rules a dump left for this image, to be removed in cryo's network namespace.
+    static func saved(in directory: String) throws -> NetworkLock? {
+        let path = "\(directory)/\(fileName)"
+        guard Files.exists(path) else { return nil }
+        guard let saved = try? JSONDecoder().decode(Saved.self, from: Data(try Files.read(path))),
+              saved.name.hasPrefix("cryo-lock-"), saved.name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }),
+              saved.connections.allSatisfy({ $0.local.raw() != nil && $0.peer.raw() != nil }) else {
+            throw CryoError("\(path): not a network lock record cryo wrote")
+        }
+        return NetworkLock(saved: saved)
+    }
+
+    // MARK: - Commands
+
+    private static let markText = "0x" + String(UInt32(bitPattern: TCPFinInjector.mark), radix: 16)
+
+    private func nftTable() -> [[String]] {
+        let t = saved.name
+        return [["nft", "add", "table", "inet", t]] + ["input", "output"].map {
+            ["nft", "--", "add", "chain", "inet", t, $0, "{", "type", "filter", "hook", $0, "priority", "-150", ";", "policy", "accept", ";", "}"]
+        }
+    }
+
+    /// Packets from the peer (input) and to it (output); IPv4-mapped IPv6 connections are IPv4 on the wire.
+    private func rules(_ c: Connection, adding: Bool) -> [[String]] {
+        let (local, peer) = (c.local.wireAddress, c.peer.wireAddress)
+        let v6 = local.contains(":")
+        let directions = [("INPUT", "input", peer, c.peer.port, local, c.local.port), ("OUTPUT", "output", local, c.local.port, peer, c.peer.port)]
+        switch saved.mode {
+        case .iptables:
+            return directions.map { chain, _, source, sport, destination, dport in
+                [v6 ? "ip6tables" : "iptables", "-w", adding ? "-I" : "-D", chain, "-p", "tcp", "-s", source, "--sport", "\(sport)",
+                 "-d", destination, "--dport", "\(dport)", "-m", "mark", "!", "--mark", Self.markText,
+                 "-m", "comment", "--comment", saved.name, "-j", "DROP"]
+            }
+        case .nftables:
+            let family = v6 ? "ip6" : "ip"
+            return directions.map { _, chain, source, sport, destination, dport in
+                ["nft", "add", "rule", "inet", saved.name, chain, family, "saddr", source, "tcp", "sport", "\(sport)",
+                 family, "daddr", destination, "tcp", "dport", "\(dport)", "meta", "mark", "!=", Self.markText, "drop"]
+            }
+        }
+    }
+
+    private func run(_ command: [String], object: String) throws {
+        var argv = command
+        if let namespacePid { argv = ["nsenter", "--net=/proc/\(namespacePid)/ns/net", "--"] + argv }
+        let result: (status: Int32, output: String)
+        do {
+            result = try Processes.run(argv[0], Array(argv.dropFirst()))
+        } catch {
+            throw CryoError("\(object): --network-lock \(saved.mode.rawValue): cannot run \(command[0]): \(error)")
+        }
+        guard result.status == 0 else {
+            let output = result.output.split(separator: "\n").first.map(String.init) ?? ""
+            throw CryoError("\(object): --network-lock \(saved.mode.rawValue): `\(command.joined(separator: " "))` failed "
+                + "(exit status \(result.status)): \(output)")
+        }
+    }
+}
+
+extension InetAddress {
+    /// The address as packets carry it: an IPv4-mapped IPv6 address as plain IPv4.
+    var wireAddress: String {
+        guard let bytes = rawBytes, bytes.count == 4 else { return address }
+        return bytes.map(String.init).joined(separator: ".")
+    }
+}
