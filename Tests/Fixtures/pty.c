@@ -4,7 +4,8 @@
  * a custom VMIN/VTIME and c_lflag, a window size, bytes written into the
  * master and not yet read from the slave and the reverse, and a second
  * master that stays locked and is in packet mode (TIOCPKT). After SIGTERM: termios, window size, the queued
- * bytes, the lock, packet mode and the pairing (ptsname of the master names the slave
+ * bytes, the lock, packet mode, the slave's owner (1234:5) and mode (0604)
+ * and the pairing (ptsname of the master names the slave
  * open; its number may differ from before) are checked, and the pair still
  * carries bytes both ways.
  */
@@ -60,6 +61,7 @@ int main(void) {
 
     write(master, "to the slave", 12);
     write(slave, "to the master", 13);
+    if (fchown(slave, 1234, 5) || fchmod(slave, 0604)) { printf("FAIL: fchown/fchmod of the slave\n"); return 1; }
     int locked = posix_openpt(O_RDWR | O_NOCTTY);  /* never unlocked */
     int on = 1;
     if (locked < 0 || ioctl(locked, TIOCPKT, &on)) { printf("FAIL: TIOCPKT\n"); return 1; }
@@ -103,6 +105,9 @@ int main(void) {
     int lock = 0;
     if (ioctl(locked, TIOCGPTLCK, &lock) != 0 || lock != 1) fail("second pty is no longer locked");
     if (ioctl(master, TIOCGPTLCK, &lock) != 0 || lock != 0) fail("first pty became locked");
+    struct stat node;
+    if (fstat(slave, &node) || node.st_uid != 1234 || node.st_gid != 5 || (node.st_mode & 07777) != 0604)
+        fail("the slave's owner or mode differs");
     int packet = -1;
     if (ioctl(locked, TIOCGPKT, &packet) != 0 || packet != 1) fail("second pty left packet mode");
     if (ioctl(master, TIOCGPKT, &packet) != 0 || packet != 0) fail("first pty entered packet mode");

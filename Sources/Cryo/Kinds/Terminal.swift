@@ -22,6 +22,9 @@ public struct TerminalState: DescriptorKind {
     public var locked: Bool?
     /// Master only: packet mode (TIOCPKT).
     public var packetMode: Bool? = nil
+    /// Master only: the slave's /dev/pts node: owner, group and permission bits.
+    public var slaveOwner: [UInt32]? = nil
+    public var slaveMode: UInt32? = nil
     /// Master only: bytes written into the master not yet read from the slave, and the reverse.
     public var toSlave: Data?
     public var toMaster: Data?
@@ -129,6 +132,9 @@ public struct TerminalState: DescriptorKind {
         if locked == true { try Terminals.setLocked(master, true, object: object) }
         let slave = try opened.get()
         defer { try? slave.close() }
+        let node = try Files.stat(slave, object: object)
+        slaveOwner = [node.st_uid, node.st_gid]
+        slaveMode = UInt32(node.st_mode) & 0o7777
         let what = "\(object) (pending terminal bytes)"
         toSlave = Data(try Terminals.drain(slave, object: what))
         let flags = try FileObjects.statusFlags(master, object: object)
@@ -239,6 +245,8 @@ final class TerminalRebuilder: KindRebuilder {
         try Terminals.setLocked(master, false, object: object)
         let slave = try Terminals.openPeer(master, flags: O_RDWR | O_NONBLOCK, object: object)
         defer { try? slave.close() }
+        if let owner = state.slaveOwner, owner.count == 2 { try FileFacts.setOwner(slave, uid: owner[0], gid: owner[1], object: object) }
+        if let mode = state.slaveMode { try FileObjects.setMode(slave, mode & 0o7777, object: object) }
         // Each side has its own termios; the window size is the pair's.
         try state.apply(to: master, object: object)
         if let slaveState = terminals.first(where: { $0.state.role == .ptySlave && $0.state.index == index })?.state {
