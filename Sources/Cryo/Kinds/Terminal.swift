@@ -240,7 +240,7 @@ final class TerminalRebuilder: KindRebuilder {
             throw CryoError("\(object): pty \(index) has no master in the image")
         }
         let access = Int32(bitPattern: masterFile.flags) & O_ACCMODE
-        let master = try FileObjects.open("/dev/ptmx", flags: access | O_NOCTTY, object: object)
+        let master = try openMaster(index: index, flags: access | O_NOCTTY, object: object)
         masters[index] = master
         try Terminals.setLocked(master, false, object: object)
         let slave = try Terminals.openPeer(master, flags: O_RDWR | O_NONBLOCK, object: object)
@@ -256,6 +256,25 @@ final class TerminalRebuilder: KindRebuilder {
         if state.locked == true { try Terminals.setLocked(master, true, object: object) }
         if state.packetMode == true { try Terminals.setPacketMode(master, true, object: object) }
         return master
+    }
+
+    /// The kernel gives a new master the lowest free index and takes no wish: masters are opened
+    /// (and the extra ones closed) until the image's index comes up. When it is taken, the pair
+    /// gets another, and restore says so on stderr.
+    private func openMaster(index: Int32, flags: Int32, object: String) throws -> FileDescriptor {
+        var extra: [FileDescriptor] = []
+        defer { for fd in extra { try? fd.close() } }
+        while true {
+            let master = try FileObjects.open("/dev/ptmx", flags: flags, object: object)
+            let got = Terminals.ptyIndex(master) ?? -1
+            if got == index || index < 0 { return master }
+            if got > index || extra.count > 4096 {
+                let line = Array("cryo: \(object): /dev/pts/\(index) is taken; the pty is restored as /dev/pts/\(got)\n".utf8)
+                _ = try? FileDescriptor.standardError.writeAll(line)
+                return master
+            }
+            extra.append(master)
+        }
     }
 
     func closeAll() {
