@@ -50,6 +50,22 @@ public enum Terminals {
         _ = try returnOrThrow(ioctl(master.rawValue, UInt(TIOCPKT), &value), "ioctl(TIOCPKT)", object: object)
     }
 
+    /// The session whose controlling terminal the pty is (TIOCGSID on its master, which
+    /// answers whoever asks), or nil when it is no session's.
+    public static func session(_ master: FileDescriptor, object: String) throws -> Int32? {
+        var sid: Int32 = 0
+        if ioctl(master.rawValue, UInt(TIOCGSID), &sid) == 0 { return sid }
+        if Glibc.errno == ENOTTY { return nil }
+        throw SyscallError("ioctl(TIOCGSID)", errno: Errno(rawValue: Glibc.errno), object: object)
+    }
+
+    /// The foreground process group of a pty (TIOCGPGRP on its master), 0 for none.
+    public static func foregroundGroup(_ master: FileDescriptor, object: String) throws -> Int32 {
+        var pgrp: Int32 = 0
+        _ = try returnOrThrow(ioctl(master.rawValue, UInt(TIOCGPGRP), &pgrp), "ioctl(TIOCGPGRP)", object: object)
+        return pgrp
+    }
+
     /// The pty index of a master (TIOCGPTN), or nil when `fd` is none.
     public static func ptyIndex(_ fd: FileDescriptor) -> Int32? {
         var index: UInt32 = 0

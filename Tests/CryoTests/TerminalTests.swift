@@ -29,6 +29,36 @@ extension EndToEnd {
             expectRunsAndPasses(fixture, "\(dump)")
         }
 
+        @Test("a session of the tree whose controlling terminal is a pty of the tree: terminal, foreground group, /dev/tty, ^Z")
+        func ownControllingTerminal() throws {
+            let scratch = try Scratch("ctty")
+            defer { scratch.remove() }
+            let fixture = try Fixture("ctty", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let (images, _) = try dumpAndReap(fixture, in: scratch)
+            let show = try cryo(["show", "--json", images], in: scratch)
+            #expect(show.stdout.contains("\"foregroundGroup\""), "the image should hold the session's terminal\n\(show)")
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore)
+        }
+
+        @Test("a session leader whose terminal's master is outside the dumped tree: refused in one line; it carries on")
+        func controllingTerminalOutside() throws {
+            let scratch = try Scratch("ctty-outside")
+            defer { scratch.remove() }
+            let fixture = try Fixture("ctty", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let leader = try #require(fixture.tagged("PIDS")?.first, "\(fixture.report)")
+            let dump = try cryo(["dump", "-t", leader, "-D", scratch.file("img")], in: scratch)
+            #expect(dump.status == .exited(1) && dump.stderrLines.count == 1, "\(dump)")
+            let line = dump.stderrLines.first ?? ""
+            #expect(containsToken(line, leader) && line.contains("controlling terminal /dev/pts/") && line.contains("not supported"), "\(line)")
+            expectRunsAndPasses(fixture, "\(dump)")
+        }
+
         @Test("a shell job gets cryo's terminal back (--shell-job under a pty)")
         func shellJob() throws {
             guard Locations.isExecutableFile("/usr/bin/script") else {

@@ -266,6 +266,8 @@ public struct Inventory: Codable, Sendable {
     public var sysvMessageQueues: [SysVMessageQueue]? = nil
     /// The tree's cgroups (Cgroups.swift); absent when dumped with --manage-cgroups ignore.
     public var cgroups: CgroupRecord? = nil
+    /// Sessions of the tree whose controlling terminal is a pty of the tree (ControllingTerminals.swift).
+    public var terminals: [SessionTerminal]? = nil
 
     public struct ProcessEntry: Codable, Sendable {
         public var pid: Int32
@@ -279,6 +281,8 @@ public struct Inventory: Codable, Sendable {
         public var stopped: Bool?
         /// The signal it was stopped by (absent in older images: SIGSTOP).
         public var stopSignal: Int32? = nil
+        /// The /dev/pts index of its controlling terminal, one of `terminals`; absent for none (or a shell job's).
+        public var terminal: Int32? = nil
     }
 
     /// Processes that run, and so have task and pages files.

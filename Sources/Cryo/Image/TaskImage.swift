@@ -85,6 +85,7 @@ public struct Image: Sendable {
         try inventory.cgroups?.validate()
         fileTable = try RecordReader(path: paths.files).one(.files, as: FileTable.self)
         try fileTable.validate(file: "files.img")
+        try inventory.validateTerminals(fileTable)
         sharedMemory = try Image.loadSharedMemory(paths)
         for segment in inventory.sysvSharedMemory ?? [] {
             try segment.validate()

@@ -80,6 +80,8 @@ final class FileTableBuilder {
     /// with what to do with the file id each gets.
     private var inFlight: [(handle: FileDescriptor, object: String, resolved: (FileTableBuilder, Int) -> Void)] = []
     private var inFlightDone = 0
+    /// The tree's sessions whose terminal is a pty of the tree (read before any descriptor).
+    var sessionTerminals: [SessionTerminal] = []
     /// Duplicates a kind keeps for its finishDump, by file id.
     private var keptForFinish: [Int: FileDescriptor] = [:]
 
@@ -264,12 +266,23 @@ extension FileTable {
 /// A file table's descriptions, open in the controller, and what the kinds do once the
 /// tree's processes exist (queued unix messages go back with their senders' pids).
 final class OpenedFiles {
-    let descriptors: [FileDescriptor]
+    private(set) var descriptors: [FileDescriptor]
     private let context: OpenContext
 
     init(_ context: OpenContext) {
         self.context = context
         descriptors = context.opened
+    }
+
+    /// Puts `fd` in place of description `id` (made later, inside a restored process), closing the stand-in.
+    func replace(_ id: Int, with fd: FileDescriptor) throws {
+        try? descriptors[id].close()
+        descriptors[id] = fd
+    }
+
+    /// The new slave of the image's pty `index`, open in cryo until the descriptions are finished.
+    func terminalSlave(index: Int32, object: String) throws -> FileDescriptor {
+        try context.rebuilder(TerminalRebuilder.self).slave(index: index, object: object)
     }
 
     func finish(pids: RestoredPids) throws {

@@ -10,7 +10,9 @@ import SystemPackage
 /// - `ptyMaster` / `ptySlave`: both ends of a pseudo-terminal made inside the
 ///   tree; restore makes a new pair (its index may differ) and puts back
 ///   termios, window size, lock and the bytes waiting on either side.
-/// - `currentTerminal`: `/dev/tty` opened by a shell job: reopened by cryo at restore.
+/// - `currentTerminal`: `/dev/tty`: of a shell job (no index), reopened by cryo at restore;
+///   of a session whose terminal is a pty of the tree (its index), opened by the session's
+///   leader at restore once it has the pty again (ControllingTerminals.swift).
 public struct TerminalState: DescriptorKind {
     static let name = "terminal"
     public enum Role: String, Codable, Sendable { case controllingTerminal, currentTerminal, ptyMaster, ptySlave }
@@ -68,7 +70,15 @@ public struct TerminalState: DescriptorKind {
         let rdev = UInt64(p.stat.st_rdev)
         let major = UInt32((rdev >> 8) & 0xfff), minor = UInt32((rdev & 0xff) | ((rdev >> 12) & ~0xff))
         if p.link == "/dev/tty" {
-            guard shellJob else {
+            // Whatever terminal it was opened on: the holder's controlling terminal now, as the kernel gives no other way to tell.
+            let holder = (try? ProcStat(pid: p.pid).field(7)) ?? 0
+            if let index = ControllingTerminals.ptyIndex(ttyNr: holder), table.sessionTerminals.contains(where: { $0.index == index }) {
+                return TerminalState(role: .currentTerminal, index: index)
+            }
+            if holder == 0 || p.inFlight != nil {
+                throw CryoError("\(p.object): /dev/tty held by a process without a controlling terminal (it gave it up since); not supported")
+            }
+            guard shellJob, holder == ownControllingTerminal() else {
                 throw CryoError("\(p.object): /dev/tty (the process's controlling terminal) can only be restored for a shell job: dump with --shell-job from that terminal")
             }
             return TerminalState(role: .currentTerminal)
@@ -80,6 +90,10 @@ public struct TerminalState: DescriptorKind {
             return TerminalState(role: .controllingTerminal)
         }
         if let ptn = Terminals.ptyIndex(p.handle), rdev == ptmxDevice || p.link.hasSuffix("/ptmx") {
+            // Read before: the terminal of a session of the tree comes back as such; of another session, it would not.
+            if let session = try Terminals.session(p.handle, object: p.object), !table.sessionTerminals.contains(where: { $0.index == ptn }) {
+                throw CryoError("\(p.object): /dev/pts/\(ptn) is the controlling terminal of session \(session), which the dumped tree does not lead; not supported")
+            }
             var state = try withTermios(p.handle, role: .ptyMaster, index: ptn, object: p.object)
             state.locked = try Terminals.isLocked(p.handle, object: p.object)
             // Off while the queues are read: in packet mode each read starts with a status byte.
@@ -195,6 +209,7 @@ final class TerminalRebuilder: KindRebuilder {
     let terminals: [(file: FileTable.OpenFile, state: TerminalState)]
     let shellJob: Bool
     private var masters: [Int32: FileDescriptor] = [:]
+    private var slaves: [FileDescriptor] = []
 
     init(_ context: OpenContext) {
         terminals = TerminalState.entries(context.files)
@@ -204,6 +219,9 @@ final class TerminalRebuilder: KindRebuilder {
     func open(_ f: FileTable.OpenFile, _ state: TerminalState, object: String) throws -> FileDescriptor {
         let flags = Int32(bitPattern: f.flags) & (O_ACCMODE | O_NONBLOCK | O_APPEND | O_ASYNC)
         switch state.role {
+        case .currentTerminal where state.index != nil:
+            // A stand-in until the session's leader opens /dev/tty on the pty (ControllingTerminals.swift).
+            return try Terminals.openPeer(try pair(index: state.index!, object: object), flags: flags, object: object)
         case .controllingTerminal, .currentTerminal:
             guard shellJob else { throw CryoError("\(object): the image holds the terminal of a shell job: restore it with --shell-job") }
             // cryo's controlling terminal: by its own name when cryo's stdin, stdout or stderr
@@ -277,8 +295,17 @@ final class TerminalRebuilder: KindRebuilder {
         }
     }
 
+    /// A slave of the image's pty `index` that cryo holds until the descriptions are finished.
+    func slave(index: Int32, object: String) throws -> FileDescriptor {
+        let slave = try Terminals.openPeer(try pair(index: index, object: object), flags: O_RDWR | O_NONBLOCK, object: object)
+        slaves.append(slave)
+        return slave
+    }
+
     func closeAll() {
         for fd in masters.values { try? fd.close() }
         masters = [:]
+        for fd in slaves { try? fd.close() }
+        slaves = []
     }
 }

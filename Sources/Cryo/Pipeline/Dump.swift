@@ -137,6 +137,9 @@ public struct Dumper {
         let taskWriter = BackgroundWriter()
         do {
             try checkTree(tree)
+            // Before any descriptor is read: a terminal that cannot come back refuses the dump untouched.
+            let terminals = try ControllingTerminals.dump(tree, root: pid, shellJob: options.shellJob)
+            fileTable.sessionTerminals = terminals.sessions
             let namespaces = try NamespaceRecord.dump(root: pid, live: tree.live.map { ($0.pid, $0.comm) })
             let prefetch = MappingsPrefetch()
             var sysvSegments: [Int32: SysVSegment] = [:]
@@ -218,17 +221,23 @@ public struct Dumper {
             try taskWriter.finish()
             try sharedMemory.write()
             try fileTable.finish()
+            if let refusal = terminals.refusal { throw CryoError(refusal) }
             var files = RecordWriter()
             try files.append(.files, fileTable.table)
             created.append(paths.files)
             try files.write(to: paths.files)
             var inventory = RecordWriter()
-            var record = Inventory(rootPid: pid, processes: tree.processes.map(\.entry),
+            var record = Inventory(rootPid: pid, processes: tree.processes.map { p in
+                                       var entry = p.entry
+                                       entry.terminal = terminals.byPid[p.pid]
+                                       return entry
+                                   },
                                    kernel: kernelRelease(), shellJob: options.shellJob,
                                    namespaces: namespaces.uts == nil ? nil : namespaces,
                                    sysvSharedMemory: sysvSegments.isEmpty ? nil : sysvSegments.values.sorted { $0.id < $1.id })
             record.sysvSemaphores = semaphores.isEmpty ? nil : semaphores
             record.sysvMessageQueues = queues.isEmpty ? nil : queues
+            record.terminals = terminals.sessions.isEmpty ? nil : terminals.sessions
             if options.cgroupMode != .ignore { record.cgroups = try CgroupRecord.dump(tree, root: pid) }
             try inventory.append(.inventory, record)
             try inventory.write(to: inventoryFD, path: paths.inventory)

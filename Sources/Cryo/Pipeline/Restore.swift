@@ -157,17 +157,18 @@ public struct Restorer {
             }
             let opened = try image.fileTable.open(paths: image.paths, options: kindOptions, holders: holders)
             defer { opened.close() }
-            let descriptions = opened.descriptors
             let sharedMemory = try image.sharedMemory.create(paths: image.paths)
             defer { for fd in sharedMemory { try? fd.close() } }
             let sysvSegments = try SysVSegmentsRestore(inventory.sysvSharedMemory ?? [], paths: image.paths)
             defer { sysvSegments.removeMade() }  // none left once finish() ran
             let sysvObjects = try SysVObjectsRestore(semaphores: inventory.sysvSemaphores ?? [], queues: inventory.sysvMessageQueues ?? [])
             defer { sysvObjects.removeMade() }  // none left once keep() ran
-            let root = try createRoot(image, session: session, parent: namespaceInit)
+            let root = try createRoot(image, session: session, parent: namespaceInit, opened: opened)
             faultHook("root-created")
-            try createTree(image, root: root, session: session, helperPids: helperPids)
+            try createTree(image, root: root, session: session, helperPids: helperPids, opened: opened)
             faultHook("tree-created")
+            // Complete now: /dev/tty descriptions of the tree's terminals were opened by their sessions' leaders.
+            let descriptions = opened.descriptors
             // Queued unix messages go back with their senders' pids, which exist from here on.
             try opened.finish(pids: RestoredPids(host: { options.newPidNamespace ? session.processes[$0]?.pid : $0 },
                                                  namespace: session.namespaceInit.map { "/proc/\($0.pid)/ns/pid" }))
@@ -250,7 +251,8 @@ public struct Restorer {
     // MARK: - The tree
 
     /// The root comes from the controller itself, or from the new namespace's init.
-    func createRoot(_ image: Image, session: RestoreSession, parent: (tracee: Tracee, parasite: Parasite)?) throws -> RestoringProcess {
+    func createRoot(_ image: Image, session: RestoreSession, parent: (tracee: Tracee, parasite: Parasite)?,
+                    opened: OpenedFiles) throws -> RestoringProcess {
         let core = image.tasks[0].core
         let namespaces = image.inventory.namespaces ?? NamespaceRecord()
         let tracee: Tracee
@@ -299,6 +301,7 @@ public struct Restorer {
         try parasite.run(CRYO_CMD_RESTORE_MEMORY, payload: shed, replyBytes: 0)
         let root = RestoringProcess(image: image.tasks[0], tracee: tracee, parasite: parasite)
         session.processes[core.pid] = root
+        if core.sid == core.pid { try acquireTerminal(root, image: image, opened: opened) }
         return root
     }
 
@@ -333,7 +336,8 @@ public struct Restorer {
     }
 
     /// Children are cloned by their parents; then groups; then zombies; helpers leave last.
-    func createTree(_ image: Image, root: RestoringProcess, session: RestoreSession, helperPids: Set<Int32>) throws {
+    func createTree(_ image: Image, root: RestoringProcess, session: RestoreSession, helperPids: Set<Int32>,
+                    opened: OpenedFiles) throws {
         let inventory = image.inventory
         for entry in inventory.processes.dropFirst() where entry.zombieStatus == nil {
             guard let parent = session.processes[entry.ppid] else {
@@ -341,9 +345,13 @@ public struct Restorer {
             }
             let tracee = try clone(into: parent, pid: entry.pid, flags: 0)
             session.created.append(tracee.pid)
-            if entry.sid == entry.pid { try inject(tracee, Restorer.syscallSetsid, what: "setsid") }
-            session.processes[entry.pid] = RestoringProcess(image: image.task(entry.pid)!, tracee: tracee,
-                                                            parasite: .inherited(by: tracee, from: parent.parasite))
+            let process = RestoringProcess(image: image.task(entry.pid)!, tracee: tracee, parasite: .inherited(by: tracee, from: parent.parasite))
+            session.processes[entry.pid] = process
+            if entry.sid == entry.pid {
+                try inject(tracee, Restorer.syscallSetsid, what: "setsid")
+                // Before its children are cloned: they inherit the terminal.
+                try acquireTerminal(process, image: image, opened: opened)
+            }
         }
         // Group leaders first, so members can join them.
         for entry in inventory.processes where entry.zombieStatus == nil && entry.pgid == entry.pid && entry.sid != entry.pid {
@@ -367,6 +375,7 @@ public struct Restorer {
             && entry.pgid != entry.pid && entry.sid != entry.pid && entry.pgid != shellGroup {
             try inject(session.processes[entry.pid]!.tracee, Restorer.syscallSetpgid, 0, UInt64(entry.pgid), what: "setpgid")
         }
+        try finishTerminals(image, session: session)
         for entry in inventory.processes where entry.zombieStatus != nil {
             try createZombie(entry, session: session, shellGroup: shellGroup)
         }
