@@ -66,6 +66,15 @@ public enum Terminals {
         return pgrp
     }
 
+    /// Whether a terminal descriptor was hung up (a pty slave whose master was closed): its
+    /// poll says POLLHUP and its terminal calls fail with EIO.
+    public static func isHungUp(_ fd: FileDescriptor) -> Bool {
+        var entry = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
+        guard Glibc.poll(&entry, 1, 0) == 1, entry.revents & Int16(POLLHUP) != 0 else { return false }
+        var w = winsize()
+        return ioctl(fd.rawValue, UInt(TIOCGWINSZ), &w) < 0 && Glibc.errno == EIO
+    }
+
     /// The pty index of a master (TIOCGPTN), or nil when `fd` is none.
     public static func ptyIndex(_ fd: FileDescriptor) -> Int32? {
         var index: UInt32 = 0

@@ -59,6 +59,21 @@ extension EndToEnd {
             expectRunsAndPasses(fixture, "\(dump)")
         }
 
+        @Test("ptys whose other side is gone: a slave whose master was closed comes back hung up, a master whose slave closed sees EIO")
+        func hungUp() throws {
+            let scratch = try Scratch("pty-hangup")
+            defer { scratch.remove() }
+            let fixture = try Fixture("ptyhangup", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let (images, _) = try dumpAndReap(fixture, in: scratch)
+            let show = try cryo(["show", images], in: scratch)
+            #expect(show.stdout.contains("hung up"), "\(show)")
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore)
+        }
+
         @Test("a shell job gets cryo's terminal back (--shell-job under a pty)")
         func shellJob() throws {
             guard Locations.isExecutableFile("/usr/bin/script") else {

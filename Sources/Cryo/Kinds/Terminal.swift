@@ -22,6 +22,9 @@ public struct TerminalState: DescriptorKind {
     public var termios: Termios?
     public var rows: UInt16?, columns: UInt16?, xPixels: UInt16?, yPixels: UInt16?
     public var locked: Bool?
+    /// Slave only: its master was closed, so it is hung up (reads end of file, writes and terminal
+    /// calls fail with EIO). Its index may be another pty's now; restore makes it a pair of its own.
+    public var hungUp: Bool? = nil
     /// Master only: packet mode (TIOCPKT).
     public var packetMode: Bool? = nil
     /// Master only: the slave's /dev/pts node: owner, group and permission bits.
@@ -106,6 +109,9 @@ public struct TerminalState: DescriptorKind {
             return state
         }
         if slaveMajors.contains(major) && p.link.hasPrefix("/dev/pts/") {
+            if Terminals.isHungUp(p.handle) {
+                return TerminalState(role: .ptySlave, index: Int32((major - 136) * 256 + minor), hungUp: true)
+            }
             return try withTermios(p.handle, role: .ptySlave, index: Int32((major - 136) * 256 + minor), object: p.object)
         }
         return nil  // not a terminal cryo knows
@@ -116,14 +122,16 @@ public struct TerminalState: DescriptorKind {
     /// A pty slave needs its master: a new pair is made from the master's state.
     static func finishDump(_ table: FileTableBuilder) throws {
         let terminals = entries(table.table.files)
-        for (f, slave) in terminals where slave.role == .ptySlave {
+        for (f, slave) in terminals where slave.role == .ptySlave && slave.hungUp != true {
             guard terminals.contains(where: { $0.state.role == .ptyMaster && $0.state.index == slave.index }) else {
                 throw CryoError("file \(f.path ?? "") (pty \(slave.index ?? -1)): the slave of a pseudo-terminal whose master is outside the dumped tree, not supported yet")
             }
         }
     }
 
-    func summary(_ file: FileTable.OpenFile) -> String { "terminal (\(role.rawValue)\(index.map { " pts \($0)" } ?? ""))" }
+    func summary(_ file: FileTable.OpenFile) -> String {
+        "terminal (\(role.rawValue)\(index.map { " pts \($0)" } ?? "")\(hungUp == true ? ", hung up" : ""))"
+    }
 
     func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
         try context.rebuilder(TerminalRebuilder.self).open(file, self, object: object)
@@ -244,6 +252,12 @@ final class TerminalRebuilder: KindRebuilder {
             // The master's own description: the one made with the pair, with its flags.
             try FileObjects.setStatusFlags(master, flags & ~O_ACCMODE, object: object)
             return try FileObjects.duplicate(master, object: object)
+        case .ptySlave where state.hungUp == true:
+            // A pair of its own whose master goes at once: the kernel hangs the slave up (vhangup).
+            let master = try FileObjects.open("/dev/ptmx", flags: O_RDWR | O_NOCTTY, object: object)
+            defer { try? master.close() }
+            try Terminals.setLocked(master, false, object: object)
+            return try Terminals.openPeer(master, flags: flags, object: object)
         case .ptySlave:
             let master = try pair(index: state.index ?? -1, object: object)
             return try Terminals.openPeer(master, flags: flags, object: object)
@@ -267,7 +281,7 @@ final class TerminalRebuilder: KindRebuilder {
         if let mode = state.slaveMode { try FileObjects.setMode(slave, mode & 0o7777, object: object) }
         // Each side has its own termios; the window size is the pair's.
         try state.apply(to: master, object: object)
-        if let slaveState = terminals.first(where: { $0.state.role == .ptySlave && $0.state.index == index })?.state {
+        if let slaveState = terminals.first(where: { $0.state.role == .ptySlave && $0.state.index == index && $0.state.hungUp != true })?.state {
             try slaveState.apply(to: slave, object: object)
         }
         try TerminalState.fill(master: master, slave: slave, toSlave: state.toSlave, toMaster: state.toMaster, object: object)
