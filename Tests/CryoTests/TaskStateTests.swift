@@ -61,6 +61,23 @@ extension EndToEnd {
             try dumpRestoreAndPass("attrs")
         }
 
+        @Test("SCHED_DEADLINE threads keep runtime, deadline, period and flags (sched_setattr after every clone)")
+        func deadline() throws {
+            let scratch = try Scratch("deadline-task-state")
+            defer { scratch.remove() }
+            let fixture = try Fixture("deadline", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            if let skip = fixture.lines.first(where: { $0.hasPrefix("SKIP") }) {
+                print("skipped: the kernel refuses SCHED_DEADLINE here (\(skip))")
+                return
+            }
+            let images = try dumpAndReap(fixture, in: scratch).images
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore)
+        }
+
         @Test("threads with different seccomp filters keep their own (one more filter would hang a thread at exit)")
         func seccompPerThread() throws {
             try dumpRestoreAndPass("seccompthreads")
