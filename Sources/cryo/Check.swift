@@ -2,6 +2,7 @@ import ArgumentParser
 import Cryo
 import CryoSystem
 import FoundationEssentials
+import Glibc
 
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "check", abstract: "Check the kernel features cryo relies on.")
@@ -9,6 +10,8 @@ struct CheckCommand: ParsableCommand {
     @Option(name: .customLong("feature"),
             help: "Check one feature by CRIU's name (`list` names them); exit status 0 when cryo can use it here.")
     var feature: String?
+    @Flag(name: [.customLong("all"), .customLong("extra")], help: "Accepted for CRIU: cryo runs every check it has each time.")
+    var all = false
 
     func run() throws {
         let results = KernelCheck.run()
@@ -35,14 +38,20 @@ struct CheckCommand: ParsableCommand {
         ("can_map_vdso", .check("vDSO layout")),
         ("sk_unix_file", .check("unix sockets (sock_diag, SO_PEEK_OFF)")),
         ("timens", .cryoLacks("cryo does not restore time namespaces yet")),
-        ("tcp_half_closed", .cryoLacks("cryo does not restore half-closed TCP connections yet")),
-        ("network_lock_nftables", .cryoLacks("cryo places no network lock (--network-lock skip only)")),
+        ("tcp_half_closed", .always("half-closed connections (CLOSE_WAIT, FIN_WAIT1/2, LAST_ACK, CLOSING) come back with --tcp-established")),
+        ("network_lock_nftables", .program("nft", "dump --network-lock nftables runs nft")),
+        ("seccomp_suspend", .check("capability CAP_SYS_ADMIN")),
+        ("memfd_hugetlb", .cryoLacks("cryo refuses MFD_HUGETLB memfds")),
         ("cgroupns", .cryoLacks("cryo does not restore cgroup namespaces yet")),
     ]
 
     enum Answer {
         case check(String)
         case cryoLacks(String)
+        /// What cryo does on every kernel it runs on (Linux 6.7+).
+        case always(String)
+        /// What needs a program that may be missing.
+        case program(String, String)
     }
 
     func answer(_ name: String, from results: [FeatureCheck]) throws -> Never {
@@ -57,6 +66,13 @@ struct CheckCommand: ParsableCommand {
         case .cryoLacks(let why):
             print("\(name) is not supported: \(why)")
             throw ExitCode(1)
+        case .always(let what):
+            print("\(name) is supported: \(what)")
+            throw ExitCode.success
+        case .program(let program, let what):
+            let found: String? = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map { "\($0)/\(program)" }.first { Glibc.access($0, X_OK) == 0 }
+            print("\(name) is \(found != nil ? "supported" : "not supported"): \(what)\(found.map { " (\($0))" } ?? ": \(program) is not installed")")
+            throw found != nil ? ExitCode.success : ExitCode(1)
         case .check(let checkName):
             guard let result = results.first(where: { $0.name == checkName }) else {
                 throw CriuCommandLine.Refusal(description: "feature \(name): no check named \(checkName)")

@@ -16,11 +16,17 @@ enum CriuCommandLine {
     /// Rewrites the spellings argument-parser cannot read as they stand.
     /// CRIU's `-vN` sets a level (2, warnings, is its default): 3 and 4 are
     /// cryo's `-v` and `-vv`, 0 to 2 its default. `-vvv...` stays as it is.
+    /// CRIU's `--manage-cgroups` takes its mode optionally: bare, it means `soft`.
     static func normalize(_ arguments: [String]) -> [String] {
         var result: [String] = []
         var passedEnd = false
-        for argument in arguments {
+        for (i, argument) in arguments.enumerated() {
             if argument == "--" { passedEnd = true }
+            if !passedEnd && argument == "--manage-cgroups"
+                && !(i + 1 < arguments.count && CgroupManagement(rawValue: arguments[i + 1]) != nil) {
+                result.append("--manage-cgroups=soft")
+                continue
+            }
             guard !passedEnd, argument.count == 3, argument.hasPrefix("-v"), let level = Int(argument.dropFirst(2)) else {
                 result.append(argument)
                 continue
@@ -33,6 +39,12 @@ enum CriuCommandLine {
     /// The option named in argument-parser's "Unknown option '--x'" (or a
     /// short one), so it can be refused as CRIU's users expect.
     static func unknownOption(in message: String) -> String? {
+        // A value CRIU takes and cryo does not (`--ext-unix-sk=INODE`): refused as written.
+        let valued = "The option '"
+        if message.hasPrefix(valued), message.contains("' does not take any value, but '") {
+            let parts = message.dropFirst(valued.count).split(separator: "'", omittingEmptySubsequences: false)
+            if parts.count >= 3, parts[0].hasPrefix("-") { return "\(parts[0])=\(parts[2])" }
+        }
         for prefix in ["Unknown option '", "Unexpected argument '"] {
             guard message.hasPrefix(prefix) else { continue }
             let rest = message.dropFirst(prefix.count)
@@ -42,6 +54,9 @@ enum CriuCommandLine {
         }
         return nil
     }
+
+    /// CRIU's commands that cryo has no counterpart for.
+    static let unsupportedCommands: Set<String> = ["service", "swrk", "lazy-pages", "cpuinfo", "dedup", "exec"]
 
     /// "1M", "64K", "2G" or plain bytes, as CRIU's --ghost-limit takes them.
     static func size(_ text: String) throws -> UInt64 {

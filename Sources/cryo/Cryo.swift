@@ -20,6 +20,7 @@ struct CryoCommand: ParsableCommand {
     /// on stderr and exit status 1, as CRIU does, never a usage dump.
     static func main() {
         let arguments = CriuCommandLine.normalize(Array(CommandLine.arguments.dropFirst()))
+        if let command = arguments.first, CriuCommandLine.unsupportedCommands.contains(command) { refuse("\(command) is not supported") }
         do {
             var command = try parseAsRoot(arguments)
             try command.run()

@@ -15,6 +15,10 @@ struct CriuCommandLineTests {
         (["restore", "-D", "/nonexistent", "--restore-sibling"], "--restore-sibling is not supported"),
         (["pre-dump", "-t", "1", "-D", "/nonexistent", "--prev-images-dir", "x"], "pre-dump --prev-images-dir is not supported"),
         (["check", "--feature", "no_such_feature"], "unknown feature no_such_feature"),
+        (["dump", "-t", "1", "-D", "/nonexistent", "--ext-unix-sk=123"], "--ext-unix-sk=123 is not supported"),
+        (["dump", "-t", "1", "-D", "/nonexistent", "-s"], "-s is not supported"),
+        (["lazy-pages", "-D", "/nonexistent"], "lazy-pages is not supported"),
+        (["swrk", "3"], "swrk is not supported"),
     ])
     func refused(arguments: [String], expected: String) throws {
         let scratch = try Scratch("criu-flags")
@@ -24,6 +28,31 @@ struct CriuCommandLineTests {
         #expect(result.stderrLines.count == 1, "one line expected\n\(result)")
         #expect(result.stderrLines.first?.hasPrefix("cryo: ") == true && result.stderr.contains(expected), "\(result)")
         #expect(!Files.exists("/nonexistent"), "nothing may be created")
+    }
+
+    /// Every option the issue lists, in CRIU's spellings, on the command that takes it: the
+    /// command gets past parsing and fails only for want of the process or the image.
+    @Test("every CRIU option cryo implements parses in CRIU's spellings", arguments: [
+        ["dump", "-t", "2147483646", "-D", "/nonexistent/img", "--file-locks", "--ext-unix-sk", "--link-remap", "--ghost-limit", "1M",
+         "--tcp-established", "--tcp-close", "--skip-in-flight", "--network-lock", "iptables", "--manage-cgroups", "soft",
+         "--cgroup-root", "/x", "-o", "dump.log", "-v4", "-W", "/nonexistent/work", "--shell-job", "--leave-running",
+         "--track-mem", "--display-stats"],
+        ["dump", "--tree", "2147483646", "--images-dir", "/nonexistent/img", "-l", "-x", "-j", "-R", "-v0", "--log-file=d.log",
+         "--work-dir=/nonexistent/work", "--prev-images-dir", "../pre", "--manage-cgroups", "--network-lock=nftables"],
+        ["pre-dump", "-t", "2147483646", "-D", "/nonexistent/img", "--track-mem", "-v3", "-o", "pre.log", "--manage-cgroups=ignore"],
+        ["restore", "-D", "/nonexistent/img", "-d", "-j", "-x", "-l", "--tcp-established", "--tcp-close", "--lazy-pages",
+         "--pidfile", "r.pid", "--restore-detached", "--shell-job", "--manage-cgroups=full", "--cgroup-root", "cpu:/y",
+         "--display-stats", "-v2", "-o", "r.log", "-W", "/nonexistent/work", "--link-remap", "--file-locks", "--ext-unix-sk",
+         "--network-lock", "skip", "--skip-in-flight", "--manage-cgroups"],
+    ])
+    func accepted(arguments: [String]) throws {
+        let scratch = try Scratch("criu-accepted")
+        defer { scratch.remove() }
+        let result = try cryo(arguments, in: scratch, timeout: 30)
+        #expect(result.status == .exited(1) && result.stderrLines.count == 1, "\(result)")
+        let line = result.stderrLines.first ?? ""
+        #expect(line.contains("no such process") || line.contains("does not exist"), "\(result)")
+        #expect(!line.contains("not supported") && !line.contains("option"), "\(result)")
     }
 
     @Test("--version prints the version and the commit, as criu --version does")
@@ -46,6 +75,24 @@ struct CriuCommandLineTests {
         #expect(list.succeeded && list.stdout.contains("mem_dirty_track") && list.stdout.contains("uffd-noncoop"), "\(list)")
         let timens = try cryo(["check", "--feature", "timens"], in: scratch, timeout: 30)
         #expect(timens.status == .exited(1) && timens.stdout.contains("timens is not supported"), "\(timens)")
+        let halfClosed = try cryo(["check", "--feature", "tcp_half_closed"], in: scratch, timeout: 30)
+        #expect(halfClosed.succeeded && halfClosed.stdout.contains("tcp_half_closed is supported"), "\(halfClosed)")
+        let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/bin/nft"].contains { (path: String) in access(path, X_OK) == 0 }
+        let nftables = try cryo(["check", "--feature", "network_lock_nftables"], in: scratch, timeout: 30)
+        #expect(nftables.status == (nft ? .exited(0) : .exited(1)), "nft \(nft ? "is" : "is not") installed\n\(nftables)")
+    }
+
+    @Test("check --all and --extra (CRIU's) run the same checks as check")
+    func checkAll() throws {
+        let scratch = try Scratch("criu-check-all")
+        defer { scratch.remove() }
+        let plain = try cryo(["check"], in: scratch, timeout: 60)
+        for flag in ["--all", "--extra"] {
+            let result = try cryo(["check", flag], in: scratch, timeout: 60)
+            #expect(result.status == plain.status && result.stderr.isEmpty, "\(result)")
+            let names = { (r: CryoResult) in r.stdout.split(separator: "\n").map { $0.prefix(46) } }
+            #expect(names(result) == names(plain), "\(result)\n\(plain)")
+        }
     }
 }
 
