@@ -29,11 +29,13 @@ extension EndToEnd {
             expectRunsAndPasses(fixture, "\(dump)")
         }
 
-        @Test("a session of the tree whose controlling terminal is a pty of the tree: terminal, foreground group, /dev/tty, ^Z")
-        func ownControllingTerminal() throws {
+        @Test("a session of the tree whose controlling terminal is a pty of the tree: terminal, foreground group, /dev/tty, ^Z",
+              arguments: ["child", "root"])
+        func ownControllingTerminal(leader: String) throws {
             let scratch = try Scratch("ctty")
             defer { scratch.remove() }
-            let fixture = try Fixture("ctty", in: scratch)
+            // "root": the root itself leads the session with the terminal (taken right after the root's setsid).
+            let fixture = try Fixture("ctty", arguments: leader == "root" ? ["root"] : [], in: scratch)
             defer { fixture.cleanUp() }
             try fixture.waitReady()
             let (images, _) = try dumpAndReap(fixture, in: scratch)

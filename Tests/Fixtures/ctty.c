@@ -19,6 +19,8 @@
  *      from U and writes "pong" to it
  *   K: tty_nr 0, open("/dev/tty") fails with ENXIO
  * The root prints "PIDS C J K" before READY, and PASS when all four checked out.
+ * With the argument "root" the root itself is C: it leads the session with
+ * the terminal and holds the master (PIDS names it first).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -115,85 +117,78 @@ static void member(int ready, int rep)
 	for (;;) pause();
 }
 
-/* C: the session leader with the terminal. */
-static void leader(const char *slave_name, int rep)
+/* The session leader's side: its terminal, its /dev/tty and its two children. */
+struct leader { int slave, tty; pid_t j, k; };
+static int master_fd = -1;  /* closed in J and K */
+
+static struct leader leader_setup(const char *slave_name, int rep)
 {
-	if (setsid() < 0) _exit(10);
-	int slave = open(slave_name, O_RDWR | O_NOCTTY);
-	if (slave < 0 || ioctl(slave, TIOCSCTTY, 0) != 0) _exit(11);
+	struct leader l;
+	l.slave = open(slave_name, O_RDWR | O_NOCTTY);
+	if (l.slave < 0 || ioctl(l.slave, TIOCSCTTY, 0) != 0) _exit(11);
 	struct termios t;
-	if (tcgetattr(slave, &t)) _exit(12);
+	if (tcgetattr(l.slave, &t)) _exit(12);
 	t.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
 	t.c_lflag |= ICANON | ISIG;
-	if (tcsetattr(slave, TCSANOW, &t)) _exit(13);
-	int tty = open("/dev/tty", O_RDWR);
-	if (tty < 0) _exit(14);
+	if (tcsetattr(l.slave, TCSANOW, &t)) _exit(13);
+	l.tty = open("/dev/tty", O_RDWR);
+	if (l.tty < 0) _exit(14);
 	int sync[2];
 	if (pipe(sync)) _exit(15);
-	pid_t j = fork();
-	if (j == 0) { close(sync[0]); setpgid(0, 0); job(sync[1], rep, slave, getsid(0)); }
-	setpgid(j, j);
+	l.j = fork();
+	if (l.j == 0) { close(sync[0]); close(master_fd); setpgid(0, 0); job(sync[1], rep, l.slave, getsid(0)); }
+	setpgid(l.j, l.j);
 	wait_byte(sync[0]);
-	if (tcsetpgrp(slave, j)) _exit(16);
-	pid_t k = fork();
-	if (k == 0) { close(sync[0]); close(tty); member(sync[1], rep); }
+	if (tcsetpgrp(l.slave, l.j)) _exit(16);
+	l.k = fork();
+	if (l.k == 0) { close(sync[0]); close(master_fd); close(l.tty); member(sync[1], rep); }
 	wait_byte(sync[0]);
 	close(sync[0]);
 	close(sync[1]);
-	char line[64];
-	int n = snprintf(line, sizeof(line), "pids %d %d\n", j, k);
-	if (write(rep, line, (size_t)n) != n) _exit(17);
+	return l;
+}
 
-	while (!go) pause();
-	kill(j, SIGUSR1);
-	kill(k, SIGUSR1);
+/* After the go: its own checks, then J must stop on the ^Z the root writes once J answered. */
+static void leader_check(const struct leader *l, const char *who)
+{
 	pid_t me = getpid();
-	if (tcgetsid(slave) != me) fail("C: tcgetsid(slave) %d, not %d (%s)", tcgetsid(slave), me, strerror(errno));
-	if (own_tty_nr() != rdev_of(slave)) fail("C: tty_nr %lx, the slave is %lx", own_tty_nr(), rdev_of(slave));
-	if (tcgetpgrp(slave) != j) fail("C: foreground group %d, not J's %d", tcgetpgrp(slave), j);
+	if (tcgetsid(l->slave) != me) fail("%s: tcgetsid(slave) %d, not %d (%s)", who, tcgetsid(l->slave), me, strerror(errno));
+	if (own_tty_nr() != rdev_of(l->slave)) fail("%s: tty_nr %lx, the slave is %lx", who, own_tty_nr(), rdev_of(l->slave));
+	if (tcgetpgrp(l->slave) != l->j) fail("%s: foreground group %d, not J's %d", who, tcgetpgrp(l->slave), l->j);
 	pid_t s = -1;
-	if (ioctl(tty, TIOCGSID, &s) || s != me) fail("C: TIOCGSID on its /dev/tty: %d (%s)", s, strerror(errno));
-	if (rdev_of(tty) != makedev(5, 0)) fail("C: its /dev/tty descriptor is %lx", rdev_of(tty));
-	/* The root writes ^Z once J answered: J's group stops. */
+	if (ioctl(l->tty, TIOCGSID, &s) || s != me) fail("%s: TIOCGSID on its /dev/tty: %d (%s)", who, s, strerror(errno));
+	if (rdev_of(l->tty) != makedev(5, 0)) fail("%s: its /dev/tty descriptor is %lx", who, rdev_of(l->tty));
 	int status = 0, stopped = 0;
 	for (int i = 0; i < 1000 && !stopped; i++) {
-		pid_t w = waitpid(j, &status, WUNTRACED | WNOHANG);
-		if (w == j && WIFSTOPPED(status)) stopped = 1;
+		pid_t w = waitpid(l->j, &status, WUNTRACED | WNOHANG);
+		if (w == l->j && WIFSTOPPED(status)) stopped = 1;
 		else usleep(10000);
 	}
-	if (!stopped) fail("C: J did not stop on ^Z");
-	else if (WSTOPSIG(status) != SIGTSTP) fail("C: J stopped by signal %d, not SIGTSTP", WSTOPSIG(status));
-	kill(j, SIGCONT);
+	if (!stopped) fail("%s: J did not stop on ^Z", who);
+	else if (WSTOPSIG(status) != SIGTSTP) fail("%s: J stopped by signal %d, not SIGTSTP", who, WSTOPSIG(status));
+	kill(l->j, SIGCONT);
+}
+
+/* C: the session leader with the terminal, a child of the root. */
+static void leader(const char *slave_name, int rep)
+{
+	if (setsid() < 0) _exit(10);
+	struct leader l = leader_setup(slave_name, rep);
+	char line[64];
+	int n = snprintf(line, sizeof(line), "pids %d %d\n", l.j, l.k);
+	if (write(rep, line, (size_t)n) != n) _exit(17);
+	while (!go) pause();
+	kill(l.j, SIGUSR1);
+	kill(l.k, SIGUSR1);
+	leader_check(&l, "C");
 	report(rep, "C");
 	for (;;) pause();
 }
 
-int main(void)
+/* The root's side of the master: the session, the group, a line each way, then ^Z. */
+static void master_check(int master, pid_t c, pid_t j)
 {
-	signal(SIGTERM, on_signal);
-	signal(SIGUSR1, on_signal);
-	int master = posix_openpt(O_RDWR | O_NOCTTY);
-	if (master < 0 || grantpt(master) || unlockpt(master)) { printf("FAIL: posix_openpt\n"); return 1; }
-	char slave_name[64];
-	snprintf(slave_name, sizeof(slave_name), "%s", ptsname(master));
-	int rep[2];
-	if (pipe(rep)) { printf("FAIL: pipe\n"); return 1; }
-	pid_t c = fork();
-	if (c == 0) { close(master); close(rep[0]); leader(slave_name, rep[1]); }
-	char line[4300];
-	int j = 0, k = 0;
-	if (read_line(rep[0], line, sizeof(line), 10) < 0 || sscanf(line, "pids %d %d", &j, &k) != 2) {
-		printf("FAIL: set-up: \"%s\"\n", line);
-		kill(c, SIGKILL);
-		return 1;
-	}
-	printf("PIDS %d %d %d\n", c, j, k);
-	printf("READY\n");
-	fflush(stdout);
-	while (!go) pause();
-
-	kill(c, SIGUSR1);
-	if (own_tty_nr() != 0) fail("root: tty_nr %lx, it has no terminal", own_tty_nr());
+	char line[64];
 	pid_t s = -1, g = -1;
 	if (ioctl(master, TIOCGSID, &s) || s != c) fail("root: TIOCGSID on the master %d, not C %d", s, c);
 	if (ioctl(master, TIOCGPGRP, &g) || g != j) fail("root: TIOCGPGRP on the master %d, not J %d", g, j);
@@ -201,17 +196,64 @@ int main(void)
 	int n = read_line(master, line, sizeof(line), 10);
 	if (n < 0 || strncmp(line, "pong", 4) != 0) fail("root: read %d \"%s\" from the master, not pong", n, line);
 	if (write(master, "\x1a", 1) != 1) fail("root: write ^Z: %s", strerror(errno));
-	int reports = 0;
-	while (reports < 3) {
-		n = read_line(rep[0], line, sizeof(line), 20);
-		if (n < 0) { fail("root: %d of 3 reports", reports); break; }
-		reports++;
+}
+
+static void collect(int rep, int expected)
+{
+	char line[4300];
+	for (int reports = 0; reports < expected; reports++) {
+		if (read_line(rep, line, sizeof(line), 20) < 0) { fail("root: %d of %d reports", reports, expected); break; }
 		if (strstr(line, "FAIL")) fail("%s", line);
 	}
-	kill(j, SIGKILL);
-	kill(k, SIGKILL);
-	kill(c, SIGKILL);
-	waitpid(c, NULL, 0);
+}
+
+int main(int argc, char **argv)
+{
+	/* "root": the root itself leads the session with the terminal (no C). */
+	int root_leads = argc > 1 && strcmp(argv[1], "root") == 0;
+	signal(SIGTERM, on_signal);
+	signal(SIGUSR1, on_signal);
+	int master = posix_openpt(O_RDWR | O_NOCTTY);
+	if (master < 0 || grantpt(master) || unlockpt(master)) { printf("FAIL: posix_openpt\n"); return 1; }
+	master_fd = master;
+	char slave_name[64];
+	snprintf(slave_name, sizeof(slave_name), "%s", ptsname(master));
+	int rep[2];
+	if (pipe(rep)) { printf("FAIL: pipe\n"); return 1; }
+	if (root_leads) {
+		struct leader l = leader_setup(slave_name, rep[1]);
+		printf("PIDS %d %d %d\nREADY\n", getpid(), l.j, l.k);
+		fflush(stdout);
+		while (!go) pause();
+		kill(l.j, SIGUSR1);
+		kill(l.k, SIGUSR1);
+		master_check(master, getpid(), l.j);
+		leader_check(&l, "root");
+		collect(rep[0], 2);
+		kill(l.j, SIGKILL);
+		kill(l.k, SIGKILL);
+	} else {
+		pid_t c = fork();
+		if (c == 0) { close(master); master_fd = -1; close(rep[0]); leader(slave_name, rep[1]); }
+		char line[4300];
+		int j = 0, k = 0;
+		if (read_line(rep[0], line, sizeof(line), 10) < 0 || sscanf(line, "pids %d %d", &j, &k) != 2) {
+			printf("FAIL: set-up: \"%s\"\n", line);
+			kill(c, SIGKILL);
+			return 1;
+		}
+		printf("PIDS %d %d %d\nREADY\n", c, j, k);
+		fflush(stdout);
+		while (!go) pause();
+		kill(c, SIGUSR1);
+		if (own_tty_nr() != 0) fail("root: tty_nr %lx, it has no terminal", own_tty_nr());
+		master_check(master, c, j);
+		collect(rep[0], 3);
+		kill(j, SIGKILL);
+		kill(k, SIGKILL);
+		kill(c, SIGKILL);
+		waitpid(c, NULL, 0);
+	}
 	if (failbuf[0]) printf("FAIL: %s\n", failbuf); else printf("PASS\n");
 	return failbuf[0] ? 1 : 0;
 }
