@@ -174,7 +174,8 @@ extension Inventory {
     /// Each session's terminal names a listed session leader and a pty master of the file table.
     func validateTerminals(_ files: FileTable) throws {
         for t in terminals ?? [] {
-            guard processes.contains(where: { $0.pid == t.session && $0.sid == t.session && $0.zombieStatus == nil }),
+            // The leader has the terminal itself: restore gives it the pty and never drops it from the leader.
+            guard processes.contains(where: { $0.pid == t.session && $0.sid == t.session && $0.zombieStatus == nil && $0.terminal == t.index }),
                   TerminalState.entries(files.files).contains(where: { $0.state.role == .ptyMaster && $0.state.index == t.index }) else {
                 throw ImageError(file: "inventory.img", record: "inventory", "session \(t.session)'s terminal (pty \(t.index)) has no leader or no master")
             }
