@@ -61,6 +61,21 @@ extension EndToEnd {
             expectRunsAndPasses(fixture, "\(dump)")
         }
 
+        @Test("/dev/tty held only by a process that gave its terminal up: refused in one line naming pid and fd; it carries on, the bytes waiting on its pty too")
+        func devTtyWithoutTerminal() throws {
+            let scratch = try Scratch("ctty-keep")
+            defer { scratch.remove() }
+            let fixture = try Fixture("ctty", arguments: ["keep"], in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let member = try #require(fixture.tagged("PIDS")?.last, "\(fixture.report)")
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("img")], in: scratch)
+            #expect(dump.status == .exited(1) && dump.stderrLines.count == 1, "\(dump)")
+            let line = dump.stderrLines.first ?? ""
+            #expect(line.contains("pid \(member) fd ") && line.contains("/dev/tty") && line.contains("not supported"), "\(line)")
+            expectRunsAndPasses(fixture, "\(dump)")
+        }
+
         @Test("ptys whose other side is gone: a slave whose master was closed comes back hung up, a master whose slave closed sees EIO")
         func hungUp() throws {
             let scratch = try Scratch("pty-hangup")

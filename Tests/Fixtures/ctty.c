@@ -20,7 +20,9 @@
  *   K: tty_nr 0, open("/dev/tty") fails with ENXIO
  * The root prints "PIDS C J K" before READY, and PASS when all four checked out.
  * With the argument "root" the root itself is C: it leads the session with
- * the terminal and holds the master (PIDS names it first).
+ * the terminal and holds the master (PIDS names it first). With "keep" K
+ * keeps the /dev/tty descriptor it gave the terminal up through, and "ping"
+ * is written before READY (it waits in the terminal while cryo dumps).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -103,11 +105,13 @@ static void job(int ready, int rep, int slave, int sid)
 }
 
 /* K: a member of C's group without a terminal. */
+static int keep_dev_tty;  /* K keeps the /dev/tty it gave the terminal up through */
+
 static void member(int ready, int rep)
 {
 	int t = open("/dev/tty", O_RDWR);
 	if (t < 0 || ioctl(t, TIOCNOTTY) != 0) _exit(7);
-	close(t);
+	if (!keep_dev_tty) close(t);
 	if (write(ready, "k", 1) != 1) _exit(8);
 	while (!go) pause();
 	if (own_tty_nr() != 0) fail("K: tty_nr %lx after TIOCNOTTY", own_tty_nr());
@@ -186,13 +190,13 @@ static void leader(const char *slave_name, int rep)
 }
 
 /* The root's side of the master: the session, the group, a line each way, then ^Z. */
-static void master_check(int master, pid_t c, pid_t j)
+static void master_check(int master, pid_t c, pid_t j, int ping_written)
 {
 	char line[64];
 	pid_t s = -1, g = -1;
 	if (ioctl(master, TIOCGSID, &s) || s != c) fail("root: TIOCGSID on the master %d, not C %d", s, c);
 	if (ioctl(master, TIOCGPGRP, &g) || g != j) fail("root: TIOCGPGRP on the master %d, not J %d", g, j);
-	if (write(master, "ping\n", 5) != 5) fail("root: write ping: %s", strerror(errno));
+	if (!ping_written && write(master, "ping\n", 5) != 5) fail("root: write ping: %s", strerror(errno));
 	int n = read_line(master, line, sizeof(line), 10);
 	if (n < 0 || strncmp(line, "pong", 4) != 0) fail("root: read %d \"%s\" from the master, not pong", n, line);
 	if (write(master, "\x1a", 1) != 1) fail("root: write ^Z: %s", strerror(errno));
@@ -211,6 +215,7 @@ int main(int argc, char **argv)
 {
 	/* "root": the root itself leads the session with the terminal (no C). */
 	int root_leads = argc > 1 && strcmp(argv[1], "root") == 0;
+	keep_dev_tty = argc > 1 && strcmp(argv[1], "keep") == 0;
 	signal(SIGTERM, on_signal);
 	signal(SIGUSR1, on_signal);
 	int master = posix_openpt(O_RDWR | O_NOCTTY);
@@ -227,7 +232,7 @@ int main(int argc, char **argv)
 		while (!go) pause();
 		kill(l.j, SIGUSR1);
 		kill(l.k, SIGUSR1);
-		master_check(master, getpid(), l.j);
+		master_check(master, getpid(), l.j, 0);
 		leader_check(&l, "root");
 		collect(rep[0], 2);
 		kill(l.j, SIGKILL);
@@ -242,12 +247,14 @@ int main(int argc, char **argv)
 			kill(c, SIGKILL);
 			return 1;
 		}
+		/* "keep": the line waits in the terminal while cryo tries (and refuses) to dump. */
+		if (keep_dev_tty && write(master, "ping\n", 5) != 5) { printf("FAIL: write ping\n"); return 1; }
 		printf("PIDS %d %d %d\nREADY\n", c, j, k);
 		fflush(stdout);
 		while (!go) pause();
 		kill(c, SIGUSR1);
 		if (own_tty_nr() != 0) fail("root: tty_nr %lx, it has no terminal", own_tty_nr());
-		master_check(master, c, j);
+		master_check(master, c, j, keep_dev_tty);
 		collect(rep[0], 3);
 		kill(j, SIGKILL);
 		kill(k, SIGKILL);

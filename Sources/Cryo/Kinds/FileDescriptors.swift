@@ -90,6 +90,20 @@ final class FileTableBuilder {
         self.options = options
     }
 
+    /// What kinds took out of kernel objects (bytes waiting on a terminal), put back if the dump fails.
+    private var undo: [() -> Void] = []
+
+    /// `putBack` runs if the dump fails, while the tree is still frozen (last registered first).
+    func onFailure(_ putBack: @escaping () -> Void) {
+        undo.append(putBack)
+    }
+
+    /// The dump failed: everything taken goes back, before the tree is let go.
+    func undoAll() {
+        for putBack in undo.reversed() { putBack() }
+        undo = []
+    }
+
     /// Keeps a duplicate of `handle` until `release()`, calling `beforeKill` on it right before the tree is killed.
     func hold(_ handle: FileDescriptor, object: String, beforeKill: @escaping (FileDescriptor) -> Void) throws {
         held.append((try FileObjects.duplicate(handle, object: object), beforeKill))
@@ -102,6 +116,7 @@ final class FileTableBuilder {
 
     /// After the kill (or instead of it): drops cryo's own references.
     func release() {
+        undo = []
         for h in held { try? h.handle.close() }
         held = []
         for f in inFlight { try? f.handle.close() }

@@ -106,6 +106,15 @@ public struct TerminalState: DescriptorKind {
             if packet { try Terminals.setPacketMode(p.handle, true, object: p.object) }
             try taken.get()
             state.packetMode = packet ? true : nil
+            if !leaveRunning && (state.toSlave != nil || state.toMaster != nil) {
+                // A dump refused later leaves the tree as it was: the bytes go back in.
+                let master = try FileObjects.duplicate(p.handle, object: p.object)
+                let (toSlave, toMaster, locked, object) = (state.toSlave, state.toMaster, state.locked == true, p.object)
+                table.onFailure {
+                    defer { try? master.close() }
+                    try? TerminalState.putBack(master: master, locked: locked, packet: packet, toSlave: toSlave, toMaster: toMaster, object: object)
+                }
+            }
             return state
         }
         if slaveMajors.contains(major) && p.link.hasPrefix("/dev/pts/") {
@@ -167,6 +176,18 @@ public struct TerminalState: DescriptorKind {
         if putBack { try TerminalState.fill(master: master, slave: slave, toSlave: toSlave, toMaster: toMaster, object: object) }
         if toSlave?.isEmpty == true { toSlave = nil }
         if toMaster?.isEmpty == true { toMaster = nil }
+    }
+
+    /// Puts taken bytes back into a pair of the frozen tree (through a slave of cryo's own).
+    static func putBack(master: FileDescriptor, locked: Bool, packet: Bool, toSlave: Data?, toMaster: Data?, object: String) throws {
+        if locked { try Terminals.setLocked(master, false, object: object) }
+        let opened = Result { try Terminals.openPeer(master, flags: O_RDWR | O_NONBLOCK, object: object) }
+        if locked { try Terminals.setLocked(master, true, object: object) }
+        let slave = try opened.get()
+        defer { try? slave.close() }
+        if packet { try Terminals.setPacketMode(master, false, object: object) }
+        defer { if packet { try? Terminals.setPacketMode(master, true, object: object) } }
+        try fill(master: master, slave: slave, toSlave: toSlave, toMaster: toMaster, object: object)
     }
 
     /// Writes bytes into both queues of a pair without the line discipline

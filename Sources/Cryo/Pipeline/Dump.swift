@@ -251,6 +251,7 @@ public struct Dumper {
             }
         } catch {
             try? taskWriter.finish() // before the partial image is removed
+            fileTable.undoAll()
             let reported = tree.release(after: error)
             if IncompleteMark.isStorageFull(error) { storageFailure = reported }
             throw reported
