@@ -2,6 +2,7 @@ import CryoSystem
 import Dispatch
 import FoundationEssentials
 import Glibc
+import SystemPackage
 
 /// Everything one process's image holds: task-PID.img plus pages-PID.img.
 public struct TaskImage: Codable, Sendable {
@@ -24,6 +25,30 @@ public struct TaskImage: Codable, Sendable {
         try writer.append(.signals, signals)
         try writer.append(.descriptors, descriptors)
         try writer.write(to: path)
+    }
+
+    /// Gives a task file another page index, everything else kept (`cryo receive`: runs that point
+    /// into the pages as they arrived). Written beside it and renamed over it.
+    static func replacePageIndex(at path: String, with index: PageIndex) throws {
+        let name = fileName(of: path)
+        let reader = try RecordReader(path: path)
+        let image = TaskImage(core: try reader.one(.task, as: TaskCore.self),
+                              threads: try reader.one(.threads, as: [ThreadRecord].self),
+                              memory: try reader.one(.memory, as: MemoryRecord.self),
+                              pageIndex: index,
+                              signals: try reader.one(.signals, as: SignalsRecord.self),
+                              descriptors: try reader.one(.descriptors, as: DescriptorsRecord.self))
+        guard try pageIndex(reader, file: name).pageBytes == index.pageBytes else {
+            throw ImageError(file: name, record: "pageIndex", "the new runs cover \(index.pageBytes) bytes, the old ones another amount")
+        }
+        let fresh = path + ".new"
+        unlink(fresh)
+        try image.write(to: fresh)
+        guard rename(fresh, path) == 0 else {
+            let problem = SyscallError("rename", errno: Errno(rawValue: Glibc.errno), object: "\(fresh) to \(path)")
+            unlink(fresh)
+            throw problem
+        }
     }
 
     /// Up to version 3 the runs are JSON inside `pageIndex`; from version 4 on they are the binary `pageRuns` record.

@@ -57,7 +57,7 @@ public struct PageIndex: Codable, Sendable {
     /// parallel with pages-PID.img (one file is written by one CPU at a time). Never compressed.
     public var parts: [UInt64]? = nil
     /// Bytes of saved pages (the uncompressed stream).
-    public var pageBytes: UInt64 { runs.last.map { $0.offset + $0.length } ?? 0 }
+    public var pageBytes: UInt64 { runs.reduce(0) { $0 + $1.length } }
 
     /// Everything but the runs: the `pageIndex` record of a task file from format
     /// version 4 on, whose runs are the binary `pageRuns` record.
@@ -470,7 +470,10 @@ extension MemoryRecord {
         var cursor = 0
         for run in index.runs {
             while cursor < mappings.count && mappings[cursor].end <= run.address { cursor += 1 }
-            guard run.length > 0, run.address % 4096 == 0, run.length % 4096 == 0, run.offset == expectedOffset,
+            // Compressed streams are cut into frames by offset: consecutive there. Raw ones may point anywhere
+            // inside the stream (a migrated image keeps each page where it arrived, in whichever round).
+            guard run.length > 0, run.address % 4096 == 0, run.length % 4096 == 0,
+                  index.compression == nil ? run.offset % 4096 == 0 : run.offset == expectedOffset,
                   run.offset <= streamSize, run.length <= streamSize - run.offset, run.address >= previousRunEnd,
                   run.length <= UInt64.max - run.address, cursor < mappings.count, mappings[cursor].start <= run.address,
                   run.end <= mappings[cursor].end, !mappings[cursor].isSpecial else {

@@ -44,9 +44,13 @@ public struct PreDumpRecord: Codable, Sendable {
 public struct PreDumpOptions: Sendable {
     public var pid: pid_t
     public var directory: String
-    public init(pid: pid_t, directory: String) {
+    /// `cryo migrate`: the pages go here (pid, address, bytes) as they are read, not into pages-PID.img,
+    /// which is left a hole of their size (the final dump checks sizes and needs none of its bytes).
+    public var pageSink: (@Sendable (pid_t, UInt64, UnsafeRawBufferPointer) throws -> Void)?
+    public init(pid: pid_t, directory: String, pageSink: (@Sendable (pid_t, UInt64, UnsafeRawBufferPointer) throws -> Void)? = nil) {
         self.pid = pid
         self.directory = directory
+        self.pageSink = pageSink
     }
 }
 
@@ -199,7 +203,8 @@ public struct PreDumper {
         for plan in plans {
             let path = "\(directory)/pages-\(plan.pid).img"
             created.append(path)
-            let index = try copyRunning(pid: plan.pid, regions: plan.regions, to: path)
+            let index = try options.pageSink.map { try sendRunning(pid: plan.pid, regions: plan.regions, to: $0, leaving: path) }
+                ?? copyRunning(pid: plan.pid, regions: plan.regions, to: path)
             statistics.pagesWritten += index.pagesFileSize / 4096
             record.processes.append(.init(pid: plan.pid, startTime: plan.startTime, pageIndex: index))
         }
@@ -225,6 +230,44 @@ public struct PreDumper {
         for tracker in trackers { tracker.close() }  // the holder has its own references now
         try? writeStatistics(statistics, to: "\(directory)/stats-dump")
         return statistics
+    }
+
+    /// Reads the listed regions out of the running task into `sink`; `path` becomes a hole of their size.
+    func sendRunning(pid: pid_t, regions: [cryo_page_region], to sink: (pid_t, UInt64, UnsafeRawBufferPointer) throws -> Void,
+                     leaving path: String) throws -> PageIndex {
+        let out = try Files.open(path, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
+        defer { try? out.close() }
+        let chunk = 4 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { buffer.deallocate() }
+        var runs: [PageRun] = []
+        var offset: UInt64 = 0
+        for region in regions {
+            var address = region.start
+            while address < region.end {
+                let n = Int(min(UInt64(chunk), region.end - address))
+                let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n])
+                do {
+                    try RemoteMemory.read(pid, at: address, into: view)
+                } catch let error as SyscallError where error.errno == .badAddress {
+                    logger.debug("pid \(pid): 0x\(hex(address)) went away during the pre-dump: \(error)")
+                    address += UInt64(n)
+                    continue
+                } catch let error as SyscallError where error.errno == .noSuchProcess {
+                    throw CryoError("pid \(pid) exited during the pre-dump")
+                }
+                try sink(pid, address, UnsafeRawBufferPointer(view))
+                if let last = runs.last, last.end == address, last.offset + last.length == offset {
+                    runs[runs.count - 1].length += UInt64(n)
+                } else {
+                    runs.append(PageRun(address: address, length: UInt64(n), offset: offset))
+                }
+                offset += UInt64(n)
+                address += UInt64(n)
+            }
+        }
+        try Files.truncate(out, to: offset, path: path)
+        return PageIndex(runs: runs, pagesFileSize: offset)
     }
 
     /// Copies the listed regions out of the running task into `path`.

@@ -84,6 +84,9 @@ public struct Receiver {
         defer { buffer.deallocate() }
         var rounds = 0
         var file: IncomingFile?
+        var pages: IncomingPages?
+        /// Per pid, the page index pointing into the pool file that became its pages file.
+        var indices: [Int32: PageIndex] = [:]
         var frozenImageStart: ContinuousClock.Instant?
         while true {
             let (kind, header, length) = try wire.receive()
@@ -101,28 +104,43 @@ public struct Receiver {
                 rounds += 1
             case .fileBegin:
                 if frozenImageStart == nil { frozenImageStart = .now }
-                guard file == nil, let name = header.name, Self.safeName(name), let size = header.size else {
+                guard file == nil, pages == nil, let name = header.name, Self.safeName(name), let size = header.size else {
                     throw CryoError("migration stream from \(peer): malformed file frame")
                 }
                 if header.sparse == true {
-                    guard let pid = header.pid, name == "pages-\(pid).img", let runs = header.runs else {
+                    guard let pid = header.pid, name == "pages-\(pid).img", let runs = header.runs, indices[pid] == nil else {
                         throw CryoError("migration stream from \(peer): malformed pages file frame for \(name)")
                     }
-                    file = try IncomingFile(sparse: "\(directory)/\(name)", size: size, pid: pid, runs: runs, pool: pools[pid])
+                    if pools[pid] == nil { pools[pid] = try PagePool(path: "\(directory)/.pool-\(pid)", pid: pid) }
+                    pages = try IncomingPages(path: "\(directory)/\(name)", size: size, pid: pid, runs: runs, pool: pools[pid]!)
                 } else {
                     // A page server takes the pages files of a dump whose other files stay on its host.
                     if options.storeOnly { unlink("\(directory)/\(name)") }
                     file = try IncomingFile(plain: "\(directory)/\(name)", size: size)
                 }
             case .fileData:
-                guard let current = file, let offset = header.offset else { throw CryoError("migration stream from \(peer): file data outside a file") }
-                try current.write(UnsafeRawBufferPointer(data), at: offset)
+                guard let offset = header.offset else { throw CryoError("migration stream from \(peer): file data without an offset") }
+                if let pages {
+                    try pages.write(UnsafeRawBufferPointer(data), at: offset)
+                } else if let current = file {
+                    try current.write(UnsafeRawBufferPointer(data), at: offset)
+                } else {
+                    throw CryoError("migration stream from \(peer): file data outside a file")
+                }
             case .fileEnd:
-                guard let current = file else { throw CryoError("migration stream from \(peer): file end outside a file") }
-                try current.finish()
-                file = nil
+                if let current = pages {
+                    indices[current.pid] = try current.finish()
+                    pages = nil
+                } else if let current = file {
+                    try current.finish()
+                    file = nil
+                } else {
+                    throw CryoError("migration stream from \(peer): file end outside a file")
+                }
             case .commit:
-                guard file == nil else { throw CryoError("migration stream from \(peer): commit inside a file") }
+                guard file == nil, pages == nil else { throw CryoError("migration stream from \(peer): commit inside a file") }
+                // The task files get the runs that point into the pools: no page is copied.
+                for (pid, index) in indices { try TaskImage.replacePageIndex(at: "\(directory)/task-\(pid).img", with: index) }
                 logger.debug("image complete \(String(printf: "%.3f", seconds(since: frozenImageStart ?? .now))) s after its first file")
                 for pool in pools.values { pool.discard() }
                 pools = [:]
@@ -246,23 +264,6 @@ final class PagePool {
         }
     }
 
-    /// True when every page held that `final` also lists sits at the very offset `final` gives it:
-    /// then the pool file can become the pages file.
-    func matches(_ final: [PageRun]) -> Bool {
-        var i = 0
-        for r in final {
-            i = max(0, min(i, runs.count))
-            while i < runs.count && runs[i].end <= r.address { i += 1 }
-            var j = i
-            while j < runs.count && runs[j].address < r.address + r.length {
-                let a = max(runs[j].address, r.address)
-                if runs[j].offset + (a - runs[j].address) != r.offset + (a - r.address) { return false }
-                j += 1
-            }
-        }
-        return true
-    }
-
     /// The pool file became the pages file.
     func consumed() { handedOver = true }
 
@@ -272,56 +273,17 @@ final class PagePool {
     }
 }
 
-/// A file of the image as it arrives; a sparse pages file is completed from the pool at its end.
+/// A file of the image as it arrives (not a pages file of the frozen dump: `IncomingPages`).
 final class IncomingFile {
     let path: String
     let size: UInt64
     let fd: FileDescriptor
-    let pid: Int32?
-    let runs: [PageRun]
-    let pool: PagePool?
-    /// The pool file is being completed in place.
-    let inPlace: Bool
-    /// [offset, length] received, in order.
-    var received: [[UInt64]] = []
+    var received: UInt64 = 0
 
     init(plain path: String, size: UInt64) throws {
         self.path = path
         self.size = size
-        pid = nil
-        runs = []
-        pool = nil
-        inPlace = false
         fd = try Files.open(path, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
-    }
-
-    init(sparse path: String, size: UInt64, pid: Int32, runs: [PageRun], pool: PagePool?) throws {
-        self.path = path
-        self.size = size
-        self.pid = pid
-        self.runs = runs
-        self.pool = pool
-        var expected: UInt64 = 0
-        for run in runs {
-            guard run.offset == expected, run.length % 4096 == 0, run.address % 4096 == 0, run.length <= UInt64.max - run.address else {
-                throw CryoError("migration stream: pages-\(pid).img: malformed page runs")
-            }
-            expected += run.length
-        }
-        guard expected == size else { throw CryoError("migration stream: pages-\(pid).img: runs cover \(expected) bytes, not \(size)") }
-        if let pool, pool.matches(runs) {
-            // The usual case (no mapping changed since round 1): no copy at all.
-            inPlace = true
-            guard rename(pool.path, path) == 0 else {
-                throw SyscallError("rename", errno: Errno(rawValue: Glibc.errno), object: "\(pool.path) to \(path)")
-            }
-            fd = pool.fd
-        } else {
-            inPlace = false
-            fd = try Files.open(path, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
-        }
-        try Files.truncate(fd, to: size, path: path)
-        if inPlace { pool?.consumed() }
     }
 
     func write(_ data: UnsafeRawBufferPointer, at offset: UInt64) throws {
@@ -329,44 +291,85 @@ final class IncomingFile {
             throw CryoError("migration stream: \(path): data at \(offset)+\(data.count) is beyond its \(size) bytes")
         }
         try Files.write(fd, data, at: Int64(offset), path: path)
-        if let last = received.last, last[0] + last[1] == offset { received[received.count - 1][1] += UInt64(data.count) } else {
-            received.append([offset, UInt64(data.count)])
+        received += UInt64(data.count)
+    }
+
+    func finish() throws {
+        defer { try? fd.close() }
+        guard received == size else { throw CryoError("migration stream: \(path) arrived incomplete") }
+    }
+}
+
+/// A pages file of the frozen dump, which carries only the pages written since the last round: they go
+/// into the pool like a round's (in place, or appended), and at the end the pool file itself becomes the
+/// pages file, its runs pointing wherever each page arrived. Nothing that came in an earlier round is
+/// copied or moved while the source is frozen.
+final class IncomingPages {
+    let path: String
+    let pid: Int32
+    let size: UInt64
+    /// The dump's runs: offsets consecutive from 0 in the file as the source wrote it.
+    let runs: [PageRun]
+    let pool: PagePool
+
+    init(path: String, size: UInt64, pid: Int32, runs: [PageRun], pool: PagePool) throws {
+        self.path = path
+        self.size = size
+        self.pid = pid
+        self.runs = runs
+        self.pool = pool
+        var expected: UInt64 = 0, previousEnd: UInt64 = 0
+        for run in runs {
+            guard run.offset == expected, run.length > 0, run.length % 4096 == 0, run.address % 4096 == 0,
+                  run.length <= UInt64.max - run.address, run.address >= previousEnd else {
+                throw CryoError("migration stream: pages-\(pid).img: malformed page runs")
+            }
+            expected += run.length
+            previousEnd = run.end
+        }
+        guard expected == size else { throw CryoError("migration stream: pages-\(pid).img: runs cover \(expected) bytes, not \(size)") }
+    }
+
+    /// Bytes at `offset` of the dump's file: into the pool by their addresses.
+    func write(_ data: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        guard offset <= size, UInt64(data.count) <= size - offset, offset % 4096 == 0, data.count % 4096 == 0 else {
+            throw CryoError("migration stream: \(path): data at \(offset)+\(data.count) is misaligned or beyond its \(size) bytes")
+        }
+        var low = 0, high = runs.count
+        while low < high {
+            let mid = (low + high) / 2
+            if runs[mid].offset + runs[mid].length <= offset { low = mid + 1 } else { high = mid }
+        }
+        var done = 0
+        var r = low
+        while done < data.count {
+            let at = offset + UInt64(done)
+            let run = runs[r]
+            let take = Int(min(UInt64(data.count - done), run.offset + run.length - at))
+            try pool.write(address: run.address + (at - run.offset), UnsafeRawBufferPointer(rebasing: data[done..<(done + take)]))
+            done += take
+            r += 1
         }
     }
 
-    /// Gaps of a pages file come from the pool: checked (every page must be held), and copied unless in place.
-    func finish() throws {
-        defer { if !inPlace { try? fd.close() } }
-        guard let pid else {
-            guard received.reduce(0, { $0 + $1[1] }) == size else { throw CryoError("migration stream: \(path) arrived incomplete") }
-            return
-        }
-        var gaps: [[UInt64]] = []
-        var cursor: UInt64 = 0
-        for piece in received.sorted(by: { $0[0] < $1[0] }) {
-            if piece[0] > cursor { gaps.append([cursor, piece[0] - cursor]) }
-            cursor = max(cursor, piece[0] + piece[1])
-        }
-        if cursor < size { gaps.append([cursor, size - cursor]) }
-        guard !gaps.isEmpty else { return }
-        guard let pool else { throw CryoError("pid \(pid): pages-\(pid).img has gaps but no earlier round sent its pages") }
-        var r = 0
-        for gap in gaps {
-            var offset = gap[0]
-            let end = gap[0] + gap[1]
-            while offset < end {
-                while r < runs.count && runs[r].offset + runs[r].length <= offset { r += 1 }
-                guard r < runs.count else { throw CryoError("pid \(pid): pages-\(pid).img offset \(offset) is in no page run") }
-                let run = runs[r]
-                let stop = min(end, run.offset + run.length)
-                try pool.locate(run.address + (offset - run.offset), stop - offset) { _, poolOffset, length in
-                    if !inPlace {
-                        try FileRanges.copy(from: pool.fd, at: Int64(poolOffset), to: fd, at: Int64(offset), length: Int64(length),
-                                            object: "pid \(pid): pages from the pre-copy rounds")
-                    }
-                    offset += length
+    /// Every page of the dump must be in the pool now; the pool file becomes pages-PID.img.
+    func finish() throws -> PageIndex {
+        var index: [PageRun] = []
+        for run in runs {
+            // Merged only inside one of the dump's runs: a run must not cross from one mapping into the next.
+            let first = index.count
+            try pool.locate(run.address, run.length) { address, poolOffset, length in
+                if index.count > first, let last = index.last, last.end == address, last.offset + last.length == poolOffset {
+                    index[index.count - 1].length += length
+                } else {
+                    index.append(PageRun(address: address, length: length, offset: poolOffset))
                 }
             }
         }
+        guard rename(pool.path, path) == 0 else {
+            throw SyscallError("rename", errno: Errno(rawValue: Glibc.errno), object: "\(pool.path) to \(path)")
+        }
+        pool.consumed()
+        return PageIndex(runs: index, pagesFileSize: pool.size)
     }
 }

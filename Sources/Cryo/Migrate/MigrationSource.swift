@@ -87,15 +87,18 @@ public struct Migrator {
         defer { Self.removeScratch(scratch) }
         var tracking = false
         do {
-            // Round 1: a pre-dump (copy everything, start tracking).
+            // Round 1: a pre-dump (start tracking, copy everything) whose pages go straight onto the wire.
             var roundStart = ContinuousClock.now
-            _ = try PreDumper(options: PreDumpOptions(pid: pid, directory: scratch), logger: logger).run()
+            let sink: @Sendable (pid_t, UInt64, UnsafeRawBufferPointer) throws -> Void = { [wire] pid, address, bytes in
+                var header = FrameHeader()
+                header.pid = pid
+                header.address = address
+                try wire.send(.pages, header, data: bytes)
+            }
+            _ = try PreDumper(options: PreDumpOptions(pid: pid, directory: scratch, pageSink: sink), logger: logger).run()
             tracking = true
             let record = try RecordReader(path: "\(scratch)/\(PreCopy.recordFile)").one(.preDump, as: PreDumpRecord.self)
-            var bytes: UInt64 = 0
-            for process in record.processes {
-                bytes += try sendPreDumpPages(process, scratch: scratch, wire: wire)
-            }
+            let bytes = record.processes.reduce(0) { $0 + $1.pageIndex.pagesFileSize }
             try endRound(1, wire: wire)
             statistics.rounds.append(.init(bytes: bytes, seconds: seconds(since: roundStart)))
             logger.debug("round 1: \(bytes) bytes")
@@ -160,34 +163,6 @@ public struct Migrator {
     }
 
     static let chunk = 4 << 20
-
-    /// Round 1's pages, from the pre-dump's file, which is emptied afterwards (it keeps its size for the final dump's checks).
-    func sendPreDumpPages(_ process: PreDumpRecord.Process, scratch: String, wire: MigrationWire) throws -> UInt64 {
-        let path = "\(scratch)/pages-\(process.pid).img"
-        let fd = try Files.open(path, .readWrite)
-        defer { try? fd.close() }
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.chunk, alignment: 4096)
-        defer { buffer.deallocate() }
-        var total: UInt64 = 0
-        for run in process.pageIndex.runs {
-            var done: UInt64 = 0
-            while done < run.length {
-                let n = Int(min(UInt64(Self.chunk), run.length - done))
-                let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n])
-                let got = try fd.read(fromAbsoluteOffset: Int64(run.offset + done), into: view)
-                guard got == n else { throw CryoError("\(path): short read at \(run.offset + done)") }
-                var header = FrameHeader()
-                header.pid = process.pid
-                header.address = run.address + done
-                try wire.send(.pages, header, data: UnsafeRawBufferPointer(view))
-                done += UInt64(n)
-            }
-            total += run.length
-        }
-        try Files.truncate(fd, to: 0, path: path)
-        try Files.truncate(fd, to: process.pageIndex.pagesFileSize, path: path)
-        return total
-    }
 
     /// A later round: pages written since the last scan, protected again by the same scan, copied while the tree runs.
     func sendWritten(pid: pid_t, wire: MigrationWire) throws -> UInt64 {
