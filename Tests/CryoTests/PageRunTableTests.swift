@@ -125,6 +125,13 @@ struct PageRunTableTests {
         #expect(refused([a, PageRun(address: base + 4096, length: 4096, offset: 8192)]), "overlapping")
         #expect(refused([PageRun(address: base - 4096, length: 8192, offset: 0)]), "outside the mapping")
         #expect(refused([PageRun(address: UInt64.max - 4095, length: 8192, offset: 0)]), "wrapping around")
-        #expect(refused([PageRun(address: base, length: 4096, offset: 4096)]), "offsets not consecutive")
+        #expect(refused([PageRun(address: base, length: 4096, offset: 4096)]), "beyond the pages file")
+        // A raw stream's runs may point anywhere inside it (cryo receive keeps pages where they arrived).
+        func refused(_ runs: [PageRun], fileSize: UInt64) -> Bool {
+            (try? memory.validate(file: "t", index: PageIndex(runs: runs, pagesFileSize: fileSize), pagesFiles: [("p", fileSize)])) == nil
+        }
+        #expect(!refused([PageRun(address: base, length: 4096, offset: 8192), PageRun(address: base + 4096, length: 4096, offset: 0)], fileSize: 12288))
+        #expect(refused([PageRun(address: base, length: 4096, offset: 100)], fileSize: 12288), "unaligned offset")
+        #expect(refused([PageRun(address: base, length: 8192, offset: 8192)], fileSize: 12288), "reaching past the file")
     }
 }
