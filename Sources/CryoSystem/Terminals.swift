@@ -75,6 +75,32 @@ public enum Terminals {
         return ioctl(fd.rawValue, UInt(TIOCGWINSZ), &w) < 0 && Glibc.errno == EIO
     }
 
+    /// Whether a pty master's slave side was closed (its poll says POLLHUP: reads fail with EIO).
+    public static func slaveSideClosed(_ master: FileDescriptor) -> Bool {
+        var entry = pollfd(fd: master.rawValue, events: Int16(POLLIN), revents: 0)
+        return Glibc.poll(&entry, 1, 0) == 1 && entry.revents & Int16(POLLHUP) != 0
+    }
+
+    /// The slave node of a master (owner, mode) without opening the slave: through an O_PATH descriptor.
+    public static func slaveNode(_ master: FileDescriptor, object: String) throws -> stat {
+        let node = FileDescriptor(rawValue: try returnOrThrow(ioctl(master.rawValue, CRYO_TIOCGPTPEER, CRYO_O_PATH | O_CLOEXEC),
+                                                              "ioctl(TIOCGPTPEER, O_PATH)", object: object))
+        defer { try? node.close() }
+        var st = stat()
+        _ = try returnOrThrow(fstat(node.rawValue, &st), "fstat", object: object)
+        return st
+    }
+
+    /// Owner and mode of a master's slave node without opening the slave (a first open and its
+    /// close would leave the master reading EIO): through an O_PATH descriptor of the node.
+    public static func setSlaveNode(_ master: FileDescriptor, uid: UInt32, gid: UInt32, mode: UInt32?, object: String) throws {
+        let node = FileDescriptor(rawValue: try returnOrThrow(ioctl(master.rawValue, CRYO_TIOCGPTPEER, CRYO_O_PATH | O_CLOEXEC),
+                                                              "ioctl(TIOCGPTPEER, O_PATH)", object: object))
+        defer { try? node.close() }
+        _ = try returnOrThrow(fchownat(node.rawValue, "", uid, gid, 0x1000 /* AT_EMPTY_PATH */), "fchownat", object: object)
+        if let mode { _ = try returnOrThrow(chmod("/proc/self/fd/\(node.rawValue)", mode_t(mode)), "chmod", object: object) }
+    }
+
     /// The pty index of a master (TIOCGPTN), or nil when `fd` is none.
     public static func ptyIndex(_ fd: FileDescriptor) -> Int32? {
         var index: UInt32 = 0

@@ -3,7 +3,11 @@
  * O_NOCTTY: it is not the controlling terminal), its slave in raw mode with
  * a custom VMIN/VTIME and c_lflag, a window size, bytes written into the
  * master and not yet read from the slave and the reverse, and a second
- * master that stays locked and is in packet mode (TIOCPKT). After SIGTERM: termios, window size, the queued
+ * master that stays locked and is in packet mode (TIOCPKT), and a third, unlocked, whose slave
+ * was never opened (its termios set through the master, its node's owner 4321:6
+ * and mode 0640 by name): neither of these two
+ * may read EIO (POLLHUP) after restore, as no slave ever went away; the
+ * third's slave opens by name and works. After SIGTERM: termios, window size, the queued
  * bytes, the lock, packet mode, the slave's owner (1234:5) and mode (0604)
  * and the pairing (ptsname of the master names the slave
  * open; its number may differ from before) are checked, and the pair still
@@ -62,6 +66,14 @@ int main(void) {
     write(master, "to the slave", 12);
     write(slave, "to the master", 13);
     if (fchown(slave, 1234, 5) || fchmod(slave, 0604)) { printf("FAIL: fchown/fchmod of the slave\n"); return 1; }
+    int fresh = posix_openpt(O_RDWR | O_NOCTTY | O_NONBLOCK);
+    if (fresh < 0 || grantpt(fresh) || unlockpt(fresh)) { printf("FAIL: posix_openpt (third)\n"); return 1; }
+    struct termios ft;
+    tcgetattr(fresh, &ft);  /* a master's termios are its slave's */
+    ft.c_cc[VMIN] = 3;
+    ft.c_lflag &= ~(tcflag_t)ECHO;
+    tcsetattr(fresh, TCSANOW, &ft);
+    if (chown(ptsname(fresh), 4321, 6) || chmod(ptsname(fresh), 0640)) { printf("FAIL: chown/chmod of the third slave\n"); return 1; }
     int locked = posix_openpt(O_RDWR | O_NOCTTY);  /* never unlocked */
     int on = 1;
     if (locked < 0 || ioctl(locked, TIOCPKT, &on)) { printf("FAIL: TIOCPKT\n"); return 1; }
@@ -74,6 +86,8 @@ int main(void) {
         usleep(5000);
     }
 
+    struct pollfd hup[2] = { { locked, POLLIN, 0 }, { fresh, POLLIN, 0 } };
+    if (poll(hup, 2, 0) != 0) { printf("FAIL: a master whose slave was never opened polls 0x%x 0x%x\n", hup[0].revents, hup[1].revents); return 1; }
     printf("READY\n");
     fflush(stdout);
     while (!term) pause();
@@ -112,6 +126,27 @@ int main(void) {
     if (ioctl(locked, TIOCGPKT, &packet) != 0 || packet != 1) fail("second pty left packet mode");
     if (ioctl(master, TIOCGPKT, &packet) != 0 || packet != 0) fail("first pty entered packet mode");
     if (!(fcntl(slave, F_GETFL) & O_NONBLOCK)) fail("slave lost O_NONBLOCK");
+
+    struct pollfd later[2] = { { locked, POLLIN, 0 }, { fresh, POLLIN, 0 } };
+    if (poll(later, 2, 0) != 0 && ((later[0].revents | later[1].revents) & POLLHUP))
+        fail("a master whose slave was never opened says POLLHUP (reads EIO)");
+    char none;
+    errno = 0;
+    if (read(fresh, &none, 1) != -1 || errno != EAGAIN) fail("third master: read gave EIO or data, not EAGAIN");
+    struct termios fg;
+    if (tcgetattr(fresh, &fg) || fg.c_cc[VMIN] != 3 || (fg.c_lflag & ECHO)) fail("third pty's termios differ");
+    struct stat fresh_node;
+    if (stat(ptsname(fresh), &fresh_node) || fresh_node.st_uid != 4321 || fresh_node.st_gid != 6 || (fresh_node.st_mode & 07777) != 0640)
+        fail("third pty's slave node lost its owner or mode");
+    int fresh_slave = open(ptsname(fresh), O_RDWR | O_NOCTTY);
+    if (fresh_slave < 0) fail("third pty's slave does not open");
+    else {
+        struct termios st;
+        if (tcgetattr(fresh_slave, &st) || st.c_cc[VMIN] != 3) fail("third pty's slave has other termios");
+        if (write(fresh_slave, "x\n", 2) != 2) fail("third pty: write to the slave");
+        struct pollfd in = { fresh, POLLIN, 0 };
+        if (poll(&in, 1, 2000) != 1 || read(fresh, buf, sizeof buf) <= 0) fail("third pty: nothing reached the master");
+    }
 
     write(master, "again", 5);
     memset(buf, 0, sizeof buf);

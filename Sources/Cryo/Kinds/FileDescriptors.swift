@@ -80,6 +80,8 @@ final class FileTableBuilder {
     /// with what to do with the file id each gets.
     private var inFlight: [(handle: FileDescriptor, object: String, resolved: (FileTableBuilder, Int) -> Void)] = []
     private var inFlightDone = 0
+    /// The tree's live processes (set once frozen).
+    var treePids: [pid_t] = []
     /// The tree's sessions whose terminal is a pty of the tree (read before any descriptor).
     var sessionTerminals: [SessionTerminal] = []
     /// Duplicates a kind keeps for its finishDump, by file id.

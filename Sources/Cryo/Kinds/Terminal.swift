@@ -25,6 +25,9 @@ public struct TerminalState: DescriptorKind {
     /// Slave only: its master was closed, so it is hung up (reads end of file, writes and terminal
     /// calls fail with EIO). Its index may be another pty's now; restore makes it a pair of its own.
     public var hungUp: Bool? = nil
+    /// Master only: no slave was ever opened (it showed no hang-up until dump's own slave
+    /// closed): restore opens none either, so reads wait instead of failing with EIO.
+    public var slaveNeverOpened: Bool? = nil
     /// Master only: packet mode (TIOCPKT).
     public var packetMode: Bool? = nil
     /// Master only: the slave's /dev/pts node: owner, group and permission bits.
@@ -102,7 +105,13 @@ public struct TerminalState: DescriptorKind {
             // Off while the queues are read: in packet mode each read starts with a status byte.
             let packet = try Terminals.packetMode(p.handle, object: p.object)
             if packet { try Terminals.setPacketMode(p.handle, false, object: p.object) }
-            let taken = Result { try state.takeQueues(master: p.handle, object: p.object, putBack: leaveRunning) }
+            // A slave opened and closed by cryo where none was ever opened would leave the master reading
+            // EIO: a tree that goes on running gets none (what waits for such a slave is not read then).
+            let closedBefore = Terminals.slaveSideClosed(p.handle)
+            let held = table.sessionTerminals.contains { $0.index == ptn } || treeHoldsSlave(index: ptn, pids: table.treePids)
+            let openSlave = closedBefore || held || !leaveRunning
+            let taken = Result { try state.takeQueues(master: p.handle, object: p.object, putBack: leaveRunning, openSlave: openSlave) }
+            if !closedBefore && (!openSlave || Terminals.slaveSideClosed(p.handle)) { state.slaveNeverOpened = true }
             if packet { try Terminals.setPacketMode(p.handle, true, object: p.object) }
             try taken.get()
             state.packetMode = packet ? true : nil
@@ -156,26 +165,41 @@ public struct TerminalState: DescriptorKind {
     /// without consuming, so the bytes are taken (through a slave description
     /// of cryo's own, and the master description set non-blocking for a
     /// moment) and, when the process goes on running, written back.
-    mutating func takeQueues(master: FileDescriptor, object: String, putBack: Bool) throws {
-        // A locked pty gives no slave: unlocked for the moment it takes to open one.
-        if locked == true { try Terminals.setLocked(master, false, object: object) }
-        let opened = Result { try Terminals.openPeer(master, flags: O_RDWR | O_NONBLOCK, object: object) }
-        if locked == true { try Terminals.setLocked(master, true, object: object) }
-        let slave = try opened.get()
-        defer { try? slave.close() }
-        let node = try Files.stat(slave, object: object)
+    /// `openSlave` false: no slave is opened unless bytes from one wait in the master (then one
+    /// is open elsewhere), and what waits for the slave is not read.
+    mutating func takeQueues(master: FileDescriptor, object: String, putBack: Bool, openSlave: Bool = true) throws {
+        func open() throws -> FileDescriptor {
+            // A locked pty gives no slave: unlocked for the moment it takes to open one.
+            if locked == true { try Terminals.setLocked(master, false, object: object) }
+            let opened = Result { try Terminals.openPeer(master, flags: O_RDWR | O_NONBLOCK, object: object) }
+            if locked == true { try Terminals.setLocked(master, true, object: object) }
+            return try opened.get()
+        }
+        var slave = openSlave ? try open() : nil
+        defer { try? slave?.close() }
+        let node = try slave.map { try Files.stat($0, object: object) } ?? Terminals.slaveNode(master, object: object)
         slaveOwner = [node.st_uid, node.st_gid]
         slaveMode = UInt32(node.st_mode) & 0o7777
         let what = "\(object) (pending terminal bytes)"
-        toSlave = Data(try Terminals.drain(slave, object: what))
+        toSlave = try slave.map { Data(try Terminals.drain($0, object: what)) }
         let flags = try FileObjects.statusFlags(master, object: object)
         try FileObjects.setStatusFlags(master, flags | O_NONBLOCK, object: object)
         let fromSlave = Result { try Terminals.drain(master, object: what) }
         try FileObjects.setStatusFlags(master, flags, object: object)
         toMaster = Data(try fromSlave.get())
-        if putBack { try TerminalState.fill(master: master, slave: slave, toSlave: toSlave, toMaster: toMaster, object: object) }
+        if putBack && slave == nil && toMaster?.isEmpty == false { slave = try open() }
+        if putBack, let slave { try TerminalState.fill(master: master, slave: slave, toSlave: toSlave, toMaster: toMaster, object: object) }
         if toSlave?.isEmpty == true { toSlave = nil }
         if toMaster?.isEmpty == true { toMaster = nil }
+    }
+
+    /// Whether a process of the tree holds a slave of pty `index` open (a descriptor of /dev/pts/N).
+    static func treeHoldsSlave(index: Int32, pids: [pid_t]) -> Bool {
+        for pid in pids {
+            guard let fds = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd") else { continue }
+            if fds.contains(where: { (try? Files.readLink("/proc/\(pid)/fd/\($0)")) == "/dev/pts/\(index)" }) { return true }
+        }
+        return false
     }
 
     /// Puts taken bytes back into a pair of the frozen tree (through a slave of cryo's own).
@@ -295,6 +319,21 @@ final class TerminalRebuilder: KindRebuilder {
         let access = Int32(bitPattern: masterFile.flags) & O_ACCMODE
         let master = try openMaster(index: index, flags: access | O_NOCTTY, object: object)
         masters[index] = master
+        // A slave opened and closed here would leave the master reading EIO: when the tree never
+        // opened one and nothing waits to be written through one, none is opened.
+        let slaveUsed = terminals.contains {
+            $0.state.index == index && (($0.state.role == .ptySlave && $0.state.hungUp != true) || $0.state.role == .currentTerminal)
+        }
+        if state.slaveNeverOpened == true && !slaveUsed && (state.toSlave?.isEmpty ?? true) && (state.toMaster?.isEmpty ?? true) {
+            if let owner = state.slaveOwner, owner.count == 2 {
+                try Terminals.setSlaveNode(master, uid: owner[0], gid: owner[1], mode: state.slaveMode.map { $0 & 0o7777 }, object: object)
+            }
+            // The master's termios and window size are the slave's (the kernel applies them to its peer).
+            try state.apply(to: master, object: object)
+            if state.locked != true { try Terminals.setLocked(master, false, object: object) }
+            if state.packetMode == true { try Terminals.setPacketMode(master, true, object: object) }
+            return master
+        }
         try Terminals.setLocked(master, false, object: object)
         let slave = try Terminals.openPeer(master, flags: O_RDWR | O_NONBLOCK, object: object)
         defer { try? slave.close() }

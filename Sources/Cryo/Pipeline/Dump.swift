@@ -140,6 +140,7 @@ public struct Dumper {
             // Before any descriptor is read: a terminal that cannot come back refuses the dump untouched.
             let terminals = try ControllingTerminals.dump(tree, root: pid, shellJob: options.shellJob)
             fileTable.sessionTerminals = terminals.sessions
+            fileTable.treePids = tree.live.map(\.pid)
             let namespaces = try NamespaceRecord.dump(root: pid, live: tree.live.map { ($0.pid, $0.comm) })
             let prefetch = MappingsPrefetch()
             var sysvSegments: [Int32: SysVSegment] = [:]
