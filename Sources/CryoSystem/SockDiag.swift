@@ -54,14 +54,6 @@ public enum SockDiag {
 
     /// Sends one request and hands each socket of the reply to `body` until it returns false.
     private static func query(inode: UInt32, show: UInt32, dump: Bool, object: String, _ body: (UnixSocketDiag) -> Bool) throws {
-        let call = "sock_diag(AF_UNIX)"
-        let netlink = FileDescriptor(rawValue: try returnOrThrow(
-            socket(AF_NETLINK, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), NETLINK_SOCK_DIAG), "socket(AF_NETLINK)", object: object))
-        defer { try? netlink.close() }
-        var header = nlmsghdr()
-        header.nlmsg_len = UInt32(MemoryLayout<nlmsghdr>.size + MemoryLayout<unix_diag_req>.size)
-        header.nlmsg_type = UInt16(SOCK_DIAG_BY_FAMILY)
-        header.nlmsg_flags = UInt16(NLM_F_REQUEST) | (dump ? CRYO_NLM_F_DUMP : 0)
         var request = unix_diag_req()
         request.sdiag_family = UInt8(AF_UNIX)
         request.udiag_states = ~0
@@ -69,7 +61,53 @@ public enum SockDiag {
         request.udiag_show = show
         // No cookie: looked up by inode.
         if !dump { request.udiag_cookie = (~0, ~0) }
-        let message = withUnsafeBytes(of: header) { Array($0) } + withUnsafeBytes(of: request) { Array($0) }
+        try exchange(withUnsafeBytes(of: request) { Array($0) }, call: "sock_diag(AF_UNIX)", dump: dump, object: object) { payload in
+            guard let diag = parse(payload) else {
+                if !dump { throw SyscallError("sock_diag(AF_UNIX)", errno: .protocolError, object: object) }
+                return true
+            }
+            return body(diag) && dump
+        }
+    }
+
+    /// The shutdown bits (1: receive, 2: send) of the AF_INET/AF_INET6 socket with this inode,
+    /// from a dump of cryo's network namespace (INET_DIAG_SHUTDOWN); nil when it is not there.
+    public static func inetShutdown(family: Int32, protocol: Int32, inode: UInt32, object: String) throws -> UInt8? {
+        var request = inet_diag_req_v2()
+        request.sdiag_family = UInt8(family)
+        request.sdiag_protocol = UInt8(`protocol`)
+        request.idiag_states = ~0
+        let call = "sock_diag(\(family == AF_INET6 ? "AF_INET6" : "AF_INET"))"
+        var found: UInt8? = nil
+        try exchange(withUnsafeBytes(of: request) { Array($0) }, call: call, dump: true, object: object) { payload in
+            let size = MemoryLayout<inet_diag_msg>.size
+            guard payload.count >= size else { return true }
+            let m = payload.withUnsafeBytes { $0.loadUnaligned(as: inet_diag_msg.self) }
+            guard m.idiag_inode == inode else { return true }
+            found = 0
+            var offset = size
+            while offset + 4 <= payload.count {
+                let length = Int(payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt16.self) })
+                let type = payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 2, as: UInt16.self) } & CRYO_NLA_TYPE_MASK
+                guard length >= 4, offset + length <= payload.count else { break }
+                if Int(type) == Int(INET_DIAG_SHUTDOWN), length >= 5 { found = payload[offset + 4] }
+                offset += (length + 3) & ~3
+            }
+            return false
+        }
+        return found
+    }
+
+    /// Sends a SOCK_DIAG_BY_FAMILY request and hands the payload of each answer to `body` until it returns false.
+    private static func exchange(_ request: [UInt8], call: String, dump: Bool, object: String, _ body: ([UInt8]) throws -> Bool) throws {
+        let netlink = FileDescriptor(rawValue: try returnOrThrow(
+            socket(AF_NETLINK, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), NETLINK_SOCK_DIAG), "socket(AF_NETLINK)", object: object))
+        defer { try? netlink.close() }
+        var header = nlmsghdr()
+        header.nlmsg_len = UInt32(MemoryLayout<nlmsghdr>.size + request.count)
+        header.nlmsg_type = UInt16(SOCK_DIAG_BY_FAMILY)
+        header.nlmsg_flags = UInt16(NLM_F_REQUEST) | (dump ? CRYO_NLM_F_DUMP : 0)
+        let message = withUnsafeBytes(of: header) { Array($0) } + request
         var kernel = sockaddr_nl()
         kernel.nl_family = sa_family_t(AF_NETLINK)
         _ = try retryingEINTR(call, object: object) {
@@ -103,11 +141,8 @@ public enum SockDiag {
                     throw SyscallError(call, errno: error < 0 ? Errno(rawValue: -error) : .protocolError, object: object)
                 case Int32(SOCK_DIAG_BY_FAMILY):
                     let payload = Array(reply[(offset + headerSize)..<(offset + Int(h.nlmsg_len))])
-                    guard let diag = parse(payload) else {
-                        if !dump { throw SyscallError(call, errno: .protocolError, object: object) }
-                        break
-                    }
-                    if !body(diag) || !dump { return }
+                    // A lookup answers once; a dump is read to its end (NLMSG_DONE) even when `body` has what it wanted.
+                    if !(try body(payload)) && !dump { return }
                 default:
                     if !dump { throw SyscallError(call, errno: .protocolError, object: object) }
                 }

@@ -149,6 +149,57 @@ public enum Sockets {
                               "setsockopt(\(name))", object: object)
     }
 
+    /// getsockopt into `buffer`, whose bytes also go in (MCAST_MSFILTER reads its question there): the length reported.
+    public static func option(_ fd: FileDescriptor, _ level: Int32, _ option: Int32, into buffer: inout [UInt8], name: String,
+                              object: String) throws -> Int {
+        var length = socklen_t(buffer.count)
+        _ = try returnOrThrow(buffer.withUnsafeMutableBytes { getsockopt(fd.rawValue, level, option, $0.baseAddress, &length) },
+                              "getsockopt(\(name))", object: object)
+        return Int(length)
+    }
+
+    /// The classic BPF program attached with SO_ATTACH_FILTER, 8 bytes an instruction; empty when none.
+    /// EACCES for an eBPF program (it has no classic form to give back).
+    public static func socketFilter(_ fd: FileDescriptor, object: String) throws -> [UInt8] {
+        // SO_GET_FILTER counts in instructions, not bytes: 0 asks for the count.
+        var count = socklen_t(0)
+        _ = try returnOrThrow(getsockopt(fd.rawValue, CRYO_SOL_SOCKET, CRYO_SO_ATTACH_FILTER, nil, &count),
+                              "getsockopt(SO_GET_FILTER)", object: object)
+        guard count > 0 else { return [] }
+        let size = MemoryLayout<sock_filter>.size
+        var program = [UInt8](repeating: 0, count: Int(count) * size)
+        var got = count
+        _ = try returnOrThrow(program.withUnsafeMutableBytes { getsockopt(fd.rawValue, CRYO_SOL_SOCKET, CRYO_SO_ATTACH_FILTER, $0.baseAddress, &got) },
+                              "getsockopt(SO_GET_FILTER)", object: object)
+        return Array(program.prefix(Int(got) * size))
+    }
+
+    /// SO_ATTACH_FILTER of a classic BPF program as `socketFilter` returns it.
+    public static func attachFilter(_ fd: FileDescriptor, program: [UInt8], object: String) throws {
+        let size = MemoryLayout<sock_filter>.size
+        let count = program.count / size
+        var instructions = [sock_filter](repeating: sock_filter(), count: count)
+        instructions.withUnsafeMutableBytes { $0.copyBytes(from: program.prefix(count * size)) }
+        _ = try instructions.withUnsafeMutableBufferPointer { buffer in
+            var fprog = sock_fprog(len: UInt16(buffer.count), filter: buffer.baseAddress)
+            return try returnOrThrow(setsockopt(fd.rawValue, CRYO_SOL_SOCKET, CRYO_SO_ATTACH_FILTER, &fprog, socklen_t(MemoryLayout<sock_fprog>.size)),
+                                     "setsockopt(SO_ATTACH_FILTER)", object: object)
+        }
+    }
+
+    /// The index of a network interface of cryo's network namespace by name, or nil when there is none.
+    public static func interfaceIndex(_ name: String) -> Int32? {
+        let index = if_nametoindex(name)
+        return index == 0 ? nil : Int32(bitPattern: index)
+    }
+
+    /// poll() events of `fd` right now (POLLRDHUP asked for too).
+    public static func pollEvents(_ fd: FileDescriptor, object: String) throws -> Int16 {
+        var p = pollfd(fd: fd.rawValue, events: Int16(POLLIN | POLLOUT | 0x2000), revents: 0)
+        _ = try retryingEINTR("poll", object: object) { poll(&p, 1, 0) }
+        return p.revents
+    }
+
     /// Option bytes of a variable length (TCP_REPAIR_OPTIONS).
     public static func setOption(_ fd: FileDescriptor, _ level: Int32, _ option: Int32, bytes: [UInt8], name: String, object: String) throws {
         _ = try returnOrThrow(bytes.withUnsafeBytes { setsockopt(fd.rawValue, level, option, $0.baseAddress, socklen_t($0.count)) },

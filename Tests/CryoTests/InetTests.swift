@@ -318,3 +318,54 @@ extension EndToEnd.InetTests {
         #expect(!after.output.contains("cryo-lock-"), "lock rules left after restore:\n\(after.output)")
     }
 }
+
+/// Runs `body` with the launcher of a network namespace of its own (lo up), deleted afterwards.
+private func inNetworkNamespace(_ label: String, _ body: ([String]) throws -> Void) throws {
+    let namespace = "cryo-\(label)-\(getpid())"
+    let made = shell("ip netns add \(namespace) && ip -n \(namespace) link set lo up")
+    try #require(made.status == 0, "ip netns add: \(made.output)")
+    defer { _ = shell("ip netns del \(namespace)") }
+    try body(["/usr/bin/nsenter", "--net=/run/netns/\(namespace)"])
+}
+
+extension EndToEnd.InetTests {
+    @Test("socket options of TCP and UDP sockets (IPv4, IPv6) read back equal after restore (device, filter, groups...)")
+    func socketOptions() throws {
+        try inNetworkNamespace("opts") { enter in
+            let scratch = try Scratch("inet-options")
+            defer { scratch.remove() }
+            let fixture = try Fixture("sockopts", arguments: [], in: scratch, launcher: enter)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "--tcp-established", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture, launcher: enter)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump")
+            let show = try cryo(["show", images], in: scratch)
+            #expect(show.stdout.contains("device lo") && show.stdout.contains("filter of 4 instructions, locked")
+                    && show.stdout.contains("2 multicast groups") && show.stdout.contains("shut down for writing"), "\(show)")
+            let restore = try CryoProcess(["restore", "-D", images, "--tcp-established"], in: scratch, launcher: enter)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore, timeout: 60)
+        }
+    }
+
+    @Test("a UDP socket with corked data (UDP_CORK, MSG_MORE) is refused in one line; the data is still sent afterwards")
+    func corkedUDPRefused() throws {
+        let scratch = try Scratch("udp-corked")
+        defer { scratch.remove() }
+        let fixture = try Fixture("sockopts", arguments: ["corked"], in: scratch)
+        defer { fixture.cleanUp() }
+        try fixture.waitReady()
+        let images = scratch.file("img")
+        let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
+        #expect(dump.failed && dump.stderrLines.count == 1, "want one line\n\(dump)")
+        #expect(dump.stderr.contains("pid \(fixture.pid) fd ") && dump.stderr.contains("UDP") && dump.stderr.contains("corked data"), "\(dump)")
+        #expect(!FileManager.default.fileExists(atPath: images), "a failed dump should remove its image folder")
+        #expect(fixture.pollOriginal() == nil, "a refused dump must leave the fixture running")
+        fixture.signal(SIGTERM)
+        let exit = fixture.reapOriginal(timeout: 30)
+        #expect(exit == .exited(0), "\(fixture.report)")
+        expectPass(fixture, "\(dump)")
+    }
+}

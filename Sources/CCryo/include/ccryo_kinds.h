@@ -22,6 +22,9 @@
 #include <linux/sock_diag.h>
 #include <linux/unix_diag.h>
 #include <linux/sockios.h>
+#include <linux/inet_diag.h>
+#include <linux/filter.h>
+#include <net/if.h>
 
 /* GNU-only (the module is not built with _GNU_SOURCE; ccryo.c is). */
 #ifndef __USE_GNU
@@ -71,6 +74,36 @@ static const unsigned long CRYO_SIOCINQ = SIOCINQ, CRYO_SIOCOUTQ = SIOCOUTQ, CRY
 #define CRYO_TCP_TIMESTAMP 24
 #define CRYO_TCP_RECV_QUEUE 1
 #define CRYO_TCP_SEND_QUEUE 2
+#define CRYO_SO_DONTROUTE 5
+#define CRYO_SO_OOBINLINE 10
+#define CRYO_SO_PRIORITY 12
+#define CRYO_SO_LINGER 13
+#define CRYO_SO_RCVLOWAT 18
+#define CRYO_SO_RCVTIMEO_OLD 20
+#define CRYO_SO_SNDTIMEO_OLD 21
+#define CRYO_SO_BINDTODEVICE 25
+#define CRYO_SO_ATTACH_FILTER 26 /* also SO_GET_FILTER */
+#define CRYO_SO_LOCK_FILTER 44
+#define CRYO_SO_BUF_LOCK 72
+#define CRYO_IP_TOS 1
+#define CRYO_IP_FREEBIND 15
+#define CRYO_IP_TRANSPARENT 19
+#define CRYO_IP_MULTICAST_TTL 33
+#define CRYO_IP_MULTICAST_LOOP 34
+#define CRYO_MCAST_JOIN_GROUP 42
+#define CRYO_MCAST_MSFILTER 48
+#define CRYO_IPV6_MULTICAST_HOPS 18
+#define CRYO_IPV6_MULTICAST_LOOP 19
+#define CRYO_IPV6_TCLASS 67
+#define CRYO_IPV6_TRANSPARENT 75
+#define CRYO_IPV6_FREEBIND 78
+#define CRYO_TCP_CORK 3
+#define CRYO_TCP_KEEPIDLE 4
+#define CRYO_TCP_KEEPINTVL 5
+#define CRYO_TCP_KEEPCNT 6
+#define CRYO_TCP_CONGESTION 13
+#define CRYO_TCP_USER_TIMEOUT 18
+#define CRYO_UDP_CORK 1
 
 /* netlink attribute types carry flag bits above these. */
 static const uint16_t CRYO_NLA_TYPE_MASK = NLA_TYPE_MASK;

@@ -92,26 +92,11 @@ public struct InetSocketState: DescriptorKind {
     /// A UDP socket's receive queue, in order.
     public var datagrams: [Datagram]
     public var tcp: TCPConnection?
+    /// The options that are more than one integer (device, linger, filter, multicast groups...); nil in older images.
+    public var settings: InetSocketSettings? = nil
 
     var family: Int32 { ipv6 ? AF_INET6 : AF_INET }
     var kernelType: Int32 { proto == .tcp ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue) }
-}
-
-/// (name, level, option, set before bind) of the options that are kept.
-private func optionTable(ipv6: Bool, tcp: Bool) -> [(String, Int32, Int32, Bool)] {
-    var table: [(String, Int32, Int32, Bool)] = [
-        ("SO_REUSEADDR", CRYO_SOL_SOCKET, CRYO_SO_REUSEADDR, true), ("SO_REUSEPORT", CRYO_SOL_SOCKET, CRYO_SO_REUSEPORT, true),
-        ("SO_KEEPALIVE", CRYO_SOL_SOCKET, CRYO_SO_KEEPALIVE, false), ("SO_BROADCAST", CRYO_SOL_SOCKET, CRYO_SO_BROADCAST, false),
-        ("SO_SNDBUF", CRYO_SOL_SOCKET, CRYO_SO_SNDBUF, false), ("SO_RCVBUF", CRYO_SOL_SOCKET, CRYO_SO_RCVBUF, false),
-        ("SO_PEEK_OFF", CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF, false),
-    ]
-    if ipv6 {
-        table += [("IPV6_V6ONLY", CRYO_IPPROTO_IPV6, CRYO_IPV6_V6ONLY, true), ("IPV6_UNICAST_HOPS", CRYO_IPPROTO_IPV6, CRYO_IPV6_UNICAST_HOPS, false)]
-    } else {
-        table += [("IP_TTL", CRYO_IPPROTO_IP, CRYO_IP_TTL, false)]
-    }
-    if tcp { table += [("TCP_NODELAY", CRYO_IPPROTO_TCP, CRYO_TCP_NODELAY, false)] }
-    return table
 }
 
 private func getInt(_ fd: FileDescriptor, _ level: Int32, _ option: Int32, _ name: String, _ object: String) throws -> Int32 {
@@ -160,13 +145,22 @@ extension InetSocketState {
         var local = InetAddress(try Sockets.name(fd, peer: false, object: what))
         if local?.port == 0 { local = nil }
         let peer = (try? Sockets.name(fd, peer: true, object: what)).flatMap { InetAddress($0) }
+        if proto == .udp {
+            // Data held back by UDP_CORK or MSG_MORE is no datagram yet: nothing can read it out.
+            let pending = try Sockets.queueLength(fd, request: CRYO_SIOCOUTQ, name: "SIOCOUTQ", object: what)
+            if pending > 0 {
+                throw CryoError("\(what) holds corked data (\(pending) bytes not sent yet, UDP_CORK or MSG_MORE); not supported")
+            }
+        }
         var options: [String: Int32] = [:]
-        for (name, level, option, _) in optionTable(ipv6: family == AF_INET6, tcp: proto == .tcp) {
-            options[name] = try getInt(fd, level, option, name, what)
+        for o in InetIntegerOption.table(ipv6: family == AF_INET6, tcp: proto == .tcp) {
+            options[o.name] = try getInt(fd, o.level, o.option, o.name, what)
         }
         let inode = UInt64(p.stat.st_ino)
+        let settings = try InetSocketSettings.dump(fd, ipv6: family == AF_INET6, tcp: proto == .tcp, pid: p.pid, inode: inode, what: what)
         var s = InetSocketState(inode: inode, ipv6: family == AF_INET6, proto: proto, state: peer == nil ? .unconnected : .connected,
-                                local: local, peer: peer, backlog: nil, options: options, datagrams: [], tcp: nil)
+                                local: local, peer: peer, backlog: nil, options: options, datagrams: [], tcp: nil,
+                                settings: settings.isEmpty ? nil : settings)
         if proto == .udp {
             s.datagrams = try peekDatagrams(fd, peekOffset: options["SO_PEEK_OFF"] ?? -1, object: what)
             return s
@@ -313,6 +307,7 @@ extension InetSocketState {
         if let backlog { text += " backlog \(backlog)" }
         if let name = tcp?.stateName, name != "ESTABLISHED" { text += " \(name)" }
         if !datagrams.isEmpty { text += " (\(datagrams.count) datagrams queued)" }
+        if let settings, !settings.summary.isEmpty { text += " (\(settings.summary))" }
         if let tcp, !tcp.sendQueue.isEmpty || !tcp.receiveQueue.isEmpty {
             text += " (\(tcp.sendQueue.count) bytes to send, \(tcp.receiveQueue.count) to read)"
         }
@@ -407,9 +402,10 @@ final class InetSocketRebuilder: KindRebuilder {
             return fd
         }
         func preBind(_ fd: FileDescriptor, _ s: InetSocketState, _ what: String) throws {
-            for (name, level, option, early) in optionTable(ipv6: s.ipv6, tcp: s.proto == .tcp) where early {
-                if let value = s.options[name], value != 0 { try setInt(fd, level, option, value, name, what) }
+            for o in InetIntegerOption.table(ipv6: s.ipv6, tcp: s.proto == .tcp) where o.beforeBind {
+                if let value = s.options[o.name], value != 0 { try setInt(fd, o.level, o.option, value, o.name, what) }
             }
+            try s.settings?.restoreBeforeBind(fd, what: what)
         }
         func address(_ a: InetAddress, _ what: String) throws -> SocketAddress {
             guard let raw = a.raw() else { throw CryoError("\(what): \(a.address) is no address") }
@@ -481,8 +477,12 @@ final class InetSocketRebuilder: KindRebuilder {
             }
             // Refilling UDP queues binds a stand-in to a sender's address: both need SO_REUSEADDR meanwhile.
             try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_REUSEADDR, 1, "SO_REUSEADDR", what)
+            // Binding to one IPv6 address turns IPV6_V6ONLY on for good. A connected UDP socket without it
+            // got its address from connect (the kernel picks the route's), so it binds the port only and connect picks again.
+            let addressFromConnect = s.proto == .udp && s.peer != nil && s.options["IPV6_V6ONLY"] == 0 && s.local.map(\.isSpecificIPv6) == true
             if let local = s.local {
-                try Sockets.bind(fd, to: try address(local, what), object: "\(what) to \(local.description)")
+                let bound = addressFromConnect ? InetAddress.wildcard(ipv6: true, port: local.port) : local
+                try Sockets.bind(fd, to: try address(bound, what), object: "\(what) to \(bound.description)")
             }
             if s.state == .listening {
                 try Sockets.listen(fd, backlog: s.backlog ?? 128, object: what)
@@ -491,6 +491,10 @@ final class InetSocketRebuilder: KindRebuilder {
                 try Sockets.startConnect(fd, to: try address(peer, what), object: "\(what) to \(peer.description)")
             } else if s.proto == .udp, let peer = s.peer {
                 try Sockets.connect(fd, to: try address(peer, what), object: "\(what) to \(peer.description)")
+                if addressFromConnect, let local = s.local, let now = InetAddress(try Sockets.name(fd, peer: false, object: what)),
+                   now.address != local.address {
+                    throw CryoError("\(what): connecting to \(peer.description) now goes out from \(now.address), not \(local.address)")
+                }
             }
         }
         // 3. UDP queues, sent again from each datagram's source address when it can be bound.
@@ -518,19 +522,36 @@ final class InetSocketRebuilder: KindRebuilder {
                 try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 0, "TCP_REPAIR", what)
             }
         }
-        // 5. Options as they were (buffers through the FORCE options: the kernel doubles what it is given), status flags.
+        // 5. Options as they were, each only where the new socket differs; status flags.
         for (id, s, flags) in sockets {
             let fd = made[id]!, what = Self.object(id, s)
-            for (name, level, option, _) in optionTable(ipv6: s.ipv6, tcp: s.proto == .tcp) {
-                guard let wanted = s.options[name], try getInt(fd, level, option, name, what) != wanted else { continue }
-                switch name {
-                case "SO_SNDBUF": try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_SNDBUFFORCE, wanted / 2, "SO_SNDBUFFORCE", what)
-                case "SO_RCVBUF": try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_RCVBUFFORCE, wanted / 2, "SO_RCVBUFFORCE", what)
+            for o in InetIntegerOption.table(ipv6: s.ipv6, tcp: s.proto == .tcp) {
+                guard let wanted = s.options[o.name], try getInt(fd, o.level, o.option, o.name, what) != wanted else { continue }
+                switch o.name {
+                case "SO_SNDBUF", "SO_RCVBUF", "SO_BUF_LOCK": continue // below
                 case "IPV6_V6ONLY": continue // only before bind; set there
-                default: try setInt(fd, level, option, wanted, name, what)
+                default: try setInt(fd, o.level, o.option, wanted, o.name, what)
                 }
             }
+            try s.settings?.restore(fd, tcp: s.proto == .tcp, what: what)
+            try restoreBuffers(fd, s, what: what)
             try FileObjects.setStatusFlags(fd, Int32(bitPattern: flags) & O_NONBLOCK, object: what)
+        }
+    }
+
+    /// Buffer sizes the program set (SO_BUF_LOCK says which), or that cryo changed to refill the
+    /// queues, as they were; the others stay the kernel's to size. Through the FORCE options: the
+    /// kernel doubles what it is given. Then the lock bits as they were (an image without them: locked).
+    private func restoreBuffers(_ fd: FileDescriptor, _ s: InetSocketState, what: String) throws {
+        let lock = s.options["SO_BUF_LOCK"]
+        let refilled = s.tcp != nil || !s.datagrams.isEmpty
+        for (name, bit, option, force, forceName) in [("SO_SNDBUF", Int32(1), CRYO_SO_SNDBUF, CRYO_SO_SNDBUFFORCE, "SO_SNDBUFFORCE"),
+                                                      ("SO_RCVBUF", Int32(2), CRYO_SO_RCVBUF, CRYO_SO_RCVBUFFORCE, "SO_RCVBUFFORCE")] {
+            guard let wanted = s.options[name], lock.map({ $0 & bit != 0 }) ?? true || refilled else { continue }
+            if try getInt(fd, CRYO_SOL_SOCKET, option, name, what) != wanted { try setInt(fd, CRYO_SOL_SOCKET, force, wanted / 2, forceName, what) }
+        }
+        if let lock, try getInt(fd, CRYO_SOL_SOCKET, CRYO_SO_BUF_LOCK, "SO_BUF_LOCK", what) != lock {
+            try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_BUF_LOCK, lock, "SO_BUF_LOCK", what)
         }
     }
 
@@ -582,6 +603,13 @@ final class InetSocketRebuilder: KindRebuilder {
 }
 
 extension InetAddress {
+    static func wildcard(ipv6: Bool, port: UInt16) -> InetAddress {
+        InetAddress(.inet(address: [UInt8](repeating: 0, count: ipv6 ? 16 : 4), port: port))!
+    }
+
+    /// An IPv6 address, not the wildcard and not an IPv4-mapped one.
+    var isSpecificIPv6: Bool { isIPv6 && !isWildcard && !address.lowercased().hasPrefix("::ffff:") }
+
     static func loopback(ipv6: Bool, port: UInt16) -> InetAddress {
         InetAddress(.inet(address: ipv6 ? [UInt8](repeating: 0, count: 15) + [1] : [127, 0, 0, 1], port: port))!
     }

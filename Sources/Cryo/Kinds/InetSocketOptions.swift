@@ -1,0 +1,343 @@
+import CCryo
+import CryoSystem
+import FoundationEssentials
+import Glibc
+import SystemPackage
+
+// The socket options of AF_INET/AF_INET6 sockets (InetSocket.swift): what is
+// read at dump through cryo's duplicate of the descriptor, and how restore
+// puts it back on the socket it made.
+
+/// One integer option: its name in the image, level and number, and whether
+/// restore sets it before bind (what bind or connect depend on).
+struct InetIntegerOption {
+    let name: String
+    let level: Int32
+    let option: Int32
+    let beforeBind: Bool
+
+    init(_ name: String, _ level: Int32, _ option: Int32, beforeBind: Bool = false) {
+        self.name = name
+        self.level = level
+        self.option = option
+        self.beforeBind = beforeBind
+    }
+
+    /// Those kept for a socket of this family and protocol, in the order restore sets them:
+    /// IP_TOS before SO_PRIORITY (setting the TOS sets the priority too); buffer sizes and
+    /// SO_BUF_LOCK are set apart, last.
+    static func table(ipv6: Bool, tcp: Bool) -> [InetIntegerOption] {
+        var table: [InetIntegerOption] = [
+            .init("SO_REUSEADDR", CRYO_SOL_SOCKET, CRYO_SO_REUSEADDR, beforeBind: true),
+            .init("SO_REUSEPORT", CRYO_SOL_SOCKET, CRYO_SO_REUSEPORT, beforeBind: true),
+            .init("SO_MARK", CRYO_SOL_SOCKET, CRYO_SO_MARK, beforeBind: true),
+            .init("SO_KEEPALIVE", CRYO_SOL_SOCKET, CRYO_SO_KEEPALIVE), .init("SO_BROADCAST", CRYO_SOL_SOCKET, CRYO_SO_BROADCAST),
+            .init("SO_DONTROUTE", CRYO_SOL_SOCKET, CRYO_SO_DONTROUTE), .init("SO_OOBINLINE", CRYO_SOL_SOCKET, CRYO_SO_OOBINLINE),
+            .init("SO_RCVLOWAT", CRYO_SOL_SOCKET, CRYO_SO_RCVLOWAT),
+            .init("SO_SNDBUF", CRYO_SOL_SOCKET, CRYO_SO_SNDBUF), .init("SO_RCVBUF", CRYO_SOL_SOCKET, CRYO_SO_RCVBUF),
+            .init("SO_BUF_LOCK", CRYO_SOL_SOCKET, CRYO_SO_BUF_LOCK),
+            .init("SO_PEEK_OFF", CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF),
+        ]
+        if ipv6 {
+            table += [
+                .init("IPV6_V6ONLY", CRYO_IPPROTO_IPV6, CRYO_IPV6_V6ONLY, beforeBind: true),
+                .init("IPV6_FREEBIND", CRYO_IPPROTO_IPV6, CRYO_IPV6_FREEBIND, beforeBind: true),
+                .init("IPV6_TRANSPARENT", CRYO_IPPROTO_IPV6, CRYO_IPV6_TRANSPARENT, beforeBind: true),
+                .init("IPV6_TCLASS", CRYO_IPPROTO_IPV6, CRYO_IPV6_TCLASS),
+                .init("IPV6_UNICAST_HOPS", CRYO_IPPROTO_IPV6, CRYO_IPV6_UNICAST_HOPS),
+            ]
+            // Datagram sockets only (a stream socket refuses to set them).
+            if !tcp {
+                table += [.init("IPV6_MULTICAST_HOPS", CRYO_IPPROTO_IPV6, CRYO_IPV6_MULTICAST_HOPS),
+                          .init("IPV6_MULTICAST_LOOP", CRYO_IPPROTO_IPV6, CRYO_IPV6_MULTICAST_LOOP)]
+            }
+        } else {
+            table += [
+                .init("IP_FREEBIND", CRYO_IPPROTO_IP, CRYO_IP_FREEBIND, beforeBind: true),
+                .init("IP_TRANSPARENT", CRYO_IPPROTO_IP, CRYO_IP_TRANSPARENT, beforeBind: true),
+                .init("IP_TOS", CRYO_IPPROTO_IP, CRYO_IP_TOS), .init("IP_TTL", CRYO_IPPROTO_IP, CRYO_IP_TTL),
+            ]
+            if !tcp {
+                table += [.init("IP_MULTICAST_TTL", CRYO_IPPROTO_IP, CRYO_IP_MULTICAST_TTL),
+                          .init("IP_MULTICAST_LOOP", CRYO_IPPROTO_IP, CRYO_IP_MULTICAST_LOOP)]
+            }
+        }
+        table.append(.init("SO_PRIORITY", CRYO_SOL_SOCKET, CRYO_SO_PRIORITY))
+        if tcp {
+            table += [
+                .init("TCP_NODELAY", CRYO_IPPROTO_TCP, CRYO_TCP_NODELAY), .init("TCP_KEEPIDLE", CRYO_IPPROTO_TCP, CRYO_TCP_KEEPIDLE),
+                .init("TCP_KEEPINTVL", CRYO_IPPROTO_TCP, CRYO_TCP_KEEPINTVL), .init("TCP_KEEPCNT", CRYO_IPPROTO_TCP, CRYO_TCP_KEEPCNT),
+                .init("TCP_USER_TIMEOUT", CRYO_IPPROTO_TCP, CRYO_TCP_USER_TIMEOUT), .init("TCP_CORK", CRYO_IPPROTO_TCP, CRYO_TCP_CORK),
+            ]
+        } else {
+            table.append(.init("UDP_CORK", CRYO_IPPROTO_UDP, CRYO_UDP_CORK))
+        }
+        return table
+    }
+}
+
+/// The options that are more than one integer.
+public struct InetSocketSettings: Codable, Sendable, Equatable {
+    /// A multicast group joined by the socket (MCAST_JOIN_GROUP), with its source filter.
+    public struct Membership: Codable, Sendable, Equatable {
+        public var group: String
+        /// The interface joined on, by name (its index is the network namespace's own).
+        public var device: String
+        /// MCAST_INCLUDE (only `sources`, as MCAST_JOIN_SOURCE_GROUP leaves it) or MCAST_EXCLUDE (all but `sources`).
+        public var include: Bool
+        public var sources: [String]
+    }
+
+    /// SO_BINDTODEVICE.
+    public var device: String?
+    /// SO_LINGER (l_onoff, l_linger), when either is set.
+    public var linger: [Int32]?
+    /// SO_RCVTIMEO and SO_SNDTIMEO in microseconds, when set.
+    public var receiveTimeout: Int64?
+    public var sendTimeout: Int64?
+    /// TCP_CONGESTION.
+    public var congestion: String?
+    /// A classic BPF program (SO_ATTACH_FILTER), 8 bytes an instruction as the kernel gives it back, and SO_LOCK_FILTER.
+    public var filter: Data?
+    public var filterLocked: Bool?
+    public var memberships: [Membership]?
+    /// A UDP socket's shutdown bits: 1 receive, 2 send.
+    public var shutdown: UInt8?
+
+    var isEmpty: Bool { self == InetSocketSettings() }
+
+    var summary: String {
+        var parts: [String] = []
+        if let device { parts.append("device \(device)") }
+        if let filter { parts.append("filter of \(filter.count / 8) instruction\(filter.count == 8 ? "" : "s")\(filterLocked == true ? ", locked" : "")") }
+        if let memberships, !memberships.isEmpty { parts.append("\(memberships.count) multicast group\(memberships.count == 1 ? "" : "s")") }
+        if let shutdown, shutdown != 0 { parts.append(["", "shut down for reading", "shut down for writing", "shut down"][Int(shutdown & 3)]) }
+        return parts.joined(separator: ", ")
+    }
+}
+
+private let levelNames: [Int32: String] = [CRYO_IPPROTO_IP: "IP", CRYO_IPPROTO_IPV6: "IPv6"]
+
+// MARK: - Dump
+
+extension InetSocketSettings {
+    /// Everything but the integers, read from cryo's duplicate of the socket of `pid`.
+    static func dump(_ fd: FileDescriptor, ipv6: Bool, tcp: Bool, pid: pid_t, inode: UInt64, what: String) throws -> InetSocketSettings {
+        var s = InetSocketSettings()
+        var name = [UInt8](repeating: 0, count: 32)
+        let nameLength = try Sockets.option(fd, CRYO_SOL_SOCKET, CRYO_SO_BINDTODEVICE, into: &name, name: "SO_BINDTODEVICE", object: what)
+        let device = String(decoding: name.prefix(nameLength).prefix { $0 != 0 }, as: UTF8.self)
+        if !device.isEmpty { s.device = device }
+        let l = try Sockets.option(fd, CRYO_SOL_SOCKET, CRYO_SO_LINGER, as: Glibc.linger.self, name: "SO_LINGER", object: what, initial: Glibc.linger())
+        if l.l_onoff != 0 || l.l_linger != 0 { s.linger = [l.l_onoff, l.l_linger] }
+        for (option, label) in [(CRYO_SO_RCVTIMEO_OLD, "SO_RCVTIMEO"), (CRYO_SO_SNDTIMEO_OLD, "SO_SNDTIMEO")] {
+            let t = try Sockets.option(fd, CRYO_SOL_SOCKET, option, as: timeval.self, name: label, object: what, initial: timeval())
+            let micros = Int64(t.tv_sec) * 1_000_000 + Int64(t.tv_usec)
+            if micros != 0 { if option == CRYO_SO_RCVTIMEO_OLD { s.receiveTimeout = micros } else { s.sendTimeout = micros } }
+        }
+        if tcp {
+            var congestion = [UInt8](repeating: 0, count: 32)
+            let length = try Sockets.option(fd, CRYO_IPPROTO_TCP, CRYO_TCP_CONGESTION, into: &congestion, name: "TCP_CONGESTION", object: what)
+            s.congestion = String(decoding: congestion.prefix(length).prefix { $0 != 0 }, as: UTF8.self)
+        }
+        do {
+            let program = try Sockets.socketFilter(fd, object: what)
+            if !program.isEmpty {
+                s.filter = Data(program)
+                s.filterLocked = try Sockets.option(fd, CRYO_SOL_SOCKET, CRYO_SO_LOCK_FILTER, name: "SO_LOCK_FILTER", object: what) != 0
+            }
+        } catch let error as SyscallError where error.errno == .permissionDenied {
+            throw CryoError("\(what) has an eBPF socket filter (SO_ATTACH_BPF), which cannot be read back; not supported")
+        }
+        let memberships = try dumpMemberships(fd, ipv6: ipv6, pid: pid, what: what)
+        if !memberships.isEmpty { s.memberships = memberships }
+        if !tcp { s.shutdown = try udpShutdown(fd, ipv6: ipv6, inode: inode, what: what) }
+        return s
+    }
+
+    /// The kernel keeps no list of one socket's groups to read, but MCAST_MSFILTER answers for one
+    /// (group, interface) exactly: every group of the task's network namespace (/proc/PID/net/igmp
+    /// and igmp6 list them by interface) is asked about.
+    private static func dumpMemberships(_ fd: FileDescriptor, ipv6: Bool, pid: pid_t, what: String) throws -> [Membership] {
+        var memberships: [Membership] = []
+        let groups4 = try Files.readString("/proc/\(pid)/net/igmp")
+        for (index, device, group) in parseIGMP(groups4) {
+            if let m = try probe(fd, level: CRYO_IPPROTO_IP, index: index, device: device, group: group, what: what) { memberships.append(m) }
+        }
+        guard ipv6 else { return memberships }
+        // Without IPv6 in the kernel there is no igmp6, and no IPv6 socket either.
+        let groups6 = try Files.readString("/proc/\(pid)/net/igmp6")
+        for (index, device, group) in parseIGMP6(groups6) {
+            if let m = try probe(fd, level: CRYO_IPPROTO_IPV6, index: index, device: device, group: group, what: what) { memberships.append(m) }
+        }
+        return memberships
+    }
+
+    /// group_filter as the kernel lays it out: interface index, the group (a sockaddr_storage at 8),
+    /// mode (136), source count (140), then the sources (144, 128 bytes each).
+    private static let filterHeader = 144, storage = 128
+
+    private static func probe(_ fd: FileDescriptor, level: Int32, index: Int32, device: String, group: [UInt8], what: String) throws -> Membership? {
+        var capacity = 16
+        while true {
+            var request = [UInt8](repeating: 0, count: filterHeader + capacity * storage)
+            put(UInt32(bitPattern: index), at: 0, in: &request)
+            put(SocketAddress.inet(address: group, port: 0).bytes, at: 8, in: &request)
+            put(UInt32(capacity), at: 140, in: &request)
+            do {
+                _ = try Sockets.option(fd, level, CRYO_MCAST_MSFILTER, into: &request, name: "MCAST_MSFILTER", object: what)
+            } catch let error as SyscallError where error.errno == .addressNotAvailable || error.errno == .operationNotSupportedByDevice {
+                return nil // not a member on that interface
+            }
+            let count = Int(get(request, at: 140))
+            if count > capacity {
+                capacity = count
+                continue
+            }
+            let sources = (0..<count).compactMap { i -> String? in
+                let address = SocketAddress(bytes: Array(request[(filterHeader + i * storage)..<(filterHeader + (i + 1) * storage)]))
+                return InetAddress(address)?.address
+            }
+            guard let text = InetAddress(.inet(address: group, port: 0))?.address, sources.count == count else {
+                throw CryoError("\(what): a multicast membership on \(device) that cannot be read back (\(levelNames[level] ?? "?"))")
+            }
+            return Membership(group: text, device: device, include: get(request, at: 136) == 1, sources: sources)
+        }
+    }
+
+    /// (interface index, name, group bytes) of /proc/net/igmp: an interface line ("1\tlo  : ...")
+    /// followed by its groups, indented, each "%08X" of the address as a host-order word.
+    static func parseIGMP(_ text: String) -> [(Int32, String, [UInt8])] {
+        var result: [(Int32, String, [UInt8])] = []
+        var current: (Int32, String)? = nil
+        for line in text.split(separator: "\n").dropFirst() {
+            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard let first = fields.first else { continue }
+            if let c = line.first, c != " " && c != "\t" {
+                current = Int32(first).flatMap { index in fields.count > 1 ? (index, String(fields[1].filter { $0 != ":" })) : nil }
+            } else if let (index, device) = current, first.count == 8, let word = UInt32(first, radix: 16) {
+                result.append((index, device, withUnsafeBytes(of: word) { Array($0) }))
+            }
+        }
+        return result
+    }
+
+    /// (interface index, name, group bytes) of /proc/net/igmp6: "1 lo ff02...0001 1 0000000C 0".
+    static func parseIGMP6(_ text: String) -> [(Int32, String, [UInt8])] {
+        text.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count >= 3, let index = Int32(fields[0]), fields[2].count == 32 else { return nil }
+            var bytes: [UInt8] = []
+            var hex = fields[2][...]
+            while !hex.isEmpty {
+                guard let b = UInt8(hex.prefix(2), radix: 16) else { return nil }
+                bytes.append(b)
+                hex = hex.dropFirst(2)
+            }
+            return (index, String(fields[1]), bytes)
+        }
+    }
+
+    /// From sock_diag (INET_DIAG_SHUTDOWN). A socket of another network namespace than cryo's is not
+    /// in its answer: then poll tells a shutdown for reading (POLLRDHUP) or both ways (POLLHUP).
+    private static func udpShutdown(_ fd: FileDescriptor, ipv6: Bool, inode: UInt64, what: String) throws -> UInt8 {
+        if let bits = try? SockDiag.inetShutdown(family: ipv6 ? AF_INET6 : AF_INET, protocol: CRYO_IPPROTO_UDP, inode: UInt32(truncatingIfNeeded: inode),
+                                                 object: what) {
+            return bits & 3
+        }
+        let events = try Sockets.pollEvents(fd, object: what)
+        if events & Int16(POLLHUP) != 0 { return 3 }
+        return events & 0x2000 != 0 ? 1 : 0
+    }
+}
+
+private func put(_ value: UInt32, at offset: Int, in bytes: inout [UInt8]) {
+    withUnsafeBytes(of: value) { for (i, b) in $0.enumerated() { bytes[offset + i] = b } }
+}
+
+private func put(_ value: [UInt8], at offset: Int, in bytes: inout [UInt8]) {
+    for (i, b) in value.enumerated() where offset + i < bytes.count { bytes[offset + i] = b }
+}
+
+private func get(_ bytes: [UInt8], at offset: Int) -> UInt32 {
+    bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt32.self) }
+}
+
+// MARK: - Restore
+
+extension InetSocketSettings {
+    /// What bind and connect depend on: the device.
+    func restoreBeforeBind(_ fd: FileDescriptor, what: String) throws {
+        guard let device else { return }
+        try Sockets.setOption(fd, CRYO_SOL_SOCKET, CRYO_SO_BINDTODEVICE, bytes: Array(device.utf8) + [0], name: "SO_BINDTODEVICE",
+                              object: "\(what) to device \(device)")
+    }
+
+    /// The rest, once the socket is bound, connected and its queues are in: the filter last but
+    /// the shutdown, so that nothing cryo itself sends through is filtered.
+    func restore(_ fd: FileDescriptor, tcp: Bool, what: String) throws {
+        if let linger, linger.count == 2 {
+            // l_linger is kept even while lingering is off: set it on first, then as it was.
+            if linger[0] == 0 {
+                try Sockets.setOption(fd, CRYO_SOL_SOCKET, CRYO_SO_LINGER, Glibc.linger(l_onoff: 1, l_linger: linger[1]), name: "SO_LINGER", object: what)
+            }
+            try Sockets.setOption(fd, CRYO_SOL_SOCKET, CRYO_SO_LINGER, Glibc.linger(l_onoff: linger[0], l_linger: linger[1]), name: "SO_LINGER", object: what)
+        }
+        for (micros, option, label) in [(receiveTimeout, CRYO_SO_RCVTIMEO_OLD, "SO_RCVTIMEO"), (sendTimeout, CRYO_SO_SNDTIMEO_OLD, "SO_SNDTIMEO")] {
+            guard let micros else { continue }
+            let t = timeval(tv_sec: Int(micros / 1_000_000), tv_usec: Int(micros % 1_000_000))
+            try Sockets.setOption(fd, CRYO_SOL_SOCKET, option, t, name: label, object: what)
+        }
+        if tcp, let congestion, !congestion.isEmpty {
+            var current = [UInt8](repeating: 0, count: 32)
+            let length = try Sockets.option(fd, CRYO_IPPROTO_TCP, CRYO_TCP_CONGESTION, into: &current, name: "TCP_CONGESTION", object: what)
+            if String(decoding: current.prefix(length).prefix { $0 != 0 }, as: UTF8.self) != congestion {
+                try Sockets.setOption(fd, CRYO_IPPROTO_TCP, CRYO_TCP_CONGESTION, bytes: Array(congestion.utf8), name: "TCP_CONGESTION",
+                                      object: "\(what) (congestion control \(congestion))")
+            }
+        }
+        for m in memberships ?? [] { try join(fd, m, what: what) }
+        if let filter, !filter.isEmpty {
+            try Sockets.attachFilter(fd, program: Array(filter), object: what)
+            if filterLocked == true { try Sockets.setOption(fd, CRYO_SOL_SOCKET, CRYO_SO_LOCK_FILTER, Int32(1), name: "SO_LOCK_FILTER", object: what) }
+        }
+        if let shutdown, shutdown & 3 != 0 {
+            // An unconnected socket answers ENOTCONN, yet its shutdown bits are set.
+            do {
+                try Sockets.shutdown(fd, how: Int32(shutdown & 3) - 1, object: what)
+            } catch let error as SyscallError where error.errno == .socketNotConnected {}
+        }
+    }
+
+    private func join(_ fd: FileDescriptor, _ m: Membership, what: String) throws {
+        let object = "\(what): multicast group \(m.group) on \(m.device)"
+        guard let index = Sockets.interfaceIndex(m.device) else { throw CryoError("\(object): there is no interface \(m.device) here") }
+        guard let group = InetAddress(address: m.group)?.raw() else { throw CryoError("\(object): \(m.group) is no address") }
+        let level = group.family == AF_INET6 ? CRYO_IPPROTO_IPV6 : CRYO_IPPROTO_IP
+        var request = [UInt8](repeating: 0, count: 8 + Self.storage)
+        put(UInt32(bitPattern: index), at: 0, in: &request)
+        put(group.bytes, at: 8, in: &request)
+        try Sockets.setOption(fd, level, CRYO_MCAST_JOIN_GROUP, bytes: request, name: "MCAST_JOIN_GROUP", object: object)
+        guard m.include || !m.sources.isEmpty else { return }
+        var filter = [UInt8](repeating: 0, count: Self.filterHeader + max(1, m.sources.count) * Self.storage)
+        put(UInt32(bitPattern: index), at: 0, in: &filter)
+        put(group.bytes, at: 8, in: &filter)
+        put(UInt32(m.include ? 1 : 0), at: 136, in: &filter)
+        put(UInt32(m.sources.count), at: 140, in: &filter)
+        for (i, source) in m.sources.enumerated() {
+            guard let address = InetAddress(address: source)?.raw() else { throw CryoError("\(object): source \(source) is no address") }
+            put(address.bytes, at: Self.filterHeader + i * Self.storage, in: &filter)
+        }
+        try Sockets.setOption(fd, level, CRYO_MCAST_MSFILTER, bytes: filter, name: "MCAST_MSFILTER", object: object)
+    }
+}
+
+extension InetAddress {
+    /// From the text of an address (no port).
+    init?(address text: String) {
+        var bytes = [UInt8](repeating: 0, count: 16)
+        let six = text.contains(":")
+        guard bytes.withUnsafeMutableBytes({ inet_pton(six ? AF_INET6 : AF_INET, text, $0.baseAddress) }) == 1 else { return nil }
+        self.init(.inet(address: six ? bytes : Array(bytes.prefix(4)), port: 0))
+    }
+}

@@ -1,0 +1,48 @@
+// What dump reads of inet sockets without root: the multicast group lists of
+// /proc/net/igmp and igmp6, and the option record as the image keeps it.
+
+@testable import Cryo
+import Foundation
+import Testing
+
+@Suite("inet socket options")
+struct InetUnitTests {
+    @Test("/proc/net/igmp: groups under their interface, each address from its host-order word")
+    func igmp() {
+        let text = "Idx\tDevice    : Count Querier\tGroup    Users Timer\tReporter\n"
+            + "1\tlo        :     2      V3\n\t\t\t\t030201EF     1 0:00000000\t\t0\n\t\t\t\t010000E0     1 0:00000000\t\t0\n"
+            + "3\teth0      :     1      V3\n\t\t\t\t0A0B0CE8     1 0:00000000\t\t0\n"
+        let groups = InetSocketSettings.parseIGMP(text)
+        #expect(groups.map { $0.0 } == [1, 1, 3])
+        #expect(groups.map { $0.1 } == ["lo", "lo", "eth0"])
+        #expect(groups.map { $0.2 } == [[239, 1, 2, 3], [224, 0, 0, 1], [232, 12, 11, 10]])
+    }
+
+    @Test("/proc/net/igmp6: index, interface and the 16 address bytes in order")
+    func igmp6() {
+        let text = "1    lo              ff150000000000000000000000001234     1 00000004 0\n"
+            + "2    eth0            ff020000000000000000000000000001     1 0000000C 0\n"
+        let groups = InetSocketSettings.parseIGMP6(text)
+        #expect(groups.count == 2)
+        #expect(groups.first?.0 == 1 && groups.first?.1 == "lo")
+        #expect(groups.first?.2 == [0xff, 0x15] + [UInt8](repeating: 0, count: 12) + [0x12, 0x34])
+        #expect(InetSocketSettings.parseIGMP6("garbage\n1 lo ff15\n").isEmpty)
+    }
+
+    @Test("settings survive the image's JSON; an image without them reads as none")
+    func settingsRecord() throws {
+        var s = InetSocketSettings()
+        #expect(s.isEmpty)
+        s.device = "lo"
+        s.linger = [1, 3]
+        s.filter = Data([6, 0, 0, 0, 0xff, 0xff, 0, 0])
+        s.filterLocked = true
+        s.memberships = [.init(group: "232.1.1.1", device: "lo", include: true, sources: ["10.9.8.7"])]
+        s.shutdown = 2
+        let decoded = try JSONDecoder().decode(InetSocketSettings.self, from: try JSONEncoder().encode(s))
+        #expect(decoded == s)
+        #expect(s.summary == "device lo, filter of 1 instruction, locked, 1 multicast group, shut down for writing")
+        #expect(InetAddress(address: "::1")?.isSpecificIPv6 == true && InetAddress(address: "::ffff:127.0.0.1")?.isSpecificIPv6 == false)
+        #expect(InetAddress(address: "not an address") == nil)
+    }
+}

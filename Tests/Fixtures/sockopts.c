@@ -1,0 +1,380 @@
+/*
+ * sockopts: socket options on TCP and UDP sockets, IPv4 and IPv6. Meant to
+ * run in a network namespace of its own (lo up): it binds to addresses that
+ * are not local (IP_FREEBIND) and joins multicast groups on lo.
+ *
+ *   (no argument)  listener   127.0.0.1, every SOL_SOCKET/TCP/IP option set,
+ *                             a locked classic BPF filter, SO_RCVBUF locked
+ *                  client     connected to it, TCP_CORK, SO_SNDBUF locked,
+ *                             a filter of its own (not locked)
+ *                  server     accepted (the listener's locked filter with it)
+ *                  free4      a listener on 192.0.2.1 (IP_FREEBIND: not local)
+ *                  free6      a listener on [2001:db8::1] (IPV6_FREEBIND,
+ *                             IPV6_V6ONLY, IPV6_TCLASS, IPV6_UNICAST_HOPS)
+ *                  udp4       bound, SO_BROADCAST, SO_REUSEPORT,
+ *                             IP_TRANSPARENT, multicast (one group of any
+ *                             source, one source-specific), UDP_CORK with
+ *                             nothing pending, shut down for reading
+ *                  udp6       connected, an IPv6 group, IPV6_MULTICAST_*,
+ *                             shut down for writing
+ *                  udpboth    connected, shut down both ways
+ *   corked         only a UDP socket with corked data (UDP_CORK, one write)
+ *                  and one with MSG_MORE data: dump must refuse them
+ *
+ * Every option is read back with getsockopt before READY (a snapshot); after
+ * SIGTERM each is read again and must be equal (buffer sizes only where the
+ * program locked them: the kernel sizes the others itself). The connection
+ * must still carry bytes and the shutdowns must still act.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/filter.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <netinet/udp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+#include "fixture.h"
+
+#ifndef SO_BUF_LOCK
+#define SO_BUF_LOCK 72
+#endif
+#ifndef IPV6_FREEBIND
+#define IPV6_FREEBIND 78
+#endif
+
+static volatile sig_atomic_t term;
+static void on_term(int sig) { (void)sig; term = 1; }
+static void die(const char *what) { fprintf(stderr, "setup: %s: %s\n", what, strerror(errno)); exit(2); }
+
+static void set_int(int fd, int level, int option, int value, const char *name) {
+    if (setsockopt(fd, level, option, &value, sizeof(value)) != 0) die(name);
+}
+
+/* One option's bytes as getsockopt gave them. */
+struct seen { int fd; const char *socket; const char *name; int level, option; socklen_t length; unsigned char bytes[512]; };
+static struct seen snapshot[400];
+static int seen_count;
+
+static void read_option(struct seen *s) {
+    memset(s->bytes, 0, sizeof(s->bytes));
+    s->length = sizeof(s->bytes);
+    if (s->level == SOL_SOCKET && s->option == SO_GET_FILTER) {
+        /* The length is counted in instructions. */
+        socklen_t count = sizeof(s->bytes) / sizeof(struct sock_filter);
+        if (getsockopt(s->fd, s->level, s->option, s->bytes, &count) != 0) { s->length = 0; return; }
+        s->length = count * sizeof(struct sock_filter);
+        return;
+    }
+    if (getsockopt(s->fd, s->level, s->option, s->bytes, &s->length) != 0) s->length = (socklen_t)-1;
+}
+
+static void remember(int fd, const char *socket, const char *name, int level, int option) {
+    struct seen *s = &snapshot[seen_count++];
+    *s = (struct seen){ .fd = fd, .socket = socket, .name = name, .level = level, .option = option };
+    read_option(s);
+    if (s->length == (socklen_t)-1) die(name);
+}
+
+#define OPT(level, option) remember(fd, label, #option, level, option)
+
+/* Every option a TCP or UDP socket of this family keeps. */
+static void remember_all(int fd, const char *label, int ipv6, int tcp, int buffers_locked) {
+    OPT(SOL_SOCKET, SO_REUSEADDR); OPT(SOL_SOCKET, SO_REUSEPORT); OPT(SOL_SOCKET, SO_KEEPALIVE);
+    OPT(SOL_SOCKET, SO_BROADCAST); OPT(SOL_SOCKET, SO_PRIORITY); OPT(SOL_SOCKET, SO_MARK);
+    OPT(SOL_SOCKET, SO_BINDTODEVICE); OPT(SOL_SOCKET, SO_LINGER); OPT(SOL_SOCKET, SO_OOBINLINE);
+    OPT(SOL_SOCKET, SO_RCVLOWAT); OPT(SOL_SOCKET, SO_RCVTIMEO); OPT(SOL_SOCKET, SO_SNDTIMEO);
+    OPT(SOL_SOCKET, SO_BUF_LOCK); OPT(SOL_SOCKET, SO_GET_FILTER); OPT(SOL_SOCKET, SO_LOCK_FILTER);
+    if (buffers_locked & 1) OPT(SOL_SOCKET, SO_SNDBUF);
+    if (buffers_locked & 2) OPT(SOL_SOCKET, SO_RCVBUF);
+    if (ipv6) {
+        OPT(IPPROTO_IPV6, IPV6_V6ONLY); OPT(IPPROTO_IPV6, IPV6_TCLASS); OPT(IPPROTO_IPV6, IPV6_UNICAST_HOPS);
+        OPT(IPPROTO_IPV6, IPV6_FREEBIND); OPT(IPPROTO_IPV6, IPV6_TRANSPARENT);
+        /* Multicast options mean nothing to TCP (an accepted socket's IP_MULTICAST_TTL is its SYN's TTL). */
+        if (!tcp) { OPT(IPPROTO_IPV6, IPV6_MULTICAST_HOPS); OPT(IPPROTO_IPV6, IPV6_MULTICAST_LOOP); }
+    } else {
+        OPT(IPPROTO_IP, IP_TOS); OPT(IPPROTO_IP, IP_TTL); OPT(IPPROTO_IP, IP_FREEBIND); OPT(IPPROTO_IP, IP_TRANSPARENT);
+        if (!tcp) { OPT(IPPROTO_IP, IP_MULTICAST_TTL); OPT(IPPROTO_IP, IP_MULTICAST_LOOP); }
+    }
+    if (tcp) {
+        OPT(IPPROTO_TCP, TCP_NODELAY); OPT(IPPROTO_TCP, TCP_CORK); OPT(IPPROTO_TCP, TCP_KEEPIDLE);
+        OPT(IPPROTO_TCP, TCP_KEEPINTVL); OPT(IPPROTO_TCP, TCP_KEEPCNT); OPT(IPPROTO_TCP, TCP_USER_TIMEOUT);
+        OPT(IPPROTO_TCP, TCP_CONGESTION);
+    } else {
+        OPT(IPPROTO_UDP, UDP_CORK);
+    }
+}
+
+static void compare_all(void) {
+    for (int i = 0; i < seen_count; i++) {
+        struct seen now = snapshot[i];
+        read_option(&now);
+        if (now.length != snapshot[i].length || memcmp(now.bytes, snapshot[i].bytes, now.length == (socklen_t)-1 ? 0 : now.length) != 0) {
+            int before = 0, after = 0;
+            memcpy(&before, snapshot[i].bytes, sizeof(int));
+            memcpy(&after, now.bytes, sizeof(int));
+            fail("%s %s: %d (%u bytes), was %d (%u bytes)", snapshot[i].socket, snapshot[i].name, after, now.length, before, snapshot[i].length);
+        }
+    }
+}
+
+/* A classic BPF program: accept packets of at most `cap` bytes whole (a load, a jump, two returns). */
+static void attach_filter(int fd, unsigned cap, int lock, const char *what) {
+    struct sock_filter code[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_LEN, 0),
+        BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, cap, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, 0xffff),
+        BPF_STMT(BPF_RET | BPF_K, 0),
+    };
+    struct sock_fprog program = { .len = 4, .filter = code };
+    if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof(program)) != 0) die(what);
+    if (lock) set_int(fd, SOL_SOCKET, SO_LOCK_FILTER, 1, "SO_LOCK_FILTER");
+}
+
+/* Membership of `group` on lo as MCAST_MSFILTER reports it: mode and source count, or -1. */
+static int membership(int fd, int level, const struct sockaddr_storage *group, int *sources) {
+    char buffer[GROUP_FILTER_SIZE(4)];
+    struct group_filter *f = (struct group_filter *)buffer;
+    memset(buffer, 0, sizeof(buffer));
+    f->gf_interface = if_nametoindex("lo");
+    f->gf_group = *group;
+    f->gf_numsrc = 4;
+    socklen_t length = sizeof(buffer);
+    if (getsockopt(fd, level, MCAST_MSFILTER, buffer, &length) != 0) return -1;
+    *sources = (int)f->gf_numsrc;
+    return (int)f->gf_fmode;
+}
+
+static struct sockaddr_storage inet4(const char *text, int port) {
+    struct sockaddr_storage s = { 0 };
+    struct sockaddr_in *a = (struct sockaddr_in *)&s;
+    a->sin_family = AF_INET;
+    a->sin_port = htons(port);
+    inet_pton(AF_INET, text, &a->sin_addr);
+    return s;
+}
+
+static struct sockaddr_storage inet6(const char *text, int port) {
+    struct sockaddr_storage s = { 0 };
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&s;
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons(port);
+    inet_pton(AF_INET6, text, &a->sin6_addr);
+    return s;
+}
+
+static void join(int fd, int level, struct sockaddr_storage group, const char *what) {
+    struct group_req r = { .gr_interface = if_nametoindex("lo"), .gr_group = group };
+    if (setsockopt(fd, level, MCAST_JOIN_GROUP, &r, sizeof(r)) != 0) die(what);
+}
+
+static void join_source(int fd, struct sockaddr_storage group, struct sockaddr_storage source, const char *what) {
+    struct group_source_req r = { .gsr_interface = if_nametoindex("lo"), .gsr_group = group, .gsr_source = source };
+    if (setsockopt(fd, IPPROTO_IP, MCAST_JOIN_SOURCE_GROUP, &r, sizeof(r)) != 0) die(what);
+}
+
+static void wait_for_term(void) {
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    printf("READY\n");
+    fflush(stdout);
+    while (!term) sigsuspend(&old);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+}
+
+static int corked(void) {
+    struct sockaddr_storage lo = inet4("127.0.0.1", 0);
+    int target = socket(AF_INET, SOCK_DGRAM, 0);
+    if (target < 0 || bind(target, (struct sockaddr *)&lo, sizeof(struct sockaddr_in)) != 0) die("target");
+    struct sockaddr_storage name;
+    socklen_t size = sizeof(name);
+    getsockname(target, (struct sockaddr *)&name, &size);
+    int cork = socket(AF_INET, SOCK_DGRAM, 0);
+    if (cork < 0 || connect(cork, (struct sockaddr *)&name, size) != 0) die("cork");
+    set_int(cork, IPPROTO_UDP, UDP_CORK, 1, "UDP_CORK");
+    if (send(cork, "held back", 9, 0) != 9) die("corked send");
+    int more = socket(AF_INET, SOCK_DGRAM, 0);
+    if (more < 0 || connect(more, (struct sockaddr *)&name, size) != 0) die("more");
+    if (send(more, "more to come", 12, MSG_MORE) != 12) die("MSG_MORE send");
+    usleep(20000);
+    char byte;
+    if (recv(target, &byte, 1, MSG_DONTWAIT) >= 0) die("a corked datagram left early");
+    wait_for_term();
+    /* Uncorking sends the datagrams held back. */
+    set_int(cork, IPPROTO_UDP, UDP_CORK, 0, "UDP_CORK off");
+    if (send(more, "!", 1, 0) != 1) fail("MSG_MORE socket cannot send (%s)", strerror(errno));
+    usleep(20000);
+    char buffer[64];
+    ssize_t n = recv(target, buffer, sizeof(buffer), MSG_DONTWAIT);
+    if (n != 9 || memcmp(buffer, "held back", 9) != 0) fail("corked datagram: %zd bytes", n);
+    n = recv(target, buffer, sizeof(buffer), MSG_DONTWAIT);
+    if (n != 13 || memcmp(buffer, "more to come!", 13) != 0) fail("MSG_MORE datagram: %zd bytes", n);
+    if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
+    printf("PASS\n");
+    fflush(stdout);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    signal(SIGTERM, on_term);
+    signal(SIGPIPE, SIG_IGN);
+    if (argc > 1 && strcmp(argv[1], "corked") == 0) return corked();
+
+    /* listener: everything at once. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct linger linger = { 1, 3 };
+    struct timeval receive_timeout = { 1, 500000 }, send_timeout = { 2, 250000 };
+    if (fd < 0) die("socket");
+    set_int(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR");
+    set_int(fd, SOL_SOCKET, SO_KEEPALIVE, 1, "SO_KEEPALIVE");
+    set_int(fd, IPPROTO_IP, IP_TOS, 0x28, "IP_TOS");
+    set_int(fd, SOL_SOCKET, SO_PRIORITY, 5, "SO_PRIORITY");
+    set_int(fd, SOL_SOCKET, SO_MARK, 77, "SO_MARK");
+    if (setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, "lo", 3) != 0) die("SO_BINDTODEVICE");
+    set_int(fd, SOL_SOCKET, SO_RCVBUF, 70000, "SO_RCVBUF");
+    if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, sizeof(linger)) != 0) die("SO_LINGER");
+    set_int(fd, SOL_SOCKET, SO_OOBINLINE, 1, "SO_OOBINLINE");
+    set_int(fd, SOL_SOCKET, SO_RCVLOWAT, 10, "SO_RCVLOWAT");
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &receive_timeout, sizeof(receive_timeout)) != 0) die("SO_RCVTIMEO");
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof(send_timeout)) != 0) die("SO_SNDTIMEO");
+    set_int(fd, IPPROTO_IP, IP_TTL, 33, "IP_TTL");
+    set_int(fd, IPPROTO_IP, IP_FREEBIND, 1, "IP_FREEBIND");
+    set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1, "TCP_NODELAY");
+    set_int(fd, IPPROTO_TCP, TCP_KEEPIDLE, 100, "TCP_KEEPIDLE");
+    set_int(fd, IPPROTO_TCP, TCP_KEEPINTVL, 20, "TCP_KEEPINTVL");
+    set_int(fd, IPPROTO_TCP, TCP_KEEPCNT, 4, "TCP_KEEPCNT");
+    set_int(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, 5000, "TCP_USER_TIMEOUT");
+    if (setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, "reno", 4) != 0) die("TCP_CONGESTION");
+    attach_filter(fd, 60000, 1, "listener filter");
+    struct sockaddr_storage address = inet4("127.0.0.1", 0);
+    if (bind(fd, (struct sockaddr *)&address, sizeof(struct sockaddr_in)) != 0 || listen(fd, 4) != 0) die("listener");
+    socklen_t size = sizeof(address);
+    getsockname(fd, (struct sockaddr *)&address, &size);
+    int listener = fd;
+    remember_all(fd, "listener", 0, 1, 2);
+
+    /* client and server: a connection, each end with options of its own. */
+    int client = socket(AF_INET, SOCK_STREAM, 0);
+    if (client < 0 || connect(client, (struct sockaddr *)&address, size) != 0) die("connect");
+    int server = accept(listener, NULL, NULL);
+    if (server < 0) die("accept");
+    set_int(client, IPPROTO_TCP, TCP_CORK, 1, "TCP_CORK");
+    set_int(client, SOL_SOCKET, SO_SNDBUF, 90000, "SO_SNDBUF");
+    set_int(client, IPPROTO_IP, IP_TOS, 0x10, "IP_TOS client");
+    set_int(client, SOL_SOCKET, SO_PRIORITY, 2, "SO_PRIORITY client");
+    set_int(client, IPPROTO_TCP, TCP_USER_TIMEOUT, 7000, "TCP_USER_TIMEOUT client");
+    set_int(server, SOL_SOCKET, SO_KEEPALIVE, 0, "SO_KEEPALIVE server");
+    set_int(server, IPPROTO_TCP, TCP_KEEPCNT, 6, "TCP_KEEPCNT server");
+    set_int(server, SOL_SOCKET, SO_RCVLOWAT, 1, "SO_RCVLOWAT server");
+    attach_filter(client, 50000, 0, "client filter");
+    remember_all(client, "client", 0, 1, 1);
+    remember_all(server, "server", 0, 1, 2);
+
+    /* free4 and free6: listeners on addresses this host does not have. */
+    int free4 = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_storage nonlocal = inet4("192.0.2.1", 4242);
+    set_int(free4, IPPROTO_IP, IP_FREEBIND, 1, "IP_FREEBIND free4");
+    if (bind(free4, (struct sockaddr *)&nonlocal, sizeof(struct sockaddr_in)) != 0 || listen(free4, 2) != 0) die("free4");
+    remember_all(free4, "free4", 0, 1, 0);
+    int free6 = socket(AF_INET6, SOCK_STREAM, 0);
+    struct sockaddr_storage nonlocal6 = inet6("2001:db8::1", 4243);
+    if (free6 < 0) die("AF_INET6");
+    set_int(free6, IPPROTO_IPV6, IPV6_FREEBIND, 1, "IPV6_FREEBIND");
+    set_int(free6, IPPROTO_IPV6, IPV6_V6ONLY, 1, "IPV6_V6ONLY");
+    set_int(free6, IPPROTO_IPV6, IPV6_TCLASS, 0x48, "IPV6_TCLASS");
+    set_int(free6, IPPROTO_IPV6, IPV6_UNICAST_HOPS, 17, "IPV6_UNICAST_HOPS");
+    if (bind(free6, (struct sockaddr *)&nonlocal6, sizeof(struct sockaddr_in6)) != 0 || listen(free6, 2) != 0) die("free6");
+    remember_all(free6, "free6", 1, 1, 0);
+
+    /* udp4: broadcast, reuseport, transparent, multicast, cork without data, shut for reading. */
+    int udp4 = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_storage any4 = inet4("0.0.0.0", 0);
+    set_int(udp4, SOL_SOCKET, SO_BROADCAST, 1, "SO_BROADCAST");
+    set_int(udp4, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT");
+    set_int(udp4, IPPROTO_IP, IP_TRANSPARENT, 1, "IP_TRANSPARENT");
+    set_int(udp4, IPPROTO_IP, IP_MULTICAST_TTL, 9, "IP_MULTICAST_TTL");
+    set_int(udp4, IPPROTO_IP, IP_MULTICAST_LOOP, 0, "IP_MULTICAST_LOOP");
+    set_int(udp4, IPPROTO_UDP, UDP_CORK, 1, "UDP_CORK");
+    set_int(udp4, SOL_SOCKET, SO_RCVBUF, 40000, "SO_RCVBUF udp4");
+    if (bind(udp4, (struct sockaddr *)&any4, sizeof(struct sockaddr_in)) != 0) die("udp4 bind");
+    struct sockaddr_storage group4 = inet4("239.1.2.3", 0), ssm4 = inet4("232.1.1.1", 0), source4 = inet4("10.9.8.7", 0);
+    join(udp4, IPPROTO_IP, group4, "MCAST_JOIN_GROUP udp4");
+    join_source(udp4, ssm4, source4, "MCAST_JOIN_SOURCE_GROUP udp4");
+    shutdown(udp4, SHUT_RD); /* ENOTCONN for an unconnected socket, yet it is shut down */
+    remember_all(udp4, "udp4", 0, 0, 2);
+
+    /* udp6: connected, an IPv6 group, shut down for writing. */
+    int udp6 = socket(AF_INET6, SOCK_DGRAM, 0);
+    struct sockaddr_storage peer6 = inet6("::1", 9999), group6 = inet6("ff15::1234", 0);
+    set_int(udp6, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, 7, "IPV6_MULTICAST_HOPS");
+    set_int(udp6, IPPROTO_IPV6, IPV6_MULTICAST_LOOP, 0, "IPV6_MULTICAST_LOOP");
+    set_int(udp6, IPPROTO_IPV6, IPV6_TCLASS, 0x20, "IPV6_TCLASS udp6");
+    if (connect(udp6, (struct sockaddr *)&peer6, sizeof(struct sockaddr_in6)) != 0) die("udp6 connect");
+    join(udp6, IPPROTO_IPV6, group6, "MCAST_JOIN_GROUP udp6");
+    if (shutdown(udp6, SHUT_WR) != 0) die("udp6 shutdown");
+    remember_all(udp6, "udp6", 1, 0, 0);
+
+    int udpboth = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_storage peer4 = inet4("127.0.0.1", 9998);
+    if (connect(udpboth, (struct sockaddr *)&peer4, sizeof(struct sockaddr_in)) != 0 || shutdown(udpboth, SHUT_RDWR) != 0) die("udpboth");
+    remember_all(udpboth, "udpboth", 0, 0, 0);
+
+    int sources = 0;
+    if (membership(udp4, IPPROTO_IP, &group4, &sources) != MCAST_EXCLUDE || sources != 0) die("udp4 group not joined");
+    if (membership(udp4, IPPROTO_IP, &ssm4, &sources) != MCAST_INCLUDE || sources != 1) die("udp4 source group not joined");
+    if (membership(udp6, IPPROTO_IPV6, &group6, &sources) != MCAST_EXCLUDE) die("udp6 group not joined");
+
+    wait_for_term();
+
+    compare_all();
+    int mode = membership(udp4, IPPROTO_IP, &group4, &sources);
+    if (mode != MCAST_EXCLUDE || sources != 0) fail("udp4: membership of 239.1.2.3 on lo lost (mode %d, %d sources)", mode, sources);
+    mode = membership(udp4, IPPROTO_IP, &ssm4, &sources);
+    if (mode != MCAST_INCLUDE || sources != 1) fail("udp4: source-specific membership of 232.1.1.1 lost (mode %d, %d sources)", mode, sources);
+    mode = membership(udp6, IPPROTO_IPV6, &group6, &sources);
+    if (mode != MCAST_EXCLUDE) fail("udp6: membership of ff15::1234 on lo lost (mode %d)", mode);
+    if (membership(udp4, IPPROTO_IP, &group4, &sources) >= 0 && membership(udpboth, IPPROTO_IP, &group4, &sources) >= 0)
+        fail("udpboth: joined a group it never joined");
+
+    /* Shutdowns: udp4 reads end of stream at once, udp6 cannot send, udpboth neither. */
+    struct pollfd p = { .fd = udp4, .events = POLLIN | POLLRDHUP };
+    if (poll(&p, 1, 0) != 1 || !(p.revents & POLLRDHUP)) fail("udp4: no longer shut down for reading");
+    if (send(udp6, "x", 1, 0) != -1 || errno != EPIPE) fail("udp6: can send after SHUT_WR (%s)", strerror(errno));
+    if (send(udpboth, "x", 1, 0) != -1 || errno != EPIPE) fail("udpboth: can send after SHUT_RDWR");
+    p = (struct pollfd){ .fd = udpboth, .events = POLLIN };
+    if (poll(&p, 1, 0) != 1 || !(p.revents & POLLHUP)) fail("udpboth: no POLLHUP");
+    if (send(udp4, "x", 1, 0) == -1 && errno == EPIPE) fail("udp4: shut down for writing too");
+
+    /* The connection still carries bytes; the client's cork holds a short write until uncorked. */
+    if (send(client, "hello", 5, 0) != 5) fail("client send: %s", strerror(errno));
+    set_int(client, IPPROTO_TCP, TCP_CORK, 0, "uncork");
+    char buffer[16] = { 0 };
+    struct timeval tv = { 5, 0 };
+    setsockopt(server, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    size_t have = 0;
+    while (have < 5) {
+        ssize_t n = recv(server, buffer + have, 5 - have, 0);
+        if (n <= 0) break;
+        have += (size_t)n;
+    }
+    if (have != 5 || memcmp(buffer, "hello", 5) != 0) fail("server read %zu bytes of hello", have);
+    int fresh = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fresh, (struct sockaddr *)&address, size) != 0) fail("listener no longer accepts (%s)", strerror(errno));
+    (void)free4; (void)free6;
+
+    if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
+    printf("PASS\n");
+    fflush(stdout);
+    return 0;
+}
