@@ -15,6 +15,30 @@ private let deathPhases = ["seized", "running DUMP_PROCESS", "pages"]
 extension EndToEnd {
     @Suite("dump safety")
     struct DumpSafetyTests {
+        /// Shells and pre-forking servers fork short-lived children all the time: a dump
+        /// that catches one exiting keeps it as the zombie it becomes under its frozen
+        /// parent, instead of failing. Many dumps make the race likely; each must pass,
+        /// and the parent must still reap every child with its own exit code after restore.
+        @Test("a tree forking short-lived children all the time: every dump succeeds")
+        func childrenExitingDuringDump() throws {
+            let scratch = try Scratch("forker")
+            defer { scratch.remove() }
+            let fixture = try Fixture("forker", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            for round in 1...25 {
+                let images = scratch.file("img-\(round)")
+                let dump = try cryo(["dump", "-R", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
+                try #require(dump.succeeded, "dump \(round) of 25 with -R: \(dump)\n\(fixture.report)")
+                try? FileManager.default.removeItem(atPath: images)
+            }
+            try #require(fixture.pollOriginal() == nil, "forker ended during the dumps\n\(fixture.report)")
+            let (images, _) = try dumpAndReap(fixture, in: scratch)
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore)
+        }
+
         @Test("a target killed during the dump is reported dead with its signal", arguments: deathPhases)
         func targetDiesDuringDump(_ phase: String) throws {
             let scratch = try Scratch("dies-during-dump")

@@ -89,8 +89,19 @@ final class FrozenTree {
                             // It died between listing and seizing: a zombie (or gone) now.
                             return try freezeProcess(pid, isRoot: isRoot)
                         }
+                    } catch let error as SyscallError where error.errno == .notPermitted {
+                        // The kernel refuses to attach to a task that is exiting.
+                        if !isRoot && tid == pid && process.threads.isEmpty && finishedExiting(pid) {
+                            return try freezeProcess(pid, isRoot: isRoot)
+                        }
+                        throw error
                     } catch let error as InjectionError {
-                        if case .vanished = error, tid != pid { seized.insert(tid); continue }
+                        guard case .vanished = error else { throw error }
+                        if tid != pid { seized.insert(tid); continue }
+                        // A child exiting while it was seized (shells and servers fork
+                        // short-lived ones all the time): its frozen parent cannot reap
+                        // it, so it is a zombie of the tree now, or gone if not waited for.
+                        if !isRoot && process.threads.isEmpty { return try freezeProcess(pid, isRoot: isRoot) }
                         throw error
                     }
                     seized.insert(tid)
@@ -108,6 +119,17 @@ final class FrozenTree {
             throw CryoError("pid \(pid) (\(stat.comm)): its main thread has exited; such processes are not supported")
         }
         return process
+    }
+
+    /// True once `pid` is a zombie or gone, waiting up to a second for an exit under way.
+    private static func finishedExiting(_ pid: pid_t) -> Bool {
+        let deadline = ContinuousClock.now + .seconds(1)
+        repeat {
+            guard let state = (try? ProcStat(pid: pid))?.state else { return true }
+            if state == "Z" || state == "X" { return true }
+            usleep(1000)
+        } while ContinuousClock.now < deadline
+        return false
     }
 
     private static func children(of process: FrozenProcess) throws -> [pid_t] {
