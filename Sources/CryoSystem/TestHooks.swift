@@ -15,6 +15,11 @@ public struct TestHooks: Sendable {
     public let pageCopy: String?
     /// CRYO_LAZY_NO_PUSH=1: lazy restore loads pages on faults only.
     public let lazyNoPush: Bool
+    /// CRYO_EAGER_UFFD_MIN=<bytes>: an eager restore loads a process's private anonymous memory
+    /// through a userfaultfd from this size on (0: always).
+    public let eagerUffdMinimumBytes: Int?
+    /// CRYO_RESTORE_LANES=1: a restore drives every process from one thread.
+    public let restoreLanes: Int?
 
     /// `lookup` reads one variable; `secure` (AT_SECURE) turns every hook off.
     public init(secure: Bool, lookup: (String) -> String?) {
@@ -24,6 +29,8 @@ public struct TestHooks: Sendable {
         parasiteFault = value("CRYO_TEST_PARASITE_FAULT").flatMap { UInt64($0, radix: 16) }
         pageCopy = value("CRYO_PAGE_COPY")
         lazyNoPush = value("CRYO_LAZY_NO_PUSH") == "1"
+        eagerUffdMinimumBytes = value("CRYO_EAGER_UFFD_MIN").flatMap { Int($0) }
+        restoreLanes = value("CRYO_RESTORE_LANES").flatMap { Int($0) }
     }
 
     /// This process's hooks, read once.

@@ -163,13 +163,15 @@ private let seccompPhases = ["before RESTORE_SECCOMP", "after RESTORE_SECCOMP"]
 
 let restoreKillCases: [(fixture: String, arguments: [String], phases: [String], mayMiss: [String])] = [
     ("counter", [], restoreKillPhases, treePhases + clonePhases + restoreTimerPhases + seccompPhases),
-    ("threads", ["6"], restoreKillPhases, treePhases + restoreTimerPhases + seccompPhases),
+    // Small processes' memory goes in through the parasite's reads, not a userfaultfd (bigmem's does).
+    ("threads", ["6"], restoreKillPhases, treePhases + restoreTimerPhases + seccompPhases + lazyUffdPhases),
     ("vector", [], ["after RESTORE_MEMORY#2", "memory-restored", "after RESTORE_STATE", "after INSTALL_FDS", "injecting munmap", "before-release"], []),
     ("ptimers", [], restoreTimerPhases + ["before-release"], []),
     ("seccomp", [], seccompPhases + ["before-release"], []),
+    // 13 processes restore in two lanes: "parked" is a subtree's top between them (RestoreLanes.swift).
     ("tree", ["13"], restoreKillPhases + ["injecting clone3#3", "after RECV_FDS#4", "memory-restored#5", "after INSTALL_FDS#6",
-                                          "injecting munmap#7"],
-     restoreTimerPhases + seccompPhases),
+                                          "injecting munmap#7", "parked", "after RESTORE_STATE#9"],
+     restoreTimerPhases + seccompPhases + lazyUffdPhases),
     ("bigmem", ["64"], ["before RESTORE_MEMORY#2", "after RESTORE_MEMORY#2", "after LAZY_UFFD", "memory-restored", "before-release"], []),
 ]
 

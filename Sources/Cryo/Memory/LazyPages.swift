@@ -21,6 +21,7 @@ struct LazySplit {
     var ranges: [cryo_range]
     /// [address, length, offset in the pages file] still to load.
     var pending: [PendingRun]
+    var pendingBytes: UInt64 { pending.reduce(0) { $0 + ($1.end - $1.start) } }
 
     /// Only private anonymous memory (anonymous, heap, stack) can take
     /// missing-page faults (a private file mapping cannot be registered); file, memfd and shared memory stay eager. Pages
@@ -180,16 +181,16 @@ public final class LazyServer: @unchecked Sendable {
             process.guardIndex = try guardian.hold(uffd: process.uffd.fd)
             if let pid = process.pid { try guardian.hold(pid: pid) }
         }
-        lock.withLock {
+        // Restore lanes (RestoreLanes.swift) add from two threads.
+        let start = lock.withLock { () -> Bool in
             incoming.append(process)
             if let pid = process.pid { treePids.append(pid) }
+            defer { serving = true }
+            return !serving
         }
         var one: UInt64 = 1
         _ = Glibc.write(wakeup, &one, 8)
-        if !serving {
-            serving = true
-            startThread(name: "cryo-lazy-pages") { [self] in serve() }
-        }
+        if start { startThread(name: "cryo-lazy-pages") { [self] in serve() } }
     }
 
     var hasWork: Bool { serving }

@@ -52,6 +52,8 @@ final class RestoringProcess {
     var pid: pid_t { tracee.pid }
     /// SIGCHLDs of children cryo made exit (zombies, helpers): not the process's own.
     var discardChildSignals = false
+    /// The lane (thread) that traces it (RestoreLanes.swift).
+    var lane = 0
     init(image: TaskImage, tracee: Tracee, parasite: Parasite) {
         self.image = image
         self.tracee = tracee
@@ -85,6 +87,8 @@ public struct Restorer {
     static func seizeNew(_ pid: pid_t) throws {
         try Ptrace.seize(pid, options: traceOptions | (canSuspendSeccomp ? Ptrace.suspendSeccomp : 0))
     }
+    /// Private anonymous memory below this goes in through the parasite's reads in an eager restore.
+    static let eagerUffdMinimumBytes: UInt64 = UInt64(TestHooks.current.eagerUffdMinimumBytes ?? (1 << 20))
     static let syscallClone3 = 435, syscallSetsid = 112, syscallSetpgid = 109, syscallWait4 = 61, syscallExitGroup = 231
 
     public func run() throws -> RestoredTree {
@@ -121,11 +125,15 @@ public struct Restorer {
         raiseDescriptorLimit()
 
         let session = RestoreSession()
+        // Two threads restore independent subtrees side by side (RestoreLanes.swift).
+        let lanes = RestoreLanes(inventory: inventory, parallel: !options.lazyPages && !options.newPidNamespace
+                                 && (inventory.terminals ?? []).isEmpty && TestHooks.current.restoreLanes != 1)
         // Eager restores load private anonymous memory the lazy way too, but wait for it before the
         // tasks run: UFFDIO_COPY fills a new page without zeroing it first, and the copying runs on
         // the other core while the next process is restored. Without userfaultfd, the parasite reads.
         let eagerThroughUffd = !options.lazyPages && (try? LazyServer.check()) != nil
         session.lazy = options.lazyPages || eagerThroughUffd ? LazyServer(logger: logger, started: started) : nil
+        session.eagerThroughUffd = eagerThroughUffd
         // A lazily restored tree must not outlive its loader on zero-filled memory (LazyGuard.swift).
         if options.lazyPages { session.lazy?.guardian = try LazyGuard() }
         // The new pid namespace's init parks in a read() on this pipe until cryo closes its write end.
@@ -137,7 +145,7 @@ public struct Restorer {
                 let made = try FileObjects.pipe(object: "pid namespace init")
                 park = (made.read, made.write)
                 let initPid = try Processes.cloneNamespaceInit(park: made.read, rootPid: image.inventory.rootPid)
-                session.created.append(initPid)
+                session.noteCreated(initPid)
                 // It arms PR_SET_PDEATHSIG itself right after clone3; caught before that, it would arm it
                 // again after cryo clears it below and die when cryo exits. Wait until it parks in read().
                 waitUntil(parkedIn: initPid)
@@ -165,7 +173,7 @@ public struct Restorer {
             defer { sysvObjects.removeMade() }  // none left once keep() ran
             let root = try createRoot(image, session: session, parent: namespaceInit, opened: opened)
             faultHook("root-created")
-            try createTree(image, root: root, session: session, helperPids: helperPids, opened: opened)
+            try createTree(image, root: root, session: session, lanes: lanes, helperPids: helperPids, opened: opened)
             faultHook("tree-created")
             // Complete now: /dev/tty descriptions of the tree's terminals were opened by their sessions' leaders.
             let descriptions = opened.descriptors
@@ -174,9 +182,10 @@ public struct Restorer {
                                                  namespace: session.namespaceInit.map { "/proc/\($0.pid)/ns/pid" }))
             statistics.forkingSeconds = seconds(since: forking)
             let restoring = ContinuousClock.now
-            for pid in inventory.livePids {
-                try restoreProcess(session.processes[pid]!, image: image, descriptions: descriptions, sharedMemory: sharedMemory,
-                                   session: session)
+            try lanes.run { lane in
+                for process in inventory.livePids.map({ session.processes[$0]! }) where process.lane == lane {
+                    try restoreProcess(process, image: image, descriptions: descriptions, sharedMemory: sharedMemory, session: session)
+                }
             }
             try sysvSegments.finish()
             sysvObjects.keep()
@@ -192,10 +201,12 @@ public struct Restorer {
                 session.lazy = nil
             }
             // Last: registers, then every task goes at once.
-            for process in inventory.livePids.map({ session.processes[$0]! }) {
-                process.tracee.syscallSite = process.image.threads[0].registers.rip
-                try process.parasite.remove()
-                for (thread, record) in zip(process.threads, process.image.threads) { try record.restore(pid: thread.pid) }
+            try lanes.run { lane in
+                for process in inventory.livePids.map({ session.processes[$0]! }) where process.lane == lane {
+                    process.tracee.syscallSite = process.image.threads[0].registers.rip
+                    try process.parasite.remove()
+                    for (thread, record) in zip(process.threads, process.image.threads) { try record.restore(pid: thread.pid) }
+                }
             }
             // Scheduling last, from outside: a SCHED_IDLE or real-time policy would slow or starve the restore.
             for process in inventory.livePids.map({ session.processes[$0]! }) {
@@ -212,9 +223,12 @@ public struct Restorer {
             // Not atomic: should cryo die in this loop, the tasks already let go run on while the
             // rest die with it (EXITKILL). The loop is kept short: detaching only.
             let releasing = ContinuousClock.now
-            for process in inventory.livePids.map({ session.processes[$0]! }) {
-                for thread in process.threads { try thread.detach() }
+            try lanes.run { lane in
+                for process in inventory.livePids.map({ session.processes[$0]! }) where process.lane == lane {
+                    for thread in process.threads { try thread.detach() }
+                }
             }
+            lanes.stop()
             logger.debug("released \(inventory.livePids.count) processes in \(Int(seconds(since: releasing) * 1e6)) µs")
             if let (tracee, parasite) = namespaceInit {
                 // The init outlives cryo, and goes back to its read(): EOF on the
@@ -241,6 +255,7 @@ public struct Restorer {
         } catch {
             session.lazy?.stop()
             session.killAll()
+            lanes.stop()  // after the kill: lane 1's thread takes its tracees along when it ends
             cgroups?.removeMade()
             // A task killed because its pages could not be loaded fails the restore for that reason.
             if let failure = session.lazy?.failed { throw failure }
@@ -258,7 +273,7 @@ public struct Restorer {
         let tracee: Tracee
         if let parent {
             tracee = try clone(into: parent.tracee, parasite: parent.parasite, pid: core.pid, flags: namespaces.cloneFlags)
-            session.created.append(tracee.pid)
+            session.noteCreated(tracee.pid)
         } else {
             let park = try FileObjects.pipe(object: "pid \(core.pid)")
             defer { try? park.read.close(); try? park.write.close() }
@@ -266,7 +281,7 @@ public struct Restorer {
             do { child = try Processes.cloneParked(pid: core.pid, flags: namespaces.cloneFlags, park: park.read) } catch let error as SyscallError where error.errno == .fileExists {
                 throw pidInUse(core.pid)
             }
-            session.created.append(child)
+            session.noteCreated(child)
             do {
                 try Restorer.seizeNew(child)
                 try Ptrace.interrupt(child)
@@ -300,7 +315,7 @@ public struct Restorer {
                                               oldRseq: try Ptrace.rseqConfiguration(tracee.pid))
         try parasite.run(CRYO_CMD_RESTORE_MEMORY, payload: shed, replyBytes: 0)
         let root = RestoringProcess(image: image.tasks[0], tracee: tracee, parasite: parasite)
-        session.processes[core.pid] = root
+        session.add(root, imagePid: core.pid)
         if core.sid == core.pid { try acquireTerminal(root, image: image, opened: opened) }
         return root
     }
@@ -336,55 +351,95 @@ public struct Restorer {
     }
 
     /// Children are cloned by their parents; then groups; then zombies; helpers leave last.
-    func createTree(_ image: Image, root: RestoringProcess, session: RestoreSession, helperPids: Set<Int32>,
-                    opened: OpenedFiles) throws {
+    /// Each step runs in both lanes at once, each lane for the processes it traces (one lane when
+    /// the tree has controlling terminals: those steps go from process to process).
+    func createTree(_ image: Image, root: RestoringProcess, session: RestoreSession, lanes: RestoreLanes,
+                    helperPids: Set<Int32>, opened: OpenedFiles) throws {
         let inventory = image.inventory
-        for entry in inventory.processes.dropFirst() where entry.zombieStatus == nil {
-            guard let parent = session.processes[entry.ppid] else {
-                throw CryoError("pid \(entry.pid): its parent \(entry.ppid) is not a live process of the image")
-            }
-            let tracee = try clone(into: parent, pid: entry.pid, flags: 0)
-            session.created.append(tracee.pid)
-            let process = RestoringProcess(image: image.task(entry.pid)!, tracee: tracee, parasite: .inherited(by: tracee, from: parent.parasite))
-            session.processes[entry.pid] = process
-            if entry.sid == entry.pid {
-                try inject(tracee, Restorer.syscallSetsid, what: "setsid")
-                // Before its children are cloned: they inherit the terminal.
-                try acquireTerminal(process, image: image, opened: opened)
+        try lanes.run { lane in
+            defer { if lane == 0 { lanes.closeHandoff() } }
+            for entry in inventory.processes.dropFirst() where entry.zombieStatus == nil {
+                let owner = lanes.lane(of: entry.pid)
+                let handedOver = lanes.handedOver.contains(entry.pid)
+                // Lane 0 clones what lane 1 takes over; lane 1 every other process of its own.
+                guard owner == lane || (lane == 0 && handedOver) else { continue }
+                // One lane 1 takes over exists once lane 0 parked it (its parent, lane 0's, is known by then).
+                let taken = lane == 1 && handedOver ? try lanes.take(entry.pid, seize: Restorer.seizeNew) : nil
+                guard let parent = session.processes[entry.ppid] else {
+                    throw CryoError("pid \(entry.pid): its parent \(entry.ppid) is not a live process of the image")
+                }
+                let tracee: Tracee
+                if let taken {
+                    tracee = taken
+                    _ = Parasite.inherited(by: tracee, from: parent.parasite)
+                    try inject(tracee, 157 /* prctl */, 1 /* PR_SET_PDEATHSIG */, 0, what: "prctl(PR_SET_PDEATHSIG, 0)")
+                } else {
+                    tracee = try clone(into: parent, pid: entry.pid, flags: 0)
+                    session.noteCreated(tracee.pid)
+                    if handedOver {
+                        if entry.sid == entry.pid { try inject(tracee, Restorer.syscallSetsid, what: "setsid") }
+                        _ = Parasite.inherited(by: tracee, from: parent.parasite)
+                        try lanes.park(tracee) { try inject($0, $1, $2[0], $2[1], what: $3) }
+                        continue
+                    }
+                }
+                let process = RestoringProcess(image: image.task(entry.pid)!, tracee: tracee,
+                                               parasite: .inherited(by: tracee, from: parent.parasite))
+                process.lane = owner
+                session.add(process, imagePid: entry.pid)
+                if entry.sid == entry.pid && taken == nil {
+                    try inject(tracee, Restorer.syscallSetsid, what: "setsid")
+                    // Before its children are cloned: they inherit the terminal.
+                    try acquireTerminal(process, image: image, opened: opened)
+                }
             }
         }
         // Group leaders first, so members can join them.
-        for entry in inventory.processes where entry.zombieStatus == nil && entry.pgid == entry.pid && entry.sid != entry.pid {
-            try inject(session.processes[entry.pid]!.tracee, Restorer.syscallSetpgid, 0, 0, what: "setpgid")
-        }
-        var helpers: [(tracee: Tracee, creator: RestoringProcess, group: Int32)] = []
-        for group in helperPids.sorted() {
-            let member = inventory.processes.first { $0.pgid == group }!
-            guard let creator = session.processes[member.ppid] ?? session.processes[member.pid] else {
-                throw CryoError("process group \(group): no process of its session can create its stand-in leader")
+        try lanes.run { lane in
+            for entry in inventory.processes where entry.zombieStatus == nil && entry.pgid == entry.pid && entry.sid != entry.pid
+            && lanes.lane(of: entry.pid) == lane {
+                try inject(session.processes[entry.pid]!.tracee, Restorer.syscallSetpgid, 0, 0, what: "setpgid")
             }
-            let helper = try clone(into: creator, pid: group, flags: 0)
-            session.created.append(helper.pid)
-            try inject(helper, Restorer.syscallSetpgid, 0, 0, what: "setpgid (stand-in leader of group \(group))")
-            creator.discardChildSignals = true
-            helpers.append((helper, creator, group))
+        }
+        final class Helpers { var list: [(tracee: Tracee, creator: RestoringProcess, group: Int32)] = [] }
+        let helpers = [Helpers(), Helpers()]  // by lane
+        try lanes.run { lane in
+            for group in helperPids.sorted() {
+                let member = inventory.processes.first { $0.pgid == group }!
+                guard let creator = session.processes[member.ppid] ?? session.processes[member.pid] else {
+                    if lane == 0 { throw CryoError("process group \(group): no process of its session can create its stand-in leader") }
+                    continue
+                }
+                guard creator.lane == lane else { continue }
+                let helper = try clone(into: creator, pid: group, flags: 0)
+                session.noteCreated(helper.pid)
+                try inject(helper, Restorer.syscallSetpgid, 0, 0, what: "setpgid (stand-in leader of group \(group))")
+                creator.discardChildSignals = true
+                helpers[lane].list.append((helper, creator, group))
+            }
         }
         faultHook("stand-ins-created")
         let shellGroup = inventory.shellJob ? inventory.processes[0].pgid : -1
-        for entry in inventory.processes.dropFirst() where entry.zombieStatus == nil
-            && entry.pgid != entry.pid && entry.sid != entry.pid && entry.pgid != shellGroup {
-            try inject(session.processes[entry.pid]!.tracee, Restorer.syscallSetpgid, 0, UInt64(entry.pgid), what: "setpgid")
+        try lanes.run { lane in
+            for entry in inventory.processes.dropFirst() where entry.zombieStatus == nil
+                && entry.pgid != entry.pid && entry.sid != entry.pid && entry.pgid != shellGroup && lanes.lane(of: entry.pid) == lane {
+                try inject(session.processes[entry.pid]!.tracee, Restorer.syscallSetpgid, 0, UInt64(entry.pgid), what: "setpgid")
+            }
         }
         try finishTerminals(image, session: session)
-        for entry in inventory.processes where entry.zombieStatus != nil {
-            try createZombie(entry, session: session, shellGroup: shellGroup)
+        try lanes.run { lane in
+            for entry in inventory.processes where entry.zombieStatus != nil && lanes.lane(of: entry.ppid) == lane {
+                try createZombie(entry, session: session, shellGroup: shellGroup)
+            }
         }
-        for (helper, creator, group) in helpers {
-            try inject(helper, Restorer.syscallExitGroup, 0, what: "exit of stand-in leader", expectExit: true)
-            // The creator knows its child by the pid of its own namespace: the group's, also under --pidns.
-            try inject(creator.tracee, Restorer.syscallWait4, UInt64(UInt32(bitPattern: group)), 0, 0x4000_0000 /* __WALL */, 0,
-                       what: "wait4 (reaping stand-in \(group))")
-            session.created.removeAll { $0 == helper.pid } // reaped: its pid is free for anyone now
+        try lanes.run { lane in
+            for (helper, creator, group) in helpers[lane].list {
+                try inject(helper, Restorer.syscallExitGroup, 0, what: "exit of stand-in leader", expectExit: true)
+                // The creator knows its child by the pid of its own namespace: the group's, also under --pidns.
+                try inject(creator.tracee, Restorer.syscallWait4, UInt64(UInt32(bitPattern: group)), 0, 0x4000_0000 /* __WALL */, 0,
+                           what: "wait4 (reaping stand-in \(group))")
+                session.forgetCreated(helper.pid) // reaped: its pid is free for anyone now
+            }
         }
     }
 
@@ -582,7 +637,7 @@ public struct Restorer {
     func send(_ fds: ArraySlice<FileDescriptor>, firstSlotFD: Int32, controlFD: Int32, closeOthers: Bool,
               to process: RestoringProcess, session: RestoreSession) throws {
         let (pid, parasite) = (process.pid, process.parasite)
-        let listener = try session.listener()
+        let listener = try session.listener(lane: process.lane)
         var connect = cryo_connect()
         connect.target_fd = controlFD
         connect.address_length = UInt32(listener.address.count)
@@ -610,7 +665,11 @@ public struct Restorer {
         let (task, pid, imagePid, parasite) = (process.image, process.pid, process.image.core.pid, process.parasite)
         let current = try readMappings(pid: pid, withFlags: false)
         let parasiteRange = parasite.base..<(parasite.base + parasite.size)
-        let lazy = session.lazy.map { _ in LazySplit(task: task) }
+        // Eagerly, a small process's pages go in faster through the parasite's own reads than
+        // through a userfaultfd (one more command, a descriptor copy, the loader's wakeups).
+        let lazy = session.lazy.map { _ in LazySplit(task: task) }.flatMap { split in
+            session.eagerThroughUffd && split.pendingBytes < Restorer.eagerUffdMinimumBytes ? nil : split
+        }
         let plan = try MemoryRestorePlan(
             record: task.memory, index: lazy?.eagerIndex ?? task.pageIndex, current: current, parasite: parasiteRange,
             temporary: parasiteRange.upperBound + 0x10_0000, pagesFDs: slots.pages.map(slots.fd),
@@ -704,7 +763,7 @@ public struct Restorer {
         }
 
         try DescriptorKinds.afterInstall(InstalledDescriptors(descriptors: task.descriptors.descriptors, files: image.fileTable.files,
-                                                              finishedOnce: { session.descriptionsFinished.insert($0).inserted }),
+                                                              finishedOnce: { session.finishOnce($0) }),
                                          parasite: parasite)
     }
 
@@ -764,12 +823,12 @@ public struct Restorer {
                        session: RestoreSession) throws -> FileDescriptor {
         guard let removed else { return try openDirectory(path, what: what) }
         let key = "\(removed.device):\(removed.inode)"
-        if session.removedDirectories[key] == nil {
+        let made = try session.removedDirectory(key) {
             let described = DirectoryState.entries(image.fileTable.files).first { $0.state.removed?.sameDirectory(removed) == true }
-            session.removedDirectories[key] = try described.map { try FileObjects.duplicate(descriptions[$0.file.id], object: what) }
+            return try described.map { try FileObjects.duplicate(descriptions[$0.file.id], object: what) }
                 ?? removed.make(fallback: image.paths.directory, object: what)
         }
-        return try openDirectory("/proc/self/fd/\(session.removedDirectories[key]!.rawValue)", what: what)
+        return try openDirectory("/proc/self/fd/\(made.rawValue)", what: what)
     }
 
     /// Descriptor slots live above the task's highest fd; make room for them.
@@ -855,36 +914,58 @@ final class TaskSlots {
     }
 }
 
-/// What a restore has created so far, to be killed if it fails.
-final class RestoreSession {
+/// What a restore has created so far, to be killed if it fails. Lanes (RestoreLanes.swift)
+/// add to it from two threads at once.
+final class RestoreSession: @unchecked Sendable {
+    private let lock = Lock()
     /// By pid in the image.
-    var processes: [Int32: RestoringProcess] = [:]
+    private var processTable: [Int32: RestoringProcess] = [:]
+    var processes: [Int32: RestoringProcess] { lock.withLock { processTable } }
+    func add(_ process: RestoringProcess, imagePid: Int32) { lock.withLock { processTable[imagePid] = process } }
     var namespaceInit: Tracee?
     /// Descriptions whose in-task work (epoll targets) one process has done for all.
-    var descriptionsFinished = Set<Int>()
+    private var descriptionsFinished = Set<Int>()
+    func finishOnce(_ file: Int) -> Bool { lock.withLock { descriptionsFinished.insert(file).inserted } }
     var lazy: LazyServer?
-    private var control: ControlListener?
+    /// The lazy server only loads eagerly restored memory (no --lazy-pages), in the background.
+    var eagerThroughUffd = false
+    private var controls: [Int: ControlListener] = [:]
+    var lanes: RestoreLanes?
 
-    /// One listening socket for the whole restore; each parasite connects in turn.
-    func listener() throws -> ControlListener {
-        if let control { return control }
-        let made = try ControlListener(name: "cryo-restore-\(getpid())")
-        control = made
-        return made
+    /// One listening socket per lane for the whole restore; each parasite of the lane connects in turn.
+    func listener(lane: Int) throws -> ControlListener {
+        try lock.withLock {
+            if let control = controls[lane] { return control }
+            let made = try ControlListener(name: "cryo-restore-\(getpid())\(lane == 0 ? "" : "-\(lane)")")
+            controls[lane] = made
+            return made
+        }
     }
 
     /// Removed directories made again for cwds and roots, by "device:inode" at dump.
-    var removedDirectories: [String: FileDescriptor] = [:]
+    private var removedDirectories: [String: FileDescriptor] = [:]
+    func removedDirectory(_ key: String, make: () throws -> FileDescriptor) throws -> FileDescriptor {
+        try lock.withLock {
+            if let made = removedDirectories[key] { return made }
+            let made = try make()
+            removedDirectories[key] = made
+            return made
+        }
+    }
 
     deinit {
-        control?.close()
+        for control in controls.values { control.close() }
         for fd in removedDirectories.values { try? fd.close() }
     }
-    var created: [pid_t] = []
+    private var createdPids: [pid_t] = []
+    var created: [pid_t] { lock.withLock { createdPids } }
+    func noteCreated(_ pid: pid_t) { lock.withLock { createdPids.append(pid) } }
+    func forgetCreated(_ pid: pid_t) { lock.withLock { createdPids.removeAll { $0 == pid } } }
     var done = false
 
     func killAll() {
         guard !done else { return }
+        let created = self.created
         for pid in created.reversed() { kill(pid, SIGKILL) }
         // A traced leader is reported dead only once its tracer has reaped its other threads.
         for process in processes.values { for thread in process.threads.dropFirst() { _ = try? waitFor(thread.pid) } }
@@ -893,6 +974,7 @@ final class RestoreSession {
 }
 
 func hex(_ value: UInt64) -> String { String(value, radix: 16) }
+
 
 func waitForStop(_ pid: pid_t) throws -> WaitStatus {
     while true {

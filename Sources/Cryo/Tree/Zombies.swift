@@ -63,7 +63,7 @@ extension Restorer {
             throw CryoError("zombie pid \(entry.pid): its parent \(entry.ppid) is not a live process of the image")
         }
         let (zombie, zombieParasite) = try cloneWithParasite(into: parent, pid: entry.pid)
-        session.created.append(zombie.pid)
+        session.noteCreated(zombie.pid)
         parent.discardChildSignals = true
         if entry.sid == entry.pid {
             try inject(zombie, Restorer.syscallSetsid, what: "setsid")

@@ -1,0 +1,195 @@
+import CryoInjector
+import CryoSystem
+import Glibc
+
+/// Two threads restoring a tree side by side, each driving its own processes.
+///
+/// ptrace ties a task to the one thread that traces it, and a child cloned by an
+/// injected clone3 is traced by its parent's tracer: so lane 1 takes whole subtrees.
+/// Lane 0 (the calling thread) clones each subtree's top process into its parent,
+/// parks it in pause() with PR_SET_PDEATHSIG(SIGKILL) and lets it go; lane 1
+/// seizes it and builds the rest of that subtree itself. While parked it is traced
+/// by no one: should cryo die then, its parent (traced, PTRACE_O_EXITKILL) dies
+/// and takes it along.
+final class RestoreLanes: @unchecked Sendable {
+    /// Lane of every live process, by pid in the image (0 unless assigned to lane 1).
+    private let lanes: [Int32: Int]
+    /// Processes lane 0 clones and parks for lane 1 (lane 1's whose parent is lane 0's).
+    let handedOver: Set<Int32>
+    private let worker: LaneWorker?
+
+    /// One lane for small trees, lazy or namespaced restores and single CPUs.
+    init(inventory: Inventory, parallel: Bool) {
+        let live = inventory.processes.filter { $0.zombieStatus == nil }
+        let assigned = parallel && live.count >= RestoreLanes.minimumProcesses && sysconf(Int32(_SC_NPROCESSORS_ONLN)) >= 2
+            ? RestoreLanes.split(live.map { ($0.pid, $0.ppid) }, root: inventory.rootPid) : [:]
+        lanes = assigned
+        let parents = Dictionary(live.map { ($0.pid, $0.ppid) }, uniquingKeysWith: { first, _ in first })
+        handedOver = Set(assigned.keys.filter { assigned[parents[$0] ?? 0] == nil })
+        worker = assigned.isEmpty ? nil : LaneWorker()
+    }
+
+    /// Below this many processes a second thread is not worth its start.
+    static let minimumProcesses = 8
+
+    var parallel: Bool { worker != nil }
+
+    func lane(of pid: Int32) -> Int { lanes[pid] ?? 0 }
+
+    /// Whole subtrees (never the root) for lane 1, about half the processes: the largest
+    /// first, each one that still fits and is not inside one taken already.
+    static func split(_ processes: [(pid: Int32, ppid: Int32)], root: Int32) -> [Int32: Int] {
+        var children: [Int32: [Int32]] = [:]
+        for p in processes where p.pid != root { children[p.ppid, default: []].append(p.pid) }
+        var size: [Int32: Int] = [:]
+        func count(_ pid: Int32) -> Int {
+            if let known = size[pid] { return known }
+            let total = 1 + (children[pid] ?? []).reduce(0) { $0 + count($1) }
+            size[pid] = total
+            return total
+        }
+        // Processes come parents first: sizes from the last one up (no deep recursion).
+        for p in processes.reversed() { _ = count(p.pid) }
+        var room = processes.count / 2
+        var taken: [Int32: Int] = [:]
+        func take(_ top: Int32) {
+            var stack = [top]  // a chain of thousands would overflow a recursion
+            while let pid = stack.popLast() {
+                taken[pid] = 1
+                stack += children[pid] ?? []
+            }
+        }
+        for p in processes.filter({ $0.pid != root }).sorted(by: { size[$0.pid]! > size[$1.pid]! }) where room > 0 {
+            guard taken[p.pid] == nil, size[p.pid]! <= room else { continue }
+            take(p.pid)
+            room -= size[p.pid]!
+        }
+        return taken
+    }
+
+    /// Runs `body(0)` here and `body(1)` on lane 1's thread at once; returns when both are
+    /// done, throwing the first error (lane 0's when both failed).
+    func run(_ body: (Int) throws -> Void) throws {
+        guard let worker else { return try body(0) }
+        try withoutActuallyEscaping(body) { body in
+            var failure1: Error?
+            worker.start(UncheckedBox { do { try body(1) } catch { failure1 = error } })
+            var failure0: Error?
+            do { try body(0) } catch { failure0 = error }
+            worker.wait()
+            if let failure = failure0 ?? failure1 { throw failure }
+        }
+    }
+
+    // MARK: Handing processes over
+
+    private let handoffLock = Lock()
+    private var parked = Set<pid_t>()
+    private var handoffClosed = false
+
+    /// Lane 0: `tracee` (a new process for lane 1) dies with its parent from now on, waits in
+    /// pause(), and is let go.
+    func park(_ tracee: Tracee, inject: (Tracee, Int, [UInt64], String) throws -> Void) throws {
+        try inject(tracee, 157 /* prctl */, [1 /* PR_SET_PDEATHSIG */, UInt64(SIGKILL)], "prctl(PR_SET_PDEATHSIG, SIGKILL)")
+        guard let gadget = tracee.gadgetAddress else { throw CryoError("pid \(tracee.pid): no parasite gadget to park it") }
+        var regs = tracee.originalRegisters
+        regs.rip = gadget       // `syscall; int3`: should pause() ever return, the int3 ends it
+        regs.rax = 34           // pause
+        regs.orig_rax = UInt64.max
+        try Ptrace.setRegisters(tracee.pid, regs)
+        try Ptrace.setSignalMask(tracee.pid, ~0)
+        try tracee.detach()
+        killPoint("parked")  // traced by no one: only its parent's death ends it now
+        handoffLock.withLock { _ = parked.insert(tracee.pid) }
+    }
+
+    /// Lane 0, when its cloning is over (done or failed): lane 1 waits for no more.
+    func closeHandoff() {
+        handoffLock.withLock { handoffClosed = true }
+    }
+
+    /// Lane 1: waits until lane 0 has parked `pid`, then traces it for good (EXITKILL). The
+    /// caller takes its parent-death signal off again once it can inject.
+    func take(_ pid: pid_t, seize: (pid_t) throws -> Void) throws -> Tracee {
+        while true {
+            let (ready, closed) = handoffLock.withLock { (parked.remove(pid) != nil, handoffClosed) }
+            if ready { break }
+            if closed { throw CryoError("pid \(pid): never handed over (the other lane stopped)") }
+            usleep(20)
+        }
+        try seize(pid)
+        try Ptrace.interrupt(pid)
+        _ = try waitForStop(pid)
+        return try Tracee.adopt(pid)
+    }
+
+    /// Ends lane 1's thread; only once none of its tasks is traced any more (its exit would kill them).
+    func stop() { worker?.stop() }
+}
+
+/// A value handed to another thread that the caller keeps from racing (lanes hand work back and forth).
+struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
+/// A counting semaphore over a pthread mutex and condition.
+final class DispatchLikeSemaphore: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var count = 0
+    init() {
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(condition, nil)
+    }
+    deinit {
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+        condition.deallocate()
+    }
+    func signal() {
+        pthread_mutex_lock(mutex)
+        count += 1
+        pthread_cond_signal(condition)
+        pthread_mutex_unlock(mutex)
+    }
+    func wait() {
+        pthread_mutex_lock(mutex)
+        while count == 0 { pthread_cond_wait(condition, mutex) }
+        count -= 1
+        pthread_mutex_unlock(mutex)
+    }
+}
+
+/// Lane 1's thread: the same thread for every piece of work, since its tracees answer only to it.
+final class LaneWorker: @unchecked Sendable {
+    private let jobReady = DispatchLikeSemaphore()
+    private let jobDone = DispatchLikeSemaphore()
+    private var job: UncheckedBox<() -> Void>?
+    private var stopping = false
+
+    init() {
+        startThread(name: "cryo-lane-1") { [self] in
+            while true {
+                jobReady.wait()
+                if stopping { return }
+                job?.value()
+                job = nil
+                jobDone.signal()
+            }
+        }
+    }
+
+    func start(_ work: UncheckedBox<() -> Void>) {
+        job = work
+        jobReady.signal()
+    }
+
+    func wait() { jobDone.wait() }
+
+    func stop() {
+        stopping = true
+        jobReady.signal()
+    }
+}
