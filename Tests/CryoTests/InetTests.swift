@@ -321,11 +321,16 @@ extension EndToEnd.InetTests {
 
 /// Runs `body` with the launcher of a network namespace of its own (lo up), deleted afterwards.
 private func inNetworkNamespace(_ label: String, _ body: ([String]) throws -> Void) throws {
+    try inNetworkNamespace(label) { enter, _ in try body(enter) }
+}
+
+/// The same, also naming the namespace (for `ip netns exec`).
+private func inNetworkNamespace(_ label: String, _ body: ([String], String) throws -> Void) throws {
     let namespace = "cryo-\(label)-\(getpid())"
     let made = shell("ip netns add \(namespace) && ip -n \(namespace) link set lo up")
     try #require(made.status == 0, "ip netns add: \(made.output)")
     defer { _ = shell("ip netns del \(namespace)") }
-    try body(["/usr/bin/nsenter", "--net=/run/netns/\(namespace)"])
+    try body(["/usr/bin/nsenter", "--net=/run/netns/\(namespace)"], namespace)
 }
 
 extension EndToEnd.InetTests {
@@ -367,5 +372,39 @@ extension EndToEnd.InetTests {
         let exit = fixture.reapOriginal(timeout: 30)
         #expect(exit == .exited(0), "\(fixture.report)")
         expectPass(fixture, "\(dump)")
+    }
+}
+
+extension EndToEnd.InetTests {
+    @Test("ICMP ping sockets (IPv4, IPv6) keep their identifier and options and get echoes answered; a reply not read is refused")
+    func pingSockets() throws {
+        try inNetworkNamespace("ping") { (enter: [String], namespace: String) in
+            // Ping sockets need the creator's group in the range (root's too); set in this namespace only.
+            let range = shell("ip netns exec \(namespace) sysctl -qw net.ipv4.ping_group_range='0 2147483647'")
+            try #require(range.status == 0, "ping_group_range: \(range.output)")
+            let scratch = try Scratch("ping")
+            defer { scratch.remove() }
+
+            let queued = try Fixture("sockopts", arguments: ["ping", "queued"], in: scratch, launcher: enter, logPath: scratch.file("queued.log"))
+            defer { queued.cleanUp() }
+            try queued.waitReady()
+            let refused = try cryo(["dump", "-t", "\(queued.pid)", "-D", scratch.file("refused")], in: scratch, reaping: queued, launcher: enter)
+            #expect(refused.failed && refused.stderrLines.count == 1 && refused.stderr.contains("pid \(queued.pid) fd ")
+                    && refused.stderr.contains("ICMP ping") && refused.stderr.contains("reply not read"), "\(refused)")
+            #expect(queued.pollOriginal() == nil, "a refused dump must leave the fixture running")
+            queued.signal(SIGKILL)
+            _ = queued.reapOriginal(timeout: 10)
+
+            let fixture = try Fixture("sockopts", arguments: ["ping"], in: scratch, launcher: enter)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture, launcher: enter)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump")
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch, launcher: enter)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore, timeout: 60)
+        }
     }
 }

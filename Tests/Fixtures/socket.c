@@ -6,6 +6,9 @@
  * the word "socket".  "SOCKETS N" names the refused socket, before READY.
  *
  *   (no argument)  fd 44 is an AF_NETLINK (NETLINK_ROUTE) socket
+ *   packet         fd 44 is an AF_PACKET socket (SOCK_RAW, ETH_P_ALL)
+ *   raw, raw6      fd 44 is a raw AF_INET (AF_INET6) socket, IPPROTO_UDP
+ *   udplite        fd 44 is an AF_INET UDP-Lite socket
  *   scm            fd 45 is a unix datagram socket with a descriptor in
  *                  flight (SCM_RIGHTS) in its receive queue, sent from fd 46
  *
@@ -13,6 +16,7 @@
  * data both ways, and the descriptor in flight must still arrive.
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -98,8 +102,14 @@ int main(int argc, char **argv)
 		send_descriptor(FD_SCM_SENDER, FD_A);
 		refused = FD_SCM_RECEIVER;
 	} else {
-		int inet = socket(AF_NETLINK, SOCK_RAW, 0 /* NETLINK_ROUTE */);
-		if (inet < 0) die("socket(AF_NETLINK)");
+		const char *kind = argc > 1 ? argv[1] : "netlink";
+		int inet;
+		if (strcmp(kind, "packet") == 0) inet = socket(AF_PACKET, SOCK_RAW, htons(0x0003 /* ETH_P_ALL */));
+		else if (strcmp(kind, "raw") == 0) inet = socket(AF_INET, SOCK_RAW, IPPROTO_UDP);
+		else if (strcmp(kind, "raw6") == 0) inet = socket(AF_INET6, SOCK_RAW, IPPROTO_UDP);
+		else if (strcmp(kind, "udplite") == 0) inet = socket(AF_INET, SOCK_DGRAM, IPPROTO_UDPLITE);
+		else inet = socket(AF_NETLINK, SOCK_RAW, 0 /* NETLINK_ROUTE */);
+		if (inet < 0) die(kind);
 		move_to(inet, FD_NETLINK);
 		refused = FD_NETLINK;
 	}

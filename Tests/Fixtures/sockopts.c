@@ -20,6 +20,12 @@
  *                  udpboth    connected, shut down both ways
  *   corked         only a UDP socket with corked data (UDP_CORK, one write)
  *                  and one with MSG_MORE data: dump must refuse them
+ *   ping [queued]  ICMP "ping" sockets (needs net.ipv4.ping_group_range to
+ *                  hold the fixture's group): ping4 bound and connected to
+ *                  127.0.0.1 (IP_TTL 50), ping6 to ::1, an unbound one;
+ *                  after SIGTERM each keeps its identifier (the bound port)
+ *                  and gets its echo answered. With `queued`, a reply waits
+ *                  unread in ping4 before READY: dump must refuse it.
  *
  * Every option is read back with getsockopt before READY (a snapshot); after
  * SIGTERM each is read again and must be equal (buffer sizes only where the
@@ -33,6 +39,8 @@
 #include <linux/filter.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <netinet/ip_icmp.h>
+#include <netinet/icmp6.h>
 #include <netinet/tcp.h>
 #include <netinet/udp.h>
 #include <poll.h>
@@ -87,7 +95,7 @@ static void remember(int fd, const char *socket, const char *name, int level, in
 
 #define OPT(level, option) remember(fd, label, #option, level, option)
 
-/* Every option a TCP or UDP socket of this family keeps. */
+/* Every option a socket of this family keeps; `tcp`: 1 TCP, 0 UDP, 2 ICMP. */
 static void remember_all(int fd, const char *label, int ipv6, int tcp, int buffers_locked) {
     OPT(SOL_SOCKET, SO_REUSEADDR); OPT(SOL_SOCKET, SO_REUSEPORT); OPT(SOL_SOCKET, SO_KEEPALIVE);
     OPT(SOL_SOCKET, SO_BROADCAST); OPT(SOL_SOCKET, SO_PRIORITY); OPT(SOL_SOCKET, SO_MARK);
@@ -105,11 +113,11 @@ static void remember_all(int fd, const char *label, int ipv6, int tcp, int buffe
         OPT(IPPROTO_IP, IP_TOS); OPT(IPPROTO_IP, IP_TTL); OPT(IPPROTO_IP, IP_FREEBIND); OPT(IPPROTO_IP, IP_TRANSPARENT);
         if (!tcp) { OPT(IPPROTO_IP, IP_MULTICAST_TTL); OPT(IPPROTO_IP, IP_MULTICAST_LOOP); }
     }
-    if (tcp) {
+    if (tcp == 1) {
         OPT(IPPROTO_TCP, TCP_NODELAY); OPT(IPPROTO_TCP, TCP_CORK); OPT(IPPROTO_TCP, TCP_KEEPIDLE);
         OPT(IPPROTO_TCP, TCP_KEEPINTVL); OPT(IPPROTO_TCP, TCP_KEEPCNT); OPT(IPPROTO_TCP, TCP_USER_TIMEOUT);
         OPT(IPPROTO_TCP, TCP_CONGESTION);
-    } else {
+    } else if (tcp == 0) {
         OPT(IPPROTO_UDP, UDP_CORK);
     }
 }
@@ -226,10 +234,82 @@ static int corked(void) {
     return 0;
 }
 
+/* An echo request on a connected ping socket (the kernel puts in the identifier and checksum). */
+static int echo(int fd, int ipv6, int sequence) {
+    unsigned char packet[16] = { 0 };
+    packet[0] = ipv6 ? ICMP6_ECHO_REQUEST : ICMP_ECHO;
+    packet[7] = (unsigned char)sequence;
+    memcpy(packet + 8, "cryo-ok!", 8);
+    return send(fd, packet, sizeof(packet), 0) == (ssize_t)sizeof(packet) ? 0 : -1;
+}
+
+/* The echo reply to `sequence`, with our identifier, within 5 s. */
+static void expect_reply(int fd, int ipv6, int sequence, int identifier, const char *what) {
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    if (poll(&p, 1, 5000) != 1) { fail("%s: no echo reply", what); return; }
+    unsigned char packet[64];
+    ssize_t n = recv(fd, packet, sizeof(packet), MSG_DONTWAIT);
+    if (n < 16) { fail("%s: a reply of %zd bytes", what, n); return; }
+    if (packet[0] != (ipv6 ? ICMP6_ECHO_REPLY : ICMP_ECHOREPLY) || packet[7] != sequence || memcmp(packet + 8, "cryo-ok!", 8) != 0)
+        fail("%s: not our echo reply (type %d, sequence %d)", what, packet[0], packet[7]);
+    int id = packet[4] << 8 | packet[5];
+    if (id != identifier) fail("%s: reply to identifier %d, the socket's is %d", what, id, identifier);
+}
+
+static int port_of(int fd) {
+    struct sockaddr_storage a;
+    socklen_t size = sizeof(a);
+    if (getsockname(fd, (struct sockaddr *)&a, &size) != 0) return -1;
+    return ntohs(a.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&a)->sin6_port : ((struct sockaddr_in *)&a)->sin_port);
+}
+
+static int ping(int queued) {
+    int ping4 = socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP);
+    if (ping4 < 0) die("ping socket (is ping_group_range set?)");
+    struct sockaddr_storage lo = inet4("127.0.0.1", 0), lo6 = inet6("::1", 0);
+    set_int(ping4, IPPROTO_IP, IP_TTL, 50, "IP_TTL");
+    if (bind(ping4, (struct sockaddr *)&lo, sizeof(struct sockaddr_in)) != 0
+        || connect(ping4, (struct sockaddr *)&lo, sizeof(struct sockaddr_in)) != 0) die("ping4");
+    int ping6 = socket(AF_INET6, SOCK_DGRAM, IPPROTO_ICMPV6);
+    if (ping6 < 0 || bind(ping6, (struct sockaddr *)&lo6, sizeof(struct sockaddr_in6)) != 0
+        || connect(ping6, (struct sockaddr *)&lo6, sizeof(struct sockaddr_in6)) != 0) die("ping6");
+    int unbound = socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP);
+    if (unbound < 0) die("unbound ping socket");
+    int id4 = port_of(ping4), id6 = port_of(ping6);
+    if (echo(ping4, 0, 1) != 0 || echo(ping6, 1, 1) != 0) die("echo");
+    expect_reply(ping4, 0, 1, id4, "ping4 before");
+    expect_reply(ping6, 1, 1, id6, "ping6 before");
+    if (failbuf[0]) die(failbuf);
+    if (queued) {
+        if (echo(ping4, 0, 2) != 0) die("echo");
+        usleep(50000);
+    }
+    remember_all(ping4, "ping4", 0, 2, 0);
+    remember_all(ping6, "ping6", 1, 2, 0);
+    wait_for_term();
+    compare_all();
+    if (port_of(ping4) != id4) fail("ping4: identifier %d, was %d", port_of(ping4), id4);
+    if (port_of(ping6) != id6) fail("ping6: identifier %d, was %d", port_of(ping6), id6);
+    if (port_of(unbound) != 0) fail("the unbound ping socket became bound");
+    int type = 0, protocol = 0;
+    socklen_t size = sizeof(int);
+    getsockopt(unbound, SOL_SOCKET, SO_TYPE, &type, &size);
+    getsockopt(unbound, SOL_SOCKET, SO_PROTOCOL, &protocol, &size);
+    if (type != SOCK_DGRAM || protocol != IPPROTO_ICMP) fail("the unbound ping socket is of type %d, protocol %d", type, protocol);
+    if (echo(ping4, 0, 3) != 0 || echo(ping6, 1, 3) != 0) fail("echo after restore: %s", strerror(errno));
+    expect_reply(ping4, 0, 3, id4, "ping4 after");
+    expect_reply(ping6, 1, 3, id6, "ping6 after");
+    if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
+    printf("PASS\n");
+    fflush(stdout);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     signal(SIGTERM, on_term);
     signal(SIGPIPE, SIG_IGN);
     if (argc > 1 && strcmp(argv[1], "corked") == 0) return corked();
+    if (argc > 1 && strcmp(argv[1], "ping") == 0) return ping(argc > 2 && strcmp(argv[2], "queued") == 0);
 
     /* listener: everything at once. */
     int fd = socket(AF_INET, SOCK_STREAM, 0);

@@ -41,7 +41,8 @@ public struct InetAddress: Codable, Sendable, Equatable {
 /// queue lengths, MSG_PEEK for queued bytes.
 public struct InetSocketState: DescriptorKind {
     static let name = "inetSocket"
-    public enum Proto: String, Codable, Sendable { case udp, tcp }
+    /// `icmp`: an ICMP (ICMPv6) "ping" socket, SOCK_DGRAM with IPPROTO_ICMP (IPPROTO_ICMPV6).
+    public enum Proto: String, Codable, Sendable { case udp, tcp, icmp }
     /// `connecting`: SYN_SENT, connected again at restore; `closed`: a connection
     /// dumped or restored with --tcp-close, which comes back shut down both ways.
     public enum State: String, Codable, Sendable { case unconnected, listening, connected, connecting, closed }
@@ -97,6 +98,7 @@ public struct InetSocketState: DescriptorKind {
 
     var family: Int32 { ipv6 ? AF_INET6 : AF_INET }
     var kernelType: Int32 { proto == .tcp ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue) }
+    var kernelProtocol: Int32 { proto == .icmp ? (ipv6 ? Int32(IPPROTO_ICMPV6) : Int32(IPPROTO_ICMP)) : 0 }
 }
 
 private func getInt(_ fd: FileDescriptor, _ level: Int32, _ option: Int32, _ name: String, _ object: String) throws -> Int32 {
@@ -138,10 +140,11 @@ extension InetSocketState {
         switch (type, protocolNumber) {
         case (1, CRYO_IPPROTO_TCP): proto = .tcp
         case (2, CRYO_IPPROTO_UDP): proto = .udp
+        case (2, Int32(IPPROTO_ICMP)) where family == AF_INET, (2, Int32(IPPROTO_ICMPV6)) where family == AF_INET6: proto = .icmp
         default:
-            throw CryoError("\(p.object): an \(familyName) socket of type \(type), protocol \(protocolNumber) (\(p.link)) is not supported yet")
+            throw CryoError("\(p.object): \(UnixSocketState.describeSocket(fd, family: family, link: p.link, pid: p.pid)) is not supported yet")
         }
-        let what = "\(p.object): an \(familyName) \(proto == .tcp ? "TCP" : "UDP") socket (\(p.link))"
+        let what = "\(p.object): an \(familyName) \([.tcp: "TCP", .udp: "UDP", .icmp: "ICMP ping"][proto]!) socket (\(p.link))"
         var local = InetAddress(try Sockets.name(fd, peer: false, object: what))
         if local?.port == 0 { local = nil }
         let peer = (try? Sockets.name(fd, peer: true, object: what)).flatMap { InetAddress($0) }
@@ -152,17 +155,33 @@ extension InetSocketState {
                 throw CryoError("\(what) holds corked data (\(pending) bytes not sent yet, UDP_CORK or MSG_MORE); not supported")
             }
         }
+        if proto == .icmp {
+            // Replies would have to come from the peer again: nothing can put them back.
+            // (Ping sockets answer no SIOCINQ: a peek tells.)
+            var byte: UInt8 = 0
+            if let reply = try withUnsafeMutableBytes(of: &byte, { try Sockets.peek(fd, into: $0, truncate: true, object: what) }) {
+                throw CryoError("\(what) holds an ICMP reply not read yet (\(reply.length) bytes); not supported")
+            }
+        }
         var options: [String: Int32] = [:]
-        for o in InetIntegerOption.table(ipv6: family == AF_INET6, tcp: proto == .tcp) {
+        for o in InetIntegerOption.table(ipv6: family == AF_INET6, proto: proto) {
             options[o.name] = try getInt(fd, o.level, o.option, o.name, what)
         }
         let inode = UInt64(p.stat.st_ino)
-        let settings = try InetSocketSettings.dump(fd, ipv6: family == AF_INET6, tcp: proto == .tcp, pid: p.pid, inode: inode, what: what)
+        let settings = try InetSocketSettings.dump(fd, ipv6: family == AF_INET6, proto: proto, pid: p.pid, inode: inode, what: what)
         var s = InetSocketState(inode: inode, ipv6: family == AF_INET6, proto: proto, state: peer == nil ? .unconnected : .connected,
                                 local: local, peer: peer, backlog: nil, options: options, datagrams: [], tcp: nil,
                                 settings: settings.isEmpty ? nil : settings)
         if proto == .udp {
             s.datagrams = try peekDatagrams(fd, peekOffset: options["SO_PEEK_OFF"] ?? -1, object: what)
+            return s
+        }
+        if proto == .icmp {
+            // Connected to port 0, as ping sockets are, getpeername says ENOTCONN: /proc/PID/net/icmp knows.
+            if s.peer == nil, let peer = connectingPeer(pid: p.pid, inode: inode, ipv6: family == AF_INET6, table: "icmp") {
+                s.peer = peer
+                s.state = .connected
+            }
             return s
         }
         let info = try Sockets.option(fd, CRYO_IPPROTO_TCP, TCP_INFO, as: tcp_info.self, name: "TCP_INFO", object: what, initial: tcp_info())
@@ -276,11 +295,13 @@ extension InetSocketState {
     }
 
     /// The remote address of a connecting socket, from /proc/PID/net/tcp or tcp6 (the task's network namespace).
-    static func connectingPeer(pid: pid_t, inode: UInt64, ipv6: Bool) -> InetAddress? {
-        guard let text = try? Files.readString("/proc/\(pid)/net/\(ipv6 ? "tcp6" : "tcp")") else { return nil }
+    static func connectingPeer(pid: pid_t, inode: UInt64, ipv6: Bool, table: String = "tcp") -> InetAddress? {
+        guard let text = try? Files.readString("/proc/\(pid)/net/\(table)\(ipv6 ? "6" : "")") else { return nil }
         for line in text.split(separator: "\n").dropFirst() {
             let fields = line.split(separator: " ")
             guard fields.count > 9, UInt64(fields[9]) == inode else { continue }
+            // A ping socket's peer only while connected (state 01).
+            if table == "icmp" && fields[3] != "01" { return nil }
             return procNetAddress(String(fields[2]))
         }
         return nil
@@ -301,7 +322,7 @@ extension InetSocketState {
     }
 
     public var summary: String {
-        var text = "\(proto == .tcp ? "tcp" : "udp")\(ipv6 ? "6" : "") socket:[\(inode)] \(state.rawValue)"
+        var text = "\(proto.rawValue)\(ipv6 ? "6" : "") socket:[\(inode)] \(state.rawValue)"
         if let local { text += " \(local.description)" }
         if let peer { text += " -> \(peer.description)" }
         if let backlog { text += " backlog \(backlog)" }
@@ -336,7 +357,8 @@ extension InetSocketState {
         if state == .listening && (proto != .tcp || backlog == nil || local == nil) { return "a listening inet socket without TCP, backlog or address" }
         if proto == .tcp && state == .connected && (tcp == nil || peer == nil || local == nil) { return "an established TCP connection without its state" }
         if state == .connecting && (proto != .tcp || peer == nil) { return "a connecting socket without TCP or destination" }
-        if proto == .udp && (tcp != nil || state == .listening) { return "a UDP socket with TCP state" }
+        if proto != .tcp && (tcp != nil || state == .listening) { return "a datagram socket with TCP state" }
+        if proto == .icmp && !datagrams.isEmpty { return "an ICMP socket with queued datagrams" }
         if let tcp, tcp.unsent < 0 || tcp.unsent > tcp.sendQueue.count { return "a TCP send queue with \(tcp.unsent) unsent bytes" }
         return nil
     }
@@ -397,12 +419,12 @@ final class InetSocketRebuilder: KindRebuilder {
     private func build(_ sockets: [(id: Int, state: InetSocketState, flags: UInt32)]) throws {
         let closeConnections = options.tcpClose
         func socket(_ id: Int, _ s: InetSocketState) throws -> FileDescriptor {
-            let fd = try Sockets.make(family: s.family, type: s.kernelType, object: Self.object(id, s))
+            let fd = try Sockets.make(family: s.family, type: s.kernelType, protocol: s.kernelProtocol, object: Self.object(id, s))
             made[id] = fd
             return fd
         }
         func preBind(_ fd: FileDescriptor, _ s: InetSocketState, _ what: String) throws {
-            for o in InetIntegerOption.table(ipv6: s.ipv6, tcp: s.proto == .tcp) where o.beforeBind {
+            for o in InetIntegerOption.table(ipv6: s.ipv6, proto: s.proto) where o.beforeBind {
                 if let value = s.options[o.name], value != 0 { try setInt(fd, o.level, o.option, value, o.name, what) }
             }
             try s.settings?.restoreBeforeBind(fd, what: what)
@@ -489,7 +511,7 @@ final class InetSocketRebuilder: KindRebuilder {
             } else if s.state == .connecting, let peer = s.peer {
                 // SYN_SENT: the handshake starts again; a blocking connect() the task was in waits for it.
                 try Sockets.startConnect(fd, to: try address(peer, what), object: "\(what) to \(peer.description)")
-            } else if s.proto == .udp, let peer = s.peer {
+            } else if s.proto != .tcp, let peer = s.peer {
                 try Sockets.connect(fd, to: try address(peer, what), object: "\(what) to \(peer.description)")
                 if addressFromConnect, let local = s.local, let now = InetAddress(try Sockets.name(fd, peer: false, object: what)),
                    now.address != local.address {
@@ -525,7 +547,7 @@ final class InetSocketRebuilder: KindRebuilder {
         // 5. Options as they were, each only where the new socket differs; status flags.
         for (id, s, flags) in sockets {
             let fd = made[id]!, what = Self.object(id, s)
-            for o in InetIntegerOption.table(ipv6: s.ipv6, tcp: s.proto == .tcp) {
+            for o in InetIntegerOption.table(ipv6: s.ipv6, proto: s.proto) {
                 guard let wanted = s.options[o.name], try getInt(fd, o.level, o.option, o.name, what) != wanted else { continue }
                 switch o.name {
                 case "SO_SNDBUF", "SO_RCVBUF", "SO_BUF_LOCK": continue // below

@@ -26,7 +26,8 @@ struct InetIntegerOption {
     /// Those kept for a socket of this family and protocol, in the order restore sets them:
     /// IP_TOS before SO_PRIORITY (setting the TOS sets the priority too); buffer sizes and
     /// SO_BUF_LOCK are set apart, last.
-    static func table(ipv6: Bool, tcp: Bool) -> [InetIntegerOption] {
+    static func table(ipv6: Bool, proto: InetSocketState.Proto) -> [InetIntegerOption] {
+        let tcp = proto == .tcp
         var table: [InetIntegerOption] = [
             .init("SO_REUSEADDR", CRYO_SOL_SOCKET, CRYO_SO_REUSEADDR, beforeBind: true),
             .init("SO_REUSEPORT", CRYO_SOL_SOCKET, CRYO_SO_REUSEPORT, beforeBind: true),
@@ -36,8 +37,9 @@ struct InetIntegerOption {
             .init("SO_RCVLOWAT", CRYO_SOL_SOCKET, CRYO_SO_RCVLOWAT),
             .init("SO_SNDBUF", CRYO_SOL_SOCKET, CRYO_SO_SNDBUF), .init("SO_RCVBUF", CRYO_SOL_SOCKET, CRYO_SO_RCVBUF),
             .init("SO_BUF_LOCK", CRYO_SOL_SOCKET, CRYO_SO_BUF_LOCK),
-            .init("SO_PEEK_OFF", CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF),
         ]
+        // Ping sockets have no peek offset.
+        if proto != .icmp { table.append(.init("SO_PEEK_OFF", CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF)) }
         if ipv6 {
             table += [
                 .init("IPV6_V6ONLY", CRYO_IPPROTO_IPV6, CRYO_IPV6_V6ONLY, beforeBind: true),
@@ -69,7 +71,7 @@ struct InetIntegerOption {
                 .init("TCP_KEEPINTVL", CRYO_IPPROTO_TCP, CRYO_TCP_KEEPINTVL), .init("TCP_KEEPCNT", CRYO_IPPROTO_TCP, CRYO_TCP_KEEPCNT),
                 .init("TCP_USER_TIMEOUT", CRYO_IPPROTO_TCP, CRYO_TCP_USER_TIMEOUT), .init("TCP_CORK", CRYO_IPPROTO_TCP, CRYO_TCP_CORK),
             ]
-        } else {
+        } else if proto == .udp {
             table.append(.init("UDP_CORK", CRYO_IPPROTO_UDP, CRYO_UDP_CORK))
         }
         return table
@@ -122,7 +124,8 @@ private let levelNames: [Int32: String] = [CRYO_IPPROTO_IP: "IP", CRYO_IPPROTO_I
 
 extension InetSocketSettings {
     /// Everything but the integers, read from cryo's duplicate of the socket of `pid`.
-    static func dump(_ fd: FileDescriptor, ipv6: Bool, tcp: Bool, pid: pid_t, inode: UInt64, what: String) throws -> InetSocketSettings {
+    static func dump(_ fd: FileDescriptor, ipv6: Bool, proto: InetSocketState.Proto, pid: pid_t, inode: UInt64, what: String) throws -> InetSocketSettings {
+        let tcp = proto == .tcp
         var s = InetSocketSettings()
         var name = [UInt8](repeating: 0, count: 32)
         let nameLength = try Sockets.option(fd, CRYO_SOL_SOCKET, CRYO_SO_BINDTODEVICE, into: &name, name: "SO_BINDTODEVICE", object: what)
@@ -151,7 +154,7 @@ extension InetSocketSettings {
         }
         let memberships = try dumpMemberships(fd, ipv6: ipv6, pid: pid, what: what)
         if !memberships.isEmpty { s.memberships = memberships }
-        if !tcp { s.shutdown = try udpShutdown(fd, ipv6: ipv6, inode: inode, what: what) }
+        if !tcp { s.shutdown = try datagramShutdown(fd, ipv6: ipv6, udp: proto == .udp, inode: inode, what: what) }
         return s
     }
 
@@ -238,10 +241,11 @@ extension InetSocketSettings {
         }
     }
 
-    /// From sock_diag (INET_DIAG_SHUTDOWN). A socket of another network namespace than cryo's is not
-    /// in its answer: then poll tells a shutdown for reading (POLLRDHUP) or both ways (POLLHUP).
-    private static func udpShutdown(_ fd: FileDescriptor, ipv6: Bool, inode: UInt64, what: String) throws -> UInt8 {
-        if let bits = try? SockDiag.inetShutdown(family: ipv6 ? AF_INET6 : AF_INET, protocol: CRYO_IPPROTO_UDP, inode: UInt32(truncatingIfNeeded: inode),
+    /// From sock_diag (INET_DIAG_SHUTDOWN) for UDP. A socket of another network namespace than cryo's
+    /// is not in its answer, and the kernel has no diag of ping sockets: then poll tells a shutdown
+    /// for reading (POLLRDHUP) or both ways (POLLHUP), not one for writing only.
+    private static func datagramShutdown(_ fd: FileDescriptor, ipv6: Bool, udp: Bool, inode: UInt64, what: String) throws -> UInt8 {
+        if udp, let bits = try? SockDiag.inetShutdown(family: ipv6 ? AF_INET6 : AF_INET, protocol: CRYO_IPPROTO_UDP, inode: UInt32(truncatingIfNeeded: inode),
                                                  object: what) {
             return bits & 3
         }

@@ -107,7 +107,7 @@ extension UnixSocketState {
         let fd = p.handle
         let family = try option(fd, SO_DOMAIN, p.object)
         guard family == AF_UNIX else {
-            throw CryoError("\(p.object): \(familyName(family)) socket (\(p.link)) is not supported yet")
+            throw CryoError("\(p.object): \(describeSocket(fd, family: family, link: p.link, pid: p.pid)) is not supported yet")
         }
         guard let diag = try SockDiag.unixSocket(inode: UInt32(truncatingIfNeeded: p.stat.st_ino), object: "\(p.object) (\(p.link))") else {
             throw CryoError("\(p.object): unix socket \(p.link) is not in cryo's network namespace; not supported")
@@ -298,6 +298,45 @@ extension UnixSocketState {
                                       38: "AF_ALG", 44: "AF_XDP", 45: "AF_MCTP"]
         if let name = names[family] { return "an \(name)" }
         return "a family \(family)"
+    }
+
+    /// "an AF_NETLINK socket (SOCK_RAW, NETLINK_ROUTE, socket:[N])": what a refusal names.
+    static func describeSocket(_ fd: FileDescriptor, family: Int32, link: String, pid: pid_t) -> String {
+        let types: [Int32: String] = [1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 4: "SOCK_RDM", 5: "SOCK_SEQPACKET", 10: "SOCK_PACKET"]
+        var parts: [String] = []
+        if let type = try? option(fd, SO_TYPE, link) { parts.append(types[type] ?? "type \(type)") }
+        if let number = try? option(fd, SO_PROTOCOL, link) {
+            switch family {
+            case 16:
+                let netlink: [Int32: String] = [0: "NETLINK_ROUTE", 2: "NETLINK_USERSOCK", 4: "NETLINK_SOCK_DIAG", 6: "NETLINK_XFRM",
+                                                9: "NETLINK_AUDIT", 12: "NETLINK_NETFILTER", 15: "NETLINK_KOBJECT_UEVENT", 16: "NETLINK_GENERIC"]
+                parts.append(netlink[number] ?? "netlink protocol \(number)")
+            case 17:
+                // SO_PROTOCOL says 0; /proc/PID/net/packet has the Ethernet protocol given to socket() or bind.
+                let ethertype = packetProtocol(pid: pid, link: link) ?? UInt16(truncatingIfNeeded: number).bigEndian
+                let names: [UInt16: String] = [0x0003: "ETH_P_ALL", 0x0800: "ETH_P_IP", 0x86DD: "ETH_P_IPV6", 0x0806: "ETH_P_ARP", 0: "no protocol"]
+                parts.append(names[ethertype] ?? "ethertype 0x\(String(ethertype, radix: 16))")
+            case 2, 10:
+                let inet: [Int32: String] = [0: "IPPROTO_IP", 1: "IPPROTO_ICMP", 6: "IPPROTO_TCP", 17: "IPPROTO_UDP", 58: "IPPROTO_ICMPV6",
+                                             132: "IPPROTO_SCTP", 136: "IPPROTO_UDPLITE", 255: "IPPROTO_RAW", 262: "IPPROTO_MPTCP"]
+                parts.append(inet[number] ?? "protocol \(number)")
+            default:
+                parts.append("protocol \(number)")
+            }
+        }
+        parts.append(link)
+        return "\(familyName(family)) socket (\(parts.joined(separator: ", ")))"
+    }
+
+    /// "Proto" of the AF_PACKET socket `socket:[INODE]` in /proc/PID/net/packet (hex, host order).
+    private static func packetProtocol(pid: pid_t, link: String) -> UInt16? {
+        guard let inode = link.split(whereSeparator: { $0 == "[" || $0 == "]" }).dropFirst().first,
+              let text = try? Files.readString("/proc/\(pid)/net/packet") else { return nil }
+        for line in text.split(separator: "\n").dropFirst() {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            if fields.count >= 9, fields[8] == inode { return UInt16(fields[3], radix: 16) }
+        }
+        return nil
     }
 
     /// A path name ends at its first NUL; an abstract name keeps every byte.
