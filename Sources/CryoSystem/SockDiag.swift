@@ -98,6 +98,35 @@ public enum SockDiag {
         return found
     }
 
+    /// Flags (NDIAG_FLAG_*: bit 0 a dump the kernel has not finished sending) of the bound AF_NETLINK
+    /// socket with this inode, from a dump of cryo's network namespace; nil when it is not there.
+    public static func netlinkFlags(protocol: Int32, inode: UInt32, object: String) throws -> UInt32? {
+        var request = netlink_diag_req()
+        request.sdiag_family = UInt8(AF_NETLINK)
+        request.sdiag_protocol = UInt8(truncatingIfNeeded: `protocol`)
+        request.ndiag_show = UInt32(NDIAG_SHOW_FLAGS)
+        var found: UInt32? = nil
+        try exchange(withUnsafeBytes(of: request) { Array($0) }, call: "sock_diag(AF_NETLINK)", dump: true, object: object) { payload in
+            let size = MemoryLayout<netlink_diag_msg>.size
+            guard payload.count >= size else { return true }
+            let m = payload.withUnsafeBytes { $0.loadUnaligned(as: netlink_diag_msg.self) }
+            guard m.ndiag_ino == inode else { return true }
+            found = 0
+            var offset = size
+            while offset + 4 <= payload.count {
+                let length = Int(payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt16.self) })
+                let type = payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 2, as: UInt16.self) } & CRYO_NLA_TYPE_MASK
+                guard length >= 4, offset + length <= payload.count else { break }
+                if Int(type) == Int(NETLINK_DIAG_FLAGS), length >= 8 {
+                    found = payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self) }
+                }
+                offset += (length + 3) & ~3
+            }
+            return false
+        }
+        return found
+    }
+
     /// Sends a SOCK_DIAG_BY_FAMILY request and hands the payload of each answer to `body` until it returns false.
     private static func exchange(_ request: [UInt8], call: String, dump: Bool, object: String, _ body: ([UInt8]) throws -> Bool) throws {
         let netlink = FileDescriptor(rawValue: try returnOrThrow(

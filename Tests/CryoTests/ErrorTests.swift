@@ -31,7 +31,7 @@ extension EndToEnd {
             expectPass(fixture, "\(dump)")
         }
 
-        @Test("dump of a process holding an AF_NETLINK socket fails naming pid, fd and the family")
+        @Test("an AF_NETLINK socket holding a message not read yet is refused naming pid, fd and the family")
         func netlinkSocketRefused() throws {
             try expectSocketRefused(arguments: [], naming: "AF_NETLINK")
         }

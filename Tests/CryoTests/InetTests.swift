@@ -408,3 +408,23 @@ extension EndToEnd.InetTests {
         }
     }
 }
+
+extension EndToEnd.InetTests {
+    @Test("netlink sockets keep protocol, port id, groups (above 32 too), peer and options; route answers after restore")
+    func netlinkSockets() throws {
+        try inNetworkNamespace("netlink") { enter in
+            let scratch = try Scratch("netlink")
+            defer { scratch.remove() }
+            let fixture = try Fixture("sockopts", arguments: ["netlink"], in: scratch, launcher: enter)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture, launcher: enter)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump")
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch, launcher: enter)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore, timeout: 60)
+        }
+    }
+}

@@ -5,7 +5,8 @@
  * harness checks the error names the pid, the refused socket's fd number and
  * the word "socket".  "SOCKETS N" names the refused socket, before READY.
  *
- *   (no argument)  fd 44 is an AF_NETLINK (NETLINK_ROUTE) socket
+ *   (no argument)  fd 44 is an AF_NETLINK (NETLINK_ROUTE) socket holding the
+ *                  answer to a request, not read yet (the rest of a dump)
  *   packet         fd 44 is an AF_PACKET socket (SOCK_RAW, ETH_P_ALL)
  *   raw, raw6      fd 44 is a raw AF_INET (AF_INET6) socket, IPPROTO_UDP
  *   udplite        fd 44 is an AF_INET UDP-Lite socket
@@ -18,6 +19,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/netlink.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -110,6 +112,15 @@ int main(int argc, char **argv)
 		else if (strcmp(kind, "udplite") == 0) inet = socket(AF_INET, SOCK_DGRAM, IPPROTO_UDPLITE);
 		else inet = socket(AF_NETLINK, SOCK_RAW, 0 /* NETLINK_ROUTE */);
 		if (inet < 0) die(kind);
+		if (argc < 2) {
+			/* RTM_GETLINK dump request, NLM_F_REQUEST | NLM_F_DUMP: the answer waits unread. */
+			struct { struct nlmsghdr h; unsigned char family; unsigned char pad[15]; } request = {
+				.h = { .nlmsg_len = sizeof(request), .nlmsg_type = 18 /* RTM_GETLINK */, .nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP },
+			};
+			struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+			if (sendto(inet, &request, sizeof(request), 0, (struct sockaddr *)&kernel, sizeof(kernel)) != sizeof(request)) die("netlink request");
+			usleep(20000);
+		}
 		move_to(inet, FD_NETLINK);
 		refused = FD_NETLINK;
 	}

@@ -26,6 +26,12 @@
  *                  after SIGTERM each keeps its identifier (the bound port)
  *                  and gets its echo answered. With `queued`, a reply waits
  *                  unread in ping4 before READY: dump must refuse it.
+ *   netlink        route: NETLINK_ROUTE bound by the kernel (first send),
+ *                  groups RTMGRP_LINK, RTNLGRP_IPV6_ROUTE and 33 (above 32),
+ *                  NETLINK_NO_ENOBUFS, NETLINK_EXT_ACK, SO_RCVBUF locked;
+ *                  fixed: NETLINK_GENERIC bound to port 4000000, connected to
+ *                  the kernel; fresh: never bound. After SIGTERM each keeps
+ *                  port, groups and options, and route answers a request.
  *
  * Every option is read back with getsockopt before READY (a snapshot); after
  * SIGTERM each is read again and must be equal (buffer sizes only where the
@@ -37,6 +43,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/filter.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/ip_icmp.h>
@@ -305,10 +313,86 @@ static int ping(int queued) {
     return 0;
 }
 
+static unsigned nl_port(int fd) {
+    struct sockaddr_nl a;
+    socklen_t size = sizeof(a);
+    memset(&a, 0, sizeof(a));
+    getsockname(fd, (struct sockaddr *)&a, &size);
+    return a.nl_pid;
+}
+
+/* RTM_GETLINK for lo (index 1): the answer must come back to our port, with our sequence number. */
+static int ask_route(int fd, unsigned sequence, const char *what) {
+    struct { struct nlmsghdr h; struct ifinfomsg i; } request = {
+        .h = { .nlmsg_len = sizeof(request), .nlmsg_type = RTM_GETLINK, .nlmsg_flags = NLM_F_REQUEST, .nlmsg_seq = sequence },
+        .i = { .ifi_family = AF_UNSPEC, .ifi_index = 1 },
+    };
+    struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+    if (sendto(fd, &request, sizeof(request), 0, (struct sockaddr *)&kernel, sizeof(kernel)) != sizeof(request)) {
+        fail("%s: send: %s", what, strerror(errno));
+        return -1;
+    }
+    char answer[8192];
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    if (poll(&p, 1, 5000) != 1) { fail("%s: no answer", what); return -1; }
+    ssize_t n = recv(fd, answer, sizeof(answer), 0);
+    struct nlmsghdr *h = (struct nlmsghdr *)answer;
+    if (n < (ssize_t)sizeof(*h) || h->nlmsg_type != RTM_NEWLINK || h->nlmsg_seq != sequence || h->nlmsg_pid != nl_port(fd)) {
+        fail("%s: answer of %zd bytes, type %d, sequence %u", what, n, n >= (ssize_t)sizeof(*h) ? h->nlmsg_type : -1, n >= (ssize_t)sizeof(*h) ? h->nlmsg_seq : 0);
+        return -1;
+    }
+    return 0;
+}
+
+static int netlink(void) {
+    int route = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+    struct sockaddr_nl groups = { .nl_family = AF_NETLINK, .nl_groups = RTMGRP_LINK };
+    if (route < 0 || bind(route, (struct sockaddr *)&groups, sizeof(groups)) != 0) die("route");
+    set_int(route, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_IPV6_ROUTE, "NETLINK_ADD_MEMBERSHIP");
+    set_int(route, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, 33 /* RTNLGRP_BRVLAN */, "NETLINK_ADD_MEMBERSHIP 33");
+    set_int(route, SOL_NETLINK, NETLINK_NO_ENOBUFS, 1, "NETLINK_NO_ENOBUFS");
+    set_int(route, SOL_NETLINK, NETLINK_EXT_ACK, 1, "NETLINK_EXT_ACK");
+    set_int(route, SOL_SOCKET, SO_RCVBUF, 300000, "SO_RCVBUF");
+    if (ask_route(route, 1, "route before") != 0) die(failbuf);
+    int fixed = socket(AF_NETLINK, SOCK_DGRAM, NETLINK_GENERIC);
+    struct sockaddr_nl port = { .nl_family = AF_NETLINK, .nl_pid = 4000000 }, kernel = { .nl_family = AF_NETLINK };
+    if (fixed < 0 || bind(fixed, (struct sockaddr *)&port, sizeof(port)) != 0
+        || connect(fixed, (struct sockaddr *)&kernel, sizeof(kernel)) != 0) die("fixed");
+    set_int(fixed, SOL_NETLINK, NETLINK_CAP_ACK, 1, "NETLINK_CAP_ACK");
+    int fresh = socket(AF_NETLINK, SOCK_RAW, NETLINK_SOCK_DIAG);
+    if (fresh < 0) die("fresh");
+    unsigned route_port = nl_port(route);
+    const char *names[] = { "route", "fixed", "fresh" };
+    int fds[] = { route, fixed, fresh };
+    for (int i = 0; i < 3; i++) {
+        int fd = fds[i];
+        const char *label = names[i];
+        OPT(SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS); OPT(SOL_NETLINK, NETLINK_PKTINFO); OPT(SOL_NETLINK, NETLINK_BROADCAST_ERROR);
+        OPT(SOL_NETLINK, NETLINK_NO_ENOBUFS); OPT(SOL_NETLINK, NETLINK_CAP_ACK); OPT(SOL_NETLINK, NETLINK_EXT_ACK);
+        OPT(SOL_NETLINK, NETLINK_GET_STRICT_CHK); OPT(SOL_SOCKET, SO_BUF_LOCK); OPT(SOL_SOCKET, SO_PROTOCOL); OPT(SOL_SOCKET, SO_TYPE);
+        if (i == 0) OPT(SOL_SOCKET, SO_RCVBUF);
+    }
+    wait_for_term();
+    compare_all();
+    if (nl_port(route) != route_port) fail("route: port %u, was %u", nl_port(route), route_port);
+    if (nl_port(fixed) != 4000000) fail("fixed: port %u, was 4000000", nl_port(fixed));
+    if (nl_port(fresh) != 0) fail("fresh: bound to port %u", nl_port(fresh));
+    struct sockaddr_nl peer;
+    socklen_t size = sizeof(peer);
+    memset(&peer, 0xff, sizeof(peer));
+    if (getpeername(fixed, (struct sockaddr *)&peer, &size) != 0 || peer.nl_pid != 0 || peer.nl_groups != 0) fail("fixed: peer changed");
+    ask_route(route, 2, "route after");
+    if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
+    printf("PASS\n");
+    fflush(stdout);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     signal(SIGTERM, on_term);
     signal(SIGPIPE, SIG_IGN);
     if (argc > 1 && strcmp(argv[1], "corked") == 0) return corked();
+    if (argc > 1 && strcmp(argv[1], "netlink") == 0) return netlink();
     if (argc > 1 && strcmp(argv[1], "ping") == 0) return ping(argc > 2 && strcmp(argv[2], "queued") == 0);
 
     /* listener: everything at once. */

@@ -21,6 +21,7 @@
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
 #include <linux/unix_diag.h>
+#include <linux/netlink_diag.h>
 #include <linux/sockios.h>
 #include <linux/inet_diag.h>
 #include <linux/filter.h>
@@ -104,6 +105,16 @@ static const unsigned long CRYO_SIOCINQ = SIOCINQ, CRYO_SIOCOUTQ = SIOCOUTQ, CRY
 #define CRYO_TCP_CONGESTION 13
 #define CRYO_TCP_USER_TIMEOUT 18
 #define CRYO_UDP_CORK 1
+#define CRYO_SOL_NETLINK 270
+#define CRYO_NETLINK_ADD_MEMBERSHIP 1
+#define CRYO_NETLINK_PKTINFO 3
+#define CRYO_NETLINK_BROADCAST_ERROR 4
+#define CRYO_NETLINK_NO_ENOBUFS 5
+#define CRYO_NETLINK_LISTEN_ALL_NSID 8
+#define CRYO_NETLINK_LIST_MEMBERSHIPS 9
+#define CRYO_NETLINK_CAP_ACK 10
+#define CRYO_NETLINK_EXT_ACK 11
+#define CRYO_NETLINK_GET_STRICT_CHK 12
 
 /* netlink attribute types carry flag bits above these. */
 static const uint16_t CRYO_NLA_TYPE_MASK = NLA_TYPE_MASK;

@@ -77,6 +77,7 @@ enum DescriptorKinds {
         PipeEndState.self,
         FifoState.self,
         InetSocketState.self,
+        NetlinkSocketState.self,  // before unix sockets, which refuse every other family
         UnixSocketState.self,
         EventFDState.self,
         SignalFDState.self,

@@ -152,7 +152,7 @@ extension InetSocketState {
             // Data held back by UDP_CORK or MSG_MORE is no datagram yet: nothing can read it out.
             let pending = try Sockets.queueLength(fd, request: CRYO_SIOCOUTQ, name: "SIOCOUTQ", object: what)
             if pending > 0 {
-                throw CryoError("\(what) holds corked data (\(pending) bytes not sent yet, UDP_CORK or MSG_MORE); not supported")
+                throw CryoError("\(what) holds corked data not sent yet (UDP_CORK or MSG_MORE; \(pending) bytes of send buffer in use); not supported")
             }
         }
         if proto == .icmp {
