@@ -79,5 +79,12 @@ struct ProcParserTests {
         #expect(info.position == 4096 && info.flags == 0o2004002)
         #expect(info.value("mnt_id") == "25" && info.value("ino") == "1057" && info.value("missing") == nil)
         #expect(info.value("tfd") == "5 events:       19 data:                5  pos:0 ino:1f mnt_id:15")
+        #expect(!info.hasLockLines)
+        let locked = try parseFDInfo("pos:\t-1\nflags:\t0100002\nmnt_id:\t25\nlock:\t1: POSIX  ADVISORY  WRITE 23799 fe:00:16228933 10 29\n")
+        #expect(locked.position == -1 && locked.flags == 0o100002 && locked.hasLockLines)
+        #expect(try FileLock.parse(locked, object: "fd 3").count == 1)
+        // Unreadable numbers read as 0, as they always did.
+        let odd = try parseFDInfo("pos:\tx\nflags:\t9\n")
+        #expect(odd.position == 0 && odd.flags == 0)
     }
 }

@@ -17,6 +17,7 @@ public struct FileLock: Codable, Sendable {
 
     static func parse(_ info: FDInfo, object: String) throws -> [FileLock] {
         var locks: [FileLock] = []
+        guard info.hasLockLines else { return locks }
         for line in info.text.split(separator: "\n") where line.hasPrefix("lock:") && !line.contains("->") {
             // lock:	1: POSIX  ADVISORY  WRITE 23799 fe:00:16228933 10 29
             let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
