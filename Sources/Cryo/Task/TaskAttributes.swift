@@ -104,6 +104,11 @@ enum ProcessAttributes {
         return UInt32(result)
     }
 
+    /// cryo's own membarrier registrations (MEMBARRIER_CMD_GET_REGISTRATIONS), nil where the kernel cannot say.
+    static let controllerRegistrations: Int? = {
+        try? Kernel.syscall(Int32(membarrier), Int(getRegistrations), 0, 0, name: "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)")
+    }()
+
     /// PR_GET_TIMERSLACK in one thread.
     static func timerSlack(_ thread: Tracee) throws -> UInt64 {
         let result = try thread.syscall(prctl, prGetTimerSlack, 0, 0, 0, 0)
@@ -147,6 +152,9 @@ extension Restorer {
                         + "(injected membarrier: \(Errno(rawValue: Int32(-result))))")
                 }
             }
+            // A new task's address space is a copy of cryo's, made before any process of the tree
+            // registered anything: with none in cryo, none came along, and none was asked for.
+            if wanted == 0 && ProcessAttributes.controllerRegistrations == 0 { return }
             let now = try ProcessAttributes.membarrierRegistrations(tracee)
             if let now, now != wanted {
                 throw CryoError("pid \(imagePid): membarrier registrations are 0x\(hex(UInt64(now))) after restore, "
@@ -160,6 +168,8 @@ extension Restorer {
     func restoreTimerSlack(_ process: RestoringProcess) throws {
         for (thread, record) in zip(process.threads, process.image.threads) {
             guard let slack = record.timerSlack, slack != 0 else { continue }
+            // Most threads kept the slack every new task starts with: read from outside, no injected call.
+            if let current = try? Files.readString("/proc/\(thread.pid)/timerslack_ns"), UInt64(current.trimmed()) == slack { continue }
             let result = try thread.syscall(ProcessAttributes.prctl, ProcessAttributes.prSetTimerSlack, slack, 0, 0, 0)
             if result < 0 {
                 throw SyscallError("injected prctl(PR_SET_TIMERSLACK, \(slack)) in thread \(record.tid)", errno: Errno(rawValue: Int32(-result)), pid: thread.pid)
