@@ -7,6 +7,8 @@
 #     sudo Scripts/bench-migrate.sh                 # 2048 MiB at 50 MiB/s, 3 runs
 #     MIB=512 RATE=20 RUNS=1 sudo -E Scripts/bench-migrate.sh
 #     CRYO=.build-rel/release/cryo sudo -E Scripts/bench-migrate.sh   # a cryo already built
+#     VERBOSE=1 ...                                 # also migrate's statistics and receive's log
+#     INSECURE=1 MODES=lazy ...                     # plain TCP instead of TLS; only the lazy mode
 #
 # Per run: the pre-copy rounds with their bytes, the time the tree was frozen
 # on the source until the destination said it runs (cryo's figure), the total
@@ -61,6 +63,9 @@ ip -n "$nsb" link set "bmB$tag" up
 ina=(nsenter "--net=/run/netns/$nsa")
 inb=(nsenter "--net=/run/netns/$nsb")
 "$cryo" receive --new-key "$work/key"
+security=(--key "$work/key")
+[[ -n ${INSECURE:-} ]] && security=(--insecure)   # plain TCP, to see what TLS costs
+modes=${MODES:-eager lazy}
 
 say "one full copy of $mib MiB over the link (plain TCP)"
 "${inb[@]}" python3 -c '
@@ -86,7 +91,7 @@ say "one copy: $copy s"
 
 printf '\n%-6s %-4s %-7s %-44s %-9s %-9s %-8s %-8s %s\n' mode run rounds "bytes per round (MiB)" "frozen s" "total s" "gap ms" "x copy" result
 for ((run = 1; run <= runs; run++)); do
-    for mode in eager lazy; do
+    for mode in $modes; do
         log=$work/migrant-$mode-$run.log
         setsid "${ina[@]}" "$work/migrant" "$mib" "$rate" >"$log" 2>&1 </dev/null &
         src=$!
@@ -96,10 +101,10 @@ for ((run = 1; run <= runs; run++)); do
         sleep 2   # writing at its rate for a while
         extra=()
         [[ $mode == lazy ]] && extra=(--lazy-pages)
-        "${inb[@]}" "$cryo" receive --listen 10.78.0.2:7460 --key "$work/key" --pidns -v >"$work/receive.out" 2>"$work/receive.err" &
+        "${inb[@]}" "$cryo" receive --listen 10.78.0.2:7460 "${security[@]}" --pidns -v >"$work/receive.out" 2>"$work/receive.err" &
         recv=$!
         for ((i = 0; i < 100; i++)); do "${inb[@]}" ss -ltnH | grep -q ':7460' && break; sleep 0.05; done
-        if ! "${ina[@]}" "$cryo" migrate -t "$src" --to 10.78.0.2:7460 --key "$work/key" --display-stats "${extra[@]}" >"$work/migrate.out" 2>&1; then
+        if ! "${ina[@]}" "$cryo" migrate -t "$src" --to 10.78.0.2:7460 "${security[@]}" --display-stats "${extra[@]}" >"$work/migrate.out" 2>&1; then
             cat "$work/migrate.out" >&2
             fail "migrate failed"
         fi
@@ -119,6 +124,7 @@ for ((run = 1; run <= runs; run++)); do
         total=$(sed -n 's/.*total: \([0-9.]*\) s.*/\1/p' "$work/migrate.out")
         ratio=$(awk "BEGIN { printf \"%.2f\", $total / $copy }")
         printf '%-6s %-4s %-7s %-44s %-9s %-9s %-8s %-8s %s\n' "$mode" "$run" "$rounds" "$perround" "$frozen" "$total" "$gap" "$ratio" "$result"
+        if [[ -n ${VERBOSE:-} ]]; then sed 's/^/    migrate: /' "$work/migrate.out"; grep -v '^$' "$work/receive.err" | sed 's/^/    receive: /'; fi
     done
 done
 printf '\ntargets: downtime (gap) <= 50 ms; total <= 1.5x one copy (%s s)\n' "$copy"

@@ -120,11 +120,18 @@ public final class TLSLink: MigrationLink, @unchecked Sendable {
         buffer.writeBytes(bytes)
         // Two writes in flight: the next chunk is read from the tree while the event loop encrypts this one.
         let write = channel.writeAndFlush(buffer)
-        inFlight.append(write)
-        if inFlight.count > 2 { try settle(inFlight.removeFirst()) }
+        let oldest = flights.locked { () -> EventLoopFuture<Void>? in
+            inFlight.append(write)
+            return inFlight.count > 2 ? inFlight.removeFirst() : nil
+        }
+        if let oldest { try settle(oldest) }
     }
 
+    /// Sends may come from another thread than receives (post-copy page requests).
+    private let flights = Condition()
     private var inFlight: [EventLoopFuture<Void>] = []
+
+    public func readable() -> Bool { bridge.readable }
 
     private func settle(_ write: EventLoopFuture<Void>) throws {
         do { try write.wait() } catch {
@@ -134,7 +141,8 @@ public final class TLSLink: MigrationLink, @unchecked Sendable {
 
     public func receive(into buffer: UnsafeMutableRawBufferPointer) throws {
         // Whatever we sent must be out before we wait for an answer to it.
-        while !inFlight.isEmpty { try settle(inFlight.removeFirst()) }
+        let pending = flights.locked { () -> [EventLoopFuture<Void>] in defer { inFlight = [] }; return inFlight }
+        for write in pending { try settle(write) }
         try bridge.read(into: buffer, channel: channel)
     }
 
@@ -186,6 +194,8 @@ final class Bridge: ChannelInboundHandler, @unchecked Sendable {
         condition.locked { ended = true }
         context.fireChannelInactive()
     }
+
+    var readable: Bool { condition.locked { !chunks.isEmpty || failure != nil || ended } }
 
     func waitHandshake() throws {
         try condition.wait {

@@ -103,6 +103,7 @@ struct ReceiveCommand: ParsableCommand {
         if common.verbose > 0, let tree = result.tree {
             print(tree.rootPid == tree.rootPidInImage ? "restored pid \(tree.rootPid) after \(result.rounds) rounds, \(result.bytesReceived) bytes"
                   : "restored pid \(tree.rootPidInImage) as pid \(tree.rootPid) in a new pid namespace after \(result.rounds) rounds, \(result.bytesReceived) bytes")
+            if result.postCopyBytes > 0 { print("post-copy: \(result.postCopyBytes) bytes after the start, \(result.postCopyRequests) page requests") }
             fflush(nil)
         }
         if let failure = result.loadingFailure {
@@ -120,6 +121,14 @@ enum MigrationDisplay {
         }
         lines.append(String(printf: "  frozen: %.3f s (%llu page bytes, %llu bytes in all; destination restore %.3f s)",
                             s.frozenSeconds, s.frozenPageBytes, s.frozenBytes, s.restoreSeconds))
+        lines.append(String(printf: "  downtime: %.3f s (freeze until the destination said the tree runs)", s.downtimeSeconds))
+        if s.postCopyBytes > 0 || s.postCopyRequests > 0 {
+            lines.append(String(printf: "  post-copy: %llu bytes after the start, %d page requests", s.postCopyBytes, s.postCopyRequests))
+        }
+        if let dump = s.dump {
+            lines.append(String(printf: "  final dump: frozen %.3f s, memory %.3f s, %llu pages scanned, %llu read", dump.frozenSeconds,
+                                dump.memoryDumpSeconds, dump.pagesScanned, dump.pagesWritten))
+        }
         lines.append(String(printf: "  total: %.3f s, %llu bytes sent", s.totalSeconds, s.bytesSent))
         Swift.print(lines.joined(separator: "\n"))
         fflush(nil)

@@ -42,6 +42,61 @@ extension EndToEnd {
             #expect(waitUntil(timeout: 30) { fixture.lastLine == "PASS" || fixture.lastLine?.hasPrefix("FAIL") == true },
                     "the migrated fixture did not check itself\n\(fixture.report)")
             expectPass(fixture, "\(result)\n\(received)")
+            if mode == "lazy-pages" {
+                // Post-copy: pages written since the last round came after the start.
+                #expect(received.stdout.contains("post-copy: ") && result.stdout.contains("post-copy: "),
+                        "expected pages sent after the start\n\(result)\n\(received)")
+            }
+        }
+
+        @Test("post-copy: losing the source after the start kills the destination tree (one line); a cut link kills both",
+              arguments: ["kill-source", "cut"])
+        func sourceLostAfterStart(how: String) throws {
+            let scratch = try Scratch("migrate-postcopy-\(how)")
+            defer { scratch.remove() }
+            let net = try NetPair()
+            defer { net.remove() }
+            let security = try newKey(in: scratch)
+            let fixture = try Fixture("dirty", arguments: ["128"], in: scratch, launcher: net.fixtureLauncher)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            // Neither end pushes: the pages left out come only when a fault asks, so the tree runs half-loaded.
+            let noPush = ["CRYO_LAZY_NO_PUSH": "1"]
+            let receive = try net.receive(security + ["--pidns"], in: scratch, environment: noPush)
+            defer { receive.stop() }
+            let migrate = try CryoProcess(net.launcherA + ["--to", "\(net.addressB):\(net.port)", "-t", "\(fixture.pid)", "--lazy-pages"] + security,
+                                          in: scratch, environment: noPush, launcher: net.cryoInA())
+            defer { migrate.stop() }
+            // Started: a `dirty` in B's network namespace, no longer traced by cryo.
+            var restored: pid_t?
+            try #require(waitUntil(timeout: 60) {
+                restored = net.processes(named: "dirty", inNamespaceOf: receive.pid).first { ProcStatus(pid: $0)?.tracerPid == 0 }
+                return restored != nil || !receive.isRunning
+            }, "the tree never started on the destination\n\(migrate.stderrSoFar)\n\(receive.stderrSoFar)")
+            let started = try #require(restored, "receive ended before the tree started\n\(receive.wait(timeout: 5))")
+            defer { kill(started, SIGKILL) }
+            sleepSeconds(0.3)
+            #expect(ProcStatus(pid: started)?.name == "dirty", "the tree should run half-loaded until the source is lost")
+            if how == "kill-source" {
+                // The whole source side goes: its frozen tree and cryo.
+                kill(fixture.pid, SIGKILL)
+                kill(migrate.pid, SIGKILL)
+            } else {
+                net.cut()
+            }
+            let received = receive.wait(timeout: 60)
+            #expect(received.failed && received.stderrLines.count == 1 && received.stderr.contains("source"),
+                    "the destination should fail in one line naming the source\n\(received)")
+            #expect(waitUntil(timeout: 20) { ProcStatus(pid: started).map { $0.state == "Z" || $0.name != "dirty" } ?? true },
+                    "pid \(started) runs on without the pages still at the source: \(describeProcess(started))")
+            if how == "cut" {
+                let result = migrate.wait(timeout: 60, reaping: fixture)
+                #expect(result.failed && result.stderrLines.count == 1 && result.stderr.contains("after it started the tree"),
+                        "the source should fail in one line\n\(result)")
+                // Neither side holds all of the memory: the source tree is killed too, not released.
+                #expect(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs on the source")
+            }
+            #expect(!(fixture.lastLine == "PASS"), "no half-loaded tree may run to its checks\n\(fixture.report)")
         }
 
         @Test("CRIU's spelling: dump --page-server --address --port sends the pages to cryo page-server -D DIR")
@@ -202,8 +257,8 @@ final class NetPair {
     var fixtureLauncher: [String] { ["/usr/bin/nsenter", "--net=/run/netns/\(a)"] }
 
     /// `cryo receive --listen B:port ...` inside B, once it listens.
-    func receive(_ options: [String], in scratch: Scratch) throws -> CryoProcess {
-        let process = try CryoProcess(["receive", "--listen", "\(addressB):\(port)"] + options, in: scratch,
+    func receive(_ options: [String], in scratch: Scratch, environment: [String: String] = [:]) throws -> CryoProcess {
+        let process = try CryoProcess(["receive", "--listen", "\(addressB):\(port)"] + options, in: scratch, environment: environment,
                                       launcher: ["/usr/bin/nsenter", "--net=/run/netns/\(b)"])
         let listening = waitUntil(timeout: 20) { !process.isRunning || self.tcpStates(process.pid).contains("0A") }
         try #require(listening && process.isRunning, "cryo receive does not listen\n\(process.wait(timeout: 5))")
@@ -221,6 +276,15 @@ final class NetPair {
     }
 
     func established(_ pid: pid_t) -> Bool { tcpStates(pid).contains("01") }
+
+    /// Processes called `name` in the network namespace `pid` is in.
+    func processes(named name: String, inNamespaceOf pid: pid_t) -> [pid_t] {
+        guard let namespace = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/net"),
+              let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+        return entries.compactMap { pid_t($0) }.filter {
+            ProcStatus(pid: $0)?.name == name && (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\($0)/ns/net")) == namespace
+        }
+    }
 
     /// Drops the link: nothing more gets through in either direction.
     func cut() {

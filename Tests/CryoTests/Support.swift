@@ -505,6 +505,9 @@ final class CryoProcess {
                                stdoutPath: stdoutPath, stderrPath: stderrPath, environment: environment)
     }
 
+    /// What it wrote to stderr so far.
+    var stderrSoFar: String { readText(stderrPath) }
+
     /// Still running?
     var isRunning: Bool {
         if status == nil { status = tryReap(pid) }

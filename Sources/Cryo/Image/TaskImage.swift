@@ -31,16 +31,11 @@ public struct TaskImage: Codable, Sendable {
     /// into the pages as they arrived). Written beside it and renamed over it.
     static func replacePageIndex(at path: String, with index: PageIndex) throws {
         let name = fileName(of: path)
-        let reader = try RecordReader(path: path)
-        let image = TaskImage(core: try reader.one(.task, as: TaskCore.self),
-                              threads: try reader.one(.threads, as: [ThreadRecord].self),
-                              memory: try reader.one(.memory, as: MemoryRecord.self),
-                              pageIndex: index,
-                              signals: try reader.one(.signals, as: SignalsRecord.self),
-                              descriptors: try reader.one(.descriptors, as: DescriptorsRecord.self))
-        guard try pageIndex(reader, file: name).pageBytes == index.pageBytes else {
+        var image = try read(path)
+        guard image.pageIndex.pageBytes == index.pageBytes else {
             throw ImageError(file: name, record: "pageIndex", "the new runs cover \(index.pageBytes) bytes, the old ones another amount")
         }
+        image.pageIndex = index
         let fresh = path + ".new"
         unlink(fresh)
         try image.write(to: fresh)
@@ -49,6 +44,17 @@ public struct TaskImage: Codable, Sendable {
             unlink(fresh)
             throw problem
         }
+    }
+
+    /// A task file as written, unchecked (for cryo's own freshly written files; restore uses `load`).
+    static func read(_ path: String) throws -> TaskImage {
+        let reader = try RecordReader(path: path)
+        return TaskImage(core: try reader.one(.task, as: TaskCore.self),
+                         threads: try reader.one(.threads, as: [ThreadRecord].self),
+                         memory: try reader.one(.memory, as: MemoryRecord.self),
+                         pageIndex: try pageIndex(reader, file: fileName(of: path)),
+                         signals: try reader.one(.signals, as: SignalsRecord.self),
+                         descriptors: try reader.one(.descriptors, as: DescriptorsRecord.self))
     }
 
     /// Up to version 3 the runs are JSON inside `pageIndex`; from version 4 on they are the binary `pageRuns` record.

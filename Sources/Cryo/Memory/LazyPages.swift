@@ -91,10 +91,17 @@ struct LazySplit {
 /// their offset when the process moves them (mremap).
 final class PageSource {
     let reader: PageReader
-    init(reader: PageReader) { self.reader = reader }
+    /// Post-copy: pages still coming from the source, and the pid they are filed under.
+    let remote: (RemotePages, Int32)?
+    init(reader: PageReader, remote: (RemotePages, Int32)? = nil) {
+        self.reader = reader
+        self.remote = remote
+    }
 
     /// `buffer.count` bytes of the page stream at `offset`; a short or damaged file is an error.
+    /// After a post-copy start, pages not received yet are asked for and waited for.
     func bytes(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        if let (pages, pid) = remote { try pages.require(pid: pid, offset: offset, count: buffer.count) }
         try reader.readStream(offset: offset, into: buffer)
     }
 }
@@ -208,6 +215,16 @@ public final class LazyServer: @unchecked Sendable {
         _ = Glibc.write(wakeup, &one, 8)
     }
 
+    /// Loading cannot finish (post-copy: the source is gone): the restored tree is killed now, whether or not
+    /// a fault waits on a missing page yet.
+    public func abort(_ error: Error) {
+        lock.withLock { if aborted == nil { aborted = error } }
+        var one: UInt64 = 1
+        _ = Glibc.write(wakeup, &one, 8)
+    }
+
+    private var aborted: Error?
+
     /// Ends serving now (the restore failed and its tasks are being killed).
     func stop() {
         lock.withLock { stopRequested = true; addingDone = true }
@@ -243,11 +260,12 @@ public final class LazyServer: @unchecked Sendable {
         var loadingAnnounced = false
         do {
             while true {
-                let (more, done, stopping) = lock.withLock { () -> ([LazyProcess], Bool, Bool) in
+                let (more, done, stopping, abort) = lock.withLock { () -> ([LazyProcess], Bool, Bool, Error?) in
                     defer { incoming = [] }
-                    return (incoming, addingDone, stopRequested)
+                    return (incoming, addingDone, stopRequested, aborted)
                 }
                 processes += more
+                if let abort { throw abort }
                 if stopping { break }
                 // A process with nothing left to load is still served until every task has closed its own
                 // copy of the userfaultfd (INSTALL_FDS, before adding is done): until then the kernel or the

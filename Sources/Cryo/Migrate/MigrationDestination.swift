@@ -1,5 +1,6 @@
 import CCryo
 import CryoSystem
+import Dispatch
 import FoundationEssentials
 import Glibc
 import Logging
@@ -35,6 +36,90 @@ public struct ReceiveResult: Sendable {
     public var bytesReceived: UInt64
     /// With lazy pages: the loading failed after the tree started (it was killed by the lazy guard).
     public var loadingFailure: String?
+    /// Post-copy: bytes received after the start, and page requests made for faults.
+    public var postCopyBytes: UInt64 = 0
+    public var postCopyRequests = 0
+}
+
+/// An error that already names the source.
+protocol SourceGaveUpMarker {}
+
+/// Destination, post-copy: reads the stream on a thread of its own from the commit on, files arriving
+/// pages into the pools and wakes whoever waits for them; fails `remote` when the source is lost.
+final class PostCopyReader: @unchecked Sendable {
+    private let done = DispatchSemaphore(value: 0)
+    private let lock = Lock()
+    private var failure: Error?
+    private var finished = false
+    private(set) var bytes: UInt64 = 0
+    let remote: RemotePages
+    let pools: [Int32: PagePool]
+
+    init(wire: MigrationWire, pools: [Int32: PagePool], remote: RemotePages, logger: Logger) throws {
+        self.remote = remote
+        self.pools = pools
+        remote.request = { [wire] pid, address, length in
+            var header = FrameHeader()
+            header.pid = pid
+            header.address = address
+            header.size = length
+            try wire.send(.pageRequest, header)
+        }
+        startThread(name: "cryo-post-copy") { [self] in
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: MigrationWire.maxData, alignment: 4096)
+            defer { buffer.deallocate() }
+            do {
+                while true {
+                    let (kind, header, length) = try wire.receive()
+                    let data = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
+                    try wire.readData(into: data)
+                    switch kind {
+                    case .pages:
+                        guard let pid = header.pid, let pool = self.pools[pid], let address = header.address, address % 4096 == 0,
+                              length % 4096 == 0, address <= UInt64.max - UInt64(length) else {
+                            throw CryoError("migration stream from \(wire.link.peer): malformed pages frame")
+                        }
+                        try pool.write(address: address, UnsafeRawBufferPointer(data))
+                        remote.arrived(pid: pid, address: address, length: UInt64(length))
+                        bytes += UInt64(length)
+                    case .pagesDone:
+                        let left = remote.missingBytes
+                        guard left == 0 else { throw CryoError("the source said every page was sent, but \(left) bytes are missing") }
+                        logger.debug("post-copy: \(bytes) bytes after the start, \(remote.requests) requests")
+                        end(nil)
+                        return
+                    case .failed:
+                        throw Receiver.SourceGaveUp(message: header.message ?? "no reason given")
+                    default:
+                        throw CryoError("migration stream from \(wire.link.peer): unexpected \(kind) frame during post-copy")
+                    }
+                }
+            } catch {
+                let lost = error is SourceGaveUpMarker ? error
+                    : CryoError("lost the source \(wire.link.peer): \(error is MigrationLinkClosed ? "connection closed" : "\(error)")")
+                remote.fail(CryoError("\(lost) with \(remote.missingBytes) bytes of memory still there"))
+                end(lost)
+            }
+        }
+    }
+
+    private func end(_ error: Error?) {
+        lock.withLock { failure = error; finished = true }
+        done.signal()
+    }
+
+    /// Waits for the last page, or the loss of the source; nil when every page is in.
+    func waitDone() -> Error? {
+        done.wait()
+        done.signal()
+        return lock.withLock { failure }
+    }
+
+    /// The receive ends (or failed): nothing waits for pages any more.
+    func stop() {
+        remote.fail(CryoError("the migration ended"))
+        for pool in pools.values { pool.discard() }
+    }
 }
 
 public struct Receiver {
@@ -88,6 +173,8 @@ public struct Receiver {
         /// Per pid, the page index pointing into the pool file that became its pages file.
         var indices: [Int32: PageIndex] = [:]
         var frozenImageStart: ContinuousClock.Instant?
+        // Post-copy: pages left out of the image, which come after the start.
+        let remote = lazy ? RemotePages() : nil
         while true {
             let (kind, header, length) = try wire.receive()
             let data = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
@@ -112,7 +199,8 @@ public struct Receiver {
                         throw CryoError("migration stream from \(peer): malformed pages file frame for \(name)")
                     }
                     if pools[pid] == nil { pools[pid] = try PagePool(path: "\(directory)/.pool-\(pid)", pid: pid) }
-                    pages = try IncomingPages(path: "\(directory)/\(name)", size: size, pid: pid, runs: runs, pool: pools[pid]!)
+                    pages = try IncomingPages(path: "\(directory)/\(name)", size: size, pid: pid, runs: runs, pool: pools[pid]!,
+                                              omitted: header.omitted ?? [])
                 } else {
                     // A page server takes the pages files of a dump whose other files stay on its host.
                     if options.storeOnly { unlink("\(directory)/\(name)") }
@@ -129,7 +217,7 @@ public struct Receiver {
                 }
             case .fileEnd:
                 if let current = pages {
-                    indices[current.pid] = try current.finish()
+                    indices[current.pid] = try current.finish(remote: remote)
                     pages = nil
                 } else if let current = file {
                     try current.finish()
@@ -142,14 +230,22 @@ public struct Receiver {
                 // The task files get the runs that point into the pools: no page is copied.
                 for (pid, index) in indices { try TaskImage.replacePageIndex(at: "\(directory)/task-\(pid).img", with: index) }
                 logger.debug("image complete \(String(printf: "%.3f", seconds(since: frozenImageStart ?? .now))) s after its first file")
-                for pool in pools.values { pool.discard() }
-                pools = [:]
+                let postCopy = remote.flatMap { $0.missingBytes > 0 ? $0 : nil }
+                // Post-copy: from here on a thread of its own reads the stream (the restore itself may wait on a page).
+                let reader = try postCopy.map { try PostCopyReader(wire: wire, pools: pools, remote: $0, logger: logger) }
+                defer { reader?.stop() }
+                if reader == nil {
+                    for pool in pools.values { pool.discard() }
+                    pools = [:]
+                }
                 if options.storeOnly {
                     try wire.send(.restored)
                     return ReceiveResult(tree: nil, rounds: rounds, bytesReceived: wire.bytesReceived)
                 }
-                let tree = try Restorer(options: RestoreOptions(directory: directory, detached: true, newPidNamespace: options.newPidNamespace,
-                                                                tcpEstablished: options.tcpEstablished, lazyPages: lazy), logger: logger).run()
+                var restoreOptions = RestoreOptions(directory: directory, detached: true, newPidNamespace: options.newPidNamespace,
+                                                    tcpEstablished: options.tcpEstablished, lazyPages: lazy)
+                restoreOptions.remotePages = postCopy
+                let tree = try Restorer(options: restoreOptions, logger: logger).run()
                 logger.debug("restored pid \(tree.rootPid); answering the source")
                 var answer = FrameHeader()
                 answer.pid = tree.rootPid
@@ -159,6 +255,12 @@ public struct Receiver {
                     throw CryoError("restored pid \(tree.rootPid) but could not tell the source (\(error)); killed it again")
                 }
                 var result = ReceiveResult(tree: tree, rounds: rounds, bytesReceived: wire.bytesReceived)
+                if let reader {
+                    // Every page left out arrives (or the source is lost, and loading kills the tree); then the source may let go.
+                    if let lost = reader.waitDone() { tree.lazy?.abort(lost) } else { try? wire.send(.loaded) }
+                    result.postCopyBytes = reader.bytes
+                    result.postCopyRequests = postCopy?.requests ?? 0
+                }
                 if let loader = tree.lazy {
                     // Every page is here already: the tree runs while they are filled in from the local image
                     // (which stays until then). The root is our child until it exits: reap it if it ends first.
@@ -177,7 +279,7 @@ public struct Receiver {
         }
     }
 
-    struct SourceGaveUp: Error, CustomStringConvertible {
+    struct SourceGaveUp: Error, CustomStringConvertible, SourceGaveUpMarker {
         let message: String
         var description: String { "the source ended the migration: \(message)" }
     }
@@ -218,7 +320,17 @@ final class PagePool {
 
     /// Newer contents of pages already held are written in place; new pages are appended.
     func write(address: UInt64, _ data: UnsafeRawBufferPointer) throws {
-        let end = address + UInt64(data.count)
+        try place(address: address, length: UInt64(data.count), data)
+    }
+
+    /// Post-copy: room for pages still to come (a hole at the end where none is held yet).
+    func reserve(address: UInt64, length: UInt64) throws {
+        try place(address: address, length: length, nil)
+        try Files.truncate(fd, to: size, path: path)
+    }
+
+    private func place(address: UInt64, length: UInt64, _ data: UnsafeRawBufferPointer?) throws {
+        let end = address + length
         var cursor = address
         var i = firstRun(endingAfter: address)
         var inserts: [Run] = []
@@ -226,12 +338,16 @@ final class PagePool {
             if i < runs.count && runs[i].address <= cursor {
                 let stop = min(end, runs[i].end)
                 let at = runs[i].offset + (cursor - runs[i].address)
-                try Files.write(fd, UnsafeRawBufferPointer(rebasing: data[Int(cursor - address)..<Int(stop - address)]), at: Int64(at), path: path)
+                if let data {
+                    try Files.write(fd, UnsafeRawBufferPointer(rebasing: data[Int(cursor - address)..<Int(stop - address)]), at: Int64(at), path: path)
+                }
                 cursor = stop
                 i += 1
             } else {
                 let stop = min(end, i < runs.count ? runs[i].address : end)
-                try Files.write(fd, UnsafeRawBufferPointer(rebasing: data[Int(cursor - address)..<Int(stop - address)]), at: Int64(size), path: path)
+                if let data {
+                    try Files.write(fd, UnsafeRawBufferPointer(rebasing: data[Int(cursor - address)..<Int(stop - address)]), at: Int64(size), path: path)
+                }
                 inserts.append(Run(address: cursor, length: stop - cursor, offset: size))
                 size += stop - cursor
                 cursor = stop
@@ -267,7 +383,11 @@ final class PagePool {
     /// The pool file became the pages file.
     func consumed() { handedOver = true }
 
+    private var discarded = false
+
     func discard() {
+        guard !discarded else { return }
+        discarded = true
         try? fd.close()
         if !handedOver { unlink(path) }
     }
@@ -311,13 +431,24 @@ final class IncomingPages {
     /// The dump's runs: offsets consecutive from 0 in the file as the source wrote it.
     let runs: [PageRun]
     let pool: PagePool
+    /// Post-copy: [offset, length] of the dump's file that come after the start.
+    let omitted: [[UInt64]]
 
-    init(path: String, size: UInt64, pid: Int32, runs: [PageRun], pool: PagePool) throws {
+    init(path: String, size: UInt64, pid: Int32, runs: [PageRun], pool: PagePool, omitted: [[UInt64]] = []) throws {
         self.path = path
         self.size = size
         self.pid = pid
         self.runs = runs
         self.pool = pool
+        self.omitted = omitted
+        var previous: UInt64 = 0
+        for range in omitted {
+            guard range.count == 2, range[0] >= previous, range[0] % 4096 == 0, range[1] % 4096 == 0, range[1] > 0,
+                  range[0] <= size, range[1] <= size - range[0] else {
+                throw CryoError("migration stream: pages-\(pid).img: malformed post-copy ranges")
+            }
+            previous = range[0] + range[1]
+        }
         var expected: UInt64 = 0, previousEnd: UInt64 = 0
         for run in runs {
             guard run.offset == expected, run.length > 0, run.length % 4096 == 0, run.address % 4096 == 0,
@@ -335,25 +466,44 @@ final class IncomingPages {
         guard offset <= size, UInt64(data.count) <= size - offset, offset % 4096 == 0, data.count % 4096 == 0 else {
             throw CryoError("migration stream: \(path): data at \(offset)+\(data.count) is misaligned or beyond its \(size) bytes")
         }
+        try forEachAddress(offset, UInt64(data.count)) { address, done, take in
+            try pool.write(address: address, UnsafeRawBufferPointer(rebasing: data[Int(done)..<Int(done + take)]))
+        }
+    }
+
+    /// [offset, offset + length) of the dump's file as (address, bytes before it, length) pieces.
+    func forEachAddress(_ offset: UInt64, _ length: UInt64, _ body: (UInt64, UInt64, UInt64) throws -> Void) throws {
         var low = 0, high = runs.count
         while low < high {
             let mid = (low + high) / 2
             if runs[mid].offset + runs[mid].length <= offset { low = mid + 1 } else { high = mid }
         }
-        var done = 0
+        var done: UInt64 = 0
         var r = low
-        while done < data.count {
-            let at = offset + UInt64(done)
+        while done < length {
+            let at = offset + done
             let run = runs[r]
-            let take = Int(min(UInt64(data.count - done), run.offset + run.length - at))
-            try pool.write(address: run.address + (at - run.offset), UnsafeRawBufferPointer(rebasing: data[done..<(done + take)]))
+            let take = min(length - done, run.offset + run.length - at)
+            try body(run.address + (at - run.offset), done, take)
             done += take
             r += 1
         }
     }
 
-    /// Every page of the dump must be in the pool now; the pool file becomes pages-PID.img.
-    func finish() throws -> PageIndex {
+    /// Every page of the dump must be in the pool now (post-copy: or have room there, noted in `remote`);
+    /// the pool file becomes pages-PID.img.
+    func finish(remote: RemotePages? = nil) throws -> PageIndex {
+        var later: [(UInt64, UInt64)] = []
+        for range in omitted {
+            try forEachAddress(range[0], range[1]) { address, _, length in
+                try pool.reserve(address: address, length: length)
+                later.append((address, length))
+            }
+        }
+        guard later.isEmpty || remote != nil else { throw CryoError("migration stream: pages-\(pid).img leaves pages out, but this is no post-copy") }
+        for (address, length) in later {
+            try pool.locate(address, length) { at, poolOffset, n in remote?.add(pid: pid, offset: poolOffset, address: at, length: n) }
+        }
         var index: [PageRun] = []
         for run in runs {
             // Merged only inside one of the dump's runs: a run must not cross from one mapping into the next.

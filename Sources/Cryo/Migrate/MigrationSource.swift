@@ -53,6 +53,14 @@ public struct MigrationStatistics: Codable, Sendable {
     public var frozenSeconds: Double = 0
     /// Of that, the destination's restore.
     public var restoreSeconds: Double = 0
+    /// From the freeze until the destination said the tree runs there: the downtime, give or take one
+    /// message (with post-copy the source tree stays frozen after that, until the last page is sent).
+    public var downtimeSeconds: Double = 0
+    /// Post-copy: bytes sent after the destination started the tree, and how many page requests it made.
+    public var postCopyBytes: UInt64 = 0
+    public var postCopyRequests = 0
+    /// The final dump's own figures (stats-dump).
+    public var dump: DumpStatistics?
     public var totalSeconds: Double = 0
     public var bytesSent: UInt64 = 0
 }
@@ -128,11 +136,12 @@ public struct Migrator {
         let sentBefore = wire.bytesSent
         let frozenStart = ContinuousClock.now
         let verdict = Verdict()
+        let postCopy = options.lazyPages
         let handOver: @Sendable (FrozenImage) throws -> Void = { [wire, verdict] image in
-            try Self.sendImage(image, wire: wire, verdict: verdict)
+            try Self.sendImage(image, wire: wire, verdict: verdict, postCopy: postCopy)
         }
         do {
-            _ = try Dumper(options: DumpOptions(pid: pid, directory: "\(scratch)/final", leaveRunning: false, shellJob: options.shellJob,
+            statistics.dump = try Dumper(options: DumpOptions(pid: pid, directory: "\(scratch)/final", leaveRunning: false, shellJob: options.shellJob,
                                                 tcpEstablished: options.tcpEstablished, previousImages: scratch,
                                                 handOver: handOver), logger: logger).run()
         } catch {
@@ -141,11 +150,18 @@ public struct Migrator {
             throw error
         }
         statistics.frozenSeconds = seconds(since: frozenStart)
+        statistics.downtimeSeconds = verdict.restoredAt.map { seconds(from: frozenStart, to: $0) } ?? statistics.frozenSeconds
+        statistics.postCopyBytes = verdict.postCopyBytes
+        statistics.postCopyRequests = verdict.postCopyRequests
         statistics.restoreSeconds = verdict.restoreSeconds
         statistics.frozenPageBytes = verdict.pageBytes
         statistics.frozenBytes = wire.bytesSent - sentBefore
         statistics.bytesSent = wire.bytesSent
         statistics.totalSeconds = seconds(since: started)
+        if let lost = verdict.lostAfterStart {
+            throw CryoError("lost the destination \(link.peer) after it started the tree (post-copy, \(verdict.postCopyLeft) bytes of memory "
+                + "not sent): \(lost); killed pid \(pid) here too")
+        }
         return statistics
     }
 
@@ -154,6 +170,13 @@ public struct Migrator {
         var heard = false
         var restoreSeconds = 0.0
         var pageBytes: UInt64 = 0
+        /// When the destination said the tree runs there.
+        var restoredAt: ContinuousClock.Instant?
+        var postCopyBytes: UInt64 = 0
+        var postCopyRequests = 0
+        /// Post-copy: bytes not sent when the connection was lost after the start, and why.
+        var postCopyLeft: UInt64 = 0
+        var lostAfterStart: Error?
     }
 
     func endRound(_ round: Int, wire: MigrationWire) throws {
@@ -218,7 +241,9 @@ public struct Migrator {
     }
 
     /// Sends the image (pages files without what the destination has), then waits for the restore.
-    static func sendImage(_ image: FrozenImage, wire: MigrationWire, verdict: Verdict, only: (String) -> Bool = { _ in true }) throws {
+    static func sendImage(_ image: FrozenImage, wire: MigrationWire, verdict: Verdict, postCopy: Bool = false,
+                          only: (String) -> Bool = { _ in true }) throws {
+        var later = PostCopySource()
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
         defer { buffer.deallocate() }
         for name in image.files.sorted() where only(name) {
@@ -241,6 +266,11 @@ public struct Migrator {
                     cursor = max(cursor, piece[0] + piece[1])
                 }
                 if cursor < size { ranges.append([cursor, size - cursor]) }
+                if postCopy {
+                    let split = later.split(ranges, pid: pid, task: try TaskImage.read("\(image.directory)/task-\(pid).img"))
+                    ranges = split.now
+                    begin.omitted = split.omitted
+                }
                 verdict.pageBytes += ranges.reduce(0) { $0 + $1[1] }
             }
             try wire.send(.fileBegin, begin)
@@ -260,6 +290,7 @@ public struct Migrator {
             try wire.send(.fileEnd)
         }
         try wire.send(.commit)
+        if !later.ranges.isEmpty { return try servePostCopy(later, wire: wire, verdict: verdict) }
         let asked = ContinuousClock.now
         let (kind, header, _): (FrameKind, FrameHeader, Int)
         do { (kind, header, _) = try wire.receive() } catch is MigrationLinkClosed {
@@ -267,11 +298,89 @@ public struct Migrator {
         }
         verdict.heard = true
         verdict.restoreSeconds = seconds(since: asked)
+        verdict.restoredAt = .now
         switch kind {
         case .restored: return
         case .failed: throw CryoError("destination \(wire.link.peer) failed: \(header.message ?? "no reason given")")
         default: throw CryoError("destination \(wire.link.peer) answered \(kind) to the image")
         }
+    }
+
+    /// Post-copy, the tree still frozen: streams the pages left out of the image in address order while
+    /// answering the destination's requests first, from before its restore ends until it has them all.
+    /// Failing before the destination said the tree runs throws (the source tree is released); after
+    /// that it returns with `verdict.lostAfterStart` set, so the dump kills the source tree.
+    static func servePostCopy(_ later: PostCopySource, wire: MigrationWire, verdict: Verdict) throws {
+        let asked = ContinuousClock.now
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { buffer.deallocate() }
+        var next = 0, doneInRange: UInt64 = 0
+        var pagesDone = false
+        // CRYO_LAZY_NO_PUSH=1: only what the destination asks for goes (tests catch the tree half-loaded).
+        let push = !TestHooks.current.lazyNoPush
+        func send(_ pid: Int32, _ address: UInt64, _ length: UInt64) throws {
+            var done: UInt64 = 0
+            while done < length {
+                let n = Int(min(UInt64(chunk), length - done))
+                let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n])
+                // The tree is frozen: these bytes are the ones it will never write here again.
+                try RemoteMemory.read(pid, at: address + done, into: view)
+                var header = FrameHeader()
+                header.pid = pid
+                header.address = address + done
+                try wire.send(.pages, header, data: UnsafeRawBufferPointer(view))
+                done += UInt64(n)
+            }
+        }
+        do {
+            while true {
+                // Requests first: a fault may be waiting on them.
+                while pagesDone || !push || wire.link.readable() {
+                    let (kind, header, length) = try wire.receive()
+                    guard length == 0 else { throw CryoError("destination \(wire.link.peer) sent data with a \(kind) frame") }
+                    switch kind {
+                    case .restored:
+                        verdict.heard = true
+                        verdict.restoreSeconds = seconds(since: asked)
+                        verdict.restoredAt = .now
+                    case .pageRequest:
+                        guard let pid = header.pid, let address = header.address, let size = header.size, size <= UInt64(MigrationWire.maxData),
+                              later.covers(pid: pid, address: address, length: size) else {
+                            throw CryoError("destination \(wire.link.peer) asked for pages that were not left out")
+                        }
+                        try send(pid, address, size)
+                        verdict.postCopyRequests += 1
+                    case .loaded:
+                        guard verdict.restoredAt != nil, pagesDone else { throw CryoError("destination \(wire.link.peer) said loaded too early") }
+                        return
+                    case .failed:
+                        throw CryoError("destination \(wire.link.peer) failed: \(header.message ?? "no reason given")")
+                    default:
+                        throw CryoError("destination \(wire.link.peer) answered \(kind) during post-copy")
+                    }
+                }
+                if next < later.ranges.count {
+                    let range = later.ranges[next]
+                    let n = min(UInt64(1 << 20), range.length - doneInRange)
+                    try send(range.pid, range.address + doneInRange, n)
+                    verdict.postCopyBytes += n
+                    doneInRange += n
+                    if doneInRange == range.length { next += 1; doneInRange = 0 }
+                } else {
+                    try wire.send(.pagesDone)
+                    pagesDone = true
+                }
+            }
+        } catch let error as MigrationLinkClosed {
+            guard verdict.restoredAt != nil else {
+                throw CryoError("connection to \(wire.link.peer) closed before the destination reported the restored tree running")
+            }
+            verdict.lostAfterStart = error
+        } catch {
+            guard verdict.restoredAt != nil else { throw error }
+            verdict.lostAfterStart = error
+        }
+        verdict.postCopyLeft = later.bytes - min(later.bytes, verdict.postCopyBytes)
     }
 
     /// `dump --page-server`: the pages files go to a `cryo page-server` while the tree is frozen

@@ -17,6 +17,8 @@ public protocol MigrationLink: AnyObject {
     func receive(into buffer: UnsafeMutableRawBufferPointer) throws
     /// Who is at the other end, for messages.
     var peer: String { get }
+    /// Bytes (or the end of the stream) can be received without waiting.
+    func readable() -> Bool
     func close()
 }
 
@@ -59,6 +61,11 @@ public final class SocketLink: MigrationLink {
             if n == 0 { throw MigrationLinkClosed() }
             done += n
         }
+    }
+
+    public func readable() -> Bool {
+        var entry = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
+        return Glibc.poll(&entry, 1, 0) != 0
     }
 
     public func close() { try? fd.close() }
@@ -170,6 +177,9 @@ enum FrameKind: UInt8 {
     case failed = 8  // either way: one line why, then the connection ends
     case roundEnd = 9  // the end of one pre-copy round
     case ready = 10  // destination → source: hello accepted
+    case pageRequest = 11  // destination → source (post-copy): pid, address, size: a fault waits for these pages
+    case pagesDone = 12  // source → destination (post-copy): every page left out of the image has been sent
+    case loaded = 13  // destination → source (post-copy): it has them all; the source tree may go
 }
 
 struct FrameHeader: Codable {
@@ -185,6 +195,8 @@ struct FrameHeader: Codable {
     var round: Int?
     var message: String?
     var lazyPages: Bool?
+    /// Post-copy: [offset, length] ranges of a pages file left out, to come after the start.
+    var omitted: [[UInt64]]?
     init() {}
 }
 
@@ -194,6 +206,8 @@ final class MigrationWire: @unchecked Sendable {
     static let maxHeader = 64 << 20
     static let maxData = 16 << 20
     let link: MigrationLink
+    /// Post-copy sends from two threads (page requests from the lazy loader, answers from the main one).
+    private let sending = Lock()
     private(set) var bytesSent: UInt64 = 0
     private(set) var bytesReceived: UInt64 = 0
     init(_ link: MigrationLink) { self.link = link }
@@ -205,9 +219,11 @@ final class MigrationWire: @unchecked Sendable {
         withUnsafeBytes(of: UInt32(json.count).littleEndian) { for i in 0..<4 { head[1 + i] = $0[i] } }
         withUnsafeBytes(of: UInt64(data?.count ?? 0).littleEndian) { for i in 0..<8 { head[5 + i] = $0[i] } }
         let message = head + [UInt8](json)
-        try message.withUnsafeBytes { try link.send($0) }
-        if let data, data.count > 0 { try link.send(data) }
-        bytesSent += UInt64(message.count + (data?.count ?? 0))
+        try sending.withLock {
+            try message.withUnsafeBytes { try link.send($0) }
+            if let data, data.count > 0 { try link.send(data) }
+            bytesSent += UInt64(message.count + (data?.count ?? 0))
+        }
     }
 
     /// Reads one frame's head and header; the data (its length returned) must be read next with `readData`.

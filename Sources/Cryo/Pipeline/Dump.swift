@@ -433,6 +433,11 @@ func parasiteLog(_ logger: Logger) -> (pid_t, String, String) -> Void {
     { pid, command, line in logger.debug("pid \(pid) parasite \(command): \(line)") }
 }
 
+func seconds(from start: ContinuousClock.Instant, to end: ContinuousClock.Instant) -> Double {
+    let d = end - start
+    return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+}
+
 func seconds(since start: ContinuousClock.Instant) -> Double {
     let d = ContinuousClock.now - start
     return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18

@@ -22,6 +22,8 @@ public struct RestoreOptions: Sendable {
     /// --manage-cgroups and --cgroup-root ("[controllers:]/path"), with CRIU's meanings (Cgroups.swift).
     public var cgroupMode: CgroupManagement = .soft
     public var cgroupRoots: [String] = []
+    /// Post-copy (`cryo receive`): pages of the pages files that are still on their way from the source.
+    public var remotePages: RemotePages?
     public init(directory: String, detached: Bool, newPidNamespace: Bool = false, leaveStopped: Bool = false,
                 tcpEstablished: Bool = false, lazyPages: Bool = false) {
         self.tcpEstablished = tcpEstablished
@@ -699,7 +701,8 @@ public struct Restorer {
             request.features = Userfaultfd.lazyFeatures
             try parasite.run(CRYO_CMD_LAZY_UFFD, payload: bytes(of: request) + bytes(of: lazy.ranges), replyBytes: 0)
             let uffd = try Pidfd.copy(of: request.target_fd, from: pid)
-            let source = PageSource(reader: try PageReader(path: image.paths.pages(imagePid), index: task.pageIndex))
+            let source = PageSource(reader: try PageReader(path: image.paths.pages(imagePid), index: task.pageIndex),
+                                    remote: options.remotePages.map { ($0, imagePid) })
             let pending = PendingPages(lazy.pending)
             logger.debug("pid \(pid): \(lazy.ranges.count) lazy mappings, \(pending.bytes / 4096) pages to load lazily")
             try server.add(LazyProcess(uffd: Userfaultfd(fd: uffd, pid: pid), source: source, pending: pending, pid: pid, label: "pid \(pid)"))
