@@ -26,6 +26,8 @@ struct MigrateCommand: ParsableCommand {
     @OptionGroup var security: MigrationSecurity
     @Flag(name: .customLong("display-stats"), help: "Print rounds, bytes and frozen time.")
     var displayStatistics = false
+    @Option(name: [.customShort("D"), .customLong("images-dir")], help: "Write stats-dump here (the image itself goes over the connection only).")
+    var directory: String?
     @OptionGroup var common: CommonOptions
 
     func validate() throws { try security.check() }
@@ -45,6 +47,12 @@ struct MigrateCommand: ParsableCommand {
         }
         if common.verbose > 0 || displayStatistics {
             MigrationDisplay.print(statistics, pid: pid, destination: destination)
+        }
+        if let directory {
+            try failing {
+                if !Files.exists(directory) { try Files.makeDirectory(directory, mode: 0o700, object: "folder \(directory)") }
+                try MigrationStatistics.write(statistics, to: "\(directory)/stats-dump")
+            }
         }
     }
 }

@@ -22,30 +22,34 @@ extension EndToEnd {
             let fixture = try Fixture("dirty", arguments: ["128"], in: scratch, launcher: net.fixtureLauncher)
             defer { fixture.cleanUp() }
             try fixture.waitReady()
-            let receive = try net.receive(security + ["--pidns", "-v"], in: scratch)
+            // With a key, both ends also keep their statistics: stats-dump at the source, the image and stats-restore here.
+            let sourceStats = scratch.file("source"), received = scratch.file("received")
+            let statsOptions: (source: [String], destination: [String]) = mode == "key" ? (["-D", sourceStats], ["-D", received]) : ([], [])
+            let receive = try net.receive(security + ["--pidns", "-v"] + statsOptions.destination, in: scratch)
             defer { receive.stop() }
             let migrate = try CryoProcess(net.launcherA + ["--to", "\(net.addressB):\(net.port)", "-t", "\(fixture.pid)", "-v"] + security
-                                            + (mode == "lazy-pages" ? ["--lazy-pages"] : []),
+                                            + (mode == "lazy-pages" ? ["--lazy-pages"] : []) + statsOptions.source,
                                           in: scratch, launcher: net.cryoInA())
             let result = migrate.wait(timeout: 120, reaping: fixture)
             try #require(result.succeeded, "\(result)\n\(receive.wait(timeout: 10))\n\(fixture.report)")
             #expect(result.stdout.contains("round 2"), "expected at least two pre-copy rounds\n\(result)")
             // The source tree is gone (killed once the destination said it runs).
             try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs on the source after the migration")
-            let received = receive.wait(timeout: 60)
-            try #require(received.succeeded, "\(received)")
-            let restored = try #require(restoredPid(received.stdout), "no restored pid in\n\(received)")
+            let receiveResult = receive.wait(timeout: 60)
+            try #require(receiveResult.succeeded, "\(receiveResult)")
+            let restored = try #require(restoredPid(receiveResult.stdout), "no restored pid in\n\(receiveResult)")
+            if mode == "key" { try checkStatistics(source: sourceStats, destination: received) }
             defer { if ProcStatus(pid: restored)?.name == "dirty" { kill(restored, SIGKILL) } }
             #expect(ProcStatus(pid: restored)?.name == "dirty", "pid \(restored) is not the restored fixture: \(describeProcess(restored))")
             sleepSeconds(0.3)  // it writes on at the destination
             kill(restored, SIGTERM)
             #expect(waitUntil(timeout: 30) { fixture.lastLine == "PASS" || fixture.lastLine?.hasPrefix("FAIL") == true },
                     "the migrated fixture did not check itself\n\(fixture.report)")
-            expectPass(fixture, "\(result)\n\(received)")
+            expectPass(fixture, "\(result)\n\(receiveResult)")
             if mode == "lazy-pages" {
                 // Post-copy: pages written since the last round came after the start.
-                #expect(received.stdout.contains("post-copy: ") && result.stdout.contains("post-copy: "),
-                        "expected pages sent after the start\n\(result)\n\(received)")
+                #expect(receiveResult.stdout.contains("post-copy: ") && result.stdout.contains("post-copy: "),
+                        "expected pages sent after the start\n\(result)\n\(receiveResult)")
             }
         }
 
@@ -64,7 +68,7 @@ extension EndToEnd {
             let noPush = ["CRYO_LAZY_NO_PUSH": "1"]
             let receive = try net.receive(security + ["--pidns"], in: scratch, environment: noPush)
             defer { receive.stop() }
-            let migrate = try CryoProcess(net.launcherA + ["--to", "\(net.addressB):\(net.port)", "-t", "\(fixture.pid)", "--lazy-pages"] + security,
+            let migrate = try CryoProcess(net.launcherA + ["--to", "\(net.addressB):\(net.port)", "-t", "\(fixture.pid)", "--lazy-pages", "--display-stats"] + security,
                                           in: scratch, environment: noPush, launcher: net.cryoInA())
             defer { migrate.stop() }
             // Started: a `dirty` in B's network namespace, no longer traced by cryo.
@@ -184,6 +188,27 @@ extension EndToEnd {
             try expectRunningAndPassing(fixture)
         }
     }
+}
+
+/// stats-dump of `migrate -D` and stats-restore of `receive -D`: the rounds with their bytes, frozen time and downtime.
+private func checkStatistics(source: String, destination: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    func json(_ path: String) throws -> [String: Any] {
+        let data = try #require(FileManager.default.contents(atPath: path), "\(path) is missing", sourceLocation: sourceLocation)
+        return try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any], "\(path) is no JSON object", sourceLocation: sourceLocation)
+    }
+    let dump = try json(source + "/stats-dump")
+    let rounds = (dump["rounds"] as? [[String: Any]]) ?? []
+    let frozen = dump["frozenSeconds"] as? Double ?? 0, downtime = dump["downtimeSeconds"] as? Double ?? 0
+    #expect(rounds.count >= 2 && rounds.allSatisfy { ($0["bytes"] as? Int ?? -1) >= 0 } && (rounds.first?["bytes"] as? Int ?? 0) > 1 << 20,
+            "stats-dump rounds: \(rounds)", sourceLocation: sourceLocation)
+    #expect(frozen > 0 && downtime > 0 && downtime <= frozen + 1e-6, "stats-dump frozen \(frozen) s, downtime \(downtime) s", sourceLocation: sourceLocation)
+    #expect(dump["dump"] is [String: Any], "stats-dump lacks the final dump's figures: \(dump)", sourceLocation: sourceLocation)
+    let restore = try json(destination + "/stats-restore")
+    let migration = restore["migration"] as? [String: Any] ?? [:]
+    let received = migration["roundBytes"] as? [Int] ?? []
+    #expect(received.count == rounds.count && (received.first ?? 0) >= (rounds.first?["bytes"] as? Int ?? .max),
+            "stats-restore rounds \(received) against the source's \(rounds)", sourceLocation: sourceLocation)
+    #expect((migration["frozenImageBytes"] as? Int ?? 0) > 0, "stats-restore: \(migration)", sourceLocation: sourceLocation)
 }
 
 /// A fresh key file in `scratch`, as `--key FILE`.

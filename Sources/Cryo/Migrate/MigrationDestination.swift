@@ -168,6 +168,9 @@ public struct Receiver {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: MigrationWire.maxData, alignment: 4096)
         defer { buffer.deallocate() }
         var rounds = 0
+        var figures = ReceiveStatistics()
+        var roundStartBytes: UInt64 = 0
+        var frozenStartBytes: UInt64 = 0
         var file: IncomingFile?
         var pages: IncomingPages?
         /// Per pid, the page index pointing into the pool file that became its pages file.
@@ -189,8 +192,10 @@ public struct Receiver {
                 try pools[pid]!.write(address: address, UnsafeRawBufferPointer(data))
             case .roundEnd:
                 rounds += 1
+                figures.roundBytes.append(wire.bytesReceived - roundStartBytes)
+                roundStartBytes = wire.bytesReceived
             case .fileBegin:
-                if frozenImageStart == nil { frozenImageStart = .now }
+                if frozenImageStart == nil { frozenImageStart = .now; frozenStartBytes = wire.bytesReceived - UInt64(length) }
                 guard file == nil, pages == nil, let name = header.name, Self.safeName(name), let size = header.size else {
                     throw CryoError("migration stream from \(peer): malformed file frame")
                 }
@@ -245,6 +250,10 @@ public struct Receiver {
                 var restoreOptions = RestoreOptions(directory: directory, detached: true, newPidNamespace: options.newPidNamespace,
                                                     tcpEstablished: options.tcpEstablished, lazyPages: lazy)
                 restoreOptions.remotePages = postCopy
+                figures.frozenImageBytes = wire.bytesReceived - frozenStartBytes
+                figures.frozenImageSeconds = seconds(since: frozenImageStart ?? .now)
+                figures.postCopyMissingBytes = postCopy?.missingBytes ?? 0
+                restoreOptions.migration = figures
                 let tree = try Restorer(options: restoreOptions, logger: logger).run()
                 logger.debug("restored pid \(tree.rootPid); answering the source")
                 var answer = FrameHeader()

@@ -61,6 +61,11 @@ public struct MigrationStatistics: Codable, Sendable {
     public var postCopyRequests = 0
     /// The final dump's own figures (stats-dump).
     public var dump: DumpStatistics?
+
+    /// `migrate -D DIR`: stats-dump, as JSON like every stats file.
+    public static func write(_ statistics: MigrationStatistics, to path: String) throws {
+        try writeStatistics(statistics, to: path)
+    }
     public var totalSeconds: Double = 0
     public var bytesSent: UInt64 = 0
 }

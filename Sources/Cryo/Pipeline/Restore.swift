@@ -24,6 +24,8 @@ public struct RestoreOptions: Sendable {
     public var cgroupRoots: [String] = []
     /// Post-copy (`cryo receive`): pages of the pages files that are still on their way from the source.
     public var remotePages: RemotePages?
+    /// `cryo receive`: its figures, for stats-restore.
+    public var migration: ReceiveStatistics?
     public init(directory: String, detached: Bool, newPidNamespace: Bool = false, leaveStopped: Bool = false,
                 tcpEstablished: Bool = false, lazyPages: Bool = false) {
         self.tcpEstablished = tcpEstablished
@@ -247,6 +249,7 @@ public struct Restorer {
             }
             session.done = true
             statistics.totalSeconds = seconds(since: started)
+            statistics.migration = options.migration
             try? writeStatistics(statistics, to: "\(options.directory)/stats-restore")
             var lazy: LazyServer? = nil
             if let server = session.lazy, server.hasWork {
@@ -879,6 +882,20 @@ public struct RestoreStatistics: Codable, Sendable {
     public var pagesRestored: UInt64 = 0
     /// --lazy-pages only, written once loading ends.
     public var lazy: LazyStatistics?
+    /// `cryo receive`: how the image came.
+    public var migration: ReceiveStatistics?
+}
+
+/// stats-restore of a `cryo receive`: the rounds as they arrived, and the frozen image.
+public struct ReceiveStatistics: Codable, Sendable {
+    /// Bytes received in each pre-copy round (the first is the full copy).
+    public var roundBytes: [UInt64] = []
+    /// Bytes of the image sent while the source was frozen, and from its first file to the commit.
+    public var frozenImageBytes: UInt64 = 0
+    public var frozenImageSeconds: Double = 0
+    /// Post-copy: pages still to come when the tree started.
+    public var postCopyMissingBytes: UInt64 = 0
+    public init() {}
 }
 
 /// The descriptors a restored task receives, each at a slot above its own descriptors
