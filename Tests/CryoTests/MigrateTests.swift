@@ -47,8 +47,10 @@ extension EndToEnd {
                     "the migrated fixture did not check itself\n\(fixture.report)")
             expectPass(fixture, "\(result)\n\(receiveResult)")
             if mode == "lazy-pages" {
-                // Post-copy: pages written since the last round came after the start.
-                #expect(receiveResult.stdout.contains("post-copy: ") && result.stdout.contains("post-copy: "),
+                // Post-copy: pages written since the last round came after the start (unless none were written:
+                // on a busy machine the fixture may not run between the last round and the freeze).
+                let noneLeft = result.stdout.contains(" pages scanned, 0 read")
+                #expect(noneLeft || (receiveResult.stdout.contains("post-copy: ") && result.stdout.contains("post-copy: ")),
                         "expected pages sent after the start\n\(result)\n\(receiveResult)")
             }
         }
@@ -68,7 +70,9 @@ extension EndToEnd {
             let noPush = ["CRYO_LAZY_NO_PUSH": "1"]
             let receive = try net.receive(security + ["--pidns"], in: scratch, environment: noPush)
             defer { receive.stop() }
-            let migrate = try CryoProcess(net.launcherA + ["--to", "\(net.addressB):\(net.port)", "-t", "\(fixture.pid)", "--lazy-pages", "--display-stats"] + security,
+            let migrate = try CryoProcess(net.launcherA + ["--to", "\(net.addressB):\(net.port)", "-t", "\(fixture.pid)", "--lazy-pages", "--display-stats",
+                                                          // One round: pages written during it are surely left for after the start.
+                                                          "--max-rounds", "1"] + security,
                                           in: scratch, environment: noPush, launcher: net.cryoInA())
             defer { migrate.stop() }
             // Started: a `dirty` in B's network namespace, no longer traced by cryo.
