@@ -24,6 +24,16 @@ public struct UnixSocketDiag: Sendable {
     public var name: [UInt8] = []
 }
 
+/// What NETLINK_SOCK_DIAG tells of one AF_PACKET socket.
+public struct PacketSocketDiag: Sendable {
+    public var type: UInt8
+    /// The Ethernet protocol, host order.
+    public var protocolNumber: UInt16
+    public var info: packet_diag_info? = nil
+    public var memberships: [packet_diag_mclist] = []
+    public var receiveRing = false, sendRing = false, fanout = false
+}
+
 /// Unix sockets of cryo's network namespace through NETLINK_SOCK_DIAG.
 public enum SockDiag {
     /// The socket with this inode, or nil when cryo's network namespace has none.
@@ -122,6 +132,44 @@ public enum SockDiag {
                 }
                 offset += (length + 3) & ~3
             }
+            return false
+        }
+        return found
+    }
+
+    /// The AF_PACKET socket with this inode as sock_diag lists it (PACKET_DIAG_*: info, memberships,
+    /// rings, fanout), from a dump of cryo's network namespace; nil when it is not there.
+    public static func packetSocket(inode: UInt32, object: String) throws -> PacketSocketDiag? {
+        var request = packet_diag_req()
+        request.sdiag_family = UInt8(AF_PACKET)
+        request.pdiag_show = UInt32(PACKET_SHOW_INFO | PACKET_SHOW_MCLIST | PACKET_SHOW_RING_CFG | PACKET_SHOW_FANOUT)
+        var found: PacketSocketDiag? = nil
+        try exchange(withUnsafeBytes(of: request) { Array($0) }, call: "sock_diag(AF_PACKET)", dump: true, object: object) { payload in
+            let size = MemoryLayout<packet_diag_msg>.size
+            guard payload.count >= size else { return true }
+            let m = payload.withUnsafeBytes { $0.loadUnaligned(as: packet_diag_msg.self) }
+            guard m.pdiag_ino == inode else { return true }
+            var diag = PacketSocketDiag(type: m.pdiag_type, protocolNumber: m.pdiag_num)
+            var offset = size
+            while offset + 4 <= payload.count {
+                let length = Int(payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt16.self) })
+                let type = payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 2, as: UInt16.self) } & CRYO_NLA_TYPE_MASK
+                guard length >= 4, offset + length <= payload.count else { break }
+                let data = Array(payload[(offset + 4)..<(offset + length)])
+                switch Int(type) {
+                case Int(PACKET_DIAG_INFO) where data.count >= MemoryLayout<packet_diag_info>.size:
+                    diag.info = data.withUnsafeBytes { $0.loadUnaligned(as: packet_diag_info.self) }
+                case Int(PACKET_DIAG_MCLIST):
+                    let one = MemoryLayout<packet_diag_mclist>.size
+                    diag.memberships = (0..<data.count / one).map { i in data.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: i * one, as: packet_diag_mclist.self) } }
+                case Int(PACKET_DIAG_RX_RING): diag.receiveRing = true
+                case Int(PACKET_DIAG_TX_RING): diag.sendRing = true
+                case Int(PACKET_DIAG_FANOUT): diag.fanout = true
+                default: break
+                }
+                offset += (length + 3) & ~3
+            }
+            found = diag
             return false
         }
         return found

@@ -193,6 +193,13 @@ public enum Sockets {
         return index == 0 ? nil : Int32(bitPattern: index)
     }
 
+    /// The name of a network interface of cryo's network namespace by index, or nil when there is none.
+    public static func interfaceName(_ index: Int32) -> String? {
+        var name = [CChar](repeating: 0, count: 64)
+        guard if_indextoname(UInt32(bitPattern: index), &name) != nil else { return nil }
+        return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
     /// poll() events of `fd` right now (POLLRDHUP asked for too).
     public static func pollEvents(_ fd: FileDescriptor, object: String) throws -> Int16 {
         var p = pollfd(fd: fd.rawValue, events: Int16(POLLIN | POLLOUT | 0x2000), revents: 0)

@@ -36,8 +36,8 @@ extension EndToEnd {
             try expectSocketRefused(arguments: [], naming: "AF_NETLINK")
         }
 
-        @Test("AF_PACKET, raw and UDP-Lite sockets are refused in one line naming family and protocol",
-              arguments: [("packet", "an AF_PACKET socket (SOCK_RAW, ETH_P_ALL"), ("raw", "an AF_INET socket (SOCK_RAW, IPPROTO_UDP"),
+        @Test("AF_PACKET with a ring, raw and UDP-Lite sockets are refused in one line naming family and protocol",
+              arguments: [("packet", "PACKET_RX_RING"), ("raw", "an AF_INET socket (SOCK_RAW, IPPROTO_UDP"),
                           ("raw6", "an AF_INET6 socket (SOCK_RAW, IPPROTO_UDP"), ("udplite", "an AF_INET socket (SOCK_DGRAM, IPPROTO_UDPLITE")])
         func otherSocketsRefused(kind: String, words: String) throws {
             try expectSocketRefused(arguments: [kind], naming: words)

@@ -428,3 +428,44 @@ extension EndToEnd.InetTests {
         }
     }
 }
+
+extension EndToEnd.InetTests {
+    @Test("AF_PACKET sockets keep protocol, interface, filter and lock, PACKET_* options and memberships; a frame not read is refused")
+    func packetSockets() throws {
+        try inNetworkNamespace("packet") { (enter: [String], namespace: String) in
+            let scratch = try Scratch("packet")
+            defer { scratch.remove() }
+            func loCounts() -> String {
+                let shown = shell("ip -n \(namespace) -d link show lo").output
+                return ["promiscuity", "allmulti"].map { word in
+                    shown.components(separatedBy: " ").drop { $0 != word }.dropFirst().first.map { "\(word) \($0)" } ?? "no \(word)"
+                }.joined(separator: ", ")
+            }
+
+            let queued = try Fixture("sockopts", arguments: ["packet", "queued"], in: scratch, launcher: enter, logPath: scratch.file("queued.log"))
+            defer { queued.cleanUp() }
+            try queued.waitReady()
+            let refused = try cryo(["dump", "-t", "\(queued.pid)", "-D", scratch.file("refused")], in: scratch, reaping: queued, launcher: enter)
+            #expect(refused.failed && refused.stderrLines.count == 1 && refused.stderr.contains("pid \(queued.pid) fd ")
+                    && refused.stderr.contains("AF_PACKET") && refused.stderr.contains("frame not read"), "\(refused)")
+            #expect(queued.pollOriginal() == nil, "a refused dump must leave the fixture running")
+            queued.signal(SIGKILL)
+            _ = queued.reapOriginal(timeout: 10)
+
+            let fixture = try Fixture("sockopts", arguments: ["packet"], in: scratch, launcher: enter)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            #expect(loCounts() == "promiscuity 1, allmulti 1", "before the dump")
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture, launcher: enter)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump")
+            #expect(loCounts() == "promiscuity 0, allmulti 0", "the dumped socket is gone")
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch, launcher: enter)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore, timeout: 60, whileRunning: {
+                #expect(loCounts() == "promiscuity 1, allmulti 1", "memberships after restore")
+            })
+        }
+    }
+}

@@ -7,7 +7,8 @@
  *
  *   (no argument)  fd 44 is an AF_NETLINK (NETLINK_ROUTE) socket holding the
  *                  answer to a request, not read yet (the rest of a dump)
- *   packet         fd 44 is an AF_PACKET socket (SOCK_RAW, ETH_P_ALL)
+ *   packet         fd 44 is an AF_PACKET socket (SOCK_RAW, ETH_P_ALL) with a
+ *                  PACKET_RX_RING
  *   raw, raw6      fd 44 is a raw AF_INET (AF_INET6) socket, IPPROTO_UDP
  *   udplite        fd 44 is an AF_INET UDP-Lite socket
  *   scm            fd 45 is a unix datagram socket with a descriptor in
@@ -20,6 +21,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <linux/netlink.h>
+#include <linux/if_packet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -112,6 +114,10 @@ int main(int argc, char **argv)
 		else if (strcmp(kind, "udplite") == 0) inet = socket(AF_INET, SOCK_DGRAM, IPPROTO_UDPLITE);
 		else inet = socket(AF_NETLINK, SOCK_RAW, 0 /* NETLINK_ROUTE */);
 		if (inet < 0) die(kind);
+		if (strcmp(kind, "packet") == 0) {
+			struct tpacket_req ring = { .tp_block_size = 4096, .tp_block_nr = 1, .tp_frame_size = 2048, .tp_frame_nr = 2 };
+			if (setsockopt(inet, SOL_PACKET, PACKET_RX_RING, &ring, sizeof(ring)) != 0) die("PACKET_RX_RING");
+		}
 		if (argc < 2) {
 			/* RTM_GETLINK dump request, NLM_F_REQUEST | NLM_F_DUMP: the answer waits unread. */
 			struct { struct nlmsghdr h; unsigned char family; unsigned char pad[15]; } request = {

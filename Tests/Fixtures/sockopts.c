@@ -26,6 +26,16 @@
  *                  after SIGTERM each keeps its identifier (the bound port)
  *                  and gets its echo answered. With `queued`, a reply waits
  *                  unread in ping4 before READY: dump must refuse it.
+ *   packet [queued] raw: AF_PACKET SOCK_RAW ETH_P_ALL bound to lo, a classic
+ *                  filter passing only UDP to port 5555 (locked),
+ *                  PACKET_AUXDATA, PACKET_VERSION 2, promiscuous and
+ *                  all-multicast memberships on lo, SO_RCVBUF locked;
+ *                  dgram: SOCK_DGRAM ETH_P_IP, unbound, PACKET_ORIGDEV.
+ *                  (The memberships show in `ip -d link show lo`: the test
+ *                  looks there.)
+ *                  After SIGTERM all compared, and raw sees a datagram
+ *                  sent to 127.0.0.1:5555. With `queued`, one such frame
+ *                  waits unread before READY: dump must refuse it.
  *   netlink        route: NETLINK_ROUTE bound by the kernel (first send),
  *                  groups RTMGRP_LINK, RTNLGRP_IPV6_ROUTE and 33 (above 32),
  *                  NETLINK_NO_ENOBUFS, NETLINK_EXT_ACK, SO_RCVBUF locked;
@@ -44,6 +54,8 @@
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <linux/netlink.h>
+#include <linux/if_packet.h>
+#include <linux/if_ether.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
 #include <netinet/in.h>
@@ -388,11 +400,80 @@ static int netlink(void) {
     return 0;
 }
 
+static void send_udp_5555(const char *text) {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_storage to = inet4("127.0.0.1", 5555);
+    sendto(fd, text, strlen(text), 0, (struct sockaddr *)&to, sizeof(struct sockaddr_in));
+    close(fd);
+}
+
+static int packet(int queued) {
+    int raw = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL));
+    if (raw < 0) die("AF_PACKET");
+    /* ethertype IPv4, protocol UDP, destination port 5555 (no IP options on lo): whole frame, else nothing. */
+    struct sock_filter code[] = {
+        BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 12), BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ETH_P_IP, 0, 5),
+        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 23), BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_UDP, 0, 3),
+        BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 36), BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 5555, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, 0xffff), BPF_STMT(BPF_RET | BPF_K, 0),
+    };
+    struct sock_fprog program = { .len = 8, .filter = code };
+    if (setsockopt(raw, SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof(program)) != 0) die("SO_ATTACH_FILTER");
+    set_int(raw, SOL_SOCKET, SO_LOCK_FILTER, 1, "SO_LOCK_FILTER");
+    set_int(raw, SOL_PACKET, PACKET_AUXDATA, 1, "PACKET_AUXDATA");
+    set_int(raw, SOL_PACKET, PACKET_VERSION, TPACKET_V2, "PACKET_VERSION");
+    set_int(raw, SOL_SOCKET, SO_RCVBUF, 123456, "SO_RCVBUF");
+    struct sockaddr_ll lo = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL), .sll_ifindex = (int)if_nametoindex("lo") };
+    if (bind(raw, (struct sockaddr *)&lo, sizeof(lo)) != 0) die("bind AF_PACKET");
+    struct packet_mreq promisc = { .mr_ifindex = lo.sll_ifindex, .mr_type = PACKET_MR_PROMISC };
+    struct packet_mreq allmulti = { .mr_ifindex = lo.sll_ifindex, .mr_type = PACKET_MR_ALLMULTI };
+    if (setsockopt(raw, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &promisc, sizeof(promisc)) != 0
+        || setsockopt(raw, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &allmulti, sizeof(allmulti)) != 0) die("PACKET_ADD_MEMBERSHIP");
+    int dgram = socket(AF_PACKET, SOCK_DGRAM, htons(ETH_P_IP));
+    if (dgram < 0) die("AF_PACKET dgram");
+    set_int(dgram, SOL_PACKET, PACKET_ORIGDEV, 1, "PACKET_ORIGDEV");
+    /* dgram sees every IPv4 packet: it must stay empty until the dump, so it gets a filter dropping all. */
+    struct sock_filter none[] = { BPF_STMT(BPF_RET | BPF_K, 0) };
+    struct sock_fprog drop = { .len = 1, .filter = none };
+    if (setsockopt(dgram, SOL_SOCKET, SO_ATTACH_FILTER, &drop, sizeof(drop)) != 0) die("dgram filter");
+    if (queued) { send_udp_5555("queued"); usleep(50000); }
+    const char *names[] = { "raw", "dgram" };
+    int fds[] = { raw, dgram };
+    for (int i = 0; i < 2; i++) {
+        int fd = fds[i];
+        const char *label = names[i];
+        OPT(SOL_PACKET, PACKET_VERSION); OPT(SOL_PACKET, PACKET_AUXDATA); OPT(SOL_PACKET, PACKET_ORIGDEV); OPT(SOL_PACKET, PACKET_RESERVE);
+        OPT(SOL_PACKET, PACKET_VNET_HDR); OPT(SOL_PACKET, PACKET_LOSS); OPT(SOL_PACKET, PACKET_TIMESTAMP); OPT(SOL_PACKET, PACKET_QDISC_BYPASS);
+        OPT(SOL_SOCKET, SO_GET_FILTER); OPT(SOL_SOCKET, SO_LOCK_FILTER); OPT(SOL_SOCKET, SO_BUF_LOCK); OPT(SOL_SOCKET, SO_TYPE);
+        OPT(SOL_SOCKET, SO_PROTOCOL);
+        if (i == 0) OPT(SOL_SOCKET, SO_RCVBUF);
+    }
+    wait_for_term();
+    compare_all();
+    struct sockaddr_ll name;
+    socklen_t size = sizeof(name);
+    if (getsockname(raw, (struct sockaddr *)&name, &size) != 0 || name.sll_ifindex != lo.sll_ifindex || name.sll_protocol != htons(ETH_P_ALL))
+        fail("raw: no longer bound to lo for ETH_P_ALL");
+    send_udp_5555("after restore");
+    struct pollfd p = { .fd = raw, .events = POLLIN };
+    char frame[256];
+    if (poll(&p, 1, 5000) != 1) fail("raw: no frame for port 5555");
+    else {
+        ssize_t n = recv(raw, frame, sizeof(frame), 0);
+        if (n != 14 + 20 + 8 + 13 || memcmp(frame + 42, "after restore", 13) != 0) fail("raw: a frame of %zd bytes", n);
+    }
+    if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
+    printf("PASS\n");
+    fflush(stdout);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     signal(SIGTERM, on_term);
     signal(SIGPIPE, SIG_IGN);
     if (argc > 1 && strcmp(argv[1], "corked") == 0) return corked();
     if (argc > 1 && strcmp(argv[1], "netlink") == 0) return netlink();
+    if (argc > 1 && strcmp(argv[1], "packet") == 0) return packet(argc > 2 && strcmp(argv[2], "queued") == 0);
     if (argc > 1 && strcmp(argv[1], "ping") == 0) return ping(argc > 2 && strcmp(argv[2], "queued") == 0);
 
     /* listener: everything at once. */

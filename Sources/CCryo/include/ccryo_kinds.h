@@ -22,6 +22,8 @@
 #include <linux/sock_diag.h>
 #include <linux/unix_diag.h>
 #include <linux/netlink_diag.h>
+#include <linux/packet_diag.h>
+#include <linux/if_packet.h>
 #include <linux/sockios.h>
 #include <linux/inet_diag.h>
 #include <linux/filter.h>
@@ -106,6 +108,7 @@ static const unsigned long CRYO_SIOCINQ = SIOCINQ, CRYO_SIOCOUTQ = SIOCOUTQ, CRY
 #define CRYO_TCP_USER_TIMEOUT 18
 #define CRYO_UDP_CORK 1
 #define CRYO_SOL_NETLINK 270
+#define CRYO_SOL_PACKET 263
 #define CRYO_NETLINK_ADD_MEMBERSHIP 1
 #define CRYO_NETLINK_PKTINFO 3
 #define CRYO_NETLINK_BROADCAST_ERROR 4

@@ -77,7 +77,8 @@ enum DescriptorKinds {
         PipeEndState.self,
         FifoState.self,
         InetSocketState.self,
-        NetlinkSocketState.self,  // before unix sockets, which refuse every other family
+        NetlinkSocketState.self,  // these two before unix sockets, which refuse every other family
+        PacketSocketState.self,
         UnixSocketState.self,
         EventFDState.self,
         SignalFDState.self,

@@ -1,0 +1,150 @@
+import CCryo
+import CryoSystem
+import FoundationEssentials
+import Glibc
+import SystemPackage
+
+/// An AF_PACKET socket (SOCK_RAW or SOCK_DGRAM): its Ethernet protocol, the
+/// interface it is bound to, its PACKET_* options, memberships (promiscuous,
+/// all-multicast, multicast addresses) and classic BPF filter. Mapped rings
+/// (PACKET_RX_RING/TX_RING), fanout groups and frames not read yet are refused.
+public struct PacketSocketState: DescriptorKind {
+    static let name = "packetSocket"
+
+    public struct Membership: Codable, Sendable, Equatable {
+        public var device: String
+        /// PACKET_MR_MULTICAST 0, PROMISC 1, ALLMULTI 2, UNICAST 3.
+        public var type: UInt16
+        public var address: Data
+        /// How many times it was added (each PACKET_ADD_MEMBERSHIP counts).
+        public var count: UInt32
+    }
+
+    public var inode: UInt64
+    public var type: Int32
+    /// Host order (ETH_P_ALL is 3); 0 receives nothing until bound with a protocol.
+    public var protocolNumber: UInt16
+    /// The interface bound to, by name (indexes belong to the network namespace); nil: all or none.
+    public var device: String?
+    public var copyThreshold: UInt32
+    public var memberships: [Membership]
+    /// Integer options by name, as getsockopt reported them.
+    public var options: [String: Int32]
+    /// SO_ATTACH_FILTER's program and SO_LOCK_FILTER.
+    public var filter: Data?
+    public var filterLocked: Bool
+
+    static let optionTable: [(String, Int32, Int32)] = [
+        ("PACKET_VERSION", CRYO_SOL_PACKET, Int32(PACKET_VERSION)), ("PACKET_RESERVE", CRYO_SOL_PACKET, Int32(PACKET_RESERVE)),
+        ("PACKET_TIMESTAMP", CRYO_SOL_PACKET, Int32(PACKET_TIMESTAMP)), ("PACKET_AUXDATA", CRYO_SOL_PACKET, Int32(PACKET_AUXDATA)),
+        ("PACKET_ORIGDEV", CRYO_SOL_PACKET, Int32(PACKET_ORIGDEV)), ("PACKET_VNET_HDR", CRYO_SOL_PACKET, Int32(PACKET_VNET_HDR)),
+        ("PACKET_LOSS", CRYO_SOL_PACKET, Int32(PACKET_LOSS)), ("PACKET_QDISC_BYPASS", CRYO_SOL_PACKET, Int32(PACKET_QDISC_BYPASS)),
+        ("PACKET_TX_HAS_OFF", CRYO_SOL_PACKET, Int32(PACKET_TX_HAS_OFF)),
+        ("PACKET_IGNORE_OUTGOING", CRYO_SOL_PACKET, Int32(PACKET_IGNORE_OUTGOING)),
+        ("SO_PRIORITY", CRYO_SOL_SOCKET, CRYO_SO_PRIORITY), ("SO_MARK", CRYO_SOL_SOCKET, CRYO_SO_MARK),
+        ("SO_SNDBUF", CRYO_SOL_SOCKET, CRYO_SO_SNDBUF), ("SO_RCVBUF", CRYO_SOL_SOCKET, CRYO_SO_RCVBUF),
+        ("SO_BUF_LOCK", CRYO_SOL_SOCKET, CRYO_SO_BUF_LOCK),
+    ]
+
+    static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> PacketSocketState? {
+        guard p.stat.st_mode & S_IFMT == S_IFSOCK else { return nil }
+        let fd = p.handle
+        guard try UnixSocketState.option(fd, SO_DOMAIN, p.object) == AF_PACKET else { return nil }
+        let what = "\(p.object): \(UnixSocketState.describeSocket(fd, family: AF_PACKET, link: p.link, pid: p.pid))"
+        let type = try UnixSocketState.option(fd, SO_TYPE, what)
+        guard type == Int32(SOCK_RAW.rawValue) || type == Int32(SOCK_DGRAM.rawValue) else {
+            throw CryoError("\(what): the obsolete SOCK_PACKET type is not supported")
+        }
+        guard let diag = try SockDiag.packetSocket(inode: UInt32(truncatingIfNeeded: p.stat.st_ino), object: what), let info = diag.info else {
+            throw CryoError("\(what) is not in cryo's network namespace; not supported")
+        }
+        if diag.receiveRing || diag.sendRing {
+            throw CryoError("\(what) has a mapped \(diag.receiveRing ? "PACKET_RX_RING" : "PACKET_TX_RING"); not supported")
+        }
+        if diag.fanout { throw CryoError("\(what) is in a PACKET_FANOUT group; not supported") }
+        // Frames would have to arrive again: nothing can put them back.
+        // (SIOCINQ: the first frame's length; a peek with MSG_CMSG_CLOEXEC is EINVAL here.)
+        let waiting = try Sockets.queueLength(fd, request: CRYO_SIOCINQ, name: "SIOCINQ", object: what)
+        if waiting > 0 { throw CryoError("\(what) holds a frame not read yet (\(waiting) bytes); not supported") }
+        func deviceName(_ index: UInt32) throws -> String {
+            guard let name = Sockets.interfaceName(Int32(bitPattern: index)) else {
+                throw CryoError("\(what): interface \(index) has no name in cryo's network namespace")
+            }
+            return name
+        }
+        let memberships = try diag.memberships.map { m in
+            Membership(device: try deviceName(m.pdmc_index), type: m.pdmc_type,
+                       address: withUnsafeBytes(of: m.pdmc_addr) { Data($0.prefix(Int(min(m.pdmc_alen, 32)))) }, count: m.pdmc_count)
+        }
+        var options: [String: Int32] = [:]
+        for (name, level, option) in optionTable {
+            options[name] = try Sockets.option(fd, level, option, name: name, object: what)
+        }
+        let program = try Sockets.socketFilter(fd, object: what)
+        let locked = try Sockets.option(fd, CRYO_SOL_SOCKET, CRYO_SO_LOCK_FILTER, name: "SO_LOCK_FILTER", object: what) != 0
+        return PacketSocketState(inode: UInt64(p.stat.st_ino), type: type, protocolNumber: diag.protocolNumber,
+                                 device: info.pdi_index == 0 ? nil : try deviceName(info.pdi_index), copyThreshold: info.pdi_copy_thresh,
+                                 memberships: memberships, options: options, filter: program.isEmpty ? nil : Data(program), filterLocked: locked)
+    }
+
+    public func summary(_ file: FileTable.OpenFile) -> String {
+        var text = "packet socket:[\(inode)] \(type == Int32(SOCK_RAW.rawValue) ? "raw" : "dgram") protocol 0x\(String(protocolNumber, radix: 16))"
+        if let device { text += " on \(device)" }
+        if !memberships.isEmpty { text += " (\(memberships.count) membership\(memberships.count == 1 ? "" : "s"))" }
+        if let filter { text += " (filter of \(filter.count / 8) instruction\(filter.count == 8 ? "" : "s"))" }
+        return text
+    }
+
+    func validate() -> String? {
+        type == Int32(SOCK_RAW.rawValue) || type == Int32(SOCK_DGRAM.rawValue) ? nil : "a packet socket of type \(type)"
+    }
+
+    func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
+        let what = "\(object) (\(summary(file)))"
+        // The protocol given to socket() starts receiving at once: the filter goes on before any bind.
+        let fd = try Sockets.make(family: AF_PACKET, type: type, protocol: Int32(protocolNumber.bigEndian), object: what)
+        do {
+            if let filter, !filter.isEmpty { try Sockets.attachFilter(fd, program: Array(filter), object: what) }
+            for (name, level, option) in Self.optionTable where !["SO_SNDBUF", "SO_RCVBUF", "SO_BUF_LOCK"].contains(name) {
+                guard let wanted = options[name], try Sockets.option(fd, level, option, name: name, object: what) != wanted else { continue }
+                try Sockets.setOption(fd, level, option, wanted, name: name, object: what)
+            }
+            try Sockets.setOption(fd, CRYO_SOL_PACKET, Int32(PACKET_COPY_THRESH), Int32(bitPattern: copyThreshold), name: "PACKET_COPY_THRESH", object: what)
+            if let device {
+                guard let index = Sockets.interfaceIndex(device) else { throw CryoError("\(what): there is no interface \(device) here") }
+                var address = sockaddr_ll()
+                address.sll_family = UInt16(AF_PACKET)
+                address.sll_protocol = protocolNumber.bigEndian
+                address.sll_ifindex = index
+                try Sockets.bind(fd, to: SocketAddress(bytes: withUnsafeBytes(of: address) { Array($0) }), object: "\(what) to \(device)")
+            }
+            for m in memberships {
+                guard let index = Sockets.interfaceIndex(m.device) else { throw CryoError("\(what): there is no interface \(m.device) here") }
+                var request = packet_mreq()
+                request.mr_ifindex = index
+                request.mr_type = m.type
+                request.mr_alen = UInt16(min(m.address.count, 8))
+                withUnsafeMutableBytes(of: &request.mr_address) { $0.copyBytes(from: m.address.prefix(8)) }
+                for _ in 0..<max(1, m.count) {
+                    try Sockets.setOption(fd, CRYO_SOL_PACKET, Int32(PACKET_ADD_MEMBERSHIP), request, name: "PACKET_ADD_MEMBERSHIP", object: what)
+                }
+            }
+            if filterLocked { try Sockets.setOption(fd, CRYO_SOL_SOCKET, CRYO_SO_LOCK_FILTER, Int32(1), name: "SO_LOCK_FILTER", object: what) }
+            let lock = options["SO_BUF_LOCK"] ?? 0
+            for (name, bit, option, force, forceName) in [("SO_SNDBUF", Int32(1), CRYO_SO_SNDBUF, CRYO_SO_SNDBUFFORCE, "SO_SNDBUFFORCE"),
+                                                          ("SO_RCVBUF", Int32(2), CRYO_SO_RCVBUF, CRYO_SO_RCVBUFFORCE, "SO_RCVBUFFORCE")] {
+                guard lock & bit != 0, let wanted = options[name], try Sockets.option(fd, CRYO_SOL_SOCKET, option, name: name, object: what) != wanted
+                else { continue }
+                try Sockets.setOption(fd, CRYO_SOL_SOCKET, force, wanted / 2, name: forceName, object: what)
+            }
+            if try Sockets.option(fd, CRYO_SOL_SOCKET, CRYO_SO_BUF_LOCK, name: "SO_BUF_LOCK", object: what) != lock {
+                try Sockets.setOption(fd, CRYO_SOL_SOCKET, CRYO_SO_BUF_LOCK, lock, name: "SO_BUF_LOCK", object: what)
+            }
+            try FileObjects.setStatusFlags(fd, Int32(bitPattern: file.flags) & O_NONBLOCK, object: what)
+        } catch {
+            try? fd.close()
+            throw error
+        }
+        return fd
+    }
+}
