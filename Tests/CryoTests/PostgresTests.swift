@@ -51,7 +51,13 @@ extension EndToEnd {
             let up = waitUntil(timeout: 60, interval: 0.2) { Self.psql("select 1", socketDirectory: sockets, port: port, scratch: scratch) == "1" }
             try #require(up, "postgres does not answer\n\(server.report)")
             try #require(Self.psql("create table kept(x int); insert into kept values (42)", socketDirectory: sockets, port: port, scratch: scratch) != nil)
-            let children = readText("/proc/\(server.pid)/task/\(server.pid)/children").split(separator: " ").compactMap { pid_t($0) }
+            // The long-lived background processes; a client's backend may still be exiting
+            // (it comes back as the zombie it was, and is reaped), autovacuum workers come and go.
+            let background = ["checkpointer", "background writer", "walwriter", "autovacuum launcher", "logical replication launcher"]
+            let children = readText("/proc/\(server.pid)/task/\(server.pid)/children").split(separator: " ").compactMap { pid_t($0) }.filter { pid in
+                let title = readText("/proc/\(pid)/cmdline").replacingOccurrences(of: "\0", with: " ")
+                return background.contains { title.contains($0) }
+            }
             try #require(children.count >= 4, "want the postmaster's background processes, found \(children)\n\(server.report)")
 
             let images = scratch.file("img")
