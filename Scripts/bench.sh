@@ -31,7 +31,10 @@
 # --prev-images-dir.  Frozen times come from each image's stats-dump; the
 # target is the final dump frozen for under 10% of the full dump's time.
 # Scripts/bench/baseline runs right before both dumps, as for the memory rows
-# (so neither dump pays for touching cold guest memory first).
+# (so neither dump pays for touching cold guest memory first).  The same is
+# done to Tests/Fixtures/shapes holes of $PRECOPY_MIB MiB (every 4th page
+# untouched, SIGUSR1 rewrites 3 pages): its final dump's frozen time beside
+# the issue's target of 0.05 s.
 #
 # Lazy restore (section "lazy"): bigmem of $LAZY_MIB MiB (default 2048), 3/4
 # touched, restored with `restore -d` and `restore -d --lazy-pages` in every
@@ -423,7 +426,7 @@ fi
 
 # --- pre-copy: full dump (baseline) and pre-dump + dump --prev-images-dir of the same size, in every run ---
 if want precopy; then
-    declare -a f_f=() f_d=() c_f=() c_d=() c_p=() c_pf=() c_q=()
+    declare -a f_f=() f_d=() c_f=() c_d=() c_p=() c_pf=() c_q=() h_p=() h_pf=() h_d=() h_f=()
     for ((run = 1; run <= runs; run++)); do
         check_disk $((precopy_mib * 2 + 1024))
         sync
@@ -452,6 +455,25 @@ if want precopy; then
         c_q+=("$(calc "$frozen_s / $full_frozen")")
         printf '    pre-copy %d MiB run %d: full dump %.3f s (frozen %.3f s) | pre-dump %.3f s (frozen %.3f s), 1%% rewritten, dump %.3f s (frozen %.3f s) = %.1f%% of full frozen  PASS\n' \
             "$precopy_mib" "$run" "$full_dump" "$full_frozen" "$pre_s" "$pre_frozen" "$dump_s" "$frozen_s" "$(calc "100 * $frozen_s / $full_frozen")"
+        # The fragmented shape (every 4th page untouched, ~131k runs at 2 GiB): pre-dump, 3 pages rewritten, final dump.
+        check_disk $((precopy_mib * 2 + 1024))
+        sync
+        start_fixture shapes holes "$precopy_mib"
+        t0=$(now)
+        "$cryo" pre-dump -t "$live_pid" -D "$work/pre" || fail "cryo pre-dump -t $live_pid -D $work/pre failed (exit $?)"
+        t1=$(now)
+        h_pre_s=$(calc "$t1 - $t0")
+        h_pre_frozen=$(sed -n 's/.*"frozenSeconds" *: *\([0-9.eE+-]*\).*/\1/p' "$work/pre/stats-dump")
+        kill -USR1 "$live_pid"
+        for ((i = 0; i < 600; i++)); do grep -q '^REWROTE 1' "$work/shapes.log" && break; sleep 0.05; done
+        grep -q '^REWROTE 1' "$work/shapes.log" || fail "shapes holes did not rewrite its pages after SIGUSR1"
+        "$work/baseline" "$((precopy_mib * 3 / 4))" "$work" >/dev/null || fail "baseline failed"
+        dump_and_restore "$work/images" --prev-images-dir ../pre
+        finish_fixture
+        rm -rf "$work/images" "$work/pre"
+        h_p+=("$h_pre_s") h_pf+=("$h_pre_frozen") h_d+=("$dump_s") h_f+=("$frozen_s")
+        printf '    pre-copy holes %d MiB run %d: pre-dump %.3f s (frozen %.3f s), 3 pages rewritten, dump %.3f s (frozen %.3f s)  PASS\n' \
+            "$precopy_mib" "$run" "$h_pre_s" "$h_pre_frozen" "$dump_s" "$frozen_s"
     done
     echo
     echo "pre-copy: bigmem $precopy_mib MiB (3/4 touched); baseline = a full dump of a fresh bigmem in the same run;"
@@ -465,9 +487,15 @@ if want precopy; then
     printf "$pfmt" "bigmem $precopy_mib MiB" "$(printf '%.3f' "$(median "${f_d[@]}")")" "$(printf '%.3f' "$(median "${f_f[@]}")")" \
         "$(printf '%.3f' "$(median "${c_p[@]}")")" "$(printf '%.3f' "$(median "${c_pf[@]}")")" \
         "$(printf '%.3f' "$(median "${c_d[@]}")")" "$(printf '%.3f' "$(median "${c_f[@]}")")" "$(printf '%.1f%%' "$(calc "100 * $ratio")")"
+    printf "$pfmt" "holes $precopy_mib MiB" - - \
+        "$(printf '%.3f' "$(median "${h_p[@]}")")" "$(printf '%.3f' "$(median "${h_pf[@]}")")" \
+        "$(printf '%.3f' "$(median "${h_d[@]}")")" "$(printf '%.3f' "$(median "${h_f[@]}")")" -
     echo
     verdict=$(awk "BEGIN { print ($ratio < 0.10) ? \"met\" : \"NOT met\" }")
     printf 'target: pre-copy final dump frozen under 10%% of a full dump'"'"'s: %.1f%%, %s\n' "$(calc "100 * $ratio")" "$verdict"
+    holes_frozen=$(median "${h_f[@]}")
+    verdict=$(awk "BEGIN { print ($holes_frozen <= 0.05) ? \"met\" : \"NOT met\" }")
+    printf 'target: the fragmented (holes) final dump after a pre-dump frozen at most 0.05 s (issue 16): %.3f s, %s\n' "$holes_frozen" "$verdict"
 fi
 
 # lazy_restore_rows SIZE: bigmem of SIZE MiB restored with `restore -d` and
