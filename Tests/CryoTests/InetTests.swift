@@ -469,3 +469,34 @@ extension EndToEnd.InetTests {
         }
     }
 }
+
+extension EndToEnd.InetTests {
+    @Test("raw IPv4/IPv6 sockets keep protocol, address, peer, IP_HDRINCL, ICMP_FILTER, IPV6_CHECKSUM; a packet not read is refused")
+    func rawSockets() throws {
+        try inNetworkNamespace("raw") { enter in
+            let scratch = try Scratch("raw")
+            defer { scratch.remove() }
+            let queued = try Fixture("sockopts", arguments: ["raw", "queued"], in: scratch, launcher: enter, logPath: scratch.file("queued.log"))
+            defer { queued.cleanUp() }
+            try queued.waitReady()
+            let refused = try cryo(["dump", "-t", "\(queued.pid)", "-D", scratch.file("refused")], in: scratch, reaping: queued, launcher: enter)
+            #expect(refused.failed && refused.stderrLines.count == 1 && refused.stderr.contains("pid \(queued.pid) fd ")
+                    && refused.stderr.contains("raw socket") && refused.stderr.contains("protocol 253")
+                    && refused.stderr.contains("packet not read"), "\(refused)")
+            #expect(queued.pollOriginal() == nil, "a refused dump must leave the fixture running")
+            queued.signal(SIGKILL)
+            _ = queued.reapOriginal(timeout: 10)
+
+            let fixture = try Fixture("sockopts", arguments: ["raw"], in: scratch, launcher: enter)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture, launcher: enter)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump")
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch, launcher: enter)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore, timeout: 60)
+        }
+    }
+}

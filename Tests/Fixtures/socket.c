@@ -9,7 +9,6 @@
  *                  answer to a request, not read yet (the rest of a dump)
  *   packet         fd 44 is an AF_PACKET socket (SOCK_RAW, ETH_P_ALL) with a
  *                  PACKET_RX_RING
- *   raw, raw6      fd 44 is a raw AF_INET (AF_INET6) socket, IPPROTO_UDP
  *   udplite        fd 44 is an AF_INET UDP-Lite socket
  *   scm            fd 45 is a unix datagram socket with a descriptor in
  *                  flight (SCM_RIGHTS) in its receive queue, sent from fd 46
@@ -109,8 +108,6 @@ int main(int argc, char **argv)
 		const char *kind = argc > 1 ? argv[1] : "netlink";
 		int inet;
 		if (strcmp(kind, "packet") == 0) inet = socket(AF_PACKET, SOCK_RAW, htons(0x0003 /* ETH_P_ALL */));
-		else if (strcmp(kind, "raw") == 0) inet = socket(AF_INET, SOCK_RAW, IPPROTO_UDP);
-		else if (strcmp(kind, "raw6") == 0) inet = socket(AF_INET6, SOCK_RAW, IPPROTO_UDP);
 		else if (strcmp(kind, "udplite") == 0) inet = socket(AF_INET, SOCK_DGRAM, IPPROTO_UDPLITE);
 		else inet = socket(AF_NETLINK, SOCK_RAW, 0 /* NETLINK_ROUTE */);
 		if (inet < 0) die(kind);

@@ -36,6 +36,12 @@
  *                  After SIGTERM all compared, and raw sees a datagram
  *                  sent to 127.0.0.1:5555. With `queued`, one such frame
  *                  waits unread before READY: dump must refuse it.
+ *   raw [queued]   raw4: SOCK_RAW protocol 253 bound to 127.0.0.1, IP_TOS;
+ *                  icmp: raw ICMP with an ICMP_FILTER; raw6: protocol 253
+ *                  connected to ::1, IPV6_CHECKSUM 2; unbound: protocol 254.
+ *                  After SIGTERM all compared, and raw4 and raw6 each get a
+ *                  packet of their protocol sent after restore. With
+ *                  `queued`, one packet waits unread in raw4: refused.
  *   netlink        route: NETLINK_ROUTE bound by the kernel (first send),
  *                  groups RTMGRP_LINK, RTNLGRP_IPV6_ROUTE and 33 (above 32),
  *                  NETLINK_NO_ENOBUFS, NETLINK_EXT_ACK, SO_RCVBUF locked;
@@ -75,6 +81,10 @@
 
 #ifndef SO_BUF_LOCK
 #define SO_BUF_LOCK 72
+#endif
+#ifndef ICMP_FILTER /* linux/icmp.h, which clashes with netinet/ip_icmp.h */
+#define ICMP_FILTER 1
+struct icmp_filter { unsigned int data; };
 #endif
 #ifndef IPV6_FREEBIND
 #define IPV6_FREEBIND 78
@@ -468,11 +478,77 @@ static int packet(int queued) {
     return 0;
 }
 
+static void send_raw(int ipv6, const char *text) {
+    int fd = socket(ipv6 ? AF_INET6 : AF_INET, SOCK_RAW, 253);
+    struct sockaddr_storage to = ipv6 ? inet6("::1", 0) : inet4("127.0.0.1", 0);
+    /* IPV6_CHECKSUM 2 on the receiver: the sender fills in a checksum at offset 2 too. */
+    if (ipv6) set_int(fd, IPPROTO_IPV6, IPV6_CHECKSUM, 2, "IPV6_CHECKSUM sender");
+    if (sendto(fd, text, strlen(text), 0, (struct sockaddr *)&to, ipv6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in)) < 0)
+        fail("send raw%s: %s", ipv6 ? "6" : "4", strerror(errno));
+    close(fd);
+}
+
+static void expect_raw(int fd, int ipv6, const char *text, const char *what) {
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    char packet[256];
+    if (poll(&p, 1, 5000) != 1) { fail("%s: nothing arrived", what); return; }
+    ssize_t n = recv(fd, packet, sizeof(packet), MSG_DONTWAIT);
+    size_t header = ipv6 ? 0 : 20; /* IPv4 raw sockets see the IP header */
+    if (n != (ssize_t)(header + strlen(text)) || memcmp(packet + header, text + 0, 2) != 0 || memcmp(packet + header + 4, text + 4, strlen(text) - 4) != 0)
+        fail("%s: a packet of %zd bytes", what, n);
+}
+
+static int raw(int queued) {
+    int raw4 = socket(AF_INET, SOCK_RAW, 253);
+    struct sockaddr_storage lo = inet4("127.0.0.1", 0), lo6 = inet6("::1", 0);
+    if (raw4 < 0 || bind(raw4, (struct sockaddr *)&lo, sizeof(struct sockaddr_in)) != 0) die("raw4");
+    set_int(raw4, IPPROTO_IP, IP_TOS, 0x48, "IP_TOS");
+    int icmp = socket(AF_INET, SOCK_RAW, IPPROTO_ICMP);
+    struct icmp_filter filter = { .data = ~(1u << ICMP_ECHOREPLY) };
+    if (icmp < 0 || setsockopt(icmp, SOL_RAW, ICMP_FILTER, &filter, sizeof(filter)) != 0) die("icmp");
+    int raw6 = socket(AF_INET6, SOCK_RAW, 253);
+    if (raw6 < 0 || connect(raw6, (struct sockaddr *)&lo6, sizeof(struct sockaddr_in6)) != 0) die("raw6");
+    set_int(raw6, IPPROTO_IPV6, IPV6_CHECKSUM, 2, "IPV6_CHECKSUM");
+    int unbound = socket(AF_INET, SOCK_RAW, 254);
+    if (unbound < 0) die("unbound");
+    if (queued) { send_raw(0, "queued.."); usleep(50000); }
+    const char *names[] = { "raw4", "icmp", "raw6", "unbound" };
+    int fds[] = { raw4, icmp, raw6, unbound };
+    for (int i = 0; i < 4; i++) {
+        int fd = fds[i];
+        const char *label = names[i];
+        OPT(SOL_SOCKET, SO_TYPE); OPT(SOL_SOCKET, SO_PROTOCOL); OPT(SOL_SOCKET, SO_DOMAIN); OPT(SOL_SOCKET, SO_BUF_LOCK);
+        if (i == 2) { OPT(IPPROTO_IPV6, IPV6_CHECKSUM); OPT(IPPROTO_IPV6, IPV6_TCLASS); }
+        else { OPT(IPPROTO_IP, IP_TOS); OPT(IPPROTO_IP, IP_HDRINCL); }
+        if (i == 1) OPT(SOL_RAW, ICMP_FILTER);
+    }
+    struct sockaddr_storage name4, name6;
+    socklen_t size4 = sizeof(name4), size6 = sizeof(name6);
+    getsockname(raw4, (struct sockaddr *)&name4, &size4);
+    getsockname(raw6, (struct sockaddr *)&name6, &size6);
+    wait_for_term();
+    compare_all();
+    struct sockaddr_storage now;
+    socklen_t size = sizeof(now);
+    if (getsockname(raw4, (struct sockaddr *)&now, &size) != 0 || size != size4 || memcmp(&now, &name4, size) != 0) fail("raw4: its address changed");
+    size = sizeof(now);
+    if (getsockname(raw6, (struct sockaddr *)&now, &size) != 0 || size != size6 || memcmp(&now, &name6, size) != 0) fail("raw6: its address changed");
+    send_raw(0, "v4 after");
+    send_raw(1, "v6 after");
+    expect_raw(raw4, 0, "v4 after", "raw4");
+    expect_raw(raw6, 1, "v6 after", "raw6");
+    if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
+    printf("PASS\n");
+    fflush(stdout);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     signal(SIGTERM, on_term);
     signal(SIGPIPE, SIG_IGN);
     if (argc > 1 && strcmp(argv[1], "corked") == 0) return corked();
     if (argc > 1 && strcmp(argv[1], "netlink") == 0) return netlink();
+    if (argc > 1 && strcmp(argv[1], "raw") == 0) return raw(argc > 2 && strcmp(argv[2], "queued") == 0);
     if (argc > 1 && strcmp(argv[1], "packet") == 0) return packet(argc > 2 && strcmp(argv[2], "queued") == 0);
     if (argc > 1 && strcmp(argv[1], "ping") == 0) return ping(argc > 2 && strcmp(argv[2], "queued") == 0);
 

@@ -42,7 +42,8 @@ public struct InetAddress: Codable, Sendable, Equatable {
 public struct InetSocketState: DescriptorKind {
     static let name = "inetSocket"
     /// `icmp`: an ICMP (ICMPv6) "ping" socket, SOCK_DGRAM with IPPROTO_ICMP (IPPROTO_ICMPV6).
-    public enum Proto: String, Codable, Sendable { case udp, tcp, icmp }
+    /// `raw`: SOCK_RAW of protocol `rawProtocol`.
+    public enum Proto: String, Codable, Sendable { case udp, tcp, icmp, raw }
     /// `connecting`: SYN_SENT, connected again at restore; `closed`: a connection
     /// dumped or restored with --tcp-close, which comes back shut down both ways.
     public enum State: String, Codable, Sendable { case unconnected, listening, connected, connecting, closed }
@@ -95,10 +96,20 @@ public struct InetSocketState: DescriptorKind {
     public var tcp: TCPConnection?
     /// The options that are more than one integer (device, linger, filter, multicast groups...); nil in older images.
     public var settings: InetSocketSettings? = nil
+    /// A raw socket's IP protocol.
+    public var rawProtocol: Int32? = nil
 
     var family: Int32 { ipv6 ? AF_INET6 : AF_INET }
-    var kernelType: Int32 { proto == .tcp ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue) }
-    var kernelProtocol: Int32 { proto == .icmp ? (ipv6 ? Int32(IPPROTO_ICMPV6) : Int32(IPPROTO_ICMP)) : 0 }
+    var kernelType: Int32 {
+        proto == .tcp ? Int32(SOCK_STREAM.rawValue) : proto == .raw ? Int32(SOCK_RAW.rawValue) : Int32(SOCK_DGRAM.rawValue)
+    }
+    var kernelProtocol: Int32 {
+        switch proto {
+        case .icmp: ipv6 ? Int32(IPPROTO_ICMPV6) : Int32(IPPROTO_ICMP)
+        case .raw: rawProtocol ?? 0
+        default: 0
+        }
+    }
 }
 
 private func getInt(_ fd: FileDescriptor, _ level: Int32, _ option: Int32, _ name: String, _ object: String) throws -> Int32 {
@@ -141,10 +152,11 @@ extension InetSocketState {
         case (1, CRYO_IPPROTO_TCP): proto = .tcp
         case (2, CRYO_IPPROTO_UDP): proto = .udp
         case (2, Int32(IPPROTO_ICMP)) where family == AF_INET, (2, Int32(IPPROTO_ICMPV6)) where family == AF_INET6: proto = .icmp
+        case (3, 1...254): proto = .raw
         default:
             throw CryoError("\(p.object): \(UnixSocketState.describeSocket(fd, family: family, link: p.link, pid: p.pid)) is not supported yet")
         }
-        let what = "\(p.object): an \(familyName) \([.tcp: "TCP", .udp: "UDP", .icmp: "ICMP ping"][proto]!) socket (\(p.link))"
+        let what = "\(p.object): an \(familyName) \([.tcp: "TCP", .udp: "UDP", .icmp: "ICMP ping", .raw: "raw"][proto]!) socket (\(p.link)\(proto == .raw ? ", protocol \(protocolNumber)" : ""))"
         var local = InetAddress(try Sockets.name(fd, peer: false, object: what))
         if local?.port == 0 { local = nil }
         let peer = (try? Sockets.name(fd, peer: true, object: what)).flatMap { InetAddress($0) }
@@ -155,30 +167,37 @@ extension InetSocketState {
                 throw CryoError("\(what) holds corked data not sent yet (UDP_CORK or MSG_MORE; \(pending) bytes of send buffer in use); not supported")
             }
         }
-        if proto == .icmp {
+        if proto == .icmp || proto == .raw {
             // Replies would have to come from the peer again: nothing can put them back.
             // (Ping sockets answer no SIOCINQ: a peek tells.)
             var byte: UInt8 = 0
             if let reply = try withUnsafeMutableBytes(of: &byte, { try Sockets.peek(fd, into: $0, truncate: true, object: what) }) {
-                throw CryoError("\(what) holds an ICMP reply not read yet (\(reply.length) bytes); not supported")
+                throw CryoError("\(what) holds \(proto == .raw ? "a packet" : "an ICMP reply") not read yet (\(reply.length) bytes); not supported")
             }
         }
+        if proto == .raw && family == AF_INET6 && protocolNumber == Int32(IPPROTO_ICMPV6) {
+            var filter = [UInt8](repeating: 0, count: 32)
+            _ = try Sockets.option(fd, Int32(IPPROTO_ICMPV6), 1 /* ICMP6_FILTER */, into: &filter, name: "ICMP6_FILTER", object: what)
+            if filter.contains(where: { $0 != 0 }) { throw CryoError("\(what) has an ICMP6_FILTER; not supported") }
+        }
         var options: [String: Int32] = [:]
-        for o in InetIntegerOption.table(ipv6: family == AF_INET6, proto: proto) {
+        for o in InetIntegerOption.table(ipv6: family == AF_INET6, proto: proto, rawProtocol: protocolNumber) {
             options[o.name] = try getInt(fd, o.level, o.option, o.name, what)
         }
         let inode = UInt64(p.stat.st_ino)
         let settings = try InetSocketSettings.dump(fd, ipv6: family == AF_INET6, proto: proto, pid: p.pid, inode: inode, what: what)
         var s = InetSocketState(inode: inode, ipv6: family == AF_INET6, proto: proto, state: peer == nil ? .unconnected : .connected,
                                 local: local, peer: peer, backlog: nil, options: options, datagrams: [], tcp: nil,
-                                settings: settings.isEmpty ? nil : settings)
+                                settings: settings.isEmpty ? nil : settings, rawProtocol: proto == .raw ? protocolNumber : nil)
+        // A raw socket's "port" is its protocol, bound or not: only its address tells.
+        if proto == .raw, let address = s.local, address.isWildcard { s.local = nil }
         if proto == .udp {
             s.datagrams = try peekDatagrams(fd, peekOffset: options["SO_PEEK_OFF"] ?? -1, object: what)
             return s
         }
-        if proto == .icmp {
-            // Connected to port 0, as ping sockets are, getpeername says ENOTCONN: /proc/PID/net/icmp knows.
-            if s.peer == nil, let peer = connectingPeer(pid: p.pid, inode: inode, ipv6: family == AF_INET6, table: "icmp") {
+        if proto == .icmp || proto == .raw {
+            // Connected to port 0, as ping and raw sockets are, getpeername says ENOTCONN: /proc/PID/net/icmp (raw) knows.
+            if s.peer == nil, let peer = connectingPeer(pid: p.pid, inode: inode, ipv6: family == AF_INET6, table: proto == .raw ? "raw" : "icmp") {
                 s.peer = peer
                 s.state = .connected
             }
@@ -300,8 +319,8 @@ extension InetSocketState {
         for line in text.split(separator: "\n").dropFirst() {
             let fields = line.split(separator: " ")
             guard fields.count > 9, UInt64(fields[9]) == inode else { continue }
-            // A ping socket's peer only while connected (state 01).
-            if table == "icmp" && fields[3] != "01" { return nil }
+            // A ping or raw socket's peer only while connected (state 01).
+            if table != "tcp" && fields[3] != "01" { return nil }
             return procNetAddress(String(fields[2]))
         }
         return nil
@@ -359,6 +378,7 @@ extension InetSocketState {
         if state == .connecting && (proto != .tcp || peer == nil) { return "a connecting socket without TCP or destination" }
         if proto != .tcp && (tcp != nil || state == .listening) { return "a datagram socket with TCP state" }
         if proto == .icmp && !datagrams.isEmpty { return "an ICMP socket with queued datagrams" }
+        if proto == .raw && !(1...254).contains(rawProtocol ?? 0) { return "a raw socket without its protocol" }
         if let tcp, tcp.unsent < 0 || tcp.unsent > tcp.sendQueue.count { return "a TCP send queue with \(tcp.unsent) unsent bytes" }
         return nil
     }
@@ -424,7 +444,7 @@ final class InetSocketRebuilder: KindRebuilder {
             return fd
         }
         func preBind(_ fd: FileDescriptor, _ s: InetSocketState, _ what: String) throws {
-            for o in InetIntegerOption.table(ipv6: s.ipv6, proto: s.proto) where o.beforeBind {
+            for o in InetIntegerOption.table(ipv6: s.ipv6, proto: s.proto, rawProtocol: s.rawProtocol ?? 0) where o.beforeBind {
                 if let value = s.options[o.name], value != 0 { try setInt(fd, o.level, o.option, value, o.name, what) }
             }
             try s.settings?.restoreBeforeBind(fd, what: what)
@@ -547,7 +567,7 @@ final class InetSocketRebuilder: KindRebuilder {
         // 5. Options as they were, each only where the new socket differs; status flags.
         for (id, s, flags) in sockets {
             let fd = made[id]!, what = Self.object(id, s)
-            for o in InetIntegerOption.table(ipv6: s.ipv6, proto: s.proto) {
+            for o in InetIntegerOption.table(ipv6: s.ipv6, proto: s.proto, rawProtocol: s.rawProtocol ?? 0) {
                 guard let wanted = s.options[o.name], try getInt(fd, o.level, o.option, o.name, what) != wanted else { continue }
                 switch o.name {
                 case "SO_SNDBUF", "SO_RCVBUF", "SO_BUF_LOCK": continue // below

@@ -26,7 +26,7 @@ struct InetIntegerOption {
     /// Those kept for a socket of this family and protocol, in the order restore sets them:
     /// IP_TOS before SO_PRIORITY (setting the TOS sets the priority too); buffer sizes and
     /// SO_BUF_LOCK are set apart, last.
-    static func table(ipv6: Bool, proto: InetSocketState.Proto) -> [InetIntegerOption] {
+    static func table(ipv6: Bool, proto: InetSocketState.Proto, rawProtocol: Int32 = 0) -> [InetIntegerOption] {
         let tcp = proto == .tcp
         var table: [InetIntegerOption] = [
             .init("SO_REUSEADDR", CRYO_SOL_SOCKET, CRYO_SO_REUSEADDR, beforeBind: true),
@@ -38,8 +38,8 @@ struct InetIntegerOption {
             .init("SO_SNDBUF", CRYO_SOL_SOCKET, CRYO_SO_SNDBUF), .init("SO_RCVBUF", CRYO_SOL_SOCKET, CRYO_SO_RCVBUF),
             .init("SO_BUF_LOCK", CRYO_SOL_SOCKET, CRYO_SO_BUF_LOCK),
         ]
-        // Ping sockets have no peek offset.
-        if proto != .icmp { table.append(.init("SO_PEEK_OFF", CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF)) }
+        // Ping and raw sockets have no peek offset.
+        if proto != .icmp && proto != .raw { table.append(.init("SO_PEEK_OFF", CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF)) }
         if ipv6 {
             table += [
                 .init("IPV6_V6ONLY", CRYO_IPPROTO_IPV6, CRYO_IPV6_V6ONLY, beforeBind: true),
@@ -73,6 +73,12 @@ struct InetIntegerOption {
             ]
         } else if proto == .udp {
             table.append(.init("UDP_CORK", CRYO_IPPROTO_UDP, CRYO_UDP_CORK))
+        } else if proto == .raw && ipv6 {
+            table += [.init("IPV6_HDRINCL", CRYO_IPPROTO_IPV6, 36), .init("IPV6_CHECKSUM", CRYO_IPPROTO_IPV6, 7)]
+        } else if proto == .raw {
+            table.append(.init("IP_HDRINCL", CRYO_IPPROTO_IP, 3))
+            // Which ICMP types are dropped (a bitmap), ICMP raw sockets only.
+            if rawProtocol == Int32(IPPROTO_ICMP) { table.append(.init("ICMP_FILTER", 255 /* SOL_RAW */, 1)) }
         }
         return table
     }
@@ -189,8 +195,9 @@ extension InetSocketSettings {
             put(UInt32(capacity), at: 140, in: &request)
             do {
                 _ = try Sockets.option(fd, level, CRYO_MCAST_MSFILTER, into: &request, name: "MCAST_MSFILTER", object: what)
-            } catch let error as SyscallError where error.errno == .addressNotAvailable || error.errno == .operationNotSupportedByDevice {
-                return nil // not a member on that interface
+            } catch let error as SyscallError
+                        where [.addressNotAvailable, .operationNotSupportedByDevice, .protocolNotAvailable].contains(error.errno) {
+                return nil // not a member on that interface (a raw IPv6 socket has no IPv4 level at all)
             }
             let count = Int(get(request, at: 140))
             if count > capacity {
