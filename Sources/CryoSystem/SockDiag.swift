@@ -80,30 +80,30 @@ public enum SockDiag {
         }
     }
 
-    /// The shutdown bits (1: receive, 2: send) of the AF_INET/AF_INET6 socket with this inode,
-    /// from a dump of cryo's network namespace (INET_DIAG_SHUTDOWN); nil when it is not there.
-    public static func inetShutdown(family: Int32, protocol: Int32, inode: UInt32, object: String) throws -> UInt8? {
+    /// The shutdown bits (1: receive, 2: send) of every AF_INET/AF_INET6 socket of this protocol that
+    /// cryo's network namespace lists (INET_DIAG_SHUTDOWN; UDP lists bound sockets only), by inode.
+    public static func inetShutdowns(family: Int32, protocol: Int32, object: String) throws -> [UInt32: UInt8] {
         var request = inet_diag_req_v2()
         request.sdiag_family = UInt8(family)
         request.sdiag_protocol = UInt8(`protocol`)
         request.idiag_states = ~0
         let call = "sock_diag(\(family == AF_INET6 ? "AF_INET6" : "AF_INET"))"
-        var found: UInt8? = nil
+        var found: [UInt32: UInt8] = [:]
         try exchange(withUnsafeBytes(of: request) { Array($0) }, call: call, dump: true, object: object) { payload in
             let size = MemoryLayout<inet_diag_msg>.size
             guard payload.count >= size else { return true }
             let m = payload.withUnsafeBytes { $0.loadUnaligned(as: inet_diag_msg.self) }
-            guard m.idiag_inode == inode else { return true }
-            found = 0
+            let inode = m.idiag_inode
+            found[inode] = 0
             var offset = size
             while offset + 4 <= payload.count {
                 let length = Int(payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt16.self) })
                 let type = payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 2, as: UInt16.self) } & CRYO_NLA_TYPE_MASK
                 guard length >= 4, offset + length <= payload.count else { break }
-                if Int(type) == Int(INET_DIAG_SHUTDOWN), length >= 5 { found = payload[offset + 4] }
+                if Int(type) == Int(INET_DIAG_SHUTDOWN), length >= 5 { found[inode] = payload[offset + 4] }
                 offset += (length + 3) & ~3
             }
-            return false
+            return true
         }
         return found
     }

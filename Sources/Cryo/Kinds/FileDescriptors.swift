@@ -84,6 +84,8 @@ final class FileTableBuilder {
     var treePids: [pid_t] = []
     /// The tree's sessions whose terminal is a pty of the tree (read before any descriptor).
     var sessionTerminals: [SessionTerminal] = []
+    /// What kinds look up once per dump (the tree is frozen meanwhile): sock_diag tables..., by key.
+    var lookups: [String: Any] = [:]
     /// Duplicates a kind keeps for its finishDump, by file id.
     private var keptForFinish: [Int: FileDescriptor] = [:]
 

@@ -130,7 +130,8 @@ private let levelNames: [Int32: String] = [CRYO_IPPROTO_IP: "IP", CRYO_IPPROTO_I
 
 extension InetSocketSettings {
     /// Everything but the integers, read from cryo's duplicate of the socket of `pid`.
-    static func dump(_ fd: FileDescriptor, ipv6: Bool, proto: InetSocketState.Proto, pid: pid_t, inode: UInt64, what: String) throws -> InetSocketSettings {
+    static func dump(_ fd: FileDescriptor, ipv6: Bool, proto: InetSocketState.Proto, pid: pid_t, inode: UInt64,
+                     shutdowns: (Bool) -> [UInt32: UInt8], what: String) throws -> InetSocketSettings {
         let tcp = proto == .tcp
         var s = InetSocketSettings()
         var name = [UInt8](repeating: 0, count: 32)
@@ -160,7 +161,10 @@ extension InetSocketSettings {
         }
         let memberships = try dumpMemberships(fd, ipv6: ipv6, pid: pid, what: what)
         if !memberships.isEmpty { s.memberships = memberships }
-        if !tcp { s.shutdown = try datagramShutdown(fd, ipv6: ipv6, udp: proto == .udp, inode: inode, what: what) }
+        if !tcp {
+            let listed = proto == .udp ? shutdowns(ipv6)[UInt32(truncatingIfNeeded: inode)] : nil
+            s.shutdown = try listed.map { $0 & 3 } ?? datagramShutdown(fd, what: what)
+        }
         return s
     }
 
@@ -248,14 +252,10 @@ extension InetSocketSettings {
         }
     }
 
-    /// From sock_diag (INET_DIAG_SHUTDOWN) for UDP. A socket of another network namespace than cryo's
-    /// is not in its answer, and the kernel has no diag of ping sockets: then poll tells a shutdown
-    /// for reading (POLLRDHUP) or both ways (POLLHUP), not one for writing only.
-    private static func datagramShutdown(_ fd: FileDescriptor, ipv6: Bool, udp: Bool, inode: UInt64, what: String) throws -> UInt8 {
-        if udp, let bits = try? SockDiag.inetShutdown(family: ipv6 ? AF_INET6 : AF_INET, protocol: CRYO_IPPROTO_UDP, inode: UInt32(truncatingIfNeeded: inode),
-                                                 object: what) {
-            return bits & 3
-        }
+    /// For a socket sock_diag does not list (an unbound UDP socket, one of another network namespace
+    /// than cryo's, ping and raw sockets): poll tells a shutdown for reading (POLLRDHUP) or both ways
+    /// (POLLHUP), not one for writing only.
+    private static func datagramShutdown(_ fd: FileDescriptor, what: String) throws -> UInt8 {
         let events = try Sockets.pollEvents(fd, object: what)
         if events & Int16(POLLHUP) != 0 { return 3 }
         return events & 0x2000 != 0 ? 1 : 0
