@@ -132,21 +132,27 @@ static void remember_all(int fd, const char *label, int ipv6, int tcp, int buffe
     OPT(SOL_SOCKET, SO_BINDTODEVICE); OPT(SOL_SOCKET, SO_LINGER); OPT(SOL_SOCKET, SO_OOBINLINE);
     OPT(SOL_SOCKET, SO_RCVLOWAT); OPT(SOL_SOCKET, SO_RCVTIMEO); OPT(SOL_SOCKET, SO_SNDTIMEO);
     OPT(SOL_SOCKET, SO_BUF_LOCK); OPT(SOL_SOCKET, SO_GET_FILTER); OPT(SOL_SOCKET, SO_LOCK_FILTER);
+    OPT(SOL_SOCKET, SO_TIMESTAMP); OPT(SOL_SOCKET, SO_TIMESTAMPNS); OPT(SOL_SOCKET, SO_RXQ_OVFL); OPT(SOL_SOCKET, SO_SELECT_ERR_QUEUE);
     if (buffers_locked & 1) OPT(SOL_SOCKET, SO_SNDBUF);
     if (buffers_locked & 2) OPT(SOL_SOCKET, SO_RCVBUF);
     if (ipv6) {
         OPT(IPPROTO_IPV6, IPV6_V6ONLY); OPT(IPPROTO_IPV6, IPV6_TCLASS); OPT(IPPROTO_IPV6, IPV6_UNICAST_HOPS);
-        OPT(IPPROTO_IPV6, IPV6_FREEBIND); OPT(IPPROTO_IPV6, IPV6_TRANSPARENT);
+        OPT(IPPROTO_IPV6, IPV6_FREEBIND); OPT(IPPROTO_IPV6, IPV6_TRANSPARENT); OPT(IPPROTO_IPV6, IPV6_MTU_DISCOVER);
+        OPT(IPPROTO_IPV6, IPV6_RECVERR); OPT(IPPROTO_IPV6, IPV6_RECVPKTINFO); OPT(IPPROTO_IPV6, IPV6_RECVHOPLIMIT);
+        OPT(IPPROTO_IPV6, IPV6_RECVTCLASS);
         /* Multicast options mean nothing to TCP (an accepted socket's IP_MULTICAST_TTL is its SYN's TTL). */
         if (!tcp) { OPT(IPPROTO_IPV6, IPV6_MULTICAST_HOPS); OPT(IPPROTO_IPV6, IPV6_MULTICAST_LOOP); }
     } else {
         OPT(IPPROTO_IP, IP_TOS); OPT(IPPROTO_IP, IP_TTL); OPT(IPPROTO_IP, IP_FREEBIND); OPT(IPPROTO_IP, IP_TRANSPARENT);
+        OPT(IPPROTO_IP, IP_PKTINFO); OPT(IPPROTO_IP, IP_MTU_DISCOVER); OPT(IPPROTO_IP, IP_RECVERR); OPT(IPPROTO_IP, IP_RECVTTL);
+        OPT(IPPROTO_IP, IP_RECVTOS); OPT(IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT);
         if (!tcp) { OPT(IPPROTO_IP, IP_MULTICAST_TTL); OPT(IPPROTO_IP, IP_MULTICAST_LOOP); }
     }
     if (tcp == 1) {
         OPT(IPPROTO_TCP, TCP_NODELAY); OPT(IPPROTO_TCP, TCP_CORK); OPT(IPPROTO_TCP, TCP_KEEPIDLE);
         OPT(IPPROTO_TCP, TCP_KEEPINTVL); OPT(IPPROTO_TCP, TCP_KEEPCNT); OPT(IPPROTO_TCP, TCP_USER_TIMEOUT);
-        OPT(IPPROTO_TCP, TCP_CONGESTION);
+        OPT(IPPROTO_TCP, TCP_CONGESTION); OPT(IPPROTO_TCP, TCP_SYNCNT); OPT(IPPROTO_TCP, TCP_LINGER2);
+        OPT(IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS); OPT(IPPROTO_TCP, TCP_NOTSENT_LOWAT); OPT(IPPROTO_TCP, TCP_INQ);
     } else if (tcp == 0) {
         OPT(IPPROTO_UDP, UDP_CORK);
     }
@@ -577,6 +583,12 @@ int main(int argc, char **argv) {
     set_int(fd, IPPROTO_TCP, TCP_KEEPCNT, 4, "TCP_KEEPCNT");
     set_int(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, 5000, "TCP_USER_TIMEOUT");
     if (setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, "reno", 4) != 0) die("TCP_CONGESTION");
+    set_int(fd, SOL_SOCKET, SO_TIMESTAMP, 1, "SO_TIMESTAMP");
+    set_int(fd, IPPROTO_TCP, TCP_SYNCNT, 3, "TCP_SYNCNT");
+    set_int(fd, IPPROTO_TCP, TCP_LINGER2, 17, "TCP_LINGER2");
+    set_int(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, 65536, "TCP_NOTSENT_LOWAT");
+    set_int(fd, IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS, 1, "TCP_THIN_LINEAR_TIMEOUTS");
+    set_int(fd, IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT, "IP_MTU_DISCOVER");
     attach_filter(fd, 60000, 1, "listener filter");
     struct sockaddr_storage address = inet4("127.0.0.1", 0);
     if (bind(fd, (struct sockaddr *)&address, sizeof(struct sockaddr_in)) != 0 || listen(fd, 4) != 0) die("listener");
@@ -595,6 +607,8 @@ int main(int argc, char **argv) {
     set_int(client, IPPROTO_IP, IP_TOS, 0x10, "IP_TOS client");
     set_int(client, SOL_SOCKET, SO_PRIORITY, 2, "SO_PRIORITY client");
     set_int(client, IPPROTO_TCP, TCP_USER_TIMEOUT, 7000, "TCP_USER_TIMEOUT client");
+    set_int(client, IPPROTO_TCP, TCP_INQ, 1, "TCP_INQ client");
+    set_int(client, IPPROTO_IP, IP_RECVERR, 1, "IP_RECVERR client");
     set_int(server, SOL_SOCKET, SO_KEEPALIVE, 0, "SO_KEEPALIVE server");
     set_int(server, IPPROTO_TCP, TCP_KEEPCNT, 6, "TCP_KEEPCNT server");
     set_int(server, SOL_SOCKET, SO_RCVLOWAT, 1, "SO_RCVLOWAT server");
@@ -628,6 +642,13 @@ int main(int argc, char **argv) {
     set_int(udp4, IPPROTO_IP, IP_MULTICAST_LOOP, 0, "IP_MULTICAST_LOOP");
     set_int(udp4, IPPROTO_UDP, UDP_CORK, 1, "UDP_CORK");
     set_int(udp4, SOL_SOCKET, SO_RCVBUF, 40000, "SO_RCVBUF udp4");
+    set_int(udp4, IPPROTO_IP, IP_PKTINFO, 1, "IP_PKTINFO");
+    set_int(udp4, IPPROTO_IP, IP_RECVTTL, 1, "IP_RECVTTL");
+    set_int(udp4, IPPROTO_IP, IP_RECVTOS, 1, "IP_RECVTOS");
+    set_int(udp4, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1, "IP_BIND_ADDRESS_NO_PORT");
+    set_int(udp4, SOL_SOCKET, SO_TIMESTAMPNS, 1, "SO_TIMESTAMPNS");
+    set_int(udp4, SOL_SOCKET, SO_RXQ_OVFL, 1, "SO_RXQ_OVFL");
+    set_int(udp4, SOL_SOCKET, SO_SELECT_ERR_QUEUE, 1, "SO_SELECT_ERR_QUEUE");
     if (bind(udp4, (struct sockaddr *)&any4, sizeof(struct sockaddr_in)) != 0) die("udp4 bind");
     struct sockaddr_storage group4 = inet4("239.1.2.3", 0), ssm4 = inet4("232.1.1.1", 0), source4 = inet4("10.9.8.7", 0);
     join(udp4, IPPROTO_IP, group4, "MCAST_JOIN_GROUP udp4");
@@ -641,6 +662,11 @@ int main(int argc, char **argv) {
     set_int(udp6, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, 7, "IPV6_MULTICAST_HOPS");
     set_int(udp6, IPPROTO_IPV6, IPV6_MULTICAST_LOOP, 0, "IPV6_MULTICAST_LOOP");
     set_int(udp6, IPPROTO_IPV6, IPV6_TCLASS, 0x20, "IPV6_TCLASS udp6");
+    set_int(udp6, IPPROTO_IPV6, IPV6_RECVPKTINFO, 1, "IPV6_RECVPKTINFO");
+    set_int(udp6, IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1, "IPV6_RECVHOPLIMIT");
+    set_int(udp6, IPPROTO_IPV6, IPV6_RECVTCLASS, 1, "IPV6_RECVTCLASS");
+    set_int(udp6, IPPROTO_IPV6, IPV6_RECVERR, 1, "IPV6_RECVERR");
+    set_int(udp6, IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE, "IPV6_MTU_DISCOVER");
     if (connect(udp6, (struct sockaddr *)&peer6, sizeof(struct sockaddr_in6)) != 0) die("udp6 connect");
     join(udp6, IPPROTO_IPV6, group6, "MCAST_JOIN_GROUP udp6");
     if (shutdown(udp6, SHUT_WR) != 0) die("udp6 shutdown");

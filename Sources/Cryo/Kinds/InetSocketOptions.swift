@@ -37,6 +37,9 @@ struct InetIntegerOption {
             .init("SO_RCVLOWAT", CRYO_SOL_SOCKET, CRYO_SO_RCVLOWAT),
             .init("SO_SNDBUF", CRYO_SOL_SOCKET, CRYO_SO_SNDBUF), .init("SO_RCVBUF", CRYO_SOL_SOCKET, CRYO_SO_RCVBUF),
             .init("SO_BUF_LOCK", CRYO_SOL_SOCKET, CRYO_SO_BUF_LOCK),
+            // What recvmsg reports along (numbers of the x86-64 uapi: SO_TIMESTAMP_OLD, SO_TIMESTAMPNS_OLD).
+            .init("SO_TIMESTAMP", CRYO_SOL_SOCKET, 29), .init("SO_TIMESTAMPNS", CRYO_SOL_SOCKET, 35),
+            .init("SO_RXQ_OVFL", CRYO_SOL_SOCKET, 40), .init("SO_SELECT_ERR_QUEUE", CRYO_SOL_SOCKET, 45),
         ]
         // Ping and raw sockets have no peek offset.
         if proto != .icmp && proto != .raw { table.append(.init("SO_PEEK_OFF", CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF)) }
@@ -47,6 +50,9 @@ struct InetIntegerOption {
                 .init("IPV6_TRANSPARENT", CRYO_IPPROTO_IPV6, CRYO_IPV6_TRANSPARENT, beforeBind: true),
                 .init("IPV6_TCLASS", CRYO_IPPROTO_IPV6, CRYO_IPV6_TCLASS),
                 .init("IPV6_UNICAST_HOPS", CRYO_IPPROTO_IPV6, CRYO_IPV6_UNICAST_HOPS),
+                .init("IPV6_MTU_DISCOVER", CRYO_IPPROTO_IPV6, 23), .init("IPV6_RECVERR", CRYO_IPPROTO_IPV6, 25),
+                .init("IPV6_RECVPKTINFO", CRYO_IPPROTO_IPV6, 49), .init("IPV6_RECVHOPLIMIT", CRYO_IPPROTO_IPV6, 51),
+                .init("IPV6_RECVTCLASS", CRYO_IPPROTO_IPV6, 66),
             ]
             // Datagram sockets only (a stream socket refuses to set them).
             if !tcp {
@@ -57,7 +63,10 @@ struct InetIntegerOption {
             table += [
                 .init("IP_FREEBIND", CRYO_IPPROTO_IP, CRYO_IP_FREEBIND, beforeBind: true),
                 .init("IP_TRANSPARENT", CRYO_IPPROTO_IP, CRYO_IP_TRANSPARENT, beforeBind: true),
+                .init("IP_BIND_ADDRESS_NO_PORT", CRYO_IPPROTO_IP, 24, beforeBind: true),
                 .init("IP_TOS", CRYO_IPPROTO_IP, CRYO_IP_TOS), .init("IP_TTL", CRYO_IPPROTO_IP, CRYO_IP_TTL),
+                .init("IP_PKTINFO", CRYO_IPPROTO_IP, 8), .init("IP_MTU_DISCOVER", CRYO_IPPROTO_IP, 10),
+                .init("IP_RECVERR", CRYO_IPPROTO_IP, 11), .init("IP_RECVTTL", CRYO_IPPROTO_IP, 12), .init("IP_RECVTOS", CRYO_IPPROTO_IP, 13),
             ]
             if !tcp {
                 table += [.init("IP_MULTICAST_TTL", CRYO_IPPROTO_IP, CRYO_IP_MULTICAST_TTL),
@@ -70,6 +79,9 @@ struct InetIntegerOption {
                 .init("TCP_NODELAY", CRYO_IPPROTO_TCP, CRYO_TCP_NODELAY), .init("TCP_KEEPIDLE", CRYO_IPPROTO_TCP, CRYO_TCP_KEEPIDLE),
                 .init("TCP_KEEPINTVL", CRYO_IPPROTO_TCP, CRYO_TCP_KEEPINTVL), .init("TCP_KEEPCNT", CRYO_IPPROTO_TCP, CRYO_TCP_KEEPCNT),
                 .init("TCP_USER_TIMEOUT", CRYO_IPPROTO_TCP, CRYO_TCP_USER_TIMEOUT), .init("TCP_CORK", CRYO_IPPROTO_TCP, CRYO_TCP_CORK),
+                .init("TCP_SYNCNT", CRYO_IPPROTO_TCP, 7), .init("TCP_LINGER2", CRYO_IPPROTO_TCP, 8),
+                .init("TCP_THIN_LINEAR_TIMEOUTS", CRYO_IPPROTO_TCP, 16), .init("TCP_NOTSENT_LOWAT", CRYO_IPPROTO_TCP, 25),
+                .init("TCP_INQ", CRYO_IPPROTO_TCP, 36),
             ]
         } else if proto == .udp {
             table.append(.init("UDP_CORK", CRYO_IPPROTO_UDP, CRYO_UDP_CORK))
