@@ -9,6 +9,7 @@
 #     CRYO=.build-rel/release/cryo sudo -E Scripts/bench-migrate.sh   # a cryo already built
 #     VERBOSE=1 ...                                 # also migrate's statistics and receive's log
 #     INSECURE=1 MODES=lazy ...                     # plain TCP instead of TLS; only the lazy mode
+#     MODES="eager lazy lazy1" ...                  # lazy1: --lazy-pages --max-rounds 1 (post-copy after round 1)
 #
 # Per run: the pre-copy rounds with their bytes, the time the tree was frozen
 # on the source until the destination said it runs (cryo's figure), the total
@@ -101,6 +102,7 @@ for ((run = 1; run <= runs; run++)); do
         sleep 2   # writing at its rate for a while
         extra=()
         [[ $mode == lazy ]] && extra=(--lazy-pages)
+        [[ $mode == lazy1 ]] && extra=(--lazy-pages --max-rounds 1)   # post-copy right after the first round
         "${inb[@]}" "$cryo" receive --listen 10.78.0.2:7460 "${security[@]}" --pidns -v >"$work/receive.out" 2>"$work/receive.err" &
         recv=$!
         for ((i = 0; i < 100; i++)); do "${inb[@]}" ss -ltnH | grep -q ':7460' && break; sleep 0.05; done

@@ -562,7 +562,7 @@ extension MemoryRecord {
     /// in mappings no longer tracked) are read from the frozen task now; the
     /// others are left to `PendingFill`, after the task is released. The file
     /// system must have room for that fill before anything is written.
-    func dumpPages(pid: pid_t, to pagesPath: String, previous: PreDumpPages, held: HeldPages?,
+    func dumpPages(pid: pid_t, to pagesPath: String, previous: PreDumpPages, held: HeldPages?, readFresh: Bool = true,
                    statistics: inout DumpStatistics) throws -> (PageIndex, PendingFill) {
         let pagemap = try Files.open("/proc/\(pid)/pagemap", .readOnly)
         defer { try? pagemap.close() }
@@ -607,6 +607,8 @@ extension MemoryRecord {
         // Room for the fill, checked now (statvfs: fallocate of the whole file costs frozen time).
         try Files.truncate(out, to: total, path: pagesPath)
         try FileRanges.requireSpace(out, bytes: total, object: pagesPath)
+        // Post-copy: whoever takes the image reads these from the frozen task itself, only those it sends now.
+        if !readFresh { return (PageIndex(runs: runs, pagesFileSize: total), fill) }
         let writer = PageWriter(file: out, path: pagesPath)
         defer { writer.close() }
         var copied: UInt64 = 0

@@ -146,9 +146,11 @@ public struct Migrator {
             try Self.sendImage(image, wire: wire, verdict: verdict, postCopy: postCopy)
         }
         do {
-            statistics.dump = try Dumper(options: DumpOptions(pid: pid, directory: "\(scratch)/final", leaveRunning: false, shellJob: options.shellJob,
-                                                tcpEstablished: options.tcpEstablished, previousImages: scratch,
-                                                handOver: handOver), logger: logger).run()
+            var dumpOptions = DumpOptions(pid: pid, directory: "\(scratch)/final", leaveRunning: false, shellJob: options.shellJob,
+                                          tcpEstablished: options.tcpEstablished, previousImages: scratch, handOver: handOver)
+            // Post-copy: pages left for after the start are read once, when sent; not into a file while frozen.
+            dumpOptions.freshPagesInTree = postCopy
+            statistics.dump = try Dumper(options: dumpOptions, logger: logger).run()
         } catch {
             releaseHolder(scratch)
             if !verdict.heard { wire.fail("the source gave up: \(error)") }
@@ -284,8 +286,12 @@ public struct Migrator {
                 while done < range[1] {
                     let n = Int(min(UInt64(chunk), range[1] - done))
                     let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n])
-                    let got = try fd.read(fromAbsoluteOffset: Int64(range[0] + done), into: view)
-                    guard got == n else { throw CryoError("\(path): short read at \(range[0] + done)") }
+                    if image.freshInTree, let pid = pagesFilePid(name), let runs = image.pageRuns[pid], begin.sparse == true {
+                        try readTree(pid: pid, runs: runs, offset: range[0] + done, into: view)
+                    } else {
+                        let got = try fd.read(fromAbsoluteOffset: Int64(range[0] + done), into: view)
+                        guard got == n else { throw CryoError("\(path): short read at \(range[0] + done)") }
+                    }
                     var header = FrameHeader()
                     header.offset = range[0] + done
                     try wire.send(.fileData, header, data: UnsafeRawBufferPointer(view))
@@ -308,6 +314,25 @@ public struct Migrator {
         case .restored: return
         case .failed: throw CryoError("destination \(wire.link.peer) failed: \(header.message ?? "no reason given")")
         default: throw CryoError("destination \(wire.link.peer) answered \(kind) to the image")
+        }
+    }
+
+    /// Bytes at `offset` of a pages file the dump left as holes, from the frozen task (runs: offsets consecutive).
+    static func readTree(pid: Int32, runs: [PageRun], offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        var low = 0, high = runs.count
+        while low < high {
+            let mid = (low + high) / 2
+            if runs[mid].offset + runs[mid].length <= offset { low = mid + 1 } else { high = mid }
+        }
+        var done = 0, r = low
+        while done < buffer.count {
+            guard r < runs.count else { throw CryoError("pid \(pid): offset \(offset) is beyond its pages") }
+            let at = offset + UInt64(done)
+            let take = Int(min(UInt64(buffer.count - done), runs[r].offset + runs[r].length - at))
+            try RemoteMemory.read(pid, at: runs[r].address + (at - runs[r].offset),
+                                  into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + take)]))
+            done += take
+            r += 1
         }
     }
 

@@ -36,6 +36,9 @@ public struct DumpOptions: Sendable {
     /// is still frozen. Returning goes on as usual (kill, or release with leaveRunning); throwing
     /// releases it. Pages left to the pre-dump are not filled in (the destination holds them).
     public var handOver: (@Sendable (FrozenImage) throws -> Void)?
+    /// With `handOver` after a pre-dump: pages written since are not read into the pages file (it keeps
+    /// holes there); the hand-over reads from the frozen tree those it needs (`FrozenImage.freshInTree`).
+    public var freshPagesInTree = false
     /// --manage-cgroups: anything but `ignore` records the tree's cgroups.
     public var cgroupMode: CgroupManagement = .soft
     public init(pid: pid_t, directory: String, leaveRunning: Bool, shellJob: Bool, tcpEstablished: Bool = false,
@@ -62,6 +65,8 @@ public struct FrozenImage: Sendable {
     public var unchangedPages: [Int32: [[UInt64]]]
     /// Per pid, where pages-PID.img's runs go in memory.
     public var pageRuns: [Int32: [PageRun]]
+    /// The pages not in `unchangedPages` are holes in the file: read them from the tree (still frozen).
+    public var freshInTree = false
 }
 
 /// Freezes a process, writes its image, then kills it or lets it go on.
@@ -177,6 +182,7 @@ public struct Dumper {
                         let target = options.compress ? paths.pages(process.pid) + ".raw" : paths.pages(process.pid)
                         if options.compress { created.append(target) }
                         let (index, fill) = try memory.dumpPages(pid: process.pid, to: target, previous: base, held: held,
+                                                                 readFresh: !options.freshPagesInTree,
                                                                  statistics: &statistics)
                         pageIndex = index
                         fills.append(fill)
@@ -248,7 +254,8 @@ public struct Dumper {
                 let names = all.filter { Files.exists($0) && seen.insert($0).inserted }.map { String($0.split(separator: "/").last!) }
                 var unchanged: [Int32: [[UInt64]]] = [:]
                 for fill in fills { unchanged[fill.pid] = fill.pieces.map { [$0[1], $0[2]] } }
-                try handOver(FrozenImage(directory: options.directory, files: names, unchangedPages: unchanged, pageRuns: pageRuns))
+                try handOver(FrozenImage(directory: options.directory, files: names, unchangedPages: unchanged, pageRuns: pageRuns,
+                                         freshInTree: options.freshPagesInTree && previous != nil))
             }
         } catch {
             try? taskWriter.finish() // before the partial image is removed
