@@ -365,7 +365,8 @@ public struct Migrator {
         do {
             while true {
                 // Requests first: a fault may be waiting on them.
-                while pagesDone || !push || wire.link.readable() {
+                // Streaming waits for the start: until then the destination's CPU is the restore's.
+                while pagesDone || !push || verdict.restoredAt == nil || wire.link.readable() {
                     let (kind, header, length) = try wire.receive()
                     guard length == 0 else { throw CryoError("destination \(wire.link.peer) sent data with a \(kind) frame") }
                     switch kind {
