@@ -141,12 +141,18 @@ static void remember_all(int fd, const char *label, int ipv6, int tcp, int buffe
         OPT(IPPROTO_IPV6, IPV6_RECVERR); OPT(IPPROTO_IPV6, IPV6_RECVPKTINFO); OPT(IPPROTO_IPV6, IPV6_RECVHOPLIMIT);
         OPT(IPPROTO_IPV6, IPV6_RECVTCLASS);
         /* Multicast options mean nothing to TCP (an accepted socket's IP_MULTICAST_TTL is its SYN's TTL). */
-        if (!tcp) { OPT(IPPROTO_IPV6, IPV6_MULTICAST_HOPS); OPT(IPPROTO_IPV6, IPV6_MULTICAST_LOOP); }
+        if (!tcp) {
+            OPT(IPPROTO_IPV6, IPV6_MULTICAST_HOPS); OPT(IPPROTO_IPV6, IPV6_MULTICAST_LOOP); OPT(IPPROTO_IPV6, IPV6_MULTICAST_IF);
+            OPT(IPPROTO_IPV6, IPV6_UNICAST_IF);
+        }
     } else {
         OPT(IPPROTO_IP, IP_TOS); OPT(IPPROTO_IP, IP_TTL); OPT(IPPROTO_IP, IP_FREEBIND); OPT(IPPROTO_IP, IP_TRANSPARENT);
         OPT(IPPROTO_IP, IP_PKTINFO); OPT(IPPROTO_IP, IP_MTU_DISCOVER); OPT(IPPROTO_IP, IP_RECVERR); OPT(IPPROTO_IP, IP_RECVTTL);
         OPT(IPPROTO_IP, IP_RECVTOS); OPT(IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT);
-        if (!tcp) { OPT(IPPROTO_IP, IP_MULTICAST_TTL); OPT(IPPROTO_IP, IP_MULTICAST_LOOP); }
+        if (!tcp) {
+            OPT(IPPROTO_IP, IP_MULTICAST_TTL); OPT(IPPROTO_IP, IP_MULTICAST_LOOP); OPT(IPPROTO_IP, IP_MULTICAST_IF);
+            OPT(IPPROTO_IP, IP_MULTICAST_ALL); OPT(IPPROTO_IP, IP_UNICAST_IF);
+        }
     }
     if (tcp == 1) {
         OPT(IPPROTO_TCP, TCP_NODELAY); OPT(IPPROTO_TCP, TCP_CORK); OPT(IPPROTO_TCP, TCP_KEEPIDLE);
@@ -643,6 +649,10 @@ int main(int argc, char **argv) {
     set_int(udp4, IPPROTO_UDP, UDP_CORK, 1, "UDP_CORK");
     set_int(udp4, SOL_SOCKET, SO_RCVBUF, 40000, "SO_RCVBUF udp4");
     set_int(udp4, IPPROTO_IP, IP_PKTINFO, 1, "IP_PKTINFO");
+    set_int(udp4, IPPROTO_IP, IP_MULTICAST_ALL, 0, "IP_MULTICAST_ALL");
+    set_int(udp4, IPPROTO_IP, IP_UNICAST_IF, (int)htonl(if_nametoindex("lo")), "IP_UNICAST_IF");
+    struct in_addr loopback = { htonl(INADDR_LOOPBACK) };
+    if (setsockopt(udp4, IPPROTO_IP, IP_MULTICAST_IF, &loopback, sizeof(loopback)) != 0) die("IP_MULTICAST_IF");
     set_int(udp4, IPPROTO_IP, IP_RECVTTL, 1, "IP_RECVTTL");
     set_int(udp4, IPPROTO_IP, IP_RECVTOS, 1, "IP_RECVTOS");
     set_int(udp4, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1, "IP_BIND_ADDRESS_NO_PORT");
@@ -663,6 +673,8 @@ int main(int argc, char **argv) {
     set_int(udp6, IPPROTO_IPV6, IPV6_MULTICAST_LOOP, 0, "IPV6_MULTICAST_LOOP");
     set_int(udp6, IPPROTO_IPV6, IPV6_TCLASS, 0x20, "IPV6_TCLASS udp6");
     set_int(udp6, IPPROTO_IPV6, IPV6_RECVPKTINFO, 1, "IPV6_RECVPKTINFO");
+    set_int(udp6, IPPROTO_IPV6, IPV6_MULTICAST_IF, (int)if_nametoindex("lo"), "IPV6_MULTICAST_IF");
+    set_int(udp6, IPPROTO_IPV6, IPV6_UNICAST_IF, (int)htonl(if_nametoindex("lo")), "IPV6_UNICAST_IF");
     set_int(udp6, IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1, "IPV6_RECVHOPLIMIT");
     set_int(udp6, IPPROTO_IPV6, IPV6_RECVTCLASS, 1, "IPV6_RECVTCLASS");
     set_int(udp6, IPPROTO_IPV6, IPV6_RECVERR, 1, "IPV6_RECVERR");

@@ -57,7 +57,8 @@ struct InetIntegerOption {
             // Datagram sockets only (a stream socket refuses to set them).
             if !tcp {
                 table += [.init("IPV6_MULTICAST_HOPS", CRYO_IPPROTO_IPV6, CRYO_IPV6_MULTICAST_HOPS),
-                          .init("IPV6_MULTICAST_LOOP", CRYO_IPPROTO_IPV6, CRYO_IPV6_MULTICAST_LOOP)]
+                          .init("IPV6_MULTICAST_LOOP", CRYO_IPPROTO_IPV6, CRYO_IPV6_MULTICAST_LOOP),
+                          .init("IPV6_MULTICAST_IF", CRYO_IPPROTO_IPV6, 17), .init("IPV6_UNICAST_IF", CRYO_IPPROTO_IPV6, 76)]
             }
         } else {
             table += [
@@ -69,8 +70,11 @@ struct InetIntegerOption {
                 .init("IP_RECVERR", CRYO_IPPROTO_IP, 11), .init("IP_RECVTTL", CRYO_IPPROTO_IP, 12), .init("IP_RECVTOS", CRYO_IPPROTO_IP, 13),
             ]
             if !tcp {
+                // IP_MULTICAST_IF reads back the address only (an interface index given with ip_mreqn is not kept).
                 table += [.init("IP_MULTICAST_TTL", CRYO_IPPROTO_IP, CRYO_IP_MULTICAST_TTL),
-                          .init("IP_MULTICAST_LOOP", CRYO_IPPROTO_IP, CRYO_IP_MULTICAST_LOOP)]
+                          .init("IP_MULTICAST_LOOP", CRYO_IPPROTO_IP, CRYO_IP_MULTICAST_LOOP),
+                          .init("IP_MULTICAST_IF", CRYO_IPPROTO_IP, 32), .init("IP_MULTICAST_ALL", CRYO_IPPROTO_IP, 49),
+                          .init("IP_UNICAST_IF", CRYO_IPPROTO_IP, 50)]
             }
         }
         table.append(.init("SO_PRIORITY", CRYO_SOL_SOCKET, CRYO_SO_PRIORITY))
