@@ -333,25 +333,51 @@ private func inNetworkNamespace(_ label: String, _ body: ([String], String) thro
     try body(["/usr/bin/nsenter", "--net=/run/netns/\(namespace)"], namespace)
 }
 
+/// `sockopts MODE queued` in the namespace: its dump is refused in one line that names
+/// the descriptor and says each of `words`, and the fixture runs on.
+private func expectQueuedRefused(_ mode: String, saying words: [String], enter: [String], in scratch: Scratch,
+                                 sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let queued = try Fixture("sockopts", arguments: [mode, "queued"], in: scratch, launcher: enter, logPath: scratch.file("queued.log"))
+    defer { queued.cleanUp() }
+    try queued.waitReady()
+    let refused = try cryo(["dump", "-t", "\(queued.pid)", "-D", scratch.file("refused")], in: scratch, reaping: queued, launcher: enter)
+    #expect(refused.failed && refused.stderrLines.count == 1 && refused.stderr.contains("pid \(queued.pid) fd ")
+            && words.allSatisfy(refused.stderr.contains), "\(refused)", sourceLocation: sourceLocation)
+    #expect(queued.pollOriginal() == nil, "a refused dump must leave the fixture running", sourceLocation: sourceLocation)
+    queued.signal(SIGKILL)
+    _ = queued.reapOriginal(timeout: 10)
+}
+
+/// `sockopts ARGUMENTS` in the namespace: dump (with `options`, given to restore too),
+/// kill, restore, SIGTERM, PASS; the hooks look at the world at each step.
+private func sockoptsRoundTrip(_ arguments: [String], options: [String] = [], enter: [String], in scratch: Scratch,
+                               beforeDump: (Fixture) throws -> Void = { _ in }, afterDump: (String) throws -> Void = { _ in },
+                               whileRunning: () throws -> Void = {}, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let fixture = try Fixture("sockopts", arguments: arguments, in: scratch, launcher: enter)
+    defer { fixture.cleanUp() }
+    try fixture.waitReady()
+    try beforeDump(fixture)
+    let images = scratch.file("img")
+    let dump = try cryo(["dump"] + options + ["-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture, launcher: enter)
+    try #require(dump.succeeded, "\(dump)\n\(fixture.report)", sourceLocation: sourceLocation)
+    try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump", sourceLocation: sourceLocation)
+    try afterDump(images)
+    let restore = try CryoProcess(["restore", "-D", images] + options, in: scratch, launcher: enter)
+    defer { restore.stop() }
+    try expectRestoredAndPassing(fixture, by: restore, timeout: 60, whileRunning: whileRunning, sourceLocation: sourceLocation)
+}
+
 extension EndToEnd.InetTests {
     @Test("socket options of TCP and UDP sockets (IPv4, IPv6) read back equal after restore (device, filter, groups...)")
     func socketOptions() throws {
         try inNetworkNamespace("opts") { enter in
             let scratch = try Scratch("inet-options")
             defer { scratch.remove() }
-            let fixture = try Fixture("sockopts", arguments: [], in: scratch, launcher: enter)
-            defer { fixture.cleanUp() }
-            try fixture.waitReady()
-            let images = scratch.file("img")
-            let dump = try cryo(["dump", "--tcp-established", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture, launcher: enter)
-            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
-            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump")
-            let show = try cryo(["show", images], in: scratch)
-            #expect(show.stdout.contains("device lo") && show.stdout.contains("filter of 4 instructions, locked")
-                    && show.stdout.contains("2 multicast groups") && show.stdout.contains("shut down for writing"), "\(show)")
-            let restore = try CryoProcess(["restore", "-D", images, "--tcp-established"], in: scratch, launcher: enter)
-            defer { restore.stop() }
-            try expectRestoredAndPassing(fixture, by: restore, timeout: 60)
+            try sockoptsRoundTrip([], options: ["--tcp-established"], enter: enter, in: scratch, afterDump: { images in
+                let show = try cryo(["show", images], in: scratch)
+                #expect(show.stdout.contains("device lo") && show.stdout.contains("filter of 4 instructions, locked")
+                        && show.stdout.contains("2 multicast groups") && show.stdout.contains("shut down for writing"), "\(show)")
+            })
         }
     }
 
@@ -385,26 +411,9 @@ extension EndToEnd.InetTests {
             let scratch = try Scratch("ping")
             defer { scratch.remove() }
 
-            let queued = try Fixture("sockopts", arguments: ["ping", "queued"], in: scratch, launcher: enter, logPath: scratch.file("queued.log"))
-            defer { queued.cleanUp() }
-            try queued.waitReady()
-            let refused = try cryo(["dump", "-t", "\(queued.pid)", "-D", scratch.file("refused")], in: scratch, reaping: queued, launcher: enter)
-            #expect(refused.failed && refused.stderrLines.count == 1 && refused.stderr.contains("pid \(queued.pid) fd ")
-                    && refused.stderr.contains("ICMP ping") && refused.stderr.contains("reply not read"), "\(refused)")
-            #expect(queued.pollOriginal() == nil, "a refused dump must leave the fixture running")
-            queued.signal(SIGKILL)
-            _ = queued.reapOriginal(timeout: 10)
+            try expectQueuedRefused("ping", saying: ["ICMP ping", "reply not read"], enter: enter, in: scratch)
 
-            let fixture = try Fixture("sockopts", arguments: ["ping"], in: scratch, launcher: enter)
-            defer { fixture.cleanUp() }
-            try fixture.waitReady()
-            let images = scratch.file("img")
-            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture, launcher: enter)
-            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
-            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump")
-            let restore = try CryoProcess(["restore", "-D", images], in: scratch, launcher: enter)
-            defer { restore.stop() }
-            try expectRestoredAndPassing(fixture, by: restore, timeout: 60)
+            try sockoptsRoundTrip(["ping"], enter: enter, in: scratch)
         }
     }
 }
@@ -415,16 +424,7 @@ extension EndToEnd.InetTests {
         try inNetworkNamespace("netlink") { enter in
             let scratch = try Scratch("netlink")
             defer { scratch.remove() }
-            let fixture = try Fixture("sockopts", arguments: ["netlink"], in: scratch, launcher: enter)
-            defer { fixture.cleanUp() }
-            try fixture.waitReady()
-            let images = scratch.file("img")
-            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture, launcher: enter)
-            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
-            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump")
-            let restore = try CryoProcess(["restore", "-D", images], in: scratch, launcher: enter)
-            defer { restore.stop() }
-            try expectRestoredAndPassing(fixture, by: restore, timeout: 60)
+            try sockoptsRoundTrip(["netlink"], enter: enter, in: scratch)
         }
     }
 }
@@ -442,28 +442,13 @@ extension EndToEnd.InetTests {
                 }.joined(separator: ", ")
             }
 
-            let queued = try Fixture("sockopts", arguments: ["packet", "queued"], in: scratch, launcher: enter, logPath: scratch.file("queued.log"))
-            defer { queued.cleanUp() }
-            try queued.waitReady()
-            let refused = try cryo(["dump", "-t", "\(queued.pid)", "-D", scratch.file("refused")], in: scratch, reaping: queued, launcher: enter)
-            #expect(refused.failed && refused.stderrLines.count == 1 && refused.stderr.contains("pid \(queued.pid) fd ")
-                    && refused.stderr.contains("AF_PACKET") && refused.stderr.contains("frame not read"), "\(refused)")
-            #expect(queued.pollOriginal() == nil, "a refused dump must leave the fixture running")
-            queued.signal(SIGKILL)
-            _ = queued.reapOriginal(timeout: 10)
+            try expectQueuedRefused("packet", saying: ["AF_PACKET", "frame not read"], enter: enter, in: scratch)
 
-            let fixture = try Fixture("sockopts", arguments: ["packet"], in: scratch, launcher: enter)
-            defer { fixture.cleanUp() }
-            try fixture.waitReady()
-            #expect(loCounts() == "promiscuity 1, allmulti 1", "before the dump")
-            let images = scratch.file("img")
-            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture, launcher: enter)
-            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
-            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump")
-            #expect(loCounts() == "promiscuity 0, allmulti 0", "the dumped socket is gone")
-            let restore = try CryoProcess(["restore", "-D", images], in: scratch, launcher: enter)
-            defer { restore.stop() }
-            try expectRestoredAndPassing(fixture, by: restore, timeout: 60, whileRunning: {
+            try sockoptsRoundTrip(["packet"], enter: enter, in: scratch, beforeDump: { _ in
+                #expect(loCounts() == "promiscuity 1, allmulti 1", "before the dump")
+            }, afterDump: { _ in
+                #expect(loCounts() == "promiscuity 0, allmulti 0", "the dumped socket is gone")
+            }, whileRunning: {
                 #expect(loCounts() == "promiscuity 1, allmulti 1", "memberships after restore")
             })
         }
@@ -476,27 +461,9 @@ extension EndToEnd.InetTests {
         try inNetworkNamespace("raw") { enter in
             let scratch = try Scratch("raw")
             defer { scratch.remove() }
-            let queued = try Fixture("sockopts", arguments: ["raw", "queued"], in: scratch, launcher: enter, logPath: scratch.file("queued.log"))
-            defer { queued.cleanUp() }
-            try queued.waitReady()
-            let refused = try cryo(["dump", "-t", "\(queued.pid)", "-D", scratch.file("refused")], in: scratch, reaping: queued, launcher: enter)
-            #expect(refused.failed && refused.stderrLines.count == 1 && refused.stderr.contains("pid \(queued.pid) fd ")
-                    && refused.stderr.contains("raw socket") && refused.stderr.contains("protocol 253")
-                    && refused.stderr.contains("packet not read"), "\(refused)")
-            #expect(queued.pollOriginal() == nil, "a refused dump must leave the fixture running")
-            queued.signal(SIGKILL)
-            _ = queued.reapOriginal(timeout: 10)
+            try expectQueuedRefused("raw", saying: ["raw socket", "protocol 253", "packet not read"], enter: enter, in: scratch)
 
-            let fixture = try Fixture("sockopts", arguments: ["raw"], in: scratch, launcher: enter)
-            defer { fixture.cleanUp() }
-            try fixture.waitReady()
-            let images = scratch.file("img")
-            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture, launcher: enter)
-            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
-            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump")
-            let restore = try CryoProcess(["restore", "-D", images], in: scratch, launcher: enter)
-            defer { restore.stop() }
-            try expectRestoredAndPassing(fixture, by: restore, timeout: 60)
+            try sockoptsRoundTrip(["raw"], enter: enter, in: scratch)
         }
     }
 }

@@ -596,16 +596,9 @@ final class InetSocketRebuilder: KindRebuilder {
     /// queues, as they were; the others stay the kernel's to size. Through the FORCE options: the
     /// kernel doubles what it is given. Then the lock bits as they were (an image without them: locked).
     private func restoreBuffers(_ fd: FileDescriptor, _ s: InetSocketState, what: String) throws {
-        let lock = s.options["SO_BUF_LOCK"]
+        // An image without lock bits predates them: every size was the program's.
         let refilled = s.tcp != nil || !s.datagrams.isEmpty
-        for (name, bit, option, force, forceName) in [("SO_SNDBUF", Int32(1), CRYO_SO_SNDBUF, CRYO_SO_SNDBUFFORCE, "SO_SNDBUFFORCE"),
-                                                      ("SO_RCVBUF", Int32(2), CRYO_SO_RCVBUF, CRYO_SO_RCVBUFFORCE, "SO_RCVBUFFORCE")] {
-            guard let wanted = s.options[name], lock.map({ $0 & bit != 0 }) ?? true || refilled else { continue }
-            if try getInt(fd, CRYO_SOL_SOCKET, option, name, what) != wanted { try setInt(fd, CRYO_SOL_SOCKET, force, wanted / 2, forceName, what) }
-        }
-        if let lock, try getInt(fd, CRYO_SOL_SOCKET, CRYO_SO_BUF_LOCK, "SO_BUF_LOCK", what) != lock {
-            try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_BUF_LOCK, lock, "SO_BUF_LOCK", what)
-        }
+        try SocketBuffers.restore(fd, options: s.options, everySize: s.options["SO_BUF_LOCK"] == nil || refilled, what: what)
     }
 
     /// TCP_REPAIR_OPTIONS: mss, window scales, SACK and timestamps as the connection had them.

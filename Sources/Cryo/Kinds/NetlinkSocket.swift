@@ -121,17 +121,7 @@ public struct NetlinkSocketState: DescriptorKind {
                 guard let wanted = options[name], try Sockets.option(fd, level, option, name: name, object: what) != wanted else { continue }
                 try Sockets.setOption(fd, level, option, wanted, name: name, object: what)
             }
-            // Buffer sizes the program set (SO_BUF_LOCK), through the FORCE options (the kernel doubles them); then the lock bits.
-            let lock = options["SO_BUF_LOCK"] ?? 0
-            for (name, bit, option, force, forceName) in [("SO_SNDBUF", Int32(1), CRYO_SO_SNDBUF, CRYO_SO_SNDBUFFORCE, "SO_SNDBUFFORCE"),
-                                                          ("SO_RCVBUF", Int32(2), CRYO_SO_RCVBUF, CRYO_SO_RCVBUFFORCE, "SO_RCVBUFFORCE")] {
-                guard lock & bit != 0, let wanted = options[name], try Sockets.option(fd, CRYO_SOL_SOCKET, option, name: name, object: what) != wanted
-                else { continue }
-                try Sockets.setOption(fd, CRYO_SOL_SOCKET, force, wanted / 2, name: forceName, object: what)
-            }
-            if try Sockets.option(fd, CRYO_SOL_SOCKET, CRYO_SO_BUF_LOCK, name: "SO_BUF_LOCK", object: what) != lock {
-                try Sockets.setOption(fd, CRYO_SOL_SOCKET, CRYO_SO_BUF_LOCK, lock, name: "SO_BUF_LOCK", object: what)
-            }
+            try SocketBuffers.restore(fd, options: options, what: what)
             try FileObjects.setStatusFlags(fd, Int32(bitPattern: file.flags) & O_NONBLOCK, object: what)
         } catch {
             try? fd.close()
