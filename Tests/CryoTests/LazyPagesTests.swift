@@ -153,7 +153,8 @@ private func hostPid(ofInner inner: pid_t, named name: String) -> pid_t? {
 }
 
 /// Descriptor numbers of a process and what they point at.
-private func descriptors(_ pid: pid_t) -> [Int32: String] {
+/// Each open descriptor of `pid` and what its /proc link names.
+func descriptors(_ pid: pid_t) -> [Int32: String] {
     let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
     var result: [Int32: String] = [:]
     for name in names {

@@ -57,6 +57,10 @@ private func roundTrip(_ name: String, detached: Bool) throws {
     let pid = fixture.pid
     let timeout = cryoTimeout(for: name)
 
+    // A pty keeps its /dev/pts index when it is free at restore, as it is here.
+    let terminals = descriptors(pid).filter { $0.value.hasPrefix("/dev/pts/") }
+    #expect(name != "pty" || !terminals.isEmpty, "the pty fixture holds no /dev/pts slave: \(descriptors(pid))")
+
     // Dump: cryo kills the process; it is our child, so we reap it.
     let images = scratch.file("img")
     let dump = try cryo(["dump", "-t", "\(pid)", "-D", images], in: scratch, timeout: timeout, reaping: fixture)
@@ -89,6 +93,9 @@ private func roundTrip(_ name: String, detached: Bool) throws {
     // Foreground: cryo stays, waits for the restored process and passes its status on.
     let restore = try CryoProcess(["restore", "-D", images], in: scratch)
     defer { restore.stop() }
-    try expectRestoredAndPassing(fixture, by: restore, timeout: timeout)
+    try expectRestoredAndPassing(fixture, by: restore, timeout: timeout, whileRunning: {
+        let now = descriptors(pid).filter { $0.value.hasPrefix("/dev/pts/") }
+        #expect(now == terminals, "pty slaves after restore \(now), before the dump \(terminals)")
+    })
     #expect(!pidExists(pid), "pid \(pid) still exists after cryo restore returned (\(describeProcess(pid)))")
 }
