@@ -60,6 +60,8 @@ extension EndToEnd {
         func sourceLostAfterStart(how: String) throws {
             let scratch = try Scratch("migrate-postcopy-\(how)")
             defer { scratch.remove() }
+            let leftovers = KilledCryoLeftovers()
+            defer { leftovers.remove() }
             let net = try NetPair()
             defer { net.remove() }
             let security = try newKey(in: scratch)
@@ -168,6 +170,8 @@ extension EndToEnd {
         func destinationLost(how: String) throws {
             let scratch = try Scratch("migrate-\(how)")
             defer { scratch.remove() }
+            let leftovers = KilledCryoLeftovers()
+            defer { leftovers.remove() }
             let net = try NetPair()
             defer { net.remove() }
             let security = try newKey(in: scratch)
@@ -213,6 +217,22 @@ private func checkStatistics(source: String, destination: String, sourceLocation
     #expect(received.count == rounds.count && (received.first ?? 0) >= (rounds.first?["bytes"] as? Int ?? .max),
             "stats-restore rounds \(received) against the source's \(rounds)", sourceLocation: sourceLocation)
     #expect((migration["frozenImageBytes"] as? Int ?? 0) > 0, "stats-restore: \(migration)", sourceLocation: sourceLocation)
+}
+
+/// The private folders (/dev/shm/cryo-migrate-*, cryo-receive-*) of a cryo the test kills on purpose
+/// stay behind: those that appear while the test runs are removed at its end.
+private final class KilledCryoLeftovers {
+    static let root = "/dev/shm"
+    let before: Set<String>
+    init() { before = KilledCryoLeftovers.current() }
+    static func current() -> Set<String> {
+        Set(((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).filter {
+            $0.hasPrefix("cryo-migrate-") || $0.hasPrefix("cryo-receive-")
+        })
+    }
+    func remove() {
+        for name in KilledCryoLeftovers.current().subtracting(before) { try? FileManager.default.removeItem(atPath: "\(KilledCryoLeftovers.root)/\(name)") }
+    }
 }
 
 /// A fresh key file in `scratch`, as `--key FILE`.
