@@ -440,6 +440,8 @@ final class Fixture {
         if originalExit == nil { originalExit = reap(pid, timeout: 5) }
         // A restored copy is not our child: give its parent (cryo or init) a moment to reap it.
         waitUntil(timeout: 5) { !(ProcStatus(pid: pid).map { $0.name == String(name.prefix(15)) } ?? false) }
+        // A fixture killed before its checks leaves the file it names by its pid in /dev/shm (shmem.c).
+        unlink("/dev/shm/cryo-\(name)-\(pid)")
     }
 
     /// Waits until a restored process runs under this pid: right name, not
