@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -28,6 +29,21 @@ __attribute__((unused, format(printf, 1, 2))) static void fail(const char *fmt, 
 	va_end(ap);
 	for (char *p = failbuf + len; *p; p++)   /* keep the report on one line */
 		if ((unsigned char)*p < 0x20) *p = '.';
+}
+
+/* Prints READY, then sleeps until the SIGTERM handler sets *term. SIGTERM is
+ * blocked except inside sigsuspend, so it cannot land between the test of
+ * *term and the sleep. */
+__attribute__((unused)) static void ready_then_wait(volatile sig_atomic_t *term)
+{
+	sigset_t block, old;
+	sigemptyset(&block);
+	sigaddset(&block, SIGTERM);
+	sigprocmask(SIG_BLOCK, &block, &old);
+	printf("READY\n");
+	fflush(stdout);
+	while (!*term) sigsuspend(&old);
+	sigprocmask(SIG_SETMASK, &old, NULL);
 }
 
 /* Seconds on the monotonic clock. */

@@ -233,14 +233,7 @@ static void join_source(int fd, struct sockaddr_storage group, struct sockaddr_s
 }
 
 static void wait_for_term(void) {
-    sigset_t block, old;
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigprocmask(SIG_BLOCK, &block, &old);
-    printf("READY\n");
-    fflush(stdout);
-    while (!term) sigsuspend(&old);
-    sigprocmask(SIG_SETMASK, &old, NULL);
+    ready_then_wait(&term);
 }
 
 static int corked(void) {

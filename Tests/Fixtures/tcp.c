@@ -70,14 +70,7 @@ static void both_ways(int a, int b, const char *what) {
     expect_text(a, "pong", label);
 }
 static void wait_for_term(void) {
-    sigset_t block, old;
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigprocmask(SIG_BLOCK, &block, &old);
-    printf("READY\n");
-    fflush(stdout);
-    while (!term) sigsuspend(&old);
-    sigprocmask(SIG_SETMASK, &old, NULL);
+    ready_then_wait(&term);
 }
 static int finish(void) {
     if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }

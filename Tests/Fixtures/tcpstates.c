@@ -170,14 +170,7 @@ static int queued(int fd, unsigned long request) {
 }
 
 static void wait_term(void) {
-    sigset_t block, old;
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigprocmask(SIG_BLOCK, &block, &old);
-    printf("READY\n");
-    fflush(stdout);
-    while (!term) sigsuspend(&old);
-    sigprocmask(SIG_SETMASK, &old, NULL);
+    ready_then_wait(&term);
 }
 
 static int finish(void) {
@@ -339,14 +332,7 @@ int main(int argc, char **argv) {
     fflush(stdout);
     if (queued(a[BIG], SIOCOUTQ) < (2 << 20) || queued(b[BIG], SIOCINQ) < (1 << 20)) die("the big queues are not big");
 
-    sigset_t block, old;
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigprocmask(SIG_BLOCK, &block, &old);
-    printf("READY\n");
-    fflush(stdout);
-    while (!term) sigsuspend(&old);
-    sigprocmask(SIG_SETMASK, &old, NULL);
+    ready_then_wait(&term);
 
     for (int i = 0; i < PAIRS; i++) {
         int na = state(a[i]), nb = state(b[i]);

@@ -123,14 +123,7 @@ int main(void) {
     }
     usleep(20000);
 
-    sigset_t block, old;
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigprocmask(SIG_BLOCK, &block, &old);
-    printf("READY\n");
-    fflush(stdout);
-    while (!term) sigsuspend(&old);
-    sigprocmask(SIG_SETMASK, &old, NULL);
+    ready_then_wait(&term);
 
     addr_t a;
     if (!name_of(server, &a, 0) || !same(&a, &server_name)) fail("server address changed");

@@ -134,14 +134,7 @@ static void expect_type(const char *path, mode_t type, const char *what)
 
 static int wait_term(void)
 {
-	sigset_t block, old;
-	sigemptyset(&block);
-	sigaddset(&block, SIGTERM);
-	sigprocmask(SIG_BLOCK, &block, &old);
-	printf("READY\n");
-	fflush(stdout);
-	while (!term) sigsuspend(&old);
-	sigprocmask(SIG_SETMASK, &old, NULL);
+	ready_then_wait(&term);
 	return 0;
 }
 

@@ -189,14 +189,7 @@ int main(int argc, char **argv)
 	if (waitpid(gone, NULL, 0) != gone) die("waitpid");
 	if (send(cp[0], "from root", 9, 0) != 9) die("send root");
 
-	sigset_t block, old;
-	sigemptyset(&block);
-	sigaddset(&block, SIGTERM);
-	sigprocmask(SIG_BLOCK, &block, &old);
-	printf("READY\n");
-	fflush(stdout);
-	while (!term) sigsuspend(&old);
-	sigprocmask(SIG_SETMASK, &old, NULL);
+	ready_then_wait(&term);
 
 	struct received r;
 	char buf[64];

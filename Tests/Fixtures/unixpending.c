@@ -124,14 +124,7 @@ int main(int argc, char **argv)
 	int q1 = connected(SOCK_SEQPACKET, &aun, asize);
 	if (send(q1, "record one", 10, 0) != 10 || send(q1, "record two!", 11, 0) != 11) die("send records");
 
-	sigset_t block, old;
-	sigemptyset(&block);
-	sigaddset(&block, SIGTERM);
-	sigprocmask(SIG_BLOCK, &block, &old);
-	printf("READY\n");
-	fflush(stdout);
-	while (!term) sigsuspend(&old);
-	sigprocmask(SIG_SETMASK, &old, NULL);
+	ready_then_wait(&term);
 
 	int a1 = accept(listener, NULL, NULL), a2 = -1, a3 = -1;
 	if (a1 < 0) fail("accept 1: %s", strerror(errno));
