@@ -61,7 +61,9 @@ public enum PosixMqueue {
     public static func receive(_ fd: FileDescriptor, messageSize: Int, object: String) throws -> (priority: UInt32, bytes: [UInt8])? {
         var buffer = [UInt8](repeating: 0, count: max(messageSize, 1))
         var priority: UInt32 = 0
-        let r = buffer.withUnsafeMutableBytes { Kernel.rawSyscall(timedReceive, [fd, $0.baseAddress, $0.count, UnsafeMutableRawPointer(&priority), 0]) }
+        let r = buffer.withUnsafeMutableBytes { bytes in
+            withUnsafeMutableBytes(of: &priority) { Kernel.rawSyscall(timedReceive, [fd, bytes.baseAddress, bytes.count, $0.baseAddress, 0]) }
+        }
         if r == -Int(EAGAIN) { return nil }
         let n = try check(r, "mq_timedreceive", object: object)
         return (priority, Array(buffer.prefix(n)))

@@ -8,7 +8,7 @@ public enum SysVShm {
     /// IPC_STAT; nil when no segment has that id (EINVAL, EIDRM).
     public static func status(_ id: Int32) throws -> shmid_ds? {
         var ds = shmid_ds()
-        let r = Kernel.rawSyscall(shmctl, [id, IPC_STAT, UnsafeMutableRawPointer(&ds)])
+        let r = withUnsafeMutableBytes(of: &ds) { Kernel.rawSyscall(shmctl, [id, IPC_STAT, $0.baseAddress]) }
         if r == -Int(EINVAL) || r == -Int(EIDRM) { return nil }
         _ = try check(r, "shmctl(IPC_STAT)", object: "System V segment \(id)")
         return ds
@@ -16,7 +16,9 @@ public enum SysVShm {
 
     public static func set(_ id: Int32, _ ds: shmid_ds) throws {
         var copy = ds
-        try Kernel.syscall(shmctl, id, IPC_SET, UnsafeMutableRawPointer(&copy), name: "shmctl(IPC_SET)", object: "System V segment \(id)")
+        try withUnsafeMutableBytes(of: &copy) {
+            _ = try Kernel.syscall(shmctl, id, IPC_SET, $0.baseAddress, name: "shmctl(IPC_SET)", object: "System V segment \(id)")
+        }
     }
 
     public static func remove(_ id: Int32) throws {
@@ -46,7 +48,7 @@ public enum SysVSem {
     /// IPC_STAT; nil when no set has that id.
     public static func status(_ id: Int32) throws -> semid_ds? {
         var ds = semid_ds()
-        let r = Kernel.rawSyscall(semctl, [id, Int32(0), IPC_STAT, UnsafeMutableRawPointer(&ds)])
+        let r = withUnsafeMutableBytes(of: &ds) { Kernel.rawSyscall(semctl, [id, Int32(0), IPC_STAT, $0.baseAddress]) }
         if r == -Int(EINVAL) || r == -Int(EIDRM) { return nil }
         _ = try check(r, "semctl(IPC_STAT)", object: "System V semaphore set \(id)")
         return ds
@@ -54,8 +56,10 @@ public enum SysVSem {
 
     public static func set(_ id: Int32, _ ds: semid_ds) throws {
         var copy = ds
-        try Kernel.syscall(semctl, id, Int32(0), IPC_SET, UnsafeMutableRawPointer(&copy), name: "semctl(IPC_SET)",
-                           object: "System V semaphore set \(id)")
+        try withUnsafeMutableBytes(of: &copy) {
+            _ = try Kernel.syscall(semctl, id, Int32(0), IPC_SET, $0.baseAddress, name: "semctl(IPC_SET)",
+                                   object: "System V semaphore set \(id)")
+        }
     }
 
     public static func values(_ id: Int32, count: Int) throws -> [UInt16] {
@@ -99,7 +103,7 @@ public enum SysVMsg {
 
     public static func status(_ id: Int32) throws -> msqid_ds? {
         var ds = msqid_ds()
-        let r = Kernel.rawSyscall(msgctl, [id, IPC_STAT, UnsafeMutableRawPointer(&ds)])
+        let r = withUnsafeMutableBytes(of: &ds) { Kernel.rawSyscall(msgctl, [id, IPC_STAT, $0.baseAddress]) }
         if r == -Int(EINVAL) || r == -Int(EIDRM) { return nil }
         _ = try check(r, "msgctl(IPC_STAT)", object: "System V message queue \(id)")
         return ds
@@ -107,8 +111,10 @@ public enum SysVMsg {
 
     public static func set(_ id: Int32, _ ds: msqid_ds) throws {
         var copy = ds
-        try Kernel.syscall(msgctl, id, IPC_SET, UnsafeMutableRawPointer(&copy), name: "msgctl(IPC_SET)",
-                           object: "System V message queue \(id)")
+        try withUnsafeMutableBytes(of: &copy) {
+            _ = try Kernel.syscall(msgctl, id, IPC_SET, $0.baseAddress, name: "msgctl(IPC_SET)",
+                                   object: "System V message queue \(id)")
+        }
     }
 
     public static func remove(_ id: Int32) throws {

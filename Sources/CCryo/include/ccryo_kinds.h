@@ -120,7 +120,7 @@ static const unsigned long CRYO_SIOCINQ = SIOCINQ, CRYO_SIOCOUTQ = SIOCOUTQ, CRY
 #define CRYO_NETLINK_GET_STRICT_CHK 12
 
 /* netlink attribute types carry flag bits above these. */
-static const uint16_t CRYO_NLA_TYPE_MASK = NLA_TYPE_MASK;
+static const uint16_t CRYO_NLA_TYPE_MASK = (uint16_t)NLA_TYPE_MASK;
 static const uint16_t CRYO_NLM_F_DUMP = NLM_F_DUMP;
 
 #endif

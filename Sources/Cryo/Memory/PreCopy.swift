@@ -332,7 +332,9 @@ public enum PreCopyHolder {
         while true {
             var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)]
                 + tracked.map { pollfd(fd: $0.pidfd, events: Int16(POLLIN), revents: 0) }
-            guard let polled = try? Files.poll(&fds, milliseconds: -1, object: "pre-dump holder") else { exit(1) }
+            // `try?` would flatten the nil of an interrupted wait into a failure.
+            let polled: Int?
+            do { polled = try Files.poll(&fds, milliseconds: -1, object: "pre-dump holder") } catch { exit(1) }
             if polled == nil { continue } // a signal interrupted the wait
             for (i, entry) in tracked.enumerated().reversed() where fds[i + 1].revents != 0 {
                 Glibc.close(entry.uffd)
