@@ -10,7 +10,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
-say() { printf '==> %s\n' "$*"; }
+source "$repo/Scripts/common.sh"
 
 # `setup.sh --test-package NAME`: installs only NAME, a program that one
 # end-to-end test runs (it asks for it and skips when this fails), and builds
@@ -94,13 +94,13 @@ scratch=${SCRATCH_PATH:-.build}
 # The Swift runtime linked in: cryo starts in about 6 ms instead of 10, and a
 # small dump or restore is mostly start-up.
 say "swift build -c release --static-swift-stdlib --scratch-path $scratch (in $repo)"
-swift build -c release --static-swift-stdlib --scratch-path "$scratch"
+swift_build -c release --static-swift-stdlib --scratch-path "$scratch"
 say "built $(cd "$scratch" && pwd)/release/cryo"
 
 # The manual page (from the command definitions, swift-argument-parser's
 # generate-manual) and shell completions, installed where man and the shells look.
 say "generating the manual page and shell completions"
-swift build -c release --static-swift-stdlib --scratch-path "$scratch" --product generate-manual
+swift_build -c release --static-swift-stdlib --scratch-path "$scratch" --product generate-manual
 mkdir -p "$scratch/man"
 "$scratch/release/generate-manual" "$scratch/release/cryo" --section 1 --output-directory "$scratch/man" >/dev/null
 for shell in bash zsh fish; do

@@ -7,7 +7,7 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-say() { printf '==> %s\n' "$*"; }
+source "$repo/Scripts/common.sh"
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "test: the tests dump and restore real processes and need root; run: sudo $0 $*" >&2
@@ -20,7 +20,7 @@ command -v swift >/dev/null 2>&1 || export PATH="/opt/swift/usr/bin:$PATH"
 
 cd "$repo"
 say "swift build (debug)"
-swift build
+swift_build
 
 # Which kind of machine this was, for readers of CI logs: vector state the
 # tests check (AVX-512, AMX tiles) and the size of the XSAVE area differ.
