@@ -169,6 +169,9 @@ struct ProcStat {
     /// Field number n as man proc(5) counts them (1-based).
     func field(_ n: Int) -> UInt64 { n - 3 < fields.count ? UInt64(fields[n - 3].trimmed()) ?? 0 : 0 }
     var state: Character { fields.first?.first ?? "?" }
+    /// A zombie, or a task already in do_exit (PF_EXITING, field 9): its memory may be gone
+    /// before it becomes a zombie, so a read that failed on it means it died.
+    var isDying: Bool { state == "Z" || state == "X" || field(9) & 0x4 != 0 }
     var ppid: Int32 { Int32(field(4)) }
     var pgid: Int32 { Int32(field(5)) }
     var sid: Int32 { Int32(field(6)) }

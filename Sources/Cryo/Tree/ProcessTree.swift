@@ -196,10 +196,13 @@ final class FrozenTree {
         for process in live where !released {
             let tids = Set(process.threads.map(\.pid))
             var status = known.first { tids.contains($0.key) }?.value
-            let state = (try? ProcStat(pid: process.pid))?.state
+            let stat = try? ProcStat(pid: process.pid)
+            let state = stat?.state
             // Alive and stopped by us: no wait needed. Dying: the leader is reported after its threads.
-            if status == nil && state != nil && state != "Z" && state != "X" { continue }
-            let deadline = ContinuousClock.now + .seconds(1)
+            if status == nil, let stat, !stat.isDying, !killPending(process.pid) { continue }
+            // A task SIGKILLed under a frozen cryo may still be tearing down its memory on a loaded
+            // machine: its exit is certain, so waiting longer only delays the right report.
+            let deadline = ContinuousClock.now + .seconds(5)
             while status == nil && ContinuousClock.now < deadline {
                 for thread in process.threads.reversed() {
                     guard let waited = try? waitFor(thread.pid, options: WNOHANG) else { continue }
@@ -220,6 +223,13 @@ final class FrozenTree {
             result.append((process.pid, process.comm, how))
         }
         return result
+    }
+
+    /// SIGKILL queued but the task not yet run to act on it (a busy machine): it will die.
+    private func killPending(_ pid: pid_t) -> Bool {
+        guard let status = try? ProcStatus(pid: pid) else { return false }
+        let bit = UInt64(1) << UInt64(SIGKILL - 1)
+        return (status.hex("SigPnd") | status.hex("ShdPnd")) & bit != 0
     }
 
     /// Kills every process while it is still stopped, and waits until each is gone.
