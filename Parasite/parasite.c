@@ -440,6 +440,11 @@ static long take_locks(struct cryo_args_header *h) {
             CHECK(h, sys2(NR_flock, l[i].fd, (l[i].write ? 2 : 1) | 4), i, NR_flock, (unsigned long)l[i].fd);
             continue;
         }
+        if (l[i].kind == 3) {
+            /* F_SETLEASE with F_WRLCK or F_RDLCK: granted only while no other open conflicts, as at dump. */
+            CHECK(h, sys3(NR_fcntl, l[i].fd, 1024, l[i].write ? 1 : 0), i, NR_fcntl, (unsigned long)l[i].fd);
+            continue;
+        }
         struct { short type, whence; long start, len; int pid; int pad; } fl = {
             (short)(l[i].write ? 1 /* F_WRLCK */ : 0 /* F_RDLCK */), 0, l[i].start, l[i].length, 0, 0 };
         int cmd = l[i].kind == 1 ? 6 /* F_SETLK */ : 37 /* F_OFD_SETLK */;

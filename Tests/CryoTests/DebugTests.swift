@@ -719,7 +719,8 @@ private func checkKernelObjects(_ name: String, json: String, pid: pid_t) throws
         let summary = Set(locks.map { lock in
             "\(lock["kind"] as? String ?? "?") \((lock["write"] as? Bool).map { $0 ? "true" : "false" } ?? "?") \(lock["start"] as? Int ?? -1) \((lock["end"] as? Int).map(String.init) ?? "EOF")"
         })
-        #expect(summary == ["flock true 0 EOF", "posix true 10 29", "ofd false 0 EOF"], "locks \(summary)")
+        #expect(summary == ["flock true 0 EOF", "posix true 10 29", "ofd false 0 EOF", "lease true 0 EOF", "lease false 0 EOF"],
+                "locks \(summary)")
     case "ptimers":
         let timers = ((task["signals"] as? [String: Any])?["posixTimers"] as? [[String: Any]]) ?? []
         #expect(Set(timers.compactMap { $0["id"] as? Int }) == [0, 1, 2], "timer ids \(timers)")

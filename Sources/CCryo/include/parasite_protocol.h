@@ -193,7 +193,7 @@ struct cryo_epoll_add { uint32_t count; uint32_t pad; };
 #define CRYO_SECCOMP_TSYNC 1u
 struct cryo_seccomp { uint32_t no_new_privs; uint32_t filter_count; uint32_t flags; uint32_t pad; };
 
-/* kind: 0 flock, 1 POSIX (F_SETLK), 2 open file description (F_OFD_SETLK); length 0 = to EOF. */
+/* kind: 0 flock, 1 POSIX (F_SETLK), 2 open file description (F_OFD_SETLK), 3 lease (F_SETLEASE); length 0 = to EOF. */
 struct cryo_lock { int32_t fd; uint16_t kind; uint8_t write; uint8_t pad; int64_t start; int64_t length; };
 struct cryo_locks { uint32_t count; uint32_t pad; };
 

@@ -184,7 +184,7 @@ final class FileTableBuilder {
             let handle = try Pidfd.getfd(pidfd, pid: pid, fd: fd)
             defer { try? handle.close() }
             let closeOnExec = info.flags & UInt32(O_CLOEXEC) != 0
-            let lockList = try FileLock.parse(info, object: "pid \(pid) fd \(fd)")
+            let lockList = try FileLock.parse(info, object: "pid \(pid) fd \(fd) (\(link))")
             let locks = lockList.isEmpty ? nil : lockList
             let (id, _) = try describe(pid: pid, fd: fd, link: link, info: info, handle: handle, inFlight: nil)
             descriptors.append(.init(fd: fd, closeOnExec: closeOnExec, file: id, locks: locks))

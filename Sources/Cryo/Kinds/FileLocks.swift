@@ -5,10 +5,11 @@ import FoundationEssentials
 import Glibc
 
 /// A lock held through a descriptor: flock (per description), POSIX record
-/// lock (per process) or open-file-description lock. Read from the "lock:"
-/// lines of fdinfo; taken again from inside the owner once its fds are back.
+/// lock (per process), open-file-description lock or lease (per description).
+/// Read from the "lock:" lines of fdinfo; taken again from inside the owner
+/// once its fds are back.
 public struct FileLock: Codable, Sendable {
-    public enum Kind: String, Codable, Sendable { case flock, posix, ofd }
+    public enum Kind: String, Codable, Sendable { case flock, posix, ofd, lease }
     public var kind: Kind
     public var write: Bool
     public var start: Int64
@@ -27,9 +28,18 @@ public struct FileLock: Codable, Sendable {
             case "FLOCK": kind = .flock
             case "POSIX": kind = .posix
             case "OFDLCK": kind = .ofd
-            default: throw CryoError("\(object): a \(words[2]) lock (lease or delegation) is not supported yet")
+            case "LEASE": kind = .lease
+            default: throw CryoError("\(object): a \(words[2]) lock (an NFS delegation) is not supported")
             }
-            guard words[3] == "ADVISORY" else { throw CryoError("\(object): mandatory locks are not supported") }
+            if kind == .lease {
+                // A lease some open is breaking has a countdown and a waiting opener that cannot be rebuilt.
+                guard words[3] == "ACTIVE" else {
+                    // While breaking, the kernel shows the type the lease is going to (READ, UNLCK).
+                    throw CryoError("\(object): a lease being broken (to \(words[4])) is not supported; dump once the holder gave it up")
+                }
+            } else if words[3] != "ADVISORY" {
+                throw CryoError("\(object): mandatory locks are not supported")
+            }
             guard let start = Int64(words[7]) else { throw CryoError("\(object): unreadable lock line: \(line)") }
             locks.append(FileLock(kind: kind, write: words[4] == "WRITE", start: start, end: words[8] == "EOF" ? nil : Int64(words[8])))
         }
@@ -37,10 +47,13 @@ public struct FileLock: Codable, Sendable {
     }
 
     /// For `cryo show`: "posix write lock 10-29".
-    public var summary: String { "\(kind.rawValue) \(write ? "write" : "read") lock \(start)-\(end.map(String.init) ?? "EOF")" }
+    public var summary: String {
+        kind == .lease ? "\(write ? "write" : "read") lease" : "\(kind.rawValue) \(write ? "write" : "read") lock \(start)-\(end.map(String.init) ?? "EOF")"
+    }
 
     func entry(fd: Int32) -> cryo_lock {
-        cryo_lock(fd: fd, kind: kind == .flock ? 0 : kind == .posix ? 1 : 2, write: write ? 1 : 0, pad: 0,
+        let code: UInt16 = switch kind { case .flock: 0; case .posix: 1; case .ofd: 2; case .lease: 3 }
+        return cryo_lock(fd: fd, kind: code, write: write ? 1 : 0, pad: 0,
                   start: start, length: end.map { $0 - start + 1 } ?? 0)
     }
 

@@ -28,10 +28,19 @@ public enum KernelCheck {
 
         var child: pid_t = 0
         add("clone3 with set_tid (exact pids)") {
-            let wanted = try freePid()
-            child = try Processes.cloneParked(pid: wanted, park: ends.read)
-            guard child == wanted else { throw CryoError("asked for pid \(wanted), got \(child)") }
-            return "new task got pid \(wanted) as asked"
+            // Another cryo check (or any fork) may take the pid between the look and the clone.
+            var attempts = 0
+            while true {
+                let wanted = try freePid()
+                do {
+                    child = try Processes.cloneParked(pid: wanted, park: ends.read)
+                } catch let error as SyscallError where error.errno == .fileExists && attempts < 20 {
+                    attempts += 1
+                    continue
+                }
+                guard child == wanted else { throw CryoError("asked for pid \(wanted), got \(child)") }
+                return "new task got pid \(wanted) as asked"
+            }
         }
         if child == 0 { child = (try? Processes.cloneParked(pid: 0, park: ends.read)) ?? 0 }
         defer {
@@ -121,8 +130,12 @@ public enum KernelCheck {
     /// A pid nobody uses, for the set_tid probe.
     static func freePid() throws -> pid_t {
         let max = Int32((try? Files.readString("/proc/sys/kernel/pid_max").trimmed()).flatMap { Int32($0) } ?? 32768)
-        for candidate in stride(from: max - 1, to: max / 2, by: -1) where !Files.exists("/proc/\(candidate)") {
-            return candidate
+        // A random start in the upper half: concurrent checks rarely pick the same pid.
+        let span = max - 1 - max / 2
+        let start = Int32.random(in: 0..<span)
+        for step in 0..<span {
+            let candidate = max - 1 - (start + step) % span
+            if !Files.exists("/proc/\(candidate)") { return candidate }
         }
         throw CryoError("no free pid found")
     }
