@@ -111,7 +111,7 @@ struct CriuOptions: ParsableArguments {
     @Flag(name: .customLong("tcp-close"),
           help: "Dump connected TCP sockets without their connection (the dump ends it); restore them closed (end of stream, EPIPE).")
     var tcpClose = false
-    @Flag(name: .customLong("skip-in-flight"), help: "Dump listeners without their connections not yet accepted (those are dropped).")
+    @Flag(name: .customLong("skip-in-flight"), help: "Dump listeners without their connections not yet accepted or still in SYN_RECV (those are dropped).")
     var skipInFlight = false
     @Flag(name: .customLong("display-stats"), help: "Print the dump or restore statistics when done.")
     var displayStatistics = false

@@ -467,3 +467,54 @@ extension EndToEnd.InetTests {
         }
     }
 }
+
+extension EndToEnd.InetTests {
+    @Test("a handshake in SYN_RECV is refused in one line; with --skip-in-flight and --network-lock its peer, and one whose SYN came in the gap, connect after restore")
+    func synReceived() throws {
+        guard FileManager.default.fileExists(atPath: "/usr/sbin/iptables") else {
+            print("skipped: /usr/sbin/iptables is not installed (Scripts/setup.sh --test-package iptables installs it)")
+            return
+        }
+        try inNetworkNamespace("synrecv") { (enter: [String], namespace: String) in
+            let scratch = try Scratch("tcp-synrecv")
+            defer { scratch.remove() }
+            let fixture = try Fixture("tcpstates", arguments: ["inflight"], in: scratch, launcher: enter)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let port = try #require(fixture.tagged("PORT")?.first)
+            // The listener's SYN-ACKs are dropped: the peer waits in SYN_SENT, the listener holds it in SYN_RECV.
+            let dropSynAck = "iptables -w %@ OUTPUT -p tcp --sport \(port) --tcp-flags SYN,ACK SYN,ACK -j DROP"
+            let added = shell("ip netns exec \(namespace) \(dropSynAck.replacingOccurrences(of: "%@", with: "-I"))")
+            try #require(added.status == 0, "iptables: \(added.output)")
+            let peer = try Fixture("tcpstates", arguments: ["synpeer", port], in: scratch, launcher: enter, logPath: scratch.file("peer.log"))
+            defer { peer.cleanUp() }
+            try peer.waitReady()
+            #expect(waitUntil(timeout: 10) { shell("ip netns exec \(namespace) cat /proc/net/tcp").output.contains(" 03 ") },
+                    "no connection in SYN_RECV")
+
+            let refused = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("refused")], in: scratch, reaping: fixture, launcher: enter)
+            #expect(refused.failed && refused.stderrLines.count == 1 && refused.stderr.contains("SYN_RECV")
+                    && refused.stderr.contains("--skip-in-flight") && refused.stderr.contains("pid \(fixture.pid) fd "), "\(refused)")
+            #expect(fixture.pollOriginal() == nil, "a refused dump must leave the fixture running")
+
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "--skip-in-flight", "--network-lock", "iptables", "-t", "\(fixture.pid)", "-D", images],
+                                in: scratch, reaping: fixture, launcher: enter)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump")
+            _ = shell("ip netns exec \(namespace) \(dropSynAck.replacingOccurrences(of: "%@", with: "-D"))")
+            // A second peer connects into the gap: the lock drops its SYN, so it gets no RST and sends it again.
+            peer.signal(SIGUSR1)
+            #expect(waitUntil(timeout: 10) { peer.lines.contains("SENT") }, "\(peer.report)")
+            usleep(300_000)
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch, launcher: enter)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore, timeout: 90)
+            let peerExit = peer.reapOriginal(timeout: 60)
+            #expect(peerExit == .exited(0), "\(peer.report)")
+            expectPass(peer)
+            let rules = shell("ip netns exec \(namespace) iptables -S").output
+            #expect(!rules.contains("cryo-lock-"), "lock rules left after restore:\n\(rules)")
+        }
+    }
+}

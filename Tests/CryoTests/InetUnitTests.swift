@@ -45,4 +45,21 @@ struct InetUnitTests {
         #expect(InetAddress(address: "::1")?.isSpecificIPv6 == true && InetAddress(address: "::ffff:127.0.0.1")?.isSpecificIPv6 == false)
         #expect(InetAddress(address: "not an address") == nil)
     }
+
+    @Test("/proc/net/tcp: handshakes in SYN_RECV counted for the listener whose address and port they reach")
+    func synReceivedCount() throws {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+            + "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1234 1\n"
+            + "   1: 0100007F:1F90 0100007F:A000 03 00000000:00000000 02:00000163 00000002     0        0 0 0\n"
+            + "   2: 0200007F:1F90 0100007F:A001 03 00000000:00000000 02:00000163 00000002     0        0 0 0\n"
+            + "   3: 0100007F:1F91 0100007F:A002 03 00000000:00000000 02:00000163 00000002     0        0 0 0\n"
+            + "   4: 0100007F:1F90 0100007F:A003 01 00000000:00000000 00:00000000 00000000     0        0 99 1\n"
+        let loopback = try #require(InetAddress(.inet(address: [127, 0, 0, 1], port: 8080)))
+        #expect(InetSocketState.synReceived(in: text, listener: loopback) == 1)
+        #expect(InetSocketState.synReceived(in: text, listener: .wildcard(ipv6: false, port: 8080)) == 2)
+        #expect(InetSocketState.synReceived(in: text, listener: .wildcard(ipv6: true, port: 8081)) == 1)
+        let mapped = try #require(InetAddress(.inet(address: [UInt8](repeating: 0, count: 10) + [0xff, 0xff, 127, 0, 0, 1], port: 8080)))
+        #expect(InetSocketState.synReceived(in: text, listener: mapped) == 1)
+        #expect(InetSocketState.synReceived(in: "", listener: loopback) == 0)
+    }
 }

@@ -8,7 +8,15 @@
  *                  client     connected to it, TCP_CORK, SO_SNDBUF locked,
  *                             a filter of its own (not locked)
  *                  server     accepted (the listener's locked filter with it)
- *                  free4      a listener on 192.0.2.1 (IP_FREEBIND: not local)
+ *                  client6m   IPv6, IPV6_V6ONLY off, connected to the listener's
+ *                             IPv4-mapped address (server6m accepted)
+ *                  client6    IPv6, IPV6_V6ONLY off, connected to listener6 on
+ *                             [::1] (server6 accepted)
+ *                  tfo        unbound: TCP_FASTOPEN_CONNECT, TCP_MAXSEG, clamp
+ *                  free4      a listener on 192.0.2.1 (IP_FREEBIND: not local),
+ *                             TCP_DEFER_ACCEPT, TCP_FASTOPEN, TCP_WINDOW_CLAMP,
+ *                             TCP_QUICKACK, TCP_MAXSEG, TCP_SAVE_SYN, TX_DELAY,
+ *                             RTO and delayed-ACK bounds, busy polling
  *                  free6      a listener on [2001:db8::1] (IPV6_FREEBIND,
  *                             IPV6_V6ONLY, IPV6_TCLASS, IPV6_UNICAST_HOPS)
  *                  udp4       bound, SO_BROADCAST, SO_REUSEPORT,
@@ -100,7 +108,7 @@ static void set_int(int fd, int level, int option, int value, const char *name) 
 
 /* One option's bytes as getsockopt gave them. */
 struct seen { int fd; const char *socket; const char *name; int level, option; socklen_t length; unsigned char bytes[512]; };
-static struct seen snapshot[400];
+static struct seen snapshot[2000];
 static int seen_count;
 
 static void read_option(struct seen *s) {
@@ -117,11 +125,33 @@ static void read_option(struct seen *s) {
 }
 
 static void remember(int fd, const char *socket, const char *name, int level, int option) {
+    if (seen_count == (int)(sizeof(snapshot) / sizeof(snapshot[0]))) { errno = ENOBUFS; die("too many options to remember"); }
     struct seen *s = &snapshot[seen_count++];
     *s = (struct seen){ .fd = fd, .socket = socket, .name = name, .level = level, .option = option };
     read_option(s);
     if (s->length == (socklen_t)-1) die(name);
 }
+
+/* An option older kernels do not know (ENOPROTOOPT): left out there. */
+static void remember_if_known(int fd, const char *socket, const char *name, int level, int option) {
+    int value;
+    socklen_t length = sizeof(value);
+    if (getsockopt(fd, level, option, &value, &length) != 0 && errno == ENOPROTOOPT) return;
+    remember(fd, socket, name, level, option);
+}
+
+#ifndef TCP_TX_DELAY
+#define TCP_TX_DELAY 37
+#endif
+#ifndef TCP_FASTOPEN_NO_COOKIE
+#define TCP_FASTOPEN_NO_COOKIE 34
+#endif
+#define TCP_RTO_MAX_MS_ 44
+#define TCP_RTO_MIN_US_ 45
+#define TCP_DELACK_MAX_US_ 46
+#ifndef SO_PREFER_BUSY_POLL
+#define SO_PREFER_BUSY_POLL 69
+#endif
 
 #define OPT(level, option) remember(fd, label, #option, level, option)
 
@@ -133,6 +163,7 @@ static void remember_all(int fd, const char *label, int ipv6, int tcp, int buffe
     OPT(SOL_SOCKET, SO_RCVLOWAT); OPT(SOL_SOCKET, SO_RCVTIMEO); OPT(SOL_SOCKET, SO_SNDTIMEO);
     OPT(SOL_SOCKET, SO_BUF_LOCK); OPT(SOL_SOCKET, SO_GET_FILTER); OPT(SOL_SOCKET, SO_LOCK_FILTER);
     OPT(SOL_SOCKET, SO_TIMESTAMP); OPT(SOL_SOCKET, SO_TIMESTAMPNS); OPT(SOL_SOCKET, SO_RXQ_OVFL); OPT(SOL_SOCKET, SO_SELECT_ERR_QUEUE);
+    OPT(SOL_SOCKET, SO_BUSY_POLL); OPT(SOL_SOCKET, SO_PREFER_BUSY_POLL); OPT(SOL_SOCKET, SO_ZEROCOPY);
     if (buffers_locked & 1) OPT(SOL_SOCKET, SO_SNDBUF);
     if (buffers_locked & 2) OPT(SOL_SOCKET, SO_RCVBUF);
     if (ipv6) {
@@ -159,6 +190,12 @@ static void remember_all(int fd, const char *label, int ipv6, int tcp, int buffe
         OPT(IPPROTO_TCP, TCP_KEEPINTVL); OPT(IPPROTO_TCP, TCP_KEEPCNT); OPT(IPPROTO_TCP, TCP_USER_TIMEOUT);
         OPT(IPPROTO_TCP, TCP_CONGESTION); OPT(IPPROTO_TCP, TCP_SYNCNT); OPT(IPPROTO_TCP, TCP_LINGER2);
         OPT(IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS); OPT(IPPROTO_TCP, TCP_NOTSENT_LOWAT); OPT(IPPROTO_TCP, TCP_INQ);
+        OPT(IPPROTO_TCP, TCP_DEFER_ACCEPT); OPT(IPPROTO_TCP, TCP_WINDOW_CLAMP); OPT(IPPROTO_TCP, TCP_QUICKACK);
+        OPT(IPPROTO_TCP, TCP_FASTOPEN); OPT(IPPROTO_TCP, TCP_FASTOPEN_NO_COOKIE); OPT(IPPROTO_TCP, TCP_SAVE_SYN);
+        OPT(IPPROTO_TCP, TCP_TX_DELAY);
+        remember_if_known(fd, label, "TCP_RTO_MAX_MS", IPPROTO_TCP, TCP_RTO_MAX_MS_);
+        remember_if_known(fd, label, "TCP_RTO_MIN_US", IPPROTO_TCP, TCP_RTO_MIN_US_);
+        remember_if_known(fd, label, "TCP_DELACK_MAX_US", IPPROTO_TCP, TCP_DELACK_MAX_US_);
     } else if (tcp == 0) {
         OPT(IPPROTO_UDP, UDP_CORK);
     }
@@ -608,6 +645,8 @@ int main(int argc, char **argv) {
     set_int(client, IPPROTO_TCP, TCP_USER_TIMEOUT, 7000, "TCP_USER_TIMEOUT client");
     set_int(client, IPPROTO_TCP, TCP_INQ, 1, "TCP_INQ client");
     set_int(client, IPPROTO_IP, IP_RECVERR, 1, "IP_RECVERR client");
+    set_int(client, IPPROTO_TCP, TCP_WINDOW_CLAMP, 30000, "TCP_WINDOW_CLAMP client");
+    set_int(client, SOL_SOCKET, SO_ZEROCOPY, 1, "SO_ZEROCOPY client");
     set_int(server, SOL_SOCKET, SO_KEEPALIVE, 0, "SO_KEEPALIVE server");
     set_int(server, IPPROTO_TCP, TCP_KEEPCNT, 6, "TCP_KEEPCNT server");
     set_int(server, SOL_SOCKET, SO_RCVLOWAT, 1, "SO_RCVLOWAT server");
@@ -615,12 +654,72 @@ int main(int argc, char **argv) {
     remember_all(client, "client", 0, 1, 1);
     remember_all(server, "server", 0, 1, 2);
 
+    /* client6m: IPv6, IPV6_V6ONLY off, connected to the listener's IPv4-mapped address;
+     * client6: IPv6, IPV6_V6ONLY off, connected to [::1] (its address came from connect, so
+     * it was never bound to one IPv6 address, which would have turned IPV6_V6ONLY on). */
+    struct sockaddr_storage mapped = inet6("::ffff:127.0.0.1", port_of(listener));
+    int client6m = socket(AF_INET6, SOCK_STREAM, 0);
+    if (client6m < 0 || connect(client6m, (struct sockaddr *)&mapped, sizeof(struct sockaddr_in6)) != 0) die("client6m connect");
+    int server6m = accept(listener, NULL, NULL);
+    if (server6m < 0) die("accept client6m");
+    int listener6 = socket(AF_INET6, SOCK_STREAM, 0);
+    struct sockaddr_storage lo6 = inet6("::1", 0);
+    socklen_t size6 = sizeof(lo6);
+    if (listener6 < 0 || bind(listener6, (struct sockaddr *)&lo6, sizeof(struct sockaddr_in6)) != 0 || listen(listener6, 4) != 0
+        || getsockname(listener6, (struct sockaddr *)&lo6, &size6) != 0) die("listener6");
+    int client6 = socket(AF_INET6, SOCK_STREAM, 0);
+    if (client6 < 0 || connect(client6, (struct sockaddr *)&lo6, sizeof(struct sockaddr_in6)) != 0) die("client6 connect");
+    int server6 = accept(listener6, NULL, NULL);
+    if (server6 < 0) die("accept client6");
+    remember_all(client6m, "client6m", 1, 1, 0);
+    remember_all(listener6, "listener6", 1, 1, 0);
+    remember_all(client6, "client6", 1, 1, 0);
+    remember_all(server6, "server6", 1, 1, 0);
+    int v6only = -1;
+    socklen_t v6only_size = sizeof(v6only);
+    if (getsockopt(client6, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &v6only_size) != 0 || v6only != 0) die("client6 has IPV6_V6ONLY");
+    struct sockaddr_storage name6m, name6;
+    socklen_t name6m_size = sizeof(name6m), name6_size = sizeof(name6);
+    getsockname(client6m, (struct sockaddr *)&name6m, &name6m_size);
+    getsockname(client6, (struct sockaddr *)&name6, &name6_size);
+
     /* free4 and free6: listeners on addresses this host does not have. */
     int free4 = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_storage nonlocal = inet4("192.0.2.1", 4242);
     set_int(free4, IPPROTO_IP, IP_FREEBIND, 1, "IP_FREEBIND free4");
+    /* Listener-only TCP options (a deferred accept, a Fast Open queue, an MSS of its own) and the newer ones. */
+    set_int(free4, IPPROTO_TCP, TCP_DEFER_ACCEPT, 5, "TCP_DEFER_ACCEPT");
+    set_int(free4, IPPROTO_TCP, TCP_FASTOPEN, 16, "TCP_FASTOPEN");
+    set_int(free4, IPPROTO_TCP, TCP_WINDOW_CLAMP, 40000, "TCP_WINDOW_CLAMP");
+    set_int(free4, IPPROTO_TCP, TCP_QUICKACK, 0, "TCP_QUICKACK");
+    set_int(free4, IPPROTO_TCP, TCP_MAXSEG, 1200, "TCP_MAXSEG");
+    set_int(free4, IPPROTO_TCP, TCP_SAVE_SYN, 1, "TCP_SAVE_SYN");
+    set_int(free4, IPPROTO_TCP, TCP_TX_DELAY, 500, "TCP_TX_DELAY");
+    set_int(free4, IPPROTO_TCP, TCP_FASTOPEN_NO_COOKIE, 1, "TCP_FASTOPEN_NO_COOKIE");
+    set_int(free4, SOL_SOCKET, SO_BUSY_POLL, 50, "SO_BUSY_POLL");
+    set_int(free4, SOL_SOCKET, SO_PREFER_BUSY_POLL, 1, "SO_PREFER_BUSY_POLL");
+    set_int(free4, SOL_SOCKET, SO_ZEROCOPY, 1, "SO_ZEROCOPY");
+    int known = 0;
+    socklen_t known_size = sizeof(known);
+    if (getsockopt(free4, IPPROTO_TCP, TCP_RTO_MIN_US_, &known, &known_size) == 0) {
+        set_int(free4, IPPROTO_TCP, TCP_RTO_MIN_US_, 100000, "TCP_RTO_MIN_US");
+        set_int(free4, IPPROTO_TCP, TCP_DELACK_MAX_US_, 50000, "TCP_DELACK_MAX_US");
+    }
+    if (getsockopt(free4, IPPROTO_TCP, TCP_RTO_MAX_MS_, &known, &known_size) == 0)
+        set_int(free4, IPPROTO_TCP, TCP_RTO_MAX_MS_, 60000, "TCP_RTO_MAX_MS");
     if (bind(free4, (struct sockaddr *)&nonlocal, sizeof(struct sockaddr_in)) != 0 || listen(free4, 2) != 0) die("free4");
     remember_all(free4, "free4", 0, 1, 0);
+    remember(free4, "free4", "TCP_MAXSEG", IPPROTO_TCP, TCP_MAXSEG);
+
+    /* tfo: never bound nor connected, Fast Open asked for its connect, an MSS of its own. */
+    int tfo = socket(AF_INET, SOCK_STREAM, 0);
+    if (tfo < 0) die("tfo");
+    set_int(tfo, IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 1, "TCP_FASTOPEN_CONNECT");
+    set_int(tfo, IPPROTO_TCP, TCP_MAXSEG, 1000, "TCP_MAXSEG tfo");
+    set_int(tfo, IPPROTO_TCP, TCP_WINDOW_CLAMP, 20000, "TCP_WINDOW_CLAMP tfo");
+    remember_all(tfo, "tfo", 0, 1, 0);
+    remember(tfo, "tfo", "TCP_MAXSEG", IPPROTO_TCP, TCP_MAXSEG);
+    remember(tfo, "tfo", "TCP_FASTOPEN_CONNECT", IPPROTO_TCP, TCP_FASTOPEN_CONNECT);
     int free6 = socket(AF_INET6, SOCK_STREAM, 0);
     struct sockaddr_storage nonlocal6 = inet6("2001:db8::1", 4243);
     if (free6 < 0) die("AF_INET6");
@@ -628,6 +727,8 @@ int main(int argc, char **argv) {
     set_int(free6, IPPROTO_IPV6, IPV6_V6ONLY, 1, "IPV6_V6ONLY");
     set_int(free6, IPPROTO_IPV6, IPV6_TCLASS, 0x48, "IPV6_TCLASS");
     set_int(free6, IPPROTO_IPV6, IPV6_UNICAST_HOPS, 17, "IPV6_UNICAST_HOPS");
+    set_int(free6, IPPROTO_TCP, TCP_FASTOPEN, 8, "TCP_FASTOPEN free6");
+    set_int(free6, IPPROTO_TCP, TCP_DEFER_ACCEPT, 2, "TCP_DEFER_ACCEPT free6");
     if (bind(free6, (struct sockaddr *)&nonlocal6, sizeof(struct sockaddr_in6)) != 0 || listen(free6, 2) != 0) die("free6");
     remember_all(free6, "free6", 1, 1, 0);
 
@@ -721,9 +822,24 @@ int main(int argc, char **argv) {
         have += (size_t)n;
     }
     if (have != 5 || memcmp(buffer, "hello", 5) != 0) fail("server read %zu bytes of hello", have);
+    /* The IPv6 connections keep their addresses and carry bytes both ways. */
+    struct sockaddr_storage now6;
+    socklen_t now6_size = sizeof(now6);
+    if (getsockname(client6m, (struct sockaddr *)&now6, &now6_size) != 0 || now6_size != name6m_size || memcmp(&now6, &name6m, now6_size) != 0)
+        fail("client6m: another local address");
+    now6_size = sizeof(now6);
+    if (getsockname(client6, (struct sockaddr *)&now6, &now6_size) != 0 || now6_size != name6_size || memcmp(&now6, &name6, now6_size) != 0)
+        fail("client6: another local address");
+    int pairs[2][2] = { { client6m, server6m }, { server6, client6 } };
+    for (int i = 0; i < 2; i++) {
+        char byte = 0;
+        setsockopt(pairs[i][1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        if (send(pairs[i][0], "6", 1, 0) != 1 || recv(pairs[i][1], &byte, 1, 0) != 1 || byte != '6')
+            fail("%s: a byte did not cross (%s)", i ? "server6 -> client6" : "client6m -> server6m", strerror(errno));
+    }
     int fresh = socket(AF_INET, SOCK_STREAM, 0);
     if (connect(fresh, (struct sockaddr *)&address, size) != 0) fail("listener no longer accepts (%s)", strerror(errno));
-    (void)free4; (void)free6;
+    (void)free4; (void)free6; (void)tfo;
 
     if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
     printf("PASS\n");

@@ -22,6 +22,10 @@
  *              accept finds nothing, and a new connection works
  *   closed     a connected pair, dumped and restored with --tcp-close: after
  *              SIGTERM both ends read end of stream and writing fails EPIPE
+ *   inflight   a listener (PORT printed) with a handshake cut off in SYN_RECV;
+ *              after SIGTERM accepts "one" and "two" from `synpeer PORT`
+ *   synpeer PORT  not dumped: connects "one" at once (left in SYN_SENT), "two"
+ *              on SIGUSR1; passes once both connected and were answered
  *   lockpeer       not dumped: the peer outside the tree of `tcp peer PORT`.
  *              Listens (PORT printed), accepts one connection; on SIGUSR1
  *              (sent while the tree is dumped and not yet restored) sends
@@ -282,6 +286,79 @@ static int lockpeer(void) {
     return finish();
 }
 
+/* inflight: a listener (PORT printed) with one handshake left in SYN_RECV by the test
+ * (its SYN-ACKs are dropped); after SIGTERM it accepts two connections (40 s at most):
+ * from the peer whose handshake was cut off and from one that connected after the
+ * dump. Each says its name and gets "ok" back. */
+static int inflight(void) {
+    struct sockaddr_in lo = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t size = sizeof(lo);
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    if (l < 0 || bind(l, (struct sockaddr *)&lo, sizeof(lo)) != 0 || listen(l, 4) != 0 || getsockname(l, (struct sockaddr *)&lo, &size) != 0)
+        die("listener");
+    printf("PORT %d\n", ntohs(lo.sin_port));
+    wait_term();
+    const char *seen[2] = { NULL, NULL };
+    for (int i = 0; i < 2; i++) {
+        struct pollfd p = { .fd = l, .events = POLLIN };
+        if (poll(&p, 1, 40000) != 1) { fail("connection %d never came", i + 1); break; }
+        int a = accept(l, NULL, NULL);
+        if (a < 0) { fail("accept: %s", strerror(errno)); break; }
+        char name[8] = { 0 };
+        struct timeval tv = { 5, 0 };
+        setsockopt(a, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        if (recv(a, name, 3, MSG_WAITALL) != 3) fail("connection %d said nothing", i + 1);
+        seen[i] = strcmp(name, "one") == 0 ? "one" : strcmp(name, "two") == 0 ? "two" : "?";
+        send_text(a, "ok");
+        close(a);
+    }
+    if (!failbuf[0] && (seen[0] == seen[1] || seen[0][0] == '?' || seen[1][0] == '?')) fail("connections said %s and %s", seen[0], seen[1]);
+    return finish();
+}
+
+/* synpeer PORT: not dumped. Connects "one" to 127.0.0.1:PORT at once (the test drops the
+ * SYN-ACKs, so it waits in SYN_SENT), prints READY; on SIGUSR1 (sent between dump and
+ * restore) connects "two". Passes once both connected, said their names and got "ok". */
+static int synpeer(int port) {
+    struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    signal(SIGUSR1, on_usr1);
+    int fds[2] = { -1, -1 };
+    const char *names[2] = { "one", "two" };
+    fds[0] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fds[0] < 0 || (connect(fds[0], (struct sockaddr *)&to, sizeof(to)) != 0 && errno != EINPROGRESS)) die("connect one");
+    printf("READY\n");
+    fflush(stdout);
+    double deadline = now() + 60;
+    int done[2] = { 0, 0 };
+    while ((!done[0] || !done[1]) && now() < deadline && !failbuf[0]) {
+        if (usr1 && fds[1] < 0) {
+            fds[1] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+            if (fds[1] < 0 || (connect(fds[1], (struct sockaddr *)&to, sizeof(to)) != 0 && errno != EINPROGRESS)) die("connect two");
+            printf("SENT\n");
+            fflush(stdout);
+        }
+        for (int i = 0; i < 2; i++) {
+            if (fds[i] < 0 || done[i]) continue;
+            struct pollfd p = { .fd = fds[i], .events = POLLOUT };
+            if (poll(&p, 1, 50) != 1) continue;
+            int error = 0;
+            socklen_t size = sizeof(error);
+            getsockopt(fds[i], SOL_SOCKET, SO_ERROR, &error, &size);
+            if (error) { fail("%s: connect: %s", names[i], strerror(error)); break; }
+            fcntl(fds[i], F_SETFL, 0);
+            send_text(fds[i], names[i]);
+            char reply[3] = { 0 };
+            struct timeval tv = { 10, 0 };
+            setsockopt(fds[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+            if (recv(fds[i], reply, 2, MSG_WAITALL) != 2 || strcmp(reply, "ok") != 0) fail("%s: no ok back", names[i]);
+            done[i] = 1;
+        }
+        usleep(20000);
+    }
+    if (!failbuf[0] && (!done[0] || !done[1])) fail("not connected within 60 s: one %s, two %s", done[0] ? "yes" : "no", done[1] ? "yes" : "no");
+    return finish();
+}
+
 int main(int argc, char **argv) {
     signal(SIGTERM, on_term);
     signal(SIGPIPE, SIG_IGN);
@@ -289,6 +366,8 @@ int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "pending") == 0) return pending();
     if (argc > 1 && strcmp(argv[1], "closed") == 0) return closed();
     if (argc > 1 && strcmp(argv[1], "lockpeer") == 0) return lockpeer();
+    if (argc > 1 && strcmp(argv[1], "inflight") == 0) return inflight();
+    if (argc > 2 && strcmp(argv[1], "synpeer") == 0) { signal(SIGTERM, SIG_DFL); return synpeer(atoi(argv[2])); }
     enum { BIG, HALF, LASTACK, CLOSING, FINWAIT1, PAIRS };
     static const char *pair_names[] = { "big", "half", "lastack", "closing", "finwait1" };
     int a[PAIRS], b[PAIRS], sa[PAIRS], sb[PAIRS];

@@ -100,6 +100,9 @@ public struct InetSocketState: DescriptorKind {
     public var rawProtocol: Int32? = nil
 
     var family: Int32 { ipv6 ? AF_INET6 : AF_INET }
+    /// An IPv6 address that connect chose: IPV6_V6ONLY is off, which binding to one IPv6 address
+    /// (not an IPv4-mapped one) would have turned on.
+    var addressFromConnect: Bool { ipv6 && options["IPV6_V6ONLY"] == 0 && local.map(\.isSpecificIPv6) == true }
     var kernelType: Int32 {
         proto == .tcp ? Int32(SOCK_STREAM.rawValue) : proto == .raw ? Int32(SOCK_RAW.rawValue) : Int32(SOCK_DGRAM.rawValue)
     }
@@ -192,7 +195,9 @@ extension InetSocketState {
         }
         var options: [String: Int32] = [:]
         for o in InetIntegerOption.table(ipv6: family == AF_INET6, proto: proto, rawProtocol: protocolNumber) {
-            options[o.name] = try getInt(fd, o.level, o.option, o.name, what)
+            do {
+                options[o.name] = try getInt(fd, o.level, o.option, o.name, what)
+            } catch let error as SyscallError where o.optional && error.errno == .protocolNotAvailable {}
         }
         let inode = UInt64(p.stat.st_ino)
         let settings = try InetSocketSettings.dump(fd, ipv6: family == AF_INET6, proto: proto, pid: p.pid, inode: inode,
@@ -216,12 +221,25 @@ extension InetSocketState {
         }
         let info = try Sockets.option(fd, CRYO_IPPROTO_TCP, TCP_INFO, as: tcp_info.self, name: "TCP_INFO", object: what, initial: tcp_info())
         let stateName = tcpStateNames[info.tcpi_state] ?? "\(info.tcpi_state)"
+        if info.tcpi_state != 7 && info.tcpi_state != 10 {
+            for name in InetIntegerOption.unconnectedOnly { s.options[name] = nil }
+        }
         let connection = "\(local?.description ?? "?") -> \(peer?.description ?? "?")"
         switch info.tcpi_state {
         case 10:
+            // First, so that no connection completes unseen after the queues are counted; a SYN that
+            // comes before restore is then dropped and sent again, instead of refused with an RST.
+            if let local { try kindOptions.networkLock?.add(listener: local, pid: p.pid, object: what) }
             if info.tcpi_unacked > 0 && !kindOptions.skipInFlight {
                 throw CryoError("\(what) is listening on \(local?.description ?? "?") with \(info.tcpi_unacked) connection\(info.tcpi_unacked == 1 ? "" : "s") "
                     + "not yet accepted; dump with --skip-in-flight to drop them")
+            }
+            // Handshakes not finished (SYN_RECV) are in no queue that can be read back: the kernel keeps
+            // their sequence numbers to itself.
+            let halfOpen = local.map { synReceived(pid: p.pid, listener: $0, v4Too: family == AF_INET6 && options["IPV6_V6ONLY"] == 0) } ?? 0
+            if halfOpen > 0 && !kindOptions.skipInFlight {
+                throw CryoError("\(what) is listening on \(local?.description ?? "?") with \(halfOpen) connection\(halfOpen == 1 ? "" : "s") "
+                    + "in SYN_RECV (handshake not finished); dump with --skip-in-flight to drop them")
             }
             s.state = .listening
             s.backlog = Int32(clamping: info.tcpi_sacked)
@@ -335,6 +353,26 @@ extension InetSocketState {
             return procNetAddress(String(fields[2]))
         }
         return nil
+    }
+
+    /// Request sockets (SYN_RECV, state 03) of /proc/PID/net/tcp6 or tcp (the task's network namespace)
+    /// on the listener's port and address (any address for a wildcard listener).
+    static func synReceived(pid: pid_t, listener: InetAddress, v4Too: Bool) -> Int {
+        let tables = listener.isIPv6 ? ["tcp6"] + (v4Too ? ["tcp"] : []) : ["tcp"]
+        return tables.reduce(0) { count, table in
+            count + ((try? Files.readString("/proc/\(pid)/net/\(table)")).map { synReceived(in: $0, listener: listener) } ?? 0)
+        }
+    }
+
+    /// The same, counted in the text of one such table.
+    static func synReceived(in text: String, listener: InetAddress) -> Int {
+        var count = 0
+        for line in text.split(separator: "\n").dropFirst() {
+            let fields = line.split(separator: " ")
+            guard fields.count > 3, fields[3] == "03", let local = procNetAddress(String(fields[1])), local.port == listener.port else { continue }
+            if listener.isWildcard || local.address == listener.address || local.wireAddress == listener.wireAddress { count += 1 }
+        }
+        return count
     }
 
     /// "0100007F:1F90" (IPv4) or 32 hex digits of IPv6: each 32-bit word in the kernel's byte order, as printed.
@@ -481,8 +519,13 @@ final class InetSocketRebuilder: KindRebuilder {
                 try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE", what)
                 try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_QUEUE_SEQ, Int32(bitPattern: seq), "TCP_QUEUE_SEQ", what)
             }
-            try Sockets.bind(fd, to: try address(local, what), object: "\(what) to \(local.description)")
+            // An address that came from connect (IPV6_V6ONLY off, one IPv6 address): binding to it would turn
+            // IPV6_V6ONLY on, so the port is bound alone and the repaired connect picks the address again.
+            let fromConnect = s.addressFromConnect
+            let bound = fromConnect ? InetAddress.wildcard(ipv6: true, port: local.port) : local
+            try Sockets.bind(fd, to: try address(bound, what), object: "\(what) to \(bound.description)")
             try Sockets.connect(fd, to: try address(peer, what), object: "\(what) to \(peer.description) (TCP_REPAIR)")
+            if fromConnect { try expectLocal(fd, local, peer: peer, what: what) }
             let total = t.sendQueue.count + t.receiveQueue.count
             if total > 0 {
                 // Room for both queues as the kernel counts them (each byte's share of its buffer's truesize).
@@ -532,7 +575,7 @@ final class InetSocketRebuilder: KindRebuilder {
             try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_REUSEADDR, 1, "SO_REUSEADDR", what)
             // Binding to one IPv6 address turns IPV6_V6ONLY on for good. A connected UDP socket without it
             // got its address from connect (the kernel picks the route's), so it binds the port only and connect picks again.
-            let addressFromConnect = s.proto == .udp && s.peer != nil && s.options["IPV6_V6ONLY"] == 0 && s.local.map(\.isSpecificIPv6) == true
+            let addressFromConnect = (s.proto == .udp && s.peer != nil || s.state == .connecting) && s.addressFromConnect
             if let local = s.local {
                 let bound = addressFromConnect ? InetAddress.wildcard(ipv6: true, port: local.port) : local
                 try Sockets.bind(fd, to: try address(bound, what), object: "\(what) to \(bound.description)")
@@ -542,12 +585,10 @@ final class InetSocketRebuilder: KindRebuilder {
             } else if s.state == .connecting, let peer = s.peer {
                 // SYN_SENT: the handshake starts again; a blocking connect() the task was in waits for it.
                 try Sockets.startConnect(fd, to: try address(peer, what), object: "\(what) to \(peer.description)")
+                if addressFromConnect, let local = s.local { try expectLocal(fd, local, peer: peer, what: what) }
             } else if s.proto != .tcp, let peer = s.peer {
                 try Sockets.connect(fd, to: try address(peer, what), object: "\(what) to \(peer.description)")
-                if addressFromConnect, let local = s.local, let now = InetAddress(try Sockets.name(fd, peer: false, object: what)),
-                   now.address != local.address {
-                    throw CryoError("\(what): connecting to \(peer.description) now goes out from \(now.address), not \(local.address)")
-                }
+                if addressFromConnect, let local = s.local { try expectLocal(fd, local, peer: peer, what: what) }
             }
         }
         // 3. UDP queues, sent again from each datagram's source address when it can be bound.
@@ -582,13 +623,21 @@ final class InetSocketRebuilder: KindRebuilder {
                 guard let wanted = s.options[o.name], try getInt(fd, o.level, o.option, o.name, what) != wanted else { continue }
                 switch o.name {
                 case "SO_SNDBUF", "SO_RCVBUF", "SO_BUF_LOCK": continue // below
-                case "IPV6_V6ONLY": continue // only before bind; set there
+                case "IPV6_V6ONLY", "TCP_FASTOPEN_CONNECT": continue // only before bind; set there
+                case "TCP_WINDOW_CLAMP" where wanted == 0: continue // only a fresh socket has none, and it is fresh
                 default: try setInt(fd, o.level, o.option, wanted, o.name, what)
                 }
             }
             try s.settings?.restore(fd, tcp: s.proto == .tcp, what: what)
             try restoreBuffers(fd, s, what: what)
             try FileObjects.setStatusFlags(fd, Int32(bitPattern: flags) & O_NONBLOCK, object: what)
+        }
+    }
+
+    /// After a connect that picked the local address again: it must be the dumped one.
+    private func expectLocal(_ fd: FileDescriptor, _ local: InetAddress, peer: InetAddress, what: String) throws {
+        if let now = InetAddress(try Sockets.name(fd, peer: false, object: what)), now.address != local.address {
+            throw CryoError("\(what): connecting to \(peer.description) now goes out from \(now.address), not \(local.address)")
         }
     }
 

@@ -15,13 +15,21 @@ struct InetIntegerOption {
     let level: Int32
     let option: Int32
     let beforeBind: Bool
+    /// Newer than some kernels cryo runs on: left out of the image where getsockopt does not know it.
+    let optional: Bool
 
-    init(_ name: String, _ level: Int32, _ option: Int32, beforeBind: Bool = false) {
+    init(_ name: String, _ level: Int32, _ option: Int32, beforeBind: Bool = false, optional: Bool = false) {
         self.name = name
         self.level = level
         self.option = option
         self.beforeBind = beforeBind
+        self.optional = optional
     }
+
+    /// Only what the program set while the socket had no connection: TCP_MAXSEG reads the
+    /// connection's own MSS once connected; TCP_FASTOPEN_CONNECT can only be set before connect
+    /// (and in repair mode could defer the repaired connect).
+    static let unconnectedOnly: Set<String> = ["TCP_MAXSEG", "TCP_FASTOPEN_CONNECT"]
 
     /// Those kept for a socket of this family and protocol, in the order restore sets them:
     /// IP_TOS before SO_PRIORITY (setting the TOS sets the priority too); buffer sizes and
@@ -40,6 +48,8 @@ struct InetIntegerOption {
             // What recvmsg reports along (numbers of the x86-64 uapi: SO_TIMESTAMP_OLD, SO_TIMESTAMPNS_OLD).
             .init("SO_TIMESTAMP", CRYO_SOL_SOCKET, 29), .init("SO_TIMESTAMPNS", CRYO_SOL_SOCKET, 35),
             .init("SO_RXQ_OVFL", CRYO_SOL_SOCKET, 40), .init("SO_SELECT_ERR_QUEUE", CRYO_SOL_SOCKET, 45),
+            .init("SO_BUSY_POLL", CRYO_SOL_SOCKET, 46), .init("SO_PREFER_BUSY_POLL", CRYO_SOL_SOCKET, 69),
+            .init("SO_ZEROCOPY", CRYO_SOL_SOCKET, 60),
         ]
         // Ping and raw sockets have no peek offset.
         if proto != .icmp && proto != .raw { table.append(.init("SO_PEEK_OFF", CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF)) }
@@ -86,6 +96,15 @@ struct InetIntegerOption {
                 .init("TCP_SYNCNT", CRYO_IPPROTO_TCP, 7), .init("TCP_LINGER2", CRYO_IPPROTO_TCP, 8),
                 .init("TCP_THIN_LINEAR_TIMEOUTS", CRYO_IPPROTO_TCP, 16), .init("TCP_NOTSENT_LOWAT", CRYO_IPPROTO_TCP, 25),
                 .init("TCP_INQ", CRYO_IPPROTO_TCP, 36),
+                .init("TCP_MAXSEG", CRYO_IPPROTO_TCP, CRYO_TCP_MAXSEG),
+                .init("TCP_DEFER_ACCEPT", CRYO_IPPROTO_TCP, 9), .init("TCP_WINDOW_CLAMP", CRYO_IPPROTO_TCP, 10),
+                .init("TCP_QUICKACK", CRYO_IPPROTO_TCP, 12), .init("TCP_SAVE_SYN", CRYO_IPPROTO_TCP, 27),
+                .init("TCP_FASTOPEN_NO_COOKIE", CRYO_IPPROTO_TCP, 34), .init("TCP_TX_DELAY", CRYO_IPPROTO_TCP, 37),
+                // The listener's queue of Fast Open requests: only settable before a connection (CLOSE or LISTEN).
+                .init("TCP_FASTOPEN", CRYO_IPPROTO_TCP, 23, beforeBind: true),
+                .init("TCP_FASTOPEN_CONNECT", CRYO_IPPROTO_TCP, 30, beforeBind: true),
+                .init("TCP_RTO_MAX_MS", CRYO_IPPROTO_TCP, 44, optional: true), .init("TCP_RTO_MIN_US", CRYO_IPPROTO_TCP, 45, optional: true),
+                .init("TCP_DELACK_MAX_US", CRYO_IPPROTO_TCP, 46, optional: true),
             ]
         } else if proto == .udp {
             table.append(.init("UDP_CORK", CRYO_IPPROTO_UDP, CRYO_UDP_CORK))

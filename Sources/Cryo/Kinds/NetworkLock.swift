@@ -30,6 +30,8 @@ final class NetworkLock: @unchecked Sendable {
         /// iptables comment / nftables table name: unique to one dump.
         var name: String
         var connections: [Connection]
+        /// Listeners: packets to their address and port are dropped (a SYN in the gap is sent again, not refused by an RST).
+        var listeners: [InetAddress]? = nil
     }
 
     static let fileName = "netlock.json"
@@ -50,7 +52,7 @@ final class NetworkLock: @unchecked Sendable {
         tableMade = true
     }
 
-    var isEmpty: Bool { mutex.withLock { saved.connections.isEmpty } }
+    var isEmpty: Bool { mutex.withLock { saved.connections.isEmpty && (saved.listeners ?? []).isEmpty } }
 
     /// Drops the connection's packets from now on.
     func add(local: InetAddress, peer: InetAddress, pid: pid_t, object: String) throws {
@@ -66,6 +68,20 @@ final class NetworkLock: @unchecked Sendable {
         }
     }
 
+    /// Drops the packets that reach a listener from now on: a peer whose SYN comes during the gap
+    /// sends it again later instead of getting an RST, and connects to the restored listener.
+    func add(listener: InetAddress, pid: pid_t, object: String) throws {
+        try mutex.withLock {
+            guard !(saved.listeners ?? []).contains(listener) else { return }
+            if saved.mode == .nftables && !tableMade {
+                for command in nftTable() { try run(command, object: object) }
+                tableMade = true
+            }
+            for command in rules(listener: listener, adding: true) { try run(command, object: object) }
+            saved.listeners = (saved.listeners ?? []) + [listener]
+        }
+    }
+
     /// Every rule goes (errors are only logged: each rule is tried).
     func removeAll() {
         mutex.withLock {
@@ -74,18 +90,22 @@ final class NetworkLock: @unchecked Sendable {
                 for connection in saved.connections {
                     for command in rules(connection, adding: false) { _ = try? run(command, object: "network lock") }
                 }
+                for listener in saved.listeners ?? [] {
+                    for command in rules(listener: listener, adding: false) { _ = try? run(command, object: "network lock") }
+                }
             case .nftables:
                 if tableMade { _ = try? run(["nft", "delete", "table", "inet", saved.name], object: "network lock") }
                 tableMade = false
             }
             saved.connections = []
+            saved.listeners = nil
         }
     }
 
     /// Into the image, so restore removes the rules once the tree runs again.
     func save(into directory: String) throws -> String? {
         let data = try mutex.withLock { () -> Data? in
-            guard !saved.connections.isEmpty else { return nil }
+            guard !saved.connections.isEmpty || !(saved.listeners ?? []).isEmpty else { return nil }
             return try JSONEncoder().encode(saved)
         }
         guard let data else { return nil }
@@ -102,7 +122,8 @@ final class NetworkLock: @unchecked Sendable {
         guard Files.exists(path) else { return nil }
         guard let saved = try? JSONDecoder().decode(Saved.self, from: Data(try Files.read(path))),
               saved.name.hasPrefix("cryo-lock-"), saved.name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }),
-              saved.connections.allSatisfy({ $0.local.raw() != nil && $0.peer.raw() != nil }) else {
+              saved.connections.allSatisfy({ $0.local.raw() != nil && $0.peer.raw() != nil }),
+              (saved.listeners ?? []).allSatisfy({ $0.raw() != nil }) else {
             throw CryoError("\(path): not a network lock record cryo wrote")
         }
         return NetworkLock(saved: saved)
@@ -137,6 +158,25 @@ final class NetworkLock: @unchecked Sendable {
                 ["nft", "add", "rule", "inet", saved.name, chain, family, "saddr", source, "tcp", "sport", "\(sport)",
                  family, "daddr", destination, "tcp", "dport", "\(dport)", "meta", "mark", "!=", Self.markText, "drop"]
             }
+        }
+    }
+
+    /// Incoming packets to a listener's port (and address, unless it listens on every address;
+    /// a wildcard IPv6 listener may take IPv4 too, so both families are covered).
+    private func rules(listener: InetAddress, adding: Bool) -> [[String]] {
+        let address = listener.wireAddress
+        let families: [Bool] = listener.isWildcard ? [false, true] : [address.contains(":")]
+        switch saved.mode {
+        case .iptables:
+            return families.map { v6 in
+                [v6 ? "ip6tables" : "iptables", "-w", adding ? "-I" : "-D", "INPUT", "-p", "tcp"]
+                    + (listener.isWildcard ? [] : ["-d", address]) + ["--dport", "\(listener.port)", "-m", "mark", "!", "--mark", Self.markText,
+                    "-m", "comment", "--comment", saved.name, "-j", "DROP"]
+            }
+        case .nftables:
+            let match = listener.isWildcard ? [] : [address.contains(":") ? "ip6" : "ip", "daddr", address]
+            return [["nft", "add", "rule", "inet", saved.name, "input"] + match
+                    + ["tcp", "dport", "\(listener.port)", "meta", "mark", "!=", Self.markText, "drop"]]
         }
     }
 
