@@ -114,6 +114,22 @@ public enum FileObjects {
         return FileDescriptor(rawValue: try returnOrThrow(inotify_init1(flags), "inotify_init1", object: object))
     }
 
+    /// fanotify_init: `flags` as fdinfo shows them (FAN_CLOEXEC is added), `eventFlags` the events' open flags.
+    public static func fanotify(flags: UInt32, eventFlags: UInt32, object: String) throws -> FileDescriptor {
+        let cloexec: UInt32 = 0x1 // FAN_CLOEXEC: the controller's copy; the task's fd gets its own flag
+        let fd = try Kernel.syscall(SYS_fanotify_init, flags | cloexec, eventFlags, name: "fanotify_init", object: object)
+        return FileDescriptor(rawValue: Int32(fd))
+    }
+
+    /// fanotify_mark(FAN_MARK_ADD | `flags`) of `mask` on `path` (a file, its mount or its file system, by `flags`).
+    public static func addFanotifyMark(_ fd: FileDescriptor, flags: UInt32, mask: UInt64, path: String, object: String) throws {
+        let add: UInt32 = 0x1 // FAN_MARK_ADD
+        try path.withCString { name in
+            try Kernel.syscall(SYS_fanotify_mark, fd, add | flags, mask, Int32(AT_FDCWD), name, name: "fanotify_mark",
+                               object: "\(object) \(path)")
+        }
+    }
+
     /// Adds a watch that gets watch descriptor `wd` (INOTIFY_IOC_SETNEXTWD first); returns the one given.
     public static func addInotifyWatch(_ fd: FileDescriptor, path: String, mask: UInt32, wd: Int32, object: String) throws -> Int32 {
         _ = try returnOrThrow(Glibc.ioctl(fd.rawValue, CRYO_INOTIFY_IOC_SETNEXTWD, wd), "ioctl(INOTIFY_IOC_SETNEXTWD)", object: object)

@@ -54,6 +54,21 @@ extension EndToEnd {
             try fileRoundTrip("procfiles")
         }
 
+        /// The mount and file-system marks sit on a tmpfs of the test's own, where nothing else
+        /// makes events: on a busy file system they would queue events, which dump refuses.
+        @Test("fanotify groups with an inode mark (and ignore mask), a mount mark and a file-system mark report events after restore")
+        func fanotifyMarks() throws {
+            let mountScratch = try Scratch("fanotify-tmpfs")
+            defer { mountScratch.remove() }
+            let tmpfs = try mountScratch.folder("tmpfs")
+            try #require(mount("cryo-test", tmpfs, "tmpfs", 0, "size=1m,mode=0700") == 0, "mount tmpfs on \(tmpfs): errno \(errno)")
+            defer { umount2(tmpfs, Int32(MNT_DETACH)) }
+            try fileRoundTrip("fanotify", extraArguments: [tmpfs]) { _, images in
+                let show = try cryo(["show", images], in: mountScratch)
+                #expect(show.stdout.contains("fanotify") && show.stdout.contains("mount \(tmpfs)"), "show: \(show)")
+            }
+        }
+
         @Test("shared and private mappings of a file deleted while mapped come back mapping one file")
         func deletedFileMappings() throws {
             try fileRoundTrip("delmap")
@@ -102,11 +117,11 @@ extension EndToEnd {
 
 /// start (with a fresh work folder) → READY → dump (kills) → `checkImage` →
 /// restore in the foreground → SIGTERM → PASS.
-func fileRoundTrip(_ name: String, dumpOptions: [String] = [], sourceLocation: SourceLocation = #_sourceLocation,
+func fileRoundTrip(_ name: String, extraArguments: [String] = [], dumpOptions: [String] = [], sourceLocation: SourceLocation = #_sourceLocation,
                    checkImage: (Fixture, String) throws -> Void = { _, _ in }) throws {
     let scratch = try Scratch("\(name)-files")
     defer { scratch.remove() }
-    let fixture = try Fixture(name, arguments: [try scratch.folder("work")], in: scratch)
+    let fixture = try Fixture(name, arguments: [try scratch.folder("work")] + extraArguments, in: scratch)
     defer {
         fixture.cleanUp()
         // Children it lists on a PIDS line, should it fail before killing them itself.

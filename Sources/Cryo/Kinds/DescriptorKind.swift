@@ -84,6 +84,7 @@ enum DescriptorKinds {
         SignalFDState.self,
         TimerFDState.self,
         InotifyState.self,
+        FanotifyState.self,
         EpollState.self,
     ]
 
