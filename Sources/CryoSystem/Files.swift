@@ -224,6 +224,16 @@ public enum Pidfd {
     public static func compareFiles(_ pid1: pid_t, _ fd1: Int32, _ pid2: pid_t, _ fd2: Int32) throws -> Int {
         try Kernel.syscall(SYS_kcmp, pid1, pid2, 0 /* KCMP_FILE */, fd1, fd2, name: "kcmp(KCMP_FILE)", pid: pid1, object: "fd \(fd1)")
     }
+    /// Whether `pid`'s `fd` is the file an epoll instance (`pid`'s `epollFd`) watches as its
+    /// `occurrence`-th target registered under fd number `targetFd` (KCMP_EPOLL_TFD).
+    public static func epollTargetIsOpen(_ pid: pid_t, fd: Int32, epollFd: Int32, targetFd: Int32, occurrence: Int) throws -> Bool {
+        // struct kcmp_epoll_slot { __u32 efd, tfd; __u64 toff; }
+        var slot: (UInt32, UInt32, UInt64) = (UInt32(bitPattern: epollFd), UInt32(bitPattern: targetFd), UInt64(occurrence))
+        return try withUnsafeMutablePointer(to: &slot) { pointer in
+            try Kernel.syscall(SYS_kcmp, pid, pid, 7 /* KCMP_EPOLL_TFD */, fd, UnsafeMutableRawPointer(pointer),
+                               name: "kcmp(KCMP_EPOLL_TFD)", pid: pid, object: "epoll fd \(epollFd) target fd \(targetFd)") == 0
+        }
+    }
     /// Whether two processes share one resource: KCMP_VM 1, KCMP_FILES 2, KCMP_FS 3.
     public static func share(_ pid1: pid_t, _ pid2: pid_t, resource: Int32) throws -> Bool {
         try Kernel.syscall(SYS_kcmp, pid1, pid2, resource, 0, 0, name: "kcmp(\(resource))", pid: pid1) == 0

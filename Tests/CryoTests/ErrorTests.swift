@@ -64,6 +64,28 @@ extension EndToEnd {
             expectStillRunning(fixture)
         }
 
+        /// epoll knows a target by (file, fd number): a number closed since, or given to another
+        /// file, cannot name the watched file at restore; restoring it anyway would watch the wrong one.
+        @Test("an epoll watch through a closed descriptor, or one whose number now holds another file, is refused",
+              arguments: ["closed", "reused"])
+        func epollClosedTargetRefused(_ variant: String) throws {
+            let scratch = try Scratch("epoll-\(variant)")
+            defer { scratch.remove() }
+            let fixture = try Fixture("epollclosed", arguments: [variant], in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let watched = try #require(fixture.tagged("WATCHED")?.first, "no WATCHED line\n\(fixture.report)")
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
+            expectOneLine(dump, naming: ["pid \(fixture.pid) fd ", "epoll", "fd \(watched), which the process has closed"]
+                          + (variant == "reused" ? ["another file"] : []))
+            #expect(!FileManager.default.fileExists(atPath: images), "a failed dump should remove the image folder it created")
+            expectStillRunning(fixture)
+            fixture.signal(SIGTERM)
+            #expect(fixture.reapOriginal(timeout: 30) == .exited(0), "\(fixture.report)")
+            expectPass(fixture, "\(dump)")
+        }
+
         @Test("restore while the original still runs fails naming the pid and its holder")
         func pidInUse() throws {
             let scratch = try Scratch("pid-in-use")

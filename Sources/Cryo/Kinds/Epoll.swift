@@ -21,6 +21,7 @@ public struct EpollState: DescriptorKind {
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> EpollState? {
         guard p.link == "anon_inode:[eventpoll]" else { return nil }
         var targets: [Target] = []
+        var seen: [Int32: Int] = [:]
         for line in p.info.text.split(separator: "\n") where line.hasPrefix("tfd:") {
             // tfd: N events: HEX data: HEX pos:... ino:... sdev:...
             let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
@@ -29,8 +30,14 @@ public struct EpollState: DescriptorKind {
                   let data = after("data:").flatMap({ UInt64($0, radix: 16) }) else {
                 throw CryoError("\(p.object): epoll with an unreadable target line: \(line)")
             }
-            guard Files.exists("/proc/\(p.pid)/fd/\(fd)") else {
-                throw CryoError("\(p.object): epoll watches fd \(fd), which the process has closed; not supported")
+            let occurrence = seen[fd, default: 0]
+            seen[fd] = occurrence + 1
+            // epoll knows a target by (file, fd number): the number may since have been closed and
+            // given to another file, which restore would then watch instead.
+            guard Files.exists("/proc/\(p.pid)/fd/\(fd)"),
+                  try Pidfd.epollTargetIsOpen(p.pid, fd: fd, epollFd: p.fd, targetFd: fd, occurrence: occurrence) else {
+                throw CryoError("\(p.object): epoll watches a file through fd \(fd), which the process has closed"
+                    + (Files.exists("/proc/\(p.pid)/fd/\(fd)") ? " (the number now holds another file)" : "") + "; not supported")
             }
             targets.append(Target(fd: fd, events: events, data: data))
         }
