@@ -409,8 +409,25 @@ static long epoll_add(struct cryo_args_header *h) {
     for (uint32_t i = 0; i < a->count; i++) {
         struct __attribute__((packed)) { uint32_t events; uint64_t data; } ev = { t[i].events, t[i].data };
         log_line(h, "epoll watch fd, events", (unsigned long)t[i].target_fd, t[i].events);
-        CHECK(h, sys4(NR_epoll_ctl, t[i].epoll_fd, 1 /* EPOLL_CTL_ADD */, t[i].target_fd, &ev), i, NR_epoll_ctl,
-              (unsigned long)t[i].target_fd);
+        if (t[i].source_fd < 0) {
+            CHECK(h, sys4(NR_epoll_ctl, t[i].epoll_fd, 1 /* EPOLL_CTL_ADD */, t[i].target_fd, &ev), i, NR_epoll_ctl,
+                  (unsigned long)t[i].target_fd);
+            continue;
+        }
+        /* The watched file's number was closed (or given to another file) after the watch was
+         * added: put the file under that number just for the add, then put back what was there. */
+        long flags = sys2(NR_fcntl, t[i].target_fd, 1 /* F_GETFD */);
+        long saved = -1;
+        if (flags >= 0) CHECK(h, saved = sys3(NR_fcntl, t[i].target_fd, 1030 /* F_DUPFD_CLOEXEC */, 0), i, NR_fcntl, 1030);
+        CHECK(h, sys3(NR_dup3, t[i].source_fd, t[i].target_fd, 0), i, NR_dup3, (unsigned long)t[i].target_fd);
+        long added = sys4(NR_epoll_ctl, t[i].epoll_fd, 1 /* EPOLL_CTL_ADD */, t[i].target_fd, &ev);
+        if (saved >= 0) {
+            CHECK(h, sys3(NR_dup3, saved, t[i].target_fd, (flags & 1) ? 02000000 /* O_CLOEXEC */ : 0), i, NR_dup3, (unsigned long)saved);
+            sys1(NR_close, saved);
+        } else {
+            sys1(NR_close, t[i].target_fd);
+        }
+        CHECK(h, added, i, NR_epoll_ctl, (unsigned long)t[i].target_fd);
     }
     return 0;
 }

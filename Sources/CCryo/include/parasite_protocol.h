@@ -181,7 +181,9 @@ struct cryo_install_fds {
     int32_t close_from;
 };
 
-struct cryo_epoll_target { int32_t epoll_fd; int32_t target_fd; uint32_t events; uint32_t pad; uint64_t data; };
+/* source_fd -1: watch target_fd. Otherwise the watched file is at source_fd and target_fd (the number
+ * it was added under, closed since) holds another file or none: it is moved aside for the add. */
+struct cryo_epoll_target { int32_t epoll_fd; int32_t target_fd; uint32_t events; int32_t source_fd; uint64_t data; };
 
 /* Followed by targets[]: epoll_ctl(EPOLL_CTL_ADD) each, from inside the owner. */
 struct cryo_epoll_add { uint32_t count; uint32_t pad; };

@@ -15,6 +15,8 @@ public struct EpollState: DescriptorKind {
         public var fd: Int32
         public var events: UInt32
         public var data: UInt64
+        /// Where the watched file is now, when `fd` (the number it was added under) was closed since.
+        public var sourceFd: Int32?
     }
     public var targets: [Target]
 
@@ -34,19 +36,36 @@ public struct EpollState: DescriptorKind {
             seen[fd] = occurrence + 1
             // epoll knows a target by (file, fd number): the number may since have been closed and
             // given to another file, which restore would then watch instead.
-            guard Files.exists("/proc/\(p.pid)/fd/\(fd)"),
-                  try Pidfd.epollTargetIsOpen(p.pid, fd: fd, epollFd: p.fd, targetFd: fd, occurrence: occurrence) else {
-                throw CryoError("\(p.object): epoll watches a file through fd \(fd), which the process has closed"
-                    + (Files.exists("/proc/\(p.pid)/fd/\(fd)") ? " (the number now holds another file)" : "") + "; not supported")
+            let numberOpen = Files.exists("/proc/\(p.pid)/fd/\(fd)")
+            var sourceFd: Int32?
+            if !(try numberOpen && Pidfd.epollTargetIsOpen(p.pid, fd: fd, epollFd: p.fd, targetFd: fd, occurrence: occurrence)) {
+                // The file lives on through another descriptor (else epoll would have dropped it): find it.
+                guard p.inFlight == nil, let other = try openDescriptors(p.pid).first(where: { candidate in
+                    (try? Pidfd.epollTargetIsOpen(p.pid, fd: candidate, epollFd: p.fd, targetFd: fd, occurrence: occurrence)) == true
+                }) else {
+                    throw CryoError("\(p.object): epoll watches a file through fd \(fd), which the process has closed"
+                        + (numberOpen ? " (the number now holds another file)" : "") + " and holds through no other descriptor; not supported")
+                }
+                sourceFd = other
             }
-            targets.append(Target(fd: fd, events: events, data: data))
+            targets.append(Target(fd: fd, events: events, data: data, sourceFd: sourceFd))
         }
         return EpollState(targets: targets)
     }
 
+    private static func openDescriptors(_ pid: pid_t) throws -> [Int32] {
+        try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").compactMap { Int32($0) }.sorted()
+    }
+
     func summary(_ file: FileTable.OpenFile) -> String {
-        "epoll watching " + (targets.isEmpty ? "nothing"
-            : targets.map { "fd \($0.fd) (events 0x\(hex(UInt64($0.events))), data 0x\(hex($0.data)))" }.joined(separator: ", "))
+        "epoll watching " + (targets.isEmpty ? "nothing" : targets.map { target in
+            "fd \(target.fd)" + (target.sourceFd.map { " (closed; the file is at fd \($0))" } ?? "")
+                + " (events 0x\(hex(UInt64(target.events))), data 0x\(hex(target.data)))"
+        }.joined(separator: ", "))
+    }
+
+    func validate() -> String? {
+        targets.first { $0.fd < 0 || ($0.sourceFd ?? 0) < 0 || $0.sourceFd == $0.fd }.map { "epoll target fd \($0.fd) is malformed" }
     }
 
     func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
@@ -62,7 +81,7 @@ public struct EpollState: DescriptorKind {
     static func afterInstall(_ installed: InstalledDescriptors, parasite: Parasite) throws {
         var watches: [cryo_epoll_target] = []
         for (fd, file, epoll) in installed.of(EpollState.self) where installed.finishedOnce(file.id) {
-            watches += epoll.targets.map { cryo_epoll_target(epoll_fd: fd, target_fd: $0.fd, events: $0.events, pad: 0, data: $0.data) }
+            watches += epoll.targets.map { cryo_epoll_target(epoll_fd: fd, target_fd: $0.fd, events: $0.events, source_fd: $0.sourceFd ?? -1, data: $0.data) }
         }
         guard !watches.isEmpty else { return }
         var add = cryo_epoll_add()
