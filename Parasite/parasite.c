@@ -54,6 +54,7 @@ enum {
 #define MREMAP_MAYMOVE 1
 #define MREMAP_FIXED 2
 #define PROT_WRITE 2
+#define MADV_DONTNEED 4
 #define MADV_DONTFORK 10
 #define MADV_DONTDUMP 16
 #define MADV_HUGEPAGE 14
@@ -307,6 +308,7 @@ static long restore_memory(struct cryo_args_header *h) {
     struct cryo_remap *remaps = (struct cryo_remap *)(unmaps + m->unmap_count);
     struct cryo_vma *vmas = (struct cryo_vma *)(remaps + m->remap_count);
     struct cryo_page_run *runs = (struct cryo_page_run *)(vmas + m->vma_count);
+    struct cryo_range *discards = (struct cryo_range *)(runs + m->run_count);
 
     /* The controller's rseq area is about to vanish; the kernel must stop writing to it. */
     if (m->old_rseq)
@@ -321,6 +323,10 @@ static long restore_memory(struct cryo_args_header *h) {
                       MREMAP_MAYMOVE | MREMAP_FIXED, remaps[i].to);
         CHECK(h, r, i, NR_mremap, remaps[i].from);
     }
+    /* Pages of kept (inherited) mappings that the parent holds and this task did not: zero or the file's again. */
+    for (uint64_t i = 0; i < m->discard_count; i++)
+        CHECK(h, sys3(NR_madvise, discards[i].start, discards[i].end - discards[i].start, MADV_DONTNEED), i, NR_madvise,
+              discards[i].start);
     for (uint64_t i = 0; i < m->vma_count; i++) {
         struct cryo_vma *v = &vmas[i];
         uint64_t length = v->end - v->start;
@@ -328,7 +334,11 @@ static long restore_memory(struct cryo_args_header *h) {
         if (v->run_count) prot |= PROT_WRITE;
         log_line(h, "map", v->start, length);
         long addr;
-        if (v->sysv_shm) {
+        if (v->keep) {
+            /* Inherited with its pages shared copy-on-write: only this task's own pages are written. */
+            addr = (long)v->start;
+            if (prot != v->prot) CHECK(h, sys3(NR_mprotect, v->start, length, prot), i, NR_mprotect, v->start);
+        } else if (v->sysv_shm) {
             /* A real attach, so shmdt and the segment's attach count work as before. */
             enum { SHM_RDONLY = 010000, SHM_REMAP = 040000, SHM_EXEC = 0100000 };
             long shmflg = SHM_REMAP | (prot & PROT_WRITE ? 0 : SHM_RDONLY) | (prot & 4 /* PROT_EXEC */ ? SHM_EXEC : 0);

@@ -131,13 +131,13 @@ struct cryo_vma {
     uint64_t first_run;        /* its page runs: runs[first_run ..< first_run + run_count] */
     uint64_t run_count;
     uint32_t sysv_shm;         /* 1 + the id of the System V segment to shmat here; 0: mmap as above */
-    uint32_t pad;
+    uint32_t keep;             /* 1: inherited from the parent at fork, already in place: not mapped again */
 };
 
 /* Bytes of the pages file `fd` (the page stream may span several) that belong at [address, address + length). */
 struct cryo_page_run { uint64_t address; uint64_t length; uint64_t file_offset; int32_t fd; uint32_t pad; };
 
-/* Followed in the argument area by unmaps[], remaps[], vmas[], runs[]. */
+/* Followed in the argument area by unmaps[], remaps[], vmas[], runs[], discards[]. */
 struct cryo_restore_memory {
     uint64_t unmap_count;
     uint64_t remap_count;
@@ -146,6 +146,7 @@ struct cryo_restore_memory {
     uint64_t old_rseq;         /* the inherited rseq registration to drop first */
     uint32_t old_rseq_length;
     uint32_t old_rseq_signature;
+    uint64_t discard_count;    /* ranges of kept mappings whose inherited pages go (MADV_DONTNEED) */
 };
 
 /* The kernel's struct prctl_mm_map. */

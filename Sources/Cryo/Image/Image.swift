@@ -9,16 +9,19 @@ import SystemPackage
 public enum ImageFormat {
     public static let magic: [UInt8] = Array("CRYOIMG\0".utf8)
     /// The highest version this cryo reads.
-    public static let version: UInt32 = 4
+    public static let version: UInt32 = 5
     /// What files are written as unless they need more: version 2 marks a task
     /// file whose pages are compressed, version 3 one whose pages continue in
     /// part files, so an older cryo refuses them instead of restoring zstd
     /// frames or missing pages as memory. Version 4 task files keep the page
     /// index's runs in a binary `pageRuns` record (and may be compressed or in parts).
+    /// Version 5 marks a task file whose mappings keep pages shared with the parent
+    /// (CopyOnWrite.swift): its own pages alone are not its memory.
     public static let baseVersion: UInt32 = 1
     public static let compressedPagesVersion: UInt32 = 2
     public static let pagePartsVersion: UInt32 = 3
     public static let pageRunsVersion: UInt32 = 4
+    public static let inheritedPagesVersion: UInt32 = 5
     public static let fileHeaderSize = 16
     public static let recordHeaderSize = 24
     /// No record is larger than this; a length beyond it is corruption, not a reason to allocate.

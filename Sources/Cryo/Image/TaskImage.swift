@@ -16,7 +16,8 @@ public struct TaskImage: Codable, Sendable {
 
     func write(to path: String) throws {
         // Version 4: the runs are binary (a million of them as JSON took half a second to read back).
-        var writer = RecordWriter(version: ImageFormat.pageRunsVersion)
+        let inherits = memory.mappings.contains { $0.inherited == true }
+        var writer = RecordWriter(version: inherits ? ImageFormat.inheritedPagesVersion : ImageFormat.pageRunsVersion)
         try writer.append(.task, core)
         try writer.append(.threads, threads)
         try writer.append(.memory, memory)
@@ -145,6 +146,8 @@ public struct Image: Sendable {
                                  "mapping 0x\(hex(m.start)): shared anonymous memory without its object in shmem.img, or the reverse")
             }
         }
+        let parents = Dictionary(inventory.processes.filter { $0.zombieStatus == nil }.map { ($0.pid, $0.ppid) }, uniquingKeysWith: { a, _ in a })
+        try CopyOnWrite.validate(tasks, parents: parents)
     }
 
     /// shmem.img and the size of each object's pages file; no file, no shared memory.
@@ -202,6 +205,10 @@ extension Image {
                 try chunk.withUnsafeMutableBytes { try sharedMemory.read(id, offset: m.fileOffset + (address - m.start), into: $0, paths: paths) }
             } else if pages.run(containing: address) != nil {
                 try chunk.withUnsafeMutableBytes { try pages.read(address: address, into: $0) }
+            } else if m.inherited == true, !(task.memory.discards ?? []).contains(where: { $0[0] <= address && address < $0[1] }),
+                      let ppid = inventory.processes.first(where: { $0.pid == task.core.pid })?.ppid, let parent = self.task(ppid) {
+                // A page still shared with the parent since fork: the parent's, as restore leaves it.
+                chunk = try bytes(of: parent, at: address, count: want)
             } else if m.kind == .file, let path = m.path, let file = try? Files.open(path, .readOnly) {
                 _ = try? chunk.withUnsafeMutableBytes { try file.read(fromAbsoluteOffset: Int64(m.fileOffset + (address - m.start)), into: $0) }
                 try? file.close()

@@ -30,7 +30,8 @@ struct LazySplit {
     /// places its last injected syscall) stay eager too, so nothing during
     /// the restore waits on a fault. The pages around each thread's stack pointer are eager as well: the
     /// process needs them first thing.
-    init(task: TaskImage) {
+    /// `eagerMappings`: starts of mappings that stay eager too (shared with a parent or child, CopyOnWrite.swift).
+    init(task: TaskImage, eagerMappings: Set<UInt64> = []) {
         var eagerPages = Set<UInt64>()
         for thread in task.threads {
             if let rseq = thread.rseq, rseq.address != 0 {
@@ -50,7 +51,7 @@ struct LazySplit {
         // MADV_WIPEONFORK memory stays eager: a child forked later must see it zeroed, not filled from the image.
         let lazyMappings = task.memory.mappings.filter {
             !$0.shared && [.anonymous, .heap, .stack].contains($0.kind)
-                && $0.advice & UInt32(CRYO_MADV_WIPEONFORK) == 0
+                && $0.advice & UInt32(CRYO_MADV_WIPEONFORK) == 0 && !eagerMappings.contains($0.start)
         }
         ranges = lazyMappings.map { cryo_range(start: $0.start, end: $0.end) }
         var eagerRuns: [PageRun] = []

@@ -33,6 +33,9 @@ public struct MemoryRecord: Codable, Sendable {
         public var file: Int?
         /// A mapping of a file whose name was removed: `file` names its ghost in the file table.
         public var deleted: Bool? = nil
+        /// Inherited from the parent at fork and still sharing pages with it: restore keeps the parent's
+        /// copy-on-write and writes only this task's own pages (CopyOnWrite.swift).
+        public var inherited: Bool? = nil
         var length: UInt64 { end - start }
         var isSpecial: Bool { [.vdso, .vvar, .vvarClock, .vsyscall].contains(kind) }
         var prot: Int32 {
@@ -43,6 +46,9 @@ public struct MemoryRecord: Codable, Sendable {
     public var mappings: [Mapping]
     /// PR_GET_THP_DISABLE when not 0 (an mm flag: 1, or 3 with PR_THP_DISABLE_EXCEPT_ADVISED).
     public var thpDisable: Int32? = nil
+    /// [start, end) ranges of inherited mappings whose pages the parent has and this task has not:
+    /// dropped after fork at restore (CopyOnWrite.swift).
+    public var discards: [[UInt64]]? = nil
 }
 
 /// Where each saved page range lives in the page stream: [address, length, offset].
@@ -362,11 +368,14 @@ extension MemoryRecord {
     /// `inTask`, when given, copies large amounts through the parasite (InTaskPageCopy);
     /// `compress` writes them as zstd frames (PageFrames), read with process_vm_readv.
     /// `settled` is called once the address space will change no more (for MappingsPrefetch).
+    /// `select`, when given, picks from the present pages those to write (CopyOnWrite: not the ones shared with the parent).
     func dumpPages(pid: pid_t, to pagesPath: String, compress: Bool = false, statistics: inout DumpStatistics,
-                   inTask: InTaskPageCopy? = nil, settled: () -> Void = {}) throws -> PageIndex {
+                   inTask: InTaskPageCopy? = nil, select: (([Range<UInt64>]) throws -> [Range<UInt64>])? = nil,
+                   settled: () -> Void = {}) throws -> PageIndex {
         let out = try Files.open(pagesPath, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
         defer { try? out.close() }
-        let regions = try presentPages(pid: pid, statistics: &statistics)
+        let present = try presentPages(pid: pid, statistics: &statistics)
+        let regions = try select?(present) ?? present
         var runs: [PageRun] = []
         runs.reserveCapacity(regions.count)
         var total: UInt64 = 0
@@ -764,7 +773,8 @@ struct MemoryRestorePlan {
 
     /// What a new task has that goes: all but the parasite and the kernel's
     /// special mappings (those are moved, not dropped).
-    static func dropped(_ current: [ProcMapping], parasite: Range<UInt64>)
+    /// Ranges in `keep` (mappings inherited from the parent, CopyOnWrite.swift) stay.
+    static func dropped(_ current: [ProcMapping], parasite: Range<UInt64>, keep: [Range<UInt64>] = [])
         -> (unmaps: [cryo_range], specials: [(kind: MemoryRecord.Kind, range: Range<UInt64>)]) {
         let specialNames: [String: MemoryRecord.Kind] = ["[vdso]": .vdso, "[vvar]": .vvar, "[vvar_vclock]": .vvarClock]
         var unmaps: [cryo_range] = []
@@ -776,8 +786,10 @@ struct MemoryRestorePlan {
                 specials.append((kind, m.start..<m.end))
                 continue
             }
-            if let last = unmaps.last, last.end == m.start { unmaps[unmaps.count - 1].end = m.end } else {
-                unmaps.append(cryo_range(start: m.start, end: m.end))
+            for piece in CopyOnWrite.subtract(keep, from: [m.start..<m.end]) {
+                if let last = unmaps.last, last.end == piece.lowerBound { unmaps[unmaps.count - 1].end = piece.upperBound } else {
+                    unmaps.append(cryo_range(start: piece.lowerBound, end: piece.upperBound))
+                }
             }
         }
         return (unmaps, specials)
@@ -797,8 +809,14 @@ struct MemoryRestorePlan {
 
     init(record: MemoryRecord, index: PageIndex, current: [ProcMapping], parasite: Range<UInt64>,
          temporary: UInt64, pagesFDs: [Int32], fileFD: (MemoryRecord.Mapping) throws -> Int32,
-         oldRseq: cryo_rseq_config) throws {
-        var (unmaps, currentSpecials) = MemoryRestorePlan.dropped(current, parasite: parasite)
+         oldRseq: cryo_rseq_config, keepInherited: Bool = true, extraRuns: [cryo_page_run] = []) throws {
+        // Mappings inherited from the parent are in place already, shared copy-on-write: they stay.
+        // Without (keepInherited false) they are mapped afresh and `extraRuns` (the parent's pages) fill them.
+        let kept = keepInherited ? record.mappings.filter { $0.inherited == true }.map { $0.start..<$0.end } : []
+        for range in kept where !CopyOnWrite.subtract(current.map { $0.start..<$0.end }, from: [range]).isEmpty {
+            throw CryoError("mapping 0x\(hex(range.lowerBound))-0x\(hex(range.upperBound)) inherited from the parent is not in the new task's layout")
+        }
+        var (unmaps, currentSpecials) = MemoryRestorePlan.dropped(current, parasite: parasite, keep: kept)
         // The kernel's vDSO pages move to where the image had them: first aside,
         // then into place, so no move lands on another special mapping.
         var remaps: [cryo_remap] = []
@@ -847,6 +865,7 @@ struct MemoryRestorePlan {
             vma.file_offset = backedByFile ? m.fileOffset : 0
             vma.madvise = m.advice
             if m.kind == .sysvShm, let id = m.inode { vma.sysv_shm = UInt32(id) + 1 }
+            if m.inherited == true && keepInherited { vma.keep = 1 }
             vma.first_run = UInt64(runs.count)
             // Compressed pages are not the parasite's to read: fillPages writes them afterwards.
             while index.compression == nil && runCursor < sortedRuns.count && sortedRuns[runCursor].address < m.end {
@@ -859,6 +878,7 @@ struct MemoryRestorePlan {
                 }
                 runCursor += 1
             }
+            runs += extraRuns.filter { $0.address >= m.start && $0.address < m.end }
             vma.run_count = UInt64(runs.count) - vma.first_run
             vmas.append(vma)
         }
@@ -870,7 +890,9 @@ struct MemoryRestorePlan {
         header.old_rseq = oldRseq.rseq_abi_pointer
         header.old_rseq_length = oldRseq.rseq_abi_size
         header.old_rseq_signature = oldRseq.signature
-        payload = bytes(of: header) + bytes(of: unmaps) + bytes(of: remaps) + bytes(of: vmas) + bytes(of: runs)
+        let discards = keepInherited ? (record.discards ?? []).map { cryo_range(start: $0[0], end: $0[1]) } : []
+        header.discard_count = UInt64(discards.count)
+        payload = bytes(of: header) + bytes(of: unmaps) + bytes(of: remaps) + bytes(of: vmas) + bytes(of: runs) + bytes(of: discards)
     }
 }
 

@@ -149,6 +149,11 @@ public struct Dumper {
             let namespaces = try NamespaceRecord.dump(root: pid, live: tree.live.map { ($0.pid, $0.comm) })
             let prefetch = MappingsPrefetch()
             var sysvSegments: [Int32: SysVSegment] = [:]
+            // Each process's layout and every range its restore fills, for its children's copy-on-write
+            // sharing (CopyOnWrite.swift). Not after a pre-dump (its pages come from elsewhere), nor for a
+            // hand-over (migration: pages may arrive after the tree starts, too late for a fork).
+            var dumpedMemory: [pid_t: (memory: MemoryRecord, saved: [Range<UInt64>], frames: CopyOnWrite.Frames)] = [:]
+            let parents = Set(tree.live.map(\.ppid))
             for process in tree.live {
                 // Memory first, from the layout alone: smaps (VmFlags) is read alongside and joined after the
                 // task state, and no parasite of ours is in the task while the pages are taken.
@@ -176,6 +181,8 @@ public struct Dumper {
                 let memoryStart = ContinuousClock.now
                 let pageIndex: PageIndex
                 var compressAfterRelease = false
+                var saved: [Range<UInt64>]? = nil
+                var frames = CopyOnWrite.Frames()
                 do {
                     if let base = previous?.pages(of: process.pid) {
                         compressAfterRelease = options.compress
@@ -187,10 +194,36 @@ public struct Dumper {
                         pageIndex = index
                         fills.append(fill)
                     } else {
+                        let parent = options.handOver == nil ? dumpedMemory[process.ppid] : nil
+                        // The advice of each mapping decides what fork passes on: read before the pages.
+                        if parent != nil { try memory.applyFlags(prefetch.mappings(of: process.pid), pid: process.pid) }
+                        let layout = memory
+                        var split: CopyOnWrite.Split? = nil
                         pageIndex = try memory.dumpPages(pid: process.pid, to: paths.pages(process.pid), compress: options.compress,
                                                          statistics: &statistics,
                                                          inTask: InTaskPageCopy(leader: process.leader, log: parasiteLog(logger)),
+                                                         select: { present in
+                                                             saved = present
+                                                             // Before any page is read (CopyOnWrite.Frames says why).
+                                                             if options.handOver == nil && parents.contains(process.pid) {
+                                                                 frames = try CopyOnWrite.Frames(pid: process.pid, regions: present)
+                                                             }
+                                                             guard let parent else { return present }
+                                                             let pagemap = try Files.open("/proc/\(process.pid)/pagemap", .readOnly)
+                                                             defer { try? pagemap.close() }
+                                                             split = try CopyOnWrite.split(child: layout, childSaved: present, parent: parent.memory,
+                                                                                           parentSaved: parent.saved) { range in
+                                                                 try parent.frames.shared(with: pagemap, pid: process.pid, range)
+                                                             }
+                                                             return split!.stored
+                                                         },
                                                          settled: { prefetch.start(process.pid) })
+                        if let split, !split.inherited.isEmpty {
+                            for i in memory.mappings.indices where split.inherited.contains(memory.mappings[i].start) {
+                                memory.mappings[i].inherited = true
+                            }
+                            memory.discards = split.discards.isEmpty ? nil : split.discards.map { [$0.lowerBound, $0.upperBound] }
+                        }
                     }
                 } catch {
                     // A device mapping fails the copy its own way: its refusal says more.
@@ -212,6 +245,7 @@ public struct Dumper {
                 var signals = try SignalsRecord.dump(pid: process.pid, state: state)
                 signals.posixTimers = posixTimers.isEmpty ? nil : posixTimers
                 try memory.applyFlags(prefetch.mappings(of: process.pid), pid: process.pid)
+                if let saved, parents.contains(process.pid), options.handOver == nil { dumpedMemory[process.pid] = (memory, saved, frames) }
                 created.append(paths.task(process.pid))
                 let task = TaskImage(core: core, threads: threads, memory: memory, pageIndex: pageIndex, signals: signals,
                                      descriptors: descriptors)

@@ -58,6 +58,15 @@ final class RestoringProcess {
     var discardChildSignals = false
     /// The lane (thread) that traces it (RestoreLanes.swift).
     var lane = 0
+    /// Its memory is in place already: restored before its children were cloned (CopyOnWrite.swift),
+    /// all but what it loads lazily, registered once its children exist (`lazyLater`).
+    var memoryRestored = false
+    var lazyLater: LazySplit?
+    /// Starts of the mappings it passes on to its children or keeps from its parent: never lazy
+    /// (a page a child inherits must be in the parent at fork, and an inherited page never faults).
+    var sharedMappings: Set<UInt64> = []
+    /// It keeps mappings from its parent or passes some on.
+    var sharesMemory: Bool { !sharedMappings.isEmpty }
     init(image: TaskImage, tracee: Tracee, parasite: Parasite) {
         self.image = image
         self.tracee = tracee
@@ -93,6 +102,8 @@ public struct Restorer {
     }
     /// Private anonymous memory below this goes in through the parasite's reads in an eager restore.
     static let eagerUffdMinimumBytes: UInt64 = UInt64(TestHooks.current.eagerUffdMinimumBytes ?? (1 << 20))
+    /// Pages shared copy-on-write at dump are shared again (CopyOnWrite.swift); not with --lazy-pages.
+    var shareMemory: Bool { !options.lazyPages }
     static let syscallClone3 = 435, syscallSetsid = 112, syscallSetpgid = 109, syscallWait4 = 61, syscallExitGroup = 231
 
     public func run() throws -> RestoredTree {
@@ -118,6 +129,18 @@ public struct Restorer {
                 + "(PTRACE_O_SUSPEND_SECCOMP), which cryo does not hold")
         }
         try ZombieDeath.checkBeforeRestore(inventory)
+        let parents = Dictionary(inventory.processes.filter { $0.zombieStatus == nil }.map { ($0.pid, $0.ppid) }, uniquingKeysWith: { a, _ in a })
+        // Processes whose children keep mappings inherited from them: their memory goes in before the children are cloned.
+        var sharedMappings: [Int32: Set<UInt64>] = [:]
+        // --lazy-pages: nothing is shared (a parent restored first could not load lazily); a child reads
+        // the pages it left to its parent from the parent's image instead (CopyOnWrite.ancestorRuns).
+        for task in image.tasks where shareMemory {
+            let inherited = task.memory.mappings.filter { $0.inherited == true }.map(\.start)
+            guard !inherited.isEmpty, let ppid = parents[task.core.pid] else { continue }
+            sharedMappings[task.core.pid, default: []].formUnion(inherited)
+            sharedMappings[ppid, default: []].formUnion(inherited)
+        }
+        let cowParents = Set(image.tasks.filter { shareMemory && $0.memory.mappings.contains { $0.inherited == true } }.compactMap { parents[$0.core.pid] })
         let helperPids = Set(inventory.processes.filter { p in
             p.pid != inventory.rootPid && p.pgid != p.pid && !inventory.processes.contains { $0.pid == p.pgid }
                 && !(inventory.shellJob && p.pgid == inventory.processes[0].pgid)
@@ -175,9 +198,15 @@ public struct Restorer {
             defer { sysvSegments.removeMade() }  // none left once finish() ran
             let sysvObjects = try SysVObjectsRestore(semaphores: inventory.sysvSemaphores ?? [], queues: inventory.sysvMessageQueues ?? [])
             defer { sysvObjects.removeMade() }  // none left once keep() ran
-            let root = try createRoot(image, session: session, parent: namespaceInit, opened: opened)
+            let early = { (process: RestoringProcess) throws in
+                let pid = process.image.core.pid
+                process.sharedMappings = sharedMappings[pid] ?? []
+                guard cowParents.contains(pid) else { return }
+                try restoreMemoryEarly(process, image: image, descriptions: opened.descriptors, sharedMemory: sharedMemory, session: session)
+            }
+            let root = try createRoot(image, session: session, parent: namespaceInit, opened: opened, early: early)
             faultHook("root-created")
-            try createTree(image, root: root, session: session, lanes: lanes, helperPids: helperPids, opened: opened)
+            try createTree(image, root: root, session: session, lanes: lanes, helperPids: helperPids, opened: opened, early: early)
             faultHook("tree-created")
             // Complete now: /dev/tty descriptions of the tree's terminals were opened by their sessions' leaders.
             let descriptions = opened.descriptors
@@ -272,7 +301,7 @@ public struct Restorer {
 
     /// The root comes from the controller itself, or from the new namespace's init.
     func createRoot(_ image: Image, session: RestoreSession, parent: (tracee: Tracee, parasite: Parasite)?,
-                    opened: OpenedFiles) throws -> RestoringProcess {
+                    opened: OpenedFiles, early: (RestoringProcess) throws -> Void) throws -> RestoringProcess {
         let core = image.tasks[0].core
         let namespaces = image.inventory.namespaces ?? NamespaceRecord()
         let tracee: Tracee
@@ -322,6 +351,7 @@ public struct Restorer {
         let root = RestoringProcess(image: image.tasks[0], tracee: tracee, parasite: parasite)
         session.add(root, imagePid: core.pid)
         if core.sid == core.pid { try acquireTerminal(root, image: image, opened: opened) }
+        try early(root)
         return root
     }
 
@@ -338,7 +368,14 @@ public struct Restorer {
 
     func argumentBytes(_ image: Image) -> Int {
         let ownMaps = (try? readMappings(pid: getpid(), withFlags: false).count) ?? 1000
-        return image.tasks.map { argumentBytesNeeded($0, files: image.fileTable, ownMaps: ownMaps) }.max() ?? 0
+        // A child cloned from a restored parent starts with the parent's layout, and unmaps it.
+        let inheritedMaps = image.tasks.map { $0.memory.mappings.count }.max() ?? 0
+        // Without sharing, a child also reads its parent's pages (at most every run of the image, each maybe cut in two).
+        let allRuns = image.tasks.reduce(0) { $0 + $1.pageIndex.runs.count }
+        return image.tasks.map { task in
+            argumentBytesNeeded(task, files: image.fileTable, ownMaps: ownMaps + inheritedMaps)
+                + (task.memory.mappings.contains { $0.inherited == true } ? allRuns * 2 * MemoryLayout<cryo_page_run>.stride : 0)
+        }.max() ?? 0
     }
 
     /// Room for the largest command: the memory plan (which unmaps what the
@@ -346,6 +383,7 @@ public struct Restorer {
     func argumentBytesNeeded(_ task: TaskImage, files: FileTable, ownMaps: Int) -> Int {
         return MemoryLayout<cryo_restore_memory>.size + (ownMaps + 64) * 16 + 6 * 24 * 2
             + task.memory.mappings.count * MemoryLayout<cryo_vma>.stride + task.pageIndex.runs.count * 24
+            + (task.memory.discards?.count ?? 0) * MemoryLayout<cryo_range>.stride
             + MemoryLayout<cryo_task_state>.size + MemoryLayout<cryo_restore_extra>.size
             + MemoryLayout<cryo_thread_state>.size
             + task.descriptors.descriptors.count * MemoryLayout<cryo_fd_install>.stride + 4096
@@ -358,8 +396,9 @@ public struct Restorer {
     /// Children are cloned by their parents; then groups; then zombies; helpers leave last.
     /// Each step runs in both lanes at once, each lane for the processes it traces (one lane when
     /// the tree has controlling terminals: those steps go from process to process).
+    /// `early` runs for each process before its children are cloned (restoreMemoryEarly).
     func createTree(_ image: Image, root: RestoringProcess, session: RestoreSession, lanes: RestoreLanes,
-                    helperPids: Set<Int32>, opened: OpenedFiles) throws {
+                    helperPids: Set<Int32>, opened: OpenedFiles, early: (RestoringProcess) throws -> Void) throws {
         let inventory = image.inventory
         try lanes.run { lane in
             defer { if lane == 0 { lanes.closeHandoff() } }
@@ -397,6 +436,7 @@ public struct Restorer {
                     // Before its children are cloned: they inherit the terminal.
                     try acquireTerminal(process, image: image, opened: opened)
                 }
+                try early(process)
             }
         }
         // Group leaders first, so members can join them.
@@ -549,7 +589,11 @@ public struct Restorer {
         let slots = try openSlots(process, image: image, descriptions: descriptions, sharedMemory: sharedMemory, session: session)
         defer { slots.closeOwned() }
         try send(slots, to: process, session: session)
-        try restoreMemory(process, image: image, slots: slots, session: session)
+        if !process.memoryRestored {
+            try restoreMemory(process, image: image, slots: slots, session: session)
+        } else if let lazy = process.lazyLater {
+            try registerLazy(process, lazy, image: image, slots: slots, session: session)
+        }
         try restoreProcessAttributes(process)
         try cloneThreads(process)
         try restoreTaskState(process, slots: slots)
@@ -557,21 +601,43 @@ public struct Restorer {
         try restoreCredentials(process)
     }
 
+    /// A process whose children share its private memory copy-on-write gets its memory now,
+    /// before they are cloned, so they start with it (CopyOnWrite.swift). It receives only
+    /// what its mappings need and closes it again: its children must not inherit those.
+    func restoreMemoryEarly(_ process: RestoringProcess, image: Image, descriptions: [FileDescriptor], sharedMemory: [FileDescriptor],
+                            session: RestoreSession) throws {
+        let slots = try openSlots(process, image: image, descriptions: descriptions, sharedMemory: sharedMemory, session: session,
+                                  memoryOnly: true)
+        defer { slots.closeOwned() }
+        try send(slots, to: process, session: session)
+        try restoreMemory(process, image: image, slots: slots, session: session, early: true)
+        try inject(process.tracee, 436 /* close_range */, UInt64(slots.controlFD), UInt64(UInt32.max), 0, what: "close_range")
+        process.memoryRestored = true
+    }
+
     /// Everything the task receives over its control socket: page files, cwd, root, exe,
-    /// the files behind its mappings and its open file descriptions.
+    /// the files behind its mappings and its open file descriptions (`memoryOnly`: the first two kinds).
     func openSlots(_ process: RestoringProcess, image: Image, descriptions: [FileDescriptor], sharedMemory: [FileDescriptor],
-                   session: RestoreSession) throws -> TaskSlots {
+                   session: RestoreSession, memoryOnly: Bool = false) throws -> TaskSlots {
         let task = process.image
         let pid = process.pid  // as this namespace sees it
         let imagePid = task.core.pid
         let slots = TaskSlots(controlFD: Int32(max((task.descriptors.descriptors.map(\.fd).max() ?? 2) + 1, 3)))
         do {
             slots.pages = try task.pageIndex.fileSizes.indices.map { slots.add(try Files.open(image.paths.pages(imagePid, part: $0), .readOnly)) }
+            if !shareMemory && task.pageIndex.compression == nil {
+                for pid in CopyOnWrite.ancestorRuns(of: task, in: image).keys.sorted() {
+                    let index = image.task(pid)!.pageIndex
+                    slots.ancestorPages[pid] = try index.fileSizes.indices.map { slots.add(try Files.open(image.paths.pages(pid, part: $0), .readOnly)) }
+                }
+            }
+            if !memoryOnly {
             slots.cwd = slots.add(try openDirectory(task.core.cwd, removed: task.core.cwdRemoved, what: "working directory of pid \(pid)",
                                                     image: image, descriptions: descriptions, session: session))
             slots.root = task.core.root == "/" ? nil : slots.add(try openDirectory(task.core.root, removed: task.core.rootRemoved,
                 what: "root directory of pid \(pid)", image: image, descriptions: descriptions, session: session))
             slots.exe = (try? Files.open(task.core.exe, .readOnly)).map { slots.add($0) }
+            }
             for m in task.memory.mappings {
                 if let id = m.shmem {
                     // The object cryo made; read-write, as MAP_SHARED|MAP_ANONYMOUS opens it (mprotect may add PROT_WRITE).
@@ -612,7 +678,7 @@ public struct Restorer {
                 }
             }
             slots.firstDescription = slots.toSend.count
-            for d in task.descriptors.descriptors where slots.descriptions[d.file] == nil {
+            for d in task.descriptors.descriptors where slots.descriptions[d.file] == nil && !memoryOnly {
                 slots.descriptions[d.file] = slots.add(descriptions[d.file], owned: false)
             }
         } catch {
@@ -666,13 +732,31 @@ public struct Restorer {
         }
     }
 
-    func restoreMemory(_ process: RestoringProcess, image: Image, slots: TaskSlots, session: RestoreSession) throws {
+    /// `early`: before the children are cloned (restoreMemoryEarly): the lazy part is registered later,
+    /// once they exist, so that no fork meets a registered userfaultfd.
+    func restoreMemory(_ process: RestoringProcess, image: Image, slots: TaskSlots, session: RestoreSession, early: Bool = false) throws {
         let (task, pid, imagePid, parasite) = (process.image, process.pid, process.image.core.pid, process.parasite)
         let current = try readMappings(pid: pid, withFlags: false)
         let parasiteRange = parasite.base..<(parasite.base + parasite.size)
         // Eagerly, a small process's pages go in faster through the parasite's own reads than
         // through a userfaultfd (one more command, a descriptor copy, the loader's wakeups).
-        let lazy = session.lazy.map { _ in LazySplit(task: task) }.flatMap { split in
+        let ancestors = shareMemory ? [:] : CopyOnWrite.ancestorRuns(of: task, in: image)
+        // Pages from the parent's image go in eagerly, with the child's own pages of those mappings.
+        let eagerMappings = shareMemory ? process.sharedMappings : Set(task.memory.mappings.filter { $0.inherited == true }.map(\.start))
+        var extraRuns: [cryo_page_run] = []
+        for (pid, runs) in ancestors where task.pageIndex.compression == nil {
+            let index = image.task(pid)!.pageIndex
+            guard index.compression == nil else { continue }
+            for run in runs {
+                var address = run.address
+                for piece in index.pieces(offset: run.offset, length: run.length) {
+                    extraRuns.append(cryo_page_run(address: address, length: piece.length, file_offset: piece.offset,
+                                                   fd: slots.fd(slots.ancestorPages[pid]![piece.part]), pad: 0))
+                    address += piece.length
+                }
+            }
+        }
+        let lazy = session.lazy.map { _ in LazySplit(task: task, eagerMappings: eagerMappings) }.flatMap { split in
             session.eagerThroughUffd && split.pendingBytes < Restorer.eagerUffdMinimumBytes ? nil : split
         }
         let plan = try MemoryRestorePlan(
@@ -684,19 +768,40 @@ public struct Restorer {
                 if m.kind == .memfd { return slots.fd(slots.mappings["memfd\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.file!)"]!) }
                 return slots.fd(slots.mappings["\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.path!)"]!)
             },
-            oldRseq: try Ptrace.rseqConfiguration(pid))
+            oldRseq: try Ptrace.rseqConfiguration(pid), keepInherited: shareMemory, extraRuns: extraRuns)
         try parasite.run(CRYO_CMD_RESTORE_MEMORY, payload: plan.payload, replyBytes: 0)
         if let thp = task.memory.thpDisable {
             // PR_SET_THP_DISABLE, with PR_THP_DISABLE_EXCEPT_ADVISED (bit 1) if it was set.
             let result = try process.tracee.syscall(157 /* prctl */, 41, 1, UInt64(thp & ~1), 0, 0)
             if result < 0 { throw SyscallError("injected prctl(PR_SET_THP_DISABLE)", errno: .init(rawValue: Int32(-result)), pid: pid) }
+        } else if process.sharesMemory {
+            // The flag belongs to the address space, which a fork copies from the parent.
+            let result = try process.tracee.syscall(157 /* prctl */, 41, 0, 0, 0, 0)
+            if result < 0 { throw SyscallError("injected prctl(PR_SET_THP_DISABLE, 0)", errno: .init(rawValue: Int32(-result)), pid: pid) }
+        }
+        for (pid, runs) in ancestors where task.pageIndex.compression != nil || image.task(pid)!.pageIndex.compression != nil {
+            // Compressed pages are not the parasite's to read: written from here, like the task's own.
+            let index = image.task(pid)!.pageIndex
+            try task.memory.fillPages(pid: process.pid, from: PageReader(path: image.paths.pages(pid), index: PageIndex(header: index.header, runs: runs),
+                                                                          streamBytes: index.pageBytes))
         }
         if task.pageIndex.compression != nil {
             try task.memory.fillPages(pid: pid, from: PageReader(path: image.paths.pages(imagePid), index: lazy?.eagerIndex ?? task.pageIndex,
                                                                      streamBytes: task.pageIndex.pageBytes))
         }
         // Registered after the eager pages are in place, so filling them meets no fault.
-        if let lazy, let server = session.lazy, !lazy.ranges.isEmpty, !lazy.pending.isEmpty {
+        if early {
+            process.lazyLater = lazy
+        } else if let lazy {
+            try registerLazy(process, lazy, image: image, slots: slots, session: session)
+        }
+        faultHook("memory-restored")
+    }
+
+    /// The userfaultfd that loads the pages left out of RESTORE_MEMORY, handed to the lazy server.
+    func registerLazy(_ process: RestoringProcess, _ lazy: LazySplit, image: Image, slots: TaskSlots, session: RestoreSession) throws {
+        let (task, pid, imagePid, parasite) = (process.image, process.pid, process.image.core.pid, process.parasite)
+        if let server = session.lazy, !lazy.ranges.isEmpty, !lazy.pending.isEmpty {
             // A slot above every received descriptor: INSTALL_FDS closes the task's copy.
             var request = cryo_lazy_uffd()
             request.target_fd = slots.fd(slots.sent)
@@ -710,7 +815,6 @@ public struct Restorer {
             logger.debug("pid \(pid): \(lazy.ranges.count) lazy mappings, \(pending.bytes / 4096) pages to load lazily")
             try server.add(LazyProcess(uffd: Userfaultfd(fd: uffd, pid: pid), source: source, pending: pending, pid: pid, label: "pid \(pid)"))
         }
-        faultHook("memory-restored")
     }
 
     /// Threads join the rebuilt address space with their own tids.
@@ -905,6 +1009,8 @@ final class TaskSlots {
     private(set) var toSend: [FileDescriptor] = []
     private var owned: [FileDescriptor] = []
     var pages: [Int] = []
+    /// Without sharing: the page files of the ancestors whose pages a child left to them, by pid.
+    var ancestorPages: [Int32: [Int]] = [:]
     var cwd = 0
     var root: Int?
     var exe: Int?
