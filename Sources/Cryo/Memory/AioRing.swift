@@ -36,7 +36,7 @@ enum AioRing {
     static func dump(pid: pid_t, mapping m: MemoryRecord.Mapping) throws -> UInt32 {
         let address = "0x\(hex(m.start))-0x\(hex(m.end))"
         let header = try header(pid: pid, at: m.start)
-        guard header.magic == magic, header.events > 0,
+        guard header.magic == magic, header.events > 2,
               UInt64(headerBytes) + UInt64(header.events) * 32 <= m.length else {
             throw CryoError("pid \(pid): mapping \(address) (/[aio]) does not hold an AIO ring header (magic \(String(header.magic, radix: 16)))")
         }
@@ -52,10 +52,12 @@ enum AioRing {
     static func restore(_ m: MemoryRecord.Mapping, events: UInt32, tracee: Tracee, parasite: Parasite) throws {
         let pid = tracee.pid
         let at = "AIO ring 0x\(hex(m.start))"
-        // io_setup doubles what it is asked for (and rounds up to whole pages): half the ring's count gives the same ring.
+        // io_setup doubles what it is asked for (at least 4 per CPU), adds 2 and rounds the ring up to whole
+        // pages, whose event count the header holds: asking for (count - 2) / 2 gives a ring of as many pages.
+        let asked = UInt64(max(1, (events - 2) / 2))
         let out = try parasite.place([UInt8](repeating: 0, count: 8))
-        let made = try tracee.syscall(syscallSetup, UInt64(events / 2), out)
-        if made < 0 { throw SyscallError("injected io_setup(\(events / 2)) for \(at)", errno: .init(rawValue: Int32(-made)), pid: pid) }
+        let made = try tracee.syscall(syscallSetup, asked, out)
+        if made < 0 { throw SyscallError("injected io_setup(\(asked)) for \(at)", errno: .init(rawValue: Int32(-made)), pid: pid) }
         let context = try RemoteMemory.read(pid, at: out, count: 8).withUnsafeBytes { $0.load(as: UInt64.self) }
         let header = try header(pid: pid, at: context)
         guard header.events == events else {

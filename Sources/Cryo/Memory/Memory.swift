@@ -13,6 +13,8 @@ public struct MemoryRecord: Codable, Sendable {
         case anonymous, sharedAnonymous, file, memfd, heap, stack, vdso, vvar, vvarClock, vsyscall
         /// An attached System V shared memory segment (its id is `inode`; SysVSharedMemory.swift).
         case sysvShm
+        /// The ring of an AIO context (io_setup; AioRing.swift).
+        case aioRing
     }
     public struct Mapping: Codable, Sendable {
         public var start: UInt64
@@ -36,6 +38,8 @@ public struct MemoryRecord: Codable, Sendable {
         /// Inherited from the parent at fork and still sharing pages with it: restore keeps the parent's
         /// copy-on-write and writes only this task's own pages (CopyOnWrite.swift).
         public var inherited: Bool? = nil
+        /// For an AIO ring: the number of events it holds (struct aio_ring's nr).
+        public var aioEvents: UInt32? = nil
         var length: UInt64 { end - start }
         var isSpecial: Bool { [.vdso, .vvar, .vvarClock, .vsyscall].contains(kind) }
         var prot: Int32 {
@@ -244,7 +248,10 @@ extension MemoryRecord {
                 kind = .sysvShm
                 path = p
             case let p where p.hasPrefix("/anon_hugepage"): throw refuse("hugetlb memory")
-            case let p where p.hasPrefix("/[aio]"): throw refuse("the ring of an AIO context (io_setup)")
+            case let p where p.hasPrefix("/[aio]"):
+                // Its event count is read from its header by the dump (AioRing.dump).
+                kind = .aioRing
+                path = p
             case let p where p.hasSuffix(" (deleted)") && p.hasPrefix("/"):
                 // Its file joins the file table as a ghost once descriptors are dumped (FileTableBuilder.deletedFileMapping).
                 kind = .file
@@ -292,6 +299,7 @@ extension MemoryRecord {
         case .vdso, .vvar, .vvarClock, .vsyscall: return nil
         case .file where m.shared, .memfd where m.shared: return nil  // the file itself holds them
         case .sharedAnonymous, .sysvShm: return nil  // saved once from the object itself
+        case .aioRing: return nil  // made again empty by io_setup
         case .anonymous, .heap, .stack:
             // Nothing but anonymous pages here, so no PAGE_IS_FILE test: asking for it
             // makes the kernel look up every page's struct page (5x the scan time).
@@ -463,6 +471,9 @@ extension MemoryRecord {
                 throw ImageError(file: file, record: "memory", "\(label): beyond the user address space")
             }
             if m.kind == .file && (m.path ?? "").isEmpty { throw ImageError(file: file, record: "memory", "\(label): file mapping without a path") }
+            if (m.kind == .aioRing) != (m.aioEvents != nil) || m.aioEvents == 0 {
+                throw ImageError(file: file, record: "memory", "\(label): AIO ring without its event count, or the reverse")
+            }
             if m.kind == .memfd ? m.file == nil : (m.file != nil) != (m.kind == .file && m.deleted == true) { throw ImageError(file: file, record: "memory", "\(label): memfd mapping without its file, or the reverse") }
             previousEnd = m.end
         }
@@ -850,7 +861,7 @@ struct MemoryRestorePlan {
         var runs: [cryo_page_run] = []
         var runCursor = 0
         let sortedRuns = index.runs
-        for m in record.mappings where !m.isSpecial {
+        for m in record.mappings where !m.isSpecial && m.kind != .aioRing {  // rings come from io_setup afterwards
             var vma = cryo_vma()
             vma.start = m.start
             vma.end = m.end

@@ -161,6 +161,9 @@ public struct Dumper {
                 if previous != nil { prefetch.start(process.pid) }
                 var memory = try MemoryRecord.dump(pid: process.pid, flags: false)
                 let sharedStart = ContinuousClock.now
+                for i in memory.mappings.indices where memory.mappings[i].kind == .aioRing {
+                    memory.mappings[i].aioEvents = try AioRing.dump(pid: process.pid, mapping: memory.mappings[i])
+                }
                 for m in memory.mappings where m.kind == .sysvShm {
                     try SysVSegment.dump(pid: process.pid, mapping: m, paths: paths, into: &sysvSegments, created: &created)
                 }

@@ -770,6 +770,9 @@ public struct Restorer {
             },
             oldRseq: try Ptrace.rseqConfiguration(pid), keepInherited: shareMemory, extraRuns: extraRuns)
         try parasite.run(CRYO_CMD_RESTORE_MEMORY, payload: plan.payload, replyBytes: 0)
+        for m in task.memory.mappings where m.kind == .aioRing {
+            try AioRing.restore(m, events: m.aioEvents!, tracee: process.tracee, parasite: parasite)
+        }
         if let thp = task.memory.thpDisable {
             // PR_SET_THP_DISABLE, with PR_THP_DISABLE_EXCEPT_ADVISED (bit 1) if it was set.
             let result = try process.tracee.syscall(157 /* prctl */, 41, 1, UInt64(thp & ~1), 0, 0)
