@@ -9,7 +9,7 @@
  *                  answer to a request, not read yet (the rest of a dump)
  *   packet         fd 44 is an AF_PACKET socket (SOCK_RAW, ETH_P_ALL) with a
  *                  PACKET_RX_RING
- *   udplite        fd 44 is an AF_INET UDP-Lite socket
+ *   mptcp          fd 44 is an AF_INET MPTCP socket
  *   scm            fd 45 is a unix datagram socket with a descriptor in
  *                  flight (SCM_RIGHTS) in its receive queue, sent from fd 46
  *
@@ -108,7 +108,7 @@ int main(int argc, char **argv)
 		const char *kind = argc > 1 ? argv[1] : "netlink";
 		int inet;
 		if (strcmp(kind, "packet") == 0) inet = socket(AF_PACKET, SOCK_RAW, htons(0x0003 /* ETH_P_ALL */));
-		else if (strcmp(kind, "udplite") == 0) inet = socket(AF_INET, SOCK_DGRAM, IPPROTO_UDPLITE);
+		else if (strcmp(kind, "mptcp") == 0) inet = socket(AF_INET, SOCK_STREAM, 262 /* IPPROTO_MPTCP */);
 		else inet = socket(AF_NETLINK, SOCK_RAW, 0 /* NETLINK_ROUTE */);
 		if (inet < 0) die(kind);
 		if (strcmp(kind, "packet") == 0) {

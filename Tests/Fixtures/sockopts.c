@@ -26,6 +26,8 @@
  *                  udp6       connected, an IPv6 group, IPV6_MULTICAST_*,
  *                             shut down for writing
  *                  udpboth    connected, shut down both ways
+ *                  lite       UDP-Lite, checksum coverage set, a datagram queued
+ *                             from litesender; lite6 connected, SHUT_WR
  *   corked         only a UDP socket with corked data (UDP_CORK, one write)
  *                  and one with MSG_MORE data: dump must refuse them
  *   ping [queued]  ICMP "ping" sockets (needs net.ipv4.ping_group_range to
@@ -783,6 +785,29 @@ int main(int argc, char **argv) {
     if (connect(udpboth, (struct sockaddr *)&peer4, sizeof(struct sockaddr_in)) != 0 || shutdown(udpboth, SHUT_RDWR) != 0) die("udpboth");
     remember_all(udpboth, "udpboth", 0, 0, 0);
 
+    /* lite: UDP-Lite bound to 127.0.0.1, checksum coverage 20 sent and 16 required, a datagram
+     * from litesender (UDP-Lite too) queued; lite6: connected to [::1], shut down for writing. */
+    int lite = socket(AF_INET, SOCK_DGRAM, IPPROTO_UDPLITE), litesender = socket(AF_INET, SOCK_DGRAM, IPPROTO_UDPLITE);
+    struct sockaddr_storage lite_address = inet4("127.0.0.1", 0), sender_address = inet4("127.0.0.1", 0);
+    socklen_t lite_size = sizeof(lite_address), sender_size = sizeof(sender_address);
+    if (lite < 0 || litesender < 0) die("UDP-Lite socket");
+    set_int(lite, IPPROTO_UDPLITE, 10 /* UDPLITE_SEND_CSCOV */, 20, "UDPLITE_SEND_CSCOV");
+    set_int(lite, IPPROTO_UDPLITE, 11 /* UDPLITE_RECV_CSCOV */, 16, "UDPLITE_RECV_CSCOV");
+    set_int(litesender, IPPROTO_UDPLITE, 10, 24, "UDPLITE_SEND_CSCOV sender");
+    if (bind(lite, (struct sockaddr *)&lite_address, sizeof(struct sockaddr_in)) != 0 || getsockname(lite, (struct sockaddr *)&lite_address, &lite_size) != 0
+        || bind(litesender, (struct sockaddr *)&sender_address, sizeof(struct sockaddr_in)) != 0
+        || getsockname(litesender, (struct sockaddr *)&sender_address, &sender_size) != 0) die("UDP-Lite bind");
+    if (sendto(litesender, "lite one", 8, 0, (struct sockaddr *)&lite_address, lite_size) != 8) die("UDP-Lite send");
+    usleep(20000);
+    remember_all(lite, "lite", 0, 0, 0);
+    remember(lite, "lite", "UDPLITE_SEND_CSCOV", IPPROTO_UDPLITE, 10);
+    remember(lite, "lite", "UDPLITE_RECV_CSCOV", IPPROTO_UDPLITE, 11);
+    remember(litesender, "litesender", "UDPLITE_SEND_CSCOV", IPPROTO_UDPLITE, 10);
+    int lite6 = socket(AF_INET6, SOCK_DGRAM, IPPROTO_UDPLITE);
+    struct sockaddr_storage lite_peer6 = inet6("::1", 9997);
+    if (lite6 < 0 || connect(lite6, (struct sockaddr *)&lite_peer6, sizeof(struct sockaddr_in6)) != 0 || shutdown(lite6, SHUT_WR) != 0) die("lite6");
+    remember_all(lite6, "lite6", 1, 0, 0);
+
     int sources = 0;
     if (membership(udp4, IPPROTO_IP, &group4, &sources) != MCAST_EXCLUDE || sources != 0) die("udp4 group not joined");
     if (membership(udp4, IPPROTO_IP, &ssm4, &sources) != MCAST_INCLUDE || sources != 1) die("udp4 source group not joined");
@@ -822,6 +847,19 @@ int main(int argc, char **argv) {
         have += (size_t)n;
     }
     if (have != 5 || memcmp(buffer, "hello", 5) != 0) fail("server read %zu bytes of hello", have);
+    /* UDP-Lite: the queued datagram from its sender, then a new one; lite6 cannot send. */
+    for (int i = 0; i < 2; i++) {
+        char datagram[16] = { 0 };
+        struct sockaddr_storage from;
+        socklen_t from_size = sizeof(from);
+        if (i == 1 && sendto(litesender, "lite two", 8, 0, (struct sockaddr *)&lite_address, lite_size) != 8) fail("litesender: %s", strerror(errno));
+        struct pollfd lp = { .fd = lite, .events = POLLIN };
+        ssize_t n = poll(&lp, 1, 5000) == 1 ? recvfrom(lite, datagram, sizeof(datagram), MSG_DONTWAIT, (struct sockaddr *)&from, &from_size) : -1;
+        if (n != 8 || memcmp(datagram, i ? "lite two" : "lite one", 8) != 0) fail("lite: datagram %d: %zd bytes", i + 1, n);
+        else if (from_size != sender_size || memcmp(&from, &sender_address, from_size) != 0) fail("lite: datagram %d from another address", i + 1);
+    }
+    if (send(lite6, "x", 1, 0) != -1 || errno != EPIPE) fail("lite6: can send after SHUT_WR (%s)", strerror(errno));
+
     /* The IPv6 connections keep their addresses and carry bytes both ways. */
     struct sockaddr_storage now6;
     socklen_t now6_size = sizeof(now6);

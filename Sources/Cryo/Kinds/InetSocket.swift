@@ -43,7 +43,8 @@ public struct InetSocketState: DescriptorKind {
     static let name = "inetSocket"
     /// `icmp`: an ICMP (ICMPv6) "ping" socket, SOCK_DGRAM with IPPROTO_ICMP (IPPROTO_ICMPV6).
     /// `raw`: SOCK_RAW of protocol `rawProtocol`.
-    public enum Proto: String, Codable, Sendable { case udp, tcp, icmp, raw }
+    /// `udplite`: UDP-Lite (IPPROTO_UDPLITE), kept as UDP is, with its checksum coverage.
+    public enum Proto: String, Codable, Sendable { case udp, tcp, icmp, raw, udplite }
     /// `connecting`: SYN_SENT, connected again at restore; `closed`: a connection
     /// dumped or restored with --tcp-close, which comes back shut down both ways.
     public enum State: String, Codable, Sendable { case unconnected, listening, connected, connecting, closed }
@@ -100,6 +101,8 @@ public struct InetSocketState: DescriptorKind {
     public var rawProtocol: Int32? = nil
 
     var family: Int32 { ipv6 ? AF_INET6 : AF_INET }
+    /// UDP or UDP-Lite: datagrams with queues and sources, shutdown bits in sock_diag.
+    var isUDP: Bool { proto == .udp || proto == .udplite }
     /// An IPv6 address that connect chose: IPV6_V6ONLY is off, which binding to one IPv6 address
     /// (not an IPv4-mapped one) would have turned on.
     var addressFromConnect: Bool { ipv6 && options["IPV6_V6ONLY"] == 0 && local.map(\.isSpecificIPv6) == true }
@@ -110,6 +113,7 @@ public struct InetSocketState: DescriptorKind {
         switch proto {
         case .icmp: ipv6 ? Int32(IPPROTO_ICMPV6) : Int32(IPPROTO_ICMP)
         case .raw: rawProtocol ?? 0
+        case .udplite: Int32(IPPROTO_UDPLITE)
         default: 0
         }
     }
@@ -137,10 +141,10 @@ extension InetSocketState {
         guard family == AF_INET || family == AF_INET6 else { return nil }
         // One sock_diag table of UDP shutdown bits per family for the whole dump: asking for each socket
         // would read every bound socket each time (4000 bound sockets took 20 s).
-        let shutdowns: (Bool) -> [UInt32: UInt8] = { ipv6 in
-            let key = "udp-shutdown-\(ipv6 ? 6 : 4)"
+        let shutdowns: (Bool, Int32) -> [UInt32: UInt8] = { ipv6, proto in
+            let key = "udp-shutdown-\(ipv6 ? 6 : 4)-\(proto)"
             if let known = table.lookups[key] as? [UInt32: UInt8] { return known }
-            let fetched = (try? SockDiag.inetShutdowns(family: ipv6 ? AF_INET6 : AF_INET, protocol: CRYO_IPPROTO_UDP, object: p.object)) ?? [:]
+            let fetched = (try? SockDiag.inetShutdowns(family: ipv6 ? AF_INET6 : AF_INET, protocol: proto, object: p.object)) ?? [:]
             table.lookups[key] = fetched
             return fetched
         }
@@ -154,7 +158,7 @@ extension InetSocketState {
     }
 
     static func dump(_ p: DescriptorProbe, family: Int32, options kindOptions: KindOptions,
-                     shutdowns: (Bool) -> [UInt32: UInt8]) throws -> InetSocketState {
+                     shutdowns: (Bool, Int32) -> [UInt32: UInt8]) throws -> InetSocketState {
         let established = kindOptions.tcpEstablished
         let fd = p.handle
         let familyName = family == AF_INET6 ? "AF_INET6" : "AF_INET"
@@ -164,16 +168,17 @@ extension InetSocketState {
         switch (type, protocolNumber) {
         case (1, CRYO_IPPROTO_TCP): proto = .tcp
         case (2, CRYO_IPPROTO_UDP): proto = .udp
+        case (2, Int32(IPPROTO_UDPLITE)): proto = .udplite
         case (2, Int32(IPPROTO_ICMP)) where family == AF_INET, (2, Int32(IPPROTO_ICMPV6)) where family == AF_INET6: proto = .icmp
         case (3, 1...254): proto = .raw
         default:
             throw CryoError("\(p.object): \(UnixSocketState.describeSocket(fd, family: family, link: p.link, pid: p.pid)) is not supported yet")
         }
-        let what = "\(p.object): an \(familyName) \([.tcp: "TCP", .udp: "UDP", .icmp: "ICMP ping", .raw: "raw"][proto]!) socket (\(p.link)\(proto == .raw ? ", protocol \(protocolNumber)" : ""))"
+        let what = "\(p.object): an \(familyName) \([.tcp: "TCP", .udp: "UDP", .udplite: "UDP-Lite", .icmp: "ICMP ping", .raw: "raw"][proto]!) socket (\(p.link)\(proto == .raw ? ", protocol \(protocolNumber)" : ""))"
         var local = InetAddress(try Sockets.name(fd, peer: false, object: what))
         if local?.port == 0 { local = nil }
         let peer = (try? Sockets.name(fd, peer: true, object: what)).flatMap { InetAddress($0) }
-        if proto == .udp {
+        if proto == .udp || proto == .udplite {
             // Data held back by UDP_CORK or MSG_MORE is no datagram yet: nothing can read it out.
             let pending = try Sockets.queueLength(fd, request: CRYO_SIOCOUTQ, name: "SIOCOUTQ", object: what)
             if pending > 0 {
@@ -207,7 +212,7 @@ extension InetSocketState {
                                 settings: settings.isEmpty ? nil : settings, rawProtocol: proto == .raw ? protocolNumber : nil)
         // A raw socket's "port" is its protocol, bound or not: only its address tells.
         if proto == .raw, let address = s.local, address.isWildcard { s.local = nil }
-        if proto == .udp {
+        if proto == .udp || proto == .udplite {
             s.datagrams = try peekDatagrams(fd, peekOffset: options["SO_PEEK_OFF"] ?? -1, object: what)
             return s
         }
@@ -575,7 +580,7 @@ final class InetSocketRebuilder: KindRebuilder {
             try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_REUSEADDR, 1, "SO_REUSEADDR", what)
             // Binding to one IPv6 address turns IPV6_V6ONLY on for good. A connected UDP socket without it
             // got its address from connect (the kernel picks the route's), so it binds the port only and connect picks again.
-            let addressFromConnect = (s.proto == .udp && s.peer != nil || s.state == .connecting) && s.addressFromConnect
+            let addressFromConnect = (s.isUDP && s.peer != nil || s.state == .connecting) && s.addressFromConnect
             if let local = s.local {
                 let bound = addressFromConnect ? InetAddress.wildcard(ipv6: true, port: local.port) : local
                 try Sockets.bind(fd, to: try address(bound, what), object: "\(what) to \(bound.description)")
@@ -680,7 +685,8 @@ final class InetSocketRebuilder: KindRebuilder {
         try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_RCVBUFFORCE, Int32(clamping: s.datagrams.reduce(0) { $0 + $1.data.count + 1024 } + (1 << 16)),
                    "SO_RCVBUFFORCE", what)
         for datagram in s.datagrams {
-            let sender = try Sockets.make(family: s.family, type: Int32(SOCK_DGRAM.rawValue), object: what)
+            // Of the socket's own protocol: a UDP datagram never reaches a UDP-Lite socket.
+            let sender = try Sockets.make(family: s.family, type: Int32(SOCK_DGRAM.rawValue), protocol: s.kernelProtocol, object: what)
             defer { try? sender.close() }
             try? setInt(sender, CRYO_SOL_SOCKET, CRYO_SO_REUSEADDR, 1, "SO_REUSEADDR", what)
             var bound = false

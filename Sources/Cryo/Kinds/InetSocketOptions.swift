@@ -106,8 +106,12 @@ struct InetIntegerOption {
                 .init("TCP_RTO_MAX_MS", CRYO_IPPROTO_TCP, 44, optional: true), .init("TCP_RTO_MIN_US", CRYO_IPPROTO_TCP, 45, optional: true),
                 .init("TCP_DELACK_MAX_US", CRYO_IPPROTO_TCP, 46, optional: true),
             ]
-        } else if proto == .udp {
+        } else if proto == .udp || proto == .udplite {
             table.append(.init("UDP_CORK", CRYO_IPPROTO_UDP, CRYO_UDP_CORK))
+            // How much of each datagram the checksum covers, sent and required (UDPLITE_SEND_CSCOV, _RECV_CSCOV).
+            if proto == .udplite {
+                table += [.init("UDPLITE_SEND_CSCOV", Int32(IPPROTO_UDPLITE), 10), .init("UDPLITE_RECV_CSCOV", Int32(IPPROTO_UDPLITE), 11)]
+            }
         } else if proto == .raw && ipv6 {
             table += [.init("IPV6_HDRINCL", CRYO_IPPROTO_IPV6, 36), .init("IPV6_CHECKSUM", CRYO_IPPROTO_IPV6, 7)]
         } else if proto == .raw {
@@ -166,7 +170,7 @@ private let levelNames: [Int32: String] = [CRYO_IPPROTO_IP: "IP", CRYO_IPPROTO_I
 extension InetSocketSettings {
     /// Everything but the integers, read from cryo's duplicate of the socket of `pid`.
     static func dump(_ fd: FileDescriptor, ipv6: Bool, proto: InetSocketState.Proto, pid: pid_t, inode: UInt64,
-                     shutdowns: (Bool) -> [UInt32: UInt8], what: String) throws -> InetSocketSettings {
+                     shutdowns: (Bool, Int32) -> [UInt32: UInt8], what: String) throws -> InetSocketSettings {
         let tcp = proto == .tcp
         var s = InetSocketSettings()
         var name = [UInt8](repeating: 0, count: 32)
@@ -197,7 +201,8 @@ extension InetSocketSettings {
         let memberships = try dumpMemberships(fd, ipv6: ipv6, pid: pid, what: what)
         if !memberships.isEmpty { s.memberships = memberships }
         if !tcp {
-            let listed = proto == .udp ? shutdowns(ipv6)[UInt32(truncatingIfNeeded: inode)] : nil
+            let listed = proto == .udp || proto == .udplite
+                ? shutdowns(ipv6, proto == .udp ? CRYO_IPPROTO_UDP : Int32(IPPROTO_UDPLITE))[UInt32(truncatingIfNeeded: inode)] : nil
             s.shutdown = try listed.map { $0 & 3 } ?? datagramShutdown(fd, what: what)
         }
         return s
