@@ -12,6 +12,7 @@
  *                             IPv4-mapped address (server6m accepted)
  *                  client6    IPv6, IPV6_V6ONLY off, connected to listener6 on
  *                             [::1] (server6 accepted)
+ *                  rp1, rp2   an SO_REUSEPORT group of two listeners on one port
  *                  tfo        unbound: TCP_FASTOPEN_CONNECT, TCP_MAXSEG, clamp
  *                  free4      a listener on 192.0.2.1 (IP_FREEBIND: not local),
  *                             TCP_DEFER_ACCEPT, TCP_FASTOPEN, TCP_WINDOW_CLAMP,
@@ -713,6 +714,19 @@ int main(int argc, char **argv) {
     remember_all(free4, "free4", 0, 1, 0);
     remember(free4, "free4", "TCP_MAXSEG", IPPROTO_TCP, TCP_MAXSEG);
 
+    /* rp1, rp2: an SO_REUSEPORT group of two listeners on one port. */
+    int rp[2];
+    struct sockaddr_storage group_address = inet4("127.0.0.1", 0);
+    socklen_t group_size = sizeof(group_address);
+    for (int i = 0; i < 2; i++) {
+        rp[i] = socket(AF_INET, SOCK_STREAM, 0);
+        if (rp[i] < 0) die("rp socket");
+        set_int(rp[i], SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT rp");
+        if (bind(rp[i], (struct sockaddr *)&group_address, sizeof(struct sockaddr_in)) != 0 || listen(rp[i], 64) != 0
+            || getsockname(rp[i], (struct sockaddr *)&group_address, &group_size) != 0) die("rp listener");
+        remember_all(rp[i], i ? "rp2" : "rp1", 0, 1, 0);
+    }
+
     /* tfo: never bound nor connected, Fast Open asked for its connect, an MSS of its own. */
     int tfo = socket(AF_INET, SOCK_STREAM, 0);
     if (tfo < 0) die("tfo");
@@ -847,6 +861,29 @@ int main(int argc, char **argv) {
         have += (size_t)n;
     }
     if (have != 5 || memcmp(buffer, "hello", 5) != 0) fail("server read %zu bytes of hello", have);
+    /* The reuseport group: both on the port still, and connections spread over both (32 of them
+     * all hashed to one listener: one chance in 2^31). */
+    int taken[2] = { 0, 0 };
+    for (int i = 0; i < 2; i++) {
+        struct sockaddr_storage name;
+        socklen_t name_size = sizeof(name);
+        if (getsockname(rp[i], (struct sockaddr *)&name, &name_size) != 0 || memcmp(&name, &group_address, group_size) != 0)
+            fail("rp%d: no longer on the group's port", i + 1);
+    }
+    for (int i = 0; i < 32; i++) {
+        int c = socket(AF_INET, SOCK_STREAM, 0);
+        if (c < 0 || connect(c, (struct sockaddr *)&group_address, group_size) != 0) { fail("rp: connect %d: %s", i, strerror(errno)); break; }
+        struct pollfd rpp[2] = { { .fd = rp[0], .events = POLLIN }, { .fd = rp[1], .events = POLLIN } };
+        if (poll(rpp, 2, 5000) < 1) { fail("rp: connection %d reached no listener", i); break; }
+        for (int k = 0; k < 2; k++) {
+            if (!(rpp[k].revents & POLLIN)) continue;
+            int a = accept(rp[k], NULL, NULL);
+            if (a >= 0) { taken[k]++; close(a); }
+        }
+        close(c);
+    }
+    if (!taken[0] || !taken[1]) fail("rp: one listener took every connection (%d and %d): no longer one group", taken[0], taken[1]);
+
     /* UDP-Lite: the queued datagram from its sender, then a new one; lite6 cannot send. */
     for (int i = 0; i < 2; i++) {
         char datagram[16] = { 0 };
