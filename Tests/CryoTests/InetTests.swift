@@ -492,10 +492,13 @@ extension EndToEnd.InetTests {
             #expect(waitUntil(timeout: 10) { shell("ip netns exec \(namespace) cat /proc/net/tcp").output.contains(" 03 ") },
                     "no connection in SYN_RECV")
 
-            let refused = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("refused")], in: scratch, reaping: fixture, launcher: enter)
+            let refused = try cryo(["dump", "--network-lock", "iptables", "-t", "\(fixture.pid)", "-D", scratch.file("refused")], in: scratch,
+                                   reaping: fixture, launcher: enter)
             #expect(refused.failed && refused.stderrLines.count == 1 && refused.stderr.contains("SYN_RECV")
                     && refused.stderr.contains("--skip-in-flight") && refused.stderr.contains("pid \(fixture.pid) fd "), "\(refused)")
             #expect(fixture.pollOriginal() == nil, "a refused dump must leave the fixture running")
+            let left = shell("ip netns exec \(namespace) iptables -S").output
+            #expect(!left.contains("cryo-lock-"), "lock rules left after a refused dump:\n\(left)")
 
             let images = scratch.file("img")
             let dump = try cryo(["dump", "--skip-in-flight", "--network-lock", "iptables", "-t", "\(fixture.pid)", "-D", images],
