@@ -382,7 +382,7 @@ public struct Restorer {
     /// new task inherited from cryo, `ownMaps` mappings) or the state records.
     func argumentBytesNeeded(_ task: TaskImage, files: FileTable, ownMaps: Int) -> Int {
         return MemoryLayout<cryo_restore_memory>.size + (ownMaps + 64) * 16 + 6 * 24 * 2
-            + task.memory.mappings.count * MemoryLayout<cryo_vma>.stride + task.pageIndex.runs.count * 24
+            + task.memory.mappings.count * MemoryLayout<cryo_vma>.stride + task.pageIndex.runs.count * MemoryLayout<cryo_page_run>.stride
             + (task.memory.discards?.count ?? 0) * MemoryLayout<cryo_range>.stride
             + MemoryLayout<cryo_task_state>.size + MemoryLayout<cryo_restore_extra>.size
             + MemoryLayout<cryo_thread_state>.size
