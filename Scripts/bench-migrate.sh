@@ -8,6 +8,7 @@
 #     MIB=512 RATE=20 RUNS=1 sudo -E Scripts/bench-migrate.sh
 #     CRYO=.build-rel/release/cryo sudo -E Scripts/bench-migrate.sh   # a cryo already built
 #     VERBOSE=1 ...                                 # also migrate's statistics and receive's log
+#     TIMELINE=1 ...                                # the frozen period step by step, both ends (ms since the freeze)
 #     INSECURE=1 MODES=lazy ...                     # plain TCP instead of TLS; only the lazy mode
 #     MODES="eager lazy lazy1" ...                  # lazy1: --lazy-pages --max-rounds 1 (post-copy after round 1)
 #
@@ -101,8 +102,9 @@ for ((run = 1; run <= runs; run++)); do
         grep -q READY "$log" || fail "migrant printed no READY"
         sleep 2   # writing at its rate for a while
         extra=()
-        [[ $mode == lazy ]] && extra=(--lazy-pages)
-        [[ $mode == lazy1 ]] && extra=(--lazy-pages --max-rounds 1)   # post-copy right after the first round
+        [[ -n ${TIMELINE:-} ]] && extra=(-v)
+        [[ $mode == lazy ]] && extra+=(--lazy-pages)
+        [[ $mode == lazy1 ]] && extra+=(--lazy-pages --max-rounds 1)   # post-copy right after the first round
         "${inb[@]}" "$cryo" receive --listen 10.78.0.2:7460 "${security[@]}" --pidns -v >"$work/receive.out" 2>"$work/receive.err" &
         recv=$!
         for ((i = 0; i < 100; i++)); do "${inb[@]}" ss -ltnH | grep -q ':7460' && break; sleep 0.05; done
@@ -121,11 +123,18 @@ for ((run = 1; run <= runs; run++)); do
         gap=$(sed -n 's/^GAP \([0-9.]*\) .*/\1/p' "$log")
         result=$(grep -E '^(PASS|FAIL)' "$log" || echo "no result")
         rounds=$(sed -n 's/.*: \([0-9]*\) pre-copy rounds/\1/p' "$work/migrate.out")
-        perround=$(awk '/round [0-9]+:/ { printf "%s%.1f", sep, $3 / 1048576; sep = " " }' "$work/migrate.out")
+        perround=$(awk '/^  round [0-9]+:/ { printf "%s%.1f", sep, $3 / 1048576; sep = " " }' "$work/migrate.out")
         frozen=$(sed -n 's/.*frozen: \([0-9.]*\) s.*/\1/p' "$work/migrate.out")
         total=$(sed -n 's/.*total: \([0-9.]*\) s.*/\1/p' "$work/migrate.out")
         ratio=$(awk "BEGIN { printf \"%.2f\", $total / $copy }")
         printf '%-6s %-4s %-7s %-44s %-9s %-9s %-8s %-8s %s\n' "$mode" "$run" "$rounds" "$perround" "$frozen" "$total" "$gap" "$ratio" "$result"
+        if [[ -n ${TIMELINE:-} ]]; then
+            # Both ends stamp their steps with CLOCK_REALTIME ms: merged, relative to the freeze.
+            { sed -n 's/.*\[\([0-9.]*\) ms\] \(.*\)/\1 source: \2/p' "$work/migrate.out"
+              sed -n 's/.*\[\([0-9.]*\) ms\] \(.*\)/\1 destination: \2/p' "$work/receive.err"; } |
+                sort -n | awk '/source: froze/ && !seen { t = $1; seen = 1 } NR == 1 && !seen { t = $1 } { lines[NR] = $0; at[NR] = $1 }
+                               END { for (i = 1; i <= NR; i++) { sub(/^[0-9.]* /, "", lines[i]); printf "    %+8.1f ms  %s\n", at[i] - t, lines[i] } }'
+        fi
         if [[ -n ${VERBOSE:-} ]]; then sed 's/^/    migrate: /' "$work/migrate.out"; grep -v '^$' "$work/receive.err" | sed 's/^/    receive: /'; fi
     done
 done

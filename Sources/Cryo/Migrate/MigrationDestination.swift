@@ -195,7 +195,11 @@ public struct Receiver {
                 figures.roundBytes.append(wire.bytesReceived - roundStartBytes)
                 roundStartBytes = wire.bytesReceived
             case .fileBegin:
-                if frozenImageStart == nil { frozenImageStart = .now; frozenStartBytes = wire.bytesReceived - UInt64(length) }
+                if frozenImageStart == nil {
+                    frozenImageStart = .now
+                    frozenStartBytes = wire.bytesReceived - UInt64(length)
+                    timelineMark(logger, "first file of the frozen image")
+                }
                 guard file == nil, pages == nil, let name = header.name, Self.safeName(name), let size = header.size else {
                     throw CryoError("migration stream from \(peer): malformed file frame")
                 }
@@ -232,6 +236,7 @@ public struct Receiver {
                 }
             case .commit:
                 guard file == nil, pages == nil else { throw CryoError("migration stream from \(peer): commit inside a file") }
+                timelineMark(logger, "commit received")
                 // The task files get the runs that point into the pools: no page is copied.
                 for (pid, index) in indices { try TaskImage.replacePageIndex(at: "\(directory)/task-\(pid).img", with: index) }
                 logger.debug("image complete \(String(printf: "%.3f", seconds(since: frozenImageStart ?? .now))) s after its first file")
@@ -255,7 +260,7 @@ public struct Receiver {
                 figures.postCopyMissingBytes = postCopy?.missingBytes ?? 0
                 restoreOptions.migration = figures
                 let tree = try Restorer(options: restoreOptions, logger: logger).run()
-                logger.debug("restored pid \(tree.rootPid); answering the source")
+                timelineMark(logger, "restored pid \(tree.rootPid); answering the source")
                 var answer = FrameHeader()
                 answer.pid = tree.rootPid
                 do { try wire.send(.restored, answer) } catch {

@@ -142,8 +142,8 @@ public struct Migrator {
         let frozenStart = ContinuousClock.now
         let verdict = Verdict()
         let postCopy = options.lazyPages
-        let handOver: @Sendable (FrozenImage) throws -> Void = { [wire, verdict] image in
-            try Self.sendImage(image, wire: wire, verdict: verdict, postCopy: postCopy)
+        let handOver: @Sendable (FrozenImage) throws -> Void = { [wire, verdict, logger] image in
+            try Self.sendImage(image, wire: wire, verdict: verdict, postCopy: postCopy, logger: logger)
         }
         do {
             var dumpOptions = DumpOptions(pid: pid, directory: "\(scratch)/final", leaveRunning: false, shellJob: options.shellJob,
@@ -249,6 +249,7 @@ public struct Migrator {
 
     /// Sends the image (pages files without what the destination has), then waits for the restore.
     static func sendImage(_ image: FrozenImage, wire: MigrationWire, verdict: Verdict, postCopy: Bool = false,
+                          logger: Logger = Logger(label: "cryo", factory: { _ in SwiftLogNoOpLogHandler() }),
                           only: (String) -> Bool = { _ in true }) throws {
         var later = PostCopySource()
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
@@ -301,7 +302,8 @@ public struct Migrator {
             try wire.send(.fileEnd)
         }
         try wire.send(.commit)
-        if !later.ranges.isEmpty { return try servePostCopy(later, wire: wire, verdict: verdict) }
+        timelineMark(logger, "commit sent")
+        if !later.ranges.isEmpty { return try servePostCopy(later, wire: wire, verdict: verdict, logger: logger) }
         let asked = ContinuousClock.now
         let (kind, header, _): (FrameKind, FrameHeader, Int)
         do { (kind, header, _) = try wire.receive() } catch is MigrationLinkClosed {
@@ -310,6 +312,7 @@ public struct Migrator {
         verdict.heard = true
         verdict.restoreSeconds = seconds(since: asked)
         verdict.restoredAt = .now
+        timelineMark(logger, "destination answered")
         switch kind {
         case .restored: return
         case .failed: throw CryoError("destination \(wire.link.peer) failed: \(header.message ?? "no reason given")")
@@ -340,7 +343,7 @@ public struct Migrator {
     /// answering the destination's requests first, from before its restore ends until it has them all.
     /// Failing before the destination said the tree runs throws (the source tree is released); after
     /// that it returns with `verdict.lostAfterStart` set, so the dump kills the source tree.
-    static func servePostCopy(_ later: PostCopySource, wire: MigrationWire, verdict: Verdict) throws {
+    static func servePostCopy(_ later: PostCopySource, wire: MigrationWire, verdict: Verdict, logger: Logger) throws {
         let asked = ContinuousClock.now
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
         defer { buffer.deallocate() }
@@ -371,6 +374,7 @@ public struct Migrator {
                     guard length == 0 else { throw CryoError("destination \(wire.link.peer) sent data with a \(kind) frame") }
                     switch kind {
                     case .restored:
+                        timelineMark(logger, "destination says restored")
                         verdict.heard = true
                         verdict.restoreSeconds = seconds(since: asked)
                         verdict.restoredAt = .now

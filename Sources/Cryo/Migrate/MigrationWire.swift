@@ -2,6 +2,7 @@ import CCryo
 import CryoSystem
 import FoundationEssentials
 import Glibc
+import Logging
 import SystemPackage
 
 // The migration stream: one connection, frames in both directions. A frame is
@@ -256,4 +257,13 @@ final class MigrationWire: @unchecked Sendable {
         header.message = message
         try? send(.failed, header)
     }
+}
+
+/// `-v`: a debug line stamped with CLOCK_REALTIME in ms, so the two ends' steps line up in one timeline.
+func timelineMark(_ logger: Logger, _ what: @autoclosure () -> String) {
+    guard logger.logLevel <= .debug else { return }
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    let ms = Double(ts.tv_sec % 100_000) * 1000 + Double(ts.tv_nsec) / 1e6
+    logger.debug("\(String(printf: "[%.1f ms]", ms)) \(what())")
 }

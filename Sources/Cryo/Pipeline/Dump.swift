@@ -138,6 +138,7 @@ public struct Dumper {
         let frozenAt = ContinuousClock.now
         let tree = try FrozenTree.freeze(root: pid)
         faultHook("seized")
+        timelineMark(logger, "froze")
         logger.debug("froze \(tree.processes.count) processes, \(tree.live.reduce(0) { $0 + $1.threads.count }) threads")
         let taskWriter = BackgroundWriter()
         do {
@@ -236,8 +237,10 @@ public struct Dumper {
                 pageRuns[process.pid] = pageIndex.runs
                 created += (pageIndex.parts ?? []).indices.map { paths.pages(process.pid, part: $0 + 1) }
                 statistics.memoryDumpSeconds += seconds(since: memoryStart)
+                timelineMark(logger, "pid \(process.pid): pages scanned")
                 let (state, threadStates, posixTimers, thpDisable, injected) = try readTaskState(process)
                 memory.thpDisable = thpDisable == 0 ? nil : thpDisable
+                timelineMark(logger, "pid \(process.pid): parasite done")
                 let core = try TaskCore.dump(pid: process.pid, state: state, membarrier: injected.membarrier)
                 var threads = try zip(process.threads.indices, threadStates).map {
                     try ThreadRecord.dump(process.threads[$0.0], state: $0.1, timerSlack: injected.timerSlacks[$0.0])
@@ -286,6 +289,7 @@ public struct Dumper {
             try inventory.append(.inventory, record)
             try inventory.write(to: inventoryFD, path: paths.inventory)
             if let handOver = options.handOver {
+                timelineMark(logger, "image written")
                 let all = created + fileTable.created + sharedMemory.created
                 var seen = Set<String>()
                 let names = all.filter { Files.exists($0) && seen.insert($0).inserted }.map { String($0.split(separator: "/").last!) }

@@ -114,6 +114,7 @@ public struct Restorer {
         let networkLock = try NetworkLock.saved(in: options.directory)
         defer { networkLock?.removeAll() }
         statistics.imageReadSeconds = seconds(since: started)
+        timelineMark(logger, "image read")
         if options.lazyPages { try LazyServer.check() }
         let inventory = image.inventory
         let cgroups = try inventory.cgroups.map {
@@ -214,6 +215,7 @@ public struct Restorer {
             try opened.finish(pids: RestoredPids(host: { options.newPidNamespace ? session.processes[$0]?.pid : $0 },
                                                  namespace: session.namespaceInit.map { "/proc/\($0.pid)/ns/pid" }))
             statistics.forkingSeconds = seconds(since: forking)
+            timelineMark(logger, "tree created")
             let restoring = ContinuousClock.now
             try lanes.run { lane in
                 for process in inventory.livePids.map({ session.processes[$0]! }) where process.lane == lane {
@@ -227,6 +229,7 @@ public struct Restorer {
                 return (pid, (p.pid, p.threads.map(\.pid)))
             }))
             statistics.restoreSeconds = seconds(since: restoring)
+            timelineMark(logger, "processes restored")
             statistics.processes = inventory.processes.count
             statistics.pagesRestored = image.tasks.reduce(0) { $0 + $1.pageIndex.pageBytes / 4096 }
             if eagerThroughUffd, let server = session.lazy {
@@ -262,6 +265,7 @@ public struct Restorer {
                 }
             }
             lanes.stop()
+            timelineMark(logger, "released")
             logger.debug("released \(inventory.livePids.count) processes in \(Int(seconds(since: releasing) * 1e6)) µs")
             if let (tracee, parasite) = namespaceInit {
                 // The init outlives cryo, and goes back to its read(): EOF on the
