@@ -196,7 +196,9 @@ public struct Migrator {
 
     /// A later round: pages written since the last scan, protected again by the same scan, copied while the tree runs.
     func sendWritten(pid: pid_t, wire: MigrationWire) throws -> UInt64 {
-        let memory = try MemoryRecord.dump(pid: pid)
+        // The layout only: smaps (VmFlags) walks every page table entry (30-150 ms for 2 GiB here,
+        // holding off the tree's own mmap calls), and the scan below needs no flags.
+        let memory = try MemoryRecord.dump(pid: pid, flags: false)
         let pagemap = try Files.open("/proc/\(pid)/pagemap", .readOnly)
         defer { try? pagemap.close() }
         var found: [cryo_page_region] = []
