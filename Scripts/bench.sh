@@ -5,7 +5,9 @@
 #     sudo Scripts/bench.sh 256 1024   # other sizes (MiB, multiples of 4)
 #     RUNS=5 sudo -E Scripts/bench.sh  # more runs per size
 #     SECTIONS="compress precopy" sudo -E Scripts/bench.sh  # only some sections
+#     SECTIONS=shapes SHAPES="fds mappings tree" sudo -E Scripts/bench.sh  # only some shapes
 #     SCRATCH_PATH=.build-x sudo -E Scripts/bench.sh      # build and use .build-x
+#     CRYO_BIN=/tmp/cryo-old sudo -E Scripts/bench.sh     # time that binary, build nothing
 #
 # For every size the Tests/Fixtures/bigmem fixture maps that many MiB and
 # writes three quarters of it.  Right before each dump Scripts/bench/baseline
@@ -51,7 +53,8 @@
 # touch, UFFDIO_COPY in 256 KiB pieces into fresh memory), with the ratios,
 # and every shape beside CRIU 4.2's recorded figures on this machine kind
 # (../shared/FIELD-NOTES.md and issue 16; "-" where none was recorded; the
-# CRIU rows for 1000 files and 4000 mappings stand for 10,000 here).
+# CRIU rows for 1000 files and 4000 mappings stand for 10,000 here; 1000
+# descriptors are measured too, beside CRIU's own 1000-file figure).
 #
 # The image folders (about 3/4 of the size each) live under $BENCH_DIR
 # (default /var/tmp) and are removed after every run.
@@ -81,14 +84,18 @@ done
 [[ $tree_procs =~ ^[0-9]+$ && $tree_procs -ge 1 && $tree_procs -le 2000 ]] || fail "TREE_PROCS must be 1..2000 (got '$tree_procs')"
 [[ $(id -u) -eq 0 ]] || fail "cryo needs root; run: sudo $0 $*"
 
-say "setting up and building cryo (Scripts/setup.sh)"
-if ! setup_output=$("$repo/Scripts/setup.sh" 2>&1); then
-    printf '%s\n' "$setup_output" | tail -n 40 >&2
-    fail "Scripts/setup.sh failed"
+if [[ -n ${CRYO_BIN:-} ]]; then   # a cryo built before (another commit's, to compare): no setup, no build
+    cryo=$CRYO_BIN
+else
+    say "setting up and building cryo (Scripts/setup.sh)"
+    if ! setup_output=$("$repo/Scripts/setup.sh" 2>&1); then
+        printf '%s\n' "$setup_output" | tail -n 40 >&2
+        fail "Scripts/setup.sh failed"
+    fi
+    scratch=${SCRATCH_PATH:-.build}
+    [[ $scratch == /* ]] || scratch=$repo/$scratch
+    cryo=$scratch/release/cryo
 fi
-scratch=${SCRATCH_PATH:-.build}
-[[ $scratch == /* ]] || scratch=$repo/$scratch
-cryo=$scratch/release/cryo
 [[ -x $cryo ]] || fail "$cryo was not built"
 
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/cryo-bench.XXXXXX")
@@ -558,10 +565,19 @@ if want shapes; then
         "holes $holes_mib MiB|shapes holes $holes_mib|$((holes_mib * 3 / 4))|1.268|1.045"
         "half 512 MiB|shapes half 512|256|-|-"
         "10000 mappings|shapes maps 10000|78|0.119|0.052"
+        "1000 fds|shapes fds 1000|0|0.076|0.046"
         "10000 fds|shapes fds 10000|0|0.076|0.046"
         "tree 127|tree 127|0|0.560|0.260"
         "64 threads|threads 64|0|0.106|0.051"
     )
+    if [[ -n ${SHAPES:-} ]]; then   # e.g. SHAPES="fds mappings": only the shapes whose label has one of the words
+        picked=()
+        for spec in "${shape_specs[@]}"; do
+            for word in $SHAPES; do [[ ${spec%%|*} == *"$word"* ]] && { picked+=("$spec"); break; }; done
+        done
+        shape_specs=("${picked[@]}")
+        ((${#shape_specs[@]})) || fail "SHAPES=\"$SHAPES\" matches no shape"
+    fi
     declare -A shp
     for spec in "${shape_specs[@]}"; do
         IFS='|' read -r label command touched criu_d criu_r <<<"$spec"

@@ -116,7 +116,7 @@ extension EndToEnd {
                 let file = killedFiles[rng.below(killedFiles.count)]
                 let path = killed + "/" + file
                 let saved = try readBytes(path)
-                guard let variant = editJSON(saved, &rng) else { continue }
+                guard let variant = editRecord(saved, &rng) else { continue }
                 try writeBytes(path, variant)
                 let restore = try cryo(["restore", "-D", killed, "-d"], in: scratch, timeout: 20)
                 if !expectCleanOutcome(restore, "restore input \(n) (\(file))") { keepVariant(variant, named: "restore-\(n)-\(file)", image: killed) }
@@ -216,8 +216,8 @@ private func mutate(_ original: [UInt8], _ rng: inout SplitMix) -> ([UInt8], Boo
             default: put(&bytes, UInt64(rng.below(1 << 20)), at: record + 8)
             }
         }
-    default: // JSON edits with the checksum recomputed
-        if let edited = editJSON(bytes, &rng) { return (edited, true) }
+    default: // JSON or binary-table edits with the checksum recomputed
+        if let edited = editRecord(bytes, &rng) { return (edited, true) }
         bytes[rng.below(bytes.count)] ^= 1
     }
     return (bytes, false)
@@ -249,11 +249,35 @@ private func recordOffsets(_ bytes: [UInt8]) -> [(header: Int, payload: Range<In
     return result
 }
 
-/// Edits one value somewhere in one record's JSON and rewrites length and checksum.
-private func editJSON(_ bytes: [UInt8], _ rng: inout SplitMix) -> [UInt8]? {
+/// Edits one record, JSON or binary (format 5's tables), with length and checksum rewritten.
+private func editRecord(_ bytes: [UInt8], _ rng: inout SplitMix) -> [UInt8]? {
     let records = recordOffsets(bytes)
     guard !records.isEmpty else { return nil }
     let pick = records[rng.below(records.count)]
+    if bytes[pick.payload].first == UInt8(ascii: "{") || bytes[pick.payload].first == UInt8(ascii: "[") { return editJSON(bytes, pick, &rng) }
+    return editBinary(bytes, pick, &rng)
+}
+
+/// Overwrites fields of a binary table record (`mappings`, `fileRecords`, `descriptorTable`, `pageRuns`):
+/// a header field, a whole 2, 4 or 8-byte field of a record, or a string byte; the checksum is recomputed.
+private func editBinary(_ bytes: [UInt8], _ pick: (header: Int, payload: Range<Int>), _ rng: inout SplitMix) -> [UInt8]? {
+    var payload = Array(bytes[pick.payload])
+    guard payload.count >= 16 else { return nil }
+    let values: [UInt64] = [0, 1, 2, 0xff, 0xffff, UInt64(UInt32.max), UInt64.max, 1 << 40, 4096, UInt64(rng.next())]
+    for _ in 0...rng.below(3) {
+        let width = [1, 2, 4, 8][rng.below(4)]
+        let offset = rng.below(max(1, payload.count - width + 1)) & ~(width - 1)
+        guard offset + width <= payload.count else { continue }
+        let value = values[rng.below(values.count)]
+        for i in 0..<width { payload[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * i)) }
+    }
+    var header = Array(bytes[pick.header..<(pick.header + 24)])
+    put(&header, Cryo.crc32(payload), at: 16)
+    return Array(bytes[..<pick.header]) + header + payload + Array(bytes[pick.payload.upperBound...])
+}
+
+/// Edits one value somewhere in one record's JSON and rewrites length and checksum.
+private func editJSON(_ bytes: [UInt8], _ pick: (header: Int, payload: Range<Int>), _ rng: inout SplitMix) -> [UInt8]? {
     guard var root = try? JSONSerialization.jsonObject(with: Data(bytes[pick.payload]), options: [.fragmentsAllowed]) else { return nil }
     var paths: [[JSONStep]] = []
     collectPaths(root, [], &paths)

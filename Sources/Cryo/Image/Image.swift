@@ -9,7 +9,7 @@ import SystemPackage
 public enum ImageFormat {
     public static let magic: [UInt8] = Array("CRYOIMG\0".utf8)
     /// The highest version this cryo reads.
-    public static let version: UInt32 = 5
+    public static let version: UInt32 = 6
     /// What files are written as unless they need more: version 2 marks a task
     /// file whose pages are compressed, version 3 one whose pages continue in
     /// part files, so an older cryo refuses them instead of restoring zstd
@@ -17,11 +17,14 @@ public enum ImageFormat {
     /// index's runs in a binary `pageRuns` record (and may be compressed or in parts).
     /// Version 5 marks a task file whose mappings keep pages shared with the parent
     /// (CopyOnWrite.swift): its own pages alone are not its memory.
+    /// Version 6 task files keep their mappings and descriptors in binary `mappings`
+    /// and `descriptorTable` records, and files.img its table in `fileRecords`.
     public static let baseVersion: UInt32 = 1
     public static let compressedPagesVersion: UInt32 = 2
     public static let pagePartsVersion: UInt32 = 3
     public static let pageRunsVersion: UInt32 = 4
     public static let inheritedPagesVersion: UInt32 = 5
+    public static let binaryTablesVersion: UInt32 = 6
     public static let fileHeaderSize = 16
     public static let recordHeaderSize = 24
     /// No record is larger than this; a length beyond it is corruption, not a reason to allocate.
@@ -44,6 +47,12 @@ public enum RecordKind: UInt32, Sendable, CaseIterable {
     case sharedMemory = 10
     /// Binary, not JSON: the page index's runs (PageRunTable), task files of version 4 on.
     case pageRuns = 11
+    /// Binary (MappingTable): a memory record's mappings, task files of version 6 on.
+    case mappings = 12
+    /// Binary (DescriptorTableCodec): the descriptor table, task files of version 6 on.
+    case descriptorTable = 13
+    /// Binary (FileTableCodec): the file table, files.img of version 6 on.
+    case fileRecords = 14
 }
 
 public struct ImageError: Error, CustomStringConvertible {

@@ -15,16 +15,20 @@ public struct TaskImage: Codable, Sendable {
     public var descriptors: DescriptorsRecord
 
     func write(to path: String) throws {
-        // Version 4: the runs are binary (a million of them as JSON took half a second to read back).
-        let inherits = memory.mappings.contains { $0.inherited == true }
-        var writer = RecordWriter(version: inherits ? ImageFormat.inheritedPagesVersion : ImageFormat.pageRunsVersion)
+        // Version 4: the runs are binary (a million of them as JSON took half a second to read back);
+        // version 6: mappings and descriptors too (10,000 of either were most of a dump's and restore's work).
+        // Version 6 covers 5's inherited mappings as well: an older cryo refuses both.
+        var writer = RecordWriter(version: ImageFormat.binaryTablesVersion)
         try writer.append(.task, core)
         try writer.append(.threads, threads)
-        try writer.append(.memory, memory)
+        var rest = memory
+        rest.mappings = []
+        try writer.append(.memory, rest)
+        writer.append(.mappings, bytes: try MappingTable.encode(memory.mappings))
         try writer.append(.pageIndex, pageIndex.header)
         writer.append(.pageRuns, bytes: PageRunTable.encode(pageIndex.runs))
         try writer.append(.signals, signals)
-        try writer.append(.descriptors, descriptors)
+        writer.append(.descriptorTable, bytes: try DescriptorTableCodec.encode(descriptors))
         try writer.write(to: path)
     }
 
@@ -52,10 +56,25 @@ public struct TaskImage: Codable, Sendable {
         let reader = try RecordReader(path: path)
         return TaskImage(core: try reader.one(.task, as: TaskCore.self),
                          threads: try reader.one(.threads, as: [ThreadRecord].self),
-                         memory: try reader.one(.memory, as: MemoryRecord.self),
+                         memory: try memory(reader, file: fileName(of: path)),
                          pageIndex: try pageIndex(reader, file: fileName(of: path)),
                          signals: try reader.one(.signals, as: SignalsRecord.self),
-                         descriptors: try reader.one(.descriptors, as: DescriptorsRecord.self))
+                         descriptors: try descriptors(reader, file: fileName(of: path)))
+    }
+
+    /// Up to version 4 the mappings are JSON inside `memory`; from version 6 on the binary `mappings` record (`memory` lists none).
+    static func memory(_ reader: RecordReader, file: String) throws -> MemoryRecord {
+        var memory = try reader.one(.memory, as: MemoryRecord.self)
+        guard reader.version >= ImageFormat.binaryTablesVersion else { return memory }
+        guard memory.mappings.isEmpty else { throw ImageError(file: file, record: "memory", "lists mappings beside the mappings record") }
+        memory.mappings = try MappingTable.decode(try reader.payload(.mappings), file: file)
+        return memory
+    }
+
+    /// Up to version 4 the `descriptors` record is JSON; from version 6 on it is the binary `descriptorTable`.
+    static func descriptors(_ reader: RecordReader, file: String) throws -> DescriptorsRecord {
+        guard reader.version >= ImageFormat.binaryTablesVersion else { return try reader.one(.descriptors, as: DescriptorsRecord.self) }
+        return try DescriptorTableCodec.decode(try reader.payload(.descriptorTable), file: file)
     }
 
     /// Up to version 3 the runs are JSON inside `pageIndex`; from version 4 on they are the binary `pageRuns` record.
@@ -72,10 +91,10 @@ public struct TaskImage: Codable, Sendable {
         let reader = try RecordReader(path: path)
         let image = TaskImage(core: try reader.one(.task, as: TaskCore.self),
                               threads: try reader.one(.threads, as: [ThreadRecord].self),
-                              memory: try reader.one(.memory, as: MemoryRecord.self),
+                              memory: try memory(reader, file: name),
                               pageIndex: try pageIndex(reader, file: name),
                               signals: try reader.one(.signals, as: SignalsRecord.self),
-                              descriptors: try reader.one(.descriptors, as: DescriptorsRecord.self))
+                              descriptors: try descriptors(reader, file: name))
         guard image.core.pid == pid else { throw ImageError(file: name, record: "task", "describes pid \(image.core.pid)") }
         guard image.threads.first?.tid == pid, Set(image.threads.map(\.tid)).count == image.threads.count else {
             throw ImageError(file: name, record: "threads", "the first thread must be the leader \(pid), and tids unique")
@@ -115,7 +134,7 @@ public struct Image: Sendable {
         guard inventory.tool == "cryo" else { throw ImageError(file: "inventory.img", record: "inventory", "written by \(inventory.tool)") }
         try inventory.validate()
         try inventory.cgroups?.validate()
-        fileTable = try RecordReader(path: paths.files).one(.files, as: FileTable.self)
+        fileTable = try FileTable.read(paths.files)
         try fileTable.validate(file: "files.img")
         try inventory.validateTerminals(fileTable)
         sharedMemory = try Image.loadSharedMemory(paths)

@@ -42,6 +42,20 @@ protocol DescriptorKind: Codable, Sendable {
     // Show
     /// One line for `cryo show`.
     func summary(_ file: FileTable.OpenFile) -> String
+
+    // Binary file table (FileTableCodec)
+    /// The kind's number in the binary file table (part of the format, never reused); nil keeps its entries as JSON.
+    static var packCode: UInt16? { get }
+    /// The whole state in four words and a string, or nil to keep this entry as JSON (a rare case of the kind).
+    func pack() -> PackedState?
+    /// The state `pack` gave, or nil when the words cannot be one (a corrupt image).
+    static func unpack(_ packed: PackedState) -> Self?
+}
+
+/// A kind's state as a fixed-size record of the binary file table holds it.
+struct PackedState: Equatable {
+    var w0: UInt64, w1: UInt64, w2: UInt64, w3: UInt64
+    var text: String?
 }
 
 extension DescriptorKind {
@@ -54,6 +68,9 @@ extension DescriptorKind {
     static func afterInstallBytes(_ installed: InstalledDescriptors) -> Int { 0 }
     static func afterInstall(_ installed: InstalledDescriptors, parasite: Parasite) throws {}
     func summary(_ file: FileTable.OpenFile) -> String { file.path ?? Self.name }
+    static var packCode: UInt16? { nil }
+    func pack() -> PackedState? { nil }
+    static func unpack(_ packed: PackedState) -> Self? { nil }
 
     /// The states of this kind in a file table, with their entries.
     static func entries(_ files: [FileTable.OpenFile]) -> [(file: FileTable.OpenFile, state: Self)] {

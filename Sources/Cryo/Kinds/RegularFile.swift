@@ -96,6 +96,17 @@ extension RegularFileState {
 
     func recordedPath(_ p: DescriptorProbe) -> String? { path }
 
+    // In the binary file table: a file opened by its name (the common case) is size, mode, device, inode and path.
+    static var packCode: UInt16? { 1 }
+    func pack() -> PackedState? {
+        guard !unlinked, uid == nil, gid == nil, accessTime == nil, modificationTime == nil, extents == nil, handle == nil else { return nil }
+        return PackedState(w0: UInt64(bitPattern: size), w1: UInt64(mode), w2: device, w3: inode, text: path)
+    }
+    static func unpack(_ p: PackedState) -> RegularFileState? {
+        guard let path = p.text, let mode = UInt32(exactly: p.w1) else { return nil }
+        return RegularFileState(path: path, size: Int64(bitPattern: p.w0), mode: mode, device: p.w2, inode: p.w3, unlinked: false)
+    }
+
     func validate() -> String? {
         if size < 0 { return "\(path): negative size \(size)" }
         for e in extents ?? [] where e.offset < 0 || e.length <= 0 || e.offset + e.length > size {

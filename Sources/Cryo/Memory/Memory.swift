@@ -9,7 +9,7 @@ import SystemPackage
 /// The address space: every mapping with its origin, and the pages that only
 /// the image can give back (present, private or anonymous, not the zero page).
 public struct MemoryRecord: Codable, Sendable {
-    public enum Kind: String, Codable, Sendable {
+    public enum Kind: String, Codable, Sendable, CaseIterable {
         case anonymous, sharedAnonymous, file, memfd, heap, stack, vdso, vvar, vvarClock, vsyscall
         /// An attached System V shared memory segment (its id is `inode`; SysVSharedMemory.swift).
         case sysvShm

@@ -269,10 +269,8 @@ public struct Dumper {
             try sharedMemory.write()
             try fileTable.finish()
             if let refusal = terminals.refusal { throw CryoError(refusal) }
-            var files = RecordWriter()
-            try files.append(.files, fileTable.table)
             created.append(paths.files)
-            try files.write(to: paths.files)
+            try fileTable.table.write(to: paths.files)
             var inventory = RecordWriter()
             var record = Inventory(rootPid: pid, processes: tree.processes.map { p in
                                        var entry = p.entry
