@@ -73,15 +73,7 @@ extension EndToEnd {
         @Test("an epoll watch added through a descriptor closed since (its number free, or holding another file) still reports",
               arguments: ["closed", "reused"])
         func epollClosedTarget(_ variant: String) throws {
-            let scratch = try Scratch("epoll-\(variant)")
-            defer { scratch.remove() }
-            let fixture = try Fixture("epollclosed", arguments: [variant], in: scratch)
-            defer { fixture.cleanUp() }
-            try fixture.waitReady()
-            let (images, _) = try dumpAndReap(fixture, in: scratch)
-            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
-            defer { restore.stop() }
-            try expectRestoredAndPassing(fixture, by: restore)
+            try selfCheckingRoundTrip("epollclosed", arguments: [variant], scratch: "epoll-\(variant)")
         }
 
         @Test("shared and private mappings of a file deleted while mapped come back mapping one file")

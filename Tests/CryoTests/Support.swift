@@ -567,6 +567,20 @@ func checkBigmemImageSize(_ images: String, fixture: Fixture) {
     #expect(size <= upper, "image is \(size) bytes, more than 0.80 of the \(mapped)-byte mapping: the never-touched quarter was saved")
 }
 
+/// Starts `name` with `arguments`, dumps it, restores it and expects its own check to pass.
+func selfCheckingRoundTrip(_ name: String, arguments: [String], scratch stem: String,
+                           sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let scratch = try Scratch(stem)
+    defer { scratch.remove() }
+    let fixture = try Fixture(name, arguments: arguments, in: scratch)
+    defer { fixture.cleanUp() }
+    try fixture.waitReady()
+    let (images, _) = try dumpAndReap(fixture, in: scratch, sourceLocation: sourceLocation)
+    let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+    defer { restore.stop() }
+    try expectRestoredAndPassing(fixture, by: restore, sourceLocation: sourceLocation)
+}
+
 /// Dumps a ready fixture (which kills it) into scratch/img and waits until the original is gone.
 func dumpAndReap(_ fixture: Fixture, in scratch: Scratch, options: [String] = [],
                  sourceLocation: SourceLocation = #_sourceLocation) throws -> (images: String, dump: CryoResult) {

@@ -34,15 +34,7 @@ extension EndToEnd {
 
         @Test("a segment that only a child wrote (shmrefused sysv, once refused) round-trips")
         func childWrittenSegment() throws {
-            let scratch = try Scratch("sysvshm-child")
-            defer { scratch.remove() }
-            let fixture = try Fixture("shmrefused", arguments: ["sysv"], in: scratch)
-            defer { fixture.cleanUp() }
-            try fixture.waitReady()
-            let (images, _) = try dumpAndReap(fixture, in: scratch)
-            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
-            defer { restore.stop() }
-            try expectRestoredAndPassing(fixture, by: restore)
+            try selfCheckingRoundTrip("shmrefused", arguments: ["sysv"], scratch: "sysvshm-child")
         }
 
         /// Removes the sysvipc fixture's objects (the fixture removes them itself when it passes).

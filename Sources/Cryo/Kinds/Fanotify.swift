@@ -41,12 +41,7 @@ public struct FanotifyState: DescriptorKind {
         }
         var initFlags: UInt32?, eventFlags: UInt32?
         var marks: [Mark] = []
-        for line in p.info.text.split(separator: "\n") where line.hasPrefix("fanotify ") {
-            var fields: [String: String] = [:]
-            for token in line.dropFirst(9).split(separator: " ") {
-                let parts = token.split(separator: ":", maxSplits: 1)
-                if parts.count == 2 { fields[String(parts[0])] = String(parts[1]) }
-            }
+        for (line, fields) in fdinfoFields(p.info, prefix: "fanotify ") {
             func hexField(_ key: String) -> UInt64? { fields[key].flatMap { UInt64($0, radix: 16) } }
             if let flags = hexField("flags"), let events = hexField("event-flags") {
                 initFlags = UInt32(truncatingIfNeeded: flags)

@@ -27,12 +27,7 @@ public struct InotifyState: DescriptorKind {
             throw CryoError("\(p.object): inotify instance with \(queued) bytes of events not yet read; they cannot be queued again, not supported yet")
         }
         var watches: [Watch] = []
-        for line in p.info.text.split(separator: "\n") where line.hasPrefix("inotify ") {
-            var fields: [String: String] = [:]
-            for token in line.dropFirst(8).split(separator: " ") {
-                let parts = token.split(separator: ":", maxSplits: 1)
-                if parts.count == 2 { fields[String(parts[0])] = String(parts[1]) }
-            }
+        for (line, fields) in fdinfoFields(p.info, prefix: "inotify ") {
             guard let wd = fields["wd"].flatMap({ Int32($0) }), let mask = fields["mask"].flatMap({ UInt32($0, radix: 16) }),
                   let sdev = fields["sdev"].flatMap({ UInt64($0, radix: 16) }), let ino = fields["ino"].flatMap({ UInt64($0, radix: 16) }) else {
                 throw CryoError("\(p.object): unreadable inotify line in fdinfo: \(line)")
@@ -112,6 +107,18 @@ public struct InotifyState: DescriptorKind {
             throw error
         }
         return fd
+    }
+}
+
+/// fdinfo lines starting with `prefix` ("inotify ", "fanotify "), each with its "key:value" words.
+func fdinfoFields(_ info: FDInfo, prefix: String) -> [(line: Substring, fields: [String: String])] {
+    info.text.split(separator: "\n").filter { $0.hasPrefix(prefix) }.map { line in
+        var fields: [String: String] = [:]
+        for token in line.dropFirst(prefix.count).split(separator: " ") {
+            let parts = token.split(separator: ":", maxSplits: 1)
+            if parts.count == 2 { fields[String(parts[0])] = String(parts[1]) }
+        }
+        return (line, fields)
     }
 }
 
