@@ -7,7 +7,7 @@
 // and a group whose leader is gone, so restore also makes a stand-in leader.
 // CRYO_STOP_AT / CRYO_KILL_AT are cryo's hidden fault hooks (FaultHook.swift).
 
-import Cryo
+@testable import Cryo
 import CryoSystem
 import Foundation
 import Glibc
@@ -153,22 +153,23 @@ extension EndToEnd {
             let file = tree.images + "/task-\(child).img"
             let saved = try readBytes(file)
 
-            var memory = try readRecord(file, .memory, as: MemoryRecord.self)
-            let i = try #require(memory.mappings.indices.dropFirst().first { memory.mappings[$0].kind == .anonymous },
+            // Since image version 6 the mappings are a binary record of their own.
+            var mappings = try MappingTable.decode(try RecordReader(path: file).payload(.mappings), file: file)
+            let i = try #require(mappings.indices.dropFirst().first { mappings[$0].kind == .anonymous },
                                  "no anonymous mapping after the first in \(file)")
-            let overlapping = memory.mappings[i - 1].end - 4096
-            memory.mappings[i].start = overlapping
-            try rewriteRecord(file, .memory, memory)
+            let overlapping = mappings[i - 1].end - 4096
+            mappings[i].start = overlapping
+            try rewriteRecord(file, .mappings, bytes: try MappingTable.encode(mappings))
             expectOneLine(try tree.failingRestore(), naming: ["task-\(child).img", "0x" + String(overlapping, radix: 16)])
 
             try writeBytes(file, saved)
-            memory = try readRecord(file, .memory, as: MemoryRecord.self)
-            let last = try #require(memory.mappings.lastIndex { $0.kind != .vsyscall })
+            mappings = try MappingTable.decode(try RecordReader(path: file).payload(.mappings), file: file)
+            let last = try #require(mappings.lastIndex { $0.kind != .vsyscall })
             let high: UInt64 = 0x8000_0000_0000   // 128 TiB: the first address above the 47-bit user space
-            let size = memory.mappings[last].end - memory.mappings[last].start
-            memory.mappings[last].start = high
-            memory.mappings[last].end = high + size
-            try rewriteRecord(file, .memory, memory)
+            let size = mappings[last].end - mappings[last].start
+            mappings[last].start = high
+            mappings[last].end = high + size
+            try rewriteRecord(file, .mappings, bytes: try MappingTable.encode(mappings))
             expectOneLine(try tree.failingRestore(), naming: ["task-\(child).img", "0x" + String(high, radix: 16)])
 
             try writeBytes(file, saved)
@@ -328,7 +329,11 @@ func readRecord<T: Decodable>(_ path: String, _ kind: RecordKind, as type: T.Typ
 func rewriteRecord<T: Encodable>(_ path: String, _ kind: RecordKind, _ value: T) throws {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys]
-    let payload = [UInt8](try encoder.encode(value))
+    try rewriteRecord(path, kind, bytes: [UInt8](try encoder.encode(value)))
+}
+
+/// Replaces the payload of the record of `kind` with `payload` as it is (a binary record), fixing length and CRC.
+func rewriteRecord(_ path: String, _ kind: RecordKind, bytes payload: [UInt8]) throws {
     var bytes = try readBytes(path)
     var offset = ImageFormat.fileHeaderSize
     func word<W: FixedWidthInteger>(_ at: Int, _: W.Type) -> W {
