@@ -42,13 +42,15 @@ enum CopyOnWrite {
                       shared: (Range<UInt64>) throws -> [Bool]) rethrows -> Split {
         let parentByStart = Dictionary(parent.mappings.map { ($0.start, $0) }, uniquingKeysWith: { a, _ in a })
         var result = Split()
-        var regionCursor = 0
+        var regionCursor = 0, parentCursor = 0
         for c in child.mappings {
             var regions: [Range<UInt64>] = []
             while regionCursor < childSaved.count && childSaved[regionCursor].lowerBound < c.end {
                 regions.append(childSaved[regionCursor])
                 regionCursor += 1
             }
+            // Both lists are in address order: one pass over the parent's ranges for all mappings.
+            while parentCursor < parentSaved.count && parentSaved[parentCursor].upperBound <= c.start { parentCursor += 1 }
             guard let p = parentByStart[c.start], inheritable(c, from: p), !regions.isEmpty else {
                 result.stored += regions
                 continue
@@ -71,9 +73,11 @@ enum CopyOnWrite {
             }
             result.stored += own
             result.inherited.insert(c.start)
-            let parentHere = parentSaved.compactMap { r -> Range<UInt64>? in
-                let clamped = r.clamped(to: c.start..<c.end)
-                return clamped.isEmpty ? nil : clamped
+            var parentHere: [Range<UInt64>] = []
+            var k = parentCursor
+            while k < parentSaved.count && parentSaved[k].lowerBound < c.end {
+                parentHere.append(parentSaved[k].clamped(to: c.start..<c.end))
+                k += 1
             }
             result.discards += subtract(regions, from: parentHere)
         }
@@ -164,20 +168,29 @@ enum CopyOnWrite {
         // What the task has of its own there, or must not take from the parent.
         let holes = (task.pageIndex.runs.map { $0.address..<$0.end } + (task.memory.discards ?? []).map { $0[0]..<$0[1] })
             .sorted { $0.lowerBound < $1.lowerBound }
+        // Runs, inherited ranges and holes are all in address order: merged in one pass each,
+        // so a million runs cost a million steps, not runs times mappings.
         func take(_ runs: [PageRun], from pid: Int32) {
+            var pieces: [(range: Range<UInt64>, run: PageRun)] = []
+            var i = 0
             for run in runs {
-                for range in inherited {
-                    let piece = (run.address..<run.end).clamped(to: range)
-                    for kept in subtract(holes, from: piece.isEmpty ? [] : [piece]) {
-                        result[pid, default: []].append(PageRun(address: kept.lowerBound, length: UInt64(kept.count),
-                                                                offset: run.offset + (kept.lowerBound - run.address)))
-                    }
+                while i < inherited.count && inherited[i].upperBound <= run.address { i += 1 }
+                var k = i
+                while k < inherited.count && inherited[k].lowerBound < run.end {
+                    pieces.append(((run.address..<run.end).clamped(to: inherited[k]), run))
+                    k += 1
                 }
+            }
+            var p = 0
+            for kept in subtract(holes, from: pieces.map(\.range)) {
+                while !pieces[p].range.contains(kept.lowerBound) { p += 1 }
+                let run = pieces[p].run
+                result[pid, default: []].append(PageRun(address: kept.lowerBound, length: UInt64(kept.count),
+                                                        offset: run.offset + (kept.lowerBound - run.address)))
             }
         }
         take(parent.pageIndex.runs, from: ppid)
         for (pid, runs) in ancestorRuns(of: parent, in: image) { take(runs, from: pid) }
-        for pid in result.keys { result[pid]!.sort { $0.address < $1.address } }
         return result
     }
 
@@ -187,20 +200,30 @@ enum CopyOnWrite {
         let byPid = Dictionary(tasks.map { ($0.core.pid, $0) }, uniquingKeysWith: { a, _ in a })
         for task in tasks {
             let pid = task.core.pid
+            // In address order (the memory record's validation checks that).
             let inherited = task.memory.mappings.filter { $0.inherited == true }
             let discards = task.memory.discards ?? []
             if inherited.isEmpty && discards.isEmpty { continue }
             guard let ppid = parents[pid], let parent = byPid[ppid] else {
                 throw ImageError(file: "task-\(pid).img", record: "memory", "mappings inherited from a parent that is not a live process of the image")
             }
+            let parentByStart = Dictionary(parent.memory.mappings.map { ($0.start, $0) }, uniquingKeysWith: { a, _ in a })
             for m in inherited {
-                guard let p = parent.memory.mappings.first(where: { $0.start == m.start }), inheritable(m, from: p) else {
+                guard let p = parentByStart[m.start], inheritable(m, from: p) else {
                     throw ImageError(file: "task-\(pid).img", record: "memory", "mapping 0x\(hex(m.start)) is marked inherited but parent \(ppid) has no such mapping")
                 }
             }
+            func insideInherited(_ d: [UInt64]) -> Bool {
+                // The last inherited mapping starting at or below the discard's start.
+                var low = 0, high = inherited.count
+                while low < high {
+                    let mid = (low + high) / 2
+                    if inherited[mid].start <= d[0] { low = mid + 1 } else { high = mid }
+                }
+                return low > 0 && d[1] <= inherited[low - 1].end
+            }
             for d in discards {
-                guard d.count == 2, d[0] < d[1], d[0] % 4096 == 0, d[1] % 4096 == 0,
-                      inherited.contains(where: { $0.start <= d[0] && d[1] <= $0.end }) else {
+                guard d.count == 2, d[0] < d[1], d[0] % 4096 == 0, d[1] % 4096 == 0, insideInherited(d) else {
                     throw ImageError(file: "task-\(pid).img", record: "memory", "discard range \(d) is malformed or outside every inherited mapping")
                 }
             }

@@ -67,6 +67,15 @@ final class RestoringProcess {
     var sharedMappings: Set<UInt64> = []
     /// It keeps mappings from its parent or passes some on.
     var sharesMemory: Bool { !sharedMappings.isEmpty }
+    /// Without sharing: where the pages it left to its ancestors are (CopyOnWrite.ancestorRuns),
+    /// worked out once for its page files and again for its memory plan.
+    private var ancestorRunsFound: [Int32: [PageRun]]?
+    func ancestorRuns(in image: Image) -> [Int32: [PageRun]] {
+        if let ancestorRunsFound { return ancestorRunsFound }
+        let found = CopyOnWrite.ancestorRuns(of: self.image, in: image)
+        ancestorRunsFound = found
+        return found
+    }
     init(image: TaskImage, tracee: Tracee, parasite: Parasite) {
         self.image = image
         self.tracee = tracee
@@ -630,7 +639,7 @@ public struct Restorer {
         do {
             slots.pages = try task.pageIndex.fileSizes.indices.map { slots.add(try Files.open(image.paths.pages(imagePid, part: $0), .readOnly)) }
             if !shareMemory && task.pageIndex.compression == nil {
-                for pid in CopyOnWrite.ancestorRuns(of: task, in: image).keys.sorted() {
+                for pid in process.ancestorRuns(in: image).keys.sorted() {
                     let index = image.task(pid)!.pageIndex
                     slots.ancestorPages[pid] = try index.fileSizes.indices.map { slots.add(try Files.open(image.paths.pages(pid, part: $0), .readOnly)) }
                 }
@@ -744,7 +753,7 @@ public struct Restorer {
         let parasiteRange = parasite.base..<(parasite.base + parasite.size)
         // Eagerly, a small process's pages go in faster through the parasite's own reads than
         // through a userfaultfd (one more command, a descriptor copy, the loader's wakeups).
-        let ancestors = shareMemory ? [:] : CopyOnWrite.ancestorRuns(of: task, in: image)
+        let ancestors = shareMemory ? [:] : process.ancestorRuns(in: image)
         // Pages from the parent's image go in eagerly, with the child's own pages of those mappings.
         let eagerMappings = shareMemory ? process.sharedMappings : Set(task.memory.mappings.filter { $0.inherited == true }.map(\.start))
         var extraRuns: [cryo_page_run] = []
