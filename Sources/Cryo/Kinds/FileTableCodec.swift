@@ -89,7 +89,7 @@ extension FileTable {
         try writer.write(to: path)
     }
 
-    /// files.img of any version: JSON `files` up to 4, binary `fileRecords` from 5 on.
+    /// files.img of any version: JSON `files` before version 6, binary `fileRecords` from 6 on.
     static func read(_ path: String) throws -> FileTable {
         let reader = try RecordReader(path: path)
         guard reader.version >= ImageFormat.binaryTablesVersion else { return try reader.one(.files, as: FileTable.self) }
