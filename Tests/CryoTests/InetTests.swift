@@ -381,6 +381,28 @@ extension EndToEnd.InetTests {
         }
     }
 
+    @Test("a connection with kernel TLS (TCP_ULP tls, TLS_TX) is refused in one line and carries on")
+    func kernelTLSRefused() throws {
+        let scratch = try Scratch("ktls")
+        defer { scratch.remove() }
+        let fixture = try Fixture("sockopts", arguments: ["ktls"], in: scratch)
+        defer { fixture.cleanUp() }
+        try fixture.waitReady()
+        if let answer = fixture.tagged("KTLS"), answer.first == "no" {
+            print("skipped: this kernel has no kernel TLS (\(answer.dropFirst().joined(separator: " ")))")
+            fixture.signal(SIGKILL)
+            _ = fixture.reapOriginal(timeout: 10)
+            return
+        }
+        let dump = try cryo(["dump", "--tcp-established", "-t", "\(fixture.pid)", "-D", scratch.file("img")], in: scratch, reaping: fixture)
+        #expect(dump.failed && dump.stderrLines.count == 1 && dump.stderr.contains("pid \(fixture.pid) fd ")
+                && dump.stderr.contains("kernel TLS"), "\(dump)")
+        #expect(fixture.pollOriginal() == nil, "a refused dump must leave the fixture running")
+        fixture.signal(SIGTERM)
+        #expect(fixture.reapOriginal(timeout: 30) == .exited(0), "\(fixture.report)")
+        expectPass(fixture, "\(dump)")
+    }
+
     @Test("a UDP socket with corked data (UDP_CORK, MSG_MORE) is refused in one line; the data is still sent afterwards")
     func corkedUDPRefused() throws {
         let scratch = try Scratch("udp-corked")

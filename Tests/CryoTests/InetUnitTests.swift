@@ -39,9 +39,15 @@ struct InetUnitTests {
         s.filterLocked = true
         s.memberships = [.init(group: "232.1.1.1", device: "lo", include: true, sources: ["10.9.8.7"])]
         s.shutdown = 2
+        s.maxPacingRate = 5_000_000_000
+        s.fastOpenKey = Data(repeating: 0x42, count: 32)
+        s.icmp6Filter = Data(repeating: 0xff, count: 32)
         let decoded = try JSONDecoder().decode(InetSocketSettings.self, from: try JSONEncoder().encode(s))
         #expect(decoded == s)
-        #expect(s.summary == "device lo, filter of 1 instruction, locked, 1 multicast group, shut down for writing")
+        #expect(s.summary == "device lo, filter of 1 instruction, locked, 1 multicast group, shut down for writing, "
+                + "pacing at most 5000000000 B/s, a Fast Open key of its own, an ICMPv6 type filter")
+        let old = try JSONDecoder().decode(InetSocketSettings.self, from: Data(#"{"device":"lo"}"#.utf8))
+        #expect(old.maxPacingRate == nil && old.fastOpenKey == nil && old.icmp6Filter == nil)
         #expect(InetAddress(address: "::1")?.isSpecificIPv6 == true && InetAddress(address: "::ffff:127.0.0.1")?.isSpecificIPv6 == false)
         #expect(InetAddress(address: "not an address") == nil)
     }
@@ -61,5 +67,34 @@ struct InetUnitTests {
         let mapped = try #require(InetAddress(.inet(address: [UInt8](repeating: 0, count: 10) + [0xff, 0xff, 127, 0, 0, 1], port: 8080)))
         #expect(InetSocketState.synReceived(in: text, listener: mapped) == 1)
         #expect(InetSocketState.synReceived(in: "", listener: loopback) == 0)
+    }
+
+    @Test("a TCP upper-layer protocol is refused, kernel TLS saying why; none passes")
+    func ulpRefusal() {
+        #expect(InetSocketSettings.ulpRefusal("") == nil)
+        let tls = InetSocketSettings.ulpRefusal("tls") ?? ""
+        #expect(tls.contains("kernel TLS") && tls.contains("TLS_TX/TLS_RX") && tls.hasSuffix("not supported"))
+        #expect(InetSocketSettings.ulpRefusal("espintcp") == "has the upper-layer protocol \"espintcp\" (TCP_ULP); not supported")
+    }
+
+    @Test("the option table: an IPv6 socket keeps the IPv4 level too (not a raw one), multicast only off TCP")
+    func optionTable() {
+        func names(_ ipv6: Bool, _ proto: InetSocketState.Proto) -> Set<String> {
+            Set(InetIntegerOption.table(ipv6: ipv6, proto: proto).map(\.name))
+        }
+        #expect(names(true, .udp).isSuperset(of: ["IP_TOS", "IP_TTL", "IP_MULTICAST_TTL", "IP_MULTICAST_LOOP", "IP_MULTICAST_IF",
+                                                   "IPV6_MULTICAST_IF", "SO_INCOMING_CPU"]))
+        #expect(names(true, .tcp).isSuperset(of: ["IP_TOS", "IP_TTL", "IP_MINTTL", "SO_TXREHASH"]))
+        #expect(names(true, .tcp).isDisjoint(with: ["IP_MULTICAST_TTL", "IPV6_MULTICAST_IF", "IP_FREEBIND"]))
+        #expect(names(true, .raw).isDisjoint(with: ["IP_TOS", "IP_TTL"]))
+        #expect(!names(false, .udp).contains("SO_TXREHASH"))
+        // IP_TOS sets the priority too: SO_PRIORITY after it, or a program's own priority is lost.
+        let order = InetIntegerOption.table(ipv6: true, proto: .tcp).map(\.name)
+        #expect(order.firstIndex(of: "IP_TOS")! < order.firstIndex(of: "SO_PRIORITY")!)
+        // Every name once: the image keys options by name.
+        for (ipv6, proto) in [(false, InetSocketState.Proto.tcp), (true, .tcp), (false, .udp), (true, .udp), (true, .raw), (false, .icmp)] {
+            let all = InetIntegerOption.table(ipv6: ipv6, proto: proto, rawProtocol: 1).map(\.name)
+            #expect(Set(all).count == all.count, "\(proto) ipv6 \(ipv6)")
+        }
     }
 }

@@ -9,13 +9,15 @@
  *                             a filter of its own (not locked)
  *                  server     accepted (the listener's locked filter with it)
  *                  client6m   IPv6, IPV6_V6ONLY off, connected to the listener's
- *                             IPv4-mapped address (server6m accepted)
+ *                             IPv4-mapped address (server6m accepted), with
+ *                             IPv4-level IP_TOS and IP_TTL of its own
  *                  client6    IPv6, IPV6_V6ONLY off, connected to listener6 on
  *                             [::1] (server6 accepted)
  *                  rp1, rp2   an SO_REUSEPORT group of two listeners on one port
  *                  tfo        unbound: TCP_FASTOPEN_CONNECT, TCP_MAXSEG, clamp
  *                  free4      a listener on 192.0.2.1 (IP_FREEBIND: not local),
- *                             TCP_DEFER_ACCEPT, TCP_FASTOPEN, TCP_WINDOW_CLAMP,
+ *                             TCP_DEFER_ACCEPT, TCP_FASTOPEN with a key and a
+ *                             backup key of its own, SO_INCOMING_CPU, TCP_WINDOW_CLAMP,
  *                             TCP_QUICKACK, TCP_MAXSEG, TCP_SAVE_SYN, TX_DELAY,
  *                             RTO and delayed-ACK bounds, busy polling
  *                  free6      a listener on [2001:db8::1] (IPV6_FREEBIND,
@@ -24,13 +26,21 @@
  *                             IP_TRANSPARENT, multicast (one group of any
  *                             source, one source-specific), UDP_CORK with
  *                             nothing pending, shut down for reading
- *                  udp6       connected, an IPv6 group, IPV6_MULTICAST_*,
- *                             shut down for writing
+ *                  udp6       connected, an IPv6 group, IPV6_MULTICAST_*, the
+ *                             IPv4 level's IP_MULTICAST_TTL/LOOP/IF and IP_TOS,
+ *                             source preferences, shut down for writing
+ *                  (the listener also has a 64-bit SO_MAX_PACING_RATE,
+ *                  SO_TXREHASH 0, IP_MINTTL; tfo an IP_LOCAL_PORT_RANGE)
  *                  udpboth    connected, shut down both ways
  *                  lite       UDP-Lite, checksum coverage set, a datagram queued
  *                             from litesender; lite6 connected, SHUT_WR
  *   corked         only a UDP socket with corked data (UDP_CORK, one write)
  *                  and one with MSG_MORE data: dump must refuse them
+ *   ktls           a connection whose client has kernel TLS (TCP_ULP "tls",
+ *                  TLS_TX with an AES-GCM-128 key): dump must refuse it.
+ *                  Prints "KTLS yes", or "KTLS no REASON" where the kernel has
+ *                  no TLS (the test then skips). After SIGTERM the bytes
+ *                  still cross.
  *   ping [queued]  ICMP "ping" sockets (needs net.ipv4.ping_group_range to
  *                  hold the fixture's group): ping4 bound and connected to
  *                  127.0.0.1 (IP_TTL 50), ping6 to ::1, an unbound one;
@@ -41,23 +51,27 @@
  *                  filter passing only UDP to port 5555 (locked),
  *                  PACKET_AUXDATA, PACKET_VERSION 2, promiscuous and
  *                  all-multicast memberships on lo, SO_RCVBUF locked;
- *                  dgram: SOCK_DGRAM ETH_P_IP, unbound, PACKET_ORIGDEV.
+ *                  dgram: SOCK_DGRAM ETH_P_IP, unbound, PACKET_ORIGDEV,
+ *                  SO_TIMESTAMPNS, SO_RXQ_OVFL, SO_RCVTIMEO; vnet: SOCK_RAW
+ *                  of no protocol with a 12-byte PACKET_VNET_HDR_SZ.
  *                  (The memberships show in `ip -d link show lo`: the test
  *                  looks there.)
  *                  After SIGTERM all compared, and raw sees a datagram
  *                  sent to 127.0.0.1:5555. With `queued`, one such frame
  *                  waits unread before READY: dump must refuse it.
  *   raw [queued]   raw4: SOCK_RAW protocol 253 bound to 127.0.0.1, IP_TOS;
- *                  icmp: raw ICMP with an ICMP_FILTER; raw6: protocol 253
+ *                  icmp: raw ICMP with an ICMP_FILTER; icmp6: raw ICMPv6
+ *                  with an ICMP6_FILTER; raw6: protocol 253
  *                  connected to ::1, IPV6_CHECKSUM 2; unbound: protocol 254.
  *                  After SIGTERM all compared, and raw4 and raw6 each get a
  *                  packet of their protocol sent after restore. With
  *                  `queued`, one packet waits unread in raw4: refused.
  *   netlink        route: NETLINK_ROUTE bound by the kernel (first send),
  *                  groups RTMGRP_LINK, RTNLGRP_IPV6_ROUTE and 33 (above 32),
- *                  NETLINK_NO_ENOBUFS, NETLINK_EXT_ACK, SO_RCVBUF locked;
+ *                  NETLINK_NO_ENOBUFS, NETLINK_EXT_ACK, SO_RCVBUF locked,
+ *                  a locked classic filter, SO_RCVTIMEO;
  *                  fixed: NETLINK_GENERIC bound to port 4000000, connected to
- *                  the kernel; fresh: never bound. After SIGTERM each keeps
+ *                  the kernel; fresh: never bound, SO_PASSSEC, SO_SNDTIMEO. After SIGTERM each keeps
  *                  port, groups and options, and route answers a request.
  *
  * Every option is read back with getsockopt before READY (a snapshot); after
@@ -74,6 +88,7 @@
 #include <linux/if_packet.h>
 #include <linux/if_ether.h>
 #include <linux/rtnetlink.h>
+#include <linux/tls.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/ip_icmp.h>
@@ -156,6 +171,40 @@ static void remember_if_known(int fd, const char *socket, const char *name, int 
 #define SO_PREFER_BUSY_POLL 69
 #endif
 
+#define SO_RCVMARK_ 75
+#define SO_RCVPRIORITY_ 82
+#define SO_TXREHASH_ 74
+#ifndef IP_RECVORIGDSTADDR
+#define IP_RECVORIGDSTADDR 20
+#endif
+#ifndef IPV6_RECVORIGDSTADDR
+#define IPV6_RECVORIGDSTADDR 74
+#endif
+#ifndef IPV6_MINHOPCOUNT
+#define IPV6_MINHOPCOUNT 73
+#endif
+#ifndef IPV6_AUTOFLOWLABEL
+#define IPV6_AUTOFLOWLABEL 70
+#endif
+#ifndef IPV6_ADDR_PREFERENCES
+#define IPV6_ADDR_PREFERENCES 72
+#endif
+#ifndef IPV6_PREFER_SRC_TMP
+#define IPV6_PREFER_SRC_TMP 0x0001
+#endif
+#ifndef IPV6_FLOWINFO
+#define IPV6_FLOWINFO 11
+#endif
+#ifndef IP_CHECKSUM
+#define IP_CHECKSUM 23
+#endif
+#ifndef IP_NODEFRAG
+#define IP_NODEFRAG 22
+#endif
+#ifndef PACKET_VNET_HDR_SZ
+#define PACKET_VNET_HDR_SZ 24
+#endif
+
 #define OPT(level, option) remember(fd, label, #option, level, option)
 
 /* Every option a socket of this family keeps; `tcp`: 1 TCP, 0 UDP, 2 ICMP. */
@@ -167,26 +216,41 @@ static void remember_all(int fd, const char *label, int ipv6, int tcp, int buffe
     OPT(SOL_SOCKET, SO_BUF_LOCK); OPT(SOL_SOCKET, SO_GET_FILTER); OPT(SOL_SOCKET, SO_LOCK_FILTER);
     OPT(SOL_SOCKET, SO_TIMESTAMP); OPT(SOL_SOCKET, SO_TIMESTAMPNS); OPT(SOL_SOCKET, SO_RXQ_OVFL); OPT(SOL_SOCKET, SO_SELECT_ERR_QUEUE);
     OPT(SOL_SOCKET, SO_BUSY_POLL); OPT(SOL_SOCKET, SO_PREFER_BUSY_POLL); OPT(SOL_SOCKET, SO_ZEROCOPY);
+    OPT(SOL_SOCKET, SO_MAX_PACING_RATE); OPT(SOL_SOCKET, SO_NOFCS);
+    remember_if_known(fd, label, "SO_RCVMARK", SOL_SOCKET, SO_RCVMARK_);
+    remember_if_known(fd, label, "SO_RCVPRIORITY", SOL_SOCKET, SO_RCVPRIORITY_);
     if (buffers_locked & 1) OPT(SOL_SOCKET, SO_SNDBUF);
     if (buffers_locked & 2) OPT(SOL_SOCKET, SO_RCVBUF);
     if (ipv6) {
         OPT(IPPROTO_IPV6, IPV6_V6ONLY); OPT(IPPROTO_IPV6, IPV6_TCLASS); OPT(IPPROTO_IPV6, IPV6_UNICAST_HOPS);
         OPT(IPPROTO_IPV6, IPV6_FREEBIND); OPT(IPPROTO_IPV6, IPV6_TRANSPARENT); OPT(IPPROTO_IPV6, IPV6_MTU_DISCOVER);
         OPT(IPPROTO_IPV6, IPV6_RECVERR); OPT(IPPROTO_IPV6, IPV6_RECVPKTINFO); OPT(IPPROTO_IPV6, IPV6_RECVHOPLIMIT);
-        OPT(IPPROTO_IPV6, IPV6_RECVTCLASS);
+        OPT(IPPROTO_IPV6, IPV6_RECVTCLASS); OPT(IPPROTO_IPV6, IPV6_ADDR_PREFERENCES); OPT(IPPROTO_IPV6, IPV6_MINHOPCOUNT);
+        OPT(IPPROTO_IPV6, IPV6_DONTFRAG); OPT(IPPROTO_IPV6, IPV6_AUTOFLOWLABEL); OPT(IPPROTO_IPV6, IPV6_FLOWINFO);
+        OPT(IPPROTO_IPV6, IPV6_RECVORIGDSTADDR); OPT(IPPROTO_IPV6, IPV6_RECVPATHMTU); OPT(IPPROTO_IPV6, IPV6_RECVRTHDR);
+        OPT(IPPROTO_IPV6, IPV6_RECVHOPOPTS); OPT(IPPROTO_IPV6, IPV6_RECVDSTOPTS);
+        remember_if_known(fd, label, "IPV6_RECVFRAGSIZE", IPPROTO_IPV6, 77);
+        remember_if_known(fd, label, "IPV6_RECVERR_RFC4884", IPPROTO_IPV6, 31);
         /* Multicast options mean nothing to TCP (an accepted socket's IP_MULTICAST_TTL is its SYN's TTL). */
         if (!tcp) {
             OPT(IPPROTO_IPV6, IPV6_MULTICAST_HOPS); OPT(IPPROTO_IPV6, IPV6_MULTICAST_LOOP); OPT(IPPROTO_IPV6, IPV6_MULTICAST_IF);
             OPT(IPPROTO_IPV6, IPV6_UNICAST_IF);
         }
     } else {
-        OPT(IPPROTO_IP, IP_TOS); OPT(IPPROTO_IP, IP_TTL); OPT(IPPROTO_IP, IP_FREEBIND); OPT(IPPROTO_IP, IP_TRANSPARENT);
-        OPT(IPPROTO_IP, IP_PKTINFO); OPT(IPPROTO_IP, IP_MTU_DISCOVER); OPT(IPPROTO_IP, IP_RECVERR); OPT(IPPROTO_IP, IP_RECVTTL);
-        OPT(IPPROTO_IP, IP_RECVTOS); OPT(IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT);
-        if (!tcp) {
-            OPT(IPPROTO_IP, IP_MULTICAST_TTL); OPT(IPPROTO_IP, IP_MULTICAST_LOOP); OPT(IPPROTO_IP, IP_MULTICAST_IF);
-            OPT(IPPROTO_IP, IP_MULTICAST_ALL); OPT(IPPROTO_IP, IP_UNICAST_IF);
-        }
+        OPT(IPPROTO_IP, IP_FREEBIND); OPT(IPPROTO_IP, IP_TRANSPARENT);
+    }
+    /* The IPv4 level, an IPv6 socket's too (its IPv4-mapped traffic uses it). */
+    OPT(IPPROTO_IP, IP_TOS); OPT(IPPROTO_IP, IP_TTL);
+    OPT(IPPROTO_IP, IP_PKTINFO); OPT(IPPROTO_IP, IP_MTU_DISCOVER); OPT(IPPROTO_IP, IP_RECVERR); OPT(IPPROTO_IP, IP_RECVTTL);
+    OPT(IPPROTO_IP, IP_RECVTOS); OPT(IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT); OPT(IPPROTO_IP, IP_RECVOPTS); OPT(IPPROTO_IP, IP_RETOPTS);
+    OPT(IPPROTO_IP, IP_PASSSEC); OPT(IPPROTO_IP, IP_RECVORIGDSTADDR); OPT(IPPROTO_IP, IP_MINTTL); OPT(IPPROTO_IP, IP_NODEFRAG);
+    OPT(IPPROTO_IP, IP_CHECKSUM);
+    remember_if_known(fd, label, "IP_LOCAL_PORT_RANGE", IPPROTO_IP, 51);
+    remember_if_known(fd, label, "IP_RECVFRAGSIZE", IPPROTO_IP, 25);
+    remember_if_known(fd, label, "IP_RECVERR_RFC4884", IPPROTO_IP, 26);
+    if (tcp != 1) {
+        OPT(IPPROTO_IP, IP_MULTICAST_TTL); OPT(IPPROTO_IP, IP_MULTICAST_LOOP); OPT(IPPROTO_IP, IP_MULTICAST_IF);
+        OPT(IPPROTO_IP, IP_MULTICAST_ALL); OPT(IPPROTO_IP, IP_UNICAST_IF);
     }
     if (tcp == 1) {
         OPT(IPPROTO_TCP, TCP_NODELAY); OPT(IPPROTO_TCP, TCP_CORK); OPT(IPPROTO_TCP, TCP_KEEPIDLE);
@@ -195,7 +259,8 @@ static void remember_all(int fd, const char *label, int ipv6, int tcp, int buffe
         OPT(IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS); OPT(IPPROTO_TCP, TCP_NOTSENT_LOWAT); OPT(IPPROTO_TCP, TCP_INQ);
         OPT(IPPROTO_TCP, TCP_DEFER_ACCEPT); OPT(IPPROTO_TCP, TCP_WINDOW_CLAMP); OPT(IPPROTO_TCP, TCP_QUICKACK);
         OPT(IPPROTO_TCP, TCP_FASTOPEN); OPT(IPPROTO_TCP, TCP_FASTOPEN_NO_COOKIE); OPT(IPPROTO_TCP, TCP_SAVE_SYN);
-        OPT(IPPROTO_TCP, TCP_TX_DELAY);
+        OPT(IPPROTO_TCP, TCP_TX_DELAY); OPT(IPPROTO_TCP, TCP_FASTOPEN_KEY);
+        remember_if_known(fd, label, "SO_TXREHASH", SOL_SOCKET, SO_TXREHASH_);
         remember_if_known(fd, label, "TCP_RTO_MAX_MS", IPPROTO_TCP, TCP_RTO_MAX_MS_);
         remember_if_known(fd, label, "TCP_RTO_MIN_US", IPPROTO_TCP, TCP_RTO_MIN_US_);
         remember_if_known(fd, label, "TCP_DELACK_MAX_US", IPPROTO_TCP, TCP_DELACK_MAX_US_);
@@ -420,6 +485,13 @@ static int netlink(void) {
     set_int(route, SOL_NETLINK, NETLINK_NO_ENOBUFS, 1, "NETLINK_NO_ENOBUFS");
     set_int(route, SOL_NETLINK, NETLINK_EXT_ACK, 1, "NETLINK_EXT_ACK");
     set_int(route, SOL_SOCKET, SO_RCVBUF, 300000, "SO_RCVBUF");
+    /* A filter that passes every message (libudev's monitors filter theirs), locked; a receive timeout. */
+    struct sock_filter pass[] = { BPF_STMT(BPF_RET | BPF_K, 0xffffffff) };
+    struct sock_fprog passing = { .len = 1, .filter = pass };
+    if (setsockopt(route, SOL_SOCKET, SO_ATTACH_FILTER, &passing, sizeof(passing)) != 0) die("netlink SO_ATTACH_FILTER");
+    set_int(route, SOL_SOCKET, SO_LOCK_FILTER, 1, "netlink SO_LOCK_FILTER");
+    struct timeval route_timeout = { 3, 250000 };
+    if (setsockopt(route, SOL_SOCKET, SO_RCVTIMEO, &route_timeout, sizeof(route_timeout)) != 0) die("netlink SO_RCVTIMEO");
     if (ask_route(route, 1, "route before") != 0) die(failbuf);
     int fixed = socket(AF_NETLINK, SOCK_DGRAM, NETLINK_GENERIC);
     struct sockaddr_nl port = { .nl_family = AF_NETLINK, .nl_pid = 4000000 }, kernel = { .nl_family = AF_NETLINK };
@@ -428,6 +500,9 @@ static int netlink(void) {
     set_int(fixed, SOL_NETLINK, NETLINK_CAP_ACK, 1, "NETLINK_CAP_ACK");
     int fresh = socket(AF_NETLINK, SOCK_RAW, NETLINK_SOCK_DIAG);
     if (fresh < 0) die("fresh");
+    set_int(fresh, SOL_SOCKET, SO_PASSSEC, 1, "SO_PASSSEC");
+    struct timeval fresh_timeout = { 7, 0 };
+    if (setsockopt(fresh, SOL_SOCKET, SO_SNDTIMEO, &fresh_timeout, sizeof(fresh_timeout)) != 0) die("netlink SO_SNDTIMEO");
     unsigned route_port = nl_port(route);
     const char *names[] = { "route", "fixed", "fresh" };
     int fds[] = { route, fixed, fresh };
@@ -437,6 +512,8 @@ static int netlink(void) {
         OPT(SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS); OPT(SOL_NETLINK, NETLINK_PKTINFO); OPT(SOL_NETLINK, NETLINK_BROADCAST_ERROR);
         OPT(SOL_NETLINK, NETLINK_NO_ENOBUFS); OPT(SOL_NETLINK, NETLINK_CAP_ACK); OPT(SOL_NETLINK, NETLINK_EXT_ACK);
         OPT(SOL_NETLINK, NETLINK_GET_STRICT_CHK); OPT(SOL_SOCKET, SO_BUF_LOCK); OPT(SOL_SOCKET, SO_PROTOCOL); OPT(SOL_SOCKET, SO_TYPE);
+        OPT(SOL_SOCKET, SO_GET_FILTER); OPT(SOL_SOCKET, SO_LOCK_FILTER); OPT(SOL_SOCKET, SO_RCVTIMEO); OPT(SOL_SOCKET, SO_SNDTIMEO);
+        OPT(SOL_SOCKET, SO_PASSSEC);
         if (i == 0) OPT(SOL_SOCKET, SO_RCVBUF);
     }
     wait_for_term();
@@ -491,16 +568,32 @@ static int packet(int queued) {
     struct sock_filter none[] = { BPF_STMT(BPF_RET | BPF_K, 0) };
     struct sock_fprog drop = { .len = 1, .filter = none };
     if (setsockopt(dgram, SOL_SOCKET, SO_ATTACH_FILTER, &drop, sizeof(drop)) != 0) die("dgram filter");
+    set_int(dgram, SOL_SOCKET, SO_TIMESTAMPNS, 1, "SO_TIMESTAMPNS dgram");
+    set_int(dgram, SOL_SOCKET, SO_RXQ_OVFL, 1, "SO_RXQ_OVFL dgram");
+    struct timeval packet_timeout = { 2, 500000 };
+    if (setsockopt(dgram, SOL_SOCKET, SO_RCVTIMEO, &packet_timeout, sizeof(packet_timeout)) != 0) die("packet SO_RCVTIMEO");
+    set_int(raw, SOL_SOCKET, SO_NOFCS, 1, "SO_NOFCS raw");
+    set_int(raw, SOL_SOCKET, SO_INCOMING_CPU, 1, "SO_INCOMING_CPU raw");
+    /* vnet: SOCK_RAW of no protocol (receives nothing), a 12-byte virtio header (PACKET_VNET_HDR reads 1 for it). */
+    int vnet = socket(AF_PACKET, SOCK_RAW, 0);
+    if (vnet < 0) die("AF_PACKET vnet");
+    int vnet_size = 0;
+    socklen_t vnet_length = sizeof(vnet_size);
+    int vnet_known = getsockopt(vnet, SOL_PACKET, PACKET_VNET_HDR_SZ, &vnet_size, &vnet_length) == 0;
+    if (vnet_known) set_int(vnet, SOL_PACKET, PACKET_VNET_HDR_SZ, 12, "PACKET_VNET_HDR_SZ");
+    else set_int(vnet, SOL_PACKET, PACKET_VNET_HDR, 1, "PACKET_VNET_HDR");
     if (queued) { send_udp_5555("queued"); usleep(50000); }
-    const char *names[] = { "raw", "dgram" };
-    int fds[] = { raw, dgram };
-    for (int i = 0; i < 2; i++) {
+    const char *names[] = { "raw", "dgram", "vnet" };
+    int fds[] = { raw, dgram, vnet };
+    for (int i = 0; i < 3; i++) {
         int fd = fds[i];
         const char *label = names[i];
         OPT(SOL_PACKET, PACKET_VERSION); OPT(SOL_PACKET, PACKET_AUXDATA); OPT(SOL_PACKET, PACKET_ORIGDEV); OPT(SOL_PACKET, PACKET_RESERVE);
         OPT(SOL_PACKET, PACKET_VNET_HDR); OPT(SOL_PACKET, PACKET_LOSS); OPT(SOL_PACKET, PACKET_TIMESTAMP); OPT(SOL_PACKET, PACKET_QDISC_BYPASS);
         OPT(SOL_SOCKET, SO_GET_FILTER); OPT(SOL_SOCKET, SO_LOCK_FILTER); OPT(SOL_SOCKET, SO_BUF_LOCK); OPT(SOL_SOCKET, SO_TYPE);
-        OPT(SOL_SOCKET, SO_PROTOCOL);
+        OPT(SOL_SOCKET, SO_PROTOCOL); OPT(SOL_SOCKET, SO_TIMESTAMPNS); OPT(SOL_SOCKET, SO_RXQ_OVFL); OPT(SOL_SOCKET, SO_RCVTIMEO);
+        OPT(SOL_SOCKET, SO_NOFCS); OPT(SOL_SOCKET, SO_INCOMING_CPU);
+        if (vnet_known) OPT(SOL_PACKET, PACKET_VNET_HDR_SZ);
         if (i == 0) OPT(SOL_SOCKET, SO_RCVBUF);
     }
     wait_for_term();
@@ -548,6 +641,13 @@ static int raw(int queued) {
     struct sockaddr_storage lo = inet4("127.0.0.1", 0), lo6 = inet6("::1", 0);
     if (raw4 < 0 || bind(raw4, (struct sockaddr *)&lo, sizeof(struct sockaddr_in)) != 0) die("raw4");
     set_int(raw4, IPPROTO_IP, IP_TOS, 0x48, "IP_TOS");
+    set_int(raw4, IPPROTO_IP, IP_NODEFRAG, 1, "IP_NODEFRAG");
+    /* icmp6: raw ICMPv6 that lets only echo replies through. */
+    int icmp6 = socket(AF_INET6, SOCK_RAW, IPPROTO_ICMPV6);
+    struct icmp6_filter filter6;
+    ICMP6_FILTER_SETBLOCKALL(&filter6);
+    ICMP6_FILTER_SETPASS(ICMP6_ECHO_REPLY, &filter6);
+    if (icmp6 < 0 || setsockopt(icmp6, IPPROTO_ICMPV6, ICMP6_FILTER, &filter6, sizeof(filter6)) != 0) die("icmp6");
     int icmp = socket(AF_INET, SOCK_RAW, IPPROTO_ICMP);
     struct icmp_filter filter = { .data = ~(1u << ICMP_ECHOREPLY) };
     if (icmp < 0 || setsockopt(icmp, SOL_RAW, ICMP_FILTER, &filter, sizeof(filter)) != 0) die("icmp");
@@ -557,14 +657,15 @@ static int raw(int queued) {
     int unbound = socket(AF_INET, SOCK_RAW, 254);
     if (unbound < 0) die("unbound");
     if (queued) { send_raw(0, "queued.."); usleep(50000); }
-    const char *names[] = { "raw4", "icmp", "raw6", "unbound" };
-    int fds[] = { raw4, icmp, raw6, unbound };
-    for (int i = 0; i < 4; i++) {
+    const char *names[] = { "raw4", "icmp", "raw6", "unbound", "icmp6" };
+    int fds[] = { raw4, icmp, raw6, unbound, icmp6 };
+    for (int i = 0; i < 5; i++) {
         int fd = fds[i];
         const char *label = names[i];
         OPT(SOL_SOCKET, SO_TYPE); OPT(SOL_SOCKET, SO_PROTOCOL); OPT(SOL_SOCKET, SO_DOMAIN); OPT(SOL_SOCKET, SO_BUF_LOCK);
         if (i == 2) { OPT(IPPROTO_IPV6, IPV6_CHECKSUM); OPT(IPPROTO_IPV6, IPV6_TCLASS); }
-        else { OPT(IPPROTO_IP, IP_TOS); OPT(IPPROTO_IP, IP_HDRINCL); }
+        else if (i == 4) { OPT(IPPROTO_ICMPV6, ICMP6_FILTER); OPT(IPPROTO_IPV6, IPV6_TCLASS); }
+        else { OPT(IPPROTO_IP, IP_TOS); OPT(IPPROTO_IP, IP_HDRINCL); OPT(IPPROTO_IP, IP_NODEFRAG); }
         if (i == 1) OPT(SOL_RAW, ICMP_FILTER);
     }
     struct sockaddr_storage name4, name6;
@@ -588,10 +689,39 @@ static int raw(int queued) {
     return 0;
 }
 
+static int ktls(void) {
+    struct sockaddr_storage address = inet4("127.0.0.1", 0);
+    socklen_t size = sizeof(address);
+    int listener = socket(AF_INET, SOCK_STREAM, 0);
+    if (listener < 0 || bind(listener, (struct sockaddr *)&address, sizeof(struct sockaddr_in)) != 0 || listen(listener, 1) != 0
+        || getsockname(listener, (struct sockaddr *)&address, &size) != 0) die("ktls listener");
+    int client = socket(AF_INET, SOCK_STREAM, 0);
+    if (client < 0 || connect(client, (struct sockaddr *)&address, size) != 0) die("ktls connect");
+    int server = accept(listener, NULL, NULL);
+    if (server < 0) die("ktls accept");
+    if (setsockopt(client, IPPROTO_TCP, TCP_ULP, "tls", 3) != 0) {
+        printf("KTLS no TCP_ULP tls: %s\n", strerror(errno));
+    } else {
+        struct tls12_crypto_info_aes_gcm_128 info = { .info = { .version = TLS_1_2_VERSION, .cipher_type = TLS_CIPHER_AES_GCM_128 } };
+        memset(info.key, 0x17, sizeof(info.key));
+        if (setsockopt(client, SOL_TLS, TLS_TX, &info, sizeof(info)) != 0) die("TLS_TX");
+        printf("KTLS yes\n");
+    }
+    fflush(stdout);
+    wait_for_term();
+    char byte = 0;
+    if (send(server, "k", 1, 0) != 1 || recv(client, &byte, 1, 0) != 1 || byte != 'k') fail("a byte did not cross (%s)", strerror(errno));
+    if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
+    printf("PASS\n");
+    fflush(stdout);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     signal(SIGTERM, on_term);
     signal(SIGPIPE, SIG_IGN);
     if (argc > 1 && strcmp(argv[1], "corked") == 0) return corked();
+    if (argc > 1 && strcmp(argv[1], "ktls") == 0) return ktls();
     if (argc > 1 && strcmp(argv[1], "netlink") == 0) return netlink();
     if (argc > 1 && strcmp(argv[1], "raw") == 0) return raw(argc > 2 && strcmp(argv[2], "queued") == 0);
     if (argc > 1 && strcmp(argv[1], "packet") == 0) return packet(argc > 2 && strcmp(argv[2], "queued") == 0);
@@ -628,6 +758,13 @@ int main(int argc, char **argv) {
     set_int(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, 65536, "TCP_NOTSENT_LOWAT");
     set_int(fd, IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS, 1, "TCP_THIN_LINEAR_TIMEOUTS");
     set_int(fd, IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT, "IP_MTU_DISCOVER");
+    /* Above 2^32: the option is an unsigned long. */
+    unsigned long pacing = 5000000000UL;
+    if (setsockopt(fd, SOL_SOCKET, SO_MAX_PACING_RATE, &pacing, sizeof(pacing)) != 0) die("SO_MAX_PACING_RATE");
+    set_int(fd, SOL_SOCKET, SO_TXREHASH_, 0, "SO_TXREHASH");
+    set_int(fd, SOL_SOCKET, SO_RCVMARK_, 1, "SO_RCVMARK");
+    set_int(fd, IPPROTO_IP, IP_MINTTL, 3, "IP_MINTTL");
+    set_int(fd, IPPROTO_IP, IP_RECVORIGDSTADDR, 1, "IP_RECVORIGDSTADDR");
     attach_filter(fd, 60000, 1, "listener filter");
     struct sockaddr_storage address = inet4("127.0.0.1", 0);
     if (bind(fd, (struct sockaddr *)&address, sizeof(struct sockaddr_in)) != 0 || listen(fd, 4) != 0) die("listener");
@@ -665,6 +802,10 @@ int main(int argc, char **argv) {
     if (client6m < 0 || connect(client6m, (struct sockaddr *)&mapped, sizeof(struct sockaddr_in6)) != 0) die("client6m connect");
     int server6m = accept(listener, NULL, NULL);
     if (server6m < 0) die("accept client6m");
+    /* Its packets are IPv4: the IPv4 level's TOS and TTL are the ones that count. */
+    set_int(client6m, IPPROTO_IP, IP_TOS, 0x30, "IP_TOS client6m");
+    set_int(client6m, IPPROTO_IP, IP_TTL, 44, "IP_TTL client6m");
+    set_int(client6m, IPPROTO_IPV6, IPV6_DONTFRAG, 1, "IPV6_DONTFRAG client6m");
     int listener6 = socket(AF_INET6, SOCK_STREAM, 0);
     struct sockaddr_storage lo6 = inet6("::1", 0);
     socklen_t size6 = sizeof(lo6);
@@ -693,6 +834,11 @@ int main(int argc, char **argv) {
     /* Listener-only TCP options (a deferred accept, a Fast Open queue, an MSS of its own) and the newer ones. */
     set_int(free4, IPPROTO_TCP, TCP_DEFER_ACCEPT, 5, "TCP_DEFER_ACCEPT");
     set_int(free4, IPPROTO_TCP, TCP_FASTOPEN, 16, "TCP_FASTOPEN");
+    /* A key of its own and a backup key (key rotation). */
+    unsigned char keys[32];
+    for (int i = 0; i < 32; i++) keys[i] = (unsigned char)(0x40 + i * 7);
+    if (setsockopt(free4, IPPROTO_TCP, TCP_FASTOPEN_KEY, keys, sizeof(keys)) != 0) die("TCP_FASTOPEN_KEY");
+    set_int(free4, SOL_SOCKET, SO_INCOMING_CPU, 1, "SO_INCOMING_CPU free4");
     set_int(free4, IPPROTO_TCP, TCP_WINDOW_CLAMP, 40000, "TCP_WINDOW_CLAMP");
     set_int(free4, IPPROTO_TCP, TCP_QUICKACK, 0, "TCP_QUICKACK");
     set_int(free4, IPPROTO_TCP, TCP_MAXSEG, 1200, "TCP_MAXSEG");
@@ -712,6 +858,7 @@ int main(int argc, char **argv) {
         set_int(free4, IPPROTO_TCP, TCP_RTO_MAX_MS_, 60000, "TCP_RTO_MAX_MS");
     if (bind(free4, (struct sockaddr *)&nonlocal, sizeof(struct sockaddr_in)) != 0 || listen(free4, 2) != 0) die("free4");
     remember_all(free4, "free4", 0, 1, 0);
+    remember(free4, "free4", "SO_INCOMING_CPU", SOL_SOCKET, SO_INCOMING_CPU);
     remember(free4, "free4", "TCP_MAXSEG", IPPROTO_TCP, TCP_MAXSEG);
 
     /* rp1, rp2: an SO_REUSEPORT group of two listeners on one port. */
@@ -733,6 +880,10 @@ int main(int argc, char **argv) {
     set_int(tfo, IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 1, "TCP_FASTOPEN_CONNECT");
     set_int(tfo, IPPROTO_TCP, TCP_MAXSEG, 1000, "TCP_MAXSEG tfo");
     set_int(tfo, IPPROTO_TCP, TCP_WINDOW_CLAMP, 20000, "TCP_WINDOW_CLAMP tfo");
+    int range_known = 0;
+    socklen_t range_size = sizeof(range_known);
+    if (getsockopt(tfo, IPPROTO_IP, 51, &range_known, &range_size) == 0)
+        set_int(tfo, IPPROTO_IP, 51 /* IP_LOCAL_PORT_RANGE */, 40000 | 41000 << 16, "IP_LOCAL_PORT_RANGE");
     remember_all(tfo, "tfo", 0, 1, 0);
     remember(tfo, "tfo", "TCP_MAXSEG", IPPROTO_TCP, TCP_MAXSEG);
     remember(tfo, "tfo", "TCP_FASTOPEN_CONNECT", IPPROTO_TCP, TCP_FASTOPEN_CONNECT);
@@ -769,12 +920,19 @@ int main(int argc, char **argv) {
     set_int(udp4, SOL_SOCKET, SO_TIMESTAMPNS, 1, "SO_TIMESTAMPNS");
     set_int(udp4, SOL_SOCKET, SO_RXQ_OVFL, 1, "SO_RXQ_OVFL");
     set_int(udp4, SOL_SOCKET, SO_SELECT_ERR_QUEUE, 1, "SO_SELECT_ERR_QUEUE");
+    set_int(udp4, SOL_SOCKET, SO_INCOMING_CPU, 1, "SO_INCOMING_CPU udp4");
+    set_int(udp4, IPPROTO_IP, IP_RECVORIGDSTADDR, 1, "IP_RECVORIGDSTADDR udp4");
+    set_int(udp4, IPPROTO_IP, IP_CHECKSUM, 1, "IP_CHECKSUM udp4");
+    set_int(udp4, IPPROTO_IP, IP_RETOPTS, 1, "IP_RETOPTS udp4");
+    pacing = 1000000;
+    if (setsockopt(udp4, SOL_SOCKET, SO_MAX_PACING_RATE, &pacing, sizeof(pacing)) != 0) die("SO_MAX_PACING_RATE udp4");
     if (bind(udp4, (struct sockaddr *)&any4, sizeof(struct sockaddr_in)) != 0) die("udp4 bind");
     struct sockaddr_storage group4 = inet4("239.1.2.3", 0), ssm4 = inet4("232.1.1.1", 0), source4 = inet4("10.9.8.7", 0);
     join(udp4, IPPROTO_IP, group4, "MCAST_JOIN_GROUP udp4");
     join_source(udp4, ssm4, source4, "MCAST_JOIN_SOURCE_GROUP udp4");
     shutdown(udp4, SHUT_RD); /* ENOTCONN for an unconnected socket, yet it is shut down */
     remember_all(udp4, "udp4", 0, 0, 2);
+    remember(udp4, "udp4", "SO_INCOMING_CPU", SOL_SOCKET, SO_INCOMING_CPU);
 
     /* udp6: connected, an IPv6 group, shut down for writing. */
     int udp6 = socket(AF_INET6, SOCK_DGRAM, 0);
@@ -789,6 +947,22 @@ int main(int argc, char **argv) {
     set_int(udp6, IPPROTO_IPV6, IPV6_RECVTCLASS, 1, "IPV6_RECVTCLASS");
     set_int(udp6, IPPROTO_IPV6, IPV6_RECVERR, 1, "IPV6_RECVERR");
     set_int(udp6, IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE, "IPV6_MTU_DISCOVER");
+    /* The IPv4 level of an IPv6 socket: what its datagrams to IPv4-mapped groups use. */
+    set_int(udp6, IPPROTO_IP, IP_MULTICAST_TTL, 3, "IP_MULTICAST_TTL udp6");
+    set_int(udp6, IPPROTO_IP, IP_MULTICAST_LOOP, 0, "IP_MULTICAST_LOOP udp6");
+    if (setsockopt(udp6, IPPROTO_IP, IP_MULTICAST_IF, &(struct in_addr){ htonl(INADDR_LOOPBACK) }, sizeof(struct in_addr)) != 0)
+        die("IP_MULTICAST_IF udp6");
+    set_int(udp6, IPPROTO_IP, IP_TOS, 0x68, "IP_TOS udp6");
+    set_int(udp6, IPPROTO_IP, IP_PKTINFO, 1, "IP_PKTINFO udp6");
+    set_int(udp6, IPPROTO_IPV6, IPV6_ADDR_PREFERENCES, IPV6_PREFER_SRC_TMP, "IPV6_ADDR_PREFERENCES");
+    set_int(udp6, IPPROTO_IPV6, IPV6_MINHOPCOUNT, 5, "IPV6_MINHOPCOUNT");
+    set_int(udp6, IPPROTO_IPV6, IPV6_AUTOFLOWLABEL, 0, "IPV6_AUTOFLOWLABEL");
+    set_int(udp6, IPPROTO_IPV6, IPV6_FLOWINFO, 1, "IPV6_FLOWINFO");
+    set_int(udp6, IPPROTO_IPV6, IPV6_RECVORIGDSTADDR, 1, "IPV6_RECVORIGDSTADDR");
+    set_int(udp6, IPPROTO_IPV6, IPV6_RECVPATHMTU, 1, "IPV6_RECVPATHMTU");
+    set_int(udp6, IPPROTO_IPV6, IPV6_RECVRTHDR, 1, "IPV6_RECVRTHDR");
+    set_int(udp6, IPPROTO_IPV6, IPV6_RECVHOPOPTS, 1, "IPV6_RECVHOPOPTS");
+    set_int(udp6, IPPROTO_IPV6, IPV6_RECVDSTOPTS, 1, "IPV6_RECVDSTOPTS");
     if (connect(udp6, (struct sockaddr *)&peer6, sizeof(struct sockaddr_in6)) != 0) die("udp6 connect");
     join(udp6, IPPROTO_IPV6, group6, "MCAST_JOIN_GROUP udp6");
     if (shutdown(udp6, SHUT_WR) != 0) die("udp6 shutdown");

@@ -193,20 +193,15 @@ extension InetSocketState {
                 throw CryoError("\(what) holds \(proto == .raw ? "a packet" : "an ICMP reply") not read yet (\(reply.length) bytes); not supported")
             }
         }
-        if proto == .raw && family == AF_INET6 && protocolNumber == Int32(IPPROTO_ICMPV6) {
-            var filter = [UInt8](repeating: 0, count: 32)
-            _ = try Sockets.option(fd, Int32(IPPROTO_ICMPV6), 1 /* ICMP6_FILTER */, into: &filter, name: "ICMP6_FILTER", object: what)
-            if filter.contains(where: { $0 != 0 }) { throw CryoError("\(what) has an ICMP6_FILTER; not supported") }
-        }
         var options: [String: Int32] = [:]
         for o in InetIntegerOption.table(ipv6: family == AF_INET6, proto: proto, rawProtocol: protocolNumber) {
             do {
                 options[o.name] = try getInt(fd, o.level, o.option, o.name, what)
-            } catch let error as SyscallError where o.optional && error.errno == .protocolNotAvailable {}
+            } catch let error as SyscallError where o.optional && [.protocolNotAvailable, .notSupported].contains(error.errno) {}
         }
         let inode = UInt64(p.stat.st_ino)
-        let settings = try InetSocketSettings.dump(fd, ipv6: family == AF_INET6, proto: proto, pid: p.pid, inode: inode,
-                                                    shutdowns: shutdowns, what: what)
+        let settings = try InetSocketSettings.dump(fd, ipv6: family == AF_INET6, proto: proto, rawProtocol: protocolNumber, pid: p.pid,
+                                                    inode: inode, shutdowns: shutdowns, what: what)
         var s = InetSocketState(inode: inode, ipv6: family == AF_INET6, proto: proto, state: peer == nil ? .unconnected : .connected,
                                 local: local, peer: peer, backlog: nil, options: options, datagrams: [], tcp: nil,
                                 settings: settings.isEmpty ? nil : settings, rawProtocol: proto == .raw ? protocolNumber : nil)
@@ -498,8 +493,14 @@ final class InetSocketRebuilder: KindRebuilder {
             return fd
         }
         func preBind(_ fd: FileDescriptor, _ s: InetSocketState, _ what: String) throws {
+            // Each where the new socket differs (IPV6_ADDR_PREFERENCES is not 0 by default). Not SO_REUSEADDR
+            // of a connection in repair mode: it reads 2 there (forced reuse, what lets it share its port), and
+            // step 5 puts it back once repair mode is off.
             for o in InetIntegerOption.table(ipv6: s.ipv6, proto: s.proto, rawProtocol: s.rawProtocol ?? 0) where o.beforeBind {
-                if let value = s.options[o.name], value != 0 { try setInt(fd, o.level, o.option, value, o.name, what) }
+                if o.name == "SO_REUSEADDR" && s.tcp != nil && !closeConnections { continue }
+                if let value = s.options[o.name], try getInt(fd, o.level, o.option, o.name, what) != value {
+                    try setInt(fd, o.level, o.option, value, o.name, what)
+                }
             }
             try s.settings?.restoreBeforeBind(fd, what: what)
         }

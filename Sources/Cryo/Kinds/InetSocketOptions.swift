@@ -50,6 +50,9 @@ struct InetIntegerOption {
             .init("SO_RXQ_OVFL", CRYO_SOL_SOCKET, 40), .init("SO_SELECT_ERR_QUEUE", CRYO_SOL_SOCKET, 45),
             .init("SO_BUSY_POLL", CRYO_SOL_SOCKET, 46), .init("SO_PREFER_BUSY_POLL", CRYO_SOL_SOCKET, 69),
             .init("SO_ZEROCOPY", CRYO_SOL_SOCKET, 60),
+            // SO_INCOMING_CPU steers a reuseport group; SO_RCVMARK and SO_RCVPRIORITY add cmsgs; SO_NOFCS (raw).
+            .init("SO_INCOMING_CPU", CRYO_SOL_SOCKET, 49), .init("SO_NOFCS", CRYO_SOL_SOCKET, 43),
+            .init("SO_RCVMARK", CRYO_SOL_SOCKET, 75, optional: true), .init("SO_RCVPRIORITY", CRYO_SOL_SOCKET, 82, optional: true),
         ]
         // Ping and raw sockets have no peek offset.
         if proto != .icmp && proto != .raw { table.append(.init("SO_PEEK_OFF", CRYO_SOL_SOCKET, CRYO_SO_PEEK_OFF)) }
@@ -63,6 +66,15 @@ struct InetIntegerOption {
                 .init("IPV6_MTU_DISCOVER", CRYO_IPPROTO_IPV6, 23), .init("IPV6_RECVERR", CRYO_IPPROTO_IPV6, 25),
                 .init("IPV6_RECVPKTINFO", CRYO_IPPROTO_IPV6, 49), .init("IPV6_RECVHOPLIMIT", CRYO_IPPROTO_IPV6, 51),
                 .init("IPV6_RECVTCLASS", CRYO_IPPROTO_IPV6, 66),
+                // Source address selection (IPV6_PREFER_SRC_*): connect and autobind depend on it.
+                .init("IPV6_ADDR_PREFERENCES", CRYO_IPPROTO_IPV6, 72, beforeBind: true),
+                .init("IPV6_MINHOPCOUNT", CRYO_IPPROTO_IPV6, 73), .init("IPV6_DONTFRAG", CRYO_IPPROTO_IPV6, 62),
+                .init("IPV6_AUTOFLOWLABEL", CRYO_IPPROTO_IPV6, 70), .init("IPV6_FLOWINFO", CRYO_IPPROTO_IPV6, 11),
+                .init("IPV6_RECVORIGDSTADDR", CRYO_IPPROTO_IPV6, 74), .init("IPV6_RECVPATHMTU", CRYO_IPPROTO_IPV6, 60),
+                .init("IPV6_RECVRTHDR", CRYO_IPPROTO_IPV6, 56), .init("IPV6_RECVHOPOPTS", CRYO_IPPROTO_IPV6, 53),
+                .init("IPV6_RECVDSTOPTS", CRYO_IPPROTO_IPV6, 58),
+                .init("IPV6_RECVFRAGSIZE", CRYO_IPPROTO_IPV6, 77, optional: true),
+                .init("IPV6_RECVERR_RFC4884", CRYO_IPPROTO_IPV6, 31, optional: true),
             ]
             // Datagram sockets only (a stream socket refuses to set them).
             if !tcp {
@@ -71,16 +83,31 @@ struct InetIntegerOption {
                           .init("IPV6_MULTICAST_IF", CRYO_IPPROTO_IPV6, 17), .init("IPV6_UNICAST_IF", CRYO_IPPROTO_IPV6, 76)]
             }
         } else {
+            // The same bits as IPV6_FREEBIND and IPV6_TRANSPARENT: an IPv6 socket keeps those.
             table += [
                 .init("IP_FREEBIND", CRYO_IPPROTO_IP, CRYO_IP_FREEBIND, beforeBind: true),
                 .init("IP_TRANSPARENT", CRYO_IPPROTO_IP, CRYO_IP_TRANSPARENT, beforeBind: true),
+            ]
+        }
+        // The IPv4 level: an IPv6 socket has it too (and uses it for its IPv4-mapped traffic: TOS, TTL,
+        // multicast TTL, loop and interface...), except a raw one (ENOPROTOOPT).
+        if !ipv6 || proto != .raw {
+            table += [
                 .init("IP_BIND_ADDRESS_NO_PORT", CRYO_IPPROTO_IP, 24, beforeBind: true),
+                // The socket's own ephemeral port range (lo | hi << 16), for bind and connect.
+                .init("IP_LOCAL_PORT_RANGE", CRYO_IPPROTO_IP, 51, beforeBind: true, optional: true),
                 .init("IP_TOS", CRYO_IPPROTO_IP, CRYO_IP_TOS), .init("IP_TTL", CRYO_IPPROTO_IP, CRYO_IP_TTL),
                 .init("IP_PKTINFO", CRYO_IPPROTO_IP, 8), .init("IP_MTU_DISCOVER", CRYO_IPPROTO_IP, 10),
                 .init("IP_RECVERR", CRYO_IPPROTO_IP, 11), .init("IP_RECVTTL", CRYO_IPPROTO_IP, 12), .init("IP_RECVTOS", CRYO_IPPROTO_IP, 13),
+                .init("IP_RECVOPTS", CRYO_IPPROTO_IP, 6), .init("IP_RETOPTS", CRYO_IPPROTO_IP, 7), .init("IP_PASSSEC", CRYO_IPPROTO_IP, 18),
+                .init("IP_RECVORIGDSTADDR", CRYO_IPPROTO_IP, 20), .init("IP_MINTTL", CRYO_IPPROTO_IP, 21),
+                .init("IP_NODEFRAG", CRYO_IPPROTO_IP, 22), .init("IP_CHECKSUM", CRYO_IPPROTO_IP, 23),
+                .init("IP_RECVFRAGSIZE", CRYO_IPPROTO_IP, 25, optional: true),
+                .init("IP_RECVERR_RFC4884", CRYO_IPPROTO_IP, 26, optional: true),
             ]
             if !tcp {
-                // IP_MULTICAST_IF reads back the address only (an interface index given with ip_mreqn is not kept).
+                // IP_MULTICAST_IF reads back the address only: an interface index given with ip_mreqn
+                // cannot be read (nor detected), and comes back as the interface of that address.
                 table += [.init("IP_MULTICAST_TTL", CRYO_IPPROTO_IP, CRYO_IP_MULTICAST_TTL),
                           .init("IP_MULTICAST_LOOP", CRYO_IPPROTO_IP, CRYO_IP_MULTICAST_LOOP),
                           .init("IP_MULTICAST_IF", CRYO_IPPROTO_IP, 32), .init("IP_MULTICAST_ALL", CRYO_IPPROTO_IP, 49),
@@ -105,6 +132,8 @@ struct InetIntegerOption {
                 .init("TCP_FASTOPEN_CONNECT", CRYO_IPPROTO_TCP, 30, beforeBind: true),
                 .init("TCP_RTO_MAX_MS", CRYO_IPPROTO_TCP, 44, optional: true), .init("TCP_RTO_MIN_US", CRYO_IPPROTO_TCP, 45, optional: true),
                 .init("TCP_DELACK_MAX_US", CRYO_IPPROTO_TCP, 46, optional: true),
+                // Whether a retransmission timeout picks a new flow hash (TCP only: EOPNOTSUPP elsewhere).
+                .init("SO_TXREHASH", CRYO_SOL_SOCKET, 74, optional: true),
             ]
         } else if proto == .udp || proto == .udplite {
             table.append(.init("UDP_CORK", CRYO_IPPROTO_UDP, CRYO_UDP_CORK))
@@ -117,7 +146,8 @@ struct InetIntegerOption {
         } else if proto == .raw {
             table.append(.init("IP_HDRINCL", CRYO_IPPROTO_IP, 3))
             // Which ICMP types are dropped (a bitmap), ICMP raw sockets only.
-            if rawProtocol == Int32(IPPROTO_ICMP) { table.append(.init("ICMP_FILTER", 255 /* SOL_RAW */, 1)) }
+            // Before bind, as soon as the socket exists: no blocked type slips into its queue.
+            if rawProtocol == Int32(IPPROTO_ICMP) { table.append(.init("ICMP_FILTER", 255 /* SOL_RAW */, 1, beforeBind: true)) }
         }
         return table
     }
@@ -150,6 +180,12 @@ public struct InetSocketSettings: Codable, Sendable, Equatable {
     public var memberships: [Membership]?
     /// A UDP socket's shutdown bits: 1 receive, 2 send.
     public var shutdown: UInt8?
+    /// SO_MAX_PACING_RATE in bytes a second, when not unlimited (64 bits: the option takes an unsigned long).
+    public var maxPacingRate: UInt64?
+    /// TCP_FASTOPEN_KEY of the socket itself (16 bytes, or 32 with a backup key), when it has one.
+    public var fastOpenKey: Data?
+    /// ICMP6_FILTER of a raw ICMPv6 socket (8 words, a bit set: that type is blocked), when any is blocked.
+    public var icmp6Filter: Data?
 
     var isEmpty: Bool { self == InetSocketSettings() }
 
@@ -159,6 +195,9 @@ public struct InetSocketSettings: Codable, Sendable, Equatable {
         if let filter { parts.append("filter of \(filter.count / 8) instruction\(filter.count == 8 ? "" : "s")\(filterLocked == true ? ", locked" : "")") }
         if let memberships, !memberships.isEmpty { parts.append("\(memberships.count) multicast group\(memberships.count == 1 ? "" : "s")") }
         if let shutdown, shutdown != 0 { parts.append(["", "shut down for reading", "shut down for writing", "shut down"][Int(shutdown & 3)]) }
+        if let maxPacingRate { parts.append("pacing at most \(maxPacingRate) B/s") }
+        if fastOpenKey != nil { parts.append("a Fast Open key of its own") }
+        if icmp6Filter != nil { parts.append("an ICMPv6 type filter") }
         return parts.joined(separator: ", ")
     }
 }
@@ -169,34 +208,43 @@ private let levelNames: [Int32: String] = [CRYO_IPPROTO_IP: "IP", CRYO_IPPROTO_I
 
 extension InetSocketSettings {
     /// Everything but the integers, read from cryo's duplicate of the socket of `pid`.
-    static func dump(_ fd: FileDescriptor, ipv6: Bool, proto: InetSocketState.Proto, pid: pid_t, inode: UInt64,
+    static func dump(_ fd: FileDescriptor, ipv6: Bool, proto: InetSocketState.Proto, rawProtocol: Int32, pid: pid_t, inode: UInt64,
                      shutdowns: (Bool, Int32) -> [UInt32: UInt8], what: String) throws -> InetSocketSettings {
         let tcp = proto == .tcp
         var s = InetSocketSettings()
+        if tcp {
+            // An upper-layer protocol (kernel TLS) holds keys and record state no getsockopt gives back whole.
+            var ulp = [UInt8](repeating: 0, count: 16)
+            let length = try Sockets.option(fd, CRYO_IPPROTO_TCP, 31 /* TCP_ULP */, into: &ulp, name: "TCP_ULP", object: what)
+            let name = String(decoding: ulp.prefix(length).prefix { $0 != 0 }, as: UTF8.self)
+            if let refusal = ulpRefusal(name) { throw CryoError("\(what) \(refusal)") }
+            var key = [UInt8](repeating: 0, count: 32)
+            let keyLength = try Sockets.option(fd, CRYO_IPPROTO_TCP, 33 /* TCP_FASTOPEN_KEY */, into: &key, name: "TCP_FASTOPEN_KEY", object: what)
+            if keyLength > 0 { s.fastOpenKey = Data(key.prefix(keyLength)) }
+        }
+        let pacing = try Sockets.option(fd, CRYO_SOL_SOCKET, 47 /* SO_MAX_PACING_RATE */, as: UInt64.self, name: "SO_MAX_PACING_RATE",
+                                        object: what, initial: 0)
+        if pacing != UInt64.max { s.maxPacingRate = pacing }
+        if proto == .raw && ipv6 && rawProtocol == Int32(IPPROTO_ICMPV6) {
+            var filter = [UInt8](repeating: 0, count: 32)
+            let length = try Sockets.option(fd, Int32(IPPROTO_ICMPV6), 1 /* ICMP6_FILTER */, into: &filter, name: "ICMP6_FILTER", object: what)
+            if filter.prefix(length).contains(where: { $0 != 0 }) { s.icmp6Filter = Data(filter.prefix(length)) }
+        }
         var name = [UInt8](repeating: 0, count: 32)
         let nameLength = try Sockets.option(fd, CRYO_SOL_SOCKET, CRYO_SO_BINDTODEVICE, into: &name, name: "SO_BINDTODEVICE", object: what)
         let device = String(decoding: name.prefix(nameLength).prefix { $0 != 0 }, as: UTF8.self)
         if !device.isEmpty { s.device = device }
         let l = try Sockets.option(fd, CRYO_SOL_SOCKET, CRYO_SO_LINGER, as: Glibc.linger.self, name: "SO_LINGER", object: what, initial: Glibc.linger())
         if l.l_onoff != 0 || l.l_linger != 0 { s.linger = [l.l_onoff, l.l_linger] }
-        for (option, label) in [(CRYO_SO_RCVTIMEO_OLD, "SO_RCVTIMEO"), (CRYO_SO_SNDTIMEO_OLD, "SO_SNDTIMEO")] {
-            let t = try Sockets.option(fd, CRYO_SOL_SOCKET, option, as: timeval.self, name: label, object: what, initial: timeval())
-            let micros = Int64(t.tv_sec) * 1_000_000 + Int64(t.tv_usec)
-            if micros != 0 { if option == CRYO_SO_RCVTIMEO_OLD { s.receiveTimeout = micros } else { s.sendTimeout = micros } }
-        }
+        (s.receiveTimeout, s.sendTimeout) = try SocketTimeouts.dump(fd, what: what)
         if tcp {
             var congestion = [UInt8](repeating: 0, count: 32)
             let length = try Sockets.option(fd, CRYO_IPPROTO_TCP, CRYO_TCP_CONGESTION, into: &congestion, name: "TCP_CONGESTION", object: what)
             s.congestion = String(decoding: congestion.prefix(length).prefix { $0 != 0 }, as: UTF8.self)
         }
-        do {
-            let program = try Sockets.socketFilter(fd, object: what)
-            if !program.isEmpty {
-                s.filter = Data(program)
-                s.filterLocked = try Sockets.option(fd, CRYO_SOL_SOCKET, CRYO_SO_LOCK_FILTER, name: "SO_LOCK_FILTER", object: what) != 0
-            }
-        } catch let error as SyscallError where error.errno == .permissionDenied {
-            throw CryoError("\(what) has an eBPF socket filter (SO_ATTACH_BPF), which cannot be read back; not supported")
+        if let (program, locked) = try SocketFilter.dump(fd, what: what) {
+            s.filter = program
+            s.filterLocked = locked
         }
         let memberships = try dumpMemberships(fd, ipv6: ipv6, pid: pid, what: what)
         if !memberships.isEmpty { s.memberships = memberships }
@@ -206,6 +254,15 @@ extension InetSocketSettings {
             s.shutdown = try listed.map { $0 & 3 } ?? datagramShutdown(fd, what: what)
         }
         return s
+    }
+
+    /// Why a TCP socket with this upper-layer protocol (TCP_ULP) is refused, or nil for none.
+    static func ulpRefusal(_ name: String) -> String? {
+        if name.isEmpty { return nil }
+        if name == "tls" {
+            return "uses kernel TLS (TCP_ULP \"tls\", TLS_TX/TLS_RX): its keys, record sequence numbers and partial records cannot be put back; not supported"
+        }
+        return "has the upper-layer protocol \"\(name)\" (TCP_ULP); not supported"
     }
 
     /// The kernel keeps no list of one socket's groups to read, but MCAST_MSFILTER answers for one
@@ -317,8 +374,12 @@ private func get(_ bytes: [UInt8], at offset: Int) -> UInt32 {
 // MARK: - Restore
 
 extension InetSocketSettings {
-    /// What bind and connect depend on: the device.
+    /// What bind and connect depend on: the device; and the ICMPv6 filter, at once, so that no
+    /// blocked type slips into the new raw socket's queue.
     func restoreBeforeBind(_ fd: FileDescriptor, what: String) throws {
+        if let icmp6Filter {
+            try Sockets.setOption(fd, Int32(IPPROTO_ICMPV6), 1, bytes: Array(icmp6Filter), name: "ICMP6_FILTER", object: what)
+        }
         guard let device else { return }
         try Sockets.setOption(fd, CRYO_SOL_SOCKET, CRYO_SO_BINDTODEVICE, bytes: Array(device.utf8) + [0], name: "SO_BINDTODEVICE",
                               object: "\(what) to device \(device)")
@@ -334,10 +395,12 @@ extension InetSocketSettings {
             }
             try Sockets.setOption(fd, CRYO_SOL_SOCKET, CRYO_SO_LINGER, Glibc.linger(l_onoff: linger[0], l_linger: linger[1]), name: "SO_LINGER", object: what)
         }
-        for (micros, option, label) in [(receiveTimeout, CRYO_SO_RCVTIMEO_OLD, "SO_RCVTIMEO"), (sendTimeout, CRYO_SO_SNDTIMEO_OLD, "SO_SNDTIMEO")] {
-            guard let micros else { continue }
-            let t = timeval(tv_sec: Int(micros / 1_000_000), tv_usec: Int(micros % 1_000_000))
-            try Sockets.setOption(fd, CRYO_SOL_SOCKET, option, t, name: label, object: what)
+        try SocketTimeouts.restore(fd, receive: receiveTimeout, send: sendTimeout, what: what)
+        if let maxPacingRate {
+            try Sockets.setOption(fd, CRYO_SOL_SOCKET, 47, maxPacingRate, name: "SO_MAX_PACING_RATE", object: what)
+        }
+        if tcp, let fastOpenKey {
+            try Sockets.setOption(fd, CRYO_IPPROTO_TCP, 33, bytes: Array(fastOpenKey), name: "TCP_FASTOPEN_KEY", object: what)
         }
         if tcp, let congestion, !congestion.isEmpty {
             var current = [UInt8](repeating: 0, count: 32)

@@ -24,6 +24,12 @@ public struct NetlinkSocketState: DescriptorKind {
     public var peerGroup: UInt32
     /// Integer options by name, as getsockopt reported them.
     public var options: [String: Int32]
+    /// A classic BPF filter (SO_ATTACH_FILTER: libudev's monitors have one) and SO_LOCK_FILTER; nil in older images.
+    public var filter: Data? = nil
+    public var filterLocked: Bool? = nil
+    /// SO_RCVTIMEO and SO_SNDTIMEO in microseconds, when set.
+    public var receiveTimeout: Int64? = nil
+    public var sendTimeout: Int64? = nil
 
     /// (name, level, option) of the integer options kept.
     static let optionTable: [(String, Int32, Int32)] = [
@@ -31,7 +37,7 @@ public struct NetlinkSocketState: DescriptorKind {
         ("NETLINK_NO_ENOBUFS", CRYO_SOL_NETLINK, CRYO_NETLINK_NO_ENOBUFS), ("NETLINK_LISTEN_ALL_NSID", CRYO_SOL_NETLINK, CRYO_NETLINK_LISTEN_ALL_NSID),
         ("NETLINK_CAP_ACK", CRYO_SOL_NETLINK, CRYO_NETLINK_CAP_ACK), ("NETLINK_EXT_ACK", CRYO_SOL_NETLINK, CRYO_NETLINK_EXT_ACK),
         ("NETLINK_GET_STRICT_CHK", CRYO_SOL_NETLINK, CRYO_NETLINK_GET_STRICT_CHK),
-        ("SO_PASSCRED", CRYO_SOL_SOCKET, CRYO_SO_PASSCRED), ("SO_SNDBUF", CRYO_SOL_SOCKET, CRYO_SO_SNDBUF),
+        ("SO_PASSCRED", CRYO_SOL_SOCKET, CRYO_SO_PASSCRED), ("SO_PASSSEC", CRYO_SOL_SOCKET, 34), ("SO_SNDBUF", CRYO_SOL_SOCKET, CRYO_SO_SNDBUF),
         ("SO_RCVBUF", CRYO_SOL_SOCKET, CRYO_SO_RCVBUF), ("SO_BUF_LOCK", CRYO_SOL_SOCKET, CRYO_SO_BUF_LOCK),
     ]
 
@@ -77,9 +83,12 @@ public struct NetlinkSocketState: DescriptorKind {
         for (name, level, option) in optionTable {
             options[name] = try Sockets.option(fd, level, option, name: name, object: what)
         }
+        let filter = try SocketFilter.dump(fd, what: what)
+        let (receiveTimeout, sendTimeout) = try SocketTimeouts.dump(fd, what: what)
         return NetlinkSocketState(inode: UInt64(p.stat.st_ino), type: type, protocolNumber: protocolNumber, portID: portID,
                                   groups: words.last == 0 ? Array(words.reversed().drop { $0 == 0 }.reversed()) : words,
-                                  peerPortID: word(peer, 4), peerGroup: word(peer, 8), options: options)
+                                  peerPortID: word(peer, 4), peerGroup: word(peer, 8), options: options,
+                                  filter: filter?.program, filterLocked: filter?.locked, receiveTimeout: receiveTimeout, sendTimeout: sendTimeout)
     }
 
     public func summary(_ file: FileTable.OpenFile) -> String {
@@ -109,6 +118,8 @@ public struct NetlinkSocketState: DescriptorKind {
         let what = "\(object) (\(summary(file)))"
         let fd = try Sockets.make(family: AF_NETLINK, type: type, protocol: protocolNumber, object: what)
         do {
+            // The filter first: no message it would drop slips in once bound or in a group.
+            if let filter, !filter.isEmpty { try Sockets.attachFilter(fd, program: Array(filter), object: what) }
             if portID != 0 { try Sockets.bind(fd, to: Self.address(port: portID, group: 0), object: "\(what) to port \(portID)") }
             for group in groupNumbers {
                 try Sockets.setOption(fd, CRYO_SOL_NETLINK, CRYO_NETLINK_ADD_MEMBERSHIP, Int32(group), name: "NETLINK_ADD_MEMBERSHIP",
@@ -121,6 +132,8 @@ public struct NetlinkSocketState: DescriptorKind {
                 guard let wanted = options[name], try Sockets.option(fd, level, option, name: name, object: what) != wanted else { continue }
                 try Sockets.setOption(fd, level, option, wanted, name: name, object: what)
             }
+            try SocketTimeouts.restore(fd, receive: receiveTimeout, send: sendTimeout, what: what)
+            if filterLocked == true { try Sockets.setOption(fd, CRYO_SOL_SOCKET, CRYO_SO_LOCK_FILTER, Int32(1), name: "SO_LOCK_FILTER", object: what) }
             try SocketBuffers.restore(fd, options: options, what: what)
             try FileObjects.setStatusFlags(fd, Int32(bitPattern: file.flags) & O_NONBLOCK, object: what)
         } catch {

@@ -33,18 +33,31 @@ public struct PacketSocketState: DescriptorKind {
     /// SO_ATTACH_FILTER's program and SO_LOCK_FILTER.
     public var filter: Data?
     public var filterLocked: Bool
+    /// SO_RCVTIMEO and SO_SNDTIMEO in microseconds, when set (nil in older images).
+    public var receiveTimeout: Int64? = nil
+    public var sendTimeout: Int64? = nil
 
     static let optionTable: [(String, Int32, Int32)] = [
         ("PACKET_VERSION", CRYO_SOL_PACKET, Int32(PACKET_VERSION)), ("PACKET_RESERVE", CRYO_SOL_PACKET, Int32(PACKET_RESERVE)),
         ("PACKET_TIMESTAMP", CRYO_SOL_PACKET, Int32(PACKET_TIMESTAMP)), ("PACKET_AUXDATA", CRYO_SOL_PACKET, Int32(PACKET_AUXDATA)),
         ("PACKET_ORIGDEV", CRYO_SOL_PACKET, Int32(PACKET_ORIGDEV)), ("PACKET_VNET_HDR", CRYO_SOL_PACKET, Int32(PACKET_VNET_HDR)),
+        // The header's size (10, 12 or 20), after PACKET_VNET_HDR, which reads 1 for any and sets 10.
+        ("PACKET_VNET_HDR_SZ", CRYO_SOL_PACKET, 24),
         ("PACKET_LOSS", CRYO_SOL_PACKET, Int32(PACKET_LOSS)), ("PACKET_QDISC_BYPASS", CRYO_SOL_PACKET, Int32(PACKET_QDISC_BYPASS)),
         ("PACKET_TX_HAS_OFF", CRYO_SOL_PACKET, Int32(PACKET_TX_HAS_OFF)),
         ("PACKET_IGNORE_OUTGOING", CRYO_SOL_PACKET, Int32(PACKET_IGNORE_OUTGOING)),
         ("SO_PRIORITY", CRYO_SOL_SOCKET, CRYO_SO_PRIORITY), ("SO_MARK", CRYO_SOL_SOCKET, CRYO_SO_MARK),
         ("SO_SNDBUF", CRYO_SOL_SOCKET, CRYO_SO_SNDBUF), ("SO_RCVBUF", CRYO_SOL_SOCKET, CRYO_SO_RCVBUF),
         ("SO_BUF_LOCK", CRYO_SOL_SOCKET, CRYO_SO_BUF_LOCK),
+        // What recvmsg reports along and how it waits (x86-64 numbers: SO_TIMESTAMP_OLD, SO_TIMESTAMPNS_OLD).
+        ("SO_TIMESTAMP", CRYO_SOL_SOCKET, 29), ("SO_TIMESTAMPNS", CRYO_SOL_SOCKET, 35), ("SO_RXQ_OVFL", CRYO_SOL_SOCKET, 40),
+        ("SO_RCVLOWAT", CRYO_SOL_SOCKET, CRYO_SO_RCVLOWAT), ("SO_SELECT_ERR_QUEUE", CRYO_SOL_SOCKET, 45),
+        ("SO_BUSY_POLL", CRYO_SOL_SOCKET, 46), ("SO_PREFER_BUSY_POLL", CRYO_SOL_SOCKET, 69),
+        ("SO_INCOMING_CPU", CRYO_SOL_SOCKET, 49), ("SO_NOFCS", CRYO_SOL_SOCKET, 43),
+        ("SO_RCVMARK", CRYO_SOL_SOCKET, 75), ("SO_RCVPRIORITY", CRYO_SOL_SOCKET, 82),
     ]
+    /// Newer than some kernels cryo runs on: left out where getsockopt does not know them.
+    static let optionalOptions: Set<String> = ["PACKET_VNET_HDR_SZ", "SO_RCVMARK", "SO_RCVPRIORITY"]
 
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> PacketSocketState? {
         guard p.stat.st_mode & S_IFMT == S_IFSOCK else { return nil }
@@ -78,13 +91,16 @@ public struct PacketSocketState: DescriptorKind {
         }
         var options: [String: Int32] = [:]
         for (name, level, option) in optionTable {
-            options[name] = try Sockets.option(fd, level, option, name: name, object: what)
+            do {
+                options[name] = try Sockets.option(fd, level, option, name: name, object: what)
+            } catch let error as SyscallError where optionalOptions.contains(name) && error.errno == .protocolNotAvailable {}
         }
-        let program = try Sockets.socketFilter(fd, object: what)
-        let locked = try Sockets.option(fd, CRYO_SOL_SOCKET, CRYO_SO_LOCK_FILTER, name: "SO_LOCK_FILTER", object: what) != 0
+        let filter = try SocketFilter.dump(fd, what: what)
+        let (receiveTimeout, sendTimeout) = try SocketTimeouts.dump(fd, what: what)
         return PacketSocketState(inode: UInt64(p.stat.st_ino), type: type, protocolNumber: diag.protocolNumber,
                                  device: info.pdi_index == 0 ? nil : try deviceName(info.pdi_index), copyThreshold: info.pdi_copy_thresh,
-                                 memberships: memberships, options: options, filter: program.isEmpty ? nil : Data(program), filterLocked: locked)
+                                 memberships: memberships, options: options, filter: filter?.program, filterLocked: filter?.locked ?? false,
+                                 receiveTimeout: receiveTimeout, sendTimeout: sendTimeout)
     }
 
     public func summary(_ file: FileTable.OpenFile) -> String {
@@ -110,6 +126,7 @@ public struct PacketSocketState: DescriptorKind {
                 try Sockets.setOption(fd, level, option, wanted, name: name, object: what)
             }
             try Sockets.setOption(fd, CRYO_SOL_PACKET, Int32(PACKET_COPY_THRESH), Int32(bitPattern: copyThreshold), name: "PACKET_COPY_THRESH", object: what)
+            try SocketTimeouts.restore(fd, receive: receiveTimeout, send: sendTimeout, what: what)
             if let device {
                 guard let index = Sockets.interfaceIndex(device) else { throw CryoError("\(what): there is no interface \(device) here") }
                 var address = sockaddr_ll()

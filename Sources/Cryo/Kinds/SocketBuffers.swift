@@ -1,9 +1,12 @@
 import CCryo
 import CryoSystem
+import FoundationEssentials
+import Glibc
 import SystemPackage
 
 // Shared by the socket kinds (inet, netlink, packet): buffer sizes and
-// SO_BUF_LOCK as the image recorded them.
+// SO_BUF_LOCK as the image recorded them, the receive and send timeouts, and
+// the classic BPF filter with its lock.
 
 enum SocketBuffers {
     /// Buffer sizes the program set (SO_BUF_LOCK says which; `everySize` also the others) as
@@ -19,6 +22,41 @@ enum SocketBuffers {
         }
         if let lock, try Sockets.option(fd, CRYO_SOL_SOCKET, CRYO_SO_BUF_LOCK, name: "SO_BUF_LOCK", object: what) != lock {
             try Sockets.setOption(fd, CRYO_SOL_SOCKET, CRYO_SO_BUF_LOCK, lock, name: "SO_BUF_LOCK", object: what)
+        }
+    }
+}
+
+enum SocketTimeouts {
+    /// SO_RCVTIMEO and SO_SNDTIMEO in microseconds, each nil when not set.
+    static func dump(_ fd: FileDescriptor, what: String) throws -> (receive: Int64?, send: Int64?) {
+        var result: [Int64?] = []
+        for (option, label) in [(CRYO_SO_RCVTIMEO_OLD, "SO_RCVTIMEO"), (CRYO_SO_SNDTIMEO_OLD, "SO_SNDTIMEO")] {
+            let t = try Sockets.option(fd, CRYO_SOL_SOCKET, option, as: timeval.self, name: label, object: what, initial: timeval())
+            let micros = Int64(t.tv_sec) * 1_000_000 + Int64(t.tv_usec)
+            result.append(micros == 0 ? nil : micros)
+        }
+        return (result[0], result[1])
+    }
+
+    static func restore(_ fd: FileDescriptor, receive: Int64?, send: Int64?, what: String) throws {
+        for (micros, option, label) in [(receive, CRYO_SO_RCVTIMEO_OLD, "SO_RCVTIMEO"), (send, CRYO_SO_SNDTIMEO_OLD, "SO_SNDTIMEO")] {
+            guard let micros else { continue }
+            let t = timeval(tv_sec: Int(micros / 1_000_000), tv_usec: Int(micros % 1_000_000))
+            try Sockets.setOption(fd, CRYO_SOL_SOCKET, option, t, name: label, object: what)
+        }
+    }
+}
+
+enum SocketFilter {
+    /// The classic BPF program (SO_ATTACH_FILTER) and SO_LOCK_FILTER; nil when there is none.
+    /// An eBPF program (SO_ATTACH_BPF) has no classic form to read back: refused.
+    static func dump(_ fd: FileDescriptor, what: String) throws -> (program: Data, locked: Bool)? {
+        do {
+            let program = try Sockets.socketFilter(fd, object: what)
+            guard !program.isEmpty else { return nil }
+            return (Data(program), try Sockets.option(fd, CRYO_SOL_SOCKET, CRYO_SO_LOCK_FILTER, name: "SO_LOCK_FILTER", object: what) != 0)
+        } catch let error as SyscallError where error.errno == .permissionDenied {
+            throw CryoError("\(what) has an eBPF socket filter (SO_ATTACH_BPF), which cannot be read back; not supported")
         }
     }
 }
