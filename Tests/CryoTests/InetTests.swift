@@ -333,15 +333,17 @@ private func inNetworkNamespace(_ label: String, _ body: ([String], String) thro
     try body(["/usr/bin/nsenter", "--net=/run/netns/\(namespace)"], namespace)
 }
 
-/// `sockopts MODE queued` in the namespace: its dump is refused in one line that names
-/// the descriptor and says each of `words`, and the fixture runs on.
-private func expectQueuedRefused(_ mode: String, saying words: [String], enter: [String], in scratch: Scratch,
+/// `sockopts MODE queued` (or MODE EXTRA...) in the namespace: its dump is refused in one line
+/// that names the descriptor (or the mapping) and says each of `words`, and the fixture runs on.
+private func expectQueuedRefused(_ mode: String, _ extra: [String] = ["queued"], saying words: [String], enter: [String], in scratch: Scratch,
                                  sourceLocation: SourceLocation = #_sourceLocation) throws {
-    let queued = try Fixture("sockopts", arguments: [mode, "queued"], in: scratch, launcher: enter, logPath: scratch.file("queued.log"))
+    let queued = try Fixture("sockopts", arguments: [mode] + extra, in: scratch, launcher: enter, logPath: scratch.file("queued.log"))
     defer { queued.cleanUp() }
     try queued.waitReady()
     let refused = try cryo(["dump", "-t", "\(queued.pid)", "-D", scratch.file("refused")], in: scratch, reaping: queued, launcher: enter)
-    #expect(refused.failed && refused.stderrLines.count == 1 && refused.stderr.contains("pid \(queued.pid) fd ")
+    // Named by descriptor, or by address for a mapping.
+    let named = refused.stderr.contains("pid \(queued.pid) fd ") || refused.stderr.contains("pid \(queued.pid): mapping 0x")
+    #expect(refused.failed && refused.stderrLines.count == 1 && named
             && words.allSatisfy(refused.stderr.contains), "\(refused)", sourceLocation: sourceLocation)
     #expect(queued.pollOriginal() == nil, "a refused dump must leave the fixture running", sourceLocation: sourceLocation)
     queued.signal(SIGKILL)
@@ -452,7 +454,7 @@ extension EndToEnd.InetTests {
 }
 
 extension EndToEnd.InetTests {
-    @Test("AF_PACKET sockets keep protocol, interface, filter and lock, PACKET_* options and memberships; a frame not read is refused")
+    @Test("AF_PACKET sockets keep protocol, interface, filter and lock, PACKET_* options and memberships; a frame not read, a ring are refused")
     func packetSockets() throws {
         try inNetworkNamespace("packet") { (enter: [String], namespace: String) in
             let scratch = try Scratch("packet")
@@ -465,6 +467,9 @@ extension EndToEnd.InetTests {
             }
 
             try expectQueuedRefused("packet", saying: ["AF_PACKET", "frame not read"], enter: enter, in: scratch)
+            // A ring's frames live in kernel memory the task maps: refused, mapped or not.
+            try expectQueuedRefused("packet", ["ring"], saying: ["mapping", "socket:[", "PACKET_RX_RING"], enter: enter, in: scratch)
+            try expectQueuedRefused("packet", ["ring", "unmapped"], saying: ["AF_PACKET", "PACKET_TX_RING"], enter: enter, in: scratch)
 
             try sockoptsRoundTrip(["packet"], enter: enter, in: scratch, beforeDump: { _ in
                 #expect(loCounts() == "promiscuity 1, allmulti 1", "before the dump")

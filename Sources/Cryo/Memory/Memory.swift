@@ -259,6 +259,9 @@ extension MemoryRecord {
             case let p where p.hasPrefix("/"):
                 kind = .file
                 path = p
+            case let p where p.hasPrefix("socket:["):
+                // Kernel memory of the socket's own: nothing can map it again with the same contents.
+                throw refuse("the mapped ring of a socket (an AF_PACKET PACKET_RX_RING/TX_RING, AF_XDP, or TCP zero-copy receive)")
             default:
                 throw refuse("an unknown kind of mapping")
             }
