@@ -383,6 +383,22 @@ extension EndToEnd.InetTests {
         }
     }
 
+    @Test("a UDP socket counting timestamp ids (SO_TIMESTAMPING with OPT_ID) is refused in one line and sends on")
+    func timestampIDRefused() throws {
+        let scratch = try Scratch("tsid")
+        defer { scratch.remove() }
+        let fixture = try Fixture("sockopts", arguments: ["tsid"], in: scratch)
+        defer { fixture.cleanUp() }
+        try fixture.waitReady()
+        let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("img")], in: scratch, reaping: fixture)
+        #expect(dump.failed && dump.stderrLines.count == 1 && dump.stderr.contains("pid \(fixture.pid) fd ")
+                && dump.stderr.contains("SOF_TIMESTAMPING_OPT_ID"), "\(dump)")
+        #expect(fixture.pollOriginal() == nil, "a refused dump must leave the fixture running")
+        fixture.signal(SIGTERM)
+        #expect(fixture.reapOriginal(timeout: 30) == .exited(0), "\(fixture.report)")
+        expectPass(fixture, "\(dump)")
+    }
+
     @Test("a connection with kernel TLS (TCP_ULP tls, TLS_TX) is refused in one line and carries on")
     func kernelTLSRefused() throws {
         let scratch = try Scratch("ktls")

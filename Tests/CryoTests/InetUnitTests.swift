@@ -69,6 +69,12 @@ struct InetUnitTests {
         #expect(InetSocketState.synReceived(in: "", listener: loopback) == 0)
     }
 
+    @Test("SO_TIMESTAMPING is kept unless it counts ids (OPT_ID)")
+    func timestampingRefusal() {
+        #expect(SocketTimestamping.refusal(0x18) == nil)
+        #expect(SocketTimestamping.refusal(0x18 | 1 << 7)?.contains("SOF_TIMESTAMPING_OPT_ID") == true)
+    }
+
     @Test("a TCP upper-layer protocol is refused, kernel TLS saying why; none passes")
     func ulpRefusal() {
         #expect(InetSocketSettings.ulpRefusal("") == nil)

@@ -41,6 +41,8 @@
  *                  Prints "KTLS yes", or "KTLS no REASON" where the kernel has
  *                  no TLS (the test then skips). After SIGTERM the bytes
  *                  still cross.
+ *   tsid           a UDP socket with SO_TIMESTAMPING and its OPT_ID counter
+ *                  (one datagram sent): dump must refuse it; it sends on after.
  *   ping [queued]  ICMP "ping" sockets (needs net.ipv4.ping_group_range to
  *                  hold the fixture's group): ping4 bound and connected to
  *                  127.0.0.1 (IP_TTL 50), ping6 to ::1, an unbound one;
@@ -92,6 +94,7 @@
 #include <linux/if_ether.h>
 #include <linux/rtnetlink.h>
 #include <linux/tls.h>
+#include <linux/net_tstamp.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/ip_icmp.h>
@@ -220,7 +223,7 @@ static void remember_all(int fd, const char *label, int ipv6, int tcp, int buffe
     OPT(SOL_SOCKET, SO_BUF_LOCK); OPT(SOL_SOCKET, SO_GET_FILTER); OPT(SOL_SOCKET, SO_LOCK_FILTER);
     OPT(SOL_SOCKET, SO_TIMESTAMP); OPT(SOL_SOCKET, SO_TIMESTAMPNS); OPT(SOL_SOCKET, SO_RXQ_OVFL); OPT(SOL_SOCKET, SO_SELECT_ERR_QUEUE);
     OPT(SOL_SOCKET, SO_BUSY_POLL); OPT(SOL_SOCKET, SO_PREFER_BUSY_POLL); OPT(SOL_SOCKET, SO_ZEROCOPY);
-    OPT(SOL_SOCKET, SO_MAX_PACING_RATE); OPT(SOL_SOCKET, SO_NOFCS);
+    OPT(SOL_SOCKET, SO_MAX_PACING_RATE); OPT(SOL_SOCKET, SO_NOFCS); OPT(SOL_SOCKET, SO_TIMESTAMPING);
     remember_if_known(fd, label, "SO_RCVMARK", SOL_SOCKET, SO_RCVMARK_);
     remember_if_known(fd, label, "SO_RCVPRIORITY", SOL_SOCKET, SO_RCVPRIORITY_);
     if (buffers_locked & 1) OPT(SOL_SOCKET, SO_SNDBUF);
@@ -590,6 +593,8 @@ static int packet(int queued) {
     if (setsockopt(dgram, SOL_SOCKET, SO_ATTACH_FILTER, &drop, sizeof(drop)) != 0) die("dgram filter");
     set_int(dgram, SOL_SOCKET, SO_TIMESTAMPNS, 1, "SO_TIMESTAMPNS dgram");
     set_int(dgram, SOL_SOCKET, SO_RXQ_OVFL, 1, "SO_RXQ_OVFL dgram");
+    set_int(dgram, SOL_SOCKET, SO_TIMESTAMPING, SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE | SOF_TIMESTAMPING_OPT_CMSG,
+            "SO_TIMESTAMPING dgram");
     struct timeval packet_timeout = { 2, 500000 };
     if (setsockopt(dgram, SOL_SOCKET, SO_RCVTIMEO, &packet_timeout, sizeof(packet_timeout)) != 0) die("packet SO_RCVTIMEO");
     set_int(raw, SOL_SOCKET, SO_NOFCS, 1, "SO_NOFCS raw");
@@ -612,7 +617,7 @@ static int packet(int queued) {
         OPT(SOL_PACKET, PACKET_VNET_HDR); OPT(SOL_PACKET, PACKET_LOSS); OPT(SOL_PACKET, PACKET_TIMESTAMP); OPT(SOL_PACKET, PACKET_QDISC_BYPASS);
         OPT(SOL_SOCKET, SO_GET_FILTER); OPT(SOL_SOCKET, SO_LOCK_FILTER); OPT(SOL_SOCKET, SO_BUF_LOCK); OPT(SOL_SOCKET, SO_TYPE);
         OPT(SOL_SOCKET, SO_PROTOCOL); OPT(SOL_SOCKET, SO_TIMESTAMPNS); OPT(SOL_SOCKET, SO_RXQ_OVFL); OPT(SOL_SOCKET, SO_RCVTIMEO);
-        OPT(SOL_SOCKET, SO_NOFCS); OPT(SOL_SOCKET, SO_INCOMING_CPU);
+        OPT(SOL_SOCKET, SO_NOFCS); OPT(SOL_SOCKET, SO_INCOMING_CPU); OPT(SOL_SOCKET, SO_TIMESTAMPING);
         if (vnet_known) OPT(SOL_PACKET, PACKET_VNET_HDR_SZ);
         if (i == 0) OPT(SOL_SOCKET, SO_RCVBUF);
     }
@@ -709,6 +714,25 @@ static int raw(int queued) {
     return 0;
 }
 
+static int tsid(void) {
+    struct sockaddr_storage lo = inet4("127.0.0.1", 0);
+    socklen_t size = sizeof(lo);
+    int sink = socket(AF_INET, SOCK_DGRAM, 0), fd = socket(AF_INET, SOCK_DGRAM, 0);
+    if (sink < 0 || bind(sink, (struct sockaddr *)&lo, sizeof(struct sockaddr_in)) != 0 || getsockname(sink, (struct sockaddr *)&lo, &size) != 0
+        || fd < 0 || connect(fd, (struct sockaddr *)&lo, size) != 0) die("tsid");
+    set_int(fd, SOL_SOCKET, SO_TIMESTAMPING, SOF_TIMESTAMPING_TX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE | SOF_TIMESTAMPING_OPT_ID, "OPT_ID");
+    if (send(fd, "one", 3, 0) != 3) die("tsid send");
+    wait_for_term();
+    char got[8];
+    if (send(fd, "two", 3, 0) != 3) fail("tsid: send after: %s", strerror(errno));
+    else if (recv(sink, got, sizeof(got), 0) != 3 || recv(sink, got, sizeof(got), 0) != 3 || memcmp(got, "two", 3) != 0)
+        fail("tsid: the sink did not get both datagrams");
+    if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
+    printf("PASS\n");
+    fflush(stdout);
+    return 0;
+}
+
 static int ktls(void) {
     struct sockaddr_storage address = inet4("127.0.0.1", 0);
     socklen_t size = sizeof(address);
@@ -742,6 +766,7 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (argc > 1 && strcmp(argv[1], "corked") == 0) return corked();
     if (argc > 1 && strcmp(argv[1], "ktls") == 0) return ktls();
+    if (argc > 1 && strcmp(argv[1], "tsid") == 0) return tsid();
     if (argc > 1 && strcmp(argv[1], "netlink") == 0) return netlink();
     if (argc > 1 && strcmp(argv[1], "raw") == 0) return raw(argc > 2 && strcmp(argv[2], "queued") == 0);
     if (argc > 2 && strcmp(argv[1], "packet") == 0 && strcmp(argv[2], "ring") == 0)
@@ -943,6 +968,7 @@ int main(int argc, char **argv) {
     set_int(udp4, SOL_SOCKET, SO_RXQ_OVFL, 1, "SO_RXQ_OVFL");
     set_int(udp4, SOL_SOCKET, SO_SELECT_ERR_QUEUE, 1, "SO_SELECT_ERR_QUEUE");
     set_int(udp4, SOL_SOCKET, SO_INCOMING_CPU, 1, "SO_INCOMING_CPU udp4");
+    set_int(udp4, SOL_SOCKET, SO_TIMESTAMPING, SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE, "SO_TIMESTAMPING udp4");
     set_int(udp4, IPPROTO_IP, IP_RECVORIGDSTADDR, 1, "IP_RECVORIGDSTADDR udp4");
     set_int(udp4, IPPROTO_IP, IP_CHECKSUM, 1, "IP_CHECKSUM udp4");
     set_int(udp4, IPPROTO_IP, IP_RETOPTS, 1, "IP_RETOPTS udp4");

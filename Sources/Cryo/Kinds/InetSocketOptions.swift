@@ -184,6 +184,8 @@ public struct InetSocketSettings: Codable, Sendable, Equatable {
     public var maxPacingRate: UInt64?
     /// TCP_FASTOPEN_KEY of the socket itself (16 bytes, or 32 with a backup key), when it has one.
     public var fastOpenKey: Data?
+    /// SO_TIMESTAMPING: flags and the bound PHC index, when any flag is set.
+    public var timestamping: [UInt32]?
     /// ICMP6_FILTER of a raw ICMPv6 socket (8 words, a bit set: that type is blocked), when any is blocked.
     public var icmp6Filter: Data?
 
@@ -197,6 +199,7 @@ public struct InetSocketSettings: Codable, Sendable, Equatable {
         if let shutdown, shutdown != 0 { parts.append(["", "shut down for reading", "shut down for writing", "shut down"][Int(shutdown & 3)]) }
         if let maxPacingRate { parts.append("pacing at most \(maxPacingRate) B/s") }
         if fastOpenKey != nil { parts.append("a Fast Open key of its own") }
+        if let timestamping, let flags = timestamping.first { parts.append("SO_TIMESTAMPING 0x\(String(flags, radix: 16))") }
         if icmp6Filter != nil { parts.append("an ICMPv6 type filter") }
         return parts.joined(separator: ", ")
     }
@@ -225,6 +228,7 @@ extension InetSocketSettings {
         let pacing = try Sockets.option(fd, CRYO_SOL_SOCKET, 47 /* SO_MAX_PACING_RATE */, as: UInt64.self, name: "SO_MAX_PACING_RATE",
                                         object: what, initial: 0)
         if pacing != UInt64.max { s.maxPacingRate = pacing }
+        s.timestamping = try SocketTimestamping.dump(fd, what: what)
         if proto == .raw && ipv6 && rawProtocol == Int32(IPPROTO_ICMPV6) {
             var filter = [UInt8](repeating: 0, count: 32)
             let length = try Sockets.option(fd, Int32(IPPROTO_ICMPV6), 1 /* ICMP6_FILTER */, into: &filter, name: "ICMP6_FILTER", object: what)
@@ -399,6 +403,7 @@ extension InetSocketSettings {
         if let maxPacingRate {
             try Sockets.setOption(fd, CRYO_SOL_SOCKET, 47, maxPacingRate, name: "SO_MAX_PACING_RATE", object: what)
         }
+        try SocketTimestamping.restore(fd, timestamping, what: what)
         if tcp, let fastOpenKey {
             try Sockets.setOption(fd, CRYO_IPPROTO_TCP, 33, bytes: Array(fastOpenKey), name: "TCP_FASTOPEN_KEY", object: what)
         }

@@ -36,6 +36,8 @@ public struct PacketSocketState: DescriptorKind {
     /// SO_RCVTIMEO and SO_SNDTIMEO in microseconds, when set (nil in older images).
     public var receiveTimeout: Int64? = nil
     public var sendTimeout: Int64? = nil
+    /// SO_TIMESTAMPING's flags and bound PHC index, when any flag is set.
+    public var timestamping: [UInt32]? = nil
 
     static let optionTable: [(String, Int32, Int32)] = [
         ("PACKET_VERSION", CRYO_SOL_PACKET, Int32(PACKET_VERSION)), ("PACKET_RESERVE", CRYO_SOL_PACKET, Int32(PACKET_RESERVE)),
@@ -100,7 +102,8 @@ public struct PacketSocketState: DescriptorKind {
         return PacketSocketState(inode: UInt64(p.stat.st_ino), type: type, protocolNumber: diag.protocolNumber,
                                  device: info.pdi_index == 0 ? nil : try deviceName(info.pdi_index), copyThreshold: info.pdi_copy_thresh,
                                  memberships: memberships, options: options, filter: filter?.program, filterLocked: filter?.locked ?? false,
-                                 receiveTimeout: receiveTimeout, sendTimeout: sendTimeout)
+                                 receiveTimeout: receiveTimeout, sendTimeout: sendTimeout,
+                                 timestamping: try SocketTimestamping.dump(fd, what: what))
     }
 
     public func summary(_ file: FileTable.OpenFile) -> String {
@@ -127,6 +130,7 @@ public struct PacketSocketState: DescriptorKind {
             }
             try Sockets.setOption(fd, CRYO_SOL_PACKET, Int32(PACKET_COPY_THRESH), Int32(bitPattern: copyThreshold), name: "PACKET_COPY_THRESH", object: what)
             try SocketTimeouts.restore(fd, receive: receiveTimeout, send: sendTimeout, what: what)
+            try SocketTimestamping.restore(fd, timestamping, what: what)
             if let device {
                 guard let index = Sockets.interfaceIndex(device) else { throw CryoError("\(what): there is no interface \(device) here") }
                 var address = sockaddr_ll()

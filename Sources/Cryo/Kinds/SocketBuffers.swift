@@ -6,7 +6,7 @@ import SystemPackage
 
 // Shared by the socket kinds (inet, netlink, packet): buffer sizes and
 // SO_BUF_LOCK as the image recorded them, the receive and send timeouts, and
-// the classic BPF filter with its lock.
+// the classic BPF filter with its lock, SO_TIMESTAMPING.
 
 enum SocketBuffers {
     /// Buffer sizes the program set (SO_BUF_LOCK says which; `everySize` also the others) as
@@ -58,5 +58,32 @@ enum SocketFilter {
         } catch let error as SyscallError where error.errno == .permissionDenied {
             throw CryoError("\(what) has an eBPF socket filter (SO_ATTACH_BPF), which cannot be read back; not supported")
         }
+    }
+}
+
+enum SocketTimestamping {
+    /// SOF_TIMESTAMPING_OPT_ID: each sent packet's timestamp carries an id from a counter the
+    /// kernel keeps per socket (for TCP, from the sequence number when it was set): nothing reads it back.
+    static let optID: UInt32 = 1 << 7
+
+    /// SO_TIMESTAMPING's flags and bound PHC index (struct so_timestamping), nil when no flag is set.
+    static func dump(_ fd: FileDescriptor, what: String) throws -> [UInt32]? {
+        var bytes = [UInt8](repeating: 0, count: 8)
+        let length = try Sockets.option(fd, CRYO_SOL_SOCKET, 37 /* SO_TIMESTAMPING_OLD */, into: &bytes, name: "SO_TIMESTAMPING", object: what)
+        let words = (0..<length / 4).map { i in bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self) } }
+        guard let flags = words.first, flags != 0 else { return nil }
+        if let refusal = refusal(flags) { throw CryoError("\(what) \(refusal)") }
+        return words
+    }
+
+    static func refusal(_ flags: UInt32) -> String? {
+        flags & optID == 0 ? nil
+            : "has SO_TIMESTAMPING with SOF_TIMESTAMPING_OPT_ID, whose counter of timestamp ids cannot be read back; not supported"
+    }
+
+    static func restore(_ fd: FileDescriptor, _ words: [UInt32]?, what: String) throws {
+        guard let words, !words.isEmpty else { return }
+        let bytes = words.flatMap { word in withUnsafeBytes(of: word) { Array($0) } }
+        try Sockets.setOption(fd, CRYO_SOL_SOCKET, 37, bytes: bytes, name: "SO_TIMESTAMPING", object: what)
     }
 }
