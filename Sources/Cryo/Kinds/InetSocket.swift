@@ -148,7 +148,19 @@ extension InetSocketState {
             table.lookups[key] = fetched
             return fetched
         }
-        let socket = try dump(p, family: family, options: table.options, shutdowns: shutdowns)
+        // /proc/PID/net/tcp(6) once per network namespace for the whole dump, not once per listener (each
+        // read prints every socket of the namespace). Not with --network-lock: each listener's rule goes on
+        // before its handshakes are counted, and a table read before it could miss one that came in between.
+        let procNet: (pid_t, String) -> [InetAddress] = { pid, name in
+            let read = { synReceivedLocals(in: (try? Files.readString("/proc/\(pid)/net/\(name)")) ?? "") }
+            guard table.options.networkLock == nil else { return read() }
+            let key = "syn-recv-\((try? Files.readLink("/proc/\(pid)/ns/net")) ?? "pid \(pid)")-\(name)"
+            if let known = table.lookups[key] as? [InetAddress] { return known }
+            let found = read()
+            table.lookups[key] = found
+            return found
+        }
+        let socket = try dump(p, family: family, options: table.options, shutdowns: shutdowns, procNet: procNet)
         if socket.tcp != nil {
             // Held until the tree is dead: with --leave-running just closed; otherwise TCP_REPAIR goes on
             // before the kill, so that the last close sends neither FIN nor RST to the peer.
@@ -158,7 +170,10 @@ extension InetSocketState {
     }
 
     static func dump(_ p: DescriptorProbe, family: Int32, options kindOptions: KindOptions,
-                     shutdowns: (Bool, Int32) -> [UInt32: UInt8]) throws -> InetSocketState {
+                     shutdowns: (Bool, Int32) -> [UInt32: UInt8],
+                     procNet: (pid_t, String) -> [InetAddress] = { pid, name in
+                         synReceivedLocals(in: (try? Files.readString("/proc/\(pid)/net/\(name)")) ?? "")
+                     }) throws -> InetSocketState {
         let established = kindOptions.tcpEstablished
         let fd = p.handle
         let familyName = family == AF_INET6 ? "AF_INET6" : "AF_INET"
@@ -236,7 +251,9 @@ extension InetSocketState {
             }
             // Handshakes not finished (SYN_RECV) are in no queue that can be read back: the kernel keeps
             // their sequence numbers to itself.
-            let halfOpen = local.map { synReceived(pid: p.pid, listener: $0, v4Too: family == AF_INET6 && options["IPV6_V6ONLY"] == 0) } ?? 0
+            let halfOpen = local.map {
+                synReceived(pid: p.pid, listener: $0, v4Too: family == AF_INET6 && options["IPV6_V6ONLY"] == 0, procNet: procNet)
+            } ?? 0
             if halfOpen > 0 && !kindOptions.skipInFlight {
                 throw CryoError("\(what) is listening on \(local?.description ?? "?") with \(halfOpen) connection\(halfOpen == 1 ? "" : "s") "
                     + "in SYN_RECV (handshake not finished); dump with --skip-in-flight to drop them")
@@ -357,22 +374,32 @@ extension InetSocketState {
 
     /// Request sockets (SYN_RECV, state 03) of /proc/PID/net/tcp6 or tcp (the task's network namespace)
     /// on the listener's port and address (any address for a wildcard listener).
-    static func synReceived(pid: pid_t, listener: InetAddress, v4Too: Bool) -> Int {
+    /// `procNet` gives the local addresses of a table's SYN_RECV entries.
+    static func synReceived(pid: pid_t, listener: InetAddress, v4Too: Bool, procNet: (pid_t, String) -> [InetAddress]) -> Int {
         let tables = listener.isIPv6 ? ["tcp6"] + (v4Too ? ["tcp"] : []) : ["tcp"]
-        return tables.reduce(0) { count, table in
-            count + ((try? Files.readString("/proc/\(pid)/net/\(table)")).map { synReceived(in: $0, listener: listener) } ?? 0)
-        }
+        return tables.reduce(0) { count, table in count + synReceived(among: procNet(pid, table), listener: listener) }
     }
 
     /// The same, counted in the text of one such table.
     static func synReceived(in text: String, listener: InetAddress) -> Int {
-        var count = 0
-        for line in text.split(separator: "\n").dropFirst() {
-            let fields = line.split(separator: " ")
-            guard fields.count > 3, fields[3] == "03", let local = procNetAddress(String(fields[1])), local.port == listener.port else { continue }
-            if listener.isWildcard || local.address == listener.address || local.wireAddress == listener.wireAddress { count += 1 }
+        synReceived(among: synReceivedLocals(in: text), listener: listener)
+    }
+
+    static func synReceived(among locals: [InetAddress], listener: InetAddress) -> Int {
+        locals.count { local in
+            local.port == listener.port
+                && (listener.isWildcard || local.address == listener.address || local.wireAddress == listener.wireAddress)
         }
-        return count
+    }
+
+    /// The local addresses of the SYN_RECV (state 03) entries of one such table's text.
+    static func synReceivedLocals(in text: String) -> [InetAddress] {
+        text.split(separator: "\n").dropFirst().compactMap { line in
+            // "  sl  local_address rem_address   st": the state is the fourth field; most lines are not 03.
+            let fields = line.split(separator: " ", maxSplits: 4)
+            guard fields.count > 3, fields[3] == "03" else { return nil }
+            return procNetAddress(String(fields[1]))
+        }
     }
 
     /// "0100007F:1F90" (IPv4) or 32 hex digits of IPv6: each 32-bit word in the kernel's byte order, as printed.
