@@ -83,29 +83,51 @@ public enum SockDiag {
     /// The shutdown bits (1: receive, 2: send) of every AF_INET/AF_INET6 socket of this protocol that
     /// cryo's network namespace lists (INET_DIAG_SHUTDOWN; UDP lists bound sockets only), by inode.
     public static func inetShutdowns(family: Int32, protocol: Int32, object: String) throws -> [UInt32: UInt8] {
+        var found: [UInt32: UInt8] = [:]
+        try inetAttributes(family: family, protocol: `protocol`, object: object) { inode, type, value in
+            if found[inode] == nil { found[inode] = 0 }
+            if type == Int(INET_DIAG_SHUTDOWN), let bits = value.first { found[inode] = bits }
+        }
+        return found
+    }
+
+    /// The TCP MD5 signature keys (INET_DIAG_MD5SIG: struct tcp_diag_md5sig, 100 bytes each: family,
+    /// prefix length, key length, address, key) of every TCP socket of this family that cryo's network
+    /// namespace lists and that has any, by inode. Given only to CAP_NET_ADMIN.
+    public static func tcpMD5Keys(family: Int32, object: String) throws -> [UInt32: [UInt8]] {
+        var found: [UInt32: [UInt8]] = [:]
+        // The kernel adds the keys only to answers that carry TCP_INFO (INET_DIAG_INFO asked for).
+        try inetAttributes(family: family, protocol: CRYO_IPPROTO_TCP, extensions: UInt8(1 << (INET_DIAG_INFO - 1)), object: object) { inode, type, value in
+            if type == Int(INET_DIAG_MD5SIG) { found[inode, default: []] += value }
+        }
+        return found
+    }
+
+    /// Each attribute (type, value) of every AF_INET/AF_INET6 socket of this protocol cryo's network namespace lists.
+    private static func inetAttributes(family: Int32, protocol: Int32, extensions: UInt8 = 0, object: String,
+                                       _ each: (UInt32, Int, ArraySlice<UInt8>) -> Void) throws {
         var request = inet_diag_req_v2()
+        request.idiag_ext = extensions
         request.sdiag_family = UInt8(family)
         request.sdiag_protocol = UInt8(`protocol`)
         request.idiag_states = ~0
         let call = "sock_diag(\(family == AF_INET6 ? "AF_INET6" : "AF_INET"))"
-        var found: [UInt32: UInt8] = [:]
         try exchange(withUnsafeBytes(of: request) { Array($0) }, call: call, dump: true, object: object) { payload in
             let size = MemoryLayout<inet_diag_msg>.size
             guard payload.count >= size else { return true }
             let m = payload.withUnsafeBytes { $0.loadUnaligned(as: inet_diag_msg.self) }
             let inode = m.idiag_inode
-            found[inode] = 0
+            each(inode, 0, [])
             var offset = size
             while offset + 4 <= payload.count {
                 let length = Int(payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt16.self) })
                 let type = payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 2, as: UInt16.self) } & CRYO_NLA_TYPE_MASK
                 guard length >= 4, offset + length <= payload.count else { break }
-                if Int(type) == Int(INET_DIAG_SHUTDOWN), length >= 5 { found[inode] = payload[offset + 4] }
+                each(inode, Int(type), payload[(offset + 4)..<(offset + length)])
                 offset += (length + 3) & ~3
             }
             return true
         }
-        return found
     }
 
     /// Flags (NDIAG_FLAG_*: bit 0 a dump the kernel has not finished sending) of the bound AF_NETLINK

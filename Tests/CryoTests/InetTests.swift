@@ -379,6 +379,9 @@ extension EndToEnd.InetTests {
                 let show = try cryo(["show", images], in: scratch)
                 #expect(show.stdout.contains("device lo") && show.stdout.contains("filter of 4 instructions, locked")
                         && show.stdout.contains("2 multicast groups") && show.stdout.contains("shut down for writing"), "\(show)")
+                // The md5 listener and both ends of its connection: the ends' keys are seen by bytes crossing only
+                // if one end lost its key, so the image says it too.
+                #expect(show.stdout.components(separatedBy: "1 TCP MD5 key").count - 1 == 3, "\(show)")
             })
         }
     }

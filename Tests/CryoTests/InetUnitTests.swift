@@ -69,6 +69,25 @@ struct InetUnitTests {
         #expect(InetSocketState.synReceived(in: "", listener: loopback) == 0)
     }
 
+    @Test("TCP MD5 keys: sock_diag's entries parsed, TCP_MD5SIG_EXT requests built (IPv4-mapped on an IPv6 socket)")
+    func md5Keys() throws {
+        var entry = [UInt8](repeating: 0, count: 100)
+        entry[0] = UInt8(AF_INET); entry[1] = 8; entry[2] = 4
+        entry[4...7] = [127, 0, 0, 0]
+        entry[20...23] = [0x61, 0x62, 0x63, 0x64]
+        let keys = try #require(InetSocketSettings.parseMD5Keys(entry))
+        #expect(keys == [.init(address: "127.0.0.0", prefixLength: 8, key: Data("abcd".utf8))])
+        #expect(InetSocketSettings.parseMD5Keys(Array(entry.prefix(99))) == nil)
+        let v4 = try #require(InetSocketSettings.md5Request(keys[0], ipv6Socket: false))
+        #expect(v4.count == 216 && v4[0] == UInt8(AF_INET) && Array(v4[4...7]) == [127, 0, 0, 0])
+        #expect(v4[128] == 1 && v4[129] == 8 && v4[130] == 4 && Array(v4[136...139]) == Array("abcd".utf8))
+        let mapped = try #require(InetSocketSettings.md5Request(keys[0], ipv6Socket: true))
+        #expect(mapped[0] == UInt8(AF_INET6) && Array(mapped[8...23]) == [UInt8](repeating: 0, count: 10) + [0xff, 0xff, 127, 0, 0, 0])
+        #expect(mapped[129] == 8, "an IPv4 key's prefix stays an IPv4 one")
+        let full = InetSocketSettings.md5Request(.init(address: "::1", prefixLength: 128, key: Data([1])), ipv6Socket: true)
+        #expect(full?[128] == 0 && full?[0] == UInt8(AF_INET6))
+    }
+
     @Test("SO_TIMESTAMPING is kept unless it counts ids (OPT_ID)")
     func timestampingRefusal() {
         #expect(SocketTimestamping.refusal(0x18) == nil)

@@ -13,6 +13,11 @@
  *                             IPv4-level IP_TOS and IP_TTL of its own
  *                  client6    IPv6, IPV6_V6ONLY off, connected to listener6 on
  *                             [::1] (server6 accepted)
+ *                  md5        a listener on 127.0.0.2 with a TCP MD5 key for
+ *                             127.0.0.0/8, md5client connected to it with its
+ *                             key (md5server accepted): after restore a byte
+ *                             crosses each way, a client with the key connects
+ *                             and one without does not (its SYN is dropped)
  *                  rp1, rp2   an SO_REUSEPORT group of two listeners on one port
  *                  tfo        unbound: TCP_FASTOPEN_CONNECT, TCP_MAXSEG, clamp
  *                  free4      a listener on 192.0.2.1 (IP_FREEBIND: not local),
@@ -342,6 +347,30 @@ static void join(int fd, int level, struct sockaddr_storage group, const char *w
 static void join_source(int fd, struct sockaddr_storage group, struct sockaddr_storage source, const char *what) {
     struct group_source_req r = { .gsr_interface = if_nametoindex("lo"), .gsr_group = group, .gsr_source = source };
     if (setsockopt(fd, IPPROTO_IP, MCAST_JOIN_SOURCE_GROUP, &r, sizeof(r)) != 0) die(what);
+}
+
+/* A TCP MD5 key ("cryo-md5-key") for `address`/`prefix`. */
+static int add_md5_key(int fd, const char *address, int prefix) {
+    struct tcp_md5sig m;
+    memset(&m, 0, sizeof(m));
+    struct sockaddr_storage a = inet4(address, 0);
+    memcpy(&m.tcpm_addr, &a, sizeof(struct sockaddr_in));
+    m.tcpm_flags = TCP_MD5SIG_FLAG_PREFIX;
+    m.tcpm_prefixlen = (unsigned char)prefix;
+    m.tcpm_keylen = 12;
+    memcpy(m.tcpm_key, "cryo-md5-key", 12);
+    return setsockopt(fd, IPPROTO_TCP, TCP_MD5SIG_EXT, &m, sizeof(m));
+}
+
+/* Whether a non-blocking connect completes within `ms`. */
+static int connects(int fd, const struct sockaddr_storage *to, socklen_t size, int ms) {
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    if (connect(fd, (const struct sockaddr *)to, size) == 0) return 1;
+    if (errno != EINPROGRESS) return 0;
+    struct pollfd p = { .fd = fd, .events = POLLOUT };
+    int error = 0;
+    socklen_t length = sizeof(error);
+    return poll(&p, 1, ms) == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 && error == 0;
 }
 
 static void wait_for_term(void) {
@@ -908,6 +937,18 @@ int main(int argc, char **argv) {
     remember(free4, "free4", "SO_INCOMING_CPU", SOL_SOCKET, SO_INCOMING_CPU);
     remember(free4, "free4", "TCP_MAXSEG", IPPROTO_TCP, TCP_MAXSEG);
 
+    /* md5: signed segments only (RFC 2385), keys that no getsockopt reads. */
+    struct sockaddr_storage md5_address = inet4("127.0.0.2", 0);
+    socklen_t md5_size = sizeof(md5_address);
+    int md5 = socket(AF_INET, SOCK_STREAM, 0);
+    if (md5 < 0 || add_md5_key(md5, "127.0.0.0", 8) != 0 || bind(md5, (struct sockaddr *)&md5_address, sizeof(struct sockaddr_in)) != 0
+        || listen(md5, 4) != 0 || getsockname(md5, (struct sockaddr *)&md5_address, &md5_size) != 0) die("md5 listener");
+    int md5client = socket(AF_INET, SOCK_STREAM, 0);
+    if (md5client < 0 || add_md5_key(md5client, "127.0.0.2", 32) != 0
+        || connect(md5client, (struct sockaddr *)&md5_address, md5_size) != 0) die("md5 connect");
+    int md5server = accept(md5, NULL, NULL);
+    if (md5server < 0) die("md5 accept");
+
     /* rp1, rp2: an SO_REUSEPORT group of two listeners on one port. */
     int rp[2];
     struct sockaddr_storage group_address = inet4("127.0.0.1", 0);
@@ -1136,7 +1177,19 @@ int main(int argc, char **argv) {
     }
     int fresh = socket(AF_INET, SOCK_STREAM, 0);
     if (connect(fresh, (struct sockaddr *)&address, size) != 0) fail("listener no longer accepts (%s)", strerror(errno));
-    (void)free4; (void)free6; (void)tfo;
+
+    /* md5: the connection still signs both ways; the listener still takes only signed SYNs. */
+    char md5byte = 0;
+    setsockopt(md5server, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(md5client, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (send(md5client, "m", 1, 0) != 1 || recv(md5server, &md5byte, 1, 0) != 1 || md5byte != 'm') fail("md5: client -> server lost (keys?)");
+    if (send(md5server, "d", 1, 0) != 1 || recv(md5client, &md5byte, 1, 0) != 1 || md5byte != 'd') fail("md5: server -> client lost (keys?)");
+    int signed_client = socket(AF_INET, SOCK_STREAM, 0);
+    if (add_md5_key(signed_client, "127.0.0.2", 32) != 0 || !connects(signed_client, &md5_address, md5_size, 3000))
+        fail("md5: a client with the key cannot connect");
+    int plain_client = socket(AF_INET, SOCK_STREAM, 0);
+    if (connects(plain_client, &md5_address, md5_size, 300)) fail("md5: a client without a key connected (the listener lost its key)");
+    (void)free4; (void)free6; (void)tfo; (void)md5;
 
     if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
     printf("PASS\n");

@@ -160,7 +160,15 @@ extension InetSocketState {
             table.lookups[key] = found
             return found
         }
-        let socket = try dump(p, family: family, options: table.options, shutdowns: shutdowns, procNet: procNet)
+        // The same for TCP MD5 keys, which only sock_diag shows.
+        let md5: (Bool) throws -> [UInt32: [UInt8]] = { ipv6 in
+            let key = "tcp-md5-\(ipv6 ? 6 : 4)"
+            if let known = table.lookups[key] as? [UInt32: [UInt8]] { return known }
+            let fetched = try SockDiag.tcpMD5Keys(family: ipv6 ? AF_INET6 : AF_INET, object: p.object)
+            table.lookups[key] = fetched
+            return fetched
+        }
+        let socket = try dump(p, family: family, options: table.options, shutdowns: shutdowns, md5: md5, procNet: procNet)
         if socket.tcp != nil {
             // Held until the tree is dead: with --leave-running just closed; otherwise TCP_REPAIR goes on
             // before the kill, so that the last close sends neither FIN nor RST to the peer.
@@ -170,7 +178,7 @@ extension InetSocketState {
     }
 
     static func dump(_ p: DescriptorProbe, family: Int32, options kindOptions: KindOptions,
-                     shutdowns: (Bool, Int32) -> [UInt32: UInt8],
+                     shutdowns: (Bool, Int32) -> [UInt32: UInt8], md5: (Bool) throws -> [UInt32: [UInt8]] = { _ in [:] },
                      procNet: (pid_t, String) -> [InetAddress] = { pid, name in
                          synReceivedLocals(in: (try? Files.readString("/proc/\(pid)/net/\(name)")) ?? "")
                      }) throws -> InetSocketState {
@@ -216,7 +224,7 @@ extension InetSocketState {
         }
         let inode = UInt64(p.stat.st_ino)
         let settings = try InetSocketSettings.dump(fd, ipv6: family == AF_INET6, proto: proto, rawProtocol: protocolNumber, pid: p.pid,
-                                                    inode: inode, shutdowns: shutdowns, what: what)
+                                                    inode: inode, shutdowns: shutdowns, md5: md5, what: what)
         var s = InetSocketState(inode: inode, ipv6: family == AF_INET6, proto: proto, state: peer == nil ? .unconnected : .connected,
                                 local: local, peer: peer, backlog: nil, options: options, datagrams: [], tcp: nil,
                                 settings: settings.isEmpty ? nil : settings, rawProtocol: proto == .raw ? protocolNumber : nil)
@@ -529,7 +537,7 @@ final class InetSocketRebuilder: KindRebuilder {
                     try setInt(fd, o.level, o.option, value, o.name, what)
                 }
             }
-            try s.settings?.restoreBeforeBind(fd, what: what)
+            try s.settings?.restoreBeforeBind(fd, ipv6: s.ipv6, what: what)
         }
         func address(_ a: InetAddress, _ what: String) throws -> SocketAddress {
             guard let raw = a.raw() else { throw CryoError("\(what): \(a.address) is no address") }

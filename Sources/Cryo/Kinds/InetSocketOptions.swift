@@ -165,8 +165,17 @@ public struct InetSocketSettings: Codable, Sendable, Equatable {
         public var sources: [String]
     }
 
+    /// A TCP MD5 signature key (RFC 2385, TCP_MD5SIG): the peer address it is for, its prefix length, the key.
+    public struct MD5Key: Codable, Sendable, Equatable {
+        public var address: String
+        public var prefixLength: UInt8
+        public var key: Data
+    }
+
     /// SO_BINDTODEVICE.
     public var device: String?
+    /// TCP_MD5SIG keys, from sock_diag (no getsockopt reads them).
+    public var md5Keys: [MD5Key]?
     /// SO_LINGER (l_onoff, l_linger), when either is set.
     public var linger: [Int32]?
     /// SO_RCVTIMEO and SO_SNDTIMEO in microseconds, when set.
@@ -199,6 +208,7 @@ public struct InetSocketSettings: Codable, Sendable, Equatable {
         if let shutdown, shutdown != 0 { parts.append(["", "shut down for reading", "shut down for writing", "shut down"][Int(shutdown & 3)]) }
         if let maxPacingRate { parts.append("pacing at most \(maxPacingRate) B/s") }
         if fastOpenKey != nil { parts.append("a Fast Open key of its own") }
+        if let md5Keys, !md5Keys.isEmpty { parts.append("\(md5Keys.count) TCP MD5 key\(md5Keys.count == 1 ? "" : "s")") }
         if let timestamping, let flags = timestamping.first { parts.append("SO_TIMESTAMPING 0x\(String(flags, radix: 16))") }
         if icmp6Filter != nil { parts.append("an ICMPv6 type filter") }
         return parts.joined(separator: ", ")
@@ -212,7 +222,7 @@ private let levelNames: [Int32: String] = [CRYO_IPPROTO_IP: "IP", CRYO_IPPROTO_I
 extension InetSocketSettings {
     /// Everything but the integers, read from cryo's duplicate of the socket of `pid`.
     static func dump(_ fd: FileDescriptor, ipv6: Bool, proto: InetSocketState.Proto, rawProtocol: Int32, pid: pid_t, inode: UInt64,
-                     shutdowns: (Bool, Int32) -> [UInt32: UInt8], what: String) throws -> InetSocketSettings {
+                     shutdowns: (Bool, Int32) -> [UInt32: UInt8], md5: (Bool) throws -> [UInt32: [UInt8]], what: String) throws -> InetSocketSettings {
         let tcp = proto == .tcp
         var s = InetSocketSettings()
         if tcp {
@@ -224,6 +234,10 @@ extension InetSocketSettings {
             var key = [UInt8](repeating: 0, count: 32)
             let keyLength = try Sockets.option(fd, CRYO_IPPROTO_TCP, 33 /* TCP_FASTOPEN_KEY */, into: &key, name: "TCP_FASTOPEN_KEY", object: what)
             if keyLength > 0 { s.fastOpenKey = Data(key.prefix(keyLength)) }
+            if let raw = try md5(ipv6)[UInt32(truncatingIfNeeded: inode)] {
+                guard let keys = parseMD5Keys(raw) else { throw CryoError("\(what): its TCP MD5 keys (sock_diag) cannot be read") }
+                s.md5Keys = keys
+            }
         }
         let pacing = try Sockets.option(fd, CRYO_SOL_SOCKET, 47 /* SO_MAX_PACING_RATE */, as: UInt64.self, name: "SO_MAX_PACING_RATE",
                                         object: what, initial: 0)
@@ -258,6 +272,39 @@ extension InetSocketSettings {
             s.shutdown = try listed.map { $0 & 3 } ?? datagramShutdown(fd, what: what)
         }
         return s
+    }
+
+    /// struct tcp_diag_md5sig entries (100 bytes: family u8, prefix length u8, key length u16, address
+    /// 16 bytes, key 80 bytes); nil when they do not parse.
+    static func parseMD5Keys(_ raw: [UInt8]) -> [MD5Key]? {
+        guard raw.count % 100 == 0 else { return nil }
+        return try? stride(from: 0, to: raw.count, by: 100).map { at -> MD5Key in
+            let family = Int32(raw[at]), prefix = raw[at + 1]
+            let keyLength = Int(UInt16(raw[at + 2]) | UInt16(raw[at + 3]) << 8)
+            let bytes = Array(raw[(at + 4)..<(at + (family == AF_INET6 ? 20 : 8))])
+            guard family == AF_INET || family == AF_INET6, keyLength <= 80,
+                  let address = InetAddress(.inet(address: bytes, port: 0))?.address else { throw CryoError("bad key") }
+            return MD5Key(address: address, prefixLength: prefix, key: Data(raw[(at + 20)..<(at + 20 + keyLength)]))
+        }
+    }
+
+    /// struct tcp_md5sig for TCP_MD5SIG_EXT: the address (IPv4-mapped on an IPv6 socket) at 0, flags
+    /// (TCP_MD5SIG_FLAG_PREFIX) at 128, prefix length 129, key length 130, interface 132, key 136.
+    static func md5Request(_ k: MD5Key, ipv6Socket: Bool) -> [UInt8]? {
+        guard k.key.count <= 80, var address = InetAddress(address: k.address)?.raw()?.inet?.0 else { return nil }
+        let v4 = address.count == 4
+        if v4 && ipv6Socket { address = [UInt8](repeating: 0, count: 10) + [0xff, 0xff] + address }
+        var request = [UInt8](repeating: 0, count: 216)
+        let family = UInt16(address.count == 4 ? AF_INET : AF_INET6)
+        request[0] = UInt8(family & 0xff)
+        request[1] = UInt8(family >> 8)
+        put(address, at: address.count == 4 ? 4 : 8, in: &request)
+        // The prefix of an IPv4 key stays an IPv4 one (at most 32), mapped or not.
+        request[128] = k.prefixLength < (v4 ? 32 : 128) ? 1 : 0
+        request[129] = k.prefixLength
+        request[130] = UInt8(k.key.count)
+        put(Array(k.key), at: 136, in: &request)
+        return request
     }
 
     /// Why a TCP socket with this upper-layer protocol (TCP_ULP) is refused, or nil for none.
@@ -380,7 +427,13 @@ private func get(_ bytes: [UInt8], at offset: Int) -> UInt32 {
 extension InetSocketSettings {
     /// What bind and connect depend on: the device; and the ICMPv6 filter, at once, so that no
     /// blocked type slips into the new raw socket's queue.
-    func restoreBeforeBind(_ fd: FileDescriptor, what: String) throws {
+    func restoreBeforeBind(_ fd: FileDescriptor, ipv6: Bool, what: String) throws {
+        // MD5 keys before any segment: a connection leaves repair mode, a listener takes SYNs, signed.
+        for k in md5Keys ?? [] {
+            guard let request = Self.md5Request(k, ipv6Socket: ipv6) else { throw CryoError("\(what): a TCP MD5 key for \(k.address) that cannot be set") }
+            try Sockets.setOption(fd, CRYO_IPPROTO_TCP, 32 /* TCP_MD5SIG_EXT */, bytes: request, name: "TCP_MD5SIG_EXT",
+                                  object: "\(what): its MD5 key for \(k.address)/\(k.prefixLength)")
+        }
         if let icmp6Filter {
             try Sockets.setOption(fd, Int32(IPPROTO_ICMPV6), 1, bytes: Array(icmp6Filter), name: "ICMP6_FILTER", object: what)
         }
