@@ -80,10 +80,12 @@ extension EndToEnd {
             // Started: a `dirty` in B's network namespace, no longer traced by cryo.
             var restored: pid_t?
             try #require(waitUntil(timeout: 60) {
-                restored = net.processes(named: "dirty", inNamespaceOf: receive.pid).first { ProcStatus(pid: $0)?.tracerPid == 0 }
+                restored = net.processesInB(named: "dirty").first { ProcStatus(pid: $0)?.tracerPid == 0 }
                 return restored != nil || !receive.isRunning
             }, "the tree never started on the destination\n\(migrate.stderrSoFar)\n\(receive.stderrSoFar)")
-            let started = try #require(restored, "receive ended before the tree started\n\(receive.wait(timeout: 5))")
+            let started = try #require(restored, "receive ended before the tree started\n\(receive.wait(timeout: 5))\n\(migrate.wait(timeout: 5))")
+            // Ended already: nothing was left for after the start, so there is no half-loaded tree to lose.
+            try #require(receive.isRunning, "receive ended at the start: no pages left for post-copy?\n\(receive.wait(timeout: 5))\n\(migrate.wait(timeout: 5))")
             defer { kill(started, SIGKILL) }
             sleepSeconds(0.3)
             #expect(ProcStatus(pid: started)?.name == "dirty", "the tree should run half-loaded until the source is lost")
@@ -326,10 +328,12 @@ final class NetPair {
 
     func established(_ pid: pid_t) -> Bool { tcpStates(pid).contains("01") }
 
-    /// Processes called `name` in the network namespace `pid` is in.
-    func processes(named name: String, inNamespaceOf pid: pid_t) -> [pid_t] {
-        guard let namespace = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/net"),
-              let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+    /// Processes called `name` in B's network namespace (by its name, not through a process of B's:
+    /// `cryo receive` may have ended already when the restored tree is looked for).
+    func processesInB(named name: String) -> [pid_t] {
+        var st = stat()
+        guard stat("/run/netns/\(b)", &st) == 0, let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+        let namespace = "net:[\(st.st_ino)]"
         return entries.compactMap { pid_t($0) }.filter {
             ProcStatus(pid: $0)?.name == name && (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\($0)/ns/net")) == namespace
         }
