@@ -77,9 +77,54 @@ public struct PeekedMessage {
 /// Socket calls on descriptors. New sockets are close-on-exec and non-blocking
 /// (the caller sets the final status flags).
 public enum Sockets {
-    public static func make(family: Int32, type: Int32, protocol: Int32 = 0, object: String) throws -> FileDescriptor {
-        let flags = Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
+    public static func make(family: Int32, type: Int32, protocol: Int32 = 0, blocking: Bool = false, object: String) throws -> FileDescriptor {
+        let flags = Int32(SOCK_CLOEXEC.rawValue) | (blocking ? 0 : Int32(SOCK_NONBLOCK.rawValue))
         return FileDescriptor(rawValue: try returnOrThrow(socket(family, type | flags, `protocol`), "socket", object: object))
+    }
+
+    /// A blocking AF_UNIX socket of `type` listening on `name` (abstract when it starts with a NUL).
+    public static func listening(unix name: [UInt8], type: Int32, backlog: Int32, object: String) throws -> FileDescriptor {
+        let fd = try make(family: AF_UNIX, type: type, blocking: true, object: object)
+        do {
+            try bind(fd, to: .unix(name), object: object)
+            try listen(fd, backlog: backlog, object: object)
+        } catch {
+            try? fd.close()
+            throw error
+        }
+        return fd
+    }
+
+    /// A blocking AF_UNIX socket of `type` connected to `name`.
+    public static func connected(unix name: [UInt8], type: Int32, object: String) throws -> FileDescriptor {
+        let fd = try make(family: AF_UNIX, type: type, blocking: true, object: object)
+        do { try connect(fd, to: .unix(name), object: object) } catch {
+            try? fd.close()
+            throw error
+        }
+        return fd
+    }
+
+    /// SO_RCVTIMEO: a blocking receive gives up (EAGAIN) after `seconds`.
+    public static func setReceiveTimeout(_ fd: FileDescriptor, seconds: Int, object: String) throws {
+        try setOption(fd, SOL_SOCKET, SO_RCVTIMEO, timeval(tv_sec: seconds, tv_usec: 0), name: "SO_RCVTIMEO", object: object)
+    }
+
+    /// One blocking send of the whole message (a seqpacket record), without SIGPIPE.
+    public static func sendMessage(_ fd: FileDescriptor, _ bytes: [UInt8], object: String) throws {
+        let sent = try bytes.withUnsafeBytes { b in
+            try retryingEINTR("send", object: object) { Glibc.send(fd.rawValue, b.baseAddress, b.count, Int32(MSG_NOSIGNAL)) }
+        }
+        guard sent == bytes.count else { throw SyscallError("send", errno: .messageTooLong, object: object) }
+    }
+
+    /// One blocking receive of up to `limit` bytes (a seqpacket record; empty at end of stream).
+    public static func receiveMessage(_ fd: FileDescriptor, limit: Int, object: String) throws -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: limit)
+        let got = try buffer.withUnsafeMutableBytes { b in
+            try retryingEINTR("recv", object: object) { Glibc.recv(fd.rawValue, b.baseAddress, b.count, 0) }
+        }
+        return Array(buffer[0..<got])
     }
 
     public static func unixPair(type: Int32, object: String) throws -> (FileDescriptor, FileDescriptor) {

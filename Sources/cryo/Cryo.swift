@@ -359,9 +359,11 @@ struct PreDumpHolderCommand: ParsableCommand {
         let tracked = track.compactMap { item -> PreCopyHolder.Tracked? in
             let f = item.split(separator: ":").compactMap { Int64($0) }
             guard f.count == 4 else { return nil }
-            return PreCopyHolder.Tracked(pid: Int32(f[0]), startTime: UInt64(f[1]), uffd: Int32(f[2]), pidfd: Int32(f[3]))
+            return PreCopyHolder.Tracked(pid: Int32(f[0]), startTime: UInt64(f[1]),
+                                         uffd: FileDescriptor(rawValue: Int32(f[2])), pidfd: FileDescriptor(rawValue: Int32(f[3])))
         }
-        PreCopyHolder.run(listenFD: 3, directory: directory, tracked: tracked)
+        // The pre-dump passes its listening socket as descriptor 3.
+        PreCopyHolder.run(listening: FileDescriptor(rawValue: 3), directory: directory, tracked: tracked)
     }
 }
 

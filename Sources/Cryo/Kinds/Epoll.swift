@@ -22,6 +22,11 @@ public struct EpollState: DescriptorKind {
 
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> EpollState? {
         guard p.link == "anon_inode:[eventpoll]" else { return nil }
+        if let found = p.inFlight {
+            // Its watches name descriptors of whoever added them: read from cryo's table they would be wrong.
+            throw CryoError("\(found) is an epoll instance held by no process of the tree (its watches name descriptors "
+                            + "of whoever added them); in flight (SCM_RIGHTS) it cannot be dumped, not supported")
+        }
         var targets: [Target] = []
         var seen: [Int32: Int] = [:]
         for line in p.info.text.split(separator: "\n") where line.hasPrefix("tfd:") {

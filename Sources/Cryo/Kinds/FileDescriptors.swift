@@ -142,14 +142,6 @@ final class FileTableBuilder {
         inFlight.append((handle, object, resolved))
     }
 
-    /// Kinds whose state names descriptors of the process holding them, or its session:
-    /// they mean nothing in flight.
-    private static func refusedInFlight(_ state: any DescriptorKind) -> String? {
-        if state is EpollState { return "an epoll instance (its watches name descriptors of whoever added them)" }
-        if state is TerminalState { return "a terminal" }
-        return nil
-    }
-
     func dumpInFlight() throws {
         let me = Kernel.currentPid()
         // Dumping one may find more: a socket in flight with descriptors in its own queue.
@@ -158,16 +150,9 @@ final class FileTableBuilder {
             inFlightDone += 1
             let fd = handle.rawValue
             let link = try Files.readLink("/proc/self/fd/\(fd)")
-            // An epoll only in flight: its own dump would misread its watches (they name descriptors of whoever added them).
-            let epoll = link == "anon_inode:[eventpoll]"
-                ? "\(object): \(link) is an epoll instance held by no process of the tree (its watches name descriptors "
-                    + "of whoever added them); in flight (SCM_RIGHTS) it cannot be dumped, not supported" : nil
             let info = try parseFDInfo(try Files.readString("/proc/self/fdinfo/\(fd)"))
-            let (id, new) = try describe(pid: me, fd: fd, link: link, info: info, handle: handle, inFlight: "\(object) (\(link))",
-                                         refuseNew: epoll)
-            if new, let why = Self.refusedInFlight(table.files[id].state) {
-                throw CryoError("\(object): \(link) is \(why); in flight (SCM_RIGHTS) it cannot be dumped, not supported")
-            }
+            // A kind whose state means nothing in flight refuses it in its own dump (probe.inFlight).
+            let id = try describe(pid: me, fd: fd, link: link, info: info, handle: handle, inFlight: "\(object) (\(link))")
             resolved(self, id)
         }
     }
@@ -186,7 +171,7 @@ final class FileTableBuilder {
             let closeOnExec = info.flags & UInt32(O_CLOEXEC) != 0
             let lockList = try FileLock.parse(info, object: "pid \(pid) fd \(fd) (\(link))")
             let locks = lockList.isEmpty ? nil : lockList
-            let (id, _) = try describe(pid: pid, fd: fd, link: link, info: info, handle: handle, inFlight: nil)
+            let id = try describe(pid: pid, fd: fd, link: link, info: info, handle: handle, inFlight: nil)
             descriptors.append(.init(fd: fd, closeOnExec: closeOnExec, file: id, locks: locks))
         }
         return DescriptorsRecord(descriptors: descriptors)
@@ -194,9 +179,8 @@ final class FileTableBuilder {
 
     /// The file id of a description: one already dumped (a dup, or a description inherited
     /// from a parent, is stored once), or a new entry. `pid`'s `fd` must stay open until the dump ends.
-    /// `refuseNew`: the refusal when the description is not one already dumped.
     private func describe(pid: pid_t, fd: Int32, link: String, info: FDInfo, handle: FileDescriptor,
-                          inFlight: String?, refuseNew: String? = nil) throws -> (id: Int, new: Bool) {
+                          inFlight: String?) throws -> Int {
         let stat = try Files.stat(handle, object: inFlight ?? "pid \(pid) fd \(fd)")
         let key = "\(stat.st_dev):\(stat.st_ino)"
         // Each key's descriptions are kept in kcmp's order (a fixed order of the kernel's file
@@ -207,12 +191,11 @@ final class FileTableBuilder {
             let middle = (low + high) / 2
             let c = candidates[middle]
             switch try Pidfd.compareFiles(c.pid, c.fd, pid, fd) {
-            case 0: return (c.id, false)
+            case 0: return c.id
             case 1: low = middle + 1   // the candidate's file comes first
             default: high = middle
             }
         }
-        if let refuseNew { throw CryoError(refuseNew) }
         let probe = DescriptorProbe(pid: pid, fd: fd, link: link, flags: info.flags & ~UInt32(O_CLOEXEC),
                                     position: info.position, info: info, stat: stat, handle: handle, inFlight: inFlight)
         let id = table.files.count
@@ -224,7 +207,7 @@ final class FileTableBuilder {
         file.owner = try FileOwner.dump(handle, flags: probe.flags, object: probe.object)
         add(file, object: probe.object)
         seen[key, default: []].insert((pid, fd, id), at: low)
-        return (id, true)
+        return id
     }
 
     /// Adds an entry (a kind may add one that no descriptor names, such as a mapped memfd).

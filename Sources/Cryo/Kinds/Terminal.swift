@@ -71,6 +71,15 @@ public struct TerminalState: DescriptorKind {
 
     /// nil for a character device that is no terminal cryo knows (CharacterDevice comes next).
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> TerminalState? {
+        guard let state = try dumpHeld(p, into: table) else { return nil }
+        if let found = p.inFlight {
+            // A terminal's state belongs to the session holding it; a refused dump puts any queued bytes back.
+            throw CryoError("\(found) is a terminal; in flight (SCM_RIGHTS) it cannot be dumped, not supported")
+        }
+        return state
+    }
+
+    private static func dumpHeld(_ p: DescriptorProbe, into table: FileTableBuilder) throws -> TerminalState? {
         guard p.stat.st_mode & S_IFMT == S_IFCHR else { return nil }
         let (shellJob, leaveRunning) = (table.options.shellJob, table.options.leaveRunning)
         let rdev = UInt64(p.stat.st_rdev)

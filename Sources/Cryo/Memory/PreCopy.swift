@@ -215,7 +215,7 @@ public struct PreDumper {
 
         let exe = try Files.readLink("/proc/self/exe")
         var arguments = ["pre-dump-holder", "--directory", try PreCopy.realPath(directory)]
-        var passing = [FileDescriptor(rawValue: listener.socket)]
+        var passing = [listener.socket]
         var pidfds: [FileDescriptor] = []
         defer { for fd in pidfds { try? fd.close() } }
         for (i, tracker) in trackers.enumerated() {
@@ -310,8 +310,8 @@ public struct PreDumper {
 /// until a dump says "done" or every tracked process has exited.
 public enum PreCopyHolder {
     public struct Tracked {
-        public var pid: pid_t, startTime: UInt64, uffd: Int32, pidfd: Int32
-        public init(pid: pid_t, startTime: UInt64, uffd: Int32, pidfd: Int32) {
+        public var pid: pid_t, startTime: UInt64, uffd: FileDescriptor, pidfd: FileDescriptor
+        public init(pid: pid_t, startTime: UInt64, uffd: FileDescriptor, pidfd: FileDescriptor) {
             self.pid = pid
             self.startTime = startTime
             self.uffd = uffd
@@ -324,44 +324,42 @@ public enum PreCopyHolder {
         var processes: [[UInt64]]  // [pid, startTime] of those still tracked
     }
 
-    public static func run(listenFD: Int32, directory: String, tracked: [Tracked]) -> Never {
+    public static func run(listening: FileDescriptor, directory: String, tracked: [Tracked]) -> Never {
         var tracked = tracked
         // Nothing else of the pre-dump's stays open here.
-        let highest = ([listenFD] + tracked.flatMap { [$0.uffd, $0.pidfd] }).max()!
+        let highest = ([listening] + tracked.flatMap { [$0.uffd, $0.pidfd] }).map(\.rawValue).max()!
         try? Descriptors.closeAll(from: highest + 1)
         while true {
-            var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)]
-                + tracked.map { pollfd(fd: $0.pidfd, events: Int16(POLLIN), revents: 0) }
+            var fds = [pollfd(fd: listening.rawValue, events: Int16(POLLIN), revents: 0)]
+                + tracked.map { pollfd(fd: $0.pidfd.rawValue, events: Int16(POLLIN), revents: 0) }
             // `try?` would flatten the nil of an interrupted wait into a failure.
             let polled: Int?
             do { polled = try Files.poll(&fds, milliseconds: -1, object: "pre-dump holder") } catch { exit(1) }
             if polled == nil { continue } // a signal interrupted the wait
             for (i, entry) in tracked.enumerated().reversed() where fds[i + 1].revents != 0 {
-                Glibc.close(entry.uffd)
-                Glibc.close(entry.pidfd)
+                try? entry.uffd.close()
+                try? entry.pidfd.close()
                 tracked.remove(at: i)
             }
             if tracked.isEmpty { exit(0) }
             if fds[0].revents & Int16(POLLIN) != 0 {
-                guard let connection = try? Sockets.acceptBlocking(FileDescriptor(rawValue: listenFD), object: "pre-dump holder") else { continue }
-                if serve(connection.rawValue, directory: directory, tracked: tracked) { exit(0) }
+                guard let connection = try? Sockets.acceptBlocking(listening, object: "pre-dump holder") else { continue }
+                if serve(connection, directory: directory, tracked: tracked) { exit(0) }
                 try? connection.close()
             }
         }
     }
 
     /// Tells a dump what is tracked, then waits for its verdict: true when it says "done".
-    static func serve(_ connection: Int32, directory: String, tracked: [Tracked]) -> Bool {
-        guard (try? Sockets.peerUid(FileDescriptor(rawValue: connection))) == geteuid() else { return false }
-        var timeout = timeval(tv_sec: 3600, tv_usec: 0)
-        setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    static func serve(_ connection: FileDescriptor, directory: String, tracked: [Tracked]) -> Bool {
+        let object = "pre-dump holder connection"
+        guard (try? Sockets.peerUid(connection)) == geteuid() else { return false }
         let hello = Hello(directory: directory, processes: tracked.map { [UInt64($0.pid), $0.startTime] })
-        guard let data = try? JSONEncoder().encode(hello) else { return false }
-        let sent = data.withUnsafeBytes { send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        guard sent == data.count else { return false }
-        var buffer = [UInt8](repeating: 0, count: 16)
-        let got = buffer.withUnsafeMutableBytes { recv(connection, $0.baseAddress, $0.count, 0) }
-        return got == 4 && Array(buffer[0..<4]) == Array("done".utf8)
+        guard let data = try? JSONEncoder().encode(hello),
+              (try? Sockets.setReceiveTimeout(connection, seconds: 3600, object: object)) != nil,
+              (try? Sockets.sendMessage(connection, Array(data), object: object)) != nil,
+              let verdict = try? Sockets.receiveMessage(connection, limit: 16, object: object) else { return false }
+        return verdict == Array("done".utf8)
     }
 }
 
@@ -369,7 +367,7 @@ public enum PreCopyHolder {
 final class PreCopyBase {
     let directory: String
     let record: PreDumpRecord
-    private var connection: Int32 = -1
+    private var connection: FileDescriptor?
     private var trackedPids: [Int32: UInt64] = [:]
 
     /// `path` is relative to the new image folder, as CRIU has it, or absolute.
@@ -385,8 +383,7 @@ final class PreCopyBase {
         }
         for p in record.processes {
             let name = "pages-\(p.pid).img"
-            var st = Glibc.stat()
-            guard stat("\(directory)/\(name)", &st) == 0, UInt64(st.st_size) == p.pageIndex.pagesFileSize else {
+            guard let st = try? Files.stat("\(directory)/\(name)"), UInt64(st.st_size) == p.pageIndex.pagesFileSize else {
                 throw ImageError(file: name, "of the pre-dump is missing or not \(p.pageIndex.pagesFileSize) bytes (truncated or replaced)")
             }
             var expected: UInt64 = 0
@@ -403,13 +400,12 @@ final class PreCopyBase {
         }
         let socketName = PreCopy.holderSocketName(pid: rootPid, directory: directory)
         connection = connectHolder(socketName)
-        if connection < 0 {
+        guard let connection else {
             logger.warning("no pre-dump holder on @\(socketName) (the pre-dump's process tree changed, or its holder was killed): every page is copied")
             return
         }
-        var buffer = [UInt8](repeating: 0, count: 1 << 16)
-        let got = buffer.withUnsafeMutableBytes { recv(connection, $0.baseAddress, $0.count, 0) }
-        guard got > 0, let hello = try? JSONDecoder().decode(PreCopyHolder.Hello.self, from: Data(buffer[0..<got])),
+        let answer = (try? Sockets.receiveMessage(connection, limit: 1 << 16, object: "pre-dump holder @\(socketName)")) ?? []
+        guard !answer.isEmpty, let hello = try? JSONDecoder().decode(PreCopyHolder.Hello.self, from: Data(answer)),
               hello.directory == directory else {
             logger.warning("the pre-dump holder on @\(socketName) answered something else: every page is copied")
             return
@@ -417,19 +413,13 @@ final class PreCopyBase {
         for p in hello.processes where p.count == 2 { trackedPids[Int32(truncatingIfNeeded: p[0])] = p[1] }
     }
 
-    private func connectHolder(_ name: String) -> Int32 {
-        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return -1 }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let path = [UInt8(0)] + Array(name.utf8)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.enumerated() { raw[i] = b } }
-        let length = socklen_t(MemoryLayout<sa_family_t>.size + path.count)
-        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, length) } }
+    private func connectHolder(_ name: String) -> FileDescriptor? {
+        guard let fd = try? Sockets.connected(unix: [0] + Array(name.utf8), type: Int32(SOCK_SEQPACKET.rawValue),
+                                              object: "pre-dump holder @\(name)") else { return nil }
         // Only a holder running as cryo's own user is believed.
-        guard r == 0, (try? Sockets.peerUid(FileDescriptor(rawValue: fd))) == geteuid() else {
-            Glibc.close(fd)
-            return -1
+        guard (try? Sockets.peerUid(fd)) == geteuid() else {
+            try? fd.close()
+            return nil
         }
         return fd
     }
@@ -443,14 +433,14 @@ final class PreCopyBase {
 
     /// The dump succeeded: the holder may let go.
     func finish() {
-        if connection >= 0 { _ = "done".withCString { send(connection, $0, 4, Int32(MSG_NOSIGNAL)) } }
+        if let connection { try? Sockets.sendMessage(connection, Array("done".utf8), object: "pre-dump holder") }
         close()
     }
 
     /// Without "done" the holder keeps tracking, for another try.
     func close() {
-        if connection >= 0 { Glibc.close(connection) }
-        connection = -1
+        try? connection?.close()
+        connection = nil
     }
 
     deinit { close() }

@@ -730,12 +730,12 @@ public struct Restorer {
         }
         _ = try parasite.run(CRYO_CMD_CONNECT, input: connect, output: UInt8.self)
         let connection = try listener.accept()
-        defer { close(connection) }
+        defer { try? connection.close() }
         // Descriptors travel in batches the socket buffer holds.
         let batch = 64
         for start in stride(from: fds.startIndex, to: fds.endIndex, by: batch) {
             let end = min(start + batch, fds.endIndex)
-            for fd in fds[start..<end] { try Pidfd.send(fd, over: FileDescriptor(rawValue: connection), to: pid) }
+            for fd in fds[start..<end] { try Pidfd.send(fd, over: connection, to: pid) }
             var recv = cryo_recv_fds()
             recv.control_fd = controlFD
             recv.first_slot_fd = firstSlotFD + Int32(start - fds.startIndex)
@@ -1131,27 +1131,17 @@ func waitForStop(_ pid: pid_t) throws -> WaitStatus {
 
 /// A listening unix socket in the abstract namespace, for the parasite to connect to.
 struct ControlListener {
-    let socket: Int32
+    let socket: FileDescriptor
     let address: [UInt8]  // sun_path bytes, leading NUL included
 
     init(name: String) throws {
-        socket = Int32(try checkLibc(Int(Glibc.socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)), "socket(AF_UNIX)"))
         address = [0] + Array(name.utf8)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in address.enumerated() { raw[i] = b } }
-        let length = socklen_t(MemoryLayout<sa_family_t>.size + address.count)
-        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) } }
-        do { _ = try checkLibc(Int(bound), "bind", object: "control socket @\(name)") } catch {
-            Glibc.close(socket)
-            throw error
-        }
-        _ = try checkLibc(Int(listen(socket, 1)), "listen", object: "control socket @\(name)")
+        socket = try Sockets.listening(unix: address, type: Int32(SOCK_SEQPACKET.rawValue), backlog: 1, object: "control socket @\(name)")
     }
 
-    func accept() throws -> Int32 {
-        try Sockets.acceptBlocking(FileDescriptor(rawValue: socket), object: "control socket").rawValue
+    func accept() throws -> FileDescriptor {
+        try Sockets.acceptBlocking(socket, object: "control socket")
     }
 
-    func close() { Glibc.close(socket) }
+    func close() { try? socket.close() }
 }
