@@ -137,7 +137,7 @@ extension InetSocketState {
     /// is refused without it.
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> InetSocketState? {
         guard p.stat.st_mode & S_IFMT == S_IFSOCK else { return nil }
-        let family = try UnixSocketState.option(p.handle, SO_DOMAIN, p.object)
+        let family = try SocketDescription.option(p.handle, SO_DOMAIN, p.object)
         guard family == AF_INET || family == AF_INET6 else { return nil }
         // One sock_diag table of UDP shutdown bits per family for the whole dump: asking for each socket
         // would read every bound socket each time (4000 bound sockets took 20 s).
@@ -195,7 +195,7 @@ extension InetSocketState {
         case (2, Int32(IPPROTO_ICMP)) where family == AF_INET, (2, Int32(IPPROTO_ICMPV6)) where family == AF_INET6: proto = .icmp
         case (3, 1...254): proto = .raw
         default:
-            throw CryoError("\(p.object): \(UnixSocketState.describeSocket(fd, family: family, link: p.link, pid: p.pid)) is not supported yet")
+            throw CryoError("\(p.object): \(SocketDescription.describe(fd, family: family, link: p.link, pid: p.pid)) is not supported yet")
         }
         let what = "\(p.object): an \(familyName) \([.tcp: "TCP", .udp: "UDP", .udplite: "UDP-Lite", .icmp: "ICMP ping", .raw: "raw"][proto]!) socket (\(p.link)\(proto == .raw ? ", protocol \(protocolNumber)" : ""))"
         var local = InetAddress(try Sockets.name(fd, peer: false, object: what))

@@ -48,10 +48,10 @@ public struct NetlinkSocketState: DescriptorKind {
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> NetlinkSocketState? {
         guard p.stat.st_mode & S_IFMT == S_IFSOCK else { return nil }
         let fd = p.handle
-        guard try UnixSocketState.option(fd, SO_DOMAIN, p.object) == AF_NETLINK else { return nil }
-        let what = "\(p.object): \(UnixSocketState.describeSocket(fd, family: AF_NETLINK, link: p.link, pid: p.pid))"
-        let type = try UnixSocketState.option(fd, SO_TYPE, what)
-        let protocolNumber = try UnixSocketState.option(fd, SO_PROTOCOL, what)
+        guard try SocketDescription.option(fd, SO_DOMAIN, p.object) == AF_NETLINK else { return nil }
+        let what = "\(p.object): \(SocketDescription.describe(fd, family: AF_NETLINK, link: p.link, pid: p.pid))"
+        let type = try SocketDescription.option(fd, SO_TYPE, what)
+        let protocolNumber = try SocketDescription.option(fd, SO_PROTOCOL, what)
         // Messages not read yet would have to come from the kernel again.
         var byte: UInt8 = 0
         if let message = try withUnsafeMutableBytes(of: &byte, { try Sockets.peek(fd, into: $0, truncate: true, object: what) }) {

@@ -9,6 +9,17 @@ import SystemPackage
 /// all-multicast, multicast addresses) and classic BPF filter. Mapped rings
 /// (PACKET_RX_RING/TX_RING), fanout groups and frames not read yet are refused.
 public struct PacketSocketState: DescriptorKind {
+    /// "Proto" of the AF_PACKET socket `socket:[INODE]` in /proc/PID/net/packet (hex, host order).
+    static func ethertype(pid: pid_t, link: String) -> UInt16? {
+        guard let inode = link.split(whereSeparator: { $0 == "[" || $0 == "]" }).dropFirst().first,
+              let text = try? Files.readString("/proc/\(pid)/net/packet") else { return nil }
+        for line in text.split(separator: "\n").dropFirst() {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            if fields.count >= 9, fields[8] == inode { return UInt16(fields[3], radix: 16) }
+        }
+        return nil
+    }
+
     static let name = "packetSocket"
 
     public struct Membership: Codable, Sendable, Equatable {
@@ -64,9 +75,9 @@ public struct PacketSocketState: DescriptorKind {
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> PacketSocketState? {
         guard p.stat.st_mode & S_IFMT == S_IFSOCK else { return nil }
         let fd = p.handle
-        guard try UnixSocketState.option(fd, SO_DOMAIN, p.object) == AF_PACKET else { return nil }
-        let what = "\(p.object): \(UnixSocketState.describeSocket(fd, family: AF_PACKET, link: p.link, pid: p.pid))"
-        let type = try UnixSocketState.option(fd, SO_TYPE, what)
+        guard try SocketDescription.option(fd, SO_DOMAIN, p.object) == AF_PACKET else { return nil }
+        let what = "\(p.object): \(SocketDescription.describe(fd, family: AF_PACKET, link: p.link, pid: p.pid))"
+        let type = try SocketDescription.option(fd, SO_TYPE, what)
         guard type == Int32(SOCK_RAW.rawValue) || type == Int32(SOCK_DGRAM.rawValue) else {
             throw CryoError("\(what): the obsolete SOCK_PACKET type is not supported")
         }

@@ -105,9 +105,9 @@ extension UnixSocketState {
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int, pendingIndex: Int?) throws -> UnixSocketState? {
         guard p.stat.st_mode & S_IFMT == S_IFSOCK else { return nil }
         let fd = p.handle
-        let family = try option(fd, SO_DOMAIN, p.object)
+        let family = try SocketDescription.option(fd, SO_DOMAIN, p.object)
         guard family == AF_UNIX else {
-            throw CryoError("\(p.object): \(describeSocket(fd, family: family, link: p.link, pid: p.pid)) is not supported yet")
+            throw CryoError("\(p.object): \(SocketDescription.describe(fd, family: family, link: p.link, pid: p.pid)) is not supported yet")
         }
         guard let diag = try SockDiag.unixSocket(inode: UInt32(truncatingIfNeeded: p.stat.st_ino), object: "\(p.object) (\(p.link))") else {
             throw CryoError("\(p.object): unix socket \(p.link) is not in cryo's network namespace; not supported")
@@ -142,9 +142,9 @@ extension UnixSocketState {
         var s = UnixSocketState(
             inode: UInt64(diag.inode), type: type, state: state, name: name, file: file, peer: nil, peerClosed: false,
             peerName: nil, backlog: nil, queued: [], shutdown: UInt8(diag.shutdown & 3),
-            passCredentials: try option(fd, SO_PASSCRED, p.object) != 0,
-            sendBuffer: try option(fd, SO_SNDBUF, p.object), receiveBuffer: try option(fd, SO_RCVBUF, p.object),
-            peekOffset: try option(fd, SO_PEEK_OFF, p.object))
+            passCredentials: try SocketDescription.option(fd, SO_PASSCRED, p.object) != 0,
+            sendBuffer: try SocketDescription.option(fd, SO_SNDBUF, p.object), receiveBuffer: try SocketDescription.option(fd, SO_RCVBUF, p.object),
+            peekOffset: try SocketDescription.option(fd, SO_PEEK_OFF, p.object))
         s.directory = directory
         s.fileInode = diag.file.map { UInt64($0.inode) }
         switch state {
@@ -286,57 +286,6 @@ extension UnixSocketState {
             return SocketFile(existed: false, mode: 0, uid: 0, gid: 0)
         }
         return SocketFile(existed: true, mode: st.st_mode & 0o7777, uid: st.st_uid, gid: st.st_gid)
-    }
-
-    static func option(_ fd: FileDescriptor, _ name: Int32, _ object: String) throws -> Int32 {
-        try Sockets.option(fd, SOL_SOCKET, name, name: "\(name)", object: object)
-    }
-
-    static func familyName(_ family: Int32) -> String {
-        let names: [Int32: String] = [2: "AF_INET", 10: "AF_INET6", 16: "AF_NETLINK", 17: "AF_PACKET", 40: "AF_VSOCK",
-                                      4: "AF_IPX", 5: "AF_APPLETALK", 9: "AF_X25", 15: "AF_KEY", 31: "AF_BLUETOOTH",
-                                      38: "AF_ALG", 44: "AF_XDP", 45: "AF_MCTP"]
-        if let name = names[family] { return "an \(name)" }
-        return "a family \(family)"
-    }
-
-    /// "an AF_NETLINK socket (SOCK_RAW, NETLINK_ROUTE, socket:[N])": what a refusal names.
-    static func describeSocket(_ fd: FileDescriptor, family: Int32, link: String, pid: pid_t) -> String {
-        let types: [Int32: String] = [1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 4: "SOCK_RDM", 5: "SOCK_SEQPACKET", 10: "SOCK_PACKET"]
-        var parts: [String] = []
-        if let type = try? option(fd, SO_TYPE, link) { parts.append(types[type] ?? "type \(type)") }
-        if let number = try? option(fd, SO_PROTOCOL, link) {
-            switch family {
-            case 16:
-                let netlink: [Int32: String] = [0: "NETLINK_ROUTE", 2: "NETLINK_USERSOCK", 4: "NETLINK_SOCK_DIAG", 6: "NETLINK_XFRM",
-                                                9: "NETLINK_AUDIT", 12: "NETLINK_NETFILTER", 15: "NETLINK_KOBJECT_UEVENT", 16: "NETLINK_GENERIC"]
-                parts.append(netlink[number] ?? "netlink protocol \(number)")
-            case 17:
-                // SO_PROTOCOL says 0; /proc/PID/net/packet has the Ethernet protocol given to socket() or bind.
-                let ethertype = packetProtocol(pid: pid, link: link) ?? UInt16(truncatingIfNeeded: number).bigEndian
-                let names: [UInt16: String] = [0x0003: "ETH_P_ALL", 0x0800: "ETH_P_IP", 0x86DD: "ETH_P_IPV6", 0x0806: "ETH_P_ARP", 0: "no protocol"]
-                parts.append(names[ethertype] ?? "ethertype 0x\(String(ethertype, radix: 16))")
-            case 2, 10:
-                let inet: [Int32: String] = [0: "IPPROTO_IP", 1: "IPPROTO_ICMP", 6: "IPPROTO_TCP", 17: "IPPROTO_UDP", 58: "IPPROTO_ICMPV6",
-                                             132: "IPPROTO_SCTP", 136: "IPPROTO_UDPLITE", 255: "IPPROTO_RAW", 262: "IPPROTO_MPTCP"]
-                parts.append(inet[number] ?? "protocol \(number)")
-            default:
-                parts.append("protocol \(number)")
-            }
-        }
-        parts.append(link)
-        return "\(familyName(family)) socket (\(parts.joined(separator: ", ")))"
-    }
-
-    /// "Proto" of the AF_PACKET socket `socket:[INODE]` in /proc/PID/net/packet (hex, host order).
-    private static func packetProtocol(pid: pid_t, link: String) -> UInt16? {
-        guard let inode = link.split(whereSeparator: { $0 == "[" || $0 == "]" }).dropFirst().first,
-              let text = try? Files.readString("/proc/\(pid)/net/packet") else { return nil }
-        for line in text.split(separator: "\n").dropFirst() {
-            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            if fields.count >= 9, fields[8] == inode { return UInt16(fields[3], radix: 16) }
-        }
-        return nil
     }
 
     /// A path name ends at its first NUL; an abstract name keeps every byte.
@@ -942,7 +891,7 @@ final class UnixSocketRebuilder: KindRebuilder {
             // The kernel doubles what it is given: give it half of what it reported.
             for (option, forced, wanted, name) in [(SO_SNDBUF, SO_SNDBUFFORCE, s.sendBuffer, "SO_SNDBUFFORCE"),
                                                    (SO_RCVBUF, SO_RCVBUFFORCE, s.receiveBuffer, "SO_RCVBUFFORCE")] {
-                if try UnixSocketState.option(fd, option, what) != wanted { try set(forced, wanted / 2, name) }
+                if try SocketDescription.option(fd, option, what) != wanted { try set(forced, wanted / 2, name) }
             }
             if s.peekOffset != -1 { try set(SO_PEEK_OFF, s.peekOffset, "SO_PEEK_OFF") }
             // A closed peer's stand-in shut this end down when it went.
