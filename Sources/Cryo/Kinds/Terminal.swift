@@ -8,7 +8,8 @@ import SystemPackage
 /// - `controllingTerminal`: the terminal cryo itself ran in at dump (a
 ///   `--shell-job`); restore hands over the terminal cryo runs in then.
 /// - `ptyMaster` / `ptySlave`: both ends of a pseudo-terminal made inside the
-///   tree; restore makes a new pair (its index may differ) and puts back
+///   tree; restore makes a new pair with the same index when it is free (else
+///   another, saying so) and puts back
 ///   termios, window size, lock and the bytes waiting on either side.
 /// - `currentTerminal`: `/dev/tty`: of a shell job (no index), reopened by cryo at restore;
 ///   of a session whose terminal is a pty of the tree (its index), opened by the session's
@@ -17,7 +18,7 @@ public struct TerminalState: DescriptorKind {
     static let name = "terminal"
     public enum Role: String, Codable, Sendable { case controllingTerminal, currentTerminal, ptyMaster, ptySlave }
     public var role: Role
-    /// The pty's index at dump (/dev/pts/N): pairs master and slaves; not kept at restore.
+    /// The pty's index at dump (/dev/pts/N): pairs master and slaves; kept at restore when free.
     public var index: Int32?
     public var termios: Termios?
     public var rows: UInt16?, columns: UInt16?, xPixels: UInt16?, yPixels: UInt16?
