@@ -38,6 +38,12 @@ public final class LazyGuard: @unchecked Sendable {
         }
     }
 
+    /// Never used (a migration that failed before its restore): the guard sees the socket
+    /// close, has nothing to kill, and exits.
+    deinit {
+        lock.withLock { if !released { try? socket.close() } }
+    }
+
     /// Keeps a copy of a userfaultfd; the index drops it.
     func hold(uffd: FileDescriptor) throws -> UInt32 {
         try lock.withLock {

@@ -164,6 +164,8 @@ public struct Receiver {
             throw CryoError("\(peer) is not a cryo migrate of this version (first frame \(kind), version \(hello.version ?? 0))")
         }
         let lazy = options.lazyPages || hello.lazyPages == true
+        // Spawning the guard costs milliseconds: here, while the tree still runs at the source.
+        let guardian = lazy && !options.storeOnly ? try LazyGuard() : nil
         try wire.send(.ready)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: MigrationWire.maxData, alignment: 4096)
         defer { buffer.deallocate() }
@@ -255,6 +257,7 @@ public struct Receiver {
                 var restoreOptions = RestoreOptions(directory: directory, detached: true, newPidNamespace: options.newPidNamespace,
                                                     tcpEstablished: options.tcpEstablished, lazyPages: lazy)
                 restoreOptions.remotePages = postCopy
+                restoreOptions.lazyGuard = guardian
                 figures.frozenImageBytes = wire.bytesReceived - frozenStartBytes
                 figures.frozenImageSeconds = seconds(since: frozenImageStart ?? .now)
                 figures.postCopyMissingBytes = postCopy?.missingBytes ?? 0

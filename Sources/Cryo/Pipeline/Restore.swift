@@ -26,6 +26,8 @@ public struct RestoreOptions: Sendable {
     public var remotePages: RemotePages?
     /// `cryo receive`: its figures, for stats-restore.
     public var migration: ReceiveStatistics?
+    /// A guard started before the tree froze (`cryo receive`), so that starting one is not downtime.
+    public var lazyGuard: LazyGuard?
     public init(directory: String, detached: Bool, newPidNamespace: Bool = false, leaveStopped: Bool = false,
                 tcpEstablished: Bool = false, lazyPages: Bool = false) {
         self.tcpEstablished = tcpEstablished
@@ -172,7 +174,7 @@ public struct Restorer {
         session.lazy = options.lazyPages || eagerThroughUffd ? LazyServer(logger: logger, started: started) : nil
         session.eagerThroughUffd = eagerThroughUffd
         // A lazily restored tree must not outlive its loader on zero-filled memory (LazyGuard.swift).
-        if options.lazyPages { session.lazy?.guardian = try LazyGuard() }
+        if options.lazyPages { session.lazy?.guardian = try options.lazyGuard ?? LazyGuard() }
         // The new pid namespace's init parks in a read() on this pipe until cryo closes its write end.
         var park: (read: FileDescriptor, write: FileDescriptor?)? = nil
         defer { try? park?.read.close(); try? park?.write?.close() }
