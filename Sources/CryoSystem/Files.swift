@@ -238,6 +238,10 @@ public enum Pidfd {
     public static func share(_ pid1: pid_t, _ pid2: pid_t, resource: Int32) throws -> Bool {
         try Kernel.syscall(SYS_kcmp, pid1, pid2, resource, 0, 0, name: "kcmp(\(resource))", pid: pid1) == 0
     }
+    /// kcmp of one resource as an order: 0 the same object, 1 the first comes before the second, 2 after.
+    public static func compare(_ pid1: pid_t, _ pid2: pid_t, resource: Int32) throws -> Int {
+        try Kernel.syscall(SYS_kcmp, pid1, pid2, resource, 0, 0, name: "kcmp(\(resource))", pid: pid1)
+    }
 }
 
 public enum Processes {

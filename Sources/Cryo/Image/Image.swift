@@ -295,6 +295,10 @@ public struct Inventory: Codable, Sendable {
         public var stopSignal: Int32? = nil
         /// The /dev/pts index of its controlling terminal, one of `terminals`; absent for none (or a shell job's).
         public var terminal: Int32? = nil
+        /// It shares its parent's descriptor table (CLONE_FILES) / cwd, root and umask (CLONE_FS): cloned so
+        /// again at restore; its task file lists no descriptors of its own (SharedContexts.swift).
+        public var sharesFiles: Bool? = nil
+        public var sharesFS: Bool? = nil
     }
 
     /// Processes that run, and so have task and pages files.

@@ -200,6 +200,12 @@ extension Inventory {
             } else if !seen.contains(p.ppid) {
                 throw ImageError(file: "inventory.img", record: "inventory", "pid \(p.pid) is listed before its parent \(p.ppid)")
             }
+            if p.sharesFiles == true || p.sharesFS == true {
+                // Shared with its parent: only a live child of a live parent is cloned so.
+                guard i > 0, p.zombieStatus == nil, processes.contains(where: { $0.pid == p.ppid && $0.zombieStatus == nil }) else {
+                    throw ImageError(file: "inventory.img", record: "inventory", "pid \(p.pid) shares its table or fs with a parent that is not a live process of the image")
+                }
+            }
         }
         guard !processes.isEmpty else { throw ImageError(file: "inventory.img", record: "inventory", "lists no process") }
     }

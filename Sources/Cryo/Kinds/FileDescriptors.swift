@@ -157,6 +157,12 @@ final class FileTableBuilder {
         }
     }
 
+    /// A process whose descriptor table is its parent's (CLONE_FILES): it is of the tree, its descriptors are the parent's.
+    func sharedTable(pid: pid_t) -> DescriptorsRecord {
+        dumpedPids.insert(pid)
+        return DescriptorsRecord(descriptors: [])
+    }
+
     func dump(pid: pid_t) throws -> DescriptorsRecord {
         dumpedPids.insert(pid)
         let pidfd = try Pidfd.open(pid)

@@ -143,6 +143,7 @@ public struct Dumper {
         let taskWriter = BackgroundWriter()
         do {
             try checkTree(tree)
+            let sharing = try SharedContexts.dump(tree, root: pid)
             // Before any descriptor is read: a terminal that cannot come back refuses the dump untouched.
             let terminals = try ControllingTerminals.dump(tree, root: pid, shellJob: options.shellJob)
             fileTable.sessionTerminals = terminals.sessions
@@ -172,7 +173,9 @@ public struct Dumper {
                     memory.mappings[i].shmem = try sharedMemory.object(pid: process.pid, mapping: memory.mappings[i], statistics: &statistics)
                 }
                 statistics.memoryDumpSeconds += seconds(since: sharedStart)
-                let descriptors = try fileTable.dump(pid: process.pid)
+                // A table shared with the parent is the parent's: dumped (and installed) once, there.
+                let descriptors = sharing.files.contains(process.pid) ? fileTable.sharedTable(pid: process.pid)
+                    : try fileTable.dump(pid: process.pid)
                 for i in memory.mappings.indices where memory.mappings[i].deleted == true {
                     memory.mappings[i].file = try fileTable.deletedFileMapping(pid: process.pid, start: memory.mappings[i].start,
                                                                                end: memory.mappings[i].end)
@@ -275,6 +278,8 @@ public struct Dumper {
             var record = Inventory(rootPid: pid, processes: tree.processes.map { p in
                                        var entry = p.entry
                                        entry.terminal = terminals.byPid[p.pid]
+                                       entry.sharesFiles = sharing.files.contains(p.pid) ? true : nil
+                                       entry.sharesFS = sharing.fs.contains(p.pid) ? true : nil
                                        return entry
                                    },
                                    kernel: kernelRelease(), shellJob: options.shellJob,
@@ -393,9 +398,9 @@ public struct Dumper {
         for p in tree.processes where p.pid != options.pid {
             guard let parent = byPid[p.ppid] else { continue }
             if p.zombieStatus == nil && parent.zombieStatus == nil {
-                for (type, what) in [(1, "address space (CLONE_VM)"), (2, "descriptor table (CLONE_FILES)"), (3, "cwd and root (CLONE_FS)")]
-                where try Pidfd.share(p.pid, parent.pid, resource: Int32(type)) {
-                    throw CryoError("pid \(p.pid) (\(p.comm)) shares its \(what) with its parent \(parent.pid); not supported yet")
+                // A descriptor table or fs context shared with the parent comes back (SharedContexts.swift).
+                if try Pidfd.share(p.pid, parent.pid, resource: SharedContexts.kcmpVM) {
+                    throw CryoError("pid \(p.pid) (\(p.comm)) shares its address space (CLONE_VM) with its parent \(parent.pid); not supported yet")
                 }
             }
             if p.sid != p.pid && p.sid != parent.sid {

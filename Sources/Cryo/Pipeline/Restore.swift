@@ -64,6 +64,9 @@ final class RestoringProcess {
     /// all but what it loads lazily, registered once its children exist (`lazyLater`).
     var memoryRestored = false
     var lazyLater: LazySplit?
+    /// Set when it shares its parent's descriptor table (CLONE_FILES): the task whose descriptors
+    /// fill that table. It then installs none, and never closes what is below its slots.
+    var filesOwner: TaskImage?
     /// Starts of the mappings it passes on to its children or keeps from its parent: never lazy
     /// (a page a child inherits must be in the parent at fork, and an inherited page never faults).
     var sharedMappings: Set<UInt64> = []
@@ -165,8 +168,10 @@ public struct Restorer {
 
         let session = RestoreSession()
         // Two threads restore independent subtrees side by side (RestoreLanes.swift).
+        // Processes that share a descriptor table or fs context are restored one after the other, in one lane.
         let lanes = RestoreLanes(inventory: inventory, parallel: !options.lazyPages && !options.newPidNamespace
-                                 && (inventory.terminals ?? []).isEmpty && TestHooks.current.restoreLanes != 1)
+                                 && (inventory.terminals ?? []).isEmpty && TestHooks.current.restoreLanes != 1
+                                 && !inventory.processes.contains { $0.sharesFiles == true || $0.sharesFS == true })
         // Eager restores load private anonymous memory the lazy way too, but wait for it before the
         // tasks run: UFFDIO_COPY fills a new page without zeroing it first, and the copying runs on
         // the other core while the next process is restored. Without userfaultfd, the parasite reads.
@@ -433,7 +438,7 @@ public struct Restorer {
                     _ = Parasite.inherited(by: tracee, from: parent.parasite)
                     try inject(tracee, 157 /* prctl */, 1 /* PR_SET_PDEATHSIG */, 0, what: "prctl(PR_SET_PDEATHSIG, 0)")
                 } else {
-                    tracee = try clone(into: parent, pid: entry.pid, flags: 0)
+                    tracee = try clone(into: parent, pid: entry.pid, flags: SharedContexts.cloneFlags(entry))
                     session.noteCreated(tracee.pid)
                     if handedOver {
                         if entry.sid == entry.pid { try inject(tracee, Restorer.syscallSetsid, what: "setsid") }
@@ -445,6 +450,7 @@ public struct Restorer {
                 let process = RestoringProcess(image: image.task(entry.pid)!, tracee: tracee,
                                                parasite: .inherited(by: tracee, from: parent.parasite))
                 process.lane = owner
+                if entry.sharesFiles == true { process.filesOwner = parent.filesOwner ?? parent.image }
                 session.add(process, imagePid: entry.pid)
                 if entry.sid == entry.pid && taken == nil {
                     try inject(tracee, Restorer.syscallSetsid, what: "setsid")
@@ -637,7 +643,8 @@ public struct Restorer {
         let task = process.image
         let pid = process.pid  // as this namespace sees it
         let imagePid = task.core.pid
-        let slots = TaskSlots(controlFD: Int32(max((task.descriptors.descriptors.map(\.fd).max() ?? 2) + 1, 3)))
+        let table = (process.filesOwner ?? task).descriptors.descriptors
+        let slots = TaskSlots(controlFD: Int32(max((table.map(\.fd).max() ?? 2) + 1, 3)))
         do {
             slots.pages = try task.pageIndex.fileSizes.indices.map { slots.add(try Files.open(image.paths.pages(imagePid, part: $0), .readOnly)) }
             if !shareMemory && task.pageIndex.compression == nil {
@@ -716,7 +723,8 @@ public struct Restorer {
                 + "no room above them for the \(slots.toSend.count) descriptors it must receive")
         }
         slots.sent = min(slots.toSend.count, slots.capacity)
-        try send(slots.toSend[0..<slots.sent], firstSlotFD: slots.fd(0), controlFD: slots.controlFD, closeOthers: true,
+        // A shared table holds its owner's descriptors (installed already, or to be): they stay.
+        try send(slots.toSend[0..<slots.sent], firstSlotFD: slots.fd(0), controlFD: slots.controlFD, closeOthers: process.filesOwner == nil,
                  to: process, session: session)
     }
 

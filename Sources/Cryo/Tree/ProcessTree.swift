@@ -69,6 +69,8 @@ final class FrozenTree {
             process.zombieStatus = Int32(truncatingIfNeeded: stat.field(52))
             return process
         }
+        // A vfork parent never stops for ptrace while its child runs: refused before it is seized.
+        try SharedContexts.refuseVforkChildren(of: pid, comm: stat.comm)
         var seized: Set<pid_t> = []
         do {
             while true {
