@@ -83,6 +83,13 @@ public enum FileFacts {
         return buffer[0] == 0x9584_58f6
     }
 
+    /// The page size of the hugetlbfs file behind `fd` (fstatfs f_bsize), nil when it is not on hugetlbfs.
+    public static func hugePageSize(_ fd: FileDescriptor, object: String) throws -> UInt64? {
+        var buffer = [UInt64](repeating: 0, count: 16)  // struct statfs: f_type, f_bsize, ...
+        try buffer.withUnsafeMutableBytes { try Kernel.syscall(SYS_fstatfs, fd, $0.baseAddress, name: "fstatfs", object: object) }
+        return buffer[0] == 0x9584_58f6 ? buffer[1] : nil
+    }
+
     /// mkfifo(3), as mknodat.
     public static func makeFifo(_ path: String, mode: UInt32, object: String) throws {
         try path.withCString {

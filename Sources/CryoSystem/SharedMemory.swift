@@ -40,12 +40,26 @@ public enum SharedMemory {
         }
     }
 
+    /// Runs `body` on `size` bytes of `fd` mapped shared and writable here: hugetlbfs has no write(2),
+    /// its pages are filled through a mapping (pread into it).
+    public static func withMapped<T>(_ fd: FileDescriptor, size: UInt64, object: String,
+                                     _ body: (UnsafeMutableRawPointer) throws -> T) throws -> T {
+        guard let mapped = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_SHARED, fd.rawValue, 0), mapped != MAP_FAILED else {
+            throw SyscallError("mmap(MAP_SHARED)", errno: Errno(rawValue: Glibc.errno), object: object)
+        }
+        defer { munmap(mapped, Int(size)) }
+        return try body(mapped)
+    }
+
     /// A new anonymous shared memory object of `size` bytes, the kind
     /// MAP_SHARED|MAP_ANONYMOUS makes ("/dev/zero (deleted)" in maps), opened
     /// read-write: mapped here for a moment and reopened through /proc/self/map_files.
-    public static func makeAnonymous(size: UInt64) throws -> FileDescriptor {
-        guard let mapped = mmap(nil, Int(size), PROT_NONE, MAP_SHARED | MAP_ANONYMOUS, -1, 0), mapped != MAP_FAILED else {
-            throw SyscallError("mmap(MAP_SHARED|MAP_ANONYMOUS)", errno: Errno(rawValue: Glibc.errno), object: "\(size) bytes of shared memory")
+    /// `hugePageSize`: hugetlb memory (MAP_HUGETLB) of pages of that size, reserved now (ENOMEM if the pool is short).
+    public static func makeAnonymous(size: UInt64, hugePageSize: UInt64? = nil) throws -> FileDescriptor {
+        let huge = hugePageSize.map { 0x40000 /* MAP_HUGETLB */ | (Int32($0.trailingZeroBitCount) << 26) } ?? 0
+        guard let mapped = mmap(nil, Int(size), PROT_NONE, MAP_SHARED | MAP_ANONYMOUS | huge, -1, 0), mapped != MAP_FAILED else {
+            throw SyscallError(huge != 0 ? "mmap(MAP_SHARED|MAP_ANONYMOUS|MAP_HUGETLB)" : "mmap(MAP_SHARED|MAP_ANONYMOUS)",
+                               errno: Errno(rawValue: Glibc.errno), object: "\(size) bytes of shared memory")
         }
         defer { munmap(mapped, Int(size)) }
         let start = UInt64(UInt(bitPattern: mapped))

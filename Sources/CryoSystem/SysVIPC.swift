@@ -26,8 +26,10 @@ public enum SysVShm {
     }
 
     /// A new segment (IPC_CREAT|IPC_EXCL) and its id.
-    public static func create(key: Int32, size: UInt64, mode: UInt32) throws -> Int32 {
-        Int32(try Kernel.syscall(shmget, key, size, IPC_CREAT | IPC_EXCL | Int32(mode & 0o777),
+    /// `hugePageSize`: a SHM_HUGETLB segment of pages of that size.
+    public static func create(key: Int32, size: UInt64, mode: UInt32, hugePageSize: UInt64? = nil) throws -> Int32 {
+        let huge = hugePageSize.map { 0o4000 /* SHM_HUGETLB */ | (Int32($0.trailingZeroBitCount) << 26) } ?? 0
+        return Int32(try Kernel.syscall(shmget, key, size, IPC_CREAT | IPC_EXCL | huge | Int32(mode & 0o777),
                                  name: "shmget", object: "System V segment of key 0x\(String(UInt32(bitPattern: key), radix: 16))"))
     }
 

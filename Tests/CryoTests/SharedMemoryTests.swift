@@ -60,42 +60,6 @@ extension EndToEnd {
             #expect(!pids.contains(where: pidExists), "processes of the tree exist after the refused restore")
         }
 
-        @Test("hugetlb shared memory is refused in one line naming pid, address and kind; the tree runs on",
-              arguments: ["hugetlb"])
-        func refused(_ kind: String) throws {
-            let scratch = try Scratch("shm-refused")
-            defer { scratch.remove() }
-            let fixture = try Fixture("shmrefused", arguments: [kind], in: scratch)
-            var child: pid_t?
-            defer {
-                fixture.cleanUp()
-                if let child { kill(child, SIGKILL) }
-            }
-            _ = waitUntil(timeout: 20) { fixture.lines.contains("READY") || fixture.tagged("NOHUGETLB") != nil }
-            if let reason = fixture.tagged("NOHUGETLB") { try Test.cancel(Comment(rawValue: "no hugetlb mapping on this machine: \(reason.joined(separator: " "))")) }
-            try fixture.waitReady()
-            let pids = try #require(fixture.tagged("PIDS"), "\(fixture.report)")
-            child = pids.count == 2 ? pid_t(pids[1]) : nil
-            let mapping = try #require(fixture.tagged("MAPPING")?.first, "\(fixture.report)")
-            let start = String(mapping.prefix { $0 != "-" })
-
-            let images = scratch.file("img")
-            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
-            #expect(dump.failed, "dumping \(kind) shared memory should fail\n\(dump)")
-            #expect(dump.stderrLines.count == 1, "want exactly one line on stderr\n\(dump)")
-            #expect(containsToken(dump.stderr, pids[1]), "the error should name the child \(pids[1]) that maps it\n\(dump)")
-            #expect(dump.stderr.contains("0x\(start)"), "the error should name address 0x\(start)\n\(dump)")
-            let word = kind == "sysv" ? "System V" : "hugetlb"
-            #expect(dump.stderr.contains(word), "the error should say \"\(word)\"\n\(dump)")
-            #expect(!FileManager.default.fileExists(atPath: images), "a failed dump should remove the image folder it created")
-
-            #expect(fixture.pollOriginal() == nil, "the fixture ended during the refused dump\n\(fixture.report)")
-            fixture.signal(SIGTERM)
-            let exit = fixture.reapOriginal(timeout: 30)
-            #expect(exit == .exited(0), "\(fixture.report)")
-            expectPass(fixture, "\(dump)")
-        }
-
         @Test("nginx master and workers with shared zones serve requests after restore")
         func nginx() throws {
             let nginx = try requireTestProgram("/usr/sbin/nginx", package: "nginx")

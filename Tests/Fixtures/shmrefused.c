@@ -4,7 +4,8 @@
  *   sysv     a System V segment (shmget/shmat): the child wrote its page 1
  *            (once refused; SysVTests now round-trips it)
  *   hugetlb  MAP_SHARED|MAP_ANONYMOUS|MAP_HUGETLB|MAP_NORESERVE, never touched
- *            (prints NOHUGETLB instead of READY when the kernel refuses it)
+ *            (prints NOHUGETLB instead of READY when the kernel refuses it;
+ *            once refused, HugetlbTests now round-trips it)
  * Prints "PIDS root child", "MAPPING start-end" (hex, the child's mapping)
  * and READY. On SIGTERM the root tells the child to check that its segment
  * still holds what it wrote, waits for it, and prints PASS or "FAIL: ...".

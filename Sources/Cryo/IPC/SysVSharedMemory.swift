@@ -23,6 +23,8 @@ public struct SysVSegment: Codable, Sendable {
     public var destroyed: Bool
     /// [offset, length, offset in sysvshm-ID.img] of its non-zero pages; the rest reads as zeros.
     public var runs: [[UInt64]]
+    /// SHM_HUGETLB: made again of pages of this size (Hugetlb.swift).
+    public var hugePageSize: UInt64? = nil
 
     static func dataPath(_ paths: ImagePaths, id: Int32) -> String { "\(paths.directory)/sysvshm-\(id).img" }
     var pagedSize: UInt64 { (size + 4095) & ~4095 }
@@ -34,7 +36,8 @@ public struct SysVSegment: Codable, Sendable {
         guard let raw = m.inode, let id = Int32(exactly: raw), let ds = try SysVShm.status(id) else {
             throw CryoError("\(what): segment \(m.inode.map(String.init) ?? "?") is gone")
         }
-        let pagedSize = (UInt64(ds.shm_segsz) + 4095) & ~4095
+        let page = m.hugePageSize ?? 4096
+        let pagedSize = (UInt64(ds.shm_segsz) + page - 1) & ~(page - 1)
         // shmat maps a whole segment: a part of one (munmap after shmat) cannot be rebuilt by it.
         guard m.fileOffset == 0 && m.length == pagedSize else {
             throw CryoError("\(what) maps \(m.length) bytes at offset \(m.fileOffset) of segment \(id) (\(ds.shm_segsz) bytes); "
@@ -42,6 +45,9 @@ public struct SysVSegment: Codable, Sendable {
         }
         if segments[id] != nil { return }
         segments[id] = try save(id: id, ds: ds, paths: paths, created: &created)
+        if segments[id]!.hugePageSize != m.hugePageSize {
+            throw CryoError("\(what): segment \(id) is hugetlb memory to cryo but not to the task, or the other way round")
+        }
     }
 
     /// Saves segment `id` (attached or not): its figures and its non-zero pages.
@@ -54,7 +60,28 @@ public struct SysVSegment: Codable, Sendable {
         let out = try Files.open(path, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
         defer { try? out.close() }
         try SysVShm.withAttached(id, readOnly: true) { base in
-            let bytes = UnsafeRawBufferPointer(start: base, count: Int(segment.size))
+            // A SHM_HUGETLB segment is read through its hugetlbfs file: touching a page of it that was never
+            // written would take a huge page from the pool (SIGBUS here when the pool is empty).
+            let start = UInt64(UInt(bitPattern: base))
+            let what = "System V segment \(id)"
+            let mapped = try readMappings(pid: getpid(), withFlags: false).first { $0.start == start }
+            guard let mapped else { throw CryoError("\(what): attached at 0x\(hex(start)) but not in /proc/self/maps") }
+            let file = try Files.open("/proc/self/map_files/\(hex(start))-\(hex(mapped.end))", .readOnly)
+            defer { try? file.close() }
+            segment.hugePageSize = try FileFacts.hugePageSize(file, object: what)
+            var copy: UnsafeMutableRawBufferPointer? = nil
+            defer { copy?.deallocate() }
+            if segment.hugePageSize != nil {
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(segment.size), alignment: 4096)
+                copy = buffer
+                var done = 0
+                while done < buffer.count {
+                    let n = try file.read(fromAbsoluteOffset: Int64(done), into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
+                    guard n > 0 else { throw CryoError("\(what): read \(done) of its \(buffer.count) bytes") }
+                    done += n
+                }
+            }
+            let bytes = UnsafeRawBufferPointer(start: copy?.baseAddress ?? base, count: Int(segment.size))
             var written: UInt64 = 0
             var page = 0
             while page < bytes.count {
@@ -112,7 +139,7 @@ final class SysVSegmentsRestore {
         }
         try SysVNextID.set("shm", segment.id, what: what)
         let got: Int32
-        do { got = try SysVShm.create(key: segment.key, size: segment.size, mode: segment.mode) } catch {
+        do { got = try SysVShm.create(key: segment.key, size: segment.size, mode: segment.mode, hugePageSize: segment.hugePageSize) } catch {
             try? SysVNextID.set("shm", -1, what: what)
             throw CryoError("\(what): \(error)")
         }

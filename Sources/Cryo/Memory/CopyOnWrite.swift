@@ -28,6 +28,7 @@ enum CopyOnWrite {
     static func inheritable(_ c: MemoryRecord.Mapping, from p: MemoryRecord.Mapping) -> Bool {
         let kinds: [MemoryRecord.Kind] = [.anonymous, .heap, .stack, .file]
         return c.start == p.start && c.end == p.end && !c.shared && !p.shared && c.kind == p.kind && kinds.contains(c.kind)
+            && c.hugePageSize == nil && p.hugePageSize == nil
             && c.protection == p.protection && c.path == p.path && c.fileOffset == p.fileOffset && c.device == p.device
             && c.inode == p.inode && c.deleted == nil && p.deleted == nil && c.advice == p.advice
             && c.advice & (CRYO_MADV_DONTFORK | CRYO_MADV_WIPEONFORK) == 0

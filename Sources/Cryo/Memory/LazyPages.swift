@@ -50,7 +50,8 @@ struct LazySplit {
 
         // MADV_WIPEONFORK memory stays eager: a child forked later must see it zeroed, not filled from the image.
         let lazyMappings = task.memory.mappings.filter {
-            !$0.shared && [.anonymous, .heap, .stack].contains($0.kind)
+            // hugetlb memory takes no 4 KiB UFFDIO_COPY: eager.
+            !$0.shared && [.anonymous, .heap, .stack].contains($0.kind) && $0.hugePageSize == nil
                 && $0.advice & UInt32(CRYO_MADV_WIPEONFORK) == 0 && !eagerMappings.contains($0.start)
         }
         ranges = lazyMappings.map { cryo_range(start: $0.start, end: $0.end) }

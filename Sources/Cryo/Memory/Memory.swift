@@ -40,6 +40,8 @@ public struct MemoryRecord: Codable, Sendable {
         public var inherited: Bool? = nil
         /// For an AIO ring: the number of events it holds (struct aio_ring's nr).
         public var aioEvents: UInt32? = nil
+        /// hugetlb memory (MAP_HUGETLB, SHM_HUGETLB): the size of its pages (Hugetlb.swift).
+        public var hugePageSize: UInt64? = nil
         var length: UInt64 { end - start }
         var isSpecial: Bool { [.vdso, .vvar, .vvarClock, .vsyscall].contains(kind) }
         var prot: Int32 {
@@ -247,7 +249,9 @@ extension MemoryRecord {
             case let p where p.hasPrefix("/SYSV"):
                 kind = .sysvShm
                 path = p
-            case let p where p.hasPrefix("/anon_hugepage"): throw refuse("hugetlb memory")
+            case let p where p.hasPrefix("/anon_hugepage"):
+                // MAP_HUGETLB: private pages are read like any anonymous ones, a shared object from the object.
+                kind = shared ? .sharedAnonymous : .anonymous
             case let p where p.hasPrefix("/[aio]"):
                 // Its event count is read from its header by the dump (AioRing.dump).
                 kind = .aioRing
@@ -273,6 +277,10 @@ extension MemoryRecord {
                                   growsDown: false, noReserve: false, advice: 0,
                                   shmem: nil, file: nil)
             if kind == .file && m.path.hasSuffix(" (deleted)") { mapping.deleted = true }
+            if m.path.hasPrefix("/anon_hugepage") || kind == .sysvShm {
+                mapping.hugePageSize = try Hugetlb.pageSize(pid: pid, start: m.start, end: m.end)
+                if mapping.hugePageSize == nil && kind != .sysvShm { throw refuse("hugetlb memory that is not on hugetlbfs") }
+            }
             if flags { try mapping.take(m.vmFlags, pid: pid) }
             mappings.append(mapping)
         }
@@ -874,6 +882,7 @@ struct MemoryRestorePlan {
             if !backedByFile { flags |= MAP_ANONYMOUS }
             if m.growsDown { flags |= MAP_GROWSDOWN }
             if m.noReserve { flags |= MAP_NORESERVE }
+            if let size = m.hugePageSize, !backedByFile { flags |= Hugetlb.mapFlags(size) }
             vma.flags = UInt32(flags)
             vma.fd = backedByFile ? try fileFD(m) : -1
             vma.file_offset = backedByFile ? m.fileOffset : 0
@@ -967,7 +976,7 @@ extension MemoryRecord.Mapping {
             let address = "0x\(String(start, radix: 16))-0x\(String(end, radix: 16))"
             throw CryoError("pid \(pid): mapping \(address) \(path.map { "(\($0)) " } ?? "")is a device (VM_IO/VM_PFNMAP) mapping, not supported yet")
         }
-        if vmFlags.contains("ht") {
+        if vmFlags.contains("ht") && hugePageSize == nil {
             // hugetlb pages (MAP_HUGETLB, MFD_HUGETLB) would come back as small pages, or not at all.
             let address = "0x\(String(start, radix: 16))-0x\(String(end, radix: 16))"
             throw CryoError("pid \(pid): mapping \(address) \(path.map { "(\($0)) " } ?? "")is hugetlb memory, not supported yet")

@@ -17,6 +17,8 @@ public struct SharedMemoryTable: Codable, Sendable {
         public var size: UInt64
         /// [offset in the object, length, offset in shmem-ID.img]; pages in no run are zero.
         public var runs: [[UInt64]]
+        /// MAP_SHARED|MAP_ANONYMOUS|MAP_HUGETLB: made again of pages of this size (Hugetlb.swift).
+        public var hugePageSize: UInt64? = nil
         public var dataBytes: UInt64 { runs.last.map { $0[2] + $0[1] } ?? 0 }
     }
     public var objects: [Object]
@@ -26,7 +28,8 @@ public struct SharedMemoryTable: Codable, Sendable {
     func validate(file: String, dataSizes: [UInt64]) throws {
         for (i, object) in objects.enumerated() {
             let label = "object #\(i)"
-            guard object.id == i, object.size > 0, object.size % 4096 == 0, object.size <= Self.maxObjectSize else {
+            guard object.id == i, object.size > 0, object.size % 4096 == 0, object.size <= Self.maxObjectSize,
+                  object.hugePageSize.map({ $0.nonzeroBitCount == 1 && $0 >= 1 << 16 && $0 <= 1 << 34 && object.size % $0 == 0 }) ?? true else {
                 throw ImageError(file: file, record: "sharedMemory", "\(label): id or size \(object.size) invalid")
             }
             var previousEnd: UInt64 = 0
@@ -51,12 +54,24 @@ public struct SharedMemoryTable: Codable, Sendable {
         var made: [FileDescriptor] = []
         do {
             for object in objects {
-                let fd = try SharedMemory.makeAnonymous(size: object.size)
+                let fd = try SharedMemory.makeAnonymous(size: object.size, hugePageSize: object.hugePageSize)
                 made.append(fd)
                 guard !object.runs.isEmpty else { continue }
                 let path = paths.sharedMemory(object.id)
                 let data = try Files.open(path, .readOnly)
                 defer { try? data.close() }
+                if object.hugePageSize != nil {
+                    // hugetlbfs has no write(2): read into a mapping of it (its pages reserved when it was made).
+                    let what = "shared memory #\(object.id) from \(fileName(of: path))"
+                    try SharedMemory.withMapped(fd, size: object.size, object: what) { base in
+                        for run in object.runs {
+                            let view = UnsafeMutableRawBufferPointer(start: base + Int(run[0]), count: Int(run[1]))
+                            let n = try data.read(fromAbsoluteOffset: Int64(run[2]), into: view)
+                            guard n == view.count else { throw ImageError(file: fileName(of: path), "short read at \(run[2]) (truncated)") }
+                        }
+                    }
+                    continue
+                }
                 for run in object.runs {
                     // In the kernel (sendfile), without a copy through cryo.
                     try SharedMemory.copy(from: data, at: run[2], to: fd, at: run[0], length: run[1],
@@ -149,7 +164,7 @@ final class SharedMemoryDump {
             }
         }
         statistics.pagesWritten += written / 4096
-        table.objects.append(.init(id: id, size: size, runs: runs))
+        table.objects.append(.init(id: id, size: size, runs: runs, hugePageSize: m.hugePageSize))
         ids[key] = id
         return id
     }

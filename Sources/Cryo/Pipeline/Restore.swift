@@ -144,6 +144,7 @@ public struct Restorer {
                 + "(PTRACE_O_SUSPEND_SECCOMP), which cryo does not hold")
         }
         try ZombieDeath.checkBeforeRestore(inventory)
+        try Hugetlb.checkBeforeRestore(image)
         let parents = Dictionary(inventory.processes.filter { $0.zombieStatus == nil }.map { ($0.pid, $0.ppid) }, uniquingKeysWith: { a, _ in a })
         // Processes whose children keep mappings inherited from them: their memory goes in before the children are cloned.
         var sharedMappings: [Int32: Set<UInt64>] = [:]

@@ -1,0 +1,96 @@
+// hugetlb memory: private and shared MAP_HUGETLB mappings and SHM_HUGETLB
+// segments round-trip, still of huge pages, every byte in place (a page only
+// the child wrote included). With the pool of huge pages too small at restore,
+// the restore is refused in one line naming the mapping and the pool, nothing
+// is left behind, and the same image restores once the pool is raised.
+// The tests raise vm.nr_hugepages for their run and put the old value back.
+
+import Foundation
+import Glibc
+import Testing
+
+/// vm.nr_hugepages raised by `extra` for as long as the value lives; `set` changes it meanwhile.
+private final class HugePagePool {
+    static let path = "/proc/sys/vm/nr_hugepages"
+    let old: Int
+    let raised: Int
+    init(extra: Int) throws {
+        old = Int(readText(Self.path).trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        raised = old + extra
+        try set(raised)
+    }
+    func set(_ pages: Int) throws {
+        try "\(pages)\n".write(toFile: Self.path, atomically: false, encoding: .utf8)
+    }
+    func restore() { try? set(old) }
+}
+
+extension EndToEnd {
+    @Suite("hugetlb memory", .serialized)
+    struct HugetlbTests {
+        @Test("private and shared MAP_HUGETLB mappings, and a SHM_HUGETLB segment only a child wrote half of, round-trip as huge pages",
+              arguments: ["anon", "shm"])
+        func roundTrip(_ mode: String) throws {
+            let pool = try HugePagePool(extra: 24)
+            defer { pool.restore() }
+            let scratch = try Scratch("hugetlb-\(mode)")
+            defer { scratch.remove() }
+            let fixture = try Fixture("hugetlb", arguments: [mode], in: scratch)
+            var child: pid_t?
+            defer {
+                fixture.cleanUp()
+                if let child { kill(child, SIGKILL) }
+            }
+            _ = waitUntil(timeout: 20) { fixture.lines.contains("READY") || fixture.tagged("NOHUGETLB") != nil }
+            if let reason = fixture.tagged("NOHUGETLB") { try Test.cancel(Comment(rawValue: "no huge pages here: \(reason.joined(separator: " "))")) }
+            try fixture.waitReady()
+            child = fixture.tagged("PIDS").flatMap { $0.count == 2 ? pid_t($0[1]) : nil }
+            let (images, _) = try dumpAndReap(fixture, in: scratch)
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore, timeout: 60)
+        }
+
+        @Test("a MAP_NORESERVE hugetlb mapping of a child that nobody touched round-trips (shmrefused hugetlb, once refused)")
+        func untouched() throws {
+            let pool = try HugePagePool(extra: 4)
+            defer { pool.restore() }
+            try selfCheckingRoundTrip("shmrefused", arguments: ["hugetlb"], scratch: "hugetlb-untouched")
+        }
+
+        @Test("with too few huge pages free, restore is refused in one line and leaves nothing; raised, the same image restores")
+        func poolTooSmall() throws {
+            let pool = try HugePagePool(extra: 24)
+            defer { pool.restore() }
+            let scratch = try Scratch("hugetlb-pool")
+            defer { scratch.remove() }
+            let fixture = try Fixture("hugetlb", arguments: ["anon"], in: scratch)
+            var pids: [pid_t] = []
+            defer {
+                fixture.cleanUp()
+                for pid in pids.dropFirst() { kill(pid, SIGKILL) }
+            }
+            _ = waitUntil(timeout: 20) { fixture.lines.contains("READY") || fixture.tagged("NOHUGETLB") != nil }
+            if let reason = fixture.tagged("NOHUGETLB") { try Test.cancel(Comment(rawValue: "no huge pages here: \(reason.joined(separator: " "))")) }
+            try fixture.waitReady()
+            pids = try #require(fixture.tagged("PIDS"), "\(fixture.report)").compactMap { pid_t($0) }
+            let (images, _) = try dumpAndReap(fixture, in: scratch)
+            #expect(waitUntil(timeout: 20) { !pids.contains(where: pidExists) }, "the dumped tree still runs")
+
+            try pool.set(0)
+            let refused = try cryo(["restore", "-D", images], in: scratch, timeout: 60)
+            #expect(refused.failed, "restore with an empty pool should fail\n\(refused)")
+            #expect(refused.stderrLines.count == 1, "want exactly one line on stderr\n\(refused)")
+            #expect(refused.stderr.contains("hugetlb") && refused.stderr.contains("nr_hugepages"),
+                    "the refusal should say hugetlb and nr_hugepages\n\(refused)")
+            #expect(containsToken(refused.stderr, "\(pids[0])") || containsToken(refused.stderr, "\(pids[1])"),
+                    "the refusal should name a pid of the tree\n\(refused)")
+            #expect(!pids.contains(where: pidExists), "processes of the tree exist after the refused restore")
+
+            try pool.set(pool.raised)
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore, timeout: 60)
+        }
+    }
+}
