@@ -96,8 +96,10 @@ public enum FileObjects {
         FileDescriptor(rawValue: try returnOrThrow(epoll_create1(Int32(EPOLL_CLOEXEC)), "epoll_create1", object: object))
     }
 
-    public static func memfd(name: String, allowSealing: Bool, object: String) throws -> FileDescriptor {
-        let flags = UInt32(CRYO_MFD_CLOEXEC | (allowSealing ? CRYO_MFD_ALLOW_SEALING : 0))
+    /// `hugePageSize`: an MFD_HUGETLB memfd of pages of that size (MFD_HUGE_<size> in bits 26-31).
+    public static func memfd(name: String, allowSealing: Bool, hugePageSize: UInt64? = nil, object: String) throws -> FileDescriptor {
+        let huge = hugePageSize.map { 0x4 /* MFD_HUGETLB */ | (UInt32($0.trailingZeroBitCount) << 26) } ?? 0
+        let flags = UInt32(CRYO_MFD_CLOEXEC | (allowSealing ? CRYO_MFD_ALLOW_SEALING : 0)) | huge
         return FileDescriptor(rawValue: try returnOrThrow(memfd_create(name, flags), "memfd_create", object: object))
     }
 

@@ -104,26 +104,6 @@ extension EndToEnd {
             #expect(fixture.reapOriginal(timeout: 30) == .exited(0), "\(fixture.report)")
             expectPass(fixture, "\(dump)")
         }
-
-        @Test("an MFD_HUGETLB memfd descriptor is refused in one line (not restored as small pages); the process runs on")
-        func hugetlbMemfdRefused() throws {
-            let scratch = try Scratch("hugememfd")
-            defer { scratch.remove() }
-            let fixture = try Fixture("hugememfd", arguments: [], in: scratch)
-            defer { fixture.cleanUp() }
-            _ = waitUntil(timeout: 20) { fixture.lines.contains("READY") || fixture.tagged("NOHUGETLB") != nil }
-            if let reason = fixture.tagged("NOHUGETLB") { try Test.cancel(Comment(rawValue: "no hugetlb memfd here: \(reason.joined(separator: " "))")) }
-            try fixture.waitReady()
-            let fd = try #require(fixture.tagged("FD")?.first, "\(fixture.report)")
-            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("img")], in: scratch, reaping: fixture)
-            #expect(dump.failed && dump.stderrLines.count == 1, "want a one-line refusal\n\(dump)")
-            #expect(dump.stderr.contains("pid \(fixture.pid) fd \(fd)") && dump.stderr.contains("hugetlb"),
-                    "the refusal should name pid \(fixture.pid) fd \(fd) and hugetlb\n\(dump)")
-            #expect(fixture.pollOriginal() == nil, "the process ended during the refused dump\n\(fixture.report)")
-            fixture.signal(SIGTERM)
-            #expect(fixture.reapOriginal(timeout: 30) == .exited(0), "\(fixture.report)")
-            expectPass(fixture, "\(dump)")
-        }
     }
 }
 

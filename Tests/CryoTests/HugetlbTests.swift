@@ -1,5 +1,5 @@
-// hugetlb memory: private and shared MAP_HUGETLB mappings and SHM_HUGETLB
-// segments round-trip, still of huge pages, every byte in place (a page only
+// hugetlb memory: private and shared MAP_HUGETLB mappings, SHM_HUGETLB
+// segments and MFD_HUGETLB memfds round-trip, still of huge pages, every byte in place (a page only
 // the child wrote included). With the pool of huge pages too small at restore,
 // the restore is refused in one line naming the mapping and the pool, nothing
 // is left behind, and the same image restores once the pool is raised.
@@ -49,6 +49,13 @@ extension EndToEnd {
             let restore = try CryoProcess(["restore", "-D", images], in: scratch)
             defer { restore.stop() }
             try expectRestoredAndPassing(fixture, by: restore, timeout: 60)
+        }
+
+        @Test("an MFD_HUGETLB memfd, held and mapped shared, round-trips: still hugetlb, its bytes, its mapping its own")
+        func memfd() throws {
+            let pool = try HugePagePool(extra: 8)
+            defer { pool.restore() }
+            try selfCheckingRoundTrip("hugememfd", arguments: [], scratch: "hugememfd")
         }
 
         @Test("a MAP_NORESERVE hugetlb mapping of a child that nobody touched round-trips (shmrefused hugetlb, once refused)")

@@ -16,6 +16,8 @@ public struct MemfdState: DescriptorKind {
     public var inode: UInt64?
     /// The runs of data in filedata-ID.img; the rest are holes (nil: all of it, images made before).
     public var extents: [FileExtent]?
+    /// MFD_HUGETLB: made again of pages of this size, filled through a mapping (Hugetlb.swift).
+    public var hugePageSize: UInt64? = nil
 
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> MemfdState? {
         guard p.stat.st_mode & S_IFMT == S_IFREG, p.link.hasPrefix(prefix) else { return nil }
@@ -27,10 +29,8 @@ public struct MemfdState: DescriptorKind {
         var name = String(link.dropFirst(prefix.count))
         if name.hasSuffix(RegularFileState.deletedSuffix) { name.removeLast(RegularFileState.deletedSuffix.count) }
         let st = try Files.stat(handle, object: object)
-        if try FileFacts.isHugetlb(handle, object: object) {
-            // A new memfd would be of small pages; hugetlb pages are not restored yet.
-            throw CryoError("\(object): memfd \(name) is hugetlb memory (MFD_HUGETLB), not supported yet")
-        }
+        // hugetlbfs reads holes as zeros without taking pages from the pool: read like any memfd.
+        let hugePageSize = try FileFacts.hugePageSize(handle, object: object)
         // Read through a new description: the memfd's own may be write-only or O_PATH.
         let readable = try FileObjects.open("/proc/self/fd/\(handle.rawValue)", flags: O_RDONLY, object: object)
         defer { try? readable.close() }
@@ -38,11 +38,17 @@ public struct MemfdState: DescriptorKind {
         try saveContents(of: readable, extents: extents, size: Int64(st.st_size), object: object, to: context.paths.fileData(id), context: context)
         return MemfdState(name: name, size: Int64(st.st_size), mode: st.st_mode & 0o7777,
                           seals: try FileObjects.seals(handle, object: object),
-                          inode: UInt64(st.st_ino), extents: extents)
+                          inode: UInt64(st.st_ino), extents: extents, hugePageSize: hugePageSize)
     }
 
     func summary(_ file: FileTable.OpenFile) -> String {
-        "memfd \(name) (\(size) bytes, seals 0x\(hex(UInt64(seals))))"
+        "memfd \(name) (\(size) bytes, seals 0x\(hex(UInt64(seals)))\(hugePageSize.map { ", MFD_HUGETLB of \($0 >> 10) kB pages" } ?? ""))"
+    }
+
+    func validate() -> String? {
+        guard let page = hugePageSize else { return nil }
+        return page.nonzeroBitCount == 1 && page >= 1 << 16 && page <= 1 << 34 && size >= 0 && UInt64(size) % page == 0
+            ? nil : "memfd \(name) of \(size) bytes with huge pages of \(page) bytes"
     }
 
     /// A description of a memfd already restored (same inode at dump) is a new description of that memfd.
@@ -54,9 +60,34 @@ public struct MemfdState: DescriptorKind {
 
     func open(flags: UInt32, position: Int64, object: String, paths: ImagePaths, id: Int, sibling: FileDescriptor?) throws -> FileDescriptor {
         if let sibling { return try reopen(path: "/proc/self/fd/\(sibling.rawValue)", flags: flags, position: position, object: object) }
-        let memfd = try FileObjects.memfd(name: name, allowSealing: true, object: "\(object) (\(name))")
+        let memfd = try FileObjects.memfd(name: name, allowSealing: true, hugePageSize: hugePageSize, object: "\(object) (\(name))")
         defer { try? memfd.close() }
-        try restoreContents(to: memfd, extents: extents, size: size, from: paths.fileData(id), object: "\(object) (memfd \(name))")
+        if let page = hugePageSize {
+            // hugetlbfs has no write(2): sized, then filled through a mapping, which reserves its pages first.
+            let what = "\(object) (memfd \(name))"
+            guard size >= 0, UInt64(size) % page == 0 else { throw CryoError("\(what): \(size) bytes is not a whole number of huge pages") }
+            try Files.truncate(memfd, to: UInt64(size), path: what)
+            let source = try Files.open(paths.fileData(id), .readOnly)
+            defer { try? source.close() }
+            let st = try Files.stat(source, object: paths.fileData(id))
+            guard Int64(st.st_size) == size else { throw ImageError(file: fileName(of: paths.fileData(id)), "holds \(st.st_size) bytes, the file had \(size)") }
+            if size > 0 {
+                try SharedMemory.withMapped(memfd, size: UInt64(size), object: what) { base in
+                    for e in extents ?? [FileExtent(offset: 0, length: size)] {
+                        guard e.offset >= 0, e.length >= 0, e.offset <= size - e.length else { throw ImageError(file: fileName(of: paths.fileData(id)), "extent beyond \(size) bytes") }
+                        var done: Int64 = 0
+                        while done < e.length {
+                            let view = UnsafeMutableRawBufferPointer(start: base + Int(e.offset + done), count: Int(e.length - done))
+                            let n = try source.read(fromAbsoluteOffset: e.offset + done, into: view)
+                            guard n > 0 else { throw ImageError(file: fileName(of: paths.fileData(id)), "short read at \(e.offset + done) (truncated)") }
+                            done += Int64(n)
+                        }
+                    }
+                }
+            }
+        } else {
+            try restoreContents(to: memfd, extents: extents, size: size, from: paths.fileData(id), object: "\(object) (memfd \(name))")
+        }
         try FileObjects.setMode(memfd, mode, object: object)
         if seals != 0 { try FileObjects.addSeals(memfd, seals, object: object) }
         return try reopen(path: "/proc/self/fd/\(memfd.rawValue)", flags: flags, position: position, object: object)

@@ -11,7 +11,7 @@ import SystemPackage
 /// with it), and before anything is created the pool must hold every page the
 /// image reserves, or the restore is refused in one line. Never a fault on a
 /// page the pool cannot give (SIGBUS): every page cryo writes is reserved first.
-/// (MFD_HUGETLB memfds stay refused: Memfd.swift.)
+/// MFD_HUGETLB memfds are made again with it too (Memfd.swift).
 enum Hugetlb {
     /// The page size of the hugetlb memory mapped at [start, end) in `pid`, nil when it is not on hugetlbfs.
     static func pageSize(pid: pid_t, start: UInt64, end: UInt64) throws -> UInt64? {
@@ -71,6 +71,11 @@ enum Hugetlb {
             need(size, (object.size + size - 1) / size,
                  user.map { t in "pid \(t.core.pid) mapping 0x\(hex(t.memory.mappings.first { $0.shmem == object.id }!.start))" }
                     ?? "shared memory #\(object.id)")
+        }
+        for (file, state) in MemfdState.entries(image.fileTable.files) {
+            guard let size = state.hugePageSize else { continue }
+            // Filled through a mapping of all of it, and mapped whole by the tasks: all its pages.
+            need(size, (UInt64(max(state.size, 0)) + size - 1) / size, "memfd \(state.name) (file #\(file.id))")
         }
         for segment in image.inventory.sysvSharedMemory ?? [] {
             guard let size = segment.hugePageSize, (try? SysVShm.status(segment.id)) ?? nil == nil else { continue }

@@ -277,9 +277,13 @@ extension MemoryRecord {
                                   growsDown: false, noReserve: false, advice: 0,
                                   shmem: nil, file: nil)
             if kind == .file && m.path.hasSuffix(" (deleted)") { mapping.deleted = true }
-            if m.path.hasPrefix("/anon_hugepage") || kind == .sysvShm {
+            if m.path.hasPrefix("/anon_hugepage") || kind == .sysvShm || kind == .memfd {
                 mapping.hugePageSize = try Hugetlb.pageSize(pid: pid, start: m.start, end: m.end)
-                if mapping.hugePageSize == nil && kind != .sysvShm { throw refuse("hugetlb memory that is not on hugetlbfs") }
+                if mapping.hugePageSize == nil && (kind == .anonymous || kind == .sharedAnonymous) {
+                    throw refuse("hugetlb memory that is not on hugetlbfs")
+                }
+                // Its private copies of pages would need MAP_PRIVATE of the restored memfd and their own reservations.
+                if mapping.hugePageSize != nil && kind == .memfd && !shared { throw refuse("a private mapping of an MFD_HUGETLB memfd") }
             }
             if flags { try mapping.take(m.vmFlags, pid: pid) }
             mappings.append(mapping)
