@@ -253,6 +253,17 @@ public enum Processes {
     public static func fork() throws -> pid_t {
         pid_t(try checkLibc(Int(Glibc.fork()), "fork"))
     }
+    /// A child that unshares a time namespace for the children it would have, then waits to be
+    /// killed: a namespace whose offsets can still be written, since no task is in it.
+    public static func forkUnsharingTimeNamespace() throws -> pid_t {
+        let child = try fork()
+        if child == 0 {
+            // A fork of a threaded process: raw syscalls only.
+            if cryo_syscall(Int(SYS_unshare), 0x80 /* CLONE_NEWTIME */, 0, 0, 0, 0, 0) != 0 { _exit(1) }
+            while true { pause() }
+        }
+        return child
+    }
     public static func kill(_ pid: pid_t, _ signal: Int32) throws {
         _ = try checkLibc(Int(Glibc.kill(pid, signal)), "kill", pid: pid)
     }

@@ -101,19 +101,56 @@ extension EndToEnd {
             })
         }
 
-        @Test("a process with a time namespace for its children: dump refused in one line, it carries on")
-        func timeNamespaceRefused() throws {
-            let scratch = try Scratch("time-namespace")
+        @Test("a tree across two time namespaces (one unshared by the root, one by a child) keeps them, with clocks going on")
+        func timeNamespacesUnshared() throws {
+            try selfCheckingRoundTrip("timens", arguments: [], scratch: "time-namespaces")
+        }
+
+        @Test("a root started inside a time namespace (nsenter) comes back inside one with the same clocks")
+        func timeNamespaceOfTheRoot() throws {
+            let scratch = try Scratch("time-namespace-root")
             defer { scratch.remove() }
-            // unshare without --fork: the counter itself runs with time_for_children set.
+            // A holder gives the namespace to its children only; nsenter puts the fixture into it, then goes away.
+            let holder = try spawnProcess("/usr/bin/unshare", ["--time", "--monotonic", "86400", "--boottime", "172800", "sleep", "600"],
+                                          stdoutPath: "/dev/null")
+            defer { kill(holder, SIGKILL); _ = reap(holder, timeout: 5) }
+            try #require(waitUntil(timeout: 10) { readText("/proc/\(holder)/timens_offsets").contains("86400") })
+            let fixture = try Fixture("timens", arguments: ["inside"], in: scratch,
+                                      launcher: ["/usr/bin/nsenter", "--time=/proc/\(holder)/ns/time_for_children"])
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            kill(holder, SIGKILL)
+            let (images, _) = try dumpAndReap(fixture, in: scratch)
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore)
+        }
+
+        @Test("a process that unshared a time namespace for children it has not forked yet: its first child after restore is in it")
+        func timeNamespaceForLaterChildren() throws {
+            try selfCheckingRoundTrip("timens", arguments: ["childless"], scratch: "time-namespace-later")
+        }
+
+        @Test("exec moves a process into the time namespace it unshared (unshare --time): restored in it, offsets going on")
+        func timeNamespaceAfterExec() throws {
+            let scratch = try Scratch("time-namespace-exec")
+            defer { scratch.remove() }
             let fixture = try Fixture("counter", in: scratch, launcher: ["/usr/bin/unshare", "--time", "--monotonic", "1000"])
             defer { fixture.cleanUp() }
             try fixture.waitReady()
-            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("img")], in: scratch, reaping: fixture)
-            #expect(dump.failed && dump.stderrLines.count == 1, "\(dump)")
-            let line = dump.stderrLines.first ?? ""
-            #expect(containsToken(line, "\(fixture.pid)") && line.contains("time namespace"), "\(line)")
-            expectRunsAndPasses(fixture, "\(dump)")
+            let (images, _) = try dumpAndReap(fixture, in: scratch)
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore, whileRunning: {
+                let pid = fixture.pid
+                let own = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/time")
+                let cryos = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/time")
+                #expect(own != cryos, "restored pid \(pid) is in cryo's time namespace \(own)")
+                // The namespace's clock goes on from the dump: its offset is 1000 s less the time the tree was away.
+                let fields = readText("/proc/\(pid)/timens_offsets").split(whereSeparator: { $0 == " " || $0 == "\n" })
+                let seconds = fields.count >= 2 ? Int(fields[1]) ?? 0 : 0
+                #expect(fields.first == "monotonic" && (880...1000).contains(seconds), "timens_offsets: \(fields)")
+            })
         }
 
         @Test("a thread of the tree traced by another tracer: dump refused in one line, still traced, carries on")

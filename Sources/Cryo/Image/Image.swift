@@ -280,6 +280,8 @@ public struct Inventory: Codable, Sendable {
     public var cgroups: CgroupRecord? = nil
     /// Sessions of the tree whose controlling terminal is a pty of the tree (ControllingTerminals.swift).
     public var terminals: [SessionTerminal]? = nil
+    /// Time namespaces of the tree other than cryo's, with their clocks at dump (TimeNamespace.swift).
+    public var timeNamespaces: [TimeNamespaceRecord]? = nil
 
     public struct ProcessEntry: Codable, Sendable {
         public var pid: Int32
@@ -299,6 +301,9 @@ public struct Inventory: Codable, Sendable {
         /// again at restore; its task file lists no descriptors of its own (SharedContexts.swift).
         public var sharesFiles: Bool? = nil
         public var sharesFS: Bool? = nil
+        /// Its time namespace and its children's (ids of `timeNamespaces`); absent: cryo's (TimeNamespace.swift).
+        public var timeNamespace: UInt64? = nil
+        public var timeForChildren: UInt64? = nil
     }
 
     /// Processes that run, and so have task and pages files.

@@ -149,6 +149,7 @@ public struct Dumper {
             fileTable.sessionTerminals = terminals.sessions
             fileTable.treePids = tree.live.map(\.pid)
             let namespaces = try NamespaceRecord.dump(root: pid, live: tree.live.map { ($0.pid, $0.comm) })
+            let timeNamespaces = try TimeNamespace.dump(tree, root: pid)
             let prefetch = MappingsPrefetch()
             var sysvSegments: [Int32: SysVSegment] = [:]
             // Each process's layout and every range its restore fills, for its children's copy-on-write
@@ -280,6 +281,8 @@ public struct Dumper {
                                        entry.terminal = terminals.byPid[p.pid]
                                        entry.sharesFiles = sharing.files.contains(p.pid) ? true : nil
                                        entry.sharesFS = sharing.fs.contains(p.pid) ? true : nil
+                                       entry.timeNamespace = timeNamespaces.byPid[p.pid]?.time
+                                       entry.timeForChildren = timeNamespaces.byPid[p.pid]?.children
                                        return entry
                                    },
                                    kernel: kernelRelease(), shellJob: options.shellJob,
@@ -288,6 +291,7 @@ public struct Dumper {
             record.sysvSemaphores = semaphores.isEmpty ? nil : semaphores
             record.sysvMessageQueues = queues.isEmpty ? nil : queues
             record.terminals = terminals.sessions.isEmpty ? nil : terminals.sessions
+            record.timeNamespaces = timeNamespaces.records.isEmpty ? nil : timeNamespaces.records
             if options.cgroupMode != .ignore { record.cgroups = try CgroupRecord.dump(tree, root: pid) }
             try inventory.append(.inventory, record)
             try inventory.write(to: inventoryFD, path: paths.inventory)
@@ -393,7 +397,6 @@ public struct Dumper {
         for p in tree.live { try Caller.current.checkOwn(pid: p.pid, doing: "dumps") }
         try checkSeccompSuspended(tree)
         try StoppedTasks.check(tree, root: options.pid, shellJob: options.shellJob)
-        try TimeNamespace.check(tree)
         try SysVObjects.checkUndo(tree)
         for p in tree.processes where p.pid != options.pid {
             guard let parent = byPid[p.ppid] else { continue }

@@ -185,6 +185,8 @@ public struct Restorer {
         var park: (read: FileDescriptor, write: FileDescriptor?)? = nil
         defer { try? park?.read.close(); try? park?.write?.close() }
         do {
+            // Before any task: the root (and a --pidns init) inherit the descriptor of the root's time namespace.
+            let timeNamespaces = try TimeNamespaceRestore(inventory)
             var namespaceInit: (tracee: Tracee, parasite: Parasite)? = nil
             if options.newPidNamespace {
                 let made = try FileObjects.pipe(object: "pid namespace init")
@@ -222,9 +224,17 @@ public struct Restorer {
                 guard cowParents.contains(pid) else { return }
                 try restoreMemoryEarly(process, image: image, descriptions: opened.descriptors, sharedMemory: sharedMemory, session: session)
             }
-            let root = try createRoot(image, session: session, parent: namespaceInit, opened: opened, early: early)
+            let root = try createRoot(image, session: session, parent: namespaceInit, opened: opened, time: timeNamespaces, early: early)
             faultHook("root-created")
-            try createTree(image, root: root, session: session, lanes: lanes, helperPids: helperPids, opened: opened, early: early)
+            try createTree(image, root: root, session: session, lanes: lanes, helperPids: helperPids, opened: opened,
+                           time: timeNamespaces, early: early)
+            if let timeNamespaces {
+                try lanes.run { lane in
+                    for pid in inventory.livePids where session.processes[pid]!.lane == lane {
+                        try timeNamespaces.finish(session.processes[pid]!, imagePid: pid, inject: injectArguments)
+                    }
+                }
+            }
             faultHook("tree-created")
             // Complete now: /dev/tty descriptions of the tree's terminals were opened by their sessions' leaders.
             let descriptions = opened.descriptors
@@ -322,7 +332,7 @@ public struct Restorer {
 
     /// The root comes from the controller itself, or from the new namespace's init.
     func createRoot(_ image: Image, session: RestoreSession, parent: (tracee: Tracee, parasite: Parasite)?,
-                    opened: OpenedFiles, early: (RestoringProcess) throws -> Void) throws -> RestoringProcess {
+                    opened: OpenedFiles, time: TimeNamespaceRestore?, early: (RestoringProcess) throws -> Void) throws -> RestoringProcess {
         let core = image.tasks[0].core
         let namespaces = image.inventory.namespaces ?? NamespaceRecord()
         let tracee: Tracee
@@ -357,12 +367,8 @@ public struct Restorer {
         } else {
             parasite = try Parasite.inject(into: tracee, argumentBytes: argumentBytes(image), at: try parasitePlace(image, near: tracee.pid), log: parasiteLog(logger))
         }
-        try namespaces.restore(root: tracee.pid, place: { try parasite.place($0) }) { number, arguments, what in
-            switch arguments.count {
-            case 2: _ = try inject(tracee, number, arguments[0], arguments[1], what: what)
-            default: throw CryoError("pid \(core.pid): \(what) takes \(arguments.count) arguments")
-            }
-        }
+        try namespaces.restore(root: tracee.pid, place: { try parasite.place($0) }) { try injectArguments(tracee, $0, $1, $2) }
+        try time?.enterRoot(tracee, inject: injectArguments)
         // It starts as a copy of cryo (or of the namespace's init, itself one):
         // every process of the tree would copy all of that again and drop it.
         let shed = MemoryRestorePlan.shedding(current: try readMappings(pid: tracee.pid, withFlags: false),
@@ -419,7 +425,7 @@ public struct Restorer {
     /// the tree has controlling terminals: those steps go from process to process).
     /// `early` runs for each process before its children are cloned (restoreMemoryEarly).
     func createTree(_ image: Image, root: RestoringProcess, session: RestoreSession, lanes: RestoreLanes,
-                    helperPids: Set<Int32>, opened: OpenedFiles, early: (RestoringProcess) throws -> Void) throws {
+                    helperPids: Set<Int32>, opened: OpenedFiles, time: TimeNamespaceRestore?, early: (RestoringProcess) throws -> Void) throws {
         let inventory = image.inventory
         try lanes.run { lane in
             defer { if lane == 0 { lanes.closeHandoff() } }
@@ -439,6 +445,7 @@ public struct Restorer {
                     _ = Parasite.inherited(by: tracee, from: parent.parasite)
                     try inject(tracee, 157 /* prctl */, 1 /* PR_SET_PDEATHSIG */, 0, what: "prctl(PR_SET_PDEATHSIG, 0)")
                 } else {
+                    try time?.beforeClone(child: entry.pid, parent: parent, parentPid: entry.ppid, inject: injectArguments)
                     tracee = try clone(into: parent, pid: entry.pid, flags: SharedContexts.cloneFlags(entry))
                     session.noteCreated(tracee.pid)
                     if handedOver {
@@ -599,6 +606,17 @@ public struct Restorer {
         }
         if result < 0 { throw SyscallError("injected \(what)", errno: .init(rawValue: Int32(-result)), pid: tracee.pid) }
         return result
+    }
+
+    /// `inject` with its arguments in an array, for code outside Restorer.
+    func injectArguments(_ tracee: Tracee, _ number: Int, _ arguments: [UInt64], _ what: String) throws {
+        switch arguments.count {
+        case 0: _ = try inject(tracee, number, what: what)
+        case 1: _ = try inject(tracee, number, arguments[0], what: what)
+        case 2: _ = try inject(tracee, number, arguments[0], arguments[1], what: what)
+        case 3: _ = try inject(tracee, number, arguments[0], arguments[1], arguments[2], what: what)
+        default: _ = try inject(tracee, number, arguments[0], arguments[1], arguments[2], arguments[3], what: what)
+        }
     }
 
     // MARK: - One process
