@@ -23,6 +23,17 @@ private final class HugePagePool {
         try "\(pages)\n".write(toFile: Self.path, atomically: false, encoding: .utf8)
     }
     func restore() { try? set(old) }
+    /// Huge pages (of the default size) taken now: HugePages_Total - HugePages_Free.
+    static func inUse() -> Int {
+        var total = 0, free = 0
+        for line in readText("/proc/meminfo").split(separator: "\n") {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count >= 2, let value = Int(fields[1]) else { continue }
+            if fields[0] == "HugePages_Total:" { total = value }
+            if fields[0] == "HugePages_Free:" { free = value }
+        }
+        return total - free
+    }
 }
 
 extension EndToEnd {
@@ -63,6 +74,32 @@ extension EndToEnd {
             let pool = try HugePagePool(extra: 4)
             defer { pool.restore() }
             try selfCheckingRoundTrip("shmrefused", arguments: ["hugetlb"], scratch: "hugetlb-untouched")
+        }
+
+        @Test("a SHM_HUGETLB|SHM_NORESERVE segment with a page never written is dumped with no huge page free (no SIGBUS in cryo)")
+        func dumpWithEmptyPool() throws {
+            let pool = try HugePagePool(extra: 24)
+            defer { pool.restore() }
+            let scratch = try Scratch("hugetlb-empty-pool")
+            defer { scratch.remove() }
+            let fixture = try Fixture("hugetlb", arguments: ["shm"], in: scratch)
+            var child: pid_t?
+            defer {
+                fixture.cleanUp()
+                if let child { kill(child, SIGKILL) }
+            }
+            _ = waitUntil(timeout: 20) { fixture.lines.contains("READY") || fixture.tagged("NOHUGETLB") != nil }
+            if let reason = fixture.tagged("NOHUGETLB") { try Test.cancel(Comment(rawValue: "no huge pages here: \(reason.joined(separator: " "))")) }
+            try fixture.waitReady()
+            child = fixture.tagged("PIDS").flatMap { $0.count == 2 ? pid_t($0[1]) : nil }
+            // The pool shrunk to the pages in use: reading page 2 through memory would fault with none to give.
+            try pool.set(HugePagePool.inUse())
+            let (images, dump) = try dumpAndReap(fixture, in: scratch)
+            #expect(dump.stderr.isEmpty, "\(dump)")
+            try pool.set(pool.raised)
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore, timeout: 60)
         }
 
         @Test("with too few huge pages free, restore is refused in one line and leaves nothing; raised, the same image restores")

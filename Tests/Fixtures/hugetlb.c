@@ -4,8 +4,10 @@
  *         0 and 2, the child after fork its own copy of page 0) and a shared
  *         MAP_SHARED|MAP_ANONYMOUS|MAP_HUGETLB one of 2 (the root wrote page
  *         0, only the child page 1)
- *   shm   a SHM_HUGETLB System V segment of 2 huge pages, attached by both
- *         (the root wrote page 0, only the child page 1), marked for removal
+ *   shm   a SHM_HUGETLB|SHM_NORESERVE System V segment of 3 huge pages,
+ *         attached by both (the root wrote page 0, only the child page 1,
+ *         nobody page 2: a dump must not take a page for it from the
+ *         pool), marked for removal
  * Prints NOHUGETLB (and exits 0) when the kernel gives no huge page, else
  * "PIDS root child", "MAPPING start-end" per mapping, READY. On SIGTERM each
  * process checks every byte it should see, that the memory is still of huge
@@ -27,6 +29,9 @@
 #include "fixture.h"
 
 #define HUGE (2UL << 20)
+#ifndef SHM_NORESERVE
+#define SHM_NORESERVE 010000
+#endif
 static volatile sig_atomic_t got_term;
 static void on_term(int sig) { (void)sig; got_term = 1; }
 static void die(const char *what) { fprintf(stderr, "setup: %s: %s\n", what, strerror(errno)); exit(2); }
@@ -86,7 +91,7 @@ int main(int argc, char **argv)
 	char *priv = NULL, *shared;
 	int shmid = -1;
 	if (shm) {
-		shmid = shmget(IPC_PRIVATE, 2 * HUGE, IPC_CREAT | SHM_HUGETLB | 0600);
+		shmid = shmget(IPC_PRIVATE, 3 * HUGE, IPC_CREAT | SHM_HUGETLB | SHM_NORESERVE | 0600);
 		if (shmid < 0) { printf("NOHUGETLB shmget(SHM_HUGETLB): %s\n", strerror(errno)); return 0; }
 		shared = shmat(shmid, NULL, 0);
 		if (shared == (void *)-1) die("shmat");
@@ -129,7 +134,7 @@ int main(int argc, char **argv)
 	}
 	printf("PIDS %d %d\n", (int)getpid(), (int)kid);
 	if (priv) printf("MAPPING %lx-%lx\n", (unsigned long)priv, (unsigned long)priv + 3 * HUGE);
-	printf("MAPPING %lx-%lx\n", (unsigned long)shared, (unsigned long)shared + 2 * HUGE);
+	printf("MAPPING %lx-%lx\n", (unsigned long)shared, (unsigned long)shared + (shm ? 3 : 2) * HUGE);
 	ready_then_wait(&got_term);
 
 	if (write(go[1], "g", 1) != 1) fail("root: write to the child: %s", strerror(errno));
@@ -142,6 +147,11 @@ int main(int argc, char **argv)
 	if (!same(shared, HUGE, 3)) fail("root: shared page 0 lost its bytes");
 	if (!zero(shared + HUGE, 8192) || !same(shared + HUGE + 8192, 3 * 4096, 4)) fail("root: shared page 1 lost what the child wrote");
 	check_huge("root", "shared memory", shared);
+	if (shm) {
+		if (!zero(shared + 2 * HUGE, HUGE)) fail("root: segment page 2, never written, is not zero");
+		fill(shared + 2 * HUGE, 4096, 7);
+		if (!same(shared + 2 * HUGE, 4096, 7)) fail("root: a write to segment page 2 did not stick");
+	}
 	if (priv) {
 		if (!same(priv, HUGE, 1)) fail("root: private page 0 lost its bytes");
 		if (!zero(priv + HUGE, HUGE)) fail("root: private page 1, never written, is not zero");

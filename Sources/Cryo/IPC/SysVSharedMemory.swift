@@ -69,32 +69,42 @@ public struct SysVSegment: Codable, Sendable {
             let file = try Files.open("/proc/self/map_files/\(hex(start))-\(hex(mapped.end))", .readOnly)
             defer { try? file.close() }
             segment.hugePageSize = try FileFacts.hugePageSize(file, object: what)
-            var copy: UnsafeMutableRawBufferPointer? = nil
-            defer { copy?.deallocate() }
-            if segment.hugePageSize != nil {
-                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(segment.size), alignment: 4096)
-                copy = buffer
-                var done = 0
-                while done < buffer.count {
-                    let n = try file.read(fromAbsoluteOffset: Int64(done), into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
-                    guard n > 0 else { throw CryoError("\(what): read \(done) of its \(buffer.count) bytes") }
-                    done += n
-                }
-            }
-            let bytes = UnsafeRawBufferPointer(start: copy?.baseAddress ?? base, count: Int(segment.size))
+            // Read in windows: a hugetlb one through a buffer of one window, not the whole segment.
+            let window = 4 << 20
+            let buffer = segment.hugePageSize == nil ? nil : UnsafeMutableRawBufferPointer.allocate(byteCount: window, alignment: 4096)
+            defer { buffer?.deallocate() }
+            let size = Int(segment.size)
             var written: UInt64 = 0
-            var page = 0
-            while page < bytes.count {
-                let end = min(page + 4096, bytes.count)
-                if UnsafeRawBufferPointer(rebasing: bytes[page..<end]).allSatisfy({ $0 == 0 }) { page = end; continue }
-                if let last = segment.runs.last, last[0] + last[1] == UInt64(page) {
-                    segment.runs[segment.runs.count - 1][1] += UInt64(end - page)
+            var from = 0
+            while from < size {
+                let count = min(window, size - from)
+                let bytes: UnsafeRawBufferPointer
+                if let buffer {
+                    var done = 0
+                    while done < count {
+                        let n = try file.read(fromAbsoluteOffset: Int64(from + done), into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<count]))
+                        guard n > 0 else { throw CryoError("\(what): read \(from + done) of its \(size) bytes") }
+                        done += n
+                    }
+                    bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
                 } else {
-                    segment.runs.append([UInt64(page), UInt64(end - page), written])
+                    bytes = UnsafeRawBufferPointer(start: base + from, count: count)
                 }
-                try Files.write(out, UnsafeRawBufferPointer(rebasing: bytes[page..<end]), at: Int64(written), path: path)
-                written += UInt64(end - page)
-                page = end
+                var page = 0
+                while page < count {
+                    let end = min(page + 4096, count)
+                    if UnsafeRawBufferPointer(rebasing: bytes[page..<end]).allSatisfy({ $0 == 0 }) { page = end; continue }
+                    let at = UInt64(from + page)
+                    if let last = segment.runs.last, last[0] + last[1] == at {
+                        segment.runs[segment.runs.count - 1][1] += UInt64(end - page)
+                    } else {
+                        segment.runs.append([at, UInt64(end - page), written])
+                    }
+                    try Files.write(out, UnsafeRawBufferPointer(rebasing: bytes[page..<end]), at: Int64(written), path: path)
+                    written += UInt64(end - page)
+                    page = end
+                }
+                from += count
             }
         }
         return segment
