@@ -131,3 +131,12 @@ _Static_assert(CRYO_SO_DONTROUTE == SO_DONTROUTE && CRYO_SO_OOBINLINE == SO_OOBI
                && CRYO_NETLINK_CAP_ACK == NETLINK_CAP_ACK && CRYO_NETLINK_EXT_ACK == NETLINK_EXT_ACK
                && CRYO_NETLINK_GET_STRICT_CHK == NETLINK_GET_STRICT_CHK && CRYO_SOL_PACKET == SOL_PACKET,
                "more socket option numbers");
+
+/* A status word of a packet socket's ring, which the kernel writes too: put back only if still ours. */
+int cryo_compare_exchange_u32(void *address, uint32_t expected, uint32_t desired) {
+    return __atomic_compare_exchange_n((uint32_t *)address, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+
+int cryo_compare_exchange_u64(void *address, uint64_t expected, uint64_t desired) {
+    return __atomic_compare_exchange_n((uint64_t *)address, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}

@@ -66,4 +66,17 @@ public enum SharedMemory {
         let path = "/proc/self/map_files/\(String(start, radix: 16))-\(String(start + size, radix: 16))"
         return try Files.open(path, .readWrite)
     }
+
+    /// A MAP_SHARED mapping in cryo of `length` bytes of `fd` from offset 0 (a packet socket's ring, read
+    /// through cryo's own copy of the descriptor); `unmap` it when done.
+    public static func mapShared(_ fd: FileDescriptor, length: Int, writable: Bool, object: String) throws -> UnsafeMutableRawBufferPointer {
+        guard let mapped = mmap(nil, length, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd.rawValue, 0), mapped != MAP_FAILED else {
+            throw SyscallError("mmap(MAP_SHARED)", errno: Errno(rawValue: Glibc.errno), object: "\(object): \(length) bytes")
+        }
+        return UnsafeMutableRawBufferPointer(start: mapped, count: length)
+    }
+
+    public static func unmap(_ mapping: UnsafeMutableRawBufferPointer) {
+        munmap(mapping.baseAddress, mapping.count)
+    }
 }

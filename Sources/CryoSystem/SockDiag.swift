@@ -31,7 +31,9 @@ public struct PacketSocketDiag: Sendable {
     public var protocolNumber: UInt16
     public var info: packet_diag_info? = nil
     public var memberships: [packet_diag_mclist] = []
-    public var receiveRing = false, sendRing = false, fanout = false
+    /// The geometry of PACKET_RX_RING and PACKET_TX_RING, when set up (PACKET_DIAG_RX_RING/TX_RING).
+    public var receiveRing: packet_diag_ring? = nil, sendRing: packet_diag_ring? = nil
+    public var fanout = false
 }
 
 /// Unix sockets of cryo's network namespace through NETLINK_SOCK_DIAG.
@@ -184,8 +186,10 @@ public enum SockDiag {
                 case Int(PACKET_DIAG_MCLIST):
                     let one = MemoryLayout<packet_diag_mclist>.size
                     diag.memberships = (0..<data.count / one).map { i in data.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: i * one, as: packet_diag_mclist.self) } }
-                case Int(PACKET_DIAG_RX_RING): diag.receiveRing = true
-                case Int(PACKET_DIAG_TX_RING): diag.sendRing = true
+                case Int(PACKET_DIAG_RX_RING) where data.count >= MemoryLayout<packet_diag_ring>.size:
+                    diag.receiveRing = data.withUnsafeBytes { $0.loadUnaligned(as: packet_diag_ring.self) }
+                case Int(PACKET_DIAG_TX_RING) where data.count >= MemoryLayout<packet_diag_ring>.size:
+                    diag.sendRing = data.withUnsafeBytes { $0.loadUnaligned(as: packet_diag_ring.self) }
                 case Int(PACKET_DIAG_FANOUT): diag.fanout = true
                 default: break
                 }

@@ -350,12 +350,12 @@ private func expectQueuedRefused(_ mode: String, _ extra: [String] = ["queued"],
     _ = queued.reapOriginal(timeout: 10)
 }
 
-/// `sockopts ARGUMENTS` in the namespace: dump (with `options`, given to restore too),
+/// `sockopts ARGUMENTS` (or `fixture`) in the namespace: dump (with `options`, given to restore too),
 /// kill, restore, SIGTERM, PASS; the hooks look at the world at each step.
-private func sockoptsRoundTrip(_ arguments: [String], options: [String] = [], enter: [String], in scratch: Scratch,
+private func sockoptsRoundTrip(_ arguments: [String], fixture name: String = "sockopts", options: [String] = [], enter: [String], in scratch: Scratch,
                                beforeDump: (Fixture) throws -> Void = { _ in }, afterDump: (String) throws -> Void = { _ in },
                                whileRunning: () throws -> Void = {}, sourceLocation: SourceLocation = #_sourceLocation) throws {
-    let fixture = try Fixture("sockopts", arguments: arguments, in: scratch, launcher: enter)
+    let fixture = try Fixture(name, arguments: arguments, in: scratch, launcher: enter)
     defer { fixture.cleanUp() }
     try fixture.waitReady()
     try beforeDump(fixture)
@@ -473,7 +473,7 @@ extension EndToEnd.InetTests {
 }
 
 extension EndToEnd.InetTests {
-    @Test("AF_PACKET sockets keep protocol, interface, filter and lock, PACKET_* options and memberships; a frame not read, a ring are refused")
+    @Test("AF_PACKET sockets keep protocol, interface, filter and lock, PACKET_* options and memberships; a frame not read, a ring of a closed descriptor are refused")
     func packetSockets() throws {
         try inNetworkNamespace("packet") { (enter: [String], namespace: String) in
             let scratch = try Scratch("packet")
@@ -486,9 +486,9 @@ extension EndToEnd.InetTests {
             }
 
             try expectQueuedRefused("packet", saying: ["AF_PACKET", "frame not read"], enter: enter, in: scratch)
-            // A ring's frames live in kernel memory the task maps: refused, mapped or not.
-            try expectQueuedRefused("packet", ["ring"], saying: ["mapping", "socket:[", "PACKET_RX_RING"], enter: enter, in: scratch)
-            try expectQueuedRefused("packet", ["ring", "unmapped"], saying: ["AF_PACKET", "PACKET_TX_RING"], enter: enter, in: scratch)
+            // A ring mapped after its descriptor was closed: no descriptor to make the socket from (PacketRingTests).
+            try expectQueuedRefused("packet", ["ring"], saying: ["mapping", "socket:[", "PACKET_RX_RING", "descriptor the tree has closed"],
+                                    enter: enter, in: scratch)
 
             try sockoptsRoundTrip(["packet"], enter: enter, in: scratch, beforeDump: { _ in
                 #expect(loCounts() == "promiscuity 1, allmulti 1", "before the dump")
@@ -497,6 +497,45 @@ extension EndToEnd.InetTests {
             }, whileRunning: {
                 #expect(loCounts() == "promiscuity 1, allmulti 1", "memberships after restore")
             })
+        }
+    }
+}
+
+extension EndToEnd.InetTests {
+    @Test("AF_PACKET rings (TPACKET_V1, V2, V3; RX and TX) come back empty, mapped where they were, and carry frames")
+    func packetRings() throws {
+        try inNetworkNamespace("ring") { (enter: [String], namespace: String) in
+            let scratch = try Scratch("packet-ring")
+            defer { scratch.remove() }
+            try sockoptsRoundTrip([], fixture: "packetring", enter: enter, in: scratch, afterDump: { images in
+                let show = try cryo(["show", images], in: scratch)
+                for ring in ["TPACKET_V2 RX ring (4 blocks of 8192, 16 frames of 2048) TX ring (2 blocks of 4096, 4 frames of 2048)",
+                             "TPACKET_V3 RX ring (4 blocks of 8192, 16 frames of 2048, retire 20 ms, private 16, features 0x0)",
+                             "TPACKET_V1 RX ring (2 blocks of 4096, 8 frames of 1024)", "TPACKET_V3 TX ring (2 blocks of 4096, 4 frames of 2048)",
+                             "TPACKET_V2 TX ring (3 blocks of 4096, 3 frames of 4096)"] {
+                    #expect(show.stdout.contains(ring), "\(ring)\n\(show)")
+                }
+            })
+        }
+    }
+
+    @Test("a ring with a frame not read, not sent, or turned past its start is refused in one line; the frame stays, the task runs on",
+          arguments: [("unread", "1 frame not read yet in its PACKET_RX_RING"), ("unread3", "1 frame not read yet in its PACKET_RX_RING"),
+                      ("used", "PACKET_RX_RING was read past its first frame"), ("sent", "has sent frames from its PACKET_TX_RING")])
+    func packetRingRefused(mode: String, saying: String) throws {
+        try inNetworkNamespace("ring-\(mode)") { (enter: [String], namespace: String) in
+            let scratch = try Scratch("packet-ring-\(mode)")
+            defer { scratch.remove() }
+            let fixture = try Fixture("packetring", arguments: [mode], in: scratch, launcher: enter)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("img")], in: scratch, reaping: fixture, launcher: enter)
+            #expect(dump.failed && dump.stderrLines.count == 1 && dump.stderr.contains("pid \(fixture.pid) fd ")
+                    && dump.stderr.contains("AF_PACKET") && dump.stderr.contains(saying), "\(dump)")
+            #expect(fixture.pollOriginal() == nil, "a refused dump must leave the fixture running")
+            fixture.signal(SIGTERM)
+            #expect(fixture.reapOriginal(timeout: 30) == .exited(0), "\(fixture.report)")
+            expectPass(fixture, "\(dump)")
         }
     }
 }

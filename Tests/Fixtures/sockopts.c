@@ -66,9 +66,8 @@
  *                  After SIGTERM all compared, and raw sees a datagram
  *                  sent to 127.0.0.1:5555. With `queued`, one such frame
  *                  waits unread before READY: dump must refuse it.
- *   packet ring [unmapped]  a PACKET_RX_RING mapped, its descriptor closed;
- *                  with `unmapped`, a PACKET_TX_RING set up but not mapped,
- *                  its descriptor open: dump must refuse either.
+ *   packet ring    a PACKET_RX_RING mapped, its descriptor closed: dump
+ *                  must refuse it (rings that come back: packetring.c).
  *   raw [queued]   raw4: SOCK_RAW protocol 253 bound to 127.0.0.1, IP_TOS;
  *                  icmp: raw ICMP with an ICMP_FILTER; icmp6: raw ICMPv6
  *                  with an ICMP6_FILTER; raw6: protocol 253
@@ -575,16 +574,14 @@ static void send_udp_5555(const char *text) {
     close(fd);
 }
 
-static int packet_ring(int unmapped) {
+static int packet_ring(void) {
     int fd = socket(AF_PACKET, SOCK_RAW, 0);
     if (fd < 0) die("AF_PACKET ring");
     set_int(fd, SOL_PACKET, PACKET_VERSION, TPACKET_V2, "PACKET_VERSION ring");
     struct tpacket_req request = { .tp_block_size = 4096, .tp_block_nr = 4, .tp_frame_size = 2048, .tp_frame_nr = 8 };
-    if (setsockopt(fd, SOL_PACKET, unmapped ? PACKET_TX_RING : PACKET_RX_RING, &request, sizeof(request)) != 0) die("ring");
-    if (!unmapped) {
-        if (mmap(NULL, 4 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED) die("mmap ring");
-        close(fd);
-    }
+    if (setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &request, sizeof(request)) != 0) die("ring");
+    if (mmap(NULL, 4 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED) die("mmap ring");
+    close(fd);
     wait_for_term();
     printf("PASS\n");
     fflush(stdout);
@@ -799,7 +796,7 @@ int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "netlink") == 0) return netlink();
     if (argc > 1 && strcmp(argv[1], "raw") == 0) return raw(argc > 2 && strcmp(argv[2], "queued") == 0);
     if (argc > 2 && strcmp(argv[1], "packet") == 0 && strcmp(argv[2], "ring") == 0)
-        return packet_ring(argc > 3 && strcmp(argv[3], "unmapped") == 0);
+        return packet_ring();
     if (argc > 1 && strcmp(argv[1], "packet") == 0) return packet(argc > 2 && strcmp(argv[2], "queued") == 0);
     if (argc > 1 && strcmp(argv[1], "ping") == 0) return ping(argc > 2 && strcmp(argv[2], "queued") == 0);
 

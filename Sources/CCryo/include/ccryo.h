@@ -39,6 +39,10 @@ typedef struct {
     uint32_t pad;
 } cryo_rseq_config;
 
+/* Atomic compare-and-exchange on memory the kernel writes too (a packet ring's status words): 1 if swapped. */
+int cryo_compare_exchange_u32(void *address, uint32_t expected, uint32_t desired);
+int cryo_compare_exchange_u64(void *address, uint64_t expected, uint64_t desired);
+
 /*
  * clone3 with set_tid. The child never returns into Swift: it parks in a raw
  * read() on park_fd (interrupted later by ptrace) and exits if that returns.

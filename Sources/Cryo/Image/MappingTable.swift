@@ -17,7 +17,7 @@ enum MappingTable {
     static let recordSize = 80
     /// Kind numbers are part of the format: append, never reorder.
     static let kinds: [MemoryRecord.Kind] = [.anonymous, .sharedAnonymous, .file, .memfd, .heap, .stack, .vdso, .vvar,
-                                             .vvarClock, .vsyscall, .sysvShm, .aioRing]
+                                             .vvarClock, .vsyscall, .sysvShm, .aioRing, .packetRing]
 
     static func encode(_ mappings: [MemoryRecord.Mapping]) throws -> [UInt8] {
         var w = BinaryTableWriter(magic: magic, recordSize: recordSize, capacity: mappings.count)

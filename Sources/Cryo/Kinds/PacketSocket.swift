@@ -6,8 +6,9 @@ import SystemPackage
 
 /// An AF_PACKET socket (SOCK_RAW or SOCK_DGRAM): its Ethernet protocol, the
 /// interface it is bound to, its PACKET_* options, memberships (promiscuous,
-/// all-multicast, multicast addresses) and classic BPF filter. Mapped rings
-/// (PACKET_RX_RING/TX_RING), fanout groups and frames not read yet are refused.
+/// all-multicast, multicast addresses), classic BPF filter, and its rings
+/// (PACKET_RX_RING/TX_RING, empty: PacketRing.swift), which the task's mappings
+/// of them map again. Fanout groups and frames not read yet are refused.
 public struct PacketSocketState: DescriptorKind {
     /// "Proto" of the AF_PACKET socket `socket:[INODE]` in /proc/PID/net/packet (hex, host order).
     static func ethertype(pid: pid_t, link: String) -> UInt16? {
@@ -49,6 +50,9 @@ public struct PacketSocketState: DescriptorKind {
     public var sendTimeout: Int64? = nil
     /// SO_TIMESTAMPING's flags and bound PHC index, when any flag is set.
     public var timestamping: [UInt32]? = nil
+    /// PACKET_RX_RING and PACKET_TX_RING, when set up (nil in older images).
+    public var receiveRing: Ring? = nil
+    public var sendRing: Ring? = nil
 
     static let optionTable: [(String, Int32, Int32)] = [
         ("PACKET_VERSION", CRYO_SOL_PACKET, Int32(PACKET_VERSION)), ("PACKET_RESERVE", CRYO_SOL_PACKET, Int32(PACKET_RESERVE)),
@@ -84,9 +88,6 @@ public struct PacketSocketState: DescriptorKind {
         guard let diag = try SockDiag.packetSocket(inode: UInt32(truncatingIfNeeded: p.stat.st_ino), object: what), let info = diag.info else {
             throw CryoError("\(what) is not in cryo's network namespace; not supported")
         }
-        if diag.receiveRing || diag.sendRing {
-            throw CryoError("\(what) has a mapped \(diag.receiveRing ? "PACKET_RX_RING" : "PACKET_TX_RING"); not supported")
-        }
         if diag.fanout { throw CryoError("\(what) is in a PACKET_FANOUT group; not supported") }
         // Frames would have to arrive again: nothing can put them back.
         // (SIOCINQ: the first frame's length; a peek with MSG_CMSG_CLOEXEC is EINVAL here.)
@@ -108,13 +109,16 @@ public struct PacketSocketState: DescriptorKind {
                 options[name] = try Sockets.option(fd, level, option, name: name, object: what)
             } catch let error as SyscallError where optionalOptions.contains(name) && error.errno == .protocolNotAvailable {}
         }
+        let receiveRing = diag.receiveRing.map(Ring.init), sendRing = diag.sendRing.map(Ring.init)
+        try PacketRings.check(fd, version: options["PACKET_VERSION"] ?? 0, receive: receiveRing, send: sendRing, what: what)
         let filter = try SocketFilter.dump(fd, what: what)
         let (receiveTimeout, sendTimeout) = try SocketTimeouts.dump(fd, what: what)
         return PacketSocketState(inode: UInt64(p.stat.st_ino), type: type, protocolNumber: diag.protocolNumber,
                                  device: info.pdi_index == 0 ? nil : try deviceName(info.pdi_index), copyThreshold: info.pdi_copy_thresh,
                                  memberships: memberships, options: options, filter: filter?.program, filterLocked: filter?.locked ?? false,
                                  receiveTimeout: receiveTimeout, sendTimeout: sendTimeout,
-                                 timestamping: try SocketTimestamping.dump(fd, what: what))
+                                 timestamping: try SocketTimestamping.dump(fd, what: what),
+                                 receiveRing: receiveRing, sendRing: sendRing)
     }
 
     public func summary(_ file: FileTable.OpenFile) -> String {
@@ -122,17 +126,27 @@ public struct PacketSocketState: DescriptorKind {
         if let device { text += " on \(device)" }
         if !memberships.isEmpty { text += " (\(memberships.count) membership\(memberships.count == 1 ? "" : "s"))" }
         if let filter { text += " (filter of \(filter.count / 8) instruction\(filter.count == 8 ? "" : "s"))" }
+        if receiveRing != nil || sendRing != nil { text += " TPACKET_V\(ringVersion + 1)" }
+        if let receiveRing { text += " RX ring (\(receiveRing.summary))" }
+        if let sendRing { text += " TX ring (\(sendRing.summary))" }
         return text
     }
 
     func validate() -> String? {
-        type == Int32(SOCK_RAW.rawValue) || type == Int32(SOCK_DGRAM.rawValue) ? nil : "a packet socket of type \(type)"
+        guard type == Int32(SOCK_RAW.rawValue) || type == Int32(SOCK_DGRAM.rawValue) else { return "a packet socket of type \(type)" }
+        for (name, ring) in [("PACKET_RX_RING", receiveRing), ("PACKET_TX_RING", sendRing)] {
+            if let ring, !ring.isPlausible { return "a \(name) of \(ring.summary)" }
+        }
+        return nil
     }
 
     func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
         let what = "\(object) (\(summary(file)))"
         // The protocol given to socket() starts receiving at once: the filter goes on before any bind.
-        let fd = try Sockets.make(family: AF_PACKET, type: type, protocol: Int32(protocolNumber.bigEndian), object: what)
+        // With a ring, no frame may land before the ring is set up and the task's own position is
+        // the first frame: the socket starts with protocol 0 (deaf) and the bind gives it its own.
+        let hasRing = receiveRing != nil || sendRing != nil
+        let fd = try Sockets.make(family: AF_PACKET, type: type, protocol: hasRing ? 0 : Int32(protocolNumber.bigEndian), object: what)
         do {
             if let filter, !filter.isEmpty { try Sockets.attachFilter(fd, program: Array(filter), object: what) }
             for (name, level, option) in Self.optionTable where !["SO_SNDBUF", "SO_RCVBUF", "SO_BUF_LOCK"].contains(name) {
@@ -140,6 +154,14 @@ public struct PacketSocketState: DescriptorKind {
                 try Sockets.setOption(fd, level, option, wanted, name: name, object: what)
             }
             try Sockets.setOption(fd, CRYO_SOL_PACKET, Int32(PACKET_COPY_THRESH), Int32(bitPattern: copyThreshold), name: "PACKET_COPY_THRESH", object: what)
+            // After PACKET_VERSION, PACKET_RESERVE, PACKET_LOSS, PACKET_VNET_HDR, PACKET_TX_HAS_OFF (EBUSY once a ring exists).
+            // tpacket_req3 for every version: V1 and V2 read its first four fields.
+            if let receiveRing {
+                try Sockets.setOption(fd, CRYO_SOL_PACKET, Int32(PACKET_RX_RING), receiveRing.request, name: "PACKET_RX_RING", object: what)
+            }
+            if let sendRing {
+                try Sockets.setOption(fd, CRYO_SOL_PACKET, Int32(PACKET_TX_RING), sendRing.request, name: "PACKET_TX_RING", object: what)
+            }
             try SocketTimeouts.restore(fd, receive: receiveTimeout, send: sendTimeout, what: what)
             try SocketTimestamping.restore(fd, timestamping, what: what)
             if let device {
@@ -149,6 +171,12 @@ public struct PacketSocketState: DescriptorKind {
                 address.sll_protocol = protocolNumber.bigEndian
                 address.sll_ifindex = index
                 try Sockets.bind(fd, to: SocketAddress(bytes: withUnsafeBytes(of: address) { Array($0) }), object: "\(what) to \(device)")
+            } else if hasRing && protocolNumber != 0 {
+                // Every interface, as socket() with the protocol would have done.
+                var address = sockaddr_ll()
+                address.sll_family = UInt16(AF_PACKET)
+                address.sll_protocol = protocolNumber.bigEndian
+                try Sockets.bind(fd, to: SocketAddress(bytes: withUnsafeBytes(of: address) { Array($0) }), object: "\(what) to every interface")
             }
             for m in memberships {
                 guard let index = Sockets.interfaceIndex(m.device) else { throw CryoError("\(what): there is no interface \(m.device) here") }

@@ -15,6 +15,8 @@ public struct MemoryRecord: Codable, Sendable {
         case sysvShm
         /// The ring of an AIO context (io_setup; AioRing.swift).
         case aioRing
+        /// The rings of an AF_PACKET socket (PACKET_RX_RING/TX_RING; PacketRing.swift): `file` is the socket.
+        case packetRing
     }
     public struct Mapping: Codable, Sendable {
         public var start: UInt64
@@ -31,7 +33,7 @@ public struct MemoryRecord: Codable, Sendable {
         public var advice: UInt32  // CRYO_MADV_*
         /// For shared anonymous memory: the id of its object in shmem.img (SharedMemoryTable).
         public var shmem: Int?
-        /// For a memfd mapping: the id in the file table of the memfd it maps.
+        /// For a memfd mapping: the id in the file table of the memfd it maps; for a packet ring, the socket's.
         public var file: Int?
         /// A mapping of a file whose name was removed: `file` names its ghost in the file table.
         public var deleted: Bool? = nil
@@ -264,8 +266,10 @@ extension MemoryRecord {
                 kind = .file
                 path = p
             case let p where p.hasPrefix("socket:["):
-                // Kernel memory of the socket's own: nothing can map it again with the same contents.
-                throw refuse("the mapped ring of a socket (an AF_PACKET PACKET_RX_RING/TX_RING, AF_XDP, or TCP zero-copy receive)")
+                // An AF_PACKET socket's rings are made again on a new socket and mapped from it; its
+                // descriptor, once dumped, tells (FileTableBuilder.packetRingMapping). Others are refused there.
+                kind = .packetRing
+                path = p
             default:
                 throw refuse("an unknown kind of mapping")
             }
@@ -273,7 +277,7 @@ extension MemoryRecord {
             var mapping = Mapping(start: m.start, end: m.end, protection: String(m.permissions.prefix(3)).replacing("-", with: ""),
                                   shared: shared, kind: kind, path: path, fileOffset: m.offset,
                                   device: kind == .file ? FileObjects.deviceNumber(major: major, minor: minor) : nil,
-                                  inode: kind == .file || kind == .sysvShm ? m.inode : nil,
+                                  inode: kind == .file || kind == .sysvShm || kind == .packetRing ? m.inode : nil,
                                   growsDown: false, noReserve: false, advice: 0,
                                   shmem: nil, file: nil)
             if kind == .file && m.path.hasSuffix(" (deleted)") { mapping.deleted = true }
@@ -315,6 +319,7 @@ extension MemoryRecord {
         case .file where m.shared, .memfd where m.shared: return nil  // the file itself holds them
         case .sharedAnonymous, .sysvShm: return nil  // saved once from the object itself
         case .aioRing: return nil  // made again empty by io_setup
+        case .packetRing: return nil  // the socket's own memory, made again empty with its rings
         case .anonymous, .heap, .stack:
             // Nothing but anonymous pages here, so no PAGE_IS_FILE test: asking for it
             // makes the kernel look up every page's struct page (5x the scan time).
@@ -489,7 +494,10 @@ extension MemoryRecord {
             if (m.kind == .aioRing) != (m.aioEvents != nil) || m.aioEvents == 0 {
                 throw ImageError(file: file, record: "memory", "\(label): AIO ring without its event count, or the reverse")
             }
-            if m.kind == .memfd ? m.file == nil : (m.file != nil) != (m.kind == .file && m.deleted == true) { throw ImageError(file: file, record: "memory", "\(label): memfd mapping without its file, or the reverse") }
+            if m.kind == .memfd || m.kind == .packetRing ? m.file == nil : (m.file != nil) != (m.kind == .file && m.deleted == true) { throw ImageError(file: file, record: "memory", "\(label): memfd mapping without its file, or the reverse") }
+            if m.kind == .packetRing && (!m.shared || m.fileOffset != 0) {
+                throw ImageError(file: file, record: "memory", "\(label): a packet ring mapped private or from an offset")
+            }
             previousEnd = m.end
         }
         guard index.parts == nil || (index.compression == nil && index.parts!.allSatisfy { $0 > 0 && $0 % 4096 == 0 }) else {
@@ -882,7 +890,7 @@ struct MemoryRestorePlan {
             vma.end = m.end
             vma.prot = UInt32(m.prot)
             var flags = m.shared ? MAP_SHARED : MAP_PRIVATE
-            let backedByFile = m.kind == .file || m.kind == .memfd || m.kind == .sharedAnonymous
+            let backedByFile = m.kind == .file || m.kind == .memfd || m.kind == .sharedAnonymous || m.kind == .packetRing
             if !backedByFile { flags |= MAP_ANONYMOUS }
             if m.growsDown { flags |= MAP_GROWSDOWN }
             if m.noReserve { flags |= MAP_NORESERVE }

@@ -185,6 +185,9 @@ public struct Dumper {
                     memory.mappings[i].file = try fileTable.memfdMapping(pid: process.pid, start: memory.mappings[i].start,
                                                                          end: memory.mappings[i].end)
                 }
+                for i in memory.mappings.indices where memory.mappings[i].kind == .packetRing {
+                    memory.mappings[i].file = try fileTable.packetRingMapping(pid: process.pid, mapping: memory.mappings[i])
+                }
                 created.append(paths.pages(process.pid))
                 let memoryStart = ContinuousClock.now
                 let pageIndex: PageIndex

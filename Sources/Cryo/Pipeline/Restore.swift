@@ -693,6 +693,14 @@ public struct Restorer {
                         throw CryoError("pid \(pid): mapping 0x\(hex(m.start)) names file #\(file), which is not a memfd")
                     }
                     slots.mappings[key] = slots.add(try Files.open("/proc/self/fd/\(descriptions[file].rawValue)", writable ? .readWrite : .readOnly))
+                } else if m.kind == .packetRing, let file = m.file {
+                    // The socket itself, its rings set up when it was made: a socket cannot be opened again by path.
+                    let key = "packetRing:\(file)"
+                    if slots.mappings[key] != nil { continue }
+                    guard descriptions.indices.contains(file), image.fileTable.files[file].kind == PacketSocketState.name else {
+                        throw CryoError("pid \(pid): mapping 0x\(hex(m.start)) names file #\(file), which is not a packet socket")
+                    }
+                    slots.mappings[key] = slots.add(descriptions[file], owned: false)
                 } else if m.kind == .file, m.deleted == true, let file = m.file {
                     // A new description of the restored ghost (or the file other links reach), with the access the mapping needs.
                     let writable = m.shared && m.protection.contains("w")
@@ -807,6 +815,7 @@ public struct Restorer {
             fileFD: { m in
                 if let id = m.shmem { return slots.fd(slots.mappings["shmem:\(id)"]!) }
                 if m.deleted == true { return slots.fd(slots.mappings["deleted\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.file!)"]!) }
+                if m.kind == .packetRing { return slots.fd(slots.mappings["packetRing:\(m.file!)"]!) }
                 if m.kind == .memfd { return slots.fd(slots.mappings["memfd\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.file!)"]!) }
                 return slots.fd(slots.mappings["\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.path!)"]!)
             },
