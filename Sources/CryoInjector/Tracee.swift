@@ -90,7 +90,9 @@ public final class Tracee {
 
     /// Seize and stop the task: PTRACE_SEIZE, PTRACE_INTERRUPT, wait for the stop.
     /// No PTRACE_O_EXITKILL: if cryo dies, a task it was only reading survives.
-    public static func seize(_ pid: pid_t) throws -> Tracee {
+    /// `whileWaiting`: the stop is polled for, and this runs about every second until it comes;
+    /// what it throws ends the wait (a task in an uninterruptible wait may never stop).
+    public static func seize(_ pid: pid_t, whileWaiting: (() throws -> Void)? = nil) throws -> Tracee {
         // Suspending its seccomp filters needs CAP_SYS_ADMIN; without it, seize plainly.
         var suspended = true
         do { try Ptrace.seize(pid, options: Ptrace.suspendSeccomp | Ptrace.traceSysGood) } catch let error as SyscallError where error.errno == .notPermitted {
@@ -100,7 +102,7 @@ public final class Tracee {
         do {
             try Ptrace.interrupt(pid)
             // A seized task reports a group stop it is in with that stop's signal, else SIGTRAP.
-            let stopSignal = try waitForInterruptStop(pid)
+            let stopSignal = try waitForInterruptStop(pid, whileWaiting: whileWaiting)
             let regs = try Ptrace.registers(pid)
             let mask = try Ptrace.signalMask(pid)
             let tracee = Tracee(pid: pid, registers: regs, mask: mask, live: true)
@@ -132,10 +134,22 @@ public final class Tracee {
     }
 
     @discardableResult
-    static func waitForInterruptStop(_ pid: pid_t) throws -> Int32 {
+    static func waitForInterruptStop(_ pid: pid_t, whileWaiting: (() throws -> Void)? = nil) throws -> Int32 {
+        var polls = 0
         while true {
             let status: WaitStatus
-            do { status = try waitFor(pid) } catch { throw error }
+            if let whileWaiting {
+                status = try waitFor(pid, options: WNOHANG)
+                if case .stopped(0, 0) = status {  // nothing to report yet
+                    // Yield first (the stop usually comes within microseconds), then sleep longer and longer.
+                    polls += 1
+                    if polls < 200 { sched_yield() } else { usleep(polls < 2000 ? 50 : 1000) }
+                    if polls % 1000 == 0 { try whileWaiting() }
+                    continue
+                }
+            } else {
+                do { status = try waitFor(pid) } catch { throw error }
+            }
             switch status {
             case .stopped(let signal, let event) where event == 128 /* PTRACE_EVENT_STOP */:
                 return signal

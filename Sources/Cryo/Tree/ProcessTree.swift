@@ -85,7 +85,8 @@ final class FrozenTree {
                         throw CryoError("pid \(pid) (\(stat.comm))\(tid == pid ? "" : " thread \(tid)") is already traced by pid \(tracer) (\(name)); detach the debugger first")
                     }
                     do {
-                        process.threads.append(try Tracee.seize(tid))
+                        // A vfork made after the check above would hold the stop back until the child execs or exits.
+                        process.threads.append(try Tracee.seize(tid) { try SharedContexts.refuseVforkChildren(of: pid, comm: stat.comm) })
                     } catch let error as SyscallError where error.errno == .noSuchProcess {
                         if tid == pid && process.threads.isEmpty {
                             // It died between listing and seizing: a zombie (or gone) now.
