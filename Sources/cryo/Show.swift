@@ -43,7 +43,9 @@ struct ShowCommand: ParsableCommand {
             let threads = image.task(p.pid).map { $0.threads.count > 1 ? ", \($0.threads.count) threads" : "" } ?? ""
             let state = p.zombieStatus.map { s in s & 0x7f == 0 ? "zombie, exited \((s >> 8) & 0xff)" : "zombie, killed by \(signalName(s & 0x7f))" }
             let terminal = p.terminal.map { "  tty pts \($0)" } ?? ""
-            print(String(repeating: "  ", count: level + 1) + "\(p.pid) \(p.comm)  pgid \(p.pgid) sid \(p.sid)\(terminal)\(threads)\(state.map { " (\($0))" } ?? "")")
+            let shares = [p.sharesFiles == true ? "descriptor table" : nil, p.sharesFS == true ? "cwd, root and umask" : nil].compactMap { $0 }
+            let sharing = shares.isEmpty ? "" : ", shares its parent's \(shares.joined(separator: " and "))"
+            print(String(repeating: "  ", count: level + 1) + "\(p.pid) \(p.comm)  pgid \(p.pgid) sid \(p.sid)\(terminal)\(threads)\(sharing)\(state.map { " (\($0))" } ?? "")")
         }
         for t in inventory.terminals ?? [] {
             print("session \(t.session): controlling terminal pty \(t.index), foreground group \(t.foregroundGroup.map(String.init) ?? "none")")
