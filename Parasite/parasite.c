@@ -658,7 +658,8 @@ static long page_socket(struct cryo_args_header *h) {
     return 0;
 }
 
-/* One file's share of write_pages: pwritev from offset 0 until done or failed. */
+/* One file's share of write_pages: pwritev from offset 0 until done or failed;
+ * a CRYO_IOVEC_SKIP entry moves the file offset past bytes cryo writes itself. */
 struct page_writer {
     int fd;
     uint32_t count;
@@ -671,9 +672,16 @@ struct page_writer {
 
 static void write_iovecs(struct page_writer *w) {
     uint32_t i = 0;
+    uint64_t offset = 0;
     while (i < w->count) {
-        uint32_t batch = w->count - i < 1024 ? w->count - i : 1024;
-        long n = sys4(NR_pwritev, w->fd, &w->v[i], batch, w->written);
+        if (w->v[i].base == CRYO_IOVEC_SKIP) {
+            offset += w->v[i].length;
+            i++;
+            continue;
+        }
+        uint32_t batch = 0;
+        while (batch < 1024 && i + batch < w->count && w->v[i + batch].base != CRYO_IOVEC_SKIP) batch++;
+        long n = sys4(NR_pwritev, w->fd, &w->v[i], batch, offset);
         if (n == -EINTR) continue;
         if (n <= 0) {
             if (n == -EFBIG) drop_pending(SIGXFSZ);
@@ -682,7 +690,8 @@ static void write_iovecs(struct page_writer *w) {
             return;
         }
         w->written += (uint64_t)n;
-        consume_iovecs(w->v, w->count, &i, n);
+        offset += (uint64_t)n;
+        consume_iovecs(w->v, i + batch, &i, n);
     }
 }
 

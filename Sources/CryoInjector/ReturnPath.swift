@@ -28,7 +28,8 @@ public struct ReturnGadgets: Sendable, Equatable {
         let executable = Array(" r-x".utf8)
         for bytes in maps.split(separator: UInt8(ascii: "\n")) {
             // Only executable file mappings matter; most lines are not.
-            guard let space = bytes.firstIndex(of: UInt8(ascii: " ")), bytes[space...].starts(with: executable) else { continue }
+            guard let space = bytes.firstIndex(of: UInt8(ascii: " ")), bytes[space...].starts(with: executable),
+                  bytes.contains(UInt8(ascii: "/")) else { continue }  // anonymous code has no path
             let line = String(decoding: bytes, as: UTF8.self)
             let fields = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
             guard fields.count == 6 else { continue }

@@ -71,6 +71,37 @@ public enum Files {
         return try checkLibc(Int(n), "poll", object: object())
     }
 
+    /// `name` in `directory` (openat), read to its end: for the many small files of one
+    /// /proc folder (fdinfo), without walking /proc/PID for each or a large buffer.
+    public static func readString(in directory: FileDescriptor, _ name: String, object: @autoclosure () -> String) throws -> String {
+        let fd = openat(directory.rawValue, name, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SyscallError("openat", errno: Errno(rawValue: errno), object: object()) }
+        defer { Glibc.close(fd) }
+        var result: [UInt8] = []
+        var capacity = 4096
+        while true {
+            let start = result.count
+            result.append(contentsOf: repeatElement(0, count: capacity))
+            let n = result.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + start, capacity) }
+            if n < 0 {
+                if errno == EINTR { result.removeLast(capacity); continue }
+                throw SyscallError("read", errno: Errno(rawValue: errno), object: object())
+            }
+            result.removeLast(capacity - n)
+            if n == 0 { return String(decoding: result, as: UTF8.self) }
+            capacity = max(capacity, result.count)
+        }
+    }
+
+    /// The target of symbolic link `name` in `directory` (readlinkat).
+    public static func readLink(in directory: FileDescriptor, _ name: String, object: @autoclosure () -> String) throws -> String {
+        try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4097) { buffer in
+            let n = buffer.withMemoryRebound(to: CChar.self) { readlinkat(directory.rawValue, name, $0.baseAddress!, 4096) }
+            guard n >= 0 else { throw SyscallError("readlinkat", errno: Errno(rawValue: errno), object: object()) }
+            return String(decoding: UnsafeBufferPointer(rebasing: buffer[0..<n]), as: UTF8.self)
+        }
+    }
+
     public static func readLink(_ path: String) throws -> String {
         var buffer = [CChar](repeating: 0, count: 4097)
         let n = try checkLibc(Glibc.readlink(path, &buffer, 4096), "readlink", object: path)

@@ -203,8 +203,19 @@ public enum RemoteMemory {
 
     /// Reads through /proc/PID/mem, which reaches pages whose protection forbids reading.
     public static func readForced(_ pid: pid_t, at address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        let memory = try Files.open("/proc/\(pid)/mem", .readOnly)
+        let memory = try openForced(pid)
         defer { try? memory.close() }
+        try readForced(memory, pid: pid, at: address, into: buffer)
+    }
+
+    /// /proc/PID/mem, for many `readForced(_:pid:at:into:)` (one open, not one per read).
+    public static func openForced(_ pid: pid_t) throws -> FileDescriptor {
+        try Files.open("/proc/\(pid)/mem", .readOnly)
+    }
+
+    /// Reads through `memory`, an `openForced(pid)`.
+    public static func readForced(_ memory: FileDescriptor, pid: pid_t, at address: UInt64,
+                                  into buffer: UnsafeMutableRawBufferPointer) throws {
         var done = 0
         while done < buffer.count {
             let at = address + UInt64(done)
@@ -218,6 +229,46 @@ public enum RemoteMemory {
             done += n
         }
     }
+    /// Reads `ranges` one after another into `buffer` (exactly their total size), up to
+    /// 1024 ranges per process_vm_readv: many small mappings are not one syscall each.
+    /// Ranges the task cannot read go through `forced` (/proc/PID/mem), opened on first need.
+    public static func read(_ pid: pid_t, ranges: [Range<UInt64>], into buffer: UnsafeMutableRawBufferPointer,
+                            forced: inout FileDescriptor?) throws {
+        var remote = ranges.map { iovec(iov_base: UnsafeMutableRawPointer(bitPattern: UInt($0.lowerBound)), iov_len: $0.count) }
+        var r = 0, done = 0
+        while r < remote.count {
+            let batch = min(1024, remote.count - r)
+            var local = iovec(iov_base: buffer.baseAddress! + done, iov_len: buffer.count - done)
+            let result = remote.withUnsafeMutableBufferPointer { remote in
+                withUnsafeMutablePointer(to: &local) { local in
+                    Kernel.rawSyscall(SYS_process_vm_readv, [pid, local, 1, remote.baseAddress! + r, batch, 0])
+                }
+            }
+            let address = UInt64(UInt(bitPattern: remote[r].iov_base))
+            if result == -Int(EFAULT) {
+                // Its first range from here cannot be read by the task (PROT_NONE, write- or exec-only).
+                let length = remote[r].iov_len
+                guard done + length <= buffer.count else { throw SyscallError("process_vm_readv", errno: .invalidArgument, pid: pid) }
+                let memory = try forced ?? openForced(pid)
+                forced = memory
+                try readForced(memory, pid: pid, at: address, into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + length)]))
+                done += length
+                r += 1
+                continue
+            }
+            var n = try check(result, "process_vm_readv", pid: pid, object: "address 0x\(String(address, radix: 16))")
+            if n == 0 { throw SyscallError("process_vm_readv", errno: .ioError, pid: pid) }
+            done += n
+            while n > 0 {
+                let take = min(n, remote[r].iov_len)
+                remote[r].iov_base += take
+                remote[r].iov_len -= take
+                n -= take
+                if remote[r].iov_len == 0 { r += 1 }
+            }
+        }
+    }
+
     public static func read(_ pid: pid_t, at address: UInt64, count: Int) throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
         try bytes.withUnsafeMutableBytes { (raw) throws in try read(pid, at: address, into: raw) }

@@ -234,7 +234,11 @@ struct cryo_page_socket { int32_t task_fd; int32_t cryo_fd; };
  * file, then (part_count > 0) the part file, over cryo_fd. With
  * CRYO_WRITE_PAGES_THREAD the part is written at the same time by a thread the
  * parasite starts in the task (its stack: the top CRYO_WRITE_PAGES_STACK bytes of
- * the argument area), else after the first. */
+ * the argument area), else after the first. An iovec whose base is
+ * CRYO_IOVEC_SKIP writes nothing: the file offset moves on by its length, past
+ * pages cryo writes itself (those the task cannot read: no PROT_READ). `total`
+ * and `part_total` count them; `written` and `part_written` do not. */
+#define CRYO_IOVEC_SKIP 0xffffffffffffffffull
 #define CRYO_WRITE_PAGES_THREAD 1u
 #define CRYO_WRITE_PAGES_STACK  (16u << 10)
 struct cryo_write_pages {

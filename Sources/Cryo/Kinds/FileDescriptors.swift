@@ -72,8 +72,12 @@ final class FileTableBuilder {
     private(set) var objects: [Int: String] = [:]
     /// Processes whose descriptor tables were dumped: the tree (pidfds may name only these).
     private(set) var dumpedPids = Set<pid_t>()
-    /// Descriptions seen so far by (device, inode): only these can be the same description.
-    private var seen: [String: [(pid: pid_t, fd: Int32, id: Int)]] = [:]
+    /// Descriptions seen so far by device, inode, position and status flags: only these can be the
+    /// same description (one description has one position and one set of flags; the tree is frozen).
+    /// Most keys have one description: no kcmp at all for them.
+    private var seen: [DescriptionKey: KcmpTree] = [:]
+    /// Whether the file system of a device is mqueue (PosixMqueue.isQueue), asked once per device.
+    private var mqueueDevices: [UInt64: Bool] = [:]
     /// Duplicates a kind holds until the tree is dead, with what to do to each right before the kill.
     private var held: [(handle: FileDescriptor, beforeKill: (FileDescriptor) -> Void)] = []
     /// Descriptors in flight (SCM_RIGHTS) found in socket queues, open in cryo until the dump ends,
@@ -163,15 +167,30 @@ final class FileTableBuilder {
         return DescriptorsRecord(descriptors: [])
     }
 
+    /// Whether `p` is a POSIX message queue: the file system of its device, asked once per device.
+    func isMqueue(_ p: DescriptorProbe) -> Bool {
+        let device = UInt64(p.stat.st_dev)
+        if let known = mqueueDevices[device] { return known }
+        let queue = PosixMqueue.isQueue(p.handle)
+        mqueueDevices[device] = queue
+        return queue
+    }
+
     func dump(pid: pid_t) throws -> DescriptorsRecord {
         dumpedPids.insert(pid)
         let pidfd = try Pidfd.open(pid)
         defer { try? pidfd.close() }
+        // Names looked up in these two folders, not from / each time (10,000 descriptors are 20,000 lookups).
+        let links = try Files.open("/proc/\(pid)/fd", .readOnly, options: [.directory])
+        defer { try? links.close() }
+        let infos = try Files.open("/proc/\(pid)/fdinfo", .readOnly, options: [.directory])
+        defer { try? infos.close() }
         var descriptors: [DescriptorsRecord.Descriptor] = []
         let numbers = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").compactMap { Int32($0) }.sorted()
+        descriptors.reserveCapacity(numbers.count)
         for fd in numbers {
-            let link = try Files.readLink("/proc/\(pid)/fd/\(fd)")
-            let info = try parseFDInfo(try Files.readString("/proc/\(pid)/fdinfo/\(fd)"))
+            let link = try Files.readLink(in: links, String(fd), object: "/proc/\(pid)/fd/\(fd)")
+            let info = try parseFDInfo(try Files.readString(in: infos, String(fd), object: "/proc/\(pid)/fdinfo/\(fd)"))
             let handle = try Pidfd.getfd(pidfd, pid: pid, fd: fd)
             defer { try? handle.close() }
             let closeOnExec = info.flags & UInt32(O_CLOEXEC) != 0
@@ -188,20 +207,9 @@ final class FileTableBuilder {
     private func describe(pid: pid_t, fd: Int32, link: String, info: FDInfo, handle: FileDescriptor,
                           inFlight: String?) throws -> Int {
         let stat = try Files.stat(handle, object: inFlight ?? "pid \(pid) fd \(fd)")
-        let key = "\(stat.st_dev):\(stat.st_ino)"
-        // Each key's descriptions are kept in kcmp's order (a fixed order of the kernel's file
-        // pointers): a binary search asks O(log n) kcmp, not one per description of that file.
-        let candidates = seen[key] ?? []
-        var low = 0, high = candidates.count
-        while low < high {
-            let middle = (low + high) / 2
-            let c = candidates[middle]
-            switch try Pidfd.compareFiles(c.pid, c.fd, pid, fd) {
-            case 0: return c.id
-            case 1: low = middle + 1   // the candidate's file comes first
-            default: high = middle
-            }
-        }
+        let key = DescriptionKey(device: UInt64(stat.st_dev), inode: UInt64(stat.st_ino), position: info.position,
+                                 flags: info.flags & ~UInt32(O_CLOEXEC))
+        if let id = try seen[key]?.find(pid: pid, fd: fd) { return id }
         let probe = DescriptorProbe(pid: pid, fd: fd, link: link, flags: info.flags & ~UInt32(O_CLOEXEC),
                                     position: info.position, info: info, stat: stat, handle: handle, inFlight: inFlight)
         let id = table.files.count
@@ -212,7 +220,7 @@ final class FileTableBuilder {
         var file = FileTable.OpenFile(id: id, flags: probe.flags, position: probe.position, path: state.recordedPath(probe), state: state)
         file.owner = try FileOwner.dump(handle, flags: probe.flags, object: probe.object)
         add(file, object: probe.object)
-        seen[key, default: []].insert((pid, fd, id), at: low)
+        try seen[key, default: KcmpTree()].insert(pid: pid, fd: fd, id: id)
         return id
     }
 
@@ -226,6 +234,77 @@ final class FileTableBuilder {
     func finish() throws {
         try dumpInFlight()
         for kind in DescriptorKinds.all { try kind.finishDump(self) }
+    }
+}
+
+/// What every descriptor of one open file description shows alike.
+struct DescriptionKey: Hashable {
+    var device: UInt64, inode: UInt64
+    var position: Int64
+    var flags: UInt32
+}
+
+/// Descriptions of one DescriptionKey in kcmp's order (a fixed order of the kernel's file
+/// pointers), as a treap: O(log n) kcmp and work per lookup or insert however many share
+/// the key (a sorted array cost O(n) moves per insert: quadratic at a million).
+struct KcmpTree {
+    private struct Node {
+        var pid: pid_t, fd: Int32, id: Int
+        var priority: UInt32
+        var left = -1, right = -1
+    }
+    private var nodes: [Node] = []
+    private var root = -1
+
+    /// The id of the description `pid`'s `fd` is, if it is here.
+    func find(pid: pid_t, fd: Int32) throws -> Int? {
+        var at = root
+        while at >= 0 {
+            let n = nodes[at]
+            switch try Pidfd.compareFiles(n.pid, n.fd, pid, fd) {
+            case 0: return n.id
+            case 1: at = n.right  // the node's file comes first
+            default: at = n.left
+            }
+        }
+        return nil
+    }
+
+    /// Adds `pid`'s `fd` as description `id` (not here yet: `find` said so).
+    mutating func insert(pid: pid_t, fd: Int32, id: Int) throws {
+        // Priorities only need to look random to kcmp's order: a mix of the node's number
+        // (the system generator was a getrandom call per description).
+        var x = UInt64(nodes.count) &+ 0x9e37_79b9_7f4a_7c15
+        x = (x ^ (x >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        x = (x ^ (x >> 27)) &* 0x94d0_49bb_1331_11eb
+        nodes.append(Node(pid: pid, fd: fd, id: id, priority: UInt32(truncatingIfNeeded: x ^ (x >> 31))))
+        let new = nodes.count - 1
+        if nodes.count == 1 { root = new; return }
+        root = try insert(new, under: root)
+    }
+
+    /// Puts `new` in the subtree at `at`, returning that subtree's root after rotations.
+    private mutating func insert(_ new: Int, under at: Int) throws -> Int {
+        guard at >= 0 else { return new }
+        let n = nodes[at]
+        if try Pidfd.compareFiles(n.pid, n.fd, nodes[new].pid, nodes[new].fd) == 1 {
+            let child = try insert(new, under: n.right)
+            nodes[at].right = child
+            if nodes[child].priority > nodes[at].priority {  // rotate left
+                nodes[at].right = nodes[child].left
+                nodes[child].left = at
+                return child
+            }
+        } else {
+            let child = try insert(new, under: n.left)
+            nodes[at].left = child
+            if nodes[child].priority > nodes[at].priority {  // rotate right
+                nodes[at].left = nodes[child].right
+                nodes[child].right = at
+                return child
+            }
+        }
+        return at
     }
 }
 

@@ -34,7 +34,7 @@ public struct MqueueState: DescriptorKind {
     public var messages: [Message]?
 
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> MqueueState? {
-        guard p.link.hasPrefix("/"), PosixMqueue.isQueue(p.handle) else { return nil }
+        guard p.link.hasPrefix("/"), table.isMqueue(p) else { return nil }
         let unlinked = p.link.hasSuffix(" (deleted)")
         let queue = unlinked ? String(p.link.dropLast(" (deleted)".count)) : p.link
         let what = "\(p.object) (POSIX message queue \(queue))"

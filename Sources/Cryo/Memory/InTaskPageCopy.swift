@@ -20,6 +20,10 @@ import SystemPackage
 /// The thread is left out where the task has seccomp filters (they would apply
 /// to it: it is not traced), and the parasite writes the part itself after the
 /// first if it cannot start one.
+/// Pages the task cannot read itself (no PROT_READ) keep their place in the
+/// stream: the task skips it and a cryo thread fills it from /proc/PID/mem at
+/// the same time (through the pipe they made every piece of it a splice of its own:
+/// 10,000 small mappings cost 15,000 poll+splice calls).
 /// Where the task cannot write the files (its RLIMIT_FSIZE, say), the parasite
 /// vmsplices all the pages into a pipe instead (no copy: the pipe holds
 /// references to the frozen pages) and a cryo thread splices them into the file.
@@ -33,30 +37,17 @@ struct InTaskPageCopy {
     /// Copies the page stream `regions` into `out` and, with two CPUs, its second half
     /// into a new file at `partPath`; returns the size of that part (0: none, and no
     /// such file). `injected` is called once the parasite is in, before the copy starts.
-    /// `unreadable`: mappings the task cannot read (no PROT_READ): their pages are
-    /// read by cryo through /proc/PID/mem between the parasite's pieces of the pipe.
+    /// `unreadable`: mappings the task cannot read (no PROT_READ): the task leaves their
+    /// place in the files empty and cryo fills it through /proc/PID/mem meanwhile (or,
+    /// through the pipe, between the parasite's pieces).
     func copy(_ regions: [Range<UInt64>], unreadable: [Range<UInt64>] = [], to out: FileDescriptor, path: String,
               partPath: String, injected: () -> Void) throws -> UInt64 {
         let total = regions.reduce(0) { $0 + UInt64($1.count) }
         let segments = InTaskPageCopy.segments(regions, unreadable: unreadable)
-        if segments.contains(where: \.forced) {
-            let readable = segments.filter { !$0.forced }.map(\.range)
-            let parasite = try Parasite.inject(into: leader, argumentBytes: MemoryLayout<cryo_dump_pages>.size + readable.count * 16 + 16,
-                                               log: log)
-            injected()
-            do {
-                try throughPipe(parasite, InTaskPageCopy.iovecs(readable), segments: segments, to: out, path: path)
-                try parasite.cure()
-                return 0
-            } catch {
-                _ = try? parasite.cure()
-                throw error
-            }
-        }
         let twoWriters = mode == nil && ProcessInfo.processInfo.activeProcessorCount >= 2
         let split = twoWriters ? (total / 2) & ~0xfff : total
-        let (head, tail) = InTaskPageCopy.cut(regions, at: split)
-        let all = InTaskPageCopy.iovecs(regions)
+        let (head, tail) = InTaskPageCopy.cut(segments, at: split)
+        let readable = InTaskPageCopy.iovecs(segments.filter { !$0.forced }.map(\.range))
         var part: FileDescriptor? = nil
         defer { try? part?.close() }
         do {
@@ -65,16 +56,16 @@ struct InTaskPageCopy {
                                       permissions: [.ownerReadWrite])
             }
             let request = max(MemoryLayout<cryo_dump_pages>.size, MemoryLayout<cryo_write_pages>.size)
-            let parasite = try Parasite.inject(into: leader, argumentBytes: request + all.count * 16 + 16 + Int(CRYO_WRITE_PAGES_STACK),
+            let entries = max(head.count + tail.count, readable.count)
+            let parasite = try Parasite.inject(into: leader, argumentBytes: request + entries * 16 + 16 + Int(CRYO_WRITE_PAGES_STACK),
                                                log: log)
             injected()
             do {
                 var partBytes = total - split
                 let written = mode == "pipe" ? false
-                    : try writeInTask(parasite, InTaskPageCopy.iovecs(head), to: out, path: path,
-                                      part: part.map { ($0, InTaskPageCopy.iovecs(tail), partPath) })
+                    : try writeInTask(parasite, head, to: out, path: path, part: part.map { ($0, tail, partPath) })
                 if !written {
-                    try throughPipe(parasite, all, segments: segments, to: out, path: path)
+                    try throughPipe(parasite, readable, segments: segments, to: out, path: path)
                     partBytes = 0
                 }
                 try parasite.cure()
@@ -91,9 +82,9 @@ struct InTaskPageCopy {
     }
 
     /// The page stream in order, cut where it enters or leaves an unreadable mapping.
-    static func segments(_ regions: [Range<UInt64>], unreadable: [Range<UInt64>]) -> [(range: Range<UInt64>, forced: Bool)] {
+    static func segments(_ regions: [Range<UInt64>], unreadable: [Range<UInt64>]) -> [Segment] {
         guard !unreadable.isEmpty else { return regions.map { ($0, false) } }
-        var result: [(range: Range<UInt64>, forced: Bool)] = []
+        var result: [Segment] = []
         var u = 0
         for region in regions {
             var start = region.lowerBound
@@ -117,32 +108,56 @@ struct InTaskPageCopy {
         regions.map { cryo_iovec(base: $0.lowerBound, length: UInt64($0.count)) }
     }
 
-    /// Regions up to `split` bytes of the stream, and the rest.
-    static func cut(_ regions: [Range<UInt64>], at split: UInt64) -> (head: [Range<UInt64>], tail: [Range<UInt64>]) {
-        var head: [Range<UInt64>] = [], tail: [Range<UInt64>] = []
+    typealias Segment = (range: Range<UInt64>, forced: Bool)
+
+    /// Segments up to `split` bytes of the stream, and the rest.
+    static func cut(_ segments: [Segment], at split: UInt64) -> (head: [Segment], tail: [Segment]) {
+        var head: [Segment] = [], tail: [Segment] = []
         var offset: UInt64 = 0
-        for region in regions {
+        for segment in segments {
+            let region = segment.range
             let length = UInt64(region.count)
             if offset + length <= split {
-                head.append(region)
+                head.append(segment)
             } else if offset >= split {
-                tail.append(region)
+                tail.append(segment)
             } else {
                 let middle = region.lowerBound + (split - offset)
-                head.append(region.lowerBound..<middle)
-                tail.append(middle..<region.upperBound)
+                head.append((region.lowerBound..<middle, segment.forced))
+                tail.append((middle..<region.upperBound, segment.forced))
             }
             offset += length
         }
         return (head, tail)
     }
 
+    /// One file's segments for WRITE_PAGES: the forced ones are skipped by the task.
+    static func taskIovecs(_ segments: [Segment]) -> [cryo_iovec] {
+        segments.map { cryo_iovec(base: $0.forced ? CRYO_IOVEC_SKIP : $0.range.lowerBound, length: UInt64($0.range.count)) }
+    }
+
+    /// Where each forced segment of one file goes: (file offset, address, length).
+    static func forcedPlaces(_ segments: [Segment]) -> [(offset: UInt64, address: UInt64, length: UInt64)] {
+        var result: [(offset: UInt64, address: UInt64, length: UInt64)] = []
+        var offset: UInt64 = 0
+        for segment in segments {
+            if segment.forced { result.append((offset, segment.range.lowerBound, UInt64(segment.range.count))) }
+            offset += UInt64(segment.range.count)
+        }
+        return result
+    }
+
     /// False when the task could not write the files: the pipe is tried next, over all the bytes.
-    private func writeInTask(_ parasite: Parasite, _ iovecs: [cryo_iovec], to out: FileDescriptor, path: String,
-                             part: (file: FileDescriptor, iovecs: [cryo_iovec], path: String)?) throws -> Bool {
+    /// Pages the task cannot read are written by cryo at the same time, through /proc/PID/mem.
+    private func writeInTask(_ parasite: Parasite, _ segments: [Segment], to out: FileDescriptor, path: String,
+                             part: (file: FileDescriptor, segments: [Segment], path: String)?) throws -> Bool {
         let pid = leader.pid
-        let total = iovecs.reduce(0) { $0 + $1.length }
-        let partTotal = part?.iovecs.reduce(0) { $0 + $1.length } ?? 0
+        let iovecs = InTaskPageCopy.taskIovecs(segments)
+        let partIovecs = part.map { InTaskPageCopy.taskIovecs($0.segments) } ?? []
+        let size = { (s: [Segment]) in s.reduce(UInt64(0)) { $0 + UInt64($1.range.count) } }
+        let byTask = { (s: [Segment]) in s.reduce(UInt64(0)) { $0 + ($1.forced ? 0 : UInt64($1.range.count)) } }
+        let (total, partTotal) = (size(segments), part.map { size($0.segments) } ?? 0)
+        let (expected, partExpected) = (byTask(segments), part.map { byTask($0.segments) } ?? 0)
         let sockets = try parasite.run(CRYO_CMD_PAGE_SOCKET, input: cryo_page_socket(), output: cryo_page_socket.self)
         parasite.openDescriptors = [sockets.task_fd, sockets.cryo_fd]
         do {
@@ -155,26 +170,35 @@ struct InTaskPageCopy {
         arguments.task_fd = sockets.task_fd
         arguments.cryo_fd = sockets.cryo_fd
         arguments.count = UInt32(iovecs.count)
-        arguments.part_count = UInt32(part?.iovecs.count ?? 0)
+        arguments.part_count = UInt32(partIovecs.count)
         arguments.total = total
         arguments.part_total = partTotal
         // An untraced thread would run under the task's seccomp filters.
         if part != nil, (try? ProcStatus(pid: pid).values["Seccomp"]) == "0" { arguments.flags = CRYO_WRITE_PAGES_THREAD }
         killPoint("pages")
+        let forced = [(out, path, InTaskPageCopy.forcedPlaces(segments))]
+            + (part.map { [($0.file, $0.path, InTaskPageCopy.forcedPlaces($0.segments))] } ?? [])
+        let forcedCopy = forced.contains { !$0.2.isEmpty } ? CopyThread { stopped in
+            try InTaskPageCopy.copyForced(pid: pid, forced, stopped: stopped)
+        } : nil
         do {
-            let reply = try parasite.run(CRYO_CMD_WRITE_PAGES, payload: bytes(of: arguments) + bytes(of: iovecs + (part?.iovecs ?? [])),
+            let reply = try parasite.run(CRYO_CMD_WRITE_PAGES, payload: bytes(of: arguments) + bytes(of: iovecs + partIovecs),
                                          replyBytes: MemoryLayout<cryo_write_pages>.size)
             parasite.openDescriptors = []
             let result = reply.payload.withUnsafeBytes { $0.loadUnaligned(as: cryo_write_pages.self) }
-            guard result.written == total, result.part_written == partTotal else {
-                throw CryoError("pid \(pid): \(path): the task wrote \(result.written) of \(total) bytes of its pages"
-                    + (part.map { " and \(result.part_written) of \(partTotal) into \(fileName(of: $0.path))" } ?? ""))
+            guard result.written == expected, result.part_written == partExpected else {
+                forcedCopy?.abandon()
+                throw CryoError("pid \(pid): \(path): the task wrote \(result.written) of \(expected) bytes of its pages"
+                    + (part.map { " and \(result.part_written) of \(partExpected) into \(fileName(of: $0.path))" } ?? ""))
             }
+            try forcedCopy?.finish()
             if part != nil && result.threaded == 0 { log(pid, "WRITE_PAGES", "the task wrote its pages without a second thread") }
             return true
         } catch InjectionError.parasite(_, _, let result, _, _, _) {
             // The command ended cleanly with the task's descriptors closed.
             parasite.openDescriptors = []
+            // Whatever it wrote is written again, by the pipe, or removed with the image.
+            forcedCopy?.abandon()
             // A full file system is no reason for the pipe: it would fill up the same way.
             let errno = Errno(rawValue: Int32(truncatingIfNeeded: -result))
             if errno == .noSpace || errno == .diskQuotaExceeded {
@@ -182,6 +206,40 @@ struct InTaskPageCopy {
             }
             log(pid, "WRITE_PAGES", "the task cannot write its pages (errno \(-result)); through a pipe instead")
             return false
+        } catch {
+            forcedCopy?.abandon()
+            throw error
+        }
+    }
+
+    /// Pages the task cannot read, from /proc/PID/mem (opened once) to their places in the files.
+    /// Neighbours in a file go out in one write.
+    static func copyForced(pid: pid_t, _ files: [(file: FileDescriptor, path: String, places: [(offset: UInt64, address: UInt64, length: UInt64)])],
+                           stopped: () -> Bool) throws {
+        let memory = try RemoteMemory.openForced(pid)
+        defer { try? memory.close() }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { buffer.deallocate() }
+        for (file, path, places) in files {
+            var filled = 0, start: UInt64 = 0  // bytes in `buffer`, which belong at `start` in the file
+            func flush() throws {
+                if filled > 0 { try Files.write(file, UnsafeRawBufferPointer(rebasing: buffer[0..<filled]), at: Int64(start), path: path) }
+                filled = 0
+            }
+            for place in places where !stopped() {
+                var done: UInt64 = 0
+                while done < place.length {
+                    let at = place.offset + done
+                    if filled == buffer.count || (filled > 0 && start + UInt64(filled) != at) { try flush() }
+                    if filled == 0 { start = at }
+                    let n = Int(min(UInt64(buffer.count - filled), place.length - done))
+                    try RemoteMemory.readForced(memory, pid: pid, at: place.address + done,
+                                                into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + n)]))
+                    filled += n
+                    done += UInt64(n)
+                }
+            }
+            try flush()
         }
     }
 
@@ -218,6 +276,8 @@ struct InTaskPageCopy {
             defer { try? pipe.close() }
             var buffer: UnsafeMutableRawBufferPointer?
             defer { buffer?.deallocate() }
+            var memory: FileDescriptor?
+            defer { try? memory?.close() }
             for segment in segments where !stopped() {
                 let end = offset + Int64(segment.range.count)
                 if segment.forced {
@@ -228,7 +288,9 @@ struct InTaskPageCopy {
                     while offset < end {
                         let n = Int(min(Int64(scratch.count), end - offset))
                         let view = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<n])
-                        try RemoteMemory.readForced(pid, at: address, into: view)
+                        let mem = try memory ?? RemoteMemory.openForced(pid)
+                        memory = mem
+                        try RemoteMemory.readForced(mem, pid: pid, at: address, into: view)
                         try Files.write(file, UnsafeRawBufferPointer(view), at: offset, path: path)
                         offset += Int64(n)
                         address += UInt64(n)
@@ -251,7 +313,7 @@ struct InTaskPageCopy {
 }
 
 /// A copy running on a thread of its own from creation: `abandon` asks it to stop
-/// and waits, `finish` waits and rethrows what it failed with.
+/// and waits, `finish` waits and rethrows what it failed with (either, any number of times).
 private final class CopyThread: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
     private let lock = Lock()
@@ -269,12 +331,18 @@ private final class CopyThread: @unchecked Sendable {
     @discardableResult
     func abandon() -> Error? {
         lock.withLock { stopRequested = true }
-        done.wait()
+        waitDone()
         return lock.withLock { failure }
     }
 
     func finish() throws {
-        done.wait()
+        waitDone()
         try lock.withLock { if let failure { throw failure } }
+    }
+
+    /// Stays signalled once done: `abandon` after `finish` does not wait forever.
+    private func waitDone() {
+        done.wait()
+        done.signal()
     }
 }
