@@ -39,6 +39,27 @@ private final class HugePagePool {
 extension EndToEnd {
     @Suite("hugetlb memory", .serialized)
     struct HugetlbTests {
+        /// The hugetlb fixture in `mode`, ready, with the pids it printed (parent, child); the test
+        /// is cancelled, saying why, where the machine has no huge pages.
+        static func readyFixture(_ mode: String, in scratch: Scratch) throws -> (Fixture, [pid_t]) {
+            let fixture = try Fixture("hugetlb", arguments: [mode], in: scratch)
+            do {
+                _ = waitUntil(timeout: 20) { fixture.lines.contains("READY") || fixture.tagged("NOHUGETLB") != nil }
+                if let reason = fixture.tagged("NOHUGETLB") { try Test.cancel(Comment(rawValue: "no huge pages here: \(reason.joined(separator: " "))")) }
+                try fixture.waitReady()
+                return (fixture, (fixture.tagged("PIDS") ?? []).compactMap { pid_t($0) })
+            } catch {
+                fixture.cleanUp()
+                throw error
+            }
+        }
+
+        /// The fixture, and its child (which the fixture's own clean-up does not reach).
+        static func stop(_ fixture: Fixture, _ pids: [pid_t]) {
+            fixture.cleanUp()
+            for pid in pids.dropFirst() { kill(pid, SIGKILL) }
+        }
+
         @Test("private and shared MAP_HUGETLB mappings, and a SHM_HUGETLB segment only a child wrote half of, round-trip as huge pages",
               arguments: ["anon", "shm"])
         func roundTrip(_ mode: String) throws {
@@ -46,16 +67,8 @@ extension EndToEnd {
             defer { pool.restore() }
             let scratch = try Scratch("hugetlb-\(mode)")
             defer { scratch.remove() }
-            let fixture = try Fixture("hugetlb", arguments: [mode], in: scratch)
-            var child: pid_t?
-            defer {
-                fixture.cleanUp()
-                if let child { kill(child, SIGKILL) }
-            }
-            _ = waitUntil(timeout: 20) { fixture.lines.contains("READY") || fixture.tagged("NOHUGETLB") != nil }
-            if let reason = fixture.tagged("NOHUGETLB") { try Test.cancel(Comment(rawValue: "no huge pages here: \(reason.joined(separator: " "))")) }
-            try fixture.waitReady()
-            child = fixture.tagged("PIDS").flatMap { $0.count == 2 ? pid_t($0[1]) : nil }
+            let (fixture, pids) = try Self.readyFixture(mode, in: scratch)
+            defer { Self.stop(fixture, pids) }
             let (images, _) = try dumpAndReap(fixture, in: scratch)
             let restore = try CryoProcess(["restore", "-D", images], in: scratch)
             defer { restore.stop() }
@@ -82,16 +95,8 @@ extension EndToEnd {
             defer { pool.restore() }
             let scratch = try Scratch("hugetlb-empty-pool")
             defer { scratch.remove() }
-            let fixture = try Fixture("hugetlb", arguments: ["shm"], in: scratch)
-            var child: pid_t?
-            defer {
-                fixture.cleanUp()
-                if let child { kill(child, SIGKILL) }
-            }
-            _ = waitUntil(timeout: 20) { fixture.lines.contains("READY") || fixture.tagged("NOHUGETLB") != nil }
-            if let reason = fixture.tagged("NOHUGETLB") { try Test.cancel(Comment(rawValue: "no huge pages here: \(reason.joined(separator: " "))")) }
-            try fixture.waitReady()
-            child = fixture.tagged("PIDS").flatMap { $0.count == 2 ? pid_t($0[1]) : nil }
+            let (fixture, pids) = try Self.readyFixture("shm", in: scratch)
+            defer { Self.stop(fixture, pids) }
             // The pool shrunk to the pages in use: reading page 2 through memory would fault with none to give.
             try pool.set(HugePagePool.inUse())
             let (images, dump) = try dumpAndReap(fixture, in: scratch)
@@ -108,16 +113,9 @@ extension EndToEnd {
             defer { pool.restore() }
             let scratch = try Scratch("hugetlb-pool")
             defer { scratch.remove() }
-            let fixture = try Fixture("hugetlb", arguments: ["anon"], in: scratch)
-            var pids: [pid_t] = []
-            defer {
-                fixture.cleanUp()
-                for pid in pids.dropFirst() { kill(pid, SIGKILL) }
-            }
-            _ = waitUntil(timeout: 20) { fixture.lines.contains("READY") || fixture.tagged("NOHUGETLB") != nil }
-            if let reason = fixture.tagged("NOHUGETLB") { try Test.cancel(Comment(rawValue: "no huge pages here: \(reason.joined(separator: " "))")) }
-            try fixture.waitReady()
-            pids = try #require(fixture.tagged("PIDS"), "\(fixture.report)").compactMap { pid_t($0) }
+            let (fixture, pids) = try Self.readyFixture("anon", in: scratch)
+            defer { Self.stop(fixture, pids) }
+            try #require(pids.count == 2, "no PIDS line\n\(fixture.report)")
             let (images, _) = try dumpAndReap(fixture, in: scratch)
             #expect(waitUntil(timeout: 20) { !pids.contains(where: pidExists) }, "the dumped tree still runs")
 

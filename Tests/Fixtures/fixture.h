@@ -97,4 +97,24 @@ __attribute__((unused)) static int read_line(int in, char *buf, size_t size, dou
 	return (int)len;
 }
 
+/* smaps' KernelPageSize of the mapping at `start`, in kB (0 if not found). */
+__attribute__((unused)) static long page_kb(void *start)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	if (!f) return 0;
+	char line[512];
+	int in = 0;
+	long kb = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long a, b;
+		if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') == line + strspn(line, "0123456789abcdef")) {
+			in = a == (unsigned long)start;
+			continue;
+		}
+		if (in && sscanf(line, "KernelPageSize: %ld kB", &kb) == 1) break;
+	}
+	fclose(f);
+	return kb;
+}
+
 #endif

@@ -24,25 +24,6 @@ static volatile sig_atomic_t got_term;
 static void on_term(int sig) { (void)sig; got_term = 1; }
 static char byte_at(size_t i) { return (char)((i * 131 + 17) % 251 + 1); }
 
-static long page_kb(void *start)
-{
-	FILE *f = fopen("/proc/self/smaps", "r");
-	if (!f) return 0;
-	char line[512];
-	int in = 0;
-	long kb = 0;
-	while (fgets(line, sizeof(line), f)) {
-		unsigned long a, b;
-		if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') == line + strspn(line, "0123456789abcdef")) {
-			in = a == (unsigned long)start;
-			continue;
-		}
-		if (in && sscanf(line, "KernelPageSize: %ld kB", &kb) == 1) break;
-	}
-	fclose(f);
-	return kb;
-}
-
 int main(void)
 {
 	signal(SIGTERM, on_term);

@@ -54,26 +54,6 @@ static int zero(const char *at, size_t length)
 	return 1;
 }
 
-/* smaps' KernelPageSize of the mapping at `start`, in kB (0 if not found). */
-static long page_kb(void *start)
-{
-	FILE *f = fopen("/proc/self/smaps", "r");
-	if (!f) return 0;
-	char line[512];
-	int in = 0;
-	long kb = 0;
-	while (fgets(line, sizeof(line), f)) {
-		unsigned long a, b;
-		if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') == line + strspn(line, "0123456789abcdef")) {
-			in = a == (unsigned long)start;
-			continue;
-		}
-		if (in && sscanf(line, "KernelPageSize: %ld kB", &kb) == 1) break;
-	}
-	fclose(f);
-	return kb;
-}
-
 static void check_huge(const char *who, const char *what, void *start)
 {
 	long kb = page_kb(start);
