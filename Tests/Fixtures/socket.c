@@ -7,8 +7,8 @@
  *
  *   (no argument)  fd 44 is an AF_NETLINK (NETLINK_ROUTE) socket holding the
  *                  answer to a request, not read yet (the rest of a dump)
- *   packet         fd 44 is an AF_PACKET socket (SOCK_RAW, ETH_P_ALL) with a
- *                  PACKET_RX_RING
+ *   packet         fd 44 is an AF_PACKET socket (SOCK_RAW, ETH_P_ALL) in a
+ *                  PACKET_FANOUT group
  *   mptcp          fd 44 is an AF_INET MPTCP socket
  *   scm            fd 45 is a unix datagram socket with a descriptor in
  *                  flight (SCM_RIGHTS) in its receive queue, sent from fd 46
@@ -112,8 +112,9 @@ int main(int argc, char **argv)
 		else inet = socket(AF_NETLINK, SOCK_RAW, 0 /* NETLINK_ROUTE */);
 		if (inet < 0) die(kind);
 		if (strcmp(kind, "packet") == 0) {
-			struct tpacket_req ring = { .tp_block_size = 4096, .tp_block_nr = 1, .tp_frame_size = 2048, .tp_frame_nr = 2 };
-			if (setsockopt(inet, SOL_PACKET, PACKET_RX_RING, &ring, sizeof(ring)) != 0) die("PACKET_RX_RING");
+			/* A fanout group (rings round-trip now): its other members could be anywhere. */
+			int fanout = 4242 | (PACKET_FANOUT_HASH << 16);
+			if (setsockopt(inet, SOL_PACKET, PACKET_FANOUT, &fanout, sizeof(fanout)) != 0) die("PACKET_FANOUT");
 		}
 		if (argc < 2) {
 			/* RTM_GETLINK dump request, NLM_F_REQUEST | NLM_F_DUMP: the answer waits unread. */
