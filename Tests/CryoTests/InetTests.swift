@@ -276,11 +276,8 @@ extension EndToEnd.InetTests {
     @Test("--network-lock: a peer that sends between dump and restore loses nothing and sees no reset; the rules go",
           arguments: ["iptables", "nftables"])
     func networkLock(mode: String) throws {
-        let tool = mode == "iptables" ? "/usr/sbin/iptables" : "/usr/sbin/nft"
-        guard FileManager.default.fileExists(atPath: tool) else {
-            print("skipped: \(tool) is not installed (Scripts/setup.sh --test-package \(mode) installs it)")
-            return
-        }
+        // Installed when missing (as root; else the test is cancelled, saying why).
+        _ = try requireTestProgram(mode == "iptables" ? "/usr/sbin/iptables" : "/usr/sbin/nft", package: mode)
         // A network namespace of our own: firewall rules are global to one.
         let namespace = "cryo-lock-\(getpid())-\(mode)"
         let made = shell("ip netns add \(namespace) && ip -n \(namespace) link set lo up")
@@ -556,10 +553,7 @@ extension EndToEnd.InetTests {
 extension EndToEnd.InetTests {
     @Test("a handshake in SYN_RECV is refused in one line; with --skip-in-flight and --network-lock its peer, and one whose SYN came in the gap, connect after restore")
     func synReceived() throws {
-        guard FileManager.default.fileExists(atPath: "/usr/sbin/iptables") else {
-            print("skipped: /usr/sbin/iptables is not installed (Scripts/setup.sh --test-package iptables installs it)")
-            return
-        }
+        _ = try requireTestProgram("/usr/sbin/iptables", package: "iptables")
         try inNetworkNamespace("synrecv") { (enter: [String], namespace: String) in
             let scratch = try Scratch("tcp-synrecv")
             defer { scratch.remove() }
