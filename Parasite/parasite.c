@@ -335,9 +335,10 @@ static long restore_memory(struct cryo_args_header *h) {
         log_line(h, "map", v->start, length);
         long addr;
         if (v->keep) {
-            /* Inherited with its pages shared copy-on-write: only this task's own pages are written. */
+            /* Inherited with its pages shared copy-on-write: only this task's own pages are written.
+             * It has the parent's protection, which may not be this task's. */
             addr = (long)v->start;
-            if (prot != v->prot) CHECK(h, sys3(NR_mprotect, v->start, length, prot), i, NR_mprotect, v->start);
+            CHECK(h, sys3(NR_mprotect, v->start, length, prot), i, NR_mprotect, v->start);
         } else if (v->sysv_shm) {
             /* A real attach, so shmdt and the segment's attach count work as before. */
             enum { SHM_RDONLY = 010000, SHM_REMAP = 040000, SHM_EXEC = 0100000 };

@@ -18,7 +18,8 @@ public struct TaskImage: Codable, Sendable {
         // Version 4: the runs are binary (a million of them as JSON took half a second to read back);
         // version 6: mappings and descriptors too (10,000 of either were most of a dump's and restore's work).
         // Version 6 covers 5's inherited mappings as well: an older cryo refuses both.
-        var writer = RecordWriter(version: ImageFormat.binaryTablesVersion)
+        // Version 7: ranges kept from the parent that are not whole mappings, which a version 6 cryo would keep whole.
+        var writer = RecordWriter(version: memory.inheritedRanges == nil ? ImageFormat.binaryTablesVersion : ImageFormat.inheritedRangesVersion)
         try writer.append(.task, core)
         try writer.append(.threads, threads)
         var rest = memory
@@ -230,7 +231,8 @@ extension Image {
                 try chunk.withUnsafeMutableBytes { try sharedMemory.read(id, offset: m.fileOffset + (address - m.start), into: $0, paths: paths) }
             } else if pages.run(containing: address) != nil {
                 try chunk.withUnsafeMutableBytes { try pages.read(address: address, into: $0) }
-            } else if m.inherited == true, !(task.memory.discards ?? []).contains(where: { $0[0] <= address && address < $0[1] }),
+            } else if m.inherited == true, task.memory.keptFromParent.contains(where: { $0.contains(address) }),
+                      !(task.memory.discards ?? []).contains(where: { $0[0] <= address && address < $0[1] }),
                       let ppid = inventory.processes.first(where: { $0.pid == task.core.pid })?.ppid, let parent = self.task(ppid) {
                 // A page still shared with the parent since fork: the parent's, as restore leaves it.
                 chunk = try bytes(of: parent, at: address, count: want)

@@ -38,7 +38,8 @@ public struct MemoryRecord: Codable, Sendable {
         /// A mapping of a file whose name was removed: `file` names its ghost in the file table.
         public var deleted: Bool? = nil
         /// Inherited from the parent at fork and still sharing pages with it: restore keeps the parent's
-        /// copy-on-write and writes only this task's own pages (CopyOnWrite.swift).
+        /// copy-on-write and writes only this task's own pages (CopyOnWrite.swift). All of it, or
+        /// the memory record's `inheritedRanges` inside it.
         public var inherited: Bool? = nil
         /// For an AIO ring: the number of events it holds (struct aio_ring's nr).
         public var aioEvents: UInt32? = nil
@@ -57,6 +58,16 @@ public struct MemoryRecord: Codable, Sendable {
     /// [start, end) ranges of inherited mappings whose pages the parent has and this task has not:
     /// dropped after fork at restore (CopyOnWrite.swift).
     public var discards: [[UInt64]]? = nil
+    /// [start, end) ranges kept from the parent at fork, in address order, when some inherited
+    /// mapping is not kept whole (format version 7); without it, every inherited mapping is.
+    public var inheritedRanges: [[UInt64]]? = nil
+
+    /// The ranges kept from the parent at fork, in address order.
+    var keptFromParent: [Range<UInt64>] {
+        // A malformed range is left out here, refused by CopyOnWrite.validate.
+        if let ranges = inheritedRanges { return ranges.compactMap { $0.count == 2 && $0[0] < $0[1] ? $0[0]..<$0[1] : nil } }
+        return mappings.filter { $0.inherited == true }.map { $0.start..<$0.end }
+    }
 }
 
 /// Where each saved page range lives in the page stream: [address, length, offset].
@@ -959,7 +970,7 @@ struct MemoryRestorePlan {
          oldRseq: cryo_rseq_config, keepInherited: Bool = true, extraRuns: [cryo_page_run] = []) throws {
         // Mappings inherited from the parent are in place already, shared copy-on-write: they stay.
         // Without (keepInherited false) they are mapped afresh and `extraRuns` (the parent's pages) fill them.
-        let kept = keepInherited ? record.mappings.filter { $0.inherited == true }.map { $0.start..<$0.end } : []
+        let kept = keepInherited ? record.keptFromParent : []
         for range in kept where !CopyOnWrite.subtract(current.map { $0.start..<$0.end }, from: [range]).isEmpty {
             throw CryoError("mapping 0x\(hex(range.lowerBound))-0x\(hex(range.upperBound)) inherited from the parent is not in the new task's layout")
         }
@@ -995,12 +1006,10 @@ struct MemoryRestorePlan {
 
         var vmas: [cryo_vma] = []
         var runs: [cryo_page_run] = []
-        var runCursor = 0
+        var runCursor = 0, keptCursor = 0
         let sortedRuns = index.runs
         for m in record.mappings where !m.isSpecial && m.kind != .aioRing {  // rings come from io_setup afterwards
             var vma = cryo_vma()
-            vma.start = m.start
-            vma.end = m.end
             vma.prot = UInt32(m.prot)
             var flags = m.shared ? MAP_SHARED : MAP_PRIVATE
             let backedByFile = m.kind == .file || m.kind == .memfd || m.kind == .sharedAnonymous || m.kind == .packetRing
@@ -1010,25 +1019,56 @@ struct MemoryRestorePlan {
             if let size = m.hugePageSize, !backedByFile { flags |= Hugetlb.mapFlags(size) }
             vma.flags = UInt32(flags)
             vma.fd = backedByFile ? try fileFD(m) : -1
-            vma.file_offset = backedByFile ? m.fileOffset : 0
             vma.madvise = m.advice
             if m.kind == .sysvShm, let id = m.inode { vma.sysv_shm = UInt32(id) + 1 }
-            if m.inherited == true && keepInherited { vma.keep = 1 }
-            vma.first_run = UInt64(runs.count)
+            var mappingRuns: [cryo_page_run] = []
             // Compressed pages are not the parasite's to read: fillPages writes them afterwards.
             while index.compression == nil && runCursor < sortedRuns.count && sortedRuns[runCursor].address < m.end {
                 let run = sortedRuns[runCursor]
                 var address = run.address
                 for piece in index.pieces(offset: run.offset, length: run.length) {
-                    runs.append(cryo_page_run(address: address, length: piece.length, file_offset: piece.offset,
-                                              fd: pagesFDs[piece.part], pad: 0))
+                    mappingRuns.append(cryo_page_run(address: address, length: piece.length, file_offset: piece.offset,
+                                                     fd: pagesFDs[piece.part], pad: 0))
                     address += piece.length
                 }
                 runCursor += 1
             }
-            runs += extraRuns.filter { $0.address >= m.start && $0.address < m.end }
-            vma.run_count = UInt64(runs.count) - vma.first_run
-            vmas.append(vma)
+            let extra = extraRuns.filter { $0.address >= m.start && $0.address < m.end }
+            if !extra.isEmpty {
+                mappingRuns += extra
+                mappingRuns.sort { $0.address < $1.address }
+            }
+            // The ranges kept from the parent, each its own piece; what lies between them is mapped afresh.
+            var keptHere: [Range<UInt64>] = []
+            while keptCursor < kept.count && kept[keptCursor].lowerBound < m.end {
+                if kept[keptCursor].upperBound > m.start { keptHere.append(kept[keptCursor].clamped(to: m.start..<m.end)) }
+                keptCursor += 1
+            }
+            let pieces = (keptHere.map { ($0, true) } + CopyOnWrite.subtract(keptHere, from: [m.start..<m.end]).map { ($0, false) })
+                .sorted { $0.0.lowerBound < $1.0.lowerBound }
+            var r = 0
+            for (piece, keep) in pieces {
+                vma.start = piece.lowerBound
+                vma.end = piece.upperBound
+                vma.file_offset = backedByFile ? m.fileOffset + (piece.lowerBound - m.start) : 0
+                vma.keep = keep ? 1 : 0
+                vma.first_run = UInt64(runs.count)
+                while r < mappingRuns.count && mappingRuns[r].address < piece.upperBound {
+                    var run = mappingRuns[r]
+                    let end = run.address + run.length
+                    if end <= piece.lowerBound { r += 1; continue }
+                    // A run across a piece's end goes on in the next piece.
+                    let cut = max(run.address, piece.lowerBound)..<min(end, piece.upperBound)
+                    run.file_offset += cut.lowerBound - run.address
+                    run.address = cut.lowerBound
+                    run.length = UInt64(cut.count)
+                    runs.append(run)
+                    if end > piece.upperBound { break }
+                    r += 1
+                }
+                vma.run_count = UInt64(runs.count) - vma.first_run
+                vmas.append(vma)
+            }
         }
         var header = cryo_restore_memory()
         header.unmap_count = UInt64(unmaps.count)

@@ -230,9 +230,20 @@ public struct Dumper {
                                                          },
                                                          settled: { prefetch.start(process.pid) })
                         if let split, !split.inherited.isEmpty {
-                            for i in memory.mappings.indices where split.inherited.contains(memory.mappings[i].start) {
-                                memory.mappings[i].inherited = true
+                            var whole = true
+                            var k = 0
+                            for i in memory.mappings.indices {
+                                let m = memory.mappings[i]
+                                while k < split.inherited.count && split.inherited[k].upperBound <= m.start { k += 1 }
+                                var here = k
+                                while here < split.inherited.count && split.inherited[here].lowerBound < m.end {
+                                    memory.mappings[i].inherited = true
+                                    if split.inherited[here] != m.start..<m.end { whole = false }
+                                    here += 1
+                                }
                             }
+                            // Ranges only when some mapping is not kept whole (a version 7 task file).
+                            memory.inheritedRanges = whole ? nil : split.inherited.map { [$0.lowerBound, $0.upperBound] }
                             memory.discards = split.discards.isEmpty ? nil : split.discards.map { [$0.lowerBound, $0.upperBound] }
                         }
                     }

@@ -152,9 +152,15 @@ public struct Restorer {
         // the pages it left to its parent from the parent's image instead (CopyOnWrite.ancestorRuns).
         for task in image.tasks where shareMemory {
             let inherited = task.memory.mappings.filter { $0.inherited == true }.map(\.start)
-            guard !inherited.isEmpty, let ppid = parents[task.core.pid] else { continue }
+            guard !inherited.isEmpty, let ppid = parents[task.core.pid], let parent = image.task(ppid) else { continue }
             sharedMappings[task.core.pid, default: []].formUnion(inherited)
-            sharedMappings[ppid, default: []].formUnion(inherited)
+            // The parent's mappings the kept ranges lie in (the same ones when the child kept them whole).
+            let kept = task.memory.keptFromParent
+            var k = 0
+            for m in parent.memory.mappings {
+                while k < kept.count && kept[k].upperBound <= m.start { k += 1 }
+                if k < kept.count && kept[k].lowerBound < m.end { sharedMappings[ppid, default: []].insert(m.start) }
+            }
         }
         let cowParents = Set(image.tasks.filter { shareMemory && $0.memory.mappings.contains { $0.inherited == true } }.compactMap { parents[$0.core.pid] })
         let helperPids = Set(inventory.processes.filter { p in
@@ -409,7 +415,9 @@ public struct Restorer {
     /// new task inherited from cryo, `ownMaps` mappings) or the state records.
     func argumentBytesNeeded(_ task: TaskImage, files: FileTable, ownMaps: Int) -> Int {
         return MemoryLayout<cryo_restore_memory>.size + (ownMaps + 64) * 16 + 6 * 24 * 2
-            + task.memory.mappings.count * MemoryLayout<cryo_vma>.stride + task.pageIndex.runs.count * MemoryLayout<cryo_page_run>.stride
+            // A mapping partly kept from the parent is one piece per kept range and per gap, its runs cut at their ends.
+            + (task.memory.mappings.count + 2 * (task.memory.inheritedRanges?.count ?? 0)) * MemoryLayout<cryo_vma>.stride
+            + (task.pageIndex.runs.count + 2 * (task.memory.inheritedRanges?.count ?? 0)) * MemoryLayout<cryo_page_run>.stride
             + (task.memory.discards?.count ?? 0) * MemoryLayout<cryo_range>.stride
             + MemoryLayout<cryo_task_state>.size + MemoryLayout<cryo_restore_extra>.size
             + MemoryLayout<cryo_thread_state>.size
