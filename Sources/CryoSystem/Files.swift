@@ -153,6 +153,12 @@ public enum Files {
     public static func truncate(_ file: FileDescriptor, to size: UInt64, path: String) throws {
         _ = try checkLibc(Int(ftruncate(file.rawValue, off_t(size))), "ftruncate", object: path)
     }
+    /// Frees [offset, offset + length) of `file`, which then reads as zeros; its size stays.
+    public static func punchHole(_ file: FileDescriptor, offset: UInt64, length: UInt64, path: String) throws {
+        let punchKeepingSize: Int32 = 0x02 | 0x01  // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+        _ = try Kernel.syscall(285 /* fallocate */, file.rawValue, punchKeepingSize, Int64(offset), Int64(length),
+                               name: "fallocate(PUNCH_HOLE)", object: "\(path) at \(offset)")
+    }
     /// Moves up to `length` bytes from a pipe into `file` at `offset` (advanced):
     /// nil when none are there yet, 0 at the end of the stream.
     public static func spliceToFile(from pipe: FileDescriptor, to file: FileDescriptor, offset: inout Int64, length: Int,

@@ -56,7 +56,7 @@ enum CriuCommandLine {
     }
 
     /// CRIU's commands that cryo has no counterpart for.
-    static let unsupportedCommands: Set<String> = ["service", "swrk", "lazy-pages", "cpuinfo", "dedup", "exec"]
+    static let unsupportedCommands: Set<String> = ["service", "swrk", "cpuinfo", "dedup", "exec"]
 
     /// "1M", "64K", "2G" or plain bytes, as CRIU's --ghost-limit takes them.
     static func size(_ text: String) throws -> UInt64 {

@@ -13,7 +13,7 @@ struct CryoCommand: ParsableCommand {
         commandName: "cryo",
         abstract: "Checkpoint and restore Linux processes.",
         version: "Version: \(cryoVersion)\nGitCommitID: \(cryoCommit)",
-        subcommands: [DumpCommand.self, PreDumpCommand.self, MigrateCommand.self, ReceiveCommand.self, PageServerCommand.self, PreDumpHolderCommand.self, LazyGuardCommand.self, RestoreCommand.self, CheckCommand.self, ShowCommand.self, InspectCommand.self,
+        subcommands: [DumpCommand.self, PreDumpCommand.self, MigrateCommand.self, ReceiveCommand.self, PageServerCommand.self, LazyPagesCommand.self, PreDumpHolderCommand.self, LazyGuardCommand.self, RestoreCommand.self, CheckCommand.self, ShowCommand.self, InspectCommand.self,
                       BacktraceCommand.self])
 
     /// Parses CRIU's spellings too; a bad or unsupported option is one line
@@ -119,7 +119,8 @@ struct DumpCommand: ParsableCommand {
             help: "Largest file unlinked while open whose contents go into the image (K, M, G suffixes; default 1M).",
             transform: CriuCommandLine.size)
     var ghostLimit: UInt64 = DumpOptions.defaultGhostLimit
-    @Flag(name: .customLong("lazy-pages"), help: .hidden)
+    @Flag(name: .customLong("lazy-pages"),
+          help: "Leave the memory that restore --lazy-pages loads on first touch out of the image and serve it from the frozen tree on --address/--port to a `cryo lazy-pages --page-server`; the tree is killed once the destination has it all.")
     var lazyPages = false
     @Option(name: .customLong("pidfile"), help: .hidden)
     var pidFile: String?
@@ -133,10 +134,10 @@ struct DumpCommand: ParsableCommand {
     @OptionGroup var common: CommonOptions
 
     func validate() throws {
-        // CRIU's dump --lazy-pages leaves memory behind for a page server to hand out; cryo's
-        // lazy restore reads an ordinary image, so a plain dump is what `restore --lazy-pages` takes.
-        if lazyPages { throw CriuCommandLine.Refusal.unsupported("dump --lazy-pages (dump without it; restore --lazy-pages takes any image)") }
-        try pageServer.check()
+        try pageServer.check(lazyPages: lazyPages)
+        if lazyPages && (compress || previousImages != nil || leaveRunning) {
+            throw ValidationError("--lazy-pages with --compress, --prev-images-dir or --leave-running is not supported")
+        }
         if pageServer.enabled && previousImages != nil { throw ValidationError("--page-server with --prev-images-dir is not supported") }
         if pageServer.enabled && compress { throw ValidationError("--page-server with --compress is not supported") }
     }
@@ -145,6 +146,8 @@ struct DumpCommand: ParsableCommand {
         if common.logFile.map({ !$0.hasPrefix("/") }) == true && criu.workDirectory == nil {
             _ = mkdir(directory, 0o700)  // the log goes into the images dir, which dump makes anyway
         }
+        var lazyServing: LazyPagesServing?
+        let logger = common.logger(relativeTo: criu.workDirectory ?? directory)
         let statistics = try failing {
             var options = DumpOptions(pid: pid, directory: directory, leaveRunning: leaveRunning, shellJob: shellJob,
                                       tcpEstablished: tcpEstablished, compress: compress,
@@ -156,11 +159,19 @@ struct DumpCommand: ParsableCommand {
             let link = try pageServer.connect()
             defer { link?.close() }
             options.handOver = try link.map { try Migrator.pageServerHandOver(over: $0, rootPid: pid) }
+            if lazyPages {
+                let serving = LazyPagesServing(accept: try pageServer.lazyPagesListener(), logger: logger)
+                lazyServing = serving
+                options.handOver = { try serving.handOver($0) }
+            }
             options.tcpClose = criu.tcpClose
             options.skipInFlight = criu.skipInFlight
             options.networkLock = criu.networkLock.flatMap { NetworkLockMode(rawValue: $0.rawValue) }
-            return try Dumper(options: options,
-                       logger: common.logger(relativeTo: criu.workDirectory ?? directory)).run()
+            return try Dumper(options: options, logger: logger).run()
+        }
+        if let lost = lazyServing?.lostAfterStart {
+            printError("cryo: \(lost); killed pid \(pid) here too\n")
+            throw ExitCode(1)
         }
         if common.verbose > 0 {
             print(String(printf: "dumped pid %d: frozen %.3f s, memory %.3f s, %llu pages written of %llu scanned",
@@ -191,15 +202,27 @@ struct RestoreCommand: ParsableCommand {
     @OptionGroup var criu: CriuOptions
     @OptionGroup var common: CommonOptions
 
-    func restore() throws -> RestoredTree {
-        let tree = try failing {
+    /// With --lazy-pages, also the lazy-pages daemon's connection when one waits (close it once every page is in).
+    func restore() throws -> (RestoredTree, LazyPagesClient?) {
+        let logger = common.logger(relativeTo: criu.workDirectory ?? directory)
+        let (tree, client) = try failing {
             var options = RestoreOptions(directory: directory, detached: detached, newPidNamespace: pidNamespace,
                                          leaveStopped: leaveStopped, tcpEstablished: tcpEstablished, lazyPages: lazyPages)
             options.cgroupMode = criu.manageCgroups ?? .soft
             options.cgroupRoots = criu.cgroupRoot
             options.tcpClose = criu.tcpClose
-            return try Restorer(options: options,
-                         logger: common.logger(relativeTo: criu.workDirectory ?? directory)).run()
+            let socket = criu.resolve(LazyPagesClient.socketName, imagesDirectory: directory)
+            let client = lazyPages ? try LazyPagesClient.attach(imageDirectory: directory, socketPath: socket, logger: logger) : nil
+            options.remotePages = client?.remote
+            do {
+                let tree = try Restorer(options: options, logger: logger).run()
+                // Losing the page server before every page is here: the loader fails, and the lazy guard kills the tree.
+                client?.started { error in tree.lazy?.abort(error) }
+                return (tree, client)
+            } catch {
+                client?.close()
+                throw error
+            }
         }
         if let pidFile {
             // CRIU writes it once the tree is restored; a script reads it to find the root.
@@ -210,7 +233,7 @@ struct RestoreCommand: ParsableCommand {
                 try Files.write(fd, Array("\(tree.childPid)\n".utf8), path: path)
             }
         }
-        return tree
+        return (tree, client)
     }
 
     func sayRestored(_ tree: RestoredTree) {
@@ -227,7 +250,8 @@ struct RestoreCommand: ParsableCommand {
 
     func run() throws {
         if detached && lazyPages { try runDetachedLazy() }
-        let tree = try restore()
+        let (tree, client) = try restore()
+        defer { client?.close() }
         let pid = tree.childPid
         if detached {
             sayRestored(tree)
@@ -249,6 +273,7 @@ struct RestoreCommand: ParsableCommand {
             }
             for signalNumber in interruptions { signal(signalNumber, SIG_DFL) }
         }
+        client?.close()
         waiting: while !rootEnded {
             let status = try failing { try waitFor(pid) }
             switch status {
@@ -290,7 +315,8 @@ struct RestoreCommand: ParsableCommand {
         }
         try? ready.read.close()
         let tree: RestoredTree
-        do { tree = try restore() } catch { Glibc.exit(1) }  // `failing` printed the line
+        let client: LazyPagesClient?
+        do { (tree, client) = try restore() } catch { Glibc.exit(1) }  // `failing` printed the line
         sayRestored(tree)
         // The caller is gone from here on: no stdout to hold open, no hangup to die of.
         let null = open("/dev/null", O_WRONLY)
@@ -299,12 +325,16 @@ struct RestoreCommand: ParsableCommand {
         var byte: UInt8 = 1
         _ = try? withUnsafeBytes(of: &byte) { try ready.write.write($0) }
         try? ready.write.close()
-        guard let lazy = tree.lazy else { Glibc.exit(0) }
+        guard let lazy = tree.lazy else {
+            client?.close()
+            Glibc.exit(0)
+        }
         // The root is this process's child until it exits: reap it if it ends first.
         var rootReaped = false
         while !lazy.waitLoaded(for: 0.05) {
             if !rootReaped { var status: Int32 = 0; rootReaped = waitpid(tree.childPid, &status, WNOHANG) == tree.childPid }
         }
+        client?.close()
         if let error = lazy.failed {
             printError("cryo: \(error)\n")
             Glibc.exit(1)

@@ -215,18 +215,123 @@ struct PageServerTarget: ParsableArguments {
     @Option(name: .customLong("key"), help: "Key file shared with the page server: TLS with mutual authentication.")
     var keyFile: String?
 
-    func check() throws {
+    /// `lazyPages`: dump --lazy-pages listens on --address/--port itself (no --page-server).
+    func check(lazyPages: Bool = false) throws {
+        if lazyPages {
+            if enabled { throw ValidationError("--lazy-pages serves the pages itself: leave out --page-server") }
+            if port == nil { throw ValidationError("--lazy-pages needs --port (and --address, default 0.0.0.0) to serve the pages on") }
+            return
+        }
         if enabled && (address == nil || port == nil) { throw ValidationError("--page-server needs --address and --port") }
         if !enabled && (address != nil || port != nil || keyFile != nil) { throw ValidationError("--address, --port and --key go with --page-server") }
+    }
+
+    static func endpoint(_ address: String, _ port: UInt16) -> String {
+        address.contains(":") ? "[\(address)]:\(port)" : "\(address):\(port)"
+    }
+
+    /// dump --lazy-pages: listens now (a busy port fails the dump before the freeze); the returned
+    /// closure waits for the lazy-pages daemon's connection.
+    func lazyPagesListener() throws -> @Sendable () throws -> MigrationLink {
+        signal(SIGPIPE, SIG_IGN)
+        let listener = try MigrationEndpoint.listen(Self.endpoint(address ?? "0.0.0.0", port!))
+        let key = try keyFile.map { try MigrationKey.load($0) }
+        return {
+            defer { try? listener.close() }
+            let (fd, peer) = try MigrationEndpoint.acceptOne(listener)
+            guard let key else { return SocketLink(fd: fd, peer: peer) }
+            defer { try? fd.close() }
+            return try TLSLink(socket: fd, peer: peer, key: key, server: true)
+        }
     }
 
     func connect() throws -> MigrationLink? {
         guard enabled, let address, let port else { return nil }
         signal(SIGPIPE, SIG_IGN)
-        let target = address.contains(":") ? "[\(address)]:\(port)" : "\(address):\(port)"
+        let target = Self.endpoint(address, port)
         let fd = try MigrationEndpoint.connect(target)
         guard let keyFile else { return SocketLink(fd: fd, peer: target) }
         defer { try? fd.close() }
         return try TLSLink(socket: fd, peer: target, key: try MigrationKey.load(keyFile), server: false)
+    }
+}
+
+/// CRIU's `lazy-pages`: the daemon `restore --lazy-pages` talks to. With --page-server it fetches the
+/// pages a `dump --lazy-pages` left out of the image from that dump (LazyMigration.swift); without,
+/// the image holds every page and restore loads them itself, and the daemon ends with it.
+struct LazyPagesCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lazy-pages",
+        abstract: "Serve `restore --lazy-pages` the pages a `dump --lazy-pages` kept on its host (CRIU's lazy-pages daemon).")
+    @Option(name: [.customShort("D"), .customLong("images-dir")], help: "The image folder.")
+    var directory: String
+    @Option(name: [.customShort("W"), .customLong("work-dir")], help: "Folder for lazy-pages.socket (default: the images dir).")
+    var workDirectory: String?
+    @Flag(name: .customLong("page-server"), help: "Fetch the pages left out of the image from the `dump --lazy-pages` at --address/--port.")
+    var pageServer = false
+    @Option(name: .customLong("address"), help: "The dump's address (with --page-server).")
+    var address: String?
+    @Option(name: .customLong("port"), help: "The dump's port (with --page-server).")
+    var port: UInt16?
+    @Option(name: .customLong("key"), help: "Key file shared with the dump: TLS with mutual authentication instead of plain TCP.")
+    var keyFile: String?
+    @Flag(name: .customLong("daemon"), help: "Go into the background once the socket listens.")
+    var daemon = false
+    @Option(name: .customLong("pidfile"), help: "Write the daemon's pid here (relative to --work-dir).")
+    var pidFile: String?
+    @Option(name: .customLong("status-fd"), help: "Write one NUL byte to this descriptor once the socket listens.")
+    var statusFD: Int32?
+    @OptionGroup var common: CommonOptions
+
+    func validate() throws {
+        if pageServer && (address == nil || port == nil) { throw ValidationError("--page-server needs --address and --port") }
+        if !pageServer && (address != nil || port != nil || keyFile != nil) { throw ValidationError("--address, --port and --key go with --page-server") }
+    }
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)
+        let work = workDirectory ?? directory
+        let logger = common.logger(relativeTo: work)
+        let connect: (() throws -> MigrationLink)? = pageServer ? { [address, port, keyFile] in
+            let target = PageServerTarget.endpoint(address!, port!)
+            // The dump may still be on its way to listening.
+            let deadline = ContinuousClock.now + .seconds(10)
+            var fd: FileDescriptor
+            while true {
+                do { fd = try MigrationEndpoint.connect(target); break } catch let error as SyscallError
+                    where error.errno == .connectionRefused && ContinuousClock.now < deadline {
+                    usleep(20_000)
+                }
+            }
+            guard let keyFile else { return SocketLink(fd: fd, peer: target) }
+            defer { try? fd.close() }
+            return try TLSLink(socket: fd, peer: target, key: try MigrationKey.load(keyFile), server: false)
+        } : nil
+        try failing {
+            try LazyPagesDaemon.run(socketPath: "\(work)/\(LazyPagesClient.socketName)", connectSource: connect, ready: {
+                if daemon {
+                    let child = try Processes.fork()
+                    if child > 0 {
+                        if let pidFile { try writePidFile(child, to: pidFile, work: work) }
+                        Glibc.exit(0)
+                    }
+                    _ = setsid()
+                } else if let pidFile {
+                    try writePidFile(getpid(), to: pidFile, work: work)
+                }
+                if let statusFD {
+                    var nul: UInt8 = 0
+                    _ = Glibc.write(statusFD, &nul, 1)
+                    Glibc.close(statusFD)
+                }
+            }, logger: logger)
+        }
+    }
+
+    func writePidFile(_ pid: pid_t, to name: String, work: String) throws {
+        let path = name.hasPrefix("/") ? name : "\(work)/\(name)"
+        let fd = try Files.open(path, .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+        defer { try? fd.close() }
+        try Files.write(fd, Array("\(pid)\n".utf8), path: path)
     }
 }

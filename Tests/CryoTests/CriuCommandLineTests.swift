@@ -11,13 +11,14 @@ struct CriuCommandLineTests {
     /// Options CRIU users pass that cryo does not implement, each refused by name.
     @Test("unsupported CRIU options are refused in one line, exit 1", arguments: [
         (["dump", "-t", "1", "-D", "/nonexistent", "--ext-mount-map", "a:b"], "--ext-mount-map is not supported"),
-        (["dump", "-t", "1", "-D", "/nonexistent", "--lazy-pages"], "dump --lazy-pages"),
+        (["dump", "-t", "1", "-D", "/nonexistent", "--lazy-pages"], "--lazy-pages needs --port"),
+        (["dump", "-t", "1", "-D", "/nonexistent", "--lazy-pages", "--port", "1", "--compress"], "is not supported"),
         (["restore", "-D", "/nonexistent", "--restore-sibling"], "--restore-sibling is not supported"),
         (["pre-dump", "-t", "1", "-D", "/nonexistent", "--prev-images-dir", "x"], "pre-dump --prev-images-dir is not supported"),
         (["check", "--feature", "no_such_feature"], "unknown feature no_such_feature"),
         (["dump", "-t", "1", "-D", "/nonexistent", "--ext-unix-sk=123"], "--ext-unix-sk=123 is not supported"),
         (["dump", "-t", "1", "-D", "/nonexistent", "-s"], "-s is not supported"),
-        (["lazy-pages", "-D", "/nonexistent"], "lazy-pages is not supported"),
+        (["lazy-pages", "-D", "/nonexistent"], "lazy-pages socket /nonexistent/lazy-pages.socket"),
         (["swrk", "3"], "swrk is not supported"),
     ])
     func refused(arguments: [String], expected: String) throws {

@@ -139,6 +139,128 @@ extension EndToEnd {
     }
 }
 
+extension EndToEnd {
+    /// CRIU's lazy migration in CRIU's spelling (LazyMigration.swift): `dump --lazy-pages --port`
+    /// leaves the lazily loaded memory out of the image and serves it from the frozen tree,
+    /// `lazy-pages --page-server` fetches it for `restore --lazy-pages`. Both hosts are this one,
+    /// so the restore goes into a new pid namespace (the source's pids are still taken).
+    @Suite("CRIU's lazy-pages daemon")
+    struct LazyPagesDaemonTests {
+        static func port() -> String { String(20000 + Int(getpid()) % 20000) }
+
+        @Test("dump --lazy-pages, lazy-pages --page-server, restore --lazy-pages: memory served from the frozen source")
+        func lazyMigration() throws {
+            let scratch = try Scratch("lazy-migration")
+            defer { scratch.remove() }
+            let fixture = try Fixture("bigmem", arguments: ["64"], in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let pid = fixture.pid
+            let images = scratch.file("img")
+            let port = Self.port()
+            let dump = try CryoProcess(["dump", "-t", "\(pid)", "-D", images, "--lazy-pages", "--address", "127.0.0.1", "--port", port],
+                                       in: scratch)
+            defer { dump.stop() }
+            let written = waitUntil(timeout: 60) {
+                fixture.pollOriginal()
+                return FileManager.default.fileExists(atPath: images + "/lazy-remote.img") && !FileManager.default.fileExists(atPath: images + "/dump-incomplete")
+            }
+            try #require(written, "no lazy-remote.img from dump --lazy-pages\n\(dump.wait(timeout: 1))")
+            // The 48 MiB written stay on the source: the image holds only what restore needs at once.
+            let allocated = allocatedBytes(images)
+            #expect(allocated < 4 << 20, "the image takes \(allocated) bytes on disk: the lazy pages were not left out")
+            #expect(ProcStatus(pid: pid) != nil, "the source must stay (frozen) until the destination has its memory")
+
+            let daemon = try CryoProcess(["lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", port, "-D", images], in: scratch)
+            defer { daemon.stop() }
+            let restore = try cryo(["restore", "-D", images, "--lazy-pages", "--pidns", "-d"], in: scratch)
+            try #require(restore.succeeded, "\(restore)")
+            var host: pid_t?
+            defer { if let host { kill(host, SIGKILL) } }
+            try #require(waitUntil(timeout: 30) {
+                host = hostPid(ofInner: pid, named: "bigmem")
+                return host != nil
+            }, "no restored bigmem with pid \(pid) in a new pid namespace\n\(restore)")
+
+            let dumped = dump.wait(timeout: 120, reaping: fixture)
+            #expect(dumped.succeeded, "dump --lazy-pages should end once the destination has every page\n\(dumped)")
+            #expect(fixture.reapOriginal(timeout: 20) != nil, "the source still runs after the migration")
+            let served = daemon.wait(timeout: 60)
+            #expect(served.succeeded, "the lazy-pages daemon should exit 0 once every page passed\n\(served)")
+            #expect(allocatedBytes(images) > 40 << 20, "the pages did not arrive in the image folder")
+            kill(host!, SIGTERM)
+            #expect(waitUntil(timeout: 30) { fixture.lines.contains("PASS") || fixture.lines.contains { $0.hasPrefix("FAIL") } })
+            expectPass(fixture)
+        }
+
+        /// The destination fails after the daemon reached the source: the source tree is released and goes on.
+        @Test("a restore that fails before the tree starts leaves the source running")
+        func restoreFails() throws {
+            let scratch = try Scratch("lazy-migration-fails")
+            defer { scratch.remove() }
+            let fixture = try Fixture("counter", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let pid = fixture.pid
+            let images = scratch.file("img")
+            let port = Self.port()
+            let dump = try CryoProcess(["dump", "-t", "\(pid)", "-D", images, "--lazy-pages", "--address", "127.0.0.1", "--port", port],
+                                       in: scratch)
+            defer { dump.stop() }
+            try #require(waitUntil(timeout: 60) { FileManager.default.fileExists(atPath: images + "/lazy-remote.img") && !FileManager.default.fileExists(atPath: images + "/dump-incomplete") },
+                         "no lazy-remote.img\n\(dump.wait(timeout: 1))")
+            let daemon = try CryoProcess(["lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", port, "-D", images], in: scratch)
+            defer { daemon.stop() }
+            // Without --pidns the pid is still the source's: the restore fails.
+            let restore = try cryo(["restore", "-D", images, "--lazy-pages", "-d"], in: scratch)
+            #expect(restore.status == .exited(1) && restore.stderrLines.count == 1, "\(restore)")
+            let dumped = dump.wait(timeout: 60, reaping: fixture)
+            #expect(dumped.status == .exited(1) && dumped.stderrLines.count == 1
+                    && dumped.stderr.contains("before the destination reported the restored tree running"), "\(dumped)")
+            #expect(daemon.wait(timeout: 30).status == .exited(1))
+            #expect(!FileManager.default.fileExists(atPath: images + "/inventory.img"), "the failed dump must remove its image")
+            #expect(waitUntil(timeout: 10) { ProcStatus(pid: pid)?.isRunning == true }, "the source is not running: \(describeProcess(pid))")
+            fixture.signal(SIGTERM)
+            #expect(fixture.reapOriginal(timeout: 30) != nil)
+            expectPass(fixture)
+        }
+
+        /// Without --page-server the image holds every page; the daemon ends with the restore.
+        @Test("lazy-pages without a page server ends when restore --lazy-pages has loaded the image")
+        func local() throws {
+            let scratch = try Scratch("lazy-pages-local")
+            defer { scratch.remove() }
+            let fixture = try Fixture("counter", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let pid = fixture.pid
+            let images = try dumpAndReap(fixture, in: scratch).images
+            let daemon = try CryoProcess(["lazy-pages", "-D", images], in: scratch)
+            defer { daemon.stop() }
+            try #require(waitUntil(timeout: 10) { FileManager.default.fileExists(atPath: images + "/lazy-pages.socket") }, "\(daemon.wait(timeout: 1))")
+            let restore = try cryo(["restore", "-D", images, "--lazy-pages", "-d"], in: scratch)
+            try #require(restore.succeeded, "\(restore)")
+            let served = daemon.wait(timeout: 60)
+            #expect(served.succeeded, "\(served)")
+            #expect(!FileManager.default.fileExists(atPath: images + "/lazy-pages.socket"))
+            try #require(fixture.waitRestored(timeout: 30), "pid \(pid) did not come back: \(describeProcess(pid))")
+            kill(pid, SIGTERM)
+            #expect(waitUntil(timeout: 30) { !pidExists(pid) })
+            expectPass(fixture)
+        }
+    }
+}
+
+/// Bytes a folder's regular files take on disk (holes do not count).
+private func allocatedBytes(_ path: String) -> UInt64 {
+    var total: UInt64 = 0
+    for name in (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [] {
+        var st = stat()
+        if lstat(path + "/" + name, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG { total += UInt64(st.st_blocks) * 512 }
+    }
+    return total
+}
+
 /// The host pid of the process called `name` whose pid in its own (inner) namespace is `inner`.
 private func hostPid(ofInner inner: pid_t, named name: String) -> pid_t? {
     let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []

@@ -56,6 +56,8 @@ public enum RecordKind: UInt32, Sendable, CaseIterable {
     case descriptorTable = 13
     /// Binary (FileTableCodec): the file table, files.img of version 6 on.
     case fileRecords = 14
+    /// lazy-remote.img: pages a `dump --lazy-pages` left out, served by its page server (LazyMigration.swift).
+    case lazyRemote = 15
 }
 
 public struct ImageError: Error, CustomStringConvertible {

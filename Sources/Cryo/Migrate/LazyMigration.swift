@@ -1,0 +1,448 @@
+import CryoSystem
+import Dispatch
+import FoundationEssentials
+import Glibc
+import Logging
+import SystemPackage
+
+// CRIU's lazy migration, in CRIU's spelling:
+//   source:       cryo dump -t PID -D DIR --lazy-pages --port P [--address A]
+//   destination:  cryo lazy-pages --page-server --address A --port P -D DIR
+//                 cryo restore --lazy-pages -D DIR
+// The dump writes the image without the pages that lazy restore loads through
+// a userfaultfd anyway: they are holes in pages-PID.img, listed in
+// lazy-remote.img, so DIR travels small. The tree stays frozen and the dump
+// serves those pages from it. The lazy-pages daemon holds the connection to the
+// dump and waits on lazy-pages.socket in the work folder; restore's loader asks
+// for pages through it. The frames are migrate's post-copy frames
+// (PostCopy.swift), relayed one by one. The dump kills the tree once the
+// destination has every page. If the connection is lost before the restored
+// tree runs, the tree keeps running here.
+
+/// lazy-remote.img: per process, the runs of its pages file that are holes, to come from the dump.
+struct RemotePagesRecord: Codable {
+    struct Process: Codable {
+        var pid: Int32
+        /// [offset in the pages file, address, length], in address order.
+        var runs: [[UInt64]]
+    }
+    var processes: [Process]
+    static let file = "lazy-remote.img"
+
+    static func read(directory: String) throws -> RemotePagesRecord? {
+        let path = "\(directory)/\(file)"
+        guard Files.exists(path) else { return nil }
+        let record = try RecordReader(path: path).one(.lazyRemote, as: RemotePagesRecord.self)
+        for process in record.processes {
+            var previousEnd: UInt64 = 0
+            for run in process.runs {
+                guard run.count == 3, run.allSatisfy({ $0 % 4096 == 0 }), run[2] > 0, run[1] >= previousEnd,
+                      run[1] <= UInt64.max - run[2], run[0] <= UInt64.max - run[2] else {
+                    throw ImageError(file: path, record: "lazyRemote", "pid \(process.pid): malformed or unordered run \(run)")
+                }
+                previousEnd = run[1] + run[2]
+            }
+        }
+        return record
+    }
+
+    /// Where [address, address + length) of `pid`'s memory is in its pages file, piece by piece.
+    func pieces(pid: Int32, address: UInt64, length: UInt64) -> [(offset: UInt64, address: UInt64, length: UInt64)]? {
+        guard let runs = processes.first(where: { $0.pid == pid })?.runs else { return nil }
+        var low = 0, high = runs.count
+        while low < high {
+            let mid = (low + high) / 2
+            if runs[mid][1] + runs[mid][2] <= address { low = mid + 1 } else { high = mid }
+        }
+        var result: [(UInt64, UInt64, UInt64)] = []
+        var cursor = address
+        let end = address + length
+        while cursor < end {
+            guard low < runs.count, runs[low][1] <= cursor else { return nil }
+            let take = min(end, runs[low][1] + runs[low][2]) - cursor
+            result.append((runs[low][0] + (cursor - runs[low][1]), cursor, take))
+            cursor += take
+            low += 1
+        }
+        return result
+    }
+}
+
+/// A pages file and its parts (PageIndex.parts), open for writing, addressed by stream offset.
+final class PagesFiles: @unchecked Sendable {
+    let index: PageIndex
+    let paths: [String]
+    let fds: [FileDescriptor]
+    init(index: PageIndex, path: String) throws {
+        self.index = index
+        paths = index.fileSizes.indices.map { ImagePaths.part($0, of: path) }
+        var opened: [FileDescriptor] = []
+        do { for path in paths { opened.append(try Files.open(path, .readWrite)) } } catch {
+            for fd in opened { try? fd.close() }
+            throw error
+        }
+        fds = opened
+    }
+    /// `body(fd, path, offset in that file, length, offset within the range)` for each piece of the stream range.
+    func each(offset: UInt64, length: UInt64, _ body: (FileDescriptor, String, UInt64, UInt64, UInt64) throws -> Void) throws {
+        var done: UInt64 = 0
+        for piece in index.pieces(offset: offset, length: length) {
+            try body(fds[piece.part], paths[piece.part], piece.offset, piece.length, done)
+            done += piece.length
+        }
+        guard done == length else { throw CryoError("\(paths[0]): stream range at \(offset) of \(length) bytes is beyond its end") }
+    }
+    func close() { for fd in fds { try? fd.close() } }
+}
+
+/// The source half: the hand-over of `dump --lazy-pages` (DumpOptions.handOver), run with the
+/// image written and the tree frozen.
+public final class LazyPagesServing: @unchecked Sendable {
+    /// Waits for the lazy-pages daemon's connection (authenticated, where the transport does that).
+    let accept: @Sendable () throws -> MigrationLink
+    let logger: Logger
+    public private(set) var bytesLeftOut: UInt64 = 0
+    public private(set) var bytesPushed: UInt64 = 0
+    public private(set) var requests = 0
+    /// The connection was lost after the destination started the tree: the dump kills the tree here anyway.
+    public private(set) var lostAfterStart: String?
+
+    public init(accept: @escaping @Sendable () throws -> MigrationLink, logger: Logger) {
+        self.accept = accept
+        self.logger = logger
+    }
+
+    public func handOver(_ image: FrozenImage) throws {
+        let recordPath = "\(image.directory)/\(RemotePagesRecord.file)"
+        do {
+            let later = try leaveOut(image)
+            // Whole but for the pages served from here: restore may read it now. (Should the dump
+            // still fail, it removes the folder as it does for any failure.)
+            IncompleteMark.remove(ImagePaths(image.directory))
+            let link = try accept()
+            defer { link.close() }
+            let wire = MigrationWire(link)
+            let (kind, hello, _) = try wire.receive()
+            guard kind == .hello, hello.version == MigrationWire.version, hello.lazyPages == true else {
+                wire.fail("not a cryo lazy-pages restore of this version")
+                throw CryoError("\(link.peer) is not a cryo lazy-pages restore of this version (first frame \(kind))")
+            }
+            try wire.send(.ready)
+            let verdict = Migrator.Verdict()
+            try Migrator.servePostCopy(later, wire: wire, verdict: verdict, logger: logger)
+            requests = verdict.postCopyRequests
+            bytesPushed = verdict.postCopyBytes
+            if let lost = verdict.lostAfterStart {
+                lostAfterStart = "lost the lazy-pages daemon \(link.peer) after the restored tree started, "
+                    + "with \(verdict.postCopyLeft) bytes of memory not sent: \(lost)"
+            }
+        } catch {
+            // The dump removes the image it wrote; this file is not on its list.
+            unlink(recordPath)
+            throw error
+        }
+    }
+
+    /// Punches the lazily loaded pages out of each pages file and lists them in lazy-remote.img.
+    func leaveOut(_ image: FrozenImage) throws -> PostCopySource {
+        var later = PostCopySource()
+        var record = RemotePagesRecord(processes: [])
+        for name in image.files {
+            guard let pid = Migrator.pagesFilePid(name) else { continue }
+            let task = try TaskImage.read("\(image.directory)/task-\(pid).img")
+            guard task.pageIndex.compression == nil else { throw CryoError("pid \(pid): dump --lazy-pages needs uncompressed pages") }
+            let pending = LazySplit(task: task).pending
+            guard !pending.isEmpty else { continue }
+            let files = try PagesFiles(index: task.pageIndex, path: "\(image.directory)/\(name)")
+            defer { files.close() }
+            var runs: [[UInt64]] = []
+            for run in pending {
+                let length = run.end - run.start
+                try files.each(offset: run.offset, length: length) { fd, path, offset, length, _ in
+                    try Files.punchHole(fd, offset: offset, length: length, path: path)
+                }
+                runs.append([run.offset, run.start, length])
+                if let last = later.ranges.last, last.pid == pid, last.address + last.length == run.start {
+                    later.ranges[later.ranges.count - 1].length += length
+                } else {
+                    later.ranges.append((pid, run.start, length))
+                }
+                bytesLeftOut += length
+            }
+            record.processes.append(.init(pid: pid, runs: runs))
+        }
+        // PostCopySource.covers searches by pid, then address.
+        later.ranges.sort { ($0.pid, $0.address) < ($1.pid, $1.address) }
+        var writer = RecordWriter()
+        try writer.append(.lazyRemote, record)
+        try writer.write(to: "\(image.directory)/\(RemotePagesRecord.file)")
+        logger.debug("dump --lazy-pages: \(bytesLeftOut) bytes left out of the image, served from the frozen tree")
+        return later
+    }
+}
+
+/// The restore half: `restore --lazy-pages` talks to the lazy-pages daemon when one waits on its
+/// socket. With lazy-remote.img, pages come through it (RestoreOptions.remotePages); without, the
+/// daemon only learns when the restore is done (the image holds every page).
+public final class LazyPagesClient: @unchecked Sendable {
+    public static let socketName = "lazy-pages.socket"
+    let wire: MigrationWire
+    /// nil: every page is in the image.
+    public let remote: RemotePages?
+    let record: RemotePagesRecord?
+    let directory: String
+    private let lock = Lock()
+    private var lost: Error?
+    private var onLost: ((Error) -> Void)?
+
+    init(wire: MigrationWire, remote: RemotePages?, record: RemotePagesRecord?, directory: String) {
+        self.wire = wire
+        self.remote = remote
+        self.record = record
+        self.directory = directory
+    }
+
+    /// nil when the image needs no page server and no daemon waits on `socketPath`.
+    public static func attach(imageDirectory: String, socketPath: String, logger: Logger) throws -> LazyPagesClient? {
+        let record = try RemotePagesRecord.read(directory: imageDirectory)
+        if record == nil && !Files.exists(socketPath) { return nil }
+        let fd = try connect(socketPath, waiting: record != nil)
+        let link = SocketLink(fd: fd, peer: "the lazy-pages daemon on \(socketPath)")
+        let wire = MigrationWire(link)
+        guard let record else { return LazyPagesClient(wire: wire, remote: nil, record: nil, directory: imageDirectory) }
+        do {
+            let (remote, indices) = try missingPages(record, imageDirectory: imageDirectory)
+            var hello = FrameHeader()
+            hello.version = MigrationWire.version
+            hello.lazyPages = true
+            try wire.send(.hello, hello)
+            let (kind, answer, _) = try wire.receive()
+            if kind == .failed { throw CryoError("the page server refused through \(link.peer): \(answer.message ?? "no reason given")") }
+            guard kind == .ready else { throw CryoError("\(link.peer) answered \(kind) to hello") }
+            let client = LazyPagesClient(wire: wire, remote: remote, record: record, directory: imageDirectory)
+            try client.startReading(indices: indices, logger: logger)
+            return client
+        } catch {
+            link.close()
+            if error is MigrationLinkClosed { throw CryoError("\(link.peer) closed the connection (is its page server running?)") }
+            throw error
+        }
+    }
+
+    /// The daemon may still be starting when restore starts: for an image that needs it, wait a little.
+    static func connect(_ path: String, waiting: Bool) throws -> FileDescriptor {
+        let deadline = ContinuousClock.now + .seconds(waiting ? 10 : 0)
+        while true {
+            do {
+                return try Sockets.connected(unix: Array(path.utf8), type: 1 /* SOCK_STREAM */, object: "lazy-pages socket \(path)")
+            } catch let error as SyscallError where (error.errno == .noSuchFileOrDirectory || error.errno == .connectionRefused)
+                && ContinuousClock.now < deadline {
+                usleep(10_000)
+            } catch let error as SyscallError where error.errno == .noSuchFileOrDirectory {
+                throw CryoError("the image's memory is partly on its source (lazy-remote.img) and no lazy-pages daemon listens on \(path): "
+                    + "start `cryo lazy-pages --page-server --address A --port P` first")
+            }
+        }
+    }
+
+    /// Every page left out, as RemotePages wants it, and each process's page index; refused when restore
+    /// would need one of them at once (they must all be pages it loads lazily, or the tree would start
+    /// with zeros there).
+    static func missingPages(_ record: RemotePagesRecord, imageDirectory: String) throws -> (RemotePages, [Int32: PageIndex]) {
+        let remote = RemotePages()
+        var indices: [Int32: PageIndex] = [:]
+        for process in record.processes {
+            let path = "\(imageDirectory)/task-\(process.pid).img"
+            let task = try TaskImage.read(path)
+            indices[process.pid] = task.pageIndex
+            let inherited = Set(task.memory.mappings.filter { $0.inherited == true }.map(\.start))
+            let lazy = LazySplit(task: task, eagerMappings: inherited).pending
+            var j = 0
+            for run in process.runs {
+                let (offset, address, length) = (run[0], run[1], run[2])
+                while j < lazy.count && lazy[j].end <= address { j += 1 }
+                guard j < lazy.count, lazy[j].start <= address, address + length <= lazy[j].end,
+                      lazy[j].offset + (address - lazy[j].start) == offset else {
+                    throw ImageError(file: "\(imageDirectory)/\(RemotePagesRecord.file)",
+                                     "pid \(process.pid): pages at 0x\(String(address, radix: 16)) are left out but restore needs them at once")
+                }
+                remote.add(pid: process.pid, offset: offset, address: address, length: length)
+            }
+        }
+        return (remote, indices)
+    }
+
+    /// Arriving pages go into the pages files (holes until then) and wake whoever waits for them.
+    func startReading(indices: [Int32: PageIndex], logger: Logger) throws {
+        guard let remote, let record else { return }
+        var opened: [Int32: PagesFiles] = [:]
+        do {
+            for (pid, index) in indices { opened[pid] = try PagesFiles(index: index, path: "\(directory)/pages-\(pid).img") }
+        } catch {
+            for files in opened.values { files.close() }
+            throw error
+        }
+        let files = opened
+        remote.request = { [wire] pid, address, length in
+            var header = FrameHeader()
+            header.pid = pid
+            header.address = address
+            header.size = length
+            try wire.send(.pageRequest, header)
+        }
+        startThread(name: "cryo-lazy-pages") { [self, wire] in
+            defer { for pages in files.values { pages.close() } }
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: MigrationWire.maxData, alignment: 4096)
+            defer { buffer.deallocate() }
+            var bytes: UInt64 = 0
+            do {
+                while true {
+                    let (kind, header, length) = try wire.receive()
+                    let data = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
+                    try wire.readData(into: data)
+                    switch kind {
+                    case .pages:
+                        guard let pid = header.pid, let address = header.address, let pages = files[pid],
+                              let pieces = record.pieces(pid: pid, address: address, length: UInt64(length)) else {
+                            throw CryoError("\(wire.link.peer) sent pages that were not left out of the image")
+                        }
+                        var at = 0
+                        for piece in pieces {
+                            try pages.each(offset: piece.offset, length: piece.length) { fd, path, offset, length, within in
+                                let from = at + Int(within)
+                                try Files.write(fd, UnsafeRawBufferPointer(rebasing: data[from..<(from + Int(length))]), at: Int64(offset), path: path)
+                            }
+                            at += Int(piece.length)
+                        }
+                        remote.arrived(pid: pid, address: address, length: UInt64(length))
+                        bytes += UInt64(length)
+                    case .pagesDone:
+                        let left = remote.missingBytes
+                        guard left == 0 else { throw CryoError("the page server said every page was sent, but \(left) bytes are missing") }
+                        logger.debug("lazy pages: \(bytes) bytes from the page server, \(remote.requests) requests")
+                        try wire.send(.loaded)
+                        return
+                    case .failed:
+                        throw CryoError("the page server gave up: \(header.message ?? "no reason given")")
+                    default:
+                        throw CryoError("\(wire.link.peer) sent an unexpected \(kind) frame")
+                    }
+                }
+            } catch {
+                let reason = CryoError("lost the page server through \(wire.link.peer): "
+                    + "\(error is MigrationLinkClosed ? "connection closed" : "\(error)"), with \(remote.missingBytes) bytes of memory still there")
+                remote.fail(reason)
+                let notify: ((Error) -> Void)? = lock.withLock {
+                    lost = reason
+                    return onLost
+                }
+                notify?(reason)
+            }
+        }
+    }
+
+    /// The restored tree runs: the page server may push the rest. `lost` is called (at once, if it
+    /// happened already) when the page server is lost before every page is here.
+    public func started(onLost handler: @escaping (Error) -> Void) {
+        let already: Error? = lock.withLock {
+            onLost = handler
+            return lost
+        }
+        if let already { handler(already) }
+        if remote != nil { try? wire.send(.restored) }
+    }
+
+    /// The restore failed or is done: the daemon (and through it the dump) sees the end.
+    public func close() { wire.link.close() }
+}
+
+/// `cryo lazy-pages`: the destination's daemon between `restore --lazy-pages` and a `dump --lazy-pages`.
+public enum LazyPagesDaemon {
+    /// Serves one restore on `socketPath`. `ready` runs once the socket listens (CRIU's --daemon and
+    /// --status-fd go there); `connectSource` (nil without --page-server) is called once restore asks for pages.
+    public static func run(socketPath: String, connectSource: (() throws -> MigrationLink)?, ready: () throws -> Void,
+                           logger: Logger) throws {
+        unlink(socketPath)  // one left by a daemon that was killed
+        let listener = try Sockets.listening(unix: Array(socketPath.utf8), type: 1 /* SOCK_STREAM */, backlog: 1,
+                                             object: "lazy-pages socket \(socketPath)")
+        defer {
+            try? listener.close()
+            unlink(socketPath)
+        }
+        try ready()
+        let connection = try Sockets.acceptBlocking(listener, object: "lazy-pages socket \(socketPath)")
+        let restore = SocketLink(fd: connection, peer: "restore")
+        defer { restore.close() }
+        let fromRestore = MigrationWire(restore)
+        let first: (FrameKind, FrameHeader, Int)
+        do { first = try fromRestore.receive() } catch is MigrationLinkClosed {
+            logger.debug("lazy-pages: the restore loaded every page from its image")
+            return
+        }
+        guard let connectSource else {
+            fromRestore.fail("this lazy-pages daemon has no page server")
+            throw CryoError("restore asked for pages from a page server: its image needs `cryo lazy-pages --page-server --address A --port P`")
+        }
+        let source = try connectSource()
+        defer { source.close() }
+        let toSource = MigrationWire(source)
+        let sourcePeer = source.peer
+        // Frames go on as they come, each way on a thread of its own; the first one to end decides.
+        let outcome = Outcome()
+        startThread(name: "cryo-lazy-relay") {
+            do {
+                try relay(first: first, from: fromRestore, to: toSource, outcome: outcome)
+                outcome.end(nil)
+            } catch { outcome.end(outcome.loaded ? nil : CryoError("restore ended early: \(error)")) }
+        }
+        startThread(name: "cryo-lazy-relay") {
+            do {
+                try relay(first: nil, from: toSource, to: fromRestore, outcome: outcome)
+                outcome.end(nil)
+            } catch {
+                // Once restore has every page, a late answer to one of its requests may meet its closed end.
+                outcome.end(outcome.loaded ? nil : CryoError("lost the page server \(sourcePeer): \(error)"))
+            }
+        }
+        if let error = outcome.wait() { throw error }
+        logger.debug("lazy-pages: every page passed on")
+    }
+
+    final class Outcome: @unchecked Sendable {
+        private let lock = Lock()
+        private let done = DispatchSemaphore(value: 0)
+        private var error: Error?
+        private var ended = false
+        private var sawLoaded = false
+        var loaded: Bool { lock.withLock { sawLoaded } }
+        func markLoaded() { lock.withLock { sawLoaded = true } }
+        func end(_ failure: Error?) {
+            let first: Bool = lock.withLock {
+                defer { ended = true }
+                if !ended { error = failure }
+                return !ended
+            }
+            if first { done.signal() }
+        }
+        func wait() -> Error? {
+            done.wait()
+            return lock.withLock { error }
+        }
+    }
+
+    /// Passes frames on until `from` ends; returns at a clean end after `loaded` went by.
+    static func relay(first: (FrameKind, FrameHeader, Int)?, from: MigrationWire, to: MigrationWire, outcome: Outcome) throws {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: MigrationWire.maxData, alignment: 4096)
+        defer { buffer.deallocate() }
+        var next = first
+        while true {
+            let (kind, header, length) = try next ?? from.receive()
+            next = nil
+            let data = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
+            try from.readData(into: data)
+            try to.send(kind, header, data: length > 0 ? UnsafeRawBufferPointer(data) : nil)
+            if kind == .loaded { outcome.markLoaded() }
+            if kind == .failed { throw CryoError(header.message ?? "no reason given") }
+        }
+    }
+}
