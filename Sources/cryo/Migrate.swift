@@ -179,15 +179,20 @@ struct PageServerCommand: ParsableCommand {
     var directory: String
     @Option(name: .customLong("key"), help: "Key file shared with the dump: TLS with mutual authentication instead of plain TCP.")
     var keyFile: String?
+    @Flag(name: .customLong("lazy-pages"),
+          help: "Serve the pages of the image in the folder to one `cryo lazy-pages --page-server` (CRIU's remote lazy pages) instead of taking pages in.")
+    var lazyPages = false
+    @OptionGroup var daemon: DaemonOptions
     @OptionGroup var common: CommonOptions
 
     func run() throws {
         signal(SIGPIPE, SIG_IGN)
-        let logger = common.logger()
-        let listen = address.contains(":") ? "[\(address)]:\(port)" : "\(address):\(port)"
-        let result: ReceiveResult = try failing {
+        let logger = common.logger(relativeTo: directory)
+        let listen = PageServerTarget.endpoint(address, port)
+        let result: ReceiveResult? = try failing {
             let key = try keyFile.map { try MigrationKey.load($0) }
             let listener = try MigrationEndpoint.listen(listen)
+            try daemon.ready(work: directory)
             let (fd, peer) = try MigrationEndpoint.acceptOne(listener)
             try? listener.close()
             let link: MigrationLink
@@ -198,9 +203,49 @@ struct PageServerCommand: ParsableCommand {
                 link = SocketLink(fd: fd, peer: peer)
             }
             defer { link.close() }
+            if lazyPages {
+                try LazyPagesServing.serveImage(directory: directory, link: link, logger: logger)
+                return nil
+            }
             return try Receiver(options: ReceiveOptions(directory: directory, storeOnly: true), logger: logger).run(over: link)
         }
-        if common.verbose > 0 { print("page server: \(result.bytesReceived) bytes into \(directory)") }
+        if common.verbose > 0, let result { print("page server: \(result.bytesReceived) bytes into \(directory)") }
+    }
+}
+
+/// CRIU's --daemon, --pidfile and --status-fd for the page server and the lazy-pages daemon.
+struct DaemonOptions: ParsableArguments {
+    @Flag(name: .customLong("daemon"), help: "Go into the background once listening.")
+    var daemon = false
+    @Option(name: .customLong("pidfile"), help: "Write the server's pid here (relative to the work folder).")
+    var pidFile: String?
+    @Option(name: .customLong("status-fd"), help: "Write one NUL byte to this descriptor once listening.")
+    var statusFD: Int32?
+
+    /// Called once the server listens: whoever waits for it may connect from now on.
+    func ready(work: String) throws {
+        if daemon {
+            let child = try Processes.fork()
+            if child > 0 {
+                if let pidFile { try write(child, to: pidFile, work: work) }
+                Glibc.exit(0)
+            }
+            _ = setsid()
+        } else if let pidFile {
+            try write(getpid(), to: pidFile, work: work)
+        }
+        if let statusFD {
+            var nul: UInt8 = 0
+            _ = Glibc.write(statusFD, &nul, 1)
+            Glibc.close(statusFD)
+        }
+    }
+
+    func write(_ pid: pid_t, to name: String, work: String) throws {
+        let path = name.hasPrefix("/") ? name : "\(work)/\(name)"
+        let fd = try Files.open(path, .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+        defer { try? fd.close() }
+        try Files.write(fd, Array("\(pid)\n".utf8), path: path)
     }
 }
 
@@ -275,12 +320,7 @@ struct LazyPagesCommand: ParsableCommand {
     var port: UInt16?
     @Option(name: .customLong("key"), help: "Key file shared with the dump: TLS with mutual authentication instead of plain TCP.")
     var keyFile: String?
-    @Flag(name: .customLong("daemon"), help: "Go into the background once the socket listens.")
-    var daemon = false
-    @Option(name: .customLong("pidfile"), help: "Write the daemon's pid here (relative to --work-dir).")
-    var pidFile: String?
-    @Option(name: .customLong("status-fd"), help: "Write one NUL byte to this descriptor once the socket listens.")
-    var statusFD: Int32?
+    @OptionGroup var daemon: DaemonOptions
     @OptionGroup var common: CommonOptions
 
     func validate() throws {
@@ -308,30 +348,8 @@ struct LazyPagesCommand: ParsableCommand {
             return try TLSLink(socket: fd, peer: target, key: try MigrationKey.load(keyFile), server: false)
         } : nil
         try failing {
-            try LazyPagesDaemon.run(socketPath: "\(work)/\(LazyPagesClient.socketName)", connectSource: connect, ready: {
-                if daemon {
-                    let child = try Processes.fork()
-                    if child > 0 {
-                        if let pidFile { try writePidFile(child, to: pidFile, work: work) }
-                        Glibc.exit(0)
-                    }
-                    _ = setsid()
-                } else if let pidFile {
-                    try writePidFile(getpid(), to: pidFile, work: work)
-                }
-                if let statusFD {
-                    var nul: UInt8 = 0
-                    _ = Glibc.write(statusFD, &nul, 1)
-                    Glibc.close(statusFD)
-                }
-            }, logger: logger)
+            try LazyPagesDaemon.run(socketPath: "\(work)/\(LazyPagesClient.socketName)", connectSource: connect,
+                                    ready: { try daemon.ready(work: work) }, logger: logger)
         }
-    }
-
-    func writePidFile(_ pid: pid_t, to name: String, work: String) throws {
-        let path = name.hasPrefix("/") ? name : "\(work)/\(name)"
-        let fd = try Files.open(path, .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
-        defer { try? fd.close() }
-        try Files.write(fd, Array("\(pid)\n".utf8), path: path)
     }
 }

@@ -225,6 +225,65 @@ extension EndToEnd {
             expectPass(fixture)
         }
 
+        /// CRIU's remote lazy pages: the image stays whole with `page-server --lazy-pages` (here as a
+        /// daemon with a pid file, as CRIU's); the restore's copy of the folder lacks the pages files.
+        @Test("page-server --lazy-pages serves an image to a restore whose folder lacks the pages files")
+        func remoteImage() throws {
+            let scratch = try Scratch("lazy-remote-image")
+            defer { scratch.remove() }
+            let fixture = try Fixture("bigmem", arguments: ["64"], in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let images = try dumpAndReap(fixture, in: scratch).images
+            let copy = try scratch.folder("copy")
+            for name in try FileManager.default.contentsOfDirectory(atPath: images) where !name.hasPrefix("pages-") {
+                try FileManager.default.copyItem(atPath: images + "/" + name, toPath: copy + "/" + name)
+            }
+            let port = Self.port()
+            let server = try cryo(["page-server", "--lazy-pages", "--port", port, "-D", images, "--daemon", "--pidfile", "ps.pid"], in: scratch)
+            try #require(server.succeeded, "\(server)")
+            let serverPid = pid_t(readText(images + "/ps.pid").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+            try #require(serverPid > 0 && pidExists(serverPid), "no page server from ps.pid")
+            defer { kill(serverPid, SIGKILL) }
+            let daemon = try CryoProcess(["lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", port, "-D", copy], in: scratch)
+            defer { daemon.stop() }
+            let restore = try cryo(["restore", "-D", copy, "--lazy-pages", "-d"], in: scratch)
+            try #require(restore.succeeded, "\(restore)")
+            let served = daemon.wait(timeout: 60)
+            #expect(served.succeeded, "the lazy-pages daemon should exit 0 once every page passed\n\(served)")
+            #expect(waitUntil(timeout: 30) { !pidExists(serverPid) }, "the page server stays after serving: \(describeProcess(serverPid))")
+            try #require(fixture.waitRestored(timeout: 30), "pid \(fixture.pid) did not come back: \(describeProcess(fixture.pid))")
+            fixture.signal(SIGTERM)
+            #expect(waitUntil(timeout: 30) { !pidExists(fixture.pid) })
+            expectPass(fixture)
+        }
+
+        /// As CRIU's tests run remote lazy pages: one folder, so restore finds every page at home;
+        /// the page server still hears that it is not needed, and every process ends.
+        @Test("page-server --lazy-pages and lazy-pages on one whole folder both end with the restore")
+        func remoteImageSameFolder() throws {
+            let scratch = try Scratch("lazy-remote-same")
+            defer { scratch.remove() }
+            let fixture = try Fixture("counter", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let images = try dumpAndReap(fixture, in: scratch).images
+            let port = Self.port()
+            let server = try CryoProcess(["page-server", "--lazy-pages", "--port", port, "-D", images], in: scratch)
+            defer { server.stop() }
+            let daemon = try CryoProcess(["lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", port, "-D", images], in: scratch)
+            defer { daemon.stop() }
+            try #require(waitUntil(timeout: 10) { FileManager.default.fileExists(atPath: images + "/lazy-pages.socket") }, "\(daemon.wait(timeout: 1))")
+            let restore = try cryo(["restore", "-D", images, "--lazy-pages", "-d"], in: scratch)
+            try #require(restore.succeeded, "\(restore)")
+            #expect(daemon.wait(timeout: 60).succeeded)
+            #expect(server.wait(timeout: 30).succeeded)
+            try #require(fixture.waitRestored(timeout: 30), "pid \(fixture.pid) did not come back: \(describeProcess(fixture.pid))")
+            fixture.signal(SIGTERM)
+            #expect(waitUntil(timeout: 30) { !pidExists(fixture.pid) })
+            expectPass(fixture)
+        }
+
         /// Without --page-server the image holds every page; the daemon ends with the restore.
         @Test("lazy-pages without a page server ends when restore --lazy-pages has loaded the image")
         func local() throws {

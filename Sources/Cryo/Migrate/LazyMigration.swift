@@ -18,6 +18,11 @@ import SystemPackage
 // (PostCopy.swift), relayed one by one. The dump kills the tree once the
 // destination has every page. If the connection is lost before the restored
 // tree runs, the tree keeps running here.
+//
+// CRIU's remote lazy pages work the same way from a whole image:
+// `page-server --lazy-pages -D DIR` serves the pages of the image in DIR, and
+// a restore whose folder lacks pages files gets them through the daemon (the
+// pages it needs at once before it starts, the rest lazily).
 
 /// lazy-remote.img: per process, the runs of its pages file that are holes, to come from the dump.
 struct RemotePagesRecord: Codable {
@@ -44,6 +49,31 @@ struct RemotePagesRecord: Codable {
             }
         }
         return record
+    }
+
+    /// For an image copied without its pages files (they stay with a `page-server --lazy-pages`): every
+    /// page of those processes, with the files made again as holes of their sizes. nil when none is missing.
+    static func missingPagesFiles(directory: String) throws -> RemotePagesRecord? {
+        let paths = ImagePaths(directory)
+        guard Files.exists(paths.inventory) else { return nil }
+        let inventory = try RecordReader(path: paths.inventory).one(.inventory, as: Inventory.self)
+        var processes: [Process] = []
+        for pid in inventory.livePids where !Files.exists(paths.pages(pid)) {
+            let task = try TaskImage.read(paths.task(pid))
+            let index = task.pageIndex
+            guard !index.runs.isEmpty else { continue }
+            guard index.compression == nil else {
+                throw CryoError("\(paths.pages(pid)) is missing and its pages are compressed: a page server serves only uncompressed pages")
+            }
+            for (part, size) in index.fileSizes.enumerated() {
+                let path = ImagePaths.part(part, of: paths.pages(pid))
+                let fd = try Files.open(path, .writeOnly, options: [.create, .exclusiveCreate], permissions: [.ownerReadWrite])
+                defer { try? fd.close() }
+                try Files.truncate(fd, to: size, path: path)
+            }
+            processes.append(Process(pid: pid, runs: index.runs.map { [$0.offset, $0.address, $0.length] }))
+        }
+        return processes.isEmpty ? nil : RemotePagesRecord(processes: processes)
     }
 
     /// Where [address, address + length) of `pid`'s memory is in its pages file, piece by piece.
@@ -143,6 +173,62 @@ public final class LazyPagesServing: @unchecked Sendable {
         }
     }
 
+    /// `page-server --lazy-pages -D DIR`: serves the pages of the image in DIR to one lazy-pages daemon
+    /// (its restore asks first for what it needs at once, then faults; the rest is pushed).
+    /// A connection that ends before its first frame asked for nothing: the restore had every page.
+    public static func serveImage(directory: String, link: MigrationLink, logger: Logger) throws {
+        let image = try Image(directory: directory)
+        var later = PostCopySource()
+        var readers: [Int32: (PageReader, [PageRun])] = [:]
+        for task in image.tasks where !task.pageIndex.runs.isEmpty {
+            let pid = task.core.pid
+            readers[pid] = (try PageReader(path: image.paths.pages(pid), index: task.pageIndex), task.pageIndex.runs)
+            for run in task.pageIndex.runs {
+                if let last = later.ranges.last, last.pid == pid, last.address + last.length == run.address {
+                    later.ranges[later.ranges.count - 1].length += run.length
+                } else {
+                    later.ranges.append((pid, run.address, run.length))
+                }
+            }
+        }
+        later.ranges.sort { ($0.pid, $0.address) < ($1.pid, $1.address) }
+        let wire = MigrationWire(link)
+        let kind: FrameKind, hello: FrameHeader
+        do { (kind, hello, _) = try wire.receive() } catch is MigrationLinkClosed {
+            logger.debug("page server: the restore needed no page from here")
+            return
+        }
+        guard kind == .hello, hello.version == MigrationWire.version, hello.lazyPages == true else {
+            wire.fail("not a cryo lazy-pages restore of this version")
+            throw CryoError("\(link.peer) is not a cryo lazy-pages restore of this version (first frame \(kind))")
+        }
+        try wire.send(.ready)
+        let verdict = Migrator.Verdict()
+        try Migrator.servePostCopy(later, wire: wire, verdict: verdict, logger: logger) { pid, address, buffer in
+            guard let (reader, runs) = readers[pid] else { throw CryoError("pid \(pid) has no pages in \(directory)") }
+            var low = 0, high = runs.count
+            while low < high {
+                let mid = (low + high) / 2
+                if runs[mid].address + runs[mid].length <= address { low = mid + 1 } else { high = mid }
+            }
+            var done = 0
+            while done < buffer.count {
+                let at = address + UInt64(done)
+                guard low < runs.count, runs[low].address <= at else {
+                    throw CryoError("pid \(pid): no page at 0x\(String(at, radix: 16)) in \(directory)")
+                }
+                let take = Int(min(UInt64(buffer.count - done), runs[low].address + runs[low].length - at))
+                try reader.readStream(offset: runs[low].offset + (at - runs[low].address),
+                                      into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + take)]))
+                done += take
+                low += 1
+            }
+        }
+        if let lost = verdict.lostAfterStart {
+            throw CryoError("lost the lazy-pages daemon \(link.peer) after the restored tree started: \(lost)")
+        }
+    }
+
     /// Punches the lazily loaded pages out of each pages file and lists them in lazy-remote.img.
     func leaveOut(_ image: FrozenImage) throws -> PostCopySource {
         var later = PostCopySource()
@@ -194,6 +280,8 @@ public final class LazyPagesClient: @unchecked Sendable {
     private let lock = Lock()
     private var lost: Error?
     private var onLost: ((Error) -> Void)?
+    /// Signalled when the reader ends: `loaded` sent, or the page server lost.
+    private let readerDone = DispatchSemaphore(value: 0)
 
     init(wire: MigrationWire, remote: RemotePages?, record: RemotePagesRecord?, directory: String) {
         self.wire = wire
@@ -204,14 +292,18 @@ public final class LazyPagesClient: @unchecked Sendable {
 
     /// nil when the image needs no page server and no daemon waits on `socketPath`.
     public static func attach(imageDirectory: String, socketPath: String, logger: Logger) throws -> LazyPagesClient? {
-        let record = try RemotePagesRecord.read(directory: imageDirectory)
+        var record = try RemotePagesRecord.read(directory: imageDirectory)
+        // No lazy-remote.img, but pages files missing: every page of those processes comes from the page
+        // server, the ones restore needs at once before it starts.
+        let wholeFiles = record == nil && Files.exists(socketPath)
+        if wholeFiles { record = try RemotePagesRecord.missingPagesFiles(directory: imageDirectory) }
         if record == nil && !Files.exists(socketPath) { return nil }
         let fd = try connect(socketPath, waiting: record != nil)
         let link = SocketLink(fd: fd, peer: "the lazy-pages daemon on \(socketPath)")
         let wire = MigrationWire(link)
         guard let record else { return LazyPagesClient(wire: wire, remote: nil, record: nil, directory: imageDirectory) }
         do {
-            let (remote, indices) = try missingPages(record, imageDirectory: imageDirectory)
+            let (remote, indices, eager) = try missingPages(record, imageDirectory: imageDirectory, fetchEager: wholeFiles)
             var hello = FrameHeader()
             hello.version = MigrationWire.version
             hello.lazyPages = true
@@ -221,6 +313,7 @@ public final class LazyPagesClient: @unchecked Sendable {
             guard kind == .ready else { throw CryoError("\(link.peer) answered \(kind) to hello") }
             let client = LazyPagesClient(wire: wire, remote: remote, record: record, directory: imageDirectory)
             try client.startReading(indices: indices, logger: logger)
+            for run in eager { try remote.require(pid: run.pid, offset: run.offset, count: Int(run.length)) }
             return client
         } catch {
             link.close()
@@ -248,9 +341,12 @@ public final class LazyPagesClient: @unchecked Sendable {
     /// Every page left out, as RemotePages wants it, and each process's page index; refused when restore
     /// would need one of them at once (they must all be pages it loads lazily, or the tree would start
     /// with zeros there).
-    static func missingPages(_ record: RemotePagesRecord, imageDirectory: String) throws -> (RemotePages, [Int32: PageIndex]) {
+    /// `fetchEager`: pages restore needs at once are returned, to fetch before it starts, instead of refused.
+    static func missingPages(_ record: RemotePagesRecord, imageDirectory: String, fetchEager: Bool)
+        throws -> (RemotePages, [Int32: PageIndex], [(pid: Int32, offset: UInt64, length: UInt64)]) {
         let remote = RemotePages()
         var indices: [Int32: PageIndex] = [:]
+        var eager: [(pid: Int32, offset: UInt64, length: UInt64)] = []
         for process in record.processes {
             let path = "\(imageDirectory)/task-\(process.pid).img"
             let task = try TaskImage.read(path)
@@ -260,16 +356,29 @@ public final class LazyPagesClient: @unchecked Sendable {
             var j = 0
             for run in process.runs {
                 let (offset, address, length) = (run[0], run[1], run[2])
-                while j < lazy.count && lazy[j].end <= address { j += 1 }
-                guard j < lazy.count, lazy[j].start <= address, address + length <= lazy[j].end,
-                      lazy[j].offset + (address - lazy[j].start) == offset else {
-                    throw ImageError(file: "\(imageDirectory)/\(RemotePagesRecord.file)",
-                                     "pid \(process.pid): pages at 0x\(String(address, radix: 16)) are left out but restore needs them at once")
-                }
                 remote.add(pid: process.pid, offset: offset, address: address, length: length)
+                // The parts of the run restore loads lazily; the rest it needs at once.
+                var cursor = address
+                while cursor < address + length {
+                    while j < lazy.count && lazy[j].end <= cursor { j += 1 }
+                    let lazyHere = j < lazy.count && lazy[j].start <= cursor
+                    let pieceEnd = lazyHere ? min(address + length, lazy[j].end) : min(address + length, j < lazy.count ? lazy[j].start : .max)
+                    if lazyHere && lazy[j].offset + (cursor - lazy[j].start) != offset + (cursor - address) {
+                        throw ImageError(file: "\(imageDirectory)/\(RemotePagesRecord.file)",
+                                         "pid \(process.pid): pages at 0x\(String(cursor, radix: 16)) are not where the page index has them")
+                    }
+                    if !lazyHere {
+                        guard fetchEager else {
+                            throw ImageError(file: "\(imageDirectory)/\(RemotePagesRecord.file)",
+                                             "pid \(process.pid): pages at 0x\(String(cursor, radix: 16)) are left out but restore needs them at once")
+                        }
+                        eager.append((process.pid, offset + (cursor - address), pieceEnd - cursor))
+                    }
+                    cursor = pieceEnd
+                }
             }
         }
-        return (remote, indices)
+        return (remote, indices, eager)
     }
 
     /// Arriving pages go into the pages files (holes until then) and wake whoever waits for them.
@@ -291,7 +400,10 @@ public final class LazyPagesClient: @unchecked Sendable {
             try wire.send(.pageRequest, header)
         }
         startThread(name: "cryo-lazy-pages") { [self, wire] in
-            defer { for pages in files.values { pages.close() } }
+            defer {
+                for pages in files.values { pages.close() }
+                readerDone.signal()
+            }
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: MigrationWire.maxData, alignment: 4096)
             defer { buffer.deallocate() }
             var bytes: UInt64 = 0
@@ -349,11 +461,20 @@ public final class LazyPagesClient: @unchecked Sendable {
             return lost
         }
         if let already { handler(already) }
-        if remote != nil { try? wire.send(.restored) }
+        if remote != nil {
+            started = true
+            try? wire.send(.restored)
+        }
     }
 
-    /// The restore failed or is done: the daemon (and through it the dump) sees the end.
-    public func close() { wire.link.close() }
+    /// The restore failed or is done: the daemon (and through it the page server) sees the end. With
+    /// pages from a page server, the loader may be done with the last page before the reader has passed
+    /// `loaded` on: that comes first (the page server would take the end for a failure).
+    public func close() {
+        if remote != nil, started, readerDone.wait(timeout: .now() + 30) == .success { readerDone.signal() }
+        wire.link.close()
+    }
+    private var started = false
 }
 
 /// `cryo lazy-pages`: the destination's daemon between `restore --lazy-pages` and a `dump --lazy-pages`.
@@ -377,6 +498,8 @@ public enum LazyPagesDaemon {
         let first: (FrameKind, FrameHeader, Int)
         do { first = try fromRestore.receive() } catch is MigrationLinkClosed {
             logger.debug("lazy-pages: the restore loaded every page from its image")
+            // A page server waits for one connection: this one, closed at once, tells it that nothing is needed.
+            (try? connectSource?())?.close()
             return
         }
         guard let connectSource else {

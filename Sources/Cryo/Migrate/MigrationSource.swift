@@ -345,7 +345,11 @@ public struct Migrator {
     /// answering the destination's requests first, from before its restore ends until it has them all.
     /// Failing before the destination said the tree runs throws (the source tree is released); after
     /// that it returns with `verdict.lostAfterStart` set, so the dump kills the source tree.
-    static func servePostCopy(_ later: PostCopySource, wire: MigrationWire, verdict: Verdict, logger: Logger) throws {
+    /// `read` fills a buffer with the memory of a process at an address (default: the frozen tree's own).
+    static func servePostCopy(_ later: PostCopySource, wire: MigrationWire, verdict: Verdict, logger: Logger,
+                              read: (Int32, UInt64, UnsafeMutableRawBufferPointer) throws -> Void = { pid, address, buffer in
+                                  try RemoteMemory.read(pid, at: address, into: buffer)
+                              }) throws {
         let asked = ContinuousClock.now
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
         defer { buffer.deallocate() }
@@ -359,7 +363,7 @@ public struct Migrator {
                 let n = Int(min(UInt64(chunk), length - done))
                 let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n])
                 // The tree is frozen: these bytes are the ones it will never write here again.
-                try RemoteMemory.read(pid, at: address + done, into: view)
+                try read(pid, address + done, view)
                 var header = FrameHeader()
                 header.pid = pid
                 header.address = address + done
