@@ -1,5 +1,5 @@
 // hugetlb memory: private and shared MAP_HUGETLB mappings, SHM_HUGETLB
-// segments and MFD_HUGETLB memfds round-trip, still of huge pages, every byte in place (a page only
+// segments and MFD_HUGETLB memfds (held, mapped shared or private) round-trip, still of huge pages, every byte in place (a page only
 // the child wrote included). With the pool of huge pages too small at restore,
 // the restore is refused in one line naming the mapping and the pool, nothing
 // is left behind, and the same image restores once the pool is raised.
@@ -85,6 +85,13 @@ extension EndToEnd {
             let pool = try HugePagePool(extra: 8)
             defer { pool.restore() }
             try selfCheckingRoundTrip("hugememfd", arguments: [], scratch: "hugememfd")
+        }
+
+        @Test("private mappings of an MFD_HUGETLB memfd round-trip: the memfd's pages, the process's own copies, still private")
+        func memfdPrivate() throws {
+            let pool = try HugePagePool(extra: 16)
+            defer { pool.restore() }
+            try selfCheckingRoundTrip("hugememfdpriv", arguments: [], scratch: "hugememfdpriv")
         }
 
         @Test("a MAP_NORESERVE hugetlb mapping of a child that nobody touched round-trips (shmrefused hugetlb, once refused)")

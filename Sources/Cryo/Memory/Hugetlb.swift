@@ -11,7 +11,9 @@ import SystemPackage
 /// with it), and before anything is created the pool must hold every page the
 /// image reserves, or the restore is refused in one line. Never a fault on a
 /// page the pool cannot give (SIGBUS): every page cryo writes is reserved first.
-/// MFD_HUGETLB memfds are made again with it too (Memfd.swift).
+/// MFD_HUGETLB memfds are made again with it too (Memfd.swift); a private mapping of
+/// one is the restored memfd mapped MAP_PRIVATE, its pages that the task wrote
+/// (anonymous copies, PAGEMAP_SCAN tells them from the file's) written into it.
 enum Hugetlb {
     /// The page size of the hugetlb memory mapped at [start, end) in `pid`, nil when it is not on hugetlbfs.
     static func pageSize(pid: pid_t, start: UInt64, end: UInt64) throws -> UInt64? {
@@ -49,7 +51,8 @@ enum Hugetlb {
             if let known = needed[size] { needed[size] = (known.pages + pages, known.first) } else { needed[size] = (pages, what()) }
         }
         for task in image.tasks {
-            for m in task.memory.mappings where m.kind == .anonymous {
+            // A private mapping of an MFD_HUGETLB memfd reserves its own pages too, for the copies its writes make.
+            for m in task.memory.mappings where m.kind == .anonymous || (m.kind == .memfd && !m.shared) {
                 guard let size = m.hugePageSize else { continue }
                 let what = "pid \(task.core.pid) mapping 0x\(hex(m.start))"
                 if !m.noReserve {

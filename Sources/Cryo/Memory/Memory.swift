@@ -349,8 +349,6 @@ extension MemoryRecord {
                 if mapping.hugePageSize == nil && (kind == .anonymous || kind == .sharedAnonymous) {
                     throw refuse("hugetlb memory that is not on hugetlbfs")
                 }
-                // Its private copies of pages would need MAP_PRIVATE of the restored memfd and their own reservations.
-                if mapping.hugePageSize != nil && kind == .memfd && !shared { throw refuse("a private mapping of an MFD_HUGETLB memfd") }
             }
             if flags { try mapping.take(m.vmFlags, pid: pid) }
             mappings.append(mapping)
