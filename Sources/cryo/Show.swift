@@ -44,7 +44,7 @@ struct ShowCommand: ParsableCommand {
             let state = p.zombieStatus.map { s in s & 0x7f == 0 ? "zombie, exited \((s >> 8) & 0xff)" : "zombie, killed by \(signalName(s & 0x7f))" }
             let terminal = p.terminal.map { "  tty pts \($0)" } ?? ""
             let shares = [p.sharesFiles == true ? "descriptor table" : nil, p.sharesFS == true ? "cwd, root and umask" : nil].compactMap { $0 }
-            let sharing = shares.isEmpty ? "" : ", shares its parent's \(shares.joined(separator: " and "))"
+            let sharing = shares.isEmpty ? "" : ", shares its \(p.sharesWith.map { "sibling \($0)'s" } ?? "parent's") \(shares.joined(separator: " and "))"
             print(String(repeating: "  ", count: level + 1) + "\(p.pid) \(p.comm)  pgid \(p.pgid) sid \(p.sid)\(terminal)\(threads)\(sharing)\(state.map { " (\($0))" } ?? "")")
         }
         for t in inventory.terminals ?? [] {

@@ -4,8 +4,13 @@
  *   files     a child cloned with CLONE_FILES; a grandchild cloned by it with
  *             CLONE_FILES too (all three share one table)
  *   fs        a child cloned with CLONE_FS, in directory argv[2], umask 027
- *   siblings  two children that share one table, the root not (it unshared):
- *             cryo refuses these
+ *   siblings  a child that cloned a sibling with CLONE_PARENT|CLONE_FILES|
+ *             CLONE_FS: the two share one table and fs context, the root
+ *             neither
+ *   apart     a child cloned with CLONE_FILES and a grandchild cloned by it
+ *             with CLONE_FILES, after which the child unshared its table:
+ *             root and grandchild share one table, neither the other's
+ *             parent nor siblings; cryo refuses these
  *   vfork     a vfork child that waits (its parent blocked in vfork) until
  *             SIGTERM: cryo refuses it
  * Prints "PIDS root child...", READY. On SIGTERM the root checks with kcmp
@@ -62,6 +67,9 @@ static void child_loop(int in, int mode_fs)
 			int mine = open("/dev/zero", O_RDONLY);
 			if (verdict) dprintf(done[1], "FAIL pid %d: fd %d the root opened: %s\n", (int)getpid(), fd, verdict);
 			else dprintf(done[1], "OK %d\n", mine);
+		} else if (strcmp(line, "open") == 0) {
+			/* For a sibling to check in the table they share. */
+			dprintf(done[1], "OPENED %d\n", open("/dev/zero", O_RDONLY));
 		} else if (mode_fs && strcmp(line, "chdir") == 0) {
 			char cwd[PATH_MAX];
 			if (!getcwd(cwd, sizeof(cwd))) snprintf(cwd, sizeof(cwd), "?");
@@ -96,12 +104,12 @@ static int run_vfork(void)
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (argc < 2) { fprintf(stderr, "usage: sharing files|fs DIR|siblings|vfork\n"); return 2; }
+	if (argc < 2) { fprintf(stderr, "usage: sharing files|fs DIR|siblings|apart|vfork\n"); return 2; }
 	const char *mode = argv[1];
 	signal(SIGTERM, on_term);
 	if (strcmp(mode, "vfork") == 0) return run_vfork();
-	int fs = strcmp(mode, "fs") == 0, siblings = strcmp(mode, "siblings") == 0;
-	if (!fs && !siblings && strcmp(mode, "files") != 0) { fprintf(stderr, "unknown mode %s\n", mode); return 2; }
+	int fs = strcmp(mode, "fs") == 0, siblings = strcmp(mode, "siblings") == 0, apart = strcmp(mode, "apart") == 0;
+	if (!fs && !siblings && !apart && strcmp(mode, "files") != 0) { fprintf(stderr, "unknown mode %s\n", mode); return 2; }
 	if (pipe(go) != 0 || pipe(go2) != 0 || pipe(done) != 0) die("pipe");
 	char dir[PATH_MAX] = "";
 	if (fs) {
@@ -117,30 +125,35 @@ int main(int argc, char **argv)
 
 	pid_t kids[2] = {0, 0};
 	int nkids = 0;
-	unsigned long flags = fs ? CLONE_FS : CLONE_FILES;
+	unsigned long flags = fs ? CLONE_FS : siblings ? 0 : CLONE_FILES;
 	pid_t kid = clone_with(flags);
 	if (kid < 0) die("clone");
 	if (kid == 0) {
-		if (!fs && !siblings) {
+		if (siblings) {
+			/* The sibling: the root's child too, sharing this one's table and fs context. */
+			pid_t other = clone_with(CLONE_PARENT | CLONE_FILES | CLONE_FS);
+			if (other < 0) _exit(5);
+			if (other == 0) child_loop(go2[0], 0);
+			dprintf(done[1], "SIBLING %d\n", (int)other);
+		} else if (!fs) {
 			/* The grandchild shares the same table through its parent. */
 			pid_t grand = clone_with(CLONE_FILES);
 			if (grand < 0) _exit(5);
 			if (grand == 0) child_loop(go2[0], 0);
 			dprintf(done[1], "GRAND %d\n", (int)grand);
+			/* Apart: the child leaves the table to the root and the grandchild. */
+			if (apart && unshare(CLONE_FILES) != 0) _exit(6);
 		}
 		child_loop(go[0], fs);
 	}
 	kids[nkids++] = kid;
-	if (siblings) {
-		pid_t other = clone_with(CLONE_FILES);
-		if (other < 0) die("clone");
-		if (other == 0) child_loop(go2[0], 0);
-		kids[nkids++] = other;
-		if (unshare(CLONE_FILES) != 0) die("unshare");
-	}
 	char line[512];
 	pid_t grand = 0;
-	if (!fs && !siblings) {
+	if (siblings) {
+		pid_t other = 0;
+		if (read_line(done[0], line, sizeof(line), 10) < 0 || sscanf(line, "SIBLING %d", &other) != 1) die("sibling");
+		kids[nkids++] = other;
+	} else if (!fs) {
 		if (read_line(done[0], line, sizeof(line), 10) < 0 || sscanf(line, "GRAND %d", &grand) != 1) die("grandchild");
 	}
 	printf("PIDS %d %d", (int)getpid(), (int)kids[0]);
@@ -152,6 +165,21 @@ int main(int argc, char **argv)
 	pid_t root = getpid();
 	if (siblings) {
 		if (kcmp(kids[0], kids[1], KCMP_FILES) != 0) fail("the siblings no longer share their descriptor table");
+		if (kcmp(kids[0], kids[1], KCMP_FS) != 0) fail("the siblings no longer share their fs context");
+		if (kcmp(root, kids[0], KCMP_FILES) == 0 || kcmp(root, kids[0], KCMP_FS) == 0) fail("the root shares with its children, which it did not");
+		if (kcmp(root, kids[1], KCMP_FILES) < 0) fail("the second sibling is not there");
+		/* One sibling opens, the other must have it, and the other way round. */
+		for (int i = 0; i < 2; i++) {
+			int fd = -1;
+			dprintf(i ? go2[1] : go[1], "open\n");
+			if (read_line(done[0], line, sizeof(line), 10) < 0 || sscanf(line, "OPENED %d", &fd) != 1 || fd < 0) { fail("no fd from sibling %d", i); continue; }
+			dprintf(i ? go[1] : go2[1], "check %d\n", fd);
+			if (read_line(done[0], line, sizeof(line), 10) < 0 || strncmp(line, "OK ", 3) != 0) fail("sibling %d: %s", 1 - i, line);
+		}
+		dprintf(go[1], "exit\n");
+		dprintf(go2[1], "exit\n");
+	} else if (apart) {
+		if (kcmp(root, grand, KCMP_FILES) != 0) fail("root and grandchild no longer share their descriptor table");
 		dprintf(go[1], "exit\n");
 		dprintf(go2[1], "exit\n");
 	} else if (fs) {

@@ -9,7 +9,7 @@ import SystemPackage
 public enum ImageFormat {
     public static let magic: [UInt8] = Array("CRYOIMG\0".utf8)
     /// The highest version this cryo reads.
-    public static let version: UInt32 = 7
+    public static let version: UInt32 = 8
     /// What files are written as unless they need more: version 2 marks a task
     /// file whose pages are compressed, version 3 one whose pages continue in
     /// part files, so an older cryo refuses them instead of restoring zstd
@@ -20,7 +20,8 @@ public enum ImageFormat {
     /// Version 6 task files keep their mappings and descriptors in binary `mappings`
     /// and `descriptorTable` records, and files.img its table in `fileRecords`.
     /// Version 7 marks a task file that keeps from its parent parts of mappings
-    /// (`inheritedRanges`), not only whole ones.
+    /// (`inheritedRanges`), not only whole ones. Version 8 marks an inventory with
+    /// processes that share their table or fs context with a sibling (`sharesWith`).
     public static let baseVersion: UInt32 = 1
     public static let compressedPagesVersion: UInt32 = 2
     public static let pagePartsVersion: UInt32 = 3
@@ -28,6 +29,7 @@ public enum ImageFormat {
     public static let inheritedPagesVersion: UInt32 = 5
     public static let binaryTablesVersion: UInt32 = 6
     public static let inheritedRangesVersion: UInt32 = 7
+    public static let siblingSharingVersion: UInt32 = 8
     public static let fileHeaderSize = 16
     public static let recordHeaderSize = 24
     /// No record is larger than this; a length beyond it is corruption, not a reason to allocate.
@@ -306,6 +308,9 @@ public struct Inventory: Codable, Sendable {
         /// again at restore; its task file lists no descriptors of its own (SharedContexts.swift).
         public var sharesFiles: Bool? = nil
         public var sharesFS: Bool? = nil
+        /// The sibling it shares them with instead of its parent (format version 8): cloned from that
+        /// sibling with CLONE_PARENT, listed before it.
+        public var sharesWith: Int32? = nil
         /// Its time namespace and its children's (ids of `timeNamespaces`); absent: cryo's (TimeNamespace.swift).
         public var timeNamespace: UInt64? = nil
         public var timeForChildren: UInt64? = nil

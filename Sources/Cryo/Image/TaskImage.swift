@@ -166,7 +166,9 @@ public struct Image: Sendable {
                                  "mapping 0x\(hex(m.start)): shared anonymous memory without its object in shmem.img, or the reverse")
             }
         }
-        let parents = Dictionary(inventory.processes.filter { $0.zombieStatus == nil }.map { ($0.pid, $0.ppid) }, uniquingKeysWith: { a, _ in a })
+        // One cloned from a sibling does not start with its parent's memory: it keeps none of it.
+        let parents = Dictionary(inventory.processes.filter { $0.zombieStatus == nil && $0.sharesWith == nil }.map { ($0.pid, $0.ppid) },
+                                 uniquingKeysWith: { a, _ in a })
         try CopyOnWrite.validate(tasks, parents: parents)
     }
 
@@ -205,6 +207,13 @@ extension Inventory {
                 // Shared with its parent: only a live child of a live parent is cloned so.
                 guard i > 0, p.zombieStatus == nil, processes.contains(where: { $0.pid == p.ppid && $0.zombieStatus == nil }) else {
                     throw ImageError(file: "inventory.img", record: "inventory", "pid \(p.pid) shares its table or fs with a parent that is not a live process of the image")
+                }
+            }
+            if let sibling = p.sharesWith {
+                // Cloned from that sibling (CLONE_PARENT), which must exist by then.
+                guard p.sharesFiles == true || p.sharesFS == true,
+                      processes[..<i].contains(where: { $0.pid == sibling && $0.ppid == p.ppid && $0.zombieStatus == nil }) else {
+                    throw ImageError(file: "inventory.img", record: "inventory", "pid \(p.pid) shares with pid \(sibling), which is not a live sibling listed before it")
                 }
             }
         }

@@ -205,7 +205,8 @@ public struct Dumper {
                         pageIndex = index
                         fills.append(fill)
                     } else {
-                        let parent = options.handOver == nil ? dumpedMemory[process.ppid] : nil
+                        // One cloned from a sibling at restore starts with the sibling's memory, not its parent's: nothing kept.
+                        let parent = options.handOver == nil && sharing.creator[process.pid] == nil ? dumpedMemory[process.ppid] : nil
                         // The advice of each mapping decides what fork passes on: read before the pages.
                         if parent != nil { try memory.applyFlags(prefetch.mappings(of: process.pid), pid: process.pid) }
                         let layout = memory
@@ -289,12 +290,14 @@ public struct Dumper {
             if let refusal = terminals.refusal { throw CryoError(refusal) }
             created.append(paths.files)
             try fileTable.table.write(to: paths.files)
-            var inventory = RecordWriter()
+            // Version 8: a cryo that does not know `sharesWith` would clone such a process from its parent.
+            var inventory = RecordWriter(version: sharing.creator.isEmpty ? ImageFormat.baseVersion : ImageFormat.siblingSharingVersion)
             var record = Inventory(rootPid: pid, processes: tree.processes.map { p in
                                        var entry = p.entry
                                        entry.terminal = terminals.byPid[p.pid]
                                        entry.sharesFiles = sharing.files.contains(p.pid) ? true : nil
                                        entry.sharesFS = sharing.fs.contains(p.pid) ? true : nil
+                                       entry.sharesWith = sharing.creator[p.pid]
                                        entry.timeNamespace = timeNamespaces.byPid[p.pid]?.time
                                        entry.timeForChildren = timeNamespaces.byPid[p.pid]?.children
                                        return entry

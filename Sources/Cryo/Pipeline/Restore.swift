@@ -453,8 +453,14 @@ public struct Restorer {
                     _ = Parasite.inherited(by: tracee, from: parent.parasite)
                     try inject(tracee, 157 /* prctl */, 1 /* PR_SET_PDEATHSIG */, 0, what: "prctl(PR_SET_PDEATHSIG, 0)")
                 } else {
-                    try time?.beforeClone(child: entry.pid, parent: parent, parentPid: entry.ppid, inject: injectArguments)
-                    tracee = try clone(into: parent, pid: entry.pid, flags: SharedContexts.cloneFlags(entry))
+                    // Sharing with a sibling: cloned from it, a child of the same parent (CLONE_PARENT).
+                    let creatorPid = entry.sharesWith ?? entry.ppid
+                    guard let creator = session.processes[creatorPid] else {
+                        throw CryoError("pid \(entry.pid): its sibling \(creatorPid) is not restored before it")
+                    }
+                    try time?.beforeClone(child: entry.pid, parent: creator, parentPid: creatorPid, inject: injectArguments)
+                    tracee = try clone(into: creator.tracee, parasite: creator.parasite, pid: entry.pid, flags: SharedContexts.cloneFlags(entry),
+                                       childrenOf: parent.pid)
                     session.noteCreated(tracee.pid)
                     if handedOver {
                         if entry.sid == entry.pid { try inject(tracee, Restorer.syscallSetsid, what: "setsid") }
@@ -463,10 +469,11 @@ public struct Restorer {
                         continue
                     }
                 }
+                let creator = session.processes[entry.sharesWith ?? entry.ppid] ?? parent
                 let process = RestoringProcess(image: image.task(entry.pid)!, tracee: tracee,
-                                               parasite: .inherited(by: tracee, from: parent.parasite))
+                                               parasite: .inherited(by: tracee, from: creator.parasite))
                 process.lane = owner
-                if entry.sharesFiles == true { process.filesOwner = parent.filesOwner ?? parent.image }
+                if entry.sharesFiles == true { process.filesOwner = creator.filesOwner ?? creator.image }
                 session.add(process, imagePid: entry.pid)
                 if entry.sid == entry.pid && taken == nil {
                     try inject(tracee, Restorer.syscallSetsid, what: "setsid")
@@ -538,18 +545,22 @@ public struct Restorer {
 
     /// Injects clone3 with an exact pid (as the parent's namespace sees it) into
     /// `parent`; the child is traced from birth. Returns it under its pid here.
-    func clone(into parentTracee: Tracee, parasite: Parasite, pid: pid_t, flags: UInt64, childTid: UInt64 = 0) throws -> Tracee {
+    /// `childrenOf`: with CLONE_PARENT, the parent of `parentTracee`, whose child the new task becomes.
+    func clone(into parentTracee: Tracee, parasite: Parasite, pid: pid_t, flags: UInt64, childTid: UInt64 = 0,
+               childrenOf: pid_t? = nil) throws -> Tracee {
         let isThread = flags & 0x10000 != 0
         let host = parentTracee.pid
+        let parentPid = flags & 0x8000 /* CLONE_PARENT */ != 0 ? (childrenOf ?? host) : host
         func known() -> Set<pid_t> {
             let list = isThread ? ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(host)/task")) ?? []).joined(separator: " ")
-                : (try? Files.readString("/proc/\(host)/task/\(host)/children")) ?? ""
+                : (try? Files.readString("/proc/\(parentPid)/task/\(parentPid)/children")) ?? ""
             return Set(list.split(separator: " ").compactMap { pid_t($0.trimmed()) })
         }
         let before = known()
         var args = [UInt64](repeating: 0, count: 11) // struct clone_args, then set_tid[1]
         args[0] = flags
-        if flags & 0x10000 /* CLONE_THREAD */ == 0 { args[4] = UInt64(SIGCHLD) }
+        // With CLONE_PARENT the exit signal is the creator's own, and clone3 refuses one given.
+        if flags & (0x10000 /* CLONE_THREAD */ | 0x8000 /* CLONE_PARENT */) == 0 { args[4] = UInt64(SIGCHLD) }
         args[2] = childTid
         args[5] = parasite.scratchStack - 8192 // stack: the thread is stopped before it uses it
         args[6] = 4096

@@ -6,13 +6,19 @@ import Glibc
 /// (clone with CLONE_FILES) or cwd, root and umask (CLONE_FS). Found with kcmp at
 /// dump; a child that shares with its parent is recorded so (ProcessEntry.sharesFiles,
 /// .sharesFS) and its own descriptors are not dumped again: restore clones it from
-/// its parent with the same flag, and only the parent installs the table. Sharing
-/// that a clone from the parent cannot make again (between siblings, with a process
-/// outside the tree) is refused.
+/// its parent with the same flag, and only the parent installs the table. Siblings
+/// that share with each other but not with their parent (clone with CLONE_PARENT,
+/// or a parent that unshared after cloning them) are cloned from the first of them
+/// with CLONE_PARENT and the flag (ProcessEntry.sharesWith). Sharing that neither
+/// can make again (between processes of different parents, with a process outside
+/// the tree) is refused.
 struct SharedContexts {
-    /// Pids whose descriptor table, and whose fs context, is their parent's.
+    /// Pids whose descriptor table, and whose fs context, is their creator's: their parent's,
+    /// or the sibling in `creator`.
     var files: Set<pid_t> = []
     var fs: Set<pid_t> = []
+    /// Processes cloned at restore from a sibling (CLONE_PARENT), with which they share.
+    var creator: [pid_t: pid_t] = [:]
 
     static let kcmpVM: Int32 = 1, kcmpFiles: Int32 = 2, kcmpFS: Int32 = 3
 
@@ -31,6 +37,9 @@ struct SharedContexts {
                     + "which is not dumped; not supported")
             }
         }
+        let order = Dictionary(uniqueKeysWithValues: live.enumerated().map { ($1.pid, $0) })
+        var withSibling: [Int32: [pid_t: pid_t]] = [:]  // by kind: sharer -> the first sibling of its group
+        var withParents: [Int32: Set<pid_t>] = [:]
         for (kind, what) in [(kcmpFiles, "descriptor table (CLONE_FILES)"), (kcmpFS, "cwd, root and umask (CLONE_FS)")] {
             var withParent: Set<pid_t> = []
             for p in live where p.pid != root {
@@ -51,12 +60,44 @@ struct SharedContexts {
                 do { return try Pidfd.compare(a, b, resource: kind) == 1 } catch { failure = error; return a < b }
             }
             if let failure { throw failure }
-            for (a, b) in zip(tops, tops.dropFirst()) where try Pidfd.compare(a, b, resource: kind) == 0 {
-                let (first, second) = (min(a, b), max(a, b))
-                throw CryoError("pid \(first) (\(byPid[first]!.comm)) and pid \(second) (\(byPid[second]!.comm)) share their \(what) "
-                    + "but neither is the other's parent; only sharing with the parent can be rebuilt, not supported")
+            // Runs of equal tables: siblings of a live parent share again through the first of them.
+            var group: [pid_t] = []
+            func close() throws {
+                defer { group = [] }
+                guard group.count > 1 else { return }
+                let ppid = byPid[group[0]]!.ppid
+                guard group.allSatisfy({ $0 != root && byPid[$0]!.ppid == ppid }), byPid[ppid] != nil else {
+                    let (first, second) = (min(group[0], group[1]), max(group[0], group[1]))
+                    throw CryoError("pid \(first) (\(byPid[first]!.comm)) and pid \(second) (\(byPid[second]!.comm)) share their \(what) "
+                        + "but neither is the other's parent nor are they siblings; only sharing with a parent or a sibling can be rebuilt, not supported")
+                }
+                let first = group.min { order[$0]! < order[$1]! }!
+                for pid in group where pid != first { withSibling[kind, default: [:]][pid] = first }
             }
+            for (i, pid) in tops.enumerated() {
+                if i > 0, try Pidfd.compare(tops[i - 1], pid, resource: kind) != 0 { try close() }
+                group.append(pid)
+            }
+            try close()
             if kind == kcmpFiles { result.files = withParent } else { result.fs = withParent }
+            withParents[kind] = withParent
+        }
+        // One clone makes a process: from its parent, or from one sibling, sharing what it shares with that one.
+        let files = withSibling[kcmpFiles] ?? [:], fs = withSibling[kcmpFS] ?? [:]
+        for pid in Set(files.keys).union(fs.keys).sorted() {
+            let p = byPid[pid]!
+            let f = files[pid], g = fs[pid]
+            if let f, let g, f != g {
+                throw CryoError("pid \(pid) (\(p.comm)) shares its descriptor table with its sibling pid \(f) and its cwd, root and umask "
+                    + "with its sibling pid \(g); one clone cannot share with both, not supported")
+            }
+            if (f != nil && withParents[kcmpFS]?.contains(pid) == true) || (g != nil && withParents[kcmpFiles]?.contains(pid) == true) {
+                throw CryoError("pid \(pid) (\(p.comm)) shares its \(f != nil ? "descriptor table" : "cwd, root and umask") with its sibling pid \((f ?? g)!) "
+                    + "and its \(f != nil ? "cwd, root and umask" : "descriptor table") with its parent pid \(p.ppid); one clone cannot share with both, not supported")
+            }
+            result.creator[pid] = f ?? g
+            if f != nil { result.files.insert(pid) }
+            if g != nil { result.fs.insert(pid) }
         }
         return result
     }
@@ -79,8 +120,10 @@ struct SharedContexts {
 }
 
 extension SharedContexts {
-    /// The clone3 flags that make a process share with its parent again what it shared at dump.
+    /// The clone3 flags that make a process share with its parent (or, cloned from a sibling, with
+    /// that sibling) again what it shared at dump.
     static func cloneFlags(_ entry: Inventory.ProcessEntry) -> UInt64 {
         (entry.sharesFiles == true ? 0x400 /* CLONE_FILES */ : 0) | (entry.sharesFS == true ? 0x200 /* CLONE_FS */ : 0)
+            | (entry.sharesWith != nil ? 0x8000 /* CLONE_PARENT */ : 0)
     }
 }
