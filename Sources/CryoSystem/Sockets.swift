@@ -127,9 +127,9 @@ public enum Sockets {
         return Array(buffer[0..<got])
     }
 
-    public static func unixPair(type: Int32, object: String) throws -> (FileDescriptor, FileDescriptor) {
+    public static func unixPair(type: Int32, blocking: Bool = false, object: String) throws -> (FileDescriptor, FileDescriptor) {
         var fds: [Int32] = [-1, -1]
-        let flags = Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
+        let flags = Int32(SOCK_CLOEXEC.rawValue) | (blocking ? 0 : Int32(SOCK_NONBLOCK.rawValue))
         _ = try returnOrThrow(socketpair(AF_UNIX, type | flags, 0, &fds), "socketpair(AF_UNIX)", object: object)
         return (FileDescriptor(rawValue: fds[0]), FileDescriptor(rawValue: fds[1]))
     }
@@ -256,6 +256,22 @@ public enum Sockets {
     public static func setOption(_ fd: FileDescriptor, _ level: Int32, _ option: Int32, bytes: [UInt8], name: String, object: String) throws {
         _ = try returnOrThrow(bytes.withUnsafeBytes { setsockopt(fd.rawValue, level, option, $0.baseAddress, socklen_t($0.count)) },
                               "setsockopt(\(name))", object: object)
+    }
+
+    /// Blocking send of every byte, without SIGPIPE.
+    public static func sendAll(_ fd: FileDescriptor, _ bytes: UnsafeRawBufferPointer, object: @autoclosure () -> String) throws {
+        var done = 0
+        while done < bytes.count {
+            done += try retryingEINTR("send", object: object()) {
+                Glibc.send(fd.rawValue, bytes.baseAddress! + done, bytes.count - done, Int32(MSG_NOSIGNAL))
+            }
+        }
+    }
+
+    /// Blocking recv of up to `buffer.count` bytes: how many came, 0 at the end of the stream.
+    public static func receiveSome(_ fd: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer,
+                                   object: @autoclosure () -> String) throws -> Int {
+        try retryingEINTR("recv", object: object()) { Glibc.recv(fd.rawValue, buffer.baseAddress, buffer.count, 0) }
     }
 
     /// send (or sendto `target`) without blocking or SIGPIPE: the bytes taken.

@@ -146,7 +146,8 @@ extension EndToEnd {
     /// so the restore goes into a new pid namespace (the source's pids are still taken).
     @Suite("CRIU's lazy-pages daemon")
     struct LazyPagesDaemonTests {
-        static func port() -> String { String(20000 + Int(getpid()) % 20000) }
+        /// A port of its own for each test (`which`), so that nothing left by one test answers the next.
+        static func port(_ which: Int) -> String { String(20000 + (Int(getpid()) * 8 + which) % 20000) }
 
         @Test("dump --lazy-pages, lazy-pages --page-server, restore --lazy-pages: memory served from the frozen source")
         func lazyMigration() throws {
@@ -157,7 +158,7 @@ extension EndToEnd {
             try fixture.waitReady()
             let pid = fixture.pid
             let images = scratch.file("img")
-            let port = Self.port()
+            let port = Self.port(1)
             let dump = try CryoProcess(["dump", "-t", "\(pid)", "-D", images, "--lazy-pages", "--address", "127.0.0.1", "--port", port],
                                        in: scratch)
             defer { dump.stop() }
@@ -203,7 +204,7 @@ extension EndToEnd {
             try fixture.waitReady()
             let pid = fixture.pid
             let images = scratch.file("img")
-            let port = Self.port()
+            let port = Self.port(2)
             let dump = try CryoProcess(["dump", "-t", "\(pid)", "-D", images, "--lazy-pages", "--address", "127.0.0.1", "--port", port],
                                        in: scratch)
             defer { dump.stop() }
@@ -239,7 +240,7 @@ extension EndToEnd {
             for name in try FileManager.default.contentsOfDirectory(atPath: images) where !name.hasPrefix("pages-") {
                 try FileManager.default.copyItem(atPath: images + "/" + name, toPath: copy + "/" + name)
             }
-            let port = Self.port()
+            let port = Self.port(3)
             let server = try cryo(["page-server", "--lazy-pages", "--port", port, "-D", images, "--daemon", "--pidfile", "ps.pid"], in: scratch)
             try #require(server.succeeded, "\(server)")
             let serverPid = pid_t(readText(images + "/ps.pid").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
@@ -268,7 +269,7 @@ extension EndToEnd {
             defer { fixture.cleanUp() }
             try fixture.waitReady()
             let images = try dumpAndReap(fixture, in: scratch).images
-            let port = Self.port()
+            let port = Self.port(4)
             let server = try CryoProcess(["page-server", "--lazy-pages", "--port", port, "-D", images], in: scratch)
             defer { server.stop() }
             let daemon = try CryoProcess(["lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", port, "-D", images], in: scratch)

@@ -24,11 +24,8 @@ public final class LazyGuard: @unchecked Sendable {
     static let holdUffd = UInt8(ascii: "F"), holdProcess = UInt8(ascii: "P"), dropUffd = UInt8(ascii: "D"), loaded = UInt8(ascii: "E")
 
     init() throws {
-        var pair: [Int32] = [-1, -1]
-        _ = try checkLibc(Int(Glibc.socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair)),
-                          "socketpair(AF_UNIX, SOCK_SEQPACKET)", object: "lazy guard")
-        socket = FileDescriptor(rawValue: pair[0])
-        let theirs = FileDescriptor(rawValue: pair[1])
+        let (ours, theirs) = try Sockets.unixPair(type: Int32(SOCK_SEQPACKET.rawValue), blocking: true, object: "lazy guard")
+        socket = ours
         defer { try? theirs.close() }
         do {
             _ = try Processes.spawnDetached("/proc/self/exe", ["lazy-guard"], passing: [theirs])
@@ -62,8 +59,9 @@ public final class LazyGuard: @unchecked Sendable {
 
     /// The loader is done with this userfaultfd: the guard's copy must not keep its ranges registered.
     func drop(_ index: UInt32) {
-        var message = [Self.dropUffd] + withUnsafeBytes(of: index.littleEndian) { [UInt8]($0) }
-        lock.withLock { _ = message.withUnsafeMutableBytes { Glibc.send(socket.rawValue, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
+        let message = [Self.dropUffd] + withUnsafeBytes(of: index.littleEndian) { [UInt8]($0) }
+        // Best effort: a guard that is gone has nothing to drop.
+        lock.withLock { _ = try? message.withUnsafeBytes { try Sockets.sendAll(socket, $0, object: "lazy guard") } }
     }
 
     /// Every page is in (or the tree is dead): the guard lets go and exits.
@@ -71,8 +69,7 @@ public final class LazyGuard: @unchecked Sendable {
         lock.withLock {
             guard !released else { return }
             released = true
-            var byte = Self.loaded
-            _ = Glibc.send(socket.rawValue, &byte, 1, Int32(MSG_NOSIGNAL))
+            _ = try? [Self.loaded].withUnsafeBytes { try Sockets.sendAll(socket, $0, object: "lazy guard") }
             try? socket.close()
         }
     }

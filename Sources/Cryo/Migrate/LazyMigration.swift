@@ -515,41 +515,43 @@ public enum LazyPagesDaemon {
         startThread(name: "cryo-lazy-relay") {
             do {
                 try relay(first: first, from: fromRestore, to: toSource, outcome: outcome)
-                outcome.end(nil)
-            } catch { outcome.end(outcome.loaded ? nil : CryoError("restore ended early: \(error)")) }
+                outcome.end(.restore, nil)
+            } catch { outcome.end(.restore, outcome.loaded ? nil : CryoError("restore ended early: \(error)")) }
         }
         startThread(name: "cryo-lazy-relay") {
             do {
                 try relay(first: nil, from: toSource, to: fromRestore, outcome: outcome)
-                outcome.end(nil)
+                outcome.end(.source, nil)
             } catch {
                 // Once restore has every page, a late answer to one of its requests may meet its closed end.
-                outcome.end(outcome.loaded ? nil : CryoError("lost the page server \(sourcePeer): \(error)"))
+                outcome.end(.source, outcome.loaded ? nil : CryoError("lost the page server \(sourcePeer): \(error)"))
             }
         }
         if let error = outcome.wait() { throw error }
         logger.debug("lazy-pages: every page passed on")
     }
 
+    /// How the relay ends. After `loaded`, the source may still be sending (answers to requests the
+    /// pushed pages had made needless): the daemon waits for the source to close first, since closing
+    /// with bytes unread would reset the connection before the source has read `loaded`.
     final class Outcome: @unchecked Sendable {
+        enum Side { case restore, source }
         private let lock = Lock()
-        private let done = DispatchSemaphore(value: 0)
-        private var error: Error?
-        private var ended = false
+        private let ended = DispatchSemaphore(value: 0)
+        private var results: [(Side, Error?)] = []
         private var sawLoaded = false
         var loaded: Bool { lock.withLock { sawLoaded } }
         func markLoaded() { lock.withLock { sawLoaded = true } }
-        func end(_ failure: Error?) {
-            let first: Bool = lock.withLock {
-                defer { ended = true }
-                if !ended { error = failure }
-                return !ended
-            }
-            if first { done.signal() }
+        func end(_ side: Side, _ failure: Error?) {
+            lock.withLock { results.append((side, failure)) }
+            ended.signal()
         }
         func wait() -> Error? {
-            done.wait()
-            return lock.withLock { error }
+            ended.wait()
+            let (side, failure) = lock.withLock { results[0] }
+            guard side == .restore, failure == nil else { return failure }
+            if ended.wait(timeout: .now() + 30) == .timedOut { return nil }
+            return lock.withLock { results[1].1 }
         }
     }
 

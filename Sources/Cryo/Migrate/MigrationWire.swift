@@ -38,35 +38,21 @@ public final class SocketLink: MigrationLink {
     }
 
     public func send(_ bytes: UnsafeRawBufferPointer) throws {
-        var done = 0
-        while done < bytes.count {
-            let n = Glibc.send(fd.rawValue, bytes.baseAddress! + done, bytes.count - done, Int32(MSG_NOSIGNAL))
-            if n < 0 {
-                let e = Glibc.errno
-                if e == EINTR { continue }
-                throw SyscallError("send", errno: Errno(rawValue: e), object: "connection to \(peer)")
-            }
-            done += n
-        }
+        try Sockets.sendAll(fd, bytes, object: "connection to \(peer)")
     }
 
     public func receive(into buffer: UnsafeMutableRawBufferPointer) throws {
         var done = 0
         while done < buffer.count {
-            let n = Glibc.recv(fd.rawValue, buffer.baseAddress! + done, buffer.count - done, 0)
-            if n < 0 {
-                let e = Glibc.errno
-                if e == EINTR { continue }
-                throw SyscallError("recv", errno: Errno(rawValue: e), object: "connection to \(peer)")
-            }
+            let n = try Sockets.receiveSome(fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]), object: "connection to \(peer)")
             if n == 0 { throw MigrationLinkClosed() }
             done += n
         }
     }
 
     public func readable() -> Bool {
-        var entry = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
-        return Glibc.poll(&entry, 1, 0) != 0
+        var entries = [pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)]
+        return (try? Files.poll(&entries, milliseconds: 0, object: "connection to \(peer)")).map { $0 != 0 } ?? true
     }
 
     public func close() { try? fd.close() }
