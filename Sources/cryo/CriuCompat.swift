@@ -115,8 +115,12 @@ struct CriuOptions: ParsableArguments {
     var skipInFlight = false
     @Flag(name: .customLong("display-stats"), help: "Print the dump or restore statistics when done.")
     var displayStatistics = false
+    @Option(name: .customLong("timeout"),
+            help: "dump, pre-dump: seconds each task has to stop once the freeze starts (default 10, as CRIU's); one in an uninterruptible wait fails the dump after that.")
+    var timeout: Double?
 
     func validate() throws {
+        if let timeout, !(timeout > 0 && timeout < 1e6) { throw ValidationError("--timeout takes a number of seconds above 0") }
     }
 
     /// A path as CRIU resolves it: relative ones against --work-dir, which defaults to the images dir.

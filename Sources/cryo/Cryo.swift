@@ -124,6 +124,8 @@ struct DumpCommand: ParsableCommand {
     var lazyPages = false
     @Option(name: .customLong("pidfile"), help: .hidden)
     var pidFile: String?
+    @Option(name: .customLong("status-fd"), help: "With --lazy-pages: write one NUL byte to this descriptor once the pages are served.")
+    var statusFD: Int32?
     @Option(name: .customLong("sysv-ipc"),
             help: "Which System V objects of the IPC namespace to save: tree (attached, created or last used by the tree; the default), attached (attached segments only), all.")
     var sysvSelection: SysVSelection = .tree
@@ -154,13 +156,18 @@ struct DumpCommand: ParsableCommand {
                                       previousImages: previousImages, ghostLimit: ghostLimit)
             options.sysvSelection = sysvSelection
             options.sysvExtra = sysvObjects
+            if let timeout = criu.timeout { options.freezeTimeout = timeout }
             options.externalUnixSockets = criu.externalUnixSockets
             options.cgroupMode = criu.manageCgroups ?? .soft
             let link = try pageServer.connect()
             defer { link?.close() }
             options.handOver = try link.map { try Migrator.pageServerHandOver(over: $0, rootPid: pid) }
             if lazyPages {
-                let serving = LazyPagesServing(accept: try pageServer.lazyPagesListener(), logger: logger)
+                // CRIU's --status-fd: a NUL once the pages are served (the image is whole but for them).
+                let statusFD = self.statusFD
+                let serving = LazyPagesServing(accept: try pageServer.lazyPagesListener(), logger: logger) {
+                    if let statusFD { DaemonOptions.signalReady(statusFD) }
+                }
                 lazyServing = serving
                 options.handOver = { try serving.handOver($0) }
             }
@@ -368,8 +375,10 @@ struct PreDumpCommand: ParsableCommand {
     func run() throws {
         if common.logFile.map({ !$0.hasPrefix("/") }) == true && criu.workDirectory == nil { _ = mkdir(directory, 0o700) }
         let statistics = try failing {
-            try PreDumper(options: PreDumpOptions(pid: pid, directory: directory),
-                          logger: common.logger(relativeTo: criu.workDirectory ?? directory)).run()
+            var options = PreDumpOptions(pid: pid, directory: directory)
+            if let timeout = criu.timeout { options.freezeTimeout = timeout }
+            return try PreDumper(options: options,
+                                 logger: common.logger(relativeTo: criu.workDirectory ?? directory)).run()
         }
         if common.verbose > 0 {
             print(String(printf: "pre-dumped pid %d: frozen %.3f s, copied %.3f s, %llu pages of %llu scanned",

@@ -234,11 +234,14 @@ struct DaemonOptions: ParsableArguments {
         } else if let pidFile {
             try write(getpid(), to: pidFile, work: work)
         }
-        if let statusFD {
-            var nul: UInt8 = 0
-            _ = Glibc.write(statusFD, &nul, 1)
-            Glibc.close(statusFD)
-        }
+        if let statusFD { Self.signalReady(statusFD) }
+    }
+
+    /// CRIU's --status-fd: one NUL byte, and the descriptor is closed.
+    static func signalReady(_ fd: Int32) {
+        var nul: UInt8 = 0
+        _ = Glibc.write(fd, &nul, 1)
+        Glibc.close(fd)
     }
 
     func write(_ pid: pid_t, to name: String, work: String) throws {

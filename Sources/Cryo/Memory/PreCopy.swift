@@ -47,6 +47,8 @@ public struct PreDumpOptions: Sendable {
     /// `cryo migrate`: the pages go here (pid, address, bytes) as they are read, not into pages-PID.img,
     /// which is left a hole of their size (the final dump checks sizes and needs none of its bytes).
     public var pageSink: (@Sendable (pid_t, UInt64, UnsafeRawBufferPointer) throws -> Void)?
+    /// CRIU's --timeout: seconds the freeze waits for each task to stop.
+    public var freezeTimeout = FrozenTree.defaultTimeout
     public init(pid: pid_t, directory: String, pageSink: (@Sendable (pid_t, UInt64, UnsafeRawBufferPointer) throws -> Void)? = nil) {
         self.pid = pid
         self.directory = directory
@@ -175,7 +177,7 @@ public struct PreDumper {
 
         var statistics = DumpStatistics()
         let frozenAt = ContinuousClock.now
-        let tree = try FrozenTree.freeze(root: pid)
+        let tree = try FrozenTree.freeze(root: pid, timeout: options.freezeTimeout)
         var plans: [(pid: pid_t, startTime: UInt64, regions: [cryo_page_region])] = []
         do {
             try dumper.checkSeccompSuspended(tree)

@@ -137,9 +137,13 @@ public final class LazyPagesServing: @unchecked Sendable {
     /// The connection was lost after the destination started the tree: the dump kills the tree here anyway.
     public private(set) var lostAfterStart: String?
 
-    public init(accept: @escaping @Sendable () throws -> MigrationLink, logger: Logger) {
+    /// Called once the image is whole but for the pages served from here.
+    let ready: @Sendable () -> Void
+
+    public init(accept: @escaping @Sendable () throws -> MigrationLink, logger: Logger, ready: @escaping @Sendable () -> Void = {}) {
         self.accept = accept
         self.logger = logger
+        self.ready = ready
     }
 
     public func handOver(_ image: FrozenImage) throws {
@@ -149,6 +153,7 @@ public final class LazyPagesServing: @unchecked Sendable {
             // Whole but for the pages served from here: restore may read it now. (Should the dump
             // still fail, it removes the folder as it does for any failure.)
             IncompleteMark.remove(ImagePaths(image.directory))
+            ready()
             let link = try accept()
             defer { link.close() }
             let wire = MigrationWire(link)

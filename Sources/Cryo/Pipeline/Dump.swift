@@ -39,6 +39,8 @@ public struct DumpOptions: Sendable {
     /// With `handOver` after a pre-dump: pages written since are not read into the pages file (it keeps
     /// holes there); the hand-over reads from the frozen tree those it needs (`FrozenImage.freshInTree`).
     public var freshPagesInTree = false
+    /// CRIU's --timeout: seconds the freeze waits for each task to stop.
+    public var freezeTimeout = FrozenTree.defaultTimeout
     /// --manage-cgroups: anything but `ignore` records the tree's cgroups.
     public var cgroupMode: CgroupManagement = .soft
     public init(pid: pid_t, directory: String, leaveRunning: Bool, shellJob: Bool, tcpEstablished: Bool = false,
@@ -136,7 +138,7 @@ public struct Dumper {
         }
         var statistics = DumpStatistics()
         let frozenAt = ContinuousClock.now
-        let tree = try FrozenTree.freeze(root: pid)
+        let tree = try FrozenTree.freeze(root: pid, timeout: options.freezeTimeout)
         faultHook("seized")
         timelineMark(logger, "froze")
         logger.debug("froze \(tree.processes.count) processes, \(tree.live.reduce(0) { $0 + $1.threads.count }) threads")

@@ -32,14 +32,19 @@ final class FrozenTree {
     private(set) var processes: [FrozenProcess] = []
     private var released = false
 
-    static func freeze(root: pid_t) throws -> FrozenTree {
+    /// CRIU's --timeout: a task that does not stop within this many seconds of the freeze (one in an
+    /// uninterruptible wait, as on a hung NFS server) fails the dump instead of holding it forever.
+    static let defaultTimeout = 10.0
+
+    static func freeze(root: pid_t, timeout: Double = defaultTimeout) throws -> FrozenTree {
         let tree = FrozenTree()
+        let deadline = ContinuousClock.now + .milliseconds(Int64(timeout * 1000))
         do {
             var queue = [root]
             var queued: Set<pid_t> = [root]
             while !queue.isEmpty {
                 let pid = queue.removeFirst()
-                guard let process = try freezeProcess(pid, isRoot: pid == root) else { continue }
+                guard let process = try freezeProcess(pid, isRoot: pid == root, deadline: deadline, timeout: timeout) else { continue }
                 tree.processes.append(process)
                 for child in try children(of: process) where queued.insert(child).inserted { queue.append(child) }
             }
@@ -57,7 +62,8 @@ final class FrozenTree {
     }
 
     /// Seizes every thread of `pid`; nil when it vanished meanwhile (not the root).
-    private static func freezeProcess(_ pid: pid_t, isRoot: Bool) throws -> FrozenProcess? {
+    private static func freezeProcess(_ pid: pid_t, isRoot: Bool, deadline: ContinuousClock.Instant? = nil,
+                                      timeout: Double = defaultTimeout) throws -> FrozenProcess? {
         guard let stat = try? ProcStat(pid: pid) else {
             if isRoot { throw CryoError("pid \(pid): no such process") }
             return nil
@@ -86,16 +92,23 @@ final class FrozenTree {
                     }
                     do {
                         // A vfork made after the check above would hold the stop back until the child execs or exits.
-                        process.threads.append(try Tracee.seize(tid) { try SharedContexts.refuseVforkChildren(of: pid, comm: stat.comm) })
+                        process.threads.append(try Tracee.seize(tid) {
+                            try SharedContexts.refuseVforkChildren(of: pid, comm: stat.comm)
+                            if let deadline, ContinuousClock.now > deadline {
+                                let state = (try? ProcStat(pid: tid).state).map { " (state \($0))" } ?? ""
+                                throw CryoError("pid \(pid) (\(stat.comm))\(tid == pid ? "" : " thread \(tid)") did not stop within "
+                                    + "\(String(printf: "%g", timeout)) s of the freeze\(state); raise --timeout to wait longer")
+                            }
+                        })
                     } catch let error as SyscallError where error.errno == .noSuchProcess {
                         if tid == pid && process.threads.isEmpty {
                             // It died between listing and seizing: a zombie (or gone) now.
-                            return try freezeProcess(pid, isRoot: isRoot)
+                            return try freezeProcess(pid, isRoot: isRoot, deadline: deadline, timeout: timeout)
                         }
                     } catch let error as SyscallError where error.errno == .notPermitted {
                         // The kernel refuses to attach to a task that is exiting.
                         if !isRoot && tid == pid && process.threads.isEmpty && finishedExiting(pid) {
-                            return try freezeProcess(pid, isRoot: isRoot)
+                            return try freezeProcess(pid, isRoot: isRoot, deadline: deadline, timeout: timeout)
                         }
                         throw error
                     } catch let error as InjectionError {
@@ -104,7 +117,7 @@ final class FrozenTree {
                         // A child exiting while it was seized (shells and servers fork
                         // short-lived ones all the time): its frozen parent cannot reap
                         // it, so it is a zombie of the tree now, or gone if not waited for.
-                        if !isRoot && process.threads.isEmpty { return try freezeProcess(pid, isRoot: isRoot) }
+                        if !isRoot && process.threads.isEmpty { return try freezeProcess(pid, isRoot: isRoot, deadline: deadline, timeout: timeout) }
                         throw error
                     }
                     seized.insert(tid)
