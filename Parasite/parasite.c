@@ -271,22 +271,67 @@ static void drop_pending(int signal) {
     sys4(NR_rt_sigtimedwait, &set, 0, &zero, 8);
 }
 
+/* Up to `max` descriptors of one message (SCM_RIGHTS) into fds[]: how many, or -errno. */
+static long recv_fd_group(int sock, int *fds, uint32_t max) {
+    char byte;
+    struct { void *base; size_t len; } iov = { &byte, 1 };
+    union { struct { size_t len; int level, type; int fds[CRYO_FDS_PER_MESSAGE]; } c; char buf[16 + 4 * CRYO_FDS_PER_MESSAGE + 8]; } ctl;
+    struct {
+        void *name; int namelen; int pad; void *iov; size_t iovlen;
+        void *control; size_t controllen; int flags;
+    } msg = { 0, 0, 0, &iov, 1, &ctl, sizeof(ctl), 0 };
+    memset(&ctl, 0, sizeof(ctl));
+    long r;
+    do { r = sys3(NR_recvmsg, sock, &msg, MSG_CMSG_CLOEXEC); } while (r == -EINTR);
+    if (r < 0) return r;
+    if (r == 0 || ctl.c.level != SOL_SOCKET || ctl.c.type != SCM_RIGHTS || ctl.c.len < 20) return -71 /* EPROTO */;
+    uint32_t n = (uint32_t)((ctl.c.len - 16) / 4);
+    for (uint32_t i = 0; i < n; i++) fds[i] = ctl.c.fds[i];
+    /* MSG_CTRUNC: the task could not take them all (RLIMIT_NOFILE); more than asked for: out of step. */
+    if ((msg.flags & 0x8 /* MSG_CTRUNC */) || n > max) {
+        for (uint32_t i = 0; i < n; i++) sys1(NR_close, fds[i]);
+        return (msg.flags & 0x8) ? -24 /* EMFILE */ : -71 /* EPROTO */;
+    }
+    return n;
+}
+
+/* Descriptors come in messages of up to CRYO_FDS_PER_MESSAGE. The kernel gives a message's
+ * descriptors the lowest free numbers in ascending order, and the targets are free and
+ * ascending too, so the i-th received is at most the i-th target: placing them from the
+ * last down never overwrites one not yet placed. One dup3 per descriptor, and the
+ * originals below the targets go in one close_range per run of numbers. */
 static long recv_fds(struct cryo_args_header *h) {
     struct cryo_recv_fds *a = payload(h);
     if (a->close_others) {
         if (a->control_fd > 0) CHECK(h, sys3(NR_close_range, 0, a->control_fd - 1, 0), 0, NR_close_range, 0);
         CHECK(h, sys3(NR_close_range, a->control_fd + 1, ~0u, 0), 0, NR_close_range, a->control_fd + 1);
     }
-    for (uint32_t i = 0; i < a->count; i++) {
-        long fd = recv_one_fd(a->control_fd, MSG_CMSG_CLOEXEC);
-        CHECK(h, fd, i, NR_recvmsg, (unsigned long)a->control_fd);
-        int target = a->first_slot_fd + (int)i;
-        log_line(h, "received fd, slot", (unsigned long)fd, (unsigned long)target);
-        if (fd != target) {
-            long d = sys3(NR_dup3, fd, target, O_CLOEXEC);
-            sys1(NR_close, fd);
-            CHECK(h, d, i, NR_dup3, (unsigned long)target);
+    int fds[CRYO_FDS_PER_MESSAGE];
+    uint32_t done = 0;
+    while (done < a->count) {
+        uint32_t want = a->count - done < CRYO_FDS_PER_MESSAGE ? a->count - done : CRYO_FDS_PER_MESSAGE;
+        long got = recv_fd_group(a->control_fd, fds, want);
+        CHECK(h, got, done, NR_recvmsg, (unsigned long)a->control_fd);
+        uint32_t n = (uint32_t)got;
+        int low = a->first_slot_fd + (int)done;
+        log_line(h, "received fds, first slot", n, (unsigned long)low);
+        for (uint32_t i = 0; i < n; i++) {
+            if (fds[i] > low + (int)i || (i > 0 && fds[i] <= fds[i - 1])) {
+                for (uint32_t k = 0; k < n; k++) if (fds[k] < low) sys1(NR_close, fds[k]);
+                return fail(h, -71 /* EPROTO: not the kernel's order */, done + i, NR_recvmsg, (unsigned long)fds[i]);
+            }
         }
+        for (uint32_t i = n; i-- > 0;) {
+            if (fds[i] != low + (int)i) CHECK(h, sys3(NR_dup3, fds[i], low + (int)i, O_CLOEXEC), done + i, NR_dup3, (unsigned long)(low + (int)i));
+        }
+        /* Originals inside the targets were replaced by dup3; those below them go now. */
+        for (uint32_t i = 0; i < n && fds[i] < low;) {
+            uint32_t k = i;
+            while (k + 1 < n && fds[k + 1] == fds[k] + 1 && fds[k + 1] < low) k++;
+            CHECK(h, sys3(NR_close_range, fds[i], fds[k], 0), done + i, NR_close_range, (unsigned long)fds[i]);
+            i = k + 1;
+        }
+        done += n;
     }
     return 0;
 }

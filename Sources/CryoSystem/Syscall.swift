@@ -62,6 +62,10 @@ public enum ProcessControl {
     public static func inBoundingSet(_ capability: Int32) throws -> Bool {
         try Kernel.syscall(SYS_prctl, Int32(PR_CAPBSET_READ), capability, name: "prctl(PR_CAPBSET_READ)", object: "capability \(capability)") == 1
     }
+    /// PR_GET_THP_DISABLE of this process: nonzero when transparent huge pages are off for it.
+    public static func transparentHugePagesDisabled() throws -> Bool {
+        try Kernel.syscall(SYS_prctl, Int32(42 /* PR_GET_THP_DISABLE */), name: "prctl(PR_GET_THP_DISABLE)") != 0
+    }
     public static func setParentDeathSignal(_ signal: Int32) throws {
         try Kernel.syscall(SYS_prctl, Int32(PR_SET_PDEATHSIG), signal, name: "prctl(PR_SET_PDEATHSIG)")
     }

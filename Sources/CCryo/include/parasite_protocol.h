@@ -107,9 +107,11 @@ struct cryo_connect {
 struct cryo_recv_fds {
     int32_t control_fd;
     int32_t first_slot_fd;     /* the k-th received descriptor lands on first_slot_fd + k */
-    uint32_t count;
+    uint32_t count;            /* in messages of up to CRYO_FDS_PER_MESSAGE each */
     uint32_t close_others;     /* 1: close every other descriptor first */
 };
+/* Descriptors one SCM_RIGHTS message carries at most (the kernel's SCM_MAX_FD). */
+#define CRYO_FDS_PER_MESSAGE 253
 
 struct cryo_remap { uint64_t from; uint64_t length; uint64_t to; };
 struct cryo_range { uint64_t start; uint64_t end; };

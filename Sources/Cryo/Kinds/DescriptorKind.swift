@@ -162,7 +162,11 @@ struct InstalledDescriptors {
 
     /// (fd, entry, state) for every descriptor of kind K.
     func of<K: DescriptorKind>(_ kind: K.Type) -> [(fd: Int32, file: FileTable.OpenFile, state: K)] {
-        descriptors.compactMap { d in (files[d.file].state as? K).map { (d.fd, files[d.file], $0) } }
+        // The metatype test first: a dynamic cast of every descriptor for every kind cost more
+        // than the rest of installing 10,000 of them.
+        descriptors.compactMap { d in
+            type(of: files[d.file].state) == K.self ? (files[d.file].state as? K).map { (d.fd, files[d.file], $0) } : nil
+        }
     }
 }
 

@@ -1006,6 +1006,9 @@ struct MemoryRestorePlan {
         var runs: [cryo_page_run] = []
         var runCursor = 0, keptCursor = 0
         let sortedRuns = index.runs
+        // The parent's runs, walked with the mappings (a filter per mapping cost mappings × runs).
+        let sortedExtra = extraRuns.sorted { $0.address < $1.address }
+        var extraCursor = 0
         for m in record.mappings where !m.isSpecial && m.kind != .aioRing {  // rings come from io_setup afterwards
             var vma = cryo_vma()
             vma.prot = UInt32(m.prot)
@@ -1031,7 +1034,12 @@ struct MemoryRestorePlan {
                 }
                 runCursor += 1
             }
-            let extra = extraRuns.filter { $0.address >= m.start && $0.address < m.end }
+            var extra: [cryo_page_run] = []
+            while extraCursor < sortedExtra.count && sortedExtra[extraCursor].address < m.start { extraCursor += 1 }
+            while extraCursor < sortedExtra.count && sortedExtra[extraCursor].address < m.end {
+                extra.append(sortedExtra[extraCursor])
+                extraCursor += 1
+            }
             if !extra.isEmpty {
                 mappingRuns += extra
                 mappingRuns.sort { $0.address < $1.address }

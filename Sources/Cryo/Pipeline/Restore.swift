@@ -185,6 +185,7 @@ public struct Restorer {
         let eagerThroughUffd = !options.lazyPages && (try? LazyServer.check()) != nil
         session.lazy = options.lazyPages || eagerThroughUffd ? LazyServer(logger: logger, started: started) : nil
         session.eagerThroughUffd = eagerThroughUffd
+        session.thpDisableMayBeInherited = Restorer.thpDisableMayBeInherited(image)
         // A lazily restored tree must not outlive its loader on zero-filled memory (LazyGuard.swift).
         if options.lazyPages { session.lazy?.guardian = try options.lazyGuard ?? LazyGuard() }
         // The new pid namespace's init parks in a read() on this pipe until cryo closes its write end.
@@ -551,7 +552,11 @@ public struct Restorer {
         let isThread = flags & 0x10000 != 0
         let host = parentTracee.pid
         let parentPid = flags & 0x8000 /* CLONE_PARENT */ != 0 ? (childrenOf ?? host) : host
+        // In cryo's own pid namespace the pid clone3 returns is the new task's here: no need to
+        // list the parent's children (or threads, a directory scan per thread) before and after.
+        let samePidNamespace = !options.newPidNamespace
         func known() -> Set<pid_t> {
+            if samePidNamespace { return [] }
             let list = isThread ? ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(host)/task")) ?? []).joined(separator: " ")
                 : (try? Files.readString("/proc/\(parentPid)/task/\(parentPid)/children")) ?? ""
             return Set(list.split(separator: " ").compactMap { pid_t($0.trimmed()) })
@@ -578,7 +583,7 @@ public struct Restorer {
         }
         // From here on the new task exists: a failure must not leave it behind (it is traced
         // and would die with cryo, but a failed restore cleans up before it returns).
-        let made = known().subtracting(before).first
+        let made = samePidNamespace ? pid_t(result) : known().subtracting(before).first
         do {
             guard result == pid else { throw CryoError("injected clone3 in pid \(host) made pid \(result), not \(pid)") }
             guard let child = made else {
@@ -787,11 +792,18 @@ public struct Restorer {
         _ = try parasite.run(CRYO_CMD_CONNECT, input: connect, output: UInt8.self)
         let connection = try listener.accept()
         defer { try? connection.close() }
-        // Descriptors travel in batches the socket buffer holds.
-        let batch = 64
+        // Descriptors travel up to 253 a message, and each command takes as many messages as the
+        // socket buffer holds (64, as many one-descriptor messages fit) without the parasite
+        // reading. An unprivileged sender may have at most RLIMIT_NOFILE descriptors in flight.
+        let perMessage = Int(CRYO_FDS_PER_MESSAGE)
+        var limit = rlimit()
+        let inFlight = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 ? Int(min(limit.rlim_cur, 1 << 30)) / 2 : 1024
+        let batch = max(perMessage, min(64 * perMessage, inFlight / perMessage * perMessage))
         for start in stride(from: fds.startIndex, to: fds.endIndex, by: batch) {
             let end = min(start + batch, fds.endIndex)
-            for fd in fds[start..<end] { try Pidfd.send(fd, over: connection, to: pid) }
+            for first in stride(from: start, to: end, by: perMessage) {
+                try Pidfd.send(fds[first..<min(first + perMessage, end)], over: connection, to: pid)
+            }
             var recv = cryo_recv_fds()
             recv.control_fd = controlFD
             recv.first_slot_fd = firstSlotFD + Int32(start - fds.startIndex)
@@ -847,7 +859,7 @@ public struct Restorer {
             // PR_SET_THP_DISABLE, with PR_THP_DISABLE_EXCEPT_ADVISED (bit 1) if it was set.
             let result = try process.tracee.syscall(157 /* prctl */, 41, 1, UInt64(thp & ~1), 0, 0)
             if result < 0 { throw SyscallError("injected prctl(PR_SET_THP_DISABLE)", errno: .init(rawValue: Int32(-result)), pid: pid) }
-        } else if process.sharesMemory {
+        } else if process.sharesMemory && session.thpDisableMayBeInherited {
             // The flag belongs to the address space, which a fork copies from the parent.
             let result = try process.tracee.syscall(157 /* prctl */, 41, 0, 0, 0, 0)
             if result < 0 { throw SyscallError("injected prctl(PR_SET_THP_DISABLE, 0)", errno: .init(rawValue: Int32(-result)), pid: pid) }
@@ -869,6 +881,12 @@ public struct Restorer {
             try registerLazy(process, lazy, image: image, slots: slots, session: session)
         }
         faultHook("memory-restored")
+    }
+
+    /// A task can inherit PR_SET_THP_DISABLE only from cryo or from a restored task that had it;
+    /// when none did, clearing it costs an injected syscall per process for nothing.
+    static func thpDisableMayBeInherited(_ image: Image) -> Bool {
+        image.tasks.contains { $0.memory.thpDisable != nil } || (try? ProcessControl.transparentHugePagesDisabled()) != false
     }
 
     /// The userfaultfd that loads the pages left out of RESTORE_MEMORY, handed to the lazy server.
@@ -1128,6 +1146,8 @@ final class RestoreSession: @unchecked Sendable {
     var lazy: LazyServer?
     /// The lazy server only loads eagerly restored memory (no --lazy-pages), in the background.
     var eagerThroughUffd = false
+    /// Some task (or cryo) has PR_SET_THP_DISABLE, so a forked one may carry it wrongly.
+    var thpDisableMayBeInherited = true
     private var controls: [Int: ControlListener] = [:]
     var lanes: RestoreLanes?
 
