@@ -26,20 +26,28 @@ public struct ReturnGadgets: Sendable, Equatable {
         guard let maps = try? Files.read("/proc/\(pid)/maps") else { return nil }
         var candidates: [(start: UInt64, end: UInt64, key: String, isLibc: Bool)] = []
         let executable = Array(" r-x".utf8)
-        for bytes in maps.split(separator: UInt8(ascii: "\n")) {
-            // Only executable file mappings matter; most lines are not.
-            guard let space = bytes.firstIndex(of: UInt8(ascii: " ")), bytes[space...].starts(with: executable),
-                  bytes.contains(UInt8(ascii: "/")) else { continue }  // anonymous code has no path
-            let line = String(decoding: bytes, as: UTF8.self)
-            let fields = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
-            guard fields.count == 6 else { continue }
-            let path = fields[5].trimmed()
-            guard path.hasPrefix("/") else { continue }
-            let range = fields[0].split(separator: "-")
-            guard range.count == 2, let start = UInt64(range[0], radix: 16), let end = UInt64(range[1], radix: 16) else { continue }
-            // The same file at the same offset has the same bytes: one search per library per run.
-            let key = "\(fields[3]) \(fields[4]) \(fields[2])"
-            candidates.append((start, end, key, path.contains("/libc.so") || path.contains("/libc-")))
+        // Line by line on the bytes, no array per line: 10,000 mappings made this a tenth of a dump.
+        maps.withUnsafeBufferPointer { all in
+            var lineStart = 0
+            while lineStart < all.count {
+                var lineEnd = lineStart
+                while lineEnd < all.count && all[lineEnd] != UInt8(ascii: "\n") { lineEnd += 1 }
+                defer { lineStart = lineEnd + 1 }
+                let bytes = all[lineStart..<lineEnd]
+                // Only executable file mappings matter; most lines are not.
+                guard let space = bytes.firstIndex(of: UInt8(ascii: " ")), bytes[space...].starts(with: executable),
+                      bytes.contains(UInt8(ascii: "/")) else { continue }  // anonymous code has no path
+                let line = String(decoding: bytes, as: UTF8.self)
+                let fields = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
+                guard fields.count == 6 else { continue }
+                let path = fields[5].trimmed()
+                guard path.hasPrefix("/") else { continue }
+                let range = fields[0].split(separator: "-")
+                guard range.count == 2, let start = UInt64(range[0], radix: 16), let end = UInt64(range[1], radix: 16) else { continue }
+                // The same file at the same offset has the same bytes: one search per library per run.
+                let key = "\(fields[3]) \(fields[4]) \(fields[2])"
+                candidates.append((start, end, key, path.contains("/libc.so") || path.contains("/libc-")))
+            }
         }
         candidates.sort { $0.isLibc && !$1.isLibc }
         var sigreturn: UInt64?

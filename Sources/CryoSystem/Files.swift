@@ -16,15 +16,17 @@ public enum Files {
     }
 
     public static func readAll(_ fd: FileDescriptor, path: String) throws -> [UInt8] {
-        var result: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n: Int
-            do {
-                n = try chunk.withUnsafeMutableBytes { try fd.read(into: $0, retryOnInterrupt: true) }
-            } catch { throw SyscallError("read", errno: error as? Errno ?? .ioError, object: path) }
-            if n == 0 { return result }
-            result.append(contentsOf: chunk[0..<n])
+        // A chunk that is not zeroed first (this runs for every /proc file read: a zeroed 64 KiB array per call cost more than small reads).
+        try withUnsafeTemporaryAllocation(byteCount: 65536, alignment: 16) { chunk in
+            var result: [UInt8] = []
+            while true {
+                let n: Int
+                do { n = try fd.read(into: chunk, retryOnInterrupt: true) } catch {
+                    throw SyscallError("read", errno: error as? Errno ?? .ioError, object: path)
+                }
+                if n == 0 { return result }
+                result.append(contentsOf: UnsafeRawBufferPointer(rebasing: chunk[0..<n]))
+            }
         }
     }
 
@@ -73,7 +75,9 @@ public enum Files {
 
     /// `name` in `directory` (openat), read to its end: for the many small files of one
     /// /proc folder (fdinfo), without walking /proc/PID for each or a large buffer.
-    public static func readString(in directory: FileDescriptor, _ name: String, object: @autoclosure () -> String) throws -> String {
+    /// `singleRecord`: the file is a seq_file of one record (single_open, as fdinfo), whose first read returns all of it.
+    public static func readString(in directory: FileDescriptor, _ name: String, singleRecord: Bool = false,
+                                  object: @autoclosure () -> String) throws -> String {
         let fd = openat(directory.rawValue, name, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw SyscallError("openat", errno: Errno(rawValue: errno), object: object()) }
         defer { Glibc.close(fd) }
@@ -88,7 +92,9 @@ public enum Files {
                 throw SyscallError("read", errno: Errno(rawValue: errno), object: object())
             }
             result.removeLast(capacity - n)
-            if n == 0 { return String(decoding: result, as: UTF8.self) }
+            // A /proc file made by one show call (fdinfo: single_open) gives all it has to the first read
+            // that has room for it: a short read is its end, and the read that would return 0 is saved.
+            if n == 0 || (singleRecord && n < capacity) { return String(decoding: result, as: UTF8.self) }
             capacity = max(capacity, result.count)
         }
     }

@@ -2,7 +2,10 @@
 // `sleep` on Linux 6.x) and on hand-made lines for the awkward cases. No root.
 
 @testable import Cryo
+import CCryo
+import CryoSystem
 import Foundation
+import Glibc
 import Testing
 
 private func sample(_ name: String) throws -> [UInt8] {
@@ -36,6 +39,75 @@ struct ProcParserTests {
         #expect(smaps.allSatisfy { !$0.vmFlags.isEmpty })
         #expect(smaps.first { $0.path == "[stack]" }?.vmFlags.isSuperset(of: ["rd", "wr", "gd"]) == true)
         #expect(smaps.first { $0.path == "[heap]" }?.vmFlags.contains("ac") == true)
+    }
+
+    @Test("maps and smaps read piece by piece give what one read of all of it gives", arguments: ["sleep.maps", "sleep.smaps"])
+    func readInPieces(name: String) throws {
+        let path = Locations.packageRoot + "/Tests/Samples/" + name
+        let whole = parseMappings(try sample(name))
+        // 7 bytes: every line is cut, most several times, and the buffer must grow for each line longer than it.
+        for size in [7, 64, 1000, 128 << 10] {
+            let fd = try CryoSystem.Files.open(path, .readOnly)
+            defer { try? fd.close() }
+            let pieces = try readMappings(fd, path: path, bufferSize: size)
+            #expect(pieces.count == whole.count, "buffer \(size)")
+            #expect(pieces.map(\.start) == whole.map(\.start) && pieces.map(\.end) == whole.map(\.end), "buffer \(size)")
+            #expect(pieces.map(\.path) == whole.map(\.path) && pieces.map(\.permissions) == whole.map(\.permissions), "buffer \(size)")
+            #expect(pieces.map(\.device) == whole.map(\.device) && pieces.map(\.inode) == whole.map(\.inode), "buffer \(size)")
+            #expect(pieces.map(\.vmFlags) == whole.map(\.vmFlags), "buffer \(size)")
+        }
+    }
+
+    @Test("a last line without its newline still counts")
+    func lastLineWithoutNewline() throws {
+        let path = FileManager.default.temporaryDirectory.path + "/cryo-maps-\(getpid())"
+        try Data("1000-2000 r--p 00000000 fe:01 12 /a\n3000-4000 rw-p 00000000 00:00 0 /b c".utf8).write(to: URL(fileURLWithPath: path))
+        defer { unlink(path) }
+        let fd = try CryoSystem.Files.open(path, .readOnly)
+        defer { try? fd.close() }
+        let maps = try readMappings(fd, path: path, bufferSize: 16)
+        #expect(maps.map(\.path) == ["/a", "/b c"])
+        #expect(parseDevice(maps[0].device) == (0xfe, 0x01))
+    }
+
+    @Test("fdinfo read as one record: all of it, short or longer than the first read")
+    func fdinfoOneRecord() throws {
+        let epoll = epoll_create1(0o2000000 /* EPOLL_CLOEXEC */)
+        try #require(epoll >= 0)
+        defer { close(epoll) }
+        let folder = try CryoSystem.Files.open("/proc/self/fdinfo", .readOnly, options: [.directory])
+        defer { try? folder.close() }
+        var watched: [Int32] = []
+        defer { for fd in watched { close(fd) } }
+        // 0 watches: a few lines; 200: about 16 KiB, several reads of growing size.
+        for count in [0, 1, 60, 200] {
+            while watched.count < count {
+                let fd = eventfd(0, 0o2000000 /* EFD_CLOEXEC */)
+                try #require(fd >= 0)
+                var event = epoll_event(events: 1 /* EPOLLIN */, data: epoll_data_t(fd: fd))
+                try #require(epoll_ctl(epoll, 1 /* EPOLL_CTL_ADD */, fd, &event) == 0)
+                watched.append(fd)
+            }
+            let one = try CryoSystem.Files.readString(in: folder, String(epoll), singleRecord: true, object: "fdinfo")
+            let all = try CryoSystem.Files.readString(in: folder, String(epoll), object: "fdinfo")
+            #expect(one == all, "\(count) watches")
+            #expect(one.split(separator: "\n").filter { $0.hasPrefix("tfd:") }.count == count)
+        }
+    }
+
+    @Test("device numbers as maps prints them")
+    func devices() {
+        #expect(parseDevice("fe:00") == (0xfe, 0))
+        #expect(parseDevice("103:0a") == (0x103, 0x0a))
+        #expect(parseDevice("00:00") == (0, 0))
+        #expect(parseDevice("") == (0, 0) && parseDevice("1:2:3") == (0, 0) && parseDevice("zz:01") == (0, 0))
+    }
+
+    @Test("VmFlags codes as numbers match the two letters")
+    func knownCodes() {
+        let flags = VmFlags(arrayLiteral: "rd", "gd", "nr", "dd", "hg")
+        #expect(flags.contains(VmFlags.Known.gd) && flags.contains(VmFlags.Known.nr) && flags.contains(VmFlags.Known.dd))
+        #expect(flags.contains(VmFlags.Known.hg) && !flags.contains(VmFlags.Known.nh) && !flags.contains(VmFlags.Known.io))
     }
 
     @Test("maps: a path with spaces is the rest of the line; a broken line is skipped")

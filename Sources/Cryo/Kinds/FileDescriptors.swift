@@ -190,7 +190,7 @@ final class FileTableBuilder {
         descriptors.reserveCapacity(numbers.count)
         for fd in numbers {
             let link = try Files.readLink(in: links, String(fd), object: "/proc/\(pid)/fd/\(fd)")
-            let info = try parseFDInfo(try Files.readString(in: infos, String(fd), object: "/proc/\(pid)/fdinfo/\(fd)"))
+            let info = try parseFDInfo(try Files.readString(in: infos, String(fd), singleRecord: true, object: "/proc/\(pid)/fdinfo/\(fd)"))
             let handle = try Pidfd.getfd(pidfd, pid: pid, fd: fd)
             defer { try? handle.close() }
             let closeOnExec = info.flags & UInt32(O_CLOEXEC) != 0

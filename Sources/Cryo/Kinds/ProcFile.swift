@@ -24,6 +24,8 @@ struct ProcFileState: DescriptorKind {
 
     /// "net" of "net:[4026531840]", nil for other links.
     static func namespaceType(_ link: String) -> String? {
+        // Most links are paths: no search for a colon through every one of them.
+        guard link.utf8.first != UInt8(ascii: "/") else { return nil }
         guard let colon = link.firstIndex(of: ":"), link.hasSuffix("]"), link[colon...].hasPrefix(":["),
               UInt64(link[link.index(colon, offsetBy: 2)..<link.index(before: link.endIndex)]) != nil else { return nil }
         let type = String(link[..<colon])

@@ -162,25 +162,76 @@ struct VmFlags: ExpressibleByArrayLiteral, Equatable {
 
     var isEmpty: Bool { codes.isEmpty }
     func contains(_ code: String) -> Bool { VmFlags.code(code).map { codes.contains($0) } ?? false }
+    func contains(_ code: UInt16) -> Bool { codes.contains(code) }
+
+    /// The codes the dump looks at, as numbers.
+    enum Known {
+        static let io = pair("io"), pf = pair("pf"), ht = pair("ht"), dd = pair("dd"), dc = pair("dc")
+        static let hg = pair("hg"), nh = pair("nh"), wf = pair("wf"), gd = pair("gd"), nr = pair("nr")
+        private static func pair(_ text: StaticString) -> UInt16 {
+            UInt16(text.utf8Start[0]) << 8 | UInt16(text.utf8Start[1])
+        }
+    }
     func isSuperset(of codes: [String]) -> Bool { codes.allSatisfy(contains) }
 }
 
 /// Parses /proc/PID/maps (or smaps, for VmFlags) on bytes: a process has
 /// thousands of smaps lines, and character-wise String work on them was most
-/// of a small process's dump time.
+/// of a small process's dump time. Read and parsed piece by piece: 10,000
+/// mappings are 11 MB of smaps, and an array of all of it grew by copies into
+/// fresh memory (page faults and memmove were a third of reading it).
 func readMappings(pid: pid_t, withFlags: Bool) throws -> [ProcMapping] {
-    parseMappings(try Files.read("/proc/\(pid)/\(withFlags ? "smaps" : "maps")"))
+    let path = "/proc/\(pid)/\(withFlags ? "smaps" : "maps")"
+    let fd = try Files.open(path, .readOnly)
+    defer { try? fd.close() }
+    return try readMappings(fd, path: path)
+}
+
+/// The mappings of maps or smaps text read from `fd` to its end, `bufferSize` bytes at most per read.
+func readMappings(_ fd: FileDescriptor, path: String, bufferSize: Int = 128 << 10) throws -> [ProcMapping] {
+    var parser = MappingsParser()
+    var buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bufferSize, 1), alignment: 16)
+    defer { buffer.deallocate() }
+    var kept = 0  // bytes of an unfinished line at the start of `buffer`
+    while true {
+        if kept == buffer.count {
+            // A line longer than the buffer (a path is at most 4096 bytes: not from the kernel, but never cut).
+            let larger = UnsafeMutableRawBufferPointer.allocate(byteCount: buffer.count * 2, alignment: 16)
+            larger.copyMemory(from: UnsafeRawBufferPointer(buffer))
+            buffer.deallocate()
+            buffer = larger
+        }
+        let n = try Files.readSome(fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[kept...]), object: path)
+        let filled = kept + n
+        let bytes = UnsafeBufferPointer(start: buffer.baseAddress!.assumingMemoryBound(to: UInt8.self), count: filled)
+        if n == 0 {
+            parser.feed(bytes[...])  // the last line, even without its newline
+            return parser.result
+        }
+        guard let lastNewline = bytes.lastIndex(of: UInt8(ascii: "\n")) else { kept = filled; continue }
+        parser.feed(bytes[..<lastNewline])
+        kept = filled - (lastNewline + 1)
+        if kept > 0 { buffer.baseAddress!.copyMemory(from: buffer.baseAddress! + lastNewline + 1, byteCount: kept) }
+    }
 }
 
 /// The content of /proc/PID/maps or smaps. One pass over the bytes: smaps has some
 /// twenty lines per mapping that only need skipping, and 10,000 mappings are 11 MB.
 func parseMappings(_ bytes: [UInt8]) -> [ProcMapping] {
+    var parser = MappingsParser()
+    bytes.withUnsafeBufferPointer { parser.feed($0[...]) }
+    return parser.result
+}
+
+/// Whole lines of maps or smaps, fed in order (a piece ends at a line's end).
+struct MappingsParser {
     var result: [ProcMapping] = []
-    bytes.withUnsafeBufferPointer { all in
-        var lineStart = 0
-        while lineStart < all.count {
+
+    mutating func feed(_ all: Slice<UnsafeBufferPointer<UInt8>>) {
+        var lineStart = all.startIndex
+        while lineStart < all.endIndex {
             var lineEnd = lineStart
-            while lineEnd < all.count && all[lineEnd] != UInt8(ascii: "\n") { lineEnd += 1 }
+            while lineEnd < all.endIndex && all[lineEnd] != UInt8(ascii: "\n") { lineEnd += 1 }
             defer { lineStart = lineEnd + 1 }
             guard lineEnd > lineStart else { continue }
             let line = all[lineStart..<lineEnd]
@@ -211,7 +262,6 @@ func parseMappings(_ bytes: [UInt8]) -> [ProcMapping] {
                                       inode: parseDecimal(fields[4]) ?? 0, path: path.isEmpty ? "" : String(decoding: path, as: UTF8.self)))
         }
     }
-    return result
 }
 
 private func parseDecimal(_ digits: Slice<UnsafeBufferPointer<UInt8>>) -> UInt64? {
@@ -244,11 +294,11 @@ private func parseHex<C: Collection>(_ digits: C) -> UInt64? where C.Element == 
 
 /// /proc/PID/smaps walks every page table to count pages (15 ms for 2 GiB), and
 /// the dump needs only its VmFlags: it is read on another thread while the pages
-/// are copied, which need only the layout (/proc/PID/maps). Started only once no
-/// parasite is about to come or go (`start`): smaps holds the address space's
-/// lock while it walks a mapping, which would stall an injected mmap or munmap.
-/// A parasite seen in smaps is harmless: flags are looked up by the address of
-/// each mapping of the layout.
+/// are copied, which need only the layout (/proc/PID/maps). Started as soon as
+/// the process is frozen: smaps holds a lock only while it walks one mapping
+/// (the address space's on older kernels), so an injected mmap or munmap waits
+/// at most for that walk. A parasite seen in smaps is harmless: flags are
+/// looked up by the address of each mapping of the layout.
 final class MappingsPrefetch: @unchecked Sendable {
     private let queue = DispatchQueue(label: "cryo-smaps")
     private let lock = Lock()
@@ -904,9 +954,12 @@ final class PageReader {
 }
 
 func parseDevice(_ text: String) -> (UInt32, UInt32) {
-    let parts = text.split(separator: ":")
-    guard parts.count == 2 else { return (0, 0) }
-    return (UInt32(parts[0], radix: 16) ?? 0, UInt32(parts[1], radix: 16) ?? 0)
+    // On bytes: once per mapping, and split() made arrays of substrings for it.
+    let bytes = text.utf8
+    guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")), bytes[bytes.index(after: colon)...].firstIndex(of: UInt8(ascii: ":")) == nil,
+          let major = parseHex(bytes[..<colon]), let minor = parseHex(bytes[bytes.index(after: colon)...]),
+          major <= UInt32.max, minor <= UInt32.max else { return (0, 0) }
+    return (UInt32(major), UInt32(minor))
 }
 
 /// Figures like CRIU's stats-dump, kept in the image folder.
@@ -1143,20 +1196,26 @@ func findFreeRange(size: UInt64, occupied: [Range<UInt64>]) -> UInt64? {
 extension MemoryRecord.Mapping {
     /// What the VmFlags of /proc/PID/smaps say: growth, reservation, madvise advice; device mappings are refused.
     mutating func take(_ vmFlags: VmFlags, pid: pid_t) throws {
-        if !isSpecial && (vmFlags.contains("io") || vmFlags.contains("pf")) {
+        // Codes as numbers once, not a String per flag per mapping (10,000 mappings are 100,000 lookups).
+        typealias F = VmFlags.Known
+        if !isSpecial && (vmFlags.contains(F.io) || vmFlags.contains(F.pf)) {
             let address = "0x\(String(start, radix: 16))-0x\(String(end, radix: 16))"
             throw CryoError("pid \(pid): mapping \(address) \(path.map { "(\($0)) " } ?? "")is a device (VM_IO/VM_PFNMAP) mapping, not supported yet")
         }
-        if vmFlags.contains("ht") && hugePageSize == nil {
+        if vmFlags.contains(F.ht) && hugePageSize == nil {
             // hugetlb pages (MAP_HUGETLB, MFD_HUGETLB) would come back as small pages, or not at all.
             let address = "0x\(String(start, radix: 16))-0x\(String(end, radix: 16))"
             throw CryoError("pid \(pid): mapping \(address) \(path.map { "(\($0)) " } ?? "")is hugetlb memory, not supported yet")
         }
-        let adviceFlags: [(String, UInt32)] = [("dd", CRYO_MADV_DONTDUMP), ("dc", CRYO_MADV_DONTFORK), ("hg", CRYO_MADV_HUGEPAGE),
-                                               ("nh", CRYO_MADV_NOHUGEPAGE), ("wf", CRYO_MADV_WIPEONFORK)]
-        advice = adviceFlags.reduce(UInt32(0)) { vmFlags.contains($1.0) ? $0 | $1.1 : $0 }
-        growsDown = vmFlags.contains("gd")
-        noReserve = vmFlags.contains("nr")
+        var advice: UInt32 = 0
+        if vmFlags.contains(F.dd) { advice |= CRYO_MADV_DONTDUMP }
+        if vmFlags.contains(F.dc) { advice |= CRYO_MADV_DONTFORK }
+        if vmFlags.contains(F.hg) { advice |= CRYO_MADV_HUGEPAGE }
+        if vmFlags.contains(F.nh) { advice |= CRYO_MADV_NOHUGEPAGE }
+        if vmFlags.contains(F.wf) { advice |= CRYO_MADV_WIPEONFORK }
+        self.advice = advice
+        growsDown = vmFlags.contains(F.gd)
+        noReserve = vmFlags.contains(F.nr)
     }
 }
 
