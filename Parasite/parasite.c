@@ -11,7 +11,7 @@ typedef long ssize_t;
 /* x86_64 syscall numbers used here (stable ABI). */
 enum {
     NR_read = 0, NR_close = 3, NR_mmap = 9, NR_mprotect = 10, NR_munmap = 11, NR_brk = 12,
-    NR_rt_sigaction = 13, NR_pread64 = 17, NR_mremap = 25, NR_madvise = 28, NR_shmat = 30,
+    NR_rt_sigaction = 13, NR_pread64 = 17, NR_pwrite64 = 18, NR_mremap = 25, NR_madvise = 28, NR_shmat = 30,
     NR_getitimer = 36, NR_setitimer = 38, NR_socket = 41, NR_connect = 42,
     NR_recvmsg = 47, NR_socketpair = 53, NR_pwritev = 296, NR_clone = 56, NR_rt_sigprocmask = 14, NR_futex = 202, NR_fcntl = 72, NR_fchdir = 81, NR_umask = 95,
     NR_setresuid = 117, NR_setresgid = 119, NR_setgroups = 116, NR_setfsuid = 122,
@@ -713,20 +713,66 @@ struct page_writer {
     uint64_t written;
     long result;          /* 0 or -errno of pwritev */
     uint32_t fail_step;   /* the iovec it failed at */
+    long fail_syscall;    /* NR_pwritev, or NR_pread64 / NR_pwrite64 of a CRYO_IOVEC_FROM_MEM entry */
+    int mem_fd;           /* /proc/PID/mem for CRYO_IOVEC_FROM_MEM entries, or -1 */
+    char *scratch;        /* scratch_size bytes for them */
+    uint32_t scratch_size;
     volatile int32_t running;  /* the thread's CLONE_CHILD_CLEARTID word: 0 once it has exited */
 };
+
+/* One CRYO_IOVEC_FROM_MEM entry at `offset`: through the scratch, every byte or a failure (a short read is one). */
+static long copy_from_mem(struct page_writer *w, uint64_t address, uint64_t length, uint64_t offset) {
+    if (w->mem_fd < 0 || !w->scratch_size) { w->fail_syscall = NR_pread64; return -22 /* EINVAL */; }
+    while (length) {
+        uint64_t piece = length < w->scratch_size ? length : w->scratch_size;
+        for (uint64_t done = 0; done < piece;) {
+            long n = sys4(NR_pread64, w->mem_fd, w->scratch + done, piece - done, address + done);
+            if (n == -EINTR) continue;
+            if (n <= 0) { w->fail_syscall = NR_pread64; return n ? n : -EIO; }
+            done += (uint64_t)n;
+        }
+        for (uint64_t done = 0; done < piece;) {
+            long n = sys4(NR_pwrite64, w->fd, w->scratch + done, piece - done, offset + done);
+            if (n == -EINTR) continue;
+            if (n <= 0) {
+                if (n == -EFBIG) drop_pending(SIGXFSZ);
+                w->fail_syscall = NR_pwrite64;
+                return n ? n : -EIO;
+            }
+            done += (uint64_t)n;
+            w->written += (uint64_t)n;
+        }
+        address += piece;
+        offset += piece;
+        length -= piece;
+    }
+    return 0;
+}
 
 static void write_iovecs(struct page_writer *w) {
     uint32_t i = 0;
     uint64_t offset = 0;
+    w->fail_syscall = NR_pwritev;
     while (i < w->count) {
         if (w->v[i].base == CRYO_IOVEC_SKIP) {
             offset += w->v[i].length;
             i++;
             continue;
         }
+        if (w->v[i].base & CRYO_IOVEC_FROM_MEM) {
+            long r = copy_from_mem(w, w->v[i].base & ~CRYO_IOVEC_FROM_MEM, w->v[i].length, offset);
+            if (r < 0) {
+                w->result = r;
+                w->fail_step = i;
+                return;
+            }
+            offset += w->v[i].length;
+            i++;
+            continue;
+        }
         uint32_t batch = 0;
-        while (batch < 1024 && i + batch < w->count && w->v[i + batch].base != CRYO_IOVEC_SKIP) batch++;
+        /* CRYO_IOVEC_SKIP has the CRYO_IOVEC_FROM_MEM bit too: either ends a batch. */
+        while (batch < 1024 && i + batch < w->count && !(w->v[i + batch].base & CRYO_IOVEC_FROM_MEM)) batch++;
         long n = sys4(NR_pwritev, w->fd, &w->v[i], batch, offset);
         if (n == -EINTR) continue;
         if (n <= 0) {
@@ -796,20 +842,36 @@ static long write_pages(struct cryo_args_header *h) {
     long out = recv_one_fd(a->task_fd, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (out >= 0) h->close_fds[1] = (int32_t)out;
     long part = a->part_count && out >= 0 ? recv_one_fd(a->task_fd, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) : -1;
-    sys1(NR_close, a->task_fd);
     h->close_fds[0] = (int32_t)part;
-    CHECK(h, out, 0, NR_recvmsg, (unsigned long)a->task_fd);
-    if (a->part_count) CHECK(h, part, 1, NR_recvmsg, (unsigned long)a->task_fd);
-    struct page_writer first = { .fd = (int)out, .count = a->count, .v = v };
-    struct page_writer second = { .fd = (int)part, .count = a->part_count, .v = v + a->count };
+    int wants_mem = (a->flags & CRYO_WRITE_PAGES_MEM) != 0;
+    long mem = wants_mem && out >= 0 && (part >= 0 || !a->part_count) ? recv_one_fd(a->task_fd, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) : -1;
+    if (mem >= 0) h->close_fd_extra = (int32_t)mem + 1;
+    sys1(NR_close, a->task_fd);
+    struct page_writer first = { .fd = (int)out, .count = a->count, .v = v, .mem_fd = (int)mem };
+    struct page_writer second = { .fd = (int)part, .count = a->part_count, .v = v + a->count, .mem_fd = (int)mem };
+    long result = 0;
+    if (out < 0) result = fail(h, out, 0, NR_recvmsg, (unsigned long)a->task_fd);
+    else if (a->part_count && part < 0) result = fail(h, part, 1, NR_recvmsg, (unsigned long)a->task_fd);
+    else if (wants_mem && mem < 0) result = fail(h, mem, 2, NR_recvmsg, (unsigned long)a->task_fd);
+    if (wants_mem && result == 0) {
+        /* Each writer's scratch, after the iovecs (and below the thread's stack, checked below). */
+        char *scratch = (char *)(((unsigned long)(v + a->count + a->part_count) + 15) & ~15ul);
+        first.scratch = scratch;
+        second.scratch = scratch + a->scratch_size;
+        first.scratch_size = second.scratch_size = a->scratch_size;
+        char *area_end = (char *)h + sizeof(*h) + h->payload_size;
+        if (scratch + 2ul * a->scratch_size > area_end) result = fail(h, -22 /* EINVAL */, 0, NR_pread64, a->scratch_size);
+    }
     /* Past its file size limit the task would get SIGXFSZ (a core dump by default): refuse before writing. */
     uint64_t limit[2];
-    long result = sys4(NR_prlimit64, 0, RLIMIT_FSIZE, 0, limit);
-    if (result < 0) result = fail(h, result, 0, NR_prlimit64, RLIMIT_FSIZE);
-    else if (limit[0] < a->total || limit[0] < a->part_total) result = fail(h, -EFBIG, 0, NR_prlimit64, limit[0]);
+    if (result == 0) {
+        result = sys4(NR_prlimit64, 0, RLIMIT_FSIZE, 0, limit);
+        if (result < 0) result = fail(h, result, 0, NR_prlimit64, RLIMIT_FSIZE);
+        else if (limit[0] < a->total || limit[0] < a->part_total) result = fail(h, -EFBIG, 0, NR_prlimit64, limit[0]);
+    }
     if (result == 0) {
         char *area_end = (char *)h + sizeof(*h) + h->payload_size;
-        char *iovecs_end = (char *)(v + a->count + a->part_count);
+        char *iovecs_end = wants_mem ? second.scratch + a->scratch_size : (char *)(v + a->count + a->part_count);
         char *stack_top = (char *)((unsigned long)area_end & ~15ul);
         int threaded = a->part_count && (a->flags & CRYO_WRITE_PAGES_THREAD)
                        && stack_top - CRYO_WRITE_PAGES_STACK >= iovecs_end
@@ -820,14 +882,16 @@ static long write_pages(struct cryo_args_header *h) {
         a->threaded = (uint32_t)threaded;
         a->written = first.written;
         a->part_written = second.written;
-        if (first.result) result = fail(h, first.result, first.fail_step, NR_pwritev, v[first.fail_step].base);
-        else if (second.result) result = fail(h, second.result, a->count + second.fail_step, NR_pwritev,
+        if (first.result) result = fail(h, first.result, first.fail_step, first.fail_syscall, v[first.fail_step].base);
+        else if (second.result) result = fail(h, second.result, a->count + second.fail_step, second.fail_syscall,
                                               v[a->count + second.fail_step].base);
     }
-    sys1(NR_close, out);
+    if (out >= 0) sys1(NR_close, out);
     h->close_fds[1] = -1;
     if (part >= 0) sys1(NR_close, part);
     h->close_fds[0] = -1;
+    if (mem >= 0) sys1(NR_close, mem);
+    h->close_fd_extra = 0;
     return result;
 }
 
@@ -845,6 +909,7 @@ __attribute__((noinline, noreturn)) static void hand_back(struct cryo_args_heade
                      : "=a"(ret) : "a"((long)NR_tgkill), "D"(tgid), "S"(tid), "d"(signal) : "rcx", "r11", "memory");
     for (int i = 0; i < 2; i++)
         if (h->close_fds[i] >= 0) sys1(NR_close, h->close_fds[i]);
+    if (h->close_fd_extra > 0) sys1(NR_close, h->close_fd_extra - 1);
     __asm__ volatile("mov %0, %%rsp\n\tjmp *%1"
                      : : "r"(stack), "r"(gadget), "a"((long)NR_munmap), "D"(base), "S"(size) : "memory");
     __builtin_unreachable();

@@ -39,7 +39,7 @@ struct DumpBatchUnitTests {
         }
     }
 
-    @Test("pages the task cannot read keep their place: the task skips them, cryo writes them")
+    @Test("pages the task cannot read keep their place: the task reads them through /proc/PID/mem")
     func forcedPlaces() {
         let p = UInt64(Self.page)
         let regions = [0x10000..<(0x10000 + 2 * p), 0x20000..<(0x20000 + 3 * p), 0x30000..<(0x30000 + 2 * p)]
@@ -48,14 +48,12 @@ struct DumpBatchUnitTests {
         // Cut after 3 pages of the 7: the first forced page starts the tail.
         let (head, tail) = InTaskPageCopy.cut(segments, at: 3 * p)
         #expect(head.map(\.range) == [0x10000..<(0x10000 + 2 * p), 0x20000..<(0x20000 + p)])
-        #expect(InTaskPageCopy.forcedPlaces(head).isEmpty)
-        let places = InTaskPageCopy.forcedPlaces(tail)
-        #expect(places.map(\.offset) == [0, 2 * p] && places.map(\.address) == [0x20000 + p, 0x30000] && places.allSatisfy { $0.length == p })
+        #expect(InTaskPageCopy.taskIovecs(head).allSatisfy { $0.base & CRYO_IOVEC_FROM_MEM == 0 })
         let iovecs = InTaskPageCopy.taskIovecs(tail)
-        #expect(iovecs.map(\.base) == [CRYO_IOVEC_SKIP, 0x20000 + 2 * p, CRYO_IOVEC_SKIP, 0x30000 + p])
+        // Forced: the address with the flag bit (never CRYO_IOVEC_SKIP, which the task would step over).
+        #expect(iovecs.map(\.base) == [(0x20000 + p) | CRYO_IOVEC_FROM_MEM, 0x20000 + 2 * p, 0x30000 | CRYO_IOVEC_FROM_MEM, 0x30000 + p])
+        #expect(iovecs.allSatisfy { $0.base != CRYO_IOVEC_SKIP })
         #expect(iovecs.reduce(0) { $0 + $1.length } == 4 * p)
-        // Uncut: each forced page at its own offset of the stream, after the pages before it, forced or not.
-        #expect(InTaskPageCopy.forcedPlaces(segments).map(\.offset) == [3 * p, 5 * p])
     }
 
     @Test("descriptions of one key are found again among many (kcmp, in a treap)")

@@ -36,6 +36,8 @@ let killSafetyCases: [(fixture: String, arguments: [String], phases: [String], m
     ("tree", ["13"], ["seized", "entered mmap", "running DUMP_PROCESS", "stopped after DUMP_PROCESS", "unmapped", "pages", "written"], [], [:]),
     ("bigmem", ["64"], ["pages", "written"] + writePhases, [], [:]),
     ("bigmem", ["64"], ["pages"] + pipePhases, [], ["CRYO_PAGE_COPY": "pipe"]),
+    // 23 MiB with 750 PROT_NONE mappings: the task also holds cryo's /proc/PID/mem while it writes.
+    ("shapes", ["maps", "3000"], writePhases, [], [:]),
 ]
 
 extension EndToEnd {

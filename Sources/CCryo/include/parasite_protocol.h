@@ -241,7 +241,16 @@ struct cryo_page_socket { int32_t task_fd; int32_t cryo_fd; };
  * pages cryo writes itself (those the task cannot read: no PROT_READ). `total`
  * and `part_total` count them; `written` and `part_written` do not. */
 #define CRYO_IOVEC_SKIP 0xffffffffffffffffull
+/* With CRYO_WRITE_PAGES_MEM, an entry whose base has this bit (and is not
+ * CRYO_IOVEC_SKIP) is read by the task from /proc/PID/mem, a descriptor cryo
+ * opened and sends after the files, at the address in the other bits, into
+ * scratch space after the iovecs (scratch_size bytes per writer), then written
+ * at its place: the pages the task cannot read, without cryo writing into the
+ * same file meanwhile (ext4 lets one writer of a file in at a time).
+ * `written` and `part_written` count them then. */
+#define CRYO_IOVEC_FROM_MEM 0x8000000000000000ull
 #define CRYO_WRITE_PAGES_THREAD 1u
+#define CRYO_WRITE_PAGES_MEM    2u
 #define CRYO_WRITE_PAGES_STACK  (16u << 10)
 struct cryo_write_pages {
     int32_t task_fd;
@@ -254,6 +263,8 @@ struct cryo_write_pages {
     uint32_t threaded;      /* out: 1 when a thread wrote the part */
     uint64_t written;       /* out: bytes written into the pages file */
     uint64_t part_written;  /* out: into the part file */
+    uint32_t scratch_size;  /* CRYO_WRITE_PAGES_MEM: bytes of scratch per writer, 16-byte aligned after the iovecs */
+    uint32_t padding;
 };
 
 /* Followed by ranges[range_count] (struct cryo_range): the task creates a

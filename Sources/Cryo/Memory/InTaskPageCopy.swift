@@ -21,14 +21,18 @@ import SystemPackage
 /// to it: it is not traced), and the parasite writes the part itself after the
 /// first if it cannot start one.
 /// Pages the task cannot read itself (no PROT_READ) keep their place in the
-/// stream: the task skips it and a cryo thread fills it from /proc/PID/mem at
-/// the same time (through the pipe they made every piece of it a splice of its own:
-/// 10,000 small mappings cost 15,000 poll+splice calls).
+/// stream: the task reads them through /proc/PID/mem, which cryo opens and
+/// sends with the files, and writes them in turn (a cryo thread writing them
+/// meanwhile waited for the task's pwritev each time: ext4 lets one writer of
+/// a file in at a time; through the pipe they made every piece of it a splice
+/// of its own: 10,000 small mappings cost 15,000 poll+splice calls).
 /// Where the task cannot write the files (its RLIMIT_FSIZE, say), the parasite
 /// vmsplices all the pages into a pipe instead (no copy: the pipe holds
 /// references to the frozen pages) and a cryo thread splices them into the file.
 struct InTaskPageCopy {
     static let threshold: UInt64 = 16 << 20
+    /// Per writer in the task, for pages read through /proc/PID/mem.
+    static let scratchSize = 256 << 10
     let leader: Tracee
     let log: (pid_t, String, String) -> Void
     /// Test switches: CRYO_PAGE_COPY=pipe takes the pipe at once, =task writes one file with no thread.
@@ -57,7 +61,8 @@ struct InTaskPageCopy {
             }
             let request = max(MemoryLayout<cryo_dump_pages>.size, MemoryLayout<cryo_write_pages>.size)
             let entries = max(head.count + tail.count, readable.count)
-            let parasite = try Parasite.inject(into: leader, argumentBytes: request + entries * 16 + 16 + Int(CRYO_WRITE_PAGES_STACK),
+            let scratch = segments.contains { $0.forced } ? 2 * InTaskPageCopy.scratchSize + 16 : 0
+            let parasite = try Parasite.inject(into: leader, argumentBytes: request + entries * 16 + 16 + scratch + Int(CRYO_WRITE_PAGES_STACK),
                                                log: log)
             injected()
             do {
@@ -131,33 +136,25 @@ struct InTaskPageCopy {
         return (head, tail)
     }
 
-    /// One file's segments for WRITE_PAGES: the forced ones are skipped by the task.
+    /// One file's segments for WRITE_PAGES: the forced ones the task reads through /proc/PID/mem.
     static func taskIovecs(_ segments: [Segment]) -> [cryo_iovec] {
-        segments.map { cryo_iovec(base: $0.forced ? CRYO_IOVEC_SKIP : $0.range.lowerBound, length: UInt64($0.range.count)) }
-    }
-
-    /// Where each forced segment of one file goes: (file offset, address, length).
-    static func forcedPlaces(_ segments: [Segment]) -> [(offset: UInt64, address: UInt64, length: UInt64)] {
-        var result: [(offset: UInt64, address: UInt64, length: UInt64)] = []
-        var offset: UInt64 = 0
-        for segment in segments {
-            if segment.forced { result.append((offset, segment.range.lowerBound, UInt64(segment.range.count))) }
-            offset += UInt64(segment.range.count)
+        segments.map {
+            cryo_iovec(base: $0.forced ? $0.range.lowerBound | CRYO_IOVEC_FROM_MEM : $0.range.lowerBound, length: UInt64($0.range.count))
         }
-        return result
     }
 
     /// False when the task could not write the files: the pipe is tried next, over all the bytes.
-    /// Pages the task cannot read are written by cryo at the same time, through /proc/PID/mem.
+    /// Pages the task cannot read it reads through cryo's /proc/PID/mem (where the kernel lets only
+    /// the tracer itself read them, proc_mem.force_override=ptrace, that fails and the pipe is tried).
     private func writeInTask(_ parasite: Parasite, _ segments: [Segment], to out: FileDescriptor, path: String,
                              part: (file: FileDescriptor, segments: [Segment], path: String)?) throws -> Bool {
         let pid = leader.pid
         let iovecs = InTaskPageCopy.taskIovecs(segments)
         let partIovecs = part.map { InTaskPageCopy.taskIovecs($0.segments) } ?? []
         let size = { (s: [Segment]) in s.reduce(UInt64(0)) { $0 + UInt64($1.range.count) } }
-        let byTask = { (s: [Segment]) in s.reduce(UInt64(0)) { $0 + ($1.forced ? 0 : UInt64($1.range.count)) } }
         let (total, partTotal) = (size(segments), part.map { size($0.segments) } ?? 0)
-        let (expected, partExpected) = (byTask(segments), part.map { byTask($0.segments) } ?? 0)
+        let (expected, partExpected) = (total, partTotal)
+        let fromMemory = segments.contains { $0.forced } || part?.segments.contains { $0.forced } == true
         let sockets = try parasite.run(CRYO_CMD_PAGE_SOCKET, input: cryo_page_socket(), output: cryo_page_socket.self)
         parasite.openDescriptors = [sockets.task_fd, sockets.cryo_fd]
         do {
@@ -165,6 +162,11 @@ struct InTaskPageCopy {
             defer { try? ours.close() }
             try Pidfd.send(out, over: ours, to: pid)
             if let part { try Pidfd.send(part.file, over: ours, to: pid) }
+            if fromMemory {
+                let memory = try RemoteMemory.openForced(pid)
+                defer { try? memory.close() }
+                try Pidfd.send(memory, over: ours, to: pid)
+            }
         }
         var arguments = cryo_write_pages()
         arguments.task_fd = sockets.task_fd
@@ -173,32 +175,28 @@ struct InTaskPageCopy {
         arguments.part_count = UInt32(partIovecs.count)
         arguments.total = total
         arguments.part_total = partTotal
+        if fromMemory {
+            arguments.flags |= CRYO_WRITE_PAGES_MEM
+            arguments.scratch_size = UInt32(InTaskPageCopy.scratchSize)
+        }
         // An untraced thread would run under the task's seccomp filters.
-        if part != nil, (try? ProcStatus(pid: pid).values["Seccomp"]) == "0" { arguments.flags = CRYO_WRITE_PAGES_THREAD }
+        if part != nil, (try? ProcStatus(pid: pid).values["Seccomp"]) == "0" { arguments.flags |= CRYO_WRITE_PAGES_THREAD }
         killPoint("pages")
-        let forced = [(out, path, InTaskPageCopy.forcedPlaces(segments))]
-            + (part.map { [($0.file, $0.path, InTaskPageCopy.forcedPlaces($0.segments))] } ?? [])
-        let forcedCopy = forced.contains { !$0.2.isEmpty } ? CopyThread { stopped in
-            try InTaskPageCopy.copyForced(pid: pid, forced, stopped: stopped)
-        } : nil
         do {
             let reply = try parasite.run(CRYO_CMD_WRITE_PAGES, payload: bytes(of: arguments) + bytes(of: iovecs + partIovecs),
                                          replyBytes: MemoryLayout<cryo_write_pages>.size)
             parasite.openDescriptors = []
             let result = reply.payload.withUnsafeBytes { $0.loadUnaligned(as: cryo_write_pages.self) }
             guard result.written == expected, result.part_written == partExpected else {
-                forcedCopy?.abandon()
                 throw CryoError("pid \(pid): \(path): the task wrote \(result.written) of \(expected) bytes of its pages"
                     + (part.map { " and \(result.part_written) of \(partExpected) into \(fileName(of: $0.path))" } ?? ""))
             }
-            try forcedCopy?.finish()
             if part != nil && result.threaded == 0 { log(pid, "WRITE_PAGES", "the task wrote its pages without a second thread") }
             return true
         } catch InjectionError.parasite(_, _, let result, _, _, _) {
             // The command ended cleanly with the task's descriptors closed.
             parasite.openDescriptors = []
             // Whatever it wrote is written again, by the pipe, or removed with the image.
-            forcedCopy?.abandon()
             // A full file system is no reason for the pipe: it would fill up the same way.
             let errno = Errno(rawValue: Int32(truncatingIfNeeded: -result))
             if errno == .noSpace || errno == .diskQuotaExceeded {
@@ -206,40 +204,6 @@ struct InTaskPageCopy {
             }
             log(pid, "WRITE_PAGES", "the task cannot write its pages (errno \(-result)); through a pipe instead")
             return false
-        } catch {
-            forcedCopy?.abandon()
-            throw error
-        }
-    }
-
-    /// Pages the task cannot read, from /proc/PID/mem (opened once) to their places in the files.
-    /// Neighbours in a file go out in one write.
-    static func copyForced(pid: pid_t, _ files: [(file: FileDescriptor, path: String, places: [(offset: UInt64, address: UInt64, length: UInt64)])],
-                           stopped: () -> Bool) throws {
-        let memory = try RemoteMemory.openForced(pid)
-        defer { try? memory.close() }
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
-        defer { buffer.deallocate() }
-        for (file, path, places) in files {
-            var filled = 0, start: UInt64 = 0  // bytes in `buffer`, which belong at `start` in the file
-            func flush() throws {
-                if filled > 0 { try Files.write(file, UnsafeRawBufferPointer(rebasing: buffer[0..<filled]), at: Int64(start), path: path) }
-                filled = 0
-            }
-            for place in places where !stopped() {
-                var done: UInt64 = 0
-                while done < place.length {
-                    let at = place.offset + done
-                    if filled == buffer.count || (filled > 0 && start + UInt64(filled) != at) { try flush() }
-                    if filled == 0 { start = at }
-                    let n = Int(min(UInt64(buffer.count - filled), place.length - done))
-                    try RemoteMemory.readForced(memory, pid: pid, at: place.address + done,
-                                                into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + n)]))
-                    filled += n
-                    done += UInt64(n)
-                }
-            }
-            try flush()
         }
     }
 
