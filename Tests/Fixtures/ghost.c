@@ -10,6 +10,10 @@
  *   FD_PATH    path.dat, O_PATH, 3000 bytes, unlinked
  *   FD_LINKED  linked.dat, O_RDWR, hard link other.dat kept, linked.dat unlinked:
  *              after restore it must be other.dat's inode again (no copy)
+ *   FD_TMP     an O_TMPFILE file (never named), O_RDWR, 3333 bytes, offset 10:
+ *              its description keeps O_TMPFILE (which holds O_DIRECTORY)
+ *   FD_TMPNAMED an O_TMPFILE file given the name tmpnamed.dat with linkat
+ *   FD_NOFOLLOW nofollow.dat opened O_RDWR|O_NOFOLLOW (as mkstemp does), 700 bytes, unlinked
  * It prints SPARSE with the data runs (offset+length,...) for the test to see.
  * On SIGTERM it compares size, SEEK_DATA/SEEK_HOLE runs, owner, mode, times,
  * offsets, flags and contents with what it recorded, and prints PASS/FAIL.
@@ -31,6 +35,9 @@
 #define FD_WO 12
 #define FD_PATH 13
 #define FD_LINKED 14
+#define FD_TMP 15
+#define FD_TMPNAMED 16
+#define FD_NOFOLLOW 17
 #define SPARSE_SIZE ((1LL << 30) + 123)
 #define MID (256LL << 20)
 
@@ -110,6 +117,16 @@ int main(int argc, char **argv)
 	place(make("path.dat", O_PATH, 5, 3000), FD_PATH);
 	place(make("linked.dat", O_RDWR, 6, 2000), FD_LINKED);
 	if (link("linked.dat", "other.dat") != 0) die("link");
+	place(open(".", O_TMPFILE | O_RDWR, 0600), FD_TMP);
+	put(FD_TMP, 8, 0, 3333);
+	lseek(FD_TMP, 10, SEEK_SET);
+	place(open(".", O_TMPFILE | O_RDWR, 0600), FD_TMPNAMED);
+	put(FD_TMPNAMED, 9, 0, 1111);
+	char tmpname[64];
+	snprintf(tmpname, sizeof tmpname, "/proc/self/fd/%d", FD_TMPNAMED);
+	if (linkat(AT_FDCWD, tmpname, AT_FDCWD, "tmpnamed.dat", AT_SYMLINK_FOLLOW) != 0) die("linkat");
+	place(make("nofollow.dat", O_RDWR | O_NOFOLLOW, 11, 700), FD_NOFOLLOW);
+	if (unlink("nofollow.dat")) die("unlink nofollow.dat");
 	if (unlink("sparse.dat") || unlink("wo.dat") || unlink("path.dat") || unlink("linked.dat")) die("unlink");
 
 	struct stat before, linked_before;
@@ -180,6 +197,17 @@ int main(int argc, char **argv)
 		if (st.st_ino != linked_before.st_ino) fail("linked.dat is another inode than before");
 		if (!same(FD_LINKED, 6, 0, 2000)) fail("linked.dat contents differ");
 	}
+
+	if ((fcntl(FD_TMP, F_GETFL) & O_ACCMODE) != O_RDWR) fail("the O_TMPFILE file is not O_RDWR");
+	if (lseek(FD_TMP, 0, SEEK_CUR) != 10) fail("O_TMPFILE offset %lld, want 10", (long long)lseek(FD_TMP, 0, SEEK_CUR));
+	if (fstat(FD_TMP, &st) != 0 || st.st_size != 3333 || st.st_nlink != 0 || !same(FD_TMP, 8, 0, 3333))
+		fail("the O_TMPFILE file's size, links or contents differ");
+	put(FD_TMP, 10, 3333, 100);
+	if (fstat(FD_TMPNAMED, &st) != 0 || stat("tmpnamed.dat", &other) != 0 || st.st_ino != other.st_ino || !same(FD_TMPNAMED, 9, 0, 1111))
+		fail("the O_TMPFILE file named by linkat is not tmpnamed.dat or its contents differ");
+	fl = fcntl(FD_NOFOLLOW, F_GETFL);
+	if (fl < 0 || (fl & O_ACCMODE) != O_RDWR || fstat(FD_NOFOLLOW, &st) != 0 || st.st_size != 700 || !same(FD_NOFOLLOW, 11, 0, 700))
+		fail("the O_NOFOLLOW ghost's mode, size or contents differ (flags %#x)", fl);
 
 	if (failbuf[0]) printf("FAIL: %s\n", failbuf); else printf("PASS\n");
 	fflush(stdout);

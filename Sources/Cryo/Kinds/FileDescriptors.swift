@@ -455,10 +455,19 @@ func parseFDInfo(_ text: String) throws -> FDInfo {
     return info
 }
 
+/// O_TMPFILE (__O_TMPFILE | O_DIRECTORY), which Glibc does not export.
+let temporaryFileFlag: Int32 = CRYO_O_TMPFILE
+
 /// Opens `path` as the description was opened (never creating or truncating) and seeks.
 func reopen(path: String, flags: UInt32, position: Int64, object: String) throws -> FileDescriptor {
     // O_ASYNC is armed by F_SETFL once the owner is set (FileOwner), not by open().
-    let openFlags = Int32(bitPattern: flags & ~FileOwner.asyncFlag) & ~(O_CREAT | O_TRUNC | O_EXCL | O_NOCTTY) | O_CLOEXEC | O_NOCTTY
+    var openFlags = Int32(bitPattern: flags & ~FileOwner.asyncFlag) & ~(O_CREAT | O_TRUNC | O_EXCL | O_NOCTTY) | O_CLOEXEC | O_NOCTTY
+    // A file made with O_TMPFILE keeps that flag (which includes O_DIRECTORY) in its
+    // description; reopening the file itself with it would fail with ENOTDIR or make another.
+    if openFlags & temporaryFileFlag == temporaryFileFlag { openFlags &= ~temporaryFileFlag }
+    // O_NOFOLLOW (mkstemp's) applies to the name it was opened by; on a /proc/self/fd
+    // link it would open the link itself (O_PATH) or fail with ELOOP.
+    if path.hasPrefix("/proc/self/fd/") { openFlags &= ~O_NOFOLLOW }
     let fd = try FileObjects.open(path, flags: openFlags, object: object)
     if position != 0 {
         do { _ = try fd.seek(offset: position, from: .start) } catch {
