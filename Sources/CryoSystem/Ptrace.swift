@@ -132,8 +132,9 @@ public enum Ptrace {
 extension Registers {
     /// The registers as the kernel leaves them when it restarts the syscall the
     /// thread was interrupted in (its return path does this; rt_sigreturn and a
-    /// restore do not): ERESTART* re-executes the syscall, a restart block
-    /// (which stays with the old kernel task) becomes EINTR. orig_rax is -1.
+    /// restore do not): ERESTART* re-executes the syscall. A restart block stays
+    /// with the old kernel task: a call that can simply be made again with the
+    /// same arguments is re-executed, any other becomes EINTR. orig_rax is -1.
     public var restartingInterruptedSyscall: Registers {
         var regs = self
         if Int64(bitPattern: orig_rax) >= 0 {
@@ -141,13 +142,32 @@ extension Registers {
             case -512, -513, -514: // ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND
                 regs.rax = orig_rax
                 regs.rip &-= 2
-            case -516: // ERESTART_RESTARTBLOCK
+            case -516 where reexecutableWithoutRestartBlock: // ERESTART_RESTARTBLOCK
+                regs.rax = orig_rax
+                regs.rip &-= 2
+            case -516:
                 regs.rax = UInt64(bitPattern: -Int64(EINTR))
             default: break
             }
         }
         regs.orig_rax = UInt64.max
         return regs
+    }
+
+    /// Calls whose restart block only remembers when they time out, so that making
+    /// them again with their own arguments is what a restart does, at worst waiting
+    /// longer: poll (a timeout in ms, or none), FUTEX_WAIT with a timeout (the futex
+    /// word is checked again), clock_nanosleep to an absolute time. Relative sleeps
+    /// are left to EINTR: the kernel wrote the time left into `rem` for the caller.
+    var reexecutableWithoutRestartBlock: Bool {
+        switch orig_rax {
+        case UInt64(SYS_poll): return true
+        case UInt64(SYS_futex):
+            let command = rsi & 0x7f // without FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME
+            return command == 0 || command == 9 // FUTEX_WAIT, FUTEX_WAIT_BITSET
+        case UInt64(SYS_clock_nanosleep): return rsi & 1 != 0 // TIMER_ABSTIME
+        default: return false
+        }
     }
 }
 

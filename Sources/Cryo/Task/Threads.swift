@@ -60,7 +60,8 @@ extension ThreadRecord {
         let original = tracee.originalRegisters
         let regs = original.restartingInterruptedSyscall
         // Only a syscall to be re-executed moves rip back (a restart block becomes EINTR in place).
-        let restartCode: Int64? = regs.rip != original.rip ? Int64(bitPattern: original.rax) : nil
+        // A restart block re-executed is restarted as ERESTARTNOHAND is: again, or EINTR if a handler runs first.
+        let restartCode: Int64? = regs.rip != original.rip ? (Int64(bitPattern: original.rax) == -516 ? -514 : Int64(bitPattern: original.rax)) : nil
         let rseq = try Ptrace.rseqConfiguration(tracee.pid)
         let name = withUnsafeBytes(of: state.name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
         return ThreadRecord(
