@@ -203,9 +203,19 @@ extension InetSocketState {
         let peer = (try? Sockets.name(fd, peer: true, object: what)).flatMap { InetAddress($0) }
         if proto == .udp || proto == .udplite {
             // Data held back by UDP_CORK or MSG_MORE is no datagram yet: nothing can read it out.
-            let pending = try Sockets.queueLength(fd, request: CRYO_SIOCOUTQ, name: "SIOCOUTQ", object: what)
+            // Datagrams already sent also count until the device (or a neighbour being
+            // resolved) lets them go: without UDP_CORK, give those a moment to leave.
+            var pending = try Sockets.queueLength(fd, request: CRYO_SIOCOUTQ, name: "SIOCOUTQ", object: what)
+            let corked = try pending > 0 && getInt(fd, CRYO_IPPROTO_UDP, CRYO_UDP_CORK, "UDP_CORK", what) != 0
+            var waited = 0
+            while pending > 0 && !corked && waited < 20 {
+                usleep(10_000)
+                waited += 1
+                pending = try Sockets.queueLength(fd, request: CRYO_SIOCOUTQ, name: "SIOCOUTQ", object: what)
+            }
             if pending > 0 {
-                throw CryoError("\(what) holds corked data not sent yet (UDP_CORK or MSG_MORE; \(pending) bytes of send buffer in use); not supported")
+                throw CryoError("\(what) holds corked data not sent yet (\(corked ? "UDP_CORK" : "MSG_MORE, or datagrams waiting for a neighbour")"
+                                + "; \(pending) bytes of send buffer in use); not supported")
             }
         }
         if proto == .icmp || proto == .raw {
