@@ -901,7 +901,8 @@ static long write_pages(struct cryo_args_header *h) {
  * whose ret lands on the rt_sigreturn gadget, which restores the task's
  * registers and signal mask from the frame cryo wrote below its stack. */
 __attribute__((noinline, noreturn)) static void hand_back(struct cryo_args_header *h) {
-    long tgid = h->tgid, tid = h->tid, signal = h->stop_signal;
+    /* The task's own ids, not cryo's: in a pid namespace of its own they differ. */
+    long tgid = sys0(NR_getpid), tid = sys0(NR_gettid), signal = h->stop_signal;
     unsigned long stack = h->return_stack, gadget = h->syscall_ret_gadget;
     unsigned long base = h->parasite_base, size = h->parasite_size;
     long ret;

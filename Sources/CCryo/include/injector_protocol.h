@@ -42,8 +42,8 @@ struct cryo_args_header {
     uint32_t log_capacity;
     uint32_t log_length;   /* bytes written by this command */
     /* Dump only (stop_signal 0 at restore): how to hand back control. */
-    int32_t stop_signal;   /* raised at tgid/tid when a command is done */
-    int32_t tgid;
+    int32_t stop_signal;   /* raised at the thread itself (its own getpid/gettid) when a command is done */
+    int32_t tgid;          /* cryo's view of the ids; the parasite does not use them (its pid namespace may differ) */
     int32_t tid;
     int32_t close_fds[2];  /* the parasite's own descriptors, closed on the way home (-1: none) */
     int32_t close_fd_extra; /* one more, set by the parasite itself: the descriptor + 1 (0: none, as cryo writes it) */
