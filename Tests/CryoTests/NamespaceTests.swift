@@ -52,5 +52,44 @@ extension EndToEnd {
             #expect(!FileManager.default.fileExists(atPath: scratch.file("img")), "a refused dump leaves no image folder")
             expectRunsAndPasses(fixture, "\(dump)")
         }
+        @Test("a child in another pid namespace than the root (unshare -pf) is refused in one line; both run on untraced")
+        func pidNamespaceChildRefused() throws {
+            let scratch = try Scratch("ns-pid-child")
+            defer { scratch.remove() }
+            // unshare(1) stays in cryo's namespace and forks the fixture as pid 1 of a new one.
+            let fixture = try Fixture("counter", in: scratch, launcher: ["/usr/bin/unshare", "-pf"])
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let child = try #require(readText("/proc/\(fixture.pid)/task/\(fixture.pid)/children").split(separator: " ").compactMap { pid_t($0) }.first)
+            defer { kill(child, SIGKILL) }
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("img")], in: scratch, reaping: fixture)
+            #expect(dump.failed && dump.stderrLines.count == 1, "\(dump)")
+            #expect(dump.stderr.contains("pid \(child)") && dump.stderr.contains("pid namespace"), "\(dump)")
+            for pid in [fixture.pid, child] {
+                let status = ProcStatus(pid: pid)
+                #expect(status?.isRunning == true && status?.tracerPid == 0, "pid \(pid) should run on untraced: \(describeProcess(pid))")
+            }
+        }
+
+        @Test("dump --leave-running of a root that is pid 1 of its own pid namespace completes; it runs on and passes")
+        func pidNamespaceRoot() throws {
+            let scratch = try Scratch("ns-pid-root")
+            defer { scratch.remove() }
+            // setsid(1) in the new namespace makes the fixture (pid 1 there) lead its session.
+            let fixture = try Fixture("counter", in: scratch, launcher: ["/usr/bin/unshare", "-pf", "/usr/bin/setsid"])
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let root = try #require(readText("/proc/\(fixture.pid)/task/\(fixture.pid)/children").split(separator: " ").compactMap { pid_t($0) }.first)
+            defer { kill(root, SIGKILL) }
+            // The parasite stops itself by its own ids: with cryo's it signalled nobody and the dump hung.
+            let dump = try cryo(["dump", "--leave-running", "-t", "\(root)", "-D", scratch.file("img")], in: scratch, timeout: 60)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            let status = ProcStatus(pid: root)
+            #expect(status?.isRunning == true && status?.tracerPid == 0, "pid \(root) should run on untraced: \(describeProcess(root))")
+            // unshare ignores SIGTERM and exits with its child's status.
+            kill(root, SIGTERM)
+            #expect(fixture.reapOriginal(timeout: 30) == .exited(0), "\(fixture.report)")
+            expectPass(fixture, "\(dump)")
+        }
     }
 }

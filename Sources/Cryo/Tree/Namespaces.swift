@@ -9,9 +9,9 @@ private let cloneNewUTS: Int32 = 0x0400_0000
 /// The namespaces of a dumped tree. A tree that shares cryo's namespaces
 /// needs nothing here. A tree in a UTS namespace of its own gets it back:
 /// the root is cloned into a new one that is given the old host and domain
-/// names. Any other namespace of its own (mount, network, IPC, user, cgroup)
-/// is refused at dump in one line: restoring it into cryo's would be silently
-/// wrong. Time namespaces are checked with the task state.
+/// names. Any other namespace of its own (mount, network, IPC, user, cgroup),
+/// and a process in another pid namespace than the root, is refused at dump
+/// in one line: restoring it into cryo's would be silently wrong. Time namespaces are checked with the task state.
 public struct NamespaceRecord: Codable, Sendable {
     public struct UTS: Codable, Sendable, Equatable {
         public var hostname: String
@@ -24,6 +24,9 @@ public struct NamespaceRecord: Codable, Sendable {
     static let checked: [(name: String, what: String, supported: Bool)] = [
         ("uts", "UTS (host name)", true), ("mnt", "mount", false), ("net", "network", false),
         ("ipc", "IPC", false), ("user", "user", false), ("cgroup", "cgroup", false),
+        // A root in a pid namespace of its own is restored into one with --pidns; a process
+        // in another one than the root's (`unshare -pf`'s child) would silently lose it.
+        ("pid", "pid", true),
     ]
 
     /// The clone flags that put the restored root into namespaces of its own.
