@@ -309,13 +309,7 @@ public final class LazyPagesClient: @unchecked Sendable {
         guard let record else { return LazyPagesClient(wire: wire, remote: nil, record: nil, directory: imageDirectory) }
         do {
             let (remote, indices, eager) = try missingPages(record, imageDirectory: imageDirectory, fetchEager: wholeFiles)
-            var hello = FrameHeader()
-            hello.version = MigrationWire.version
-            hello.lazyPages = true
-            try wire.send(.hello, hello)
-            let (kind, answer, _) = try wire.receive()
-            if kind == .failed { throw CryoError("the page server refused through \(link.peer): \(answer.message ?? "no reason given")") }
-            guard kind == .ready else { throw CryoError("\(link.peer) answered \(kind) to hello") }
+            try wire.hello(lazyPages: true, other: "the page server through \(link.peer)")
             let client = LazyPagesClient(wire: wire, remote: remote, record: record, directory: imageDirectory)
             try client.startReading(indices: indices, logger: logger)
             for run in eager { try remote.require(pid: run.pid, offset: run.offset, count: Int(run.length)) }
@@ -397,13 +391,7 @@ public final class LazyPagesClient: @unchecked Sendable {
             throw error
         }
         let files = opened
-        remote.request = { [wire] pid, address, length in
-            var header = FrameHeader()
-            header.pid = pid
-            header.address = address
-            header.size = length
-            try wire.send(.pageRequest, header)
-        }
+        remote.request = { [wire] pid, address, length in try wire.requestPages(pid: pid, address: address, length: length) }
         startThread(name: "cryo-lazy-pages") { [self, wire] in
             defer {
                 for pages in files.values { pages.close() }

@@ -58,13 +58,7 @@ final class PostCopyReader: @unchecked Sendable {
     init(wire: MigrationWire, pools: [Int32: PagePool], remote: RemotePages, logger: Logger) throws {
         self.remote = remote
         self.pools = pools
-        remote.request = { [wire] pid, address, length in
-            var header = FrameHeader()
-            header.pid = pid
-            header.address = address
-            header.size = length
-            try wire.send(.pageRequest, header)
-        }
+        remote.request = { [wire] pid, address, length in try wire.requestPages(pid: pid, address: address, length: length) }
         startThread(name: "cryo-post-copy") { [self] in
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: MigrationWire.maxData, alignment: 4096)
             defer { buffer.deallocate() }

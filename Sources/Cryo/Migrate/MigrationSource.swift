@@ -87,14 +87,7 @@ public struct Migrator {
         // Refusals that need no freezing come before the destination hears anything.
         try Dumper(options: DumpOptions(pid: pid, directory: "/", leaveRunning: true, shellJob: options.shellJob), logger: logger)
             .checkRequest()
-        var hello = FrameHeader()
-        hello.version = MigrationWire.version
-        hello.rootPid = pid
-        hello.lazyPages = options.lazyPages
-        try wire.send(.hello, hello)
-        let (kind, answer, _) = try wire.receive()
-        if kind == .failed { throw CryoError("destination \(link.peer) refused: \(answer.message ?? "no reason given")") }
-        guard kind == .ready else { throw CryoError("destination \(link.peer) answered \(kind) to hello") }
+        try wire.hello(rootPid: pid, lazyPages: options.lazyPages, other: "destination \(link.peer)")
 
         let scratch = try Files.makeTemporaryDirectory(prefix: Self.scratchRoot() + "/cryo-migrate-")
         defer { Self.removeScratch(scratch) }
@@ -428,13 +421,7 @@ public struct Migrator {
     /// and are removed here once it has them; the other files stay in the image folder.
     public static func pageServerHandOver(over link: MigrationLink, rootPid: pid_t) throws -> @Sendable (FrozenImage) throws -> Void {
         let wire = MigrationWire(link)
-        var hello = FrameHeader()
-        hello.version = MigrationWire.version
-        hello.rootPid = rootPid
-        try wire.send(.hello, hello)
-        let (kind, answer, _) = try wire.receive()
-        if kind == .failed { throw CryoError("page server \(link.peer) refused: \(answer.message ?? "no reason given")") }
-        guard kind == .ready else { throw CryoError("page server \(link.peer) answered \(kind) to hello") }
+        try wire.hello(rootPid: rootPid, other: "page server \(link.peer)")
         return { [wire] image in
             let isPages = { (name: String) in name.hasPrefix("pages-") && name.hasSuffix(".img") }
             do {

@@ -237,6 +237,28 @@ final class MigrationWire: @unchecked Sendable {
         try link.receive(into: buffer)
     }
 
+    /// Opens the stream: hello, then the other end's `ready`; its refusal or anything else throws,
+    /// naming it as `other` ("destination 10.0.0.2:7460").
+    func hello(rootPid: Int32? = nil, lazyPages: Bool? = nil, other: String) throws {
+        var hello = FrameHeader()
+        hello.version = Self.version
+        hello.rootPid = rootPid
+        hello.lazyPages = lazyPages
+        try send(.hello, hello)
+        let (kind, answer, _) = try receive()
+        if kind == .failed { throw CryoError("\(other) refused: \(answer.message ?? "no reason given")") }
+        guard kind == .ready else { throw CryoError("\(other) answered \(kind) to hello") }
+    }
+
+    /// Post-copy: a fault waits for these pages of `pid`.
+    func requestPages(pid: Int32, address: UInt64, length: UInt64) throws {
+        var header = FrameHeader()
+        header.pid = pid
+        header.address = address
+        header.size = length
+        try send(.pageRequest, header)
+    }
+
     /// Best effort: tells the other end why this end gives up.
     func fail(_ message: String) {
         var header = FrameHeader()
