@@ -205,8 +205,7 @@ static long queue_signals(struct cryo_args_header *h, struct cryo_queued_signal 
     return 0;
 }
 
-static long restore_thread(struct cryo_args_header *h) {
-    struct cryo_thread_state *t = payload(h);
+static long restore_thread_state(struct cryo_args_header *h, struct cryo_thread_state *t) {
     struct kernel_stack ss = { t->altstack_sp, t->altstack_flags & 2 /* SS_DISABLE */, 0, t->altstack_size };
     CHECK(h, sys2(NR_sigaltstack, &ss, 0), 0, NR_sigaltstack, t->altstack_sp);
     CHECK(h, sys1(NR_set_tid_address, t->clear_child_tid), 0, NR_set_tid_address, 0);
@@ -218,6 +217,8 @@ static long restore_thread(struct cryo_args_header *h) {
     if (t->name[0]) CHECK(h, sys2(NR_prctl, PR_SET_NAME, t->name), 0, NR_prctl, PR_SET_NAME);
     return queue_signals(h, t->signals, t->signal_count);
 }
+
+static long restore_thread(struct cryo_args_header *h) { return restore_thread_state(h, payload(h)); }
 
 static long connect_control(struct cryo_args_header *h) {
     struct cryo_connect *c = payload(h);
@@ -446,6 +447,8 @@ static long restore_state(struct cryo_args_header *h) {
     /* Timers last, so they do not run while the rest is rebuilt. */
     for (int which = 0; which < 3; which++)
         CHECK(h, sys3(NR_setitimer, which, &st->itimers[which], 0), which, NR_setitimer, 0);
+    /* The leader's own state in the same stop: one round-trip less per process. */
+    if (x->leader_follows) return restore_thread_state(h, (struct cryo_thread_state *)(x + 1));
     return 0;
 }
 

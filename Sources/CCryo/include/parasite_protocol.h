@@ -27,7 +27,7 @@ enum cryo_command {
     CRYO_CMD_CONNECT = 3,      /* in: struct cryo_connect */
     CRYO_CMD_RECV_FDS = 4,     /* in: struct cryo_recv_fds */
     CRYO_CMD_RESTORE_MEMORY = 5, /* in: struct cryo_restore_memory + arrays */
-    CRYO_CMD_RESTORE_STATE = 6,  /* in: struct cryo_task_state + struct cryo_restore_extra */
+    CRYO_CMD_RESTORE_STATE = 6,  /* in: struct cryo_task_state + struct cryo_restore_extra [+ struct cryo_thread_state] */
     CRYO_CMD_INSTALL_FDS = 7,  /* in: struct cryo_install_fds + entries */
     CRYO_CMD_RESTORE_CREDS = 8, /* in: struct cryo_creds */
     CRYO_CMD_FAIL_TEST = 9,    /* faults on purpose, writing to fail_addr (error-path tests) */
@@ -174,6 +174,8 @@ struct cryo_restore_extra {
     struct cryo_mm_map mm;
     uint64_t auxv[CRYO_AUXV_WORDS];
     struct cryo_queued_signal signals[CRYO_MAX_QUEUED_SIGNALS];
+    uint32_t leader_follows;   /* 1: a struct cryo_thread_state follows, the leader's RESTORE_THREAD, done last */
+    uint32_t pad2;
 };
 
 struct cryo_fd_install { int32_t from; int32_t to; uint32_t cloexec; uint32_t pad; };

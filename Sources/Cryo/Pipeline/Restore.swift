@@ -927,8 +927,11 @@ public struct Restorer {
         if process.discardChildSignals && !task.signals.pending.contains(where: { $0.signal == SIGCHLD }) {
             extra.discard_signals = 1 << UInt64(SIGCHLD - 1)
         }
-        try parasite.run(CRYO_CMD_RESTORE_STATE, payload: bytes(of: state) + bytes(of: extra), replyBytes: 0)
-        for (thread, record) in zip(process.threads, task.threads) {
+        // The leader's RESTORE_THREAD rides along (after the state, as before); the other threads follow.
+        extra.leader_follows = 1
+        try parasite.run(CRYO_CMD_RESTORE_STATE, payload: bytes(of: state) + bytes(of: extra) + bytes(of: task.threads[0].parasiteState),
+                         replyBytes: 0)
+        for (thread, record) in zip(process.threads, task.threads).dropFirst() {
             try parasite.run(CRYO_CMD_RESTORE_THREAD, payload: bytes(of: record.parasiteState), replyBytes: 0, on: thread)
         }
         try restoreTimerSlack(process)
