@@ -848,7 +848,6 @@ static long write_pages(struct cryo_args_header *h) {
     h->close_fds[0] = (int32_t)part;
     int wants_mem = (a->flags & CRYO_WRITE_PAGES_MEM) != 0;
     long mem = wants_mem && out >= 0 && (part >= 0 || !a->part_count) ? recv_one_fd(a->task_fd, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) : -1;
-    if (mem >= 0) h->close_fd_extra = (int32_t)mem + 1;
     sys1(NR_close, a->task_fd);
     struct page_writer first = { .fd = (int)out, .count = a->count, .v = v, .mem_fd = (int)mem };
     struct page_writer second = { .fd = (int)part, .count = a->part_count, .v = v + a->count, .mem_fd = (int)mem };
@@ -894,7 +893,6 @@ static long write_pages(struct cryo_args_header *h) {
     if (part >= 0) sys1(NR_close, part);
     h->close_fds[0] = -1;
     if (mem >= 0) sys1(NR_close, mem);
-    h->close_fd_extra = 0;
     return result;
 }
 
@@ -913,7 +911,6 @@ __attribute__((noinline, noreturn)) static void hand_back(struct cryo_args_heade
                      : "=a"(ret) : "a"((long)NR_tgkill), "D"(tgid), "S"(tid), "d"(signal) : "rcx", "r11", "memory");
     for (int i = 0; i < 2; i++)
         if (h->close_fds[i] >= 0) sys1(NR_close, h->close_fds[i]);
-    if (h->close_fd_extra > 0) sys1(NR_close, h->close_fd_extra - 1);
     __asm__ volatile("mov %0, %%rsp\n\tjmp *%1"
                      : : "r"(stack), "r"(gadget), "a"((long)NR_munmap), "D"(base), "S"(size) : "memory");
     __builtin_unreachable();

@@ -46,7 +46,7 @@ struct cryo_args_header {
     int32_t tgid;          /* cryo's view of the ids; the parasite does not use them (its pid namespace may differ) */
     int32_t tid;
     int32_t close_fds[2];  /* the parasite's own descriptors, closed on the way home (-1: none) */
-    int32_t close_fd_extra; /* one more, set by the parasite itself: the descriptor + 1 (0: none, as cryo writes it) */
+    uint32_t reserved;
     uint64_t return_stack;       /* rsp for the way home: [rsp] = rt_sigreturn gadget, then the signal frame */
     uint64_t syscall_ret_gadget; /* `syscall; ret` in the task's own code, for the munmap of the parasite */
     uint64_t parasite_base;
