@@ -237,23 +237,6 @@ static long connect_control(struct cryo_args_header *h) {
     return 0;
 }
 
-/* One descriptor passed over a unix socket (SCM_RIGHTS), or -errno (-EPROTO when the message has none). */
-static long recv_one_fd(int sock, int flags) {
-    char byte;
-    struct { void *base; size_t len; } iov = { &byte, 1 };
-    union { struct { size_t len; int level, type; int fd; } c; char buf[32]; } ctl;
-    struct {
-        void *name; int namelen; int pad; void *iov; size_t iovlen;
-        void *control; size_t controllen; int flags;
-    } msg = { 0, 0, 0, &iov, 1, &ctl, sizeof(ctl), 0 };
-    memset(&ctl, 0, sizeof(ctl));
-    long r;
-    do { r = sys3(NR_recvmsg, sock, &msg, flags); } while (r == -EINTR);
-    if (r < 0) return r;
-    if (r == 0 || ctl.c.level != SOL_SOCKET || ctl.c.type != SCM_RIGHTS) return -71 /* EPROTO */;
-    return ctl.c.fd;
-}
-
 /* Moves past `done` bytes of v[*i..count). */
 static void consume_iovecs(struct cryo_iovec *v, uint32_t count, uint32_t *i, long done) {
     while (done > 0 && *i < count) {
@@ -273,7 +256,7 @@ static void drop_pending(int signal) {
 }
 
 /* Up to `max` descriptors of one message (SCM_RIGHTS) into fds[]: how many, or -errno. */
-static long recv_fd_group(int sock, int *fds, uint32_t max) {
+static long recv_fd_group(int sock, int *fds, uint32_t max, int flags) {
     char byte;
     struct { void *base; size_t len; } iov = { &byte, 1 };
     union { struct { size_t len; int level, type; int fds[CRYO_FDS_PER_MESSAGE]; } c; char buf[16 + 4 * CRYO_FDS_PER_MESSAGE + 8]; } ctl;
@@ -283,17 +266,24 @@ static long recv_fd_group(int sock, int *fds, uint32_t max) {
     } msg = { 0, 0, 0, &iov, 1, &ctl, sizeof(ctl), 0 };
     memset(&ctl, 0, sizeof(ctl));
     long r;
-    do { r = sys3(NR_recvmsg, sock, &msg, MSG_CMSG_CLOEXEC); } while (r == -EINTR);
+    do { r = sys3(NR_recvmsg, sock, &msg, flags); } while (r == -EINTR);
     if (r < 0) return r;
     if (r == 0 || ctl.c.level != SOL_SOCKET || ctl.c.type != SCM_RIGHTS || ctl.c.len < 20) return -71 /* EPROTO */;
     uint32_t n = (uint32_t)((ctl.c.len - 16) / 4);
-    for (uint32_t i = 0; i < n; i++) fds[i] = ctl.c.fds[i];
     /* MSG_CTRUNC: the task could not take them all (RLIMIT_NOFILE); more than asked for: out of step. */
     if ((msg.flags & 0x8 /* MSG_CTRUNC */) || n > max) {
-        for (uint32_t i = 0; i < n; i++) sys1(NR_close, fds[i]);
+        for (uint32_t i = 0; i < n; i++) sys1(NR_close, ctl.c.fds[i]);
         return (msg.flags & 0x8) ? -24 /* EMFILE */ : -71 /* EPROTO */;
     }
+    for (uint32_t i = 0; i < n; i++) fds[i] = ctl.c.fds[i];
     return n;
+}
+
+/* One descriptor passed over a unix socket (SCM_RIGHTS), or -errno (-EPROTO when the message has none). */
+static long recv_one_fd(int sock, int flags) {
+    int fd;
+    long n = recv_fd_group(sock, &fd, 1, flags);
+    return n < 0 ? n : n == 1 ? fd : -71 /* EPROTO */;
 }
 
 /* Descriptors come in messages of up to CRYO_FDS_PER_MESSAGE. The kernel gives a message's
@@ -311,7 +301,7 @@ static long recv_fds(struct cryo_args_header *h) {
     uint32_t done = 0;
     while (done < a->count) {
         uint32_t want = a->count - done < CRYO_FDS_PER_MESSAGE ? a->count - done : CRYO_FDS_PER_MESSAGE;
-        long got = recv_fd_group(a->control_fd, fds, want);
+        long got = recv_fd_group(a->control_fd, fds, want, MSG_CMSG_CLOEXEC);
         CHECK(h, got, done, NR_recvmsg, (unsigned long)a->control_fd);
         uint32_t n = (uint32_t)got;
         int low = a->first_slot_fd + (int)done;

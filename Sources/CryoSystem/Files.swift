@@ -212,11 +212,23 @@ public enum Pidfd {
     }
     /// The same with `byte` as the data, which says what the descriptor is for.
     public static func send(_ fd: FileDescriptor, over socket: FileDescriptor, byte: UInt8, pid: pid_t? = nil) throws {
-        // One cmsghdr (len, level, type) and one int: CMSG_SPACE(4) is 24 bytes on x86-64.
-        var control = [UInt64](repeating: 0, count: 3)
-        control[0] = UInt64(MemoryLayout<cmsghdr>.size + 4) // CMSG_LEN(sizeof(int))
+        try send([fd][...], over: socket, byte: byte, pid: pid)
+    }
+    /// Sends `fds` (at most 253, the kernel's SCM_MAX_FD) in one message (SCM_RIGHTS, one byte of data)
+    /// to the process `pid` at the socket's other end.
+    public static func send(_ fds: ArraySlice<FileDescriptor>, over socket: FileDescriptor, to pid: pid_t) throws {
+        try send(fds, over: socket, byte: UInt8(ascii: "F"), pid: pid)
+    }
+    /// The same with `byte` as the data.
+    public static func send(_ fds: ArraySlice<FileDescriptor>, over socket: FileDescriptor, byte: UInt8, pid: pid_t?) throws {
+        precondition(!fds.isEmpty && fds.count <= 253)
+        // One cmsghdr (len, level, type), then the descriptors, padded to 8 bytes.
+        var control = [UInt64](repeating: 0, count: 2 + (fds.count + 1) / 2)
+        control[0] = UInt64(MemoryLayout<cmsghdr>.size + 4 * fds.count) // CMSG_LEN
         control[1] = UInt64(UInt32(SOL_SOCKET)) | UInt64(UInt32(SCM_RIGHTS)) << 32
-        control[2] = UInt64(UInt32(bitPattern: fd.rawValue))
+        control.withUnsafeMutableBytes { raw in
+            for (i, fd) in fds.enumerated() { raw.storeBytes(of: fd.rawValue, toByteOffset: 16 + 4 * i, as: Int32.self) }
+        }
         var byte = byte
         try withUnsafeMutablePointer(to: &byte) { byte in
             try control.withUnsafeMutableBytes { control in
@@ -226,33 +238,8 @@ public enum Pidfd {
                                          msg_control: control.baseAddress, msg_controllen: control.count, msg_flags: 0)
                     try withUnsafePointer(to: &message) {
                         try Kernel.syscall(SYS_sendmsg, socket, $0, MSG_NOSIGNAL, name: "sendmsg(SCM_RIGHTS)", pid: pid,
-                                           object: "fd \(fd.rawValue)", retryingInterrupts: true)
-                    }
-                }
-            }
-        }
-    }
-    /// Sends `fds` (at most 253, the kernel's SCM_MAX_FD) in one message (SCM_RIGHTS, one byte of data)
-    /// to the process `pid` at the socket's other end.
-    public static func send(_ fds: ArraySlice<FileDescriptor>, over socket: FileDescriptor, to pid: pid_t) throws {
-        precondition(!fds.isEmpty && fds.count <= 253)
-        // One cmsghdr (len, level, type), then the descriptors, padded to 8 bytes.
-        var control = [UInt64](repeating: 0, count: 2 + (fds.count + 1) / 2)
-        control[0] = UInt64(MemoryLayout<cmsghdr>.size + 4 * fds.count) // CMSG_LEN
-        control[1] = UInt64(UInt32(SOL_SOCKET)) | UInt64(UInt32(SCM_RIGHTS)) << 32
-        control.withUnsafeMutableBytes { raw in
-            for (i, fd) in fds.enumerated() { raw.storeBytes(of: fd.rawValue, toByteOffset: 16 + 4 * i, as: Int32.self) }
-        }
-        var byte = UInt8(ascii: "F")
-        try withUnsafeMutablePointer(to: &byte) { byte in
-            try control.withUnsafeMutableBytes { control in
-                var vector = iovec(iov_base: byte, iov_len: 1)
-                try withUnsafeMutablePointer(to: &vector) { vector in
-                    var message = msghdr(msg_name: nil, msg_namelen: 0, msg_iov: vector, msg_iovlen: 1,
-                                         msg_control: control.baseAddress, msg_controllen: control.count, msg_flags: 0)
-                    try withUnsafePointer(to: &message) {
-                        try Kernel.syscall(SYS_sendmsg, socket, $0, MSG_NOSIGNAL, name: "sendmsg(SCM_RIGHTS)", pid: pid,
-                                           object: "\(fds.count) fds from fd \(fds.first!.rawValue)", retryingInterrupts: true)
+                                           object: fds.count == 1 ? "fd \(fds.first!.rawValue)" : "\(fds.count) fds from fd \(fds.first!.rawValue)",
+                                           retryingInterrupts: true)
                     }
                 }
             }
