@@ -162,9 +162,11 @@ private let clonePhases = ["injecting clone3"]
 private let lazyUffdPhases = ["before LAZY_UFFD", "after LAZY_UFFD"]
 private let restoreTimerPhases = ["before RESTORE_TIMERS", "after RESTORE_TIMERS"]
 private let seccompPhases = ["before RESTORE_SECCOMP", "after RESTORE_SECCOMP"]
+/// Only threads other than a leader (a leader's own thread state rides in RESTORE_STATE).
+private let restoreThreadPhases = ["before RESTORE_THREAD", "after RESTORE_THREAD"]
 
 let restoreKillCases: [(fixture: String, arguments: [String], phases: [String], mayMiss: [String])] = [
-    ("counter", [], restoreKillPhases, treePhases + clonePhases + restoreTimerPhases + seccompPhases),
+    ("counter", [], restoreKillPhases, treePhases + clonePhases + restoreTimerPhases + seccompPhases + restoreThreadPhases),
     // Small processes' memory goes in through the parasite's reads, not a userfaultfd (bigmem's does).
     ("threads", ["6"], restoreKillPhases, treePhases + restoreTimerPhases + seccompPhases + lazyUffdPhases),
     ("vector", [], ["after RESTORE_MEMORY#2", "memory-restored", "after RESTORE_STATE", "after INSTALL_FDS", "injecting munmap", "before-release"], []),
@@ -173,7 +175,7 @@ let restoreKillCases: [(fixture: String, arguments: [String], phases: [String], 
     // 13 processes restore in two lanes: "parked" is a subtree's top between them (RestoreLanes.swift).
     ("tree", ["13"], restoreKillPhases + ["injecting clone3#3", "after RECV_FDS#4", "memory-restored#5", "after INSTALL_FDS#6",
                                           "injecting munmap#7", "parked", "after RESTORE_STATE#9"],
-     restoreTimerPhases + seccompPhases + lazyUffdPhases),
+     restoreTimerPhases + seccompPhases + lazyUffdPhases + restoreThreadPhases),
     ("bigmem", ["64"], ["before RESTORE_MEMORY#2", "after RESTORE_MEMORY#2", "after LAZY_UFFD", "memory-restored", "before-release"], []),
 ]
 
