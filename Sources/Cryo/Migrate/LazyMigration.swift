@@ -78,7 +78,7 @@ struct RemotePagesRecord: Codable {
 
     /// Where [address, address + length) of `pid`'s memory is in its pages file, piece by piece.
     func pieces(pid: Int32, address: UInt64, length: UInt64) -> [(offset: UInt64, address: UInt64, length: UInt64)]? {
-        guard let runs = processes.first(where: { $0.pid == pid })?.runs else { return nil }
+        guard address <= UInt64.max - length, let runs = processes.first(where: { $0.pid == pid })?.runs else { return nil }
         var low = 0, high = runs.count
         while low < high {
             let mid = (low + high) / 2
@@ -402,9 +402,8 @@ public final class LazyPagesClient: @unchecked Sendable {
             var bytes: UInt64 = 0
             do {
                 while true {
-                    let (kind, header, length) = try wire.receive()
-                    let data = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
-                    try wire.readData(into: data)
+                    let (kind, header, data) = try wire.receiveFrame(into: buffer)
+                    let length = data.count
                     switch kind {
                     case .pages:
                         guard let pid = header.pid, let address = header.address, let pages = files[pid],

@@ -64,9 +64,8 @@ final class PostCopyReader: @unchecked Sendable {
             defer { buffer.deallocate() }
             do {
                 while true {
-                    let (kind, header, length) = try wire.receive()
-                    let data = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
-                    try wire.readData(into: data)
+                    let (kind, header, data) = try wire.receiveFrame(into: buffer)
+                    let length = data.count
                     switch kind {
                     case .pages:
                         guard let pid = header.pid, let pool = self.pools[pid], let address = header.address, address % 4096 == 0,
@@ -175,9 +174,8 @@ public struct Receiver {
         // Post-copy: pages left out of the image, which come after the start.
         let remote = lazy ? RemotePages() : nil
         while true {
-            let (kind, header, length) = try wire.receive()
-            let data = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
-            try wire.readData(into: data)
+            let (kind, header, data) = try wire.receiveFrame(into: buffer)
+            let length = data.count
             switch kind {
             case .pages:
                 guard let pid = header.pid, pid > 0, let address = header.address, address % 4096 == 0, length % 4096 == 0,

@@ -237,6 +237,14 @@ final class MigrationWire: @unchecked Sendable {
         try link.receive(into: buffer)
     }
 
+    /// One whole frame, its data read into the start of `buffer` (at least `maxData` bytes).
+    func receiveFrame(into buffer: UnsafeMutableRawBufferPointer) throws -> (FrameKind, FrameHeader, UnsafeMutableRawBufferPointer) {
+        let (kind, header, length) = try receive()
+        let data = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
+        try readData(into: data)
+        return (kind, header, data)
+    }
+
     /// Opens the stream: hello, then the other end's `ready`; its refusal or anything else throws,
     /// naming it as `other` ("destination 10.0.0.2:7460").
     func hello(rootPid: Int32? = nil, lazyPages: Bool? = nil, other: String) throws {
