@@ -79,9 +79,15 @@ typealias CgroupMode = CgroupManagement
 extension CgroupManagement: ExpressibleByArgument {}
 
 /// The firewall lock over dumped TCP connections (CRIU's --network-lock).
-/// Without the option cryo places none (`skip`), unlike CRIU, whose default is iptables.
+/// Without the option, as CRIU: iptables when established connections are dumped; `skip` places none.
 enum NetworkLock: String, ExpressibleByArgument, CaseIterable {
     case iptables, nftables, skip
+
+    /// The backend for a dump (nil: no lock), the default filled in.
+    static func mode(_ chosen: NetworkLock?, tcpEstablished: Bool) -> NetworkLockMode? {
+        guard let chosen else { return NetworkLockMode.defaultMode(tcpEstablished: tcpEstablished) }
+        return NetworkLockMode(rawValue: chosen.rawValue)
+    }
 }
 
 /// CRIU's options that dump, pre-dump and restore share, with CRIU's
@@ -106,7 +112,7 @@ struct CriuOptions: ParsableArguments {
             help: "[CONTROLLERS:]/PATH: restore the root task's cgroup (and those below it) at PATH (repeatable).")
     var cgroupRoot: [String] = []
     @Option(name: .customLong("network-lock"),
-            help: "dump: drop the dumped TCP connections' packets with iptables or nftables rules until restore removes them (default `skip`: no lock).")
+            help: "dump: drop the dumped TCP connections' packets with iptables (the default with --tcp-established) or nftables rules until restore removes them; `skip`: no lock.")
     var networkLock: NetworkLock?
     @Flag(name: .customLong("tcp-close"),
           help: "Dump connected TCP sockets without their connection (the dump ends it); restore them closed (end of stream, EPIPE).")

@@ -173,7 +173,7 @@ struct DumpCommand: ParsableCommand {
             }
             options.tcpClose = criu.tcpClose
             options.skipInFlight = criu.skipInFlight
-            options.networkLock = criu.networkLock.flatMap { NetworkLockMode(rawValue: $0.rawValue) }
+            options.networkLock = NetworkLock.mode(criu.networkLock, tcpEstablished: tcpEstablished)
             return try Dumper(options: options, logger: logger).run()
         }
         if let lost = lazyServing?.lostAfterStart {

@@ -19,6 +19,9 @@ struct MigrateCommand: ParsableCommand {
     var shellJob = false
     @Flag(name: .customLong("tcp-established"), help: "Move established TCP connections too (TCP_REPAIR).")
     var tcpEstablished = false
+    @Option(name: .customLong("network-lock"),
+            help: "iptables (the default with --tcp-established), nftables or skip: the firewall rules that keep the moved connections quiet from the freeze until the destination runs the tree.")
+    var networkLock: NetworkLock?
     @Option(name: .customLong("max-rounds"), help: "Most pre-copy rounds while the tree runs (default 10).")
     var maxRounds = 10
     @Flag(name: .customLong("lazy-pages"), help: "The destination starts the tree at once and fills its memory from the received image while it runs.")
@@ -40,10 +43,10 @@ struct MigrateCommand: ParsableCommand {
             let fd = try MigrationEndpoint.connect(destination)
             let link = try security.link(fd, peer: destination, key: key, server: false)
             defer { link.close() }
-            return try Migrator(options: MigrateOptions(pid: pid, destination: destination, shellJob: shellJob,
-                                                        tcpEstablished: tcpEstablished, maxRounds: max(1, maxRounds),
-                                                        lazyPages: lazyPages),
-                                logger: logger).run(over: link)
+            var options = MigrateOptions(pid: pid, destination: destination, shellJob: shellJob, tcpEstablished: tcpEstablished,
+                                         maxRounds: max(1, maxRounds), lazyPages: lazyPages)
+            options.networkLock = NetworkLock.mode(networkLock, tcpEstablished: tcpEstablished)
+            return try Migrator(options: options, logger: logger).run(over: link)
         }
         if common.verbose > 0 || displayStatistics {
             MigrationDisplay.print(statistics, pid: pid, destination: destination)

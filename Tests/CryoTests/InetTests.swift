@@ -274,17 +274,19 @@ private func shell(_ command: String) -> (status: Int32, output: String) {
 
 extension EndToEnd.InetTests {
     @Test("--network-lock: a peer that sends between dump and restore loses nothing and sees no reset; the rules go",
-          arguments: ["iptables", "nftables"])
+          arguments: ["iptables", "nftables", "default"])
     func networkLock(mode: String) throws {
         // Installed when missing (as root; else the test is cancelled, saying why).
-        _ = try requireTestProgram(mode == "iptables" ? "/usr/sbin/iptables" : "/usr/sbin/nft", package: mode)
+        _ = try requireTestProgram(mode == "nftables" ? "/usr/sbin/nft" : "/usr/sbin/iptables", package: mode == "nftables" ? mode : "iptables")
         // A network namespace of our own: firewall rules are global to one.
         let namespace = "cryo-lock-\(getpid())-\(mode)"
         let made = shell("ip netns add \(namespace) && ip -n \(namespace) link set lo up")
         try #require(made.status == 0, "ip netns add: \(made.output)")
         defer { _ = shell("ip netns del \(namespace)") }
         let enter = ["/usr/bin/nsenter", "--net=/run/netns/\(namespace)"]
-        let listRules = mode == "iptables" ? "iptables -S" : "nft list ruleset"
+        // Without --network-lock, as CRIU: iptables.
+        let listRules = mode == "nftables" ? "nft list ruleset" : "iptables -S"
+        let lockOption = mode == "default" ? [] : ["--network-lock", mode]
         let scratch = try Scratch("tcp-lock")
         defer { scratch.remove() }
         let peer = try Fixture("tcpstates", arguments: ["lockpeer"], in: scratch, launcher: enter, logPath: scratch.file("peer.log"))
@@ -295,7 +297,7 @@ extension EndToEnd.InetTests {
         defer { fixture.cleanUp() }
         try fixture.waitReady()
         let images = scratch.file("img")
-        let dump = try cryo(["dump", "--tcp-established", "--network-lock", mode, "-t", "\(fixture.pid)", "-D", images], in: scratch,
+        let dump = try cryo(["dump", "--tcp-established"] + lockOption + ["-t", "\(fixture.pid)", "-D", images], in: scratch,
                             reaping: fixture, launcher: enter)
         try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
         try #require(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs after the dump")
@@ -313,6 +315,34 @@ extension EndToEnd.InetTests {
         expectPass(peer)
         let after = shell("ip netns exec \(namespace) \(listRules)")
         #expect(!after.output.contains("cryo-lock-"), "lock rules left after restore:\n\(after.output)")
+    }
+}
+
+extension EndToEnd.InetTests {
+    @Test("the default lock's iptables missing: dump --tcp-established refuses in one line naming it, the tree runs on")
+    func networkLockToolMissing() throws {
+        try inNetworkNamespace("lock-missing") { enter in
+            let scratch = try Scratch("tcp-lock-missing")
+            defer { scratch.remove() }
+            let peer = try Fixture("tcpstates", arguments: ["lockpeer"], in: scratch, launcher: enter, logPath: scratch.file("peer.log"))
+            defer { peer.cleanUp() }
+            try peer.waitReady()
+            let port = try #require(peer.tagged("PORT")?.first)
+            let fixture = try Fixture("tcp", arguments: ["peer", port], in: scratch, launcher: enter)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            // iptables lives in /usr/sbin: a PATH without it.
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "--tcp-established", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture,
+                                environment: ["PATH": "/usr/bin:/bin"], launcher: enter)
+            expectOneLine(dump, naming: ["pid \(fixture.pid) fd ", "--network-lock iptables", "iptables is not installed", "--network-lock skip"])
+            #expect(!FileManager.default.fileExists(atPath: images), "a failed dump should remove the image folder it created")
+            // The connection carries on: the peer's bytes and the ping-pong after SIGTERM.
+            peer.signal(SIGUSR1)
+            expectRunsAndPasses(fixture, "\(dump)")
+            #expect(peer.reapOriginal(timeout: 60) == .exited(0), "\(peer.report)")
+            expectPass(peer)
+        }
     }
 }
 

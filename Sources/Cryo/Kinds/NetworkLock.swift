@@ -6,6 +6,13 @@ import SystemPackage
 /// CRIU's --network-lock: the firewall backend that keeps dumped TCP connections quiet.
 public enum NetworkLockMode: String, Codable, Sendable {
     case iptables, nftables
+
+    /// Without --network-lock, as CRIU: established connections are dumped under an iptables lock.
+    /// Not for a cryo that holds only lent (file) capabilities: iptables runs without them, and
+    /// TCP_REPAIR refuses such a caller anyway, saying what it needs.
+    public static func defaultMode(tcpEstablished: Bool) -> NetworkLockMode? {
+        tcpEstablished && Caller.current.fullyPrivileged ? .iptables : nil
+    }
 }
 
 /// Firewall rules that drop every packet of the dumped TCP connections (each by
@@ -79,6 +86,36 @@ final class NetworkLock: @unchecked Sendable {
             }
             for command in rules(listener: listener, adding: true) { try run(command, object: object) }
             saved.listeners = (saved.listeners ?? []) + [listener]
+        }
+    }
+
+    /// Once every socket is read (and in repair mode, sending nothing): connections whose both ends
+    /// were dumped need no lock, no packet of theirs can come from outside, and their rules go now,
+    /// so they restart at restore as they would have run (a FIN's acknowledgement is not dropped).
+    func releaseConnectionsWithinTree() throws {
+        try mutex.withLock {
+            let within = saved.connections.filter { c in saved.connections.contains(Connection(local: c.peer, peer: c.local)) }
+            guard !within.isEmpty else { return }
+            let kept = saved.connections.filter { !within.contains($0) }
+            switch saved.mode {
+            case .iptables:
+                for connection in within {
+                    for command in rules(connection, adding: false) { try run(command, object: "network lock") }
+                }
+                saved.connections = kept
+            case .nftables:
+                // Rules of a table go by handle only: a new table with the others, then the old one goes
+                // (the two overlap, so the outside connections are never unlocked).
+                let old = saved.name
+                saved.name = old + "-b"
+                saved.connections = kept
+                for command in nftTable() { try run(command, object: "network lock") }
+                for connection in kept { for command in rules(connection, adding: true) { try run(command, object: "network lock") } }
+                for listener in saved.listeners ?? [] {
+                    for command in rules(listener: listener, adding: true) { try run(command, object: "network lock") }
+                }
+                try run(["nft", "delete", "table", "inet", old], object: "network lock")
+            }
         }
     }
 
@@ -183,6 +220,10 @@ final class NetworkLock: @unchecked Sendable {
     private func run(_ command: [String], object: String) throws {
         var argv = command
         if let namespacePid { argv = ["nsenter", "--net=/proc/\(namespacePid)/ns/net", "--"] + argv }
+        guard Self.onPath(command[0]) else {
+            throw CryoError("\(object): --network-lock \(saved.mode.rawValue): \(command[0]) is not installed (not found on PATH); "
+                + "install it, or dump with --network-lock \(saved.mode == .iptables ? "nftables" : "iptables") or --network-lock skip")
+        }
         let result: (status: Int32, output: String)
         do {
             result = try Processes.run(argv[0], Array(argv.dropFirst()))
@@ -194,6 +235,14 @@ final class NetworkLock: @unchecked Sendable {
             throw CryoError("\(object): --network-lock \(saved.mode.rawValue): `\(command.joined(separator: " "))` failed "
                 + "(exit status \(result.status)): \(output)")
         }
+    }
+}
+
+extension NetworkLock {
+    /// An executable `name` in one of PATH's folders.
+    static func onPath(_ name: String) -> Bool {
+        let path = getenv("PATH").map { String(cString: $0) } ?? "/usr/sbin:/usr/bin:/sbin:/bin"
+        return path.split(separator: ":").contains { access("\($0)/\(name)", X_OK) == 0 }
     }
 }
 

@@ -27,6 +27,8 @@ public struct MigrateOptions: Sendable {
     public var maxRounds: Int
     /// Ask the destination to start the tree before its memory is loaded.
     public var lazyPages: Bool
+    /// --network-lock: the moved connections stay quiet from the freeze until the destination says the tree runs.
+    public var networkLock: NetworkLockMode?
     public init(pid: pid_t, destination: String, shellJob: Bool = false, tcpEstablished: Bool = false,
                 smallEnough: UInt64 = 4 << 20, maxRounds: Int = 10, lazyPages: Bool = false) {
         self.lazyPages = lazyPages
@@ -143,6 +145,7 @@ public struct Migrator {
                                           tcpEstablished: options.tcpEstablished, previousImages: scratch, handOver: handOver)
             // Post-copy: pages left for after the start are read once, when sent; not into a file while frozen.
             dumpOptions.freshPagesInTree = postCopy
+            dumpOptions.networkLock = options.networkLock
             statistics.dump = try Dumper(options: dumpOptions, logger: logger).run()
         } catch {
             releaseHolder(scratch)

@@ -290,6 +290,7 @@ public struct Dumper {
             try taskWriter.finish()
             try sharedMemory.write()
             try fileTable.finish()
+            try fileTable.options.networkLock?.releaseConnectionsWithinTree()
             if let refusal = terminals.refusal { throw CryoError(refusal) }
             created.append(paths.files)
             try fileTable.table.write(to: paths.files)
