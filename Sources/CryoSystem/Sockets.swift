@@ -346,3 +346,17 @@ public enum Sockets {
         return value
     }
 }
+
+extension Sockets {
+    /// The hardware (MAC) address of interface `name` in the network namespace of `fd`'s socket (SIOCGIFHWADDR).
+    public static func hardwareAddress(_ fd: FileDescriptor, interface name: String, object: String) throws -> [UInt8] {
+        // struct ifreq: the name (16 bytes), then a sockaddr whose data holds the address.
+        var request = [UInt8](repeating: 0, count: 40)
+        let nameBytes = Array(name.utf8.prefix(15))
+        for (i, byte) in nameBytes.enumerated() { request[i] = byte }
+        _ = try request.withUnsafeMutableBytes {
+            try returnOrThrow(ioctl(fd.rawValue, UInt(0x8927) /* SIOCGIFHWADDR */, $0.baseAddress!), "ioctl(SIOCGIFHWADDR)", object: object)
+        }
+        return Array(request[18..<24])
+    }
+}

@@ -22,6 +22,9 @@ struct MigrateCommand: ParsableCommand {
     @Option(name: .customLong("network-lock"),
             help: "iptables (the default with --tcp-established), nftables or skip: the firewall rules that keep the moved connections quiet from the freeze until the destination runs the tree.")
     var networkLock: NetworkLock?
+    @Option(name: .customLong("move-address"),
+            help: "The service address (IPv4) the moved connections use: taken off the tree's network namespace once it is frozen and added at the destination (its --address-interface); back here if the migration fails.")
+    var moveAddress: String?
     @Option(name: .customLong("max-rounds"), help: "Most pre-copy rounds while the tree runs (default 10).")
     var maxRounds = 10
     @Flag(name: .customLong("lazy-pages"), help: "The destination starts the tree at once and fills its memory from the received image while it runs.")
@@ -46,6 +49,7 @@ struct MigrateCommand: ParsableCommand {
             var options = MigrateOptions(pid: pid, destination: destination, shellJob: shellJob, tcpEstablished: tcpEstablished,
                                          maxRounds: max(1, maxRounds), lazyPages: lazyPages)
             options.networkLock = NetworkLock.mode(networkLock, tcpEstablished: tcpEstablished)
+            options.moveAddress = moveAddress
             return try Migrator(options: options, logger: logger).run(over: link)
         }
         if common.verbose > 0 || displayStatistics {
@@ -77,6 +81,9 @@ struct ReceiveCommand: ParsableCommand {
     var tcpEstablished = false
     @Flag(name: .customLong("lazy-pages"), help: "Start the tree at once and fill its memory from the received image while it runs (also when migrate asks).")
     var lazyPages = false
+    @Option(name: .customLong("address-interface"),
+            help: "Where a service address the source moves (migrate --move-address) goes: added on this interface and announced (gratuitous ARP) before the tree runs.")
+    var addressInterface: String?
     @OptionGroup var security: MigrationSecurity
     @OptionGroup var common: CommonOptions
 
@@ -107,9 +114,10 @@ struct ReceiveCommand: ParsableCommand {
             try? listener.close()
             let link = try security.link(fd, peer: peer, key: key, server: true)
             defer { link.close() }
-            return try Receiver(options: ReceiveOptions(directory: directory, newPidNamespace: pidNamespace, tcpEstablished: tcpEstablished,
-                                                       lazyPages: lazyPages),
-                                logger: logger).run(over: link)
+            var options = ReceiveOptions(directory: directory, newPidNamespace: pidNamespace, tcpEstablished: tcpEstablished,
+                                         lazyPages: lazyPages)
+            options.addressInterface = addressInterface
+            return try Receiver(options: options, logger: logger).run(over: link)
         }
         if common.verbose > 0, let tree = result.tree {
             print(tree.rootPid == tree.rootPidInImage ? "restored pid \(tree.rootPid) after \(result.rounds) rounds, \(result.bytesReceived) bytes"

@@ -123,3 +123,23 @@ struct InetUnitTests {
         }
     }
 }
+
+@Suite("moved service address")
+struct MovedAddressUnitTests {
+    @Test("migrate --move-address: ADDR or ADDR/PREFIX (IPv4); IPv6, junk and bad prefixes refused naming it")
+    func parse() throws {
+        #expect(try ServiceAddress.parse("10.0.0.5") == ServiceAddress(address: "10.0.0.5", prefixLength: 32))
+        #expect(try ServiceAddress.parse("10.0.0.5/24").description == "10.0.0.5/24")
+        for (text, words) in [("fd00::5", "IPv6"), ("10.0.0", "not an IPv4"), ("10.0.0.5/33", "prefix"), ("10.0.0.5/x", "prefix")] {
+            #expect(throws: (any Error).self) { try ServiceAddress.parse(text) }
+            do { _ = try ServiceAddress.parse(text) } catch { #expect("\(error)".contains(text) && "\(error)".contains(words), "\(error)") }
+        }
+    }
+
+    @Test("gratuitous ARP: a request for our address from our address, our hardware address as sender")
+    func gratuitousARP() {
+        let mac: [UInt8] = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55]
+        let frame = NeighbourAnnouncement.gratuitousARP(address: [10, 0, 0, 5], hardware: mac)
+        #expect(frame == [0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01] + mac + [10, 0, 0, 5] + [0, 0, 0, 0, 0, 0] + [10, 0, 0, 5])
+    }
+}

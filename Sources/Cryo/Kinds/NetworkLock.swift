@@ -48,14 +48,21 @@ final class NetworkLock: @unchecked Sendable {
     private let mutex = Lock()
     private var tableMade = false
 
+    /// The tree's network namespace, held open: a migration's rules go after the tree was killed.
+    private let namespace: FileDescriptor?
+
     init(mode: NetworkLockMode, rootPid: pid_t) {
         saved = Saved(mode: mode, name: "cryo-lock-\(rootPid)-\(getpid())-\(Int(Date().timeIntervalSince1970))", connections: [])
         namespacePid = rootPid
+        namespace = try? Files.open("/proc/\(rootPid)/ns/net", .readOnly)
     }
+
+    deinit { try? namespace?.close() }
 
     private init(saved: Saved) {
         self.saved = saved
         namespacePid = nil
+        namespace = nil
         tableMade = true
     }
 
@@ -86,6 +93,27 @@ final class NetworkLock: @unchecked Sendable {
             }
             for command in rules(listener: listener, adding: true) { try run(command, object: object) }
             saved.listeners = (saved.listeners ?? []) + [listener]
+        }
+    }
+
+    /// A migration's destination: the same rules in cryo's network namespace, before the moved address
+    /// comes and the sockets are rebuilt (a packet in between would meet no socket and draw an RST).
+    /// Restore removes them once the tree runs; on failure here the ones placed go at once.
+    func placeHere() throws {
+        do {
+            try mutex.withLock {
+                let object = "network lock of the moved connections"
+                if saved.mode == .nftables { for command in nftTable() { try run(command, object: object) } }
+                for connection in saved.connections {
+                    for command in rules(connection, adding: true) { try run(command, object: object) }
+                }
+                for listener in saved.listeners ?? [] {
+                    for command in rules(listener: listener, adding: true) { try run(command, object: object) }
+                }
+            }
+        } catch {
+            removeAll()
+            throw error
         }
     }
 
@@ -219,7 +247,10 @@ final class NetworkLock: @unchecked Sendable {
 
     private func run(_ command: [String], object: String) throws {
         var argv = command
-        if let namespacePid { argv = ["nsenter", "--net=/proc/\(namespacePid)/ns/net", "--"] + argv }
+        if let namespacePid {
+            let path = namespace.map { "/proc/\(getpid())/fd/\($0.rawValue)" } ?? "/proc/\(namespacePid)/ns/net"
+            argv = ["nsenter", "--net=\(path)", "--"] + argv
+        }
         guard Self.onPath(command[0]) else {
             throw CryoError("\(object): --network-lock \(saved.mode.rawValue): \(command[0]) is not installed (not found on PATH); "
                 + "install it, or dump with --network-lock \(saved.mode == .iptables ? "nftables" : "iptables") or --network-lock skip")

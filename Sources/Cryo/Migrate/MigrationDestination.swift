@@ -19,6 +19,8 @@ public struct ReceiveOptions: Sendable {
     public var lazyPages: Bool
     /// CRIU's page server: keep what arrives in `directory`, restore nothing.
     public var storeOnly: Bool
+    /// --address-interface: where a service address the source moves goes.
+    public var addressInterface: String?
     public init(directory: String?, newPidNamespace: Bool = false, tcpEstablished: Bool = false, lazyPages: Bool = false,
                 storeOnly: Bool = false) {
         self.lazyPages = lazyPages
@@ -157,6 +159,8 @@ public struct Receiver {
             throw CryoError("\(peer) is not a cryo migrate of this version (first frame \(kind), version \(hello.version ?? 0))")
         }
         let lazy = options.lazyPages || hello.lazyPages == true
+        // Refused now, while the source tree still runs: nowhere to put the address, or it is here already.
+        let movedAddress = try hello.movedAddress.map { try DestinationAddress($0, device: options.addressInterface) }
         // Spawning the guard costs milliseconds: here, while the tree still runs at the source.
         let guardian = lazy && !options.storeOnly ? try LazyGuard() : nil
         try wire.send(.ready)
@@ -254,13 +258,30 @@ public struct Receiver {
                 figures.frozenImageSeconds = seconds(since: frozenImageStart ?? .now)
                 figures.postCopyMissingBytes = postCopy?.missingBytes ?? 0
                 restoreOptions.migration = figures
-                let tree = try Restorer(options: restoreOptions, logger: logger).run()
+                if let movedAddress {
+                    // The moved connections' packets are dropped here too (restore removes the rules once the tree
+                    // runs) before the address comes: none meets a host without their socket and draws an RST.
+                    let lock = try NetworkLock.saved(in: directory)
+                    try lock?.placeHere()
+                    do { try movedAddress.add() } catch {
+                        movedAddress.remove()
+                        lock?.removeAll()
+                        throw error
+                    }
+                    timelineMark(logger, "moved address \(movedAddress.address) added on \(movedAddress.device)")
+                }
+                let tree: RestoredTree
+                do { tree = try Restorer(options: restoreOptions, logger: logger).run() } catch {
+                    movedAddress?.remove()
+                    throw error
+                }
                 timelineMark(logger, "restored pid \(tree.rootPid); answering the source")
                 var answer = FrameHeader()
                 answer.pid = tree.rootPid
                 do { try wire.send(.restored, answer) } catch {
                     // The source cannot learn that the tree runs here, so it will release its own: this one must go.
                     kill(tree.childPid, SIGKILL)
+                    movedAddress?.remove()
                     throw CryoError("restored pid \(tree.rootPid) but could not tell the source (\(error)); killed it again")
                 }
                 var result = ReceiveResult(tree: tree, rounds: rounds, bytesReceived: wire.bytesReceived)

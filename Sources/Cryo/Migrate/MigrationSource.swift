@@ -29,6 +29,8 @@ public struct MigrateOptions: Sendable {
     public var lazyPages: Bool
     /// --network-lock: the moved connections stay quiet from the freeze until the destination says the tree runs.
     public var networkLock: NetworkLockMode?
+    /// --move-address: the service address taken off the tree's network namespace once it is frozen, for the destination.
+    public var moveAddress: String?
     public init(pid: pid_t, destination: String, shellJob: Bool = false, tcpEstablished: Bool = false,
                 smallEnough: UInt64 = 4 << 20, maxRounds: Int = 10, lazyPages: Bool = false) {
         self.lazyPages = lazyPages
@@ -89,7 +91,11 @@ public struct Migrator {
         // Refusals that need no freezing come before the destination hears anything.
         try Dumper(options: DumpOptions(pid: pid, directory: "/", leaveRunning: true, shellJob: options.shellJob), logger: logger)
             .checkRequest()
-        try wire.hello(rootPid: pid, lazyPages: options.lazyPages, other: "destination \(link.peer)")
+        if options.moveAddress != nil && options.networkLock == nil {
+            throw CryoError("--move-address needs the network lock (leave out --network-lock skip): the peers' packets must be dropped while the address moves")
+        }
+        let moving = try options.moveAddress.map { try SourceAddress($0, treePid: pid) }
+        try wire.hello(rootPid: pid, lazyPages: options.lazyPages, movedAddress: moving?.address, other: "destination \(link.peer)")
 
         let scratch = try Files.makeTemporaryDirectory(prefix: Self.scratchRoot() + "/cryo-migrate-")
         defer { Self.removeScratch(scratch) }
@@ -137,8 +143,18 @@ public struct Migrator {
         let frozenStart = ContinuousClock.now
         let verdict = Verdict()
         let postCopy = options.lazyPages
-        let handOver: @Sendable (FrozenImage) throws -> Void = { [wire, verdict, logger] image in
-            try Self.sendImage(image, wire: wire, verdict: verdict, postCopy: postCopy, logger: logger)
+        let handOver: @Sendable (FrozenImage) throws -> Void = { [wire, verdict, logger, moving] image in
+            // Frozen, the connections locked: the address leaves this host (back on any failure, before the release).
+            try moving?.remove()
+            if let moving { timelineMark(logger, "moved address \(moving.address) removed from \(moving.device)") }
+            do {
+                try Self.sendImage(image, wire: wire, verdict: verdict, postCopy: postCopy, logger: logger)
+            } catch {
+                do { try moving?.putBack() } catch let putBack {
+                    throw CryoError("\(error); and the address did not come back: \(putBack)")
+                }
+                throw error
+            }
         }
         do {
             var dumpOptions = DumpOptions(pid: pid, directory: "\(scratch)/final", leaveRunning: false, shellJob: options.shellJob,

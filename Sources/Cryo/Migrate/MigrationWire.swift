@@ -184,6 +184,8 @@ struct FrameHeader: Codable {
     var lazyPages: Bool?
     /// Post-copy: [offset, length] ranges of a pages file left out, to come after the start.
     var omitted: [[UInt64]]?
+    /// hello: the service address the source takes off its host, for the destination to add.
+    var movedAddress: ServiceAddress?
     init() {}
 }
 
@@ -247,11 +249,12 @@ final class MigrationWire: @unchecked Sendable {
 
     /// Opens the stream: hello, then the other end's `ready`; its refusal or anything else throws,
     /// naming it as `other` ("destination 10.0.0.2:7460").
-    func hello(rootPid: Int32? = nil, lazyPages: Bool? = nil, other: String) throws {
+    func hello(rootPid: Int32? = nil, lazyPages: Bool? = nil, movedAddress: ServiceAddress? = nil, other: String) throws {
         var hello = FrameHeader()
         hello.version = Self.version
         hello.rootPid = rootPid
         hello.lazyPages = lazyPages
+        hello.movedAddress = movedAddress
         try send(.hello, hello)
         let (kind, answer, _) = try receive()
         if kind == .failed { throw CryoError("\(other) refused: \(answer.message ?? "no reason given")") }

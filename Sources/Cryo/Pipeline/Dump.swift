@@ -318,6 +318,9 @@ public struct Dumper {
             try inventory.write(to: inventoryFD, path: paths.inventory)
             if let handOver = options.handOver {
                 timelineMark(logger, "image written")
+                // The connections' lock record goes along: a migration's destination drops their packets too
+                // until its restored tree runs (the rules here stay until the hand-over returns).
+                if let lock = fileTable.options.networkLock, let path = try lock.save(into: options.directory) { created.append(path) }
                 let all = created + fileTable.created + sharedMemory.created
                 var seen = Set<String>()
                 let names = all.filter { Files.exists($0) && seen.insert($0).inserted }.map { String($0.split(separator: "/").last!) }
