@@ -41,7 +41,8 @@ extension EndToEnd.MigrateTests {
         #expect(waitUntil(timeout: 60) { client.bytesChecked >= after + 16384 || client.pollOriginal() != nil },
                 "the client's echoes stopped after the move at \(after) bytes\n\(client.report)")
         let (bytes, gap) = try net.stopClient(client)
-        print("move-address: the client checked \(bytes) bytes; longest gap between echoes \(String(format: "%.3f", gap)) s")
+        let downtime = result.stdout.split(separator: "\n").first { $0.contains("downtime:") }.map(String.init) ?? "?"
+        print("move-address: the client checked \(bytes) bytes; longest gap between echoes \(String(format: "%.3f", gap)) s; migrate \(downtime)")
         // Announced: the client's packets went to B at once, not after its neighbour entry went stale (15-45 s).
         #expect(gap < 10, "the client waited \(gap) s for an echo: was the address announced?\n\(client.report)")
         kill(restored, SIGTERM)
@@ -87,6 +88,32 @@ extension EndToEnd.MigrateTests {
         #expect(server.reapOriginal(timeout: 30) == .exited(0), "\(server.report)")
         expectPass(server, "\(result)\n\(received)")
         #expect(server.tagged("ECHOED")?.first == "\(bytes)", "the service echoed \(server.tagged("ECHOED") ?? []), the client checked \(bytes)")
+    }
+}
+
+extension EndToEnd.MigrateTests {
+    @Test("--move-address to a receive without --address-interface: refused at hello in one line, nothing frozen or moved")
+    func moveAddressNowhereToGo() throws {
+        let scratch = try Scratch("migrate-move-address-nowhere")
+        defer { scratch.remove() }
+        let net = try NetTriple()
+        defer { net.remove() }
+        let (server, client) = try net.startService(in: scratch)
+        defer { server.cleanUp(); client.cleanUp() }
+        let receive = try net.receive(["--insecure", "--pidns", "--tcp-established"], in: scratch)
+        defer { receive.stop() }
+        let result = try cryo(["migrate", "--to", "\(net.addressB):\(net.migrationPort)", "-t", "\(server.pid)", "--insecure",
+                               "--tcp-established", "--move-address", net.serviceAddress], in: scratch, reaping: server, launcher: net.enter(net.a))
+        expectOneLine(result, naming: ["refused", net.serviceAddress, "--address-interface"])
+        let received = receive.wait(timeout: 30)
+        #expect(received.failed && received.stderrLines.count == 1 && received.stderr.contains("--address-interface"), "\(received)")
+        #expect(net.addresses(net.a).contains(net.serviceAddress + "/24"), "the address left A: \(net.addresses(net.a))")
+        let after = client.bytesChecked
+        #expect(waitUntil(timeout: 60) { client.bytesChecked >= after + 8192 || client.pollOriginal() != nil }, "\(client.report)")
+        _ = try net.stopClient(client)
+        server.signal(SIGTERM)
+        #expect(server.reapOriginal(timeout: 30) == .exited(0), "\(server.report)")
+        expectPass(server)
     }
 }
 
