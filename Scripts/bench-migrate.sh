@@ -51,7 +51,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-gcc -O2 -Wall -o "$work/migrant" "$repo/Scripts/bench/migrant.c"
+gcc -O2 -Wall -o "$work/migrant" "$repo/Scripts/bench/migrant.c" -lm
 ip netns add "$nsa"
 ip netns add "$nsb"
 ip link add "bmA$tag" type veth peer name "bmB$tag"
@@ -131,7 +131,9 @@ for ((run = 1; run <= runs; run++)); do
         if [[ -n ${TIMELINE:-} ]]; then
             # Both ends stamp their steps with CLOCK_REALTIME ms: merged, relative to the freeze.
             { sed -n 's/.*\[\([0-9.]*\) ms\] \(.*\)/\1 source: \2/p' "$work/migrate.out"
-              sed -n 's/.*\[\([0-9.]*\) ms\] \(.*\)/\1 destination: \2/p' "$work/receive.err"; } |
+              sed -n 's/.*\[\([0-9.]*\) ms\] \(.*\)/\1 destination: \2/p' "$work/receive.err"
+              # The service's turns around each pause over 10 ms (migrant stamps them the same way).
+              awk '/^SLOW / { printf "%.1f service: last turn before a %.1f ms pause\n%s service: next turn\n", $2 - $3, $3, $2 }' "$log"; } |
                 sort -n | awk '/source: froze/ && !seen { t = $1; seen = 1 } NR == 1 && !seen { t = $1 } { lines[NR] = $0; at[NR] = $1 }
                                END { for (i = 1; i <= NR; i++) { sub(/^[0-9.]* /, "", lines[i]); printf "    %+8.1f ms  %s\n", at[i] - t, lines[i] } }'
         fi
