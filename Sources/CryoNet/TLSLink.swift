@@ -115,9 +115,14 @@ public final class TLSLink: MigrationLink, @unchecked Sendable {
     }
 
     public func send(_ bytes: UnsafeRawBufferPointer) throws {
-        guard bytes.count > 0 else { return }
-        var buffer = channel.allocator.buffer(capacity: bytes.count)
-        buffer.writeBytes(bytes)
+        try send(bytes, then: UnsafeRawBufferPointer(start: nil, count: 0))
+    }
+
+    public func send(_ head: UnsafeRawBufferPointer, then data: UnsafeRawBufferPointer) throws {
+        guard head.count + data.count > 0 else { return }
+        var buffer = channel.allocator.buffer(capacity: head.count + data.count)
+        buffer.writeBytes(head)
+        buffer.writeBytes(data)
         // Two writes in flight: the next chunk is read from the tree while the event loop encrypts this one.
         let write = channel.writeAndFlush(buffer)
         let oldest = flights.locked { () -> EventLoopFuture<Void>? in

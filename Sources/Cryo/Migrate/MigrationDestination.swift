@@ -192,6 +192,10 @@ public struct Receiver {
                 rounds += 1
                 figures.roundBytes.append(wire.bytesReceived - roundStartBytes)
                 roundStartBytes = wire.bytesReceived
+                // Its pages are in the pool: the source may freeze without leaving us a backlog.
+                var held = FrameHeader()
+                held.round = header.round
+                try wire.send(.roundHeld, held)
             case .fileBegin:
                 if frozenImageStart == nil {
                     frozenImageStart = .now

@@ -198,10 +198,18 @@ public struct Migrator {
         var lostAfterStart: Error?
     }
 
+    /// Ends a round and waits until the destination holds all of it: what it still had to write would
+    /// otherwise be written after the freeze, in the downtime (and the next round measures the whole path).
     func endRound(_ round: Int, wire: MigrationWire) throws {
         var header = FrameHeader()
         header.round = round
         try wire.send(.roundEnd, header)
+        let (kind, answer, _) = try wire.receive()
+        switch kind {
+        case .roundHeld where answer.round == round: return
+        case .failed: throw CryoError("destination \(wire.link.peer) failed: \(answer.message ?? "no reason given")")
+        default: throw CryoError("destination \(wire.link.peer) answered \(kind) to the end of round \(round)")
+        }
     }
 
     static let chunk = 4 << 20

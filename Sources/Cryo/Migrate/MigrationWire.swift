@@ -14,6 +14,8 @@ import SystemPackage
 public protocol MigrationLink: AnyObject {
     /// Sends every byte or throws.
     func send(_ bytes: UnsafeRawBufferPointer) throws
+    /// Sends a frame's head and its data; a link that can sends them as one write.
+    func send(_ head: UnsafeRawBufferPointer, then data: UnsafeRawBufferPointer) throws
     /// Fills `buffer` completely; throws `MigrationLinkClosed` at a clean end of stream.
     func receive(into buffer: UnsafeMutableRawBufferPointer) throws
     /// Who is at the other end, for messages.
@@ -21,6 +23,13 @@ public protocol MigrationLink: AnyObject {
     /// Bytes (or the end of the stream) can be received without waiting.
     func readable() -> Bool
     func close()
+}
+
+extension MigrationLink {
+    public func send(_ head: UnsafeRawBufferPointer, then data: UnsafeRawBufferPointer) throws {
+        try send(head)
+        if data.count > 0 { try send(data) }
+    }
 }
 
 public struct MigrationLinkClosed: Error, CustomStringConvertible {
@@ -167,6 +176,7 @@ enum FrameKind: UInt8 {
     case pageRequest = 11  // destination → source (post-copy): pid, address, size: a fault waits for these pages
     case pagesDone = 12  // source → destination (post-copy): every page left out of the image has been sent
     case loaded = 13  // destination → source (post-copy): it has them all; the source tree may go
+    case roundHeld = 14  // destination → source: every page of that pre-copy round is in its pool
 }
 
 struct FrameHeader: Codable {
@@ -191,7 +201,8 @@ struct FrameHeader: Codable {
 
 /// Frame reading and writing over a link.
 final class MigrationWire: @unchecked Sendable {
-    static let version = 1
+    /// 2: the destination answers each round's end with `roundHeld`.
+    static let version = 2
     static let maxHeader = 64 << 20
     static let maxData = 16 << 20
     let link: MigrationLink
@@ -209,8 +220,8 @@ final class MigrationWire: @unchecked Sendable {
         withUnsafeBytes(of: UInt64(data?.count ?? 0).littleEndian) { for i in 0..<8 { head[5 + i] = $0[i] } }
         let message = head + [UInt8](json)
         try sending.withLock {
-            try message.withUnsafeBytes { try link.send($0) }
-            if let data, data.count > 0 { try link.send(data) }
+            // One write (one TLS hand-off) per frame rather than one for the head and one for the pages.
+            try message.withUnsafeBytes { try link.send($0, then: data ?? UnsafeRawBufferPointer(start: nil, count: 0)) }
             bytesSent += UInt64(message.count + (data?.count ?? 0))
         }
     }
