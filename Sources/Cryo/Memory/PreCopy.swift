@@ -77,13 +77,11 @@ enum PreCopy {
 struct WriteTracker {
     let uffd: Userfaultfd
     let pid: pid_t
+    /// The pages listed when tracking started, which it protected.
+    var regions: [cryo_page_region] = []
 
-    /// Runs userfaultfd() in the frozen task, takes the descriptor out and closes
-    /// it there, registers every private mapping and write-protects the pages
-    /// in `regions` (the saved ones). Only those: protecting a never-touched
-    /// page leaves a marker that PAGEMAP_SCAN reports as swapped. A mapping that
-    /// cannot be registered is left alone: its pages will count as written.
-    static func start(_ tracee: Tracee, memory: MemoryRecord, protect regions: [cryo_page_region], logger: Logger) throws -> WriteTracker {
+    /// Runs userfaultfd() in the frozen task, takes the descriptor out and closes it there.
+    static func open(_ tracee: Tracee) throws -> Userfaultfd {
         let pid = tracee.pid
         let flags = UInt64(O_CLOEXEC | O_NONBLOCK) | UInt64(CRYO_UFFD_USER_MODE_ONLY)
         let remote = try tracee.syscall(Int(CRYO_NR_USERFAULTFD), flags)
@@ -96,9 +94,30 @@ struct WriteTracker {
             try? fd.close()
             throw SyscallError("injected close", errno: Errno(rawValue: Int32(-closed)), pid: pid, object: "fd \(remote)")
         }
-        let uffd = Userfaultfd(fd: fd, pid: pid)
+        return Userfaultfd(fd: fd, pid: pid)
+    }
+
+    /// With the task running: reads its layout, registers every private mapping and write-protects the
+    /// pages `list` returns (the saved ones), listed after the registration. Only those: protecting a
+    /// never-touched page leaves a marker that PAGEMAP_SCAN reports as swapped. A mapping that cannot
+    /// be registered (or changed meanwhile) is left alone: its pages will count as written, and one
+    /// made after the layout was read is not tracked (the dump reads such mappings whole).
+    /// Takes `uffd` over: closed on failure.
+    static func start(_ uffd: Userfaultfd, pid: pid_t, protect list: (MemoryRecord) throws -> [cryo_page_region],
+                      logger: Logger) throws -> WriteTracker {
         do {
             try uffd.enableAsyncWriteProtect()
+            let memory = try MemoryRecord.dump(pid: pid)
+            var registered: [MemoryRecord.Mapping] = []
+            for m in memory.mappings where !m.shared && memory.pageCategories(m) != nil {
+                do {
+                    try uffd.registerWriteProtect(start: m.start, length: m.length)
+                    registered.append(m)
+                } catch {
+                    logger.debug("pid \(pid): mapping 0x\(hex(m.start)) is not write-tracked: \(error)")
+                }
+            }
+            let regions = try list(memory)
             var ranges: [Range<UInt64>] = []
             for region in regions {
                 if let last = ranges.last, last.upperBound == region.start {
@@ -108,24 +127,25 @@ struct WriteTracker {
                 }
             }
             var r = 0
-            for m in memory.mappings where !m.shared && memory.pageCategories(m) != nil {
+            for m in registered {
+                while r < ranges.count && ranges[r].upperBound <= m.start { r += 1 }
+                var k = r
                 do {
-                    try uffd.registerWriteProtect(start: m.start, length: m.length)
-                    while r < ranges.count && ranges[r].lowerBound < m.end {
-                        let a = max(ranges[r].lowerBound, m.start), b = min(ranges[r].upperBound, m.end)
+                    while k < ranges.count && ranges[k].lowerBound < m.end {
+                        let a = max(ranges[k].lowerBound, m.start), b = min(ranges[k].upperBound, m.end)
                         if a < b { try uffd.writeProtect(start: a, length: b - a) }
-                        if ranges[r].upperBound > m.end { break }
-                        r += 1
+                        k += 1
                     }
                 } catch {
-                    logger.debug("pid \(pid): mapping 0x\(hex(m.start)) is not write-tracked: \(error)")
+                    // Unprotected pages of a registered mapping read as written: sent again, never lost.
+                    logger.debug("pid \(pid): mapping 0x\(hex(m.start)) is partly write-tracked: \(error)")
                 }
             }
+            return WriteTracker(uffd: uffd, pid: pid, regions: regions)
         } catch {
-            try? fd.close()
+            try? uffd.fd.close()
             throw error
         }
-        return WriteTracker(uffd: uffd, pid: pid)
     }
 
     func close() { try? uffd.fd.close() }
@@ -178,25 +198,48 @@ public struct PreDumper {
         var statistics = DumpStatistics()
         let frozenAt = ContinuousClock.now
         let tree = try FrozenTree.freeze(root: pid, timeout: options.freezeTimeout)
-        var plans: [(pid: pid_t, startTime: UInt64, regions: [cryo_page_region])] = []
+        timelineMark(logger, "pre-dump: froze")
+        // Frozen only for what needs the tasks stopped: each one's userfaultfd is made in it. Listing and
+        // write-protecting 2 GiB (hundreds of ms on busy CPUs) are done once the tree runs again.
+        var opened: [(process: FrozenProcess, uffd: Userfaultfd)] = []
         do {
             try dumper.checkSeccompSuspended(tree)
-            for process in tree.live {
-                let memory = try MemoryRecord.dump(pid: process.pid)
-                // Listed, then protected, all while frozen: whatever is written from now on is seen as written.
-                let pagemap = try Files.open("/proc/\(process.pid)/pagemap", .readOnly)
-                defer { try? pagemap.close() }
-                let regions = try memory.scanPages(pid: process.pid, pagemap: pagemap, statistics: &statistics)
-                trackers.append(try WriteTracker.start(process.leader, memory: memory, protect: regions, logger: logger))
-                plans.append((process.pid, try PreCopy.startTime(process.pid), regions))
-            }
+            for process in tree.live { opened.append((process, try WriteTracker.open(process.leader))) }
         } catch {
-            for tracker in trackers { tracker.close() }
-            trackers = []
+            for (_, uffd) in opened { try? uffd.fd.close() }
             throw tree.release(after: error)
         }
-        try tree.release()
+        do { try tree.release() } catch {
+            for (_, uffd) in opened { try? uffd.fd.close() }
+            throw error
+        }
+        timelineMark(logger, "pre-dump: released")
         statistics.frozenSeconds = seconds(since: frozenAt)
+        var plans: [(pid: pid_t, startTime: UInt64, regions: [cryo_page_region])] = []
+        var untracked = opened
+        for (process, uffd) in opened {
+            // Listed, then protected, then read: a page written after its protection counts as written,
+            // and one written before it is read with that write. One faulted in after the listing is
+            // not protected, so it counts as written too.
+            untracked.removeFirst()
+            do {
+                let tracker = try WriteTracker.start(uffd, pid: process.pid, protect: { memory in
+                    let pagemap = try Files.open("/proc/\(process.pid)/pagemap", .readOnly)
+                    defer { try? pagemap.close() }
+                    return try memory.scanPages(pid: process.pid, pagemap: pagemap, statistics: &statistics)
+                }, logger: logger)
+                trackers.append(tracker)
+                timelineMark(logger, "pre-dump: pid \(process.pid): listed and write-protected")
+                plans.append((process.pid, try PreCopy.startTime(process.pid), tracker.regions))
+            } catch where !Processes.isAlive(process.pid) {
+                // Exited since the freeze (a short-lived child): nothing of it to pre-dump.
+                for tracker in trackers where tracker.pid == process.pid { tracker.close() }
+                trackers.removeAll { $0.pid == process.pid }
+            } catch {
+                for (_, uffd) in untracked { try? uffd.fd.close() }
+                throw error
+            }
+        }
         statistics.processes = tree.processes.count
 
         // The tree runs again: copy what was listed. A range unmapped meanwhile is left out.

@@ -166,6 +166,7 @@ public struct Dumper {
                 // and starting after the parasite left smaps (60 ms of 10,000 mappings) mostly to the end.
                 prefetch.start(process.pid)
                 var memory = try MemoryRecord.dump(pid: process.pid, flags: false)
+                timelineMark(logger, "pid \(process.pid): layout read")
                 let sharedStart = ContinuousClock.now
                 for i in memory.mappings.indices where memory.mappings[i].kind == .aioRing {
                     memory.mappings[i].aioEvents = try AioRing.dump(pid: process.pid, mapping: memory.mappings[i])
@@ -191,6 +192,7 @@ public struct Dumper {
                 for i in memory.mappings.indices where memory.mappings[i].kind == .packetRing {
                     memory.mappings[i].file = try fileTable.packetRingMapping(pid: process.pid, mapping: memory.mappings[i])
                 }
+                timelineMark(logger, "pid \(process.pid): descriptors dumped")
                 created.append(paths.pages(process.pid))
                 let memoryStart = ContinuousClock.now
                 let pageIndex: PageIndex
