@@ -4,6 +4,7 @@
 @testable import Cryo
 import Foundation
 import Glibc
+import SystemPackage
 import Testing
 
 @Suite("binary page index (no root)")
@@ -133,5 +134,68 @@ struct PageRunTableTests {
         #expect(!refused([PageRun(address: base, length: 4096, offset: 8192), PageRun(address: base + 4096, length: 4096, offset: 0)], fileSize: 12288))
         #expect(refused([PageRun(address: base, length: 4096, offset: 100)], fileSize: 12288), "unaligned offset")
         #expect(refused([PageRun(address: base, length: 8192, offset: 8192)], fileSize: 12288), "reaching past the file")
+    }
+
+    /// predump.img as `cryo pre-dump` writes it, and as a cryo before binary pre-dump runs wrote it.
+    static func preDumpRecord(_ runs: [[PageRun]]) -> PreDumpRecord {
+        PreDumpRecord(rootPid: 42, holderSocket: "cryo-predump-42-0", processes: runs.enumerated().map { i, r in
+            .init(pid: Int32(42 + i), startTime: 1000 + UInt64(i), pageIndex: PageIndex(runs: r, pagesFileSize: r.reduce(0) { $0 + $1.length }))
+        })
+    }
+
+    @Test("predump.img: binary runs read back, a JSON one of version 1 still read, mismatched tables refused")
+    func preDumpRecord() throws {
+        let path = PageRunTableTests.scratchFile("predump.img")
+        defer { unlink(path); rmdir((path as NSString).deletingLastPathComponent) }
+        let runs = [PageRunTableTests.runs(1_000_000), PageRunTableTests.runs(3), []]
+        let record = PageRunTableTests.preDumpRecord(runs)
+        func write(_ body: (FileDescriptor) throws -> Void) throws {
+            unlink(path)
+            let fd = try FileDescriptor.open(path, .writeOnly, options: [.create, .exclusiveCreate], permissions: [.ownerReadWrite])
+            defer { try? fd.close() }
+            try body(fd)
+        }
+        try write { try record.write(to: $0, path: path) }
+        let back = try PreDumpRecord.read(path)
+        #expect(back.processes.map(\.pageIndex.runs) == runs && back.processes.map(\.pid) == [42, 43, 44])
+        #expect(back.processes.map(\.pageIndex.pagesFileSize) == runs.map { $0.reduce(0) { $0 + $1.length } })
+        // The runs are not JSON any more: a million of them are 24 MB of records, not 70 MB of text.
+        #expect(try RecordReader(path: path).version == ImageFormat.pageRunsVersion)
+        #expect(try RecordReader(path: path).payload(.preDump).count < 1000)
+
+        // Version 1 (before): the runs inside the JSON record.
+        try write { fd in
+            var writer = RecordWriter()
+            try writer.append(.preDump, PageRunTableTests.preDumpRecord([PageRunTableTests.runs(5)]))
+            try writer.write(to: fd, path: path)
+        }
+        #expect(try PreDumpRecord.read(path).processes.map(\.pageIndex.runs) == [PageRunTableTests.runs(5)])
+
+        // Version 4 with a run table missing, or runs both in JSON and in a table.
+        let refusals: [(RecordWriter, String)] = try [
+            { () throws -> (RecordWriter, String) in
+                var writer = RecordWriter(version: ImageFormat.pageRunsVersion)
+                var header = PageRunTableTests.preDumpRecord([[], []])
+                header.processes[0].pageIndex.pagesFileSize = 0
+                try writer.append(.preDump, header)
+                writer.append(.pageRuns, bytes: PageRunTable.encode([]))
+                return (writer, "image predump.img record pageRuns: 1 run tables for 2 processes")
+            }(),
+            { () throws -> (RecordWriter, String) in
+                var writer = RecordWriter(version: ImageFormat.pageRunsVersion)
+                try writer.append(.preDump, PageRunTableTests.preDumpRecord([PageRunTableTests.runs(2)]))
+                writer.append(.pageRuns, bytes: PageRunTable.encode(PageRunTableTests.runs(2)))
+                return (writer, "image predump.img record preDump: pid 42 lists runs beside its pageRuns record")
+            }(),
+        ]
+        for (writer, expected) in refusals {
+            try write { try writer.write(to: $0, path: path) }
+            do {
+                _ = try PreDumpRecord.read(path)
+                Issue.record("accepted: \(expected)")
+            } catch {
+                #expect("\(error)" == expected)
+            }
+        }
     }
 }

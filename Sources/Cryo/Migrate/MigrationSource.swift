@@ -111,7 +111,7 @@ public struct Migrator {
             }
             _ = try PreDumper(options: PreDumpOptions(pid: pid, directory: scratch, pageSink: sink), logger: logger).run()
             tracking = true
-            let record = try RecordReader(path: "\(scratch)/\(PreCopy.recordFile)").one(.preDump, as: PreDumpRecord.self)
+            let record = try PreDumpRecord.read("\(scratch)/\(PreCopy.recordFile)")
             let bytes = record.processes.reduce(0) { $0 + $1.pageIndex.pagesFileSize }
             try endRound(1, wire: wire)
             statistics.rounds.append(.init(bytes: bytes, seconds: seconds(since: roundStart)))
