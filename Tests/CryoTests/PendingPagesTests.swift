@@ -104,6 +104,11 @@ struct PendingPagesTests {
         set.remove(sixth.start + 4096, sixth.start + 8192)  // a hole in the stream after the 6th run's first page
         let leading = set.leading(upTo: 256 << 10)
         #expect(leading.count == 6 && leading.last == PendingRun(start: sixth.start, end: sixth.start + 4096, offset: sixth.offset))
+        // From a mapped pages file: the lowest runs until they hold the limit, across the gap in the stream.
+        let anywhere = set.leading(upTo: 256 << 10, streamContiguous: false)
+        let held = anywhere.reduce(0) { $0 + ($1.end - $1.start) }
+        #expect(anywhere.count == 23 && held >= 256 << 10 && held - (anywhere.last!.end - anywhere.last!.start) < 256 << 10)
+        #expect(anywhere == Array(set.runs.prefix(23)))
         #expect(PendingPages([]).leading(upTo: 4096).isEmpty)
     }
 

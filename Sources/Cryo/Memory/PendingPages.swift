@@ -83,15 +83,22 @@ struct PendingPages {
 
     /// The lowest pending runs whose pages follow each other in the page stream, up to
     /// `limit` bytes of it (the last run may reach past): what one read can fetch. O(log n + k).
-    func leading(upTo limit: UInt64) -> [PendingRun] {
+    /// With `streamContiguous` false, the lowest runs wherever their pages are in the stream,
+    /// until they hold `limit` bytes (the last run may reach past): what copies from a mapped
+    /// pages file can take at once.
+    func leading(upTo limit: UInt64, streamContiguous: Bool = true) -> [PendingRun] {
         var result: [PendingRun] = []
         var stack: [Int32] = []
+        var held: UInt64 = 0
         var t = root
         while t >= 0 || !stack.isEmpty {
             while t >= 0 { stack.append(t); t = nodes[Int(t)].left }
             let i = stack.removeLast()
             let run = nodes[Int(i)].run
-            if let first = result.first {
+            if !streamContiguous {
+                guard held < limit else { break }
+                held += run.end - run.start
+            } else if let first = result.first {
                 let last = result[result.count - 1]
                 guard run.offset == last.offset + (last.end - last.start), run.offset - first.offset < limit else { break }
             }
