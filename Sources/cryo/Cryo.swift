@@ -227,7 +227,7 @@ struct RestoreCommand: ParsableCommand {
                 client?.started { error in tree.lazy?.abort(error) }
                 return (tree, client)
             } catch {
-                client?.close()
+                client?.abandon()
                 throw error
             }
         }

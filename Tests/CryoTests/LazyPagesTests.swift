@@ -246,9 +246,13 @@ extension EndToEnd {
             let serverPid = pid_t(readText(images + "/ps.pid").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
             try #require(serverPid > 0 && pidExists(serverPid), "no page server from ps.pid")
             defer { kill(serverPid, SIGKILL) }
+            // The restore starts first, as a script may start both at once: it waits for the daemon.
+            let restoring = try CryoProcess(["restore", "-D", copy, "--lazy-pages", "-d"], in: scratch)
+            defer { restoring.stop() }
+            usleep(300_000)
             let daemon = try CryoProcess(["lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", port, "-D", copy], in: scratch)
             defer { daemon.stop() }
-            let restore = try cryo(["restore", "-D", copy, "--lazy-pages", "-d"], in: scratch)
+            let restore = restoring.wait(timeout: 60)
             try #require(restore.succeeded, "\(restore)")
             let served = daemon.wait(timeout: 60)
             #expect(served.succeeded, "the lazy-pages daemon should exit 0 once every page passed\n\(served)")

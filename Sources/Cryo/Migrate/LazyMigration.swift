@@ -53,27 +53,36 @@ struct RemotePagesRecord: Codable {
 
     /// For an image copied without its pages files (they stay with a `page-server --lazy-pages`): every
     /// page of those processes, with the files made again as holes of their sizes. nil when none is missing.
-    static func missingPagesFiles(directory: String) throws -> RemotePagesRecord? {
-        let paths = ImagePaths(directory)
-        guard Files.exists(paths.inventory) else { return nil }
-        let inventory = try RecordReader(path: paths.inventory).one(.inventory, as: Inventory.self)
+    /// `created` gets each file made, so a restore that fails afterwards can take them away again (left
+    /// behind, holes would read as zeros to the next restore of this folder).
+    static func missingPagesFiles(directory: String, created: inout [String]) throws -> RemotePagesRecord? {
         var processes: [Process] = []
-        for pid in inventory.livePids where !Files.exists(paths.pages(pid)) {
-            let task = try TaskImage.read(paths.task(pid))
-            let index = task.pageIndex
-            guard !index.runs.isEmpty else { continue }
+        for (pid, index) in try processesMissingPagesFiles(directory: directory) {
+            let pages = ImagePaths(directory).pages(pid)
             guard index.compression == nil else {
-                throw CryoError("\(paths.pages(pid)) is missing and its pages are compressed: a page server serves only uncompressed pages")
+                throw CryoError("\(pages) is missing and its pages are compressed: a page server serves only uncompressed pages")
             }
             for (part, size) in index.fileSizes.enumerated() {
-                let path = ImagePaths.part(part, of: paths.pages(pid))
+                let path = ImagePaths.part(part, of: pages)
                 let fd = try Files.open(path, .writeOnly, options: [.create, .exclusiveCreate], permissions: [.ownerReadWrite])
+                created.append(path)
                 defer { try? fd.close() }
                 try Files.truncate(fd, to: size, path: path)
             }
             processes.append(Process(pid: pid, runs: index.runs.map { [$0.offset, $0.address, $0.length] }))
         }
         return processes.isEmpty ? nil : RemotePagesRecord(processes: processes)
+    }
+
+    /// The processes with pages whose pages file is not in the folder (nothing is made).
+    static func processesMissingPagesFiles(directory: String) throws -> [(pid: Int32, index: PageIndex)] {
+        let paths = ImagePaths(directory)
+        guard Files.exists(paths.inventory) else { return [] }
+        let inventory = try RecordReader(path: paths.inventory).one(.inventory, as: Inventory.self)
+        return try inventory.livePids.filter { !Files.exists(paths.pages($0)) }.compactMap { pid in
+            let index = try TaskImage.read(paths.task(pid)).pageIndex
+            return index.runs.isEmpty ? nil : (pid, index)
+        }
     }
 
     /// Where [address, address + length) of `pid`'s memory is in its pages file, piece by piece.
@@ -299,23 +308,33 @@ public final class LazyPagesClient: @unchecked Sendable {
     public static func attach(imageDirectory: String, socketPath: String, logger: Logger) throws -> LazyPagesClient? {
         var record = try RemotePagesRecord.read(directory: imageDirectory)
         // No lazy-remote.img, but pages files missing: every page of those processes comes from the page
-        // server, the ones restore needs at once before it starts.
-        let wholeFiles = record == nil && Files.exists(socketPath)
-        if wholeFiles { record = try RemotePagesRecord.missingPagesFiles(directory: imageDirectory) }
-        if record == nil && !Files.exists(socketPath) { return nil }
-        let fd = try connect(socketPath, waiting: record != nil)
+        // server, the ones restore needs at once before it starts. The daemon may not listen yet.
+        let wholeFiles = try record == nil
+            && !RemotePagesRecord.processesMissingPagesFiles(directory: imageDirectory).isEmpty
+        if record == nil && !wholeFiles && !Files.exists(socketPath) { return nil }
+        let fd = try connect(socketPath, waiting: record != nil || wholeFiles)
         let link = SocketLink(fd: fd, peer: "the lazy-pages daemon on \(socketPath)")
+        var created: [String] = []
+        do {
+            if wholeFiles { record = try RemotePagesRecord.missingPagesFiles(directory: imageDirectory, created: &created) }
+        } catch {
+            link.close()
+            removeMadeFiles(created)
+            throw error
+        }
         let wire = MigrationWire(link)
         guard let record else { return LazyPagesClient(wire: wire, remote: nil, record: nil, directory: imageDirectory) }
         do {
             let (remote, indices, eager) = try missingPages(record, imageDirectory: imageDirectory, fetchEager: wholeFiles)
             try wire.hello(lazyPages: true, other: "the page server through \(link.peer)")
             let client = LazyPagesClient(wire: wire, remote: remote, record: record, directory: imageDirectory)
+            client.madeFiles = created
             try client.startReading(indices: indices, logger: logger)
             for run in eager { try remote.require(pid: run.pid, offset: run.offset, count: Int(run.length)) }
             return client
         } catch {
             link.close()
+            removeMadeFiles(created)
             if error is MigrationLinkClosed { throw CryoError("\(link.peer) closed the connection (is its page server running?)") }
             throw error
         }
@@ -331,7 +350,7 @@ public final class LazyPagesClient: @unchecked Sendable {
                 && ContinuousClock.now < deadline {
                 usleep(10_000)
             } catch let error as SyscallError where error.errno == .noSuchFileOrDirectory {
-                throw CryoError("the image's memory is partly on its source (lazy-remote.img) and no lazy-pages daemon listens on \(path): "
+                throw CryoError("the image's memory is partly elsewhere (lazy-remote.img, or pages files missing) and no lazy-pages daemon listens on \(path): "
                     + "start `cryo lazy-pages --page-server --address A --port P` first")
             }
         }
@@ -466,7 +485,19 @@ public final class LazyPagesClient: @unchecked Sendable {
         if remote != nil, started, readerDone.wait(timeout: .now() + 30) == .success { readerDone.signal() }
         wire.link.close()
     }
+
+    /// The restore failed before the start: also the pages files made as holes go, so the folder is as
+    /// it came (another restore then waits for the page server again instead of reading zeros).
+    public func abandon() {
+        close()
+        Self.removeMadeFiles(madeFiles)
+    }
+
+    static func removeMadeFiles(_ paths: [String]) {
+        for path in paths { try? FileObjects.remove(path, object: "pages file made for the page server's pages") }
+    }
     private var started = false
+    private var madeFiles: [String] = []
 }
 
 /// `cryo lazy-pages`: the destination's daemon between `restore --lazy-pages` and a `dump --lazy-pages`.
