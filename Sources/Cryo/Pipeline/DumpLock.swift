@@ -21,6 +21,8 @@ final class DumpLock {
             try Sockets.bind(fd, to: .unix([0] + Array(name(pid: pid).utf8)), object: "dump lock of pid \(pid)")
         } catch let error as SyscallError where error.errno == .addressInUse {
             try? fd.close()
+            // Two cryos asking for a pid that does not exist: both are told so, not that the other dumps it.
+            guard pid > 0, Files.exists("/proc/\(pid)") else { throw CryoError("pid \(pid): no such process") }
             let comm = (try? ProcStat(pid: pid).comm).map { " (\($0))" } ?? ""
             throw CryoError("pid \(pid)\(comm) is being dumped by another cryo; \(doing) refused until it finishes")
         } catch {
