@@ -237,6 +237,18 @@ static long connect_control(struct cryo_args_header *h) {
     return 0;
 }
 
+static long clone_connected(struct cryo_args_header *h) {
+    struct cryo_clone_connected *c = payload(h);
+    c->result = -9 /* EBADF until cloned */;
+    long r = connect_control(h);
+    if (r < 0) return r;
+    c->clone_args[8] = (uint64_t)&c->set_tid;
+    c->result = sys2(435 /* clone3 */, c->clone_args, sizeof(c->clone_args));
+    /* The child (stopped at birth by its tracer) never runs past here in the parasite. */
+    sys1(NR_close, c->connect.target_fd);
+    return 0;
+}
+
 /* Moves past `done` bytes of v[*i..count). */
 static void consume_iovecs(struct cryo_iovec *v, uint32_t count, uint32_t *i, long done) {
     while (done > 0 && *i < count) {
@@ -908,6 +920,35 @@ __attribute__((noinline, noreturn)) static void hand_back(struct cryo_args_heade
 
 static long run_command(struct cryo_args_header *h);
 
+/* Each command logs into the batch's log, after what the ones before it wrote. */
+static long run_batch(struct cryo_args_header *h) {
+    struct cryo_batch *b = payload(h);
+    char *at = (char *)(b + 1);
+    char *end = (char *)payload(h) + h->payload_size;
+    char *log = (char *)h + h->log_offset;
+    for (uint32_t i = 0; i < b->count; i++) {
+        struct cryo_args_header *sub = (struct cryo_args_header *)at;
+        if (at + sizeof(*sub) > end || sub->payload_size > (uint64_t)(end - at - sizeof(*sub))
+            || sub->command == CRYO_CMD_BATCH || sub->stop_signal)
+            return fail(h, -22 /* EINVAL */, i, 0, 0);
+        sub->magic = CRYO_PARASITE_MAGIC;
+        sub->log_offset = (uint64_t)(log + h->log_length - at);
+        sub->log_capacity = h->log_capacity - h->log_length;
+        run_command(sub);
+        h->log_length += sub->log_length;
+        if (sub->result < 0) {
+            h->command = sub->command;
+            h->result = sub->result;
+            h->fail_step = sub->fail_step;
+            h->fail_syscall = sub->fail_syscall;
+            h->fail_addr = sub->fail_addr;
+            return sub->result;
+        }
+        at += sizeof(*sub) + ((sub->payload_size + 7) & ~7ul);
+    }
+    return 0;
+}
+
 long parasite_main(struct cryo_args_header *h) {
     long r = run_command(h);
     if (h->magic == CRYO_PARASITE_MAGIC && h->stop_signal) hand_back(h);
@@ -942,6 +983,8 @@ static long run_command(struct cryo_args_header *h) {
     case CRYO_CMD_LAZY_UFFD: return lazy_uffd(h);
     case CRYO_CMD_PAGE_SOCKET: return page_socket(h);
     case CRYO_CMD_WRITE_PAGES: return write_pages(h);
+    case CRYO_CMD_BATCH: return run_batch(h);
+    case CRYO_CMD_CLONE_CONNECTED: return clone_connected(h);
     default: return fail(h, -38 /* ENOSYS */, h->command, 0, 0);
     }
 }

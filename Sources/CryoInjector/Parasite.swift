@@ -188,7 +188,9 @@ public final class Parasite {
             for line in String(decoding: text, as: UTF8.self).split(separator: "\n") { log(thread.pid, name, String(line)) }
         }
         if answer.result < 0 {
-            throw InjectionError.parasite(pid: tracee.pid, command: name, result: answer.result, step: answer.fail_step,
+            // A blob that runs several commands in one stop names the one that failed in the header.
+            let failed = answer.command == command ? name : commandName(answer.command)
+            throw InjectionError.parasite(pid: tracee.pid, command: failed, result: answer.result, step: answer.fail_step,
                             syscall: answer.fail_syscall, address: answer.fail_addr)
         }
         return Reply(result: answer.result, payload: Array(reply.dropFirst(Parasite.headerSize)))
@@ -275,9 +277,12 @@ public final class Parasite {
         try tracee.restoreOriginalState()
     }
 
+    /// Where `place` puts its bytes (for bytes that point into themselves).
+    public var placeAddress: UInt64 { argumentArea + UInt64(Parasite.headerSize) }
+
     /// Copies `bytes` into the argument area (for syscalls that take a pointer) and returns their address.
     public func place(_ bytes: [UInt8]) throws -> UInt64 {
-        let address = argumentArea + UInt64(Parasite.headerSize)
+        let address = placeAddress
         guard bytes.count <= argumentAreaSize - Parasite.headerSize else {
             throw InjectionError.protocolMismatch(pid: tracee.pid, detail: "\(bytes.count) bytes do not fit the argument area")
         }

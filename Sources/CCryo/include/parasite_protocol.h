@@ -19,7 +19,7 @@
 #include "injector_protocol.h"
 
 /* cryo's own blob (Parasite/): its protocol version, answered to PING. */
-#define CRYO_PARASITE_PROTOCOL_VERSION 7u
+#define CRYO_PARASITE_PROTOCOL_VERSION 8u
 
 enum cryo_command {
     CRYO_CMD_PING = CRYO_INJECTOR_CMD_PING, /* answers with the protocol version */
@@ -44,6 +44,18 @@ enum cryo_command {
     CRYO_CMD_LAZY_UFFD = 19,   /* in: struct cryo_lazy_uffd + ranges (--lazy-pages) */
     CRYO_CMD_PAGE_SOCKET = 20, /* out: struct cryo_page_socket */
     CRYO_CMD_WRITE_PAGES = 21, /* in: struct cryo_write_pages + struct cryo_iovec[count]; out: struct cryo_write_pages */
+    CRYO_CMD_BATCH = 22,       /* in: struct cryo_batch + commands, each a header and its payload (restore only) */
+    CRYO_CMD_CLONE_CONNECTED = 23, /* in/out: struct cryo_clone_connected */
+};
+
+
+/* Several restore commands in one stop, one after the other; the first that fails
+ * ends the batch, and the batch's header then carries that command's number and
+ * failure. Each command is a struct cryo_args_header (command and payload_size
+ * set) followed by its payload, padded to 8 bytes. No stop_signal: restore only. */
+struct cryo_batch {
+    uint32_t count;
+    uint32_t reserved;
 };
 
 
@@ -102,6 +114,20 @@ struct cryo_connect {
     uint32_t address_length;   /* bytes of sun_path used (abstract: leading NUL) */
     int32_t target_fd;         /* where the control socket must end up */
     char sun_path[108];
+};
+
+/* Restore: the parent clones a child that is born with its control socket
+ * already connected to cryo (at connect.target_fd), which saves the child a
+ * CONNECT stop of its own. The parent connects, moves the socket there,
+ * clones (clone3 with the given struct clone_args, whose set_tid points at
+ * set_tid below) and closes its own copy. What the parent holds at that
+ * number is left over from the controller, never the task's own (cryo keeps
+ * off the number where the parent's own control socket waits). */
+struct cryo_clone_connected {
+    struct cryo_connect connect;
+    uint64_t clone_args[11];   /* struct clone_args (88 bytes) */
+    uint64_t set_tid;
+    int64_t result;            /* out: clone3's return, the child's pid or -errno (connect errors fail the command) */
 };
 
 struct cryo_recv_fds {

@@ -39,6 +39,41 @@ extension Parasite {
                             on thread: Tracee? = nil) throws -> Output {
         try run(command.rawValue, input: input, extra: extra, output: output, on: thread)
     }
+
+    /// Runs restore commands in the leader one after the other in a single stop (BATCH): every
+    /// stop costs the task and cryo a round trip through the scheduler. The commands' kill points
+    /// are passed before and after the batch, so tests stopping at one still find it.
+    func run(batch commands: [ParasiteCommand]) throws {
+        if commands.isEmpty { return }
+        if commands.count == 1 {
+            try run(commands[0].command, payload: commands[0].payload, replyBytes: 0)
+            return
+        }
+        var batch = cryo_batch()
+        batch.count = UInt32(commands.count)
+        var payload = bytes(of: batch)
+        for c in commands {
+            var header = cryo_args_header()
+            header.command = c.command.rawValue
+            header.payload_size = UInt64(c.payload.count)
+            payload += bytes(of: header) + c.payload
+            payload += [UInt8](repeating: 0, count: (8 - c.payload.count % 8) % 8)
+        }
+        // Should the batch not fit the argument area (sized for the largest single command), one by one.
+        if MemoryLayout<cryo_args_header>.size + payload.count + 4096 > argumentAreaSize {
+            for c in commands { try run(c.command, payload: c.payload, replyBytes: 0) }
+            return
+        }
+        for c in commands { killPoint("before \(cryoCommandName(c.command))") }
+        try run(CRYO_CMD_BATCH, payload: payload, replyBytes: 0)
+        for c in commands { killPoint("after \(cryoCommandName(c.command))") }
+    }
+}
+
+/// One command of a batch (`Parasite.run(batch:)`); it has no reply.
+struct ParasiteCommand {
+    let command: cryo_command
+    let payload: [UInt8]
 }
 
 func cryoCommandName(_ command: cryo_command) -> String {
@@ -64,6 +99,7 @@ func cryoCommandName(_ command: cryo_command) -> String {
     case CRYO_CMD_LAZY_UFFD: "LAZY_UFFD"
     case CRYO_CMD_PAGE_SOCKET: "PAGE_SOCKET"
     case CRYO_CMD_WRITE_PAGES: "WRITE_PAGES"
+    case CRYO_CMD_BATCH: "BATCH"
     default: "command \(command.rawValue)"
     }
 }

@@ -460,8 +460,16 @@ public struct Restorer {
                         throw CryoError("pid \(entry.pid): its sibling \(creatorPid) is not restored before it")
                     }
                     try time?.beforeClone(child: entry.pid, parent: creator, parentPid: creatorPid, inject: injectArguments)
-                    tracee = try clone(into: creator.tracee, parasite: creator.parasite, pid: entry.pid, flags: SharedContexts.cloneFlags(entry),
-                                       childrenOf: parent.pid)
+                    // Born with its control socket connected, unless it shares the creator's table (a socket
+                    // placed there would land in the shared table), lives in a pid namespace of its own, or its
+                    // socket's number is where the creator's own still waits for its first send.
+                    let flags = SharedContexts.cloneFlags(entry)
+                    let controlFD = Restorer.controlFD(image.task(entry.pid)!)
+                    let connect = flags & 0x400 /* CLONE_FILES */ == 0 && !options.newPidNamespace
+                        && !(session.hasConnection(for: creatorPid) && Restorer.controlFD(creator.image) == controlFD)
+                        ? (listener: try session.listener(lane: creator.lane), controlFD: controlFD) : nil
+                    tracee = try clone(into: creator.tracee, parasite: creator.parasite, pid: entry.pid, flags: flags,
+                                       childrenOf: parent.pid, connect: connect, session: session)
                     session.noteCreated(tracee.pid)
                     if handedOver {
                         if entry.sid == entry.pid { try inject(tracee, Restorer.syscallSetsid, what: "setsid") }
@@ -547,8 +555,11 @@ public struct Restorer {
     /// Injects clone3 with an exact pid (as the parent's namespace sees it) into
     /// `parent`; the child is traced from birth. Returns it under its pid here.
     /// `childrenOf`: with CLONE_PARENT, the parent of `parentTracee`, whose child the new task becomes.
+    /// `connect`: the parent's parasite clones it (CLONE_CONNECTED) with a control socket to `listener`
+    /// at `controlFD`, whose accepted end the session keeps for the child's first `send`.
     func clone(into parentTracee: Tracee, parasite: Parasite, pid: pid_t, flags: UInt64, childTid: UInt64 = 0,
-               childrenOf: pid_t? = nil) throws -> Tracee {
+               childrenOf: pid_t? = nil, connect: (listener: ControlListener, controlFD: Int32)? = nil,
+               session: RestoreSession? = nil) throws -> Tracee {
         let isThread = flags & 0x10000 != 0
         let host = parentTracee.pid
         let parentPid = flags & 0x8000 /* CLONE_PARENT */ != 0 ? (childrenOf ?? host) : host
@@ -569,14 +580,27 @@ public struct Restorer {
         args[2] = childTid
         args[5] = parasite.scratchStack - 8192 // stack: the thread is stopped before it uses it
         args[6] = 4096
-        let bytes = args.withUnsafeBytes { [UInt8]($0) } + withUnsafeBytes(of: UInt64(UInt32(bitPattern: pid))) { [UInt8]($0) }
-        let address = try parasite.place(bytes)
-        var raw = args
-        raw[8] = address + 88 // set_tid
-        raw[9] = 1            // set_tid_size
-        let final = raw.withUnsafeBytes { [UInt8]($0) } + withUnsafeBytes(of: UInt64(UInt32(bitPattern: pid))) { [UInt8]($0) }
-        _ = try parasite.place(final)
-        let result = try parentTracee.syscall(Restorer.syscallClone3, address, 88)
+        args[9] = 1 // set_tid_size
+        var connection: FileDescriptor?
+        defer { try? connection?.close() }
+        let result: Int64
+        if let connect, let session {
+            var request = cryo_clone_connected()
+            request.connect = Restorer.connectRequest(connect.listener, controlFD: connect.controlFD)
+            args.withUnsafeBytes { source in withUnsafeMutableBytes(of: &request.clone_args) { $0.copyMemory(from: source) } }
+            request.set_tid = UInt64(UInt32(bitPattern: pid))
+            killPoint("injecting clone3")  // the same moment as the injected clone3's
+            result = try parasite.run(CRYO_CMD_CLONE_CONNECTED, input: request, output: cryo_clone_connected.self).result
+            if result > 0 { connection = try connect.listener.accept() }
+            if result == pid, let made = connection {
+                session.keepConnection(made, for: pid)
+                connection = nil
+            }
+        } else {
+            args[8] = parasite.placeAddress + 88 // set_tid, right after the struct
+            let address = try parasite.place(args.withUnsafeBytes { [UInt8]($0) } + withUnsafeBytes(of: UInt64(UInt32(bitPattern: pid))) { [UInt8]($0) })
+            result = try parentTracee.syscall(Restorer.syscallClone3, address, 88)
+        }
         if result < 0 {
             if result == -Int64(EEXIST) { throw pidInUse(pid) }
             throw SyscallError("injected clone3(set_tid=\(pid))", errno: .init(rawValue: Int32(-result)), pid: host)
@@ -652,16 +676,18 @@ public struct Restorer {
                         session: RestoreSession) throws {
         let slots = try openSlots(process, image: image, descriptions: descriptions, sharedMemory: sharedMemory, session: session)
         defer { slots.closeOwned() }
-        try send(slots, to: process, session: session)
+        // The last receive of descriptors runs in one stop with the memory, the state with the descriptors' installing.
+        let receive = try send(slots, to: process, session: session)
         if !process.memoryRestored {
-            try restoreMemory(process, image: image, slots: slots, session: session)
-        } else if let lazy = process.lazyLater {
-            try registerLazy(process, lazy, image: image, slots: slots, session: session)
+            try restoreMemory(process, image: image, slots: slots, session: session, after: receive)
+        } else {
+            try process.parasite.run(batch: receive)
+            if let lazy = process.lazyLater { try registerLazy(process, lazy, image: image, slots: slots, session: session) }
         }
         try restoreProcessAttributes(process)
         try cloneThreads(process)
-        try restoreTaskState(process, slots: slots)
-        try installDescriptors(process, image: image, slots: slots, session: session)
+        let state = try restoreTaskState(process, slots: slots)
+        try installDescriptors(process, image: image, slots: slots, session: session, after: state)
         try restoreCredentials(process)
     }
 
@@ -673,8 +699,8 @@ public struct Restorer {
         let slots = try openSlots(process, image: image, descriptions: descriptions, sharedMemory: sharedMemory, session: session,
                                   memoryOnly: true)
         defer { slots.closeOwned() }
-        try send(slots, to: process, session: session)
-        try restoreMemory(process, image: image, slots: slots, session: session, early: true)
+        let receive = try send(slots, to: process, session: session)
+        try restoreMemory(process, image: image, slots: slots, session: session, early: true, after: receive)
         try inject(process.tracee, 436 /* close_range */, UInt64(slots.controlFD), UInt64(UInt32.max), 0, what: "close_range")
         process.memoryRestored = true
     }
@@ -686,8 +712,7 @@ public struct Restorer {
         let task = process.image
         let pid = process.pid  // as this namespace sees it
         let imagePid = task.core.pid
-        let table = (process.filesOwner ?? task).descriptors.descriptors
-        let slots = TaskSlots(controlFD: Int32(max((table.map(\.fd).max() ?? 2) + 1, 3)))
+        let slots = TaskSlots(controlFD: Restorer.controlFD(process.filesOwner ?? task))
         do {
             slots.pages = try task.pageIndex.fileSizes.indices.map { slots.add(try Files.open(image.paths.pages(imagePid, part: $0), .readOnly)) }
             if !shareMemory && task.pageIndex.compression == nil {
@@ -763,8 +788,9 @@ public struct Restorer {
 
     /// The parasite connects to cryo and receives the slots' descriptors: all of them, or
     /// (when they would not fit under RLIMIT_NOFILE above the task's own descriptors) as many
-    /// as fit; installDescriptors sends the other descriptions in rounds.
-    func send(_ slots: TaskSlots, to process: RestoringProcess, session: RestoreSession) throws {
+    /// as fit; installDescriptors sends the other descriptions in rounds. Returns the last
+    /// RECV_FDS, for the caller to run in the stop of its next command.
+    func send(_ slots: TaskSlots, to process: RestoringProcess, session: RestoreSession) throws -> [ParasiteCommand] {
         var limit = rlimit()
         let soft = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 ? Int(min(limit.rlim_cur, 1 << 30)) : Int.max
         // One number above the slots stays free for the lazy userfaultfd.
@@ -775,22 +801,38 @@ public struct Restorer {
         }
         slots.sent = min(slots.toSend.count, slots.capacity)
         // A shared table holds its owner's descriptors (installed already, or to be): they stay.
-        try send(slots.toSend[0..<slots.sent], firstSlotFD: slots.fd(0), controlFD: slots.controlFD, closeOthers: process.filesOwner == nil,
-                 to: process, session: session)
+        return try send(slots.toSend[0..<slots.sent], firstSlotFD: slots.fd(0), controlFD: slots.controlFD, closeOthers: process.filesOwner == nil,
+                        to: process, session: session)
     }
 
-    func send(_ fds: ArraySlice<FileDescriptor>, firstSlotFD: Int32, controlFD: Int32, closeOthers: Bool,
-              to process: RestoringProcess, session: RestoreSession) throws {
-        let (pid, parasite) = (process.pid, process.parasite)
-        let listener = try session.listener(lane: process.lane)
+    static func connectRequest(_ listener: ControlListener, controlFD: Int32) -> cryo_connect {
         var connect = cryo_connect()
         connect.target_fd = controlFD
         connect.address_length = UInt32(listener.address.count)
         withUnsafeMutableBytes(of: &connect.sun_path) { raw in
             for (i, b) in listener.address.enumerated() { raw[i] = b }
         }
-        _ = try parasite.run(CRYO_CMD_CONNECT, input: connect, output: UInt8.self)
-        let connection = try listener.accept()
+        return connect
+    }
+
+    /// Where a task's control socket goes: above its own descriptors, with the slots above it.
+    static func controlFD(_ task: TaskImage) -> Int32 {
+        Int32(max((task.descriptors.descriptors.map(\.fd).max() ?? 2) + 1, 3))
+    }
+
+    /// Sends `fds` and runs every RECV_FDS but the last, which it returns (none for no descriptors).
+    /// Its messages wait in the socket, closed on cryo's side, until the task reads them.
+    func send(_ fds: ArraySlice<FileDescriptor>, firstSlotFD: Int32, controlFD: Int32, closeOthers: Bool,
+              to process: RestoringProcess, session: RestoreSession) throws -> [ParasiteCommand] {
+        let (pid, parasite) = (process.pid, process.parasite)
+        let connection: FileDescriptor
+        if let kept = session.takeConnection(for: process.image.core.pid) {
+            connection = kept  // connected at its clone, at controlFD (the first send only)
+        } else {
+            let listener = try session.listener(lane: process.lane)
+            _ = try parasite.run(CRYO_CMD_CONNECT, input: Restorer.connectRequest(listener, controlFD: controlFD), output: UInt8.self)
+            connection = try listener.accept()
+        }
         defer { try? connection.close() }
         // Descriptors travel up to 253 a message, and each command takes as many messages as the
         // socket buffer holds (64, as many one-descriptor messages fit) without the parasite
@@ -799,7 +841,9 @@ public struct Restorer {
         var limit = rlimit()
         let inFlight = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 ? Int(min(limit.rlim_cur, 1 << 30)) / 2 : 1024
         let batch = max(perMessage, min(64 * perMessage, inFlight / perMessage * perMessage))
+        var last: [ParasiteCommand] = []
         for start in stride(from: fds.startIndex, to: fds.endIndex, by: batch) {
+            try parasite.run(batch: last)
             let end = min(start + batch, fds.endIndex)
             for first in stride(from: start, to: end, by: perMessage) {
                 try Pidfd.send(fds[first..<min(first + perMessage, end)], over: connection, to: pid)
@@ -809,13 +853,16 @@ public struct Restorer {
             recv.first_slot_fd = firstSlotFD + Int32(start - fds.startIndex)
             recv.count = UInt32(end - start)
             recv.close_others = start == fds.startIndex && closeOthers ? 1 : 0
-            _ = try parasite.run(CRYO_CMD_RECV_FDS, input: recv, output: UInt8.self)
+            last = [ParasiteCommand(command: CRYO_CMD_RECV_FDS, payload: bytes(of: recv))]
         }
+        return last
     }
 
     /// `early`: before the children are cloned (restoreMemoryEarly): the lazy part is registered later,
     /// once they exist, so that no fork meets a registered userfaultfd.
-    func restoreMemory(_ process: RestoringProcess, image: Image, slots: TaskSlots, session: RestoreSession, early: Bool = false) throws {
+    /// `after`: commands to run in the same stop, before RESTORE_MEMORY.
+    func restoreMemory(_ process: RestoringProcess, image: Image, slots: TaskSlots, session: RestoreSession, early: Bool = false,
+                       after pending: [ParasiteCommand] = []) throws {
         let (task, pid, imagePid, parasite) = (process.image, process.pid, process.image.core.pid, process.parasite)
         let current = try readMappings(pid: pid, withFlags: false)
         let parasiteRange = parasite.base..<(parasite.base + parasite.size)
@@ -851,7 +898,7 @@ public struct Restorer {
                 return slots.fd(slots.mappings["\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.path!)"]!)
             },
             oldRseq: try Ptrace.rseqConfiguration(pid), keepInherited: shareMemory, extraRuns: extraRuns)
-        try parasite.run(CRYO_CMD_RESTORE_MEMORY, payload: plan.payload, replyBytes: 0)
+        try parasite.run(batch: pending + [ParasiteCommand(command: CRYO_CMD_RESTORE_MEMORY, payload: plan.payload)])
         for m in task.memory.mappings where m.kind == .aioRing {
             try AioRing.restore(m, events: m.aioEvents!, tracee: process.tracee, parasite: parasite)
         }
@@ -918,7 +965,9 @@ public struct Restorer {
     }
 
     /// Signals, mm fields, cwd, root, exe, every thread's own state and the POSIX timers.
-    func restoreTaskState(_ process: RestoringProcess, slots: TaskSlots) throws {
+    /// A single-threaded process with no timers to set gets its RESTORE_STATE back, to run in
+    /// one stop with its first INSTALL_FDS; otherwise it runs here, and none is returned.
+    func restoreTaskState(_ process: RestoringProcess, slots: TaskSlots) throws -> [ParasiteCommand] {
         let (task, parasite) = (process.image, process.parasite)
         var state = cryo_task_state()
         var extra = cryo_restore_extra()
@@ -929,8 +978,12 @@ public struct Restorer {
         }
         // The leader's RESTORE_THREAD rides along (after the state, as before); the other threads follow.
         extra.leader_follows = 1
-        try parasite.run(CRYO_CMD_RESTORE_STATE, payload: bytes(of: state) + bytes(of: extra) + bytes(of: task.threads[0].parasiteState),
-                         replyBytes: 0)
+        let restoreState = ParasiteCommand(command: CRYO_CMD_RESTORE_STATE,
+                                           payload: bytes(of: state) + bytes(of: extra) + bytes(of: task.threads[0].parasiteState))
+        if process.threads.count == 1 && (task.signals.posixTimers ?? []).isEmpty && !timerSlackNeedsSetting(process) {
+            return [restoreState]
+        }
+        try parasite.run(batch: [restoreState])
         for (thread, record) in zip(process.threads, task.threads).dropFirst() {
             try parasite.run(CRYO_CMD_RESTORE_THREAD, payload: bytes(of: record.parasiteState), replyBytes: 0, on: thread)
         }
@@ -938,10 +991,13 @@ public struct Restorer {
         if let timers = task.signals.posixTimers, !timers.isEmpty {
             try parasite.run(CRYO_CMD_RESTORE_TIMERS, payload: PosixTimer.restorePayload(timers), replyBytes: 0)
         }
+        return []
     }
 
     /// Each descriptor to its number, then what its kind does in the task (epoll targets, locks).
-    func installDescriptors(_ process: RestoringProcess, image: Image, slots: TaskSlots, session: RestoreSession) throws {
+    /// `after`: commands to run in the stop of the first INSTALL_FDS, before it.
+    func installDescriptors(_ process: RestoringProcess, image: Image, slots: TaskSlots, session: RestoreSession,
+                            after pending: [ParasiteCommand] = []) throws {
         let (task, parasite) = (process.image, process.parasite)
         // Rounds of description slots: those sent already, then (more than RLIMIT_NOFILE allows at once)
         // the rest in turn, each received where the round before was, installed, and closed.
@@ -950,9 +1006,10 @@ public struct Restorer {
         for start in stride(from: slots.sent, to: slots.toSend.count, by: room) { rounds.append(start..<min(start + room, slots.toSend.count)) }
         let bySlot = Dictionary(grouping: task.descriptors.descriptors) { slots.descriptions[$0.file]! }
         for (n, round) in rounds.enumerated() {
+            var before = n == 0 ? pending : []
             if n > 0 {
-                try send(slots.toSend[round], firstSlotFD: slots.fd(slots.firstDescription), controlFD: slots.controlFD,
-                         closeOthers: false, to: process, session: session)
+                before = try send(slots.toSend[round], firstSlotFD: slots.fd(slots.firstDescription), controlFD: slots.controlFD,
+                                  closeOthers: false, to: process, session: session)
             }
             let entries = round.flatMap { slot in
                 (bySlot[slot] ?? []).map {
@@ -963,7 +1020,7 @@ public struct Restorer {
             var install = cryo_install_fds()
             install.count = UInt32(entries.count)
             install.close_from = n == rounds.count - 1 ? slots.controlFD : slots.fd(slots.firstDescription)
-            try parasite.run(CRYO_CMD_INSTALL_FDS, payload: bytes(of: install) + bytes(of: entries), replyBytes: 0)
+            try parasite.run(batch: before + [ParasiteCommand(command: CRYO_CMD_INSTALL_FDS, payload: bytes(of: install) + bytes(of: entries))])
         }
 
         try DescriptorKinds.afterInstall(InstalledDescriptors(descriptors: task.descriptors.descriptors, files: image.fileTable.files,
@@ -1164,6 +1221,12 @@ final class RestoreSession: @unchecked Sendable {
         }
     }
 
+    /// Control connections of tasks born connected (CLONE_CONNECTED), by pid in the image, until their first send.
+    private var connections: [Int32: FileDescriptor] = [:]
+    func keepConnection(_ fd: FileDescriptor, for pid: Int32) { lock.withLock { connections[pid] = fd } }
+    func takeConnection(for pid: Int32) -> FileDescriptor? { lock.withLock { connections.removeValue(forKey: pid) } }
+    func hasConnection(for pid: Int32) -> Bool { lock.withLock { connections[pid] != nil } }
+
     /// Removed directories made again for cwds and roots, by "device:inode" at dump.
     private var removedDirectories: [String: FileDescriptor] = [:]
     func removedDirectory(_ key: String, make: () throws -> FileDescriptor) throws -> FileDescriptor {
@@ -1177,6 +1240,7 @@ final class RestoreSession: @unchecked Sendable {
 
     deinit {
         for control in controls.values { control.close() }
+        for fd in connections.values { try? fd.close() }
         for fd in removedDirectories.values { try? fd.close() }
     }
     private var createdPids: [pid_t] = []

@@ -167,13 +167,23 @@ extension Restorer {
     /// and the kernel gives it that once its policy is set).
     func restoreTimerSlack(_ process: RestoringProcess) throws {
         for (thread, record) in zip(process.threads, process.image.threads) {
-            guard let slack = record.timerSlack, slack != 0 else { continue }
-            // Most threads kept the slack every new task starts with: read from outside, no injected call.
-            if let current = try? Files.readString("/proc/\(thread.pid)/timerslack_ns"), UInt64(current.trimmed()) == slack { continue }
+            guard let slack = record.timerSlack, slack != 0, !Restorer.hasTimerSlack(thread.pid, slack) else { continue }
             let result = try thread.syscall(ProcessAttributes.prctl, ProcessAttributes.prSetTimerSlack, slack, 0, 0, 0)
             if result < 0 {
                 throw SyscallError("injected prctl(PR_SET_TIMERSLACK, \(slack)) in thread \(record.tid)", errno: Errno(rawValue: Int32(-result)), pid: thread.pid)
             }
+        }
+    }
+
+    /// Most threads kept the slack every new task starts with: read from outside, no injected call.
+    static func hasTimerSlack(_ tid: pid_t, _ slack: UInt64) -> Bool {
+        (try? Files.readString("/proc/\(tid)/timerslack_ns")).flatMap { UInt64($0.trimmed()) } == slack
+    }
+
+    /// restoreTimerSlack would inject a call (so the state cannot wait for a later stop).
+    func timerSlackNeedsSetting(_ process: RestoringProcess) -> Bool {
+        zip(process.threads, process.image.threads).contains { thread, record in
+            record.timerSlack.map { $0 != 0 && !Restorer.hasTimerSlack(thread.pid, $0) } ?? false
         }
     }
 
