@@ -687,8 +687,33 @@ public struct Restorer {
         try restoreProcessAttributes(process)
         try cloneThreads(process)
         let state = try restoreTaskState(process, slots: slots)
-        try installDescriptors(process, image: image, slots: slots, session: session, after: state)
-        try restoreCredentials(process)
+        // Commonly the credentials ride in that stop too, their limits set from outside before it.
+        if !state.isEmpty && credentialsCanRide(process, image: image, slots: slots) {
+            try restoreLimits(process)
+            try installDescriptors(process, image: image, slots: slots, session: session, after: state,
+                                   then: [ParasiteCommand(command: CRYO_CMD_RESTORE_CREDS, payload: bytes(of: process.image.core.parasiteCredentials))])
+            try restoreCredentials(process, limitsAndLeaderDone: true)
+        } else {
+            try installDescriptors(process, image: image, slots: slots, session: session, after: state)
+            try restoreCredentials(process)
+        }
+    }
+
+    /// Whether RESTORE_CREDS may run in the stop of the state and descriptors (one thread, one round of
+    /// descriptors, nothing for their kinds to do once installed), with the resource limits set before
+    /// them: none that they would meet (descriptors at or above RLIMIT_NOFILE, signals to queue against
+    /// RLIMIT_SIGPENDING, PR_SET_MM_MAP checked against a finite RLIMIT_DATA).
+    func credentialsCanRide(_ process: RestoringProcess, image: Image, slots: TaskSlots) -> Bool {
+        let (task, files) = (process.image, image.fileTable.files)
+        let limits = task.core.resourceLimits
+        func soft(_ resource: Int) -> UInt64? { limits.indices.contains(resource) && limits[resource].count == 2 ? limits[resource][0] : nil }
+        let installed = InstalledDescriptors(descriptors: task.descriptors.descriptors, files: files, finishedOnce: { _ in true })
+        return process.threads.count == 1 && slots.sent == slots.toSend.count
+            && DescriptorKinds.afterInstallBytes(installed) == 0
+            && !task.descriptors.descriptors.contains { files[$0.file].owner != nil || files[$0.file].kind == PidfdState.name }
+            && task.signals.pending.isEmpty && task.threads.allSatisfy { $0.pending.isEmpty }
+            && soft(Int(RLIMIT_DATA.rawValue)).map { $0 == UInt64.max } ?? true
+            && soft(Int(RLIMIT_NOFILE.rawValue)).map { limit in task.descriptors.descriptors.allSatisfy { UInt64($0.fd) < limit } } ?? true
     }
 
     /// A process whose children share its private memory copy-on-write gets its memory now,
@@ -995,9 +1020,9 @@ public struct Restorer {
     }
 
     /// Each descriptor to its number, then what its kind does in the task (epoll targets, locks).
-    /// `after`: commands to run in the stop of the first INSTALL_FDS, before it.
+    /// `after`: commands to run in the stop of the first INSTALL_FDS, before it; `then`: in the stop of the last, after it.
     func installDescriptors(_ process: RestoringProcess, image: Image, slots: TaskSlots, session: RestoreSession,
-                            after pending: [ParasiteCommand] = []) throws {
+                            after pending: [ParasiteCommand] = [], then following: [ParasiteCommand] = []) throws {
         let (task, parasite) = (process.image, process.parasite)
         // Rounds of description slots: those sent already, then (more than RLIMIT_NOFILE allows at once)
         // the rest in turn, each received where the round before was, installed, and closed.
@@ -1020,7 +1045,8 @@ public struct Restorer {
             var install = cryo_install_fds()
             install.count = UInt32(entries.count)
             install.close_from = n == rounds.count - 1 ? slots.controlFD : slots.fd(slots.firstDescription)
-            try parasite.run(batch: before + [ParasiteCommand(command: CRYO_CMD_INSTALL_FDS, payload: bytes(of: install) + bytes(of: entries))])
+            try parasite.run(batch: before + [ParasiteCommand(command: CRYO_CMD_INSTALL_FDS, payload: bytes(of: install) + bytes(of: entries))]
+                             + (n == rounds.count - 1 ? following : []))
         }
 
         try DescriptorKinds.afterInstall(InstalledDescriptors(descriptors: task.descriptors.descriptors, files: image.fileTable.files,
@@ -1029,12 +1055,12 @@ public struct Restorer {
     }
 
     /// Resource limits, then credentials, then seccomp filters, last of all.
-    func restoreCredentials(_ process: RestoringProcess) throws {
-        let (task, pid, parasite) = (process.image, process.pid, process.parasite)
-        try task.core.restoreResourceLimits(pid: pid)
-        try task.core.restoreOOMScoreAdjust(pid: pid)
+    /// `limitsAndLeaderDone`: the limits and a single thread's credentials are in already (credentialsCanRide).
+    func restoreCredentials(_ process: RestoringProcess, limitsAndLeaderDone: Bool = false) throws {
+        let (task, parasite) = (process.image, process.parasite)
+        if !limitsAndLeaderDone { try restoreLimits(process) }
         // Credentials belong to each thread; the leader goes last.
-        for thread in process.threads.reversed() {
+        for thread in process.threads.reversed() where !limitsAndLeaderDone {
             _ = try parasite.run(CRYO_CMD_RESTORE_CREDS, input: task.core.parasiteCredentials, output: UInt8.self, on: thread)
         }
         try restoreParentDeathSignals(process)
@@ -1043,6 +1069,12 @@ public struct Restorer {
         for (thread, state, synced) in task.seccompPlan {
             try parasite.run(CRYO_CMD_RESTORE_SECCOMP, payload: state.parasitePayload(synced: synced), replyBytes: 0, on: process.threads[thread])
         }
+    }
+
+    /// Resource limits and oom_score_adj, from outside, before the credentials (which may take cryo's right to).
+    func restoreLimits(_ process: RestoringProcess) throws {
+        try process.image.core.restoreResourceLimits(pid: process.pid)
+        try process.image.core.restoreOOMScoreAdjust(pid: process.pid)
     }
 
     /// Waits (at most 2 s) until a new task blocks in read() (syscall 0), where it parks.
