@@ -32,7 +32,8 @@ struct PendingPages {
     private(set) var bytes: UInt64 = 0
     /// Number of runs still pending.
     private(set) var count = 0
-    /// Tree nodes visited or rebuilt so far: lets a test bound the work per operation without a clock.
+    /// Tree nodes visited or rebuilt so far, the ones `init` built included: lets a test bound the
+    /// work per operation without a clock (a set made anew counts from its size, never from zero).
     private(set) var steps = 0
 
     var isEmpty: Bool { root < 0 }
@@ -55,7 +56,7 @@ struct PendingPages {
             spine.append(i)
         }
         root = spine.first ?? -1
-        steps = 0
+        steps = ordered.count
     }
 
     /// Every pending run in address order (O(n): for logs and tests).
