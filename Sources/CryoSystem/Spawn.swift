@@ -77,3 +77,28 @@ extension Processes {
         return (exited ? (status >> 8) & 0xff : -1, String(decoding: output, as: UTF8.self))
     }
 }
+
+/// A program that is not installed: posix_spawnp found it nowhere on PATH, or the nsenter that was
+/// to run it could not.
+public struct ProgramNotFound: Error, CustomStringConvertible {
+    public let program: String
+    public var description: String { "\(program) is not installed (not found on PATH)" }
+}
+
+extension Processes {
+    /// Runs a network tool (iptables, nft, ip) to its end in the network namespace at `namespace` (a
+    /// path such as /proc/PID/ns/net, entered with nsenter), or in ours when nil. Throws ProgramNotFound
+    /// when the tool, or nsenter, is not installed.
+    public static func run(_ command: [String], inNetworkNamespace namespace: String?) throws -> (status: Int32, output: String) {
+        let argv = (namespace.map { ["nsenter", "--net=\($0)", "--"] } ?? []) + command
+        let result: (status: Int32, output: String)
+        do {
+            result = try run(argv[0], Array(argv.dropFirst()))
+        } catch let error as SyscallError where error.errno == .noSuchFileOrDirectory {
+            throw ProgramNotFound(program: argv[0])
+        }
+        // 127: nsenter could not find the program to execute (the shell's convention, which it follows).
+        if namespace != nil && result.status == 127 { throw ProgramNotFound(program: command[0]) }
+        return result
+    }
+}

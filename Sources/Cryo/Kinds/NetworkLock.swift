@@ -246,18 +246,13 @@ final class NetworkLock: @unchecked Sendable {
     }
 
     private func run(_ command: [String], object: String) throws {
-        var argv = command
-        if let namespacePid {
-            let path = namespace.map { "/proc/\(getpid())/fd/\($0.rawValue)" } ?? "/proc/\(namespacePid)/ns/net"
-            argv = ["nsenter", "--net=\(path)", "--"] + argv
-        }
-        guard Self.onPath(command[0]) else {
-            throw CryoError("\(object): --network-lock \(saved.mode.rawValue): \(command[0]) is not installed (not found on PATH); "
-                + "install it, or dump with --network-lock \(saved.mode == .iptables ? "nftables" : "iptables") or --network-lock skip")
-        }
+        let namespacePath = namespacePid.map { pid in namespace.map { "/proc/\(getpid())/fd/\($0.rawValue)" } ?? "/proc/\(pid)/ns/net" }
         let result: (status: Int32, output: String)
         do {
-            result = try Processes.run(argv[0], Array(argv.dropFirst()))
+            result = try Processes.run(command, inNetworkNamespace: namespacePath)
+        } catch let missing as ProgramNotFound {
+            throw CryoError("\(object): --network-lock \(saved.mode.rawValue): \(missing); "
+                + "install it, or dump with --network-lock \(saved.mode == .iptables ? "nftables" : "iptables") or --network-lock skip")
         } catch {
             throw CryoError("\(object): --network-lock \(saved.mode.rawValue): cannot run \(command[0]): \(error)")
         }
@@ -266,14 +261,6 @@ final class NetworkLock: @unchecked Sendable {
             throw CryoError("\(object): --network-lock \(saved.mode.rawValue): `\(command.joined(separator: " "))` failed "
                 + "(exit status \(result.status)): \(output)")
         }
-    }
-}
-
-extension NetworkLock {
-    /// An executable `name` in one of PATH's folders.
-    static func onPath(_ name: String) -> Bool {
-        let path = getenv("PATH").map { String(cString: $0) } ?? "/usr/sbin:/usr/bin:/sbin:/bin"
-        return path.split(separator: ":").contains { access("\($0)/\(name)", X_OK) == 0 }
     }
 }
 

@@ -49,10 +49,12 @@ public struct ServiceAddress: Codable, Sendable, Equatable, CustomStringConverti
 enum NetworkTool {
     @discardableResult
     static func run(_ command: [String], inNetworkNamespaceOf pid: pid_t?, object: String) throws -> String {
-        var argv = command
-        if let pid { argv = ["nsenter", "--net=/proc/\(pid)/ns/net", "--"] + argv }
-        guard NetworkLock.onPath(command[0]) else { throw CryoError("\(object): \(command[0]) is not installed (not found on PATH)") }
-        let result = try Processes.run(argv[0], Array(argv.dropFirst()))
+        let result: (status: Int32, output: String)
+        do {
+            result = try Processes.run(command, inNetworkNamespace: pid.map { "/proc/\($0)/ns/net" })
+        } catch let missing as ProgramNotFound {
+            throw CryoError("\(object): \(missing)")
+        }
         guard result.status == 0 else {
             let output = result.output.split(separator: "\n").first.map(String.init) ?? ""
             throw CryoError("\(object): `\(command.joined(separator: " "))` failed (exit status \(result.status)): \(output)")
