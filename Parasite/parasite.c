@@ -920,7 +920,8 @@ __attribute__((noinline, noreturn)) static void hand_back(struct cryo_args_heade
 
 static long run_command(struct cryo_args_header *h);
 
-/* Each command logs into the batch's log, after what the ones before it wrote. */
+/* Each command logs into the batch's log, after what the ones before it wrote, below a line
+ * "@<command number>" so the controller names the command each line comes from. */
 static long run_batch(struct cryo_args_header *h) {
     struct cryo_batch *b = payload(h);
     char *at = (char *)(b + 1);
@@ -932,6 +933,9 @@ static long run_batch(struct cryo_args_header *h) {
             || sub->command == CRYO_CMD_BATCH || sub->stop_signal)
             return fail(h, -22 /* EINVAL */, i, 0, 0);
         sub->magic = CRYO_PARASITE_MAGIC;
+        log_text(h, "@");
+        log_hex(h, sub->command);
+        log_text(h, "\n");
         sub->log_offset = (uint64_t)(log + h->log_length - at);
         sub->log_capacity = h->log_capacity - h->log_length;
         run_command(sub);

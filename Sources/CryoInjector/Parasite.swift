@@ -185,7 +185,15 @@ public final class Parasite {
         let answer = reply.withUnsafeBytes { $0.loadUnaligned(as: cryo_args_header.self) }
         if let log, answer.log_length > 0, answer.log_length <= UInt32(Parasite.logCapacity),
            let text = try? RemoteMemory.read(tracee.pid, at: argumentArea + answer.log_offset, count: Int(answer.log_length)) {
-            for line in String(decoding: text, as: UTF8.self).split(separator: "\n") { log(thread.pid, name, String(line)) }
+            // A batch's commands each start with a line "@0x<command>": their lines carry that name.
+            var current = name
+            for line in String(decoding: text, as: UTF8.self).split(separator: "\n") {
+                if line.hasPrefix("@0x"), let number = UInt32(line.dropFirst(3), radix: 16) {
+                    current = commandName(number)
+                } else {
+                    log(thread.pid, current, String(line))
+                }
+            }
         }
         if answer.result < 0 {
             // A blob that runs several commands in one stop names the one that failed in the header.

@@ -38,7 +38,7 @@ struct cryo_args_header {
     uint64_t fail_syscall; /* syscall number that failed */
     uint64_t fail_addr;    /* address or fd concerned */
     uint64_t payload_size; /* bytes available after this header */
-    uint64_t log_offset;   /* the parasite's log: text lines at header + log_offset */
+    uint64_t log_offset;   /* the parasite's log: text lines at header + log_offset; in a batch, each command's lines follow a line "@0x<command>" */
     uint32_t log_capacity;
     uint32_t log_length;   /* bytes written by this command */
     /* Dump only (stop_signal 0 at restore): how to hand back control. */
