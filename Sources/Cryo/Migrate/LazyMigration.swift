@@ -546,8 +546,9 @@ public enum LazyPagesDaemon {
                 try relay(first: nil, from: toSource, to: fromRestore, outcome: outcome)
                 outcome.end(.source, nil)
             } catch {
-                // Once restore has every page, a late answer to one of its requests may meet its closed end.
-                outcome.end(.source, outcome.loaded ? nil : CryoError("lost the page server \(sourcePeer): \(error)"))
+                // Once restore has every page, a late answer to one of its requests may meet its closed end;
+                // its `loaded` may still wait, unread, in the other relay's socket.
+                outcome.end(.source, outcome.loaded(within: .seconds(5)) ? nil : CryoError("lost the page server \(sourcePeer): \(error)"))
             }
         }
         if let error = outcome.wait() { throw error }
@@ -563,8 +564,19 @@ public enum LazyPagesDaemon {
         private let ended = DispatchSemaphore(value: 0)
         private var results: [(Side, Error?)] = []
         private var sawLoaded = false
+        private let loadedSignal = DispatchSemaphore(value: 0)
         var loaded: Bool { lock.withLock { sawLoaded } }
-        func markLoaded() { lock.withLock { sawLoaded = true } }
+        func markLoaded() {
+            let first = lock.withLock { () -> Bool in defer { sawLoaded = true }; return !sawLoaded }
+            if first { loadedSignal.signal() }
+        }
+        /// Whether restore's `loaded` went by, or does within `wait` (its relay may not have read it yet).
+        func loaded(within wait: DispatchTimeInterval) -> Bool {
+            if loaded { return true }
+            guard loadedSignal.wait(timeout: .now() + wait) == .success else { return false }
+            loadedSignal.signal()
+            return true
+        }
         func end(_ side: Side, _ failure: Error?) {
             lock.withLock { results.append((side, failure)) }
             ended.signal()
@@ -588,8 +600,8 @@ public enum LazyPagesDaemon {
             next = nil
             let data = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
             try from.readData(into: data)
-            try to.send(kind, header, data: length > 0 ? UnsafeRawBufferPointer(data) : nil)
             if kind == .loaded { outcome.markLoaded() }
+            try to.send(kind, header, data: length > 0 ? UnsafeRawBufferPointer(data) : nil)
             if kind == .failed { throw CryoError(header.message ?? "no reason given") }
         }
     }
