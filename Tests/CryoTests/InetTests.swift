@@ -289,13 +289,8 @@ extension EndToEnd.InetTests {
         let lockOption = mode == "default" ? [] : ["--network-lock", mode]
         let scratch = try Scratch("tcp-lock")
         defer { scratch.remove() }
-        let peer = try Fixture("tcpstates", arguments: ["lockpeer"], in: scratch, launcher: enter, logPath: scratch.file("peer.log"))
-        defer { peer.cleanUp() }
-        try peer.waitReady()
-        let port = try #require(peer.tagged("PORT")?.first)
-        let fixture = try Fixture("tcp", arguments: ["peer", port], in: scratch, launcher: enter)
-        defer { fixture.cleanUp() }
-        try fixture.waitReady()
+        let (peer, fixture) = try connectedToLockPeer(in: scratch, launcher: enter)
+        defer { peer.cleanUp(); fixture.cleanUp() }
         let images = scratch.file("img")
         let dump = try cryo(["dump", "--tcp-established"] + lockOption + ["-t", "\(fixture.pid)", "-D", images], in: scratch,
                             reaping: fixture, launcher: enter)
@@ -319,18 +314,29 @@ extension EndToEnd.InetTests {
 }
 
 extension EndToEnd.InetTests {
+    /// A `tcp` fixture connected to a `tcpstates lockpeer` peer, both started with `enter` (a network
+    /// namespace of the test's own, where lock rules are seen and removed).
+    func connectedToLockPeer(in scratch: Scratch, launcher enter: [String]) throws -> (peer: Fixture, fixture: Fixture) {
+        let peer = try Fixture("tcpstates", arguments: ["lockpeer"], in: scratch, launcher: enter, logPath: scratch.file("peer.log"))
+        do {
+            try peer.waitReady()
+            let port = try #require(peer.tagged("PORT")?.first)
+            let fixture = try Fixture("tcp", arguments: ["peer", port], in: scratch, launcher: enter)
+            do { try fixture.waitReady() } catch { fixture.cleanUp(); throw error }
+            return (peer, fixture)
+        } catch {
+            peer.cleanUp()
+            throw error
+        }
+    }
+
     @Test("the default lock's iptables missing: dump --tcp-established refuses in one line naming it, the tree runs on")
     func networkLockToolMissing() throws {
         try inNetworkNamespace("lock-missing") { enter in
             let scratch = try Scratch("tcp-lock-missing")
             defer { scratch.remove() }
-            let peer = try Fixture("tcpstates", arguments: ["lockpeer"], in: scratch, launcher: enter, logPath: scratch.file("peer.log"))
-            defer { peer.cleanUp() }
-            try peer.waitReady()
-            let port = try #require(peer.tagged("PORT")?.first)
-            let fixture = try Fixture("tcp", arguments: ["peer", port], in: scratch, launcher: enter)
-            defer { fixture.cleanUp() }
-            try fixture.waitReady()
+            let (peer, fixture) = try connectedToLockPeer(in: scratch, launcher: enter)
+            defer { peer.cleanUp(); fixture.cleanUp() }
             // iptables lives in /usr/sbin: a PATH without it.
             let images = scratch.file("img")
             let dump = try cryo(["dump", "--tcp-established", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture,
