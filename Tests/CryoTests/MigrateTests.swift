@@ -248,7 +248,7 @@ private func newKey(in scratch: Scratch) throws -> [String] {
 }
 
 /// "restored pid X as pid Y in a new pid namespace ..." → Y; "restored pid X ..." → X.
-private func restoredPid(_ output: String) -> pid_t? {
+func restoredPid(_ output: String) -> pid_t? {
     for line in output.split(separator: "\n") where line.hasPrefix("restored pid ") {
         let words = line.split(separator: " ")
         if let at = words.firstIndex(of: "as"), at + 2 < words.count { return pid_t(words[at + 2]) }

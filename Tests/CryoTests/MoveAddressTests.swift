@@ -30,7 +30,7 @@ extension EndToEnd.MigrateTests {
         try #require(server.reapOriginal(timeout: 20) != nil, "pid \(server.pid) still runs on the source after the migration")
         let received = receive.wait(timeout: 60)
         try #require(received.succeeded, "\(received)")
-        let restored = try #require(restoredPid(in: received.stdout), "no restored pid in\n\(received)")
+        let restored = try #require(restoredPid(received.stdout), "no restored pid in\n\(received)")
         defer { if ProcStatus(pid: restored)?.name == "echomove" { kill(restored, SIGKILL) } }
         // The address is on B alone; no lock rule is left on either host.
         #expect(!net.addresses(net.a).contains(net.serviceAddress + "/24"), "A still holds the address: \(net.addresses(net.a))")
@@ -115,15 +115,6 @@ extension EndToEnd.MigrateTests {
         #expect(server.reapOriginal(timeout: 30) == .exited(0), "\(server.report)")
         expectPass(server)
     }
-}
-
-private func restoredPid(in output: String) -> pid_t? {
-    for line in output.split(separator: "\n") where line.hasPrefix("restored pid ") {
-        let words = line.split(separator: " ")
-        if let at = words.firstIndex(of: "as"), at + 2 < words.count { return pid_t(words[at + 2]) }
-        return pid_t(words[2])
-    }
-    return nil
 }
 
 private extension Fixture {
