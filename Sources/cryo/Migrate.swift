@@ -23,7 +23,7 @@ struct MigrateCommand: ParsableCommand {
             help: "iptables (the default with --tcp-established), nftables or skip: the firewall rules that keep the moved connections quiet from the freeze until the destination runs the tree.")
     var networkLock: NetworkLock?
     @Option(name: .customLong("move-address"),
-            help: "The service address (IPv4) the moved connections use: taken off the tree's network namespace once it is frozen and added at the destination (its --address-interface); back here if the migration fails.")
+            help: "The service address (IPv4 or IPv6) the moved connections use: taken off the tree's network namespace once it is frozen and added at the destination (its --address-interface), announced by gratuitous ARP or an unsolicited neighbour advertisement; back here if the migration fails.")
     var moveAddress: String?
     @Option(name: .customLong("max-rounds"), help: "Most pre-copy rounds while the tree runs (default 10).")
     var maxRounds = 10

@@ -126,11 +126,16 @@ struct InetUnitTests {
 
 @Suite("moved service address")
 struct MovedAddressUnitTests {
-    @Test("migrate --move-address: ADDR or ADDR/PREFIX (IPv4); IPv6, junk and bad prefixes refused naming it")
+    @Test("migrate --move-address: ADDR or ADDR/PREFIX, IPv4 or IPv6 in ip's spelling; junk and bad prefixes refused naming it")
     func parse() throws {
         #expect(try ServiceAddress.parse("10.0.0.5") == ServiceAddress(address: "10.0.0.5", prefixLength: 32))
         #expect(try ServiceAddress.parse("10.0.0.5/24").description == "10.0.0.5/24")
-        for (text, words) in [("fd00::5", "IPv6"), ("10.0.0", "not an IPv4"), ("10.0.0.5/33", "prefix"), ("10.0.0.5/x", "prefix")] {
+        #expect(try ServiceAddress.parse("fd00:0:0::0005") == ServiceAddress(address: "fd00::5", prefixLength: 128))
+        #expect(try ServiceAddress.parse("FD00::5/64").description == "fd00::5/64")
+        #expect(try ServiceAddress.parse("fd00::5/64").addCommand(device: "eth0") == ["ip", "addr", "add", "fd00::5/64", "dev", "eth0", "nodad"])
+        #expect(try ServiceAddress.parse("10.0.0.5/24").addCommand(device: "eth0") == ["ip", "addr", "add", "10.0.0.5/24", "dev", "eth0"])
+        for (text, words) in [("10.0.0", "not an IPv4"), ("10.0.0.5/33", "prefix"), ("10.0.0.5/x", "prefix"), ("fd00::5/129", "prefix"),
+                              ("fd00::5::6", "IPv6")] {
             #expect(throws: (any Error).self) { try ServiceAddress.parse(text) }
             do { _ = try ServiceAddress.parse(text) } catch { #expect("\(error)".contains(text) && "\(error)".contains(words), "\(error)") }
         }
@@ -141,5 +146,16 @@ struct MovedAddressUnitTests {
         let mac: [UInt8] = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55]
         let frame = NeighbourAnnouncement.gratuitousARP(address: [10, 0, 0, 5], hardware: mac)
         #expect(frame == [0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01] + mac + [10, 0, 0, 5] + [0, 0, 0, 0, 0, 0] + [10, 0, 0, 5])
+    }
+
+    @Test("unsolicited neighbour advertisement: type 136, override flag alone, the target and its link-layer address option")
+    func neighbourAdvertisement() throws {
+        let mac: [UInt8] = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55]
+        let target = try ServiceAddress.parse("fd00::5").bytes
+        let message = NeighbourAnnouncement.unsolicitedAdvertisement(address: target, hardware: mac)
+        #expect(message.count == 32)
+        #expect(message[0..<8] == [136, 0, 0, 0, 0x20, 0, 0, 0])
+        #expect(Array(message[8..<24]) == [0xfd, 0] + [UInt8](repeating: 0, count: 13) + [5])
+        #expect(Array(message[24...]) == [2, 1] + mac)
     }
 }

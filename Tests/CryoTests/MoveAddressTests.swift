@@ -13,10 +13,19 @@ import Testing
 extension EndToEnd.MigrateTests {
     @Test("--move-address: the service's address and connection move; the client sees no reset, every byte echoed")
     func moveAddress() throws {
-        _ = try requireTestProgram("/usr/sbin/iptables", package: "iptables")
-        let scratch = try Scratch("migrate-move-address")
+        try moveService(ipv6: false)
+    }
+
+    @Test("--move-address of an IPv6 address: announced by an unsolicited neighbour advertisement; no reset, every byte echoed")
+    func moveIPv6Address() throws {
+        try moveService(ipv6: true)
+    }
+
+    private func moveService(ipv6: Bool) throws {
+        _ = try requireTestProgram(ipv6 ? "/usr/sbin/ip6tables" : "/usr/sbin/iptables", package: "iptables")
+        let scratch = try Scratch(ipv6 ? "migrate-move-address6" : "migrate-move-address")
         defer { scratch.remove() }
-        let net = try NetTriple()
+        let net = try NetTriple(ipv6: ipv6)
         defer { net.remove() }
         let (server, client) = try net.startService(in: scratch)
         defer { server.cleanUp(); client.cleanUp() }
@@ -33,8 +42,8 @@ extension EndToEnd.MigrateTests {
         let restored = try #require(restoredPid(received.stdout), "no restored pid in\n\(received)")
         defer { if ProcStatus(pid: restored)?.name == "echomove" { kill(restored, SIGKILL) } }
         // The address is on B alone; no lock rule is left on either host.
-        #expect(!net.addresses(net.a).contains(net.serviceAddress + "/24"), "A still holds the address: \(net.addresses(net.a))")
-        #expect(net.addresses(net.b).contains(net.serviceAddress + "/24"), "B lacks the address: \(net.addresses(net.b))")
+        #expect(!net.addresses(net.a).contains(net.serviceCIDR), "A still holds the address: \(net.addresses(net.a))")
+        #expect(net.addresses(net.b).contains(net.serviceCIDR), "B lacks the address: \(net.addresses(net.b))")
         for ns in [net.a, net.b] { #expect(!net.rules(ns).contains("cryo-lock-"), "rules left in \(ns):\n\(net.rules(ns))") }
         // Echoes go on, now from B.
         let after = client.bytesChecked
@@ -42,7 +51,7 @@ extension EndToEnd.MigrateTests {
                 "the client's echoes stopped after the move at \(after) bytes\n\(client.report)")
         let (bytes, gap) = try net.stopClient(client)
         let downtime = result.stdout.split(separator: "\n").first { $0.contains("downtime:") }.map(String.init) ?? "?"
-        print("move-address: the client checked \(bytes) bytes; longest gap between echoes \(String(format: "%.3f", gap)) s; migrate \(downtime)")
+        print("move-address\(ipv6 ? " (IPv6)" : ""): the client checked \(bytes) bytes; longest gap between echoes \(String(format: "%.3f", gap)) s; migrate \(downtime)")
         // Announced: the client's packets went to B at once, not after its neighbour entry went stale (15-45 s).
         #expect(gap < 10, "the client waited \(gap) s for an echo: was the address announced?\n\(client.report)")
         kill(restored, SIGTERM)
@@ -72,8 +81,8 @@ extension EndToEnd.MigrateTests {
         #expect(received.failed && received.stderr.contains("in use"), "the destination should fail for the pids in use\n\(received)")
         #expect(result.failed && result.stderrLines.count == 1 && result.stderr.contains("destination"), "\(result)")
         // The address is back on A (and gone from B), no rule is left, and the service runs on there.
-        #expect(net.addresses(net.a).contains(net.serviceAddress + "/24"), "the address did not come back to A: \(net.addresses(net.a))")
-        #expect(!net.addresses(net.b).contains(net.serviceAddress + "/24"), "B kept the address: \(net.addresses(net.b))")
+        #expect(net.addresses(net.a).contains(net.serviceCIDR), "the address did not come back to A: \(net.addresses(net.a))")
+        #expect(!net.addresses(net.b).contains(net.serviceCIDR), "B kept the address: \(net.addresses(net.b))")
         for ns in [net.a, net.b] { #expect(!net.rules(ns).contains("cryo-lock-"), "rules left in \(ns):\n\(net.rules(ns))") }
         try #require(server.pollOriginal() == nil, "the service is gone from A\n\(server.report)")
         #expect(waitUntil(timeout: 10) { ProcStatus(pid: server.pid).map { $0.isRunning && $0.tracerPid == 0 } ?? false },
@@ -107,7 +116,7 @@ extension EndToEnd.MigrateTests {
         expectOneLine(result, naming: ["refused", net.serviceAddress, "--address-interface"])
         let received = receive.wait(timeout: 30)
         #expect(received.failed && received.stderrLines.count == 1 && received.stderr.contains("--address-interface"), "\(received)")
-        #expect(net.addresses(net.a).contains(net.serviceAddress + "/24"), "the address left A: \(net.addresses(net.a))")
+        #expect(net.addresses(net.a).contains(net.serviceCIDR), "the address left A: \(net.addresses(net.a))")
         let after = client.bytesChecked
         #expect(waitUntil(timeout: 60) { client.bytesChecked >= after + 8192 || client.pollOriginal() != nil }, "\(client.report)")
         _ = try net.stopClient(client)
@@ -125,14 +134,21 @@ private extension Fixture {
 }
 
 /// Three network namespaces: A and B each joined by a veth pair to a bridge in C.
-/// The service address starts on A's link.
+/// The service address starts on A's link; with `ipv6` it is an IPv6 one (the
+/// migration itself still goes over IPv4).
 private final class NetTriple {
     nonisolated(unsafe) static var counter = 0  // the suite runs serialized
     let a: String, b: String, c: String, vethA: String, vethB: String
-    let addressA = "10.78.0.1", addressB = "10.78.0.2", addressC = "10.78.0.3", serviceAddress = "10.78.0.10"
+    let addressA = "10.78.0.1", addressB = "10.78.0.2", addressC = "10.78.0.3"
+    let ipv6: Bool
     let migrationPort = 7470, servicePort = 7471
+    var serviceAddress: String { ipv6 ? "fd78::10" : "10.78.0.10" }
+    var serviceCIDR: String { serviceAddress + (ipv6 ? "/64" : "/24") }
+    /// The bridge's own hardware address, fixed so that B can know it in advance.
+    let bridgeHardware = "02:78:00:00:00:03"
 
-    init() throws {
+    init(ipv6: Bool = false) throws {
+        self.ipv6 = ipv6
         NetTriple.counter += 1
         let tag = "\(getpid() % 100_000)x\(NetTriple.counter)"
         a = "cryo-tA-\(tag)"
@@ -145,8 +161,9 @@ private final class NetTriple {
                 try ip(["netns", "add", ns])
                 try ip(["-n", ns, "link", "set", "lo", "up"])
             }
-            try ip(["-n", c, "link", "add", "br0", "type", "bridge"])
+            try ip(["-n", c, "link", "add", "br0", "address", bridgeHardware, "type", "bridge"])
             try ip(["-n", c, "addr", "add", "\(addressC)/24", "dev", "br0"])
+            if ipv6 { try ip(["-n", c, "addr", "add", "fd78::3/64", "dev", "br0", "nodad"]) }
             try ip(["-n", c, "link", "set", "br0", "up"])
             for (ns, dev, address) in [(a, vethA, addressA), (b, vethB, addressB)] {
                 try ip(["link", "add", dev, "type", "veth", "peer", "name", dev + "c"])
@@ -155,9 +172,15 @@ private final class NetTriple {
                 try ip(["-n", c, "link", "set", dev + "c", "master", "br0"])
                 try ip(["-n", c, "link", "set", dev + "c", "up"])
                 try ip(["-n", ns, "addr", "add", "\(address)/24", "dev", dev])
+                if ipv6 { try ip(["-n", ns, "addr", "add", "fd78::\(ns == a ? 1 : 2)/64", "dev", dev, "nodad"]) }
                 try ip(["-n", ns, "link", "set", dev, "up"])
             }
-            try ip(["-n", a, "addr", "add", "\(serviceAddress)/24", "dev", vethA])
+            try ip(["-n", a, "addr", "add", serviceCIDR, "dev", vethA] + (ipv6 ? ["nodad"] : []))
+            if ipv6 {
+                // B's own neighbour solicitation for the client would carry its hardware address and update
+                // the client's entry anyway; B knows the client in advance, so only cryo's advertisement tells.
+                try ip(["-n", b, "neigh", "replace", "fd78::3", "lladdr", bridgeHardware, "dev", vethB, "nud", "permanent"])
+            }
             // The hosts' own ARP requests name their primary address, never the service address: only
             // cryo's announcement tells the client where the service address went.
             for ns in [a, b] {
@@ -178,7 +201,7 @@ private final class NetTriple {
 
     /// The echo service on A and its client on C, echoes flowing.
     func startService(in scratch: Scratch) throws -> (server: Fixture, client: Fixture) {
-        let server = try Fixture("echomove", arguments: ["server", "\(servicePort)"], in: scratch, launcher: enter(a),
+        let server = try Fixture("echomove", arguments: ["server", "\(servicePort)"] + (ipv6 ? ["6"] : []), in: scratch, launcher: enter(a),
                                  logPath: scratch.file("server.log"))
         do {
             try server.waitReady()
@@ -222,21 +245,23 @@ private final class NetTriple {
         return process
     }
 
-    /// "ADDR/PREFIX" of every IPv4 address in `ns`.
+    /// "ADDR/PREFIX" of every address in `ns`.
     func addresses(_ ns: String) -> [String] {
-        run(["-n", ns, "-o", "-4", "addr", "show"]).split(separator: "\n").compactMap { line in
+        run(["-n", ns, "-o", "addr", "show"]).split(separator: "\n").compactMap { line in
             let fields = line.split(separator: " ")
             return fields.count > 3 ? String(fields[3]) : nil
         }
     }
 
-    /// iptables -S in `ns`.
+    /// iptables -S (and ip6tables -S for an IPv6 service) in `ns`.
     func rules(_ ns: String) -> String {
         let log = "/tmp/cryo-nettriple-rules-\(getpid()).log"
         defer { unlink(log) }
-        guard let pid = try? spawnProcess("/usr/bin/nsenter", ["--net=/run/netns/\(ns)", "/usr/sbin/iptables", "-S"], stdoutPath: log) else { return "" }
-        _ = reap(pid, timeout: 20)
-        return readText(log)
+        return (ipv6 ? ["/usr/sbin/iptables", "/usr/sbin/ip6tables"] : ["/usr/sbin/iptables"]).map { tool in
+            guard let pid = try? spawnProcess("/usr/bin/nsenter", ["--net=/run/netns/\(ns)", tool, "-S"], stdoutPath: log) else { return "" }
+            _ = reap(pid, timeout: 20)
+            return readText(log)
+        }.joined()
     }
 
     func remove() {

@@ -2,12 +2,12 @@
  * An echo service whose connection moves to another host with its address
  * (cryo migrate --tcp-established --move-address), and its client.
  *
- *   server PORT          listens on every address, prints READY, serves one
+ *   server PORT [6]      listens on every address (IPv6 ones with 6), prints READY, serves one
  *                        client: every byte must follow the pattern, and goes
  *                        back. After SIGTERM: PASS if no byte was wrong, the
  *                        connection was never reset and every byte received
  *                        was echoed ("ECHOED n" before).
- *   client ADDR PORT     connects, prints READY, then until SIGTERM sends
+ *   client ADDR PORT     connects (to an IPv4 or IPv6 ADDR), prints READY, then until SIGTERM sends
  *                        256 pattern bytes, waits for them to come back and
  *                        checks each (every 10 ms), printing "BYTES n" about
  *                        every 0.2 s. After SIGTERM (the echo in flight
@@ -49,11 +49,13 @@ static int send_all(int fd, const unsigned char *p, size_t n) {
     return 0;
 }
 
-static int server(int port) {
+static int server(int port, int v6) {
     int one = 1;
     struct sockaddr_in any = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_ANY) };
-    int l = socket(AF_INET, SOCK_STREAM, 0);
-    if (l < 0 || setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 || bind(l, (struct sockaddr *)&any, sizeof(any)) != 0
+    struct sockaddr_in6 any6 = { .sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port), .sin6_addr = IN6ADDR_ANY_INIT };
+    int l = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+    if (l < 0 || setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0
+        || (v6 ? bind(l, (struct sockaddr *)&any6, sizeof(any6)) : bind(l, (struct sockaddr *)&any, sizeof(any))) != 0
         || listen(l, 1) != 0)
         die("listener");
     printf("READY\n");
@@ -95,9 +97,12 @@ static int server(int port) {
 
 static int client(const char *address, int port) {
     struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    if (inet_pton(AF_INET, address, &to.sin_addr) != 1) die("address");
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&to, sizeof(to)) != 0) die("connect");
+    struct sockaddr_in6 to6 = { .sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port) };
+    int v6 = strchr(address, ':') != NULL;
+    if (v6 ? inet_pton(AF_INET6, address, &to6.sin6_addr) != 1 : inet_pton(AF_INET, address, &to.sin_addr) != 1) die("address");
+    int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+    if (fd < 0 || (v6 ? connect(fd, (struct sockaddr *)&to6, sizeof(to6)) : connect(fd, (struct sockaddr *)&to, sizeof(to))) != 0)
+        die("connect");
     printf("READY\n");
     fflush(stdout);
     unsigned long long sent = 0, checked = 0;
@@ -151,7 +156,7 @@ int main(int argc, char **argv) {
     struct sigaction sa = { .sa_handler = on_term };  /* no SA_RESTART: poll and sleeps return */
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
-    if (argc == 3 && strcmp(argv[1], "server") == 0) return server(atoi(argv[2]));
+    if ((argc == 3 || argc == 4) && strcmp(argv[1], "server") == 0) return server(atoi(argv[2]), argc == 4 && strcmp(argv[3], "6") == 0);
     if (argc == 4 && strcmp(argv[1], "client") == 0) return client(argv[2], atoi(argv[3]));
     fprintf(stderr, "usage: echomove server PORT | client ADDR PORT\n");
     return 2;

@@ -13,36 +13,47 @@ import SystemPackage
 // fails, the destination takes the address off again and the source puts it
 // back (and announces it again) before its tree carries on.
 
-/// An IPv4 address with its prefix length, as `ip addr` takes it ("10.0.0.5/24").
+/// An IPv4 or IPv6 address with its prefix length, as `ip addr` takes it ("10.0.0.5/24", "fd00::5/64").
 public struct ServiceAddress: Codable, Sendable, Equatable, CustomStringConvertible {
+    /// In the form `ip` prints it (inet_ntop's), so it compares equal to `ip addr show`'s text.
     public var address: String
     public var prefixLength: Int
     public var description: String { "\(address)/\(prefixLength)" }
+    public var isIPv6: Bool { address.contains(":") }
 
-    /// "ADDR" or "ADDR/PREFIX" (IPv4).
+    /// "ADDR" or "ADDR/PREFIX"; without a prefix, the host's own (32 or 128).
     public static func parse(_ text: String) throws -> ServiceAddress {
         let parts = text.split(separator: "/", maxSplits: 1).map(String.init)
-        var v4 = in_addr()
-        guard let first = parts.first, inet_pton(AF_INET, first, &v4) == 1 else {
-            if let first = parts.first, first.contains(":") {
-                throw CryoError("\(text): moving an IPv6 address is not supported (no unsolicited neighbour advertisement yet)")
-            }
-            throw CryoError("\(text): not an IPv4 address")
-        }
-        var prefix = 32
+        guard let first = parts.first, let bytes = addressBytes(first) else { throw CryoError("\(text): not an IPv4 or IPv6 address") }
+        let longest = bytes.count * 8
+        var prefix = longest
         if parts.count == 2 {
-            guard let given = Int(parts[1]), (1...32).contains(given) else { throw CryoError("\(text): bad prefix length") }
+            guard let given = Int(parts[1]), (1...longest).contains(given) else { throw CryoError("\(text): bad prefix length") }
             prefix = given
         }
-        return ServiceAddress(address: first, prefixLength: prefix)
+        return ServiceAddress(address: canonicalText(bytes), prefixLength: prefix)
     }
 
-    /// The address's 4 bytes.
-    var bytes: [UInt8] {
+    /// The address's 4 or 16 bytes.
+    var bytes: [UInt8] { Self.addressBytes(address) ?? [] }
+
+    static func addressBytes(_ text: String) -> [UInt8]? {
         var v4 = in_addr()
-        _ = inet_pton(AF_INET, address, &v4)
-        return withUnsafeBytes(of: v4) { Array($0) }
+        if inet_pton(AF_INET, text, &v4) == 1 { return withUnsafeBytes(of: v4) { Array($0) } }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, text, &v6) == 1 { return withUnsafeBytes(of: v6) { Array($0) } }
+        return nil
     }
+
+    static func canonicalText(_ bytes: [UInt8]) -> String {
+        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        _ = bytes.withUnsafeBytes { inet_ntop(bytes.count == 4 ? AF_INET : AF_INET6, $0.baseAddress, &text, socklen_t(text.count)) }
+        return String(cString: text)
+    }
+
+    /// `ip addr add` arguments. An IPv6 address skips duplicate address detection: it only just left
+    /// the other host, and a tentative address (for a second or more) could not carry the connections.
+    func addCommand(device: String) -> [String] { ["ip", "addr", "add", description, "dev", device] + (isIPv6 ? ["nodad"] : []) }
 }
 
 /// Runs `ip` (or another network tool) in a task's network namespace, or in cryo's.
@@ -62,13 +73,14 @@ enum NetworkTool {
         return result.output
     }
 
-    /// The interface that holds `address` and its prefix length there, or nil (`ip -o -4 addr show`).
+    /// The interface that holds `address` (in inet_ntop's form) and its prefix length there, or nil (`ip -o addr show`).
     static func holder(of address: String, inNetworkNamespaceOf pid: pid_t?, object: String) throws -> (device: String, prefixLength: Int)? {
-        let output = try run(["ip", "-o", "-4", "addr", "show"], inNetworkNamespaceOf: pid, object: object)
+        let output = try run(["ip", "-o", "addr", "show"], inNetworkNamespaceOf: pid, object: object)
         for line in output.split(separator: "\n") {
             // "3: eth0    inet 10.0.0.5/24 brd 10.0.0.255 scope global secondary eth0\       valid_lft ..."
+            // "3: eth0    inet6 fd00::5/64 scope global \       valid_lft ..."
             let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            guard fields.count >= 4, fields[2] == "inet" else { continue }
+            guard fields.count >= 4, fields[2] == "inet" || fields[2] == "inet6" else { continue }
             let cidr = fields[3].split(separator: "/")
             guard cidr.count == 2, cidr[0] == address, let prefix = Int(cidr[1]) else { continue }
             return (String(fields[1].split(separator: "@").first ?? fields[1]), prefix)
@@ -77,9 +89,10 @@ enum NetworkTool {
     }
 }
 
-/// Gratuitous ARP: an ARP request for the address from the address, broadcast on the interface.
-/// A peer that knows the address updates its neighbour entry to our hardware address (the kernel
-/// overrides its lock time for these), so its next packet comes here, not to the old host.
+/// Tells the link's peers that the address now lives at this host's hardware address, so their next
+/// packet comes here, not to the old host. IPv4: gratuitous ARP, an ARP request for the address from
+/// the address, broadcast (the kernel overrides a neighbour entry's lock time for these). IPv6: an
+/// unsolicited neighbour advertisement with the override flag to all nodes (RFC 4861, 7.2.6).
 public enum NeighbourAnnouncement {
     /// The ARP payload (after the Ethernet header, which the packet socket adds).
     static func gratuitousARP(address: [UInt8], hardware: [UInt8]) -> [UInt8] {
@@ -87,6 +100,15 @@ public enum NeighbourAnnouncement {
         frame += hardware + address       // sender: us
         frame += [0, 0, 0, 0, 0, 0] + address  // target: the same address (gratuitous)
         return frame
+    }
+
+    /// The ICMPv6 message (the kernel fills in the checksum on a raw ICMPv6 socket): type 136, code 0,
+    /// flags override only (not solicited, not a router), the target, and its link-layer address option.
+    static func unsolicitedAdvertisement(address: [UInt8], hardware: [UInt8]) -> [UInt8] {
+        var message: [UInt8] = [136, 0, 0, 0, 0x20, 0, 0, 0]
+        message += address
+        message += [2, 1] + hardware      // option 2: target link-layer address, 8 bytes long
+        return message
     }
 
     /// Sends it on `device` in the network namespace of `pid` (cryo's own when nil); a thread of its own joins that namespace.
@@ -98,10 +120,21 @@ public enum NeighbourAnnouncement {
                 defer { try? namespace.close() }
                 try Processes.joinNamespace(namespace, type: 0x4000_0000 /* CLONE_NEWNET */, name: "setns(CLONE_NEWNET)", object: object)
             }
-            let ethernetARP: UInt16 = 0x0806
-            let fd = try Sockets.make(family: AF_PACKET, type: Int32(SOCK_DGRAM.rawValue), protocol: Int32(ethernetARP.bigEndian), object: object)
-            defer { try? fd.close() }
             guard let index = Sockets.interfaceIndex(device) else { throw CryoError("\(object): there is no interface \(device)") }
+            let (fd, frame, to) = address.isIPv6
+                ? try advertisementSocket(address, interface: index, device: device, object: object)
+                : try arpSocket(address, interface: index, device: device, object: object)
+            defer { try? fd.close() }
+            // Twice: one lost frame must not leave a peer sending to the old host.
+            for _ in 0..<2 { _ = try frame.withUnsafeBytes { try Sockets.send(fd, $0, to: to, object: object) } }
+        }
+    }
+
+    private static func arpSocket(_ address: ServiceAddress, interface index: Int32, device: String,
+                                  object: String) throws -> (FileDescriptor, [UInt8], SocketAddress) {
+        let ethernetARP: UInt16 = 0x0806
+        let fd = try Sockets.make(family: AF_PACKET, type: Int32(SOCK_DGRAM.rawValue), protocol: Int32(ethernetARP.bigEndian), object: object)
+        do {
             let hardware = try Sockets.hardwareAddress(fd, interface: device, object: object)
             var target = sockaddr_ll()
             target.sll_family = UInt16(AF_PACKET)
@@ -109,10 +142,28 @@ public enum NeighbourAnnouncement {
             target.sll_ifindex = index
             target.sll_halen = 6
             withUnsafeMutableBytes(of: &target.sll_addr) { for i in 0..<6 { $0[i] = 0xff } }
-            let frame = gratuitousARP(address: address.bytes, hardware: hardware)
-            let to = SocketAddress(bytes: withUnsafeBytes(of: target) { Array($0) })
-            // Twice: one lost frame must not leave a peer sending to the old host.
-            for _ in 0..<2 { _ = try frame.withUnsafeBytes { try Sockets.send(fd, $0, to: to, object: object) } }
+            return (fd, gratuitousARP(address: address.bytes, hardware: hardware), SocketAddress(bytes: withUnsafeBytes(of: target) { Array($0) }))
+        } catch {
+            try? fd.close()
+            throw error
+        }
+    }
+
+    private static func advertisementSocket(_ address: ServiceAddress, interface index: Int32, device: String,
+                                            object: String) throws -> (FileDescriptor, [UInt8], SocketAddress) {
+        let fd = try Sockets.make(family: AF_INET6, type: Int32(SOCK_RAW.rawValue), protocol: Int32(IPPROTO_ICMPV6), object: object)
+        do {
+            let hardware = try Sockets.hardwareAddress(fd, interface: device, object: object)
+            // Receivers drop neighbour discovery that crossed a router: the hop limit must be 255.
+            try Sockets.setOption(fd, Int32(IPPROTO_IPV6), IPV6_MULTICAST_HOPS, Int32(255), name: "IPV6_MULTICAST_HOPS", object: object)
+            try Sockets.setOption(fd, Int32(IPPROTO_IPV6), IPV6_MULTICAST_IF, index, name: "IPV6_MULTICAST_IF", object: object)
+            // From the moved address itself (added without DAD, so usable at once), not a link-local one that may still be tentative.
+            try Sockets.bind(fd, to: .inet(address: address.bytes, port: 0, scope: UInt32(index)), object: object)
+            let allNodes: [UInt8] = [0xff, 0x02] + [UInt8](repeating: 0, count: 13) + [1]
+            return (fd, unsolicitedAdvertisement(address: address.bytes, hardware: hardware), .inet(address: allNodes, port: 0, scope: UInt32(index)))
+        } catch {
+            try? fd.close()
+            throw error
         }
     }
 }
@@ -149,7 +200,7 @@ final class SourceAddress: @unchecked Sendable {
     /// The migration failed: the address comes back, announced (the destination may have announced it already).
     func putBack() throws {
         guard removed else { return }
-        try NetworkTool.run(["ip", "addr", "add", "\(address)", "dev", device], inNetworkNamespaceOf: pid,
+        try NetworkTool.run(address.addCommand(device: device), inNetworkNamespaceOf: pid,
                             object: "putting \(address) back on \(device) of pid \(pid)'s network namespace")
         removed = false
         try NeighbourAnnouncement.announce(address, on: device, inNetworkNamespaceOf: pid)
@@ -177,7 +228,7 @@ final class DestinationAddress {
 
     /// Before the sockets are rebuilt (the lock is in place): the address, announced.
     func add() throws {
-        try NetworkTool.run(["ip", "addr", "add", "\(address)", "dev", device], inNetworkNamespaceOf: nil, object: "adding moved address \(address) on \(device)")
+        try NetworkTool.run(address.addCommand(device: device), inNetworkNamespaceOf: nil, object: "adding moved address \(address) on \(device)")
         added = true
         try NeighbourAnnouncement.announce(address, on: device, inNetworkNamespaceOf: nil)
     }
