@@ -12,6 +12,7 @@
 #include <linux/sched.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <malloc.h>
 
 /* The numbers ccryo.h spells out for Swift, checked against the system's own. */
 _Static_assert(CRYO_UFFDIO_API == UFFDIO_API && CRYO_UFFDIO_REGISTER == UFFDIO_REGISTER && CRYO_UFFDIO_WAKE == UFFDIO_WAKE
@@ -139,4 +140,8 @@ int cryo_compare_exchange_u32(void *address, uint32_t expected, uint32_t desired
 
 int cryo_compare_exchange_u64(void *address, uint64_t expected, uint64_t desired) {
     return __atomic_compare_exchange_n((uint64_t *)address, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+
+int cryo_keep_freed_memory(int mmap_threshold, int trim_threshold) {
+    return mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1 && mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1 ? 0 : -1;
 }

@@ -1,3 +1,4 @@
+import CCryo
 import Cryo
 import CryoSystem
 import Glibc
@@ -76,6 +77,7 @@ public final class TLSLink: MigrationLink, @unchecked Sendable {
             configuration.pskClientProvider = { _ in PSKClientIdentityResponse(key: secret, identity: "cryo") }
         }
         let context = try NIOSSLContext(configuration: configuration)
+        Self.keepHeapTouched()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let bridge = Bridge()
         self.group = group
@@ -107,6 +109,16 @@ public final class TLSLink: MigrationLink, @unchecked Sendable {
         }
     }
 
+    /// The stream allocates and frees buffers of 16 KiB to 16 MiB all the time (records, frames, the
+    /// plaintext pieces queued for the reader). glibc gave the large ones back to the kernel (mmap
+    /// threshold, heap trimming), so each new buffer was fresh memory: a page fault and a cleared page
+    /// per 4 KiB, slow in a VM (10% of the destination's event-loop thread). Freed memory stays with
+    /// the process instead; the stream holds at most some tens of MiB at a time.
+    private static let heapKept: Void = {
+        _ = cryo_keep_freed_memory(64 << 20, 256 << 20)
+    }()
+    static func keepHeapTouched() { _ = heapKept }
+
     /// BoringSSL's reason names (BAD_RECORD_MAC...) rather than its whole error stack.
     static func reason(_ error: Error) -> String {
         let text = "\(error)"
@@ -123,6 +135,10 @@ public final class TLSLink: MigrationLink, @unchecked Sendable {
         var buffer = channel.allocator.buffer(capacity: head.count + data.count)
         buffer.writeBytes(head)
         buffer.writeBytes(data)
+        try send(buffer)
+    }
+
+    private func send(_ buffer: ByteBuffer) throws {
         // Two writes in flight: the next chunk is read from the tree while the event loop encrypts this one.
         let write = channel.writeAndFlush(buffer)
         let oldest = flights.locked { () -> EventLoopFuture<Void>? in
@@ -130,6 +146,18 @@ public final class TLSLink: MigrationLink, @unchecked Sendable {
             return inFlight.count > 2 ? inFlight.removeFirst() : nil
         }
         if let oldest { try settle(oldest) }
+    }
+
+    /// `fill` writes into the buffer NIO encrypts from: no copy of the data into it.
+    public func send(_ head: UnsafeRawBufferPointer, filling count: Int, scratch: UnsafeMutableRawBufferPointer,
+                     _ fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
+        var buffer = channel.allocator.buffer(capacity: head.count + count)
+        buffer.writeBytes(head)
+        try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { free in
+            try fill(UnsafeMutableRawBufferPointer(rebasing: free[0..<count]))
+            return count
+        }
+        try send(buffer)
     }
 
     /// Sends may come from another thread than receives (post-copy page requests).
@@ -149,6 +177,13 @@ public final class TLSLink: MigrationLink, @unchecked Sendable {
         let pending = flights.locked { () -> [EventLoopFuture<Void>] in defer { inFlight = [] }; return inFlight }
         for write in pending { try settle(write) }
         try bridge.read(into: buffer, channel: channel)
+    }
+
+    /// The pieces are the decrypted chunks TLS delivered: no copy into one buffer (`scratch` is not used).
+    public func receive(count: Int, scratch: UnsafeMutableRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let pending = flights.locked { () -> [EventLoopFuture<Void>] in defer { inFlight = [] }; return inFlight }
+        for write in pending { try settle(write) }
+        try bridge.read(count: count, channel: channel, body)
     }
 
     public func close() {
@@ -208,6 +243,36 @@ final class Bridge: ChannelInboundHandler, @unchecked Sendable {
             if let failure { throw failure }
             if ended { throw MigrationLinkClosed() }
             return false
+        }
+    }
+
+    /// The next `count` bytes as the chunks hold them, handed to `body` outside the lock.
+    func read(count: Int, channel: Channel, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        var left = count
+        var taken: [ByteBuffer] = []
+        while left > 0 {
+            var resume = false
+            taken.removeAll(keepingCapacity: true)
+            try condition.wait {
+                if !chunks.isEmpty {
+                    var first = 0
+                    while left > 0, first < chunks.count {
+                        let n = min(left, chunks[first].readableBytes)
+                        taken.append(chunks[first].readSlice(length: n)!)
+                        if chunks[first].readableBytes == 0 { first += 1 }
+                        buffered -= n
+                        left -= n
+                    }
+                    chunks.removeFirst(first)
+                    if paused && buffered < Self.low { paused = false; resume = true }
+                    return true
+                }
+                if let failure { throw failure }
+                if ended { throw MigrationLinkClosed() }
+                return false
+            }
+            if resume { _ = channel.setOption(ChannelOptions.autoRead, value: true) }
+            for piece in taken { try piece.withUnsafeReadableBytes { try body($0) } }
         }
     }
 

@@ -56,6 +56,46 @@ struct MigrationPoolTests {
         #expect(index.runs.allSatisfy { run in runs.contains { $0.address <= run.address && run.end <= $0.end } })
     }
 
+    @Test("a round's frame written in the link's odd-sized pieces leaves the pool as one whole write does")
+    func framesInPieces() throws {
+        var template = Array("/tmp/cryo-unit-pool-XXXXXX".utf8CString)
+        let folder = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let base: UInt64 = 0x7f00_0000_0000
+        // Round 1 held pages 2-3; round 2's frame covers pages 0-5 (new, held, new) with bytes that differ per offset.
+        let frame = (0..<(6 * 4096)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 12) }
+        func run(pieces: [Int]) throws -> (PagePool, [UInt8]) {
+            let pool = try PagePool(path: "\(folder)/.pool-\(pieces.count)", pid: 7)
+            try Self.page(1, count: 2).withUnsafeBytes { try pool.write(address: base + 2 * 4096, $0) }
+            var at = 0
+            try frame.withUnsafeBytes { all in
+                for length in pieces + [frame.count - pieces.reduce(0, +)] {
+                    try pool.write(address: base + UInt64(at), UnsafeRawBufferPointer(rebasing: all[at..<(at + length)]))
+                    at += length
+                }
+            }
+            var bytes = [UInt8](repeating: 0, count: frame.count)
+            try pool.locate(base, UInt64(frame.count)) { address, offset, length in
+                let start = Int(address - base)
+                let n = try bytes.withUnsafeMutableBytes {
+                    pread(pool.fd.rawValue, $0.baseAddress! + start, Int(length), off_t(offset))
+                }
+                #expect(n == Int(length))
+            }
+            return (pool, bytes)
+        }
+        let (whole, wholeBytes) = try run(pieces: [])
+        defer { whole.discard() }
+        // Pieces that end inside pages, on a page boundary, and across the held pages.
+        let (pieces, piecesBytes) = try run(pieces: [1, 4095, 5000, 3000, 100, 7000])
+        defer { pieces.discard() }
+        #expect(wholeBytes == frame)
+        #expect(piecesBytes == frame)
+        #expect(pieces.size == whole.size)
+        #expect(pieces.runs.map { [$0.address, $0.length, $0.offset] } == whole.runs.map { [$0.address, $0.length, $0.offset] })
+        #expect(pieces.runs.allSatisfy { $0.address % 4096 == 0 && $0.length % 4096 == 0 && $0.offset % 4096 == 0 })
+    }
+
     @Test("a frozen dump page that neither arrived nor came in a round is refused in one line")
     func missingPageRefused() throws {
         var template = Array("/tmp/cryo-unit-pool-XXXXXX".utf8CString)

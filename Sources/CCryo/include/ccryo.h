@@ -99,4 +99,8 @@ typedef struct {
 #define CRYO_UFFD_EVENT_REMOVE 0x15
 #define CRYO_UFFD_EVENT_UNMAP 0x16
 
+/* glibc's malloc keeps freed memory up to these sizes instead of giving it back (mallopt
+   M_MMAP_THRESHOLD and M_TRIM_THRESHOLD); 0 on success. Not in Swift's Glibc module. */
+int cryo_keep_freed_memory(int mmap_threshold, int trim_threshold);
+
 #endif

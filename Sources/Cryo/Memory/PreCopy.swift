@@ -76,10 +76,13 @@ public struct PreDumpOptions: Sendable {
     public var directory: String
     /// `cryo migrate`: the pages go here (pid, address, bytes) as they are read, not into pages-PID.img,
     /// which is left a hole of their size (the final dump checks sizes and needs none of its bytes).
-    public var pageSink: (@Sendable (pid_t, UInt64, UnsafeRawBufferPointer) throws -> Void)?
+    /// Takes `count` bytes at an address of a pid: calls the closure with the buffer to read them into
+    /// (its own, so they are not copied again), and sends them unless the closure throws.
+    public typealias PageSink = @Sendable (pid_t, UInt64, Int, (UnsafeMutableRawBufferPointer) throws -> Void) throws -> Void
+    public var pageSink: PageSink?
     /// CRIU's --timeout: seconds the freeze waits for each task to stop.
     public var freezeTimeout = FrozenTree.defaultTimeout
-    public init(pid: pid_t, directory: String, pageSink: (@Sendable (pid_t, UInt64, UnsafeRawBufferPointer) throws -> Void)? = nil) {
+    public init(pid: pid_t, directory: String, pageSink: PageSink? = nil) {
         self.pid = pid
         self.directory = directory
         self.pageSink = pageSink
@@ -306,22 +309,20 @@ public struct PreDumper {
     }
 
     /// Reads the listed regions out of the running task into `sink`; `path` becomes a hole of their size.
-    func sendRunning(pid: pid_t, regions: [cryo_page_region], to sink: (pid_t, UInt64, UnsafeRawBufferPointer) throws -> Void,
+    func sendRunning(pid: pid_t, regions: [cryo_page_region], to sink: PreDumpOptions.PageSink,
                      leaving path: String) throws -> PageIndex {
         let out = try Files.open(path, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
         defer { try? out.close() }
         let chunk = 4 << 20
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
-        defer { buffer.deallocate() }
         var runs: [PageRun] = []
         var offset: UInt64 = 0
         for region in regions {
             var address = region.start
             while address < region.end {
                 let n = Int(min(UInt64(chunk), region.end - address))
-                let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n])
                 do {
-                    try RemoteMemory.read(pid, at: address, into: view)
+                    let from = address
+                    try sink(pid, address, n) { view in try RemoteMemory.read(pid, at: from, into: view) }
                 } catch let error as SyscallError where error.errno == .badAddress {
                     logger.debug("pid \(pid): 0x\(hex(address)) went away during the pre-dump: \(error)")
                     address += UInt64(n)
@@ -329,7 +330,6 @@ public struct PreDumper {
                 } catch let error as SyscallError where error.errno == .noSuchProcess {
                     throw CryoError("pid \(pid) exited during the pre-dump")
                 }
-                try sink(pid, address, UnsafeRawBufferPointer(view))
                 if let last = runs.last, last.end == address, last.offset + last.length == offset {
                     runs[runs.count - 1].length += UInt64(n)
                 } else {

@@ -178,16 +178,27 @@ public struct Receiver {
         // Post-copy: pages left out of the image, which come after the start.
         let remote = lazy ? RemotePages() : nil
         while true {
-            let (kind, header, data) = try wire.receiveFrame(into: buffer)
-            let length = data.count
-            switch kind {
-            case .pages:
+            let (kind, header, length) = try wire.receive()
+            if kind == .pages {
+                // A round's pages (nearly all the bytes): into the pool straight from the link's pieces
+                // (TLS: the decrypted records), not copied into `buffer` first. The pool takes pieces of
+                // any length; the frame is whole pages once its last piece is in.
                 guard let pid = header.pid, pid > 0, let address = header.address, address % 4096 == 0, length % 4096 == 0,
                       address <= UInt64.max - UInt64(length) else {
                     throw CryoError("migration stream from \(peer): malformed pages frame")
                 }
                 if pools[pid] == nil { pools[pid] = try PagePool(path: "\(directory)/.pool-\(pid)", pid: pid) }
-                try pools[pid]!.write(address: address, UnsafeRawBufferPointer(data))
+                let pool = pools[pid]!
+                var at = address
+                try wire.readData(length: length, scratch: buffer) { piece in
+                    try pool.write(address: at, piece)
+                    at += UInt64(piece.count)
+                }
+                continue
+            }
+            let data = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
+            try wire.readData(into: data)
+            switch kind {
             case .roundEnd:
                 rounds += 1
                 figures.roundBytes.append(wire.bytesReceived - roundStartBytes)

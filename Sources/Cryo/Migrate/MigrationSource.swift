@@ -103,11 +103,11 @@ public struct Migrator {
         do {
             // Round 1: a pre-dump (start tracking, copy everything) whose pages go straight onto the wire.
             var roundStart = ContinuousClock.now
-            let sink: @Sendable (pid_t, UInt64, UnsafeRawBufferPointer) throws -> Void = { [wire] pid, address, bytes in
+            let sink: PreDumpOptions.PageSink = { [wire] pid, address, count, fill in
                 var header = FrameHeader()
                 header.pid = pid
                 header.address = address
-                try wire.send(.pages, header, data: bytes)
+                try wire.send(.pages, header, filling: count, fill)
             }
             _ = try PreDumper(options: PreDumpOptions(pid: pid, directory: scratch, pageSink: sink), logger: logger).run()
             tracking = true
@@ -241,27 +241,24 @@ public struct Migrator {
                 cursor = arg.walk_end > cursor ? arg.walk_end : m.end
             }
         }
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.chunk, alignment: 4096)
-        defer { buffer.deallocate() }
         var total: UInt64 = 0
         for region in found {
             var address = region.start
             while address < region.end {
                 let n = Int(min(UInt64(Self.chunk), region.end - address))
-                let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n])
+                var header = FrameHeader()
+                header.pid = pid
+                header.address = address
                 do {
-                    try RemoteMemory.read(pid, at: address, into: view)
+                    // Read out of the tree straight into the frame's send buffer.
+                    try wire.send(.pages, header, filling: n) { view in try RemoteMemory.read(pid, at: header.address!, into: view) }
                 } catch let error as SyscallError where error.errno == .badAddress {
-                    // Unmapped meanwhile: the final dump sees what is there then.
+                    // Unmapped meanwhile (nothing of the frame went): the final dump sees what is there then.
                     address += UInt64(n)
                     continue
                 } catch let error as SyscallError where error.errno == .noSuchProcess {
                     throw CryoError("pid \(pid) exited during the migration")
                 }
-                var header = FrameHeader()
-                header.pid = pid
-                header.address = address
-                try wire.send(.pages, header, data: UnsafeRawBufferPointer(view))
                 total += UInt64(n)
                 address += UInt64(n)
             }

@@ -18,6 +18,15 @@ public protocol MigrationLink: AnyObject {
     func send(_ head: UnsafeRawBufferPointer, then data: UnsafeRawBufferPointer) throws
     /// Fills `buffer` completely; throws `MigrationLinkClosed` at a clean end of stream.
     func receive(into buffer: UnsafeMutableRawBufferPointer) throws
+    /// Receives the next `count` bytes and hands them to `body` in order, in as many pieces as the
+    /// link holds them in: a link that already has them in memory (TLS: decrypted) spares the copy
+    /// into one buffer. Others fill `scratch` (at least `count` bytes) and call `body` once.
+    func receive(count: Int, scratch: UnsafeMutableRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> Void) throws
+    /// Sends `head` and then `count` bytes that `fill` writes straight into the link's own send buffer
+    /// (TLS: the buffer handed to the encryption), sparing a copy; a link without one has `fill` write
+    /// into `scratch` (at least `count` bytes). Nothing of the frame is sent when `fill` throws.
+    func send(_ head: UnsafeRawBufferPointer, filling count: Int, scratch: UnsafeMutableRawBufferPointer,
+              _ fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws
     /// Who is at the other end, for messages.
     var peer: String { get }
     /// Bytes (or the end of the stream) can be received without waiting.
@@ -26,6 +35,19 @@ public protocol MigrationLink: AnyObject {
 }
 
 extension MigrationLink {
+    public func receive(count: Int, scratch: UnsafeMutableRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let data = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<count])
+        try receive(into: data)
+        try body(UnsafeRawBufferPointer(data))
+    }
+
+    public func send(_ head: UnsafeRawBufferPointer, filling count: Int, scratch: UnsafeMutableRawBufferPointer,
+                     _ fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
+        let data = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<count])
+        try fill(data)
+        try send(head, then: UnsafeRawBufferPointer(data))
+    }
+
     public func send(_ head: UnsafeRawBufferPointer, then data: UnsafeRawBufferPointer) throws {
         try send(head)
         if data.count > 0 { try send(data) }
@@ -212,13 +234,33 @@ final class MigrationWire: @unchecked Sendable {
     private(set) var bytesReceived: UInt64 = 0
     init(_ link: MigrationLink) { self.link = link }
 
-    func send(_ kind: FrameKind, _ header: FrameHeader = FrameHeader(), data: UnsafeRawBufferPointer? = nil) throws {
+    /// For links that cannot fill their own buffer (`send(_:_:filling:)`); allocated on first use.
+    private var scratch: UnsafeMutableRawBufferPointer?
+    deinit { scratch?.deallocate() }
+
+    private func message(_ kind: FrameKind, _ header: FrameHeader, dataCount: Int) throws -> [UInt8] {
         let json = try JSONEncoder().encode(header)
         var head = [UInt8](repeating: 0, count: 13)
         head[0] = kind.rawValue
         withUnsafeBytes(of: UInt32(json.count).littleEndian) { for i in 0..<4 { head[1 + i] = $0[i] } }
-        withUnsafeBytes(of: UInt64(data?.count ?? 0).littleEndian) { for i in 0..<8 { head[5 + i] = $0[i] } }
-        let message = head + [UInt8](json)
+        withUnsafeBytes(of: UInt64(dataCount).littleEndian) { for i in 0..<8 { head[5 + i] = $0[i] } }
+        return head + [UInt8](json)
+    }
+
+    /// A frame whose `count` bytes of data `fill` writes into the link's send buffer (the pages read
+    /// out of the tree land where they are encrypted from). When `fill` throws, nothing is sent.
+    func send(_ kind: FrameKind, _ header: FrameHeader, filling count: Int, _ fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
+        precondition(count <= Self.maxData)
+        let message = try message(kind, header, dataCount: count)
+        try sending.withLock {
+            if scratch == nil { scratch = .allocate(byteCount: Self.maxData, alignment: 4096) }
+            try message.withUnsafeBytes { try link.send($0, filling: count, scratch: scratch!, fill) }
+            bytesSent += UInt64(message.count + count)
+        }
+    }
+
+    func send(_ kind: FrameKind, _ header: FrameHeader = FrameHeader(), data: UnsafeRawBufferPointer? = nil) throws {
+        let message = try message(kind, header, dataCount: data?.count ?? 0)
         try sending.withLock {
             // One write (one TLS hand-off) per frame rather than one for the head and one for the pages.
             try message.withUnsafeBytes { try link.send($0, then: data ?? UnsafeRawBufferPointer(start: nil, count: 0)) }
@@ -248,6 +290,11 @@ final class MigrationWire: @unchecked Sendable {
 
     func readData(into buffer: UnsafeMutableRawBufferPointer) throws {
         try link.receive(into: buffer)
+    }
+
+    /// A frame's data (`length` bytes) in the link's pieces, in order; `scratch` as for `MigrationLink.receive(count:)`.
+    func readData(length: Int, scratch: UnsafeMutableRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        try link.receive(count: length, scratch: scratch, body)
     }
 
     /// One whole frame, its data read into the start of `buffer` (at least `maxData` bytes).
