@@ -111,6 +111,51 @@ extension EndToEnd {
             #expect(!(fixture.lastLine == "PASS"), "no half-loaded tree may run to its checks\n\(fixture.report)")
         }
 
+        @Test("eager: the tree starts before its memory is loaded, from pages already here, and needs no source after the start")
+        func eagerStartsFromLocalPages() throws {
+            let scratch = try Scratch("migrate-eager-local")
+            defer { scratch.remove() }
+            let leftovers = KilledCryoLeftovers()
+            defer { leftovers.remove() }
+            let net = try NetPair()
+            defer { net.remove() }
+            let security = try newKey(in: scratch)
+            let fixture = try Fixture("dirty", arguments: ["128"], in: scratch, launcher: net.fixtureLauncher)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            // No background filling: pages go in only when the tree touches them, so it runs half-loaded
+            // for as long as the test likes, and any page it still needs from the source would be missed
+            // (a source that left pages for after the start would send them only when asked, too).
+            let noPush = ["CRYO_LAZY_NO_PUSH": "1"]
+            let receive = try net.receive(security + ["--pidns", "-v"], in: scratch, environment: noPush)
+            defer { receive.stop() }
+            let migrate = try CryoProcess(net.launcherA + ["--to", "\(net.addressB):\(net.port)", "-t", "\(fixture.pid)"] + security,
+                                          in: scratch, environment: noPush, launcher: net.cryoInA())
+            defer { migrate.stop() }
+            var restored: pid_t?
+            try #require(waitUntil(timeout: 60) {
+                restored = net.processesInB(named: "dirty").first { ProcStatus(pid: $0)?.tracerPid == 0 }
+                return restored != nil || !receive.isRunning
+            }, "the tree never started on the destination\n\(migrate.stderrSoFar)\n\(receive.stderrSoFar)")
+            let started = try #require(restored, "receive ended before the tree started\n\(receive.wait(timeout: 5))\n\(migrate.wait(timeout: 5))")
+            defer { kill(started, SIGKILL) }
+            // The source goes at once, and the link with it: nothing may come from there any more.
+            kill(migrate.pid, SIGKILL)
+            net.cut()
+            kill(fixture.pid, SIGKILL)
+            // Still loading: the tree was started before its memory was in.
+            #expect(receive.isRunning, "receive ended at the start: the memory was loaded before the tree ran\n\(receive.wait(timeout: 5))")
+            sleepSeconds(0.5)  // it writes on at the destination, half-loaded
+            #expect(ProcStatus(pid: started)?.name == "dirty", "pid \(started) died without its source: \(describeProcess(started))\n\(receive.stderrSoFar)")
+            // Its check touches every page: each must come from this host's pages, none as zeros.
+            kill(started, SIGTERM)
+            #expect(waitUntil(timeout: 60) { fixture.lastLine == "PASS" || fixture.lastLine?.hasPrefix("FAIL") == true },
+                    "the migrated fixture did not check itself\n\(fixture.report)")
+            let received = receive.wait(timeout: 60)
+            #expect(received.succeeded, "\(received)")
+            expectPass(fixture, "\(received)")
+        }
+
         @Test("CRIU's spelling: dump --page-server --address --port sends the pages to cryo page-server -D DIR")
         func pageServer() throws {
             let scratch = try Scratch("migrate-pageserver")

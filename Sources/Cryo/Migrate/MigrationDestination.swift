@@ -159,10 +159,14 @@ public struct Receiver {
             throw CryoError("\(peer) is not a cryo migrate of this version (first frame \(kind), version \(hello.version ?? 0))")
         }
         let lazy = options.lazyPages || hello.lazyPages == true
+        // Eager too, the tree starts as soon as the image commits: every page is in the pool by then, so it
+        // runs at once and its memory is filled from here (userfaultfd) without the source. Loading 2 GiB
+        // first kept the service down for seconds. Without userfaultfd the restore loads before the start.
+        let startBeforeLoaded = !options.storeOnly && (lazy || (try? LazyServer.check()) != nil)
         // Refused now, while the source tree still runs: nowhere to put the address, or it is here already.
         let movedAddress = try hello.movedAddress.map { try DestinationAddress($0, device: options.addressInterface) }
         // Spawning the guard costs milliseconds: here, while the tree still runs at the source.
-        let guardian = lazy && !options.storeOnly ? try LazyGuard() : nil
+        let guardian = startBeforeLoaded ? try LazyGuard() : nil
         try wire.send(.ready)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: MigrationWire.maxData, alignment: 4096)
         defer { buffer.deallocate() }
@@ -266,7 +270,7 @@ public struct Receiver {
                     return ReceiveResult(tree: nil, rounds: rounds, bytesReceived: wire.bytesReceived)
                 }
                 var restoreOptions = RestoreOptions(directory: directory, detached: true, newPidNamespace: options.newPidNamespace,
-                                                    tcpEstablished: options.tcpEstablished, lazyPages: lazy)
+                                                    tcpEstablished: options.tcpEstablished, lazyPages: startBeforeLoaded)
                 restoreOptions.remotePages = postCopy
                 restoreOptions.lazyGuard = guardian
                 figures.frozenImageBytes = wire.bytesReceived - frozenStartBytes
