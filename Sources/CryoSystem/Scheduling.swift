@@ -33,6 +33,14 @@ public enum Scheduling {
         20 - Int32(try Kernel.syscall(140 /* getpriority */, Int32(PRIO_PROCESS.rawValue), tid, name: "getpriority", pid: tid))
     }
 
+    /// setpriority(PRIO_PROCESS, tid, nice): one thread's nice value (raising it back needs CAP_SYS_NICE).
+    public static func setNice(_ tid: pid_t, _ nice: Int32) throws {
+        try Kernel.syscall(141 /* setpriority */, Int32(PRIO_PROCESS.rawValue), tid, nice, name: "setpriority", pid: tid)
+    }
+
+    /// The calling thread's id (gettid).
+    public static var currentThread: pid_t { pid_t(truncatingIfNeeded: Kernel.rawSyscall(186 /* gettid */, [])) }
+
     public static func setAttributes(_ tid: pid_t, _ attributes: SchedulingAttributes) throws {
         var attributes = attributes
         attributes.size = UInt32(MemoryLayout<SchedulingAttributes>.size)

@@ -214,9 +214,15 @@ public final class LazyServer: @unchecked Sendable {
     /// Holds the userfaultfds and kills the tree should cryo die before loading ends (--lazy-pages).
     var guardian: LazyGuard?
 
-    init(logger: Logger, started: ContinuousClock.Instant) {
+    /// --lazy-pages: pushes run at a low priority (BackgroundPusher), not for an eager restore, which waits for them.
+    private let background: Bool
+    /// Made and used by the serving thread only.
+    private var pusher: BackgroundPusher?
+
+    init(logger: Logger, started: ContinuousClock.Instant, background: Bool = false) {
         self.logger = logger
         self.started = started
+        self.background = background
         wakeup = (try? FileObjects.eventfd(count: 0, semaphore: false, nonBlocking: true, object: "lazy wakeup"))?.rawValue ?? -1
         push = !TestHooks.current.lazyNoPush
     }
@@ -305,6 +311,7 @@ public final class LazyServer: @unchecked Sendable {
         defer { buffer.deallocate() }
         var cursor = 0
         var loadingAnnounced = false
+        pusher = background ? BackgroundPusher.make() : nil
         do {
             while true {
                 let (more, done, stopping, abort) = lock.withLock { () -> ([LazyProcess], Bool, Bool, Error?) in
@@ -350,14 +357,22 @@ public final class LazyServer: @unchecked Sendable {
                 processes += forked
                 if push && ready <= 0 && !processes.isEmpty {
                     cursor = (cursor + 1) % processes.count
-                    // Both CPUs once no process is being restored any more: till then one is cryo's.
-                    try pushChunk(processes[cursor], buffer, bothCPUs: done)
+                    let p = processes[cursor]
+                    if let pusher {
+                        // Pushed at a low priority while this thread waits for it, or for anything else: a fault
+                        // raises the push to cryo's priority to end it at once, and is served right after.
+                        try pusher.run(watching: fds) { try self.pushChunk(p, buffer) }
+                    } else {
+                        // Both CPUs once no process is being restored any more: till then one is cryo's.
+                        try pushChunk(p, buffer, bothCPUs: done)
+                    }
                 }
             }
         } catch {
             lock.withLock { failure = CryoError("lazy pages: \(error); killed the restored tree") }
             killTree(processes)
         }
+        pusher?.stop()
         // Everything is in, or the tree is dead: the guard lets go before the last copies close.
         guardian?.release()
         for p in processes { p.uffd.close() }
@@ -501,13 +516,16 @@ public final class LazyServer: @unchecked Sendable {
 
     /// Bytes of pending runs one push from a mapped stream copies in.
     static let mappedPushChunk: UInt64 = 4 << 20
+    /// The same while the tree runs (BackgroundPusher): a fault that comes meanwhile waits for the push
+    /// under way, about 0.3 ms of one CPU for 1 MiB.
+    static let backgroundPushChunk: UInt64 = 1 << 20
 
     /// Pushes the lowest pending runs, up to `mappedPushChunk` bytes of them wherever they are in
     /// the stream, from the mapped pages file: one UFFDIO_COPY per run and no read (a heap with
     /// every 4th page untouched is 131k runs of 3 pages for 2 GiB), with `bothCPUs` on both (each
     /// copies half of the bytes), and what went in leaves the pending set as one range.
     private func pushMapped(_ p: LazyProcess, _ buffer: UnsafeMutableRawBufferPointer, bothCPUs: Bool) throws {
-        let limit = LazyServer.mappedPushChunk
+        let limit = pusher == nil ? LazyServer.mappedPushChunk : LazyServer.backgroundPushChunk
         var pieces = p.pending.leading(upTo: limit, streamContiguous: false)
         guard !pieces.isEmpty else { return }
         var total = pieces.reduce(0) { $0 + ($1.end - $1.start) }
@@ -580,4 +598,83 @@ public final class LazyServer: @unchecked Sendable {
     }
 
     deinit { Glibc.close(wakeup) }
+}
+
+/// Pushing while the restored tree runs is background work: it must not take the CPUs from the tree
+/// (pushes at cryo's priority on both cores stalled a migrated service for up to 0.3 s). The pushes run
+/// on this thread at nice 19, one at a time, while the serving thread waits at cryo's own priority;
+/// when a fault comes meanwhile, the push under way is raised back to cryo's priority (a fault must not
+/// wait behind a starved push) and the fault is served once it ends. Pending sets are touched by one
+/// thread at a time: the serving thread does nothing else while a push runs. Only with CAP_SYS_NICE
+/// (raising a thread's priority back needs it); otherwise the serving thread pushes itself, as before.
+final class BackgroundPusher: @unchecked Sendable {
+    static let nice: Int32 = 19
+    private let go = DispatchSemaphore(value: 0)
+    private let done: FileDescriptor
+    private let lock = Lock()
+    private var job: (() throws -> Void)?
+    private var failure: Error?
+    private var tid: pid_t = 0
+    private let ownNice: Int32
+
+    static func make() -> BackgroundPusher? {
+        guard Caller.current.effectiveCapabilities & (1 << 23) != 0,
+              let own = try? Scheduling.nice(Scheduling.currentThread), own < nice,
+              let done = try? FileObjects.eventfd(count: 0, semaphore: false, nonBlocking: false, object: "lazy push done") else { return nil }
+        return BackgroundPusher(done: done, ownNice: own)
+    }
+
+    private init(done: FileDescriptor, ownNice: Int32) {
+        self.done = done
+        self.ownNice = ownNice
+        let started = DispatchSemaphore(value: 0)
+        startThread(name: "cryo-lazy-push") { [self] in
+            let me = Scheduling.currentThread
+            lock.withLock { tid = me }
+            started.signal()
+            while true {
+                go.wait()
+                guard let job = lock.withLock({ self.job }) else { return }  // no job: stop()
+                try? Scheduling.setNice(me, BackgroundPusher.nice)
+                let error: Error?
+                do { try job(); error = nil } catch let caught { error = caught }
+                lock.withLock { self.job = nil; failure = error }
+                var one: UInt64 = 1
+                _ = Glibc.write(self.done.rawValue, &one, 8)
+            }
+        }
+        started.wait()
+    }
+
+    /// The server ends: so does the pushing thread (no push runs now).
+    func stop() {
+        lock.withLock { job = nil }
+        go.signal()
+    }
+
+    deinit { try? done.close() }
+
+    /// Runs `body` on the pushing thread and returns when it has ended (rethrowing its error). While
+    /// it runs, any of `fds` becoming readable (a fault, a wakeup) raises the push to cryo's priority.
+    func run(watching fds: [pollfd], _ body: @escaping () throws -> Void) throws {
+        lock.withLock { job = body; failure = nil }
+        go.signal()
+        var waiting = [pollfd(fd: done.rawValue, events: Int16(POLLIN), revents: 0)] + fds.map { pollfd(fd: $0.fd, events: $0.events, revents: 0) }
+        var boosted = false
+        let boost = { [self] in
+            if !boosted { boosted = true; try? Scheduling.setNice(lock.withLock { tid }, ownNice) }
+        }
+        while true {
+            let ready: Int?
+            // A failed poll: the end is waited for below all the same (the pending sets are the push's till then).
+            do { ready = try Files.poll(&waiting, milliseconds: -1, object: "userfaultfds") } catch { boost(); break }
+            guard let ready else { continue }  // EINTR
+            if ready > 0 && waiting[0].revents != 0 { break }
+            boost()
+            waiting = [waiting[0]]  // only the push's end matters now
+        }
+        var count: UInt64 = 0
+        while Glibc.read(done.rawValue, &count, 8) < 0 && Glibc.errno == EINTR {}
+        if let failure = lock.withLock({ failure }) { throw failure }
+    }
 }

@@ -183,7 +183,7 @@ public struct Restorer {
         // tasks run: UFFDIO_COPY fills a new page without zeroing it first, and the copying runs on
         // the other core while the next process is restored. Without userfaultfd, the parasite reads.
         let eagerThroughUffd = !options.lazyPages && (try? LazyServer.check()) != nil
-        session.lazy = options.lazyPages || eagerThroughUffd ? LazyServer(logger: logger, started: started) : nil
+        session.lazy = options.lazyPages || eagerThroughUffd ? LazyServer(logger: logger, started: started, background: options.lazyPages) : nil
         session.eagerThroughUffd = eagerThroughUffd
         session.thpDisableMayBeInherited = Restorer.thpDisableMayBeInherited(image)
         // A lazily restored tree must not outlive its loader on zero-filled memory (LazyGuard.swift).
