@@ -20,6 +20,7 @@ enum {
     NR_gettid = 186, NR_set_tid_address = 218, NR_getpid = 39, NR_tgkill = 234, NR_pipe2 = 293, NR_vmsplice = 278,
     NR_set_robust_list = 273, NR_get_robust_list = 274, NR_dup3 = 292, NR_rseq = 334,
     NR_close_range = 436, NR_prlimit64 = 302, NR_epoll_ctl = 233, NR_seccomp = 317, NR_flock = 73, NR_getgroups = 115, NR_timer_create = 222, NR_timer_settime = 223, NR_timer_gettime = 224, NR_timer_getoverrun = 225, NR_madvise_populate = 28,
+    NR_membarrier = 324,
 };
 
 #define PR_SET_PDEATHSIG 1
@@ -47,6 +48,9 @@ enum {
 #define PR_SET_MM 35
 #define PR_SET_MM_MAP 14
 #define PR_GET_TID_ADDRESS 40
+#define PR_GET_TIMERSLACK 30
+#define PR_GET_THP_DISABLE 42
+#define MEMBARRIER_CMD_GET_REGISTRATIONS (1 << 9)
 #define PR_CAP_AMBIENT 47
 #define PR_CAP_AMBIENT_RAISE 2
 #define PR_CAP_AMBIENT_CLEAR_ALL 4
@@ -170,6 +174,9 @@ static long dump_process(struct cryo_args_header *h) {
     st->child_subreaper = (uint32_t)subreaper;
     for (int r = 0; r < 16; r++)
         CHECK(h, sys4(NR_prlimit64, 0, r, 0, st->rlimits[r]), r, NR_prlimit64, 0);
+    /* Results or -errno: the controller decides what an error means (an old kernel lacks GET_REGISTRATIONS). */
+    st->thp_disable = sys1(NR_prctl, PR_GET_THP_DISABLE);
+    st->membarrier = sys3(NR_membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0);
     return 0;
 }
 
@@ -189,6 +196,7 @@ static long dump_thread(struct cryo_args_header *h) {
     CHECK(h, sys2(NR_prctl, PR_GET_PDEATHSIG, &pdeath), 0, NR_prctl, PR_GET_PDEATHSIG);
     t->parent_death_signal = pdeath;
     CHECK(h, sys2(NR_prctl, PR_GET_NAME, t->name), 0, NR_prctl, PR_GET_NAME);
+    t->timer_slack = sys1(NR_prctl, PR_GET_TIMERSLACK);
     return 0;
 }
 

@@ -19,7 +19,7 @@
 #include "injector_protocol.h"
 
 /* cryo's own blob (Parasite/): its protocol version, answered to PING. */
-#define CRYO_PARASITE_PROTOCOL_VERSION 8u
+#define CRYO_PARASITE_PROTOCOL_VERSION 9u
 
 enum cryo_command {
     CRYO_CMD_PING = CRYO_INJECTOR_CMD_PING, /* answers with the protocol version */
@@ -81,6 +81,9 @@ struct cryo_task_state {
     uint32_t securebits;
     uint32_t child_subreaper;
     uint64_t rlimits[16][2];           /* soft, hard per RLIMIT_*; read from inside (no CAP_SYS_RESOURCE needed) */
+    /* Asked by DUMP_PROCESS too, so that the frozen dump needs no injected syscall of its own for them: */
+    int64_t thp_disable;               /* prctl(PR_GET_THP_DISABLE), or -errno */
+    int64_t membarrier;                /* membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS), or -errno */
 };
 
 #define CRYO_MAX_QUEUED_SIGNALS 256
@@ -107,6 +110,7 @@ struct cryo_thread_state {
     uint32_t signal_count;
     uint32_t pad;
     char name[16];             /* the thread's comm */
+    int64_t timer_slack;       /* DUMP_THREAD: prctl(PR_GET_TIMERSLACK), or -errno; not used by RESTORE_THREAD */
     struct cryo_queued_signal signals[CRYO_MAX_QUEUED_SIGNALS];
 };
 

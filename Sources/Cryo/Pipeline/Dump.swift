@@ -385,13 +385,6 @@ public struct Dumper {
     /// what only the task can see, then cures it.
     func readTaskState(_ process: FrozenProcess) throws -> (cryo_task_state, [cryo_thread_state], [PosixTimer], Int32,
                                                              (membarrier: UInt32?, timerSlacks: [UInt64])) {
-        // PR_GET_THP_DISABLE: /proc/PID/status shows only the complete disable, not "except advised".
-        // Injected like the parasite's own mmap, before it, on the way home that survives a kill of cryo.
-        let thp = try process.leader.syscall(157 /* prctl */, 42 /* PR_GET_THP_DISABLE */, 0, 0, 0, 0)
-        guard thp >= 0 else { throw SyscallError("injected prctl(PR_GET_THP_DISABLE)", errno: Errno(rawValue: Int32(-thp)), pid: process.pid) }
-        // Likewise what only the task can ask: its membarrier registrations, each thread's timer slack.
-        let injected = (membarrier: try ProcessAttributes.membarrierRegistrations(process.leader),
-                        timerSlacks: try process.threads.map { try ProcessAttributes.timerSlack($0) })
         let parasite = try Parasite.inject(into: process.leader, argumentBytes: MemoryLayout<cryo_thread_state>.size + 64 * 1024, log: parasiteLog(logger))
         do {
             if let address = TestHooks.current.parasiteFault {
@@ -409,7 +402,20 @@ public struct Dumper {
             }
             let timers = try PosixTimer.dump(pid: process.pid, parasite: parasite)
             try parasite.cure()
-            return (state, threads, timers, Int32(thp), injected)
+            // What only the task can ask, asked by DUMP_PROCESS and DUMP_THREAD in the stops above: an
+            // injected syscall each cost the frozen tree a ptrace round trip more. PR_GET_THP_DISABLE:
+            // /proc/PID/status shows only the complete disable, not "except advised".
+            guard state.thp_disable >= 0 else {
+                throw SyscallError("prctl(PR_GET_THP_DISABLE) in the parasite", errno: Errno(rawValue: Int32(-state.thp_disable)), pid: process.pid)
+            }
+            let injected = (membarrier: try ProcessAttributes.membarrierRegistrations(result: state.membarrier, pid: process.pid),
+                            timerSlacks: try zip(process.threads, threads).map { thread, t in
+                                guard t.timer_slack >= 0 else {
+                                    throw SyscallError("prctl(PR_GET_TIMERSLACK) in the parasite", errno: Errno(rawValue: Int32(-t.timer_slack)), pid: thread.pid)
+                                }
+                                return UInt64(t.timer_slack)
+                            })
+            return (state, threads, timers, Int32(state.thp_disable), injected)
         } catch {
             _ = try? parasite.cure()
             throw error

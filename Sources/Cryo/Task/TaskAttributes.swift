@@ -94,14 +94,19 @@ enum ProcessAttributes {
         (try? Files.readString("/proc/\(pid)/loginuid")).flatMap { UInt32($0.trimmed()) }
     }
 
-    /// The registered membarrier commands (a mask of MEMBARRIER_CMD_REGISTER_*), nil where the kernel cannot say.
-    static func membarrierRegistrations(_ tracee: Tracee) throws -> UInt32? {
-        let result = try tracee.syscall(membarrier, getRegistrations, 0, 0)
+    /// The registered membarrier commands (a mask of MEMBARRIER_CMD_REGISTER_*) from what the task's own
+    /// membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS) returned (DUMP_PROCESS), nil where the kernel cannot say.
+    static func membarrierRegistrations(result: Int64, pid: pid_t, how: String = "in the parasite") throws -> UInt32? {
         if result == -Int64(EINVAL) || result == -Int64(ENOSYS) { return nil }
         guard result >= 0 else {
-            throw SyscallError("injected membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)", errno: Errno(rawValue: Int32(-result)), pid: tracee.pid)
+            throw SyscallError("membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS) \(how)", errno: Errno(rawValue: Int32(-result)), pid: pid)
         }
         return UInt32(result)
+    }
+
+    /// The same, injected into a restored task.
+    static func membarrierRegistrations(_ tracee: Tracee) throws -> UInt32? {
+        try membarrierRegistrations(result: try tracee.syscall(membarrier, getRegistrations, 0, 0), pid: tracee.pid, how: "injected")
     }
 
     /// cryo's own membarrier registrations (MEMBARRIER_CMD_GET_REGISTRATIONS), nil where the kernel cannot say.
@@ -109,14 +114,6 @@ enum ProcessAttributes {
         try? Kernel.syscall(Int32(membarrier), Int(getRegistrations), 0, 0, name: "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)")
     }()
 
-    /// PR_GET_TIMERSLACK in one thread.
-    static func timerSlack(_ thread: Tracee) throws -> UInt64 {
-        let result = try thread.syscall(prctl, prGetTimerSlack, 0, 0, 0, 0)
-        guard result >= 0 else {
-            throw SyscallError("injected prctl(PR_GET_TIMERSLACK)", errno: Errno(rawValue: Int32(-result)), pid: thread.pid)
-        }
-        return UInt64(result)
-    }
 }
 
 extension Restorer {
