@@ -60,6 +60,9 @@ final class RestoringProcess {
     var discardChildSignals = false
     /// The lane (thread) that traces it (RestoreLanes.swift).
     var lane = 0
+    /// The process group it is in now (pid in the image), nil when another one than the image names
+    /// (a --shell-job root outside its own group): a child cloned from it starts in that group too.
+    var group: Int32?
     /// Its memory is in place already: restored before its children were cloned (CopyOnWrite.swift),
     /// all but what it loads lazily, registered once its children exist (`lazyLater`).
     var memoryRestored = false
@@ -383,6 +386,7 @@ public struct Restorer {
                                               oldRseq: try Ptrace.rseqConfiguration(tracee.pid))
         try parasite.run(CRYO_CMD_RESTORE_MEMORY, payload: shed, replyBytes: 0)
         let root = RestoringProcess(image: image.tasks[0], tracee: tracee, parasite: parasite)
+        root.group = core.sid == core.pid || core.pgid == core.pid ? core.pid : nil
         session.add(root, imagePid: core.pid)
         if core.sid == core.pid { try acquireTerminal(root, image: image, opened: opened) }
         try early(root)
@@ -472,7 +476,11 @@ public struct Restorer {
                                        childrenOf: parent.pid, connect: connect, session: session)
                     session.noteCreated(tracee.pid)
                     if handedOver {
-                        if entry.sid == entry.pid { try inject(tracee, Restorer.syscallSetsid, what: "setsid") }
+                        if entry.sid == entry.pid {
+                            try inject(tracee, Restorer.syscallSetsid, what: "setsid")
+                        } else if entry.pgid == entry.pid {
+                            try inject(tracee, Restorer.syscallSetpgid, 0, 0, what: "setpgid")
+                        }
                         _ = Parasite.inherited(by: tracee, from: parent.parasite)
                         try lanes.park(tracee) { try inject($0, $1, $2[0], $2[1], what: $3) }
                         continue
@@ -483,22 +491,26 @@ public struct Restorer {
                                                parasite: .inherited(by: tracee, from: creator.parasite))
                 process.lane = owner
                 if entry.sharesFiles == true { process.filesOwner = creator.filesOwner ?? creator.image }
+                // A new task starts in the group of the one that cloned it. A group leader makes its group
+                // now, before its children are cloned: those of them that belong to it are in it from birth
+                // and need no setpgid stop of their own below. One lane 0 handed over did so before it parked.
+                if entry.sid == entry.pid || entry.pgid == entry.pid {
+                    process.group = entry.pid
+                } else {
+                    process.group = creator.group
+                }
                 session.add(process, imagePid: entry.pid)
                 if entry.sid == entry.pid && taken == nil {
                     try inject(tracee, Restorer.syscallSetsid, what: "setsid")
                     // Before its children are cloned: they inherit the terminal.
                     try acquireTerminal(process, image: image, opened: opened)
+                } else if entry.pgid == entry.pid && taken == nil {
+                    try inject(tracee, Restorer.syscallSetpgid, 0, 0, what: "setpgid")
                 }
                 try early(process)
             }
         }
-        // Group leaders first, so members can join them.
-        try lanes.run { lane in
-            for entry in inventory.processes where entry.zombieStatus == nil && entry.pgid == entry.pid && entry.sid != entry.pid
-            && lanes.lane(of: entry.pid) == lane {
-                try inject(session.processes[entry.pid]!.tracee, Restorer.syscallSetpgid, 0, 0, what: "setpgid")
-            }
-        }
+        // Every group leader made its group when it was cloned, so members can join them.
         final class Helpers { var list: [(tracee: Tracee, creator: RestoringProcess, group: Int32)] = [] }
         let helpers = [Helpers(), Helpers()]  // by lane
         try lanes.run { lane in
@@ -521,7 +533,11 @@ public struct Restorer {
         try lanes.run { lane in
             for entry in inventory.processes.dropFirst() where entry.zombieStatus == nil
                 && entry.pgid != entry.pid && entry.sid != entry.pid && entry.pgid != shellGroup && lanes.lane(of: entry.pid) == lane {
-                try inject(session.processes[entry.pid]!.tracee, Restorer.syscallSetpgid, 0, UInt64(entry.pgid), what: "setpgid")
+                let process = session.processes[entry.pid]!
+                // Born into its group: no stop.
+                if process.group == entry.pgid { continue }
+                try inject(process.tracee, Restorer.syscallSetpgid, 0, UInt64(entry.pgid), what: "setpgid")
+                process.group = entry.pgid
             }
         }
         try finishTerminals(image, session: session)

@@ -69,7 +69,7 @@ extension Restorer {
             try inject(zombie, Restorer.syscallSetsid, what: "setsid")
         } else if entry.pgid == entry.pid {
             try inject(zombie, Restorer.syscallSetpgid, 0, 0, what: "setpgid")
-        } else if entry.pgid != shellGroup {
+        } else if entry.pgid != shellGroup && parent.group != entry.pgid {  // not born into it
             try inject(zombie, Restorer.syscallSetpgid, 0, UInt64(entry.pgid), what: "setpgid")
         }
         // A zombie keeps its name in /proc.
