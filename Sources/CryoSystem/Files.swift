@@ -19,15 +19,40 @@ public enum Files {
         // A chunk that is not zeroed first (this runs for every /proc file read: a zeroed 64 KiB array per call cost more than small reads).
         try withUnsafeTemporaryAllocation(byteCount: 65536, alignment: 16) { chunk in
             var result: [UInt8] = []
+            var first = true
             while true {
-                let n: Int
-                do { n = try fd.read(into: chunk, retryOnInterrupt: true) } catch {
-                    throw SyscallError("read", errno: error as? Errno ?? .ioError, object: path)
-                }
+                let n = try readSome(fd, into: chunk, object: path)
                 if n == 0 { return result }
+                // A regular file larger than the chunk (a task file with 131k page runs is 3 MB) is read
+                // straight into an array of its size: appended chunk by chunk, every growth of the array
+                // copied all of it again into new, never touched memory (a fifth of that restore's start).
+                // Asked only after a full first chunk, so that small and /proc files cost no fstat.
+                if first, n == chunk.count, let size = regularFileSize(fd), size > n {
+                    first = false
+                    result = try [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
+                        UnsafeMutableRawBufferPointer(buffer).copyMemory(from: UnsafeRawBufferPointer(rebasing: chunk[0..<n]))
+                        count = n
+                        while count < size {
+                            let more = try readSome(fd, into: UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(buffer)[count..<size]),
+                                                    object: path)
+                            if more == 0 { break }
+                            count += more
+                        }
+                    }
+                    if result.count < size { return result }  // it shrank meanwhile: all there was
+                    continue  // it may have grown: the rest as below
+                }
+                first = false
                 result.append(contentsOf: UnsafeRawBufferPointer(rebasing: chunk[0..<n]))
             }
         }
+    }
+
+    /// The size of a regular file; nil for anything else (/proc files say 0, pipes nothing).
+    private static func regularFileSize(_ fd: FileDescriptor) -> Int? {
+        var status = Glibc.stat()
+        guard fstat(fd.rawValue, &status) == 0, status.st_mode & S_IFMT == S_IFREG else { return nil }
+        return Int(status.st_size)
     }
 
     public static func open(_ path: String, _ mode: FileDescriptor.AccessMode,
