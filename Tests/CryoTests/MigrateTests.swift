@@ -277,8 +277,13 @@ private final class KilledCryoLeftovers {
             $0.hasPrefix("cryo-migrate-") || $0.hasPrefix("cryo-receive-")
         })
     }
+    /// Only folders of a cryo that is gone ("cryo-migrate-PID-XXXXXX"): a migration of another run on the machine goes on.
     func remove() {
-        for name in KilledCryoLeftovers.current().subtracting(before) { try? FileManager.default.removeItem(atPath: "\(KilledCryoLeftovers.root)/\(name)") }
+        for name in KilledCryoLeftovers.current().subtracting(before) {
+            let owner = name.split(separator: "-").dropFirst(2).first.flatMap { pid_t($0) }
+            guard let owner, kill(owner, 0) != 0 && errno == ESRCH else { continue }
+            try? FileManager.default.removeItem(atPath: "\(KilledCryoLeftovers.root)/\(name)")
+        }
     }
 }
 

@@ -134,7 +134,7 @@ public struct Receiver {
             guard options.storeOnly || !Files.exists("\(given)/inventory.img") else { throw CryoError("\(given) already holds an image") }
             directory = given
         } else {
-            directory = try Files.makeTemporaryDirectory(prefix: Migrator.scratchRoot() + "/cryo-receive-")
+            directory = try Files.makeTemporaryDirectory(prefix: Migrator.scratchRoot() + "/cryo-receive-\(getpid())-")
         }
         var pools: [Int32: PagePool] = [:]
         defer {

@@ -97,7 +97,8 @@ public struct Migrator {
         let moving = try options.moveAddress.map { try SourceAddress($0, treePid: pid) }
         try wire.hello(rootPid: pid, lazyPages: options.lazyPages, movedAddress: moving?.address, other: "destination \(link.peer)")
 
-        let scratch = try Files.makeTemporaryDirectory(prefix: Self.scratchRoot() + "/cryo-migrate-")
+        // The pid in the name tells whose it is: a cleaner removes only those whose cryo is gone.
+        let scratch = try Files.makeTemporaryDirectory(prefix: Self.scratchRoot() + "/cryo-migrate-\(getpid())-")
         defer { Self.removeScratch(scratch) }
         var tracking = false
         do {
