@@ -282,28 +282,9 @@ final class Bridge: ChannelInboundHandler, @unchecked Sendable {
 
     func read(into buffer: UnsafeMutableRawBufferPointer, channel: Channel) throws {
         var done = 0
-        while done < buffer.count {
-            var resume = false
-            try condition.wait {
-                if !chunks.isEmpty {
-                    while done < buffer.count, !chunks.isEmpty {
-                        let n = min(buffer.count - done, chunks[0].readableBytes)
-                        chunks[0].withUnsafeReadableBytes { source in
-                            UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + n)]).copyMemory(from: UnsafeRawBufferPointer(rebasing: source[0..<n]))
-                        }
-                        chunks[0].moveReaderIndex(forwardBy: n)
-                        if chunks[0].readableBytes == 0 { chunks.removeFirst() }
-                        buffered -= n
-                        done += n
-                    }
-                    if paused && buffered < Self.low { paused = false; resume = true }
-                    return true
-                }
-                if let failure { throw failure }
-                if ended { throw MigrationLinkClosed() }
-                return false
-            }
-            if resume { _ = channel.setOption(ChannelOptions.autoRead, value: true) }
+        try read(count: buffer.count, channel: channel) { piece in
+            UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + piece.count)]).copyMemory(from: piece)
+            done += piece.count
         }
     }
 }

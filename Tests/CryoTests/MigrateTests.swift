@@ -58,102 +58,55 @@ extension EndToEnd {
         @Test("post-copy: losing the source after the start kills the destination tree (one line); a cut link kills both",
               arguments: ["kill-source", "cut"])
         func sourceLostAfterStart(how: String) throws {
-            let scratch = try Scratch("migrate-postcopy-\(how)")
-            defer { scratch.remove() }
-            let leftovers = KilledCryoLeftovers()
-            defer { leftovers.remove() }
-            let net = try NetPair()
-            defer { net.remove() }
-            let security = try newKey(in: scratch)
-            let fixture = try Fixture("dirty", arguments: ["128"], in: scratch, launcher: net.fixtureLauncher)
-            defer { fixture.cleanUp() }
-            try fixture.waitReady()
-            // Neither end pushes: the pages left out come only when a fault asks, so the tree runs half-loaded.
-            let noPush = ["CRYO_LAZY_NO_PUSH": "1"]
-            let receive = try net.receive(security + ["--pidns"], in: scratch, environment: noPush)
-            defer { receive.stop() }
-            let migrate = try CryoProcess(net.launcherA + ["--to", "\(net.addressB):\(net.port)", "-t", "\(fixture.pid)", "--lazy-pages", "--display-stats",
-                                                          // One round: pages written during it are surely left for after the start.
-                                                          "--max-rounds", "1"] + security,
-                                          in: scratch, environment: noPush, launcher: net.cryoInA())
-            defer { migrate.stop() }
-            // Started: a `dirty` in B's network namespace, no longer traced by cryo.
-            var restored: pid_t?
-            try #require(waitUntil(timeout: 60) {
-                restored = net.processesInB(named: "dirty").first { ProcStatus(pid: $0)?.tracerPid == 0 }
-                return restored != nil || !receive.isRunning
-            }, "the tree never started on the destination\n\(migrate.stderrSoFar)\n\(receive.stderrSoFar)")
-            let started = try #require(restored, "receive ended before the tree started\n\(receive.wait(timeout: 5))\n\(migrate.wait(timeout: 5))")
-            // Ended already: nothing was left for after the start, so there is no half-loaded tree to lose.
-            try #require(receive.isRunning, "receive ended at the start: no pages left for post-copy?\n\(receive.wait(timeout: 5))\n\(migrate.wait(timeout: 5))")
-            defer { kill(started, SIGKILL) }
-            sleepSeconds(0.3)
-            #expect(ProcStatus(pid: started)?.name == "dirty", "the tree should run half-loaded until the source is lost")
-            if how == "kill-source" {
-                // The whole source side goes: its frozen tree and cryo.
-                kill(fixture.pid, SIGKILL)
-                kill(migrate.pid, SIGKILL)
-            } else {
-                net.cut()
+            // One round: pages written during it are surely left for after the start.
+            try withHalfLoadedMigration("migrate-postcopy-\(how)", receive: ["--pidns"],
+                                        migrate: ["--lazy-pages", "--display-stats", "--max-rounds", "1"]) { net, fixture, receive, migrate, started in
+                // Ended already: nothing was left for after the start, so there is no half-loaded tree to lose.
+                try #require(receive.isRunning, "receive ended at the start: no pages left for post-copy?\n\(receive.wait(timeout: 5))\n\(migrate.wait(timeout: 5))")
+                sleepSeconds(0.3)
+                #expect(ProcStatus(pid: started)?.name == "dirty", "the tree should run half-loaded until the source is lost")
+                if how == "kill-source" {
+                    // The whole source side goes: its frozen tree and cryo.
+                    kill(fixture.pid, SIGKILL)
+                    kill(migrate.pid, SIGKILL)
+                } else {
+                    net.cut()
+                }
+                let received = receive.wait(timeout: 60)
+                #expect(received.failed && received.stderrLines.count == 1 && received.stderr.contains("source"),
+                        "the destination should fail in one line naming the source\n\(received)")
+                #expect(waitUntil(timeout: 20) { ProcStatus(pid: started).map { $0.state == "Z" || $0.name != "dirty" } ?? true },
+                        "pid \(started) runs on without the pages still at the source: \(describeProcess(started))")
+                if how == "cut" {
+                    let result = migrate.wait(timeout: 60, reaping: fixture)
+                    #expect(result.failed && result.stderrLines.count == 1 && result.stderr.contains("after it started the tree"),
+                            "the source should fail in one line\n\(result)")
+                    // Neither side holds all of the memory: the source tree is killed too, not released.
+                    #expect(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs on the source")
+                }
+                #expect(!(fixture.lastLine == "PASS"), "no half-loaded tree may run to its checks\n\(fixture.report)")
             }
-            let received = receive.wait(timeout: 60)
-            #expect(received.failed && received.stderrLines.count == 1 && received.stderr.contains("source"),
-                    "the destination should fail in one line naming the source\n\(received)")
-            #expect(waitUntil(timeout: 20) { ProcStatus(pid: started).map { $0.state == "Z" || $0.name != "dirty" } ?? true },
-                    "pid \(started) runs on without the pages still at the source: \(describeProcess(started))")
-            if how == "cut" {
-                let result = migrate.wait(timeout: 60, reaping: fixture)
-                #expect(result.failed && result.stderrLines.count == 1 && result.stderr.contains("after it started the tree"),
-                        "the source should fail in one line\n\(result)")
-                // Neither side holds all of the memory: the source tree is killed too, not released.
-                #expect(fixture.reapOriginal(timeout: 20) != nil, "pid \(fixture.pid) still runs on the source")
-            }
-            #expect(!(fixture.lastLine == "PASS"), "no half-loaded tree may run to its checks\n\(fixture.report)")
         }
 
         @Test("eager: the tree starts before its memory is loaded, from pages already here, and needs no source after the start")
         func eagerStartsFromLocalPages() throws {
-            let scratch = try Scratch("migrate-eager-local")
-            defer { scratch.remove() }
-            let leftovers = KilledCryoLeftovers()
-            defer { leftovers.remove() }
-            let net = try NetPair()
-            defer { net.remove() }
-            let security = try newKey(in: scratch)
-            let fixture = try Fixture("dirty", arguments: ["128"], in: scratch, launcher: net.fixtureLauncher)
-            defer { fixture.cleanUp() }
-            try fixture.waitReady()
-            // No background filling: pages go in only when the tree touches them, so it runs half-loaded
-            // for as long as the test likes, and any page it still needs from the source would be missed
-            // (a source that left pages for after the start would send them only when asked, too).
-            let noPush = ["CRYO_LAZY_NO_PUSH": "1"]
-            let receive = try net.receive(security + ["--pidns", "-v"], in: scratch, environment: noPush)
-            defer { receive.stop() }
-            let migrate = try CryoProcess(net.launcherA + ["--to", "\(net.addressB):\(net.port)", "-t", "\(fixture.pid)"] + security,
-                                          in: scratch, environment: noPush, launcher: net.cryoInA())
-            defer { migrate.stop() }
-            var restored: pid_t?
-            try #require(waitUntil(timeout: 60) {
-                restored = net.processesInB(named: "dirty").first { ProcStatus(pid: $0)?.tracerPid == 0 }
-                return restored != nil || !receive.isRunning
-            }, "the tree never started on the destination\n\(migrate.stderrSoFar)\n\(receive.stderrSoFar)")
-            let started = try #require(restored, "receive ended before the tree started\n\(receive.wait(timeout: 5))\n\(migrate.wait(timeout: 5))")
-            defer { kill(started, SIGKILL) }
-            // The source goes at once, and the link with it: nothing may come from there any more.
-            kill(migrate.pid, SIGKILL)
-            net.cut()
-            kill(fixture.pid, SIGKILL)
-            // Still loading: the tree was started before its memory was in.
-            #expect(receive.isRunning, "receive ended at the start: the memory was loaded before the tree ran\n\(receive.wait(timeout: 5))")
-            sleepSeconds(0.5)  // it writes on at the destination, half-loaded
-            #expect(ProcStatus(pid: started)?.name == "dirty", "pid \(started) died without its source: \(describeProcess(started))\n\(receive.stderrSoFar)")
-            // Its check touches every page: each must come from this host's pages, none as zeros.
-            kill(started, SIGTERM)
-            #expect(waitUntil(timeout: 60) { fixture.lastLine == "PASS" || fixture.lastLine?.hasPrefix("FAIL") == true },
-                    "the migrated fixture did not check itself\n\(fixture.report)")
-            let received = receive.wait(timeout: 60)
-            #expect(received.succeeded, "\(received)")
-            expectPass(fixture, "\(received)")
+            try withHalfLoadedMigration("migrate-eager-local", receive: ["--pidns", "-v"], migrate: []) { net, fixture, receive, migrate, started in
+                // The source goes at once, and the link with it: nothing may come from there any more.
+                kill(migrate.pid, SIGKILL)
+                net.cut()
+                kill(fixture.pid, SIGKILL)
+                // Still loading: the tree was started before its memory was in.
+                #expect(receive.isRunning, "receive ended at the start: the memory was loaded before the tree ran\n\(receive.wait(timeout: 5))")
+                sleepSeconds(0.5)  // it writes on at the destination, half-loaded
+                #expect(ProcStatus(pid: started)?.name == "dirty", "pid \(started) died without its source: \(describeProcess(started))\n\(receive.stderrSoFar)")
+                // Its check touches every page: each must come from this host's pages, none as zeros.
+                kill(started, SIGTERM)
+                #expect(waitUntil(timeout: 60) { fixture.lastLine == "PASS" || fixture.lastLine?.hasPrefix("FAIL") == true },
+                        "the migrated fixture did not check itself\n\(fixture.report)")
+                let received = receive.wait(timeout: 60)
+                #expect(received.succeeded, "\(received)")
+                expectPass(fixture, "\(received)")
+            }
         }
 
         @Test("CRIU's spelling: dump --page-server --address --port sends the pages to cryo page-server -D DIR")
@@ -285,6 +238,38 @@ private final class KilledCryoLeftovers {
             try? FileManager.default.removeItem(atPath: "\(KilledCryoLeftovers.root)/\(name)")
         }
     }
+}
+
+/// A tree migrated from A to B that runs there half-loaded: neither end pushes, so pages go in only
+/// when the tree touches them, for as long as `body` likes, and any page it still needs from the source
+/// is missed once the source is gone. `body` gets the restored pid, which is killed afterwards.
+private func withHalfLoadedMigration(_ name: String, receive receiveOptions: [String], migrate migrateOptions: [String],
+                                     _ body: (NetPair, Fixture, CryoProcess, CryoProcess, pid_t) throws -> Void) throws {
+    let scratch = try Scratch(name)
+    defer { scratch.remove() }
+    let leftovers = KilledCryoLeftovers()
+    defer { leftovers.remove() }
+    let net = try NetPair()
+    defer { net.remove() }
+    let security = try newKey(in: scratch)
+    let fixture = try Fixture("dirty", arguments: ["128"], in: scratch, launcher: net.fixtureLauncher)
+    defer { fixture.cleanUp() }
+    try fixture.waitReady()
+    let noPush = ["CRYO_LAZY_NO_PUSH": "1"]
+    let receive = try net.receive(security + receiveOptions, in: scratch, environment: noPush)
+    defer { receive.stop() }
+    let migrate = try CryoProcess(net.launcherA + ["--to", "\(net.addressB):\(net.port)", "-t", "\(fixture.pid)"] + migrateOptions + security,
+                                  in: scratch, environment: noPush, launcher: net.cryoInA())
+    defer { migrate.stop() }
+    // Started: a `dirty` in B's network namespace, no longer traced by cryo.
+    var restored: pid_t?
+    try #require(waitUntil(timeout: 60) {
+        restored = net.processesInB(named: "dirty").first { ProcStatus(pid: $0)?.tracerPid == 0 }
+        return restored != nil || !receive.isRunning
+    }, "the tree never started on the destination\n\(migrate.stderrSoFar)\n\(receive.stderrSoFar)")
+    let started = try #require(restored, "receive ended before the tree started\n\(receive.wait(timeout: 5))\n\(migrate.wait(timeout: 5))")
+    defer { kill(started, SIGKILL) }
+    try body(net, fixture, receive, migrate, started)
 }
 
 /// A fresh key file in `scratch`, as `--key FILE`.
