@@ -361,7 +361,7 @@ public final class LazyServer: @unchecked Sendable {
                     if let pusher {
                         // Pushed at a low priority while this thread waits for it, or for anything else: a fault
                         // raises the push to cryo's priority to end it at once, and is served right after.
-                        try pusher.run(watching: fds) { try self.pushChunk(p, buffer) }
+                        try pusher.run(watching: fds) { try self.pushChunk(p, buffer, bothCPUs: done) }
                     } else {
                         // Both CPUs once no process is being restored any more: till then one is cryo's.
                         try pushChunk(p, buffer, bothCPUs: done)
@@ -553,7 +553,10 @@ public final class LazyServer: @unchecked Sendable {
             nonisolated(unsafe) let slots = slots
             nonisolated(unsafe) let p = p
             let (pieces, halves) = (pieces, halves)
-            DispatchQueue.concurrentPerform(iterations: halves.count) { half in
+            // In the background both halves run at nice 19 (the pusher's threads), else at cryo's priority.
+            let perform: (Int, @escaping @Sendable (Int) -> Void) -> Void = pusher.map { pusher in { pusher.parallel($0, $1) } }
+                ?? { DispatchQueue.concurrentPerform(iterations: $0, execute: $1) }
+            perform(halves.count) { half in
                 for i in halves[half] {
                     let piece = pieces[i]
                     guard let source = p.source.mappedBytes(at: piece.offset, length: piece.end - piece.start) else { continue }
@@ -603,39 +606,47 @@ public final class LazyServer: @unchecked Sendable {
 /// Pushing while the restored tree runs is background work: it must not take the CPUs from the tree
 /// (pushes at cryo's priority on both cores stalled a migrated service for up to 0.3 s). The pushes run
 /// on this thread at nice 19, one at a time, while the serving thread waits at cryo's own priority;
-/// when a fault comes meanwhile, the push under way is raised back to cryo's priority (a fault must not
-/// wait behind a starved push) and the fault is served once it ends. Pending sets are touched by one
-/// thread at a time: the serving thread does nothing else while a push runs. Only with CAP_SYS_NICE
-/// (raising a thread's priority back needs it); otherwise the serving thread pushes itself, as before.
+/// once no process is being restored, a push is split with a second thread, also at nice 19, so that
+/// an idle machine still loads on both CPUs. When a fault comes meanwhile, the push under way is
+/// raised back to cryo's priority on both threads (a fault must not wait behind a starved push) and
+/// the fault is served once it ends. Pending sets are touched by one thread at a time: the serving
+/// thread does nothing else while a push runs, and the halves copy disjoint runs. Only with
+/// CAP_SYS_NICE (raising a thread's priority back needs it); otherwise the serving thread pushes
+/// itself, as before.
 final class BackgroundPusher: @unchecked Sendable {
     static let nice: Int32 = 19
     private let go = DispatchSemaphore(value: 0)
+    private let helperGo = DispatchSemaphore(value: 0)
+    private let helperDone = DispatchSemaphore(value: 0)
     private let done: FileDescriptor
     private let lock = Lock()
     private var job: (() throws -> Void)?
+    private var helperJob: (() -> Void)?
     private var failure: Error?
-    private var tid: pid_t = 0
+    /// The pushing thread's and the helper's; a push lowers them, a fault raises them, under `lock`.
+    private var tids: [pid_t] = []
+    private var raised = false
     private let ownNice: Int32
 
     static func make() -> BackgroundPusher? {
         guard Caller.current.effectiveCapabilities & (1 << 23) != 0,
               let own = try? Scheduling.nice(Scheduling.currentThread), own < nice,
               let done = try? FileObjects.eventfd(count: 0, semaphore: false, nonBlocking: false, object: "lazy push done") else { return nil }
-        return BackgroundPusher(done: done, ownNice: own)
+        return BackgroundPusher(done: done, ownNice: own, helper: LazyServer.processors >= 2)
     }
 
-    private init(done: FileDescriptor, ownNice: Int32) {
+    private init(done: FileDescriptor, ownNice: Int32, helper: Bool) {
         self.done = done
         self.ownNice = ownNice
         let started = DispatchSemaphore(value: 0)
         startThread(name: "cryo-lazy-push") { [self] in
             let me = Scheduling.currentThread
-            lock.withLock { tid = me }
+            lock.withLock { tids.append(me) }
             started.signal()
             while true {
                 go.wait()
                 guard let job = lock.withLock({ self.job }) else { return }  // no job: stop()
-                try? Scheduling.setNice(me, BackgroundPusher.nice)
+                lower(me)
                 let error: Error?
                 do { try job(); error = nil } catch let caught { error = caught }
                 lock.withLock { self.job = nil; failure = error }
@@ -644,33 +655,71 @@ final class BackgroundPusher: @unchecked Sendable {
             }
         }
         started.wait()
+        guard helper else { return }
+        startThread(name: "cryo-lazy-push2") { [self] in
+            let me = Scheduling.currentThread
+            lock.withLock { tids.append(me) }
+            started.signal()
+            while true {
+                helperGo.wait()
+                guard let job = lock.withLock({ helperJob }) else { return }  // no job: stop()
+                lower(me)
+                job()
+                lock.withLock { helperJob = nil }
+                helperDone.signal()
+            }
+        }
+        started.wait()
     }
 
-    /// The server ends: so does the pushing thread (no push runs now).
+    /// To nice 19 for this push, unless a fault raised the push already (then it stays raised).
+    private func lower(_ tid: pid_t) {
+        lock.withLock { if !raised { try? Scheduling.setNice(tid, BackgroundPusher.nice) } }
+    }
+
+    private func raise() {
+        lock.withLock {
+            guard !raised else { return }
+            raised = true
+            for tid in tids { try? Scheduling.setNice(tid, ownNice) }
+        }
+    }
+
+    /// The server ends: so do the pushing threads (no push runs now).
     func stop() {
-        lock.withLock { job = nil }
+        lock.withLock { job = nil; helperJob = nil }
         go.signal()
+        helperGo.signal()
     }
 
     deinit { try? done.close() }
 
+    /// From within a push: `body(0)` on this thread and `body(1)` on the helper, both done on return
+    /// (without a helper, or for another count, one after the other here).
+    func parallel(_ iterations: Int, _ body: @escaping @Sendable (Int) -> Void) {
+        guard iterations == 2, lock.withLock({ tids.count }) == 2 else {
+            for i in 0..<iterations { body(i) }
+            return
+        }
+        lock.withLock { helperJob = { body(1) } }
+        helperGo.signal()
+        body(0)
+        helperDone.wait()
+    }
+
     /// Runs `body` on the pushing thread and returns when it has ended (rethrowing its error). While
     /// it runs, any of `fds` becoming readable (a fault, a wakeup) raises the push to cryo's priority.
     func run(watching fds: [pollfd], _ body: @escaping () throws -> Void) throws {
-        lock.withLock { job = body; failure = nil }
+        lock.withLock { job = body; failure = nil; raised = false }
         go.signal()
         var waiting = [pollfd(fd: done.rawValue, events: Int16(POLLIN), revents: 0)] + fds.map { pollfd(fd: $0.fd, events: $0.events, revents: 0) }
-        var boosted = false
-        let boost = { [self] in
-            if !boosted { boosted = true; try? Scheduling.setNice(lock.withLock { tid }, ownNice) }
-        }
         while true {
             let ready: Int?
             // A failed poll: the end is waited for below all the same (the pending sets are the push's till then).
-            do { ready = try Files.poll(&waiting, milliseconds: -1, object: "userfaultfds") } catch { boost(); break }
+            do { ready = try Files.poll(&waiting, milliseconds: -1, object: "userfaultfds") } catch { raise(); break }
             guard let ready else { continue }  // EINTR
             if ready > 0 && waiting[0].revents != 0 { break }
-            boost()
+            raise()
             waiting = [waiting[0]]  // only the push's end matters now
         }
         var count: UInt64 = 0
