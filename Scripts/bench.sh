@@ -56,7 +56,8 @@
 # and every shape beside CRIU 4.2's recorded figures on this machine kind
 # (../shared/FIELD-NOTES.md and issue 16; "-" where none was recorded; the
 # CRIU rows for 1000 files and 4000 mappings stand for 10,000 here; 1000
-# descriptors are measured too, beside CRIU's own 1000-file figure).
+# descriptors and 4000 mappings are measured too, beside CRIU's own figures
+# for those counts).
 #
 # The image folders (about 3/4 of the size each) live under $BENCH_DIR
 # (default /var/tmp) and are removed after every run.
@@ -575,6 +576,7 @@ if want shapes; then
     shape_specs=(
         "holes $holes_mib MiB|shapes holes $holes_mib|$((holes_mib * 3 / 4))|1.268|1.045"
         "half 512 MiB|shapes half 512|256|-|-"
+        "4000 mappings|shapes maps 4000|31|0.119|0.052"
         "10000 mappings|shapes maps 10000|78|0.119|0.052"
         "1000 fds|shapes fds 1000|0|0.076|0.046"
         "10000 fds|shapes fds 10000|0|0.076|0.046"
