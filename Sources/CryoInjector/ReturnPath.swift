@@ -23,8 +23,44 @@ public struct ReturnGadgets: Sendable, Equatable {
     /// Looks for both sequences in the task's executable file mappings, libc first.
     /// nil when the task has none (a static binary without signal handlers, say).
     public static func find(pid: pid_t) -> ReturnGadgets? {
+        guard let candidates = codeMappings(pid: pid) else { return nil }
+        var sigreturn: UInt64?
+        var syscallReturn: UInt64?
+        for mapping in candidates.sorted(by: { $0.isLibc && !$1.isLibc }) where sigreturn == nil || syscallReturn == nil {
+            let offsets = cache.withLock { $0[mapping.key] } ?? {
+                let found = search(pid: pid, start: mapping.start, end: mapping.end)
+                cache.withLock { $0[mapping.key] = found }
+                return found
+            }()
+            if sigreturn == nil, let o = offsets.sigreturn { sigreturn = mapping.start + o }
+            if syscallReturn == nil, let o = offsets.syscallReturn { syscallReturn = mapping.start + o }
+        }
+        guard let sigreturn, let syscallReturn else { return nil }
+        return ReturnGadgets(sigreturn: sigreturn, syscallReturn: syscallReturn)
+    }
+
+    typealias CodeMapping = (start: UInt64, end: UInt64, key: String, isLibc: Bool)
+
+    /// The task's executable, not writable file mappings. Asked with PROCMAP_QUERY (Linux 6.11),
+    /// which skips the other mappings in the kernel: with 10,000 anonymous mappings, printing and
+    /// parsing all of /proc/PID/maps for a dozen lines of code was a tenth of a dump.
+    static func codeMappings(pid: pid_t) -> [CodeMapping]? {
+        let required = CRYO_PROCMAP_QUERY_VMA_READABLE | CRYO_PROCMAP_QUERY_VMA_EXECUTABLE | CRYO_PROCMAP_QUERY_FILE_BACKED_VMA
+        if let mappings = try? ProcmapQuery.mappings(pid: pid, required: required) {
+            return mappings.compactMap { m in
+                guard m.flags & CRYO_PROCMAP_QUERY_VMA_WRITABLE == 0, m.name.hasPrefix("/") else { return nil }
+                // The same file at the same offset has the same bytes: one search per library per run.
+                let key = "\(m.deviceMajor):\(m.deviceMinor) \(m.inode) \(m.offset)"
+                return (m.start, m.end, key, m.name.contains("/libc.so") || m.name.contains("/libc-"))
+            }
+        }
+        return codeMappingsFromText(pid: pid)
+    }
+
+    /// The same from the text of /proc/PID/maps (before Linux 6.11).
+    static func codeMappingsFromText(pid: pid_t) -> [CodeMapping]? {
         guard let maps = try? Files.read("/proc/\(pid)/maps") else { return nil }
-        var candidates: [(start: UInt64, end: UInt64, key: String, isLibc: Bool)] = []
+        var candidates: [CodeMapping] = []
         let executable = Array(" r-x".utf8)
         // Line by line on the bytes, no array per line: 10,000 mappings made this a tenth of a dump.
         maps.withUnsafeBufferPointer { all in
@@ -44,25 +80,14 @@ public struct ReturnGadgets: Sendable, Equatable {
                 guard path.hasPrefix("/") else { continue }
                 let range = fields[0].split(separator: "-")
                 guard range.count == 2, let start = UInt64(range[0], radix: 16), let end = UInt64(range[1], radix: 16) else { continue }
-                // The same file at the same offset has the same bytes: one search per library per run.
-                let key = "\(fields[3]) \(fields[4]) \(fields[2])"
+                // Keyed like codeMappings' (major:minor inode offset; maps prints them in hex, the key in decimal).
+                let device = fields[3].split(separator: ":").compactMap { UInt32($0, radix: 16) }
+                guard device.count == 2, let inode = UInt64(fields[4]), let offset = UInt64(fields[2], radix: 16) else { continue }
+                let key = "\(device[0]):\(device[1]) \(inode) \(offset)"
                 candidates.append((start, end, key, path.contains("/libc.so") || path.contains("/libc-")))
             }
         }
-        candidates.sort { $0.isLibc && !$1.isLibc }
-        var sigreturn: UInt64?
-        var syscallReturn: UInt64?
-        for mapping in candidates where sigreturn == nil || syscallReturn == nil {
-            let offsets = cache.withLock { $0[mapping.key] } ?? {
-                let found = search(pid: pid, start: mapping.start, end: mapping.end)
-                cache.withLock { $0[mapping.key] = found }
-                return found
-            }()
-            if sigreturn == nil, let o = offsets.sigreturn { sigreturn = mapping.start + o }
-            if syscallReturn == nil, let o = offsets.syscallReturn { syscallReturn = mapping.start + o }
-        }
-        guard let sigreturn, let syscallReturn else { return nil }
-        return ReturnGadgets(sigreturn: sigreturn, syscallReturn: syscallReturn)
+        return candidates
     }
 
     /// With a user shadow stack (CET), rt_sigreturn also checks a token cryo does not write.

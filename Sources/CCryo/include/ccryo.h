@@ -73,6 +73,22 @@ typedef struct {
 } cryo_pm_scan_arg;
 #define CRYO_PAGEMAP_SCAN 0xc0606610ul /* _IOWR('f', 16, cryo_pm_scan_arg) */
 
+/* PROCMAP_QUERY (Linux 6.11): one mapping of /proc/PID/maps per ioctl, filtered by the
+ * kernel, no text. Its vma_flags are r, w, x and shared only (no VmFlags). Debian 12's headers lack it. */
+#define CRYO_PROCMAP_QUERY_VMA_READABLE      0x01ull
+#define CRYO_PROCMAP_QUERY_VMA_WRITABLE      0x02ull
+#define CRYO_PROCMAP_QUERY_VMA_EXECUTABLE    0x04ull
+#define CRYO_PROCMAP_QUERY_VMA_SHARED        0x08ull
+#define CRYO_PROCMAP_QUERY_COVERING_OR_NEXT  0x10ull
+#define CRYO_PROCMAP_QUERY_FILE_BACKED_VMA   0x20ull
+typedef struct {
+    uint64_t size, query_flags, query_addr;
+    uint64_t vma_start, vma_end, vma_flags, vma_page_size, vma_offset, inode;
+    uint32_t dev_major, dev_minor, vma_name_size, build_id_size;
+    uint64_t vma_name_addr, build_id_addr;
+} cryo_procmap_query;
+#define CRYO_PROCMAP_QUERY 0xc0686611ul /* _IOWR('f', 17, cryo_procmap_query) */
+
 /* GNU-only numbers Glibc's Swift module hides. */
 #define CRYO_F_SETPIPE_SZ 1031
 #define CRYO_F_GETPIPE_SZ 1032
