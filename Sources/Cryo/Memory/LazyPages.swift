@@ -86,6 +86,30 @@ struct LazySplit {
         eagerIndex = task.pageIndex
         eagerIndex.runs = eagerRuns
     }
+
+    /// What LAZY_UFFD registers: `ranges` (in address order), each run of neighbours as one range
+    /// when nothing in `occupied` (everything else the task has mapped: its other mappings, the
+    /// parasite) lies between them. UFFDIO_REGISTER takes a range with holes and registers each
+    /// mapping in it, so 10,000 small mappings cost a few ioctls instead of one each.
+    static func registrationRanges(_ ranges: [cryo_range], occupied: [Range<UInt64>]) -> [cryo_range] {
+        let obstacles = occupied.sorted { $0.lowerBound < $1.lowerBound }
+        var merged: [cryo_range] = []
+        merged.reserveCapacity(ranges.count)
+        var cursor = 0
+        for range in ranges {
+            guard let last = merged.last, last.end <= range.start else { merged.append(range); continue }
+            // The first obstacle that ends after the gap's start decides: does it start before the gap's end?
+            while cursor < obstacles.count && obstacles[cursor].upperBound <= last.end { cursor += 1 }
+            var blocked = false
+            var i = cursor
+            while i < obstacles.count && obstacles[i].lowerBound < range.start {
+                if obstacles[i].upperBound > last.end && !obstacles[i].isEmpty { blocked = true; break }
+                i += 1
+            }
+            if blocked { merged.append(range) } else { merged[merged.count - 1].end = range.end }
+        }
+        return merged
+    }
 }
 
 /// Where lazy restore gets page bytes: the image's PageReader (raw or

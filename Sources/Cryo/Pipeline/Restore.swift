@@ -987,9 +987,11 @@ public struct Restorer {
             // A slot above every received descriptor: INSTALL_FDS closes the task's copy.
             var request = cryo_lazy_uffd()
             request.target_fd = slots.fd(slots.sent)
-            request.range_count = UInt32(lazy.ranges.count)
+            let ranges = LazySplit.registrationRanges(lazy.ranges, occupied: task.memory.mappings.map { $0.start..<$0.end }
+                                                          + [parasite.base..<(parasite.base + parasite.size)])
+            request.range_count = UInt32(ranges.count)
             request.features = Userfaultfd.lazyFeatures
-            try parasite.run(CRYO_CMD_LAZY_UFFD, payload: bytes(of: request) + bytes(of: lazy.ranges), replyBytes: 0)
+            try parasite.run(CRYO_CMD_LAZY_UFFD, payload: bytes(of: request) + bytes(of: ranges), replyBytes: 0)
             let uffd = try Pidfd.copy(of: request.target_fd, from: pid)
             let source = PageSource(reader: try PageReader(path: image.paths.pages(imagePid), index: task.pageIndex),
                                     remote: options.remotePages.map { ($0, imagePid) })
