@@ -13,7 +13,7 @@ enum {
     NR_read = 0, NR_close = 3, NR_mmap = 9, NR_mprotect = 10, NR_munmap = 11, NR_brk = 12,
     NR_rt_sigaction = 13, NR_pread64 = 17, NR_pwrite64 = 18, NR_mremap = 25, NR_madvise = 28, NR_shmat = 30,
     NR_getitimer = 36, NR_setitimer = 38, NR_socket = 41, NR_connect = 42,
-    NR_recvmsg = 47, NR_socketpair = 53, NR_pwritev = 296, NR_clone = 56, NR_rt_sigprocmask = 14, NR_futex = 202, NR_fcntl = 72, NR_fchdir = 81, NR_umask = 95,
+    NR_recvmsg = 47, NR_socketpair = 53, NR_preadv = 295, NR_pwritev = 296, NR_clone = 56, NR_rt_sigprocmask = 14, NR_futex = 202, NR_fcntl = 72, NR_fchdir = 81, NR_umask = 95,
     NR_setresuid = 117, NR_setresgid = 119, NR_setgroups = 116, NR_setfsuid = 122,
     NR_setfsgid = 123, NR_capset = 126, NR_rt_tgsigqueueinfo = 297, NR_rt_sigqueueinfo = 129, NR_rt_sigtimedwait = 128,
     NR_sigaltstack = 131, NR_personality = 135, NR_prctl = 157, NR_chroot = 161,
@@ -347,13 +347,35 @@ static long recv_fds(struct cryo_args_header *h) {
     return 0;
 }
 
-static long pread_full(int fd, char *dst, uint64_t length, uint64_t offset) {
-    while (length) {
-        long n = sys4(NR_pread64, fd, dst, length, offset);
-        if (n == -EINTR) continue;
-        if (n < 0) return n;
-        if (n == 0) return -5; /* EIO: the pages file is shorter than its index says */
-        dst += n; length -= (uint64_t)n; offset += (uint64_t)n;
+/* Fills the runs with one preadv per stretch of the pages file they follow each other in
+ * (FILL_RUNS_BATCH runs at most): thousands of small mappings of a page or two each cost a
+ * few dozen syscalls, not one per run (each is a microsecond or two here). */
+enum { FILL_RUNS_BATCH = 256 };
+static long fill_runs(struct cryo_args_header *h, struct cryo_page_run *runs, uint64_t count) {
+    struct cryo_iovec v[FILL_RUNS_BATCH];
+    uint64_t k = 0;
+    while (k < count) {
+        uint32_t n = 0;
+        uint64_t length = 0;
+        while (n < FILL_RUNS_BATCH && k + n < count && runs[k + n].fd == runs[k].fd
+               && runs[k + n].file_offset == runs[k].file_offset + length) {
+            v[n].base = runs[k + n].address;
+            v[n].length = runs[k + n].length;
+            length += runs[k + n].length;
+            n++;
+        }
+        uint32_t i = 0;
+        uint64_t offset = runs[k].file_offset;
+        while (length > 0) {
+            long r = sys4(NR_preadv, runs[k].fd, &v[i], n - i, offset);
+            if (r == -EINTR) continue;
+            /* 0: EIO, the pages file is shorter than its index says. */
+            if (r <= 0) return fail(h, r ? r : -5, k + i, NR_preadv, v[i].base);
+            offset += (uint64_t)r;
+            length -= (uint64_t)r;
+            consume_iovecs(v, n, &i, r);
+        }
+        k += n;
     }
     return 0;
 }
@@ -383,6 +405,8 @@ static long restore_memory(struct cryo_args_header *h) {
     for (uint64_t i = 0; i < m->discard_count; i++)
         CHECK(h, sys3(NR_madvise, discards[i].start, discards[i].end - discards[i].start, MADV_DONTNEED), i, NR_madvise,
               discards[i].start);
+    /* Every mapping first (writable while its pages go in), then every page, then the
+     * protections and advice: the pages of all mappings are read in a few batches. */
     for (uint64_t i = 0; i < m->vma_count; i++) {
         struct cryo_vma *v = &vmas[i];
         uint64_t length = v->end - v->start;
@@ -406,12 +430,14 @@ static long restore_memory(struct cryo_args_header *h) {
             CHECK(h, addr, i, NR_mmap, v->start);
         }
         if ((uint64_t)addr != v->start) return fail(h, -14 /* EFAULT */, i, NR_mmap, v->start);
-        for (uint64_t k = v->first_run; k < v->first_run + v->run_count; k++) {
-            struct cryo_page_run *run = &runs[k];
-            CHECK(h, pread_full(run->fd, (char *)run->address, run->length, run->file_offset), k,
-                  NR_pread64, run->address);
-        }
-        if (prot != v->prot) CHECK(h, sys3(NR_mprotect, v->start, length, v->prot), i, NR_mprotect, v->start);
+    }
+    long filled = fill_runs(h, runs, m->run_count);
+    if (filled < 0) return filled;
+    for (uint64_t i = 0; i < m->vma_count; i++) {
+        struct cryo_vma *v = &vmas[i];
+        uint64_t length = v->end - v->start;
+        if (v->run_count && !(v->prot & PROT_WRITE))
+            CHECK(h, sys3(NR_mprotect, v->start, length, v->prot), i, NR_mprotect, v->start);
         static const struct { uint32_t bit; int advice; } advices[] = {
             { CRYO_MADV_DONTDUMP, MADV_DONTDUMP }, { CRYO_MADV_DONTFORK, MADV_DONTFORK },
             { CRYO_MADV_HUGEPAGE, MADV_HUGEPAGE }, { CRYO_MADV_NOHUGEPAGE, MADV_NOHUGEPAGE },
