@@ -1,0 +1,66 @@
+// Many small mappings (issue 16): what a restore registers with its
+// userfaultfd, and how the way-home gadgets find a task's code without the
+// text of /proc/PID/maps. No root: data, and this test process's own maps.
+
+import CCryo
+@testable import Cryo
+@testable import CryoInjector
+import CryoSystem
+import Glibc
+import Testing
+
+@Suite("many mappings (no root)")
+struct MappingQueryUnitTests {
+    static func range(_ start: UInt64, _ end: UInt64) -> cryo_range { cryo_range(start: start, end: end) }
+    static func pairs(_ ranges: [cryo_range]) -> [[UInt64]] { ranges.map { [$0.start, $0.end] } }
+
+    @Test("neighbouring lazy mappings are registered as one range across holes, split where anything else is mapped")
+    func registrationRangesMerge() {
+        let lazy = [Self.range(0x1000, 0x2000), Self.range(0x3000, 0x4000), Self.range(0x6000, 0x7000),
+                    Self.range(0x9000, 0xa000), Self.range(0xa000, 0xb000)]
+        // A file mapping between the 2nd and 3rd, the parasite between the 3rd and 4th.
+        let occupied: [Range<UInt64>] = lazy.map { $0.start..<$0.end } + [0x4000..<0x5000, 0x7000..<0x8000]
+        let merged = LazySplit.registrationRanges(lazy, occupied: occupied.shuffled())
+        #expect(Self.pairs(merged) == [[0x1000, 0x4000], [0x6000, 0x7000], [0x9000, 0xb000]])
+        // Nothing else mapped: one range.
+        #expect(Self.pairs(LazySplit.registrationRanges(lazy, occupied: [])) == [[0x1000, 0xb000]])
+        // Something in the very hole: no merge there.
+        #expect(Self.pairs(LazySplit.registrationRanges(lazy, occupied: [0x2000..<0x3000]))
+                == [[0x1000, 0x2000], [0x3000, 0xb000]])
+        #expect(LazySplit.registrationRanges([], occupied: [0x1000..<0x2000]).isEmpty)
+    }
+
+    @Test("10,000 mappings of the shapes fixture with every 4th one a file's: a quarter as many ranges, none over the files")
+    func registrationRangesAtScale() {
+        let page: UInt64 = 4096
+        var lazy: [cryo_range] = [], files: [Range<UInt64>] = []
+        for i in 0..<UInt64(10_000) {
+            let start = 0x10_0000_0000 + i * 5 * page
+            if i % 4 == 3 { files.append(start..<(start + 4 * page)) } else { lazy.append(Self.range(start, start + 4 * page)) }
+        }
+        let merged = LazySplit.registrationRanges(lazy, occupied: files + lazy.map { $0.start..<$0.end })
+        #expect(merged.count == 2_500)
+        for r in merged {
+            #expect(!files.contains { $0.lowerBound < r.end && $0.upperBound > r.start })
+        }
+        // Every lazy mapping lies inside exactly one registered range.
+        var k = 0
+        for l in lazy {
+            while k < merged.count && merged[k].end <= l.start { k += 1 }
+            #expect(k < merged.count && merged[k].start <= l.start && l.end <= merged[k].end)
+        }
+    }
+
+    @Test("PROCMAP_QUERY finds the same code mappings as the text of /proc/PID/maps")
+    func codeMappingsAgree() throws {
+        let required = CRYO_PROCMAP_QUERY_VMA_READABLE | CRYO_PROCMAP_QUERY_VMA_EXECUTABLE | CRYO_PROCMAP_QUERY_FILE_BACKED_VMA
+        do { _ = try ProcmapQuery.mappings(pid: getpid(), required: required) } catch let error as SyscallError where error.errno == .inappropriateIOCTLForDevice {
+            return  // before Linux 6.11 only the text is there
+        }
+        let queried = try #require(ReturnGadgets.codeMappings(pid: getpid()))
+        let text = try #require(ReturnGadgets.codeMappingsFromText(pid: getpid()))
+        #expect(!queried.isEmpty)
+        #expect(queried.map { "\($0.start)-\($0.end) \($0.key) \($0.isLibc)" } == text.map { "\($0.start)-\($0.end) \($0.key) \($0.isLibc)" })
+        #expect(queried.contains { $0.isLibc })
+    }
+}
