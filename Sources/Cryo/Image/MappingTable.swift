@@ -60,6 +60,11 @@ enum MappingTable {
     }
 
     /// The mappings of a `mappings` payload of `file`; only the encoding is checked here (MemoryRecord.validate checks the layout).
+    /// "r", "w", "x" as the bits 1, 2, 4 say: one string per mapping built without concatenating.
+    private static let protections = (0..<8).map { (prot: Int) in
+        (prot & 1 != 0 ? "r" : "") + (prot & 2 != 0 ? "w" : "") + (prot & 4 != 0 ? "x" : "")
+    }
+
     static func decode(_ payload: [UInt8], file: String) throws -> [MemoryRecord.Mapping] {
         try BinaryTableReader.read(payload, magic: magic, recordSize: recordSize, file: file, record: "mappings") { t in
             var mappings: [MemoryRecord.Mapping] = []
@@ -76,7 +81,7 @@ enum MappingTable {
                 let shmem = t.field(i, 40, Int64.self), fileID = t.field(i, 48, Int64.self)
                 mappings.append(MemoryRecord.Mapping(
                     start: t.field(i, 0, UInt64.self), end: t.field(i, 8, UInt64.self),
-                    protection: (prot & 1 != 0 ? "r" : "") + (prot & 2 != 0 ? "w" : "") + (prot & 4 != 0 ? "x" : ""),
+                    protection: protections[Int(prot)],
                     shared: flags & 1 != 0, kind: kinds[kind], path: try t.string(i, 56),
                     fileOffset: t.field(i, 16, UInt64.self),
                     device: flags & 8 != 0 ? t.field(i, 24, UInt64.self) : nil,

@@ -655,7 +655,8 @@ extension MemoryRecord {
     func validate(file: String, index: PageIndex, pagesFiles: [(name: String, size: UInt64)]) throws {
         var previousEnd: UInt64 = 0
         for m in mappings {
-            let label = "mapping 0x\(String(m.start, radix: 16))"
+            // Only for an error: formatting it for every one of 10,000 mappings was most of this check.
+            var label: String { "mapping 0x\(String(m.start, radix: 16))" }
             guard m.start < m.end, m.start % 4096 == 0, m.end % 4096 == 0, m.start >= previousEnd else {
                 throw ImageError(file: file, record: "memory", "\(label): misaligned, empty or overlapping")
             }
