@@ -788,6 +788,44 @@ static long copy_from_mem(struct page_writer *w, uint64_t address, uint64_t leng
     return 0;
 }
 
+/* Two or more CRYO_IOVEC_FROM_MEM entries from v[i] on that fit in the scratch together (the
+ * pages of small PROT_NONE mappings, a page or two each): each read into it in turn, all
+ * written with one pwrite. *n: how many it took, 0 when fewer than two fit (copy_from_mem
+ * then); on a failed read, the entry v[i + *n] it failed at. */
+static long gather_from_mem(struct page_writer *w, uint32_t i, uint64_t offset, uint32_t *n) {
+    uint64_t total = 0;
+    uint32_t count = 0;
+    *n = 0;
+    while (i + count < w->count && w->v[i + count].base != CRYO_IOVEC_SKIP && (w->v[i + count].base & CRYO_IOVEC_FROM_MEM)
+           && total + w->v[i + count].length <= w->scratch_size)
+        total += w->v[i + count++].length;
+    if (count < 2 || w->mem_fd < 0) return 0;
+    uint64_t filled = 0;
+    for (uint32_t k = 0; k < count; k++) {
+        uint64_t address = w->v[i + k].base & ~CRYO_IOVEC_FROM_MEM, length = w->v[i + k].length;
+        for (uint64_t done = 0; done < length;) {
+            long r = sys4(NR_pread64, w->mem_fd, w->scratch + filled + done, length - done, address + done);
+            if (r == -EINTR) continue;
+            if (r <= 0) { w->fail_syscall = NR_pread64; *n = k; return r ? r : -EIO; }
+            done += (uint64_t)r;
+        }
+        filled += length;
+    }
+    *n = count;
+    for (uint64_t done = 0; done < total;) {
+        long r = sys4(NR_pwrite64, w->fd, w->scratch + done, total - done, offset + done);
+        if (r == -EINTR) continue;
+        if (r <= 0) {
+            if (r == -EFBIG) drop_pending(SIGXFSZ);
+            w->fail_syscall = NR_pwrite64;
+            return r ? r : -EIO;
+        }
+        done += (uint64_t)r;
+        w->written += (uint64_t)r;
+    }
+    return 0;
+}
+
 static void write_iovecs(struct page_writer *w) {
     uint32_t i = 0;
     uint64_t offset = 0;
@@ -799,14 +837,17 @@ static void write_iovecs(struct page_writer *w) {
             continue;
         }
         if (w->v[i].base & CRYO_IOVEC_FROM_MEM) {
-            long r = copy_from_mem(w, w->v[i].base & ~CRYO_IOVEC_FROM_MEM, w->v[i].length, offset);
+            uint32_t n = 0;
+            long r = gather_from_mem(w, i, offset, &n);
+            if (n == 0) r = copy_from_mem(w, w->v[i].base & ~CRYO_IOVEC_FROM_MEM, w->v[i].length, offset);
             if (r < 0) {
                 w->result = r;
-                w->fail_step = i;
+                w->fail_step = i + (w->fail_syscall == NR_pread64 ? n : 0);
                 return;
             }
-            offset += w->v[i].length;
-            i++;
+            if (n == 0) n = 1;
+            for (uint32_t k = 0; k < n; k++) offset += w->v[i + k].length;
+            i += n;
             continue;
         }
         uint32_t batch = 0;
