@@ -73,6 +73,6 @@ let package = Package(
             // the linked-in stdlib and Foundation are most of it). Debug builds keep them all.
             linkerSettings: [.unsafeFlags(["-Xlinker", "--strip-all"], .when(configuration: .release))],
             plugins: ["VersionStamp"]),
-        .testTarget(name: "CryoTests", dependencies: ["cryo", "Cryo", "CryoInjector", "CryoSystem"]),
+        .testTarget(name: "CryoTests", dependencies: ["cryo", "Cryo", "CryoInjector", "CryoSystem", "CryoNet"]),
     ]
 )

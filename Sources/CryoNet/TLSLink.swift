@@ -254,13 +254,16 @@ struct MigrationIdentity {
         publicKey = try certificate.extractPublicKey().toSPKIBytes()
     }
 
-    /// Accepts a peer whose certificate holds the derived public key, nothing else.
+    /// Whether a peer's chain (leaf first) proves it holds the key: its leaf holds the derived public key.
+    /// The handshake has checked that the peer signed with the leaf's private key.
+    func accepts(_ chain: [NIOSSLCertificate]) -> Bool {
+        chain.first.flatMap { try? $0.extractPublicKey().toSPKIBytes() } == publicKey
+    }
+
+    /// `accepts` as BoringSSL's whole verification of the peer: no CA, no names, no dates.
     func verifier() -> NIOSSLCustomVerificationCallback {
-        let expected = publicKey
-        return { chain, promise in
-            let presented = chain.first.flatMap { try? $0.extractPublicKey().toSPKIBytes() }
-            promise.succeed(presented == expected ? .certificateVerified : .failed)
-        }
+        let identity = self
+        return { chain, promise in promise.succeed(identity.accepts(chain) ? .certificateVerified : .failed) }
     }
 }
 
