@@ -154,23 +154,9 @@ public final class TLSLink: MigrationLink, @unchecked Sendable {
         try send(buffer)
     }
 
-    /// Plaintext TLS takes per flush. A chunk of up to 16 MiB encrypted whole went to the socket only
-    /// after the last record, its ciphertext no longer in the cache; in pieces, each piece's records
-    /// leave while still there, and the first ones before the rest is encrypted.
-    private static let flushBytes = 256 << 10
-
     private func send(_ buffer: ByteBuffer) throws {
         // Two writes in flight: the next chunk is read from the tree while the event loop encrypts this one.
-        let channel = self.channel
-        let write = buffer.readableBytes <= Self.flushBytes ? channel.writeAndFlush(buffer) : channel.eventLoop.flatSubmit {
-            // On the event loop, each flush encrypts and writes at once; a failed piece fails the last too.
-            var rest = buffer
-            var last = channel.eventLoop.makeSucceededVoidFuture()
-            while let piece = rest.readSlice(length: min(Self.flushBytes, rest.readableBytes)), piece.readableBytes > 0 {
-                last = channel.writeAndFlush(piece)
-            }
-            return last
-        }
+        let write = channel.writeAndFlush(buffer)
         let oldest = flights.locked { () -> EventLoopFuture<Void>? in
             inFlight.append(write)
             return inFlight.count > 2 ? inFlight.removeFirst() : nil
