@@ -185,6 +185,7 @@ public struct Restorer {
         let lanes = RestoreLanes(inventory: inventory, parallel: !options.lazyPages && !options.newPidNamespace
                                  && (inventory.terminals ?? []).isEmpty && TestHooks.current.restoreLanes != 1
                                  && !inventory.processes.contains { $0.sharesFiles == true || $0.sharesFS == true })
+        if logger.logLevel <= .debug { lanes.log = { [logger] in logger.debug("\($0)") } }
         // Eager restores load private anonymous memory the lazy way too, but wait for it before the
         // tasks run: UFFDIO_COPY fills a new page without zeroing it first, and the copying runs on
         // the other core while the next process is restored. Without userfaultfd, the parasite reads.
@@ -242,7 +243,7 @@ public struct Restorer {
             try createTree(image, root: root, session: session, lanes: lanes, helperPids: helperPids, opened: opened,
                            time: timeNamespaces, early: early)
             if let timeNamespaces {
-                try lanes.run { lane in
+                try lanes.run(step: "time namespaces") { lane in
                     for pid in inventory.livePids where session.processes[pid]!.lane == lane {
                         try timeNamespaces.finish(session.processes[pid]!, imagePid: pid, inject: injectArguments)
                     }
@@ -257,7 +258,7 @@ public struct Restorer {
             statistics.forkingSeconds = seconds(since: forking)
             timelineMark(logger, "tree created")
             let restoring = ContinuousClock.now
-            try lanes.run { lane in
+            try lanes.run(step: "processes") { lane in
                 for process in inventory.livePids.map({ session.processes[$0]! }) where process.lane == lane {
                     try restoreProcess(process, image: image, descriptions: descriptions, sharedMemory: sharedMemory, session: session)
                 }
@@ -277,7 +278,7 @@ public struct Restorer {
                 session.lazy = nil
             }
             // Last: registers, then every task goes at once.
-            try lanes.run { lane in
+            try lanes.run(step: "registers") { lane in
                 for process in inventory.livePids.map({ session.processes[$0]! }) where process.lane == lane {
                     process.tracee.syscallSite = process.image.threads[0].registers.rip
                     try process.parasite.remove()
@@ -299,7 +300,7 @@ public struct Restorer {
             // Not atomic: should cryo die in this loop, the tasks already let go run on while the
             // rest die with it (EXITKILL). The loop is kept short: detaching only.
             let releasing = ContinuousClock.now
-            try lanes.run { lane in
+            try lanes.run(step: "release") { lane in
                 for process in inventory.livePids.map({ session.processes[$0]! }) where process.lane == lane {
                     for thread in process.threads { try thread.detach() }
                 }
@@ -443,9 +444,10 @@ public struct Restorer {
     func createTree(_ image: Image, root: RestoringProcess, session: RestoreSession, lanes: RestoreLanes,
                     helperPids: Set<Int32>, opened: OpenedFiles, time: TimeNamespaceRestore?, early: (RestoringProcess) throws -> Void) throws {
         let inventory = image.inventory
-        try lanes.run { lane in
+        try lanes.run(step: "clones") { lane in
             defer { if lane == 0 { lanes.closeHandoff() } }
-            for entry in inventory.processes.dropFirst() where entry.zombieStatus == nil {
+            let entries = Array(inventory.processes.dropFirst())
+            for entry in lane == 0 ? lanes.cloningOrder(entries, pid: \.pid) : entries where entry.zombieStatus == nil {
                 let owner = lanes.lane(of: entry.pid)
                 let handedOver = lanes.handedOver.contains(entry.pid)
                 // Lane 0 clones what lane 1 takes over; lane 1 every other process of its own.
@@ -516,7 +518,7 @@ public struct Restorer {
         // Every group leader made its group when it was cloned, so members can join them.
         final class Helpers { var list: [(tracee: Tracee, creator: RestoringProcess, group: Int32)] = [] }
         let helpers = [Helpers(), Helpers()]  // by lane
-        try lanes.run { lane in
+        try lanes.run(step: "stand-ins") { lane in
             for group in helperPids.sorted() {
                 let member = inventory.processes.first { $0.pgid == group }!
                 guard let creator = session.processes[member.ppid] ?? session.processes[member.pid] else {
@@ -533,7 +535,7 @@ public struct Restorer {
         }
         faultHook("stand-ins-created")
         let shellGroup = inventory.shellJob ? inventory.processes[0].pgid : -1
-        try lanes.run { lane in
+        try lanes.run(step: "groups") { lane in
             for entry in inventory.processes.dropFirst() where entry.zombieStatus == nil
                 && entry.pgid != entry.pid && entry.sid != entry.pid && entry.pgid != shellGroup && lanes.lane(of: entry.pid) == lane {
                 let process = session.processes[entry.pid]!
@@ -544,12 +546,12 @@ public struct Restorer {
             }
         }
         try finishTerminals(image, session: session)
-        try lanes.run { lane in
+        try lanes.run(step: "zombies") { lane in
             for entry in inventory.processes where entry.zombieStatus != nil && lanes.lane(of: entry.ppid) == lane {
                 try createZombie(entry, session: session, shellGroup: shellGroup)
             }
         }
-        try lanes.run { lane in
+        try lanes.run(step: "stand-ins exit") { lane in
             for (helper, creator, group) in helpers[lane].list {
                 try inject(helper, Restorer.syscallExitGroup, 0, what: "exit of stand-in leader", expectExit: true)
                 // The creator knows its child by the pid of its own namespace: the group's, also under --pidns.
@@ -697,15 +699,19 @@ public struct Restorer {
         defer { slots.closeOwned() }
         // The last receive of descriptors runs in one stop with the memory, the state with the descriptors' installing.
         let receive = try send(slots, to: process, session: session)
+        // With its memory in already, the receive rides in the stop of the task state (nothing before it needs the slots).
+        var pendingReceive: [ParasiteCommand] = []
         if !process.memoryRestored {
             try restoreMemory(process, image: image, slots: slots, session: session, after: receive)
-        } else {
+        } else if let lazy = process.lazyLater {
             try process.parasite.run(batch: receive)
-            if let lazy = process.lazyLater { try registerLazy(process, lazy, image: image, slots: slots, session: session) }
+            try registerLazy(process, lazy, image: image, slots: slots, session: session)
+        } else {
+            pendingReceive = receive
         }
         try restoreProcessAttributes(process)
         try cloneThreads(process)
-        let state = try restoreTaskState(process, slots: slots)
+        let state = try restoreTaskState(process, slots: slots, after: pendingReceive)
         // Commonly the credentials ride in that stop too, their limits set from outside before it.
         if !state.isEmpty && credentialsCanRide(process, image: image, slots: slots) {
             try restoreLimits(process)
@@ -744,8 +750,11 @@ public struct Restorer {
                                   memoryOnly: true)
         defer { slots.closeOwned() }
         let receive = try send(slots, to: process, session: session)
-        try restoreMemory(process, image: image, slots: slots, session: session, early: true, after: receive)
-        try inject(process.tracee, 436 /* close_range */, UInt64(slots.controlFD), UInt64(UInt32.max), 0, what: "close_range")
+        // In the same stop: an INSTALL_FDS of nothing closes every slot and the control socket after the memory is in.
+        var close = cryo_install_fds()
+        close.close_from = slots.controlFD
+        try restoreMemory(process, image: image, slots: slots, session: session, early: true, after: receive,
+                          then: [ParasiteCommand(command: CRYO_CMD_INSTALL_FDS, payload: bytes(of: close))])
         process.memoryRestored = true
     }
 
@@ -766,11 +775,17 @@ public struct Restorer {
                 }
             }
             if !memoryOnly {
-            slots.cwd = slots.add(try openDirectory(task.core.cwd, removed: task.core.cwdRemoved, what: "working directory of pid \(pid)",
-                                                    image: image, descriptions: descriptions, session: session))
-            slots.root = task.core.root == "/" ? nil : slots.add(try openDirectory(task.core.root, removed: task.core.rootRemoved,
-                what: "root directory of pid \(pid)", image: image, descriptions: descriptions, session: session))
-            slots.exe = (try? Files.open(task.core.exe, .readOnly)).map { slots.add($0) }
+            // A directory that still exists, the executable and mapped files are opened once for the whole
+            // tree (they only need some description of the file): most processes share them.
+            func directory(_ path: String, removed: RemovedDirectory?, what: String) throws -> Int {
+                if removed != nil {
+                    return slots.add(try openDirectory(path, removed: removed, what: what, image: image, descriptions: descriptions, session: session))
+                }
+                return slots.add(try session.sharedFile("dir:\(path)") { try openDirectory(path, what: what) }.fd, owned: false)
+            }
+            slots.cwd = try directory(task.core.cwd, removed: task.core.cwdRemoved, what: "working directory of pid \(pid)")
+            slots.root = task.core.root == "/" ? nil : try directory(task.core.root, removed: task.core.rootRemoved, what: "root directory of pid \(pid)")
+            slots.exe = (try? session.sharedFile("exe:\(task.core.exe)") { try Files.open(task.core.exe, .readOnly) }).map { slots.add($0.fd, owned: false) }
             }
             for m in task.memory.mappings {
                 if let id = m.shmem {
@@ -807,12 +822,17 @@ public struct Restorer {
                     let writable = m.shared && m.protection.contains("w")
                     let key = "\(writable ? "rw" : "r"):\(m.path!)"
                     if slots.mappings[key] != nil { continue }
-                    let fd: FileDescriptor
-                    do { fd = try Files.open(m.path!, writable ? .readWrite : .readOnly) } catch {
+                    let file: SharedFile
+                    do {
+                        file = try session.sharedFile("map:\(key)") {
+                            let fd = try Files.open(m.path!, writable ? .readWrite : .readOnly)
+                            do { return (fd, try Files.stat(fd, object: m.path!)) } catch { try? fd.close(); throw error }
+                        }
+                    } catch {
                         throw CryoError("pid \(imagePid): mapping 0x\(hex(m.start)) of a file: \(error)")
                     }
-                    let slot = slots.add(fd)
-                    let st = try Files.stat(fd, object: m.path!)
+                    let slot = slots.add(file.fd, owned: false)
+                    let st = file.stat!
                     if let inode = m.inode, let device = m.device, UInt64(st.st_ino) != inode || UInt64(st.st_dev) != device {
                         throw CryoError("pid \(pid): mapped file \(m.path!) was replaced since the dump (inode \(inode) is now \(st.st_ino))")
                     }
@@ -904,9 +924,9 @@ public struct Restorer {
 
     /// `early`: before the children are cloned (restoreMemoryEarly): the lazy part is registered later,
     /// once they exist, so that no fork meets a registered userfaultfd.
-    /// `after`: commands to run in the same stop, before RESTORE_MEMORY.
+    /// `after`: commands to run in the same stop, before RESTORE_MEMORY; `then`: after it (nothing below needs the slots then).
     func restoreMemory(_ process: RestoringProcess, image: Image, slots: TaskSlots, session: RestoreSession, early: Bool = false,
-                       after pending: [ParasiteCommand] = []) throws {
+                       after pending: [ParasiteCommand] = [], then following: [ParasiteCommand] = []) throws {
         let (task, pid, imagePid, parasite) = (process.image, process.pid, process.image.core.pid, process.parasite)
         let current = try readMappings(pid: pid, withFlags: false)
         let parasiteRange = parasite.base..<(parasite.base + parasite.size)
@@ -942,7 +962,7 @@ public struct Restorer {
                 return slots.fd(slots.mappings["\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.path!)"]!)
             },
             oldRseq: try Ptrace.rseqConfiguration(pid), keepInherited: shareMemory, extraRuns: extraRuns)
-        try parasite.run(batch: pending + [ParasiteCommand(command: CRYO_CMD_RESTORE_MEMORY, payload: plan.payload)])
+        try parasite.run(batch: pending + [ParasiteCommand(command: CRYO_CMD_RESTORE_MEMORY, payload: plan.payload)] + following)
         for m in task.memory.mappings where m.kind == .aioRing {
             try AioRing.restore(m, events: m.aioEvents!, tracee: process.tracee, parasite: parasite)
         }
@@ -1013,7 +1033,8 @@ public struct Restorer {
     /// Signals, mm fields, cwd, root, exe, every thread's own state and the POSIX timers.
     /// A single-threaded process with no timers to set gets its RESTORE_STATE back, to run in
     /// one stop with its first INSTALL_FDS; otherwise it runs here, and none is returned.
-    func restoreTaskState(_ process: RestoringProcess, slots: TaskSlots) throws -> [ParasiteCommand] {
+    /// `after`: commands to run in its stop, before it (the last RECV_FDS, which brings its cwd).
+    func restoreTaskState(_ process: RestoringProcess, slots: TaskSlots, after pending: [ParasiteCommand] = []) throws -> [ParasiteCommand] {
         let (task, parasite) = (process.image, process.parasite)
         var state = cryo_task_state()
         var extra = cryo_restore_extra()
@@ -1027,9 +1048,9 @@ public struct Restorer {
         let restoreState = ParasiteCommand(command: CRYO_CMD_RESTORE_STATE,
                                            payload: bytes(of: state) + bytes(of: extra) + bytes(of: task.threads[0].parasiteState))
         if process.threads.count == 1 && (task.signals.posixTimers ?? []).isEmpty && !timerSlackNeedsSetting(process) {
-            return [restoreState]
+            return pending + [restoreState]
         }
-        try parasite.run(batch: [restoreState])
+        try parasite.run(batch: pending + [restoreState])
         for (thread, record) in zip(process.threads, task.threads).dropFirst() {
             try parasite.run(CRYO_CMD_RESTORE_THREAD, payload: bytes(of: record.parasiteState), replyBytes: 0, on: thread)
         }
@@ -1244,6 +1265,9 @@ final class TaskSlots {
     }
 }
 
+/// A file opened once for the tasks of a restore; `stat` taken when opened for a mapping (to check its inode).
+typealias SharedFile = (fd: FileDescriptor, stat: Glibc.stat?)
+
 /// What a restore has created so far, to be killed if it fails. Lanes (RestoreLanes.swift)
 /// add to it from two threads at once.
 final class RestoreSession: @unchecked Sendable {
@@ -1280,6 +1304,22 @@ final class RestoreSession: @unchecked Sendable {
     func takeConnection(for pid: Int32) -> FileDescriptor? { lock.withLock { connections.removeValue(forKey: pid) } }
     func hasConnection(for pid: Int32) -> Bool { lock.withLock { connections[pid] != nil } }
 
+    /// Files every task that needs them receives (a mapped library, the executable, a cwd), opened
+    /// once by the first: by "map:(r|rw):PATH", "exe:PATH", "dir:PATH".
+    private var sharedFiles: [String: SharedFile] = [:]
+    func sharedFile(_ key: String, open: () throws -> FileDescriptor) throws -> SharedFile {
+        try sharedFile(key) { (try open(), nil) }
+    }
+    func sharedFile(_ key: String, open: () throws -> (FileDescriptor, Glibc.stat?)) throws -> SharedFile {
+        try lock.withLock {
+            if let known = sharedFiles[key] { return known }
+            let (fd, st) = try open()
+            let made = SharedFile(fd: fd, stat: st)
+            sharedFiles[key] = made
+            return made
+        }
+    }
+
     /// Removed directories made again for cwds and roots, by "device:inode" at dump.
     private var removedDirectories: [String: FileDescriptor] = [:]
     func removedDirectory(_ key: String, make: () throws -> FileDescriptor) throws -> FileDescriptor {
@@ -1295,6 +1335,7 @@ final class RestoreSession: @unchecked Sendable {
         for control in controls.values { control.close() }
         for fd in connections.values { try? fd.close() }
         for fd in removedDirectories.values { try? fd.close() }
+        for file in sharedFiles.values { try? file.fd.close() }
     }
     private var createdPids: [pid_t] = []
     var created: [pid_t] { lock.withLock { createdPids } }

@@ -147,9 +147,8 @@ extension TaskCore {
     }
 }
 
-var lastCapability: Int {
-    Int((try? Files.readString("/proc/sys/kernel/cap_last_cap").trimmed()).flatMap { Int($0) } ?? 40)
-}
+/// The kernel's highest capability number: fixed while it runs, so read once (not once per restored task).
+let lastCapability: Int = Int((try? Files.readString("/proc/sys/kernel/cap_last_cap").trimmed()).flatMap { Int($0) } ?? 40)
 
 /// /proc/PID/stat, split after the parenthesised name (which may hold spaces).
 struct ProcStat {

@@ -16,7 +16,12 @@ final class RestoreLanes: @unchecked Sendable {
     private let lanes: [Int32: Int]
     /// Processes lane 0 clones and parks for lane 1 (lane 1's whose parent is lane 0's).
     let handedOver: Set<Int32>
+    /// Handed-over processes and their ancestors: lane 0 clones these first, so that lane 1 can start
+    /// at once instead of waiting for lane 0 to come to each of its subtrees in the image's order.
+    private let clonedFirst: Set<Int32>
     private let worker: LaneWorker?
+    /// With -v: each step's time in each lane (`run(step:)`), to see which lane the other waits for.
+    var log: ((String) -> Void)?
 
     /// One lane for small trees, lazy or namespaced restores and single CPUs.
     init(inventory: Inventory, parallel: Bool) {
@@ -26,7 +31,25 @@ final class RestoreLanes: @unchecked Sendable {
         lanes = assigned
         let parents = Dictionary(live.map { ($0.pid, $0.ppid) }, uniquingKeysWith: { first, _ in first })
         handedOver = Set(assigned.keys.filter { assigned[parents[$0] ?? 0] == nil })
+        clonedFirst = RestoreLanes.withAncestors(handedOver, parents: parents, root: inventory.rootPid)
         worker = assigned.isEmpty ? nil : LaneWorker()
+    }
+
+    /// `pids` and every ancestor of theirs below `root`.
+    static func withAncestors(_ pids: Set<Int32>, parents: [Int32: Int32], root: Int32) -> Set<Int32> {
+        var result = pids
+        for pid in pids {
+            var up = parents[pid]
+            while let p = up, p != root, result.insert(p).inserted { up = parents[p] }
+        }
+        return result
+    }
+
+    /// The order lane 0 clones in: what lane 1 waits for first (parents still before their children,
+    /// as both parts keep the image's order), then the rest.
+    func cloningOrder<Entry>(_ entries: [Entry], pid: (Entry) -> Int32) -> [Entry] {
+        guard parallel else { return entries }
+        return entries.filter { clonedFirst.contains(pid($0)) } + entries.filter { !clonedFirst.contains(pid($0)) }
     }
 
     /// Below this many processes a second thread is not worth its start.
@@ -69,23 +92,29 @@ final class RestoreLanes: @unchecked Sendable {
 
     /// Runs `body(0)` here and `body(1)` on lane 1's thread at once; returns when both are
     /// done, throwing the first error (lane 0's when both failed).
-    func run(_ body: (Int) throws -> Void) throws {
+    func run(step: String, _ body: (Int) throws -> Void) throws {
         guard let worker else { return try body(0) }
         try withoutActuallyEscaping(body) { body in
             var failure1: Error?
-            worker.start(UncheckedBox { do { try body(1) } catch { failure1 = error } })
+            var took1 = Duration.zero
+            let clock = ContinuousClock()
+            worker.start(UncheckedBox { took1 = clock.measure { do { try body(1) } catch { failure1 = error } } })
             var failure0: Error?
-            do { try body(0) } catch { failure0 = error }
+            let took0 = clock.measure { do { try body(0) } catch { failure0 = error } }
             worker.wait()
+            if let log { log("lanes: \(step): lane 0 \(RestoreLanes.milliseconds(took0)) ms, lane 1 \(RestoreLanes.milliseconds(took1)) ms") }
             if let failure = failure0 ?? failure1 { throw failure }
         }
     }
 
+    static func milliseconds(_ duration: Duration) -> String {
+        let (seconds, attoseconds) = duration.components
+        return String(Double(seconds) * 1000 + Double(attoseconds / 1_000_000_000_000) / 1000)
+    }
+
     // MARK: Handing processes over
 
-    private let handoffLock = Lock()
-    private var parked = Set<pid_t>()
-    private var handoffClosed = false
+    private let handoff = HandoffBoard()
 
     /// Lane 0: `tracee` (a new process for lane 1) dies with its parent from now on, waits in
     /// pause(), and is let go.
@@ -100,23 +129,18 @@ final class RestoreLanes: @unchecked Sendable {
         try Ptrace.setSignalMask(tracee.pid, ~0)
         try tracee.detach()
         killPoint("parked")  // traced by no one: only its parent's death ends it now
-        handoffLock.withLock { _ = parked.insert(tracee.pid) }
+        handoff.post(tracee.pid)
     }
 
     /// Lane 0, when its cloning is over (done or failed): lane 1 waits for no more.
     func closeHandoff() {
-        handoffLock.withLock { handoffClosed = true }
+        handoff.close()
     }
 
     /// Lane 1: waits until lane 0 has parked `pid`, then traces it for good (EXITKILL). The
     /// caller takes its parent-death signal off again once it can inject.
     func take(_ pid: pid_t, seize: (pid_t) throws -> Void) throws -> Tracee {
-        while true {
-            let (ready, closed) = handoffLock.withLock { (parked.remove(pid) != nil, handoffClosed) }
-            if ready { break }
-            if closed { throw CryoError("pid \(pid): never handed over (the other lane stopped)") }
-            usleep(20)
-        }
+        guard handoff.wait(for: pid) else { throw CryoError("pid \(pid): never handed over (the other lane stopped)") }
         try seize(pid)
         try Ptrace.interrupt(pid)
         _ = try waitForStop(pid)
@@ -131,6 +155,47 @@ final class RestoreLanes: @unchecked Sendable {
 struct UncheckedBox<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }
+}
+
+/// Pids lane 0 has parked, for lane 1 to wait on without polling (a sleep loop cost lane 1
+/// hundreds of wakeups per tree).
+final class HandoffBoard: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var parked = Set<pid_t>()
+    private var closed = false
+    init() {
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(condition, nil)
+    }
+    deinit {
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+        condition.deallocate()
+    }
+    func post(_ pid: pid_t) {
+        pthread_mutex_lock(mutex)
+        parked.insert(pid)
+        pthread_cond_broadcast(condition)
+        pthread_mutex_unlock(mutex)
+    }
+    func close() {
+        pthread_mutex_lock(mutex)
+        closed = true
+        pthread_cond_broadcast(condition)
+        pthread_mutex_unlock(mutex)
+    }
+    /// True once `pid` is parked (taken off the board), false if the board closed without it.
+    func wait(for pid: pid_t) -> Bool {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        while true {
+            if parked.remove(pid) != nil { return true }
+            if closed { return false }
+            pthread_cond_wait(condition, mutex)
+        }
+    }
 }
 
 /// A counting semaphore over a pthread mutex and condition.
