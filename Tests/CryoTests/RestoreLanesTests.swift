@@ -32,6 +32,31 @@ struct RestoreLanesTests {
         #expect(taken.count >= 55, "lane 1 got \(taken.count) of 127")
     }
 
+    @Test("lane 0 clones the tops of lane 1's subtrees and their ancestors first, every parent before its children")
+    func handoverFirst() {
+        let processes = Self.ternary(127)
+        let parents = Dictionary(uniqueKeysWithValues: processes.map { ($0.pid, $0.ppid) })
+        let taken = RestoreLanes.split(processes, root: 1000)
+        let tops = RestoreLanes.handedOver(taken, parents: parents)
+        #expect(!tops.isEmpty)
+        let first = RestoreLanes.withAncestors(tops, parents: parents, root: 1000)
+        #expect(first.isSuperset(of: tops))
+        #expect(!first.contains(1000))
+        // What lane 0 clones: its own processes and the tops it hands over.
+        let lane0 = processes.dropFirst().filter { taken[$0.pid] == nil || tops.contains($0.pid) }
+        let order = RestoreLanes.cloningOrder(Array(lane0), first: first, pid: \.pid)
+        #expect(order.count == lane0.count)
+        var seen: Set<Int32> = [1000]
+        for p in order {
+            #expect(seen.contains(p.ppid), "pid \(p.pid) comes before its parent \(p.ppid)")
+            seen.insert(p.pid)
+        }
+        // Every top is cloned before lane 0's first process that lane 1 does not wait for.
+        let lastTop = order.lastIndex { tops.contains($0.pid) }!
+        #expect(lastTop < first.count, "the last top is clone \(lastTop + 1) of \(order.count)")
+        #expect(first.count < order.count / 2)
+    }
+
     @Test("a chain of 200,000 processes is split without deep recursion, and fast")
     func chain() {
         var processes: [(pid: Int32, ppid: Int32)] = []

@@ -38,6 +38,8 @@ protocol DescriptorKind: Codable, Sendable {
     static func afterInstallBytes(_ installed: InstalledDescriptors) -> Int
     /// Work inside a restored process once all its descriptors are in place.
     static func afterInstall(_ installed: InstalledDescriptors, parasite: Parasite) throws
+    /// Whether `afterInstall` may do anything for these descriptors (afterInstallBytes is room, never 0).
+    static func hasAfterInstallWork(_ installed: InstalledDescriptors) -> Bool
 
     // Show
     /// One line for `cryo show`.
@@ -67,6 +69,7 @@ extension DescriptorKind {
     static func checkBeforeRestore(_ files: [FileTable.OpenFile], options: KindOptions) throws {}
     static func afterInstallBytes(_ installed: InstalledDescriptors) -> Int { 0 }
     static func afterInstall(_ installed: InstalledDescriptors, parasite: Parasite) throws {}
+    static func hasAfterInstallWork(_ installed: InstalledDescriptors) -> Bool { false }
     func summary(_ file: FileTable.OpenFile) -> String { file.path ?? Self.name }
     static var packCode: UInt16? { nil }
     func pack() -> PackedState? { nil }
@@ -122,6 +125,12 @@ enum DescriptorKinds {
 
     static func afterInstallBytes(_ installed: InstalledDescriptors) -> Int {
         all.reduce(FileLock.afterInstallBytes(installed)) { $0 + $1.afterInstallBytes(installed) }
+    }
+
+    /// Whether afterInstall below has anything to do: a kind's own work, locks or an owner to set.
+    static func hasAfterInstallWork(_ installed: InstalledDescriptors) -> Bool {
+        all.contains { $0.hasAfterInstallWork(installed) }
+            || installed.descriptors.contains { $0.locks?.isEmpty == false || installed.files[$0.file].owner != nil }
     }
 
     /// What each kind does once a process's descriptors are installed, then its locks, which any kind may hold.

@@ -82,6 +82,9 @@ public struct EpollState: DescriptorKind {
             + installed.of(EpollState.self).reduce(0) { $0 + $1.state.targets.count } * MemoryLayout<cryo_epoll_target>.stride
     }
 
+    static func hasAfterInstallWork(_ installed: InstalledDescriptors) -> Bool { !installed.of(EpollState.self).isEmpty }
+
+
     /// Targets are added once per instance, by the first process holding it, now that its fds are in place.
     static func afterInstall(_ installed: InstalledDescriptors, parasite: Parasite) throws {
         var watches: [cryo_epoll_target] = []

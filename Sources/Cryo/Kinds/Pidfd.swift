@@ -64,6 +64,9 @@ struct PidfdState: DescriptorKind {
         return copy
     }
 
+    static func hasAfterInstallWork(_ installed: InstalledDescriptors) -> Bool { !installed.of(PidfdState.self).isEmpty }
+
+
     /// Inside the holder: pidfd_open(pid) of the restored process, moved onto the stand-in's number.
     static func afterInstall(_ installed: InstalledDescriptors, parasite: Parasite) throws {
         for (fd, file, state) in installed.of(PidfdState.self) where state.pid > 0 {

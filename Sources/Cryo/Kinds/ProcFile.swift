@@ -81,6 +81,9 @@ struct ProcFileState: DescriptorKind {
         installed.of(ProcFileState.self).reduce(0) { max($0, ($1.file.path?.utf8.count ?? 0) + 1) }
     }
 
+    static func hasAfterInstallWork(_ installed: InstalledDescriptors) -> Bool { !installed.of(ProcFileState.self).isEmpty }
+
+
     /// Inside the holder: open the path with the dumped flags, move it onto the fd, seek.
     static func afterInstall(_ installed: InstalledDescriptors, parasite: Parasite) throws {
         for (fd, file, _) in installed.of(ProcFileState.self) {

@@ -702,7 +702,16 @@ public struct Restorer {
         // With its memory in already, the receive rides in the stop of the task state (nothing before it needs the slots).
         var pendingReceive: [ParasiteCommand] = []
         if !process.memoryRestored {
-            try restoreMemory(process, image: image, slots: slots, session: session, after: receive)
+            // Commonly the whole process in this one stop: memory, state, descriptors, credentials.
+            let tail = try oneStopTail(process, image: image, slots: slots)
+            if try restoreMemory(process, image: image, slots: slots, session: session, after: receive, then: tail ?? []), tail != nil {
+                logger.trace("pid \(process.pid): restored in one stop")
+                try DescriptorKinds.afterInstall(InstalledDescriptors(descriptors: process.image.descriptors.descriptors, files: image.fileTable.files,
+                                                                      finishedOnce: { session.finishOnce($0) }),
+                                                 parasite: process.parasite)
+                try restoreCredentials(process, limitsAndLeaderDone: true)
+                return
+            }
         } else if let lazy = process.lazyLater {
             try process.parasite.run(batch: receive)
             try registerLazy(process, lazy, image: image, slots: slots, session: session)
@@ -724,6 +733,35 @@ public struct Restorer {
         }
     }
 
+    /// A single-threaded process with nothing to inject between its memory and its state (no loginuid or
+    /// membarrier to set, no timers or timer slack, credentials that can ride): its state, descriptors and
+    /// credentials, to run in the stop of its memory. Its resource limits are set from outside first, so
+    /// they must not bite the memory or what it receives: RLIMIT_AS and RLIMIT_MEMLOCK unchanged or
+    /// unlimited, every slot (and the userfaultfd's above them) below RLIMIT_NOFILE. Nil: the usual stops.
+    func oneStopTail(_ process: RestoringProcess, image: Image, slots: TaskSlots) throws -> [ParasiteCommand]? {
+        let task = process.image
+        let why = task.threads.count != 1 ? "threads" : !(task.signals.posixTimers ?? []).isEmpty ? "timers"
+            : !credentialsCanRide(process, image: image, slots: slots) ? "credentials" : !limitsHarmlessBeforeMemory(process, slots: slots) ? "limits"
+            : attributesNeedInjection(process) ? "attributes" : timerSlackNeedsSetting(process) ? "timer slack" : nil
+        if let why {
+            logger.trace("pid \(process.pid): more than one stop (\(why))")
+            return nil
+        }
+        try restoreLimits(process)
+        return [taskStateCommand(process, slots: slots), installCommand(process, slots: slots, round: slots.firstDescription..<slots.sent, closeFrom: slots.controlFD),
+                ParasiteCommand(command: CRYO_CMD_RESTORE_CREDS, payload: bytes(of: task.core.parasiteCredentials))]
+    }
+
+    func limitsHarmlessBeforeMemory(_ process: RestoringProcess, slots: TaskSlots) -> Bool {
+        let limits = process.image.core.resourceLimits
+        func soft(_ resource: Int) -> UInt64? { limits.indices.contains(resource) && limits[resource].count == 2 ? limits[resource][0] : nil }
+        for resource in [9 /* RLIMIT_AS */, 8 /* RLIMIT_MEMLOCK */] {
+            guard let wanted = soft(resource), wanted != UInt64.max else { continue }
+            guard let current = try? Processes.resourceLimit(process.pid, Int32(resource)), current.soft == wanted else { return false }
+        }
+        return soft(Int(RLIMIT_NOFILE.rawValue)).map { $0 > UInt64(slots.fd(slots.toSend.count)) } ?? true
+    }
+
     /// Whether RESTORE_CREDS may run in the stop of the state and descriptors (one thread, one round of
     /// descriptors, nothing for their kinds to do once installed), with the resource limits set before
     /// them: none that they would meet (descriptors at or above RLIMIT_NOFILE, signals to queue against
@@ -734,11 +772,13 @@ public struct Restorer {
         func soft(_ resource: Int) -> UInt64? { limits.indices.contains(resource) && limits[resource].count == 2 ? limits[resource][0] : nil }
         let installed = InstalledDescriptors(descriptors: task.descriptors.descriptors, files: files, finishedOnce: { _ in true })
         return process.threads.count == 1 && slots.sent == slots.toSend.count
-            && DescriptorKinds.afterInstallBytes(installed) == 0
+            && !DescriptorKinds.hasAfterInstallWork(installed)
             && !task.descriptors.descriptors.contains { files[$0.file].owner != nil || files[$0.file].kind == PidfdState.name }
             && task.signals.pending.isEmpty && task.threads.allSatisfy { $0.pending.isEmpty }
             && soft(Int(RLIMIT_DATA.rawValue)).map { $0 == UInt64.max } ?? true
             && soft(Int(RLIMIT_NOFILE.rawValue)).map { limit in task.descriptors.descriptors.allSatisfy { UInt64($0.fd) < limit } } ?? true
+            // A receive that rides in the same stop (restoreProcess) puts every slot below the limit too.
+            && soft(Int(RLIMIT_NOFILE.rawValue)).map { UInt64(slots.fd(slots.toSend.count)) < $0 } ?? true
     }
 
     /// A process whose children share its private memory copy-on-write gets its memory now,
@@ -924,9 +964,11 @@ public struct Restorer {
 
     /// `early`: before the children are cloned (restoreMemoryEarly): the lazy part is registered later,
     /// once they exist, so that no fork meets a registered userfaultfd.
-    /// `after`: commands to run in the same stop, before RESTORE_MEMORY; `then`: after it (nothing below needs the slots then).
+    /// `after`: commands to run in the same stop, before RESTORE_MEMORY; `then`: after it, when no more memory
+    /// work follows here (always `early`); returns whether they ran.
+    @discardableResult
     func restoreMemory(_ process: RestoringProcess, image: Image, slots: TaskSlots, session: RestoreSession, early: Bool = false,
-                       after pending: [ParasiteCommand] = [], then following: [ParasiteCommand] = []) throws {
+                       after pending: [ParasiteCommand] = [], then following: [ParasiteCommand] = []) throws -> Bool {
         let (task, pid, imagePid, parasite) = (process.image, process.pid, process.image.core.pid, process.parasite)
         let current = try readMappings(pid: pid, withFlags: false)
         let parasiteRange = parasite.base..<(parasite.base + parasite.size)
@@ -962,7 +1004,10 @@ public struct Restorer {
                 return slots.fd(slots.mappings["\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.path!)"]!)
             },
             oldRseq: try Ptrace.rseqConfiguration(pid), keepInherited: shareMemory, extraRuns: extraRuns)
-        try parasite.run(batch: pending + [ParasiteCommand(command: CRYO_CMD_RESTORE_MEMORY, payload: plan.payload)] + following)
+        let thpToSet = task.memory.thpDisable != nil || (process.sharesMemory && session.thpDisableMayBeInherited)
+        let compressed = task.pageIndex.compression != nil || ancestors.keys.contains { image.task($0)!.pageIndex.compression != nil }
+        let moreFollows = !early && (lazy != nil || thpToSet || compressed || task.memory.mappings.contains { $0.kind == .aioRing })
+        try parasite.run(batch: pending + [ParasiteCommand(command: CRYO_CMD_RESTORE_MEMORY, payload: plan.payload)] + (moreFollows ? [] : following))
         for m in task.memory.mappings where m.kind == .aioRing {
             try AioRing.restore(m, events: m.aioEvents!, tracee: process.tracee, parasite: parasite)
         }
@@ -992,6 +1037,7 @@ public struct Restorer {
             try registerLazy(process, lazy, image: image, slots: slots, session: session)
         }
         faultHook("memory-restored")
+        return !moreFollows
     }
 
     /// A task can inherit PR_SET_THP_DISABLE only from cryo or from a restored task that had it;
@@ -1036,17 +1082,7 @@ public struct Restorer {
     /// `after`: commands to run in its stop, before it (the last RECV_FDS, which brings its cwd).
     func restoreTaskState(_ process: RestoringProcess, slots: TaskSlots, after pending: [ParasiteCommand] = []) throws -> [ParasiteCommand] {
         let (task, parasite) = (process.image, process.parasite)
-        var state = cryo_task_state()
-        var extra = cryo_restore_extra()
-        task.signals.fill(&state, &extra)
-        fillState(&state, &extra, core: task.core, cwd: slots.fd(slots.cwd), root: slots.root.map(slots.fd), exe: slots.exe.map(slots.fd))
-        if process.discardChildSignals && !task.signals.pending.contains(where: { $0.signal == SIGCHLD }) {
-            extra.discard_signals = 1 << UInt64(SIGCHLD - 1)
-        }
-        // The leader's RESTORE_THREAD rides along (after the state, as before); the other threads follow.
-        extra.leader_follows = 1
-        let restoreState = ParasiteCommand(command: CRYO_CMD_RESTORE_STATE,
-                                           payload: bytes(of: state) + bytes(of: extra) + bytes(of: task.threads[0].parasiteState))
+        let restoreState = taskStateCommand(process, slots: slots)
         if process.threads.count == 1 && (task.signals.posixTimers ?? []).isEmpty && !timerSlackNeedsSetting(process) {
             return pending + [restoreState]
         }
@@ -1061,6 +1097,22 @@ public struct Restorer {
         return []
     }
 
+    /// RESTORE_STATE with the leader's RESTORE_THREAD riding along.
+    func taskStateCommand(_ process: RestoringProcess, slots: TaskSlots) -> ParasiteCommand {
+        let task = process.image
+        var state = cryo_task_state()
+        var extra = cryo_restore_extra()
+        task.signals.fill(&state, &extra)
+        fillState(&state, &extra, core: task.core, cwd: slots.fd(slots.cwd), root: slots.root.map(slots.fd), exe: slots.exe.map(slots.fd))
+        if process.discardChildSignals && !task.signals.pending.contains(where: { $0.signal == SIGCHLD }) {
+            extra.discard_signals = 1 << UInt64(SIGCHLD - 1)
+        }
+        // The leader's RESTORE_THREAD rides along (after the state, as before); the other threads follow.
+        extra.leader_follows = 1
+        return ParasiteCommand(command: CRYO_CMD_RESTORE_STATE,
+                               payload: bytes(of: state) + bytes(of: extra) + bytes(of: task.threads[0].parasiteState))
+    }
+
     /// Each descriptor to its number, then what its kind does in the task (epoll targets, locks).
     /// `after`: commands to run in the stop of the first INSTALL_FDS, before it; `then`: in the stop of the last, after it.
     func installDescriptors(_ process: RestoringProcess, image: Image, slots: TaskSlots, session: RestoreSession,
@@ -1071,29 +1123,33 @@ public struct Restorer {
         var rounds = [slots.firstDescription..<slots.sent]
         let room = max(1, slots.capacity - slots.firstDescription)
         for start in stride(from: slots.sent, to: slots.toSend.count, by: room) { rounds.append(start..<min(start + room, slots.toSend.count)) }
-        let bySlot = Dictionary(grouping: task.descriptors.descriptors) { slots.descriptions[$0.file]! }
         for (n, round) in rounds.enumerated() {
             var before = n == 0 ? pending : []
             if n > 0 {
                 before = try send(slots.toSend[round], firstSlotFD: slots.fd(slots.firstDescription), controlFD: slots.controlFD,
                                   closeOthers: false, to: process, session: session)
             }
-            let entries = round.flatMap { slot in
-                (bySlot[slot] ?? []).map {
-                    cryo_fd_install(from: slots.fd(slots.firstDescription + slot - round.lowerBound), to: $0.fd,
-                                    cloexec: $0.closeOnExec ? 1 : 0, pad: 0)
-                }
-            }
-            var install = cryo_install_fds()
-            install.count = UInt32(entries.count)
-            install.close_from = n == rounds.count - 1 ? slots.controlFD : slots.fd(slots.firstDescription)
-            try parasite.run(batch: before + [ParasiteCommand(command: CRYO_CMD_INSTALL_FDS, payload: bytes(of: install) + bytes(of: entries))]
-                             + (n == rounds.count - 1 ? following : []))
+            let install = installCommand(process, slots: slots, round: round,
+                                         closeFrom: n == rounds.count - 1 ? slots.controlFD : slots.fd(slots.firstDescription))
+            try parasite.run(batch: before + [install] + (n == rounds.count - 1 ? following : []))
         }
 
         try DescriptorKinds.afterInstall(InstalledDescriptors(descriptors: task.descriptors.descriptors, files: image.fileTable.files,
                                                               finishedOnce: { session.finishOnce($0) }),
                                          parasite: parasite)
+    }
+
+    /// INSTALL_FDS of one round of description slots (received where the first one is): each descriptor
+    /// from its slot to its number, then every fd from `closeFrom` up closed.
+    func installCommand(_ process: RestoringProcess, slots: TaskSlots, round: Range<Int>, closeFrom: Int32) -> ParasiteCommand {
+        let entries = process.image.descriptors.descriptors.compactMap { d -> cryo_fd_install? in
+            guard let slot = slots.descriptions[d.file], round.contains(slot) else { return nil }
+            return cryo_fd_install(from: slots.fd(slots.firstDescription + slot - round.lowerBound), to: d.fd, cloexec: d.closeOnExec ? 1 : 0, pad: 0)
+        }
+        var install = cryo_install_fds()
+        install.count = UInt32(entries.count)
+        install.close_from = closeFrom
+        return ParasiteCommand(command: CRYO_CMD_INSTALL_FDS, payload: bytes(of: install) + bytes(of: entries))
     }
 
     /// Resource limits, then credentials, then seccomp filters, last of all.

@@ -160,6 +160,14 @@ extension Restorer {
         }
     }
 
+    /// Whether restoreProcessAttributes would inject anything (or fail) for this process.
+    func attributesNeedInjection(_ process: RestoringProcess) -> Bool {
+        let core = process.image.core
+        if let wanted = core.loginuid, ProcessAttributes.loginuid(process.pid) != wanted { return true }
+        if let wanted = core.membarrierRegistrations, wanted != 0 || ProcessAttributes.controllerRegistrations != 0 { return true }
+        return false
+    }
+
     /// Per thread, after its own state: the timer slack (0 is what a real-time thread reads,
     /// and the kernel gives it that once its policy is set).
     func restoreTimerSlack(_ process: RestoringProcess) throws {

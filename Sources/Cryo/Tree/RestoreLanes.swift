@@ -30,9 +30,14 @@ final class RestoreLanes: @unchecked Sendable {
             ? RestoreLanes.split(live.map { ($0.pid, $0.ppid) }, root: inventory.rootPid) : [:]
         lanes = assigned
         let parents = Dictionary(live.map { ($0.pid, $0.ppid) }, uniquingKeysWith: { first, _ in first })
-        handedOver = Set(assigned.keys.filter { assigned[parents[$0] ?? 0] == nil })
+        handedOver = RestoreLanes.handedOver(assigned, parents: parents)
         clonedFirst = RestoreLanes.withAncestors(handedOver, parents: parents, root: inventory.rootPid)
         worker = assigned.isEmpty ? nil : LaneWorker()
+    }
+
+    /// Lane 1's processes whose parents are lane 0's: the tops of its subtrees.
+    static func handedOver(_ assigned: [Int32: Int], parents: [Int32: Int32]) -> Set<Int32> {
+        Set(assigned.keys.filter { assigned[parents[$0] ?? 0] == nil })
     }
 
     /// `pids` and every ancestor of theirs below `root`.
@@ -48,8 +53,11 @@ final class RestoreLanes: @unchecked Sendable {
     /// The order lane 0 clones in: what lane 1 waits for first (parents still before their children,
     /// as both parts keep the image's order), then the rest.
     func cloningOrder<Entry>(_ entries: [Entry], pid: (Entry) -> Int32) -> [Entry] {
-        guard parallel else { return entries }
-        return entries.filter { clonedFirst.contains(pid($0)) } + entries.filter { !clonedFirst.contains(pid($0)) }
+        parallel ? RestoreLanes.cloningOrder(entries, first: clonedFirst, pid: pid) : entries
+    }
+
+    static func cloningOrder<Entry>(_ entries: [Entry], first: Set<Int32>, pid: (Entry) -> Int32) -> [Entry] {
+        entries.filter { first.contains(pid($0)) } + entries.filter { !first.contains(pid($0)) }
     }
 
     /// Below this many processes a second thread is not worth its start.
