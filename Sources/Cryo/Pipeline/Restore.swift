@@ -108,6 +108,10 @@ public struct Restorer {
         self.logger = logger
     }
 
+    /// The parasites' own log lines, read back after each command only when -v shows them
+    /// (one process_vm_readv and a decoding less per stop otherwise).
+    var restoreParasiteLog: ((pid_t, String, String) -> Void)? { logger.logLevel <= .debug ? parasiteLog(logger) : nil }
+
     static let traceOptions: UInt = Ptrace.exitKill | 0x2 | 0x8 // + TRACEFORK | TRACECLONE
     /// PTRACE_O_SUSPEND_SECCOMP needs CAP_SYS_ADMIN; without it (an ordinary user's cryo)
     /// images with seccomp filters are refused up front.
@@ -214,7 +218,7 @@ public struct Restorer {
                 try Ptrace.interrupt(initPid)
                 _ = try waitForStop(initPid)
                 let tracee = try Tracee.adopt(initPid)
-                namespaceInit = (tracee, try Parasite.inject(into: tracee, argumentBytes: argumentBytes(image), at: try parasitePlace(image, near: initPid), log: parasiteLog(logger)))
+                namespaceInit = (tracee, try Parasite.inject(into: tracee, argumentBytes: argumentBytes(image), at: try parasitePlace(image, near: initPid), log: restoreParasiteLog))
                 session.namespaceInit = tracee
             }
             let forking = ContinuousClock.now
@@ -379,7 +383,7 @@ public struct Restorer {
         if let parent {
             parasite = Parasite.inherited(by: tracee, from: parent.parasite)
         } else {
-            parasite = try Parasite.inject(into: tracee, argumentBytes: argumentBytes(image), at: try parasitePlace(image, near: tracee.pid), log: parasiteLog(logger))
+            parasite = try Parasite.inject(into: tracee, argumentBytes: argumentBytes(image), at: try parasitePlace(image, near: tracee.pid), log: restoreParasiteLog)
         }
         try namespaces.restore(root: tracee.pid, place: { try parasite.place($0) }) { try injectArguments(tracee, $0, $1, $2) }
         try time?.enterRoot(tracee, inject: injectArguments)
