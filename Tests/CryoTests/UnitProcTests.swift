@@ -110,6 +110,30 @@ struct ProcParserTests {
         #expect(flags.contains(VmFlags.Known.hg) && !flags.contains(VmFlags.Known.nh) && !flags.contains(VmFlags.Known.io))
     }
 
+    @Test("VmFlags read before a freeze: taken only for the same ranges, confirmed only if the advice is the same")
+    func flagsBeforeFreeze() throws {
+        let a: UInt64 = 0x10_0000, b: UInt64 = 0x20_0000
+        func anon(_ start: UInt64) -> MemoryRecord.Mapping {
+            MemoryRecord.Mapping(start: start, end: start + 0x4000, protection: "rw", shared: false, kind: .anonymous,
+                                 path: nil, fileOffset: 0, device: nil, inode: nil, growsDown: false, noReserve: false, advice: 0)
+        }
+        func smaps(_ start: UInt64, end: UInt64? = nil, _ flags: VmFlags) -> ProcMapping {
+            ProcMapping(start: start, end: end ?? start + 0x4000, permissions: "rw-p", offset: 0, device: "00:00", inode: 0, path: "",
+                        vmFlags: flags)
+        }
+        var memory = MemoryRecord(mappings: [anon(a), anon(b)])
+        let before = [smaps(a, ["rd", "wr", "hg"]), smaps(b, ["rd", "wr"])]
+        #expect(memory.sameRanges(as: before))
+        // A mapping split or moved since: the flags read before do not describe it.
+        #expect(!memory.sameRanges(as: [smaps(a, ["rd", "wr"]), smaps(b, end: b + 0x2000, ["rd", "wr"])]))
+        try memory.applyFlags(before, pid: 1)
+        // Flags the dump ignores may differ (accounting, soft-dirty); those it keeps may not.
+        try memory.confirmFlags([smaps(a, ["rd", "wr", "hg", "sd", "ac"]), smaps(b, ["rd", "wr"])], pid: 1)
+        #expect(throws: CryoError.self) { try memory.confirmFlags([smaps(a, ["rd", "wr"]), smaps(b, ["rd", "wr"])], pid: 1) }
+        #expect(throws: CryoError.self) { try memory.confirmFlags([smaps(a, ["rd", "wr", "hg"]), smaps(b, ["rd", "wr", "dc"])], pid: 1) }
+        #expect(throws: CryoError.self) { try memory.confirmFlags([smaps(a, ["rd", "wr", "hg", "nr"]), smaps(b, ["rd", "wr"])], pid: 1) }
+    }
+
     @Test("maps: a path with spaces is the rest of the line; a broken line is skipped")
     func awkwardMaps() {
         let text = "7f00-8000 rw-s 00001000 00:05 1234    /dev/shm/a file (deleted)\n" +

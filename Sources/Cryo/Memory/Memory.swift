@@ -423,6 +423,25 @@ extension MemoryRecord {
         }
     }
 
+    /// Every mapping starts and ends where one of `smaps` does (read at another time: nothing was mapped,
+    /// unmapped or split between).
+    func sameRanges(as smaps: [ProcMapping]) -> Bool {
+        let ranges = Set(smaps.map { [$0.start, $0.end] })
+        return mappings.allSatisfy { ranges.contains([$0.start, $0.end]) }
+    }
+
+    /// Throws unless `smaps` (read later) gives every mapping the same VmFlags-derived state as the record
+    /// has: the flags were read before the freeze, and a madvise meanwhile would be lost on restore.
+    func confirmFlags(_ smaps: [ProcMapping], pid: pid_t) throws {
+        var now = self
+        try now.applyFlags(smaps, pid: pid)
+        for (before, after) in zip(mappings, now.mappings)
+        where before.advice != after.advice || before.growsDown != after.growsDown || before.noReserve != after.noReserve {
+            throw CryoError("pid \(pid): mapping 0x\(String(before.start, radix: 16))-0x\(String(before.end, radix: 16)) changed its flags "
+                + "(advice \(before.advice) to \(after.advice)) between their reading and the freeze")
+        }
+    }
+
     /// Which pages of a mapping hold state the image must keep.
     func pageCategories(_ m: Mapping) -> (inverted: UInt64, mask: UInt64, anyOf: UInt64)? {
         switch m.kind {

@@ -277,6 +277,19 @@ public struct Receiver {
                 figures.frozenImageSeconds = seconds(since: frozenImageStart ?? .now)
                 figures.postCopyMissingBytes = postCopy?.missingBytes ?? 0
                 restoreOptions.migration = figures
+                if header.confirm == true {
+                    // Only an eager stream: post-copy's reader thread owns the connection from the commit on.
+                    guard reader == nil else { throw CryoError("migration stream from \(peer): a post-copy commit asks for a confirmation") }
+                    restoreOptions.beforeRelease = { [wire, logger] in
+                        let (kind, answer, length) = try wire.receive()
+                        guard length == 0 else { throw CryoError("migration stream from \(peer): \(kind) frame with data before the release") }
+                        switch kind {
+                        case .release: timelineMark(logger, "source confirmed: releasing")
+                        case .failed: throw SourceGaveUp(message: answer.message ?? "no reason given")
+                        default: throw CryoError("migration stream from \(peer): unexpected \(kind) frame before the release")
+                        }
+                    }
+                }
                 if let movedAddress {
                     // The moved connections' packets are dropped here too (restore removes the rules once the tree
                     // runs) before the address comes: none meets a host without their socket and draws an RST.

@@ -1,5 +1,6 @@
 import CCryo
 import CryoSystem
+import Dispatch
 import FoundationEssentials
 import Glibc
 import Logging
@@ -101,9 +102,10 @@ public struct Migrator {
         let scratch = try Files.makeTemporaryDirectory(prefix: Self.scratchRoot() + "/cryo-migrate-\(getpid())-")
         defer { Self.removeScratch(scratch) }
         var tracking = false
+        var flagsBeforeFreeze: [Int32: [ProcMapping]] = [:]
         do {
             // Round 1: a pre-dump (start tracking, copy everything) whose pages go straight onto the wire.
-            var roundStart = ContinuousClock.now
+            let roundStart = ContinuousClock.now
             let sink: PreDumpOptions.PageSink = { [wire] pid, address, count, fill in
                 var header = FrameHeader()
                 header.pid = pid
@@ -120,18 +122,20 @@ public struct Migrator {
             // Later rounds: pages written since the last one.
             var previous = bytes
             while statistics.rounds.count < options.maxRounds && previous > options.smallEnough {
-                roundStart = ContinuousClock.now
-                var sent: UInt64 = 0
-                for process in record.processes where Processes.isAlive(process.pid) {
-                    sent += try sendWritten(pid: process.pid, wire: wire)
-                }
-                let round = statistics.rounds.count + 1
-                try endRound(round, wire: wire)
-                statistics.rounds.append(.init(bytes: sent, seconds: seconds(since: roundStart)))
-                logger.debug("round \(round): \(sent) bytes")
+                let sent = try laterRound(record, wire: wire, statistics: &statistics)
                 // Not shrinking any more: the tree writes as fast as the link carries.
                 if sent > previous * 4 / 5 { break }
                 previous = sent
+            }
+            if !options.lazyPages {
+                // Eager: the VmFlags are read now, while the tree runs, not frozen (smaps walks every page table
+                // entry: 30-150 ms for 2 GiB); the final dump only confirms them. One more round then takes
+                // what the tree wrote meanwhile, which would otherwise be read and sent while frozen.
+                for process in record.processes where Processes.isAlive(process.pid) {
+                    flagsBeforeFreeze[process.pid] = try readMappings(pid: process.pid, withFlags: true)
+                }
+                timelineMark(logger, "VmFlags read before the freeze")
+                if statistics.rounds.count < options.maxRounds { _ = try laterRound(record, wire: wire, statistics: &statistics) }
             }
         } catch {
             if tracking { releaseHolder(scratch) }
@@ -144,7 +148,17 @@ public struct Migrator {
         let frozenStart = ContinuousClock.now
         let verdict = Verdict()
         let postCopy = options.lazyPages
-        let handOver: @Sendable (FrozenImage) throws -> Void = { [wire, verdict, logger, moving] image in
+        // Eager: the pages written since the last round go while the dump reads the rest of the state.
+        let fresh = postCopy ? nil : FreshPagesSender(wire: wire, logger: logger)
+        let handOver: @Sendable (FrozenImage) throws -> Void = { [wire, verdict, logger, moving, fresh] image in
+            var image = image
+            if let fresh {
+                // Held by the destination now, as the earlier rounds' pages are: the pages files leave them out.
+                let (sent, bytes) = try fresh.finish()
+                for (pid, ranges) in sent { image.unchangedPages[pid, default: []] += ranges }
+                verdict.pageBytes += bytes
+                timelineMark(logger, "pages written since the last round sent (\(bytes) bytes)")
+            }
             // Frozen, the connections locked: the address leaves this host (back on any failure, before the release).
             try moving?.remove()
             if let moving { timelineMark(logger, "moved address \(moving.address) removed from \(moving.device)") }
@@ -160,11 +174,16 @@ public struct Migrator {
         do {
             var dumpOptions = DumpOptions(pid: pid, directory: "\(scratch)/final", leaveRunning: false, shellJob: options.shellJob,
                                           tcpEstablished: options.tcpEstablished, previousImages: scratch, handOver: handOver)
-            // Post-copy: pages left for after the start are read once, when sent; not into a file while frozen.
-            dumpOptions.freshPagesInTree = postCopy
+            // Pages written since the last round are read once, from the frozen tree, when sent; not into a
+            // file while frozen (eagerly: as soon as the dump has scanned them; post-copy: mostly after the start).
+            dumpOptions.freshPagesInTree = true
+            if let fresh { dumpOptions.pagesScanned = { pid, runs, unchanged in fresh.send(pid: pid, runs: runs, unchanged: unchanged) } }
             dumpOptions.networkLock = options.networkLock
+            dumpOptions.flagsBeforeFreeze = flagsBeforeFreeze
             statistics.dump = try Dumper(options: dumpOptions, logger: logger).run()
         } catch {
+            // Nothing else may write to the connection while the fresh pages still go.
+            _ = try? fresh?.finish()
             releaseHolder(scratch)
             if !verdict.heard { wire.fail("the source gave up: \(error)") }
             throw error
@@ -197,6 +216,20 @@ public struct Migrator {
         /// Post-copy: bytes not sent when the connection was lost after the start, and why.
         var postCopyLeft: UInt64 = 0
         var lostAfterStart: Error?
+    }
+
+    /// One round after the first: the pages each process wrote since the last; returns their bytes.
+    func laterRound(_ record: PreDumpRecord, wire: MigrationWire, statistics: inout MigrationStatistics) throws -> UInt64 {
+        let roundStart = ContinuousClock.now
+        var sent: UInt64 = 0
+        for process in record.processes where Processes.isAlive(process.pid) {
+            sent += try sendWritten(pid: process.pid, wire: wire)
+        }
+        let round = statistics.rounds.count + 1
+        try endRound(round, wire: wire)
+        statistics.rounds.append(.init(bytes: sent, seconds: seconds(since: roundStart)))
+        logger.debug("round \(round): \(sent) bytes")
+        return sent
     }
 
     /// Ends a round and waits until the destination holds all of it: what it still had to write would
@@ -287,13 +320,7 @@ public struct Migrator {
                 begin.sparse = true
                 begin.pid = pid
                 begin.runs = image.pageRuns[pid]
-                ranges = []
-                var cursor: UInt64 = 0
-                for piece in unchanged.sorted(by: { $0[0] < $1[0] }) {
-                    if piece[0] > cursor { ranges.append([cursor, piece[0] - cursor]) }
-                    cursor = max(cursor, piece[0] + piece[1])
-                }
-                if cursor < size { ranges.append([cursor, size - cursor]) }
+                ranges = FreshPagesSender.complement(of: unchanged, size: size)
                 if postCopy {
                     let split = later.split(ranges, pid: pid, task: try TaskImage.read("\(image.directory)/task-\(pid).img"))
                     ranges = split.now
@@ -321,9 +348,19 @@ public struct Migrator {
             }
             try wire.send(.fileEnd)
         }
-        try wire.send(.commit)
+        var commit = FrameHeader()
+        commit.confirm = image.confirmFlags != nil && later.ranges.isEmpty ? true : nil
+        // Post-copy starts the tree without a word more from here: confirmed first.
+        if let confirm = image.confirmFlags, commit.confirm == nil { try confirm() }
+        try wire.send(.commit, commit)
         timelineMark(logger, "commit sent")
         if !later.ranges.isEmpty { return try servePostCopy(later, wire: wire, verdict: verdict, logger: logger) }
+        if let confirm = image.confirmFlags, commit.confirm == true {
+            // While the destination restores: what was read before the freeze still holds, or its tree never runs.
+            try confirm()
+            try wire.send(.release)
+            timelineMark(logger, "release sent")
+        }
         let asked = ContinuousClock.now
         let (kind, header, _): (FrameKind, FrameHeader, Int)
         do { (kind, header, _) = try wire.receive() } catch is MigrationLinkClosed {
@@ -477,6 +514,83 @@ public struct Migrator {
 
     static func removeScratch(_ directory: String) {
         Scratch.remove(directory)
+    }
+}
+
+/// Eager migration: the pages a process wrote since the last round go onto the wire as soon as the final
+/// dump has scanned it, read from the frozen tree on a thread of their own while the dump goes on (parasite,
+/// descriptors, task files). Sent after the whole dump they added their transfer to the freeze. They are
+/// `.pages` frames like a round's, so the destination holds them in its pool and the pages file leaves them
+/// out like the earlier rounds' pages. Nothing else writes to the connection until `finish` returned.
+final class FreshPagesSender: @unchecked Sendable {
+    private let wire: MigrationWire
+    private let logger: Logger
+    private let queue = DispatchQueue(label: "cryo.fresh-pages")
+    private let lock = Lock()
+    private var failure: Error?
+    /// Per pid, the [offset, length] ranges of its pages file sent.
+    private var sent: [Int32: [[UInt64]]] = [:]
+    private var bytes: UInt64 = 0
+
+    init(wire: MigrationWire, logger: Logger) {
+        self.wire = wire
+        self.logger = logger
+    }
+
+    /// Sends the pages of `pid`'s pages file not in `unchanged` (runs: offsets consecutive from 0).
+    func send(pid: Int32, runs: [PageRun], unchanged: [[UInt64]]) {
+        queue.async { [self] in
+            guard lock.withLock({ failure == nil }) else { return }
+            do {
+                let ranges = Self.complement(of: unchanged, size: runs.last.map { $0.offset + $0.length } ?? 0)
+                var r = 0
+                for range in ranges {
+                    var offset = range[0]
+                    let end = range[0] + range[1]
+                    while r < runs.count && runs[r].offset + runs[r].length <= offset { r += 1 }
+                    while offset < end {
+                        guard r < runs.count else { throw CryoError("pid \(pid): offset \(offset) is beyond its pages") }
+                        let runEnd = runs[r].offset + runs[r].length
+                        let n = min(UInt64(Migrator.chunk), end - offset, runEnd - offset)
+                        let address = runs[r].address + (offset - runs[r].offset)
+                        var header = FrameHeader()
+                        header.pid = pid
+                        header.address = address
+                        try wire.send(.pages, header, filling: Int(n)) { view in try RemoteMemory.read(pid, at: address, into: view) }
+                        offset += n
+                        if offset == runEnd { r += 1 }
+                    }
+                }
+                lock.withLock {
+                    sent[pid] = ranges
+                    bytes += ranges.reduce(0) { $0 + $1[1] }
+                }
+                timelineMark(logger, "pid \(pid): pages written since the last round sent")
+            } catch {
+                lock.withLock { failure = error }
+            }
+        }
+    }
+
+    /// Waits for everything started; the ranges sent per pid and their bytes, or the first failure.
+    func finish() throws -> (ranges: [Int32: [[UInt64]]], bytes: UInt64) {
+        queue.sync {}
+        return try lock.withLock {
+            if let failure { throw failure }
+            return (sent, bytes)
+        }
+    }
+
+    /// The [offset, length] ranges of [0, size) that no range of `pieces` covers.
+    static func complement(of pieces: [[UInt64]], size: UInt64) -> [[UInt64]] {
+        var ranges: [[UInt64]] = []
+        var cursor: UInt64 = 0
+        for piece in pieces.sorted(by: { $0[0] < $1[0] }) {
+            if piece[0] > cursor { ranges.append([cursor, piece[0] - cursor]) }
+            cursor = max(cursor, piece[0] + piece[1])
+        }
+        if cursor < size { ranges.append([cursor, size - cursor]) }
+        return ranges
     }
 }
 

@@ -199,6 +199,7 @@ enum FrameKind: UInt8 {
     case pagesDone = 12  // source → destination (post-copy): every page left out of the image has been sent
     case loaded = 13  // destination → source (post-copy): it has them all; the source tree may go
     case roundHeld = 14  // destination → source: every page of that pre-copy round is in its pool
+    case release = 15  // source → destination, after a commit with `confirm`: the frozen state is confirmed, let the tree go
 }
 
 struct FrameHeader: Codable {
@@ -218,13 +219,16 @@ struct FrameHeader: Codable {
     var omitted: [[UInt64]]?
     /// hello: the service address the source takes off its host, for the destination to add.
     var movedAddress: ServiceAddress?
+    /// commit: the restored tree waits before its release for `release` (or `failed`): the source confirms
+    /// meanwhile what it read before the freeze.
+    var confirm: Bool?
     init() {}
 }
 
 /// Frame reading and writing over a link.
 final class MigrationWire: @unchecked Sendable {
     /// 2: the destination answers each round's end with `roundHeld`.
-    static let version = 2
+    static let version = 3
     static let maxHeader = 64 << 20
     static let maxData = 16 << 20
     let link: MigrationLink

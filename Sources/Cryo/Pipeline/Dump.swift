@@ -39,6 +39,14 @@ public struct DumpOptions: Sendable {
     /// With `handOver` after a pre-dump: pages written since are not read into the pages file (it keeps
     /// holes there); the hand-over reads from the frozen tree those it needs (`FrozenImage.freshInTree`).
     public var freshPagesInTree = false
+    /// With `freshPagesInTree`: told each process's page runs and the [offset, length] ranges of its pages file
+    /// left to the pre-dump as soon as they are known (the tree frozen), so it may send the rest meanwhile.
+    public var pagesScanned: (@Sendable (_ pid: Int32, _ runs: [PageRun], _ unchanged: [[UInt64]]) -> Void)?
+    /// Each process's smaps read just before the freeze (while it ran): where the frozen layout is the same, the
+    /// image takes their VmFlags, and smaps is read again from the frozen tree only to confirm them
+    /// (`FrozenImage.confirmFlags`, which the hand-over must call before the tree may run elsewhere).
+    /// That read walks every page table entry (30-150 ms for 2 GiB) and held off the parasite's mmap.
+    var flagsBeforeFreeze: [Int32: [ProcMapping]] = [:]
     /// CRIU's --timeout: seconds the freeze waits for each task to stop.
     public var freezeTimeout = FrozenTree.defaultTimeout
     /// --manage-cgroups: anything but `ignore` records the tree's cgroups.
@@ -69,6 +77,9 @@ public struct FrozenImage: Sendable {
     public var pageRuns: [Int32: [PageRun]]
     /// The pages not in `unchangedPages` are holes in the file: read them from the tree (still frozen).
     public var freshInTree = false
+    /// With `DumpOptions.flagsBeforeFreeze`: waits for the frozen tree's smaps and throws unless every mapping
+    /// has the VmFlags the image took from before the freeze. The tree must not run elsewhere before it returned.
+    public var confirmFlags: (@Sendable () throws -> Void)?
 }
 
 /// Freezes a process, writes its image, then kills it or lets it go on.
@@ -147,6 +158,8 @@ public struct Dumper {
         timelineMark(logger, "froze")
         logger.debug("froze \(tree.processes.count) processes, \(tree.live.reduce(0) { $0 + $1.threads.count }) threads")
         let taskWriter = BackgroundWriter()
+        // Processes whose image took the VmFlags read before the freeze, to confirm against the frozen tree.
+        var flagsToConfirm: [(pid: pid_t, memory: MemoryRecord)] = []
         do {
             try checkTree(tree)
             let sharing = try SharedContexts.dump(tree, root: pid)
@@ -168,7 +181,17 @@ public struct Dumper {
                 // after the task state. Its reader locks one mapping at a time (Linux 6.17+ reads maps under the
                 // mapping's own lock), so a parasite coming in meanwhile waits for one mapping's walk at most,
                 // and starting after the parasite left smaps (60 ms of 10,000 mappings) mostly to the end.
-                prefetch.start(process.pid)
+                // With flags read before the freeze, smaps is read only to confirm them, once the parasite is gone:
+                // a 2 GiB mapping's walk holds the whole mapping, and the parasite's mmap waited for all of it.
+                let flagsBefore = options.flagsBeforeFreeze[process.pid]
+                if flagsBefore == nil { prefetch.start(process.pid) }
+                // Then the parasite goes first, and the confirming read starts as soon as it left: it is the
+                // longest step of such a freeze, and the tree may run elsewhere only once it ends.
+                let stateFirst = try flagsBefore.map { _ in try readTaskState(process) }
+                if flagsBefore != nil {
+                    timelineMark(logger, "pid \(process.pid): parasite done")
+                    prefetch.start(process.pid)
+                }
                 var memory = try MemoryRecord.dump(pid: process.pid, flags: false)
                 timelineMark(logger, "pid \(process.pid): layout read")
                 let sharedStart = ContinuousClock.now
@@ -216,6 +239,7 @@ public struct Dumper {
                                                                  statistics: &statistics)
                         pageIndex = index
                         fills.append(fill)
+                        if options.freshPagesInTree { options.pagesScanned?(process.pid, index.runs, fill.pieces.map { [$0[1], $0[2]] }) }
                     } else {
                         // One cloned from a sibling at restore starts with the sibling's memory, not its parent's: nothing kept.
                         let parent = options.handOver == nil && sharing.creator[process.pid] == nil ? dumpedMemory[process.ppid] : nil
@@ -269,9 +293,9 @@ public struct Dumper {
                 created += (pageIndex.parts ?? []).indices.map { paths.pages(process.pid, part: $0 + 1) }
                 statistics.memoryDumpSeconds += seconds(since: memoryStart)
                 timelineMark(logger, "pid \(process.pid): pages scanned")
-                let (state, threadStates, posixTimers, thpDisable, injected) = try readTaskState(process)
+                let (state, threadStates, posixTimers, thpDisable, injected) = try stateFirst ?? readTaskState(process)
                 memory.thpDisable = thpDisable == 0 ? nil : thpDisable
-                timelineMark(logger, "pid \(process.pid): parasite done")
+                if stateFirst == nil { timelineMark(logger, "pid \(process.pid): parasite done") }
                 let core = try TaskCore.dump(pid: process.pid, state: state, membarrier: injected.membarrier)
                 var threads = try zip(process.threads.indices, threadStates).map {
                     try ThreadRecord.dump(process.threads[$0.0], state: $0.1, timerSlack: injected.timerSlacks[$0.0])
@@ -282,7 +306,12 @@ public struct Dumper {
                 var signals = try SignalsRecord.dump(pid: process.pid, state: state)
                 signals.posixTimers = posixTimers.isEmpty ? nil : posixTimers
                 timelineMark(logger, "pid \(process.pid): task state read")
-                try memory.applyFlags(prefetch.mappings(of: process.pid), pid: process.pid)
+                if let flagsBefore, memory.sameRanges(as: flagsBefore) {
+                    try memory.applyFlags(flagsBefore, pid: process.pid)
+                    flagsToConfirm.append((process.pid, memory))
+                } else {
+                    try memory.applyFlags(prefetch.mappings(of: process.pid), pid: process.pid)
+                }
                 timelineMark(logger, "pid \(process.pid): smaps joined")
                 if let saved, parents.contains(process.pid), options.handOver == nil { dumpedMemory[process.pid] = (memory, saved, frames) }
                 created.append(paths.task(process.pid))
@@ -342,8 +371,17 @@ public struct Dumper {
                 let names = all.filter { Files.exists($0) && seen.insert($0).inserted }.map { String($0.split(separator: "/").last!) }
                 var unchanged: [Int32: [[UInt64]]] = [:]
                 for fill in fills { unchanged[fill.pid] = fill.pieces.map { [$0[1], $0[2]] } }
-                try handOver(FrozenImage(directory: options.directory, files: names, unchangedPages: unchanged, pageRuns: pageRuns,
-                                         freshInTree: options.freshPagesInTree && previous != nil))
+                var image = FrozenImage(directory: options.directory, files: names, unchangedPages: unchanged, pageRuns: pageRuns,
+                                        freshInTree: options.freshPagesInTree && previous != nil)
+                if !flagsToConfirm.isEmpty {
+                    image.confirmFlags = { [flagsToConfirm, prefetch, logger] in
+                        for (pid, memory) in flagsToConfirm {
+                            try memory.confirmFlags(prefetch.mappings(of: pid), pid: pid)
+                        }
+                        timelineMark(logger, "VmFlags read before the freeze confirmed")
+                    }
+                }
+                try handOver(image)
             }
         } catch {
             try? taskWriter.finish() // before the partial image is removed
@@ -402,6 +440,7 @@ public struct Dumper {
     func readTaskState(_ process: FrozenProcess) throws -> (cryo_task_state, [cryo_thread_state], [PosixTimer], Int32,
                                                              (membarrier: UInt32?, timerSlacks: [UInt64])) {
         let parasite = try Parasite.inject(into: process.leader, argumentBytes: MemoryLayout<cryo_thread_state>.size + 64 * 1024, log: parasiteLog(logger))
+        timelineMark(logger, "pid \(process.pid): parasite injected")
         do {
             if let address = TestHooks.current.parasiteFault {
                 // For tests of the crash report: the parasite writes to this address.
@@ -417,6 +456,7 @@ public struct Dumper {
                 threads.append(t)
             }
             let timers = try PosixTimer.dump(pid: process.pid, parasite: parasite)
+            timelineMark(logger, "pid \(process.pid): parasite commands run")
             try parasite.cure()
             // What only the task can ask, asked by DUMP_PROCESS and DUMP_THREAD in the stops above: an
             // injected syscall each cost the frozen tree a ptrace round trip more. PR_GET_THP_DISABLE:

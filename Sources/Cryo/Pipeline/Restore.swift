@@ -28,6 +28,9 @@ public struct RestoreOptions: Sendable {
     public var migration: ReceiveStatistics?
     /// A guard started before the tree froze (`cryo receive`), so that starting one is not downtime.
     public var lazyGuard: LazyGuard?
+    /// Called once everything is restored, right before the tasks are let go; throwing fails the restore
+    /// (a migration's destination waits here for the source to confirm the state it sent).
+    public var beforeRelease: (@Sendable () throws -> Void)?
     public init(directory: String, detached: Bool, newPidNamespace: Bool = false, leaveStopped: Bool = false,
                 tcpEstablished: Bool = false, lazyPages: Bool = false) {
         self.tcpEstablished = tcpEstablished
@@ -300,6 +303,7 @@ public struct Restorer {
             for entry in inventory.processes where entry.zombieStatus == nil && (options.leaveStopped || entry.stopped == true) {
                 try Processes.kill(session.processes[entry.pid]!.pid, options.leaveStopped ? SIGSTOP : entry.stopSignal ?? SIGSTOP)
             }
+            try options.beforeRelease?()
             faultHook("before-release")
             // Not atomic: should cryo die in this loop, the tasks already let go run on while the
             // rest die with it (EXITKILL). The loop is kept short: detaching only.
