@@ -131,8 +131,9 @@ public struct Migrator {
                 // Eager: the VmFlags are read now, while the tree runs, not frozen (smaps walks every page table
                 // entry: 30-150 ms for 2 GiB); the final dump only confirms them. One more round then takes
                 // what the tree wrote meanwhile, which would otherwise be read and sent while frozen.
+                // One that exits meanwhile has none: the final dump finds it gone, or reads its smaps frozen.
                 for process in record.processes where Processes.isAlive(process.pid) {
-                    flagsBeforeFreeze[process.pid] = try readMappings(pid: process.pid, withFlags: true)
+                    flagsBeforeFreeze[process.pid] = try? readMappings(pid: process.pid, withFlags: true)
                 }
                 timelineMark(logger, "VmFlags read before the freeze")
                 if statistics.rounds.count < options.maxRounds { _ = try laterRound(record, wire: wire, statistics: &statistics) }
