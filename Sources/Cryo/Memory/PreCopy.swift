@@ -669,11 +669,12 @@ extension MemoryRecord {
         }
         let out = try Files.open(pagesPath, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
         defer { try? out.close() }
-        // Room for the fill, checked now (statvfs: fallocate of the whole file costs frozen time).
         try Files.truncate(out, to: total, path: pagesPath)
-        try FileRanges.requireSpace(out, bytes: total, object: pagesPath)
-        // Post-copy: whoever takes the image reads these from the frozen task itself, only those it sends now.
+        // Pages left in the frozen task (a migration sends them from there): the file stays a sparse
+        // placeholder, so a /dev/shm smaller than the tree's memory must not refuse it.
         if !readFresh { return (PageIndex(runs: runs, pagesFileSize: total), fill) }
+        // Room for the fill, checked now (statvfs: fallocate of the whole file costs frozen time).
+        try FileRanges.requireSpace(out, bytes: total, object: pagesPath)
         let writer = PageWriter(file: out, path: pagesPath)
         defer { writer.close() }
         var copied: UInt64 = 0
