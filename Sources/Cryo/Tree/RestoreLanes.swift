@@ -165,13 +165,10 @@ struct UncheckedBox<T>: @unchecked Sendable {
     init(_ value: T) { self.value = value }
 }
 
-/// Pids lane 0 has parked, for lane 1 to wait on without polling (a sleep loop cost lane 1
-/// hundreds of wakeups per tree).
-final class HandoffBoard: @unchecked Sendable {
+/// A pthread mutex with its condition variable: what the lanes' hand-overs wait on.
+final class PthreadCondition: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    private var parked = Set<pid_t>()
-    private var closed = false
     init() {
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(condition, nil)
@@ -182,56 +179,54 @@ final class HandoffBoard: @unchecked Sendable {
         mutex.deallocate()
         condition.deallocate()
     }
-    func post(_ pid: pid_t) {
+    /// `body` under the mutex; it may `wait()`.
+    func locked<T>(_ body: () -> T) -> T {
         pthread_mutex_lock(mutex)
-        parked.insert(pid)
-        pthread_cond_broadcast(condition)
-        pthread_mutex_unlock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return body()
+    }
+    /// Only under `locked`: releases the mutex until signalled.
+    func wait() { pthread_cond_wait(condition, mutex) }
+    func signal() { pthread_cond_signal(condition) }
+    func broadcast() { pthread_cond_broadcast(condition) }
+}
+
+/// Pids lane 0 has parked, for lane 1 to wait on without polling (a sleep loop cost lane 1
+/// hundreds of wakeups per tree).
+final class HandoffBoard: @unchecked Sendable {
+    private let condition = PthreadCondition()
+    private var parked = Set<pid_t>()
+    private var closed = false
+    func post(_ pid: pid_t) {
+        condition.locked { parked.insert(pid); condition.broadcast() }
     }
     func close() {
-        pthread_mutex_lock(mutex)
-        closed = true
-        pthread_cond_broadcast(condition)
-        pthread_mutex_unlock(mutex)
+        condition.locked { closed = true; condition.broadcast() }
     }
     /// True once `pid` is parked (taken off the board), false if the board closed without it.
     func wait(for pid: pid_t) -> Bool {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        while true {
-            if parked.remove(pid) != nil { return true }
-            if closed { return false }
-            pthread_cond_wait(condition, mutex)
+        condition.locked {
+            while true {
+                if parked.remove(pid) != nil { return true }
+                if closed { return false }
+                condition.wait()
+            }
         }
     }
 }
 
 /// A counting semaphore over a pthread mutex and condition.
 final class DispatchLikeSemaphore: @unchecked Sendable {
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private let condition = PthreadCondition()
     private var count = 0
-    init() {
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(condition, nil)
-    }
-    deinit {
-        pthread_cond_destroy(condition)
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-        condition.deallocate()
-    }
     func signal() {
-        pthread_mutex_lock(mutex)
-        count += 1
-        pthread_cond_signal(condition)
-        pthread_mutex_unlock(mutex)
+        condition.locked { count += 1; condition.signal() }
     }
     func wait() {
-        pthread_mutex_lock(mutex)
-        while count == 0 { pthread_cond_wait(condition, mutex) }
-        count -= 1
-        pthread_mutex_unlock(mutex)
+        condition.locked {
+            while count == 0 { condition.wait() }
+            count -= 1
+        }
     }
 }
 
