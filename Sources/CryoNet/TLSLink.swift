@@ -2,7 +2,7 @@ import CCryo
 import Cryo
 import CryoSystem
 import Crypto
-import Foundation
+import FoundationEssentials
 import Glibc
 import NIOCore
 import NIOPosix
