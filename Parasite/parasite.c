@@ -759,28 +759,41 @@ struct page_writer {
     volatile int32_t running;  /* the thread's CLONE_CHILD_CLEARTID word: 0 once it has exited */
 };
 
+/* All of [address, address + length) of the task's memory through /proc/self/mem into to. */
+static long read_mem_at(struct page_writer *w, char *to, uint64_t length, uint64_t address) {
+    for (uint64_t done = 0; done < length;) {
+        long n = sys4(NR_pread64, w->mem_fd, to + done, length - done, address + done);
+        if (n == -EINTR) continue;
+        if (n <= 0) { w->fail_syscall = NR_pread64; return n ? n : -EIO; }
+        done += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* The first length bytes of the scratch to the pages file at offset. */
+static long write_scratch_at(struct page_writer *w, uint64_t length, uint64_t offset) {
+    for (uint64_t done = 0; done < length;) {
+        long n = sys4(NR_pwrite64, w->fd, w->scratch + done, length - done, offset + done);
+        if (n == -EINTR) continue;
+        if (n <= 0) {
+            if (n == -EFBIG) drop_pending(SIGXFSZ);
+            w->fail_syscall = NR_pwrite64;
+            return n ? n : -EIO;
+        }
+        done += (uint64_t)n;
+        w->written += (uint64_t)n;
+    }
+    return 0;
+}
+
 /* One CRYO_IOVEC_FROM_MEM entry at `offset`: through the scratch, every byte or a failure (a short read is one). */
 static long copy_from_mem(struct page_writer *w, uint64_t address, uint64_t length, uint64_t offset) {
     if (w->mem_fd < 0 || !w->scratch_size) { w->fail_syscall = NR_pread64; return -22 /* EINVAL */; }
     while (length) {
         uint64_t piece = length < w->scratch_size ? length : w->scratch_size;
-        for (uint64_t done = 0; done < piece;) {
-            long n = sys4(NR_pread64, w->mem_fd, w->scratch + done, piece - done, address + done);
-            if (n == -EINTR) continue;
-            if (n <= 0) { w->fail_syscall = NR_pread64; return n ? n : -EIO; }
-            done += (uint64_t)n;
-        }
-        for (uint64_t done = 0; done < piece;) {
-            long n = sys4(NR_pwrite64, w->fd, w->scratch + done, piece - done, offset + done);
-            if (n == -EINTR) continue;
-            if (n <= 0) {
-                if (n == -EFBIG) drop_pending(SIGXFSZ);
-                w->fail_syscall = NR_pwrite64;
-                return n ? n : -EIO;
-            }
-            done += (uint64_t)n;
-            w->written += (uint64_t)n;
-        }
+        long r = read_mem_at(w, w->scratch, piece, address);
+        if (r == 0) r = write_scratch_at(w, piece, offset);
+        if (r) return r;
         address += piece;
         offset += piece;
         length -= piece;
@@ -803,27 +816,12 @@ static long gather_from_mem(struct page_writer *w, uint32_t i, uint64_t offset, 
     uint64_t filled = 0;
     for (uint32_t k = 0; k < count; k++) {
         uint64_t address = w->v[i + k].base & ~CRYO_IOVEC_FROM_MEM, length = w->v[i + k].length;
-        for (uint64_t done = 0; done < length;) {
-            long r = sys4(NR_pread64, w->mem_fd, w->scratch + filled + done, length - done, address + done);
-            if (r == -EINTR) continue;
-            if (r <= 0) { w->fail_syscall = NR_pread64; *n = k; return r ? r : -EIO; }
-            done += (uint64_t)r;
-        }
+        long r = read_mem_at(w, w->scratch + filled, length, address);
+        if (r) { *n = k; return r; }
         filled += length;
     }
     *n = count;
-    for (uint64_t done = 0; done < total;) {
-        long r = sys4(NR_pwrite64, w->fd, w->scratch + done, total - done, offset + done);
-        if (r == -EINTR) continue;
-        if (r <= 0) {
-            if (r == -EFBIG) drop_pending(SIGXFSZ);
-            w->fail_syscall = NR_pwrite64;
-            return r ? r : -EIO;
-        }
-        done += (uint64_t)r;
-        w->written += (uint64_t)r;
-    }
-    return 0;
+    return write_scratch_at(w, total, offset);
 }
 
 static void write_iovecs(struct page_writer *w) {
