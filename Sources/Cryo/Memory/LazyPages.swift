@@ -543,8 +543,9 @@ public final class LazyServer: @unchecked Sendable {
 
     /// Bytes of pending runs one push from a mapped stream copies in.
     static let mappedPushChunk: UInt64 = 4 << 20
-    /// The same while the tree runs (BackgroundPusher): a fault that comes meanwhile waits for the push
-    /// under way, about 0.3 ms of one CPU for 1 MiB.
+    /// The same while the tree runs on one CPU (BackgroundPusher). A fault that comes meanwhile ends the
+    /// push after the run being copied (BackgroundPusher.interrupted), so the size bounds no fault's wait;
+    /// with both CPUs the whole mappedPushChunk is taken (fewer hand-overs to the second thread).
     static let backgroundPushChunk: UInt64 = 1 << 20
 
     /// Pushes the lowest pending runs, up to `mappedPushChunk` bytes of them wherever they are in
@@ -552,7 +553,7 @@ public final class LazyServer: @unchecked Sendable {
     /// every 4th page untouched is 131k runs of 3 pages for 2 GiB), with `bothCPUs` on both (each
     /// copies half of the bytes), and what went in leaves the pending set as one range.
     private func pushMapped(_ p: LazyProcess, _ buffer: UnsafeMutableRawBufferPointer, bothCPUs: Bool) throws {
-        let limit = pusher == nil ? LazyServer.mappedPushChunk : LazyServer.backgroundPushChunk
+        let limit = pusher == nil || bothCPUs ? LazyServer.mappedPushChunk : LazyServer.backgroundPushChunk
         var pieces = p.pending.leading(upTo: limit, streamContiguous: false)
         guard !pieces.isEmpty else { return }
         var total = pieces.reduce(0) { $0 + ($1.end - $1.start) }
@@ -583,8 +584,11 @@ public final class LazyServer: @unchecked Sendable {
             // In the background both halves run at nice 19 (the pusher's threads), else at cryo's priority.
             let perform: (Int, @escaping @Sendable (Int) -> Void) -> Void = pusher.map { pusher in { pusher.parallel($0, $1) } }
                 ?? { DispatchQueue.concurrentPerform(iterations: $0, execute: $1) }
+            let pusher = pusher
             perform(halves.count) { half in
                 for i in halves[half] {
+                    // A fault waits: what is left stays pending for the next push (nil slots).
+                    if let pusher, pusher.interrupted { break }
                     let piece = pieces[i]
                     guard let source = p.source.mappedBytes(at: piece.offset, length: piece.end - piece.start) else { continue }
                     let fill = p.uffd.copy(to: piece.start, from: source, length: piece.end - piece.start)
@@ -658,6 +662,9 @@ final class BackgroundPusher: @unchecked Sendable {
     private var tids: [pid_t] = []
     private var raised = false
     private let ownNice: Int32
+
+    /// A fault or wakeup raised the push under way: it ends after the copy in progress.
+    var interrupted: Bool { lock.withLock { raised } }
 
     static func make() -> BackgroundPusher? {
         guard Caller.current.effectiveCapabilities & (1 << 23) != 0,
