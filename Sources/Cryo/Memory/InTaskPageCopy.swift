@@ -34,7 +34,7 @@ struct InTaskPageCopy {
     /// Per writer in the task, for pages read through /proc/PID/mem.
     static let scratchSize = 256 << 10
     let leader: Tracee
-    let log: (pid_t, String, String) -> Void
+    let log: ((pid_t, String, String) -> Void)?
     /// Test switches: CRYO_PAGE_COPY=pipe takes the pipe at once, =task writes one file with no thread.
     private let mode = TestHooks.current.pageCopy
 
@@ -191,7 +191,7 @@ struct InTaskPageCopy {
                 throw CryoError("pid \(pid): \(path): the task wrote \(result.written) of \(expected) bytes of its pages"
                     + (part.map { " and \(result.part_written) of \(partExpected) into \(fileName(of: $0.path))" } ?? ""))
             }
-            if part != nil && result.threaded == 0 { log(pid, "WRITE_PAGES", "the task wrote its pages without a second thread") }
+            if part != nil && result.threaded == 0 { log?(pid, "WRITE_PAGES", "the task wrote its pages without a second thread") }
             return true
         } catch InjectionError.parasite(_, _, let result, _, _, _) {
             // The command ended cleanly with the task's descriptors closed.
@@ -202,7 +202,7 @@ struct InTaskPageCopy {
             if errno == .noSpace || errno == .diskQuotaExceeded {
                 throw SyscallError("the task's pwritev of its pages", errno: errno, pid: pid, object: path)
             }
-            log(pid, "WRITE_PAGES", "the task cannot write its pages (errno \(-result)); through a pipe instead")
+            log?(pid, "WRITE_PAGES", "the task cannot write its pages (errno \(-result)); through a pipe instead")
             return false
         }
     }

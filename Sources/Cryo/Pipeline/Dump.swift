@@ -571,8 +571,11 @@ final class BackgroundWriter: @unchecked Sendable {
     }
 }
 
-func parasiteLog(_ logger: Logger) -> (pid_t, String, String) -> Void {
-    { pid, command, line in logger.debug("pid \(pid) parasite \(command): \(line)") }
+/// The parasite's own log lines go to the debug log; below -v there is none, and the lines are not
+/// even read back from the task (one process_vm_readv per command saved).
+func parasiteLog(_ logger: Logger) -> ((pid_t, String, String) -> Void)? {
+    guard logger.logLevel <= .debug else { return nil }
+    return { pid, command, line in logger.debug("pid \(pid) parasite \(command): \(line)") }
 }
 
 func seconds(from start: ContinuousClock.Instant, to end: ContinuousClock.Instant) -> Double {

@@ -113,7 +113,7 @@ public struct Restorer {
 
     /// The parasites' own log lines, read back after each command only when -v shows them
     /// (one process_vm_readv and a decoding less per stop otherwise).
-    var restoreParasiteLog: ((pid_t, String, String) -> Void)? { logger.logLevel <= .debug ? parasiteLog(logger) : nil }
+    var restoreParasiteLog: ((pid_t, String, String) -> Void)? { parasiteLog(logger) }
 
     static let traceOptions: UInt = Ptrace.exitKill | 0x2 | 0x8 // + TRACEFORK | TRACECLONE
     /// PTRACE_O_SUSPEND_SECCOMP needs CAP_SYS_ADMIN; without it (an ordinary user's cryo)
