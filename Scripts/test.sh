@@ -15,6 +15,10 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 "$repo/Scripts/setup.sh"
+# dump --tcp-established locks connections with iptables unless told otherwise (CRIU's default),
+# and many tests take that default: without it they fail in whatever order they run before
+# a test that installs it on demand.
+"$repo/Scripts/setup.sh" --test-package iptables
 # setup.sh may have found swift only at /opt/swift; do the same here.
 command -v swift >/dev/null 2>&1 || export PATH="/opt/swift/usr/bin:$PATH"
 
