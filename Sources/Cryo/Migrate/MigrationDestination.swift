@@ -77,6 +77,12 @@ final class PostCopyReader: @unchecked Sendable {
                         try pool.write(address: address, UnsafeRawBufferPointer(data))
                         remote.arrived(pid: pid, address: address, length: UInt64(length))
                         bytes += UInt64(length)
+                    case .release:
+                        // The source confirmed the state read before its freeze: the restored tree may go.
+                        guard length == 0 else { throw CryoError("migration stream from \(wire.link.peer): release frame with data") }
+                        timelineMark(logger, "source confirmed: releasing")
+                        self.lock.withLock { self.released = true }
+                        self.releaseSignal.signal()
                     case .pagesDone:
                         let left = remote.missingBytes
                         guard left == 0 else { throw CryoError("the source said every page was sent, but \(left) bytes are missing") }
@@ -101,6 +107,21 @@ final class PostCopyReader: @unchecked Sendable {
     private func end(_ error: Error?) {
         lock.withLock { failure = error; finished = true }
         done.signal()
+        releaseSignal.signal()
+    }
+
+    private let releaseSignal = DispatchSemaphore(value: 0)
+    private var released = false
+
+    /// Waits for the source's `release` (it confirmed what it read before the freeze); throws if the
+    /// stream ends or fails first.
+    func waitRelease() throws {
+        releaseSignal.wait()
+        releaseSignal.signal()
+        try lock.withLock {
+            if released { return }
+            throw failure ?? CryoError("the source ended the stream before it confirmed the frozen state")
+        }
     }
 
     /// Waits for the last page, or the loss of the source; nil when every page is in.
@@ -277,9 +298,10 @@ public struct Receiver {
                 figures.frozenImageSeconds = seconds(since: frozenImageStart ?? .now)
                 figures.postCopyMissingBytes = postCopy?.missingBytes ?? 0
                 restoreOptions.migration = figures
-                if header.confirm == true {
-                    // Only an eager stream: post-copy's reader thread owns the connection from the commit on.
-                    guard reader == nil else { throw CryoError("migration stream from \(peer): a post-copy commit asks for a confirmation") }
+                if header.confirm == true, let reader {
+                    // Post-copy: its reader thread owns the connection from the commit on and takes the release.
+                    restoreOptions.beforeRelease = { try reader.waitRelease() }
+                } else if header.confirm == true {
                     restoreOptions.beforeRelease = { [wire, logger] in
                         let (kind, answer, length) = try wire.receive()
                         guard length == 0 else { throw CryoError("migration stream from \(peer): \(kind) frame with data before the release") }

@@ -127,17 +127,16 @@ public struct Migrator {
                 if sent > previous * 4 / 5 { break }
                 previous = sent
             }
-            if !options.lazyPages {
-                // Eager: the VmFlags are read now, while the tree runs, not frozen (smaps walks every page table
-                // entry: 30-150 ms for 2 GiB); the final dump only confirms them. One more round then takes
-                // what the tree wrote meanwhile, which would otherwise be read and sent while frozen.
-                // One that exits meanwhile has none: the final dump finds it gone, or reads its smaps frozen.
-                for process in record.processes where Processes.isAlive(process.pid) {
-                    flagsBeforeFreeze[process.pid] = try? readMappings(pid: process.pid, withFlags: true)
-                }
-                timelineMark(logger, "VmFlags read before the freeze")
-                if statistics.rounds.count < options.maxRounds { _ = try laterRound(record, wire: wire, statistics: &statistics) }
+            // The VmFlags are read now, while the tree runs, not frozen (smaps walks every page table entry:
+            // 30-150 ms for 2 GiB); the final dump only confirms them, while the destination restores. One
+            // more round then takes what the tree wrote meanwhile, which would otherwise be read and sent
+            // while frozen (eager) or after the start (post-copy).
+            // One that exits meanwhile has none: the final dump finds it gone, or reads its smaps frozen.
+            for process in record.processes where Processes.isAlive(process.pid) {
+                flagsBeforeFreeze[process.pid] = try? readMappings(pid: process.pid, withFlags: true)
             }
+            timelineMark(logger, "VmFlags read before the freeze")
+            if statistics.rounds.count < options.maxRounds { _ = try laterRound(record, wire: wire, statistics: &statistics) }
         } catch {
             if tracking { releaseHolder(scratch) }
             wire.fail("the source gave up: \(error)")
@@ -350,18 +349,17 @@ public struct Migrator {
             try wire.send(.fileEnd)
         }
         var commit = FrameHeader()
-        commit.confirm = image.confirmFlags != nil && later.ranges.isEmpty ? true : nil
-        // Post-copy starts the tree without a word more from here: confirmed first.
-        if let confirm = image.confirmFlags, commit.confirm == nil { try confirm() }
+        commit.confirm = image.confirmFlags != nil ? true : nil
         try wire.send(.commit, commit)
         timelineMark(logger, "commit sent")
-        if !later.ranges.isEmpty { return try servePostCopy(later, wire: wire, verdict: verdict, logger: logger) }
-        if let confirm = image.confirmFlags, commit.confirm == true {
-            // While the destination restores: what was read before the freeze still holds, or its tree never runs.
+        if let confirm = image.confirmFlags {
+            // While the destination restores: what was read before the freeze still holds, or its tree never
+            // runs. Post-copy too: page requests of the restore wait meanwhile, and it needs the release anyway.
             try confirm()
             try wire.send(.release)
             timelineMark(logger, "release sent")
         }
+        if !later.ranges.isEmpty { return try servePostCopy(later, wire: wire, verdict: verdict, logger: logger) }
         let asked = ContinuousClock.now
         let (kind, header, _): (FrameKind, FrameHeader, Int)
         do { (kind, header, _) = try wire.receive() } catch is MigrationLinkClosed {
