@@ -672,7 +672,12 @@ extension MemoryRecord {
         try Files.truncate(out, to: total, path: pagesPath)
         // Pages left in the frozen task (a migration sends them from there): the file stays a sparse
         // placeholder, so a /dev/shm smaller than the tree's memory must not refuse it.
-        if !readFresh { return (PageIndex(runs: runs, pagesFileSize: total), fill) }
+        if !readFresh {
+            // Counted as read all the same: the migration reads them out of the frozen tree as it sends them.
+            statistics.pagesWritten += fresh.reduce(0) { $0 + $1[1] } / 4096
+            statistics.pagesFromPreDump = (statistics.pagesFromPreDump ?? 0) + fill.bytes / 4096
+            return (PageIndex(runs: runs, pagesFileSize: total), fill)
+        }
         // Room for the fill, checked now (statvfs: fallocate of the whole file costs frozen time).
         try FileRanges.requireSpace(out, bytes: total, object: pagesPath)
         let writer = PageWriter(file: out, path: pagesPath)
