@@ -478,13 +478,14 @@ static long restore_state(struct cryo_args_header *h) {
         uint8_t info[128];
         while (sys4(NR_rt_sigtimedwait, &x->discard_signals, info, &zero, 8) > 0) {}
     }
+    if (x->signal_count > CRYO_MAX_QUEUED_SIGNALS) return fail(h, -22 /* EINVAL */, x->signal_count, 0, 0);
     long r = queue_signals(h, x->signals, x->signal_count);
     if (r < 0) return r;
     /* Timers last, so they do not run while the rest is rebuilt. */
     for (int which = 0; which < 3; which++)
         CHECK(h, sys3(NR_setitimer, which, &st->itimers[which], 0), which, NR_setitimer, 0);
     /* The leader's own state in the same stop: one round-trip less per process. */
-    if (x->leader_follows) return restore_thread_state(h, (struct cryo_thread_state *)(x + 1));
+    if (x->leader_follows) return restore_thread_state(h, (struct cryo_thread_state *)&x->signals[x->signal_count]);
     return 0;
 }
 

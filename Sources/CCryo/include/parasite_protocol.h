@@ -19,7 +19,7 @@
 #include "injector_protocol.h"
 
 /* cryo's own blob (Parasite/): its protocol version, answered to PING. */
-#define CRYO_PARASITE_PROTOCOL_VERSION 9u
+#define CRYO_PARASITE_PROTOCOL_VERSION 10u
 
 enum cryo_command {
     CRYO_CMD_PING = CRYO_INJECTOR_CMD_PING, /* answers with the protocol version */
@@ -95,7 +95,8 @@ struct cryo_queued_signal {
 };
 
 /* Per-thread state; written by DUMP_THREAD, read by RESTORE_THREAD (run in
- * that thread), which also queues the thread's own pending signals. */
+ * that thread), which also queues the thread's own pending signals. Both
+ * directions carry signals[] only up to signal_count. */
 struct cryo_thread_state {
     uint64_t altstack_sp;
     uint64_t altstack_size;
@@ -203,9 +204,11 @@ struct cryo_restore_extra {
     uint64_t discard_signals;  /* drop these if pending (SIGCHLD of helpers cryo made) */
     struct cryo_mm_map mm;
     uint64_t auxv[CRYO_AUXV_WORDS];
-    struct cryo_queued_signal signals[CRYO_MAX_QUEUED_SIGNALS];
     uint32_t leader_follows;   /* 1: a struct cryo_thread_state follows, the leader's RESTORE_THREAD, done last */
     uint32_t pad2;
+    /* Last, and sent only up to signal_count: the full array is 34 KiB a process, almost always
+     * empty. A following thread state starts right after signals[signal_count]. */
+    struct cryo_queued_signal signals[CRYO_MAX_QUEUED_SIGNALS];
 };
 
 struct cryo_fd_install { int32_t from; int32_t to; uint32_t cloexec; uint32_t pad; };

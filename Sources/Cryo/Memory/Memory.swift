@@ -1199,6 +1199,11 @@ extension MemoryRecord {
 
 func bytes<T>(of value: T) -> [UInt8] { withUnsafeBytes(of: value) { [UInt8]($0) } }
 func bytes<T>(of values: [T]) -> [UInt8] { values.withUnsafeBytes { [UInt8]($0) } }
+/// A parasite structure that ends in an array of queued signals, sent up to its `count` entries: the
+/// whole array is 34 KiB, almost always empty, and written into fresh pages of every task.
+func trimmedSignals<T>(of value: T, signalsAt offset: Int, count: Int) -> [UInt8] {
+    withUnsafeBytes(of: value) { [UInt8]($0.prefix(offset + count * MemoryLayout<cryo_queued_signal>.stride)) }
+}
 
 /// A free range of `size` bytes outside every range in `occupied`, as high as possible below the usual mmap area top.
 func findFreeRange(size: UInt64, occupied: [Range<UInt64>]) -> UInt64? {

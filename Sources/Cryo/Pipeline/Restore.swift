@@ -1096,7 +1096,7 @@ public struct Restorer {
         }
         try parasite.run(batch: pending + [restoreState])
         for (thread, record) in zip(process.threads, task.threads).dropFirst() {
-            try parasite.run(CRYO_CMD_RESTORE_THREAD, payload: bytes(of: record.parasiteState), replyBytes: 0, on: thread)
+            try parasite.run(CRYO_CMD_RESTORE_THREAD, payload: record.parasiteStateBytes, replyBytes: 0, on: thread)
         }
         try restoreTimerSlack(process)
         if let timers = task.signals.posixTimers, !timers.isEmpty {
@@ -1117,8 +1117,10 @@ public struct Restorer {
         }
         // The leader's RESTORE_THREAD rides along (after the state, as before); the other threads follow.
         extra.leader_follows = 1
-        return ParasiteCommand(command: CRYO_CMD_RESTORE_STATE,
-                               payload: bytes(of: state) + bytes(of: extra) + bytes(of: task.threads[0].parasiteState))
+        // The extra and the thread state each end in their queued signals, sent only as far as used.
+        let extraBytes = trimmedSignals(of: extra, signalsAt: MemoryLayout<cryo_restore_extra>.offset(of: \.signals)!,
+                                        count: Int(extra.signal_count))
+        return ParasiteCommand(command: CRYO_CMD_RESTORE_STATE, payload: bytes(of: state) + extraBytes + task.threads[0].parasiteStateBytes)
     }
 
     /// Each descriptor to its number, then what its kind does in the task (epoll targets, locks).

@@ -99,6 +99,11 @@ extension ThreadRecord {
         return t
     }
 
+    /// RESTORE_THREAD's payload: the state with only its queued signals (not the whole array).
+    var parasiteStateBytes: [UInt8] {
+        trimmedSignals(of: parasiteState, signalsAt: MemoryLayout<cryo_thread_state>.offset(of: \.signals)!, count: pending.count)
+    }
+
     /// The last step before the thread runs again.
     func restore(pid: pid_t) throws {
         try Ptrace.setExtendedState(pid, [UInt8](extendedState))
