@@ -115,7 +115,9 @@ public struct Restorer {
     /// (one process_vm_readv and a decoding less per stop otherwise).
     var restoreParasiteLog: ((pid_t, String, String) -> Void)? { parasiteLog(logger) }
 
-    static let traceOptions: UInt = Ptrace.exitKill | 0x2 | 0x8 // + TRACEFORK | TRACECLONE
+    /// No TRACEFORK or TRACECLONE: every injected clone3 asks for CLONE_PTRACE instead, so that the
+    /// child is traced from birth without a fork event stop of its parent (one stop less per clone).
+    static let traceOptions: UInt = Ptrace.exitKill
     /// PTRACE_O_SUSPEND_SECCOMP needs CAP_SYS_ADMIN; without it (an ordinary user's cryo)
     /// images with seccomp filters are refused up front.
     static let canSuspendSeccomp = Caller.current.effectiveCapabilities & (1 << 21) != 0
@@ -603,7 +605,7 @@ public struct Restorer {
         }
         let before = known()
         var args = [UInt64](repeating: 0, count: 11) // struct clone_args, then set_tid[1]
-        args[0] = flags
+        args[0] = flags | 0x2000 /* CLONE_PTRACE: traced by the parent's tracer from birth */
         // With CLONE_PARENT the exit signal is the creator's own, and clone3 refuses one given.
         if flags & (0x10000 /* CLONE_THREAD */ | 0x8000 /* CLONE_PARENT */) == 0 { args[4] = UInt64(SIGCHLD) }
         args[2] = childTid
