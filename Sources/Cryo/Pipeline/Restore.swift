@@ -135,7 +135,13 @@ public struct Restorer {
     public func run() throws -> RestoredTree {
         let started = ContinuousClock.now
         var statistics = RestoreStatistics()
+        // Before the image read starts threads: a table grown while cryo has threads waits for an
+        // RCU grace period at every doubling (expand_fdtable), 6-13 ms each here, three or four per tree.
+        raiseDescriptorLimit()
+        Restorer.reserveDescriptors(Restorer.descriptorsReservedFirst)
         let image = try Image(directory: options.directory)
+        // A larger image: grown once more, to all it needs at once.
+        Restorer.reserveDescriptors(image.fileTable.files.count + image.sharedMemory.objects.count + 1024)
         // A dump's --network-lock rules go once the tree runs, or the restore failed.
         let networkLock = try NetworkLock.saved(in: options.directory)
         defer { networkLock?.removeAll() }
@@ -186,7 +192,6 @@ public struct Restorer {
         // Right after a dump killed the tree, its zombies may wait for their new parent (here the
         // container's init reaps about every 2 s): up to 1.4 s of a -v tree restore was this wait.
         timelineMark(logger, "image pids free")
-        raiseDescriptorLimit()
 
         let session = RestoreSession()
         // Two threads restore independent subtrees side by side (RestoreLanes.swift).
@@ -235,6 +240,7 @@ public struct Restorer {
             }
             let opened = try image.fileTable.open(paths: image.paths, options: kindOptions, holders: holders)
             defer { opened.close() }
+            timelineMark(logger, "files opened")
             let sharedMemory = try image.sharedMemory.create(paths: image.paths)
             defer { for fd in sharedMemory { try? fd.close() } }
             let sysvSegments = try SysVSegmentsRestore(inventory.sysvSharedMemory ?? [], paths: image.paths)
@@ -249,6 +255,7 @@ public struct Restorer {
             }
             let root = try createRoot(image, session: session, parent: namespaceInit, opened: opened, time: timeNamespaces, early: early)
             faultHook("root-created")
+            timelineMark(logger, "root created")
             try createTree(image, root: root, session: session, lanes: lanes, helperPids: helperPids, opened: opened,
                            time: timeNamespaces, early: early)
             if let timeNamespaces {
@@ -1232,6 +1239,22 @@ public struct Restorer {
                 ?? removed.make(fallback: image.paths.directory, object: what)
         }
         return try openDirectory("/proc/self/fd/\(made.rawValue)", what: what)
+    }
+
+    /// Entries of cryo's descriptor table made up front (32 KiB of it): every description of a tree of
+    /// some 3000 descriptors, cryo's own sockets and the pages files it holds open at once.
+    static let descriptorsReservedFirst = 4096
+
+    /// Grows cryo's descriptor table to `count` entries (when RLIMIT_NOFILE allows), so that opening
+    /// that many never grows it again; a table that large already stays.
+    static func reserveDescriptors(_ count: Int) {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+        let highest = Int32(clamping: Int64(clamping: min(UInt64(max(count, 1)), UInt64(limit.rlim_cur))) - 1)
+        guard highest > 0, let probe = try? FileObjects.eventfd(count: 0, semaphore: false, nonBlocking: false, object: "descriptor table") else { return }
+        defer { try? probe.close() }
+        let far = fcntl(probe.rawValue, F_DUPFD_CLOEXEC, highest)
+        if far >= 0 { close(far) }
     }
 
     /// Descriptor slots live above the task's highest fd; make room for them.
