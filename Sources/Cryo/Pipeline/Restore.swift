@@ -87,11 +87,14 @@ final class RestoringProcess {
         ancestorRunsFound = found
         return found
     }
-    init(image: TaskImage, tracee: Tracee, parasite: Parasite) {
+    /// Its limits, oom_score_adj, loginuid and timer slack as they are now (from its creator at clone).
+    var inherited: InheritedAttributes
+    init(image: TaskImage, tracee: Tracee, parasite: Parasite, inherited: InheritedAttributes) {
         self.image = image
         self.tracee = tracee
         self.threads = [tracee]
         self.parasite = parasite
+        self.inherited = inherited
     }
 }
 
@@ -406,7 +409,9 @@ public struct Restorer {
                                               parasite: parasite.base..<(parasite.base + parasite.size),
                                               oldRseq: try Ptrace.rseqConfiguration(tracee.pid))
         try parasite.run(CRYO_CMD_RESTORE_MEMORY, payload: shed, replyBytes: 0)
-        let root = RestoringProcess(image: image.tasks[0], tracee: tracee, parasite: parasite)
+        // Read once here: every other task inherits them from its creator (InheritedAttributes).
+        let root = RestoringProcess(image: image.tasks[0], tracee: tracee, parasite: parasite,
+                                    inherited: try InheritedAttributes.read(pid: tracee.pid))
         root.group = core.sid == core.pid || core.pgid == core.pid ? core.pid : nil
         session.add(root, imagePid: core.pid)
         if core.sid == core.pid { try acquireTerminal(root, image: image, opened: opened) }
@@ -510,7 +515,7 @@ public struct Restorer {
                 }
                 let creator = session.processes[entry.sharesWith ?? entry.ppid] ?? parent
                 let process = RestoringProcess(image: image.task(entry.pid)!, tracee: tracee,
-                                               parasite: .inherited(by: tracee, from: creator.parasite))
+                                               parasite: .inherited(by: tracee, from: creator.parasite), inherited: creator.inherited)
                 process.lane = owner
                 if entry.sharesFiles == true { process.filesOwner = creator.filesOwner ?? creator.image }
                 // A new task starts in the group of the one that cloned it. A group leader makes its group
@@ -774,7 +779,7 @@ public struct Restorer {
         func soft(_ resource: Int) -> UInt64? { limits.indices.contains(resource) && limits[resource].count == 2 ? limits[resource][0] : nil }
         for resource in [9 /* RLIMIT_AS */, 8 /* RLIMIT_MEMLOCK */] {
             guard let wanted = soft(resource), wanted != UInt64.max else { continue }
-            guard let current = try? Processes.resourceLimit(process.pid, Int32(resource)), current.soft == wanted else { return false }
+            guard process.inherited.limits.indices.contains(resource), process.inherited.limits[resource].soft == wanted else { return false }
         }
         return soft(Int(RLIMIT_NOFILE.rawValue)).map { $0 > UInt64(slots.fd(slots.toSend.count)) } ?? true
     }
@@ -1190,8 +1195,8 @@ public struct Restorer {
 
     /// Resource limits and oom_score_adj, from outside, before the credentials (which may take cryo's right to).
     func restoreLimits(_ process: RestoringProcess) throws {
-        try process.image.core.restoreResourceLimits(pid: process.pid)
-        try process.image.core.restoreOOMScoreAdjust(pid: process.pid)
+        try process.image.core.restoreResourceLimits(pid: process.pid, current: &process.inherited.limits)
+        try process.image.core.restoreOOMScoreAdjust(pid: process.pid, current: &process.inherited.oomScoreAdjust)
     }
 
     /// Waits (at most 2 s) until a new task blocks in read() (syscall 0), where it parks.

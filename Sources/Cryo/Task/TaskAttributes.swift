@@ -116,6 +116,29 @@ enum ProcessAttributes {
 
 }
 
+/// What a new task inherits from the one that cloned it (fork copies them): resource limits,
+/// oom_score_adj, loginuid and the cloning thread's timer slack. Read once from the root and passed
+/// from each creator to the children it clones, and updated wherever restore sets one, so that a
+/// task's wanted values are compared with these instead of 16 prlimit64 calls and three /proc
+/// reads per task. Whoever sets one of them in a task must update its record here too.
+struct InheritedAttributes {
+    /// Soft and hard, by RLIMIT_* number.
+    var limits: [(soft: UInt64, hard: UInt64)]
+    var oomScoreAdjust: Int32?
+    /// Nil without audit support.
+    var loginuid: UInt32?
+    /// The leader's (its threads start with the leader's once cloned).
+    var timerSlack: UInt64?
+
+    static func read(pid: pid_t) throws -> InheritedAttributes {
+        InheritedAttributes(
+            limits: try (0..<TaskCore.resourceCount).map { try Processes.resourceLimit(pid, $0) },
+            oomScoreAdjust: (try? Files.readString("/proc/\(pid)/oom_score_adj")).flatMap { Int32($0.trimmed()) },
+            loginuid: ProcessAttributes.loginuid(pid),
+            timerSlack: (try? Files.readString("/proc/\(pid)/timerslack_ns")).flatMap { UInt64($0.trimmed()) })
+    }
+}
+
 extension Restorer {
     /// Before the threads are cloned (they inherit the leader's loginuid): the loginuid,
     /// written by the task itself (the kernel takes it from no one else), and the
@@ -124,7 +147,7 @@ extension Restorer {
         let (core, pid, tracee) = (process.image.core, process.pid, process.tracee)
         let imagePid = core.pid
         if let wanted = core.loginuid {
-            guard let current = ProcessAttributes.loginuid(pid) else {
+            guard let current = process.inherited.loginuid else {
                 throw CryoError("pid \(imagePid): loginuid was \(wanted) at dump; this kernel has no /proc/\(pid)/loginuid (no audit support)")
             }
             if current != wanted {
@@ -139,6 +162,7 @@ extension Restorer {
                         + "to change it (needs CAP_AUDIT_CONTROL, and loginuid_immutable off; "
                         + "write /proc/\(pid)/loginuid: \(Errno(rawValue: Int32(-written))))")
                 }
+                process.inherited.loginuid = wanted
             }
         }
         if let wanted = core.membarrierRegistrations {
@@ -163,7 +187,7 @@ extension Restorer {
     /// Whether restoreProcessAttributes would inject anything (or fail) for this process.
     func attributesNeedInjection(_ process: RestoringProcess) -> Bool {
         let core = process.image.core
-        if let wanted = core.loginuid, ProcessAttributes.loginuid(process.pid) != wanted { return true }
+        if let wanted = core.loginuid, process.inherited.loginuid != wanted { return true }
         if let wanted = core.membarrierRegistrations, wanted != 0 || ProcessAttributes.controllerRegistrations != 0 { return true }
         return false
     }
@@ -171,24 +195,27 @@ extension Restorer {
     /// Per thread, after its own state: the timer slack (0 is what a real-time thread reads,
     /// and the kernel gives it that once its policy is set).
     func restoreTimerSlack(_ process: RestoringProcess) throws {
-        for (thread, record) in zip(process.threads, process.image.threads) {
-            guard let slack = record.timerSlack, slack != 0, !Restorer.hasTimerSlack(thread.pid, slack) else { continue }
+        for (n, (thread, record)) in zip(process.threads, process.image.threads).enumerated() {
+            guard let slack = record.timerSlack, slack != 0, !Restorer.hasTimerSlack(process, thread: n, slack) else { continue }
             let result = try thread.syscall(ProcessAttributes.prctl, ProcessAttributes.prSetTimerSlack, slack, 0, 0, 0)
             if result < 0 {
                 throw SyscallError("injected prctl(PR_SET_TIMERSLACK, \(slack)) in thread \(record.tid)", errno: Errno(rawValue: Int32(-result)), pid: thread.pid)
             }
+            if n == 0 { process.inherited.timerSlack = slack }
         }
     }
 
-    /// Most threads kept the slack every new task starts with: read from outside, no injected call.
-    static func hasTimerSlack(_ tid: pid_t, _ slack: UInt64) -> Bool {
-        (try? Files.readString("/proc/\(tid)/timerslack_ns")).flatMap { UInt64($0.trimmed()) } == slack
+    /// Most threads kept the slack every new task starts with: the leader's is known (InheritedAttributes),
+    /// another thread's read from outside; no injected call either way.
+    static func hasTimerSlack(_ process: RestoringProcess, thread n: Int, _ slack: UInt64) -> Bool {
+        if n == 0 { return process.inherited.timerSlack == slack }
+        return (try? Files.readString("/proc/\(process.threads[n].pid)/timerslack_ns")).flatMap { UInt64($0.trimmed()) } == slack
     }
 
     /// restoreTimerSlack would inject a call (so the state cannot wait for a later stop).
     func timerSlackNeedsSetting(_ process: RestoringProcess) -> Bool {
-        zip(process.threads, process.image.threads).contains { thread, record in
-            record.timerSlack.map { $0 != 0 && !Restorer.hasTimerSlack(thread.pid, $0) } ?? false
+        zip(process.threads.indices, process.image.threads).contains { n, record in
+            record.timerSlack.map { $0 != 0 && !Restorer.hasTimerSlack(process, thread: n, $0) } ?? false
         }
     }
 

@@ -88,9 +88,10 @@ extension TaskCore {
 
     /// Resource limits are set from outside with prlimit. A hard limit above
     /// ours cannot be raised without CAP_SYS_RESOURCE, which is said plainly.
-    func restoreResourceLimits(pid: pid_t) throws {
+    /// `current`: what the task has (InheritedAttributes), updated with what is set.
+    func restoreResourceLimits(pid: pid_t, current limits: inout [(soft: UInt64, hard: UInt64)]) throws {
         for (resource, limit) in resourceLimits.enumerated() where limit.count == 2 {
-            let current = try Processes.resourceLimit(pid, Int32(resource))
+            let current = limits.indices.contains(resource) ? limits[resource] : try Processes.resourceLimit(pid, Int32(resource))
             if current.soft == limit[0] && current.hard == limit[1] { continue }
             do {
                 try Processes.setResourceLimit(pid, Int32(resource), soft: limit[0], hard: limit[1])
@@ -98,21 +99,23 @@ extension TaskCore {
                 throw CryoError("pid \(pid): resource limit \(resource) had hard limit \(limit[1]) at dump; "
                     + "raising it from \(current.hard) needs CAP_SYS_RESOURCE, which cryo does not hold (prlimit64: EPERM)")
             }
+            if limits.indices.contains(resource) { limits[resource] = (limit[0], limit[1]) }
         }
     }
 
     /// Written from outside. Below the value the new task inherited from cryo it needs
-    /// CAP_SYS_RESOURCE (EACCES otherwise), which is said plainly.
-    func restoreOOMScoreAdjust(pid: pid_t) throws {
+    /// CAP_SYS_RESOURCE (EACCES otherwise), which is said plainly. `current`: what the task has, if known.
+    func restoreOOMScoreAdjust(pid: pid_t, current: inout Int32?) throws {
         guard let wanted = oomScoreAdjust else { return }
         let path = "/proc/\(pid)/oom_score_adj"
-        if Int32(try Files.readString(path).trimmed()) == wanted { return }
+        if (try current ?? Int32(Files.readString(path).trimmed())) == wanted { return }
         let fd = try Files.open(path, .writeOnly)
         defer { try? fd.close() }
         do { try Files.write(fd, Array("\(wanted)".utf8), path: path) } catch let error as SyscallError where error.errno == .permissionDenied {
             throw CryoError("pid \(pid): oom_score_adj was \(wanted) at dump; lowering it needs CAP_SYS_RESOURCE, "
                 + "which cryo does not hold (write \(path): EACCES)")
         }
+        current = wanted
     }
 
     /// What restore indexes without further checks: four uids and gids, the groups the parasite can hold.
