@@ -277,9 +277,12 @@ public struct Restorer {
             statistics.forkingSeconds = seconds(since: forking)
             timelineMark(logger, "tree created")
             let restoring = ContinuousClock.now
+            // Each process gets its registers right after the rest: no later step needs its parasite
+            // (what follows works from outside), and a step of its own cost a wait of each lane for the other.
             try lanes.run(step: "processes") { lane in
                 for process in inventory.livePids.map({ session.processes[$0]! }) where process.lane == lane {
                     try restoreProcess(process, image: image, descriptions: descriptions, sharedMemory: sharedMemory, session: session)
+                    try restoreRegisters(process)
                 }
             }
             try sysvSegments.finish()
@@ -295,14 +298,6 @@ public struct Restorer {
             if eagerThroughUffd, let server = session.lazy {
                 if let failure = server.waitUntilLoaded() { throw failure }
                 session.lazy = nil
-            }
-            // Last: registers, then every task goes at once.
-            try lanes.run(step: "registers") { lane in
-                for process in inventory.livePids.map({ session.processes[$0]! }) where process.lane == lane {
-                    process.tracee.syscallSite = process.image.threads[0].registers.rip
-                    try process.parasite.remove()
-                    for (thread, record) in zip(process.threads, process.image.threads) { try record.restore(pid: thread.pid) }
-                }
             }
             // Scheduling last, from outside: a SCHED_IDLE or real-time policy would slow or starve the restore.
             for process in inventory.livePids.map({ session.processes[$0]! }) {
@@ -1191,6 +1186,13 @@ public struct Restorer {
         for (thread, state, synced) in task.seccompPlan {
             try parasite.run(CRYO_CMD_RESTORE_SECCOMP, payload: state.parasitePayload(synced: synced), replyBytes: 0, on: process.threads[thread])
         }
+    }
+
+    /// Last for each process: the parasite goes, and every thread gets its registers (it runs only once released).
+    func restoreRegisters(_ process: RestoringProcess) throws {
+        process.tracee.syscallSite = process.image.threads[0].registers.rip
+        try process.parasite.remove()
+        for (thread, record) in zip(process.threads, process.image.threads) { try record.restore(pid: thread.pid) }
     }
 
     /// Resource limits and oom_score_adj, from outside, before the credentials (which may take cryo's right to).
