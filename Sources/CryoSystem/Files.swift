@@ -367,6 +367,19 @@ public enum Processes {
         }
         return (old[0], old[1])
     }
+    /// A thread's CPU affinity (sched_getaffinity), one bit per CPU, up to 1024 CPUs; 0 is the caller.
+    public static func affinity(_ tid: pid_t) throws -> [UInt64] {
+        var mask = [UInt64](repeating: 0, count: 16)
+        try mask.withUnsafeMutableBufferPointer {
+            try Kernel.syscall(SYS_sched_getaffinity, tid, 128, $0.baseAddress, name: "sched_getaffinity", pid: tid)
+        }
+        return mask
+    }
+    public static func setAffinity(_ tid: pid_t, _ mask: [UInt64]) throws {
+        try mask.withUnsafeBufferPointer {
+            try Kernel.syscall(SYS_sched_setaffinity, tid, $0.count * 8, $0.baseAddress, name: "sched_setaffinity", pid: tid)
+        }
+    }
     public static func setResourceLimit(_ pid: pid_t, _ resource: Int32, soft: UInt64, hard: UInt64) throws {
         let new: [UInt64] = [soft, hard]
         try new.withUnsafeBufferPointer {

@@ -26,6 +26,8 @@ public final class Lock: @unchecked Sendable {
 public func startThread(name: String? = nil, _ body: @escaping @Sendable () -> Void) {
     final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
     let named: @Sendable () -> Void = {
+        // Not the pin of the thread that starts it (a restore's lanes are pinned to their CPUs).
+        if let mask = ThreadStartAffinity.mask { _ = try? Processes.setAffinity(0, mask) }
         // pthread_setname_np is hidden from Swift's Glibc; the comm file does the same (best effort).
         if let name {
             let fd = open("/proc/thread-self/comm", O_WRONLY | O_CLOEXEC)
@@ -45,4 +47,15 @@ public func startThread(name: String? = nil, _ body: @escaping @Sendable () -> V
         fatalError("pthread_create: \(String(cString: strerror(result)))")
     }
     pthread_detach(thread)
+}
+
+/// While some of cryo's threads are pinned to one CPU each (a restore's lanes), the CPUs a thread
+/// started meanwhile takes instead of inheriting its starter's pin.
+public enum ThreadStartAffinity {
+    private static let lock = Lock()
+    nonisolated(unsafe) private static var current: [UInt64]?
+    public static var mask: [UInt64]? {
+        get { lock.withLock { current } }
+        set { lock.withLock { current = newValue } }
+    }
 }

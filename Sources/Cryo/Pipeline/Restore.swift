@@ -256,6 +256,9 @@ public struct Restorer {
                 guard cowParents.contains(pid) else { return }
                 try restoreMemoryEarly(process, image: image, descriptions: opened.descriptors, sharedMemory: sharedMemory, session: session)
             }
+            // sched_setaffinity of another user's task needs CAP_SYS_NICE (the unpinning runs after the credentials).
+            lanes.pin(unpinnable: Caller.current.effectiveCapabilities & (1 << 23 /* CAP_SYS_NICE */) != 0
+                      || image.tasks.allSatisfy { $0.core.credentials.uids.prefix(2).contains(geteuid()) })
             let root = try createRoot(image, session: session, parent: namespaceInit, opened: opened, time: timeNamespaces, early: early)
             faultHook("root-created")
             timelineMark(logger, "root created")
@@ -283,8 +286,10 @@ public struct Restorer {
                 for process in inventory.livePids.map({ session.processes[$0]! }) where process.lane == lane {
                     try restoreProcess(process, image: image, descriptions: descriptions, sharedMemory: sharedMemory, session: session)
                     try restoreRegisters(process)
+                    for thread in process.threads { try lanes.unpin(thread.pid) }
                 }
             }
+            lanes.unpinThreads()
             try sysvSegments.finish()
             sysvObjects.keep()
             try cgroups?.apply(pids: Dictionary(uniqueKeysWithValues: inventory.livePids.map { pid in
@@ -349,6 +354,7 @@ public struct Restorer {
         } catch {
             session.lazy?.stop()
             session.killAll()
+            lanes.unpinThreads()
             lanes.stop()  // after the kill: lane 1's thread takes its tracees along when it ends
             cgroups?.removeMade()
             // A task killed because its pages could not be loaded fails the restore for that reason.

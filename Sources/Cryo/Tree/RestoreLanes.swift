@@ -150,6 +150,7 @@ final class RestoreLanes: @unchecked Sendable {
     func take(_ pid: pid_t, seize: (pid_t) throws -> Void) throws -> Tracee {
         guard handoff.wait(for: pid) else { throw CryoError("pid \(pid): never handed over (the other lane stopped)") }
         try seize(pid)
+        pinToLane1(pid)
         try Ptrace.interrupt(pid)
         _ = try waitForStop(pid)
         return try Tracee.adopt(pid)
@@ -157,6 +158,50 @@ final class RestoreLanes: @unchecked Sendable {
 
     /// Ends lane 1's thread; only once none of its tasks is traced any more (its exit would kill them).
     func stop() { worker?.stop() }
+
+    // MARK: One CPU per lane
+
+    /// The CPUs cryo may use, as it found them, and each lane's own, while pinned.
+    private var pins: (original: [UInt64], lanes: [[UInt64]])?
+
+    /// Each lane's thread and every task it traces on one CPU of their own. A stop then
+    /// switches between tracer and tracee on that CPU; unpinned, the scheduler put the
+    /// woken task on the other, idle CPU, and each stop waited for that CPU to wake up
+    /// (in a VM, an interrupt to another virtual CPU), several per process. New tasks
+    /// start on their creator's CPU, so the root and whatever it clones go to lane 0's;
+    /// lane 1 moves the tops of its subtrees (`take`). Only when cryo may use every
+    /// online CPU (then the original mask set again at the end is what the tasks would
+    /// have inherited), and at least two. `unpinnable`: cryo can set every task's CPUs
+    /// back once its credentials are restored (CAP_SYS_NICE, or cryo's own user).
+    func pin(unpinnable: Bool) {
+        guard parallel, unpinnable, let original = try? Processes.affinity(0) else { return }
+        let cpus = (0..<original.count * 64).filter { original[$0 / 64] & (1 << UInt64($0 % 64)) != 0 }
+        guard cpus.count >= 2, cpus.count == sysconf(Int32(_SC_NPROCESSORS_ONLN)) else { return }
+        let masks = cpus.prefix(2).map { cpu in (0..<original.count).map { $0 == cpu / 64 ? UInt64(1) << UInt64(cpu % 64) : 0 } }
+        pins = (original, masks)
+        ThreadStartAffinity.mask = original
+        try? run(step: "pin") { lane in _ = try? Processes.setAffinity(0, masks[lane]) }
+    }
+
+    /// A task lane 1 takes over goes to lane 1's CPU, and the tasks it clones with it.
+    func pinToLane1(_ pid: pid_t) {
+        guard let pins else { return }
+        _ = try? Processes.setAffinity(pid, pins.lanes[1])
+    }
+
+    /// A restored task gets the CPUs it would have inherited from cryo unpinned, before it is let go.
+    func unpin(_ tid: pid_t) throws {
+        guard let pins else { return }
+        try Processes.setAffinity(tid, pins.original)
+    }
+
+    /// The lanes' threads back on every CPU (once their tasks are unpinned).
+    func unpinThreads() {
+        guard let pins else { return }
+        try? run(step: "unpin") { _ in _ = try? Processes.setAffinity(0, pins.original) }
+        ThreadStartAffinity.mask = nil
+        self.pins = nil
+    }
 }
 
 /// A value handed to another thread that the caller keeps from racing (lanes hand work back and forth).
