@@ -173,16 +173,21 @@ struct ProcIDs: Equatable {
 }
 
 /// State and tracer of one thread, from /proc/PID/task/TID/status.
-private func taskStatus(_ pid: pid_t, _ tid: pid_t) -> (state: Character, tracer: Int)? {
+private func taskStatus(_ pid: pid_t, _ tid: pid_t) -> (state: Character, tracer: Int, cpus: String)? {
     guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/task/\(tid)/status") else { return nil }
     var state: Character?
     var tracer = -1
+    var cpus = ""
     for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
         if line.hasPrefix("State:") { state = line.dropFirst(6).trimmingCharacters(in: .whitespaces).first }
         if line.hasPrefix("TracerPid:") { tracer = Int(line.dropFirst(10).trimmingCharacters(in: .whitespaces)) ?? -1 }
+        if line.hasPrefix("Cpus_allowed_list:") { cpus = line.dropFirst(18).trimmingCharacters(in: .whitespaces) }
     }
-    return state.map { ($0, tracer) }
+    return state.map { ($0, tracer, cpus) }
 }
+
+/// The CPUs this test may use, which cryo and the fixtures it starts inherit.
+private let ownCPUs = taskStatus(getpid(), getpid())?.cpus ?? "?"
 
 /// The thread ids of a process (empty when it is gone).
 func threadIDs(_ pid: pid_t) -> Set<pid_t> {
@@ -263,6 +268,8 @@ final class TreeMembers {
                 for tid in threadIDs(pid).sorted() {
                     guard let task = taskStatus(pid, tid) else { continue }
                     if task.tracer != 0 { diffs.append("thread \(tid) traced by \(task.tracer)") }
+                    // A restore pins its lanes' tasks to CPUs (RestoreLanes.pin): none may stay pinned.
+                    if task.cpus != ownCPUs { diffs.append("thread \(tid) may run on CPUs \(task.cpus), not \(ownCPUs) as it inherited") }
                     if !"RSD".contains(task.state) { diffs.append("thread \(tid) in state \(task.state)") }
                 }
             }
