@@ -5,6 +5,7 @@
 
 @testable import CryoNet
 import CryoSystem
+import Dispatch
 import Glibc
 import SystemPackage
 import Testing
@@ -19,7 +20,7 @@ struct TLSLinkTests {
         try #require(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0)
         let server = Box<Result<TLSLink, Error>>()
         let serverFd = fds[1]
-        let done = Semaphore()
+        let done = DispatchSemaphore(value: 0)
         startThread {
             server.value = Result { try TLSLink(socket: FileDescriptor(rawValue: serverFd), peer: "source", key: key, server: true) }
             close(serverFd)
@@ -40,7 +41,7 @@ struct TLSLinkTests {
         defer { source.close(); destination.close() }
         let total = 64 << 20
         let sizes = [1, 4096, 13, 1 << 20, 65_537, 4 << 20, 7, 300_000]
-        let sender = Semaphore()
+        let sender = DispatchSemaphore(value: 0)
         let failure = Box<Error>()
         startThread {
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 4096)
@@ -101,12 +102,4 @@ struct TLSLinkTests {
 
 private final class Box<T>: @unchecked Sendable {
     var value: T?
-}
-
-/// Counts signals; `wait` takes one (the link's own Condition underneath).
-private final class Semaphore: @unchecked Sendable {
-    private let condition = Condition()
-    private var count = 0
-    func signal() { condition.locked { count += 1 } }
-    func wait() { try? condition.wait { if count > 0 { count -= 1; return true }; return false } }
 }
