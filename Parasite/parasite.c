@@ -20,7 +20,7 @@ enum {
     NR_gettid = 186, NR_set_tid_address = 218, NR_getpid = 39, NR_tgkill = 234, NR_pipe2 = 293, NR_vmsplice = 278,
     NR_set_robust_list = 273, NR_get_robust_list = 274, NR_dup3 = 292, NR_rseq = 334,
     NR_close_range = 436, NR_prlimit64 = 302, NR_epoll_ctl = 233, NR_seccomp = 317, NR_flock = 73, NR_getgroups = 115, NR_timer_create = 222, NR_timer_settime = 223, NR_timer_gettime = 224, NR_timer_getoverrun = 225, NR_madvise_populate = 28,
-    NR_membarrier = 324,
+    NR_membarrier = 324, NR_mlock2 = 325,
 };
 
 #define PR_SET_PDEATHSIG 1
@@ -64,6 +64,8 @@ enum {
 #define MADV_HUGEPAGE 14
 #define MADV_NOHUGEPAGE 15
 #define MADV_WIPEONFORK 18
+#define MADV_MERGEABLE 12
+#define MLOCK_ONFAULT 1
 #define MADV_POPULATE_WRITE 23
 #define F_DUPFD 0
 #define AF_UNIX 1
@@ -441,11 +443,14 @@ static long restore_memory(struct cryo_args_header *h) {
         static const struct { uint32_t bit; int advice; } advices[] = {
             { CRYO_MADV_DONTDUMP, MADV_DONTDUMP }, { CRYO_MADV_DONTFORK, MADV_DONTFORK },
             { CRYO_MADV_HUGEPAGE, MADV_HUGEPAGE }, { CRYO_MADV_NOHUGEPAGE, MADV_NOHUGEPAGE },
-            { CRYO_MADV_WIPEONFORK, MADV_WIPEONFORK },
+            { CRYO_MADV_WIPEONFORK, MADV_WIPEONFORK }, { CRYO_MADV_MERGEABLE, MADV_MERGEABLE },
         };
         for (unsigned a = 0; a < sizeof(advices) / sizeof(advices[0]); a++)
             if (v->madvise & advices[a].bit)
                 CHECK(h, sys3(NR_madvise, v->start, length, advices[a].advice), i, NR_madvise, v->start);
+        /* Last: a lock without ONFAULT brings in every page of the mapping, which must hold its own by now. */
+        if (v->madvise & CRYO_VMA_LOCKED)
+            CHECK(h, sys3(NR_mlock2, v->start, length, v->madvise & CRYO_VMA_LOCKONFAULT ? MLOCK_ONFAULT : 0), i, NR_mlock2, v->start);
     }
     return 0;
 }

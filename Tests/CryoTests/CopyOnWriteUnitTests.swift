@@ -56,6 +56,17 @@ struct CopyOnWriteUnitTests {
         #expect(huge.stored == saved && huge.inherited.isEmpty)
     }
 
+    @Test("a lock is not passed on by fork: a parent's locked mapping is kept in its unlocked child")
+    func lockedParent() {
+        let a: UInt64 = 0x10_0000
+        for lock in [CRYO_VMA_LOCKED, CRYO_VMA_LOCKED | CRYO_VMA_LOCKONFAULT] {
+            #expect(CopyOnWrite.keptRange(Self.anon(a, 4), from: Self.anon(a, 4, advice: lock)) == Self.pages(a, 0, 4))
+            #expect(CopyOnWrite.keptRange(Self.anon(a, 4, advice: lock), from: Self.anon(a, 4)) == Self.pages(a, 0, 4))
+        }
+        // Mergeable (KSM) is passed on: a parent's cannot be taken back in a child without it.
+        #expect(CopyOnWrite.keptRange(Self.anon(a, 4), from: Self.anon(a, 4, advice: CRYO_MADV_MERGEABLE)) == nil)
+    }
+
     @Test("a child that grew, cut or split its mapping after fork keeps the part that overlaps the parent's")
     func reshaped() {
         let a: UInt64 = 0x10_0000

@@ -11,7 +11,7 @@ import Testing
 extension EndToEnd {
     @Suite("restore --lazy-pages")
     struct LazyPagesTests {
-        @Test("lazy restore in the foreground", arguments: ["bigmem", "counter", "lazytouch"])
+        @Test("lazy restore in the foreground", arguments: ["bigmem", "counter", "lazytouch", "mlocked"])
         func foreground(_ name: String) throws {
             try lazyRoundTrip(name, detached: false)
         }

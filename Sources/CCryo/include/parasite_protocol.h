@@ -19,7 +19,7 @@
 #include "injector_protocol.h"
 
 /* cryo's own blob (Parasite/): its protocol version, answered to PING. */
-#define CRYO_PARASITE_PROTOCOL_VERSION 10u
+#define CRYO_PARASITE_PROTOCOL_VERSION 11u
 
 enum cryo_command {
     CRYO_CMD_PING = CRYO_INJECTOR_CMD_PING, /* answers with the protocol version */
@@ -152,6 +152,10 @@ struct cryo_range { uint64_t start; uint64_t end; };
 #define CRYO_MADV_HUGEPAGE   (1u << 2)
 #define CRYO_MADV_NOHUGEPAGE (1u << 3)
 #define CRYO_MADV_WIPEONFORK (1u << 4)
+#define CRYO_MADV_MERGEABLE  (1u << 5)
+/* Not advice, but set the same way once the pages are in: mlock2, with MLOCK_ONFAULT for LOCKONFAULT. */
+#define CRYO_VMA_LOCKED      (1u << 6)
+#define CRYO_VMA_LOCKONFAULT (1u << 7)
 
 struct cryo_vma {
     uint64_t start;
@@ -160,7 +164,7 @@ struct cryo_vma {
     uint32_t prot;
     uint32_t flags;            /* MAP_* without MAP_FIXED */
     int32_t fd;                /* -1 for anonymous */
-    uint32_t madvise;          /* CRYO_MADV_* */
+    uint32_t madvise;          /* CRYO_MADV_* and CRYO_VMA_LOCKED/LOCKONFAULT */
     uint64_t first_run;        /* its page runs: runs[first_run ..< first_run + run_count] */
     uint64_t run_count;
     uint32_t sysv_shm;         /* 1 + the id of the System V segment to shmat here; 0: mmap as above */

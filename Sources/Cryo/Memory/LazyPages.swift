@@ -49,10 +49,12 @@ struct LazySplit {
         }
 
         // MADV_WIPEONFORK memory stays eager: a child forked later must see it zeroed, not filled from the image.
+        // So does mlocked memory (not on fault): the lock brings in every page at once, as zeros if none came yet.
         let lazyMappings = task.memory.mappings.filter {
             // hugetlb memory takes no 4 KiB UFFDIO_COPY: eager.
             !$0.shared && [.anonymous, .heap, .stack].contains($0.kind) && $0.hugePageSize == nil
                 && $0.advice & UInt32(CRYO_MADV_WIPEONFORK) == 0 && !eagerMappings.contains($0.start)
+                && $0.advice & UInt32(CRYO_VMA_LOCKED | CRYO_VMA_LOCKONFAULT) != UInt32(CRYO_VMA_LOCKED)
         }
         ranges = lazyMappings.map { cryo_range(start: $0.start, end: $0.end) }
         var eagerRuns: [PageRun] = []

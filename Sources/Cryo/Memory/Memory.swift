@@ -168,6 +168,7 @@ struct VmFlags: ExpressibleByArrayLiteral, Equatable {
     enum Known {
         static let io = pair("io"), pf = pair("pf"), ht = pair("ht"), dd = pair("dd"), dc = pair("dc")
         static let hg = pair("hg"), nh = pair("nh"), wf = pair("wf"), gd = pair("gd"), nr = pair("nr")
+        static let mg = pair("mg"), lo = pair("lo"), lf = pair("lf")
         private static func pair(_ text: StaticString) -> UInt16 {
             UInt16(text.utf8Start[0]) << 8 | UInt16(text.utf8Start[1])
         }
@@ -1219,7 +1220,8 @@ func findFreeRange(size: UInt64, occupied: [Range<UInt64>]) -> UInt64? {
 }
 
 extension MemoryRecord.Mapping {
-    /// What the VmFlags of /proc/PID/smaps say: growth, reservation, madvise advice; device mappings are refused.
+    /// What the VmFlags of /proc/PID/smaps say: growth, reservation, madvise advice and mlock; device mappings are refused.
+    /// (mlockall's MCL_FUTURE is the mm's, not a mapping's: /proc shows it nowhere, and it does not come back.)
     mutating func take(_ vmFlags: VmFlags, pid: pid_t) throws {
         // Codes as numbers once, not a String per flag per mapping (10,000 mappings are 100,000 lookups).
         typealias F = VmFlags.Known
@@ -1238,6 +1240,8 @@ extension MemoryRecord.Mapping {
         if vmFlags.contains(F.hg) { advice |= CRYO_MADV_HUGEPAGE }
         if vmFlags.contains(F.nh) { advice |= CRYO_MADV_NOHUGEPAGE }
         if vmFlags.contains(F.wf) { advice |= CRYO_MADV_WIPEONFORK }
+        if vmFlags.contains(F.mg) { advice |= CRYO_MADV_MERGEABLE }
+        if vmFlags.contains(F.lo) { advice |= CRYO_VMA_LOCKED | (vmFlags.contains(F.lf) ? CRYO_VMA_LOCKONFAULT : 0) }
         self.advice = advice
         growsDown = vmFlags.contains(F.gd)
         noReserve = vmFlags.contains(F.nr)
