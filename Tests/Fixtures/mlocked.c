@@ -10,6 +10,9 @@
  *   eager restore loads through a userfaultfd.
  * On SIGTERM: every region at its address with its flags and bytes, and
  * VmLck of /proc/self/status as before. PASS or "FAIL: ...".
+ *   mlocked sealed    all of the above, and one region sealed with mseal,
+ *                     which a dump must refuse ("SEALED <address>"; "NOMSEAL"
+ *                     where the kernel cannot seal).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -18,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include "fixture.h"
 
@@ -31,7 +35,7 @@ static void on_term(int sig) { (void)sig; got_term = 1; }
 
 /* Wanted VmFlags: 1 set, 0 not set, -1 not checked. */
 struct region { const char *name; char *at; size_t length; size_t written; int lo, lf, mg; };
-static struct region regions[8];
+static struct region regions[12];
 static int count;
 
 static char byte_at(size_t i, int r) { return (char)((i * 37 + 11 * (size_t)r) % 253 + 1); }
@@ -97,7 +101,7 @@ static void must(int ok, const char *what)
 	if (!ok) { fprintf(stderr, "setup: %s: %s\n", what, strerror(errno)); exit(2); }
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	signal(SIGTERM, on_term);
@@ -121,6 +125,11 @@ int main(void)
 	}
 	add("unlocked", map(1024 * PAGE, MAP_PRIVATE), 1024 * PAGE, 1024 * PAGE, 0, 0, 0);
 
+	if (argc > 1 && strcmp(argv[1], "sealed") == 0) {
+		struct region *s = add("sealed", map(4 * PAGE, MAP_PRIVATE), 4 * PAGE, 4 * PAGE, 0, 0, -1);
+		if (syscall(462 /* mseal */, s->at, s->length, 0) != 0) { printf("NOMSEAL mseal: %s\n", strerror(errno)); return 0; }
+		printf("SEALED %lx\n", (unsigned long)s->at);
+	}
 	char flags[512];
 	for (int i = 0; i < count; i++) {
 		struct region *g = &regions[i];

@@ -168,7 +168,7 @@ struct VmFlags: ExpressibleByArrayLiteral, Equatable {
     enum Known {
         static let io = pair("io"), pf = pair("pf"), ht = pair("ht"), dd = pair("dd"), dc = pair("dc")
         static let hg = pair("hg"), nh = pair("nh"), wf = pair("wf"), gd = pair("gd"), nr = pair("nr")
-        static let mg = pair("mg"), lo = pair("lo"), lf = pair("lf")
+        static let mg = pair("mg"), lo = pair("lo"), lf = pair("lf"), sl = pair("sl")
         private static func pair(_ text: StaticString) -> UInt16 {
             UInt16(text.utf8Start[0]) << 8 | UInt16(text.utf8Start[1])
         }
@@ -1225,15 +1225,15 @@ extension MemoryRecord.Mapping {
     mutating func take(_ vmFlags: VmFlags, pid: pid_t) throws {
         // Codes as numbers once, not a String per flag per mapping (10,000 mappings are 100,000 lookups).
         typealias F = VmFlags.Known
-        if !isSpecial && (vmFlags.contains(F.io) || vmFlags.contains(F.pf)) {
+        func refuse(_ what: String) -> CryoError {
             let address = "0x\(String(start, radix: 16))-0x\(String(end, radix: 16))"
-            throw CryoError("pid \(pid): mapping \(address) \(path.map { "(\($0)) " } ?? "")is a device (VM_IO/VM_PFNMAP) mapping, not supported yet")
+            return CryoError("pid \(pid): mapping \(address) \(path.map { "(\($0)) " } ?? "")is \(what), not supported yet")
         }
-        if vmFlags.contains(F.ht) && hugePageSize == nil {
-            // hugetlb pages (MAP_HUGETLB, MFD_HUGETLB) would come back as small pages, or not at all.
-            let address = "0x\(String(start, radix: 16))-0x\(String(end, radix: 16))"
-            throw CryoError("pid \(pid): mapping \(address) \(path.map { "(\($0)) " } ?? "")is hugetlb memory, not supported yet")
-        }
+        if !isSpecial && (vmFlags.contains(F.io) || vmFlags.contains(F.pf)) { throw refuse("a device (VM_IO/VM_PFNMAP) mapping") }
+        // hugetlb pages (MAP_HUGETLB, MFD_HUGETLB) would come back as small pages, or not at all.
+        if vmFlags.contains(F.ht) && hugePageSize == nil { throw refuse("hugetlb memory") }
+        // The seal would be lost. (A kernel that seals its own vDSO and vvar seals the new task's as well.)
+        if !isSpecial && vmFlags.contains(F.sl) { throw refuse("sealed (mseal)") }
         var advice: UInt32 = 0
         if vmFlags.contains(F.dd) { advice |= CRYO_MADV_DONTDUMP }
         if vmFlags.contains(F.dc) { advice |= CRYO_MADV_DONTFORK }
