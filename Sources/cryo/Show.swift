@@ -87,6 +87,7 @@ struct ShowCommand: ParsableCommand {
                 + (thread.altstackFlags & 2 == 0 ? ", altstack 0x\(hex(thread.altstackAddress)) size \(thread.altstackSize)" : ""))
             for p in thread.pending { print("    pending \(signalName(p.signal)) (thread queue)") }
             var attributes = thread.scheduling.map { ["\($0.name) priority \($0.priority) nice \($0.nice)" + ($0.flags & 1 != 0 ? " reset-on-fork" : "")] } ?? []
+            if let cpus = thread.scheduling?.cpus { attributes.append("CPUs \(ThreadScheduling.describe(cpus))") }
             if let slack = thread.timerSlack { attributes.append("timer slack \(slack) ns") }
             if thread.parentDeathSignal != 0 { attributes.append("parent-death signal \(signalName(thread.parentDeathSignal))") }
             if let own = thread.seccomp { attributes.append("own seccomp: \(own.filters.count) filter(s)" + (own.noNewPrivileges ? ", no_new_privs" : "")) }

@@ -61,6 +61,31 @@ extension EndToEnd {
             try dumpRestoreAndPass("attrs")
         }
 
+        /// attrs pins its idle thread to the last of its CPUs and its batch thread to the first;
+        /// a restore allowed only the first warns about the idle one and runs it there.
+        @Test("a thread pinned to CPUs the restore may not use runs on the restore's, with one warning line naming it")
+        func unavailableCPUs() throws {
+            let allowed = cpusAllowed("/proc/self/status")
+            guard let first = allowed.first, let last = allowed.last, first != last else {
+                try Test.cancel("needs two CPUs, this test may use \(allowed)")
+            }
+            let scratch = try Scratch("attrs-cpus")
+            defer { scratch.remove() }
+            let fixture = try Fixture("attrs", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let tids = try #require(fixture.tagged("TIDS"), "no TIDS line\n\(fixture.report)")
+            try #require(tids.count == 5, "TIDS line: \(tids)")
+            let images = try dumpAndReap(fixture, in: scratch).images
+            let restore = try cryo(["restore", "-D", images, "-d"], in: scratch, launcher: ["/usr/bin/taskset", "-c", "\(first)"])
+            #expect(restore.succeeded, "\(restore)")
+            #expect(restore.stderrLines.count == 1 && restore.stderr.contains("thread \(tids[2]) ran on CPUs \(last), none of which")
+                    && restore.stderr.contains("it runs on \(first)"), "want one warning naming the idle thread \(tids[2])\n\(restore)")
+            for tid in [tids[1], tids[2]] {
+                #expect(cpusAllowed("/proc/\(fixture.pid)/task/\(tid)/status") == [first], "thread \(tid)")
+            }
+        }
+
         @Test("SCHED_DEADLINE threads keep runtime, deadline, period and flags (sched_setattr after every clone)")
         func deadline() throws {
             let scratch = try Scratch("deadline-task-state")
@@ -178,6 +203,15 @@ extension EndToEnd {
 }
 
 /// start → READY → dump (kills) → foreground restore → SIGTERM → PASS.
+/// The CPUs of a status file's Cpus_allowed_list ("0-1,3"), in order.
+private func cpusAllowed(_ status: String) -> [Int] {
+    guard let line = readText(status).split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed_list:") }) else { return [] }
+    return line.dropFirst("Cpus_allowed_list:".count).split(separator: ",").flatMap { item -> [Int] in
+        let ends = item.split(separator: "-").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        return ends.count == 2 ? Array(ends[0]...ends[1]) : ends
+    }
+}
+
 private func dumpRestoreAndPass(_ name: String, arguments: [String]? = nil,
                                 sourceLocation: SourceLocation = #_sourceLocation) throws {
     let scratch = try Scratch("\(name)-task-state")

@@ -5,19 +5,23 @@
  *            exist, so they share it), membarrier registrations
  *            (PRIVATE_EXPEDITED and GLOBAL_EXPEDITED).
  *   threads: main   SCHED_OTHER nice 3, timer slack 123456, pdeathsig SIGWINCH
- *            batch  SCHED_BATCH nice 7, slack 777000, pdeathsig SIGURG
- *            idle   SCHED_IDLE (nice 11 under it), slack 50001
+ *            batch  SCHED_BATCH nice 7, slack 777000, pdeathsig SIGURG,
+ *                   only on the first CPU it was started with
+ *            idle   SCHED_IDLE (nice 11 under it), slack 50001, only on the
+ *                   last CPU it was started with
  *            fifo   SCHED_FIFO priority 3 (nice 4 kept under it)
  *            rr     SCHED_RR priority 9 with SCHED_FLAG_RESET_ON_FORK
  * Each thread reads back its own scheduling (sched_getattr), timer slack
- * (PR_GET_TIMERSLACK), parent-death signal (PR_GET_PDEATHSIG) and loginuid
- * after SIGTERM; the main thread checks the membarrier registrations
+ * (PR_GET_TIMERSLACK), parent-death signal (PR_GET_PDEATHSIG), CPUs
+ * (sched_getaffinity: the others on every CPU it was started with) and
+ * loginuid after SIGTERM; the main thread checks the membarrier registrations
  * (MEMBARRIER_CMD_GET_REGISTRATIONS) and that an expedited barrier works.
  * Prints "TIDS main batch idle fifo rr" before READY; PASS or FAIL: reasons.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -43,14 +47,15 @@ struct want {
 	uint64_t flags;
 	unsigned long slack; /* 0: leave it (real-time threads read 0) */
 	int pdeathsig;
+	int cpu;           /* -1: every CPU the process started with; 0: only the first of them; 1: only the last */
 };
 
 static const struct want wants[] = {
-	{ "main", 0, 0, 3, 0, 123456, SIGWINCH },
-	{ "batch", 3, 0, 7, 0, 777000, SIGURG },
-	{ "idle", 5, 0, 11, 0, 50001, 0 },
-	{ "fifo", 1, 3, 4, 0, 0, 0 },
-	{ "rr", 2, 9, 0, 1, 0, 0 },
+	{ "main", 0, 0, 3, 0, 123456, SIGWINCH, -1 },
+	{ "batch", 3, 0, 7, 0, 777000, SIGURG, 0 },
+	{ "idle", 5, 0, 11, 0, 50001, 0, 1 },
+	{ "fifo", 1, 3, 4, 0, 0, 0, -1 },
+	{ "rr", 2, 9, 0, 1, 0, 0, -1 },
 };
 #define N ((int)(sizeof(wants) / sizeof(wants[0])))
 #define MEMBARRIER_GET_REGISTRATIONS (1 << 9)
@@ -61,6 +66,21 @@ static _Atomic int started, checking, checked;
 static char why[N][512];
 static volatile sig_atomic_t term;
 static void on_term(int sig) { (void)sig; term = 1; }
+
+static cpu_set_t started_on;
+
+/* The CPUs wants[i] runs on. */
+static cpu_set_t wanted_cpus(int i)
+{
+	if (wants[i].cpu < 0) return started_on;
+	int pick = -1;
+	for (int c = 0; c < CPU_SETSIZE; c++)
+		if (CPU_ISSET(c, &started_on) && (pick < 0 || wants[i].cpu == 1)) pick = c;
+	cpu_set_t one;
+	CPU_ZERO(&one);
+	CPU_SET(pick, &one);
+	return one;
+}
 
 static int set_attr(pid_t tid, uint32_t policy, uint32_t priority, int nice, uint64_t flags)
 {
@@ -74,8 +94,17 @@ static int setup(int i)
 	tids[i] = (pid_t)syscall(SYS_gettid);
 	if (w->slack && prctl(PR_SET_TIMERSLACK, w->slack, 0, 0, 0)) return -1;
 	if (prctl(PR_SET_PDEATHSIG, w->pdeathsig, 0, 0, 0)) return -1;
+	cpu_set_t cpus = wanted_cpus(i);
+	if (sched_setaffinity(0, sizeof(cpus), &cpus)) return -1;
 	if (set_attr(0, 0, 0, w->nice, 0)) return -1;
 	return set_attr(0, w->policy, w->priority, w->nice, w->flags);
+}
+
+static int first_cpu(const cpu_set_t *set)
+{
+	for (int c = 0; c < CPU_SETSIZE; c++)
+		if (CPU_ISSET(c, set)) return c;
+	return -1;
 }
 
 /* The calling thread checks itself against wants[i]. */
@@ -103,6 +132,12 @@ static void check(int i)
 	prctl(PR_GET_PDEATHSIG, &sig, 0, 0, 0);
 	if (sig != w->pdeathsig)
 		snprintf(out + strlen(out), 100, "%s: pdeathsig %d, want %d; ", w->name, sig, w->pdeathsig);
+	cpu_set_t cpus, want = wanted_cpus(i);
+	if (sched_getaffinity(0, sizeof(cpus), &cpus))
+		snprintf(out + strlen(out), 100, "%s: sched_getaffinity %s; ", w->name, strerror(errno));
+	else if (!CPU_EQUAL(&cpus, &want))
+		snprintf(out + strlen(out), 100, "%s: on %d CPUs (first %d), want %d (first %d); ", w->name, CPU_COUNT(&cpus),
+			 first_cpu(&cpus), CPU_COUNT(&want), first_cpu(&want));
 	char path[64], text[32] = "";
 	snprintf(path, sizeof(path), "/proc/self/task/%d/loginuid", (int)syscall(SYS_gettid));
 	int fd = open(path, O_RDONLY);
@@ -129,6 +164,10 @@ static void *worker(void *arg)
 int main(void)
 {
 	signal(SIGTERM, on_term);
+	if (sched_getaffinity(0, sizeof(started_on), &started_on)) {
+		printf("FAIL: setup: sched_getaffinity: %s\n", strerror(errno));
+		return 1;
+	}
 	int fd = open("/proc/self/loginuid", O_WRONLY);
 	if (fd < 0 || write(fd, "4242", 4) != 4) {
 		printf("FAIL: setup: write /proc/self/loginuid: %s\n", strerror(errno));

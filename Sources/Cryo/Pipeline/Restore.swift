@@ -305,8 +305,13 @@ public struct Restorer {
                 session.lazy = nil
             }
             // Scheduling last, from outside: a SCHED_IDLE or real-time policy would slow or starve the restore.
+            // The CPUs first: a thread moved to SCHED_DEADLINE may no longer have them narrowed.
+            let allowed = try Processes.affinity(0)
             for process in inventory.livePids.map({ session.processes[$0]! }) {
                 for (thread, record) in zip(process.threads, process.image.threads) {
+                    if let unavailable = try record.scheduling?.restoreAffinity(tid: thread.pid, imageTid: record.tid, allowed: allowed) {
+                        logger.warning("\(unavailable)")
+                    }
                     try record.scheduling?.restore(tid: thread.pid, imageTid: record.tid)
                 }
             }

@@ -6,8 +6,9 @@ import Glibc
 import SystemPackage
 
 /// A thread's scheduling (sched_getattr of its tid): policy, flags, nice,
-/// real-time priority, deadline parameters and utilization clamps. Set from
-/// outside with sched_setattr, as the last thing before the thread runs.
+/// real-time priority, deadline parameters and utilization clamps, and the
+/// CPUs it may run on. Set from outside with sched_setaffinity and
+/// sched_setattr, as the last thing before the thread runs.
 public struct ThreadScheduling: Codable, Sendable, Equatable {
     public var policy: UInt32
     public var flags: UInt64
@@ -15,6 +16,9 @@ public struct ThreadScheduling: Codable, Sendable, Equatable {
     public var priority: UInt32
     public var runtime: UInt64 = 0, deadline: UInt64 = 0, period: UInt64 = 0
     public var utilMin: UInt32 = 0, utilMax: UInt32 = 1024
+    /// The CPUs it may run on (sched_getaffinity, one bit each) when some CPU online at dump was not among
+    /// them; nil when every one was: such a thread takes what a new task gets, on whatever host it comes back.
+    public var cpus: [UInt64]? = nil
 
     static let names = [0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BATCH", 5: "SCHED_IDLE", 6: "SCHED_DEADLINE"]
     /// RESET_ON_FORK, RECLAIM, DL_OVERRUN: what sched_getattr reports and sched_setattr takes back.
@@ -25,7 +29,58 @@ public struct ThreadScheduling: Codable, Sendable, Equatable {
         let a = try Scheduling.attributes(tid)
         let realTime = a.policy == 1 || a.policy == 2 || a.policy == 6
         return ThreadScheduling(policy: a.policy, flags: a.flags & keptFlags, nice: realTime ? try Scheduling.nice(tid) : a.nice, priority: a.priority,
-                                runtime: a.runtime, deadline: a.deadline, period: a.period, utilMin: a.utilMin, utilMax: a.utilMax)
+                                runtime: a.runtime, deadline: a.deadline, period: a.period, utilMin: a.utilMin, utilMax: a.utilMax,
+                                cpus: restrictedCPUs(try Processes.affinity(tid), online: onlineCPUs))
+    }
+
+    /// The CPUs online now, from /sys/devices/system/cpu/online; nil if it cannot be read.
+    static let onlineCPUs: [UInt64]? = (try? Files.readString("/sys/devices/system/cpu/online")).flatMap(cpuList)
+
+    /// A kernel CPU list ("0-3,8,10-11") as a mask of 64-bit words, nil if empty, malformed or past 1024 CPUs.
+    static func cpuList(_ text: String) -> [UInt64]? {
+        var mask = [UInt64](repeating: 0, count: 16)
+        for item in text.trimmed().split(separator: ",") {
+            let ends = item.split(separator: "-", omittingEmptySubsequences: false)
+            guard (1...2).contains(ends.count), let first = Int(ends[0]), let last = Int(ends.last!), first <= last, last < 1024 else { return nil }
+            for cpu in first...last { mask[cpu / 64] |= 1 << UInt64(cpu % 64) }
+        }
+        return mask.contains { $0 != 0 } ? mask : nil
+    }
+
+    /// `mask` without its trailing empty words, or nil when it holds every CPU of `online` (or `online` is unknown).
+    static func restrictedCPUs(_ mask: [UInt64], online: [UInt64]?) -> [UInt64]? {
+        guard let online, online.indices.contains(where: { online[$0] & ~(mask.indices.contains($0) ? mask[$0] : 0) != 0 }) else { return nil }
+        return Array(mask[..<(mask.lastIndex { $0 != 0 }.map { $0 + 1 } ?? 0)])
+    }
+
+    /// Confines the thread to its saved CPUs, those of them in `allowed` (cryo's own, and the cpuset's);
+    /// where none of them is, it keeps the CPUs it has and the result says so, for a warning.
+    func restoreAffinity(tid: pid_t, imageTid: pid_t, allowed: [UInt64]) throws -> String? {
+        guard let cpus else { return nil }
+        let wanted = allowed.indices.map { allowed[$0] & (cpus.indices.contains($0) ? cpus[$0] : 0) }
+        let unavailable = "thread \(imageTid) ran on CPUs \(ThreadScheduling.describe(cpus)), none of which it may use here: "
+            + "it runs on \(ThreadScheduling.describe(allowed))"
+        if wanted.allSatisfy({ $0 == 0 }) { return unavailable }
+        do { try Processes.setAffinity(tid, wanted) } catch let error as SyscallError where error.errno == .invalidArgument {
+            return unavailable  // none of them in its cpuset
+        }
+        return nil
+    }
+
+    /// A mask as a kernel CPU list: "0-3,8".
+    public static func describe(_ mask: [UInt64]) -> String {
+        var ranges: [String] = []
+        var cpu = 0
+        let count = mask.count * 64
+        func set(_ c: Int) -> Bool { c < count && mask[c / 64] & (1 << UInt64(c % 64)) != 0 }
+        while cpu < count {
+            guard set(cpu) else { cpu += 1; continue }
+            var last = cpu
+            while set(last + 1) { last += 1 }
+            ranges.append(last == cpu ? "\(cpu)" : "\(cpu)-\(last)")
+            cpu = last + 1
+        }
+        return ranges.isEmpty ? "none" : ranges.joined(separator: ",")
     }
 
     public var name: String { ThreadScheduling.names[Int(policy)] ?? "policy \(policy)" }
@@ -67,7 +122,8 @@ public struct ThreadScheduling: Codable, Sendable, Equatable {
     }
 
     func validate(file: String, tid: pid_t) throws {
-        guard ThreadScheduling.names[Int(policy)] != nil, (-20...19).contains(nice), priority <= 99, utilMin <= 1024, utilMax <= 1024 else {
+        guard ThreadScheduling.names[Int(policy)] != nil, (-20...19).contains(nice), priority <= 99, utilMin <= 1024, utilMax <= 1024,
+              (cpus?.count ?? 0) <= 16, cpus?.contains(where: { $0 != 0 }) != false else {
             throw ImageError(file: file, record: "threads", "thread \(tid): scheduling policy \(policy) priority \(priority) nice \(nice) is not valid")
         }
     }
@@ -75,6 +131,7 @@ public struct ThreadScheduling: Codable, Sendable, Equatable {
 
 extension ThreadScheduling {
     /// What sched_setattr would change (clamps of 0 and 1024 alike: none).
+    /// (The CPUs are set apart: restoreAffinity.)
     func sameSetting(as other: ThreadScheduling) -> Bool {
         policy == other.policy && flags == other.flags && nice == other.nice && priority == other.priority
             && runtime == other.runtime && deadline == other.deadline && period == other.period
