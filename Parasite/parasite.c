@@ -20,7 +20,7 @@ enum {
     NR_gettid = 186, NR_set_tid_address = 218, NR_getpid = 39, NR_tgkill = 234, NR_pipe2 = 293, NR_vmsplice = 278,
     NR_set_robust_list = 273, NR_get_robust_list = 274, NR_dup3 = 292, NR_rseq = 334,
     NR_close_range = 436, NR_prlimit64 = 302, NR_epoll_ctl = 233, NR_seccomp = 317, NR_flock = 73, NR_getgroups = 115, NR_timer_create = 222, NR_timer_settime = 223, NR_timer_gettime = 224, NR_timer_getoverrun = 225, NR_madvise_populate = 28,
-    NR_membarrier = 324, NR_mlock2 = 325,
+    NR_membarrier = 324, NR_mlock2 = 325, NR_mlockall = 151, NR_mincore = 27,
 };
 
 #define PR_SET_PDEATHSIG 1
@@ -66,6 +66,13 @@ enum {
 #define MADV_WIPEONFORK 18
 #define MADV_MERGEABLE 12
 #define MLOCK_ONFAULT 1
+#define MCL_FUTURE 2
+#define MCL_ONFAULT 4
+#define PROT_READ 1
+#define MAP_PRIVATE 2
+#define MAP_ANONYMOUS 0x20
+#define EAGAIN 11
+#define EINVAL 22
 #define MADV_POPULATE_WRITE 23
 #define F_DUPFD 0
 #define AF_UNIX 1
@@ -156,6 +163,24 @@ static long fail(struct cryo_args_header *h, long result, unsigned long step, lo
 
 static void *payload(struct cryo_args_header *h) { return (char *)h + sizeof(*h); }
 
+/* Whether mlockall(MCL_FUTURE) is in effect: a fresh mapping is then locked, which MADV_DONTNEED
+ * refuses with EINVAL, and unless MCL_ONFAULT came with it, the lock brought its page in. Over
+ * RLIMIT_MEMLOCK only a locked mapping is refused (EAGAIN). The controller reads the layout before
+ * this runs and looks smaps up by it, so the page, gone again at once, is in no image. */
+static long locked_future(void) {
+    long page = sys6(NR_mmap, 0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (page == -EAGAIN) return MCL_FUTURE;
+    if (page < 0) return page;
+    long advised = sys3(NR_madvise, page, 4096, MADV_DONTNEED);
+    unsigned char resident = 0;
+    long seen = sys3(NR_mincore, page, 4096, &resident);
+    sys2(NR_munmap, page, 4096);
+    if (advised == 0) return 0;
+    if (advised != -EINVAL) return advised;
+    if (seen < 0) return seen;
+    return MCL_FUTURE | (resident & 1 ? 0 : MCL_ONFAULT);
+}
+
 static long dump_process(struct cryo_args_header *h) {
     struct cryo_task_state *st = payload(h);
     memset(st, 0, sizeof(*st));
@@ -179,6 +204,7 @@ static long dump_process(struct cryo_args_header *h) {
     /* Results or -errno: the controller decides what an error means (an old kernel lacks GET_REGISTRATIONS). */
     st->thp_disable = sys1(NR_prctl, PR_GET_THP_DISABLE);
     st->membarrier = sys3(NR_membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0);
+    st->lock_future = locked_future();
     return 0;
 }
 
@@ -486,6 +512,8 @@ static long restore_state(struct cryo_args_header *h) {
     if (x->signal_count > CRYO_MAX_QUEUED_SIGNALS) return fail(h, -22 /* EINVAL */, x->signal_count, 0, 0);
     long r = queue_signals(h, x->signals, x->signal_count);
     if (r < 0) return r;
+    /* Only mappings made from here on: the restored ones have their own locks already. */
+    if (st->lock_future > 0) CHECK(h, sys1(NR_mlockall, st->lock_future), 0, NR_mlockall, (unsigned long)st->lock_future);
     /* Timers last, so they do not run while the rest is rebuilt. */
     for (int which = 0; which < 3; which++)
         CHECK(h, sys3(NR_setitimer, which, &st->itimers[which], 0), which, NR_setitimer, 0);

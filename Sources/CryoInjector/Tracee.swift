@@ -50,9 +50,9 @@ func signalName(_ signal: Int32) -> String {
 func syscallName(_ number: UInt64) -> String {
     let names: [UInt64: String] = [
         0: "read", 3: "close", 9: "mmap", 10: "mprotect", 11: "munmap", 12: "brk", 13: "rt_sigaction",
-        17: "pread64", 25: "mremap", 28: "madvise", 36: "getitimer", 38: "setitimer", 41: "socket", 42: "connect",
+        17: "pread64", 25: "mremap", 27: "mincore", 28: "madvise", 36: "getitimer", 38: "setitimer", 41: "socket", 42: "connect",
         47: "recvmsg", 72: "fcntl", 81: "fchdir", 95: "umask", 109: "setpgid", 112: "setsid", 116: "setgroups", 117: "setresuid", 119: "setresgid",
-        126: "capset", 129: "rt_sigqueueinfo", 131: "sigaltstack", 135: "personality", 157: "prctl", 161: "chroot",
+        126: "capset", 129: "rt_sigqueueinfo", 131: "sigaltstack", 135: "personality", 151: "mlockall", 157: "prctl", 161: "chroot",
         218: "set_tid_address", 273: "set_robust_list", 274: "get_robust_list", 292: "dup3", 295: "preadv", 297: "rt_tgsigqueueinfo", 325: "mlock2",
         334: "rseq", 435: "clone3", 436: "close_range",
     ]

@@ -16,6 +16,12 @@ extension EndToEnd {
             try roundTrip(name, detached: false)
         }
 
+        /// /proc shows mlockall(MCL_FUTURE) nowhere: the parasite finds it with a mapping of its own.
+        @Test("mlockall(MCL_FUTURE) comes back: a mapping made after the restore is locked", arguments: ["future", "future-onfault"])
+        func lockFuture(_ mode: String) throws {
+            try selfCheckingRoundTrip("mlocked", arguments: [mode], scratch: "mlocked-\(mode)")
+        }
+
         @Test("restore detached (-d)", arguments: ["counter", "signals"])
         func detached(_ name: String) throws {
             try roundTrip(name, detached: true)

@@ -13,6 +13,10 @@
  *   mlocked sealed    all of the above, and one region sealed with mseal,
  *                     which a dump must refuse ("SEALED <address>"; "NOMSEAL"
  *                     where the kernel cannot seal).
+ *   mlocked future    all of the above, then mlockall(MCL_FUTURE): a mapping
+ *                     made after SIGTERM must be locked, its pages in at once.
+ *   mlocked future-onfault   the same with MCL_ONFAULT: locked on fault, and
+ *                     its pages not in before they are touched.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -130,6 +134,9 @@ int main(int argc, char **argv)
 		if (syscall(462 /* mseal */, s->at, s->length, 0) != 0) { printf("NOMSEAL mseal: %s\n", strerror(errno)); return 0; }
 		printf("SEALED %lx\n", (unsigned long)s->at);
 	}
+	int future = argc > 1 && strncmp(argv[1], "future", 6) == 0;
+	int onfault = argc > 1 && strcmp(argv[1], "future-onfault") == 0;
+	if (future) must(mlockall(MCL_FUTURE | (onfault ? MCL_ONFAULT : 0)) == 0, "mlockall");
 	char flags[512];
 	for (int i = 0; i < count; i++) {
 		struct region *g = &regions[i];
@@ -154,6 +161,18 @@ int main(int argc, char **argv)
 		}
 	}
 	if (locked_kib() != locked) fail("VmLck is %ld kB, was %ld kB", locked_kib(), locked);
+	/* What mlockall left for mappings made from now on. */
+	char *fresh = mmap(NULL, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (fresh == MAP_FAILED) fail("mmap after restore: %s", strerror(errno));
+	else {
+		vmflags(fresh, flags, sizeof(flags));
+		unsigned char resident[4] = { 0 };
+		mincore(fresh, 4 * PAGE, resident);
+		int in = resident[0] & resident[3] & 1;
+		if (has(flags, "lo") != future || has(flags, "lf") != onfault || in != (future && !onfault))
+			fail("a mapping made after restore has VmFlags \"%s\", pages %s; want lo %d lf %d, pages %s", flags, in ? "in" : "not in",
+			     future, onfault, future && !onfault ? "in" : "not in");
+	}
 	if (failbuf[0]) printf("FAIL: %s\n", failbuf); else printf("PASS\n");
 	return failbuf[0] ? 1 : 0;
 }

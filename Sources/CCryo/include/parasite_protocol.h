@@ -84,6 +84,10 @@ struct cryo_task_state {
     /* Asked by DUMP_PROCESS too, so that the frozen dump needs no injected syscall of its own for them: */
     int64_t thp_disable;               /* prctl(PR_GET_THP_DISABLE), or -errno */
     int64_t membarrier;                /* membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS), or -errno */
+    /* mlockall flags in effect for mappings made from now on: 0, MCL_FUTURE (2), or with MCL_ONFAULT (6);
+     * or -errno. The address space keeps them, and /proc shows them nowhere: DUMP_PROCESS maps a page to see.
+     * RESTORE_STATE calls mlockall with them when not 0. */
+    int64_t lock_future;
 };
 
 #define CRYO_MAX_QUEUED_SIGNALS 256

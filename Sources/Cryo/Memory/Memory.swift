@@ -55,6 +55,9 @@ public struct MemoryRecord: Codable, Sendable {
     public var mappings: [Mapping]
     /// PR_GET_THP_DISABLE when not 0 (an mm flag: 1, or 3 with PR_THP_DISABLE_EXCEPT_ADVISED).
     public var thpDisable: Int32? = nil
+    /// mlockall's flags for mappings made from now on (the address space's, not a mapping's): MCL_FUTURE,
+    /// with MCL_ONFAULT or not; nil when none. Locks of the mappings already there are in their advice.
+    public var lockFuture: Int32? = nil
     /// [start, end) ranges of inherited mappings whose pages the parent has and this task has not:
     /// dropped after fork at restore (CopyOnWrite.swift).
     public var discards: [[UInt64]]? = nil
@@ -407,6 +410,17 @@ extension MemoryRecord {
         return MemoryRecord(mappings: mappings)
     }
 
+    static let lockFutureFlags: Int32 = 2  // MCL_FUTURE
+
+    /// The parasite's finding on mlockall(MCL_FUTURE) (cryo_task_state.lock_future): the flags, nil for none.
+    static func lockFuture(_ found: Int64, pid: pid_t) throws -> Int32? {
+        guard found >= 0 else {
+            throw SyscallError("mmap, madvise and mincore of a page in the parasite (whether mlockall(MCL_FUTURE) is in effect)",
+                               errno: Errno(rawValue: Int32(-found)), pid: pid)
+        }
+        return found == 0 ? nil : Int32(found)
+    }
+
     /// Adds the VmFlags of /proc/PID/smaps to a layout read without them (`dump(pid:flags: false)`).
     mutating func applyFlags(_ smaps: [ProcMapping], pid: pid_t) throws {
         for i in mappings.indices {
@@ -673,6 +687,9 @@ extension MemoryRecord {
     /// Everything is checked before any task is created: order, overlap, sizes, page runs.
     /// `pagesFiles`: the name and size of every file of the page stream, pages-PID.img first.
     func validate(file: String, index: PageIndex, pagesFiles: [(name: String, size: UInt64)]) throws {
+        if let flags = lockFuture, flags != MemoryRecord.lockFutureFlags, flags != MemoryRecord.lockFutureFlags | 4 /* MCL_ONFAULT */ {
+            throw ImageError(file: file, record: "memory", "mlockall flags \(flags) are not MCL_FUTURE, with MCL_ONFAULT or not")
+        }
         var previousEnd: UInt64 = 0
         for m in mappings {
             // Only for an error: formatting it for every one of 10,000 mappings was most of this check.
@@ -1220,8 +1237,8 @@ func findFreeRange(size: UInt64, occupied: [Range<UInt64>]) -> UInt64? {
 }
 
 extension MemoryRecord.Mapping {
-    /// What the VmFlags of /proc/PID/smaps say: growth, reservation, madvise advice and mlock; device mappings are refused.
-    /// (mlockall's MCL_FUTURE is the mm's, not a mapping's: /proc shows it nowhere, and it does not come back.)
+    /// What the VmFlags of /proc/PID/smaps say: growth, reservation, madvise advice and mlock; device and sealed
+    /// mappings are refused. (mlockall's MCL_FUTURE is the address space's: MemoryRecord.lockFuture.)
     mutating func take(_ vmFlags: VmFlags, pid: pid_t) throws {
         // Codes as numbers once, not a String per flag per mapping (10,000 mappings are 100,000 lookups).
         typealias F = VmFlags.Known

@@ -295,6 +295,7 @@ public struct Dumper {
                 timelineMark(logger, "pid \(process.pid): pages scanned")
                 let (state, threadStates, posixTimers, thpDisable, injected) = try stateFirst ?? readTaskState(process)
                 memory.thpDisable = thpDisable == 0 ? nil : thpDisable
+                memory.lockFuture = try MemoryRecord.lockFuture(state.lock_future, pid: process.pid)
                 if stateFirst == nil { timelineMark(logger, "pid \(process.pid): parasite done") }
                 let core = try TaskCore.dump(pid: process.pid, state: state, membarrier: injected.membarrier)
                 var threads = try zip(process.threads.indices, threadStates).map {

@@ -1132,6 +1132,7 @@ public struct Restorer {
         var extra = cryo_restore_extra()
         task.signals.fill(&state, &extra)
         fillState(&state, &extra, core: task.core, cwd: slots.fd(slots.cwd), root: slots.root.map(slots.fd), exe: slots.exe.map(slots.fd))
+        state.lock_future = Int64(task.memory.lockFuture ?? 0)
         if process.discardChildSignals && !task.signals.pending.contains(where: { $0.signal == SIGCHLD }) {
             extra.discard_signals = 1 << UInt64(SIGCHLD - 1)
         }
