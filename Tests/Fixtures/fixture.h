@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -115,6 +116,50 @@ __attribute__((unused)) static long page_kb(void *start)
 	}
 	fclose(f);
 	return kb;
+}
+
+/* The mapping of /proc/self/smaps that holds `p`: its start (0 when none does), its permissions
+ * ("rw-p", if `perms`) and its VmFlags codes (" rd wr ... ", if `flags`). */
+__attribute__((unused)) static unsigned long vma_info(const void *p, char perms[5], char *flags, size_t size)
+{
+	if (perms) perms[0] = 0;
+	if (flags) flags[0] = 0;
+	FILE *f = fopen("/proc/self/smaps", "r");
+	if (!f) return 0;
+	char line[1024];
+	unsigned long found = 0;
+	int inside = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long start, end;
+		char pm[5];
+		if (sscanf(line, "%lx-%lx %4s", &start, &end, pm) == 3 && strchr(line, '-') < strchr(line, ' ')) {
+			inside = (uintptr_t)p >= start && (uintptr_t)p < end;
+			if (inside) {
+				found = start;
+				if (perms) memcpy(perms, pm, 5);
+			}
+		} else if (inside && strncmp(line, "VmFlags:", 8) == 0) {
+			if (flags && size > 0) {
+				size_t n = strcspn(line + 8, "\n");
+				if (n >= size) n = size - 1;
+				memcpy(flags, line + 8, n);
+				flags[n] = 0;
+			}
+			break;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
+/* Whether VmFlags codes as vma_info gives them hold `flag` ("lo", "nr"...). */
+__attribute__((unused)) static int has_flag(const char *flags, const char *flag)
+{
+	char padded[600];
+	snprintf(padded, sizeof(padded), " %s ", flags);
+	char want[8];
+	snprintf(want, sizeof(want), " %s ", flag);
+	return strstr(padded, want) != NULL;
 }
 
 #endif

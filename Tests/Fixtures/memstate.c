@@ -60,39 +60,6 @@ static char *map(size_t bytes, size_t align)
 	return p;
 }
 
-/* The permissions ("rw-p") and VmFlags of the mapping holding `p`, from /proc/self/smaps. */
-static void vma_info(const void *p, char perms[5], char *flags, size_t size)
-{
-	perms[0] = 0;
-	flags[0] = 0;
-	FILE *f = fopen("/proc/self/smaps", "r");
-	if (!f) return;
-	char line[1024];
-	int inside = 0;
-	while (fgets(line, sizeof(line), f)) {
-		unsigned long start, end;
-		char pm[5];
-		if (sscanf(line, "%lx-%lx %4s", &start, &end, pm) == 3 && strchr(line, '-') < strchr(line, ' ')) {
-			inside = (uintptr_t)p >= start && (uintptr_t)p < end;
-			if (inside) memcpy(perms, pm, 5);
-		} else if (inside && strncmp(line, "VmFlags:", 8) == 0) {
-			snprintf(flags, size, "%s", line + 8);
-			flags[strcspn(flags, "\n")] = 0;
-			break;
-		}
-	}
-	fclose(f);
-}
-
-static int has_flag(const char *flags, const char *flag)
-{
-	char padded[600];
-	snprintf(padded, sizeof(padded), " %s ", flags);
-	char want[8];
-	snprintf(want, sizeof(want), " %s ", flag);
-	return strstr(padded, want) != NULL;
-}
-
 static void expect_perms(const char *name, const void *p, const char *want)
 {
 	char perms[5], flags[512];

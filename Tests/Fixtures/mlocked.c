@@ -44,34 +44,10 @@ static int count;
 
 static char byte_at(size_t i, int r) { return (char)((i * 37 + 11 * (size_t)r) % 253 + 1); }
 
-/* The VmFlags line of the smaps entry that starts at `at`, or "" when none does. */
+/* The VmFlags of the mapping that starts at `at`, or "" when none does. */
 static void vmflags(const void *at, char *out, size_t size)
 {
-	out[0] = 0;
-	FILE *f = fopen("/proc/self/smaps", "r");
-	if (!f) return;
-	char line[1024];
-	int in = 0;
-	while (fgets(line, sizeof(line), f)) {
-		unsigned long start, end;
-		if (sscanf(line, "%lx-%lx ", &start, &end) == 2 && strchr(line, '-') < strchr(line, ' ')) {
-			in = start == (unsigned long)at;
-			continue;
-		}
-		if (in && strncmp(line, "VmFlags:", 8) == 0) {
-			line[strcspn(line, "\n")] = ' ';
-			snprintf(out, size, "%s", line + 8);
-			break;
-		}
-	}
-	fclose(f);
-}
-
-static int has(const char *flags, const char *code)
-{
-	char needle[5];
-	snprintf(needle, sizeof(needle), " %s ", code);
-	return strstr(flags, needle) != NULL;
+	if (vma_info(at, NULL, out, size) != (unsigned long)at) out[0] = 0;
 }
 
 static long locked_kib(void)
@@ -141,7 +117,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < count; i++) {
 		struct region *g = &regions[i];
 		vmflags(g->at, flags, sizeof(flags));
-		if (has(flags, "lo") != g->lo || has(flags, "lf") != g->lf || (g->mg >= 0 && has(flags, "mg") != g->mg)) {
+		if (has_flag(flags, "lo") != g->lo || has_flag(flags, "lf") != g->lf || (g->mg >= 0 && has_flag(flags, "mg") != g->mg)) {
 			fprintf(stderr, "setup: %s at %p has VmFlags \"%s\" before any dump\n", g->name, (void *)g->at, flags);
 			return 2;
 		}
@@ -153,7 +129,7 @@ int main(int argc, char **argv)
 		struct region *g = &regions[i];
 		vmflags(g->at, flags, sizeof(flags));
 		if (!flags[0]) { fail("%s: no mapping starts at %p", g->name, (void *)g->at); continue; }
-		if (has(flags, "lo") != g->lo || has(flags, "lf") != g->lf || (g->mg >= 0 && has(flags, "mg") != g->mg))
+		if (has_flag(flags, "lo") != g->lo || has_flag(flags, "lf") != g->lf || (g->mg >= 0 && has_flag(flags, "mg") != g->mg))
 			fail("%s at %p: VmFlags \"%s\", want lo %d lf %d mg %d", g->name, (void *)g->at, flags, g->lo, g->lf, g->mg);
 		for (size_t b = 0; b < g->length; b++) {
 			char want = b < g->written ? byte_at(b, i) : 0;
@@ -169,7 +145,7 @@ int main(int argc, char **argv)
 		unsigned char resident[4] = { 0 };
 		mincore(fresh, 4 * PAGE, resident);
 		int in = resident[0] & resident[3] & 1;
-		if (has(flags, "lo") != future || has(flags, "lf") != onfault || in != (future && !onfault))
+		if (has_flag(flags, "lo") != future || has_flag(flags, "lf") != onfault || in != (future && !onfault))
 			fail("a mapping made after restore has VmFlags \"%s\", pages %s; want lo %d lf %d, pages %s", flags, in ? "in" : "not in",
 			     future, onfault, future && !onfault ? "in" : "not in");
 	}

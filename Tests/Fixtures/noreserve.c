@@ -40,26 +40,8 @@ static char byte_at(size_t i, int r) { return (char)((i * 131 + 17 * (size_t)r) 
 /* 1 when the smaps entry that starts at `at` has VmFlags `flag`, 0 when not, -1 when no entry starts there. */
 static int has_vmflag(const void *at, const char *flag)
 {
-	FILE *f = fopen("/proc/self/smaps", "r");
-	if (!f) return -1;
-	char line[1024];
-	int in = 0, result = -1;
-	while (fgets(line, sizeof(line), f)) {
-		unsigned long start, end;
-		if (sscanf(line, "%lx-%lx ", &start, &end) == 2 && strchr(line, '-') < strchr(line, ' ')) {
-			in = start == (unsigned long)at;
-			continue;
-		}
-		if (in && strncmp(line, "VmFlags:", 8) == 0) {
-			char code[4];
-			snprintf(code, sizeof(code), " %s", flag);
-			line[strcspn(line, "\n")] = ' ';
-			result = strstr(line + 8, code) != NULL && strstr(line + 8, code)[3] == ' ';
-			break;
-		}
-	}
-	fclose(f);
-	return result;
+	char flags[512];
+	return vma_info(at, NULL, flags, sizeof(flags)) == (unsigned long)at ? has_flag(flags, flag) : -1;
 }
 
 static void add(const char *name, char *at, size_t length, size_t written, int noreserve)
