@@ -186,6 +186,9 @@ public struct Receiver {
         let startBeforeLoaded = !options.storeOnly && (lazy || (try? LazyServer.check()) != nil)
         // Refused now, while the source tree still runs: nowhere to put the address, or it is here already.
         let movedAddress = try hello.movedAddress.map { try DestinationAddress($0, device: options.addressInterface) }
+        // Growing the descriptor table with threads about (TLS, the post-copy reader) waits for an RCU grace
+        // period, 6-14 ms here: now, while the tree still runs at the source, not in the restore.
+        Restorer.prepareDescriptorTable()
         // Spawning the guard costs milliseconds: here, while the tree still runs at the source.
         let guardian = startBeforeLoaded ? try LazyGuard() : nil
         try wire.send(.ready)

@@ -140,8 +140,8 @@ public struct Restorer {
         var statistics = RestoreStatistics()
         // Before the image read starts threads: a table grown while cryo has threads waits for an
         // RCU grace period at every doubling (expand_fdtable), 6-13 ms each here, three or four per tree.
-        raiseDescriptorLimit()
-        Restorer.reserveDescriptors(Restorer.descriptorsReservedFirst)
+        // (`cryo receive` has threads from the start: it did this before the source froze the tree.)
+        Restorer.prepareDescriptorTable()
         let image = try Image(directory: options.directory)
         // A larger image: grown once more, to all it needs at once.
         Restorer.reserveDescriptors(image.fileTable.files.count + image.sharedMemory.objects.count + 1024)
@@ -1276,8 +1276,14 @@ public struct Restorer {
         if far >= 0 { close(far) }
     }
 
+    /// The limit raised and the table grown to `descriptorsReservedFirst` entries.
+    public static func prepareDescriptorTable() {
+        raiseDescriptorLimit()
+        reserveDescriptors(descriptorsReservedFirst)
+    }
+
     /// Descriptor slots live above the task's highest fd; make room for them.
-    func raiseDescriptorLimit() {
+    static func raiseDescriptorLimit() {
         var limit = rlimit()
         if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 && limit.rlim_cur < limit.rlim_max {
             limit.rlim_cur = limit.rlim_max
