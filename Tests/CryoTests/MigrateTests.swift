@@ -38,7 +38,13 @@ extension EndToEnd {
             let receiveResult = receive.wait(timeout: 60)
             try #require(receiveResult.succeeded, "\(receiveResult)")
             let restored = try #require(restoredPid(receiveResult.stdout), "no restored pid in\n\(receiveResult)")
-            if mode == "key" { try checkStatistics(source: sourceStats, destination: received) }
+            if mode == "key" {
+                try checkStatistics(source: sourceStats, destination: received)
+                // The kept folder is an image once the tree runs: no longer marked incomplete, and readable.
+                #expect(!FileManager.default.fileExists(atPath: received + "/dump-incomplete"), "\(readText(received + "/dump-incomplete"))")
+                let show = try cryo(["show", received], in: scratch, timeout: 60)
+                #expect(show.succeeded, "the received image does not read back\n\(show)")
+            }
             defer { if ProcStatus(pid: restored)?.name == "dirty" { kill(restored, SIGKILL) } }
             #expect(ProcStatus(pid: restored)?.name == "dirty", "pid \(restored) is not the restored fixture: \(describeProcess(restored))")
             sleepSeconds(0.3)  // it writes on at the destination

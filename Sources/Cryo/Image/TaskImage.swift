@@ -38,9 +38,7 @@ public struct TaskImage: Codable, Sendable {
     static func replacePageIndex(at path: String, with index: PageIndex) throws {
         let name = fileName(of: path)
         var image = try read(path)
-        guard image.pageIndex.pageBytes == index.pageBytes else {
-            throw ImageError(file: name, record: "pageIndex", "the new runs cover \(index.pageBytes) bytes, the old ones another amount")
-        }
+        try checkReplacement(of: image.pageIndex, with: index, file: name)
         image.pageIndex = index
         let fresh = path + ".new"
         unlink(fresh)
@@ -49,6 +47,12 @@ public struct TaskImage: Codable, Sendable {
             let problem = SyscallError("rename", errno: Errno(rawValue: Glibc.errno), object: "\(fresh) to \(path)")
             unlink(fresh)
             throw problem
+        }
+    }
+
+    static func checkReplacement(of written: PageIndex, with index: PageIndex, file: String) throws {
+        guard written.pageBytes == index.pageBytes else {
+            throw ImageError(file: file, record: "pageIndex", "the received runs cover \(index.pageBytes) bytes, the file's \(written.pageBytes)")
         }
     }
 
@@ -85,15 +89,21 @@ public struct TaskImage: Codable, Sendable {
                          runs: try PageRunTable.decode(try reader.payload(.pageRuns), file: file))
     }
 
-    /// Reads and checks one task's records and its pages file's size.
-    static func load(_ paths: ImagePaths, pid: Int32, table: FileTable) throws -> TaskImage {
+    /// Reads and checks one task's records and its pages file's size. `received`: the runs `cryo receive`
+    /// placed the pages at, which replace the file's own (they must cover as many bytes).
+    static func load(_ paths: ImagePaths, pid: Int32, table: FileTable, received: PageIndex? = nil) throws -> TaskImage {
         let path = paths.task(pid)
         let name = fileName(of: path)
         let reader = try RecordReader(path: path)
+        var written = try pageIndex(reader, file: name)
+        if let received {
+            try checkReplacement(of: written, with: received, file: name)
+            written = received
+        }
         let image = TaskImage(core: try reader.one(.task, as: TaskCore.self),
                               threads: try reader.one(.threads, as: [ThreadRecord].self),
                               memory: try memory(reader, file: name),
-                              pageIndex: try pageIndex(reader, file: name),
+                              pageIndex: written,
                               signals: try reader.one(.signals, as: SignalsRecord.self),
                               descriptors: try descriptors(reader, file: name))
         guard image.core.pid == pid else { throw ImageError(file: name, record: "task", "describes pid \(image.core.pid)") }
@@ -124,10 +134,12 @@ public struct Image: Sendable {
     public let sharedMemory: SharedMemoryTable
     public let tasks: [TaskImage]
 
-    public init(directory: String) throws {
+    /// `received` (`cryo receive`, into a folder it marked incomplete): per pid, the runs that point
+    /// where the pages arrived, which the task files do not hold yet.
+    public init(directory: String, received: [Int32: PageIndex]? = nil) throws {
         paths = ImagePaths(directory)
         guard Files.exists(directory) else { throw CryoError("image folder \(directory) does not exist") }
-        if let refusal = IncompleteMark.refusal(paths) { throw refusal }
+        if received == nil, let refusal = IncompleteMark.refusal(paths) { throw refusal }
         guard Files.exists(paths.inventory) else {
             throw CryoError("\(directory) holds no cryo image (no inventory.img)")
         }
@@ -152,11 +164,14 @@ public struct Image: Sendable {
         let (paths, table) = (self.paths, fileTable)
         // Decoding JSON is most of the work for a big tree: both cores do it.
         let pids = inventory.livePids
+        if let stray = received?.keys.first(where: { !pids.contains($0) }) {
+            throw ImageError(file: "inventory.img", record: "inventory", "lists no live pid \(stray), whose pages were received")
+        }
         var loaded = [Result<TaskImage, Error>?](repeating: nil, count: pids.count)
         loaded.withUnsafeMutableBufferPointer { slots in
             nonisolated(unsafe) let slots = slots
             DispatchQueue.concurrentPerform(iterations: pids.count) { i in
-                slots[i] = Result { try TaskImage.load(paths, pid: pids[i], table: table) }
+                slots[i] = Result { try TaskImage.load(paths, pid: pids[i], table: table, received: received?[pids[i]]) }
             }
         }
         tasks = try loaded.map { try $0!.get() }

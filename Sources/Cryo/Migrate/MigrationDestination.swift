@@ -166,9 +166,12 @@ public struct Receiver {
             return try receive(wire: wire, directory: directory, pools: &pools)
         } catch let error as MigrationLinkClosed {
             _ = error
-            throw CryoError("connection from \(link.peer) closed before the migration was complete")
+            let failure = CryoError("connection from \(link.peer) closed before the migration was complete")
+            Self.markFailed(directory, temporary: temporary, failure)
+            throw failure
         } catch {
             wire.fail("\(error)")
+            Self.markFailed(directory, temporary: temporary, error)
             throw error
         }
     }
@@ -186,6 +189,10 @@ public struct Receiver {
         let startBeforeLoaded = !options.storeOnly && (lazy || (try? LazyServer.check()) != nil)
         // Refused now, while the source tree still runs: nowhere to put the address, or it is here already.
         let movedAddress = try hello.movedAddress.map { try DestinationAddress($0, device: options.addressInterface) }
+        // A kept folder (-D) is refused as an image until it is whole and its task files point where the pages
+        // arrived, which they do only after the restore (rewriting them in the downtime cost it 3-20 ms).
+        let keptImage = options.directory != nil && !options.storeOnly
+        if keptImage { try IncompleteMark.write(ImagePaths(directory), "cryo receive (pid \(getpid())) from \(peer) did not finish") }
         // Growing the descriptor table with threads about (TLS, the post-copy reader) waits for an RCU grace
         // period, 6-14 ms here: now, while the tree still runs at the source, not in the restore.
         Restorer.prepareDescriptorTable()
@@ -278,8 +285,6 @@ public struct Receiver {
             case .commit:
                 guard file == nil, pages == nil else { throw CryoError("migration stream from \(peer): commit inside a file") }
                 timelineMark(logger, "commit received")
-                // The task files get the runs that point into the pools: no page is copied.
-                for (pid, index) in indices { try TaskImage.replacePageIndex(at: "\(directory)/task-\(pid).img", with: index) }
                 logger.debug("image complete \(String(printf: "%.3f", seconds(since: frozenImageStart ?? .now))) s after its first file")
                 let postCopy = remote.flatMap { $0.missingBytes > 0 ? $0 : nil }
                 // Post-copy: from here on a thread of its own reads the stream (the restore itself may wait on a page).
@@ -290,12 +295,18 @@ public struct Receiver {
                     pools = [:]
                 }
                 if options.storeOnly {
+                    for (pid, index) in indices { try TaskImage.replacePageIndex(at: "\(directory)/task-\(pid).img", with: index) }
                     try wire.send(.restored)
                     return ReceiveResult(tree: nil, rounds: rounds, bytesReceived: wire.bytesReceived)
                 }
                 var restoreOptions = RestoreOptions(directory: directory, detached: true, newPidNamespace: options.newPidNamespace,
                                                     tcpEstablished: options.tcpEstablished, lazyPages: startBeforeLoaded)
                 restoreOptions.remotePages = postCopy
+                // The runs that point into the pools (no page is copied) go to the restore as they are; the task
+                // files still hold the source's, and get these only once the tree runs (a kept folder) or never.
+                restoreOptions.receivedPageIndexes = indices
+                // Whole once every file is in, post-copy once the last page is.
+                var imageWhole = postCopy == nil
                 restoreOptions.lazyGuard = guardian
                 figures.frozenImageBytes = wire.bytesReceived - frozenStartBytes
                 figures.frozenImageSeconds = seconds(since: frozenImageStart ?? .now)
@@ -344,7 +355,12 @@ public struct Receiver {
                 var result = ReceiveResult(tree: tree, rounds: rounds, bytesReceived: wire.bytesReceived)
                 if let reader {
                     // Every page left out arrives (or the source is lost, and loading kills the tree); then the source may let go.
-                    if let lost = reader.waitDone() { tree.lazy?.abort(lost) } else { try? wire.send(.loaded) }
+                    if let lost = reader.waitDone() {
+                        tree.lazy?.abort(lost)
+                    } else {
+                        imageWhole = true
+                        try? wire.send(.loaded)
+                    }
                     result.postCopyBytes = reader.bytes
                     result.postCopyRequests = postCopy?.requests ?? 0
                 }
@@ -357,12 +373,36 @@ public struct Receiver {
                     }
                     result.loadingFailure = loader.failed.map { "\($0)" }
                 }
+                if keptImage { completeKeptImage(directory, indices: indices, whole: imageWhole) }
                 return result
             case .failed:
                 throw SourceGaveUp(message: header.message ?? "no reason given")
             default:
                 throw CryoError("migration stream from \(peer): unexpected \(kind) frame")
             }
+        }
+    }
+
+    /// A kept folder marked incomplete (from the hello on) says why: not restored, or not confirmed by the source.
+    static func markFailed(_ directory: String, temporary: Bool, _ error: Error) {
+        let paths = ImagePaths(directory)
+        if !temporary && Files.exists(IncompleteMark.path(paths)) { try? IncompleteMark.write(paths, "cryo receive failed: \(error)") }
+    }
+
+    /// The kept folder becomes a restorable image: its task files get the runs as the pages arrived.
+    /// Not while pages the source never sent are missing (post-copy cut short): it stays refused, saying so.
+    func completeKeptImage(_ directory: String, indices: [Int32: PageIndex], whole: Bool) {
+        let paths = ImagePaths(directory)
+        guard whole else {
+            try? IncompleteMark.write(paths, "post-copy: the source was lost before every page arrived")
+            return
+        }
+        do {
+            for (pid, index) in indices { try TaskImage.replacePageIndex(at: paths.task(pid), with: index) }
+            IncompleteMark.remove(paths)
+        } catch {
+            try? IncompleteMark.write(paths, "its page runs were not written: \(error)")
+            logger.warning("the tree runs, but \(directory) is no restorable image: its page runs were not written: \(error)")
         }
     }
 

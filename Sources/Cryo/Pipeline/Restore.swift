@@ -26,6 +26,9 @@ public struct RestoreOptions: Sendable {
     public var remotePages: RemotePages?
     /// `cryo receive`: its figures, for stats-restore.
     public var migration: ReceiveStatistics?
+    /// `cryo receive`: per pid, the page runs as the pages arrived, in place of the task files' own
+    /// (rewritten only after the restore, so not in the downtime); the folder is marked incomplete until then.
+    public var receivedPageIndexes: [Int32: PageIndex]?
     /// A guard started before the tree froze (`cryo receive`), so that starting one is not downtime.
     public var lazyGuard: LazyGuard?
     /// Called once everything is restored, right before the tasks are let go; throwing fails the restore
@@ -142,7 +145,7 @@ public struct Restorer {
         // RCU grace period at every doubling (expand_fdtable), 6-13 ms each here, three or four per tree.
         // (`cryo receive` has threads from the start: it did this before the source froze the tree.)
         Restorer.prepareDescriptorTable()
-        let image = try Image(directory: options.directory)
+        let image = try Image(directory: options.directory, received: options.receivedPageIndexes)
         // A larger image: grown once more, to all it needs at once.
         Restorer.reserveDescriptors(image.fileTable.files.count + image.sharedMemory.objects.count + 1024)
         // A dump's --network-lock rules go once the tree runs, or the restore failed.
