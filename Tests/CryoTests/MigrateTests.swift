@@ -2,7 +2,8 @@
 // (a veth pair, an address each): the dirty fixture writes memory all the time
 // and checks every page itself once it runs on the destination. A destination
 // that dies, a connection that drops and a wrong key must each leave the
-// source running and passing.
+// source running and passing, and so must VmFlags that change between their
+// reading (while the tree runs) and the freeze.
 
 import Foundation
 import Glibc
@@ -169,6 +170,46 @@ extension EndToEnd {
                     "the destination should refuse in one line naming the key\n\(received)")
             let files = (try? FileManager.default.contentsOfDirectory(atPath: images)) ?? []
             #expect(files.isEmpty, "the destination wrote image files for an unauthenticated peer: \(files)")
+            try expectRunningAndPassing(fixture)
+        }
+
+        @Test("flags changed between their reading and the freeze fail the confirmation: the source runs on, both sides say why",
+              arguments: ["eager", "lazy-pages"])
+        func flagsChangedBeforeFreeze(mode: String) throws {
+            let scratch = try Scratch("migrate-flags-\(mode)")
+            defer { scratch.remove() }
+            let net = try NetPair()
+            defer { net.remove() }
+            defer { for pid in net.processesInB(named: "dirty") { kill(pid, SIGKILL) } }  // a copy released by mistake
+            let security = try newKey(in: scratch)
+            let fixture = try Fixture("dirty", arguments: ["32"], in: scratch, launcher: net.fixtureLauncher)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let images = scratch.file("received")
+            let receive = try net.receive(security + ["--pidns", "-D", images], in: scratch)
+            defer { receive.stop() }
+            // Stopped right after the VmFlags were read, the tree still running here.
+            let migrate = try CryoProcess(net.launcherA + ["--to", "\(net.addressB):\(net.port)", "-t", "\(fixture.pid)"] + security
+                                            + (mode == "lazy-pages" ? ["--lazy-pages"] : []),
+                                          in: scratch, environment: ["CRYO_STOP_AT": "flags read"], launcher: net.cryoInA())
+            defer { migrate.stop() }
+            let stopped = waitUntil(timeout: 60) { ProcStatus(pid: migrate.pid)?.state == "T" || !migrate.isRunning }
+            try #require(stopped && migrate.isRunning, "cryo migrate did not stop after reading the flags\n\(migrate.wait(timeout: 1))")
+            // One mapping's advice changes, not its range: only the confirmation can notice.
+            fixture.signal(SIGUSR2)
+            try #require(waitUntil(timeout: 20) { fixture.lines.contains("ADVISED 1") }, "the fixture did not change its flags\n\(fixture.report)")
+            kill(migrate.pid, SIGCONT)
+            let result = migrate.wait(timeout: 120, reaping: fixture)
+            #expect(result.failed && result.stderrLines.count == 1 && result.stderr.contains("changed its flags"),
+                    "the source should fail in one line naming the changed flags\n\(result)")
+            let received = receive.wait(timeout: 60)
+            #expect(received.failed && received.stderrLines.count == 1 && received.stderr.contains("changed its flags"),
+                    "the destination should fail in one line naming the changed flags\n\(received)")
+            // Its copy of the image holds the flags from before: restore refuses it.
+            #expect(readText(images + "/dump-incomplete").contains("changed its flags"), "the received folder is not marked incomplete")
+            // The tree the destination restored meanwhile never ran: it is gone.
+            #expect(waitUntil(timeout: 20) { net.processesInB(named: "dirty").allSatisfy { ProcStatus(pid: $0)?.state == "Z" } },
+                    "a restored copy is left on the destination: \(net.processesInB(named: "dirty").map(describeProcess))")
             try expectRunningAndPassing(fixture)
         }
 

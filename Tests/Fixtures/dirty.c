@@ -10,6 +10,9 @@
  * region with a new generation, drops 64 KiB of it (MADV_DONTNEED: must read
  * as zeros from then on) and replaces a 1 MiB mapping by a new one at the
  * same address (MAP_FIXED) with other contents, then prints "CHANGED <gen>".
+ * SIGUSR2 changes only the VmFlags of one page mapped on its own (PROT_NONE
+ * pages either side, so it merges with nothing and madvise splits nothing):
+ * MADV_DONTDUMP and MADV_DODUMP in turn; then it prints "ADVISED <n>".
  *
  * On SIGTERM it finishes the page it is writing and checks every page of all
  * three regions and the write counts against each other.
@@ -27,9 +30,10 @@
 #define SWAP_BYTES (1u << 20)
 #define DROP_PAGES 16u
 
-static volatile sig_atomic_t got_term, got_usr1;
+static volatile sig_atomic_t got_term, got_usr1, got_usr2;
 static void on_term(int sig) { (void)sig; got_term = 1; }
 static void on_usr1(int sig) { (void)sig; got_usr1 = 1; }
+static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
 
 static uint64_t mix(uint64_t x)
 {
@@ -57,6 +61,8 @@ int main(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	sa.sa_handler = on_usr1;
 	sigaction(SIGUSR1, &sa, NULL);
+	sa.sa_handler = on_usr2;
+	sigaction(SIGUSR2, &sa, NULL);
 
 	uint64_t *cold = mmap(NULL, cold_pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	uint64_t *hot = mmap(NULL, HOT_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -69,6 +75,10 @@ int main(int argc, char **argv)
 		for (size_t w = 0; w < WORDS; w++) hot[p * WORDS + w] = hot_value(p, w, 0);
 	for (size_t w = 0; w < SWAP_BYTES / 8; w++) swap[w] = swap_value(w, 0);
 	int dropped = 0;
+	char *advised = mmap(NULL, 3 * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (advised == MAP_FAILED || mprotect(advised + PAGE, PAGE, PROT_READ | PROT_WRITE)) { perror("advised page"); return 1; }
+	advised += PAGE;
+	unsigned long advice_changes = 0;
 
 	printf("READY\n");
 	fflush(stdout);
@@ -93,6 +103,13 @@ int main(int argc, char **argv)
 			if (again != swap) { perror("mmap MAP_FIXED"); return 1; }
 			for (size_t w = 0; w < SWAP_BYTES / 8; w++) swap[w] = swap_value(w, gen);
 			printf("CHANGED %llu\n", (unsigned long long)gen);
+			fflush(stdout);
+		}
+		if (got_usr2) {
+			got_usr2 = 0;
+			advice_changes++;
+			if (madvise(advised, PAGE, advice_changes % 2 ? MADV_DONTDUMP : MADV_DODUMP)) { perror("madvise"); return 1; }
+			printf("ADVISED %lu\n", advice_changes);
 			fflush(stdout);
 		}
 	}

@@ -1,4 +1,5 @@
 import CCryo
+import CryoInjector
 import CryoSystem
 import Dispatch
 import FoundationEssentials
@@ -136,6 +137,7 @@ public struct Migrator {
                 flagsBeforeFreeze[process.pid] = try? readMappings(pid: process.pid, withFlags: true)
             }
             timelineMark(logger, "VmFlags read before the freeze")
+            killPoint("flags read")  // a test changes them now, for the confirmation to fail
             if statistics.rounds.count < options.maxRounds { _ = try laterRound(record, wire: wire, statistics: &statistics) }
         } catch {
             if tracking { releaseHolder(scratch) }
