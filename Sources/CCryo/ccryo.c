@@ -84,6 +84,8 @@ static inline long raw_syscall4(long nr, long a, long b, long c, long d) {
     return r;
 }
 
+int cryo_malloc_trim(void) { return malloc_trim(0); }
+
 long cryo_clone3_namespace_init(int park_fd, pid_t root_pid) {
     long r = clone_and_park(1, CLONE_NEWPID, park_fd, SIGCHLD);
     if (r != 0) return r;

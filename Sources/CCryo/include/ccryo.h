@@ -58,6 +58,12 @@ long cryo_clone3_parked(pid_t tid, uint64_t flags, int park_fd, int exit_signal)
  */
 long cryo_clone3_namespace_init(int park_fd, pid_t root_pid);
 
+/*
+ * malloc_trim(0): the allocator's free memory back to the kernel. The tasks
+ * a restore creates start as copies of cryo: the less it holds, the cheaper.
+ */
+int cryo_malloc_trim(void);
+
 /* PAGEMAP_SCAN (Linux 6.7): Debian 12's headers lack it. */
 #define CRYO_PAGE_IS_WPALLOWED (1ull << 0)
 #define CRYO_PAGE_IS_WRITTEN   (1ull << 1)
