@@ -96,6 +96,20 @@ struct MigrationPoolTests {
         #expect(pieces.runs.allSatisfy { $0.address % 4096 == 0 && $0.length % 4096 == 0 && $0.offset % 4096 == 0 })
     }
 
+    @Test("received runs in place of a task file's must cover as many bytes; otherwise refused, naming the file")
+    func receivedRunsCoverTheSameBytes() throws {
+        let written = PageIndex(runs: [PageRun(address: 0x1000, length: 2 * 4096, offset: 0)], pagesFileSize: 2 * 4096)
+        // The same two pages where the pool has them: in another order, in a larger file.
+        let pooled = PageIndex(runs: [PageRun(address: 0x1000, length: 4096, offset: 2 * 4096),
+                                      PageRun(address: 0x2000, length: 4096, offset: 0)], pagesFileSize: 3 * 4096)
+        try TaskImage.checkReplacement(of: written, with: pooled, file: "task-7.img")
+        let short = PageIndex(runs: [PageRun(address: 0x1000, length: 4096, offset: 0)], pagesFileSize: 4096)
+        #expect(throws: (any Error).self) { try TaskImage.checkReplacement(of: written, with: short, file: "task-7.img") }
+        do { try TaskImage.checkReplacement(of: written, with: short, file: "task-7.img") } catch {
+            #expect("\(error)".contains("task-7.img") && "\(error)".contains("cover 4096 bytes, the file's 8192"), "\(error)")
+        }
+    }
+
     @Test("a frozen dump page that neither arrived nor came in a round is refused in one line")
     func missingPageRefused() throws {
         var template = Array("/tmp/cryo-unit-pool-XXXXXX".utf8CString)
