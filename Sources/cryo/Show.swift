@@ -102,6 +102,7 @@ struct ShowCommand: ParsableCommand {
         let compressed = task.pageIndex.compression.map {
             ", \($0.method) " + String(printf: "%.1f", Double(task.pageIndex.pagesFileSize) / 1048576) + " MiB in \($0.frames.count) frames"
         } ?? ""
+        if let flags = task.memory.lockFuture { print("  mlockall MCL_FUTURE" + (flags & 4 != 0 ? " | MCL_ONFAULT" : "") + ": mappings made later are locked") }
         print("  mappings (\(task.memory.mappings.count), \(saved / 4096) pages saved, \(String(printf: "%.1f", Double(saved) / 1048576)) MiB\(compressed)):")
         // Runs and mappings are both in address order: one walk over the two.
         var runCursor = 0
@@ -115,6 +116,8 @@ struct ShowCommand: ParsableCommand {
             var line = "    \(hex(m.start, width: 12))-\(hex(m.end, width: 12)) \(prot) \(m.kind.rawValue.padded(to: 15))"
             if let path = m.path { line += " \(path) @0x\(hex(m.fileOffset))" }
             if let id = m.shmem { line += " object #\(id) @0x\(hex(m.fileOffset))" }
+            let attributes = m.attributeNames
+            if !attributes.isEmpty { line += "  (\(attributes.joined(separator: ", ")))" }
             if pages > 0 { line += "  [\(pages) pages saved]" }
             print(line)
         }

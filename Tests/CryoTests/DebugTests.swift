@@ -152,6 +152,30 @@ extension EndToEnd {
             expectPass(fixture)
         }
 
+        @Test("show names each mapping's locks and advice, and mlockall's flags for later mappings")
+        func showLocks() throws {
+            let scratch = try Scratch("show-locks")
+            defer { scratch.remove() }
+            let fixture = try Fixture("mlocked", arguments: ["future-onfault"], in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let images = scratch.file("img")
+            let dump = try cryo(["dump", "--leave-running", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            let show = try cryo(["show", images], in: scratch, timeout: 60)
+            #expect(show.succeeded, "\(show)")
+            let lines = show.stdout.split(separator: "\n")
+            #expect(lines.contains { $0.contains("mlockall MCL_FUTURE | MCL_ONFAULT") }, "\(show.stdout)")
+            // The 2 MiB locked region; the 64-page one locked on fault; the stack grows down.
+            #expect(lines.contains { $0.contains("(locked)") && $0.contains("[512 pages saved]") }, "\(show.stdout)")
+            #expect(lines.contains { $0.contains("(locked on fault)") && $0.contains("[16 pages saved]") }, "\(show.stdout)")
+            #expect(lines.contains { $0.contains(" stack ") && $0.contains("grows down") }, "\(show.stdout)")
+            if fixture.tagged("NOKSM") == nil { #expect(lines.contains { $0.contains("(mergeable)") }, "\(show.stdout)") }
+            fixture.signal(SIGTERM)
+            #expect(fixture.reapOriginal(timeout: 30) == .exited(0), "\(fixture.report)")
+            expectPass(fixture)
+        }
+
         @Test("show --stats holds the dump's and then the restore's statistics")
         func showStats() throws {
             try statsRoundTrip()

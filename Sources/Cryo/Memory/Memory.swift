@@ -51,6 +51,15 @@ public struct MemoryRecord: Codable, Sendable {
             (protection.contains("r") ? PROT_READ : 0) | (protection.contains("w") ? PROT_WRITE : 0)
                 | (protection.contains("x") ? PROT_EXEC : 0)
         }
+        /// What it carries besides protection and backing, for people (cryo show): locks, advice, growth, reservation.
+        public var attributeNames: [String] {
+            let bits: [(UInt32, String)] = [
+                (CRYO_VMA_LOCKED, advice & CRYO_VMA_LOCKONFAULT != 0 ? "locked on fault" : "locked"), (CRYO_MADV_MERGEABLE, "mergeable"),
+                (CRYO_MADV_DONTFORK, "dontfork"), (CRYO_MADV_WIPEONFORK, "wipeonfork"), (CRYO_MADV_DONTDUMP, "dontdump"),
+                (CRYO_MADV_HUGEPAGE, "hugepage"), (CRYO_MADV_NOHUGEPAGE, "nohugepage"),
+            ]
+            return bits.filter { advice & $0.0 != 0 }.map(\.1) + (growsDown ? ["grows down"] : []) + (noReserve ? ["noreserve"] : [])
+        }
     }
     public var mappings: [Mapping]
     /// PR_GET_THP_DISABLE when not 0 (an mm flag: 1, or 3 with PR_THP_DISABLE_EXCEPT_ADVISED).
