@@ -20,7 +20,7 @@ enum {
     NR_gettid = 186, NR_set_tid_address = 218, NR_getpid = 39, NR_tgkill = 234, NR_pipe2 = 293, NR_vmsplice = 278,
     NR_set_robust_list = 273, NR_get_robust_list = 274, NR_dup3 = 292, NR_rseq = 334,
     NR_close_range = 436, NR_prlimit64 = 302, NR_epoll_ctl = 233, NR_seccomp = 317, NR_flock = 73, NR_getgroups = 115, NR_timer_create = 222, NR_timer_settime = 223, NR_timer_gettime = 224, NR_timer_getoverrun = 225, NR_madvise_populate = 28,
-    NR_membarrier = 324, NR_mlock2 = 325, NR_mlockall = 151, NR_mincore = 27,
+    NR_membarrier = 324, NR_mlock2 = 325, NR_mlockall = 151, NR_mincore = 27, NR_mseal = 462,
 };
 
 #define PR_SET_PDEATHSIG 1
@@ -519,6 +519,14 @@ static long restore_state(struct cryo_args_header *h) {
         CHECK(h, sys3(NR_setitimer, which, &st->itimers[which], 0), which, NR_setitimer, 0);
     /* The leader's own state in the same stop: one round-trip less per process. */
     if (x->leader_follows) return restore_thread_state(h, (struct cryo_thread_state *)&x->signals[x->signal_count]);
+    return 0;
+}
+
+static long seal_memory(struct cryo_args_header *h) {
+    struct cryo_seal_memory *a = payload(h);
+    struct cryo_range *r = (struct cryo_range *)(a + 1);
+    for (uint32_t i = 0; i < a->count; i++)
+        CHECK(h, sys3(NR_mseal, r[i].start, r[i].end - r[i].start, 0), i, NR_mseal, r[i].start);
     return 0;
 }
 
@@ -1096,6 +1104,7 @@ static long run_command(struct cryo_args_header *h) {
     case CRYO_CMD_WRITE_PAGES: return write_pages(h);
     case CRYO_CMD_BATCH: return run_batch(h);
     case CRYO_CMD_CLONE_CONNECTED: return clone_connected(h);
+    case CRYO_CMD_SEAL_MEMORY: return seal_memory(h);
     default: return fail(h, -38 /* ENOSYS */, h->command, 0, 0);
     }
 }

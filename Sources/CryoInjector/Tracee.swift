@@ -54,7 +54,7 @@ func syscallName(_ number: UInt64) -> String {
         47: "recvmsg", 72: "fcntl", 81: "fchdir", 95: "umask", 109: "setpgid", 112: "setsid", 116: "setgroups", 117: "setresuid", 119: "setresgid",
         126: "capset", 129: "rt_sigqueueinfo", 131: "sigaltstack", 135: "personality", 151: "mlockall", 157: "prctl", 161: "chroot",
         218: "set_tid_address", 273: "set_robust_list", 274: "get_robust_list", 292: "dup3", 295: "preadv", 297: "rt_tgsigqueueinfo", 325: "mlock2",
-        334: "rseq", 435: "clone3", 436: "close_range",
+        334: "rseq", 435: "clone3", 436: "close_range", 462: "mseal",
     ]
     return names[number] ?? "#\(number)"
 }

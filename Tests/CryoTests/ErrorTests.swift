@@ -64,27 +64,6 @@ extension EndToEnd {
             expectStillRunning(fixture)
         }
 
-        /// Restore cannot seal again yet, and a seal silently lost would weaken the process.
-        @Test("a mapping sealed with mseal is refused in one line naming pid and address; the process runs on")
-        func sealedMappingRefused() throws {
-            let scratch = try Scratch("sealed")
-            defer { scratch.remove() }
-            let fixture = try Fixture("mlocked", arguments: ["sealed"], in: scratch)
-            defer { fixture.cleanUp() }
-            _ = waitUntil(timeout: 20) { fixture.lines.contains("READY") || fixture.tagged("NOMSEAL") != nil }
-            if let reason = fixture.tagged("NOMSEAL") { try Test.cancel(Comment(rawValue: "no mseal here: \(reason.joined(separator: " "))")) }
-            try fixture.waitReady()
-            let sealed = try #require(fixture.tagged("SEALED")?.first, "no SEALED line\n\(fixture.report)")
-            let images = scratch.file("img")
-            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
-            expectOneLine(dump, naming: ["pid \(fixture.pid)", "0x\(sealed)-", "sealed (mseal)"])
-            #expect(!FileManager.default.fileExists(atPath: images), "a failed dump should remove the image folder it created")
-            expectStillRunning(fixture)
-            fixture.signal(SIGTERM)
-            #expect(fixture.reapOriginal(timeout: 30) == .exited(0), "\(fixture.report)")
-            expectPass(fixture, "\(dump)")
-        }
-
         /// epoll knows a target by (file, fd number): a watch whose file lives on only in another
         /// process has no descriptor restore could add it through.
         @Test("an epoll watch of a file only a child still holds (the watcher closed it) is refused in one line")

@@ -22,6 +22,18 @@ extension EndToEnd {
             try selfCheckingRoundTrip("mlocked", arguments: [mode], scratch: "mlocked-\(mode)")
         }
 
+        @Test("a mapping sealed with mseal comes back sealed, with its pages")
+        func sealed() throws {
+            let probe = try Scratch("mlocked-sealed-probe")
+            defer { probe.remove() }
+            let fixture = try Fixture("mlocked", arguments: ["sealed"], in: probe)
+            _ = waitUntil(timeout: 20) { fixture.lines.contains("READY") || fixture.tagged("NOMSEAL") != nil }
+            let unsupported = fixture.tagged("NOMSEAL")
+            fixture.cleanUp()
+            if let unsupported { try Test.cancel(Comment(rawValue: "no mseal here: \(unsupported.joined(separator: " "))")) }
+            try selfCheckingRoundTrip("mlocked", arguments: ["sealed"], scratch: "mlocked-sealed")
+        }
+
         @Test("restore detached (-d)", arguments: ["counter", "signals"])
         func detached(_ name: String) throws {
             try roundTrip(name, detached: true)

@@ -10,9 +10,10 @@
  *   eager restore loads through a userfaultfd.
  * On SIGTERM: every region at its address with its flags and bytes, and
  * VmLck of /proc/self/status as before. PASS or "FAIL: ...".
- *   mlocked sealed    all of the above, and one region sealed with mseal,
- *                     which a dump must refuse ("SEALED <address>"; "NOMSEAL"
- *                     where the kernel cannot seal).
+ *   mlocked sealed    all of the above, and a region of 4 pages written and
+ *                     sealed with mseal: it must stay sealed (VmFlags "sl",
+ *                     mprotect refused with EPERM). "NOMSEAL" where the kernel
+ *                     cannot seal.
  *   mlocked future    all of the above, then mlockall(MCL_FUTURE): a mapping
  *                     made after SIGTERM must be locked, its pages in at once.
  *   mlocked future-onfault   the same with MCL_ONFAULT: locked on fault, and
@@ -105,10 +106,11 @@ int main(int argc, char **argv)
 	}
 	add("unlocked", map(1024 * PAGE, MAP_PRIVATE), 1024 * PAGE, 1024 * PAGE, 0, 0, 0);
 
+	char *sealed = NULL;
 	if (argc > 1 && strcmp(argv[1], "sealed") == 0) {
 		struct region *s = add("sealed", map(4 * PAGE, MAP_PRIVATE), 4 * PAGE, 4 * PAGE, 0, 0, -1);
 		if (syscall(462 /* mseal */, s->at, s->length, 0) != 0) { printf("NOMSEAL mseal: %s\n", strerror(errno)); return 0; }
-		printf("SEALED %lx\n", (unsigned long)s->at);
+		sealed = s->at;
 	}
 	int future = argc > 1 && strncmp(argv[1], "future", 6) == 0;
 	int onfault = argc > 1 && strcmp(argv[1], "future-onfault") == 0;
@@ -137,6 +139,12 @@ int main(int argc, char **argv)
 		}
 	}
 	if (locked_kib() != locked) fail("VmLck is %ld kB, was %ld kB", locked_kib(), locked);
+	if (sealed) {
+		vmflags(sealed, flags, sizeof(flags));
+		if (!has_flag(flags, "sl")) fail("sealed region at %p: VmFlags \"%s\", want sl", (void *)sealed, flags);
+		if (mprotect(sealed, PAGE, PROT_READ) == 0 || errno != EPERM)
+			fail("sealed region at %p: mprotect was not refused with EPERM (%s)", (void *)sealed, strerror(errno));
+	}
 	/* What mlockall left for mappings made from now on. */
 	char *fresh = mmap(NULL, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (fresh == MAP_FAILED) fail("mmap after restore: %s", strerror(errno));

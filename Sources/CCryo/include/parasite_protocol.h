@@ -46,6 +46,7 @@ enum cryo_command {
     CRYO_CMD_WRITE_PAGES = 21, /* in: struct cryo_write_pages + struct cryo_iovec[count]; out: struct cryo_write_pages */
     CRYO_CMD_BATCH = 22,       /* in: struct cryo_batch + commands, each a header and its payload (restore only) */
     CRYO_CMD_CLONE_CONNECTED = 23, /* in/out: struct cryo_clone_connected */
+    CRYO_CMD_SEAL_MEMORY = 24, /* in: struct cryo_seal_memory + struct cryo_range[count] */
 };
 
 
@@ -160,6 +161,11 @@ struct cryo_range { uint64_t start; uint64_t end; };
 /* Not advice, but set the same way once the pages are in: mlock2, with MLOCK_ONFAULT for LOCKONFAULT. */
 #define CRYO_VMA_LOCKED      (1u << 6)
 #define CRYO_VMA_LOCKONFAULT (1u << 7)
+/* Sealed with mseal: not at RESTORE_MEMORY but by SEAL_MEMORY, once nothing changes the mapping any more
+ * (children cloned, the parent's mappings unmapped where they are not kept). */
+#define CRYO_VMA_SEALED      (1u << 8)
+
+struct cryo_seal_memory { uint32_t count; uint32_t reserved; };
 
 struct cryo_vma {
     uint64_t start;

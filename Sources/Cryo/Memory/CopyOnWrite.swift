@@ -30,8 +30,9 @@ enum CopyOnWrite {
     /// or the same file at the same offset for the same address), `p` of a kind fork passes on
     /// with its pages (no MADV_DONTFORK, MADV_WIPEONFORK), and nothing of `p` that the child
     /// could not take back or set again: reservation, growth direction (a stack only whole),
-    /// advice the child lacks (an mlock is not: fork never passes it on). Protection and the child's own
-    /// advice and locks are set again at restore.
+    /// advice the child lacks (an mlock is not: fork never passes it on; nor a seal: the restored parent seals
+    /// only after its children are cloned). Protection and the child's own advice, locks and seals are set
+    /// again at restore.
     static func keptRange(_ c: MemoryRecord.Mapping, from p: MemoryRecord.Mapping) -> Range<UInt64>? {
         let anonymous: [MemoryRecord.Kind] = [.anonymous, .heap, .stack]
         guard !c.shared, !p.shared, c.hugePageSize == nil, p.hugePageSize == nil, c.deleted != true, p.deleted != true,
@@ -39,7 +40,7 @@ enum CopyOnWrite {
         let sameBacking = anonymous.contains(c.kind) && anonymous.contains(p.kind)
             || (c.kind == .file && p.kind == .file && c.path == p.path && c.device == p.device && c.inode == p.inode
                 && c.fileOffset &- c.start == p.fileOffset &- p.start)
-        let passedOn = p.advice & ~(CRYO_VMA_LOCKED | CRYO_VMA_LOCKONFAULT)
+        let passedOn = p.advice & ~(CRYO_VMA_LOCKED | CRYO_VMA_LOCKONFAULT | CRYO_VMA_SEALED)
         guard sameBacking, p.advice & (CRYO_MADV_DONTFORK | CRYO_MADV_WIPEONFORK) == 0, passedOn & ~c.advice == 0,
               c.noReserve == p.noReserve, c.growsDown == p.growsDown,
               !c.growsDown || (c.start == p.start && c.end == p.end) else { return nil }

@@ -56,7 +56,7 @@ public struct MemoryRecord: Codable, Sendable {
             let bits: [(UInt32, String)] = [
                 (CRYO_VMA_LOCKED, advice & CRYO_VMA_LOCKONFAULT != 0 ? "locked on fault" : "locked"), (CRYO_MADV_MERGEABLE, "mergeable"),
                 (CRYO_MADV_DONTFORK, "dontfork"), (CRYO_MADV_WIPEONFORK, "wipeonfork"), (CRYO_MADV_DONTDUMP, "dontdump"),
-                (CRYO_MADV_HUGEPAGE, "hugepage"), (CRYO_MADV_NOHUGEPAGE, "nohugepage"),
+                (CRYO_MADV_HUGEPAGE, "hugepage"), (CRYO_MADV_NOHUGEPAGE, "nohugepage"), (CRYO_VMA_SEALED, "sealed"),
             ]
             return bits.filter { advice & $0.0 != 0 }.map(\.1) + (growsDown ? ["grows down"] : []) + (noReserve ? ["noreserve"] : [])
         }
@@ -1246,7 +1246,7 @@ func findFreeRange(size: UInt64, occupied: [Range<UInt64>]) -> UInt64? {
 }
 
 extension MemoryRecord.Mapping {
-    /// What the VmFlags of /proc/PID/smaps say: growth, reservation, madvise advice and mlock; device and sealed
+    /// What the VmFlags of /proc/PID/smaps say: growth, reservation, madvise advice, mlock and mseal; device
     /// mappings are refused. (mlockall's MCL_FUTURE is the address space's: MemoryRecord.lockFuture.)
     mutating func take(_ vmFlags: VmFlags, pid: pid_t) throws {
         // Codes as numbers once, not a String per flag per mapping (10,000 mappings are 100,000 lookups).
@@ -1258,8 +1258,7 @@ extension MemoryRecord.Mapping {
         if !isSpecial && (vmFlags.contains(F.io) || vmFlags.contains(F.pf)) { throw refuse("a device (VM_IO/VM_PFNMAP) mapping") }
         // hugetlb pages (MAP_HUGETLB, MFD_HUGETLB) would come back as small pages, or not at all.
         if vmFlags.contains(F.ht) && hugePageSize == nil { throw refuse("hugetlb memory") }
-        // The seal would be lost. (A kernel that seals its own vDSO and vvar seals the new task's as well.)
-        if !isSpecial && vmFlags.contains(F.sl) { throw refuse("sealed (mseal)") }
+
         var advice: UInt32 = 0
         if vmFlags.contains(F.dd) { advice |= CRYO_MADV_DONTDUMP }
         if vmFlags.contains(F.dc) { advice |= CRYO_MADV_DONTFORK }
@@ -1268,6 +1267,8 @@ extension MemoryRecord.Mapping {
         if vmFlags.contains(F.wf) { advice |= CRYO_MADV_WIPEONFORK }
         if vmFlags.contains(F.mg) { advice |= CRYO_MADV_MERGEABLE }
         if vmFlags.contains(F.lo) { advice |= CRYO_VMA_LOCKED | (vmFlags.contains(F.lf) ? CRYO_VMA_LOCKONFAULT : 0) }
+        // A kernel that seals its own vDSO and vvar seals the new task's as well.
+        if vmFlags.contains(F.sl) && !isSpecial { advice |= CRYO_VMA_SEALED }
         self.advice = advice
         growsDown = vmFlags.contains(F.gd)
         noReserve = vmFlags.contains(F.nr)

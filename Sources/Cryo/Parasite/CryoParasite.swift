@@ -100,6 +100,8 @@ func cryoCommandName(_ command: cryo_command) -> String {
     case CRYO_CMD_PAGE_SOCKET: "PAGE_SOCKET"
     case CRYO_CMD_WRITE_PAGES: "WRITE_PAGES"
     case CRYO_CMD_BATCH: "BATCH"
+    case CRYO_CMD_CLONE_CONNECTED: "CLONE_CONNECTED"
+    case CRYO_CMD_SEAL_MEMORY: "SEAL_MEMORY"
     default: "command \(command.rawValue)"
     }
 }

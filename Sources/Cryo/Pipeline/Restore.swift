@@ -288,6 +288,7 @@ public struct Restorer {
             try lanes.run(step: "processes") { lane in
                 for process in inventory.livePids.map({ session.processes[$0]! }) where process.lane == lane {
                     try restoreProcess(process, image: image, descriptions: descriptions, sharedMemory: sharedMemory, session: session)
+                    try sealMemory(process)
                     try restoreRegisters(process)
                     for thread in process.threads { try lanes.unpin(thread.pid) }
                 }
@@ -1069,6 +1070,16 @@ public struct Restorer {
         }
         faultHook("memory-restored")
         return !moreFollows
+    }
+
+    /// Mappings sealed at dump are sealed last, when nothing changes them any more: a parent restored
+    /// early (copy-on-write) has cloned its children by now, and they have unmapped what they do not keep.
+    func sealMemory(_ process: RestoringProcess) throws {
+        let ranges = process.image.memory.mappings.filter { $0.advice & CRYO_VMA_SEALED != 0 }.map { cryo_range(start: $0.start, end: $0.end) }
+        guard !ranges.isEmpty else { return }
+        var header = cryo_seal_memory()
+        header.count = UInt32(ranges.count)
+        try process.parasite.run(CRYO_CMD_SEAL_MEMORY, payload: bytes(of: header) + bytes(of: ranges), replyBytes: 0)
     }
 
     /// A task can inherit PR_SET_THP_DISABLE only from cryo or from a restored task that had it;
