@@ -30,6 +30,35 @@ struct MappingQueryUnitTests {
         #expect(LazySplit.registrationRanges([], occupied: [0x1000..<0x2000]).isEmpty)
     }
 
+    @Test("a restore plan gives each mapping its protection, and the runs inside it")
+    func planProtections() throws {
+        let protections = ["", "r", "w", "x", "rw", "rx", "wx", "rwx"]
+        let mappings = protections.enumerated().map { i, protection in
+            MemoryRecord.Mapping(start: 0x10_0000 + UInt64(i) * 0x2000, end: 0x10_0000 + UInt64(i) * 0x2000 + 0x1000, protection: protection,
+                                 shared: false, kind: .anonymous, path: nil, fileOffset: 0, device: nil, inode: nil, growsDown: false,
+                                 noReserve: false, advice: 0)
+        }
+        // One saved page in every other mapping.
+        let runs = stride(from: 0, to: mappings.count, by: 2).enumerated().map { k, i in
+            PageRun(address: mappings[i].start, length: 0x1000, offset: UInt64(k) * 0x1000)
+        }
+        let plan = try MemoryRestorePlan(record: MemoryRecord(mappings: mappings), index: PageIndex(runs: runs, pagesFileSize: UInt64(runs.count) * 0x1000),
+                                         current: [], parasite: 0x7000_0000..<0x7000_1000, temporary: 0x7000_2000, pagesFDs: [7],
+                                         fileFD: { _ in -1 }, oldRseq: cryo_rseq_config())
+        let header = plan.payload.withUnsafeBytes { $0.loadUnaligned(as: cryo_restore_memory.self) }
+        try #require(header.vma_count == UInt64(mappings.count) && header.run_count == UInt64(runs.count))
+        let vmaOffset = MemoryLayout<cryo_restore_memory>.size + Int(header.unmap_count) * MemoryLayout<cryo_range>.size
+            + Int(header.remap_count) * MemoryLayout<cryo_remap>.size
+        let wanted: [String: Int32] = ["": PROT_NONE, "r": PROT_READ, "w": PROT_WRITE, "x": PROT_EXEC, "rw": PROT_READ | PROT_WRITE,
+                                       "rx": PROT_READ | PROT_EXEC, "wx": PROT_WRITE | PROT_EXEC, "rwx": PROT_READ | PROT_WRITE | PROT_EXEC]
+        for (i, protection) in protections.enumerated() {
+            let vma = plan.payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: vmaOffset + i * MemoryLayout<cryo_vma>.size, as: cryo_vma.self) }
+            #expect(vma.start == mappings[i].start && vma.end == mappings[i].end, "mapping \(i)")
+            #expect(vma.prot == UInt32(wanted[protection]!), "\"\(protection)\": prot \(vma.prot)")
+            #expect(vma.run_count == (i % 2 == 0 ? 1 : 0) && vma.keep == 0 && vma.fd == -1, "mapping \(i)")
+        }
+    }
+
     @Test("10,000 mappings of the shapes fixture with every 4th one a file's: a quarter as many ranges, none over the files")
     func registrationRangesAtScale() {
         let page: UInt64 = 4096

@@ -47,9 +47,16 @@ public struct MemoryRecord: Codable, Sendable {
         public var hugePageSize: UInt64? = nil
         var length: UInt64 { end - start }
         var isSpecial: Bool { [.vdso, .vvar, .vvarClock, .vsyscall].contains(kind) }
+        /// One pass over the bytes: a substring search per letter was most of building a restore plan.
         var prot: Int32 {
-            (protection.contains("r") ? PROT_READ : 0) | (protection.contains("w") ? PROT_WRITE : 0)
-                | (protection.contains("x") ? PROT_EXEC : 0)
+            protection.utf8.reduce(0) { bits, byte in
+                switch byte {
+                case UInt8(ascii: "r"): bits | PROT_READ
+                case UInt8(ascii: "w"): bits | PROT_WRITE
+                case UInt8(ascii: "x"): bits | PROT_EXEC
+                default: bits
+                }
+            }
         }
         /// What it carries besides protection and backing, for people (cryo show): locks, advice, growth, reservation.
         public var attributeNames: [String] {
@@ -1104,6 +1111,8 @@ struct MemoryRestorePlan {
 
         var vmas: [cryo_vma] = []
         var runs: [cryo_page_run] = []
+        vmas.reserveCapacity(record.mappings.count + kept.count)
+        runs.reserveCapacity(index.runs.count + extraRuns.count)
         var runCursor = 0, keptCursor = 0
         let sortedRuns = index.runs
         // The parent's runs, walked with the mappings (a filter per mapping cost mappings × runs).
@@ -1150,8 +1159,9 @@ struct MemoryRestorePlan {
                 if kept[keptCursor].upperBound > m.start { keptHere.append(kept[keptCursor].clamped(to: m.start..<m.end)) }
                 keptCursor += 1
             }
-            let pieces = (keptHere.map { ($0, true) } + CopyOnWrite.subtract(keptHere, from: [m.start..<m.end]).map { ($0, false) })
-                .sorted { $0.0.lowerBound < $1.0.lowerBound }
+            let pieces = keptHere.isEmpty ? [(m.start..<m.end, false)]
+                : (keptHere.map { ($0, true) } + CopyOnWrite.subtract(keptHere, from: [m.start..<m.end]).map { ($0, false) })
+                    .sorted { $0.0.lowerBound < $1.0.lowerBound }
             var r = 0
             for (piece, keep) in pieces {
                 vma.start = piece.lowerBound
