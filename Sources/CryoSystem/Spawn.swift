@@ -5,7 +5,9 @@ import SystemPackage
 extension Processes {
     /// Starts `path` in a new session with stdio on /dev/null and exactly the
     /// descriptors `passing` at 3, 4, ... (nothing else of ours), without waiting for it.
-    public static func spawnDetached(_ path: String, _ arguments: [String], passing: [FileDescriptor]) throws -> pid_t {
+    /// `keepStdio`: in this session, with our stdin, stdout and stderr; `environment`: added to ours.
+    public static func spawnDetached(_ path: String, _ arguments: [String], passing: [FileDescriptor], keepStdio: Bool = false,
+                                     environment: [String: String] = [:]) throws -> pid_t {
         // Fresh close-on-exec copies far above the targets, so no dup2 is a no-op that keeps close-on-exec.
         var copies: [Int32] = []
         defer { for fd in copies { Glibc.close(fd) } }
@@ -15,21 +17,29 @@ extension Processes {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDWR, 0)
-        posix_spawn_file_actions_adddup2(&actions, 0, 1)
-        posix_spawn_file_actions_adddup2(&actions, 0, 2)
+        if !keepStdio {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDWR, 0)
+            posix_spawn_file_actions_adddup2(&actions, 0, 1)
+            posix_spawn_file_actions_adddup2(&actions, 0, 2)
+        }
         for (i, fd) in copies.enumerated() { posix_spawn_file_actions_adddup2(&actions, fd, Int32(3 + i)) }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setflags(&attributes, Int16(0x80 /* POSIX_SPAWN_SETSID */ | POSIX_SPAWN_SETSIGMASK))
+        posix_spawnattr_setflags(&attributes, Int16((keepStdio ? 0 : 0x80 /* POSIX_SPAWN_SETSID */) | POSIX_SPAWN_SETSIGMASK))
         var empty = sigset_t()
         sigemptyset(&empty)
         posix_spawnattr_setsigmask(&attributes, &empty)
         let argv = ([path] + arguments).map { strdup($0) } + [nil]
         defer { for p in argv { free(p) } }
         var pid: pid_t = 0
-        let r = posix_spawn(&pid, path, &actions, &attributes, argv, environ)
+        let added = environment.map { strdup("\($0.key)=\($0.value)") }
+        defer { for p in added { free(p) } }
+        var envp: [UnsafeMutablePointer<CChar>?] = []
+        var e = environ
+        while let entry = e.pointee { envp.append(entry); e += 1 }
+        envp += added + [nil]
+        let r = posix_spawn(&pid, path, &actions, &attributes, argv, envp)
         if r != 0 { throw SyscallError("posix_spawn", errno: Errno(rawValue: r), object: path) }
         return pid
     }

@@ -304,23 +304,34 @@ struct RestoreCommand: ParsableCommand {
 
     /// -d with --lazy-pages: a child process restores and keeps serving pages
     /// until all are in; this process returns as soon as the tree runs (a byte
-    /// on a pipe), or with the child's status when the restore fails. The
-    /// fork happens before anything else, while cryo has one thread.
+    /// on a pipe), or with the child's status when the restore fails. The child
+    /// is cryo again, started with the same arguments and told the pipe's fd in
+    /// CRYO_LOADER_READY_FD: a fork of this process would inherit the Swift
+    /// runtime's cached thread id, and two of the child's threads contending
+    /// for a lock keyed by it spun forever.
     func runDetachedLazy() throws -> Never {
-        let ready = try FileObjects.pipe(object: "ready pipe")
-        let child = try Processes.fork()
-        if child > 0 {
-            try? ready.write.close()
-            var byte: UInt8 = 0
-            let n = (try? withUnsafeMutableBytes(of: &byte) { try Files.readSome(ready.read, into: $0, object: "ready pipe") }) ?? 0
-            if n == 1 { Glibc.exit(0) }
-            switch try? waitFor(child) {
-            case .exited(let code)?: Glibc.exit(code)
-            case .signaled(let signal)?: Glibc.exit(128 + signal)
-            default: Glibc.exit(1)
-            }
+        if let text = getenv(Self.loaderReadyVariable), let fd = Int32(String(cString: text)) {
+            unsetenv(Self.loaderReadyVariable)
+            serveDetached(ready: FileDescriptor(rawValue: fd))
         }
-        try? ready.read.close()
+        let ready = try FileObjects.pipe(object: "ready pipe")
+        let child = try Processes.spawnDetached("/proc/self/exe", Array(CommandLine.arguments.dropFirst()), passing: [ready.write],
+                                                keepStdio: true, environment: [Self.loaderReadyVariable: "3"])
+        try? ready.write.close()
+        var byte: UInt8 = 0
+        let n = (try? withUnsafeMutableBytes(of: &byte) { try Files.readSome(ready.read, into: $0, object: "ready pipe") }) ?? 0
+        if n == 1 { Glibc.exit(0) }
+        switch try? waitFor(child) {
+        case .exited(let code)?: Glibc.exit(code)
+        case .signaled(let signal)?: Glibc.exit(128 + signal)
+        default: Glibc.exit(1)
+        }
+    }
+
+    static let loaderReadyVariable = "CRYO_LOADER_READY_FD"
+
+    /// The loader's side of runDetachedLazy: restores, says so on `ready`, serves pages until all are in.
+    func serveDetached(ready: FileDescriptor) -> Never {
         let tree: RestoredTree
         let client: LazyPagesClient?
         do { (tree, client) = try restore() } catch { Glibc.exit(1) }  // `failing` printed the line
@@ -330,8 +341,8 @@ struct RestoreCommand: ParsableCommand {
         if null >= 0 { dup2(null, 1); close(null) }
         signal(SIGHUP, SIG_IGN)
         var byte: UInt8 = 1
-        _ = try? withUnsafeBytes(of: &byte) { try ready.write.write($0) }
-        try? ready.write.close()
+        _ = try? withUnsafeBytes(of: &byte) { try ready.write($0) }
+        try? ready.close()
         guard let lazy = tree.lazy else {
             client?.close()
             Glibc.exit(0)
