@@ -5,9 +5,8 @@ import SystemPackage
 extension Processes {
     /// Starts `path` in a new session with stdio on /dev/null and exactly the
     /// descriptors `passing` at 3, 4, ... (nothing else of ours), without waiting for it.
-    /// `keepStdio`: in this session, with our stdin, stdout and stderr; `environment`: added to ours.
-    public static func spawnDetached(_ path: String, _ arguments: [String], passing: [FileDescriptor], keepStdio: Bool = false,
-                                     environment: [String: String] = [:]) throws -> pid_t {
+    /// `keepStdio`: in this session, with our stdin, stdout and stderr.
+    public static func spawnDetached(_ path: String, _ arguments: [String], passing: [FileDescriptor], keepStdio: Bool = false) throws -> pid_t {
         // Fresh close-on-exec copies far above the targets, so no dup2 is a no-op that keeps close-on-exec.
         var copies: [Int32] = []
         defer { for fd in copies { Glibc.close(fd) } }
@@ -33,13 +32,7 @@ extension Processes {
         let argv = ([path] + arguments).map { strdup($0) } + [nil]
         defer { for p in argv { free(p) } }
         var pid: pid_t = 0
-        let added = environment.map { strdup("\($0.key)=\($0.value)") }
-        defer { for p in added { free(p) } }
-        var envp: [UnsafeMutablePointer<CChar>?] = []
-        var e = environ
-        while let entry = e.pointee { envp.append(entry); e += 1 }
-        envp += added + [nil]
-        let r = posix_spawn(&pid, path, &actions, &attributes, argv, envp)
+        let r = posix_spawn(&pid, path, &actions, &attributes, argv, environ)
         if r != 0 { throw SyscallError("posix_spawn", errno: Errno(rawValue: r), object: path) }
         return pid
     }

@@ -194,6 +194,9 @@ struct RestoreCommand: ParsableCommand {
     var directory: String
     @Flag(name: [.customShort("d"), .customLong("restore-detached")], help: "Return once the process runs instead of waiting for it.")
     var detached = false
+    /// -d --lazy-pages: set by cryo for the loader it starts (runDetachedLazy), the descriptor to say "running" on.
+    @Option(name: .customLong("loader-ready-fd"), help: .hidden)
+    var loaderReadyFD: Int32?
     @Flag(name: [.customShort("j"), .customLong("shell-job")], help: "Accepted for CRIU compatibility; the image records whether it was a shell job.")
     var shellJob = false
     @Flag(name: .customLong("pidns"), help: "Restore inside a new pid namespace, where the image's pids are free.")
@@ -305,18 +308,15 @@ struct RestoreCommand: ParsableCommand {
     /// -d with --lazy-pages: a child process restores and keeps serving pages
     /// until all are in; this process returns as soon as the tree runs (a byte
     /// on a pipe), or with the child's status when the restore fails. The child
-    /// is cryo again, started with the same arguments and told the pipe's fd in
-    /// CRYO_LOADER_READY_FD: a fork of this process would inherit the Swift
+    /// is cryo again, started with the same arguments and --loader-ready-fd,
+    /// the pipe's descriptor: a fork of this process would inherit the Swift
     /// runtime's cached thread id, and two of the child's threads contending
     /// for a lock keyed by it spun forever.
     func runDetachedLazy() throws -> Never {
-        if let text = getenv(Self.loaderReadyVariable), let fd = Int32(String(cString: text)) {
-            unsetenv(Self.loaderReadyVariable)
-            serveDetached(ready: FileDescriptor(rawValue: fd))
-        }
+        if let loaderReadyFD { serveDetached(ready: FileDescriptor(rawValue: loaderReadyFD)) }
         let ready = try FileObjects.pipe(object: "ready pipe")
-        let child = try Processes.spawnDetached("/proc/self/exe", Array(CommandLine.arguments.dropFirst()), passing: [ready.write],
-                                                keepStdio: true, environment: [Self.loaderReadyVariable: "3"])
+        let child = try Processes.spawnDetached("/proc/self/exe", Array(CommandLine.arguments.dropFirst()) + ["--loader-ready-fd", "3"],
+                                                passing: [ready.write], keepStdio: true)
         try? ready.write.close()
         var byte: UInt8 = 0
         let n = (try? withUnsafeMutableBytes(of: &byte) { try Files.readSome(ready.read, into: $0, object: "ready pipe") }) ?? 0
@@ -327,8 +327,6 @@ struct RestoreCommand: ParsableCommand {
         default: Glibc.exit(1)
         }
     }
-
-    static let loaderReadyVariable = "CRYO_LOADER_READY_FD"
 
     /// The loader's side of runDetachedLazy: restores, says so on `ready`, serves pages until all are in.
     func serveDetached(ready: FileDescriptor) -> Never {
