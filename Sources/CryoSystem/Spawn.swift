@@ -3,10 +3,18 @@ import Glibc
 import SystemPackage
 
 extension Processes {
-    /// Starts `path` in a new session with stdio on /dev/null and exactly the
-    /// descriptors `passing` at 3, 4, ... (nothing else of ours), without waiting for it.
-    /// `keepStdio`: in this session, with our stdin, stdout and stderr.
-    public static func spawnDetached(_ path: String, _ arguments: [String], passing: [FileDescriptor], keepStdio: Bool = false) throws -> pid_t {
+    /// This program's file, to start it again: its path while that still names it (so the new
+    /// process shows the same name), else /proc/self/exe.
+    public static var ownExecutable: String {
+        if let path = try? Files.readLink("/proc/self/exe"), access(path, X_OK) == 0 { return path }
+        return "/proc/self/exe"
+    }
+
+    /// Starts `path` with exactly the descriptors `passing` at 3, 4, ... (nothing else of ours),
+    /// without waiting for it: by default in a new session with stdio on /dev/null;
+    /// `keepStdio` gives it our stdin, stdout and stderr, and `newSession` false keeps it in ours.
+    public static func spawnDetached(_ path: String, _ arguments: [String], passing: [FileDescriptor],
+                                     keepStdio: Bool = false, newSession: Bool = true) throws -> pid_t {
         // Fresh close-on-exec copies far above the targets, so no dup2 is a no-op that keeps close-on-exec.
         var copies: [Int32] = []
         defer { for fd in copies { Glibc.close(fd) } }
@@ -25,7 +33,7 @@ extension Processes {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setflags(&attributes, Int16((keepStdio ? 0 : 0x80 /* POSIX_SPAWN_SETSID */) | POSIX_SPAWN_SETSIGMASK))
+        posix_spawnattr_setflags(&attributes, Int16((newSession ? 0x80 /* POSIX_SPAWN_SETSID */ : 0) | POSIX_SPAWN_SETSIGMASK))
         var empty = sigset_t()
         sigemptyset(&empty)
         posix_spawnattr_setsigmask(&attributes, &empty)

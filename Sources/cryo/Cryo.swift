@@ -315,8 +315,8 @@ struct RestoreCommand: ParsableCommand {
     func runDetachedLazy() throws -> Never {
         if let loaderReadyFD { serveDetached(ready: FileDescriptor(rawValue: loaderReadyFD)) }
         let ready = try FileObjects.pipe(object: "ready pipe")
-        let child = try Processes.spawnDetached("/proc/self/exe", Array(CommandLine.arguments.dropFirst()) + ["--loader-ready-fd", "3"],
-                                                passing: [ready.write], keepStdio: true)
+        let child = try Processes.spawnDetached(Processes.ownExecutable, Array(CommandLine.arguments.dropFirst()) + ["--loader-ready-fd", "3"],
+                                                passing: [ready.write], keepStdio: true, newSession: false)
         try? ready.write.close()
         var byte: UInt8 = 0
         let n = (try? withUnsafeMutableBytes(of: &byte) { try Files.readSome(ready.read, into: $0, object: "ready pipe") }) ?? 0

@@ -201,6 +201,7 @@ struct PageServerCommand: ParsableCommand {
         let logger = common.logger(relativeTo: directory)
         let listen = PageServerTarget.endpoint(address, port)
         let result: ReceiveResult? = try failing {
+            try daemon.detach(work: directory)
             let key = try keyFile.map { try MigrationKey.load($0) }
             let listener = try MigrationEndpoint.listen(listen)
             try daemon.ready(work: directory)
@@ -232,26 +233,50 @@ struct DaemonOptions: ParsableArguments {
     var pidFile: String?
     @Option(name: .customLong("status-fd"), help: "Write one NUL byte to this descriptor once listening.")
     var statusFD: Int32?
+    /// Set on the background server that --daemon starts: where it says it listens.
+    @Option(name: .customLong("daemon-ready-fd"), help: .hidden)
+    var daemonReadyFD: Int32?
+
+    /// With --daemon, called first: this process starts cryo again with the same arguments, in a
+    /// session of its own, and returns only through exit, once that server listens (its status
+    /// when it fails first). Not a fork: a forked Swift process that starts threads inherits the
+    /// runtime's cached thread id of the parent, and two threads meeting on a lock keyed by it spin.
+    func detach(work: String) throws {
+        guard daemon, daemonReadyFD == nil else { return }
+        let ready = try FileObjects.pipe(object: "ready pipe")
+        let arguments = CommandLine.arguments.dropFirst().filter { $0 != "--daemon" } + ["--daemon-ready-fd", "3"]
+        let child = try Processes.spawnDetached(Processes.ownExecutable, Array(arguments), passing: [ready.write], keepStdio: true, newSession: true)
+        try? ready.write.close()
+        var byte: UInt8 = 0
+        let n = (try? withUnsafeMutableBytes(of: &byte) { try Files.readSome(ready.read, into: $0, object: "ready pipe") }) ?? 0
+        guard n == 1 else {
+            var status: Int32 = 0
+            while waitpid(child, &status, 0) < 0 && errno == EINTR {}
+            Glibc.exit(status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
+        }
+        if let pidFile { try write(child, to: pidFile, work: work) }
+        if let statusFD { Self.signalReady(statusFD) }
+        Glibc.exit(0)
+    }
 
     /// Called once the server listens: whoever waits for it may connect from now on.
     func ready(work: String) throws {
-        if daemon {
-            let child = try Processes.fork()
-            if child > 0 {
-                if let pidFile { try write(child, to: pidFile, work: work) }
-                Glibc.exit(0)
-            }
-            _ = setsid()
-        } else if let pidFile {
-            try write(getpid(), to: pidFile, work: work)
+        if let daemonReadyFD {
+            // The caller is gone from here on: keep none of its stdio open.
+            let null = open("/dev/null", O_RDWR)
+            if null >= 0 { for fd: Int32 in 0...2 { dup2(null, fd) }; if null > 2 { close(null) } }
+            signal(SIGHUP, SIG_IGN)
+            Self.signalReady(daemonReadyFD, byte: 1)
+            return
         }
+        if let pidFile { try write(getpid(), to: pidFile, work: work) }
         if let statusFD { Self.signalReady(statusFD) }
     }
 
     /// CRIU's --status-fd: one NUL byte, and the descriptor is closed.
-    static func signalReady(_ fd: Int32) {
-        var nul: UInt8 = 0
-        _ = Glibc.write(fd, &nul, 1)
+    static func signalReady(_ fd: Int32, byte: UInt8 = 0) {
+        var value = byte
+        _ = Glibc.write(fd, &value, 1)
         Glibc.close(fd)
     }
 
@@ -362,6 +387,7 @@ struct LazyPagesCommand: ParsableCommand {
             return try TLSLink(socket: fd, peer: target, key: try MigrationKey.load(keyFile), server: false)
         } : nil
         try failing {
+            try daemon.detach(work: work)
             try LazyPagesDaemon.run(socketPath: "\(work)/\(LazyPagesClient.socketName)", connectSource: connect,
                                     ready: { try daemon.ready(work: work) }, logger: logger)
         }

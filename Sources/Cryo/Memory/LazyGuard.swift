@@ -28,7 +28,7 @@ public final class LazyGuard: @unchecked Sendable {
         socket = ours
         defer { try? theirs.close() }
         do {
-            _ = try Processes.spawnDetached("/proc/self/exe", ["lazy-guard"], passing: [theirs])
+            _ = try Processes.spawnDetached(Processes.ownExecutable, ["lazy-guard"], passing: [theirs])
         } catch {
             try? socket.close()
             throw error

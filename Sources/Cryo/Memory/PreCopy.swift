@@ -289,7 +289,7 @@ public struct PreDumper {
         statistics.memoryDumpSeconds = seconds(since: copying)
         try record.write(to: claim, path: recordPath)
 
-        let exe = try Files.readLink("/proc/self/exe")
+        let exe = Processes.ownExecutable
         var arguments = ["pre-dump-holder", "--directory", try PreCopy.realPath(directory)]
         var passing = [listener.socket]
         var pidfds: [FileDescriptor] = []
