@@ -3,7 +3,8 @@
 // refused, while a restore into a new pid namespace must bring every process
 // back under its old pid as seen from inside that namespace. cryo's child is
 // the namespace's init (pid 1 inside), the restored root is the init's child.
-// Both copies then check themselves: the log gets two PASS lines.
+// Both copies then check themselves: the log gets two PASS lines. Dumping the copy
+// again is refused: the image would hold host pids, not the ones it knows.
 
 import Foundation
 import Glibc
@@ -144,6 +145,14 @@ private func pidNamespaceRoundTrip(_ name: String, arguments: [String]) throws {
     // The original is untouched meanwhile.
     #expect(members.compare(with: before, rootParentMayDiffer: false).isEmpty,
             "the original tree changed: \(members.compare(with: before, rootParentMayDiffer: false).prefix(10))")
+
+    // Dumping the copy again would record the pids cryo sees, not those the tree knows: refused
+    // in one line, and the copy goes on.
+    let again = try cryo(["dump", "-t", "\(restoredRoot.hostPid)", "-D", scratch.file("again")], in: scratch)
+    #expect(again.failed && again.stderrLines.count == 1 && again.stderr.contains("nested pid namespace")
+            && containsToken(again.stderr, "\(restoredRoot.hostPid)"), "want one line refusing the nested pid namespace\n\(again)")
+    #expect(ProcStatus(pid: restoredRoot.hostPid)?.isRunning == true && ProcStatus(pid: restoredRoot.hostPid)?.tracerPid == 0,
+            "the refused dump should leave the copy running: \(describeProcess(restoredRoot.hostPid))")
 
     // The restored root checks itself; cryo passes its status on.
     kill(restoredRoot.hostPid, SIGTERM)

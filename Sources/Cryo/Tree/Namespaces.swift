@@ -9,8 +9,8 @@ private let cloneNewUTS: Int32 = 0x0400_0000
 /// The namespaces of a dumped tree. A tree that shares cryo's namespaces
 /// needs nothing here. A tree in a UTS namespace of its own gets it back:
 /// the root is cloned into a new one that is given the old host and domain
-/// names. Any other namespace of its own (mount, network, IPC, user, cgroup),
-/// and a process in another pid namespace than the root, is refused at dump
+/// names. Any other namespace of its own (mount, network, IPC, user, cgroup, pid),
+/// and a process in another namespace than the root, is refused at dump
 /// in one line: restoring it into cryo's would be silently wrong. Time namespaces are checked with the task state.
 public struct NamespaceRecord: Codable, Sendable {
     public struct UTS: Codable, Sendable, Equatable {
@@ -24,9 +24,9 @@ public struct NamespaceRecord: Codable, Sendable {
     static let checked: [(name: String, what: String, supported: Bool)] = [
         ("uts", "UTS (host name)", true), ("mnt", "mount", false), ("net", "network", false),
         ("ipc", "IPC", false), ("user", "user", false), ("cgroup", "cgroup", false),
-        // A root in a pid namespace of its own is restored into one with --pidns; a process
-        // in another one than the root's (`unshare -pf`'s child) would silently lose it.
-        ("pid", "pid", true),
+        // The image holds pids as cryo sees them: a tree in a nested pid namespace (one that
+        // `restore --pidns` made, or `unshare -pf`) would come back with other pids than it knows.
+        ("pid", "pid", false),
     ]
 
     /// The clone flags that put the restored root into namespaces of its own.
@@ -52,6 +52,11 @@ public struct NamespaceRecord: Codable, Sendable {
             }
             guard roots != mine else { continue }
             guard kind.supported else {
+                if kind.name == "pid" {
+                    let nspid = ((try? ProcStatus(pid: root).values["NSpid"]) ?? nil)?.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+                    throw CryoError("pid \(root) is in a nested pid namespace (pid:[\(roots)], NSpid \(nspid ?? "?")): "
+                        + "the image would hold the pids cryo sees, not the ones the tree knows; not supported yet")
+                }
                 throw CryoError("pid \(root) is in a \(kind.what) namespace of its own (\(kind.name):[\(roots)]); "
                     + "not supported yet")
             }
