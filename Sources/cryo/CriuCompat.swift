@@ -14,26 +14,46 @@ enum CriuCommandLine {
     }
 
     /// Rewrites the spellings argument-parser cannot read as they stand.
-    /// CRIU's `-vN` sets a level (2, warnings, is its default): 3 and 4 are
-    /// cryo's `-v` and `-vv`, 0 to 2 its default. `-vvv...` stays as it is.
-    /// CRIU's `--manage-cgroups` takes its mode optionally: bare, it means `soft`.
+    /// CRIU's `-vN` and `--verbosity=N` set a level (2, warnings, is its default):
+    /// 3 and 4 are cryo's `-v` and `-vv`, 0 to 2 its default; a bare `--verbosity`
+    /// is one `-v`. `-vvv...` stays as it is. CRIU's `--manage-cgroups` takes its
+    /// mode optionally: bare, it means `soft`. `--no-default-config` goes: cryo
+    /// reads no configuration files.
     static func normalize(_ arguments: [String]) -> [String] {
         var result: [String] = []
         var passedEnd = false
         for (i, argument) in arguments.enumerated() {
             if argument == "--" { passedEnd = true }
-            if !passedEnd && argument == "--manage-cgroups"
+            if passedEnd {
+                result.append(argument)
+                continue
+            }
+            if argument == "--manage-cgroups"
                 && !(i + 1 < arguments.count && CgroupManagement(rawValue: arguments[i + 1]) != nil) {
                 result.append("--manage-cgroups=soft")
                 continue
             }
-            guard !passedEnd, argument.count == 3, argument.hasPrefix("-v"), let level = Int(argument.dropFirst(2)) else {
+            if argument == "--no-default-config" { continue }
+            if argument == "--verbosity" {
+                result.append("-v")
+                continue
+            }
+            guard let level = verbosityLevel(argument) else {
                 result.append(argument)
                 continue
             }
             result += Array(repeating: "-v", count: max(0, min(level, 4) - 2))
         }
         return result
+    }
+
+    /// The level in `-vN`, `--verbosity=N` or `-verbosity=N` (as CRIU's own test suite spells it).
+    private static func verbosityLevel(_ argument: String) -> Int? {
+        if argument.count == 3, argument.hasPrefix("-v") { return Int(argument.dropFirst(2)) }
+        for prefix in ["--verbosity=", "-verbosity="] where argument.hasPrefix(prefix) {
+            return Int(argument.dropFirst(prefix.count))
+        }
+        return nil
     }
 
     /// The option named in argument-parser's "Unknown option '--x'" (or a
@@ -72,6 +92,11 @@ enum CriuCommandLine {
         }
         return value * scale
     }
+}
+
+/// CRIU's --pre-dump-mode values.
+enum PreDumpMode: String, ExpressibleByArgument, CaseIterable {
+    case splice, read
 }
 
 /// How cgroups are handled (CRIU's --manage-cgroups, with CRIU's meanings: Cgroups.swift).
@@ -121,6 +146,9 @@ struct CriuOptions: ParsableArguments {
     var skipInFlight = false
     @Flag(name: .customLong("display-stats"), help: "Print the dump or restore statistics when done.")
     var displayStatistics = false
+    @Option(name: .customLong("pre-dump-mode"),
+            help: "Accepted for CRIU (splice or read): cryo copies pages one way.")
+    var preDumpMode: PreDumpMode?
     @Option(name: .customLong("timeout"),
             help: "dump, pre-dump: seconds each task has to stop once the freeze starts (default 10, as CRIU's); one in an uninterruptible wait fails the dump after that.")
     var timeout: Double?

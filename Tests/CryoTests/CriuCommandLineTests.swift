@@ -46,6 +46,13 @@ struct CriuCommandLineTests {
          "--pidfile", "r.pid", "--restore-detached", "--shell-job", "--manage-cgroups=full", "--cgroup-root", "cpu:/y",
          "--display-stats", "-v2", "-o", "r.log", "-W", "/nonexistent/work", "--link-remap", "--file-locks", "--ext-unix-sk",
          "--network-lock", "skip", "--skip-in-flight", "--manage-cgroups"],
+        // As CRIU's own test runner spells them.
+        ["dump", "--log-file", "dump.log", "--images-dir", "/nonexistent/img", "--verbosity=4", "--tree", "2147483646",
+         "--pidfile", "/nonexistent/t.pid", "--timeout", "10", "--pre-dump-mode", "splice"],
+        ["pre-dump", "--log-file", "pre-dump.log", "--images-dir", "/nonexistent/img", "--verbosity=4", "--tree", "2147483646",
+         "--pre-dump-mode", "read", "--no-default-config"],
+        ["restore", "--log-file", "restore.log", "--images-dir", "/nonexistent/img", "--verbosity=4",
+         "--pidfile", "/nonexistent/t.pid", "--restore-detached"],
     ])
     func accepted(arguments: [String]) throws {
         let scratch = try Scratch("criu-accepted")
@@ -77,6 +84,9 @@ struct CriuCommandLineTests {
         #expect(list.succeeded && list.stdout.contains("mem_dirty_track") && list.stdout.contains("uffd-noncoop"), "\(list)")
         let timens = try cryo(["check", "--feature", "timens"], in: scratch, timeout: 30)
         #expect(timens.status == .exited(1) && timens.stdout.contains("timens is not supported"), "\(timens)")
+        // CRIU's test runner asks so before each test that needs a feature.
+        let asRunner = try cryo(["check", "--no-default-config", "-verbosity=0", "--feature", "tcp_half_closed"], in: scratch, timeout: 30)
+        #expect(asRunner.succeeded, "\(asRunner)")
         let halfClosed = try cryo(["check", "--feature", "tcp_half_closed"], in: scratch, timeout: 30)
         #expect(halfClosed.succeeded && halfClosed.stdout.contains("tcp_half_closed is supported"), "\(halfClosed)")
         let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/bin/nft"].contains { (path: String) in access(path, X_OK) == 0 }
