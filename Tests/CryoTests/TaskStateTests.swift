@@ -14,6 +14,12 @@ extension EndToEnd {
             try dumpRestoreAndPass("deaths")
         }
 
+        /// Each process checks its parent, session and group itself (sessions.c).
+        @Test("children left in their parent's old session by a setsid after fork (one two setsids down) come back in it")
+        func sessionsLeftBehind() throws {
+            try dumpRestoreAndPass("sessions")
+        }
+
         @Test("children stopped by SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU (one with two threads) come back stopped by the same signal")
         func stoppedBySignal() throws {
             try dumpRestoreAndPass("stopped")

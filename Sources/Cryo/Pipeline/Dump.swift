@@ -495,7 +495,8 @@ public struct Dumper {
                     throw CryoError("pid \(p.pid) (\(p.comm)) shares its address space (CLONE_VM) with its parent \(parent.pid); not supported yet")
                 }
             }
-            if p.sid != p.pid && p.sid != parent.sid {
+            // A live one comes back in its parent's old session when cloned before the parent's setsid (SessionOrder).
+            if p.sid != p.pid && p.sid != parent.sid && (p.zombieStatus != nil || parent.zombieStatus != nil) {
                 throw CryoError("pid \(p.pid) (\(p.comm)) is in session \(p.sid) but its parent \(parent.pid) is in session \(parent.sid); "
                     + "a session whose leader is gone or elsewhere cannot be rebuilt yet")
             }
@@ -503,6 +504,8 @@ public struct Dumper {
                 throw CryoError("pid \(p.pid) (\(p.comm)) leads session \(p.sid) but not its group \(p.pgid)")
             }
         }
+        _ = try SessionOrder.plan(tree.live.map { (pid: $0.pid, sid: $0.sid, creator: $0.ppid) }, root: options.pid,
+                                  comm: { byPid[$0]?.comm ?? "?" })
         for p in tree.processes where p.pid != options.pid && p.pgid != p.pid && byPid[p.pgid] == nil {
             // A group whose leader is gone comes back through a helper that needs the group's session.
             if p.sid == byPid[options.pid]!.sid && options.shellJob && p.pgid == byPid[options.pid]!.pgid { continue }

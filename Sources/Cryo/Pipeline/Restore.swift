@@ -200,10 +200,13 @@ public struct Restorer {
         timelineMark(logger, "image pids free")
 
         let session = RestoreSession()
+        let sessionOrder = try SessionOrder.plan(inventory.processes.filter { $0.zombieStatus == nil }
+            .map { (pid: $0.pid, sid: $0.sid, creator: $0.sharesWith ?? $0.ppid) }, root: inventory.rootPid,
+            comm: { pid in inventory.processes.first { $0.pid == pid }?.comm ?? "?" })
         // Two threads restore independent subtrees side by side (RestoreLanes.swift).
         // Processes that share a descriptor table or fs context are restored one after the other, in one lane.
         let lanes = RestoreLanes(inventory: inventory, parallel: !options.lazyPages && !options.newPidNamespace
-                                 && (inventory.terminals ?? []).isEmpty && TestHooks.current.restoreLanes != 1
+                                 && (inventory.terminals ?? []).isEmpty && TestHooks.current.restoreLanes != 1 && sessionOrder.isEmpty
                                  && !inventory.processes.contains { $0.sharesFiles == true || $0.sharesFS == true })
         if logger.logLevel <= .debug { lanes.log = { [logger] in logger.debug("\($0)") } }
         // Eager restores load private anonymous memory the lazy way too, but wait for it before the
@@ -265,7 +268,7 @@ public struct Restorer {
             let root = try createRoot(image, session: session, parent: namespaceInit, opened: opened, time: timeNamespaces, early: early)
             faultHook("root-created")
             timelineMark(logger, "root created")
-            try createTree(image, root: root, session: session, lanes: lanes, helperPids: helperPids, opened: opened,
+            try createTree(image, root: root, session: session, lanes: lanes, sessionOrder: sessionOrder, helperPids: helperPids, opened: opened,
                            time: timeNamespaces, early: early)
             if let timeNamespaces {
                 try lanes.run(step: "time namespaces") { lane in
@@ -473,13 +476,26 @@ public struct Restorer {
     /// Each step runs in both lanes at once, each lane for the processes it traces (one lane when
     /// the tree has controlling terminals: those steps go from process to process).
     /// `early` runs for each process before its children are cloned (restoreMemoryEarly).
-    func createTree(_ image: Image, root: RestoringProcess, session: RestoreSession, lanes: RestoreLanes,
+    func createTree(_ image: Image, root: RestoringProcess, session: RestoreSession, lanes: RestoreLanes, sessionOrder: SessionOrder,
                     helperPids: Set<Int32>, opened: OpenedFiles, time: TimeNamespaceRestore?, early: (RestoringProcess) throws -> Void) throws {
         let inventory = image.inventory
+        // Session leaders whose setsid waits for their early children (one lane only then: SessionOrder).
+        var pendingSetsid: [Int32: RestoringProcess] = [:]
+        func setsidNow(_ process: RestoringProcess) throws {
+            pendingSetsid[process.image.core.pid] = nil
+            try inject(process.tracee, Restorer.syscallSetsid, what: "setsid")
+            process.group = process.image.core.pid
+            try acquireTerminal(process, image: image, opened: opened)
+        }
         try lanes.run(step: "clones") { lane in
             defer { if lane == 0 { lanes.closeHandoff() } }
-            let entries = Array(inventory.processes.dropFirst())
+            let entries = sessionOrder.cloningOrder(Array(inventory.processes.dropFirst()), root: inventory.rootPid,
+                                                    pid: \.pid, creator: { $0.sharesWith ?? $0.ppid })
             for entry in lane == 0 ? lanes.cloningOrder(entries, pid: \.pid) : entries where entry.zombieStatus == nil {
+                // A child in its creator's new session: the creator's deferred setsid comes first.
+                if let waiting = pendingSetsid[entry.sharesWith ?? entry.ppid], !sessionOrder.early.contains(entry.pid) {
+                    try setsidNow(waiting)
+                }
                 let owner = lanes.lane(of: entry.pid)
                 let handedOver = lanes.handedOver.contains(entry.pid)
                 // Lane 0 clones what lane 1 takes over; lane 1 every other process of its own.
@@ -531,13 +547,18 @@ public struct Restorer {
                 // A new task starts in the group of the one that cloned it. A group leader makes its group
                 // now, before its children are cloned: those of them that belong to it are in it from birth
                 // and need no setpgid stop of their own below. One lane 0 handed over did so before it parked.
-                if entry.sid == entry.pid || entry.pgid == entry.pid {
+                let deferred = sessionOrder.deferred.contains(entry.pid)
+                if deferred {
+                    process.group = creator.group  // its own group comes with its setsid
+                } else if entry.sid == entry.pid || entry.pgid == entry.pid {
                     process.group = entry.pid
                 } else {
                     process.group = creator.group
                 }
                 session.add(process, imagePid: entry.pid)
-                if entry.sid == entry.pid && taken == nil {
+                if deferred {
+                    pendingSetsid[entry.pid] = process
+                } else if entry.sid == entry.pid && taken == nil {
                     try inject(tracee, Restorer.syscallSetsid, what: "setsid")
                     // Before its children are cloned: they inherit the terminal.
                     try acquireTerminal(process, image: image, opened: opened)
@@ -546,6 +567,8 @@ public struct Restorer {
                 }
                 try early(process)
             }
+            // Leaders with only early children.
+            for pid in pendingSetsid.keys.sorted() { try setsidNow(pendingSetsid[pid]!) }
         }
         // Every group leader made its group when it was cloned, so members can join them.
         final class Helpers { var list: [(tracee: Tracee, creator: RestoringProcess, group: Int32)] = [] }
