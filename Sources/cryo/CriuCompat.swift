@@ -146,6 +146,12 @@ struct CriuOptions: ParsableArguments {
     var skipInFlight = false
     @Flag(name: .customLong("display-stats"), help: "Print the dump or restore statistics when done.")
     var displayStatistics = false
+    @Flag(name: .customLong("ghost-fiemap"), inversion: .prefixedNo,
+          help: "Accepted for CRIU: cryo always keeps only the data of a sparse unlinked file (SEEK_DATA, SEEK_HOLE).")
+    var ghostFiemap: Bool?
+    @Flag(name: .customLong("force-irmap"),
+          help: "Accepted for CRIU: cryo finds each inotify and fanotify watch's path through its file handle.")
+    var forceIrmap = false
     @Option(name: .customLong("pre-dump-mode"),
             help: "Accepted for CRIU (splice or read): cryo copies pages one way.")
     var preDumpMode: PreDumpMode?

@@ -51,6 +51,8 @@ struct CriuCommandLineTests {
          "--pidfile", "/nonexistent/t.pid", "--timeout", "10", "--pre-dump-mode", "splice"],
         ["pre-dump", "--log-file", "pre-dump.log", "--images-dir", "/nonexistent/img", "--verbosity=4", "--tree", "2147483646",
          "--pre-dump-mode", "read", "--no-default-config"],
+        ["dump", "-t", "2147483646", "-D", "/nonexistent/img", "--ghost-limit", "8M", "--no-ghost-fiemap", "--force-irmap"],
+        ["dump", "-t", "2147483646", "-D", "/nonexistent/img", "--ghost-fiemap"],
         ["restore", "--log-file", "restore.log", "--images-dir", "/nonexistent/img", "--verbosity=4",
          "--pidfile", "/nonexistent/t.pid", "--restore-detached"],
     ])
