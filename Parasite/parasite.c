@@ -65,6 +65,8 @@ enum {
 #define MADV_NOHUGEPAGE 15
 #define MADV_WIPEONFORK 18
 #define MADV_MERGEABLE 12
+#define MADV_RANDOM 1
+#define MADV_SEQUENTIAL 2
 #define MLOCK_ONFAULT 1
 #define MCL_FUTURE 2
 #define MCL_ONFAULT 4
@@ -470,6 +472,7 @@ static long restore_memory(struct cryo_args_header *h) {
             { CRYO_MADV_DONTDUMP, MADV_DONTDUMP }, { CRYO_MADV_DONTFORK, MADV_DONTFORK },
             { CRYO_MADV_HUGEPAGE, MADV_HUGEPAGE }, { CRYO_MADV_NOHUGEPAGE, MADV_NOHUGEPAGE },
             { CRYO_MADV_WIPEONFORK, MADV_WIPEONFORK }, { CRYO_MADV_MERGEABLE, MADV_MERGEABLE },
+            { CRYO_MADV_SEQUENTIAL, MADV_SEQUENTIAL }, { CRYO_MADV_RANDOM, MADV_RANDOM },
         };
         for (unsigned a = 0; a < sizeof(advices) / sizeof(advices[0]); a++)
             if (v->madvise & advices[a].bit)

@@ -7,7 +7,8 @@
  *   - 3000 one-page mappings with data, protections cycling r, rw, none so
  *     that none merges with its neighbour
  *   - madvise: MADV_DONTFORK, MADV_DONTDUMP, MADV_HUGEPAGE, MADV_NOHUGEPAGE,
- *     MADV_WIPEONFORK each on a region with data: VmFlags dc, dd, hg, nh, wf
+ *     MADV_WIPEONFORK, MADV_SEQUENTIAL, MADV_RANDOM each on a region with
+ *     data: VmFlags dc, dd, hg, nh, wf, sr, rr
  *     in /proc/self/smaps after restore, and a fork after restore must not
  *     see the DONTFORK region and must see the WIPEONFORK one zeroed
  *   - prctl(PR_SET_THP_DISABLE): PR_GET_THP_DISABLE still says so
@@ -99,8 +100,11 @@ int main(void)
 		{ "MADV_HUGEPAGE", MADV_HUGEPAGE, "hg", 2 << 20, 2 << 20, NULL },
 		{ "MADV_NOHUGEPAGE", MADV_NOHUGEPAGE, "nh", 4 * PAGE, 0, NULL },
 		{ "MADV_WIPEONFORK", MADV_WIPEONFORK, "wf", 4 * PAGE, 0, NULL },
+		{ "MADV_SEQUENTIAL", MADV_SEQUENTIAL, "sr", 4 * PAGE, 0, NULL },
+		{ "MADV_RANDOM", MADV_RANDOM, "rr", 4 * PAGE, 0, NULL },
 	};
-	for (int i = 0; i < 5; i++) {
+	const int advised_count = (int)(sizeof(advised) / sizeof(advised[0]));
+	for (int i = 0; i < advised_count; i++) {
 		advised[i].p = map(advised[i].bytes, advised[i].align);
 		if (madvise(advised[i].p, advised[i].bytes, advised[i].advice) != 0) die(advised[i].name);
 		fill(advised[i].p, advised[i].bytes, 50 + i);
@@ -127,7 +131,7 @@ int main(void)
 		if (mprotect(p, PAGE, PROT_READ) != 0) { if (small_bad++ < 3) fail("small mapping %d: mprotect: %s", i, strerror(errno)); continue; }
 		if (!holds(p, PAGE, 100 + i) && small_bad++ < 3) fail("small mapping %d: its data was lost", i);
 	}
-	for (int i = 0; i < 5; i++) {
+	for (int i = 0; i < advised_count; i++) {
 		char perms[5], flags[512];
 		vma_info(advised[i].p, perms, flags, sizeof(flags));
 		if (!has_flag(flags, advised[i].flag)) fail("%s: VmFlags \"%s\" lack %s", advised[i].name, flags, advised[i].flag);

@@ -19,7 +19,7 @@
 #include "injector_protocol.h"
 
 /* cryo's own blob (Parasite/): its protocol version, answered to PING. */
-#define CRYO_PARASITE_PROTOCOL_VERSION 11u
+#define CRYO_PARASITE_PROTOCOL_VERSION 12u
 
 enum cryo_command {
     CRYO_CMD_PING = CRYO_INJECTOR_CMD_PING, /* answers with the protocol version */
@@ -164,6 +164,8 @@ struct cryo_range { uint64_t start; uint64_t end; };
 /* Sealed with mseal: not at RESTORE_MEMORY but by SEAL_MEMORY, once nothing changes the mapping any more
  * (children cloned, the parent's mappings unmapped where they are not kept). */
 #define CRYO_VMA_SEALED      (1u << 8)
+#define CRYO_MADV_SEQUENTIAL (1u << 9)
+#define CRYO_MADV_RANDOM     (1u << 10)
 
 struct cryo_seal_memory { uint32_t count; uint32_t reserved; };
 

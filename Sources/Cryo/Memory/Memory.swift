@@ -64,6 +64,7 @@ public struct MemoryRecord: Codable, Sendable {
                 (CRYO_VMA_LOCKED, advice & CRYO_VMA_LOCKONFAULT != 0 ? "locked on fault" : "locked"), (CRYO_MADV_MERGEABLE, "mergeable"),
                 (CRYO_MADV_DONTFORK, "dontfork"), (CRYO_MADV_WIPEONFORK, "wipeonfork"), (CRYO_MADV_DONTDUMP, "dontdump"),
                 (CRYO_MADV_HUGEPAGE, "hugepage"), (CRYO_MADV_NOHUGEPAGE, "nohugepage"), (CRYO_VMA_SEALED, "sealed"),
+                (CRYO_MADV_SEQUENTIAL, "sequential"), (CRYO_MADV_RANDOM, "random"),
             ]
             return bits.filter { advice & $0.0 != 0 }.map(\.1) + (growsDown ? ["grows down"] : []) + (noReserve ? ["noreserve"] : [])
         }
@@ -187,7 +188,7 @@ struct VmFlags: ExpressibleByArrayLiteral, Equatable {
     enum Known {
         static let io = pair("io"), pf = pair("pf"), ht = pair("ht"), dd = pair("dd"), dc = pair("dc")
         static let hg = pair("hg"), nh = pair("nh"), wf = pair("wf"), gd = pair("gd"), nr = pair("nr")
-        static let mg = pair("mg"), lo = pair("lo"), lf = pair("lf"), sl = pair("sl")
+        static let mg = pair("mg"), lo = pair("lo"), lf = pair("lf"), sl = pair("sl"), sr = pair("sr"), rr = pair("rr")
         private static func pair(_ text: StaticString) -> UInt16 {
             UInt16(text.utf8Start[0]) << 8 | UInt16(text.utf8Start[1])
         }
@@ -1276,6 +1277,8 @@ extension MemoryRecord.Mapping {
         if vmFlags.contains(F.nh) { advice |= CRYO_MADV_NOHUGEPAGE }
         if vmFlags.contains(F.wf) { advice |= CRYO_MADV_WIPEONFORK }
         if vmFlags.contains(F.mg) { advice |= CRYO_MADV_MERGEABLE }
+        if vmFlags.contains(F.sr) { advice |= CRYO_MADV_SEQUENTIAL }
+        if vmFlags.contains(F.rr) { advice |= CRYO_MADV_RANDOM }
         if vmFlags.contains(F.lo) { advice |= CRYO_VMA_LOCKED | (vmFlags.contains(F.lf) ? CRYO_VMA_LOCKONFAULT : 0) }
         // A kernel that seals its own vDSO and vvar seals the new task's as well.
         if vmFlags.contains(F.sl) && !isSpecial { advice |= CRYO_VMA_SEALED }
