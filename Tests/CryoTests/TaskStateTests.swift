@@ -114,6 +114,12 @@ extension EndToEnd {
             try dumpRestoreAndPass("seccompthreads")
         }
 
+        /// The filters go in before the credentials are dropped again: after, without no_new_privs, seccomp() is refused.
+        @Test("seccomp filters a root process installed before dropping to nobody (no no_new_privs) come back, and so do its ids")
+        func seccompThenDropped() throws {
+            try dumpRestoreAndPass("seccomp", arguments: ["dropped"])
+        }
+
         @Test("oom_score_adj comes back")
         func oomScoreAdjust() throws {
             let scratch = try Scratch("oom-score-adj")

@@ -4,7 +4,11 @@
  * errno 43 (the newer one wins where both match). After SIGTERM both must
  * still apply, the process must still be in filter mode with two filters, and
  * other system calls must work.
+ * With the argument "dropped" (as root): the filters go in without
+ * no_new_privs, then the process drops to nobody (65534), as a privileged
+ * service that sandboxes itself does; it must come back so.
  */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -16,6 +20,7 @@
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <stdlib.h>
 
 static volatile sig_atomic_t term;
 static void on_term(int sig) { (void)sig; term = 1; }
@@ -41,9 +46,11 @@ static int status_value(const char *key) {
     return value;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     signal(SIGTERM, on_term);
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || install(SYS_getpriority, 42) || install(SYS_getpgid, 43)) {
+    int dropped = argc > 1 && !strcmp(argv[1], "dropped");
+    if ((!dropped && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) || install(SYS_getpriority, 42) || install(SYS_getpgid, 43)
+        || (dropped && (setresgid(65534, 65534, 65534) || setresuid(65534, 65534, 65534)))) {
         printf("FAIL: setup: %s\n", strerror(errno));
         return 1;
     }
@@ -59,7 +66,8 @@ int main(void) {
     if (getpid() <= 0 || getppid() < 0) strcat(failures, "other syscalls blocked; ");
     if (status_value("Seccomp:") != 2) strcat(failures, "not in filter mode; ");
     if (status_value("Seccomp_filters:") != 2) strcat(failures, "not exactly two filters; ");
-    if (status_value("NoNewPrivs:") != 1) strcat(failures, "no_new_privs lost; ");
+    if (status_value("NoNewPrivs:") != !dropped) strcat(failures, dropped ? "no_new_privs appeared; " : "no_new_privs lost; ");
+    if (dropped && (getuid() != 65534 || geteuid() != 65534 || getgid() != 65534)) strcat(failures, "credentials not those dropped to; ");
     if (failures[0]) printf("FAIL: %s\n", failures);
     else printf("PASS\n");
     fflush(stdout);

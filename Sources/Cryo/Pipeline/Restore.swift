@@ -818,7 +818,7 @@ public struct Restorer {
     }
 
     /// Whether RESTORE_CREDS may run in the stop of the state and descriptors (one thread, one round of
-    /// descriptors, nothing for their kinds to do once installed), with the resource limits set before
+    /// descriptors, nothing for their kinds to do once installed, no seccomp filter), with the resource limits set before
     /// them: none that they would meet (descriptors at or above RLIMIT_NOFILE, signals to queue against
     /// RLIMIT_SIGPENDING, PR_SET_MM_MAP checked against a finite RLIMIT_DATA).
     func credentialsCanRide(_ process: RestoringProcess, image: Image, slots: TaskSlots) -> Bool {
@@ -826,7 +826,8 @@ public struct Restorer {
         let limits = task.core.resourceLimits
         func soft(_ resource: Int) -> UInt64? { limits.indices.contains(resource) && limits[resource].count == 2 ? limits[resource][0] : nil }
         let installed = InstalledDescriptors(descriptors: task.descriptors.descriptors, files: files, finishedOnce: { _ in true })
-        return process.threads.count == 1 && slots.sent == slots.toSend.count
+        // Seccomp filters go in before the credentials (restoreCredentials).
+        return process.threads.count == 1 && slots.sent == slots.toSend.count && task.seccompPlan.isEmpty
             && !DescriptorKinds.hasAfterInstallWork(installed)
             && !task.descriptors.descriptors.contains { files[$0.file].owner != nil || files[$0.file].kind == PidfdState.name }
             && task.signals.pending.isEmpty && task.threads.allSatisfy { $0.pending.isEmpty }
@@ -1220,21 +1221,23 @@ public struct Restorer {
         return ParasiteCommand(command: CRYO_CMD_INSTALL_FDS, payload: bytes(of: install) + bytes(of: entries))
     }
 
-    /// Resource limits, then credentials, then seccomp filters, last of all.
+    /// Resource limits, then seccomp filters, then credentials.
     /// `limitsAndLeaderDone`: the limits and a single thread's credentials are in already (credentialsCanRide).
     func restoreCredentials(_ process: RestoringProcess, limitsAndLeaderDone: Bool = false) throws {
         let (task, parasite) = (process.image, process.parasite)
         if !limitsAndLeaderDone { try restoreLimits(process) }
+        // Seccomp filters while the task still has cryo's credentials: one installed by a privileged task that
+        // dropped them later, without no_new_privs, would be refused (EACCES) once they are dropped. Suspended
+        // for us while traced, they do not act on the parasite's setresuid and capset. Oldest first: those all
+        // threads share synced to every thread, then each thread's own.
+        for (thread, state, synced) in task.seccompPlan {
+            try parasite.run(CRYO_CMD_RESTORE_SECCOMP, payload: state.parasitePayload(synced: synced), replyBytes: 0, on: process.threads[thread])
+        }
         // Credentials belong to each thread; the leader goes last.
         for thread in process.threads.reversed() where !limitsAndLeaderDone {
             _ = try parasite.run(CRYO_CMD_RESTORE_CREDS, input: task.core.parasiteCredentials, output: UInt8.self, on: thread)
         }
         try restoreParentDeathSignals(process)
-        // Last: seccomp filters (suspended for us while traced), oldest first: those all threads share
-        // synced to every thread, then each thread's own.
-        for (thread, state, synced) in task.seccompPlan {
-            try parasite.run(CRYO_CMD_RESTORE_SECCOMP, payload: state.parasitePayload(synced: synced), replyBytes: 0, on: process.threads[thread])
-        }
     }
 
     /// Last for each process: the parasite goes, and every thread gets its registers (it runs only once released).
