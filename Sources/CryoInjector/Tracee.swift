@@ -103,7 +103,7 @@ public final class Tracee {
             try Ptrace.interrupt(pid)
             // A seized task reports a group stop it is in with that stop's signal, else SIGTRAP.
             let stopSignal = try waitForInterruptStop(pid, whileWaiting: whileWaiting)
-            let regs = try Ptrace.registers(pid)
+            let regs = try abortingRseqCriticalSection(pid, try Ptrace.registers(pid))
             let mask = try Ptrace.signalMask(pid)
             let tracee = Tracee(pid: pid, registers: regs, mask: mask, live: true)
             tracee.seccompSuspended = suspended
@@ -116,6 +116,28 @@ public final class Tracee {
             try? Ptrace.detach(pid)
             throw error
         }
+    }
+
+    /// A thread stopped inside an rseq critical section is moved to the section's abort handler, as
+    /// the kernel itself does when it preempts one there. Left where it was, it would finish the
+    /// section from the middle: once cryo's own code ran in the thread (or in a restored copy),
+    /// the kernel has cleared rseq_cs and no longer knows it is in one. Read before any of that.
+    static func abortingRseqCriticalSection(_ pid: pid_t, _ regs: Registers) throws -> Registers {
+        // Inside a syscall it is not in user code of a section (and the kernel forbids syscalls there).
+        guard Int64(bitPattern: regs.orig_rax) < 0,
+              let config = try? Ptrace.rseqConfiguration(pid), config.rseq_abi_pointer != 0 else { return regs }
+        var descriptor: UInt64 = 0  // struct rseq's rseq_cs, 8 bytes in
+        guard (try? withUnsafeMutableBytes(of: &descriptor) {
+            try RemoteMemory.read(pid, at: config.rseq_abi_pointer + 8, into: $0)
+        }) != nil, descriptor != 0 else { return regs }
+        // struct rseq_cs: version, flags (u32 each), start_ip, post_commit_offset, abort_ip.
+        var section = (version: UInt32(0), flags: UInt32(0), start: UInt64(0), length: UInt64(0), abort: UInt64(0))
+        guard (try? withUnsafeMutableBytes(of: &section) { try RemoteMemory.read(pid, at: descriptor, into: $0) }) != nil,
+              section.version == 0, regs.rip &- section.start < section.length else { return regs }
+        var moved = regs
+        moved.rip = section.abort
+        try Ptrace.setRegisters(pid, moved)
+        return moved
     }
 
     /// A task created by us and already seized (restore).

@@ -120,6 +120,19 @@ extension EndToEnd {
             try dumpRestoreAndPass("seccomp", arguments: ["dropped"])
         }
 
+        /// Frozen inside the section, the thread goes to its abort handler, as the kernel would move it on preemption.
+        @Test("a thread frozen inside an rseq critical section is aborted out of it, and later signals still abort it")
+        func rseqCriticalSection() throws {
+            let probe = try Scratch("rseqcs-probe")
+            defer { probe.remove() }
+            let fixture = try Fixture("rseqcs", in: probe)
+            _ = waitUntil(timeout: 20) { fixture.lines.contains("READY") || fixture.tagged("NORSEQ") != nil }
+            let unsupported = fixture.tagged("NORSEQ")
+            fixture.cleanUp()
+            if let unsupported { try Test.cancel(Comment(rawValue: "no rseq area here: \(unsupported.joined(separator: " "))")) }
+            try dumpRestoreAndPass("rseqcs")
+        }
+
         @Test("oom_score_adj comes back")
         func oomScoreAdjust() throws {
             let scratch = try Scratch("oom-score-adj")
