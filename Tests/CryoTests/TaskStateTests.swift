@@ -133,6 +133,11 @@ extension EndToEnd {
             try dumpRestoreAndPass("rseqcs")
         }
 
+        @Test("a SIGEV_THREAD_ID timer whose thread has exited comes back, armed, as the inert timer it is")
+        func timerOfDeadThread() throws {
+            try dumpRestoreAndPass("ptimers", arguments: ["deadthread"])
+        }
+
         @Test("oom_score_adj comes back")
         func oomScoreAdjust() throws {
             let scratch = try Scratch("oom-score-adj")

@@ -5,8 +5,12 @@
  * C: CLOCK_MONOTONIC, SIGEV_NONE, disarmed. After SIGTERM the same ids must
  * exist with the same settings, A must keep firing with its value, B must
  * still be an hour away and C disarmed.
+ * With the argument "deadthread", a fourth timer D, SIGEV_THREAD_ID aimed at
+ * a thread that has exited since, armed for an hour: it must come back (the
+ * same id, still an hour away), though nothing can receive its signal.
  */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -22,7 +26,16 @@ static void on_tick(int sig, siginfo_t *info, void *context) {
     ticks++;
 }
 
-int main(void) {
+static timer_t d;
+static void *make_d(void *unused) {
+    (void)unused;
+    struct sigevent ed = { .sigev_notify = SIGEV_THREAD_ID, .sigev_signo = SIGRTMIN + 2 };
+    ed._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+    return timer_create(CLOCK_MONOTONIC, &ed, &d) ? (void *)1 : NULL;
+}
+
+int main(int argc, char **argv) {
+    int dead_thread = argc > 1 && !strcmp(argv[1], "deadthread");
     signal(SIGTERM, on_term);
     struct sigaction sa = { .sa_sigaction = on_tick, .sa_flags = SA_SIGINFO | SA_RESTART };
     sigaction(SIGUSR1, &sa, NULL);
@@ -40,6 +53,15 @@ int main(void) {
     struct itimerspec every = { { 0, 30000000 }, { 0, 30000000 } }, hour = { { 0, 0 }, { 3600, 0 } };
     timer_settime(a, 0, &every, NULL);
     timer_settime(b, 0, &hour, NULL);
+    if (dead_thread) {
+        pthread_t t;
+        void *made = (void *)1;
+        if (pthread_create(&t, NULL, make_d, NULL) || pthread_join(t, &made) || made) {
+            printf("FAIL: timer D\n");
+            return 1;
+        }
+        timer_settime(d, 0, &hour, NULL);
+    }
     printf("TIMERS %ld %ld %ld\nREADY\n", (long)a, (long)b, (long)c);
     fflush(stdout);
     while (!term) pause();
@@ -55,16 +77,18 @@ int main(void) {
     if (timer_gettime(b, &now) || now.it_value.tv_sec < 3000 || now.it_value.tv_sec > 3600 || now.it_interval.tv_sec)
         strcat(failures, "timer B is not an hour away; ");
     if (timer_gettime(c, &now) || now.it_value.tv_sec || now.it_value.tv_nsec) strcat(failures, "timer C armed or gone; ");
+    if (dead_thread && (timer_gettime(d, &now) || now.it_value.tv_sec < 3000 || now.it_value.tv_sec > 3600))
+        strcat(failures, "timer D (its thread gone) is lost or not an hour away; ");
     FILE *f = fopen("/proc/self/timers", "r");
     char line[256];
     int ids = 0, thread_notify = 0;
     while (f && fgets(line, sizeof(line), f)) {
         long id;
-        if (sscanf(line, "ID: %ld", &id) == 1 && (id == (long)a || id == (long)b || id == (long)c)) ids++;
+        if (sscanf(line, "ID: %ld", &id) == 1 && (id == (long)a || id == (long)b || id == (long)c || (dead_thread && id == (long)d))) ids++;
         if (!strncmp(line, "notify: ", 8) && strstr(line, "/tid.")) thread_notify++;
     }
     if (f) fclose(f);
-    if (ids != 3) strcat(failures, "timer ids changed; ");
+    if (ids != 3 + dead_thread) strcat(failures, "timer ids changed; ");
     if (thread_notify != 1) strcat(failures, "SIGEV_THREAD_ID lost; ");
     if (failures[0]) printf("FAIL: %s\n", failures);
     else printf("PASS\n");

@@ -49,6 +49,11 @@ public struct PosixTimer: Codable, Sendable {
             }
         }
         if timers.isEmpty { return [] }
+        // A timer aimed at a thread that has exited since delivers nothing any more; timer_create would
+        // refuse that thread at restore (EINVAL), so it comes back as the inert timer it is (SIGEV_NONE).
+        for i in timers.indices where timers[i].notify == 4 && !Files.exists("/proc/\(pid)/task/\(timers[i].thread)") {
+            timers[i].notify = 1
+        }
         var header = cryo_timers()
         header.count = UInt32(timers.count)
         let reply = try parasite.run(CRYO_CMD_DUMP_TIMERS, payload: bytes(of: header) + bytes(of: timers),
