@@ -199,6 +199,10 @@ struct RestoreCommand: ParsableCommand {
     var loaderReadyFD: Int32?
     @Flag(name: [.customShort("j"), .customLong("shell-job")], help: "Accepted for CRIU compatibility; the image records whether it was a shell job.")
     var shellJob = false
+    @Flag(name: .customLong("with-cpu-affinity"), help: "Accepted for CRIU: cryo always gives each thread back the CPUs it was pinned to.")
+    var withCPUAffinity = false
+    @Flag(name: .customLong("compress"), help: "Accepted for CRIU: the image says whether its pages are compressed.")
+    var compressed = false
     @Flag(name: .customLong("pidns"), help: "Restore inside a new pid namespace, where the image's pids are free.")
     var pidNamespace = false
     @Flag(name: [.customShort("s"), .customLong("leave-stopped")], help: "Leave every task stopped (SIGSTOP, untraced) right before it resumes, so a debugger can attach.")
