@@ -34,6 +34,11 @@ extension EndToEnd {
             try fileRoundTrip("removed")
         }
 
+        @Test("leases an open was breaking (read to UNLCK, write to READ and to UNLCK) are breaking again, with no second SIGIO")
+        func breakingLeases() throws {
+            try fileRoundTrip("leases")
+        }
+
         @Test("F_SETOWN/F_SETOWN_EX owners (itself, its group, a child), F_SETSIG and O_ASYNC still signal after restore")
         func signalOwners() throws {
             try fileRoundTrip("sigio")

@@ -359,6 +359,7 @@ final class Fixture {
         case "files": return [try scratch.folder("files-work")]
         case "events": return [try scratch.folder("events-work")]
         case "locks": return [try scratch.folder("locks-work")]
+        case "leases": return [try scratch.folder("leases-work")]
         case "unix": return [try scratch.folder("unix-work")]
         case "inotify": return [try scratch.folder("inotify-work")]
         case "bigmem": return [String(bigmemMiB)]
