@@ -49,6 +49,37 @@ extension EndToEnd {
             try fileRoundTrip("pidfd")
         }
 
+        @Test("/proc files of live processes outside the tree are opened again; those of a reaped child name a dead process, as before")
+        func procFilesOutsideTree() throws {
+            try fileRoundTrip("procdead") { fixture, images in
+                let scratch = try Scratch("procdead-show")
+                defer { scratch.remove() }
+                let show = try cryo(["show", images], in: scratch)
+                #expect(show.stdout.contains("stand-in"), "show: \(show)")
+            }
+        }
+
+        @Test("a /proc file of a process outside the tree that is gone at restore fails the restore in one line naming its pid, leaving no task")
+        func procFileOfGoneProcess() throws {
+            let scratch = try Scratch("procdead-gone")
+            defer { scratch.remove() }
+            let fixture = try Fixture("procdead", arguments: [try scratch.folder("work")], in: scratch)
+            var gone: pid_t = 0
+            defer {
+                fixture.cleanUp()
+                if gone > 0 { kill(gone, SIGKILL) }
+            }
+            try fixture.waitReady()
+            gone = try #require(pid_t(fixture.tagged("OUTSIDE")?.first ?? ""), "\(fixture.report)")
+            let (images, _) = try dumpAndReap(fixture, in: scratch)
+            kill(gone, SIGKILL)
+            for _ in 0..<200 where pidExists(gone) { usleep(10_000) }
+            try #require(!pidExists(gone), "pid \(gone) outlived SIGKILL")
+            let restore = try cryo(["restore", "-D", images], in: scratch, timeout: 60)
+            #expect(restore.failed && restore.stderrLines.count == 1 && containsToken(restore.stderr, "\(gone)"), "\(restore)")
+            #expect(!pidExists(fixture.pid) || ProcStatus(pid: fixture.pid)?.name != "procdead", "a task of the failed restore is left")
+        }
+
         @Test("a program in a memfd still runs by fexecve and execveat after restore (no writable descriptor left open)")
         func memfdExec() throws {
             try fileRoundTrip("memfdexec")

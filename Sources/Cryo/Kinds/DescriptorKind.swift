@@ -159,6 +159,8 @@ struct KindOptions: Sendable {
     var externalUnixSockets = false
     /// --network-lock: rules dropping each dumped connection's packets, added as connections are found.
     var networkLock: NetworkLock?
+    /// restore --pidns: the tree's pids are those of a new pid namespace.
+    var newPidNamespace = false
 }
 
 /// One restored process's descriptor table, installed, with the file table it names.

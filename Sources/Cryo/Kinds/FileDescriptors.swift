@@ -86,6 +86,8 @@ final class FileTableBuilder {
     private var inFlightDone = 0
     /// The tree's live processes (set once frozen).
     var treePids: [pid_t] = []
+    /// Every thread of those (leaders too).
+    var treeTids = Set<pid_t>()
     /// The tree's sessions whose terminal is a pty of the tree (read before any descriptor).
     var sessionTerminals: [SessionTerminal] = []
     /// What kinds look up once per dump (the tree is frozen meanwhile): sock_diag tables..., by key.

@@ -167,6 +167,7 @@ public struct Dumper {
             let terminals = try ControllingTerminals.dump(tree, root: pid, shellJob: options.shellJob)
             fileTable.sessionTerminals = terminals.sessions
             fileTable.treePids = tree.live.map(\.pid)
+            fileTable.treeTids = Set(tree.live.flatMap { $0.threads.map(\.pid) })
             let namespaces = try NamespaceRecord.dump(root: pid, live: tree.live.map { ($0.pid, $0.comm) })
             let timeNamespaces = try TimeNamespace.dump(tree, root: pid)
             let prefetch = MappingsPrefetch()

@@ -159,7 +159,8 @@ public struct Restorer {
             CgroupRestore($0, mode: options.cgroupMode, roots: try CgroupRestore.parseRoots(options.cgroupRoots))
         }
         // Before anything is touched: what the image needs of the options.
-        let kindOptions = KindOptions(tcpEstablished: options.tcpEstablished, tcpClose: options.tcpClose, shellJob: image.inventory.shellJob)
+        let kindOptions = KindOptions(tcpEstablished: options.tcpEstablished, tcpClose: options.tcpClose, shellJob: image.inventory.shellJob,
+                                      newPidNamespace: options.newPidNamespace)
         try DescriptorKinds.checkBeforeRestore(image.fileTable.files, options: kindOptions)
         // An ordinary user gets back only processes with their own credentials and capabilities.
         for task in image.tasks { try Caller.current.checkOwn(task.core.credentials, pid: task.core.pid, doing: "restores") }
