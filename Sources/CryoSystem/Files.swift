@@ -216,6 +216,32 @@ public enum Pidfd {
     public static func open(_ pid: pid_t) throws -> FileDescriptor {
         FileDescriptor(rawValue: Int32(try Kernel.syscall(SYS_pidfd_open, pid, 0, name: "pidfd_open", pid: pid)))
     }
+    /// pidfd_open with flags: PIDFD_NONBLOCK (O_NONBLOCK), PIDFD_THREAD (O_EXCL).
+    public static func open(_ pid: pid_t, flags: Int32) throws -> FileDescriptor {
+        FileDescriptor(rawValue: Int32(try Kernel.syscall(SYS_pidfd_open, pid, flags, name: "pidfd_open", pid: pid)))
+    }
+    /// Whether a pidfd is of pidfs (Linux 6.9+), where its inode tells its process; before, all shared one.
+    public static func isOnPidfs(_ pidfd: FileDescriptor, object: String) throws -> Bool {
+        var buffer = [UInt64](repeating: 0, count: 16)  // struct statfs begins with f_type
+        try buffer.withUnsafeMutableBytes { try Kernel.syscall(SYS_fstatfs, pidfd, $0.baseAddress, name: "fstatfs", object: object) }
+        return buffer[0] == 0x5049_4446  // PID_FS_MAGIC
+    }
+    /// The wait status the kernel kept for the process of a pidfd that has exited (PIDFD_GET_INFO
+    /// with PIDFD_INFO_EXIT, Linux 6.15+); nil while it runs, or when the kernel kept none.
+    public static func exitStatus(_ pidfd: FileDescriptor, object: String) throws -> Int32? {
+        // struct pidfd_info as of Linux 6.15 (64 bytes): mask at 0, exit_code at 60; later kernels only append.
+        var info = [UInt8](repeating: 0, count: 64)
+        let infoExit: UInt64 = 1 << 3
+        withUnsafeBytes(of: infoExit.littleEndian) { info.replaceSubrange(0..<8, with: $0) }
+        let getInfo = UInt(0xC000_FF0B) | UInt(info.count) << 16  // _IOWR(0xFF, 11, 64 bytes)
+        let result = info.withUnsafeMutableBytes { Kernel.rawSyscall(SYS_ioctl, [pidfd, getInfo, $0.baseAddress]) }
+        // ESRCH: reaped and nothing kept; ENOTTY/EINVAL: a kernel without PIDFD_GET_INFO.
+        if result == -Int(ESRCH) || result == -Int(ENOTTY) || result == -Int(EINVAL) { return nil }
+        _ = try check(result, "ioctl(PIDFD_GET_INFO)", object: object)
+        let mask = info[0..<8].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        guard mask & infoExit != 0 else { return nil }
+        return info[60..<64].enumerated().reduce(Int32(0)) { $0 | Int32($1.element) << (8 * Int32($1.offset)) }
+    }
     /// A duplicate of another process's descriptor: same open file description.
     public static func getfd(_ pidfd: FileDescriptor, pid: pid_t, fd: Int32) throws -> FileDescriptor {
         FileDescriptor(rawValue: Int32(try Kernel.syscall(SYS_pidfd_getfd, pidfd, fd, 0, name: "pidfd_getfd", pid: pid, object: "fd \(fd)")))
@@ -354,6 +380,11 @@ public enum Processes {
     /// clone3 with an exact pid; the child parks in a raw read() on `park`.
     public static func cloneParked(pid: pid_t, flags: UInt64 = 0, park: FileDescriptor) throws -> pid_t {
         pid_t(try check(cryo_clone3_parked(pid, flags, park.rawValue, SIGCHLD), "clone3(set_tid=\(pid))", pid: pid))
+    }
+    /// A child parked like the above (any pid) that, once `park` gives a byte or EOF, ends as
+    /// the wait status `status` says: a stand-in for a process that had exited with it.
+    public static func cloneParkedEnding(park: FileDescriptor, status: Int32) throws -> pid_t {
+        pid_t(try check(cryo_clone3_parked_ending(park.rawValue, status), "clone3 (stand-in ending with status \(status))"))
     }
     /// The init (pid 1) of a new pid namespace, parked like the above until `park`
     /// reaches EOF; it then reaps every child and exits with `rootPid`'s status.

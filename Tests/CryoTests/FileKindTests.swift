@@ -49,6 +49,11 @@ extension EndToEnd {
             try fileRoundTrip("pidfd")
         }
 
+        @Test("pidfds of reaped processes keep their exit status (PIDFD_GET_INFO), and pidfds of one such process, in two processes, stay of one")
+        func pidfdsOfReaped() throws {
+            try fileRoundTrip("pidfddead")
+        }
+
         @Test("/proc files of live processes outside the tree are opened again; those of a reaped child name a dead process, as before")
         func procFilesOutsideTree() throws {
             try fileRoundTrip("procdead") { fixture, images in

@@ -59,6 +59,15 @@ long cryo_clone3_parked(pid_t tid, uint64_t flags, int park_fd, int exit_signal)
 long cryo_clone3_namespace_init(int park_fd, pid_t root_pid);
 
 /*
+ * A child (no set_tid) that parks like cryo_clone3_parked until park_fd
+ * gives a byte or EOF, then ends as the wait status `status` says: exit with
+ * its code, or killed by its signal (made non-dumpable first, so no core is
+ * written). A stand-in for a process that had exited: pidfds opened on it
+ * while it parks keep that status once it is reaped.
+ */
+long cryo_clone3_parked_ending(int park_fd, int status);
+
+/*
  * malloc_trim(0): the allocator's free memory back to the kernel. The tasks
  * a restore creates start as copies of cryo: the less it holds, the cheaper.
  */

@@ -8,11 +8,17 @@ import SystemPackage
 /// A pidfd: of a process of the tree (itself, a child, any other), made again
 /// inside the restored holder by pidfd_open once the whole tree exists, so
 /// pidfd_send_signal and waitid(P_PIDFD) reach the restored process; or of a
-/// process that had exited and been reaped, which is one made the same way here.
+/// process that had exited and been reaped, which is a stand-in child of cryo
+/// that ends the same way (PidfdStandIns below).
 struct PidfdState: DescriptorKind {
     static let name = "pidfd"
     /// The process it refers to, as the tree's pid namespace sees it; -1 when it had been reaped.
     var pid: Int32
+    /// A reaped process's pidfs inode: pidfds with the same one (in any process of the tree) come back
+    /// as pidfds of one stand-in. Nil without pidfs, and in images made before it was kept.
+    var inode: UInt64? = nil
+    /// The wait status the kernel kept for a reaped process (PIDFD_GET_INFO); nil when it kept none.
+    var exitStatus: Int32? = nil
 
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> PidfdState? {
         guard p.link == "anon_inode:[pidfd]" else { return nil }
@@ -22,7 +28,15 @@ struct PidfdState: DescriptorKind {
         }
         // A thread's pidfd (PIDFD_THREAD, O_EXCL in its flags) would need the thread's own pid again.
         if Int32(bitPattern: p.flags) & O_EXCL != 0 { throw CryoError("\(p.object): a pidfd of thread \(pid) (PIDFD_THREAD); not supported") }
-        return PidfdState(pid: pid)
+        guard pid == -1 else { return PidfdState(pid: pid) }
+        // Before pidfs (Linux 6.9) every pidfd had the one anonymous inode: it tells nothing apart.
+        let onPidfs = try Pidfd.isOnPidfs(p.handle, object: p.object)
+        let status = try Pidfd.exitStatus(p.handle, object: p.object)
+        if let status, status & 0x80 != 0 {
+            throw CryoError("\(p.object): a pidfd of a reaped process that dumped core (wait status 0x\(String(status, radix: 16))); "
+                + "a stand-in cannot end the same way without writing a core; not supported")
+        }
+        return PidfdState(pid: -1, inode: onPidfs ? UInt64(p.stat.st_ino) : nil, exitStatus: status)
     }
 
     /// Every pidfd names a process of the tree or a reaped one: another process may be gone or reused after restore.
@@ -32,36 +46,27 @@ struct PidfdState: DescriptorKind {
         }
     }
 
-    func validate() -> String? { pid == -1 || pid > 0 ? nil : "pidfd of pid \(pid)" }
+    func validate() -> String? {
+        guard pid == -1 || pid > 0 else { return "pidfd of pid \(pid)" }
+        // What a dead process's status can be: an exit code, or a signal (1-64) that kills, without a core.
+        if let exitStatus, exitStatus & ~0xff7f != 0 || (exitStatus & 0x7f != 0 && (exitStatus & 0x7f > 64 || exitStatus & 0xff00 != 0)) {
+            return "pidfd of a reaped process with wait status \(exitStatus)"
+        }
+        return nil
+    }
 
-    func summary(_ file: FileTable.OpenFile) -> String { pid > 0 ? "pidfd of pid \(pid)" : "pidfd of a process that was reaped" }
+    func summary(_ file: FileTable.OpenFile) -> String {
+        guard pid <= 0 else { return "pidfd of pid \(pid)" }
+        guard let exitStatus else { return "pidfd of a process that was reaped" }
+        let sig = exitStatus & 0x7f
+        return "pidfd of a process that was reaped (" + (sig != 0 ? "killed by signal \(sig))" : "exit status \(exitStatus >> 8))")
+    }
 
-    /// A reaped process's pidfd is one of a child of cryo that exited and was reaped;
+    /// A reaped process's pidfd is one of a stand-in child of cryo that ended the same way;
     /// a live one's is a stand-in until `afterInstall` puts the real one at its number.
     func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
         guard pid == -1 else { return try FileObjects.open("/dev/null", flags: O_RDONLY, object: "\(object) (stand-in for a pidfd)") }
-        let child = try Processes.fork()
-        if child == 0 { _exit(0) }
-        let pidfd: FileDescriptor
-        do { pidfd = try Pidfd.open(child) } catch {
-            _ = try? waitFor(child)
-            throw CryoError("\(object): a pidfd of a reaped process: \(error)")
-        }
-        _ = try? waitFor(child)
-        defer { try? pidfd.close() }
-        return try reopenPidfd(pidfd, flags: file.flags, object: object)
-    }
-
-    /// The same pidfd with the dumped O_NONBLOCK (pidfds cannot be reopened through /proc).
-    private func reopenPidfd(_ pidfd: FileDescriptor, flags: UInt32, object: String) throws -> FileDescriptor {
-        let copy = try FileObjects.duplicate(pidfd, object: object)
-        if Int32(bitPattern: flags) & O_NONBLOCK != 0 {
-            do { try FileObjects.setStatusFlags(copy, O_NONBLOCK, object: object) } catch {
-                try? copy.close()
-                throw error
-            }
-        }
-        return copy
+        return try context.rebuilder(PidfdStandIns.self).pidfd(file, self, object: object)
     }
 
     static func hasAfterInstallWork(_ installed: InstalledDescriptors) -> Bool { !installed.of(PidfdState.self).isEmpty }
@@ -82,5 +87,58 @@ struct PidfdState: DescriptorKind {
             _ = try inject("dup3", 292, UInt64(made), UInt64(fd), closeOnExec ? UInt64(O_CLOEXEC) : 0)
             _ = try inject("close", 3, UInt64(made))
         }
+    }
+}
+
+/// The stand-ins for reaped processes, one per pidfs inode of the image: a child of cryo
+/// that parks while a pidfd is opened on it for each description of that inode (each
+/// with its own O_NONBLOCK), then ends with the kept status and is reaped. pidfds that
+/// were of one process, in one process or several, stay of one (same inode), and
+/// PIDFD_GET_INFO reports the status as before.
+final class PidfdStandIns: KindRebuilder {
+    private let files: [FileTable.OpenFile]
+    /// By file id, made so far; handed out as duplicates.
+    private var made: [Int: FileDescriptor] = [:]
+
+    init(_ context: OpenContext) { files = context.files }
+
+    func pidfd(_ file: FileTable.OpenFile, _ state: PidfdState, object: String) throws -> FileDescriptor {
+        if made[file.id] == nil {
+            // Without an inode (no pidfs, older images) each description is a process of its own.
+            let group = state.inode.map { inode in
+                PidfdState.entries(files).filter { $0.state.pid == -1 && $0.state.inode == inode }.map(\.file)
+            } ?? [file]
+            try makeStandIn(for: group, status: state.exitStatus ?? 0, object: object)
+        }
+        return try FileObjects.duplicate(made[file.id]!, object: object)
+    }
+
+    private func makeStandIn(for group: [FileTable.OpenFile], status: Int32, object: String) throws {
+        let park = try FileObjects.pipe(object: "\(object): stand-in for a reaped process")
+        defer { try? park.read.close(); try? park.write.close() }
+        let child = try Processes.cloneParkedEnding(park: park.read, status: status)
+        var opened: [Int: FileDescriptor] = [:]
+        do {
+            for f in group {
+                opened[f.id] = try Pidfd.open(child, flags: Int32(bitPattern: f.flags) & O_NONBLOCK)
+            }
+            try FileObjects.writeAll(park.write, [1], object: "\(object): stand-in \(child) for a reaped process")
+            let ended = try waitFor(child)
+            let want: WaitStatus = status & 0x7f != 0 ? .signaled(status & 0x7f) : .exited(status >> 8)
+            guard ended == want else {
+                throw CryoError("\(object): the stand-in \(child) for a reaped process ended \(ended), not \(want) as the image says")
+            }
+        } catch {
+            _ = try? Processes.kill(child, SIGKILL)
+            _ = try? waitFor(child)
+            for fd in opened.values { try? fd.close() }
+            throw error
+        }
+        made.merge(opened) { a, _ in a }
+    }
+
+    func closeAll() {
+        for fd in made.values { try? fd.close() }
+        made = [:]
     }
 }
