@@ -54,6 +54,11 @@ extension EndToEnd {
             try fileRoundTrip("pidfddead")
         }
 
+        @Test("a PIDFD_THREAD pidfd of its own thread still names that thread: PIDFD_SIGNAL_THREAD reaches it, its exit makes the pidfd readable")
+        func pidfdOfThread() throws {
+            try fileRoundTrip("pidfdthread")
+        }
+
         @Test("/proc files of live processes outside the tree are opened again; those of a reaped child name a dead process, as before")
         func procFilesOutsideTree() throws {
             try fileRoundTrip("procdead") { fixture, images in

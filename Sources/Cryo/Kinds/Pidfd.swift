@@ -19,6 +19,9 @@ struct PidfdState: DescriptorKind {
     var inode: UInt64? = nil
     /// The wait status the kernel kept for a reaped process (PIDFD_GET_INFO); nil when it kept none.
     var exitStatus: Int32? = nil
+    /// A pidfd of one thread (PIDFD_THREAD): of the holder's own thread, which comes back with its tid
+    /// before the holder's descriptors do, or of a thread-group leader.
+    var thread: Bool? = nil
 
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> PidfdState? {
         guard p.link == "anon_inode:[pidfd]" else { return nil }
@@ -26,9 +29,13 @@ struct PidfdState: DescriptorKind {
         if let nspid = p.info.value("NSpid"), nspid.split(whereSeparator: { $0 == " " || $0 == "\t" }).count > 1 {
             throw CryoError("\(p.object): a pidfd of pid \(pid) in another pid namespace (NSpid \(nspid)); not supported")
         }
-        // A thread's pidfd (PIDFD_THREAD, O_EXCL in its flags) would need the thread's own pid again.
-        if Int32(bitPattern: p.flags) & O_EXCL != 0 { throw CryoError("\(p.object): a pidfd of thread \(pid) (PIDFD_THREAD); not supported") }
-        guard pid == -1 else { return PidfdState(pid: pid) }
+        // PIDFD_THREAD shows as O_EXCL. Another process's threads may come back after the holder's descriptors.
+        let thread = Int32(bitPattern: p.flags) & O_EXCL != 0
+        if thread && pid > 0 && !table.treePids.contains(pid) && !Files.exists("/proc/\(p.pid)/task/\(pid)") {
+            throw CryoError("\(p.object): a pidfd of thread \(pid) (PIDFD_THREAD) of another process; "
+                + "only pidfds of the holder's own threads and of processes are supported")
+        }
+        guard pid == -1 else { return PidfdState(pid: pid, thread: thread ? true : nil) }
         // Before pidfs (Linux 6.9) every pidfd had the one anonymous inode: it tells nothing apart.
         let onPidfs = try Pidfd.isOnPidfs(p.handle, object: p.object)
         let status = try Pidfd.exitStatus(p.handle, object: p.object)
@@ -36,12 +43,12 @@ struct PidfdState: DescriptorKind {
             throw CryoError("\(p.object): a pidfd of a reaped process that dumped core (wait status 0x\(String(status, radix: 16))); "
                 + "a stand-in cannot end the same way without writing a core; not supported")
         }
-        return PidfdState(pid: -1, inode: onPidfs ? UInt64(p.stat.st_ino) : nil, exitStatus: status)
+        return PidfdState(pid: -1, inode: onPidfs ? UInt64(p.stat.st_ino) : nil, exitStatus: status, thread: thread ? true : nil)
     }
 
     /// Every pidfd names a process of the tree or a reaped one: another process may be gone or reused after restore.
     static func finishDump(_ table: FileTableBuilder) throws {
-        for (file, state) in entries(table.table.files) where state.pid > 0 && !table.dumpedPids.contains(state.pid) {
+        for (file, state) in entries(table.table.files) where state.pid > 0 && state.thread != true && !table.dumpedPids.contains(state.pid) {
             throw CryoError("\(table.objects[file.id] ?? "file #\(file.id)"): a pidfd of pid \(state.pid), which is not in the dumped tree; not supported")
         }
     }
@@ -56,7 +63,7 @@ struct PidfdState: DescriptorKind {
     }
 
     func summary(_ file: FileTable.OpenFile) -> String {
-        guard pid <= 0 else { return "pidfd of pid \(pid)" }
+        guard pid <= 0 else { return thread == true ? "pidfd of thread \(pid) (PIDFD_THREAD)" : "pidfd of pid \(pid)" }
         guard let exitStatus else { return "pidfd of a process that was reaped" }
         let sig = exitStatus & 0x7f
         return "pidfd of a process that was reaped (" + (sig != 0 ? "killed by signal \(sig))" : "exit status \(exitStatus >> 8))")
@@ -82,8 +89,8 @@ struct PidfdState: DescriptorKind {
                 if result < 0 { throw SyscallError("injected \(what)", errno: .init(rawValue: Int32(-result)), object: object) }
                 return result
             }
-            let nonBlocking = Int32(bitPattern: file.flags) & O_NONBLOCK != 0 ? UInt64(O_NONBLOCK) : 0
-            let made = try inject("pidfd_open(\(state.pid))", 434, UInt64(state.pid), nonBlocking)
+            let flags = Int32(bitPattern: file.flags) & O_NONBLOCK | (state.thread == true ? O_EXCL /* PIDFD_THREAD */ : 0)
+            let made = try inject("pidfd_open(\(state.pid))", 434, UInt64(state.pid), UInt64(flags))
             _ = try inject("dup3", 292, UInt64(made), UInt64(fd), closeOnExec ? UInt64(O_CLOEXEC) : 0)
             _ = try inject("close", 3, UInt64(made))
         }
@@ -120,7 +127,7 @@ final class PidfdStandIns: KindRebuilder {
         var opened: [Int: FileDescriptor] = [:]
         do {
             for f in group {
-                opened[f.id] = try Pidfd.open(child, flags: Int32(bitPattern: f.flags) & O_NONBLOCK)
+                opened[f.id] = try Pidfd.open(child, flags: Int32(bitPattern: f.flags) & (O_NONBLOCK | O_EXCL /* PIDFD_THREAD */))
             }
             try FileObjects.writeAll(park.write, [1], object: "\(object): stand-in \(child) for a reaped process")
             let ended = try waitFor(child)
