@@ -39,6 +39,13 @@ extension EndToEnd {
             try fileRoundTrip("leases")
         }
 
+        /// pipe() never sets O_LARGEFILE and open() always does, and F_SETFL cannot change it;
+        /// open() refuses O_DIRECT on a pipe or FIFO, F_SETFL takes it.
+        @Test("pipe and FIFO ends keep their exact F_GETFL (no O_LARGEFILE added), packet mode, O_ASYNC with its owner, size and bytes")
+        func pipeEndFlags() throws {
+            try fileRoundTrip("pipeends", extraArguments: ["flags"])
+        }
+
         @Test("F_SETOWN/F_SETOWN_EX owners (itself, its group, a child), F_SETSIG and O_ASYNC still signal after restore")
         func signalOwners() throws {
             try fileRoundTrip("sigio")

@@ -18,23 +18,24 @@ public struct PipeEndState: DescriptorKind {
 extension PipeEndState {
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> PipeEndState? {
         guard p.stat.st_mode & S_IFMT == S_IFIFO, p.link.hasPrefix("pipe:") else { return nil }
-        return try dumpEnd(p, into: table)
+        return try dumpEnd(p, into: table, fifo: false)
     }
 
     /// An end of a pipe or FIFO; its buffered bytes stay with the first end dumped.
-    static func dumpEnd(_ p: DescriptorProbe, into table: FileTableBuilder) throws -> PipeEndState {
+    static func dumpEnd(_ p: DescriptorProbe, into table: FileTableBuilder, fifo: Bool) throws -> PipeEndState {
         let accessMode = Int32(bitPattern: p.flags) & O_ACCMODE
         let capacity = try FileObjects.pipeCapacity(p.handle, object: p.object)
         let inode = UInt64(p.stat.st_ino)
+        // Only ends of the same kind: a pipefs inode number may also be a FIFO's on disk.
         let kept = table.table.files.contains { f in
-            (f.state as? PipeEndState)?.inode == inode || (f.state as? FifoState)?.end.inode == inode
+            fifo ? (f.state as? FifoState)?.end.inode == inode : (f.state as? PipeEndState)?.inode == inode
         }
         return PipeEndState(inode: inode, isReadEnd: accessMode == O_RDONLY, capacity: capacity,
                             buffered: kept ? nil : Data(try peek(p, capacity: capacity)))
     }
 
     func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
-        try context.rebuilder(PipeRebuilder.self).end(self, flags: file.flags, object: object)
+        try context.rebuilder(PipeRebuilder.self).end(self, file: file, object: object)
     }
 
     func summary(_ file: FileTable.OpenFile) -> String {
@@ -100,7 +101,7 @@ struct FifoState: DescriptorKind {
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> FifoState? {
         guard p.stat.st_mode & S_IFMT == S_IFIFO, !p.link.hasPrefix("pipe:") else { return nil }
         let removed = p.link.hasSuffix(RegularFileState.deletedSuffix) && p.stat.st_nlink == 0
-        return FifoState(end: try PipeEndState.dumpEnd(p, into: table),
+        return FifoState(end: try PipeEndState.dumpEnd(p, into: table, fifo: true),
                          removed: removed ? RemovedFifo(removedMode: p.stat.st_mode & 0o7777, removedUid: p.stat.st_uid, removedGid: p.stat.st_gid) : nil)
     }
 
@@ -119,28 +120,85 @@ struct FifoState: DescriptorKind {
 }
 
 /// Creates each pipe once and hands out its ends with their own flags.
+///
+/// An anonymous pipe's own pipe2() descriptions go to the descriptions that were
+/// pipe()'s: open() adds O_LARGEFILE, which pipe() never sets and F_SETFL cannot
+/// clear, so only a second description of an end (opened through /proc) is reopened.
 final class PipeRebuilder: KindRebuilder {
-    init(_ context: OpenContext) {}
-
+    private let context: OpenContext
+    /// By inode, the file ids of each pipe's descriptions, in file table order.
+    private var pipeDescriptions: [UInt64: [Int]] = [:]
     private var pipes: [UInt64: (read: FileDescriptor, write: FileDescriptor)] = [:]
+    /// Pipe ends whose pipe2() description went to a description already.
+    private var ownEndsGiven = Set<PipeEnd>()
     private var holders: [UInt64: FileDescriptor] = [:]
 
-    func end(_ state: PipeEndState, flags: UInt32, object: String) throws -> FileDescriptor {
-        let ends: (read: FileDescriptor, write: FileDescriptor)
-        if let existing = pipes[state.inode] {
-            ends = existing
-        } else {
-            ends = try FileObjects.pipe(object: object)
-            pipes[state.inode] = ends
-            try FileObjects.setPipeCapacity(ends.write, state.capacity, object: object)
+    private struct PipeEnd: Hashable {
+        var inode: UInt64
+        var isReadEnd: Bool
+    }
+
+    // The status flags F_SETFL sets (O_ASYNC apart: FileOwner arms it with its owner).
+    private static let directFlag: Int32 = 0o40000  // O_DIRECT: packet mode
+    private static let largeFileFlag: UInt32 = 0o100000  // O_LARGEFILE
+    private static let settableFlags: Int32 = O_APPEND | O_NONBLOCK | directFlag | 0o1000000  // | O_NOATIME
+
+    init(_ context: OpenContext) {
+        self.context = context
+        for f in context.files {
+            // The metatype test first: a dynamic cast of every entry costs more.
+            if type(of: f.state) == PipeEndState.self, let state = f.state as? PipeEndState {
+                pipeDescriptions[state.inode, default: []].append(f.id)
+            }
         }
-        if let buffered = state.buffered, !buffered.isEmpty {
-            // The bytes travel with whichever end was dumped first; write them once.
+    }
+
+    func end(_ state: PipeEndState, file: FileTable.OpenFile, object: String) throws -> FileDescriptor {
+        let ends = try pipe(state.inode, capacity: state.capacity, object: object)
+        let mine = state.isReadEnd ? ends.read : ends.write
+        let access = Int32(bitPattern: file.flags) & O_ACCMODE
+        let fd: FileDescriptor
+        let given: Int32
+        if file.flags & Self.largeFileFlag == 0, access == (state.isReadEnd ? O_RDONLY : O_WRONLY),
+           ownEndsGiven.insert(PipeEnd(inode: state.inode, isReadEnd: state.isReadEnd)).inserted {
+            fd = try FileObjects.duplicate(mine, object: object)
+            given = 0
+        } else {
+            (fd, given) = try Self.reopenWithoutDirect(path: "/proc/self/fd/\(mine.rawValue)", flags: file.flags, object: object)
+        }
+        try Self.setStatusFlags(fd, to: file.flags, given: given, object: object)
+        return fd
+    }
+
+    /// The pipe of `inode`, made at its first description with its size and buffered bytes.
+    private func pipe(_ inode: UInt64, capacity: Int32, object: String) throws -> (read: FileDescriptor, write: FileDescriptor) {
+        if let existing = pipes[inode] { return existing }
+        let ends = try FileObjects.pipe(object: object)
+        pipes[inode] = ends
+        try FileObjects.setPipeCapacity(ends.write, capacity, object: object)
+        // Before any end gets its flags: an O_DIRECT writer would cut the bytes into packets.
+        for id in pipeDescriptions[inode] ?? [] {
+            guard let buffered = (context.files[id].state as? PipeEndState)?.buffered, !buffered.isEmpty else { continue }
             try FileObjects.writeAll(ends.write, buffered, object: "\(object): refilling the pipe")
         }
-        // Each end gets a description of its own, with the old status flags.
-        let mine = state.isReadEnd ? ends.read : ends.write
-        return try reopen(path: "/proc/self/fd/\(mine.rawValue)", flags: flags, position: 0, object: object)
+        return ends
+    }
+
+    /// open() refuses O_DIRECT on a pipe or FIFO (EINVAL); F_SETFL takes it after.
+    /// Returns the descriptor and the settable flags it got.
+    private static func reopenWithoutDirect(path: String, flags: UInt32, object: String) throws -> (FileDescriptor, Int32) {
+        let flags = flags & ~UInt32(directFlag)
+        return (try reopen(path: path, flags: flags, position: 0, object: object), Int32(bitPattern: flags) & settableFlags)
+    }
+
+    /// F_SETFL to the dumped status flags where the open gave others (`given`); closes `fd` if that fails.
+    private static func setStatusFlags(_ fd: FileDescriptor, to flags: UInt32, given: Int32, object: String) throws {
+        let wanted = Int32(bitPattern: flags) & settableFlags
+        guard wanted != given else { return }
+        do { try FileObjects.setStatusFlags(fd, wanted, object: object) } catch {
+            try? fd.close()
+            throw error
+        }
     }
 
     /// A named FIFO: one holder opened read-write per FIFO keeps it alive
@@ -165,7 +223,9 @@ final class PipeRebuilder: KindRebuilder {
             try FileObjects.writeAll(holder, buffered, object: "\(object): refilling FIFO \(path)")
         }
         // An unlinked FIFO is reached through its holder; the holder reads and writes, so no open blocks.
-        return try reopen(path: removed == nil ? path : "/proc/self/fd/\(holder.rawValue)", flags: flags, position: 0, object: object)
+        let (fd, given) = try Self.reopenWithoutDirect(path: removed == nil ? path : "/proc/self/fd/\(holder.rawValue)", flags: flags, object: object)
+        try Self.setStatusFlags(fd, to: flags, given: given, object: object)
+        return fd
     }
 
     /// A FIFO unlinked while open: made under its old name (else a new one in its
