@@ -46,6 +46,12 @@ extension EndToEnd {
             try fileRoundTrip("pipeends", extraArguments: ["flags"])
         }
 
+        /// A FIFO reader reports POLLHUP once a writer has come and gone since it was opened, not before.
+        @Test("FIFO readers poll as before: no POLLHUP for one that never saw a writer, POLLHUP for one whose writers went")
+        func fifoHangUp() throws {
+            try fileRoundTrip("pipeends", extraArguments: ["hangup"])
+        }
+
         @Test("F_SETOWN/F_SETOWN_EX owners (itself, its group, a child), F_SETSIG and O_ASYNC still signal after restore")
         func signalOwners() throws {
             try fileRoundTrip("sigio")

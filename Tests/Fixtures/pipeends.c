@@ -19,6 +19,20 @@
  *           fifo     a FIFO's reader and writer, the writer in packet mode
  *                    (F_SETFL O_DIRECT), 11 unread bytes
  *
+ * hangup  poll(POLLIN) revents of FIFO readers must be what they were:
+ *           never    reader (O_NONBLOCK), no writer ever, 256 KiB: nothing;
+ *                    a writer coming and going after restore makes it hang up
+ *           gone     reader; a writer wrote 7 bytes and closed: IN|HUP
+ *           mixed    reader 1; a writer wrote 5 bytes and closed; reader 2
+ *                    opened after: IN|HUP for 1, IN alone for 2
+ *           live     reader and a writer still open: nothing; HUP once the
+ *                    writer is closed after restore
+ *           blocking reader opened O_NONBLOCK, made blocking, no writer: nothing
+ *           unlinked reader of a FIFO unlinked since, no writer ever: nothing
+ *           rdwr     reader, then an O_RDWR description: nothing; HUP once
+ *                    the O_RDWR one is closed after restore
+ *           pipe     an anonymous pipe's read end, its write end closed: HUP
+ *
  * Prints READY, then PASS or FAIL: reasons after SIGTERM.
  */
 #define _GNU_SOURCE
@@ -52,6 +66,24 @@ static void put(int fd, const char *what, size_t n)
 	char buf[8192];
 	for (size_t i = 0; i < n && i < sizeof(buf); i++) buf[i] = (char)(i * 7 + 3);
 	if (n > sizeof(buf) || write(fd, buf, n) != (ssize_t)n) die(what);
+}
+
+static int revents(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	if (poll(&p, 1, 0) < 0) return -1;
+	return p.revents;
+}
+
+static const char *events_name(int ev)
+{
+	static char s[8][32];
+	static int slot;
+	char *out = s[slot++ % 8];
+	snprintf(out, 32, "%s%s%s%s", ev & POLLIN ? "IN " : "", ev & POLLHUP ? "HUP " : "", ev & POLLERR ? "ERR " : "",
+		 ev & POLLNVAL ? "NVAL " : "");
+	if (!*out) snprintf(out, 32, "nothing");
+	return out;
 }
 
 /* The descriptors checked for exact F_GETFL, with their values before the dump. */
@@ -176,9 +208,100 @@ static void flags_check(void)
 	if (sigio_count == before) fail("async: no SIGIO after a write");
 }
 
+static const char *hup_names[] = { "never", "gone", "mixed 1", "mixed 2", "live", "blocking", "unlinked", "rdwr", "pipe" };
+#define NHUP (int)(sizeof(hup_names) / sizeof(hup_names[0]))
+static int hup_fd[NHUP], hup_before[NHUP];
+static const int hup_want[NHUP] = { 0, POLLIN | POLLHUP, POLLIN | POLLHUP, POLLIN, 0, 0, 0, 0, POLLHUP };
+enum { NEVER, GONE, MIXED1, MIXED2, LIVE, BLOCKING, UNLINKED, RDWR, PIPE };
+static char never_path[PATH_MAX];
+
+static int fifo(const char *dir, const char *name, char *path)
+{
+	static char own[PATH_MAX];
+	if (!path) path = own;
+	snprintf(path, PATH_MAX, "%s/%s.fifo", dir, name);
+	unlink(path);
+	if (mkfifo(path, 0600) != 0) die("mkfifo");
+	return open(path, O_RDONLY | O_NONBLOCK);
+}
+
+static void hangup_setup(const char *dir)
+{
+	char path[PATH_MAX];
+	int w;
+
+	hup_fd[NEVER] = place(fifo(dir, "never", never_path), 10);
+	if (fcntl(10, F_SETPIPE_SZ, 256 * 1024) < 0) die("F_SETPIPE_SZ");
+
+	hup_fd[GONE] = place(fifo(dir, "gone", path), 11);
+	if ((w = open(path, O_WRONLY)) < 0) die("open gone writer");
+	put(w, "gone bytes", 7);
+	close(w);
+
+	hup_fd[MIXED1] = place(fifo(dir, "mixed", path), 12);
+	if ((w = open(path, O_WRONLY)) < 0) die("open mixed writer");
+	put(w, "mixed bytes", 5);
+	close(w);
+	hup_fd[MIXED2] = place(open(path, O_RDONLY | O_NONBLOCK), 13);
+
+	hup_fd[LIVE] = place(fifo(dir, "live", path), 14);
+	place(open(path, O_WRONLY), 20);
+
+	hup_fd[BLOCKING] = place(fifo(dir, "blocking", NULL), 15);
+	if (fcntl(15, F_SETFL, 0) != 0) die("F_SETFL blocking");
+
+	hup_fd[UNLINKED] = place(fifo(dir, "unlinked", path), 16);
+	if (unlink(path) != 0) die("unlink");
+
+	hup_fd[RDWR] = place(fifo(dir, "rdwr", path), 17);
+	place(open(path, O_RDWR), 21);
+
+	int p[2];
+	if (pipe(p) != 0) die("pipe");
+	hup_fd[PIPE] = place(p[0], 18);
+	close(p[1]);
+
+	for (int i = 0; i < NHUP; i++) {
+		hup_before[i] = revents(hup_fd[i]);
+		if (hup_before[i] != hup_want[i]) {
+			printf("setup: %s: poll says %s before the dump, want %s\n", hup_names[i], events_name(hup_before[i]),
+			       events_name(hup_want[i]));
+			fflush(stdout);
+			exit(2);
+		}
+		track(hup_names[i], hup_fd[i]);
+	}
+	track("live: writer", 20);
+	track("rdwr: O_RDWR", 21);
+}
+
+static void hangup_check(void)
+{
+	check_flags();
+	for (int i = 0; i < NHUP; i++) {
+		int now = revents(hup_fd[i]);
+		if (now != hup_before[i])
+			fail("%s (fd %d): poll says %s, was %s", hup_names[i], hup_fd[i], events_name(now), events_name(hup_before[i]));
+	}
+	if (fcntl(10, F_GETPIPE_SZ) != 256 * 1024) fail("never: pipe size %d", fcntl(10, F_GETPIPE_SZ));
+	if (unread(11) != 7 || unread(12) != 5) fail("gone/mixed: %d and %d unread bytes, want 7 and 5", unread(11), unread(12));
+
+	/* Still live FIFOs: a writer coming and going makes a quiet reader hang up. */
+	int w = open(never_path, O_WRONLY | O_NONBLOCK);
+	if (w < 0) fail("never: open a writer: %s", strerror(errno));
+	else {
+		close(w);
+		if (revents(10) != POLLHUP) fail("never: after a writer came and went poll says %s, want HUP", events_name(revents(10)));
+	}
+	close(20);
+	if (revents(14) != POLLHUP) fail("live: its writer closed, poll says %s, want HUP", events_name(revents(14)));
+	close(21);
+	if (revents(17) != POLLHUP) fail("rdwr: the O_RDWR one closed, poll says %s, want HUP", events_name(revents(17)));
+}
+
 int main(int argc, char **argv)
 {
-	if (argc < 3) { fprintf(stderr, "usage: pipeends FOLDER flags\n"); return 2; }
+	if (argc < 3) { fprintf(stderr, "usage: pipeends FOLDER flags|hangup\n"); return 2; }
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_term;
@@ -190,12 +313,15 @@ int main(int argc, char **argv)
 	for (int fd = 3; fd < 1024; fd++)
 		close(fd);
 
-	if (strcmp(argv[2], "flags") == 0) flags_setup(argv[1]);
+	int flags = strcmp(argv[2], "flags") == 0;
+	if (flags) flags_setup(argv[1]);
+	else if (strcmp(argv[2], "hangup") == 0) hangup_setup(argv[1]);
 	else { fprintf(stderr, "unknown variant %s\n", argv[2]); return 2; }
 
 	ready_then_wait(&got_term);
 
-	flags_check();
+	if (flags) flags_check();
+	else hangup_check();
 
 	if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
 	printf("PASS\n");

@@ -188,14 +188,22 @@ final class OpenContext {
     let files: [FileTable.OpenFile]
     let paths: ImagePaths
     let options: KindOptions
+    /// By file id, a descriptor that holds it ("pid 42 fd 3"), for error messages.
+    let holders: [Int: String]
     /// By file id, those opened so far.
     var opened: [FileDescriptor] = []
     private var rebuilders: [ObjectIdentifier: any KindRebuilder] = [:]
 
-    init(files: [FileTable.OpenFile], paths: ImagePaths, options: KindOptions) {
+    init(files: [FileTable.OpenFile], paths: ImagePaths, options: KindOptions, holders: [Int: String] = [:]) {
         self.files = files
         self.paths = paths
         self.options = options
+        self.holders = holders
+    }
+
+    /// How messages name description `f`: a descriptor holding it, its number and path.
+    func object(_ f: FileTable.OpenFile) -> String {
+        "\(holders[f.id].map { "\($0): " } ?? "")file #\(f.id) (\(f.path ?? f.kind))"
     }
 
     /// The kind's rebuilder, made on first use.

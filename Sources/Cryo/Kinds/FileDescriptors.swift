@@ -337,11 +337,10 @@ extension FileTable {
     /// Opens every description in the controller, ready to be passed to the tasks.
     /// `holders` names, per file id, a descriptor that holds it ("pid 42 fd 3"), for error messages.
     func open(paths: ImagePaths, options: KindOptions, holders: [Int: String] = [:]) throws -> OpenedFiles {
-        let context = OpenContext(files: files, paths: paths, options: options)
+        let context = OpenContext(files: files, paths: paths, options: options, holders: holders)
         do {
             for f in files {
-                let object = "\(holders[f.id].map { "\($0): " } ?? "")file #\(f.id) (\(f.path ?? f.kind))"
-                context.opened.append(try f.state.open(f, object: object, context: context))
+                context.opened.append(try f.state.open(f, object: context.object(f), context: context))
             }
         } catch {
             context.closeRebuilders()

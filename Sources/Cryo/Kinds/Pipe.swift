@@ -13,6 +13,9 @@ public struct PipeEndState: DescriptorKind {
     public var capacity: Int32
     /// Bytes buffered in the pipe at dump, read without draining it.
     public var buffered: Data?
+    /// For a FIFO's read-only end: whether poll() showed POLLHUP at dump (a writer
+    /// came and went since it was opened). nil for other ends and older images.
+    public var hungUp: Bool?
 }
 
 extension PipeEndState {
@@ -101,7 +104,13 @@ struct FifoState: DescriptorKind {
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> FifoState? {
         guard p.stat.st_mode & S_IFMT == S_IFIFO, !p.link.hasPrefix("pipe:") else { return nil }
         let removed = p.link.hasSuffix(RegularFileState.deletedSuffix) && p.stat.st_nlink == 0
-        return FifoState(end: try PipeEndState.dumpEnd(p, into: table, fifo: true),
+        var end = try PipeEndState.dumpEnd(p, into: table, fifo: true)
+        if Int32(bitPattern: p.flags) & O_ACCMODE == O_RDONLY {
+            // A reader shows POLLHUP only once a writer has come since its open and all have gone:
+            // one that shows none must not see the writer restore uses to put the FIFO back.
+            end.hungUp = try Sockets.pollEvents(p.handle, object: p.object) & Int16(POLLHUP) != 0
+        }
+        return FifoState(end: end,
                          removed: removed ? RemovedFifo(removedMode: p.stat.st_mode & 0o7777, removedUid: p.stat.st_uid, removedGid: p.stat.st_gid) : nil)
     }
 
@@ -110,8 +119,7 @@ struct FifoState: DescriptorKind {
     }
 
     func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
-        try context.rebuilder(PipeRebuilder.self).fifoEnd(end, path: file.path ?? "", removed: removed, flags: file.flags, object: object,
-                                                          fallback: context.paths.directory)
+        try context.rebuilder(PipeRebuilder.self).fifoEnd(file, object: object)
     }
 
     func summary(_ file: FileTable.OpenFile) -> String {
@@ -124,14 +132,24 @@ struct FifoState: DescriptorKind {
 /// An anonymous pipe's own pipe2() descriptions go to the descriptions that were
 /// pipe()'s: open() adds O_LARGEFILE, which pipe() never sets and F_SETFL cannot
 /// clear, so only a second description of an end (opened through /proc) is reopened.
+///
+/// A FIFO's descriptions are all opened at once, at the first: a read-write holder
+/// keeps it open (no open blocks) while its bytes go back. A reader opened while a
+/// writer is there reports POLLHUP once the writers are gone; one that had seen no
+/// writer at dump is opened after the holder is closed, so it still has seen none.
 final class PipeRebuilder: KindRebuilder {
     private let context: OpenContext
-    /// By inode, the file ids of each pipe's descriptions, in file table order.
+    /// By inode, the file ids of each pipe's descriptions and of each FIFO's, in file table order.
     private var pipeDescriptions: [UInt64: [Int]] = [:]
+    private var fifoDescriptions: [UInt64: [Int]] = [:]
     private var pipes: [UInt64: (read: FileDescriptor, write: FileDescriptor)] = [:]
     /// Pipe ends whose pipe2() description went to a description already.
     private var ownEndsGiven = Set<PipeEnd>()
-    private var holders: [UInt64: FileDescriptor] = [:]
+    /// Descriptions opened with the rest of their FIFO, by file id, until handed out.
+    private var fifoReady: [Int: FileDescriptor] = [:]
+    private var fifosOpened = Set<UInt64>()
+    /// cryo's own holders of FIFOs (read-write, or read-only once a quiet reader is open), closed at the end.
+    private var holders: [FileDescriptor] = []
 
     private struct PipeEnd: Hashable {
         var inode: UInt64
@@ -149,6 +167,8 @@ final class PipeRebuilder: KindRebuilder {
             // The metatype test first: a dynamic cast of every entry costs more.
             if type(of: f.state) == PipeEndState.self, let state = f.state as? PipeEndState {
                 pipeDescriptions[state.inode, default: []].append(f.id)
+            } else if type(of: f.state) == FifoState.self, let state = f.state as? FifoState {
+                fifoDescriptions[state.end.inode, default: []].append(f.id)
             }
         }
     }
@@ -201,31 +221,63 @@ final class PipeRebuilder: KindRebuilder {
         }
     }
 
-    /// A named FIFO: one holder opened read-write per FIFO keeps it alive
-    /// (so no open blocks) while its bytes are put back and its ends reopened.
-    func fifoEnd(_ state: PipeEndState, path: String, removed: FifoState.RemovedFifo?, flags: UInt32, object: String,
-                 fallback: String) throws -> FileDescriptor {
-        let holder: FileDescriptor
-        if let existing = holders[state.inode] {
-            holder = existing
-        } else {
-            if let removed {
-                holder = try makeRemovedFifo(path: path, removed, inode: state.inode, object: object, fallback: fallback)
-            } else {
-                do { holder = try Files.open(path, .readWrite, options: [.nonBlocking]) } catch {
-                    throw CryoError("\(object): FIFO \(path): \(error)")
-                }
-            }
-            holders[state.inode] = holder
-            try FileObjects.setPipeCapacity(holder, state.capacity, object: object)
+    func fifoEnd(_ file: FileTable.OpenFile, object: String) throws -> FileDescriptor {
+        if let state = file.state as? FifoState, fifosOpened.insert(state.end.inode).inserted {
+            try openFifo(state.end.inode, first: file, object: object)
         }
-        if let buffered = state.buffered, !buffered.isEmpty {
+        guard let fd = fifoReady.removeValue(forKey: file.id) else {
+            throw CryoError("\(object): FIFO \(file.path ?? "") was not opened with the other descriptions of its inode")
+        }
+        return fd
+    }
+
+    /// Opens every description of the FIFO `inode`, `first` being the first of them in the file table.
+    private func openFifo(_ inode: UInt64, first: FileTable.OpenFile, object: String) throws {
+        guard let firstState = first.state as? FifoState else { return }
+        let path = first.path ?? ""
+        let removed = firstState.removed
+        var holder: FileDescriptor
+        if let removed {
+            holder = try makeRemovedFifo(path: path, removed, inode: inode, object: object, fallback: context.paths.directory)
+        } else {
+            do { holder = try Files.open(path, .readWrite, options: [.nonBlocking]) } catch {
+                throw CryoError("\(object): FIFO \(path): \(error)")
+            }
+        }
+        holders.append(holder)
+        try FileObjects.setPipeCapacity(holder, firstState.end.capacity, object: object)
+        let members = (fifoDescriptions[inode] ?? [first.id]).map { context.files[$0] }
+        for f in members {
+            guard let buffered = (f.state as? FifoState)?.end.buffered, !buffered.isEmpty else { continue }
             try FileObjects.writeAll(holder, buffered, object: "\(object): refilling FIFO \(path)")
         }
-        // An unlinked FIFO is reached through its holder; the holder reads and writes, so no open blocks.
-        let (fd, given) = try Self.reopenWithoutDirect(path: removed == nil ? path : "/proc/self/fd/\(holder.rawValue)", flags: flags, object: object)
-        try Self.setStatusFlags(fd, to: flags, given: given, object: object)
-        return fd
+        // Quiet readers only where nothing in the image writes: a writer restored
+        // with them would be one they have seen.
+        let writes = members.contains { Int32(bitPattern: $0.flags) & O_ACCMODE != O_RDONLY }
+        func isQuiet(_ f: FileTable.OpenFile) -> Bool { !writes && (f.state as? FifoState)?.end.hungUp == false }
+        // An unlinked FIFO is reached through a holder of cryo's.
+        func name(_ f: FileTable.OpenFile) -> String { removed == nil ? (f.path ?? path) : "/proc/self/fd/\(holder.rawValue)" }
+
+        for f in members where !isQuiet(f) {
+            let what = context.object(f)
+            let (fd, given) = try Self.reopenWithoutDirect(path: name(f), flags: f.flags, object: what)
+            try Self.setStatusFlags(fd, to: f.flags, given: given, object: what)
+            fifoReady[f.id] = fd
+        }
+        guard members.contains(where: isQuiet) else { return }
+        // A read-only holder keeps the FIFO and its bytes while no writer is left.
+        let keeper = try reopen(path: "/proc/self/fd/\(holder.rawValue)", flags: UInt32(O_RDONLY | O_NONBLOCK), position: 0, object: object)
+        holders.append(keeper)
+        holders.removeAll { $0 == holder }
+        try holder.close()
+        holder = keeper
+        for f in members where isQuiet(f) {
+            // With O_NONBLOCK: a reader's open waits for a writer otherwise.
+            let what = context.object(f)
+            let (fd, given) = try Self.reopenWithoutDirect(path: name(f), flags: f.flags | UInt32(O_NONBLOCK), object: what)
+            try Self.setStatusFlags(fd, to: f.flags, given: given, object: what)
+            fifoReady[f.id] = fd
+        }
     }
 
     /// A FIFO unlinked while open: made under its old name (else a new one in its
@@ -255,6 +307,8 @@ final class PipeRebuilder: KindRebuilder {
 
     func closeAll() {
         for ends in pipes.values { try? ends.read.close(); try? ends.write.close() }
-        for holder in holders.values { try? holder.close() }
+        for holder in holders { try? holder.close() }
+        for fd in fifoReady.values { try? fd.close() }
+        fifoReady = [:]
     }
 }
