@@ -183,4 +183,20 @@ struct ProcParserTests {
         let odd = try parseFDInfo("pos:\tx\nflags:\t9\n")
         #expect(odd.position == 0 && odd.flags == 0)
     }
+
+    /// fs/notify/fdinfo.c prints the watch descriptor with %x, like every other number there.
+    @Test("inotify fdinfo: watch descriptors are hex (wd:10 is 16, wd:3f is 63)")
+    func inotifyWatchNumbers() throws {
+        let text = "pos:\t0\nflags:\t02004000\nmnt_id:\t16\nino:\t1057\n"
+            + "inotify wd:3 ino:7d9 sdev:fe00000 mask:2 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:d907000026b8bd3c\n"
+            + "inotify wd:10 ino:1a2b sdev:2d mask:300 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:2b1a000000000000\n"
+            + "inotify wd:3f ino:ff sdev:2d mask:8000100 ignored_mask:0\n"
+        let lines = fdinfoFields(try parseFDInfo(text), prefix: "inotify ")
+        let watches = lines.compactMap { InotifyState.watchNumbers($0.fields) }
+        try #require(watches.count == 3, "\(lines)")
+        #expect(watches.map(\.wd) == [3, 16, 63])
+        #expect(watches[1].inode == 0x1a2b && watches[1].kernelDevice == 0x2d && watches[1].mask == 0x300)
+        #expect(watches[2].mask == 0x800_0100)
+        #expect(InotifyState.watchNumbers(["wd": "zz", "ino": "1", "sdev": "1", "mask": "1"]) == nil)
+    }
 }

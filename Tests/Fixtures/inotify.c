@@ -4,6 +4,9 @@
  * third watch added and removed so the live watch descriptors are 1 and 3.
  * After SIGTERM it creates a file in the folder and modifies the watched file:
  * both events must arrive with the watch descriptors of before.
+ * With argv[2] "many", 40 more files are watched (watch descriptors 4 to 43,
+ * which fdinfo prints in hex: "wd:10" is 16); after restore the files of
+ * watches 16 and 43 are modified and must report under those numbers.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -29,6 +32,10 @@ static void fail(const char *what) {
 
 int main(int argc, char **argv) {
     const char *dir = argc > 1 ? argv[1] : "/tmp";
+    enum { MANY = 40 };
+    int many = argc > 2 && strcmp(argv[2], "many") == 0;
+    int many_wd[MANY];
+    char many_path[MANY][PATH_MAX];
     signal(SIGTERM, on_term);
     char file[PATH_MAX], other[PATH_MAX], created[PATH_MAX];
     snprintf(file, sizeof file, "%s/watched", dir);
@@ -46,6 +53,13 @@ int main(int argc, char **argv) {
     char buf[4096] __attribute__((aligned(8)));
     while (read(in, buf, sizeof buf) > 0) {}
     if (dir_wd != 1 || file_wd != 3) { printf("FAIL: unexpected wds %d %d\n", dir_wd, file_wd); return 1; }
+    for (int i = 0; many && i < MANY; i++) {
+        snprintf(many_path[i], PATH_MAX, "%s/many-%d", dir, i);
+        close(open(many_path[i], O_CREAT | O_WRONLY, 0644));
+        many_wd[i] = inotify_add_watch(in, many_path[i], IN_MODIFY);
+        if (many_wd[i] != 4 + i) { printf("FAIL: watch of %s is %d, not %d\n", many_path[i], many_wd[i], 4 + i); return 1; }
+    }
+    while (read(in, buf, sizeof buf) > 0) {}
 
     printf("READY\n");
     fflush(stdout);
@@ -55,8 +69,16 @@ int main(int argc, char **argv) {
     int w = open(file, O_WRONLY);
     write(w, "x", 1);
     close(w);
+    /* Watches 16 (many-12) and 43 (many-39): two hex digits in fdinfo, one of them a letter. */
+    const int touched[2] = { 12, MANY - 1 };
+    int saw_many[2] = { !many, !many };
+    for (int k = 0; many && k < 2; k++) {
+        int m = open(many_path[touched[k]], O_WRONLY);
+        write(m, "y", 1);
+        close(m);
+    }
     int saw_create = 0, saw_modify = 0;
-    for (int tries = 0; tries < 50 && !(saw_create && saw_modify); tries++) {
+    for (int tries = 0; tries < 50 && !(saw_create && saw_modify && saw_many[0] && saw_many[1]); tries++) {
         struct pollfd p = { in, POLLIN, 0 };
         poll(&p, 1, 100);
         ssize_t n = read(in, buf, sizeof buf);
@@ -64,6 +86,8 @@ int main(int argc, char **argv) {
             struct inotify_event *e = (struct inotify_event *)q;
             if (e->wd == dir_wd && (e->mask & IN_CREATE) && e->len && strcmp(e->name, "created-after-restore") == 0) saw_create = 1;
             else if (e->wd == file_wd && (e->mask & IN_MODIFY)) saw_modify = 1;
+            else if (many && e->wd == many_wd[touched[0]] && (e->mask & IN_MODIFY)) saw_many[0] = 1;
+            else if (many && e->wd == many_wd[touched[1]] && (e->mask & IN_MODIFY)) saw_many[1] = 1;
             else {
                 char what[128];
                 snprintf(what, sizeof what, "unexpected event wd %d mask %#x", e->wd, e->mask);
@@ -74,10 +98,17 @@ int main(int argc, char **argv) {
     }
     if (!saw_create) fail("no IN_CREATE on the folder's watch");
     if (!saw_modify) fail("no IN_MODIFY on the file's watch");
+    for (int k = 0; k < 2; k++)
+        if (!saw_many[k]) {
+            char what[128];
+            snprintf(what, sizeof what, "no IN_MODIFY on watch %d (many-%d)", many_wd[touched[k]], touched[k]);
+            fail(what);
+        }
     if (!(fcntl(in, F_GETFL) & O_NONBLOCK)) fail("O_NONBLOCK lost");
     /* A new watch gets a fresh descriptor, not one of the old ones. */
     int again = inotify_add_watch(in, other, IN_MODIFY);
     if (again == dir_wd || again == file_wd || again < 0) fail("new watch reuses an old descriptor");
+    if (many && again <= many_wd[MANY - 1]) fail("new watch reuses an old descriptor of the many");
     unlink(created);
     if (failures[0]) printf("FAIL: %s\n", failures); else printf("PASS\n");
     return failures[0] ? 1 : 0;

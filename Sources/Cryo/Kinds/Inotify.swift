@@ -28,8 +28,7 @@ public struct InotifyState: DescriptorKind {
         }
         var watches: [Watch] = []
         for (line, fields) in fdinfoFields(p.info, prefix: "inotify ") {
-            guard let wd = fields["wd"].flatMap({ Int32($0) }), let mask = fields["mask"].flatMap({ UInt32($0, radix: 16) }),
-                  let sdev = fields["sdev"].flatMap({ UInt64($0, radix: 16) }), let ino = fields["ino"].flatMap({ UInt64($0, radix: 16) }) else {
+            guard let (wd, mask, sdev, ino) = watchNumbers(fields) else {
                 throw CryoError("\(p.object): unreadable inotify line in fdinfo: \(line)")
             }
             let path = try resolve(fields, kernelDevice: sdev, inode: ino, object: "\(p.object) (inotify wd \(wd))")
@@ -38,6 +37,16 @@ public struct InotifyState: DescriptorKind {
             watches.append(Watch(wd: wd, mask: mask, path: path, device: device, inode: ino))
         }
         return InotifyState(watches: watches.sorted { $0.wd < $1.wd })
+    }
+
+    /// The numbers of one watch line. The kernel prints every one of them in hex, the
+    /// watch descriptor too: "wd:1a" is watch 26.
+    static func watchNumbers(_ fields: [String: String]) -> (wd: Int32, mask: UInt32, kernelDevice: UInt64, inode: UInt64)? {
+        guard let wd = fields["wd"].flatMap({ Int32($0, radix: 16) }), let mask = fields["mask"].flatMap({ UInt32($0, radix: 16) }),
+              let sdev = fields["sdev"].flatMap({ UInt64($0, radix: 16) }), let ino = fields["ino"].flatMap({ UInt64($0, radix: 16) }) else {
+            return nil
+        }
+        return (wd, mask, sdev, ino)
     }
 
     /// The path of the watched inode: open_by_handle_at through a mount of its device.

@@ -1,0 +1,30 @@
+// inotify instances whose watches are awkward to find again: many of them
+// (watch descriptors that fdinfo prints with letters). Each fixture checks
+// its own events after restore.
+
+import Foundation
+import Glibc
+import Testing
+
+extension EndToEnd {
+    @Suite("inotify watches")
+    struct InotifyTests {
+        @Test("43 watches come back under their own descriptors (fdinfo prints them in hex: wd:10 is 16, wd:2b is 43)")
+        func manyWatches() throws {
+            try inotifyRoundTrip("many")
+        }
+
+        private func inotifyRoundTrip(_ mode: String, checkImage: (String, Scratch) throws -> Void = { _, _ in }) throws {
+            let scratch = try Scratch("inotify-\(mode)")
+            defer { scratch.remove() }
+            let fixture = try Fixture("inotify", arguments: [try scratch.folder("inotify-work"), mode], in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let (images, _) = try dumpAndReap(fixture, in: scratch)
+            try checkImage(images, scratch)
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore)
+        }
+    }
+}
