@@ -108,6 +108,13 @@ extension EndToEnd {
             try fileRoundTrip("memfdexec")
         }
 
+        /// Only open() for writing makes a writer of the file; exec refuses a file with writers (ETXTBSY).
+        @Test("a memfd runs by execveat through its own read-write descriptor after restore, also while mapped shared and writable",
+              arguments: ["writable", "mapped"])
+        func memfdExecThroughOwnDescriptor(_ mode: String) throws {
+            try fileRoundTrip("memfdexec", extraArguments: [mode])
+        }
+
         @Test("/proc/self and a child's /proc/PID files and directory, and namespace files, name the restored processes again")
         func procFiles() throws {
             try fileRoundTrip("procfiles")

@@ -51,17 +51,84 @@ public struct MemfdState: DescriptorKind {
             ? nil : "memfd \(name) of \(size) bytes with huge pages of \(page) bytes"
     }
 
-    /// A description of a memfd already restored (same inode at dump) is a new description of that memfd.
+    /// One memfd is made per inode of the dump; every description of it is a description of that memfd.
+    /// memfd_create's own description does not count as a writer of the file (it is not made by open()),
+    /// while every open() for writing does, and exec refuses a file with writers (ETXTBSY): so the first
+    /// read-write description of each memfd is memfd_create's own (`ownDescriptions`), the others are opened
+    /// through it, and a writable shared mapping maps memfd_create's too (Restore.openSlots). Before the
+    /// dump a program could exec the memfd it wrote through its memfd_create descriptor; so it can after.
     func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
-        let sibling = inode == nil ? nil : Self.entries(context.files).first { $0.file.id < file.id && $0.state.inode == inode }
-        return try open(flags: file.flags, position: file.position, object: object, paths: context.paths, id: file.id,
-                        sibling: sibling.map { context.opened[$0.file.id] })
+        let made = try context.rebuilder(MemfdRebuilder.self)
+        let memfd: FileDescriptor
+        var madeHere: FileDescriptor?
+        if let inode {
+            if let known = made.memfds[inode] {
+                memfd = known
+            } else {
+                memfd = try make(object: object, paths: context.paths, id: file.id)
+                made.memfds[inode] = memfd
+            }
+        } else {
+            // Images made before inodes were recorded: a memfd of its own for each description, as then.
+            memfd = try make(object: object, paths: context.paths, id: file.id)
+            madeHere = memfd
+        }
+        defer { try? madeHere?.close() }
+        guard made.ownDescriptions[file.id] == file.id else {
+            return try reopen(path: "/proc/self/fd/\(memfd.rawValue)", flags: file.flags, position: file.position, object: object)
+        }
+        let fd = try FileObjects.duplicate(memfd, object: object)
+        do {
+            // What F_SETFL can change, as open() would have set it (O_ASYNC waits for the owner: FileOwner).
+            let settable = Int32(bitPattern: file.flags) & (O_APPEND | O_NONBLOCK | Self.directIO | Self.noAccessTime)
+            if settable != 0 { try FileObjects.setStatusFlags(fd, settable, object: object) }
+            if file.position != 0 {
+                do { _ = try fd.seek(offset: file.position, from: .start) } catch {
+                    throw SyscallError("lseek", errno: error as? Errno ?? .ioError, object: object)
+                }
+            }
+        } catch {
+            try? fd.close()
+            throw error
+        }
+        return fd
     }
 
-    func open(flags: UInt32, position: Int64, object: String, paths: ImagePaths, id: Int, sibling: FileDescriptor?) throws -> FileDescriptor {
-        if let sibling { return try reopen(path: "/proc/self/fd/\(sibling.rawValue)", flags: flags, position: position, object: object) }
+    // O_DIRECT and O_NOATIME of x86_64, which Glibc exports only under _GNU_SOURCE.
+    private static let directIO: Int32 = 0o40000, noAccessTime: Int32 = 0o1000000
+
+    /// By memfd entry, the entry that gets memfd_create's own description: the first read-write one
+    /// of the same memfd; none when it has no read-write description. One pass over the table.
+    static func ownDescriptions(_ files: [FileTable.OpenFile]) -> [Int: Int] {
+        func readWrite(_ f: FileTable.OpenFile) -> Bool { Int32(bitPattern: f.flags) & (O_ACCMODE | CRYO_O_PATH) == O_RDWR }
+        let memfds = entries(files)
+        var firstReadWrite: [UInt64: Int] = [:]
+        for (file, state) in memfds where readWrite(file) {
+            if let inode = state.inode, firstReadWrite[inode] == nil { firstReadWrite[inode] = file.id }
+        }
+        var own: [Int: Int] = [:]
+        for (file, state) in memfds {
+            // Images made before inodes were recorded: each entry is a memfd of its own.
+            if let id = state.inode.map({ firstReadWrite[$0] }) ?? (readWrite(file) ? file.id : nil) { own[file.id] = id }
+        }
+        return own
+    }
+
+    /// The memfd with its contents, mode and seals.
+    private func make(object: String, paths: ImagePaths, id: Int) throws -> FileDescriptor {
         let memfd = try FileObjects.memfd(name: name, allowSealing: true, hugePageSize: hugePageSize, object: "\(object) (\(name))")
-        defer { try? memfd.close() }
+        do {
+            try fill(memfd, object: object, paths: paths, id: id)
+            try FileObjects.setMode(memfd, mode, object: object)
+            if seals != 0 { try FileObjects.addSeals(memfd, seals, object: object) }
+        } catch {
+            try? memfd.close()
+            throw error
+        }
+        return memfd
+    }
+
+    private func fill(_ memfd: FileDescriptor, object: String, paths: ImagePaths, id: Int) throws {
         if let page = hugePageSize {
             // hugetlbfs has no write(2): sized, then filled through a mapping, which reserves its pages first.
             let what = "\(object) (memfd \(name))"
@@ -88,9 +155,23 @@ public struct MemfdState: DescriptorKind {
         } else {
             try restoreContents(to: memfd, extents: extents, size: size, from: paths.fileData(id), object: "\(object) (memfd \(name))")
         }
-        try FileObjects.setMode(memfd, mode, object: object)
-        if seals != 0 { try FileObjects.addSeals(memfd, seals, object: object) }
-        return try reopen(path: "/proc/self/fd/\(memfd.rawValue)", flags: flags, position: position, object: object)
+    }
+}
+
+/// The memfds made so far, by inode of the dump: cryo's copies of memfd_create's own descriptions,
+/// closed once every description is open.
+final class MemfdRebuilder: KindRebuilder {
+    var memfds: [UInt64: FileDescriptor] = [:]
+    /// MemfdState.ownDescriptions of the table.
+    let ownDescriptions: [Int: Int]
+
+    init(_ context: OpenContext) {
+        ownDescriptions = MemfdState.ownDescriptions(context.files)
+    }
+
+    func closeAll() {
+        for fd in memfds.values { try? fd.close() }
+        memfds = [:]
     }
 }
 

@@ -897,7 +897,12 @@ public struct Restorer {
                     guard descriptions.indices.contains(file), image.fileTable.files[file].kind == MemfdState.name else {
                         throw CryoError("pid \(pid): mapping 0x\(hex(m.start)) names file #\(file), which is not a memfd")
                     }
-                    slots.mappings[key] = slots.add(try Files.open("/proc/self/fd/\(descriptions[file].rawValue)", writable ? .readWrite : .readOnly))
+                    if writable, let own = session.memfdOwnDescription(of: file, in: image.fileTable.files) {
+                        // memfd_create's own description, which is no writer of the file: exec of the memfd works as before.
+                        slots.mappings[key] = slots.add(descriptions[own], owned: false)
+                    } else {
+                        slots.mappings[key] = slots.add(try Files.open("/proc/self/fd/\(descriptions[file].rawValue)", writable ? .readWrite : .readOnly))
+                    }
                 } else if m.kind == .packetRing, let file = m.file {
                     // The socket itself, its rings set up when it was made: a socket cannot be opened again by path.
                     let key = "packetRing:\(file)"
@@ -1463,6 +1468,15 @@ final class RestoreSession: @unchecked Sendable {
 
     /// Files every task that needs them receives (a mapped library, the executable, a cwd), opened
     /// once by the first: by "map:(r|rw):PATH", "exe:PATH", "dir:PATH".
+    private var memfdOwnDescriptions: [Int: Int]?
+    /// MemfdState.ownDescriptions, worked out once.
+    func memfdOwnDescription(of file: Int, in files: [FileTable.OpenFile]) -> Int? {
+        lock.withLock {
+            if memfdOwnDescriptions == nil { memfdOwnDescriptions = MemfdState.ownDescriptions(files) }
+            return memfdOwnDescriptions![file]
+        }
+    }
+
     private var sharedFiles: [String: SharedFile] = [:]
     func sharedFile(_ key: String, open: () throws -> FileDescriptor) throws -> SharedFile {
         try sharedFile(key) { (try open(), nil) }
