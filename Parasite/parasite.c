@@ -658,12 +658,14 @@ static long restore_timers(struct cryo_args_header *h) {
 static long restore_creds(struct cryo_args_header *h) {
     struct cryo_creds *c = payload(h);
     const uint32_t keep_caps = 1u << 4; /* SECBIT_KEEP_CAPS, what PR_SET_KEEPCAPS sets */
+    if (c->group_count > CRYO_MAX_GROUPS || h->payload_size < sizeof(*c) + 8ul * c->group_count)
+        return fail(h, -22 /* EINVAL */, c->group_count, NR_setgroups, 0);
+    uint32_t *groups = (uint32_t *)(c + 1), *current = groups + c->group_count;
     /* setgroups needs CAP_SETGID even for the same list: skip it when nothing changes. */
-    uint32_t current[CRYO_MAX_GROUPS];
-    long have = sys2(NR_getgroups, CRYO_MAX_GROUPS, current);
-    int same = have == (long)c->group_count;
-    for (long i = 0; same && i < have; i++) same = current[i] == c->groups[i];
-    if (!same) CHECK(h, sys2(NR_setgroups, c->group_count, c->groups), 0, NR_setgroups, 0);
+    long have = sys2(NR_getgroups, 0, 0);
+    int same = have == (long)c->group_count && sys2(NR_getgroups, have, current) == have;
+    for (long i = 0; same && i < have; i++) same = current[i] == groups[i];
+    if (!same) CHECK(h, sys2(NR_setgroups, c->group_count, groups), 0, NR_setgroups, 0);
     CHECK(h, sys3(NR_setresgid, c->gid, c->egid, c->sgid), 0, NR_setresgid, c->gid);
     sys1(NR_setfsgid, c->fsgid);
     /* Securebits while still privileged (changing them needs CAP_SETPCAP),

@@ -138,6 +138,24 @@ extension EndToEnd {
             try dumpRestoreAndPass("ptimers", arguments: ["deadthread"])
         }
 
+        /// Upstream zdtm's massive_groups uses 900; NGROUPS_MAX is 65536.
+        @Test("a parent and child as nobody with 900 and with 65536 supplementary groups keep them all", arguments: [900, 65536])
+        func manyGroups(_ count: Int) throws {
+            let scratch = try Scratch("groups-\(count)")
+            defer { scratch.remove() }
+            let fixture = try Fixture("user", arguments: ["65534", "65534", "\(count)"], in: scratch)
+            defer {
+                fixture.cleanUp()
+                // The child waits for its parent's SIGTERM: should the test stop early, it is killed here.
+                for pid in (fixture.tagged("PIDS") ?? []).dropFirst().compactMap({ pid_t($0) }) { kill(pid, SIGKILL) }
+            }
+            try fixture.waitReady()
+            let images = try dumpAndReap(fixture, in: scratch).images
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore)
+        }
+
         @Test("oom_score_adj comes back")
         func oomScoreAdjust() throws {
             let scratch = try Scratch("oom-score-adj")

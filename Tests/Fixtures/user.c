@@ -3,7 +3,8 @@
  * checkpoint/restore.
  *
  * Started as root (in its own session), with stdout already open: it sets
- * its supplementary groups to GID,100 (argv[2], default 65534) and its real,
+ * its supplementary groups to GID,100 (argv[2], default 65534), or with
+ * argv[3] to that many groups (GID, 100, then 20000, 20001...), and its real,
  * effective, saved and filesystem gid and uid to GID and UID (argv[1],
  * default 65534), which leaves it no capabilities, then forks a child.
  *
@@ -39,7 +40,14 @@ static void die(const char *what) { fprintf(stderr, "setup: pid %d: %s: %s\n", (
 
 static uid_t want_uid = 65534;
 static gid_t want_gid = 65534;
-static gid_t want_groups[2];
+static gid_t want_groups[65536];
+static int want_count = 2;
+
+static int by_value(const void *a, const void *b)
+{
+	gid_t x = *(const gid_t *)a, y = *(const gid_t *)b;
+	return x < y ? -1 : x > y;
+}
 
 /* What was true before the dump. */
 struct state {
@@ -78,16 +86,17 @@ static void check(const char *who, const struct state *s)
 	status_field("Gid", v, sizeof(v));
 	if (strcmp(v, want) != 0) fail("%s: Gid: %s, want all %d (real, effective, saved, fs)", who, v, (int)want_gid);
 
-	gid_t groups[64];
-	int n = getgroups(64, groups);
-	int seen0 = 0, seen1 = 0;
-	for (int i = 0; i < n; i++) {
-		if (groups[i] == want_groups[0]) seen0 = 1;
-		else if (groups[i] == want_groups[1]) seen1 = 1;
-	}
-	if (n != 2 || !seen0 || !seen1) {
+	static gid_t groups[65536], sorted[65536];
+	int n = getgroups(65536, groups);
+	memcpy(sorted, want_groups, sizeof(gid_t) * want_count);
+	qsort(sorted, want_count, sizeof(gid_t), by_value);
+	if (n > 0) qsort(groups, n, sizeof(gid_t), by_value);
+	if (n != want_count || memcmp(groups, sorted, sizeof(gid_t) * n) != 0) {
+		int first = 0;
+		while (first < n && first < want_count && groups[first] == sorted[first]) first++;
 		status_field("Groups", v, sizeof(v));
-		fail("%s: supplementary groups \"%s\" (%d), want %d %d", who, v, n, (int)want_groups[0], (int)want_groups[1]);
+		fail("%s: %d supplementary groups \"%.60s...\", want %d (%d %d...), first difference at %d", who, n, v, want_count,
+		     (int)want_groups[0], (int)want_groups[1], first);
 	}
 
 	const char *empty[] = { "CapInh", "CapPrm", "CapEff", "CapAmb" };
@@ -116,6 +125,9 @@ int main(int argc, char **argv)
 	if (argc > 2) want_gid = (gid_t)atoi(argv[2]);
 	want_groups[0] = want_gid;
 	want_groups[1] = want_gid == 100 ? 65534 : 100;
+	if (argc > 3) want_count = atoi(argv[3]);
+	if (want_count < 2 || want_count > 65536) { fprintf(stderr, "setup: %d groups\n", want_count); return 2; }
+	for (int i = 2; i < want_count; i++) want_groups[i] = 20000 + i;
 	setvbuf(stdout, NULL, _IOLBF, 0);
 
 	struct sigaction sa;
@@ -137,7 +149,7 @@ int main(int argc, char **argv)
 	if (geteuid() != 0) { fprintf(stderr, "setup: must start as root\n"); return 2; }
 
 	/* stdout/stderr were opened by root before this and stay writable. */
-	if (setgroups(2, want_groups) != 0) die("setgroups");
+	if (setgroups(want_count, want_groups) != 0) die("setgroups");
 	if (setresgid(want_gid, want_gid, want_gid) != 0) die("setresgid");
 	if (setresuid(want_uid, want_uid, want_uid) != 0) die("setresuid");
 

@@ -19,7 +19,7 @@
 #include "injector_protocol.h"
 
 /* cryo's own blob (Parasite/): its protocol version, answered to PING. */
-#define CRYO_PARASITE_PROTOCOL_VERSION 12u
+#define CRYO_PARASITE_PROTOCOL_VERSION 13u
 
 enum cryo_command {
     CRYO_CMD_PING = CRYO_INJECTOR_CMD_PING, /* answers with the protocol version */
@@ -29,7 +29,7 @@ enum cryo_command {
     CRYO_CMD_RESTORE_MEMORY = 5, /* in: struct cryo_restore_memory + arrays */
     CRYO_CMD_RESTORE_STATE = 6,  /* in: struct cryo_task_state + struct cryo_restore_extra [+ struct cryo_thread_state] */
     CRYO_CMD_INSTALL_FDS = 7,  /* in: struct cryo_install_fds + entries */
-    CRYO_CMD_RESTORE_CREDS = 8, /* in: struct cryo_creds */
+    CRYO_CMD_RESTORE_CREDS = 8, /* in: struct cryo_creds + groups + room for as many */
     CRYO_CMD_FAIL_TEST = 9,    /* faults on purpose, writing to fail_addr (error-path tests) */
     CRYO_CMD_DUMP_THREAD = 10, /* out: struct cryo_thread_state (no signals) */
     CRYO_CMD_RESTORE_THREAD = 11, /* in: struct cryo_thread_state */
@@ -328,18 +328,23 @@ struct cryo_lazy_uffd {
     uint64_t features;
 };
 
-#define CRYO_MAX_GROUPS 64
+/* Followed by uint32_t groups[group_count], then group_count more words the
+ * parasite fills with the groups the task has now (setgroups is skipped when
+ * they are the same: it needs CAP_SETGID even then). Up to NGROUPS_MAX groups,
+ * so the payload grows with them instead of every payload holding the most. */
+#define CRYO_MAX_GROUPS 65536
 struct cryo_creds {
     uint32_t uid, euid, suid, fsuid;
     uint32_t gid, egid, sgid, fsgid;
     uint32_t group_count;
     uint32_t securebits;
-    uint32_t groups[CRYO_MAX_GROUPS];
     uint32_t cap_effective[2], cap_permitted[2], cap_inheritable[2];
     uint64_t cap_bounding;
     uint64_t cap_ambient;
     uint32_t cap_last;         /* highest capability number this kernel knows */
     uint32_t dumpable;         /* set again last: a uid or gid change resets it */
 };
+/* The groups start right after it on both sides (Swift counts MemoryLayout.size, C sizeof). */
+_Static_assert(sizeof(struct cryo_creds) % 8 == 0, "cryo_creds must have no tail padding");
 
 #endif

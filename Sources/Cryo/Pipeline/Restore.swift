@@ -471,6 +471,7 @@ public struct Restorer {
                                                                      finishedOnce: { _ in true }))
             + (task.seccompPlan.map { $0.state.parasitePayload(synced: $0.synced).count }.max() ?? 0)
             + (task.signals.posixTimers?.count ?? 0) * MemoryLayout<cryo_posix_timer>.stride
+            + task.core.parasiteCredentialsSize
     }
 
     /// Children are cloned by their parents; then groups; then zombies; helpers leave last.
@@ -781,7 +782,7 @@ public struct Restorer {
         if !state.isEmpty && credentialsCanRide(process, image: image, slots: slots) {
             try restoreLimits(process)
             try installDescriptors(process, image: image, slots: slots, session: session, after: state,
-                                   then: [ParasiteCommand(command: CRYO_CMD_RESTORE_CREDS, payload: bytes(of: process.image.core.parasiteCredentials))])
+                                   then: [ParasiteCommand(command: CRYO_CMD_RESTORE_CREDS, payload: process.image.core.parasiteCredentials)])
             try restoreCredentials(process, limitsAndLeaderDone: true)
         } else {
             try installDescriptors(process, image: image, slots: slots, session: session, after: state)
@@ -805,7 +806,7 @@ public struct Restorer {
         }
         try restoreLimits(process)
         return [taskStateCommand(process, slots: slots), installCommand(process, slots: slots, round: slots.firstDescription..<slots.sent, closeFrom: slots.controlFD),
-                ParasiteCommand(command: CRYO_CMD_RESTORE_CREDS, payload: bytes(of: task.core.parasiteCredentials))]
+                ParasiteCommand(command: CRYO_CMD_RESTORE_CREDS, payload: task.core.parasiteCredentials)]
     }
 
     func limitsHarmlessBeforeMemory(_ process: RestoringProcess, slots: TaskSlots) -> Bool {
@@ -1241,7 +1242,7 @@ public struct Restorer {
         }
         // Credentials belong to each thread; the leader goes last.
         for thread in process.threads.reversed() where !limitsAndLeaderDone {
-            _ = try parasite.run(CRYO_CMD_RESTORE_CREDS, input: task.core.parasiteCredentials, output: UInt8.self, on: thread)
+            try parasite.run(CRYO_CMD_RESTORE_CREDS, payload: task.core.parasiteCredentials, replyBytes: 0, on: thread)
         }
         try restoreParentDeathSignals(process)
     }

@@ -118,7 +118,7 @@ extension TaskCore {
         current = wanted
     }
 
-    /// What restore indexes without further checks: four uids and gids, the groups the parasite can hold.
+    /// What restore indexes without further checks: four uids and gids, at most NGROUPS_MAX groups.
     func validate(file: String) throws {
         let c = credentials
         guard c.uids.count == 4, c.gids.count == 4 else {
@@ -129,15 +129,22 @@ extension TaskCore {
         }
     }
 
-    var parasiteCredentials: cryo_creds {
+    /// RESTORE_CREDS's payload: the credentials, the groups, and room for the parasite to read the task's own.
+    var parasiteCredentials: [UInt8] {
+        let groups = credentials.groups.prefix(Int(CRYO_MAX_GROUPS))
+        return bytes(of: fixedCredentials(groupCount: groups.count)) + bytes(of: Array(groups))
+            + [UInt8](repeating: 0, count: 4 * groups.count)
+    }
+
+    /// Bytes of `parasiteCredentials`, for sizing the parasite's argument area.
+    var parasiteCredentialsSize: Int { MemoryLayout<cryo_creds>.size + 8 * min(credentials.groups.count, Int(CRYO_MAX_GROUPS)) }
+
+    private func fixedCredentials(groupCount: Int) -> cryo_creds {
         var creds = cryo_creds()
         let c = credentials
         (creds.uid, creds.euid, creds.suid, creds.fsuid) = (c.uids[0], c.uids[1], c.uids[2], c.uids[3])
         (creds.gid, creds.egid, creds.sgid, creds.fsgid) = (c.gids[0], c.gids[1], c.gids[2], c.gids[3])
-        creds.group_count = UInt32(min(c.groups.count, Int(CRYO_MAX_GROUPS)))
-        withUnsafeMutableBytes(of: &creds.groups) { raw in
-            for (i, g) in c.groups.prefix(Int(CRYO_MAX_GROUPS)).enumerated() { raw.storeBytes(of: g, toByteOffset: i * 4, as: UInt32.self) }
-        }
+        creds.group_count = UInt32(groupCount)
         creds.cap_effective = (UInt32(truncatingIfNeeded: c.capEffective), UInt32(truncatingIfNeeded: c.capEffective >> 32))
         creds.cap_permitted = (UInt32(truncatingIfNeeded: c.capPermitted), UInt32(truncatingIfNeeded: c.capPermitted >> 32))
         creds.cap_inheritable = (UInt32(truncatingIfNeeded: c.capInheritable), UInt32(truncatingIfNeeded: c.capInheritable >> 32))
