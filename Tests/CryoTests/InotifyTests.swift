@@ -1,6 +1,6 @@
 // inotify instances whose watches are awkward to find again: many of them
-// (watch descriptors that fdinfo prints with letters). Each fixture checks
-// its own events after restore.
+// (watch descriptors that fdinfo prints with letters), and watches of files
+// unlinked since. Each fixture checks its own events after restore.
 
 import Foundation
 import Glibc
@@ -12,6 +12,16 @@ extension EndToEnd {
         @Test("43 watches come back under their own descriptors (fdinfo prints them in hex: wd:10 is 16, wd:2b is 43)")
         func manyWatches() throws {
             try inotifyRoundTrip("many")
+        }
+
+        /// The file comes back as a ghost from the image, named for a moment in the watched folder:
+        /// the folder's watch (IN_CREATE) must not see that, so the watches go on after the files.
+        @Test("a watch of a file unlinked while open follows the restored file: its writes and close report under the old descriptor")
+        func unlinkedWatchedFile() throws {
+            try inotifyRoundTrip("unlinked") { images, scratch in
+                let show = try cryo(["show", images], in: scratch)
+                #expect(show.stdout.contains("doomed (unlinked, file #"), "show: \(show)")
+            }
         }
 
         private func inotifyRoundTrip(_ mode: String, checkImage: (String, Scratch) throws -> Void = { _, _ in }) throws {

@@ -7,6 +7,10 @@
  * With argv[2] "many", 40 more files are watched (watch descriptors 4 to 43,
  * which fdinfo prints in hex: "wd:10" is 16); after restore the files of
  * watches 16 and 43 are modified and must report under those numbers.
+ * With argv[2] "unlinked", a file opened read-write after the instance is
+ * watched (IN_MODIFY | IN_CLOSE_WRITE, watch 4) and unlinked while open:
+ * after restore, writing to it and closing it must report on watch 4, and
+ * the folder's watch must see nothing of how the file was brought back.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -34,6 +38,8 @@ int main(int argc, char **argv) {
     const char *dir = argc > 1 ? argv[1] : "/tmp";
     enum { MANY = 40 };
     int many = argc > 2 && strcmp(argv[2], "many") == 0;
+    int unlinked = argc > 2 && strcmp(argv[2], "unlinked") == 0;
+    int doomed = -1, doomed_wd = -1;
     int many_wd[MANY];
     char many_path[MANY][PATH_MAX];
     signal(SIGTERM, on_term);
@@ -59,6 +65,18 @@ int main(int argc, char **argv) {
         many_wd[i] = inotify_add_watch(in, many_path[i], IN_MODIFY);
         if (many_wd[i] != 4 + i) { printf("FAIL: watch of %s is %d, not %d\n", many_path[i], many_wd[i], 4 + i); return 1; }
     }
+    if (unlinked) {
+        char path[PATH_MAX], link[PATH_MAX + 32], self[64];
+        snprintf(path, sizeof path, "%s/doomed", dir);
+        doomed = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+        if (doomed < 0 || write(doomed, "before", 6) != 6) { printf("FAIL: %s: cannot write\n", path); return 1; }
+        doomed_wd = inotify_add_watch(in, path, IN_MODIFY | IN_CLOSE_WRITE);
+        if (doomed_wd != 4 || unlink(path) != 0) { printf("FAIL: watch %d of %s, or unlink\n", doomed_wd, path); return 1; }
+        snprintf(self, sizeof self, "/proc/self/fd/%d", doomed);
+        ssize_t n = readlink(self, link, sizeof link - 1);
+        link[n < 0 ? 0 : n] = 0;
+        if (!strstr(link, "(deleted)")) { printf("FAIL: %s is \"%s\", not deleted\n", self, link); return 1; }
+    }
     while (read(in, buf, sizeof buf) > 0) {}
 
     printf("READY\n");
@@ -77,8 +95,15 @@ int main(int argc, char **argv) {
         write(m, "y", 1);
         close(m);
     }
+    int saw_doomed_modify = !unlinked, saw_doomed_close = !unlinked;
+    if (unlinked) {
+        char back[7] = { 0 };
+        if (pread(doomed, back, 6, 0) != 6 || strcmp(back, "before") != 0) fail("the unlinked file lost its bytes");
+        if (write(doomed, "after", 5) != 5) fail("write to the unlinked file");
+        close(doomed);
+    }
     int saw_create = 0, saw_modify = 0;
-    for (int tries = 0; tries < 50 && !(saw_create && saw_modify && saw_many[0] && saw_many[1]); tries++) {
+    for (int tries = 0; tries < 50 && !(saw_create && saw_modify && saw_many[0] && saw_many[1] && saw_doomed_modify && saw_doomed_close); tries++) {
         struct pollfd p = { in, POLLIN, 0 };
         poll(&p, 1, 100);
         ssize_t n = read(in, buf, sizeof buf);
@@ -88,6 +113,12 @@ int main(int argc, char **argv) {
             else if (e->wd == file_wd && (e->mask & IN_MODIFY)) saw_modify = 1;
             else if (many && e->wd == many_wd[touched[0]] && (e->mask & IN_MODIFY)) saw_many[0] = 1;
             else if (many && e->wd == many_wd[touched[1]] && (e->mask & IN_MODIFY)) saw_many[1] = 1;
+            else if (unlinked && e->wd == doomed_wd && (e->mask & (IN_MODIFY | IN_CLOSE_WRITE))) {
+                if (e->mask & IN_MODIFY) saw_doomed_modify = 1;
+                if (e->mask & IN_CLOSE_WRITE) saw_doomed_close = 1;
+            }
+            /* The last close frees the unlinked file: its watch goes. */
+            else if (unlinked && e->wd == doomed_wd && (e->mask & (IN_DELETE_SELF | IN_IGNORED | IN_ATTRIB))) {}
             else {
                 char what[128];
                 snprintf(what, sizeof what, "unexpected event wd %d mask %#x", e->wd, e->mask);
@@ -98,6 +129,8 @@ int main(int argc, char **argv) {
     }
     if (!saw_create) fail("no IN_CREATE on the folder's watch");
     if (!saw_modify) fail("no IN_MODIFY on the file's watch");
+    if (!saw_doomed_modify) fail("no IN_MODIFY on the unlinked file's watch");
+    if (!saw_doomed_close) fail("no IN_CLOSE_WRITE on the unlinked file's watch");
     for (int k = 0; k < 2; k++)
         if (!saw_many[k]) {
             char what[128];

@@ -7,16 +7,27 @@ import SystemPackage
 /// inotify: every watch with its watch descriptor, event mask and the path it
 /// watches. The path is found from the file handle fdinfo prints, resolved on
 /// a mount of the watched file system, so it is right even when the watched
-/// file was renamed after the watch was added.
+/// file was renamed after the watch was added. A watched file that was unlinked
+/// but that the tree still holds open or maps comes back as that file does (a
+/// ghost, from the image), and is watched again through it.
 public struct InotifyState: DescriptorKind {
     static let name = "inotify"
     public struct Watch: Codable, Sendable {
         public var wd: Int32
         public var mask: UInt32
+        /// The watched path; of an unlinked file, the name it had.
         public var path: String
         /// Device and inode of the watched file at dump; restore refuses another file at the path.
         public var device: UInt64
         public var inode: UInt64
+        /// An unlinked file: the file table entry that brings it back (a ghost), watched through that.
+        public var file: Int? = nil
+
+        func checkPath(object: String) throws {
+            guard let st = try? Files.stat(path), UInt64(st.st_ino) == inode, UInt64(st.st_dev) == device else {
+                throw CryoError("\(object): watched path \(path) is gone or is another file since the dump")
+            }
+        }
     }
     public var watches: [Watch]
 
@@ -31,12 +42,49 @@ public struct InotifyState: DescriptorKind {
             guard let (wd, mask, sdev, ino) = watchNumbers(fields) else {
                 throw CryoError("\(p.object): unreadable inotify line in fdinfo: \(line)")
             }
-            let path = try resolve(fields, kernelDevice: sdev, inode: ino, object: "\(p.object) (inotify wd \(wd))")
+            // No path: an unlinked file, whose entry finishDump looks for once every descriptor is dumped.
+            let path = try resolveIfLinked(fields, kernelDevice: sdev, inode: ino, object: "\(p.object) (inotify wd \(wd))") ?? ""
             // The kernel prints dev_t as MAJOR << 20 | MINOR; stat gives the glibc encoding.
             let device = FileObjects.deviceNumber(kernelEncoded: sdev)
             watches.append(Watch(wd: wd, mask: mask, path: path, device: device, inode: ino))
         }
         return InotifyState(watches: watches.sorted { $0.wd < $1.wd })
+    }
+
+    /// A watch of an unlinked file: the file comes back only if a process of the tree holds it
+    /// open or maps it (its entry then holds its contents); it is watched again through that.
+    static func finishDump(_ table: FileTableBuilder) throws {
+        for (file, state) in entries(table.table.files) where state.watches.contains(where: { $0.path.isEmpty }) {
+            var state = state
+            for i in state.watches.indices where state.watches[i].path.isEmpty {
+                let w = state.watches[i]
+                guard let ghost = RegularFileState.entries(table.table.files).first(where: {
+                    $0.state.unlinked && $0.state.device == w.device && $0.state.inode == w.inode
+                }) else {
+                    throw CryoError("\(table.objects[file.id] ?? "file #\(file.id)") (inotify wd \(w.wd)): the watched file (inode \(w.inode)) "
+                        + "was unlinked, and no process of the tree holds it open or maps it, so it cannot come back; not supported")
+                }
+                state.watches[i].file = ghost.file.id
+                state.watches[i].path = ghost.state.path
+            }
+            table.table.files[file.id].state = state
+        }
+    }
+
+    func validate() -> String? {
+        watches.first { !$0.path.hasPrefix("/") }.map { "inotify watch \($0.wd) of no absolute path (\($0.path))" }
+    }
+
+    static func validate(_ files: [FileTable.OpenFile]) -> String? {
+        for (file, state) in entries(files) {
+            for w in state.watches {
+                guard let ghost = w.file else { continue }
+                guard files.indices.contains(ghost), let target = files[ghost].state as? RegularFileState, target.unlinked else {
+                    return "file #\(file.id): inotify watch \(w.wd) names file #\(ghost), which is no unlinked regular file"
+                }
+            }
+        }
+        return nil
     }
 
     /// The numbers of one watch line. The kernel prints every one of them in hex, the
@@ -51,6 +99,14 @@ public struct InotifyState: DescriptorKind {
 
     /// The path of the watched inode: open_by_handle_at through a mount of its device.
     static func resolve(_ fields: [String: String], kernelDevice: UInt64, inode: UInt64, object: String) throws -> String {
+        guard let path = try resolveIfLinked(fields, kernelDevice: kernelDevice, inode: inode, object: object) else {
+            throw CryoError("\(object): cannot find the watched path: the watched file (inode \(inode)) has no path any more")
+        }
+        return path
+    }
+
+    /// As `resolve`, but nil when the file was found and no name reaches it any more (unlinked).
+    static func resolveIfLinked(_ fields: [String: String], kernelDevice: UInt64, inode: UInt64, object: String) throws -> String? {
         guard let length = fields["fhandle-bytes"].flatMap({ UInt32($0, radix: 16) }), length > 0,
               let type = fields["fhandle-type"].flatMap({ Int32($0, radix: 16) }), let hexHandle = fields["f_handle"],
               hexHandle.count == Int(length) * 2 else {
@@ -74,6 +130,7 @@ public struct InotifyState: DescriptorKind {
         }
         mounts.sort { ($0.root == "/" ? 0 : 1) < ($1.root == "/" ? 0 : 1) }
         var lastError = "no mount of device \(wanted) in cryo's mount namespace"
+        var unlinked = false
         for mount in mounts {
             // Not O_PATH: open_by_handle_at refuses those.
             guard let mountFD = try? Files.open(mount.point, .readOnly, options: [.directory]) else { continue }
@@ -87,36 +144,67 @@ public struct InotifyState: DescriptorKind {
             guard let st = try? Files.stat(fd, object: object), UInt64(st.st_ino) == inode else { continue }
             let path = try Files.readLink("/proc/self/fd/\(fd.rawValue)")
             guard path.hasPrefix("/"), !path.hasSuffix(RegularFileState.deletedSuffix) || Files.exists(path) else {
+                // Another mount of the device may still show a path (a bind mount of a folder that lost it).
+                unlinked = unlinked || st.st_nlink == 0
                 lastError = "the watched file (inode \(inode)) has no path any more (\(path))"
                 continue
             }
             return path
         }
+        if unlinked { return nil }
         throw CryoError("\(object): cannot find the watched path: \(lastError)")
     }
 
     func summary(_ file: FileTable.OpenFile) -> String {
-        "inotify " + watches.map { "wd \($0.wd) \($0.path) mask 0x\(hex(UInt64($0.mask)))" }.joined(separator: ", ")
+        "inotify " + watches.map {
+            "wd \($0.wd) \($0.path)\($0.file.map { " (unlinked, file #\($0))" } ?? "") mask 0x\(hex(UInt64($0.mask)))"
+        }.joined(separator: ", ")
     }
 
+    /// The watches go on once every description is open (InotifyRebuilder): cryo's own opening,
+    /// creating and unlinking of files meanwhile (ghosts are named for a moment) queues no events.
     func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
         let fd = try FileObjects.inotify(nonBlocking: Int32(bitPattern: file.flags) & O_NONBLOCK != 0, object: object)
         do {
-            for w in watches {
-                guard let st = try? Files.stat(w.path), UInt64(st.st_ino) == w.inode, UInt64(st.st_dev) == w.device else {
-                    throw CryoError("\(object): watched path \(w.path) is gone or is another file since the dump")
-                }
-                let got = try FileObjects.addInotifyWatch(fd, path: w.path, mask: w.mask, wd: w.wd, object: object)
-                guard got == Int(w.wd) else {
-                    throw CryoError("\(object): \(w.path) was given watch descriptor \(got), not \(w.wd) (two watches of one file?)")
-                }
-            }
+            // Refused now, before any process is made, when a watched path is gone.
+            for w in watches where w.file == nil { try w.checkPath(object: object) }
+            if !watches.isEmpty { try context.rebuilder(InotifyRebuilder.self).instances.append((file.id, object)) }
         } catch {
             try? fd.close()
             throw error
         }
         return fd
     }
+
+    /// Adds the watches to `fd`, each under its own descriptor; `opened` are the descriptions by file id.
+    func addWatches(_ fd: FileDescriptor, opened: [FileDescriptor], object: String) throws {
+        for w in watches {
+            // An unlinked file through the restored one: /proc/self/fd leads to it without a name.
+            let path = w.file.map { "/proc/self/fd/\(opened[$0].rawValue)" } ?? w.path
+            if w.file == nil { try w.checkPath(object: object) }
+            let got = try FileObjects.addInotifyWatch(fd, path: path, mask: w.mask, wd: w.wd, object: object)
+            guard got == Int(w.wd) else {
+                throw CryoError("\(object): \(w.path) was given watch descriptor \(got), not \(w.wd) (two watches of one file?)")
+            }
+        }
+    }
+}
+
+/// The inotify instances restored, whose watches go on once every description is open.
+final class InotifyRebuilder: KindRebuilder {
+    var instances: [(id: Int, object: String)] = []
+
+    init(_ context: OpenContext) {}
+
+    func finish(_ context: OpenContext, pids: RestoredPids) throws {
+        for (id, object) in instances {
+            guard let state = context.files[id].state as? InotifyState else { continue }
+            try state.addWatches(context.opened[id], opened: context.opened, object: object)
+        }
+        instances = []
+    }
+
+    func closeAll() { instances = [] }
 }
 
 /// fdinfo lines starting with `prefix` ("inotify ", "fanotify "), each with its "key:value" words.
