@@ -452,9 +452,12 @@ static long restore_memory(struct cryo_args_header *h) {
         } else if (v->sysv_shm) {
             /* A real attach, so shmdt and the segment's attach count work as before. */
             enum { SHM_RDONLY = 010000, SHM_REMAP = 040000, SHM_EXEC = 0100000 };
-            long shmflg = SHM_REMAP | (prot & PROT_WRITE ? 0 : SHM_RDONLY) | (prot & 4 /* PROT_EXEC */ ? SHM_EXEC : 0);
+            /* SHM_RDONLY would leave it without VM_MAYWRITE: a later mprotect(PROT_WRITE) fails with EACCES. */
+            int writable = (prot & PROT_WRITE) || (v->madvise & CRYO_VMA_MAYWRITE);
+            long shmflg = SHM_REMAP | (writable ? 0 : SHM_RDONLY) | (prot & 4 /* PROT_EXEC */ ? SHM_EXEC : 0);
             addr = sys3(NR_shmat, v->sysv_shm - 1, v->start, shmflg);
             CHECK(h, addr, i, NR_shmat, v->start);
+            if (writable && !(prot & PROT_WRITE)) CHECK(h, sys3(NR_mprotect, v->start, length, prot), i, NR_mprotect, v->start);
         } else {
             addr = sys6(NR_mmap, v->start, length, prot, v->flags | MAP_FIXED, v->fd, v->file_offset);
             CHECK(h, addr, i, NR_mmap, v->start);

@@ -56,6 +56,8 @@ struct BinaryTableTests {
         mappings[0].hugePageSize = 2 << 20
         mappings[10].hugePageSize = 1 << 30
         mappings[1].inherited = false
+        mappings[4].mayWrite = true
+        mappings[0].droppable = true
         mappings[8].path = ""
         mappings[9].path = mappings[2].path   // stored once
         mappings[12].start = 0
@@ -68,7 +70,7 @@ struct BinaryTableTests {
         // Every field is in the table: a field added to Mapping but not to MappingTable would be lost at dump.
         #expect(Mirror(reflecting: mappings[0]).children.map { $0.label ?? "" }
             == ["start", "end", "protection", "shared", "kind", "path", "fileOffset", "device", "inode", "growsDown",
-                "noReserve", "advice", "shmem", "file", "deleted", "inherited", "aioEvents", "hugePageSize"], "a new Mapping field: add it to MappingTable")
+                "noReserve", "advice", "shmem", "file", "deleted", "inherited", "aioEvents", "hugePageSize", "mayWrite", "droppable"], "a new Mapping field: add it to MappingTable")
         // Every kind has its number: a new kind without one would fail every dump that meets it.
         #expect(Set(MappingTable.kinds.map(\.rawValue)) == Set(MemoryRecord.Kind.allCases.map(\.rawValue)))
         // "rwx" subsets come back in /proc's order whatever order they were written in.

@@ -77,6 +77,35 @@ extension EndToEnd {
             try expectRestoredAndPassing(fixture, by: restore)
         }
 
+        /// Opened read-only, the mapping would come back without VM_MAYWRITE, and the process's next
+        /// mprotect(PROT_WRITE) would fail with EACCES long after the restore.
+        @Test("a read-only shared mapping from a read-write descriptor whose file no longer opens read-write: one line")
+        func mayWriteFileLocked() throws {
+            let scratch = try Scratch("maywrite-immutable")
+            defer { scratch.remove() }
+            let fixture = try Fixture("memstate", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let path = try #require(fixture.tagged("MAYWRITE")?.first, "\(fixture.report)")
+            defer { unlink(path) }
+            let (images, _) = try dumpAndReap(fixture, in: scratch)
+            func chattr(_ flag: String) throws -> Bool {
+                let pid = try spawnProcess("/usr/bin/env", ["chattr", flag, path], stdoutPath: scratch.file("chattr.log"))
+                return reap(pid, timeout: 30) == .exited(0)
+            }
+            // Immutable: not even root opens it for writing (EPERM).
+            guard try chattr("+i") else {
+                try Test.cancel(Comment(rawValue: "chattr +i \(path) failed: \(readText(scratch.file("chattr.log")))"))
+            }
+            let refused = try cryo(["restore", "-D", images], in: scratch, timeout: 120)
+            #expect(try chattr("-i"), "chattr -i \(path): \(readText(scratch.file("chattr.log")))")
+            expectOneLine(refused, naming: ["\(fixture.pid)", path, "read-write", "EPERM"])
+            #expect(!pidExists(fixture.pid), "pid \(fixture.pid) is left after the failed restore: \(describeProcess(fixture.pid))")
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore)
+        }
+
         @Test("an open regular file deleted between dump and restore")
         func openFileDeleted() throws {
             let scratch = try Scratch("nothing-lost-open-file")

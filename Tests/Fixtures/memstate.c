@@ -12,6 +12,15 @@
  *     in /proc/self/smaps after restore, and a fork after restore must not
  *     see the DONTFORK region and must see the WIPEONFORK one zeroed
  *   - prctl(PR_SET_THP_DISABLE): PR_GET_THP_DISABLE still says so
+ *   - MAP_SHARED and PROT_READ from a read-write descriptor (closed since):
+ *     a file in /tmp, the same file unlinked, a memfd, and a System V
+ *     segment attached read-write then made read-only. mprotect(PROT_WRITE)
+ *     must work after restore (VM_MAYWRITE, VmFlags mw) and a write must
+ *     reach the object; from a read-only descriptor it must still fail
+ *     ("MAYWRITE path" names the file)
+ *   - MAP_DROPPABLE (Linux 6.11) with data: droppable after restore (VmFlags
+ *     dp) and empty, as if the kernel had dropped it ("NOTE" without it);
+ *     a process left running (dump --leave-running) keeps the bytes
  * READY, then on SIGTERM the checks: PASS or "FAIL: reasons".
  */
 #define _GNU_SOURCE
@@ -21,8 +30,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/shm.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include "fixture.h"
@@ -59,6 +71,29 @@ static char *map(size_t bytes, size_t align)
 		p = aligned;
 	}
 	return p;
+}
+
+/* A shared mapping of `fd` (closed here), PROT_READ, holding `tag`'s words. */
+static char *shared_read_only(int fd, int tag)
+{
+	char page[PAGE];
+	fill(page, PAGE, tag);
+	if (pwrite(fd, page, PAGE, 0) != PAGE) die("pwrite");
+	char *p = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED) die("mmap shared");
+	close(fd);
+	return p;
+}
+
+/* After restore: the mapping may be made writable, and a write through it reaches the object behind it. */
+static void expect_may_write(const char *name, char *p, int tag)
+{
+	char perms[5], flags[512];
+	vma_info(p, perms, flags, sizeof(flags));
+	if (!has_flag(flags, "mw")) fail("%s: VmFlags \"%s\" lack mw", name, flags);
+	if (!holds(p, PAGE, tag)) fail("%s: its data was lost", name);
+	if (mprotect(p, PAGE, PROT_READ | PROT_WRITE) != 0) { fail("%s: mprotect(PROT_WRITE): %s", name, strerror(errno)); return; }
+	p[1] = 'w';
 }
 
 static void expect_perms(const char *name, const void *p, const char *want)
@@ -111,8 +146,47 @@ int main(void)
 	}
 	if (prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0) die("PR_SET_THP_DISABLE");
 
+	char path[] = "/tmp/cryo-memstate-XXXXXX", ghost_path[] = "/tmp/cryo-memstate-ghost-XXXXXX";
+	int file_fd = mkstemp(path), ghost_fd = mkstemp(ghost_path);
+	if (file_fd < 0 || ghost_fd < 0) die("mkstemp");
+	int file_check = open(path, O_RDONLY);
+	char *file_map = shared_read_only(file_fd, 200);
+	int read_only_fd = open(path, O_RDONLY);
+	if (file_check < 0 || read_only_fd < 0) die("open read-only");
+	char *read_only_map = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, read_only_fd, 0);
+	if (read_only_map == MAP_FAILED) die("mmap read-only");
+	close(read_only_fd);
+	char *ghost_map = shared_read_only(ghost_fd, 201);
+	if (unlink(ghost_path) != 0) die("unlink");
+	int memfd = memfd_create("memstate-maywrite", 0);
+	if (memfd < 0 || ftruncate(memfd, PAGE) != 0) die("memfd_create");
+	int memfd_check = dup(memfd);
+	char *memfd_map = shared_read_only(memfd, 202);
+	int shm_id = shmget(IPC_PRIVATE, PAGE, IPC_CREAT | 0600);
+	char *shm_map = shm_id < 0 ? (char *)-1 : shmat(shm_id, NULL, 0);
+	if (shm_map == (char *)-1) die("shmget/shmat");
+	fill(shm_map, PAGE, 203);
+	if (mprotect(shm_map, PAGE, PROT_READ) != 0) die("mprotect shm");
+
+	/* MAP_DROPPABLE is a mapping type of its own (0x08), in place of MAP_PRIVATE. */
+	char *droppable = mmap(NULL, 4 * PAGE, PROT_READ | PROT_WRITE, 0x08 /* MAP_DROPPABLE */ | MAP_ANONYMOUS, -1, 0);
+	if (droppable == MAP_FAILED) {
+		if (errno != EINVAL) die("mmap MAP_DROPPABLE");
+		printf("NOTE: no MAP_DROPPABLE here (%s): not checked\n", strerror(errno));
+		droppable = NULL;
+	} else {
+		fill(droppable, 4 * PAGE, 204);
+	}
+
+	/* A restored process is another process to procfs: its /proc/self files have new inodes. */
+	struct stat before, after;
+	if (stat("/proc/self/status", &before) != 0) die("stat /proc/self/status");
+
+	printf("MAYWRITE %s\n", path);
 	printf("READY\n");
 	while (!got_term) pause();
+	if (stat("/proc/self/status", &after) != 0) die("stat /proc/self/status");
+	int restored = before.st_ino != after.st_ino;
 
 	for (int i = 0; i < 4; i++) {
 		expect_perms(prots[i].name, prots[i].p, prots[i].perms);
@@ -137,6 +211,30 @@ int main(void)
 		if (!has_flag(flags, advised[i].flag)) fail("%s: VmFlags \"%s\" lack %s", advised[i].name, flags, advised[i].flag);
 		if (!holds(advised[i].p, advised[i].bytes, 50 + i)) fail("%s: its data was lost", advised[i].name);
 	}
+	expect_may_write("shared file mapping", file_map, 200);
+	char byte = 0;
+	if (pread(file_check, &byte, 1, 1) != 1 || byte != 'w') fail("shared file mapping: the write did not reach the file");
+	expect_may_write("shared mapping of a deleted file", ghost_map, 201);
+	expect_may_write("shared memfd mapping", memfd_map, 202);
+	if (pread(memfd_check, &byte, 1, 1) != 1 || byte != 'w') fail("shared memfd mapping: the write did not reach the memfd");
+	expect_may_write("System V segment attached read-write", shm_map, 203);
+	char ro_flags[512];
+	vma_info(read_only_map, NULL, ro_flags, sizeof(ro_flags));
+	if (has_flag(ro_flags, "mw")) fail("shared mapping from a read-only descriptor: VmFlags \"%s\" have mw", ro_flags);
+	if (mprotect(read_only_map, PAGE, PROT_READ | PROT_WRITE) == 0 || errno != EACCES)
+		fail("shared mapping from a read-only descriptor: mprotect(PROT_WRITE) did not fail with EACCES");
+	unlink(path);
+	shmdt(shm_map);
+	shmctl(shm_id, IPC_RMID, NULL);
+	if (droppable) {
+		char flags[512];
+		vma_info(droppable, NULL, flags, sizeof(flags));
+		if (!has_flag(flags, "dp")) fail("MAP_DROPPABLE: VmFlags \"%s\" lack dp", flags);
+		if (!restored && !holds(droppable, 4 * PAGE, 204)) fail("MAP_DROPPABLE: its data changed without a restore");
+		for (size_t i = 0; restored && i < 4 * PAGE; i++)
+			if (droppable[i] != 0) { fail("MAP_DROPPABLE: byte %zu came back (%d), want it dropped", i, droppable[i]); break; }
+	}
+
 	int thp = prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0);
 	if (thp != 1) fail("PR_GET_THP_DISABLE is %d, want 1", thp);
 

@@ -166,6 +166,9 @@ struct cryo_range { uint64_t start; uint64_t end; };
 #define CRYO_VMA_SEALED      (1u << 8)
 #define CRYO_MADV_SEQUENTIAL (1u << 9)
 #define CRYO_MADV_RANDOM     (1u << 10)
+/* Not stored in an image: set by cryo for a shared mapping whose file may be written (VM_MAYWRITE), so a
+ * System V segment is attached read-write and then made read-only, not attached SHM_RDONLY. */
+#define CRYO_VMA_MAYWRITE    (1u << 11)
 
 struct cryo_seal_memory { uint32_t count; uint32_t reserved; };
 

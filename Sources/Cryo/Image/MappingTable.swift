@@ -10,7 +10,7 @@
 ///    48  file i64        56  path (ref)      64  advice u32
 ///    68  kind u8 (index in `kinds`)         69  protection u8 (r 1, w 2, x 4)
 ///    70  flags u16: shared 1, growsDown 2, noReserve 4, device 8, inode 16, shmem 32, file 64, deleted given 128, deleted 256,
-///        inherited given 512, inherited 1024, aioEvents 2048, hugetlb 4096
+///        inherited given 512, inherited 1024, aioEvents 2048, hugetlb 4096, mayWrite 8192, droppable 16384
 ///    72  aioEvents u32   76  log2 of the huge page size u32 (hugetlb; else 0)
 enum MappingTable {
     static let magic = "MAPS"
@@ -54,6 +54,8 @@ enum MappingTable {
                 flags |= 4096
                 w.put(UInt32(size.trailingZeroBitCount), r, at: 76)
             }
+            if m.mayWrite == true { flags |= 8192 }
+            if m.droppable == true { flags |= 16384 }
             w.put(flags, r, at: 70)
         }
         return w.encoded()
@@ -73,7 +75,7 @@ enum MappingTable {
                 let kind = Int(t.field(i, 68, UInt8.self)), prot = t.field(i, 69, UInt8.self), flags = t.field(i, 70, UInt16.self)
                 guard kind < kinds.count else { throw t.refuse(i, "unknown mapping kind \(kind)") }
                 let hugeShift = t.field(i, 76, UInt32.self)
-                guard prot & ~7 == 0, flags & ~0x1fff == 0, flags & 4096 == 0 ? hugeShift == 0 : (16...34).contains(hugeShift),
+                guard prot & ~7 == 0, flags & ~0x7fff == 0, flags & 4096 == 0 ? hugeShift == 0 : (16...34).contains(hugeShift),
                       flags & 256 == 0 || flags & 128 != 0,
                       flags & 1024 == 0 || flags & 512 != 0 else {
                     throw t.refuse(i, "unknown protection bits 0x\(String(prot, radix: 16)) or flags 0x\(String(flags, radix: 16))")
@@ -91,7 +93,8 @@ enum MappingTable {
                     deleted: flags & 128 != 0 ? flags & 256 != 0 : nil,
                     inherited: flags & 512 != 0 ? flags & 1024 != 0 : nil,
                     aioEvents: flags & 2048 != 0 ? t.field(i, 72, UInt32.self) : nil,
-                    hugePageSize: flags & 4096 != 0 ? UInt64(1) << UInt64(hugeShift) : nil))
+                    hugePageSize: flags & 4096 != 0 ? UInt64(1) << UInt64(hugeShift) : nil,
+                    mayWrite: flags & 8192 != 0 ? true : nil, droppable: flags & 16384 != 0 ? true : nil))
             }
             return mappings
         }

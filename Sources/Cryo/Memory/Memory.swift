@@ -45,7 +45,15 @@ public struct MemoryRecord: Codable, Sendable {
         public var aioEvents: UInt32? = nil
         /// hugetlb memory (MAP_HUGETLB, SHM_HUGETLB): the size of its pages (Hugetlb.swift).
         public var hugePageSize: UInt64? = nil
+        /// A shared mapping that mprotect may make writable (VM_MAYWRITE, VmFlags mw): its file was opened
+        /// read-write, even if the mapping is read-only now. Restore opens it so again.
+        public var mayWrite: Bool? = nil
+        /// MAP_DROPPABLE memory (VmFlags dp): the kernel may drop its pages at any time, and does at
+        /// fork. It comes back droppable and empty (MemoryRestorePlan): its bytes are never restored.
+        public var droppable: Bool? = nil
         var length: UInt64 { end - start }
+        /// Its file is opened read-write at restore: the mapping writes through to it now, or may once mprotect adds PROT_WRITE.
+        var needsWritableFile: Bool { shared && (protection.contains("w") || mayWrite == true) }
         var isSpecial: Bool { [.vdso, .vvar, .vvarClock, .vsyscall].contains(kind) }
         /// One pass over the bytes: a substring search per letter was most of building a restore plan.
         var prot: Int32 {
@@ -67,6 +75,7 @@ public struct MemoryRecord: Codable, Sendable {
                 (CRYO_MADV_SEQUENTIAL, "sequential"), (CRYO_MADV_RANDOM, "random"),
             ]
             return bits.filter { advice & $0.0 != 0 }.map(\.1) + (growsDown ? ["grows down"] : []) + (noReserve ? ["noreserve"] : [])
+                + (mayWrite == true && !protection.contains("w") ? ["may write"] : []) + (droppable == true ? ["droppable"] : [])
         }
     }
     public var mappings: [Mapping]
@@ -189,6 +198,7 @@ struct VmFlags: ExpressibleByArrayLiteral, Equatable {
         static let io = pair("io"), pf = pair("pf"), ht = pair("ht"), dd = pair("dd"), dc = pair("dc")
         static let hg = pair("hg"), nh = pair("nh"), wf = pair("wf"), gd = pair("gd"), nr = pair("nr")
         static let mg = pair("mg"), lo = pair("lo"), lf = pair("lf"), sl = pair("sl"), sr = pair("sr"), rr = pair("rr")
+        static let mw = pair("mw"), dp = pair("dp")
         private static func pair(_ text: StaticString) -> UInt16 {
             UInt16(text.utf8Start[0]) << 8 | UInt16(text.utf8Start[1])
         }
@@ -468,7 +478,8 @@ extension MemoryRecord {
         var now = self
         try now.applyFlags(smaps, pid: pid)
         for (before, after) in zip(mappings, now.mappings)
-        where before.advice != after.advice || before.growsDown != after.growsDown || before.noReserve != after.noReserve {
+        where before.advice != after.advice || before.growsDown != after.growsDown || before.noReserve != after.noReserve
+            || before.mayWrite != after.mayWrite || before.droppable != after.droppable {
             throw CryoError("pid \(pid): mapping 0x\(String(before.start, radix: 16))-0x\(String(before.end, radix: 16)) changed its flags "
                 + "(advice \(before.advice) to \(after.advice)) between their reading and the freeze")
         }
@@ -476,6 +487,8 @@ extension MemoryRecord {
 
     /// Which pages of a mapping hold state the image must keep.
     func pageCategories(_ m: Mapping) -> (inverted: UInt64, mask: UInt64, anyOf: UInt64)? {
+        // Restored empty (where the flags are known only after the scan, its pages are saved and left out then).
+        if m.droppable == true { return nil }
         switch m.kind {
         case .vdso, .vvar, .vvarClock, .vsyscall: return nil
         case .file where m.shared, .memfd where m.shared: return nil  // the file itself holds them
@@ -722,6 +735,9 @@ extension MemoryRecord {
                 throw ImageError(file: file, record: "memory", "\(label): AIO ring without its event count, or the reverse")
             }
             if m.kind == .memfd || m.kind == .packetRing ? m.file == nil : (m.file != nil) != (m.kind == .file && m.deleted == true) { throw ImageError(file: file, record: "memory", "\(label): memfd mapping without its file, or the reverse") }
+            if m.droppable == true && (m.shared || m.kind != .anonymous || m.hugePageSize != nil) {
+                throw ImageError(file: file, record: "memory", "\(label): droppable memory that is not private and anonymous")
+            }
             if m.kind == .packetRing && (!m.shared || m.fileOffset != 0) {
                 throw ImageError(file: file, record: "memory", "\(label): a packet ring mapped private or from an offset")
             }
@@ -1034,6 +1050,8 @@ public struct DumpStatistics: Codable, Sendable {
 /// `current`, with the parasite at `parasite`.
 struct MemoryRestorePlan {
     var payload: [UInt8]
+    /// MAP_DROPPABLE (Linux 6.11), which Debian 12's headers lack.
+    static let mapDroppable: Int32 = 0x08
 
     /// What a new task has that goes: all but the parasite and the kernel's
     /// special mappings (those are moved, not dropped).
@@ -1122,7 +1140,8 @@ struct MemoryRestorePlan {
         for m in record.mappings where !m.isSpecial && m.kind != .aioRing {  // rings come from io_setup afterwards
             var vma = cryo_vma()
             vma.prot = UInt32(m.prot)
-            var flags = m.shared ? MAP_SHARED : MAP_PRIVATE
+            // MAP_DROPPABLE is a mapping type of its own, in place of MAP_PRIVATE.
+            var flags = m.shared ? MAP_SHARED : m.droppable == true ? MemoryRestorePlan.mapDroppable : MAP_PRIVATE
             let backedByFile = m.kind == .file || m.kind == .memfd || m.kind == .sharedAnonymous || m.kind == .packetRing
             if !backedByFile { flags |= MAP_ANONYMOUS }
             if m.growsDown { flags |= MAP_GROWSDOWN }
@@ -1130,7 +1149,7 @@ struct MemoryRestorePlan {
             if let size = m.hugePageSize, !backedByFile { flags |= Hugetlb.mapFlags(size) }
             vma.flags = UInt32(flags)
             vma.fd = backedByFile ? try fileFD(m) : -1
-            vma.madvise = m.advice
+            vma.madvise = m.advice | (m.needsWritableFile ? CRYO_VMA_MAYWRITE : 0)
             if m.kind == .sysvShm, let id = m.inode { vma.sysv_shm = UInt32(id) + 1 }
             var mappingRuns: [cryo_page_run] = []
             // Compressed pages are not the parasite's to read: fillPages writes them afterwards.
@@ -1154,6 +1173,10 @@ struct MemoryRestorePlan {
                 mappingRuns += extra
                 mappingRuns.sort { $0.address < $1.address }
             }
+            // Droppable memory comes back empty, as if the kernel had dropped it: its saved bytes (a dump
+            // before this rule saved them) are the kind nobody may count on, vgetrandom's state for one,
+            // which must not come back twice from one image.
+            if m.droppable == true { mappingRuns = [] }
             // The ranges kept from the parent, each its own piece; what lies between them is mapped afresh.
             var keptHere: [Range<UInt64>] = []
             while keptCursor < kept.count && kept[keptCursor].lowerBound < m.end {
@@ -1221,6 +1244,7 @@ extension MemoryRecord {
                 throw CryoError("pid \(pid): saved pages at 0x\(hex(address)) are in no mapping")
             }
             let m = mappings[cursor]
+            if m.droppable == true { return }  // comes back empty (MemoryRestorePlan)
             if m.shared {
                 if shared[m.start] == nil {
                     shared[m.start] = try Files.open("/proc/\(pid)/map_files/\(hex(m.start))-\(hex(m.end))", .readWrite)
@@ -1285,6 +1309,9 @@ extension MemoryRecord.Mapping {
         self.advice = advice
         growsDown = vmFlags.contains(F.gd)
         noReserve = vmFlags.contains(F.nr)
+        // Every private mapping may be written; a shared one only if its file was opened for writing.
+        mayWrite = shared && vmFlags.contains(F.mw) ? true : nil
+        droppable = vmFlags.contains(F.dp) ? true : nil
     }
 }
 

@@ -891,8 +891,8 @@ public struct Restorer {
                     let key = "shmem:\(id)"
                     if slots.mappings[key] == nil { slots.mappings[key] = slots.add(sharedMemory[id], owned: false) }
                 } else if m.kind == .memfd, let file = m.file {
-                    // A new description of the restored memfd, with the access the mapping needs.
-                    let writable = m.shared && m.protection.contains("w")
+                    // A new description of the restored memfd, with the access the mapping needs (or may need: VM_MAYWRITE).
+                    let writable = m.needsWritableFile
                     let key = "memfd\(writable ? "rw" : "r"):\(file)"
                     if slots.mappings[key] != nil { continue }
                     guard descriptions.indices.contains(file), image.fileTable.files[file].kind == MemfdState.name else {
@@ -902,7 +902,7 @@ public struct Restorer {
                         // memfd_create's own description, which is no writer of the file: exec of the memfd works as before.
                         slots.mappings[key] = slots.add(descriptions[own], owned: false)
                     } else {
-                        slots.mappings[key] = slots.add(try Files.open("/proc/self/fd/\(descriptions[file].rawValue)", writable ? .readWrite : .readOnly))
+                        slots.mappings[key] = slots.add(try openForMapping("/proc/self/fd/\(descriptions[file].rawValue)", m, pid: imagePid))
                     }
                 } else if m.kind == .packetRing, let file = m.file {
                     // The socket itself, its rings set up when it was made: a socket cannot be opened again by path.
@@ -914,25 +914,20 @@ public struct Restorer {
                     slots.mappings[key] = slots.add(descriptions[file], owned: false)
                 } else if m.kind == .file, m.deleted == true, let file = m.file {
                     // A new description of the restored ghost (or the file other links reach), with the access the mapping needs.
-                    let writable = m.shared && m.protection.contains("w")
+                    let writable = m.needsWritableFile
                     let key = "deleted\(writable ? "rw" : "r"):\(file)"
                     if slots.mappings[key] != nil { continue }
                     guard descriptions.indices.contains(file), image.fileTable.files[file].kind == RegularFileState.name else {
                         throw CryoError("pid \(pid): mapping 0x\(hex(m.start)) names file #\(file), which is not a regular file")
                     }
-                    slots.mappings[key] = slots.add(try Files.open("/proc/self/fd/\(descriptions[file].rawValue)", writable ? .readWrite : .readOnly))
+                    slots.mappings[key] = slots.add(try openForMapping("/proc/self/fd/\(descriptions[file].rawValue)", m, pid: imagePid))
                 } else if m.kind == .file {
-                    let writable = m.shared && m.protection.contains("w")
+                    let writable = m.needsWritableFile
                     let key = "\(writable ? "rw" : "r"):\(m.path!)"
                     if slots.mappings[key] != nil { continue }
-                    let file: SharedFile
-                    do {
-                        file = try session.sharedFile("map:\(key)") {
-                            let fd = try Files.open(m.path!, writable ? .readWrite : .readOnly)
-                            do { return (fd, try Files.stat(fd, object: m.path!)) } catch { try? fd.close(); throw error }
-                        }
-                    } catch {
-                        throw CryoError("pid \(imagePid): mapping 0x\(hex(m.start)) of a file: \(error)")
+                    let file = try session.sharedFile("map:\(key)") {
+                        let fd = try openForMapping(m.path!, m, pid: imagePid)
+                        do { return (fd, try Files.stat(fd, object: m.path!)) } catch { try? fd.close(); throw error }
                     }
                     let slot = slots.add(file.fd, owned: false)
                     let st = file.stat!
@@ -951,6 +946,22 @@ public struct Restorer {
             throw error
         }
         return slots
+    }
+
+    /// The file behind mapping `m`, opened with the access it needs. A shared mapping that mprotect may
+    /// make writable (VM_MAYWRITE) needs its file read-write even while it is read-only: opened read-only,
+    /// that mprotect would fail with EACCES after the restore. A file that no longer opens so fails the restore.
+    func openForMapping(_ path: String, _ m: MemoryRecord.Mapping, pid: pid_t) throws -> FileDescriptor {
+        do {
+            return try Files.open(path, m.needsWritableFile ? .readWrite : .readOnly)
+        } catch {
+            let range = "0x\(hex(m.start))-0x\(hex(m.end))"
+            if m.needsWritableFile && !m.protection.contains("w") {
+                throw CryoError("pid \(pid): mapping \(range) (\(m.path ?? path)) is shared and was mapped from a read-write "
+                    + "descriptor, so mprotect may make it writable; its file must open read-write: \(error)")
+            }
+            throw CryoError("pid \(pid): mapping \(range) of a file: \(error)")
+        }
     }
 
     /// The parasite connects to cryo and receives the slots' descriptors: all of them, or
@@ -1061,10 +1072,10 @@ public struct Restorer {
             temporary: parasiteRange.upperBound + 0x10_0000, pagesFDs: slots.pages.map(slots.fd),
             fileFD: { m in
                 if let id = m.shmem { return slots.fd(slots.mappings["shmem:\(id)"]!) }
-                if m.deleted == true { return slots.fd(slots.mappings["deleted\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.file!)"]!) }
+                if m.deleted == true { return slots.fd(slots.mappings["deleted\(m.needsWritableFile ? "rw" : "r"):\(m.file!)"]!) }
                 if m.kind == .packetRing { return slots.fd(slots.mappings["packetRing:\(m.file!)"]!) }
-                if m.kind == .memfd { return slots.fd(slots.mappings["memfd\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.file!)"]!) }
-                return slots.fd(slots.mappings["\(m.shared && m.protection.contains("w") ? "rw" : "r"):\(m.path!)"]!)
+                if m.kind == .memfd { return slots.fd(slots.mappings["memfd\(m.needsWritableFile ? "rw" : "r"):\(m.file!)"]!) }
+                return slots.fd(slots.mappings["\(m.needsWritableFile ? "rw" : "r"):\(m.path!)"]!)
             },
             oldRseq: try Ptrace.rseqConfiguration(pid), keepInherited: shareMemory, extraRuns: extraRuns)
         let thpToSet = task.memory.thpDisable != nil || (process.sharesMemory && session.thpDisableMayBeInherited)
