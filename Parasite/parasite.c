@@ -66,6 +66,8 @@ enum {
 #define MADV_WIPEONFORK 18
 #define MADV_MERGEABLE 12
 #define MADV_RANDOM 1
+#define MADV_GUARD_INSTALL 102
+#define MADV_GUARD_REMOVE 103
 #define MADV_SEQUENTIAL 2
 #define MLOCK_ONFAULT 1
 #define MCL_FUTURE 2
@@ -410,6 +412,13 @@ static long fill_runs(struct cryo_args_header *h, struct cryo_page_run *runs, ui
     return 0;
 }
 
+/* Whether a guard region lies in the mapping (guards are in address order). */
+static int holds_guard(const struct cryo_range *guards, uint64_t count, const struct cryo_vma *v) {
+    for (uint64_t i = 0; i < count && guards[i].start < v->end; i++)
+        if (guards[i].end > v->start) return 1;
+    return 0;
+}
+
 static long restore_memory(struct cryo_args_header *h) {
     struct cryo_restore_memory *m = payload(h);
     struct cryo_range *unmaps = (struct cryo_range *)(m + 1);
@@ -417,6 +426,7 @@ static long restore_memory(struct cryo_args_header *h) {
     struct cryo_vma *vmas = (struct cryo_vma *)(remaps + m->remap_count);
     struct cryo_page_run *runs = (struct cryo_page_run *)(vmas + m->vma_count);
     struct cryo_range *discards = (struct cryo_range *)(runs + m->run_count);
+    struct cryo_range *guards = discards + m->discard_count;
 
     /* The controller's rseq area is about to vanish; the kernel must stop writing to it. */
     if (m->old_rseq)
@@ -446,9 +456,11 @@ static long restore_memory(struct cryo_args_header *h) {
         long addr;
         if (v->keep) {
             /* Inherited with its pages shared copy-on-write: only this task's own pages are written.
-             * It has the parent's protection, which may not be this task's. */
+             * It has the parent's protection, which may not be this task's, and the parent's guard
+             * regions, which may not be this task's either (its own are installed below). */
             addr = (long)v->start;
             CHECK(h, sys3(NR_mprotect, v->start, length, prot), i, NR_mprotect, v->start);
+            if (m->drop_kept_guards) CHECK(h, sys3(NR_madvise, v->start, length, MADV_GUARD_REMOVE), i, NR_madvise, v->start);
         } else if (v->sysv_shm) {
             /* A real attach, so shmdt and the segment's attach count work as before. */
             enum { SHM_RDONLY = 010000, SHM_REMAP = 040000, SHM_EXEC = 0100000 };
@@ -466,6 +478,11 @@ static long restore_memory(struct cryo_args_header *h) {
     }
     long filled = fill_runs(h, runs, m->run_count);
     if (filled < 0) return filled;
+    /* After the pages (a guard page takes none, and a touch of it faults), before mlock: MADV_GUARD_INSTALL
+     * refuses a locked mapping (EINVAL). */
+    for (uint64_t i = 0; i < m->guard_count; i++)
+        CHECK(h, sys3(NR_madvise, guards[i].start, guards[i].end - guards[i].start, MADV_GUARD_INSTALL), i, NR_madvise,
+              guards[i].start);
     for (uint64_t i = 0; i < m->vma_count; i++) {
         struct cryo_vma *v = &vmas[i];
         uint64_t length = v->end - v->start;
@@ -481,8 +498,15 @@ static long restore_memory(struct cryo_args_header *h) {
             if (v->madvise & advices[a].bit)
                 CHECK(h, sys3(NR_madvise, v->start, length, advices[a].advice), i, NR_madvise, v->start);
         /* Last: a lock without ONFAULT brings in every page of the mapping, which must hold its own by now. */
-        if (v->madvise & CRYO_VMA_LOCKED)
+        if ((v->madvise & CRYO_VMA_LOCKED) && !(v->madvise & CRYO_VMA_LOCKONFAULT) && holds_guard(guards, m->guard_count, v)) {
+            /* Bringing pages in stops at a guard page with ENOMEM, after the lock is set: as for the task
+             * itself. Locked on fault first, so a real refusal (RLIMIT_MEMLOCK) still fails here. */
+            CHECK(h, sys3(NR_mlock2, v->start, length, MLOCK_ONFAULT), i, NR_mlock2, v->start);
+            long locked = sys3(NR_mlock2, v->start, length, 0);
+            if (locked != -12 /* ENOMEM */) CHECK(h, locked, i, NR_mlock2, v->start);
+        } else if (v->madvise & CRYO_VMA_LOCKED) {
             CHECK(h, sys3(NR_mlock2, v->start, length, v->madvise & CRYO_VMA_LOCKONFAULT ? MLOCK_ONFAULT : 0), i, NR_mlock2, v->start);
+        }
     }
     return 0;
 }

@@ -13,6 +13,21 @@ public enum Pagemap {
         return withUnsafeMutablePointer(to: &argument) { Kernel.rawSyscall(SYS_ioctl, [pagemap, CRYO_PAGEMAP_SCAN, $0]) }
     }
 
+    /// Whether this kernel's PAGEMAP_SCAN reports guard regions (PAGE_IS_GUARD, Linux 6.15): an empty
+    /// scan that asks for them is refused with EINVAL where it does not.
+    public static func reportsGuards(_ pagemap: FileDescriptor) -> Bool {
+        var argument = cryo_pm_scan_arg()
+        argument.return_mask = UInt64(CRYO_PAGE_IS_GUARD)
+        return scanRaw(pagemap, &argument, into: UnsafeMutableBufferPointer(start: nil, count: 0)) >= 0
+    }
+
+    /// The same, for `pid`'s pagemap (false where it does not open).
+    public static func reportsGuards(pid: pid_t) -> Bool {
+        guard let pagemap = try? Files.open("/proc/\(pid)/pagemap", .readOnly) else { return false }
+        defer { try? pagemap.close() }
+        return reportsGuards(pagemap)
+    }
+
     /// The same, throwing a SyscallError for pid and object.
     public static func scan(_ pagemap: FileDescriptor, _ argument: inout cryo_pm_scan_arg,
                             into regions: UnsafeMutableBufferPointer<cryo_page_region>, pid: pid_t? = nil,

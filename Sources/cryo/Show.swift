@@ -105,7 +105,8 @@ struct ShowCommand: ParsableCommand {
         if let flags = task.memory.lockFuture { print("  mlockall MCL_FUTURE" + (flags & 4 != 0 ? " | MCL_ONFAULT" : "") + ": mappings made later are locked") }
         print("  mappings (\(task.memory.mappings.count), \(saved / 4096) pages saved, \(String(printf: "%.1f", Double(saved) / 1048576)) MiB\(compressed)):")
         // Runs and mappings are both in address order: one walk over the two.
-        var runCursor = 0
+        var runCursor = 0, guardCursor = 0
+        let guards = (task.memory.guards ?? []).filter { $0.count == 2 && $0[0] <= $0[1] }
         for m in task.memory.mappings {
             let runs = task.pageIndex.runs
             while runCursor < runs.count && runs[runCursor].address < m.start { runCursor += 1 }
@@ -119,6 +120,9 @@ struct ShowCommand: ParsableCommand {
             let attributes = m.attributeNames
             if !attributes.isEmpty { line += "  (\(attributes.joined(separator: ", ")))" }
             if pages > 0 { line += "  [\(pages) pages saved]" }
+            var guardPages: UInt64 = 0
+            while guardCursor < guards.count && guards[guardCursor][0] < m.end { guardPages += (guards[guardCursor][1] - guards[guardCursor][0]) / 4096; guardCursor += 1 }
+            if guardPages > 0 { line += "  [\(guardPages) guard pages]" }
             print(line)
         }
         print("  descriptors (\(task.descriptors.descriptors.count)):")

@@ -59,6 +59,53 @@ struct MappingQueryUnitTests {
         }
     }
 
+    @Test("droppable memory is mapped MAP_DROPPABLE without its saved pages; guard regions follow the runs; may-write marked")
+    func planDroppableGuardsMayWrite() throws {
+        func mapping(_ start: UInt64, shared: Bool = false, kind: MemoryRecord.Kind = .anonymous, protection: String = "rw") -> MemoryRecord.Mapping {
+            MemoryRecord.Mapping(start: start, end: start + 0x4000, protection: protection, shared: shared, kind: kind, path: nil,
+                                 fileOffset: 0, device: nil, inode: nil, growsDown: false, noReserve: false, advice: 0)
+        }
+        var droppable = mapping(0x10_0000)
+        droppable.droppable = true
+        var mayWrite = mapping(0x20_0000, shared: true, kind: .memfd, protection: "r")
+        mayWrite.mayWrite = true
+        mayWrite.file = 0
+        var record = MemoryRecord(mappings: [droppable, mayWrite, mapping(0x30_0000)])
+        record.guards = [[0x30_1000, 0x30_2000], [0x20_3000, 0x20_4000]].sorted { $0[0] < $1[0] }
+        // A page saved in the droppable mapping (as a dump before this rule did) and two in the ordinary one.
+        let runs = [PageRun(address: 0x10_0000, length: 0x1000, offset: 0), PageRun(address: 0x30_0000, length: 0x1000, offset: 0x1000),
+                    PageRun(address: 0x30_2000, length: 0x1000, offset: 0x2000)]
+        let index = PageIndex(runs: runs, pagesFileSize: 0x3000)
+        try record.validate(file: "t", index: index, pagesFiles: [("p", 0x3000)])
+        let plan = try MemoryRestorePlan(record: record, index: index, current: [], parasite: 0x7000_0000..<0x7000_1000,
+                                         temporary: 0x7000_2000, pagesFDs: [7], fileFD: { _ in 9 }, oldRseq: cryo_rseq_config())
+        let header = plan.payload.withUnsafeBytes { $0.loadUnaligned(as: cryo_restore_memory.self) }
+        try #require(header.vma_count == 3 && header.run_count == 2 && header.guard_count == 2)
+        let vmaOffset = MemoryLayout<cryo_restore_memory>.size + Int(header.unmap_count) * MemoryLayout<cryo_range>.size
+            + Int(header.remap_count) * MemoryLayout<cryo_remap>.size
+        let vmas = (0..<3).map { i in plan.payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: vmaOffset + i * MemoryLayout<cryo_vma>.size, as: cryo_vma.self) } }
+        #expect(vmas[0].flags == UInt32(MemoryRestorePlan.mapDroppable | MAP_ANONYMOUS) && vmas[0].run_count == 0)
+        #expect(vmas[2].flags == UInt32(MAP_PRIVATE | MAP_ANONYMOUS) && vmas[2].run_count == 2)
+        #expect(vmas[1].flags == UInt32(MAP_SHARED) && vmas[1].fd == 9)
+        #expect(vmas[1].madvise & CRYO_VMA_MAYWRITE != 0 && vmas[0].madvise & CRYO_VMA_MAYWRITE == 0 && vmas[2].madvise & CRYO_VMA_MAYWRITE == 0)
+        #expect(record.mappings[1].needsWritableFile && !record.mappings[2].needsWritableFile)
+        let guardOffset = plan.payload.count - 2 * MemoryLayout<cryo_range>.size
+        let guards = (0..<2).map { i in plan.payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: guardOffset + i * MemoryLayout<cryo_range>.size, as: cryo_range.self) } }
+        #expect(guards.map { [$0.start, $0.end] } == [[0x20_3000, 0x20_4000], [0x30_1000, 0x30_2000]])
+
+        // A page saved inside a guard region, a guard outside every mapping, or out of order: refused.
+        var bad = record
+        bad.guards = [[0x30_0000, 0x30_1000]]
+        #expect(throws: ImageError.self) { try bad.validate(file: "t", index: index, pagesFiles: [("p", 0x3000)]) }
+        bad.guards = [[0x40_0000, 0x40_1000]]
+        #expect(throws: ImageError.self) { try bad.validate(file: "t", index: index, pagesFiles: [("p", 0x3000)]) }
+        bad.guards = [[0x30_1000, 0x30_2000], [0x20_3000, 0x20_4000]]
+        #expect(throws: ImageError.self) { try bad.validate(file: "t", index: index, pagesFiles: [("p", 0x3000)]) }
+        bad = record
+        bad.mappings[0].shared = true
+        #expect(throws: ImageError.self) { try bad.validate(file: "t", index: index, pagesFiles: [("p", 0x3000)]) }
+    }
+
     @Test("10,000 mappings of the shapes fixture with every 4th one a file's: a quarter as many ranges, none over the files")
     func registrationRangesAtScale() {
         let page: UInt64 = 4096

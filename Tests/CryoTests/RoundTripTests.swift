@@ -34,6 +34,21 @@ extension EndToEnd {
             try selfCheckingRoundTrip("mlocked", arguments: ["sealed"], scratch: "mlocked-sealed")
         }
 
+        /// Guard pages read as EIO: the dump must leave them out, and the restore install them again once the pages are in.
+        @Test("guard regions (MADV_GUARD_INSTALL) come back, eager, from a compressed image and lazily",
+              arguments: ["eager", "compressed", "lazy"])
+        func guardRegions(_ mode: String) throws {
+            let probe = try Scratch("guards-probe-\(mode)")
+            defer { probe.remove() }
+            let fixture = try Fixture("guards", arguments: [], in: probe)
+            _ = waitUntil(timeout: 20) { fixture.lines.contains("READY") || fixture.tagged("NOGUARD") != nil }
+            let unsupported = fixture.tagged("NOGUARD")
+            fixture.cleanUp()
+            if let unsupported { try Test.cancel(Comment(rawValue: "no guard regions here: \(unsupported.joined(separator: " "))")) }
+            try selfCheckingRoundTrip("guards", arguments: [], scratch: "guards-\(mode)", dumpOptions: mode == "compressed" ? ["--compress"] : [],
+                                      restoreOptions: mode == "lazy" ? ["--lazy-pages"] : [])
+        }
+
         @Test("restore detached (-d)", arguments: ["counter", "signals"])
         func detached(_ name: String) throws {
             try roundTrip(name, detached: true)

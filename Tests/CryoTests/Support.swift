@@ -569,15 +569,15 @@ func checkBigmemImageSize(_ images: String, fixture: Fixture) {
 }
 
 /// Starts `name` with `arguments`, dumps it, restores it and expects its own check to pass.
-func selfCheckingRoundTrip(_ name: String, arguments: [String], scratch stem: String,
-                           sourceLocation: SourceLocation = #_sourceLocation) throws {
+func selfCheckingRoundTrip(_ name: String, arguments: [String], scratch stem: String, dumpOptions: [String] = [],
+                           restoreOptions: [String] = [], sourceLocation: SourceLocation = #_sourceLocation) throws {
     let scratch = try Scratch(stem)
     defer { scratch.remove() }
     let fixture = try Fixture(name, arguments: arguments, in: scratch)
     defer { fixture.cleanUp() }
     try fixture.waitReady()
-    let (images, _) = try dumpAndReap(fixture, in: scratch, sourceLocation: sourceLocation)
-    let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+    let (images, _) = try dumpAndReap(fixture, in: scratch, options: dumpOptions, sourceLocation: sourceLocation)
+    let restore = try CryoProcess(["restore", "-D", images] + restoreOptions, in: scratch)
     defer { restore.stop() }
     try expectRestoredAndPassing(fixture, by: restore, sourceLocation: sourceLocation)
 }

@@ -81,6 +81,7 @@ int cryo_malloc_trim(void);
 #define CRYO_PAGE_IS_SWAPPED   (1ull << 4)
 #define CRYO_PAGE_IS_PFNZERO   (1ull << 5)
 #define CRYO_PAGE_IS_HUGE      (1ull << 6)
+#define CRYO_PAGE_IS_GUARD     (1ull << 8)  /* Linux 6.15: a guard region's page (MADV_GUARD_INSTALL); 7 is soft-dirty */
 typedef struct { uint64_t start, end, categories; } cryo_page_region;
 typedef struct {
     uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;

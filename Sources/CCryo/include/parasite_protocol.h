@@ -19,7 +19,7 @@
 #include "injector_protocol.h"
 
 /* cryo's own blob (Parasite/): its protocol version, answered to PING. */
-#define CRYO_PARASITE_PROTOCOL_VERSION 13u
+#define CRYO_PARASITE_PROTOCOL_VERSION 14u
 
 enum cryo_command {
     CRYO_CMD_PING = CRYO_INJECTOR_CMD_PING, /* answers with the protocol version */
@@ -189,7 +189,7 @@ struct cryo_vma {
 /* Bytes of the pages file `fd` (the page stream may span several) that belong at [address, address + length). */
 struct cryo_page_run { uint64_t address; uint64_t length; uint64_t file_offset; int32_t fd; uint32_t pad; };
 
-/* Followed in the argument area by unmaps[], remaps[], vmas[], runs[], discards[]. */
+/* Followed in the argument area by unmaps[], remaps[], vmas[], runs[], discards[], guards[]. */
 struct cryo_restore_memory {
     uint64_t unmap_count;
     uint64_t remap_count;
@@ -199,6 +199,8 @@ struct cryo_restore_memory {
     uint32_t old_rseq_length;
     uint32_t old_rseq_signature;
     uint64_t discard_count;    /* ranges of kept mappings whose inherited pages go (MADV_DONTNEED) */
+    uint64_t guard_count;      /* guard regions to install (MADV_GUARD_INSTALL) once the pages are in */
+    uint64_t drop_kept_guards; /* 1: an ancestor had guard regions: kept mappings lose those they came with first */
 };
 
 /* The kernel's struct prctl_mm_map. */

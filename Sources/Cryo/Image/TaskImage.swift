@@ -19,7 +19,9 @@ public struct TaskImage: Codable, Sendable {
         // version 6: mappings and descriptors too (10,000 of either were most of a dump's and restore's work).
         // Version 6 covers 5's inherited mappings as well: an older cryo refuses both.
         // Version 7: ranges kept from the parent that are not whole mappings, which a version 6 cryo would keep whole.
-        var writer = RecordWriter(version: memory.inheritedRanges == nil ? ImageFormat.binaryTablesVersion : ImageFormat.inheritedRangesVersion)
+        // Version 9: guard regions, which an older cryo would not install.
+        var writer = RecordWriter(version: memory.guards != nil ? ImageFormat.guardRegionsVersion
+            : memory.inheritedRanges == nil ? ImageFormat.binaryTablesVersion : ImageFormat.inheritedRangesVersion)
         try writer.append(.task, core)
         try writer.append(.threads, threads)
         var rest = memory

@@ -87,6 +87,9 @@ public struct MemoryRecord: Codable, Sendable {
     /// [start, end) ranges of inherited mappings whose pages the parent has and this task has not:
     /// dropped after fork at restore (CopyOnWrite.swift).
     public var discards: [[UInt64]]? = nil
+    /// [start, end) guard regions (madvise MADV_GUARD_INSTALL, Linux 6.13) in address order, each inside one
+    /// mapping: no page there, and a touch is SIGSEGV. Installed again once the pages are in (format version 9).
+    public var guards: [[UInt64]]? = nil
     /// [start, end) ranges kept from the parent at fork, in address order, when some inherited
     /// mapping is not kept whole (format version 7); without it, every inherited mapping is.
     public var inheritedRanges: [[UInt64]]? = nil
@@ -515,8 +518,42 @@ extension MemoryRecord {
     /// The kernel walks every page table entry (about 4 ms for 2 GiB here): the
     /// address space is cut into pieces of at most `piece` mapped bytes that both
     /// CPUs take turns at.
+    /// Guard regions (MADV_GUARD_INSTALL) are never among them: the kernel reports a guard page as
+    /// swapped, and reading it fails with EIO.
     func scanPages(pid: pid_t, pagemap: FileDescriptor, extraCategories: UInt64 = 0,
                    statistics: inout DumpStatistics) throws -> [cryo_page_region] {
+        try scanPagesAndGuards(pid: pid, pagemap: pagemap, extraCategories: extraCategories, statistics: &statistics,
+                               sharedGuards: false).pages
+    }
+
+    /// The same, and the guard regions (MADV_GUARD_INSTALL), in address order, where the kernel reports them
+    /// (PAGE_IS_GUARD, Linux 6.15; without it the kernel has none to find, or is 6.13 or 6.14, whose guard pages fail
+    /// the copy with EIO). Those of private mappings come from the same walk; `sharedGuards` walks the
+    /// shared mappings too (a guard region of a file, Linux 6.15), whose pages are never read.
+    func scanPagesAndGuards(pid: pid_t, pagemap: FileDescriptor, extraCategories: UInt64 = 0,
+                            statistics: inout DumpStatistics, sharedGuards: Bool) throws -> (pages: [cryo_page_region], guards: [Range<UInt64>]) {
+        let guardBit = Pagemap.reportsGuards(pagemap) ? UInt64(CRYO_PAGE_IS_GUARD) : 0
+        let scanned = try scanPages(pid: pid, pagemap: pagemap, extraCategories: extraCategories | guardBit, statistics: &statistics,
+                                    categories: pageCategories)
+        var pages: [cryo_page_region] = []
+        pages.reserveCapacity(scanned.count)
+        var guards: [Range<UInt64>] = []
+        for region in scanned {
+            if region.categories & guardBit == 0 { pages.append(region) } else { guards.append(region.start..<region.end) }
+        }
+        guard guardBit != 0, sharedGuards, mappings.contains(where: { $0.shared }) else { return (pages, guards) }
+        var unused = DumpStatistics()
+        let shared = try scanPages(pid: pid, pagemap: pagemap, extraCategories: guardBit, statistics: &unused) { m in
+            // Not the kernel's own mappings or a socket's rings, nor hugetlb memory: no guard region goes there.
+            m.shared && !m.isSpecial && m.kind != .aioRing && m.kind != .packetRing && m.hugePageSize == nil ? (0, 0, guardBit) : nil
+        }
+        if shared.isEmpty { return (pages, guards) }
+        // Each range lies inside one mapping, private or shared: no two overlap.
+        return (pages, (guards + shared.map { $0.start..<$0.end }).sorted { $0.lowerBound < $1.lowerBound })
+    }
+
+    private func scanPages(pid: pid_t, pagemap: FileDescriptor, extraCategories: UInt64, statistics: inout DumpStatistics,
+                           categories pageCategories: (Mapping) -> (inverted: UInt64, mask: UInt64, anyOf: UInt64)?) throws -> [cryo_page_region] {
         let piece: UInt64 = 64 << 20
         typealias Categories = (inverted: UInt64, mask: UInt64, anyOf: UInt64)
         // `mappings`: the indices of the mappings the range covers, in order.
@@ -607,11 +644,13 @@ extension MemoryRecord {
         return result
     }
 
-    /// The address ranges whose pages go into the image, in order (PAGEMAP_SCAN).
-    func presentPages(pid: pid_t, statistics: inout DumpStatistics) throws -> [Range<UInt64>] {
+    /// The address ranges whose pages go into the image, in order (PAGEMAP_SCAN); the guard regions go into `guards`.
+    mutating func presentPages(pid: pid_t, statistics: inout DumpStatistics) throws -> [Range<UInt64>] {
         let pagemap = try Files.open("/proc/\(pid)/pagemap", .readOnly)
         defer { try? pagemap.close() }
-        return try scanPages(pid: pid, pagemap: pagemap, statistics: &statistics).map { $0.start..<$0.end }
+        let (pages, guards) = try scanPagesAndGuards(pid: pid, pagemap: pagemap, statistics: &statistics, sharedGuards: true)
+        self.guards = guards.isEmpty ? nil : guards.map { [$0.lowerBound, $0.upperBound] }
+        return pages.map { $0.start..<$0.end }
     }
 
     /// Copies the pages that matter into `pagesPath` (and, for a large copy, its part files) and returns their index.
@@ -619,7 +658,7 @@ extension MemoryRecord {
     /// `compress` writes them as zstd frames (PageFrames), read with process_vm_readv.
     /// `settled` is called once the address space will change no more (for MappingsPrefetch).
     /// `select`, when given, picks from the present pages those to write (CopyOnWrite: not the ones shared with the parent).
-    func dumpPages(pid: pid_t, to pagesPath: String, compress: Bool = false, statistics: inout DumpStatistics,
+    mutating func dumpPages(pid: pid_t, to pagesPath: String, compress: Bool = false, statistics: inout DumpStatistics,
                    inTask: InTaskPageCopy? = nil, select: (([Range<UInt64>]) throws -> [Range<UInt64>])? = nil,
                    settled: () -> Void = {}) throws -> PageIndex {
         let out = try Files.open(pagesPath, .writeOnly, options: [.create, .exclusiveCreate, .noFollow], permissions: [.ownerReadWrite])
@@ -646,7 +685,11 @@ extension MemoryRecord {
             return PageIndex(runs: runs, pagesFileSize: total - tail, parts: tail > 0 ? [tail] : nil)
         }
         settled()
-        try copyByReading(pid: pid, regions: regions, to: out, path: pagesPath)
+        do {
+            try copyByReading(pid: pid, regions: regions, to: out, path: pagesPath)
+        } catch let error as SyscallError where error.errno == .ioError && !Pagemap.reportsGuards(pid: pid) {
+            throw CryoError("\(error); a guard region (MADV_GUARD_INSTALL) reads so, and this kernel cannot report them (PAGEMAP_SCAN's PAGE_IS_GUARD, Linux 6.15)")
+        }
         return PageIndex(runs: runs, pagesFileSize: total)
     }
 
@@ -743,6 +786,17 @@ extension MemoryRecord {
             }
             previousEnd = m.end
         }
+        // Guard regions: in order, each inside one mapping that is not the kernel's, and holding no saved page (below).
+        var mappingCursor = 0, guardEnd: UInt64 = 0
+        for range in guards ?? [] {
+            while mappingCursor < mappings.count && mappings[mappingCursor].end <= (range.first ?? 0) { mappingCursor += 1 }
+            guard range.count == 2, range[0] < range[1], range[0] % 4096 == 0, range[1] % 4096 == 0, range[0] >= guardEnd,
+                  mappingCursor < mappings.count, mappings[mappingCursor].start <= range[0], range[1] <= mappings[mappingCursor].end,
+                  !mappings[mappingCursor].isSpecial else {
+                throw ImageError(file: file, record: "memory", "guard region \(range) is malformed, out of order or outside every mapping")
+            }
+            guardEnd = range[1]
+        }
         guard index.parts == nil || (index.compression == nil && index.parts!.allSatisfy { $0 > 0 && $0 % 4096 == 0 }) else {
             throw ImageError(file: file, record: "pageIndex", "parts \(index.parts!) are empty, unaligned or compressed")
         }
@@ -754,7 +808,13 @@ extension MemoryRecord {
         // Runs in address order, each inside one mapping: one walk over runs and mappings together.
         var expectedOffset: UInt64 = 0, previousRunEnd: UInt64 = 0
         var cursor = 0
+        let guardRanges = guards ?? []
+        var guardCursor = 0
         for run in index.runs {
+            while guardCursor < guardRanges.count && guardRanges[guardCursor][1] <= run.address { guardCursor += 1 }
+            if guardCursor < guardRanges.count && guardRanges[guardCursor][0] < run.end {
+                throw ImageError(file: file, record: "pageIndex", "page run \(run) holds part of guard region \(guardRanges[guardCursor])")
+            }
             while cursor < mappings.count && mappings[cursor].end <= run.address { cursor += 1 }
             // Compressed streams are cut into frames by offset: consecutive there. Raw ones may point anywhere
             // inside the stream (a migrated image keeps each page where it arrived, in whichever round).
@@ -1091,7 +1151,7 @@ struct MemoryRestorePlan {
 
     init(record: MemoryRecord, index: PageIndex, current: [ProcMapping], parasite: Range<UInt64>,
          temporary: UInt64, pagesFDs: [Int32], fileFD: (MemoryRecord.Mapping) throws -> Int32,
-         oldRseq: cryo_rseq_config, keepInherited: Bool = true, extraRuns: [cryo_page_run] = []) throws {
+         oldRseq: cryo_rseq_config, keepInherited: Bool = true, extraRuns: [cryo_page_run] = [], ancestorGuards: Bool = false) throws {
         // Mappings inherited from the parent are in place already, shared copy-on-write: they stay.
         // Without (keepInherited false) they are mapped afresh and `extraRuns` (the parent's pages) fill them.
         let kept = keepInherited ? record.keptFromParent : []
@@ -1220,7 +1280,12 @@ struct MemoryRestorePlan {
         header.old_rseq_signature = oldRseq.signature
         let discards = keepInherited ? (record.discards ?? []).map { cryo_range(start: $0[0], end: $0[1]) } : []
         header.discard_count = UInt64(discards.count)
+        let guards = (record.guards ?? []).map { cryo_range(start: $0[0], end: $0[1]) }
+        header.guard_count = UInt64(guards.count)
+        // A kept mapping comes with the guard regions its parent had at fork, which this task may have removed since.
+        header.drop_kept_guards = ancestorGuards && !kept.isEmpty ? 1 : 0
         payload = bytes(of: header) + bytes(of: unmaps) + bytes(of: remaps) + bytes(of: vmas) + bytes(of: runs) + bytes(of: discards)
+            + bytes(of: guards)
     }
 }
 

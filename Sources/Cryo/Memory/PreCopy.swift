@@ -627,7 +627,7 @@ extension MemoryRecord {
     /// in mappings no longer tracked) are read from the frozen task now; the
     /// others are left to `PendingFill`, after the task is released. The file
     /// system must have room for that fill before anything is written.
-    func dumpPages(pid: pid_t, to pagesPath: String, previous: PreDumpPages, held: HeldPages?, readFresh: Bool = true,
+    mutating func dumpPages(pid: pid_t, to pagesPath: String, previous: PreDumpPages, held: HeldPages?, readFresh: Bool = true,
                    statistics: inout DumpStatistics) throws -> (PageIndex, PendingFill) {
         let pagemap = try Files.open("/proc/\(pid)/pagemap", .readOnly)
         defer { try? pagemap.close() }
@@ -638,8 +638,9 @@ extension MemoryRecord {
         let old = previous.index.runs
         var j = 0
         let unchanged = UInt64(CRYO_PAGE_IS_WPALLOWED)
-        let scanned = try scanPages(pid: pid, pagemap: pagemap, extraCategories: UInt64(CRYO_PAGE_IS_WPALLOWED | CRYO_PAGE_IS_WRITTEN),
-                                    statistics: &statistics)
+        let (scanned, guards) = try scanPagesAndGuards(pid: pid, pagemap: pagemap, extraCategories: UInt64(CRYO_PAGE_IS_WPALLOWED | CRYO_PAGE_IS_WRITTEN),
+                                                       statistics: &statistics, sharedGuards: true)
+        self.guards = guards.isEmpty ? nil : guards.map { [$0.lowerBound, $0.upperBound] }
         for region in try Self.withoutMarkers(scanned, pagemap: pagemap, pid: pid) {
             let (start, end) = (region.start, region.end)
             runs.append(PageRun(address: start, length: end - start, offset: total))  // never merged: a run stays inside one mapping

@@ -463,7 +463,7 @@ public struct Restorer {
             // A mapping partly kept from the parent is one piece per kept range and per gap, its runs cut at their ends.
             + (task.memory.mappings.count + 2 * (task.memory.inheritedRanges?.count ?? 0)) * MemoryLayout<cryo_vma>.stride
             + (task.pageIndex.runs.count + 2 * (task.memory.inheritedRanges?.count ?? 0)) * MemoryLayout<cryo_page_run>.stride
-            + (task.memory.discards?.count ?? 0) * MemoryLayout<cryo_range>.stride
+            + ((task.memory.discards?.count ?? 0) + (task.memory.guards?.count ?? 0)) * MemoryLayout<cryo_range>.stride
             + MemoryLayout<cryo_task_state>.size + MemoryLayout<cryo_restore_extra>.size
             + MemoryLayout<cryo_thread_state>.size
             + task.descriptors.descriptors.count * MemoryLayout<cryo_fd_install>.stride + 4096
@@ -1077,7 +1077,8 @@ public struct Restorer {
                 if m.kind == .memfd { return slots.fd(slots.mappings["memfd\(m.needsWritableFile ? "rw" : "r"):\(m.file!)"]!) }
                 return slots.fd(slots.mappings["\(m.needsWritableFile ? "rw" : "r"):\(m.path!)"]!)
             },
-            oldRseq: try Ptrace.rseqConfiguration(pid), keepInherited: shareMemory, extraRuns: extraRuns)
+            oldRseq: try Ptrace.rseqConfiguration(pid), keepInherited: shareMemory, extraRuns: extraRuns,
+            ancestorGuards: shareMemory && task.memory.mappings.contains { $0.inherited == true } && image.tasks.contains { $0.memory.guards != nil })
         let thpToSet = task.memory.thpDisable != nil || (process.sharesMemory && session.thpDisableMayBeInherited)
         let compressed = task.pageIndex.compression != nil || ancestors.keys.contains { image.task($0)!.pageIndex.compression != nil }
         let moreFollows = !early && (lazy != nil || thpToSet || compressed || task.memory.mappings.contains { $0.kind == .aioRing })
