@@ -49,6 +49,7 @@ struct CheckCommand: ParsableCommand {
         ("tcp_half_closed", .always("half-closed connections (CLOSE_WAIT, FIN_WAIT1/2, LAST_ACK, CLOSING) come back with --tcp-established")),
         ("network_lock_nftables", .program("nft", "dump --network-lock nftables runs nft")),
         ("seccomp_suspend", .check("capability CAP_SYS_ADMIN")),
+        ("pagemap_scan_guard_pages", .check("PAGEMAP_SCAN guard pages (Linux 6.15+)")),
         ("memfd_hugetlb", .always("MFD_HUGETLB memfds come back of huge pages when vm.nr_hugepages has them free")),
         ("cgroupns", .cryoLacks("cryo does not restore cgroup namespaces yet")),
     ]

@@ -89,6 +89,11 @@ public enum KernelCheck {
             let found = try regions.withUnsafeMutableBufferPointer { try Pagemap.scan(pagemap, &arg, into: $0) }
             return "scanned own stack page: \(found) present region"
         }
+        add("PAGEMAP_SCAN guard pages (Linux 6.15+)", required: false) {
+            // Without it a guard page (MADV_GUARD_INSTALL, Linux 6.13) fails the dump with EIO.
+            guard Pagemap.reportsGuards(pid: getpid()) else { throw CryoError("PAGE_IS_GUARD not known: a guard region fails the dump") }
+            return "available (guard regions are left out of the pages and installed again)"
+        }
         add("userfaultfd write-protect, async mode", required: false) {
             guard try Userfaultfd.offersAsyncWriteProtect() else { throw CryoError("UFFD_FEATURE_WP_ASYNC not offered") }
             return "available (pre-copy write tracking without soft-dirty)"
