@@ -15,6 +15,10 @@
  *              socket still here, from an abstract and a path-named one
  *              closed since, and from an unnamed one: recvfrom must tell
  *              each sender's name again
+ *   self       a datagram socket bound to a path and connected to its own
+ *              name, holding a datagram it sent itself
+ *   passopts   a socketpair end with SO_PASSSEC and SO_PASSPIDFD on (where the
+ *              kernel has it), the other end with SO_PASSCRED only
  *
  * `argv[2] == "ext"`, argv[3] a path: only a datagram socket connected to a
  * socket outside the tree bound there; after SIGTERM it sends "after restore".
@@ -235,7 +239,54 @@ int main(int argc, char **argv)
 	send_abstract(unnamed, server_name, "from nobody");
 	close(unnamed);
 
+	/* Connected to itself. */
+	char self_path[512];
+	snprintf(self_path, sizeof(self_path), "%s/self.sock", dir);
+	int self = bound(SOCK_DGRAM, self_path);
+	{
+		struct sockaddr_un me;
+		socklen_t size = address(&me, self_path);
+		if (connect(self, (struct sockaddr *)&me, size) != 0 || send(self, "to myself", 9, 0) != 9) die("self");
+	}
+
+	/* Pass options: SO_PASSSEC and SO_PASSPIDFD on one end, SO_PASSCRED on the other. */
+	int po[2], on = 1, has_pidfd = 1;
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, po) != 0) die("socketpair passopts");
+	if (setsockopt(po[0], SOL_SOCKET, SO_PASSSEC, &on, sizeof(on)) != 0) die("SO_PASSSEC");
+	if (setsockopt(po[0], SOL_SOCKET, 76 /* SO_PASSPIDFD */, &on, sizeof(on)) != 0) {
+		if (errno != ENOPROTOOPT) die("SO_PASSPIDFD");
+		has_pidfd = 0;
+	}
+	if (setsockopt(po[1], SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)) != 0) die("SO_PASSCRED");
+
 	wait_term();
+
+	expect_name(self, self_path, "self-connected socket");
+	{
+		struct sockaddr_un peer;
+		socklen_t size = sizeof(peer);
+		memset(&peer, 0, sizeof(peer));
+		if (getpeername(self, (struct sockaddr *)&peer, &size) != 0 || strcmp(peer.sun_path, self_path) != 0)
+			fail("self: peer is \"%s\", not its own name", peer.sun_path);
+		expect(self, "to myself", "self-connected socket's datagram");
+		if (send(self, "again", 5, 0) != 5) fail("self: cannot send to itself: %s", strerror(errno));
+		else expect(self, "again", "self-connected socket after restore");
+	}
+	{
+		static const struct { int end, option, want; const char *name; } opts[] = {
+			{ 0, SO_PASSSEC, 1, "SO_PASSSEC" }, { 0, 76, 1, "SO_PASSPIDFD" }, { 0, SO_PASSCRED, 0, "SO_PASSCRED" },
+			{ 1, SO_PASSSEC, 0, "SO_PASSSEC" }, { 1, 76, 0, "SO_PASSPIDFD" }, { 1, SO_PASSCRED, 1, "SO_PASSCRED" },
+		};
+		for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+			int value = -1;
+			socklen_t size = sizeof(value);
+			if (opts[i].option == 76 && !has_pidfd) continue;
+			if (getsockopt(po[opts[i].end], SOL_SOCKET, opts[i].option, &value, &size) != 0)
+				fail("passopts %d: %s: %s", opts[i].end, opts[i].name, strerror(errno));
+			else if (value != opts[i].want)
+				fail("passopts end %d: %s is %d, was %d", opts[i].end, opts[i].name, value, opts[i].want);
+		}
+	}
 
 	char at[80];
 	snprintf(at, sizeof(at), "@%s", live_name);

@@ -64,6 +64,10 @@ public struct UnixSocketState: DescriptorKind {
     /// Bit 0: receiving shut down, bit 1: sending shut down.
     public var shutdown: UInt8
     public var passCredentials: Bool
+    /// SO_PASSSEC and SO_PASSPIDFD (the kernel's security label, a pidfd of the sender with each
+    /// message); nil in older images and where the kernel has no such option.
+    public var passSecurity: Bool? = nil
+    public var passPidfd: Bool? = nil
     /// SO_SNDBUF and SO_RCVBUF as getsockopt reports them (twice what was set).
     public var sendBuffer: Int32
     public var receiveBuffer: Int32
@@ -147,6 +151,8 @@ extension UnixSocketState {
             peekOffset: try SocketDescription.option(fd, SO_PEEK_OFF, p.object))
         s.directory = directory
         s.fileInode = diag.file.map { UInt64($0.inode) }
+        s.passSecurity = try optionalFlag(fd, SO_PASSSEC_OPTION, "SO_PASSSEC", what)
+        s.passPidfd = try optionalFlag(fd, SO_PASSPIDFD_OPTION, "SO_PASSPIDFD", what)
         switch state {
         case .listening:
             let pending = max(diag.pending, diag.queues?.receive ?? 0)
@@ -184,6 +190,15 @@ extension UnixSocketState {
             throw CryoError("\(what): read \(total) of the \(queued) bytes in its receive queue")
         }
         return s
+    }
+
+    /// A boolean socket option the running kernel may not know (ENOPROTOOPT): nil then.
+    private static func optionalFlag(_ fd: FileDescriptor, _ option: Int32, _ name: String, _ what: String) throws -> Bool? {
+        do {
+            return try Sockets.option(fd, SOL_SOCKET, option, name: name, object: what) != 0
+        } catch let error as SyscallError where error.errno == .protocolNotAvailable {
+            return nil
+        }
     }
 
     /// Fills `queued`, `rights` and `senders` from the receive queue. Descriptors in
@@ -539,6 +554,12 @@ final class UnixSocketRebuilder: KindRebuilder {
                     closedPeers[id] = other
                     if s.type == .dgram, s.name != nil { try bind(mine, s, id) }
                     done.insert(id)
+                } else if s.peer == s.inode, s.name != nil {
+                    // A datagram socket connected to its own name: no pair, the one socket bound, then connected to itself.
+                    let fd = try socket(s.type, id)
+                    try bind(fd, s, id)
+                    try connect(fd, toSocket: id, id)
+                    done.insert(id)
                 } else if let peer = s.peer, let peerID = byInode[peer], states[peerID]!.peer == s.inode {
                     try connectPair(id, peerID)
                     done.formUnion([id, peerID])
@@ -888,6 +909,8 @@ final class UnixSocketRebuilder: KindRebuilder {
                 try Sockets.setOption(fd, SOL_SOCKET, option, value, name: name, object: what)
             }
             if s.passCredentials { try set(SO_PASSCRED, 1, "SO_PASSCRED") }
+            if s.passSecurity == true { try set(SO_PASSSEC_OPTION, 1, "SO_PASSSEC") }
+            if s.passPidfd == true { try set(SO_PASSPIDFD_OPTION, 1, "SO_PASSPIDFD") }
             // The kernel doubles what it is given: give it half of what it reported.
             for (option, forced, wanted, name) in [(SO_SNDBUF, SO_SNDBUFFORCE, s.sendBuffer, "SO_SNDBUFFORCE"),
                                                    (SO_RCVBUF, SO_RCVBUFFORCE, s.receiveBuffer, "SO_RCVBUFFORCE")] {
@@ -917,3 +940,7 @@ final class UnixSocketRebuilder: KindRebuilder {
         }
     }
 }
+
+/// Not in every libc's headers (SO_PASSPIDFD is from Linux 6.5).
+let SO_PASSSEC_OPTION: Int32 = 34
+let SO_PASSPIDFD_OPTION: Int32 = 76
