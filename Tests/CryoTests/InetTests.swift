@@ -256,6 +256,11 @@ extension EndToEnd.InetTests {
     func tcpCloseAtRestore() throws {
         try roundTrip(["closed"], dump: ["--tcp-established"], restore: ["--tcp-close"])
     }
+
+    @Test("sockets in CLOSE that hold a port (ended, reset with bytes unread, bound beside a listener) come back beside their listeners")
+    func closedHoldingPorts() throws {
+        try roundTrip(["ports"], dump: ["--tcp-established"], restore: ["--tcp-established"])
+    }
 }
 
 /// Runs a shell command: its exit status and output (stdout and stderr).

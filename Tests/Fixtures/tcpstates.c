@@ -24,6 +24,20 @@
  *              SIGTERM both ends read end of stream and writing fails EPIPE
  *   inflight   a listener (PORT printed) with a handshake cut off in SYN_RECV;
  *              after SIGTERM accepts "one" and "two" from `synpeer PORT`
+ *   ports      sockets without a connection that still hold a port (dumped with
+ *              --tcp-established), all on 127.0.0.1 beside a listener that stays:
+ *                ended   a pair through the listener, each end shut down for
+ *                        writing: the client's port held by its TIME_WAIT entry,
+ *                        the accepted end's by the listener; both in CLOSE
+ *                reset   accepted from the listener, "unread" queued, then reset
+ *                        by its client (connect AF_UNSPEC): CLOSE, the reset
+ *                        not reported yet
+ *                beside  bound (SO_REUSEADDR) to a second listener's port
+ *                        before that listener bound it, never listening
+ *              After SIGTERM: each is still in CLOSE with its name, and the
+ *              ended ones with their peer's (SO_PEERNAME); ended ends read end
+ *              of stream, reset reads "unread", then ECONNRESET, then end of
+ *              stream; writes fail with EPIPE; both listeners accept anew
  *   synpeer PORT  not dumped: connects "one" at once (left in SYN_SENT), "two"
  *              on SIGUSR1; passes once both connected and were answered
  *   lockpeer       not dumped: the peer outside the tree of `tcp peer PORT`.
@@ -359,12 +373,106 @@ static int synpeer(int port) {
     return finish();
 }
 
+static struct sockaddr_in name_of(int fd, int peer) {
+    struct sockaddr_in a;
+    socklen_t size = sizeof(a);
+    memset(&a, 0, sizeof(a));
+    if (peer ? getsockopt(fd, SOL_SOCKET, SO_PEERNAME, &a, &size) : getsockname(fd, (struct sockaddr *)&a, &size)) memset(&a, 0, sizeof(a));
+    return a;
+}
+
+static int same_address(struct sockaddr_in a, struct sockaddr_in b) {
+    return a.sin_port == b.sin_port && a.sin_addr.s_addr == b.sin_addr.s_addr && a.sin_port != 0;
+}
+
+static int listener_on(struct sockaddr_in *at) {
+    socklen_t size = sizeof(*at);
+    int one = 1, l = socket(AF_INET, SOCK_STREAM, 0);
+    if (l < 0 || setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 || bind(l, (struct sockaddr *)at, sizeof(*at)) != 0
+        || listen(l, 4) != 0 || getsockname(l, (struct sockaddr *)at, &size) != 0) die("listener");
+    return l;
+}
+
+/* A new connection to `at` is accepted by `l`. */
+static void accepts(int l, struct sockaddr_in at, const char *what) {
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(c, (struct sockaddr *)&at, sizeof(at)) != 0) { fail("%s: connect: %s", what, strerror(errno)); close(c); return; }
+    struct pollfd p = { .fd = l, .events = POLLIN };
+    int a = poll(&p, 1, 5000) == 1 ? accept(l, NULL, NULL) : -1;
+    if (a < 0) fail("%s: nothing to accept", what);
+    close(a);
+    close(c);
+}
+
+static int ports(void) {
+    struct sockaddr_in at = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    int l = listener_on(&at);
+    /* ended: FIN both ways; the client waits in TIME_WAIT (its socket in CLOSE). */
+    int a = socket(AF_INET, SOCK_STREAM, 0);
+    if (a < 0 || connect(a, (struct sockaddr *)&at, sizeof(at)) != 0) die("connect ended");
+    int b = accept(l, NULL, NULL);
+    if (b < 0) die("accept ended");
+    shutdown(a, SHUT_WR);
+    usleep(20000);
+    shutdown(b, SHUT_WR);
+    /* reset: the client goes away with an RST after "unread". */
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    if (c < 0 || connect(c, (struct sockaddr *)&at, sizeof(at)) != 0) die("connect reset");
+    int d = accept(l, NULL, NULL);
+    if (d < 0) die("accept reset");
+    struct sockaddr_in c_name = name_of(c, 0);
+    send_text(c, "unread");
+    usleep(20000);
+    struct sockaddr unspec = { .sa_family = AF_UNSPEC };
+    if (connect(c, &unspec, sizeof(unspec)) != 0) die("disconnect");
+    /* beside: bound first, then a listener on the same port. */
+    struct sockaddr_in second = at;
+    second.sin_port = 0;
+    int one = 1, e = socket(AF_INET, SOCK_STREAM, 0);
+    socklen_t size = sizeof(second);
+    if (e < 0 || setsockopt(e, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 || bind(e, (struct sockaddr *)&second, sizeof(second)) != 0
+        || getsockname(e, (struct sockaddr *)&second, &size) != 0) die("beside");
+    int m = listener_on(&second);
+    usleep(100000);
+    struct sockaddr_in names[4] = { name_of(a, 0), name_of(b, 0), name_of(d, 0), name_of(e, 0) };
+    struct sockaddr_in peers[3] = { name_of(a, 1), name_of(b, 1), name_of(d, 1) };
+    int fds[4] = { a, b, d, e };
+    const char *labels[4] = { "ended client", "ended server", "reset", "beside" };
+    printf("STATES ended=%s/%s reset=%s beside=%s\n", state_name(state(a)), state_name(state(b)), state_name(state(d)), state_name(state(e)));
+    for (int i = 0; i < 4; i++) if (state(fds[i]) != 7) die("not in CLOSE");
+    if (!same_address(peers[0], names[1]) || !same_address(peers[1], names[0]) || !same_address(peers[2], c_name)) die("peer names");
+    if (names[1].sin_port != at.sin_port || names[2].sin_port != at.sin_port || names[3].sin_port != second.sin_port) die("ports");
+    wait_term();
+    for (int i = 0; i < 4; i++) {
+        if (state(fds[i]) != 7) fail("%s: state %s, not CLOSE", labels[i], state_name(state(fds[i])));
+        if (!same_address(name_of(fds[i], 0), names[i])) fail("%s: its name changed", labels[i]);
+        if (i < 3 && !same_address(name_of(fds[i], 1), peers[i])) fail("%s: SO_PEERNAME changed", labels[i]);
+    }
+    char buffer[16];
+    for (int i = 0; i < 2; i++) {
+        ssize_t n = recv(fds[i], buffer, sizeof(buffer), MSG_DONTWAIT);
+        if (n != 0) fail("%s: read gave %zd (%s), not end of stream", labels[i], n, n < 0 ? strerror(errno) : "bytes");
+    }
+    ssize_t n = recv(d, buffer, sizeof(buffer), MSG_DONTWAIT);
+    if (n != 6 || memcmp(buffer, "unread", 6) != 0) fail("reset: read gave %zd, not \"unread\"", n);
+    n = recv(d, buffer, sizeof(buffer), MSG_DONTWAIT);
+    if (n != -1 || errno != ECONNRESET) fail("reset: then read gave %zd (%s), not ECONNRESET", n, n < 0 ? strerror(errno) : "bytes");
+    n = recv(d, buffer, sizeof(buffer), MSG_DONTWAIT);
+    if (n != 0) fail("reset: at last read gave %zd, not end of stream", n);
+    for (int i = 0; i < 3; i++)
+        if (send(fds[i], "x", 1, MSG_NOSIGNAL) != -1 || errno != EPIPE) fail("%s: writing did not fail with EPIPE", labels[i]);
+    accepts(l, at, "listener");
+    accepts(m, second, "second listener");
+    return finish();
+}
+
 int main(int argc, char **argv) {
     signal(SIGTERM, on_term);
     signal(SIGPIPE, SIG_IGN);
     if (argc > 2 && strcmp(argv[1], "synsent") == 0) return synsent(atoi(argv[2]));
     if (argc > 1 && strcmp(argv[1], "pending") == 0) return pending();
     if (argc > 1 && strcmp(argv[1], "closed") == 0) return closed();
+    if (argc > 1 && strcmp(argv[1], "ports") == 0) return ports();
     if (argc > 1 && strcmp(argv[1], "lockpeer") == 0) return lockpeer();
     if (argc > 1 && strcmp(argv[1], "inflight") == 0) return inflight();
     if (argc > 2 && strcmp(argv[1], "synpeer") == 0) { signal(SIGTERM, SIG_DFL); return synpeer(atoi(argv[2])); }

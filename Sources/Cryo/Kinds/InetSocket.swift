@@ -46,8 +46,10 @@ public struct InetSocketState: DescriptorKind {
     /// `udplite`: UDP-Lite (IPPROTO_UDPLITE), kept as UDP is, with its checksum coverage.
     public enum Proto: String, Codable, Sendable { case udp, tcp, icmp, raw, udplite }
     /// `connecting`: SYN_SENT, connected again at restore; `closed`: a connection
-    /// dumped or restored with --tcp-close, which comes back shut down both ways.
-    public enum State: String, Codable, Sendable { case unconnected, listening, connected, connecting, closed }
+    /// dumped or restored with --tcp-close, which comes back shut down both ways;
+    /// `ended`: (--tcp-established) a connection that had ended before the dump (both
+    /// FINs, or a reset: kernel state CLOSE), with its addresses and the bytes not read yet.
+    public enum State: String, Codable, Sendable { case unconnected, listening, connected, connecting, closed, ended }
     public struct Datagram: Codable, Sendable {
         public var source: InetAddress?
         public var data: Data
@@ -77,6 +79,9 @@ public struct InetSocketState: DescriptorKind {
         public var finReceived: Bool?
         /// The kernel's name of the state, for messages.
         public var stateName: String?
+        /// An ended connection with an error not reported yet (POLLERR; which error, only reading it
+        /// would tell, and that takes it away): the reset that ends it again leaves ECONNRESET.
+        public var errorPending: Bool?
         var sentFIN: Bool { finSent ?? false }
         var receivedFIN: Bool { finReceived ?? false }
         var lastAck: Bool { sentFIN && receivedFIN && stateName == "LAST_ACK" }
@@ -281,6 +286,18 @@ extension InetSocketState {
         case 7:
             s.state = .unconnected
             s.peer = nil
+            // TCP_MAXSEG reads the program's own MSS where it set one, else the MSS of the connection the socket
+            // had (which setsockopt may refuse, 65483 on loopback): only the first is the program's to keep.
+            if let mss = s.options["TCP_MAXSEG"], UInt32(bitPattern: mss) == info.tcpi_snd_mss { s.options["TCP_MAXSEG"] = nil }
+            // A connection that ended still names its peer (SO_PEERNAME, unlike getpeername) and may
+            // hold bytes not read yet: with --tcp-established it comes back as a connection, then reset.
+            if established, local != nil, let former = formerPeer(fd, ipv6: family == AF_INET6, object: what) {
+                s.state = .ended
+                s.peer = former
+                for name in InetIntegerOption.unconnectedOnly { s.options[name] = nil } // it is connected again first
+                s.tcp = try dumpConnection(fd, info: info, object: "\(what) \(local!.description) -> \(former.description) (ended)")
+                s.tcp?.errorPending = try Sockets.pollEvents(fd, object: what) & Int16(POLLERR) != 0
+            }
         case 2:
             // getpeername fails before the handshake: the destination comes from the task's /proc/net table.
             guard let target = connectingPeer(pid: p.pid, inode: UInt64(p.stat.st_ino), ipv6: family == AF_INET6) else {
@@ -306,6 +323,16 @@ extension InetSocketState {
             throw CryoError("\(what) in TCP state \(stateName) (\(connection)) is not supported")
         }
         return s
+    }
+
+    /// SO_PEERNAME of a TCP socket in state CLOSE: the peer it was connected to, or nil when it never was
+    /// (or was disconnected with connect(AF_UNSPEC), which forgets the peer).
+    static func formerPeer(_ fd: FileDescriptor, ipv6: Bool, object: String) -> InetAddress? {
+        // Exactly the family's address size: the kernel refuses a larger buffer (EINVAL).
+        var buffer = [UInt8](repeating: 0, count: ipv6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size)
+        guard let length = try? Sockets.option(fd, CRYO_SOL_SOCKET, 28 /* SO_PEERNAME */, into: &buffer, name: "SO_PEERNAME", object: object),
+              let peer = InetAddress(SocketAddress(bytes: Array(buffer.prefix(length)))), peer.port != 0 else { return nil }
+        return peer
     }
 
     /// Every datagram waiting, with its source, through SO_PEEK_OFF (put back afterwards).
@@ -337,8 +364,10 @@ extension InetSocketState {
         let finSent = [4, 5, 9, 11].contains(state), finReceived = [8, 9, 11].contains(state)
         // SIOCOUTQ counts our FIN while it is not acknowledged (every state after it but FIN_WAIT2).
         let finQueued: Int32 = finSent && state != 5 ? 1 : 0
-        let outq = try Sockets.queueLength(fd, request: CRYO_SIOCOUTQ, name: "SIOCOUTQ", object: object) - finQueued
-        let unsent = try Sockets.queueLength(fd, request: CRYO_SIOCOUTQNSD, name: "SIOCOUTQNSD", object: object)
+        // An ended connection (CLOSE) sends nothing more: a reset threw its send queue away, though SIOCOUTQ still counts it.
+        let ended = state == 7
+        let outq = ended ? 0 : try Sockets.queueLength(fd, request: CRYO_SIOCOUTQ, name: "SIOCOUTQ", object: object) - finQueued
+        let unsent = ended ? 0 : try Sockets.queueLength(fd, request: CRYO_SIOCOUTQNSD, name: "SIOCOUTQNSD", object: object)
         // SIOCOUTQNSD counts a FIN not sent yet (it follows every unsent byte).
         let unsentData = finSent && unsent > 0 ? unsent - 1 : unsent
         let inq = try Sockets.queueLength(fd, request: CRYO_SIOCINQ, name: "SIOCINQ", object: object)
@@ -469,6 +498,7 @@ extension InetSocketState {
         if let peer, peer.raw() == nil { return "an inet socket address \(peer.address)" }
         if state == .listening && (proto != .tcp || backlog == nil || local == nil) { return "a listening inet socket without TCP, backlog or address" }
         if proto == .tcp && state == .connected && (tcp == nil || peer == nil || local == nil) { return "an established TCP connection without its state" }
+        if state == .ended && (proto != .tcp || tcp == nil || peer == nil || local == nil) { return "an ended TCP connection without its state" }
         if state == .connecting && (proto != .tcp || peer == nil) { return "a connecting socket without TCP or destination" }
         if proto != .tcp && (tcp != nil || state == .listening) { return "a datagram socket with TCP state" }
         if proto == .icmp && !datagrams.isEmpty { return "an ICMP socket with queued datagrams" }
@@ -629,7 +659,12 @@ final class InetSocketRebuilder: KindRebuilder {
             let addressFromConnect = (s.isUDP && s.peer != nil || s.state == .connecting) && s.addressFromConnect
             if let local = s.local {
                 let bound = addressFromConnect ? InetAddress.wildcard(ipv6: true, port: local.port) : local
-                try Sockets.bind(fd, to: try address(bound, what), object: "\(what) to \(bound.description)")
+                // A TCP socket that is not listening may share its port with what no reuse option lets it
+                // share (a listener, the TIME_WAIT entry of its former connection): bound in repair mode,
+                // which forces the reuse, as connections are; then out of it at once.
+                let repair = try s.proto == .tcp && s.state == .unconnected && enterRepair(fd, what)
+                try Sockets.bind(fd, to: try address(bound, what), object: "\(what) to \(bound.description)\(repair ? " (TCP_REPAIR)" : "")")
+                if repair { try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 0, "TCP_REPAIR", what) }
             }
             if s.state == .listening {
                 try Sockets.listen(fd, backlog: s.backlog ?? 128, object: what)
@@ -646,10 +681,22 @@ final class InetSocketRebuilder: KindRebuilder {
         for (id, s, _) in sockets where !s.datagrams.isEmpty {
             try refill(made[id]!, s, what: Self.object(id, s))
         }
+        // 4a. Connections that had ended: out of repair mode without a window probe, then reset from the
+        // peer's address, so each is closed again with its unread bytes and its peer's name. First, so that
+        // no probe of a live connection reaches one of them still established.
+        for (id, s, _) in sockets where !closeConnections && s.state == .ended {
+            guard let t = s.tcp else { continue }
+            let what = Self.object(id, s), fd = made[id]!
+            try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, -1 /* TCP_REPAIR_OFF_NO_WP */, "TCP_REPAIR", what)
+            try TCPFinInjector.deliverReset(to: s, connection: t, object: what)
+            try waitForState(fd, [7], what: what, expecting: "a reset")
+            // The reset leaves ECONNRESET to report once: kept only where the dumped socket had an error to report.
+            if t.errorPending != true { _ = try getInt(fd, CRYO_SOL_SOCKET, SO_ERROR, "SO_ERROR", what) }
+        }
         // 4. Repair mode off: each connection sends a window probe and carries on; then its unsent bytes.
         // A FIN the peer had sent is delivered again from outside (a raw packet), then our
         // FIN after it (LAST_ACK) goes in, in repair mode once more.
-        for (id, s, _) in sockets where !closeConnections {
+        for (id, s, _) in sockets where !closeConnections && s.state != .ended {
             guard let t = s.tcp else { continue }
             let what = Self.object(id, s), fd = made[id]!
             try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 0, "TCP_REPAIR", what)
@@ -682,6 +729,16 @@ final class InetSocketRebuilder: KindRebuilder {
             try s.settings?.restore(fd, tcp: s.proto == .tcp, what: what)
             try restoreBuffers(fd, s, what: what)
             try FileObjects.setStatusFlags(fd, Int32(bitPattern: flags) & O_NONBLOCK, object: what)
+        }
+    }
+
+    /// TCP_REPAIR on; false where cryo may not (no CAP_NET_ADMIN in the socket's network namespace).
+    private func enterRepair(_ fd: FileDescriptor, _ what: String) throws -> Bool {
+        do {
+            try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 1, "TCP_REPAIR", what)
+            return true
+        } catch let error as SyscallError where error.errno == .notPermitted {
+            return false
         }
     }
 
@@ -771,11 +828,20 @@ enum TCPFinInjector {
     static let mark: Int32 = 0x4372_796F // "Cryo"
 
     static func deliverFIN(to s: InetSocketState, connection t: InetSocketState.TCPConnection, object: String) throws {
+        try deliver(0x11 /* FIN | ACK */, seq: t.receiveSeq &- 1, named: "the peer's FIN", to: s, connection: t, object: object)
+    }
+
+    /// RST|ACK at rcv_nxt exactly, the one sequence number a connection takes a reset at.
+    static func deliverReset(to s: InetSocketState, connection t: InetSocketState.TCPConnection, object: String) throws {
+        try deliver(0x14 /* RST | ACK */, seq: t.receiveSeq, named: "the reset that ends it", to: s, connection: t, object: object)
+    }
+
+    private static func deliver(_ flags: UInt8, seq: UInt32, named: String, to s: InetSocketState, connection t: InetSocketState.TCPConnection,
+                                object: String) throws {
         guard let local = s.local, let peer = s.peer, let from = local.rawBytes, let to = peer.rawBytes else {
-            throw CryoError("\(object): the peer's FIN cannot be sent again without both addresses")
+            throw CryoError("\(object): \(named) cannot be sent without both addresses")
         }
         let (source, destination) = (to, from) // from the peer to us
-        let seq = t.receiveSeq &- 1
         let ack = t.sendSeq &- (t.sentFIN ? 1 : 0) &- UInt32(t.sendQueue.count)
         let window = UInt16(clamping: t.sndWnd >> (t.windowScaling ? t.sendWindowScale : 0))
         var tcp = [UInt8](repeating: 0, count: 20)
@@ -786,7 +852,7 @@ enum TCPFinInjector {
         put32(seq, 4, in: &tcp)
         put32(ack, 8, in: &tcp)
         tcp[12] = 5 << 4
-        tcp[13] = 0x11 // FIN | ACK
+        tcp[13] = flags
         put16(window, 14, in: &tcp)
         let v4 = source.count == 4
         var pseudo = source + destination
@@ -800,12 +866,12 @@ enum TCPFinInjector {
         }
         packet += tcp
         let raw = try Sockets.make(family: v4 ? AF_INET : AF_INET6, type: Int32(SOCK_RAW.rawValue), protocol: Int32(IPPROTO_RAW),
-                                   object: "\(object): a raw socket for the peer's FIN")
+                                   object: "\(object): a raw socket for \(named)")
         defer { try? raw.close() }
         try Sockets.setOption(raw, CRYO_SOL_SOCKET, CRYO_SO_MARK, mark, name: "SO_MARK", object: object)
         let target = SocketAddress.inet(address: destination, port: 0, scope: v4 ? 0 : (local.scope ?? 0))
-        let sent = try packet.withUnsafeBytes { try Sockets.send(raw, $0, to: target, object: "\(object): the peer's FIN") }
-        if sent != packet.count { throw CryoError("\(object): the peer's FIN went out as \(sent) of \(packet.count) bytes") }
+        let sent = try packet.withUnsafeBytes { try Sockets.send(raw, $0, to: target, object: "\(object): \(named)") }
+        if sent != packet.count { throw CryoError("\(object): \(named) went out as \(sent) of \(packet.count) bytes") }
     }
 
     /// The Internet checksum (RFC 1071).
