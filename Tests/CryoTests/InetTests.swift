@@ -408,7 +408,7 @@ private func sockoptsRoundTrip(_ arguments: [String], fixture name: String = "so
 }
 
 extension EndToEnd.InetTests {
-    @Test("socket options of TCP and UDP sockets (IPv4, IPv6) read back equal after restore (device, filter, groups...)")
+    @Test("socket options of TCP and UDP sockets (IPv4, IPv6) read back equal after restore (device, filter, groups, SO_REUSEPORT or IP_FREEBIND off since bind...)")
     func socketOptions() throws {
         try inNetworkNamespace("opts") { enter in
             let scratch = try Scratch("inet-options")

@@ -18,7 +18,12 @@
  *                             key (md5server accepted): after restore a byte
  *                             crosses each way, a client with the key connects
  *                             and one without does not (its SYN is dropped)
- *                  rp1, rp2   an SO_REUSEPORT group of two listeners on one port
+ *                  rp1, rp2   an SO_REUSEPORT group of two listeners on one port,
+ *                             rp1's SO_REUSEPORT turned off since
+ *                  (free4 and udp4 also have SO_NO_CHECK)
+ *                  unfree4    UDP bound to 192.0.2.2 with IP_FREEBIND, off since;
+ *                  unfree6    UDP on [2001:db8::2] with IP_FREEBIND (the IPv4
+ *                             level's name), off since
  *                  tfo        unbound: TCP_FASTOPEN_CONNECT, TCP_MAXSEG, clamp
  *                  free4      a listener on 192.0.2.1 (IP_FREEBIND: not local),
  *                             TCP_DEFER_ACCEPT, TCP_FASTOPEN with a key and a
@@ -930,7 +935,9 @@ int main(int argc, char **argv) {
     if (getsockopt(free4, IPPROTO_TCP, TCP_RTO_MAX_MS_, &known, &known_size) == 0)
         set_int(free4, IPPROTO_TCP, TCP_RTO_MAX_MS_, 60000, "TCP_RTO_MAX_MS");
     if (bind(free4, (struct sockaddr *)&nonlocal, sizeof(struct sockaddr_in)) != 0 || listen(free4, 2) != 0) die("free4");
+    set_int(free4, SOL_SOCKET, SO_NO_CHECK, 1, "SO_NO_CHECK free4");
     remember_all(free4, "free4", 0, 1, 0);
+    remember(free4, "free4", "SO_NO_CHECK", SOL_SOCKET, SO_NO_CHECK);
     remember(free4, "free4", "SO_INCOMING_CPU", SOL_SOCKET, SO_INCOMING_CPU);
     remember(free4, "free4", "TCP_MAXSEG", IPPROTO_TCP, TCP_MAXSEG);
 
@@ -956,8 +963,24 @@ int main(int argc, char **argv) {
         set_int(rp[i], SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT rp");
         if (bind(rp[i], (struct sockaddr *)&group_address, sizeof(struct sockaddr_in)) != 0 || listen(rp[i], 64) != 0
             || getsockname(rp[i], (struct sockaddr *)&group_address, &group_size) != 0) die("rp listener");
-        remember_all(rp[i], i ? "rp2" : "rp1", 0, 1, 0);
     }
+    /* Still in the group, though a new listener could no longer join it beside rp1. */
+    set_int(rp[0], SOL_SOCKET, SO_REUSEPORT, 0, "SO_REUSEPORT rp1 off");
+    remember_all(rp[0], "rp1", 0, 1, 0);
+    remember_all(rp[1], "rp2", 0, 1, 0);
+
+    /* unfree4, unfree6: bound to addresses not here while IP_FREEBIND was on, off since. */
+    int unfree4 = socket(AF_INET, SOCK_DGRAM, 0), unfree6 = socket(AF_INET6, SOCK_DGRAM, 0);
+    struct sockaddr_storage unfree4_address = inet4("192.0.2.2", 4244), unfree6_address = inet6("2001:db8::2", 4245);
+    if (unfree4 < 0 || unfree6 < 0) die("unfree sockets");
+    set_int(unfree4, IPPROTO_IP, IP_FREEBIND, 1, "IP_FREEBIND unfree4");
+    set_int(unfree6, IPPROTO_IP, IP_FREEBIND, 1, "IP_FREEBIND unfree6");
+    if (bind(unfree4, (struct sockaddr *)&unfree4_address, sizeof(struct sockaddr_in)) != 0) die("bind unfree4");
+    if (bind(unfree6, (struct sockaddr *)&unfree6_address, sizeof(struct sockaddr_in6)) != 0) die("bind unfree6");
+    set_int(unfree4, IPPROTO_IP, IP_FREEBIND, 0, "IP_FREEBIND unfree4 off");
+    set_int(unfree6, IPPROTO_IP, IP_FREEBIND, 0, "IP_FREEBIND unfree6 off");
+    remember_all(unfree4, "unfree4", 0, 0, 0);
+    remember_all(unfree6, "unfree6", 1, 0, 0);
 
     /* tfo: never bound nor connected, Fast Open asked for its connect, an MSS of its own. */
     int tfo = socket(AF_INET, SOCK_STREAM, 0);
@@ -1017,7 +1040,9 @@ int main(int argc, char **argv) {
     join(udp4, IPPROTO_IP, group4, "MCAST_JOIN_GROUP udp4");
     join_source(udp4, ssm4, source4, "MCAST_JOIN_SOURCE_GROUP udp4");
     shutdown(udp4, SHUT_RD); /* ENOTCONN for an unconnected socket, yet it is shut down */
+    set_int(udp4, SOL_SOCKET, SO_NO_CHECK, 1, "SO_NO_CHECK udp4");
     remember_all(udp4, "udp4", 0, 0, 2);
+    remember(udp4, "udp4", "SO_NO_CHECK", SOL_SOCKET, SO_NO_CHECK);
     remember(udp4, "udp4", "SO_INCOMING_CPU", SOL_SOCKET, SO_INCOMING_CPU);
 
     /* udp6: connected, an IPv6 group, shut down for writing. */
@@ -1090,6 +1115,7 @@ int main(int argc, char **argv) {
     wait_for_term();
 
     compare_all();
+    if (port_of(unfree4) != 4244 || port_of(unfree6) != 4245) fail("unfree4/unfree6: bound to ports %d and %d", port_of(unfree4), port_of(unfree6));
     int mode = membership(udp4, IPPROTO_IP, &group4, &sources);
     if (mode != MCAST_EXCLUDE || sources != 0) fail("udp4: membership of 239.1.2.3 on lo lost (mode %d, %d sources)", mode, sources);
     mode = membership(udp4, IPPROTO_IP, &ssm4, &sources);

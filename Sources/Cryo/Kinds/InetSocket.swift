@@ -577,6 +577,13 @@ final class InetSocketRebuilder: KindRebuilder {
                     try setInt(fd, o.level, o.option, value, o.name, what)
                 }
             }
+            // The address may have been bound while IP_FREEBIND was on, turned off since: on for the bind
+            // (the socket had that address), and step 5 puts the saved value back.
+            let freebind = s.ipv6 ? (name: "IPV6_FREEBIND", level: CRYO_IPPROTO_IPV6, option: CRYO_IPV6_FREEBIND)
+                                  : (name: "IP_FREEBIND", level: CRYO_IPPROTO_IP, option: CRYO_IP_FREEBIND)
+            if let local = s.local, !local.isWildcard, s.options[freebind.name] == 0 {
+                try setInt(fd, freebind.level, freebind.option, 1, freebind.name, what)
+            }
             try s.settings?.restoreBeforeBind(fd, ipv6: s.ipv6, what: what)
         }
         func address(_ a: InetAddress, _ what: String) throws -> SocketAddress {
@@ -654,6 +661,12 @@ final class InetSocketRebuilder: KindRebuilder {
             }
             // Refilling UDP queues binds a stand-in to a sender's address: both need SO_REUSEADDR meanwhile.
             try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_REUSEADDR, 1, "SO_REUSEADDR", what)
+            // Listeners that share a port were bound and listening with SO_REUSEPORT; one may have turned it
+            // off since. Each has it for its bind and listen, then step 5 puts the saved value back.
+            if s.state == .listening, s.options["SO_REUSEPORT"] == 0, let port = s.local?.port,
+               sockets.contains(where: { $0.id != id && $0.state.proto == .tcp && $0.state.state == .listening && $0.state.local?.port == port }) {
+                try setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_REUSEPORT, 1, "SO_REUSEPORT", what)
+            }
             // Binding to one IPv6 address turns IPV6_V6ONLY on for good. A connected UDP socket without it
             // got its address from connect (the kernel picks the route's), so it binds the port only and connect picks again.
             let addressFromConnect = (s.isUDP && s.peer != nil || s.state == .connecting) && s.addressFromConnect

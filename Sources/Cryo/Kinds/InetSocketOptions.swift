@@ -42,6 +42,7 @@ struct InetIntegerOption {
             .init("SO_MARK", CRYO_SOL_SOCKET, CRYO_SO_MARK, beforeBind: true),
             .init("SO_KEEPALIVE", CRYO_SOL_SOCKET, CRYO_SO_KEEPALIVE), .init("SO_BROADCAST", CRYO_SOL_SOCKET, CRYO_SO_BROADCAST),
             .init("SO_DONTROUTE", CRYO_SOL_SOCKET, CRYO_SO_DONTROUTE), .init("SO_OOBINLINE", CRYO_SOL_SOCKET, CRYO_SO_OOBINLINE),
+            .init("SO_NO_CHECK", CRYO_SOL_SOCKET, 11), // no UDP checksums sent
             .init("SO_RCVLOWAT", CRYO_SOL_SOCKET, CRYO_SO_RCVLOWAT),
             .init("SO_SNDBUF", CRYO_SOL_SOCKET, CRYO_SO_SNDBUF), .init("SO_RCVBUF", CRYO_SOL_SOCKET, CRYO_SO_RCVBUF),
             .init("SO_BUF_LOCK", CRYO_SOL_SOCKET, CRYO_SO_BUF_LOCK),
