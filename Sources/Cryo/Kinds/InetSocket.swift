@@ -371,10 +371,14 @@ extension InetSocketState {
         // SIOCOUTQNSD counts a FIN not sent yet (it follows every unsent byte).
         let unsentData = finSent && unsent > 0 ? unsent - 1 : unsent
         let inq = try Sockets.queueLength(fd, request: CRYO_SIOCINQ, name: "SIOCINQ", object: object)
+        // Leaving repair mode clears SO_REUSEADDR: the task's own value goes back (it runs on after a failed
+        // dump or with --leave-running).
+        let reuse = try getInt(fd, CRYO_SOL_SOCKET, CRYO_SO_REUSEADDR, "SO_REUSEADDR", object)
         try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 1, "TCP_REPAIR", object)
         defer {
             try? setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE", object)
             try? setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR, 0, "TCP_REPAIR", object)
+            if reuse != 0 { try? setInt(fd, CRYO_SOL_SOCKET, CRYO_SO_REUSEADDR, reuse, "SO_REUSEADDR", object) }
         }
         func queue(_ which: Int32, length: Int32) throws -> (UInt32, Data) {
             try setInt(fd, CRYO_IPPROTO_TCP, CRYO_TCP_REPAIR_QUEUE, which, "TCP_REPAIR_QUEUE", object)
