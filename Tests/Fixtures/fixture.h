@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -160,6 +161,20 @@ __attribute__((unused)) static int has_flag(const char *flags, const char *flag)
 	char want[8];
 	snprintf(want, sizeof(want), " %s ", flag);
 	return strstr(padded, want) != NULL;
+}
+
+/* The "Pid:" of a pidfd's fdinfo: -1 for a reaped process, -100 when unreadable. */
+__attribute__((unused)) static pid_t fdinfo_pid(int fd)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+	FILE *f = fopen(path, "r");
+	if (!f) return -100;
+	pid_t pid = -100;
+	while (fgets(line, sizeof line, f))
+		if (strncmp(line, "Pid:", 4) == 0) pid = (pid_t)strtol(line + 4, NULL, 10);
+	fclose(f);
+	return pid;
 }
 
 #endif

@@ -34,19 +34,6 @@ static int pidfd_open(pid_t pid, unsigned flags) { return (int)syscall(SYS_pidfd
 static int pidfd_send_signal(int fd, int sig) { return (int)syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0); }
 static void place(int fd, int at) { if (fd < 0) die("pidfd_open"); if (dup2(fd, at) != at) die("dup2"); close(fd); }
 
-static pid_t fdinfo_pid(int fd)
-{
-	char path[64], line[256];
-	snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
-	FILE *f = fopen(path, "r");
-	if (!f) return -100;
-	pid_t pid = -100;
-	while (fgets(line, sizeof line, f))
-		if (strncmp(line, "Pid:", 4) == 0) pid = atoi(line + 4);
-	fclose(f);
-	return pid;
-}
-
 static pid_t sleeper(void)
 {
 	pid_t pid = fork();

@@ -36,19 +36,6 @@ static void *second(void *arg)
 	return NULL;
 }
 
-static pid_t fdinfo_pid(int fd)
-{
-	char path[64], line[256];
-	snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
-	FILE *f = fopen(path, "r");
-	if (!f) return -100;
-	pid_t pid = -100;
-	while (fgets(line, sizeof line, f))
-		if (strncmp(line, "Pid:", 4) == 0) pid = atoi(line + 4);
-	fclose(f);
-	return pid;
-}
-
 int main(void)
 {
 	signal(SIGTERM, on_term);

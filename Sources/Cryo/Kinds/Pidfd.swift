@@ -124,23 +124,16 @@ final class PidfdStandIns: KindRebuilder {
         let park = try FileObjects.pipe(object: "\(object): stand-in for a reaped process")
         defer { try? park.read.close(); try? park.write.close() }
         let child = try Processes.cloneParkedEnding(park: park.read, status: status)
-        var opened: [Int: FileDescriptor] = [:]
-        do {
+        let opened = try StandIn.descriptors(through: child, park: park, what: "\(object): stand-in \(child) for a reaped process", open: { opened in
             for f in group {
                 opened[f.id] = try Pidfd.open(child, flags: Int32(bitPattern: f.flags) & (O_NONBLOCK | O_EXCL /* PIDFD_THREAD */))
             }
-            try FileObjects.writeAll(park.write, [1], object: "\(object): stand-in \(child) for a reaped process")
-            let ended = try waitFor(child)
+        }, ended: { ended in
             let want: WaitStatus = status & 0x7f != 0 ? .signaled(status & 0x7f) : .exited(status >> 8)
             guard ended == want else {
                 throw CryoError("\(object): the stand-in \(child) for a reaped process ended \(ended), not \(want) as the image says")
             }
-        } catch {
-            _ = try? Processes.kill(child, SIGKILL)
-            _ = try? waitFor(child)
-            for fd in opened.values { try? fd.close() }
-            throw error
-        }
+        })
         made.merge(opened) { a, _ in a }
     }
 

@@ -190,8 +190,7 @@ final class ProcStandIns: KindRebuilder {
             throw CryoError("\(object): pid \(pid) had exited; a stand-in that takes pid \(pid) again to open this file "
                 + "finds it in use by \(holder): stop it before restoring (clone3 set_tid: EEXIST)")
         }
-        var opened: [Int: FileDescriptor] = [:]
-        do {
+        let opened = try StandIn.descriptors(through: child, park: park, what: "\(object): stand-in \(child) for pid \(pid)") { opened in
             for f in group {
                 let path = f.path ?? "/proc/\(pid)"
                 let fd = try FileObjects.open(path, flags: Int32(bitPattern: f.flags) & ~(O_CREAT | O_TRUNC | O_EXCL) | O_NOCTTY,
@@ -201,13 +200,6 @@ final class ProcStandIns: KindRebuilder {
                     throw SyscallError("lseek(\(f.position))", errno: Errno(rawValue: errno), object: "\(object) \(path)")
                 }
             }
-            try FileObjects.writeAll(park.write, [1], object: "\(object): stand-in \(child) for pid \(pid)")
-            _ = try waitFor(child)
-        } catch {
-            _ = try? Processes.kill(child, SIGKILL)
-            _ = try? waitFor(child)
-            for fd in opened.values { try? fd.close() }
-            throw error
         }
         made.merge(opened) { a, _ in a }
     }
