@@ -42,28 +42,6 @@ extension EndToEnd {
             try expectSocketRefused(arguments: [kind], naming: words)
         }
 
-        /// An open that breaks a lease waits for the holder (up to lease-break-time): that
-        /// countdown and its waiter cannot be rebuilt, so such a lease is refused, not dropped.
-        @Test("a lease being broken by another open is refused in one line naming pid and file; the process runs on")
-        func breakingLeaseRefused() throws {
-            let scratch = try Scratch("lease-breaking")
-            defer { scratch.remove() }
-            let fixture = try Fixture("locks", in: scratch)
-            defer { fixture.cleanUp() }
-            try fixture.waitReady()
-            let leased = scratch.file("locks-work/lease-w.dat")
-            let opener = try spawnProcess("/bin/cat", [leased], stdoutPath: "/dev/null")
-            defer { kill(opener, SIGKILL); _ = reap(opener, timeout: 10) }
-            let breaking = waitUntil(timeout: 10) { readText("/proc/locks").contains("BREAKING") }
-            try #require(breaking, "the opener did not start breaking the lease: \(readText("/proc/locks"))")
-
-            let images = scratch.file("img")
-            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
-            expectOneLine(dump, naming: ["\(fixture.pid)", "lease-w.dat", "lease being broken"])
-            #expect(!FileManager.default.fileExists(atPath: images), "a failed dump should remove the image folder it created")
-            expectStillRunning(fixture)
-        }
-
         /// epoll knows a target by (file, fd number): a watch whose file lives on only in another
         /// process has no descriptor restore could add it through.
         @Test("an epoll watch of a file only a child still holds (the watcher closed it) is refused in one line")
