@@ -29,10 +29,8 @@ extension PipeEndState {
         let accessMode = Int32(bitPattern: p.flags) & O_ACCMODE
         let capacity = try FileObjects.pipeCapacity(p.handle, object: p.object)
         let inode = UInt64(p.stat.st_ino)
-        // Only ends of the same kind: a pipefs inode number may also be a FIFO's on disk.
-        let kept = table.table.files.contains { f in
-            fifo ? (f.state as? FifoState)?.end.inode == inode : (f.state as? PipeEndState)?.inode == inode
-        }
+        // A set, not a scan of the table per end: that grew with the square of the number of pipes.
+        let kept = fifo ? !table.fifoBytesTaken.insert(inode).inserted : !table.pipeBytesTaken.insert(inode).inserted
         return PipeEndState(inode: inode, isReadEnd: accessMode == O_RDONLY, capacity: capacity,
                             buffered: kept ? nil : Data(try peek(p, capacity: capacity)))
     }
