@@ -391,6 +391,10 @@ extension MemoryRecord {
             case let p where p.hasPrefix("/dev/zero") && shared:
                 // MAP_SHARED|MAP_ANONYMOUS shows as "/dev/zero (deleted)" too: one shmem object each.
                 kind = .sharedAnonymous
+            case "/dev/zero (deleted)":
+                // A private mapping of such an object (mmap of /proc/PID/map_files/...): the pages it
+                // never wrote are the object's, and must go on following it, so it maps the object.
+                kind = .sharedAnonymous
             case let p where p.hasPrefix(MemfdState.prefix):
                 // Its memfd joins the file table once descriptors are dumped (FileTableBuilder.memfdMapping).
                 kind = .memfd
@@ -495,7 +499,7 @@ extension MemoryRecord {
         switch m.kind {
         case .vdso, .vvar, .vvarClock, .vsyscall: return nil
         case .file where m.shared, .memfd where m.shared: return nil  // the file itself holds them
-        case .sharedAnonymous, .sysvShm: return nil  // saved once from the object itself
+        case .sharedAnonymous where m.shared, .sysvShm: return nil  // saved once from the object itself
         case .aioRing: return nil  // made again empty by io_setup
         case .packetRing: return nil  // the socket's own memory, made again empty with its rings
         case .anonymous, .heap, .stack:
