@@ -579,7 +579,7 @@ extension EndToEnd.InetTests {
 }
 
 extension EndToEnd.InetTests {
-    @Test("raw IPv4/IPv6 sockets keep protocol, address, peer, IP_HDRINCL, ICMP_FILTER, IPV6_CHECKSUM; a packet not read is refused")
+    @Test("raw IPv4/IPv6 sockets (IPPROTO_RAW and protocols past 255 too) keep protocol, address, peer, IP_HDRINCL, ICMP_FILTER, IPV6_CHECKSUM; a packet not read is refused")
     func rawSockets() throws {
         try inNetworkNamespace("raw") { enter in
             let scratch = try Scratch("raw")

@@ -76,7 +76,10 @@
  *   raw [queued]   raw4: SOCK_RAW protocol 253 bound to 127.0.0.1, IP_TOS;
  *                  icmp: raw ICMP with an ICMP_FILTER; icmp6: raw ICMPv6
  *                  with an ICMP6_FILTER; raw6: protocol 253
- *                  connected to ::1, IPV6_CHECKSUM 2; unbound: protocol 254.
+ *                  connected to ::1, IPV6_CHECKSUM 2; unbound: protocol 254;
+ *                  hdr4: IPPROTO_RAW (IP_HDRINCL implied) bound to 127.0.0.1;
+ *                  hdr6: IPv6 IPPROTO_RAW; mptcp: protocol 262, past 255.
+ *                  hdr4 sends raw4 a packet with a header of its own after restore.
  *                  After SIGTERM all compared, and raw4 and raw6 each get a
  *                  packet of their protocol sent after restore. With
  *                  `queued`, one packet waits unread in raw4: refused.
@@ -712,14 +715,20 @@ static int raw(int queued) {
     set_int(raw6, IPPROTO_IPV6, IPV6_CHECKSUM, 2, "IPV6_CHECKSUM");
     int unbound = socket(AF_INET, SOCK_RAW, 254);
     if (unbound < 0) die("unbound");
+    int hdr4 = socket(AF_INET, SOCK_RAW, IPPROTO_RAW);
+    if (hdr4 < 0 || bind(hdr4, (struct sockaddr *)&lo, sizeof(struct sockaddr_in)) != 0) die("hdr4");
+    int hdr6 = socket(AF_INET6, SOCK_RAW, IPPROTO_RAW);
+    if (hdr6 < 0) die("hdr6");
+    int mptcp = socket(AF_INET, SOCK_RAW, 262);
+    if (mptcp < 0) die("raw 262");
     if (queued) { send_raw(0, "queued.."); usleep(50000); }
-    const char *names[] = { "raw4", "icmp", "raw6", "unbound", "icmp6" };
-    int fds[] = { raw4, icmp, raw6, unbound, icmp6 };
-    for (int i = 0; i < 5; i++) {
+    const char *names[] = { "raw4", "icmp", "raw6", "unbound", "icmp6", "hdr4", "hdr6", "mptcp" };
+    int fds[] = { raw4, icmp, raw6, unbound, icmp6, hdr4, hdr6, mptcp };
+    for (int i = 0; i < 8; i++) {
         int fd = fds[i];
         const char *label = names[i];
         OPT(SOL_SOCKET, SO_TYPE); OPT(SOL_SOCKET, SO_PROTOCOL); OPT(SOL_SOCKET, SO_DOMAIN); OPT(SOL_SOCKET, SO_BUF_LOCK);
-        if (i == 2) { OPT(IPPROTO_IPV6, IPV6_CHECKSUM); OPT(IPPROTO_IPV6, IPV6_TCLASS); }
+        if (i == 2 || i == 6) { OPT(IPPROTO_IPV6, IPV6_CHECKSUM); OPT(IPPROTO_IPV6, IPV6_TCLASS); OPT(IPPROTO_IPV6, 36 /* IPV6_HDRINCL */); }
         else if (i == 4) { OPT(IPPROTO_ICMPV6, ICMP6_FILTER); OPT(IPPROTO_IPV6, IPV6_TCLASS); }
         else { OPT(IPPROTO_IP, IP_TOS); OPT(IPPROTO_IP, IP_HDRINCL); OPT(IPPROTO_IP, IP_NODEFRAG); }
         if (i == 1) OPT(SOL_RAW, ICMP_FILTER);
@@ -739,6 +748,15 @@ static int raw(int queued) {
     send_raw(1, "v6 after");
     expect_raw(raw4, 0, "v4 after", "raw4");
     expect_raw(raw6, 1, "v6 after", "raw6");
+    /* The header is hdr4's own (IP_HDRINCL): protocol 253 from and to 127.0.0.1; the kernel fills in
+       the checksum and the total length. */
+    unsigned char packet[20 + 10] = { 0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 253, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1 };
+    memcpy(packet + 20, "hdr4 after", 10);
+    packet[3] = sizeof(packet);
+    struct sockaddr_storage to = inet4("127.0.0.1", 0);
+    if (sendto(hdr4, packet, sizeof(packet), 0, (struct sockaddr *)&to, sizeof(struct sockaddr_in)) != (ssize_t)sizeof(packet))
+        fail("hdr4: send: %s", strerror(errno));
+    else expect_raw(raw4, 0, "hdr4 after", "raw4 (from hdr4)");
     if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
     printf("PASS\n");
     fflush(stdout);

@@ -106,6 +106,9 @@ public struct InetSocketState: DescriptorKind {
     public var rawProtocol: Int32? = nil
 
     var family: Int32 { ipv6 ? AF_INET6 : AF_INET }
+    /// What socket(SOCK_RAW) takes: IPPROTO_RAW (255, send-only, IP_HDRINCL implied) and the kernel's
+    /// numbers past it (up to IPPROTO_MPTCP, 262: its IPPROTO_MAX is 263, glibc's is 256) included.
+    static let rawProtocols: ClosedRange<Int32> = 1...262
     /// UDP or UDP-Lite: datagrams with queues and sources, shutdown bits in sock_diag.
     var isUDP: Bool { proto == .udp || proto == .udplite }
     /// An IPv6 address that connect chose: IPV6_V6ONLY is off, which binding to one IPv6 address
@@ -198,7 +201,7 @@ extension InetSocketState {
         case (2, CRYO_IPPROTO_UDP): proto = .udp
         case (2, Int32(IPPROTO_UDPLITE)): proto = .udplite
         case (2, Int32(IPPROTO_ICMP)) where family == AF_INET, (2, Int32(IPPROTO_ICMPV6)) where family == AF_INET6: proto = .icmp
-        case (3, 1...254): proto = .raw
+        case (3, rawProtocols): proto = .raw
         default:
             throw CryoError("\(p.object): \(SocketDescription.describe(fd, family: family, link: p.link, pid: p.pid)) is not supported yet")
         }
@@ -506,7 +509,7 @@ extension InetSocketState {
         if state == .connecting && (proto != .tcp || peer == nil) { return "a connecting socket without TCP or destination" }
         if proto != .tcp && (tcp != nil || state == .listening) { return "a datagram socket with TCP state" }
         if proto == .icmp && !datagrams.isEmpty { return "an ICMP socket with queued datagrams" }
-        if proto == .raw && !(1...254).contains(rawProtocol ?? 0) { return "a raw socket without its protocol" }
+        if proto == .raw && !Self.rawProtocols.contains(rawProtocol ?? 0) { return "a raw socket without its protocol" }
         if let tcp, tcp.unsent < 0 || tcp.unsent > tcp.sendQueue.count { return "a TCP send queue with \(tcp.unsent) unsent bytes" }
         return nil
     }
