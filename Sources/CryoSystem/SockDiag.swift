@@ -33,7 +33,8 @@ public struct PacketSocketDiag: Sendable {
     public var memberships: [packet_diag_mclist] = []
     /// The geometry of PACKET_RX_RING and PACKET_TX_RING, when set up (PACKET_DIAG_RX_RING/TX_RING).
     public var receiveRing: packet_diag_ring? = nil, sendRing: packet_diag_ring? = nil
-    public var fanout = false
+    /// PACKET_DIAG_FANOUT: the group's id | type << 16 (no flags: getsockopt(PACKET_FANOUT) has them).
+    public var fanout: UInt32? = nil
 }
 
 /// Unix sockets of cryo's network namespace through NETLINK_SOCK_DIAG.
@@ -190,7 +191,7 @@ public enum SockDiag {
                     diag.receiveRing = data.withUnsafeBytes { $0.loadUnaligned(as: packet_diag_ring.self) }
                 case Int(PACKET_DIAG_TX_RING) where data.count >= MemoryLayout<packet_diag_ring>.size:
                     diag.sendRing = data.withUnsafeBytes { $0.loadUnaligned(as: packet_diag_ring.self) }
-                case Int(PACKET_DIAG_FANOUT): diag.fanout = true
+                case Int(PACKET_DIAG_FANOUT) where data.count >= 4: diag.fanout = data.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
                 default: break
                 }
                 offset += (length + 3) & ~3

@@ -36,8 +36,8 @@ extension EndToEnd {
             try expectSocketRefused(arguments: [], naming: "AF_NETLINK")
         }
 
-        @Test("AF_PACKET in a fanout group and MPTCP sockets are refused in one line naming family and protocol",
-              arguments: [("packet", "PACKET_FANOUT"), ("mptcp", "an AF_INET socket (SOCK_STREAM, IPPROTO_MPTCP")])
+        @Test("AF_PACKET in a fanout group chosen by a BPF program and MPTCP sockets are refused in one line naming family and protocol",
+              arguments: [("packet", "PACKET_FANOUT group 4242 of type PACKET_FANOUT_CBPF"), ("mptcp", "an AF_INET socket (SOCK_STREAM, IPPROTO_MPTCP")])
         func otherSocketsRefused(kind: String, words: String) throws {
             try expectSocketRefused(arguments: [kind], naming: words)
         }

@@ -540,6 +540,20 @@ extension EndToEnd.InetTests {
 }
 
 extension EndToEnd.InetTests {
+    @Test("SOCK_PACKET sockets keep protocol and interface name; PACKET_FANOUT groups come back whole, a kernel-chosen id included")
+    func packetGroups() throws {
+        try inNetworkNamespace("pgroups") { enter in
+            let scratch = try Scratch("packet-groups")
+            defer { scratch.remove() }
+            try sockoptsRoundTrip(["packet", "groups"], enter: enter, in: scratch, afterDump: { images in
+                let show = try cryo(["show", images], in: scratch)
+                #expect(show.stdout.contains("SOCK_PACKET protocol 0x800 on lo") && show.stdout.contains("fanout group 77 type 0"), "\(show)")
+            })
+        }
+    }
+}
+
+extension EndToEnd.InetTests {
     @Test("AF_PACKET rings (TPACKET_V1, V2, V3; RX and TX) come back empty, mapped where they were, and carry frames")
     func packetRings() throws {
         try inNetworkNamespace("ring") { (enter: [String], namespace: String) in

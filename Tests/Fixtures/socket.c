@@ -8,7 +8,7 @@
  *   (no argument)  fd 44 is an AF_NETLINK (NETLINK_ROUTE) socket holding the
  *                  answer to a request, not read yet (the rest of a dump)
  *   packet         fd 44 is an AF_PACKET socket (SOCK_RAW, ETH_P_ALL) in a
- *                  PACKET_FANOUT group
+ *                  PACKET_FANOUT group whose selector is a classic BPF program
  *   mptcp          fd 44 is an AF_INET MPTCP socket
  *   scm            fd 45 is a unix datagram socket with a descriptor in
  *                  flight (SCM_RIGHTS) in its receive queue, sent from fd 46
@@ -19,6 +19,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/filter.h>
 #include <linux/netlink.h>
 #include <linux/if_packet.h>
 #include <fcntl.h>
@@ -112,9 +113,13 @@ int main(int argc, char **argv)
 		else inet = socket(AF_NETLINK, SOCK_RAW, 0 /* NETLINK_ROUTE */);
 		if (inet < 0) die(kind);
 		if (strcmp(kind, "packet") == 0) {
-			/* A fanout group (rings round-trip now): its other members could be anywhere. */
-			int fanout = 4242 | (PACKET_FANOUT_HASH << 16);
+			/* A fanout group that picks members by a program (groups of the other types round-trip):
+			   no call reads the program back. */
+			int fanout = 4242 | (PACKET_FANOUT_CBPF << 16);
 			if (setsockopt(inet, SOL_PACKET, PACKET_FANOUT, &fanout, sizeof(fanout)) != 0) die("PACKET_FANOUT");
+			struct sock_filter pick_first[] = { BPF_STMT(BPF_RET | BPF_K, 0) };
+			struct sock_fprog program = { .len = 1, .filter = pick_first };
+			if (setsockopt(inet, SOL_PACKET, PACKET_FANOUT_DATA, &program, sizeof(program)) != 0) die("PACKET_FANOUT_DATA");
 		}
 		if (argc < 2) {
 			/* RTM_GETLINK dump request, NLM_F_REQUEST | NLM_F_DUMP: the answer waits unread. */

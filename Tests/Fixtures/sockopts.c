@@ -71,6 +71,14 @@
  *                  After SIGTERM all compared, and raw sees a datagram
  *                  sent to 127.0.0.1:5555. With `queued`, one such frame
  *                  waits unread before READY: dump must refuse it.
+ *   packet groups  spkt_lo: SOCK_PACKET ETH_P_IP bound to lo (by name);
+ *                  spkt_any: SOCK_PACKET ETH_P_ALL, unbound; fan1, fan2:
+ *                  SOCK_RAW ETH_P_IP bound to lo, PACKET_FANOUT group 77 of
+ *                  type HASH with FLAG_DEFRAG; fan3: SOCK_DGRAM ETH_P_IP in a
+ *                  group of type CPU whose id the kernel chose (FLAG_UNIQUEID).
+ *                  After SIGTERM all compared (PACKET_FANOUT, names), and a
+ *                  UDP datagram to 127.0.0.1:5555 reaches spkt_lo, spkt_any,
+ *                  fan3, and exactly one of fan1 and fan2.
  *   packet ring    a PACKET_RX_RING mapped, its descriptor closed: dump
  *                  must refuse it (rings that come back: packetring.c).
  *   raw [queued]   raw4: SOCK_RAW protocol 253 bound to 127.0.0.1, IP_TOS;
@@ -596,6 +604,63 @@ static int packet_ring(void) {
     return 0;
 }
 
+/* Whether a frame waits in fd within `ms` (read and dropped when so). */
+static int frame_arrives(int fd, int ms) {
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    char frame[2048];
+    if (poll(&p, 1, ms) != 1) return 0;
+    while (recv(fd, frame, sizeof(frame), MSG_DONTWAIT) > 0) {}
+    return 1;
+}
+
+static int packet_groups(void) {
+    struct sockaddr by_name = { .sa_family = AF_PACKET };
+    strcpy(by_name.sa_data, "lo");
+    int spkt_lo = socket(AF_PACKET, SOCK_PACKET, htons(ETH_P_IP));
+    if (spkt_lo < 0 || bind(spkt_lo, &by_name, sizeof(by_name)) != 0) die("SOCK_PACKET lo");
+    int spkt_any = socket(AF_PACKET, SOCK_PACKET, htons(ETH_P_ALL));
+    if (spkt_any < 0) die("SOCK_PACKET any");
+    struct sockaddr_ll lo = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_IP), .sll_ifindex = (int)if_nametoindex("lo") };
+    int fan[3];
+    for (int i = 0; i < 2; i++) {
+        fan[i] = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_IP));
+        if (fan[i] < 0 || bind(fan[i], (struct sockaddr *)&lo, sizeof(lo)) != 0) die("fanout member");
+        set_int(fan[i], SOL_PACKET, PACKET_FANOUT, 77 | (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16, "PACKET_FANOUT 77");
+    }
+    fan[2] = socket(AF_PACKET, SOCK_DGRAM, htons(ETH_P_IP));
+    if (fan[2] < 0) die("fan3");
+    set_int(fan[2], SOL_PACKET, PACKET_FANOUT, (PACKET_FANOUT_CPU | PACKET_FANOUT_FLAG_UNIQUEID) << 16, "PACKET_FANOUT unique");
+    const char *names[] = { "spkt_lo", "spkt_any", "fan1", "fan2", "fan3" };
+    int fds[] = { spkt_lo, spkt_any, fan[0], fan[1], fan[2] };
+    for (int i = 0; i < 5; i++) {
+        int fd = fds[i];
+        const char *label = names[i];
+        OPT(SOL_SOCKET, SO_TYPE); OPT(SOL_SOCKET, SO_PROTOCOL); OPT(SOL_SOCKET, SO_RCVBUF); OPT(SOL_SOCKET, SO_GET_FILTER);
+        if (i >= 2) OPT(SOL_PACKET, PACKET_FANOUT);
+    }
+    wait_for_term();
+    compare_all();
+    struct sockaddr name;
+    socklen_t size = sizeof(name);
+    if (getsockname(spkt_lo, &name, &size) != 0 || name.sa_family != AF_PACKET || strcmp(name.sa_data, "lo") != 0) fail("spkt_lo: not bound to lo");
+    size = sizeof(name);
+    if (getsockname(spkt_any, &name, &size) != 0 || name.sa_data[0] != 0) fail("spkt_any: bound to %.14s", name.sa_data);
+    /* A receiver, so that no ICMP port-unreachable follows as a second frame. */
+    int sink = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_storage port = inet4("127.0.0.1", 5555);
+    if (sink < 0 || bind(sink, (struct sockaddr *)&port, sizeof(struct sockaddr_in)) != 0) fail("sink: %s", strerror(errno));
+    send_udp_5555("after restore");
+    if (!frame_arrives(spkt_lo, 5000)) fail("spkt_lo: no frame");
+    if (!frame_arrives(spkt_any, 5000)) fail("spkt_any: no frame");
+    if (!frame_arrives(fan[2], 5000)) fail("fan3: no frame");
+    int got = frame_arrives(fan[0], 1000) + frame_arrives(fan[1], 1000);
+    if (got != 1) fail("group 77: %d of its two members got the frame", got);
+    if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
+    printf("PASS\n");
+    fflush(stdout);
+    return 0;
+}
+
 static int packet(int queued) {
     int raw = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL));
     if (raw < 0) die("AF_PACKET");
@@ -820,6 +885,8 @@ int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "raw") == 0) return raw(argc > 2 && strcmp(argv[2], "queued") == 0);
     if (argc > 2 && strcmp(argv[1], "packet") == 0 && strcmp(argv[2], "ring") == 0)
         return packet_ring();
+    if (argc > 2 && strcmp(argv[1], "packet") == 0 && strcmp(argv[2], "groups") == 0)
+        return packet_groups();
     if (argc > 1 && strcmp(argv[1], "packet") == 0) return packet(argc > 2 && strcmp(argv[2], "queued") == 0);
     if (argc > 1 && strcmp(argv[1], "ping") == 0) return ping(argc > 2 && strcmp(argv[2], "queued") == 0);
 

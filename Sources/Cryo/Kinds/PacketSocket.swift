@@ -8,7 +8,9 @@ import SystemPackage
 /// interface it is bound to, its PACKET_* options, memberships (promiscuous,
 /// all-multicast, multicast addresses), classic BPF filter, and its rings
 /// (PACKET_RX_RING/TX_RING, empty: PacketRing.swift), which the task's mappings
-/// of them map again. Fanout groups and frames not read yet are refused.
+/// of them map again; its PACKET_FANOUT group. SOCK_PACKET (the obsolete type) keeps what it
+/// has: protocol, device and SOL_SOCKET options. Frames not read yet, and fanout groups whose
+/// selector is a BPF program, are refused.
 public struct PacketSocketState: DescriptorKind {
     /// "Proto" of the AF_PACKET socket `socket:[INODE]` in /proc/PID/net/packet (hex, host order).
     static func ethertype(pid: pid_t, link: String) -> UInt16? {
@@ -22,6 +24,10 @@ public struct PacketSocketState: DescriptorKind {
     }
 
     static let name = "packetSocket"
+    /// SOCK_PACKET, the old interface (tcpdump of Linux 2.0): bound by interface name, no SOL_PACKET
+    /// level at all (no options, memberships, rings or fanout), only its protocol, device and SOL_SOCKET.
+    static let obsoleteType: Int32 = 10
+    static let types: Set<Int32> = [Int32(SOCK_RAW.rawValue), Int32(SOCK_DGRAM.rawValue), obsoleteType]
 
     public struct Membership: Codable, Sendable, Equatable {
         public var device: String
@@ -53,6 +59,10 @@ public struct PacketSocketState: DescriptorKind {
     /// PACKET_RX_RING and PACKET_TX_RING, when set up (nil in older images).
     public var receiveRing: Ring? = nil
     public var sendRing: Ring? = nil
+    /// The PACKET_FANOUT group joined: id | type << 16 | flags << 24 (what setsockopt takes back, with
+    /// the type's flags above it); nil when in none. The group is the network namespace's, by id:
+    /// its first restored member makes it again, the others join it.
+    public var fanout: UInt32? = nil
 
     static let optionTable: [(String, Int32, Int32)] = [
         ("PACKET_VERSION", CRYO_SOL_PACKET, Int32(PACKET_VERSION)), ("PACKET_RESERVE", CRYO_SOL_PACKET, Int32(PACKET_RESERVE)),
@@ -82,13 +92,14 @@ public struct PacketSocketState: DescriptorKind {
         guard try SocketDescription.option(fd, SO_DOMAIN, p.object) == AF_PACKET else { return nil }
         let what = "\(p.object): \(SocketDescription.describe(fd, family: AF_PACKET, link: p.link, pid: p.pid))"
         let type = try SocketDescription.option(fd, SO_TYPE, what)
-        guard type == Int32(SOCK_RAW.rawValue) || type == Int32(SOCK_DGRAM.rawValue) else {
-            throw CryoError("\(what): the obsolete SOCK_PACKET type is not supported")
-        }
+        guard Self.types.contains(type) else { throw CryoError("\(what): an AF_PACKET socket of type \(type) is not supported") }
         guard let diag = try SockDiag.packetSocket(inode: UInt32(truncatingIfNeeded: p.stat.st_ino), object: what), let info = diag.info else {
             throw CryoError("\(what) is not in cryo's network namespace; not supported")
         }
-        if diag.fanout { throw CryoError("\(what) is in a PACKET_FANOUT group; not supported") }
+        // getsockopt, not sock_diag's PACKET_DIAG_FANOUT, which leaves the flags (rollover, defrag...) out.
+        let fanout = try diag.fanout == nil || type == Self.obsoleteType ? nil
+            : UInt32(bitPattern: Sockets.option(fd, CRYO_SOL_PACKET, Int32(PACKET_FANOUT), name: "PACKET_FANOUT", object: what))
+        if let fanout, let refusal = Self.fanoutRefusal(fanout) { throw CryoError("\(what) \(refusal); not supported") }
         // Frames would have to arrive again: nothing can put them back.
         // (SIOCINQ: the first frame's length; a peek with MSG_CMSG_CLOEXEC is EINVAL here.)
         let waiting = try Sockets.queueLength(fd, request: CRYO_SIOCINQ, name: "SIOCINQ", object: what)
@@ -104,7 +115,7 @@ public struct PacketSocketState: DescriptorKind {
                        address: withUnsafeBytes(of: m.pdmc_addr) { Data($0.prefix(Int(min(m.pdmc_alen, 32)))) }, count: m.pdmc_count)
         }
         var options: [String: Int32] = [:]
-        for (name, level, option) in optionTable {
+        for (name, level, option) in optionTable where type != Self.obsoleteType || level == CRYO_SOL_SOCKET {
             do {
                 options[name] = try Sockets.option(fd, level, option, name: name, object: what)
             } catch let error as SyscallError where optionalOptions.contains(name) && error.errno == .protocolNotAvailable {}
@@ -118,14 +129,24 @@ public struct PacketSocketState: DescriptorKind {
                                  memberships: memberships, options: options, filter: filter?.program, filterLocked: filter?.locked ?? false,
                                  receiveTimeout: receiveTimeout, sendTimeout: sendTimeout,
                                  timestamping: try SocketTimestamping.dump(fd, what: what),
-                                 receiveRing: receiveRing, sendRing: sendRing)
+                                 receiveRing: receiveRing, sendRing: sendRing, fanout: fanout)
+    }
+
+    /// Why a PACKET_FANOUT group cannot come back, or nil when it can: the classic and eBPF
+    /// selectors (types 6 and 7) hold a program that no call reads back.
+    static func fanoutRefusal(_ fanout: UInt32) -> String? {
+        let type = (fanout >> 16) & 0xff
+        guard type == 6 || type == 7 else { return nil }
+        return "is in PACKET_FANOUT group \(fanout & 0xffff) of type \(type == 6 ? "PACKET_FANOUT_CBPF" : "PACKET_FANOUT_EBPF"), whose program cannot be read back"
     }
 
     public func summary(_ file: FileTable.OpenFile) -> String {
-        var text = "packet socket:[\(inode)] \(type == Int32(SOCK_RAW.rawValue) ? "raw" : "dgram") protocol 0x\(String(protocolNumber, radix: 16))"
+        let typeName = type == Int32(SOCK_RAW.rawValue) ? "raw" : type == Self.obsoleteType ? "SOCK_PACKET" : "dgram"
+        var text = "packet socket:[\(inode)] \(typeName) protocol 0x\(String(protocolNumber, radix: 16))"
         if let device { text += " on \(device)" }
         if !memberships.isEmpty { text += " (\(memberships.count) membership\(memberships.count == 1 ? "" : "s"))" }
         if let filter { text += " (filter of \(filter.count / 8) instruction\(filter.count == 8 ? "" : "s"))" }
+        if let fanout { text += " fanout group \(fanout & 0xffff) type \((fanout >> 16) & 0xff)" }
         if receiveRing != nil || sendRing != nil { text += " TPACKET_V\(ringVersion + 1)" }
         if let receiveRing { text += " RX ring (\(receiveRing.summary))" }
         if let sendRing { text += " TX ring (\(sendRing.summary))" }
@@ -133,7 +154,11 @@ public struct PacketSocketState: DescriptorKind {
     }
 
     func validate() -> String? {
-        guard type == Int32(SOCK_RAW.rawValue) || type == Int32(SOCK_DGRAM.rawValue) else { return "a packet socket of type \(type)" }
+        guard Self.types.contains(type) else { return "a packet socket of type \(type)" }
+        if type == Self.obsoleteType && (receiveRing != nil || sendRing != nil || !memberships.isEmpty || fanout != nil) {
+            return "a SOCK_PACKET socket with rings, memberships or a fanout group"
+        }
+        if let fanout, let refusal = Self.fanoutRefusal(fanout) { return "a packet socket that \(refusal)" }
         for (name, ring) in [("PACKET_RX_RING", receiveRing), ("PACKET_TX_RING", sendRing)] {
             if let ring, !ring.isPlausible { return "a \(name) of \(ring.summary)" }
         }
@@ -153,7 +178,10 @@ public struct PacketSocketState: DescriptorKind {
                 guard let wanted = options[name], try Sockets.option(fd, level, option, name: name, object: what) != wanted else { continue }
                 try Sockets.setOption(fd, level, option, wanted, name: name, object: what)
             }
-            try Sockets.setOption(fd, CRYO_SOL_PACKET, Int32(PACKET_COPY_THRESH), Int32(bitPattern: copyThreshold), name: "PACKET_COPY_THRESH", object: what)
+            if type != Self.obsoleteType {
+                try Sockets.setOption(fd, CRYO_SOL_PACKET, Int32(PACKET_COPY_THRESH), Int32(bitPattern: copyThreshold), name: "PACKET_COPY_THRESH",
+                                      object: what)
+            }
             // After PACKET_VERSION, PACKET_RESERVE, PACKET_LOSS, PACKET_VNET_HDR, PACKET_TX_HAS_OFF (EBUSY once a ring exists).
             // tpacket_req3 for every version: V1 and V2 read its first four fields.
             if let receiveRing {
@@ -164,7 +192,13 @@ public struct PacketSocketState: DescriptorKind {
             }
             try SocketTimeouts.restore(fd, receive: receiveTimeout, send: sendTimeout, what: what)
             try SocketTimestamping.restore(fd, timestamping, what: what)
-            if let device {
+            if let device, type == Self.obsoleteType {
+                // A struct sockaddr whose sa_data is the interface's name (at most 14 bytes, as the kernel reads it).
+                let name = Array(device.utf8)
+                guard name.count <= 14 else { throw CryoError("\(what): interface name \(device) is longer than SOCK_PACKET's 14 bytes") }
+                let address = [UInt8(AF_PACKET & 0xff), UInt8(AF_PACKET >> 8)] + name + [UInt8](repeating: 0, count: 14 - name.count)
+                try Sockets.bind(fd, to: SocketAddress(bytes: address), object: "\(what) to \(device)")
+            } else if let device {
                 guard let index = Sockets.interfaceIndex(device) else { throw CryoError("\(what): there is no interface \(device) here") }
                 var address = sockaddr_ll()
                 address.sll_family = UInt16(AF_PACKET)
@@ -188,6 +222,10 @@ public struct PacketSocketState: DescriptorKind {
                 for _ in 0..<max(1, m.count) {
                     try Sockets.setOption(fd, CRYO_SOL_PACKET, Int32(PACKET_ADD_MEMBERSHIP), request, name: "PACKET_ADD_MEMBERSHIP", object: what)
                 }
+            }
+            // After the bind: only a socket that receives (bound to its protocol) may join.
+            if let fanout {
+                try Sockets.setOption(fd, CRYO_SOL_PACKET, Int32(PACKET_FANOUT), Int32(bitPattern: fanout), name: "PACKET_FANOUT", object: what)
             }
             if filterLocked { try Sockets.setOption(fd, CRYO_SOL_SOCKET, CRYO_SO_LOCK_FILTER, Int32(1), name: "SO_LOCK_FILTER", object: what) }
             try SocketBuffers.restore(fd, options: options, what: what)
