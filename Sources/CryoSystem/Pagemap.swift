@@ -28,6 +28,25 @@ public enum Pagemap {
         return reportsGuards(pagemap)
     }
 
+    /// The /proc/PID/pagemap entries (one 64-bit word per page: bit 63 present, bit 61 a page of a
+    /// file or shared memory, not a private anonymous copy) of `count` pages from `start`.
+    public static func entries(pid: pid_t, start: UInt64, count: Int) throws -> [UInt64] {
+        let path = "/proc/\(pid)/pagemap"
+        let pagemap = try Files.open(path, .readOnly)
+        defer { try? pagemap.close() }
+        var words = [UInt64](repeating: 0, count: count)
+        let wanted = count * 8
+        let read = try words.withUnsafeMutableBytes { buffer in
+            do {
+                return try pagemap.read(fromAbsoluteOffset: Int64(start / UInt64(sysconf(Int32(_SC_PAGESIZE)))) * 8, into: buffer, retryOnInterrupt: true)
+            } catch {
+                throw SyscallError("pread", errno: error as? Errno ?? .ioError, pid: pid, object: path)
+            }
+        }
+        guard read == wanted else { throw SyscallError("pread", errno: .ioError, pid: pid, object: "\(path): \(read) of \(wanted) bytes") }
+        return words
+    }
+
     /// The same, throwing a SyscallError for pid and object.
     public static func scan(_ pagemap: FileDescriptor, _ argument: inout cryo_pm_scan_arg,
                             into regions: UnsafeMutableBufferPointer<cryo_page_region>, pid: pid_t? = nil,

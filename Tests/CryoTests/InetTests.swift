@@ -554,7 +554,7 @@ extension EndToEnd.InetTests {
 }
 
 extension EndToEnd.InetTests {
-    @Test("AF_PACKET rings (TPACKET_V1, V2, V3; RX and TX) come back empty, mapped where they were, and carry frames")
+    @Test("AF_PACKET rings (TPACKET_V1, V2, V3; RX and TX) come back empty, mapped where they were (shared or private), and carry frames")
     func packetRings() throws {
         try inNetworkNamespace("ring") { (enter: [String], namespace: String) in
             let scratch = try Scratch("packet-ring")
@@ -571,9 +571,10 @@ extension EndToEnd.InetTests {
         }
     }
 
-    @Test("a ring with a frame not read, not sent, or turned past its start is refused in one line; the frame stays, the task runs on",
+    @Test("a ring with a frame not read, not sent, turned past its start, or a private mapping of it written to is refused in one line; the frame stays, the task runs on",
           arguments: [("unread", "1 frame not read yet in its PACKET_RX_RING"), ("unread3", "1 frame not read yet in its PACKET_RX_RING"),
-                      ("used", "PACKET_RX_RING was read past its first frame"), ("sent", "has sent frames from its PACKET_TX_RING")])
+                      ("used", "PACKET_RX_RING was read past its first frame"), ("sent", "has sent frames from its PACKET_TX_RING"),
+                      ("privwritten", "privately (MAP_PRIVATE), and the task wrote to 0x")])
     func packetRingRefused(mode: String, saying: String) throws {
         try inNetworkNamespace("ring-\(mode)") { (enter: [String], namespace: String) in
             let scratch = try Scratch("packet-ring-\(mode)")
@@ -582,7 +583,8 @@ extension EndToEnd.InetTests {
             defer { fixture.cleanUp() }
             try fixture.waitReady()
             let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("img")], in: scratch, reaping: fixture, launcher: enter)
-            #expect(dump.failed && dump.stderrLines.count == 1 && dump.stderr.contains("pid \(fixture.pid) fd ")
+            let mappingOrFD = mode == "privwritten" ? "pid \(fixture.pid): mapping 0x" : "pid \(fixture.pid) fd "
+            #expect(dump.failed && dump.stderrLines.count == 1 && dump.stderr.contains(mappingOrFD)
                     && dump.stderr.contains("AF_PACKET") && dump.stderr.contains(saying), "\(dump)")
             #expect(fixture.pollOriginal() == nil, "a refused dump must leave the fixture running")
             fixture.signal(SIGTERM)

@@ -20,8 +20,11 @@
  *   unread3        v3 with a frame in its open block (retire 60 s).
  *   used           v2 that read and released one frame (its kernel is at
  *                  frame 1), waiting for the next.
+ *                  priv: SOCK_DGRAM, TPACKET_V1 RX ring mapped MAP_PRIVATE
+ *                  read-write, never written: it still sees the socket's frames.
  *   sent           v2 that sent one frame from its TX ring.
- * Dump must refuse the last four; the fixture runs on and passes.
+ *   privwritten    all of the first, priv's second page written (a private copy).
+ * Dump must refuse the last five; the fixture runs on and passes.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -81,12 +84,14 @@ static void remember(struct ring_socket *s) {
     s->protocol = address.sll_protocol;
 }
 
-static void map_ring(struct ring_socket *s, size_t length, int prot) {
-    s->map = mmap(NULL, length, prot, MAP_SHARED, s->fd, 0);
+static void map_ring_as(struct ring_socket *s, size_t length, int prot, int flags) {
+    s->map = mmap(NULL, length, prot, flags, s->fd, 0);
     if (s->map == MAP_FAILED) die("mmap ring");
     s->length = length;
-    snprintf(s->perms, sizeof(s->perms), "%c%c-s", prot & PROT_READ ? 'r' : '-', prot & PROT_WRITE ? 'w' : '-');
+    snprintf(s->perms, sizeof(s->perms), "%c%c-%c", prot & PROT_READ ? 'r' : '-', prot & PROT_WRITE ? 'w' : '-', flags & MAP_SHARED ? 's' : 'p');
 }
+
+static void map_ring(struct ring_socket *s, size_t length, int prot) { map_ring_as(s, length, prot, MAP_SHARED); }
 
 static struct ring_socket make(const char *name, int type, int version, int reserve) {
     struct ring_socket s = { .name = name, .version = version };
@@ -254,7 +259,7 @@ static int refused(const char *mode) {
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    if (argc > 1) return refused(argv[1]);
+    if (argc > 1 && strcmp(argv[1], "privwritten") != 0) return refused(argv[1]);
 
     struct ring_socket v2 = make("v2", SOCK_RAW, TPACKET_V2, 32);
     ring(&v2, PACKET_RX_RING, 8192, 4, 2048, 0, 0);
@@ -280,7 +285,13 @@ int main(int argc, char **argv) {
     struct ring_socket idle = make("idle", SOCK_RAW, TPACKET_V2, 0);
     ring(&idle, PACKET_TX_RING, 4096, 3, 4096, 0, 0);
 
-    struct ring_socket *all[] = { &v2, &v3, &v1, &v3tx, &idle };
+    struct ring_socket priv = make("priv", SOCK_DGRAM, TPACKET_V1, 0);
+    ring(&priv, PACKET_RX_RING, 4096, 2, 1024, 0, 0);
+    bind_lo(&priv, PROTO);
+    map_ring_as(&priv, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+    if (argc > 1 && strcmp(argv[1], "privwritten") == 0) priv.map[4096 + 100] = 1; /* a private copy of the second page */
+
+    struct ring_socket *all[] = { &v2, &v3, &v1, &v3tx, &idle, &priv };
     for (unsigned i = 0; i < sizeof(all) / sizeof(all[0]); i++) remember(all[i]);
 
     signal(SIGTERM, on_term);
@@ -299,6 +310,7 @@ int main(int argc, char **argv) {
         expect_frame(&v2, 8192, 2048, 0, "cryo-ring-v2");
         expect_block(&v3, 8192, "cryo-ring-v2", 1);
         expect_frame(&v1, 4096, 1024, 0, "cryo-ring-v2");
+        expect_frame(&priv, 4096, 1024, 0, "cryo-ring-v2");
     }
     if (send_from_ring(v3tx.fd, TPACKET_V3, v3tx.map, "cryo-ring-v3tx") == 0) expect_frame(&v2, 8192, 2048, 1, "cryo-ring-v3tx");
     return finish();

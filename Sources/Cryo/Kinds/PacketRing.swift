@@ -196,7 +196,8 @@ enum PacketRings {
 extension FileTableBuilder {
     /// The file table entry of the AF_PACKET socket whose rings `mapping` of `pid` maps: a socket
     /// dumped already (a descriptor of this process or of one before it in the tree). The mapping
-    /// must be the whole of both rings from offset 0, as mmap makes it; anything else is refused.
+    /// must be the whole of both rings from offset 0, as mmap makes it; anything else is refused, and so is
+    /// a private (MAP_PRIVATE) one that the task wrote to.
     func packetRingMapping(pid: pid_t, mapping m: MemoryRecord.Mapping) throws -> Int {
         let address = "0x\(String(m.start, radix: 16))-0x\(String(m.end, radix: 16))"
         let object = "pid \(pid): mapping \(address) (\(m.path ?? "socket"))"
@@ -208,9 +209,19 @@ extension FileTableBuilder {
                           : "(an AF_PACKET PACKET_RX_RING/TX_RING, AF_XDP, or TCP zero-copy receive), not supported yet"))
         }
         let rings = found.state.ringBytes
-        guard m.fileOffset == 0, m.end - m.start == UInt64(rings), m.shared else {
+        guard m.fileOffset == 0, m.end - m.start == UInt64(rings) else {
             throw CryoError("\(object) is part of the rings of AF_PACKET socket:[\(inode)] (\(rings) bytes from offset 0): "
                 + "a ring mapping split, partly unmapped or moved is not supported yet")
+        }
+        if !m.shared {
+            // A private mapping of the rings maps the socket's own pages as a shared one does, until the
+            // task writes one: then the task has a copy of its own, which the socket's new rings cannot give back.
+            let pageSize = UInt64(sysconf(Int32(_SC_PAGESIZE)))
+            let words = try Pagemap.entries(pid: pid, start: m.start, count: Int((m.end - m.start) / pageSize))
+            if let copied = words.firstIndex(where: { $0 & (1 << 63) != 0 && $0 & (1 << 61) == 0 }) {
+                throw CryoError("\(object) maps the rings of AF_PACKET socket:[\(inode)] privately (MAP_PRIVATE), and the task wrote to "
+                    + "0x\(String(m.start + UInt64(copied) * pageSize, radix: 16)): a private copy of a ring page is not supported")
+            }
         }
         return found.file.id
     }

@@ -785,8 +785,8 @@ extension MemoryRecord {
             if m.droppable == true && (m.shared || m.kind != .anonymous || m.hugePageSize != nil) {
                 throw ImageError(file: file, record: "memory", "\(label): droppable memory that is not private and anonymous")
             }
-            if m.kind == .packetRing && (!m.shared || m.fileOffset != 0) {
-                throw ImageError(file: file, record: "memory", "\(label): a packet ring mapped private or from an offset")
+            if m.kind == .packetRing && m.fileOffset != 0 {
+                throw ImageError(file: file, record: "memory", "\(label): a packet ring mapped from an offset")
             }
             previousEnd = m.end
         }
