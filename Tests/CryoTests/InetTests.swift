@@ -540,6 +540,20 @@ extension EndToEnd.InetTests {
 }
 
 extension EndToEnd.InetTests {
+    @Test("a connection kept in LAST_ACK by a DROP rule of the program's own on its port comes back in LAST_ACK; cryo's rule goes")
+    func lastAckBehindDropRule() throws {
+        _ = try requireTestProgram("/usr/sbin/iptables", package: "iptables")
+        try inNetworkNamespace("dropack") { (enter: [String], namespace: String) in
+            let scratch = try Scratch("tcp-dropack")
+            defer { scratch.remove() }
+            try sockoptsRoundTrip(["dropack"], fixture: "tcpstates", options: ["--tcp-established"], enter: enter, in: scratch)
+            let left = shell("ip netns exec \(namespace) iptables -S").output
+            #expect(!left.contains("cryo") && !left.contains("DROP"), "rules left behind:\n\(left)")
+        }
+    }
+}
+
+extension EndToEnd.InetTests {
     @Test("SOCK_PACKET sockets keep protocol and interface name; PACKET_FANOUT groups come back whole, a kernel-chosen id included")
     func packetGroups() throws {
         try inNetworkNamespace("pgroups") { enter in

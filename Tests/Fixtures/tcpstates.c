@@ -38,6 +38,12 @@
  *              ended ones with their peer's (SO_PEERNAME); ended ends read end
  *              of stream, reset reads "unread", then ECONNRESET, then end of
  *              stream; writes fail with EPIPE; both listeners accept anew
+ *   dropack    (in a network namespace of its own: it runs iptables) a pair
+ *              whose accepted end b is left in LAST_ACK by a DROP rule of the
+ *              fixture's own on b's port: a shut down writing, the rule went in,
+ *              b shut down (a took b's FIN: CLOSE, its ACK dropped). After
+ *              SIGTERM b is still in LAST_ACK; the rule goes, then b and a
+ *              read end of stream and a cannot write
  *   synpeer PORT  not dumped: connects "one" at once (left in SYN_SENT), "two"
  *              on SIGUSR1; passes once both connected and were answered
  *   lockpeer       not dumped: the peer outside the tree of `tcp peer PORT`.
@@ -262,6 +268,44 @@ static int closed(void) {
     return finish();
 }
 
+/* The rule on b's port, added or deleted with iptables (`-A` or `-D`). */
+static int drop_rule(const char *how, int port) {
+    char command[128];
+    snprintf(command, sizeof(command), "iptables -w %s INPUT -p tcp --dport %d -j DROP", how, port);
+    return system(command);
+}
+
+static int dropack(void) {
+    int a, b;
+    pair(&a, &b, 0, 0, 0, 0);
+    struct sockaddr_in at;
+    socklen_t size = sizeof(at);
+    if (getsockname(b, (struct sockaddr *)&at, &size) != 0) die("getsockname");
+    int port = ntohs(at.sin_port);
+    if (shutdown(a, SHUT_WR) != 0) die("shutdown a");
+    for (int i = 0; i < 200 && state(b) != TCP_CLOSE_WAIT; i++) usleep(5000);
+    if (drop_rule("-A", port) != 0) { errno = 0; die("iptables -A"); }
+    if (shutdown(b, SHUT_WR) != 0) die("shutdown b");
+    for (int i = 0; i < 200 && (state(b) != TCP_LAST_ACK || state(a) != TCP_CLOSE); i++) usleep(5000);
+    if (state(b) != TCP_LAST_ACK || state(a) != TCP_CLOSE) {
+        drop_rule("-D", port);
+        fprintf(stderr, "setup: b %s, a %s\n", state_name(state(b)), state_name(state(a)));
+        return 2;
+    }
+    printf("STATES b LAST_ACK a CLOSE\n");
+    wait_term();
+    if (state(b) != TCP_LAST_ACK) fail("b: %s, not LAST_ACK", state_name(state(b)));
+    if (drop_rule("-D", port) != 0) fail("iptables -D: the rule is gone");
+    char byte;
+    for (int i = 0; i < 2; i++) {
+        int fd = i ? a : b;
+        ssize_t n = recv(fd, &byte, 1, MSG_DONTWAIT);
+        if (n != 0) fail("%c: read gave %zd (%s), not end of stream", "ba"[i], n, n < 0 ? strerror(errno) : "bytes");
+    }
+    if (send(a, "x", 1, MSG_NOSIGNAL) != -1 || errno != EPIPE) fail("a: writing did not fail with EPIPE");
+    return finish();
+}
+
 static volatile sig_atomic_t usr1;
 static void on_usr1(int sig) { (void)sig; usr1 = 1; }
 
@@ -472,6 +516,7 @@ int main(int argc, char **argv) {
     if (argc > 2 && strcmp(argv[1], "synsent") == 0) return synsent(atoi(argv[2]));
     if (argc > 1 && strcmp(argv[1], "pending") == 0) return pending();
     if (argc > 1 && strcmp(argv[1], "closed") == 0) return closed();
+    if (argc > 1 && strcmp(argv[1], "dropack") == 0) return dropack();
     if (argc > 1 && strcmp(argv[1], "ports") == 0) return ports();
     if (argc > 1 && strcmp(argv[1], "lockpeer") == 0) return lockpeer();
     if (argc > 1 && strcmp(argv[1], "inflight") == 0) return inflight();

@@ -264,6 +264,23 @@ final class NetworkLock: @unchecked Sendable {
     }
 }
 
+extension NetworkLock {
+    /// Runs `body` with a rule at the head of iptables' (ip6tables') INPUT chain that accepts cryo's
+    /// marked packets, and removes it afterwards. For a packet restore sends (a peer's FIN) that a rule
+    /// of the host's own dropped: a program's DROP on its port is what keeps a connection in LAST_ACK.
+    /// False, `body` not run, where no such rule can go in (no iptables, or it fails).
+    static func passingMarked(ipv6: Bool, object: String, _ body: () throws -> Void) throws -> Bool {
+        let rule = ["-m", "mark", "--mark", markText, "-m", "comment", "--comment", "cryo-pass-\(getpid())", "-j", "ACCEPT"]
+        let program = ipv6 ? "ip6tables" : "iptables"
+        guard let added = try? Processes.run([program, "-w", "-I", "INPUT", "1"] + rule, inNetworkNamespace: nil), added.status == 0 else {
+            return false
+        }
+        defer { _ = try? Processes.run([program, "-w", "-D", "INPUT"] + rule, inNetworkNamespace: nil) }
+        try body()
+        return true
+    }
+}
+
 extension InetAddress {
     /// The address as packets carry it: an IPv4-mapped IPv6 address as plain IPv4.
     var wireAddress: String {
