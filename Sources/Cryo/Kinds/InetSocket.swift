@@ -210,7 +210,8 @@ extension InetSocketState {
         if local?.port == 0 { local = nil }
         let peer = (try? Sockets.name(fd, peer: true, object: what)).flatMap { InetAddress($0) }
         if proto == .udp || proto == .udplite {
-            // Data held back by UDP_CORK or MSG_MORE is no datagram yet: nothing can read it out.
+            // Data held back by UDP_CORK or MSG_MORE is no datagram yet: nothing can read it out (there
+            // is no UDP repair mode; CRIU refuses a corked datagram socket too).
             // Datagrams already sent also count until the device (or a neighbour being
             // resolved) lets them go: without UDP_CORK, give those a moment to leave.
             var pending = try Sockets.queueLength(fd, request: CRYO_SIOCOUTQ, name: "SIOCOUTQ", object: what)
@@ -223,7 +224,7 @@ extension InetSocketState {
             }
             if pending > 0 {
                 throw CryoError("\(what) holds corked data not sent yet (\(corked ? "UDP_CORK" : "MSG_MORE, or datagrams waiting for a neighbour")"
-                                + "; \(pending) bytes of send buffer in use); not supported")
+                                + "; \(pending) bytes of send buffer in use), which no kernel call reads back; not supported")
             }
         }
         if proto == .icmp || proto == .raw {
