@@ -331,14 +331,17 @@ public enum Pidfd {
     public static func compareFiles(_ pid1: pid_t, _ fd1: Int32, _ pid2: pid_t, _ fd2: Int32) throws -> Int {
         try Kernel.syscall(SYS_kcmp, pid1, pid2, 0 /* KCMP_FILE */, fd1, fd2, name: "kcmp(KCMP_FILE)", pid: pid1, object: "fd \(fd1)")
     }
-    /// Whether `pid`'s `fd` is the file an epoll instance (`pid`'s `epollFd`) watches as its
-    /// `occurrence`-th target registered under fd number `targetFd` (KCMP_EPOLL_TFD).
-    public static func epollTargetIsOpen(_ pid: pid_t, fd: Int32, epollFd: Int32, targetFd: Int32, occurrence: Int) throws -> Bool {
+    /// Whether `holder`'s `fd` (by default `pid`'s own) is the file an epoll instance (`pid`'s `epollFd`)
+    /// watches as its `occurrence`-th target registered under fd number `targetFd` (KCMP_EPOLL_TFD).
+    public static func epollTargetIsOpen(_ pid: pid_t, fd: Int32, epollFd: Int32, targetFd: Int32, occurrence: Int,
+                                         holder: pid_t? = nil) throws -> Bool {
         // struct kcmp_epoll_slot { __u32 efd, tfd; __u64 toff; }
         var slot: (UInt32, UInt32, UInt64) = (UInt32(bitPattern: epollFd), UInt32(bitPattern: targetFd), UInt64(occurrence))
+        let holder = holder ?? pid
         return try withUnsafeMutablePointer(to: &slot) { pointer in
-            try Kernel.syscall(SYS_kcmp, pid, pid, 7 /* KCMP_EPOLL_TFD */, fd, UnsafeMutableRawPointer(pointer),
-                               name: "kcmp(KCMP_EPOLL_TFD)", pid: pid, object: "epoll fd \(epollFd) target fd \(targetFd)") == 0
+            try Kernel.syscall(SYS_kcmp, holder, pid, 7 /* KCMP_EPOLL_TFD */, fd, UnsafeMutableRawPointer(pointer),
+                               name: "kcmp(KCMP_EPOLL_TFD)", pid: pid,
+                               object: "epoll fd \(epollFd) target fd \(targetFd) against pid \(holder) fd \(fd)") == 0
         }
     }
     /// Whether two processes share one resource: KCMP_VM 1, KCMP_FILES 2, KCMP_FS 3.

@@ -129,7 +129,7 @@ struct ShowCommand: ParsableCommand {
         for d in task.descriptors.descriptors {
             let f = files.files[d.file]
             let what = f.summary + (d.locks ?? []).map { " [\($0.summary)]" }.joined()
-            print("    fd \(d.fd) -> \(what)  [\(f.kind), flags 0\(String(f.flags, radix: 8)), pos \(f.position)\(d.closeOnExec ? ", cloexec" : "")]"
+            print("    fd \(d.fd) -> \(what)  [\(f.kind), flags 0\(String(f.flags, radix: 8)), pos \(f.position)\(d.closeOnExec ? ", cloexec" : "")\(d.borrowed == true ? ", borrowed for restore only" : "")]"
                 + (task.descriptors.descriptors.filter { $0.file == d.file }.count > 1 ? " shared description #\(d.file)" : ""))
         }
         let s = task.signals

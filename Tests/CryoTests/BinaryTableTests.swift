@@ -226,6 +226,7 @@ struct BinaryTableTests {
             .init(fd: 1 << 19, closeOnExec: true, file: 9, locks: [FileLock(kind: .posix, write: true, start: 10, end: nil),
                                                                    FileLock(kind: .ofd, write: false, start: 0, end: 99)]),
             .init(fd: 7, closeOnExec: true, file: 1, locks: []),
+            .init(fd: 9, closeOnExec: true, file: 2, locks: nil, borrowed: true),
         ])
         let encoded = try DescriptorTableCodec.encode(record)
         #expect(try json(DescriptorTableCodec.decode(encoded, file: "t")) == json(record))
@@ -241,9 +242,9 @@ struct BinaryTableTests {
         }
         let cases: [(String, [UInt8], String)] = [
             ("bad magic", damaged { $0[0] = 0 }, "bad magic"),
-            ("unknown bits", damaged { put(UInt32(4), at: at(0, 4, size: 24), in: &$0) }, "entry #0: unknown bits 0x4"),
+            ("unknown bits", damaged { put(UInt32(8), at: at(0, 4, size: 24), in: &$0) }, "entry #0: unknown bits 0x8"),
             ("locks bit without locks", damaged { put(UInt32(2), at: at(0, 4, size: 24), in: &$0) }, "entry #0: the locks bit"),
-            ("locks not JSON", damaged { $0[24 + 3 * 24] = UInt8(ascii: "{") }, "entry #1: malformed locks"),
+            ("locks not JSON", damaged { $0[24 + 4 * 24] = UInt8(ascii: "{") }, "entry #1: malformed locks"),
         ]
         for (what, payload, expected) in cases {
             let text = refusal { try DescriptorTableCodec.decode(payload, file: "task-42.img") }

@@ -42,20 +42,20 @@ extension EndToEnd {
             try expectSocketRefused(arguments: [kind], naming: words)
         }
 
-        /// epoll knows a target by (file, fd number): a watch whose file lives on only in another
-        /// process has no descriptor restore could add it through.
-        @Test("an epoll watch of a file only a child still holds (the watcher closed it) is refused in one line")
+        /// epoll knows a target by (file, fd number): a watch whose file lives on only in a process
+        /// outside the tree has no descriptor restore could add it through.
+        @Test("an epoll watch of a file only a process outside the tree still holds (the watcher closed it) is refused in one line")
         func epollTargetElsewhereRefused() throws {
-            let scratch = try Scratch("epoll-child")
+            let scratch = try Scratch("epoll-outside")
             defer { scratch.remove() }
-            let fixture = try Fixture("epollclosed", arguments: ["child"], in: scratch)
+            let fixture = try Fixture("epollclosed", arguments: ["outside"], in: scratch)
             defer { fixture.cleanUp() }
             try fixture.waitReady()
             let watched = try #require(fixture.tagged("WATCHED")?.first, "no WATCHED line\n\(fixture.report)")
             let images = scratch.file("img")
             let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
             expectOneLine(dump, naming: ["pid \(fixture.pid) fd ", "epoll", "fd \(watched), which the process has closed",
-                                         "through no other descriptor"])
+                                         "no process of the tree holds"])
             #expect(!FileManager.default.fileExists(atPath: images), "a failed dump should remove the image folder it created")
             expectStillRunning(fixture)
             fixture.signal(SIGTERM)

@@ -135,9 +135,10 @@ extension EndToEnd {
             }
         }
 
-        /// epoll knows a target by (file, fd number): the number may have been closed since, or given to another file.
-        @Test("an epoll watch added through a descriptor closed since (its number free, or holding another file) still reports",
-              arguments: ["closed", "reused"])
+        /// epoll knows a target by (file, fd number): the number may have been closed since, or given to another file,
+        /// and the file may live on only in another process of the tree ("child").
+        @Test("an epoll watch added through a descriptor closed since (its number free, or holding another file, or the file held by a child) still reports",
+              arguments: ["closed", "reused", "child"])
         func epollClosedTarget(_ variant: String) throws {
             try selfCheckingRoundTrip("epollclosed", arguments: [variant], scratch: "epoll-\(variant)")
         }

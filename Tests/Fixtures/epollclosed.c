@@ -3,9 +3,11 @@
  * was closed afterwards. Argument "closed": the pipe stays open through a dup;
  * "reused": likewise, and the closed number is then given to /dev/null (close
  * on exec), so the number no longer names what epoll watches; "child": only a
- * child keeps the pipe open (cryo refuses that one). After SIGTERM the watch
- * must still report the pipe with its data, and the number must hold what it
- * held before (nothing, or /dev/null with FD_CLOEXEC).
+ * child keeps the pipe open (as apache's prefork workers watch listeners their
+ * parent keeps); "outside": only a process outside the tree does (a grandchild
+ * left to init; cryo refuses that one). After SIGTERM the watch must still
+ * report the pipe with its data, and the number must hold what it held before
+ * (nothing, or /dev/null with FD_CLOEXEC).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -34,12 +36,36 @@ int main(int argc, char **argv) {
     }
     int watched = p[0];
     pid_t child = 0;
+    pid_t outsider = 0;
     if (strcmp(variant, "child") == 0) {
         child = fork();
         if (child == 0) {
             signal(SIGTERM, SIG_DFL);
             for (;;) pause();
         }
+    } else if (strcmp(variant, "outside") == 0) {
+        int report[2];
+        if (pipe(report)) {
+            printf("FAIL: setup: pipe: %s\n", strerror(errno));
+            return 1;
+        }
+        pid_t middle = fork();
+        if (middle == 0) {
+            if (fork() == 0) {
+                signal(SIGTERM, SIG_DFL);
+                pid_t me = getpid();
+                if (write(report[1], &me, sizeof me) != sizeof me) _exit(1);
+                for (;;) pause();
+            }
+            _exit(0);
+        }
+        waitpid(middle, NULL, 0);
+        if (read(report[0], &outsider, sizeof outsider) != sizeof outsider) {
+            printf("FAIL: setup: no pid from the grandchild\n");
+            return 1;
+        }
+        close(report[0]);
+        close(report[1]);
     } else if (dup(p[0]) < 0) {
         printf("FAIL: setup: dup: %s\n", strerror(errno));
         return 1;
@@ -60,6 +86,7 @@ int main(int argc, char **argv) {
         kill(child, SIGKILL);
         waitpid(child, NULL, 0);
     }
+    if (outsider > 0) kill(outsider, SIGKILL);
     int flags = fcntl(watched, F_GETFD);
     if (strcmp(variant, "reused") == 0) {
         struct stat st;

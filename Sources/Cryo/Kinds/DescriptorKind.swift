@@ -1,3 +1,4 @@
+import CCryo
 import CryoInjector
 import CryoSystem
 import FoundationEssentials
@@ -124,13 +125,13 @@ enum DescriptorKinds {
     }
 
     static func afterInstallBytes(_ installed: InstalledDescriptors) -> Int {
-        all.reduce(FileLock.afterInstallBytes(installed)) { $0 + $1.afterInstallBytes(installed) }
+        all.reduce(FileLock.afterInstallBytes(installed) + MemoryLayout<cryo_install_fds>.size) { $0 + $1.afterInstallBytes(installed) }
     }
 
     /// Whether afterInstall below has anything to do: a kind's own work, locks or an owner to set.
     static func hasAfterInstallWork(_ installed: InstalledDescriptors) -> Bool {
         all.contains { $0.hasAfterInstallWork(installed) }
-            || installed.descriptors.contains { $0.locks?.isEmpty == false || installed.files[$0.file].owner != nil }
+            || installed.descriptors.contains { $0.locks?.isEmpty == false || installed.files[$0.file].owner != nil || $0.borrowed == true }
     }
 
     /// What each kind does once a process's descriptors are installed, then its locks, which any kind may hold.
@@ -138,6 +139,12 @@ enum DescriptorKinds {
         for kind in all { try kind.afterInstall(installed, parasite: parasite) }
         try FileLock.afterInstall(installed, parasite: parasite)
         try FileOwner.afterInstall(installed, parasite: parasite)
+        // Borrowed descriptors sit above all the process's own (and cryo's slots are closed by now): close them all.
+        if let first = installed.descriptors.filter({ $0.borrowed == true }).map(\.fd).min() {
+            var close = cryo_install_fds()
+            close.close_from = first
+            try parasite.run(CRYO_CMD_INSTALL_FDS, payload: bytes(of: close), replyBytes: 0)
+        }
     }
 }
 

@@ -44,14 +44,22 @@ public struct EpollState: DescriptorKind {
             let numberOpen = Files.exists("/proc/\(p.pid)/fd/\(fd)")
             var sourceFd: Int32?
             if !(try numberOpen && Pidfd.epollTargetIsOpen(p.pid, fd: fd, epollFd: p.fd, targetFd: fd, occurrence: occurrence)) {
-                // The file lives on through another descriptor (else epoll would have dropped it): find it.
-                guard p.inFlight == nil, let other = try openDescriptors(p.pid).first(where: { candidate in
-                    (try? Pidfd.epollTargetIsOpen(p.pid, fd: candidate, epollFd: p.fd, targetFd: fd, occurrence: occurrence)) == true
-                }) else {
-                    throw CryoError("\(p.object): epoll watches a file through fd \(fd), which the process has closed"
-                        + (numberOpen ? " (the number now holds another file)" : "") + " and holds through no other descriptor; not supported")
+                // The file lives on through another descriptor (else epoll would have dropped it): find it,
+                // in this process or else in another of the tree (a forked worker that closed its copy of
+                // a listener its parent keeps; apache's prefork children after a graceful restart).
+                func holds(_ pid: pid_t, _ candidate: Int32) -> Bool {
+                    (try? Pidfd.epollTargetIsOpen(p.pid, fd: candidate, epollFd: p.fd, targetFd: fd, occurrence: occurrence, holder: pid)) == true
                 }
-                sourceFd = other
+                if p.inFlight == nil, let other = try openDescriptors(p.pid).first(where: { holds(p.pid, $0) }) {
+                    sourceFd = other
+                } else if p.inFlight == nil, let inode = words.first(where: { $0.hasPrefix("ino:") }).flatMap({ UInt64($0.dropFirst(4), radix: 16) }),
+                          let (holder, held) = table.treeDescriptors(inode: inode).first(where: { $0.pid != p.pid && holds($0.pid, $0.fd) }) {
+                    sourceFd = table.borrow(holder, fd: held, above: fd)
+                } else {
+                    throw CryoError("\(p.object): epoll watches a file through fd \(fd), which the process has closed"
+                        + (numberOpen ? " (the number now holds another file)" : "")
+                        + " and no process of the tree holds through another descriptor; not supported")
+                }
             }
             targets.append(Target(fd: fd, events: events, data: data, sourceFd: sourceFd))
         }
@@ -88,7 +96,11 @@ public struct EpollState: DescriptorKind {
     /// Targets are added once per instance, by the first process holding it, now that its fds are in place.
     static func afterInstall(_ installed: InstalledDescriptors, parasite: Parasite) throws {
         var watches: [cryo_epoll_target] = []
-        for (fd, file, epoll) in installed.of(EpollState.self) where installed.finishedOnce(file.id) {
+        // An instance several processes hold is filled by the first that holds every file it watches
+        // through another number (its own, or borrowed for this step).
+        let numbers = Set(installed.descriptors.map(\.fd))
+        for (fd, file, epoll) in installed.of(EpollState.self)
+        where epoll.targets.allSatisfy({ $0.sourceFd.map(numbers.contains) ?? true }) && installed.finishedOnce(file.id) {
             watches += epoll.targets.map { cryo_epoll_target(epoll_fd: fd, target_fd: $0.fd, events: $0.events, source_fd: $0.sourceFd ?? -1, data: $0.data) }
         }
         guard !watches.isEmpty else { return }

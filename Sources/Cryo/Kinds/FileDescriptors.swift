@@ -42,6 +42,9 @@ public struct DescriptorsRecord: Codable, Sendable {
         public var closeOnExec: Bool
         public var file: Int  // id in FileTable
         public var locks: [FileLock]?
+        /// Not the process's own: a file another process of the tree holds, put here by restore only
+        /// for the kinds' after-install work (an epoll watch) and closed right after it.
+        public var borrowed: Bool? = nil
     }
     public var descriptors: [Descriptor]
 }
@@ -97,6 +100,12 @@ final class FileTableBuilder {
     var lookups: [String: Any] = [:]
     /// Duplicates a kind keeps for its finishDump, by file id.
     private var keptForFinish: [Int: FileDescriptor] = [:]
+    /// Of the process being dumped: numbers above all its own where restore puts a file that another
+    /// process of the tree holds (borrow), and the next such number.
+    private var borrowed: [(fd: Int32, from: pid_t, fromFd: Int32)] = []
+    private var nextBorrowedFd: Int32 = 0
+    /// Every descriptor of the tree by its file's inode number, made on first use (borrow's candidates).
+    private var treeDescriptorsByInode: [UInt64: [(pid: pid_t, fd: Int32)]]?
 
     init(paths: ImagePaths, options: KindOptions) {
         self.paths = paths
@@ -181,6 +190,32 @@ final class FileTableBuilder {
         return queue
     }
 
+    /// A number of the process being dumped, above all its descriptors and `above`, at which restore
+    /// puts `from`'s `fromFd` (another process of the tree) for the after-install work, then closes it.
+    func borrow(_ from: pid_t, fd fromFd: Int32, above: Int32) -> Int32 {
+        let fd = max(nextBorrowedFd, above + 1)
+        nextBorrowedFd = fd + 1
+        borrowed.append((fd, from, fromFd))
+        return fd
+    }
+
+    /// The tree's descriptors whose file has inode number `inode` (on any device): one pass over the
+    /// tree the first time, so each lookup is cheap however many descriptors the tree holds.
+    func treeDescriptors(inode: UInt64) -> [(pid: pid_t, fd: Int32)] {
+        if treeDescriptorsByInode == nil {
+            var byInode: [UInt64: [(pid: pid_t, fd: Int32)]] = [:]
+            for pid in treePids {
+                // A process whose table cannot be read holds nothing that could be borrowed.
+                let numbers = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd"))?.compactMap { Int32($0) } ?? []
+                for fd in numbers {
+                    if let st = try? Files.stat("/proc/\(pid)/fd/\(fd)") { byInode[UInt64(st.st_ino), default: []].append((pid, fd)) }
+                }
+            }
+            treeDescriptorsByInode = byInode
+        }
+        return treeDescriptorsByInode?[inode] ?? []
+    }
+
     func dump(pid: pid_t) throws -> DescriptorsRecord {
         dumpedPids.insert(pid)
         let pidfd = try Pidfd.open(pid)
@@ -193,6 +228,8 @@ final class FileTableBuilder {
         var descriptors: [DescriptorsRecord.Descriptor] = []
         let numbers = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").compactMap { Int32($0) }.sorted()
         descriptors.reserveCapacity(numbers.count)
+        borrowed = []
+        nextBorrowedFd = (numbers.last ?? -1) + 1
         for fd in numbers {
             let link = try Files.readLink(in: links, String(fd), object: "/proc/\(pid)/fd/\(fd)")
             let info = try parseFDInfo(try Files.readString(in: infos, String(fd), singleRecord: true, object: "/proc/\(pid)/fdinfo/\(fd)"))
@@ -204,6 +241,18 @@ final class FileTableBuilder {
             let id = try describe(pid: pid, fd: fd, link: link, info: info, handle: handle, inFlight: nil)
             descriptors.append(.init(fd: fd, closeOnExec: closeOnExec, file: id, locks: locks))
         }
+        // Described once the process's own are: a kind's dump may not describe another file in the middle of its own.
+        for b in borrowed {
+            let fromPidfd = try Pidfd.open(b.from)
+            defer { try? fromPidfd.close() }
+            let handle = try Pidfd.getfd(fromPidfd, pid: b.from, fd: b.fromFd)
+            defer { try? handle.close() }
+            let link = try Files.readLink("/proc/\(b.from)/fd/\(b.fromFd)")
+            let info = try parseFDInfo(try Files.readString("/proc/\(b.from)/fdinfo/\(b.fromFd)"))
+            let id = try describe(pid: b.from, fd: b.fromFd, link: link, info: info, handle: handle, inFlight: nil)
+            descriptors.append(.init(fd: b.fd, closeOnExec: true, file: id, locks: nil, borrowed: true))
+        }
+        borrowed = []
         return DescriptorsRecord(descriptors: descriptors)
     }
 

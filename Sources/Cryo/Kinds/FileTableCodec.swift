@@ -100,7 +100,7 @@ extension FileTable {
 /// A task file's `descriptorTable` record (format version 6 on): the descriptor
 /// table as 24-byte records; locks, rare, as JSON in the string table.
 ///
-///     0  fd i32    4  bits u32 (close-on-exec 1, locks 2)    8  file i64    16  locks (ref)
+///     0  fd i32    4  bits u32 (close-on-exec 1, locks 2, borrowed 4: an older cryo refuses it)    8  file i64    16  locks (ref)
 enum DescriptorTableCodec {
     static let magic = "FDS\0"
     static let recordSize = 24
@@ -110,7 +110,7 @@ enum DescriptorTableCodec {
         for d in record.descriptors {
             let r = w.newRecord()
             w.put(d.fd, r, at: 0)
-            w.put(UInt32((d.closeOnExec ? 1 : 0) | (d.locks != nil ? 2 : 0)), r, at: 4)
+            w.put(UInt32((d.closeOnExec ? 1 : 0) | (d.locks != nil ? 2 : 0) | (d.borrowed == true ? 4 : 0)), r, at: 4)
             w.put(Int64(d.file), r, at: 8)
             let locks = try d.locks.map { [UInt8](try JSONEncoder().encode($0)) }
             let ref = locks.map { w.blob($0) } ?? w.string(nil)
@@ -125,7 +125,7 @@ enum DescriptorTableCodec {
             descriptors.reserveCapacity(t.count)
             for i in 0..<t.count {
                 let bits = t.field(i, 4, UInt32.self)
-                guard bits & ~3 == 0 else { throw t.refuse(i, "unknown bits 0x\(String(bits, radix: 16))") }
+                guard bits & ~7 == 0 else { throw t.refuse(i, "unknown bits 0x\(String(bits, radix: 16))") }
                 let json = try t.bytes(i, 16)
                 guard (json != nil) == (bits & 2 != 0) else { throw t.refuse(i, "the locks bit disagrees with the locks") }
                 var locks: [FileLock]?
@@ -135,7 +135,8 @@ enum DescriptorTableCodec {
                     }
                 }
                 descriptors.append(DescriptorsRecord.Descriptor(fd: t.field(i, 0, Int32.self), closeOnExec: bits & 1 != 0,
-                                                                file: Int(t.field(i, 8, Int64.self)), locks: locks))
+                                                                file: Int(t.field(i, 8, Int64.self)), locks: locks,
+                                                                borrowed: bits & 4 != 0 ? true : nil))
             }
             return DescriptorsRecord(descriptors: descriptors)
         }
