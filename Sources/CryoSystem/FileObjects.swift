@@ -229,6 +229,11 @@ extension FileObjects {
         _ = try returnOrThrow(unlink(path), "unlink", object: object)
     }
 
+    /// rename(2): `to` is replaced if it exists.
+    public static func rename(_ from: String, to: String, object: String) throws {
+        _ = try returnOrThrow(Glibc.rename(from, to), "rename", object: "\(object) (\(from) to \(to))")
+    }
+
     /// chmod, then lchown (a socket file left as it was found).
     public static func setModeAndOwner(_ path: String, mode: UInt32, uid: UInt32, gid: UInt32, object: String) throws {
         _ = try returnOrThrow(chmod(path, mode_t(mode)), "chmod", object: object)

@@ -60,7 +60,7 @@ extension EndToEnd {
             expectPass(fixture, "\(dump)")
         }
 
-        @Test("relative, deleted, replaced, reused and self-connected names, a FIFO at the path, 2000 seqpacket records, SO_PASSSEC/PASSPIDFD")
+        @Test("relative, deleted, replaced, reused, renamed and self-connected names, a FIFO at the path, 2000 seqpacket records, SO_PASSSEC/PASSPIDFD")
         func names() throws {
             try unixRoundTrip("unixnames") { scratch in [try scratch.folder("work")] }
         }

@@ -9,6 +9,10 @@
  *   replaced   a datagram socket whose path now holds a regular file
  *   reused     a listener whose file was removed, with an accepted connection,
  *              and a second listener bound to the same path since
+ *   renamed    a listener bound to a temporary name whose file was then renamed
+ *              over the real one (haproxy's stats socket), with a client
+ *              connected by the new path and not yet accepted: clients connect
+ *              by the new path, getsockname still tells the old one
  *   fifo       a datagram socket whose path now holds a FIFO
  *   records    a seqpacket pair with 2000 records queued, of sizes 1..2000
  *   senders    an abstract datagram socket holding datagrams from a named
@@ -208,6 +212,15 @@ int main(int argc, char **argv)
 	int l2 = bound(SOCK_STREAM, reused);
 	if (listen(l2, 4) != 0) die("listen l2");
 
+	/* Bound to a temporary name, then its file renamed over the real one. */
+	char renamed_tmp[512], renamed[512];
+	snprintf(renamed_tmp, sizeof(renamed_tmp), "%s/renamed.sock.tmp", dir);
+	snprintf(renamed, sizeof(renamed), "%s/renamed.sock", dir);
+	int lr = bound(SOCK_STREAM, renamed_tmp);
+	if (listen(lr, 4) != 0) die("listen renamed");
+	if (rename(renamed_tmp, renamed) != 0) die("rename");
+	int pending_renamed = connected(SOCK_STREAM, renamed);
+
 	/* Many seqpacket records. */
 	int qp[2];
 	static char record[2000];
@@ -334,6 +347,31 @@ int main(int argc, char **argv)
 	if (accept(l1, NULL, NULL) >= 0) fail("reused: a new connection reached the first listener");
 	if (accept(l2, NULL, NULL) < 0) fail("reused: a new connection did not reach the second listener");
 	close(rn2);
+
+	expect_name(lr, renamed_tmp, "renamed listener");
+	expect_type(renamed, S_IFSOCK, "renamed listener's file");
+	expect_type(renamed_tmp, 0, "renamed listener's old name");
+	fcntl(lr, F_SETFL, O_NONBLOCK);
+	{
+		int a = accept(lr, NULL, NULL);
+		if (a < 0) fail("renamed: its pending connection is gone: %s", strerror(errno));
+		else if (write(pending_renamed, "pend", 4) != 4) fail("renamed: the pending client cannot write: %s", strerror(errno));
+		else expect(a, "pend", "renamed: the pending connection");
+		if (a >= 0) close(a);
+	}
+	{
+		struct sockaddr_un un;
+		socklen_t size = address(&un, renamed);
+		int c = socket(AF_UNIX, SOCK_STREAM, 0);
+		if (c < 0 || connect(c, (struct sockaddr *)&un, size) != 0) {
+			fail("renamed: connect to %s: %s", renamed, strerror(errno));
+		} else {
+			int a = accept(lr, NULL, NULL);
+			if (a < 0) fail("renamed: a connection to %s did not reach the listener", renamed);
+			else close(a);
+		}
+		if (c >= 0) close(c);
+	}
 
 	for (int i = 1; i <= 2000; i++) {
 		ssize_t n = recv(qp[1], record, sizeof(record), MSG_DONTWAIT);

@@ -37,6 +37,9 @@ public struct UnixSocketState: DescriptorKind {
         public var mode: UInt32
         public var uid: UInt32
         public var gid: UInt32
+        /// The socket's own file, renamed since bind within the name's directory (bind to a temporary
+        /// name, then rename over the real one: haproxy's stats socket): the path it is at now.
+        public var movedTo: String? = nil
     }
 
     public var inode: UInt64
@@ -295,12 +298,24 @@ extension UnixSocketState {
 
     /// The path's file at dump: whether it is still this socket's own.
     static func socketFile(_ path: String, diag: UnixSocketDiag) -> SocketFile {
-        let st = try? Files.stat(path, follow: false)
-        guard let st, st.st_mode & S_IFMT == S_IFSOCK, let file = diag.file,
-              UInt64(st.st_ino) == UInt64(file.inode), UInt64(st.st_dev) == file.device else {
-            return SocketFile(existed: false, mode: 0, uid: 0, gid: 0)
+        func own(_ st: Glibc.stat?) -> Bool {
+            guard let st, let file = diag.file else { return false }
+            return st.st_mode & S_IFMT == S_IFSOCK && UInt64(st.st_ino) == UInt64(file.inode) && UInt64(st.st_dev) == file.device
         }
-        return SocketFile(existed: true, mode: st.st_mode & 0o7777, uid: st.st_uid, gid: st.st_gid)
+        let st = try? Files.stat(path, follow: false)
+        if own(st), let st { return SocketFile(existed: true, mode: st.st_mode & 0o7777, uid: st.st_uid, gid: st.st_gid) }
+        // Not at its name: renamed within the directory, or removed (then no path reaches it).
+        if diag.file != nil, let slash = path.lastIndex(of: "/") {
+            let directory = path[..<slash].isEmpty ? "/" : String(path[..<slash])
+            for entry in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
+                let candidate = (directory == "/" ? "" : directory) + "/" + entry
+                let found = try? Files.stat(candidate, follow: false)
+                if candidate != path, own(found), let found {
+                    return SocketFile(existed: false, mode: found.st_mode & 0o7777, uid: found.st_uid, gid: found.st_gid, movedTo: candidate)
+                }
+            }
+        }
+        return SocketFile(existed: false, mode: 0, uid: 0, gid: 0)
     }
 
     /// A path name ends at its first NUL; an abstract name keeps every byte.
@@ -321,6 +336,7 @@ extension UnixSocketState {
     public var summary: String {
         var text = "unix \(type.rawValue) socket:[\(inode)] \(state.rawValue)"
         if name != nil { text += " \(Self.display(name))" }
+        if let movedTo = file?.movedTo { text += " (its file renamed to \(movedTo))" }
         if state == .listening, let backlog { text += " backlog \(backlog)" }
         if let pending, !pending.isEmpty {
             let bytes = pending.reduce(0) { $0 + $1.queued.reduce(0) { $0 + $1.count } }
@@ -701,6 +717,9 @@ final class UnixSocketRebuilder: KindRebuilder {
                     try FilesystemThread.changeDirectory(directory, object: what)
                     try Sockets.connect(fd, to: .unix([UInt8](name)), object: what)
                 }
+            } else if let movedTo = t.file?.movedTo {
+                // Its file is no longer at its name (bind renamed it there).
+                try Sockets.connect(fd, to: .unix(Array(movedTo.utf8)), object: "\(what) (its file at \(movedTo))")
             } else {
                 try connect(fd, to: name, id)
             }
@@ -721,6 +740,15 @@ final class UnixSocketRebuilder: KindRebuilder {
             }
             let path = String(decoding: name, as: UTF8.self)
             let relative = !path.hasPrefix("/")
+            if let file = s.file, let movedTo = file.movedTo, !relative {
+                // Bound to its name, then renamed where it was at dump: its name stays the old one, as it was.
+                try removeStale(movedTo, id)
+                try removeStale(path, id)
+                try Sockets.bind(fd, to: .unix([UInt8](name)), object: what)
+                try FileObjects.rename(path, to: movedTo, object: object(id))
+                try FileObjects.setModeAndOwner(movedTo, mode: file.mode, uid: file.uid, gid: file.gid, object: movedTo)
+                return
+            }
             guard let file = s.file, file.existed, !relative || s.directory != nil else {
                 let root = try FilesystemThread.privateRoot(object: what)
                 roots[id] = root
@@ -733,16 +761,7 @@ final class UnixSocketRebuilder: KindRebuilder {
                 return
             }
             let absolute = relative ? s.directory! + "/" + path : path
-            if let st = try? Files.stat(absolute, follow: false) {
-                guard st.st_mode & S_IFMT == S_IFSOCK else {
-                    throw CryoError("\(object(id)): \(absolute) exists and is not a socket; not replacing it")
-                }
-                if try SockDiag.unixSocketFileInUse(inode: UInt32(truncatingIfNeeded: st.st_ino), device: UInt64(st.st_dev),
-                                                    object: "\(object(id)) \(absolute)") {
-                    throw CryoError("\(object(id)): \(absolute) is the address of a live socket; not replacing it")
-                }
-                try FileObjects.remove(absolute, object: "stale socket \(absolute)")
-            }
+            try removeStale(absolute, id)
             if relative {
                 let directory = s.directory!
                 try FilesystemThread.run {
@@ -753,6 +772,19 @@ final class UnixSocketRebuilder: KindRebuilder {
                 try Sockets.bind(fd, to: .unix([UInt8](name)), object: what)
             }
             try FileObjects.setModeAndOwner(absolute, mode: file.mode, uid: file.uid, gid: file.gid, object: absolute)
+        }
+
+        /// Removes a socket file no live socket uses from `path`; anything else there is refused.
+        func removeStale(_ path: String, _ id: Int) throws {
+            guard let st = try? Files.stat(path, follow: false) else { return }
+            guard st.st_mode & S_IFMT == S_IFSOCK else {
+                throw CryoError("\(object(id)): \(path) exists and is not a socket; not replacing it")
+            }
+            if try SockDiag.unixSocketFileInUse(inode: UInt32(truncatingIfNeeded: st.st_ino), device: UInt64(st.st_dev),
+                                                object: "\(object(id)) \(path)") {
+                throw CryoError("\(object(id)): \(path) is the address of a live socket; not replacing it")
+            }
+            try FileObjects.remove(path, object: "stale socket \(path)")
         }
 
         /// Puts the receive queue back, written from the end that sent it: the
