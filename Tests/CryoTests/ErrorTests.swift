@@ -63,6 +63,18 @@ extension EndToEnd {
             expectPass(fixture, "\(dump)")
         }
 
+        /// MariaDB's InnoDB uses io_uring by default: the refusal says what it is and leaves the process as it was.
+        @Test("an io_uring instance is refused in one line naming it; its rings still work afterwards")
+        func ioUringRefused() throws {
+            try expectRefusedThenPassing("iouring", naming: ["io_uring instance", "io_uring_setup"])
+        }
+
+        /// apache2 sets TCP_DEFER_ACCEPT: a client that connected and sent nothing is in SYN_RECV at the listener.
+        @Test("a TCP_DEFER_ACCEPT listener holding a silent client is refused in one line that says why")
+        func deferAcceptRefused() throws {
+            try expectRefusedThenPassing("deferaccept", naming: ["SYN_RECV", "TCP_DEFER_ACCEPT", "--skip-in-flight"])
+        }
+
         @Test("restore while the original still runs fails naming the pid and its holder")
         func pidInUse() throws {
             let scratch = try Scratch("pid-in-use")
@@ -125,6 +137,25 @@ extension EndToEnd {
 /// socketpair it can dump): the dump fails with one line naming the pid, the
 /// refused fd, "socket" and `word`, removes its image folder and leaves the
 /// process running with its sockets untouched.
+/// The fixture's dump is refused in one line naming its pid and `words`, removes its image folder and leaves
+/// the fixture running, which then checks itself after SIGTERM.
+private func expectRefusedThenPassing(_ name: String, naming words: [String], sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let scratch = try Scratch(name)
+    defer { scratch.remove() }
+    let fixture = try Fixture(name, in: scratch)
+    defer { fixture.cleanUp() }
+    try fixture.waitReady()
+    let images = scratch.file("img")
+    let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
+    expectOneLine(dump, naming: ["pid \(fixture.pid)"] + words, sourceLocation: sourceLocation)
+    #expect(!FileManager.default.fileExists(atPath: images), "a failed dump should remove the image folder it created",
+            sourceLocation: sourceLocation)
+    expectStillRunning(fixture, sourceLocation: sourceLocation)
+    fixture.signal(SIGTERM)
+    #expect(fixture.reapOriginal(timeout: 30) == .exited(0), "\(fixture.report)", sourceLocation: sourceLocation)
+    expectPass(fixture, "\(dump)", sourceLocation: sourceLocation)
+}
+
 private func expectSocketRefused(arguments: [String], naming word: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
     let scratch = try Scratch("socket")
     defer { scratch.remove() }

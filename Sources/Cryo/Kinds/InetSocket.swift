@@ -283,7 +283,9 @@ extension InetSocketState {
             } ?? 0
             if halfOpen > 0 && !kindOptions.skipInFlight {
                 throw CryoError("\(what) is listening on \(local?.description ?? "?") with \(halfOpen) connection\(halfOpen == 1 ? "" : "s") "
-                    + "in SYN_RECV (handshake not finished); dump with --skip-in-flight to drop them")
+                    + "in SYN_RECV (" + ((options["TCP_DEFER_ACCEPT"] ?? 0) > 0
+                        ? "TCP_DEFER_ACCEPT keeps a client there until it sends: connected, nothing sent yet"
+                        : "handshake not finished") + "); dump with --skip-in-flight to drop them")
             }
             s.state = .listening
             s.backlog = Int32(clamping: info.tcpi_sacked)

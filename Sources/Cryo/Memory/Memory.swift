@@ -421,6 +421,9 @@ extension MemoryRecord {
                 // descriptor, once dumped, tells (FileTableBuilder.packetRingMapping). Others are refused there.
                 kind = .packetRing
                 path = p
+            case "anon_inode:[io_uring]":
+                // Its requests in flight and the kernel's side of its queues cannot be read back.
+                throw refuse("the rings of an io_uring instance (io_uring_setup); a program may have a setting to do without io_uring")
             default:
                 throw refuse("an unknown kind of mapping")
             }
