@@ -1045,7 +1045,8 @@ static long write_pages(struct cryo_args_header *h) {
     return result;
 }
 
-/* Dump: stop for cryo by raising stop_signal at this thread. cryo always moves
+/* Stop for cryo by raising stop_signal at this thread (at dump; at restore in a
+ * task whose SIGTRAP an int3 would change, without a way home). cryo always moves
  * the thread elsewhere at that stop, so the code after the syscall runs only
  * if cryo died: then unmap the parasite with the task's own `syscall; ret`,
  * whose ret lands on the rt_sigreturn gadget, which restores the task's
@@ -1058,6 +1059,8 @@ __attribute__((noinline, noreturn)) static void hand_back(struct cryo_args_heade
     long ret;
     __asm__ volatile("syscall\n\t.globl cryo_parasite_stopped\ncryo_parasite_stopped:"
                      : "=a"(ret) : "a"((long)NR_tgkill), "D"(tgid), "S"(tid), "d"(signal) : "rcx", "r11", "memory");
+    /* No way home (a task cryo created, or one without): cryo died, and the task cannot go on. */
+    if (!stack) for (;;) sys1(231 /* exit_group */, 127);
     for (int i = 0; i < 2; i++)
         if (h->close_fds[i] >= 0) sys1(NR_close, h->close_fds[i]);
     __asm__ volatile("mov %0, %%rsp\n\tjmp *%1"

@@ -125,9 +125,20 @@ public final class Parasite {
             throw InjectionError.protocolMismatch(pid: tracee.pid, detail: "\(name) needs \(payload.count) bytes, area holds \(argumentAreaSize)")
         }
         let goingHome = try stopSignal != nil && prepareWayHome(for: thread)
+        // Without the way home, a command ends on int3, unless that would touch the task's SIGTRAP.
+        thread.checkTrapState()
+        let quietSignal = !goingHome && thread.breakpointFree && blob.stoppedOffset != nil ? thread.quietStopSignal : nil
+        if !goingHome && thread.breakpointFree && quietSignal == nil {
+            throw InjectionError.protocolMismatch(pid: thread.pid, detail: "\(name): SIGTRAP is ignored or pending, and no signal is free to end the command on instead")
+        }
         var header = cryo_args_header()
         header.magic = CRYO_PARASITE_MAGIC
-        if goingHome, let stopSignal, let path = thread.returnPath {
+        if let quietSignal {
+            // No way home: return_stack stays 0, and the parasite never goes on past the stop.
+            header.stop_signal = quietSignal
+            header.tgid = tracee.pid
+            header.tid = thread.pid
+        } else if goingHome, let stopSignal, let path = thread.returnPath {
             header.stop_signal = stopSignal
             header.tgid = tracee.pid
             header.tid = thread.pid
@@ -167,8 +178,10 @@ public final class Parasite {
                     try tracee.parkUnmapping(base: base, size: size) // nobody inside: the leader cleans up if need be
                 }
                 killPoint("stopped after \(name)")
+            } else if let quietSignal {
+                _ = try thread.runUntilStopSignal(regs, stopSignal: quietSignal, stoppedAt: base + (blob.stoppedOffset ?? 0),
+                                                  command: name, during: "parasite command \(name) in thread \(thread.pid)")
             } else {
-                try Ptrace.setSignalMask(thread.pid, ~UInt64(0))
                 killPoint("before \(name)")
                 _ = try thread.run(regs, during: "parasite command \(name) in thread \(thread.pid)")
                 killPoint("after \(name)")
@@ -269,6 +282,7 @@ public final class Parasite {
     /// Removes the parasite, leaving the registers to the caller (restore sets its own).
     public func remove() throws {
         try unmap()
+        try tracee.settle()
     }
 
     /// Removes the parasite and puts back the registers and signal mask of every

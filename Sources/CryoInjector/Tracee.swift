@@ -88,6 +88,44 @@ public final class Tracee {
     public private(set) var seccompSuspended = false
     static let stopSignals: Set<Int32> = [SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU]
 
+    /// An int3 makes the kernel force a SIGTRAP on the task (force_sig_info_to_task): were SIGTRAP
+    /// blocked or ignored then, the task's action for it would become SIG_DFL and its mask lose it.
+    /// So a task runs into cryo's int3s with every signal blocked but SIGTRAP.
+    static let trapBit = UInt64(1) << UInt64(SIGTRAP - 1)
+    static let breakpointMask = ~trapBit
+    /// No int3 in this task: its SIGTRAP is ignored or pending, which a trap would change (an ignored
+    /// SIGTRAP becomes SIG_DFL; the trap's SIGTRAP merges with a pending one, which cryo would then
+    /// take for its own). Syscalls stop at their entry and exit instead, and parasite commands at a
+    /// signal the parasite raises, one the task has no instance of pending (`busySignals`).
+    public private(set) var breakpointFree = false
+    private var busySignals: UInt64 = 0
+    /// Looked at /proc for its SIGTRAP state (a live task, before its first int3).
+    private var trapStateChecked = false
+    /// SIGTRAPs sent to the task by others while cryo drove it: sent again before detaching.
+    public private(set) var heldTraps = 0
+    private var holdingTrap = false
+
+    /// From now on, no int3 in this task; `pending`: signals it has (or will have) pending.
+    public func avoidBreakpoints(pending: UInt64) {
+        breakpointFree = true
+        busySignals |= pending
+    }
+
+    /// A live task's SIGTRAP state, read once before an int3 would first run in it.
+    func checkTrapState() {
+        guard live, !trapStateChecked, !breakpointFree else { return }
+        trapStateChecked = true
+        guard let status = TaskStatusLines(pid: pid, keys: ["SigPnd", "ShdPnd", "SigIgn"]) else { return }
+        let pending = (status.mask("SigPnd") ?? 0) | (status.mask("ShdPnd") ?? 0)
+        if (pending | (status.mask("SigIgn") ?? 0)) & Tracee.trapBit != 0 { avoidBreakpoints(pending: pending) }
+    }
+
+    /// The signal that ends a parasite command in a task without int3: one not pending in it, and
+    /// none a restored task's own timers or children raise on their own (SIGALRM, SIGCHLD...).
+    var quietStopSignal: Int32? {
+        [SIGURG, SIGWINCH, SIGPWR, SIGSTKFLT, SIGUSR2, SIGUSR1].first { busySignals & (UInt64(1) << UInt64($0 - 1)) == 0 }
+    }
+
     /// Seize and stop the task: PTRACE_SEIZE, PTRACE_INTERRUPT, wait for the stop.
     /// No PTRACE_O_EXITKILL: if cryo dies, a task it was only reading survives.
     /// `whileWaiting`: the stop is polled for, and this runs about every second until it comes;
@@ -188,14 +226,22 @@ public final class Tracee {
         if pthread_equal(owner, pthread_self()) == 0 { throw InjectionError.wrongThread(pid: pid) }
     }
 
-    /// Runs the task from `registers` until it traps; returns the registers at the trap.
+    /// Runs the task from `registers` until it reaches an int3; returns the registers there.
     func run(_ registers: Registers, during: String) throws -> Registers {
         try checkThread()
         var regs = registers
         regs.orig_rax = UInt64(bitPattern: -1) // never restart the interrupted syscall
         try Ptrace.setRegisters(pid, regs)
+        try Ptrace.setSignalMask(pid, Tracee.breakpointMask)
         try Ptrace.cont(pid)
-        return try waitForStop(during: during, resume: Ptrace.cont) { signal, _ in signal == SIGTRAP ? true : nil }
+        return try waitForStop(during: during, resume: Ptrace.cont) { signal, _ in
+            guard signal == SIGTRAP else { return nil }
+            // An int3's SIGTRAP says SI_KERNEL; one sent by another process is the task's: kept for it.
+            if (try? Ptrace.stopSignalCode(pid)) == 0x80 /* SI_KERNEL */ { return true }
+            heldTraps += 1
+            holdingTrap = true
+            return nil
+        }
     }
 
     /// Waits for the stop `accept` takes (true), passing on signals it declines
@@ -211,6 +257,9 @@ public final class Tracee {
                 switch accept(signal, regs) {
                 case true?: return regs
                 case false?: try Ptrace.cont(pid, signal: signal)
+                case nil where holdingTrap:
+                    holdingTrap = false
+                    try resume(pid, 0)
                 case nil where Tracee.stopSignals.contains(signal):
                     // Sent to the task before or while cryo drives it: it must not stop now, but it must stop.
                     heldStopSignal = signal
@@ -237,6 +286,14 @@ public final class Tracee {
         killPoint("injecting \(syscallName(UInt64(number)))")
         var regs = syscallRegisters(number, args)
         let name = "injected syscall \(syscallName(UInt64(number)))"
+        checkTrapState()
+        if breakpointFree {
+            if let gadget { regs.rip = gadget; return try syscallBetweenStops(regs, name: name) }
+            return try withSyscallAtRip { (site) throws -> Int64 in
+                regs.rip = site
+                return try syscallBetweenStops(regs, name: name)
+            }
+        }
         if let gadget {
             regs.rip = gadget
             return Int64(bitPattern: try run(regs, during: name).rax)
@@ -245,6 +302,30 @@ public final class Tracee {
             regs.rip = site
             return Int64(bitPattern: try run(regs, during: name).rax)
         }
+    }
+
+    /// One syscall from `regs` (rip at a `syscall` instruction), stopped at its entry and at its
+    /// exit, where its result is: no signal involved. Every signal stays blocked meanwhile.
+    private func syscallBetweenStops(_ regs: Registers, name: String, atEntry: (() -> Void)? = nil) throws -> Int64 {
+        try checkThread()
+        try Ptrace.setRegisters(pid, regs)
+        try Ptrace.setSignalMask(pid, ~0)
+        try Ptrace.resumeToSyscall(pid)
+        let entry = try waitForSyscallStop(during: name)
+        guard entry.orig_rax == regs.rax else {
+            throw InjectionError.fault(pid: pid, signal: SIGTRAP, registers: entry, during: "\(name): stopped in syscall \(syscallName(entry.orig_rax))")
+        }
+        atEntry?()
+        try Ptrace.resumeToSyscall(pid)
+        let exit = try waitForSyscallStop(during: name)
+        atSyscallStop = true
+        return Int64(bitPattern: exit.rax)
+    }
+
+    /// Leaves a syscall-exit stop for a stop where registers set by cryo get the kernel's restart
+    /// handling (restore sets the task's own registers after the last injected syscall).
+    public func settle() throws {
+        if atSyscallStop { try returnToSignalStop() }
     }
 
     /// The original registers with a syscall's number and arguments in place.
@@ -305,20 +386,9 @@ public final class Tracee {
     /// rt_sigreturn gadget: if cryo dies at any point, the task finishes this
     /// syscall and goes home. Two stops: entry, then exit with the result.
     func syscallGoingHome(_ number: Int, _ args: [UInt64], path: ReturnPath) throws -> Int64 {
-        try checkThread()
-        let name = "injected syscall \(syscallName(UInt64(number)))"
-        try Ptrace.setRegisters(pid, syscallGoingHomeRegisters(number, args, path: path))
-        try Ptrace.setSignalMask(pid, ~0)
-        try Ptrace.resumeToSyscall(pid)
-        let entry = try waitForSyscallStop(during: name)
-        guard entry.orig_rax == UInt64(number) else {
-            throw InjectionError.fault(pid: pid, signal: SIGTRAP, registers: entry, during: "\(name): stopped in syscall \(syscallName(entry.orig_rax))")
+        try syscallBetweenStops(syscallGoingHomeRegisters(number, args, path: path), name: "injected syscall \(syscallName(UInt64(number)))") {
+            killPoint("entered \(syscallName(UInt64(number)))")
         }
-        killPoint("entered \(syscallName(UInt64(number)))")
-        try Ptrace.resumeToSyscall(pid)
-        let exit = try waitForSyscallStop(during: name)
-        atSyscallStop = true
-        return Int64(bitPattern: exit.rax)
     }
 
     private func waitForSyscallStop(during: String) throws -> Registers {
@@ -383,6 +453,7 @@ public final class Tracee {
         try checkThread()
         // Queued while still stopped: dequeued (and acted on) before the task runs another instruction.
         if let signal = heldStopSignal { try Processes.kill(pid, signal) }
+        for _ in 0..<heldTraps { try Processes.kill(pid, SIGTRAP) }
         do { try Ptrace.detach(pid) } catch { throw error }
         attached = false
     }

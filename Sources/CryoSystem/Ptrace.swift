@@ -18,7 +18,7 @@ public enum Ptrace {
     /// Request numbers (linux/ptrace.h).
     enum Request: Int {
         case peekData = 2, pokeData = 5, cont = 7, getRegisters = 12, setRegisters = 13, detach = 17, syscall = 24
-        case getRegset = 0x4204, setRegset = 0x4205, seize = 0x4206, interrupt = 0x4207, peekSiginfo = 0x4209
+        case getSiginfo = 0x4202, getRegset = 0x4204, setRegset = 0x4205, seize = 0x4206, interrupt = 0x4207, peekSiginfo = 0x4209
         case getSigmask = 0x420a, setSigmask = 0x420b, seccompGetFilter = 0x420c, getRseqConfiguration = 0x420f
     }
     static let noteX86XState: Int = 0x202 // NT_X86_XSTATE
@@ -84,6 +84,12 @@ public enum Ptrace {
     public static func setSignalMask(_ pid: pid_t, _ mask: UInt64) throws {
         var copy = mask
         try withUnsafePointer(to: &copy) { try request(.setSigmask, pid, 8, $0, name: "PTRACE_SETSIGMASK") }
+    }
+    /// si_code of the signal the task is stopped for (SI_KERNEL, 0x80, for an int3's SIGTRAP).
+    public static func stopSignalCode(_ pid: pid_t) throws -> Int32 {
+        var info = [UInt8](repeating: 0, count: 128)
+        try info.withUnsafeMutableBytes { try request(.getSiginfo, pid, 0, $0.baseAddress, name: "PTRACE_GETSIGINFO") }
+        return info.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: Int32.self) }
     }
     /// Every queued siginfo (128 bytes each) of the thread's own or the shared queue, without dequeuing.
     public static func pendingSignals(_ pid: pid_t, shared: Bool) throws -> [[UInt8]] {

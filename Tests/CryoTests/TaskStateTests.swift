@@ -62,6 +62,30 @@ extension EndToEnd {
             expectPass(fixture, "\(result)")
         }
 
+        /// cryo's int3s make the kernel force SIGTRAPs on the task: its own SIGTRAP state must not notice (sigtrap.c).
+        @Test("a SIGTRAP handler, SIGTRAPs pending in the process's and each thread's queue, an ignored SIGTRAP come back as they were",
+              arguments: ["handler", "pending", "ignored"])
+        func sigtrap(_ mode: String) throws {
+            try selfCheckingRoundTrip("sigtrap", arguments: [mode], scratch: "sigtrap-\(mode)")
+        }
+
+        @Test("dump --leave-running and pre-dump leave a task's SIGTRAP handler, pending SIGTRAPs and ignored SIGTRAP as they were",
+              arguments: ["handler", "pending", "ignored"], ["dump", "pre-dump"])
+        func sigtrapLeftRunning(_ mode: String, command: String) throws {
+            let scratch = try Scratch("sigtrap-\(mode)-\(command)")
+            defer { scratch.remove() }
+            let fixture = try Fixture("sigtrap", arguments: [mode], in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let images = scratch.file("img")
+            let dump = try cryo([command] + (command == "dump" ? ["--leave-running"] : []) + ["-t", "\(fixture.pid)", "-D", images],
+                                in: scratch, reaping: fixture)
+            try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
+            fixture.signal(SIGTERM)
+            #expect(fixture.reapOriginal(timeout: 60) == .exited(0), "\(fixture.report)")
+            expectPass(fixture, "\(dump)")
+        }
+
         @Test("per thread: scheduling policy, priority, nice, timer slack, parent-death signal; loginuid and membarrier registrations")
         func attributes() throws {
             try dumpRestoreAndPass("attrs")

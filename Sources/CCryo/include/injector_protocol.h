@@ -8,9 +8,11 @@
  * argument area inside the mapping, points the task's rip at the entry symbol
  * with rdi = argument area and rsp at the blob's stack, and resumes it. The
  * blob runs the command, puts its result (>= 0, or -errno) in the header and
- * stops: with int3, or (optional, for a live task that must survive the
- * controller's death) by raising stop_signal at the stopped symbol. Fixed-width
- * fields only, so both sides agree on the layout.
+ * stops: with int3, or (optional) by raising stop_signal at the stopped
+ * symbol: for a live task that must survive the controller's death, and for a
+ * task whose SIGTRAP an int3 would change (ignored or pending: the kernel
+ * forces the trap's SIGTRAP). Fixed-width fields only, so both sides agree on
+ * the layout.
  */
 #ifndef CRYO_INJECTOR_PROTOCOL_H
 #define CRYO_INJECTOR_PROTOCOL_H
@@ -41,13 +43,13 @@ struct cryo_args_header {
     uint64_t log_offset;   /* the parasite's log: text lines at header + log_offset; in a batch, each command's lines follow a line "@0x<command>" */
     uint32_t log_capacity;
     uint32_t log_length;   /* bytes written by this command */
-    /* Dump only (stop_signal 0 at restore): how to hand back control. */
+    /* How to hand back control (stop_signal 0: int3). */
     int32_t stop_signal;   /* raised at the thread itself (its own getpid/gettid) when a command is done */
     int32_t tgid;          /* cryo's view of the ids; the parasite does not use them (its pid namespace may differ) */
     int32_t tid;
     int32_t close_fds[2];  /* the parasite's own descriptors, closed on the way home (-1: none) */
     uint32_t reserved;
-    uint64_t return_stack;       /* rsp for the way home: [rsp] = rt_sigreturn gadget, then the signal frame */
+    uint64_t return_stack;       /* rsp for the way home: [rsp] = rt_sigreturn gadget, then the signal frame; 0: none */
     uint64_t syscall_ret_gadget; /* `syscall; ret` in the task's own code, for the munmap of the parasite */
     uint64_t parasite_base;
     uint64_t parasite_size;

@@ -3,8 +3,10 @@
  * the freestanding parasite (Parasite/) and imported by Swift through CCryo.
  * How a command travels (header, entry, stop) is injector_protocol.h's.
  *
- * The parasite executes a command and stops. At restore it
- * stops on int3. At dump, where cryo may be killed at any moment, it raises
+ * The parasite executes a command and stops. At restore it stops on int3,
+ * or, in a task whose SIGTRAP is ignored or pending (an int3 would change
+ * it), by raising stop_signal without a way home (return_stack 0). At dump,
+ * where cryo may be killed at any moment, it raises
  * stop_signal at itself instead: a signal whose action is to be ignored, so it
  * stops the task only while cryo traces it. When cryo is gone the parasite goes
  * on, unmaps itself and returns to the task's own code through a signal frame
@@ -19,7 +21,7 @@
 #include "injector_protocol.h"
 
 /* cryo's own blob (Parasite/): its protocol version, answered to PING. */
-#define CRYO_PARASITE_PROTOCOL_VERSION 14u
+#define CRYO_PARASITE_PROTOCOL_VERSION 15u
 
 enum cryo_command {
     CRYO_CMD_PING = CRYO_INJECTOR_CMD_PING, /* answers with the protocol version */

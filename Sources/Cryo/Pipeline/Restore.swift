@@ -123,7 +123,7 @@ public struct Restorer {
 
     /// No TRACEFORK or TRACECLONE: every injected clone3 asks for CLONE_PTRACE instead, so that the
     /// child is traced from birth without a fork event stop of its parent (one stop less per clone).
-    static let traceOptions: UInt = Ptrace.exitKill
+    static let traceOptions: UInt = Ptrace.exitKill | Ptrace.traceSysGood
     /// PTRACE_O_SUSPEND_SECCOMP needs CAP_SYS_ADMIN; without it (an ordinary user's cryo)
     /// images with seccomp filters are refused up front.
     static let canSuspendSeccomp = Caller.current.effectiveCapabilities & (1 << 21) != 0
@@ -1183,8 +1183,13 @@ public struct Restorer {
     }
 
     /// RESTORE_STATE with the leader's RESTORE_THREAD riding along.
+    /// From this command on, cryo's int3s would change a SIGTRAP it leaves ignored or pending: none in the process then.
     func taskStateCommand(_ process: RestoringProcess, slots: TaskSlots) -> ParasiteCommand {
         let task = process.image
+        if task.signals.trapNeedsNoBreakpoints(threads: task.threads) {
+            let busy = task.signals.busySignals(threads: task.threads)
+            for thread in process.threads { thread.avoidBreakpoints(pending: busy) }
+        }
         var state = cryo_task_state()
         var extra = cryo_restore_extra()
         task.signals.fill(&state, &extra)

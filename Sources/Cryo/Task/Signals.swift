@@ -52,6 +52,19 @@ extension SignalsRecord {
         return SignalsRecord(actions: actions, timers: timers, posixTimers: nil, pending: try pending(pid, shared: true))
     }
 
+    /// Signals the restored process has pending in any queue, or raises by itself (its POSIX timers'),
+    /// as a mask: none of them may end a parasite command.
+    func busySignals(threads: [ThreadRecord]) -> UInt64 {
+        let queued = (pending + threads.flatMap(\.pending)).map(\.signal) + (posixTimers ?? []).map(\.signal)
+        return queued.filter { (1...64).contains($0) }.reduce(UInt64(0)) { $0 | UInt64(1) << UInt64($1 - 1) }
+    }
+
+    /// An int3 would change its SIGTRAP: ignored (the kernel makes it SIG_DFL) or pending (merged with the trap's).
+    func trapNeedsNoBreakpoints(threads: [ThreadRecord]) -> Bool {
+        actions.contains { $0.signal == SIGTRAP && $0.handler == 1 /* SIG_IGN */ }
+            || (pending + threads.flatMap(\.pending)).contains { $0.signal == SIGTRAP }
+    }
+
     /// Every queued siginfo of one queue, read without dequeuing.
     static func pending(_ tid: pid_t, shared: Bool) throws -> [Pending] {
         try Ptrace.pendingSignals(tid, shared: shared).map { info in
