@@ -294,7 +294,7 @@ enum FixtureBuilder {
     nonisolated(unsafe) private static var outputDirectory: String?
 
     /// Extra compiler arguments for fixtures that need them.
-    private static let extraFlags: [String: [String]] = ["threads": ["-pthread"], "sigtrap": ["-pthread"], "cgroups": ["-pthread"], "restartblock": ["-pthread"], "rseqcs": ["-pthread"], "ptimers": ["-pthread"], "pidfdthread": ["-pthread"], "callchain": ["-fno-omit-frame-pointer"]]
+    private static let extraFlags: [String: [String]] = ["threads": ["-pthread"], "sigtrap": ["-pthread"], "leaderexit": ["-pthread"], "cgroups": ["-pthread"], "restartblock": ["-pthread"], "rseqcs": ["-pthread"], "ptimers": ["-pthread"], "pidfdthread": ["-pthread"], "callchain": ["-fno-omit-frame-pointer"]]
 
     static func binary(for name: String) throws -> String {
         lock.lock()

@@ -86,6 +86,25 @@ extension EndToEnd {
             expectPass(fixture, "\(dump)")
         }
 
+        /// /proc shows such a process as a zombie: taken for one, a child would come back as a zombie (leaderexit.c).
+        @Test("a process whose main thread exited while a thread runs, as the root or as a child, is refused in one line naming it, and runs on",
+              arguments: [[], ["child"]])
+        func leaderExited(_ arguments: [String]) throws {
+            let scratch = try Scratch("leaderexit\(arguments.map { "-\($0)" }.joined())")
+            defer { scratch.remove() }
+            let fixture = try Fixture("leaderexit", arguments: arguments, in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let leaderless = arguments.isEmpty ? fixture.pid : try #require(fixture.tagged("CHILD")?.first.flatMap { pid_t($0) })
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("img")], in: scratch, reaping: fixture)
+            #expect(dump.failed && dump.stderrLines.count == 1 && containsToken(dump.stderr, "\(leaderless)")
+                    && dump.stderr.contains("main thread has exited"), "\(dump)")
+            #expect(fixture.pollOriginal() == nil, "the fixture should still run: \(fixture.report)")
+            fixture.signal(SIGTERM)
+            #expect(fixture.reapOriginal(timeout: 30) == .exited(0), "\(fixture.report)")
+            expectPass(fixture, "\(dump)")
+        }
+
         @Test("per thread: scheduling policy, priority, nice, timer slack, parent-death signal; loginuid and membarrier registrations")
         func attributes() throws {
             try dumpRestoreAndPass("attrs")

@@ -540,7 +540,7 @@ public struct Dumper {
             if ancestor == pid { throw CryoError("pid \(pid) (\(stat.comm)) is cryo itself or one of its ancestors") }
             ancestor = (try? ProcStat(pid: ancestor).ppid) ?? 0
         }
-        if stat.state == "Z" { throw CryoError("pid \(pid) (\(stat.comm)) is a zombie") }
+        if stat.state == "Z" { throw FrozenTree.zombieRefusal(pid, comm: stat.comm) }
         try Caller.current.checkOwn(pid: pid, doing: "dumps")
         let tracer = try ProcStatus(pid: pid).tracerPid
         if tracer != 0 {

@@ -71,7 +71,8 @@ final class FrozenTree {
         var process = FrozenProcess(pid: pid, ppid: stat.ppid, pgid: stat.pgid, sid: stat.sid, comm: stat.comm, threads: [])
         process.stopped = stat.state == Character("T")
         if stat.state == "Z" || stat.state == "X" {
-            if isRoot { throw CryoError("pid \(pid) (\(stat.comm)) is a zombie") }
+            if let others = threadsOutliving(leader: pid) { throw leaderExited(pid, comm: stat.comm, others: others) }
+            if isRoot { throw zombieRefusal(pid, comm: stat.comm) }
             process.zombieStatus = Int32(truncatingIfNeeded: stat.field(52))
             return process
         }
@@ -132,9 +133,31 @@ final class FrozenTree {
         }
         guard process.threads.first?.pid == pid else {
             for t in process.threads { try? t.detach() }
-            throw CryoError("pid \(pid) (\(stat.comm)): its main thread has exited; such processes are not supported")
+            throw leaderExited(pid, comm: stat.comm, others: process.threads.map(\.pid))
         }
         return process
+    }
+
+    /// Why a process /proc shows as a zombie cannot be the root of a dump: a main thread that
+    /// exited (pthread_exit) while others run shows so too.
+    static func zombieRefusal(_ pid: pid_t, comm: String) -> CryoError {
+        if let others = threadsOutliving(leader: pid) { return leaderExited(pid, comm: comm, others: others) }
+        return CryoError("pid \(pid) (\(comm)) is a zombie")
+    }
+
+    /// The threads still listed beside an exited main thread; nil when there are none (a zombie process).
+    private static func threadsOutliving(leader pid: pid_t) -> [pid_t]? {
+        let tids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).compactMap { pid_t($0) }
+        // Threads of a process that is exiting as a whole may linger a moment, dying: not those.
+        let others = tids.filter { $0 != pid && (try? ProcStat(pid: $0)).map { $0.state != "Z" && $0.state != "X" } == true }.sorted()
+        return others.isEmpty ? nil : others
+    }
+
+    /// Without its main thread the process has no registers, descriptors or /proc/PID views of its own
+    /// to dump from, and the restore would have to make that thread exit again: refused.
+    private static func leaderExited(_ pid: pid_t, comm: String, others: [pid_t]) -> CryoError {
+        CryoError("pid \(pid) (\(comm)): its main thread has exited (pthread_exit) while thread\(others.count == 1 ? "" : "s") "
+            + "\(others.map(String.init).joined(separator: ", ")) run\(others.count == 1 ? "s" : ""); a process whose main thread is gone cannot be dumped yet")
     }
 
     /// True once `pid` is a zombie or gone, waiting up to a second for an exit under way.
