@@ -105,6 +105,25 @@ extension EndToEnd {
             expectPass(fixture, "\(dump)")
         }
 
+        /// Only the leader could make the member again, and a zombie comes back last (zombieleader.c).
+        @Test("a live process in the session of a zombie leader is refused in one line naming it and the zombie; the tree runs on")
+        func zombieSessionLeader() throws {
+            let scratch = try Scratch("zombieleader")
+            defer { scratch.remove() }
+            let fixture = try Fixture("zombieleader", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let leader = try #require(fixture.tagged("LEADER")?.first.flatMap { pid_t($0) })
+            let member = try #require(fixture.tagged("MEMBER")?.first.flatMap { pid_t($0) })
+            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", scratch.file("img")], in: scratch, reaping: fixture)
+            #expect(dump.failed && dump.stderrLines.count == 1 && containsToken(dump.stderr, "\(member)")
+                    && dump.stderr.contains("leader \(leader) is a zombie"), "\(dump)")
+            #expect(fixture.pollOriginal() == nil, "the fixture should still run: \(fixture.report)")
+            fixture.signal(SIGTERM)
+            #expect(fixture.reapOriginal(timeout: 30) == .exited(0), "\(fixture.report)")
+            expectPass(fixture, "\(dump)")
+        }
+
         @Test("per thread: scheduling policy, priority, nice, timer slack, parent-death signal; loginuid and membarrier registrations")
         func attributes() throws {
             try dumpRestoreAndPass("attrs")

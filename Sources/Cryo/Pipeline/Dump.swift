@@ -498,8 +498,15 @@ public struct Dumper {
             }
             // A live one comes back in its parent's old session when cloned before the parent's setsid (SessionOrder).
             if p.sid != p.pid && p.sid != parent.sid && (p.zombieStatus != nil || parent.zombieStatus != nil) {
-                throw CryoError("pid \(p.pid) (\(p.comm)) is in session \(p.sid) but its parent \(parent.pid) is in session \(parent.sid); "
-                    + "a session whose leader is gone or elsewhere cannot be rebuilt yet")
+                let zombie = p.zombieStatus != nil ? "it is a zombie, which comes back from its parent and in its session"
+                    : "its parent is a zombie, which comes back only after its children"
+                throw CryoError("pid \(p.pid) (\(p.comm)) is in session \(p.sid)\(leaderNote(p.sid, byPid)) but its parent \(parent.pid) is in "
+                    + "session \(parent.sid): \(zombie); such a session cannot be rebuilt yet")
+            }
+            // Only the session's leader could create it again, and a zombie leader comes back after every live process.
+            if p.zombieStatus == nil, p.sid != p.pid, p.sid != parent.sid, byPid[p.sid]?.zombieStatus != nil {
+                throw CryoError("pid \(p.pid) (\(p.comm)) is in session \(p.sid)\(leaderNote(p.sid, byPid)) but its parent \(parent.pid) is in "
+                    + "session \(parent.sid); a live process in the session of a zombie leader cannot be rebuilt yet")
             }
             if p.pgid != p.pid, byPid[p.pgid] == nil, p.sid == p.pid {
                 throw CryoError("pid \(p.pid) (\(p.comm)) leads session \(p.sid) but not its group \(p.pgid)")
@@ -514,6 +521,12 @@ public struct Dumper {
                 throw CryoError("pid \(p.pid) (\(p.comm)): process group \(p.pgid) has no leader in the tree and no member's parent in its session")
             }
         }
+    }
+
+    /// What became of a session's leader, for a refusal: a zombie of the tree, exited, or outside the tree.
+    func leaderNote(_ sid: pid_t, _ byPid: [pid_t: FrozenProcess]) -> String {
+        if let leader = byPid[sid] { return leader.zombieStatus != nil ? ", whose leader \(sid) is a zombie of the tree," : "" }
+        return Files.exists("/proc/\(sid)") ? ", whose leader \(sid) is outside the tree," : ", whose leader \(sid) has exited,"
     }
 
     /// A seccomp filter cryo could not suspend (PTRACE_O_SUSPEND_SECCOMP needs CAP_SYS_ADMIN) would
