@@ -74,7 +74,7 @@ public final class Parasite {
         killPoint("loaded")
         if tracee.returnPath != nil, blob.stoppedOffset != nil, let status { parasite.stopSignal = Parasite.chooseStopSignal(status) }
         if tracee.returnPath == nil || parasite.stopSignal == nil {
-            log?(tracee.pid, "inject", "commands end on int3: a kill of cryo while one runs would hurt the task")
+            log?(tracee.pid, "inject", "commands end without the way home: a kill of cryo while one runs would hurt the task")
         }
         tracee.gadget = base + blob.gadgetOffset
         do {

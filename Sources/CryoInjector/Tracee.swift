@@ -367,6 +367,7 @@ public final class Tracee {
     /// there is no way home, if there is none (nil as well for tasks cryo made).
     func prepareWayHome(status: TaskStatusLines? = nil) -> String? {
         guard live, returnPath == nil else { return nil }
+        if TestHooks.current.noWayHome { return "none wanted (CRYO_NO_WAY_HOME)" }
         if let status = status ?? TaskStatusLines(pid: pid, keys: ["x86_Thread_features"]), ReturnGadgets.usesShadowStack(status) {
             return "shadow stack enabled: rt_sigreturn would need its token"
         }

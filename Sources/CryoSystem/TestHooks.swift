@@ -20,6 +20,8 @@ public struct TestHooks: Sendable {
     public let eagerUffdMinimumBytes: Int?
     /// CRYO_RESTORE_LANES=1: a restore drives every process from one thread.
     public let restoreLanes: Int?
+    /// CRYO_NO_WAY_HOME=1: a live task is driven as one without a way home (ReturnPath.swift) is.
+    public let noWayHome: Bool
 
     /// `lookup` reads one variable; `secure` (AT_SECURE) turns every hook off.
     public init(secure: Bool, lookup: (String) -> String?) {
@@ -31,6 +33,7 @@ public struct TestHooks: Sendable {
         lazyNoPush = value("CRYO_LAZY_NO_PUSH") == "1"
         eagerUffdMinimumBytes = value("CRYO_EAGER_UFFD_MIN").flatMap { Int($0) }
         restoreLanes = value("CRYO_RESTORE_LANES").flatMap { Int($0) }
+        noWayHome = value("CRYO_NO_WAY_HOME") == "1"
     }
 
     /// This process's hooks, read once.

@@ -72,14 +72,25 @@ extension EndToEnd {
         @Test("dump --leave-running and pre-dump leave a task's SIGTRAP handler, pending SIGTRAPs and ignored SIGTRAP as they were",
               arguments: ["handler", "pending", "ignored"], ["dump", "pre-dump"])
         func sigtrapLeftRunning(_ mode: String, command: String) throws {
-            let scratch = try Scratch("sigtrap-\(mode)-\(command)")
+            try sigtrapLeftRunning(mode, command: command, wayHome: true)
+        }
+
+        /// Without the way home (ReturnPath.swift) a live task's commands end on int3, or on a signal of
+        /// the parasite's where its SIGTRAP is ignored or pending, and syscalls stop at entry and exit.
+        @Test("the same without the way home a live task normally gets", arguments: ["handler", "pending", "ignored"], ["dump", "pre-dump"])
+        func sigtrapLeftRunningWithoutWayHome(_ mode: String, command: String) throws {
+            try sigtrapLeftRunning(mode, command: command, wayHome: false)
+        }
+
+        func sigtrapLeftRunning(_ mode: String, command: String, wayHome: Bool) throws {
+            let scratch = try Scratch("sigtrap-\(mode)-\(command)\(wayHome ? "" : "-nohome")")
             defer { scratch.remove() }
             let fixture = try Fixture("sigtrap", arguments: [mode], in: scratch)
             defer { fixture.cleanUp() }
             try fixture.waitReady()
             let images = scratch.file("img")
             let dump = try cryo([command] + (command == "dump" ? ["--leave-running"] : []) + ["-t", "\(fixture.pid)", "-D", images],
-                                in: scratch, reaping: fixture)
+                                in: scratch, reaping: fixture, environment: wayHome ? [:] : ["CRYO_NO_WAY_HOME": "1"])
             try #require(dump.succeeded, "\(dump)\n\(fixture.report)")
             fixture.signal(SIGTERM)
             #expect(fixture.reapOriginal(timeout: 60) == .exited(0), "\(fixture.report)")
