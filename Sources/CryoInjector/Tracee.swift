@@ -236,8 +236,9 @@ public final class Tracee {
         try Ptrace.cont(pid)
         return try waitForStop(during: during, resume: Ptrace.cont) { signal, _ in
             guard signal == SIGTRAP else { return nil }
-            // An int3's SIGTRAP says SI_KERNEL; one sent by another process is the task's: kept for it.
-            if (try? Ptrace.stopSignalCode(pid)) == 0x80 /* SI_KERNEL */ { return true }
+            // An int3's SIGTRAP says SI_KERNEL; one another process sent a live task is the task's: kept for it.
+            // A task cryo made has none (it is breakpointFree from the moment its image has one).
+            if !live || (try? Ptrace.stopSignalCode(pid)) == 0x80 /* SI_KERNEL */ { return true }
             heldTraps += 1
             holdingTrap = true
             return nil
