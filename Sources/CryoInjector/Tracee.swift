@@ -443,9 +443,11 @@ public final class Tracee {
         atSyscallStop = false
         try Ptrace.cont(pid)
         killPoint("running \(command)")
-        // The same signal sent by someone else stops elsewhere: its action is to be ignored, pass it on.
+        // The same signal sent by someone else stops elsewhere: in a live task its action is to be
+        // ignored, pass it on; a task cryo made would run its own handler on the parasite's stack.
         return try waitForStop(during: during, resume: Ptrace.cont) { signal, regs in
-            signal == stopSignal ? regs.rip == stoppedAt : nil
+            guard signal == stopSignal else { return nil }
+            return regs.rip == stoppedAt ? true : live ? false : nil
         }
     }
 
