@@ -611,6 +611,8 @@ static long restore_seccomp(struct cryo_args_header *h) {
         CHECK(h, sys3(NR_seccomp, 1, (s->flags & CRYO_SECCOMP_TSYNC) ? 1 : 0, &prog), i, NR_seccomp, count);
         cursor += 8 + 8 * (unsigned long)count;
     }
+    if (s->flags & CRYO_SECCOMP_STRICT)
+        CHECK(h, sys5(NR_prctl, 22 /* PR_SET_SECCOMP */, 1 /* SECCOMP_MODE_STRICT */, 0, 0, 0), 0, NR_prctl, 22);
     return 0;
 }
 

@@ -90,7 +90,10 @@ struct ShowCommand: ParsableCommand {
             if let cpus = thread.scheduling?.cpus { attributes.append("CPUs \(ThreadScheduling.describe(cpus))") }
             if let slack = thread.timerSlack { attributes.append("timer slack \(slack) ns") }
             if thread.parentDeathSignal != 0 { attributes.append("parent-death signal \(signalName(thread.parentDeathSignal))") }
-            if let own = thread.seccomp { attributes.append("own seccomp: \(own.filters.count) filter(s)" + (own.noNewPrivileges ? ", no_new_privs" : "")) }
+            if let own = thread.seccomp {
+                attributes.append((own.strict == true ? "own seccomp: strict mode" : "own seccomp: \(own.filters.count) filter(s)")
+                    + (own.noNewPrivileges ? ", no_new_privs" : ""))
+            }
             if !attributes.isEmpty { print("    " + attributes.joined(separator: ", ")) }
         }
         if core.loginuid != nil || core.membarrierRegistrations != nil {
@@ -147,7 +150,9 @@ struct ShowCommand: ParsableCommand {
                 + (t.notify == .thread ? " to thread \(t.thread)" : "")
                 + ", next in \(t.remainingNanoseconds) ns, interval \(t.intervalNanoseconds) ns")
         }
-        if let seccomp = task.core.seccomp {
+        if let seccomp = task.core.seccomp, seccomp.strict == true {
+            print("  seccomp: strict mode (read, write, exit and sigreturn only)" + (seccomp.noNewPrivileges ? ", no_new_privs" : ""))
+        } else if let seccomp = task.core.seccomp {
             print("  seccomp: \(seccomp.filters.count) filter(s) (\(seccomp.filters.map { "\($0.count) instructions" }.joined(separator: ", ")))"
                 + (seccomp.noNewPrivileges ? ", no_new_privs" : ""))
         }

@@ -6,7 +6,7 @@ import Glibc
 import Testing
 
 /// The fixtures that must survive a checkpoint/restore round trip.
-let roundTripFixtures = ["counter", "vector", "bigmem", "files", "pipe", "signals", "events", "seccomp", "locks", "ptimers", "unix", "udp", "tcp", "memfdmap", "inotify", "pty", "memstate", "noreserve", "restartblock", "mlocked", "shmemprivate"]
+let roundTripFixtures = ["counter", "vector", "bigmem", "files", "pipe", "signals", "events", "seccomp", "locks", "ptimers", "unix", "udp", "tcp", "memfdmap", "inotify", "pty", "memstate", "noreserve", "restartblock", "mlocked", "shmemprivate", "seccompstrict"]
 
 extension EndToEnd {
     @Suite("dump, kill, restore")

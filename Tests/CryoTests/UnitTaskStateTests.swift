@@ -37,6 +37,16 @@ struct TaskStatePlanTests {
         #expect(plan.map(\.thread) == [0, 1] && plan.allSatisfy { !$0.synced && $0.state.noNewPrivileges }, "\(plan)")
     }
 
+    @Test("seccomp: strict mode goes to each thread in it, by its own command, never synced")
+    func seccompStrict() {
+        let strict = SeccompState(noNewPrivileges: false, filters: [], strict: true)
+        // Thread 1 is as the leader (nil), thread 2 left strict mode out (it was cloned before the leader entered it).
+        let plan = SeccompState.restorePlan(leader: strict, threads: [nil, SeccompState.none])
+        #expect(plan.map(\.thread) == [0, 1], "\(plan)")
+        #expect(plan.allSatisfy { $0.state.strict == true && !$0.synced && $0.state.filters.isEmpty }, "\(plan)")
+        #expect(SeccompState.restorePlan(leader: nil, threads: [strict]).map { "\($0.thread):\($0.state.strict ?? false)" } == ["1:true"])
+    }
+
     @Test("seccomp: an image without oldestFirst (newest first, as cryo wrote it before) is installed oldest first")
     func seccompOldImage() throws {
         let json = #"{"noNewPrivileges": false, "filters": [[2], [1]]}"#

@@ -21,7 +21,7 @@
 #include "injector_protocol.h"
 
 /* cryo's own blob (Parasite/): its protocol version, answered to PING. */
-#define CRYO_PARASITE_PROTOCOL_VERSION 15u
+#define CRYO_PARASITE_PROTOCOL_VERSION 16u
 
 enum cryo_command {
     CRYO_CMD_PING = CRYO_INJECTOR_CMD_PING, /* answers with the protocol version */
@@ -252,8 +252,11 @@ struct cryo_epoll_add { uint32_t count; uint32_t pad; };
 /* Followed by, per filter (oldest first), a uint32_t instruction count, 4
  * bytes of padding and that many 8-byte BPF instructions. Installed in the
  * thread that runs the command; with CRYO_SECCOMP_TSYNC (version 7) synced to
- * every thread of the process. */
+ * every thread of the process. CRYO_SECCOMP_STRICT (version 16): the thread
+ * enters SECCOMP_MODE_STRICT instead (no filters); cryo's suspension of seccomp
+ * while it traces the task keeps that from acting before the task is released. */
 #define CRYO_SECCOMP_TSYNC 1u
+#define CRYO_SECCOMP_STRICT 2u
 struct cryo_seccomp { uint32_t no_new_privs; uint32_t filter_count; uint32_t flags; uint32_t pad; };
 
 /* kind: 0 flock, 1 POSIX (F_SETLK), 2 open file description (F_OFD_SETLK), 3 lease (F_SETLEASE); length 0 = to EOF. */

@@ -8,6 +8,8 @@ import Glibc
 /// from inside the task, while PTRACE_O_SUSPEND_SECCOMP keeps them from
 /// blocking cryo: the filters every thread has first, synced to all threads
 /// (TSYNC, so they stay shared), then each thread's own in that thread.
+/// A thread in strict mode (read, write, exit and sigreturn only) enters it
+/// again the same way: the suspension lasts until cryo lets the task go.
 public struct SeccompState: Codable, Sendable, Equatable {
     public var noNewPrivileges: Bool
     /// Each filter's 8-byte BPF instructions, oldest filter first.
@@ -15,12 +17,14 @@ public struct SeccompState: Codable, Sendable, Equatable {
     /// Set by dumps that keep the order above. Before, the filters were saved newest first
     /// (PTRACE_SECCOMP_GET_FILTER counts from the oldest, index 0); such images are turned on load.
     public var oldestFirst: Bool? = true
+    /// SECCOMP_MODE_STRICT (prctl PR_SET_SECCOMP), which has no filters.
+    public var strict: Bool? = nil
 
     static let none = SeccompState(noNewPrivileges: false, filters: [])
 
     /// The filters oldest first, whatever the image's age.
     var inInstallOrder: SeccompState {
-        oldestFirst == true ? self : SeccompState(noNewPrivileges: noNewPrivileges, filters: filters.reversed())
+        oldestFirst == true ? self : SeccompState(noNewPrivileges: noNewPrivileges, filters: filters.reversed(), strict: strict)
     }
 
     /// One thread's state (`process` set for a thread other than the leader).
@@ -29,8 +33,9 @@ public struct SeccompState: Codable, Sendable, Equatable {
         let who = process.map { "thread \(pid) of pid \($0)" } ?? "pid \(pid)"
         switch status.values["Seccomp"] ?? "0" {
         case "0": return noNewPrivileges ? SeccompState(noNewPrivileges: true, filters: []) : nil
+        case "1": return SeccompState(noNewPrivileges: noNewPrivileges, filters: [], strict: true)
         case "2": break
-        default: throw CryoError("\(who) runs in strict seccomp mode, which cannot be restored")
+        default: throw CryoError("\(who) runs in seccomp mode \(status.values["Seccomp"] ?? "?"), which cryo does not know")
         }
         var filters: [[UInt64]] = []
         while let filter = try Ptrace.seccompFilter(pid, index: filters.count) { filters.append(filter) }
@@ -45,7 +50,7 @@ public struct SeccompState: Codable, Sendable, Equatable {
 
     func parasitePayload(synced: Bool) -> [UInt8] {
         var payload = bytes(of: cryo_seccomp(no_new_privs: noNewPrivileges ? 1 : 0, filter_count: UInt32(filters.count),
-                                             flags: synced ? CRYO_SECCOMP_TSYNC : 0, pad: 0))
+                                             flags: (synced ? CRYO_SECCOMP_TSYNC : 0) | (strict == true ? CRYO_SECCOMP_STRICT : 0), pad: 0))
         for filter in filters {
             payload += bytes(of: UInt32(filter.count)) + bytes(of: UInt32(0)) + bytes(of: filter)
         }
@@ -56,6 +61,7 @@ public struct SeccompState: Codable, Sendable, Equatable {
         for filter in filters where filter.isEmpty || filter.count > 4096 {
             throw ImageError(file: file, record: "task", "seccomp filter of \(filter.count) instructions")
         }
+        if strict == true && !filters.isEmpty { throw ImageError(file: file, record: "task", "seccomp strict mode with filters") }
     }
 
     /// What each thread installs (nil: nothing): first the leader, synced to all, the filters
@@ -75,7 +81,8 @@ public struct SeccompState: Codable, Sendable, Equatable {
             plan.append((0, SeccompState(noNewPrivileges: syncedNoNewPrivileges, filters: shared), true))
         }
         for (i, state) in states.enumerated() {
-            let own = SeccompState(noNewPrivileges: state.noNewPrivileges && !syncedNoNewPrivileges, filters: Array(state.filters.dropFirst(shared.count)))
+            let own = SeccompState(noNewPrivileges: state.noNewPrivileges && !syncedNoNewPrivileges, filters: Array(state.filters.dropFirst(shared.count)),
+                                   strict: state.strict)
             if own != .none { plan.append((i, own, false)) }
         }
         return plan
