@@ -83,6 +83,18 @@ public enum Files {
         _ = try checkLibc(Int(rmdir(path)), "rmdir", object: path)
     }
 
+    /// A cgroup hierarchy mounted at `path` (v1 with `options`, e.g. "none,name=x" or "cpu,cpuacct"; v2 without).
+    public static func mountCgroup(at path: String, options: String?) throws {
+        let flags = UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        let result = options.map { mount("cgroup", path, "cgroup", flags, $0) } ?? mount("cgroup2", path, "cgroup2", flags, nil)
+        _ = try checkLibc(Int(result), "mount(\(options.map { "cgroup, \($0)" } ?? "cgroup2"))", object: path)
+    }
+
+    /// Takes the mount at `path` out of the tree at once; it lives on while descriptors inside it are open.
+    public static func detachMount(_ path: String) throws {
+        _ = try checkLibc(Int(umount2(path, Int32(MNT_DETACH))), "umount2(MNT_DETACH)", object: path)
+    }
+
     public static func realPath(_ path: String) throws -> String {
         guard let resolved = realpath(path, nil) else {
             throw SyscallError("realpath", errno: Errno(rawValue: errno), object: path)

@@ -174,6 +174,58 @@ extension EndToEnd {
             _ = restore.wait(timeout: 30)
         }
 
+        @Test("a v1 hierarchy mounted nowhere is mounted by cryo, unseen, at dump and restore; no mount is left",
+              .serialized, arguments: [false, true])
+        func unmountedHierarchy(removedAfterDump: Bool) throws {
+            let name = "cryo-unmounted-\(getpid())-\(removedAfterDump ? "gone" : "kept")"
+            let scratch = try Scratch("cgroups-unmounted")
+            defer { scratch.remove() }
+            let dir = try scratch.folder("hierarchy")
+            func mountHierarchy() throws {
+                guard mount("cgroup", dir, "cgroup", 0, "none,name=\(name)") == 0 else {
+                    throw HarnessError("mount name=\(name) at \(dir): \(String(cString: strerror(errno)))")
+                }
+            }
+            func mounted() -> Bool { readText("/proc/self/mountinfo").contains("name=\(name)") }
+            func exists() -> Bool { readText("/proc/self/cgroup").contains(":name=\(name):") }
+            try mountHierarchy()
+            guard Glibc.mkdir("\(dir)/sub", 0o755) == 0 else { throw HarnessError("mkdir sub: \(String(cString: strerror(errno)))") }
+            // Every task gone, the hierarchy is mounted once more to remove its cgroup. It ends at the
+            // unmount only if no cgroup is left, one still dying included: a hierarchy left would be in
+            // every process, mounted nowhere, and an older cryo would refuse every dump.
+            defer {
+                for _ in 0..<3 {
+                    if !mounted() { try? mountHierarchy() }
+                    _ = waitUntil(timeout: 5) { rmdir("\(dir)/sub") == 0 || errno == ENOENT }
+                    umount2(dir, 0)
+                    if waitUntil(timeout: 5, { !exists() }) { break }
+                }
+            }
+            let fixture = try Fixture("cgroups", in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            try TestCgroups.write("\(fixture.pid)", "\(dir)/sub/cgroup.procs")
+            fixture.signal(SIGUSR1)
+            _ = waitUntil(timeout: 10) { fixture.lines.contains("SNAPSHOT") }
+            try #require(fixture.lines.contains("SNAPSHOT"), "\(fixture.report)")
+            guard umount2(dir, 0) == 0 else { throw HarnessError("umount \(dir): \(String(cString: strerror(errno)))") }
+
+            let (images, _) = try dumpAndReap(fixture, in: scratch)
+            #expect(!mounted(), "the dump left name=\(name) mounted")
+            if removedAfterDump {
+                // The cgroup goes, and with it the hierarchy: restore makes both again.
+                try mountHierarchy()
+                _ = waitUntil(timeout: 5) { rmdir("\(dir)/sub") == 0 }
+                umount2(dir, 0)
+            }
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore, whileRunning: {
+                #expect(readText("/proc/\(fixture.pid)/cgroup").contains(":name=\(name):/sub\n"), "\(readText("/proc/\(fixture.pid)/cgroup"))")
+                #expect(!mounted(), "the restore left name=\(name) mounted")
+            })
+        }
+
         @Test("--manage-cgroups ignore records nothing: the restored task stays in cryo's cgroups")
         func ignored() throws {
             let cgroups = TestCgroups()

@@ -49,4 +49,11 @@ struct CgroupUnitTests {
         #expect(mounts["pids"] == "/sys/fs/cgroup/pids")
         #expect(mounts.count == 4, "\(mounts)")
     }
+
+    @Test("a hierarchy cryo mounts itself gets the options naming it; one with only a name needs \"none\"")
+    func mountOptions() {
+        #expect(CgroupMounts.mountOptions("name=zdtmtst") == "none,name=zdtmtst")
+        #expect(CgroupMounts.mountOptions("cpu,cpuacct") == "cpu,cpuacct")
+        #expect(CgroupMounts.mountOptions("pids,name=x") == "pids,name=x")
+    }
 }

@@ -75,7 +75,8 @@ public struct CgroupRecord: Codable, Sendable {
 
     static func dump(_ tree: FrozenTree, root: pid_t) throws -> CgroupRecord {
         let mine = try membership("/proc/self/cgroup")
-        let mounts = try CgroupMounts.current()
+        let mounts = try CgroupMounts()
+        defer { mounts.release() }
         var hierarchies: [String: Hierarchy] = [:]
         for process in tree.live {
             let theirs = try membership("/proc/\(process.pid)/cgroup")
@@ -95,10 +96,6 @@ public struct CgroupRecord: Codable, Sendable {
         }
         var result: [Hierarchy] = []
         for var h in hierarchies.values.sorted(by: { $0.controllers < $1.controllers }) {
-            guard let mount = mounts[h.controllers] else {
-                throw CryoError("the \(h.controllers.isEmpty ? "cgroup v2" : "cgroup v1 \(h.controllers)") hierarchy of the tree is not mounted here; "
-                    + "mount it, or dump with --manage-cgroups ignore")
-            }
             var paths = Set<String>()
             for m in h.members where m.path != h.dumper {
                 var p = m.path
@@ -109,6 +106,8 @@ public struct CgroupRecord: Codable, Sendable {
             }
             let files = h.controllers.isEmpty ? v2Properties
                 : h.controllers.split(separator: ",").flatMap { v1Properties[String($0)] ?? [] }
+            // Mounted (by cryo, if need be) only where there are cgroups to read.
+            let mount = paths.isEmpty ? "" : try mounts.root(of: h.controllers, what: "the tree's \(h.what) hierarchy")
             for path in paths.sorted(by: { $0.count < $1.count || ($0.count == $1.count && $0 < $1) }) {
                 var properties: [[String]] = []
                 for file in files {
@@ -153,8 +152,53 @@ private func parent(_ path: String) -> String {
 }
 
 /// Where each cgroup hierarchy is mounted (its root), by /proc/PID/cgroup's controllers field.
-enum CgroupMounts {
-    static func current() throws -> [String: String] { parse(try Files.readString("/proc/self/mountinfo")) }
+///
+/// A hierarchy mounted nowhere here (a named v1 one whose mount went, say) is
+/// mounted by cryo for as long as it needs it, as CRIU does: in a folder of its
+/// own, held by a descriptor and detached at once, so that no one else sees it
+/// and nothing is left mounted, whatever happens next. Paths through
+/// /proc/self/fd/N reach into it until `release()`.
+final class CgroupMounts {
+    private var roots: [String: String]
+    private var held: [FileDescriptor] = []
+
+    init() throws { roots = Self.parse(try Files.readString("/proc/self/mountinfo")) }
+
+    deinit { release() }
+
+    /// A path to the root of the hierarchy of `controllers` ("" for v2, as /proc/PID/cgroup names them).
+    func root(of controllers: String, what: String) throws -> String {
+        if let root = roots[controllers] { return root }
+        let dir = try Files.makeTemporaryDirectory(prefix: "/tmp/.cryo-cgroup-")
+        defer { try? Files.removeDirectory(dir) }
+        do {
+            try Files.mountCgroup(at: dir, options: controllers.isEmpty ? nil : Self.mountOptions(controllers))
+        } catch {
+            throw CryoError("\(what) is not mounted here, and mounting it failed: \(error); mount it, or use --manage-cgroups ignore")
+        }
+        let fd: FileDescriptor
+        do { fd = try Files.open(dir, .readOnly, options: [.directory]) } catch {
+            try? Files.detachMount(dir)
+            throw CryoError("\(what), mounted by cryo: \(error)")
+        }
+        held.append(fd)
+        try Files.detachMount(dir)
+        let root = "/proc/self/fd/\(fd.rawValue)"
+        roots[controllers] = root
+        return root
+    }
+
+    /// mount(2) options for a v1 hierarchy: a named one without controllers needs "none".
+    static func mountOptions(_ controllers: String) -> String {
+        controllers.split(separator: ",").allSatisfy { $0.hasPrefix("name=") } ? "none," + controllers : controllers
+    }
+
+    /// Closes the descriptors that kept cryo's own mounts: the kernel then drops them.
+    func release() {
+        for fd in held { try? fd.close() }
+        held = []
+        roots = roots.filter { !$0.value.hasPrefix("/proc/self/fd/") }
+    }
 
     static func parse(_ mountinfo: String) -> [String: String] {
         var result: [String: String] = [:]
@@ -190,6 +234,7 @@ final class CgroupRestore {
     /// --cgroup-root: controllers ("" for every hierarchy not named) -> new root.
     private let roots: [String: String]
     private var made: [String] = []
+    private var mounts: CgroupMounts?
 
     init(_ record: CgroupRecord, mode: CgroupManagement, roots: [String: String]) {
         self.record = record
@@ -214,12 +259,16 @@ final class CgroupRestore {
         return roots
     }
 
-    /// Where a dumped cgroup path goes at restore.
-    func target(_ path: String, in h: CgroupRecord.Hierarchy, own: String) -> String {
-        let newRoot = roots[h.controllers] ?? (h.controllers.isEmpty ? roots[""] : roots[""] ?? roots.first { key, _ in
+    /// The --cgroup-root that applies to a hierarchy, if any.
+    private func newRoot(of h: CgroupRecord.Hierarchy) -> String? {
+        roots[h.controllers] ?? (h.controllers.isEmpty ? roots[""] : roots[""] ?? roots.first { key, _ in
             Set(key.split(separator: ",")) == Set(h.controllers.split(separator: ","))
         }?.value)
-        if let newRoot, isWithin(path, h.root) {
+    }
+
+    /// Where a dumped cgroup path goes at restore.
+    func target(_ path: String, in h: CgroupRecord.Hierarchy, own: String) -> String {
+        if let newRoot = newRoot(of: h), isWithin(path, h.root) {
             let rest = h.root == "/" ? path : String(path.dropFirst(h.root.count))
             return newRoot == "/" ? (rest.isEmpty ? "/" : rest) : newRoot + rest
         }
@@ -230,10 +279,16 @@ final class CgroupRestore {
     func apply(pids: [Int32: (pid: pid_t, threads: [pid_t])]) throws {
         guard mode != .ignore else { return }
         let mine = try CgroupRecord.membership("/proc/self/cgroup")
-        let mounts = try CgroupMounts.current()
+        let mounts = try CgroupMounts()
+        // Kept on failure, for removeMade(); released with it or once every task is in.
+        self.mounts = mounts
         for h in record.hierarchies {
-            guard let mount = mounts[h.controllers], let own = mine[h.controllers] else {
-                throw CryoError("the tree's \(h.what) hierarchy is not mounted here; mount it, or restore with --manage-cgroups ignore")
+            // The tree was where cryo was, and stays where cryo is: the hierarchy need not even exist
+            // (every process is in every v1 hierarchy, one made and gone meanwhile included).
+            if h.cgroups.isEmpty && newRoot(of: h) == nil && h.members.allSatisfy({ $0.path == h.dumper }) { continue }
+            let mount = try mounts.root(of: h.controllers, what: "the tree's \(h.what) hierarchy")
+            guard let own = mine[h.controllers] else {
+                throw CryoError("cryo is in no cgroup of the tree's \(h.what) hierarchy; restore with --manage-cgroups ignore")
             }
             for c in h.cgroups {
                 let path = target(c.path, in: h, own: own)
@@ -274,6 +329,8 @@ final class CgroupRestore {
                 }
             }
         }
+        mounts.release()
+        self.mounts = nil
     }
 
     private func write(_ value: String, to path: String, what: String) throws {
@@ -290,5 +347,7 @@ final class CgroupRestore {
     func removeMade() {
         for dir in made.reversed() { try? Files.removeDirectory(dir) }
         made = []
+        mounts?.release()
+        mounts = nil
     }
 }
