@@ -32,6 +32,12 @@ public enum FileObjects {
         try returnOrThrow(Glibc.fcntl(fd.rawValue, F_GETFL), "fcntl(F_GETFL)", object: object)
     }
 
+    /// O_DIRECT (a pipe's packet mode) and O_NOATIME of x86_64, which Glibc exports only under _GNU_SOURCE.
+    public static let directFlag: Int32 = 0o40000
+    public static let noAccessTimeFlag: Int32 = 0o1000000
+    /// The status flags F_SETFL sets, O_ASYNC apart: that one is armed once the owner is set (FileOwner).
+    public static let settableStatusFlags: Int32 = O_APPEND | O_NONBLOCK | directFlag | noAccessTimeFlag
+
     public static func setStatusFlags(_ fd: FileDescriptor, _ flags: Int32, object: String) throws {
         _ = try returnOrThrow(Glibc.fcntl(fd.rawValue, F_SETFL, flags), "fcntl(F_SETFL)", object: object)
     }

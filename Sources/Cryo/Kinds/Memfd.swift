@@ -80,7 +80,7 @@ public struct MemfdState: DescriptorKind {
         let fd = try FileObjects.duplicate(memfd, object: object)
         do {
             // What F_SETFL can change, as open() would have set it (O_ASYNC waits for the owner: FileOwner).
-            let settable = Int32(bitPattern: file.flags) & (O_APPEND | O_NONBLOCK | Self.directIO | Self.noAccessTime)
+            let settable = Int32(bitPattern: file.flags) & FileObjects.settableStatusFlags
             if settable != 0 { try FileObjects.setStatusFlags(fd, settable, object: object) }
             if file.position != 0 {
                 do { _ = try fd.seek(offset: file.position, from: .start) } catch {
@@ -93,9 +93,6 @@ public struct MemfdState: DescriptorKind {
         }
         return fd
     }
-
-    // O_DIRECT and O_NOATIME of x86_64, which Glibc exports only under _GNU_SOURCE.
-    private static let directIO: Int32 = 0o40000, noAccessTime: Int32 = 0o1000000
 
     /// By memfd entry, the entry that gets memfd_create's own description: the first read-write one
     /// of the same memfd; none when it has no read-write description. One pass over the table.

@@ -154,10 +154,7 @@ final class PipeRebuilder: KindRebuilder {
         var isReadEnd: Bool
     }
 
-    // The status flags F_SETFL sets (O_ASYNC apart: FileOwner arms it with its owner).
-    private static let directFlag: Int32 = 0o40000  // O_DIRECT: packet mode
     private static let largeFileFlag: UInt32 = 0o100000  // O_LARGEFILE
-    private static let settableFlags: Int32 = O_APPEND | O_NONBLOCK | directFlag | 0o1000000  // | O_NOATIME
 
     init(_ context: OpenContext) {
         self.context = context
@@ -205,13 +202,13 @@ final class PipeRebuilder: KindRebuilder {
     /// open() refuses O_DIRECT on a pipe or FIFO (EINVAL); F_SETFL takes it after.
     /// Returns the descriptor and the settable flags it got.
     private static func reopenWithoutDirect(path: String, flags: UInt32, object: String) throws -> (FileDescriptor, Int32) {
-        let flags = flags & ~UInt32(directFlag)
-        return (try reopen(path: path, flags: flags, position: 0, object: object), Int32(bitPattern: flags) & settableFlags)
+        let flags = flags & ~UInt32(FileObjects.directFlag)
+        return (try reopen(path: path, flags: flags, position: 0, object: object), Int32(bitPattern: flags) & FileObjects.settableStatusFlags)
     }
 
     /// F_SETFL to the dumped status flags where the open gave others (`given`); closes `fd` if that fails.
     private static func setStatusFlags(_ fd: FileDescriptor, to flags: UInt32, given: Int32, object: String) throws {
-        let wanted = Int32(bitPattern: flags) & settableFlags
+        let wanted = Int32(bitPattern: flags) & FileObjects.settableStatusFlags
         guard wanted != given else { return }
         do { try FileObjects.setStatusFlags(fd, wanted, object: object) } catch {
             try? fd.close()
