@@ -46,6 +46,37 @@ extension EndToEnd {
             try fileRoundTrip("pipeends", extraArguments: ["flags"])
         }
 
+        /// A read stops at the end of a packet (a write in O_DIRECT mode): the bytes buffered at
+        /// dump must come back as the same packets, plain bytes as plain bytes.
+        @Test("bytes buffered in packet-mode pipes and FIFOs come back as the same packets")
+        func pipePackets() throws {
+            try fileRoundTrip("pipeends", extraArguments: ["packets"])
+        }
+
+        @Test("two FIFOs with one inode number on two file systems keep their own bytes and ends")
+        func fifosWithOneInodeNumber() throws {
+            let scratch = try Scratch("fifo-devices")
+            defer { scratch.remove() }
+            let work = try scratch.folder("work")
+            var mounted: [String] = []
+            // Two fresh tmpfs number their first files alike.
+            defer { for dir in mounted { umount2(dir, Int32(MNT_DETACH)) } }
+            for name in ["a", "b"] {
+                let dir = "\(work)/\(name)"
+                guard Glibc.mkdir(dir, 0o755) == 0, mount("tmpfs", dir, "tmpfs", 0, "size=1m") == 0 else {
+                    throw HarnessError("tmpfs at \(dir): \(String(cString: strerror(errno)))")
+                }
+                mounted.append(dir)
+            }
+            let fixture = try Fixture("pipeends", arguments: [work, "sameino"], in: scratch)
+            defer { fixture.cleanUp() }
+            try fixture.waitReady()
+            let (images, _) = try dumpAndReap(fixture, in: scratch)
+            let restore = try CryoProcess(["restore", "-D", images], in: scratch)
+            defer { restore.stop() }
+            try expectRestoredAndPassing(fixture, by: restore)
+        }
+
         /// A FIFO reader reports POLLHUP once a writer has come and gone since it was opened, not before.
         @Test("FIFO readers poll as before: no POLLHUP for one that never saw a writer, POLLHUP for one whose writers went")
         func fifoHangUp() throws {

@@ -33,6 +33,19 @@
  *                    the O_RDWR one is closed after restore
  *           pipe     an anonymous pipe's read end, its write end closed: HUP
  *
+ * packets buffered bytes keep their packet boundaries; each read after restore
+ *         must return one packet, as before:
+ *           pipe     pipe2(O_DIRECT): packets of 5, 1, 300 and 4096 bytes
+ *           plain    pipe(): two writes, read back as one run of 7 bytes
+ *           mixed    pipe2(O_DIRECT): a packet of 2, then (O_DIRECT off,
+ *                    then on again) 9 plain bytes: reads of 2 and 9
+ *           fifo     a FIFO whose writer has O_DIRECT: packets of 3, 5, 5
+ *
+ * sameino two FIFOs with one inode number, ARGV[1]/a/f and ARGV[1]/b/f (the
+ *         test mounts a file system of its own at a and at b), each with a
+ *         reader and a writer and bytes of its own, which must come back to
+ *         it, the ends of each still one FIFO.
+ *
  * Prints READY, then PASS or FAIL: reasons after SIGTERM.
  */
 #define _GNU_SOURCE
@@ -299,9 +312,125 @@ static void hangup_check(void)
 	if (revents(17) != POLLHUP) fail("rdwr: the O_RDWR one closed, poll says %s, want HUP", events_name(revents(17)));
 }
 
+/* What each packet-mode end holds, as the reads that must come out of it. */
+struct packets { const char *name; int rfd; int count; int lengths[8]; char bytes[8192]; };
+static struct packets held[4];
+static int nheld;
+
+static void packet(struct packets *p, int wfd, const char *what, int n)
+{
+	char buf[4096];
+	int at = 0;
+	for (int i = 0; i < p->count; i++) at += abs(p->lengths[i]);
+	for (int i = 0; i < n; i++) buf[i] = (char)(at + i * 13 + p->count);
+	if (write(wfd, buf, n) != n) die(what);
+	memcpy(p->bytes + at, buf, n);
+}
+
+/* A write that is a packet of its own, or (plain) bytes added to the last read. */
+static void add(struct packets *p, int wfd, int n, int plain)
+{
+	packet(p, wfd, p->name, n);
+	if (plain && p->count > 0 && p->lengths[p->count - 1] < 0) p->lengths[p->count - 1] -= n;
+	else p->lengths[p->count++] = plain ? -n : n;
+}
+
+static void packets_setup(const char *dir)
+{
+	int p[2];
+	char path[PATH_MAX];
+	struct packets *h;
+
+	if (pipe2(p, O_DIRECT) != 0) die("pipe2(O_DIRECT)");
+	place(p[0], 10), place(p[1], 11);
+	h = &held[nheld++], h->name = "pipe", h->rfd = 10;
+	add(h, 11, 5, 0), add(h, 11, 1, 0), add(h, 11, 300, 0), add(h, 11, 4096, 0);
+
+	if (pipe(p) != 0) die("pipe");
+	place(p[0], 12), place(p[1], 13);
+	h = &held[nheld++], h->name = "plain", h->rfd = 12;
+	add(h, 13, 3, 1), add(h, 13, 4, 1);
+
+	if (pipe2(p, O_DIRECT) != 0) die("pipe2(O_DIRECT)");
+	place(p[0], 14), place(p[1], 15);
+	h = &held[nheld++], h->name = "mixed", h->rfd = 14;
+	add(h, 15, 2, 0);
+	if (fcntl(15, F_SETFL, 0) != 0) die("F_SETFL mixed");
+	add(h, 15, 5, 1), add(h, 15, 4, 1);
+	if (fcntl(15, F_SETFL, O_DIRECT) != 0) die("F_SETFL mixed O_DIRECT");
+
+	snprintf(path, sizeof(path), "%s/packets.fifo", dir);
+	unlink(path);
+	if (mkfifo(path, 0600) != 0) die("mkfifo");
+	place(open(path, O_RDONLY | O_NONBLOCK), 16);
+	place(open(path, O_WRONLY), 17);
+	if (fcntl(17, F_SETFL, O_DIRECT) != 0) die("F_SETFL fifo O_DIRECT");
+	h = &held[nheld++], h->name = "fifo", h->rfd = 16;
+	add(h, 17, 3, 0), add(h, 17, 5, 0), add(h, 17, 5, 0);
+
+	for (int fd = 10; fd <= 17; fd++) track("packets", fd);
+}
+
+static void packets_check(void)
+{
+	check_flags();
+	for (int i = 0; i < nheld; i++) {
+		struct packets *h = &held[i];
+		char buf[65536];
+		int at = 0;
+		fcntl(h->rfd, F_SETFL, fcntl(h->rfd, F_GETFL) | O_NONBLOCK);
+		for (int j = 0; j < h->count; j++) {
+			int want = h->lengths[j] < 0 ? -h->lengths[j] : h->lengths[j];
+			ssize_t n = read(h->rfd, buf, sizeof(buf));
+			if (n != want) { fail("%s: read %d gave %zd bytes, want %d", h->name, j + 1, n, want); break; }
+			if (memcmp(buf, h->bytes + at, want) != 0) { fail("%s: read %d gave other bytes", h->name, j + 1); break; }
+			at += want;
+		}
+		if (unread(h->rfd) > 0) fail("%s: %d bytes left after the reads", h->name, unread(h->rfd));
+	}
+}
+
+static void sameino_setup(const char *dir)
+{
+	char a[PATH_MAX], b[PATH_MAX];
+	struct stat sa, sb;
+
+	snprintf(a, sizeof(a), "%s/a/f", dir);
+	snprintf(b, sizeof(b), "%s/b/f", dir);
+	if (mkfifo(a, 0600) != 0 || mkfifo(b, 0600) != 0) die("mkfifo");
+	if (stat(a, &sa) != 0 || stat(b, &sb) != 0) die("stat");
+	if (sa.st_ino != sb.st_ino || sa.st_dev == sb.st_dev) {
+		printf("setup: %s and %s are inodes %lu and %lu on devices %#lx and %#lx, want one inode number on two\n", a, b,
+		       (unsigned long)sa.st_ino, (unsigned long)sb.st_ino, (unsigned long)sa.st_dev, (unsigned long)sb.st_dev);
+		fflush(stdout);
+		exit(2);
+	}
+	place(open(a, O_RDONLY | O_NONBLOCK), 10);
+	place(open(a, O_WRONLY), 11);
+	place(open(b, O_RDONLY | O_NONBLOCK), 12);
+	place(open(b, O_WRONLY), 13);
+	if (write(11, "first fifo", 10) != 10 || write(13, "the second fifo", 15) != 15) die("write");
+	for (int fd = 10; fd <= 13; fd++) track("sameino", fd);
+}
+
+static void sameino_check(void)
+{
+	char buf[64];
+	ssize_t n;
+
+	check_flags();
+	if ((n = read(10, buf, sizeof(buf))) != 10 || memcmp(buf, "first fifo", 10) != 0)
+		fail("a: read %zd bytes: %.*s", n, n > 0 ? (int)n : 0, buf);
+	if ((n = read(12, buf, sizeof(buf))) != 15 || memcmp(buf, "the second fifo", 15) != 0)
+		fail("b: read %zd bytes: %.*s", n, n > 0 ? (int)n : 0, buf);
+	if (write(11, "A", 1) != 1 || write(13, "B", 1) != 1) fail("write after restore: %s", strerror(errno));
+	if (read(10, buf, sizeof(buf)) != 1 || buf[0] != 'A' || read(12, buf, sizeof(buf)) != 1 || buf[0] != 'B')
+		fail("the ends of each FIFO are no longer one FIFO");
+}
+
 int main(int argc, char **argv)
 {
-	if (argc < 3) { fprintf(stderr, "usage: pipeends FOLDER flags|hangup\n"); return 2; }
+	if (argc < 3) { fprintf(stderr, "usage: pipeends FOLDER flags|hangup|packets|sameino\n"); return 2; }
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_term;
@@ -313,15 +442,18 @@ int main(int argc, char **argv)
 	for (int fd = 3; fd < 1024; fd++)
 		close(fd);
 
-	int flags = strcmp(argv[2], "flags") == 0;
-	if (flags) flags_setup(argv[1]);
-	else if (strcmp(argv[2], "hangup") == 0) hangup_setup(argv[1]);
-	else { fprintf(stderr, "unknown variant %s\n", argv[2]); return 2; }
+	static const struct { const char *name; void (*setup)(const char *); void (*check)(void); } variants[] = {
+		{ "flags", flags_setup, flags_check }, { "hangup", hangup_setup, hangup_check },
+		{ "packets", packets_setup, packets_check }, { "sameino", sameino_setup, sameino_check },
+	};
+	int v = 0;
+	while (v < 4 && strcmp(argv[2], variants[v].name) != 0) v++;
+	if (v == 4) { fprintf(stderr, "unknown variant %s\n", argv[2]); return 2; }
+	variants[v].setup(argv[1]);
 
 	ready_then_wait(&got_term);
 
-	if (flags) flags_check();
-	else hangup_check();
+	variants[v].check();
 
 	if (failbuf[0]) { printf("FAIL: %s\n", failbuf); fflush(stdout); return 1; }
 	printf("PASS\n");

@@ -87,9 +87,9 @@ final class FileTableBuilder {
     /// with what to do with the file id each gets.
     private var inFlight: [(handle: FileDescriptor, object: String, resolved: (FileTableBuilder, Int) -> Void)] = []
     private var inFlightDone = 0
-    /// Pipes and FIFOs (by inode, apart: a pipefs inode number may also be a FIFO's on disk) whose
-    /// buffered bytes went with an end dumped already.
-    var pipeBytesTaken = Set<UInt64>(), fifoBytesTaken = Set<UInt64>()
+    /// Pipes (by inode: all are on pipefs) and FIFOs (by device and inode), apart: a pipefs
+    /// inode number may also be a FIFO's on disk, whose buffered bytes went with an end dumped already.
+    var pipeBytesTaken = Set<UInt64>(), fifoBytesTaken = Set<PipeIdentity>()
     /// The tree's live processes (set once frozen).
     var treePids: [pid_t] = []
     /// Every thread of those (leaders too).

@@ -11,8 +11,14 @@ public struct PipeEndState: DescriptorKind {
     public var inode: UInt64
     public var isReadEnd: Bool
     public var capacity: Int32
+    /// A FIFO's st_dev: FIFOs on two file systems may have one inode number. nil for
+    /// anonymous pipes (all on pipefs) and in older images.
+    public var device: UInt64?
     /// Bytes buffered in the pipe at dump, read without draining it.
     public var buffered: Data?
+    /// The lengths of the packets (writes in O_DIRECT mode) that `buffered` starts with;
+    /// bytes past them were written outside packet mode. nil when there are none.
+    public var packets: [Int]?
     /// For a FIFO's read-only end: whether poll() showed POLLHUP at dump (a writer
     /// came and went since it was opened). nil for other ends and older images.
     public var hungUp: Bool?
@@ -29,11 +35,29 @@ extension PipeEndState {
         let accessMode = Int32(bitPattern: p.flags) & O_ACCMODE
         let capacity = try FileObjects.pipeCapacity(p.handle, object: p.object)
         let inode = UInt64(p.stat.st_ino)
+        let device = fifo ? UInt64(p.stat.st_dev) : nil
         // A set, not a scan of the table per end: that grew with the square of the number of pipes.
-        let kept = fifo ? !table.fifoBytesTaken.insert(inode).inserted : !table.pipeBytesTaken.insert(inode).inserted
-        return PipeEndState(inode: inode, isReadEnd: accessMode == O_RDONLY, capacity: capacity,
-                            buffered: kept ? nil : Data(try peek(p, capacity: capacity)))
+        let kept = fifo ? !table.fifoBytesTaken.insert(PipeIdentity(device: device ?? 0, inode: inode)).inserted
+            : !table.pipeBytesTaken.insert(inode).inserted
+        var state = PipeEndState(inode: inode, isReadEnd: accessMode == O_RDONLY, capacity: capacity, device: device)
+        if !kept {
+            let (bytes, packets) = try peek(p, capacity: capacity)
+            state.buffered = Data(bytes)
+            state.packets = packets
+        }
+        return state
     }
+
+    func validate() -> String? {
+        guard let packets else { return nil }
+        guard let buffered, packets.allSatisfy({ $0 > 0 }), packets.reduce(0, +) <= buffered.count else {
+            return "pipe:[\(inode)]: packets \(packets) do not fit its \(buffered?.count ?? 0) buffered bytes"
+        }
+        return nil
+    }
+
+    /// Which pipe or FIFO this end is of.
+    var identity: PipeIdentity { PipeIdentity(device: device ?? 0, inode: inode) }
 
     func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {
         try context.rebuilder(PipeRebuilder.self).end(self, file: file, object: object)
@@ -48,27 +72,69 @@ extension PipeEndState {
         return " (\(buffered.count) bytes buffered)"
     }
 
-    /// tee() copies the buffered bytes into a scratch pipe without consuming them.
-    static func peek(_ p: DescriptorProbe, capacity: Int32) throws -> [UInt8] {
+    /// The buffered bytes, and the lengths of the packets they start with (nil: none).
+    ///
+    /// tee() copies the pipe's buffers, packet marks included, into a scratch pipe
+    /// without consuming them. A read stops at the end of a packet, so reading the
+    /// copy in reads of the pipe's size cuts it into pieces that each end with a
+    /// packet, but the last one, which may be bytes written outside packet mode.
+    /// Those are told apart on a second copy: one byte short of a packet's end, a
+    /// read drops the rest of it, of plain bytes it leaves one. (Plain bytes right
+    /// before a packet come back as part of it: a read that has them gets both.)
+    static func peek(_ p: DescriptorProbe, capacity: Int32) throws -> (bytes: [UInt8], packets: [Int]?) {
         // A read end on the same pipe: a write end's description cannot be read from.
         let reader: FileDescriptor
         do { reader = try Files.open("/proc/\(p.pid)/fd/\(p.fd)", .readOnly, options: [.nonBlocking]) } catch {
             throw CryoError("\(p.object) (pipe, to peek): \(error)")
         }
         defer { try? reader.close() }
-        let scratch = try FileObjects.pipe(nonBlocking: true, object: p.object)
-        defer { try? scratch.read.close(); try? scratch.write.close() }
-        try FileObjects.setPipeCapacity(scratch.write, capacity, object: "scratch pipe for \(p.object)")
-        let count = try FileObjects.tee(from: reader, to: scratch.write, length: Int(capacity), object: p.object)
-        var data: [UInt8] = []
-        while data.count < count {
-            let got = try FileObjects.read(scratch.read, upTo: count - data.count, object: "scratch pipe for \(p.object)")
-            if got.isEmpty { throw CryoError("scratch pipe for \(p.object): \(data.count) of \(count) bytes came back") }
-            data += got
+        let what = "scratch pipe for \(p.object)"
+        func copy() throws -> (read: FileDescriptor, write: FileDescriptor, count: Int) {
+            let scratch = try FileObjects.pipe(nonBlocking: true, object: p.object)
+            do {
+                try FileObjects.setPipeCapacity(scratch.write, capacity, object: what)
+                let count = try FileObjects.tee(from: reader, to: scratch.write, length: Int(capacity), object: p.object)
+                return (scratch.read, scratch.write, count)
+            } catch {
+                try? scratch.read.close(); try? scratch.write.close()
+                throw error
+            }
         }
-        return data
+        let first = try copy()
+        defer { try? first.read.close(); try? first.write.close() }
+        var data: [UInt8] = []
+        var pieces: [Int] = []
+        while data.count < first.count {
+            let got = try FileObjects.read(first.read, upTo: first.count - data.count, object: what)
+            if got.isEmpty { throw CryoError("\(what): \(data.count) of \(first.count) bytes came back") }
+            data += got
+            pieces.append(got.count)
+        }
+        guard let last = pieces.last else { return (data, nil) }
+        // Is the last piece a packet too? A lone byte cannot tell: it is taken for one only after others.
+        var lastIsPacket = pieces.count > 1
+        if last > 1 {
+            let second = try copy()
+            defer { try? second.read.close(); try? second.write.close() }
+            for piece in pieces.dropLast() {
+                guard try FileObjects.read(second.read, upTo: piece, object: what).count == piece else {
+                    throw CryoError("\(what): a second copy of the pipe came back in other pieces")
+                }
+            }
+            _ = try FileObjects.read(second.read, upTo: last - 1, object: what)
+            lastIsPacket = try FileObjects.bytesReadable(second.read, object: what) == 0
+        }
+        let packets = lastIsPacket ? pieces : pieces.dropLast()
+        return (data, packets.isEmpty ? nil : Array(packets))
     }
 }
+
+/// A pipe or FIFO: FIFOs on two file systems may share an inode number.
+struct PipeIdentity: Hashable {
+    var device: UInt64
+    var inode: UInt64
+}
+
 
 /// A named FIFO: its path, and the state of a pipe end (`pipe` in files.img).
 struct FifoState: DescriptorKind {
@@ -112,6 +178,8 @@ struct FifoState: DescriptorKind {
                          removed: removed ? RemovedFifo(removedMode: p.stat.st_mode & 0o7777, removedUid: p.stat.st_uid, removedGid: p.stat.st_gid) : nil)
     }
 
+    func validate() -> String? { end.validate() }
+
     func recordedPath(_ p: DescriptorProbe) -> String? {
         removed == nil ? p.link : String(p.link.dropLast(RegularFileState.deletedSuffix.count))
     }
@@ -139,13 +207,13 @@ final class PipeRebuilder: KindRebuilder {
     private let context: OpenContext
     /// By inode, the file ids of each pipe's descriptions and of each FIFO's, in file table order.
     private var pipeDescriptions: [UInt64: [Int]] = [:]
-    private var fifoDescriptions: [UInt64: [Int]] = [:]
+    private var fifoDescriptions: [PipeIdentity: [Int]] = [:]
     private var pipes: [UInt64: (read: FileDescriptor, write: FileDescriptor)] = [:]
     /// Pipe ends whose pipe2() description went to a description already.
     private var ownEndsGiven = Set<PipeEnd>()
     /// Descriptions opened with the rest of their FIFO, by file id, until handed out.
     private var fifoReady: [Int: FileDescriptor] = [:]
-    private var fifosOpened = Set<UInt64>()
+    private var fifosOpened = Set<PipeIdentity>()
     /// cryo's own holders of FIFOs (read-write, or read-only once a quiet reader is open), closed at the end.
     private var holders: [FileDescriptor] = []
 
@@ -163,7 +231,7 @@ final class PipeRebuilder: KindRebuilder {
             if type(of: f.state) == PipeEndState.self, let state = f.state as? PipeEndState {
                 pipeDescriptions[state.inode, default: []].append(f.id)
             } else if type(of: f.state) == FifoState.self, let state = f.state as? FifoState {
-                fifoDescriptions[state.end.inode, default: []].append(f.id)
+                fifoDescriptions[state.end.identity, default: []].append(f.id)
             }
         }
     }
@@ -193,10 +261,26 @@ final class PipeRebuilder: KindRebuilder {
         try FileObjects.setPipeCapacity(ends.write, capacity, object: object)
         // Before any end gets its flags: an O_DIRECT writer would cut the bytes into packets.
         for id in pipeDescriptions[inode] ?? [] {
-            guard let buffered = (context.files[id].state as? PipeEndState)?.buffered, !buffered.isEmpty else { continue }
-            try FileObjects.writeAll(ends.write, buffered, object: "\(object): refilling the pipe")
+            guard let state = context.files[id].state as? PipeEndState, let buffered = state.buffered, !buffered.isEmpty else { continue }
+            try Self.refill(ends.write, buffered, packets: state.packets, flags: 0, object: "\(object): refilling the pipe")
         }
         return ends
+    }
+
+    /// Writes a pipe's dumped bytes back through `writer`, its packets as packets: O_DIRECT
+    /// is on for them, then the writer's status flags go back to `flags`.
+    private static func refill(_ writer: FileDescriptor, _ bytes: Data, packets: [Int]?, flags: Int32, object: String) throws {
+        var offset = 0
+        if let packets, !packets.isEmpty {
+            try FileObjects.setStatusFlags(writer, flags | FileObjects.directFlag, object: object)
+            for length in packets {
+                // One write is one packet (up to a page; the kernel cut longer writes the same way).
+                try FileObjects.writeAll(writer, bytes[bytes.startIndex + offset ..< bytes.startIndex + offset + length], object: object)
+                offset += length
+            }
+            try FileObjects.setStatusFlags(writer, flags, object: object)
+        }
+        if offset < bytes.count { try FileObjects.writeAll(writer, bytes[(bytes.startIndex + offset)...], object: object) }
     }
 
     /// open() refuses O_DIRECT on a pipe or FIFO (EINVAL); F_SETFL takes it after.
@@ -217,8 +301,8 @@ final class PipeRebuilder: KindRebuilder {
     }
 
     func fifoEnd(_ file: FileTable.OpenFile, object: String) throws -> FileDescriptor {
-        if let state = file.state as? FifoState, fifosOpened.insert(state.end.inode).inserted {
-            try openFifo(state.end.inode, first: file, object: object)
+        if let state = file.state as? FifoState, fifosOpened.insert(state.end.identity).inserted {
+            try openFifo(state.end.identity, first: file, object: object)
         }
         guard let fd = fifoReady.removeValue(forKey: file.id) else {
             throw CryoError("\(object): FIFO \(file.path ?? "") was not opened with the other descriptions of its inode")
@@ -226,8 +310,9 @@ final class PipeRebuilder: KindRebuilder {
         return fd
     }
 
-    /// Opens every description of the FIFO `inode`, `first` being the first of them in the file table.
-    private func openFifo(_ inode: UInt64, first: FileTable.OpenFile, object: String) throws {
+    /// Opens every description of the FIFO `identity`, `first` being the first of them in the file table.
+    private func openFifo(_ identity: PipeIdentity, first: FileTable.OpenFile, object: String) throws {
+        let inode = identity.inode
         guard let firstState = first.state as? FifoState else { return }
         let path = first.path ?? ""
         let removed = firstState.removed
@@ -241,10 +326,10 @@ final class PipeRebuilder: KindRebuilder {
         }
         holders.append(holder)
         try FileObjects.setPipeCapacity(holder, firstState.end.capacity, object: object)
-        let members = (fifoDescriptions[inode] ?? [first.id]).map { context.files[$0] }
+        let members = (fifoDescriptions[identity] ?? [first.id]).map { context.files[$0] }
         for f in members {
-            guard let buffered = (f.state as? FifoState)?.end.buffered, !buffered.isEmpty else { continue }
-            try FileObjects.writeAll(holder, buffered, object: "\(object): refilling FIFO \(path)")
+            guard let end = (f.state as? FifoState)?.end, let buffered = end.buffered, !buffered.isEmpty else { continue }
+            try Self.refill(holder, buffered, packets: end.packets, flags: O_NONBLOCK, object: "\(object): refilling FIFO \(path)")
         }
         // Quiet readers only where nothing in the image writes: a writer restored
         // with them would be one they have seen.
