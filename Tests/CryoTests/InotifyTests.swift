@@ -24,6 +24,15 @@ extension EndToEnd {
             }
         }
 
+        /// No call queues an event again: they are dropped at dump, as CRIU does, and the image says so.
+        @Test("events queued and not read at dump are dropped, said in the image; the watches still report")
+        func queuedEvents() throws {
+            try inotifyRoundTrip("queued") { images, scratch in
+                let show = try cryo(["show", images], in: scratch)
+                #expect(show.stdout.contains("bytes of queued events dropped at dump"), "show: \(show)")
+            }
+        }
+
         private func inotifyRoundTrip(_ mode: String, checkImage: (String, Scratch) throws -> Void = { _, _ in }) throws {
             let scratch = try Scratch("inotify-\(mode)")
             defer { scratch.remove() }

@@ -11,6 +11,9 @@
  * watched (IN_MODIFY | IN_CLOSE_WRITE, watch 4) and unlinked while open:
  * after restore, writing to it and closing it must report on watch 4, and
  * the folder's watch must see nothing of how the file was brought back.
+ * With argv[2] "queued", the watched file's mode is changed before READY and
+ * the IN_ATTRIB it queues is left unread: the dump must still be taken (the
+ * event is dropped, as cryo's documentation says) and the watches work.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -21,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t term;
@@ -39,6 +44,7 @@ int main(int argc, char **argv) {
     enum { MANY = 40 };
     int many = argc > 2 && strcmp(argv[2], "many") == 0;
     int unlinked = argc > 2 && strcmp(argv[2], "unlinked") == 0;
+    int queued = argc > 2 && strcmp(argv[2], "queued") == 0;
     int doomed = -1, doomed_wd = -1;
     int many_wd[MANY];
     char many_path[MANY][PATH_MAX];
@@ -78,6 +84,10 @@ int main(int argc, char **argv) {
         if (!strstr(link, "(deleted)")) { printf("FAIL: %s is \"%s\", not deleted\n", self, link); return 1; }
     }
     while (read(in, buf, sizeof buf) > 0) {}
+    if (queued) {
+        int unread = 0;
+        if (chmod(file, 0600) != 0 || ioctl(in, FIONREAD, &unread) != 0 || unread == 0) { printf("FAIL: no event queued\n"); return 1; }
+    }
 
     printf("READY\n");
     fflush(stdout);
@@ -111,6 +121,7 @@ int main(int argc, char **argv) {
             struct inotify_event *e = (struct inotify_event *)q;
             if (e->wd == dir_wd && (e->mask & IN_CREATE) && e->len && strcmp(e->name, "created-after-restore") == 0) saw_create = 1;
             else if (e->wd == file_wd && (e->mask & IN_MODIFY)) saw_modify = 1;
+            else if (queued && e->wd == file_wd && e->mask == IN_ATTRIB) {}
             else if (many && e->wd == many_wd[touched[0]] && (e->mask & IN_MODIFY)) saw_many[0] = 1;
             else if (many && e->wd == many_wd[touched[1]] && (e->mask & IN_MODIFY)) saw_many[1] = 1;
             else if (unlinked && e->wd == doomed_wd && (e->mask & (IN_MODIFY | IN_CLOSE_WRITE))) {

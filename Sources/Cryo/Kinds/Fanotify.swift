@@ -6,7 +6,7 @@ import SystemPackage
 /// fanotify: the group's init flags and event flags, and each mark on a file
 /// (found again from its file handle, as inotify's watches), on a mount or on
 /// a whole file system, with its event mask, ignore mask and mark flags.
-/// Events queued and not read yet cannot be queued again: such a group is refused.
+/// Events queued and not read yet are dropped (droppedEventsWarning, Inotify.swift).
 public struct FanotifyState: DescriptorKind {
     static let name = "fanotify"
 
@@ -28,6 +28,8 @@ public struct FanotifyState: DescriptorKind {
     public var initFlags: UInt32
     public var eventFlags: UInt32
     public var marks: [Mark]
+    /// Bytes of events queued and not read at dump: dropped.
+    public var droppedEventBytes: Int?
 
     // FAN_MARK_* values of <linux/fanotify.h>.
     private static let markMount: UInt32 = 0x10, markFilesystem: UInt32 = 0x100, markIgnoredMask: UInt32 = 0x20
@@ -36,9 +38,7 @@ public struct FanotifyState: DescriptorKind {
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> FanotifyState? {
         guard p.link == "anon_inode:[fanotify]" else { return nil }
         let queued = try FileObjects.bytesReadable(p.handle, object: p.object)
-        if queued > 0 {
-            throw CryoError("\(p.object): fanotify group with \(queued) bytes of events not yet read; they cannot be queued again, not supported yet")
-        }
+        if queued > 0 { table.warn(droppedEventsWarning(p.object, "fanotify group", bytes: queued)) }
         var initFlags: UInt32?, eventFlags: UInt32?
         var marks: [Mark] = []
         for (line, fields) in fdinfoFields(p.info, prefix: "fanotify ") {
@@ -70,7 +70,7 @@ public struct FanotifyState: DescriptorKind {
             marks.append(mark)
         }
         guard let initFlags, let eventFlags else { throw CryoError("\(p.object): fdinfo shows no fanotify flags line") }
-        return FanotifyState(initFlags: initFlags, eventFlags: eventFlags, marks: marks)
+        return FanotifyState(initFlags: initFlags, eventFlags: eventFlags, marks: marks, droppedEventBytes: queued > 0 ? queued : nil)
     }
 
     /// The mount point (as `pid` sees it) of the first mount `matches` takes, those of a file system's root first.
@@ -98,7 +98,7 @@ public struct FanotifyState: DescriptorKind {
     func summary(_ file: FileTable.OpenFile) -> String {
         "fanotify flags 0x\(hex(UInt64(initFlags))) " + marks.map { mark in
             "\(mark.target.rawValue) \(mark.path) mask 0x\(hex(mark.mask))" + (mark.ignoredMask != 0 ? " ignoring 0x\(hex(mark.ignoredMask))" : "")
-        }.joined(separator: ", ")
+        }.joined(separator: ", ") + (droppedEventBytes.map { " (\($0) bytes of queued events dropped at dump)" } ?? "")
     }
 
     func open(_ file: FileTable.OpenFile, object: String, context: OpenContext) throws -> FileDescriptor {

@@ -90,6 +90,9 @@ final class FileTableBuilder {
     /// Pipes (by inode: all are on pipefs) and FIFOs (by device and inode), apart: a pipefs
     /// inode number may also be a FIFO's on disk, whose buffered bytes went with an end dumped already.
     var pipeBytesTaken = Set<UInt64>(), fifoBytesTaken = Set<PipeIdentity>()
+    /// What the dump lets go, one line each, for the log (e.g. queued inotify events).
+    private(set) var warnings: [String] = []
+    func warn(_ line: String) { warnings.append(line) }
     /// The tree's live processes (set once frozen).
     var treePids: [pid_t] = []
     /// Every thread of those (leaders too).

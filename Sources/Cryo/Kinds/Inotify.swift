@@ -30,13 +30,13 @@ public struct InotifyState: DescriptorKind {
         }
     }
     public var watches: [Watch]
+    /// Bytes of events queued and not read at dump: dropped (see `droppedEventsWarning`).
+    public var droppedEventBytes: Int?
 
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> InotifyState? {
         guard p.link == "anon_inode:inotify" else { return nil }
         let queued = try FileObjects.bytesReadable(p.handle, object: p.object)
-        if queued > 0 {
-            throw CryoError("\(p.object): inotify instance with \(queued) bytes of events not yet read; they cannot be queued again, not supported yet")
-        }
+        if queued > 0 { table.warn(droppedEventsWarning(p.object, "inotify instance", bytes: queued)) }
         var watches: [Watch] = []
         for (line, fields) in fdinfoFields(p.info, prefix: "inotify ") {
             guard let (wd, mask, sdev, ino) = watchNumbers(fields) else {
@@ -48,7 +48,7 @@ public struct InotifyState: DescriptorKind {
             let device = FileObjects.deviceNumber(kernelEncoded: sdev)
             watches.append(Watch(wd: wd, mask: mask, path: path, device: device, inode: ino))
         }
-        return InotifyState(watches: watches.sorted { $0.wd < $1.wd })
+        return InotifyState(watches: watches.sorted { $0.wd < $1.wd }, droppedEventBytes: queued > 0 ? queued : nil)
     }
 
     /// A watch of an unlinked file: the file comes back only if a process of the tree holds it
@@ -158,7 +158,7 @@ public struct InotifyState: DescriptorKind {
     func summary(_ file: FileTable.OpenFile) -> String {
         "inotify " + watches.map {
             "wd \($0.wd) \($0.path)\($0.file.map { " (unlinked, file #\($0))" } ?? "") mask 0x\(hex(UInt64($0.mask)))"
-        }.joined(separator: ", ")
+        }.joined(separator: ", ") + (droppedEventBytes.map { " (\($0) bytes of queued events dropped at dump)" } ?? "")
     }
 
     /// The watches go on once every description is open (InotifyRebuilder): cryo's own opening,
@@ -235,4 +235,14 @@ func unescapeMountPath(_ text: String) -> String {
         }
     }
     return String(decoding: out, as: UTF8.self)
+}
+
+/// Queued inotify and fanotify events are dropped at dump, as CRIU drops them: no
+/// call puts an event into a queue, and making the events happen again would touch
+/// the watched files and could not give back their cookies or the names of files
+/// gone since. A dump that refused them would refuse any busy watcher, while a
+/// watcher must already expect to miss events (a full queue drops them). The
+/// dump says so, and the image keeps how many bytes went (`cryo show`).
+func droppedEventsWarning(_ object: String, _ what: String, bytes: Int) -> String {
+    "\(object): \(what) had \(bytes) bytes of queued events not yet read; they are dropped (no call can queue them again)"
 }

@@ -404,6 +404,7 @@ public struct Dumper {
         success = true
         if options.leaveRunning {
             try tree.release()
+        for line in fileTable.warnings { logger.warning("\(line)") }
         } else {
             // Dead while still traced: no process runs another instruction, and
             // as their tracer cryo sees each one die before it returns. Kinds prepare
