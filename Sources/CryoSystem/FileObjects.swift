@@ -122,11 +122,17 @@ public enum FileObjects {
         return FileDescriptor(rawValue: try returnOrThrow(inotify_init1(flags), "inotify_init1", object: object))
     }
 
-    /// fanotify_init: `flags` as fdinfo shows them (FAN_CLOEXEC is added), `eventFlags` the events' open flags.
+    /// fanotify_init: `flags` as fdinfo shows them, `eventFlags` the events' open flags.
     public static func fanotify(flags: UInt32, eventFlags: UInt32, object: String) throws -> FileDescriptor {
-        let cloexec: UInt32 = 0x1 // FAN_CLOEXEC: the controller's copy; the task's fd gets its own flag
-        let fd = try Kernel.syscall(SYS_fanotify_init, flags | cloexec, eventFlags, name: "fanotify_init", object: object)
-        return FileDescriptor(rawValue: Int32(fd))
+        // Not FAN_CLOEXEC added: the group keeps its init flags, which fdinfo shows. The controller's
+        // copy is made close-on-exec after; the task's descriptor gets its own flag.
+        let fd = FileDescriptor(rawValue: Int32(try Kernel.syscall(SYS_fanotify_init, flags, eventFlags, name: "fanotify_init", object: object)))
+        if Glibc.fcntl(fd.rawValue, F_SETFD, FD_CLOEXEC) < 0 {
+            let error = SyscallError("fcntl(F_SETFD, FD_CLOEXEC)", errno: Errno(rawValue: Glibc.errno), object: object)
+            try? fd.close()
+            throw error
+        }
+        return fd
     }
 
     /// fanotify_mark(FAN_MARK_ADD | `flags`) of `mask` on `path` (a file, its mount or its file system, by `flags`).

@@ -7,13 +7,27 @@
  *  C (FID reporting): a file-system mark for FAN_CREATE on that tmpfs.
  * After SIGTERM it writes the watched file, opens a file on the tmpfs and
  * creates one there: A must see the modification and not the ignored close,
- * B the open, C the creation, and the groups keep their flags.
+ * B the open, C the creation, and the groups keep their flags (F_GETFL,
+ * and the init flags fdinfo shows: FAN_CLOEXEC in A's only).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/fanotify.h>
 #include "fixture.h"
+
+/* The "flags:" of a group's fdinfo (fanotify_init's flags), or -1. */
+static long init_flags(int fd)
+{
+    char path[64], line[256];
+    long flags = -1;
+    snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+    FILE *f = fopen(path, "r");
+    while (f && fgets(line, sizeof(line), f))
+        if (sscanf(line, "fanotify flags:%lx", &flags) == 1) break;
+    if (f) fclose(f);
+    return flags;
+}
 
 static volatile sig_atomic_t term;
 static void on_term(int sig) { (void)sig; term = 1; }
@@ -61,7 +75,12 @@ int main(int argc, char **argv) {
         printf("FAIL: setup: %s\n", strerror(errno));
         return 1;
     }
+    long flags_before[3] = { init_flags(a), init_flags(b), init_flags(c) };
     ready_then_wait(&term);
+    for (int i = 0; i < 3; i++) {
+        long now = init_flags(i == 0 ? a : i == 1 ? b : c);
+        if (now != flags_before[i]) fail("group %c: fdinfo flags %#lx, were %#lx", 'A' + i, now, flags_before[i]);
+    }
 
     if (!(fcntl(a, F_GETFL) & O_NONBLOCK)) fail("group A lost O_NONBLOCK");
     if (fcntl(b, F_GETFL) & O_NONBLOCK) fail("group B became non-blocking");
