@@ -184,23 +184,10 @@ extension EndToEnd {
             try fileRoundTrip("aioring")
         }
 
-        @Test("an AIO ring holding completed events not read yet is refused in one line naming pid, address and kind; the process runs on")
-        func aioRingRefused() throws {
-            let scratch = try Scratch("aioring")
-            defer { scratch.remove() }
-            let fixture = try Fixture("aioring", arguments: [try scratch.folder("work"), "refuse"], in: scratch)
-            defer { fixture.cleanUp() }
-            try fixture.waitReady()
-            let ring = try #require(fixture.tagged("MAPPING")?.first, "\(fixture.report)")
-            let images = scratch.file("img")
-            let dump = try cryo(["dump", "-t", "\(fixture.pid)", "-D", images], in: scratch, reaping: fixture)
-            #expect(dump.failed && dump.stderrLines.count == 1, "want a one-line refusal\n\(dump)")
-            #expect(containsToken(dump.stderr, "\(fixture.pid)") && dump.stderr.contains("0x\(ring)") && dump.stderr.contains("AIO"),
-                    "the refusal should name pid \(fixture.pid), address 0x\(ring) and AIO\n\(dump)")
-            #expect(fixture.pollOriginal() == nil, "the process ended during the refused dump\n\(fixture.report)")
-            fixture.signal(SIGTERM)
-            #expect(fixture.reapOriginal(timeout: 30) == .exited(0), "\(fixture.report)")
-            expectPass(fixture, "\(dump)")
+        /// The kernel's own tail cannot be set: reads of nothing complete through the new context first.
+        @Test("an AIO ring's completed events not reaped at dump (wrapping around its end) come back, in order, to io_getevents")
+        func aioRingUnreaped() throws {
+            try fileRoundTrip("aioring", extraArguments: ["unreaped"])
         }
     }
 }

@@ -20,7 +20,9 @@ public struct TaskImage: Codable, Sendable {
         // Version 6 covers 5's inherited mappings as well: an older cryo refuses both.
         // Version 7: ranges kept from the parent that are not whole mappings, which a version 6 cryo would keep whole.
         // Version 9: guard regions, which an older cryo would not install.
-        var writer = RecordWriter(version: memory.guards != nil ? ImageFormat.guardRegionsVersion
+        // Version 10: AIO rings' head and unreaped events, which an older cryo would leave out without a word.
+        var writer = RecordWriter(version: memory.aioRings != nil ? ImageFormat.aioRingsVersion
+            : memory.guards != nil ? ImageFormat.guardRegionsVersion
             : memory.inheritedRanges == nil ? ImageFormat.binaryTablesVersion : ImageFormat.inheritedRangesVersion)
         try writer.append(.task, core)
         try writer.append(.threads, threads)

@@ -93,6 +93,8 @@ public struct MemoryRecord: Codable, Sendable {
     /// [start, end) ranges kept from the parent at fork, in address order, when some inherited
     /// mapping is not kept whole (format version 7); without it, every inherited mapping is.
     public var inheritedRanges: [[UInt64]]? = nil
+    /// AIO rings not at their start at dump: head and unreaped events, per ring (format version 10).
+    public var aioRings: [AioRingContents]? = nil
 
     /// The ranges kept from the parent at fork, in address order.
     var keptFromParent: [Range<UInt64>] {
@@ -792,6 +794,13 @@ extension MemoryRecord {
                 throw ImageError(file: file, record: "memory", "\(label): a packet ring mapped from an offset")
             }
             previousEnd = m.end
+        }
+        for contents in aioRings ?? [] {
+            let ring = mappings.first { $0.kind == .aioRing && $0.start == contents.ring }
+            guard let events = ring?.aioEvents, contents.head < events, contents.events.count % AioRing.eventBytes == 0,
+                  contents.events.count / AioRing.eventBytes < Int(events) else {
+                throw ImageError(file: file, record: "memory", "AIO ring 0x\(String(contents.ring, radix: 16)): no such ring, or a head or events that do not fit it")
+            }
         }
         // Guard regions: in order, each inside one mapping that is not the kernel's, and holding no saved page (below).
         var mappingCursor = 0, guardEnd: UInt64 = 0

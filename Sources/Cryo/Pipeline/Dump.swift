@@ -197,7 +197,9 @@ public struct Dumper {
                 timelineMark(logger, "pid \(process.pid): layout read")
                 let sharedStart = ContinuousClock.now
                 for i in memory.mappings.indices where memory.mappings[i].kind == .aioRing {
-                    memory.mappings[i].aioEvents = try AioRing.dump(pid: process.pid, mapping: memory.mappings[i])
+                    let ring = try AioRing.dump(pid: process.pid, mapping: memory.mappings[i])
+                    memory.mappings[i].aioEvents = ring.events
+                    if let contents = ring.contents { memory.aioRings = (memory.aioRings ?? []) + [contents] }
                 }
                 for m in memory.mappings where m.kind == .sysvShm {
                     try SysVSegment.dump(pid: process.pid, mapping: m, paths: paths, into: &sysvSegments, created: &created)
@@ -402,9 +404,9 @@ public struct Dumper {
             created.append(path)
         }
         success = true
+        for line in fileTable.warnings { logger.warning("\(line)") }
         if options.leaveRunning {
             try tree.release()
-        for line in fileTable.warnings { logger.warning("\(line)") }
         } else {
             // Dead while still traced: no process runs another instruction, and
             // as their tracer cryo sees each one die before it returns. Kinds prepare

@@ -1084,7 +1084,8 @@ public struct Restorer {
         let moreFollows = !early && (lazy != nil || thpToSet || compressed || task.memory.mappings.contains { $0.kind == .aioRing })
         try parasite.run(batch: pending + [ParasiteCommand(command: CRYO_CMD_RESTORE_MEMORY, payload: plan.payload)] + (moreFollows ? [] : following))
         for m in task.memory.mappings where m.kind == .aioRing {
-            try AioRing.restore(m, events: m.aioEvents!, tracee: process.tracee, parasite: parasite)
+            try AioRing.restore(m, events: m.aioEvents!, contents: task.memory.aioRings?.first { $0.ring == m.start },
+                                tracee: process.tracee, parasite: parasite)
         }
         if let thp = task.memory.thpDisable {
             // PR_SET_THP_DISABLE, with PR_THP_DISABLE_EXCEPT_ADVISED (bit 1) if it was set.
