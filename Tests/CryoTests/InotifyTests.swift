@@ -33,6 +33,12 @@ extension EndToEnd {
             }
         }
 
+        /// The mask does not keep IN_DONT_FOLLOW: the path found is the symlink's, which must not be followed.
+        @Test("a watch of a symlink itself (IN_DONT_FOLLOW) watches the symlink again, not its target")
+        func symlinkWatch() throws {
+            try inotifyRoundTrip("symlink")
+        }
+
         private func inotifyRoundTrip(_ mode: String, checkImage: (String, Scratch) throws -> Void = { _, _ in }) throws {
             let scratch = try Scratch("inotify-\(mode)")
             defer { scratch.remove() }

@@ -14,8 +14,13 @@
  * With argv[2] "queued", the watched file's mode is changed before READY and
  * the IN_ATTRIB it queues is left unread: the dump must still be taken (the
  * event is dropped, as cryo's documentation says) and the watches work.
+ * With argv[2] "symlink", a symlink to the watched file is itself watched
+ * (IN_DONT_FOLLOW, IN_ATTRIB, watch 4): after restore, changing the
+ * symlink's times must report on watch 4, and the file's IN_MODIFY only on
+ * the file's watch.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
@@ -45,6 +50,9 @@ int main(int argc, char **argv) {
     int many = argc > 2 && strcmp(argv[2], "many") == 0;
     int unlinked = argc > 2 && strcmp(argv[2], "unlinked") == 0;
     int queued = argc > 2 && strcmp(argv[2], "queued") == 0;
+    int symlinked = argc > 2 && strcmp(argv[2], "symlink") == 0;
+    int link_wd = -1;
+    char link_path[PATH_MAX];
     int doomed = -1, doomed_wd = -1;
     int many_wd[MANY];
     char many_path[MANY][PATH_MAX];
@@ -83,6 +91,12 @@ int main(int argc, char **argv) {
         link[n < 0 ? 0 : n] = 0;
         if (!strstr(link, "(deleted)")) { printf("FAIL: %s is \"%s\", not deleted\n", self, link); return 1; }
     }
+    if (symlinked) {
+        snprintf(link_path, sizeof link_path, "%s/link", dir);
+        if (symlink(file, link_path) != 0) { printf("FAIL: symlink %s: %s\n", link_path, strerror(errno)); return 1; }
+        link_wd = inotify_add_watch(in, link_path, IN_ATTRIB | IN_DONT_FOLLOW);
+        if (link_wd != 4) { printf("FAIL: watch of the symlink is %d, not 4\n", link_wd); return 1; }
+    }
     while (read(in, buf, sizeof buf) > 0) {}
     if (queued) {
         int unread = 0;
@@ -105,6 +119,8 @@ int main(int argc, char **argv) {
         write(m, "y", 1);
         close(m);
     }
+    int saw_link = !symlinked;
+    if (symlinked && utimensat(AT_FDCWD, link_path, NULL, AT_SYMLINK_NOFOLLOW) != 0) fail("utimensat of the symlink");
     int saw_doomed_modify = !unlinked, saw_doomed_close = !unlinked;
     if (unlinked) {
         char back[7] = { 0 };
@@ -113,7 +129,7 @@ int main(int argc, char **argv) {
         close(doomed);
     }
     int saw_create = 0, saw_modify = 0;
-    for (int tries = 0; tries < 50 && !(saw_create && saw_modify && saw_many[0] && saw_many[1] && saw_doomed_modify && saw_doomed_close); tries++) {
+    for (int tries = 0; tries < 50 && !(saw_create && saw_modify && saw_many[0] && saw_many[1] && saw_doomed_modify && saw_doomed_close && saw_link); tries++) {
         struct pollfd p = { in, POLLIN, 0 };
         poll(&p, 1, 100);
         ssize_t n = read(in, buf, sizeof buf);
@@ -122,6 +138,7 @@ int main(int argc, char **argv) {
             if (e->wd == dir_wd && (e->mask & IN_CREATE) && e->len && strcmp(e->name, "created-after-restore") == 0) saw_create = 1;
             else if (e->wd == file_wd && (e->mask & IN_MODIFY)) saw_modify = 1;
             else if (queued && e->wd == file_wd && e->mask == IN_ATTRIB) {}
+            else if (symlinked && e->wd == link_wd && (e->mask & IN_ATTRIB)) saw_link = 1;
             else if (many && e->wd == many_wd[touched[0]] && (e->mask & IN_MODIFY)) saw_many[0] = 1;
             else if (many && e->wd == many_wd[touched[1]] && (e->mask & IN_MODIFY)) saw_many[1] = 1;
             else if (unlinked && e->wd == doomed_wd && (e->mask & (IN_MODIFY | IN_CLOSE_WRITE))) {
@@ -142,6 +159,7 @@ int main(int argc, char **argv) {
     if (!saw_modify) fail("no IN_MODIFY on the file's watch");
     if (!saw_doomed_modify) fail("no IN_MODIFY on the unlinked file's watch");
     if (!saw_doomed_close) fail("no IN_CLOSE_WRITE on the unlinked file's watch");
+    if (!saw_link) fail("no IN_ATTRIB on the symlink's own watch");
     for (int k = 0; k < 2; k++)
         if (!saw_many[k]) {
             char what[128];
@@ -154,6 +172,7 @@ int main(int argc, char **argv) {
     if (again == dir_wd || again == file_wd || again < 0) fail("new watch reuses an old descriptor");
     if (many && again <= many_wd[MANY - 1]) fail("new watch reuses an old descriptor of the many");
     unlink(created);
+    if (symlinked) unlink(link_path);
     if (failures[0]) printf("FAIL: %s\n", failures); else printf("PASS\n");
     return failures[0] ? 1 : 0;
 }

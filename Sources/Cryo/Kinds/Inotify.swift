@@ -23,10 +23,14 @@ public struct InotifyState: DescriptorKind {
         /// An unlinked file: the file table entry that brings it back (a ghost), watched through that.
         public var file: Int? = nil
 
-        func checkPath(object: String) throws {
-            guard let st = try? Files.stat(path), UInt64(st.st_ino) == inode, UInt64(st.st_dev) == device else {
+        /// Whether `path` still names the watched file; its mode (a symlink itself may be watched, IN_DONT_FOLLOW).
+        @discardableResult
+        func checkPath(object: String) throws -> mode_t {
+            // Not followed: the path found from the file handle is a symlink only if the symlink is what is watched.
+            guard let st = try? Files.stat(path, follow: false), UInt64(st.st_ino) == inode, UInt64(st.st_dev) == device else {
                 throw CryoError("\(object): watched path \(path) is gone or is another file since the dump")
             }
+            return st.st_mode
         }
     }
     public var watches: [Watch]
@@ -181,8 +185,10 @@ public struct InotifyState: DescriptorKind {
         for w in watches {
             // An unlinked file through the restored one: /proc/self/fd leads to it without a name.
             let path = w.file.map { "/proc/self/fd/\(opened[$0].rawValue)" } ?? w.path
-            if w.file == nil { try w.checkPath(object: object) }
-            let got = try FileObjects.addInotifyWatch(fd, path: path, mask: w.mask, wd: w.wd, object: object)
+            // A watch of a symlink itself was added with IN_DONT_FOLLOW, which the mask does not keep.
+            let dontFollow = try w.file == nil && w.checkPath(object: object) & S_IFMT == S_IFLNK
+            let got = try FileObjects.addInotifyWatch(fd, path: path, mask: w.mask | (dontFollow ? UInt32(IN_DONT_FOLLOW) : 0),
+                                                      wd: w.wd, object: object)
             guard got == Int(w.wd) else {
                 throw CryoError("\(object): \(w.path) was given watch descriptor \(got), not \(w.wd) (two watches of one file?)")
             }
