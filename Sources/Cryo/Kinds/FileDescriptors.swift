@@ -90,6 +90,8 @@ final class FileTableBuilder {
     /// Pipes (by inode: all are on pipefs) and FIFOs (by device and inode), apart: a pipefs
     /// inode number may also be a FIFO's on disk, whose buffered bytes went with an end dumped already.
     var pipeBytesTaken = Set<UInt64>(), fifoBytesTaken = Set<PipeIdentity>()
+    /// Where pipes' bytes are copied to be read without draining them (PipeEndState.peek).
+    let scratchPipes = ScratchPipes()
     /// What the dump lets go, one line each, for the log (e.g. queued inotify events).
     private(set) var warnings: [String] = []
     func warn(_ line: String) { warnings.append(line) }
@@ -148,6 +150,7 @@ final class FileTableBuilder {
         inFlight = []
         for h in keptForFinish.values { try? h.close() }
         keptForFinish = [:]
+        scratchPipes.closeAll()
     }
 
     /// Keeps a duplicate of `handle` for the kind's finishDump (`kept(id)`), until `release()`.

@@ -41,7 +41,7 @@ extension PipeEndState {
             : !table.pipeBytesTaken.insert(inode).inserted
         var state = PipeEndState(inode: inode, isReadEnd: accessMode == O_RDONLY, capacity: capacity, device: device)
         if !kept {
-            let (bytes, packets) = try peek(p, capacity: capacity)
+            let (bytes, packets) = try peek(p, capacity: capacity, scratch: table.scratchPipes)
             state.buffered = Data(bytes)
             state.packets = packets
         }
@@ -81,7 +81,7 @@ extension PipeEndState {
     /// Those are told apart on a second copy: one byte short of a packet's end, a
     /// read drops the rest of it, of plain bytes it leaves one. (Plain bytes right
     /// before a packet come back as part of it: a read that has them gets both.)
-    static func peek(_ p: DescriptorProbe, capacity: Int32) throws -> (bytes: [UInt8], packets: [Int]?) {
+    static func peek(_ p: DescriptorProbe, capacity: Int32, scratch: ScratchPipes) throws -> (bytes: [UInt8], packets: [Int]?) {
         // A read end on the same pipe: a write end's description cannot be read from.
         let reader: FileDescriptor
         do { reader = try Files.open("/proc/\(p.pid)/fd/\(p.fd)", .readOnly, options: [.nonBlocking]) } catch {
@@ -89,23 +89,22 @@ extension PipeEndState {
         }
         defer { try? reader.close() }
         let what = "scratch pipe for \(p.object)"
-        func copy() throws -> (read: FileDescriptor, write: FileDescriptor, count: Int) {
-            let scratch = try FileObjects.pipe(nonBlocking: true, object: p.object)
+        func copy() throws -> (pipe: ScratchPipes.Pipe, count: Int) {
+            let pipe = try scratch.take(capacity: capacity, object: what)
             do {
-                try FileObjects.setPipeCapacity(scratch.write, capacity, object: what)
-                let count = try FileObjects.tee(from: reader, to: scratch.write, length: Int(capacity), object: p.object)
-                return (scratch.read, scratch.write, count)
+                return (pipe, try FileObjects.tee(from: reader, to: pipe.write, length: Int(capacity), object: p.object))
             } catch {
-                try? scratch.read.close(); try? scratch.write.close()
+                scratch.giveBack(pipe, empty: false)
                 throw error
             }
         }
         let first = try copy()
-        defer { try? first.read.close(); try? first.write.close() }
         var data: [UInt8] = []
+        // Empty once all it was given is read: cryo alone writes to it.
+        defer { scratch.giveBack(first.pipe, empty: data.count == first.count) }
         var pieces: [Int] = []
         while data.count < first.count {
-            let got = try FileObjects.read(first.read, upTo: first.count - data.count, object: what)
+            let got = try FileObjects.read(first.pipe.read, upTo: first.count - data.count, object: what)
             if got.isEmpty { throw CryoError("\(what): \(data.count) of \(first.count) bytes came back") }
             data += got
             pieces.append(got.count)
@@ -115,17 +114,66 @@ extension PipeEndState {
         var lastIsPacket = pieces.count > 1
         if last > 1 {
             let second = try copy()
-            defer { try? second.read.close(); try? second.write.close() }
+            var drained = false
+            defer { scratch.giveBack(second.pipe, empty: drained) }
             for piece in pieces.dropLast() {
-                guard try FileObjects.read(second.read, upTo: piece, object: what).count == piece else {
+                guard try FileObjects.read(second.pipe.read, upTo: piece, object: what).count == piece else {
                     throw CryoError("\(what): a second copy of the pipe came back in other pieces")
                 }
             }
-            _ = try FileObjects.read(second.read, upTo: last - 1, object: what)
-            lastIsPacket = try FileObjects.bytesReadable(second.read, object: what) == 0
+            _ = try FileObjects.read(second.pipe.read, upTo: last - 1, object: what)
+            let left = try FileObjects.bytesReadable(second.pipe.read, object: what)
+            lastIsPacket = left == 0
+            if left > 0 { _ = try FileObjects.read(second.pipe.read, upTo: left, object: what) }
+            drained = left <= 1
         }
         let packets = lastIsPacket ? pieces : pieces.dropLast()
         return (data, packets.isEmpty ? nil : Array(packets))
+    }
+}
+
+/// The scratch pipes the dump tees pipes' bytes into, made once and kept for the next pipe
+/// (a pipe2, a resize and two closes saved per pipe, twice where its bytes are copied twice).
+/// Each is drained before it is given back; one that may not be empty is closed, not reused.
+final class ScratchPipes {
+    struct Pipe {
+        var read: FileDescriptor
+        var write: FileDescriptor
+        var capacity: Int32
+    }
+    private var free: [Pipe] = []
+
+    /// An empty scratch pipe holding at least `capacity` bytes.
+    func take(capacity: Int32, object: String) throws -> Pipe {
+        if let i = free.firstIndex(where: { $0.capacity >= capacity }) { return free.remove(at: i) }
+        var pipe: Pipe
+        if let small = free.popLast() {
+            pipe = small
+        } else {
+            let ends = try FileObjects.pipe(nonBlocking: true, object: object)
+            pipe = Pipe(read: ends.read, write: ends.write, capacity: 0)
+        }
+        do { try FileObjects.setPipeCapacity(pipe.write, capacity, object: object) } catch {
+            close(pipe)
+            throw error
+        }
+        pipe.capacity = capacity
+        return pipe
+    }
+
+    /// `empty`: known to hold nothing (all that was teed into it was read); else it is closed.
+    func giveBack(_ pipe: Pipe, empty: Bool) {
+        if empty { free.append(pipe) } else { close(pipe) }
+    }
+
+    func closeAll() {
+        for pipe in free { close(pipe) }
+        free = []
+    }
+
+    private func close(_ pipe: Pipe) {
+        try? pipe.read.close()
+        try? pipe.write.close()
     }
 }
 
