@@ -4,10 +4,13 @@
  *    FAN_MODIFY | FAN_CLOSE_WRITE, with FAN_CLOSE_WRITE in its ignore mask
  *    (surviving modification).
  *  B (plain, blocking): a mount mark for FAN_OPEN on the tmpfs argv[2].
- *  C (FID reporting): a file-system mark for FAN_CREATE on that tmpfs.
+ *  C (FID reporting): a file-system mark for FAN_CREATE on that tmpfs, and
+ *    an inode mark for FAN_ATTRIB on argv[1]/link, a symlink to the watched
+ *    file, marked itself (FAN_MARK_DONT_FOLLOW).
  * After SIGTERM it writes the watched file, opens a file on the tmpfs and
- * creates one there: A must see the modification and not the ignored close,
- * B the open, C the creation, and the groups keep their flags (F_GETFL,
+ * creates one there, and changes the symlink's times: A must see the
+ * modification and not the ignored close, B the open, C the creation and
+ * the symlink's FAN_ATTRIB, and the groups keep their flags (F_GETFL,
  * and the init flags fdinfo shows: FAN_CLOEXEC in A's only). B holds one
  * event at dump, not read (dropped by the dump, which the test checks in
  * the image); B must still report the open made after restore.
@@ -16,6 +19,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/fanotify.h>
+#include <sys/stat.h>
 #include "fixture.h"
 
 /* The "flags:" of a group's fdinfo (fanotify_init's flags), or -1. */
@@ -59,10 +63,11 @@ int main(int argc, char **argv) {
         return 1;
     }
     signal(SIGTERM, on_term);
-    char watched[512], opened[512], created[512];
+    char watched[512], opened[512], created[512], link[512];
     snprintf(watched, sizeof(watched), "%s/watched", argv[1]);
     snprintf(opened, sizeof(opened), "%s/opened", argv[2]);
     snprintf(created, sizeof(created), "%s/created", argv[2]);
+    snprintf(link, sizeof(link), "%s/link", argv[1]);
     close(open(watched, O_CREAT | O_WRONLY, 0600));
     close(open(opened, O_CREAT | O_WRONLY, 0600));
 
@@ -73,7 +78,9 @@ int main(int argc, char **argv) {
         || fanotify_mark(a, FAN_MARK_ADD, FAN_MODIFY | FAN_CLOSE_WRITE, AT_FDCWD, watched)
         || fanotify_mark(a, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY, FAN_CLOSE_WRITE, AT_FDCWD, watched)
         || fanotify_mark(b, FAN_MARK_ADD | FAN_MARK_MOUNT, FAN_OPEN, AT_FDCWD, argv[2])
-        || fanotify_mark(c, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_CREATE, AT_FDCWD, argv[2])) {
+        || fanotify_mark(c, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_CREATE, AT_FDCWD, argv[2])
+        || symlink(watched, link)
+        || fanotify_mark(c, FAN_MARK_ADD | FAN_MARK_DONT_FOLLOW, FAN_ATTRIB, AT_FDCWD, link)) {
         printf("FAIL: setup: %s\n", strerror(errno));
         return 1;
     }
@@ -103,8 +110,11 @@ int main(int argc, char **argv) {
     if (!(seen_b & FAN_OPEN)) fail("group B (mount mark) saw no FAN_OPEN (events 0x%llx)", seen_b);
 
     close(open(created, O_CREAT | O_WRONLY, 0600));
+    if (utimensat(AT_FDCWD, link, NULL, AT_SYMLINK_NOFOLLOW) != 0) fail("utimensat %s: %s", link, strerror(errno));
     unsigned long long seen_c = events(c, 0.5);
     if (!(seen_c & FAN_CREATE)) fail("group C (file-system mark) saw no FAN_CREATE (events 0x%llx)", seen_c);
+    if (!(seen_c & FAN_ATTRIB)) fail("group C (the symlink's own mark) saw no FAN_ATTRIB (events 0x%llx)", seen_c);
+    unlink(link);
 
     if (failbuf[0]) {
         printf("FAIL: %s\n", failbuf);

@@ -34,6 +34,7 @@ public struct FanotifyState: DescriptorKind {
     // FAN_MARK_* values of <linux/fanotify.h>.
     private static let markMount: UInt32 = 0x10, markFilesystem: UInt32 = 0x100, markIgnoredMask: UInt32 = 0x20
     private static let markIgnoredSurviveModify: UInt32 = 0x40, markEvictable: UInt32 = 0x200, markIgnore: UInt32 = 0x400
+    private static let markDontFollow: UInt32 = 0x04
 
     static func dump(_ p: DescriptorProbe, into table: FileTableBuilder, id: Int) throws -> FanotifyState? {
         guard p.link == "anon_inode:[fanotify]" else { return nil }
@@ -105,13 +106,18 @@ public struct FanotifyState: DescriptorKind {
         let fd = try FileObjects.fanotify(flags: initFlags, eventFlags: eventFlags, object: object)
         do {
             for mark in marks {
+                var dontFollow: UInt32 = 0
                 if let device = mark.device {
-                    guard let st = try? Files.stat(mark.path), UInt64(st.st_dev) == device,
+                    // An inode mark's path is a symlink only when the symlink itself is marked (FAN_MARK_DONT_FOLLOW,
+                    // which fdinfo does not show): not followed, then.
+                    guard let st = try? Files.stat(mark.path, follow: mark.target != .inode), UInt64(st.st_dev) == device,
                           mark.inode.map({ UInt64(st.st_ino) == $0 }) ?? true else {
                         throw CryoError("\(object): fanotify-marked path \(mark.path) is gone or is another file since the dump")
                     }
+                    if mark.target == .inode && st.st_mode & S_IFMT == S_IFLNK { dontFollow = Self.markDontFollow }
                 }
-                let type: UInt32 = switch mark.target { case .inode: 0; case .mount: Self.markMount; case .filesystem: Self.markFilesystem }
+                let target: UInt32 = switch mark.target { case .inode: 0; case .mount: Self.markMount; case .filesystem: Self.markFilesystem }
+                let type = target | dontFollow
                 if mark.mask != 0 {
                     try FileObjects.addFanotifyMark(fd, flags: type | (mark.flags & Self.markEvictable), mask: mark.mask,
                                                     path: mark.path, object: object)
