@@ -9,7 +9,7 @@ import SystemPackage
 public enum ImageFormat {
     public static let magic: [UInt8] = Array("CRYOIMG\0".utf8)
     /// The highest version this cryo reads.
-    public static let version: UInt32 = 10
+    public static let version: UInt32 = 11
     /// What files are written as unless they need more: version 2 marks a task
     /// file whose pages are compressed, version 3 one whose pages continue in
     /// part files, so an older cryo refuses them instead of restoring zstd
@@ -24,6 +24,7 @@ public enum ImageFormat {
     /// processes that share their table or fs context with a sibling (`sharesWith`). Version 9 marks a
     /// task file with guard regions (`guards`), which an older cryo would leave out without a word.
     /// Version 10 marks one with AIO rings' heads and completed events not reaped at dump (`aioRings`).
+    /// Version 11 marks one with a thread in seccomp strict mode (`strict`), which an older cryo would let run free.
     public static let baseVersion: UInt32 = 1
     public static let compressedPagesVersion: UInt32 = 2
     public static let pagePartsVersion: UInt32 = 3
@@ -34,6 +35,7 @@ public enum ImageFormat {
     public static let siblingSharingVersion: UInt32 = 8
     public static let guardRegionsVersion: UInt32 = 9
     public static let aioRingsVersion: UInt32 = 10
+    public static let strictSeccompVersion: UInt32 = 11
     public static let fileHeaderSize = 16
     public static let recordHeaderSize = 24
     /// No record is larger than this; a length beyond it is corruption, not a reason to allocate.

@@ -21,7 +21,10 @@ public struct TaskImage: Codable, Sendable {
         // Version 7: ranges kept from the parent that are not whole mappings, which a version 6 cryo would keep whole.
         // Version 9: guard regions, which an older cryo would not install.
         // Version 10: AIO rings' head and unreaped events, which an older cryo would leave out without a word.
-        var writer = RecordWriter(version: memory.aioRings != nil ? ImageFormat.aioRingsVersion
+        // Version 11: seccomp strict mode, which an older cryo would not set again.
+        let strictSeccomp = core.seccomp?.strict == true || threads.contains { $0.seccomp?.strict == true }
+        var writer = RecordWriter(version: strictSeccomp ? ImageFormat.strictSeccompVersion
+            : memory.aioRings != nil ? ImageFormat.aioRingsVersion
             : memory.guards != nil ? ImageFormat.guardRegionsVersion
             : memory.inheritedRanges == nil ? ImageFormat.binaryTablesVersion : ImageFormat.inheritedRangesVersion)
         try writer.append(.task, core)
