@@ -163,6 +163,19 @@ __attribute__((unused)) static int has_flag(const char *flags, const char *flag)
 	return strstr(padded, want) != NULL;
 }
 
+/* The state letter of a /proc/.../stat file ('?' when unreadable). */
+__attribute__((unused)) static char stat_state(const char *path)
+{
+	char text[512];
+	FILE *f = fopen(path, "r");
+	if (!f) return '?';
+	size_t n = fread(text, 1, sizeof(text) - 1, f);
+	fclose(f);
+	text[n] = 0;
+	char *close = strrchr(text, ')');  /* comm may hold spaces and parentheses */
+	return close && close[1] == ' ' ? close[2] : '?';
+}
+
 /* The "Pid:" of a pidfd's fdinfo: -1 for a reaped process, -100 when unreadable. */
 __attribute__((unused)) static pid_t fdinfo_pid(int fd)
 {

@@ -19,25 +19,18 @@
 #include <sys/wait.h>
 #include "fixture.h"
 
+static char task_state(pid_t pid, pid_t tid)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/stat", (int)pid, (int)tid);
+	return stat_state(path);
+}
+
 static volatile sig_atomic_t got_term;
 static pid_t thread_tid;
 static int verdict_fd = -1;
 
 static void on_term(int sig) { (void)sig; got_term = 1; }
-
-/* The state letter of /proc/PID/task/TID/stat ('?' when unreadable). */
-static char task_state(pid_t pid, pid_t tid)
-{
-	char path[64], text[512];
-	snprintf(path, sizeof(path), "/proc/%d/task/%d/stat", (int)pid, (int)tid);
-	FILE *f = fopen(path, "r");
-	if (!f) return '?';
-	size_t n = fread(text, 1, sizeof(text) - 1, f);
-	fclose(f);
-	text[n] = 0;
-	char *close = strrchr(text, ')');
-	return close && close[1] == ' ' ? close[2] : '?';
-}
 
 static void *survivor(void *unused)
 {

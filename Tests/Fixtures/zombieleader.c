@@ -21,15 +21,9 @@ static void on_term(int sig) { (void)sig; got_term = 1; }
 
 static char state_of(pid_t pid)
 {
-	char path[64], text[512];
+	char path[64];
 	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	FILE *f = fopen(path, "r");
-	if (!f) return '?';
-	size_t n = fread(text, 1, sizeof(text) - 1, f);
-	fclose(f);
-	text[n] = 0;
-	char *close = strrchr(text, ')');
-	return close && close[1] == ' ' ? close[2] : '?';
+	return stat_state(path);
 }
 
 int main(void)
